@@ -1,0 +1,309 @@
+"""The client's protocol state machine, without any I/O.
+
+Bytes from the relay go in through ``receive_data`` and come out as events for the UI;
+what to write to the relay collects in ``data_to_send()``. ``send_room`` and
+``send_private`` encrypt a message separately for each recipient with that peer's
+``PeerSession``. The asyncio shell in client.py only moves bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from enum import Enum
+
+from nacl.public import PrivateKey
+
+from e2echat import messages as m
+from e2echat.errors import (
+    CommandError,
+    DecryptionError,
+    LocalProtocolError,
+    RemoteProtocolError,
+)
+from e2echat.framing import MAX_FRAME, FrameDecoder, encode_frame
+from e2echat.relay_core import registration_proof
+from e2echat.session import MAX_TEXT, Kind, Party, PeerSession
+
+log = logging.getLogger("e2echat.client_core")
+
+
+class ClientState(Enum):
+    AWAIT_CHALLENGE = "await-challenge"
+    AWAIT_WELCOME = "await-welcome"
+    ONLINE = "online"
+    CLOSED = "closed"
+
+
+# -- events for the UI ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Registered:
+    nick: str
+    peers: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RegistrationFailed:
+    code: str
+    text: str
+
+
+@dataclass(frozen=True)
+class PeerJoined:
+    nick: str
+
+
+@dataclass(frozen=True)
+class PeerLeft:
+    nick: str
+
+
+@dataclass(frozen=True)
+class MessageReceived:
+    sender: str
+    text: str
+    private: bool
+
+
+@dataclass(frozen=True)
+class MessagesMissing:
+    """``count`` messages from ``sender`` were skipped: held back or dropped on the way."""
+
+    sender: str
+    count: int
+
+
+@dataclass(frozen=True)
+class SendReport:
+    """What the relay did with one of our messages, once it has answered for every recipient."""
+
+    message_id: int
+    private: bool
+    delivered: tuple[str, ...]
+    missing: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SecurityWarning:
+    """Something arrived that did not authenticate; it was dropped, not shown."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class RelayError:
+    code: str
+    text: str
+
+
+@dataclass(frozen=True)
+class RelayClosing:
+    reason: str
+
+
+Event = (
+    Registered
+    | RegistrationFailed
+    | PeerJoined
+    | PeerLeft
+    | MessageReceived
+    | MessagesMissing
+    | SendReport
+    | SecurityWarning
+    | RelayError
+    | RelayClosing
+)
+
+# Leave room in each frame for the JSON around the envelopes.
+_FRAME_BUDGET = MAX_FRAME - 4096
+
+
+@dataclass
+class _Pending:
+    private: bool
+    waiting: set[str]
+    delivered: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+
+class ClientCore:
+    def __init__(self, nick: str, identity: PrivateKey, session_key: PrivateKey) -> None:
+        if not m.is_valid_nick(nick):
+            raise LocalProtocolError(detail=f"invalid nick {nick!r}: {m.NICK_RULE}")
+        self.nick = nick
+        self.state = ClientState.AWAIT_CHALLENGE
+        self._identity = identity
+        self._session_key = session_key
+        self._decoder = FrameDecoder()
+        self._outgoing = bytearray()
+        self._sessions: dict[str, PeerSession] = {}
+        #: nick -> the keys the relay says they have, for everyone else online
+        self.directory: dict[str, m.PeerInfo] = {}
+        self._next_id = 1
+        self.pending: dict[int, _Pending] = {}
+
+    # -- bytes in, bytes out --------------------------------------------------------------
+
+    def data_to_send(self) -> bytes:
+        data = bytes(self._outgoing)
+        self._outgoing.clear()
+        return data
+
+    def receive_data(self, data: bytes) -> list[Event]:
+        """Feed bytes from the relay. Raises ``RemoteProtocolError`` if the relay breaks
+        the protocol; the connection is then useless and must be closed."""
+        events: list[Event] = []
+        for frame in self._decoder.receive_data(data):
+            events.extend(self._handle(m.decode_message(frame)))
+        return events
+
+    def _write(self, message: m.Message) -> None:
+        self._outgoing += encode_frame(m.encode_message(message))
+
+    # -- sending ----------------------------------------------------------------------------
+
+    @property
+    def peers(self) -> list[str]:
+        """Everyone else online, sorted."""
+        return sorted(self.directory)
+
+    def send_room(self, text: str) -> int:
+        """Encrypt ``text`` for everyone else online. Returns the message id."""
+        recipients = [nick for nick in self.peers if nick in self._sessions]
+        if not recipients:
+            raise CommandError(detail="nobody else is online; the message was not sent")
+        return self._send(text, Kind.ROOM, recipients)
+
+    def send_private(self, recipient: str, text: str) -> int:
+        if recipient == self.nick:
+            raise CommandError(detail="that is you; /msg sends to someone else")
+        if recipient not in self.directory:
+            raise CommandError(detail=f"{recipient} is not online (see /who); the message was not sent")
+        if recipient not in self._sessions:
+            raise CommandError(detail=f"no secure session with {recipient}; the message was not sent")
+        return self._send(text, Kind.PRIVATE, [recipient])
+
+    def _send(self, text: str, kind: Kind, recipients: list[str]) -> int:
+        if self.state is not ClientState.ONLINE:
+            raise CommandError(detail="not connected to the relay; the message was not sent")
+        if not text:
+            raise CommandError(detail="empty message not sent")
+        if len(text.encode("utf-8")) > MAX_TEXT:
+            raise CommandError(detail=f"message too long (the limit is {MAX_TEXT} bytes); not sent")
+        message_id = self._next_id
+        self._next_id += 1
+        batch: list[m.Envelope] = []
+        size = 0
+        for nick in recipients:
+            body = self._sessions[nick].encrypt(text, kind)
+            envelope_size = len(nick) + (len(body) * 4) // 3 + 64
+            if batch and size + envelope_size > _FRAME_BUDGET:
+                self._write(m.Send(message_id, tuple(batch)))
+                batch, size = [], 0
+            batch.append(m.Envelope(nick, body))
+            size += envelope_size
+        self._write(m.Send(message_id, tuple(batch)))
+        self.pending[message_id] = _Pending(kind is Kind.PRIVATE, set(recipients))
+        return message_id
+
+    # -- receiving --------------------------------------------------------------------------
+
+    def _handle(self, message: m.Message) -> list[Event]:
+        if isinstance(message, m.Error):
+            if self.state is not ClientState.ONLINE:
+                self.state = ClientState.CLOSED
+                return [RegistrationFailed(message.code, message.text)]
+            return [RelayError(message.code, message.text)]
+        if isinstance(message, m.Bye):
+            self.state = ClientState.CLOSED
+            return [RelayClosing(message.reason)]
+        if self.state is ClientState.AWAIT_CHALLENGE and isinstance(message, m.Challenge):
+            return self._answer_challenge(message)
+        if self.state is ClientState.AWAIT_WELCOME and isinstance(message, m.Welcome):
+            return self._welcome(message)
+        if self.state is ClientState.ONLINE:
+            if isinstance(message, m.Deliver):
+                return self._deliver(message)
+            if isinstance(message, m.PeerJoined):
+                return self._joined(message.peer)
+            if isinstance(message, m.PeerLeft):
+                return self._left(message.nick)
+            if isinstance(message, m.Routed):
+                return self._routed(message)
+        raise RemoteProtocolError(
+            detail=f"relay sent an unexpected {message.TYPE!r} message ({self.state.value})"
+        )
+
+    def _answer_challenge(self, challenge: m.Challenge) -> list[Event]:
+        session_public = self._session_key.public_key
+        proof = registration_proof(self._identity, challenge, bytes(session_public))
+        self._write(m.Register(self.nick, self._identity.public_key, session_public, proof))
+        self.state = ClientState.AWAIT_WELCOME
+        return []
+
+    def _welcome(self, welcome: m.Welcome) -> list[Event]:
+        if welcome.nick != self.nick:
+            raise RemoteProtocolError(detail=f"relay welcomed {welcome.nick!r}, not {self.nick!r}")
+        self.state = ClientState.ONLINE
+        events: list[Event] = []
+        for peer in welcome.peers:
+            events.extend(self._add_peer(peer))
+        return [Registered(self.nick, tuple(self.peers)), *events]
+
+    def _add_peer(self, peer: m.PeerInfo) -> list[Event]:
+        if peer.nick == self.nick:
+            raise RemoteProtocolError(detail="relay listed our own nick as a peer")
+        self.directory[peer.nick] = peer
+        self._sessions.pop(peer.nick, None)
+        party = Party(peer.nick, peer.identity_key, peer.session_key)
+        try:
+            self._sessions[peer.nick] = PeerSession(self.nick, self._identity, self._session_key, party)
+        except DecryptionError as exc:
+            return [SecurityWarning(f"cannot talk to {peer.nick} securely: {exc}")]
+        return []
+
+    def _joined(self, peer: m.PeerInfo) -> list[Event]:
+        return [PeerJoined(peer.nick), *self._add_peer(peer)]
+
+    def _left(self, nick: str) -> list[Event]:
+        if nick not in self.directory:
+            return []
+        del self.directory[nick]
+        # Dropping the session forgets its chain keys: forward secrecy for this pair.
+        self._sessions.pop(nick, None)
+        return [PeerLeft(nick)]
+
+    def _deliver(self, deliver: m.Deliver) -> list[Event]:
+        session = self._sessions.get(deliver.sender)
+        if session is None:
+            return [SecurityWarning(f"dropped a message claiming to be from {deliver.sender}, "
+                                    "who has no session with us")]
+        try:
+            plaintext = session.decrypt(deliver.body)
+        except DecryptionError as exc:
+            log.info("dropped a message that did not authenticate")
+            return [SecurityWarning(f"{exc}; it was dropped")]
+        events: list[Event] = []
+        if plaintext.skipped:
+            events.append(MessagesMissing(plaintext.sender, plaintext.skipped))
+        events.append(MessageReceived(plaintext.sender, plaintext.text, plaintext.kind is Kind.PRIVATE))
+        return events
+
+    def _routed(self, routed: m.Routed) -> list[Event]:
+        pending = self.pending.get(routed.id)
+        if pending is None:
+            return []
+        for nick in routed.delivered:
+            if nick in pending.waiting:
+                pending.waiting.discard(nick)
+                pending.delivered.append(nick)
+        for nick in routed.missing:
+            if nick in pending.waiting:
+                pending.waiting.discard(nick)
+                pending.missing.append(nick)
+        if pending.waiting:
+            return []
+        del self.pending[routed.id]
+        return [SendReport(routed.id, pending.private, tuple(pending.delivered), tuple(pending.missing))]

@@ -1,0 +1,473 @@
+"""Wire messages: one frozen dataclass per type, strict decode and encode.
+
+Pure (no I/O). A frame's payload is a UTF-8 JSON object ``{"v": 1, "type": ..., ...}``;
+binary values (keys, challenges, ciphertexts) are standard base64 strings. The format is
+written down in docs/PROTOCOL.md.
+
+Every message validates itself when built, so a bad value fails where it is made, not
+where it is sent. ``decode_message`` accepts exactly the documented shape: unknown types,
+unknown or missing fields, duplicate keys, wrong JSON types, bad base64 and wrong key
+sizes all raise ``RemoteProtocolError`` and nothing else.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from nacl.public import PublicKey
+
+from e2echat.errors import LocalProtocolError, RemoteProtocolError
+
+PROTOCOL_VERSION = 1
+
+NICK_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,32}\Z")
+NICK_RULE = "1–32 characters: letters, digits, '_', '-' or '.'"
+KEY_SIZE = 32
+CHALLENGE_SIZE = 32
+# The proof is a Box over challenge + session key (+ password later): 64 bytes plus
+# 40 of nonce and tag, with room for a password of a few hundred bytes.
+MAX_PROOF = 1024
+# One ciphertext: a message of up to MAX_TEXT bytes plus its header, nonce, tag and the
+# authenticated metadata around the text.
+MAX_BODY = 64 * 1024
+# Free text the relay sends (error and shutdown reasons): a line, not a document.
+MAX_REASON = 512
+# Enough for every recipient of a room message on a busy relay; frames stay under
+# MAX_FRAME anyway, and the client splits larger rooms across frames.
+MAX_ITEMS = 10_000
+MAX_ID = 2**63 - 1
+_CODE_PATTERN = re.compile(r"[a-z_]{1,32}\Z")
+
+
+def is_valid_nick(nick: object) -> bool:
+    return isinstance(nick, str) and NICK_PATTERN.match(nick) is not None
+
+
+def _require(ok: bool, detail: str) -> None:
+    if not ok:
+        raise LocalProtocolError(detail=detail)
+
+
+def _check_nick(nick: object, what: str = "nick") -> None:
+    _require(is_valid_nick(nick), f"invalid {what} {nick!r}: {NICK_RULE}")
+
+
+def _check_key(key: object, what: str) -> None:
+    _require(isinstance(key, PublicKey), f"{what} must be an X25519 public key")
+
+
+def _check_bytes(value: object, what: str, *, size: int | None = None, limit: int = 0) -> None:
+    _require(isinstance(value, bytes), f"{what} must be bytes")
+    assert isinstance(value, bytes)
+    if size is not None:
+        _require(len(value) == size, f"{what} must be {size} bytes, not {len(value)}")
+    else:
+        _require(0 < len(value) <= limit, f"{what} must be 1 to {limit} bytes")
+
+
+def _check_id(value: object) -> None:
+    _require(
+        isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_ID,
+        f"message id must be an integer from 0 to {MAX_ID}",
+    )
+
+
+def _check_reason(value: object, what: str) -> None:
+    _require(
+        isinstance(value, str) and len(value) <= MAX_REASON,
+        f"{what} must be a string of at most {MAX_REASON} characters",
+    )
+
+
+def _check_items(value: object, kind: type, what: str) -> None:
+    _require(
+        isinstance(value, tuple)
+        and len(value) <= MAX_ITEMS
+        and all(isinstance(item, kind) for item in value),
+        f"{what} must be a tuple of at most {MAX_ITEMS} {kind.__name__}",
+    )
+
+
+# -- the messages -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PeerInfo:
+    """One directory entry: who is online and the keys the relay says they have."""
+
+    nick: str
+    identity_key: PublicKey
+    session_key: PublicKey
+
+    def __post_init__(self) -> None:
+        _check_nick(self.nick)
+        _check_key(self.identity_key, "identity key")
+        _check_key(self.session_key, "session key")
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """One recipient's ciphertext inside a ``Send``. The body is opaque to the relay."""
+
+    to: str
+    body: bytes
+
+    def __post_init__(self) -> None:
+        _check_nick(self.to, "recipient")
+        _check_bytes(self.body, "body", limit=MAX_BODY)
+
+
+class Message:
+    """Base of every wire message."""
+
+    TYPE: ClassVar[str]
+
+
+@dataclass(frozen=True)
+class Challenge(Message):
+    """relay -> client, first: prove you hold your identity key."""
+
+    TYPE: ClassVar[str] = "challenge"
+    relay_key: PublicKey
+    challenge: bytes
+
+    def __post_init__(self) -> None:
+        _check_key(self.relay_key, "relay key")
+        _check_bytes(self.challenge, "challenge", size=CHALLENGE_SIZE)
+
+
+@dataclass(frozen=True)
+class Register(Message):
+    """client -> relay: nick, keys, and a Box from the identity key over the challenge."""
+
+    TYPE: ClassVar[str] = "register"
+    nick: str
+    identity_key: PublicKey
+    session_key: PublicKey
+    proof: bytes
+
+    def __post_init__(self) -> None:
+        _check_nick(self.nick)
+        _check_key(self.identity_key, "identity key")
+        _check_key(self.session_key, "session key")
+        _check_bytes(self.proof, "proof", limit=MAX_PROOF)
+
+
+@dataclass(frozen=True)
+class Welcome(Message):
+    """relay -> client: registered; here is everyone else online."""
+
+    TYPE: ClassVar[str] = "welcome"
+    nick: str
+    peers: tuple[PeerInfo, ...]
+
+    def __post_init__(self) -> None:
+        _check_nick(self.nick)
+        _check_items(self.peers, PeerInfo, "peers")
+
+
+@dataclass(frozen=True)
+class PeerJoined(Message):
+    """relay -> client: someone came online."""
+
+    TYPE: ClassVar[str] = "joined"
+    peer: PeerInfo
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.peer, PeerInfo), "peer must be a PeerInfo")
+
+
+@dataclass(frozen=True)
+class PeerLeft(Message):
+    """relay -> client: someone went offline."""
+
+    TYPE: ClassVar[str] = "left"
+    nick: str
+
+    def __post_init__(self) -> None:
+        _check_nick(self.nick)
+
+
+@dataclass(frozen=True)
+class Send(Message):
+    """client -> relay: forward each envelope to its recipient."""
+
+    TYPE: ClassVar[str] = "send"
+    id: int
+    items: tuple[Envelope, ...]
+
+    def __post_init__(self) -> None:
+        _check_id(self.id)
+        _check_items(self.items, Envelope, "items")
+        _require(len(self.items) > 0, "a send needs at least one envelope")
+
+
+@dataclass(frozen=True)
+class Deliver(Message):
+    """relay -> client: a ciphertext the relay says ``sender`` sent you."""
+
+    TYPE: ClassVar[str] = "deliver"
+    sender: str
+    body: bytes
+
+    def __post_init__(self) -> None:
+        _check_nick(self.sender, "sender")
+        _check_bytes(self.body, "body", limit=MAX_BODY)
+
+
+@dataclass(frozen=True)
+class Routed(Message):
+    """relay -> client: what the relay did with ``Send`` number ``id``.
+
+    This is the relay's word only; end-to-end receipts are a separate, authenticated
+    matter. It lets a sender learn at once that a recipient was offline.
+    """
+
+    TYPE: ClassVar[str] = "routed"
+    id: int
+    delivered: tuple[str, ...]
+    missing: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        _check_id(self.id)
+        _check_items(self.delivered, str, "delivered")
+        _check_items(self.missing, str, "missing")
+        for nick in self.delivered + self.missing:
+            _check_nick(nick)
+
+
+@dataclass(frozen=True)
+class Error(Message):
+    """either way: something went wrong; ``code`` is for programs, ``text`` for people."""
+
+    TYPE: ClassVar[str] = "error"
+    code: str
+    text: str
+
+    def __post_init__(self) -> None:
+        _require(
+            isinstance(self.code, str) and _CODE_PATTERN.match(self.code) is not None,
+            "error code must be 1–32 lowercase letters or '_'",
+        )
+        _check_reason(self.text, "error text")
+
+
+@dataclass(frozen=True)
+class Bye(Message):
+    """relay -> client: the relay is shutting down."""
+
+    TYPE: ClassVar[str] = "bye"
+    reason: str
+
+    def __post_init__(self) -> None:
+        _check_reason(self.reason, "reason")
+
+
+MESSAGE_TYPES: dict[str, type[Message]] = {
+    cls.TYPE: cls
+    for cls in (Challenge, Register, Welcome, PeerJoined, PeerLeft, Send, Deliver, Routed, Error, Bye)
+}
+
+
+# -- encoding -----------------------------------------------------------------------------
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _peer_fields(peer: PeerInfo) -> dict[str, Any]:
+    return {
+        "nick": peer.nick,
+        "identity_key": _b64(bytes(peer.identity_key)),
+        "session_key": _b64(bytes(peer.session_key)),
+    }
+
+
+def _fields(message: Message) -> dict[str, Any]:
+    if isinstance(message, Challenge):
+        return {"relay_key": _b64(bytes(message.relay_key)), "challenge": _b64(message.challenge)}
+    if isinstance(message, Register):
+        return {
+            "nick": message.nick,
+            "identity_key": _b64(bytes(message.identity_key)),
+            "session_key": _b64(bytes(message.session_key)),
+            "proof": _b64(message.proof),
+        }
+    if isinstance(message, Welcome):
+        return {"nick": message.nick, "peers": [_peer_fields(p) for p in message.peers]}
+    if isinstance(message, PeerJoined):
+        return {"peer": _peer_fields(message.peer)}
+    if isinstance(message, PeerLeft):
+        return {"nick": message.nick}
+    if isinstance(message, Send):
+        return {
+            "id": message.id,
+            "items": [{"to": e.to, "body": _b64(e.body)} for e in message.items],
+        }
+    if isinstance(message, Deliver):
+        return {"from": message.sender, "body": _b64(message.body)}
+    if isinstance(message, Routed):
+        return {"id": message.id, "delivered": list(message.delivered), "missing": list(message.missing)}
+    if isinstance(message, Error):
+        return {"code": message.code, "text": message.text}
+    if isinstance(message, Bye):
+        return {"reason": message.reason}
+    raise LocalProtocolError(detail=f"cannot encode {type(message).__name__}")
+
+
+def encode_message(message: Message) -> bytes:
+    """The payload of one frame (without the length prefix)."""
+    payload = {"v": PROTOCOL_VERSION, "type": message.TYPE, **_fields(message)}
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+# -- decoding -----------------------------------------------------------------------------
+
+
+def _invalid(detail: str) -> RemoteProtocolError:
+    return RemoteProtocolError(detail=detail)
+
+
+class _Fields:
+    """Reads the fields of one JSON object, each exactly once, and no others."""
+
+    def __init__(self, obj: object, where: str) -> None:
+        if not isinstance(obj, dict):
+            raise _invalid(f"{where} must be a JSON object")
+        self._obj: dict[str, Any] = obj
+        self._used: set[str] = set()
+        self.where = where
+
+    def _get(self, name: str, kind: type | tuple[type, ...], kind_name: str) -> Any:
+        if name not in self._obj:
+            raise _invalid(f"{self.where} is missing field {name!r}")
+        self._used.add(name)
+        value = self._obj[name]
+        if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+            raise _invalid(f"{self.where} field {name!r} must be {kind_name}")
+        return value
+
+    def text(self, name: str) -> str:
+        value: str = self._get(name, str, "a string")
+        return value
+
+    def integer(self, name: str) -> int:
+        value: int = self._get(name, int, "an integer")
+        return value
+
+    def array(self, name: str) -> list[Any]:
+        value: list[Any] = self._get(name, list, "an array")
+        if len(value) > MAX_ITEMS:
+            raise _invalid(f"{self.where} field {name!r} has more than {MAX_ITEMS} items")
+        return value
+
+    def binary(self, name: str) -> bytes:
+        encoded = self.text(name)
+        try:
+            return base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise _invalid(f"{self.where} field {name!r} is not valid base64") from None
+
+    def key(self, name: str) -> PublicKey:
+        raw = self.binary(name)
+        if len(raw) != KEY_SIZE:
+            raise _invalid(f"{self.where} field {name!r} must be a {KEY_SIZE}-byte key")
+        return PublicKey(raw)
+
+    def nicks(self, name: str) -> tuple[str, ...]:
+        items = self.array(name)
+        if not all(isinstance(item, str) for item in items):
+            raise _invalid(f"{self.where} field {name!r} must be an array of strings")
+        return tuple(items)
+
+    def done(self) -> None:
+        extra = sorted(set(self._obj) - self._used)
+        if extra:
+            raise _invalid(f"{self.where} has unknown field(s): {', '.join(extra)}")
+
+
+def _decode_peer(obj: object) -> PeerInfo:
+    f = _Fields(obj, "peer")
+    peer = PeerInfo(f.text("nick"), f.key("identity_key"), f.key("session_key"))
+    f.done()
+    return peer
+
+
+def _decode_envelope(obj: object) -> Envelope:
+    f = _Fields(obj, "envelope")
+    envelope = Envelope(f.text("to"), f.binary("body"))
+    f.done()
+    return envelope
+
+
+def _build(cls: type[Message], f: _Fields) -> Message:
+    if cls is Challenge:
+        return Challenge(f.key("relay_key"), f.binary("challenge"))
+    if cls is Register:
+        return Register(f.text("nick"), f.key("identity_key"), f.key("session_key"), f.binary("proof"))
+    if cls is Welcome:
+        return Welcome(f.text("nick"), tuple(_decode_peer(p) for p in f.array("peers")))
+    if cls is PeerJoined:
+        return PeerJoined(_decode_peer(f._get("peer", dict, "an object")))
+    if cls is PeerLeft:
+        return PeerLeft(f.text("nick"))
+    if cls is Send:
+        return Send(f.integer("id"), tuple(_decode_envelope(e) for e in f.array("items")))
+    if cls is Deliver:
+        return Deliver(f.text("from"), f.binary("body"))
+    if cls is Routed:
+        return Routed(f.integer("id"), f.nicks("delivered"), f.nicks("missing"))
+    if cls is Error:
+        return Error(f.text("code"), f.text("text"))
+    if cls is Bye:
+        return Bye(f.text("reason"))
+    raise LocalProtocolError(detail=f"no decoder for {cls.__name__}")
+
+
+def _no_duplicates(pairs: Sequence[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _invalid(f"duplicate field {key!r}")
+        result[key] = value
+    return result
+
+
+def _no_constants(name: str) -> Any:
+    raise _invalid(f"{name} is not valid JSON")
+
+
+def decode_message(payload: bytes) -> Message:
+    """Parse one frame's payload. Raises ``RemoteProtocolError`` for anything else."""
+    try:
+        obj = json.loads(
+            payload.decode("utf-8"),
+            object_pairs_hook=_no_duplicates,
+            parse_constant=_no_constants,
+        )
+    except RemoteProtocolError:
+        raise
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise _invalid("payload is not a UTF-8 JSON object") from None
+    f = _Fields(obj, "message")
+    version = f.integer("v")
+    if version != PROTOCOL_VERSION:
+        raise _invalid(f"unsupported protocol version {version} (this is version {PROTOCOL_VERSION})")
+    type_name = f.text("type")
+    cls = MESSAGE_TYPES.get(type_name)
+    if cls is None:
+        raise _invalid(f"unknown message type {type_name[:40]!r}")
+    f.where = f"{type_name!r} message"
+    try:
+        message = _build(cls, f)
+    except LocalProtocolError as exc:
+        raise _invalid(str(exc.fields.get("detail", exc))) from None
+    f.done()
+    return message

@@ -1,0 +1,176 @@
+"""The relay's directory and routing decisions, without any I/O.
+
+``RelayCore`` is told about connections and the messages they send, and answers with
+actions: ``Outgoing(conn, message)`` to write, ``Close(conn, reason)`` to hang up. The
+asyncio shell in relay.py carries them out. It never sees a message key: ciphertext
+bodies pass through unopened.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass, field
+from enum import Enum
+
+import nacl.exceptions
+import nacl.utils
+from nacl.public import Box, PrivateKey
+
+from e2echat.messages import (
+    CHALLENGE_SIZE,
+    Bye,
+    Challenge,
+    Deliver,
+    Error,
+    Message,
+    PeerInfo,
+    PeerJoined,
+    PeerLeft,
+    Register,
+    Routed,
+    Send,
+    Welcome,
+)
+
+ConnId = int
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    conn: ConnId
+    message: Message
+
+
+@dataclass(frozen=True)
+class Close:
+    """Hang up on ``conn``; ``reason`` is for the relay's log (never message content)."""
+
+    conn: ConnId
+    reason: str
+
+
+Action = Outgoing | Close
+
+
+class ConnState(Enum):
+    AWAIT_REGISTER = "await-register"
+    ONLINE = "online"
+
+
+@dataclass
+class _Connection:
+    conn: ConnId
+    state: ConnState
+    # Per-connection key and challenge; dropped once registration succeeds.
+    relay_key: PrivateKey | None
+    challenge: bytes
+    peer: PeerInfo | None = None
+
+
+def registration_proof(
+    our_identity: PrivateKey, challenge: Challenge, session_key: bytes, *, nonce: bytes | None = None
+) -> bytes:
+    """What a client sends to prove it holds its identity key (used by the client core).
+
+    A Box from the identity key to the relay's per-connection key over the challenge and
+    the session key being registered: only the holder of the identity key can make it,
+    it is useless on any other connection, and it binds the session key to the identity.
+    """
+    box = Box(our_identity, challenge.relay_key)
+    return bytes(box.encrypt(challenge.challenge + session_key, nonce))
+
+
+@dataclass
+class RelayCore:
+    _connections: dict[ConnId, _Connection] = field(default_factory=dict)
+    #: nick -> connection, for everyone registered
+    online: dict[str, ConnId] = field(default_factory=dict)
+
+    def connect(self, conn: ConnId) -> list[Action]:
+        relay_key = PrivateKey.generate()
+        challenge = nacl.utils.random(CHALLENGE_SIZE)
+        self._connections[conn] = _Connection(conn, ConnState.AWAIT_REGISTER, relay_key, challenge)
+        return [Outgoing(conn, Challenge(relay_key.public_key, challenge))]
+
+    def is_registered(self, conn: ConnId) -> bool:
+        record = self._connections.get(conn)
+        return record is not None and record.state is ConnState.ONLINE
+
+    def nick_of(self, conn: ConnId) -> str | None:
+        record = self._connections.get(conn)
+        return record.peer.nick if record and record.peer else None
+
+    def receive(self, conn: ConnId, message: Message) -> list[Action]:
+        record = self._connections.get(conn)
+        if record is None:
+            return []
+        if isinstance(message, Error):
+            return [Close(conn, f"client reported error {message.code}")]
+        if record.state is ConnState.AWAIT_REGISTER:
+            if isinstance(message, Register):
+                return self._register(record, message)
+            return self.refuse(conn, "not_registered", "register before sending anything else")
+        if isinstance(message, Send):
+            return self._route(record, message)
+        return self.refuse(conn, "protocol", f"unexpected {message.TYPE!r} message")
+
+    def refuse(self, conn: ConnId, code: str, text: str) -> list[Action]:
+        """An error frame to the offender, then hang up on it (and on nobody else)."""
+        return [Outgoing(conn, Error(code, text)), Close(conn, f"{code}: {text}")]
+
+    def disconnect(self, conn: ConnId) -> list[Action]:
+        record = self._connections.pop(conn, None)
+        if record is None or record.peer is None:
+            return []
+        if self.online.get(record.peer.nick) != conn:
+            return []
+        del self.online[record.peer.nick]
+        left = PeerLeft(record.peer.nick)
+        return [Outgoing(other, left) for other in self.online.values()]
+
+    def shutdown(self, reason: str) -> list[Action]:
+        actions: list[Action] = []
+        for conn in list(self._connections):
+            actions.append(Outgoing(conn, Bye(reason)))
+            actions.append(Close(conn, "relay shutting down"))
+        return actions
+
+    def _register(self, record: _Connection, message: Register) -> list[Action]:
+        conn = record.conn
+        assert record.relay_key is not None
+        try:
+            opened = Box(record.relay_key, message.identity_key).decrypt(message.proof)
+        except nacl.exceptions.CryptoError:
+            opened = b""
+        expected = record.challenge + bytes(message.session_key)
+        if not hmac.compare_digest(opened, expected):
+            return self.refuse(conn, "bad_proof", "registration proof did not verify")
+        if message.nick in self.online:
+            return self.refuse(
+                conn, "nick_taken", f"nick {message.nick!r} is already online; choose another"
+            )
+        peer = PeerInfo(message.nick, message.identity_key, message.session_key)
+        others = [self._connections[c].peer for c in self.online.values()]
+        welcome = Welcome(peer.nick, tuple(p for p in others if p is not None))
+        record.state, record.peer, record.relay_key = ConnState.ONLINE, peer, None
+        actions: list[Action] = [Outgoing(conn, welcome)]
+        joined = PeerJoined(peer)
+        actions.extend(Outgoing(other, joined) for other in self.online.values())
+        self.online[peer.nick] = conn
+        return actions
+
+    def _route(self, record: _Connection, message: Send) -> list[Action]:
+        assert record.peer is not None
+        sender = record.peer.nick
+        actions: list[Action] = []
+        delivered: list[str] = []
+        missing: list[str] = []
+        for envelope in message.items:
+            target = self.online.get(envelope.to)
+            if target is None or envelope.to == sender:
+                missing.append(envelope.to)
+                continue
+            actions.append(Outgoing(target, Deliver(sender, envelope.body)))
+            delivered.append(envelope.to)
+        actions.append(Outgoing(record.conn, Routed(message.id, tuple(delivered), tuple(missing))))
+        return actions

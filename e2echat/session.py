@@ -1,0 +1,221 @@
+"""Per-peer crypto session: key agreement, one KDF chain per direction, counters, replay.
+
+Pure (no I/O). The construction, and why, is in SECURITY.md; in short:
+
+* Both sides order the two parties by (identity key, session key, nick): "first" and
+  "second". DH1 = DH(IK_first, EK_second), DH2 = DH(EK_first, IK_second),
+  DH3 = DH(EK_first, EK_second).
+* HKDF-SHA256(DH1 || DH2 || DH3, info = label + both parties' nick, IK and EK) gives
+  64 bytes: the sending chain key of "first", then that of "second".
+* Each message key is HMAC-SHA256(chain, 0x01); the next chain key HMAC-SHA256(chain,
+  0x02) (Signal's symmetric-key ratchet). A message key encrypts one message with
+  XSalsa20-Poly1305 (``nacl.secret.SecretBox``) and is then forgotten.
+* Body = version (1 byte) || counter (8 bytes, big-endian) || SecretBox(nonce || ct).
+  The counter selects the key, so altering it makes decryption fail; the plaintext
+  repeats counter, sender, recipient and kind, which are checked after decryption.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import struct
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+from enum import Enum
+
+import nacl.bindings
+import nacl.exceptions
+from nacl.public import PrivateKey, PublicKey
+from nacl.secret import SecretBox
+
+from e2echat.errors import DecryptionError, LocalProtocolError, ReplayError
+
+LABEL = b"e2echat v1"
+BODY_VERSION = 1
+_HEADER = struct.Struct(">BQ")
+# Skipped message keys kept per peer for late (reordered) messages. libsignal keeps at
+# most 2000; a relay that holds back more than that has made those messages unreadable.
+MAX_SKIP = 2000
+# Longest message text, in UTF-8 bytes: a screenful, and far below messages.MAX_BODY.
+MAX_TEXT = 16 * 1024
+
+
+class Kind(str, Enum):
+    ROOM = "room"
+    PRIVATE = "private"
+
+
+@dataclass(frozen=True)
+class Party:
+    """One side of a session, as the directory names it."""
+
+    nick: str
+    identity_key: PublicKey
+    session_key: PublicKey
+
+    def sort_key(self) -> tuple[bytes, bytes, bytes]:
+        return bytes(self.identity_key), bytes(self.session_key), self.nick.encode("utf-8")
+
+
+@dataclass(frozen=True)
+class Plaintext:
+    """A message that decrypted and authenticated."""
+
+    sender: str
+    recipient: str
+    kind: Kind
+    counter: int
+    text: str
+    #: How many earlier messages from this peer were skipped by this one (a gap).
+    skipped: int = 0
+    #: True if this message fills an earlier gap (it arrived late).
+    late: bool = False
+
+
+def hkdf_sha256(ikm: bytes, *, info: bytes, length: int, salt: bytes = b"") -> bytes:
+    """RFC 5869 HKDF with HMAC-SHA256, from the stdlib."""
+    prk = hmac.new(salt or bytes(32), ikm, hashlib.sha256).digest()
+    blocks, previous = [], b""
+    for index in range(1, -(-length // 32) + 1):
+        previous = hmac.new(prk, previous + info + bytes([index]), hashlib.sha256).digest()
+        blocks.append(previous)
+    return b"".join(blocks)[:length]
+
+
+def chain_step(chain_key: bytes) -> tuple[bytes, bytes]:
+    """(next chain key, message key), as in Signal's KDF_CK."""
+    message_key = hmac.new(chain_key, b"\x01", hashlib.sha256).digest()
+    next_chain = hmac.new(chain_key, b"\x02", hashlib.sha256).digest()
+    return next_chain, message_key
+
+
+def _dh(private: PrivateKey, public: PublicKey) -> bytes:
+    # libsodium refuses low-order points (an all-zero shared secret) with an error.
+    return nacl.bindings.crypto_scalarmult(bytes(private), bytes(public))
+
+
+def _encode_party(party: Party) -> bytes:
+    nick = party.nick.encode("utf-8")
+    return bytes([len(nick)]) + nick + bytes(party.identity_key) + bytes(party.session_key)
+
+
+class PeerSession:
+    """Our end of the session with one peer, for the life of one pair of connections."""
+
+    def __init__(
+        self,
+        our_nick: str,
+        our_identity: PrivateKey,
+        our_session: PrivateKey,
+        their: Party,
+    ) -> None:
+        self.ours = Party(our_nick, our_identity.public_key, our_session.public_key)
+        self.theirs = their
+        we_are_first = self.ours.sort_key() < their.sort_key()
+        try:
+            if we_are_first:
+                dh1 = _dh(our_identity, their.session_key)
+                dh2 = _dh(our_session, their.identity_key)
+                first, second = self.ours, their
+            else:
+                dh1 = _dh(our_session, their.identity_key)
+                dh2 = _dh(our_identity, their.session_key)
+                first, second = their, self.ours
+            dh3 = _dh(our_session, their.session_key)
+        except nacl.exceptions.CryptoError:
+            raise DecryptionError(peer=their.nick, detail="their keys are invalid") from None
+        info = LABEL + b" chains" + _encode_party(first) + _encode_party(second)
+        okm = hkdf_sha256(dh1 + dh2 + dh3, info=info, length=64)
+        first_chain, second_chain = okm[:32], okm[32:]
+        self._send_chain = first_chain if we_are_first else second_chain
+        self._receive_chain = second_chain if we_are_first else first_chain
+        self._send_counter = 0
+        self._receive_next = 0
+        self._skipped: OrderedDict[int, bytes] = OrderedDict()
+
+    @property
+    def peer(self) -> str:
+        return self.theirs.nick
+
+    @property
+    def missing(self) -> int:
+        """Messages from this peer skipped over and not (yet) arrived."""
+        return len(self._skipped)
+
+    def encrypt(self, text: str, kind: Kind, *, nonce: bytes | None = None) -> bytes:
+        """One message for this peer. ``nonce`` is for deterministic tests only."""
+        raw_text = text.encode("utf-8")
+        if len(raw_text) > MAX_TEXT:
+            raise LocalProtocolError(detail=f"message longer than {MAX_TEXT} bytes")
+        counter = self._send_counter
+        inner = {
+            "from": self.ours.nick,
+            "to": self.theirs.nick,
+            "kind": kind.value,
+            "n": counter,
+            "text": text,
+        }
+        plaintext = json.dumps(inner, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        self._send_chain, message_key = chain_step(self._send_chain)
+        self._send_counter += 1
+        sealed = SecretBox(message_key).encrypt(plaintext, nonce)
+        return _HEADER.pack(BODY_VERSION, counter) + bytes(sealed)
+
+    def decrypt(self, body: bytes) -> Plaintext:
+        """Authenticate and decrypt one body. On any failure our state is unchanged."""
+        if len(body) < _HEADER.size + SecretBox.NONCE_SIZE + SecretBox.MACBYTES:
+            raise DecryptionError(peer=self.peer, detail="message too short")
+        version, counter = _HEADER.unpack_from(body)
+        if version != BODY_VERSION:
+            raise DecryptionError(peer=self.peer, detail=f"unsupported message version {version}")
+        sealed = body[_HEADER.size :]
+
+        if counter < self._receive_next:
+            message_key = self._skipped.get(counter)
+            if message_key is None:
+                raise ReplayError(peer=self.peer, counter=counter)
+            plaintext = self._open(message_key, sealed, counter)
+            del self._skipped[counter]
+            return replace(plaintext, late=True)
+
+        gap = counter - self._receive_next
+        if gap > MAX_SKIP:
+            raise DecryptionError(
+                peer=self.peer, detail=f"{gap} messages skipped, more than the {MAX_SKIP} allowed"
+            )
+        chain = self._receive_chain
+        skipped: list[tuple[int, bytes]] = []
+        for missed in range(self._receive_next, counter):
+            chain, key = chain_step(chain)
+            skipped.append((missed, key))
+        chain, message_key = chain_step(chain)
+        plaintext = self._open(message_key, sealed, counter)
+        # Authenticated: only now does the session move on.
+        self._receive_chain = chain
+        self._receive_next = counter + 1
+        self._skipped.update(skipped)
+        while len(self._skipped) > MAX_SKIP:
+            self._skipped.popitem(last=False)
+        return replace(plaintext, skipped=gap)
+
+    def _open(self, message_key: bytes, sealed: bytes, counter: int) -> Plaintext:
+        try:
+            raw = SecretBox(message_key).decrypt(sealed)
+        except nacl.exceptions.CryptoError:
+            raise DecryptionError(peer=self.peer, detail="bad authentication tag") from None
+        try:
+            inner = json.loads(raw.decode("utf-8"))
+            sender, recipient, kind = inner["from"], inner["to"], Kind(inner["kind"])
+            inner_counter, text = inner["n"], inner["text"]
+        except (ValueError, KeyError, TypeError):
+            raise DecryptionError(peer=self.peer, detail="malformed plaintext") from None
+        # The keys already bind both parties and the direction; these checks make a
+        # mismatch (a bug, or a peer lying inside its own ciphertext) loud, not silent.
+        if sender != self.theirs.nick or recipient != self.ours.nick or inner_counter != counter:
+            raise DecryptionError(peer=self.peer, detail="header does not match its contents")
+        if not isinstance(text, str):
+            raise DecryptionError(peer=self.peer, detail="malformed plaintext")
+        return Plaintext(sender, recipient, kind, counter, text)
+
