@@ -278,8 +278,11 @@ class ClientCore:
     def _deliver(self, deliver: m.Deliver) -> list[Event]:
         session = self._sessions.get(deliver.sender)
         if session is None:
-            return [SecurityWarning(f"dropped a message claiming to be from {deliver.sender}, "
-                                    "who has no session with us")]
+            return [
+                SecurityWarning(
+                    f"dropped a message claiming to be from {deliver.sender}, who has no session with us"
+                )
+            ]
         try:
             plaintext = session.decrypt(deliver.body)
         except DecryptionError as exc:

@@ -350,7 +350,7 @@ class _Fields:
             raise _invalid(f"{self.where} is missing field {name!r}")
         self._used.add(name)
         value = self._obj[name]
-        if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
             raise _invalid(f"{self.where} field {name!r} must be {kind_name}")
         return value
 

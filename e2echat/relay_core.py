@@ -146,9 +146,7 @@ class RelayCore:
         if not hmac.compare_digest(opened, expected):
             return self.refuse(conn, "bad_proof", "registration proof did not verify")
         if message.nick in self.online:
-            return self.refuse(
-                conn, "nick_taken", f"nick {message.nick!r} is already online; choose another"
-            )
+            return self.refuse(conn, "nick_taken", f"nick {message.nick!r} is already online; choose another")
         peer = PeerInfo(message.nick, message.identity_key, message.session_key)
         others = [self._connections[c].peer for c in self.online.values()]
         welcome = Welcome(peer.nick, tuple(p for p in others if p is not None))

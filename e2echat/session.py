@@ -23,7 +23,7 @@ import json
 import struct
 from collections import OrderedDict
 from dataclasses import dataclass, replace
-from enum import Enum
+from enum import StrEnum
 
 import nacl.bindings
 import nacl.exceptions
@@ -42,7 +42,7 @@ MAX_SKIP = 2000
 MAX_TEXT = 16 * 1024
 
 
-class Kind(str, Enum):
+class Kind(StrEnum):
     ROOM = "room"
     PRIVATE = "private"
 
@@ -218,4 +218,3 @@ class PeerSession:
         if not isinstance(text, str):
             raise DecryptionError(peer=self.peer, detail="malformed plaintext")
         return Plaintext(sender, recipient, kind, counter, text)
-

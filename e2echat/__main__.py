@@ -1,0 +1,5 @@
+import sys
+
+from e2echat.cli import main
+
+sys.exit(main())

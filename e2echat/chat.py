@@ -1,0 +1,88 @@
+"""What a chat does with a typed line and with each event, shared by the REPL and line
+mode. No prompt_toolkit here: both front ends hand it lines and a ``write`` function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from e2echat import commands
+from e2echat.client import Connection, Disconnected
+from e2echat.client_core import Event, Registered
+from e2echat.display import clock, format_event, online_text
+from e2echat.errors import CommandError
+
+
+class Chat:
+    def __init__(self, connection: Connection, write: Callable[[str], None]) -> None:
+        self.connection = connection
+        self.write = write
+
+    def notice(self, text: str) -> None:
+        self.write(f"{clock()} -- {text}")
+
+    def problem(self, text: str) -> None:
+        self.write(f"{clock()} !! {text}")
+
+    def handle_line(self, line: str) -> bool:
+        """Carry out one typed line. False when the user asked to leave."""
+        try:
+            command = commands.parse(line)
+            if command is None:
+                return True
+            return self._run(command)
+        except CommandError as exc:
+            self.problem(str(exc))
+            return True
+
+    def _run(self, command: commands.Command) -> bool:
+        core = self.connection.core
+        if isinstance(command, commands.Say):
+            self.connection.send_room(command.text)
+        elif isinstance(command, commands.PrivateMessage):
+            self.connection.send_private(command.nick, command.text)
+        elif isinstance(command, commands.Who):
+            self.notice(f"you are {core.nick}; {online_text(core.peers)}")
+        elif isinstance(command, commands.Help):
+            for text in commands.help_text(command.topic):
+                self.write(text)
+        elif isinstance(command, commands.Quit):
+            return False
+        return True
+
+    def show(self, event: Event) -> None:
+        if isinstance(event, Registered):
+            self.notice(
+                f"connected to the relay at {self.connection.address} as {event.nick}; "
+                f"{online_text(event.peers)}; /help lists the commands"
+            )
+            return
+        line = format_event(event)
+        if line is not None:
+            self.write(line)
+
+    async def run_events(self) -> Disconnected:
+        """Show events as they come; return how the connection ended."""
+        while True:
+            event = await self.connection.events.get()
+            if isinstance(event, Disconnected):
+                return event
+            self.show(event)
+
+    def show_queued(self) -> Disconnected | None:
+        """Show whatever events are already queued, without waiting for more."""
+        while not self.connection.events.empty():
+            event = self.connection.events.get_nowait()
+            if isinstance(event, Disconnected):
+                return event
+            self.show(event)
+        return None
+
+    async def finish(self, timeout: float) -> None:
+        """Before leaving: wait (bounded) until the relay has answered for every message
+        we sent, so nothing typed is dropped on the floor unannounced."""
+        if self.connection.closed:
+            return
+        if not await self.connection.wait_settled(timeout):
+            count = len(self.connection.core.pending)
+            self.problem(f"the relay did not confirm {count} message(s) within {timeout:g}s")

@@ -1,0 +1,169 @@
+"""The client's asyncio shell around ``ClientCore``: connect, register, move bytes.
+
+Events from the core land in ``Connection.events``; when the connection ends, a final
+``Disconnected`` says why. Nothing here decides anything about the protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from dataclasses import dataclass
+
+from nacl.public import PrivateKey
+
+from e2echat.client_core import ClientCore, Event, Registered, RegistrationFailed
+from e2echat.errors import RegistrationRefused, RelayGone, RelayUnreachable, RemoteProtocolError
+from e2echat.keys import new_session_key
+
+log = logging.getLogger("e2echat.client")
+
+# How long connecting and registering may take before we give up on the relay.
+CONNECT_TIMEOUT = 10.0
+_READ_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Disconnected:
+    """The last event of a connection: why it ended."""
+
+    detail: str
+
+
+class Connection:
+    """One registered connection to the relay, with a fresh session key."""
+
+    def __init__(self, host: str, port: int, nick: str, identity: PrivateKey) -> None:
+        self.host = host
+        self.port = port
+        self.nick = nick
+        # The session key's private half lives in this object only: when the connection
+        # is gone, so is every session key derived from it (forward secrecy).
+        self.core = ClientCore(nick, identity, new_session_key())
+        self.events: asyncio.Queue[Event | Disconnected] = asyncio.Queue()
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._settled = asyncio.Event()
+        self._settled.set()
+        self.closed = False
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    async def open(self, timeout: float = CONNECT_TIMEOUT) -> Registered:
+        """Connect and register. Raises RelayUnreachable or RegistrationRefused."""
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), timeout)
+        except (OSError, TimeoutError):
+            raise RelayUnreachable(host=self.host, port=self.port) from None
+        self._writer = writer
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            registered = await asyncio.wait_for(self._register(reader), timeout)
+        except TimeoutError:
+            writer.close()
+            raise RelayGone(host=self.host, port=self.port, detail="registration timed out") from None
+        except BaseException:
+            writer.close()
+            raise
+        self._reader_task = asyncio.create_task(self._read_loop(reader))
+        return registered
+
+    async def _register(self, reader: asyncio.StreamReader) -> Registered:
+        while True:
+            data = await self._read(reader)
+            if not data:
+                raise RelayGone(host=self.host, port=self.port, detail="it closed the connection")
+            try:
+                events = self.core.receive_data(data)
+            except RemoteProtocolError as exc:
+                raise RelayGone(host=self.host, port=self.port, detail=str(exc)) from None
+            self._flush()
+            for index, event in enumerate(events):
+                if isinstance(event, RegistrationFailed):
+                    raise RegistrationRefused(nick=self.nick, detail=event.text)
+                if isinstance(event, Registered):
+                    for later in events[index:]:
+                        self.events.put_nowait(later)
+                    return event
+
+    async def _read(self, reader: asyncio.StreamReader) -> bytes:
+        try:
+            return await reader.read(_READ_CHUNK)
+        except (ConnectionError, OSError):
+            return b""
+
+    async def _read_loop(self, reader: asyncio.StreamReader) -> None:
+        detail = "the relay closed the connection"
+        try:
+            while True:
+                data = await self._read(reader)
+                if not data:
+                    break
+                try:
+                    events = self.core.receive_data(data)
+                except RemoteProtocolError as exc:
+                    detail = f"the relay broke the protocol ({exc})"
+                    break
+                self._flush()
+                for event in events:
+                    self.events.put_nowait(event)
+                if not self.core.pending:
+                    self._settled.set()
+        finally:
+            self._close_transport()
+            self.events.put_nowait(Disconnected(detail))
+
+    def _flush(self) -> None:
+        data = self.core.data_to_send()
+        if data and self._writer is not None and not self._writer.is_closing():
+            self._writer.write(data)
+
+    # -- what the UI calls --------------------------------------------------------------------
+
+    def send_room(self, text: str) -> int:
+        message_id = self.core.send_room(text)
+        self._sent()
+        return message_id
+
+    def send_private(self, nick: str, text: str) -> int:
+        message_id = self.core.send_private(nick, text)
+        self._sent()
+        return message_id
+
+    def _sent(self) -> None:
+        self._settled.clear()
+        self._flush()
+
+    async def wait_settled(self, timeout: float) -> bool:
+        """Wait until the relay has answered for every message sent. False on timeout."""
+        if self._writer is not None:
+            with contextlib.suppress(ConnectionError, OSError, TimeoutError):
+                await asyncio.wait_for(self._writer.drain(), timeout)
+        try:
+            await asyncio.wait_for(self._settled.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def _close_transport(self) -> None:
+        self.closed = True
+        self._settled.set()  # nothing more will be answered
+        if self._writer is not None:
+            self._writer.close()
+
+    async def close(self) -> None:
+        self._close_transport()
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader_task
+        if self._writer is not None:
+            with contextlib.suppress(ConnectionError, OSError, TimeoutError):
+                await asyncio.wait_for(self._writer.wait_closed(), 2)

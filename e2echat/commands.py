@@ -1,0 +1,98 @@
+"""What the user typed -> a Command. Pure: no I/O, no prompt_toolkit.
+
+A plain line is a room message; a line starting with "/" is a command; "//" at the start
+sends a line that begins with a literal "/".
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+from e2echat.errors import CommandError
+
+
+@dataclass(frozen=True)
+class Say:
+    """A message to everyone else online."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class PrivateMessage:
+    nick: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Who:
+    pass
+
+
+@dataclass(frozen=True)
+class Help:
+    topic: str | None = None
+
+
+@dataclass(frozen=True)
+class Quit:
+    pass
+
+
+Command = Say | PrivateMessage | Who | Help | Quit
+
+#: name -> (usage, one line of help). The order is the order /help lists them in.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "msg": ("/msg NICK TEXT", "send TEXT to NICK alone; nobody else receives anything"),
+    "who": ("/who", "list who is online"),
+    "help": ("/help [COMMAND]", "list the commands, or explain one"),
+    "quit": ("/quit", "leave (Ctrl+D does the same)"),
+}
+_ALIASES = {"exit": "quit", "q": "quit", "w": "who", "m": "msg", "query": "msg"}
+
+
+def help_text(topic: str | None = None) -> list[str]:
+    if topic:
+        name = _ALIASES.get(topic.lstrip("/"), topic.lstrip("/"))
+        if name not in COMMANDS:
+            raise CommandError(detail=f"no command /{topic.lstrip('/')}{_suggestion(name)}")
+        usage, text = COMMANDS[name]
+        return [f"{usage} — {text}"]
+    lines = ["Type a line to send it to everyone online, encrypted for each of them."]
+    lines += [f"  {usage:<18} {text}" for usage, text in COMMANDS.values()]
+    lines.append("  //TEXT             send a line that starts with '/'")
+    return lines
+
+
+def _suggestion(name: str) -> str:
+    close = difflib.get_close_matches(name, [*COMMANDS, *_ALIASES], n=1, cutoff=0.6)
+    if not close:
+        return "; /help lists the commands"
+    return f" — did you mean /{_ALIASES.get(close[0], close[0])}?"
+
+
+def parse(line: str) -> Command | None:
+    """Parse one input line. ``None`` for a blank line; ``CommandError`` for a bad one."""
+    stripped = line.strip()
+    if not stripped:
+        return None
+    if stripped.startswith("//"):
+        return Say(line.lstrip()[1:])
+    if not stripped.startswith("/"):
+        return Say(line)
+    name, _, rest = stripped[1:].partition(" ")
+    name = _ALIASES.get(name.lower(), name.lower())
+    rest = rest.strip()
+    if name == "msg":
+        nick, _, text = rest.partition(" ")
+        if not nick or not text.strip():
+            raise CommandError(detail=f"usage: {COMMANDS['msg'][0]}")
+        return PrivateMessage(nick, text.strip())
+    if name == "who":
+        return Who()
+    if name == "help":
+        return Help(rest or None)
+    if name == "quit":
+        return Quit()
+    raise CommandError(detail=f"unknown command /{name}{_suggestion(name)}")

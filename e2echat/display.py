@@ -1,0 +1,83 @@
+"""Events -> the lines a person reads. Pure: no I/O, no prompt_toolkit.
+
+Everything a peer controls (message text; nicks are already restricted by the protocol)
+goes through ``neutralize`` so that nobody can move the cursor, clear the screen or
+re-order the text of someone else's terminal.
+"""
+
+from __future__ import annotations
+
+import time
+
+from e2echat.client_core import (
+    Event,
+    MessageReceived,
+    MessagesMissing,
+    PeerJoined,
+    PeerLeft,
+    Registered,
+    RegistrationFailed,
+    RelayClosing,
+    RelayError,
+    SecurityWarning,
+    SendReport,
+)
+
+# Unicode bidirectional overrides and isolates: they reorder what is displayed.
+_BIDI = {chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))}
+
+
+def neutralize(text: str) -> str:
+    """Show control characters (ESC, CR, BEL, ...) and bidi overrides as visible escapes."""
+    out = []
+    for char in text:
+        code = ord(char)
+        if char == "\n":
+            out.append("\\n")
+        elif char == "\t":
+            out.append("    ")
+        elif code < 0x20 or 0x7F <= code < 0xA0 or char in _BIDI:
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def clock(now: float | None = None) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(now))
+
+
+def format_event(event: Event, now: float | None = None) -> str | None:
+    """One line for ``event``, or None if it needs none."""
+    stamp = clock(now)
+    if isinstance(event, MessageReceived):
+        mark = " [private]" if event.private else ""
+        return f"{stamp}{mark} <{event.sender}> {neutralize(event.text)}"
+    if isinstance(event, PeerJoined):
+        return f"{stamp} -- {event.nick} joined"
+    if isinstance(event, PeerLeft):
+        return f"{stamp} -- {event.nick} left"
+    if isinstance(event, Registered):
+        return f"{stamp} -- you are {event.nick}; {online_text(event.peers)}"
+    if isinstance(event, MessagesMissing):
+        plural = "message" if event.count == 1 else "messages"
+        return f"{stamp} !! {event.count} {plural} from {event.sender} are missing"
+    if isinstance(event, SendReport):
+        if not event.missing:
+            return None
+        return f"{stamp} !! not delivered to {', '.join(event.missing)}: no longer online"
+    if isinstance(event, SecurityWarning):
+        return f"{stamp} !! warning: {neutralize(event.text)}"
+    if isinstance(event, RelayError):
+        return f"{stamp} !! relay error: {neutralize(event.text)}"
+    if isinstance(event, RelayClosing):
+        return f"{stamp} -- the relay is shutting down: {neutralize(event.reason)}"
+    if isinstance(event, RegistrationFailed):
+        return f"{stamp} !! the relay refused us: {neutralize(event.text)}"
+    return None
+
+
+def online_text(peers: tuple[str, ...] | list[str]) -> str:
+    if not peers:
+        return "nobody else is online"
+    return f"online: {', '.join(peers)}"
