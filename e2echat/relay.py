@@ -53,12 +53,13 @@ class Relay:
         self._handlers: set[asyncio.Task[None]] = set()
         self._ids = itertools.count(1)
         self._server: asyncio.base_events.Server | None = None
+        self._port: int | None = None
 
     @property
     def port(self) -> int:
-        assert self._server is not None, "start() the relay first"
-        port: int = self._server.sockets[0].getsockname()[1]
-        return port
+        """The port it listens on (the one chosen by the OS, if asked for port 0)."""
+        assert self._port is not None, "start() the relay first"
+        return self._port
 
     async def start(self) -> None:
         try:
@@ -67,6 +68,7 @@ class Relay:
             raise RelayStartError(
                 host=self.host, port=self.requested_port, detail=exc.strerror or str(exc)
             ) from None
+        self._port = self._server.sockets[0].getsockname()[1]
         log.info("listening on %s:%d", self.host, self.port)
 
     async def stop(self, reason: str = "the relay was stopped") -> None:

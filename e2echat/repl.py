@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
 import threading
 from collections.abc import Coroutine
-from typing import Any, BinaryIO
+from typing import Any
 
 from prompt_toolkit import PromptSession
 from prompt_toolkit.patch_stdout import patch_stdout
@@ -73,9 +74,9 @@ async def run_repl(chat: Chat, session: PromptSession[str] | None = None, *, pat
         raise _gone(chat, ended)
 
 
-async def run_line_mode(chat: Chat, stream: BinaryIO | None = None) -> None:
+async def run_line_mode(chat: Chat, fd: int | None = None) -> None:
     """Lines from a pipe or file; one line per event on stdout; leave at end of input."""
-    source = stream if stream is not None else sys.stdin.buffer
+    source = sys.stdin.fileno() if fd is None else fd
     loop = asyncio.get_running_loop()
     lines: asyncio.Queue[str | None] = asyncio.Queue()
 
@@ -83,17 +84,25 @@ async def run_line_mode(chat: Chat, stream: BinaryIO | None = None) -> None:
         with contextlib.suppress(RuntimeError):  # the loop closed while we were reading
             loop.call_soon_threadsafe(lines.put_nowait, line)
 
-    def read_stdin() -> None:
-        # A daemon thread, not run_in_executor: a blocked read must not hold up exit.
+    def read_input() -> None:
+        # A daemon thread, not run_in_executor, so that a blocked read cannot hold up exit;
+        # and os.read on the descriptor, not sys.stdin, whose buffer lock a daemon thread
+        # must not hold while the interpreter shuts down.
+        pending = b""
         try:
-            for raw in iter(source.readline, b""):
-                deliver(raw.decode("utf-8", errors="replace"))
-        except (OSError, ValueError):
+            while chunk := os.read(source, 65536):
+                pending += chunk
+                *complete, pending = pending.split(b"\n")
+                for raw in complete:
+                    deliver(raw.decode("utf-8", errors="replace"))
+            if pending:
+                deliver(pending.decode("utf-8", errors="replace"))
+        except OSError:
             pass
         finally:
             deliver(None)
 
-    threading.Thread(target=read_stdin, name="e2echat-stdin", daemon=True).start()
+    threading.Thread(target=read_input, name="e2echat-stdin", daemon=True).start()
 
     async def typing() -> None:
         while (line := await lines.get()) is not None:

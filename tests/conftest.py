@@ -1,0 +1,28 @@
+"""Run ``async def`` tests with asyncio.run and a hard time limit.
+
+A dozen lines instead of a pytest-asyncio dependency: every async test gets a fresh
+event loop and is cancelled (and fails) if it has not finished in ASYNC_TEST_TIMEOUT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from typing import Any
+
+import pytest
+
+ASYNC_TEST_TIMEOUT = 30.0
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    if not inspect.iscoroutinefunction(pyfuncitem.obj):
+        return None
+    arguments: dict[str, Any] = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
+    timeout = ASYNC_TEST_TIMEOUT
+    marker = pyfuncitem.get_closest_marker("timeout")
+    if marker is not None:
+        timeout = float(marker.args[0])
+    asyncio.run(asyncio.wait_for(pyfuncitem.obj(**arguments), timeout))
+    return True

@@ -1,0 +1,182 @@
+"""Helpers for tests that use a real relay over real loopback sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from nacl.public import PrivateKey
+
+from e2echat import messages as m
+from e2echat.client import Connection, Disconnected
+from e2echat.client_core import ClientCore, Event, Registered
+from e2echat.framing import FrameDecoder, encode_frame
+from e2echat.keys import new_session_key
+from e2echat.relay import Relay
+
+LOOPBACK = "127.0.0.1"
+WAIT = 5.0  # every wait in the tests is bounded by this
+REPO = Path(__file__).resolve().parent.parent
+
+E = TypeVar("E")
+
+
+@contextlib.asynccontextmanager
+async def running_relay(**options: Any) -> AsyncIterator[Relay]:
+    relay = Relay(LOOPBACK, 0, **options)
+    await relay.start()
+    try:
+        yield relay
+    finally:
+        await relay.stop()
+
+
+class Peer:
+    """A real client ``Connection`` plus a record of every event it has seen."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self.seen: list[Event | Disconnected] = []
+        self._unread: list[Event | Disconnected] = []
+
+    @property
+    def nick(self) -> str:
+        return self.connection.nick
+
+    async def next(self, kind: type[E], where: Callable[[E], bool] = lambda e: True) -> E:
+        """The next event of ``kind`` satisfying ``where``; others are skipped (and kept in
+        ``seen``). Fails after WAIT seconds."""
+
+        async def find() -> E:
+            while True:
+                event = await self.connection.events.get()
+                self.seen.append(event)
+                if isinstance(event, kind) and where(event):
+                    return event
+
+        return await asyncio.wait_for(find(), WAIT)
+
+    async def next_any(self) -> Event | Disconnected:
+        event = await asyncio.wait_for(self.connection.events.get(), WAIT)
+        self.seen.append(event)
+        return event
+
+
+async def connect(relay: Relay, nick: str, identity: PrivateKey | None = None) -> Peer:
+    connection = Connection(LOOPBACK, relay.port, nick, identity or PrivateKey.generate())
+    await connection.open(timeout=WAIT)
+    peer = Peer(connection)
+    await peer.next(Registered)
+    return peer
+
+
+@contextlib.asynccontextmanager
+async def peers(relay: Relay, *nicks: str) -> AsyncIterator[list[Peer]]:
+    """Connect ``nicks`` in order and wait until every one has seen all the others."""
+    connected: list[Peer] = []
+    try:
+        for nick in nicks:
+            connected.append(await connect(relay, nick))
+        for peer in connected:
+            others = {p.nick for p in connected} - {peer.nick}
+            await asyncio.wait_for(
+                _until(lambda p=peer, o=others: set(p.connection.core.peers) >= o, peer), WAIT
+            )
+        yield connected
+    finally:
+        for peer in connected:
+            await peer.connection.close()
+
+
+async def _until(condition: Callable[[], bool], peer: Peer) -> None:
+    while not condition():
+        peer.seen.append(await peer.connection.events.get())
+
+
+class RawClient:
+    """Speaks the wire protocol by hand over a real socket, for tests that must send what a
+    well-behaved client never would. Registers with a real ClientCore, then steps aside."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.decoder = FrameDecoder()
+        self.frames: list[bytes] = []
+
+    @classmethod
+    async def open(cls, relay: Relay) -> RawClient:
+        reader, writer = await asyncio.open_connection(LOOPBACK, relay.port)
+        return cls(reader, writer)
+
+    async def register(self, nick: str, identity: PrivateKey | None = None) -> Registered:
+        core = ClientCore(nick, identity or PrivateKey.generate(), new_session_key())
+        while True:
+            data = await asyncio.wait_for(self.reader.read(65536), WAIT)
+            assert data, "relay closed the connection during registration"
+            for event in core.receive_data(data):
+                if isinstance(event, Registered):
+                    return event
+            self.writer.write(core.data_to_send())
+
+    def send(self, message: m.Message) -> None:
+        self.writer.write(encode_frame(m.encode_message(message)))
+
+    def send_bytes(self, data: bytes) -> None:
+        self.writer.write(data)
+
+    async def receive(self) -> m.Message | None:
+        """The next message from the relay, or None once it has closed the connection."""
+
+        async def read() -> m.Message | None:
+            while not self.frames:
+                data = await self.reader.read(65536)
+                if not data:
+                    return None
+                self.frames.extend(self.decoder.receive_data(data))
+            return m.decode_message(self.frames.pop(0))
+
+        return await asyncio.wait_for(read(), WAIT)
+
+    async def receive_kind(self, kind: type[E]) -> E:
+        while True:
+            message = await self.receive()
+            assert message is not None, f"relay closed before sending {kind.__name__}"
+            if isinstance(message, kind):
+                return message
+
+    async def closed(self) -> bool:
+        """True once the relay has hung up on us (reading to EOF, bounded)."""
+        while True:
+            message = await self.receive()
+            if message is None:
+                return True
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def run_cli(*args: str, stdin: bytes = b"", env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """Run ``python -m e2echat ARGS`` to completion (bounded); return (code, out, err)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "e2echat",
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=REPO,
+        env=env,
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(stdin), 3 * WAIT)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()

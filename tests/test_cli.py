@@ -1,0 +1,203 @@
+"""The command line as a user meets it: real processes, real pipes, real exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+from support import LOOPBACK, REPO, WAIT, connect, peers, run_cli, running_relay
+
+from e2echat import __version__
+from e2echat.client_core import MessageReceived, PeerJoined
+
+
+def _one_clear_line(err: str) -> str:
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+async def test_version() -> None:
+    code, out, _ = await run_cli("--version")
+    assert (code, out.strip()) == (0, f"e2echat {__version__}")
+
+
+async def test_help_lists_both_commands() -> None:
+    code, out, _ = await run_cli("--help")
+    assert code == 0
+    assert "relay" in out and "connect" in out
+
+
+async def test_unreachable_relay(tmp_path: Path) -> None:
+    async with running_relay() as relay:
+        port = relay.port  # free once the relay stops
+    code, _, err = await run_cli("connect", "--nick", "alice", "--port", str(port), "--home", str(tmp_path))
+    assert code == 3
+    line = _one_clear_line(err)
+    assert line == f"e2echat: cannot reach relay at 127.0.0.1:{port} — is `e2echat relay` running?"
+
+
+async def test_invalid_nick(tmp_path: Path) -> None:
+    code, _, err = await run_cli("connect", "--nick", "no spaces please", "--home", str(tmp_path))
+    assert code == 2
+    assert "invalid nick" in _one_clear_line(err)
+    assert not (tmp_path / "identity.key").exists()
+
+
+async def test_bad_port_is_a_usage_error(tmp_path: Path) -> None:
+    code, _, err = await run_cli("connect", "--nick", "alice", "--port", "http", "--home", str(tmp_path))
+    assert code == 2
+    assert "not a port number" in err and "Traceback" not in err
+
+
+async def test_taken_nick(tmp_path: Path) -> None:
+    async with running_relay() as relay, peers(relay, "alice"):
+        code, _, err = await run_cli(
+            "connect", "--nick", "alice", "--port", str(relay.port), "--home", str(tmp_path)
+        )
+    assert code == 5
+    assert "already online" in _one_clear_line(err)
+
+
+async def test_line_mode_chat_through_a_pipe(tmp_path: Path) -> None:
+    """Lines from stdin are sent; events come out one per line; EOF leaves after sending."""
+    async with running_relay() as relay, peers(relay, "alice") as (alice,):
+        home = tmp_path / "bob"
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "e2echat",
+            "connect",
+            "--nick",
+            "bob",
+            "--host",
+            LOOPBACK,
+            "--port",
+            str(relay.port),
+            "--home",
+            str(home),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=REPO,
+        )
+        assert process.stdin and process.stdout
+        try:
+            await alice.next(PeerJoined, lambda e: e.nick == "bob")
+            alice.connection.send_room("hi bob")
+
+            async def line_with(text: str) -> str:
+                assert process.stdout
+                while True:
+                    raw = await asyncio.wait_for(process.stdout.readline(), WAIT)
+                    assert raw, f"bob exited before printing {text!r}"
+                    if text in raw.decode():
+                        return raw.decode()
+
+            assert "<alice> hi bob" in await line_with("<alice>")
+            process.stdin.write(b"hello alice\n/msg alice psst\n/who\n")
+            assert "online: alice" in await line_with("you are bob")
+            assert (await alice.next(MessageReceived)).text == "hello alice"
+            assert (await alice.next(MessageReceived)) == MessageReceived("bob", "psst", private=True)
+            # These are sent right before end of input: they must still arrive.
+            process.stdin.write(b"one more\nand the last\n")
+            process.stdin.close()
+            code = await asyncio.wait_for(process.wait(), WAIT)
+            assert code == 0
+            assert [(await alice.next(MessageReceived)).text for _ in range(2)] == [
+                "one more",
+                "and the last",
+            ]
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+    assert oct((home / "identity.key").stat().st_mode & 0o777) == "0o600"
+    assert oct(home.stat().st_mode & 0o777) == "0o700"
+
+
+async def test_relay_gone_mid_session_exits_nonzero_with_one_line(tmp_path: Path) -> None:
+    async with running_relay() as relay, peers(relay, "alice") as (alice,):
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "e2echat",
+            "connect",
+            "--nick",
+            "bob",
+            "--port",
+            str(relay.port),
+            "--home",
+            str(tmp_path),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=REPO,
+        )
+        try:
+            await alice.next(PeerJoined, lambda e: e.nick == "bob")
+            await relay.stop("bye for now")
+            out, err = await asyncio.wait_for(process.communicate(), WAIT)
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+    assert process.returncode == 4
+    assert "the relay is shutting down: bye for now" in out.decode()
+    assert _one_clear_line(err.decode()).startswith(f"e2echat: lost the relay at 127.0.0.1:{relay.port}")
+
+
+async def _start_relay_process() -> tuple[asyncio.subprocess.Process, int, list[str]]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "e2echat",
+        "relay",
+        "--host",
+        LOOPBACK,
+        "--port",
+        "0",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert process.stdout
+    banner: list[str] = []
+    while not banner or "Ctrl+C" not in banner[-1]:
+        raw = await asyncio.wait_for(process.stdout.readline(), WAIT)
+        assert raw, "relay exited during start-up"
+        banner.append(raw.decode().rstrip())
+    port = int(banner[0].rsplit(":", 1)[1])
+    return process, port, banner
+
+
+async def test_relay_command_announces_itself_and_stops_on_signals() -> None:
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        process, port, banner = await _start_relay_process()
+        try:
+            assert banner[0] == f"e2echat relay listening on {LOOPBACK}:{port}"
+            assert f"e2echat connect --nick YOUR_NAME --host {LOOPBACK} --port {port}" in banner[2]
+            # It serves: a real client registers through it.
+            fake_relay = type("R", (), {"port": port})()
+            peer = await connect(fake_relay, "alice")  # type: ignore[arg-type]
+            process.send_signal(signum)
+            _, err = await asyncio.wait_for(process.communicate(), WAIT)
+            assert process.returncode == 0
+            assert "Traceback" not in err.decode()
+            await peer.connection.close()
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+
+
+async def test_relay_port_in_use_is_a_clear_error() -> None:
+    async with running_relay() as relay:
+        code, _, err = await run_cli("relay", "--host", LOOPBACK, "--port", str(relay.port))
+    assert code == 1
+    assert f"cannot start the relay on {LOOPBACK}:{relay.port}" in _one_clear_line(err)
