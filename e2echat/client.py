@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from nacl.public import PrivateKey
 
-from e2echat.client_core import ClientCore, Event, Registered, RegistrationFailed
+from e2echat.client_core import ClientCore, Event, Registered, RegistrationFailed, RelayClosing
 from e2echat.errors import RegistrationRefused, RelayGone, RelayUnreachable, RemoteProtocolError
 from e2echat.keys import new_session_key
 
@@ -100,7 +100,7 @@ class Connection:
             return b""
 
     async def _read_loop(self, reader: asyncio.StreamReader) -> None:
-        detail = "the relay closed the connection"
+        detail = "it closed the connection"
         try:
             while True:
                 data = await self._read(reader)
@@ -109,10 +109,12 @@ class Connection:
                 try:
                     events = self.core.receive_data(data)
                 except RemoteProtocolError as exc:
-                    detail = f"the relay broke the protocol ({exc})"
+                    detail = f"it broke the protocol ({exc})"
                     break
                 self._flush()
                 for event in events:
+                    if isinstance(event, RelayClosing):
+                        detail = "it shut down"
                     self.events.put_nowait(event)
                 if not self.core.pending:
                     self._settled.set()

@@ -227,5 +227,5 @@ async def run_relay(host: str, port: int, say: Callable[[str], None]) -> None:
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
-        await relay.stop("the relay is shutting down")
+        await relay.stop("stopped by the person running it")
     say("relay stopped")

@@ -148,7 +148,7 @@ async def test_relay_gone_mid_session_exits_nonzero_with_one_line(tmp_path: Path
                 await process.wait()
     assert process.returncode == 4
     assert "the relay is shutting down: bye for now" in out.decode()
-    assert _one_clear_line(err.decode()).startswith(f"e2echat: lost the relay at 127.0.0.1:{relay.port}")
+    assert _one_clear_line(err.decode()) == f"e2echat: lost the relay at 127.0.0.1:{relay.port}: it shut down"
 
 
 async def _start_relay_process() -> tuple[asyncio.subprocess.Process, int, list[str]]:
