@@ -4,13 +4,16 @@ mode. No prompt_toolkit here: both front ends hand it lines and a ``write`` func
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Callable
 
 from e2echat import commands
 from e2echat.client import Connection, Disconnected
 from e2echat.client_core import Event, Registered
-from e2echat.display import clock, format_event, online_text
+from e2echat.display import clock, format_event, online_text, who_entry
 from e2echat.errors import CommandError
+from e2echat.keys import format_safety_number
+from e2echat.trust import Trust
 
 
 class Chat:
@@ -42,13 +45,59 @@ class Chat:
         elif isinstance(command, commands.PrivateMessage):
             self.connection.send_private(command.nick, command.text)
         elif isinstance(command, commands.Who):
-            self.notice(f"you are {core.nick}; {online_text(core.peers)}")
+            self.notice(
+                f"you are {core.nick}; {online_text([who_entry(n, core.trust(n)) for n in core.peers])}"
+            )
         elif isinstance(command, commands.Help):
             for text in commands.help_text(command.topic):
                 self.write(text)
         elif isinstance(command, commands.Quit):
             return False
+        elif isinstance(command, commands.Verify):
+            self._verify(command.nick, command.digits)
+        elif isinstance(command, commands.TrustPeer):
+            self._trust(command.nick)
+        elif isinstance(command, commands.Untrust):
+            core.set_verified(command.nick, False)
+            self.notice(f"{command.nick} is no longer marked verified")
         return True
+
+    def _verify(self, nick: str, digits: str | None) -> None:
+        core = self.connection.core
+        number = core.safety_number(nick)
+        if digits is None:
+            self.notice(f"your safety number with {nick}: {format_safety_number(number)}")
+            self.notice(
+                f"compare it with {nick} in person or on a call (read it aloud); if it matches, "
+                f"type /trust {nick}, or paste the number {nick} reads you: /verify {nick} NUMBER"
+            )
+            return
+        if not digits.isdigit() or len(digits) != len(number):
+            raise CommandError(detail=f"a safety number has {len(number)} digits; that was not one")
+        if not hmac.compare_digest(digits, number):
+            self.problem(
+                f"the safety number does NOT match: the key you see for {nick} is not the one {nick} "
+                "sees for you, or you compared the wrong numbers. Do not trust it until you know why."
+            )
+            return
+        if core.trust(nick) is Trust.CHANGED:
+            core.accept_key(nick)
+        core.set_verified(nick, True)
+        self.notice(f"the safety numbers match: {nick} is now verified")
+
+    def _trust(self, nick: str) -> None:
+        core = self.connection.core
+        state = core.trust(nick)
+        if state is Trust.CHANGED:
+            core.accept_key(nick)
+            self.notice(
+                f"accepted {nick}'s new key; it is unverified: compare safety numbers (/verify {nick})"
+            )
+        elif state is Trust.VERIFIED:
+            self.notice(f"{nick} is already verified")
+        else:
+            core.set_verified(nick, True)
+            self.notice(f"{nick} is now marked verified")
 
     def show(self, event: Event) -> None:
         if isinstance(event, Registered):
@@ -57,9 +106,10 @@ class Chat:
                 f"{online_text(event.peers)}; /help lists the commands"
             )
             return
-        line = format_event(event)
-        if line is not None:
-            self.write(line)
+        text = format_event(event)
+        if text is not None:
+            for line in text.splitlines():
+                self.write(line)
 
     async def run_events(self) -> Disconnected:
         """Show events as they come; return how the connection ended."""

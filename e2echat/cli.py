@@ -5,20 +5,31 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from nacl.public import PrivateKey
 
 from e2echat import __version__
 from e2echat.chat import Chat
 from e2echat.client import Connection
-from e2echat.errors import E2EChatError, UsageError
-from e2echat.keys import fingerprint, load_or_create_identity, profile_dir
+from e2echat.errors import E2EChatError, KeyFileError, PassphraseRequired, UsageError
+from e2echat.keys import (
+    IDENTITY_FILE,
+    fingerprint,
+    is_protected,
+    load_or_create_identity,
+    profile_dir,
+    stored_public_key,
+)
 from e2echat.messages import NICK_RULE, is_valid_nick
 from e2echat.relay import DEFAULT_PORT, run_relay
 from e2echat.repl import run_line_mode, run_repl
+from e2echat.trust import KNOWN_PEERS_FILE, KnownPeers
 
 EXIT_INTERRUPTED = 130  # the shell convention for "stopped by Ctrl+C"
 
@@ -71,14 +82,30 @@ def build_parser() -> argparse.ArgumentParser:
     connect.add_argument(
         "--port", type=_port, default=DEFAULT_PORT, help=f"the relay's port (default: {DEFAULT_PORT})"
     )
+    connect.add_argument("--home", metavar="DIR", help=HOME_HELP)
     connect.add_argument(
-        "--home",
-        metavar="DIR",
-        help="profile directory holding your identity key (default: $E2ECHAT_HOME, "
-        "else $XDG_DATA_HOME/e2echat/NICK)",
+        "--passphrase",
+        action="store_true",
+        help="protect your identity key with a passphrase (asked for on the terminal; "
+        "or set E2ECHAT_PASSPHRASE). A protected key always needs it.",
     )
     connect.set_defaults(run=_run_connect)
+
+    show = commands.add_parser(
+        "fingerprint",
+        help="print your identity key's fingerprint",
+        description="Print the fingerprint of your identity key, to compare with what others see.",
+    )
+    show.add_argument("--nick", help="whose profile (default: the one --home or $E2ECHAT_HOME names)")
+    show.add_argument("--home", metavar="DIR", help=HOME_HELP)
+    show.set_defaults(run=_run_fingerprint)
     return parser
+
+
+HOME_HELP = (
+    "profile directory holding your identity key and known peers "
+    "(default: $E2ECHAT_HOME, else $XDG_DATA_HOME/e2echat/NICK)"
+)
 
 
 def _run_relay(args: argparse.Namespace) -> int:
@@ -96,15 +123,65 @@ def _run_connect(args: argparse.Namespace) -> int:
         raise UsageError(detail="--port must be the relay's port (1-65535)")
     logging.basicConfig(level=logging.WARNING, format="e2echat: %(message)s")
     directory = profile_dir(args.nick, args.home)
-    identity, created = load_or_create_identity(directory)
+    identity, created = load_or_create_identity(directory, _passphrase(args.passphrase, directory))
+    known_peers = KnownPeers(directory / KNOWN_PEERS_FILE)
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
-    return asyncio.run(_chat(args, identity, created, directory, interactive))
+    return asyncio.run(_chat(args, identity, known_peers, created, directory, interactive))
+
+
+def _passphrase(asked_for: bool, directory: Path) -> str | None:
+    """The passphrase to unlock (or newly protect) the identity key, if there is one."""
+    path = directory / IDENTITY_FILE
+    from_environment = os.environ.get("E2ECHAT_PASSPHRASE")
+    if from_environment:
+        return from_environment
+    protected = path.exists() and is_protected(path)
+    if not protected and not asked_for:
+        return None
+    try:
+        with open("/dev/tty"):  # getpass asks on the terminal, whatever stdin is
+            pass
+    except OSError:
+        if protected:
+            raise PassphraseRequired(path=path) from None
+        raise UsageError(
+            detail="--passphrase needs a terminal to ask on; or set E2ECHAT_PASSPHRASE"
+        ) from None
+    try:
+        if protected:
+            return getpass.getpass("Passphrase for your identity key: ")
+        first = getpass.getpass("Choose a passphrase for your identity key: ")
+        if first != getpass.getpass("The same passphrase again: "):
+            raise UsageError(detail="the two passphrases differ; nothing was changed")
+    except EOFError:
+        raise UsageError(detail="no passphrase given") from None
+    if not first:
+        raise UsageError(detail="an empty passphrase protects nothing; nothing was changed")
+    return first
+
+
+def _run_fingerprint(args: argparse.Namespace) -> int:
+    if args.nick is not None and not is_valid_nick(args.nick):
+        raise UsageError(detail=f"invalid nick {args.nick!r}: {NICK_RULE}")
+    if not (args.nick or args.home or os.environ.get("E2ECHAT_HOME")):
+        raise UsageError(detail="which profile? give --nick NICK (or --home DIR)")
+    directory = profile_dir(args.nick or "", args.home)
+    path = directory / IDENTITY_FILE
+    if not path.exists():
+        raise KeyFileError(path=path, detail="no identity yet; `e2echat connect` creates it on first use")
+    print(fingerprint(stored_public_key(path)))
+    return 0
 
 
 async def _chat(
-    args: argparse.Namespace, identity: PrivateKey, created: bool, directory: object, interactive: bool
+    args: argparse.Namespace,
+    identity: PrivateKey,
+    known_peers: KnownPeers,
+    created: bool,
+    directory: Path,
+    interactive: bool,
 ) -> int:
-    connection = Connection(args.host, args.port, args.nick, identity)
+    connection = Connection(args.host, args.port, args.nick, identity, known_peers)
     await connection.open()
     chat = Chat(connection, write=lambda text: print(text, flush=True))
     if created:

@@ -17,6 +17,7 @@ from nacl.public import PrivateKey
 from e2echat.client_core import ClientCore, Event, Registered, RegistrationFailed, RelayClosing
 from e2echat.errors import RegistrationRefused, RelayGone, RelayUnreachable, RemoteProtocolError
 from e2echat.keys import new_session_key
+from e2echat.trust import KnownPeers
 
 log = logging.getLogger("e2echat.client")
 
@@ -35,13 +36,15 @@ class Disconnected:
 class Connection:
     """One registered connection to the relay, with a fresh session key."""
 
-    def __init__(self, host: str, port: int, nick: str, identity: PrivateKey) -> None:
+    def __init__(
+        self, host: str, port: int, nick: str, identity: PrivateKey, known_peers: KnownPeers | None = None
+    ) -> None:
         self.host = host
         self.port = port
         self.nick = nick
         # The session key's private half lives in this object only: when the connection
         # is gone, so is every session key derived from it (forward secrecy).
-        self.core = ClientCore(nick, identity, new_session_key())
+        self.core = ClientCore(nick, identity, new_session_key(), known_peers)
         self.events: asyncio.Queue[Event | Disconnected] = asyncio.Queue()
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None

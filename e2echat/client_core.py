@@ -22,8 +22,10 @@ from e2echat.errors import (
     RemoteProtocolError,
 )
 from e2echat.framing import MAX_FRAME, FrameDecoder, encode_frame
+from e2echat.keys import fingerprint, safety_number
 from e2echat.relay_core import registration_proof
 from e2echat.session import MAX_TEXT, Kind, Party, PeerSession
+from e2echat.trust import KnownPeers, Trust
 
 log = logging.getLogger("e2echat.client_core")
 
@@ -65,6 +67,24 @@ class MessageReceived:
     sender: str
     text: str
     private: bool
+    #: the sender's trust state when it arrived
+    trust: Trust = Trust.UNVERIFIED
+
+
+@dataclass(frozen=True)
+class KeyPinned:
+    """First contact: ``nick``'s identity key is now pinned (trust on first use)."""
+
+    nick: str
+
+
+@dataclass(frozen=True)
+class KeyChanged:
+    """The directory shows a different identity key for a pinned nick."""
+
+    nick: str
+    pinned_fingerprint: str
+    new_fingerprint: str
 
 
 @dataclass(frozen=True)
@@ -108,6 +128,8 @@ Event = (
     | RegistrationFailed
     | PeerJoined
     | PeerLeft
+    | KeyPinned
+    | KeyChanged
     | MessageReceived
     | MessagesMissing
     | SendReport
@@ -129,7 +151,13 @@ class _Pending:
 
 
 class ClientCore:
-    def __init__(self, nick: str, identity: PrivateKey, session_key: PrivateKey) -> None:
+    def __init__(
+        self,
+        nick: str,
+        identity: PrivateKey,
+        session_key: PrivateKey,
+        known_peers: KnownPeers | None = None,
+    ) -> None:
         if not m.is_valid_nick(nick):
             raise LocalProtocolError(detail=f"invalid nick {nick!r}: {m.NICK_RULE}")
         self.nick = nick
@@ -143,6 +171,8 @@ class ClientCore:
         self.directory: dict[str, m.PeerInfo] = {}
         self._next_id = 1
         self.pending: dict[int, _Pending] = {}
+        self.known_peers = known_peers if known_peers is not None else KnownPeers()
+        self._retired_session_keys: set[bytes] = set()
 
     # -- bytes in, bytes out --------------------------------------------------------------
 
@@ -169,10 +199,25 @@ class ClientCore:
         """Everyone else online, sorted."""
         return sorted(self.directory)
 
+    def trust(self, nick: str) -> Trust:
+        """How far the key the directory shows for ``nick`` is trusted."""
+        return self.known_peers.state(nick, self._peer(nick).identity_key)
+
+    def withheld(self) -> list[str]:
+        """Peers online whose identity key changed: nothing is sent to them until accepted."""
+        return [nick for nick in self.peers if self.trust(nick) is Trust.CHANGED]
+
     def send_room(self, text: str) -> int:
-        """Encrypt ``text`` for everyone else online. Returns the message id."""
-        recipients = [nick for nick in self.peers if nick in self._sessions]
+        """Encrypt ``text`` for everyone else online whose key is not in doubt.
+        Returns the message id; ``withheld()`` names those left out."""
+        blocked = set(self.withheld())
+        recipients = [nick for nick in self.peers if nick in self._sessions and nick not in blocked]
         if not recipients:
+            if blocked:
+                raise CommandError(
+                    detail=f"not sent: the key of {', '.join(sorted(blocked))} changed and was not "
+                    "accepted (see /verify and /trust)"
+                )
             raise CommandError(detail="nobody else is online; the message was not sent")
         return self._send(text, Kind.ROOM, recipients)
 
@@ -181,15 +226,45 @@ class ClientCore:
             raise CommandError(detail="that is you; /msg sends to someone else")
         if recipient not in self.directory:
             raise CommandError(detail=f"{recipient} is not online (see /who); the message was not sent")
+        if self.trust(recipient) is Trust.CHANGED:
+            raise CommandError(
+                detail=f"not sent: {recipient}'s key changed; nothing is sent to {recipient} until "
+                f"you accept the new key with /trust {recipient}"
+            )
         if recipient not in self._sessions:
             raise CommandError(detail=f"no secure session with {recipient}; the message was not sent")
         return self._send(text, Kind.PRIVATE, [recipient])
+
+    # -- trust ------------------------------------------------------------------------------
+
+    def _peer(self, nick: str) -> m.PeerInfo:
+        peer = self.directory.get(nick)
+        if peer is None:
+            raise CommandError(detail=f"{nick} is not online (see /who)")
+        return peer
+
+    def safety_number(self, nick: str) -> str:
+        peer = self._peer(nick)
+        return safety_number(self._identity.public_key, self.nick, peer.identity_key, nick)
+
+    def accept_key(self, nick: str) -> None:
+        """Pin the key the directory now shows for ``nick`` (clears verification)."""
+        self.known_peers.accept(nick, self._peer(nick).identity_key)
+
+    def set_verified(self, nick: str, verified: bool) -> None:
+        peer = self._peer(nick)
+        if self.trust(nick) is Trust.CHANGED:
+            raise CommandError(detail=f"{nick}'s key changed: accept it first with /trust {nick}")
+        self.known_peers.see(nick, peer.identity_key)
+        self.known_peers.set_verified(nick, peer.identity_key, verified)
 
     def _send(self, text: str, kind: Kind, recipients: list[str]) -> int:
         if self.state is not ClientState.ONLINE:
             raise CommandError(detail="not connected to the relay; the message was not sent")
         if not text:
             raise CommandError(detail="empty message not sent")
+        if not m.is_utf8(text):
+            raise CommandError(detail="the message is not valid Unicode; not sent")
         if len(text.encode("utf-8")) > MAX_TEXT:
             raise CommandError(detail=f"message too long (the limit is {MAX_TEXT} bytes); not sent")
         message_id = self._next_id
@@ -255,14 +330,37 @@ class ClientCore:
     def _add_peer(self, peer: m.PeerInfo) -> list[Event]:
         if peer.nick == self.nick:
             raise RemoteProtocolError(detail="relay listed our own nick as a peer")
+        known = self.directory.get(peer.nick)
+        if known == peer:
+            return []  # announced again with the same keys: keep the session and its counters
+        if bytes(peer.session_key) in self._retired_session_keys:
+            # A real client makes a fresh session key for every connection. The same key
+            # again would restart a session at counter 0: a way to replay old messages.
+            return [
+                SecurityWarning(
+                    f"the relay announced {peer.nick} again with a session key already used; "
+                    "ignored (a replay attempt?)"
+                )
+            ]
+        if known is not None:
+            self._retire(peer.nick)
         self.directory[peer.nick] = peer
-        self._sessions.pop(peer.nick, None)
+        events: list[Event] = []
+        trust, first_contact = self.known_peers.see(peer.nick, peer.identity_key)
+        if first_contact:
+            events.append(KeyPinned(peer.nick))
+        elif trust is Trust.CHANGED:
+            pin = self.known_peers.get(peer.nick)
+            assert pin is not None
+            events.append(
+                KeyChanged(peer.nick, fingerprint(pin.identity_key), fingerprint(peer.identity_key))
+            )
         party = Party(peer.nick, peer.identity_key, peer.session_key)
         try:
             self._sessions[peer.nick] = PeerSession(self.nick, self._identity, self._session_key, party)
         except DecryptionError as exc:
-            return [SecurityWarning(f"cannot talk to {peer.nick} securely: {exc}")]
-        return []
+            events.append(SecurityWarning(f"cannot talk to {peer.nick} securely: {exc}"))
+        return events
 
     def _joined(self, peer: m.PeerInfo) -> list[Event]:
         return [PeerJoined(peer.nick), *self._add_peer(peer)]
@@ -270,10 +368,14 @@ class ClientCore:
     def _left(self, nick: str) -> list[Event]:
         if nick not in self.directory:
             return []
-        del self.directory[nick]
+        self._retire(nick)
+        return [PeerLeft(nick)]
+
+    def _retire(self, nick: str) -> None:
+        peer = self.directory.pop(nick)
+        self._retired_session_keys.add(bytes(peer.session_key))
         # Dropping the session forgets its chain keys: forward secrecy for this pair.
         self._sessions.pop(nick, None)
-        return [PeerLeft(nick)]
 
     def _deliver(self, deliver: m.Deliver) -> list[Event]:
         session = self._sessions.get(deliver.sender)
@@ -291,7 +393,11 @@ class ClientCore:
         events: list[Event] = []
         if plaintext.skipped:
             events.append(MessagesMissing(plaintext.sender, plaintext.skipped))
-        events.append(MessageReceived(plaintext.sender, plaintext.text, plaintext.kind is Kind.PRIVATE))
+        events.append(
+            MessageReceived(
+                plaintext.sender, plaintext.text, plaintext.kind is Kind.PRIVATE, self.trust(plaintext.sender)
+            )
+        )
         return events
 
     def _routed(self, routed: m.Routed) -> list[Event]:

@@ -40,12 +40,39 @@ class Quit:
     pass
 
 
-Command = Say | PrivateMessage | Who | Help | Quit
+@dataclass(frozen=True)
+class Verify:
+    """Show the safety number with ``nick``, or compare it with pasted ``digits``."""
+
+    nick: str
+    digits: str | None = None
+
+
+@dataclass(frozen=True)
+class TrustPeer:
+    nick: str
+
+
+@dataclass(frozen=True)
+class Untrust:
+    nick: str
+
+
+Command = Say | PrivateMessage | Who | Help | Quit | Verify | TrustPeer | Untrust
 
 #: name -> (usage, one line of help). The order is the order /help lists them in.
 COMMANDS: dict[str, tuple[str, str]] = {
     "msg": ("/msg NICK TEXT", "send TEXT to NICK alone; nobody else receives anything"),
-    "who": ("/who", "list who is online"),
+    "who": ("/who", "list who is online, and how far you trust each key"),
+    "verify": (
+        "/verify NICK [NUMBER]",
+        "show your safety number with NICK, or compare it with a NUMBER they read to you",
+    ),
+    "trust": (
+        "/trust NICK",
+        "accept NICK's changed key; or, once you compared safety numbers, mark NICK verified",
+    ),
+    "untrust": ("/untrust NICK", "clear NICK's verified mark"),
     "help": ("/help [COMMAND]", "list the commands, or explain one"),
     "quit": ("/quit", "leave (Ctrl+D does the same)"),
 }
@@ -95,4 +122,11 @@ def parse(line: str) -> Command | None:
         return Help(rest or None)
     if name == "quit":
         return Quit()
+    if name in ("verify", "trust", "untrust"):
+        nick, _, digits = rest.partition(" ")
+        if not nick or (digits and name != "verify"):
+            raise CommandError(detail=f"usage: {COMMANDS[name][0]}")
+        if name == "verify":
+            return Verify(nick, "".join(digits.split()) or None)
+        return TrustPeer(nick) if name == "trust" else Untrust(nick)
     raise CommandError(detail=f"unknown command /{name}{_suggestion(name)}")

@@ -11,6 +11,8 @@ import time
 
 from e2echat.client_core import (
     Event,
+    KeyChanged,
+    KeyPinned,
     MessageReceived,
     MessagesMissing,
     PeerJoined,
@@ -22,6 +24,7 @@ from e2echat.client_core import (
     SecurityWarning,
     SendReport,
 )
+from e2echat.trust import Trust
 
 # Unicode bidirectional overrides and isolates: they reorder what is displayed.
 _BIDI = {chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))}
@@ -52,7 +55,26 @@ def format_event(event: Event, now: float | None = None) -> str | None:
     stamp = clock(now)
     if isinstance(event, MessageReceived):
         mark = " [private]" if event.private else ""
-        return f"{stamp}{mark} <{event.sender}> {neutralize(event.text)}"
+        return f"{stamp}{mark} <{event.sender} {TRUST_MARKS[event.trust]}> {neutralize(event.text)}"
+    if isinstance(event, KeyPinned):
+        return (
+            f"{stamp} -- first contact with {event.nick}: their key is pinned from now on "
+            f"(unverified; /verify {event.nick} to check it)"
+        )
+    if isinstance(event, KeyChanged):
+        nick = event.nick
+        return "\n".join(
+            f"{stamp} !! {line}"
+            for line in (
+                f"WARNING: {nick}'s identity key has CHANGED.",
+                f"  pinned key: {event.pinned_fingerprint}",
+                f"  key now:    {event.new_fingerprint}",
+                f"This happens when {nick} reinstalled or lost their key, but it is also exactly what "
+                f"someone impersonating {nick} (the relay, for example) would look like.",
+                f"Nothing is sent to {nick} until you accept the new key: compare safety numbers with "
+                f"{nick} in person or on a call (/verify {nick}), then /trust {nick}.",
+            )
+        )
     if isinstance(event, PeerJoined):
         return f"{stamp} -- {event.nick} joined"
     if isinstance(event, PeerLeft):
@@ -75,6 +97,14 @@ def format_event(event: Event, now: float | None = None) -> str | None:
     if isinstance(event, RegistrationFailed):
         return f"{stamp} !! the relay refused us: {neutralize(event.text)}"
     return None
+
+
+#: how each message shows its sender's trust state
+TRUST_MARKS = {Trust.VERIFIED: "✓", Trust.UNVERIFIED: "?", Trust.CHANGED: "KEY CHANGED"}
+
+
+def who_entry(nick: str, trust: Trust) -> str:
+    return f"{nick} ({trust.value})"
 
 
 def online_text(peers: tuple[str, ...] | list[str]) -> str:

@@ -20,7 +20,7 @@ class E2EChatError(Exception):
         super().__init__(self.user_message())
 
     def user_message(self) -> str:
-        template = (self.__doc__ or "{detail}").strip().splitlines()[0]
+        template = " ".join((self.__doc__ or "{detail}").split())
         try:
             return template.format(**self.fields)
         except (KeyError, IndexError):
@@ -93,3 +93,12 @@ class RelayStartError(E2EChatError):
 
 class CommandError(E2EChatError):
     """{detail}"""
+
+
+class PassphraseRequired(E2EChatError):
+    """your identity key in {path} is protected by a passphrase:
+    run with --passphrase or set E2ECHAT_PASSPHRASE"""
+
+
+class WrongPassphrase(E2EChatError):
+    """wrong passphrase for the identity key in {path}"""

@@ -33,9 +33,10 @@ CHALLENGE_SIZE = 32
 # The proof is a Box over challenge + session key (+ password later): 64 bytes plus
 # 40 of nonce and tag, with room for a password of a few hundred bytes.
 MAX_PROOF = 1024
-# One ciphertext: a message of up to MAX_TEXT bytes plus its header, nonce, tag and the
-# authenticated metadata around the text.
-MAX_BODY = 64 * 1024
+# One ciphertext: a message of up to session.MAX_TEXT (16 KiB) plus its header, nonce, tag
+# and the metadata around the text, with room for JSON's escaping of control characters
+# (up to 6 bytes each).
+MAX_BODY = 128 * 1024
 # Free text the relay sends (error and shutdown reasons): a line, not a document.
 MAX_REASON = 512
 # Enough for every recipient of a room message on a busy relay; frames stay under
@@ -43,6 +44,16 @@ MAX_REASON = 512
 MAX_ITEMS = 10_000
 MAX_ID = 2**63 - 1
 _CODE_PATTERN = re.compile(r"[a-z_]{1,32}\Z")
+
+
+def is_utf8(text: str) -> bool:
+    """False for strings JSON can carry but UTF-8 cannot (lone surrogates like \\ud800),
+    which would crash whoever later prints or encodes them."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def is_valid_nick(nick: object) -> bool:
@@ -356,6 +367,8 @@ class _Fields:
 
     def text(self, name: str) -> str:
         value: str = self._get(name, str, "a string")
+        if not is_utf8(value):
+            raise _invalid(f"{self.where} field {name!r} is not valid Unicode (lone surrogate)")
         return value
 
     def integer(self, name: str) -> int:

@@ -209,12 +209,11 @@ class PeerSession:
             inner = json.loads(raw.decode("utf-8"))
             sender, recipient, kind = inner["from"], inner["to"], Kind(inner["kind"])
             inner_counter, text = inner["n"], inner["text"]
-        except (ValueError, KeyError, TypeError):
+            text.encode("utf-8")  # no lone surrogates: they would crash the display
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             raise DecryptionError(peer=self.peer, detail="malformed plaintext") from None
         # The keys already bind both parties and the direction; these checks make a
         # mismatch (a bug, or a peer lying inside its own ciphertext) loud, not silent.
         if sender != self.theirs.nick or recipient != self.ours.nick or inner_counter != counter:
             raise DecryptionError(peer=self.peer, detail="header does not match its contents")
-        if not isinstance(text, str):
-            raise DecryptionError(peer=self.peer, detail="malformed plaintext")
         return Plaintext(sender, recipient, kind, counter, text)

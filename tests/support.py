@@ -13,7 +13,14 @@ from nacl.public import PrivateKey
 
 from e2echat import messages as m
 from e2echat.client import Connection, Disconnected
-from e2echat.client_core import ClientCore, Event, Registered
+from e2echat.client_core import (
+    ClientCore,
+    Event,
+    MessageReceived,
+    MessagesMissing,
+    Registered,
+    SecurityWarning,
+)
 from e2echat.framing import FrameDecoder, encode_frame
 from e2echat.keys import new_session_key
 from e2echat.relay import Relay
@@ -60,10 +67,20 @@ class Peer:
 
         return await asyncio.wait_for(find(), WAIT)
 
-    async def next_any(self) -> Event | Disconnected:
-        event = await asyncio.wait_for(self.connection.events.get(), WAIT)
-        self.seen.append(event)
-        return event
+    async def next_delivery(self) -> Event:
+        """The next event that a delivered frame produces: a message, or a warning that
+        something did not authenticate. Presence and trust notices are skipped."""
+
+        async def find() -> Event:
+            while True:
+                event = await self.connection.events.get()
+                self.seen.append(event)
+                if isinstance(event, Disconnected):
+                    raise AssertionError("disconnected while waiting for a delivery")
+                if isinstance(event, MessageReceived | SecurityWarning | MessagesMissing):
+                    return event
+
+        return await asyncio.wait_for(find(), WAIT)
 
 
 async def connect(relay: Relay, nick: str, identity: PrivateKey | None = None) -> Peer:

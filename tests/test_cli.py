@@ -98,7 +98,7 @@ async def test_line_mode_chat_through_a_pipe(tmp_path: Path) -> None:
                     if text in raw.decode():
                         return raw.decode()
 
-            assert "<alice> hi bob" in await line_with("<alice>")
+            assert "<alice ?> hi bob" in await line_with("<alice")
             process.stdin.write(b"hello alice\n/msg alice psst\n/who\n")
             assert "online: alice" in await line_with("you are bob")
             assert (await alice.next(MessageReceived)).text == "hello alice"

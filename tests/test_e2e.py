@@ -47,7 +47,7 @@ async def test_private_message_reaches_only_its_target() -> None:
         # very next event is the room message sent after the private one, no frame for the
         # private message reached her (any frame at all would have produced an event).
         alice.connection.send_room("marker")
-        assert await carol.next_any() == MessageReceived("alice", "marker", private=False)
+        assert await carol.next_delivery() == MessageReceived("alice", "marker", private=False)
 
 
 async def test_messages_flow_both_ways_many_times() -> None:
@@ -65,7 +65,7 @@ async def test_who_lists_everyone_online() -> None:
         lines: list[str] = []
         Chat(alice.connection, lines.append).handle_line("/who")
         assert len(lines) == 1
-        assert lines[0].endswith("-- you are alice; online: bob, carol")
+        assert lines[0].endswith("-- you are alice; online: bob (unverified), carol (unverified)")
 
 
 async def test_join_and_leave_are_announced_with_keys() -> None:

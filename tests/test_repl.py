@@ -87,15 +87,15 @@ async def test_msg_command_goes_to_one_person() -> None:
         pipe.send_text("and everyone\r")
         got = await bob.next(MessageReceived)
         assert (got.text, got.private) == ("just you", True)
-        assert await carol.next_any() == MessageReceived("alice", "and everyone", private=False)
+        assert await carol.next_delivery() == MessageReceived("alice", "and everyone", private=False)
 
 
 async def test_incoming_messages_are_shown_with_time_sender_and_privacy() -> None:
     async with running_relay() as relay, repl_for(relay, "alice", "bob") as (_, screen, (bob,), _t):
         bob.connection.send_room("hi all")
         bob.connection.send_private("alice", "hi you")
-        room = await screen.wait_for("<bob> hi all")
-        private = await screen.wait_for("<bob> hi you")
+        room = await screen.wait_for("<bob ?> hi all")
+        private = await screen.wait_for("<bob ?> hi you")
         assert "[private]" not in room
         assert "[private]" in private
         assert room[:8].count(":") == 2  # HH:MM:SS first
