@@ -24,6 +24,7 @@ from e2echat.client_core import (
 from e2echat.framing import FrameDecoder, encode_frame
 from e2echat.keys import new_session_key
 from e2echat.relay import Relay
+from e2echat.trust import KnownPeers
 
 LOOPBACK = "127.0.0.1"
 WAIT = 5.0  # every wait in the tests is bounded by this
@@ -34,7 +35,15 @@ E = TypeVar("E")
 
 @contextlib.asynccontextmanager
 async def running_relay(**options: Any) -> AsyncIterator[Relay]:
-    relay = Relay(LOOPBACK, 0, **options)
+    async with running(Relay(LOOPBACK, 0, **options)) as relay:
+        yield relay
+
+
+R = TypeVar("R", bound=Relay)
+
+
+@contextlib.asynccontextmanager
+async def running(relay: R) -> AsyncIterator[R]:
     await relay.start()
     try:
         yield relay
@@ -83,8 +92,10 @@ class Peer:
         return await asyncio.wait_for(find(), WAIT)
 
 
-async def connect(relay: Relay, nick: str, identity: PrivateKey | None = None) -> Peer:
-    connection = Connection(LOOPBACK, relay.port, nick, identity or PrivateKey.generate())
+async def connect(
+    relay: Relay, nick: str, identity: PrivateKey | None = None, known_peers: KnownPeers | None = None
+) -> Peer:
+    connection = Connection(LOOPBACK, relay.port, nick, identity or PrivateKey.generate(), known_peers)
     await connection.open(timeout=WAIT)
     peer = Peer(connection)
     await peer.next(Registered)

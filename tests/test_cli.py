@@ -8,10 +8,10 @@ import signal
 import sys
 from pathlib import Path
 
-from support import LOOPBACK, REPO, WAIT, connect, peers, run_cli, running_relay
-
 from e2echat import __version__
 from e2echat.client_core import MessageReceived, PeerJoined
+
+from support import LOOPBACK, REPO, WAIT, connect, peers, run_cli, running_relay
 
 
 def _one_clear_line(err: str) -> str:

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 
 import pytest
 from nacl.public import PrivateKey
-from support import LOOPBACK, WAIT, RawClient, connect, peers, running_relay
 
 from e2echat import messages as m
 from e2echat.chat import Chat
@@ -23,6 +22,8 @@ from e2echat.client_core import (
 )
 from e2echat.errors import CommandError, RegistrationRefused, RelayUnreachable
 from e2echat.framing import FrameDecoder
+
+from support import LOOPBACK, WAIT, RawClient, connect, peers, running_relay
 
 
 async def test_room_message_reaches_both_others() -> None:

@@ -6,13 +6,14 @@ import struct
 
 import pytest
 from nacl.public import PrivateKey
-from support import RawClient, peers, running_relay
 
 from e2echat import messages as m
 from e2echat.client_core import MessageReceived, PeerJoined
 from e2echat.framing import MAX_FRAME, encode_frame
 from e2echat.relay import connect_hint
 from e2echat.relay_core import registration_proof
+
+from support import RawClient, peers, running_relay
 
 BAD_INPUTS = {
     "garbage": encode_frame(b"\x00\xffnot json at all"),

@@ -11,13 +11,14 @@ from prompt_toolkit import PromptSession
 from prompt_toolkit.application import create_app_session
 from prompt_toolkit.input import PipeInput, create_pipe_input
 from prompt_toolkit.output import DummyOutput
-from support import WAIT, Peer, peers, running_relay
 
 from e2echat.chat import Chat
 from e2echat.client_core import MessageReceived
 from e2echat.errors import RelayGone
 from e2echat.relay import Relay
 from e2echat.repl import run_repl
+
+from support import WAIT, Peer, peers, running_relay
 
 
 class Screen:

@@ -1,0 +1,80 @@
+"""A relay that lies, for tests that mount attacks through the untrusted server.
+
+``HostileRelay`` is the real relay with one seam: every message it is about to write
+passes through ``tamper``, which may change it, drop it, duplicate it or add others.
+It also keeps what clients sent it, as a relay that records traffic would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from nacl.public import PublicKey
+
+from e2echat import messages as m
+from e2echat.relay import Relay
+from e2echat.relay_core import Action, ConnId, Outgoing
+
+from support import LOOPBACK
+
+Tamper = Callable[["HostileRelay", Outgoing], list[Action]]
+
+
+class HostileRelay(Relay):
+    def __init__(self, tamper: Tamper | None = None) -> None:
+        super().__init__(LOOPBACK, 0)
+        self.tamper = tamper
+        self.received: list[tuple[ConnId, m.Message]] = []
+        honest_receive = self.core.receive
+
+        def receive(conn: ConnId, message: m.Message) -> list[Action]:
+            self.received.append((conn, message))
+            return honest_receive(conn, message)
+
+        self.core.receive = receive  # type: ignore[method-assign]
+
+    def nick(self, conn: ConnId) -> str | None:
+        return self.core.nick_of(conn)
+
+    def sends_from(self, nick: str) -> list[m.Send]:
+        conn = self.core.online.get(nick)
+        return [msg for c, msg in self.received if c == conn and isinstance(msg, m.Send)]
+
+    def _apply(self, actions: list[Action]) -> None:
+        if self.tamper is None:
+            super()._apply(actions)
+            return
+        changed: list[Action] = []
+        for action in actions:
+            if isinstance(action, Outgoing):
+                changed.extend(self.tamper(self, action))
+            else:
+                changed.append(action)
+        super()._apply(changed)
+
+
+def substitute_keys(
+    victim: str,
+    target: str,
+    *,
+    identity_key: PublicKey | None = None,
+    session_key: PublicKey | None = None,
+) -> Tamper:
+    """Show ``victim`` other keys for ``target`` than the ones ``target`` registered."""
+
+    def swap(peer: m.PeerInfo) -> m.PeerInfo:
+        if peer.nick != target:
+            return peer
+        return m.PeerInfo(peer.nick, identity_key or peer.identity_key, session_key or peer.session_key)
+
+    def tamper(relay: HostileRelay, action: Outgoing) -> list[Action]:
+        message = action.message
+        if relay.nick(action.conn) != victim:
+            return [action]
+        if isinstance(message, m.Welcome):
+            message = m.Welcome(message.nick, tuple(swap(p) for p in message.peers))
+        elif isinstance(message, m.PeerJoined):
+            message = m.PeerJoined(swap(message.peer))
+        return [Outgoing(action.conn, message)]
+
+    return tamper
