@@ -82,8 +82,9 @@ def format_event(event: Event, now: float | None = None) -> str | None:
     if isinstance(event, Registered):
         return f"{stamp} -- you are {event.nick}; {online_text(event.peers)}"
     if isinstance(event, MessagesMissing):
-        plural = "message" if event.count == 1 else "messages"
-        return f"{stamp} !! {event.count} {plural} from {event.sender} are missing"
+        if event.count == 1:
+            return f"{stamp} !! 1 message from {event.sender} is missing"
+        return f"{stamp} !! {event.count} messages from {event.sender} are missing"
     if isinstance(event, SendReport):
         if not event.missing:
             return None

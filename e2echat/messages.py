@@ -343,7 +343,14 @@ def encode_message(message: Message) -> bytes:
 
 
 def _invalid(detail: str) -> RemoteProtocolError:
-    return RemoteProtocolError(detail=detail)
+    return RemoteProtocolError(detail=printable_reason(detail))
+
+
+def printable_reason(text: str) -> str:
+    """``text`` made safe to put in an ``Error`` or ``Bye``: valid UTF-8 (lone surrogates
+    escaped) and no longer than MAX_REASON. Details may quote what a peer sent."""
+    safe = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return safe if len(safe) <= MAX_REASON else safe[: MAX_REASON - 1] + "…"
 
 
 class _Fields:

@@ -30,6 +30,7 @@ from e2echat.messages import (
     Routed,
     Send,
     Welcome,
+    printable_reason,
 )
 
 ConnId = int
@@ -116,6 +117,7 @@ class RelayCore:
 
     def refuse(self, conn: ConnId, code: str, text: str) -> list[Action]:
         """An error frame to the offender, then hang up on it (and on nobody else)."""
+        text = printable_reason(text)
         return [Outgoing(conn, Error(code, text)), Close(conn, f"{code}: {text}")]
 
     def disconnect(self, conn: ConnId) -> list[Action]:

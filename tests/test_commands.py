@@ -1,0 +1,103 @@
+"""Typed lines -> commands."""
+
+from __future__ import annotations
+
+import pytest
+
+from e2echat.commands import (
+    COMMANDS,
+    Command,
+    Help,
+    PrivateMessage,
+    Quit,
+    Say,
+    TrustPeer,
+    Untrust,
+    Verify,
+    Who,
+    help_text,
+    parse,
+)
+from e2echat.errors import CommandError
+
+_GOOD: dict[str, tuple[str, Command]] = {
+    "plain": ("hello world", Say("hello world")),
+    "plain-keeps-spacing": ("  two  spaces ", Say("  two  spaces ")),
+    "double-slash": ("//x", Say("/x")),
+    "double-slash-path": ("//usr/bin is a path", Say("/usr/bin is a path")),
+    "msg": ("/msg bob hi there", PrivateMessage("bob", "hi there")),
+    "msg-extra-spaces": ("/msg bob    hi there  ", PrivateMessage("bob", "hi there")),
+    "msg-uppercase": ("/MSG bob hi", PrivateMessage("bob", "hi")),
+    "msg-alias-m": ("/m bob hi", PrivateMessage("bob", "hi")),
+    "msg-alias-query": ("/query bob hi", PrivateMessage("bob", "hi")),
+    "who": ("/who", Who()),
+    "who-alias": ("/w", Who()),
+    "help": ("/help", Help()),
+    "help-topic": ("/help msg", Help("msg")),
+    "quit": ("/quit", Quit()),
+    "exit": ("/exit", Quit()),
+    "quit-alias-q": ("/q", Quit()),
+    "quit-surrounding-space": ("  /quit  ", Quit()),
+    "verify": ("/verify bob", Verify("bob")),
+    "verify-digits": ("/verify bob 12345 67890", Verify("bob", "1234567890")),
+    "trust": ("/trust bob", TrustPeer("bob")),
+    "untrust": ("/untrust bob", Untrust("bob")),
+}
+
+
+@pytest.mark.parametrize(("line", "expected"), _GOOD.values(), ids=_GOOD.keys())
+def test_parse(line: str, expected: Command) -> None:
+    assert parse(line) == expected
+
+
+@pytest.mark.parametrize("line", ["", "   ", "\t", "\r"])
+def test_blank_line_is_none(line: str) -> None:
+    assert parse(line) is None
+
+
+@pytest.mark.parametrize(
+    "line", ["/msg bob", "/msg", "/msg bob    ", "/trust", "/trust bob extra", "/verify"]
+)
+def test_usage_errors(line: str) -> None:
+    with pytest.raises(CommandError, match="usage: /"):
+        parse(line)
+
+
+def test_msg_usage_names_the_command() -> None:
+    with pytest.raises(CommandError) as caught:
+        parse("/msg bob")
+    assert str(caught.value) == f"usage: {COMMANDS['msg'][0]}"
+
+
+def test_unknown_command_suggests_the_closest() -> None:
+    with pytest.raises(CommandError) as caught:
+        parse("/mgs bob hi")
+    assert "/mgs" in str(caught.value)
+    assert "did you mean /msg?" in str(caught.value)
+
+
+def test_unknown_alias_suggestion_names_the_real_command() -> None:
+    with pytest.raises(CommandError, match="did you mean /quit"):
+        parse("/exti")
+
+
+def test_unknown_command_without_a_close_match_points_to_help() -> None:
+    with pytest.raises(CommandError, match="/help lists the commands"):
+        parse("/xyzzy")
+
+
+def test_help_lists_every_command() -> None:
+    lines = help_text()
+    for usage, _ in COMMANDS.values():
+        assert any(usage in line for line in lines)
+    assert any("//TEXT" in line for line in lines)
+
+
+@pytest.mark.parametrize("topic", ["msg", "/msg", "m", "query"])
+def test_help_for_one_command(topic: str) -> None:
+    assert help_text(topic) == [f"{COMMANDS['msg'][0]} — {COMMANDS['msg'][1]}"]
+
+
+def test_help_for_unknown_topic() -> None:
+    with pytest.raises(CommandError, match="no command /mgs — did you mean /msg"):
+        help_text("mgs")

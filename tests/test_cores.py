@@ -1,0 +1,615 @@
+"""RelayCore and ClientCores paired over a fake in-memory wire."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pytest
+from nacl.public import Box, PrivateKey
+
+from e2echat import messages as m
+from e2echat.client_core import (
+    ClientCore,
+    ClientState,
+    Event,
+    KeyChanged,
+    KeyPinned,
+    MessageReceived,
+    MessagesMissing,
+    PeerJoined,
+    PeerLeft,
+    Registered,
+    RegistrationFailed,
+    RelayClosing,
+    RelayError,
+    SecurityWarning,
+    SendReport,
+)
+from e2echat.errors import CommandError, LocalProtocolError, RemoteProtocolError
+from e2echat.framing import FrameDecoder, encode_frame
+from e2echat.relay_core import Action, Close, ConnId, Outgoing, RelayCore, registration_proof
+
+
+def _frame(message: m.Message) -> bytes:
+    return encode_frame(m.encode_message(message))
+
+
+def _chunks(data: bytes, byte_by_byte: bool) -> list[bytes]:
+    return [data[i : i + 1] for i in range(len(data))] if byte_by_byte else [data]
+
+
+@dataclass
+class FakeWire:
+    """What relay.py and client.py do with sockets, done with lists.
+
+    Client bytes go through a FrameDecoder and decode_message into RelayCore.receive;
+    each Outgoing is encoded and fed to the client's receive_data; a Close hangs up (and,
+    as relay.py does, tells the core the connection is gone).
+    """
+
+    byte_by_byte: bool = False
+    relay: RelayCore = field(default_factory=RelayCore)
+    clients: dict[ConnId, ClientCore] = field(default_factory=dict)
+    events: dict[ConnId, list[Event]] = field(default_factory=dict)
+    outgoing: list[Outgoing] = field(default_factory=list)
+    closes: list[Close] = field(default_factory=list)
+    #: what each client sent the relay, after decoding
+    sent: dict[ConnId, list[m.Message]] = field(default_factory=dict)
+    #: rewrite a client's messages on their way to the relay (a tampering network)
+    tamper: dict[ConnId, Callable[[m.Message], m.Message]] = field(default_factory=dict)
+    _decoders: dict[ConnId, FrameDecoder] = field(default_factory=dict)
+    _open: set[ConnId] = field(default_factory=set)
+    _next: ConnId = 1
+
+    def connect(self, nick: str, identity: PrivateKey | None = None) -> ConnId:
+        conn, self._next = self._next, self._next + 1
+        self.clients[conn] = ClientCore(nick, identity or PrivateKey.generate(), PrivateKey.generate())
+        self.events[conn], self.sent[conn] = [], []
+        self._decoders[conn] = FrameDecoder()
+        self._open.add(conn)
+        self.apply(self.relay.connect(conn))
+        self.pump()
+        return conn
+
+    def is_open(self, conn: ConnId) -> bool:
+        return conn in self._open
+
+    def pump(self) -> None:
+        """Carry client bytes to the relay until nobody has anything left to send."""
+        busy = True
+        while busy:
+            busy = False
+            for conn, client in self.clients.items():
+                data = client.data_to_send()
+                if not data or conn not in self._open:
+                    continue
+                busy = True
+                self._to_relay(conn, data)
+
+    def _to_relay(self, conn: ConnId, data: bytes) -> None:
+        for chunk in _chunks(data, self.byte_by_byte):
+            for frame in self._decoders[conn].receive_data(chunk):
+                message = m.decode_message(frame)
+                message = self.tamper.get(conn, lambda x: x)(message)
+                self.sent[conn].append(message)
+                self.apply(self.relay.receive(conn, message))
+                if conn not in self._open:
+                    return
+
+    def apply(self, actions: list[Action]) -> None:
+        closed: list[ConnId] = []
+        for action in actions:
+            if isinstance(action, Close):
+                self.closes.append(action)
+                if action.conn in self._open:
+                    self._open.discard(action.conn)
+                    closed.append(action.conn)
+                continue
+            self.outgoing.append(action)
+            if action.conn in self._open:
+                self.deliver(action.conn, _frame(action.message))
+        for conn in closed:
+            self.apply(self.relay.disconnect(conn))
+
+    def deliver(self, conn: ConnId, data: bytes) -> None:
+        """Bytes from the relay (or from anyone who can write to the socket) to a client."""
+        for chunk in _chunks(data, self.byte_by_byte):
+            self.events[conn].extend(self.clients[conn].receive_data(chunk))
+
+    def hang_up(self, conn: ConnId) -> None:
+        """The client's connection drops."""
+        self._open.discard(conn)
+        self.apply(self.relay.disconnect(conn))
+
+    def take(self, conn: ConnId) -> list[Event]:
+        events, self.events[conn] = self.events[conn], []
+        return events
+
+    def take_all(self) -> None:
+        for conn in self.events:
+            self.take(conn)
+
+
+def _three(byte_by_byte: bool = False) -> tuple[FakeWire, ConnId, ConnId, ConnId]:
+    wire = FakeWire(byte_by_byte=byte_by_byte)
+    alice, bob, carol = wire.connect("alice"), wire.connect("bob"), wire.connect("carol")
+    return wire, alice, bob, carol
+
+
+BOTH_WAYS = pytest.mark.parametrize("byte_by_byte", [False, True], ids=["whole", "byte-by-byte"])
+
+
+# -- registration -------------------------------------------------------------------------
+
+
+@BOTH_WAYS
+def test_three_clients_register_and_see_each_other(byte_by_byte: bool) -> None:
+    wire, alice, bob, carol = _three(byte_by_byte)
+    # Every first contact also pins the peer's identity key (trust on first use).
+    assert wire.take(alice) == [
+        Registered("alice", ()),
+        PeerJoined("bob"),
+        KeyPinned("bob"),
+        PeerJoined("carol"),
+        KeyPinned("carol"),
+    ]
+    assert wire.take(bob) == [
+        Registered("bob", ("alice",)),
+        KeyPinned("alice"),
+        PeerJoined("carol"),
+        KeyPinned("carol"),
+    ]
+    assert wire.take(carol) == [Registered("carol", ("alice", "bob")), KeyPinned("alice"), KeyPinned("bob")]
+    for conn, nick in ((alice, "alice"), (bob, "bob"), (carol, "carol")):
+        client = wire.clients[conn]
+        assert client.state is ClientState.ONLINE
+        assert client.peers == sorted({"alice", "bob", "carol"} - {nick})
+        assert wire.relay.nick_of(conn) == nick
+        assert wire.relay.is_registered(conn)
+    assert wire.closes == []
+    # The directory carries each client's real keys.
+    assert wire.clients[alice].directory["bob"].identity_key == wire.clients[bob]._identity.public_key
+
+
+def test_nick_taken_refuses_only_the_newcomer() -> None:
+    wire, alice, bob, _ = _three()
+    wire.take_all()
+    second = wire.connect("alice")
+    assert [type(e) for e in wire.take(second)] == [RegistrationFailed]
+    assert wire.events[second] == []
+    failed = wire.outgoing[-1]
+    assert failed.conn == second and isinstance(failed.message, m.Error)
+    assert failed.message.code == "nick_taken"
+    assert [c.conn for c in wire.closes] == [second]
+    assert wire.clients[second].state is ClientState.CLOSED
+    # The first alice is still online, and nobody was told she left or joined.
+    assert wire.relay.online["alice"] == alice
+    assert wire.take(alice) == [] and wire.take(bob) == []
+    wire.clients[alice].send_private("bob", "still here")
+    wire.pump()
+    assert wire.take(bob) == [MessageReceived("alice", "still here", private=True)]
+
+
+def test_registration_failed_event_carries_the_code() -> None:
+    wire = FakeWire()
+    wire.connect("alice")
+    second = wire.connect("alice")
+    (event,) = wire.take(second)
+    assert isinstance(event, RegistrationFailed)
+    assert event.code == "nick_taken"
+
+
+def _flip_proof(message: m.Message) -> m.Message:
+    if isinstance(message, m.Register):
+        proof = bytearray(message.proof)
+        proof[len(proof) // 2] ^= 0x01
+        return dataclasses.replace(message, proof=bytes(proof))
+    return message
+
+
+def _swap_session_key(message: m.Message) -> m.Message:
+    if isinstance(message, m.Register):
+        return dataclasses.replace(message, session_key=PrivateKey.generate().public_key)
+    return message
+
+
+def _swap_identity_key(message: m.Message) -> m.Message:
+    if isinstance(message, m.Register):
+        return dataclasses.replace(message, identity_key=PrivateKey.generate().public_key)
+    return message
+
+
+@pytest.mark.parametrize("tamper", [_flip_proof, _swap_session_key, _swap_identity_key])
+def test_tampered_registration_is_refused(tamper: Callable[[m.Message], m.Message]) -> None:
+    wire = FakeWire()
+    alice = wire.connect("alice")
+    wire.take_all()
+    wire.tamper[2] = tamper  # the next connection
+    bob = wire.connect("bob")
+    assert bob == 2
+    (event,) = wire.take(bob)
+    assert event == RegistrationFailed("bad_proof", "registration proof did not verify")
+    assert [c.conn for c in wire.closes] == [bob]
+    assert "bob" not in wire.relay.online
+    assert wire.take(alice) == []  # no PeerJoined for a failed registration
+
+
+def test_register_replayed_on_another_connection_is_refused() -> None:
+    """A proof answers one connection's challenge; a captured one is useless elsewhere."""
+    wire = FakeWire()
+    alice = wire.connect("alice")
+    (captured,) = wire.sent[alice]
+    assert isinstance(captured, m.Register)
+    wire.hang_up(alice)
+    (fresh,) = wire.relay.connect(99)  # a new connection, with its own challenge
+    assert isinstance(fresh, Outgoing) and isinstance(fresh.message, m.Challenge)
+    actions = wire.relay.receive(99, captured)
+    assert isinstance(actions[0], Outgoing) and isinstance(actions[0].message, m.Error)
+    assert actions[0].message.code == "bad_proof"
+    assert actions[1] == Close(99, actions[1].reason)
+    assert "alice" not in wire.relay.online
+
+
+def test_registration_proof_is_a_box_over_challenge_and_session_key() -> None:
+    identity, relay_key, session_key = (PrivateKey.generate() for _ in range(3))
+    challenge = m.Challenge(relay_key.public_key, b"\x05" * 32)
+    nonce = b"\x09" * 24
+    proof = registration_proof(identity, challenge, bytes(session_key.public_key), nonce=nonce)
+    assert proof == registration_proof(identity, challenge, bytes(session_key.public_key), nonce=nonce)
+    opened = Box(relay_key, identity.public_key).decrypt(proof)
+    assert opened == challenge.challenge + bytes(session_key.public_key)
+
+
+def test_message_before_registration_is_refused() -> None:
+    relay = RelayCore()
+    (challenge,) = relay.connect(7)
+    assert isinstance(challenge, Outgoing) and isinstance(challenge.message, m.Challenge)
+    actions = relay.receive(7, m.Send(1, (m.Envelope("bob", b"x"),)))
+    assert len(actions) == 2
+    error, close = actions
+    assert isinstance(error, Outgoing) and error.conn == 7
+    assert isinstance(error.message, m.Error) and error.message.code == "not_registered"
+    assert isinstance(close, Close) and close.conn == 7
+    assert not relay.is_registered(7)
+
+
+# BUG (e2echat/messages.py error details + relay_core.refuse): relay.py answers a bad frame
+# with core.refuse(conn, "protocol", str(exc)). decode_message echoes attacker-controlled
+# data (unknown field names, an invalid nick, a duplicate key) into the error text without
+# bounding it, so that text can exceed MAX_REASON (Error() then raises LocalProtocolError)
+# or hold a lone surrogate (encode_message then raises UnicodeEncodeError). Either way the
+# exception escapes relay.py's read loop instead of a clean error frame reaching the client.
+_HOSTILE_FRAMES = {
+    "long-unknown-field": b'{"v":1,"type":"bye","reason":"x","' + b"z" * 2000 + b'":1}',
+    "surrogate-unknown-field": b'{"v":1,"type":"bye","reason":"x","\\ud800":1}',
+    "long-invalid-nick": b'{"v":1,"type":"left","nick":"' + b"a" * 2000 + b'"}',
+    "long-duplicate-key": b'{"v":1,"' + b"k" * 2000 + b'":1,"' + b"k" * 2000 + b'":2}',
+}
+
+
+@pytest.mark.parametrize("payload", _HOSTILE_FRAMES.values(), ids=_HOSTILE_FRAMES.keys())
+def test_any_decode_error_can_be_refused_with_an_error_frame(payload: bytes) -> None:
+    relay = RelayCore()
+    relay.connect(1)
+    with pytest.raises(RemoteProtocolError) as caught:
+        m.decode_message(payload)
+    actions = relay.refuse(1, "protocol", str(caught.value))  # exactly what relay.py does
+    error = actions[0]
+    assert isinstance(error, Outgoing) and isinstance(error.message, m.Error)
+    assert m.decode_message(m.encode_message(error.message)) == error.message
+    assert actions[1:] == [Close(1, actions[1].reason)]
+
+
+def test_registered_client_may_not_register_again() -> None:
+    wire, alice, _, _ = _three()
+    (register,) = wire.sent[alice]
+    actions = wire.relay.receive(alice, register)
+    assert [type(a) for a in actions] == [Outgoing, Close]
+    assert isinstance(actions[0], Outgoing) and isinstance(actions[0].message, m.Error)
+    assert actions[0].message.code == "protocol"
+
+
+def test_unknown_connection_is_ignored() -> None:
+    assert RelayCore().receive(5, m.Bye("x")) == []
+    assert RelayCore().disconnect(5) == []
+
+
+# -- messages -----------------------------------------------------------------------------
+
+
+@BOTH_WAYS
+def test_room_message_reaches_both_others(byte_by_byte: bool) -> None:
+    wire, alice, bob, carol = _three(byte_by_byte)
+    wire.take_all()
+    message_id = wire.clients[alice].send_room("hello, room")
+    wire.pump()
+    assert wire.take(bob) == [MessageReceived("alice", "hello, room", private=False)]
+    assert wire.take(carol) == [MessageReceived("alice", "hello, room", private=False)]
+    assert wire.take(alice) == [SendReport(message_id, False, ("bob", "carol"), ())]
+    assert wire.clients[alice].pending == {}
+
+
+@BOTH_WAYS
+def test_private_message_reaches_only_its_target(byte_by_byte: bool) -> None:
+    wire, alice, bob, carol = _three(byte_by_byte)
+    wire.take_all()
+    before = len(wire.outgoing)
+    message_id = wire.clients[alice].send_private("bob", "just for you")
+    wire.pump()
+    assert wire.take(bob) == [MessageReceived("alice", "just for you", private=True)]
+    assert wire.take(alice) == [SendReport(message_id, True, ("bob",), ())]
+    assert wire.take(carol) == []
+    # Not even a ciphertext, nor any sign that a message was sent, went to Carol.
+    assert [a.conn for a in wire.outgoing[before:]] == [bob, alice]
+    assert all(a.conn != carol for a in wire.outgoing[before:])
+    (send,) = [s for s in wire.sent[alice] if isinstance(s, m.Send)]
+    assert [e.to for e in send.items] == ["bob"]
+
+
+def test_conversation_both_ways_keeps_working() -> None:
+    wire, alice, bob, carol = _three()
+    wire.take_all()
+    for round_ in range(5):
+        wire.clients[alice].send_room(f"a{round_}")
+        wire.clients[bob].send_private("carol", f"b{round_}")
+        wire.clients[carol].send_private("alice", f"c{round_}")
+        wire.pump()
+    texts = {
+        conn: [e.text for e in wire.take(conn) if isinstance(e, MessageReceived)]
+        for conn in (alice, bob, carol)
+    }
+    assert texts[alice] == [f"c{i}" for i in range(5)]
+    assert texts[bob] == [f"a{i}" for i in range(5)]
+    assert texts[carol] == [t for i in range(5) for t in (f"a{i}", f"b{i}")]
+
+
+def test_deliver_carries_the_true_sender() -> None:
+    wire, _, bob, carol = _three()
+    before = len(wire.outgoing)
+    wire.clients[bob].send_private("carol", "from bob")
+    wire.pump()
+    delivers = [a for a in wire.outgoing[before:] if isinstance(a.message, m.Deliver)]
+    assert len(delivers) == 1
+    assert delivers[0].conn == carol
+    assert isinstance(delivers[0].message, m.Deliver) and delivers[0].message.sender == "bob"
+
+
+def _captured_body(client: ClientCore, recipient: str, text: str) -> bytes:
+    """Encrypt for ``recipient`` and intercept the ciphertext before it leaves."""
+    client.send_private(recipient, text)
+    decoder = FrameDecoder()
+    (frame,) = decoder.receive_data(client.data_to_send())
+    send = m.decode_message(frame)
+    assert isinstance(send, m.Send)
+    (envelope,) = send.items
+    return envelope.body
+
+
+def test_relay_relabelling_the_sender_is_detected() -> None:
+    wire, _, bob, carol = _three()
+    wire.take_all()
+    body = _captured_body(wire.clients[bob], "carol", "from bob")
+    wire.deliver(carol, _frame(m.Deliver("alice", body)))
+    events = wire.take(carol)
+    assert len(events) == 1 and isinstance(events[0], SecurityWarning)
+    # Delivered under the right name, it is still good: the failure left no trace.
+    wire.deliver(carol, _frame(m.Deliver("bob", body)))
+    assert wire.take(carol) == [MessageReceived("bob", "from bob", private=True)]
+
+
+def test_relay_replaying_a_deliver_is_detected() -> None:
+    wire, _, bob, carol = _three()
+    wire.take_all()
+    body = _captured_body(wire.clients[bob], "carol", "pay 10")
+    wire.deliver(carol, _frame(m.Deliver("bob", body)))
+    assert wire.take(carol) == [MessageReceived("bob", "pay 10", private=True)]
+    wire.deliver(carol, _frame(m.Deliver("bob", body)))
+    (event,) = wire.take(carol)
+    assert isinstance(event, SecurityWarning)
+
+
+def test_relay_holding_back_a_message_is_reported() -> None:
+    wire, _, bob, carol = _three()
+    wire.take_all()
+    held = _captured_body(wire.clients[bob], "carol", "first")
+    later = _captured_body(wire.clients[bob], "carol", "second")
+    wire.deliver(carol, _frame(m.Deliver("bob", later)))
+    assert wire.take(carol) == [MessagesMissing("bob", 1), MessageReceived("bob", "second", private=True)]
+    wire.deliver(carol, _frame(m.Deliver("bob", held)))
+    assert wire.take(carol) == [MessageReceived("bob", "first", private=True)]
+
+
+def test_deliver_from_someone_without_a_session_is_dropped() -> None:
+    wire, alice, _, _ = _three()
+    wire.take_all()
+    wire.deliver(alice, _frame(m.Deliver("mallory", b"x" * 80)))
+    (event,) = wire.take(alice)
+    assert isinstance(event, SecurityWarning)
+
+
+def test_send_to_self_is_reported_missing_by_the_relay() -> None:
+    """A client that addresses itself gets nothing back (the relay does not echo)."""
+    wire, alice, _, _ = _three()
+    relay_actions = wire.relay.receive(alice, m.Send(42, (m.Envelope("alice", b"x"),)))
+    assert relay_actions == [Outgoing(alice, m.Routed(42, (), ("alice",)))]
+
+
+# -- leaving ------------------------------------------------------------------------------
+
+
+def test_disconnect_tells_the_others_and_drops_the_session() -> None:
+    wire, alice, bob, carol = _three()
+    wire.take_all()
+    wire.hang_up(bob)
+    assert wire.take(alice) == [PeerLeft("bob")]
+    assert wire.take(carol) == [PeerLeft("bob")]
+    assert "bob" not in wire.relay.online
+    for conn in (alice, carol):
+        client = wire.clients[conn]
+        assert "bob" not in client.peers
+        # The chain keys are forgotten (forward secrecy for this pair), not just hidden.
+        assert "bob" not in client._sessions
+        with pytest.raises(CommandError):
+            client.send_private("bob", "are you there?")
+
+
+def test_rejoining_peer_gets_a_fresh_session() -> None:
+    wire = FakeWire()
+    alice = wire.connect("alice")
+    bob_identity = PrivateKey.generate()
+    bob = wire.connect("bob", identity=bob_identity)
+    body_old = _captured_body(wire.clients[bob], "alice", "old session")
+    wire.hang_up(bob)
+    new_bob = wire.connect("bob", identity=bob_identity)
+    wire.take_all()
+    # A message from Bob's earlier connection does not decrypt in the new session.
+    wire.deliver(alice, _frame(m.Deliver("bob", body_old)))
+    (event,) = wire.take(alice)
+    assert isinstance(event, SecurityWarning)
+    wire.clients[new_bob].send_private("alice", "new session")
+    wire.pump()
+    assert wire.take(alice) == [MessageReceived("bob", "new session", private=True)]
+
+
+def test_rejoin_with_another_identity_key_is_flagged_and_blocks_sending() -> None:
+    """What a relay impersonating Bob looks like: same nick, different identity key."""
+    wire, alice, bob, carol = _three()
+    wire.hang_up(bob)
+    wire.take_all()
+    impostor = wire.connect("bob")  # a new identity key
+    events = wire.take(alice)
+    assert events[0] == PeerJoined("bob")
+    assert [type(e) for e in events[1:]] == [KeyChanged]
+    wire.take_all()
+    client = wire.clients[alice]
+    assert client.withheld() == ["bob"]
+    with pytest.raises(CommandError, match="changed"):
+        client.send_private("bob", "secret")
+    # A room message still reaches Carol, but nothing at all goes to the new "bob".
+    before = len(wire.outgoing)
+    message_id = client.send_room("for the room")
+    wire.pump()
+    assert all(a.conn != impostor for a in wire.outgoing[before:])
+    assert wire.take(impostor) == []
+    assert wire.take(carol) == [MessageReceived("alice", "for the room", private=False)]
+    assert wire.take(alice) == [SendReport(message_id, False, ("carol",), ())]
+
+
+def test_recipient_gone_between_encrypt_and_route_is_reported_missing() -> None:
+    wire, alice, bob, carol = _three()
+    wire.take_all()
+    message_id = wire.clients[alice].send_room("anyone there?")  # encrypted for bob and carol
+    wire.hang_up(carol)  # ... who leaves before the relay routes it
+    wire.pump()
+    assert wire.take(alice) == [PeerLeft("carol"), SendReport(message_id, False, ("bob",), ("carol",))]
+    assert wire.take(bob) == [PeerLeft("carol"), MessageReceived("alice", "anyone there?", private=False)]
+    assert wire.clients[alice].pending == {}
+
+
+def test_relay_shutdown_says_bye_to_everyone() -> None:
+    wire, alice, bob, carol = _three()
+    wire.take_all()
+    wire.apply(wire.relay.shutdown("maintenance"))
+    for conn in (alice, bob, carol):
+        assert wire.take(conn) == [RelayClosing("maintenance")]
+        assert wire.clients[conn].state is ClientState.CLOSED
+    assert sorted(c.conn for c in wire.closes) == [alice, bob, carol]
+
+
+def test_relay_error_while_online_is_an_event() -> None:
+    wire, alice, _, _ = _three()
+    wire.take_all()
+    wire.deliver(alice, _frame(m.Error("slow_down", "too many messages")))
+    assert wire.take(alice) == [RelayError("slow_down", "too many messages")]
+    assert wire.clients[alice].state is ClientState.ONLINE
+
+
+def test_client_error_makes_the_relay_hang_up() -> None:
+    wire, alice, _, _ = _three()
+    actions = wire.relay.receive(alice, m.Error("protocol", "you broke it"))
+    assert [type(a) for a in actions] == [Close]
+    assert actions[0].conn == alice
+
+
+# -- refusals on the client side ----------------------------------------------------------
+
+
+def test_send_private_to_unknown_nick_raises() -> None:
+    wire, alice, _, _ = _three()
+    with pytest.raises(CommandError, match="not online"):
+        wire.clients[alice].send_private("dave", "hi")
+    assert wire.clients[alice].data_to_send() == b""
+
+
+def test_send_private_to_self_raises() -> None:
+    wire, alice, _, _ = _three()
+    with pytest.raises(CommandError, match="you"):
+        wire.clients[alice].send_private("alice", "hi")
+    assert wire.clients[alice].data_to_send() == b""
+
+
+def test_send_room_with_nobody_online_raises() -> None:
+    wire = FakeWire()
+    alice = wire.connect("alice")
+    with pytest.raises(CommandError, match="nobody"):
+        wire.clients[alice].send_room("hello?")
+    assert wire.clients[alice].data_to_send() == b""
+    assert wire.clients[alice].pending == {}
+
+
+def test_empty_message_is_not_sent() -> None:
+    wire, alice, _, _ = _three()
+    with pytest.raises(CommandError):
+        wire.clients[alice].send_room("")
+    assert wire.clients[alice].data_to_send() == b""
+
+
+def test_sending_before_registration_raises() -> None:
+    client = ClientCore("alice", PrivateKey.generate(), PrivateKey.generate())
+    with pytest.raises(CommandError):
+        client.send_room("too early")
+    with pytest.raises(CommandError):
+        client.send_private("bob", "too early")
+
+
+def test_invalid_own_nick_is_refused() -> None:
+    with pytest.raises(LocalProtocolError):
+        ClientCore("not a nick", PrivateKey.generate(), PrivateKey.generate())
+
+
+# -- a hostile relay ----------------------------------------------------------------------
+
+
+def test_client_rejects_garbage_from_the_relay() -> None:
+    client = ClientCore("alice", PrivateKey.generate(), PrivateKey.generate())
+    with pytest.raises(RemoteProtocolError):
+        client.receive_data(encode_frame(b"\xff not json"))
+
+
+def test_client_rejects_messages_out_of_order() -> None:
+    client = ClientCore("alice", PrivateKey.generate(), PrivateKey.generate())
+    with pytest.raises(RemoteProtocolError):
+        client.receive_data(_frame(m.Welcome("alice", ())))
+
+
+def test_client_rejects_a_welcome_for_another_nick() -> None:
+    relay = PrivateKey.generate()
+    client = ClientCore("alice", PrivateKey.generate(), PrivateKey.generate())
+    assert client.receive_data(_frame(m.Challenge(relay.public_key, b"\x00" * 32))) == []
+    assert client.state is ClientState.AWAIT_WELCOME
+    with pytest.raises(RemoteProtocolError):
+        client.receive_data(_frame(m.Welcome("mallory", ())))
+
+
+def test_client_warns_about_a_peer_with_unusable_keys() -> None:
+    wire, alice, _, _ = _three()
+    wire.take_all()
+    bad = m.PeerInfo("eve", PrivateKey.generate().public_key, m.PublicKey(bytes(32)))
+    wire.deliver(alice, _frame(m.PeerJoined(bad)))
+    events = wire.take(alice)
+    assert events[:2] == [PeerJoined("eve"), KeyPinned("eve")]
+    assert [type(e) for e in events[2:]] == [SecurityWarning]
+    with pytest.raises(CommandError):
+        wire.clients[alice].send_private("eve", "hi")

@@ -1,0 +1,389 @@
+"""Wire messages: every type round-trips, and every malformed payload raises
+RemoteProtocolError and nothing else."""
+
+from __future__ import annotations
+
+import base64
+import json
+import string
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from nacl.public import PublicKey
+
+from e2echat import messages as m
+from e2echat.errors import LocalProtocolError, RemoteProtocolError
+
+KEY_A = PublicKey(bytes(range(32)))
+KEY_B = PublicKey(bytes(range(32, 64)))
+KEY_C = PublicKey(b"\xee" * 32)
+PEER_BOB = m.PeerInfo("bob", KEY_A, KEY_B)
+PEER_CAROL = m.PeerInfo("carol.x-1_", KEY_B, KEY_C)
+
+EXAMPLES: dict[str, m.Message] = {
+    "challenge": m.Challenge(KEY_A, b"\x01" * m.CHALLENGE_SIZE),
+    "register": m.Register("alice", KEY_A, KEY_B, b"\x02" * 72),
+    "welcome": m.Welcome("alice", (PEER_BOB, PEER_CAROL)),
+    "joined": m.PeerJoined(PEER_BOB),
+    "left": m.PeerLeft("bob"),
+    "send": m.Send(7, (m.Envelope("bob", b"\x00\xffbody"), m.Envelope("carol", b"c" * 100))),
+    "deliver": m.Deliver("alice", b"\x00ciphertext\xff"),
+    "routed": m.Routed(7, ("bob",), ("carol",)),
+    "error": m.Error("nick_taken", "nick 'alice' is already online — choose another ✓"),
+    "bye": m.Bye("relay shutting down"),
+}
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _json(obj: object) -> bytes:
+    return json.dumps(obj).encode("utf-8")
+
+
+def _wire(name: str) -> dict[str, Any]:
+    """The decoded JSON object of the example message ``name``, to mutate."""
+    obj: dict[str, Any] = json.loads(m.encode_message(EXAMPLES[name]))
+    return obj
+
+
+def _with(name: str, **changes: Any) -> bytes:
+    obj = _wire(name)
+    obj.update(changes)
+    return _json(obj)
+
+
+def _without(name: str, field: str) -> bytes:
+    obj = _wire(name)
+    del obj[field]
+    return _json(obj)
+
+
+# -- round trips --------------------------------------------------------------------------
+
+
+def test_every_message_type_has_an_example() -> None:
+    assert set(EXAMPLES) == set(m.MESSAGE_TYPES)
+    for name, example in EXAMPLES.items():
+        assert type(example) is m.MESSAGE_TYPES[name]
+
+
+@pytest.mark.parametrize("message", EXAMPLES.values(), ids=EXAMPLES.keys())
+def test_round_trip(message: m.Message) -> None:
+    encoded = m.encode_message(message)
+    decoded = m.decode_message(encoded)
+    assert decoded == message
+    assert type(decoded) is type(message)
+    assert m.encode_message(decoded) == encoded
+
+
+def test_wire_format_is_pinned() -> None:
+    """The documented shape, byte for byte: other implementations rely on it."""
+    assert m.encode_message(m.Bye("x")) == b'{"v":1,"type":"bye","reason":"x"}'
+    assert m.encode_message(m.Deliver("bob", b"\x00\x01")) == (
+        b'{"v":1,"type":"deliver","from":"bob","body":"AAE="}'
+    )
+    assert json.loads(m.encode_message(EXAMPLES["send"]))["items"][0] == {
+        "to": "bob",
+        "body": _b64(b"\x00\xffbody"),
+    }
+
+
+def test_boundary_values_round_trip() -> None:
+    for message in [
+        m.Send(m.MAX_ID, (m.Envelope("b", b"x" * m.MAX_BODY),)),
+        m.Send(0, (m.Envelope("b" * 32, b"x"),)),
+        m.Error("a" * 32, "t" * m.MAX_REASON),
+        m.Register("n", KEY_A, KEY_A, b"p" * m.MAX_PROOF),
+        m.Welcome("alice", ()),
+        m.Routed(1, (), ()),
+        m.Bye(""),
+    ]:
+        assert m.decode_message(m.encode_message(message)) == message
+
+
+# -- malformed input: RemoteProtocolError and nothing else --------------------------------
+
+_NESTED = b"[" * 100_000 + b"]" * 100_000
+_BAD_CASES: dict[str, bytes] = {
+    "empty": b"",
+    "not-json": b"{not json",
+    "trailing-garbage": m.encode_message(EXAMPLES["bye"]) + b" x",
+    "not-utf8": b"\xff\xfe\x00",
+    "latin1-in-string": '{"v":1,"type":"bye","reason":"caf\xe9"}'.encode("latin-1"),
+    "utf8-bom": b"\xef\xbb\xbf" + m.encode_message(EXAMPLES["bye"]),
+    "json-array": b"[1,2,3]",
+    "json-string": b'"bye"',
+    "json-null": b"null",
+    "missing-v": _without("bye", "v"),
+    "version-0": _with("bye", v=0),
+    "version-2-downgrade": _with("bye", v=2),
+    "version-string": _with("bye", v="1"),
+    "version-bool": _with("bye", v=True),
+    "version-float": _with("bye", v=1.0),
+    "missing-type": _without("bye", "type"),
+    "unknown-type": _with("bye", type="shout"),
+    "type-not-string": _with("bye", type=5),
+    "missing-field": _without("register", "proof"),
+    "missing-field-nested": _json(
+        {**_wire("joined"), "peer": {"nick": "bob", "identity_key": _b64(b"k" * 32)}}
+    ),
+    "extra-field": _with("bye", extra=1),
+    "extra-field-nested": _json(
+        {**_wire("send"), "items": [{"to": "bob", "body": _b64(b"x"), "cc": "carol"}]}
+    ),
+    "duplicate-key": b'{"v":1,"type":"bye","reason":"a","reason":"b"}',
+    "duplicate-v": b'{"v":1,"v":1,"type":"bye","reason":"a"}',
+    "duplicate-key-nested": b'{"v":1,"type":"send","id":1,"items":[{"to":"bob","to":"eve","body":"eA=="}]}',
+    "string-for-int": _with("send", id="7"),
+    "bool-for-int": _with("send", id=True),
+    "float-for-int": _with("send", id=7.0),
+    "int-for-string": _with("left", nick=5),
+    "null-for-string": _with("bye", reason=None),
+    "object-for-array": _with("routed", delivered={"bob": 1}),
+    "int-in-nick-array": _with("routed", delivered=["bob", 3]),
+    "peer-not-object": _with("welcome", peers=["bob"]),
+    "joined-peer-not-object": _with("joined", peer=["bob"]),
+    "negative-id": _with("send", id=-1),
+    "id-too-big": _with("send", id=m.MAX_ID + 1),
+    "id-with-5000-digits": b'{"v":1,"type":"send","id":' + b"9" * 5000 + b',"items":[]}',
+    "empty-items": _with("send", items=[]),
+    "bad-base64-chars": _with("deliver", body="***"),
+    "bad-base64-padding": _with("deliver", body="abc"),
+    "base64-with-newline": _with("deliver", body="AAAA\nAAAA"),
+    "base64-urlsafe": _with("deliver", body="-_-_"),
+    "base64-non-ascii": _with("deliver", body="AAAé"),
+    "empty-body": _with("deliver", body=""),
+    "body-too-long": _with("deliver", body=_b64(b"x" * (m.MAX_BODY + 1))),
+    "key-31-bytes": _with("register", identity_key=_b64(b"k" * 31)),
+    "key-33-bytes": _with("register", session_key=_b64(b"k" * 33)),
+    "peer-key-33-bytes": _json(
+        {**_wire("joined"), "peer": {**_wire("joined")["peer"], "session_key": _b64(b"k" * 33)}}
+    ),
+    "challenge-31-bytes": _with("challenge", challenge=_b64(b"c" * 31)),
+    "empty-proof": _with("register", proof=""),
+    "proof-too-long": _with("register", proof=_b64(b"p" * (m.MAX_PROOF + 1))),
+    "nick-empty": _with("register", nick=""),
+    "nick-33-chars": _with("register", nick="a" * 33),
+    "nick-space": _with("register", nick="al ice"),
+    "nick-escape": _with("register", nick="al\x1b[2Jice"),
+    "nick-newline-at-end": _with("left", nick="bob\n"),
+    "nick-non-ascii": _with("left", nick="bób"),
+    "sender-invalid": _with("deliver", **{"from": "eve!"}),
+    "recipient-invalid": _with("send", items=[{"to": "", "body": _b64(b"x")}]),
+    "routed-nick-invalid": _with("routed", missing=["no one"]),
+    "error-text-too-long": _with("error", text="t" * (m.MAX_REASON + 1)),
+    "error-code-uppercase": _with("error", code="NICK"),
+    "bye-reason-too-long": _with("bye", reason="r" * (m.MAX_REASON + 1)),
+    "nan-constant": b'{"v":NaN,"type":"bye","reason":"x"}',
+    "infinity-constant": b'{"v":1,"type":"send","id":Infinity,"items":[]}',
+    "minus-infinity-constant": b'{"v":1,"type":"send","id":-Infinity,"items":[]}',
+    "deeply-nested": _NESTED,
+    "deeply-nested-in-field": b'{"v":1,"type":"bye","reason":' + _NESTED + b"}",
+    "too-many-items": _with("routed", delivered=["b"] * (m.MAX_ITEMS + 1)),
+}
+
+
+@pytest.mark.parametrize("payload", _BAD_CASES.values(), ids=_BAD_CASES.keys())
+def test_malformed_payload_raises_remote_protocol_error(payload: bytes) -> None:
+    # pytest.raises lets any other exception through, which fails the test.
+    with pytest.raises(RemoteProtocolError):
+        m.decode_message(payload)
+
+
+def test_version_error_names_the_version() -> None:
+    with pytest.raises(RemoteProtocolError, match="version 2"):
+        m.decode_message(_with("bye", v=2))
+
+
+def test_unknown_type_name_is_truncated_in_the_error() -> None:
+    with pytest.raises(RemoteProtocolError) as caught:
+        m.decode_message(_with("bye", type="x" * 10_000))
+    assert len(str(caught.value)) < 200
+
+
+# JSON can carry lone surrogates ("\ud800") that UTF-8 cannot: a decoded message must
+# re-encode, and a terminal must be able to print its text.
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"v":1,"type":"bye","reason":"\\ud800"}',
+        b'{"v":1,"type":"error","code":"x","text":"a\\udfffb"}',
+    ],
+    ids=["bye-reason", "error-text"],
+)
+def test_lone_surrogate_in_text_is_rejected(payload: bytes) -> None:
+    with pytest.raises(RemoteProtocolError):
+        m.decode_message(payload)
+
+
+# -- building bad messages locally is our bug: LocalProtocolError -------------------------
+
+_LOCAL_BAD: dict[str, Callable[[], object]] = {
+    "nick-empty": lambda: m.PeerLeft(""),
+    "nick-33": lambda: m.PeerLeft("a" * 33),
+    "nick-space": lambda: m.Register("a b", KEY_A, KEY_B, b"p"),
+    "nick-escape": lambda: m.Welcome("a\x1b", ()),
+    "key-as-bytes": lambda: m.Challenge(bytes(KEY_A), b"c" * 32),  # type: ignore[arg-type]
+    "challenge-31": lambda: m.Challenge(KEY_A, b"c" * 31),
+    "challenge-str": lambda: m.Challenge(KEY_A, "c" * 32),  # type: ignore[arg-type]
+    "proof-empty": lambda: m.Register("alice", KEY_A, KEY_B, b""),
+    "proof-too-long": lambda: m.Register("alice", KEY_A, KEY_B, b"p" * (m.MAX_PROOF + 1)),
+    "envelope-empty-body": lambda: m.Envelope("bob", b""),
+    "envelope-body-too-long": lambda: m.Envelope("bob", b"x" * (m.MAX_BODY + 1)),
+    "send-no-items": lambda: m.Send(1, ()),
+    "send-negative-id": lambda: m.Send(-1, (m.Envelope("bob", b"x"),)),
+    "send-bool-id": lambda: m.Send(True, (m.Envelope("bob", b"x"),)),
+    "send-id-too-big": lambda: m.Send(m.MAX_ID + 1, (m.Envelope("bob", b"x"),)),
+    "send-items-list": lambda: m.Send(1, [m.Envelope("bob", b"x")]),  # type: ignore[arg-type]
+    "routed-bad-nick": lambda: m.Routed(1, ("no one",), ()),
+    "welcome-not-peer": lambda: m.Welcome("alice", ("bob",)),  # type: ignore[arg-type]
+    "joined-not-peer": lambda: m.PeerJoined("bob"),  # type: ignore[arg-type]
+    "peer-key-bytes": lambda: m.PeerInfo("bob", KEY_A, bytes(KEY_B)),  # type: ignore[arg-type]
+    "error-code": lambda: m.Error("Bad Code", "text"),
+    "error-text-long": lambda: m.Error("code", "t" * (m.MAX_REASON + 1)),
+    "bye-not-str": lambda: m.Bye(5),  # type: ignore[arg-type]
+}
+
+
+@pytest.mark.parametrize("build", _LOCAL_BAD.values(), ids=_LOCAL_BAD.keys())
+def test_building_invalid_message_raises_local_protocol_error(build: Callable[[], object]) -> None:
+    with pytest.raises(LocalProtocolError):
+        build()
+
+
+# -- properties ---------------------------------------------------------------------------
+
+_FIELD_NAMES = sorted(
+    {"nick", "identity_key", "session_key", "proof", "relay_key", "challenge", "peers", "peer", "id"}
+    | {"items", "from", "body", "delivered", "missing", "code", "text", "reason", "to"}
+)
+_NICK_ALPHABET = string.ascii_letters + string.digits + "_.-"
+
+_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=20)
+    | st.text(_NICK_ALPHABET, min_size=1, max_size=33)
+    | st.binary(max_size=40).map(_b64)
+    | st.binary(min_size=32, max_size=32).map(_b64)
+)
+_json_values = st.recursive(
+    _scalars,
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.sampled_from(_FIELD_NAMES) | st.text(max_size=5), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+_nicks = st.text(_NICK_ALPHABET, min_size=1, max_size=32)
+_peer_objects = st.fixed_dictionaries(
+    {
+        "nick": _nicks,
+        "identity_key": st.binary(min_size=32, max_size=32).map(_b64),
+        "session_key": st.binary(min_size=32, max_size=32).map(_b64),
+    }
+)
+# A plausible value for each field, so that many generated messages get past the shape
+# checks and exercise the per-field validation (and sometimes decode).
+_PLAUSIBLE: dict[str, st.SearchStrategy[Any]] = {
+    "nick": _nicks,
+    "from": _nicks,
+    "to": _nicks,
+    "identity_key": st.binary(min_size=32, max_size=32).map(_b64),
+    "session_key": st.binary(min_size=32, max_size=32).map(_b64),
+    "relay_key": st.binary(min_size=32, max_size=32).map(_b64),
+    "challenge": st.binary(min_size=31, max_size=33).map(_b64),
+    "proof": st.binary(max_size=80).map(_b64),
+    "body": st.binary(max_size=80).map(_b64),
+    "peers": st.lists(_peer_objects, max_size=3),
+    "peer": _peer_objects,
+    "id": st.integers(min_value=-1, max_value=m.MAX_ID + 1),
+    "items": st.lists(
+        st.fixed_dictionaries({"to": _nicks, "body": st.binary(max_size=40).map(_b64)}), max_size=3
+    ),
+    "delivered": st.lists(_nicks, max_size=3),
+    "missing": st.lists(_nicks, max_size=3),
+    "code": st.text("abcxyz_A ", max_size=33),
+    "text": st.text(max_size=30),
+    "reason": st.text(max_size=30),
+}
+
+
+def _fields_of(name: str) -> list[str]:
+    return [field for field in _wire(name) if field not in ("v", "type")]
+
+
+_message_like = st.one_of(
+    *[
+        st.builds(
+            lambda name, fields, extra, version: {"v": version, "type": name, **fields, **extra},
+            st.just(name),
+            st.fixed_dictionaries(
+                {
+                    field: st.one_of(_PLAUSIBLE[field], _PLAUSIBLE[field], _json_values)
+                    for field in _fields_of(name)
+                }
+            ),
+            st.dictionaries(st.sampled_from(_FIELD_NAMES), _json_values, max_size=1),
+            st.sampled_from([1, 1, 1, 1, 0, 2, True, "1"]),
+        )
+        for name in sorted(m.MESSAGE_TYPES)
+    ],
+    st.builds(
+        lambda version, kind, fields: {"v": version, "type": kind, **fields},
+        st.just(1) | _scalars,
+        st.sampled_from(sorted(m.MESSAGE_TYPES)) | st.text(max_size=8),
+        st.dictionaries(st.sampled_from(_FIELD_NAMES), _json_values, max_size=5),
+    ),
+)
+
+
+def _decodes_or_refuses(payload: bytes) -> None:
+    try:
+        message = m.decode_message(payload)
+    except RemoteProtocolError:
+        return
+    assert isinstance(message, tuple(m.MESSAGE_TYPES.values()))
+    assert m.decode_message(m.encode_message(message)) == message
+
+
+@settings(max_examples=400)
+@given(st.one_of(_json_values, _message_like), st.booleans())
+def test_arbitrary_json_decodes_or_raises_remote_protocol_error(value: object, ascii_only: bool) -> None:
+    _decodes_or_refuses(json.dumps(value, ensure_ascii=ascii_only).encode("utf-8"))
+
+
+@settings(max_examples=400)
+@given(
+    st.sampled_from([m.encode_message(message) for message in EXAMPLES.values()]),
+    st.integers(min_value=0),
+    st.integers(min_value=1, max_value=255),
+)
+def test_flipped_byte_decodes_or_raises_remote_protocol_error(
+    encoded: bytes, position: int, mask: int
+) -> None:
+    index = position % len(encoded)
+    mutated = encoded[:index] + bytes([encoded[index] ^ mask]) + encoded[index + 1 :]
+    _decodes_or_refuses(mutated)
+
+
+@settings(max_examples=200)
+@given(
+    st.sampled_from([m.encode_message(message) for message in EXAMPLES.values()]),
+    st.integers(min_value=0),
+    st.integers(min_value=0),
+)
+def test_truncated_message_raises_remote_protocol_error(encoded: bytes, start: int, length: int) -> None:
+    begin = start % len(encoded)
+    piece = encoded[begin : begin + length % len(encoded)]
+    if piece == encoded:
+        return
+    with pytest.raises(RemoteProtocolError):
+        m.decode_message(piece)
