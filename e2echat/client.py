@@ -51,6 +51,7 @@ class Connection:
         self._settled = asyncio.Event()
         self._settled.set()
         self.closed = False
+        self._relay_closing = False
 
     @property
     def address(self) -> str:
@@ -88,6 +89,7 @@ class Connection:
             except RemoteProtocolError as exc:
                 raise RelayGone(host=self.host, port=self.port, detail=str(exc)) from None
             self._flush()
+            self._relay_closing |= any(isinstance(event, RelayClosing) for event in events)
             for index, event in enumerate(events):
                 if isinstance(event, RegistrationFailed):
                     raise RegistrationRefused(nick=self.nick, detail=event.text)
@@ -103,7 +105,7 @@ class Connection:
             return b""
 
     async def _read_loop(self, reader: asyncio.StreamReader) -> None:
-        detail = "it closed the connection"
+        detail = ""
         try:
             while True:
                 data = await self._read(reader)
@@ -117,12 +119,14 @@ class Connection:
                 self._flush()
                 for event in events:
                     if isinstance(event, RelayClosing):
-                        detail = "it shut down"
+                        self._relay_closing = True
                     self.events.put_nowait(event)
                 if not self.core.pending:
                     self._settled.set()
         finally:
             self._close_transport()
+            if not detail:
+                detail = "it shut down" if self._relay_closing else "it closed the connection"
             self.events.put_nowait(Disconnected(detail))
 
     def _flush(self) -> None:
@@ -159,6 +163,7 @@ class Connection:
 
     def _close_transport(self) -> None:
         self.closed = True
+        self.core.forget_keys()
         self._settled.set()  # nothing more will be answered
         if self._writer is not None:
             self._writer.close()

@@ -9,6 +9,7 @@ what to write to the relay collects in ``data_to_send()``. ``send_room`` and
 from __future__ import annotations
 
 import logging
+from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -24,7 +25,7 @@ from e2echat.errors import (
 from e2echat.framing import MAX_FRAME, FrameDecoder, encode_frame
 from e2echat.keys import fingerprint, safety_number
 from e2echat.relay_core import registration_proof
-from e2echat.session import MAX_TEXT, Kind, Party, PeerSession
+from e2echat.session import MAX_TEXT, Kind, Party, PeerSession, directory_digest
 from e2echat.trust import KnownPeers, Trust
 
 log = logging.getLogger("e2echat.client_core")
@@ -69,6 +70,15 @@ class MessageReceived:
     private: bool
     #: the sender's trust state when it arrived
     trust: Trust = Trust.UNVERIFIED
+    #: it fills an earlier gap: it was held back on the way
+    late: bool = False
+
+
+@dataclass(frozen=True)
+class SplitView:
+    """``sender`` saw a different directory (nicks and keys) than we do."""
+
+    sender: str
 
 
 @dataclass(frozen=True)
@@ -132,6 +142,7 @@ Event = (
     | KeyChanged
     | MessageReceived
     | MessagesMissing
+    | SplitView
     | SendReport
     | SecurityWarning
     | RelayError
@@ -173,6 +184,12 @@ class ClientCore:
         self.pending: dict[int, _Pending] = {}
         self.known_peers = known_peers if known_peers is not None else KnownPeers()
         self._retired_session_keys: set[bytes] = set()
+        # Hashes of our recent views of the directory. A message encrypted just before its
+        # sender saw a join or leave carries the previous view; 64 views is ample for that
+        # race and still catches a relay that keeps two views apart.
+        self._recent_views: deque[str] = deque(maxlen=64)
+        self._split_warned: set[tuple[str, str]] = set()
+        self._refresh_view()
 
     # -- bytes in, bytes out --------------------------------------------------------------
 
@@ -210,6 +227,7 @@ class ClientCore:
     def send_room(self, text: str) -> int:
         """Encrypt ``text`` for everyone else online whose key is not in doubt.
         Returns the message id; ``withheld()`` names those left out."""
+        self._require_online()
         blocked = set(self.withheld())
         recipients = [nick for nick in self.peers if nick in self._sessions and nick not in blocked]
         if not recipients:
@@ -222,6 +240,7 @@ class ClientCore:
         return self._send(text, Kind.ROOM, recipients)
 
     def send_private(self, recipient: str, text: str) -> int:
+        self._require_online()
         if recipient == self.nick:
             raise CommandError(detail="that is you; /msg sends to someone else")
         if recipient not in self.directory:
@@ -258,9 +277,11 @@ class ClientCore:
         self.known_peers.see(nick, peer.identity_key)
         self.known_peers.set_verified(nick, peer.identity_key, verified)
 
-    def _send(self, text: str, kind: Kind, recipients: list[str]) -> int:
+    def _require_online(self) -> None:
         if self.state is not ClientState.ONLINE:
             raise CommandError(detail="not connected to the relay; the message was not sent")
+
+    def _send(self, text: str, kind: Kind, recipients: list[str]) -> int:
         if not text:
             raise CommandError(detail="empty message not sent")
         if not m.is_utf8(text):
@@ -271,8 +292,9 @@ class ClientCore:
         self._next_id += 1
         batch: list[m.Envelope] = []
         size = 0
+        view = self._recent_views[-1]
         for nick in recipients:
-            body = self._sessions[nick].encrypt(text, kind)
+            body = self._sessions[nick].encrypt(text, kind, directory_hash=view)
             envelope_size = len(nick) + (len(body) * 4) // 3 + 64
             if batch and size + envelope_size > _FRAME_BUDGET:
                 self._write(m.Send(message_id, tuple(batch)))
@@ -345,6 +367,7 @@ class ClientCore:
         if known is not None:
             self._retire(peer.nick)
         self.directory[peer.nick] = peer
+        self._refresh_view()
         events: list[Event] = []
         trust, first_contact = self.known_peers.see(peer.nick, peer.identity_key)
         if first_contact:
@@ -373,6 +396,7 @@ class ClientCore:
 
     def _retire(self, nick: str) -> None:
         peer = self.directory.pop(nick)
+        self._refresh_view()
         self._retired_session_keys.add(bytes(peer.session_key))
         # Dropping the session forgets its chain keys: forward secrecy for this pair.
         self._sessions.pop(nick, None)
@@ -393,12 +417,25 @@ class ClientCore:
         events: list[Event] = []
         if plaintext.skipped:
             events.append(MessagesMissing(plaintext.sender, plaintext.skipped))
-        events.append(
-            MessageReceived(
-                plaintext.sender, plaintext.text, plaintext.kind is Kind.PRIVATE, self.trust(plaintext.sender)
-            )
-        )
+        seen_by = (plaintext.sender, plaintext.directory_hash)
+        if plaintext.directory_hash not in self._recent_views and seen_by not in self._split_warned:
+            self._split_warned.add(seen_by)
+            events.append(SplitView(plaintext.sender))
+        private = plaintext.kind is Kind.PRIVATE
+        trust = self.trust(plaintext.sender)
+        events.append(MessageReceived(plaintext.sender, plaintext.text, private, trust, plaintext.late))
         return events
+
+    def _refresh_view(self) -> None:
+        ours = Party(self.nick, self._identity.public_key, self._session_key.public_key)
+        view = [ours, *(Party(p.nick, p.identity_key, p.session_key) for p in self.directory.values())]
+        self._recent_views.append(directory_digest(view))
+
+    def forget_keys(self) -> None:
+        """The connection is over: drop every session and with them all chain keys. (The
+        session private key goes with this object; Python cannot wipe memory.)"""
+        self._sessions.clear()
+        self.state = ClientState.CLOSED
 
     def _routed(self, routed: m.Routed) -> list[Event]:
         pending = self.pending.get(routed.id)

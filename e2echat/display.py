@@ -23,6 +23,7 @@ from e2echat.client_core import (
     RelayError,
     SecurityWarning,
     SendReport,
+    SplitView,
 )
 from e2echat.trust import Trust
 
@@ -55,6 +56,7 @@ def format_event(event: Event, now: float | None = None) -> str | None:
     stamp = clock(now)
     if isinstance(event, MessageReceived):
         mark = " [private]" if event.private else ""
+        mark += " [late]" if event.late else ""
         return f"{stamp}{mark} <{event.sender} {TRUST_MARKS[event.trust]}> {neutralize(event.text)}"
     if isinstance(event, KeyPinned):
         return (
@@ -89,6 +91,11 @@ def format_event(event: Event, now: float | None = None) -> str | None:
         if not event.missing:
             return None
         return f"{stamp} !! not delivered to {', '.join(event.missing)}: no longer online"
+    if isinstance(event, SplitView):
+        return (
+            f"{stamp} !! warning: {event.sender} sees a different directory than you do: the relay may "
+            "be showing people different keys. Compare safety numbers (/verify) before you trust a key."
+        )
     if isinstance(event, SecurityWarning):
         return f"{stamp} !! warning: {neutralize(event.text)}"
     if isinstance(event, RelayError):

@@ -72,6 +72,8 @@ class Plaintext:
     skipped: int = 0
     #: True if this message fills an earlier gap (it arrived late).
     late: bool = False
+    #: the sender's directory hash (hex), empty if it sent none
+    directory_hash: str = ""
 
 
 def hkdf_sha256(ikm: bytes, *, info: bytes, length: int, salt: bytes = b"") -> bytes:
@@ -144,8 +146,11 @@ class PeerSession:
         """Messages from this peer skipped over and not (yet) arrived."""
         return len(self._skipped)
 
-    def encrypt(self, text: str, kind: Kind, *, nonce: bytes | None = None) -> bytes:
-        """One message for this peer. ``nonce`` is for deterministic tests only."""
+    def encrypt(
+        self, text: str, kind: Kind, *, directory_hash: str = "", nonce: bytes | None = None
+    ) -> bytes:
+        """One message for this peer, carrying our ``directory_hash`` (see
+        ``directory_digest``). ``nonce`` is for deterministic tests only."""
         raw_text = text.encode("utf-8")
         if len(raw_text) > MAX_TEXT:
             raise LocalProtocolError(detail=f"message longer than {MAX_TEXT} bytes")
@@ -156,6 +161,7 @@ class PeerSession:
             "kind": kind.value,
             "n": counter,
             "text": text,
+            "dir": directory_hash,
         }
         plaintext = json.dumps(inner, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         self._send_chain, message_key = chain_step(self._send_chain)
@@ -210,10 +216,23 @@ class PeerSession:
             sender, recipient, kind = inner["from"], inner["to"], Kind(inner["kind"])
             inner_counter, text = inner["n"], inner["text"]
             text.encode("utf-8")  # no lone surrogates: they would crash the display
+            directory_hash = inner.get("dir", "")
+            if not isinstance(directory_hash, str) or len(directory_hash) > 64:
+                raise ValueError("directory hash")
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             raise DecryptionError(peer=self.peer, detail="malformed plaintext") from None
         # The keys already bind both parties and the direction; these checks make a
         # mismatch (a bug, or a peer lying inside its own ciphertext) loud, not silent.
         if sender != self.theirs.nick or recipient != self.ours.nick or inner_counter != counter:
             raise DecryptionError(peer=self.peer, detail="header does not match its contents")
-        return Plaintext(sender, recipient, kind, counter, text)
+        return Plaintext(sender, recipient, kind, counter, text, directory_hash=directory_hash)
+
+
+def directory_digest(entries: list[Party]) -> str:
+    """SHA-256 (hex) of a view of the directory: every (nick, identity key, session key),
+    sorted, each length-prefixed. Two people who see the same directory get the same
+    digest; a relay showing them different keys for anyone cannot make them agree."""
+    digest = hashlib.sha256(LABEL + b" directory")
+    for party in sorted(entries, key=lambda p: p.nick):
+        digest.update(_encode_party(party))
+    return digest.hexdigest()

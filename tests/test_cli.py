@@ -141,7 +141,12 @@ async def test_relay_gone_mid_session_exits_nonzero_with_one_line(tmp_path: Path
         try:
             await alice.next(PeerJoined, lambda e: e.nick == "bob")
             await relay.stop("bye for now")
-            out, err = await asyncio.wait_for(process.communicate(), WAIT)
+            # stdin stays open: bob leaves because the relay went, not because input ended.
+            assert process.stdout and process.stderr
+            out, err = await asyncio.wait_for(
+                asyncio.gather(process.stdout.read(), process.stderr.read()), WAIT
+            )
+            await asyncio.wait_for(process.wait(), WAIT)
         finally:
             if process.returncode is None:
                 process.kill()

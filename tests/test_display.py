@@ -22,6 +22,7 @@ from e2echat.client_core import (
     RelayError,
     SecurityWarning,
     SendReport,
+    SplitView,
 )
 from e2echat.display import clock, format_event, neutralize, online_text
 from e2echat.trust import Trust
@@ -96,6 +97,15 @@ def test_dangerous_set_is_what_the_docstring_promises() -> None:
 
 _LINES: dict[str, tuple[Event, str | None]] = {
     "room-message": (MessageReceived("bob", "hi all", private=False), f"{STAMP} <bob ?> hi all"),
+    "late-message": (
+        MessageReceived("bob", "held back", private=False, late=True),
+        f"{STAMP} [late] <bob ?> held back",
+    ),
+    "split-view": (
+        SplitView("bob"),
+        f"{STAMP} !! warning: bob sees a different directory than you do: the relay may be showing "
+        "people different keys. Compare safety numbers (/verify) before you trust a key.",
+    ),
     "private-message": (
         MessageReceived("bob", "psst", private=True, trust=Trust.VERIFIED),
         f"{STAMP} [private] <bob ✓> psst",
@@ -139,8 +149,6 @@ def test_format_event(event: Event, line: str | None) -> None:
     assert format_event(event, NOW) == line
 
 
-# BUG (minor, e2echat/display.py format_event): the singular reads "1 message from bob
-# are missing"; only the noun is made singular, not the verb.
 def test_one_missing_message_is_grammatical() -> None:
     assert format_event(MessagesMissing("bob", 1), NOW) == f"{STAMP} !! 1 message from bob is missing"
 
