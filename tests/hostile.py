@@ -36,6 +36,13 @@ class HostileRelay(Relay):
     def nick(self, conn: ConnId) -> str | None:
         return self.core.nick_of(conn)
 
+    def conn(self, nick: str) -> ConnId:
+        return self.core.online[nick]
+
+    def inject(self, nick: str, message: m.Message) -> None:
+        """Write a message of the relay's own making to ``nick``."""
+        super()._apply([Outgoing(self.conn(nick), message)])
+
     def sends_from(self, nick: str) -> list[m.Send]:
         conn = self.core.online.get(nick)
         return [msg for c, msg in self.received if c == conn and isinstance(msg, m.Send)]
@@ -78,3 +85,20 @@ def substitute_keys(
         return [Outgoing(action.conn, message)]
 
     return tamper
+
+
+def deliveries(tamper: Callable[[HostileRelay, Outgoing, m.Deliver], list[Action]]) -> Tamper:
+    """A tamper that only sees ``deliver`` messages; everything else passes untouched."""
+
+    def on_action(relay: HostileRelay, action: Outgoing) -> list[Action]:
+        if isinstance(action.message, m.Deliver):
+            return tamper(relay, action, action.message)
+        return [action]
+
+    return on_action
+
+
+def flip_bit(data: bytes, bit: int) -> bytes:
+    changed = bytearray(data)
+    changed[bit // 8] ^= 1 << (bit % 8)
+    return bytes(changed)

@@ -20,6 +20,7 @@ from e2echat.client_core import (
     MessagesMissing,
     Registered,
     SecurityWarning,
+    SplitView,
 )
 from e2echat.framing import FrameDecoder, encode_frame
 from e2echat.keys import new_session_key
@@ -76,6 +77,11 @@ class Peer:
 
         return await asyncio.wait_for(find(), WAIT)
 
+    async def next_any_event(self) -> Event | Disconnected:
+        event = await asyncio.wait_for(self.connection.events.get(), WAIT)
+        self.seen.append(event)
+        return event
+
     async def next_delivery(self) -> Event:
         """The next event that a delivered frame produces: a message, or a warning that
         something did not authenticate. Presence and trust notices are skipped."""
@@ -86,7 +92,7 @@ class Peer:
                 self.seen.append(event)
                 if isinstance(event, Disconnected):
                     raise AssertionError("disconnected while waiting for a delivery")
-                if isinstance(event, MessageReceived | SecurityWarning | MessagesMissing):
+                if isinstance(event, MessageReceived | SecurityWarning | MessagesMissing | SplitView):
                     return event
 
         return await asyncio.wait_for(find(), WAIT)
