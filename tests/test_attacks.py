@@ -8,10 +8,11 @@ import contextlib
 import json
 
 import pytest
-from nacl.public import PrivateKey
+from nacl.public import PrivateKey, PublicKey
 from nacl.secret import SecretBox
 
 from e2echat import messages as m
+from e2echat import session as session_module
 from e2echat.client import Connection
 from e2echat.client_core import (
     ClientCore,
@@ -258,7 +259,9 @@ def test_the_kind_forgery_would_work_without_authentication() -> None:
 # -- 6. forward secrecy -------------------------------------------------------------------------
 
 
-async def test_recorded_traffic_stays_secret_when_identity_keys_leak_later() -> None:
+async def test_recorded_traffic_stays_secret_when_identity_keys_leak_later(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     alice_identity, bob_identity = PrivateKey.generate(), PrivateKey.generate()
     secrets = ["the safe code is 2468", "meet at the north gate"]
     async with running(HostileRelay()) as relay:
@@ -278,20 +281,40 @@ async def test_recorded_traffic_stays_secret_when_identity_keys_leak_later() -> 
         registered = {msg.nick: msg for _, msg in relay.received if isinstance(msg, m.Register)}
 
     alice_party = Party("alice", alice_identity.public_key, registered["alice"].session_key)
+    bob_public_session = registered["bob"].session_key
+    identity_privates = {bytes(k.public_key): k for k in (alice_identity, bob_identity)}
 
-    def attempt(session_private: PrivateKey) -> list[str]:
-        session = PeerSession("bob", bob_identity, session_private, alice_party)
+    class BobsSessionKey:
+        """Stands in for bob's session private key, which the attacker does not have."""
+
+        public_key = bob_public_session
+
+    def attacker_dh(private: object, public: PublicKey) -> bytes:
+        # The attacker's best: DH(EK_bob, P) = DH(P's private, EK_bob) when P is an identity
+        # key it stole. For DH(EK_bob, EK_alice) it has nothing, and must guess.
+        if isinstance(private, BobsSessionKey):
+            known = identity_privates.get(bytes(public))
+            if known is None:
+                return bytes(32)
+            return real_dh(known, bob_public_session)
+        return real_dh(private, public)  # type: ignore[arg-type]
+
+    real_dh = session_module._dh
+    monkeypatch.setattr(session_module, "_dh", attacker_dh)
+
+    def attempt(session_private: object) -> list[str]:
+        session = PeerSession("bob", bob_identity, session_private, alice_party)  # type: ignore[arg-type]
         texts = []
         for body in recorded:
             with contextlib.suppress(DecryptionError):
                 texts.append(session.decrypt(body).text)
         return texts
 
-    # The attacker has both identity private keys and every public key, but no session
-    # private key: whatever it tries in its place, nothing decrypts.
-    for guess in (bob_identity, alice_identity, PrivateKey.generate()):
-        assert attempt(guess) == []
+    # The attacker has both identity private keys and every public key. It computes every
+    # DH that those allow, but not DH(EK, EK): nothing decrypts.
+    assert attempt(BobsSessionKey()) == []
     # Positive control: had bob's session key survived, the same attempt would succeed.
+    monkeypatch.setattr(session_module, "_dh", real_dh)
     assert attempt(bob_session_key) == secrets
 
 
