@@ -42,6 +42,8 @@ class Chat:
         core = self.connection.core
         if isinstance(command, commands.Say):
             self.connection.send_room(command.text)
+            for nick in core.withheld():
+                self.problem(f"not sent to {nick}: their key changed (see /verify {nick}, /trust {nick})")
         elif isinstance(command, commands.PrivateMessage):
             self.connection.send_private(command.nick, command.text)
         elif isinstance(command, commands.Who):
@@ -72,7 +74,7 @@ class Chat:
                 f"type /trust {nick}, or paste the number {nick} reads you: /verify {nick} NUMBER"
             )
             return
-        if not digits.isdigit() or len(digits) != len(number):
+        if not (digits.isascii() and digits.isdigit()) or len(digits) != len(number):
             raise CommandError(detail=f"a safety number has {len(number)} digits; that was not one")
         if not hmac.compare_digest(digits, number):
             self.problem(

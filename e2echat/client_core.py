@@ -202,8 +202,11 @@ class ClientCore:
         """Feed bytes from the relay. Raises ``RemoteProtocolError`` if the relay breaks
         the protocol; the connection is then useless and must be closed."""
         events: list[Event] = []
-        for frame in self._decoder.receive_data(data):
-            events.extend(self._handle(m.decode_message(frame)))
+        try:
+            for frame in self._decoder.receive_data(data):
+                events.extend(self._handle(m.decode_message(frame)))
+        finally:
+            self.known_peers.flush()
         return events
 
     def _write(self, message: m.Message) -> None:
@@ -269,6 +272,7 @@ class ClientCore:
     def accept_key(self, nick: str) -> None:
         """Pin the key the directory now shows for ``nick`` (clears verification)."""
         self.known_peers.accept(nick, self._peer(nick).identity_key)
+        self._refresh_view()
 
     def set_verified(self, nick: str, verified: bool) -> None:
         peer = self._peer(nick)
@@ -386,7 +390,12 @@ class ClientCore:
         return events
 
     def _joined(self, peer: m.PeerInfo) -> list[Event]:
-        return [PeerJoined(peer.nick), *self._add_peer(peer)]
+        if self.directory.get(peer.nick) == peer:
+            return []  # the same person, announced again: nothing new
+        events = self._add_peer(peer)
+        if peer.nick not in self.directory:
+            return events  # refused (see _add_peer)
+        return [PeerJoined(peer.nick), *events]
 
     def _left(self, nick: str) -> list[Event]:
         if nick not in self.directory:

@@ -73,8 +73,10 @@ def format_event(event: Event, now: float | None = None) -> str | None:
                 f"  key now:    {event.new_fingerprint}",
                 f"This happens when {nick} reinstalled or lost their key, but it is also exactly what "
                 f"someone impersonating {nick} (the relay, for example) would look like.",
-                f"Nothing is sent to {nick} until you accept the new key: compare safety numbers with "
-                f"{nick} in person or on a call (/verify {nick}), then /trust {nick}.",
+                f"Nothing is sent to {nick} until you accept the new key. Compare safety numbers with "
+                f"{nick} in person or on a call: /verify {nick} shows yours, and /verify {nick} NUMBER "
+                f"accepts and verifies the key if {nick}'s number matches. /trust {nick} accepts it "
+                "without comparing (it stays unverified).",
             )
         )
     if isinstance(event, PeerJoined):

@@ -147,10 +147,13 @@ class Challenge(Message):
     TYPE: ClassVar[str] = "challenge"
     relay_key: PublicKey
     challenge: bytes
+    #: the relay wants its password inside the registration proof
+    password_required: bool = False
 
     def __post_init__(self) -> None:
         _check_key(self.relay_key, "relay key")
         _check_bytes(self.challenge, "challenge", size=CHALLENGE_SIZE)
+        _require(isinstance(self.password_required, bool), "password_required must be a bool")
 
 
 @dataclass(frozen=True)
@@ -280,9 +283,34 @@ class Bye(Message):
         _check_reason(self.reason, "reason")
 
 
+@dataclass(frozen=True)
+class Ping(Message):
+    """either way: are you there? Answered with ``Pong``; keeps an idle connection alive."""
+
+    TYPE: ClassVar[str] = "ping"
+
+
+@dataclass(frozen=True)
+class Pong(Message):
+    TYPE: ClassVar[str] = "pong"
+
+
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls
-    for cls in (Challenge, Register, Welcome, PeerJoined, PeerLeft, Send, Deliver, Routed, Error, Bye)
+    for cls in (
+        Challenge,
+        Register,
+        Welcome,
+        PeerJoined,
+        PeerLeft,
+        Send,
+        Deliver,
+        Routed,
+        Error,
+        Bye,
+        Ping,
+        Pong,
+    )
 }
 
 
@@ -303,7 +331,11 @@ def _peer_fields(peer: PeerInfo) -> dict[str, Any]:
 
 def _fields(message: Message) -> dict[str, Any]:
     if isinstance(message, Challenge):
-        return {"relay_key": _b64(bytes(message.relay_key)), "challenge": _b64(message.challenge)}
+        return {
+            "relay_key": _b64(bytes(message.relay_key)),
+            "challenge": _b64(message.challenge),
+            "password": message.password_required,
+        }
     if isinstance(message, Register):
         return {
             "nick": message.nick,
@@ -330,6 +362,8 @@ def _fields(message: Message) -> dict[str, Any]:
         return {"code": message.code, "text": message.text}
     if isinstance(message, Bye):
         return {"reason": message.reason}
+    if isinstance(message, Ping | Pong):
+        return {}
     raise LocalProtocolError(detail=f"cannot encode {type(message).__name__}")
 
 
@@ -376,6 +410,10 @@ class _Fields:
         value: str = self._get(name, str, "a string")
         if not is_utf8(value):
             raise _invalid(f"{self.where} field {name!r} is not valid Unicode (lone surrogate)")
+        return value
+
+    def flag(self, name: str) -> bool:
+        value: bool = self._get(name, bool, "true or false")
         return value
 
     def integer(self, name: str) -> int:
@@ -429,7 +467,7 @@ def _decode_envelope(obj: object) -> Envelope:
 
 def _build(cls: type[Message], f: _Fields) -> Message:
     if cls is Challenge:
-        return Challenge(f.key("relay_key"), f.binary("challenge"))
+        return Challenge(f.key("relay_key"), f.binary("challenge"), f.flag("password"))
     if cls is Register:
         return Register(f.text("nick"), f.key("identity_key"), f.key("session_key"), f.binary("proof"))
     if cls is Welcome:
@@ -448,6 +486,10 @@ def _build(cls: type[Message], f: _Fields) -> Message:
         return Error(f.text("code"), f.text("text"))
     if cls is Bye:
         return Bye(f.text("reason"))
+    if cls is Ping:
+        return Ping()
+    if cls is Pong:
+        return Pong()
     raise LocalProtocolError(detail=f"no decoder for {cls.__name__}")
 
 

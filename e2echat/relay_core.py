@@ -8,6 +8,7 @@ bodies pass through unopened.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from dataclasses import dataclass, field
 from enum import Enum
@@ -26,6 +27,8 @@ from e2echat.messages import (
     PeerInfo,
     PeerJoined,
     PeerLeft,
+    Ping,
+    Pong,
     Register,
     Routed,
     Send,
@@ -69,20 +72,53 @@ class _Connection:
 
 
 def registration_proof(
-    our_identity: PrivateKey, challenge: Challenge, session_key: bytes, *, nonce: bytes | None = None
+    our_identity: PrivateKey,
+    challenge: Challenge,
+    session_key: bytes,
+    password: bytes = b"",
+    *,
+    nonce: bytes | None = None,
 ) -> bytes:
     """What a client sends to prove it holds its identity key (used by the client core).
 
-    A Box from the identity key to the relay's per-connection key over the challenge and
-    the session key being registered: only the holder of the identity key can make it,
-    it is useless on any other connection, and it binds the session key to the identity.
+    A Box from the identity key to the relay's per-connection key over the challenge, the
+    session key being registered and the relay password, if any: only the holder of the
+    identity key can make it, it is useless on any other connection, it binds the session
+    key to the identity, and the password never crosses the network in the clear.
     """
     box = Box(our_identity, challenge.relay_key)
-    return bytes(box.encrypt(challenge.challenge + session_key, nonce))
+    return bytes(box.encrypt(challenge.challenge + session_key + password, nonce))
+
+
+def _digest(secret: bytes) -> bytes:
+    # Compare digests, not the secrets: compare_digest is constant-time only for inputs of
+    # equal length, and the length of a password is part of the secret.
+    return hashlib.sha256(b"e2echat relay password" + secret).digest()
+
+
+class TokenBucket:
+    """Allows ``rate`` events a second on average and bursts of ``burst``. Time is passed
+    in, so it is tested without sleeping."""
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.updated = now
+
+    def take(self, now: float) -> bool:
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
 
 
 @dataclass
 class RelayCore:
+    #: if set, clients must put it in their registration proof
+    password: bytes | None = None
     _connections: dict[ConnId, _Connection] = field(default_factory=dict)
     #: nick -> connection, for everyone registered
     online: dict[str, ConnId] = field(default_factory=dict)
@@ -91,7 +127,7 @@ class RelayCore:
         relay_key = PrivateKey.generate()
         challenge = nacl.utils.random(CHALLENGE_SIZE)
         self._connections[conn] = _Connection(conn, ConnState.AWAIT_REGISTER, relay_key, challenge)
-        return [Outgoing(conn, Challenge(relay_key.public_key, challenge))]
+        return [Outgoing(conn, Challenge(relay_key.public_key, challenge, self.password is not None))]
 
     def is_registered(self, conn: ConnId) -> bool:
         record = self._connections.get(conn)
@@ -113,6 +149,10 @@ class RelayCore:
             return self.refuse(conn, "not_registered", "register before sending anything else")
         if isinstance(message, Send):
             return self._route(record, message)
+        if isinstance(message, Ping):
+            return [Outgoing(conn, Pong())]
+        if isinstance(message, Pong):
+            return []
         return self.refuse(conn, "protocol", f"unexpected {message.TYPE!r} message")
 
     def refuse(self, conn: ConnId, code: str, text: str) -> list[Action]:
@@ -145,8 +185,15 @@ class RelayCore:
         except nacl.exceptions.CryptoError:
             opened = b""
         expected = record.challenge + bytes(message.session_key)
-        if not hmac.compare_digest(opened, expected):
+        if not hmac.compare_digest(opened[: len(expected)], expected):
             return self.refuse(conn, "bad_proof", "registration proof did not verify")
+        given_password = opened[len(expected) :]
+        if self.password is not None and not hmac.compare_digest(
+            _digest(given_password), _digest(self.password)
+        ):
+            return self.refuse(
+                conn, "bad_password", "wrong or missing relay password (ask whoever runs the relay)"
+            )
         if message.nick in self.online:
             return self.refuse(conn, "nick_taken", f"nick {message.nick!r} is already online; choose another")
         peer = PeerInfo(message.nick, message.identity_key, message.session_key)

@@ -223,7 +223,12 @@ class PeerSession:
             raise DecryptionError(peer=self.peer, detail="malformed plaintext") from None
         # The keys already bind both parties and the direction; these checks make a
         # mismatch (a bug, or a peer lying inside its own ciphertext) loud, not silent.
-        if sender != self.theirs.nick or recipient != self.ours.nick or inner_counter != counter:
+        if (
+            sender != self.theirs.nick
+            or recipient != self.ours.nick
+            or type(inner_counter) is not int
+            or inner_counter != counter
+        ):
             raise DecryptionError(peer=self.peer, detail="header does not match its contents")
         return Plaintext(sender, recipient, kind, counter, text, directory_hash=directory_hash)
 

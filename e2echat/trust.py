@@ -44,6 +44,7 @@ class KnownPeers:
     def __init__(self, path: Path | None = None) -> None:
         self.path = path
         self._pins: dict[str, Pin] = {}
+        self._dirty = False
         if path is not None and path.exists():
             self._pins = _load(path)
 
@@ -62,7 +63,9 @@ class KnownPeers:
         Returns (trust, whether this was first contact)."""
         if nick not in self._pins:
             self._pins[nick] = Pin(key, verified=False, first_seen=time.time())
-            self._save()
+            # Written by flush(), once per batch: a relay announcing thousands of nicks must
+            # not make us rewrite the file thousands of times.
+            self._dirty = True
             return Trust.UNVERIFIED, True
         return self.state(nick, key), False
 
@@ -79,7 +82,13 @@ class KnownPeers:
         self._pins[nick] = Pin(pin.identity_key, verified, pin.first_seen)
         self._save()
 
+    def flush(self) -> None:
+        """Write pins made by ``see`` since the last write."""
+        if self._dirty:
+            self._save()
+
     def _save(self) -> None:
+        self._dirty = False
         if self.path is None:
             return
         document = {

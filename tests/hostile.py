@@ -41,7 +41,10 @@ class HostileRelay(Relay):
 
     def inject(self, nick: str, message: m.Message) -> None:
         """Write a message of the relay's own making to ``nick``."""
-        super()._apply([Outgoing(self.conn(nick), message)])
+        self.inject_many(nick, [message])
+
+    def inject_many(self, nick: str, messages: list[m.Message]) -> None:
+        super()._apply([Outgoing(self.conn(nick), message) for message in messages])
 
     def sends_from(self, nick: str) -> list[m.Send]:
         conn = self.core.online.get(nick)

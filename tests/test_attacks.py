@@ -445,3 +445,20 @@ async def test_no_split_view_warning_while_people_come_and_go() -> None:
         for _ in range(15):
             await alice.next(MessageReceived)
         assert not [e for e in alice.seen + bob.seen if isinstance(e, SplitView | SecurityWarning)]
+
+
+async def test_peer_reannounced_with_the_same_keys_keeps_its_session() -> None:
+    async with running(HostileRelay()) as relay, peers(relay, "alice", "bob") as (alice, bob):
+        alice.connection.send_private("bob", "first")
+        assert (await bob.next(MessageReceived)).text == "first"
+        relay.inject("bob", m.PeerJoined(bob.connection.core.directory["alice"]))
+        relay.inject("bob", m.Deliver("alice", recorded_body(relay, "alice")))  # a replay
+        assert isinstance(await bob.next_delivery(), SecurityWarning)  # counters were kept
+        alice.connection.send_private("bob", "second")
+        assert await bob.next_delivery() == MessageReceived("alice", "second", private=True)
+        assert not [e for e in bob.seen if type(e).__name__ == "PeerJoined"]
+
+
+def recorded_body(relay: HostileRelay, nick: str) -> bytes:
+    """The body of the first envelope ``nick`` sent through the relay."""
+    return relay.sends_from(nick)[0].items[0].body

@@ -34,6 +34,9 @@ EXAMPLES: dict[str, m.Message] = {
     "routed": m.Routed(7, ("bob",), ("carol",)),
     "error": m.Error("nick_taken", "nick 'alice' is already online — choose another ✓"),
     "bye": m.Bye("relay shutting down"),
+    "ping": m.Ping(),
+    "pong": m.Pong(),
+    "challenge-with-password": m.Challenge(KEY_B, b"\x03" * m.CHALLENGE_SIZE, password_required=True),
 }
 
 
@@ -67,9 +70,9 @@ def _without(name: str, field: str) -> bytes:
 
 
 def test_every_message_type_has_an_example() -> None:
-    assert set(EXAMPLES) == set(m.MESSAGE_TYPES)
-    for name, example in EXAMPLES.items():
-        assert type(example) is m.MESSAGE_TYPES[name]
+    assert {example.TYPE for example in EXAMPLES.values()} == set(m.MESSAGE_TYPES)
+    for example in EXAMPLES.values():
+        assert type(example) is m.MESSAGE_TYPES[example.TYPE]
 
 
 @pytest.mark.parametrize("message", EXAMPLES.values(), ids=EXAMPLES.keys())
@@ -313,6 +316,7 @@ _PLAUSIBLE: dict[str, st.SearchStrategy[Any]] = {
     "code": st.text("abcxyz_A ", max_size=33),
     "text": st.text(max_size=30),
     "reason": st.text(max_size=30),
+    "password": st.booleans(),
 }
 
 

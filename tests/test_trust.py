@@ -326,3 +326,53 @@ def test_damaged_known_peers_file_is_a_clear_error(tmp_path: Path) -> None:
     path.write_text("{not json")
     with pytest.raises(KeyFileError, match="known-peers file is damaged"):
         KnownPeers(path)
+
+
+async def test_verify_with_non_ascii_digits_is_a_clear_error() -> None:
+    async with running_relay() as relay, peers(relay, "alice", "bob") as (alice, _):
+        lines: list[str] = []
+        Chat(alice.connection, lines.append).handle_line("/verify bob " + "１" * 60)  # fullwidth
+        assert "has 60 digits" in lines[-1]
+
+
+async def test_room_message_says_who_was_left_out() -> None:
+    known = KnownPeers()
+    async with running_relay() as relay, peers(relay, "carol"):
+        alice = await connect(relay, "alice", known_peers=known)
+        old_bob = await connect(relay, "bob")
+        await alice.next(KeyPinned, lambda e: e.nick == "bob")
+        await old_bob.connection.close()
+        new_bob = await connect(relay, "bob")
+        await alice.next(KeyChanged)
+        lines: list[str] = []
+        Chat(alice.connection, lines.append).handle_line("hello everyone")
+        assert lines and "not sent to bob" in lines[-1]
+        for peer in (new_bob, alice):
+            await peer.connection.close()
+
+
+class CountingPeers(KnownPeers):
+    writes = 0
+
+    def _save(self) -> None:
+        CountingPeers.writes += 1
+        super()._save()
+
+
+async def test_many_announced_nicks_are_pinned_in_one_write(tmp_path: Path) -> None:
+    """A relay announcing many nicks at once must not make the client rewrite its
+    known-peers file once per nick (quadratic work inside the event loop)."""
+    hostile = HostileRelay()
+    async with running(hostile) as relay:
+        alice = await connect(relay, "alice", known_peers=CountingPeers(tmp_path / KNOWN_PEERS_FILE))
+        CountingPeers.writes = 0
+        fakes = [
+            m.PeerInfo(f"fake{i}", PrivateKey.generate().public_key, PrivateKey.generate().public_key)
+            for i in range(300)
+        ]
+        relay.inject_many("alice", [m.PeerJoined(peer) for peer in fakes])
+        while len(alice.connection.core.peers) < 300:
+            await alice.next_any_event()
+        assert CountingPeers.writes <= 10
+        assert len(json.loads((tmp_path / KNOWN_PEERS_FILE).read_text())["peers"]) == 300
+        await alice.connection.close()
