@@ -9,13 +9,16 @@ what to write to the relay collects in ``data_to_send()``. ``send_room`` and
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
 from nacl.public import PrivateKey
 
 from e2echat import messages as m
+from e2echat.delivery import RECEIPT_TIMEOUT, DeliveryReport, DeliveryTracker
 from e2echat.errors import (
     CommandError,
     DecryptionError,
@@ -144,6 +147,7 @@ Event = (
     | MessagesMissing
     | SplitView
     | SendReport
+    | DeliveryReport
     | SecurityWarning
     | RelayError
     | RelayClosing
@@ -168,6 +172,10 @@ class ClientCore:
         identity: PrivateKey,
         session_key: PrivateKey,
         known_peers: KnownPeers | None = None,
+        *,
+        password: bytes | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        receipt_timeout: float = RECEIPT_TIMEOUT,
     ) -> None:
         if not m.is_valid_nick(nick):
             raise LocalProtocolError(detail=f"invalid nick {nick!r}: {m.NICK_RULE}")
@@ -182,6 +190,10 @@ class ClientCore:
         self.directory: dict[str, m.PeerInfo] = {}
         self._next_id = 1
         self.pending: dict[int, _Pending] = {}
+        self._password = password
+        self._clock = clock
+        self.deliveries = DeliveryTracker(receipt_timeout)
+        self._acks_due: dict[str, list[int]] = {}
         self.known_peers = known_peers if known_peers is not None else KnownPeers()
         self._retired_session_keys: set[bytes] = set()
         # Hashes of our recent views of the directory. A message encrypted just before its
@@ -207,7 +219,35 @@ class ClientCore:
                 events.extend(self._handle(m.decode_message(frame)))
         finally:
             self.known_peers.flush()
+        self._send_receipts()
         return events
+
+    @property
+    def settled(self) -> bool:
+        """The relay has answered for every message, and every recipient has confirmed
+        (or is known not to have got it)."""
+        return not self.pending and not self.deliveries.unconfirmed
+
+    def tick(self) -> list[Event]:
+        """Call now and then: reports messages whose receipts are overdue."""
+        return list(self.deliveries.expire(self._clock()))
+
+    def abandon(self, reason: str) -> list[Event]:
+        """The connection is gone: report every message not yet confirmed."""
+        self.pending.clear()
+        return list(self.deliveries.abandon(reason))
+
+    def _send_receipts(self) -> None:
+        # One receipt per sender per batch of received data: it acknowledges them all.
+        for nick, counters in self._acks_due.items():
+            session = self._sessions.get(nick)
+            if session is None or self.state is not ClientState.ONLINE:
+                continue
+            body = session.encrypt(
+                "", Kind.RECEIPT, directory_hash=self._recent_views[-1], acks=tuple(counters)
+            )
+            self._write(m.Send(0, (m.Envelope(nick, body),)))
+        self._acks_due.clear()
 
     def _write(self, message: m.Message) -> None:
         self._outgoing += encode_frame(m.encode_message(message))
@@ -297,7 +337,9 @@ class ClientCore:
         batch: list[m.Envelope] = []
         size = 0
         view = self._recent_views[-1]
+        counters: dict[str, int] = {}
         for nick in recipients:
+            counters[nick] = self._sessions[nick].next_counter
             body = self._sessions[nick].encrypt(text, kind, directory_hash=view)
             envelope_size = len(nick) + (len(body) * 4) // 3 + 64
             if batch and size + envelope_size > _FRAME_BUDGET:
@@ -307,6 +349,8 @@ class ClientCore:
             size += envelope_size
         self._write(m.Send(message_id, tuple(batch)))
         self.pending[message_id] = _Pending(kind is Kind.PRIVATE, set(recipients))
+        preview = text if len(text) <= 40 else text[:39] + "…"
+        self.deliveries.sent(message_id, kind is Kind.PRIVATE, counters, self._clock(), preview)
         return message_id
 
     # -- receiving --------------------------------------------------------------------------
@@ -333,13 +377,27 @@ class ClientCore:
                 return self._left(message.nick)
             if isinstance(message, m.Routed):
                 return self._routed(message)
+            if isinstance(message, m.Ping):
+                self._write(m.Pong())
+                return []
+            if isinstance(message, m.Pong):
+                return []
         raise RemoteProtocolError(
             detail=f"relay sent an unexpected {message.TYPE!r} message ({self.state.value})"
         )
 
     def _answer_challenge(self, challenge: m.Challenge) -> list[Event]:
         session_public = self._session_key.public_key
-        proof = registration_proof(self._identity, challenge, bytes(session_public))
+        if challenge.password_required and self._password is None:
+            self.state = ClientState.CLOSED
+            return [
+                RegistrationFailed(
+                    "password_required",
+                    "this relay needs a password: pass --password-file FILE or set E2ECHAT_RELAY_PASSWORD",
+                )
+            ]
+        password = self._password if challenge.password_required and self._password else b""
+        proof = registration_proof(self._identity, challenge, bytes(session_public), password)
         self._write(m.Register(self.nick, self._identity.public_key, session_public, proof))
         self.state = ClientState.AWAIT_WELCOME
         return []
@@ -401,7 +459,7 @@ class ClientCore:
         if nick not in self.directory:
             return []
         self._retire(nick)
-        return [PeerLeft(nick)]
+        return [PeerLeft(nick), *self.deliveries.peer_left(nick)]
 
     def _retire(self, nick: str) -> None:
         peer = self.directory.pop(nick)
@@ -426,6 +484,10 @@ class ClientCore:
         events: list[Event] = []
         if plaintext.skipped:
             events.append(MessagesMissing(plaintext.sender, plaintext.skipped))
+        if plaintext.kind is Kind.RECEIPT:
+            events.extend(self.deliveries.acknowledged(plaintext.sender, list(plaintext.acks)))
+            return events
+        self._acks_due.setdefault(plaintext.sender, []).append(plaintext.counter)
         seen_by = (plaintext.sender, plaintext.directory_hash)
         if plaintext.directory_hash not in self._recent_views and seen_by not in self._split_warned:
             self._split_warned.add(seen_by)
@@ -447,6 +509,10 @@ class ClientCore:
         self.state = ClientState.CLOSED
 
     def _routed(self, routed: m.Routed) -> list[Event]:
+        reports: list[Event] = list(self.deliveries.routed(routed.id, routed.missing, routed.refused))
+        return self._route_report(routed) + reports
+
+    def _route_report(self, routed: m.Routed) -> list[Event]:
         pending = self.pending.get(routed.id)
         if pending is None:
             return []
@@ -454,7 +520,7 @@ class ClientCore:
             if nick in pending.waiting:
                 pending.waiting.discard(nick)
                 pending.delivered.append(nick)
-        for nick in routed.missing:
+        for nick in routed.missing + routed.refused:
             if nick in pending.waiting:
                 pending.waiting.discard(nick)
                 pending.missing.append(nick)

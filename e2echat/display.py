@@ -25,6 +25,7 @@ from e2echat.client_core import (
     SendReport,
     SplitView,
 )
+from e2echat.delivery import DeliveryReport
 from e2echat.trust import Trust
 
 # Unicode bidirectional overrides and isolates: they reorder what is displayed.
@@ -90,9 +91,9 @@ def format_event(event: Event, now: float | None = None) -> str | None:
             return f"{stamp} !! 1 message from {event.sender} is missing"
         return f"{stamp} !! {event.count} messages from {event.sender} are missing"
     if isinstance(event, SendReport):
-        if not event.missing:
-            return None
-        return f"{stamp} !! not delivered to {', '.join(event.missing)}: no longer online"
+        return None  # the relay's word; the DeliveryReport that follows is the one to trust
+    if isinstance(event, DeliveryReport):
+        return delivery_line(event, stamp)
     if isinstance(event, SplitView):
         return (
             f"{stamp} !! warning: {event.sender} sees a different directory than you do: the relay may "
@@ -107,6 +108,19 @@ def format_event(event: Event, now: float | None = None) -> str | None:
     if isinstance(event, RegistrationFailed):
         return f"{stamp} !! the relay refused us: {neutralize(event.text)}"
     return None
+
+
+def delivery_line(report: DeliveryReport, stamp: str) -> str:
+    quoted = f'"{neutralize(report.preview)}"'
+    if not report.failed:
+        if report.private or len(report.delivered) <= 3:
+            return f"{stamp} -- {quoted} delivered to {', '.join(report.delivered)}"
+        return f"{stamp} -- {quoted} delivered to all {len(report.delivered)}"
+    failures = ", ".join(f"{nick} ({reason})" for nick, reason in report.failed)
+    line = f"{stamp} !! {quoted} NOT delivered to {failures}"
+    if report.delivered:
+        line += f"; delivered to {', '.join(report.delivered)}"
+    return line
 
 
 #: how each message shows its sender's trust state

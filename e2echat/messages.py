@@ -247,12 +247,15 @@ class Routed(Message):
     id: int
     delivered: tuple[str, ...]
     missing: tuple[str, ...]
+    #: recipients the relay would not forward to (the sender is over its rate limit)
+    refused: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _check_id(self.id)
         _check_items(self.delivered, str, "delivered")
         _check_items(self.missing, str, "missing")
-        for nick in self.delivered + self.missing:
+        _check_items(self.refused, str, "refused")
+        for nick in self.delivered + self.missing + self.refused:
             _check_nick(nick)
 
 
@@ -357,7 +360,12 @@ def _fields(message: Message) -> dict[str, Any]:
     if isinstance(message, Deliver):
         return {"from": message.sender, "body": _b64(message.body)}
     if isinstance(message, Routed):
-        return {"id": message.id, "delivered": list(message.delivered), "missing": list(message.missing)}
+        return {
+            "id": message.id,
+            "delivered": list(message.delivered),
+            "missing": list(message.missing),
+            "refused": list(message.refused),
+        }
     if isinstance(message, Error):
         return {"code": message.code, "text": message.text}
     if isinstance(message, Bye):
@@ -481,7 +489,7 @@ def _build(cls: type[Message], f: _Fields) -> Message:
     if cls is Deliver:
         return Deliver(f.text("from"), f.binary("body"))
     if cls is Routed:
-        return Routed(f.integer("id"), f.nicks("delivered"), f.nicks("missing"))
+        return Routed(f.integer("id"), f.nicks("delivered"), f.nicks("missing"), f.nicks("refused"))
     if cls is Error:
         return Error(f.text("code"), f.text("text"))
     if cls is Bye:

@@ -45,6 +45,12 @@ MAX_TEXT = 16 * 1024
 class Kind(StrEnum):
     ROOM = "room"
     PRIVATE = "private"
+    #: an acknowledgement of messages received (``acks``: their counters); no text
+    RECEIPT = "receipt"
+
+
+# Counters one receipt may acknowledge: a busy minute of room chat, not a denial of service.
+MAX_ACKS = 1000
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,8 @@ class Plaintext:
     late: bool = False
     #: the sender's directory hash (hex), empty if it sent none
     directory_hash: str = ""
+    #: for a receipt: the counters of our messages it acknowledges
+    acks: tuple[int, ...] = ()
 
 
 def hkdf_sha256(ikm: bytes, *, info: bytes, length: int, salt: bytes = b"") -> bytes:
@@ -146,8 +154,19 @@ class PeerSession:
         """Messages from this peer skipped over and not (yet) arrived."""
         return len(self._skipped)
 
+    @property
+    def next_counter(self) -> int:
+        """The counter the next message we encrypt will carry."""
+        return self._send_counter
+
     def encrypt(
-        self, text: str, kind: Kind, *, directory_hash: str = "", nonce: bytes | None = None
+        self,
+        text: str,
+        kind: Kind,
+        *,
+        directory_hash: str = "",
+        acks: tuple[int, ...] = (),
+        nonce: bytes | None = None,
     ) -> bytes:
         """One message for this peer, carrying our ``directory_hash`` (see
         ``directory_digest``). ``nonce`` is for deterministic tests only."""
@@ -155,7 +174,7 @@ class PeerSession:
         if len(raw_text) > MAX_TEXT:
             raise LocalProtocolError(detail=f"message longer than {MAX_TEXT} bytes")
         counter = self._send_counter
-        inner = {
+        inner: dict[str, object] = {
             "from": self.ours.nick,
             "to": self.theirs.nick,
             "kind": kind.value,
@@ -163,6 +182,8 @@ class PeerSession:
             "text": text,
             "dir": directory_hash,
         }
+        if acks:
+            inner["acks"] = list(acks)
         plaintext = json.dumps(inner, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         self._send_chain, message_key = chain_step(self._send_chain)
         self._send_counter += 1
@@ -219,6 +240,13 @@ class PeerSession:
             directory_hash = inner.get("dir", "")
             if not isinstance(directory_hash, str) or len(directory_hash) > 64:
                 raise ValueError("directory hash")
+            acks = inner.get("acks", [])
+            if (
+                not isinstance(acks, list)
+                or len(acks) > MAX_ACKS
+                or not all(type(ack) is int and 0 <= ack < 2**64 for ack in acks)
+            ):
+                raise ValueError("acks")
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             raise DecryptionError(peer=self.peer, detail="malformed plaintext") from None
         # The keys already bind both parties and the direction; these checks make a
@@ -230,7 +258,9 @@ class PeerSession:
             or inner_counter != counter
         ):
             raise DecryptionError(peer=self.peer, detail="header does not match its contents")
-        return Plaintext(sender, recipient, kind, counter, text, directory_hash=directory_hash)
+        return Plaintext(
+            sender, recipient, kind, counter, text, directory_hash=directory_hash, acks=tuple(acks)
+        )
 
 
 def directory_digest(entries: list[Party]) -> str:

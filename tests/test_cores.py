@@ -27,6 +27,7 @@ from e2echat.client_core import (
     SecurityWarning,
     SendReport,
 )
+from e2echat.delivery import DeliveryReport
 from e2echat.errors import CommandError, LocalProtocolError, RemoteProtocolError
 from e2echat.framing import FrameDecoder, encode_frame
 from e2echat.relay_core import Action, Close, ConnId, Outgoing, RelayCore, registration_proof
@@ -123,9 +124,11 @@ class FakeWire:
         self._open.discard(conn)
         self.apply(self.relay.disconnect(conn))
 
-    def take(self, conn: ConnId) -> list[Event]:
+    def take(self, conn: ConnId, *, receipts: bool = False) -> list[Event]:
+        """Events since the last take. End-to-end DeliveryReports are left out unless
+        asked for: most tests here are about routing, and have their own for receipts."""
         events, self.events[conn] = self.events[conn], []
-        return events
+        return [e for e in events if receipts or not isinstance(e, DeliveryReport)]
 
     def take_all(self) -> None:
         for conn in self.events:
@@ -337,8 +340,9 @@ def test_private_message_reaches_only_its_target(byte_by_byte: bool) -> None:
     assert wire.take(bob) == [MessageReceived("alice", "just for you", private=True)]
     assert wire.take(alice) == [SendReport(message_id, True, ("bob",), ())]
     assert wire.take(carol) == []
-    # Not even a ciphertext, nor any sign that a message was sent, went to Carol.
-    assert [a.conn for a in wire.outgoing[before:]] == [bob, alice]
+    # Not even a ciphertext, nor any sign that a message was sent, went to Carol: the
+    # message to bob, the relay's answer to alice, bob's receipt to alice, the answer to bob.
+    assert [a.conn for a in wire.outgoing[before:]] == [bob, alice, alice, bob]
     assert all(a.conn != carol for a in wire.outgoing[before:])
     (send,) = [s for s in wire.sent[alice] if isinstance(s, m.Send)]
     assert [e.to for e in send.items] == ["bob"]
@@ -367,9 +371,11 @@ def test_deliver_carries_the_true_sender() -> None:
     wire.clients[bob].send_private("carol", "from bob")
     wire.pump()
     delivers = [a for a in wire.outgoing[before:] if isinstance(a.message, m.Deliver)]
-    assert len(delivers) == 1
+    assert len(delivers) == 2  # the message, then carol's receipt for it
     assert delivers[0].conn == carol
     assert isinstance(delivers[0].message, m.Deliver) and delivers[0].message.sender == "bob"
+    assert delivers[1].conn == bob
+    assert isinstance(delivers[1].message, m.Deliver) and delivers[1].message.sender == "carol"
 
 
 def _captured_body(client: ClientCore, recipient: str, text: str) -> bytes:

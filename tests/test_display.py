@@ -24,6 +24,7 @@ from e2echat.client_core import (
     SendReport,
     SplitView,
 )
+from e2echat.delivery import DeliveryReport
 from e2echat.display import clock, format_event, neutralize, online_text
 from e2echat.trust import Trust
 
@@ -97,6 +98,18 @@ def test_dangerous_set_is_what_the_docstring_promises() -> None:
 
 _LINES: dict[str, tuple[Event, str | None]] = {
     "room-message": (MessageReceived("bob", "hi all", private=False), f"{STAMP} <bob ?> hi all"),
+    "delivered-private": (
+        DeliveryReport(3, True, ("bob",), (), "see you at 6"),
+        f'{STAMP} -- "see you at 6" delivered to bob',
+    ),
+    "delivered-room-many": (
+        DeliveryReport(4, False, ("a", "b", "c", "d"), (), "hi"),
+        f'{STAMP} -- "hi" delivered to all 4',
+    ),
+    "not-delivered": (
+        DeliveryReport(5, False, ("bob",), (("carol", "offline"), ("dave", "no receipt")), "hi"),
+        f'{STAMP} !! "hi" NOT delivered to carol (offline), dave (no receipt); delivered to bob',
+    ),
     "late-message": (
         MessageReceived("bob", "held back", private=False, late=True),
         f"{STAMP} [late] <bob ?> held back",
@@ -129,7 +142,7 @@ _LINES: dict[str, tuple[Event, str | None]] = {
     "report-all-delivered": (SendReport(1, False, ("bob", "carol"), ()), None),
     "report-missing": (
         SendReport(2, True, (), ("bob", "carol")),
-        f"{STAMP} !! not delivered to bob, carol: no longer online",
+        None,  # the DeliveryReport says it, with reasons
     ),
     "security-warning": (
         SecurityWarning("bad tag from \x1b]0;x\x07"),

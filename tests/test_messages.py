@@ -313,6 +313,7 @@ _PLAUSIBLE: dict[str, st.SearchStrategy[Any]] = {
     ),
     "delivered": st.lists(_nicks, max_size=3),
     "missing": st.lists(_nicks, max_size=3),
+    "refused": st.lists(_nicks, max_size=3),
     "code": st.text("abcxyz_A ", max_size=33),
     "text": st.text(max_size=30),
     "reason": st.text(max_size=30),

@@ -11,7 +11,18 @@ from pathlib import Path
 
 import pytest
 
-PURE = ["framing", "messages", "keys", "trust", "session", "relay_core", "client_core", "commands", "display"]
+PURE = [
+    "framing",
+    "messages",
+    "keys",
+    "trust",
+    "session",
+    "delivery",
+    "relay_core",
+    "client_core",
+    "commands",
+    "display",
+]
 FORBIDDEN = {"asyncio", "socket", "prompt_toolkit"}
 # Modules a pure module may import from e2echat besides the pure ones.
 ALLOWED_INTERNAL = {"errors", *PURE}
