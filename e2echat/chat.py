@@ -8,8 +8,17 @@ import hmac
 from collections.abc import Callable
 
 from e2echat import commands
-from e2echat.client import Connection, Disconnected
-from e2echat.client_core import Event, Registered
+from e2echat.client import (
+    Client,
+    ClientEvent,
+    Connection,
+    ConnectionLost,
+    Disconnected,
+    NotSent,
+    Queued,
+    Reconnecting,
+)
+from e2echat.client_core import Registered
 from e2echat.display import clock, format_event, online_text, who_entry
 from e2echat.errors import CommandError
 from e2echat.keys import format_safety_number
@@ -17,9 +26,11 @@ from e2echat.trust import Trust
 
 
 class Chat:
-    def __init__(self, connection: Connection, write: Callable[[str], None]) -> None:
+    def __init__(self, connection: Client | Connection, write: Callable[[str], None]) -> None:
         self.connection = connection
         self.write = write
+        #: something typed was never sent (the connection did not come back)
+        self.unsent = False
 
     def notice(self, text: str) -> None:
         self.write(f"{clock()} -- {text}")
@@ -41,12 +52,16 @@ class Chat:
     def _run(self, command: commands.Command) -> bool:
         core = self.connection.core
         if isinstance(command, commands.Say):
-            self.connection.send_room(command.text)
+            if self.connection.send_room(command.text) is None:
+                return True  # queued until the relay is back
             for nick in core.withheld():
                 self.problem(f"not sent to {nick}: their key changed (see /verify {nick}, /trust {nick})")
         elif isinstance(command, commands.PrivateMessage):
             self.connection.send_private(command.nick, command.text)
         elif isinstance(command, commands.Who):
+            if isinstance(self.connection, Client) and not self.connection.online:
+                self.notice("not connected to the relay right now; reconnecting")
+                return True
             self.notice(
                 f"you are {core.nick}; {online_text([who_entry(n, core.trust(n)) for n in core.peers])}"
             )
@@ -101,7 +116,23 @@ class Chat:
             core.set_verified(nick, True)
             self.notice(f"{nick} is now marked verified")
 
-    def show(self, event: Event) -> None:
+    def show(self, event: ClientEvent) -> None:
+        if isinstance(event, ConnectionLost):
+            self.problem(f"lost the relay at {self.connection.address}: {event.detail}")
+            return
+        if isinstance(event, Reconnecting):
+            self.notice(f"reconnecting in {event.delay:g}s" + (f" ({event.why})" if event.why else ""))
+            return
+        if isinstance(event, Queued):
+            self.notice(f'not connected: "{event.preview}" will be sent when the relay is back')
+            return
+        if isinstance(event, NotSent):
+            self.unsent = True
+            quoted = ", ".join(f'"{preview}"' for preview in event.previews)
+            self.problem(f"NOT sent (no connection to the relay): {quoted}")
+            return
+        if isinstance(event, Disconnected):
+            return
         if isinstance(event, Registered):
             self.notice(
                 f"connected to the relay at {self.connection.address} as {event.nick}; "
@@ -136,5 +167,7 @@ class Chat:
         if self.connection.closed:
             return
         if not await self.connection.wait_settled(timeout):
-            count = len(self.connection.core.pending)
-            self.problem(f"the relay did not confirm {count} message(s) within {timeout:g}s")
+            core = self.connection.core
+            count = max(len(core.pending), core.deliveries.unconfirmed)
+            if count:
+                self.problem(f"{count} message(s) not confirmed within {timeout:g}s: may not have arrived")

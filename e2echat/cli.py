@@ -9,15 +9,21 @@ import getpass
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from nacl.public import PrivateKey
 
 from e2echat import __version__
 from e2echat.chat import Chat
-from e2echat.client import Connection
-from e2echat.errors import E2EChatError, KeyFileError, PassphraseRequired, UsageError
+from e2echat.client import Client
+from e2echat.errors import (
+    E2EChatError,
+    KeyFileError,
+    PassphraseRequired,
+    RegistrationRefused,
+    UsageError,
+)
 from e2echat.keys import (
     IDENTITY_FILE,
     fingerprint,
@@ -27,11 +33,12 @@ from e2echat.keys import (
     stored_public_key,
 )
 from e2echat.messages import NICK_RULE, is_valid_nick
-from e2echat.relay import DEFAULT_PORT, run_relay
+from e2echat.relay import DEFAULT_PORT, Limits, run_relay
 from e2echat.repl import run_line_mode, run_repl
 from e2echat.trust import KNOWN_PEERS_FILE, KnownPeers
 
 EXIT_INTERRUPTED = 130  # the shell convention for "stopped by Ctrl+C"
+EXIT_NOT_SENT = 4  # as for a lost relay: something typed never left this machine
 
 
 def _port(text: str) -> int:
@@ -68,6 +75,54 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["debug", "info", "warning", "error"],
         help="how much the relay logs to stderr (default: info)",
     )
+    relay.add_argument("--quiet", action="store_true", help="log only warnings and errors")
+    relay.add_argument(
+        "--password-file",
+        metavar="FILE",
+        help="require this password (the file's first line) from clients; or set E2ECHAT_RELAY_PASSWORD",
+    )
+    defaults = Limits()
+    limits = relay.add_argument_group("limits (each logged in one line when a client hits it)")
+    limits.add_argument(
+        "--max-connections",
+        type=_positive(int),
+        default=defaults.max_connections,
+        help=f"connections at once (default: {defaults.max_connections})",
+    )
+    limits.add_argument(
+        "--max-frame",
+        type=_positive(int),
+        default=defaults.max_frame,
+        metavar="BYTES",
+        help=f"largest frame accepted (default: {defaults.max_frame})",
+    )
+    limits.add_argument(
+        "--handshake-timeout",
+        type=_positive(float),
+        default=defaults.handshake_timeout,
+        metavar="SECONDS",
+        help=f"time to register (default: {defaults.handshake_timeout:g})",
+    )
+    limits.add_argument(
+        "--idle-timeout",
+        type=_positive(float),
+        default=defaults.idle_timeout,
+        metavar="SECONDS",
+        help=f"close a connection silent this long (default: {defaults.idle_timeout:g})",
+    )
+    limits.add_argument(
+        "--rate",
+        type=_positive(float),
+        default=defaults.rate,
+        metavar="PER_SECOND",
+        help=f"messages a second per connection (default: {defaults.rate:g})",
+    )
+    limits.add_argument(
+        "--burst",
+        type=_positive(float),
+        default=defaults.burst,
+        help=f"messages allowed at once above the rate (default: {defaults.burst:g})",
+    )
     relay.set_defaults(run=_run_relay)
 
     connect = commands.add_parser(
@@ -89,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="protect your identity key with a passphrase (asked for on the terminal; "
         "or set E2ECHAT_PASSPHRASE). A protected key always needs it.",
     )
+    connect.add_argument(
+        "--password-file",
+        metavar="FILE",
+        help="the relay's password (the file's first line), if it has one; or set "
+        "E2ECHAT_RELAY_PASSWORD; asked for on the terminal otherwise",
+    )
     connect.set_defaults(run=_run_connect)
 
     show = commands.add_parser(
@@ -109,11 +170,48 @@ HOME_HELP = (
 
 
 def _run_relay(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    level = "WARNING" if args.quiet else args.log_level.upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    limits = Limits(
+        max_frame=args.max_frame,
+        max_connections=args.max_connections,
+        handshake_timeout=args.handshake_timeout,
+        idle_timeout=args.idle_timeout,
+        rate=args.rate,
+        burst=args.burst,
     )
-    asyncio.run(run_relay(args.host, args.port, say=lambda text: print(text, flush=True)))
+    password = _relay_password(args.password_file)
+    say = (lambda text: None) if args.quiet else (lambda text: print(text, flush=True))
+    asyncio.run(run_relay(args.host, args.port, say, limits=limits, password=password))
     return 0
+
+
+def _relay_password(path: str | None) -> bytes | None:
+    """The relay password from --password-file, else E2ECHAT_RELAY_PASSWORD, else none."""
+    if path:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                line = handle.readline().rstrip("\r\n")
+        except OSError as exc:
+            raise UsageError(detail=f"cannot read the password file {path}: {exc.strerror}") from None
+        if not line:
+            raise UsageError(detail=f"the password file {path} is empty")
+        return line.encode("utf-8")
+    from_environment = os.environ.get("E2ECHAT_RELAY_PASSWORD")
+    return from_environment.encode("utf-8") if from_environment else None
+
+
+def _positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text} must be more than 0")
+        return value
+
+    return parse
 
 
 def _run_connect(args: argparse.Namespace) -> int:
@@ -181,9 +279,17 @@ async def _chat(
     directory: Path,
     interactive: bool,
 ) -> int:
-    connection = Connection(args.host, args.port, args.nick, identity, known_peers)
-    await connection.open()
-    chat = Chat(connection, write=lambda text: print(text, flush=True))
+    password = _relay_password(args.password_file)
+    while True:
+        client = Client(args.host, args.port, args.nick, identity, known_peers, password=password)
+        try:
+            await client.open()
+            break
+        except RegistrationRefused as exc:
+            if exc.fields.get("code") != "password_required" or password is not None or not interactive:
+                raise
+            password = _ask("This relay needs a password: ").encode("utf-8")
+    chat = Chat(client, write=lambda text: print(text, flush=True))
     if created:
         chat.notice(f"created a new identity in {directory}")
     chat.notice(f"your key fingerprint: {fingerprint(identity.public_key)}")
@@ -193,8 +299,15 @@ async def _chat(
         else:
             await run_line_mode(chat)
     finally:
-        await connection.close()
-    return 0
+        await client.close()
+    return EXIT_NOT_SENT if chat.unsent else 0
+
+
+def _ask(prompt: str) -> str:
+    try:
+        return getpass.getpass(prompt)
+    except EOFError:
+        raise UsageError(detail="no password given") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

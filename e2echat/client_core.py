@@ -228,6 +228,10 @@ class ClientCore:
         (or is known not to have got it)."""
         return not self.pending and not self.deliveries.unconfirmed
 
+    def ping(self) -> None:
+        """Ask the relay whether it is still there (it answers with a pong)."""
+        self._write(m.Ping())
+
     def tick(self) -> list[Event]:
         """Call now and then: reports messages whose receipts are overdue."""
         return list(self.deliveries.expire(self._clock()))

@@ -78,7 +78,7 @@ class RelayGone(E2EChatError):
 
 
 class RegistrationRefused(E2EChatError):
-    """the relay refused nick {nick!r}: {detail}"""
+    """the relay turned {nick} away: {detail}"""
 
     exit_code = 5
 

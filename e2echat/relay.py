@@ -17,22 +17,51 @@ import signal
 import socket
 import struct
 from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
 
-from e2echat.errors import RelayStartError, RemoteProtocolError
+from e2echat.errors import FrameTooLarge, RelayStartError, RemoteProtocolError
 from e2echat.framing import MAX_FRAME, FrameDecoder, encode_frame
-from e2echat.messages import decode_message, encode_message
-from e2echat.relay_core import Action, Close, ConnId, Outgoing, RelayCore
+from e2echat.messages import Error, Message, decode_message, encode_message
+from e2echat.relay_core import Action, Close, ConnId, Outgoing, RelayCore, TokenBucket
 
 log = logging.getLogger("e2echat.relay")
 
 DEFAULT_PORT = 8000
-# A client gets this long to answer the challenge; one that never does must not hold a
-# connection slot for ever (slowloris).
-HANDSHAKE_TIMEOUT = 10.0
-# A client that stops reading is dropped once this much is queued for it, so the relay's
-# memory cannot grow with a stalled reader: four maximal frames.
-WRITE_BUFFER_LIMIT = 4 * MAX_FRAME
 _READ_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one connection may do. Every limit is configurable (``e2echat relay --help``)
+    and logged in one line when a client hits it."""
+
+    #: 1 MiB, as websockets and NATS; checked on the length prefix, before the body.
+    max_frame: int = MAX_FRAME
+    #: a small machine's open-files limit is the real ceiling; 10,000 idle clients cost
+    #: the relay a few tens of MiB.
+    max_connections: int = 10_000
+    #: a client that never answers the challenge must not hold a slot for ever (slowloris)
+    handshake_timeout: float = 10.0
+    #: clients ping after 20 s of silence, so 60 s of nothing means the peer is gone
+    idle_timeout: float = 60.0
+    #: messages a second per connection, sustained, and the burst allowed above that:
+    #: far beyond anyone typing, well below a flood.
+    rate: float = 50.0
+    burst: float = 200.0
+    #: a client that stops reading is dropped once this much is queued for it, so the
+    #: relay's memory cannot grow with a stalled reader: four maximal frames.
+    write_buffer: int = 4 * MAX_FRAME
+
+
+@dataclass
+class _Flow:
+    """Per-connection rate-limit state (the shell's, not the core's: it is about time)."""
+
+    bucket: TokenBucket
+    rejected: int = 0
+    last_rejected: float = -1e9
+    warned_at: float = -1e9
 
 
 class Relay:
@@ -41,14 +70,15 @@ class Relay:
         host: str = "0.0.0.0",
         port: int = DEFAULT_PORT,
         *,
-        handshake_timeout: float = HANDSHAKE_TIMEOUT,
-        write_buffer_limit: int = WRITE_BUFFER_LIMIT,
+        limits: Limits | None = None,
+        password: bytes | None = None,
+        **overrides: Any,
     ) -> None:
+        """``overrides`` replace single fields of ``limits`` (handy in tests)."""
         self.host = host
         self.requested_port = port
-        self.handshake_timeout = handshake_timeout
-        self.write_buffer_limit = write_buffer_limit
-        self.core = RelayCore()
+        self.limits = replace(limits or Limits(), **overrides)
+        self.core = RelayCore(password=password)
         self._writers: dict[ConnId, asyncio.StreamWriter] = {}
         self._handlers: set[asyncio.Task[None]] = set()
         self._ids = itertools.count(1)
@@ -102,6 +132,13 @@ class Relay:
             # Chat is small writes; Nagle would hold each one back waiting for an ACK.
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if len(self._writers) >= self.limits.max_connections:
+            log.warning("refused connection from %s: the relay is full", address)
+            full = Error("busy", f"the relay is full ({self.limits.max_connections} connections)")
+            writer.write(encode_frame(encode_message(full)))
+            writer.close()
+            self._handlers.discard(task)
+            return
         self._writers[conn] = writer
         log.info("connection #%d from %s", conn, address)
         try:
@@ -120,25 +157,61 @@ class Relay:
 
     async def _read_loop(self, conn: ConnId, reader: asyncio.StreamReader) -> None:
         loop = asyncio.get_running_loop()
-        decoder = FrameDecoder()
-        deadline = loop.time() + self.handshake_timeout
+        limits = self.limits
+        decoder = FrameDecoder(max_frame=limits.max_frame)
+        deadline = loop.time() + limits.handshake_timeout
+        flow = _Flow(TokenBucket(limits.rate, limits.burst, loop.time()))
         while conn in self._writers:
-            timeout = None if self.core.is_registered(conn) else max(0.0, deadline - loop.time())
+            registered = self.core.is_registered(conn)
+            timeout = limits.idle_timeout if registered else max(0.0, deadline - loop.time())
             try:
                 data = await asyncio.wait_for(reader.read(_READ_CHUNK), timeout)
             except TimeoutError:
-                self._apply(self.core.refuse(conn, "timeout", "registration took too long"))
+                if registered:
+                    log.info("connection #%d: idle for %gs", conn, limits.idle_timeout)
+                    self._apply(self.core.refuse(conn, "idle", f"nothing heard for {limits.idle_timeout:g}s"))
+                else:
+                    log.info("connection #%d: no registration within %gs", conn, limits.handshake_timeout)
+                    self._apply(self.core.refuse(conn, "timeout", "registration took too long"))
                 return
             if not data:
                 return
             try:
                 for frame in decoder.receive_data(data):
-                    self._apply(self.core.receive(conn, decode_message(frame)))
+                    message = decode_message(frame)
+                    if self.core.is_registered(conn) and not flow.bucket.take(loop.time()):
+                        self._over_rate(conn, message, flow, loop.time())
+                    else:
+                        self._apply(self.core.receive(conn, message))
                     if conn not in self._writers:
                         return
+            except FrameTooLarge as exc:
+                log.warning("connection #%d: %s", conn, exc)
+                self._apply(self.core.refuse(conn, "too_large", str(exc)))
+                return
             except RemoteProtocolError as exc:
+                log.info("connection #%d: %s", conn, exc)
                 self._apply(self.core.refuse(conn, "protocol", str(exc)))
                 return
+
+    def _over_rate(self, conn: ConnId, message: Message, flow: _Flow, now: float) -> None:
+        """A frame beyond the rate limit is not forwarded; the sender is told (at most once a
+        second), and a sender that keeps flooding after being told is disconnected."""
+        if now - flow.last_rejected > 5.0:
+            flow.rejected = 0  # a new episode
+        flow.rejected += 1
+        flow.last_rejected = now
+        if flow.rejected > self.limits.burst:
+            log.warning("connection #%d: disconnected for flooding", conn)
+            self._apply(self.core.refuse(conn, "rate_limited", "disconnected: too many messages"))
+            return
+        actions = self.core.refused(conn, message)
+        if now - flow.warned_at >= 1.0:
+            flow.warned_at = now
+            log.warning("connection #%d: over the rate limit (%g/s)", conn, self.limits.rate)
+            text = f"too many messages (at most {self.limits.rate:g} a second); some were not forwarded"
+            actions.append(Outgoing(conn, Error("rate_limited", text)))
+        self._apply(actions)
 
     def _apply(self, actions: list[Action]) -> None:
         encoded: dict[int, bytes] = {}  # a broadcast is encoded once, not once per peer
@@ -155,7 +228,7 @@ class Relay:
             if key not in encoded:
                 encoded[key] = encode_frame(encode_message(action.message))
             writer.write(encoded[key])
-            if writer.transport.get_write_buffer_size() > self.write_buffer_limit:
+            if writer.transport.get_write_buffer_size() > self.limits.write_buffer:
                 log.warning("closing connection #%d: it is not reading (write buffer full)", action.conn)
                 self._drop(action.conn, abort=True)
 
@@ -210,13 +283,22 @@ def connect_hint(host: str, port: int) -> str:
     return f"e2echat connect --nick YOUR_NAME --host {host} --port {port}"
 
 
-async def run_relay(host: str, port: int, say: Callable[[str], None]) -> None:
+async def run_relay(
+    host: str,
+    port: int,
+    say: Callable[[str], None],
+    *,
+    limits: Limits | None = None,
+    password: bytes | None = None,
+) -> None:
     """Serve until Ctrl+C or SIGTERM, then tell clients and stop."""
-    relay = Relay(host, port)
+    relay = Relay(host, port, limits=limits, password=password)
     await relay.start()
     say(f"e2echat relay listening on {host}:{relay.port}")
     say("People on your network can join with:")
     say(f"  {connect_hint(host, relay.port)}")
+    if password is not None:
+        say("It asks for a password: share it with the people you invite, not on the network.")
     say("Press Ctrl+C to stop.")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -160,6 +160,14 @@ class RelayCore:
         text = printable_reason(text)
         return [Outgoing(conn, Error(code, text)), Close(conn, f"{code}: {text}")]
 
+    def refused(self, conn: ConnId, message: Message) -> list[Action]:
+        """``message`` was not forwarded (over the rate limit): tell the sender exactly
+        which recipients did not get it."""
+        if isinstance(message, Send):
+            recipients = tuple(envelope.to for envelope in message.items)
+            return [Outgoing(conn, Routed(message.id, (), (), refused=recipients))]
+        return []
+
     def disconnect(self, conn: ConnId) -> list[Action]:
         record = self._connections.pop(conn, None)
         if record is None or record.peer is None:

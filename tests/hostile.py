@@ -8,6 +8,7 @@ It also keeps what clients sent it, as a relay that records traffic would.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from nacl.public import PublicKey
 
@@ -21,8 +22,8 @@ Tamper = Callable[["HostileRelay", Outgoing], list[Action]]
 
 
 class HostileRelay(Relay):
-    def __init__(self, tamper: Tamper | None = None) -> None:
-        super().__init__(LOOPBACK, 0)
+    def __init__(self, tamper: Tamper | None = None, **limits: Any) -> None:
+        super().__init__(LOOPBACK, 0, **limits)
         self.tamper = tamper
         self.received: list[tuple[ConnId, m.Message]] = []
         honest_receive = self.core.receive

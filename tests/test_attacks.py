@@ -200,7 +200,8 @@ async def test_dropped_messages_are_reported() -> None:
 async def test_gap_beyond_the_skipped_key_bound_is_rejected() -> None:
     count = iter(range(10_000))
     drop = deliveries(lambda relay, action, d: [] if next(count) < MAX_SKIP + 1 else [action])
-    async with running(HostileRelay(drop)) as relay, peers(relay, "alice", "bob") as (alice, bob):
+    hostile = HostileRelay(drop, rate=1e9, burst=1e9)  # this test floods on purpose
+    async with running(hostile) as relay, peers(relay, "alice", "bob") as (alice, bob):
         for i in range(MAX_SKIP + 2):
             alice.connection.send_private("bob", f"#{i}")
         rejected = await bob.next_delivery()

@@ -8,10 +8,13 @@ import signal
 import sys
 from pathlib import Path
 
+from nacl.public import PrivateKey
+
 from e2echat import __version__
 from e2echat.client_core import MessageReceived, PeerJoined
+from e2echat.relay import Relay
 
-from support import LOOPBACK, REPO, WAIT, connect, peers, run_cli, running_relay
+from support import LOOPBACK, REPO, WAIT, connect, peers, run_cli, running, running_relay
 
 
 def _one_clear_line(err: str) -> str:
@@ -120,8 +123,13 @@ async def test_line_mode_chat_through_a_pipe(tmp_path: Path) -> None:
     assert oct(home.stat().st_mode & 0o777) == "0o700"
 
 
-async def test_relay_gone_mid_session_exits_nonzero_with_one_line(tmp_path: Path) -> None:
-    async with running_relay() as relay, peers(relay, "alice") as (alice,):
+async def test_line_mode_client_survives_a_relay_restart(tmp_path: Path) -> None:
+    """The relay goes away mid-chat: bob says so, keeps what he types, reconnects when the
+    relay is back, sends it, and chats on."""
+    alice_identity = PrivateKey.generate()
+    async with running_relay() as first:
+        port = first.port
+        alice = await connect(first, "alice", alice_identity)
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -130,7 +138,7 @@ async def test_relay_gone_mid_session_exits_nonzero_with_one_line(tmp_path: Path
             "--nick",
             "bob",
             "--port",
-            str(relay.port),
+            str(port),
             "--home",
             str(tmp_path),
             stdin=asyncio.subprocess.PIPE,
@@ -138,22 +146,39 @@ async def test_relay_gone_mid_session_exits_nonzero_with_one_line(tmp_path: Path
             stderr=asyncio.subprocess.PIPE,
             cwd=REPO,
         )
+        assert process.stdin and process.stdout
         try:
             await alice.next(PeerJoined, lambda e: e.nick == "bob")
-            await relay.stop("bye for now")
-            # stdin stays open: bob leaves because the relay went, not because input ended.
-            assert process.stdout and process.stderr
-            out, err = await asyncio.wait_for(
-                asyncio.gather(process.stdout.read(), process.stderr.read()), WAIT
-            )
-            await asyncio.wait_for(process.wait(), WAIT)
+            await first.stop("restarting")
+
+            async def line_with(text: str) -> str:
+                assert process.stdout
+                while True:
+                    raw = await asyncio.wait_for(process.stdout.readline(), WAIT)
+                    assert raw, f"bob exited before printing {text!r}"
+                    if text in raw.decode():
+                        return raw.decode()
+
+            assert "the relay is shutting down: restarting" in await line_with("shutting down")
+            assert f"lost the relay at 127.0.0.1:{port}" in await line_with("lost the relay")
+            await line_with("reconnecting in")
+            process.stdin.write(b"typed while the relay was away\n")
+            await line_with("will be sent when the relay is back")
+
+            async with running(Relay(LOOPBACK, port)) as second:
+                alice_again = await connect(second, "alice", alice_identity)
+                assert "online: alice" in await line_with("connected to the relay")
+                got = await alice_again.next(MessageReceived)
+                assert (got.sender, got.text) == ("bob", "typed while the relay was away")
+                alice_again.connection.send_private("bob", "welcome back")
+                assert "welcome back" in await line_with("welcome back")
+                process.stdin.close()
+                assert await asyncio.wait_for(process.wait(), WAIT) == 0
+                await alice_again.connection.close()
         finally:
             if process.returncode is None:
                 process.kill()
                 await process.wait()
-    assert process.returncode == 4
-    assert "the relay is shutting down: bye for now" in out.decode()
-    assert _one_clear_line(err.decode()) == f"e2echat: lost the relay at 127.0.0.1:{relay.port}: it shut down"
 
 
 async def _start_relay_process() -> tuple[asyncio.subprocess.Process, int, list[str]]:
