@@ -28,7 +28,7 @@ from e2echat.errors import (
 from e2echat.framing import MAX_FRAME, FrameDecoder, encode_frame
 from e2echat.keys import fingerprint, safety_number
 from e2echat.relay_core import registration_proof
-from e2echat.session import MAX_TEXT, Kind, Party, PeerSession, directory_digest
+from e2echat.session import MAX_TEXT, Kind, Party, PeerSession, digest_of_encoded, encode_party
 from e2echat.trust import KnownPeers, Trust
 
 log = logging.getLogger("e2echat.client_core")
@@ -186,6 +186,8 @@ class ClientCore:
         self._decoder = FrameDecoder()
         self._outgoing = bytearray()
         self._sessions: dict[str, PeerSession] = {}
+        self._unusable: set[str] = set()  # peers whose keys cannot make a session
+        self._notices: list[Event] = []  # found while sending; handed out with the next events
         #: nick -> the keys the relay says they have, for everyone else online
         self.directory: dict[str, m.PeerInfo] = {}
         self._next_id = 1
@@ -200,6 +202,8 @@ class ClientCore:
         # sender saw a join or leave carries the previous view; 64 views is ample for that
         # race and still catches a relay that keeps two views apart.
         self._recent_views: deque[str] = deque(maxlen=64)
+        ours = Party(nick, identity.public_key, session_key.public_key)
+        self._encoded_entries: dict[str, bytes] = {nick: encode_party(ours)}
         self._split_warned: set[tuple[str, str]] = set()
         self._refresh_view()
 
@@ -220,7 +224,11 @@ class ClientCore:
         finally:
             self.known_peers.flush()
         self._send_receipts()
-        return events
+        return self._take_notices() + events
+
+    def _take_notices(self) -> list[Event]:
+        notices, self._notices = self._notices, []
+        return notices
 
     @property
     def settled(self) -> bool:
@@ -234,7 +242,7 @@ class ClientCore:
 
     def tick(self) -> list[Event]:
         """Call now and then: reports messages whose receipts are overdue."""
-        return list(self.deliveries.expire(self._clock()))
+        return self._take_notices() + list(self.deliveries.expire(self._clock()))
 
     def abandon(self, reason: str) -> list[Event]:
         """The connection is gone: report every message not yet confirmed."""
@@ -244,8 +252,8 @@ class ClientCore:
     def _send_receipts(self) -> None:
         # One receipt per sender per batch of received data: it acknowledges them all.
         for nick, counters in self._acks_due.items():
-            session = self._sessions.get(nick)
-            if session is None or self.state is not ClientState.ONLINE:
+            session = self._session_with(nick)
+            if session is None:
                 continue
             body = session.encrypt(
                 "", Kind.RECEIPT, directory_hash=self._recent_views[-1], acks=tuple(counters)
@@ -276,7 +284,7 @@ class ClientCore:
         Returns the message id; ``withheld()`` names those left out."""
         self._require_online()
         blocked = set(self.withheld())
-        recipients = [nick for nick in self.peers if nick in self._sessions and nick not in blocked]
+        recipients = [nick for nick in self.peers if nick not in blocked and self._session_with(nick)]
         if not recipients:
             if blocked:
                 raise CommandError(
@@ -297,7 +305,7 @@ class ClientCore:
                 detail=f"not sent: {recipient}'s key changed; nothing is sent to {recipient} until "
                 f"you accept the new key with /trust {recipient}"
             )
-        if recipient not in self._sessions:
+        if self._session_with(recipient) is None:
             raise CommandError(detail=f"no secure session with {recipient}; the message was not sent")
         return self._send(text, Kind.PRIVATE, [recipient])
 
@@ -412,10 +420,11 @@ class ClientCore:
         self.state = ClientState.ONLINE
         events: list[Event] = []
         for peer in welcome.peers:
-            events.extend(self._add_peer(peer))
+            events.extend(self._add_peer(peer, refresh=False))
+        self._refresh_view()  # once, not once per peer: the directory may be thousands long
         return [Registered(self.nick, tuple(self.peers)), *events]
 
-    def _add_peer(self, peer: m.PeerInfo) -> list[Event]:
+    def _add_peer(self, peer: m.PeerInfo, *, refresh: bool = True) -> list[Event]:
         if peer.nick == self.nick:
             raise RemoteProtocolError(detail="relay listed our own nick as a peer")
         known = self.directory.get(peer.nick)
@@ -433,7 +442,10 @@ class ClientCore:
         if known is not None:
             self._retire(peer.nick)
         self.directory[peer.nick] = peer
-        self._refresh_view()
+        self._encoded_entries[peer.nick] = encode_party(Party(peer.nick, peer.identity_key, peer.session_key))
+        self._unusable.discard(peer.nick)
+        if refresh:
+            self._refresh_view()
         events: list[Event] = []
         trust, first_contact = self.known_peers.see(peer.nick, peer.identity_key)
         if first_contact:
@@ -444,12 +456,27 @@ class ClientCore:
             events.append(
                 KeyChanged(peer.nick, fingerprint(pin.identity_key), fingerprint(peer.identity_key))
             )
+        # The session itself (three X25519 operations) is made when first needed: a newcomer
+        # to a relay with thousands online must not pay for every pair up front.
+        return events
+
+    def _session_with(self, nick: str) -> PeerSession | None:
+        """The session with ``nick``, made on first use; None if there can be none."""
+        session = self._sessions.get(nick)
+        if session is not None or self.state is not ClientState.ONLINE:
+            return session
+        peer = self.directory.get(nick)
+        if peer is None or nick in self._unusable:
+            return None
         party = Party(peer.nick, peer.identity_key, peer.session_key)
         try:
-            self._sessions[peer.nick] = PeerSession(self.nick, self._identity, self._session_key, party)
+            session = PeerSession(self.nick, self._identity, self._session_key, party)
         except DecryptionError as exc:
-            events.append(SecurityWarning(f"cannot talk to {peer.nick} securely: {exc}"))
-        return events
+            self._unusable.add(nick)
+            self._notices.append(SecurityWarning(f"cannot talk to {nick} securely: {exc}"))
+            return None
+        self._sessions[nick] = session
+        return session
 
     def _joined(self, peer: m.PeerInfo) -> list[Event]:
         if self.directory.get(peer.nick) == peer:
@@ -467,13 +494,14 @@ class ClientCore:
 
     def _retire(self, nick: str) -> None:
         peer = self.directory.pop(nick)
+        del self._encoded_entries[nick]
         self._refresh_view()
         self._retired_session_keys.add(bytes(peer.session_key))
         # Dropping the session forgets its chain keys: forward secrecy for this pair.
         self._sessions.pop(nick, None)
 
     def _deliver(self, deliver: m.Deliver) -> list[Event]:
-        session = self._sessions.get(deliver.sender)
+        session = self._session_with(deliver.sender)
         if session is None:
             return [
                 SecurityWarning(
@@ -502,9 +530,11 @@ class ClientCore:
         return events
 
     def _refresh_view(self) -> None:
-        ours = Party(self.nick, self._identity.public_key, self._session_key.public_key)
-        view = [ours, *(Party(p.nick, p.identity_key, p.session_key) for p in self.directory.values())]
-        self._recent_views.append(directory_digest(view))
+        # Called on every join and leave, so it must stay cheap with thousands online: the
+        # entries' encodings are kept (see _add_peer, _retire); only sorting and hashing
+        # are redone.
+        encoded = self._encoded_entries
+        self._recent_views.append(digest_of_encoded([encoded[nick] for nick in sorted(encoded)]))
 
     def forget_keys(self) -> None:
         """The connection is over: drop every session and with them all chain keys. (The

@@ -222,8 +222,8 @@ class Relay:
                 continue
             assert isinstance(action, Outgoing)
             writer = self._writers.get(action.conn)
-            if writer is None:
-                continue
+            if writer is None or writer.transport.is_closing():
+                continue  # gone, or going: its handler will report the disconnect
             key = id(action.message)
             if key not in encoded:
                 encoded[key] = encode_frame(encode_message(action.message))

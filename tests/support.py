@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 from nacl.public import PrivateKey
 
 from e2echat import messages as m
-from e2echat.client import Connection, Disconnected
+from e2echat.client import Backoff, Client, Connection, Disconnected
 from e2echat.client_core import (
     ClientCore,
     Event,
@@ -55,10 +55,9 @@ async def running(relay: R) -> AsyncIterator[R]:
 class Peer:
     """A real client ``Connection`` plus a record of every event it has seen."""
 
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: Connection | Client) -> None:
         self.connection = connection
-        self.seen: list[Event | Disconnected] = []
-        self._unread: list[Event | Disconnected] = []
+        self.seen: list[Any] = []
 
     @property
     def nick(self) -> str:
@@ -99,9 +98,21 @@ class Peer:
 
 
 async def connect(
-    relay: Relay, nick: str, identity: PrivateKey | None = None, known_peers: KnownPeers | None = None
+    relay: Relay,
+    nick: str,
+    identity: PrivateKey | None = None,
+    known_peers: KnownPeers | None = None,
+    **options: Any,
 ) -> Peer:
-    connection = Connection(LOOPBACK, relay.port, nick, identity or PrivateKey.generate(), known_peers)
+    """A registered ``Connection`` (or, with ``reconnecting=True``, a ``Client`` that
+    reconnects quickly) wrapped in a ``Peer``."""
+    key = identity or PrivateKey.generate()
+    connection: Connection | Client
+    if options.pop("reconnecting", False):
+        options.setdefault("backoff", Backoff(first=0.05, cap=0.2))
+        connection = Client(LOOPBACK, relay.port, nick, key, known_peers, **options)
+    else:
+        connection = Connection(LOOPBACK, relay.port, nick, key, known_peers, **options)
     await connection.open(timeout=WAIT)
     peer = Peer(connection)
     await peer.next(Registered)
@@ -109,12 +120,12 @@ async def connect(
 
 
 @contextlib.asynccontextmanager
-async def peers(relay: Relay, *nicks: str) -> AsyncIterator[list[Peer]]:
+async def peers(relay: Relay, *nicks: str, **options: Any) -> AsyncIterator[list[Peer]]:
     """Connect ``nicks`` in order and wait until every one has seen all the others."""
     connected: list[Peer] = []
     try:
         for nick in nicks:
-            connected.append(await connect(relay, nick))
+            connected.append(await connect(relay, nick, **options))
         for peer in connected:
             others = {p.nick for p in connected} - {peer.nick}
             await asyncio.wait_for(

@@ -1,0 +1,295 @@
+"""The relay keeps serving everyone while some clients misbehave; clients survive the
+relay going away; no message is lost without its sender knowing. Real sockets throughout."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+
+import pytest
+from nacl.public import PrivateKey
+
+from e2echat import messages as m
+from e2echat.client import ConnectionLost, NotSent, Queued, Reconnecting
+from e2echat.client_core import MessageReceived, PeerJoined, PeerLeft, Registered, RelayError
+from e2echat.delivery import LEFT, OFFLINE, REFUSED, TIMED_OUT, DeliveryReport
+from e2echat.errors import RegistrationRefused
+from e2echat.relay import Relay
+from e2echat.relay_core import Action, Outgoing
+
+from hostile import HostileRelay, deliveries
+from support import LOOPBACK, RawClient, connect, peers, running, running_relay
+
+# -- delivery receipts --------------------------------------------------------------------------
+
+
+async def test_receipts_confirm_each_recipient() -> None:
+    async with running_relay() as relay, peers(relay, "alice", "bob", "carol") as (alice, _, _):
+        room_id = alice.connection.send_room("hello both")
+        private_id = alice.connection.send_private("carol", "hello you")
+        reports = {}
+        while len(reports) < 2:
+            report = await alice.next(DeliveryReport)
+            reports[report.message_id] = report
+        assert sorted(reports[room_id].delivered) == ["bob", "carol"] and reports[room_id].complete
+        assert reports[private_id].delivered == ("carol",) and reports[private_id].private
+
+
+async def test_receipt_withheld_by_the_relay_is_reported_as_missing() -> None:
+    """The relay forwards the message but swallows bob's receipt: alice is told bob never
+    confirmed. (It cannot forge the receipt: it is encrypted and authenticated.)"""
+
+    def drop_receipts(relay: HostileRelay, action: Outgoing, deliver: m.Deliver) -> list[Action]:
+        return [] if relay.nick(action.conn) == "alice" else [action]
+
+    hostile = HostileRelay(deliveries(drop_receipts))
+    async with running(hostile) as relay, peers(relay, "alice", "bob", receipt_timeout=0.3) as (alice, bob):
+        alice.connection.send_private("bob", "did you get this?")
+        assert (await bob.next(MessageReceived)).text == "did you get this?"
+        report = await alice.next(DeliveryReport)
+        assert report.delivered == () and report.failed == (("bob", TIMED_OUT),)
+
+
+async def test_forged_receipt_is_not_accepted() -> None:
+    """The relay drops the message and answers with a receipt of its own making."""
+
+    def swallow(relay: HostileRelay, action: Outgoing, deliver: m.Deliver) -> list[Action]:
+        if relay.nick(action.conn) != "bob":
+            return [action]
+        forged = m.Deliver("bob", b"\x01" + (0).to_bytes(8, "big") + bytes(80))
+        return [Outgoing(relay.conn("alice"), forged)]
+
+    hostile = HostileRelay(deliveries(swallow))
+    async with running(hostile) as relay, peers(relay, "alice", "bob", receipt_timeout=0.3) as (alice, _):
+        alice.connection.send_private("bob", "important")
+        report = await alice.next(DeliveryReport)
+        assert report.failed == (("bob", TIMED_OUT),)
+
+
+async def test_recipient_gone_offline_is_reported() -> None:
+    """The relay keeps alice from hearing that mallory left; the relay's own answer says
+    mallory was offline, and alice's report says so."""
+
+    def hide_departures(relay: HostileRelay, action: Outgoing) -> list[Action]:
+        hidden = isinstance(action.message, m.PeerLeft) and relay.nick(action.conn) == "alice"
+        return [] if hidden else [action]
+
+    async with running(HostileRelay(hide_departures)) as relay, peers(relay, "alice", "bob") as (alice, bob):
+        raw = await RawClient.open(relay)
+        await raw.register("mallory")
+        await alice.next(PeerJoined, lambda e: e.nick == "mallory")
+        raw.close()
+        await bob.next(PeerLeft, lambda e: e.nick == "mallory")  # the relay has noticed
+        message_id = alice.connection.send_room("who is still here?")
+        report = await alice.next(DeliveryReport, lambda r: r.message_id == message_id)
+        assert report.delivered == ("bob",) and report.failed == (("mallory", OFFLINE),)
+
+
+async def test_recipient_leaving_before_confirming_is_reported() -> None:
+    def drop_bobs_receipts(relay: HostileRelay, action: Outgoing, deliver: m.Deliver) -> list[Action]:
+        return [] if deliver.sender == "bob" else [action]
+
+    hostile = HostileRelay(deliveries(drop_bobs_receipts))
+    async with running(hostile) as relay, peers(relay, "alice", "bob") as (alice, bob):
+        message_id = alice.connection.send_private("bob", "last words")
+        assert (await bob.next(MessageReceived)).text == "last words"
+        await bob.connection.close()
+        report = await alice.next(DeliveryReport, lambda r: r.message_id == message_id)
+        assert report.failed == (("bob", LEFT),)
+
+
+# -- a client that floods, a client that never reads, a client that says nothing ------------------
+
+
+async def test_flooding_client_is_limited_then_disconnected_others_unaffected() -> None:
+    async with (
+        running_relay(rate=20.0, burst=10.0) as relay,
+        peers(relay, "alice", "bob", "mallory") as (alice, bob, mallory),
+    ):
+        for i in range(40):
+            mallory.connection.send_private("bob", f"spam {i}")
+        error = await mallory.next(RelayError)
+        assert "too many messages" in error.text
+        refused = await mallory.next(DeliveryReport, lambda r: bool(r.failed))
+        assert refused.failed == (("bob", REFUSED),)
+        assert (await alice.next(PeerLeft)).nick == "mallory"  # it kept flooding: dropped
+        alice.connection.send_private("bob", "are we fine?")
+        got = await bob.next(MessageReceived, lambda e: e.sender == "alice")
+        assert got.text == "are we fine?"
+
+
+async def test_client_that_never_reads_is_dropped_and_relay_memory_stays_bounded(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    limit = 256 * 1024
+    caplog.set_level(logging.WARNING, logger="e2echat.relay")
+    async with (
+        running_relay(write_buffer=limit, rate=1e9, burst=1e9) as relay,
+        peers(relay, "alice", "bob") as (alice, bob),
+    ):
+        stalled = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window, quickly full
+        stalled.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(stalled, (LOOPBACK, relay.port))
+        reader, writer = await asyncio.open_connection(sock=stalled)
+        raw = RawClient(reader, writer)
+        await raw.register("stalled")  # ... and never reads again
+        await alice.next(PeerJoined, lambda e: e.nick == "stalled")
+
+        text = "x" * 8000
+        sent = 0
+        while "stalled" in alice.connection.core.peers:
+            alice.connection.send_room(f"{sent} {text}")
+            sent += 1
+            buffered = [w.transport.get_write_buffer_size() for w in relay._writers.values()]
+            assert max(buffered) <= limit + 64 * 1024  # never more than the limit and one frame
+            if sent % 10 == 0:
+                await alice.next_any_event()
+            assert sent < 5000, "the stalled client was never dropped"
+        for i in range(sent):
+            assert (await bob.next(MessageReceived)).text.startswith(f"{i} ")
+        assert any("not reading" in record.getMessage() for record in caplog.records)
+        writer.close()
+
+
+async def test_idle_connection_is_closed_and_keepalive_prevents_it() -> None:
+    async with running_relay(idle_timeout=0.4) as relay:
+        silent = await RawClient.open(relay)
+        await silent.register("silent")
+        error = await silent.receive_kind(m.Error)
+        assert error.code == "idle"
+        assert await silent.closed()
+
+        lively = await connect(relay, "lively", keepalive=0.1)
+        await asyncio.sleep(1.0)  # the point: time passes, and the relay must not drop it
+        assert not lively.connection.closed
+        assert relay.core.online.get("lively") is not None
+        await lively.connection.close()
+
+
+async def test_full_relay_refuses_newcomers_clearly() -> None:
+    async with running_relay(max_connections=2) as relay, peers(relay, "alice", "bob"):
+        reader, writer = await asyncio.open_connection(LOOPBACK, relay.port)
+        raw = RawClient(reader, writer)
+        error = await raw.receive()
+        assert isinstance(error, m.Error) and error.code == "busy"
+        assert await raw.closed()
+
+
+async def test_sockets_use_tcp_nodelay() -> None:
+    async with running_relay() as relay, peers(relay, "alice") as (alice,):
+        client_socket = alice.connection._writer.get_extra_info("socket")  # type: ignore[union-attr]
+        assert client_socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        (relay_writer,) = relay._writers.values()
+        assert relay_writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+
+# -- the relay goes away and comes back -----------------------------------------------------------
+
+
+async def test_relay_restarted_mid_chat_clients_reconnect_and_chat_again() -> None:
+    identities = {nick: PrivateKey.generate() for nick in ("alice", "bob")}
+    first = Relay(LOOPBACK, 0)
+    async with running(first):
+        port = first.port
+        alice = await connect(first, "alice", identities["alice"], reconnecting=True)
+        bob = await connect(first, "bob", identities["bob"], reconnecting=True)
+        await alice.next(PeerJoined)
+        alice.connection.send_room("before the restart")
+        assert (await bob.next(MessageReceived)).text == "before the restart"
+    # The relay is gone: both notice and start reconnecting.
+    for peer in (alice, bob):
+        await peer.next(ConnectionLost)
+        await peer.next(Reconnecting)
+    alice.connection.send_room("typed while the relay was down")
+    assert (await alice.next(Queued)).preview == "typed while the relay was down"
+
+    async with running(Relay(LOOPBACK, port)):
+        for peer in (alice, bob):
+            await peer.next(Registered)
+        # The queued message goes out once alice is back; bob gets it if he is back too,
+        # and otherwise alice's report says so. Then they chat as before.
+        report = await alice.next(DeliveryReport)
+        if report.delivered == ("bob",):
+            assert (await bob.next(MessageReceived)).text == "typed while the relay was down"
+        else:
+            assert report.failed
+        while "alice" not in bob.connection.core.peers:
+            await bob.next_any_event()
+        bob.connection.send_private("alice", "after the restart")
+        assert (await alice.next(MessageReceived)).text == "after the restart"
+        for peer in (alice, bob):
+            await peer.connection.close()
+
+
+async def test_message_typed_while_disconnected_is_reported_if_the_relay_never_returns() -> None:
+    async with running_relay() as relay:
+        alice = await connect(relay, "alice", reconnecting=True)
+    await alice.next(ConnectionLost)
+    alice.connection.send_room("into the void")
+    assert not await alice.connection.wait_settled(0.3)
+    not_sent = await alice.next(NotSent)
+    assert not_sent.previews == ("into the void",)
+    await alice.connection.close()
+
+
+# -- password -------------------------------------------------------------------------------------
+
+
+async def test_relay_password_accepted_and_refused() -> None:
+    async with running_relay(password=b"open sesame") as relay:
+        alice = await connect(relay, "alice", password=b"open sesame")
+        for wrong, code in ((b"open barley", "bad_password"), (None, "password_required")):
+            with pytest.raises(RegistrationRefused) as refused:
+                await connect(relay, "mallory", password=wrong)
+            assert refused.value.fields["code"] == code
+        assert relay.core.online.keys() == {"alice"}
+        await alice.connection.close()
+
+
+async def test_relay_password_never_crosses_the_network_in_the_clear() -> None:
+    from test_e2e import RecordingProxy
+
+    secret = "correct horse battery staple"
+    async with (
+        running_relay(password=secret.encode()) as relay,
+        RecordingProxy(relay.port).running() as proxy,
+    ):
+        peer = await connect(_AtPort(proxy.port), "alice", password=secret.encode())  # type: ignore[arg-type]
+        await peer.connection.close()
+    recorded = b"".join(proxy.streams)
+    assert b"register" in recorded  # the recording did see the registration
+    assert secret.encode() not in recorded and secret[:10].encode() not in recorded
+
+
+class _AtPort:
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+
+# -- scale ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+async def test_a_thousand_concurrent_connections() -> None:
+    count = 1000
+    started = time.monotonic()
+    async with running_relay() as relay, peers(relay, "alice", "bob") as (alice, bob):
+        crowd: list[RawClient] = []
+        for batch in range(0, count, 100):
+            opened = await asyncio.gather(*(RawClient.open(relay) for _ in range(100)))
+            await asyncio.gather(*(raw.register(f"n{batch + i}") for i, raw in enumerate(opened)))
+            crowd.extend(opened)
+        assert len(relay.core.online) == count + 2
+        while len(alice.connection.core.peers) < count + 1:
+            await alice.next_any_event()
+        bob.connection.send_private("alice", "still quick?")
+        assert (await alice.next(MessageReceived)).text == "still quick?"
+        for raw in crowd:
+            raw.close()
+        while relay.core.online.keys() != {"alice", "bob"}:
+            await alice.next(PeerLeft)
+    assert time.monotonic() - started < 170
