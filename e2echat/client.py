@@ -20,7 +20,14 @@ from typing import Any
 
 from nacl.public import PrivateKey
 
-from e2echat.client_core import ClientCore, Event, Registered, RegistrationFailed, RelayClosing
+from e2echat.client_core import (
+    ClientCore,
+    Event,
+    PeerJoined,
+    Registered,
+    RegistrationFailed,
+    RelayClosing,
+)
 from e2echat.delivery import RECEIPT_TIMEOUT
 from e2echat.errors import (
     CommandError,
@@ -40,6 +47,8 @@ CONNECT_TIMEOUT = 10.0
 # connection is dead (a relay that vanished without a FIN: power cut, cable, NAT).
 KEEPALIVE = 20.0
 _READ_CHUNK = 64 * 1024
+# After a reconnect, how long a queued message may wait for its recipients to be back.
+OUTBOX_GRACE = 5.0
 _LOST = "the connection was lost before it was confirmed (it may still have arrived)"
 
 
@@ -317,6 +326,7 @@ class Client:
         self.connection = self._make()
         self.events: asyncio.Queue[ClientEvent] = asyncio.Queue()
         self._outbox: list[_Outgoing] = []
+        self._outbox_changed = asyncio.Event()
         self._online = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
         self.closed = False
@@ -369,7 +379,12 @@ class Client:
                     connection.events.put_nowait(event)
                     break
                 self.events.put_nowait(event)
-            self._send_outbox()
+            # Others are reconnecting too: what cannot go out yet (nobody back, or not the
+            # recipient) waits for them to join, for a grace period, before it is reported.
+            self._send_outbox(final=False)
+            if self._outbox:
+                loop = asyncio.get_running_loop()
+                loop.call_later(OUTBOX_GRACE, self._send_outbox, True)
 
     async def _forward(self, connection: Connection) -> Disconnected:
         while True:
@@ -377,6 +392,8 @@ class Client:
             if isinstance(event, Disconnected):
                 return event
             self.events.put_nowait(event)
+            if self._outbox and isinstance(event, PeerJoined):
+                self._send_outbox(final=False)
 
     async def _reconnect(self) -> Connection | None:
         for attempt, delay in enumerate(self.backoff.delays(), start=1):
@@ -398,7 +415,9 @@ class Client:
                 pass
         raise AssertionError("unreachable: the backoff never ends")
 
-    def _send_outbox(self) -> None:
+    def _send_outbox(self, final: bool = True) -> None:
+        if not self.online:
+            return  # gone again: the next reconnect tries anew
         waiting, self._outbox = self._outbox, []
         for item in waiting:
             try:
@@ -407,7 +426,11 @@ class Client:
                 else:
                     self.connection.send_private(item.recipient, item.text)
             except CommandError as exc:
-                self.events.put_nowait(NotSent((f"{_preview(item.text)} ({exc})",)))
+                if final:
+                    self.events.put_nowait(NotSent((f"{_preview(item.text)} ({exc})",)))
+                else:
+                    self._outbox.append(item)
+        self._outbox_changed.set()
 
     def _give_up_outbox(self) -> None:
         if self._outbox:
@@ -439,9 +462,10 @@ class Client:
         reconnect if need be. Anything still unsent at the deadline is reported."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        if self._outbox and not self.closed:
+        while self._outbox and not self.closed and loop.time() < deadline:
+            self._outbox_changed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._online.wait(), timeout)
+                await asyncio.wait_for(self._outbox_changed.wait(), deadline - loop.time())
         if self._outbox:
             self._give_up_outbox()
             return False
