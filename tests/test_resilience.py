@@ -222,6 +222,26 @@ async def test_relay_restarted_mid_chat_clients_reconnect_and_chat_again() -> No
             await peer.connection.close()
 
 
+async def test_queued_message_waits_for_its_recipient_to_be_back() -> None:
+    bob_identity = PrivateKey.generate()
+    first = Relay(LOOPBACK, 0)
+    async with running(first):
+        port = first.port
+        alice = await connect(first, "alice", reconnecting=True)
+        bob = await connect(first, "bob", bob_identity)
+        await alice.next(PeerJoined)
+    await alice.next(ConnectionLost)
+    alice.connection.send_private("bob", "for when you are back")
+    async with running(Relay(LOOPBACK, port)) as second:
+        await alice.next(Registered)  # alice is back first: bob is not online yet
+        assert "bob" not in alice.connection.core.peers
+        bob = await connect(second, "bob", bob_identity)
+        assert (await bob.next(MessageReceived)).text == "for when you are back"
+        assert (await alice.next(DeliveryReport)).delivered == ("bob",)
+        for peer in (alice, bob):
+            await peer.connection.close()
+
+
 async def test_message_typed_while_disconnected_is_reported_if_the_relay_never_returns() -> None:
     async with running_relay() as relay:
         alice = await connect(relay, "alice", reconnecting=True)
