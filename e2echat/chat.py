@@ -18,9 +18,9 @@ from e2echat.client import (
     Queued,
     Reconnecting,
 )
-from e2echat.client_core import Registered
 from e2echat.display import clock, format_event, online_text, who_entry
 from e2echat.errors import CommandError
+from e2echat.events import Registered
 from e2echat.keys import format_safety_number
 from e2echat.trust import Trust
 

@@ -20,14 +20,7 @@ from typing import Any
 
 from nacl.public import PrivateKey
 
-from e2echat.client_core import (
-    ClientCore,
-    Event,
-    PeerJoined,
-    Registered,
-    RegistrationFailed,
-    RelayClosing,
-)
+from e2echat.client_core import ClientCore
 from e2echat.delivery import RECEIPT_TIMEOUT
 from e2echat.errors import (
     CommandError,
@@ -36,6 +29,7 @@ from e2echat.errors import (
     RelayUnreachable,
     RemoteProtocolError,
 )
+from e2echat.events import Event, PeerJoined, Registered, RegistrationFailed, RelayClosing
 from e2echat.keys import new_session_key
 from e2echat.trust import KnownPeers
 

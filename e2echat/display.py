@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import time
 
-from e2echat.client_core import (
+from e2echat.delivery import DeliveryReport
+from e2echat.events import (
     Event,
     KeyChanged,
     KeyPinned,
@@ -25,7 +26,6 @@ from e2echat.client_core import (
     SendReport,
     SplitView,
 )
-from e2echat.delivery import DeliveryReport
 from e2echat.trust import Trust
 
 # Unicode bidirectional overrides and isolates: they reorder what is displayed.

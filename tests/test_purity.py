@@ -18,6 +18,7 @@ PURE = [
     "trust",
     "session",
     "delivery",
+    "events",
     "relay_core",
     "client_core",
     "commands",

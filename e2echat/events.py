@@ -1,0 +1,118 @@
+"""What the client core tells the UI: one frozen dataclass per kind of event. Pure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from e2echat.delivery import DeliveryReport
+from e2echat.trust import Trust
+
+
+@dataclass(frozen=True)
+class Registered:
+    nick: str
+    peers: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RegistrationFailed:
+    code: str
+    text: str
+
+
+@dataclass(frozen=True)
+class PeerJoined:
+    nick: str
+
+
+@dataclass(frozen=True)
+class PeerLeft:
+    nick: str
+
+
+@dataclass(frozen=True)
+class MessageReceived:
+    sender: str
+    text: str
+    private: bool
+    #: the sender's trust state when it arrived
+    trust: Trust = Trust.UNVERIFIED
+    #: it fills an earlier gap: it was held back on the way
+    late: bool = False
+
+
+@dataclass(frozen=True)
+class SplitView:
+    """``sender`` saw a different directory (nicks and keys) than we do."""
+
+    sender: str
+
+
+@dataclass(frozen=True)
+class KeyPinned:
+    """First contact: ``nick``'s identity key is now pinned (trust on first use)."""
+
+    nick: str
+
+
+@dataclass(frozen=True)
+class KeyChanged:
+    """The directory shows a different identity key for a pinned nick."""
+
+    nick: str
+    pinned_fingerprint: str
+    new_fingerprint: str
+
+
+@dataclass(frozen=True)
+class MessagesMissing:
+    """``count`` messages from ``sender`` were skipped: held back or dropped on the way."""
+
+    sender: str
+    count: int
+
+
+@dataclass(frozen=True)
+class SendReport:
+    """What the relay did with one of our messages, once it has answered for every recipient."""
+
+    message_id: int
+    private: bool
+    delivered: tuple[str, ...]
+    missing: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SecurityWarning:
+    """Something arrived that did not authenticate; it was dropped, not shown."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class RelayError:
+    code: str
+    text: str
+
+
+@dataclass(frozen=True)
+class RelayClosing:
+    reason: str
+
+
+Event = (
+    Registered
+    | RegistrationFailed
+    | PeerJoined
+    | PeerLeft
+    | KeyPinned
+    | KeyChanged
+    | MessageReceived
+    | MessagesMissing
+    | SplitView
+    | SendReport
+    | DeliveryReport
+    | SecurityWarning
+    | RelayError
+    | RelayClosing
+)
