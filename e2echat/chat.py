@@ -8,20 +8,12 @@ import hmac
 from collections.abc import Callable
 
 from e2echat import commands
-from e2echat.client import (
-    Client,
-    ClientEvent,
-    Connection,
-    ConnectionLost,
-    Disconnected,
-    NotSent,
-    Queued,
-    Reconnecting,
-)
+from e2echat.client import Connection, Disconnected
 from e2echat.display import clock, format_event, online_text, who_entry
 from e2echat.errors import CommandError
 from e2echat.events import Registered
 from e2echat.keys import format_safety_number
+from e2echat.reconnect import Client, ClientEvent, ConnectionLost, NotSent, Queued, Reconnecting
 from e2echat.trust import Trust
 
 

@@ -16,7 +16,6 @@ from nacl.public import PrivateKey
 
 from e2echat import __version__
 from e2echat.chat import Chat
-from e2echat.client import Client
 from e2echat.errors import (
     E2EChatError,
     KeyFileError,
@@ -33,6 +32,7 @@ from e2echat.keys import (
     stored_public_key,
 )
 from e2echat.messages import NICK_RULE, is_valid_nick
+from e2echat.reconnect import Client
 from e2echat.relay import DEFAULT_PORT, Limits, run_relay
 from e2echat.repl import run_line_mode, run_repl
 from e2echat.trust import KNOWN_PEERS_FILE, KnownPeers

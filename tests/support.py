@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 from nacl.public import PrivateKey
 
 from e2echat import messages as m
-from e2echat.client import Backoff, Client, Connection, Disconnected
+from e2echat.client import Connection, Disconnected
 from e2echat.client_core import (
     ClientCore,
     Event,
@@ -24,6 +24,7 @@ from e2echat.client_core import (
 )
 from e2echat.framing import FrameDecoder, encode_frame
 from e2echat.keys import new_session_key
+from e2echat.reconnect import Backoff, Client
 from e2echat.relay import Relay
 from e2echat.trust import KnownPeers
 

@@ -12,10 +12,10 @@ import pytest
 from nacl.public import PrivateKey
 
 from e2echat import messages as m
-from e2echat.client import ConnectionLost, NotSent, Queued, Reconnecting
 from e2echat.client_core import MessageReceived, PeerJoined, PeerLeft, Registered, RelayError
 from e2echat.delivery import LEFT, OFFLINE, REFUSED, TIMED_OUT, DeliveryReport
 from e2echat.errors import RegistrationRefused
+from e2echat.reconnect import ConnectionLost, NotSent, Queued, Reconnecting
 from e2echat.relay import Relay
 from e2echat.relay_core import Action, Outgoing
 
