@@ -73,6 +73,7 @@ log = logging.getLogger("e2echat.client_core")
 class ClientState(Enum):
     AWAIT_CHALLENGE = "await-challenge"
     AWAIT_WELCOME = "await-welcome"
+    AWAIT_DIRECTORY = "await-directory"
     ONLINE = "online"
     CLOSED = "closed"
 
@@ -111,7 +112,10 @@ class ClientCore:
         self._outgoing = bytearray()
         self._sessions: dict[str, PeerSession] = {}
         self._unusable: set[str] = set()  # peers whose keys cannot make a session
-        self._notices: list[Event] = []  # found while sending; handed out with the next events
+        self._notices: list[Event] = []
+        self._arrival_events: list[
+            Event
+        ] = []  # while the directory arrives in parts  # found while sending; handed out with the next events
         #: nick -> the keys the relay says they have, for everyone else online
         self.directory: dict[str, m.PeerInfo] = {}
         self._next_id = 1
@@ -304,6 +308,8 @@ class ClientCore:
             return self._answer_challenge(message)
         if self.state is ClientState.AWAIT_WELCOME and isinstance(message, m.Welcome):
             return self._welcome(message)
+        if self.state is ClientState.AWAIT_DIRECTORY and isinstance(message, m.Directory):
+            return self._directory(message.peers, message.more)
         if self.state is ClientState.ONLINE:
             if isinstance(message, m.Deliver):
                 return self._deliver(message)
@@ -341,11 +347,17 @@ class ClientCore:
     def _welcome(self, welcome: m.Welcome) -> list[Event]:
         if welcome.nick != self.nick:
             raise RemoteProtocolError(detail=f"relay welcomed {welcome.nick!r}, not {self.nick!r}")
+        self.state = ClientState.AWAIT_DIRECTORY
+        return self._directory(welcome.peers, welcome.more)
+
+    def _directory(self, peers: tuple[m.PeerInfo, ...], more: bool) -> list[Event]:
+        for peer in peers:
+            self._arrival_events.extend(self._add_peer(peer, refresh=False))
+        if more:
+            return []
         self.state = ClientState.ONLINE
-        events: list[Event] = []
-        for peer in welcome.peers:
-            events.extend(self._add_peer(peer, refresh=False))
         self._refresh_view()  # once, not once per peer: the directory may be thousands long
+        events, self._arrival_events = self._arrival_events, []
         return [Registered(self.nick, tuple(self.peers)), *events]
 
     def _add_peer(self, peer: m.PeerInfo, *, refresh: bool = True) -> list[Event]:

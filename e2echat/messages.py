@@ -180,10 +180,26 @@ class Welcome(Message):
     TYPE: ClassVar[str] = "welcome"
     nick: str
     peers: tuple[PeerInfo, ...]
+    #: the directory continues in ``Directory`` messages (it is too big for one frame)
+    more: bool = False
 
     def __post_init__(self) -> None:
         _check_nick(self.nick)
         _check_items(self.peers, PeerInfo, "peers")
+        _require(isinstance(self.more, bool), "more must be a bool")
+
+
+@dataclass(frozen=True)
+class Directory(Message):
+    """relay -> client, right after a ``Welcome`` with ``more``: the rest of the directory."""
+
+    TYPE: ClassVar[str] = "directory"
+    peers: tuple[PeerInfo, ...]
+    more: bool = False
+
+    def __post_init__(self) -> None:
+        _check_items(self.peers, PeerInfo, "peers")
+        _require(isinstance(self.more, bool), "more must be a bool")
 
 
 @dataclass(frozen=True)
@@ -304,6 +320,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         Challenge,
         Register,
         Welcome,
+        Directory,
         PeerJoined,
         PeerLeft,
         Send,
@@ -347,7 +364,9 @@ def _fields(message: Message) -> dict[str, Any]:
             "proof": _b64(message.proof),
         }
     if isinstance(message, Welcome):
-        return {"nick": message.nick, "peers": [_peer_fields(p) for p in message.peers]}
+        return {"nick": message.nick, "peers": [_peer_fields(p) for p in message.peers], "more": message.more}
+    if isinstance(message, Directory):
+        return {"peers": [_peer_fields(p) for p in message.peers], "more": message.more}
     if isinstance(message, PeerJoined):
         return {"peer": _peer_fields(message.peer)}
     if isinstance(message, PeerLeft):
@@ -479,7 +498,9 @@ def _build(cls: type[Message], f: _Fields) -> Message:
     if cls is Register:
         return Register(f.text("nick"), f.key("identity_key"), f.key("session_key"), f.binary("proof"))
     if cls is Welcome:
-        return Welcome(f.text("nick"), tuple(_decode_peer(p) for p in f.array("peers")))
+        return Welcome(f.text("nick"), tuple(_decode_peer(p) for p in f.array("peers")), f.flag("more"))
+    if cls is Directory:
+        return Directory(tuple(_decode_peer(p) for p in f.array("peers")), f.flag("more"))
     if cls is PeerJoined:
         return PeerJoined(_decode_peer(f._get("peer", dict, "an object")))
     if cls is PeerLeft:

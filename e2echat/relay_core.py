@@ -22,6 +22,7 @@ from e2echat.messages import (
     Bye,
     Challenge,
     Deliver,
+    Directory,
     Error,
     Message,
     PeerInfo,
@@ -37,6 +38,8 @@ from e2echat.messages import (
 )
 
 ConnId = int
+# Directory entries per frame: about 140 bytes each on the wire, so 2,000 make ~280 KiB.
+DIRECTORY_CHUNK = 2000
 
 
 @dataclass(frozen=True)
@@ -205,10 +208,14 @@ class RelayCore:
         if message.nick in self.online:
             return self.refuse(conn, "nick_taken", f"nick {message.nick!r} is already online; choose another")
         peer = PeerInfo(message.nick, message.identity_key, message.session_key)
-        others = [self._connections[c].peer for c in self.online.values()]
-        welcome = Welcome(peer.nick, tuple(p for p in others if p is not None))
+        others = [p for p in (self._connections[c].peer for c in self.online.values()) if p is not None]
         record.state, record.peer, record.relay_key = ConnState.ONLINE, peer, None
-        actions: list[Action] = [Outgoing(conn, welcome)]
+        # A big directory goes in several frames, each well under MAX_FRAME.
+        chunks = [tuple(others[i : i + DIRECTORY_CHUNK]) for i in range(0, len(others), DIRECTORY_CHUNK)]
+        chunks = chunks or [()]
+        actions: list[Action] = [Outgoing(conn, Welcome(peer.nick, chunks[0], more=len(chunks) > 1))]
+        for index, chunk in enumerate(chunks[1:], start=2):
+            actions.append(Outgoing(conn, Directory(chunk, more=index < len(chunks))))
         joined = PeerJoined(peer)
         actions.extend(Outgoing(other, joined) for other in self.online.values())
         self.online[peer.nick] = conn

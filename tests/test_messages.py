@@ -34,6 +34,8 @@ EXAMPLES: dict[str, m.Message] = {
     "routed": m.Routed(7, ("bob",), ("carol",)),
     "error": m.Error("nick_taken", "nick 'alice' is already online — choose another ✓"),
     "bye": m.Bye("relay shutting down"),
+    "directory": m.Directory((PEER_BOB,), more=True),
+    "welcome-with-more": m.Welcome("alice", (PEER_CAROL,), more=True),
     "ping": m.Ping(),
     "pong": m.Pong(),
     "challenge-with-password": m.Challenge(KEY_B, b"\x03" * m.CHALLENGE_SIZE, password_required=True),
@@ -318,6 +320,7 @@ _PLAUSIBLE: dict[str, st.SearchStrategy[Any]] = {
     "text": st.text(max_size=30),
     "reason": st.text(max_size=30),
     "password": st.booleans(),
+    "more": st.booleans(),
 }
 
 

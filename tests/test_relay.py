@@ -13,7 +13,7 @@ from e2echat.framing import MAX_FRAME, encode_frame
 from e2echat.relay import connect_hint
 from e2echat.relay_core import registration_proof
 
-from support import RawClient, peers, running_relay
+from support import RawClient, connect, peers, running_relay
 
 BAD_INPUTS = {
     "garbage": encode_frame(b"\x00\xffnot json at all"),
@@ -95,3 +95,20 @@ def test_connect_hint_names_a_concrete_address() -> None:
     hint = connect_hint("0.0.0.0", 8000)
     assert "--host 0.0.0.0" not in hint
     assert hint.endswith("--port 8000")
+
+
+async def test_a_big_directory_arrives_in_several_frames(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Thousands online would not fit one frame: the relay splits the directory, and the
+    newcomer is registered only once it has every part."""
+    import e2echat.relay_core
+
+    monkeypatch.setattr(e2echat.relay_core, "DIRECTORY_CHUNK", 3)
+    nicks = [f"p{i}" for i in range(8)]
+    async with running_relay() as relay, peers(relay, *nicks):
+        newcomer = await connect(relay, "newcomer")
+        assert newcomer.connection.core.peers == sorted(nicks)
+        watcher = await RawClient.open(relay)
+        registered = await watcher.register("watcher")
+        assert len(registered.peers) == 9
+        watcher.close()
+        await newcomer.connection.close()
