@@ -5,30 +5,68 @@ mode. No prompt_toolkit here: both front ends hand it lines and a ``write`` func
 from __future__ import annotations
 
 import hmac
+import json as json_module
+import time
 from collections.abc import Callable
 
 from e2echat import commands
 from e2echat.client import Connection, Disconnected
-from e2echat.display import clock, format_event, online_text, who_entry
+from e2echat.display import clock, event_record, format_event, online_text, own_message, who_entry
 from e2echat.errors import CommandError
-from e2echat.events import Registered
+from e2echat.events import MessageReceived, Registered, SendReport
 from e2echat.keys import format_safety_number
 from e2echat.reconnect import Client, ClientEvent, ConnectionLost, NotSent, Queued, Reconnecting
 from e2echat.trust import Trust
 
 
 class Chat:
-    def __init__(self, connection: Client | Connection, write: Callable[[str], None]) -> None:
+    """``write`` gets each line to show. Options for the front ends: ``echo`` shows what
+    we send in our own timeline (the REPL erases the prompt line); ``multiline`` shows
+    line breaks in messages as line breaks; ``json`` writes one JSON object per event
+    instead of text; ``bell`` is called on each private message while ``bell_on``."""
+
+    def __init__(
+        self,
+        connection: Client | Connection,
+        write: Callable[[str], None],
+        *,
+        echo: bool = False,
+        multiline: bool = False,
+        json: bool = False,
+        bell: Callable[[], None] | None = None,
+    ) -> None:
         self.connection = connection
         self.write = write
+        self.echo = echo
+        self.multiline = multiline
+        self.json = json
+        self.bell = bell
+        self.bell_on = bell is not None
         #: something typed was never sent (the connection did not come back)
         self.unsent = False
 
     def notice(self, text: str) -> None:
-        self.write(f"{clock()} -- {text}")
+        if self.json:
+            self._write_record({"type": "notice", "text": text})
+        else:
+            self.write(f"{clock()} -- {text}")
 
     def problem(self, text: str) -> None:
-        self.write(f"{clock()} !! {text}")
+        if self.json:
+            self._write_record({"type": "problem", "text": text})
+        else:
+            self.write(f"{clock()} !! {text}")
+
+    def _write_record(self, record: dict[str, object]) -> None:
+        record.setdefault("time", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        self.write(json_module.dumps(record, ensure_ascii=False, separators=(",", ":")))
+
+    def _own(self, text: str, recipient: str | None = None) -> None:
+        if self.echo and not self.json:
+            for line in own_message(self.connection.nick, text, recipient, multiline=self.multiline).split(
+                "\n"
+            ):
+                self.write(line)
 
     def handle_line(self, line: str) -> bool:
         """Carry out one typed line. False when the user asked to leave."""
@@ -44,12 +82,19 @@ class Chat:
     def _run(self, command: commands.Command) -> bool:
         core = self.connection.core
         if isinstance(command, commands.Say):
-            if self.connection.send_room(command.text) is None:
+            sent = self.connection.send_room(command.text)
+            self._own(command.text)
+            if sent is None:
                 return True  # queued until the relay is back
             for nick in core.withheld():
                 self.problem(f"not sent to {nick}: their key changed (see /verify {nick}, /trust {nick})")
         elif isinstance(command, commands.PrivateMessage):
             self.connection.send_private(command.nick, command.text)
+            self._own(command.text, command.nick)
+        elif isinstance(command, commands.Set):
+            self.bell_on = command.value == "on" and self.bell is not None
+            state = "on" if self.bell_on else "off"
+            self.notice(f"bell {state}" + ("" if self.bell or state == "off" else " (no terminal)"))
         elif isinstance(command, commands.Who):
             if isinstance(self.connection, Client) and not self.connection.online:
                 self.notice("not connected to the relay right now; reconnecting")
@@ -109,6 +154,12 @@ class Chat:
             self.notice(f"{nick} is now marked verified")
 
     def show(self, event: ClientEvent) -> None:
+        if isinstance(event, NotSent):
+            self.unsent = True
+        if self.json:
+            if not isinstance(event, Disconnected | SendReport):
+                self._write_record(event_record(event))
+            return
         if isinstance(event, ConnectionLost):
             self.problem(f"lost the relay at {self.connection.address}: {event.detail}")
             return
@@ -119,7 +170,6 @@ class Chat:
             self.notice(f'not connected: "{event.preview}" will be sent when the relay is back')
             return
         if isinstance(event, NotSent):
-            self.unsent = True
             quoted = ", ".join(f'"{preview}"' for preview in event.previews)
             self.problem(f"NOT sent (no connection to the relay): {quoted}")
             return
@@ -131,9 +181,11 @@ class Chat:
                 f"{online_text(event.peers)}; /help lists the commands"
             )
             return
-        text = format_event(event)
+        if isinstance(event, MessageReceived) and event.private and self.bell_on and self.bell:
+            self.bell()
+        text = format_event(event, multiline=self.multiline)
         if text is not None:
-            for line in text.splitlines():
+            for line in text.split("\n"):
                 self.write(line)
 
     async def run_events(self) -> Disconnected:

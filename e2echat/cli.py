@@ -32,9 +32,16 @@ from e2echat.keys import (
     stored_public_key,
 )
 from e2echat.messages import NICK_RULE, is_valid_nick
+from e2echat.profiles import (
+    HISTORY_FILE,
+    last_profile,
+    load_settings,
+    remember_last_profile,
+    save_settings,
+)
 from e2echat.reconnect import Client
 from e2echat.relay import DEFAULT_PORT, Limits, run_relay
-from e2echat.repl import run_line_mode, run_repl
+from e2echat.repl import history_file, make_session, run_line_mode, run_repl, terminal_writer
 from e2echat.trust import KNOWN_PEERS_FILE, KnownPeers
 
 EXIT_INTERRUPTED = 130  # the shell convention for "stopped by Ctrl+C"
@@ -132,10 +139,19 @@ def build_parser() -> argparse.ArgumentParser:
         "/msg NICK TEXT to one person; /who, /help, /quit. When standard input is not a "
         "terminal, lines are read from it and events are printed one per line.",
     )
-    connect.add_argument("--nick", required=True, help=f"your name in the chat ({NICK_RULE})")
-    connect.add_argument("--host", default="127.0.0.1", help="the relay's address (default: 127.0.0.1)")
     connect.add_argument(
-        "--port", type=_port, default=DEFAULT_PORT, help=f"the relay's port (default: {DEFAULT_PORT})"
+        "--nick", help=f"your name in the chat ({NICK_RULE}); default: the profile you used last, else asked"
+    )
+    connect.add_argument(
+        "--host", help="the relay's address (default: the one this profile used last, else 127.0.0.1)"
+    )
+    connect.add_argument(
+        "--port", type=_port, help=f"the relay's port (default: this profile's last, else {DEFAULT_PORT})"
+    )
+    connect.add_argument("--json", action="store_true", help="print one JSON object per event (for scripts)")
+    connect.add_argument("--no-bell", action="store_true", help="no terminal bell on private messages")
+    connect.add_argument(
+        "--no-history", action="store_true", help="do not keep what you type in the profile's history file"
     )
     connect.add_argument("--home", metavar="DIR", help=HOME_HELP)
     connect.add_argument(
@@ -215,16 +231,40 @@ def _positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
 
 
 def _run_connect(args: argparse.Namespace) -> int:
-    if not is_valid_nick(args.nick):
-        raise UsageError(detail=f"invalid nick {args.nick!r}: {NICK_RULE}")
+    interactive = sys.stdin.isatty() and sys.stdout.isatty() and not args.json
+    nick, directory = _profile(args, interactive)
     if args.port == 0:
         raise UsageError(detail="--port must be the relay's port (1-65535)")
+    settings = load_settings(directory)
+    args.host = args.host or settings.get("host") or "127.0.0.1"
+    args.port = args.port or settings.get("port") or DEFAULT_PORT
+    args.nick = nick
     logging.basicConfig(level=logging.WARNING, format="e2echat: %(message)s")
-    directory = profile_dir(args.nick, args.home)
     identity, created = load_or_create_identity(directory, _passphrase(args.passphrase, directory))
     known_peers = KnownPeers(directory / KNOWN_PEERS_FILE)
-    interactive = sys.stdin.isatty() and sys.stdout.isatty()
     return asyncio.run(_chat(args, identity, known_peers, created, directory, interactive))
+
+
+def _profile(args: argparse.Namespace, interactive: bool) -> tuple[str, Path]:
+    """Which nick, in which profile directory: --nick, else the profile's own (--home,
+    $E2ECHAT_HOME, or the one used last), else asked for on a terminal."""
+    nick = args.nick
+    explicit = args.home or os.environ.get("E2ECHAT_HOME")
+    remembered = Path(explicit).expanduser() if explicit else last_profile()
+    if nick is None and remembered is not None:
+        nick = load_settings(remembered).get("nick")
+    if nick is None:
+        if not interactive:
+            raise UsageError(detail="which nick? give --nick NAME (no earlier profile was found)")
+        try:
+            nick = input("Your nick in the chat: ").strip()
+        except EOFError:
+            raise UsageError(detail="no nick given") from None
+    if not is_valid_nick(nick):
+        raise UsageError(detail=f"invalid nick {nick!r}: {NICK_RULE}")
+    if args.nick is None and remembered is not None and not explicit:
+        return nick, remembered  # the last profile, as it was
+    return nick, profile_dir(nick, args.home)
 
 
 def _passphrase(asked_for: bool, directory: Path) -> str | None:
@@ -289,18 +329,35 @@ async def _chat(
             if exc.fields.get("code") != "password_required" or password is not None or not interactive:
                 raise
             password = _ask("This relay needs a password: ").encode("utf-8")
-    chat = Chat(client, write=lambda text: print(text, flush=True))
+    save_settings(directory, args.nick, args.host, args.port)
+    remember_last_profile(directory)
+    color = interactive and not os.environ.get("NO_COLOR")
+    if interactive:
+        chat = Chat(
+            client,
+            terminal_writer(args.nick, color=color),
+            echo=True,
+            multiline=True,
+            bell=None if args.no_bell else _ring,
+        )
+    else:
+        chat = Chat(client, write=lambda text: print(text, flush=True), json=args.json)
     if created:
         chat.notice(f"created a new identity in {directory}")
     chat.notice(f"your key fingerprint: {fingerprint(identity.public_key)}")
     try:
         if interactive:
-            await run_repl(chat)
+            history = None if args.no_history else history_file(directory / HISTORY_FILE)
+            await run_repl(chat, make_session(chat, history))
         else:
             await run_line_mode(chat)
     finally:
         await client.close()
     return EXIT_NOT_SENT if chat.unsent else 0
+
+
+def _ring() -> None:
+    print("\a", end="", flush=True)
 
 
 def _ask(prompt: str) -> str:

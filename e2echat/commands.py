@@ -58,7 +58,17 @@ class Untrust:
     nick: str
 
 
-Command = Say | PrivateMessage | Who | Help | Quit | Verify | TrustPeer | Untrust
+@dataclass(frozen=True)
+class Set:
+    """A setting of this chat: ``/set bell off``."""
+
+    name: str
+    value: str
+
+
+SETTINGS = {"bell": ("on", "off")}
+
+Command = Say | PrivateMessage | Who | Help | Quit | Verify | TrustPeer | Untrust | Set
 
 #: name -> (usage, one line of help). The order is the order /help lists them in.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -73,6 +83,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "accept NICK's changed key; or, once you compared safety numbers, mark NICK verified",
     ),
     "untrust": ("/untrust NICK", "clear NICK's verified mark"),
+    "set": ("/set bell on|off", "ring the terminal bell on private messages, or not"),
     "help": ("/help [COMMAND]", "list the commands, or explain one"),
     "quit": ("/quit", "leave (Ctrl+D does the same)"),
 }
@@ -122,6 +133,12 @@ def parse(line: str) -> Command | None:
         return Help(rest or None)
     if name == "quit":
         return Quit()
+    if name == "set":
+        setting, _, value = rest.partition(" ")
+        value = value.strip().lower()
+        if setting not in SETTINGS or value not in SETTINGS[setting]:
+            raise CommandError(detail=f"usage: {COMMANDS['set'][0]}")
+        return Set(setting, value)
     if name in ("verify", "trust", "untrust"):
         nick, _, digits = rest.partition(" ")
         if not nick or (digits and name != "verify"):

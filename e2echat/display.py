@@ -7,6 +7,7 @@ re-order the text of someone else's terminal.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from e2echat.delivery import DeliveryReport
@@ -32,13 +33,15 @@ from e2echat.trust import Trust
 _BIDI = {chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))}
 
 
-def neutralize(text: str) -> str:
-    """Show control characters (ESC, CR, BEL, ...) and bidi overrides as visible escapes."""
+def neutralize(text: str, newline: str = "\\n") -> str:
+    """Show control characters (ESC, CR, BEL, ...) and bidi overrides as visible escapes.
+    A newline becomes ``newline``: a visible ``\\n`` on one-line output, or a real line
+    break and an indent where a message may span lines."""
     out = []
     for char in text:
         code = ord(char)
         if char == "\n":
-            out.append("\\n")
+            out.append(newline)
         elif char == "\t":
             out.append("    ")
         elif code < 0x20 or 0x7F <= code < 0xA0 or char in _BIDI:
@@ -48,17 +51,23 @@ def neutralize(text: str) -> str:
     return "".join(out)
 
 
+# Where the text of a multi-line message continues: under the text, not under the time.
+CONTINUATION = "\n" + " " * 11
+
+
 def clock(now: float | None = None) -> str:
     return time.strftime("%H:%M:%S", time.localtime(now))
 
 
-def format_event(event: Event, now: float | None = None) -> str | None:
-    """One line for ``event``, or None if it needs none."""
+def format_event(event: Event, now: float | None = None, *, multiline: bool = False) -> str | None:
+    """The text for ``event`` (one line, or several for a multi-line message when
+    ``multiline``), or None if it needs none."""
     stamp = clock(now)
     if isinstance(event, MessageReceived):
         mark = " [private]" if event.private else ""
         mark += " [late]" if event.late else ""
-        return f"{stamp}{mark} <{event.sender} {TRUST_MARKS[event.trust]}> {neutralize(event.text)}"
+        text = neutralize(event.text, CONTINUATION if multiline else "\\n")
+        return f"{stamp}{mark} <{event.sender} {TRUST_MARKS[event.trust]}> {text}"
     if isinstance(event, KeyPinned):
         return (
             f"{stamp} -- first contact with {event.nick}: their key is pinned from now on "
@@ -135,3 +144,38 @@ def online_text(peers: tuple[str, ...] | list[str]) -> str:
     if not peers:
         return "nobody else is online"
     return f"online: {', '.join(peers)}"
+
+
+def line_style(line: str, our_nick: str) -> str:
+    """The look of a line we print, from its shape (our lines have a stable form):
+    'warning', 'notice', 'own', 'private' or 'message'."""
+    body = line[9:] if len(line) > 8 and line[2] == ":" and line[5] == ":" else line
+    if body.startswith("!!") or "KEY CHANGED>" in body:
+        return "warning"
+    if body.startswith("--"):
+        return "notice"
+    if body.startswith((f"<{our_nick}>", "[private to ")):
+        return "own"
+    if body.startswith("[private]"):
+        return "private"
+    return "message"
+
+
+def own_message(nick: str, text: str, recipient: str | None = None, *, multiline: bool = False) -> str:
+    """How what we sent is shown in our own timeline."""
+    shown = neutralize(text, CONTINUATION if multiline else "\\n")
+    to = f"[private to {recipient}] " if recipient else ""
+    return f"{clock()} {to}<{nick}> {shown}"
+
+
+def event_record(event: object) -> dict[str, object]:
+    """``event`` as a JSON-ready object for ``--json``: its fields, plus ``type`` (the
+    event's name in snake case) and ``time``."""
+    name = type(event).__name__
+    kind = "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
+    record: dict[str, object] = {"type": kind, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if dataclasses.is_dataclass(event) and not isinstance(event, type):
+        for field in dataclasses.fields(event):
+            value = getattr(event, field.name)
+            record[field.name] = value.value if isinstance(value, Trust) else value
+    return record

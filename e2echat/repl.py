@@ -11,17 +11,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import sys
+import textwrap
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine, Iterable
+from pathlib import Path
 from typing import Any
 
-from prompt_toolkit import PromptSession
+from prompt_toolkit import PromptSession, print_formatted_text
+from prompt_toolkit.completion import CompleteEvent, Completer, Completion
+from prompt_toolkit.document import Document
+from prompt_toolkit.formatted_text import FormattedText
+from prompt_toolkit.history import FileHistory, History, InMemoryHistory
+from prompt_toolkit.input import Input
+from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
+from prompt_toolkit.output import Output
 from prompt_toolkit.patch_stdout import patch_stdout
+from prompt_toolkit.styles import Style
 
+from e2echat import commands
 from e2echat.chat import Chat
 from e2echat.client import Disconnected
+from e2echat.display import line_style
 from e2echat.errors import RelayGone
+from e2echat.trust import Trust
 
 # How long, after the user is done, to wait for the relay to answer for what was sent.
 SETTLE_TIMEOUT = 10.0
@@ -54,10 +68,128 @@ def _gone(chat: Chat, ended: Disconnected) -> RelayGone:
     return RelayGone(host=connection.host, port=connection.port, detail=ended.detail)
 
 
+COMMANDS_WITH_A_NICK = ("/msg", "/verify", "/trust", "/untrust", "/m", "/query")
+
+STYLE = Style.from_dict(
+    {
+        "notice": "#888888",
+        "warning": "#ff5555 bold",
+        "private": "#d787ff",
+        "own": "#5fafff",
+        "message": "",
+        "bottom-toolbar": "noreverse bg:#303030 #d0d0d0",
+    }
+)
+
+
+class ChatCompleter(Completer):
+    """Tab completes command names, and online nicks after the commands that take one."""
+
+    def __init__(self, nicks: Callable[[], list[str]]) -> None:
+        self.nicks = nicks
+
+    def get_completions(self, document: Document, complete_event: CompleteEvent) -> Iterable[Completion]:
+        text = document.text_before_cursor
+        if not text.startswith("/"):
+            return
+        words = text.split(" ")
+        if len(words) == 1:  # the command itself
+            for name in sorted(commands.COMMANDS):
+                if f"/{name}".startswith(text):
+                    yield Completion(f"/{name}", start_position=-len(text))
+        elif len(words) == 2 and words[0] in COMMANDS_WITH_A_NICK:  # its first argument
+            partial = words[1]
+            for nick in self.nicks():
+                if nick.startswith(partial):
+                    yield Completion(nick, start_position=-len(partial))
+        elif len(words) == 2 and words[0] == "/set" and "bell".startswith(words[1]):
+            yield Completion("bell", start_position=-len(words[1]))
+
+
+def toolbar_text(chat: Chat) -> str:
+    """The bottom line: where we are, whether we are connected, who is there."""
+    connection = chat.connection
+    core = connection.core
+    online = getattr(connection, "online", not connection.closed)
+    state = "connected" if online else "reconnecting…"
+    peers = core.peers
+    unverified = sum(1 for nick in peers if core.trust(nick) is Trust.UNVERIFIED)
+    changed = sum(1 for nick in peers if core.trust(nick) is Trust.CHANGED)
+    parts = [f" {connection.address}", state, f"{len(peers)} online"]
+    if unverified:
+        parts.append(f"{unverified} unverified")
+    if changed:
+        parts.append(f"{changed} KEY CHANGED")
+    parts.append("bell " + ("on" if chat.bell_on else "off"))
+    return " · ".join(parts) + " "
+
+
+def key_bindings() -> KeyBindings:
+    bindings = KeyBindings()
+
+    @bindings.add("escape", "enter")  # Esc then Enter (or Alt+Enter): a newline in the message
+    def _newline(event: KeyPressEvent) -> None:
+        event.current_buffer.insert_text("\n")
+
+    return bindings
+
+
+def history_file(path: Path) -> FileHistory:
+    """Input history, readable by the owner alone: it holds what was typed."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+    os.chmod(path, 0o600)
+    return FileHistory(str(path))
+
+
+def make_session(
+    chat: Chat,
+    history: History | None = None,
+    *,
+    input: Input | None = None,
+    output: Output | None = None,
+) -> PromptSession[str]:
+    return PromptSession(
+        history=history or InMemoryHistory(),
+        completer=ChatCompleter(lambda: chat.connection.core.peers),
+        complete_while_typing=False,
+        bottom_toolbar=lambda: toolbar_text(chat),
+        key_bindings=key_bindings(),
+        style=STYLE,
+        erase_when_done=True,  # what was typed reappears in the timeline, with the time
+        enable_history_search=False,
+        input=input,
+        output=output,
+    )
+
+
+def terminal_writer(our_nick: str, *, color: bool) -> Callable[[str], None]:
+    """Prints above the prompt, wrapping long lines under their text, in colour unless
+    NO_COLOR is set."""
+
+    def write(line: str) -> None:
+        width = shutil.get_terminal_size((100, 24)).columns
+        wrapped = textwrap.wrap(
+            line,
+            width=max(40, width - 1),
+            subsequent_indent=" " * 11,
+            drop_whitespace=False,
+            replace_whitespace=False,
+            break_on_hyphens=False,
+        ) or [""]
+        text = "\n".join(wrapped)
+        if color:
+            print_formatted_text(FormattedText([(f"class:{line_style(line, our_nick)}", text)]), style=STYLE)
+        else:
+            print(text, flush=True)
+
+    return write
+
+
 async def run_repl(chat: Chat, session: PromptSession[str] | None = None, *, patch: bool = True) -> None:
     """The interactive prompt. Returns when the user leaves; raises RelayGone."""
     prompt = f"{chat.connection.nick}> "
-    session = session or PromptSession()
+    session = session or make_session(chat)
 
     async def typing() -> None:
         while True:

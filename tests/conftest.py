@@ -26,3 +26,14 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
         timeout = float(marker.args[0])
     asyncio.run(asyncio.wait_for(pyfuncitem.obj(**arguments), timeout))
     return True
+
+
+@pytest.fixture(autouse=True)
+def _private_data_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reads or writes the real ~/.local/share/e2echat (profiles remember the last
+    one used there); child processes inherit this too."""
+    home = tmp_path_factory.mktemp("data-home")
+    monkeypatch.setenv("XDG_DATA_HOME", str(home))
+    monkeypatch.delenv("E2ECHAT_HOME", raising=False)
+    monkeypatch.delenv("E2ECHAT_PASSPHRASE", raising=False)
+    monkeypatch.delenv("E2ECHAT_RELAY_PASSWORD", raising=False)
