@@ -1,0 +1,321 @@
+"""The REPL's comforts, tested headless (real PromptSession on pipe input) and, once, in a
+real terminal under tmux."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from prompt_toolkit.application import create_app_session
+from prompt_toolkit.completion import CompleteEvent
+from prompt_toolkit.document import Document
+from prompt_toolkit.history import FileHistory
+from prompt_toolkit.input import PipeInput, create_pipe_input
+from prompt_toolkit.output import DummyOutput
+from test_repl import Screen
+
+from e2echat.chat import Chat
+from e2echat.display import line_style
+from e2echat.events import MessageReceived, PeerJoined
+from e2echat.repl import ChatCompleter, history_file, make_session, run_repl, toolbar_text
+
+from support import LOOPBACK, REPO, WAIT, Peer, peers, run_cli, running_relay
+
+# -- completion, toolbar, styles (no network needed) ------------------------------------------
+
+
+def _complete(text: str, nicks: list[str]) -> list[str]:
+    completer = ChatCompleter(lambda: nicks)
+    return [
+        c.text for c in completer.get_completions(Document(text), CompleteEvent(completion_requested=True))
+    ]
+
+
+@pytest.mark.parametrize(
+    ("typed", "expected"),
+    [
+        ("/m", ["/msg"]),
+        ("/v", ["/verify"]),
+        ("/", ["/help", "/msg", "/quit", "/set", "/trust", "/untrust", "/verify", "/who"]),
+        ("/msg ", ["alice", "bob", "bobby"]),
+        ("/msg bo", ["bob", "bobby"]),
+        ("/verify a", ["alice"]),
+        ("/trust bobb", ["bobby"]),
+        ("/untrust z", []),
+        ("/msg bob hel", []),  # the message itself is not completed
+        ("hello /m", []),  # nor is plain text
+        ("/set b", ["bell"]),
+    ],
+)
+def test_completion_of_commands_and_nicks(typed: str, expected: list[str]) -> None:
+    assert _complete(typed, ["alice", "bob", "bobby"]) == expected
+
+
+def test_line_styles() -> None:
+    assert line_style("12:00:00 !! warning: x", "alice") == "warning"
+    assert line_style("12:00:00 -- bob joined", "alice") == "notice"
+    assert line_style("12:00:00 <alice> hi", "alice") == "own"
+    assert line_style("12:00:00 [private to bob] <alice> hi", "alice") == "own"
+    assert line_style("12:00:00 [private] <bob ?> hi", "alice") == "private"
+    assert line_style("12:00:00 <bob ✓> hi", "alice") == "message"
+    assert line_style("12:00:00 <bob KEY CHANGED> hi", "alice") == "warning"
+
+
+async def test_toolbar_shows_relay_state_and_trust() -> None:
+    async with running_relay() as relay, peers(relay, "alice", "bob", "carol") as (alice, _, _):
+        chat = Chat(alice.connection, [].append, bell=lambda: None)
+        text = toolbar_text(chat)
+        assert f"127.0.0.1:{relay.port}" in text
+        assert "connected" in text and "2 online" in text and "2 unverified" in text
+        assert "bell on" in text
+        chat.handle_line("/trust bob")
+        chat.handle_line("/set bell off")
+        text = toolbar_text(chat)
+        assert "1 unverified" in text and "bell off" in text
+        await alice.connection.close()
+        assert "reconnecting" in toolbar_text(chat)
+
+
+# -- headless sessions with the real key bindings and history -----------------------------------
+
+
+@contextlib.asynccontextmanager
+async def repl(
+    peer: Peer, history: FileHistory | None = None, **chat_options: object
+) -> AsyncIterator[tuple[PipeInput, Screen, asyncio.Task[None]]]:
+    screen = Screen()
+    with create_pipe_input() as pipe, create_app_session(input=pipe, output=DummyOutput()):
+        chat = Chat(peer.connection, screen.write, echo=True, multiline=True, **chat_options)  # type: ignore[arg-type]
+        session = make_session(chat, history, input=pipe, output=DummyOutput())
+        task = asyncio.create_task(run_repl(chat, session, patch=False))
+        screen.session = session  # type: ignore[attr-defined]
+        try:
+            yield pipe, screen, task
+        finally:
+            if not task.done():
+                pipe.send_text("/quit\r")
+            await asyncio.wait_for(task, WAIT)
+
+
+async def test_bracketed_paste_arrives_as_one_message() -> None:
+    async with running_relay() as relay, peers(relay, "alice", "bob") as (alice, bob):
+        async with repl(alice) as (pipe, screen, _):
+            pipe.send_text("\x1b[200~first line\nsecond line\x1b[201~\r")
+            got = await bob.next(MessageReceived)
+            assert got.text == "first line\nsecond line"
+            await screen.wait_for("<alice> first line")
+            assert any(line.strip() == "second line" for line in screen.lines)
+
+
+async def test_escape_enter_inserts_a_newline() -> None:
+    async with running_relay() as relay, peers(relay, "alice", "bob") as (alice, bob):
+        async with repl(alice) as (pipe, _, _):
+            pipe.send_text("dear bob,\x1b\rsee you\r")
+            assert (await bob.next(MessageReceived)).text == "dear bob,\nsee you"
+
+
+async def test_multi_line_message_is_shown_on_several_lines() -> None:
+    async with running_relay() as relay, peers(relay, "alice", "bob") as (alice, bob):
+        async with repl(alice) as (_, screen, _):
+            bob.connection.send_room("roses are red\nviolets are blue")
+            first = await screen.wait_for("roses are red")
+            index = screen.lines.index(first)
+            assert screen.lines[index + 1] == " " * 11 + "violets are blue"
+
+
+async def test_history_persists_per_profile(tmp_path: Path) -> None:
+    path = tmp_path / "profile" / "history"
+    async with running_relay() as relay, peers(relay, "alice", "bob") as (alice, bob):
+        async with repl(alice, history_file(path)) as (pipe, _, _):
+            pipe.send_text("remember me\r")
+            await bob.next(MessageReceived)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert "remember me" in path.read_text()
+        # A new session of the same profile: Up brings the line back.
+        async with repl(alice, history_file(path)) as (pipe, screen, _):
+            # prompt_toolkit loads history in the background when the prompt starts; a
+            # person never presses Up that fast, a test does: wait until it is loaded.
+            buffer = screen.session.default_buffer  # type: ignore[attr-defined]
+            while len(buffer._working_lines) < 3:  # "remember me", "/quit", and the new line
+                await asyncio.sleep(0.01)
+            pipe.send_text("\x1b[A\x1b[A\r")  # Up past "/quit" to "remember me"
+            assert (await bob.next(MessageReceived)).text == "remember me"
+
+
+async def test_tab_completes_a_nick_in_the_prompt() -> None:
+    async with running_relay() as relay, peers(relay, "alice", "bob") as (alice, bob):
+        async with repl(alice) as (pipe, screen, _):
+            buffer = screen.session.default_buffer  # type: ignore[attr-defined]
+            pipe.send_text("/msg b\t")
+            while buffer.text != "/msg bob":  # completion runs asynchronously, as it should
+                await asyncio.sleep(0.01)
+            pipe.send_text(" hello\r")
+            got = await bob.next(MessageReceived)
+            assert (got.text, got.private) == ("hello", True)
+
+
+async def test_bell_on_private_messages_and_switchable() -> None:
+    rings: list[float] = []
+    async with running_relay() as relay, peers(relay, "alice", "bob") as (alice, bob):
+        async with repl(alice, bell=lambda: rings.append(time.monotonic())) as (pipe, screen, _):
+            bob.connection.send_room("room: no bell")
+            bob.connection.send_private("alice", "private: bell")
+            await screen.wait_for("private: bell")
+            assert len(rings) == 1
+            pipe.send_text("/set bell off\r")
+            await screen.wait_for("bell off")
+            bob.connection.send_private("alice", "private again: silent")
+            await screen.wait_for("private again: silent")
+            assert len(rings) == 1
+
+
+async def test_own_messages_appear_in_the_timeline() -> None:
+    async with running_relay() as relay, peers(relay, "alice", "bob") as (alice, _):
+        async with repl(alice) as (pipe, screen, _):
+            pipe.send_text("hello all\r/msg bob psst\r")
+            assert line_style(await screen.wait_for("<alice> hello all"), "alice") == "own"
+            await screen.wait_for("[private to bob] <alice> psst")
+            await screen.wait_for('"psst" delivered to bob')
+
+
+# -- line mode for scripts: --json, and connect without --nick ---------------------------------
+
+
+async def test_json_mode_prints_one_object_per_event(tmp_path: Path) -> None:
+    async with running_relay() as relay, peers(relay, "alice") as (alice,):
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "e2echat",
+            "connect",
+            "--nick",
+            "bot",
+            "--port",
+            str(relay.port),
+            "--home",
+            str(tmp_path),
+            "--json",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            cwd=REPO,
+        )
+        assert process.stdin and process.stdout
+        try:
+            await alice.next(PeerJoined, lambda e: e.nick == "bot")
+            alice.connection.send_private("bot", "ping \x1b[31m")
+            records = []
+            while not any(r["type"] == "message_received" for r in records):
+                raw = await asyncio.wait_for(process.stdout.readline(), WAIT)
+                assert raw
+                records.append(json.loads(raw))
+            message = next(r for r in records if r["type"] == "message_received")
+            assert message["sender"] == "alice" and message["private"] is True
+            assert message["text"] == "ping \x1b[31m"  # exact text; JSON escapes it safely
+            assert message["trust"] == "unverified"
+            assert {"registered", "key_pinned"} <= {r["type"] for r in records}
+            process.stdin.write(b"pong\n")
+            process.stdin.close()
+            rest = [
+                json.loads(line)
+                for line in (await asyncio.wait_for(process.stdout.read(), WAIT)).splitlines()
+            ]
+            assert any(r["type"] == "delivery_report" and r["delivered"] == ["alice"] for r in rest)
+            assert await asyncio.wait_for(process.wait(), WAIT) == 0
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+
+
+async def test_connect_without_nick_uses_the_last_profile_and_its_relay() -> None:
+    async with running_relay() as relay:
+        code, out, err = await run_cli("connect", "--nick", "dora", "--port", str(relay.port))
+        assert code == 0, err
+        code, out, err = await run_cli("connect")  # nick, host and port remembered
+        assert code == 0, err
+        assert f"connected to the relay at 127.0.0.1:{relay.port} as dora" in out
+    code, _, err = await run_cli("connect", env={**os.environ, "XDG_DATA_HOME": "/nonexistent/e2e"})
+    assert code == 2 and "which nick?" in err
+
+
+# -- a real terminal --------------------------------------------------------------------------------
+
+
+def _tmux(*args: str) -> str:
+    return subprocess.run(["tmux", *args], capture_output=True, text=True, timeout=10, check=True).stdout
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (.ci/run installs it)")
+def test_real_terminal_under_tmux(tmp_path: Path) -> None:
+    """A relay and two clients in tmux: typed with send-keys, read with capture-pane."""
+    socket_name = f"e2echat-test-{os.getpid()}"
+    env = f"XDG_DATA_HOME={tmp_path} PYTHONPATH={REPO}"
+    port_file = tmp_path / "port"
+
+    def tmux(*args: str) -> str:
+        return _tmux("-L", socket_name, *args)
+
+    def screen(name: str) -> str:
+        return tmux("capture-pane", "-p", "-t", name)
+
+    def wait_for(name: str, text: str) -> str:
+        deadline = time.monotonic() + 3 * WAIT
+        while time.monotonic() < deadline:
+            shown = screen(name)
+            if text in shown:
+                return shown
+            time.sleep(0.05)  # polling a screen: there is no event to wait on
+        raise AssertionError(f"{text!r} never appeared on {name}:\n{screen(name)}")
+
+    relay_command = (
+        f"{sys.executable} -c 'import asyncio, sys; from e2echat.relay import run_relay; "
+        f'asyncio.run(run_relay("{LOOPBACK}", 0, lambda t: (print(t, flush=True), '
+        f'open("{port_file}", "a").write(t + chr(10)))))\''
+    )
+    try:
+        tmux("new-session", "-d", "-s", "relay", "-x", "100", "-y", "10", f"env {env} {relay_command}")
+        deadline = time.monotonic() + WAIT
+        while not (port_file.exists() and "listening" in port_file.read_text()):
+            assert time.monotonic() < deadline, "relay did not start"
+            time.sleep(0.05)
+        port = port_file.read_text().split("\n")[0].rsplit(":", 1)[1]
+        for nick in ("alice", "bob"):
+            command = f"env {env} {sys.executable} -m e2echat connect --nick {nick} --port {port}"
+            tmux("new-session", "-d", "-s", nick, "-x", "90", "-y", "20", command)
+            wait_for(nick, f"{nick}>")
+        wait_for("alice", "bob joined")
+        tmux("send-keys", "-t", "alice", "hello from a real terminal", "Enter")
+        shown = wait_for("bob", "<alice ?> hello from a real terminal")
+        assert "127.0.0.1:" in shown and "1 online" in shown  # the toolbar
+        tmux("send-keys", "-t", "bob", "/m", "Tab")
+        wait_for("bob", "bob> /msg")
+        tmux("send-keys", "-t", "bob", " al", "Tab")
+        wait_for("bob", "bob> /msg alice")
+        tmux("send-keys", "-t", "bob", " and back", "Enter")
+        wait_for("alice", "[private] <bob ?> and back")
+        wait_for("bob", '"and back" delivered to alice')
+        # A peer sends real escape sequences (set the title, clear the screen): alice's
+        # terminal shows them as text and is neither retitled nor cleared.
+        attack = b"\x1b]0;evil\x07\x1b[2J\x1b[Hwiped?\n"
+        subprocess.run(
+            [sys.executable, "-m", "e2echat", "connect", "--nick", "mallory", "--port", port],
+            input=attack, capture_output=True, timeout=3 * WAIT, check=True, cwd=REPO,
+            env={**os.environ, "XDG_DATA_HOME": str(tmp_path)},
+        )
+        shown = wait_for("alice", "wiped?")
+        assert "\\x1b]0;evil\\x07\\x1b[2J\\x1b[Hwiped?" in shown
+        assert "hello from a real terminal" in shown  # the screen was not cleared
+        assert tmux("display-message", "-p", "-t", "alice", "#{pane_title}").strip() != "evil"
+    finally:
+        with contextlib.suppress(subprocess.SubprocessError):
+            tmux("kill-server")
