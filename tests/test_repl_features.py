@@ -319,3 +319,14 @@ def test_real_terminal_under_tmux(tmp_path: Path) -> None:
     finally:
         with contextlib.suppress(subprocess.SubprocessError):
             tmux("kill-server")
+
+
+def test_plain_writer_for_no_color_wraps_under_the_text(capsys: pytest.CaptureFixture[str]) -> None:
+    from e2echat.repl import terminal_writer
+
+    write = terminal_writer("alice", color=False)
+    write("12:00:00 <bob ?> " + "word " * 40)
+    out = capsys.readouterr().out
+    assert "\x1b[" not in out  # no colour codes at all
+    lines = out.rstrip("\n").split("\n")
+    assert len(lines) > 1 and all(line.startswith(" " * 11) for line in lines[1:])
