@@ -31,7 +31,7 @@ from e2echat.keys import (
     profile_dir,
     stored_public_key,
 )
-from e2echat.messages import NICK_RULE, is_valid_nick
+from e2echat.messages import MAX_PASSWORD, NICK_RULE, is_valid_nick
 from e2echat.profiles import (
     HISTORY_FILE,
     last_profile,
@@ -130,6 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.burst,
         help=f"messages allowed at once above the rate (default: {defaults.burst:g})",
     )
+    limits.add_argument(
+        "--write-buffer",
+        type=_positive(int),
+        default=defaults.write_buffer,
+        metavar="BYTES",
+        help=f"drop a client that stops reading once this much waits for it ({defaults.write_buffer})",
+    )
     relay.set_defaults(run=_run_relay)
 
     connect = commands.add_parser(
@@ -195,6 +202,7 @@ def _run_relay(args: argparse.Namespace) -> int:
         idle_timeout=args.idle_timeout,
         rate=args.rate,
         burst=args.burst,
+        write_buffer=args.write_buffer,
     )
     password = _relay_password(args.password_file)
     say = (lambda text: None) if args.quiet else (lambda text: print(text, flush=True))
@@ -212,9 +220,15 @@ def _relay_password(path: str | None) -> bytes | None:
             raise UsageError(detail=f"cannot read the password file {path}: {exc.strerror}") from None
         if not line:
             raise UsageError(detail=f"the password file {path} is empty")
-        return line.encode("utf-8")
+        return _checked_password(line.encode("utf-8"))
     from_environment = os.environ.get("E2ECHAT_RELAY_PASSWORD")
-    return from_environment.encode("utf-8") if from_environment else None
+    return _checked_password(from_environment.encode("utf-8")) if from_environment else None
+
+
+def _checked_password(password: bytes) -> bytes:
+    if len(password) > MAX_PASSWORD:
+        raise UsageError(detail=f"the relay password is longer than {MAX_PASSWORD} bytes")
+    return password
 
 
 def _positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
@@ -328,7 +342,7 @@ async def _chat(
         except RegistrationRefused as exc:
             if exc.fields.get("code") != "password_required" or password is not None or not interactive:
                 raise
-            password = _ask("This relay needs a password: ").encode("utf-8")
+            password = _checked_password(_ask("This relay needs a password: ").encode("utf-8"))
     save_settings(directory, args.nick, args.host, args.port)
     remember_last_profile(directory)
     color = interactive and not os.environ.get("NO_COLOR")

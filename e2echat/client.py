@@ -35,6 +35,8 @@ CONNECT_TIMEOUT = 10.0
 # After this long without a byte from the relay we ping it; after twice this long the
 # connection is dead (a relay that vanished without a FIN: power cut, cable, NAT).
 KEEPALIVE = 20.0
+# How often the connection looks at its clocks (receipts held back, overdue, keepalive).
+TICK = 0.2
 _READ_CHUNK = 64 * 1024
 _LOST = "the connection was lost before it was confirmed (it may still have arrived)"
 
@@ -78,6 +80,8 @@ class Connection:
         self._settled.set()
         self.closed = False
         self._relay_closing = False
+        self._sent_at = self._heard_at = 0.0  # loop time; set for real once connected
+        self._dead = ""
 
     @property
     def address(self) -> str:
@@ -102,6 +106,7 @@ class Connection:
         except BaseException:
             writer.close()
             raise
+        self._sent_at = self._heard_at = asyncio.get_running_loop().time()
         self._reader_task = asyncio.create_task(self._read_loop(reader))
         self._ticker_task = asyncio.create_task(self._tick_loop())
         return registered
@@ -133,20 +138,10 @@ class Connection:
 
     async def _read_loop(self, reader: asyncio.StreamReader) -> None:
         detail = ""
-        pinged = False
         try:
             while True:
-                try:
-                    data = await asyncio.wait_for(self._read(reader), self.keepalive)
-                except TimeoutError:
-                    if pinged:
-                        detail = f"no answer from it for {2 * self.keepalive:g}s"
-                        break
-                    self.core.ping()
-                    self._flush()
-                    pinged = True
-                    continue
-                pinged = False
+                data = await self._read(reader)
+                self._heard_at = asyncio.get_running_loop().time()
                 if not data:
                     break
                 try:
@@ -161,17 +156,30 @@ class Connection:
                 self._publish(events)
         finally:
             if not detail:
-                detail = "it shut down" if self._relay_closing else "it closed the connection"
+                detail = self._dead or ("it shut down" if self._relay_closing else "it closed the connection")
             for event in self.core.abandon(_LOST):
                 self.events.put_nowait(event)
             self._close_transport()
             self.events.put_nowait(Disconnected(detail))
 
     async def _tick_loop(self) -> None:
-        # Once a second: report messages whose receipts are overdue.
+        # A few times a second: send receipts that were held back, report messages whose
+        # receipts are overdue, and keep the connection alive. We ping when we have sent
+        # nothing for a while (the relay drops connections it hears nothing from, however
+        # much it sends them), and give up when the relay has said nothing for twice that.
+        loop = asyncio.get_running_loop()
+        interval = min(TICK, self.keepalive / 4)
         while not self.closed:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(interval)
             self._publish(self.core.tick())
+            now = loop.time()
+            if now - self._sent_at >= self.keepalive:
+                self.core.ping()
+            self._flush()
+            if now - self._heard_at >= 2 * self.keepalive + interval:
+                self._dead = f"no answer from it for {2 * self.keepalive:g}s"
+                if self._writer is not None:
+                    self._writer.transport.abort()  # the read loop ends and reports it
 
     def _publish(self, events: list[Event]) -> None:
         for event in events:
@@ -183,6 +191,7 @@ class Connection:
         data = self.core.data_to_send()
         if data and self._writer is not None and not self._writer.is_closing():
             self._writer.write(data)
+            self._sent_at = asyncio.get_running_loop().time()
 
     # -- what the UI calls --------------------------------------------------------------------
 

@@ -44,7 +44,7 @@ from e2echat.events import (  # re-exported: the UI's vocabulary
 from e2echat.framing import MAX_FRAME, FrameDecoder, encode_frame
 from e2echat.keys import fingerprint, safety_number
 from e2echat.relay_core import registration_proof
-from e2echat.session import MAX_TEXT, Kind, Party, PeerSession, digest_of_encoded, encode_party
+from e2echat.session import MAX_ACKS, MAX_TEXT, Kind, Party, PeerSession, digest_of_encoded, encode_party
 from e2echat.trust import KnownPeers, Trust
 
 __all__ = [
@@ -78,6 +78,8 @@ class ClientState(Enum):
     CLOSED = "closed"
 
 
+# Receipts go out at most this often (the rest wait for the next tick): 5 frames a second.
+RECEIPT_INTERVAL = 0.2
 # Leave room in each frame for the JSON around the envelopes.
 _FRAME_BUDGET = MAX_FRAME - 4096
 
@@ -124,6 +126,7 @@ class ClientCore:
         self._clock = clock
         self.deliveries = DeliveryTracker(receipt_timeout)
         self._acks_due: dict[str, list[int]] = {}
+        self._receipts_sent_at = -RECEIPT_INTERVAL
         self.known_peers = known_peers if known_peers is not None else KnownPeers()
         self._retired_session_keys: set[bytes] = set()
         # Hashes of our recent views of the directory. A message encrypted just before its
@@ -170,6 +173,7 @@ class ClientCore:
 
     def tick(self) -> list[Event]:
         """Call now and then: reports messages whose receipts are overdue."""
+        self._send_receipts()
         return self._take_notices() + list(self.deliveries.expire(self._clock()))
 
     def abandon(self, reason: str) -> list[Event]:
@@ -177,17 +181,30 @@ class ClientCore:
         self.pending.clear()
         return list(self.deliveries.abandon(reason))
 
-    def _send_receipts(self) -> None:
-        # One receipt per sender per batch of received data: it acknowledges them all.
+    def _send_receipts(self, *, force: bool = False) -> None:
+        """Acknowledge what arrived: one frame (a ``send`` with id 0) holding a receipt for
+        each sender, at most every RECEIPT_INTERVAL, so that receipts in a busy room cost
+        a few frames a second, not one per message (they count against the relay's rate
+        limit like anything else)."""
+        if not self._acks_due or self.state is not ClientState.ONLINE:
+            return
+        now = self._clock()
+        if not force and now - self._receipts_sent_at < RECEIPT_INTERVAL:
+            return  # tick() sends them shortly
+        self._receipts_sent_at = now
+        envelopes = []
         for nick, counters in self._acks_due.items():
             session = self._session_with(nick)
-            if session is None:
+            # Nothing goes to a nick whose key changed, not even a receipt.
+            if session is None or self.trust(nick) is Trust.CHANGED:
                 continue
-            body = session.encrypt(
-                "", Kind.RECEIPT, directory_hash=self._recent_views[-1], acks=tuple(counters)
-            )
-            self._write(m.Send(0, (m.Envelope(nick, body),)))
+            for start in range(0, len(counters), MAX_ACKS):
+                acks = tuple(counters[start : start + MAX_ACKS])
+                body = session.encrypt("", Kind.RECEIPT, directory_hash=self._recent_views[-1], acks=acks)
+                envelopes.append(m.Envelope(nick, body))
         self._acks_due.clear()
+        if envelopes:
+            self._write(m.Send(0, tuple(envelopes)))
 
     def _write(self, message: m.Message) -> None:
         self._outgoing += encode_frame(m.encode_message(message))

@@ -30,9 +30,11 @@ NICK_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,32}\Z")
 NICK_RULE = "1–32 characters: letters, digits, '_', '-' or '.'"
 KEY_SIZE = 32
 CHALLENGE_SIZE = 32
-# The proof is a Box over challenge + session key (+ password later): 64 bytes plus
-# 40 of nonce and tag, with room for a password of a few hundred bytes.
-MAX_PROOF = 1024
+# A relay password: a passphrase, not a file.
+MAX_PASSWORD = 512
+# The proof is a Box over challenge + session key + password: 64 bytes, the password, and
+# 40 of nonce and tag.
+MAX_PROOF = 64 + MAX_PASSWORD + 40
 # One ciphertext: a message of up to session.MAX_TEXT (16 KiB) plus its header, nonce, tag
 # and the metadata around the text, with room for JSON's escaping of control characters
 # (up to 6 bytes each).

@@ -176,8 +176,8 @@ class Client:
                 self._send_outbox(final=False)
 
     async def _reconnect(self) -> Connection | None:
+        why = ""
         for attempt, delay in enumerate(self.backoff.delays(), start=1):
-            why = "" if attempt == 1 else "the relay is not back yet"
             self.events.put_nowait(Reconnecting(delay, attempt, why))
             await asyncio.sleep(delay)  # backoff between attempts, not a wait for an event
             connection = self._make()
@@ -185,14 +185,18 @@ class Client:
                 await connection.open()
                 return connection
             except RegistrationRefused as exc:
-                if exc.fields.get("code") in ("bad_password", "password_required", "bad_nick"):
+                if exc.fields.get("code") in ("bad_password", "password_required"):
                     self.closed = True  # trying again cannot help
                     self.events.put_nowait(Disconnected(f"it refused us: {exc.fields.get('detail')}"))
                     self._give_up_outbox()
                     return None
-                # "nick_taken": the relay may not have noticed our old connection is gone.
-            except (RelayUnreachable, RelayGone):
-                pass
+                # Most likely "nick_taken": the relay has not yet noticed our old connection
+                # is gone (it will, by its idle timeout at the latest).
+                why = f"it refused us: {exc.fields.get('detail')}"
+            except RelayUnreachable:
+                why = "the relay is not back yet"
+            except RelayGone as exc:
+                why = f"the relay broke off: {exc.fields.get('detail')}"
         raise AssertionError("unreachable: the backoff never ends")
 
     def _send_outbox(self, final: bool = True) -> None:

@@ -33,12 +33,14 @@ from prompt_toolkit.styles import Style
 from e2echat import commands
 from e2echat.chat import Chat
 from e2echat.client import Disconnected
+from e2echat.delivery import RECEIPT_TIMEOUT
 from e2echat.display import line_style
 from e2echat.errors import RelayGone
 from e2echat.trust import Trust
 
-# How long, after the user is done, to wait for the relay to answer for what was sent.
-SETTLE_TIMEOUT = 10.0
+# How long, after the user is done, to wait for everything sent to be accounted for: a
+# little longer than a receipt may take, so that a missing one is reported, not cut off.
+SETTLE_TIMEOUT = RECEIPT_TIMEOUT + 1.0
 
 
 async def _run_until_done(chat: Chat, typing: Coroutine[Any, Any, None]) -> Disconnected | None:

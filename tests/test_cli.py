@@ -231,3 +231,10 @@ async def test_relay_port_in_use_is_a_clear_error() -> None:
         code, _, err = await run_cli("relay", "--host", LOOPBACK, "--port", str(relay.port))
     assert code == 1
     assert f"cannot start the relay on {LOOPBACK}:{relay.port}" in _one_clear_line(err)
+
+
+async def test_overlong_relay_password_is_a_clear_error(tmp_path: Path) -> None:
+    secret = tmp_path / "password"
+    secret.write_text("x" * 600 + "\n")
+    code, _, err = await run_cli("relay", "--port", "0", "--password-file", str(secret))
+    assert code == 2 and "longer than 512 bytes" in _one_clear_line(err)

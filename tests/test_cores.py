@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from nacl.public import Box, PrivateKey
@@ -31,6 +32,7 @@ from e2echat.delivery import DeliveryReport
 from e2echat.errors import CommandError, LocalProtocolError, RemoteProtocolError
 from e2echat.framing import FrameDecoder, encode_frame
 from e2echat.relay_core import Action, Close, ConnId, Outgoing, RelayCore, registration_proof
+from e2echat.trust import Trust
 
 
 def _frame(message: m.Message) -> bytes:
@@ -64,9 +66,11 @@ class FakeWire:
     _open: set[ConnId] = field(default_factory=set)
     _next: ConnId = 1
 
-    def connect(self, nick: str, identity: PrivateKey | None = None) -> ConnId:
+    def connect(self, nick: str, identity: PrivateKey | None = None, **options: Any) -> ConnId:
         conn, self._next = self._next, self._next + 1
-        self.clients[conn] = ClientCore(nick, identity or PrivateKey.generate(), PrivateKey.generate())
+        self.clients[conn] = ClientCore(
+            nick, identity or PrivateKey.generate(), PrivateKey.generate(), **options
+        )
         self.events[conn], self.sent[conn] = [], []
         self._decoders[conn] = FrameDecoder()
         self._open.add(conn)
@@ -615,3 +619,59 @@ def test_client_warns_about_a_peer_with_unusable_keys() -> None:
     with pytest.raises(CommandError, match="no secure session with eve"):
         wire.clients[alice].send_private("eve", "hi")
     assert [type(e) for e in wire.clients[alice].tick()] == [SecurityWarning]
+
+
+# -- receipts ------------------------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _receipt_frames(wire: FakeWire, conn: ConnId) -> list[m.Send]:
+    return [s for s in wire.sent[conn] if isinstance(s, m.Send) and s.id == 0]
+
+
+def test_receipts_are_coalesced_into_a_few_frames() -> None:
+    """However many messages arrive, a client sends at most one receipt frame per
+    RECEIPT_INTERVAL, each acknowledging every sender: receipts must not trip the relay's
+    rate limit in a busy room."""
+    clock = FakeClock()
+    wire = FakeWire()
+    listener = wire.connect("listener", clock=clock)
+    talkers = [wire.connect(f"talker{i}", clock=clock) for i in range(4)]
+    for round_ in range(10):
+        for talker in talkers:
+            wire.clients[talker].send_room(f"message {round_}")
+        wire.pump()
+    frames = _receipt_frames(wire, listener)
+    assert len(frames) == 1  # the first went at once; the rest wait for the next tick
+    clock.now += 1.0
+    for client in wire.clients.values():
+        client.tick()
+    wire.pump()
+    frames = _receipt_frames(wire, listener)
+    assert len(frames) == 2
+    acked = {envelope.to for envelope in frames[1].items}
+    assert acked == {f"talker{i}" for i in range(4)}  # one frame, a receipt for each sender
+    for talker in talkers:
+        reports = [e for e in wire.take(talker, receipts=True) if isinstance(e, DeliveryReport)]
+        assert len(reports) == 10 and all("listener" in r.delivered for r in reports)
+
+
+def test_no_receipt_goes_to_a_nick_whose_key_changed() -> None:
+    wire = FakeWire()
+    alice = wire.connect("alice")
+    old_bob = wire.connect("bob")
+    wire.hang_up(old_bob)
+    new_bob = wire.connect("bob")  # another identity key: alice's pin no longer matches
+    wire.take_all()
+    wire.clients[new_bob].send_private("alice", "it's me, honest")
+    wire.pump()
+    (shown,) = [e for e in wire.take(alice) if isinstance(e, MessageReceived)]
+    assert shown.trust is Trust.CHANGED
+    assert _receipt_frames(wire, alice) == []  # not even a receipt until alice accepts the key

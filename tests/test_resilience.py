@@ -169,6 +169,22 @@ async def test_idle_connection_is_closed_and_keepalive_prevents_it() -> None:
         await lively.connection.close()
 
 
+async def test_a_client_that_only_listens_is_not_dropped_as_idle() -> None:
+    """The relay drops connections it hears nothing from; a listener hears plenty but says
+    nothing, so it must ping on its own account."""
+    async with running_relay(idle_timeout=0.5) as relay:
+        listener = await connect(relay, "listener", keepalive=0.2)
+        talker = await connect(relay, "talker", keepalive=0.2)
+        await listener.next(PeerJoined)
+        for i in range(15):
+            talker.connection.send_room(f"news {i}")
+            await listener.next(MessageReceived)
+            await asyncio.sleep(0.1)  # the point: time passes while only one side talks
+        assert relay.core.online.keys() == {"listener", "talker"}
+        for peer in (listener, talker):
+            await peer.connection.close()
+
+
 async def test_full_relay_refuses_newcomers_clearly() -> None:
     async with running_relay(max_connections=2) as relay, peers(relay, "alice", "bob"):
         reader, writer = await asyncio.open_connection(LOOPBACK, relay.port)
