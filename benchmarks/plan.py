@@ -1,0 +1,77 @@
+"""How big each benchmark is: the full run, and the smoke run CI uses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Plan:
+    smoke: bool = False
+    #: 1. relay throughput: clients per run, and about how many deliveries each run makes
+    throughput_sizes: tuple[int, ...] = (10, 50, 200)
+    deliveries_per_run: int = 150_000
+    window: int = 4  # unanswered send frames per client
+    #: 1. the same, with live clients (real-time crypto, receipts)
+    live_clients: int = 50
+    live_seconds: float = 5.0
+    #: 2. the ratio target is judged at this size
+    ratio_size: int = 50
+    #: 3. latency: (clients, messages a second per client, seconds)
+    latency_loads: tuple[tuple[int, float, float], ...] = ((50, 4.0, 10.0), (50, 20.0, 6.0))
+    #: 4. scale
+    scale_target: int = 10_000
+    scale_budget: float = 120.0  # seconds of registering before we report what we reached
+    scale_concurrency: int = 32
+    newcomers: int = 3
+    churn_cycles: int = 20
+    #: 5. client cost
+    cost_recipients: int = 49
+    cost_messages: int = 300
+    #: 6. memory
+    memory_seconds: float = 15.0
+    flood_seconds: float = 5.0
+    #: worker processes for simulated clients (the machine has 2 cores; the relay needs one)
+    workers: int = 2
+    #: bound on any one wait for deliveries to arrive
+    drain_timeout: float = 60.0
+
+
+FULL = Plan()
+
+SMOKE = Plan(
+    smoke=True,
+    throughput_sizes=(4,),
+    deliveries_per_run=120,
+    live_clients=3,
+    live_seconds=0.3,
+    ratio_size=4,
+    latency_loads=((3, 4.0, 0.5), (3, 20.0, 0.3)),
+    scale_target=24,
+    scale_budget=10.0,
+    scale_concurrency=8,
+    newcomers=1,
+    churn_cycles=2,
+    cost_recipients=4,
+    cost_messages=10,
+    memory_seconds=0.6,
+    flood_seconds=0.4,
+    workers=1,
+    drain_timeout=15.0,
+)
+
+
+@dataclass
+class Context:
+    """What every section gets: the plan, options, and results earlier sections left."""
+
+    plan: Plan
+    profile: bool = False
+    results_dir: Path = Path(__file__).resolve().parent / "results"
+    shared: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.shared is None:
+            self.shared = {}

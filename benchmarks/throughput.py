@@ -1,0 +1,277 @@
+"""Sections 1 and 2: relay throughput at N clients, and the minimal forwarder beside it."""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from nacl.public import PrivateKey
+
+from e2echat.keys import new_session_key
+from e2echat.session import Kind, Party, PeerSession
+
+from benchmarks import servers
+from benchmarks.ledger import TEXT_SIZE, Integrity, message_text, reconcile
+from benchmarks.plan import Context
+from benchmarks.pool import Pool, split
+from benchmarks.report import Figure, Section, judge
+
+SETUP_TIMEOUT = 300.0
+#: below this share of one core the server was waiting for the clients, not working
+SERVER_BOUND = 0.85
+
+
+@dataclass
+class Run:
+    label: str
+    clients: int
+    deliveries: int
+    seconds: float
+    server_cpu: float
+    client_cpu: float
+    integrity: Integrity
+    complete: bool
+    receipts: int = 0
+    latencies: list[float] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.deliveries / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def cpu_per_delivery(self) -> float:
+        return self.server_cpu / self.deliveries if self.deliveries else math.nan
+
+    @property
+    def utilisation(self) -> float:
+        """The server's share of one core while the run lasted."""
+        return self.server_cpu / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def server_bound(self) -> bool:
+        return self.utilisation >= SERVER_BOUND
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "clients": self.clients,
+            "deliveries": self.deliveries,
+            "seconds": round(self.seconds, 4),
+            "deliveries_per_s": round(self.rate, 1),
+            "server_cpu_s": round(self.server_cpu, 3),
+            "server_cpu_us_per_delivery": round(1e6 * self.cpu_per_delivery, 3),
+            "server_utilisation": round(self.utilisation, 3),
+            "client_cpu_s": round(self.client_cpu, 3),
+            "complete": self.complete,
+            "receipts": self.receipts,
+            "integrity": self.integrity.as_dict(),
+            **self.extra,
+        }
+
+
+def nicks(count: int) -> list[str]:
+    return [f"c{index:04d}" for index in range(count)]
+
+
+def sample_body_size(text_size: int = TEXT_SIZE) -> int:
+    """Bytes of one real ciphertext body for a benchmark message (the forwarder's body
+    size, so it carries what the relay carries)."""
+    ours, theirs = PrivateKey.generate(), PrivateKey.generate()
+    peer = Party("c0001", theirs.public_key, new_session_key().public_key)
+    session = PeerSession("c0000", ours, new_session_key(), peer)
+    text = message_text("c0000", 0, 0, text_size)
+    return len(session.encrypt(text, Kind.ROOM, directory_hash="0" * 64))
+
+
+def replay(server: servers.Server, kind: str, clients: int, context: Context) -> Run:
+    """Every client sends its share of room messages as fast as the server answers."""
+    plan = context.plan
+    everyone = nicks(clients)
+    messages = max(1, math.ceil(plan.deliveries_per_run / (clients * (clients - 1))))
+    base = {
+        "host": server.host,
+        "port": server.port,
+        "everyone": everyone,
+        "messages": messages,
+        "window": plan.window,
+        "text_size": TEXT_SIZE,
+        "body_size": sample_body_size(),
+        "timeout": plan.drain_timeout,
+    }
+    configs = [{**base, "mine": part} for part in split(everyone, plan.workers)]
+    with Pool(f"benchmarks.loadgen:replay_{kind}", configs) as pool:
+        ready = pool.gather("ready", SETUP_TIMEOUT)
+        before = server.mark()
+        go = time.monotonic() + 0.2
+        pool.tell("go", go)
+        blasted = pool.gather("blasted", plan.drain_timeout + 30)
+        after = server.mark()
+        done = pool.gather("done", SETUP_TIMEOUT)
+    sent = {nick: count for result in done for nick, count in result["sent"].items()}
+    inboxes = {nick: inbox for result in done for nick, inbox in result["inboxes"].items()}
+    integrity = reconcile(sent, inboxes)
+    return Run(
+        label=f"{kind} N={clients}",
+        clients=clients,
+        deliveries=integrity.delivered,
+        seconds=max(b["last"] for b in blasted) - go,
+        server_cpu=after.cpu - before.cpu,
+        client_cpu=sum(b["cpu"] for b in blasted),
+        integrity=integrity,
+        complete=all(b["complete"] for b in blasted),
+        receipts=sum(result["receipts_made"] for result in done),
+        extra={
+            "messages_per_client": messages,
+            "prepare_cpu_s": round(sum(r["prepare_cpu"] for r in ready), 3),
+            "workers": len(configs),
+        },
+    )
+
+
+def live(server: servers.Server, clients: int, context: Context, mode: str, **load: float) -> Run:
+    """Real ``Connection`` clients: encrypt when sending, decrypt when receiving, receipts."""
+    plan = context.plan
+    everyone = nicks(clients)
+    base = {"host": server.host, "port": server.port, "everyone": everyone, "mode": mode}
+    base.update(load)
+    base["drain"] = plan.drain_timeout
+    configs = [{**base, "mine": part} for part in split(everyone, plan.workers)]
+    with Pool("benchmarks.loadgen:live", configs) as pool:
+        pool.gather("connected", SETUP_TIMEOUT)
+        pool.tell("warm")
+        pool.gather("ready", SETUP_TIMEOUT)
+        before = server.mark()
+        go = time.monotonic() + 0.2
+        pool.tell("go", go)
+        drained = pool.gather("drained", load["seconds"] + 2 * plan.drain_timeout + 30)
+        after = server.mark()
+        done = pool.gather("done", SETUP_TIMEOUT)
+    sent = {nick: count for result in done for nick, count in result["sent"].items()}
+    inboxes = {nick: inbox for result in done for nick, inbox in result["inboxes"].items()}
+    integrity = reconcile(sent, inboxes)
+    latencies: list[float] = []
+    for result in done:
+        latencies.extend(_doubles(result["latencies"]))
+    warm = clients * (clients - 1)  # the warm-up round: one message from each client
+    return Run(
+        label=f"live {mode} N={clients}",
+        clients=clients,
+        deliveries=integrity.delivered - warm,
+        seconds=max(d["last"] for d in drained) - go,
+        server_cpu=after.cpu - before.cpu,
+        client_cpu=sum(d["cpu"] for d in drained),
+        integrity=integrity,
+        complete=all(d["settled"] for d in drained),
+        receipts=sum(r["receipts"] for r in done),
+        latencies=latencies,
+        extra={
+            "unconfirmed": sum(r["unconfirmed"] for r in done),
+            "gaps_reported": sum(r["missing"] for r in done),
+            "disconnected": [nick for r in done for nick in r["disconnected"]],
+            "sent_messages": sum(sent.values()) - clients,
+            "workers": len(configs),
+            **{key: value for key, value in load.items()},
+        },
+    )
+
+
+def _doubles(data: bytes) -> list[float]:
+    from array import array
+
+    values = array("d")
+    values.frombytes(data)
+    return values.tolist()
+
+
+def _bound_note(run: Run, who: str) -> str:
+    note = f"{who} CPU {run.utilisation:.0%} of a core"
+    if not run.server_bound:
+        note += "; client-limited (the clients could not keep it busy)"
+    if not run.complete:
+        note += "; INCOMPLETE"
+    return note
+
+
+def throughput(context: Context) -> Section:
+    plan = context.plan
+    section = Section("throughput", "1. relay throughput: deliveries received and decrypted")
+    runs: dict[int, Run] = {}
+    profile = servers.profile_path("throughput", context.profile)
+    with servers.relay(*servers.UNLIMITED, profile=profile) as relay:
+        for clients in plan.throughput_sizes:
+            run = runs[clients] = replay(relay, "relay", clients, context)
+            section.integrity = section.integrity.add(run.integrity)
+            section.add(Figure(f"deliveries_per_s_n{clients}", f"N={clients}: deliveries/s", run.rate,
+                               "/s", note=_bound_note(run, "relay")))
+            section.add(Figure(f"relay_cpu_us_per_delivery_n{clients}", f"N={clients}: relay CPU per delivery",
+                               1e6 * run.cpu_per_delivery, "µs"))
+        live_run = live(relay, plan.live_clients, context, "windowed", window=plan.window,
+                        seconds=plan.live_seconds)
+    section.integrity = section.integrity.add(live_run.integrity)
+    section.add(Figure(f"live_deliveries_per_s_n{plan.live_clients}",
+                       f"live clients N={plan.live_clients}: deliveries/s", live_run.rate, "/s",
+                       note=_bound_note(live_run, "relay")))
+    section.add(Figure(f"live_relay_cpu_us_per_delivery_n{plan.live_clients}",
+                       f"live clients N={plan.live_clients}: relay CPU per delivery",
+                       1e6 * live_run.cpu_per_delivery, "µs",
+                       note=f"incl. {live_run.receipts / max(1, live_run.deliveries):.2f} receipts per delivery"))
+    context.shared["relay_runs"] = runs  # type: ignore[index]
+    section.details = {
+        "runs": [run.summary() for run in runs.values()],
+        "live": live_run.summary(),
+        "relay_profile": relay.profile_top,
+    }
+    section.notes.append(
+        "replay runs: clients encrypt before the clock starts and decrypt after it stops, so the relay "
+        "is the bottleneck; every delivery counted was decrypted and checked. Receipts are not sent in "
+        "replay runs (they are made, counted in the JSON, and dropped)."
+    )
+    section.notes.append(
+        "live run: e2echat.client.Connection clients encrypt and decrypt as they go and send the "
+        "protocol's receipts (one per sender per batch of received data); on 2 cores the clients, "
+        "not the relay, are the limit there."
+    )
+    return section
+
+
+def baseline(context: Context) -> Section:
+    plan = context.plan
+    section = Section("baseline", "2. baseline: minimal length-prefixed forwarder, same workload")
+    relay_runs: dict[int, Run] = dict(context.shared.get("relay_runs", {}))  # type: ignore[union-attr]
+    missing = [n for n in plan.throughput_sizes if n not in relay_runs]
+    if missing:
+        with servers.relay(*servers.UNLIMITED) as relay:
+            for clients in missing:
+                relay_runs[clients] = replay(relay, "relay", clients, context)
+                section.integrity = section.integrity.add(relay_runs[clients].integrity)
+    forwarder_runs: dict[int, Run] = {}
+    with servers.forwarder(profile=servers.profile_path("forwarder", context.profile)) as forwarder:
+        for clients in plan.throughput_sizes:
+            run = forwarder_runs[clients] = replay(forwarder, "forwarder", clients, context)
+            section.integrity = section.integrity.add(run.integrity)
+            section.add(Figure(f"forwarder_deliveries_per_s_n{clients}", f"N={clients}: forwarder deliveries/s",
+                               run.rate, "/s", note=_bound_note(run, "forwarder")))
+            section.add(Figure(f"forwarder_cpu_us_per_delivery_n{clients}",
+                               f"N={clients}: forwarder CPU per delivery", 1e6 * run.cpu_per_delivery, "µs"))
+    judged = not plan.smoke
+    for clients in plan.throughput_sizes:
+        ours, theirs = relay_runs[clients], forwarder_runs[clients]
+        target = clients == plan.ratio_size
+        ratio = ours.rate / theirs.rate if theirs.rate else math.nan
+        capacity = theirs.cpu_per_delivery / ours.cpu_per_delivery if ours.deliveries else math.nan
+        section.add(Figure(f"throughput_ratio_n{clients}", f"N={clients}: relay ÷ forwarder throughput", ratio, "×",
+                           "≥ 0.8" if target else "", judge(ratio, lambda r: r >= 0.8, judged and target)))
+        section.add(Figure(f"capacity_ratio_n{clients}", f"N={clients}: relay ÷ forwarder, per CPU-second",
+                           capacity, "×", "≥ 0.8" if target else "",
+                           judge(capacity, lambda r: r >= 0.8, judged and target),
+                           note="deliveries per server CPU-second; robust if either side was client-limited"))
+    section.details = {
+        "forwarder_runs": [run.summary() for run in forwarder_runs.values()],
+        "forwarder_profile": forwarder.profile_top,
+        "median_relay_us_per_delivery": statistics.median(1e6 * r.cpu_per_delivery for r in relay_runs.values()),
+    }
+    return section
