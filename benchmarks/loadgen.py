@@ -40,7 +40,7 @@ from e2echat.framing import FrameDecoder
 
 from benchmarks.ledger import Inbox, message_text
 from benchmarks.pool import Channel
-from benchmarks.wire import READ_CHUNK, FrameTally, close_quietly, new_core, open_stream, register
+from benchmarks.wire import FrameTally, Link, connect_link, new_core, register
 
 _PREFIX = struct.Struct(">I")
 OTHER, DELIVERY, ANSWER = 0, 1, 2
@@ -64,14 +64,12 @@ def _classify_relay(payload: bytes) -> int:
 class _Blaster:
     """Sends prepared batches as fast as answers come back, and keeps what arrives."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, tally: FrameTally) -> None:
-        self.reader = reader
-        self.writer = writer
+    def __init__(self, link: Link, tally: FrameTally) -> None:
+        self.link = link
         self.tally = tally
         self.batches: list[tuple[bytes, int]] = []  # (bytes, frames that each get an answer)
         self.captured: list[bytes] = []
         self.expected_deliveries = 0
-        self.first = 0.0
         self.last = 0.0
 
     @property
@@ -82,34 +80,38 @@ class _Blaster:
         counts = self.tally.counts
         return counts[DELIVERY] >= self.expected_deliveries and counts[ANSWER] >= self.answers_due
 
-    async def run(self, window: int, timeout: float) -> bool:
+    async def run(self, window: int, pause: float, timeout: float) -> bool:
         """True if everything expected arrived within ``timeout``."""
+        loop = asyncio.get_running_loop()
         opened = asyncio.Event()
+        finished: asyncio.Future[None] = loop.create_future()
 
-        async def send() -> None:
-            written = 0
-            self.first = time.monotonic()
-            for batch, frames in self.batches:
-                while written - self.tally.counts[ANSWER] >= window:
-                    opened.clear()
-                    await opened.wait()
-                self.writer.write(batch)
-                written += frames
-
-        async def receive() -> None:
-            while not self.complete():
-                data = await self.reader.read(READ_CHUNK)
-                if not data:
-                    return
+        def receive(data: bytes) -> None:
+            if data:
                 self.captured.append(data)
                 self.tally.feed(data)
                 self.last = time.monotonic()
                 opened.set()
+            if (not data or self.complete()) and not finished.done():
+                finished.set_result(None)
 
+        async def send() -> None:
+            written = 0
+            for batch, frames in self.batches:
+                while written - self.tally.counts[ANSWER] >= window:
+                    opened.clear()
+                    await opened.wait()
+                self.link.write(batch)
+                written += frames
+
+        self.link.handler = receive
+        self.link.pause = pause
         try:
-            await asyncio.wait_for(asyncio.gather(send(), receive()), timeout)
+            await asyncio.wait_for(asyncio.gather(send(), finished), timeout)
         except TimeoutError:
             return False
+        finally:
+            self.link.pause = 0.0
         return self.complete()
 
 
@@ -121,13 +123,14 @@ class RelayReplayClient:
         self.sent = 0
 
     async def connect(self, host: str, port: int, others: int) -> None:
-        reader, writer = await open_stream(host, port)
-        await register(self.core, reader, writer, lambda core: len(core.directory) >= others, SETUP_TIMEOUT)
-        self.blaster = _Blaster(reader, writer, FrameTally(_classify_relay, 3))
+        link = await connect_link(host, port)
+        await register(self.core, link, lambda core: len(core.directory) >= others, SETUP_TIMEOUT)
+        self.blaster = _Blaster(link, FrameTally(_classify_relay, 3))
 
     def prepare(self, messages: int, others: int, text_size: int) -> None:
         """Encrypt every message now, for real, with the sessions the protocol makes."""
         assert self.blaster is not None
+        self.blaster.link.handler = lambda data: None  # nothing should come until we send
         for seq in range(messages):
             self.core.send_room(message_text(self.nick, seq, 0, text_size))
             batch = self.core.data_to_send()
@@ -148,7 +151,7 @@ class RelayReplayClient:
 
     def close(self) -> None:
         if self.blaster is not None:
-            close_quietly(self.blaster.writer)
+            self.blaster.link.close()
 
 
 def _check(event: Event | Disconnected, inbox: Inbox) -> int | None:
@@ -191,7 +194,11 @@ async def _blast_and_verify(
     await sleep_until(go)
     cpu = time.process_time()
     outcomes = await asyncio.gather(
-        *(c.blaster.run(config["window"], config["timeout"]) for c in clients if c.blaster is not None)
+        *(
+            c.blaster.run(config["window"], config["pause"], config["timeout"])
+            for c in clients
+            if c.blaster is not None
+        )
     )
     blasters = [c.blaster for c in clients if c.blaster is not None]
     channel.report(
@@ -229,12 +236,21 @@ class ForwarderReplayClient:
         return ANSWER if payload[:2] == self.ident else DELIVERY
 
     async def connect(self, host: str, port: int) -> None:
-        reader, writer = await open_stream(host, port)
-        writer.write(_PREFIX.pack(2) + self.ident)
-        answer = await asyncio.wait_for(reader.readexactly(6), SETUP_TIMEOUT)
-        if answer[4:] != self.ident:
+        link = await connect_link(host, port)
+        answered: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        received = bytearray()
+
+        def hello(data: bytes) -> None:
+            received.extend(data)
+            if (len(received) >= 6 or not data) and not answered.done():
+                answered.set_result(bytes(received))
+
+        link.handler = hello
+        link.write(_PREFIX.pack(2) + self.ident)
+        answer = await asyncio.wait_for(answered, SETUP_TIMEOUT)
+        if answer != _PREFIX.pack(2) + self.ident:
             raise RuntimeError(f"forwarder answered {answer!r}")
-        self.blaster = _Blaster(reader, writer, FrameTally(self._classify, 3))
+        self.blaster = _Blaster(link, FrameTally(self._classify, 3))
 
     def prepare(self, messages: int, body_size: int) -> None:
         """The relay workload's shape: per message one body of the size the relay's
@@ -268,7 +284,7 @@ class ForwarderReplayClient:
 
     def close(self) -> None:
         if self.blaster is not None:
-            close_quietly(self.blaster.writer)
+            self.blaster.link.close()
 
 
 async def replay_forwarder(channel: Channel, config: dict[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ class Plan:
     #: 1. relay throughput: clients per run, and about how many deliveries each run makes
     throughput_sizes: tuple[int, ...] = (10, 50, 200)
     deliveries_per_run: int = 150_000
-    window: int = 4  # unanswered send frames per client
+    window: int = 16  # unanswered send frames per client
     #: 1. the same, with live clients (real-time crypto, receipts)
     live_clients: int = 50
     live_seconds: float = 5.0

@@ -47,35 +47,94 @@ def new_core(nick: str) -> ClientCore:
     return ClientCore(nick, PrivateKey.generate(), new_session_key())
 
 
+class Link(asyncio.Protocol):
+    """A client socket driven by a callback: ``handler(data)`` for each read (``b""`` at
+    the end). With ``pause`` set, it reads at most once per ``pause`` seconds: the bytes
+    wait in the kernel meanwhile and arrive in one batch, so the load generator spends
+    far fewer wake-ups per delivery. The sender is not slowed by it: on loopback the
+    kernel buffers far more than arrives in a pause."""
+
+    def __init__(self) -> None:
+        self.handler: Callable[[bytes], None] = lambda data: None
+        self.transport: asyncio.Transport | None = None
+        self.pause = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.handler(data)
+        transport = self.transport
+        if self.pause > 0 and transport is not None and not transport.is_closing():
+            transport.pause_reading()
+            asyncio.get_running_loop().call_later(self.pause, self._resume)
+
+    def _resume(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.handler(b"")
+
+    def write(self, data: bytes) -> None:
+        assert self.transport is not None
+        if data and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+async def connect_link(host: str, port: int, link: Link | None = None) -> Link:
+    """A TCP connection with TCP_NODELAY (as the real client makes), driven by ``link``."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.sock_connect(sock, (host, port))
+        made = link or Link()
+        await loop.create_connection(lambda: made, sock=sock)
+    except BaseException:
+        sock.close()
+        raise
+    return made
+
+
 async def register(
     core: ClientCore,
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
+    link: Link,
     until: Callable[[ClientCore], bool] = lambda core: True,
     timeout: float = 30.0,
 ) -> None:
-    """Answer the challenge, take the directory, and keep reading until ``until(core)``
-    (for example: every other client has joined). Bytes move; the core decides."""
+    """Answer the challenge, take the directory, and keep feeding the core until
+    ``until(core)`` (for example: every other client has joined). Bytes move; the core
+    decides. The core keeps being fed afterwards until ``link.handler`` is replaced."""
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-    async def run() -> None:
-        while not (core.state is ClientState.ONLINE and until(core)):
-            data = await reader.read(READ_CHUNK)
-            if not data:
-                raise BenchmarkError(f"{core.nick}: the relay closed the connection while registering")
-            try:
-                core.receive_data(data)
-            except E2EChatError as exc:
-                raise BenchmarkError(f"{core.nick}: {exc}") from None
-            if core.state is ClientState.CLOSED:
-                raise BenchmarkError(f"{core.nick}: registration refused")
-            writer.write(core.data_to_send())
+    def fail(why: str) -> None:
+        if not done.done():
+            done.set_exception(BenchmarkError(f"{core.nick}: {why}"))
 
-    await asyncio.wait_for(run(), timeout)
+    def handle(data: bytes) -> None:
+        if not data:
+            fail("the relay closed the connection while registering")
+            return
+        try:
+            core.receive_data(data)
+        except E2EChatError as exc:
+            fail(str(exc))
+            return
+        link.write(core.data_to_send())
+        if core.state is ClientState.CLOSED:
+            fail("registration refused")
+        elif core.state is ClientState.ONLINE and until(core) and not done.done():
+            done.set_result(None)
 
-
-def close_quietly(writer: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(Exception):
-        writer.transport.abort()
+    link.handler = handle
+    await asyncio.wait_for(done, timeout)
 
 
 class FrameTally:

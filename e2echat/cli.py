@@ -90,53 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     defaults = Limits()
     limits = relay.add_argument_group("limits (each logged in one line when a client hits it)")
-    limits.add_argument(
-        "--max-connections",
-        type=_positive(int),
-        default=defaults.max_connections,
-        help=f"connections at once (default: {defaults.max_connections})",
-    )
-    limits.add_argument(
-        "--max-frame",
-        type=_positive(int),
-        default=defaults.max_frame,
-        metavar="BYTES",
-        help=f"largest frame accepted (default: {defaults.max_frame})",
-    )
-    limits.add_argument(
-        "--handshake-timeout",
-        type=_positive(float),
-        default=defaults.handshake_timeout,
-        metavar="SECONDS",
-        help=f"time to register (default: {defaults.handshake_timeout:g})",
-    )
-    limits.add_argument(
-        "--idle-timeout",
-        type=_positive(float),
-        default=defaults.idle_timeout,
-        metavar="SECONDS",
-        help=f"close a connection silent this long (default: {defaults.idle_timeout:g})",
-    )
-    limits.add_argument(
-        "--rate",
-        type=_positive(float),
-        default=defaults.rate,
-        metavar="PER_SECOND",
-        help=f"messages a second per connection (default: {defaults.rate:g})",
-    )
-    limits.add_argument(
-        "--burst",
-        type=_positive(float),
-        default=defaults.burst,
-        help=f"messages allowed at once above the rate (default: {defaults.burst:g})",
-    )
-    limits.add_argument(
-        "--write-buffer",
-        type=_positive(int),
-        default=defaults.write_buffer,
-        metavar="BYTES",
-        help=f"drop a client that stops reading once this much waits for it ({defaults.write_buffer})",
-    )
+    for field, kind, metavar, text in LIMIT_FLAGS:
+        default = getattr(defaults, field)
+        limits.add_argument(
+            "--" + field.replace("_", "-"),
+            type=_positive(kind),
+            default=default,
+            metavar=metavar,
+            help=f"{text} (default: {default if kind is int else format(default, 'g')})",
+        )
     relay.set_defaults(run=_run_relay)
 
     connect = commands.add_parser(
@@ -186,6 +148,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: the relay's limits on the command line: (field of Limits, type, metavar, help)
+LIMIT_FLAGS: list[tuple[str, type[int] | type[float], str, str]] = [
+    ("max_connections", int, "N", "connections at once"),
+    ("max_frame", int, "BYTES", "largest frame accepted"),
+    ("handshake_timeout", float, "SECONDS", "time to register"),
+    ("idle_timeout", float, "SECONDS", "close a connection silent this long"),
+    ("rate", float, "PER_SECOND", "messages a second per connection"),
+    ("burst", float, "N", "messages allowed at once above the rate"),
+    ("write_buffer", int, "BYTES", "drop a client that stops reading once this much waits for it"),
+]
+
 HOME_HELP = (
     "profile directory holding your identity key and known peers "
     "(default: $E2ECHAT_HOME, else $XDG_DATA_HOME/e2echat/NICK)"
@@ -195,15 +168,7 @@ HOME_HELP = (
 def _run_relay(args: argparse.Namespace) -> int:
     level = "WARNING" if args.quiet else args.log_level.upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    limits = Limits(
-        max_frame=args.max_frame,
-        max_connections=args.max_connections,
-        handshake_timeout=args.handshake_timeout,
-        idle_timeout=args.idle_timeout,
-        rate=args.rate,
-        burst=args.burst,
-        write_buffer=args.write_buffer,
-    )
+    limits = Limits(**{field: getattr(args, field) for field, *_ in LIMIT_FLAGS})
     password = _relay_password(args.password_file)
     say = (lambda text: None) if args.quiet else (lambda text: print(text, flush=True))
     asyncio.run(run_relay(args.host, args.port, say, limits=limits, password=password))

@@ -226,3 +226,43 @@ async def run_cli(*args: str, stdin: bytes = b"", env: dict[str, str] | None = N
         raise
     assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()
+
+
+class CliProcess:
+    """A running ``python -m e2echat ...`` with pipes, for line-mode tests."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        assert process.stdin and process.stdout and process.stderr
+        self.stdin, self.stdout, self.stderr = process.stdin, process.stdout, process.stderr
+
+    async def line_with(self, text: str) -> str:
+        """The next line of its output that contains ``text`` (bounded)."""
+        while True:
+            raw = await asyncio.wait_for(self.stdout.readline(), WAIT)
+            assert raw, f"it exited before printing {text!r}"
+            if text in raw.decode():
+                return raw.decode()
+
+    async def exit_code(self) -> int:
+        return await asyncio.wait_for(self.process.wait(), WAIT)
+
+
+@contextlib.asynccontextmanager
+async def spawn_cli(*args: str) -> AsyncIterator[CliProcess]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "e2echat",
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=REPO,
+    )
+    try:
+        yield CliProcess(process)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

@@ -14,7 +14,7 @@ from e2echat import __version__
 from e2echat.client_core import MessageReceived, PeerJoined
 from e2echat.relay import Relay
 
-from support import LOOPBACK, REPO, WAIT, connect, peers, run_cli, running, running_relay
+from support import LOOPBACK, REPO, WAIT, connect, peers, run_cli, running, running_relay, spawn_cli
 
 
 def _one_clear_line(err: str) -> str:
@@ -68,12 +68,9 @@ async def test_taken_nick(tmp_path: Path) -> None:
 
 async def test_line_mode_chat_through_a_pipe(tmp_path: Path) -> None:
     """Lines from stdin are sent; events come out one per line; EOF leaves after sending."""
+    home = tmp_path / "bob"
     async with running_relay() as relay, peers(relay, "alice") as (alice,):
-        home = tmp_path / "bob"
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "e2echat",
+        args = (
             "connect",
             "--nick",
             "bob",
@@ -83,42 +80,21 @@ async def test_line_mode_chat_through_a_pipe(tmp_path: Path) -> None:
             str(relay.port),
             "--home",
             str(home),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            cwd=REPO,
         )
-        assert process.stdin and process.stdout
-        try:
+        async with spawn_cli(*args) as bob:
             await alice.next(PeerJoined, lambda e: e.nick == "bob")
             alice.connection.send_room("hi bob")
-
-            async def line_with(text: str) -> str:
-                assert process.stdout
-                while True:
-                    raw = await asyncio.wait_for(process.stdout.readline(), WAIT)
-                    assert raw, f"bob exited before printing {text!r}"
-                    if text in raw.decode():
-                        return raw.decode()
-
-            assert "<alice ?> hi bob" in await line_with("<alice")
-            process.stdin.write(b"hello alice\n/msg alice psst\n/who\n")
-            assert "online: alice" in await line_with("you are bob")
+            assert "<alice ?> hi bob" in await bob.line_with("<alice")
+            bob.stdin.write(b"hello alice\n/msg alice psst\n/who\n")
+            assert "online: alice" in await bob.line_with("you are bob")
             assert (await alice.next(MessageReceived)).text == "hello alice"
             assert (await alice.next(MessageReceived)) == MessageReceived("bob", "psst", private=True)
             # These are sent right before end of input: they must still arrive.
-            process.stdin.write(b"one more\nand the last\n")
-            process.stdin.close()
-            code = await asyncio.wait_for(process.wait(), WAIT)
-            assert code == 0
-            assert [(await alice.next(MessageReceived)).text for _ in range(2)] == [
-                "one more",
-                "and the last",
-            ]
-        finally:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
+            bob.stdin.write(b"one more\nand the last\n")
+            bob.stdin.close()
+            assert await bob.exit_code() == 0
+            received = [(await alice.next(MessageReceived)).text for _ in range(2)]
+            assert received == ["one more", "and the last"]
     assert oct((home / "identity.key").stat().st_mode & 0o777) == "0o600"
     assert oct(home.stat().st_mode & 0o777) == "0o700"
 
@@ -130,55 +106,25 @@ async def test_line_mode_client_survives_a_relay_restart(tmp_path: Path) -> None
     async with running_relay() as first:
         port = first.port
         alice = await connect(first, "alice", alice_identity)
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "e2echat",
-            "connect",
-            "--nick",
-            "bob",
-            "--port",
-            str(port),
-            "--home",
-            str(tmp_path),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            cwd=REPO,
-        )
-        assert process.stdin and process.stdout
-        try:
+        async with spawn_cli("connect", "--nick", "bob", "--port", str(port), "--home", str(tmp_path)) as bob:
             await alice.next(PeerJoined, lambda e: e.nick == "bob")
             await first.stop("restarting")
-
-            async def line_with(text: str) -> str:
-                assert process.stdout
-                while True:
-                    raw = await asyncio.wait_for(process.stdout.readline(), WAIT)
-                    assert raw, f"bob exited before printing {text!r}"
-                    if text in raw.decode():
-                        return raw.decode()
-
-            assert "the relay is shutting down: restarting" in await line_with("shutting down")
-            assert f"lost the relay at 127.0.0.1:{port}" in await line_with("lost the relay")
-            await line_with("reconnecting in")
-            process.stdin.write(b"typed while the relay was away\n")
-            await line_with("will be sent when the relay is back")
+            assert "the relay is shutting down: restarting" in await bob.line_with("shutting down")
+            assert f"lost the relay at 127.0.0.1:{port}" in await bob.line_with("lost the relay")
+            await bob.line_with("reconnecting in")
+            bob.stdin.write(b"typed while the relay was away\n")
+            await bob.line_with("will be sent when the relay is back")
 
             async with running(Relay(LOOPBACK, port)) as second:
                 alice_again = await connect(second, "alice", alice_identity)
-                assert "online: alice" in await line_with("connected to the relay")
+                assert "online: alice" in await bob.line_with("connected to the relay")
                 got = await alice_again.next(MessageReceived)
                 assert (got.sender, got.text) == ("bob", "typed while the relay was away")
                 alice_again.connection.send_private("bob", "welcome back")
-                assert "welcome back" in await line_with("welcome back")
-                process.stdin.close()
-                assert await asyncio.wait_for(process.wait(), WAIT) == 0
+                assert "welcome back" in await bob.line_with("welcome back")
+                bob.stdin.close()
+                assert await bob.exit_code() == 0
                 await alice_again.connection.close()
-        finally:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
 
 
 async def _start_relay_process() -> tuple[asyncio.subprocess.Process, int, list[str]]:

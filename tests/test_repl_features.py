@@ -29,7 +29,7 @@ from e2echat.display import line_style
 from e2echat.events import MessageReceived, PeerJoined
 from e2echat.repl import ChatCompleter, history_file, make_session, run_repl, toolbar_text
 
-from support import LOOPBACK, REPO, WAIT, Peer, peers, run_cli, running_relay
+from support import LOOPBACK, REPO, WAIT, Peer, peers, run_cli, running_relay, spawn_cli
 
 # -- completion, toolbar, styles (no network needed) ------------------------------------------
 
@@ -193,48 +193,25 @@ async def test_own_messages_appear_in_the_timeline() -> None:
 
 async def test_json_mode_prints_one_object_per_event(tmp_path: Path) -> None:
     async with running_relay() as relay, peers(relay, "alice") as (alice,):
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "e2echat",
-            "connect",
-            "--nick",
-            "bot",
-            "--port",
-            str(relay.port),
-            "--home",
-            str(tmp_path),
-            "--json",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            cwd=REPO,
-        )
-        assert process.stdin and process.stdout
-        try:
+        args = ("connect", "--nick", "bot", "--port", str(relay.port), "--home", str(tmp_path), "--json")
+        async with spawn_cli(*args) as bot:
             await alice.next(PeerJoined, lambda e: e.nick == "bot")
             alice.connection.send_private("bot", "ping \x1b[31m")
             records = []
             while not any(r["type"] == "message_received" for r in records):
-                raw = await asyncio.wait_for(process.stdout.readline(), WAIT)
-                assert raw
-                records.append(json.loads(raw))
+                records.append(json.loads(await bot.line_with("{")))
             message = next(r for r in records if r["type"] == "message_received")
             assert message["sender"] == "alice" and message["private"] is True
             assert message["text"] == "ping \x1b[31m"  # exact text; JSON escapes it safely
             assert message["trust"] == "unverified"
             assert {"registered", "key_pinned"} <= {r["type"] for r in records}
-            process.stdin.write(b"pong\n")
-            process.stdin.close()
+            bot.stdin.write(b"pong\n")
+            bot.stdin.close()
             rest = [
-                json.loads(line)
-                for line in (await asyncio.wait_for(process.stdout.read(), WAIT)).splitlines()
+                json.loads(line) for line in (await asyncio.wait_for(bot.stdout.read(), WAIT)).splitlines()
             ]
             assert any(r["type"] == "delivery_report" and r["delivered"] == ["alice"] for r in rest)
-            assert await asyncio.wait_for(process.wait(), WAIT) == 0
-        finally:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
+            assert await bot.exit_code() == 0
 
 
 async def test_connect_without_nick_uses_the_last_profile_and_its_relay() -> None:
@@ -309,7 +286,11 @@ def test_real_terminal_under_tmux(tmp_path: Path) -> None:
         attack = b"\x1b]0;evil\x07\x1b[2J\x1b[Hwiped?\n"
         subprocess.run(
             [sys.executable, "-m", "e2echat", "connect", "--nick", "mallory", "--port", port],
-            input=attack, capture_output=True, timeout=3 * WAIT, check=True, cwd=REPO,
+            input=attack,
+            capture_output=True,
+            timeout=3 * WAIT,
+            check=True,
+            cwd=REPO,
             env={**os.environ, "XDG_DATA_HOME": str(tmp_path)},
         )
         shown = wait_for("alice", "wiped?")

@@ -1,0 +1,5 @@
+from __future__ import annotations
+from benchmarks.plan import Context
+from benchmarks.report import Section
+def client_cost(context: Context) -> Section:
+    raise NotImplementedError
