@@ -11,7 +11,15 @@ from collections.abc import Callable
 
 from e2echat import commands
 from e2echat.client import Connection, Disconnected
-from e2echat.display import clock, event_record, format_event, online_text, own_message, who_entry
+from e2echat.display import (
+    clock,
+    event_record,
+    format_event,
+    neutralize,
+    online_text,
+    own_message,
+    who_entry,
+)
 from e2echat.errors import CommandError
 from e2echat.events import MessageReceived, Registered, SendReport
 from e2echat.keys import format_safety_number
@@ -49,13 +57,13 @@ class Chat:
         if self.json:
             self._write_record({"type": "notice", "text": text})
         else:
-            self.write(f"{clock()} -- {text}")
+            self.write(f"{clock()} -- {neutralize(text)}")
 
     def problem(self, text: str) -> None:
         if self.json:
             self._write_record({"type": "problem", "text": text})
         else:
-            self.write(f"{clock()} !! {text}")
+            self.write(f"{clock()} !! {neutralize(text)}")
 
     def _write_record(self, record: dict[str, object]) -> None:
         record.setdefault("time", time.strftime("%Y-%m-%dT%H:%M:%S%z"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import io
 import logging
 import os
 import sys
@@ -16,6 +17,7 @@ from nacl.public import PrivateKey
 
 from e2echat import __version__
 from e2echat.chat import Chat
+from e2echat.display import neutralize
 from e2echat.errors import (
     E2EChatError,
     KeyFileError,
@@ -210,6 +212,10 @@ def _positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
 
 
 def _run_connect(args: argparse.Namespace) -> int:
+    # What peers send is printed: it must never fail to print (a non-UTF-8 terminal).
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
     interactive = sys.stdin.isatty() and sys.stdout.isatty() and not args.json
     nick, directory = _profile(args, interactive)
     if args.port == 0:
@@ -352,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.run(args)
         return code
     except E2EChatError as exc:
-        print(f"e2echat: {exc}", file=sys.stderr)
+        print(f"e2echat: {neutralize(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

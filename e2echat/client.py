@@ -19,10 +19,10 @@ from nacl.public import PrivateKey
 from e2echat.client_core import ClientCore
 from e2echat.delivery import RECEIPT_TIMEOUT
 from e2echat.errors import (
+    E2EChatError,
     RegistrationRefused,
     RelayGone,
     RelayUnreachable,
-    RemoteProtocolError,
 )
 from e2echat.events import Event, Registered, RegistrationFailed, RelayClosing
 from e2echat.keys import new_session_key
@@ -118,7 +118,7 @@ class Connection:
                 raise RelayGone(host=self.host, port=self.port, detail="it closed the connection")
             try:
                 events = self.core.receive_data(data)
-            except RemoteProtocolError as exc:
+            except E2EChatError as exc:
                 raise RelayGone(host=self.host, port=self.port, detail=str(exc)) from None
             self._flush()
             self._relay_closing |= any(isinstance(event, RelayClosing) for event in events)
@@ -146,7 +146,7 @@ class Connection:
                     break
                 try:
                     events = self.core.receive_data(data)
-                except RemoteProtocolError as exc:
+                except E2EChatError as exc:
                     detail = f"it broke the protocol ({exc})"
                     break
                 self._flush()
@@ -171,15 +171,19 @@ class Connection:
         interval = min(TICK, self.keepalive / 4)
         while not self.closed:
             await asyncio.sleep(interval)
-            self._publish(self.core.tick())
             now = loop.time()
-            if now - self._sent_at >= self.keepalive:
-                self.core.ping()
-            self._flush()
-            if now - self._heard_at >= 2 * self.keepalive + interval:
+            try:
+                self._publish(self.core.tick())
+                if now - self._sent_at >= self.keepalive:
+                    self.core.ping()
+                self._flush()
+            except E2EChatError as exc:  # a bug or a broken state: end this connection, loudly
+                self._dead = f"it could not go on ({exc})"
+            if not self._dead and now - self._heard_at >= 2 * self.keepalive + interval:
                 self._dead = f"no answer from it for {2 * self.keepalive:g}s"
-                if self._writer is not None:
-                    self._writer.transport.abort()  # the read loop ends and reports it
+            if self._dead and self._writer is not None:
+                self._writer.transport.abort()  # the read loop ends and reports it
+                return
 
     def _publish(self, events: list[Event]) -> None:
         for event in events:

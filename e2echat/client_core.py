@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
+import nacl.exceptions
 from nacl.public import PrivateKey
 
 from e2echat import messages as m
@@ -203,8 +204,21 @@ class ClientCore:
                 body = session.encrypt("", Kind.RECEIPT, directory_hash=self._recent_views[-1], acks=acks)
                 envelopes.append(m.Envelope(nick, body))
         self._acks_due.clear()
-        if envelopes:
-            self._write(m.Send(0, tuple(envelopes)))
+        self._write_in_frames(0, envelopes)
+
+    def _write_in_frames(self, message_id: int, envelopes: list[m.Envelope]) -> None:
+        """``Send`` frames carrying ``envelopes``, each frame under the size and item limits."""
+        batch: list[m.Envelope] = []
+        size = 0
+        for envelope in envelopes:
+            envelope_size = len(envelope.to) + (len(envelope.body) * 4) // 3 + 64
+            if batch and (size + envelope_size > _FRAME_BUDGET or len(batch) == m.MAX_ITEMS):
+                self._write(m.Send(message_id, tuple(batch)))
+                batch, size = [], 0
+            batch.append(envelope)
+            size += envelope_size
+        if batch:
+            self._write(m.Send(message_id, tuple(batch)))
 
     def _write(self, message: m.Message) -> None:
         self._outgoing += encode_frame(m.encode_message(message))
@@ -291,20 +305,14 @@ class ClientCore:
             raise CommandError(detail=f"message too long (the limit is {MAX_TEXT} bytes); not sent")
         message_id = self._next_id
         self._next_id += 1
-        batch: list[m.Envelope] = []
-        size = 0
         view = self._recent_views[-1]
         counters: dict[str, int] = {}
+        envelopes = []
         for nick in recipients:
             counters[nick] = self._sessions[nick].next_counter
             body = self._sessions[nick].encrypt(text, kind, directory_hash=view)
-            envelope_size = len(nick) + (len(body) * 4) // 3 + 64
-            if batch and size + envelope_size > _FRAME_BUDGET:
-                self._write(m.Send(message_id, tuple(batch)))
-                batch, size = [], 0
-            batch.append(m.Envelope(nick, body))
-            size += envelope_size
-        self._write(m.Send(message_id, tuple(batch)))
+            envelopes.append(m.Envelope(nick, body))
+        self._write_in_frames(message_id, envelopes)
         self.pending[message_id] = _Pending(kind is Kind.PRIVATE, set(recipients))
         preview = text if len(text) <= 40 else text[:39] + "…"
         self.deliveries.sent(message_id, kind is Kind.PRIVATE, counters, self._clock(), preview)
@@ -356,7 +364,10 @@ class ClientCore:
                 )
             ]
         password = self._password if challenge.password_required and self._password else b""
-        proof = registration_proof(self._identity, challenge, bytes(session_public), password)
+        try:
+            proof = registration_proof(self._identity, challenge, bytes(session_public), password)
+        except nacl.exceptions.CryptoError:
+            raise RemoteProtocolError(detail="the relay's key is invalid") from None
         self._write(m.Register(self.nick, self._identity.public_key, session_public, proof))
         self.state = ClientState.AWAIT_WELCOME
         return []
@@ -392,14 +403,12 @@ class ClientCore:
                     "ignored (a replay attempt?)"
                 )
             ]
-        if known is not None:
-            self._retire(peer.nick)
+        events: list[Event] = self._retire(peer.nick) if known is not None else []
         self.directory[peer.nick] = peer
         self._encoded_entries[peer.nick] = encode_party(Party(peer.nick, peer.identity_key, peer.session_key))
         self._unusable.discard(peer.nick)
         if refresh:
             self._refresh_view()
-        events: list[Event] = []
         trust, first_contact = self.known_peers.see(peer.nick, peer.identity_key)
         if first_contact:
             events.append(KeyPinned(peer.nick))
@@ -442,16 +451,20 @@ class ClientCore:
     def _left(self, nick: str) -> list[Event]:
         if nick not in self.directory:
             return []
-        self._retire(nick)
-        return [PeerLeft(nick), *self.deliveries.peer_left(nick)]
+        return [PeerLeft(nick), *self._retire(nick)]
 
-    def _retire(self, nick: str) -> None:
+    def _retire(self, nick: str) -> list[Event]:
+        """``nick``'s session ends (they left, or came back with other keys)."""
         peer = self.directory.pop(nick)
         del self._encoded_entries[nick]
         self._refresh_view()
         self._retired_session_keys.add(bytes(peer.session_key))
         # Dropping the session forgets its chain keys: forward secrecy for this pair.
         self._sessions.pop(nick, None)
+        # Acknowledgements owed in the old session must not be sent in a new one (counters
+        # restart there), and no receipt from a new session may confirm an old copy.
+        self._acks_due.pop(nick, None)
+        return list(self.deliveries.peer_left(nick))
 
     def _deliver(self, deliver: m.Deliver) -> list[Event]:
         session = self._session_with(deliver.sender)
@@ -470,7 +483,9 @@ class ClientCore:
         if plaintext.skipped:
             events.append(MessagesMissing(plaintext.sender, plaintext.skipped))
         if plaintext.kind is Kind.RECEIPT:
-            events.extend(self.deliveries.acknowledged(plaintext.sender, list(plaintext.acks)))
+            # A receipt from a key we do not accept confirms nothing.
+            if self.trust(plaintext.sender) is not Trust.CHANGED:
+                events.extend(self.deliveries.acknowledged(plaintext.sender, list(plaintext.acks)))
             return events
         self._acks_due.setdefault(plaintext.sender, []).append(plaintext.counter)
         seen_by = (plaintext.sender, plaintext.directory_hash)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import unicodedata
 
 from e2echat.delivery import DeliveryReport
 from e2echat.events import (
@@ -29,8 +30,14 @@ from e2echat.events import (
 )
 from e2echat.trust import Trust
 
-# Unicode bidirectional overrides and isolates: they reorder what is displayed.
-_BIDI = {chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))}
+_ZERO_WIDTH_JOINER = "\u200d"  # inside emoji sequences (family, flags): harmless, keep it
+
+
+def _invisible(char: str) -> bool:
+    """Characters that change how text is laid out or read without showing themselves:
+    format characters (bidi overrides and isolates, zero-width marks) and line and
+    paragraph separators. A peer could use them to disguise or reorder what we show."""
+    return char != _ZERO_WIDTH_JOINER and unicodedata.category(char) in ("Cf", "Zl", "Zp")
 
 
 def neutralize(text: str, newline: str = "\\n") -> str:
@@ -44,7 +51,7 @@ def neutralize(text: str, newline: str = "\\n") -> str:
             out.append(newline)
         elif char == "\t":
             out.append("    ")
-        elif code < 0x20 or 0x7F <= code < 0xA0 or char in _BIDI:
+        elif code < 0x20 or 0x7F <= code < 0xA0 or _invisible(char):
             out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
         else:
             out.append(char)

@@ -412,7 +412,10 @@ def _invalid(detail: str) -> RemoteProtocolError:
 def printable_reason(text: str) -> str:
     """``text`` made safe to put in an ``Error`` or ``Bye``: valid UTF-8 (lone surrogates
     escaped) and no longer than MAX_REASON. Details may quote what a peer sent."""
-    safe = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    safe = "".join(
+        char if char.isprintable() else char.encode("unicode_escape").decode("ascii") for char in text
+    )
+    safe = safe.encode("utf-8", "backslashreplace").decode("utf-8")
     return safe if len(safe) <= MAX_REASON else safe[: MAX_REASON - 1] + "…"
 
 
@@ -477,7 +480,7 @@ class _Fields:
     def done(self) -> None:
         extra = sorted(set(self._obj) - self._used)
         if extra:
-            raise _invalid(f"{self.where} has unknown field(s): {', '.join(extra)}")
+            raise _invalid(f"{self.where} has unknown field(s): {', '.join(repr(x) for x in extra)}")
 
 
 def _decode_peer(obj: object) -> PeerInfo:

@@ -19,7 +19,7 @@ from nacl.public import PrivateKey
 
 from e2echat.client import CONNECT_TIMEOUT, Connection, Disconnected
 from e2echat.client_core import ClientCore
-from e2echat.errors import CommandError, RegistrationRefused, RelayGone, RelayUnreachable
+from e2echat.errors import CommandError, E2EChatError, RegistrationRefused, RelayGone, RelayUnreachable
 from e2echat.events import Event, PeerJoined, Registered
 from e2echat.trust import KnownPeers
 
@@ -197,6 +197,8 @@ class Client:
                 why = "the relay is not back yet"
             except RelayGone as exc:
                 why = f"the relay broke off: {exc.fields.get('detail')}"
+            except E2EChatError as exc:  # whatever else a broken relay causes: try again
+                why = str(exc)
         raise AssertionError("unreachable: the backoff never ends")
 
     def _send_outbox(self, final: bool = True) -> None:

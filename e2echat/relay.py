@@ -28,6 +28,8 @@ from e2echat.relay_core import Action, Close, ConnId, Outgoing, RelayCore, Token
 log = logging.getLogger("e2echat.relay")
 
 DEFAULT_PORT = 8000
+# The largest frame before registration: a `register` with the longest password is ~1 KiB.
+HANDSHAKE_FRAME = 4096
 _READ_CHUNK = 64 * 1024
 
 
@@ -158,7 +160,9 @@ class Relay:
     async def _read_loop(self, conn: ConnId, reader: asyncio.StreamReader) -> None:
         loop = asyncio.get_running_loop()
         limits = self.limits
-        decoder = FrameDecoder(max_frame=limits.max_frame)
+        # Until it has registered, a connection may send only small frames (a registration
+        # is under 1 KiB): a stranger must not make the relay buffer a megabyte each.
+        decoder = FrameDecoder(max_frame=min(limits.max_frame, HANDSHAKE_FRAME))
         deadline = loop.time() + limits.handshake_timeout
         flow = _Flow(TokenBucket(limits.rate, limits.burst, loop.time()))
         while conn in self._writers:
@@ -183,6 +187,8 @@ class Relay:
                         self._over_rate(conn, message, flow, loop.time())
                     else:
                         self._apply(self.core.receive(conn, message))
+                    if self.core.is_registered(conn):
+                        decoder.max_frame = limits.max_frame
                     if conn not in self._writers:
                         return
             except FrameTooLarge as exc:

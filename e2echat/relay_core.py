@@ -224,6 +224,10 @@ class RelayCore:
     def _route(self, record: _Connection, message: Send) -> list[Action]:
         assert record.peer is not None
         sender = record.peer.nick
+        recipients = [envelope.to for envelope in message.items]
+        if len(set(recipients)) != len(recipients):
+            # Many copies to one person would let one frame make the relay write thousands.
+            return self.refuse(record.conn, "protocol", "a send names the same recipient twice")
         actions: list[Action] = []
         delivered: list[str] = []
         missing: list[str] = []

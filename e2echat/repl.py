@@ -13,7 +13,6 @@ import contextlib
 import os
 import shutil
 import sys
-import textwrap
 import threading
 from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
@@ -29,6 +28,7 @@ from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 from prompt_toolkit.output import Output
 from prompt_toolkit.patch_stdout import patch_stdout
 from prompt_toolkit.styles import Style
+from prompt_toolkit.utils import get_cwidth
 
 from e2echat import commands
 from e2echat.chat import Chat
@@ -165,21 +165,30 @@ def make_session(
     )
 
 
+def wrap_cells(line: str, width: int, indent: int) -> list[str]:
+    """Wrap ``line`` to ``width`` terminal cells (a CJK character takes two), continuing
+    under the text: so no line of a peer's message can start at the left edge, where it
+    could pass for a line of its own."""
+    rows: list[str] = []
+    row, used = "", 0
+    for char in line:
+        cells = max(0, get_cwidth(char))
+        if used + cells > width:
+            rows.append(row)
+            row, used = " " * indent, indent
+        row += char
+        used += cells
+    rows.append(row)
+    return rows
+
+
 def terminal_writer(our_nick: str, *, color: bool) -> Callable[[str], None]:
     """Prints above the prompt, wrapping long lines under their text, in colour unless
     NO_COLOR is set."""
 
     def write(line: str) -> None:
-        width = shutil.get_terminal_size((100, 24)).columns
-        wrapped = textwrap.wrap(
-            line,
-            width=max(40, width - 1),
-            subsequent_indent=" " * 11,
-            drop_whitespace=False,
-            replace_whitespace=False,
-            break_on_hyphens=False,
-        ) or [""]
-        text = "\n".join(wrapped)
+        width = max(40, shutil.get_terminal_size((100, 24)).columns - 1)
+        text = "\n".join(wrap_cells(line, width, indent=11))
         if color:
             print_formatted_text(FormattedText([(f"class:{line_style(line, our_nick)}", text)]), style=STYLE)
         else:

@@ -48,8 +48,26 @@ STAMP = clock(NOW)
         ("\u2066\u2067\u2068\u2069", "\\u2066\\u2067\\u2068\\u2069"),
         ("two\nlines", "two\\nlines"),
         ("tab\there", "tab    here"),
+        ("fake\u2028line", "fake\\u2028line"),
+        ("zero\u200bwidth", "zero\\u200bwidth"),
+        ("mark\u200e", "mark\\u200e"),
     ],
-    ids=["esc", "cr", "bel", "nul", "del", "c1-csi", "rlo", "embeddings", "isolates", "newline", "tab"],
+    ids=[
+        "esc",
+        "cr",
+        "bel",
+        "nul",
+        "del",
+        "c1-csi",
+        "rlo",
+        "embeddings",
+        "isolates",
+        "newline",
+        "tab",
+        "line-separator",
+        "zero-width-space",
+        "lrm",
+    ],
 )
 def test_neutralize_makes_controls_visible(text: str, shown: str) -> None:
     assert neutralize(text) == shown
@@ -73,8 +91,13 @@ _DANGEROUS = {
 def test_neutralized_text_contains_no_control_or_bidi_override(text: str) -> None:
     shown = neutralize(text)
     assert not _DANGEROUS & set(shown)
+    # Nor any other invisible format character or line/paragraph separator (U+2028,
+    # zero-width marks, soft hyphens): they can disguise or reorder text. ZWJ stays (emoji).
+    invisible = {c for c in shown if unicodedata.category(c) in ("Cf", "Zl", "Zp") and c != "\u200d"}
+    assert not invisible
     # Nothing that was harmless was lost.
-    assert all(char in shown for char in text if char not in _DANGEROUS)
+    harmless = [c for c in text if c not in _DANGEROUS and unicodedata.category(c) not in ("Cf", "Zl", "Zp")]
+    assert all(char in shown for char in harmless)
 
 
 def test_dangerous_set_is_what_the_docstring_promises() -> None:

@@ -1,0 +1,158 @@
+"""Attacks found in review, each mounted and required to fail."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+from nacl.public import PrivateKey, PublicKey
+from test_cores import FakeClock, FakeWire, _frame, _receipt_frames
+
+from e2echat import messages as m
+from e2echat.client import Connection
+from e2echat.delivery import LEFT, DeliveryReport
+from e2echat.errors import RelayGone
+from e2echat.framing import encode_frame
+from e2echat.repl import wrap_cells
+
+from support import LOOPBACK, WAIT, RawClient, peers, run_cli, running_relay, spawn_cli
+
+
+def test_receipt_from_a_replaced_session_confirms_nothing() -> None:
+    """The relay holds alice's message for bob, then shows alice its own keys as "bob" and
+    answers with a receipt for counter 0 under them. No "delivered" may come of it."""
+    wire = FakeWire()
+    alice, _bob = wire.connect("alice"), wire.connect("bob")
+    wire.take_all()
+    message_id = wire.clients[alice].send_private("bob", "wire the money?")
+    wire.clients[alice].data_to_send()  # the relay holds it back: bob never gets it
+    impostor = m.PeerInfo("bob", PrivateKey.generate().public_key, PrivateKey.generate().public_key)
+    wire.deliver(alice, _frame(m.PeerJoined(impostor)))
+    reports = [e for e in wire.take(alice, receipts=True) if isinstance(e, DeliveryReport)]
+    assert reports == [DeliveryReport(message_id, True, (), (("bob", LEFT),), "wire the money?")]
+
+
+def test_acknowledgements_do_not_cross_into_a_new_session() -> None:
+    clock = FakeClock()
+    wire = FakeWire()
+    alice, bob = wire.connect("alice", clock=clock), wire.connect("bob", clock=clock)
+    wire.clients[alice].send_private("bob", "one")  # bob's first receipt goes at once
+    wire.pump()
+    wire.clients[alice].send_private("bob", "two")  # this one waits for bob's next tick
+    wire.pump()
+    assert len(_receipt_frames(wire, bob)) == 1
+    # alice goes and comes back with a new session before bob's tick.
+    wire.hang_up(alice)
+    wire.connect("alice", clock=clock)
+    clock.now += 1.0
+    wire.clients[bob].tick()
+    wire.pump()
+    assert len(_receipt_frames(wire, bob)) == 1  # the old acknowledgement was dropped
+
+
+@asynccontextmanager
+async def fake_relay(
+    script: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+) -> AsyncIterator[int]:
+    server = await asyncio.start_server(script, LOOPBACK, 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+
+
+async def test_relay_offering_a_low_order_key_is_a_clean_error() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(encode_frame(m.encode_message(m.Challenge(PublicKey(bytes(32)), b"\x01" * 32))))
+        await reader.read()
+
+    async with fake_relay(script) as port:
+        connection = Connection(LOOPBACK, port, "alice", PrivateKey.generate())
+        with pytest.raises(RelayGone, match="key is invalid"):
+            await connection.open(timeout=WAIT)
+
+
+async def test_relay_error_text_cannot_drive_the_terminal() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        evil = m.Error("nick_taken", "\x1b]0;owned\x07\ne2echat: connected, all fine")
+        writer.write(
+            encode_frame(m.encode_message(m.Challenge(PrivateKey.generate().public_key, b"\x01" * 32)))
+        )
+        await reader.read(65536)
+        writer.write(encode_frame(m.encode_message(evil)))
+        await writer.drain()
+        writer.close()
+
+    async with fake_relay(script) as port:
+        code, _, err = await run_cli("connect", "--nick", "alice", "--port", str(port))
+    assert code == 5
+    assert "\x1b" not in err and "\x07" not in err
+    assert len(err.strip().splitlines()) == 1  # no second, forged line
+    assert "\\x1b]0;owned\\x07" in err
+
+
+async def test_strangers_cannot_make_the_relay_buffer_big_frames() -> None:
+    async with running_relay() as relay:
+        raw = await RawClient.open(relay)
+        assert isinstance(await raw.receive(), m.Challenge)
+        raw.send_bytes(struct.pack(">I", 100_000) + b"x" * 10)  # before registering
+        error = await raw.receive()
+        assert isinstance(error, m.Error) and error.code == "too_large"
+        assert await raw.closed()
+
+
+async def test_one_send_cannot_name_a_recipient_twice() -> None:
+    async with running_relay() as relay, peers(relay, "bob") as (bob,):
+        raw = await RawClient.open(relay)
+        await raw.register("mallory")
+        body = b"\x01" + bytes(80)
+        raw.send(m.Send(1, tuple(m.Envelope("bob", body) for _ in range(1000))))
+        error = await raw.receive_kind(m.Error)
+        assert error.code == "protocol" and "twice" in error.text
+        assert await raw.closed()
+        assert not [e for e in bob.seen if type(e).__name__ == "SecurityWarning"]
+
+
+def test_receipts_are_split_across_frames(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeClock()
+    wire = FakeWire()
+    listener = wire.connect("listener", clock=clock)
+    talkers = [wire.connect(f"t{i}", clock=clock) for i in range(5)]
+    monkeypatch.setattr(m, "MAX_ITEMS", 2)  # the limit the relay checks, made small
+    wire.clients[talkers[0]].send_room("first")  # the listener's first receipt goes at once
+    wire.pump()
+    for talker in talkers:
+        wire.clients[talker].send_private("listener", "hello")
+    wire.pump()
+    clock.now += 1.0
+    wire.clients[listener].tick()
+    wire.pump()
+    frames = _receipt_frames(wire, listener)[1:]
+    assert [len(frame.items) for frame in frames] == [2, 2, 1]
+
+
+def test_wide_characters_cannot_forge_a_line_of_their_own() -> None:
+    line = "12:00:00 <mallory ?> " + "中" * 29 + "12:00:00 <alice ✓> pay 5000 to mallory"
+    rows = wrap_cells(line, width=79, indent=11)
+    assert len(rows) > 1 and all(row.startswith(" " * 11) for row in rows[1:])
+
+
+def test_relay_reasons_are_printable() -> None:
+    reason = m.printable_reason("bad field 'x\nINFO fake log line\x1b[2J'")
+    assert "\n" not in reason and "\x1b" not in reason and "\\n" in reason
+
+
+async def test_a_terminal_that_is_not_utf8_still_gets_every_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTHONIOENCODING", "latin-1")  # inherited by the client process
+    async with running_relay() as relay, peers(relay, "alice") as (alice,):
+        async with spawn_cli("connect", "--nick", "latin", "--port", str(relay.port)) as latin:
+            while "latin" not in alice.connection.core.peers:
+                await alice.next_any_event()
+            alice.connection.send_room("party 🎉 time")
+            line = await latin.line_with("party")
+            assert "\\U0001f389" in line
+            latin.stdin.close()
+            assert await latin.exit_code() == 0
