@@ -67,7 +67,10 @@ class Chat:
 
     def _write_record(self, record: dict[str, object]) -> None:
         record.setdefault("time", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-        self.write(json_module.dumps(record, ensure_ascii=False, separators=(",", ":")))
+        # ASCII only: every control, C1 and bidi character a peer sent arrives as a \u
+        # escape, so this output is safe on a terminal too (DEL is escaped by hand).
+        text = json_module.dumps(record, ensure_ascii=True, separators=(",", ":"))
+        self.write(text.replace("\x7f", "\\u007f"))
 
     def _own(self, text: str, recipient: str | None = None) -> None:
         if self.echo and not self.json:

@@ -209,13 +209,16 @@ class ClientCore:
     def _write_in_frames(self, message_id: int, envelopes: list[m.Envelope]) -> None:
         """``Send`` frames carrying ``envelopes``, each frame under the size and item limits."""
         batch: list[m.Envelope] = []
+        names: set[str] = set()  # the relay refuses a frame naming one recipient twice
         size = 0
         for envelope in envelopes:
             envelope_size = len(envelope.to) + (len(envelope.body) * 4) // 3 + 64
-            if batch and (size + envelope_size > _FRAME_BUDGET or len(batch) == m.MAX_ITEMS):
+            full = size + envelope_size > _FRAME_BUDGET or len(batch) == m.MAX_ITEMS
+            if batch and (full or envelope.to in names):
                 self._write(m.Send(message_id, tuple(batch)))
-                batch, size = [], 0
+                batch, names, size = [], set(), 0
             batch.append(envelope)
+            names.add(envelope.to)
             size += envelope_size
         if batch:
             self._write(m.Send(message_id, tuple(batch)))

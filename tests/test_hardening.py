@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -156,3 +157,37 @@ async def test_a_terminal_that_is_not_utf8_still_gets_every_message(monkeypatch:
             assert "\\U0001f389" in line
             latin.stdin.close()
             assert await latin.exit_code() == 0
+
+
+def test_many_acknowledgements_for_one_sender_never_name_it_twice_in_a_frame() -> None:
+    from e2echat.session import MAX_ACKS
+
+    clock = FakeClock()
+    wire = FakeWire()
+    listener, talker = wire.connect("listener", clock=clock), wire.connect("talker", clock=clock)
+    wire.clients[talker].send_private("listener", "first")
+    wire.pump()  # the listener's first receipt goes at once; the rest wait for a tick
+    for i in range(MAX_ACKS + 5):
+        wire.clients[talker].send_private("listener", f"#{i}")
+    wire.pump()
+    clock.now += 1.0
+    wire.clients[listener].tick()
+    wire.pump()
+    assert wire.is_open(listener)  # the relay did not refuse a frame
+    frames = _receipt_frames(wire, listener)
+    assert all(len({e.to for e in frame.items}) == len(frame.items) for frame in frames)
+    assert len(frames) == 3  # the first, then MAX_ACKS + 5 acknowledgements in two frames
+
+
+async def test_json_output_is_ascii_and_safe_on_a_terminal(tmp_path: object) -> None:
+    async with running_relay() as relay, peers(relay, "alice") as (alice,):
+        args = ("connect", "--nick", "bot", "--port", str(relay.port), "--json")
+        async with spawn_cli(*args) as bot:
+            while "bot" not in alice.connection.core.peers:
+                await alice.next_any_event()
+            alice.connection.send_room("csi\x9b2J del\x7f rlo\u202e done")
+            line = await bot.line_with("done")
+            assert line.isascii() and "\x7f" not in line
+            assert json.loads(line)["text"] == "csi\x9b2J del\x7f rlo\u202e done"
+            bot.stdin.close()
+            assert await bot.exit_code() == 0
