@@ -98,8 +98,8 @@ def help_text(topic: str | None = None) -> list[str]:
         usage, text = COMMANDS[name]
         return [f"{usage} — {text}"]
     lines = ["Type a line to send it to everyone online, encrypted for each of them."]
-    lines += [f"  {usage:<18} {text}" for usage, text in COMMANDS.values()]
-    lines.append("  //TEXT             send a line that starts with '/'")
+    lines += [f"  {usage:<22} {text}" for usage, text in COMMANDS.values()]
+    lines.append(f"  {'//TEXT':<22} send a line that starts with '/'")
     return lines
 
 

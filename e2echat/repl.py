@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import shutil
 import sys
 import threading
@@ -166,18 +167,28 @@ def make_session(
 
 
 def wrap_cells(line: str, width: int, indent: int) -> list[str]:
-    """Wrap ``line`` to ``width`` terminal cells (a CJK character takes two), continuing
-    under the text: so no line of a peer's message can start at the left edge, where it
-    could pass for a line of its own."""
+    """Wrap ``line`` to ``width`` terminal cells (a CJK character takes two), at spaces
+    where possible, continuing under the text: so no line of a peer's message can start
+    at the left edge, where it could pass for a line of its own."""
     rows: list[str] = []
     row, used = "", 0
-    for char in line:
-        cells = max(0, get_cwidth(char))
-        if used + cells > width:
-            rows.append(row)
-            row, used = " " * indent, indent
-        row += char
-        used += cells
+    for word in re.split(r"( )", line):
+        cells = sum(max(0, get_cwidth(char)) for char in word)
+        if used + cells <= width:
+            row, used = row + word, used + cells
+            continue
+        if word == " ":
+            continue  # the break itself
+        if cells <= width - indent and used > indent:  # the word fits on a fresh row
+            rows.append(row.rstrip(" "))
+            row, used = " " * indent + word, indent + cells
+            continue
+        for char in word:  # longer than a row: cut it
+            char_cells = max(0, get_cwidth(char))
+            if used + char_cells > width:
+                rows.append(row)
+                row, used = " " * indent, indent
+            row, used = row + char, used + char_cells
     rows.append(row)
     return rows
 
