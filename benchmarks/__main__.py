@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import traceback
@@ -32,12 +33,25 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         description="Measure e2echat's relay and client on loopback; print a table, write JSON.",
     )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks that every benchmark runs")
-    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, metavar="PATH",
-                        help=f"where to write the results (default: {DEFAULT_JSON})")
-    parser.add_argument("--only", action="append", choices=sorted(SECTIONS), metavar="NAME",
-                        help=f"run only this section (repeatable): {', '.join(SECTIONS)}")
-    parser.add_argument("--profile", action="store_true",
-                        help="run the relay under cProfile and print its top functions (timings suffer)")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=DEFAULT_JSON,
+        metavar="PATH",
+        help=f"where to write the results (default: {DEFAULT_JSON})",
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=sorted(SECTIONS),
+        metavar="NAME",
+        help=f"run only this section (repeatable): {', '.join(SECTIONS)}",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="run the relay under cProfile and print its top functions (timings suffer)",
+    )
     return parser.parse_args(argv)
 
 
@@ -46,7 +60,7 @@ def run_section(name: str, context: Context) -> Section:
     started = time.monotonic()
     try:
         section = SECTIONS[name](context)
-    except Exception as exc:  # noqa: BLE001 - keep going, report it, exit non-zero
+    except Exception as exc:
         section = Section(name, f"{name} (FAILED)")
         section.add(Figure("error", "error", f"{type(exc).__name__}: {exc}".splitlines()[0][:200]))
         section.details["traceback"] = traceback.format_exc()
@@ -64,18 +78,24 @@ def main(argv: list[str] | None = None) -> int:
     names = [name for name in SECTIONS if not options.only or name in options.only]
     about = machine()
     sections = [run_section(name, context) for name in names]
+    about["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
     print(table(sections, about, plan.smoke))
     for section in sections:
-        for key in ("relay_profile", "forwarder_profile", "profile"):
-            if section.details.get(key):
+        for key, lines in section.details.items():
+            if key.endswith("profile") and lines:
                 print(f"\n{section.name}: {key.replace('_', ' ')} (top functions by own time)")
-                print("\n".join(section.details[key]))
+                print("\n".join(lines[:12]))
     total = integrity_total(sections)
-    meta = {"command": "python -m benchmarks " + " ".join(sys.argv[1:] if argv is None else argv),
-            "smoke": plan.smoke, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    meta = {
+        "command": "python -m benchmarks " + " ".join(sys.argv[1:] if argv is None else argv),
+        "smoke": plan.smoke,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
     write_json(options.json, sections, about, meta)
-    print(f"\nintegrity: {total.delivered:,} deliveries checked; lost {total.lost}, duplicated "
-          f"{total.duplicated}, corrupted {total.corrupted}")
+    print(
+        f"\nintegrity: {total.delivered:,} deliveries checked; lost {total.lost}, duplicated "
+        f"{total.duplicated}, corrupted {total.corrupted}"
+    )
     print(f"results written to {options.json}")
     failed = [s.name for s in sections if s.details.get("failed")]
     if failed:

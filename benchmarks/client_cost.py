@@ -1,5 +1,184 @@
+"""Section 5: the client's CPU for one room message, against raw PyNaCl.
+
+In-process and without sockets: a sender and its recipients are real ``ClientCore``s,
+registered by feeding them the relay's challenge and welcome, so only client work is
+timed. The baseline is what any client must at least do: one ``SecretBox`` encryption
+(fresh key, random nonce) of the same text for each recipient.
+"""
+
 from __future__ import annotations
+
+import cProfile
+import io
+import os
+import pstats
+import time
+from typing import Any
+
+from nacl.public import PrivateKey
+from nacl.secret import SecretBox
+
+from benchmarks.ledger import TEXT_SIZE, Integrity, message_text
 from benchmarks.plan import Context
-from benchmarks.report import Section
+from benchmarks.report import Figure, Section, judge
+from benchmarks.wire import new_core
+from e2echat import messages as m
+from e2echat.client_core import ClientCore, MessageReceived
+from e2echat.framing import FrameDecoder, encode_frame
+
+TARGET_RATIO = 1.5
+
+
+def frame(message: m.Message) -> bytes:
+    return encode_frame(m.encode_message(message))
+
+
+def decode_frames(data: bytes) -> list[m.Message]:
+    return [m.decode_message(payload) for payload in FrameDecoder().receive_data(data)]
+
+
+def online_cores(count: int) -> list[ClientCore]:
+    """``count`` clients registered with one another, as a relay would make them."""
+    relay_key = PrivateKey.generate()
+    cores = [new_core(f"c{index:04d}") for index in range(count)]
+    entries = []
+    for core in cores:
+        core.receive_data(frame(m.Challenge(relay_key.public_key, os.urandom(m.CHALLENGE_SIZE))))
+        (register,) = decode_frames(core.data_to_send())
+        assert isinstance(register, m.Register)
+        entries.append(m.PeerInfo(register.nick, register.identity_key, register.session_key))
+    for core in cores:
+        core.receive_data(frame(m.Welcome(core.nick, tuple(e for e in entries if e.nick != core.nick))))
+    return cores
+
+
+def deliveries(sender: ClientCore, data: bytes) -> dict[str, bytes]:
+    """What the relay would write to each recipient for the ``send`` frames in ``data``."""
+    out: dict[str, bytes] = {}
+    for message in decode_frames(data):
+        assert isinstance(message, m.Send)
+        for envelope in message.items:
+            out[envelope.to] = frame(m.Deliver(sender.nick, envelope.body))
+    return out
+
+
+def cpu(action: object, repeat: int) -> float:
+    """CPU seconds for ``repeat`` calls of ``action`` (a no-argument callable)."""
+    assert callable(action)
+    started = time.process_time()
+    for _ in range(repeat):
+        action()
+    return time.process_time() - started
+
+
 def client_cost(context: Context) -> Section:
-    raise NotImplementedError
+    plan = context.plan
+    recipients, count = plan.cost_recipients, plan.cost_messages
+    section = Section("client-cost", f"5. client cost: one room message to {recipients} recipients")
+    cores = online_cores(recipients + 1)
+    sender, receivers = cores[0], {core.nick: core for core in cores[1:]}
+    text = message_text(sender.nick, 0, 0, TEXT_SIZE)
+    sender.send_room(text)  # first contact: the sessions (X25519) are made here, not timed
+    for nick, data in deliveries(sender, sender.data_to_send()).items():
+        receivers[nick].receive_data(data)
+
+    batches: list[bytes] = []
+
+    def send() -> None:
+        sender.send_room(text)
+        batches.append(sender.data_to_send())
+
+    send_cpu = cpu(send, count) / count
+    keys = [os.urandom(SecretBox.KEY_SIZE) for _ in range(recipients)]
+    plain = text.encode()
+    raw_cpu = cpu(lambda: [SecretBox(key).encrypt(plain) for key in keys], count) / count
+
+    # Receiving: every recipient's share of the same messages, decoded and decrypted.
+    received = 0
+
+    def receive_all(incoming: list[dict[str, bytes]]) -> None:
+        nonlocal received
+        for per_recipient in incoming:
+            for nick, data in per_recipient.items():
+                received += sum(isinstance(e, MessageReceived) for e in receivers[nick].receive_data(data))
+
+    timed = [deliveries(sender, batch) for batch in batches]
+    receive_cpu = cpu(lambda: receive_all(timed), 1) / max(1, count * recipients)
+    sealed = [SecretBox(key).encrypt(plain) for key in keys]
+    raw_open = cpu(
+        lambda: [SecretBox(key).decrypt(box) for key, box in zip(keys, sealed, strict=True)], count
+    )
+    raw_open /= count * recipients
+    ratio = send_cpu / raw_cpu
+    section.add(
+        Figure("send_ms_per_message", f"client CPU per room message to {recipients}", 1e3 * send_cpu, "ms")
+    )
+    section.add(Figure("send_us_per_recipient", "  … per recipient", 1e6 * send_cpu / recipients, "µs"))
+    section.add(
+        Figure(
+            "raw_us_per_recipient",
+            "raw PyNaCl SecretBox, per recipient",
+            1e6 * raw_cpu / recipients,
+            "µs",
+            note="fresh SecretBox(key).encrypt(text) for each recipient",
+        )
+    )
+    section.add(
+        Figure(
+            "send_ratio",
+            "client ÷ raw PyNaCl, sending",
+            ratio,
+            "×",
+            f"≤ {TARGET_RATIO:g}",
+            judge(ratio, lambda r: r <= TARGET_RATIO, not plan.smoke),
+        )
+    )
+    section.add(
+        Figure(
+            "receive_us_per_delivery",
+            "client CPU per delivery received",
+            1e6 * receive_cpu,
+            "µs",
+            note=f"raw SecretBox decrypt {1e6 * raw_open:.1f} µs ({receive_cpu / raw_open:.1f}×)",
+        )
+    )
+    send_profile = _profile(send, count)  # these messages, in order, feed the receive profile
+    fresh = [deliveries(sender, batch) for batch in batches[count:]]
+    receive_profile = _profile(lambda: receive_all(fresh), 1)
+    expected = 2 * count * recipients  # the timed messages and the profiled ones
+    section.integrity = Integrity(expected, received, max(0, expected - received))
+    section.details = {
+        "messages": count,
+        "recipients": recipients,
+        "received": received,
+        "send_profile": send_profile,
+        "receive_profile": receive_profile,
+    }
+    section.notes.append(
+        "sending includes everything the client does for a room message: per recipient the inner "
+        "JSON, two HMAC-SHA256 chain steps, the SecretBox, the envelope, then base64 and JSON for "
+        "the frame. Receiving includes decoding the frame, the chain step, decrypting, checks and the "
+        "receipt bookkeeping."
+    )
+    return section
+
+
+def _profile(action: object, repeat: int) -> list[str]:
+    """Top functions by own time for ``repeat`` calls of ``action``."""
+    assert callable(action)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(repeat):
+        action()
+    profiler.disable()
+    stats = pstats.Stats(profiler, stream=io.StringIO())
+    total = stats.total_tt  # type: ignore[attr-defined]
+    table: dict[tuple[str, int, str], tuple[Any, ...]] = stats.stats  # type: ignore[attr-defined]
+    rows = sorted(
+        (
+            (tottime, calls, f"{os.path.basename(file)}:{line}({name})")
+            for (file, line, name), (_, calls, tottime, _, _) in table.items()
+        ),
+        reverse=True,
+    )
+    return [f"{100 * t / total:5.1f}%  {calls:>8}  {where}" for t, calls, where in rows[:15]]

@@ -1,5 +1,160 @@
+"""Section 3: latency from send to decrypted-at-recipient, at paced loads."""
+
 from __future__ import annotations
+
+import math
+import os
+import time
+from array import array
+from typing import Any
+
+from benchmarks import servers
+from benchmarks.ledger import reconcile
 from benchmarks.plan import Context
-from benchmarks.report import Section
+from benchmarks.pool import Pool, split
+from benchmarks.report import Figure, Section, judge
+from benchmarks.throughput import GO_MARGIN, SETUP_TIMEOUT, Run, live, merged, nicks
+
+TARGET_P99_MS = 10.0
+
+
+def percentile(values: list[float], share: float) -> float:
+    """Nearest-rank percentile of sorted ``values`` (nan if there are none)."""
+    if not values:
+        return math.nan
+    rank = max(0, math.ceil(share * len(values)) - 1)
+    return values[rank]
+
+
 def latency(context: Context) -> Section:
-    raise NotImplementedError
+    plan = context.plan
+    section = Section("latency", "3. latency: send → decrypted at recipient")
+    runs: list[Run] = []
+    with servers.relay(*servers.UNLIMITED, profile=servers.profile_path("latency", context.profile)) as relay:
+        for index, (clients, rate, seconds) in enumerate(plan.latency_loads):
+            run = live(relay, clients, context, "paced", rate=rate, seconds=seconds)
+            path = paced_replay(relay, clients, rate, seconds, context)
+            runs += [run, path]
+            section.integrity = section.integrity.add(run.integrity).add(path.integrity)
+            # The issue's target is for the first load (50 × 4/s), end to end.
+            _figures(section, run, "live", clients, rate, targeted=index == 0, judged=not plan.smoke)
+            _figures(section, path, "relay path", clients, rate, targeted=False, judged=False)
+    section.details = {"runs": [_summary(run) for run in runs], "relay_profile": relay.profile_top}
+    section.notes.append(
+        "live: every client is a real e2echat Connection; latency runs from the moment a message "
+        "was due (open-loop pacing, so a sender that falls behind shows as latency) to the moment "
+        "the recipient's event queue hands over the decrypted text. The first message of each pair "
+        "(session set-up) is a warm-up, not timed. Recipients send receipts as the protocol does. "
+        "All N clients share this machine's 2 cores with the relay, so their CPU, not the relay, "
+        "sets these figures once the load is high."
+    )
+    section.notes.append(
+        "relay path: the same paced load from clients that encrypted beforehand and decrypt after "
+        "the run (no receipts): due time to arrival of the ciphertext at the recipient's socket. "
+        "It is the relay's and the kernel's share of the latency."
+    )
+    return section
+
+
+def paced_replay(server: servers.Server, clients: int, rate: float, seconds: float, context: Context) -> Run:
+    plan = context.plan
+    everyone = nicks(clients)
+    base = {
+        "host": server.host,
+        "port": server.port,
+        "everyone": everyone,
+        "rate": rate,
+        "seconds": seconds,
+        "timeout": seconds + plan.drain_timeout,
+    }
+    configs = [{**base, "mine": part} for part in split(everyone, plan.workers)]
+    with Pool("benchmarks.loadgen:paced_replay", configs) as pool:
+        pool.gather("ready", SETUP_TIMEOUT)
+        before = server.mark()
+        go = time.monotonic() + GO_MARGIN
+        pool.tell("go", go)
+        blasted = pool.gather("blasted", seconds + plan.drain_timeout + 30)
+        after = server.mark()
+        done = pool.gather("done", SETUP_TIMEOUT)
+    integrity = reconcile(
+        merged([r["sent"] for r in done]), {k: v for r in done for k, v in r["inboxes"].items()}
+    )
+    return Run(
+        label=f"relay path N={clients}",
+        clients=clients,
+        deliveries=integrity.delivered,
+        seconds=max(max(b["last"] for b in blasted) - go, seconds),
+        server_cpu=after.cpu - before.cpu,
+        client_cpu=sum(b["cpu"] for b in blasted),
+        integrity=integrity,
+        complete=all(b["complete"] for b in blasted),
+        latencies=_path_latencies(done, everyone),
+        extra={"rate": rate, "seconds_offered": seconds},
+    )
+
+
+def _path_latencies(done: list[dict[str, Any]], everyone: list[str]) -> list[float]:
+    """Milliseconds from each message's write at its sender to its arrival at each recipient."""
+    written: dict[str, array[float]] = {}
+    for result in done:
+        for nick, data in result["written"].items():
+            written[nick] = array("d")
+            written[nick].frombytes(data)
+    latencies = []
+    for result in done:
+        senders, seqs, arrivals = array("I"), array("I"), array("d")
+        senders.frombytes(result["arrivals"][0])
+        seqs.frombytes(result["arrivals"][1])
+        arrivals.frombytes(result["arrivals"][2])
+        for sender, seq, arrival in zip(senders, seqs, arrivals, strict=True):
+            latencies.append(1e3 * (arrival - written[everyone[sender]][seq]))
+    return latencies
+
+
+def _figures(
+    section: Section, run: Run, kind: str, clients: int, rate: float, *, targeted: bool, judged: bool
+) -> None:
+    ordered = sorted(run.latencies)
+    p50, p99 = percentile(ordered, 0.50), percentile(ordered, 0.99)
+    worst = ordered[-1] if ordered else math.nan
+    load = f"{kind}, {clients} × {rate:g}/s"
+    key = f"{kind.replace(' ', '_')}_{clients}x{rate:g}"
+    offered = clients * (clients - 1) * rate
+    note = f"{run.rate:,.0f} of {offered:,.0f} deliveries/s offered; relay CPU {run.utilisation:.0%}"
+    if run.rate < 0.95 * offered:
+        who = "the relay" if run.server_bound else "the clients (encrypting/decrypting on 2 cores)"
+        note += f"; OVERLOADED: {who} cannot keep up"
+    elif kind == "live" and run.client_cpu / max(run.seconds, 1e-9) > 0.8 * client_cores():
+        note += f"; client-limited (clients used {run.client_cpu / run.seconds:.1f} cores)"
+    target = f"≤ {TARGET_P99_MS:g} ms" if targeted else ""
+    section.add(Figure(f"p50_ms_{key}", f"{load}: p50", p50, "ms"))
+    section.add(
+        Figure(
+            f"p99_ms_{key}",
+            f"{load}: p99",
+            p99,
+            "ms",
+            target,
+            judge(p99, lambda v: v <= TARGET_P99_MS, judged and bool(target)),
+            note,
+        )
+    )
+    section.add(Figure(f"max_ms_{key}", f"{load}: max", worst, "ms", note=f"{len(ordered):,} samples"))
+
+
+def client_cores() -> float:
+    """Cores the clients may use: all but the one the relay needs."""
+    return max(1.0, len(os.sched_getaffinity(0)) - 1.0)
+
+
+def _summary(run: Run) -> dict[str, object]:
+    ordered = sorted(run.latencies)
+    return {
+        **run.summary(),
+        "samples": len(ordered),
+        "p50_ms": percentile(ordered, 0.5),
+        "p90_ms": percentile(ordered, 0.9),
+        "p99_ms": percentile(ordered, 0.99),
+        "p999_ms": percentile(ordered, 0.999),
+        "max_ms": ordered[-1] if ordered else None,
+    }

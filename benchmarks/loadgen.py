@@ -25,6 +25,9 @@ from typing import Any
 
 from nacl.public import PrivateKey
 
+from benchmarks.ledger import TEXT_SIZE, Inbox, message_text
+from benchmarks.pool import Channel
+from benchmarks.wire import FrameTally, Link, connect_link, count_receipts, new_core, register
 from e2echat.client import Connection, Disconnected
 from e2echat.client_core import (
     ClientCore,
@@ -38,14 +41,10 @@ from e2echat.client_core import (
 from e2echat.events import Event
 from e2echat.framing import FrameDecoder
 
-from benchmarks.ledger import Inbox, message_text
-from benchmarks.pool import Channel
-from benchmarks.wire import FrameTally, Link, connect_link, new_core, register
-
 _PREFIX = struct.Struct(">I")
 OTHER, DELIVERY, ANSWER = 0, 1, 2
 SETUP_TIMEOUT = 120.0
-_RECEIPT_MARK = b'"type":"send","id":0,'
+RECEIPT_WAIT = 5.0
 
 
 async def sleep_until(moment: float) -> None:
@@ -68,9 +67,11 @@ class _Blaster:
         self.link = link
         self.tally = tally
         self.batches: list[tuple[bytes, int]] = []  # (bytes, frames that each get an answer)
-        self.captured: list[bytes] = []
+        self.captured: list[tuple[float, bytes]] = []  # (arrival, bytes)
         self.expected_deliveries = 0
         self.last = 0.0
+        self.opened = asyncio.Event()  # an answer came: the window may have room
+        self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     @property
     def answers_due(self) -> int:
@@ -80,39 +81,53 @@ class _Blaster:
         counts = self.tally.counts
         return counts[DELIVERY] >= self.expected_deliveries and counts[ANSWER] >= self.answers_due
 
-    async def run(self, window: int, pause: float, timeout: float) -> bool:
-        """True if everything expected arrived within ``timeout``."""
-        loop = asyncio.get_running_loop()
-        opened = asyncio.Event()
-        finished: asyncio.Future[None] = loop.create_future()
+    def arm(self) -> None:
+        """Keep everything that arrives from now on. Called before reporting "ready":
+        another process's clients may start a moment before this one's do."""
+        self.link.handler = self._receive
 
-        def receive(data: bytes) -> None:
-            if data:
-                self.captured.append(data)
-                self.tally.feed(data)
-                self.last = time.monotonic()
-                opened.set()
-            if (not data or self.complete()) and not finished.done():
-                finished.set_result(None)
+    def _receive(self, data: bytes) -> None:
+        if data:
+            self.last = time.monotonic()
+            self.captured.append((self.last, data))
+            self.tally.feed(data)
+            self.opened.set()
+        if (not data or self.complete()) and not self.finished.done():
+            self.finished.set_result(None)
+
+    async def run(self, window: int, pause: float, timeout: float) -> bool:
+        """Send with at most ``window`` frames unanswered; True if everything expected
+        arrived within ``timeout``."""
 
         async def send() -> None:
             written = 0
             for batch, frames in self.batches:
                 while written - self.tally.counts[ANSWER] >= window:
-                    opened.clear()
-                    await opened.wait()
+                    self.opened.clear()
+                    await self.opened.wait()
                 self.link.write(batch)
                 written += frames
 
-        self.link.handler = receive
         self.link.pause = pause
         try:
-            await asyncio.wait_for(asyncio.gather(send(), finished), timeout)
+            await asyncio.wait_for(asyncio.gather(send(), asyncio.shield(self.finished)), timeout)
         except TimeoutError:
             return False
         finally:
             self.link.pause = 0.0
         return self.complete()
+
+    async def paced(self, go: float, offset: float, rate: float, timeout: float) -> array[float]:
+        """Write batch k at go + offset + k/rate; return when each was actually written
+        (the timer fires up to a millisecond late)."""
+        written = array("d")
+        for k, (batch, _) in enumerate(self.batches):
+            await sleep_until(go + offset + k / rate)
+            written.append(time.monotonic())
+            self.link.write(batch)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self.finished), timeout)
+        return written
 
 
 class RelayReplayClient:
@@ -121,33 +136,57 @@ class RelayReplayClient:
         self.core: ClientCore = new_core(nick)
         self.blaster: _Blaster | None = None
         self.sent = 0
+        self.written = array("d")  # when each message was written (paced runs)
 
     async def connect(self, host: str, port: int, others: int) -> None:
         link = await connect_link(host, port)
         await register(self.core, link, lambda core: len(core.directory) >= others, SETUP_TIMEOUT)
         self.blaster = _Blaster(link, FrameTally(_classify_relay, 3))
 
-    def prepare(self, messages: int, others: int, text_size: int) -> None:
+    def prepare(self, texts: list[str], others: int) -> None:
         """Encrypt every message now, for real, with the sessions the protocol makes."""
         assert self.blaster is not None
-        self.blaster.link.handler = lambda data: None  # nothing should come until we send
-        for seq in range(messages):
-            self.core.send_room(message_text(self.nick, seq, 0, text_size))
+        for text in texts:
+            self.core.send_room(text)
             batch = self.core.data_to_send()
             self.blaster.batches.append((batch, _count_frames(batch)))
-        self.sent = messages
-        self.blaster.expected_deliveries = messages * others
+        self.sent = len(texts)
+        self.blaster.expected_deliveries = len(texts) * others
+        self.blaster.arm()
 
-    def verify(self) -> tuple[Inbox, int]:
-        """Decrypt everything that arrived; return the inbox and the receipts it made."""
+    def verify(self, go: float = 0.0) -> tuple[Inbox, int, array[float]]:
+        """Decrypt everything that arrived. Returns the inbox, the receipts it made (never
+        sent), and for stamped messages the latency in ms from due (go + stamp) to arrival."""
         assert self.blaster is not None
         inbox = Inbox()
         receipts = 0
-        for chunk in self.blaster.captured:
+        latencies = array("d")
+        for arrival, chunk in self.blaster.captured:
             for event in self.core.receive_data(chunk):
-                _check(event, inbox)
-            receipts += self.core.data_to_send().count(_RECEIPT_MARK)  # made, never sent
-        return inbox, receipts
+                stamp = _check(event, inbox)
+                if stamp:
+                    latencies.append(1e3 * (arrival - go) - (stamp - 1) / 1e6)
+            receipts += count_receipts(self.core.data_to_send())
+        return inbox, receipts, latencies
+
+    def verify_arrivals(
+        self, everyone: list[str], senders: array[int], seqs: array[int], arrivals: array[float]
+    ) -> Inbox:
+        """Decrypt everything that arrived, noting (sender, sequence number, arrival) of each
+        delivery: the conductor pairs them with the senders' write times."""
+        assert self.blaster is not None
+        index = {nick: position for position, nick in enumerate(everyone)}
+        inbox = Inbox()
+        for arrival, chunk in self.blaster.captured:
+            for event in self.core.receive_data(chunk):
+                if not isinstance(event, MessageReceived):
+                    _check(event, inbox)
+                elif inbox.record(event.sender, event.text) is not None:  # intact, first copy
+                    senders.append(index[event.sender])
+                    seqs.append(int(event.text.split("|", 2)[1]))
+                    arrivals.append(arrival)
+            self.core.data_to_send()
+        return inbox
 
     def close(self) -> None:
         if self.blaster is not None:
@@ -179,7 +218,10 @@ async def replay_relay(channel: Channel, config: dict[str, Any]) -> dict[str, An
         await asyncio.gather(*(c.connect(config["host"], config["port"], others) for c in clients))
         started = time.process_time()
         for client in clients:
-            client.prepare(config["messages"], others, config["text_size"])
+            texts = [
+                message_text(client.nick, seq, 0, config["text_size"]) for seq in range(config["messages"])
+            ]
+            client.prepare(texts, others)
         channel.report("ready", {"prepare_cpu": time.process_time() - started})
         return await _blast_and_verify(channel, config, clients)
     finally:
@@ -211,7 +253,7 @@ async def _blast_and_verify(
     )
     inboxes, receipts = {}, 0
     for client in clients:
-        inbox, made = client.verify()
+        inbox, made, _ = client.verify()
         inboxes[client.nick] = inbox.summary()
         receipts += made
     return {"sent": {c.nick: c.sent for c in clients}, "inboxes": inboxes, "receipts_made": receipts}
@@ -266,12 +308,13 @@ class ForwarderReplayClient:
             self.blaster.batches.append((b"".join(parts), 1))
         self.sent = messages
         self.blaster.expected_deliveries = messages * len(targets)
+        self.blaster.arm()
 
-    def verify(self) -> tuple[Inbox, int]:
+    def verify(self) -> tuple[Inbox, int, array[float]]:
         assert self.blaster is not None
         inbox = Inbox()
         decoder = FrameDecoder()
-        for chunk in self.blaster.captured:
+        for _, chunk in self.blaster.captured:
             for frame in decoder.receive_data(chunk):
                 source = int.from_bytes(frame[:2], "big") - 1
                 if frame[:2] == self.ident:
@@ -280,7 +323,7 @@ class ForwarderReplayClient:
                     inbox.corrupted += 1
                     continue
                 inbox.record(self.everyone[source], frame[2:].decode("utf-8", "replace"))
-        return inbox, 0
+        return inbox, 0, array("d")
 
     def close(self) -> None:
         if self.blaster is not None:
@@ -305,8 +348,9 @@ async def replay_forwarder(channel: Channel, config: dict[str, Any]) -> dict[str
 
 
 class LiveClient:
-    def __init__(self, nick: str, host: str, port: int) -> None:
+    def __init__(self, nick: str, host: str, port: int, text_size: int = TEXT_SIZE) -> None:
         self.nick = nick
+        self.text_size = text_size
         self.connection = Connection(host, port, nick, PrivateKey.generate())
         self.inbox = Inbox()
         self.latencies = array("d")
@@ -328,7 +372,7 @@ class LiveClient:
 
         def counting() -> bytes:
             data = take()
-            self.receipts += data.count(_RECEIPT_MARK)
+            self.receipts += count_receipts(data)
             return data
 
         core.data_to_send = counting  # type: ignore[method-assign]
@@ -365,7 +409,7 @@ class LiveClient:
                 _check(event, self.inbox)
 
     def send(self, stamp: int) -> None:
-        self.connection.send_room(message_text(self.nick, self.sent, stamp))
+        self.connection.send_room(message_text(self.nick, self.sent, stamp, self.text_size))
         self.sent += 1
 
     async def paced(self, go: float, rate: float, seconds: float) -> None:
@@ -406,7 +450,8 @@ async def live(channel: Channel, config: dict[str, Any]) -> dict[str, Any]:
         # First contact makes each pair's session (three X25519 each): not what we time.
         for client in clients:
             client.send(0)
-        await _settle(clients, config["drain"])
+        channel.report("warmed", {c.nick: c.sent for c in clients})
+        await _arrived(clients, await channel.expect("totals", SETUP_TIMEOUT), config["drain"])
         channel.report("ready")
         go = await channel.expect("go", SETUP_TIMEOUT)
         await sleep_until(go)
@@ -415,15 +460,18 @@ async def live(channel: Channel, config: dict[str, Any]) -> dict[str, Any]:
             await asyncio.gather(*(c.paced(go, config["rate"], config["seconds"]) for c in clients))
         else:
             await asyncio.gather(*(c.windowed(go, config["window"], config["seconds"]) for c in clients))
-        settled = await _settle(clients, config["drain"])
+        channel.report("sent", {c.nick: c.sent for c in clients})
+        arrived = await _arrived(clients, await channel.expect("totals", SETUP_TIMEOUT), config["drain"])
         channel.report(
             "drained",
             {
-                "settled": settled,
+                "arrived": arrived,
                 "last": max(c.last_delivery for c in clients),
                 "cpu": time.process_time() - cpu,
             },
         )
+        # Receipts trail the messages by up to a second (they are coalesced); let them land.
+        await asyncio.gather(*(c.connection.wait_settled(RECEIPT_WAIT) for c in clients))
         return {
             "sent": {c.nick: c.sent for c in clients},
             "inboxes": {c.nick: c.inbox.summary() for c in clients},
@@ -437,11 +485,70 @@ async def live(channel: Channel, config: dict[str, Any]) -> dict[str, Any]:
         await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
 
 
-async def _settle(clients: list[LiveClient], timeout: float) -> bool:
-    """Wait until every message is confirmed by receipts from all its recipients (which
-    means each was decrypted), and every event handed out has been looked at."""
-    results = await asyncio.gather(*(c.connection.wait_settled(timeout) for c in clients))
+async def _arrived(clients: list[LiveClient], sent: dict[str, int], timeout: float) -> bool:
+    """Wait until every client has every message the others sent (bounded)."""
     deadline = time.monotonic() + timeout
-    while any(not c.connection.events.empty() for c in clients) and time.monotonic() < deadline:
+
+    def missing(client: LiveClient) -> bool:
+        seen = client.inbox.seen
+        return any(len(seen.get(nick, ())) < count for nick, count in sent.items() if nick != client.nick)
+
+    while any(missing(c) and not c.disconnected for c in clients):
+        if time.monotonic() > deadline:
+            return False
         await asyncio.sleep(0.01)
-    return all(results)
+    return True
+
+
+# -- paced, pre-encrypted senders: the relay's share of the latency ------------------------
+
+
+async def paced_replay(channel: Channel, config: dict[str, Any]) -> dict[str, Any]:
+    """As ``replay_relay``, but each client sends message k at go + offset + k/rate and
+    notes when it actually wrote it; recipients note when each delivery arrived and
+    decrypt afterwards. Write to arrival is the latency of the relay path alone."""
+    others = len(config["everyone"]) - 1
+    rate, count = config["rate"], int(config["rate"] * config["seconds"])
+    clients = [RelayReplayClient(nick) for nick in config["mine"]]
+    offsets = [random.random() / rate for _ in clients]
+    try:
+        await asyncio.gather(*(c.connect(config["host"], config["port"], others) for c in clients))
+        for client in clients:
+            client.prepare([message_text(client.nick, k) for k in range(count)], others)
+        channel.report("ready")
+        go = await channel.expect("go", SETUP_TIMEOUT)
+        await sleep_until(go)
+        cpu = time.process_time()
+        writes = await asyncio.gather(
+            *(
+                c.blaster.paced(go, offset, rate, config["timeout"])
+                for c, offset in zip(clients, offsets, strict=True)
+                if c.blaster is not None
+            )
+        )
+        for client, written in zip(clients, writes, strict=True):
+            client.written = written
+        outcomes = [c.blaster.complete() for c in clients if c.blaster is not None]
+        blasters = [c.blaster for c in clients if c.blaster is not None]
+        channel.report(
+            "blasted",
+            {
+                "complete": all(outcomes),
+                "last": max(b.last for b in blasters),
+                "cpu": time.process_time() - cpu,
+            },
+        )
+        everyone: list[str] = config["everyone"]
+        inboxes, senders, seqs, arrivals = {}, array("I"), array("I"), array("d")
+        for client in clients:
+            inbox = client.verify_arrivals(everyone, senders, seqs, arrivals)
+            inboxes[client.nick] = inbox.summary()
+        return {
+            "sent": {c.nick: c.sent for c in clients},
+            "inboxes": inboxes,
+            "written": {c.nick: c.written.tobytes() for c in clients},
+            "arrivals": (senders.tobytes(), seqs.tobytes(), arrivals.tobytes()),
+        }
+    finally:
+        for client in clients:
+            client.close()

@@ -20,7 +20,7 @@ class Plan:
     #: 2. the ratio target is judged at this size
     ratio_size: int = 50
     #: 3. latency: (clients, messages a second per client, seconds)
-    latency_loads: tuple[tuple[int, float, float], ...] = ((50, 4.0, 10.0), (50, 20.0, 6.0))
+    latency_loads: tuple[tuple[int, float, float], ...] = ((50, 4.0, 10.0), (50, 20.0, 4.0))
     #: 4. scale
     scale_target: int = 10_000
     scale_budget: float = 120.0  # seconds of registering before we report what we reached
@@ -37,6 +37,8 @@ class Plan:
     workers: int = 2
     #: bound on any one wait for deliveries to arrive
     drain_timeout: float = 60.0
+    #: pause for the relay to go quiet before its memory is read
+    settle: float = 2.0
 
 
 FULL = Plan()
@@ -60,6 +62,7 @@ SMOKE = Plan(
     flood_seconds=0.4,
     workers=1,
     drain_timeout=15.0,
+    settle=0.2,
 )
 
 

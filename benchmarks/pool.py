@@ -48,15 +48,22 @@ class Channel:
         self._pipe.send((kind, data))
 
     async def expect(self, kind: str, timeout: float) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            # poll in a thread so the event loop keeps serving the clients meanwhile
-            if await asyncio.to_thread(self._pipe.poll, 0.1):
-                got, data = self._pipe.recv()
-                if got != kind:
-                    raise WorkerFailed(f"expected {kind!r} from the conductor, got {got!r}")
-                return data
-        raise TimeoutError(f"no {kind!r} from the conductor within {timeout:g}s")
+        """The conductor's next word, which must be ``kind``. The event loop watches the
+        pipe, so the clients keep being served meanwhile and "go" is seen at once."""
+        if not self._pipe.poll(0):
+            loop = asyncio.get_running_loop()
+            readable = asyncio.Event()
+            loop.add_reader(self._pipe.fileno(), readable.set)
+            try:
+                await asyncio.wait_for(readable.wait(), timeout)
+            except TimeoutError:
+                raise TimeoutError(f"no {kind!r} from the conductor within {timeout:g}s") from None
+            finally:
+                loop.remove_reader(self._pipe.fileno())
+        got, data = self._pipe.recv()
+        if got != kind:
+            raise WorkerFailed(f"expected {kind!r} from the conductor, got {got!r}")
+        return data
 
 
 class Pool:

@@ -77,7 +77,8 @@ def table(sections: list[Section], machine: dict[str, Any], smoke: bool) -> str:
     lines = [
         f"e2echat benchmarks{' (SMOKE: tiny sizes, figures mean nothing)' if smoke else ''}",
         f"machine: {machine['cores']} cores ({machine['usable_cores']} usable), {machine['cpu_model']}, "
-        f"Python {machine['python']}, Linux {machine['kernel']}, {machine['memory_gib']} GiB",
+        f"Python {machine['python']}, Linux {machine['kernel']}, {machine['memory_gib']} GiB; "
+        f"load average {machine['load_average_1m']} at the start",
     ]
     rows = [("figure", "value", "target", "result", "note")]
     for section in sections:
@@ -95,7 +96,7 @@ def table(sections: list[Section], machine: dict[str, Any], smoke: bool) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
         cells = [row[i].ljust(widths[i]) for i in range(4)]
-        lines.append("  ".join(cells + [row[4]]).rstrip())
+        lines.append("  ".join([*cells, row[4]]).rstrip())
     for section in sections:
         for note in section.notes:
             lines.append(f"note ({section.name}): {note}")

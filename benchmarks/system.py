@@ -40,6 +40,8 @@ def machine() -> dict[str, object]:
         "kernel": platform.release(),
         "memory_gib": round(_meminfo_kib("MemTotal") / 1024 / 1024, 1),
         "open_files_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+        # Anything else running competes for the same 2 cores: say so next to the figures.
+        "load_average_1m": round(os.getloadavg()[0], 2),
     }
 
 

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import struct
 from collections.abc import Callable
@@ -16,30 +15,11 @@ from e2echat.errors import E2EChatError
 from e2echat.keys import new_session_key
 
 LOOPBACK = "127.0.0.1"
-READ_CHUNK = 256 * 1024
 _PREFIX = struct.Struct(">I")
 
 
 class BenchmarkError(RuntimeError):
     pass
-
-
-async def open_stream(
-    host: str, port: int, *, receive_buffer: int | None = None
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A TCP connection with TCP_NODELAY, as the real client makes. ``receive_buffer``
-    shrinks the kernel's buffer (set before connecting, so the window follows it)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    if receive_buffer is not None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
-    sock.setblocking(False)
-    try:
-        await asyncio.get_running_loop().sock_connect(sock, (host, port))
-    except BaseException:
-        sock.close()
-        raise
-    return await asyncio.open_connection(sock=sock, limit=READ_CHUNK)
 
 
 def new_core(nick: str) -> ClientCore:
@@ -87,10 +67,14 @@ class Link(asyncio.Protocol):
             self.transport.abort()
 
 
-async def connect_link(host: str, port: int, link: Link | None = None) -> Link:
-    """A TCP connection with TCP_NODELAY (as the real client makes), driven by ``link``."""
+async def connect_link(host: str, port: int, link: Link | None = None, *, receive_buffer: int = 0) -> Link:
+    """A TCP connection with TCP_NODELAY (as the real client makes), driven by ``link``.
+    ``receive_buffer`` shrinks the kernel's buffer (set before connecting, so that the
+    window the peer sees follows it)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if receive_buffer:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
     sock.setblocking(False)
     loop = asyncio.get_running_loop()
     try:
@@ -162,3 +146,18 @@ class FrameTally:
             self.counts[self._classify(bytes(buffer[position + 4 : position + 4 + self.PEEK]))] += 1
             position = end
         del buffer[:position]
+
+
+_RECEIPT_FRAME = b'{"v":1,"type":"send","id":0,'
+
+
+def count_receipts(data: bytes) -> int:
+    """Receipts (envelopes of ``send`` frames with id 0, as the client core writes them)
+    in a stretch of outgoing bytes made of whole frames."""
+    count, position = 0, 0
+    while position + 4 <= len(data):
+        (length,) = _PREFIX.unpack_from(data, position)
+        start, position = position + 4, position + 4 + length
+        if data.startswith(_RECEIPT_FRAME, start):
+            count += data.count(b'{"to":', start, position)
+    return count

@@ -1,0 +1,68 @@
+"""The benchmark suite keeps working: run it at smoke size and check that every section
+produced its figures and that no delivery was lost, duplicated or corrupted.
+
+Benchmarks are not tests: nothing here looks at how fast anything was.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Figures each section must report (key prefixes: the smoke sizes are part of some keys).
+EXPECTED = {
+    "throughput": ["deliveries_per_s_n", "relay_cpu_us_per_delivery_n", "live_deliveries_per_s_n"],
+    "baseline": ["forwarder_deliveries_per_s_n", "throughput_ratio_n", "capacity_ratio_n"],
+    "latency": ["p50_ms_live_", "p99_ms_live_", "max_ms_live_", "p99_ms_relay_path_"],
+    "scale": [
+        "clients_reached",
+        "relay_rss_kib_per_connection",
+        "newcomer_directory_ms",
+        "churn_cycles_per_s",
+    ],
+    "client-cost": ["send_ms_per_message", "raw_us_per_recipient", "send_ratio", "receive_us_per_delivery"],
+    "memory": ["non_reader_peak_growth_mib", "flood_peak_growth_mib", "flood_unlimited_peak_growth_mib"],
+}
+
+
+def test_smoke_run_reports_every_figure_and_loses_nothing(tmp_path: Path) -> None:
+    results = tmp_path / "smoke.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--smoke", "--json", str(results)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "figure" in run.stdout and "cores" in run.stdout  # the table and the machine line
+
+    document = json.loads(results.read_text())
+    assert document["smoke"] is True
+    assert document["machine"]["cores"] >= 1
+    assert set(document["sections"]) == set(EXPECTED)
+    for name, prefixes in EXPECTED.items():
+        section = document["sections"][name]
+        assert not section["details"].get("failed"), section["details"].get("traceback")
+        figures = section["figures"]
+        for prefix in prefixes:
+            found = [f for key, f in figures.items() if key.startswith(prefix)]
+            assert found, f"{name}: no figure {prefix}*"
+            assert all(f["value"] is not None for f in found), f"{name}: {prefix}* has no value"
+
+    integrity = document["integrity"]
+    assert integrity["delivered"] > 0
+    assert integrity["lost"] == integrity["duplicated"] == integrity["corrupted"] == 0
+    for name, section in document["sections"].items():
+        counts = section["integrity"]
+        assert counts["lost"] == counts["duplicated"] == counts["corrupted"] == 0, name
+    assert document["sections"]["scale"]["figures"]["clients_reached"]["value"] > 0
+    assert {target["key"] for target in document["targets"]} >= {
+        "send_ratio",
+        "relay_rss_kib_per_connection",
+        "clients_reached",
+    }
