@@ -486,7 +486,9 @@ class ClientCore:
         if plaintext.skipped:
             events.append(MessagesMissing(plaintext.sender, plaintext.skipped))
         if plaintext.kind is Kind.RECEIPT:
-            # A receipt from a key we do not accept confirms nothing.
+            # A receipt from a key we do not accept confirms nothing. (Belt and braces: a
+            # changed key gets no copies and a replaced session's copies fail in _retire,
+            # so no receipt from one can match today; this keeps it so if that changes.)
             if self.trust(plaintext.sender) is not Trust.CHANGED:
                 events.extend(self.deliveries.acknowledged(plaintext.sender, list(plaintext.acks)))
             return events

@@ -13,10 +13,12 @@ from nacl.public import PrivateKey, PublicKey
 from test_cores import FakeClock, FakeWire, _frame, _receipt_frames
 
 from e2echat import messages as m
+from e2echat.chat import Chat
 from e2echat.client import Connection
 from e2echat.delivery import LEFT, DeliveryReport
 from e2echat.errors import RelayGone
 from e2echat.framing import encode_frame
+from e2echat.reconnect import Reconnecting
 from e2echat.repl import wrap_cells
 
 from support import LOOPBACK, WAIT, RawClient, peers, run_cli, running_relay, spawn_cli
@@ -39,7 +41,8 @@ def test_receipt_from_a_replaced_session_confirms_nothing() -> None:
 def test_acknowledgements_do_not_cross_into_a_new_session() -> None:
     clock = FakeClock()
     wire = FakeWire()
-    alice, bob = wire.connect("alice", clock=clock), wire.connect("bob", clock=clock)
+    alice_identity = PrivateKey.generate()  # alice comes back with the same identity key
+    alice, bob = wire.connect("alice", alice_identity, clock=clock), wire.connect("bob", clock=clock)
     wire.clients[alice].send_private("bob", "one")  # bob's first receipt goes at once
     wire.pump()
     wire.clients[alice].send_private("bob", "two")  # this one waits for bob's next tick
@@ -47,7 +50,7 @@ def test_acknowledgements_do_not_cross_into_a_new_session() -> None:
     assert len(_receipt_frames(wire, bob)) == 1
     # alice goes and comes back with a new session before bob's tick.
     wire.hang_up(alice)
-    wire.connect("alice", clock=clock)
+    wire.connect("alice", alice_identity, clock=clock)  # a new session, same trusted key
     clock.now += 1.0
     wire.clients[bob].tick()
     wire.pump()
@@ -191,3 +194,13 @@ async def test_json_output_is_ascii_and_safe_on_a_terminal(tmp_path: object) -> 
             assert json.loads(line)["text"] == "csi\x9b2J del\x7f rlo\u202e done"
             bot.stdin.close()
             assert await bot.exit_code() == 0
+
+
+def test_relay_supplied_reasons_are_neutralized_in_the_chat() -> None:
+    """Reconnect reasons and lost-connection details quote what the relay said."""
+    lines: list[str] = []
+    chat = Chat(object(), lines.append)  # type: ignore[arg-type]
+    chat.show(Reconnecting(1.0, 2, "it refused us: \x1b]0;owned\x07\x1b[2J"))
+    chat.problem("lost: \x1b[31mred\u202e")
+    assert lines and all("\x1b" not in line and "\u202e" not in line for line in lines)
+    assert "\\x1b]0;owned" in lines[0]
