@@ -97,7 +97,7 @@ class Chat:
             self._own(command.text)
             if sent is None:
                 return True  # queued until the relay is back
-            for nick in core.withheld():
+            for nick in core.left_out:  # computed by the send; not again
                 self.problem(f"not sent to {nick}: their key changed (see /verify {nick}, /trust {nick})")
         elif isinstance(command, commands.PrivateMessage):
             self.connection.send_private(command.nick, command.text)

@@ -122,6 +122,8 @@ class ClientCore:
         #: nick -> the keys the relay says they have, for everyone else online
         self.directory: dict[str, m.PeerInfo] = {}
         self._next_id = 1
+        #: who the last room message left out because their key changed
+        self.left_out: list[str] = []
         self.pending: dict[int, _Pending] = {}
         self._password = password
         self._clock = clock
@@ -243,9 +245,10 @@ class ClientCore:
 
     def send_room(self, text: str) -> int:
         """Encrypt ``text`` for everyone else online whose key is not in doubt.
-        Returns the message id; ``withheld()`` names those left out."""
+        Returns the message id; ``left_out`` then names those left out."""
         self._require_online()
         blocked = set(self.withheld())
+        self.left_out = sorted(blocked)
         recipients = [nick for nick in self.peers if nick not in blocked and self._session_with(nick)]
         if not recipients:
             if blocked:
