@@ -27,6 +27,8 @@ from e2echat.session import (
     Plaintext,
     chain_step,
     hkdf_sha256,
+    prepare,
+    random_nonces,
 )
 
 VECTORS = Path(__file__).parent / "vectors"
@@ -461,3 +463,81 @@ def test_chain_step_is_hmac_sha256_with_one_and_two() -> None:
     assert next_chain == hmac.new(chain, b"\x02", hashlib.sha256).digest()
     assert next_chain != message_key
     assert chain_step(next_chain)[1] != message_key
+
+
+# -- the shared-plaintext send path (one JSON encoding per message, not per recipient) ----
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "directory_hash", "acks"),
+    [
+        ("hello", Kind.ROOM, "ab" * 32, ()),
+        ('quotes " and \\ backslashes, \n newlines, \x00 \x1f controls', Kind.PRIVATE, "", ()),
+        ("unicode é 👋 \u2028 \u2029 </script>", Kind.ROOM, "00" * 32, ()),
+        ("", Kind.RECEIPT, "cd" * 32, (0, 1, 2**64 - 1)),
+    ],
+    ids=["plain", "escapes", "unicode", "receipt"],
+)
+def test_sealed_plaintext_is_exactly_the_json_of_the_fields(
+    text: str, kind: Kind, directory_hash: str, acks: tuple[int, ...]
+) -> None:
+    """``seal`` assembles the plaintext from parts encoded once per message; it must be the
+    very bytes json.dumps gives for the documented fields, and open with plain SecretBox."""
+    alice, bob = _pair(Person.new("a.l-i_ce"), Person.new("Bob9"))
+    outgoing = prepare(text, kind, directory_hash=directory_hash, acks=acks)
+    for counter in range(3):
+        chain = alice._send_chain
+        body = alice.seal(outgoing, random_nonces(1)[0])
+        _, message_key = chain_step(chain)
+        fields: dict[str, Any] = {
+            "from": "a.l-i_ce",
+            "to": "Bob9",
+            "kind": kind.value,
+            "n": counter,
+            "text": text,
+            "dir": directory_hash,
+        }
+        if acks:
+            fields["acks"] = list(acks)
+        expected = json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        assert body[:9] == struct.pack(">BQ", BODY_VERSION, counter)
+        assert SecretBox(message_key).decrypt(body[9:]) == expected
+        got = bob.decrypt(body)
+        assert (got.text, got.kind, got.counter, got.directory_hash, got.acks) == (
+            text,
+            kind,
+            counter,
+            directory_hash,
+            acks,
+        )
+
+
+def test_one_prepared_message_seals_differently_for_each_recipient() -> None:
+    alice = Person.new("alice")
+    bob, carol = Person.new("bob"), Person.new("carol")
+    to_bob, to_carol = alice.session_with(bob), alice.session_with(carol)
+    outgoing = prepare("to both", Kind.ROOM)
+    nonce_bob, nonce_carol = random_nonces(2)
+    body_bob, body_carol = to_bob.seal(outgoing, nonce_bob), to_carol.seal(outgoing, nonce_carol)
+    assert bob.session_with(alice).decrypt(body_bob).text == "to both"
+    assert carol.session_with(alice).decrypt(body_carol).text == "to both"
+    # The negative twins: neither copy opens for the other recipient.
+    with pytest.raises(DecryptionError):
+        carol.session_with(alice).decrypt(body_bob)
+    with pytest.raises(DecryptionError):
+        bob.session_with(alice).decrypt(body_carol)
+
+
+def test_prepare_refuses_what_encrypt_refuses() -> None:
+    with pytest.raises(LocalProtocolError):
+        prepare("x" * (MAX_TEXT + 1), Kind.ROOM)
+    with pytest.raises(UnicodeEncodeError):
+        prepare("lone \ud800", Kind.ROOM)
+
+
+def test_random_nonces_are_24_random_bytes_each() -> None:
+    nonces = random_nonces(50)
+    assert len(nonces) == 50
+    assert all(len(nonce) == SecretBox.NONCE_SIZE for nonce in nonces)
+    assert len(set(nonces)) == 50
+    assert random_nonces(3) != random_nonces(3)
