@@ -22,15 +22,24 @@ from typing import Any
 
 from e2echat.errors import FrameTooLarge, RelayStartError, RemoteProtocolError
 from e2echat.framing import MAX_FRAME, FrameDecoder, encode_frame
-from e2echat.messages import Error, Message, decode_message, encode_message
-from e2echat.relay_core import Action, Close, ConnId, Outgoing, RelayCore, TokenBucket
+from e2echat.messages import (
+    DELIVER_TAIL,
+    Error,
+    Message,
+    Routes,
+    decode_for_relay,
+    decode_message,
+    deliver_head,
+    encode_message,
+)
+from e2echat.relay_core import Action, Broadcast, ConnId, Fanout, Outgoing, RelayCore, TokenBucket
 
 log = logging.getLogger("e2echat.relay")
 
 DEFAULT_PORT = 8000
 # The largest frame before registration: a `register` with the longest password is ~1 KiB.
 HANDSHAKE_FRAME = 4096
-_READ_CHUNK = 64 * 1024
+_PREFIX = struct.Struct(">I")
 
 
 @dataclass(frozen=True)
@@ -56,14 +65,44 @@ class Limits:
     write_buffer: int = 4 * MAX_FRAME
 
 
-@dataclass
 class _Flow:
     """Per-connection rate-limit state (the shell's, not the core's: it is about time)."""
 
-    bucket: TokenBucket
-    rejected: int = 0
-    last_rejected: float = -1e9
-    warned_at: float = -1e9
+    __slots__ = ("bucket", "last_rejected", "rejected", "warned_at")
+
+    def __init__(self, bucket: TokenBucket) -> None:
+        self.bucket = bucket
+        self.rejected = 0
+        self.last_rejected = -1e9
+        self.warned_at = -1e9
+
+
+class _Link(asyncio.Protocol):
+    """One client connection: hands its bytes to the relay, and tells it when it ends."""
+
+    __slots__ = ("conn", "decoder", "flow", "heard", "opened", "registered", "relay", "transport")
+
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+        self.conn: ConnId = 0
+        self.transport: asyncio.Transport | None = None
+        # Until it has registered, a connection may send only small frames (a registration
+        # is under 1 KiB): a stranger must not make the relay buffer a megabyte each.
+        self.decoder = FrameDecoder(max_frame=min(relay.limits.max_frame, HANDSHAKE_FRAME))
+        self.flow: _Flow | None = None
+        self.registered = False
+        self.opened = self.heard = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.relay._connected(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.relay._received(self, data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.relay._lost(self, exc)
 
 
 class Relay:
@@ -81,11 +120,18 @@ class Relay:
         self.requested_port = port
         self.limits = replace(limits or Limits(), **overrides)
         self.core = RelayCore(password=password)
-        self._writers: dict[ConnId, asyncio.StreamWriter] = {}
-        self._handlers: set[asyncio.Task[None]] = set()
+        #: open connections, registered or not
+        self._links: dict[ConnId, _Link] = {}
+        #: connections we hung up on, until the transport reports them closed
+        self._closing: dict[ConnId, _Link] = {}
+        #: bytes for each connection, written once per turn of the event loop
+        self._pending: dict[ConnId, list[bytes]] = {}
+        self._flush_due = False
         self._ids = itertools.count(1)
         self._server: asyncio.base_events.Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self._port: int | None = None
+        self._closed = asyncio.Event()
 
     @property
     def port(self) -> int:
@@ -93,14 +139,20 @@ class Relay:
         assert self._port is not None, "start() the relay first"
         return self._port
 
+    def transport(self, conn: ConnId) -> asyncio.Transport | None:
+        link = self._links.get(conn)
+        return link.transport if link else None
+
     async def start(self) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            self._server = await asyncio.start_server(self._serve_connection, self.host, self.requested_port)
+            self._server = await loop.create_server(lambda: _Link(self), self.host, self.requested_port)
         except OSError as exc:
             raise RelayStartError(
                 host=self.host, port=self.requested_port, detail=exc.strerror or str(exc)
             ) from None
         self._port = self._server.sockets[0].getsockname()[1]
+        self._sweeper = asyncio.create_task(self._sweep())
         log.info("listening on %s:%d", self.host, self.port)
 
     async def stop(self, reason: str = "the relay was stopped") -> None:
@@ -108,99 +160,111 @@ class Relay:
         if self._server is None:
             return
         self._server.close()
-        writers = list(self._writers.values())
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         self._apply(self.core.shutdown(reason))
-        for task in self._handlers:
-            task.cancel()
         # Let each goodbye reach its client before the event loop goes away; bounded, as a
         # client that never reads must not hold the shutdown up.
-        waits = [asyncio.ensure_future(_closed(w)) for w in writers] + list(self._handlers)
-        if waits:
-            await asyncio.wait(waits, timeout=2)
-        for writer in writers:
-            writer.transport.abort()
+        if self._links or self._closing:
+            self._closed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closed.wait(), timeout=2)
+        for link in [*self._links.values(), *self._closing.values()]:
+            assert link.transport is not None
+            link.transport.abort()
         self._server = None
         log.info("stopped")
 
-    async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._handlers.add(task)
-        conn = next(self._ids)
-        peer = writer.get_extra_info("peername")
+    # -- the connections' callbacks --------------------------------------------------------
+
+    def _connected(self, link: _Link) -> None:
+        transport = link.transport
+        assert transport is not None
+        peer = transport.get_extra_info("peername")
         address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "?"
-        sock = writer.get_extra_info("socket")
+        sock = transport.get_extra_info("socket")
         if sock is not None:
             # Chat is small writes; Nagle would hold each one back waiting for an ACK.
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if len(self._writers) >= self.limits.max_connections:
+        if len(self._links) >= self.limits.max_connections:
             log.warning("refused connection from %s: the relay is full", address)
             full = Error("busy", f"the relay is full ({self.limits.max_connections} connections)")
-            writer.write(encode_frame(encode_message(full)))
-            writer.close()
-            self._handlers.discard(task)
+            transport.write(encode_frame(encode_message(full)))
+            transport.close()
             return
-        self._writers[conn] = writer
+        link.conn = conn = next(self._ids)
+        link.opened = link.heard = asyncio.get_running_loop().time()
+        self._links[conn] = link
         log.info("connection #%d from %s", conn, address)
+        self._apply(self.core.connect(conn))
+
+    def _received(self, link: _Link, data: bytes) -> None:
+        conn = link.conn
+        if conn not in self._links:
+            return  # refused, or being closed: what it says no longer matters
+        now = link.heard = asyncio.get_running_loop().time()
         try:
-            self._apply(self.core.connect(conn))
-            await self._read_loop(conn, reader)
-        except (ConnectionError, OSError) as exc:
-            log.info("connection #%d: %s", conn, exc.strerror or type(exc).__name__)
-        except asyncio.CancelledError:
-            pass
-        finally:
+            for frame in link.decoder.receive_data(data):
+                if not link.registered:
+                    self._apply(self.core.receive(conn, decode_message(frame)))
+                    if self.core.is_registered(conn):
+                        link.registered = True
+                        link.decoder.max_frame = self.limits.max_frame
+                        link.flow = _Flow(TokenBucket(self.limits.rate, self.limits.burst, now))
+                else:
+                    message = decode_for_relay(frame)
+                    assert link.flow is not None
+                    if link.flow.bucket.take(now):
+                        self._apply(self.core.receive(conn, message))
+                    else:
+                        self._over_rate(conn, message, link.flow, now)
+                if conn not in self._links:
+                    return
+        except FrameTooLarge as exc:
+            log.warning("connection #%d: %s", conn, exc)
+            self._apply(self.core.refuse(conn, "too_large", str(exc)))
+        except RemoteProtocolError as exc:
+            log.info("connection #%d: %s", conn, exc)
+            self._apply(self.core.refuse(conn, "protocol", str(exc)))
+
+    def _lost(self, link: _Link, exc: Exception | None) -> None:
+        conn = link.conn
+        if self._links.get(conn) is link:
+            del self._links[conn]
+        if self._closing.get(conn) is link:
+            del self._closing[conn]
+        self._pending.pop(conn, None)
+        if conn:
+            if isinstance(exc, OSError):
+                log.info("connection #%d: %s", conn, exc.strerror or type(exc).__name__)
             nick = self.core.nick_of(conn)
             self._apply(self.core.disconnect(conn))
-            self._drop(conn)
             log.info("connection #%d closed%s", conn, f" ({nick} left)" if nick else "")
-            self._handlers.discard(task)
+        if not self._links and not self._closing:
+            self._closed.set()
 
-    async def _read_loop(self, conn: ConnId, reader: asyncio.StreamReader) -> None:
-        loop = asyncio.get_running_loop()
+    async def _sweep(self) -> None:
+        """Hang up on connections that never registered in time, and on silent ones.
+        One timer for every connection: a timer each would cost memory per connection
+        and a reset on every read."""
         limits = self.limits
-        # Until it has registered, a connection may send only small frames (a registration
-        # is under 1 KiB): a stranger must not make the relay buffer a megabyte each.
-        decoder = FrameDecoder(max_frame=min(limits.max_frame, HANDSHAKE_FRAME))
-        deadline = loop.time() + limits.handshake_timeout
-        flow = _Flow(TokenBucket(limits.rate, limits.burst, loop.time()))
-        while conn in self._writers:
-            registered = self.core.is_registered(conn)
-            timeout = limits.idle_timeout if registered else max(0.0, deadline - loop.time())
-            try:
-                data = await asyncio.wait_for(reader.read(_READ_CHUNK), timeout)
-            except TimeoutError:
-                if registered:
-                    log.info("connection #%d: idle for %gs", conn, limits.idle_timeout)
-                    self._apply(self.core.refuse(conn, "idle", f"nothing heard for {limits.idle_timeout:g}s"))
-                else:
+        interval = max(0.01, min(1.0, limits.handshake_timeout / 4, limits.idle_timeout / 4))
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            now = loop.time()
+            for conn, link in list(self._links.items()):
+                if link.registered:
+                    if now - link.heard > limits.idle_timeout:
+                        log.info("connection #%d: idle for %gs", conn, limits.idle_timeout)
+                        reason = f"nothing heard for {limits.idle_timeout:g}s"
+                        self._apply(self.core.refuse(conn, "idle", reason))
+                elif now - link.opened > limits.handshake_timeout:
                     log.info("connection #%d: no registration within %gs", conn, limits.handshake_timeout)
                     self._apply(self.core.refuse(conn, "timeout", "registration took too long"))
-                return
-            if not data:
-                return
-            try:
-                for frame in decoder.receive_data(data):
-                    message = decode_message(frame)
-                    if self.core.is_registered(conn) and not flow.bucket.take(loop.time()):
-                        self._over_rate(conn, message, flow, loop.time())
-                    else:
-                        self._apply(self.core.receive(conn, message))
-                    if self.core.is_registered(conn):
-                        decoder.max_frame = limits.max_frame
-                    if conn not in self._writers:
-                        return
-            except FrameTooLarge as exc:
-                log.warning("connection #%d: %s", conn, exc)
-                self._apply(self.core.refuse(conn, "too_large", str(exc)))
-                return
-            except RemoteProtocolError as exc:
-                log.info("connection #%d: %s", conn, exc)
-                self._apply(self.core.refuse(conn, "protocol", str(exc)))
-                return
 
-    def _over_rate(self, conn: ConnId, message: Message, flow: _Flow, now: float) -> None:
+    def _over_rate(self, conn: ConnId, message: Message | Routes, flow: _Flow, now: float) -> None:
         """A frame beyond the rate limit is not forwarded; the sender is told (at most once a
         second), and a sender that keeps flooding after being told is disconnected."""
         if now - flow.last_rejected > 5.0:
@@ -219,38 +283,78 @@ class Relay:
             actions.append(Outgoing(conn, Error("rate_limited", text)))
         self._apply(actions)
 
+    # -- writing -----------------------------------------------------------------------------
+
     def _apply(self, actions: list[Action]) -> None:
-        encoded: dict[int, bytes] = {}  # a broadcast is encoded once, not once per peer
+        """Carry out the core's actions. Frames are queued per connection and written once
+        per turn of the event loop: a busy relay makes one system call per recipient for
+        everything it has for them, not one per message."""
+        pending = self._pending
         for action in actions:
-            if isinstance(action, Close):
+            if isinstance(action, Fanout):
+                head = deliver_head(action.sender)
+                size = len(head) + len(DELIVER_TAIL)
+                for conn, body in action.routes:
+                    raw = body.encode("ascii")
+                    parts = (_PREFIX.pack(size + len(raw)), head, raw, DELIVER_TAIL)
+                    queued = pending.get(conn)
+                    if queued is None:
+                        pending[conn] = list(parts)
+                    else:
+                        queued.extend(parts)
+            elif isinstance(action, Broadcast):
+                frame = encode_frame(encode_message(action.message))
+                for conn in action.conns:
+                    queued = pending.get(conn)
+                    if queued is None:
+                        pending[conn] = [frame]
+                    else:
+                        queued.append(frame)
+            elif isinstance(action, Outgoing):
+                frame = encode_frame(action.payload or encode_message(action.message))
+                queued = pending.get(action.conn)
+                if queued is None:
+                    pending[action.conn] = [frame]
+                else:
+                    queued.append(frame)
+            else:
                 log.info("closing connection #%d: %s", action.conn, action.reason)
+                self._write(action.conn, pending.pop(action.conn, None))
                 self._drop(action.conn)
-                continue
-            assert isinstance(action, Outgoing)
-            writer = self._writers.get(action.conn)
-            if writer is None or writer.transport.is_closing():
-                continue  # gone, or going: its handler will report the disconnect
-            key = id(action.message)
-            if key not in encoded:
-                encoded[key] = encode_frame(encode_message(action.message))
-            writer.write(encoded[key])
-            if writer.transport.get_write_buffer_size() > self.limits.write_buffer:
-                log.warning("closing connection #%d: it is not reading (write buffer full)", action.conn)
-                self._drop(action.conn, abort=True)
+        if pending and not self._flush_due:
+            self._flush_due = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_due = False
+        pending, self._pending = self._pending, {}
+        for conn, parts in pending.items():
+            self._write(conn, parts)
+
+    def _write(self, conn: ConnId, parts: list[bytes] | None) -> None:
+        link = self._links.get(conn)
+        if link is None or parts is None:
+            return
+        transport = link.transport
+        assert transport is not None
+        if transport.is_closing():
+            return  # going: its connection_lost will report the disconnect
+        transport.write(b"".join(parts))
+        if transport.get_write_buffer_size() > self.limits.write_buffer:
+            log.warning("closing connection #%d: it is not reading (write buffer full)", conn)
+            self._drop(conn, abort=True)
 
     def _drop(self, conn: ConnId, *, abort: bool = False) -> None:
-        writer = self._writers.pop(conn, None)
-        if writer is None:
+        link = self._links.get(conn)
+        if link is None or link.transport is None:
             return
         if abort:
-            writer.transport.abort()  # discard what it never read
+            link.transport.abort()  # discard what it never read
         else:
-            writer.close()  # flushes what is queued (an error frame), then closes
-
-
-async def _closed(writer: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(ConnectionError, OSError):
-        await writer.wait_closed()
+            link.transport.close()  # flushes what is queued (an error frame), then closes
+        # No longer read from or written to; stop() waits for it until connection_lost.
+        del self._links[conn]
+        self._closing[conn] = link
 
 
 def lan_addresses() -> list[str]:

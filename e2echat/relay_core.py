@@ -8,6 +8,7 @@ bodies pass through unopened.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 from dataclasses import dataclass, field
@@ -32,8 +33,12 @@ from e2echat.messages import (
     Pong,
     Register,
     Routed,
+    Routes,
     Send,
     Welcome,
+    encode_directory,
+    encode_peer,
+    encode_welcome,
     printable_reason,
 )
 
@@ -46,6 +51,34 @@ DIRECTORY_CHUNK = 2000
 class Outgoing:
     conn: ConnId
     message: Message
+    #: the message already encoded, when the core had the parts at hand
+    payload: bytes | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Broadcast:
+    """One message to many connections (presence): encoded once, written to each."""
+
+    conns: list[ConnId]
+    message: Message
+
+    def expand(self) -> list[Outgoing]:
+        return [Outgoing(conn, self.message) for conn in self.conns]
+
+
+@dataclass(frozen=True, slots=True)
+class Fanout:
+    """A ``send``'s ciphertexts, each to its recipient's connection as a ``deliver`` from
+    ``sender``; the bodies are still base64, as they came."""
+
+    sender: str
+    routes: list[tuple[ConnId, str]]
+
+    def expand(self) -> list[Outgoing]:
+        return [
+            Outgoing(conn, Deliver(self.sender, base64.b64decode(body, validate=True)))
+            for conn, body in self.routes
+        ]
 
 
 @dataclass(frozen=True)
@@ -56,7 +89,16 @@ class Close:
     reason: str
 
 
-Action = Outgoing | Close
+Action = Outgoing | Broadcast | Fanout | Close
+
+
+def one_by_one(actions: list[Action]) -> list[Outgoing | Close]:
+    """The actions with every bulk one spelled out, one ``Outgoing`` per connection: how
+    tests and the test suite's hostile relay look at what the relay writes."""
+    flat: list[Outgoing | Close] = []
+    for action in actions:
+        flat.extend(action.expand() if isinstance(action, Broadcast | Fanout) else [action])
+    return flat
 
 
 class ConnState(Enum):
@@ -125,6 +167,9 @@ class RelayCore:
     _connections: dict[ConnId, _Connection] = field(default_factory=dict)
     #: nick -> connection, for everyone registered
     online: dict[str, ConnId] = field(default_factory=dict)
+    #: nick -> directory entry, and the same encoded, in the order they came online
+    _peers: dict[str, PeerInfo] = field(default_factory=dict)
+    _encoded_peers: dict[str, bytes] = field(default_factory=dict)
 
     def connect(self, conn: ConnId) -> list[Action]:
         relay_key = PrivateKey.generate()
@@ -140,7 +185,7 @@ class RelayCore:
         record = self._connections.get(conn)
         return record.peer.nick if record and record.peer else None
 
-    def receive(self, conn: ConnId, message: Message) -> list[Action]:
+    def receive(self, conn: ConnId, message: Message | Routes) -> list[Action]:
         record = self._connections.get(conn)
         if record is None:
             return []
@@ -150,24 +195,28 @@ class RelayCore:
             if isinstance(message, Register):
                 return self._register(record, message)
             return self.refuse(conn, "not_registered", "register before sending anything else")
-        if isinstance(message, Send):
+        if isinstance(message, Routes):
             return self._route(record, message)
+        if isinstance(message, Send):
+            return self._route(record, Routes.of(message))
         if isinstance(message, Ping):
             return [Outgoing(conn, Pong())]
         if isinstance(message, Pong):
             return []
-        return self.refuse(conn, "protocol", f"unexpected {message.TYPE!r} message")
+        return self.refuse(conn, "protocol", f"unexpected {type(message).TYPE!r} message")
 
     def refuse(self, conn: ConnId, code: str, text: str) -> list[Action]:
         """An error frame to the offender, then hang up on it (and on nobody else)."""
         text = printable_reason(text)
         return [Outgoing(conn, Error(code, text)), Close(conn, f"{code}: {text}")]
 
-    def refused(self, conn: ConnId, message: Message) -> list[Action]:
+    def refused(self, conn: ConnId, message: Message | Routes) -> list[Action]:
         """``message`` was not forwarded (over the rate limit): tell the sender exactly
         which recipients did not get it."""
         if isinstance(message, Send):
-            recipients = tuple(envelope.to for envelope in message.items)
+            message = Routes.of(message)
+        if isinstance(message, Routes):
+            recipients = tuple(to for to, _ in message.items)
             return [Outgoing(conn, Routed(message.id, (), (), refused=recipients))]
         return []
 
@@ -178,8 +227,9 @@ class RelayCore:
         if self.online.get(record.peer.nick) != conn:
             return []
         del self.online[record.peer.nick]
-        left = PeerLeft(record.peer.nick)
-        return [Outgoing(other, left) for other in self.online.values()]
+        del self._peers[record.peer.nick]
+        del self._encoded_peers[record.peer.nick]
+        return [Broadcast(list(self.online.values()), PeerLeft(record.peer.nick))]
 
     def shutdown(self, reason: str) -> list[Action]:
         actions: list[Action] = []
@@ -208,35 +258,43 @@ class RelayCore:
         if message.nick in self.online:
             return self.refuse(conn, "nick_taken", f"nick {message.nick!r} is already online; choose another")
         peer = PeerInfo(message.nick, message.identity_key, message.session_key)
-        others = [p for p in (self._connections[c].peer for c in self.online.values()) if p is not None]
         record.state, record.peer, record.relay_key = ConnState.ONLINE, peer, None
-        # A big directory goes in several frames, each well under MAX_FRAME.
-        chunks = [tuple(others[i : i + DIRECTORY_CHUNK]) for i in range(0, len(others), DIRECTORY_CHUNK)]
-        chunks = chunks or [()]
-        actions: list[Action] = [Outgoing(conn, Welcome(peer.nick, chunks[0], more=len(chunks) > 1))]
-        for index, chunk in enumerate(chunks[1:], start=2):
-            actions.append(Outgoing(conn, Directory(chunk, more=index < len(chunks))))
-        joined = PeerJoined(peer)
-        actions.extend(Outgoing(other, joined) for other in self.online.values())
+        # A big directory goes in several frames, each well under MAX_FRAME. The entries
+        # are kept encoded, so a join costs copying the directory, not encoding it.
+        others, encoded = list(self._peers.values()), list(self._encoded_peers.values())
+        starts = range(0, len(others), DIRECTORY_CHUNK) if others else [0]
+        actions: list[Action] = []
+        for start in starts:
+            end = start + DIRECTORY_CHUNK
+            peers, parts, more = tuple(others[start:end]), encoded[start:end], end < len(others)
+            if start == 0:
+                welcome = Welcome(peer.nick, peers, more)
+                actions.append(Outgoing(conn, welcome, encode_welcome(peer.nick, parts, more=more)))
+            else:
+                actions.append(Outgoing(conn, Directory(peers, more), encode_directory(parts, more=more)))
+        actions.append(Broadcast(list(self.online.values()), PeerJoined(peer)))
         self.online[peer.nick] = conn
+        self._peers[peer.nick] = peer
+        self._encoded_peers[peer.nick] = encode_peer(peer)
         return actions
 
-    def _route(self, record: _Connection, message: Send) -> list[Action]:
+    def _route(self, record: _Connection, message: Routes) -> list[Action]:
         assert record.peer is not None
         sender = record.peer.nick
-        recipients = [envelope.to for envelope in message.items]
-        if len(set(recipients)) != len(recipients):
+        items = message.items
+        if len({to for to, _ in items}) != len(items):
             # Many copies to one person would let one frame make the relay write thousands.
             return self.refuse(record.conn, "protocol", "a send names the same recipient twice")
-        actions: list[Action] = []
+        online = self.online
+        routes: list[tuple[ConnId, str]] = []
         delivered: list[str] = []
         missing: list[str] = []
-        for envelope in message.items:
-            target = self.online.get(envelope.to)
-            if target is None or envelope.to == sender:
-                missing.append(envelope.to)
-                continue
-            actions.append(Outgoing(target, Deliver(sender, envelope.body)))
-            delivered.append(envelope.to)
-        actions.append(Outgoing(record.conn, Routed(message.id, tuple(delivered), tuple(missing))))
-        return actions
+        for to, body in items:
+            target = online.get(to)
+            if target is None or to == sender:
+                missing.append(to)
+            else:
+                routes.append((target, body))
+                delivered.append(to)
+        routed = Outgoing(record.conn, Routed(message.id, tuple(delivered), tuple(missing)))
+        return [Fanout(sender, routes), routed] if routes else [routed]

@@ -7,6 +7,7 @@ It also keeps what clients sent it, as a relay that records traffic would.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 from typing import Any
 
@@ -14,7 +15,7 @@ from nacl.public import PublicKey
 
 from e2echat import messages as m
 from e2echat.relay import Relay
-from e2echat.relay_core import Action, ConnId, Outgoing
+from e2echat.relay_core import Action, ConnId, Outgoing, one_by_one
 
 from support import LOOPBACK
 
@@ -28,8 +29,8 @@ class HostileRelay(Relay):
         self.received: list[tuple[ConnId, m.Message]] = []
         honest_receive = self.core.receive
 
-        def receive(conn: ConnId, message: m.Message) -> list[Action]:
-            self.received.append((conn, message))
+        def receive(conn: ConnId, message: m.Message | m.Routes) -> list[Action]:
+            self.received.append((conn, _as_send(message) if isinstance(message, m.Routes) else message))
             return honest_receive(conn, message)
 
         self.core.receive = receive  # type: ignore[method-assign]
@@ -56,12 +57,17 @@ class HostileRelay(Relay):
             super()._apply(actions)
             return
         changed: list[Action] = []
-        for action in actions:
+        # The honest relay writes deliveries and presence in bulk; the tamper sees each.
+        for action in one_by_one(actions):
             if isinstance(action, Outgoing):
                 changed.extend(self.tamper(self, action))
             else:
                 changed.append(action)
         super()._apply(changed)
+
+
+def _as_send(routes: m.Routes) -> m.Send:
+    return m.Send(routes.id, tuple(m.Envelope(to, base64.b64decode(body)) for to, body in routes.items))
 
 
 def substitute_keys(

@@ -24,7 +24,7 @@ from e2echat.client_core import (
 )
 from e2echat.errors import DecryptionError, RelayGone, RemoteProtocolError
 from e2echat.framing import FrameDecoder, encode_frame
-from e2echat.relay_core import Action, Outgoing, RelayCore
+from e2echat.relay_core import Action, Outgoing, RelayCore, one_by_one
 from e2echat.session import MAX_SKIP, Kind, Party, PeerSession, chain_step
 
 from hostile import HostileRelay, deliveries, flip_bit, substitute_keys
@@ -64,7 +64,7 @@ def _harness() -> tuple[ClientCore, list[bytes]]:
     written: dict[int, list[bytes]] = {1: [], 2: []}
 
     def apply(actions: list[Action]) -> None:
-        for action in actions:
+        for action in one_by_one(actions):
             if isinstance(action, Outgoing):
                 frame = encode_frame(m.encode_message(action.message))
                 written[action.conn].append(frame)

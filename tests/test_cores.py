@@ -31,7 +31,15 @@ from e2echat.client_core import (
 from e2echat.delivery import DeliveryReport
 from e2echat.errors import CommandError, LocalProtocolError, RemoteProtocolError
 from e2echat.framing import FrameDecoder, encode_frame
-from e2echat.relay_core import Action, Close, ConnId, Outgoing, RelayCore, registration_proof
+from e2echat.relay_core import (
+    Action,
+    Close,
+    ConnId,
+    Outgoing,
+    RelayCore,
+    one_by_one,
+    registration_proof,
+)
 from e2echat.trust import Trust
 
 
@@ -105,7 +113,7 @@ class FakeWire:
 
     def apply(self, actions: list[Action]) -> None:
         closed: list[ConnId] = []
-        for action in actions:
+        for action in one_by_one(actions):
             if isinstance(action, Close):
                 self.closes.append(action)
                 if action.conn in self._open:

@@ -143,7 +143,8 @@ async def test_client_that_never_reads_is_dropped_and_relay_memory_stays_bounded
         while "stalled" in alice.connection.core.peers:
             alice.connection.send_room(f"{sent} {text}")
             sent += 1
-            buffered = [w.transport.get_write_buffer_size() for w in relay._writers.values()]
+            transports = [relay.transport(conn) for conn in relay.core.online.values()]
+            buffered = [t.get_write_buffer_size() for t in transports if t is not None]
             assert max(buffered) <= limit + 64 * 1024  # never more than the limit and one frame
             if sent % 10 == 0:
                 await alice.next_any_event()
@@ -198,8 +199,9 @@ async def test_sockets_use_tcp_nodelay() -> None:
     async with running_relay() as relay, peers(relay, "alice") as (alice,):
         client_socket = alice.connection._writer.get_extra_info("socket")  # type: ignore[union-attr]
         assert client_socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
-        (relay_writer,) = relay._writers.values()
-        assert relay_writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        relay_transport = relay.transport(relay.core.online["alice"])
+        assert relay_transport is not None
+        assert relay_transport.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
 
 
 # -- the relay goes away and comes back -----------------------------------------------------------
