@@ -45,7 +45,17 @@ from e2echat.events import (  # re-exported: the UI's vocabulary
 from e2echat.framing import MAX_FRAME, FrameDecoder, encode_frame
 from e2echat.keys import fingerprint, safety_number
 from e2echat.relay_core import registration_proof
-from e2echat.session import MAX_ACKS, MAX_TEXT, Kind, Party, PeerSession, digest_of_encoded, encode_party
+from e2echat.session import (
+    MAX_ACKS,
+    MAX_TEXT,
+    Kind,
+    Party,
+    PeerSession,
+    digest_of_encoded,
+    encode_party,
+    prepare,
+    random_nonces,
+)
 from e2echat.trust import KnownPeers, Trust
 
 __all__ = [
@@ -139,6 +149,11 @@ class ClientCore:
         ours = Party(nick, identity.public_key, session_key.public_key)
         self._encoded_entries: dict[str, bytes] = {nick: encode_party(ours)}
         self._split_warned: set[tuple[str, str]] = set()
+        # Trust states and room recipients, cached: a room message to hundreds must not
+        # compare hundreds of keys. Dropped when the directory, a session or a pin changes.
+        self._trust_cache: dict[str, Trust] = {}
+        self._room_cache: tuple[list[str], list[str]] | None = None  # (recipients, withheld)
+        self._cached_for: tuple[KnownPeers, int] | None = None
         self._refresh_view()
 
     # -- bytes in, bytes out --------------------------------------------------------------
@@ -154,7 +169,13 @@ class ClientCore:
         events: list[Event] = []
         try:
             for frame in self._decoder.receive_data(data):
-                events.extend(self._handle(m.decode_message(frame)))
+                # Most frames are deliveries in the relay's one canonical form: those skip
+                # the strict decoder (decode_deliver accepts nothing it would refuse).
+                fast = m.decode_deliver(frame) if self.state is ClientState.ONLINE else None
+                if fast is not None:
+                    events.extend(self._deliver(*fast))
+                else:
+                    events.extend(self._handle(m.decode_message(frame)))
         finally:
             self.known_peers.flush()
         self._send_receipts()
@@ -195,7 +216,7 @@ class ClientCore:
         if not force and now - self._receipts_sent_at < RECEIPT_INTERVAL:
             return  # tick() sends them shortly
         self._receipts_sent_at = now
-        envelopes = []
+        envelopes: list[tuple[str, bytes]] = []
         for nick, counters in self._acks_due.items():
             session = self._session_with(nick)
             # Nothing goes to a nick whose key changed, not even a receipt.
@@ -204,26 +225,27 @@ class ClientCore:
             for start in range(0, len(counters), MAX_ACKS):
                 acks = tuple(counters[start : start + MAX_ACKS])
                 body = session.encrypt("", Kind.RECEIPT, directory_hash=self._recent_views[-1], acks=acks)
-                envelopes.append(m.Envelope(nick, body))
+                envelopes.append((nick, body))
         self._acks_due.clear()
         self._write_in_frames(0, envelopes)
 
-    def _write_in_frames(self, message_id: int, envelopes: list[m.Envelope]) -> None:
-        """``Send`` frames carrying ``envelopes``, each frame under the size and item limits."""
-        batch: list[m.Envelope] = []
+    def _write_in_frames(self, message_id: int, envelopes: list[tuple[str, bytes]]) -> None:
+        """``Send`` frames carrying ``envelopes`` ((recipient, body) pairs), each frame under
+        the size and item limits."""
+        batch: list[tuple[str, bytes]] = []
         names: set[str] = set()  # the relay refuses a frame naming one recipient twice
         size = 0
-        for envelope in envelopes:
-            envelope_size = len(envelope.to) + (len(envelope.body) * 4) // 3 + 64
+        for to, body in envelopes:
+            envelope_size = len(to) + (len(body) * 4) // 3 + 64
             full = size + envelope_size > _FRAME_BUDGET or len(batch) == m.MAX_ITEMS
-            if batch and (full or envelope.to in names):
-                self._write(m.Send(message_id, tuple(batch)))
+            if batch and (full or to in names):
+                self._outgoing += encode_frame(m.encode_send(message_id, batch))
                 batch, names, size = [], set(), 0
-            batch.append(envelope)
-            names.add(envelope.to)
+            batch.append((to, body))
+            names.add(to)
             size += envelope_size
         if batch:
-            self._write(m.Send(message_id, tuple(batch)))
+            self._outgoing += encode_frame(m.encode_send(message_id, batch))
 
     def _write(self, message: m.Message) -> None:
         self._outgoing += encode_frame(m.encode_message(message))
@@ -237,19 +259,45 @@ class ClientCore:
 
     def trust(self, nick: str) -> Trust:
         """How far the key the directory shows for ``nick`` is trusted."""
-        return self.known_peers.state(nick, self._peer(nick).identity_key)
+        self._check_caches()
+        trust = self._trust_cache.get(nick)
+        if trust is None:
+            trust = self.known_peers.state(nick, self._peer(nick).identity_key)
+            self._trust_cache[nick] = trust
+        return trust
 
     def withheld(self) -> list[str]:
         """Peers online whose identity key changed: nothing is sent to them until accepted."""
         return [nick for nick in self.peers if self.trust(nick) is Trust.CHANGED]
 
+    def _check_caches(self) -> None:
+        """Drop the cached trust states and room recipients if any pin changed since."""
+        peers, generation = self.known_peers, self.known_peers.generation
+        cached_for = self._cached_for
+        if cached_for is None or cached_for[0] is not peers or cached_for[1] != generation:
+            self._forget_caches()
+            self._cached_for = (peers, generation)
+
+    def _forget_caches(self) -> None:
+        self._trust_cache.clear()
+        self._room_cache = None
+
+    def _room_recipients(self) -> tuple[list[str], list[str]]:
+        """(everyone a room message goes to, everyone withheld for a changed key), sorted."""
+        self._check_caches()
+        if self._room_cache is None:
+            blocked = self.withheld()
+            recipients = [nick for nick in self.peers if nick not in blocked and self._session_with(nick)]
+            # _session_with may have found a peer unusable (and forgotten the caches).
+            self._room_cache = (recipients, blocked)
+        return self._room_cache
+
     def send_room(self, text: str) -> int:
         """Encrypt ``text`` for everyone else online whose key is not in doubt.
         Returns the message id; ``left_out`` then names those left out."""
         self._require_online()
-        blocked = set(self.withheld())
-        self.left_out = sorted(blocked)
-        recipients = [nick for nick in self.peers if nick not in blocked and self._session_with(nick)]
+        recipients, blocked = self._room_recipients()
+        self.left_out = list(blocked)
         if not recipients:
             if blocked:
                 raise CommandError(
@@ -311,13 +359,16 @@ class ClientCore:
             raise CommandError(detail=f"message too long (the limit is {MAX_TEXT} bytes); not sent")
         message_id = self._next_id
         self._next_id += 1
-        view = self._recent_views[-1]
+        # The text is JSON-encoded once and the nonces drawn in one call; per recipient
+        # there remain the chain step and the encryption itself.
+        outgoing = prepare(text, kind, directory_hash=self._recent_views[-1])
         counters: dict[str, int] = {}
-        envelopes = []
-        for nick in recipients:
-            counters[nick] = self._sessions[nick].next_counter
-            body = self._sessions[nick].encrypt(text, kind, directory_hash=view)
-            envelopes.append(m.Envelope(nick, body))
+        envelopes: list[tuple[str, bytes]] = []
+        sessions = self._sessions
+        for nick, nonce in zip(recipients, random_nonces(len(recipients)), strict=True):
+            session = sessions[nick]
+            counters[nick] = session.next_counter
+            envelopes.append((nick, session.seal(outgoing, nonce)))
         self._write_in_frames(message_id, envelopes)
         self.pending[message_id] = _Pending(kind is Kind.PRIVATE, set(recipients))
         preview = text if len(text) <= 40 else text[:39] + "…"
@@ -343,7 +394,7 @@ class ClientCore:
             return self._directory(message.peers, message.more)
         if self.state is ClientState.ONLINE:
             if isinstance(message, m.Deliver):
-                return self._deliver(message)
+                return self._deliver(message.sender, message.body)
             if isinstance(message, m.PeerJoined):
                 return self._joined(message.peer)
             if isinstance(message, m.PeerLeft):
@@ -411,6 +462,7 @@ class ClientCore:
             ]
         events: list[Event] = self._retire(peer.nick) if known is not None else []
         self.directory[peer.nick] = peer
+        self._forget_caches()
         self._encoded_entries[peer.nick] = encode_party(Party(peer.nick, peer.identity_key, peer.session_key))
         self._unusable.discard(peer.nick)
         if refresh:
@@ -441,6 +493,7 @@ class ClientCore:
             session = PeerSession(self.nick, self._identity, self._session_key, party)
         except DecryptionError as exc:
             self._unusable.add(nick)
+            self._forget_caches()
             self._notices.append(SecurityWarning(f"cannot talk to {nick} securely: {exc}"))
             return None
         self._sessions[nick] = session
@@ -462,6 +515,7 @@ class ClientCore:
     def _retire(self, nick: str) -> list[Event]:
         """``nick``'s session ends (they left, or came back with other keys)."""
         peer = self.directory.pop(nick)
+        self._forget_caches()
         del self._encoded_entries[nick]
         self._refresh_view()
         self._retired_session_keys.add(bytes(peer.session_key))
@@ -472,16 +526,14 @@ class ClientCore:
         self._acks_due.pop(nick, None)
         return list(self.deliveries.peer_left(nick))
 
-    def _deliver(self, deliver: m.Deliver) -> list[Event]:
-        session = self._session_with(deliver.sender)
+    def _deliver(self, sender: str, body: bytes) -> list[Event]:
+        session = self._sessions.get(sender) or self._session_with(sender)
         if session is None:
             return [
-                SecurityWarning(
-                    f"dropped a message claiming to be from {deliver.sender}, who has no session with us"
-                )
+                SecurityWarning(f"dropped a message claiming to be from {sender}, who has no session with us")
             ]
         try:
-            plaintext = session.decrypt(deliver.body)
+            plaintext = session.decrypt(body)
         except DecryptionError as exc:
             log.info("dropped a message that did not authenticate")
             return [SecurityWarning(f"{exc}; it was dropped")]
@@ -497,7 +549,11 @@ class ClientCore:
             return events
         self._acks_due.setdefault(plaintext.sender, []).append(plaintext.counter)
         seen_by = (plaintext.sender, plaintext.directory_hash)
-        if plaintext.directory_hash not in self._recent_views and seen_by not in self._split_warned:
+        if (
+            plaintext.directory_hash != self._recent_views[-1]  # the usual case, checked first
+            and plaintext.directory_hash not in self._recent_views
+            and seen_by not in self._split_warned
+        ):
             self._split_warned.add(seen_by)
             events.append(SplitView(plaintext.sender))
         private = plaintext.kind is Kind.PRIVATE
@@ -516,6 +572,7 @@ class ClientCore:
         """The connection is over: drop every session and with them all chain keys. (The
         session private key goes with this object; Python cannot wipe memory.)"""
         self._sessions.clear()
+        self._forget_caches()
         self.state = ClientState.CLOSED
 
     def _routed(self, routed: m.Routed) -> list[Event]:

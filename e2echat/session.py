@@ -36,6 +36,8 @@ from e2echat.errors import DecryptionError, LocalProtocolError, ReplayError
 LABEL = b"e2echat v1"
 BODY_VERSION = 1
 _HEADER = struct.Struct(">BQ")
+_secretbox = nacl.bindings.crypto_secretbox_easy
+_secretbox_open = nacl.bindings.crypto_secretbox_open_easy
 _NONCE_SIZE = nacl.bindings.crypto_secretbox_NONCEBYTES
 _MAC_SIZE = nacl.bindings.crypto_secretbox_MACBYTES
 # Where the SecretBox's own output (tag, then ciphertext) starts in a body.
@@ -193,13 +195,12 @@ class PeerSession:
         Each message key seals exactly one message, so the nonce need not be unique; it is
         random anyway, as margin against a bug that ever reused a key."""
         counter = self._send_counter
-        # Byte for byte what json.dumps of {"from", "to", "kind", "n", "text", "dir"
-        # [, "acks"]} gives (a test checks): only "n" differs from one message to the next.
-        plaintext = b"".join((self._inner_head, outgoing.kind_and_n, b"%d" % counter, outgoing.tail))
         self._send_chain, message_key = chain_step(self._send_chain)
         self._send_counter = counter + 1
-        sealed = nacl.bindings.crypto_secretbox_easy(plaintext, nonce, message_key)
-        return b"".join((_HEADER.pack(BODY_VERSION, counter), nonce, sealed))
+        # Byte for byte what json.dumps of {"from", "to", "kind", "n", "text", "dir"
+        # [, "acks"]} gives (a test checks): only "n" differs from one message to the next.
+        plaintext = b"%b%b%d%b" % (self._inner_head, outgoing.kind_and_n, counter, outgoing.tail)
+        return _HEADER.pack(BODY_VERSION, counter) + nonce + _secretbox(plaintext, nonce, message_key)
 
     def decrypt(self, body: bytes) -> Plaintext:
         """Authenticate and decrypt one body. On any failure our state is unchanged."""
@@ -240,9 +241,7 @@ class PeerSession:
 
     def _open(self, message_key: bytes, body: bytes, counter: int, *, skipped: int, late: bool) -> Plaintext:
         try:
-            raw = nacl.bindings.crypto_secretbox_open_easy(
-                body[_SEALED_START:], body[_HEADER.size : _SEALED_START], message_key
-            )
+            raw = _secretbox_open(body[_SEALED_START:], body[_HEADER.size : _SEALED_START], message_key)
         except nacl.exceptions.CryptoError:
             raise DecryptionError(peer=self.peer, detail="bad authentication tag") from None
         try:

@@ -45,6 +45,8 @@ class KnownPeers:
         self.path = path
         self._pins: dict[str, Pin] = {}
         self._dirty = False
+        #: goes up with every change to a pin: lets a client cache trust states safely
+        self.generation = 0
         if path is not None and path.exists():
             self._pins = _load(path)
 
@@ -63,6 +65,7 @@ class KnownPeers:
         Returns (trust, whether this was first contact)."""
         if nick not in self._pins:
             self._pins[nick] = Pin(key, verified=False, first_seen=time.time())
+            self.generation += 1
             # Written by flush(), once per batch: a relay announcing thousands of nicks must
             # not make us rewrite the file thousands of times.
             self._dirty = True
@@ -72,6 +75,7 @@ class KnownPeers:
     def accept(self, nick: str, key: PublicKey) -> None:
         """Pin ``key`` for ``nick`` (a changed key the user accepts). Unverified."""
         self._pins[nick] = Pin(key, verified=False, first_seen=time.time())
+        self.generation += 1
         self._save()
 
     def set_verified(self, nick: str, key: PublicKey, verified: bool) -> None:
@@ -80,6 +84,7 @@ class KnownPeers:
         if pin is None or pin.identity_key != key:
             raise ValueError(f"{nick}'s pinned key is not the key given")
         self._pins[nick] = Pin(pin.identity_key, verified, pin.first_seen)
+        self.generation += 1
         self._save()
 
     def flush(self) -> None:

@@ -1,0 +1,179 @@
+"""The client's fast paths (one JSON encoding per room message, cached trust states and
+recipients, the direct deliver decoder) behave exactly as the general ones: real crypto,
+cores fed the relay's frames directly."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from nacl.public import PrivateKey
+
+from e2echat import messages as m
+from e2echat.client_core import ClientCore, KeyChanged, MessageReceived, SecurityWarning
+from e2echat.errors import CommandError, RemoteProtocolError
+from e2echat.framing import FrameDecoder, encode_frame
+from e2echat.trust import KnownPeers, Trust
+
+RELAY_KEY = PrivateKey.generate()
+
+
+def _frame(message: m.Message) -> bytes:
+    return encode_frame(m.encode_message(message))
+
+
+def _frames(data: bytes) -> list[m.Message]:
+    return [m.decode_message(payload) for payload in FrameDecoder().receive_data(data)]
+
+
+def _register(core: ClientCore) -> m.PeerInfo:
+    core.receive_data(_frame(m.Challenge(RELAY_KEY.public_key, os.urandom(m.CHALLENGE_SIZE))))
+    (register,) = _frames(core.data_to_send())
+    assert isinstance(register, m.Register)
+    return m.PeerInfo(register.nick, register.identity_key, register.session_key)
+
+
+def _online(*nicks: str) -> dict[str, ClientCore]:
+    cores = {nick: ClientCore(nick, PrivateKey.generate(), PrivateKey.generate()) for nick in nicks}
+    entries = {nick: _register(core) for nick, core in cores.items()}
+    for nick, core in cores.items():
+        core.receive_data(_frame(m.Welcome(nick, tuple(e for n, e in entries.items() if n != nick))))
+    return cores
+
+
+def _relay(sender: ClientCore, cores: dict[str, ClientCore]) -> dict[str, list[object]]:
+    """Hand each envelope of the sender's frames to its recipient as the relay would."""
+    events: dict[str, list[object]] = {}
+    for message in _frames(sender.data_to_send()):
+        assert isinstance(message, m.Send)
+        for envelope in message.items:
+            got = cores[envelope.to].receive_data(_frame(m.Deliver(sender.nick, envelope.body)))
+            events.setdefault(envelope.to, []).extend(got)
+    return events
+
+
+def _texts(events: list[object]) -> list[str]:
+    return [event.text for event in events if isinstance(event, MessageReceived)]
+
+
+def test_a_room_message_reaches_everyone_and_each_copy_only_its_recipient() -> None:
+    cores = _online("alice", "bob", "carol", "dave")
+    alice = cores["alice"]
+    for round_ in range(3):
+        alice.send_room(f"hello {round_} \"quoted\" ✓")
+        (send,) = _frames(alice.data_to_send())
+        assert isinstance(send, m.Send)
+        assert [e.to for e in send.items] == ["bob", "carol", "dave"]
+        bodies = {e.to: e.body for e in send.items}
+        # Each copy opens for its recipient only: carol's copy given to bob is dropped.
+        warned = cores["bob"].receive_data(_frame(m.Deliver("alice", bodies["carol"])))
+        assert any(isinstance(e, SecurityWarning) for e in warned) and not _texts(warned)
+        for nick in ("bob", "carol", "dave"):
+            got = cores[nick].receive_data(_frame(m.Deliver("alice", bodies[nick])))
+            assert _texts(got) == [f"hello {round_} \"quoted\" ✓"]
+
+
+def test_a_key_change_blocks_room_sends_until_accepted_and_the_cache_follows() -> None:
+    cores = _online("alice", "bob", "carol")
+    alice = cores["alice"]
+    alice.send_room("first")  # fills the caches
+    _relay(alice, cores)
+    assert alice.trust("bob") is Trust.UNVERIFIED
+    # bob comes back with another identity key: nothing may go to him.
+    impostor = ClientCore("bob", PrivateKey.generate(), PrivateKey.generate())
+    events = alice.receive_data(_frame(m.PeerLeft("bob")) + _frame(m.PeerJoined(_register(impostor))))
+    assert any(isinstance(e, KeyChanged) for e in events)
+    assert alice.trust("bob") is Trust.CHANGED
+    alice.send_room("second")
+    assert alice.left_out == ["bob"]
+    assert [e.to for e in _frames(alice.data_to_send())[0].items] == ["carol"]  # type: ignore[attr-defined]
+    alice.accept_key("bob")
+    assert alice.trust("bob") is Trust.UNVERIFIED
+    alice.send_room("third")
+    assert alice.left_out == []
+    assert [e.to for e in _frames(alice.data_to_send())[0].items] == ["bob", "carol"]  # type: ignore[attr-defined]
+
+
+def test_trust_follows_changes_made_to_the_known_peers_directly() -> None:
+    cores = _online("alice", "bob", "carol")
+    alice = cores["alice"]
+    assert alice.trust("bob") is Trust.UNVERIFIED  # cached now
+    bob_key = alice.directory["bob"].identity_key
+    alice.known_peers.set_verified("bob", bob_key, True)
+    assert alice.trust("bob") is Trust.VERIFIED
+    alice.known_peers.accept("bob", PrivateKey.generate().public_key)  # as another process might
+    assert alice.trust("bob") is Trust.CHANGED
+    with pytest.raises(CommandError):
+        alice.send_private("bob", "no")
+    alice.send_room("only carol")
+    assert alice.left_out == ["bob"]
+    # A new KnownPeers object altogether (generation 0 again) is noticed too.
+    alice.known_peers = KnownPeers()
+    alice.known_peers.see("bob", bob_key)
+    alice.known_peers.set_verified("bob", bob_key, True)
+    fresh = KnownPeers()
+    fresh.see("bob", PrivateKey.generate().public_key)
+    fresh.generation = alice.known_peers.generation
+    alice.known_peers = fresh
+    assert alice.trust("bob") is Trust.CHANGED
+
+
+def test_a_deliver_in_another_valid_form_is_read_as_the_canonical_one() -> None:
+    cores = _online("alice", "bob")
+    alice, bob = cores["alice"], cores["bob"]
+    alice.send_room("one")
+    alice.send_room("two")
+    first, second = (s.items[0].body for s in _frames(alice.data_to_send()))  # type: ignore[attr-defined]
+    canonical = m.encode_message(m.Deliver("alice", first))
+    assert m.decode_deliver(canonical) is not None
+    assert _texts(bob.receive_data(encode_frame(canonical))) == ["one"]
+    spaced = m.encode_message(m.Deliver("alice", second)).replace(b'","', b'", "')
+    assert m.decode_deliver(spaced) is None
+    assert _texts(bob.receive_data(encode_frame(spaced))) == ["two"]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"v":1,"type":"deliver","from":"alice","body":""}',
+        b'{"v":1,"type":"deliver","from":"alice","body":"QUI"}',
+        b'{"v":1,"type":"deliver","from":"al ice","body":"QUJD"}',
+        b'{"v":1,"type":"deliver","from":"alice","from":"bob","body":"QUJD"}',
+        b'{"v":1,"type":"deliver","from":"alice","body":"QUJD","x":0}',
+    ],
+    ids=["empty-body", "bad-base64", "bad-nick", "duplicate-field", "extra-field"],
+)
+def test_a_malformed_deliver_is_a_protocol_error_as_before(payload: bytes) -> None:
+    bob = _online("alice", "bob")["bob"]
+    with pytest.raises(RemoteProtocolError):
+        bob.receive_data(encode_frame(payload))
+
+
+def test_a_canonical_deliver_before_registration_is_still_refused() -> None:
+    bob = ClientCore("bob", PrivateKey.generate(), PrivateKey.generate())
+    with pytest.raises(RemoteProtocolError):
+        bob.receive_data(_frame(m.Deliver("alice", b"\x01" * 60)))
+
+
+def test_receipts_confirm_room_messages_through_the_fast_paths() -> None:
+    clock = [0.0]
+    cores = {
+        nick: ClientCore(nick, PrivateKey.generate(), PrivateKey.generate(), clock=lambda: clock[0])
+        for nick in ("alice", "bob", "carol")
+    }
+    entries = {nick: _register(core) for nick, core in cores.items()}
+    for nick, core in cores.items():
+        core.receive_data(_frame(m.Welcome(nick, tuple(e for n, e in entries.items() if n != nick))))
+    alice = cores["alice"]
+    alice.send_room("confirm me")
+    _relay(alice, cores)
+    clock[0] = 1.0
+    reports = []
+    for nick in ("bob", "carol"):
+        cores[nick].tick()
+        for message in _frames(cores[nick].data_to_send()):
+            assert isinstance(message, m.Send) and message.id == 0
+            for envelope in message.items:
+                reports += alice.receive_data(_frame(m.Deliver(nick, envelope.body)))
+    delivered = [r for r in reports if type(r).__name__ == "DeliveryReport"]
+    assert len(delivered) == 1 and sorted(delivered[0].delivered) == ["bob", "carol"]  # type: ignore[attr-defined]
