@@ -684,6 +684,7 @@ def decode_for_relay(payload: bytes) -> Message | Routes:
 # so these two have a direct form. Each is pinned by tests to the general one: the same
 # bytes out, and nothing accepted that ``decode_message`` refuses.
 
+
 @functools.lru_cache(maxsize=4096)
 def _envelope_head(to: str) -> bytes:
     _check_nick(to, "recipient")

@@ -60,7 +60,7 @@ def test_a_room_message_reaches_everyone_and_each_copy_only_its_recipient() -> N
     cores = _online("alice", "bob", "carol", "dave")
     alice = cores["alice"]
     for round_ in range(3):
-        alice.send_room(f"hello {round_} \"quoted\" ✓")
+        alice.send_room(f'hello {round_} "quoted" ✓')
         (send,) = _frames(alice.data_to_send())
         assert isinstance(send, m.Send)
         assert [e.to for e in send.items] == ["bob", "carol", "dave"]
@@ -70,7 +70,7 @@ def test_a_room_message_reaches_everyone_and_each_copy_only_its_recipient() -> N
         assert any(isinstance(e, SecurityWarning) for e in warned) and not _texts(warned)
         for nick in ("bob", "carol", "dave"):
             got = cores[nick].receive_data(_frame(m.Deliver("alice", bodies[nick])))
-            assert _texts(got) == [f"hello {round_} \"quoted\" ✓"]
+            assert _texts(got) == [f'hello {round_} "quoted" ✓']
 
 
 def test_a_key_change_blocks_room_sends_until_accepted_and_the_cache_follows() -> None:
