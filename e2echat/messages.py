@@ -710,10 +710,9 @@ def encode_send(message_id: int, items: Sequence[tuple[str, bytes]]) -> bytes:
     return b'{"v":%d,"type":"send","id":%d,"items":[%b]}' % (PROTOCOL_VERSION, message_id, b",".join(parts))
 
 
-# A deliver exactly as ``encode_message`` writes it: nothing to unescape, no other fields.
-_CANONICAL_DELIVER = re.compile(
-    rb'\{"v":%d,"type":"deliver","from":"([A-Za-z0-9_.-]{1,32})","body":"([A-Za-z0-9+/]*={0,2})"\}'
-    % PROTOCOL_VERSION
+# A deliver exactly as ``encode_message`` writes it: this head, the base64 body, '"}'.
+_CANONICAL_DELIVER_HEAD = re.compile(
+    rb'\{"v":%d,"type":"deliver","from":"([A-Za-z0-9_.-]{1,32})","body":"' % PROTOCOL_VERSION
 )
 
 
@@ -721,13 +720,16 @@ def decode_deliver(payload: bytes) -> tuple[str, bytes] | None:
     """(sender, body) if ``payload`` is a ``deliver`` in the exact form ``encode_message``
     gives it and ``decode_message`` would accept it; None for anything else, which the
     caller then hands to ``decode_message`` (to decode it, or to refuse it properly)."""
-    match = _CANONICAL_DELIVER.fullmatch(payload)
-    if match is None:
+    head = _CANONICAL_DELIVER_HEAD.match(payload)
+    if head is None or not payload.endswith(b'"}'):
         return None
     try:
-        body = base64.b64decode(match.group(2), validate=True)
+        # The same call the strict decoder makes on the body. It refuses every byte that
+        # is not base64 (a quote, a backslash, anything JSON would unescape), so what it
+        # takes is a JSON string with nothing to unescape and the payload ends right here.
+        body = base64.b64decode(payload[head.end() : -2], validate=True)
     except (binascii.Error, ValueError):
         return None
     if not 0 < len(body) <= MAX_BODY:
         return None
-    return match.group(1).decode("ascii"), body
+    return head.group(1).decode("ascii"), body

@@ -252,8 +252,8 @@ class PeerSession:
             directory_hash = inner.get("dir", "")
             if not isinstance(directory_hash, str) or len(directory_hash) > 64:
                 raise ValueError("directory hash")
-            acks = inner.get("acks", [])
-            if (
+            acks = inner.get("acks", ())  # only receipts carry them
+            if acks != () and (
                 not isinstance(acks, list)
                 or len(acks) > MAX_ACKS
                 or not all(type(ack) is int and 0 <= ack < 2**64 for ack in acks)

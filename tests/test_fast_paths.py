@@ -139,6 +139,10 @@ MALFORMED = {
     "trailing-garbage": _canonical() + b"x",
     "two-objects": _canonical() + _canonical(),
     "truncated": _canonical()[:-1],
+    "head-then-brace": b'{"v":1,"type":"deliver","from":"alice","body":"}',
+    "quote-in-body": _canonical(body='QU"JD'),
+    "escaped-quote-in-body": _canonical(body='QU\\"JD'),
+    "body-then-more": _canonical(body='QUJD"},"x":"QUJD'),
     "not-utf8": _canonical(sender="al\udcffice".encode("utf-8", "surrogateescape").decode("latin-1")),
 }
 
