@@ -179,7 +179,7 @@ class ClientCore:
         finally:
             self.known_peers.flush()
         self._send_receipts()
-        return self._take_notices() + events
+        return self._take_notices() + events if self._notices else events
 
     def _take_notices(self) -> list[Event]:
         notices, self._notices = self._notices, []
@@ -548,13 +548,12 @@ class ClientCore:
                 events.extend(self.deliveries.acknowledged(plaintext.sender, list(plaintext.acks)))
             return events
         self._acks_due.setdefault(plaintext.sender, []).append(plaintext.counter)
-        seen_by = (plaintext.sender, plaintext.directory_hash)
         if (
             plaintext.directory_hash != self._recent_views[-1]  # the usual case, checked first
             and plaintext.directory_hash not in self._recent_views
-            and seen_by not in self._split_warned
+            and (plaintext.sender, plaintext.directory_hash) not in self._split_warned
         ):
-            self._split_warned.add(seen_by)
+            self._split_warned.add((plaintext.sender, plaintext.directory_hash))
             events.append(SplitView(plaintext.sender))
         private = plaintext.kind is Kind.PRIVATE
         trust = self.trust(plaintext.sender)

@@ -51,6 +51,12 @@ class FrameDecoder:
         """Feed bytes from the stream; return every frame they complete, in order."""
         if self._broken:
             raise LocalProtocolError(detail="decoder used after a protocol error")
+        if not self._buffer and len(data) > PREFIX_SIZE:
+            # The usual read: exactly one whole frame, nothing buffered. Taken as it is,
+            # without the copies into and out of the buffer; anything else goes the long way.
+            (length,) = _PREFIX.unpack_from(data)
+            if length == len(data) - PREFIX_SIZE and length <= self.max_frame:
+                return [bytes(data[PREFIX_SIZE:])]
         self._buffer += data
         frames: list[bytes] = []
         while len(self._buffer) >= PREFIX_SIZE:

@@ -201,3 +201,29 @@ def test_decode_deliver_agrees_with_decode_message_on_any_bytes(payload: bytes) 
 def test_decode_deliver_agrees_on_near_canonical_payloads(sender: str, body: str) -> None:
     _agree(_canonical(sender, body))
     _agree(json.dumps({"v": 1, "type": "deliver", "from": sender, "body": body}).encode())
+
+
+# -- framing: one whole frame in one read is taken without buffering ------------------------
+
+
+def test_a_read_of_exactly_one_frame_gives_that_frame_and_leaves_nothing_buffered() -> None:
+    from e2echat.errors import FrameTooLarge
+    from e2echat.framing import FrameDecoder, encode_frame
+
+    decoder = FrameDecoder(max_frame=100)
+    assert decoder.receive_data(encode_frame(b"one")) == [b"one"]
+    assert decoder.receive_data(bytearray(encode_frame(b"two"))) == [b"two"]
+    assert decoder.buffered == 0
+    # Not exactly one frame: the long way, as before.
+    assert decoder.receive_data(encode_frame(b"a") + encode_frame(b"b")) == [b"a", b"b"]
+    assert decoder.receive_data(encode_frame(b"half")[:5]) == []
+    # Something buffered: even a read that is one whole frame is appended, not taken.
+    assert decoder.receive_data(b"alf") == [b"half"]
+    assert decoder.receive_data(b"\x00\x00\x00\x06") == []  # a prefix: 6 bytes to come
+    assert decoder.receive_data(encode_frame(b"ab")) == [b"\x00\x00\x00\x02ab"]  # they are these
+    assert decoder.buffered == 0
+    # A whole frame over the limit is refused as before, not taken by the shortcut.
+    with pytest.raises(FrameTooLarge):
+        FrameDecoder(max_frame=100).receive_data(encode_frame(b"x" * 101, max_frame=200))
+    with pytest.raises(RemoteProtocolError):
+        FrameDecoder().receive_data(b"\x00\x00\x00\x00x")
