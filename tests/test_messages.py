@@ -218,6 +218,14 @@ _BAD_CASES.update(
         "send-recipient-not-string": _with("send", items=[{"to": 5, "body": "eA=="}]),
         "send-too-many-items": _with("send", items=[{"to": "b", "body": "eA=="}] * (m.MAX_ITEMS + 1)),
         "send-version-bool": _with("send", v=True),
+        "send-utf8-bom": b"\xef\xbb\xbf" + m.encode_message(EXAMPLES["send"]),
+        "send-utf16": m.encode_message(EXAMPLES["send"]).decode().encode("utf-16"),
+        "send-utf16-le": m.encode_message(EXAMPLES["send"]).decode().encode("utf-16-le"),
+        "send-duplicate-items": m.encode_message(EXAMPLES["send"])[:-1] + b',"items":[]}',
+        "send-duplicate-to": b'{"v":1,"type":"send","id":1,"items":[{"to":"bob","to":"eve","body":"eA=="}]}',
+        "send-item-as-array": b'{"v":1,"type":"send","id":1,"items":[[["to","bob"],["body","eA=="]]]}',
+        "send-object-as-array": b'[["v",1],["type","send"],["id",1],["items",[{"to":"bob","body":"eA=="}]]]',
+        "send-id-nan": b'{"v":1,"type":"send","id":NaN,"items":[{"to":"bob","body":"eA=="}]}',
     }
 )
 
