@@ -9,6 +9,7 @@ what to write to the relay collects in ``data_to_send()``. ``send_room`` and
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -89,8 +90,10 @@ class ClientState(Enum):
     CLOSED = "closed"
 
 
-# Receipts go out at most this often (the rest wait for the next tick): 5 frames a second.
-RECEIPT_INTERVAL = 0.2
+# Receipts go out about this often, at most (the rest wait for the next tick): each gap is
+# drawn between 0.5 and 1.5 of it. A quiet chat gets its receipt at once; a busy room gets
+# one receipt per sender a second, not one per message.
+RECEIPT_INTERVAL = 1.0
 # Leave room in each frame for the JSON around the envelopes.
 _FRAME_BUDGET = MAX_FRAME - 4096
 
@@ -139,7 +142,7 @@ class ClientCore:
         self._clock = clock
         self.deliveries = DeliveryTracker(receipt_timeout)
         self._acks_due: dict[str, list[int]] = {}
-        self._receipts_sent_at = -RECEIPT_INTERVAL
+        self._receipts_due_at = 0.0
         self.known_peers = known_peers if known_peers is not None else KnownPeers()
         self._retired_session_keys: set[bytes] = set()
         # Hashes of our recent views of the directory. A message encrypted just before its
@@ -207,15 +210,18 @@ class ClientCore:
 
     def _send_receipts(self, *, force: bool = False) -> None:
         """Acknowledge what arrived: one frame (a ``send`` with id 0) holding a receipt for
-        each sender, at most every RECEIPT_INTERVAL, so that receipts in a busy room cost
+        each sender, at most about every RECEIPT_INTERVAL, so that receipts in a busy room cost
         a few frames a second, not one per message (they count against the relay's rate
         limit like anything else)."""
         if not self._acks_due or self.state is not ClientState.ONLINE:
             return
         now = self._clock()
-        if not force and now - self._receipts_sent_at < RECEIPT_INTERVAL:
+        if not force and now < self._receipts_due_at:
             return  # tick() sends them shortly
-        self._receipts_sent_at = now
+        # The next batch is due after 0.5 to 1.5 intervals, at random: in a busy room a
+        # message reaches everyone at once, and fixed intervals would keep everyone's
+        # receipts in step, a burst of work for every client (and the relay) at once.
+        self._receipts_due_at = now + RECEIPT_INTERVAL * (0.5 + os.urandom(1)[0] / 256)
         envelopes: list[tuple[str, bytes]] = []
         for nick, counters in self._acks_due.items():
             session = self._session_with(nick)

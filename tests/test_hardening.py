@@ -15,6 +15,7 @@ from test_cores import FakeClock, FakeWire, _frame, _receipt_frames
 from e2echat import messages as m
 from e2echat.chat import Chat
 from e2echat.client import Connection
+from e2echat.client_core import RECEIPT_INTERVAL
 from e2echat.delivery import LEFT, DeliveryReport
 from e2echat.errors import RelayGone
 from e2echat.framing import encode_frame
@@ -51,7 +52,7 @@ def test_acknowledgements_do_not_cross_into_a_new_session() -> None:
     # alice goes and comes back with a new session before bob's tick.
     wire.hang_up(alice)
     wire.connect("alice", alice_identity, clock=clock)  # a new session, same trusted key
-    clock.now += 1.0
+    clock.now += 1.5 * RECEIPT_INTERVAL  # past any receipt interval
     wire.clients[bob].tick()
     wire.pump()
     assert len(_receipt_frames(wire, bob)) == 1  # the old acknowledgement was dropped
@@ -131,7 +132,7 @@ def test_receipts_are_split_across_frames(monkeypatch: pytest.MonkeyPatch) -> No
     for talker in talkers:
         wire.clients[talker].send_private("listener", "hello")
     wire.pump()
-    clock.now += 1.0
+    clock.now += 1.5 * RECEIPT_INTERVAL  # past any receipt interval
     wire.clients[listener].tick()
     wire.pump()
     frames = _receipt_frames(wire, listener)[1:]
@@ -173,7 +174,7 @@ def test_many_acknowledgements_for_one_sender_never_name_it_twice_in_a_frame() -
     for i in range(MAX_ACKS + 5):
         wire.clients[talker].send_private("listener", f"#{i}")
     wire.pump()
-    clock.now += 1.0
+    clock.now += 1.5 * RECEIPT_INTERVAL  # past any receipt interval
     wire.clients[listener].tick()
     wire.pump()
     assert wire.is_open(listener)  # the relay did not refuse a frame
