@@ -57,19 +57,25 @@ class FrameDecoder:
             (length,) = _PREFIX.unpack_from(data)
             if length == len(data) - PREFIX_SIZE and length <= self.max_frame:
                 return [bytes(data[PREFIX_SIZE:])]
-        self._buffer += data
+        buffer = self._buffer
+        buffer += data
         frames: list[bytes] = []
-        while len(self._buffer) >= PREFIX_SIZE:
-            (length,) = _PREFIX.unpack_from(self._buffer)
-            if length == 0:
-                self._broken = True
-                raise RemoteProtocolError(detail="zero-length frame")
-            if length > self.max_frame:
-                self._broken = True
-                raise FrameTooLarge(size=length, limit=self.max_frame)
-            end = PREFIX_SIZE + length
-            if len(self._buffer) < end:
-                break
-            frames.append(bytes(self._buffer[PREFIX_SIZE:end]))
-            del self._buffer[:end]
+        start, size = 0, len(buffer)
+        # Cut every complete frame, then drop them from the buffer in one go: a read full
+        # of small frames costs one pass, not one shift of the rest per frame.
+        with memoryview(buffer) as view:
+            while size - start >= PREFIX_SIZE:
+                (length,) = _PREFIX.unpack_from(view, start)
+                if length == 0:
+                    self._broken = True
+                    raise RemoteProtocolError(detail="zero-length frame")
+                if length > self.max_frame:
+                    self._broken = True
+                    raise FrameTooLarge(size=length, limit=self.max_frame)
+                end = start + PREFIX_SIZE + length
+                if size < end:
+                    break
+                frames.append(bytes(view[start + PREFIX_SIZE : end]))
+                start = end
+        del buffer[:start]
         return frames
