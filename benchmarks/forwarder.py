@@ -1,9 +1,11 @@
 """The baseline: a minimal length-prefixed forwarder, no crypto, one routing header.
 
 Same framing as e2echat (4-byte big-endian length, then the payload) and the same
-asyncio-streams shell as the relay (read 64 KiB, cut frames with e2echat's FrameDecoder,
-write to the recipient's StreamWriter), so that the difference to the relay is the
-protocol work: JSON, base64, validation, registration and the directory.
+asyncio shell as the relay (a Protocol per connection whose data_received cuts frames with
+e2echat's FrameDecoder), so that the difference to the relay is the protocol work: JSON,
+base64, validation, registration and the directory. Being minimal, it writes each frame to
+its recipient as soon as it has cut it (the relay gathers what it has for each recipient
+and writes it once per turn of the event loop).
 
 Wire format, client to forwarder:
   first frame   2 bytes: the client's id (answered with the same 2 bytes: "you are in")
@@ -23,58 +25,68 @@ import signal
 import socket
 import struct
 
+from e2echat.errors import E2EChatError
 from e2echat.framing import FrameDecoder
 
 _PREFIX = struct.Struct(">I")
-_READ_CHUNK = 64 * 1024
 ID_SIZE = 2
+
+
+class _Client(asyncio.Protocol):
+    def __init__(self, forwarder: Forwarder) -> None:
+        self.forwarder = forwarder
+        self.decoder = FrameDecoder()
+        self.me: bytes | None = None
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        clients = self.forwarder.clients
+        try:
+            frames = self.decoder.receive_data(data)
+        except E2EChatError:
+            self.transport.abort()
+            return
+        for frame in frames:
+            if self.me is None:
+                self.me = frame[:ID_SIZE]
+                clients[self.me] = self.transport
+                self.transport.write(_PREFIX.pack(ID_SIZE) + self.me)
+                continue
+            target = clients.get(frame[:ID_SIZE])
+            if target is not None:
+                target.write(_PREFIX.pack(len(frame)) + self.me + frame[ID_SIZE:])
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.me is not None and self.forwarder.clients.get(self.me) is self.transport:
+            del self.forwarder.clients[self.me]
 
 
 class Forwarder:
     def __init__(self) -> None:
-        self.writers: dict[bytes, asyncio.StreamWriter] = {}
-
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        sock = writer.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        decoder = FrameDecoder()
-        me: bytes | None = None
-        try:
-            while True:
-                data = await reader.read(_READ_CHUNK)
-                if not data:
-                    return
-                for frame in decoder.receive_data(data):
-                    if me is None:
-                        me = frame[:ID_SIZE]
-                        self.writers[me] = writer
-                        writer.write(_PREFIX.pack(ID_SIZE) + me)
-                        continue
-                    target = self.writers.get(frame[:ID_SIZE])
-                    if target is not None:
-                        target.write(_PREFIX.pack(len(frame)) + me + frame[ID_SIZE:])
-        except (ConnectionError, OSError):
-            return
-        finally:
-            if me is not None and self.writers.get(me) is writer:
-                del self.writers[me]
-            writer.close()
+        self.clients: dict[bytes, asyncio.Transport] = {}
 
 
 async def main(host: str, port: int) -> None:
     forwarder = Forwarder()
-    server = await asyncio.start_server(forwarder.serve, host, port)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: _Client(forwarder), host, port)
     print(f"forwarder listening on {host}:{server.sockets[0].getsockname()[1]}", flush=True)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
     server.close()
-    for writer in list(forwarder.writers.values()):
-        writer.transport.abort()
+    for transport in list(forwarder.clients.values()):
+        transport.abort()
 
 
 if __name__ == "__main__":

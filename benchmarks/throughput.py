@@ -267,7 +267,7 @@ def throughput(context: Context) -> Section:
     )
     section.notes.append(
         "live run: e2echat.client.Connection clients encrypt and decrypt as they go and send the "
-        "protocol's receipts (coalesced by the client: one receipt per sender at most every 0.2 s, "
+        "protocol's receipts (coalesced by the client: one receipt per sender about once a second at most, "
         "which the relay forwards like any message); on 2 cores the clients, not the relay, are the "
         "limit there."
     )
