@@ -24,6 +24,7 @@ import contextlib
 import signal
 import socket
 import struct
+from typing import cast
 
 from e2echat.errors import E2EChatError
 from e2echat.framing import FrameDecoder
@@ -40,8 +41,8 @@ class _Client(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport (typed loosely: other event loops, such as uvloop, have their own).
+        self.transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):

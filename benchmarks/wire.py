@@ -7,6 +7,7 @@ import asyncio
 import socket
 import struct
 from collections.abc import Callable
+from typing import cast
 
 from nacl.public import PrivateKey
 
@@ -40,8 +41,8 @@ class Link(asyncio.Protocol):
         self.pause = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport (typed loosely: other event loops, such as uvloop, have their own).
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.handler(data)

@@ -18,7 +18,7 @@ import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, cast
 
 from e2echat.errors import FrameTooLarge, RelayStartError, RemoteProtocolError
 from e2echat.framing import MAX_FRAME, FrameDecoder, encode_frame
@@ -94,8 +94,8 @@ class _Link(asyncio.Protocol):
         self.opened = self.heard = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport (typed loosely: other event loops, such as uvloop, have their own).
+        self.transport = cast(asyncio.Transport, transport)
         self.relay._connected(self)
 
     def data_received(self, data: bytes) -> None:
