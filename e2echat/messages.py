@@ -620,6 +620,8 @@ def _message_from(obj: Any) -> Message:
 # With a length that is a multiple of 4, exactly what ``b64decode(..., validate=True)``
 # accepts. (One character class repeated: the regex engine runs it in a tight loop.)
 _BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}\Z")
+# How every client writes a send: anything else is not worth a second parse.
+_SEND_START = b'{"v":%d,"type":"send","id":' % PROTOCOL_VERSION
 # The longest base64 text that can hold a body of MAX_BODY bytes.
 _MAX_BODY_BASE64 = -(-MAX_BODY // 3) * 4
 
@@ -652,6 +654,8 @@ def _fast_routes(payload: bytes) -> Routes | None:
     Objects are parsed into lists of (key, value) tuples, so a duplicate key is an extra
     pair and never goes unseen; a JSON array holds lists, never tuples, so it cannot pass
     for an object."""
+    if not payload.startswith(_SEND_START):
+        return None
     try:
         pairs = json.loads(payload.decode("utf-8"), object_pairs_hook=list)
     except (UnicodeDecodeError, ValueError, RecursionError):

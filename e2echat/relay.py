@@ -40,6 +40,9 @@ DEFAULT_PORT = 8000
 # The largest frame before registration: a `register` with the longest password is ~1 KiB.
 HANDSHAKE_FRAME = 4096
 _PREFIX = struct.Struct(">I")
+# After we hang up on a connection, how long its last bytes (an error, a goodbye) may take
+# to drain before the socket is aborted: a peer that stopped reading must not keep it open.
+CLOSE_GRACE = 5.0
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,17 @@ class _Flow:
 class _Link(asyncio.Protocol):
     """One client connection: hands its bytes to the relay, and tells it when it ends."""
 
-    __slots__ = ("conn", "decoder", "flow", "heard", "opened", "registered", "relay", "transport")
+    __slots__ = (
+        "closing_since",
+        "conn",
+        "decoder",
+        "flow",
+        "heard",
+        "opened",
+        "registered",
+        "relay",
+        "transport",
+    )
 
     def __init__(self, relay: Relay) -> None:
         self.relay = relay
@@ -91,7 +104,7 @@ class _Link(asyncio.Protocol):
         self.decoder = FrameDecoder(max_frame=min(relay.limits.max_frame, HANDSHAKE_FRAME))
         self.flow: _Flow | None = None
         self.registered = False
-        self.opened = self.heard = 0.0
+        self.opened = self.heard = self.closing_since = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A stream transport (typed loosely: other event loops, such as uvloop, have their own).
@@ -162,6 +175,8 @@ class Relay:
         self._server.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
         self._apply(self.core.shutdown(reason))
         # Let each goodbye reach its client before the event loop goes away; bounded, as a
         # client that never reads must not hold the shutdown up.
@@ -187,7 +202,7 @@ class Relay:
             # Chat is small writes; Nagle would hold each one back waiting for an ACK.
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if len(self._links) >= self.limits.max_connections:
+        if len(self._links) + len(self._closing) >= self.limits.max_connections:
             log.warning("refused connection from %s: the relay is full", address)
             full = Error("busy", f"the relay is full ({self.limits.max_connections} connections)")
             transport.write(encode_frame(encode_message(full)))
@@ -238,31 +253,48 @@ class Relay:
         if conn:
             if isinstance(exc, OSError):
                 log.info("connection #%d: %s", conn, exc.strerror or type(exc).__name__)
-            nick = self.core.nick_of(conn)
-            self._apply(self.core.disconnect(conn))
-            log.info("connection #%d closed%s", conn, f" ({nick} left)" if nick else "")
+            self._forget(conn)
+            log.info("connection #%d closed", conn)
         if not self._links and not self._closing:
             self._closed.set()
 
+    def _forget(self, conn: ConnId) -> None:
+        """Take ``conn`` out of the directory and tell the others (once: a second call
+        does nothing)."""
+        nick = self.core.nick_of(conn)
+        self._apply(self.core.disconnect(conn))
+        if nick:
+            log.info("connection #%d: %s left", conn, nick)
+
     async def _sweep(self) -> None:
-        """Hang up on connections that never registered in time, and on silent ones.
-        One timer for every connection: a timer each would cost memory per connection
-        and a reset on every read."""
+        """Hang up on connections that never registered in time, and on silent ones; abort
+        those we hung up on that have not drained within CLOSE_GRACE. One timer for every
+        connection: a timer each would cost memory per connection and a reset on every read."""
         limits = self.limits
         interval = max(0.01, min(1.0, limits.handshake_timeout / 4, limits.idle_timeout / 4))
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(interval)
-            now = loop.time()
-            for conn, link in list(self._links.items()):
-                if link.registered:
-                    if now - link.heard > limits.idle_timeout:
-                        log.info("connection #%d: idle for %gs", conn, limits.idle_timeout)
-                        reason = f"nothing heard for {limits.idle_timeout:g}s"
-                        self._apply(self.core.refuse(conn, "idle", reason))
-                elif now - link.opened > limits.handshake_timeout:
-                    log.info("connection #%d: no registration within %gs", conn, limits.handshake_timeout)
-                    self._apply(self.core.refuse(conn, "timeout", "registration took too long"))
+            try:
+                self._sweep_once(loop.time())
+            except Exception:  # a bug: say so, and keep the timeouts working for everyone else
+                log.exception("error while checking connection timeouts")
+
+    def _sweep_once(self, now: float) -> None:
+        limits = self.limits
+        for conn, link in list(self._links.items()):
+            if link.registered:
+                if now - link.heard > limits.idle_timeout:
+                    log.info("connection #%d: idle for %gs", conn, limits.idle_timeout)
+                    reason = f"nothing heard for {limits.idle_timeout:g}s"
+                    self._apply(self.core.refuse(conn, "idle", reason))
+            elif now - link.opened > limits.handshake_timeout:
+                log.info("connection #%d: no registration within %gs", conn, limits.handshake_timeout)
+                self._apply(self.core.refuse(conn, "timeout", "registration took too long"))
+        for conn, link in list(self._closing.items()):
+            if now - link.closing_since > CLOSE_GRACE and link.transport is not None:
+                log.info("connection #%d: did not take its last bytes within %gs", conn, CLOSE_GRACE)
+                link.transport.abort()
 
     def _over_rate(self, conn: ConnId, message: Message | Routes, flow: _Flow, now: float) -> None:
         """A frame beyond the rate limit is not forwarded; the sender is told (at most once a
@@ -352,9 +384,13 @@ class Relay:
             link.transport.abort()  # discard what it never read
         else:
             link.transport.close()  # flushes what is queued (an error frame), then closes
-        # No longer read from or written to; stop() waits for it until connection_lost.
+        # No longer read from or written to, and out of the directory at once (a peer that
+        # is not reading could take minutes to close); stop() waits for it until
+        # connection_lost, and the sweeper aborts it after CLOSE_GRACE.
         del self._links[conn]
+        link.closing_since = asyncio.get_running_loop().time()
         self._closing[conn] = link
+        self._forget(conn)
 
 
 def lan_addresses() -> list[str]:

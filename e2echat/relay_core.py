@@ -51,7 +51,8 @@ DIRECTORY_CHUNK = 2000
 class Outgoing:
     conn: ConnId
     message: Message
-    #: the message already encoded, when the core had the parts at hand
+    #: the message already encoded (exactly ``encode_message(message)``), when the core
+    #: had the parts at hand; written instead of encoding ``message`` again
     payload: bytes | None = field(default=None, compare=False, repr=False)
 
 

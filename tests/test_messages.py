@@ -246,6 +246,14 @@ def test_relay_reads_a_send_as_routes_with_the_bodies_untouched() -> None:
     assert m.decode_for_relay(m.encode_message(m.Ping())) == m.Ping()
 
 
+def test_a_send_as_clients_write_it_takes_the_relays_fast_path() -> None:
+    """Only speed depends on it, but a fast path nothing takes would go unnoticed."""
+    payload = m.encode_send(7, [("bob", b"\x00body"), ("carol", b"c" * 100)])
+    expected = m.Routes(7, (("bob", _b64(b"\x00body")), ("carol", _b64(b"c" * 100))))
+    assert m._fast_routes(payload) == expected
+    assert m._fast_routes(m.encode_message(m.Ping())) is None
+
+
 def test_the_relays_prebuilt_frames_are_exactly_the_encoded_messages() -> None:
     peers = [PEER_BOB, PEER_CAROL]
     parts = [m.encode_peer(peer) for peer in peers]

@@ -12,6 +12,7 @@ import pytest
 from nacl.public import PrivateKey
 
 from e2echat import messages as m
+from e2echat import relay as relay_module
 from e2echat.client_core import MessageReceived, PeerJoined, PeerLeft, Registered, RelayError
 from e2echat.delivery import LEFT, OFFLINE, REFUSED, TIMED_OUT, DeliveryReport
 from e2echat.errors import RegistrationRefused
@@ -20,7 +21,7 @@ from e2echat.relay import Relay
 from e2echat.relay_core import Action, Outgoing
 
 from hostile import HostileRelay, deliveries
-from support import LOOPBACK, RawClient, connect, peers, running, running_relay
+from support import LOOPBACK, WAIT, RawClient, connect, peers, running, running_relay
 
 # -- delivery receipts --------------------------------------------------------------------------
 
@@ -120,6 +121,54 @@ async def test_flooding_client_is_limited_then_disconnected_others_unaffected() 
         assert got.text == "are we fine?"
 
 
+async def _stalled_client(relay: Relay, nick: str) -> RawClient:
+    """A client that registers and then never reads again, with a small receive window."""
+    stalled = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window, quickly full
+    stalled.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(stalled, (LOOPBACK, relay.port))
+    reader, writer = await asyncio.open_connection(sock=stalled)
+    raw = RawClient(reader, writer)
+    await raw.register(nick)
+    return raw
+
+
+async def test_a_client_hung_up_on_leaves_the_directory_at_once_though_it_never_reads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The relay hangs up on a client that has stopped reading (here: it also went silent).
+    Its socket cannot close while bytes are queued for it, but it is out of the directory
+    at once: the others hear that it left, a message to it is reported missing rather than
+    delivered, its nick is free again, and the socket is aborted after CLOSE_GRACE."""
+    monkeypatch.setattr(relay_module, "CLOSE_GRACE", 0.3)
+    options = {"idle_timeout": 1.0, "write_buffer": 64 * 2**20, "rate": 1e9, "burst": 1e9}
+    async with running_relay(**options) as relay:
+        stalled = await _stalled_client(relay, "stalled")
+        alice = await RawClient.open(relay)
+        await alice.register("alice")
+        transport = relay.transport(relay.core.online["stalled"])
+        assert transport is not None
+        sent = 0
+        while transport.get_write_buffer_size() == 0:  # until bytes wait for it at the relay
+            alice.send(m.Send(sent, (m.Envelope("stalled", b"x" * 100_000),)))
+            await alice.receive_kind(m.Routed)
+            sent += 1
+        alice.send(m.Ping())  # alice stays lively; "stalled" says nothing and is hung up on
+        left = await alice.receive_kind(m.PeerLeft)
+        assert left.nick == "stalled" and "stalled" not in relay.core.online
+        alice.send(m.Send(10**6, (m.Envelope("stalled", b"anyone there?"),)))
+        routed = await alice.receive_kind(m.Routed)
+        assert routed.missing == ("stalled",) and routed.delivered == ()
+        again = await RawClient.open(relay)
+        await again.register("stalled")  # the same person, back: the nick is free
+        deadline = time.monotonic() + WAIT
+        while relay._closing and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)  # bounded: the sweeper aborts it after CLOSE_GRACE
+        assert not relay._closing
+        for client in (stalled, alice, again):
+            client.close()
+
+
 async def test_client_that_never_reads_is_dropped_and_relay_memory_stays_bounded(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -129,13 +178,7 @@ async def test_client_that_never_reads_is_dropped_and_relay_memory_stays_bounded
         running_relay(write_buffer=limit, rate=1e9, burst=1e9) as relay,
         peers(relay, "alice", "bob") as (alice, bob),
     ):
-        stalled = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window, quickly full
-        stalled.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(stalled, (LOOPBACK, relay.port))
-        reader, writer = await asyncio.open_connection(sock=stalled)
-        raw = RawClient(reader, writer)
-        await raw.register("stalled")  # ... and never reads again
+        raw = await _stalled_client(relay, "stalled")
         await alice.next(PeerJoined, lambda e: e.nick == "stalled")
 
         text = "x" * 8000
@@ -152,7 +195,7 @@ async def test_client_that_never_reads_is_dropped_and_relay_memory_stays_bounded
         for i in range(sent):
             assert (await bob.next(MessageReceived)).text.startswith(f"{i} ")
         assert any("not reading" in record.getMessage() for record in caplog.records)
-        writer.close()
+        raw.close()
 
 
 async def test_idle_connection_is_closed_and_keepalive_prevents_it() -> None:
