@@ -233,6 +233,10 @@ class Connection:
             self._writer.close()
 
     async def close(self) -> None:
+        if not self.closed:
+            with contextlib.suppress(E2EChatError):
+                self.core.flush_receipts()  # what we read is confirmed before we go
+                self._flush()
         self._close_transport()
         for task in (self._reader_task, self._ticker_task):
             if task is not None:

@@ -9,7 +9,6 @@ what to write to the relay collects in ``data_to_send()``. ``send_room`` and
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 import nacl.exceptions
+import nacl.utils
 from nacl.public import PrivateKey
 
 from e2echat import messages as m
@@ -94,6 +94,14 @@ class ClientState(Enum):
 # drawn between 0.5 and 1.5 of it. A quiet chat gets its receipt at once; a busy room gets
 # one receipt per sender a second, not one per message.
 RECEIPT_INTERVAL = 1.0
+
+
+def receipt_gap() -> float:
+    """How long until the next batch of receipts may go: 0.5 to 1.5 RECEIPT_INTERVAL, at
+    random (from libsodium, as all randomness here; the spread has no security role)."""
+    return RECEIPT_INTERVAL * (0.5 + nacl.utils.random(1)[0] / 256)
+
+
 # Leave room in each frame for the JSON around the envelopes.
 _FRAME_BUDGET = MAX_FRAME - 4096
 
@@ -208,6 +216,11 @@ class ClientCore:
         self.pending.clear()
         return list(self.deliveries.abandon(reason))
 
+    def flush_receipts(self) -> None:
+        """Acknowledge everything that arrived, now: the connection is about to close, and
+        a message we read must not be reported to its sender as never confirmed."""
+        self._send_receipts(force=True)
+
     def _send_receipts(self, *, force: bool = False) -> None:
         """Acknowledge what arrived: one frame (a ``send`` with id 0) holding a receipt for
         each sender, at most about every RECEIPT_INTERVAL, so that receipts in a busy room cost
@@ -221,7 +234,7 @@ class ClientCore:
         # The next batch is due after 0.5 to 1.5 intervals, at random: in a busy room a
         # message reaches everyone at once, and fixed intervals would keep everyone's
         # receipts in step, a burst of work for every client (and the relay) at once.
-        self._receipts_due_at = now + RECEIPT_INTERVAL * (0.5 + os.urandom(1)[0] / 256)
+        self._receipts_due_at = now + receipt_gap()
         envelopes: list[tuple[str, bytes]] = []
         for nick, counters in self._acks_due.items():
             session = self._session_with(nick)
@@ -553,7 +566,9 @@ class ClientCore:
             if self.trust(plaintext.sender) is not Trust.CHANGED:
                 events.extend(self.deliveries.acknowledged(plaintext.sender, list(plaintext.acks)))
             return events
-        self._acks_due.setdefault(plaintext.sender, []).append(plaintext.counter)
+        trust = self.trust(plaintext.sender)
+        if trust is not Trust.CHANGED:  # nothing is owed to a key we do not accept, even later
+            self._acks_due.setdefault(plaintext.sender, []).append(plaintext.counter)
         if (
             plaintext.directory_hash != self._recent_views[-1]  # the usual case, checked first
             and plaintext.directory_hash not in self._recent_views
@@ -562,7 +577,6 @@ class ClientCore:
             self._split_warned.add((plaintext.sender, plaintext.directory_hash))
             events.append(SplitView(plaintext.sender))
         private = plaintext.kind is Kind.PRIVATE
-        trust = self.trust(plaintext.sender)
         events.append(MessageReceived(plaintext.sender, plaintext.text, private, trust, plaintext.late))
         return events
 

@@ -28,6 +28,7 @@ from e2echat.client_core import (
     RelayError,
     SecurityWarning,
     SendReport,
+    receipt_gap,
 )
 from e2echat.delivery import DeliveryReport
 from e2echat.errors import CommandError, LocalProtocolError, RemoteProtocolError
@@ -684,3 +685,29 @@ def test_no_receipt_goes_to_a_nick_whose_key_changed() -> None:
     (shown,) = [e for e in wire.take(alice) if isinstance(e, MessageReceived)]
     assert shown.trust is Trust.CHANGED
     assert _receipt_frames(wire, alice) == []  # not even a receipt until alice accepts the key
+
+
+def test_nothing_is_owed_for_what_arrived_under_a_key_not_accepted() -> None:
+    """A receipt batch is held back for a while; a message from a changed key that
+    arrives meanwhile must not be acknowledged when the batch goes, even if the key has
+    been accepted by then."""
+    wire = FakeWire()
+    alice, carol = wire.connect("alice"), wire.connect("carol")
+    old_bob = wire.connect("bob")
+    wire.hang_up(old_bob)
+    new_bob = wire.connect("bob")  # another identity key
+    wire.clients[carol].send_private("alice", "hi")  # alice's receipt batch goes at once ...
+    wire.pump()
+    wire.clients[new_bob].send_private("alice", "it's me, honest")  # ... so this one would wait
+    wire.pump()
+    wire.clients[alice].accept_key("bob")
+    wire.clients[alice].flush_receipts()
+    wire.pump()
+    acknowledged = {e.to for frame in _receipt_frames(wire, alice) for e in frame.items}
+    assert acknowledged == {"carol"}
+
+
+def test_receipt_gaps_spread_between_half_and_one_and_a_half_intervals() -> None:
+    gaps = [receipt_gap() / RECEIPT_INTERVAL for _ in range(2000)]
+    assert all(0.5 <= gap < 1.5 for gap in gaps)
+    assert min(gaps) < 0.6 and max(gaps) > 1.4  # spread, not fixed: clients fall out of step

@@ -101,6 +101,21 @@ async def test_recipient_leaving_before_confirming_is_reported() -> None:
         assert report.failed == (("bob", LEFT),)
 
 
+async def test_what_was_read_before_quitting_is_confirmed() -> None:
+    """Receipts wait up to a second and a half to be batched; quitting sends what is owed,
+    so a message read just before /quit is not reported as never confirmed."""
+    async with running_relay() as relay, peers(relay, "alice", "bob") as (alice, bob):
+        first = alice.connection.send_private("bob", "one")
+        assert (await bob.next(MessageReceived)).text == "one"
+        await alice.next(DeliveryReport, lambda r: r.message_id == first)  # bob's batch went
+        second = alice.connection.send_private("bob", "two")
+        assert (await bob.next(MessageReceived)).text == "two"
+        assert bob.connection.core._acks_due  # the point: owed, and not yet due
+        await bob.connection.close()
+        report = await alice.next(DeliveryReport, lambda r: r.message_id == second)
+        assert report.delivered == ("bob",) and report.failed == ()
+
+
 # -- a client that floods, a client that never reads, a client that says nothing ------------------
 
 
