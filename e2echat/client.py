@@ -13,6 +13,7 @@ import contextlib
 import logging
 import socket
 from dataclasses import dataclass
+from typing import cast
 
 from nacl.public import PrivateKey
 
@@ -37,7 +38,6 @@ CONNECT_TIMEOUT = 10.0
 KEEPALIVE = 20.0
 # How often the connection looks at its clocks (receipts held back, overdue, keepalive).
 TICK = 0.2
-_READ_CHUNK = 64 * 1024
 _LOST = "the connection was lost before it was confirmed (it may still have arrived)"
 
 
@@ -46,6 +46,28 @@ class Disconnected:
     """The last event of a connection: why it ended."""
 
     detail: str
+
+
+class _Link(asyncio.Protocol):
+    """The socket's callbacks, handed straight to the connection: bytes are decrypted and
+    their events queued in the same turn of the event loop as they arrive."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # Set here, not when create_connection returns: the relay's challenge may be read
+        # (and answered) before that.
+        self.connection._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.connection._received(data)
+
+    def eof_received(self) -> bool:
+        return False  # close our end too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.connection._lost()
 
 
 class Connection:
@@ -73,13 +95,16 @@ class Connection:
             nick, identity, new_session_key(), known_peers, password=password, receipt_timeout=receipt_timeout
         )
         self.events: asyncio.Queue[Event | Disconnected] = asyncio.Queue()
-        self._writer: asyncio.StreamWriter | None = None
-        self._reader_task: asyncio.Task[None] | None = None
+        self._transport: asyncio.Transport | None = None
+        #: while registering: resolves with Registered, or fails with why not
+        self._registration: asyncio.Future[Registered] | None = None
+        self._gone = asyncio.Event()  # the transport has closed
         self._ticker_task: asyncio.Task[None] | None = None
         self._settled = asyncio.Event()
         self._settled.set()
         self.closed = False
         self._relay_closing = False
+        self._broken = ""  # how the relay broke the protocol, if it did
         self._sent_at = self._heard_at = 0.0  # loop time; set for real once connected
         self._dead = ""
 
@@ -89,78 +114,76 @@ class Connection:
 
     async def open(self, timeout: float = CONNECT_TIMEOUT) -> Registered:
         """Connect and register. Raises RelayUnreachable or RegistrationRefused."""
+        loop = asyncio.get_running_loop()
+        self._registration = registration = loop.create_future()
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), timeout)
+            transport, _ = await asyncio.wait_for(
+                loop.create_connection(lambda: _Link(self), self.host, self.port), timeout
+            )
         except (OSError, TimeoutError):
+            registration.cancel()
             raise RelayUnreachable(host=self.host, port=self.port) from None
-        self._writer = writer
-        sock = writer.get_extra_info("socket")
+        sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
-            registered = await asyncio.wait_for(self._register(reader), timeout)
+            registered: Registered = await asyncio.wait_for(asyncio.shield(registration), timeout)
         except TimeoutError:
-            writer.close()
+            transport.close()
             raise RelayGone(host=self.host, port=self.port, detail="registration timed out") from None
         except BaseException:
-            writer.close()
+            transport.close()
             raise
-        self._sent_at = self._heard_at = asyncio.get_running_loop().time()
-        self._reader_task = asyncio.create_task(self._read_loop(reader))
+        finally:
+            registration.cancel()  # if it is still pending, nobody waits for it now
+        self._sent_at = self._heard_at = loop.time()
         self._ticker_task = asyncio.create_task(self._tick_loop())
         return registered
 
-    async def _register(self, reader: asyncio.StreamReader) -> Registered:
-        while True:
-            data = await self._read(reader)
-            if not data:
-                raise RelayGone(host=self.host, port=self.port, detail="it closed the connection")
-            try:
-                events = self.core.receive_data(data)
-            except E2EChatError as exc:
-                raise RelayGone(host=self.host, port=self.port, detail=str(exc)) from None
-            self._flush()
-            self._relay_closing |= any(isinstance(event, RelayClosing) for event in events)
+    def _received(self, data: bytes) -> None:
+        if self._broken:
+            return  # being closed: nothing more counts
+        self._heard_at = asyncio.get_running_loop().time()
+        try:
+            events = self.core.receive_data(data)
+        except E2EChatError as exc:
+            self._broken = str(exc)
+            if self._transport is not None:
+                self._transport.abort()
+            return
+        self._flush()
+        self._relay_closing |= any(isinstance(event, RelayClosing) for event in events)
+        registration = self._registration
+        if registration is not None and not registration.done():
             for index, event in enumerate(events):
                 if isinstance(event, RegistrationFailed):
-                    raise RegistrationRefused(nick=self.nick, detail=event.text, code=event.code)
+                    error = RegistrationRefused(nick=self.nick, detail=event.text, code=event.code)
+                    registration.set_exception(error)
+                    return
                 if isinstance(event, Registered):
-                    for later in events[index:]:
-                        self.events.put_nowait(later)
-                    return event
-
-    async def _read(self, reader: asyncio.StreamReader) -> bytes:
-        try:
-            return await reader.read(_READ_CHUNK)
-        except (ConnectionError, OSError):
-            return b""
-
-    async def _read_loop(self, reader: asyncio.StreamReader) -> None:
-        detail = ""
-        try:
-            while True:
-                data = await self._read(reader)
-                self._heard_at = asyncio.get_running_loop().time()
-                if not data:
+                    registration.set_result(event)
+                    events = events[index:]
                     break
-                try:
-                    events = self.core.receive_data(data)
-                except E2EChatError as exc:
-                    detail = f"it broke the protocol ({exc})"
-                    break
-                self._flush()
-                for event in events:
-                    if isinstance(event, RelayClosing):
-                        self._relay_closing = True
-                self._publish(events)
-        finally:
-            if not detail:
-                detail = self._dead or ("it shut down" if self._relay_closing else "it closed the connection")
-            for event in self.core.abandon(_LOST):
-                self.events.put_nowait(event)
-            self._close_transport()
-            self.events.put_nowait(Disconnected(detail))
+            else:
+                return  # still registering
+        self._publish(events)
+
+    def _lost(self) -> None:
+        self._gone.set()
+        registration = self._registration
+        if registration is not None and not registration.done():
+            detail = self._broken or "it closed the connection"
+            registration.set_exception(RelayGone(host=self.host, port=self.port, detail=detail))
+            return
+        if self._broken:
+            detail = f"it broke the protocol ({self._broken})"
+        else:
+            detail = self._dead or ("it shut down" if self._relay_closing else "it closed the connection")
+        for event in self.core.abandon(_LOST):
+            self.events.put_nowait(event)
+        self._close_transport()
+        self.events.put_nowait(Disconnected(detail))
 
     async def _tick_loop(self) -> None:
         # A few times a second: send receipts that were held back, report messages whose
@@ -181,8 +204,8 @@ class Connection:
                 self._dead = f"it could not go on ({exc})"
             if not self._dead and now - self._heard_at >= 2 * self.keepalive + interval:
                 self._dead = f"no answer from it for {2 * self.keepalive:g}s"
-            if self._dead and self._writer is not None:
-                self._writer.transport.abort()  # the read loop ends and reports it
+            if self._dead and self._transport is not None:
+                self._transport.abort()  # connection_lost reports it
                 return
 
     def _publish(self, events: list[Event]) -> None:
@@ -193,8 +216,8 @@ class Connection:
 
     def _flush(self) -> None:
         data = self.core.data_to_send()
-        if data and self._writer is not None and not self._writer.is_closing():
-            self._writer.write(data)
+        if data and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
             self._sent_at = asyncio.get_running_loop().time()
 
     # -- what the UI calls --------------------------------------------------------------------
@@ -216,9 +239,6 @@ class Connection:
     async def wait_settled(self, timeout: float) -> bool:
         """Wait until every message sent is accounted for: the relay answered, and each
         recipient confirmed it or is known not to have got it. False on timeout."""
-        if self._writer is not None:
-            with contextlib.suppress(ConnectionError, OSError, TimeoutError):
-                await asyncio.wait_for(self._writer.drain(), timeout)
         try:
             await asyncio.wait_for(self._settled.wait(), timeout)
         except TimeoutError:
@@ -229,8 +249,8 @@ class Connection:
         self.closed = True
         self.core.forget_keys()
         self._settled.set()  # nothing more will be answered
-        if self._writer is not None:
-            self._writer.close()
+        if self._transport is not None:
+            self._transport.close()  # sends what is queued first
 
     async def close(self) -> None:
         if not self.closed:
@@ -238,11 +258,10 @@ class Connection:
                 self.core.flush_receipts()  # what we read is confirmed before we go
                 self._flush()
         self._close_transport()
-        for task in (self._reader_task, self._ticker_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        if self._writer is not None:
-            with contextlib.suppress(ConnectionError, OSError, TimeoutError):
-                await asyncio.wait_for(self._writer.wait_closed(), 2)
+        if self._ticker_task is not None:
+            self._ticker_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker_task
+        if self._transport is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._gone.wait(), 2)

@@ -255,7 +255,7 @@ async def test_full_relay_refuses_newcomers_clearly() -> None:
 
 async def test_sockets_use_tcp_nodelay() -> None:
     async with running_relay() as relay, peers(relay, "alice") as (alice,):
-        client_socket = alice.connection._writer.get_extra_info("socket")  # type: ignore[union-attr]
+        client_socket = alice.connection._transport.get_extra_info("socket")  # type: ignore[union-attr]
         assert client_socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
         relay_transport = relay.transport(relay.core.online["alice"])
         assert relay_transport is not None
