@@ -380,14 +380,14 @@ class ClientCore:
         self._next_id += 1
         # The text is JSON-encoded once and the nonces drawn in one call; per recipient
         # there remain the chain step and the encryption itself.
-        outgoing = prepare(text, kind, directory_hash=self._recent_views[-1])
+        prepared = prepare(text, kind, directory_hash=self._recent_views[-1])
         counters: dict[str, int] = {}
         envelopes: list[tuple[str, bytes]] = []
         sessions = self._sessions
         for nick, nonce in zip(recipients, random_nonces(len(recipients)), strict=True):
             session = sessions[nick]
             counters[nick] = session.next_counter
-            envelopes.append((nick, session.seal(outgoing, nonce)))
+            envelopes.append((nick, session.seal(prepared, nonce)))
         self._write_in_frames(message_id, envelopes)
         self.pending[message_id] = _Pending(kind is Kind.PRIVATE, set(recipients))
         preview = text if len(text) <= 40 else text[:39] + "…"

@@ -186,11 +186,11 @@ class PeerSession:
     ) -> bytes:
         """One message for this peer, carrying our ``directory_hash`` (see
         ``directory_digest``). ``nonce`` is for deterministic tests only."""
-        outgoing = prepare(text, kind, directory_hash=directory_hash, acks=acks)
-        return self.seal(outgoing, random_nonces(1)[0] if nonce is None else nonce)
+        prepared = prepare(text, kind, directory_hash=directory_hash, acks=acks)
+        return self.seal(prepared, random_nonces(1)[0] if nonce is None else nonce)
 
-    def seal(self, outgoing: Outgoing, nonce: bytes) -> bytes:
-        """``outgoing`` (see ``prepare``) for this peer under the next message key.
+    def seal(self, prepared: Prepared, nonce: bytes) -> bytes:
+        """``prepared`` (see ``prepare``) for this peer under the next message key.
 
         ``nonce`` must be 24 random bytes (``random_nonces``) or, in tests, fixed ones.
         Each message key seals exactly one message, so the nonce need not be unique; it is
@@ -200,7 +200,7 @@ class PeerSession:
         self._send_counter = counter + 1
         # Byte for byte what json.dumps of {"from", "to", "kind", "n", "text", "dir"
         # [, "acks"]} gives (a test checks): only "n" differs from one message to the next.
-        plaintext = b"%b%b%d%b" % (self._inner_head, outgoing.kind_and_n, counter, outgoing.tail)
+        plaintext = b"%b%b%d%b" % (self._inner_head, prepared.kind_and_n, counter, prepared.tail)
         return _HEADER.pack(BODY_VERSION, counter) + nonce + _secretbox(plaintext, nonce, message_key)
 
     def decrypt(self, body: bytes) -> Plaintext:
@@ -275,7 +275,7 @@ class PeerSession:
 
 
 @dataclass(frozen=True)
-class Outgoing:
+class Prepared:
     """One message, JSON-encoded once for all its recipients (see ``prepare``)."""
 
     kind: Kind
@@ -285,7 +285,7 @@ class Outgoing:
     tail: bytes
 
 
-def prepare(text: str, kind: Kind, *, directory_hash: str = "", acks: tuple[int, ...] = ()) -> Outgoing:
+def prepare(text: str, kind: Kind, *, directory_hash: str = "", acks: tuple[int, ...] = ()) -> Prepared:
     """The parts of a message's plaintext that are the same for every recipient. A room
     message to 49 people differs per recipient only in "to" and "n", so the text is
     JSON-encoded once, not 49 times. Raises ``LocalProtocolError`` for a text over MAX_TEXT
@@ -295,7 +295,7 @@ def prepare(text: str, kind: Kind, *, directory_hash: str = "", acks: tuple[int,
     tail = ',"text":' + _json(text) + ',"dir":' + _json(directory_hash)
     if acks:
         tail += ',"acks":' + json.dumps(list(acks), separators=(",", ":"))
-    return Outgoing(kind, (_json(kind.value) + ',"n":').encode("utf-8"), (tail + "}").encode("utf-8"))
+    return Prepared(kind, (_json(kind.value) + ',"n":').encode("utf-8"), (tail + "}").encode("utf-8"))
 
 
 def random_nonces(count: int) -> list[bytes]:
