@@ -723,14 +723,14 @@ def encode_send(message_id: int, items: Sequence[tuple[str, bytes]]) -> bytes:
     _check_id(message_id)
     _require(0 < len(items) <= MAX_ITEMS, f"a send needs 1 to {MAX_ITEMS} envelopes")
     b64 = binascii.b2a_base64
+    head = _envelope_head  # checks the nick (once per nick: it is cached)
     parts = []
     for to, body in items:
-        if type(to) is not str:
-            _check_nick(to, "recipient")  # raises
         if type(body) is not bytes or not 0 < len(body) <= MAX_BODY:
             _check_bytes(body, "body", limit=MAX_BODY)  # raises
-        parts.append(_envelope_head(to) + b64(body, newline=False) + b'"}')
-    return b'{"v":%d,"type":"send","id":%d,"items":[%b]}' % (PROTOCOL_VERSION, message_id, b",".join(parts))
+        parts.append(head(to) + b64(body, newline=False))
+    items_json = b'"},'.join(parts) + b'"}'
+    return b'{"v":%d,"type":"send","id":%d,"items":[%b]}' % (PROTOCOL_VERSION, message_id, items_json)
 
 
 # A deliver exactly as ``encode_message`` writes it: this head, the base64 body, '"}'.

@@ -32,15 +32,15 @@ import nacl.bindings
 import nacl.exceptions
 from nacl.public import PrivateKey, PublicKey
 
+from e2echat import primitives
 from e2echat.errors import DecryptionError, LocalProtocolError, ReplayError
+from e2echat.primitives import hmac_sha256, secretbox, secretbox_open
 
 LABEL = b"e2echat v1"
 BODY_VERSION = 1
 _HEADER = struct.Struct(">BQ")
-_secretbox = nacl.bindings.crypto_secretbox_easy
-_secretbox_open = nacl.bindings.crypto_secretbox_open_easy
-_NONCE_SIZE = nacl.bindings.crypto_secretbox_NONCEBYTES
-_MAC_SIZE = nacl.bindings.crypto_secretbox_MACBYTES
+_NONCE_SIZE = primitives.NONCE_SIZE
+_MAC_SIZE = primitives.MAC_SIZE
 # Where the SecretBox's own output (tag, then ciphertext) starts in a body.
 _SEALED_START = _HEADER.size + _NONCE_SIZE
 # Skipped message keys kept per peer for late (reordered) messages. libsignal keeps at
@@ -106,13 +106,8 @@ def hkdf_sha256(ikm: bytes, *, info: bytes, length: int, salt: bytes = b"") -> b
 
 def chain_step(chain_key: bytes) -> tuple[bytes, bytes]:
     """(next chain key, message key), as in Signal's KDF_CK: HMAC-SHA256(chain_key, 0x02)
-    and HMAC-SHA256(chain_key, 0x01). The keyed HMAC state is made once and copied: the
-    same two MACs for less than two full HMAC set-ups (this runs once per recipient)."""
-    keyed = hmac.new(chain_key, None, "sha256")
-    for_message = keyed.copy()
-    for_message.update(b"\x01")
-    keyed.update(b"\x02")
-    return keyed.digest(), for_message.digest()
+    and HMAC-SHA256(chain_key, 0x01)."""
+    return hmac_sha256(chain_key, b"\x02"), hmac_sha256(chain_key, b"\x01")
 
 
 def _dh(private: PrivateKey, public: PublicKey) -> bytes:
@@ -201,7 +196,7 @@ class PeerSession:
         # Byte for byte what json.dumps of {"from", "to", "kind", "n", "text", "dir"
         # [, "acks"]} gives (a test checks): only "n" differs from one message to the next.
         plaintext = b"%b%b%d%b" % (self._inner_head, prepared.kind_and_n, counter, prepared.tail)
-        return _HEADER.pack(BODY_VERSION, counter) + nonce + _secretbox(plaintext, nonce, message_key)
+        return _HEADER.pack(BODY_VERSION, counter) + nonce + secretbox(plaintext, nonce, message_key)
 
     def decrypt(self, body: bytes) -> Plaintext:
         """Authenticate and decrypt one body. On any failure our state is unchanged."""
@@ -242,7 +237,7 @@ class PeerSession:
 
     def _open(self, message_key: bytes, body: bytes, counter: int, *, skipped: int, late: bool) -> Plaintext:
         try:
-            raw = _secretbox_open(body[_SEALED_START:], body[_HEADER.size : _SEALED_START], message_key)
+            raw = secretbox_open(body[_SEALED_START:], body[_HEADER.size : _SEALED_START], message_key)
         except nacl.exceptions.CryptoError:
             raise DecryptionError(peer=self.peer, detail="bad authentication tag") from None
         try:

@@ -12,10 +12,11 @@ import pytest
 from nacl.public import PrivateKey, PublicKey
 from test_cores import FakeClock, FakeWire, _frame, _receipt_frames
 
+from e2echat import client_core
 from e2echat import messages as m
 from e2echat.chat import Chat
 from e2echat.client import Connection
-from e2echat.client_core import RECEIPT_INTERVAL
+from e2echat.client_core import RECEIPT_INTERVAL, MessageReceived
 from e2echat.delivery import LEFT, DeliveryReport
 from e2echat.errors import RelayGone
 from e2echat.framing import encode_frame
@@ -137,6 +138,24 @@ def test_receipts_are_split_across_frames(monkeypatch: pytest.MonkeyPatch) -> No
     wire.pump()
     frames = _receipt_frames(wire, listener)[1:]
     assert [len(frame.items) for frame in frames] == [2, 2, 1]
+
+
+def test_a_room_message_too_big_for_one_frame_goes_in_several(monkeypatch: pytest.MonkeyPatch) -> None:
+    wire = FakeWire()
+    talker = wire.connect("talker")
+    listeners = [wire.connect(f"l{i}") for i in range(5)]
+    wire.clients[talker].send_room("first contact")
+    wire.pump()
+    budget = 3_000  # about three envelopes of the message below
+    monkeypatch.setattr(client_core, "_FRAME_BUDGET", budget)
+    message_id = wire.clients[talker].send_room("x" * 500)
+    wire.pump()
+    frames = [s for s in wire.sent[talker] if isinstance(s, m.Send) and s.id == message_id]
+    assert len(frames) == 2
+    assert all(len(m.encode_message(frame)) <= budget for frame in frames)
+    assert sorted(e.to for frame in frames for e in frame.items) == [f"l{i}" for i in range(5)]
+    for listener in listeners:
+        assert [e.text for e in wire.events[listener] if isinstance(e, MessageReceived)][-1] == "x" * 500
 
 
 def test_wide_characters_cannot_forge_a_line_of_their_own() -> None:

@@ -16,6 +16,7 @@ PURE = [
     "messages",
     "keys",
     "trust",
+    "primitives",
     "session",
     "delivery",
     "events",

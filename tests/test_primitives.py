@@ -1,0 +1,78 @@
+"""The direct calls in ``primitives`` are the public API's calls, byte for byte."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+
+import nacl.bindings
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from nacl.exceptions import CryptoError
+
+from e2echat import primitives
+
+# RFC 4231, test cases 1, 2 and 6 (a key longer than the block size), HMAC-SHA-256.
+RFC_4231 = [
+    (bytes([0x0B] * 20), b"Hi There", "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"),
+    (
+        b"Jefe",
+        b"what do ya want for nothing?",
+        "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843",
+    ),
+    (
+        bytes([0xAA] * 131),
+        b"Test Using Larger Than Block-Size Key - Hash Key First",
+        "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54",
+    ),
+]
+
+
+@pytest.mark.parametrize(("key", "message", "expected"), RFC_4231)
+def test_hmac_sha256_gives_the_rfc_4231_vectors(key: bytes, message: bytes, expected: str) -> None:
+    assert primitives.hmac_sha256(key, message).hex() == expected
+
+
+@given(st.binary(min_size=1, max_size=100), st.binary(max_size=300))
+def test_hmac_sha256_is_the_stdlib_hmac(key: bytes, message: bytes) -> None:
+    assert primitives.hmac_sha256(key, message) == hmac.new(key, message, hashlib.sha256).digest()
+
+
+@given(st.binary(max_size=2000))
+def test_secretbox_is_pynacls_secretbox_both_ways(message: bytes) -> None:
+    key, nonce = os.urandom(32), os.urandom(24)
+    sealed = primitives.secretbox(message, nonce, key)
+    assert sealed == nacl.bindings.crypto_secretbox_easy(message, nonce, key)
+    assert primitives.secretbox_open(sealed, nonce, key) == message
+
+
+def test_secretbox_open_refuses_what_does_not_authenticate() -> None:
+    key, nonce = os.urandom(32), os.urandom(24)
+    sealed = primitives.secretbox(b"attack at dawn", nonce, key)
+    for index in (0, 15, 16, len(sealed) - 1):  # in the tag and in the ciphertext
+        tampered = bytearray(sealed)
+        tampered[index] ^= 1
+        with pytest.raises(CryptoError):
+            primitives.secretbox_open(bytes(tampered), nonce, key)
+    with pytest.raises(CryptoError):
+        primitives.secretbox_open(sealed, nonce, os.urandom(32))
+    with pytest.raises(CryptoError):
+        primitives.secretbox_open(sealed, os.urandom(24), key)
+    for short in (b"", sealed[:15], sealed[:16]):  # shorter than a tag; a bare tag that is wrong
+        with pytest.raises(CryptoError):
+            primitives.secretbox_open(short, nonce, key)
+
+
+WRONG_SIZES = [(23, 32), (25, 32), (0, 32), (24, 31), (24, 33), (24, 0)]
+
+
+@pytest.mark.parametrize(("nonce_size", "key_size"), WRONG_SIZES)
+def test_wrong_sized_nonces_and_keys_never_reach_libsodium(nonce_size: int, key_size: int) -> None:
+    # libsodium reads exactly 24 and 32 bytes: a shorter buffer would be read past its end.
+    nonce, key = bytes(nonce_size), bytes(key_size)
+    with pytest.raises(ValueError, match="24-byte nonce and a 32-byte key"):
+        primitives.secretbox(b"text", nonce, key)
+    with pytest.raises(ValueError, match="24-byte nonce and a 32-byte key"):
+        primitives.secretbox_open(bytes(40), nonce, key)
