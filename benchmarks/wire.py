@@ -11,7 +11,7 @@ from typing import cast
 
 from nacl.public import PrivateKey
 
-from e2echat.client_core import ClientCore, ClientState
+from e2echat.client_core import ClientCore, ClientState, RegistrationFailed
 from e2echat.errors import E2EChatError
 from e2echat.keys import new_session_key
 
@@ -36,9 +36,23 @@ class Link(asyncio.Protocol):
     kernel buffers far more than arrives in a pause."""
 
     def __init__(self) -> None:
-        self.handler: Callable[[bytes], None] = lambda data: None
+        self._handler: Callable[[bytes], None] | None = None
+        self._early: list[bytes] = []
         self.transport: asyncio.Transport | None = None
         self.pause = 0.0
+
+    @property
+    def handler(self) -> Callable[[bytes], None]:
+        return self._handler or self._early.append
+
+    @handler.setter
+    def handler(self, handler: Callable[[bytes], None]) -> None:
+        # What arrived before the first handler was set (an event loop may read the
+        # relay's challenge before create_connection returns) goes to it now, in order.
+        self._handler = handler
+        early, self._early = self._early, []
+        for data in early:
+            handler(data)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A stream transport (typed loosely: other event loops, such as uvloop, have their own).
@@ -108,13 +122,14 @@ async def register(
             fail("the relay closed the connection while registering")
             return
         try:
-            core.receive_data(data)
+            events = core.receive_data(data)
         except E2EChatError as exc:
             fail(str(exc))
             return
         link.write(core.data_to_send())
         if core.state is ClientState.CLOSED:
-            fail("registration refused")
+            refusals = [f"{e.code}: {e.text}" for e in events if isinstance(e, RegistrationFailed)]
+            fail(f"registration refused ({'; '.join(refusals) or 'no reason given'})")
         elif core.state is ClientState.ONLINE and until(core) and not done.done():
             done.set_result(None)
 
