@@ -17,8 +17,10 @@ class Plan:
     #: 1. the same, with live clients (real-time crypto, receipts)
     live_clients: int = 50
     live_seconds: float = 5.0
-    #: 2. the ratio target is judged at this size
+    #: 2. the ratio target is judged at this size, on this many relay and forwarder runs
+    #: made back to back (the machine's speed drifts over minutes; see throughput.baseline)
     ratio_size: int = 50
+    ratio_pairs: int = 3
     #: 3. latency: (clients, messages a second per client, seconds)
     latency_loads: tuple[tuple[int, float, float], ...] = ((50, 4.0, 10.0), (50, 20.0, 4.0))
     #: 4. scale
@@ -50,6 +52,7 @@ SMOKE = Plan(
     live_clients=3,
     live_seconds=0.3,
     ratio_size=4,
+    ratio_pairs=1,
     latency_loads=((3, 4.0, 0.5), (3, 20.0, 0.3)),
     scale_target=24,
     scale_budget=10.0,
