@@ -252,6 +252,8 @@ class ClientCore:
         """``Send`` frames carrying ``envelopes`` ((recipient, body) pairs), each frame under
         the size and item limits."""
         count = len(envelopes)
+        if not count:
+            return
         if (
             count <= m.MAX_ITEMS
             and sum([len(body) for _, body in envelopes]) * 4 // 3 + 96 * count <= _FRAME_BUDGET

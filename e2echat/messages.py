@@ -726,6 +726,8 @@ def encode_send(message_id: int, items: Sequence[tuple[str, bytes]]) -> bytes:
     head = _envelope_head  # checks the nick (once per nick: it is cached)
     parts = []
     for to, body in items:
+        if type(to) is not str:
+            _check_nick(to, "recipient")  # raises
         if type(body) is not bytes or not 0 < len(body) <= MAX_BODY:
             _check_bytes(body, "body", limit=MAX_BODY)  # raises
         parts.append(head(to) + b64(body, newline=False))

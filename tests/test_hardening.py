@@ -140,22 +140,41 @@ def test_receipts_are_split_across_frames(monkeypatch: pytest.MonkeyPatch) -> No
     assert [len(frame.items) for frame in frames] == [2, 2, 1]
 
 
-def test_a_room_message_too_big_for_one_frame_goes_in_several(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("nick_padding", "budget"),
+    [
+        (0, 3_000),  # short nicks: about three envelopes of the message below
+        # Nicks of 32 characters, the longest: the bodies alone (4,726 bytes in base64)
+        # fit the budget, the whole frame (5,038 bytes) does not.
+        (30, 4_900),
+    ],
+)
+def test_a_room_message_too_big_for_one_frame_goes_in_several(
+    monkeypatch: pytest.MonkeyPatch, nick_padding: int, budget: int
+) -> None:
     wire = FakeWire()
     talker = wire.connect("talker")
-    listeners = [wire.connect(f"l{i}") for i in range(5)]
+    names = [f"l{i}" + "x" * nick_padding for i in range(5)]
+    listeners = [wire.connect(name) for name in names]
     wire.clients[talker].send_room("first contact")
     wire.pump()
-    budget = 3_000  # about three envelopes of the message below
     monkeypatch.setattr(client_core, "_FRAME_BUDGET", budget)
     message_id = wire.clients[talker].send_room("x" * 500)
     wire.pump()
     frames = [s for s in wire.sent[talker] if isinstance(s, m.Send) and s.id == message_id]
     assert len(frames) == 2
     assert all(len(m.encode_message(frame)) <= budget for frame in frames)
-    assert sorted(e.to for frame in frames for e in frame.items) == [f"l{i}" for i in range(5)]
+    assert sorted(e.to for frame in frames for e in frame.items) == names
     for listener in listeners:
         assert [e.text for e in wire.events[listener] if isinstance(e, MessageReceived)][-1] == "x" * 500
+
+
+def test_nothing_to_send_writes_nothing() -> None:
+    wire = FakeWire()
+    core = wire.clients[wire.connect("alone")]
+    core.data_to_send()
+    core._write_in_frames(0, [])  # as _send_receipts may, if every owed sender is skipped
+    assert core.data_to_send() == b""
 
 
 def test_wide_characters_cannot_forge_a_line_of_their_own() -> None:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import importlib.util
 import os
+import sys
+import types
 
 import nacl.bindings
 import pytest
@@ -72,7 +75,47 @@ WRONG_SIZES = [(23, 32), (25, 32), (0, 32), (24, 31), (24, 33), (24, 0)]
 def test_wrong_sized_nonces_and_keys_never_reach_libsodium(nonce_size: int, key_size: int) -> None:
     # libsodium reads exactly 24 and 32 bytes: a shorter buffer would be read past its end.
     nonce, key = bytes(nonce_size), bytes(key_size)
-    with pytest.raises(ValueError, match="24-byte nonce and a 32-byte key"):
+    # A CryptoError, as PyNaCl raises: the session turns it into a dropped message.
+    with pytest.raises(CryptoError, match="24-byte nonce and a 32-byte key"):
         primitives.secretbox(b"text", nonce, key)
-    with pytest.raises(ValueError, match="24-byte nonce and a 32-byte key"):
+    with pytest.raises(CryptoError, match="24-byte nonce and a 32-byte key"):
         primitives.secretbox_open(bytes(40), nonce, key)
+
+
+def _fresh_copy(monkeypatch: pytest.MonkeyPatch, **replaced: object) -> types.ModuleType:
+    """primitives.py imported anew with some modules replaced (None: not importable)."""
+    for name, module in replaced.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    spec = importlib.util.spec_from_file_location("primitives_copy", primitives.__file__)
+    assert spec is not None and spec.loader is not None
+    copy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(copy)
+    return copy
+
+
+def _works(copy: types.ModuleType) -> None:
+    for key, message, expected in RFC_4231:
+        assert copy.hmac_sha256(key, message).hex() == expected
+    key, nonce = os.urandom(32), os.urandom(24)
+    sealed = copy.secretbox(b"still right", nonce, key)
+    assert sealed == nacl.bindings.crypto_secretbox_easy(b"still right", nonce, key)
+    assert copy.secretbox_open(sealed, nonce, key) == b"still right"
+
+
+def test_the_direct_calls_are_in_use_here() -> None:
+    assert primitives.DIRECT_HMAC and primitives.DIRECT_SECRETBOX
+
+
+def test_without_the_private_modules_the_public_api_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    copy = _fresh_copy(monkeypatch, _hashlib=None, **{"nacl._sodium": None})
+    assert not copy.DIRECT_HMAC and not copy.DIRECT_SECRETBOX
+    _works(copy)
+
+
+def test_a_private_module_that_answers_wrongly_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Say a new Python changed what _hashlib.hmac_new returns: the self-check at import sees
+    # a wrong MAC, and the public hmac module is used instead.
+    wrong = types.SimpleNamespace(digest=lambda: bytes(32))
+    copy = _fresh_copy(monkeypatch, _hashlib=types.SimpleNamespace(hmac_new=lambda *a, **k: wrong))
+    assert not copy.DIRECT_HMAC and copy.DIRECT_SECRETBOX
+    _works(copy)
