@@ -42,7 +42,9 @@ def frozen_heap() -> Iterator[None]:
 
     This process holds every simulated recipient, 50 clients' state, where a real client
     holds its own; without this the sender would pay for collections that walk the
-    others'. What the timed code allocates is still collected as usual."""
+    others'. The sender's own sessions are frozen too (a real client's collections would
+    walk those: a small part of the whole). What the timed code allocates is still
+    collected as usual."""
     gc.collect()
     gc.freeze()
     try:
@@ -185,7 +187,7 @@ def client_cost(context: Context) -> Section:
     }
     section.notes.append(
         "sending includes everything the client does for a room message: per recipient the inner "
-        "JSON, two HMAC-SHA256 chain steps, the SecretBox, the envelope, then base64 and JSON for "
+        "JSON, a chain step (two HMAC-SHA256), the SecretBox, the envelope, then base64 and JSON for "
         "the frame. Receiving includes decoding the frame, the chain step, decrypting, checks and the "
         "receipt bookkeeping."
     )

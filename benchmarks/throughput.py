@@ -347,17 +347,29 @@ def _capacity(ours: Run, theirs: Run) -> float:
 
 
 def _paired_runs(clients: int, count: int, context: Context, section: Section) -> list[tuple[Run, Run]]:
-    """``count`` relay runs, each followed at once by a forwarder run, for the judged ratio.
+    """``count`` pairs of a relay run and a forwarder run made back to back, for the judged
+    ratio; the order alternates (relay first, then forwarder first, ...).
 
     This machine's speed drifts: the same run a minute later can be a third faster or
     slower, and the single runs above are half a minute apart. A ratio of two runs made
     back to back shares the drift; the median of a few such ratios is what is judged."""
-    pairs = []
-    for _ in range(count):
+
+    def run_relay() -> Run:
         with servers.relay(*servers.UNLIMITED) as relay:
-            ours = replay(relay, "relay", clients, context)
+            return replay(relay, "relay", clients, context)
+
+    def run_forwarder() -> Run:
         with servers.forwarder() as forwarder:
-            theirs = replay(forwarder, "forwarder", clients, context)
+            return replay(forwarder, "forwarder", clients, context)
+
+    pairs = []
+    for index in range(count):
+        if index % 2 == 0:
+            ours = run_relay()
+            theirs = run_forwarder()
+        else:
+            theirs = run_forwarder()
+            ours = run_relay()
         section.integrity = section.integrity.add(ours.integrity).add(theirs.integrity)
         pairs.append((ours, theirs))
     return pairs
@@ -385,6 +397,6 @@ def _judged_ratios(section: Section, clients: int, pairs: list[tuple[Run, Run]],
                 "×",
                 "≥ 0.8",
                 judge(value, lambda r: r >= 0.8, judged),
-                note=f"{extra}median of {len(values)} back-to-back pairs ({shown})",
+                note=f"{extra}median of {len(values)} back-to-back pairs, in alternating order ({shown})",
             )
         )

@@ -50,9 +50,8 @@ class Link(asyncio.Protocol):
         # What arrived before the first handler was set (an event loop may read the
         # relay's challenge before create_connection returns) goes to it now, in order.
         self._handler = handler
-        early, self._early = self._early, []
-        for data in early:
-            handler(data)
+        while self._early and self._handler is not None:
+            self._handler(self._early.pop(0))  # the current handler: one may set the next
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A stream transport (typed loosely: other event loops, such as uvloop, have their own).
