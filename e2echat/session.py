@@ -32,15 +32,14 @@ import nacl.bindings
 import nacl.exceptions
 from nacl.public import PrivateKey, PublicKey
 
-from e2echat import primitives
 from e2echat.errors import DecryptionError, LocalProtocolError, ReplayError
-from e2echat.primitives import hmac_sha256, secretbox, secretbox_open
+from e2echat.primitives import MAC_SIZE, NONCE_SIZE, hmac_sha256, secretbox, secretbox_open
 
 LABEL = b"e2echat v1"
 BODY_VERSION = 1
 _HEADER = struct.Struct(">BQ")
-_NONCE_SIZE = primitives.NONCE_SIZE
-_MAC_SIZE = primitives.MAC_SIZE
+_NONCE_SIZE = NONCE_SIZE
+_MAC_SIZE = MAC_SIZE
 # Where the SecretBox's own output (tag, then ciphertext) starts in a body.
 _SEALED_START = _HEADER.size + _NONCE_SIZE
 # Skipped message keys kept per peer for late (reordered) messages. libsignal keeps at
