@@ -1,11 +1,12 @@
 """The baseline: a minimal length-prefixed forwarder, no crypto, one routing header.
 
 Same framing as e2echat (4-byte big-endian length, then the payload) and the same
-asyncio shell as the relay (a Protocol per connection whose data_received cuts frames with
-e2echat's FrameDecoder), so that the difference to the relay is the protocol work: JSON,
-base64, validation, registration and the directory. Being minimal, it writes each frame to
-its recipient as soon as it has cut it (the relay gathers what it has for each recipient
-and writes it once per turn of the event loop).
+asyncio shell as the relay (a ``BufferedLink`` per connection, all reading into one
+buffer, whose data_received cuts frames with e2echat's FrameDecoder), so that the
+difference to the relay is the protocol work: JSON, base64, validation, registration and
+the directory. Being minimal, it writes each frame to its recipient as soon as it has cut
+it (the relay gathers what it has for each recipient and writes it once per turn of the
+event loop).
 
 Wire format, client to forwarder:
   first frame   2 bytes: the client's id (answered with the same 2 bytes: "you are in")
@@ -28,13 +29,15 @@ from typing import cast
 
 from e2echat.errors import E2EChatError
 from e2echat.framing import FrameDecoder
+from e2echat.streams import BufferedLink, read_buffer
 
 _PREFIX = struct.Struct(">I")
 ID_SIZE = 2
 
 
-class _Client(asyncio.Protocol):
+class _Client(BufferedLink):
     def __init__(self, forwarder: Forwarder) -> None:
+        super().__init__(forwarder.read_buffer)
         self.forwarder = forwarder
         self.decoder = FrameDecoder()
         self.me: bytes | None = None
@@ -74,6 +77,7 @@ class _Client(asyncio.Protocol):
 class Forwarder:
     def __init__(self) -> None:
         self.clients: dict[bytes, asyncio.Transport] = {}
+        self.read_buffer = read_buffer()
 
 
 async def main(host: str, port: int) -> None:

@@ -14,6 +14,7 @@ from nacl.public import PrivateKey
 from e2echat.client_core import ClientCore, ClientState, RegistrationFailed
 from e2echat.errors import E2EChatError
 from e2echat.keys import new_session_key
+from e2echat.streams import BufferedLink, read_buffer
 
 LOOPBACK = "127.0.0.1"
 _PREFIX = struct.Struct(">I")
@@ -28,7 +29,11 @@ def new_core(nick: str) -> ClientCore:
     return ClientCore(nick, PrivateKey.generate(), new_session_key())
 
 
-class Link(asyncio.Protocol):
+#: what every Link in this process reads into (see e2echat.streams)
+_READ_BUFFER = read_buffer()
+
+
+class Link(BufferedLink):
     """A client socket driven by a callback: ``handler(data)`` for each read (``b""`` at
     the end). With ``pause`` set, it reads at most once per ``pause`` seconds: the bytes
     wait in the kernel meanwhile and arrive in one batch, so the load generator spends
@@ -36,6 +41,7 @@ class Link(asyncio.Protocol):
     kernel buffers far more than arrives in a pause."""
 
     def __init__(self) -> None:
+        super().__init__(_READ_BUFFER)
         self._handler: Callable[[bytes], None] | None = None
         self._early: list[bytes] = []
         self.transport: asyncio.Transport | None = None

@@ -27,6 +27,7 @@ from e2echat.errors import (
 )
 from e2echat.events import Event, Registered, RegistrationFailed, RelayClosing
 from e2echat.keys import new_session_key
+from e2echat.streams import BufferedLink, read_buffer
 from e2echat.trust import KnownPeers
 
 log = logging.getLogger("e2echat.client")
@@ -48,11 +49,12 @@ class Disconnected:
     detail: str
 
 
-class _Link(asyncio.Protocol):
+class _Link(BufferedLink):
     """The socket's callbacks, handed straight to the connection: bytes are decrypted and
     their events queued in the same turn of the event loop as they arrive."""
 
     def __init__(self, connection: Connection) -> None:
+        super().__init__(read_buffer())
         self.connection = connection
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -106,6 +108,8 @@ class Connection:
         self._relay_closing = False
         self._broken = ""  # how the relay broke the protocol, if it did
         self._sent_at = self._heard_at = 0.0  # loop time; set for real once connected
+        # Kept, not looked up per read: on Python 3.11 get_running_loop() makes a system call.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._dead = ""
 
     @property
@@ -114,7 +118,7 @@ class Connection:
 
     async def open(self, timeout: float = CONNECT_TIMEOUT) -> Registered:
         """Connect and register. Raises RelayUnreachable or RegistrationRefused."""
-        loop = asyncio.get_running_loop()
+        self._loop = loop = asyncio.get_running_loop()
         self._registration = registration = loop.create_future()
         try:
             transport, _ = await asyncio.wait_for(
@@ -144,7 +148,8 @@ class Connection:
     def _received(self, data: bytes) -> None:
         if self._broken:
             return  # being closed: nothing more counts
-        self._heard_at = asyncio.get_running_loop().time()
+        assert self._loop is not None  # set before the connection exists
+        self._heard_at = self._loop.time()
         try:
             events = self.core.receive_data(data)
         except E2EChatError as exc:
@@ -218,7 +223,8 @@ class Connection:
         data = self.core.data_to_send()
         if data and self._transport is not None and not self._transport.is_closing():
             self._transport.write(data)
-            self._sent_at = asyncio.get_running_loop().time()
+            assert self._loop is not None  # there is a transport
+            self._sent_at = self._loop.time()
 
     # -- what the UI calls --------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ from e2echat.messages import (
     encode_message,
 )
 from e2echat.relay_core import Action, Broadcast, ConnId, Fanout, Outgoing, RelayCore, TokenBucket
+from e2echat.streams import BufferedLink, read_buffer
 
 log = logging.getLogger("e2echat.relay")
 
@@ -80,7 +81,7 @@ class _Flow:
         self.warned_at = -1e9
 
 
-class _Link(asyncio.Protocol):
+class _Link(BufferedLink):
     """One client connection: hands its bytes to the relay, and tells it when it ends."""
 
     __slots__ = (
@@ -96,6 +97,7 @@ class _Link(asyncio.Protocol):
     )
 
     def __init__(self, relay: Relay) -> None:
+        super().__init__(relay._read_buffer)  # one for every connection (see streams)
         self.relay = relay
         self.conn: ConnId = 0
         self.transport: asyncio.Transport | None = None
@@ -145,6 +147,9 @@ class Relay:
         self._sweeper: asyncio.Task[None] | None = None
         self._port: int | None = None
         self._closed = asyncio.Event()
+        self._read_buffer = read_buffer()
+        # Kept, not looked up per read: on Python 3.11 get_running_loop() makes a system call.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def port(self) -> int:
@@ -157,7 +162,7 @@ class Relay:
         return link.transport if link else None
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
+        self._loop = loop = asyncio.get_running_loop()
         try:
             self._server = await loop.create_server(lambda: _Link(self), self.host, self.requested_port)
         except OSError as exc:
@@ -218,7 +223,8 @@ class Relay:
         conn = link.conn
         if conn not in self._links:
             return  # refused, or being closed: what it says no longer matters
-        now = link.heard = asyncio.get_running_loop().time()
+        assert self._loop is not None  # set by start(), before any connection
+        now = link.heard = self._loop.time()
         try:
             for frame in link.decoder.receive_data(data):
                 if not link.registered:
@@ -355,7 +361,8 @@ class Relay:
                 self._drop(action.conn)
         if pending and not self._flush_due:
             self._flush_due = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            assert self._loop is not None
+            self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_due = False
