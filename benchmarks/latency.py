@@ -32,12 +32,20 @@ def latency(context: Context) -> Section:
     runs: list[Run] = []
     with servers.relay(*servers.UNLIMITED, profile=servers.profile_path("latency", context.profile)) as relay:
         for index, (clients, rate, seconds) in enumerate(plan.latency_loads):
-            run = live(relay, clients, context, "paced", rate=rate, seconds=seconds)
+            # The issue's target is for the first load (50 × 4/s), end to end. The machine's
+            # speed drifts from minute to minute, so that load is run a few times.
+            repeats = plan.latency_repeats if index == 0 else 1
+            tries = [
+                live(relay, clients, context, "paced", rate=rate, seconds=seconds) for _ in range(repeats)
+            ]
             path = paced_replay(relay, clients, rate, seconds, context)
-            runs += [run, path]
-            section.integrity = section.integrity.add(run.integrity).add(path.integrity)
-            # The issue's target is for the first load (50 × 4/s), end to end.
-            _figures(section, run, "live", clients, rate, targeted=index == 0, judged=not plan.smoke)
+            runs += [*tries, path]
+            for run in [*tries, path]:
+                section.integrity = section.integrity.add(run.integrity)
+            run = median_run(tries)
+            _figures(
+                section, run, "live", clients, rate, targeted=index == 0, judged=not plan.smoke, others=tries
+            )
             _figures(section, path, "relay path", clients, rate, targeted=False, judged=False)
     section.details = {"runs": [_summary(run) for run in runs], "relay_profile": relay.profile_top}
     section.notes.append(
@@ -54,6 +62,11 @@ def latency(context: Context) -> Section:
         "It is the relay's and the kernel's share of the latency."
     )
     return section
+
+
+def median_run(runs: list[Run]) -> Run:
+    """The run whose p99 is the median of the runs' (the higher of the middle two)."""
+    return sorted(runs, key=lambda run: percentile(sorted(run.latencies), 0.99))[len(runs) // 2]
 
 
 def paced_replay(server: servers.Server, clients: int, rate: float, seconds: float, context: Context) -> Run:
@@ -112,8 +125,18 @@ def _path_latencies(done: list[dict[str, Any]], everyone: list[str]) -> list[flo
 
 
 def _figures(
-    section: Section, run: Run, kind: str, clients: int, rate: float, *, targeted: bool, judged: bool
+    section: Section,
+    run: Run,
+    kind: str,
+    clients: int,
+    rate: float,
+    *,
+    targeted: bool,
+    judged: bool,
+    others: list[Run] | None = None,
 ) -> None:
+    """The figures of ``run``; if it is the median of ``others`` (it is among them), the
+    note says so and gives their p99s."""
     ordered = sorted(run.latencies)
     p50, p99 = percentile(ordered, 0.50), percentile(ordered, 0.99)
     worst = ordered[-1] if ordered else math.nan
@@ -126,6 +149,9 @@ def _figures(
         note += f"; OVERLOADED: {who} cannot keep up"
     elif kind == "live" and run.client_cpu / max(run.seconds, 1e-9) > 0.8 * client_cores():
         note += f"; client-limited (clients used {run.client_cpu / run.seconds:.1f} cores)"
+    if others and len(others) > 1:
+        each = ", ".join(f"{percentile(sorted(other.latencies), 0.99):.1f}" for other in others)
+        note += f"; median of {len(others)} runs by p99 (each run's p99: {each} ms)"
     target = f"≤ {TARGET_P99_MS:g} ms" if targeted else ""
     section.add(Figure(f"p50_ms_{key}", f"{load}: p50", p50, "ms"))
     section.add(

@@ -52,6 +52,7 @@ from e2echat.session import (
     Kind,
     Party,
     PeerSession,
+    Prepared,
     digest_of_encoded,
     encode_party,
     prepare,
@@ -235,7 +236,7 @@ class ClientCore:
         # message reaches everyone at once, and fixed intervals would keep everyone's
         # receipts in step, a burst of work for every client (and the relay) at once.
         self._receipts_due_at = now + receipt_gap()
-        envelopes: list[tuple[str, bytes]] = []
+        receipts: list[tuple[PeerSession, Prepared]] = []
         for nick, counters in self._acks_due.items():
             session = self._session_with(nick)
             # Nothing goes to a nick whose key changed, not even a receipt.
@@ -243,9 +244,14 @@ class ClientCore:
                 continue
             for start in range(0, len(counters), MAX_ACKS):
                 acks = tuple(counters[start : start + MAX_ACKS])
-                body = session.encrypt("", Kind.RECEIPT, directory_hash=self._recent_views[-1], acks=acks)
-                envelopes.append((nick, body))
+                receipts.append(
+                    (session, prepare("", Kind.RECEIPT, directory_hash=self._recent_views[-1], acks=acks))
+                )
         self._acks_due.clear()
+        nonces = random_nonces(len(receipts))  # one call for all of them, as in _send
+        envelopes = [
+            (s.peer, s.seal(prepared, nonce)) for (s, prepared), nonce in zip(receipts, nonces, strict=True)
+        ]
         self._write_in_frames(0, envelopes)
 
     def _write_in_frames(self, message_id: int, envelopes: list[tuple[str, bytes]]) -> None:

@@ -61,6 +61,9 @@ def test_smoke_run_reports_every_figure_and_loses_nothing(tmp_path: Path) -> Non
         counts = section["integrity"]
         assert counts["lost"] == counts["duplicated"] == counts["corrupted"] == 0, name
     assert document["sections"]["scale"]["figures"]["clients_reached"]["value"] > 0
+    # The targeted latency load ran twice (judged on the median run), the other once, and
+    # each had its relay-path run.
+    assert len(document["sections"]["latency"]["details"]["runs"]) == 2 + 1 + 1 + 1
     assert {target["key"] for target in document["targets"]} >= {
         "send_ratio",
         "relay_rss_kib_per_connection",
