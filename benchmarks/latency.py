@@ -65,8 +65,14 @@ def latency(context: Context) -> Section:
 
 
 def median_run(runs: list[Run]) -> Run:
-    """The run whose p99 is the median of the runs' (the higher of the middle two)."""
-    return sorted(runs, key=lambda run: percentile(sorted(run.latencies), 0.99))[len(runs) // 2]
+    """The run whose p99 is the median of the runs' (the higher of the middle two). A run
+    with no samples counts as the slowest, never as the median by accident."""
+
+    def p99(run: Run) -> float:
+        value = percentile(sorted(run.latencies), 0.99)
+        return math.inf if math.isnan(value) else value
+
+    return sorted(runs, key=p99)[len(runs) // 2]
 
 
 def paced_replay(server: servers.Server, clients: int, rate: float, seconds: float, context: Context) -> Run:
@@ -149,11 +155,16 @@ def _figures(
         note += f"; OVERLOADED: {who} cannot keep up"
     elif kind == "live" and run.client_cpu / max(run.seconds, 1e-9) > 0.8 * client_cores():
         note += f"; client-limited (clients used {run.client_cpu / run.seconds:.1f} cores)"
+    of_runs = ""
     if others and len(others) > 1:
         each = ", ".join(f"{percentile(sorted(other.latencies), 0.99):.1f}" for other in others)
         note += f"; median of {len(others)} runs by p99 (each run's p99: {each} ms)"
+        overloaded = sum(other.rate < 0.95 * offered for other in others)
+        if overloaded:
+            note += f"; {overloaded} of the {len(others)} runs OVERLOADED"
+        of_runs = " (the median run)"
     target = f"≤ {TARGET_P99_MS:g} ms" if targeted else ""
-    section.add(Figure(f"p50_ms_{key}", f"{load}: p50", p50, "ms"))
+    section.add(Figure(f"p50_ms_{key}", f"{load}: p50", p50, "ms", note=of_runs.strip(" ()")))
     section.add(
         Figure(
             f"p99_ms_{key}",
@@ -165,7 +176,9 @@ def _figures(
             note,
         )
     )
-    section.add(Figure(f"max_ms_{key}", f"{load}: max", worst, "ms", note=f"{len(ordered):,} samples"))
+    section.add(
+        Figure(f"max_ms_{key}", f"{load}: max", worst, "ms", note=f"{len(ordered):,} samples{of_runs}")
+    )
 
 
 def client_cores() -> float:

@@ -29,7 +29,8 @@ def new_core(nick: str) -> ClientCore:
     return ClientCore(nick, PrivateKey.generate(), new_session_key())
 
 
-#: what every Link in this process reads into (see e2echat.streams)
+#: what every Link in this process reads into (see e2echat.streams): safe to share while
+#: the process runs one event loop, as the load generator's workers do
 _READ_BUFFER = read_buffer()
 
 
