@@ -56,7 +56,7 @@ from e2echat.session import (
     digest_of_encoded,
     encode_party,
     prepare,
-    random_nonces,
+    seal_all,
 )
 from e2echat.trust import KnownPeers, Trust
 
@@ -248,11 +248,7 @@ class ClientCore:
                     (session, prepare("", Kind.RECEIPT, directory_hash=self._recent_views[-1], acks=acks))
                 )
         self._acks_due.clear()
-        nonces = random_nonces(len(receipts))  # one call for all of them, as in _send
-        envelopes = [
-            (s.peer, s.seal(prepared, nonce)) for (s, prepared), nonce in zip(receipts, nonces, strict=True)
-        ]
-        self._write_in_frames(0, envelopes)
+        self._write_in_frames(0, seal_all(receipts))
 
     def _write_in_frames(self, message_id: int, envelopes: list[tuple[str, bytes]]) -> None:
         """``Send`` frames carrying ``envelopes`` ((recipient, body) pairs), each frame under
@@ -399,9 +395,7 @@ class ClientCore:
         prepared = prepare(text, kind, directory_hash=self._recent_views[-1])
         sessions = [self._sessions[nick] for nick in recipients]
         counters = {session.peer: session.next_counter for session in sessions}
-        nonces = random_nonces(len(sessions))
-        envelopes = [(s.peer, s.seal(prepared, nonce)) for s, nonce in zip(sessions, nonces, strict=True)]
-        self._write_in_frames(message_id, envelopes)
+        self._write_in_frames(message_id, seal_all([(session, prepared) for session in sessions]))
         self.pending[message_id] = _Pending(kind is Kind.PRIVATE, set(recipients))
         preview = text if len(text) <= 40 else text[:39] + "…"
         self.deliveries.sent(message_id, kind is Kind.PRIVATE, counters, self._clock(), preview)

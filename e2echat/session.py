@@ -38,10 +38,8 @@ from e2echat.primitives import MAC_SIZE, NONCE_SIZE, hmac_sha256, secretbox, sec
 LABEL = b"e2echat v1"
 BODY_VERSION = 1
 _HEADER = struct.Struct(">BQ")
-_NONCE_SIZE = NONCE_SIZE
-_MAC_SIZE = MAC_SIZE
 # Where the SecretBox's own output (tag, then ciphertext) starts in a body.
-_SEALED_START = _HEADER.size + _NONCE_SIZE
+_SEALED_START = _HEADER.size + NONCE_SIZE
 # Skipped message keys kept per peer for late (reordered) messages. libsignal keeps at
 # most 2000; a relay that holds back more than that has made those messages unreadable.
 MAX_SKIP = 2000
@@ -199,7 +197,7 @@ class PeerSession:
 
     def decrypt(self, body: bytes) -> Plaintext:
         """Authenticate and decrypt one body. On any failure our state is unchanged."""
-        if len(body) < _SEALED_START + _MAC_SIZE:
+        if len(body) < _SEALED_START + MAC_SIZE:
             raise DecryptionError(peer=self.peer, detail="message too short")
         version, counter = _HEADER.unpack_from(body)
         if version != BODY_VERSION:
@@ -292,11 +290,18 @@ def prepare(text: str, kind: Kind, *, directory_hash: str = "", acks: tuple[int,
     return Prepared(kind, (_json(kind.value) + ',"n":').encode("utf-8"), (tail + "}").encode("utf-8"))
 
 
+def seal_all(messages: list[tuple[PeerSession, Prepared]]) -> list[tuple[str, bytes]]:
+    """(peer, body) for each (session, prepared message), each under the session's next
+    message key, with the nonces drawn in one call."""
+    nonces = random_nonces(len(messages))
+    return [(s.peer, s.seal(prepared, nonce)) for (s, prepared), nonce in zip(messages, nonces, strict=True)]
+
+
 def random_nonces(count: int) -> list[bytes]:
     """``count`` nonces of 24 random bytes from libsodium, drawn in one call: a room
     message needs one per recipient, and one call is far cheaper than ``count``."""
-    pool = nacl.bindings.randombytes(_NONCE_SIZE * count)
-    return [pool[start : start + _NONCE_SIZE] for start in range(0, len(pool), _NONCE_SIZE)]
+    pool = nacl.bindings.randombytes(NONCE_SIZE * count)
+    return [pool[start : start + NONCE_SIZE] for start in range(0, len(pool), NONCE_SIZE)]
 
 
 def _json(value: str) -> str:
