@@ -348,12 +348,25 @@ async def replay_forwarder(channel: Channel, config: dict[str, Any]) -> dict[str
 
 
 class LiveClient:
+    """One real ``Connection``. During a run it only notes what arrives, and when: each
+    delivery is checked (sender, sequence number, text) and its latency computed
+    afterwards, in ``settle``, so the benchmark's own bookkeeping does not load the
+    clients it measures."""
+
     def __init__(self, nick: str, host: str, port: int, text_size: int = TEXT_SIZE) -> None:
         self.nick = nick
         self.text_size = text_size
         self.connection = Connection(host, port, nick, PrivateKey.generate())
         self.inbox = Inbox()
+        #: milliseconds from each message's due time to its decryption here
         self.latencies = array("d")
+        #: … and to the moment the event queue handed it over (what a UI would see)
+        self.handed_over = array("d")
+        #: per sender, messages received so far (unchecked: ``settle`` checks them)
+        self.received: dict[str, int] = {}
+        #: (sender, text, decrypted at, handed over at): what ``settle`` has yet to check
+        self._arrivals: list[tuple[str, str, int, int]] = []
+        self._decrypted_at: dict[int, int] = {}  # id(event) -> monotonic_ns()
         self.sent = 0
         self.answered = 0
         self.receipts = 0
@@ -364,6 +377,7 @@ class LiveClient:
         self.answer = asyncio.Event()
         self._consumer: asyncio.Task[None] | None = None
         self._count_receipts()
+        self._stamp_decryptions()
 
     def _count_receipts(self) -> None:
         # Receipts are written by the core itself; count them on their way out.
@@ -377,6 +391,23 @@ class LiveClient:
 
         core.data_to_send = counting  # type: ignore[method-assign]
 
+    def _stamp_decryptions(self) -> None:
+        # The core decrypts in the read callback; the event reaches the consumer task later
+        # (after the other callbacks of that turn of the loop). Both moments are kept.
+        core = self.connection.core
+        receive = core.receive_data
+        stamps = self._decrypted_at
+
+        def stamped(data: bytes) -> list[Event]:
+            events = receive(data)
+            now = time.monotonic_ns()
+            for event in events:
+                if type(event) is MessageReceived:
+                    stamps[id(event)] = now  # popped when the event is consumed
+            return events
+
+        core.receive_data = stamped  # type: ignore[method-assign]
+
     async def open(self, others: int) -> None:
         await self.connection.open(timeout=SETUP_TIMEOUT)
         self._consumer = asyncio.create_task(self._consume())
@@ -387,14 +418,15 @@ class LiveClient:
             await asyncio.sleep(0.01)
 
     async def _consume(self) -> None:
+        received, arrivals, stamps = self.received, self._arrivals, self._decrypted_at
         while True:
             event = await self.connection.events.get()
-            if isinstance(event, MessageReceived):
+            if type(event) is MessageReceived:
                 now = time.monotonic_ns()
-                stamp = self.inbox.record(event.sender, event.text)
-                if stamp:
-                    self.latencies.append((now - stamp) / 1e6)
-                self.last_delivery = time.monotonic()
+                sender = event.sender
+                received[sender] = received.get(sender, 0) + 1
+                arrivals.append((sender, event.text, stamps.pop(id(event), now), now))
+                self.last_delivery = now / 1e9
             elif isinstance(event, SendReport):
                 self.answered += 1
                 self.answer.set()
@@ -407,6 +439,15 @@ class LiveClient:
                 return
             else:
                 _check(event, self.inbox)
+
+    def settle(self) -> None:
+        """Check what arrived since the last call, and compute its latencies."""
+        for sender, text, decrypted, handed_over in self._arrivals:
+            stamp = self.inbox.record(sender, text)
+            if stamp:  # intact and the first copy; 0 for the untimed warm-up
+                self.latencies.append((decrypted - stamp) / 1e6)
+                self.handed_over.append((handed_over - stamp) / 1e6)
+        self._arrivals.clear()
 
     def send(self, stamp: int) -> None:
         self.connection.send_room(message_text(self.nick, self.sent, stamp, self.text_size))
@@ -452,6 +493,8 @@ async def live(channel: Channel, config: dict[str, Any]) -> dict[str, Any]:
             client.send(0)
         channel.report("warmed", {c.nick: c.sent for c in clients})
         await _arrived(clients, await channel.expect("totals", SETUP_TIMEOUT), config["drain"])
+        for client in clients:
+            client.settle()
         channel.report("ready")
         go = await channel.expect("go", SETUP_TIMEOUT)
         await sleep_until(go)
@@ -472,10 +515,13 @@ async def live(channel: Channel, config: dict[str, Any]) -> dict[str, Any]:
         )
         # Receipts trail the messages by up to a second (they are coalesced); let them land.
         await asyncio.gather(*(c.connection.wait_settled(RECEIPT_WAIT) for c in clients))
+        for client in clients:
+            client.settle()
         return {
             "sent": {c.nick: c.sent for c in clients},
             "inboxes": {c.nick: c.inbox.summary() for c in clients},
             "latencies": b"".join(c.latencies.tobytes() for c in clients),
+            "handed_over": b"".join(c.handed_over.tobytes() for c in clients),
             "receipts": sum(c.receipts for c in clients),
             "unconfirmed": sum(c.unconfirmed for c in clients),
             "missing": sum(c.missing for c in clients),
@@ -486,12 +532,13 @@ async def live(channel: Channel, config: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _arrived(clients: list[LiveClient], sent: dict[str, int], timeout: float) -> bool:
-    """Wait until every client has every message the others sent (bounded)."""
+    """Wait until every client has as many messages from each of the others as they sent
+    (bounded). ``settle`` then checks them: lost, duplicated or corrupted."""
     deadline = time.monotonic() + timeout
 
     def missing(client: LiveClient) -> bool:
-        seen = client.inbox.seen
-        return any(len(seen.get(nick, ())) < count for nick, count in sent.items() if nick != client.nick)
+        received = client.received
+        return any(received.get(nick, 0) < count for nick, count in sent.items() if nick != client.nick)
 
     while any(missing(c) and not c.disconnected for c in clients):
         if time.monotonic() > deadline:

@@ -89,12 +89,14 @@ async def _drain(clients: list[LiveClient], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     sent = {c.nick: c.sent for c in clients}
     while time.monotonic() < deadline:
-        if all(len(c.inbox.seen.get(n, ())) >= k for c in clients for n, k in sent.items() if n != c.nick):
+        if all(c.received.get(n, 0) >= k for c in clients for n, k in sent.items() if n != c.nick):
             return
         await asyncio.sleep(0.05)
 
 
 def _integrity(clients: list[LiveClient]) -> Integrity:
+    for client in clients:
+        client.settle()
     return reconcile({c.nick: c.sent for c in clients}, {c.nick: c.inbox.summary() for c in clients})
 
 
@@ -165,6 +167,8 @@ async def flood(relay: servers.Server, seconds: float, drain: float, settle: flo
     sent = await asyncio.gather(*tasks)
     await _until_quiet(clients, drain)
     await asyncio.sleep(settle)
+    for client in clients:
+        client.settle()
     received = sum(len(seqs) for c in clients for n, seqs in c.inbox.seen.items() if n.startswith("flood"))
     integrity = Integrity(
         expected=received,
@@ -193,7 +197,7 @@ async def _until_quiet(clients: list[LiveClient], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     last = -1
     while time.monotonic() < deadline:
-        count = sum(c.inbox.corrupted + sum(len(s) for s in c.inbox.seen.values()) for c in clients)
+        count = sum(c.inbox.corrupted + sum(c.received.values()) for c in clients)
         if count == last:
             return
         last = count

@@ -36,7 +36,10 @@ class Run:
     integrity: Integrity
     complete: bool
     receipts: int = 0
+    #: milliseconds, send (or due time) to decrypted at the recipient
     latencies: list[float] = field(default_factory=list)
+    #: live runs: the same, to the moment the recipient's event queue handed it over
+    handed_over: list[float] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -160,8 +163,10 @@ def live(server: servers.Server, clients: int, context: Context, mode: str, **lo
     inboxes = {nick: inbox for result in done for nick, inbox in result["inboxes"].items()}
     integrity = reconcile(sent, inboxes)
     latencies: list[float] = []
+    handed_over: list[float] = []
     for result in done:
         latencies.extend(doubles(result["latencies"]))
+        handed_over.extend(doubles(result["handed_over"]))
     warm = clients * (clients - 1)  # the warm-up round: one message from each client
     return Run(
         label=f"live {mode} N={clients}",
@@ -174,6 +179,7 @@ def live(server: servers.Server, clients: int, context: Context, mode: str, **lo
         complete=all(d["arrived"] for d in drained),
         receipts=sum(r["receipts"] for r in done),
         latencies=latencies,
+        handed_over=handed_over,
         extra={
             "unconfirmed": sum(r["unconfirmed"] for r in done),
             "gaps_reported": sum(r["missing"] for r in done),

@@ -6,9 +6,11 @@ Benchmarks are not tests: nothing here looks at how fast anything was.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -63,9 +65,45 @@ def test_smoke_run_reports_every_figure_and_loses_nothing(tmp_path: Path) -> Non
     assert document["sections"]["scale"]["figures"]["clients_reached"]["value"] > 0
     # The targeted latency load ran twice (judged on the median run), the other once, and
     # each had its relay-path run.
-    assert len(document["sections"]["latency"]["details"]["runs"]) == 2 + 1 + 1 + 1
+    runs = document["sections"]["latency"]["details"]["runs"]
+    assert len(runs) == 2 + 1 + 1 + 1
+    # Live runs time each message to its decryption and, later, to its hand-over.
+    live = [run for run in runs if run["label"].startswith("live")]
+    assert live and all(run["handed_over_p99_ms"] >= run["p99_ms"] for run in live)
     assert {target["key"] for target in document["targets"]} >= {
         "send_ratio",
         "relay_rss_kib_per_connection",
         "clients_reached",
     }
+
+
+async def test_live_clients_check_every_delivery_after_the_run() -> None:
+    # The load generator's live clients only note deliveries while a run lasts and check
+    # them afterwards (settle): that check must still catch a duplicate and a corruption,
+    # and time each intact message twice, to its decryption and to its hand-over.
+    from benchmarks.ledger import message_text
+    from benchmarks.loadgen import LiveClient, _arrived
+    from e2echat.client_core import MessageReceived
+    from tests.support import LOOPBACK, WAIT, running_relay
+
+    async with running_relay() as relay:
+        alice, bob = (LiveClient(nick, LOOPBACK, relay.port) for nick in ("c0000", "c0001"))
+        try:
+            await asyncio.wait_for(asyncio.gather(alice.open(1), bob.open(1)), WAIT)
+            stamp = time.monotonic_ns()
+            alice.send(stamp)
+            alice.send(stamp)
+            assert await _arrived([bob], {"c0000": 2}, WAIT)
+            copy = message_text("c0000", 1, stamp)
+            bob.connection.events.put_nowait(MessageReceived("c0000", copy, False))  # seen before
+            bob.connection.events.put_nowait(MessageReceived("c0000", copy[:-1] + "?", False))
+            assert await _arrived([bob], {"c0000": 4}, WAIT)
+            bob.settle()
+        finally:
+            await asyncio.gather(alice.close(), bob.close())
+    summary = bob.inbox.summary()
+    assert summary.counts == {"c0000": (2, 1)}
+    assert (summary.duplicated, summary.corrupted) == (1, 1)
+    assert len(bob.latencies) == len(bob.handed_over) == 2
+    # Decrypted in the read callback, handed over in a later turn of the event loop.
+    assert all(0 < d < h for d, h in zip(bob.latencies, bob.handed_over, strict=True))
