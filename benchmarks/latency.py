@@ -51,7 +51,8 @@ def latency(context: Context) -> Section:
     section.notes.append(
         "live: every client is a real e2echat Connection; latency runs from the moment a message "
         "was due (open-loop pacing, so a sender that falls behind shows as latency) to the moment "
-        "the recipient's client core has decrypted it, in the read callback. 'To the UI' runs on to "
+        "the recipient's client core has finished the read that carried it (every frame of that read "
+        "decrypted), in the read callback. 'To the UI' runs on to "
         "the moment the client's event queue hands the text over, a turn of the event loop later: "
         "the clients of a worker process share one loop, so that wait includes the other clients' "
         "reads of the same turn. The benchmark checks each delivery after the run, not during it. "

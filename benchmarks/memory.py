@@ -56,7 +56,7 @@ async def _registered(relay: servers.Server, nick: str, receive_buffer: int = 0)
 
 
 async def _live_clients(relay: servers.Server, nicks: list[str], others: int) -> list[LiveClient]:
-    clients = [LiveClient(nick, relay.host, relay.port, BIG_TEXT) for nick in nicks]
+    clients = [LiveClient(nick, relay.host, relay.port, BIG_TEXT, check_now=True) for nick in nicks]
     await asyncio.gather(*(c.open(others) for c in clients))
     return clients
 

@@ -184,6 +184,7 @@ def live(server: servers.Server, clients: int, context: Context, mode: str, **lo
             "unconfirmed": sum(r["unconfirmed"] for r in done),
             "gaps_reported": sum(r["missing"] for r in done),
             "disconnected": [nick for r in done for nick in r["disconnected"]],
+            "unstamped": sum(r["unstamped"] for r in done),
             "sent_messages": sum(sent.values()) - clients,
             "workers": len(configs),
             **{key: value for key, value in load.items()},
