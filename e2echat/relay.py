@@ -333,8 +333,7 @@ class Relay:
                 head = deliver_head(action.sender)
                 size = len(head) + len(DELIVER_TAIL)
                 for conn, body in action.routes:
-                    raw = body.encode("ascii")
-                    parts = (_PREFIX.pack(size + len(raw)), head, raw, DELIVER_TAIL)
+                    parts = (_PREFIX.pack(size + len(body)), head, body, DELIVER_TAIL)
                     queued = pending.get(conn)
                     if queued is None:
                         pending[conn] = list(parts)

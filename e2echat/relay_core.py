@@ -73,7 +73,7 @@ class Fanout:
     ``sender``; the bodies are still base64, as they came."""
 
     sender: str
-    routes: list[tuple[ConnId, str]]
+    routes: list[tuple[ConnId, bytes]]
 
     def expand(self) -> list[Outgoing]:
         return [
@@ -287,7 +287,7 @@ class RelayCore:
             # Many copies to one person would let one frame make the relay write thousands.
             return self.refuse(record.conn, "protocol", "a send names the same recipient twice")
         online = self.online
-        routes: list[tuple[ConnId, str]] = []
+        routes: list[tuple[ConnId, bytes]] = []
         delivered: list[str] = []
         missing: list[str] = []
         for to, body in items:

@@ -242,14 +242,14 @@ def test_malformed_payload_raises_remote_protocol_error(payload: bytes) -> None:
 def test_relay_reads_a_send_as_routes_with_the_bodies_untouched() -> None:
     send = m.Send(9, (m.Envelope("bob", b"\x00" * m.MAX_BODY), m.Envelope("carol", b"\xff")))
     routes = m.decode_for_relay(m.encode_message(send))
-    assert routes == m.Routes(9, (("bob", _b64(b"\x00" * m.MAX_BODY)), ("carol", "/w==")))
+    assert routes == m.Routes(9, (("bob", _b64(b"\x00" * m.MAX_BODY).encode()), ("carol", b"/w==")))
     assert m.decode_for_relay(m.encode_message(m.Ping())) == m.Ping()
 
 
 def test_a_send_as_clients_write_it_takes_the_relays_fast_path() -> None:
     """Only speed depends on it, but a fast path nothing takes would go unnoticed."""
     payload = m.encode_send(7, [("bob", b"\x00body"), ("carol", b"c" * 100)])
-    expected = m.Routes(7, (("bob", _b64(b"\x00body")), ("carol", _b64(b"c" * 100))))
+    expected = m.Routes(7, (("bob", _b64(b"\x00body").encode()), ("carol", _b64(b"c" * 100).encode())))
     assert m._fast_routes(payload) == expected
     assert m._fast_routes(m.encode_message(m.Ping())) is None
 
@@ -267,6 +267,14 @@ def test_the_relays_prebuilt_frames_are_exactly_the_encoded_messages() -> None:
     assert deliver == m.encode_message(m.Deliver("alice", body))
     with pytest.raises(LocalProtocolError):
         m.deliver_head('eve","body":"')  # a nick can never break out of its string
+    for routed in (
+        m.Routed(0, (), ()),
+        m.Routed(7, ("bob", "c.d-e_9"), ("carol",)),
+        m.Routed(m.MAX_ID, (), (), refused=("bob", "carol")),
+    ):
+        general = m._json({"v": m.PROTOCOL_VERSION, "type": "routed", **m._fields(routed)})
+        assert m.encode_message(routed) == general
+        assert m.decode_message(general) == routed
 
 
 def test_version_error_names_the_version() -> None:
@@ -315,6 +323,10 @@ _LOCAL_BAD: dict[str, Callable[[], object]] = {
     "send-id-too-big": lambda: m.Send(m.MAX_ID + 1, (m.Envelope("bob", b"x"),)),
     "send-items-list": lambda: m.Send(1, [m.Envelope("bob", b"x")]),  # type: ignore[arg-type]
     "routed-bad-nick": lambda: m.Routed(1, ("no one",), ()),
+    "routed-bytes-nick": lambda: m.Routed(1, (), (b"bob",)),  # type: ignore[arg-type]
+    "routed-int-nick": lambda: m.Routed(1, (), (), refused=(5,)),  # type: ignore[arg-type]
+    "routed-list": lambda: m.Routed(1, ["bob"], ()),  # type: ignore[arg-type]
+    "routed-too-many": lambda: m.Routed(1, ("bob",) * (m.MAX_ITEMS + 1), ()),
     "welcome-not-peer": lambda: m.Welcome("alice", ("bob",)),  # type: ignore[arg-type]
     "joined-not-peer": lambda: m.PeerJoined("bob"),  # type: ignore[arg-type]
     "peer-key-bytes": lambda: m.PeerInfo("bob", KEY_A, bytes(KEY_B)),  # type: ignore[arg-type]
@@ -469,6 +481,37 @@ def test_flipped_byte_decodes_or_raises_remote_protocol_error(
     index = position % len(encoded)
     mutated = encoded[:index] + bytes([encoded[index] ^ mask]) + encoded[index + 1 :]
     _decodes_or_refuses(mutated)
+
+
+_SEND_SPLICES = [b'"},{"to":"', b'","body":"', b",", b'"', b"\\", b"=", b"==", b"A", b" ", b"}", b"]", b"{"]
+
+
+@settings(max_examples=600)
+@given(
+    st.sampled_from([0, m.MAX_ID, m.MAX_ID + 1, 10**19 - 1, 10**19]) | st.integers(min_value=0),
+    st.lists(
+        st.tuples(st.text(alphabet="ab_.-9", min_size=1, max_size=3), st.binary(min_size=0, max_size=7)),
+        min_size=1,
+        max_size=4,
+    ),
+    st.integers(min_value=0),
+    st.sampled_from([b"", *_SEND_SPLICES]),
+    st.integers(min_value=0, max_value=3),
+)
+def test_a_send_in_the_clients_form_is_read_alike_by_both_decoders(
+    ident: int, items: list[tuple[str, bytes]], position: int, splice: bytes, cut: int
+) -> None:
+    """The relay's fast path sees a send as clients write it, with ids and bodies at and
+    past the limits, repeated recipients, and a separator or stray byte spliced in
+    anywhere (replacing up to three bytes): it takes exactly what the strict decoder
+    takes, with the same recipients and bodies."""
+    fields = ",".join(f'{{"to":"{to}","body":"{base64.b64encode(body).decode()}"}}' for to, body in items)
+    payload = b'{"v":1,"type":"send","id":%d,"items":[%b]}' % (ident, fields.encode())
+    index = position % (len(payload) + 1)
+    mutated = payload[:index] + splice + payload[index + (cut if splice else 0) :]
+    _decodes_or_refuses(mutated)
+    if mutated == payload and ident <= m.MAX_ID and all(items_body for _, items_body in items):
+        assert m._fast_routes(payload) is not None
 
 
 @settings(max_examples=200)
