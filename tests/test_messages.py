@@ -230,6 +230,45 @@ _BAD_CASES.update(
 )
 
 
+def _compact(payload: bytes) -> bytes:
+    """``payload`` without JSON's optional spaces: the layout clients write, and the only
+    one the relay's fast path reads itself (it leaves anything else to the strict decoder)."""
+    return json.dumps(json.loads(payload), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _plain_json(payload: bytes) -> bool:
+    """UTF-8 JSON with no key twice: ``_compact`` keeps what makes it bad."""
+
+    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        if len({key for key, _ in pairs}) != len(pairs):
+            raise ValueError("a key twice")
+        return dict(pairs)
+
+    try:
+        json.loads(payload.decode("utf-8"), object_pairs_hook=unique)
+    except ValueError:  # UnicodeDecodeError too
+        return False
+    return True
+
+
+# Every bad send again in the clients' own layout, so that the fast path meets each one.
+_BAD_CASES.update(
+    {
+        f"{name}-compact": _compact(payload)
+        for name, payload in list(_BAD_CASES.items())
+        if name.startswith("send-") and _plain_json(payload) and _compact(payload) != payload
+    }
+)
+_BAD_CASES.update(
+    {
+        "send-id-leading-zero-compact": b'{"v":1,"type":"send","id":007,"items":[{"to":"b","body":"eA=="}]}',
+        "send-no-items-compact": b'{"v":1,"type":"send","id":1,"items":[]}',
+        "send-nick-33-compact": b'{"v":1,"type":"send","id":1,"items":[{"to":"%b","body":"eA=="}]}'
+        % (b"b" * 33),
+    }
+)
+
+
 @pytest.mark.parametrize("payload", _BAD_CASES.values(), ids=_BAD_CASES.keys())
 def test_malformed_payload_raises_remote_protocol_error(payload: bytes) -> None:
     # pytest.raises lets any other exception through, which fails the test.
@@ -325,7 +364,7 @@ _LOCAL_BAD: dict[str, Callable[[], object]] = {
     "routed-bad-nick": lambda: m.Routed(1, ("no one",), ()),
     "routed-bytes-nick": lambda: m.Routed(1, (), (b"bob",)),  # type: ignore[arg-type]
     "routed-int-nick": lambda: m.Routed(1, (), (), refused=(5,)),  # type: ignore[arg-type]
-    "routed-list": lambda: m.Routed(1, ["bob"], ()),  # type: ignore[arg-type]
+    "routed-lists": lambda: m.Routed(1, ["bob"], [], refused=[]),  # type: ignore[arg-type]
     "routed-too-many": lambda: m.Routed(1, ("bob",) * (m.MAX_ITEMS + 1), ()),
     "welcome-not-peer": lambda: m.Welcome("alice", ("bob",)),  # type: ignore[arg-type]
     "joined-not-peer": lambda: m.PeerJoined("bob"),  # type: ignore[arg-type]
@@ -466,7 +505,9 @@ def test_arbitrary_json_decodes_or_raises_remote_protocol_error(value: object, a
 @settings(max_examples=600)
 @given(st.text(alphabet="AB+/=9é\n-", max_size=14), st.sampled_from(["", "AAAA", "AA=="]))
 def test_any_body_in_a_send_is_read_alike_by_relay_and_client(body: str, before: str) -> None:
-    _decodes_or_refuses(_send_with_body(before + body))
+    payload = _send_with_body(before + body)
+    _decodes_or_refuses(payload)
+    _decodes_or_refuses(_compact(payload))
 
 
 @settings(max_examples=400)
@@ -490,7 +531,10 @@ _SEND_SPLICES = [b'"},{"to":"', b'","body":"', b",", b'"', b"\\", b"=", b"==", b
 @given(
     st.sampled_from([0, m.MAX_ID, m.MAX_ID + 1, 10**19 - 1, 10**19]) | st.integers(min_value=0),
     st.lists(
-        st.tuples(st.text(alphabet="ab_.-9", min_size=1, max_size=3), st.binary(min_size=0, max_size=7)),
+        st.tuples(
+            st.text(alphabet="ab_.-9", min_size=1, max_size=3) | st.sampled_from(["n" * 32, "n" * 33, "né"]),
+            st.binary(max_size=7) | st.sampled_from([m.MAX_BODY - 1, m.MAX_BODY, m.MAX_BODY + 1]).map(bytes),
+        ),
         min_size=1,
         max_size=4,
     ),
@@ -501,16 +545,19 @@ _SEND_SPLICES = [b'"},{"to":"', b'","body":"', b",", b'"', b"\\", b"=", b"==", b
 def test_a_send_in_the_clients_form_is_read_alike_by_both_decoders(
     ident: int, items: list[tuple[str, bytes]], position: int, splice: bytes, cut: int
 ) -> None:
-    """The relay's fast path sees a send as clients write it, with ids and bodies at and
-    past the limits, repeated recipients, and a separator or stray byte spliced in
+    """The relay's fast path sees a send as clients write it, with ids, nicks and bodies
+    at and past the limits, repeated recipients, and a separator or stray byte spliced in
     anywhere (replacing up to three bytes): it takes exactly what the strict decoder
-    takes, with the same recipients and bodies."""
+    takes, with the same recipients and bodies. (Too many items: ``_BAD_CASES``.)"""
     fields = ",".join(f'{{"to":"{to}","body":"{base64.b64encode(body).decode()}"}}' for to, body in items)
     payload = b'{"v":1,"type":"send","id":%d,"items":[%b]}' % (ident, fields.encode())
     index = position % (len(payload) + 1)
     mutated = payload[:index] + splice + payload[index + (cut if splice else 0) :]
     _decodes_or_refuses(mutated)
-    if mutated == payload and ident <= m.MAX_ID and all(items_body for _, items_body in items):
+    valid = ident <= m.MAX_ID and all(
+        m.is_valid_nick(to) and 0 < len(body) <= m.MAX_BODY for to, body in items
+    )
+    if mutated == payload and valid:
         assert m._fast_routes(payload) is not None
 
 
