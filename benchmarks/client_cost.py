@@ -26,9 +26,9 @@ from benchmarks.ledger import TEXT_SIZE, Integrity, message_text
 from benchmarks.plan import Context
 from benchmarks.report import Figure, Section, judge
 from benchmarks.wire import new_core
-from e2echat import messages as m
-from e2echat.client_core import ClientCore, MessageReceived
-from e2echat.framing import FrameDecoder, encode_frame
+from e2echat.client.core import ClientCore, MessageReceived
+from e2echat.wire import messages as m
+from e2echat.wire.framing import FrameDecoder, encode_frame
 
 TARGET_RATIO = 1.5
 #: Each figure is the fastest of this many rounds, as ``timeit`` reports: a slower round

@@ -18,10 +18,10 @@ from typing import Any
 from benchmarks.pool import Channel
 from benchmarks.system import cpu_seconds, rss_bytes
 from benchmarks.wire import BenchmarkError, Link, connect_link, new_core
-from e2echat import messages as m
-from e2echat.client_core import ClientState
+from e2echat.client.core import ClientState
 from e2echat.errors import E2EChatError
-from e2echat.framing import FrameDecoder
+from e2echat.wire import messages as m
+from e2echat.wire.framing import FrameDecoder
 
 _WELCOME = b'{"v":1,"type":"welcome"'
 _DIRECTORY = b'{"v":1,"type":"directory"'

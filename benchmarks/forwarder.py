@@ -28,8 +28,8 @@ import struct
 from typing import cast
 
 from e2echat.errors import E2EChatError
-from e2echat.framing import FrameDecoder
 from e2echat.streams import BufferedLink, read_buffer
+from e2echat.wire.framing import FrameDecoder
 
 _PREFIX = struct.Struct(">I")
 ID_SIZE = 2

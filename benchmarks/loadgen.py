@@ -8,7 +8,7 @@
   before the relay; this way the relay is.
 ``replay_forwarder``: the same workload (same clients, messages, body sizes and window)
   against the baseline forwarder, whose protocol has no crypto.
-``live``: real ``e2echat.client.Connection`` clients that encrypt as they send and
+``live``: real ``e2echat.client.connection.Connection`` clients that encrypt as they send and
   decrypt as they receive, sending receipts as the protocol does. Paced (for latency)
   or windowed (as fast as they can).
 """
@@ -28,8 +28,8 @@ from nacl.public import PrivateKey
 from benchmarks.ledger import TEXT_SIZE, Inbox, message_text
 from benchmarks.pool import Channel
 from benchmarks.wire import FrameTally, Link, connect_link, count_receipts, new_core, register
-from e2echat.client import Connection, Disconnected
-from e2echat.client_core import (
+from e2echat.client.connection import Connection, Disconnected
+from e2echat.client.core import (
     ClientCore,
     DeliveryReport,
     MessageReceived,
@@ -38,8 +38,8 @@ from e2echat.client_core import (
     SendReport,
     SplitView,
 )
-from e2echat.events import Event
-from e2echat.framing import FrameDecoder
+from e2echat.client.events import Event
+from e2echat.wire.framing import FrameDecoder
 
 _PREFIX = struct.Struct(">I")
 OTHER, DELIVERY, ANSWER = 0, 1, 2

@@ -21,8 +21,8 @@ from benchmarks.loadgen import LiveClient
 from benchmarks.plan import Context
 from benchmarks.report import Figure, Section
 from benchmarks.wire import Link, connect_link, new_core, register
-from e2echat.client_core import ClientCore
-from e2echat.session import MAX_TEXT
+from e2echat.client.core import ClientCore
+from e2echat.crypto.session import MAX_TEXT
 
 BIG_TEXT = MAX_TEXT - 384  # the largest message a client sends, give or take
 SENDER_RATE = 40.0  # messages a second: under the relay's default limit of 50

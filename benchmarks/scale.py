@@ -15,7 +15,7 @@ from benchmarks.crowd import join_idle
 from benchmarks.plan import Context
 from benchmarks.pool import Pool
 from benchmarks.report import Figure, Section, judge
-from e2echat.client import Connection
+from e2echat.client.connection import Connection
 
 TARGET_KIB = 10.0
 JOIN_TIMEOUT = 120.0

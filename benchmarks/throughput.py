@@ -15,8 +15,8 @@ from benchmarks.ledger import TEXT_SIZE, Integrity, message_text, reconcile
 from benchmarks.plan import Context
 from benchmarks.pool import Pool, split
 from benchmarks.report import Figure, Section, judge
-from e2echat.keys import new_session_key
-from e2echat.session import Kind, Party, PeerSession
+from e2echat.crypto.identity import new_session_key
+from e2echat.crypto.session import Kind, Party, PeerSession
 
 SETUP_TIMEOUT = 300.0
 #: "go" names a moment this far ahead, so that every worker has heard it by then
@@ -273,7 +273,7 @@ def throughput(context: Context) -> Section:
         "replay runs (they are made, counted in the JSON, and dropped)."
     )
     section.notes.append(
-        "live run: e2echat.client.Connection clients encrypt and decrypt as they go and send the "
+        "live run: e2echat.client.connection.Connection clients encrypt and decrypt as they go and send the "
         "protocol's receipts (coalesced by the client: one receipt per sender about once a second at most, "
         "which the relay forwards like any message); on 2 cores the clients, not the relay, are the "
         "limit there."

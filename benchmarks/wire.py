@@ -11,9 +11,9 @@ from typing import cast
 
 from nacl.public import PrivateKey
 
-from e2echat.client_core import ClientCore, ClientState, RegistrationFailed
+from e2echat.client.core import ClientCore, ClientState, RegistrationFailed
+from e2echat.crypto.identity import new_session_key
 from e2echat.errors import E2EChatError
-from e2echat.keys import new_session_key
 from e2echat.streams import BufferedLink, read_buffer
 
 LOOPBACK = "127.0.0.1"

@@ -16,8 +16,9 @@ from pathlib import Path
 from nacl.public import PrivateKey
 
 from e2echat import __version__
-from e2echat.chat import Chat
-from e2echat.display import neutralize
+from e2echat.client.reconnect import Client
+from e2echat.client.trust import KNOWN_PEERS_FILE, KnownPeers
+from e2echat.crypto.identity import fingerprint
 from e2echat.errors import (
     E2EChatError,
     KeyFileError,
@@ -25,26 +26,20 @@ from e2echat.errors import (
     RegistrationRefused,
     UsageError,
 )
-from e2echat.keys import (
-    IDENTITY_FILE,
-    fingerprint,
-    is_protected,
-    load_or_create_identity,
-    profile_dir,
-    stored_public_key,
-)
-from e2echat.messages import MAX_PASSWORD, NICK_RULE, is_valid_nick
-from e2echat.profiles import (
+from e2echat.relay.server import DEFAULT_PORT, Limits, run_relay
+from e2echat.store.keyfile import IDENTITY_FILE, is_protected, load_or_create_identity, stored_public_key
+from e2echat.store.profiles import (
     HISTORY_FILE,
     last_profile,
     load_settings,
+    profile_dir,
     remember_last_profile,
     save_settings,
 )
-from e2echat.reconnect import Client
-from e2echat.relay import DEFAULT_PORT, Limits, run_relay
-from e2echat.repl import history_file, make_session, run_line_mode, run_repl, terminal_writer
-from e2echat.trust import KNOWN_PEERS_FILE, KnownPeers
+from e2echat.ui.chat import Chat
+from e2echat.ui.render import neutralize
+from e2echat.ui.repl import history_file, make_session, run_line_mode, run_repl, terminal_writer
+from e2echat.wire.messages import MAX_PASSWORD, NICK_RULE, is_valid_nick
 
 EXIT_INTERRUPTED = 130  # the shell convention for "stopped by Ctrl+C"
 EXIT_NOT_SENT = 4  # as for a lost relay: something typed never left this machine

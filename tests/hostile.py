@@ -13,9 +13,9 @@ from typing import Any
 
 from nacl.public import PublicKey
 
-from e2echat import messages as m
-from e2echat.relay import Relay
-from e2echat.relay_core import Action, ConnId, Outgoing, one_by_one
+from e2echat.relay.core import Action, ConnId, Outgoing, one_by_one
+from e2echat.relay.server import Relay
+from e2echat.wire import messages as m
 
 from support import LOOPBACK
 

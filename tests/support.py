@@ -11,9 +11,8 @@ from typing import Any, TypeVar
 
 from nacl.public import PrivateKey
 
-from e2echat import messages as m
-from e2echat.client import Connection, Disconnected
-from e2echat.client_core import (
+from e2echat.client.connection import Connection, Disconnected
+from e2echat.client.core import (
     ClientCore,
     Event,
     MessageReceived,
@@ -22,11 +21,12 @@ from e2echat.client_core import (
     SecurityWarning,
     SplitView,
 )
-from e2echat.framing import FrameDecoder, encode_frame
-from e2echat.keys import new_session_key
-from e2echat.reconnect import Backoff, Client
-from e2echat.relay import Relay
-from e2echat.trust import KnownPeers
+from e2echat.client.reconnect import Backoff, Client
+from e2echat.client.trust import KnownPeers
+from e2echat.crypto.identity import new_session_key
+from e2echat.relay.server import Relay
+from e2echat.wire import messages as m
+from e2echat.wire.framing import FrameDecoder, encode_frame
 
 LOOPBACK = "127.0.0.1"
 WAIT = 5.0  # every wait in the tests is bounded by this

@@ -11,10 +11,8 @@ import pytest
 from nacl.public import PrivateKey, PublicKey
 from nacl.secret import SecretBox
 
-from e2echat import messages as m
-from e2echat import session as session_module
-from e2echat.client import Connection
-from e2echat.client_core import (
+from e2echat.client.connection import Connection
+from e2echat.client.core import (
     ClientCore,
     Event,
     MessageReceived,
@@ -22,10 +20,12 @@ from e2echat.client_core import (
     SecurityWarning,
     SplitView,
 )
+from e2echat.crypto import session as session_module
+from e2echat.crypto.session import MAX_SKIP, Kind, Party, PeerSession, chain_step
 from e2echat.errors import DecryptionError, RelayGone, RemoteProtocolError
-from e2echat.framing import FrameDecoder, encode_frame
-from e2echat.relay_core import Action, Outgoing, RelayCore, one_by_one
-from e2echat.session import MAX_SKIP, Kind, Party, PeerSession, chain_step
+from e2echat.relay.core import Action, Outgoing, RelayCore, one_by_one
+from e2echat.wire import messages as m
+from e2echat.wire.framing import FrameDecoder, encode_frame
 
 from hostile import HostileRelay, deliveries, flip_bit, substitute_keys
 from support import LOOPBACK, WAIT, connect, peers, running

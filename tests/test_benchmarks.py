@@ -84,7 +84,7 @@ async def test_live_clients_check_every_delivery_after_the_run() -> None:
     # and time each intact message twice, to its decryption and to its hand-over.
     from benchmarks.ledger import message_text
     from benchmarks.loadgen import LiveClient, _arrived
-    from e2echat.client_core import MessageReceived
+    from e2echat.client.core import MessageReceived
     from tests.support import LOOPBACK, WAIT, running_relay
 
     async with running_relay() as relay:

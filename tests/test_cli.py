@@ -11,8 +11,8 @@ from pathlib import Path
 from nacl.public import PrivateKey
 
 from e2echat import __version__
-from e2echat.client_core import MessageReceived, PeerJoined
-from e2echat.relay import Relay
+from e2echat.client.core import MessageReceived, PeerJoined
+from e2echat.relay.server import Relay
 
 from support import LOOPBACK, REPO, WAIT, connect, peers, run_cli, running, running_relay, spawn_cli
 

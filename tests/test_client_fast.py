@@ -9,11 +9,11 @@ import os
 import pytest
 from nacl.public import PrivateKey
 
-from e2echat import messages as m
-from e2echat.client_core import ClientCore, KeyChanged, MessageReceived, SecurityWarning
+from e2echat.client.core import ClientCore, KeyChanged, MessageReceived, SecurityWarning
+from e2echat.client.trust import KnownPeers, Trust
 from e2echat.errors import CommandError, RemoteProtocolError
-from e2echat.framing import FrameDecoder, encode_frame
-from e2echat.trust import KnownPeers, Trust
+from e2echat.wire import messages as m
+from e2echat.wire.framing import FrameDecoder, encode_frame
 
 RELAY_KEY = PrivateKey.generate()
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from e2echat.commands import (
+from e2echat.errors import CommandError
+from e2echat.ui.commands import (
     COMMANDS,
     Command,
     Help,
@@ -18,7 +19,6 @@ from e2echat.commands import (
     help_text,
     parse,
 )
-from e2echat.errors import CommandError
 
 _GOOD: dict[str, tuple[str, Command]] = {
     "plain": ("hello world", Say("hello world")),

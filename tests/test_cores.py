@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 from nacl.public import Box, PrivateKey
 
-from e2echat import messages as m
-from e2echat.client_core import (
+from e2echat.client.core import (
     RECEIPT_INTERVAL,
     ClientCore,
     ClientState,
@@ -30,19 +29,20 @@ from e2echat.client_core import (
     SendReport,
     receipt_gap,
 )
-from e2echat.delivery import DeliveryReport
+from e2echat.client.receipts import DeliveryReport
+from e2echat.client.trust import Trust
+from e2echat.crypto.identity import registration_proof
 from e2echat.errors import CommandError, LocalProtocolError, RemoteProtocolError
-from e2echat.framing import FrameDecoder, encode_frame
-from e2echat.relay_core import (
+from e2echat.relay.core import (
     Action,
     Close,
     ConnId,
     Outgoing,
     RelayCore,
     one_by_one,
-    registration_proof,
 )
-from e2echat.trust import Trust
+from e2echat.wire import messages as m
+from e2echat.wire.framing import FrameDecoder, encode_frame
 
 
 def _frame(message: m.Message) -> bytes:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from e2echat.client_core import (
+from e2echat.client.core import (
     Event,
     KeyChanged,
     KeyPinned,
@@ -24,9 +24,9 @@ from e2echat.client_core import (
     SendReport,
     SplitView,
 )
-from e2echat.delivery import DeliveryReport
-from e2echat.display import clock, format_event, neutralize, online_text
-from e2echat.trust import Trust
+from e2echat.client.receipts import DeliveryReport
+from e2echat.client.trust import Trust
+from e2echat.ui.render import clock, format_event, neutralize, online_text
 
 NOW = 1_700_000_000.0
 STAMP = clock(NOW)

@@ -9,10 +9,8 @@ from collections.abc import AsyncIterator
 import pytest
 from nacl.public import PrivateKey
 
-from e2echat import messages as m
-from e2echat.chat import Chat
-from e2echat.client import Connection, Disconnected
-from e2echat.client_core import (
+from e2echat.client.connection import Connection, Disconnected
+from e2echat.client.core import (
     MessageReceived,
     PeerJoined,
     PeerLeft,
@@ -21,7 +19,9 @@ from e2echat.client_core import (
     SendReport,
 )
 from e2echat.errors import CommandError, RegistrationRefused, RelayUnreachable
-from e2echat.framing import FrameDecoder
+from e2echat.ui.chat import Chat
+from e2echat.wire import messages as m
+from e2echat.wire.framing import FrameDecoder
 
 from support import LOOPBACK, WAIT, RawClient, connect, peers, running_relay
 

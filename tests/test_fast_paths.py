@@ -11,8 +11,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from e2echat import messages as m
 from e2echat.errors import LocalProtocolError, RemoteProtocolError
+from e2echat.wire import messages as m
 
 nicks = st.text(alphabet=string.ascii_letters + string.digits + "_.-", min_size=1, max_size=32)
 bodies = st.binary(min_size=1, max_size=300)
@@ -210,7 +210,7 @@ def test_decode_deliver_agrees_on_near_canonical_payloads(sender: str, body: str
 
 def test_a_read_of_exactly_one_frame_gives_that_frame_and_leaves_nothing_buffered() -> None:
     from e2echat.errors import FrameTooLarge
-    from e2echat.framing import FrameDecoder, encode_frame
+    from e2echat.wire.framing import FrameDecoder, encode_frame
 
     decoder = FrameDecoder(max_frame=100)
     assert decoder.receive_data(encode_frame(b"one")) == [b"one"]

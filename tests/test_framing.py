@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from e2echat import messages
 from e2echat.errors import FrameTooLarge, LocalProtocolError, RemoteProtocolError
-from e2echat.framing import MAX_FRAME, PREFIX_SIZE, FrameDecoder, encode_frame
+from e2echat.wire import messages
+from e2echat.wire.framing import MAX_FRAME, PREFIX_SIZE, FrameDecoder, encode_frame
 
 PAYLOADS = [b"a", b"hello", bytes(range(256)), b"\x00\x00\x00\x00", b"x" * 1000, b"{}"]
 STREAM = b"".join(encode_frame(p) for p in PAYLOADS)

@@ -12,16 +12,16 @@ import pytest
 from nacl.public import PrivateKey, PublicKey
 from test_cores import FakeClock, FakeWire, _frame, _receipt_frames
 
-from e2echat import client_core
-from e2echat import messages as m
-from e2echat.chat import Chat
-from e2echat.client import Connection
-from e2echat.client_core import RECEIPT_INTERVAL, MessageReceived
-from e2echat.delivery import LEFT, DeliveryReport
+from e2echat.client import core as client_core
+from e2echat.client.connection import Connection
+from e2echat.client.core import RECEIPT_INTERVAL, MessageReceived
+from e2echat.client.receipts import LEFT, DeliveryReport
+from e2echat.client.reconnect import Reconnecting
 from e2echat.errors import RelayGone
-from e2echat.framing import encode_frame
-from e2echat.reconnect import Reconnecting
-from e2echat.repl import wrap_cells
+from e2echat.ui.chat import Chat
+from e2echat.ui.repl import wrap_cells
+from e2echat.wire import messages as m
+from e2echat.wire.framing import encode_frame
 
 from support import LOOPBACK, WAIT, RawClient, peers, run_cli, running_relay, spawn_cli
 
@@ -202,7 +202,7 @@ async def test_a_terminal_that_is_not_utf8_still_gets_every_message(monkeypatch:
 
 
 def test_many_acknowledgements_for_one_sender_never_name_it_twice_in_a_frame() -> None:
-    from e2echat.session import MAX_ACKS
+    from e2echat.crypto.session import MAX_ACKS
 
     clock = FakeClock()
     wire = FakeWire()

@@ -13,18 +13,18 @@ import nacl.pwhash
 import pytest
 from nacl.public import PrivateKey, PublicKey
 
+from e2echat.crypto.identity import fingerprint
 from e2echat.errors import KeyFileError, PassphraseRequired, WrongPassphrase
-from e2echat.keys import (
+from e2echat.store.keyfile import (
     IDENTITY_FILE,
     KdfCost,
-    fingerprint,
     is_protected,
     load_identity,
     load_or_create_identity,
-    profile_dir,
     save_identity,
     stored_public_key,
 )
+from e2echat.store.profiles import profile_dir
 
 # The cheapest Argon2id libsodium allows: these tests check the file format, not the KDF.
 CHEAP = KdfCost(nacl.pwhash.argon2id.OPSLIMIT_MIN, nacl.pwhash.argon2id.MEMLIMIT_MIN)

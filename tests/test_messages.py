@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.public import PublicKey
 
-from e2echat import messages as m
 from e2echat.errors import LocalProtocolError, RemoteProtocolError
+from e2echat.wire import messages as m
 
 KEY_A = PublicKey(bytes(range(32)))
 KEY_B = PublicKey(bytes(range(32, 64)))

@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from nacl.exceptions import CryptoError
 
-from e2echat import primitives
+from e2echat.crypto import primitives
 
 # RFC 4231, test cases 1, 2 and 6 (a key longer than the block size), HMAC-SHA-256.
 RFC_4231 = [

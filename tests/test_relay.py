@@ -7,11 +7,11 @@ import struct
 import pytest
 from nacl.public import PrivateKey
 
-from e2echat import messages as m
-from e2echat.client_core import MessageReceived, PeerJoined
-from e2echat.framing import MAX_FRAME, encode_frame
-from e2echat.relay import connect_hint
-from e2echat.relay_core import registration_proof
+from e2echat.client.core import MessageReceived, PeerJoined
+from e2echat.crypto.identity import registration_proof
+from e2echat.relay.server import connect_hint
+from e2echat.wire import messages as m
+from e2echat.wire.framing import MAX_FRAME, encode_frame
 
 from support import RawClient, connect, peers, running_relay
 
@@ -100,9 +100,9 @@ def test_connect_hint_names_a_concrete_address() -> None:
 async def test_a_big_directory_arrives_in_several_frames(monkeypatch: pytest.MonkeyPatch) -> None:
     """Thousands online would not fit one frame: the relay splits the directory, and the
     newcomer is registered only once it has every part."""
-    import e2echat.relay_core
+    import e2echat.relay.core
 
-    monkeypatch.setattr(e2echat.relay_core, "DIRECTORY_CHUNK", 3)
+    monkeypatch.setattr(e2echat.relay.core, "DIRECTORY_CHUNK", 3)
     nicks = [f"p{i}" for i in range(8)]
     async with running_relay() as relay, peers(relay, *nicks):
         newcomer = await connect(relay, "newcomer")

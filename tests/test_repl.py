@@ -12,11 +12,11 @@ from prompt_toolkit.application import create_app_session
 from prompt_toolkit.input import PipeInput, create_pipe_input
 from prompt_toolkit.output import DummyOutput
 
-from e2echat.chat import Chat
-from e2echat.client_core import MessageReceived
+from e2echat.client.core import MessageReceived
 from e2echat.errors import RelayGone
-from e2echat.relay import Relay
-from e2echat.repl import run_repl
+from e2echat.relay.server import Relay
+from e2echat.ui.chat import Chat
+from e2echat.ui.repl import run_repl
 
 from support import WAIT, Peer, peers, running_relay
 

@@ -24,10 +24,10 @@ from prompt_toolkit.input import PipeInput, create_pipe_input
 from prompt_toolkit.output import DummyOutput
 from test_repl import Screen
 
-from e2echat.chat import Chat
-from e2echat.display import line_style
-from e2echat.events import MessageReceived, PeerJoined
-from e2echat.repl import ChatCompleter, history_file, make_session, run_repl, toolbar_text
+from e2echat.client.events import MessageReceived, PeerJoined
+from e2echat.ui.chat import Chat
+from e2echat.ui.render import line_style
+from e2echat.ui.repl import ChatCompleter, history_file, make_session, run_repl, toolbar_text
 
 from support import LOOPBACK, REPO, WAIT, Peer, peers, run_cli, running_relay, spawn_cli
 
@@ -255,7 +255,7 @@ def test_real_terminal_under_tmux(tmp_path: Path) -> None:
         raise AssertionError(f"{text!r} never appeared on {name}:\n{screen(name)}")
 
     relay_command = (
-        f"{sys.executable} -c 'import asyncio, sys; from e2echat.relay import run_relay; "
+        f"{sys.executable} -c 'import asyncio, sys; from e2echat.relay.server import run_relay; "
         f'asyncio.run(run_relay("{LOOPBACK}", 0, lambda t: (print(t, flush=True), '
         f'open("{port_file}", "a").write(t + chr(10)))))\''
     )
@@ -303,7 +303,7 @@ def test_real_terminal_under_tmux(tmp_path: Path) -> None:
 
 
 def test_plain_writer_for_no_color_wraps_under_the_text(capsys: pytest.CaptureFixture[str]) -> None:
-    from e2echat.repl import terminal_writer
+    from e2echat.ui.repl import terminal_writer
 
     write = terminal_writer("alice", color=False)
     write("12:00:00 <bob ?> " + "word " * 40)

@@ -11,14 +11,14 @@ import time
 import pytest
 from nacl.public import PrivateKey
 
-from e2echat import messages as m
-from e2echat import relay as relay_module
-from e2echat.client_core import MessageReceived, PeerJoined, PeerLeft, Registered, RelayError
-from e2echat.delivery import LEFT, OFFLINE, REFUSED, TIMED_OUT, DeliveryReport
+from e2echat.client.core import MessageReceived, PeerJoined, PeerLeft, Registered, RelayError
+from e2echat.client.receipts import LEFT, OFFLINE, REFUSED, TIMED_OUT, DeliveryReport
+from e2echat.client.reconnect import ConnectionLost, NotSent, Queued, Reconnecting
 from e2echat.errors import RegistrationRefused
-from e2echat.reconnect import ConnectionLost, NotSent, Queued, Reconnecting
-from e2echat.relay import Relay
-from e2echat.relay_core import Action, Outgoing
+from e2echat.relay import server as relay_module
+from e2echat.relay.core import Action, Outgoing
+from e2echat.relay.server import Relay
+from e2echat.wire import messages as m
 
 from hostile import HostileRelay, deliveries
 from support import LOOPBACK, WAIT, RawClient, connect, peers, running, running_relay
@@ -188,7 +188,7 @@ async def test_client_that_never_reads_is_dropped_and_relay_memory_stays_bounded
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     limit = 256 * 1024
-    caplog.set_level(logging.WARNING, logger="e2echat.relay")
+    caplog.set_level(logging.WARNING, logger="e2echat.relay.server")
     async with (
         running_relay(write_buffer=limit, rate=1e9, burst=1e9) as relay,
         peers(relay, "alice", "bob") as (alice, bob),

@@ -15,9 +15,7 @@ import pytest
 from nacl.public import PrivateKey, PublicKey
 from nacl.secret import SecretBox
 
-from e2echat.errors import DecryptionError, LocalProtocolError, ReplayError
-from e2echat.messages import MAX_BODY
-from e2echat.session import (
+from e2echat.crypto.session import (
     BODY_VERSION,
     MAX_SKIP,
     MAX_TEXT,
@@ -30,6 +28,8 @@ from e2echat.session import (
     prepare,
     random_nonces,
 )
+from e2echat.errors import DecryptionError, LocalProtocolError, ReplayError
+from e2echat.wire.messages import MAX_BODY
 
 VECTORS = Path(__file__).parent / "vectors"
 

@@ -7,7 +7,8 @@ import os
 import ssl
 from pathlib import Path
 
-from e2echat import client, relay
+from e2echat.client import connection as client
+from e2echat.relay import server as relay
 from e2echat.streams import BufferedLink, read_buffer
 
 # A self-signed certificate and key made for this test only (e2echat itself uses no TLS).

@@ -12,20 +12,14 @@ from pathlib import Path
 import pytest
 from nacl.public import PrivateKey, PublicKey
 
-from e2echat import messages as m
-from e2echat.chat import Chat
-from e2echat.client_core import KeyChanged, KeyPinned, MessageReceived, SecurityWarning, SendReport
+from e2echat.client.core import KeyChanged, KeyPinned, MessageReceived, SecurityWarning, SendReport
+from e2echat.client.trust import KNOWN_PEERS_FILE, KnownPeers, Trust
+from e2echat.crypto.identity import format_safety_number, safety_number
+from e2echat.crypto.session import Party, PeerSession
 from e2echat.errors import CommandError, DecryptionError, KeyFileError, PassphraseRequired, WrongPassphrase
-from e2echat.keys import (
-    IDENTITY_FILE,
-    KdfCost,
-    format_safety_number,
-    load_identity,
-    load_or_create_identity,
-    safety_number,
-)
-from e2echat.session import Party, PeerSession
-from e2echat.trust import KNOWN_PEERS_FILE, KnownPeers, Trust
+from e2echat.store.keyfile import IDENTITY_FILE, KdfCost, load_identity, load_or_create_identity
+from e2echat.ui.chat import Chat
+from e2echat.wire import messages as m
 
 from hostile import HostileRelay, substitute_keys
 from support import connect, peers, run_cli, running, running_relay

@@ -19,7 +19,7 @@ from pathlib import Path
 from nacl.public import PublicKey
 
 from e2echat.errors import KeyFileError
-from e2echat.keys import write_private_file
+from e2echat.store.files import write_private_file
 
 KNOWN_PEERS_FILE = "known_peers.json"
 _FORMAT = "e2echat-known-peers-v1"

@@ -11,8 +11,7 @@ import dataclasses
 import time
 import unicodedata
 
-from e2echat.delivery import DeliveryReport
-from e2echat.events import (
+from e2echat.client.events import (
     Event,
     KeyChanged,
     KeyPinned,
@@ -28,7 +27,8 @@ from e2echat.events import (
     SendReport,
     SplitView,
 )
-from e2echat.trust import Trust
+from e2echat.client.receipts import DeliveryReport
+from e2echat.client.trust import Trust
 
 _ZERO_WIDTH_JOINER = "\u200d"  # inside emoji sequences (family, flags): harmless, keep it
 

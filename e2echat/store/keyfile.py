@@ -1,18 +1,11 @@
-"""Identity keys, the profile directory that holds them, and fingerprints.
-
-Pure apart from reading and writing the key file: no network, no asyncio.
-The identity key (IK) is a long-term X25519 key pair per profile; the session key (EK)
-is made fresh for every connection by ``new_session_key`` and never touches the disk.
-"""
+"""The identity key file: a long-term X25519 key pair per profile, optionally sealed
+under a passphrase (Argon2id + SecretBox). Disk I/O: used by the CLI, never by a core."""
 
 from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +16,7 @@ from nacl.public import PrivateKey, PublicKey
 from nacl.secret import SecretBox
 
 from e2echat.errors import KeyFileError, PassphraseRequired, WrongPassphrase
+from e2echat.store.files import write_private_file
 
 IDENTITY_FILE = "identity.key"
 _KEY_FILE_FORMAT = "e2echat-identity-v1"
@@ -38,22 +32,6 @@ class KdfCost:
 
 
 DEFAULT_COST = KdfCost()
-
-
-def profile_dir(nick: str, home: str | None = None, environ: Mapping[str, str] | None = None) -> Path:
-    """Where a profile lives: ``--home``, else ``$E2ECHAT_HOME``, else the XDG data dir."""
-    env = os.environ if environ is None else environ
-    if home:
-        return Path(home).expanduser()
-    if env.get("E2ECHAT_HOME"):
-        return Path(env["E2ECHAT_HOME"]).expanduser()
-    data_home = env.get("XDG_DATA_HOME") or str(Path("~/.local/share").expanduser())
-    return Path(data_home) / "e2echat" / nick
-
-
-def new_session_key() -> PrivateKey:
-    """A fresh per-connection key pair; libsodium's randomness."""
-    return PrivateKey.generate()
 
 
 def load_or_create_identity(
@@ -179,57 +157,3 @@ def save_identity(
     else:
         document["private_key"] = _b64(bytes(key))
     write_private_file(path, (json.dumps(document, indent=2) + "\n").encode("utf-8"))
-
-
-def write_private_file(path: Path, data: bytes) -> None:
-    """Replace ``path`` atomically with ``data``, readable by the owner alone."""
-    try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        temporary = path.with_name(path.name + ".tmp")
-        temporary.unlink(missing_ok=True)
-        # O_EXCL + 0600 at creation: the secret is never readable by others, not even
-        # for the moment between open() and a chmod().
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except OSError as exc:
-        raise KeyFileError(path=path, detail=exc.strerror or str(exc)) from None
-
-
-def fingerprint(key: PublicKey) -> str:
-    """A short, readable digest of a public key: 8 groups of 4 hex digits of SHA-256."""
-    digest = hashlib.sha256(b"e2echat fingerprint v1" + bytes(key)).hexdigest()[:32]
-    return " ".join(digest[i : i + 4] for i in range(0, 32, 4))
-
-
-# -- safety numbers -----------------------------------------------------------------------
-
-SAFETY_ITERATIONS = 5200
-_FINGERPRINT_VERSION = b"\x00\x00"
-_DJB_TYPE = b"\x05"  # how Signal serializes a Curve25519 public key
-
-
-def _safety_half(key: PublicKey, nick: str) -> str:
-    serialized = _DJB_TYPE + bytes(key)
-    digest = _FINGERPRINT_VERSION + serialized + nick.encode("utf-8")
-    for _ in range(SAFETY_ITERATIONS):
-        digest = hashlib.sha512(digest + serialized).digest()
-    # Six chunks of 5 bytes, each a big-endian number mod 100000: 30 digits.
-    return "".join(f"{int.from_bytes(digest[i : i + 5], 'big') % 100000:05d}" for i in range(0, 30, 5))
-
-
-def safety_number(our_key: PublicKey, our_nick: str, their_key: PublicKey, their_nick: str) -> str:
-    """The 60-digit safety number for a pair, exactly as Signal's numeric fingerprint
-    (version 0, 5200 iterations of SHA-512, the nick as stable identifier): both sides
-    compute the same number because the smaller half comes first."""
-    ours = _safety_half(our_key, our_nick)
-    theirs = _safety_half(their_key, their_nick)
-    return ours + theirs if ours <= theirs else theirs + ours
-
-
-def format_safety_number(number: str) -> str:
-    """12 groups of 5 digits, easy to read aloud."""
-    return " ".join(number[i : i + 5] for i in range(0, len(number), 5))

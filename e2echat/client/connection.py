@@ -17,20 +17,20 @@ from typing import cast
 
 from nacl.public import PrivateKey
 
-from e2echat.client_core import ClientCore
-from e2echat.delivery import RECEIPT_TIMEOUT
+from e2echat.client.core import ClientCore
+from e2echat.client.events import Event, Registered, RegistrationFailed, RelayClosing
+from e2echat.client.receipts import RECEIPT_TIMEOUT
+from e2echat.client.trust import KnownPeers
+from e2echat.crypto.identity import new_session_key
 from e2echat.errors import (
     E2EChatError,
     RegistrationRefused,
     RelayGone,
     RelayUnreachable,
 )
-from e2echat.events import Event, Registered, RegistrationFailed, RelayClosing
-from e2echat.keys import new_session_key
 from e2echat.streams import BufferedLink, read_buffer
-from e2echat.trust import KnownPeers
 
-log = logging.getLogger("e2echat.client")
+log = logging.getLogger("e2echat.client.connection")
 
 # How long connecting and registering may take before we give up on the relay.
 CONNECT_TIMEOUT = 10.0

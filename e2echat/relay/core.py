@@ -18,7 +18,7 @@ import nacl.exceptions
 import nacl.utils
 from nacl.public import Box, PrivateKey
 
-from e2echat.messages import (
+from e2echat.wire.messages import (
     CHALLENGE_SIZE,
     Bye,
     Challenge,
@@ -115,25 +115,6 @@ class _Connection:
     relay_key: PrivateKey | None
     challenge: bytes
     peer: PeerInfo | None = None
-
-
-def registration_proof(
-    our_identity: PrivateKey,
-    challenge: Challenge,
-    session_key: bytes,
-    password: bytes = b"",
-    *,
-    nonce: bytes | None = None,
-) -> bytes:
-    """What a client sends to prove it holds its identity key (used by the client core).
-
-    A Box from the identity key to the relay's per-connection key over the challenge, the
-    session key being registered and the relay password, if any: only the holder of the
-    identity key can make it, it is useless on any other connection, it binds the session
-    key to the identity, and the password never crosses the network in the clear.
-    """
-    box = Box(our_identity, challenge.relay_key)
-    return bytes(box.encrypt(challenge.challenge + session_key + password, nonce))
 
 
 def _digest(secret: bytes) -> bytes:

@@ -17,11 +17,11 @@ from typing import Any
 
 from nacl.public import PrivateKey
 
-from e2echat.client import CONNECT_TIMEOUT, Connection, Disconnected
-from e2echat.client_core import ClientCore
+from e2echat.client.connection import CONNECT_TIMEOUT, Connection, Disconnected
+from e2echat.client.core import ClientCore
+from e2echat.client.events import Event, PeerJoined, Registered
+from e2echat.client.trust import KnownPeers
 from e2echat.errors import CommandError, E2EChatError, RegistrationRefused, RelayGone, RelayUnreachable
-from e2echat.events import Event, PeerJoined, Registered
-from e2echat.trust import KnownPeers
 
 # After a reconnect, how long a queued message may wait for its recipients to be back.
 OUTBOX_GRACE = 5.0

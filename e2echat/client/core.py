@@ -19,15 +19,7 @@ import nacl.exceptions
 import nacl.utils
 from nacl.public import PrivateKey
 
-from e2echat import messages as m
-from e2echat.delivery import RECEIPT_TIMEOUT, DeliveryReport, DeliveryTracker
-from e2echat.errors import (
-    CommandError,
-    DecryptionError,
-    LocalProtocolError,
-    RemoteProtocolError,
-)
-from e2echat.events import (  # re-exported: the UI's vocabulary
+from e2echat.client.events import (  # re-exported: the UI's vocabulary
     Event,
     KeyChanged,
     KeyPinned,
@@ -43,10 +35,10 @@ from e2echat.events import (  # re-exported: the UI's vocabulary
     SendReport,
     SplitView,
 )
-from e2echat.framing import MAX_FRAME, FrameDecoder, encode_frame
-from e2echat.keys import fingerprint, safety_number
-from e2echat.relay_core import registration_proof
-from e2echat.session import (
+from e2echat.client.receipts import RECEIPT_TIMEOUT, DeliveryReport, DeliveryTracker
+from e2echat.client.trust import KnownPeers, Trust
+from e2echat.crypto.identity import fingerprint, registration_proof, safety_number
+from e2echat.crypto.session import (
     MAX_ACKS,
     MAX_TEXT,
     Kind,
@@ -58,7 +50,14 @@ from e2echat.session import (
     prepare,
     seal_all,
 )
-from e2echat.trust import KnownPeers, Trust
+from e2echat.errors import (
+    CommandError,
+    DecryptionError,
+    LocalProtocolError,
+    RemoteProtocolError,
+)
+from e2echat.wire import messages as m
+from e2echat.wire.framing import MAX_FRAME, FrameDecoder, encode_frame
 
 __all__ = [
     "ClientCore",
@@ -80,7 +79,7 @@ __all__ = [
     "SplitView",
 ]
 
-log = logging.getLogger("e2echat.client_core")
+log = logging.getLogger("e2echat.client.core")
 
 
 class ClientState(Enum):

@@ -9,9 +9,14 @@ import json as json_module
 import time
 from collections.abc import Callable
 
-from e2echat import commands
-from e2echat.client import Connection, Disconnected
-from e2echat.display import (
+from e2echat.client.connection import Connection, Disconnected
+from e2echat.client.events import MessageReceived, Registered, SendReport
+from e2echat.client.reconnect import Client, ClientEvent, ConnectionLost, NotSent, Queued, Reconnecting
+from e2echat.client.trust import Trust
+from e2echat.crypto.identity import format_safety_number
+from e2echat.errors import CommandError
+from e2echat.ui import commands
+from e2echat.ui.render import (
     clock,
     event_record,
     format_event,
@@ -20,11 +25,6 @@ from e2echat.display import (
     own_message,
     who_entry,
 )
-from e2echat.errors import CommandError
-from e2echat.events import MessageReceived, Registered, SendReport
-from e2echat.keys import format_safety_number
-from e2echat.reconnect import Client, ClientEvent, ConnectionLost, NotSent, Queued, Reconnecting
-from e2echat.trust import Trust
 
 
 class Chat:

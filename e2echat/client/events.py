@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from e2echat.delivery import DeliveryReport
-from e2echat.trust import Trust
+from e2echat.client.receipts import DeliveryReport
+from e2echat.client.trust import Trust
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,23 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from e2echat.keys import write_private_file
-from e2echat.messages import is_valid_nick
+from e2echat.store.files import write_private_file
+from e2echat.wire.messages import is_valid_nick
 
 SETTINGS_FILE = "settings.json"
 HISTORY_FILE = "history"
 _LAST_PROFILE = "last_profile"
+
+
+def profile_dir(nick: str, home: str | None = None, environ: Mapping[str, str] | None = None) -> Path:
+    """Where a profile lives: ``--home``, else ``$E2ECHAT_HOME``, else the XDG data dir."""
+    env = os.environ if environ is None else environ
+    if home:
+        return Path(home).expanduser()
+    if env.get("E2ECHAT_HOME"):
+        return Path(env["E2ECHAT_HOME"]).expanduser()
+    data_home = env.get("XDG_DATA_HOME") or str(Path("~/.local/share").expanduser())
+    return Path(data_home) / "e2echat" / nick
 
 
 def data_home(environ: Mapping[str, str] | None = None) -> Path:

@@ -32,8 +32,8 @@ import nacl.bindings
 import nacl.exceptions
 from nacl.public import PrivateKey, PublicKey
 
+from e2echat.crypto.primitives import MAC_SIZE, NONCE_SIZE, hmac_sha256, secretbox, secretbox_open
 from e2echat.errors import DecryptionError, LocalProtocolError, ReplayError
-from e2echat.primitives import MAC_SIZE, NONCE_SIZE, hmac_sha256, secretbox, secretbox_open
 
 LABEL = b"e2echat v1"
 BODY_VERSION = 1

@@ -31,13 +31,13 @@ from prompt_toolkit.patch_stdout import patch_stdout
 from prompt_toolkit.styles import Style
 from prompt_toolkit.utils import get_cwidth
 
-from e2echat import commands
-from e2echat.chat import Chat
-from e2echat.client import Disconnected
-from e2echat.delivery import RECEIPT_TIMEOUT
-from e2echat.display import line_style
+from e2echat.client.connection import Disconnected
+from e2echat.client.receipts import RECEIPT_TIMEOUT
+from e2echat.client.trust import Trust
 from e2echat.errors import RelayGone
-from e2echat.trust import Trust
+from e2echat.ui import commands
+from e2echat.ui.chat import Chat
+from e2echat.ui.render import line_style
 
 # How long, after the user is done, to wait for everything sent to be accounted for: a
 # little longer than a receipt may take, so that a missing one is reported, not cut off.

@@ -21,8 +21,10 @@ from dataclasses import dataclass, replace
 from typing import Any, cast
 
 from e2echat.errors import FrameTooLarge, RelayStartError, RemoteProtocolError
-from e2echat.framing import MAX_FRAME, FrameDecoder, encode_frame
-from e2echat.messages import (
+from e2echat.relay.core import Action, Broadcast, ConnId, Fanout, Outgoing, RelayCore, TokenBucket
+from e2echat.streams import BufferedLink, read_buffer
+from e2echat.wire.framing import MAX_FRAME, FrameDecoder, encode_frame
+from e2echat.wire.messages import (
     DELIVER_TAIL,
     Error,
     Message,
@@ -32,10 +34,8 @@ from e2echat.messages import (
     deliver_head,
     encode_message,
 )
-from e2echat.relay_core import Action, Broadcast, ConnId, Fanout, Outgoing, RelayCore, TokenBucket
-from e2echat.streams import BufferedLink, read_buffer
 
-log = logging.getLogger("e2echat.relay")
+log = logging.getLogger("e2echat.relay.server")
 
 DEFAULT_PORT = 8000
 # The largest frame before registration: a `register` with the longest password is ~1 KiB.

@@ -1,0 +1,1 @@
+"""The client: a pure core that decides, an asyncio connection that moves bytes."""

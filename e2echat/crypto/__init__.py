@@ -1,0 +1,1 @@
+"""Cryptography on PyNaCl (libsodium): primitives, sessions, identity. Pure: no I/O."""

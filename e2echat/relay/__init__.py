@@ -1,0 +1,1 @@
+"""The relay: a pure core that decides, an asyncio server that moves bytes."""
