@@ -306,7 +306,7 @@ async def _chat(
             await client.open()
             break
         except RegistrationRefused as exc:
-            if exc.fields.get("code") != "password_required" or password is not None or not interactive:
+            if exc.code != "password_required" or password is not None or not interactive:
                 raise
             password = _checked_password(_ask("This relay needs a password: ").encode("utf-8"))
     save_settings(directory, args.nick, args.host, args.port)

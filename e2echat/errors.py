@@ -1,13 +1,14 @@
 """One exception hierarchy for e2echat.
 
 Every error a user can see is a class whose docstring is the text shown, with
-``{placeholders}`` filled from the keyword arguments it was raised with. The CLI
-is the one place that turns these into a message and an exit code.
+``{placeholders}`` filled from the error's attributes. Each class takes its attributes
+as typed keyword arguments, so a caller reads ``exc.code``, not a string-keyed dict.
+The CLI is the one place that turns these into a message and an exit code.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import PurePath
 
 
 class E2EChatError(Exception):
@@ -15,16 +16,13 @@ class E2EChatError(Exception):
 
     exit_code = 1
 
-    def __init__(self, **fields: Any) -> None:
-        self.fields = fields
+    def __init__(self, *, detail: str = "") -> None:
+        self.detail = detail
         super().__init__(self.user_message())
 
     def user_message(self) -> str:
         template = " ".join((self.__doc__ or "{detail}").split())
-        try:
-            return template.format(**self.fields)
-        except (KeyError, IndexError):
-            return template
+        return template.format_map(vars(self))
 
 
 # -- the peer (relay or client on the other end of a socket) misbehaved ---------------
@@ -36,6 +34,11 @@ class RemoteProtocolError(E2EChatError):
 
 class FrameTooLarge(RemoteProtocolError):
     """frame of {size} bytes exceeds the limit of {limit} bytes"""
+
+    def __init__(self, *, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__()
 
 
 # -- we misused an API: a bug in e2echat or in a caller ---------------------------------
@@ -51,9 +54,17 @@ class LocalProtocolError(E2EChatError):
 class DecryptionError(E2EChatError):
     """a message from {peer} failed authentication: {detail}"""
 
+    def __init__(self, *, peer: str, detail: str) -> None:
+        self.peer = peer
+        super().__init__(detail=detail)
+
 
 class ReplayError(DecryptionError):
     """a message from {peer} was a replay of message #{counter} and was ignored"""
+
+    def __init__(self, *, peer: str, counter: int) -> None:
+        self.counter = counter
+        super().__init__(peer=peer, detail=f"replay of message #{counter}")
 
 
 # -- things a user runs into --------------------------------------------------------------
@@ -65,16 +76,29 @@ class UsageError(E2EChatError):
     exit_code = 2
 
 
-class RelayUnreachable(E2EChatError):
+class _RelayError(E2EChatError):
+    """the relay at {host}:{port}: {detail}"""
+
+    def __init__(self, *, host: str, port: int, detail: str = "") -> None:
+        self.host = host
+        self.port = port
+        super().__init__(detail=detail)
+
+
+class RelayUnreachable(_RelayError):
     """cannot reach relay at {host}:{port} — is `e2echat relay` running?"""
 
     exit_code = 3
 
 
-class RelayGone(E2EChatError):
+class RelayGone(_RelayError):
     """lost the relay at {host}:{port}: {detail}"""
 
     exit_code = 4
+
+
+class RelayStartError(_RelayError):
+    """cannot start the relay on {host}:{port}: {detail}"""
 
 
 class RegistrationRefused(E2EChatError):
@@ -82,23 +106,33 @@ class RegistrationRefused(E2EChatError):
 
     exit_code = 5
 
+    def __init__(self, *, nick: str, detail: str, code: str = "") -> None:
+        self.nick = nick
+        #: the relay's error code (``nick_taken``, ``bad_password``, ...): for programs
+        self.code = code
+        super().__init__(detail=detail)
 
-class KeyFileError(E2EChatError):
+
+class _KeyFileProblem(E2EChatError):
     """cannot use key file {path}: {detail}"""
 
+    def __init__(self, *, path: PurePath | str, detail: str = "") -> None:
+        self.path = path
+        super().__init__(detail=detail)
 
-class RelayStartError(E2EChatError):
-    """cannot start the relay on {host}:{port}: {detail}"""
+
+class KeyFileError(_KeyFileProblem):
+    """cannot use key file {path}: {detail}"""
 
 
 class CommandError(E2EChatError):
     """{detail}"""
 
 
-class PassphraseRequired(E2EChatError):
+class PassphraseRequired(_KeyFileProblem):
     """your identity key in {path} is protected by a passphrase:
     run with --passphrase or set E2ECHAT_PASSPHRASE"""
 
 
-class WrongPassphrase(E2EChatError):
+class WrongPassphrase(_KeyFileProblem):
     """wrong passphrase for the identity key in {path}"""

@@ -338,7 +338,7 @@ async def test_relay_password_accepted_and_refused() -> None:
         for wrong, code in ((b"open barley", "bad_password"), (None, "password_required")):
             with pytest.raises(RegistrationRefused) as refused:
                 await connect(relay, "mallory", password=wrong)
-            assert refused.value.fields["code"] == code
+            assert refused.value.code == code
         assert relay.core.online.keys() == {"alice"}
         await alice.connection.close()
 

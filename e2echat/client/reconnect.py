@@ -185,18 +185,18 @@ class Client:
                 await connection.open()
                 return connection
             except RegistrationRefused as exc:
-                if exc.fields.get("code") in ("bad_password", "password_required"):
+                if exc.code in ("bad_password", "password_required"):
                     self.closed = True  # trying again cannot help
-                    self.events.put_nowait(Disconnected(f"it refused us: {exc.fields.get('detail')}"))
+                    self.events.put_nowait(Disconnected(f"it refused us: {exc.detail}"))
                     self._give_up_outbox()
                     return None
                 # Most likely "nick_taken": the relay has not yet noticed our old connection
                 # is gone (it will, by its idle timeout at the latest).
-                why = f"it refused us: {exc.fields.get('detail')}"
+                why = f"it refused us: {exc.detail}"
             except RelayUnreachable:
                 why = "the relay is not back yet"
             except RelayGone as exc:
-                why = f"the relay broke off: {exc.fields.get('detail')}"
+                why = f"the relay broke off: {exc.detail}"
             except E2EChatError as exc:  # whatever else a broken relay causes: try again
                 why = str(exc)
         raise AssertionError("unreachable: the backoff never ends")

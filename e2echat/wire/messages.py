@@ -633,7 +633,7 @@ def _message_from(obj: Any) -> Message:
     try:
         message = _build(cls, f)
     except LocalProtocolError as exc:
-        raise _invalid(str(exc.fields.get("detail", exc))) from None
+        raise _invalid(exc.detail or str(exc)) from None
     f.done()
     return message
 
