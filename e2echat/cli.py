@@ -26,7 +26,8 @@ from e2echat.errors import (
     RegistrationRefused,
     UsageError,
 )
-from e2echat.relay.server import DEFAULT_PORT, Limits, run_relay
+from e2echat.relay.limits import Limits
+from e2echat.relay.server import DEFAULT_PORT, run_relay
 from e2echat.store.keyfile import IDENTITY_FILE, is_protected, load_or_create_identity, stored_public_key
 from e2echat.store.profiles import (
     HISTORY_FILE,

@@ -7,19 +7,22 @@ It also keeps what clients sent it, as a relay that records traffic would.
 
 from __future__ import annotations
 
-import base64
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
 from nacl.public import PublicKey
 
-from e2echat.relay.core import Action, ConnId, Outgoing, one_by_one
-from e2echat.relay.server import Relay
+from e2echat.errors import RemoteProtocolError
+from e2echat.relay.core import Action, Close, ConnId
+from e2echat.relay.server import Relay, _Link
 from e2echat.wire import messages as m
+from e2echat.wire.framing import FrameDecoder
 
+from relay_frames import Outgoing, as_actions, spelled_out
 from support import LOOPBACK
 
-Tamper = Callable[["HostileRelay", Outgoing], list[Action]]
+Tamper = Callable[["HostileRelay", Outgoing], list[Outgoing]]
 
 
 class HostileRelay(Relay):
@@ -27,13 +30,8 @@ class HostileRelay(Relay):
         super().__init__(LOOPBACK, 0, **limits)
         self.tamper = tamper
         self.received: list[tuple[ConnId, m.Message]] = []
-        honest_receive = self.core.receive
-
-        def receive(conn: ConnId, message: m.Message | m.Routes) -> list[Action]:
-            self.received.append((conn, _as_send(message) if isinstance(message, m.Routes) else message))
-            return honest_receive(conn, message)
-
-        self.core.receive = receive  # type: ignore[method-assign]
+        # The recording reads each connection's bytes a second time, as a wiretap would.
+        self._taps: dict[ConnId, FrameDecoder] = {}
 
     def nick(self, conn: ConnId) -> str | None:
         return self.core.nick_of(conn)
@@ -46,28 +44,31 @@ class HostileRelay(Relay):
         self.inject_many(nick, [message])
 
     def inject_many(self, nick: str, messages: list[m.Message]) -> None:
-        super()._apply([Outgoing(self.conn(nick), message) for message in messages])
+        super()._apply(as_actions(Outgoing(self.conn(nick), message) for message in messages))
 
     def sends_from(self, nick: str) -> list[m.Send]:
         conn = self.core.online.get(nick)
         return [msg for c, msg in self.received if c == conn and isinstance(msg, m.Send)]
 
+    def _received(self, link: _Link, data: bytes) -> None:
+        if link.conn in self._links:
+            tap = self._taps.setdefault(link.conn, FrameDecoder())
+            with contextlib.suppress(RemoteProtocolError):  # the relay refuses it: nothing to keep
+                self.received.extend((link.conn, m.decode_message(frame)) for frame in tap.receive_data(data))
+        super()._received(link, data)
+
     def _apply(self, actions: list[Action]) -> None:
         if self.tamper is None:
             super()._apply(actions)
             return
-        changed: list[Action] = []
+        changed: list[Outgoing | Close] = []
         # The honest relay writes deliveries and presence in bulk; the tamper sees each.
-        for action in one_by_one(actions):
-            if isinstance(action, Outgoing):
-                changed.extend(self.tamper(self, action))
+        for item in spelled_out(actions):
+            if isinstance(item, Outgoing):
+                changed.extend(self.tamper(self, item))
             else:
-                changed.append(action)
-        super()._apply(changed)
-
-
-def _as_send(routes: m.Routes) -> m.Send:
-    return m.Send(routes.id, tuple(m.Envelope(to, base64.b64decode(body)) for to, body in routes.items))
+                changed.append(item)
+        super()._apply(as_actions(changed))
 
 
 def substitute_keys(
@@ -84,7 +85,7 @@ def substitute_keys(
             return peer
         return m.PeerInfo(peer.nick, identity_key or peer.identity_key, session_key or peer.session_key)
 
-    def tamper(relay: HostileRelay, action: Outgoing) -> list[Action]:
+    def tamper(relay: HostileRelay, action: Outgoing) -> list[Outgoing]:
         message = action.message
         if relay.nick(action.conn) != victim:
             return [action]
@@ -97,10 +98,10 @@ def substitute_keys(
     return tamper
 
 
-def deliveries(tamper: Callable[[HostileRelay, Outgoing, m.Deliver], list[Action]]) -> Tamper:
+def deliveries(tamper: Callable[[HostileRelay, Outgoing, m.Deliver], list[Outgoing]]) -> Tamper:
     """A tamper that only sees ``deliver`` messages; everything else passes untouched."""
 
-    def on_action(relay: HostileRelay, action: Outgoing) -> list[Action]:
+    def on_action(relay: HostileRelay, action: Outgoing) -> list[Outgoing]:
         if isinstance(action.message, m.Deliver):
             return tamper(relay, action, action.message)
         return [action]

@@ -23,11 +23,12 @@ from e2echat.client.core import (
 from e2echat.crypto import session as session_module
 from e2echat.crypto.session import MAX_SKIP, Kind, Party, PeerSession, chain_step
 from e2echat.errors import DecryptionError, RelayGone, RemoteProtocolError
-from e2echat.relay.core import Action, Outgoing, RelayCore, one_by_one
+from e2echat.relay.core import Action, RelayCore, Write
 from e2echat.wire import messages as m
-from e2echat.wire.framing import FrameDecoder, encode_frame
+from e2echat.wire.framing import encode_frame
 
 from hostile import HostileRelay, deliveries, flip_bit, substitute_keys
+from relay_frames import Outgoing
 from support import LOOPBACK, WAIT, connect, peers, running
 
 # -- 1. integrity -----------------------------------------------------------------------------
@@ -38,7 +39,7 @@ async def test_integrity_flipped_bits_in_bodies_are_never_shown() -> None:
     ciphertext. bob shows none of them, and the session survives every attempt."""
     positions = iter(range(0, 8 * 120, 7))  # every 7th bit of the first 120 bytes
 
-    def tamper(relay: HostileRelay, action: Outgoing, deliver: m.Deliver) -> list[Action]:
+    def tamper(relay: HostileRelay, action: Outgoing, deliver: m.Deliver) -> list[Outgoing]:
         bit = next(positions, None)
         if bit is None or bit >= 8 * len(deliver.body):
             return [action]
@@ -60,26 +61,26 @@ async def test_integrity_flipped_bits_in_bodies_are_never_shown() -> None:
 def _harness() -> tuple[ClientCore, list[bytes]]:
     """alice and bob registered with an in-memory relay core; returns bob's core and the
     frames the relay wrote to bob for one private message from alice."""
-    relay, cores, decoders = RelayCore(), {}, {}
+    relay, cores = RelayCore(), {}
     written: dict[int, list[bytes]] = {1: [], 2: []}
 
     def apply(actions: list[Action]) -> None:
-        for action in one_by_one(actions):
-            if isinstance(action, Outgoing):
-                frame = encode_frame(m.encode_message(action.message))
-                written[action.conn].append(frame)
-                cores[action.conn].receive_data(frame)
-                pump()
+        for action in actions:
+            if isinstance(action, Write):
+                for conn, frame in action.frames:
+                    written[conn].append(frame)
+                    cores[conn].receive_data(frame)
+                    pump()
 
     def pump() -> None:
         for conn, core in cores.items():
-            for frame in decoders[conn].receive_data(core.data_to_send()):
-                apply(relay.receive(conn, m.decode_message(frame)))
+            data = core.data_to_send()
+            if data:
+                apply(relay.receive_data(conn, data, 0.0))
 
     for conn, nick in ((1, "alice"), (2, "bob")):
         cores[conn] = ClientCore(nick, PrivateKey.generate(), PrivateKey.generate())
-        decoders[conn] = FrameDecoder()
-        apply(relay.connect(conn))
+        apply(relay.connect(conn, 0.0))
     written[2].clear()
     cores[1].send_private("bob", "attack at dawn")
     pump()
@@ -113,7 +114,7 @@ def _once(rewrite):  # type: ignore[no-untyped-def]
     """A deliveries() tamper that rewrites only the first delivery it sees."""
     done = []
 
-    def tamper(relay: HostileRelay, action: Outgoing, deliver: m.Deliver) -> list[Action]:
+    def tamper(relay: HostileRelay, action: Outgoing, deliver: m.Deliver) -> list[Outgoing]:
         if done:
             return [action]
         done.append(True)
@@ -168,7 +169,7 @@ async def test_replayed_frame_is_shown_once_and_warned_about() -> None:
 async def test_held_back_message_is_reported_missing_then_arrives_late() -> None:
     held: list[Outgoing] = []
 
-    def hold_first(relay: HostileRelay, action: Outgoing, deliver: m.Deliver) -> list[Action]:
+    def hold_first(relay: HostileRelay, action: Outgoing, deliver: m.Deliver) -> list[Outgoing]:
         if not held:
             held.append(action)
             return []
@@ -343,7 +344,7 @@ def test_message_keys_are_gone_after_use() -> None:
 async def test_frames_from_an_earlier_connection_are_rejected() -> None:
     recorded: list[m.Deliver] = []
 
-    def record(relay: HostileRelay, action: Outgoing, deliver: m.Deliver) -> list[Action]:
+    def record(relay: HostileRelay, action: Outgoing, deliver: m.Deliver) -> list[Outgoing]:
         recorded.append(deliver)
         return [action]
 

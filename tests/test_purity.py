@@ -22,6 +22,7 @@ PURE = [
     "client.events",
     "client.core",
     "relay.core",
+    "relay.limits",
     "ui.commands",
     "ui.render",
 ]

@@ -15,12 +15,11 @@ from e2echat.client.core import MessageReceived, PeerJoined, PeerLeft, Registere
 from e2echat.client.receipts import LEFT, OFFLINE, REFUSED, TIMED_OUT, DeliveryReport
 from e2echat.client.reconnect import ConnectionLost, NotSent, Queued, Reconnecting
 from e2echat.errors import RegistrationRefused
-from e2echat.relay import server as relay_module
-from e2echat.relay.core import Action, Outgoing
 from e2echat.relay.server import Relay
 from e2echat.wire import messages as m
 
 from hostile import HostileRelay, deliveries
+from relay_frames import Outgoing
 from support import LOOPBACK, WAIT, RawClient, connect, peers, running, running_relay
 
 # -- delivery receipts --------------------------------------------------------------------------
@@ -42,7 +41,7 @@ async def test_receipt_withheld_by_the_relay_is_reported_as_missing() -> None:
     """The relay forwards the message but swallows bob's receipt: alice is told bob never
     confirmed. (It cannot forge the receipt: it is encrypted and authenticated.)"""
 
-    def drop_receipts(relay: HostileRelay, action: Outgoing, deliver: m.Deliver) -> list[Action]:
+    def drop_receipts(relay: HostileRelay, action: Outgoing, deliver: m.Deliver) -> list[Outgoing]:
         return [] if relay.nick(action.conn) == "alice" else [action]
 
     hostile = HostileRelay(deliveries(drop_receipts))
@@ -56,7 +55,7 @@ async def test_receipt_withheld_by_the_relay_is_reported_as_missing() -> None:
 async def test_forged_receipt_is_not_accepted() -> None:
     """The relay drops the message and answers with a receipt of its own making."""
 
-    def swallow(relay: HostileRelay, action: Outgoing, deliver: m.Deliver) -> list[Action]:
+    def swallow(relay: HostileRelay, action: Outgoing, deliver: m.Deliver) -> list[Outgoing]:
         if relay.nick(action.conn) != "bob":
             return [action]
         forged = m.Deliver("bob", b"\x01" + (0).to_bytes(8, "big") + bytes(80))
@@ -73,7 +72,7 @@ async def test_recipient_gone_offline_is_reported() -> None:
     """The relay keeps alice from hearing that mallory left; the relay's own answer says
     mallory was offline, and alice's report says so."""
 
-    def hide_departures(relay: HostileRelay, action: Outgoing) -> list[Action]:
+    def hide_departures(relay: HostileRelay, action: Outgoing) -> list[Outgoing]:
         hidden = isinstance(action.message, m.PeerLeft) and relay.nick(action.conn) == "alice"
         return [] if hidden else [action]
 
@@ -89,7 +88,7 @@ async def test_recipient_gone_offline_is_reported() -> None:
 
 
 async def test_recipient_leaving_before_confirming_is_reported() -> None:
-    def drop_bobs_receipts(relay: HostileRelay, action: Outgoing, deliver: m.Deliver) -> list[Action]:
+    def drop_bobs_receipts(relay: HostileRelay, action: Outgoing, deliver: m.Deliver) -> list[Outgoing]:
         return [] if deliver.sender == "bob" else [action]
 
     hostile = HostileRelay(deliveries(drop_bobs_receipts))
@@ -148,15 +147,12 @@ async def _stalled_client(relay: Relay, nick: str) -> RawClient:
     return raw
 
 
-async def test_a_client_hung_up_on_leaves_the_directory_at_once_though_it_never_reads(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_a_client_hung_up_on_leaves_the_directory_at_once_though_it_never_reads() -> None:
     """The relay hangs up on a client that has stopped reading (here: it also went silent).
     Its socket cannot close while bytes are queued for it, but it is out of the directory
     at once: the others hear that it left, a message to it is reported missing rather than
-    delivered, its nick is free again, and the socket is aborted after CLOSE_GRACE."""
-    monkeypatch.setattr(relay_module, "CLOSE_GRACE", 0.3)
-    options = {"idle_timeout": 1.0, "write_buffer": 64 * 2**20, "rate": 1e9, "burst": 1e9}
+    delivered, its nick is free again, and the socket is aborted after close_grace."""
+    options = {"idle_timeout": 1.0, "write_buffer": 64 * 2**20, "rate": 1e9, "burst": 1e9, "close_grace": 0.3}
     async with running_relay(**options) as relay:
         stalled = await _stalled_client(relay, "stalled")
         alice = await RawClient.open(relay)
@@ -178,7 +174,7 @@ async def test_a_client_hung_up_on_leaves_the_directory_at_once_though_it_never_
         await again.register("stalled")  # the same person, back: the nick is free
         deadline = time.monotonic() + WAIT
         while relay._closing and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)  # bounded: the sweeper aborts it after CLOSE_GRACE
+            await asyncio.sleep(0.05)  # bounded: the sweeper aborts it after close_grace
         assert not relay._closing
         for client in (stalled, alice, again):
             client.close()

@@ -1,29 +1,35 @@
-"""The relay's directory and routing decisions, without any I/O.
+"""The relay's directory, routing and policy, without any I/O.
 
-``RelayCore`` is told about connections and the messages they send, and answers with
-actions: ``Outgoing(conn, message)`` to write, ``Close(conn, reason)`` to hang up. The
-asyncio shell in relay.py carries them out. It never sees a message key: ciphertext
-bodies pass through unopened.
+The shell tells ``RelayCore`` what happens to its connections: ``connect``, the bytes each
+one sends (``receive_data``), ``disconnect``, time passing (``tick``) and ``shutdown``,
+each with the time it happened. The core answers with two kinds of action: ``Write``
+(whole frames, already encoded, for the shell to write) and ``Close`` (hang up). Framing,
+decoding, the rate limit and the timeouts are decided here; the shell only moves bytes.
+
+The core never sees a message key: a ``send``'s ciphertext bodies are copied unopened,
+still in base64, into the ``deliver`` frames.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
-from dataclasses import dataclass, field
-from enum import Enum
+import logging
+import struct
+from dataclasses import dataclass
 
 import nacl.exceptions
 import nacl.utils
 from nacl.public import Box, PrivateKey
 
+from e2echat.errors import FrameTooLarge, RemoteProtocolError
+from e2echat.relay.limits import Flow, Limits, Verdict
+from e2echat.wire.framing import FrameDecoder, encode_frame
 from e2echat.wire.messages import (
     CHALLENGE_SIZE,
+    DELIVER_TAIL,
     Bye,
     Challenge,
-    Deliver,
-    Directory,
     Error,
     Message,
     PeerInfo,
@@ -34,87 +40,72 @@ from e2echat.wire.messages import (
     Register,
     Routed,
     Routes,
-    Send,
-    Welcome,
+    decode_for_relay,
+    decode_message,
+    deliver_head,
     encode_directory,
+    encode_message,
     encode_peer,
     encode_welcome,
     printable_reason,
 )
 
+log = logging.getLogger("e2echat.relay.core")
+
 ConnId = int
 # Directory entries per frame: about 140 bytes each on the wire, so 2,000 make ~280 KiB.
 DIRECTORY_CHUNK = 2000
-
-
-@dataclass(frozen=True)
-class Outgoing:
-    conn: ConnId
-    message: Message
-    #: the message already encoded (exactly ``encode_message(message)``), when the core
-    #: had the parts at hand; written instead of encoding ``message`` again
-    payload: bytes | None = field(default=None, compare=False, repr=False)
+_PREFIX = struct.Struct(">I")
 
 
 @dataclass(frozen=True, slots=True)
-class Broadcast:
-    """One message to many connections (presence): encoded once, written to each."""
+class Write:
+    """Bytes for the shell to write: each pair is a connection and one whole frame for it,
+    in the order they are to be written.
 
-    conns: list[ConnId]
-    message: Message
+    A send's deliveries and its ``routed`` answer go in one ``Write``; a frame for many
+    (presence, a goodbye) is the same bytes object in every pair, encoded once.
+    """
 
-    def expand(self) -> list[Outgoing]:
-        return [Outgoing(conn, self.message) for conn in self.conns]
+    frames: list[tuple[ConnId, bytes]]
 
 
 @dataclass(frozen=True, slots=True)
-class Fanout:
-    """A ``send``'s ciphertexts, each to its recipient's connection as a ``deliver`` from
-    ``sender``; the bodies are still base64, as they came."""
-
-    sender: str
-    routes: list[tuple[ConnId, bytes]]
-
-    def expand(self) -> list[Outgoing]:
-        return [
-            Outgoing(conn, Deliver(self.sender, base64.b64decode(body, validate=True)))
-            for conn, body in self.routes
-        ]
-
-
-@dataclass(frozen=True)
 class Close:
-    """Hang up on ``conn``; ``reason`` is for the relay's log (never message content)."""
+    """Write what is queued for ``conn``, then hang up. The core has already forgotten the
+    connection and told the others it left; ``reason`` is for the relay's log (never
+    message content)."""
 
     conn: ConnId
     reason: str
 
 
-Action = Outgoing | Broadcast | Fanout | Close
+Action = Write | Close
 
 
-def one_by_one(actions: list[Action]) -> list[Outgoing | Close]:
-    """The actions with every bulk one spelled out, one ``Outgoing`` per connection: how
-    tests and the test suite's hostile relay look at what the relay writes."""
-    flat: list[Outgoing | Close] = []
-    for action in actions:
-        flat.extend(action.expand() if isinstance(action, Broadcast | Fanout) else [action])
-    return flat
+def _frame(message: Message) -> bytes:
+    return encode_frame(encode_message(message))
 
 
-class ConnState(Enum):
-    AWAIT_REGISTER = "await-register"
-    ONLINE = "online"
+def _write(conn: ConnId, message: Message) -> Write:
+    return Write([(conn, _frame(message))])
 
 
-@dataclass
+_PONG = _frame(Pong())
+
+
+@dataclass(slots=True, eq=False)
 class _Connection:
+    # Slots: one of these per connection, and 10,000 idle clients must stay small.
     conn: ConnId
-    state: ConnState
-    # Per-connection key and challenge; dropped once registration succeeds.
+    decoder: FrameDecoder
+    #: when the connection opened, until it registers; from then on, when it was last heard
+    since: float
+    # The per-connection key and challenge; dropped once registration succeeds.
     relay_key: PrivateKey | None
     challenge: bytes
     peer: PeerInfo | None = None
+    flow: Flow | None = None
 
 
 def _digest(secret: bytes) -> bytes:
@@ -123,105 +114,171 @@ def _digest(secret: bytes) -> bytes:
     return hashlib.sha256(b"e2echat relay password" + secret).digest()
 
 
-class TokenBucket:
-    """Allows ``rate`` events a second on average and bursts of ``burst``. Time is passed
-    in, so it is tested without sleeping."""
-
-    def __init__(self, rate: float, burst: float, now: float) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.tokens = burst
-        self.updated = now
-
-    def take(self, now: float) -> bool:
-        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return True
-        return False
-
-
-@dataclass
 class RelayCore:
-    #: if set, clients must put it in their registration proof
-    password: bytes | None = None
-    _connections: dict[ConnId, _Connection] = field(default_factory=dict)
-    #: nick -> connection, for everyone registered
-    online: dict[str, ConnId] = field(default_factory=dict)
-    #: nick -> directory entry, and the same encoded, in the order they came online
-    _peers: dict[str, PeerInfo] = field(default_factory=dict)
-    _encoded_peers: dict[str, bytes] = field(default_factory=dict)
-
-    def connect(self, conn: ConnId) -> list[Action]:
-        relay_key = PrivateKey.generate()
-        challenge = nacl.utils.random(CHALLENGE_SIZE)
-        self._connections[conn] = _Connection(conn, ConnState.AWAIT_REGISTER, relay_key, challenge)
-        return [Outgoing(conn, Challenge(relay_key.public_key, challenge, self.password is not None))]
+    def __init__(self, limits: Limits | None = None, *, password: bytes | None = None) -> None:
+        self.limits = limits or Limits()
+        #: if set, clients must put it in their registration proof
+        self.password = password
+        self._connections: dict[ConnId, _Connection] = {}
+        #: connections hung up on whose sockets the shell has not yet reported gone (by
+        #: ``disconnect``): they still hold a slot of ``max_connections``
+        self._closing: set[ConnId] = set()
+        #: nick -> connection, for everyone registered
+        self.online: dict[str, ConnId] = {}
+        #: nick -> directory entry, and the same encoded, in the order they came online
+        self._peers: dict[str, PeerInfo] = {}
+        self._encoded_peers: dict[str, bytes] = {}
 
     def is_registered(self, conn: ConnId) -> bool:
         record = self._connections.get(conn)
-        return record is not None and record.state is ConnState.ONLINE
+        return record is not None and record.peer is not None
 
     def nick_of(self, conn: ConnId) -> str | None:
         record = self._connections.get(conn)
         return record.peer.nick if record and record.peer else None
 
-    def receive(self, conn: ConnId, message: Message | Routes) -> list[Action]:
+    # -- what the shell tells the core ---------------------------------------------------------
+
+    def connect(self, conn: ConnId, now: float) -> list[Action]:
+        """A new connection: challenge it, or turn it away if the relay is full."""
+        limits = self.limits
+        if len(self._connections) + len(self._closing) >= limits.max_connections:
+            log.warning("connection #%d refused: the relay is full", conn)
+            full = Error("busy", f"the relay is full ({limits.max_connections} connections)")
+            return [_write(conn, full), Close(conn, "the relay is full")]
+        relay_key = PrivateKey.generate()
+        challenge = nacl.utils.random(CHALLENGE_SIZE)
+        # Until it has registered, a connection may send only small frames.
+        decoder = FrameDecoder(max_frame=min(limits.max_frame, limits.handshake_frame))
+        self._connections[conn] = _Connection(conn, decoder, now, relay_key, challenge)
+        return [_write(conn, Challenge(relay_key.public_key, challenge, self.password is not None))]
+
+    def receive_data(self, conn: ConnId, data: bytes, now: float) -> list[Action]:
+        """Bytes that ``conn`` sent, in any split: cut into frames, decode and handle them."""
         record = self._connections.get(conn)
         if record is None:
-            return []
-        if isinstance(message, Error):
-            return [Close(conn, f"client reported error {message.code}")]
-        if record.state is ConnState.AWAIT_REGISTER:
-            if isinstance(message, Register):
-                return self._register(record, message)
-            return self.refuse(conn, "not_registered", "register before sending anything else")
-        if isinstance(message, Routes):
-            return self._route(record, message)
-        if isinstance(message, Send):
-            return self._route(record, Routes.of(message))
-        if isinstance(message, Ping):
-            return [Outgoing(conn, Pong())]
-        if isinstance(message, Pong):
-            return []
-        return self.refuse(conn, "protocol", f"unexpected {type(message).TYPE!r} message")
-
-    def refuse(self, conn: ConnId, code: str, text: str) -> list[Action]:
-        """An error frame to the offender, then hang up on it (and on nobody else)."""
-        text = printable_reason(text)
-        return [Outgoing(conn, Error(code, text)), Close(conn, f"{code}: {text}")]
-
-    def refused(self, conn: ConnId, message: Message | Routes) -> list[Action]:
-        """``message`` was not forwarded (over the rate limit): tell the sender exactly
-        which recipients did not get it."""
-        if isinstance(message, Send):
-            message = Routes.of(message)
-        if isinstance(message, Routes):
-            recipients = tuple(to for to, _ in message.items)
-            return [Outgoing(conn, Routed(message.id, (), (), refused=recipients))]
-        return []
+            return []  # refused, or hung up on: what it says no longer matters
+        actions: list[Action] = []
+        try:
+            for frame in record.decoder.receive_data(data):
+                flow = record.flow
+                if flow is None:  # not registered yet
+                    actions += self._handshake(record, decode_message(frame), now)
+                else:
+                    message = decode_for_relay(frame)
+                    verdict = flow.admit(self.limits, now)
+                    if verdict is Verdict.PASS:
+                        actions += self._handle(record, message)
+                    else:
+                        actions += self._over_rate(record, message, verdict)
+                if conn not in self._connections:
+                    return actions
+        except FrameTooLarge as exc:
+            log.warning("connection #%d: %s", conn, exc)
+            return actions + self._refuse(record, "too_large", str(exc))
+        except RemoteProtocolError as exc:
+            log.info("connection #%d: %s", conn, exc)
+            return actions + self._refuse(record, "protocol", str(exc))
+        if record.peer is not None:
+            record.since = now
+        return actions
 
     def disconnect(self, conn: ConnId) -> list[Action]:
+        """The connection is gone (the peer hung up, or the socket we closed is closed):
+        take it out of the directory and tell the others; nothing if that is done already."""
+        self._closing.discard(conn)
+        return self._forget(conn)
+
+    def tick(self, now: float) -> list[Action]:
+        """Hang up on connections that did not register in time, and on silent ones."""
+        limits = self.limits
+        actions: list[Action] = []
+        for record in list(self._connections.values()):
+            if record.peer is not None:
+                if now - record.since > limits.idle_timeout:
+                    actions += self._refuse(record, "idle", f"nothing heard for {limits.idle_timeout:g}s")
+            elif now - record.since > limits.handshake_timeout:
+                actions += self._refuse(record, "timeout", "registration took too long")
+        return actions
+
+    def shutdown(self, reason: str) -> list[Action]:
+        """Say goodbye to everyone (one frame, written to each) and hang up on them."""
+        conns = list(self._connections)
+        if not conns:
+            return []
+        bye = _frame(Bye(reason))
+        actions: list[Action] = [Write([(conn, bye) for conn in conns])]
+        actions += [Close(conn, "relay shutting down") for conn in conns]
+        self._closing.update(conns)
+        for collection in (self._connections, self.online, self._peers, self._encoded_peers):
+            collection.clear()
+        return actions
+
+    # -- deciding ------------------------------------------------------------------------------
+
+    def _handshake(self, record: _Connection, message: Message, now: float) -> list[Action]:
+        if isinstance(message, Register):
+            return self._register(record, message, now)
+        if isinstance(message, Error):
+            return self._hang_up(record, f"client reported error {message.code}")
+        return self._refuse(record, "not_registered", "register before sending anything else")
+
+    def _handle(self, record: _Connection, message: Message | Routes) -> list[Action]:
+        if isinstance(message, Routes):
+            return self._route(record, message)
+        if isinstance(message, Ping):
+            return [Write([(record.conn, _PONG)])]
+        if isinstance(message, Pong):
+            return []
+        if isinstance(message, Error):
+            return self._hang_up(record, f"client reported error {message.code}")
+        return self._refuse(record, "protocol", f"unexpected {type(message).TYPE!r} message")
+
+    def _over_rate(self, record: _Connection, message: Message | Routes, verdict: Verdict) -> list[Action]:
+        """A frame beyond the rate limit is not handled; if it was a send, the sender is
+        told exactly which recipients did not get it."""
+        conn, limits = record.conn, self.limits
+        if verdict is Verdict.DISCONNECT:
+            log.warning("connection #%d: disconnected for flooding", conn)
+            return self._refuse(record, "rate_limited", "disconnected: too many messages")
+        frames: list[tuple[ConnId, bytes]] = []
+        if isinstance(message, Routes):
+            recipients = tuple(to for to, _ in message.items)
+            frames.append((conn, _frame(Routed(message.id, (), (), refused=recipients))))
+        if verdict is Verdict.WARN:
+            log.warning("connection #%d: over the rate limit (%g/s)", conn, limits.rate)
+            text = f"too many messages (at most {limits.rate:g} a second); some were not forwarded"
+            frames.append((conn, _frame(Error("rate_limited", text))))
+        return [Write(frames)] if frames else []
+
+    def _refuse(self, record: _Connection, code: str, text: str) -> list[Action]:
+        """An error frame to the offender, then hang up on it (and on nobody else)."""
+        text = printable_reason(text)
+        return [_write(record.conn, Error(code, text)), *self._hang_up(record, f"{code}: {text}")]
+
+    def _hang_up(self, record: _Connection, reason: str) -> list[Action]:
+        self._closing.add(record.conn)
+        return [Close(record.conn, reason), *self._forget(record.conn)]
+
+    def _forget(self, conn: ConnId) -> list[Action]:
         record = self._connections.pop(conn, None)
         if record is None or record.peer is None:
             return []
-        if self.online.get(record.peer.nick) != conn:
+        nick = record.peer.nick
+        if self.online.get(nick) != conn:
             return []
-        del self.online[record.peer.nick]
-        del self._peers[record.peer.nick]
-        del self._encoded_peers[record.peer.nick]
-        return [Broadcast(list(self.online.values()), PeerLeft(record.peer.nick))]
+        del self.online[nick], self._peers[nick], self._encoded_peers[nick]
+        log.info("connection #%d: %s left", conn, nick)
+        return self._presence(PeerLeft(nick))
 
-    def shutdown(self, reason: str) -> list[Action]:
-        actions: list[Action] = []
-        for conn in list(self._connections):
-            actions.append(Outgoing(conn, Bye(reason)))
-            actions.append(Close(conn, "relay shutting down"))
-        return actions
+    def _presence(self, message: Message) -> list[Action]:
+        """``message`` to everyone online, encoded once."""
+        if not self.online:
+            return []
+        frame = _frame(message)
+        return [Write([(conn, frame) for conn in self.online.values()])]
 
-    def _register(self, record: _Connection, message: Register) -> list[Action]:
-        conn = record.conn
+    def _register(self, record: _Connection, message: Register, now: float) -> list[Action]:
         assert record.relay_key is not None
         try:
             opened = Box(record.relay_key, message.identity_key).decrypt(message.proof)
@@ -229,33 +286,36 @@ class RelayCore:
             opened = b""
         expected = record.challenge + bytes(message.session_key)
         if not hmac.compare_digest(opened[: len(expected)], expected):
-            return self.refuse(conn, "bad_proof", "registration proof did not verify")
+            return self._refuse(record, "bad_proof", "registration proof did not verify")
         given_password = opened[len(expected) :]
         if self.password is not None and not hmac.compare_digest(
             _digest(given_password), _digest(self.password)
         ):
-            return self.refuse(
-                conn, "bad_password", "wrong or missing relay password (ask whoever runs the relay)"
+            return self._refuse(
+                record, "bad_password", "wrong or missing relay password (ask whoever runs the relay)"
             )
         if message.nick in self.online:
-            return self.refuse(conn, "nick_taken", f"nick {message.nick!r} is already online; choose another")
+            taken = f"nick {message.nick!r} is already online; choose another"
+            return self._refuse(record, "nick_taken", taken)
         peer = PeerInfo(message.nick, message.identity_key, message.session_key)
-        record.state, record.peer, record.relay_key = ConnState.ONLINE, peer, None
+        record.peer, record.relay_key, record.challenge = peer, None, b""
+        record.flow = Flow(self.limits, now)
+        record.decoder.max_frame = self.limits.max_frame
         # A big directory goes in several frames, each well under MAX_FRAME. The entries
         # are kept encoded, so a join costs copying the directory, not encoding it.
-        others, encoded = list(self._peers.values()), list(self._encoded_peers.values())
-        starts = range(0, len(others), DIRECTORY_CHUNK) if others else [0]
-        actions: list[Action] = []
+        encoded = list(self._encoded_peers.values())
+        starts = range(0, len(encoded), DIRECTORY_CHUNK) if encoded else [0]
+        frames: list[tuple[ConnId, bytes]] = []
         for start in starts:
             end = start + DIRECTORY_CHUNK
-            peers, parts, more = tuple(others[start:end]), encoded[start:end], end < len(others)
+            parts, more = encoded[start:end], end < len(encoded)
             if start == 0:
-                welcome = Welcome(peer.nick, peers, more)
-                actions.append(Outgoing(conn, welcome, encode_welcome(peer.nick, parts, more=more)))
+                payload = encode_welcome(peer.nick, parts, more=more)
             else:
-                actions.append(Outgoing(conn, Directory(peers, more), encode_directory(parts, more=more)))
-        actions.append(Broadcast(list(self.online.values()), PeerJoined(peer)))
-        self.online[peer.nick] = conn
+                payload = encode_directory(parts, more=more)
+            frames.append((record.conn, encode_frame(payload)))
+        actions: list[Action] = [Write(frames), *self._presence(PeerJoined(peer))]
+        self.online[peer.nick] = record.conn
         self._peers[peer.nick] = peer
         self._encoded_peers[peer.nick] = encode_peer(peer)
         return actions
@@ -266,9 +326,13 @@ class RelayCore:
         items = message.items
         if len({to for to, _ in items}) != len(items):
             # Many copies to one person would let one frame make the relay write thousands.
-            return self.refuse(record.conn, "protocol", "a send names the same recipient twice")
+            return self._refuse(record, "protocol", "a send names the same recipient twice")
         online = self.online
-        routes: list[tuple[ConnId, bytes]] = []
+        # Each body goes on as it came, base64 and all, between a head made once per send
+        # and the closing quote: a deliver is assembled, not encoded.
+        head, tail, pack = deliver_head(sender), DELIVER_TAIL, _PREFIX.pack
+        size = len(head) + len(tail)
+        frames: list[tuple[ConnId, bytes]] = []
         delivered: list[str] = []
         missing: list[str] = []
         for to, body in items:
@@ -276,7 +340,7 @@ class RelayCore:
             if target is None or to == sender:
                 missing.append(to)
             else:
-                routes.append((target, body))
+                frames.append((target, b"".join((pack(size + len(body)), head, body, tail))))
                 delivered.append(to)
-        routed = Outgoing(record.conn, Routed(message.id, tuple(delivered), tuple(missing)))
-        return [Fanout(sender, routes), routed] if routes else [routed]
+        frames.append((record.conn, _frame(Routed(message.id, tuple(delivered), tuple(missing)))))
+        return [Write(frames)]

@@ -1,8 +1,8 @@
 """The relay: a thin asyncio shell around ``RelayCore``.
 
-Per connection: read bytes, cut frames, decode, ask the core, carry out its actions.
-Everything the relay decides lives in relay_core.py; this file only owns sockets, time
-limits and signals.
+Per connection: hand the bytes read to the core, and carry out what it answers (write
+these frames, close that connection). Everything the relay decides lives in core.py and
+limits.py; this file only owns sockets, the clock, write buffers and signals.
 """
 
 from __future__ import annotations
@@ -17,96 +17,30 @@ import signal
 import socket
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, cast
 
-from e2echat.errors import FrameTooLarge, RelayStartError, RemoteProtocolError
-from e2echat.relay.core import Action, Broadcast, ConnId, Fanout, Outgoing, RelayCore, TokenBucket
+from e2echat.errors import RelayStartError
+from e2echat.relay.core import Action, ConnId, RelayCore, Write
+from e2echat.relay.limits import Limits
 from e2echat.streams import BufferedLink, read_buffer
-from e2echat.wire.framing import MAX_FRAME, FrameDecoder, encode_frame
-from e2echat.wire.messages import (
-    DELIVER_TAIL,
-    Error,
-    Message,
-    Routes,
-    decode_for_relay,
-    decode_message,
-    deliver_head,
-    encode_message,
-)
 
 log = logging.getLogger("e2echat.relay.server")
 
 DEFAULT_PORT = 8000
-# The largest frame before registration: a `register` with the longest password is ~1 KiB.
-HANDSHAKE_FRAME = 4096
-_PREFIX = struct.Struct(">I")
-# After we hang up on a connection, how long its last bytes (an error, a goodbye) may take
-# to drain before the socket is aborted: a peer that stopped reading must not keep it open.
-CLOSE_GRACE = 5.0
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one connection may do. Every limit is configurable (``e2echat relay --help``)
-    and logged in one line when a client hits it."""
-
-    #: 1 MiB, as websockets and NATS; checked on the length prefix, before the body.
-    max_frame: int = MAX_FRAME
-    #: a small machine's open-files limit is the real ceiling; 10,000 idle clients cost
-    #: the relay a few tens of MiB.
-    max_connections: int = 10_000
-    #: a client that never answers the challenge must not hold a slot for ever (slowloris)
-    handshake_timeout: float = 10.0
-    #: clients ping after 20 s of silence, so 60 s of nothing means the peer is gone
-    idle_timeout: float = 60.0
-    #: messages a second per connection, sustained, and the burst allowed above that:
-    #: far beyond anyone typing, well below a flood.
-    rate: float = 50.0
-    burst: float = 200.0
-    #: a client that stops reading is dropped once this much is queued for it, so the
-    #: relay's memory cannot grow with a stalled reader: four maximal frames.
-    write_buffer: int = 4 * MAX_FRAME
-
-
-class _Flow:
-    """Per-connection rate-limit state (the shell's, not the core's: it is about time)."""
-
-    __slots__ = ("bucket", "last_rejected", "rejected", "warned_at")
-
-    def __init__(self, bucket: TokenBucket) -> None:
-        self.bucket = bucket
-        self.rejected = 0
-        self.last_rejected = -1e9
-        self.warned_at = -1e9
 
 
 class _Link(BufferedLink):
     """One client connection: hands its bytes to the relay, and tells it when it ends."""
 
-    __slots__ = (
-        "closing_since",
-        "conn",
-        "decoder",
-        "flow",
-        "heard",
-        "opened",
-        "registered",
-        "relay",
-        "transport",
-    )
+    __slots__ = ("closing_since", "conn", "relay", "transport")
 
     def __init__(self, relay: Relay) -> None:
         super().__init__(relay._read_buffer)  # one for every connection (see streams)
         self.relay = relay
         self.conn: ConnId = 0
         self.transport: asyncio.Transport | None = None
-        # Until it has registered, a connection may send only small frames (a registration
-        # is under 1 KiB): a stranger must not make the relay buffer a megabyte each.
-        self.decoder = FrameDecoder(max_frame=min(relay.limits.max_frame, HANDSHAKE_FRAME))
-        self.flow: _Flow | None = None
-        self.registered = False
-        self.opened = self.heard = self.closing_since = 0.0
+        self.closing_since = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A stream transport (typed loosely: other event loops, such as uvloop, have their own).
@@ -134,7 +68,7 @@ class Relay:
         self.host = host
         self.requested_port = port
         self.limits = replace(limits or Limits(), **overrides)
-        self.core = RelayCore(password=password)
+        self.core = RelayCore(self.limits, password=password)
         #: open connections, registered or not
         self._links: dict[ConnId, _Link] = {}
         #: connections we hung up on, until the transport reports them closed
@@ -199,7 +133,7 @@ class Relay:
 
     def _connected(self, link: _Link) -> None:
         transport = link.transport
-        assert transport is not None
+        assert transport is not None and self._loop is not None  # set by start()
         peer = transport.get_extra_info("peername")
         address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "?"
         sock = transport.get_extra_info("socket")
@@ -207,47 +141,14 @@ class Relay:
             # Chat is small writes; Nagle would hold each one back waiting for an ACK.
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if len(self._links) + len(self._closing) >= self.limits.max_connections:
-            log.warning("refused connection from %s: the relay is full", address)
-            full = Error("busy", f"the relay is full ({self.limits.max_connections} connections)")
-            transport.write(encode_frame(encode_message(full)))
-            transport.close()
-            return
         link.conn = conn = next(self._ids)
-        link.opened = link.heard = asyncio.get_running_loop().time()
         self._links[conn] = link
         log.info("connection #%d from %s", conn, address)
-        self._apply(self.core.connect(conn))
+        self._apply(self.core.connect(conn, self._loop.time()))
 
     def _received(self, link: _Link, data: bytes) -> None:
-        conn = link.conn
-        if conn not in self._links:
-            return  # refused, or being closed: what it says no longer matters
         assert self._loop is not None  # set by start(), before any connection
-        now = link.heard = self._loop.time()
-        try:
-            for frame in link.decoder.receive_data(data):
-                if not link.registered:
-                    self._apply(self.core.receive(conn, decode_message(frame)))
-                    if self.core.is_registered(conn):
-                        link.registered = True
-                        link.decoder.max_frame = self.limits.max_frame
-                        link.flow = _Flow(TokenBucket(self.limits.rate, self.limits.burst, now))
-                else:
-                    message = decode_for_relay(frame)
-                    assert link.flow is not None
-                    if link.flow.bucket.take(now):
-                        self._apply(self.core.receive(conn, message))
-                    else:
-                        self._over_rate(conn, message, link.flow, now)
-                if conn not in self._links:
-                    return
-        except FrameTooLarge as exc:
-            log.warning("connection #%d: %s", conn, exc)
-            self._apply(self.core.refuse(conn, "too_large", str(exc)))
-        except RemoteProtocolError as exc:
-            log.info("connection #%d: %s", conn, exc)
-            self._apply(self.core.refuse(conn, "protocol", str(exc)))
+        self._apply(self.core.receive_data(link.conn, data, self._loop.time()))
 
     def _lost(self, link: _Link, exc: Exception | None) -> None:
         conn = link.conn
@@ -259,67 +160,31 @@ class Relay:
         if conn:
             if isinstance(exc, OSError):
                 log.info("connection #%d: %s", conn, exc.strerror or type(exc).__name__)
-            self._forget(conn)
+            self._apply(self.core.disconnect(conn))
             log.info("connection #%d closed", conn)
         if not self._links and not self._closing:
             self._closed.set()
 
-    def _forget(self, conn: ConnId) -> None:
-        """Take ``conn`` out of the directory and tell the others (once: a second call
-        does nothing)."""
-        nick = self.core.nick_of(conn)
-        self._apply(self.core.disconnect(conn))
-        if nick:
-            log.info("connection #%d: %s left", conn, nick)
-
     async def _sweep(self) -> None:
-        """Hang up on connections that never registered in time, and on silent ones; abort
-        those we hung up on that have not drained within CLOSE_GRACE. One timer for every
-        connection: a timer each would cost memory per connection and a reset on every read."""
-        limits = self.limits
-        interval = max(0.01, min(1.0, limits.handshake_timeout / 4, limits.idle_timeout / 4))
+        """Let the core check its timeouts, and abort the connections we hung up on that
+        have not drained within ``close_grace``. One timer for every connection: a timer
+        each would cost memory per connection and a reset on every read."""
         loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(self.limits.tick_interval)
             try:
-                self._sweep_once(loop.time())
+                now = loop.time()
+                self._apply(self.core.tick(now))
+                self._abort_undrained(now)
             except Exception:  # a bug: say so, and keep the timeouts working for everyone else
                 log.exception("error while checking connection timeouts")
 
-    def _sweep_once(self, now: float) -> None:
-        limits = self.limits
-        for conn, link in list(self._links.items()):
-            if link.registered:
-                if now - link.heard > limits.idle_timeout:
-                    log.info("connection #%d: idle for %gs", conn, limits.idle_timeout)
-                    reason = f"nothing heard for {limits.idle_timeout:g}s"
-                    self._apply(self.core.refuse(conn, "idle", reason))
-            elif now - link.opened > limits.handshake_timeout:
-                log.info("connection #%d: no registration within %gs", conn, limits.handshake_timeout)
-                self._apply(self.core.refuse(conn, "timeout", "registration took too long"))
+    def _abort_undrained(self, now: float) -> None:
+        grace = self.limits.close_grace
         for conn, link in list(self._closing.items()):
-            if now - link.closing_since > CLOSE_GRACE and link.transport is not None:
-                log.info("connection #%d: did not take its last bytes within %gs", conn, CLOSE_GRACE)
+            if now - link.closing_since > grace and link.transport is not None:
+                log.info("connection #%d: did not take its last bytes within %gs", conn, grace)
                 link.transport.abort()
-
-    def _over_rate(self, conn: ConnId, message: Message | Routes, flow: _Flow, now: float) -> None:
-        """A frame beyond the rate limit is not forwarded; the sender is told (at most once a
-        second), and a sender that keeps flooding after being told is disconnected."""
-        if now - flow.last_rejected > 5.0:
-            flow.rejected = 0  # a new episode
-        flow.rejected += 1
-        flow.last_rejected = now
-        if flow.rejected > self.limits.burst:
-            log.warning("connection #%d: disconnected for flooding", conn)
-            self._apply(self.core.refuse(conn, "rate_limited", "disconnected: too many messages"))
-            return
-        actions = self.core.refused(conn, message)
-        if now - flow.warned_at >= 1.0:
-            flow.warned_at = now
-            log.warning("connection #%d: over the rate limit (%g/s)", conn, self.limits.rate)
-            text = f"too many messages (at most {self.limits.rate:g} a second); some were not forwarded"
-            actions.append(Outgoing(conn, Error("rate_limited", text)))
-        self._apply(actions)
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -329,31 +194,13 @@ class Relay:
         everything it has for them, not one per message."""
         pending = self._pending
         for action in actions:
-            if isinstance(action, Fanout):
-                head = deliver_head(action.sender)
-                size = len(head) + len(DELIVER_TAIL)
-                for conn, body in action.routes:
-                    parts = (_PREFIX.pack(size + len(body)), head, body, DELIVER_TAIL)
-                    queued = pending.get(conn)
-                    if queued is None:
-                        pending[conn] = list(parts)
-                    else:
-                        queued.extend(parts)
-            elif isinstance(action, Broadcast):
-                frame = encode_frame(encode_message(action.message))
-                for conn in action.conns:
+            if isinstance(action, Write):
+                for conn, frame in action.frames:
                     queued = pending.get(conn)
                     if queued is None:
                         pending[conn] = [frame]
                     else:
                         queued.append(frame)
-            elif isinstance(action, Outgoing):
-                frame = encode_frame(action.payload or encode_message(action.message))
-                queued = pending.get(action.conn)
-                if queued is None:
-                    pending[action.conn] = [frame]
-                else:
-                    queued.append(frame)
             else:
                 log.info("closing connection #%d: %s", action.conn, action.reason)
                 self._write(action.conn, pending.pop(action.conn, None))
@@ -381,6 +228,8 @@ class Relay:
         if transport.get_write_buffer_size() > self.limits.write_buffer:
             log.warning("closing connection #%d: it is not reading (write buffer full)", conn)
             self._drop(conn, abort=True)
+            # Out of the directory at once: its connection_lost comes later.
+            self._apply(self.core.disconnect(conn))
 
     def _drop(self, conn: ConnId, *, abort: bool = False) -> None:
         link = self._links.get(conn)
@@ -390,13 +239,13 @@ class Relay:
             link.transport.abort()  # discard what it never read
         else:
             link.transport.close()  # flushes what is queued (an error frame), then closes
-        # No longer read from or written to, and out of the directory at once (a peer that
-        # is not reading could take minutes to close); stop() waits for it until
-        # connection_lost, and the sweeper aborts it after CLOSE_GRACE.
+        # No longer read from or written to (a peer that is not reading could take minutes
+        # to close); stop() waits for it until connection_lost, and the sweeper aborts it
+        # after close_grace.
         del self._links[conn]
-        link.closing_since = asyncio.get_running_loop().time()
+        assert self._loop is not None
+        link.closing_since = self._loop.time()
         self._closing[conn] = link
-        self._forget(conn)
 
 
 def lan_addresses() -> list[str]:

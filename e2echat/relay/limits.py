@@ -1,0 +1,103 @@
+"""What one connection may do, and what happens when it does more: the relay's policy.
+
+Pure (no I/O): ``RelayCore`` applies these limits from the time it is given, and the
+shell takes from them the thresholds it needs for its own I/O (write buffers, how often
+to call ``tick``). Every limit here is configurable (``e2echat relay --help``) or tuned in
+tests, and carries the reason for its default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from e2echat.wire.framing import MAX_FRAME
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one connection may do. Each limit a client hits is logged in one line."""
+
+    #: 1 MiB, as websockets and NATS; checked on the length prefix, before the body.
+    max_frame: int = MAX_FRAME
+    #: a small machine's open-files limit is the real ceiling; 10,000 idle clients cost
+    #: the relay a few tens of MiB.
+    max_connections: int = 10_000
+    #: a client that never answers the challenge must not hold a slot for ever (slowloris)
+    handshake_timeout: float = 10.0
+    #: clients ping after 20 s of silence, so 60 s of nothing means the peer is gone
+    idle_timeout: float = 60.0
+    #: messages a second per connection, sustained, and the burst allowed above that:
+    #: far beyond anyone typing, well below a flood. A sender refused more than ``burst``
+    #: times in one episode (see ``flood_episode``) kept going after being told, and is
+    #: disconnected.
+    rate: float = 50.0
+    burst: float = 200.0
+    #: a client that stops reading is dropped once this much is queued for it, so the
+    #: relay's memory cannot grow with a stalled reader: four maximal frames.
+    write_buffer: int = 4 * MAX_FRAME
+    #: the largest frame before registration: a ``register`` with the longest password is
+    #: about 1 KiB, and a stranger must not make the relay buffer a megabyte each.
+    handshake_frame: int = 4096
+    #: after we hang up, how long a connection's last bytes (an error, a goodbye) may take
+    #: to drain before the socket is aborted: a peer that stopped reading must not keep it.
+    close_grace: float = 5.0
+    #: this long without a refused frame, and a sender's count of refusals starts again:
+    #: a client that briefly ran over the rate is not disconnected for it minutes later.
+    flood_episode: float = 5.0
+    #: a sender over the rate is told so at most this often (once a second): the warning
+    #: must not itself become a flood of error frames.
+    warn_interval: float = 1.0
+
+    @property
+    def tick_interval(self) -> float:
+        """How often the shell should call ``RelayCore.tick``: a quarter of the shortest
+        timeout, so none fires more than a quarter late; at most once a second (a sweep
+        over 10,000 connections costs about a millisecond); at least 10 ms apart."""
+        return max(0.01, min(1.0, self.handshake_timeout / 4, self.idle_timeout / 4))
+
+
+class Verdict(Enum):
+    """What to do with one frame from a registered sender."""
+
+    #: within the rate: handle it
+    PASS = "pass"
+    #: over the rate: do not forward it, and say which recipients did not get it
+    REFUSE = "refuse"
+    #: as REFUSE, and also tell the sender it is over the rate (not more than once a second)
+    WARN = "warn"
+    #: it kept flooding after being told: hang up
+    DISCONNECT = "disconnect"
+
+
+class Flow:
+    """One registered connection's rate: a token bucket allowing ``rate`` frames a second
+    and bursts of ``burst``, and how often it has been over it lately. Time is passed in,
+    so it is tested without sleeping."""
+
+    # One per registered connection: slots keep 10,000 idle clients small.
+    __slots__ = ("last_refused", "refused", "tokens", "updated", "warned_at")
+
+    def __init__(self, limits: Limits, now: float) -> None:
+        self.tokens = limits.burst
+        self.updated = now
+        self.refused = 0
+        self.last_refused = self.warned_at = -1e9
+
+    def admit(self, limits: Limits, now: float) -> Verdict:
+        tokens = min(limits.burst, self.tokens + (now - self.updated) * limits.rate)
+        self.updated = now
+        if tokens >= 1:
+            self.tokens = tokens - 1
+            return Verdict.PASS
+        self.tokens = tokens
+        if now - self.last_refused > limits.flood_episode:
+            self.refused = 0  # a new episode
+        self.refused += 1
+        self.last_refused = now
+        if self.refused > limits.burst:
+            return Verdict.DISCONNECT
+        if now - self.warned_at >= limits.warn_interval:
+            self.warned_at = now
+            return Verdict.WARN
+        return Verdict.REFUSE

@@ -1,0 +1,51 @@
+"""The relay core's actions spelled out as messages, for assertions and for the hostile
+relay's tampering. Production writes a ``Write``'s bytes as they are and never needs this.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from e2echat.relay.core import Action, Close, ConnId, Write
+from e2echat.wire import messages as m
+from e2echat.wire.framing import FrameDecoder, encode_frame
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One message the relay writes to one connection."""
+
+    conn: ConnId
+    message: m.Message
+
+
+def decode_frame(data: bytes) -> m.Message:
+    """The message in ``data``, which must be exactly one whole frame. Decoded strictly, so
+    a frame the core assembled from parts must be one the strict decoder accepts."""
+    decoder = FrameDecoder()
+    (frame,) = decoder.receive_data(data)
+    assert decoder.buffered == 0, "a Write's pair holds exactly one frame"
+    return m.decode_message(frame)
+
+
+def spelled_out(actions: Iterable[Action]) -> list[Outgoing | Close]:
+    """One ``Outgoing`` per connection and frame of each ``Write``, in the order the shell
+    would write them; each ``Close`` where it was."""
+    flat: list[Outgoing | Close] = []
+    for action in actions:
+        if isinstance(action, Write):
+            flat.extend(Outgoing(conn, decode_frame(data)) for conn, data in action.frames)
+        else:
+            flat.append(action)
+    return flat
+
+
+def as_actions(items: Iterable[Outgoing | Close]) -> list[Action]:
+    """The other way: each ``Outgoing`` encoded as the ``Write`` the core would return."""
+    return [
+        Write([(item.conn, encode_frame(m.encode_message(item.message)))])
+        if isinstance(item, Outgoing)
+        else item
+        for item in items
+    ]
