@@ -6,6 +6,7 @@ speak to it frame by frame, as a client (or an attacker) would.
 
 from __future__ import annotations
 
+import json
 import struct
 
 import pytest
@@ -14,10 +15,11 @@ from test_cores import FakeWire, _frame, _three
 
 from e2echat.crypto.identity import registration_proof
 from e2echat.errors import RemoteProtocolError
-from e2echat.relay.core import Close, ConnId, RelayCore
+from e2echat.relay.core import Close, ConnId, RelayCore, Write
+from e2echat.relay.limits import Flow, Limits, Verdict
 from e2echat.wire import messages as m
 
-from relay_frames import Outgoing, spelled_out
+from relay_frames import Outgoing, decode_frame, spelled_out
 
 
 def _join(relay: RelayCore, conn: ConnId, nick: str, now: float = 0.0) -> list[Outgoing | Close]:
@@ -127,4 +129,165 @@ def test_client_error_makes_the_relay_hang_up() -> None:
         Close(alice, "client reported error protocol"),
         Outgoing(bob, m.PeerLeft("alice")),
         Outgoing(carol, m.PeerLeft("alice")),
+    ]
+
+
+def test_frames_in_any_split_and_several_at_once() -> None:
+    relay = RelayCore()
+    _join(relay, 1, "alice")
+    pings = _frame(m.Ping()) * 3
+    assert spelled_out(relay.receive_data(1, pings + pings[:5], 0.0)) == [Outgoing(1, m.Pong())] * 3
+    written: list[Outgoing | Close] = []
+    for i in range(5, len(pings)):  # the rest of the fourth, then two more, byte by byte
+        written += spelled_out(relay.receive_data(1, pings[i : i + 1], 0.0))
+    assert written == [Outgoing(1, m.Pong())] * 3
+
+
+def test_a_stranger_may_send_only_small_frames() -> None:
+    """Before registering, a length above ``handshake_frame`` is refused on the prefix; once
+    registered, frames up to ``max_frame`` are taken, and a longer prefix is refused."""
+    limits = Limits()
+    relay = RelayCore(limits)
+    relay.connect(1, 0.0)
+    actions = spelled_out(relay.receive_data(1, struct.pack(">I", limits.handshake_frame + 1), 0.0))
+    assert _error(1, actions).code == "too_large"
+    _join(relay, 2, "alice")
+    assert relay.receive_data(2, struct.pack(">I", limits.handshake_frame + 1), 0.0) == []
+    relay.disconnect(2)
+    _join(relay, 3, "alice")
+    actions = spelled_out(relay.receive_data(3, struct.pack(">I", limits.max_frame + 1), 0.0))
+    assert _error(3, actions).code == "too_large"
+
+
+def test_a_full_relay_turns_newcomers_away_until_a_socket_is_gone() -> None:
+    relay = RelayCore(Limits(max_connections=2))
+    relay.connect(1, 0.0)
+    relay.connect(2, 0.0)
+    turned_away = spelled_out(relay.connect(3, 0.0))
+    assert _error(3, turned_away).code == "busy"
+    # A connection hung up on still holds its slot until the shell says its socket is gone.
+    relay.receive_data(2, b"\x00\x00\x00\x00", 0.0)
+    assert _error(4, spelled_out(relay.connect(4, 0.0))).code == "busy"
+    relay.disconnect(2)
+    (challenge,) = spelled_out(relay.connect(5, 0.0))
+    assert isinstance(challenge, Outgoing) and isinstance(challenge.message, m.Challenge)
+
+
+# -- time ------------------------------------------------------------------------------------------
+
+
+def test_registration_must_finish_within_the_handshake_timeout() -> None:
+    """Counted from the connection's start: bytes that never make a registration do not
+    extend it (slowloris)."""
+    limits = Limits(handshake_timeout=10.0)
+    relay = RelayCore(limits)
+    relay.connect(1, 100.0)
+    relay.receive_data(1, b"\x00\x00\x01", 109.0)  # half a prefix
+    assert relay.tick(110.0) == []
+    actions = spelled_out(relay.tick(110.5))
+    assert _error(1, actions).code == "timeout" and len(actions) == 2
+    assert relay.tick(200.0) == []  # once
+
+
+def test_a_silent_client_is_hung_up_on_and_anything_it_says_keeps_it() -> None:
+    limits = Limits(idle_timeout=60.0)
+    relay = RelayCore(limits)
+    _join(relay, 1, "alice", now=0.0)
+    _join(relay, 2, "bob", now=0.0)
+    relay.receive_data(1, _frame(m.Ping()), 50.0)
+    actions = spelled_out(relay.tick(61.0))
+    assert _error(2, actions).code == "idle"
+    assert actions[2:] == [Outgoing(1, m.PeerLeft("bob"))]
+    assert relay.tick(110.0) == []
+    assert _error(1, spelled_out(relay.tick(110.5))).code == "idle"
+
+
+# -- the rate limit ----------------------------------------------------------------------------------
+
+
+def test_over_the_rate_the_sender_is_told_then_disconnected() -> None:
+    """burst 2: two sends pass; the next are refused with a routed naming each recipient
+    (the first refusal also with an error, at most one a second); more than ``burst``
+    refusals in one episode and the sender is disconnected."""
+    relay = RelayCore(Limits(rate=1.0, burst=2.0))
+    _join(relay, 1, "alice")
+    _join(relay, 2, "bob")
+    for message_id in (1, 2):
+        delivered = spelled_out(relay.receive_data(1, _send(message_id, "bob"), 0.0))
+        assert delivered[-1] == Outgoing(1, m.Routed(message_id, ("bob",), ()))
+    refused = m.Routed(3, (), (), refused=("bob",))
+    first = spelled_out(relay.receive_data(1, _send(3, "bob"), 0.0))
+    assert first[0] == Outgoing(1, refused)
+    assert isinstance(first[1], Outgoing) and isinstance(first[1].message, m.Error)
+    assert first[1].message.code == "rate_limited" and len(first) == 2
+    assert spelled_out(relay.receive_data(1, _send(3, "bob"), 0.5)) == [Outgoing(1, refused)]
+    actions = spelled_out(relay.receive_data(1, _send(4, "bob"), 0.9))
+    assert _error(1, actions).code == "rate_limited"
+    assert actions[2:] == [Outgoing(2, m.PeerLeft("alice"))]
+
+
+def test_a_sender_back_within_the_rate_is_served_again() -> None:
+    relay = RelayCore(Limits(rate=1.0, burst=1.0))
+    _join(relay, 1, "alice")
+    _join(relay, 2, "bob")
+    relay.receive_data(1, _send(1, "bob"), 0.0)
+    assert spelled_out(relay.receive_data(1, _send(2, "bob"), 0.0))[0] == Outgoing(
+        1, m.Routed(2, (), (), refused=("bob",))
+    )
+    later = spelled_out(relay.receive_data(1, _send(3, "bob"), 1.0))  # a token came back
+    assert later[-1] == Outgoing(1, m.Routed(3, ("bob",), ()))
+
+
+def test_refusals_far_apart_are_separate_episodes() -> None:
+    """Only a sender that keeps going after being told is disconnected: refusals more than
+    ``flood_episode`` apart start the count again."""
+    limits = Limits(rate=0.01, burst=2.0, flood_episode=5.0)  # hardly a token comes back
+    flow = Flow(limits, 0.0)
+    assert [flow.admit(limits, 0.0) for _ in range(2)] == [Verdict.PASS, Verdict.PASS]
+    for start in (0.0, 5.2, 10.4):  # six refusals in all, more than burst, but two at a time
+        assert flow.admit(limits, start) is Verdict.WARN
+        assert flow.admit(limits, start + 0.1) is Verdict.REFUSE  # told less than a second ago
+    assert flow.admit(limits, 10.6) is Verdict.DISCONNECT  # a third in one episode
+
+
+# -- what is written, and how ----------------------------------------------------------------------
+
+
+def test_presence_is_encoded_once_for_everyone() -> None:
+    relay = RelayCore()
+    for conn, nick in enumerate(("alice", "bob", "carol"), start=1):
+        _join(relay, conn, nick)
+    relay.connect(4, 0.0)  # a stranger, not registered: not told about anyone
+    (write,) = relay.disconnect(3)
+    assert isinstance(write, Write) and [conn for conn, _ in write.frames] == [1, 2]
+    assert write.frames[0][1] is write.frames[1][1]
+    assert decode_frame(write.frames[0][1]) == m.PeerLeft("carol")
+    (bye, *closes) = relay.shutdown("maintenance")
+    assert isinstance(bye, Write) and len({id(data) for _, data in bye.frames}) == 1
+    assert [conn for conn, _ in bye.frames] == [1, 2, 4]
+    assert closes == [Close(conn, "relay shutting down") for conn in (1, 2, 4)]
+    assert relay.online == {} and relay.receive_data(1, _frame(m.Ping()), 0.0) == []
+
+
+def test_bodies_are_copied_unopened_and_both_readings_of_a_send_agree() -> None:
+    """A send in the layout clients write is read by the fast path, others by the strict
+    decoder; either way each body reaches its recipient as the very base64 it came in."""
+    relay = RelayCore()
+    for conn, nick in enumerate(("alice", "bob", "carol"), start=1):
+        _join(relay, conn, nick)
+    canonical = m.encode_send(7, [("bob", b"\x01" * 50), ("carol", b"\x02" * 60), ("dave", b"\x03" * 5)])
+    reordered = json.dumps(json.loads(canonical), indent=1).encode()  # the same send, spaced out
+    assert canonical != reordered
+    written = []
+    for payload in (canonical, reordered):
+        (write,) = relay.receive_data(1, struct.pack(">I", len(payload)) + payload, 0.0)
+        assert isinstance(write, Write)
+        written.append(write.frames)
+    assert written[0] == written[1]
+    head, body = m.deliver_head("alice"), json.loads(canonical)["items"][0]["body"].encode()
+    assert written[0][0] == (2, struct.pack(">I", len(head) + len(body) + 2) + head + body + b'"}')
+    assert [Outgoing(conn, decode_frame(data)) for conn, data in written[0]] == [
+        Outgoing(2, m.Deliver("alice", b"\x01" * 50)),
+        Outgoing(3, m.Deliver("alice", b"\x02" * 60)),
+        Outgoing(1, m.Routed(7, ("bob", "carol"), ("dave",))),
     ]
