@@ -28,7 +28,7 @@ from nacl.public import PrivateKey
 from benchmarks.ledger import TEXT_SIZE, Inbox, message_text
 from benchmarks.pool import Channel
 from benchmarks.wire import FrameTally, Link, connect_link, count_receipts, new_core, register
-from e2echat.client.connection import Connection, Disconnected
+from e2echat.client.connection import Connection
 from e2echat.client.core import (
     ClientCore,
     DeliveryReport,
@@ -38,7 +38,7 @@ from e2echat.client.core import (
     SendReport,
     SplitView,
 )
-from e2echat.client.events import Event
+from e2echat.client.events import Disconnected, Event
 from e2echat.wire.framing import FrameDecoder
 
 _PREFIX = struct.Struct(">I")

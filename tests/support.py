@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 from nacl.public import PrivateKey
 
-from e2echat.client.connection import Connection, Disconnected
+from e2echat.client.connection import Connection
 from e2echat.client.core import (
     ClientCore,
     Event,
@@ -21,6 +21,7 @@ from e2echat.client.core import (
     SecurityWarning,
     SplitView,
 )
+from e2echat.client.events import Disconnected
 from e2echat.client.reconnect import Backoff, Client
 from e2echat.client.trust import KnownPeers
 from e2echat.crypto.identity import new_session_key

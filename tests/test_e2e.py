@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 from nacl.public import PrivateKey
 
-from e2echat.client.connection import Connection, Disconnected
+from e2echat.client.connection import Connection
 from e2echat.client.core import (
     MessageReceived,
     PeerJoined,
@@ -18,6 +18,7 @@ from e2echat.client.core import (
     SecurityWarning,
     SendReport,
 )
+from e2echat.client.events import Disconnected
 from e2echat.errors import CommandError, RegistrationRefused, RelayUnreachable
 from e2echat.ui.chat import Chat
 from e2echat.wire import messages as m

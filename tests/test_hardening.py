@@ -15,8 +15,8 @@ from test_cores import FakeClock, FakeWire, _frame, _receipt_frames
 from e2echat.client import core as client_core
 from e2echat.client.connection import Connection
 from e2echat.client.core import RECEIPT_INTERVAL, MessageReceived
+from e2echat.client.events import Reconnecting
 from e2echat.client.receipts import LEFT, DeliveryReport
-from e2echat.client.reconnect import Reconnecting
 from e2echat.errors import RelayGone
 from e2echat.ui.chat import Chat
 from e2echat.ui.repl import wrap_cells

@@ -12,8 +12,8 @@ import pytest
 from nacl.public import PrivateKey
 
 from e2echat.client.core import MessageReceived, PeerJoined, PeerLeft, Registered, RelayError
+from e2echat.client.events import ConnectionLost, NotSent, Queued, Reconnecting
 from e2echat.client.receipts import LEFT, OFFLINE, REFUSED, TIMED_OUT, DeliveryReport
-from e2echat.client.reconnect import ConnectionLost, NotSent, Queued, Reconnecting
 from e2echat.errors import RegistrationRefused
 from e2echat.relay.server import Relay
 from e2echat.wire import messages as m

@@ -12,13 +12,12 @@ import asyncio
 import contextlib
 import logging
 import socket
-from dataclasses import dataclass
 from typing import cast
 
 from nacl.public import PrivateKey
 
 from e2echat.client.core import ClientCore
-from e2echat.client.events import Event, Registered, RegistrationFailed, RelayClosing
+from e2echat.client.events import Disconnected, Event, Registered, RegistrationFailed, RelayClosing
 from e2echat.client.receipts import RECEIPT_TIMEOUT
 from e2echat.client.trust import KnownPeers
 from e2echat.crypto.identity import new_session_key
@@ -40,13 +39,6 @@ KEEPALIVE = 20.0
 # How often the connection looks at its clocks (receipts held back, overdue, keepalive).
 TICK = 0.2
 _LOST = "the connection was lost before it was confirmed (it may still have arrived)"
-
-
-@dataclass(frozen=True)
-class Disconnected:
-    """The last event of a connection: why it ended."""
-
-    detail: str
 
 
 class _Link(BufferedLink):

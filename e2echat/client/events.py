@@ -1,4 +1,8 @@
-"""What the client core tells the UI: one frozen dataclass per kind of event. Pure."""
+"""What the client tells the UI: one frozen dataclass per kind of event. Pure.
+
+``Event`` is what the core says; ``ClientEvent`` adds what the connection and reconnect
+shells say about the link itself. All of them travel to the UI on one queue.
+"""
 
 from __future__ import annotations
 
@@ -116,3 +120,46 @@ Event = (
     | RelayError
     | RelayClosing
 )
+
+
+# -- the link itself: told by the connection and reconnect shells -------------------------
+
+
+@dataclass(frozen=True)
+class Disconnected:
+    """The last event: the chat is over, and why."""
+
+    detail: str
+
+
+@dataclass(frozen=True)
+class ConnectionLost:
+    """The relay went away; ``Client`` is about to reconnect."""
+
+    detail: str
+
+
+@dataclass(frozen=True)
+class Reconnecting:
+    """The next attempt to reach the relay is in ``delay`` seconds."""
+
+    delay: float
+    attempt: int
+    why: str
+
+
+@dataclass(frozen=True)
+class Queued:
+    """Typed while disconnected: it will be sent after the reconnect."""
+
+    preview: str
+
+
+@dataclass(frozen=True)
+class NotSent:
+    """Typed while disconnected, and never sent: the connection did not come back."""
+
+    previews: tuple[str, ...]
+
+
+ClientEvent = Event | Disconnected | ConnectionLost | Reconnecting | Queued | NotSent

@@ -3,8 +3,7 @@
 ``Client`` has the interface of one ``Connection`` but keeps going across connections:
 when the relay goes, it says so, reconnects with capped backoff, registers again with a
 fresh session key (so new sessions with everyone), and holds what is typed meanwhile
-until it can be sent, or reports it as not sent. The events it adds to a connection's
-are defined here.
+until it can be sent, or reports it as not sent.
 """
 
 from __future__ import annotations
@@ -17,47 +16,23 @@ from typing import Any
 
 from nacl.public import PrivateKey
 
-from e2echat.client.connection import CONNECT_TIMEOUT, Connection, Disconnected
+from e2echat.client.connection import CONNECT_TIMEOUT, Connection
 from e2echat.client.core import ClientCore
-from e2echat.client.events import Event, PeerJoined, Registered
+from e2echat.client.events import (
+    ClientEvent,
+    ConnectionLost,
+    Disconnected,
+    NotSent,
+    PeerJoined,
+    Queued,
+    Reconnecting,
+    Registered,
+)
 from e2echat.client.trust import KnownPeers
 from e2echat.errors import CommandError, E2EChatError, RegistrationRefused, RelayGone, RelayUnreachable
 
 # After a reconnect, how long a queued message may wait for its recipients to be back.
 OUTBOX_GRACE = 5.0
-
-
-@dataclass(frozen=True)
-class ConnectionLost:
-    """The relay went away; ``Client`` is about to reconnect."""
-
-    detail: str
-
-
-@dataclass(frozen=True)
-class Reconnecting:
-    """The next attempt to reach the relay is in ``delay`` seconds."""
-
-    delay: float
-    attempt: int
-    why: str
-
-
-@dataclass(frozen=True)
-class Queued:
-    """Typed while disconnected: it will be sent after the reconnect."""
-
-    preview: str
-
-
-@dataclass(frozen=True)
-class NotSent:
-    """Typed while disconnected, and never sent: the connection did not come back."""
-
-    previews: tuple[str, ...]
-
-
-ClientEvent = Event | Disconnected | ConnectionLost | Reconnecting | Queued | NotSent
 
 
 @dataclass(frozen=True)

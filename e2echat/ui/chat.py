@@ -9,9 +9,19 @@ import json as json_module
 import time
 from collections.abc import Callable
 
-from e2echat.client.connection import Connection, Disconnected
-from e2echat.client.events import MessageReceived, Registered, SendReport
-from e2echat.client.reconnect import Client, ClientEvent, ConnectionLost, NotSent, Queued, Reconnecting
+from e2echat.client.connection import Connection
+from e2echat.client.events import (
+    ClientEvent,
+    ConnectionLost,
+    Disconnected,
+    MessageReceived,
+    NotSent,
+    Queued,
+    Reconnecting,
+    Registered,
+    SendReport,
+)
+from e2echat.client.reconnect import Client
 from e2echat.client.trust import Trust
 from e2echat.crypto.identity import format_safety_number
 from e2echat.errors import CommandError

@@ -31,7 +31,7 @@ from prompt_toolkit.patch_stdout import patch_stdout
 from prompt_toolkit.styles import Style
 from prompt_toolkit.utils import get_cwidth
 
-from e2echat.client.connection import Disconnected
+from e2echat.client.events import Disconnected
 from e2echat.client.receipts import RECEIPT_TIMEOUT
 from e2echat.client.trust import Trust
 from e2echat.errors import RelayGone
