@@ -1,9 +1,9 @@
 """The client's asyncio shell around ``ClientCore``: connect, register, move bytes, and
 keep the connection alive.
 
-``Connection`` is one connection: events from the core land in ``Connection.events``,
-and a final ``Disconnected`` says why it ended. Nothing here decides anything about the
-protocol. (Reconnecting is reconnect.py's.)
+``Connection`` is one connection. It hands each event from the core to ``publish``, as
+soon as the bytes that caused it are read, and a final ``Disconnected`` says why it
+ended. Nothing here decides anything about the protocol. (Reconnecting is reconnect.py's.)
 """
 
 from __future__ import annotations
@@ -12,12 +12,20 @@ import asyncio
 import contextlib
 import logging
 import socket
+from collections.abc import Callable
 from typing import cast
 
 from nacl.public import PrivateKey
 
 from e2echat.client.core import ClientCore
-from e2echat.client.events import Disconnected, Event, Registered, RegistrationFailed, RelayClosing
+from e2echat.client.events import (
+    ClientEvent,
+    Disconnected,
+    Event,
+    Registered,
+    RegistrationFailed,
+    RelayClosing,
+)
 from e2echat.client.receipts import RECEIPT_TIMEOUT
 from e2echat.client.trust import KnownPeers
 from e2echat.crypto.identity import new_session_key
@@ -78,6 +86,7 @@ class Connection:
         password: bytes | None = None,
         keepalive: float = KEEPALIVE,
         receipt_timeout: float = RECEIPT_TIMEOUT,
+        publish: Callable[[ClientEvent], None] | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -88,7 +97,14 @@ class Connection:
         self.core = ClientCore(
             nick, identity, new_session_key(), known_peers, password=password, receipt_timeout=receipt_timeout
         )
-        self.events: asyncio.Queue[Event | Disconnected] = asyncio.Queue()
+        if publish is None:
+            # On its own, a connection queues its events for whoever runs it. A Client
+            # passes its own ``publish``, which puts them into the one queue the UI reads:
+            # a connection it makes has no queue of its own, so nothing is copied twice.
+            self.events: asyncio.Queue[ClientEvent] = asyncio.Queue()
+            publish = self.events.put_nowait
+        self._publish_event = publish
+        self._registered = False  # only a registered connection's end is news to anyone
         self._transport: asyncio.Transport | None = None
         #: while registering: resolves with Registered, or fails with why not
         self._registration: asyncio.Future[Registered] | None = None
@@ -159,6 +175,7 @@ class Connection:
                     registration.set_exception(error)
                     return
                 if isinstance(event, Registered):
+                    self._registered = True
                     registration.set_result(event)
                     events = events[index:]
                     break
@@ -177,10 +194,13 @@ class Connection:
             detail = f"it broke the protocol ({self._broken})"
         else:
             detail = self._dead or ("it shut down" if self._relay_closing else "it closed the connection")
-        for event in self.core.abandon(_LOST):
-            self.events.put_nowait(event)
+        abandoned = self.core.abandon(_LOST)
         self._close_transport()
-        self.events.put_nowait(Disconnected(detail))
+        if not self._registered:
+            return  # open() failed and raised: its caller knows
+        for event in abandoned:
+            self._publish_event(event)
+        self._publish_event(Disconnected(detail))
 
     async def _tick_loop(self) -> None:
         # A few times a second: send receipts that were held back, report messages whose
@@ -207,7 +227,7 @@ class Connection:
 
     def _publish(self, events: list[Event]) -> None:
         for event in events:
-            self.events.put_nowait(event)
+            self._publish_event(event)
         if self.core.settled:
             self._settled.set()
 

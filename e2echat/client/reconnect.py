@@ -1,9 +1,10 @@
 """A chat that survives the relay going away.
 
-``Client`` has the interface of one ``Connection`` but keeps going across connections:
-when the relay goes, it says so, reconnects with capped backoff, registers again with a
-fresh session key (so new sessions with everyone), and holds what is typed meanwhile
-until it can be sent, or reports it as not sent.
+``Client`` has the interface of one ``Connection`` but keeps going across connections.
+It owns the one queue its events reach the UI on: each connection it makes publishes
+into it directly. When the relay goes, it says so, reconnects with capped backoff,
+registers again with a fresh session key (so new sessions with everyone), and holds what
+is typed meanwhile until it can be sent, or reports it as not sent.
 """
 
 from __future__ import annotations
@@ -78,11 +79,13 @@ class Client:
         self._known_peers = known_peers
         self._password = password
         self._connection_options = connection_options
-        self.connection = self._make()
+        #: the one queue from every connection's core to the UI
         self.events: asyncio.Queue[ClientEvent] = asyncio.Queue()
+        self.connection = self._make()
         self._outbox: list[_Outgoing] = []
         self._outbox_changed = asyncio.Event()
         self._online = asyncio.Event()
+        self._lost = asyncio.Event()  # the current connection has ended
         self._supervisor: asyncio.Task[None] | None = None
         self.closed = False
 
@@ -94,6 +97,7 @@ class Client:
             self._identity,
             self._known_peers,
             password=self._password,
+            publish=self._publish,
             **self._connection_options,
         )
 
@@ -112,43 +116,44 @@ class Client:
     async def open(self, timeout: float = CONNECT_TIMEOUT) -> Registered:
         """The first connection: its failures are the caller's to report."""
         registered = await self.connection.open(timeout)
-        self._online.set()
+        if not self.connection.closed:  # else it is lost already, and the supervisor knows
+            self._online.set()
         self._supervisor = asyncio.create_task(self._supervise(), name="e2echat-client")
         return registered
 
+    def _publish(self, event: ClientEvent) -> None:
+        """A connection's event, on its way into the one queue. Called in the same turn
+        of the event loop as the connection read it: no task or queue in between."""
+        if isinstance(event, Disconnected):  # the connection's end, not the chat's
+            self._online.clear()
+            if not self.closed:
+                self.events.put_nowait(ConnectionLost(event.detail))
+            self._lost.set()
+            return
+        self.events.put_nowait(event)
+        if self._outbox and isinstance(event, PeerJoined):
+            self._send_outbox(final=False)
+
     async def _supervise(self) -> None:
         while True:
-            ended = await self._forward(self.connection)
-            self._online.clear()
+            await self._lost.wait()
+            self._lost.clear()
             if self.closed:
                 return
-            self.events.put_nowait(ConnectionLost(ended.detail))
             connection = await self._reconnect()
             if connection is None:
                 return
+            # Its "connected" and key-change events are queued already, before the outbox.
             self.connection = connection
+            if connection.closed:
+                continue  # lost again already: it said so; try anew
             self._online.set()
-            while not connection.events.empty():  # "connected", key changes: before the outbox
-                event = connection.events.get_nowait()
-                if isinstance(event, Disconnected):
-                    connection.events.put_nowait(event)
-                    break
-                self.events.put_nowait(event)
             # Others are reconnecting too: what cannot go out yet (nobody back, or not the
             # recipient) waits for them to join, for a grace period, before it is reported.
             self._send_outbox(final=False)
             if self._outbox:
                 loop = asyncio.get_running_loop()
                 loop.call_later(OUTBOX_GRACE, self._send_outbox, True)
-
-    async def _forward(self, connection: Connection) -> Disconnected:
-        while True:
-            event = await connection.events.get()
-            if isinstance(event, Disconnected):
-                return event
-            self.events.put_nowait(event)
-            if self._outbox and isinstance(event, PeerJoined):
-                self._send_outbox(final=False)
 
     async def _reconnect(self) -> Connection | None:
         why = ""
@@ -240,12 +245,7 @@ class Client:
             self._supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._supervisor
-        await self.connection.close()
-        # Events of the last connection (its final reports) go to our queue too.
-        while not self.connection.events.empty():
-            event = self.connection.events.get_nowait()
-            if not isinstance(event, Disconnected):
-                self.events.put_nowait(event)
+        await self.connection.close()  # its final reports reach the queue on their own
 
 
 def _preview(text: str) -> str:
