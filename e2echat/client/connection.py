@@ -124,6 +124,10 @@ class Connection:
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @property
+    def online(self) -> bool:
+        return self._registered and not self.closed
+
     async def open(self, timeout: float = CONNECT_TIMEOUT) -> Registered:
         """Connect and register. Raises RelayUnreachable or RegistrationRefused."""
         self._loop = loop = asyncio.get_running_loop()

@@ -4,12 +4,14 @@ mode. No prompt_toolkit here: both front ends hand it lines and a ``write`` func
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json as json_module
 import time
 from collections.abc import Callable
+from typing import Protocol
 
-from e2echat.client.connection import Connection
+from e2echat.client.core import ClientCore
 from e2echat.client.events import (
     ClientEvent,
     ConnectionLost,
@@ -21,7 +23,6 @@ from e2echat.client.events import (
     Registered,
     SendReport,
 )
-from e2echat.client.reconnect import Client
 from e2echat.client.trust import Trust
 from e2echat.crypto.identity import format_safety_number
 from e2echat.errors import CommandError
@@ -37,6 +38,32 @@ from e2echat.ui.render import (
 )
 
 
+class Link(Protocol):
+    """What a chat needs from its way to the relay: a ``Client`` (the real thing), or
+    one ``Connection`` (a test's). Its events arrive on the one queue ``events``."""
+
+    @property
+    def nick(self) -> str: ...
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def address(self) -> str: ...
+    @property
+    def core(self) -> ClientCore: ...
+    @property
+    def online(self) -> bool: ...
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def events(self) -> asyncio.Queue[ClientEvent]: ...
+
+    def send_room(self, text: str) -> int | None: ...
+    def send_private(self, nick: str, text: str) -> int | None: ...
+    async def wait_settled(self, timeout: float) -> bool: ...
+
+
 class Chat:
     """``write`` gets each line to show. Options for the front ends: ``echo`` shows what
     we send in our own timeline (the REPL erases the prompt line); ``multiline`` shows
@@ -45,7 +72,7 @@ class Chat:
 
     def __init__(
         self,
-        connection: Client | Connection,
+        link: Link,
         write: Callable[[str], None],
         *,
         echo: bool = False,
@@ -53,7 +80,7 @@ class Chat:
         json: bool = False,
         bell: Callable[[], None] | None = None,
     ) -> None:
-        self.connection = connection
+        self.link = link
         self.write = write
         self.echo = echo
         self.multiline = multiline
@@ -84,9 +111,7 @@ class Chat:
 
     def _own(self, text: str, recipient: str | None = None) -> None:
         if self.echo and not self.json:
-            for line in own_message(self.connection.nick, text, recipient, multiline=self.multiline).split(
-                "\n"
-            ):
+            for line in own_message(self.link.nick, text, recipient, multiline=self.multiline).split("\n"):
                 self.write(line)
 
     def handle_line(self, line: str) -> bool:
@@ -101,23 +126,23 @@ class Chat:
             return True
 
     def _run(self, command: commands.Command) -> bool:
-        core = self.connection.core
+        core = self.link.core
         if isinstance(command, commands.Say):
-            sent = self.connection.send_room(command.text)
+            sent = self.link.send_room(command.text)
             self._own(command.text)
             if sent is None:
                 return True  # queued until the relay is back
             for nick in core.left_out:  # computed by the send; not again
                 self.problem(f"not sent to {nick}: their key changed (see /verify {nick}, /trust {nick})")
         elif isinstance(command, commands.PrivateMessage):
-            self.connection.send_private(command.nick, command.text)
+            self.link.send_private(command.nick, command.text)
             self._own(command.text, command.nick)
         elif isinstance(command, commands.Set):
             self.bell_on = command.value == "on" and self.bell is not None
             state = "on" if self.bell_on else "off"
             self.notice(f"bell {state}" + ("" if self.bell or state == "off" else " (no terminal)"))
         elif isinstance(command, commands.Who):
-            if isinstance(self.connection, Client) and not self.connection.online:
+            if not self.link.online:
                 self.notice("not connected to the relay right now; reconnecting")
                 return True
             self.notice(
@@ -138,7 +163,7 @@ class Chat:
         return True
 
     def _verify(self, nick: str, digits: str | None) -> None:
-        core = self.connection.core
+        core = self.link.core
         number = core.safety_number(nick)
         if digits is None:
             self.notice(f"your safety number with {nick}: {format_safety_number(number)}")
@@ -161,7 +186,7 @@ class Chat:
         self.notice(f"the safety numbers match: {nick} is now verified")
 
     def _trust(self, nick: str) -> None:
-        core = self.connection.core
+        core = self.link.core
         state = core.trust(nick)
         if state is Trust.CHANGED:
             core.accept_key(nick)
@@ -182,7 +207,7 @@ class Chat:
                 self._write_record(event_record(event))
             return
         if isinstance(event, ConnectionLost):
-            self.problem(f"lost the relay at {self.connection.address}: {event.detail}")
+            self.problem(f"lost the relay at {self.link.address}: {event.detail}")
             return
         if isinstance(event, Reconnecting):
             self.notice(f"reconnecting in {event.delay:g}s" + (f" ({event.why})" if event.why else ""))
@@ -198,7 +223,7 @@ class Chat:
             return
         if isinstance(event, Registered):
             self.notice(
-                f"connected to the relay at {self.connection.address} as {event.nick}; "
+                f"connected to the relay at {self.link.address} as {event.nick}; "
                 f"{online_text(event.peers)}; /help lists the commands"
             )
             return
@@ -212,15 +237,15 @@ class Chat:
     async def run_events(self) -> Disconnected:
         """Show events as they come; return how the connection ended."""
         while True:
-            event = await self.connection.events.get()
+            event = await self.link.events.get()
             if isinstance(event, Disconnected):
                 return event
             self.show(event)
 
     def show_queued(self) -> Disconnected | None:
         """Show whatever events are already queued, without waiting for more."""
-        while not self.connection.events.empty():
-            event = self.connection.events.get_nowait()
+        while not self.link.events.empty():
+            event = self.link.events.get_nowait()
             if isinstance(event, Disconnected):
                 return event
             self.show(event)
@@ -229,10 +254,10 @@ class Chat:
     async def finish(self, timeout: float) -> None:
         """Before leaving: wait (bounded) until the relay has answered for every message
         we sent, so nothing typed is dropped on the floor unannounced."""
-        if self.connection.closed:
+        if self.link.closed:
             return
-        if not await self.connection.wait_settled(timeout):
-            core = self.connection.core
+        if not await self.link.wait_settled(timeout):
+            core = self.link.core
             count = max(len(core.pending), core.deliveries.unconfirmed)
             if count:
                 self.problem(f"{count} message(s) not confirmed within {timeout:g}s: may not have arrived")

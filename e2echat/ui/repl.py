@@ -67,8 +67,7 @@ async def _run_until_done(chat: Chat, typing: Coroutine[Any, Any, None]) -> Disc
 
 
 def _gone(chat: Chat, ended: Disconnected) -> RelayGone:
-    connection = chat.connection
-    return RelayGone(host=connection.host, port=connection.port, detail=ended.detail)
+    return RelayGone(host=chat.link.host, port=chat.link.port, detail=ended.detail)
 
 
 COMMANDS_WITH_A_NICK = ("/msg", "/verify", "/trust", "/untrust", "/m", "/query")
@@ -111,14 +110,13 @@ class ChatCompleter(Completer):
 
 def toolbar_text(chat: Chat) -> str:
     """The bottom line: where we are, whether we are connected, who is there."""
-    connection = chat.connection
-    core = connection.core
-    online = getattr(connection, "online", not connection.closed)
-    state = "connected" if online else "reconnecting…"
+    link = chat.link
+    core = link.core
+    state = "connected" if link.online else "reconnecting…"
     peers = core.peers
     unverified = sum(1 for nick in peers if core.trust(nick) is Trust.UNVERIFIED)
     changed = sum(1 for nick in peers if core.trust(nick) is Trust.CHANGED)
-    parts = [f" {connection.address}", state, f"{len(peers)} online"]
+    parts = [f" {link.address}", state, f"{len(peers)} online"]
     if unverified:
         parts.append(f"{unverified} unverified")
     if changed:
@@ -154,7 +152,7 @@ def make_session(
 ) -> PromptSession[str]:
     return PromptSession(
         history=history or InMemoryHistory(),
-        completer=ChatCompleter(lambda: chat.connection.core.peers),
+        completer=ChatCompleter(lambda: chat.link.core.peers),
         complete_while_typing=False,
         bottom_toolbar=lambda: toolbar_text(chat),
         key_bindings=key_bindings(),
@@ -210,7 +208,7 @@ def terminal_writer(our_nick: str, *, color: bool) -> Callable[[str], None]:
 
 async def run_repl(chat: Chat, session: PromptSession[str] | None = None, *, patch: bool = True) -> None:
     """The interactive prompt. Returns when the user leaves; raises RelayGone."""
-    prompt = f"{chat.connection.nick}> "
+    prompt = f"{chat.link.nick}> "
     session = session or make_session(chat)
 
     async def typing() -> None:
