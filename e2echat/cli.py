@@ -316,13 +316,13 @@ async def _chat(
     if interactive:
         chat = Chat(
             client,
-            terminal_writer(args.nick, color=color),
+            terminal_writer(color=color),
             echo=True,
             multiline=True,
             bell=None if args.no_bell else _ring,
         )
     else:
-        chat = Chat(client, write=lambda text: print(text, flush=True), json=args.json)
+        chat = Chat(client, write=lambda _style, text: print(text, flush=True), json=args.json)
     if created:
         chat.notice(f"created a new identity in {directory}")
     chat.notice(f"your key fingerprint: {fingerprint(identity.public_key)}")

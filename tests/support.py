@@ -99,6 +99,15 @@ class Peer:
         return await asyncio.wait_for(find(), WAIT)
 
 
+def text_into(lines: list[str]) -> Callable[[str, str], None]:
+    """A ``Chat`` writer for tests that read only the text of each line it shows."""
+
+    def write(style: str, text: str) -> None:
+        lines.append(text)
+
+    return write
+
+
 async def connect(
     relay: Relay,
     nick: str,

@@ -9,7 +9,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from e2echat.client.core import (
-    Event,
     KeyChanged,
     KeyPinned,
     MessageReceived,
@@ -24,9 +23,20 @@ from e2echat.client.core import (
     SendReport,
     SplitView,
 )
+from e2echat.client.events import ConnectionLost, Disconnected, NotSent, Queued, Reconnecting
 from e2echat.client.receipts import DeliveryReport
 from e2echat.client.trust import Trust
-from e2echat.ui.render import clock, format_event, neutralize, online_text
+from e2echat.ui.render import (
+    HelpText,
+    Notice,
+    OwnMessage,
+    Problem,
+    Shown,
+    clock,
+    neutralize,
+    online_text,
+    render,
+)
 
 NOW = 1_700_000_000.0
 STAMP = clock(NOW)
@@ -117,89 +127,158 @@ def test_dangerous_set_is_what_the_docstring_promises() -> None:
         }
 
 
-# -- format_event -------------------------------------------------------------------------
+# -- render: each kind of event's look and text ----------------------------------------------
 
-_LINES: dict[str, tuple[Event, str | None]] = {
-    "room-message": (MessageReceived("bob", "hi all", private=False), f"{STAMP} <bob ?> hi all"),
+RELAY = "127.0.0.1:7777"
+
+
+def _shown(event: Shown, **options: bool) -> tuple[str | None, str | None]:
+    """The look and the text (lines joined) that ``render`` gives ``event``."""
+    lines = render(event, NOW, relay=RELAY, **options)
+    if not lines:
+        return None, None
+    styles = {style for style, _ in lines}
+    assert len(styles) == 1, "every line of one event looks the same"
+    return styles.pop(), "\n".join(text for _, text in lines)
+
+
+_LINES: dict[str, tuple[str | None, Shown, str | None]] = {
+    "room-message": ("message", MessageReceived("bob", "hi all", private=False), f"{STAMP} <bob ?> hi all"),
     "delivered-private": (
+        "notice",
         DeliveryReport(3, True, ("bob",), (), "see you at 6"),
         f'{STAMP} -- "see you at 6" delivered to bob',
     ),
     "delivered-room-many": (
+        "notice",
         DeliveryReport(4, False, ("a", "b", "c", "d"), (), "hi"),
         f'{STAMP} -- "hi" delivered to all 4',
     ),
     "not-delivered": (
+        "warning",
         DeliveryReport(5, False, ("bob",), (("carol", "offline"), ("dave", "no receipt")), "hi"),
         f'{STAMP} !! "hi" NOT delivered to carol (offline), dave (no receipt); delivered to bob',
     ),
     "late-message": (
+        "message",
         MessageReceived("bob", "held back", private=False, late=True),
         f"{STAMP} [late] <bob ?> held back",
     ),
     "split-view": (
+        "warning",
         SplitView("bob"),
         f"{STAMP} !! warning: bob sees a different directory than you do: the relay may be showing "
         "people different keys. Compare safety numbers (/verify) before you trust a key.",
     ),
     "private-message": (
+        "private",
         MessageReceived("bob", "psst", private=True, trust=Trust.VERIFIED),
         f"{STAMP} [private] <bob ✓> psst",
     ),
     "message-with-escape": (
+        "message",
         MessageReceived("bob", "\x1b[2Jgotcha", private=False),
         f"{STAMP} <bob ?> \\x1b[2Jgotcha",
     ),
     "message-changed-key": (
+        "warning",
         MessageReceived("bob", "x", private=False, trust=Trust.CHANGED),
         f"{STAMP} <bob KEY CHANGED> x",
     ),
-    "joined": (PeerJoined("carol"), f"{STAMP} -- carol joined"),
-    "left": (PeerLeft("carol"), f"{STAMP} -- carol left"),
-    "registered-alone": (Registered("alice", ()), f"{STAMP} -- you are alice; nobody else is online"),
-    "registered-with-peers": (
-        Registered("alice", ("bob", "carol")),
-        f"{STAMP} -- you are alice; online: bob, carol",
+    "joined": ("notice", PeerJoined("carol"), f"{STAMP} -- carol joined"),
+    "left": ("notice", PeerLeft("carol"), f"{STAMP} -- carol left"),
+    "registered-alone": (
+        "notice",
+        Registered("alice", ()),
+        f"{STAMP} -- connected to the relay at {RELAY} as alice; nobody else is online; "
+        "/help lists the commands",
     ),
-    "missing-many": (MessagesMissing("bob", 3), f"{STAMP} !! 3 messages from bob are missing"),
-    "report-all-delivered": (SendReport(1, False, ("bob", "carol"), ()), None),
+    "registered-with-peers": (
+        "notice",
+        Registered("alice", ("bob", "carol")),
+        f"{STAMP} -- connected to the relay at {RELAY} as alice; online: bob, carol; "
+        "/help lists the commands",
+    ),
+    "missing-many": ("warning", MessagesMissing("bob", 3), f"{STAMP} !! 3 messages from bob are missing"),
+    "report-all-delivered": (None, SendReport(1, False, ("bob", "carol"), ()), None),
     "report-missing": (
+        None,
         SendReport(2, True, (), ("bob", "carol")),
         None,  # the DeliveryReport says it, with reasons
     ),
     "security-warning": (
+        "warning",
         SecurityWarning("bad tag from \x1b]0;x\x07"),
         f"{STAMP} !! warning: bad tag from \\x1b]0;x\\x07",
     ),
-    "relay-error": (RelayError("slow", "too fast\r"), f"{STAMP} !! relay error: too fast\\x0d"),
-    "relay-closing": (RelayClosing("bye\u202e"), f"{STAMP} -- the relay is shutting down: bye\\u202e"),
+    "relay-error": ("warning", RelayError("slow", "too fast\r"), f"{STAMP} !! relay error: too fast\\x0d"),
+    "relay-closing": (
+        "notice",
+        RelayClosing("bye\u202e"),
+        f"{STAMP} -- the relay is shutting down: bye\\u202e",
+    ),
     "registration-failed": (
+        "warning",
         RegistrationFailed("nick_taken", "nick 'alice' is taken"),
         f"{STAMP} !! the relay refused us: nick 'alice' is taken",
+    ),
+    "connection-lost": (
+        "warning",
+        ConnectionLost("it shut down"),
+        f"{STAMP} !! lost the relay at {RELAY}: it shut down",
+    ),
+    "reconnecting": (
+        "notice",
+        Reconnecting(2.0, 2, "the relay is not back yet"),
+        f"{STAMP} -- reconnecting in 2s (the relay is not back yet)",
+    ),
+    "queued": (
+        "notice",
+        Queued("hello"),
+        f'{STAMP} -- not connected: "hello" will be sent when the relay is back',
+    ),
+    "not-sent": (
+        "warning",
+        NotSent(("a", "b")),
+        f'{STAMP} !! NOT sent (no connection to the relay): "a", "b"',
+    ),
+    "disconnected": (None, Disconnected("it refused us"), None),  # the front end says why
+    "notice": ("notice", Notice("bell off"), f"{STAMP} -- bell off"),
+    "problem": ("warning", Problem("no \x1b[2J"), f"{STAMP} !! no \\x1b[2J"),
+    "own-message": ("own", OwnMessage("alice", "hi all"), f"{STAMP} <alice> hi all"),
+    "own-private-message": (
+        "own",
+        OwnMessage("alice", "psst", "bob"),
+        f"{STAMP} [private to bob] <alice> psst",
+    ),
+    "help": (
+        "message",
+        HelpText(("/who — who is online", "/quit — leave")),
+        "/who — who is online\n/quit — leave",
     ),
 }
 
 
-@pytest.mark.parametrize(("event", "line"), _LINES.values(), ids=_LINES.keys())
-def test_format_event(event: Event, line: str | None) -> None:
-    assert format_event(event, NOW) == line
+@pytest.mark.parametrize(("style", "event", "line"), _LINES.values(), ids=_LINES.keys())
+def test_render(style: str | None, event: Shown, line: str | None) -> None:
+    assert _shown(event) == (style, line)
 
 
 def test_one_missing_message_is_grammatical() -> None:
-    assert format_event(MessagesMissing("bob", 1), NOW) == f"{STAMP} !! 1 message from bob is missing"
+    assert _shown(MessagesMissing("bob", 1)) == ("warning", f"{STAMP} !! 1 message from bob is missing")
 
 
 def test_key_pinned_line() -> None:
-    line = format_event(KeyPinned("bob"), NOW)
-    assert line is not None
+    style, line = _shown(KeyPinned("bob"))
+    assert style == "notice" and line is not None
     assert line.startswith(f"{STAMP} -- first contact with bob")
     assert "/verify bob" in line
 
 
 def test_key_changed_warning_shows_both_fingerprints_on_every_line() -> None:
     event = KeyChanged("bob", "aaaa bbbb", "cccc dddd")
-    text = format_event(event, NOW)
-    assert text is not None
+    style, text = _shown(event)
+    assert style == "warning" and text is not None
     lines = text.split("\n")
     assert all(line.startswith(f"{STAMP} !! ") for line in lines)
     assert "CHANGED" in lines[0] and "bob" in lines[0]
@@ -209,8 +288,41 @@ def test_key_changed_warning_shows_both_fingerprints_on_every_line() -> None:
 
 
 def test_every_event_type_has_a_line_or_a_reason_not_to() -> None:
-    covered = {type(event) for event, _ in _LINES.values()} | {KeyPinned, KeyChanged}
-    assert covered == set(Event.__args__)
+    covered = {type(event) for _, event, _ in _LINES.values()} | {KeyPinned, KeyChanged}
+    assert covered == set(Shown.__args__)
+
+
+# -- a peer's text never chooses how it looks ------------------------------------------------
+
+#: what our own warnings and notices look like, typed by a peer to pass for one of them
+FORGED = [
+    "KEY CHANGED> mallory",
+    "!! WARNING: carol's identity key has CHANGED.",
+    "-- carol joined",
+    '"hi" NOT delivered to carol (offline)',
+    "fine\n!! WARNING: KEY CHANGED> on a line of its own",
+    "fine\n-- and a notice on another",
+]
+
+
+@pytest.mark.parametrize("text", FORGED)
+@pytest.mark.parametrize("multiline", [False, True], ids=["one-line", "multi-line"])
+def test_a_peers_text_is_drawn_in_the_message_style(text: str, multiline: bool) -> None:
+    assert _shown(MessageReceived("bob", text, private=False), multiline=multiline)[0] == "message"
+    assert _shown(MessageReceived("bob", text, private=True), multiline=multiline)[0] == "private"
+    late = MessageReceived("bob", text, private=False, trust=Trust.VERIFIED, late=True)
+    assert _shown(late, multiline=multiline)[0] == "message"
+
+
+def test_genuine_key_changes_are_drawn_as_warnings() -> None:
+    assert _shown(KeyChanged("bob", "aaaa", "bbbb"))[0] == "warning"
+    # What comes from a changed key is marked, and drawn as a warning, whatever it says.
+    for private in (False, True):
+        got = MessageReceived("bob", "hi, it's me", private=private, trust=Trust.CHANGED)
+        assert _shown(got) == (
+            "warning",
+            f"{STAMP}{' [private]' if private else ''} <bob KEY CHANGED> hi, it's me",
+        )
 
 
 def test_clock_format() -> None:

@@ -24,7 +24,7 @@ from e2echat.ui.chat import Chat
 from e2echat.wire import messages as m
 from e2echat.wire.framing import FrameDecoder
 
-from support import LOOPBACK, WAIT, RawClient, connect, peers, running_relay
+from support import LOOPBACK, WAIT, RawClient, connect, peers, running_relay, text_into
 
 
 async def test_room_message_reaches_both_others() -> None:
@@ -65,7 +65,7 @@ async def test_messages_flow_both_ways_many_times() -> None:
 async def test_who_lists_everyone_online() -> None:
     async with running_relay() as relay, peers(relay, "alice", "bob", "carol") as (alice, _, _):
         lines: list[str] = []
-        Chat(alice.connection, lines.append).handle_line("/who")
+        Chat(alice.connection, text_into(lines)).handle_line("/who")
         assert len(lines) == 1
         assert lines[0].endswith("-- you are alice; online: bob (unverified), carol (unverified)")
 
@@ -104,7 +104,7 @@ async def test_unknown_recipient_is_refused_by_the_client() -> None:
         with pytest.raises(CommandError, match="ghost is not online"):
             alice.connection.send_private("ghost", "hello?")
         lines: list[str] = []
-        Chat(alice.connection, lines.append).handle_line("/msg ghost hello?")
+        Chat(alice.connection, text_into(lines)).handle_line("/msg ghost hello?")
         assert "ghost is not online" in lines[0]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import struct
+import types
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -23,7 +24,7 @@ from e2echat.ui.repl import wrap_cells
 from e2echat.wire import messages as m
 from e2echat.wire.framing import encode_frame
 
-from support import LOOPBACK, WAIT, RawClient, peers, run_cli, running_relay, spawn_cli
+from support import LOOPBACK, WAIT, RawClient, peers, run_cli, running_relay, spawn_cli, text_into
 
 
 def test_receipt_from_a_replaced_session_confirms_nothing() -> None:
@@ -238,7 +239,8 @@ async def test_json_output_is_ascii_and_safe_on_a_terminal(tmp_path: object) -> 
 def test_relay_supplied_reasons_are_neutralized_in_the_chat() -> None:
     """Reconnect reasons and lost-connection details quote what the relay said."""
     lines: list[str] = []
-    chat = Chat(object(), lines.append)  # type: ignore[arg-type]
+    relay = types.SimpleNamespace(address="127.0.0.1:7777")  # all a chat reads here
+    chat = Chat(relay, text_into(lines))  # type: ignore[arg-type]
     chat.show(Reconnecting(1.0, 2, "it refused us: \x1b]0;owned\x07\x1b[2J"))
     chat.problem("lost: \x1b[31mred\u202e")
     assert lines and all("\x1b" not in line and "\u202e" not in line for line in lines)

@@ -22,15 +22,20 @@ from support import WAIT, Peer, peers, running_relay
 
 
 class Screen:
-    """Collects the lines the REPL writes, and lets a test wait for one."""
+    """Collects the lines the REPL writes, each with its style, and lets a test wait for one."""
 
     def __init__(self) -> None:
         self.lines: list[str] = []
+        self.styles: list[str] = []
         self._changed = asyncio.Event()
 
-    def write(self, line: str) -> None:
+    def write(self, style: str, line: str) -> None:
         self.lines.append(line)
+        self.styles.append(style)
         self._changed.set()
+
+    def style_of(self, line: str) -> str:
+        return self.styles[self.lines.index(line)]
 
     async def wait_for(self, text: str) -> str:
         async def find() -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -16,20 +17,24 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from nacl.public import PrivateKey
 from prompt_toolkit.application import create_app_session
 from prompt_toolkit.completion import CompleteEvent
+from prompt_toolkit.data_structures import Size
 from prompt_toolkit.document import Document
 from prompt_toolkit.history import FileHistory
 from prompt_toolkit.input import PipeInput, create_pipe_input
-from prompt_toolkit.output import DummyOutput
+from prompt_toolkit.output import ColorDepth, DummyOutput
+from prompt_toolkit.output.vt100 import Vt100_Output
+from test_display import FORGED
 from test_repl import Screen
 
-from e2echat.client.events import MessageReceived, PeerJoined
+from e2echat.client.events import KeyPinned, MessageReceived, PeerJoined
+from e2echat.client.trust import KnownPeers
 from e2echat.ui.chat import Chat
-from e2echat.ui.render import line_style
-from e2echat.ui.repl import ChatCompleter, history_file, make_session, run_repl, toolbar_text
+from e2echat.ui.repl import ChatCompleter, history_file, make_session, run_repl, terminal_writer, toolbar_text
 
-from support import LOOPBACK, REPO, WAIT, Peer, peers, run_cli, running_relay, spawn_cli
+from support import LOOPBACK, REPO, WAIT, Peer, connect, peers, run_cli, running_relay, spawn_cli, text_into
 
 # -- completion, toolbar, styles (no network needed) ------------------------------------------
 
@@ -61,19 +66,27 @@ def test_completion_of_commands_and_nicks(typed: str, expected: list[str]) -> No
     assert _complete(typed, ["alice", "bob", "bobby"]) == expected
 
 
-def test_line_styles() -> None:
-    assert line_style("12:00:00 !! warning: x", "alice") == "warning"
-    assert line_style("12:00:00 -- bob joined", "alice") == "notice"
-    assert line_style("12:00:00 <alice> hi", "alice") == "own"
-    assert line_style("12:00:00 [private to bob] <alice> hi", "alice") == "own"
-    assert line_style("12:00:00 [private] <bob ?> hi", "alice") == "private"
-    assert line_style("12:00:00 <bob ✓> hi", "alice") == "message"
-    assert line_style("12:00:00 <bob KEY CHANGED> hi", "alice") == "warning"
+@pytest.mark.parametrize(
+    ("style", "colour"),
+    [("warning", "38;2;255;85;85;1m"), ("notice", "38;2;136;136;136m"), ("own", "38;2;95;175;255m")],
+)
+def test_the_terminal_paints_each_line_in_its_style(style: str, colour: str) -> None:
+    def painted(style: str) -> str:
+        screen = io.StringIO()
+        output = Vt100_Output(
+            screen, lambda: Size(rows=24, columns=100), default_color_depth=ColorDepth.TRUE_COLOR
+        )
+        with create_app_session(output=output):
+            terminal_writer(color=True)(style, "12:00:00 KEY CHANGED> !! -- NOT delivered")  # type: ignore[arg-type]
+        return screen.getvalue()
+
+    assert colour in painted(style)
+    assert "38;2;" not in painted("message")  # the terminal's own colour, whatever the text
 
 
 async def test_toolbar_shows_relay_state_and_trust() -> None:
     async with running_relay() as relay, peers(relay, "alice", "bob", "carol") as (alice, _, _):
-        chat = Chat(alice.connection, [].append, bell=lambda: None)
+        chat = Chat(alice.connection, text_into([]), bell=lambda: None)
         text = toolbar_text(chat)
         assert f"127.0.0.1:{relay.port}" in text
         assert "connected" in text and "2 online" in text and "2 unverified" in text
@@ -183,9 +196,40 @@ async def test_own_messages_appear_in_the_timeline() -> None:
     async with running_relay() as relay, peers(relay, "alice", "bob") as (alice, _):
         async with repl(alice) as (pipe, screen, _):
             pipe.send_text("hello all\r/msg bob psst\r")
-            assert line_style(await screen.wait_for("<alice> hello all"), "alice") == "own"
-            await screen.wait_for("[private to bob] <alice> psst")
+            assert screen.style_of(await screen.wait_for("<alice> hello all")) == "own"
+            assert screen.style_of(await screen.wait_for("[private to bob] <alice> psst")) == "own"
             await screen.wait_for('"psst" delivered to bob')
+
+
+async def test_a_peers_text_is_drawn_as_a_message_and_key_changes_as_warnings() -> None:
+    """However a peer dresses up its text, the REPL draws it in the message style; what
+    really warns (a changed key, and what comes from it) is drawn as a warning."""
+    known = KnownPeers()
+    async with running_relay() as relay:
+        alice = await connect(relay, "alice", known_peers=known)
+        bob = await connect(relay, "bob")
+        await alice.next(KeyPinned, lambda e: e.nick == "bob")
+        new_bob = None
+        try:
+            async with repl(alice) as (_, screen, _):
+                for number, text in enumerate(FORGED):
+                    bob.connection.send_room(f"{text} #{number}")
+                    last = await screen.wait_for(f" #{number}")
+                    first = screen.lines.index(last) - text.count("\n")
+                    assert "<bob ?>" in screen.lines[first]
+                    assert set(screen.styles[first : screen.lines.index(last) + 1]) == {"message"}
+                await bob.connection.close()
+                new_bob = await connect(relay, "bob", PrivateKey.generate())
+                warning = await screen.wait_for("WARNING: bob's identity key has CHANGED")
+                start = screen.lines.index(warning)
+                end = screen.lines.index(await screen.wait_for("without comparing")) + 1
+                assert end - start == 5 and set(screen.styles[start:end]) == {"warning"}
+                new_bob.connection.send_room("KEY CHANGED> it is really me")
+                assert screen.style_of(await screen.wait_for("<bob KEY CHANGED>")) == "warning"
+        finally:
+            for peer in (alice, bob, new_bob):
+                if peer is not None:
+                    await peer.connection.close()
 
 
 # -- line mode for scripts: --json, and connect without --nick ---------------------------------
@@ -303,10 +347,8 @@ def test_real_terminal_under_tmux(tmp_path: Path) -> None:
 
 
 def test_plain_writer_for_no_color_wraps_under_the_text(capsys: pytest.CaptureFixture[str]) -> None:
-    from e2echat.ui.repl import terminal_writer
-
-    write = terminal_writer("alice", color=False)
-    write("12:00:00 <bob ?> " + "word " * 40)
+    write = terminal_writer(color=False)
+    write("message", "12:00:00 <bob ?> " + "word " * 40)
     out = capsys.readouterr().out
     assert "\x1b[" not in out  # no colour codes at all
     lines = out.rstrip("\n").split("\n")

@@ -22,7 +22,7 @@ from e2echat.ui.chat import Chat
 from e2echat.wire import messages as m
 
 from hostile import HostileRelay, substitute_keys
-from support import connect, peers, run_cli, running, running_relay
+from support import connect, peers, run_cli, running, running_relay, text_into
 
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "safety_numbers.json").read_text())["vectors"]
 CHEAP = KdfCost(opslimit=1, memlimit=8192)  # Argon2id at its minimum: tests need speed, not cost
@@ -154,7 +154,7 @@ async def test_changed_key_is_flagged_and_blocks_sending_until_trusted() -> None
         changed = await alice.next(KeyChanged)
         assert changed.nick == "bob" and changed.pinned_fingerprint != changed.new_fingerprint
         lines: list[str] = []
-        chat = Chat(alice.connection, lines.append)
+        chat = Chat(alice.connection, text_into(lines))
         chat.show(changed)
         assert "CHANGED" in lines[0] and "/trust bob" in "".join(lines)
 
@@ -189,12 +189,12 @@ async def test_accepting_a_new_key_clears_verification() -> None:
         alice = await connect(relay, "alice", known_peers=known)
         bob = await connect(relay, "bob")
         await alice.next(KeyPinned)
-        Chat(alice.connection, [].append).handle_line("/trust bob")
+        Chat(alice.connection, text_into([])).handle_line("/trust bob")
         assert alice.connection.core.trust("bob") is Trust.VERIFIED
         await bob.connection.close()
         await connect(relay, "bob")  # a new identity
         await alice.next(KeyChanged)
-        Chat(alice.connection, [].append).handle_line("/trust bob")
+        Chat(alice.connection, text_into([])).handle_line("/trust bob")
         assert alice.connection.core.trust("bob") is Trust.UNVERIFIED
         await alice.connection.close()
 
@@ -277,15 +277,15 @@ async def test_verify_match_marks_verified_and_persists(tmp_path: Path) -> None:
         await alice.next(KeyPinned, lambda e: e.nick == "bob")
         alice_lines: list[str] = []
         bob_lines: list[str] = []
-        Chat(alice.connection, alice_lines.append).handle_line("/verify bob")
-        Chat(bob.connection, bob_lines.append).handle_line("/verify alice")
+        Chat(alice.connection, text_into(alice_lines)).handle_line("/verify bob")
+        Chat(bob.connection, text_into(bob_lines)).handle_line("/verify alice")
         number_alice_sees = re.findall(r"safety number with bob: ([\d ]+)$", alice_lines[0])[0]
         number_bob_reads = re.findall(r"safety number with alice: ([\d ]+)$", bob_lines[0])[0]
         assert number_alice_sees == number_bob_reads
         assert len(number_bob_reads.split()) == 12
         assert "in person or on a call" in alice_lines[1]
 
-        Chat(alice.connection, alice_lines.append).handle_line(f"/verify bob {number_bob_reads}")
+        Chat(alice.connection, text_into(alice_lines)).handle_line(f"/verify bob {number_bob_reads}")
         assert alice_lines[-1].endswith("the safety numbers match: bob is now verified")
         bob.connection.send_room("verified hello")
         assert (await alice.next(MessageReceived)).trust is Trust.VERIFIED
@@ -298,7 +298,7 @@ async def test_verify_match_marks_verified_and_persists(tmp_path: Path) -> None:
 async def test_verify_mismatch_warns_and_changes_nothing() -> None:
     async with running_relay() as relay, peers(relay, "alice", "bob") as (alice, _):
         lines: list[str] = []
-        chat = Chat(alice.connection, lines.append)
+        chat = Chat(alice.connection, text_into(lines))
         chat.handle_line("/verify bob " + "12345 " * 12)
         assert "does NOT match" in lines[-1]
         assert alice.connection.core.trust("bob") is Trust.UNVERIFIED
@@ -308,7 +308,7 @@ async def test_verify_mismatch_warns_and_changes_nothing() -> None:
 
 async def test_untrust_clears_the_mark() -> None:
     async with running_relay() as relay, peers(relay, "alice", "bob") as (alice, _):
-        chat = Chat(alice.connection, [].append)
+        chat = Chat(alice.connection, text_into([]))
         chat.handle_line("/trust bob")
         assert alice.connection.core.trust("bob") is Trust.VERIFIED
         chat.handle_line("/untrust bob")
@@ -325,7 +325,7 @@ def test_damaged_known_peers_file_is_a_clear_error(tmp_path: Path) -> None:
 async def test_verify_with_non_ascii_digits_is_a_clear_error() -> None:
     async with running_relay() as relay, peers(relay, "alice", "bob") as (alice, _):
         lines: list[str] = []
-        Chat(alice.connection, lines.append).handle_line("/verify bob " + "１" * 60)  # fullwidth
+        Chat(alice.connection, text_into(lines)).handle_line("/verify bob " + "１" * 60)  # fullwidth
         assert "has 60 digits" in lines[-1]
 
 
@@ -339,7 +339,7 @@ async def test_room_message_says_who_was_left_out() -> None:
         new_bob = await connect(relay, "bob")
         await alice.next(KeyChanged)
         lines: list[str] = []
-        Chat(alice.connection, lines.append).handle_line("hello everyone")
+        Chat(alice.connection, text_into(lines)).handle_line("hello everyone")
         assert lines and "not sent to bob" in lines[-1]
         for peer in (new_bob, alice):
             await peer.connection.close()

@@ -1,39 +1,31 @@
 """What a chat does with a typed line and with each event, shared by the REPL and line
-mode. No prompt_toolkit here: both front ends hand it lines and a ``write`` function.
+mode. No prompt_toolkit here: both front ends hand it lines and a ``write`` function,
+which gets each line to show with its style (render.py decides both).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
-import json as json_module
-import time
 from collections.abc import Callable
 from typing import Protocol
 
 from e2echat.client.core import ClientCore
-from e2echat.client.events import (
-    ClientEvent,
-    ConnectionLost,
-    Disconnected,
-    MessageReceived,
-    NotSent,
-    Queued,
-    Reconnecting,
-    Registered,
-    SendReport,
-)
+from e2echat.client.events import ClientEvent, Disconnected, MessageReceived, NotSent
 from e2echat.client.trust import Trust
 from e2echat.crypto.identity import format_safety_number
 from e2echat.errors import CommandError
 from e2echat.ui import commands
 from e2echat.ui.render import (
-    clock,
-    event_record,
-    format_event,
-    neutralize,
+    HelpText,
+    LineStyle,
+    Notice,
+    OwnMessage,
+    Problem,
+    Shown,
+    json_lines,
     online_text,
-    own_message,
+    render,
     who_entry,
 )
 
@@ -65,15 +57,16 @@ class Link(Protocol):
 
 
 class Chat:
-    """``write`` gets each line to show. Options for the front ends: ``echo`` shows what
-    we send in our own timeline (the REPL erases the prompt line); ``multiline`` shows
-    line breaks in messages as line breaks; ``json`` writes one JSON object per event
-    instead of text; ``bell`` is called on each private message while ``bell_on``."""
+    """``write`` gets each line to show, with its look. Options for the front ends:
+    ``echo`` shows what we send in our own timeline (the REPL erases the prompt line);
+    ``multiline`` shows line breaks in messages as line breaks; ``json`` writes one JSON
+    object per event instead of text; ``bell`` is called on each private message while
+    ``bell_on``."""
 
     def __init__(
         self,
         link: Link,
-        write: Callable[[str], None],
+        write: Callable[[LineStyle, str], None],
         *,
         echo: bool = False,
         multiline: bool = False,
@@ -91,28 +84,14 @@ class Chat:
         self.unsent = False
 
     def notice(self, text: str) -> None:
-        if self.json:
-            self._write_record({"type": "notice", "text": text})
-        else:
-            self.write(f"{clock()} -- {neutralize(text)}")
+        self.show(Notice(text))
 
     def problem(self, text: str) -> None:
-        if self.json:
-            self._write_record({"type": "problem", "text": text})
-        else:
-            self.write(f"{clock()} !! {neutralize(text)}")
-
-    def _write_record(self, record: dict[str, object]) -> None:
-        record.setdefault("time", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-        # ASCII only: every control, C1 and bidi character a peer sent arrives as a \u
-        # escape, so this output is safe on a terminal too (DEL is escaped by hand).
-        text = json_module.dumps(record, ensure_ascii=True, separators=(",", ":"))
-        self.write(text.replace("\x7f", "\\u007f"))
+        self.show(Problem(text))
 
     def _own(self, text: str, recipient: str | None = None) -> None:
         if self.echo and not self.json:
-            for line in own_message(self.link.nick, text, recipient, multiline=self.multiline).split("\n"):
-                self.write(line)
+            self.show(OwnMessage(self.link.nick, text, recipient))
 
     def handle_line(self, line: str) -> bool:
         """Carry out one typed line. False when the user asked to leave."""
@@ -149,8 +128,7 @@ class Chat:
                 f"you are {core.nick}; {online_text([who_entry(n, core.trust(n)) for n in core.peers])}"
             )
         elif isinstance(command, commands.Help):
-            for text in commands.help_text(command.topic):
-                self.write(text)
+            self.show(HelpText(tuple(commands.help_text(command.topic))))
         elif isinstance(command, commands.Quit):
             return False
         elif isinstance(command, commands.Verify):
@@ -199,40 +177,18 @@ class Chat:
             core.set_verified(nick, True)
             self.notice(f"{nick} is now marked verified")
 
-    def show(self, event: ClientEvent) -> None:
+    def show(self, event: Shown) -> None:
+        """Show one event: its lines, each with the look its type gives it."""
         if isinstance(event, NotSent):
             self.unsent = True
         if self.json:
-            if not isinstance(event, Disconnected | SendReport):
-                self._write_record(event_record(event))
-            return
-        if isinstance(event, ConnectionLost):
-            self.problem(f"lost the relay at {self.link.address}: {event.detail}")
-            return
-        if isinstance(event, Reconnecting):
-            self.notice(f"reconnecting in {event.delay:g}s" + (f" ({event.why})" if event.why else ""))
-            return
-        if isinstance(event, Queued):
-            self.notice(f'not connected: "{event.preview}" will be sent when the relay is back')
-            return
-        if isinstance(event, NotSent):
-            quoted = ", ".join(f'"{preview}"' for preview in event.previews)
-            self.problem(f"NOT sent (no connection to the relay): {quoted}")
-            return
-        if isinstance(event, Disconnected):
-            return
-        if isinstance(event, Registered):
-            self.notice(
-                f"connected to the relay at {self.link.address} as {event.nick}; "
-                f"{online_text(event.peers)}; /help lists the commands"
-            )
+            for text in json_lines(event):
+                self.write("message", text)
             return
         if isinstance(event, MessageReceived) and event.private and self.bell_on and self.bell:
             self.bell()
-        text = format_event(event, multiline=self.multiline)
-        if text is not None:
-            for line in text.split("\n"):
-                self.write(line)
+        for style, text in render(event, multiline=self.multiline, relay=self.link.address):
+            self.write(style, text)
 
     async def run_events(self) -> Disconnected:
         """Show events as they come; return how the connection ended."""

@@ -1,4 +1,8 @@
-"""Events -> the lines a person reads. Pure: no I/O, no prompt_toolkit.
+"""Events -> what a person reads: the one place that decides how each kind of event
+looks and what it says. Pure: no I/O, no prompt_toolkit.
+
+The look of a line comes from the type of what is shown, never from its text. The REPL
+paints each line in its style; line mode prints the text; ``--json`` writes records.
 
 Everything a peer controls (message text; nicks are already restricted by the protocol)
 goes through ``neutralize`` so that nobody can move the cursor, clear the screen or
@@ -8,17 +12,25 @@ re-order the text of someone else's terminal.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 import unicodedata
+from dataclasses import dataclass
+from typing import Literal
 
 from e2echat.client.events import (
-    Event,
+    ClientEvent,
+    ConnectionLost,
+    Disconnected,
     KeyChanged,
     KeyPinned,
     MessageReceived,
     MessagesMissing,
+    NotSent,
     PeerJoined,
     PeerLeft,
+    Queued,
+    Reconnecting,
     Registered,
     RegistrationFailed,
     RelayClosing,
@@ -66,23 +78,94 @@ def clock(now: float | None = None) -> str:
     return time.strftime("%H:%M:%S", time.localtime(now))
 
 
-def format_event(event: Event, now: float | None = None, *, multiline: bool = False) -> str | None:
-    """The text for ``event`` (one line, or several for a multi-line message when
-    ``multiline``), or None if it needs none."""
-    stamp = clock(now)
+#: How a line looks: a class in the REPL's style sheet. It is chosen from the type of
+#: what is shown, never from its text: text can be anything a peer typed.
+LineStyle = Literal["message", "private", "own", "notice", "warning"]
+#: One line on the screen: how it looks, and what it says.
+Line = tuple[LineStyle, str]
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something the chat itself tells the user."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something the chat itself warns the user about."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class OwnMessage:
+    """What we sent, echoed in our own timeline."""
+
+    nick: str
+    text: str
+    recipient: str | None = None  # None: the room
+
+
+@dataclass(frozen=True)
+class HelpText:
+    """The commands' help: our own text, shown as it is."""
+
+    lines: tuple[str, ...]
+
+
+#: everything the chat shows: what the client says, and what the chat says itself
+Shown = ClientEvent | Notice | Problem | OwnMessage | HelpText
+
+
+def render(event: Shown, now: float | None = None, *, multiline: bool = False, relay: str = "") -> list[Line]:
+    """The lines that show ``event`` (none if it needs none), each with its look.
+    ``multiline`` shows line breaks in messages as line breaks; ``relay`` is the relay's
+    address, for the lines that name it."""
+    shown = _describe(event, clock(now), multiline, relay)
+    if shown is None:
+        return []
+    style, text = shown
+    return [(style, line) for line in text.split("\n")]
+
+
+def _notice(stamp: str, text: str) -> tuple[LineStyle, str]:
+    return "notice", f"{stamp} -- {neutralize(text)}"
+
+
+def _problem(stamp: str, text: str) -> tuple[LineStyle, str]:
+    return "warning", f"{stamp} !! {neutralize(text)}"
+
+
+def _describe(event: Shown, stamp: str, multiline: bool, relay: str) -> tuple[LineStyle, str] | None:
+    """``event``'s look, and its text (several lines joined by newlines)."""
+    newline = CONTINUATION if multiline else "\\n"
     if isinstance(event, MessageReceived):
         mark = " [private]" if event.private else ""
         mark += " [late]" if event.late else ""
-        text = neutralize(event.text, CONTINUATION if multiline else "\\n")
-        return f"{stamp}{mark} <{event.sender} {TRUST_MARKS[event.trust]}> {text}"
+        text = neutralize(event.text, newline)
+        line = f"{stamp}{mark} <{event.sender} {TRUST_MARKS[event.trust]}> {text}"
+        if event.trust is Trust.CHANGED:  # from a key we have not accepted: a warning
+            return "warning", line
+        return ("private" if event.private else "message"), line
+    if isinstance(event, OwnMessage):
+        to = f"[private to {event.recipient}] " if event.recipient else ""
+        return "own", f"{stamp} {to}<{event.nick}> {neutralize(event.text, newline)}"
+    if isinstance(event, Notice):
+        return _notice(stamp, event.text)
+    if isinstance(event, Problem):
+        return _problem(stamp, event.text)
+    if isinstance(event, HelpText):
+        return "message", "\n".join(event.lines)
     if isinstance(event, KeyPinned):
-        return (
+        return "notice", (
             f"{stamp} -- first contact with {event.nick}: their key is pinned from now on "
             f"(unverified; /verify {event.nick} to check it)"
         )
     if isinstance(event, KeyChanged):
         nick = event.nick
-        return "\n".join(
+        return "warning", "\n".join(
             f"{stamp} !! {line}"
             for line in (
                 f"WARNING: {nick}'s identity key has CHANGED.",
@@ -97,32 +180,45 @@ def format_event(event: Event, now: float | None = None, *, multiline: bool = Fa
             )
         )
     if isinstance(event, PeerJoined):
-        return f"{stamp} -- {event.nick} joined"
+        return "notice", f"{stamp} -- {event.nick} joined"
     if isinstance(event, PeerLeft):
-        return f"{stamp} -- {event.nick} left"
+        return "notice", f"{stamp} -- {event.nick} left"
     if isinstance(event, Registered):
-        return f"{stamp} -- you are {event.nick}; {online_text(event.peers)}"
+        return _notice(
+            stamp,
+            f"connected to the relay at {relay} as {event.nick}; {online_text(event.peers)}; "
+            "/help lists the commands",
+        )
     if isinstance(event, MessagesMissing):
         if event.count == 1:
-            return f"{stamp} !! 1 message from {event.sender} is missing"
-        return f"{stamp} !! {event.count} messages from {event.sender} are missing"
-    if isinstance(event, SendReport):
-        return None  # the relay's word; the DeliveryReport that follows is the one to trust
+            return "warning", f"{stamp} !! 1 message from {event.sender} is missing"
+        return "warning", f"{stamp} !! {event.count} messages from {event.sender} are missing"
     if isinstance(event, DeliveryReport):
-        return delivery_line(event, stamp)
+        return ("warning" if event.failed else "notice"), delivery_line(event, stamp)
     if isinstance(event, SplitView):
-        return (
+        return "warning", (
             f"{stamp} !! warning: {event.sender} sees a different directory than you do: the relay may "
             "be showing people different keys. Compare safety numbers (/verify) before you trust a key."
         )
     if isinstance(event, SecurityWarning):
-        return f"{stamp} !! warning: {neutralize(event.text)}"
+        return "warning", f"{stamp} !! warning: {neutralize(event.text)}"
     if isinstance(event, RelayError):
-        return f"{stamp} !! relay error: {neutralize(event.text)}"
+        return "warning", f"{stamp} !! relay error: {neutralize(event.text)}"
     if isinstance(event, RelayClosing):
-        return f"{stamp} -- the relay is shutting down: {neutralize(event.reason)}"
+        return "notice", f"{stamp} -- the relay is shutting down: {neutralize(event.reason)}"
     if isinstance(event, RegistrationFailed):
-        return f"{stamp} !! the relay refused us: {neutralize(event.text)}"
+        return "warning", f"{stamp} !! the relay refused us: {neutralize(event.text)}"
+    if isinstance(event, ConnectionLost):
+        return _problem(stamp, f"lost the relay at {relay}: {event.detail}")
+    if isinstance(event, Reconnecting):
+        return _notice(stamp, f"reconnecting in {event.delay:g}s" + (f" ({event.why})" if event.why else ""))
+    if isinstance(event, Queued):
+        return _notice(stamp, f'not connected: "{event.preview}" will be sent when the relay is back')
+    if isinstance(event, NotSent):
+        quoted = ", ".join(f'"{preview}"' for preview in event.previews)
+        return _problem(stamp, f"NOT sent (no connection to the relay): {quoted}")
+    # SendReport is the relay's word; the DeliveryReport that follows is the one to trust.
+    # Disconnected ends the chat; the front end says why.
     return None
 
 
@@ -153,36 +249,36 @@ def online_text(peers: tuple[str, ...] | list[str]) -> str:
     return f"online: {', '.join(peers)}"
 
 
-def line_style(line: str, our_nick: str) -> str:
-    """The look of a line we print, from its shape (our lines have a stable form):
-    'warning', 'notice', 'own', 'private' or 'message'."""
-    body = line[9:] if len(line) > 8 and line[2] == ":" and line[5] == ":" else line
-    if body.startswith("!!") or "KEY CHANGED>" in body:
-        return "warning"
-    if body.startswith("--"):
-        return "notice"
-    if body.startswith((f"<{our_nick}>", "[private to ")):
-        return "own"
-    if body.startswith("[private]"):
-        return "private"
-    return "message"
-
-
-def own_message(nick: str, text: str, recipient: str | None = None, *, multiline: bool = False) -> str:
-    """How what we sent is shown in our own timeline."""
-    shown = neutralize(text, CONTINUATION if multiline else "\\n")
-    to = f"[private to {recipient}] " if recipient else ""
-    return f"{clock()} {to}<{nick}> {shown}"
-
-
 def event_record(event: object) -> dict[str, object]:
     """``event`` as a JSON-ready object for ``--json``: its fields, plus ``type`` (the
     event's name in snake case) and ``time``."""
     name = type(event).__name__
     kind = "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
-    record: dict[str, object] = {"type": kind, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    record: dict[str, object] = {"type": kind, "time": _iso_time()}
     if dataclasses.is_dataclass(event) and not isinstance(event, type):
         for field in dataclasses.fields(event):
             value = getattr(event, field.name)
             record[field.name] = value.value if isinstance(value, Trust) else value
     return record
+
+
+def json_lines(event: Shown) -> list[str]:
+    """``event`` for ``--json``: one JSON object a line, or nothing."""
+    if isinstance(event, Disconnected | SendReport | OwnMessage):
+        return []  # the chat's end, the relay's word, and what we typed ourselves
+    if isinstance(event, HelpText):
+        return list(event.lines)  # for a person reading, as it always was
+    record: dict[str, object]
+    if isinstance(event, Notice | Problem):
+        # "time" last, where scripts reading these lines have always found it.
+        record = {"type": type(event).__name__.lower(), "text": event.text, "time": _iso_time()}
+    else:
+        record = event_record(event)
+    # ASCII only: every control, C1 and bidi character a peer sent arrives as a \u
+    # escape, so this output is safe on a terminal too (DEL is escaped by hand).
+    text = json.dumps(record, ensure_ascii=True, separators=(",", ":"))
+    return [text.replace("\x7f", "\\u007f")]
+
+
+def _iso_time() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")

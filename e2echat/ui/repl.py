@@ -37,7 +37,7 @@ from e2echat.client.trust import Trust
 from e2echat.errors import RelayGone
 from e2echat.ui import commands
 from e2echat.ui.chat import Chat
-from e2echat.ui.render import line_style
+from e2echat.ui.render import LineStyle
 
 # How long, after the user is done, to wait for everything sent to be accounted for: a
 # little longer than a receipt may take, so that a missing one is reported, not cut off.
@@ -191,15 +191,15 @@ def wrap_cells(line: str, width: int, indent: int) -> list[str]:
     return rows
 
 
-def terminal_writer(our_nick: str, *, color: bool) -> Callable[[str], None]:
-    """Prints above the prompt, wrapping long lines under their text, in colour unless
-    NO_COLOR is set."""
+def terminal_writer(*, color: bool) -> Callable[[LineStyle, str], None]:
+    """Prints above the prompt, wrapping long lines under their text, in the colour of
+    their style (which the event's type chose) unless NO_COLOR is set."""
 
-    def write(line: str) -> None:
+    def write(style: LineStyle, line: str) -> None:
         width = max(40, shutil.get_terminal_size((100, 24)).columns - 1)
         text = "\n".join(wrap_cells(line, width, indent=11))
         if color:
-            print_formatted_text(FormattedText([(f"class:{line_style(line, our_nick)}", text)]), style=STYLE)
+            print_formatted_text(FormattedText([(f"class:{style}", text)]), style=STYLE)
         else:
             print(text, flush=True)
 
