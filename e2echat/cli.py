@@ -38,8 +38,9 @@ from e2echat.store.profiles import (
     save_settings,
 )
 from e2echat.ui.chat import Chat
+from e2echat.ui.linemode import print_text, run_line_mode
 from e2echat.ui.render import neutralize
-from e2echat.ui.repl import history_file, make_session, run_line_mode, run_repl, terminal_writer
+from e2echat.ui.repl import history_file, make_session, run_repl, terminal_writer
 from e2echat.wire.messages import MAX_PASSWORD, NICK_RULE, is_valid_nick
 
 EXIT_INTERRUPTED = 130  # the shell convention for "stopped by Ctrl+C"
@@ -322,7 +323,7 @@ async def _chat(
             bell=None if args.no_bell else _ring,
         )
     else:
-        chat = Chat(client, write=lambda _style, text: print(text, flush=True), json=args.json)
+        chat = Chat(client, print_text, json=args.json)
     if created:
         chat.notice(f"created a new identity in {directory}")
     chat.notice(f"your key fingerprint: {fingerprint(identity.public_key)}")

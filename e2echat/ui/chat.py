@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
 
 from e2echat.client.core import ClientCore
 from e2echat.client.events import ClientEvent, Disconnected, MessageReceived, NotSent
+from e2echat.client.receipts import RECEIPT_TIMEOUT
 from e2echat.client.trust import Trust
 from e2echat.crypto.identity import format_safety_number
-from e2echat.errors import CommandError
+from e2echat.errors import CommandError, RelayGone
 from e2echat.ui import commands
 from e2echat.ui.render import (
     HelpText,
@@ -28,6 +29,10 @@ from e2echat.ui.render import (
     render,
     who_entry,
 )
+
+# How long, after the user is done, to wait for everything sent to be accounted for: a
+# little longer than a receipt may take, so that a missing one is reported, not cut off.
+SETTLE_TIMEOUT = RECEIPT_TIMEOUT + 1.0
 
 
 class Link(Protocol):
@@ -189,6 +194,26 @@ class Chat:
             self.bell()
         for style, text in render(event, multiline=self.multiline, relay=self.link.address):
             self.write(style, text)
+
+    async def run(self, typing: Coroutine[Any, Any, None]) -> None:
+        """Run a front end's input loop (``typing``) beside the event loop until one
+        ends. Returns when the user left; raises RelayGone when the relay went for good."""
+        events = asyncio.create_task(self.run_events(), name="e2echat-events")
+        typing_task = asyncio.create_task(typing, name="e2echat-input")
+        try:
+            await asyncio.wait({events, typing_task}, return_when=asyncio.FIRST_COMPLETED)
+            if typing_task.done():
+                typing_task.result()  # the user is done (or the input loop failed: raise it)
+                await self.finish(SETTLE_TIMEOUT)
+        finally:
+            for task in (events, typing_task):
+                task.cancel()
+            await asyncio.gather(events, typing_task, return_exceptions=True)
+        self.show_queued()
+        if typing_task.done() and not typing_task.cancelled():
+            return
+        ended = events.result()
+        raise RelayGone(host=self.link.host, port=self.link.port, detail=ended.detail)
 
     async def run_events(self) -> Disconnected:
         """Show events as they come; return how the connection ended."""
