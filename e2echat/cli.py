@@ -17,7 +17,7 @@ from nacl.public import PrivateKey
 
 from e2echat import __version__
 from e2echat.client.reconnect import Client
-from e2echat.client.trust import KNOWN_PEERS_FILE, KnownPeers
+from e2echat.client.trust import KnownPeers
 from e2echat.crypto.identity import fingerprint
 from e2echat.errors import (
     E2EChatError,
@@ -29,6 +29,7 @@ from e2echat.errors import (
 from e2echat.relay.limits import Limits
 from e2echat.relay.server import DEFAULT_PORT, run_relay
 from e2echat.store.keyfile import IDENTITY_FILE, is_protected, load_or_create_identity, stored_public_key
+from e2echat.store.pins import KNOWN_PEERS_FILE, PinFile
 from e2echat.store.profiles import (
     HISTORY_FILE,
     last_profile,
@@ -223,8 +224,9 @@ def _run_connect(args: argparse.Namespace) -> int:
     args.nick = nick
     logging.basicConfig(level=logging.WARNING, format="e2echat: %(message)s")
     identity, created = load_or_create_identity(directory, _passphrase(args.passphrase, directory))
-    known_peers = KnownPeers(directory / KNOWN_PEERS_FILE)
-    return asyncio.run(_chat(args, identity, known_peers, created, directory, interactive))
+    pin_file = PinFile(directory / KNOWN_PEERS_FILE)
+    known_peers = pin_file.load()
+    return asyncio.run(_chat(args, identity, (pin_file, known_peers), created, directory, interactive))
 
 
 def _profile(args: argparse.Namespace, interactive: bool) -> tuple[str, Path]:
@@ -296,14 +298,17 @@ def _run_fingerprint(args: argparse.Namespace) -> int:
 async def _chat(
     args: argparse.Namespace,
     identity: PrivateKey,
-    known_peers: KnownPeers,
+    pins: tuple[PinFile, KnownPeers],
     created: bool,
     directory: Path,
     interactive: bool,
 ) -> int:
     password = _relay_password(args.password_file)
+    pin_file, known_peers = pins
     while True:
-        client = Client(args.host, args.port, args.nick, identity, known_peers, password=password)
+        client = Client(
+            args.host, args.port, args.nick, identity, known_peers, password=password, pin_file=pin_file
+        )
         try:
             await client.open()
             break

@@ -13,11 +13,14 @@ import pytest
 from nacl.public import PrivateKey, PublicKey
 
 from e2echat.client.core import KeyChanged, KeyPinned, MessageReceived, SecurityWarning, SendReport
-from e2echat.client.trust import KNOWN_PEERS_FILE, KnownPeers, Trust
+from e2echat.client.trust import KnownPeers, Trust
 from e2echat.crypto.identity import format_safety_number, safety_number
 from e2echat.crypto.session import Party, PeerSession
 from e2echat.errors import CommandError, DecryptionError, KeyFileError, PassphraseRequired, WrongPassphrase
+from e2echat.store import pins
+from e2echat.store.files import write_private_file
 from e2echat.store.keyfile import IDENTITY_FILE, KdfCost, load_identity, load_or_create_identity
+from e2echat.store.pins import KNOWN_PEERS_FILE, PinFile
 from e2echat.ui.chat import Chat
 from e2echat.wire import messages as m
 
@@ -127,16 +130,16 @@ async def test_cli_passphrase_from_environment(tmp_path: Path) -> None:
 
 
 async def test_first_contact_pins_and_a_restart_keeps_the_pin(tmp_path: Path) -> None:
-    store = tmp_path / KNOWN_PEERS_FILE
+    store = PinFile(tmp_path / KNOWN_PEERS_FILE)
     bob_identity = PrivateKey.generate()
     async with running_relay() as relay:
-        alice = await connect(relay, "alice", known_peers=KnownPeers(store))
+        alice = await connect(relay, "alice", known_peers=store.load(), pin_file=store)
         bob = await connect(relay, "bob", bob_identity)
         assert (await alice.next(KeyPinned)).nick == "bob"
         await bob.connection.close()
         await alice.connection.close()
-    assert stat.S_IMODE(store.stat().st_mode) == 0o600
-    restarted = KnownPeers(store)
+    assert stat.S_IMODE(store.path.stat().st_mode) == 0o600
+    restarted = PinFile(store.path).load()
     assert restarted.state("bob", bob_identity.public_key) is Trust.UNVERIFIED
     assert restarted.state("bob", PrivateKey.generate().public_key) is Trust.CHANGED
 
@@ -270,9 +273,9 @@ def _public_keys(relay: HostileRelay, nick: str) -> tuple[PublicKey, PublicKey]:
 
 
 async def test_verify_match_marks_verified_and_persists(tmp_path: Path) -> None:
-    store = tmp_path / KNOWN_PEERS_FILE
+    store = PinFile(tmp_path / KNOWN_PEERS_FILE)
     async with running_relay() as relay:
-        alice = await connect(relay, "alice", known_peers=KnownPeers(store))
+        alice = await connect(relay, "alice", known_peers=store.load(), pin_file=store)
         bob = await connect(relay, "bob")
         await alice.next(KeyPinned, lambda e: e.nick == "bob")
         alice_lines: list[str] = []
@@ -292,7 +295,7 @@ async def test_verify_match_marks_verified_and_persists(tmp_path: Path) -> None:
         bob_key = alice.connection.core.directory["bob"].identity_key
         for peer in (alice, bob):
             await peer.connection.close()
-    assert KnownPeers(store).state("bob", bob_key) is Trust.VERIFIED  # survives a restart
+    assert PinFile(store.path).load().state("bob", bob_key) is Trust.VERIFIED  # survives a restart
 
 
 async def test_verify_mismatch_warns_and_changes_nothing() -> None:
@@ -319,7 +322,7 @@ def test_damaged_known_peers_file_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / KNOWN_PEERS_FILE
     path.write_text("{not json")
     with pytest.raises(KeyFileError, match="known-peers file is damaged"):
-        KnownPeers(path)
+        PinFile(path).load()
 
 
 async def test_verify_with_non_ascii_digits_is_a_clear_error() -> None:
@@ -345,21 +348,22 @@ async def test_room_message_says_who_was_left_out() -> None:
             await peer.connection.close()
 
 
-class CountingPeers(KnownPeers):
-    writes = 0
-
-    def _save(self) -> None:
-        CountingPeers.writes += 1
-        super()._save()
-
-
-async def test_many_announced_nicks_are_pinned_in_one_write(tmp_path: Path) -> None:
+async def test_many_announced_nicks_are_pinned_in_one_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A relay announcing many nicks at once must not make the client rewrite its
-    known-peers file once per nick (quadratic work inside the event loop)."""
+    known-peers file once per nick (quadratic work, and a disk write each time)."""
+    writes: list[Path] = []
+
+    def counting_write(path: Path, data: bytes) -> None:
+        writes.append(path)
+        write_private_file(path, data)
+
+    monkeypatch.setattr(pins, "write_private_file", counting_write)
     hostile = HostileRelay()
+    store = PinFile(tmp_path / KNOWN_PEERS_FILE)
     async with running(hostile) as relay:
-        alice = await connect(relay, "alice", known_peers=CountingPeers(tmp_path / KNOWN_PEERS_FILE))
-        CountingPeers.writes = 0
+        alice = await connect(relay, "alice", known_peers=store.load(), pin_file=store)
         fakes = [
             m.PeerInfo(f"fake{i}", PrivateKey.generate().public_key, PrivateKey.generate().public_key)
             for i in range(300)
@@ -367,6 +371,6 @@ async def test_many_announced_nicks_are_pinned_in_one_write(tmp_path: Path) -> N
         relay.inject_many("alice", [m.PeerJoined(peer) for peer in fakes])
         while len(alice.connection.core.peers) < 300:
             await alice.next_any_event()
-        assert CountingPeers.writes <= 10
-        assert len(json.loads((tmp_path / KNOWN_PEERS_FILE).read_text())["peers"]) == 300
-        await alice.connection.close()
+        await alice.connection.close()  # waits for the last write
+    assert 1 <= len(writes) <= 10
+    assert len(json.loads(store.path.read_text())["peers"]) == 300

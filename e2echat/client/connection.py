@@ -35,6 +35,7 @@ from e2echat.errors import (
     RelayGone,
     RelayUnreachable,
 )
+from e2echat.store.pins import PinFile
 from e2echat.streams import BufferedLink, read_buffer
 
 log = logging.getLogger("e2echat.client.connection")
@@ -87,6 +88,7 @@ class Connection:
         keepalive: float = KEEPALIVE,
         receipt_timeout: float = RECEIPT_TIMEOUT,
         publish: Callable[[ClientEvent], None] | None = None,
+        pin_file: PinFile | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -105,6 +107,8 @@ class Connection:
             publish = self.events.put_nowait
         self._publish_event = publish
         self._registered = False  # only a registered connection's end is news to anyone
+        #: where the pins go: the core changes them in memory, this shell writes them
+        self._pin_file = pin_file
         self._transport: asyncio.Transport | None = None
         #: while registering: resolves with Registered, or fails with why not
         self._registration: asyncio.Future[Registered] | None = None
@@ -169,6 +173,8 @@ class Connection:
             if self._transport is not None:
                 self._transport.abort()
             return
+        finally:
+            self._save_pins()  # peers pinned on first contact, even in a batch that failed
         self._flush()
         self._relay_closing |= any(isinstance(event, RelayClosing) for event in events)
         registration = self._registration
@@ -218,6 +224,9 @@ class Connection:
             now = loop.time()
             try:
                 self._publish(self.core.tick())
+                # Keys the user accepted or verified (the UI calls the core directly) are
+                # written here, at most a tick later, and in close() at the latest.
+                self._save_pins()
                 if now - self._sent_at >= self.keepalive:
                     self.core.ping()
                 self._flush()
@@ -228,6 +237,10 @@ class Connection:
             if self._dead and self._transport is not None:
                 self._transport.abort()  # connection_lost reports it
                 return
+
+    def _save_pins(self) -> None:
+        if self._pin_file is not None:
+            self._pin_file.save_soon(self.core.known_peers)
 
     def _publish(self, events: list[Event]) -> None:
         for event in events:
@@ -287,3 +300,5 @@ class Connection:
         if self._transport is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._gone.wait(), 2)
+        if self._pin_file is not None:
+            await self._pin_file.flush(self.core.known_peers)

@@ -178,17 +178,14 @@ class ClientCore:
         """Feed bytes from the relay. Raises ``RemoteProtocolError`` if the relay breaks
         the protocol; the connection is then useless and must be closed."""
         events: list[Event] = []
-        try:
-            for frame in self._decoder.receive_data(data):
-                # Most frames are deliveries in the relay's one canonical form: those skip
-                # the strict decoder (decode_deliver accepts nothing it would refuse).
-                fast = m.decode_deliver(frame) if self.state is ClientState.ONLINE else None
-                if fast is not None:
-                    events.extend(self._deliver(*fast))
-                else:
-                    events.extend(self._handle(m.decode_message(frame)))
-        finally:
-            self.known_peers.flush()
+        for frame in self._decoder.receive_data(data):
+            # Most frames are deliveries in the relay's one canonical form: those skip
+            # the strict decoder (decode_deliver accepts nothing it would refuse).
+            fast = m.decode_deliver(frame) if self.state is ClientState.ONLINE else None
+            if fast is not None:
+                events.extend(self._deliver(*fast))
+            else:
+                events.extend(self._handle(m.decode_message(frame)))
         self._send_receipts()
         return self._take_notices() + events if self._notices else events
 

@@ -1,9 +1,9 @@
-"""Known peers: trust on first use, key changes, and verification.
+"""Known peers: trust on first use, key changes, and verification. Pure: the pins live in
+memory here; store/pins.py reads and writes them as a file beside the identity.
 
-Pure apart from reading and writing the known-peers file beside the identity. The first
-identity key seen for a nick is pinned; a different key later is a *change*, which blocks
-sending to that nick until the user accepts it. A pin is *verified* once the user has
-compared safety numbers.
+The first identity key seen for a nick is pinned; a different key later is a *change*,
+which blocks sending to that nick until the user accepts it. A pin is *verified* once the
+user has compared safety numbers.
 """
 
 from __future__ import annotations
@@ -14,14 +14,9 @@ import json
 import time
 from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
 
 from nacl.public import PublicKey
 
-from e2echat.errors import KeyFileError
-from e2echat.store.files import write_private_file
-
-KNOWN_PEERS_FILE = "known_peers.json"
 _FORMAT = "e2echat-known-peers-v1"
 
 
@@ -38,17 +33,19 @@ class Pin:
     first_seen: float
 
 
-class KnownPeers:
-    """nick -> pinned identity key. ``path=None`` keeps it in memory only."""
+class DamagedPins(ValueError):
+    """The pin document cannot be read; the caller says which file it came from."""
 
-    def __init__(self, path: Path | None = None) -> None:
-        self.path = path
-        self._pins: dict[str, Pin] = {}
-        self._dirty = False
-        #: goes up with every change to a pin: lets a client cache trust states safely
+
+class KnownPeers:
+    """nick -> pinned identity key, in memory. Whoever keeps them on disk watches
+    ``generation`` to know when there is something new to write."""
+
+    def __init__(self, pins: dict[str, Pin] | None = None) -> None:
+        self._pins: dict[str, Pin] = dict(pins) if pins else {}
+        #: goes up with every change to a pin: lets a client cache trust states, and a
+        #: shell save only when something changed
         self.generation = 0
-        if path is not None and path.exists():
-            self._pins = _load(path)
 
     def get(self, nick: str) -> Pin | None:
         return self._pins.get(nick)
@@ -66,9 +63,6 @@ class KnownPeers:
         if nick not in self._pins:
             self._pins[nick] = Pin(key, verified=False, first_seen=time.time())
             self.generation += 1
-            # Written by flush(), once per batch: a relay announcing thousands of nicks must
-            # not make us rewrite the file thousands of times.
-            self._dirty = True
             return Trust.UNVERIFIED, True
         return self.state(nick, key), False
 
@@ -76,7 +70,6 @@ class KnownPeers:
         """Pin ``key`` for ``nick`` (a changed key the user accepts). Unverified."""
         self._pins[nick] = Pin(key, verified=False, first_seen=time.time())
         self.generation += 1
-        self._save()
 
     def set_verified(self, nick: str, key: PublicKey, verified: bool) -> None:
         """Mark the pin verified (or not). Only the pinned key itself can be verified."""
@@ -85,17 +78,9 @@ class KnownPeers:
             raise ValueError(f"{nick}'s pinned key is not the key given")
         self._pins[nick] = Pin(pin.identity_key, verified, pin.first_seen)
         self.generation += 1
-        self._save()
 
-    def flush(self) -> None:
-        """Write pins made by ``see`` since the last write."""
-        if self._dirty:
-            self._save()
-
-    def _save(self) -> None:
-        self._dirty = False
-        if self.path is None:
-            return
+    def encode(self) -> bytes:
+        """The pins as the known-peers document (JSON, sorted by nick)."""
         document = {
             "format": _FORMAT,
             "peers": {
@@ -107,26 +92,24 @@ class KnownPeers:
                 for nick, pin in sorted(self._pins.items())
             },
         }
-        write_private_file(self.path, (json.dumps(document, indent=2) + "\n").encode("utf-8"))
+        return (json.dumps(document, indent=2) + "\n").encode("utf-8")
 
-
-def _load(path: Path) -> dict[str, Pin]:
-    damaged = KeyFileError(path=path, detail="the known-peers file is damaged; move it away to start afresh")
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise KeyFileError(path=path, detail=exc.strerror or str(exc)) from None
-    except ValueError:
-        raise damaged from None
-    if not isinstance(document, dict) or document.get("format") != _FORMAT:
-        raise damaged
-    pins: dict[str, Pin] = {}
-    try:
-        for nick, entry in document["peers"].items():
-            raw = base64.b64decode(entry["identity_key"], validate=True)
-            if len(raw) != PublicKey.SIZE or not isinstance(entry["verified"], bool):
-                raise ValueError(nick)
-            pins[nick] = Pin(PublicKey(raw), entry["verified"], float(entry.get("first_seen", 0.0)))
-    except (KeyError, TypeError, AttributeError, ValueError, binascii.Error):
-        raise damaged from None
-    return pins
+    @classmethod
+    def decode(cls, data: bytes) -> KnownPeers:
+        """The pins in a known-peers document. Raises ``DamagedPins`` for anything else."""
+        try:
+            document = json.loads(data.decode("utf-8"))
+        except ValueError:
+            raise DamagedPins("not JSON") from None
+        if not isinstance(document, dict) or document.get("format") != _FORMAT:
+            raise DamagedPins("not a known-peers document")
+        pins: dict[str, Pin] = {}
+        try:
+            for nick, entry in document["peers"].items():
+                raw = base64.b64decode(entry["identity_key"], validate=True)
+                if len(raw) != PublicKey.SIZE or not isinstance(entry["verified"], bool):
+                    raise ValueError(nick)
+                pins[nick] = Pin(PublicKey(raw), entry["verified"], float(entry.get("first_seen", 0.0)))
+        except (KeyError, TypeError, AttributeError, ValueError, binascii.Error):
+            raise DamagedPins("a pin is malformed") from None
+        return cls(pins)
