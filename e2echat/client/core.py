@@ -12,7 +12,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from enum import Enum
 
 import nacl.exceptions
@@ -35,7 +34,7 @@ from e2echat.client.events import (  # re-exported: the UI's vocabulary
     SendReport,
     SplitView,
 )
-from e2echat.client.receipts import RECEIPT_TIMEOUT, DeliveryReport, DeliveryTracker
+from e2echat.client.receipts import RECEIPT_TIMEOUT, DeliveryReport, DeliveryTracker, Message
 from e2echat.client.trust import KnownPeers, Trust
 from e2echat.crypto.identity import fingerprint, registration_proof, safety_number
 from e2echat.crypto.session import (
@@ -106,14 +105,6 @@ def receipt_gap() -> float:
 _FRAME_BUDGET = MAX_FRAME - 4096
 
 
-@dataclass
-class _Pending:
-    private: bool
-    waiting: set[str]
-    delivered: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-
-
 class ClientCore:
     def __init__(
         self,
@@ -145,7 +136,6 @@ class ClientCore:
         self._next_id = 1
         #: who the last room message left out because their key changed
         self.left_out: list[str] = []
-        self.pending: dict[int, _Pending] = {}
         self._password = password
         self._clock = clock
         self.deliveries = DeliveryTracker(receipt_timeout)
@@ -197,7 +187,12 @@ class ClientCore:
     def settled(self) -> bool:
         """The relay has answered for every message, and every recipient has confirmed
         (or is known not to have got it)."""
-        return not self.pending and not self.deliveries.unconfirmed
+        return self.deliveries.settled
+
+    @property
+    def pending(self) -> dict[int, Message]:
+        """Messages the relay has not yet answered for, by id."""
+        return self.deliveries.awaiting_relay
 
     def ping(self) -> None:
         """Ask the relay whether it is still there (it answers with a pong)."""
@@ -210,7 +205,6 @@ class ClientCore:
 
     def abandon(self, reason: str) -> list[Event]:
         """The connection is gone: report every message not yet confirmed."""
-        self.pending.clear()
         return list(self.deliveries.abandon(reason))
 
     def flush_receipts(self) -> None:
@@ -392,7 +386,6 @@ class ClientCore:
         sessions = [self._sessions[nick] for nick in recipients]
         counters = {session.peer: session.next_counter for session in sessions}
         self._write_in_frames(message_id, seal_all([(session, prepared) for session in sessions]))
-        self.pending[message_id] = _Pending(kind is Kind.PRIVATE, set(recipients))
         preview = text if len(text) <= 40 else text[:39] + "…"
         self.deliveries.sent(message_id, kind is Kind.PRIVATE, counters, self._clock(), preview)
         return message_id
@@ -598,22 +591,4 @@ class ClientCore:
         self.state = ClientState.CLOSED
 
     def _routed(self, routed: m.Routed) -> list[Event]:
-        reports: list[Event] = list(self.deliveries.routed(routed.id, routed.missing, routed.refused))
-        return self._route_report(routed) + reports
-
-    def _route_report(self, routed: m.Routed) -> list[Event]:
-        pending = self.pending.get(routed.id)
-        if pending is None:
-            return []
-        for nick in routed.delivered:
-            if nick in pending.waiting:
-                pending.waiting.discard(nick)
-                pending.delivered.append(nick)
-        for nick in routed.missing + routed.refused:
-            if nick in pending.waiting:
-                pending.waiting.discard(nick)
-                pending.missing.append(nick)
-        if pending.waiting:
-            return []
-        del self.pending[routed.id]
-        return [SendReport(routed.id, pending.private, tuple(pending.delivered), tuple(pending.missing))]
+        return list(self.deliveries.routed(routed.id, routed.delivered, routed.missing, routed.refused))

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from e2echat.client.receipts import DeliveryReport
+# What became of a message we sent: re-exported, as part of the UI's vocabulary.
+from e2echat.client.receipts import DeliveryReport as DeliveryReport
+from e2echat.client.receipts import SendReport as SendReport
 from e2echat.client.trust import Trust
 
 
@@ -74,16 +76,6 @@ class MessagesMissing:
 
     sender: str
     count: int
-
-
-@dataclass(frozen=True)
-class SendReport:
-    """What the relay did with one of our messages, once it has answered for every recipient."""
-
-    message_id: int
-    private: bool
-    delivered: tuple[str, ...]
-    missing: tuple[str, ...]
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,15 @@
-"""End-to-end delivery receipts: which recipient got which message. Pure; time is passed in.
+"""What became of each message we sent, from the send to delivered or NOT delivered.
+Pure; time is passed in.
 
-Each recipient acknowledges each message by its counter, inside an encrypted,
-authenticated receipt, so the relay can neither forge an acknowledgement nor hide a
-missing one. ``DeliveryTracker`` remembers, per message, who still owes a receipt, and
-turns receipts, the relay's routing answers, departures and timeouts into exactly one
-``DeliveryReport`` per message.
+A message's life has two strands, and ``DeliveryTracker`` follows both in one record:
+
+- the relay's word: its ``routed`` answers say, per recipient, whether it forwarded a
+  copy. Once it has answered for every recipient: one ``SendReport``.
+- the recipients' word: each recipient acknowledges its copy by counter, inside an
+  encrypted, authenticated receipt, so the relay can neither forge an acknowledgement
+  nor hide a missing one. Receipts, the relay's refusals, departures, timeouts and a
+  lost connection settle each copy; once every copy is settled: one ``DeliveryReport``,
+  the one to trust.
 """
 
 from __future__ import annotations
@@ -18,6 +23,16 @@ OFFLINE = "offline"
 REFUSED = "refused by the relay (too many messages)"
 TIMED_OUT = "no receipt"
 LEFT = "left before confirming"
+
+
+@dataclass(frozen=True)
+class SendReport:
+    """What the relay did with one of our messages, once it has answered for every recipient."""
+
+    message_id: int
+    private: bool
+    delivered: tuple[str, ...]
+    missing: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -37,32 +52,79 @@ class DeliveryReport:
 
 
 @dataclass
-class _Message:
+class Message:
+    """One message we sent, until both its reports are out."""
+
+    message_id: int
     private: bool
     preview: str
     sent_at: float
-    waiting: dict[str, int]  # nick -> the counter their copy was sent under
+    #: the relay's word: recipients it has not answered for yet, and its answers so far
+    unrouted: set[str]
+    waiting: dict[str, int]  # nick -> the counter their copy was sent under; no receipt yet
+    forwarded: list[str] = field(default_factory=list)
+    not_forwarded: list[str] = field(default_factory=list)
+    #: the recipients' word
     delivered: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
 
 
 class DeliveryTracker:
+    """Every message we sent whose reports are not all out yet."""
+
     def __init__(self, timeout: float = RECEIPT_TIMEOUT) -> None:
         self.timeout = timeout
-        self._messages: dict[int, _Message] = {}
+        #: messages the relay has not answered for yet (no SendReport so far)
+        self.awaiting_relay: dict[int, Message] = {}
+        #: messages some recipient has not yet accounted for (no DeliveryReport so far)
+        self._unconfirmed: dict[int, Message] = {}
         self._by_copy: dict[tuple[str, int], int] = {}  # (nick, counter) -> message id
 
     @property
     def unconfirmed(self) -> int:
         """Messages some recipient has not yet accounted for."""
-        return len(self._messages)
+        return len(self._unconfirmed)
+
+    @property
+    def settled(self) -> bool:
+        """The relay has answered for every message, and every recipient has confirmed
+        (or is known not to have got it)."""
+        return not self.awaiting_relay and not self._unconfirmed
 
     def sent(
         self, message_id: int, private: bool, counters: dict[str, int], now: float, preview: str = ""
     ) -> None:
-        self._messages[message_id] = _Message(private, preview, now, dict(counters))
+        """A message went to the recipients in ``counters``, each copy under its counter."""
+        message = Message(message_id, private, preview, now, set(counters), dict(counters))
+        self.awaiting_relay[message_id] = self._unconfirmed[message_id] = message
         for nick, counter in counters.items():
             self._by_copy[(nick, counter)] = message_id
+
+    def routed(
+        self, message_id: int, forwarded: tuple[str, ...], missing: tuple[str, ...], refused: tuple[str, ...]
+    ) -> list[SendReport | DeliveryReport]:
+        """The relay's answer (for some or all recipients): it forwarded a copy to
+        ``forwarded``; ``missing`` were offline, ``refused`` it would not forward to."""
+        reports: list[SendReport | DeliveryReport] = []
+        message = self.awaiting_relay.get(message_id)
+        if message is not None:
+            for nick in forwarded:
+                if nick in message.unrouted:
+                    message.unrouted.discard(nick)
+                    message.forwarded.append(nick)
+            for nick in missing + refused:
+                if nick in message.unrouted:
+                    message.unrouted.discard(nick)
+                    message.not_forwarded.append(nick)
+            if not message.unrouted:
+                del self.awaiting_relay[message_id]
+                reports.append(
+                    SendReport(
+                        message_id, message.private, tuple(message.forwarded), tuple(message.not_forwarded)
+                    )
+                )
+        failures = [(nick, OFFLINE) for nick in missing] + [(nick, REFUSED) for nick in refused]
+        return reports + self._fail(message_id, failures)
 
     def acknowledged(self, nick: str, counters: list[int]) -> list[DeliveryReport]:
         """``nick`` confirmed the copies it received under ``counters``."""
@@ -71,40 +133,36 @@ class DeliveryTracker:
             message_id = self._by_copy.pop((nick, counter), None)
             if message_id is None:
                 continue  # unknown or already settled: a receipt cannot confirm twice
-            message = self._messages[message_id]
+            message = self._unconfirmed[message_id]
             message.waiting.pop(nick, None)
             message.delivered.append(nick)
             touched.add(message_id)
         return self._settle(touched)
 
-    def routed(
-        self, message_id: int, missing: tuple[str, ...], refused: tuple[str, ...]
-    ) -> list[DeliveryReport]:
-        """The relay's answer: ``missing`` were offline, ``refused`` it would not forward."""
-        return self._fail(message_id, [(nick, OFFLINE) for nick in missing] + [(n, REFUSED) for n in refused])
-
     def peer_left(self, nick: str) -> list[DeliveryReport]:
-        waiting_on = [mid for mid, message in self._messages.items() if nick in message.waiting]
+        waiting_on = [mid for mid, message in self._unconfirmed.items() if nick in message.waiting]
         return [report for mid in waiting_on for report in self._fail(mid, [(nick, LEFT)])]
 
     def expire(self, now: float) -> list[DeliveryReport]:
-        late = [mid for mid, message in self._messages.items() if now - message.sent_at >= self.timeout]
+        late = [mid for mid, message in self._unconfirmed.items() if now - message.sent_at >= self.timeout]
         return [
             report
             for mid in late
-            for report in self._fail(mid, [(nick, TIMED_OUT) for nick in self._messages[mid].waiting])
+            for report in self._fail(mid, [(nick, TIMED_OUT) for nick in self._unconfirmed[mid].waiting])
         ]
 
     def abandon(self, reason: str) -> list[DeliveryReport]:
-        """The connection is gone: every open message fails for whoever has not confirmed."""
+        """The connection is gone: the relay will answer for nothing more, and every open
+        message fails for whoever has not confirmed."""
+        self.awaiting_relay.clear()
         return [
             report
-            for mid in list(self._messages)
-            for report in self._fail(mid, [(nick, reason) for nick in self._messages[mid].waiting])
+            for mid in list(self._unconfirmed)
+            for report in self._fail(mid, [(nick, reason) for nick in self._unconfirmed[mid].waiting])
         ]
 
     def _fail(self, message_id: int, failures: list[tuple[str, str]]) -> list[DeliveryReport]:
-        message = self._messages.get(message_id)
+        message = self._unconfirmed.get(message_id)
         if message is None:
             return []
         for nick, reason in failures:
@@ -118,10 +176,10 @@ class DeliveryTracker:
     def _settle(self, message_ids: set[int]) -> list[DeliveryReport]:
         reports = []
         for message_id in sorted(message_ids):
-            message = self._messages[message_id]
+            message = self._unconfirmed[message_id]
             if message.waiting:
                 continue
-            del self._messages[message_id]
+            del self._unconfirmed[message_id]
             reports.append(
                 DeliveryReport(
                     message_id,
