@@ -13,7 +13,7 @@ import pytest
 from nacl.public import PrivateKey, PublicKey
 from test_cores import FakeClock, FakeWire, _frame, _receipt_frames
 
-from e2echat.client import core as client_core
+from e2echat.client import outbox
 from e2echat.client.connection import Connection
 from e2echat.client.core import RECEIPT_INTERVAL, MessageReceived
 from e2echat.client.events import Reconnecting
@@ -159,7 +159,7 @@ def test_a_room_message_too_big_for_one_frame_goes_in_several(
     listeners = [wire.connect(name) for name in names]
     wire.clients[talker].send_room("first contact")
     wire.pump()
-    monkeypatch.setattr(client_core, "_FRAME_BUDGET", budget)
+    monkeypatch.setattr(outbox, "FRAME_BUDGET", budget)
     message_id = wire.clients[talker].send_room("x" * 500)
     wire.pump()
     frames = [s for s in wire.sent[talker] if isinstance(s, m.Send) and s.id == message_id]
@@ -171,11 +171,8 @@ def test_a_room_message_too_big_for_one_frame_goes_in_several(
 
 
 def test_nothing_to_send_writes_nothing() -> None:
-    wire = FakeWire()
-    core = wire.clients[wire.connect("alone")]
-    core.data_to_send()
-    core._write_in_frames(0, [])  # as _send_receipts may, if every owed sender is skipped
-    assert core.data_to_send() == b""
+    # as send_receipts may, if every owed sender is skipped
+    assert outbox.send_frames(0, []) == b""
 
 
 def test_wide_characters_cannot_forge_a_line_of_their_own() -> None:

@@ -21,6 +21,8 @@ PURE = [
     "client.trust",
     "client.receipts",
     "client.events",
+    "client.directory",
+    "client.outbox",
     "client.core",
     "relay.core",
     "relay.limits",

@@ -109,7 +109,7 @@ async def test_what_was_read_before_quitting_is_confirmed() -> None:
         await alice.next(DeliveryReport, lambda r: r.message_id == first)  # bob's batch went
         second = alice.connection.send_private("bob", "two")
         assert (await bob.next(MessageReceived)).text == "two"
-        assert bob.connection.core._acks_due  # the point: owed, and not yet due
+        assert bob.connection.core._outbox.acks_due  # the point: owed, and not yet due
         await bob.connection.close()
         report = await alice.next(DeliveryReport, lambda r: r.message_id == second)
         assert report.delivered == ("bob",) and report.failed == ()

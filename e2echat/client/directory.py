@@ -1,0 +1,153 @@
+"""Who else is online, as the relay says, and how far we trust what it says. Pure.
+
+``Directory`` holds the relay's list of peers and their keys, pins each identity key on
+first contact (trust on first use, through ``KnownPeers``), and keeps hashes of our recent
+views of the list: every message carries its sender's view, so a relay that shows people
+different directories (a split view) is noticed.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+
+from e2echat.client.events import Event, KeyChanged, KeyPinned
+from e2echat.client.trust import KnownPeers, Trust
+from e2echat.crypto.identity import fingerprint
+from e2echat.crypto.session import Party, digest_of_encoded, encode_party
+from e2echat.errors import CommandError
+from e2echat.wire import messages as m
+
+# A message encrypted just before its sender saw a join or leave carries the previous
+# view; 64 views is ample for that race and still catches a relay that keeps two apart.
+RECENT_VIEWS = 64
+
+
+class Directory:
+    def __init__(self, ours: Party, known_peers: KnownPeers) -> None:
+        #: nick -> the keys the relay says they have, for everyone else online
+        self.peers: dict[str, m.PeerInfo] = {}
+        self.known_peers = known_peers
+        # Each entry's encoding is kept, so that a join or leave only re-sorts and hashes.
+        self._encoded_entries: dict[str, bytes] = {ours.nick: encode_party(ours)}
+        self._recent_views: deque[str] = deque(maxlen=RECENT_VIEWS)
+        #: the hash of our view of the directory now: every message we send carries it
+        self.view = ""
+        self._split_warned: set[tuple[str, str]] = set()
+        self._retired_session_keys: set[bytes] = set()
+        # Trust states and room recipients, cached: a room message to hundreds must not
+        # compare hundreds of keys. Dropped when the directory, a session or a pin changes.
+        self._trust_cache: dict[str, Trust] = {}
+        self._room_cache: tuple[list[str], list[str]] | None = None  # (recipients, withheld)
+        self._cached_for: tuple[KnownPeers, int] | None = None
+        self.refresh_view()
+
+    def nicks(self) -> list[str]:
+        """Everyone else online, sorted."""
+        return sorted(self.peers)
+
+    def peer(self, nick: str) -> m.PeerInfo:
+        peer = self.peers.get(nick)
+        if peer is None:
+            raise CommandError(detail=f"{nick} is not online (see /who)")
+        return peer
+
+    # -- joins and leaves ---------------------------------------------------------------------
+
+    def reuses_a_session_key(self, peer: m.PeerInfo) -> bool:
+        """A real client makes a fresh session key for every connection. The same key
+        again would restart a session at counter 0: a way to replay old messages."""
+        return bytes(peer.session_key) in self._retired_session_keys
+
+    def add(self, peer: m.PeerInfo, *, refresh: bool = True) -> list[Event]:
+        """``peer`` is online (any earlier entry for the nick was removed first). Pins the
+        identity key on first contact; says so, or that it changed. ``refresh=False`` leaves
+        the view to one ``refresh_view`` after a batch: the directory may be thousands long."""
+        self.peers[peer.nick] = peer
+        self.forget_caches()
+        self._encoded_entries[peer.nick] = encode_party(Party(peer.nick, peer.identity_key, peer.session_key))
+        if refresh:
+            self.refresh_view()
+        trust, first_contact = self.known_peers.see(peer.nick, peer.identity_key)
+        if first_contact:
+            return [KeyPinned(peer.nick)]
+        if trust is Trust.CHANGED:
+            pin = self.known_peers.get(peer.nick)
+            assert pin is not None
+            return [KeyChanged(peer.nick, fingerprint(pin.identity_key), fingerprint(peer.identity_key))]
+        return []
+
+    def remove(self, nick: str) -> m.PeerInfo:
+        """``nick`` left (or came back with other keys); their session key is retired."""
+        peer = self.peers.pop(nick)
+        self.forget_caches()
+        del self._encoded_entries[nick]
+        self.refresh_view()
+        self._retired_session_keys.add(bytes(peer.session_key))
+        return peer
+
+    # -- views ----------------------------------------------------------------------------------
+
+    def refresh_view(self) -> None:
+        # Called on every join and leave, so it must stay cheap with thousands online.
+        encoded = self._encoded_entries
+        self.view = digest_of_encoded([encoded[nick] for nick in sorted(encoded)])
+        self._recent_views.append(self.view)
+
+    def is_split_view(self, sender: str, view: str) -> bool:
+        """Whether ``sender``'s ``view`` is none of ours lately, said once per sender and
+        view. (Callers compare with ``view`` first: the usual case, and cheaper.)"""
+        if view in self._recent_views or (sender, view) in self._split_warned:
+            return False
+        self._split_warned.add((sender, view))
+        return True
+
+    # -- trust ----------------------------------------------------------------------------------
+
+    def trust(self, nick: str) -> Trust:
+        """How far the key the directory shows for ``nick`` is trusted."""
+        self._check_caches()
+        trust = self._trust_cache.get(nick)
+        if trust is None:
+            trust = self.known_peers.state(nick, self.peer(nick).identity_key)
+            self._trust_cache[nick] = trust
+        return trust
+
+    def withheld(self) -> list[str]:
+        """Peers online whose identity key changed: nothing is sent to them until accepted."""
+        return [nick for nick in self.nicks() if self.trust(nick) is Trust.CHANGED]
+
+    def room_recipients(self, usable: Callable[[str], bool]) -> tuple[list[str], list[str]]:
+        """(everyone a room message goes to, everyone withheld for a changed key), sorted.
+        ``usable`` says whether there is (or can be) a session with a nick."""
+        self._check_caches()
+        if self._room_cache is None:
+            blocked = self.withheld()
+            recipients = [nick for nick in self.nicks() if nick not in blocked and usable(nick)]
+            # usable() may have found a peer unusable (and forgotten the caches).
+            self._room_cache = (recipients, blocked)
+        return self._room_cache
+
+    def accept(self, nick: str) -> None:
+        """Pin the key the directory now shows for ``nick`` (clears verification)."""
+        self.known_peers.accept(nick, self.peer(nick).identity_key)
+        self.refresh_view()
+
+    def set_verified(self, nick: str, verified: bool) -> None:
+        peer = self.peer(nick)
+        if self.trust(nick) is Trust.CHANGED:
+            raise CommandError(detail=f"{nick}'s key changed: accept it first with /trust {nick}")
+        self.known_peers.see(nick, peer.identity_key)
+        self.known_peers.set_verified(nick, peer.identity_key, verified)
+
+    def forget_caches(self) -> None:
+        self._trust_cache.clear()
+        self._room_cache = None
+
+    def _check_caches(self) -> None:
+        """Drop the cached trust states and room recipients if any pin changed since."""
+        peers, generation = self.known_peers, self.known_peers.generation
+        cached_for = self._cached_for
+        if cached_for is None or cached_for[0] is not peers or cached_for[1] != generation:
+            self.forget_caches()
+            self._cached_for = (peers, generation)

@@ -1,0 +1,186 @@
+"""What the client sends: messages, each encrypted separately for every recipient and put
+into ``send`` frames, and the receipts it owes for what arrived. Pure.
+
+``Outbox`` checks a message, picks its recipients (nobody whose key changed and was not
+accepted), seals one copy per recipient with that peer's session, splits the copies into
+frames under the relay's limits, and hands the message to the ``DeliveryTracker``, which
+follows it until it is delivered or reported NOT delivered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import nacl.utils
+
+from e2echat.client.directory import Directory
+from e2echat.client.receipts import DeliveryTracker
+from e2echat.client.trust import Trust
+from e2echat.crypto.session import MAX_ACKS, MAX_TEXT, Kind, PeerSession, Prepared, prepare, seal_all
+from e2echat.errors import CommandError
+from e2echat.wire import messages as m
+from e2echat.wire.framing import MAX_FRAME, encode_frame
+
+# Leave room in each frame for the JSON around the envelopes.
+FRAME_BUDGET = MAX_FRAME - 4096
+
+# Receipts go out about this often, at most (the rest wait for the next tick): each gap is
+# drawn between 0.5 and 1.5 of it. A quiet chat gets its receipt at once; a busy room gets
+# one receipt per sender a second, not one per message.
+RECEIPT_INTERVAL = 1.0
+
+# How much of a message its delivery report quotes, so the sender knows which one it was.
+PREVIEW = 40
+
+
+def receipt_gap() -> float:
+    """How long until the next batch of receipts may go: 0.5 to 1.5 RECEIPT_INTERVAL, at
+    random (from libsodium, as all randomness here; the spread has no security role)."""
+    return RECEIPT_INTERVAL * (0.5 + nacl.utils.random(1)[0] / 256)
+
+
+def send_frames(message_id: int, envelopes: list[tuple[str, bytes]]) -> bytes:
+    """``send`` frames carrying ``envelopes`` ((recipient, body) pairs), each frame under
+    FRAME_BUDGET and the relay's item limit, and naming no recipient twice (the relay
+    refuses such a frame)."""
+    count = len(envelopes)
+    if not count:
+        return b""
+    if (
+        count <= m.MAX_ITEMS
+        and sum([len(body) for _, body in envelopes]) * 4 // 3 + 96 * count <= FRAME_BUDGET
+        and len({to for to, _ in envelopes}) == count
+    ):  # the usual case, a room message: everything fits in one frame
+        return encode_frame(m.encode_send(message_id, envelopes))
+    frames = bytearray()
+    batch: list[tuple[str, bytes]] = []
+    names: set[str] = set()
+    size = 0
+    for to, body in envelopes:
+        this_size = len(to) + (len(body) * 4) // 3 + 64
+        full = size + this_size > FRAME_BUDGET or len(batch) == m.MAX_ITEMS
+        if batch and (full or to in names):
+            frames += encode_frame(m.encode_send(message_id, batch))
+            batch, names, size = [], set(), 0
+        batch.append((to, body))
+        names.add(to)
+        size += this_size
+    frames += encode_frame(m.encode_send(message_id, batch))
+    return bytes(frames)
+
+
+def preview(text: str) -> str:
+    return text if len(text) <= PREVIEW else text[: PREVIEW - 1] + "…"
+
+
+class Outbox:
+    """Messages and receipts out, as frames appended to ``outgoing``.
+
+    ``sessions`` are the sessions made so far, by nick; ``session_with`` makes one on
+    first use (None if there can be none)."""
+
+    def __init__(
+        self,
+        our_nick: str,
+        directory: Directory,
+        sessions: dict[str, PeerSession],
+        session_with: Callable[[str], PeerSession | None],
+        tracker: DeliveryTracker,
+        clock: Callable[[], float],
+        outgoing: bytearray,
+    ) -> None:
+        self._our_nick = our_nick
+        self._directory = directory
+        self._sessions = sessions
+        self._session_with = session_with
+        self._tracker = tracker
+        self._clock = clock
+        self._outgoing = outgoing
+        self._next_id = 1
+        #: who the last room message left out because their key changed
+        self.left_out: list[str] = []
+        #: sender -> the counters of their messages we owe a receipt for
+        self.acks_due: dict[str, list[int]] = {}
+        self._receipts_due_at = 0.0
+
+    # -- messages ---------------------------------------------------------------------------
+
+    def send_room(self, text: str) -> int:
+        """Encrypt ``text`` for everyone else online whose key is not in doubt.
+        Returns the message id; ``left_out`` then names those left out."""
+        recipients, blocked = self._directory.room_recipients(
+            lambda nick: self._session_with(nick) is not None
+        )
+        self.left_out = list(blocked)
+        if not recipients:
+            if blocked:
+                raise CommandError(
+                    detail=f"not sent: the key of {', '.join(sorted(blocked))} changed and was not "
+                    "accepted (see /verify and /trust)"
+                )
+            raise CommandError(detail="nobody else is online; the message was not sent")
+        return self._send(text, Kind.ROOM, recipients)
+
+    def _has_session(self, nick: str) -> bool:
+        return self._session_with(nick) is not None
+
+    def send_private(self, recipient: str, text: str) -> int:
+        if recipient == self._our_nick:
+            raise CommandError(detail="that is you; /msg sends to someone else")
+        if recipient not in self._directory.peers:
+            raise CommandError(detail=f"{recipient} is not online (see /who); the message was not sent")
+        if self._directory.trust(recipient) is Trust.CHANGED:
+            raise CommandError(
+                detail=f"not sent: {recipient}'s key changed; nothing is sent to {recipient} until "
+                f"you accept the new key with /trust {recipient}"
+            )
+        if self._session_with(recipient) is None:
+            raise CommandError(detail=f"no secure session with {recipient}; the message was not sent")
+        return self._send(text, Kind.PRIVATE, [recipient])
+
+    def _send(self, text: str, kind: Kind, recipients: list[str]) -> int:
+        if not text:
+            raise CommandError(detail="empty message not sent")
+        if not m.is_utf8(text):
+            raise CommandError(detail="the message is not valid Unicode; not sent")
+        if len(text.encode("utf-8")) > MAX_TEXT:
+            raise CommandError(detail=f"message too long (the limit is {MAX_TEXT} bytes); not sent")
+        message_id = self._next_id
+        self._next_id += 1
+        # The text is JSON-encoded once and the nonces drawn in one call; per recipient
+        # there remain the chain step and the encryption itself.
+        prepared = prepare(text, kind, directory_hash=self._directory.view)
+        sessions = [self._sessions[nick] for nick in recipients]
+        counters = {session.peer: session.next_counter for session in sessions}
+        self._outgoing += send_frames(message_id, seal_all([(session, prepared) for session in sessions]))
+        self._tracker.sent(message_id, kind is Kind.PRIVATE, counters, self._clock(), preview(text))
+        return message_id
+
+    # -- receipts ---------------------------------------------------------------------------
+
+    def send_receipts(self, *, force: bool = False) -> None:
+        """Acknowledge what arrived: one frame (a ``send`` with id 0) holding a receipt for
+        each sender, at most about every RECEIPT_INTERVAL, so that receipts in a busy room
+        cost a few frames a second, not one per message (they count against the relay's
+        rate limit like anything else)."""
+        if not self.acks_due:
+            return
+        now = self._clock()
+        if not force and now < self._receipts_due_at:
+            return  # the next tick sends them shortly
+        # The next batch is due after 0.5 to 1.5 intervals, at random: in a busy room a
+        # message reaches everyone at once, and fixed intervals would keep everyone's
+        # receipts in step, a burst of work for every client (and the relay) at once.
+        self._receipts_due_at = now + receipt_gap()
+        receipts: list[tuple[PeerSession, Prepared]] = []
+        view = self._directory.view
+        for nick, counters in self.acks_due.items():
+            session = self._session_with(nick)
+            # Nothing goes to a nick whose key changed, not even a receipt.
+            if session is None or self._directory.trust(nick) is Trust.CHANGED:
+                continue
+            for start in range(0, len(counters), MAX_ACKS):
+                acks = tuple(counters[start : start + MAX_ACKS])
+                receipts.append((session, prepare("", Kind.RECEIPT, directory_hash=view, acks=acks)))
+        self.acks_due.clear()
+        self._outgoing += send_frames(0, seal_all(receipts))
