@@ -21,8 +21,12 @@ from e2echat.errors import CommandError
 from e2echat.wire import messages as m
 from e2echat.wire.framing import MAX_FRAME, encode_frame
 
-# Leave room in each frame for the JSON around the envelopes.
+# What the envelopes of one frame may take, by envelope_size: the rest of MAX_FRAME is
+# for the frame's own JSON around them, and to spare.
 FRAME_BUDGET = MAX_FRAME - 4096
+# What one envelope costs in a frame besides its nick and its body in base64: the JSON
+# around them is 20 bytes and base64 rounds up by at most 3; the rest is margin.
+ENVELOPE_OVERHEAD = 64
 
 # Receipts go out about this often, at most (the rest wait for the next tick): each gap is
 # drawn between 0.5 and 1.5 of it. A quiet chat gets its receipt at once; a busy room gets
@@ -39,6 +43,12 @@ def receipt_gap() -> float:
     return RECEIPT_INTERVAL * (0.5 + nacl.utils.random(1)[0] / 256)
 
 
+def envelope_size(to: str, body: bytes) -> int:
+    """The room one envelope takes in a ``send`` frame, at most: the one rule for
+    deciding what fits in a frame."""
+    return len(to) + len(body) * 4 // 3 + ENVELOPE_OVERHEAD
+
+
 def send_frames(message_id: int, envelopes: list[tuple[str, bytes]]) -> bytes:
     """``send`` frames carrying ``envelopes`` ((recipient, body) pairs), each frame under
     FRAME_BUDGET and the relay's item limit, and naming no recipient twice (the relay
@@ -48,7 +58,7 @@ def send_frames(message_id: int, envelopes: list[tuple[str, bytes]]) -> bytes:
         return b""
     if (
         count <= m.MAX_ITEMS
-        and sum([len(body) for _, body in envelopes]) * 4 // 3 + 96 * count <= FRAME_BUDGET
+        and sum([envelope_size(to, body) for to, body in envelopes]) <= FRAME_BUDGET
         and len({to for to, _ in envelopes}) == count
     ):  # the usual case, a room message: everything fits in one frame
         return encode_frame(m.encode_send(message_id, envelopes))
@@ -57,7 +67,7 @@ def send_frames(message_id: int, envelopes: list[tuple[str, bytes]]) -> bytes:
     names: set[str] = set()
     size = 0
     for to, body in envelopes:
-        this_size = len(to) + (len(body) * 4) // 3 + 64
+        this_size = envelope_size(to, body)
         full = size + this_size > FRAME_BUDGET or len(batch) == m.MAX_ITEMS
         if batch and (full or to in names):
             frames += encode_frame(m.encode_send(message_id, batch))
