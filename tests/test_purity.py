@@ -12,23 +12,29 @@ from pathlib import Path
 
 import pytest
 
-PURE = [
-    "wire.framing",
-    "wire.messages",
-    "crypto.primitives",
-    "crypto.session",
-    "crypto.identity",
-    "client.trust",
-    "client.receipts",
-    "client.events",
-    "client.directory",
-    "client.outbox",
-    "client.core",
-    "relay.core",
-    "relay.limits",
-    "ui.commands",
-    "ui.render",
-]
+PACKAGE = Path(__file__).resolve().parent.parent / "e2echat"
+# Everything in wire/ and crypto/ is pure, whatever is added there later; elsewhere the
+# cores and the modules they use are named one by one.
+PURE = sorted(
+    [
+        f"{package}.{path.stem}"
+        for package in ("wire", "crypto")
+        for path in (PACKAGE / package).glob("*.py")
+        if path.stem != "__init__"
+    ]
+    + [
+        "client.trust",
+        "client.receipts",
+        "client.events",
+        "client.directory",
+        "client.outbox",
+        "client.core",
+        "relay.core",
+        "relay.limits",
+        "ui.commands",
+        "ui.render",
+    ]
+)
 SUBPACKAGES = {"wire", "crypto", "relay", "client", "store", "ui"}
 # I/O frameworks: not even loaded at run time, through any import (see the last test).
 FORBIDDEN = {"asyncio", "socket", "prompt_toolkit"}
