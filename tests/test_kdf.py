@@ -1,0 +1,121 @@
+"""The ratchet KDFs: pinned vectors, pinned to PyNaCl's public BLAKE2b, labels kept apart."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import nacl.hash
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from nacl.encoding import RawEncoder
+
+from e2echat.crypto import kdf
+
+VECTORS = Path(__file__).parent / "vectors"
+keys = st.binary(min_size=32, max_size=32)
+
+
+def _vectors() -> list[Any]:
+    document = json.loads((VECTORS / "kdf.json").read_text(encoding="utf-8"))
+    return [pytest.param(vector, id=vector["name"]) for vector in document["vectors"]]
+
+
+def _x(vector: dict[str, str], name: str) -> bytes:
+    return bytes.fromhex(vector[name])
+
+
+@pytest.mark.parametrize("vector", _vectors())
+def test_known_answers(vector: dict[str, str]) -> None:
+    function = vector["function"]
+    if function == "kdf_chain":
+        assert kdf.kdf_chain(_x(vector, "chain_key")) == (
+            _x(vector, "next_chain_key"),
+            _x(vector, "message_key"),
+        )
+    elif function == "kdf_root":
+        assert kdf.kdf_root(_x(vector, "root_key"), _x(vector, "dh_output")) == (
+            _x(vector, "next_root_key"),
+            _x(vector, "chain_key"),
+        )
+    elif function == "kdf_header_key":
+        assert kdf.kdf_header_key(_x(vector, "chain_key")) == _x(vector, "header_key")
+    elif function == "kdf_x3dh":
+        assert kdf.kdf_x3dh(_x(vector, "dh_outputs")) == _x(vector, "shared_key")
+    elif function == "associated_digest":
+        assert kdf.associated_digest(_x(vector, "associated_data")) == _x(vector, "digest")
+    elif function == "header_tag":
+        tag = kdf.header_tag(_x(vector, "header_key"), _x(vector, "associated_digest"), _x(vector, "header"))
+        assert tag == _x(vector, "tag")
+    else:
+        pytest.fail(f"unknown function {function}")
+
+
+def _public(data: bytes, size: int, key: bytes, label: bytes) -> bytes:
+    digest: bytes = nacl.hash.blake2b(data, digest_size=size, key=key, person=label, encoder=RawEncoder)
+    return digest
+
+
+@given(keys)
+def test_kdf_chain_is_the_public_blake2b_api(chain_key: bytes) -> None:
+    assert kdf.kdf_chain(chain_key) == (
+        _public(b"", 32, chain_key, b"e2echat ck next"),
+        _public(b"", 32, chain_key, b"e2echat ck msg"),
+    )
+
+
+@given(keys, keys)
+def test_kdf_root_is_the_public_blake2b_api(root_key: bytes, dh_output: bytes) -> None:
+    assert kdf.kdf_root(root_key, dh_output) == (
+        _public(dh_output, 32, root_key, b"e2echat rk root"),
+        _public(dh_output, 32, root_key, b"e2echat rk chain"),
+    )
+
+
+@given(st.binary(min_size=96, max_size=128))
+def test_kdf_x3dh_is_blake2b_over_f_and_the_dh_outputs(material: bytes) -> None:
+    expected = _public(b"\xff" * 32 + material, 32, b"", b"e2echat x3dh sk")
+    assert kdf.kdf_x3dh(material) == expected
+    # and the same as the stdlib's BLAKE2b: the construction is plain RFC 7693
+    assert (
+        expected
+        == hashlib.blake2b(b"\xff" * 32 + material, digest_size=32, person=b"e2echat x3dh sk").digest()
+    )
+
+
+def test_the_direct_call_is_in_use_and_agrees() -> None:
+    assert kdf.DIRECT_BLAKE2B
+    args = (b"data", 32, bytes(32), kdf.LABEL_ROOT_NEXT)
+    assert kdf._direct_blake2b(*args) == kdf._public_blake2b(*args)
+
+
+def test_the_direct_call_refuses_a_short_personalization() -> None:
+    with pytest.raises(ValueError):
+        kdf._direct_blake2b(b"", 32, bytes(32), b"short")
+
+
+def test_every_label_is_distinct_and_16_bytes() -> None:
+    labels = [value for name, value in vars(kdf).items() if name.startswith("LABEL_")]
+    assert len(labels) == 8
+    assert len(set(labels)) == len(labels)
+    assert all(len(label) == 16 for label in labels)
+
+
+@given(keys)
+def test_outputs_of_one_key_are_unrelated(chain_key: bytes) -> None:
+    """Negative twin: the two outputs differ, from each other and from the other KDFs."""
+    next_chain, message = kdf.kdf_chain(chain_key)
+    outputs = {next_chain, message, kdf.kdf_header_key(chain_key), *kdf.kdf_root(chain_key, b"")}
+    assert len(outputs) == 5
+    assert chain_key not in outputs
+
+
+def test_one_flipped_input_bit_changes_every_output() -> None:
+    key = bytes(range(32))
+    flipped = bytes([key[0] ^ 1]) + key[1:]
+    assert set(kdf.kdf_chain(key)).isdisjoint(kdf.kdf_chain(flipped))
+    assert set(kdf.kdf_root(key, key)).isdisjoint(kdf.kdf_root(key, flipped))
+    assert set(kdf.kdf_root(key, key)).isdisjoint(kdf.kdf_root(flipped, key))
