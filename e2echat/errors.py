@@ -67,6 +67,24 @@ class ReplayError(DecryptionError):
         super().__init__(peer=peer, detail=f"replay of message #{counter}")
 
 
+class BadPrekeyBundle(RemoteProtocolError):
+    """the keys the relay gave for {nick} are unusable ({detail}): nothing was sent"""
+
+    def __init__(self, *, nick: str, detail: str) -> None:
+        self.nick = nick
+        super().__init__(detail=detail)
+
+
+class BadPrekeySignature(BadPrekeyBundle):
+    """the relay gave a signed prekey (#{prekey_id}) for {nick} that {nick}'s identity key
+    did not sign: the relay, or someone between it and you, substituted it; nothing was
+    sent"""
+
+    def __init__(self, *, nick: str, prekey_id: int) -> None:
+        self.prekey_id = prekey_id
+        super().__init__(nick=nick, detail=f"bad signature on signed prekey #{prekey_id}")
+
+
 # -- things a user runs into --------------------------------------------------------------
 
 
