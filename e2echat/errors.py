@@ -67,6 +67,24 @@ class ReplayError(DecryptionError):
         super().__init__(peer=peer, detail=f"replay of message #{counter}")
 
 
+class SkippedTooMany(DecryptionError):
+    """a message from {peer} comes after {skipped} messages that never arrived, more than
+    the {limit} e2echat will wait for: it cannot be read"""
+
+    def __init__(self, *, peer: str, skipped: int, limit: int) -> None:
+        self.skipped = skipped
+        self.limit = limit
+        super().__init__(peer=peer, detail=f"{skipped} messages skipped, over the limit of {limit}")
+
+
+class BadRatchetState(E2EChatError):
+    """the saved session with {peer} is damaged and cannot be used ({detail})"""
+
+    def __init__(self, *, peer: str, detail: str) -> None:
+        self.peer = peer
+        super().__init__(detail=detail)
+
+
 class BadPrekeyBundle(RemoteProtocolError):
     """the keys the relay gave for {nick} are unusable ({detail}): nothing was sent"""
 

@@ -1,0 +1,394 @@
+"""The Double Ratchet (Signal's "The Double Ratchet Algorithm", revision 1), after X3DH.
+
+Pure (no I/O). One ``Ratchet`` is our end of the session with one peer. State, as in the
+spec: our ratchet key pair DHs, their ratchet key DHr, root key RK, sending and receiving
+chain keys CKs / CKr, message numbers Ns / Nr, the previous sending chain's length PN,
+and the skipped message keys (kept in a ``SkippedKeys`` budget shared by all sessions).
+A DH ratchet step happens whenever the direction of talk changes (a message arrives
+under a ratchet key we have not seen); KDFs are in ``kdf``; byte layouts and labels in
+docs/RATCHET.md.
+
+Message = version (1) || ratchet key (32) || PN (4, big-endian) || N (4) || header tag
+(16) || nonce (24) || XSalsa20-Poly1305 box (16 + len). The header tag is BLAKE2b-128
+keyed by a per-chain *header key* over digest(AD) || the 41 header bytes before it.
+
+Why a header tag and not "AD || header inside the box" (secretbox has no AD): the
+receiver can check the tag before it derives a single message key. The chain's header
+key is known up front (for a new ratchet key, after one DH and one root KDF), so a
+forged message, however large its counters, is refused after at most one DH, three
+BLAKE2b calls and no chain step. Only a message that really comes from the peer (or
+from someone holding the session's state) can make us derive skipped keys, and even
+then at most ``MAX_SKIP`` + 1 chain steps. The box, under a message key chosen by the
+(authenticated) ratchet key and N, authenticates the body. Cost: one BLAKE2b call per
+message per side, and 16 bytes.
+
+Why no header encryption (the spec's section 4): the relay already sees who talks to
+whom, when and how much; hiding ratchet keys and counters would add little and cost a
+trial decryption per message (against the current and next header keys). A possible
+later step, as the format is versioned.
+
+Every failed decrypt leaves the state untouched: new chain keys and skipped keys are
+computed in locals and committed only after the box has opened.
+"""
+
+from __future__ import annotations
+
+import hmac
+import struct
+from typing import NamedTuple
+
+import nacl.bindings
+import nacl.exceptions
+from nacl.public import PrivateKey, PublicKey
+
+from e2echat.crypto.kdf import associated_digest, header_tag, kdf_chain, kdf_header_key, kdf_root
+from e2echat.crypto.primitives import MAC_SIZE, NONCE_SIZE, secretbox, secretbox_open
+from e2echat.crypto.skipped import Entry, SkippedKeys
+from e2echat.errors import BadRatchetState, DecryptionError, LocalProtocolError, ReplayError, SkippedTooMany
+
+MESSAGE_VERSION = 1
+# Most message keys one incoming message may make us derive and skip, over both its old
+# and its new chain: bounds the CPU a message can cost (1000 chain steps, ~1.5 ms) and is
+# far more than a relay that works ever loses. Beyond it: ``SkippedTooMany``.
+MAX_SKIP = 1000
+# Counters are 32-bit on the wire: 4 billion messages one way without a reply.
+MAX_COUNTER = 2**32 - 1
+_COUNTERS = struct.Struct(">II")
+KEY_SIZE = 32
+TAG_SIZE = 16
+_KEY_END = 1 + KEY_SIZE  # the ratchet key is message[1:33]
+_HEADER_END = _KEY_END + _COUNTERS.size  # 41
+_TAG_END = _HEADER_END + TAG_SIZE  # 57
+_NONCE_END = _TAG_END + NONCE_SIZE  # 81
+MIN_MESSAGE = _NONCE_END + MAC_SIZE  # 97: an empty plaintext
+STATE_VERSION = 1
+_STATE_COUNTERS = struct.Struct(">III")
+_COUNT = struct.Struct(">I")
+_STATE_FIXED = 2 + 3 * KEY_SIZE + _STATE_COUNTERS.size  # version, flags, AD, DHs, RK, counters
+_ENTRY_SIZE = 3 * KEY_SIZE + _COUNT.size
+
+
+class Opened(NamedTuple):
+    """A message that authenticated. (A named tuple: one per message, and cheap.)"""
+
+    plaintext: bytes
+    #: its number N in its chain
+    counter: int
+    #: how many earlier messages this one skipped (they may arrive late)
+    skipped: int
+    #: True if it arrived late, under a skipped key
+    late: bool
+
+
+def _dh(private: PrivateKey, public: bytes) -> bytes:
+    # libsodium refuses a low-order point (all-zero output) with an error.
+    return nacl.bindings.crypto_scalarmult(bytes(private), public)
+
+
+class Ratchet:
+    """Our end of a Double Ratchet session with ``peer``. Make one with ``initiator``
+    (after ``x3dh.initiate``), ``responder`` (after ``x3dh.respond``) or ``from_bytes``."""
+
+    __slots__ = (
+        "_ad",
+        "_budget",
+        "_ckr",
+        "_cks",
+        "_dhr",
+        "_dhs",
+        "_hkr",
+        "_hks",
+        "_nr",
+        "_ns",
+        "_owner",
+        "_pn",
+        "_prev_dhr",
+        "_prev_hkr",
+        "_rk",
+        "_send_prefix",
+        "peer",
+    )
+
+    def __init__(self, peer: str, ad_digest: bytes, budget: SkippedKeys, our_ratchet_key: PrivateKey) -> None:
+        self.peer = peer
+        self._ad = ad_digest
+        self._budget = budget
+        self._owner = budget.register()
+        self._rk = b""
+        self._set_sending(our_ratchet_key, None)
+        self._dhr: bytes | None = None
+        self._ckr: bytes | None = None
+        self._hkr: bytes | None = None
+        self._prev_dhr: bytes | None = None
+        self._prev_hkr: bytes | None = None
+        self._ns = self._nr = self._pn = 0
+
+    def _set_sending(self, our_ratchet_key: PrivateKey, chain_key: bytes | None) -> None:
+        self._dhs = our_ratchet_key
+        self._send_prefix = bytes([MESSAGE_VERSION]) + bytes(our_ratchet_key.public_key)
+        self._cks = chain_key
+        self._hks = None if chain_key is None else kdf_header_key(chain_key)
+
+    @classmethod
+    def initiator(
+        cls,
+        shared_key: bytes,
+        associated_data: bytes,
+        their_ratchet_key: PublicKey,
+        budget: SkippedKeys,
+        *,
+        peer: str,
+        our_ratchet_key: PrivateKey | None = None,
+    ) -> Ratchet:
+        """Alice: SK and AD from ``x3dh.initiate``; their ratchet key is Bob's signed
+        prekey. She can send at once. ``our_ratchet_key`` is for known-answer tests."""
+        _check_key(shared_key)
+        ours = PrivateKey.generate() if our_ratchet_key is None else our_ratchet_key
+        state = cls(peer, associated_digest(associated_data), budget, ours)
+        try:
+            state._rk, chain = kdf_root(shared_key, _dh(ours, bytes(their_ratchet_key)))
+        except nacl.exceptions.CryptoError:
+            budget.release(state._owner)
+            raise DecryptionError(peer=peer, detail="their signed prekey is not a valid point") from None
+        state._set_sending(ours, chain)
+        state._dhr = bytes(their_ratchet_key)
+        return state
+
+    @classmethod
+    def responder(
+        cls,
+        shared_key: bytes,
+        associated_data: bytes,
+        our_signed_prekey: PrivateKey,
+        budget: SkippedKeys,
+        *,
+        peer: str,
+    ) -> Ratchet:
+        """Bob: SK and AD from ``x3dh.respond``; his first ratchet key is his signed
+        prekey. He can send only after Alice's first message has arrived."""
+        _check_key(shared_key)
+        state = cls(peer, associated_digest(associated_data), budget, our_signed_prekey)
+        state._rk = shared_key
+        return state
+
+    @property
+    def can_send(self) -> bool:
+        return self._cks is not None
+
+    @property
+    def missing(self) -> int:
+        """Skipped messages whose keys we still hold."""
+        return self._budget.count(self._owner)
+
+    def close(self) -> None:
+        """Forget this session's skipped keys (the session is being dropped)."""
+        self._budget.release(self._owner)
+
+    # -- the per-message path: kept lean (no objects made but the output) ----------------
+
+    def encrypt(self, plaintext: bytes, nonce: bytes | None = None) -> bytes:
+        """One message to the peer under the next message key. ``nonce``: 24 bytes from
+        libsodium's RNG by default; pass one only to draw many at once, or in tests."""
+        cks, hks = self._cks, self._hks
+        if cks is None or hks is None:
+            raise LocalProtocolError(detail=f"no sending chain to {self.peer} until they write first")
+        counter = self._ns
+        if counter >= MAX_COUNTER:
+            raise LocalProtocolError(detail="sending chain exhausted")
+        header = self._send_prefix + _COUNTERS.pack(self._pn, counter)
+        next_chain, message_key = kdf_chain(cks)
+        if nonce is None:
+            nonce = nacl.bindings.randombytes(NONCE_SIZE)
+        body = secretbox(plaintext, nonce, message_key)
+        self._cks, self._ns = next_chain, counter + 1
+        return header + header_tag(hks, self._ad, header) + nonce + body
+
+    def decrypt(self, message: bytes) -> Opened:
+        """Authenticate and decrypt one message. On any failure the state is unchanged.
+
+        Raises ``ReplayError`` for a message already decrypted, ``SkippedTooMany`` for a
+        genuine one after too long a gap, ``DecryptionError`` for anything else."""
+        if len(message) < MIN_MESSAGE:
+            raise DecryptionError(peer=self.peer, detail="message too short")
+        if message[0] != MESSAGE_VERSION:
+            raise DecryptionError(peer=self.peer, detail=f"unsupported message version {message[0]}")
+        ratchet_key = message[1:_KEY_END]
+        header = message[:_HEADER_END]
+        tag = message[_HEADER_END:_TAG_END]
+        previous_length, counter = _COUNTERS.unpack_from(message, _KEY_END)
+
+        ckr, hkr = self._ckr, self._hkr
+        if ratchet_key == self._dhr and ckr is not None and hkr is not None:
+            self._check_tag(hkr, header, tag)
+            if counter < self._nr:
+                return self._open_skipped(ratchet_key, counter, message)
+            gap = counter - self._nr
+            if gap > MAX_SKIP:
+                raise SkippedTooMany(peer=self.peer, skipped=gap, limit=MAX_SKIP)
+            skipped: list[Entry] = []
+            for number in range(self._nr, counter):
+                ckr, key = kdf_chain(ckr)
+                skipped.append((ratchet_key, number, hkr, key))
+            ckr, message_key = kdf_chain(ckr)
+            plaintext = self._open(message_key, message)
+            # Authenticated: only now does the session move on.
+            self._ckr, self._nr = ckr, counter + 1
+            if skipped:
+                self._budget.add(self._owner, skipped)
+            return Opened(plaintext, counter, gap, False)
+
+        kept = self._budget.get(self._owner, ratchet_key, counter)
+        if kept is not None:  # late, from an earlier chain
+            self._check_tag(kept[0], header, tag)
+            return self._open_skipped(ratchet_key, counter, message)
+        if ratchet_key == self._prev_dhr and self._prev_hkr is not None:
+            self._check_tag(self._prev_hkr, header, tag)
+            raise ReplayError(peer=self.peer, counter=counter)
+        return self._ratchet_and_open(ratchet_key, previous_length, counter, header, tag, message)
+
+    def _check_tag(self, header_key: bytes, header: bytes, tag: bytes) -> None:
+        if not hmac.compare_digest(header_tag(header_key, self._ad, header), tag):
+            raise DecryptionError(peer=self.peer, detail="the header does not authenticate")
+
+    def _open(self, message_key: bytes, message: bytes) -> bytes:
+        try:
+            return secretbox_open(message[_NONCE_END:], message[_TAG_END:_NONCE_END], message_key)
+        except nacl.exceptions.CryptoError:
+            raise DecryptionError(peer=self.peer, detail="bad authentication tag") from None
+
+    def _open_skipped(self, ratchet_key: bytes, counter: int, message: bytes) -> Opened:
+        kept = self._budget.get(self._owner, ratchet_key, counter)
+        if kept is None:  # opened already, or its key was evicted (same answer: libsignal's)
+            raise ReplayError(peer=self.peer, counter=counter)
+        plaintext = self._open(kept[1], message)
+        self._budget.discard(self._owner, ratchet_key, counter)
+        return Opened(plaintext, counter, 0, True)
+
+    # -- the DH ratchet step (the direction of talk changed) -------------------------------
+
+    def _ratchet_and_open(
+        self,
+        ratchet_key: bytes,
+        previous_length: int,
+        counter: int,
+        header: bytes,
+        tag: bytes,
+        message: bytes,
+    ) -> Opened:
+        try:
+            root, new_ckr = kdf_root(self._rk, _dh(self._dhs, ratchet_key))
+        except nacl.exceptions.CryptoError:
+            raise DecryptionError(peer=self.peer, detail="invalid ratchet key") from None
+        new_hkr = kdf_header_key(new_ckr)
+        self._check_tag(new_hkr, header, tag)
+        # From here on the header is the peer's: its counters may be believed (bounded).
+        skipped: list[Entry] = []
+        old_chain, old_key, old_hkr = self._ckr, self._dhr, self._hkr
+        if old_chain is not None and old_key is not None and old_hkr is not None:
+            if previous_length < self._nr:
+                raise DecryptionError(peer=self.peer, detail="header contradicts earlier messages")
+            gap = previous_length - self._nr + counter
+            if gap > MAX_SKIP:
+                raise SkippedTooMany(peer=self.peer, skipped=gap, limit=MAX_SKIP)
+            for number in range(self._nr, previous_length):
+                old_chain, key = kdf_chain(old_chain)
+                skipped.append((old_key, number, old_hkr, key))
+        elif counter > MAX_SKIP:
+            raise SkippedTooMany(peer=self.peer, skipped=counter, limit=MAX_SKIP)
+        chain = new_ckr
+        for number in range(counter):
+            chain, key = kdf_chain(chain)
+            skipped.append((ratchet_key, number, new_hkr, key))
+        chain, message_key = kdf_chain(chain)
+        plaintext = self._open(message_key, message)
+
+        # Authenticated. Commit: the receiving half, then a fresh key pair for sending.
+        ours = PrivateKey.generate()
+        self._rk, send_chain = kdf_root(root, _dh(ours, ratchet_key))
+        self._prev_dhr, self._prev_hkr = self._dhr, self._hkr
+        self._dhr, self._ckr, self._hkr, self._nr = ratchet_key, chain, new_hkr, counter + 1
+        self._pn, self._ns = self._ns, 0
+        self._set_sending(ours, send_chain)
+        if skipped:
+            self._budget.add(self._owner, skipped)
+        return Opened(plaintext, counter, len(skipped), False)
+
+    # -- persistence ---------------------------------------------------------------------
+
+    def to_bytes(self) -> bytes:
+        """The whole state, skipped keys included: secret, so seal it before storing.
+
+        version (1) || flags (1) || digest(AD) || DHs private || RK (32 each) || Ns || Nr
+        || PN (4 each) || [DHr] || [CKr || HKr] || [CKs || HKs] || [previous DHr || its HK]
+        || count (4) || count x (ratchet key || N (4) || HK || MK); flags say which
+        bracketed parts are present (bits 0..3, in that order)."""
+        flags = 0
+        parts = [b""]
+        for bit, present in enumerate(
+            [(self._dhr,), (self._ckr, self._hkr), (self._cks, self._hks), (self._prev_dhr, self._prev_hkr)]
+        ):
+            if all(value is not None for value in present):
+                flags |= 1 << bit
+                parts.extend(value for value in present if value is not None)
+        entries = self._budget.entries(self._owner)
+        head = bytes([STATE_VERSION, flags]) + self._ad + bytes(self._dhs) + self._rk
+        parts[0] = head + _STATE_COUNTERS.pack(self._ns, self._nr, self._pn)
+        parts.append(_COUNT.pack(len(entries)))
+        parts.extend(key + _COUNT.pack(number) + hk + mk for key, number, hk, mk in entries)
+        return b"".join(parts)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, budget: SkippedKeys, *, peer: str) -> Ratchet:
+        """A session saved by ``to_bytes``, its skipped keys put back under ``budget``.
+        Raises ``BadRatchetState`` for anything but exactly a well-formed state."""
+
+        def bad(detail: str) -> BadRatchetState:
+            return BadRatchetState(peer=peer, detail=detail)
+
+        if type(data) is not bytes or len(data) < _STATE_FIXED + _COUNT.size:
+            raise bad("too short")
+        if data[0] != STATE_VERSION:
+            raise bad(f"unknown state version {data[0]}")
+        flags = data[1]
+        if flags & ~0b1111 or (flags & 0b0010 and not flags & 0b0001):
+            raise bad("invalid flags")
+        sizes = [KEY_SIZE, 2 * KEY_SIZE, 2 * KEY_SIZE, 2 * KEY_SIZE]
+        optional = sum(size for bit, size in enumerate(sizes) if flags >> bit & 1)
+        count_at = _STATE_FIXED + optional
+        if len(data) < count_at + _COUNT.size:
+            raise bad("truncated")
+        (count,) = _COUNT.unpack_from(data, count_at)
+        if len(data) != count_at + _COUNT.size + count * _ENTRY_SIZE:
+            raise bad("wrong length")
+        ad, dhs, root = (data[at : at + KEY_SIZE] for at in range(2, 2 + 3 * KEY_SIZE, KEY_SIZE))
+        ns, nr, pn = _STATE_COUNTERS.unpack_from(data, 2 + 3 * KEY_SIZE)
+        fields = [data[at : at + KEY_SIZE] for at in range(_STATE_FIXED, count_at, KEY_SIZE)]
+        state = cls(peer, ad, budget, PrivateKey(dhs))
+        state._rk, state._ns, state._nr, state._pn = root, ns, nr, pn
+        if flags & 0b0001:
+            state._dhr = fields.pop(0)
+        if flags & 0b0010:
+            state._ckr, state._hkr = fields.pop(0), fields.pop(0)
+        if flags & 0b0100:
+            state._cks, state._hks = fields.pop(0), fields.pop(0)
+        if flags & 0b1000:
+            state._prev_dhr, state._prev_hkr = fields.pop(0), fields.pop(0)
+        entries: list[Entry] = []
+        for at in range(count_at + _COUNT.size, len(data), _ENTRY_SIZE):
+            (number,) = _COUNT.unpack_from(data, at + KEY_SIZE)
+            hk_at = at + KEY_SIZE + _COUNT.size
+            entries.append(
+                (
+                    data[at : at + KEY_SIZE],
+                    number,
+                    data[hk_at : hk_at + KEY_SIZE],
+                    data[hk_at + KEY_SIZE : hk_at + 2 * KEY_SIZE],
+                )
+            )
+        budget.add(state._owner, entries)
+        return state
+
+
+def _check_key(key: bytes) -> None:
+    if type(key) is not bytes or len(key) != KEY_SIZE:
+        raise LocalProtocolError(detail=f"a shared key is {KEY_SIZE} bytes")
