@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ast
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -191,6 +191,25 @@ def test_the_bound_counts_both_chains_of_a_new_ratchet_key() -> None:
     assert pair.bob.decrypt(new[300]).skipped == 600 + 300
 
 
+def test_the_bound_holds_for_the_first_chain_too() -> None:
+    pair = Pair()
+    messages = [pair.alice.encrypt(b"%d" % n) for n in range(MAX_SKIP + 2)]
+    fails_untouched(pair.bob, messages[-1], SkippedTooMany)
+    assert pair.bob.decrypt(messages[-2]).skipped == MAX_SKIP
+
+
+def test_a_peer_lying_about_pn_cannot_stretch_the_bound() -> None:
+    """PN below what we have received would make the old chain's gap negative and let
+    the new chain's N run past MAX_SKIP: refused (only the peer can write this header)."""
+    pair = established()
+    for _ in range(500):
+        exchange(pair.alice, pair.bob, b"many")
+    exchange(pair.bob, pair.alice, b"turn")
+    pair.alice._pn = 0  # a lying (or broken) peer
+    messages = [pair.alice.encrypt(b"%d" % n) for n in range(MAX_SKIP + 100)]
+    fails_untouched(pair.bob, messages[-1])
+
+
 class CountingKdf:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.chain = self.root = 0
@@ -349,9 +368,22 @@ def test_tampering_with_any_byte_fails_and_changes_nothing() -> None:
     pair.bob.decrypt(pair.alice.encrypt(b"overtakes"))
     _flip_every_byte(pair.bob, late)
     assert pair.bob.decrypt(late).late
-    new_key = pair.bob.encrypt(b"new ratchet key")
+    late_in_old_chain = pair.alice.encrypt(b"late, old chain")
+    pair.bob.decrypt(pair.alice.encrypt(b"overtakes too"))
+    exchange(pair.bob, pair.alice, b"turn")
+    exchange(pair.alice, pair.bob, b"turn")
+    _flip_every_byte(pair.bob, late_in_old_chain)
+    assert pair.bob.decrypt(late_in_old_chain).late
+    new_key = [pair.bob.encrypt(b"new ratchet key %d" % n) for n in range(3)][-1]
     _flip_every_byte(pair.alice, new_key)
-    assert pair.alice.decrypt(new_key).plaintext == b"new ratchet key"
+    assert pair.alice.decrypt(new_key).plaintext == b"new ratchet key 2"
+
+
+def test_an_unknown_message_version_is_named() -> None:
+    pair = established()
+    message = pair.alice.encrypt(b"x")
+    with pytest.raises(DecryptionError, match="unsupported message version 2"):
+        pair.bob.decrypt(b"\x02" + message[1:])
 
 
 # -- the budget of skipped keys -------------------------------------------------------------
@@ -423,29 +455,30 @@ def test_state_round_trips_mid_conversation() -> None:
         exchange(sender, receiver, b"%d" % index)
 
 
-def _states() -> Iterator[bytes]:
+def _state(kind: str) -> bytes:
+    if kind == "no chains yet":
+        return Pair().bob.to_bytes()
     pair = established()
     pair.alice.encrypt(b"skipped")
     pair.bob.decrypt(pair.alice.encrypt(b"x"))
-    yield Pair().bob.to_bytes()  # no chains yet
-    yield pair.alice.to_bytes()
-    yield pair.bob.to_bytes()  # with a skipped key
+    return pair.bob.to_bytes() if kind == "with a skipped key" else pair.alice.to_bytes()
 
 
-@pytest.mark.parametrize("state", list(_states()))
-@pytest.mark.parametrize(
-    "damage",
-    [
-        lambda s: s[:-1],
-        lambda s: s + b"\x00",
-        lambda s: b"\x02" + s[1:],
-        lambda s: s[:1] + bytes([s[1] | 0x10]) + s[2:],
-        lambda s: s[:1] + bytes([s[1] ^ 0x04]) + s[2:],
-        lambda s: s[:50],
-        lambda s: b"",
-    ],
-)
-def test_a_damaged_state_is_refused(state: bytes, damage: Callable[[bytes], bytes]) -> None:
+DAMAGE: dict[str, Callable[[bytes], bytes]] = {
+    "truncated": lambda s: s[:-1],
+    "extended": lambda s: s + b"\x00",
+    "unknown version": lambda s: b"\x02" + s[1:],
+    "unknown flag": lambda s: s[:1] + bytes([s[1] | 0x10]) + s[2:],
+    "flag without its fields": lambda s: s[:1] + bytes([s[1] ^ 0x04]) + s[2:],
+    "cut in the middle": lambda s: s[:50],
+    "empty": lambda s: b"",
+}
+
+
+@pytest.mark.parametrize("kind", ["no chains yet", "mid-conversation", "with a skipped key"])
+@pytest.mark.parametrize("damage", DAMAGE.values(), ids=DAMAGE.keys())
+def test_a_damaged_state_is_refused(kind: str, damage: Callable[[bytes], bytes]) -> None:
+    state = _state(kind)
     Ratchet.from_bytes(state, SkippedKeys(), peer="p")  # the control
     with pytest.raises(BadRatchetState):
         Ratchet.from_bytes(damage(state), SkippedKeys(), peer="p")
