@@ -119,3 +119,19 @@ def test_one_flipped_input_bit_changes_every_output() -> None:
     assert set(kdf.kdf_chain(key)).isdisjoint(kdf.kdf_chain(flipped))
     assert set(kdf.kdf_root(key, key)).isdisjoint(kdf.kdf_root(key, flipped))
     assert set(kdf.kdf_root(key, key)).isdisjoint(kdf.kdf_root(flipped, key))
+
+
+def test_the_public_fallback_gives_the_same_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    key = bytes(range(32))
+    direct = kdf.kdf_chain(key), kdf.kdf_root(key, b"dh"), kdf.header_tag(key, key, b"header")
+    monkeypatch.setattr(kdf, "_pair", kdf._public_pair)
+    monkeypatch.setattr(kdf, "_blake2b", kdf._public_blake2b)
+    assert (kdf.kdf_chain(key), kdf.kdf_root(key, b"dh"), kdf.header_tag(key, key, b"header")) == direct
+
+
+@pytest.mark.parametrize("size", [0, 16, 31, 33, 64])
+def test_a_key_of_the_wrong_size_is_refused(size: int) -> None:
+    with pytest.raises(ValueError):
+        kdf.kdf_chain(bytes(size))
+    with pytest.raises(ValueError):
+        kdf.kdf_root(bytes(size), bytes(32))
