@@ -4,6 +4,7 @@ forgery, post-compromise security, forward secrecy, replays, tampering, persiste
 from __future__ import annotations
 
 import ast
+import json
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -509,3 +510,48 @@ def test_the_new_modules_do_no_io(module: str) -> None:
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
     }
     assert "open" not in calls
+
+
+# -- known answers: what a compatible client must produce -------------------------------------
+
+
+def test_known_answer_x3dh_and_first_messages() -> None:
+    vector = json.loads((Path(__file__).parent / "vectors" / "ratchet.json").read_text(encoding="utf-8"))
+
+    def private(name: str) -> PrivateKey:
+        return PrivateKey(bytes.fromhex(vector[name]))
+
+    bob_identity, signed, one_time = (
+        private("bob_identity_private"),
+        private("bob_signed_prekey_private"),
+        private("bob_one_time_prekey_private"),
+    )
+    bundle = x3dh.PrekeyBundle(
+        bob_identity.public_key, signed.public_key, 1, bytes(64), one_time.public_key, 2
+    )
+    initiation = x3dh.initiate(
+        private("alice_identity_private"),
+        bundle,
+        lambda *_: True,
+        our_nick=vector["alice_nick"],
+        their_nick=vector["bob_nick"],
+        ephemeral=private("alice_ephemeral_private"),
+    )
+    assert initiation.shared_key.hex() == vector["shared_key"]
+    assert initiation.associated_data.hex() == vector["associated_data"]
+    alice = Ratchet.initiator(
+        initiation.shared_key,
+        initiation.associated_data,
+        signed.public_key,
+        SkippedKeys(),
+        peer="bob",
+        our_ratchet_key=private("alice_ratchet_private"),
+    )
+    bob = Ratchet.responder(
+        initiation.shared_key, initiation.associated_data, signed, SkippedKeys(), peer="alice"
+    )
+    for expected in vector["messages"]:
+        plaintext = bytes.fromhex(expected["plaintext"])
+        message = alice.encrypt(plaintext, bytes.fromhex(expected["nonce"]))
+        assert message.hex() == expected["message"]
+        assert bob.decrypt(message).plaintext == plaintext
