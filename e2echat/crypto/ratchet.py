@@ -15,12 +15,12 @@ keyed by a per-chain *header key* over digest(AD) || the 41 header bytes before 
 Why a header tag and not "AD || header inside the box" (secretbox has no AD): the
 receiver can check the tag before it derives a single message key. The chain's header
 key is known up front (for a new ratchet key, after one DH and one root KDF), so a
-forged message, however large its counters, is refused after at most one DH, three
-BLAKE2b calls and no chain step. Only a message that really comes from the peer (or
-from someone holding the session's state) can make us derive skipped keys, and even
-then at most ``MAX_SKIP`` + 1 chain steps. The box, under a message key chosen by the
-(authenticated) ratchet key and N, authenticates the body. Cost: one BLAKE2b call per
-message per side, and 16 bytes.
+forged message, however large its counters, is refused after at most one DH, four
+BLAKE2b calls (root KDF, header key, tag) and no chain step. Only a message that really
+comes from the peer (or from someone holding the session's state) can make us derive
+skipped keys, and even then at most ``MAX_SKIP`` + 1 chain steps. The box, under a
+message key chosen by the (authenticated) ratchet key and N, authenticates the body.
+Cost: one BLAKE2b call per message per side, and 16 bytes.
 
 Why no header encryption (the spec's section 4): the relay already sees who talks to
 whom, when and how much; hiding ratchet keys and counters would add little and cost a
