@@ -36,6 +36,7 @@ from e2echat.ui.render import (
     neutralize,
     online_text,
     render,
+    terminal_cells,
 )
 
 NOW = 1_700_000_000.0
@@ -61,6 +62,23 @@ STAMP = clock(NOW)
         ("fake\u2028line", "fake\\u2028line"),
         ("zero\u200bwidth", "zero\\u200bwidth"),
         ("mark\u200e", "mark\\u200e"),
+        ("pad\u3164", "pad\\u3164"),
+        ("pad\u115f", "pad\\u115f"),
+        ("pad\uffa0", "pad\\uffa0"),
+        ("jamo\u1161", "jamo\\u1161"),
+        ("\ua9c0mark", "\\ua9c0mark"),
+        ("\u302emark", "\\u302emark"),
+        ("\u0301lone", "\\u0301lone"),
+        ("a \u0301", "a \\u0301"),
+        ("\ufe0fstart", "\\ufe0fstart"),
+        ("x\ufe0f\ufe0f", "x\ufe0f\\ufe0f"),
+        ("\u200dstart", "\\u200dstart"),
+        ("unassigned\u0378", "unassigned\\u0378"),
+        ("private\ue000", "private\\ue000"),
+        ("private\U000f0000", "private\\U000f0000"),
+        ("surrogate\ud800", "surrogate\\ud800"),
+        ("soft\xadhyphen", "soft\\xadhyphen"),
+        ("\x1b\u0301", "\\x1b\\u0301"),
     ],
     ids=[
         "esc",
@@ -77,6 +95,23 @@ STAMP = clock(NOW)
         "line-separator",
         "zero-width-space",
         "lrm",
+        "hangul-filler",
+        "choseong-filler",
+        "halfwidth-filler",
+        "conjoining-jamo",
+        "javanese-mark-first",
+        "tone-mark-first",
+        "lone-combining-mark",
+        "mark-after-space",
+        "variation-selector-first",
+        "second-variation-selector",
+        "joiner-first",
+        "unassigned",
+        "private-use",
+        "private-use-plane-15",
+        "surrogate",
+        "soft-hyphen",
+        "mark-after-an-escape",
     ],
 )
 def test_neutralize_makes_controls_visible(text: str, shown: str) -> None:
@@ -85,7 +120,19 @@ def test_neutralize_makes_controls_visible(text: str, shown: str) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["plain ascii", "café crème, naïve, Ångström", "👋🏽 hi 🎉", "日本語", "עברית", "e\u0301"],
+    [
+        "plain ascii",
+        "café crème, naïve, Ångström",
+        "👋🏽 hi 🎉",
+        "日本語",
+        "עברית",
+        "e\u0301",
+        "Tie\u0302\u0301ng Vie\u0323\u0302t",  # decomposed: two marks on one letter
+        "नमस्ते",  # spacing and nonspacing marks
+        "❤\ufe0f 1\ufe0f\u20e3",  # emoji presentation, keycap
+        "👨\u200d👩\u200d👧 🏳\ufe0f\u200d🌈 🇫🇷",  # joined emoji, flags
+        "한국어",
+    ],
 )
 def test_neutralize_leaves_ordinary_text_alone(text: str) -> None:
     assert neutralize(text) == text
@@ -101,13 +148,19 @@ _DANGEROUS = {
 def test_neutralized_text_contains_no_control_or_bidi_override(text: str) -> None:
     shown = neutralize(text)
     assert not _DANGEROUS & set(shown)
-    # Nor any other invisible format character or line/paragraph separator (U+2028,
-    # zero-width marks, soft hyphens): they can disguise or reorder text. ZWJ stays (emoji).
-    invisible = {c for c in shown if unicodedata.category(c) in ("Cf", "Zl", "Zp") and c != "\u200d"}
-    assert not invisible
-    # Nothing that was harmless was lost.
-    harmless = [c for c in text if c not in _DANGEROUS and unicodedata.category(c) not in ("Cf", "Zl", "Zp")]
-    assert all(char in shown for char in harmless)
+    # Nothing whose width terminals disagree on, or that has none: every character shown
+    # as itself has a width terminal_cells vouches for.
+    assert all(terminal_cells(char) is not None for char in shown)
+    # Nor a mark, selector or joiner with nothing of the sender's before it to attach to.
+    for before, char in zip(" " + shown, shown, strict=False):
+        if unicodedata.category(char)[0] == "M" or char == "\u200d":
+            assert terminal_cells(before) is not None and not before.isspace()
+    # Nothing that was harmless was lost: every letter, digit, punctuation mark, symbol
+    # and space of certain width is still there, in order (escapes come in between).
+    harmless = [c for c in text if unicodedata.category(c)[0] in "LNPSZ" and terminal_cells(c) is not None]
+    rest = iter(shown)
+    assert all(char in rest for char in harmless)
+    assert neutralize(shown) == shown  # what is shown stays as it is when shown again
 
 
 def test_dangerous_set_is_what_the_docstring_promises() -> None:

@@ -8,15 +8,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import sys
 import threading
 
 from e2echat.ui.chat import Chat
-from e2echat.ui.render import LineStyle
+from e2echat.ui.render import LineStyle, wrap_cells
 
 
 def print_text(style: LineStyle, text: str) -> None:
-    """Line mode's writer: the text alone (a style is a terminal's colour)."""
+    """Line mode's writer: the text alone (a style is a terminal's colour). On a terminal
+    (standard output can be one even when input is a pipe), long lines wrap under their
+    text as in the REPL, one cell short of the edge: the terminal must never wrap a line
+    itself, or the rest of a peer's text would start a row of its own at the left edge."""
+    if sys.stdout.isatty():
+        text = "\n".join(wrap_cells(text, shutil.get_terminal_size().columns - 1))
     print(text, flush=True)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -24,12 +23,11 @@ from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 from prompt_toolkit.output import Output
 from prompt_toolkit.patch_stdout import patch_stdout
 from prompt_toolkit.styles import Style
-from prompt_toolkit.utils import get_cwidth
 
 from e2echat.client.trust import Trust
 from e2echat.ui import commands
 from e2echat.ui.chat import Chat
-from e2echat.ui.render import LineStyle
+from e2echat.ui.render import LineStyle, wrap_cells
 
 COMMANDS_WITH_A_NICK = ("/msg", "/verify", "/trust", "/untrust", "/m", "/query")
 
@@ -125,40 +123,15 @@ def make_session(
     )
 
 
-def wrap_cells(line: str, width: int, indent: int) -> list[str]:
-    """Wrap ``line`` to ``width`` terminal cells (a CJK character takes two), at spaces
-    where possible, continuing under the text: so no line of a peer's message can start
-    at the left edge, where it could pass for a line of its own."""
-    rows: list[str] = []
-    row, used = "", 0
-    for word in re.split(r"( )", line):
-        cells = sum(max(0, get_cwidth(char)) for char in word)
-        if used + cells <= width:
-            row, used = row + word, used + cells
-            continue
-        if word == " ":
-            continue  # the break itself
-        if cells <= width - indent and used > indent:  # the word fits on a fresh row
-            rows.append(row.rstrip(" "))
-            row, used = " " * indent + word, indent + cells
-            continue
-        for char in word:  # longer than a row: cut it
-            char_cells = max(0, get_cwidth(char))
-            if used + char_cells > width:
-                rows.append(row)
-                row, used = " " * indent, indent
-            row, used = row + char, used + char_cells
-    rows.append(row)
-    return rows
-
-
 def terminal_writer(*, color: bool) -> Callable[[LineStyle, str], None]:
     """Prints above the prompt, wrapping long lines under their text, in the colour of
-    their style (which the event's type chose) unless NO_COLOR is set."""
+    their style (which the event's type chose) unless NO_COLOR is set. Rows stop one
+    cell short of the edge, so the terminal never wraps one itself (not even the
+    pending wrap some terminals apply at the last column)."""
 
     def write(style: LineStyle, line: str) -> None:
-        width = max(40, shutil.get_terminal_size((100, 24)).columns - 1)
-        text = "\n".join(wrap_cells(line, width, indent=11))
+        width = shutil.get_terminal_size((100, 24)).columns - 1
+        text = "\n".join(wrap_cells(line, width))
         if color:
             print_formatted_text(FormattedText([(f"class:{style}", text)]), style=STYLE)
         else:
