@@ -26,7 +26,8 @@ from prompt_toolkit.history import FileHistory
 from prompt_toolkit.input import PipeInput, create_pipe_input
 from prompt_toolkit.output import ColorDepth, DummyOutput
 from prompt_toolkit.output.vt100 import Vt100_Output
-from test_display import FORGED
+from test_display import FORGED as FORGED_LOOKS
+from test_forging import FORGED, FORGERY
 from test_repl import Screen
 
 from e2echat.client.events import KeyPinned, MessageReceived, PeerJoined
@@ -212,7 +213,7 @@ async def test_a_peers_text_is_drawn_as_a_message_and_key_changes_as_warnings() 
         new_bob = None
         try:
             async with repl(alice) as (_, screen, _):
-                for number, text in enumerate(FORGED):
+                for number, text in enumerate(FORGED_LOOKS):
                     bob.connection.send_room(f"{text} #{number}")
                     last = await screen.wait_for(f" #{number}")
                     first = screen.lines.index(last) - text.count("\n")
@@ -272,6 +273,10 @@ async def test_connect_without_nick_uses_the_last_profile_and_its_relay() -> Non
 # -- a real terminal --------------------------------------------------------------------------------
 
 
+#: padding that prompt_toolkit counts 0 cells wide, and how wide tmux draws it
+_WIDE_PADDING = [("\u3164", 2), ("\u302e", 2), ("\ua9c0", 1), ("\uffa0", 1)]
+
+
 def _tmux(*args: str) -> str:
     return subprocess.run(["tmux", *args], capture_output=True, text=True, timeout=10, check=True).stdout
 
@@ -325,22 +330,40 @@ def test_real_terminal_under_tmux(tmp_path: Path) -> None:
         tmux("send-keys", "-t", "bob", " and back", "Enter")
         wait_for("alice", "[private] <bob ?> and back")
         wait_for("bob", '"and back" delivered to alice')
+
+        def mallory_sends(lines: bytes) -> None:  # a peer in line mode, typing ``lines``
+            subprocess.run(
+                [sys.executable, "-m", "e2echat", "connect", "--nick", "mallory", "--port", port],
+                input=lines,
+                capture_output=True,
+                timeout=3 * WAIT,
+                check=True,
+                cwd=REPO,
+                env={**os.environ, "XDG_DATA_HOME": str(tmp_path)},
+            )
+
         # A peer sends real escape sequences (set the title, clear the screen): alice's
         # terminal shows them as text and is neither retitled nor cleared.
-        attack = b"\x1b]0;evil\x07\x1b[2J\x1b[Hwiped?\n"
-        subprocess.run(
-            [sys.executable, "-m", "e2echat", "connect", "--nick", "mallory", "--port", port],
-            input=attack,
-            capture_output=True,
-            timeout=3 * WAIT,
-            check=True,
-            cwd=REPO,
-            env={**os.environ, "XDG_DATA_HOME": str(tmp_path)},
-        )
+        mallory_sends(b"\x1b]0;evil\x07\x1b[2J\x1b[Hwiped?\n")
         shown = wait_for("alice", "wiped?")
         assert "\\x1b]0;evil\\x07\\x1b[2J\\x1b[Hwiped?" in shown
         assert "hello from a real terminal" in shown  # the screen was not cleared
         assert tmux("display-message", "-p", "-t", "alice", "#{pane_title}").strip() != "evil"
+        # A peer pads text with characters prompt_toolkit counts 0 cells wide but tmux
+        # draws wider (issue 16): issue 16's own string, and paddings sized so that, were
+        # they drawn as they are, tmux would wrap the row right before the forged text
+        # (alice's rows hold 89 cells; "HH:MM:SS <mallory ?> ok." takes 24 of them).
+        forgeries = [FORGERY] + ["ok." + pad * (66 // width) + FORGED for pad, width in _WIDE_PADDING]
+        mallory_sends("".join(f"{text}\n" for text in forgeries).encode() + b"forgeries done\n")
+        wait_for("alice", "forgeries done")
+        rows = tmux("capture-pane", "-p", "-S", "-", "-t", "alice").splitlines()  # with scrollback
+        first = next(i for i, row in enumerate(rows) if "<mallory ?> ok." in row)
+        last = next(i for i, row in enumerate(rows) if "forgeries done" in row)
+        forged_rows = rows[first:last]
+        assert sum("<mallory ?> ok." in row for row in forged_rows) == len(forgeries)
+        for row in forged_rows:  # each row under its own header, or under the indent
+            assert not row.startswith("12:00:00 <alice"), "\n".join(forged_rows)
+            assert row[9:].startswith("<mallory ?> ok.") or row.startswith(" " * 11), "\n".join(forged_rows)
     finally:
         with contextlib.suppress(subprocess.SubprocessError):
             tmux("kill-server")
