@@ -28,6 +28,7 @@ from e2echat.errors import (
 )
 from e2echat.relay.limits import Limits
 from e2echat.relay.server import DEFAULT_PORT, run_relay
+from e2echat.store.files import exclusive
 from e2echat.store.keyfile import IDENTITY_FILE, is_protected, load_or_create_identity, stored_public_key
 from e2echat.store.pins import KNOWN_PEERS_FILE, PinFile
 from e2echat.store.profiles import (
@@ -223,10 +224,11 @@ def _run_connect(args: argparse.Namespace) -> int:
     args.port = args.port or settings.get("port") or DEFAULT_PORT
     args.nick = nick
     logging.basicConfig(level=logging.WARNING, format="e2echat: %(message)s")
-    identity, created = load_or_create_identity(directory, _passphrase(args.passphrase, directory))
-    pin_file = PinFile(directory / KNOWN_PEERS_FILE)
-    known_peers = pin_file.load()
-    return asyncio.run(_chat(args, identity, (pin_file, known_peers), created, directory, interactive))
+    with exclusive(directory):
+        identity, created = load_or_create_identity(directory, _passphrase(args.passphrase, directory))
+        pin_file = PinFile(directory / KNOWN_PEERS_FILE)
+        known_peers = pin_file.load()
+        return asyncio.run(_chat(args, identity, (pin_file, known_peers), created, directory, interactive))
 
 
 def _profile(args: argparse.Namespace, interactive: bool) -> tuple[str, Path]:

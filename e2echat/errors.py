@@ -170,5 +170,12 @@ class PassphraseRequired(_KeyFileProblem):
     run with --passphrase or set E2ECHAT_PASSPHRASE"""
 
 
+class ProfileInUse(_KeyFileProblem):
+    """the profile in {path} is in use by another e2echat: close that one first
+    (or give this one its own --home)"""
+
+    exit_code = 2
+
+
 class WrongPassphrase(_KeyFileProblem):
     """wrong passphrase for the identity key in {path}"""

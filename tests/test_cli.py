@@ -13,6 +13,7 @@ from nacl.public import PrivateKey
 from e2echat import __version__
 from e2echat.client.core import MessageReceived, PeerJoined
 from e2echat.relay.server import Relay
+from e2echat.store.files import exclusive
 
 from support import LOOPBACK, REPO, WAIT, connect, peers, run_cli, running, running_relay, spawn_cli
 
@@ -184,3 +185,19 @@ async def test_overlong_relay_password_is_a_clear_error(tmp_path: Path) -> None:
     secret.write_text("x" * 600 + "\n")
     code, _, err = await run_cli("relay", "--port", "0", "--password-file", str(secret))
     assert code == 2 and "longer than 512 bytes" in _one_clear_line(err)
+
+
+async def test_a_second_client_on_one_profile_is_refused(tmp_path: Path) -> None:
+    """Two clients on one profile would write the same files (and lose messages when one
+    of them crashed): the second is turned away before it touches anything."""
+    async with running_relay() as relay:
+        with exclusive(tmp_path):  # as a first client holds it
+            code, _, err = await run_cli(
+                "connect", "--nick", "alice", "--port", str(relay.port), "--home", str(tmp_path)
+            )
+    assert code == 2
+    assert _one_clear_line(err) == (
+        f"e2echat: the profile in {tmp_path} is in use by another e2echat: close that one first "
+        "(or give this one its own --home)"
+    )
+    assert not (tmp_path / "identity.key").exists()

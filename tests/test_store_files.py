@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from e2echat.errors import KeyFileError
-from e2echat.store.files import write_private_file
+from e2echat.errors import KeyFileError, ProfileInUse
+from e2echat.store.files import LOCK_FILE, exclusive, write_private_file
 
 WRITERS = 6
 WRITES = 60
@@ -44,3 +44,12 @@ def test_a_failed_write_leaves_no_temporary_file(tmp_path: Path) -> None:
     with pytest.raises(KeyFileError):
         write_private_file(tmp_path / "target", b"x")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["target"]
+
+
+def test_a_profile_is_held_by_one_process_at_a_time(tmp_path: Path) -> None:
+    with exclusive(tmp_path):
+        with pytest.raises(ProfileInUse), exclusive(tmp_path):
+            pass
+    with exclusive(tmp_path):  # released with the first holder
+        pass
+    assert stat.S_IMODE(os.stat(tmp_path / LOCK_FILE).st_mode) == 0o600

@@ -1,14 +1,41 @@
-"""Private files: written atomically, readable by the owner alone."""
+"""Private files, written atomically and readable by the owner alone; the profile lock."""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import nacl.utils
 
-from e2echat.errors import KeyFileError
+from e2echat.errors import KeyFileError, ProfileInUse
+
+LOCK_FILE = "lock"
+
+
+@contextlib.contextmanager
+def exclusive(directory: Path) -> Iterator[None]:
+    """Hold the profile in ``directory`` for this process alone, or raise ProfileInUse.
+
+    Two clients on one profile would write the same key, pin and settings files and
+    register the same nick; the second is refused before it touches anything. The lock
+    is the kernel's (``flock``), so it goes with the process, however that ends.
+    """
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise KeyFileError(path=directory, detail=exc.strerror or str(exc)) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ProfileInUse(path=directory) from None
+        yield
+    finally:
+        os.close(fd)  # and with it the lock
 
 
 def write_private_file(path: Path, data: bytes) -> None:
