@@ -1,0 +1,217 @@
+"""Checks that could be removed without any test noticing (issue 16), each mounted here
+so that it fails when its check is gone. Each test names the check it guards."""
+
+from __future__ import annotations
+
+import pytest
+from nacl.public import PrivateKey
+from test_client_fast import _frames
+from test_cores import FakeClock, FakeWire, _frame, _receipt_frames
+
+from e2echat.client.core import Event, KeyChanged, KeyPinned, MessageReceived, SecurityWarning
+from e2echat.client.receipts import RECEIPT_TIMEOUT, TIMED_OUT, DeliveryReport, DeliveryTracker
+from e2echat.client.trust import KnownPeers, Trust
+from e2echat.errors import CommandError
+from e2echat.relay.core import ConnId
+from e2echat.ui.chat import Chat
+from e2echat.wire import messages as m
+
+from support import connect, running_relay, text_into
+
+
+def _reports(wire: FakeWire, conn: ConnId) -> list[DeliveryReport]:
+    return [e for e in wire.take(conn, receipts=True) if isinstance(e, DeliveryReport)]
+
+
+def _shown(wire: FakeWire, conn: ConnId) -> list[Event]:
+    """What ``conn`` was shown of what arrived: messages, and warnings about the rest."""
+    return [e for e in wire.take(conn) if isinstance(e, MessageReceived | SecurityWarning)]
+
+
+def _receipts_to(wire: FakeWire, conn: ConnId, nick: str) -> int:
+    """How many receipts ``conn`` has sent to ``nick`` so far."""
+    return sum(1 for frame in _receipt_frames(wire, conn) for e in frame.items if e.to == nick)
+
+
+def _pass_on_only(wire: FakeWire, conn: ConnId, nick: str) -> None:
+    """The relay passes on only the envelopes for ``nick`` of what ``conn`` has written."""
+    for message in _frames(wire.clients[conn].data_to_send()):
+        assert isinstance(message, m.Send)
+        kept = tuple(e for e in message.items if e.to == nick)
+        wire.to_relay(conn, _frame(m.Send(message.id, kept)))
+
+
+def _past_the_receipt_timeout(wire: FakeWire, conn: ConnId, clock: FakeClock) -> list[DeliveryReport]:
+    clock.now += RECEIPT_TIMEOUT
+    return [e for e in wire.clients[conn].tick() if isinstance(e, DeliveryReport)]
+
+
+# -- receipts: whose copy, and only once (client/receipts.py, DeliveryTracker.acknowledged) --
+
+
+def test_a_receipt_confirms_only_a_copy_its_sender_was_sent() -> None:
+    tracker = DeliveryTracker(timeout=10.0)
+    tracker.sent(7, False, {"bob": 3, "carol": 5}, now=100.0, preview="hello")
+    assert tracker.acknowledged("carol", [3]) == []  # bob's counter, in carol's receipt
+    assert tracker.acknowledged("carol", [5]) == []
+    assert tracker.expire(now=110.0) == [DeliveryReport(7, False, ("carol",), (("bob", TIMED_OUT),), "hello")]
+
+
+def test_carols_receipt_does_not_confirm_the_copy_the_relay_kept_from_bob() -> None:
+    """Both copies go under counter 0 (each session's first message): the relay holds
+    bob's back, and carol's receipt for her own counter 0 must not say bob got his."""
+    clock = FakeClock()
+    wire = FakeWire()
+    alice = wire.connect("alice", clock=clock)
+    wire.connect("bob", clock=clock)
+    wire.connect("carol", clock=clock)
+    wire.take_all()
+    for_bob = wire.clients[alice].send_private("bob", "for bob")
+    wire.clients[alice].data_to_send()  # the relay never passes it on
+    for_carol = wire.clients[alice].send_private("carol", "for carol")
+    wire.pump()
+    assert _reports(wire, alice) == [DeliveryReport(for_carol, True, ("carol",), (), "for carol")]
+    assert _past_the_receipt_timeout(wire, alice, clock) == [
+        DeliveryReport(for_bob, True, (), (("bob", TIMED_OUT),), "for bob")
+    ]
+
+
+def test_a_receipt_cannot_settle_a_copy_twice_before_the_others_are_in() -> None:
+    tracker = DeliveryTracker(timeout=10.0)
+    tracker.sent(7, False, {"bob": 3, "carol": 5}, now=100.0, preview="hello")
+    assert tracker.acknowledged("carol", [5, 5]) == []
+    assert tracker.acknowledged("carol", [5]) == []
+    assert tracker.acknowledged("bob", [3]) == [DeliveryReport(7, False, ("carol", "bob"), (), "hello")]
+
+
+def test_a_peer_acknowledging_again_is_counted_once() -> None:
+    """carol's client (buggy, or hostile) acknowledges alice's room message a second
+    time while bob's copy is still open: the report names carol once."""
+    clock = FakeClock()
+    wire = FakeWire()
+    alice = wire.connect("alice", clock=clock)
+    wire.connect("bob", clock=clock)
+    carol = wire.connect("carol", clock=clock)
+    wire.take_all()
+    message_id = wire.clients[alice].send_room("for the room")  # counter 0 for each
+    _pass_on_only(wire, alice, "carol")
+    wire.pump()
+    assert _reports(wire, alice) == []  # carol's receipt is in, bob's copy open
+    wire.clients[carol]._outbox.acks_due["alice"] = [0]  # carol acknowledges it again
+    wire.clients[carol].flush_receipts()
+    wire.pump()
+    assert _receipts_to(wire, carol, "alice") == 2
+    assert _past_the_receipt_timeout(wire, alice, clock) == [
+        DeliveryReport(message_id, False, ("carol",), (("bob", TIMED_OUT),), "for the room")
+    ]
+
+
+# -- a peer who leaves takes the session along (client/core.py, ClientCore._retire) ---------
+
+
+def test_a_peer_who_comes_back_gets_a_new_session_both_ways() -> None:
+    """alice and bob have talked; bob reconnects (same identity, new session key). Kept,
+    the old session's chain keys would outlive the connection (no forward secrecy), and
+    bob's new connection could not read what alice sends."""
+    wire = FakeWire()
+    bob_identity = PrivateKey.generate()
+    alice, bob = wire.connect("alice"), wire.connect("bob", bob_identity)
+    wire.clients[alice].send_private("bob", "before")
+    wire.clients[bob].send_private("alice", "before, too")
+    wire.pump()
+    assert _shown(wire, bob) == [MessageReceived("alice", "before", private=True)]
+    wire.hang_up(bob)
+    new_bob = wire.connect("bob", bob_identity)
+    wire.take_all()
+    wire.clients[alice].send_private("bob", "after")
+    wire.clients[new_bob].send_private("alice", "after, too")
+    wire.pump()
+    assert _shown(wire, new_bob) == [MessageReceived("alice", "after", private=True)]
+    assert _shown(wire, alice) == [MessageReceived("bob", "after, too", private=True)]
+
+
+# -- nothing to and nothing from a key not accepted (client/outbox.py, client/core.py) -------
+
+
+def test_receipts_owed_before_a_key_changed_are_not_sent_after() -> None:
+    """bob's second message waits in alice's receipt batch; meanwhile bob's pin changes
+    under alice (another process of hers accepted another key for bob). The batch then
+    goes without a receipt for bob: nothing goes to a key alice does not accept."""
+    clock = FakeClock()
+    wire = FakeWire()
+    alice, bob = wire.connect("alice", clock=clock), wire.connect("bob", clock=clock)
+    wire.clients[bob].send_private("alice", "one")  # alice's first receipt goes at once
+    wire.pump()
+    wire.clients[bob].send_private("alice", "two")  # this one waits for her next batch
+    wire.pump()
+    assert _receipts_to(wire, alice, "bob") == 1
+    wire.clients[alice].known_peers.accept("bob", PrivateKey.generate().public_key)
+    assert wire.clients[alice].trust("bob") is Trust.CHANGED
+    wire.clients[alice].flush_receipts()
+    wire.pump()
+    assert _receipts_to(wire, alice, "bob") == 1
+
+
+def test_a_receipt_from_a_key_no_longer_accepted_confirms_nothing() -> None:
+    """alice's message to bob is on its way when bob's pin changes under her; bob's
+    receipt then comes from a key she does not accept, and must not count."""
+    clock = FakeClock()
+    wire = FakeWire()
+    alice, bob = wire.connect("alice", clock=clock), wire.connect("bob", clock=clock)
+    wire.take_all()
+    message_id = wire.clients[alice].send_private("bob", "are you still you?")
+    wire.clients[alice].known_peers.accept("bob", PrivateKey.generate().public_key)
+    wire.pump()
+    assert _receipts_to(wire, bob, "alice") == 1  # bob did acknowledge it
+    assert _reports(wire, alice) == []
+    assert _past_the_receipt_timeout(wire, alice, clock) == [
+        DeliveryReport(message_id, True, (), (("bob", TIMED_OUT),), "are you still you?")
+    ]
+
+
+# -- verifying a changed key (client/directory.py, Directory.set_verified) -------------------
+
+
+def _with_a_changed_key() -> tuple[FakeWire, ConnId]:
+    wire = FakeWire()
+    alice, old_bob = wire.connect("alice"), wire.connect("bob")
+    wire.hang_up(old_bob)
+    wire.connect("bob")  # another identity key
+    assert any(isinstance(e, KeyChanged) for e in wire.take(alice))
+    return wire, alice
+
+
+@pytest.mark.parametrize("verified", [True, False])
+def test_a_changed_key_cannot_be_marked_until_accepted(verified: bool) -> None:
+    wire, alice = _with_a_changed_key()
+    client = wire.clients[alice]
+    pinned = client.known_peers.get("bob")
+    with pytest.raises(CommandError, match="/trust bob"):
+        client.set_verified("bob", verified)
+    assert client.known_peers.get("bob") == pinned
+    assert client.trust("bob") is Trust.CHANGED
+
+
+async def test_commands_on_a_changed_key_answer_in_words() -> None:
+    """``/untrust``, ``/verify`` with a wrong number, then with the right one, on bob's
+    changed key: each a line for the user, none a traceback."""
+    async with running_relay() as relay:
+        alice = await connect(relay, "alice", known_peers=KnownPeers())
+        old_bob = await connect(relay, "bob")
+        await alice.next(KeyPinned, lambda e: e.nick == "bob")
+        await old_bob.connection.close()
+        new_bob = await connect(relay, "bob")
+        await alice.next(KeyChanged)
+        lines: list[str] = []
+        chat = Chat(alice.connection, text_into(lines))
+        core = alice.connection.core
+        assert chat.handle_line("/untrust bob")
+        assert "key changed" in lines[-1] and "/trust bob" in lines[-1]
+        assert chat.handle_line("/verify bob " + "12345" * 12)
+        assert "does NOT match" in lines[-1]
+        assert core.trust("bob") is Trust.CHANGED
+        assert chat.handle_line(f"/verify bob {core.safety_number('bob')}")
+        assert lines[-1].endswith("bob is now verified")
+        assert core.trust("bob") is Trust.VERIFIED
+        for peer in (new_bob, alice):
+            await peer.connection.close()
