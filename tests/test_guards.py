@@ -4,14 +4,23 @@ so that it fails when its check is gone. Each test names the check it guards."""
 from __future__ import annotations
 
 import pytest
-from nacl.public import PrivateKey
+from nacl.public import Box, PrivateKey, PublicKey
 from test_client_fast import _frames
 from test_cores import FakeClock, FakeWire, _frame, _receipt_frames
 
-from e2echat.client.core import Event, KeyChanged, KeyPinned, MessageReceived, SecurityWarning
-from e2echat.client.receipts import RECEIPT_TIMEOUT, TIMED_OUT, DeliveryReport, DeliveryTracker
+from e2echat.client.core import (
+    RECEIPT_INTERVAL,
+    ClientCore,
+    Event,
+    KeyChanged,
+    KeyPinned,
+    MessageReceived,
+    SecurityWarning,
+    SendReport,
+)
+from e2echat.client.receipts import OFFLINE, RECEIPT_TIMEOUT, TIMED_OUT, DeliveryReport, DeliveryTracker
 from e2echat.client.trust import KnownPeers, Trust
-from e2echat.errors import CommandError
+from e2echat.errors import CommandError, RemoteProtocolError
 from e2echat.relay.core import ConnId
 from e2echat.ui.chat import Chat
 from e2echat.wire import messages as m
@@ -215,3 +224,112 @@ async def test_commands_on_a_changed_key_answer_in_words() -> None:
         assert core.trust("bob") is Trust.VERIFIED
         for peer in (new_bob, alice):
             await peer.connection.close()
+
+
+# -- found by removing the client's other checks in turn ----------------------------------------
+
+
+def _password_in_proof(password_required: bool) -> bytes:
+    """What of alice's relay password her registration proof carries, as the relay opens it."""
+    relay, identity = PrivateKey.generate(), PrivateKey.generate()
+    core = ClientCore("alice", identity, PrivateKey.generate(), password=b"hunter2")
+    challenge = m.Challenge(relay.public_key, b"\x05" * m.CHALLENGE_SIZE, password_required)
+    core.receive_data(_frame(challenge))
+    (register,) = _frames(core.data_to_send())
+    assert isinstance(register, m.Register)
+    opened = Box(relay, identity.public_key).decrypt(register.proof)
+    assert opened[: m.CHALLENGE_SIZE] == challenge.challenge
+    return opened[m.CHALLENGE_SIZE + PublicKey.SIZE :]
+
+
+def test_the_relay_password_goes_only_to_a_relay_that_asks_for_it() -> None:
+    """A relay that does not ask (another one, or one posing as ours) must not learn it."""
+    assert _password_in_proof(password_required=True) == b"hunter2"
+    assert _password_in_proof(password_required=False) == b""
+
+
+def test_a_relay_listing_us_among_the_peers_is_a_protocol_error() -> None:
+    wire = FakeWire()
+    alice, _ = wire.connect("alice"), wire.connect("bob")
+    us = m.PeerInfo("alice", PrivateKey.generate().public_key, PrivateKey.generate().public_key)
+    with pytest.raises(RemoteProtocolError, match="our own nick"):
+        wire.deliver(alice, _frame(m.PeerJoined(us)))
+
+
+def test_a_refused_reannouncement_is_not_shown_as_a_join() -> None:
+    """The relay replays bob's old entry after he left: a warning, and no "bob joined"."""
+    wire = FakeWire()
+    alice, bob = wire.connect("alice"), wire.connect("bob")
+    old_entry = wire.clients[alice].directory["bob"]
+    wire.hang_up(bob)
+    wire.take_all()
+    wire.deliver(alice, _frame(m.PeerJoined(old_entry)))
+    assert [type(e) for e in wire.take(alice)] == [SecurityWarning]
+    assert wire.clients[alice].peers == []
+
+
+def test_a_peer_whose_keys_were_unusable_is_usable_once_back_with_good_ones() -> None:
+    wire = FakeWire()
+    eve_identity = PrivateKey.generate()
+    alice, eve = wire.connect("alice"), wire.connect("eve", eve_identity)
+    bad = m.PeerInfo("eve", eve_identity.public_key, PublicKey(bytes(32)))
+    wire.deliver(alice, _frame(m.PeerJoined(bad)))  # the relay shows alice a bad session key
+    with pytest.raises(CommandError, match="no secure session with eve"):
+        wire.clients[alice].send_private("eve", "hi")
+    wire.hang_up(eve)
+    new_eve = wire.connect("eve", eve_identity)  # eve reconnects; the relay is honest again
+    wire.take_all()
+    wire.clients[alice].send_private("eve", "hi again")
+    wire.pump()
+    assert _shown(wire, new_eve) == [MessageReceived("alice", "hi again", private=True)]
+
+
+def test_a_receipt_goes_once() -> None:
+    clock = FakeClock()
+    wire = FakeWire()
+    alice, bob = wire.connect("alice", clock=clock), wire.connect("bob", clock=clock)
+    wire.clients[bob].send_private("alice", "one")
+    wire.pump()
+    assert _receipts_to(wire, alice, "bob") == 1
+    clock.now += 1.5 * RECEIPT_INTERVAL
+    wire.clients[alice].tick()
+    wire.clients[alice].flush_receipts()
+    wire.pump()
+    assert _receipts_to(wire, alice, "bob") == 1
+
+
+def test_a_new_known_peers_object_is_noticed_even_at_the_same_generation() -> None:
+    """Trust states are cached per KnownPeers object and generation: a replacement that
+    happens to have the cached generation must still not be read as the old one."""
+    wire = FakeWire()
+    alice, _ = wire.connect("alice"), wire.connect("bob")
+    client = wire.clients[alice]
+    assert client.trust("bob") is Trust.UNVERIFIED  # cached now
+    other = KnownPeers()
+    other.see("bob", PrivateKey.generate().public_key)
+    other.generation = client.known_peers.generation
+    client.known_peers = other
+    assert client.trust("bob") is Trust.CHANGED
+    with pytest.raises(CommandError, match="key changed"):
+        client.send_private("bob", "still you?")
+
+
+def test_the_relays_answers_cannot_rewrite_the_reports() -> None:
+    """The relay answers for a room message with names that were no recipients, and calls
+    bob, whose receipt is in, missing: the reports name the recipients only, and bob as
+    delivered."""
+    wire = FakeWire()
+    alice, _, _ = wire.connect("alice"), wire.connect("bob"), wire.connect("carol")
+    wire.take_all()
+    message_id = wire.clients[alice].send_room("hello")
+    _pass_on_only(wire, alice, "bob")  # carol's copy is held back, unanswered for
+    wire.pump()
+    assert wire.take(alice, receipts=True) == []  # bob's receipt is in; carol is open
+    lie = m.Routed(message_id, ("mallory",), ("bob", "mallory"), ("mallory",))
+    wire.deliver(alice, _frame(lie))
+    assert wire.take(alice, receipts=True) == []
+    wire.deliver(alice, _frame(m.Routed(message_id, (), ("carol",), ())))
+    assert wire.take(alice, receipts=True) == [
+        SendReport(message_id, False, ("bob",), ("carol",)),
+        DeliveryReport(message_id, False, ("bob",), (("carol", OFFLINE),), "hello"),
+    ]
