@@ -20,6 +20,7 @@ from e2echat.client.core import (
 )
 from e2echat.client.receipts import OFFLINE, RECEIPT_TIMEOUT, TIMED_OUT, DeliveryReport, DeliveryTracker
 from e2echat.client.trust import KnownPeers, Trust
+from e2echat.crypto.session import MAX_TEXT
 from e2echat.errors import CommandError, RemoteProtocolError
 from e2echat.relay.core import ConnId
 from e2echat.ui.chat import Chat
@@ -333,3 +334,22 @@ def test_the_relays_answers_cannot_rewrite_the_reports() -> None:
         SendReport(message_id, False, ("bob",), ("carol",)),
         DeliveryReport(message_id, False, ("bob",), (("carol", OFFLINE),), "hello"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [("x" * (MAX_TEXT + 1), "too long"), ("a lone surrogate \udcff", "not valid Unicode")],
+    ids=["too-long", "not-unicode"],
+)
+def test_a_text_that_cannot_be_sent_is_refused_in_words_before_anything_goes(text: str, why: str) -> None:
+    """Typed text can be anything (line mode reads undecodable bytes as surrogates): the
+    user gets a CommandError to read, not an error from deeper down, and nothing is sent."""
+    wire = FakeWire()
+    alice, _ = wire.connect("alice"), wire.connect("bob")
+    client = wire.clients[alice]
+    with pytest.raises(CommandError, match=why):
+        client.send_room(text)
+    with pytest.raises(CommandError, match=why):
+        client.send_private("bob", text)
+    assert client.data_to_send() == b""
+    assert client.settled
