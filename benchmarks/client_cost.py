@@ -28,7 +28,9 @@ from benchmarks.report import Figure, Section, judge
 from benchmarks.wire import new_core
 from e2echat.client.core import ClientCore, MessageReceived
 from e2echat.wire import messages as m
+from e2echat.wire.codec import decode_message, encode_message
 from e2echat.wire.framing import FrameDecoder, encode_frame
+from e2echat.wire.grammar import CHALLENGE_SIZE
 
 TARGET_RATIO = 1.5
 #: Each figure is the fastest of this many rounds, as ``timeit`` reports: a slower round
@@ -54,11 +56,11 @@ def frozen_heap() -> Iterator[None]:
 
 
 def frame(message: m.Message) -> bytes:
-    return encode_frame(m.encode_message(message))
+    return encode_frame(encode_message(message))
 
 
 def decode_frames(data: bytes) -> list[m.Message]:
-    return [m.decode_message(payload) for payload in FrameDecoder().receive_data(data)]
+    return [decode_message(payload) for payload in FrameDecoder().receive_data(data)]
 
 
 def online_cores(count: int) -> list[ClientCore]:
@@ -67,7 +69,7 @@ def online_cores(count: int) -> list[ClientCore]:
     cores = [new_core(f"c{index:04d}") for index in range(count)]
     entries = []
     for core in cores:
-        core.receive_data(frame(m.Challenge(relay_key.public_key, os.urandom(m.CHALLENGE_SIZE))))
+        core.receive_data(frame(m.Challenge(relay_key.public_key, os.urandom(CHALLENGE_SIZE))))
         (register,) = decode_frames(core.data_to_send())
         assert isinstance(register, m.Register)
         entries.append(m.PeerInfo(register.nick, register.identity_key, register.session_key))

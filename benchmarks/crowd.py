@@ -20,7 +20,7 @@ from benchmarks.system import cpu_seconds, rss_bytes
 from benchmarks.wire import BenchmarkError, Link, connect_link, new_core
 from e2echat.client.core import ClientState
 from e2echat.errors import E2EChatError
-from e2echat.wire import messages as m
+from e2echat.wire.codec import decode_message
 from e2echat.wire.framing import FrameDecoder
 
 _WELCOME = b'{"v":1,"type":"welcome"'
@@ -46,7 +46,7 @@ async def join_idle(host: str, port: int, nick: str, timeout: float) -> tuple[Li
         nonlocal directory_bytes
         for frame in decoder.receive_data(data):
             if not frame.startswith((_WELCOME, _DIRECTORY)):
-                fail(f"relay sent {m.decode_message(frame)!r} instead of the directory")
+                fail(f"relay sent {decode_message(frame)!r} instead of the directory")
                 return
             directory_bytes += len(frame)
             if frame.endswith(_LAST_PART):

@@ -43,7 +43,7 @@ from e2echat.ui.chat import Chat
 from e2echat.ui.linemode import print_text, run_line_mode
 from e2echat.ui.render import neutralize
 from e2echat.ui.repl import history_file, make_session, run_repl, terminal_writer
-from e2echat.wire.messages import MAX_PASSWORD, NICK_RULE, is_valid_nick
+from e2echat.wire.grammar import MAX_PASSWORD, NICK_RULE, is_valid_nick
 
 EXIT_INTERRUPTED = 130  # the shell convention for "stopped by Ctrl+C"
 EXIT_NOT_SENT = 4  # as for a lost relay: something typed never left this machine

@@ -17,6 +17,7 @@ from e2echat.errors import RemoteProtocolError
 from e2echat.relay.core import Action, Close, ConnId
 from e2echat.relay.server import Relay, _Link
 from e2echat.wire import messages as m
+from e2echat.wire.codec import decode_message
 from e2echat.wire.framing import FrameDecoder
 
 from relay_frames import Outgoing, as_actions, spelled_out
@@ -54,7 +55,7 @@ class HostileRelay(Relay):
         if link.conn in self._links:
             tap = self._taps.setdefault(link.conn, FrameDecoder())
             with contextlib.suppress(RemoteProtocolError):  # the relay refuses it: nothing to keep
-                self.received.extend((link.conn, m.decode_message(frame)) for frame in tap.receive_data(data))
+                self.received.extend((link.conn, decode_message(frame)) for frame in tap.receive_data(data))
         super()._received(link, data)
 
     def _apply(self, actions: list[Action]) -> None:

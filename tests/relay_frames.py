@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from e2echat.relay.core import Action, Close, ConnId, Write
 from e2echat.wire import messages as m
+from e2echat.wire.codec import decode_message, encode_message
 from e2echat.wire.framing import FrameDecoder, encode_frame
 
 
@@ -26,7 +27,7 @@ def decode_frame(data: bytes) -> m.Message:
     decoder = FrameDecoder()
     (frame,) = decoder.receive_data(data)
     assert decoder.buffered == 0, "a Write's pair holds exactly one frame"
-    return m.decode_message(frame)
+    return decode_message(frame)
 
 
 def spelled_out(actions: Iterable[Action]) -> list[Outgoing | Close]:
@@ -44,7 +45,7 @@ def spelled_out(actions: Iterable[Action]) -> list[Outgoing | Close]:
 def as_actions(items: Iterable[Outgoing | Close]) -> list[Action]:
     """The other way: each ``Outgoing`` encoded as the ``Write`` the core would return."""
     return [
-        Write([(item.conn, encode_frame(m.encode_message(item.message)))])
+        Write([(item.conn, encode_frame(encode_message(item.message)))])
         if isinstance(item, Outgoing)
         else item
         for item in items

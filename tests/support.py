@@ -27,6 +27,7 @@ from e2echat.client.trust import KnownPeers
 from e2echat.crypto.identity import new_session_key
 from e2echat.relay.server import Relay
 from e2echat.wire import messages as m
+from e2echat.wire.codec import decode_message, encode_message
 from e2echat.wire.framing import FrameDecoder, encode_frame
 
 LOOPBACK = "127.0.0.1"
@@ -179,7 +180,7 @@ class RawClient:
             self.writer.write(core.data_to_send())
 
     def send(self, message: m.Message) -> None:
-        self.writer.write(encode_frame(m.encode_message(message)))
+        self.writer.write(encode_frame(encode_message(message)))
 
     def send_bytes(self, data: bytes) -> None:
         self.writer.write(data)
@@ -193,7 +194,7 @@ class RawClient:
                 if not data:
                     return None
                 self.frames.extend(self.decoder.receive_data(data))
-            return m.decode_message(self.frames.pop(0))
+            return decode_message(self.frames.pop(0))
 
         return await asyncio.wait_for(read(), WAIT)
 

@@ -25,6 +25,7 @@ from e2echat.crypto.session import MAX_SKIP, Kind, Party, PeerSession, chain_ste
 from e2echat.errors import DecryptionError, RelayGone, RemoteProtocolError
 from e2echat.relay.core import Action, RelayCore, Write
 from e2echat.wire import messages as m
+from e2echat.wire.codec import encode_message
 from e2echat.wire.framing import encode_frame
 
 from hostile import HostileRelay, deliveries, flip_bit, substitute_keys
@@ -383,7 +384,7 @@ async def test_peer_reannounced_with_an_old_session_key_is_ignored() -> None:
 
 @pytest.mark.parametrize("version", [0, 2])
 async def test_client_refuses_another_protocol_version(version: int) -> None:
-    challenge = m.encode_message(m.Challenge(PrivateKey.generate().public_key, b"\x07" * 32))
+    challenge = encode_message(m.Challenge(PrivateKey.generate().public_key, b"\x07" * 32))
     downgraded = json.dumps({**json.loads(challenge), "v": version}).encode()
 
     async def fake_relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

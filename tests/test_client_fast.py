@@ -13,21 +13,24 @@ from e2echat.client.core import ClientCore, KeyChanged, MessageReceived, Securit
 from e2echat.client.trust import KnownPeers, Trust
 from e2echat.errors import CommandError, RemoteProtocolError
 from e2echat.wire import messages as m
+from e2echat.wire.codec import decode_message, encode_message
+from e2echat.wire.fastpath import decode_deliver
 from e2echat.wire.framing import FrameDecoder, encode_frame
+from e2echat.wire.grammar import CHALLENGE_SIZE
 
 RELAY_KEY = PrivateKey.generate()
 
 
 def _frame(message: m.Message) -> bytes:
-    return encode_frame(m.encode_message(message))
+    return encode_frame(encode_message(message))
 
 
 def _frames(data: bytes) -> list[m.Message]:
-    return [m.decode_message(payload) for payload in FrameDecoder().receive_data(data)]
+    return [decode_message(payload) for payload in FrameDecoder().receive_data(data)]
 
 
 def _register(core: ClientCore) -> m.PeerInfo:
-    core.receive_data(_frame(m.Challenge(RELAY_KEY.public_key, os.urandom(m.CHALLENGE_SIZE))))
+    core.receive_data(_frame(m.Challenge(RELAY_KEY.public_key, os.urandom(CHALLENGE_SIZE))))
     (register,) = _frames(core.data_to_send())
     assert isinstance(register, m.Register)
     return m.PeerInfo(register.nick, register.identity_key, register.session_key)
@@ -124,11 +127,11 @@ def test_a_deliver_in_another_valid_form_is_read_as_the_canonical_one() -> None:
     alice.send_room("one")
     alice.send_room("two")
     first, second = (s.items[0].body for s in _frames(alice.data_to_send()))  # type: ignore[attr-defined]
-    canonical = m.encode_message(m.Deliver("alice", first))
-    assert m.decode_deliver(canonical) is not None
+    canonical = encode_message(m.Deliver("alice", first))
+    assert decode_deliver(canonical) is not None
     assert _texts(bob.receive_data(encode_frame(canonical))) == ["one"]
-    spaced = m.encode_message(m.Deliver("alice", second)).replace(b'","', b'", "')
-    assert m.decode_deliver(spaced) is None
+    spaced = encode_message(m.Deliver("alice", second)).replace(b'","', b'", "')
+    assert decode_deliver(spaced) is None
     assert _texts(bob.receive_data(encode_frame(spaced))) == ["two"]
 
 

@@ -36,6 +36,7 @@ from e2echat.errors import CommandError, LocalProtocolError, RemoteProtocolError
 from e2echat.relay.core import Action, Close, ConnId, RelayCore, Write
 from e2echat.relay.limits import Limits
 from e2echat.wire import messages as m
+from e2echat.wire.codec import decode_message, encode_message
 from e2echat.wire.framing import FrameDecoder, encode_frame
 
 from relay_frames import Outgoing, decode_frame
@@ -44,7 +45,7 @@ UNLIMITED = Limits(rate=1e9, burst=1e9)
 
 
 def _frame(message: m.Message) -> bytes:
-    return encode_frame(m.encode_message(message))
+    return encode_frame(encode_message(message))
 
 
 def _chunks(data: bytes, byte_by_byte: bool) -> list[bytes]:
@@ -108,7 +109,7 @@ class FakeWire:
                 self._to_relay(conn, data)
 
     def _to_relay(self, conn: ConnId, data: bytes) -> None:
-        messages = [m.decode_message(frame) for frame in self._decoders[conn].receive_data(data)]
+        messages = [decode_message(frame) for frame in self._decoders[conn].receive_data(data)]
         tamper = self.tamper.get(conn)
         if tamper is not None:
             messages = [tamper(message) for message in messages]
@@ -342,7 +343,7 @@ def _captured_body(client: ClientCore, recipient: str, text: str) -> bytes:
     client.send_private(recipient, text)
     decoder = FrameDecoder()
     (frame,) = decoder.receive_data(client.data_to_send())
-    send = m.decode_message(frame)
+    send = decode_message(frame)
     assert isinstance(send, m.Send)
     (envelope,) = send.items
     return envelope.body

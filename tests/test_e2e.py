@@ -22,6 +22,7 @@ from e2echat.client.events import Disconnected
 from e2echat.errors import CommandError, RegistrationRefused, RelayUnreachable
 from e2echat.ui.chat import Chat
 from e2echat.wire import messages as m
+from e2echat.wire.codec import decode_message
 from e2echat.wire.framing import FrameDecoder
 
 from support import LOOPBACK, WAIT, RawClient, connect, peers, running_relay, text_into
@@ -188,7 +189,7 @@ class RecordingProxy:
         decoded = []
         for stream in self.streams:
             decoder = FrameDecoder()
-            decoded.extend(m.decode_message(frame) for frame in decoder.receive_data(bytes(stream)))
+            decoded.extend(decode_message(frame) for frame in decoder.receive_data(bytes(stream)))
         return decoded
 
 

@@ -13,6 +13,9 @@ from hypothesis import strategies as st
 
 from e2echat.errors import LocalProtocolError, RemoteProtocolError
 from e2echat.wire import messages as m
+from e2echat.wire.codec import decode_message, encode_message
+from e2echat.wire.fastpath import decode_deliver, encode_send
+from e2echat.wire.grammar import MAX_BODY, MAX_ID, MAX_ITEMS
 
 nicks = st.text(alphabet=string.ascii_letters + string.digits + "_.-", min_size=1, max_size=32)
 bodies = st.binary(min_size=1, max_size=300)
@@ -22,14 +25,14 @@ def _strict(payload: bytes) -> tuple[str, bytes] | None:
     """What ``decode_message`` makes of ``payload`` as (sender, body); None if it refuses
     it or it is not a deliver."""
     try:
-        message = m.decode_message(payload)
+        message = decode_message(payload)
     except RemoteProtocolError:
         return None
     return (message.sender, message.body) if isinstance(message, m.Deliver) else None
 
 
 def _agree(payload: bytes) -> None:
-    fast = m.decode_deliver(payload)
+    fast = decode_deliver(payload)
     if fast is not None:
         assert fast == _strict(payload), payload
 
@@ -39,32 +42,32 @@ def _agree(payload: bytes) -> None:
 
 @settings(max_examples=200)
 @given(
-    message_id=st.integers(min_value=0, max_value=m.MAX_ID),
+    message_id=st.integers(min_value=0, max_value=MAX_ID),
     items=st.lists(st.tuples(nicks, bodies), min_size=1, max_size=20),
 )
 def test_encode_send_gives_the_bytes_encode_message_gives(
     message_id: int, items: list[tuple[str, bytes]]
 ) -> None:
     envelopes = tuple(m.Envelope(to, body) for to, body in items)
-    assert m.encode_send(message_id, items) == m.encode_message(m.Send(message_id, envelopes))
-    decoded = m.decode_message(m.encode_send(message_id, items))
+    assert encode_send(message_id, items) == encode_message(m.Send(message_id, envelopes))
+    decoded = decode_message(encode_send(message_id, items))
     assert decoded == m.Send(message_id, envelopes)
 
 
 def test_encode_send_of_the_largest_body_and_id() -> None:
-    items = [("a" * 32, b"\xff" * m.MAX_BODY)]
-    envelopes = (m.Envelope("a" * 32, b"\xff" * m.MAX_BODY),)
-    assert m.encode_send(m.MAX_ID, items) == m.encode_message(m.Send(m.MAX_ID, envelopes))
+    items = [("a" * 32, b"\xff" * MAX_BODY)]
+    envelopes = (m.Envelope("a" * 32, b"\xff" * MAX_BODY),)
+    assert encode_send(MAX_ID, items) == encode_message(m.Send(MAX_ID, envelopes))
 
 
 @pytest.mark.parametrize(
     ("message_id", "items"),
     [
         (-1, [("bob", b"x")]),
-        (m.MAX_ID + 1, [("bob", b"x")]),
+        (MAX_ID + 1, [("bob", b"x")]),
         (True, [("bob", b"x")]),
         (1, []),
-        (1, [("bob", b"x")] * (m.MAX_ITEMS + 1)),
+        (1, [("bob", b"x")] * (MAX_ITEMS + 1)),
         (1, [("", b"x")]),
         (1, [('bo"b', b"x")]),
         (1, [("bob\n", b"x")]),
@@ -73,7 +76,7 @@ def test_encode_send_of_the_largest_body_and_id() -> None:
         (1, [(b"bob", b"x")]),
         (1, [(["bob"], b"x")]),
         (1, [("bob", b"")]),
-        (1, [("bob", b"x" * (m.MAX_BODY + 1))]),
+        (1, [("bob", b"x" * (MAX_BODY + 1))]),
         (1, [("bob", "text")]),
         (1, [("bob", bytearray(b"x"))]),
     ],
@@ -102,7 +105,7 @@ def test_encode_send_refuses_what_send_refuses(
     with pytest.raises(LocalProtocolError):
         m.Send(message_id, tuple(m.Envelope(to, body) for to, body in items))  # type: ignore[arg-type]
     with pytest.raises(LocalProtocolError):
-        m.encode_send(message_id, items)  # type: ignore[arg-type]
+        encode_send(message_id, items)  # type: ignore[arg-type]
 
 
 # -- deliver -------------------------------------------------------------------------------
@@ -111,8 +114,8 @@ def test_encode_send_refuses_what_send_refuses(
 @settings(max_examples=200)
 @given(sender=nicks, body=bodies)
 def test_decode_deliver_reads_what_encode_message_writes(sender: str, body: bytes) -> None:
-    payload = m.encode_message(m.Deliver(sender, body))
-    assert m.decode_deliver(payload) == (sender, body) == _strict(payload)
+    payload = encode_message(m.Deliver(sender, body))
+    assert decode_deliver(payload) == (sender, body) == _strict(payload)
 
 
 def _canonical(sender: str = "alice", body: str = base64.b64encode(b"\x00cipher\xff").decode()) -> bytes:
@@ -121,7 +124,7 @@ def _canonical(sender: str = "alice", body: str = base64.b64encode(b"\x00cipher\
 
 MALFORMED = {
     "empty-body": _canonical(body=""),
-    "body-too-big": _canonical(body=base64.b64encode(b"x" * (m.MAX_BODY + 1)).decode()),
+    "body-too-big": _canonical(body=base64.b64encode(b"x" * (MAX_BODY + 1)).decode()),
     "missing-padding": _canonical(body="QUI"),
     "padding-inside": _canonical(body="QQ==QUJD"),
     "too-much-padding": _canonical(body="QQ==="),
@@ -162,24 +165,24 @@ NON_CANONICAL = {
 @pytest.mark.parametrize("payload", MALFORMED.values(), ids=MALFORMED.keys())
 def test_decode_deliver_refuses_what_decode_message_refuses(payload: bytes) -> None:
     assert _strict(payload) is None  # else the case tests nothing
-    assert m.decode_deliver(payload) is None
+    assert decode_deliver(payload) is None
 
 
 @pytest.mark.parametrize("payload", NON_CANONICAL.values(), ids=NON_CANONICAL.keys())
 def test_decode_deliver_leaves_other_valid_forms_to_the_strict_decoder(payload: bytes) -> None:
     assert _strict(payload) is not None
-    assert m.decode_deliver(payload) is None
+    assert decode_deliver(payload) is None
 
 
 def test_decode_deliver_takes_the_canonical_form() -> None:
-    assert m.decode_deliver(_canonical()) == ("alice", b"\x00cipher\xff") == _strict(_canonical())
+    assert decode_deliver(_canonical()) == ("alice", b"\x00cipher\xff") == _strict(_canonical())
     # Excess padding after a whole quantum: b64decode(validate=True) takes it, so both do.
     padded = _canonical(body="QUJD=")
-    assert m.decode_deliver(padded) == ("alice", b"ABC") == _strict(padded)
+    assert decode_deliver(padded) == ("alice", b"ABC") == _strict(padded)
 
 
 def test_every_single_byte_change_to_a_deliver_is_judged_as_strict_judges_it() -> None:
-    payload = m.encode_message(m.Deliver("al.ice-9_", b"\x00\x01\xfe\xff body"))
+    payload = encode_message(m.Deliver("al.ice-9_", b"\x00\x01\xfe\xff body"))
     replacements = sorted(set(b'{}[]":,\\ =+/-_.0129AZaz\x00\n\x7f\xff'))
     for index in range(len(payload)):
         _agree(payload[:index] + payload[index + 1 :])  # deleted

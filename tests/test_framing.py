@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from e2echat.errors import FrameTooLarge, LocalProtocolError, RemoteProtocolError
 from e2echat.wire import messages
+from e2echat.wire.codec import decode_message
 from e2echat.wire.framing import MAX_FRAME, PREFIX_SIZE, FrameDecoder, encode_frame
 
 PAYLOADS = [b"a", b"hello", bytes(range(256)), b"\x00\x00\x00\x00", b"x" * 1000, b"{}"]
@@ -192,7 +193,7 @@ def _feed_everything(stream: bytes, cuts: list[int], max_frame: int = MAX_FRAME)
         for cut in [*sorted(c % (len(stream) + 1) for c in cuts), len(stream)]:
             for frame in decoder.receive_data(stream[start:cut]):
                 try:
-                    message = messages.decode_message(frame)
+                    message = decode_message(frame)
                 except RemoteProtocolError:
                     continue
                 assert isinstance(message, messages.Message)

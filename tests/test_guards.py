@@ -25,6 +25,7 @@ from e2echat.errors import CommandError, RemoteProtocolError
 from e2echat.relay.core import ConnId
 from e2echat.ui.chat import Chat
 from e2echat.wire import messages as m
+from e2echat.wire.grammar import CHALLENGE_SIZE
 
 from support import connect, running_relay, text_into
 
@@ -234,13 +235,13 @@ def _password_in_proof(password_required: bool) -> bytes:
     """What of alice's relay password her registration proof carries, as the relay opens it."""
     relay, identity = PrivateKey.generate(), PrivateKey.generate()
     core = ClientCore("alice", identity, PrivateKey.generate(), password=b"hunter2")
-    challenge = m.Challenge(relay.public_key, b"\x05" * m.CHALLENGE_SIZE, password_required)
+    challenge = m.Challenge(relay.public_key, b"\x05" * CHALLENGE_SIZE, password_required)
     core.receive_data(_frame(challenge))
     (register,) = _frames(core.data_to_send())
     assert isinstance(register, m.Register)
     opened = Box(relay, identity.public_key).decrypt(register.proof)
-    assert opened[: m.CHALLENGE_SIZE] == challenge.challenge
-    return opened[m.CHALLENGE_SIZE + PublicKey.SIZE :]
+    assert opened[:CHALLENGE_SIZE] == challenge.challenge
+    return opened[CHALLENGE_SIZE + PublicKey.SIZE :]
 
 
 def test_the_relay_password_goes_only_to_a_relay_that_asks_for_it() -> None:

@@ -22,6 +22,7 @@ from e2echat.errors import RelayGone
 from e2echat.ui.chat import Chat
 from e2echat.ui.repl import wrap_cells
 from e2echat.wire import messages as m
+from e2echat.wire.codec import encode_message, printable_reason
 from e2echat.wire.framing import encode_frame
 
 from support import LOOPBACK, WAIT, RawClient, peers, run_cli, running_relay, spawn_cli, text_into
@@ -73,7 +74,7 @@ async def fake_relay(
 
 async def test_relay_offering_a_low_order_key_is_a_clean_error() -> None:
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(encode_frame(m.encode_message(m.Challenge(PublicKey(bytes(32)), b"\x01" * 32))))
+        writer.write(encode_frame(encode_message(m.Challenge(PublicKey(bytes(32)), b"\x01" * 32))))
         await reader.read()
 
     async with fake_relay(script) as port:
@@ -86,10 +87,10 @@ async def test_relay_error_text_cannot_drive_the_terminal() -> None:
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         evil = m.Error("nick_taken", "\x1b]0;owned\x07\ne2echat: connected, all fine")
         writer.write(
-            encode_frame(m.encode_message(m.Challenge(PrivateKey.generate().public_key, b"\x01" * 32)))
+            encode_frame(encode_message(m.Challenge(PrivateKey.generate().public_key, b"\x01" * 32)))
         )
         await reader.read(65536)
-        writer.write(encode_frame(m.encode_message(evil)))
+        writer.write(encode_frame(encode_message(evil)))
         await writer.drain()
         writer.close()
 
@@ -128,7 +129,7 @@ def test_receipts_are_split_across_frames(monkeypatch: pytest.MonkeyPatch) -> No
     wire = FakeWire()
     listener = wire.connect("listener", clock=clock)
     talkers = [wire.connect(f"t{i}", clock=clock) for i in range(5)]
-    monkeypatch.setattr(m, "MAX_ITEMS", 2)  # the limit the relay checks, made small
+    monkeypatch.setattr(outbox, "MAX_ITEMS", 2)  # the item limit, made small
     wire.clients[talkers[0]].send_room("first")  # the listener's first receipt goes at once
     wire.pump()
     for talker in talkers:
@@ -164,7 +165,7 @@ def test_a_room_message_too_big_for_one_frame_goes_in_several(
     wire.pump()
     frames = [s for s in wire.sent[talker] if isinstance(s, m.Send) and s.id == message_id]
     assert len(frames) == 2
-    assert all(len(m.encode_message(frame)) <= budget for frame in frames)
+    assert all(len(encode_message(frame)) <= budget for frame in frames)
     assert sorted(e.to for frame in frames for e in frame.items) == names
     for listener in listeners:
         assert [e.text for e in wire.events[listener] if isinstance(e, MessageReceived)][-1] == "x" * 500
@@ -182,7 +183,7 @@ def test_wide_characters_cannot_forge_a_line_of_their_own() -> None:
 
 
 def test_relay_reasons_are_printable() -> None:
-    reason = m.printable_reason("bad field 'x\nINFO fake log line\x1b[2J'")
+    reason = printable_reason("bad field 'x\nINFO fake log line\x1b[2J'")
     assert "\n" not in reason and "\x1b" not in reason and "\\n" in reason
 
 

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from e2echat.client import outbox
 from e2echat.client.outbox import envelope_size, send_frames
 from e2echat.wire import messages as m
+from e2echat.wire.codec import decode_message
 from e2echat.wire.framing import FrameDecoder
 
 BUDGET = 2_000  # small, so that a few envelopes fill a frame
@@ -22,7 +23,7 @@ envelopes = st.lists(st.tuples(nicks, st.binary(min_size=1, max_size=900)), min_
 
 
 def _sends(data: bytes) -> list[m.Send]:
-    sends = [m.decode_message(payload) for payload in FrameDecoder().receive_data(data)]
+    sends = [decode_message(payload) for payload in FrameDecoder().receive_data(data)]
     assert all(isinstance(send, m.Send) for send in sends)
     return sends  # type: ignore[return-value]
 
@@ -57,6 +58,6 @@ def test_frames_hold_what_the_rule_allows_and_no_more(items: list[tuple[str, byt
 
 
 def test_the_item_limit_splits_frames_too(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(m, "MAX_ITEMS", 2)  # the limit the relay checks, made small
+    monkeypatch.setattr(outbox, "MAX_ITEMS", 2)  # the item limit, made small
     sends = _sends(send_frames(1, [(f"n{i}", b"\x01") for i in range(5)]))
     assert [len(send.items) for send in sends] == [2, 2, 1]

@@ -11,6 +11,7 @@ from e2echat.client.core import MessageReceived, PeerJoined
 from e2echat.crypto.identity import registration_proof
 from e2echat.relay.server import connect_hint
 from e2echat.wire import messages as m
+from e2echat.wire.codec import encode_message
 from e2echat.wire.framing import MAX_FRAME, encode_frame
 
 from support import RawClient, connect, peers, running_relay
@@ -22,7 +23,7 @@ BAD_INPUTS = {
     "zero-length": b"\x00\x00\x00\x00",
     "unknown-type": encode_frame(b'{"v":1,"type":"teleport"}'),
     "old-version": encode_frame(b'{"v":0,"type":"register"}'),
-    "send-before-register": encode_frame(m.encode_message(m.Send(1, (m.Envelope("bob", b"\x00" * 48),)))),
+    "send-before-register": encode_frame(encode_message(m.Send(1, (m.Envelope("bob", b"\x00" * 48),)))),
 }
 
 

@@ -18,6 +18,8 @@ from e2echat.errors import RemoteProtocolError
 from e2echat.relay.core import Close, ConnId, RelayCore, Write
 from e2echat.relay.limits import Flow, Limits, Verdict
 from e2echat.wire import messages as m
+from e2echat.wire.codec import decode_message
+from e2echat.wire.fastpath import deliver_head, encode_send
 
 from relay_frames import Outgoing, decode_frame, spelled_out
 
@@ -85,7 +87,7 @@ _HOSTILE_FRAMES = {
 @pytest.mark.parametrize("payload", _HOSTILE_FRAMES.values(), ids=_HOSTILE_FRAMES.keys())
 def test_any_decode_error_is_refused_with_an_error_frame(payload: bytes, registered: bool) -> None:
     with pytest.raises(RemoteProtocolError):
-        m.decode_message(payload)
+        decode_message(payload)
     relay = RelayCore()
     if registered:
         _join(relay, 1, "mallory")
@@ -275,7 +277,7 @@ def test_bodies_are_copied_unopened_and_both_readings_of_a_send_agree() -> None:
     relay = RelayCore()
     for conn, nick in enumerate(("alice", "bob", "carol"), start=1):
         _join(relay, conn, nick)
-    canonical = m.encode_send(7, [("bob", b"\x01" * 50), ("carol", b"\x02" * 60), ("dave", b"\x03" * 5)])
+    canonical = encode_send(7, [("bob", b"\x01" * 50), ("carol", b"\x02" * 60), ("dave", b"\x03" * 5)])
     reordered = json.dumps(json.loads(canonical), indent=1).encode()  # the same send, spaced out
     assert canonical != reordered
     written = []
@@ -284,7 +286,7 @@ def test_bodies_are_copied_unopened_and_both_readings_of_a_send_agree() -> None:
         assert isinstance(write, Write)
         written.append(write.frames)
     assert written[0] == written[1]
-    head, body = m.deliver_head("alice"), json.loads(canonical)["items"][0]["body"].encode()
+    head, body = deliver_head("alice"), json.loads(canonical)["items"][0]["body"].encode()
     assert written[0][0] == (2, struct.pack(">I", len(head) + len(body) + 2) + head + body + b'"}')
     assert [Outgoing(conn, decode_frame(data)) for conn, data in written[0]] == [
         Outgoing(2, m.Deliver("alice", b"\x01" * 50)),

@@ -29,7 +29,7 @@ from e2echat.crypto.session import (
     random_nonces,
 )
 from e2echat.errors import DecryptionError, LocalProtocolError, ReplayError
-from e2echat.wire.messages import MAX_BODY
+from e2echat.wire.grammar import MAX_BODY
 
 VECTORS = Path(__file__).parent / "vectors"
 

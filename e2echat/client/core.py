@@ -47,7 +47,10 @@ from e2echat.errors import (
     RemoteProtocolError,
 )
 from e2echat.wire import messages as m
+from e2echat.wire.codec import decode_message, encode_message
+from e2echat.wire.fastpath import decode_deliver
 from e2echat.wire.framing import FrameDecoder, encode_frame
+from e2echat.wire.grammar import NICK_RULE, is_valid_nick
 
 __all__ = [
     "RECEIPT_INTERVAL",
@@ -94,8 +97,8 @@ class ClientCore:
         clock: Callable[[], float] = time.monotonic,
         receipt_timeout: float = RECEIPT_TIMEOUT,
     ) -> None:
-        if not m.is_valid_nick(nick):
-            raise LocalProtocolError(detail=f"invalid nick {nick!r}: {m.NICK_RULE}")
+        if not is_valid_nick(nick):
+            raise LocalProtocolError(detail=f"invalid nick {nick!r}: {NICK_RULE}")
         self.nick = nick
         self.state = ClientState.AWAIT_CHALLENGE
         self._identity = identity
@@ -129,11 +132,11 @@ class ClientCore:
         for frame in self._decoder.receive_data(data):
             # Most frames are deliveries in the relay's one canonical form: those skip
             # the strict decoder (decode_deliver accepts nothing it would refuse).
-            fast = m.decode_deliver(frame) if self.state is ClientState.ONLINE else None
+            fast = decode_deliver(frame) if self.state is ClientState.ONLINE else None
             if fast is not None:
                 events.extend(self._deliver(*fast))
             else:
-                events.extend(self._handle(m.decode_message(frame)))
+                events.extend(self._handle(decode_message(frame)))
         self._send_receipts()
         return self._take_notices() + events if self._notices else events
 
@@ -142,7 +145,7 @@ class ClientCore:
         return notices
 
     def _write(self, message: m.Message) -> None:
-        self._outgoing += encode_frame(m.encode_message(message))
+        self._outgoing += encode_frame(encode_message(message))
 
     def ping(self) -> None:
         """Ask the relay whether it is still there (it answers with a pong)."""

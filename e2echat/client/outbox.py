@@ -18,8 +18,9 @@ from e2echat.client.receipts import DeliveryTracker
 from e2echat.client.trust import Trust
 from e2echat.crypto.session import MAX_ACKS, MAX_TEXT, Kind, PeerSession, Prepared, prepare, seal_all
 from e2echat.errors import CommandError
-from e2echat.wire import messages as m
+from e2echat.wire.fastpath import encode_send
 from e2echat.wire.framing import MAX_FRAME, encode_frame
+from e2echat.wire.grammar import MAX_ITEMS, is_utf8
 
 # What the envelopes of one frame may take, by envelope_size: the rest of MAX_FRAME is
 # for the frame's own JSON around them, and to spare.
@@ -57,25 +58,25 @@ def send_frames(message_id: int, envelopes: list[tuple[str, bytes]]) -> bytes:
     if not count:
         return b""
     if (
-        count <= m.MAX_ITEMS
+        count <= MAX_ITEMS
         and sum([envelope_size(to, body) for to, body in envelopes]) <= FRAME_BUDGET
         and len({to for to, _ in envelopes}) == count
     ):  # the usual case, a room message: everything fits in one frame
-        return encode_frame(m.encode_send(message_id, envelopes))
+        return encode_frame(encode_send(message_id, envelopes))
     frames = bytearray()
     batch: list[tuple[str, bytes]] = []
     names: set[str] = set()
     size = 0
     for to, body in envelopes:
         this_size = envelope_size(to, body)
-        full = size + this_size > FRAME_BUDGET or len(batch) == m.MAX_ITEMS
+        full = size + this_size > FRAME_BUDGET or len(batch) == MAX_ITEMS
         if batch and (full or to in names):
-            frames += encode_frame(m.encode_send(message_id, batch))
+            frames += encode_frame(encode_send(message_id, batch))
             batch, names, size = [], set(), 0
         batch.append((to, body))
         names.add(to)
         size += this_size
-    frames += encode_frame(m.encode_send(message_id, batch))
+    frames += encode_frame(encode_send(message_id, batch))
     return bytes(frames)
 
 
@@ -151,7 +152,7 @@ class Outbox:
     def _send(self, text: str, kind: Kind, recipients: list[str]) -> int:
         if not text:
             raise CommandError(detail="empty message not sent")
-        if not m.is_utf8(text):
+        if not is_utf8(text):
             raise CommandError(detail="the message is not valid Unicode; not sent")
         if len(text.encode("utf-8")) > MAX_TEXT:
             raise CommandError(detail=f"message too long (the limit is {MAX_TEXT} bytes); not sent")

@@ -24,10 +24,19 @@ from nacl.public import Box, PrivateKey
 
 from e2echat.errors import FrameTooLarge, RemoteProtocolError
 from e2echat.relay.limits import Flow, Limits, Verdict
-from e2echat.wire.framing import FrameDecoder, encode_frame
-from e2echat.wire.messages import (
-    CHALLENGE_SIZE,
+from e2echat.wire.codec import decode_message, encode_message, printable_reason
+from e2echat.wire.fastpath import (
     DELIVER_TAIL,
+    Routes,
+    decode_for_relay,
+    deliver_head,
+    encode_directory,
+    encode_peer,
+    encode_welcome,
+)
+from e2echat.wire.framing import FrameDecoder, encode_frame
+from e2echat.wire.grammar import CHALLENGE_SIZE
+from e2echat.wire.messages import (
     Bye,
     Challenge,
     Error,
@@ -39,15 +48,6 @@ from e2echat.wire.messages import (
     Pong,
     Register,
     Routed,
-    Routes,
-    decode_for_relay,
-    decode_message,
-    deliver_head,
-    encode_directory,
-    encode_message,
-    encode_peer,
-    encode_welcome,
-    printable_reason,
 )
 
 log = logging.getLogger("e2echat.relay.core")

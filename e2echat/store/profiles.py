@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from e2echat.store.files import write_private_file
-from e2echat.wire.messages import is_valid_nick
+from e2echat.wire.grammar import is_valid_nick
 
 SETTINGS_FILE = "settings.json"
 HISTORY_FILE = "history"

@@ -1,0 +1,205 @@
+"""The codec is driven by the types' tables, writes exactly the JSON ``json.dumps`` would,
+takes any bytes-like payload; and the nick grammar is one rule, written once."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import string
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+from nacl.public import PublicKey
+
+from e2echat.errors import LocalProtocolError, RemoteProtocolError
+from e2echat.wire import codec, fastpath, grammar
+from e2echat.wire import messages as m
+from e2echat.wire.codec import decode_message, encode_message
+from e2echat.wire.fastpath import (
+    Routes,
+    decode_deliver,
+    decode_for_relay,
+    deliver_head,
+    encode_send,
+    encode_welcome,
+)
+from e2echat.wire.grammar import MAX_ID, MAX_PROOF, MAX_REASON, is_valid_nick
+
+_NICK_ALPHABET = string.ascii_letters + string.digits + "_.-"
+keys = st.binary(min_size=32, max_size=32).map(PublicKey)
+nicks = st.text(_NICK_ALPHABET, min_size=1, max_size=32)
+bodies = st.binary(min_size=1, max_size=64)
+ids = st.integers(min_value=0, max_value=MAX_ID)
+peers = st.builds(m.PeerInfo, nicks, keys, keys)
+nick_groups = st.lists(nicks, max_size=4).map(tuple)
+# Free text: anything UTF-8 can carry (no lone surrogates), quotes, backslashes and
+# control characters included, which JSON must escape.
+texts = st.text(st.characters(exclude_categories=("Cs",)) | st.sampled_from('"\\\x00\x1f\x7f\u2028é✓'))
+
+MESSAGES: dict[type[m.Message], st.SearchStrategy[Any]] = {
+    m.Challenge: st.builds(m.Challenge, keys, st.binary(min_size=32, max_size=32), st.booleans()),
+    m.Register: st.builds(m.Register, nicks, keys, keys, st.binary(min_size=1, max_size=MAX_PROOF)),
+    m.Welcome: st.builds(m.Welcome, nicks, st.lists(peers, max_size=3).map(tuple), st.booleans()),
+    m.Directory: st.builds(m.Directory, st.lists(peers, max_size=3).map(tuple), st.booleans()),
+    m.PeerJoined: st.builds(m.PeerJoined, peers),
+    m.PeerLeft: st.builds(m.PeerLeft, nicks),
+    m.Send: st.builds(
+        m.Send, ids, st.lists(st.builds(m.Envelope, nicks, bodies), min_size=1, max_size=3).map(tuple)
+    ),
+    m.Deliver: st.builds(m.Deliver, nicks, bodies),
+    m.Routed: st.builds(m.Routed, ids, nick_groups, nick_groups, nick_groups),
+    m.Error: st.builds(
+        m.Error, st.text("abz_", min_size=1, max_size=32), texts.filter(lambda t: len(t) <= MAX_REASON)
+    ),
+    m.Bye: st.builds(m.Bye, texts.filter(lambda t: len(t) <= MAX_REASON)),
+    m.Ping: st.just(m.Ping()),
+    m.Pong: st.just(m.Pong()),
+}
+any_message = st.one_of(*MESSAGES.values())
+
+
+# -- the tables ---------------------------------------------------------------------------
+
+
+def test_every_type_has_a_strategy_here() -> None:
+    assert set(MESSAGES) == set(m.MESSAGE_TYPES.values())
+
+
+@pytest.mark.parametrize("cls", [m.PeerInfo, m.Envelope, *m.MESSAGE_TYPES.values()], ids=lambda c: c.__name__)
+def test_each_table_lists_its_dataclass_fields_in_order(cls: type[m.Record]) -> None:
+    assert [row.attr for row in cls.WIRE] == [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    names = [row.wire for row in cls.WIRE]
+    assert len(set(names)) == len(names) and not {"v", "type"} & set(names)
+
+
+def test_every_kind_has_one_reader_and_one_writer() -> None:
+    assert set(codec._READERS) == set(codec._WRITERS) == set(m.Kind)
+    used = {row.kind for cls in (m.PeerInfo, m.Envelope, *m.MESSAGE_TYPES.values()) for row in cls.WIRE}
+    assert used == set(m.Kind)
+
+
+def test_a_table_that_misses_a_field_is_refused_at_import() -> None:
+    @dataclasses.dataclass(frozen=True)
+    class Broken(m.Message):
+        TYPE = "broken"
+        WIRE = (m.on_wire("a", m.TEXT),)
+        a: str
+        b: str
+
+    broken: Any = Broken
+    m.MESSAGE_TYPES["broken"] = broken
+    try:
+        with pytest.raises(TypeError, match=r"Broken\.WIRE"):
+            m._check_tables()
+    finally:
+        del m.MESSAGE_TYPES["broken"]
+
+
+# -- encoding: exactly what json.dumps writes, from the table -------------------------------
+
+
+@settings(max_examples=400)
+@given(any_message)
+def test_encoding_is_compact_json_in_table_order_and_round_trips(message: m.Message) -> None:
+    encoded = encode_message(message)
+    obj = json.loads(encoded)
+    assert list(obj) == ["v", "type", *(row.wire for row in message.WIRE)]
+    assert obj["v"] == grammar.PROTOCOL_VERSION and obj["type"] == message.TYPE
+    assert json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8") == encoded
+    assert decode_message(encoded) == message
+    # Any bytes-like payload, including a view into the middle of a bigger buffer.
+    assert decode_message(bytearray(encoded)) == message
+    assert decode_message(memoryview(b"xx" + encoded + b"yy")[2:-2]) == message
+    relayed = decode_for_relay(memoryview(encoded))
+    assert relayed == (Routes.of(message) if isinstance(message, m.Send) else message)
+
+
+def test_encoding_something_that_is_not_a_message_is_our_bug() -> None:
+    with pytest.raises(LocalProtocolError, match="cannot encode PeerInfo"):
+        encode_message(m.PeerInfo("bob", PublicKey(bytes(32)), PublicKey(bytes(32))))  # type: ignore[arg-type]
+
+
+# -- bytes-like payloads --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("wrap", [bytes, bytearray, memoryview], ids=["bytes", "bytearray", "memoryview"])
+@pytest.mark.parametrize(
+    "payload",
+    [b"", b"\xff\xfe", b"[1]", b'{"v":1,"type":"bye"}', b'{"v":1,"type":"deliver","from":"a","body":"!"}'],
+    ids=["empty", "not-utf8", "array", "missing-field", "bad-base64"],
+)
+def test_a_bad_payload_of_any_bytes_like_type_is_a_remote_protocol_error(wrap: type, payload: bytes) -> None:
+    with pytest.raises(RemoteProtocolError):
+        decode_message(wrap(payload))
+    with pytest.raises(RemoteProtocolError):
+        decode_for_relay(wrap(payload))
+    assert decode_deliver(wrap(payload)) is None
+
+
+def test_the_client_reads_a_deliver_from_any_bytes_like_payload() -> None:
+    payload = encode_message(m.Deliver("alice", b"\x00\xff"))
+    for wrapped in (payload, bytearray(payload), memoryview(payload)):
+        assert decode_deliver(wrapped) == ("alice", b"\x00\xff")
+
+
+@pytest.mark.parametrize(
+    "payload", ['{"v":1,"type":"ping"}', 5, None, [b"{}"]], ids=["str", "int", "none", "list"]
+)
+def test_a_payload_that_is_not_bytes_like_is_a_type_error(payload: Any) -> None:
+    """Our bug, not the peer's: neither an AttributeError nor a protocol error."""
+    with pytest.raises(TypeError, match="bytes-like"):
+        decode_message(payload)
+
+
+# -- one nick grammar ---------------------------------------------------------------------
+
+
+def test_the_nick_grammar_is_written_only_in_grammar_py() -> None:
+    package = Path(grammar.__file__).resolve().parent.parent
+    for path in package.rglob("*.py"):
+        if path.name != "grammar.py":
+            source = path.read_text(encoding="utf-8")
+            assert grammar.NICK_CHARS not in source, path
+            assert re.search(r"\{1,\s*32\}", source) is None, path
+
+
+def test_the_fast_paths_regular_expressions_are_built_from_the_grammar() -> None:
+    chars = grammar.NICK_CHARS.encode("ascii")
+    assert b"[%b]{1,%d}" % (chars, grammar.NICK_MAX) in fastpath._CANONICAL_SEND.pattern
+    assert grammar.NICK.encode("ascii") in fastpath._CANONICAL_DELIVER_HEAD.pattern
+
+
+def _as_json(text: str) -> bytes:
+    return json.dumps(text, ensure_ascii=False).encode("utf-8", "surrogatepass")
+
+
+@settings(max_examples=500)
+@given(st.text(_NICK_ALPHABET + ' "\\é\n', max_size=34) | st.text(max_size=34))
+@example("a" * 32)
+@example("a" * 33)
+@example("bob\n")
+@example("")
+def test_every_path_holds_a_nick_to_the_same_rule(nick: str) -> None:
+    """The dataclasses, both fast readers and every fast writer accept exactly the nicks
+    the grammar accepts."""
+    valid = is_valid_nick(nick)
+    body = b'"QUJD"'
+    deliver = b'{"v":1,"type":"deliver","from":%b,"body":%b}' % (_as_json(nick), body)
+    send = b'{"v":1,"type":"send","id":1,"items":[{"to":%b,"body":%b}]}' % (_as_json(nick), body)
+    assert (decode_deliver(deliver) is not None) == valid
+    assert (fastpath._fast_routes(send) is not None) == valid
+    for build in (
+        lambda: m.PeerLeft(nick),
+        lambda: encode_send(1, [(nick, b"x")]),
+        lambda: deliver_head(nick),
+        lambda: encode_welcome(nick, []),
+    ):
+        if valid:
+            build()
+        else:
+            with pytest.raises(LocalProtocolError):
+                build()
