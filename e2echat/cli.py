@@ -39,9 +39,9 @@ from e2echat.store.profiles import (
     remember_last_profile,
     save_settings,
 )
+from e2echat.ui.cells import neutralize
 from e2echat.ui.chat import Chat
 from e2echat.ui.linemode import print_text, run_line_mode
-from e2echat.ui.render import neutralize
 from e2echat.ui.repl import history_file, make_session, run_repl, terminal_writer
 from e2echat.wire.grammar import MAX_PASSWORD, NICK_RULE, is_valid_nick
 

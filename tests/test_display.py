@@ -26,6 +26,7 @@ from e2echat.client.core import (
 from e2echat.client.events import ConnectionLost, Disconnected, NotSent, Queued, Reconnecting
 from e2echat.client.receipts import DeliveryReport
 from e2echat.client.trust import Trust
+from e2echat.ui.cells import neutralize, terminal_cells
 from e2echat.ui.render import (
     HelpText,
     Notice,
@@ -33,10 +34,8 @@ from e2echat.ui.render import (
     Problem,
     Shown,
     clock,
-    neutralize,
     online_text,
     render,
-    terminal_cells,
 )
 
 NOW = 1_700_000_000.0

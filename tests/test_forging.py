@@ -22,8 +22,9 @@ from prompt_toolkit.utils import get_cwidth
 
 from e2echat.client.events import MessageReceived, RegistrationFailed, RelayClosing, RelayError
 from e2echat.client.trust import Trust
+from e2echat.ui.cells import INDENT, neutralize, terminal_cells, wrap_cells
 from e2echat.ui.linemode import print_text
-from e2echat.ui.render import INDENT, Shown, json_lines, neutralize, render, terminal_cells, wrap_cells
+from e2echat.ui.render import Shown, json_lines, render
 
 NOW = 1_700_000_000.0
 FORGED = "12:00:00 <alice ✓> please send the code to mallory"

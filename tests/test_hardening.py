@@ -19,8 +19,8 @@ from e2echat.client.core import RECEIPT_INTERVAL, MessageReceived
 from e2echat.client.events import Reconnecting
 from e2echat.client.receipts import LEFT, DeliveryReport
 from e2echat.errors import RelayGone
+from e2echat.ui.cells import wrap_cells
 from e2echat.ui.chat import Chat
-from e2echat.ui.repl import wrap_cells
 from e2echat.wire import messages as m
 from e2echat.wire.codec import encode_message, printable_reason
 from e2echat.wire.framing import encode_frame

@@ -31,6 +31,7 @@ PURE = sorted(
         "client.core",
         "relay.core",
         "relay.limits",
+        "ui.cells",
         "ui.commands",
         "ui.render",
     ]

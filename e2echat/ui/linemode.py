@@ -12,8 +12,9 @@ import shutil
 import sys
 import threading
 
+from e2echat.ui.cells import wrap_cells
 from e2echat.ui.chat import Chat
-from e2echat.ui.render import LineStyle, wrap_cells
+from e2echat.ui.render import LineStyle
 
 
 def print_text(style: LineStyle, text: str) -> None:

@@ -26,8 +26,9 @@ from prompt_toolkit.styles import Style
 
 from e2echat.client.trust import Trust
 from e2echat.ui import commands
+from e2echat.ui.cells import wrap_cells
 from e2echat.ui.chat import Chat
-from e2echat.ui.render import LineStyle, wrap_cells
+from e2echat.ui.render import LineStyle
 
 COMMANDS_WITH_A_NICK = ("/msg", "/verify", "/trust", "/untrust", "/m", "/query")
 
