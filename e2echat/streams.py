@@ -4,7 +4,7 @@ For a plain ``asyncio.Protocol``, asyncio's socket transport reads with
 ``recv(256 KiB)``: every read allocates 256 KiB and shrinks it to what arrived. glibc
 serves an allocation that large with ``mmap`` and gives it back with ``munmap``, so on
 loopback reading one small frame cost about 16 µs, against 4 µs for the same read into
-a buffer that already exists (README, Benchmarks). A ``BufferedProtocol`` is read with
+a buffer that already exists (benchmarks/README.md). A ``BufferedProtocol`` is read with
 ``recv_into`` a buffer the protocol hands out, which is what ``BufferedLink`` does.
 
 Connections may share one buffer. Every asyncio transport (selector, proactor, SSL) and

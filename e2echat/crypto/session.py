@@ -1,6 +1,6 @@
 """Per-peer crypto session: key agreement, one KDF chain per direction, counters, replay.
 
-Pure (no I/O). The construction, and why, is in SECURITY.md; in short:
+Pure (no I/O). The construction, and why, is in docs/PROTOCOL.md (section 8); in short:
 
 * Both sides order the two parties by (identity key, session key, nick): "first" and
   "second". DH1 = DH(IK_first, EK_second), DH2 = DH(EK_first, IK_second),
@@ -43,7 +43,7 @@ _SEALED_START = _HEADER.size + NONCE_SIZE
 # Skipped message keys kept per peer for late (reordered) messages. libsignal keeps at
 # most 2000; a relay that holds back more than that has made those messages unreadable.
 MAX_SKIP = 2000
-# Longest message text, in UTF-8 bytes: a screenful, and far below messages.MAX_BODY.
+# Longest message text, in UTF-8 bytes: a screenful, and far below grammar.MAX_BODY.
 MAX_TEXT = 16 * 1024
 
 
