@@ -19,6 +19,8 @@ when it is one of:
    e2echat by its full dotted path (``relay.core``, ``cli``), every name after it must be
    defined in that file. Otherwise the first part must be a class or function defined in
    e2echat/ or tests/ (``ClientCore``), and the rest defined in a file that defines it.
+4. a bare private name (``_retired_session_keys``): it must be defined somewhere in
+   e2echat/. Other bare names are too often wire fields or prose to check.
 
 "Defined" means a ``def``, a ``class``, or an assignment to that name or attribute
 (``NAME = ...``, ``self.NAME = ...``), found by walking each file's AST. Spans with
@@ -58,6 +60,7 @@ TEST_REF = re.compile(r"(?P<path>tests/[\w/]+\.py)?::(?P<name>test_\w+)|(?P<bare
 IDENT = r"[A-Za-z_]\w*"
 PROFILE_FILE = re.compile(r"[\w.-]+\.(?:json|key|tmp|txt)")
 DOTTED = re.compile(rf"{IDENT}(?:\.{IDENT})+(?:\(\))?|{IDENT}\(\)")
+PRIVATE = re.compile(r"_[a-z]\w*")
 
 
 def spans(document: Path) -> list[str]:
@@ -92,6 +95,11 @@ def defined_test_names() -> frozenset[str]:
     return frozenset().union(*(defined_in(path) for path in (ROOT / "tests").rglob("*.py")))
 
 
+@cache
+def defined_in_e2echat() -> frozenset[str]:
+    return frozenset().union(*(defined_in(path) for path in (ROOT / "e2echat").rglob("*.py")))
+
+
 def module_file(dotted: str) -> Path | None:
     base = ROOT / "e2echat" / Path(*dotted.split("."))
     for candidate in (base.with_suffix(".py"), base / "__init__.py"):
@@ -113,6 +121,8 @@ def problem(span: str) -> str | None:
     if PATH.fullmatch(span):
         path = ROOT / span if "/" in span else ROOT / "e2echat" / span
         return None if path.exists() else f"no file {path.relative_to(ROOT)}"
+    if PRIVATE.fullmatch(span):
+        return None if span in defined_in_e2echat() else f"nothing in e2echat/ defines {span}"
     if PROFILE_FILE.fullmatch(span) or not DOTTED.fullmatch(span):
         return None
     parts = span.removesuffix("()").split(".")
@@ -149,3 +159,5 @@ def test_the_rules_catch_stale_names() -> None:
     assert problem("hmac.compare_digest") is None
     assert problem("ClientCore.no_such_method") is not None
     assert problem("e2echat relay --help") is None
+    assert problem("_no_such_helper") is not None
+    assert problem("_retire") is None
