@@ -161,3 +161,32 @@ def test_the_rules_catch_stale_names() -> None:
     assert problem("e2echat relay --help") is None
     assert problem("_no_such_helper") is not None
     assert problem("_retire") is None
+
+
+def layout_modules(readme: str) -> set[str]:
+    """The modules README.md's layout lists: ``NAME.py`` lines under their ``DIR/`` lines,
+    by indentation (two spaces a level)."""
+    block = readme.split("## Layout", 1)[1].split("```", 2)[1]
+    listed: set[str] = set()
+    folders: list[str] = []
+    for line in block.splitlines():
+        match = re.match(r"( *)(\S+)", line)
+        if match is None or not (match[2].endswith("/") or match[2].endswith(".py")):
+            continue
+        del folders[len(match[1]) // 2 :]
+        if match[2].endswith("/"):
+            folders.append(match[2].rstrip("/"))
+        else:
+            listed.add("/".join([*folders, match[2]]))
+    return listed
+
+
+def test_the_readme_layout_lists_every_module() -> None:
+    """Issue 15: the layout section names every module of the package, and nothing else."""
+    modules = {
+        path.relative_to(ROOT).as_posix()
+        for path in (ROOT / "e2echat").rglob("*.py")
+        if path.name != "__init__.py"
+    }
+    listed = layout_modules((ROOT / "README.md").read_text(encoding="utf-8"))
+    assert {path for path in listed if path.startswith("e2echat/")} == modules
