@@ -205,6 +205,7 @@ def _profile(action: object, repeat: int) -> list[str]:
         action()
     profiler.disable()
     stats = pstats.Stats(profiler, stream=io.StringIO())
+    # The ignores: Stats keeps its table and total in attributes typeshed leaves out.
     total = stats.total_tt  # type: ignore[attr-defined]
     table: dict[tuple[str, int, str], tuple[Any, ...]] = stats.stats  # type: ignore[attr-defined]
     rows = sorted(

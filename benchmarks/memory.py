@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,7 +104,8 @@ async def non_reader(relay: servers.Server, seconds: float, drain: float, settle
     """Three clients send big room messages at a lawful pace; a fourth never reads."""
     _, silent = await _registered(relay, "silent", receive_buffer=4096)
     clients = await _live_clients(relay, ["s1", "s2", "s3", "observer"], 4)
-    silent.transport.pause_reading()  # type: ignore[union-attr]
+    assert silent.transport is not None  # registered, so connected
+    silent.transport.pause_reading()
     await asyncio.sleep(settle)
     trace = MemoryTrace(relay.rss())
     stop = asyncio.Event()
@@ -214,10 +215,12 @@ async def _until(condition: Callable[[], bool]) -> None:
 
 
 def _run(
-    options: tuple[str, ...], scenario: Callable[[servers.Server], Awaitable[dict[str, Any]]], profile: Any
+    options: tuple[str, ...],
+    scenario: Callable[[servers.Server], Coroutine[Any, Any, dict[str, Any]]],
+    profile: Any,
 ) -> dict[str, Any]:
     with servers.relay(*options, profile=profile) as relay:
-        result: dict[str, Any] = asyncio.run(scenario(relay))  # type: ignore[arg-type]
+        result = asyncio.run(scenario(relay))
         result["relay_log"] = relay.log_tail(5)
     result["relay_profile"] = relay.profile_top
     return result

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -79,8 +79,4 @@ class Context:
     plan: Plan
     profile: bool = False
     results_dir: Path = Path(__file__).resolve().parent / "results"
-    shared: dict[str, Any] | None = None
-
-    def __post_init__(self) -> None:
-        if self.shared is None:
-            self.shared = {}
+    shared: dict[str, Any] = field(default_factory=dict)

@@ -157,6 +157,7 @@ def top_functions(path: Path, count: int = 12) -> list[str]:
     are of the busy time (waiting in epoll is left out)."""
     stats = pstats.Stats(str(path))
     rows = []
+    # The ignore: Stats keeps its table in an attribute typeshed leaves out.
     for (filename, line, function), (_, calls, tottime, cumtime, _) in stats.stats.items():  # type: ignore[attr-defined]
         if "select.epoll" not in function:
             rows.append((tottime, cumtime, calls, f"{Path(filename).name}:{line}({function})"))

@@ -261,7 +261,7 @@ def throughput(context: Context) -> Section:
             note=f"incl. {live_run.receipts / max(1, live_run.deliveries):.2f} receipts per delivery",
         )
     )
-    context.shared["relay_runs"] = runs  # type: ignore[index]
+    context.shared["relay_runs"] = runs
     section.details = {
         "runs": [run.summary() for run in runs.values()],
         "live": live_run.summary(),
@@ -284,7 +284,7 @@ def throughput(context: Context) -> Section:
 def baseline(context: Context) -> Section:
     plan = context.plan
     section = Section("baseline", "2. baseline: minimal length-prefixed forwarder, same workload")
-    relay_runs: dict[int, Run] = dict(context.shared.get("relay_runs", {}))  # type: ignore[union-attr]
+    relay_runs: dict[int, Run] = dict(context.shared.get("relay_runs", {}))
     missing = [n for n in plan.throughput_sizes if n not in relay_runs]
     if missing:
         with servers.relay(*servers.UNLIMITED) as relay:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from nacl.public import PrivateKey
 
@@ -21,7 +22,7 @@ from e2echat.client.core import (
     SecurityWarning,
     SplitView,
 )
-from e2echat.client.events import Disconnected
+from e2echat.client.events import ClientEvent, Disconnected
 from e2echat.client.reconnect import Backoff, Client
 from e2echat.client.trust import KnownPeers
 from e2echat.crypto.identity import new_session_key
@@ -79,7 +80,7 @@ class Peer:
 
         return await asyncio.wait_for(find(), WAIT)
 
-    async def next_any_event(self) -> Event | Disconnected:
+    async def next_any_event(self) -> ClientEvent:
         event = await asyncio.wait_for(self.connection.events.get(), WAIT)
         self.seen.append(event)
         return event
@@ -109,8 +110,15 @@ def text_into(lines: list[str]) -> Callable[[str, str], None]:
     return write
 
 
+class Listening(Protocol):
+    """All ``connect`` needs of a relay: its port (the relay may run in another process)."""
+
+    @property
+    def port(self) -> int: ...
+
+
 async def connect(
-    relay: Relay,
+    relay: Listening,
     nick: str,
     identity: PrivateKey | None = None,
     known_peers: KnownPeers | None = None,
@@ -140,13 +148,15 @@ async def peers(relay: Relay, *nicks: str, **options: Any) -> AsyncIterator[list
             connected.append(await connect(relay, nick, **options))
         for peer in connected:
             others = {p.nick for p in connected} - {peer.nick}
-            await asyncio.wait_for(
-                _until(lambda p=peer, o=others: set(p.connection.core.peers) >= o, peer), WAIT
-            )
+            await asyncio.wait_for(_until(functools.partial(_sees_all, peer, others), peer), WAIT)
         yield connected
     finally:
         for peer in connected:
             await peer.connection.close()
+
+
+def _sees_all(peer: Peer, others: set[str]) -> bool:
+    return set(peer.connection.core.peers) >= others
 
 
 async def _until(condition: Callable[[], bool], peer: Peer) -> None:

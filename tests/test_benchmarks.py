@@ -85,7 +85,8 @@ async def test_live_clients_check_every_delivery_after_the_run() -> None:
     from benchmarks.ledger import message_text
     from benchmarks.loadgen import LiveClient, _arrived
     from e2echat.client.core import MessageReceived
-    from tests.support import LOOPBACK, WAIT, running_relay
+
+    from support import LOOPBACK, WAIT, running_relay
 
     async with running_relay() as relay:
         alice, bob = (LiveClient(nick, LOOPBACK, relay.port) for nick in ("c0000", "c0001"))

@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from nacl.public import PrivateKey
@@ -16,6 +17,13 @@ from e2echat.relay.server import Relay
 from e2echat.store.files import exclusive
 
 from support import LOOPBACK, REPO, WAIT, connect, peers, run_cli, running, running_relay, spawn_cli
+
+
+@dataclass(frozen=True)
+class _Listening:
+    """A relay in another process, as ``connect`` sees it."""
+
+    port: int
 
 
 def _one_clear_line(err: str) -> str:
@@ -160,8 +168,7 @@ async def test_relay_command_announces_itself_and_stops_on_signals() -> None:
             assert banner[0] == f"e2echat relay listening on {LOOPBACK}:{port}"
             assert f"e2echat connect --nick YOUR_NAME --host {LOOPBACK} --port {port}" in banner[2]
             # It serves: a real client registers through it.
-            fake_relay = type("R", (), {"port": port})()
-            peer = await connect(fake_relay, "alice")  # type: ignore[arg-type]
+            peer = await connect(_Listening(port), "alice")
             process.send_signal(signum)
             _, err = await asyncio.wait_for(process.communicate(), WAIT)
             assert process.returncode == 0

@@ -5,11 +5,12 @@ cores fed the relay's frames directly."""
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import pytest
 from nacl.public import PrivateKey
 
-from e2echat.client.core import ClientCore, KeyChanged, MessageReceived, SecurityWarning
+from e2echat.client.core import ClientCore, DeliveryReport, KeyChanged, MessageReceived, SecurityWarning
 from e2echat.client.trust import KnownPeers, Trust
 from e2echat.errors import CommandError, RemoteProtocolError
 from e2echat.wire import messages as m
@@ -55,7 +56,7 @@ def _relay(sender: ClientCore, cores: dict[str, ClientCore]) -> dict[str, list[o
     return events
 
 
-def _texts(events: list[object]) -> list[str]:
+def _texts(events: Sequence[object]) -> list[str]:
     return [event.text for event in events if isinstance(event, MessageReceived)]
 
 
@@ -89,12 +90,14 @@ def test_a_key_change_blocks_room_sends_until_accepted_and_the_cache_follows() -
     assert alice.trust("bob") is Trust.CHANGED
     alice.send_room("second")
     assert alice.left_out == ["bob"]
-    assert [e.to for e in _frames(alice.data_to_send())[0].items] == ["carol"]  # type: ignore[attr-defined]
+    first = _frames(alice.data_to_send())[0]
+    assert isinstance(first, m.Send) and [e.to for e in first.items] == ["carol"]
     alice.accept_key("bob")
     assert alice.trust("bob") is Trust.UNVERIFIED
     alice.send_room("third")
     assert alice.left_out == []
-    assert [e.to for e in _frames(alice.data_to_send())[0].items] == ["bob", "carol"]  # type: ignore[attr-defined]
+    first = _frames(alice.data_to_send())[0]
+    assert isinstance(first, m.Send) and [e.to for e in first.items] == ["bob", "carol"]
 
 
 def test_trust_follows_changes_made_to_the_known_peers_directly() -> None:
@@ -126,7 +129,9 @@ def test_a_deliver_in_another_valid_form_is_read_as_the_canonical_one() -> None:
     alice, bob = cores["alice"], cores["bob"]
     alice.send_room("one")
     alice.send_room("two")
-    first, second = (s.items[0].body for s in _frames(alice.data_to_send()))  # type: ignore[attr-defined]
+    sends = _frames(alice.data_to_send())
+    assert all(isinstance(s, m.Send) for s in sends)
+    first, second = (s.items[0].body for s in sends if isinstance(s, m.Send))
     canonical = encode_message(m.Deliver("alice", first))
     assert decode_deliver(canonical) is not None
     assert _texts(bob.receive_data(encode_frame(canonical))) == ["one"]
@@ -175,5 +180,5 @@ def test_receipts_confirm_room_messages_through_the_fast_paths() -> None:
             assert isinstance(message, m.Send) and message.id == 0
             for envelope in message.items:
                 reports += alice.receive_data(_frame(m.Deliver(nick, envelope.body)))
-    delivered = [r for r in reports if type(r).__name__ == "DeliveryReport"]
-    assert len(delivered) == 1 and sorted(delivered[0].delivered) == ["bob", "carol"]  # type: ignore[attr-defined]
+    delivered = [r for r in reports if isinstance(r, DeliveryReport)]
+    assert len(delivered) == 1 and sorted(delivered[0].delivered) == ["bob", "carol"]

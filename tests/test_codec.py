@@ -38,7 +38,7 @@ peers = st.builds(m.PeerInfo, nicks, keys, keys)
 nick_groups = st.lists(nicks, max_size=4).map(tuple)
 # Free text: anything UTF-8 can carry (no lone surrogates), quotes, backslashes and
 # control characters included, which JSON must escape.
-texts = st.text(st.characters(exclude_categories=("Cs",)) | st.sampled_from('"\\\x00\x1f\x7f\u2028é✓'))
+texts = st.text(st.characters(exclude_categories=["Cs"]) | st.sampled_from('"\\\x00\x1f\x7f\u2028é✓'))
 
 MESSAGES: dict[type[m.Message], st.SearchStrategy[Any]] = {
     m.Challenge: st.builds(m.Challenge, keys, st.binary(min_size=32, max_size=32), st.booleans()),
@@ -71,14 +71,16 @@ def test_every_type_has_a_strategy_here() -> None:
 
 @pytest.mark.parametrize("cls", [m.PeerInfo, m.Envelope, *m.MESSAGE_TYPES.values()], ids=lambda c: c.__name__)
 def test_each_table_lists_its_dataclass_fields_in_order(cls: type[m.Record]) -> None:
-    assert [row.attr for row in cls.WIRE] == [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    assert dataclasses.is_dataclass(cls)
+    assert [row.attr for row in cls.WIRE] == [f.name for f in dataclasses.fields(cls)]
     names = [row.wire for row in cls.WIRE]
     assert len(set(names)) == len(names) and not {"v", "type"} & set(names)
 
 
 def test_every_kind_has_one_reader_and_one_writer() -> None:
     assert set(codec._READERS) == set(codec._WRITERS) == set(m.Kind)
-    used = {row.kind for cls in (m.PeerInfo, m.Envelope, *m.MESSAGE_TYPES.values()) for row in cls.WIRE}
+    records: list[type[m.Record]] = [m.PeerInfo, m.Envelope, *m.MESSAGE_TYPES.values()]
+    used = {row.kind for cls in records for row in cls.WIRE}
     assert used == set(m.Kind)
 
 
@@ -120,6 +122,7 @@ def test_encoding_is_compact_json_in_table_order_and_round_trips(message: m.Mess
 
 def test_encoding_something_that_is_not_a_message_is_our_bug() -> None:
     with pytest.raises(LocalProtocolError, match="cannot encode PeerInfo"):
+        # The wrong type on purpose (a Record, not a Message): its refusal is under test.
         encode_message(m.PeerInfo("bob", PublicKey(bytes(32)), PublicKey(bytes(32))))  # type: ignore[arg-type]
 
 

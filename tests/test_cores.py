@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from nacl.public import Box, PrivateKey
+from nacl.public import Box, PrivateKey, PublicKey
 
 from e2echat.client.core import (
     RECEIPT_INTERVAL,
@@ -554,7 +554,7 @@ def test_client_rejects_a_welcome_for_another_nick() -> None:
 def test_client_warns_about_a_peer_with_unusable_keys() -> None:
     wire, alice, _, _ = _three()
     wire.take_all()
-    bad = m.PeerInfo("eve", PrivateKey.generate().public_key, m.PublicKey(bytes(32)))
+    bad = m.PeerInfo("eve", PrivateKey.generate().public_key, PublicKey(bytes(32)))
     wire.deliver(alice, _frame(m.PeerJoined(bad)))
     assert wire.take(alice) == [PeerJoined("eve"), KeyPinned("eve")]
     # The session is made on first use; that is when the bad key shows.

@@ -186,7 +186,7 @@ class RecordingProxy:
             self.server.close()
 
     def messages(self) -> list[m.Message]:
-        decoded = []
+        decoded: list[m.Message] = []
         for stream in self.streams:
             decoder = FrameDecoder()
             decoded.extend(decode_message(frame) for frame in decoder.receive_data(bytes(stream)))
@@ -206,7 +206,7 @@ async def test_relay_never_sees_plaintext() -> None:
         try:
 
             async def received(connection: Connection, count: int) -> list[str]:
-                texts = []
+                texts: list[str] = []
                 while len(texts) < count:
                     event = await asyncio.wait_for(connection.events.get(), WAIT)
                     if isinstance(event, MessageReceived):
@@ -226,7 +226,7 @@ async def test_relay_never_sees_plaintext() -> None:
                 await connection.close()
 
     everything = b"".join(proxy.streams)
-    bodies = []
+    bodies: list[bytes] = []
     for message in proxy.messages():
         if isinstance(message, m.Send):
             bodies.extend(envelope.body for envelope in message.items)

@@ -14,6 +14,7 @@ import os
 import shutil
 import sys
 import unicodedata
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -36,7 +37,7 @@ FORGERY = "ok." + "\u3164" * 28 + FORGED
 _SEEN_WIDE = {"\u3164": 2, "\ua9c0": 2, "\u302e": 2}
 
 
-def _libc_wcwidth() -> ctypes._CFuncPtr | None:
+def _libc_wcwidth() -> Callable[[str], int] | None:
     """The C library's wcwidth, which tmux uses, if the locale lets it measure anything."""
     try:
         function = ctypes.CDLL(None).wcwidth
@@ -145,8 +146,8 @@ def test_multi_line_forgeries_continue_under_the_text(lines_of_text: int) -> Non
 @pytest.mark.parametrize(
     "make", [lambda t: RelayError("slow", t), RelayClosing, lambda t: RegistrationFailed("taken", t)]
 )
-def test_relay_texts_never_start_a_row_of_their_own(padding: str, make: object) -> None:
-    event = make("ok." + padding * 33 + FORGED)  # type: ignore[operator]
+def test_relay_texts_never_start_a_row_of_their_own(padding: str, make: Callable[[str], Shown]) -> None:
+    event = make("ok." + padding * 33 + FORGED)
     _assert_no_row_is_forged(event, 90)
 
 

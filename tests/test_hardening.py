@@ -238,7 +238,7 @@ def test_relay_supplied_reasons_are_neutralized_in_the_chat() -> None:
     """Reconnect reasons and lost-connection details quote what the relay said."""
     lines: list[str] = []
     relay = types.SimpleNamespace(address="127.0.0.1:7777")  # all a chat reads here
-    chat = Chat(relay, text_into(lines))  # type: ignore[arg-type]
+    chat = Chat(relay, text_into(lines))
     chat.show(Reconnecting(1.0, 2, "it refused us: \x1b]0;owned\x07\x1b[2J"))
     chat.problem("lost: \x1b[31mred\u202e")
     assert lines and all("\x1b" not in line and "\u202e" not in line for line in lines)

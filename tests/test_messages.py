@@ -376,6 +376,8 @@ def test_lone_surrogate_in_text_is_rejected(payload: bytes) -> None:
 
 # -- building bad messages locally is our bug: LocalProtocolError -------------------------
 
+# The type ignores mark wrong types passed on purpose: an untyped caller can pass them, so
+# the messages must refuse them at run time too.
 _LOCAL_BAD: dict[str, Callable[[], object]] = {
     "nick-empty": lambda: m.PeerLeft(""),
     "nick-33": lambda: m.PeerLeft("a" * 33),

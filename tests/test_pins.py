@@ -9,6 +9,7 @@ import json
 import logging
 import stat
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -45,7 +46,7 @@ def test_the_pin_document_round_trips() -> None:
 def test_every_change_to_a_pin_moves_the_generation() -> None:
     known = KnownPeers()
     bob = PrivateKey.generate().public_key
-    steps = [
+    steps: list[Callable[[], object]] = [
         lambda: known.see("bob", bob),
         lambda: known.set_verified("bob", bob, True),
         lambda: known.accept("bob", PrivateKey.generate().public_key),

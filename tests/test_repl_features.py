@@ -13,8 +13,9 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from nacl.public import PrivateKey
@@ -26,6 +27,7 @@ from prompt_toolkit.history import FileHistory
 from prompt_toolkit.input import PipeInput, create_pipe_input
 from prompt_toolkit.output import ColorDepth, DummyOutput
 from prompt_toolkit.output.vt100 import Vt100_Output
+from prompt_toolkit.shortcuts import PromptSession
 from test_display import FORGED as FORGED_LOOKS
 from test_forging import FORGED, FORGERY
 from test_repl import Screen
@@ -33,6 +35,7 @@ from test_repl import Screen
 from e2echat.client.events import KeyPinned, MessageReceived, PeerJoined
 from e2echat.client.trust import KnownPeers
 from e2echat.ui.chat import Chat
+from e2echat.ui.render import LineStyle
 from e2echat.ui.repl import ChatCompleter, history_file, make_session, run_repl, terminal_writer, toolbar_text
 
 from support import LOOPBACK, REPO, WAIT, Peer, connect, peers, run_cli, running_relay, spawn_cli, text_into
@@ -71,14 +74,14 @@ def test_completion_of_commands_and_nicks(typed: str, expected: list[str]) -> No
     ("style", "colour"),
     [("warning", "38;2;255;85;85;1m"), ("notice", "38;2;136;136;136m"), ("own", "38;2;95;175;255m")],
 )
-def test_the_terminal_paints_each_line_in_its_style(style: str, colour: str) -> None:
-    def painted(style: str) -> str:
+def test_the_terminal_paints_each_line_in_its_style(style: LineStyle, colour: str) -> None:
+    def painted(style: LineStyle) -> str:
         screen = io.StringIO()
         output = Vt100_Output(
             screen, lambda: Size(rows=24, columns=100), default_color_depth=ColorDepth.TRUE_COLOR
         )
         with create_app_session(output=output):
-            terminal_writer(color=True)(style, "12:00:00 KEY CHANGED> !! -- NOT delivered")  # type: ignore[arg-type]
+            terminal_writer(color=True)(style, "12:00:00 KEY CHANGED> !! -- NOT delivered")
         return screen.getvalue()
 
     assert colour in painted(style)
@@ -103,16 +106,22 @@ async def test_toolbar_shows_relay_state_and_trust() -> None:
 # -- headless sessions with the real key bindings and history -----------------------------------
 
 
+class SessionScreen(Screen):
+    """A ``Screen`` that also holds its prompt session, for tests that read its buffer."""
+
+    session: PromptSession[str]
+
+
 @contextlib.asynccontextmanager
 async def repl(
-    peer: Peer, history: FileHistory | None = None, **chat_options: object
-) -> AsyncIterator[tuple[PipeInput, Screen, asyncio.Task[None]]]:
-    screen = Screen()
+    peer: Peer, history: FileHistory | None = None, bell: Callable[[], None] | None = None
+) -> AsyncIterator[tuple[PipeInput, SessionScreen, asyncio.Task[None]]]:
+    screen = SessionScreen()
     with create_pipe_input() as pipe, create_app_session(input=pipe, output=DummyOutput()):
-        chat = Chat(peer.connection, screen.write, echo=True, multiline=True, **chat_options)  # type: ignore[arg-type]
+        chat = Chat(peer.connection, screen.write, echo=True, multiline=True, bell=bell)
         session = make_session(chat, history, input=pipe, output=DummyOutput())
         task = asyncio.create_task(run_repl(chat, session, patch=False))
-        screen.session = session  # type: ignore[attr-defined]
+        screen.session = session
         try:
             yield pipe, screen, task
         finally:
@@ -159,7 +168,7 @@ async def test_history_persists_per_profile(tmp_path: Path) -> None:
         async with repl(alice, history_file(path)) as (pipe, screen, _):
             # prompt_toolkit loads history in the background when the prompt starts; a
             # person never presses Up that fast, a test does: wait until it is loaded.
-            buffer = screen.session.default_buffer  # type: ignore[attr-defined]
+            buffer = screen.session.default_buffer
             while len(buffer._working_lines) < 3:  # "remember me", "/quit", and the new line
                 await asyncio.sleep(0.01)
             pipe.send_text("\x1b[A\x1b[A\r")  # Up past "/quit" to "remember me"
@@ -169,7 +178,7 @@ async def test_history_persists_per_profile(tmp_path: Path) -> None:
 async def test_tab_completes_a_nick_in_the_prompt() -> None:
     async with running_relay() as relay, peers(relay, "alice", "bob") as (alice, bob):
         async with repl(alice) as (pipe, screen, _):
-            buffer = screen.session.default_buffer  # type: ignore[attr-defined]
+            buffer = screen.session.default_buffer
             pipe.send_text("/msg b\t")
             while buffer.text != "/msg bob":  # completion runs asynchronously, as it should
                 await asyncio.sleep(0.01)
@@ -242,7 +251,7 @@ async def test_json_mode_prints_one_object_per_event(tmp_path: Path) -> None:
         async with spawn_cli(*args) as bot:
             await alice.next(PeerJoined, lambda e: e.nick == "bot")
             alice.connection.send_private("bot", "ping \x1b[31m")
-            records = []
+            records: list[dict[str, Any]] = []
             while not any(r["type"] == "message_received" for r in records):
                 records.append(json.loads(await bot.line_with("{")))
             message = next(r for r in records if r["type"] == "message_received")

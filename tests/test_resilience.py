@@ -11,6 +11,7 @@ import time
 import pytest
 from nacl.public import PrivateKey
 
+from e2echat.client.connection import Connection
 from e2echat.client.core import MessageReceived, PeerJoined, PeerLeft, Registered, RelayError
 from e2echat.client.events import ConnectionLost, NotSent, Queued, Reconnecting
 from e2echat.client.receipts import LEFT, OFFLINE, REFUSED, TIMED_OUT, DeliveryReport
@@ -29,7 +30,8 @@ async def test_receipts_confirm_each_recipient() -> None:
     async with running_relay() as relay, peers(relay, "alice", "bob", "carol") as (alice, _, _):
         room_id = alice.connection.send_room("hello both")
         private_id = alice.connection.send_private("carol", "hello you")
-        reports = {}
+        assert room_id is not None and private_id is not None  # online: sent at once
+        reports: dict[int, DeliveryReport] = {}
         while len(reports) < 2:
             report = await alice.next(DeliveryReport)
             reports[report.message_id] = report
@@ -251,7 +253,10 @@ async def test_full_relay_refuses_newcomers_clearly() -> None:
 
 async def test_sockets_use_tcp_nodelay() -> None:
     async with running_relay() as relay, peers(relay, "alice") as (alice,):
-        client_socket = alice.connection._transport.get_extra_info("socket")  # type: ignore[union-attr]
+        assert isinstance(alice.connection, Connection)  # not reconnecting: one connection
+        transport = alice.connection._transport
+        assert transport is not None  # registered, so connected
+        client_socket = transport.get_extra_info("socket")
         assert client_socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
         relay_transport = relay.transport(relay.core.online["alice"])
         assert relay_transport is not None
@@ -347,7 +352,7 @@ async def test_relay_password_never_crosses_the_network_in_the_clear() -> None:
         running_relay(password=secret.encode()) as relay,
         RecordingProxy(relay.port).running() as proxy,
     ):
-        peer = await connect(_AtPort(proxy.port), "alice", password=secret.encode())  # type: ignore[arg-type]
+        peer = await connect(_AtPort(proxy.port), "alice", password=secret.encode())
         await peer.connection.close()
     recorded = b"".join(proxy.streams)
     assert b"register" in recorded  # the recording did see the registration

@@ -203,6 +203,7 @@ def test_malformed_bundles_are_refused_when_built(change: dict[str, object]) -> 
     }
     fields.update(change)
     with pytest.raises(LocalProtocolError):
+        # Wrong types on purpose: the bundle must refuse them at run time too.
         x3dh.PrekeyBundle(**fields)  # type: ignore[arg-type]
 
 
