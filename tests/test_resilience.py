@@ -229,11 +229,13 @@ async def test_idle_connection_is_closed_and_keepalive_prevents_it() -> None:
 async def test_a_client_that_only_listens_is_not_dropped_as_idle() -> None:
     """The relay drops connections it hears nothing from; a listener hears plenty but says
     nothing, so it must ping on its own account."""
-    async with running_relay(idle_timeout=0.5) as relay:
+    # Pings every 0.2 s against an idle limit of 1 s: a margin a busy machine keeps, while
+    # the 2.5 s of listening below would still see a listener that never pings dropped.
+    async with running_relay(idle_timeout=1.0) as relay:
         listener = await connect(relay, "listener", keepalive=0.2)
         talker = await connect(relay, "talker", keepalive=0.2)
         await listener.next(PeerJoined)
-        for i in range(15):
+        for i in range(25):
             talker.connection.send_room(f"news {i}")
             await listener.next(MessageReceived)
             await asyncio.sleep(0.1)  # the point: time passes while only one side talks
