@@ -253,7 +253,7 @@ def test_the_kind_forgery_would_work_without_authentication() -> None:
     sender = PeerSession("alice", alice, alice_session, Party("bob", bob.public_key, bob_session.public_key))
     replica = PeerSession("bob", bob, bob_session, alice_party)
     body = sender.encrypt("between us", Kind.PRIVATE)
-    _, message_key = chain_step(replica._receive_chain)
+    _, message_key = chain_step(replica._receiving._chain)
     plaintext = SecretBox(message_key).decrypt(body[9:])
     start = len(_KIND_PREFIX)
     assert plaintext.startswith(_KIND_PREFIX) and plaintext[start : start + 8] == b'private"'
@@ -334,13 +334,19 @@ def test_message_keys_are_gone_after_use() -> None:
     sender = PeerSession("alice", alice, alice_session, bob_party)
     receiver = PeerSession("bob", bob, bob_session, alice_party)
     replica = PeerSession("bob", bob, bob_session, alice_party)  # knows every key, for comparison
-    chain, used_keys = replica._receive_chain, []
+    chain, used_keys = replica._receiving._chain, []
     for i in range(3):
         receiver.decrypt(sender.encrypt(f"m{i}", Kind.ROOM))
         chain, key = chain_step(chain)
         used_keys.append(key)
     state = repr(vars(receiver))
     assert all(key.hex() not in state and repr(key) not in state for key in used_keys)
+    # Nor among the receiving keys kept: the chain, the lookahead, the skipped keys.
+    receiving = receiver._receiving
+    budget = receiving._budget
+    kept = receiving._chain + b"".join(budget._ahead.values())
+    kept += b"".join(key for keys in budget._skipped.values() for key in keys.values())
+    assert all(key not in kept for key in used_keys)
     assert receiver.missing == 0
 
 

@@ -38,6 +38,7 @@ from e2echat.client.events import (  # re-exported: the UI's vocabulary
 from e2echat.client.outbox import RECEIPT_INTERVAL, Outbox, receipt_gap
 from e2echat.client.receipts import RECEIPT_TIMEOUT, DeliveryReport, DeliveryTracker, Message
 from e2echat.client.trust import KnownPeers, Trust
+from e2echat.crypto.chains import KeyBudget
 from e2echat.crypto.identity import registration_proof, safety_number
 from e2echat.crypto.session import Kind, Party, PeerSession
 from e2echat.errors import (
@@ -108,6 +109,9 @@ class ClientCore:
         self._decoder = FrameDecoder()
         self._outgoing = bytearray()
         self._sessions: dict[str, PeerSession] = {}
+        # One budget for the receiving keys every session keeps (chains.py): what a flood of
+        # garbage or gaps can make us hold is bounded across all peers, not per peer.
+        self._key_budget = KeyBudget()
         self._unusable: set[str] = set()  # peers whose keys cannot make a session
         self._notices: list[Event] = []  # found while sending; handed out with the next events
         self._arrival_events: list[Event] = []  # while the directory arrives in parts
@@ -173,6 +177,8 @@ class ClientCore:
     def forget_keys(self) -> None:
         """The connection is over: drop every session and with them all chain keys. (The
         session private key goes with this object; Python cannot wipe memory.)"""
+        for session in self._sessions.values():
+            session.close()
         self._sessions.clear()
         self._directory.forget_caches()
         self.state = ClientState.CLOSED
@@ -347,7 +353,9 @@ class ClientCore:
             return None
         party = Party(peer.nick, peer.identity_key, peer.session_key)
         try:
-            session = PeerSession(self.nick, self._identity, self._session_key, party)
+            session = PeerSession(
+                self.nick, self._identity, self._session_key, party, budget=self._key_budget
+            )
         except DecryptionError as exc:
             self._unusable.add(nick)
             self._directory.forget_caches()
@@ -373,7 +381,9 @@ class ClientCore:
         """``nick``'s session ends (they left, or came back with other keys)."""
         self._directory.remove(nick)
         # Dropping the session forgets its chain keys: forward secrecy for this pair.
-        self._sessions.pop(nick, None)
+        session = self._sessions.pop(nick, None)
+        if session is not None:
+            session.close()
         # Acknowledgements owed in the old session must not be sent in a new one (counters
         # restart there), and no receipt from a new session may confirm an old copy.
         self._outbox.acks_due.pop(nick, None)

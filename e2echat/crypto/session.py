@@ -15,6 +15,8 @@ Pure (no I/O). The construction, and why, is in docs/PROTOCOL.md (section 8); in
   exactly what ``SecretBox(key).encrypt`` gives after the header.
   The counter selects the key, so altering it makes decryption fail; the plaintext
   repeats counter, sender, recipient and kind, which are checked after decryption.
+* What a body whose counter jumps ahead may cost us, and the keys kept for messages
+  skipped, is bounded in chains.py, under a budget shared by all sessions of a client.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ import hashlib
 import hmac
 import json
 import struct
-from collections import OrderedDict
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import NamedTuple
@@ -32,17 +33,18 @@ import nacl.bindings
 import nacl.exceptions
 from nacl.public import PrivateKey, PublicKey
 
-from e2echat.crypto.primitives import MAC_SIZE, NONCE_SIZE, hmac_sha256, secretbox, secretbox_open
-from e2echat.errors import DecryptionError, LocalProtocolError, ReplayError
+# MAX_SKIP and chain_step are re-exported: they are part of what a session is.
+from e2echat.crypto.chains import MAX_SKIP as MAX_SKIP
+from e2echat.crypto.chains import KeyBudget, ReceivingChain
+from e2echat.crypto.chains import chain_step as chain_step
+from e2echat.crypto.primitives import MAC_SIZE, NONCE_SIZE, secretbox, secretbox_open
+from e2echat.errors import DecryptionError, LocalProtocolError
 
 LABEL = b"e2echat v1"
 BODY_VERSION = 1
 _HEADER = struct.Struct(">BQ")
 # Where the SecretBox's own output (tag, then ciphertext) starts in a body.
 _SEALED_START = _HEADER.size + NONCE_SIZE
-# Skipped message keys kept per peer for late (reordered) messages. libsignal keeps at
-# most 2000; a relay that holds back more than that has made those messages unreadable.
-MAX_SKIP = 2000
 # Longest message text, in UTF-8 bytes: a screenful, and far below grammar.MAX_BODY.
 MAX_TEXT = 16 * 1024
 
@@ -101,12 +103,6 @@ def hkdf_sha256(ikm: bytes, *, info: bytes, length: int, salt: bytes = b"") -> b
     return b"".join(blocks)[:length]
 
 
-def chain_step(chain_key: bytes) -> tuple[bytes, bytes]:
-    """(next chain key, message key), as in Signal's KDF_CK: HMAC-SHA256(chain_key, 0x02)
-    and HMAC-SHA256(chain_key, 0x01)."""
-    return hmac_sha256(chain_key, b"\x02"), hmac_sha256(chain_key, b"\x01")
-
-
 def _dh(private: PrivateKey, public: PublicKey) -> bytes:
     # libsodium refuses low-order points (an all-zero shared secret) with an error.
     return nacl.bindings.crypto_scalarmult(bytes(private), bytes(public))
@@ -126,7 +122,11 @@ class PeerSession:
         our_identity: PrivateKey,
         our_session: PrivateKey,
         their: Party,
+        *,
+        budget: KeyBudget | None = None,
     ) -> None:
+        """``budget`` holds the receiving keys kept (see chains.py): one for all the
+        sessions of a client; by default, one of the session's own."""
         self.ours = Party(our_nick, our_identity.public_key, our_session.public_key)
         self.theirs = their
         we_are_first = self.ours.sort_key() < their.sort_key()
@@ -146,10 +146,9 @@ class PeerSession:
         okm = hkdf_sha256(dh1 + dh2 + dh3, info=info, length=64)
         first_chain, second_chain = okm[:32], okm[32:]
         self._send_chain = first_chain if we_are_first else second_chain
-        self._receive_chain = second_chain if we_are_first else first_chain
+        receive_chain = second_chain if we_are_first else first_chain
         self._send_counter = 0
-        self._receive_next = 0
-        self._skipped: OrderedDict[int, bytes] = OrderedDict()
+        self._receiving = ReceivingChain(their.nick, receive_chain, KeyBudget() if budget is None else budget)
         # The start of every plaintext we send this peer (see ``seal``).
         self._inner_head = ('{"from":' + _json(our_nick) + ',"to":' + _json(their.nick) + ',"kind":').encode()
 
@@ -160,7 +159,11 @@ class PeerSession:
     @property
     def missing(self) -> int:
         """Messages from this peer skipped over and not (yet) arrived."""
-        return len(self._skipped)
+        return self._receiving.missing
+
+    def close(self) -> None:
+        """The session is over: forget the receiving keys kept in the budget."""
+        self._receiving.close()
 
     @property
     def next_counter(self) -> int:
@@ -203,33 +206,12 @@ class PeerSession:
         if version != BODY_VERSION:
             raise DecryptionError(peer=self.peer, detail=f"unsupported message version {version}")
 
-        if counter < self._receive_next:
-            message_key = self._skipped.get(counter)
-            if message_key is None:
-                raise ReplayError(peer=self.peer, counter=counter)
-            plaintext = self._open(message_key, body, counter, skipped=0, late=True)
-            del self._skipped[counter]
-            return plaintext
-
-        gap = counter - self._receive_next
-        if gap > MAX_SKIP:
-            raise DecryptionError(
-                peer=self.peer, detail=f"{gap} messages skipped, more than the {MAX_SKIP} allowed"
-            )
-        chain = self._receive_chain
-        skipped: list[tuple[int, bytes]] = []
-        for missed in range(self._receive_next, counter):
-            chain, key = chain_step(chain)
-            skipped.append((missed, key))
-        chain, message_key = chain_step(chain)
-        plaintext = self._open(message_key, body, counter, skipped=gap, late=False)
+        receiving = self._receiving
+        skipped = max(0, counter - receiving.next_counter)
+        message_key, late = receiving.message_key(counter)
+        plaintext = self._open(message_key, body, counter, skipped=skipped, late=late)
         # Authenticated: only now does the session move on.
-        self._receive_chain = chain
-        self._receive_next = counter + 1
-        if skipped:
-            self._skipped.update(skipped)
-            while len(self._skipped) > MAX_SKIP:
-                self._skipped.popitem(last=False)
+        receiving.commit(counter)
         return plaintext
 
     def _open(self, message_key: bytes, body: bytes, counter: int, *, skipped: int, late: bool) -> Plaintext:
