@@ -216,6 +216,26 @@ _LINES: dict[str, tuple[str | None, Shown, str | None]] = {
         MessageReceived("bob", "held back", private=False, late=True),
         f"{STAMP} [late] <bob ?> held back",
     ),
+    "old-message": (
+        "message",
+        MessageReceived("bob", "held back", private=False, sent_at=NOW - 5 * 60),
+        f"{STAMP} (sent 5 min ago) <bob ?> held back",
+    ),
+    "old-late-private-message": (
+        "private",
+        MessageReceived("bob", "psst", private=True, late=True, sent_at=NOW - 75),
+        f"{STAMP} [private] [late] (sent 75 s ago) <bob ?> psst",
+    ),
+    "fresh-message": (
+        "message",
+        MessageReceived("bob", "just now", private=False, sent_at=NOW - 59),
+        f"{STAMP} <bob ?> just now",
+    ),
+    "message-from-the-future": (  # the sender's clock is fast: nothing to say about age
+        "message",
+        MessageReceived("bob", "soon", private=False, sent_at=NOW + 3600),
+        f"{STAMP} <bob ?> soon",
+    ),
     "split-view": (
         "warning",
         SplitView("bob"),
@@ -375,6 +395,15 @@ def test_genuine_key_changes_are_drawn_as_warnings() -> None:
             "warning",
             f"{STAMP}{' [private]' if private else ''} <bob KEY CHANGED> hi, it's me",
         )
+
+
+@pytest.mark.parametrize(
+    ("age", "said"),
+    [(60, "60 s"), (119, "119 s"), (120, "2 min"), (7199, "119 min"), (7200, "2 h"), (3 * 86400, "3 days")],
+)
+def test_a_messages_age_in_words(age: float, said: str) -> None:
+    event = MessageReceived("bob", "x", private=False, sent_at=NOW - age)
+    assert _shown(event) == ("message", f"{STAMP} (sent {said} ago) <bob ?> x")
 
 
 def test_clock_format() -> None:

@@ -387,6 +387,11 @@ def _inner(**changes: Any) -> bytes:
         _inner(to="carol"),
         _inner(n=1),
         json.dumps({"from": "alice", "to": "bob", "kind": "room", "n": 0}).encode(),
+        _inner(sent="12:00"),
+        _inner(sent=1.5),
+        _inner(sent=True),
+        _inner(sent=-1),
+        _inner(sent=2**53),
     ],
     ids=[
         "not-json",
@@ -401,6 +406,11 @@ def _inner(**changes: Any) -> bytes:
         "wrong-to",
         "wrong-counter",
         "no-text",
+        "sent-string",
+        "sent-float",
+        "sent-bool",
+        "sent-negative",
+        "sent-huge",
     ],
 )
 def test_authentic_but_malformed_plaintext_is_rejected(plaintext: bytes) -> None:
@@ -484,7 +494,8 @@ def test_sealed_plaintext_is_exactly_the_json_of_the_fields(
     """``seal`` assembles the plaintext from parts encoded once per message; it must be the
     very bytes json.dumps gives for the documented fields, and open with plain SecretBox."""
     alice, bob = _pair(Person.new("a.l-i_ce"), Person.new("Bob9"))
-    outgoing = prepare(text, kind, directory_hash=directory_hash, acks=acks)
+    sent = None if acks else 1_700_000_000  # receipts go without one
+    outgoing = prepare(text, kind, directory_hash=directory_hash, acks=acks, sent=sent)
     for counter in range(3):
         chain = alice._send_chain
         body = alice.seal(outgoing, random_nonces(1)[0])
@@ -497,19 +508,31 @@ def test_sealed_plaintext_is_exactly_the_json_of_the_fields(
             "text": text,
             "dir": directory_hash,
         }
+        if sent is not None:
+            fields["sent"] = sent
         if acks:
             fields["acks"] = list(acks)
         expected = json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         assert body[:9] == struct.pack(">BQ", BODY_VERSION, counter)
         assert SecretBox(message_key).decrypt(body[9:]) == expected
         got = bob.decrypt(body)
-        assert (got.text, got.kind, got.counter, got.directory_hash, got.acks) == (
+        assert (got.text, got.kind, got.counter, got.directory_hash, got.acks, got.sent) == (
             text,
             kind,
             counter,
             directory_hash,
             acks,
+            sent,
         )
+
+
+def test_the_send_time_travels_inside_the_encryption() -> None:
+    alice, bob = _pair()
+    assert bob.decrypt(alice.encrypt("when?", Kind.ROOM, sent=1_700_000_000)).sent == 1_700_000_000
+    assert bob.decrypt(alice.encrypt("an older client", Kind.ROOM)).sent is None
+    assert bob.decrypt(_seal_as(alice, _inner(n=2, sent=0))).sent == 0
+    with pytest.raises(LocalProtocolError):
+        prepare("hi", Kind.ROOM, sent=-1)
 
 
 def test_one_prepared_message_seals_differently_for_each_recipient() -> None:

@@ -96,8 +96,11 @@ class ClientCore:
         *,
         password: bytes | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
         receipt_timeout: float = RECEIPT_TIMEOUT,
     ) -> None:
+        """``clock`` measures intervals (receipts due, views that just changed);
+        ``wall_clock`` tells the time each message is sent, inside its encryption."""
         if not is_valid_nick(nick):
             raise LocalProtocolError(detail=f"invalid nick {nick!r}: {NICK_RULE}")
         self.nick = nick
@@ -119,7 +122,14 @@ class ClientCore:
         self._directory = Directory(ours, known_peers if known_peers is not None else KnownPeers())
         self.deliveries = DeliveryTracker(receipt_timeout)
         self._outbox = Outbox(
-            nick, self._directory, self._sessions, self._session_with, self.deliveries, clock, self._outgoing
+            nick,
+            self._directory,
+            self._sessions,
+            self._session_with,
+            self.deliveries,
+            clock,
+            self._outgoing,
+            wall_clock=wall_clock,
         )
 
     # -- bytes in, bytes out --------------------------------------------------------------
@@ -419,7 +429,9 @@ class ClientCore:
         ):
             events.append(SplitView(plaintext.sender))
         private = plaintext.kind is Kind.PRIVATE
-        events.append(MessageReceived(plaintext.sender, plaintext.text, private, trust, plaintext.late))
+        events.append(
+            MessageReceived(plaintext.sender, plaintext.text, private, trust, plaintext.late, plaintext.sent)
+        )
         return events
 
     def _routed(self, routed: m.Routed) -> list[Event]:

@@ -6,7 +6,7 @@ shells say about the link itself. All of them travel to the UI on one queue.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # What became of a message we sent: re-exported, as part of the UI's vocabulary.
 from e2echat.client.receipts import DeliveryReport as DeliveryReport
@@ -45,6 +45,10 @@ class MessageReceived:
     trust: Trust = Trust.UNVERIFIED
     #: it fills an earlier gap: it was held back on the way
     late: bool = False
+    #: when its sender encrypted it, by the sender's clock (Unix time; inside the
+    #: encryption, so the relay cannot change it); None from clients that do not say.
+    #: Not compared: two copies of one message are the same event whenever they came.
+    sent_at: float | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

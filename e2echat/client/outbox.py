@@ -99,6 +99,8 @@ class Outbox:
         tracker: DeliveryTracker,
         clock: Callable[[], float],
         outgoing: bytearray,
+        *,
+        wall_clock: Callable[[], float],
     ) -> None:
         self._our_nick = our_nick
         self._directory = directory
@@ -106,6 +108,7 @@ class Outbox:
         self._session_with = session_with
         self._tracker = tracker
         self._clock = clock
+        self._wall_clock = wall_clock
         self._outgoing = outgoing
         self._next_id = 1
         #: who the last room message left out because their key changed
@@ -160,7 +163,7 @@ class Outbox:
         self._next_id += 1
         # The text is JSON-encoded once and the nonces drawn in one call; per recipient
         # there remain the chain step and the encryption itself.
-        prepared = prepare(text, kind, directory_hash=self._directory.view)
+        prepared = prepare(text, kind, directory_hash=self._directory.view, sent=int(self._wall_clock()))
         sessions = [self._sessions[nick] for nick in recipients]
         counters = {session.peer: session.next_counter for session in sessions}
         self._outgoing += send_frames(message_id, seal_all([(session, prepared) for session in sessions]))

@@ -15,6 +15,12 @@ Pure (no I/O). The construction, and why, is in docs/PROTOCOL.md (section 8); in
   exactly what ``SecretBox(key).encrypt`` gives after the header.
   The counter selects the key, so altering it makes decryption fail; the plaintext
   repeats counter, sender, recipient and kind, which are checked after decryption.
+* Plaintext = the UTF-8 JSON object {"from", "to", "kind", "n", "text", "dir"[, "sent"]
+  [, "acks"]}: sender, recipient, kind, counter, text, the sender's directory hash, the
+  sender's clock when it encrypted the message (whole seconds since the Unix epoch; only
+  in messages with text, and absent from older clients' ones), and for a receipt the
+  counters it acknowledges. Inside the encryption, "sent" is the sender's word and no
+  one else's: a relay that holds a message back cannot make it look fresh.
 * What a body whose counter jumps ahead may cost us, and the keys kept for messages
   skipped, is bounded in chains.py, under a budget shared by all sessions of a client.
 """
@@ -91,6 +97,12 @@ class Plaintext(NamedTuple):
     directory_hash: str = ""
     #: for a receipt: the counters of our messages it acknowledges
     acks: tuple[int, ...] = ()
+    #: when the sender encrypted it, by its clock (Unix time, seconds); None if not said
+    sent: int | None = None
+
+
+# Send times a plaintext may carry: any Unix time in seconds that a float holds exactly.
+MAX_SENT = 2**53
 
 
 def hkdf_sha256(ikm: bytes, *, info: bytes, length: int, salt: bytes = b"") -> bytes:
@@ -177,11 +189,13 @@ class PeerSession:
         *,
         directory_hash: str = "",
         acks: tuple[int, ...] = (),
+        sent: int | None = None,
         nonce: bytes | None = None,
     ) -> bytes:
         """One message for this peer, carrying our ``directory_hash`` (see
-        ``directory_digest``). ``nonce`` is for deterministic tests only."""
-        prepared = prepare(text, kind, directory_hash=directory_hash, acks=acks)
+        ``directory_digest``) and the time it was ``sent``. ``nonce`` is for deterministic
+        tests only."""
+        prepared = prepare(text, kind, directory_hash=directory_hash, acks=acks, sent=sent)
         return self.seal(prepared, random_nonces(1)[0] if nonce is None else nonce)
 
     def seal(self, prepared: Prepared, nonce: bytes) -> bytes:
@@ -194,7 +208,8 @@ class PeerSession:
         self._send_chain, message_key = chain_step(self._send_chain)
         self._send_counter = counter + 1
         # Byte for byte what json.dumps of {"from", "to", "kind", "n", "text", "dir"
-        # [, "acks"]} gives (a test checks): only "n" differs from one message to the next.
+        # [, "sent"][, "acks"]} gives (a test checks): only "n" differs from one message to
+        # the next.
         plaintext = b"%b%b%d%b" % (self._inner_head, prepared.kind_and_n, counter, prepared.tail)
         return _HEADER.pack(BODY_VERSION, counter) + nonce + secretbox(plaintext, nonce, message_key)
 
@@ -227,6 +242,9 @@ class PeerSession:
             directory_hash = inner.get("dir", "")
             if not isinstance(directory_hash, str) or len(directory_hash) > 64:
                 raise ValueError("directory hash")
+            sent = inner.get("sent")
+            if sent is not None and (type(sent) is not int or not 0 <= sent < MAX_SENT):
+                raise ValueError("sent")
             acks = inner.get("acks", ())  # only receipts carry them
             if acks != () and (
                 not isinstance(acks, list)
@@ -245,7 +263,9 @@ class PeerSession:
             or inner_counter != counter
         ):
             raise DecryptionError(peer=self.peer, detail="header does not match its contents")
-        return Plaintext(sender, recipient, kind, counter, text, skipped, late, directory_hash, tuple(acks))
+        return Plaintext(
+            sender, recipient, kind, counter, text, skipped, late, directory_hash, tuple(acks), sent
+        )
 
 
 @dataclass(frozen=True)
@@ -255,18 +275,30 @@ class Prepared:
     kind: Kind
     #: ``"room","n":`` (the kind's value, then the key of the counter that follows it)
     kind_and_n: bytes
-    #: ``,"text":...,"dir":...[,"acks":[...]]}``
+    #: ``,"text":...,"dir":...[,"sent":...][,"acks":[...]]}``
     tail: bytes
 
 
-def prepare(text: str, kind: Kind, *, directory_hash: str = "", acks: tuple[int, ...] = ()) -> Prepared:
+def prepare(
+    text: str,
+    kind: Kind,
+    *,
+    directory_hash: str = "",
+    acks: tuple[int, ...] = (),
+    sent: int | None = None,
+) -> Prepared:
     """The parts of a message's plaintext that are the same for every recipient. A room
     message to 49 people differs per recipient only in "to" and "n", so the text is
-    JSON-encoded once, not 49 times. Raises ``LocalProtocolError`` for a text over MAX_TEXT
-    (and ``UnicodeEncodeError`` for one UTF-8 cannot carry)."""
+    JSON-encoded once, not 49 times. ``sent`` is our clock now (Unix time, seconds).
+    Raises ``LocalProtocolError`` for a text over MAX_TEXT (and ``UnicodeEncodeError`` for
+    one UTF-8 cannot carry)."""
     if len(text.encode("utf-8")) > MAX_TEXT:
         raise LocalProtocolError(detail=f"message longer than {MAX_TEXT} bytes")
     tail = ',"text":' + _json(text) + ',"dir":' + _json(directory_hash)
+    if sent is not None:
+        if not 0 <= sent < MAX_SENT:
+            raise LocalProtocolError(detail=f"send time {sent} out of range")
+        tail += f',"sent":{int(sent)}'
     if acks:
         tail += ',"acks":' + json.dumps(list(acks), separators=(",", ":"))
     return Prepared(kind, (_json(kind.value) + ',"n":').encode("utf-8"), (tail + "}").encode("utf-8"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
@@ -66,7 +67,7 @@ class Chat:
     ``echo`` shows what we send in our own timeline (the REPL erases the prompt line);
     ``multiline`` shows line breaks in messages as line breaks; ``json`` writes one JSON
     object per event instead of text; ``bell`` is called on each private message while
-    ``bell_on``."""
+    ``bell_on``; ``clock`` (Unix time) stamps each line and tells how old a message is."""
 
     def __init__(
         self,
@@ -77,8 +78,10 @@ class Chat:
         multiline: bool = False,
         json: bool = False,
         bell: Callable[[], None] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.link = link
+        self.clock = clock
         self.write = write
         self.echo = echo
         self.multiline = multiline
@@ -192,7 +195,7 @@ class Chat:
             return
         if isinstance(event, MessageReceived) and event.private and self.bell_on and self.bell:
             self.bell()
-        for style, text in render(event, multiline=self.multiline, relay=self.link.address):
+        for style, text in render(event, self.clock(), multiline=self.multiline, relay=self.link.address):
             self.write(style, text)
 
     async def run(self, typing: Coroutine[Any, Any, None]) -> None:

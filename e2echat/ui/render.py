@@ -89,10 +89,11 @@ Shown = ClientEvent | Notice | Problem | OwnMessage | HelpText
 
 
 def render(event: Shown, now: float | None = None, *, multiline: bool = False, relay: str = "") -> list[Line]:
-    """The lines that show ``event`` (none if it needs none), each with its look.
-    ``multiline`` shows line breaks in messages as line breaks; ``relay`` is the relay's
-    address, for the lines that name it."""
-    shown = _describe(event, clock(now), multiline, relay)
+    """The lines that show ``event`` (none if it needs none), each with its look, at
+    ``now`` (Unix time; the clock by default). ``multiline`` shows line breaks in messages
+    as line breaks; ``relay`` is the relay's address, for the lines that name it."""
+    now = time.time() if now is None else now
+    shown = _describe(event, now, multiline, relay)
     if shown is None:
         return []
     style, text = shown
@@ -107,12 +108,33 @@ def _problem(stamp: str, text: str) -> tuple[LineStyle, str]:
     return "warning", f"{stamp} !! {neutralize(text)}"
 
 
-def _describe(event: Shown, stamp: str, multiline: bool, relay: str) -> tuple[LineStyle, str] | None:
+# A message older than this by our clock when shown says how old it is: longer than any
+# honest delivery takes, and beyond the drift of clocks kept by NTP. (The sender's clock
+# says when it was sent: one that is slow by more than this makes its messages look old.)
+OLD_MESSAGE = 60.0
+
+
+def age_text(seconds: float) -> str:
+    """How long ago, in words: "75 s", "5 min", "3 h", "2 days"."""
+    if seconds < 120:
+        return f"{int(seconds)} s"
+    if seconds < 120 * 60:
+        return f"{int(seconds // 60)} min"
+    if seconds < 48 * 3600:
+        return f"{int(seconds // 3600)} h"
+    return f"{int(seconds // 86400)} days"
+
+
+def _describe(event: Shown, now: float, multiline: bool, relay: str) -> tuple[LineStyle, str] | None:
     """``event``'s look, and its text (several lines joined by newlines)."""
     newline = CONTINUATION if multiline else "\\n"
+    stamp = clock(now)
     if isinstance(event, MessageReceived):
         mark = " [private]" if event.private else ""
         mark += " [late]" if event.late else ""
+        if event.sent_at is not None and now - event.sent_at >= OLD_MESSAGE:
+            # In the header, before the sender's name: text a peer typed comes after it.
+            mark += f" (sent {age_text(now - event.sent_at)} ago)"
         text = neutralize(event.text, newline)
         line = f"{stamp}{mark} <{event.sender} {TRUST_MARKS[event.trust]}> {text}"
         if event.trust is Trust.CHANGED:  # from a key we have not accepted: a warning
