@@ -11,8 +11,9 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
-from nacl.public import PublicKey
+from nacl.public import PrivateKey, PublicKey
 
+from e2echat.crypto.session import Party, PeerSession
 from e2echat.errors import RemoteProtocolError
 from e2echat.relay.core import Action, Close, ConnId
 from e2echat.relay.server import Relay, _Link
@@ -114,3 +115,22 @@ def flip_bit(data: bytes, bit: int) -> bytes:
     changed = bytearray(data)
     changed[bit // 8] ^= 1 << (bit % 8)
     return bytes(changed)
+
+
+def made_up_peers(relay: HostileRelay, victim: str, count: int, prefix: str = "fake") -> list[PeerSession]:
+    """``count`` people the relay makes up (``fake0``, ``fake1``, ...), each with keys of
+    its own and a session with ``victim`` (whose keys it read from the registration), so
+    that it can announce them (``PeerInfo``) and deliver real messages from them."""
+    registered = [msg for _, msg in relay.received if isinstance(msg, m.Register) and msg.nick == victim]
+    them = Party(victim, registered[-1].identity_key, registered[-1].session_key)
+    made = []
+    for index in range(count):
+        identity, session = PrivateKey.generate(), PrivateKey.generate()
+        made.append(PeerSession(f"{prefix}{index}", identity, session, them))
+    return made
+
+
+def peer_info(session: PeerSession) -> m.PeerInfo:
+    """How the relay announces the owner of ``session``."""
+    ours = session.ours
+    return m.PeerInfo(ours.nick, ours.identity_key, ours.session_key)

@@ -159,6 +159,17 @@ def _sees_all(peer: Peer, others: set[str]) -> bool:
     return set(peer.connection.core.peers) >= others
 
 
+async def meet(first: Peer, second: Peer) -> None:
+    """``first`` and ``second`` exchange a private message each way, so that each pins
+    the other's identity key (first contact is the first message exchanged)."""
+    for one, other in ((first, second), (second, first)):
+        await asyncio.wait_for(_until(functools.partial(_sees_all, one, {other.nick}), one), WAIT)
+    first.connection.send_private(second.nick, "hello")
+    await second.next(MessageReceived, lambda e: e.sender == first.nick)
+    second.connection.send_private(first.nick, "hello to you")
+    await first.next(MessageReceived, lambda e: e.sender == second.nick)
+
+
 async def _until(condition: Callable[[], bool], peer: Peer) -> None:
     while not condition():
         peer.seen.append(await peer.connection.events.get())

@@ -105,6 +105,7 @@ def test_trust_follows_changes_made_to_the_known_peers_directly() -> None:
     alice = cores["alice"]
     assert alice.trust("bob") is Trust.UNVERIFIED  # cached now
     bob_key = alice.directory["bob"].identity_key
+    alice.known_peers.see("bob", bob_key)
     alice.known_peers.set_verified("bob", bob_key, True)
     assert alice.trust("bob") is Trust.VERIFIED
     alice.known_peers.accept("bob", PrivateKey.generate().public_key)  # as another process might

@@ -13,7 +13,6 @@ from e2echat.client.core import (
     ClientCore,
     Event,
     KeyChanged,
-    KeyPinned,
     MessageReceived,
     SecurityWarning,
     SendReport,
@@ -27,7 +26,7 @@ from e2echat.ui.chat import Chat
 from e2echat.wire import messages as m
 from e2echat.wire.grammar import CHALLENGE_SIZE
 
-from support import connect, running_relay, text_into
+from support import connect, meet, running_relay, text_into
 
 
 def _reports(wire: FakeWire, conn: ConnId) -> list[DeliveryReport]:
@@ -186,6 +185,7 @@ def test_a_receipt_from_a_key_no_longer_accepted_confirms_nothing() -> None:
 def _with_a_changed_key() -> tuple[FakeWire, ConnId]:
     wire = FakeWire()
     alice, old_bob = wire.connect("alice"), wire.connect("bob")
+    wire.meet(alice, old_bob)
     wire.hang_up(old_bob)
     wire.connect("bob")  # another identity key
     assert any(isinstance(e, KeyChanged) for e in wire.take(alice))
@@ -209,7 +209,7 @@ async def test_commands_on_a_changed_key_answer_in_words() -> None:
     async with running_relay() as relay:
         alice = await connect(relay, "alice", known_peers=KnownPeers())
         old_bob = await connect(relay, "bob")
-        await alice.next(KeyPinned, lambda e: e.nick == "bob")
+        await meet(alice, old_bob)
         await old_bob.connection.close()
         new_bob = await connect(relay, "bob")
         await alice.next(KeyChanged)

@@ -32,7 +32,7 @@ from test_display import FORGED as FORGED_LOOKS
 from test_forging import FORGED, FORGERY
 from test_repl import Screen
 
-from e2echat.client.events import KeyPinned, MessageReceived, PeerJoined
+from e2echat.client.events import MessageReceived, PeerJoined
 from e2echat.client.trust import KnownPeers
 from e2echat.ui.chat import Chat
 from e2echat.ui.render import LineStyle
@@ -218,7 +218,7 @@ async def test_a_peers_text_is_drawn_as_a_message_and_key_changes_as_warnings() 
     async with running_relay() as relay:
         alice = await connect(relay, "alice", known_peers=known)
         bob = await connect(relay, "bob")
-        await alice.next(KeyPinned, lambda e: e.nick == "bob")
+        await alice.next(PeerJoined, lambda e: e.nick == "bob")  # bob's first message pins his key
         new_bob = None
         try:
             async with repl(alice) as (_, screen, _):

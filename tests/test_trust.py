@@ -12,10 +12,17 @@ from pathlib import Path
 import pytest
 from nacl.public import PrivateKey, PublicKey
 
-from e2echat.client.core import KeyChanged, KeyPinned, MessageReceived, SecurityWarning, SendReport
+from e2echat.client.core import (
+    KeyChanged,
+    KeyPinned,
+    MessageReceived,
+    PeerJoined,
+    SecurityWarning,
+    SendReport,
+)
 from e2echat.client.trust import KnownPeers, Trust
 from e2echat.crypto.identity import format_safety_number, safety_number
-from e2echat.crypto.session import Party, PeerSession
+from e2echat.crypto.session import Kind, Party, PeerSession
 from e2echat.errors import CommandError, DecryptionError, KeyFileError, PassphraseRequired, WrongPassphrase
 from e2echat.store import pins
 from e2echat.store.files import write_private_file
@@ -24,8 +31,8 @@ from e2echat.store.pins import KNOWN_PEERS_FILE, PinFile
 from e2echat.ui.chat import Chat
 from e2echat.wire import messages as m
 
-from hostile import HostileRelay, substitute_keys
-from support import connect, peers, run_cli, running, running_relay, text_into
+from hostile import HostileRelay, made_up_peers, peer_info, substitute_keys
+from support import connect, meet, peers, run_cli, running, running_relay, text_into
 
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "safety_numbers.json").read_text())["vectors"]
 CHEAP = KdfCost(opslimit=1, memlimit=8192)  # Argon2id at its minimum: tests need speed, not cost
@@ -135,6 +142,7 @@ async def test_first_contact_pins_and_a_restart_keeps_the_pin(tmp_path: Path) ->
     async with running_relay() as relay:
         alice = await connect(relay, "alice", known_peers=store.load(), pin_file=store)
         bob = await connect(relay, "bob", bob_identity)
+        bob.connection.send_private("alice", "hi, it's bob")  # the first message pins bob's key
         assert (await alice.next(KeyPinned)).nick == "bob"
         await bob.connection.close()
         await alice.connection.close()
@@ -150,7 +158,7 @@ async def test_changed_key_is_flagged_and_blocks_sending_until_trusted() -> None
     async with running_relay() as relay, peers(relay, "carol"):
         alice = await connect(relay, "alice", known_peers=known)
         old_bob = await connect(relay, "bob")
-        await alice.next(KeyPinned, lambda e: e.nick == "bob")
+        await meet(alice, old_bob)
         await old_bob.connection.close()
 
         new_bob = await connect(relay, "bob", PrivateKey.generate())
@@ -191,7 +199,7 @@ async def test_accepting_a_new_key_clears_verification() -> None:
     async with running_relay() as relay:
         alice = await connect(relay, "alice", known_peers=known)
         bob = await connect(relay, "bob")
-        await alice.next(KeyPinned)
+        await meet(alice, bob)
         Chat(alice.connection, text_into([])).handle_line("/trust bob")
         assert alice.connection.core.trust("bob") is Trust.VERIFIED
         await bob.connection.close()
@@ -211,7 +219,7 @@ async def test_relay_substituting_an_identity_key_is_caught_and_gets_nothing() -
     async with running_relay() as honest:  # alice meets the real bob first
         alice = await connect(honest, "alice", known_peers=known)
         bob = await connect(honest, "bob", bob_identity)
-        await alice.next(KeyPinned, lambda e: e.nick == "bob")
+        await meet(alice, bob)
         for peer in (alice, bob):
             await peer.connection.close()
 
@@ -277,7 +285,7 @@ async def test_verify_match_marks_verified_and_persists(tmp_path: Path) -> None:
     async with running_relay() as relay:
         alice = await connect(relay, "alice", known_peers=store.load(), pin_file=store)
         bob = await connect(relay, "bob")
-        await alice.next(KeyPinned, lambda e: e.nick == "bob")
+        await alice.next(PeerJoined, lambda e: e.nick == "bob")
         alice_lines: list[str] = []
         bob_lines: list[str] = []
         Chat(alice.connection, text_into(alice_lines)).handle_line("/verify bob")
@@ -337,7 +345,7 @@ async def test_room_message_says_who_was_left_out() -> None:
     async with running_relay() as relay, peers(relay, "carol"):
         alice = await connect(relay, "alice", known_peers=known)
         old_bob = await connect(relay, "bob")
-        await alice.next(KeyPinned, lambda e: e.nick == "bob")
+        await meet(alice, old_bob)
         await old_bob.connection.close()
         new_bob = await connect(relay, "bob")
         await alice.next(KeyChanged)
@@ -348,11 +356,11 @@ async def test_room_message_says_who_was_left_out() -> None:
             await peer.connection.close()
 
 
-async def test_many_announced_nicks_are_pinned_in_one_write(
+async def test_many_new_contacts_are_pinned_in_few_writes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A relay announcing many nicks at once must not make the client rewrite its
-    known-peers file once per nick (quadratic work, and a disk write each time)."""
+    """Many people writing to us at once must not make the client rewrite its known-peers
+    file once per new contact (quadratic work, and a disk write each time)."""
     writes: list[Path] = []
 
     def counting_write(path: Path, data: bytes) -> None:
@@ -364,13 +372,13 @@ async def test_many_announced_nicks_are_pinned_in_one_write(
     store = PinFile(tmp_path / KNOWN_PEERS_FILE)
     async with running(hostile) as relay:
         alice = await connect(relay, "alice", known_peers=store.load(), pin_file=store)
-        fakes = [
-            m.PeerInfo(f"fake{i}", PrivateKey.generate().public_key, PrivateKey.generate().public_key)
-            for i in range(300)
-        ]
-        relay.inject_many("alice", [m.PeerJoined(peer) for peer in fakes])
-        while len(alice.connection.core.peers) < 300:
-            await alice.next_any_event()
+        fakes = made_up_peers(relay, "alice", 300)
+        relay.inject_many("alice", [m.PeerJoined(peer_info(fake)) for fake in fakes])
+        relay.inject_many(
+            "alice", [m.Deliver(fake.ours.nick, fake.encrypt("hi", Kind.ROOM)) for fake in fakes]
+        )
+        for _ in fakes:
+            await alice.next(MessageReceived)
         await alice.connection.close()  # waits for the last write
     assert 1 <= len(writes) <= 10
     assert len(json.loads(store.path.read_text())["peers"]) == 300

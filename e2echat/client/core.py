@@ -130,6 +130,7 @@ class ClientCore:
             clock,
             self._outgoing,
             wall_clock=wall_clock,
+            notices=self._notices,
         )
 
     # -- bytes in, bytes out --------------------------------------------------------------
@@ -155,7 +156,8 @@ class ClientCore:
         return self._take_notices() + events if self._notices else events
 
     def _take_notices(self) -> list[Event]:
-        notices, self._notices = self._notices, []
+        notices = list(self._notices)
+        self._notices.clear()  # in place: the outbox adds to this very list
         return notices
 
     def _write(self, message: m.Message) -> None:
@@ -424,6 +426,9 @@ class ClientCore:
         trust = directory.trust(plaintext.sender)
         if trust is not Trust.CHANGED:  # nothing is owed to a key we do not accept, even later
             self._outbox.acks_due.setdefault(plaintext.sender, []).append(plaintext.counter)
+            # First contact pins the key (a call per message: kept cheap when pinned).
+            if directory.known_peers.exchanged(plaintext.sender, session.theirs.identity_key):
+                events.append(KeyPinned(plaintext.sender))
         if plaintext.directory_hash != directory.view and directory.is_split_view(
             plaintext.sender, plaintext.directory_hash
         ):

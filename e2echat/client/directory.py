@@ -1,9 +1,9 @@
 """Who else is online, as the relay says, and how far we trust what it says. Pure.
 
-``Directory`` holds the relay's list of peers and their keys, pins each identity key on
-first contact (trust on first use, through ``KnownPeers``), and keeps hashes of our recent
-views of the list: every message carries its sender's view, so a relay that shows people
-different directories (a split view) is noticed.
+``Directory`` holds the relay's list of peers and their keys, pins each identity key when
+we first exchange a message with its owner (trust on first use, through ``KnownPeers``),
+and keeps hashes of our recent views of the list: every message carries its sender's view,
+so a relay that shows people different directories (a split view) is noticed.
 """
 
 from __future__ import annotations
@@ -60,22 +60,25 @@ class Directory:
         return bytes(peer.session_key) in self._retired_session_keys
 
     def add(self, peer: m.PeerInfo, *, refresh: bool = True) -> list[Event]:
-        """``peer`` is online (any earlier entry for the nick was removed first). Pins the
-        identity key on first contact; says so, or that it changed. ``refresh=False`` leaves
-        the view to one ``refresh_view`` after a batch: the directory may be thousands long."""
+        """``peer`` is online (any earlier entry for the nick was removed first). Says if
+        their identity key is not the one pinned. Pins nothing: see ``exchanged``.
+        ``refresh=False`` leaves the view to one ``refresh_view`` after a batch: the
+        directory may be thousands long."""
         self.peers[peer.nick] = peer
         self.forget_caches()
         self._encoded_entries[peer.nick] = encode_party(Party(peer.nick, peer.identity_key, peer.session_key))
         if refresh:
             self.refresh_view()
-        trust, first_contact = self.known_peers.see(peer.nick, peer.identity_key)
-        if first_contact:
-            return [KeyPinned(peer.nick)]
-        if trust is Trust.CHANGED:
-            pin = self.known_peers.get(peer.nick)
-            assert pin is not None
+        pin = self.known_peers.get(peer.nick)
+        if pin is not None and pin.identity_key != peer.identity_key:
             return [KeyChanged(peer.nick, fingerprint(pin.identity_key), fingerprint(peer.identity_key))]
         return []
+
+    def exchanged(self, nicks: list[str]) -> list[Event]:
+        """We send to, or received a message from, each of ``nicks`` (online, and not with
+        a changed key): pins the key of each on first contact, and says so."""
+        known, peers = self.known_peers, self.peers
+        return [KeyPinned(nick) for nick in nicks if known.exchanged(nick, peers[nick].identity_key)]
 
     def remove(self, nick: str) -> m.PeerInfo:
         """``nick`` left (or came back with other keys); their session key is retired."""
@@ -137,7 +140,7 @@ class Directory:
         peer = self.peer(nick)
         if self.trust(nick) is Trust.CHANGED:
             raise CommandError(detail=f"{nick}'s key changed: accept it first with /trust {nick}")
-        self.known_peers.see(nick, peer.identity_key)
+        self.known_peers.see(nick, peer.identity_key)  # verifying pins, as exchanging does
         self.known_peers.set_verified(nick, peer.identity_key, verified)
 
     def forget_caches(self) -> None:

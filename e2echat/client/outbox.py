@@ -14,6 +14,7 @@ from collections.abc import Callable
 import nacl.utils
 
 from e2echat.client.directory import Directory
+from e2echat.client.events import Event
 from e2echat.client.receipts import DeliveryTracker
 from e2echat.client.trust import Trust
 from e2echat.crypto.session import MAX_ACKS, MAX_TEXT, Kind, PeerSession, Prepared, prepare, seal_all
@@ -101,6 +102,7 @@ class Outbox:
         outgoing: bytearray,
         *,
         wall_clock: Callable[[], float],
+        notices: list[Event],
     ) -> None:
         self._our_nick = our_nick
         self._directory = directory
@@ -110,6 +112,8 @@ class Outbox:
         self._clock = clock
         self._wall_clock = wall_clock
         self._outgoing = outgoing
+        # What sending found to tell the user (first contacts), handed out with the next events.
+        self._notices = notices
         self._next_id = 1
         #: who the last room message left out because their key changed
         self.left_out: list[str] = []
@@ -165,6 +169,7 @@ class Outbox:
         # there remain the chain step and the encryption itself.
         prepared = prepare(text, kind, directory_hash=self._directory.view, sent=int(self._wall_clock()))
         sessions = [self._sessions[nick] for nick in recipients]
+        self._notices.extend(self._directory.exchanged(recipients))  # first contact pins the key
         counters = {session.peer: session.next_counter for session in sessions}
         self._outgoing += send_frames(message_id, seal_all([(session, prepared) for session in sessions]))
         self._tracker.sent(message_id, kind is Kind.PRIVATE, counters, self._clock(), preview(text))

@@ -1,9 +1,12 @@
 """Known peers: trust on first use, key changes, and verification. Pure: the pins live in
 memory here; store/pins.py reads and writes them as a file beside the identity.
 
-The first identity key seen for a nick is pinned; a different key later is a *change*,
-which blocks sending to that nick until the user accepts it. A pin is *verified* once the
-user has compared safety numbers.
+A nick's identity key is pinned when we first exchange a message with them (send to or
+receive from them), not when the directory first shows them: a relay, or a crowd of
+strangers coming and going, cannot fill the file with people we never talked to. A
+different key for a pinned nick later is a *change*, which blocks sending to that nick
+until the user accepts it. A pin is *verified* once the user has compared safety numbers.
+Someone we never exchanged a message with has no pin, and their key counts as unverified.
 """
 
 from __future__ import annotations
@@ -58,13 +61,23 @@ class KnownPeers:
         return Trust.VERIFIED if pin.verified else Trust.UNVERIFIED
 
     def see(self, nick: str, key: PublicKey) -> tuple[Trust, bool]:
-        """Record that the directory shows ``key`` for ``nick``: pins it on first use.
-        Returns (trust, whether this was first contact)."""
+        """Record that we exchange a message with ``nick`` under ``key`` (or verify it):
+        pins it on first use. Returns (trust, whether this was first contact)."""
         if nick not in self._pins:
             self._pins[nick] = Pin(key, verified=False, first_seen=time.time())
             self.generation += 1
             return Trust.UNVERIFIED, True
         return self.state(nick, key), False
+
+    def exchanged(self, nick: str, key: PublicKey) -> bool:
+        """We send ``nick`` a message, or received one, under ``key`` (never a key that
+        changed: nothing goes to those, and what comes from them pins nothing). Pins it on
+        first contact, and says whether this was first contact. Cheap when pinned."""
+        if nick in self._pins:
+            return False
+        self._pins[nick] = Pin(key, verified=False, first_seen=time.time())
+        self.generation += 1
+        return True
 
     def accept(self, nick: str, key: PublicKey) -> None:
         """Pin ``key`` for ``nick`` (a changed key the user accepts). Unverified."""

@@ -1,0 +1,76 @@
+"""What strangers coming and going, and a hostile relay, can make a client keep: pins, the
+session keys of people who left, the directory (issue 16, denial of service 5 and 6)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from test_cores import FakeWire
+
+from e2echat.client.core import KeyChanged, KeyPinned, MessageReceived
+from e2echat.client.trust import KnownPeers, Trust
+from e2echat.store.pins import KNOWN_PEERS_FILE, PinFile
+from e2echat.wire import messages as m
+
+from hostile import HostileRelay, made_up_peers, peer_info
+from support import connect, running
+
+# -- pins: on the first message exchanged, not on sight ----------------------------------------
+
+
+async def test_strangers_coming_and_going_pin_nothing(tmp_path: Path) -> None:
+    """Registration churn: 500 nicks join and leave (today's relay lets one process make
+    1,685 a second). Before, each was pinned forever (2.7 MiB of known_peers.json in 10 s)."""
+    store = PinFile(tmp_path / KNOWN_PEERS_FILE)
+    async with running(HostileRelay()) as relay:
+        alice = await connect(relay, "alice", known_peers=store.load(), pin_file=store)
+        strangers = [peer_info(fake) for fake in made_up_peers(relay, "alice", 500)]
+        relay.inject_many("alice", [m.PeerJoined(peer) for peer in strangers])
+        relay.inject_many("alice", [m.PeerLeft(peer.nick) for peer in strangers])
+        while alice.connection.core.peers or len(alice.seen) < 1000:
+            await alice.next_any_event()
+        assert alice.connection.core.known_peers.get("fake0") is None
+        await alice.connection.close()
+    assert not store.path.exists() or KnownPeers.decode(store.path.read_bytes()).get("fake0") is None
+
+
+def test_the_first_message_either_way_pins_the_key() -> None:
+    wire = FakeWire()
+    alice, bob, _ = wire.connect("alice"), wire.connect("bob"), wire.connect("carol")
+    client = wire.clients[alice]
+    assert client.known_peers.get("bob") is None and client.trust("bob") is Trust.UNVERIFIED
+    wire.take_all()
+    client.send_private("bob", "hi bob")
+    wire.pump()
+    assert KeyPinned("bob") in wire.take(alice, pins=True)  # we sent to bob: pinned
+    assert wire.take(bob, pins=True)[:2] == [KeyPinned("alice"), MessageReceived("alice", "hi bob", True)]
+    assert wire.clients[bob].known_peers.get("alice") is not None  # bob got one: pinned too
+    assert client.known_peers.get("carol") is None  # never talked to carol
+    assert client.trust("carol") is Trust.UNVERIFIED
+    client.send_private("bob", "again")  # said once
+    wire.pump()
+    assert KeyPinned("bob") not in wire.take(alice, pins=True)
+
+
+def test_a_key_change_is_caught_for_people_we_talked_to_only() -> None:
+    wire = FakeWire()
+    alice, bob, carol = wire.connect("alice"), wire.connect("bob"), wire.connect("carol")
+    wire.meet(alice, bob)
+    wire.hang_up(bob)
+    wire.hang_up(carol)
+    wire.take_all()
+    wire.connect("bob")  # another identity key
+    wire.connect("carol")  # another identity key, but alice never talked to carol
+    events = wire.take(alice)
+    assert [e.nick for e in events if isinstance(e, KeyChanged)] == ["bob"]
+    assert wire.clients[alice].trust("bob") is Trust.CHANGED
+    assert wire.clients[alice].trust("carol") is Trust.UNVERIFIED
+
+
+def test_verifying_a_key_pins_it() -> None:
+    wire = FakeWire()
+    alice, _ = wire.connect("alice"), wire.connect("bob")
+    client = wire.clients[alice]
+    client.set_verified("bob", True)
+    pin = client.known_peers.get("bob")
+    assert pin is not None and pin.verified and pin.identity_key == client.directory["bob"].identity_key
