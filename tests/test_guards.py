@@ -262,6 +262,7 @@ def test_a_refused_reannouncement_is_not_shown_as_a_join() -> None:
     """The relay replays bob's old entry after he left: a warning, and no "bob joined"."""
     wire = FakeWire()
     alice, bob = wire.connect("alice"), wire.connect("bob")
+    wire.meet(alice, bob)  # a session with that key: its messages could be replayed
     old_entry = wire.clients[alice].directory["bob"]
     wire.hang_up(bob)
     wire.take_all()

@@ -5,10 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from test_cores import FakeWire
+import nacl.utils
+from nacl.public import PrivateKey, PublicKey
+from test_cores import FakeWire, _frame
 
-from e2echat.client.core import KeyChanged, KeyPinned, MessageReceived
+from e2echat.client.core import KeyChanged, KeyPinned, MessageReceived, SecurityWarning
+from e2echat.client.directory import RETIRED_PER_NICK, RETIRED_TOTAL, Directory
 from e2echat.client.trust import KnownPeers, Trust
+from e2echat.crypto.session import Party
+from e2echat.relay.core import ConnId
 from e2echat.store.pins import KNOWN_PEERS_FILE, PinFile
 from e2echat.wire import messages as m
 
@@ -74,3 +79,54 @@ def test_verifying_a_key_pins_it() -> None:
     client.set_verified("bob", True)
     pin = client.known_peers.get("bob")
     assert pin is not None and pin.verified and pin.identity_key == client.directory["bob"].identity_key
+
+
+# -- the session keys of people who left --------------------------------------------------------
+
+
+def _retired(wire: FakeWire, conn: ConnId) -> int:
+    return len(wire.clients[conn]._directory._retired)
+
+
+def test_a_nick_reconnecting_again_and_again_keeps_its_last_keys_only() -> None:
+    wire = FakeWire()
+    alice = wire.connect("alice")
+    bob_identity = PrivateKey.generate()
+    entries = []
+    for _ in range(RETIRED_PER_NICK + 4):
+        bob = wire.connect("bob", bob_identity)
+        wire.meet(alice, bob)
+        entries.append(wire.clients[alice].directory["bob"])
+        wire.hang_up(bob)
+    assert _retired(wire, alice) == RETIRED_PER_NICK  # not one per reconnect, forever
+    wire.take_all()
+    # The last ones are still refused if the relay announces them again.
+    wire.deliver(alice, _frame(m.PeerJoined(entries[-1])))
+    assert [type(e) for e in wire.take(alice)] == [SecurityWarning]
+
+
+def test_strangers_coming_and_going_leave_no_session_keys_behind() -> None:
+    """Nobody we never had a session with can have a session replayed: their keys are
+    not kept (before, every departed key was, without bound: churn grew it forever)."""
+    wire = FakeWire()
+    alice = wire.connect("alice")
+    for index in range(200):
+        stranger = m.PeerInfo(f"s{index}", PrivateKey.generate().public_key, PrivateKey.generate().public_key)
+        wire.deliver(alice, _frame(m.PeerJoined(stranger)))
+        wire.deliver(alice, _frame(m.PeerLeft(stranger.nick)))
+    assert _retired(wire, alice) == 0
+
+
+def test_retired_session_keys_are_bounded_in_all_oldest_first() -> None:
+    ours = Party("alice", PrivateKey.generate().public_key, PrivateKey.generate().public_key)
+    directory = Directory(ours, KnownPeers())
+    entries = []
+    for index in range(RETIRED_TOTAL + 50):
+        entry = m.PeerInfo(f"p{index}", PublicKey(nacl.utils.random(32)), PublicKey(nacl.utils.random(32)))
+        directory.add(entry)
+        directory.remove(entry.nick, had_session=True)
+        entries.append(entry)
+    assert len(directory._retired) == RETIRED_TOTAL
+    assert not directory.reuses_a_session_key(entries[0])
+    assert directory.reuses_a_session_key(entries[50])
+    assert directory.reuses_a_session_key(entries[-1])

@@ -391,11 +391,11 @@ class ClientCore:
 
     def _retire(self, nick: str) -> list[Event]:
         """``nick``'s session ends (they left, or came back with other keys)."""
-        self._directory.remove(nick)
         # Dropping the session forgets its chain keys: forward secrecy for this pair.
         session = self._sessions.pop(nick, None)
         if session is not None:
             session.close()
+        self._directory.remove(nick, had_session=session is not None)
         # Acknowledgements owed in the old session must not be sent in a new one (counters
         # restart there), and no receipt from a new session may confirm an old copy.
         self._outbox.acks_due.pop(nick, None)

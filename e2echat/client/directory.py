@@ -8,7 +8,7 @@ so a relay that shows people different directories (a split view) is noticed.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 
 from e2echat.client.events import Event, KeyChanged, KeyPinned
@@ -22,6 +22,15 @@ from e2echat.wire import messages as m
 # view; 64 views is ample for that race and still catches a relay that keeps two apart.
 RECENT_VIEWS = 64
 
+# Session keys of people who left, kept so that the relay cannot announce one again (and
+# replay that session's messages): only keys we had a session with (a key we never
+# exchanged a message under has nothing to replay), the last 8 of each nick (8 reconnects
+# within one of our connections), and 10,000 in all (about 1.5 MiB). Beyond that a relay
+# that made someone reconnect 8 times could replay their oldest session's messages to us;
+# each shows its send time, so one older than a minute says how old it is.
+RETIRED_PER_NICK = 8
+RETIRED_TOTAL = 10_000
+
 
 class Directory:
     def __init__(self, ours: Party, known_peers: KnownPeers) -> None:
@@ -34,7 +43,9 @@ class Directory:
         #: the hash of our view of the directory now: every message we send carries it
         self.view = ""
         self._split_warned: set[tuple[str, str]] = set()
-        self._retired_session_keys: set[bytes] = set()
+        # Retired session keys, oldest first (-> whose), and each nick's, oldest first.
+        self._retired: OrderedDict[bytes, str] = OrderedDict()
+        self._retired_of: dict[str, deque[bytes]] = {}
         # Trust states and room recipients, cached: a room message to hundreds must not
         # compare hundreds of keys. Dropped when the directory, a session or a pin changes.
         self._trust_cache: dict[str, Trust] = {}
@@ -57,7 +68,7 @@ class Directory:
     def reuses_a_session_key(self, peer: m.PeerInfo) -> bool:
         """A real client makes a fresh session key for every connection. The same key
         again would restart a session at counter 0: a way to replay old messages."""
-        return bytes(peer.session_key) in self._retired_session_keys
+        return bytes(peer.session_key) in self._retired
 
     def add(self, peer: m.PeerInfo, *, refresh: bool = True) -> list[Event]:
         """``peer`` is online (any earlier entry for the nick was removed first). Says if
@@ -80,14 +91,30 @@ class Directory:
         known, peers = self.known_peers, self.peers
         return [KeyPinned(nick) for nick in nicks if known.exchanged(nick, peers[nick].identity_key)]
 
-    def remove(self, nick: str) -> m.PeerInfo:
-        """``nick`` left (or came back with other keys); their session key is retired."""
+    def remove(self, nick: str, *, had_session: bool) -> m.PeerInfo:
+        """``nick`` left (or came back with other keys); their session key is retired if
+        we ``had_session`` with it (see RETIRED_PER_NICK)."""
         peer = self.peers.pop(nick)
         self.forget_caches()
         del self._encoded_entries[nick]
         self.refresh_view()
-        self._retired_session_keys.add(bytes(peer.session_key))
+        if had_session:
+            self._retire(nick, bytes(peer.session_key))
         return peer
+
+    def _retire(self, nick: str, key: bytes) -> None:
+        retired = self._retired
+        retired[key] = nick
+        keys = self._retired_of.setdefault(nick, deque())
+        keys.append(key)
+        if len(keys) > RETIRED_PER_NICK:
+            del retired[keys.popleft()]
+        while len(retired) > RETIRED_TOTAL:
+            _, owner = retired.popitem(last=False)
+            owned = self._retired_of[owner]
+            owned.popleft()  # the owner's oldest is the oldest of all
+            if not owned:
+                del self._retired_of[owner]
 
     # -- views ----------------------------------------------------------------------------------
 
