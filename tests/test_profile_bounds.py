@@ -6,18 +6,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import nacl.utils
+import pytest
 from nacl.public import PrivateKey, PublicKey
 from test_cores import FakeWire, _frame
 
-from e2echat.client.core import KeyChanged, KeyPinned, MessageReceived, SecurityWarning
-from e2echat.client.directory import RETIRED_PER_NICK, RETIRED_TOTAL, Directory
+from e2echat.client.core import ClientCore, KeyChanged, KeyPinned, MessageReceived, SecurityWarning
+from e2echat.client.directory import MAX_PEERS, RETIRED_PER_NICK, RETIRED_TOTAL, Directory
 from e2echat.client.trust import KnownPeers, Trust
 from e2echat.crypto.session import Party
+from e2echat.errors import RelayGone, RemoteProtocolError
 from e2echat.relay.core import ConnId
 from e2echat.store.pins import KNOWN_PEERS_FILE, PinFile
 from e2echat.wire import messages as m
+from e2echat.wire.grammar import CHALLENGE_SIZE
 
 from hostile import HostileRelay, made_up_peers, peer_info
+from relay_frames import Outgoing
 from support import connect, running
 
 # -- pins: on the first message exchanged, not on sight ----------------------------------------
@@ -130,3 +134,56 @@ def test_retired_session_keys_are_bounded_in_all_oldest_first() -> None:
     assert not directory.reuses_a_session_key(entries[0])
     assert directory.reuses_a_session_key(entries[50])
     assert directory.reuses_a_session_key(entries[-1])
+
+
+# -- the directory a relay may announce --------------------------------------------------------
+
+
+def _strangers(count: int, start: int = 0) -> tuple[m.PeerInfo, ...]:
+    return tuple(
+        m.PeerInfo(f"s{index}", PublicKey(nacl.utils.random(32)), PublicKey(nacl.utils.random(32)))
+        for index in range(start, start + count)
+    )
+
+
+async def test_an_endless_directory_is_refused_with_the_relay_named() -> None:
+    """The relay answers alice's registration with a directory that never ends (before,
+    96k entries and as many pins, until memory ran out)."""
+    chunk = 5000
+
+    def endless(relay: HostileRelay, action: Outgoing) -> list[Outgoing]:
+        if not isinstance(action.message, m.Welcome) or action.message.nick != "alice":
+            return [action]
+        welcome = m.Welcome("alice", _strangers(chunk), more=True)
+        parts = range(1, MAX_PEERS // chunk + 2)
+        rest = [m.Directory(_strangers(chunk, n * chunk), more=True) for n in parts]
+        return [Outgoing(action.conn, message) for message in (welcome, *rest)]
+
+    async with running(HostileRelay(endless)) as relay:
+        with pytest.raises(RelayGone) as refused:
+            await connect(relay, "alice")
+    said = str(refused.value)
+    assert f"127.0.0.1:{relay.port}" in said and f"more than {MAX_PEERS:,} people online" in said
+
+
+def test_joins_beyond_the_bound_end_the_connection() -> None:
+    client = ClientCore("alice", PrivateKey.generate(), PrivateKey.generate())
+    relay = PrivateKey.generate()
+    client.receive_data(_frame(m.Challenge(relay.public_key, b"\x00" * CHALLENGE_SIZE)))
+    part = 5000  # what fits in a frame
+    client.receive_data(_frame(m.Welcome("alice", _strangers(part), more=True)))
+    for start in range(part, MAX_PEERS - part, part):
+        client.receive_data(_frame(m.Directory(_strangers(part, start), more=True)))
+    client.receive_data(_frame(m.Directory(_strangers(part, MAX_PEERS - part))))
+    assert len(client.peers) == MAX_PEERS
+    again = client.directory["s7"]
+    client.receive_data(_frame(m.PeerJoined(again)))  # the same again: nothing new, no error
+    with pytest.raises(RemoteProtocolError, match=f"more than {MAX_PEERS:,}"):
+        client.receive_data(_frame(m.PeerJoined(_strangers(1, MAX_PEERS)[0])))
+
+
+def test_a_directory_part_after_the_directory_is_a_protocol_error() -> None:
+    wire = FakeWire()
+    alice = wire.connect("alice")
+    with pytest.raises(RemoteProtocolError, match="unexpected 'directory'"):
+        wire.deliver(alice, _frame(m.Directory(_strangers(1), more=True)))

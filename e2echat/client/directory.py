@@ -15,12 +15,18 @@ from e2echat.client.events import Event, KeyChanged, KeyPinned
 from e2echat.client.trust import KnownPeers, Trust
 from e2echat.crypto.identity import fingerprint
 from e2echat.crypto.session import Party, digest_of_encoded, encode_party
-from e2echat.errors import CommandError
+from e2echat.errors import CommandError, RemoteProtocolError
 from e2echat.wire import messages as m
 
 # A message encrypted just before its sender saw a join or leave carries the previous
 # view; 64 views is ample for that race and still catches a relay that keeps two apart.
 RECENT_VIEWS = 64
+
+# The most people online a client believes a relay has: twice what one relay holds
+# (Limits.max_connections), room for relays that grow. A relay announcing more is hostile
+# or broken, and would otherwise fill our memory with entries (issue 16: an endless
+# directory stream).
+MAX_PEERS = 20_000
 
 # Session keys of people who left, kept so that the relay cannot announce one again (and
 # replay that session's messages): only keys we had a session with (a key we never
@@ -74,7 +80,12 @@ class Directory:
         """``peer`` is online (any earlier entry for the nick was removed first). Says if
         their identity key is not the one pinned. Pins nothing: see ``exchanged``.
         ``refresh=False`` leaves the view to one ``refresh_view`` after a batch: the
-        directory may be thousands long."""
+        directory may be thousands long. Raises ``RemoteProtocolError`` beyond MAX_PEERS."""
+        if len(self.peers) >= MAX_PEERS:  # (an entry replaced was removed first)
+            raise RemoteProtocolError(
+                detail=f"the relay announced more than {MAX_PEERS:,} people online, more than a "
+                "relay holds (a hostile or broken relay); disconnected"
+            )
         self.peers[peer.nick] = peer
         self.forget_caches()
         self._encoded_entries[peer.nick] = encode_party(Party(peer.nick, peer.identity_key, peer.session_key))
