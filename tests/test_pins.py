@@ -12,10 +12,11 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import nacl.utils
 import pytest
-from nacl.public import PrivateKey
+from nacl.public import PrivateKey, PublicKey
 
-from e2echat.client.trust import DamagedPins, KnownPeers, Trust
+from e2echat.client.trust import MAX_PINS, TOUCH_AFTER, DamagedPins, KnownPeers, Trust
 from e2echat.errors import KeyFileError
 from e2echat.store import pins
 from e2echat.store.files import write_private_file
@@ -172,3 +173,136 @@ async def test_a_failed_write_is_logged_retried_and_reported_at_the_end(
     known.see("carol", PrivateKey.generate().public_key)
     await store.flush(known)
     assert PinFile(store.path).load().get("carol") is not None
+
+
+# -- a bounded file (issue 16: a hostile relay made a 14 MiB one) -----------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_least_recently_used_unverified_pins_go_first_and_verified_ones_never() -> None:
+    clock = Clock()
+    known = KnownPeers(max_pins=4, clock=clock)
+    keys = {nick: PrivateKey.generate().public_key for nick in ("v", "a", "b", "c", "d", "e")}
+    known.exchanged("v", keys["v"])
+    known.set_verified("v", keys["v"], True)  # the oldest, but verified
+    for nick in "abc":
+        clock.now += 1
+        known.exchanged(nick, keys[nick])
+    clock.now += TOUCH_AFTER
+    known.exchanged("a", keys["a"])  # a message with a, long after: a is used again
+    for nick in "de":
+        known.exchanged(nick, keys[nick])
+    assert len(known) == 4
+    assert [nick for nick in keys if known.get(nick) is not None] == ["v", "a", "d", "e"]  # b, c dropped
+
+
+def test_only_verified_pins_may_go_over_the_bound() -> None:
+    known = KnownPeers(max_pins=2)
+    for nick in "abc":
+        key = PrivateKey.generate().public_key
+        known.see(nick, key)
+        known.set_verified(nick, key, True)
+    known.exchanged("d", PrivateKey.generate().public_key)
+    assert len(known) == 4  # nothing the user verified is ever dropped
+    known.exchanged("e", PrivateKey.generate().public_key)
+    assert len(known) == 4 and known.get("d") is None and known.get("e") is not None
+
+
+def test_exchanging_again_within_a_day_changes_nothing_to_write() -> None:
+    clock = Clock()
+    known = KnownPeers(clock=clock)
+    bob = PrivateKey.generate().public_key
+    assert known.exchanged("bob", bob)
+    generation = known.generation
+    clock.now += TOUCH_AFTER - 1
+    assert not known.exchanged("bob", bob)
+    assert known.generation == generation
+    clock.now += 1
+    known.exchanged("bob", bob)
+    assert known.generation == generation + 1
+    pin = known.get("bob")
+    assert pin is not None and pin.last_used == clock.now
+
+
+def test_the_pin_bound_holds_at_full_size() -> None:
+    known = KnownPeers()
+    for index in range(MAX_PINS + 50):
+        known.exchanged(f"p{index}", PublicKey(nacl.utils.random(32)))
+    assert len(known) == MAX_PINS
+    assert known.get("p0") is None and known.get(f"p{MAX_PINS + 49}") is not None
+
+
+def test_the_file_keeps_the_order_of_use() -> None:
+    clock = Clock()
+    known = KnownPeers(clock=clock)
+    for nick in ("zed", "amy", "kim"):  # used in that order; the file sorts by nick
+        clock.now += 1
+        known.exchanged(nick, PrivateKey.generate().public_key)
+    again = KnownPeers.decode(known.encode())
+    again.max_pins = 3
+    again.exchanged("new", PrivateKey.generate().public_key)
+    assert again.get("zed") is None and again.get("amy") is not None
+
+
+def test_a_file_from_before_last_used_is_read() -> None:
+    document = {
+        "format": "e2echat-known-peers-v1",
+        "peers": {
+            "bob": {"identity_key": base64.b64encode(_key()).decode(), "verified": False, "first_seen": 5.0}
+        },
+    }
+    pin = KnownPeers.decode(json.dumps(document).encode()).get("bob")
+    assert pin is not None and pin.last_used == 5.0
+
+
+async def test_the_pins_are_encoded_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Encoding 10,000 pins takes tens of milliseconds: not on the loop that shows messages."""
+    threads: list[threading.Thread] = []
+    real_encode = KnownPeers.encode
+
+    def recording(self: KnownPeers) -> bytes:
+        threads.append(threading.current_thread())
+        return real_encode(self)
+
+    monkeypatch.setattr(KnownPeers, "encode", recording)
+    store = PinFile(tmp_path / KNOWN_PEERS_FILE)
+    known = store.load()
+    known.see("bob", PrivateKey.generate().public_key)
+    store.save_soon(known)
+    await store.flush(known)
+    assert threads and threading.main_thread() not in threads
+
+
+async def test_the_writer_encodes_a_copy_while_the_loop_changes_the_pins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker thread must never iterate the pins the event loop is changing."""
+    started, changed, sizes = threading.Event(), threading.Event(), []
+    real_encode = KnownPeers.encode
+
+    def slow_encode(self: KnownPeers) -> bytes:
+        started.set()
+        assert changed.wait(WAIT)  # the loop changes the pins meanwhile
+        sizes.append(len(self))
+        return real_encode(self)
+
+    monkeypatch.setattr(KnownPeers, "encode", slow_encode)
+    store = PinFile(tmp_path / KNOWN_PEERS_FILE)
+    known = store.load()
+    known.see("bob", PrivateKey.generate().public_key)
+    store.save_soon(known)
+    assert await asyncio.to_thread(started.wait, WAIT)
+    for nick in ("carol", "dave"):
+        known.see(nick, PrivateKey.generate().public_key)
+    changed.set()
+    await store.flush(known)
+    assert sizes == [1, 3]  # what there was at each save, not what the loop did meanwhile

@@ -13,7 +13,7 @@ from test_cores import FakeWire, _frame
 from e2echat.client.core import ClientCore, KeyChanged, KeyPinned, MessageReceived, SecurityWarning
 from e2echat.client.directory import MAX_PEERS, RETIRED_PER_NICK, RETIRED_TOTAL, Directory
 from e2echat.client.trust import KnownPeers, Trust
-from e2echat.crypto.session import Party
+from e2echat.crypto.session import Kind, Party
 from e2echat.errors import RelayGone, RemoteProtocolError
 from e2echat.relay.core import ConnId
 from e2echat.store.pins import KNOWN_PEERS_FILE, PinFile
@@ -187,3 +187,31 @@ def test_a_directory_part_after_the_directory_is_a_protocol_error() -> None:
     alice = wire.connect("alice")
     with pytest.raises(RemoteProtocolError, match="unexpected 'directory'"):
         wire.deliver(alice, _frame(m.Directory(_strangers(1), more=True)))
+
+
+# -- the pin file a relay can make us write -----------------------------------------------------
+
+
+async def test_people_a_relay_makes_up_cannot_grow_the_pin_file_past_its_bound(tmp_path: Path) -> None:
+    """The relay hands out keys, so it can make up people who really write to us: each is
+    a first contact, pinned. The file keeps at most max_pins (MAX_PINS, 10,000, by default),
+    dropping the least recently used unverified pins; the one the user verified stays."""
+    store = PinFile(tmp_path / KNOWN_PEERS_FILE)
+    known = KnownPeers(max_pins=20)
+    bob = PrivateKey.generate().public_key
+    known.see("bob", bob)
+    known.set_verified("bob", bob, True)  # verified long ago, not used since
+    async with running(HostileRelay()) as relay:
+        alice = await connect(relay, "alice", known_peers=known, pin_file=store)
+        fakes = made_up_peers(relay, "alice", 60)
+        relay.inject_many("alice", [m.PeerJoined(peer_info(fake)) for fake in fakes])
+        relay.inject_many(
+            "alice", [m.Deliver(fake.ours.nick, fake.encrypt("hi", Kind.ROOM)) for fake in fakes]
+        )
+        for _ in fakes:
+            await alice.next(MessageReceived)
+        await alice.connection.close()
+    kept = KnownPeers.decode(store.path.read_bytes())
+    assert len(kept) == 20
+    assert kept.state("bob", bob) is Trust.VERIFIED
+    assert kept.get("fake59") is not None and kept.get("fake0") is None

@@ -2,10 +2,11 @@
 
 The client's core changes pins in memory as the relay announces peers and the user
 accepts or verifies keys; the shell calls ``save_soon`` after each batch of work, and the
-file is rewritten only if a pin changed since the last write. The pins are encoded on the
-event loop (the only place they change) and written and fsynced in a worker thread, so a
-slow disk never holds up messages. Writes go one at a time; when several are due, only
-the newest is written.
+file is rewritten only if a pin changed since the last write. The pins are copied on the
+event loop (the only place they change), then encoded, written and fsynced in a worker
+thread: neither a slow disk nor a file of thousands of pins (tens of milliseconds to
+encode) holds up messages. Writes go one at a time; when several are due, only the newest
+is written.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ class PinFile:
         self.path = path
         #: the pins and their generation as last written (or read): nothing new to write
         self._written: tuple[KnownPeers, int] | None = None
-        self._latest: bytes | None = None  # encoded, waiting for the writer
+        self._latest: KnownPeers | None = None  # a copy, waiting for the writer
         self._writer: asyncio.Task[None] | None = None
         self._error: KeyFileError | None = None  # the last write failed
 
@@ -60,7 +61,7 @@ class PinFile:
         if written is not None and written[0] is known and written[1] == known.generation:
             return
         self._written = (known, known.generation)
-        self._latest = known.encode()
+        self._latest = known.copy()  # a dict copy: cheap, unlike the encoding
         if self._writer is None or self._writer.done():
             self._writer = asyncio.get_running_loop().create_task(self._write_latest())
 
@@ -76,9 +77,9 @@ class PinFile:
 
     async def _write_latest(self) -> None:
         while self._latest is not None:
-            data, self._latest = self._latest, None
+            pins, self._latest = self._latest, None
             try:
-                await asyncio.to_thread(write_private_file, self.path, data)
+                await asyncio.to_thread(_encode_and_write, self.path, pins)
             except KeyFileError as exc:
                 # Not fatal to the chat: the pins stay in memory, the next change writes
                 # them all again, and flush() reports it if that never succeeds.
@@ -86,3 +87,7 @@ class PinFile:
                 log.warning("%s", exc)
             else:
                 self._error = None
+
+
+def _encode_and_write(path: Path, pins: KnownPeers) -> None:
+    write_private_file(path, pins.encode())
