@@ -123,7 +123,7 @@ def test_strangers_coming_and_going_leave_no_session_keys_behind() -> None:
 
 def test_retired_session_keys_are_bounded_in_all_oldest_first() -> None:
     ours = Party("alice", PrivateKey.generate().public_key, PrivateKey.generate().public_key)
-    directory = Directory(ours, KnownPeers())
+    directory = Directory(ours, KnownPeers(), clock=lambda: 0.0)
     entries = []
     for index in range(RETIRED_TOTAL + 50):
         entry = m.PeerInfo(f"p{index}", PublicKey(nacl.utils.random(32)), PublicKey(nacl.utils.random(32)))

@@ -119,7 +119,7 @@ class ClientCore:
         self._notices: list[Event] = []  # found while sending; handed out with the next events
         self._arrival_events: list[Event] = []  # while the directory arrives in parts
         ours = Party(nick, identity.public_key, session_key.public_key)
-        self._directory = Directory(ours, known_peers if known_peers is not None else KnownPeers())
+        self._directory = Directory(ours, known_peers if known_peers is not None else KnownPeers(), clock)
         self.deliveries = DeliveryTracker(receipt_timeout)
         self._outbox = Outbox(
             nick,

@@ -19,8 +19,16 @@ from e2echat.errors import CommandError, RemoteProtocolError
 from e2echat.wire import messages as m
 
 # A message encrypted just before its sender saw a join or leave carries the previous
-# view; 64 views is ample for that race and still catches a relay that keeps two apart.
-RECENT_VIEWS = 64
+# view, and may arrive after we saw it: a view of ours is still accepted for VIEW_GRACE
+# after it changed (a round trip through the relay and a busy client take far less), and
+# only the last RECENT_VIEWS of them (churn of 25 changes a second for all 10 s). Any
+# other view is flagged: a join or leave the relay withholds from one of two people for
+# longer than that shows at their next message.
+VIEW_GRACE = 10.0
+RECENT_VIEWS = 256
+# Split views already said, at most: each (sender, view) is said once, and a peer that
+# sends made-up views with every message must not grow the set without bound.
+SPLIT_WARNINGS = 4096
 
 # The most people online a client believes a relay has: twice what one relay holds
 # (Limits.max_connections), room for relays that grow. A relay announcing more is hostile
@@ -39,13 +47,16 @@ RETIRED_TOTAL = 10_000
 
 
 class Directory:
-    def __init__(self, ours: Party, known_peers: KnownPeers) -> None:
+    def __init__(self, ours: Party, known_peers: KnownPeers, clock: Callable[[], float]) -> None:
+        """``clock`` (monotonic seconds) times how long ago each view stopped being ours."""
         #: nick -> the keys the relay says they have, for everyone else online
         self.peers: dict[str, m.PeerInfo] = {}
         self.known_peers = known_peers
         # Each entry's encoding is kept, so that a join or leave only re-sorts and hashes.
         self._encoded_entries: dict[str, bytes] = {ours.nick: encode_party(ours)}
-        self._recent_views: deque[str] = deque(maxlen=RECENT_VIEWS)
+        self._clock = clock
+        # Our views before this one -> when each stopped being ours, oldest first.
+        self._past_views: OrderedDict[str, float] = OrderedDict()
         #: the hash of our view of the directory now: every message we send carries it
         self.view = ""
         self._split_warned: set[tuple[str, str]] = set()
@@ -132,15 +143,32 @@ class Directory:
     def refresh_view(self) -> None:
         # Called on every join and leave, so it must stay cheap with thousands online.
         encoded = self._encoded_entries
-        self.view = digest_of_encoded([encoded[nick] for nick in sorted(encoded)])
-        self._recent_views.append(self.view)
+        view = digest_of_encoded([encoded[nick] for nick in sorted(encoded)])
+        if view == self.view:
+            return
+        past = self._past_views
+        if self.view:
+            past[self.view] = self._clock()
+            past.move_to_end(self.view)
+            if len(past) > RECENT_VIEWS:
+                past.popitem(last=False)
+        self.view = view
 
     def is_split_view(self, sender: str, view: str) -> bool:
-        """Whether ``sender``'s ``view`` is none of ours lately, said once per sender and
-        view. (Callers compare with ``view`` first: the usual case, and cheaper.)"""
-        if view in self._recent_views or (sender, view) in self._split_warned:
+        """Whether ``sender``'s ``view`` is neither ours nor one we had until less than
+        VIEW_GRACE ago; said once per sender and view. (Callers compare with ``view``
+        first: the usual case, and cheaper.)"""
+        if view == self.view:
             return False
-        self._split_warned.add((sender, view))
+        changed_at = self._past_views.get(view)
+        if changed_at is not None and self._clock() - changed_at < VIEW_GRACE:
+            return False
+        warned = self._split_warned
+        if (sender, view) in warned:
+            return False
+        if len(warned) >= SPLIT_WARNINGS:
+            warned.clear()  # at worst one of them is said again
+        warned.add((sender, view))
         return True
 
     # -- trust ----------------------------------------------------------------------------------
