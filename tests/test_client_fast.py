@@ -92,7 +92,7 @@ def test_a_key_change_blocks_room_sends_until_accepted_and_the_cache_follows() -
     assert alice.left_out == ["bob"]
     first = _frames(alice.data_to_send())[0]
     assert isinstance(first, m.Send) and [e.to for e in first.items] == ["carol"]
-    alice.accept_key("bob")
+    alice.accept_key("bob", alice.key_fingerprint("bob"))
     assert alice.trust("bob") is Trust.UNVERIFIED
     alice.send_room("third")
     assert alice.left_out == []

@@ -41,6 +41,10 @@ _GOOD: dict[str, tuple[str, Command]] = {
     "verify": ("/verify bob", Verify("bob")),
     "verify-digits": ("/verify bob 12345 67890", Verify("bob", "1234567890")),
     "trust": ("/trust bob", TrustPeer("bob")),
+    "trust-fingerprint": (
+        "/trust bob 0a1b 2c3d 4e5f 6a7b 8c9d 0e1f 2a3b 4c5D",
+        TrustPeer("bob", "0a1b 2c3d 4e5f 6a7b 8c9d 0e1f 2a3b 4c5D"),
+    ),
     "untrust": ("/untrust bob", Untrust("bob")),
 }
 
@@ -56,7 +60,8 @@ def test_blank_line_is_none(line: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "line", ["/msg bob", "/msg", "/msg bob    ", "/trust", "/trust bob extra", "/verify"]
+    "line",
+    ["/msg bob", "/msg", "/msg bob    ", "/trust", "/trust bob extra", "/trust bob 0a1b 2c3d", "/verify"],
 )
 def test_usage_errors(line: str) -> None:
     with pytest.raises(CommandError, match="usage: /"):

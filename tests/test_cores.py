@@ -641,7 +641,7 @@ def test_nothing_is_owed_for_what_arrived_under_a_key_not_accepted() -> None:
     wire.pump()
     wire.clients[new_bob].send_private("alice", "it's me, honest")  # ... so this one would wait
     wire.pump()
-    wire.clients[alice].accept_key("bob")
+    wire.clients[alice].accept_key("bob", wire.clients[alice].key_fingerprint("bob"))
     wire.clients[alice].flush_receipts()
     wire.pump()
     acknowledged = {e.to for frame in _receipt_frames(wire, alice)[receipts_before:] for e in frame.items}

@@ -7,20 +7,23 @@ import asyncio
 import time
 
 import nacl.utils
+import pytest
 from nacl.public import PrivateKey, PublicKey
 from test_cores import FakeClock, FakeWire, _frame
 
-from e2echat.client.core import MessageReceived, SplitView
+from e2echat.client.core import KeyChanged, MessageReceived, SplitView
 from e2echat.client.directory import RECENT_VIEWS, SPLIT_WARNINGS, VIEW_GRACE, Directory
-from e2echat.client.trust import KnownPeers
+from e2echat.client.trust import KnownPeers, Trust
+from e2echat.crypto.identity import fingerprint, format_safety_number
 from e2echat.crypto.session import Party
+from e2echat.errors import CommandError
 from e2echat.relay.core import ConnId
 from e2echat.ui.chat import Chat
 from e2echat.wire import messages as m
 
 from hostile import HostileRelay, deliveries
 from relay_frames import Outgoing
-from support import WAIT, peers, running, text_into
+from support import WAIT, Peer, connect, meet, peers, running, text_into
 
 # -- a message held back shows its age -------------------------------------------------------
 
@@ -180,3 +183,122 @@ def test_a_view_that_comes_back_counts_from_its_latest_time() -> None:
         directory.add(_visitor(index))
     assert not directory.is_split_view("alice", first)
     assert directory.is_split_view("alice", with_visitor)
+
+
+# -- /trust takes the key the user was shown, not whatever the relay says now ------------------
+
+
+def _mallory(nick: str) -> m.PeerInfo:
+    return m.PeerInfo(nick, PrivateKey.generate().public_key, PrivateKey.generate().public_key)
+
+
+async def _swapped(peer: Peer, relay: HostileRelay, impostor: m.PeerInfo) -> None:
+    """The relay announces ``impostor`` to ``peer``; returns once ``peer`` has it."""
+    relay.inject(peer.nick, m.PeerJoined(impostor))
+    while peer.connection.core.directory.get(impostor.nick) != impostor:
+        await peer.next_any_event()
+
+
+async def test_trust_accepts_the_key_the_warning_showed_not_one_swapped_in_after() -> None:
+    known = KnownPeers()
+    async with running(HostileRelay()) as relay:
+        alice = await connect(relay, "alice", known_peers=known)
+        old_bob = await connect(relay, "bob")
+        await meet(alice, old_bob)
+        pinned = known.get("bob")
+        await old_bob.connection.close()
+        await connect(relay, "bob")  # bob reinstalled: a new identity key
+        lines: list[str] = []
+        chat = Chat(alice.connection, text_into(lines))
+        warned = await alice.next(KeyChanged)
+        chat.show(warned)
+        assert any(warned.new_fingerprint in line for line in lines)
+        # alice compares that key with bob; meanwhile the relay swaps in one of its own,
+        # whose warning has not reached her screen when she types /trust.
+        impostor = _mallory("bob")
+        await _swapped(alice, relay, impostor)
+        shown = len(lines)
+        chat.handle_line("/trust bob")
+        core = alice.connection.core
+        assert core.trust("bob") is Trust.CHANGED and known.get("bob") == pinned  # nothing accepted
+        refusal = "\n".join(lines[shown:])
+        assert "changed again since you were shown it" in refusal
+        assert fingerprint(impostor.identity_key) in refusal  # the new warning, with the new key
+        # That key is shown now: /trust takes it, and only it.
+        chat.handle_line("/trust bob")
+        assert core.trust("bob") is Trust.UNVERIFIED
+        assert known.state("bob", impostor.identity_key) is Trust.UNVERIFIED
+        chat.handle_line("/trust bob")  # again: accepting is not verifying; that needs a look
+        assert core.trust("bob") is Trust.UNVERIFIED and "safety number with bob" in lines[-2]
+        await alice.connection.close()
+
+
+async def test_trust_with_a_fingerprint_takes_that_key_only() -> None:
+    known = KnownPeers()
+    async with running(HostileRelay()) as relay:
+        alice = await connect(relay, "alice", known_peers=known)
+        old_bob = await connect(relay, "bob")
+        await meet(alice, old_bob)
+        await old_bob.connection.close()
+        new_bob = await connect(relay, "bob", PrivateKey.generate())
+        await alice.next(KeyChanged)
+        compared = fingerprint(new_bob.connection.core._identity.public_key)  # read out by bob
+        impostor = _mallory("bob")
+        await _swapped(alice, relay, impostor)
+        lines: list[str] = []
+        chat = Chat(alice.connection, text_into(lines))
+        chat.handle_line(f"/trust bob {compared}")
+        assert alice.connection.core.trust("bob") is Trust.CHANGED
+        assert any("nothing accepted" in line and compared in line for line in lines)
+        chat.handle_line(f"/trust bob {fingerprint(impostor.identity_key).upper()}")
+        assert known.state("bob", impostor.identity_key) is Trust.UNVERIFIED
+        await alice.connection.close()
+
+
+async def test_trust_marks_verified_only_the_key_whose_number_was_compared() -> None:
+    """No pin (alice never wrote to bob), so a swap raises no warning: /trust after
+    /verify must still refuse a key other than the one the number was made from."""
+    async with running(HostileRelay()) as relay, peers(relay, "alice", "bob") as (alice, _):
+        lines: list[str] = []
+        chat = Chat(alice.connection, text_into(lines))
+        chat.handle_line("/verify bob")
+        number = alice.connection.core.safety_number("bob")
+        impostor = _mallory("bob")
+        await _swapped(alice, relay, impostor)
+        chat.handle_line("/trust bob")
+        core = alice.connection.core
+        assert core.trust("bob") is Trust.UNVERIFIED and core.known_peers.get("bob") is None
+        assert "changed again since you were shown it" in "\n".join(lines)
+        now_shown = core.safety_number("bob")
+        assert now_shown != number and format_safety_number(now_shown) in lines[-2]  # the new one
+
+
+async def test_trust_before_any_comparison_shows_what_to_compare() -> None:
+    async with running(HostileRelay()) as relay, peers(relay, "alice", "bob") as (alice, _):
+        lines: list[str] = []
+        chat = Chat(alice.connection, text_into(lines))
+        chat.handle_line("/trust bob")
+        assert alice.connection.core.trust("bob") is Trust.UNVERIFIED
+        assert "compare bob's key first" in lines[0] and "safety number with bob" in lines[1]
+        chat.handle_line("/trust bob")  # now it was shown
+        assert alice.connection.core.trust("bob") is Trust.VERIFIED
+
+
+@pytest.mark.parametrize("verified", [True, False])
+def test_the_core_takes_only_the_key_named(verified: bool) -> None:
+    """The check is the core's, not only the chat's: whatever the front end, a key is
+    accepted (or verified) only by its fingerprint."""
+    wire = FakeWire()
+    alice, bob = wire.connect("alice"), wire.connect("bob")
+    wire.meet(alice, bob)
+    core = wire.clients[alice]
+    other = fingerprint(PrivateKey.generate().public_key)
+    with pytest.raises(CommandError, match="nothing was accepted"):
+        core.set_verified("bob", verified, key_fingerprint=other)
+    wire.hang_up(bob)
+    wire.connect("bob")  # another key: changed
+    with pytest.raises(CommandError, match="nothing was accepted"):
+        core.accept_key("bob", other)
+    assert core.trust("bob") is Trust.CHANGED
+    core.accept_key("bob", core.key_fingerprint("bob").replace(" ", "").upper())
+    assert core.trust("bob") is Trust.UNVERIFIED

@@ -95,6 +95,7 @@ async def test_toolbar_shows_relay_state_and_trust() -> None:
         assert f"127.0.0.1:{relay.port}" in text
         assert "connected" in text and "2 online" in text and "2 unverified" in text
         assert "bell on" in text
+        chat.handle_line("/verify bob")  # the number to compare, then
         chat.handle_line("/trust bob")
         chat.handle_line("/set bell off")
         text = toolbar_text(chat)

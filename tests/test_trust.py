@@ -200,12 +200,14 @@ async def test_accepting_a_new_key_clears_verification() -> None:
         alice = await connect(relay, "alice", known_peers=known)
         bob = await connect(relay, "bob")
         await meet(alice, bob)
-        Chat(alice.connection, text_into([])).handle_line("/trust bob")
+        chat = Chat(alice.connection, text_into([]))
+        chat.handle_line("/verify bob")  # compared, out loud
+        chat.handle_line("/trust bob")
         assert alice.connection.core.trust("bob") is Trust.VERIFIED
         await bob.connection.close()
         await connect(relay, "bob")  # a new identity
-        await alice.next(KeyChanged)
-        Chat(alice.connection, text_into([])).handle_line("/trust bob")
+        chat.show(await alice.next(KeyChanged))
+        chat.handle_line("/trust bob")
         assert alice.connection.core.trust("bob") is Trust.UNVERIFIED
         await alice.connection.close()
 
@@ -320,6 +322,7 @@ async def test_verify_mismatch_warns_and_changes_nothing() -> None:
 async def test_untrust_clears_the_mark() -> None:
     async with running_relay() as relay, peers(relay, "alice", "bob") as (alice, _):
         chat = Chat(alice.connection, text_into([]))
+        chat.handle_line("/verify bob")
         chat.handle_line("/trust bob")
         assert alice.connection.core.trust("bob") is Trust.VERIFIED
         chat.handle_line("/untrust bob")

@@ -255,12 +255,23 @@ class ClientCore:
         self._require_online()
         return self._outbox.send_private(recipient, text)
 
-    def accept_key(self, nick: str) -> None:
-        """Pin the key the directory now shows for ``nick`` (clears verification)."""
-        self._directory.accept(nick)
+    def key_fingerprint(self, nick: str) -> str:
+        """The fingerprint of the identity key the directory shows for ``nick`` now."""
+        return self._directory.fingerprint(nick)
 
-    def set_verified(self, nick: str, verified: bool) -> None:
-        self._directory.set_verified(nick, verified)
+    def key_changed(self, nick: str) -> KeyChanged | None:
+        """The KEY CHANGED warning for ``nick``, if their key is not the one pinned."""
+        return self._directory.key_changed(nick)
+
+    def accept_key(self, nick: str, key_fingerprint: str) -> None:
+        """Pin ``nick``'s key (clears verification), if it still is the one whose
+        ``key_fingerprint`` the user was shown; ``CommandError`` if the relay has since
+        announced another."""
+        self._directory.accept(nick, key_fingerprint)
+
+    def set_verified(self, nick: str, verified: bool, *, key_fingerprint: str | None = None) -> None:
+        """Mark ``nick`` verified (or not); with ``key_fingerprint``, only that key."""
+        self._directory.set_verified(nick, verified, key_fingerprint=key_fingerprint)
 
     def _require_online(self) -> None:
         if self.state is not ClientState.ONLINE:

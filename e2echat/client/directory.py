@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from e2echat.client.events import Event, KeyChanged, KeyPinned
 from e2echat.client.trust import KnownPeers, Trust
-from e2echat.crypto.identity import fingerprint
+from e2echat.crypto.identity import fingerprint, same_fingerprint
 from e2echat.crypto.session import Party, digest_of_encoded, encode_party
 from e2echat.errors import CommandError, RemoteProtocolError
 from e2echat.wire import messages as m
@@ -197,17 +197,41 @@ class Directory:
             self._room_cache = (recipients, blocked)
         return self._room_cache
 
-    def accept(self, nick: str) -> None:
-        """Pin the key the directory now shows for ``nick`` (clears verification)."""
-        self.known_peers.accept(nick, self.peer(nick).identity_key)
-        self.refresh_view()
+    def fingerprint(self, nick: str) -> str:
+        """The fingerprint of the identity key the directory shows for ``nick`` now."""
+        return fingerprint(self.peer(nick).identity_key)
 
-    def set_verified(self, nick: str, verified: bool) -> None:
-        peer = self.peer(nick)
+    def key_changed(self, nick: str) -> KeyChanged | None:
+        """The warning for ``nick``'s key now, if it is not the one pinned."""
+        peer, pin = self.peer(nick), self.known_peers.get(nick)
+        if pin is None or pin.identity_key == peer.identity_key:
+            return None
+        return KeyChanged(nick, fingerprint(pin.identity_key), fingerprint(peer.identity_key))
+
+    def accept(self, nick: str, key_fingerprint: str) -> None:
+        """Pin the key the directory shows for ``nick`` (clears verification), if it is the
+        key with ``key_fingerprint``: the one the user was shown and accepts. The relay may
+        have announced another since; that one is not accepted."""
+        peer = self._shown(nick, key_fingerprint)
+        self.known_peers.accept(nick, peer.identity_key)
+
+    def set_verified(self, nick: str, verified: bool, *, key_fingerprint: str | None = None) -> None:
+        """Mark ``nick``'s key verified (or not); if ``key_fingerprint`` is given, only if
+        the directory still shows that key (the one the user compared)."""
+        peer = self.peer(nick) if key_fingerprint is None else self._shown(nick, key_fingerprint)
         if self.trust(nick) is Trust.CHANGED:
             raise CommandError(detail=f"{nick}'s key changed: accept it first with /trust {nick}")
         self.known_peers.see(nick, peer.identity_key)  # verifying pins, as exchanging does
         self.known_peers.set_verified(nick, peer.identity_key, verified)
+
+    def _shown(self, nick: str, key_fingerprint: str) -> m.PeerInfo:
+        peer = self.peer(nick)
+        if not same_fingerprint(fingerprint(peer.identity_key), key_fingerprint):
+            raise CommandError(
+                detail=f"{nick}'s key is not the one with fingerprint {key_fingerprint} (it changed "
+                "again?); nothing was accepted"
+            )
+        return peer
 
     def forget_caches(self) -> None:
         self._trust_cache.clear()

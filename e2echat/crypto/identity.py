@@ -44,6 +44,11 @@ def fingerprint(key: PublicKey) -> str:
     return " ".join(digest[i : i + 4] for i in range(0, 32, 4))
 
 
+def same_fingerprint(shown: str, typed: str) -> bool:
+    """Whether two fingerprints are one, however spaced or cased (as shown, as typed)."""
+    return "".join(shown.split()).lower() == "".join(typed.split()).lower()
+
+
 # -- safety numbers -----------------------------------------------------------------------
 
 SAFETY_ITERATIONS = 5200

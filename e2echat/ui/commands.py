@@ -50,7 +50,10 @@ class Verify:
 
 @dataclass(frozen=True)
 class TrustPeer:
+    """Accept or verify ``nick``'s key: the one last shown (or with ``fingerprint``)."""
+
     nick: str
+    fingerprint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -79,8 +82,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "show your safety number with NICK, or compare it with a NUMBER they read to you",
     ),
     "trust": (
-        "/trust NICK",
-        "accept NICK's changed key; or, once you compared safety numbers, mark NICK verified",
+        "/trust NICK [FINGERPRINT]",
+        "accept NICK's changed key, the one the warning showed (or with FINGERPRINT); "
+        "or, once you compared safety numbers, mark NICK verified",
     ),
     "untrust": ("/untrust NICK", "clear NICK's verified mark"),
     "set": ("/set bell on|off", "ring the terminal bell on private messages, or not"),
@@ -108,6 +112,12 @@ def _suggestion(name: str) -> str:
     if not close:
         return "; /help lists the commands"
     return f" — did you mean /{_ALIASES.get(close[0], close[0])}?"
+
+
+def _is_fingerprint(text: str) -> bool:
+    """32 hex digits, spaced as ``e2echat fingerprint`` and the warnings show them, or not."""
+    plain = "".join(text.split())
+    return len(plain) == 32 and all(char in "0123456789abcdefABCDEF" for char in plain)
 
 
 def parse(line: str) -> Command | None:
@@ -141,9 +151,13 @@ def parse(line: str) -> Command | None:
         return Set(setting, value)
     if name in ("verify", "trust", "untrust"):
         nick, _, digits = rest.partition(" ")
-        if not nick or (digits and name != "verify"):
+        if (
+            not nick
+            or (digits and name == "untrust")
+            or (digits and name == "trust" and not _is_fingerprint(digits))
+        ):
             raise CommandError(detail=f"usage: {COMMANDS[name][0]}")
         if name == "verify":
             return Verify(nick, "".join(digits.split()) or None)
-        return TrustPeer(nick) if name == "trust" else Untrust(nick)
+        return TrustPeer(nick, digits.strip() or None) if name == "trust" else Untrust(nick)
     raise CommandError(detail=f"unknown command /{name}{_suggestion(name)}")

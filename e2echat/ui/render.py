@@ -166,8 +166,9 @@ def _describe(event: Shown, now: float, multiline: bool, relay: str) -> tuple[Li
                 f"someone impersonating {nick} (the relay, for example) would look like.",
                 f"Nothing is sent to {nick} until you accept the new key. Compare safety numbers with "
                 f"{nick} in person or on a call: /verify {nick} shows yours, and /verify {nick} NUMBER "
-                f"accepts and verifies the key if {nick}'s number matches. /trust {nick} accepts it "
-                "without comparing (it stays unverified).",
+                f"accepts and verifies the key if {nick}'s number matches. /trust {nick} accepts this "
+                "key, the one shown above, without comparing (it stays unverified); if the relay "
+                "announces yet another, it is not accepted.",
             )
         )
     if isinstance(event, PeerJoined):
