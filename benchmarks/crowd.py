@@ -1,7 +1,7 @@
 """Idle clients for the scale benchmark: thousands of real registrations, then quiet.
 
 Each client makes fresh keys and answers the relay's challenge with the real
-``ClientCore`` (the Box proof), then takes the directory as raw frames without decoding
+``ClientCore`` (the two Box proofs), then takes the directory as raw frames without decoding
 it: 10,000 clients decoding directories that grow to 10,000 entries would cost the load
 generator O(n²) decodes, which is the clients' problem, not the relay's. (The newcomer
 the conductor times uses a full real client.) Once registered a client reads what the

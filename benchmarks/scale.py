@@ -57,7 +57,7 @@ def scale(context: Context) -> Section:
         "relay_profile": relay.profile_top,
     }
     section.notes.append(
-        "idle clients register for real (fresh keys, the Box proof) but take the directory as raw "
+        "idle clients register for real (fresh keys, the two Box proofs) but take the directory as raw "
         "frames; the newcomer is a full e2echat Connection that decodes and records every entry. "
         f"Registration stops after {plan.scale_budget:g}s; the figures are for the size reached."
     )

@@ -27,7 +27,7 @@ from e2echat.wire.fastpath import (
     encode_send,
     encode_welcome,
 )
-from e2echat.wire.grammar import MAX_ID, MAX_PROOF, MAX_REASON, is_valid_nick
+from e2echat.wire.grammar import MAX_ID, MAX_PROOF, MAX_REASON, SESSION_PROOF_SIZE, is_valid_nick
 
 _NICK_ALPHABET = string.ascii_letters + string.digits + "_.-"
 keys = st.binary(min_size=32, max_size=32).map(PublicKey)
@@ -42,7 +42,14 @@ texts = st.text(st.characters(exclude_categories=["Cs"]) | st.sampled_from('"\\\
 
 MESSAGES: dict[type[m.Message], st.SearchStrategy[Any]] = {
     m.Challenge: st.builds(m.Challenge, keys, st.binary(min_size=32, max_size=32), st.booleans()),
-    m.Register: st.builds(m.Register, nicks, keys, keys, st.binary(min_size=1, max_size=MAX_PROOF)),
+    m.Register: st.builds(
+        m.Register,
+        nicks,
+        keys,
+        keys,
+        st.binary(min_size=1, max_size=MAX_PROOF),
+        st.binary(min_size=SESSION_PROOF_SIZE, max_size=SESSION_PROOF_SIZE),
+    ),
     m.Welcome: st.builds(m.Welcome, nicks, st.lists(peers, max_size=3).map(tuple), st.booleans()),
     m.Directory: st.builds(m.Directory, st.lists(peers, max_size=3).map(tuple), st.booleans()),
     m.PeerJoined: st.builds(m.PeerJoined, peers),

@@ -31,13 +31,14 @@ from e2echat.client.core import (
 )
 from e2echat.client.receipts import DeliveryReport
 from e2echat.client.trust import Trust
-from e2echat.crypto.identity import registration_proof
+from e2echat.crypto.identity import opened_identity_proof, registration_proof, session_proof_verifies
 from e2echat.errors import CommandError, LocalProtocolError, RemoteProtocolError
 from e2echat.relay.core import Action, Close, ConnId, RelayCore, Write
 from e2echat.relay.limits import Limits
 from e2echat.wire import messages as m
 from e2echat.wire.codec import decode_message, encode_message
 from e2echat.wire.framing import FrameDecoder, encode_frame
+from e2echat.wire.grammar import SESSION_PROOF_SIZE
 
 from relay_frames import Outgoing, decode_frame
 
@@ -268,14 +269,69 @@ def test_tampered_registration_is_refused(tamper: Callable[[m.Message], m.Messag
     assert wire.take(alice) == []  # no PeerJoined for a failed registration
 
 
-def test_registration_proof_is_a_box_over_challenge_and_session_key() -> None:
+def test_registration_proofs_are_boxes_from_each_key_over_the_challenge_and_the_other() -> None:
     identity, relay_key, session_key = (PrivateKey.generate() for _ in range(3))
     challenge = m.Challenge(relay_key.public_key, b"\x05" * 32)
-    nonce = b"\x09" * 24
-    proof = registration_proof(identity, challenge, bytes(session_key.public_key), nonce=nonce)
-    assert proof == registration_proof(identity, challenge, bytes(session_key.public_key), nonce=nonce)
+    nonces = (b"\x09" * 24, b"\x0a" * 24)
+    proof, session_proof = registration_proof(identity, session_key, challenge, b"pw", nonces=nonces)
+    assert (proof, session_proof) == registration_proof(
+        identity, session_key, challenge, b"pw", nonces=nonces
+    )
     opened = Box(relay_key, identity.public_key).decrypt(proof)
-    assert opened == challenge.challenge + bytes(session_key.public_key)
+    assert opened == challenge.challenge + bytes(session_key.public_key) + b"pw"
+    opened = Box(relay_key, session_key.public_key).decrypt(session_proof)
+    assert opened == challenge.challenge + bytes(identity.public_key)  # no password in this one
+    assert len(session_proof) == SESSION_PROOF_SIZE
+
+
+def test_each_proof_answers_one_challenge_one_relay_and_the_pair_of_keys() -> None:
+    """What the relay checks (crypto/identity.py), one thing at a time: a proof is good
+    for this connection's challenge only, opens for this relay's key only, and names the
+    other key of the pair; a low-order key is refused, not a crash."""
+    identity, session, relay = (PrivateKey.generate() for _ in range(3))
+    challenge = m.Challenge(relay.public_key, b"\x05" * 32)
+    register = m.Register(
+        "alice",
+        identity.public_key,
+        session.public_key,
+        *registration_proof(identity, session, challenge, b"pw"),
+    )
+    assert opened_identity_proof(relay, challenge.challenge, register) == b"pw"
+    assert session_proof_verifies(relay, challenge.challenge, register)
+    other = PrivateKey.generate().public_key
+    low_order = PublicKey(bytes(32))
+    for wrong_relay, wrong_challenge, wrong_register in [
+        (relay, b"\x06" * 32, register),  # another connection's challenge
+        (PrivateKey.generate(), challenge.challenge, register),  # another relay
+        (relay, challenge.challenge, dataclasses.replace(register, identity_key=other)),
+        (relay, challenge.challenge, dataclasses.replace(register, session_key=other)),
+        (relay, challenge.challenge, dataclasses.replace(register, identity_key=low_order)),
+        (relay, challenge.challenge, dataclasses.replace(register, session_key=low_order)),
+    ]:
+        assert opened_identity_proof(wrong_relay, wrong_challenge, wrong_register) is None
+        assert not session_proof_verifies(wrong_relay, wrong_challenge, wrong_register)
+
+
+def _flip_session_proof(message: m.Message) -> m.Message:
+    if isinstance(message, m.Register):
+        proof = bytearray(message.session_proof)
+        proof[len(proof) // 2] ^= 0x01
+        return dataclasses.replace(message, session_proof=bytes(proof))
+    return message
+
+
+def test_tampered_session_proof_is_refused() -> None:
+    wire = FakeWire()
+    alice = wire.connect("alice")
+    wire.take_all()
+    wire.tamper[2] = _flip_session_proof
+    bob = wire.connect("bob")
+    (event,) = wire.take(bob)
+    assert event == RegistrationFailed(
+        "bad_session_proof", "registration proof for the session key did not verify"
+    )
+    assert "bob" not in wire.relay.online
+    assert wire.take(alice) == []
 
 
 # -- messages -----------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from e2echat.wire.grammar import (
     MAX_PROOF,
     MAX_REASON,
     PROTOCOL_VERSION,
+    SESSION_PROOF_SIZE,
     is_valid_nick,
 )
 
@@ -43,11 +44,12 @@ KEY_A = PublicKey(bytes(range(32)))
 KEY_B = PublicKey(bytes(range(32, 64)))
 KEY_C = PublicKey(b"\xee" * 32)
 PEER_BOB = m.PeerInfo("bob", KEY_A, KEY_B)
+SESSION_PROOF = b"\x04" * SESSION_PROOF_SIZE
 PEER_CAROL = m.PeerInfo("carol.x-1_", KEY_B, KEY_C)
 
 EXAMPLES: dict[str, m.Message] = {
     "challenge": m.Challenge(KEY_A, b"\x01" * CHALLENGE_SIZE),
-    "register": m.Register("alice", KEY_A, KEY_B, b"\x02" * 72),
+    "register": m.Register("alice", KEY_A, KEY_B, b"\x02" * 72, SESSION_PROOF),
     "welcome": m.Welcome("alice", (PEER_BOB, PEER_CAROL)),
     "joined": m.PeerJoined(PEER_BOB),
     "left": m.PeerLeft("bob"),
@@ -125,7 +127,7 @@ def test_boundary_values_round_trip() -> None:
         m.Send(MAX_ID, (m.Envelope("b", b"x" * MAX_BODY),)),
         m.Send(0, (m.Envelope("b" * 32, b"x"),)),
         m.Error("a" * 32, "t" * MAX_REASON),
-        m.Register("n", KEY_A, KEY_A, b"p" * MAX_PROOF),
+        m.Register("n", KEY_A, KEY_A, b"p" * MAX_PROOF, SESSION_PROOF),
         m.Welcome("alice", ()),
         m.Routed(1, (), ()),
         m.Bye(""),
@@ -156,6 +158,7 @@ _BAD_CASES: dict[str, bytes] = {
     "unknown-type": _with("bye", type="shout"),
     "type-not-string": _with("bye", type=5),
     "missing-field": _without("register", "proof"),
+    "missing-session-proof": _without("register", "session_proof"),
     "missing-field-nested": _json(
         {**_wire("joined"), "peer": {"nick": "bob", "identity_key": _b64(b"k" * 32)}}
     ),
@@ -194,6 +197,8 @@ _BAD_CASES: dict[str, bytes] = {
     "challenge-31-bytes": _with("challenge", challenge=_b64(b"c" * 31)),
     "empty-proof": _with("register", proof=""),
     "proof-too-long": _with("register", proof=_b64(b"p" * (MAX_PROOF + 1))),
+    "session-proof-short": _with("register", session_proof=_b64(SESSION_PROOF[1:])),
+    "session-proof-long": _with("register", session_proof=_b64(SESSION_PROOF + b"p")),
     "nick-empty": _with("register", nick=""),
     "nick-33-chars": _with("register", nick="a" * 33),
     "nick-space": _with("register", nick="al ice"),
@@ -381,13 +386,15 @@ def test_lone_surrogate_in_text_is_rejected(payload: bytes) -> None:
 _LOCAL_BAD: dict[str, Callable[[], object]] = {
     "nick-empty": lambda: m.PeerLeft(""),
     "nick-33": lambda: m.PeerLeft("a" * 33),
-    "nick-space": lambda: m.Register("a b", KEY_A, KEY_B, b"p"),
+    "nick-space": lambda: m.Register("a b", KEY_A, KEY_B, b"p", SESSION_PROOF),
     "nick-escape": lambda: m.Welcome("a\x1b", ()),
     "key-as-bytes": lambda: m.Challenge(bytes(KEY_A), b"c" * 32),  # type: ignore[arg-type]
     "challenge-31": lambda: m.Challenge(KEY_A, b"c" * 31),
     "challenge-str": lambda: m.Challenge(KEY_A, "c" * 32),  # type: ignore[arg-type]
-    "proof-empty": lambda: m.Register("alice", KEY_A, KEY_B, b""),
-    "proof-too-long": lambda: m.Register("alice", KEY_A, KEY_B, b"p" * (MAX_PROOF + 1)),
+    "proof-empty": lambda: m.Register("alice", KEY_A, KEY_B, b"", SESSION_PROOF),
+    "proof-too-long": lambda: m.Register("alice", KEY_A, KEY_B, b"p" * (MAX_PROOF + 1), SESSION_PROOF),
+    "session-proof-empty": lambda: m.Register("alice", KEY_A, KEY_B, b"p", b""),
+    "session-proof-short": lambda: m.Register("alice", KEY_A, KEY_B, b"p", SESSION_PROOF[:-1]),
     "envelope-empty-body": lambda: m.Envelope("bob", b""),
     "envelope-body-too-long": lambda: m.Envelope("bob", b"x" * (MAX_BODY + 1)),
     "send-no-items": lambda: m.Send(1, ()),
@@ -418,7 +425,8 @@ def test_building_invalid_message_raises_local_protocol_error(build: Callable[[]
 # -- properties ---------------------------------------------------------------------------
 
 _FIELD_NAMES = sorted(
-    {"nick", "identity_key", "session_key", "proof", "relay_key", "challenge", "peers", "peer", "id"}
+    {"nick", "identity_key", "session_key", "proof", "session_proof", "relay_key", "challenge", "peers"}
+    | {"peer", "id"}
     | {"items", "from", "body", "delivered", "missing", "code", "text", "reason", "to"}
 )
 _NICK_ALPHABET = string.ascii_letters + string.digits + "_.-"
@@ -460,6 +468,7 @@ _PLAUSIBLE: dict[str, st.SearchStrategy[Any]] = {
     "relay_key": st.binary(min_size=32, max_size=32).map(_b64),
     "challenge": st.binary(min_size=31, max_size=33).map(_b64),
     "proof": st.binary(max_size=80).map(_b64),
+    "session_proof": st.binary(min_size=SESSION_PROOF_SIZE - 1, max_size=SESSION_PROOF_SIZE + 1).map(_b64),
     "body": st.binary(max_size=80).map(_b64),
     "peers": st.lists(_peer_objects, max_size=3),
     "peer": _peer_objects,

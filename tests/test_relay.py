@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 import pytest
-from nacl.public import PrivateKey
+from nacl.public import Box, PrivateKey, PublicKey
 
-from e2echat.client.core import MessageReceived, PeerJoined
+from e2echat.client.core import MessageReceived, PeerJoined, PeerLeft, SecurityWarning
 from e2echat.crypto.identity import registration_proof
-from e2echat.relay.server import connect_hint
+from e2echat.relay.server import Relay, connect_hint
 from e2echat.wire import messages as m
 from e2echat.wire.codec import encode_message
 from e2echat.wire.framing import MAX_FRAME, encode_frame
+from e2echat.wire.grammar import SESSION_PROOF_SIZE
 
-from support import RawClient, connect, peers, running_relay
+from hostile import HostileRelay
+from support import RawClient, connect, peers, running, running_relay
 
 BAD_INPUTS = {
     "garbage": encode_frame(b"\x00\xffnot json at all"),
@@ -48,7 +51,13 @@ async def test_bad_input_after_registration_closes_only_the_offender() -> None:
         await offender.register("mallory")
         await alice.next(PeerJoined, lambda e: e.nick == "mallory")
         offender.send(
-            m.Register("mallory", PrivateKey.generate().public_key, PrivateKey.generate().public_key, b"x")
+            m.Register(
+                "mallory",
+                PrivateKey.generate().public_key,
+                PrivateKey.generate().public_key,
+                b"x",
+                bytes(SESSION_PROOF_SIZE),
+            )
         )
         error = await offender.receive_kind(m.Error)
         assert error.code == "protocol"
@@ -65,11 +74,56 @@ async def test_forged_registration_proof_is_refused() -> None:
         assert isinstance(challenge, m.Challenge)
         victim = PrivateKey.generate().public_key
         mallory = PrivateKey.generate()
-        proof = registration_proof(mallory, challenge, bytes(mallory.public_key))
-        raw.send(m.Register("victim", victim, mallory.public_key, proof))
+        proofs = registration_proof(mallory, mallory, challenge)
+        raw.send(m.Register("victim", victim, mallory.public_key, *proofs))
         error = await raw.receive()
         assert error == m.Error("bad_proof", "registration proof did not verify")
         assert await raw.closed()
+
+
+async def _mallory_registers_with(
+    relay: Relay, session_key: PublicKey, session_proof: Callable[[PrivateKey, m.Challenge], bytes]
+) -> RawClient:
+    """Mallory registers her own identity with ``session_key``: an identity proof as good
+    as can be (hers, over that session key), and ``session_proof(her identity key, the
+    challenge)``, the best she can make without the session key's private half."""
+    raw = await RawClient.open(relay)
+    challenge = await raw.receive()
+    assert isinstance(challenge, m.Challenge)
+    mallory = PrivateKey.generate()
+    proof = bytes(Box(mallory, challenge.relay_key).encrypt(challenge.challenge + bytes(session_key)))
+    raw.send(m.Register("mallory", mallory.public_key, session_key, proof, session_proof(mallory, challenge)))
+    return raw
+
+
+@pytest.mark.parametrize("forged", ["her-own-session-key", "alices-proof-replayed"])
+async def test_registering_someone_elses_session_key_is_refused(forged: str) -> None:
+    """Issue 16: mallory registers alice's session key (she read it in the directory)
+    under her own identity. Before the session key had to prove itself, the relay took
+    it, and bob, who had seen alice's key retire, cried "replay attempt?", blaming the
+    relay. Mallory can neither box the challenge with alice's session key, nor reuse the
+    session proof alice sent (it answers another connection's challenge)."""
+    async with running(HostileRelay()) as relay, peers(relay, "alice", "bob", "carol") as (alice, bob, carol):
+        alice_ek = bob.connection.core.directory["alice"].session_key
+        (alices,) = [msg for _, msg in relay.received if isinstance(msg, m.Register) and msg.nick == "alice"]
+        await alice.connection.close()
+        await bob.next(PeerLeft, lambda e: e.nick == "alice")
+        bob.seen.clear()
+
+        def session_proof(mallory: PrivateKey, challenge: m.Challenge) -> bytes:
+            if forged == "alices-proof-replayed":
+                return alices.session_proof
+            return registration_proof(mallory, PrivateKey.generate(), challenge)[1]
+
+        mallory = await _mallory_registers_with(relay, alice_ek, session_proof)
+        error = await mallory.receive()
+        assert error == m.Error("bad_session_proof", "registration proof for the session key did not verify")
+        assert await mallory.closed()
+        assert "mallory" not in relay.core.online
+        # Nobody was told of her; what comes after her attempt still arrives, unalarmed.
+        carol.connection.send_private("bob", "after mallory")
+        assert (await bob.next(MessageReceived)).text == "after mallory"
+        assert not [e for e in bob.seen if isinstance(e, SecurityWarning | PeerJoined)]
 
 
 async def test_silent_client_is_dropped_after_the_handshake_timeout() -> None:

@@ -29,8 +29,8 @@ def _join(relay: RelayCore, conn: ConnId, nick: str, now: float = 0.0) -> list[O
     (challenge,) = spelled_out(relay.connect(conn, now))
     assert isinstance(challenge, Outgoing) and isinstance(challenge.message, m.Challenge)
     identity, session = PrivateKey.generate(), PrivateKey.generate()
-    proof = registration_proof(identity, challenge.message, bytes(session.public_key))
-    register = m.Register(nick, identity.public_key, session.public_key, proof)
+    proofs = registration_proof(identity, session, challenge.message)
+    register = m.Register(nick, identity.public_key, session.public_key, *proofs)
     return spelled_out(relay.receive_data(conn, _frame(register), now))
 
 

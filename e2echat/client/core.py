@@ -313,7 +313,6 @@ class ClientCore:
         )
 
     def _answer_challenge(self, challenge: m.Challenge) -> list[Event]:
-        session_public = self._session_key.public_key
         if challenge.password_required and self._password is None:
             self.state = ClientState.CLOSED
             return [
@@ -324,10 +323,11 @@ class ClientCore:
             ]
         password = self._password if challenge.password_required and self._password else b""
         try:
-            proof = registration_proof(self._identity, challenge, bytes(session_public), password)
+            proof, session_proof = registration_proof(self._identity, self._session_key, challenge, password)
         except nacl.exceptions.CryptoError:
             raise RemoteProtocolError(detail="the relay's key is invalid") from None
-        self._write(m.Register(self.nick, self._identity.public_key, session_public, proof))
+        identity_public, session_public = self._identity.public_key, self._session_key.public_key
+        self._write(m.Register(self.nick, identity_public, session_public, proof, session_proof))
         self.state = ClientState.AWAIT_WELCOME
         return []
 

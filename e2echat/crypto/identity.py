@@ -1,5 +1,5 @@
 """Identity: fingerprints, Signal-compatible safety numbers, fresh session keys and the
-registration proof. Pure: no I/O.
+registration proofs. Pure: no I/O.
 
 The identity key (IK) is a long-term X25519 key pair per profile; the session key (EK)
 is made fresh for every connection by ``new_session_key`` and never touches the disk.
@@ -8,10 +8,12 @@ is made fresh for every connection by ``new_session_key`` and never touches the 
 from __future__ import annotations
 
 import hashlib
+import hmac
 
+import nacl.exceptions
 from nacl.public import Box, PrivateKey, PublicKey
 
-from e2echat.wire.messages import Challenge
+from e2echat.wire.messages import Challenge, Register
 
 
 def new_session_key() -> PrivateKey:
@@ -21,21 +23,63 @@ def new_session_key() -> PrivateKey:
 
 def registration_proof(
     our_identity: PrivateKey,
+    our_session_key: PrivateKey,
     challenge: Challenge,
-    session_key: bytes,
     password: bytes = b"",
     *,
-    nonce: bytes | None = None,
-) -> bytes:
-    """What a client sends to prove it holds its identity key (used by the client core).
+    nonces: tuple[bytes, bytes] | None = None,
+) -> tuple[bytes, bytes]:
+    """What a client sends to prove it holds both keys it registers: ``(proof,
+    session_proof)``, the two proofs of a ``Register`` (made by the client core).
 
-    A Box from the identity key to the relay's per-connection key over the challenge, the
-    session key being registered and the relay password, if any: only the holder of the
-    identity key can make it, it is useless on any other connection, it binds the session
-    key to the identity, and the password never crosses the network in the clear.
+    - ``proof``: a Box from IK to the relay's key (RK, ``challenge.relay_key``) over the
+      challenge, EK and the relay password, if any. Only the holder of IK's private half
+      can make it: IK vouches for EK, and the password never crosses the network in the
+      clear.
+    - ``session_proof``: a Box from EK to RK over the challenge and IK. Only the holder
+      of EK's private half can make it: EK vouches for IK, so nobody can register a
+      session key that is someone else's (which would make their peers cry "replay").
+
+    The challenge is new on every connection and checked inside both, so neither proof
+    is worth anything on another connection. Only the holder of RK's private half can
+    open them: a relay with another key learns nothing from them, the password included.
+    The password goes in ``proof`` alone. ``nonces`` are for tests.
     """
-    box = Box(our_identity, challenge.relay_key)
-    return bytes(box.encrypt(challenge.challenge + session_key + password, nonce))
+    identity_nonce, session_nonce = nonces or (None, None)
+    session_public, identity_public = bytes(our_session_key.public_key), bytes(our_identity.public_key)
+    proof = Box(our_identity, challenge.relay_key).encrypt(
+        challenge.challenge + session_public + password, identity_nonce
+    )
+    session_proof = Box(our_session_key, challenge.relay_key).encrypt(
+        challenge.challenge + identity_public, session_nonce
+    )
+    return bytes(proof), bytes(session_proof)
+
+
+def _open(our_key: PrivateKey, their_key: PublicKey, box: bytes) -> bytes | None:
+    try:
+        return Box(our_key, their_key).decrypt(box)
+    except nacl.exceptions.CryptoError:  # forged, damaged, or a low-order key
+        return None
+
+
+def opened_identity_proof(relay_key: PrivateKey, challenge: bytes, register: Register) -> bytes | None:
+    """The relay's check of ``register.proof``: the password inside it (empty if none),
+    or None if it does not verify (not made with ``register.identity_key`` for this
+    ``challenge`` and ``register.session_key``)."""
+    expected = challenge + bytes(register.session_key)
+    opened = _open(relay_key, register.identity_key, register.proof) or b""
+    if not hmac.compare_digest(opened[: len(expected)], expected):
+        return None
+    return opened[len(expected) :]
+
+
+def session_proof_verifies(relay_key: PrivateKey, challenge: bytes, register: Register) -> bool:
+    """The relay's check of ``register.session_proof``: made with ``register.session_key``
+    for this ``challenge`` and ``register.identity_key``, and holding nothing else."""
+    expected = challenge + bytes(register.identity_key)
+    opened = _open(relay_key, register.session_key, register.session_proof) or b""
+    return hmac.compare_digest(opened, expected)
 
 
 def fingerprint(key: PublicKey) -> str:

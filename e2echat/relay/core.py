@@ -18,10 +18,10 @@ import logging
 import struct
 from dataclasses import dataclass
 
-import nacl.exceptions
 import nacl.utils
-from nacl.public import Box, PrivateKey
+from nacl.public import PrivateKey
 
+from e2echat.crypto.identity import opened_identity_proof, session_proof_verifies
 from e2echat.errors import FrameTooLarge, RemoteProtocolError
 from e2echat.relay.limits import Flow, Limits, Verdict
 from e2echat.wire.codec import decode_message, encode_message, printable_reason
@@ -280,14 +280,15 @@ class RelayCore:
 
     def _register(self, record: _Connection, message: Register, now: float) -> list[Action]:
         assert record.relay_key is not None
-        try:
-            opened = Box(record.relay_key, message.identity_key).decrypt(message.proof)
-        except nacl.exceptions.CryptoError:
-            opened = b""
-        expected = record.challenge + bytes(message.session_key)
-        if not hmac.compare_digest(opened[: len(expected)], expected):
+        given_password = opened_identity_proof(record.relay_key, record.challenge, message)
+        if given_password is None:
             return self._refuse(record, "bad_proof", "registration proof did not verify")
-        given_password = opened[len(expected) :]
+        if not session_proof_verifies(record.relay_key, record.challenge, message):
+            # Someone else's session key: registered, it would make its owner's peers see
+            # a replayed key (or a split view) and blame the relay.
+            return self._refuse(
+                record, "bad_session_proof", "registration proof for the session key did not verify"
+            )
         if self.password is not None and not hmac.compare_digest(
             _digest(given_password), _digest(self.password)
         ):

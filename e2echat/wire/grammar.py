@@ -33,6 +33,9 @@ MAX_PASSWORD = 512
 # The proof is a Box over challenge + session key + password: 64 bytes, the password, and
 # 40 of nonce and tag.
 MAX_PROOF = 64 + MAX_PASSWORD + 40
+# The session key's proof is a Box over challenge + identity key, nothing else: always
+# 64 bytes, plus 40 of nonce and tag.
+SESSION_PROOF_SIZE = CHALLENGE_SIZE + KEY_SIZE + 40
 # One ciphertext: a message of up to session.MAX_TEXT (16 KiB) plus its header, nonce, tag
 # and the metadata around the text, with room for JSON's escaping of control characters
 # (up to 6 bytes each).

@@ -29,6 +29,7 @@ from e2echat.wire.grammar import (
     MAX_PROOF,
     MAX_REASON,
     NICK_PATTERN,
+    SESSION_PROOF_SIZE,
     check_bytes,
     check_id,
     check_nick,
@@ -159,7 +160,7 @@ class Message(Record):
 
 @dataclass(frozen=True)
 class Challenge(Message):
-    """relay -> client, first: prove you hold your identity key."""
+    """relay -> client, first: prove you hold your keys."""
 
     TYPE: ClassVar[str] = "challenge"
     WIRE = (
@@ -180,7 +181,8 @@ class Challenge(Message):
 
 @dataclass(frozen=True)
 class Register(Message):
-    """client -> relay: nick, keys, and a Box from the identity key over the challenge."""
+    """client -> relay: nick, keys, and a proof of each key: a Box from the identity key
+    over the challenge (and the password), and one from the session key."""
 
     TYPE: ClassVar[str] = "register"
     WIRE = (
@@ -188,17 +190,22 @@ class Register(Message):
         on_wire("identity_key", KEY),
         on_wire("session_key", KEY),
         on_wire("proof", BINARY),
+        on_wire("session_proof", BINARY),
     )
     nick: str
     identity_key: PublicKey
     session_key: PublicKey
+    #: made with the identity key (crypto/identity.py)
     proof: bytes
+    #: made with the session key
+    session_proof: bytes
 
     def __post_init__(self) -> None:
         check_nick(self.nick)
         _check_key(self.identity_key, "identity key")
         _check_key(self.session_key, "session key")
         check_bytes(self.proof, "proof", limit=MAX_PROOF)
+        check_bytes(self.session_proof, "session proof", size=SESSION_PROOF_SIZE)
 
 
 @dataclass(frozen=True)
