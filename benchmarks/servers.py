@@ -129,16 +129,19 @@ def relay(*options: str, profile: Path | None = None, kill: bool = False) -> Ite
     ``kill`` stops it with SIGKILL, except when profiling (cProfile writes its file only
     on a clean exit, so then it gets SIGTERM and all the time it needs).
     """
-    args = ["e2echat", "relay", "--host", LOOPBACK, "--port", "0", "--log-level", "warning", *options]
-    server = start("relay", args, profile=profile)
-    try:
-        yield server
-    finally:
-        if profile is not None:
-            server.stop(timeout=600)
-        else:
-            server.stop(kill=kill)
-        server.log_path.unlink(missing_ok=True)
+    # A key of its own in a directory of its own: not the one in the user's data directory.
+    with tempfile.TemporaryDirectory(prefix="bench-relay-") as directory:
+        key = str(Path(directory) / "relay.key")
+        args = ["e2echat", "relay", "--host", LOOPBACK, "--port", "0", "--log-level", "warning", "--key", key]
+        server = start("relay", [*args, *options], profile=profile)
+        try:
+            yield server
+        finally:
+            if profile is not None:
+                server.stop(timeout=600)
+            else:
+                server.stop(kill=kill)
+            server.log_path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

@@ -29,13 +29,20 @@ from e2echat.errors import (
 from e2echat.relay.limits import Limits
 from e2echat.relay.server import DEFAULT_PORT, run_relay
 from e2echat.store.files import exclusive
-from e2echat.store.keyfile import IDENTITY_FILE, is_protected, load_or_create_identity, stored_public_key
+from e2echat.store.keyfile import (
+    IDENTITY_FILE,
+    is_protected,
+    load_or_create_identity,
+    load_or_create_relay_key,
+    stored_public_key,
+)
 from e2echat.store.pins import KNOWN_PEERS_FILE, PinFile
 from e2echat.store.profiles import (
     HISTORY_FILE,
     last_profile,
     load_settings,
     profile_dir,
+    relay_key_path,
     remember_last_profile,
     save_settings,
 )
@@ -88,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--password-file",
         metavar="FILE",
         help="require this password (the file's first line) from clients; or set E2ECHAT_RELAY_PASSWORD",
+    )
+    relay.add_argument(
+        "--key",
+        metavar="FILE",
+        help="the relay's long-term key, made there on first start (mode 0600; default: "
+        "$XDG_DATA_HOME/e2echat/relay/relay.key). Clients pin it per address and refuse a relay "
+        "whose key changed: keep this file, and a restarted relay is the same relay to them",
     )
     defaults = Limits()
     limits = relay.add_argument_group("limits (each logged in one line when a client hits it)")
@@ -172,7 +186,14 @@ def _run_relay(args: argparse.Namespace) -> int:
     limits = Limits(**{field: getattr(args, field) for field, *_ in LIMIT_FLAGS})
     password = _relay_password(args.password_file)
     say = (lambda text: None) if args.quiet else (lambda text: print(text, flush=True))
-    asyncio.run(run_relay(args.host, args.port, say, limits=limits, password=password))
+    key_path = Path(args.key).expanduser() if args.key else relay_key_path()
+    key, created = load_or_create_relay_key(key_path)
+    note = (
+        f"Its key is in {key_path}{' (made just now)' if created else ''}: keep that file, and "
+        "clients know the relay again after a restart."
+    )
+    serve = run_relay(args.host, args.port, say, limits=limits, password=password, key=key, key_note=note)
+    asyncio.run(serve)
     return 0
 
 

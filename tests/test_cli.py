@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import stat
 import sys
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,8 +16,10 @@ from nacl.public import PrivateKey
 
 from e2echat import __version__
 from e2echat.client.core import MessageReceived, PeerJoined
+from e2echat.crypto.identity import fingerprint
 from e2echat.relay.server import Relay
 from e2echat.store.files import exclusive
+from e2echat.store.keyfile import load_or_create_relay_key
 
 from support import LOOPBACK, REPO, WAIT, connect, peers, run_cli, running, running_relay, spawn_cli
 
@@ -136,7 +141,9 @@ async def test_line_mode_client_survives_a_relay_restart(tmp_path: Path) -> None
                 await alice_again.connection.close()
 
 
-async def _start_relay_process() -> tuple[asyncio.subprocess.Process, int, list[str]]:
+async def _start_relay_process(*args: str) -> tuple[asyncio.subprocess.Process, int, list[str]]:
+    """``e2echat relay ARGS`` (default: ``--port 0``) until its banner is out: (process,
+    port, banner)."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -144,8 +151,7 @@ async def _start_relay_process() -> tuple[asyncio.subprocess.Process, int, list[
         "relay",
         "--host",
         LOOPBACK,
-        "--port",
-        "0",
+        *(args or ("--port", "0")),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         cwd=REPO,
@@ -159,6 +165,24 @@ async def _start_relay_process() -> tuple[asyncio.subprocess.Process, int, list[
         banner.append(raw.decode().rstrip())
     port = int(banner[0].rsplit(":", 1)[1])
     return process, port, banner
+
+
+@contextlib.asynccontextmanager
+async def relay_process(*args: str) -> AsyncIterator[tuple[int, list[str]]]:
+    """A running ``e2echat relay ARGS``: (port, banner). Stopped (SIGTERM) at the end."""
+    process, port, banner = await _start_relay_process(*args)
+    try:
+        yield port, banner
+    finally:
+        if process.returncode is None:
+            process.terminate()
+            await asyncio.wait_for(process.wait(), WAIT)
+
+
+def shown_fingerprint(banner: list[str]) -> str:
+    """The relay key's fingerprint, as the relay's banner shows it."""
+    (line,) = [line for line in banner if "key fingerprint" in line]
+    return line.rsplit(" is ", 1)[1]
 
 
 async def test_relay_command_announces_itself_and_stops_on_signals() -> None:
@@ -178,6 +202,30 @@ async def test_relay_command_announces_itself_and_stops_on_signals() -> None:
             if process.returncode is None:
                 process.kill()
                 await process.wait()
+
+
+async def test_the_relay_keeps_its_key_in_a_file_and_shows_its_fingerprint(tmp_path: Path) -> None:
+    async with relay_process("--port", "0") as (_, banner):
+        default = Path(os.environ["XDG_DATA_HOME"]) / "e2echat" / "relay" / "relay.key"
+        assert stat.S_IMODE(default.stat().st_mode) == 0o600
+        key, _ = load_or_create_relay_key(default)
+        assert shown_fingerprint(banner) == fingerprint(key.public_key)
+        assert f"Its key is in {default} (made just now)" in "\n".join(banner)
+    chosen = tmp_path / "elsewhere.key"
+    async with relay_process("--port", "0", "--key", str(chosen)) as (_, banner):
+        first = shown_fingerprint(banner)
+        assert first != fingerprint(key.public_key) and stat.S_IMODE(chosen.stat().st_mode) == 0o600
+    async with relay_process("--port", "0", "--key", str(chosen)) as (_, banner):
+        assert shown_fingerprint(banner) == first  # the same relay, restarted
+        assert "made just now" not in "\n".join(banner)
+    code, relay_help, _ = await run_cli("relay", "--help")
+    assert code == 0 and "--key FILE" in relay_help and "relay.key" in relay_help
+
+
+async def test_a_damaged_relay_key_file_stops_the_relay_with_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "relay.key").write_text("{}")
+    code, _, err = await run_cli("relay", "--port", "0", "--key", str(tmp_path / "relay.key"))
+    assert code == 1 and "not an e2echat relay key file" in _one_clear_line(err)
 
 
 async def test_relay_port_in_use_is_a_clear_error() -> None:

@@ -21,6 +21,7 @@ from e2echat.store.keyfile import (
     is_protected,
     load_identity,
     load_or_create_identity,
+    load_or_create_relay_key,
     save_identity,
     stored_public_key,
 )
@@ -51,6 +52,30 @@ def test_first_use_creates_a_private_key_file(tmp_path: Path) -> None:
     assert sorted(p.name for p in directory.iterdir()) == [IDENTITY_FILE]  # no temporary left behind
     document = json.loads(path.read_text(encoding="utf-8"))
     assert document["public_key"] == _b64(bytes(key.public_key))
+
+
+def test_the_relay_key_is_made_once_privately_and_loaded_after(tmp_path: Path) -> None:
+    path = tmp_path / "relay" / "relay.key"
+    key, created = load_or_create_relay_key(path)
+    assert created and _mode(path) == 0o600 and _mode(path.parent) == 0o700
+    again, created = load_or_create_relay_key(path)
+    assert not created and bytes(again) == bytes(key)
+
+
+def test_a_damaged_relay_key_file_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "relay.key"
+    path.write_text("{}")
+    with pytest.raises(KeyFileError, match="not an e2echat relay key file"):
+        load_or_create_relay_key(path)
+    load_or_create_identity(tmp_path / "alice")  # an identity is not a relay key
+    with pytest.raises(KeyFileError, match="not an e2echat relay key file"):
+        load_or_create_relay_key(tmp_path / "alice" / IDENTITY_FILE)
+    load_or_create_relay_key(path.with_name("good.key"))
+    document = json.loads(path.with_name("good.key").read_text())
+    document["public_key"] = document["private_key"]
+    path.write_text(json.dumps(document))
+    with pytest.raises(KeyFileError, match="does not match"):
+        load_or_create_relay_key(path)
 
 
 def test_second_use_loads_the_same_key(tmp_path: Path) -> None:

@@ -49,6 +49,18 @@ def _error(conn: ConnId, actions: list[Outgoing | Close]) -> m.Error:
 # -- registration and refusals ----------------------------------------------------------------
 
 
+def test_every_challenge_carries_the_relays_long_term_key_and_a_new_challenge() -> None:
+    """The key is the relay's own, the same on every connection (clients pin it); what
+    makes a proof good for one connection only is the challenge, new on each."""
+    key = PrivateKey.generate()
+    relay = RelayCore(key=key)
+    challenges = [spelled_out(relay.connect(conn, 0.0))[0] for conn in (1, 2)]
+    first, second = (item.message for item in challenges if isinstance(item, Outgoing))
+    assert isinstance(first, m.Challenge) and isinstance(second, m.Challenge)
+    assert first.relay_key == second.relay_key == key.public_key
+    assert first.challenge != second.challenge
+
+
 def test_register_replayed_on_another_connection_is_refused() -> None:
     """A proof answers one connection's challenge; a captured one is useless elsewhere."""
     wire = FakeWire()

@@ -3,6 +3,7 @@ registration proofs. Pure: no I/O.
 
 The identity key (IK) is a long-term X25519 key pair per profile; the session key (EK)
 is made fresh for every connection by ``new_session_key`` and never touches the disk.
+The relay's key (RK) is the relay's long-term X25519 key pair, which clients pin.
 """
 
 from __future__ import annotations

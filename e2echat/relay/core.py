@@ -101,8 +101,8 @@ class _Connection:
     decoder: FrameDecoder
     #: when the connection opened, until it registers; from then on, when it was last heard
     since: float
-    # The per-connection key and challenge; dropped once registration succeeds.
-    relay_key: PrivateKey | None
+    # This connection's challenge, which makes its proofs good for it alone; dropped once
+    # registration succeeds.
     challenge: bytes
     peer: PeerInfo | None = None
     flow: Flow | None = None
@@ -115,10 +115,16 @@ def _digest(secret: bytes) -> bytes:
 
 
 class RelayCore:
-    def __init__(self, limits: Limits | None = None, *, password: bytes | None = None) -> None:
+    def __init__(
+        self, limits: Limits | None = None, *, password: bytes | None = None, key: PrivateKey | None = None
+    ) -> None:
         self.limits = limits or Limits()
         #: if set, clients must put it in their registration proof
         self.password = password
+        #: the relay's long-term key: clients pin its public half, and only its private half
+        #: opens their registration proofs (and the password inside). None: a new one, for
+        #: a relay that lives in memory only (tests, benchmarks)
+        self.key = key if key is not None else PrivateKey.generate()
         self._connections: dict[ConnId, _Connection] = {}
         #: connections hung up on whose sockets the shell has not yet reported gone (by
         #: ``disconnect``): they still hold a slot of ``max_connections``
@@ -146,12 +152,11 @@ class RelayCore:
             log.warning("connection #%d refused: the relay is full", conn)
             full = Error("busy", f"the relay is full ({limits.max_connections} connections)")
             return [_write(conn, full), Close(conn, "the relay is full")]
-        relay_key = PrivateKey.generate()
         challenge = nacl.utils.random(CHALLENGE_SIZE)
         # Until it has registered, a connection may send only small frames.
         decoder = FrameDecoder(max_frame=min(limits.max_frame, limits.handshake_frame))
-        self._connections[conn] = _Connection(conn, decoder, now, relay_key, challenge)
-        return [_write(conn, Challenge(relay_key.public_key, challenge, self.password is not None))]
+        self._connections[conn] = _Connection(conn, decoder, now, challenge)
+        return [_write(conn, Challenge(self.key.public_key, challenge, self.password is not None))]
 
     def receive_data(self, conn: ConnId, data: bytes, now: float) -> list[Action]:
         """Bytes that ``conn`` sent, in any split: cut into frames, decode and handle them."""
@@ -279,11 +284,10 @@ class RelayCore:
         return [Write([(conn, frame) for conn in self.online.values()])]
 
     def _register(self, record: _Connection, message: Register, now: float) -> list[Action]:
-        assert record.relay_key is not None
-        given_password = opened_identity_proof(record.relay_key, record.challenge, message)
+        given_password = opened_identity_proof(self.key, record.challenge, message)
         if given_password is None:
             return self._refuse(record, "bad_proof", "registration proof did not verify")
-        if not session_proof_verifies(record.relay_key, record.challenge, message):
+        if not session_proof_verifies(self.key, record.challenge, message):
             # Someone else's session key: registered, it would make its owner's peers see
             # a replayed key (or a split view) and blame the relay.
             return self._refuse(
@@ -299,7 +303,7 @@ class RelayCore:
             taken = f"nick {message.nick!r} is already online; choose another"
             return self._refuse(record, "nick_taken", taken)
         peer = PeerInfo(message.nick, message.identity_key, message.session_key)
-        record.peer, record.relay_key, record.challenge = peer, None, b""
+        record.peer, record.challenge = peer, b""
         record.flow = Flow(self.limits, now)
         record.decoder.max_frame = self.limits.max_frame
         # A big directory goes in several frames, each well under MAX_FRAME. The entries

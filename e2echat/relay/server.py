@@ -20,6 +20,9 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, cast
 
+from nacl.public import PrivateKey
+
+from e2echat.crypto.identity import fingerprint
 from e2echat.errors import RelayStartError
 from e2echat.relay.core import Action, ConnId, RelayCore, Write
 from e2echat.relay.limits import Limits
@@ -62,13 +65,15 @@ class Relay:
         *,
         limits: Limits | None = None,
         password: bytes | None = None,
+        key: PrivateKey | None = None,
         **overrides: Any,
     ) -> None:
-        """``overrides`` replace single fields of ``limits`` (handy in tests)."""
+        """``key`` is the relay's long-term key (default: a new one, lost when this object
+        goes). ``overrides`` replace single fields of ``limits`` (handy in tests)."""
         self.host = host
         self.requested_port = port
         self.limits = replace(limits or Limits(), **overrides)
-        self.core = RelayCore(self.limits, password=password)
+        self.core = RelayCore(self.limits, password=password, key=key)
         #: open connections, registered or not
         self._links: dict[ConnId, _Link] = {}
         #: connections we hung up on, until the transport reports them closed
@@ -291,13 +296,20 @@ async def run_relay(
     *,
     limits: Limits | None = None,
     password: bytes | None = None,
+    key: PrivateKey | None = None,
+    key_note: str = "",
 ) -> None:
-    """Serve until Ctrl+C or SIGTERM, then tell clients and stop."""
-    relay = Relay(host, port, limits=limits, password=password)
+    """Serve until Ctrl+C or SIGTERM, then tell clients and stop. ``key_note`` says where
+    the key is kept."""
+    relay = Relay(host, port, limits=limits, password=password, key=key)
     await relay.start()
     say(f"e2echat relay listening on {host}:{relay.port}")
     say("People on your network can join with:")
     say(f"  {connect_hint(host, relay.port)}")
+    say(f"The relay's key fingerprint is {fingerprint(relay.core.key.public_key)}")
+    say("(clients show it when they first connect: tell people, so they can check it).")
+    if key_note:
+        say(key_note)
     if password is not None:
         say("It asks for a password: share it with the people you invite, not on the network.")
     say("Press Ctrl+C to stop.")

@@ -1,5 +1,6 @@
 """The identity key file: a long-term X25519 key pair per profile, optionally sealed
-under a passphrase (Argon2id + SecretBox). Disk I/O: used by the CLI, never by a core."""
+under a passphrase (Argon2id + SecretBox); and the relay's key file, the same without a
+passphrase (a relay starts unattended). Disk I/O: used by the CLI, never by a core."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from e2echat.store.files import write_private_file
 
 IDENTITY_FILE = "identity.key"
 _KEY_FILE_FORMAT = "e2echat-identity-v1"
+_RELAY_KEY_FORMAT = "e2echat-relay-key-v1"
 
 
 @dataclass(frozen=True)
@@ -67,15 +69,16 @@ def _unb64(document: dict[str, object], name: str, path: Path) -> bytes:
         raise KeyFileError(path=path, detail=f"the {name.replace('_', ' ')} is missing or damaged") from None
 
 
-def _read_document(path: Path) -> dict[str, object]:
+def _read_document(path: Path, kind: str = _KEY_FILE_FORMAT) -> dict[str, object]:
+    what = "an e2echat identity file" if kind == _KEY_FILE_FORMAT else "an e2echat relay key file"
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise KeyFileError(path=path, detail=exc.strerror or str(exc)) from None
     except ValueError:
-        raise KeyFileError(path=path, detail="not an e2echat identity file") from None
-    if not isinstance(document, dict) or document.get("format") != _KEY_FILE_FORMAT:
-        raise KeyFileError(path=path, detail="not an e2echat identity file")
+        raise KeyFileError(path=path, detail=f"not {what}") from None
+    if not isinstance(document, dict) or document.get("format") != kind:
+        raise KeyFileError(path=path, detail=f"not {what}")
     return document
 
 
@@ -157,3 +160,29 @@ def save_identity(
     else:
         document["private_key"] = _b64(bytes(key))
     write_private_file(path, (json.dumps(document, indent=2) + "\n").encode("utf-8"))
+
+
+def load_or_create_relay_key(path: Path) -> tuple[PrivateKey, bool]:
+    """The relay's long-term key in ``path``, made on first use (mode 0600, in a
+    directory of mode 0700). Returns (key, created).
+
+    Clients pin its public half: a relay that loses this file looks like an impostor to
+    every client that met it before.
+    """
+    if not path.exists():
+        key = PrivateKey.generate()
+        new = {
+            "format": _RELAY_KEY_FORMAT,
+            "public_key": _b64(bytes(key.public_key)),
+            "private_key": _b64(bytes(key)),
+        }
+        write_private_file(path, (json.dumps(new, indent=2) + "\n").encode("utf-8"))
+        return key, True
+    document = _read_document(path, _RELAY_KEY_FORMAT)
+    raw = _unb64(document, "private_key", path)
+    if len(raw) != PrivateKey.SIZE:
+        raise KeyFileError(path=path, detail="the private key is missing or damaged")
+    key = PrivateKey(raw)
+    if _unb64(document, "public_key", path) != bytes(key.public_key):
+        raise KeyFileError(path=path, detail="the public key does not match the private key")
+    return key, False

@@ -33,6 +33,11 @@ def data_home(environ: Mapping[str, str] | None = None) -> Path:
     return Path(env.get("XDG_DATA_HOME") or Path("~/.local/share").expanduser()) / "e2echat"
 
 
+def relay_key_path(environ: Mapping[str, str] | None = None) -> Path:
+    """Where ``e2echat relay`` keeps its long-term key unless told (``--key``)."""
+    return data_home(environ) / "relay" / "relay.key"
+
+
 def load_settings(directory: Path) -> dict[str, Any]:
     """The profile's remembered nick, host and port; whatever is missing or damaged is
     simply not remembered."""

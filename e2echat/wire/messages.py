@@ -160,7 +160,9 @@ class Message(Record):
 
 @dataclass(frozen=True)
 class Challenge(Message):
-    """relay -> client, first: prove you hold your keys."""
+    """relay -> client, first: prove you hold your keys. ``relay_key`` is the relay's
+    long-term key, the same on every connection (clients pin it); ``challenge`` is new on
+    each."""
 
     TYPE: ClassVar[str] = "challenge"
     WIRE = (
