@@ -16,14 +16,13 @@ from pathlib import Path
 from nacl.public import PrivateKey
 
 from e2echat import __version__
-from e2echat.client.reconnect import Client
+from e2echat.client.relays import parse_fingerprint
 from e2echat.client.trust import KnownPeers
 from e2echat.crypto.identity import fingerprint
 from e2echat.errors import (
     E2EChatError,
     KeyFileError,
     PassphraseRequired,
-    RegistrationRefused,
     UsageError,
 )
 from e2echat.relay.limits import Limits
@@ -46,8 +45,10 @@ from e2echat.store.profiles import (
     remember_last_profile,
     save_settings,
 )
+from e2echat.store.relays import KNOWN_RELAYS_FILE, RelayPinFile
 from e2echat.ui.cells import neutralize
 from e2echat.ui.chat import Chat
+from e2echat.ui.joining import join
 from e2echat.ui.linemode import print_text, run_line_mode
 from e2echat.ui.repl import history_file, make_session, run_repl, terminal_writer
 from e2echat.wire.grammar import MAX_PASSWORD, NICK_RULE, is_valid_nick
@@ -150,6 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="the relay's password (the file's first line), if it has one; or set "
         "E2ECHAT_RELAY_PASSWORD; asked for on the terminal otherwise",
     )
+    connect.add_argument(
+        "--trust-relay-key",
+        metavar="FINGERPRINT",
+        type=_fingerprint,
+        help="answer only a relay whose key has this fingerprint (as `e2echat relay` prints it), and "
+        "pin it. The first time, your client pins whatever key the relay shows; if it later "
+        "shows another, the client sends it nothing (exit code 6) unless you confirm on the "
+        "terminal or give the new key's fingerprint here",
+    )
     connect.set_defaults(run=_run_connect)
 
     show = commands.add_parser(
@@ -195,6 +205,13 @@ def _run_relay(args: argparse.Namespace) -> int:
     serve = run_relay(args.host, args.port, say, limits=limits, password=password, key=key, key_note=note)
     asyncio.run(serve)
     return 0
+
+
+def _fingerprint(text: str) -> str:
+    parsed = parse_fingerprint(text)
+    if parsed is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a key fingerprint (32 hex digits)")
+    return parsed
 
 
 def _relay_password(path: str | None) -> bytes | None:
@@ -326,19 +343,17 @@ async def _chat(
     directory: Path,
     interactive: bool,
 ) -> int:
-    password = _relay_password(args.password_file)
-    pin_file, known_peers = pins
-    while True:
-        client = Client(
-            args.host, args.port, args.nick, identity, known_peers, password=password, pin_file=pin_file
-        )
-        try:
-            await client.open()
-            break
-        except RegistrationRefused as exc:
-            if exc.code != "password_required" or password is not None or not interactive:
-                raise
-            password = _checked_password(_ask("This relay needs a password: ").encode("utf-8"))
+    client, pinned = await join(
+        args.host,
+        args.port,
+        args.nick,
+        identity,
+        pins,
+        RelayPinFile(directory / KNOWN_RELAYS_FILE),
+        password=_relay_password(args.password_file),
+        accept=args.trust_relay_key,
+        ask_password=_ask_password if interactive else None,
+    )
     save_settings(directory, args.nick, args.host, args.port)
     remember_last_profile(directory)
     color = interactive and not os.environ.get("NO_COLOR")
@@ -355,6 +370,8 @@ async def _chat(
     if created:
         chat.notice(f"created a new identity in {directory}")
     chat.notice(f"your key fingerprint: {fingerprint(identity.public_key)}")
+    if pinned is not None:
+        chat.notice(pinned)
     try:
         if interactive:
             history = None if args.no_history else history_file(directory / HISTORY_FILE)
@@ -370,11 +387,12 @@ def _ring() -> None:
     print("\a", end="", flush=True)
 
 
-def _ask(prompt: str) -> str:
+def _ask_password() -> bytes:
     try:
-        return getpass.getpass(prompt)
+        password = getpass.getpass("This relay needs a password: ")
     except EOFError:
         raise UsageError(detail="no password given") from None
+    return _checked_password(password.encode("utf-8"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -133,6 +133,28 @@ class RelayGone(_RelayError):
     exit_code = 4
 
 
+class UntrustedRelayKey(_RelayError):
+    """the relay at {host}:{port} {detail}"""
+
+    exit_code = 6
+
+    def __init__(self, *, host: str, port: int, offered: str, expected: str, given: bool) -> None:
+        #: fingerprints: of the key the relay showed, and of the one expected
+        self.offered = offered
+        self.expected = expected
+        nothing_sent = "nothing was sent to it (not your password either)"
+        if given:
+            detail = f"has key {offered}, not the {expected} given with --trust-relay-key; {nothing_sent}"
+        else:
+            detail = (
+                f"has a different key than the one pinned for it: it may be an impostor, and "
+                f"{nothing_sent}. Pinned: {expected}; now: {offered}. If whoever runs the relay "
+                f"confirms that its key changed (`e2echat relay` prints it), run again with "
+                f"--trust-relay-key '{offered}'"
+            )
+        super().__init__(host=host, port=port, detail=detail)
+
+
 class RelayStartError(_RelayError):
     """cannot start the relay on {host}:{port}: {detail}"""
 

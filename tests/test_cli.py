@@ -129,7 +129,7 @@ async def test_line_mode_client_survives_a_relay_restart(tmp_path: Path) -> None
             bob.stdin.write(b"typed while the relay was away\n")
             await bob.line_with("will be sent when the relay is back")
 
-            async with running(Relay(LOOPBACK, port)) as second:
+            async with running(Relay(LOOPBACK, port, key=first.core.key)) as second:  # with its key
                 alice_again = await connect(second, "alice", alice_identity)
                 assert "online: alice" in await bob.line_with("connected to the relay")
                 got = await alice_again.next(MessageReceived)

@@ -19,6 +19,7 @@ from e2echat.client.core import (
     RegistrationFailed,
     RelayClosing,
     RelayError,
+    RelayKeyRefused,
     SecurityWarning,
     SendReport,
     SplitView,
@@ -293,6 +294,12 @@ _LINES: dict[str, tuple[str | None, Shown, str | None]] = {
         "warning",
         RegistrationFailed("nick_taken", "nick 'alice' is taken"),
         f"{STAMP} !! the relay refused us: nick 'alice' is taken",
+    ),
+    "relay-key-refused": (
+        "warning",
+        RelayKeyRefused("bbbb 2222", "aaaa 1111"),
+        f"{STAMP} !! the relay's key (bbbb 2222) is not the one pinned for it (aaaa 1111): "
+        "it may be an impostor; nothing was sent to it",
     ),
     "connection-lost": (
         "warning",

@@ -24,6 +24,7 @@ PURE = sorted(
     ]
     + [
         "client.trust",
+        "client.relays",
         "client.receipts",
         "client.events",
         "client.directory",

@@ -285,7 +285,7 @@ async def test_relay_restarted_mid_chat_clients_reconnect_and_chat_again() -> No
     alice.connection.send_room("typed while the relay was down")
     assert (await alice.next(Queued)).preview == "typed while the relay was down"
 
-    async with running(Relay(LOOPBACK, port)):
+    async with running(Relay(LOOPBACK, port, key=first.core.key)):  # restarted, with its key
         for peer in (alice, bob):
             await peer.next(Registered)
         # The queued message goes out once alice is back and waits (a grace period) for
@@ -311,7 +311,7 @@ async def test_queued_message_waits_for_its_recipient_to_be_back() -> None:
         await alice.next(PeerJoined)
     await alice.next(ConnectionLost)
     alice.connection.send_private("bob", "for when you are back")
-    async with running(Relay(LOOPBACK, port)) as second:
+    async with running(Relay(LOOPBACK, port, key=first.core.key)) as second:  # restarted, with its key
         await alice.next(Registered)  # alice is back first: bob is not online yet
         assert "bob" not in alice.connection.core.peers
         bob = await connect(second, "bob", bob_identity)

@@ -25,8 +25,10 @@ from e2echat.client.events import (
     Registered,
     RegistrationFailed,
     RelayClosing,
+    RelayKeyRefused,
 )
 from e2echat.client.receipts import RECEIPT_TIMEOUT
+from e2echat.client.relays import RelayTrust
 from e2echat.client.trust import KnownPeers
 from e2echat.crypto.identity import new_session_key
 from e2echat.errors import (
@@ -34,6 +36,7 @@ from e2echat.errors import (
     RegistrationRefused,
     RelayGone,
     RelayUnreachable,
+    UntrustedRelayKey,
 )
 from e2echat.store.pins import PinFile
 from e2echat.streams import BufferedLink, read_buffer
@@ -89,6 +92,7 @@ class Connection:
         receipt_timeout: float = RECEIPT_TIMEOUT,
         publish: Callable[[ClientEvent], None] | None = None,
         pin_file: PinFile | None = None,
+        relay_trust: RelayTrust | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -97,7 +101,13 @@ class Connection:
         # The session key's private half lives in this object only: when the connection
         # is gone, so is every session key derived from it (forward secrecy).
         self.core = ClientCore(
-            nick, identity, new_session_key(), known_peers, password=password, receipt_timeout=receipt_timeout
+            nick,
+            identity,
+            new_session_key(),
+            known_peers,
+            password=password,
+            relay_trust=relay_trust,
+            receipt_timeout=receipt_timeout,
         )
         if publish is None:
             # On its own, a connection queues its events for whoever runs it. A Client
@@ -183,6 +193,17 @@ class Connection:
                 if isinstance(event, RegistrationFailed):
                     error = RegistrationRefused(nick=self.nick, detail=event.text, code=event.code)
                     registration.set_exception(error)
+                    return
+                if isinstance(event, RelayKeyRefused):
+                    registration.set_exception(
+                        UntrustedRelayKey(
+                            host=self.host,
+                            port=self.port,
+                            offered=event.offered,
+                            expected=event.expected,
+                            given=event.given,
+                        )
+                    )
                     return
                 if isinstance(event, Registered):
                     self._registered = True

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from enum import Enum
 
 import nacl.exceptions
-from nacl.public import PrivateKey
+from nacl.public import PrivateKey, PublicKey
 
 from e2echat.client.directory import Directory
 from e2echat.client.events import (  # re-exported: the UI's vocabulary
@@ -31,15 +31,17 @@ from e2echat.client.events import (  # re-exported: the UI's vocabulary
     RegistrationFailed,
     RelayClosing,
     RelayError,
+    RelayKeyRefused,
     SecurityWarning,
     SendReport,
     SplitView,
 )
 from e2echat.client.outbox import RECEIPT_INTERVAL, Outbox, receipt_gap
 from e2echat.client.receipts import RECEIPT_TIMEOUT, DeliveryReport, DeliveryTracker, Message
+from e2echat.client.relays import RelayTrust
 from e2echat.client.trust import KnownPeers, Trust
 from e2echat.crypto.chains import KeyBudget
-from e2echat.crypto.identity import registration_proof, safety_number
+from e2echat.crypto.identity import fingerprint, registration_proof, safety_number
 from e2echat.crypto.session import Kind, Party, PeerSession
 from e2echat.errors import (
     CommandError,
@@ -69,6 +71,7 @@ __all__ = [
     "RegistrationFailed",
     "RelayClosing",
     "RelayError",
+    "RelayKeyRefused",
     "SecurityWarning",
     "SendReport",
     "SplitView",
@@ -95,11 +98,13 @@ class ClientCore:
         known_peers: KnownPeers | None = None,
         *,
         password: bytes | None = None,
+        relay_trust: RelayTrust | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         receipt_timeout: float = RECEIPT_TIMEOUT,
     ) -> None:
-        """``clock`` measures intervals (receipts due, views that just changed);
+        """``relay_trust`` says which relay key to answer (default: any, first contact).
+        ``clock`` measures intervals (receipts due, views that just changed);
         ``wall_clock`` tells the time each message is sent, inside its encryption."""
         if not is_valid_nick(nick):
             raise LocalProtocolError(detail=f"invalid nick {nick!r}: {NICK_RULE}")
@@ -108,6 +113,9 @@ class ClientCore:
         self._identity = identity
         self._session_key = session_key
         self._password = password
+        self._relay_trust = relay_trust or RelayTrust()
+        #: the relay's long-term key, once its challenge was accepted (to pin it)
+        self.relay_key: PublicKey | None = None
         self._clock = clock
         self._decoder = FrameDecoder()
         self._outgoing = bytearray()
@@ -313,6 +321,16 @@ class ClientCore:
         )
 
     def _answer_challenge(self, challenge: m.Challenge) -> list[Event]:
+        trust = self._relay_trust
+        if not trust.accepts(challenge.relay_key):
+            # Maybe an impostor at the relay's address: it gets no proof and no password.
+            self.state = ClientState.CLOSED
+            offered = fingerprint(challenge.relay_key)
+            if trust.fingerprint is not None:
+                return [RelayKeyRefused(offered, trust.fingerprint, given=True)]
+            assert trust.pinned is not None  # with neither, every key is accepted
+            return [RelayKeyRefused(offered, fingerprint(trust.pinned))]
+        self.relay_key = challenge.relay_key
         if challenge.password_required and self._password is None:
             self.state = ClientState.CLOSED
             return [

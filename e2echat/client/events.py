@@ -27,6 +27,17 @@ class RegistrationFailed:
 
 
 @dataclass(frozen=True)
+class RelayKeyRefused:
+    """The relay's key is not the one expected for it, so the client sent it nothing (no
+    registration, no password). Keys are given by their fingerprints."""
+
+    offered: str
+    expected: str
+    #: ``expected`` is the fingerprint the user said to trust, not the pinned key's
+    given: bool = False
+
+
+@dataclass(frozen=True)
 class PeerJoined:
     nick: str
 
@@ -103,6 +114,7 @@ class RelayClosing:
 Event = (
     Registered
     | RegistrationFailed
+    | RelayKeyRefused
     | PeerJoined
     | PeerLeft
     | KeyPinned

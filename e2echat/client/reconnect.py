@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from nacl.public import PrivateKey
+from nacl.public import PrivateKey, PublicKey
 
 from e2echat.client.connection import CONNECT_TIMEOUT, Connection
 from e2echat.client.core import ClientCore
@@ -29,8 +29,16 @@ from e2echat.client.events import (
     Reconnecting,
     Registered,
 )
+from e2echat.client.relays import RelayTrust
 from e2echat.client.trust import KnownPeers
-from e2echat.errors import CommandError, E2EChatError, RegistrationRefused, RelayGone, RelayUnreachable
+from e2echat.errors import (
+    CommandError,
+    E2EChatError,
+    RegistrationRefused,
+    RelayGone,
+    RelayUnreachable,
+    UntrustedRelayKey,
+)
 
 # After a reconnect, how long a queued message may wait for its recipients to be back.
 OUTBOX_GRACE = 5.0
@@ -68,6 +76,7 @@ class Client:
         known_peers: KnownPeers | None = None,
         *,
         password: bytes | None = None,
+        relay_trust: RelayTrust | None = None,
         backoff: Backoff = Backoff(),
         **connection_options: Any,
     ) -> None:
@@ -78,6 +87,9 @@ class Client:
         self._identity = identity
         self._known_peers = known_peers
         self._password = password
+        # Which relay key to answer; after the first connection, that connection's key
+        # and no other: a relay that comes back with another key is not answered.
+        self._relay_trust = relay_trust
         self._connection_options = connection_options
         #: the one queue from every connection's core to the UI
         self.events: asyncio.Queue[ClientEvent] = asyncio.Queue()
@@ -97,6 +109,7 @@ class Client:
             self._identity,
             self._known_peers,
             password=self._password,
+            relay_trust=self._relay_trust,
             publish=self._publish,
             **self._connection_options,
         )
@@ -113,9 +126,15 @@ class Client:
     def online(self) -> bool:
         return self._online.is_set()
 
+    @property
+    def relay_key(self) -> PublicKey | None:
+        """The relay's key, once a connection accepted it (to pin)."""
+        return self.connection.core.relay_key
+
     async def open(self, timeout: float = CONNECT_TIMEOUT) -> Registered:
         """The first connection: its failures are the caller's to report."""
         registered = await self.connection.open(timeout)
+        self._relay_trust = RelayTrust(pinned=self.relay_key)
         if not self.connection.closed:  # else it is lost already, and the supervisor knows
             self._online.set()
         self._supervisor = asyncio.create_task(self._supervise(), name="e2echat-client")
@@ -164,6 +183,18 @@ class Client:
             try:
                 await connection.open()
                 return connection
+            except UntrustedRelayKey as exc:
+                # Perhaps an impostor took the relay's place: it got nothing, and we do not
+                # knock again. Only the user can decide that the new key is the relay's.
+                self.closed = True
+                self.events.put_nowait(
+                    Disconnected(
+                        f"it came back with another key ({exc.offered}): "
+                        "it may be an impostor, and nothing was sent to it; reconnect by hand to review it"
+                    )
+                )
+                self._give_up_outbox()
+                return None
             except RegistrationRefused as exc:
                 if exc.code in ("bad_password", "password_required"):
                     self.closed = True  # trying again cannot help

@@ -34,6 +34,7 @@ from e2echat.client.events import (
     RegistrationFailed,
     RelayClosing,
     RelayError,
+    RelayKeyRefused,
     SecurityWarning,
     SendReport,
     SplitView,
@@ -198,6 +199,12 @@ def _describe(event: Shown, now: float, multiline: bool, relay: str) -> tuple[Li
         return "warning", f"{stamp} !! relay error: {neutralize(event.text)}"
     if isinstance(event, RelayClosing):
         return "notice", f"{stamp} -- the relay is shutting down: {neutralize(event.reason)}"
+    if isinstance(event, RelayKeyRefused):
+        expected = "the one given with --trust-relay-key" if event.given else "the one pinned for it"
+        return "warning", (
+            f"{stamp} !! the relay's key ({event.offered}) is not {expected} ({event.expected}): "
+            "it may be an impostor; nothing was sent to it"
+        )
     if isinstance(event, RegistrationFailed):
         return "warning", f"{stamp} !! the relay refused us: {neutralize(event.text)}"
     if isinstance(event, ConnectionLost):
