@@ -20,13 +20,13 @@ from e2echat.wire.codec import decode_message, encode_message
 from e2echat.wire.fastpath import (
     DELIVER_TAIL,
     Routes,
-    _fast_routes,
     decode_for_relay,
     deliver_head,
     encode_directory,
     encode_peer,
     encode_send,
     encode_welcome,
+    fast_routes,
 )
 from e2echat.wire.grammar import (
     CHALLENGE_SIZE,
@@ -316,8 +316,8 @@ def test_a_send_as_clients_write_it_takes_the_relays_fast_path() -> None:
     """Only speed depends on it, but a fast path nothing takes would go unnoticed."""
     payload = encode_send(7, [("bob", b"\x00body"), ("carol", b"c" * 100)])
     expected = Routes(7, (("bob", _b64(b"\x00body").encode()), ("carol", _b64(b"c" * 100).encode())))
-    assert _fast_routes(payload) == expected
-    assert _fast_routes(encode_message(m.Ping())) is None
+    assert fast_routes(payload) == expected
+    assert fast_routes(encode_message(m.Ping())) is None
 
 
 def test_the_relays_prebuilt_frames_are_exactly_the_encoded_messages() -> None:
@@ -599,7 +599,7 @@ def test_a_send_in_the_clients_form_is_read_alike_by_both_decoders(
     _decodes_or_refuses(mutated)
     valid = ident <= MAX_ID and all(is_valid_nick(to) and 0 < len(body) <= MAX_BODY for to, body in items)
     if mutated == payload and valid:
-        assert _fast_routes(payload) is not None
+        assert fast_routes(payload) is not None
 
 
 @settings(max_examples=200)

@@ -31,6 +31,7 @@ PURE = sorted(
         "client.outbox",
         "client.core",
         "relay.core",
+        "relay.intake",
         "relay.limits",
         "ui.cells",
         "ui.commands",

@@ -23,12 +23,12 @@ from nacl.public import PrivateKey
 
 from e2echat.crypto.identity import opened_identity_proof, session_proof_verifies
 from e2echat.errors import FrameTooLarge, RemoteProtocolError
+from e2echat.relay.intake import read_frame, refusal
 from e2echat.relay.limits import Flow, Limits, Verdict
 from e2echat.wire.codec import decode_message, encode_message, printable_reason
 from e2echat.wire.fastpath import (
     DELIVER_TAIL,
     Routes,
-    decode_for_relay,
     deliver_head,
     encode_directory,
     encode_peer,
@@ -167,15 +167,10 @@ class RelayCore:
         try:
             for frame in record.decoder.receive_data(data):
                 flow = record.flow
-                if flow is None:  # not registered yet
+                if flow is None:  # not registered yet: frames of a few KiB, decoded strictly
                     actions += self._handshake(record, decode_message(frame), now)
                 else:
-                    message = decode_for_relay(frame)
-                    verdict = flow.admit(self.limits, now)
-                    if verdict is Verdict.PASS:
-                        actions += self._handle(record, message)
-                    else:
-                        actions += self._over_rate(record, message, verdict)
+                    actions += self._admit(record, flow, frame, now)
                 if conn not in self._connections:
                     return actions
         except FrameTooLarge as exc:
@@ -239,22 +234,20 @@ class RelayCore:
             return self._hang_up(record, f"client reported error {message.code}")
         return self._refuse(record, "protocol", f"unexpected {type(message).TYPE!r} message")
 
-    def _over_rate(self, record: _Connection, message: Message | Routes, verdict: Verdict) -> list[Action]:
-        """A frame beyond the rate limit is not handled; if it was a send, the sender is
-        told exactly which recipients did not get it."""
+    def _admit(self, record: _Connection, flow: Flow, frame: bytes, now: float) -> list[Action]:
+        """A registered sender's frame: charged to its rate, and handled if it pays (see
+        ``intake``); if not, the sender is told which recipients it did not reach."""
         conn, limits = record.conn, self.limits
-        if verdict is Verdict.DISCONNECT:
+        read = read_frame(flow, limits, frame, now)
+        if not isinstance(read, Verdict):
+            return self._handle(record, read)
+        if read is Verdict.DISCONNECT:
             log.warning("connection #%d: disconnected for flooding", conn)
             return self._refuse(record, "rate_limited", "disconnected: too many messages")
-        frames: list[tuple[ConnId, bytes]] = []
-        if isinstance(message, Routes):
-            recipients = tuple(to for to, _ in message.items)
-            frames.append((conn, _frame(Routed(message.id, (), (), refused=recipients))))
-        if verdict is Verdict.WARN:
+        if read is Verdict.WARN:
             log.warning("connection #%d: over the rate limit (%g/s)", conn, limits.rate)
-            text = f"too many messages (at most {limits.rate:g} a second); some were not forwarded"
-            frames.append((conn, _frame(Error("rate_limited", text))))
-        return [Write(frames)] if frames else []
+        answers = refusal(frame, read, limits)
+        return [Write([(conn, answer) for answer in answers])] if answers else []
 
     def _refuse(self, record: _Connection, code: str, text: str) -> list[Action]:
         """An error frame to the offender, then hang up on it (and on nobody else)."""
