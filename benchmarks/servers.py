@@ -30,7 +30,10 @@ START_TIMEOUT = 20.0
 STOP_TIMEOUT = 15.0
 
 #: The relay's own limits would refuse a benchmark's traffic as a flood: lift them.
-UNLIMITED = ("--rate", "1000000", "--burst", "1000000", "--max-connections", "20000")
+UNLIMITED = (
+    *("--rate", "1000000", "--burst", "1000000", "--max-connections", "20000"),
+    *("--byte-rate", str(2**40), "--byte-burst", str(2**40)),
+)
 
 
 class ServerFailed(RuntimeError):

@@ -181,6 +181,8 @@ LIMIT_FLAGS: list[tuple[str, type[int] | type[float], str, str]] = [
     ("idle_timeout", float, "SECONDS", "close a connection silent this long"),
     ("rate", float, "PER_SECOND", "messages a second per connection"),
     ("burst", float, "N", "messages allowed at once above the rate"),
+    ("byte_rate", int, "BYTES", "bytes a second per connection (frames over it are refused unread)"),
+    ("byte_burst", int, "BYTES", "bytes allowed at once above the byte rate"),
     ("write_buffer", int, "BYTES", "drop a client that stops reading once this much waits for it"),
 ]
 

@@ -154,7 +154,8 @@ async def test_a_client_hung_up_on_leaves_the_directory_at_once_though_it_never_
     Its socket cannot close while bytes are queued for it, but it is out of the directory
     at once: the others hear that it left, a message to it is reported missing rather than
     delivered, its nick is free again, and the socket is aborted after close_grace."""
-    options = {"idle_timeout": 1.0, "write_buffer": 64 * 2**20, "rate": 1e9, "burst": 1e9, "close_grace": 0.3}
+    options = {"idle_timeout": 1.0, "write_buffer": 64 * 2**20, "close_grace": 0.3}
+    options |= {"rate": 1e9, "burst": 1e9, "byte_rate": 2**40, "byte_burst": 2**40}
     async with running_relay(**options) as relay:
         stalled = await _stalled_client(relay, "stalled")
         alice = await RawClient.open(relay)
@@ -187,8 +188,9 @@ async def test_client_that_never_reads_is_dropped_and_relay_memory_stays_bounded
 ) -> None:
     limit = 256 * 1024
     caplog.set_level(logging.WARNING, logger="e2echat.relay.server")
+    lifted = {"rate": 1e9, "burst": 1e9, "byte_rate": 2**40, "byte_burst": 2**40}
     async with (
-        running_relay(write_buffer=limit, rate=1e9, burst=1e9) as relay,
+        running_relay(write_buffer=limit, **lifted) as relay,
         peers(relay, "alice", "bob") as (alice, bob),
     ):
         raw = await _stalled_client(relay, "stalled")

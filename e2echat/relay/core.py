@@ -4,7 +4,7 @@ The shell tells ``RelayCore`` what happens to its connections: ``connect``, the 
 one sends (``receive_data``), ``disconnect``, time passing (``tick``) and ``shutdown``,
 each with the time it happened. The core answers with two kinds of action: ``Write``
 (whole frames, already encoded, for the shell to write) and ``Close`` (hang up). Framing,
-decoding, the rate limit and the timeouts are decided here; the shell only moves bytes.
+decoding, the rate limits and the timeouts are decided here; the shell only moves bytes.
 
 The core never sees a message key: a ``send``'s ciphertext bodies are copied unopened,
 still in base64, into the ``deliver`` frames.
@@ -245,7 +245,7 @@ class RelayCore:
             log.warning("connection #%d: disconnected for flooding", conn)
             return self._refuse(record, "rate_limited", "disconnected: too many messages")
         if read is Verdict.WARN:
-            log.warning("connection #%d: over the rate limit (%g/s)", conn, limits.rate)
+            log.warning("connection #%d: over the rate (%g/s or %d B/s)", conn, limits.rate, limits.byte_rate)
         answers = refusal(frame, read, limits)
         return [Write([(conn, answer) for answer in answers])] if answers else []
 

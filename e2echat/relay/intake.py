@@ -3,7 +3,8 @@ rate first, and decoded only if the sender can pay for it. Pure (no I/O).
 
 Decoding is the relay's one cost that a sender chooses: a MiB ``send`` of small items in
 another layout than clients write takes the strict decoder ~35 ms. So a frame over the
-rate is never decoded.
+rate is never decoded, and one the fast path cannot read is charged ``strict_weight``
+times its size before the strict decoder sees it.
 """
 
 from __future__ import annotations
@@ -22,12 +23,18 @@ def read_frame(flow: Flow, limits: Limits, frame: bytes, now: float) -> Message 
     """The message in ``frame`` (a ``send`` as ``Routes``) if ``flow`` pays for it; the
     verdict if it cannot, and then ``frame`` has not been decoded. Raises
     ``RemoteProtocolError`` for a frame it paid for that is not a valid message."""
-    verdict = flow.admit(limits, now)
+    verdict = flow.admit(limits, now, len(frame))
     if verdict is not Verdict.PASS:
         return verdict
     routes = fast_routes(frame)
     if routes is not None:
         return routes
+    # The rest of its weight, but no more than fills the bucket: a frame too costly for
+    # the burst needs a full bucket, as a frame larger than the burst does.
+    extra = min(int(len(frame) * (limits.strict_weight - 1)), max(0, limits.byte_burst - len(frame)))
+    verdict = flow.admit(limits, now, extra, frames=0)
+    if verdict is not Verdict.PASS:
+        return verdict
     message = decode_message(frame)
     return Routes.of(message) if isinstance(message, Send) else message
 
@@ -40,7 +47,10 @@ def refusal(frame: bytes, verdict: Verdict, limits: Limits) -> list[bytes]:
     if refused is not None:
         answers.append(encode_frame(encode_message(refused)))
     if verdict is Verdict.WARN:
-        text = f"too many messages (at most {limits.rate:g} a second); some were not forwarded"
+        text = (
+            f"too many messages (at most {limits.rate:g} a second and {limits.byte_rate / 1024:g} KiB "
+            "a second); some were not forwarded"
+        )
         answers.append(encode_frame(encode_message(Error("rate_limited", text))))
     return answers
 

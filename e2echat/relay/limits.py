@@ -13,6 +13,8 @@ from enum import Enum
 
 from e2echat.wire.framing import MAX_FRAME
 
+MiB = 1024 * 1024
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -33,6 +35,19 @@ class Limits:
     #: disconnected.
     rate: float = 50.0
     burst: float = 200.0
+    #: bytes a second per connection, sustained, and the burst allowed above that (a frame
+    #: larger than the burst needs a full bucket). Charged when a frame is complete, before
+    #: it is decoded: a line to a room of 200 is about 200 KiB, so this is a few lines a
+    #: second to a big room and a pasted screenful at once, while one connection cannot
+    #: make the relay read and decode more than a MiB a second. A sender refused more than
+    #: ``byte_burst`` bytes in one episode is disconnected, as for ``burst`` frames: each
+    #: refused byte still had to be read.
+    byte_rate: int = 1 * MiB
+    byte_burst: int = 4 * MiB
+    #: a send not in the layout clients write goes to the strict decoder, which costs about
+    #: eight times the fast path per byte (a MiB of small items: ~35 ms against ~4): its
+    #: bytes are charged this many times over, so odd layouts cannot buy more decoding.
+    strict_weight: float = 8.0
     #: a client that stops reading is dropped once this much is queued for it, so the
     #: relay's memory cannot grow with a stalled reader: four maximal frames.
     write_buffer: int = 4 * MAX_FRAME
@@ -71,31 +86,41 @@ class Verdict(Enum):
 
 
 class Flow:
-    """One registered connection's rate: a token bucket allowing ``rate`` frames a second
-    and bursts of ``burst``, and how often it has been over it lately. Time is passed in,
-    so it is tested without sleeping."""
+    """One registered connection's rate: two token buckets, ``rate`` frames and
+    ``byte_rate`` bytes a second with bursts of ``burst`` and ``byte_burst``, and how often
+    it has been over them lately. Time is passed in, so it is tested without sleeping."""
 
     # One per registered connection: slots keep 10,000 idle clients small.
-    __slots__ = ("last_refused", "refused", "tokens", "updated", "warned_at")
+    __slots__ = ("byte_tokens", "last_refused", "refused", "refused_bytes", "tokens", "updated", "warned_at")
 
     def __init__(self, limits: Limits, now: float) -> None:
         self.tokens = limits.burst
+        # A second's worth of bytes to start with, not the whole burst: joining again must
+        # not buy a fresh burst (nor a costly frame for the strict decoder, which needs
+        # nearly a full bucket), so churning connections gains a sender nothing.
+        self.byte_tokens: float = min(limits.byte_rate, limits.byte_burst)
         self.updated = now
-        self.refused = 0
+        self.refused = self.refused_bytes = 0
         self.last_refused = self.warned_at = -1e9
 
-    def admit(self, limits: Limits, now: float) -> Verdict:
-        tokens = min(limits.burst, self.tokens + (now - self.updated) * limits.rate)
+    def admit(self, limits: Limits, now: float, size: int = 0, frames: int = 1) -> Verdict:
+        """Charge ``frames`` frames and ``size`` bytes, if both buckets hold them; a
+        refused frame is charged nothing (it is not handled)."""
+        elapsed = now - self.updated
         self.updated = now
-        if tokens >= 1:
-            self.tokens = tokens - 1
+        tokens = min(limits.burst, self.tokens + elapsed * limits.rate)
+        byte_tokens = min(limits.byte_burst, self.byte_tokens + elapsed * limits.byte_rate)
+        cost = min(size, limits.byte_burst)
+        if tokens >= frames and byte_tokens >= cost:
+            self.tokens, self.byte_tokens = tokens - frames, byte_tokens - cost
             return Verdict.PASS
-        self.tokens = tokens
+        self.tokens, self.byte_tokens = tokens, byte_tokens
         if now - self.last_refused > limits.flood_episode:
-            self.refused = 0  # a new episode
+            self.refused = self.refused_bytes = 0  # a new episode
         self.refused += 1
+        self.refused_bytes += cost
         self.last_refused = now
-        if self.refused > limits.burst:
+        if self.refused > limits.burst or self.refused_bytes > limits.byte_burst:
             return Verdict.DISCONNECT
         if now - self.warned_at >= limits.warn_interval:
             self.warned_at = now
