@@ -1,9 +1,11 @@
 """Section 6: the relay's memory with a client that stops reading, and under a flood.
 
-The relay's defence is its write buffer limit (4 MiB a connection: a client that falls
-that far behind is dropped) and, for floods, its per-connection rate limits (messages
-and bytes). These runs show what the relay's resident memory does meanwhile, and that
-everyone else still gets every message intact.
+The relay's defence is its write buffer limit (4 MiB a connection: past a quarter of it,
+messages to a client that has fallen behind are refused and their senders told; it is
+dropped once it takes nothing for the stall timeout, or the whole 4 MiB waits for it)
+and, for floods, its per-connection rate limits (messages and bytes). These runs show
+what the relay's resident memory does meanwhile, and that everyone else still gets
+every message intact.
 """
 
 from __future__ import annotations
@@ -269,7 +271,8 @@ def memory(context: Context) -> Section:
     section.notes.append(
         "non-reader: three clients send ~16 KiB room messages at 10/s each (under the default rate "
         "limits) to everyone, including one that registered and then never reads (4 KiB socket "
-        "buffer). Everyone else must still get every message."
+        "buffer). Everyone else must still get every message; what the relay refuses to the "
+        "non-reader its senders are told."
     )
     section.notes.append(
         "flood: three clients send ~16 KiB room messages as fast as their sockets take them (reading "

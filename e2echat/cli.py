@@ -183,7 +183,14 @@ LIMIT_FLAGS: list[tuple[str, type[int] | type[float], str, str]] = [
     ("burst", float, "N", "messages allowed at once above the rate"),
     ("byte_rate", int, "BYTES", "bytes a second per connection (frames over it are refused unread)"),
     ("byte_burst", int, "BYTES", "bytes allowed at once above the byte rate"),
-    ("write_buffer", int, "BYTES", "drop a client that stops reading once this much waits for it"),
+    (
+        "write_buffer",
+        int,
+        "BYTES",
+        "drop a client that stops reading once this much waits for it; past a quarter of it, "
+        "messages to it are refused and their senders told",
+    ),
+    ("stall_timeout", float, "SECONDS", "drop a client that stays that far behind in reading this long"),
 ]
 
 HOME_HELP = (

@@ -6,7 +6,11 @@ The core is tested with time passed in; the shell over real loopback sockets.
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import contextlib
 import json
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -22,7 +26,10 @@ from e2echat.wire.framing import encode_frame
 from e2echat.wire.grammar import MAX_BODY
 
 from relay_frames import Outgoing, spelled_out
+from support import LOOPBACK, RawClient, running_relay
 
+#: no rate limits: the tests below each switch on the one they are about
+LIFTED: dict[str, Any] = {"rate": 1e9, "burst": 1e9, "byte_rate": 2**40, "byte_burst": 2**40}
 BIG_BODY = MAX_BODY  # 128 KiB, the largest a client may send one recipient
 
 #: long after everyone joined: every token bucket is full
@@ -45,6 +52,125 @@ def _three(limits: Limits) -> RelayCore:
     for conn, nick in ((1, "mallory"), (2, "victim"), (3, "alice")):
         _join(relay, conn, nick)
     return relay
+
+
+# -- a victim never pays for a sender's flood ------------------------------------------------------
+
+
+def test_a_recipient_behind_on_reading_is_refused_to_its_senders_not_dropped() -> None:
+    relay = _three(Limits(**LIFTED))
+    relay.paused(2, 0.0)  # the shell: victim's write buffer passed the soft mark
+    actions = spelled_out(relay.receive_data(1, _send(1, "victim", "alice"), 0.0))
+    assert [a.conn for a in actions if isinstance(a, Outgoing)] == [3, 1]  # nothing to victim
+    assert _routed(actions, 1) == m.Routed(1, ("alice",), (), refused=("victim",))
+    assert not any(isinstance(a, Close) for a in actions)
+    relay.resumed(2)  # it caught up
+    assert _routed(spelled_out(relay.receive_data(1, _send(2, "victim"), 0.0)), 1).delivered == ("victim",)
+
+
+def test_one_turn_queues_at_most_half_the_write_buffer_for_a_recipient() -> None:
+    """The soft mark is seen only once the shell writes, so within one turn of its loop
+    the core counts what it queued for each recipient itself."""
+    limits = Limits(write_buffer=2**20, **LIFTED)
+    relay = _three(limits)
+    queued, refused = 0, 0
+    for message_id in range(8):
+        actions = relay.receive_data(1, _big_send(message_id, "victim"), 0.0)
+        routed = _routed(spelled_out(actions), 1)
+        if routed.refused:
+            refused += 1
+        else:
+            queued += len(actions[0].frames[0][1])  # type: ignore[union-attr]
+    assert refused and queued <= limits.write_buffer_turn + len(_big_send(0, "victim"))
+    relay.flushed()  # written: the transport's buffer tells from now on
+    after = spelled_out(relay.receive_data(1, _big_send(9, "victim"), 0.0))
+    assert _routed(after, 1).delivered == ("victim",)
+
+
+def test_a_recipient_that_stays_behind_is_dropped_after_the_stall_timeout() -> None:
+    relay = _three(Limits(stall_timeout=30.0, idle_timeout=1000.0))
+    relay.paused(2, 100.0)
+    relay.paused(2, 110.0)  # still behind: the first time counts
+    assert relay.tick(129.0) == []
+    assert Close(2, "it is not reading") in relay.tick(131.0)
+    assert relay.nick_of(2) is None
+
+
+async def _unread_victim(relay: Any) -> tuple[RawClient, socket.socket]:
+    """A registered client that will not read for a while (a small receive window)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (LOOPBACK, relay.port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    victim = RawClient(reader, writer)
+    await victim.register("victim")
+    return victim, sock
+
+
+@pytest.mark.parametrize("options", [{}, LIFTED], ids=["default-limits", "rates-lifted"])
+async def test_a_flood_of_big_frames_at_a_victim_does_not_get_it_dropped(options: dict[str, Any]) -> None:
+    """The issue's attack: ~150 frames of 128 KiB garbage to one victim, within the
+    message burst. With the default limits the byte rate refuses them after the first
+    4 MiB, and the flooder, going on, is disconnected; with the rates lifted the soft
+    mark alone keeps the victim's queue short, and the flooder is told each frame it
+    had refused. Either way the victim stays online and gets an honest message after."""
+    async with running_relay(**options) as relay:
+        victim, _ = await _unread_victim(relay)
+        mallory, alice = await RawClient.open(relay), await RawClient.open(relay)
+        await mallory.register("mallory")
+        await alice.register("alice")
+        flood = 150
+        garbage = bytes(range(256)) * (BIG_BODY // 256)
+        for message_id in range(flood):
+            mallory.send_bytes(_big_send(message_id, "victim", garbage))
+        answers: list[m.Routed] = []
+        with contextlib.suppress(ConnectionResetError):  # hung up on, its flood still unread
+            while len(answers) < flood and (message := await mallory.receive()) is not None:
+                if isinstance(message, m.Routed):
+                    answers.append(message)
+        delivered = sum(1 for routed in answers if routed.delivered == ("victim",))
+        refused = sum(1 for routed in answers if routed.refused == ("victim",))
+        assert delivered + refused == len(answers) and delivered < flood
+        if "mallory" in relay.core.online:  # the flooder paid: told it was refused ...
+            assert len(answers) == flood and refused
+        else:  # ... or it went on and was dropped (what it had not read yet went with it)
+            assert options == {}
+        assert "victim" in relay.core.online  # ... and the victim did not
+        for message_id in range(flood):  # alice tries while the victim catches up
+            alice.send(m.Send(message_id, (m.Envelope("victim", b"honest"),)))
+            routed = await alice.receive_kind(m.Routed)
+            if routed.delivered:
+                break
+            assert routed.refused == ("victim",)  # it is still behind: there is more to read
+            assert (await victim.receive_kind(m.Deliver)).sender == "mallory"
+        while (got := await victim.receive_kind(m.Deliver)).sender == "mallory":
+            pass
+        assert (got.sender, got.body) == ("alice", b"honest")
+        for client in (victim, mallory, alice):
+            client.close()
+
+
+async def test_a_reader_briefly_behind_still_gets_all_that_fits_under_the_soft_mark() -> None:
+    """Refusing starts at ``write_buffer_soft`` queued for it (the shell sets that mark on
+    each transport), not at asyncio's much lower default."""
+    async with running_relay(**LIFTED) as relay:
+        victim, _ = await _unread_victim(relay)
+        transport = relay.transport(relay.core.online["victim"])
+        assert transport is not None  # a small kernel buffer: what waits, waits in the relay
+        transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        alice = await RawClient.open(relay)
+        await alice.register("alice")
+        body, sent = bytes(50_000), 0
+        for message_id in range(200):
+            alice.send(m.Send(message_id, (m.Envelope("victim", body),)))
+            if (await alice.receive_kind(m.Routed)).refused:
+                break
+            sent += len(base64.b64encode(body))  # what the relay queues: the body as it came
+        assert relay.limits.write_buffer_soft <= sent < relay.limits.write_buffer
+        assert "victim" in relay.core.online
+        for client in (victim, alice):
+            client.close()
 
 
 # -- charged before decoding -----------------------------------------------------------------------

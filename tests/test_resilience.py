@@ -186,11 +186,13 @@ async def test_a_client_hung_up_on_leaves_the_directory_at_once_though_it_never_
 async def test_client_that_never_reads_is_dropped_and_relay_memory_stays_bounded(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """Past the soft mark messages to it are refused (its senders are told), and after
+    ``stall_timeout`` of that it is dropped; everyone else gets every message."""
     limit = 256 * 1024
-    caplog.set_level(logging.WARNING, logger="e2echat.relay.server")
+    caplog.set_level(logging.WARNING, logger="e2echat.relay")
     lifted = {"rate": 1e9, "burst": 1e9, "byte_rate": 2**40, "byte_burst": 2**40}
     async with (
-        running_relay(write_buffer=limit, **lifted) as relay,
+        running_relay(write_buffer=limit, stall_timeout=0.5, **lifted) as relay,
         peers(relay, "alice", "bob") as (alice, bob),
     ):
         raw = await _stalled_client(relay, "stalled")

@@ -2,8 +2,10 @@
 
 The shell tells ``RelayCore`` what happens to its connections: ``connect``, the bytes each
 one sends (``receive_data``), ``disconnect``, time passing (``tick``) and ``shutdown``,
-each with the time it happened. The core answers with two kinds of action: ``Write``
-(whole frames, already encoded, for the shell to write) and ``Close`` (hang up). Framing,
+each with the time it happened; and what it sees of their write buffers: one past the
+soft mark (``paused``) or drained (``resumed``), and each time it has written everything
+it was given (``flushed``). The core answers with two kinds of action: ``Write`` (whole
+frames, already encoded, for the shell to write) and ``Close`` (hang up). Framing,
 decoding, the rate limits and the timeouts are decided here; the shell only moves bytes.
 
 The core never sees a message key: a ``send``'s ciphertext bodies are copied unopened,
@@ -24,7 +26,7 @@ from nacl.public import PrivateKey
 from e2echat.crypto.identity import opened_identity_proof, session_proof_verifies
 from e2echat.errors import FrameTooLarge, RemoteProtocolError
 from e2echat.relay.intake import read_frame, refusal
-from e2echat.relay.limits import Flow, Limits, Verdict
+from e2echat.relay.limits import Backlog, Flow, Limits, Verdict
 from e2echat.wire.codec import decode_message, encode_message, printable_reason
 from e2echat.wire.fastpath import (
     DELIVER_TAIL,
@@ -134,6 +136,7 @@ class RelayCore:
         #: nick -> directory entry, and the same encoded, in the order they came online
         self._peers: dict[str, PeerInfo] = {}
         self._encoded_peers: dict[str, bytes] = {}
+        self._backlog = Backlog()
 
     def is_registered(self, conn: ConnId) -> bool:
         record = self._connections.get(conn)
@@ -183,6 +186,22 @@ class RelayCore:
             record.since = now
         return actions
 
+    def paused(self, conn: ConnId, now: float) -> None:
+        """More than ``limits.write_buffer_soft`` waits to be written to ``conn``: deliver
+        nothing more to it (the senders are told) until ``resumed``; hang up on it if that
+        lasts ``stall_timeout``."""
+        if conn in self._connections:
+            self._backlog.stalled.setdefault(conn, now)
+
+    def resumed(self, conn: ConnId) -> None:
+        """What waited for ``conn`` has drained (below a quarter of the soft mark)."""
+        self._backlog.stalled.pop(conn, None)
+
+    def flushed(self) -> None:
+        """The shell has handed the transports every frame the core gave it: what is
+        queued for each connection shows in their write buffers (``paused``) from now on."""
+        self._backlog.unflushed.clear()
+
     def disconnect(self, conn: ConnId) -> list[Action]:
         """The connection is gone (the peer hung up, or the socket we closed is closed):
         take it out of the directory and tell the others; nothing if that is done already."""
@@ -190,7 +209,8 @@ class RelayCore:
         return self._forget(conn)
 
     def tick(self, now: float) -> list[Action]:
-        """Hang up on connections that did not register in time, and on silent ones."""
+        """Hang up on connections that did not register in time, on silent ones, and on
+        ones that have stopped reading."""
         limits = self.limits
         actions: list[Action] = []
         for record in list(self._connections.values()):
@@ -199,6 +219,9 @@ class RelayCore:
                     actions += self._refuse(record, "idle", f"nothing heard for {limits.idle_timeout:g}s")
             elif now - record.since > limits.handshake_timeout:
                 actions += self._refuse(record, "timeout", "registration took too long")
+        for conn in self._backlog.overdue(limits, now):
+            log.warning("connection #%d: not reading for %gs", conn, limits.stall_timeout)
+            actions += self._hang_up(self._connections[conn], "it is not reading")
         return actions
 
     def shutdown(self, reason: str) -> list[Action]:
@@ -212,6 +235,7 @@ class RelayCore:
         self._closing.update(conns)
         for collection in (self._connections, self.online, self._peers, self._encoded_peers):
             collection.clear()
+        self._backlog = Backlog()
         return actions
 
     # -- deciding ------------------------------------------------------------------------------
@@ -260,7 +284,10 @@ class RelayCore:
 
     def _forget(self, conn: ConnId) -> list[Action]:
         record = self._connections.pop(conn, None)
-        if record is None or record.peer is None:
+        if record is None:
+            return []
+        self._backlog.forget(conn)
+        if record.peer is None:
             return []
         nick = record.peer.nick
         if self.online.get(nick) != conn:
@@ -325,7 +352,10 @@ class RelayCore:
         if len({to for to, _ in items}) != len(items):
             # Many copies to one person would let one frame make the relay write thousands.
             return self._refuse(record, "protocol", "a send names the same recipient twice")
-        online = self.online
+        online, backlog = self.online, self._backlog
+        # A recipient already owed more than it takes is not sent more: what the sender
+        # sends then is refused and it is told, rather than the recipient dropped.
+        stalled, unflushed, budget = backlog.stalled, backlog.unflushed, self.limits.write_buffer_turn
         # Each body goes on as it came, base64 and all, between a head made once per send
         # and the closing quote: a deliver is assembled, not encoded.
         head, tail, pack = deliver_head(sender), DELIVER_TAIL, _PREFIX.pack
@@ -333,12 +363,18 @@ class RelayCore:
         frames: list[tuple[ConnId, bytes]] = []
         delivered: list[str] = []
         missing: list[str] = []
+        refused: list[str] = []
         for to, body in items:
             target = online.get(to)
             if target is None or to == sender:
                 missing.append(to)
+            elif target in stalled or unflushed.get(target, 0) >= budget:
+                refused.append(to)
             else:
-                frames.append((target, b"".join((pack(size + len(body)), head, body, tail))))
+                length = size + len(body)
+                frames.append((target, b"".join((pack(length), head, body, tail))))
+                unflushed[target] = unflushed.get(target, 0) + length
                 delivered.append(to)
-        frames.append((record.conn, _frame(Routed(message.id, tuple(delivered), tuple(missing)))))
+        routed = Routed(message.id, tuple(delivered), tuple(missing), tuple(refused))
+        frames.append((record.conn, _frame(routed)))
         return [Write(frames)]

@@ -49,8 +49,14 @@ class Limits:
     #: bytes are charged this many times over, so odd layouts cannot buy more decoding.
     strict_weight: float = 8.0
     #: a client that stops reading is dropped once this much is queued for it, so the
-    #: relay's memory cannot grow with a stalled reader: four maximal frames.
+    #: relay's memory cannot grow with a stalled reader: four maximal frames. Above a
+    #: quarter of it (``write_buffer_soft``) deliveries to it are refused and their
+    #: senders told, so a flood at one recipient costs the flooder, not the recipient.
     write_buffer: int = 4 * MAX_FRAME
+    #: a client whose queue stays above the soft mark this long takes nothing at all:
+    #: messages to it are being refused, so it is hung up on. Its own pings keep it from
+    #: the idle timeout, and a slow link drains a megabyte well within this.
+    stall_timeout: float = 30.0
     #: the largest frame before registration: a ``register`` with the longest password is
     #: about 1 KiB, and a stranger must not make the relay buffer a megabyte each.
     handshake_frame: int = 4096
@@ -65,11 +71,25 @@ class Limits:
     warn_interval: float = 1.0
 
     @property
+    def write_buffer_soft(self) -> int:
+        """Above this much queued for a connection, deliveries to it are refused."""
+        return self.write_buffer // 4
+
+    @property
+    def write_buffer_turn(self) -> int:
+        """The most the relay queues for one connection in one turn of its event loop,
+        whatever is queued already: the soft mark is only seen after a write, and many
+        senders may be read in one turn. Soft mark + this + one frame stays below
+        ``write_buffer``, so a flood alone never gets a reader dropped."""
+        return self.write_buffer // 2
+
+    @property
     def tick_interval(self) -> float:
         """How often the shell should call ``RelayCore.tick``: a quarter of the shortest
         timeout, so none fires more than a quarter late; at most once a second (a sweep
         over 10,000 connections costs about a millisecond); at least 10 ms apart."""
-        return max(0.01, min(1.0, self.handshake_timeout / 4, self.idle_timeout / 4))
+        timeouts = (self.handshake_timeout, self.idle_timeout, self.stall_timeout)
+        return max(0.01, min(1.0, *(timeout / 4 for timeout in timeouts)))
 
 
 class Verdict(Enum):
@@ -126,3 +146,23 @@ class Flow:
             self.warned_at = now
             return Verdict.WARN
         return Verdict.REFUSE
+
+
+class Backlog:
+    """What waits to be written to each connection, as far as the core can tell: whose
+    write buffers are past the soft mark (the shell says so, and since when), and what
+    the core has queued for each since the shell last wrote."""
+
+    def __init__(self) -> None:
+        #: connection -> since when its write buffer has been past the soft mark
+        self.stalled: dict[int, float] = {}
+        #: connection -> bytes of deliveries queued for it since the shell last wrote
+        self.unflushed: dict[int, int] = {}
+
+    def overdue(self, limits: Limits, now: float) -> list[int]:
+        """The connections stalled for longer than ``stall_timeout``."""
+        return [conn for conn, since in self.stalled.items() if now - since > limits.stall_timeout]
+
+    def forget(self, conn: int) -> None:
+        self.stalled.pop(conn, None)
+        self.unflushed.pop(conn, None)

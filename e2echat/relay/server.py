@@ -56,6 +56,13 @@ class _Link(BufferedLink):
     def connection_lost(self, exc: Exception | None) -> None:
         self.relay._lost(self, exc)
 
+    def pause_writing(self) -> None:
+        # Its write buffer passed the soft mark (set in _connected): it is not keeping up.
+        self.relay._paused(self)
+
+    def resume_writing(self) -> None:
+        self.relay.core.resumed(self.conn)
+
 
 class Relay:
     def __init__(
@@ -141,6 +148,8 @@ class Relay:
         assert transport is not None and self._loop is not None  # set by start()
         peer = transport.get_extra_info("peername")
         address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "?"
+        # Past the soft mark asyncio calls pause_writing, and the core delivers no more to it.
+        transport.set_write_buffer_limits(high=self.limits.write_buffer_soft)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             # Chat is small writes; Nagle would hold each one back waiting for an ACK.
@@ -154,6 +163,10 @@ class Relay:
     def _received(self, link: _Link, data: bytes) -> None:
         assert self._loop is not None  # set by start(), before any connection
         self._apply(self.core.receive_data(link.conn, data, self._loop.time()))
+
+    def _paused(self, link: _Link) -> None:
+        assert self._loop is not None
+        self.core.paused(link.conn, self._loop.time())
 
     def _lost(self, link: _Link, exc: Exception | None) -> None:
         conn = link.conn
@@ -220,6 +233,7 @@ class Relay:
         pending, self._pending = self._pending, {}
         for conn, parts in pending.items():
             self._write(conn, parts)
+        self.core.flushed()
 
     def _write(self, conn: ConnId, parts: list[bytes] | None) -> None:
         link = self._links.get(conn)
