@@ -178,7 +178,7 @@ LIMIT_FLAGS: list[tuple[str, type[int] | type[float], str, str]] = [
     ("max_connections", int, "N", "connections at once"),
     ("max_frame", int, "BYTES", "largest frame accepted"),
     ("handshake_timeout", float, "SECONDS", "time to register"),
-    ("idle_timeout", float, "SECONDS", "close a connection silent this long"),
+    ("idle_timeout", float, "SECONDS", "close a connection that sends no whole frame this long"),
     ("rate", float, "PER_SECOND", "messages a second per connection"),
     ("burst", float, "N", "messages allowed at once above the rate"),
     ("byte_rate", int, "BYTES", "bytes a second per connection (frames over it are refused unread)"),

@@ -287,3 +287,19 @@ def test_refusing_a_burst_of_bytes_in_a_row_disconnects() -> None:
     to_mallory = [a.message for a in actions if isinstance(a, Outgoing) and a.conn == 1]
     assert sum(1 for r in to_mallory if isinstance(r, m.Routed) and r.refused) == 2
     assert relay.nick_of(1) is None and relay.nick_of(2) == "victim"
+
+
+# -- idle means no whole frame ---------------------------------------------------------------------
+
+
+def test_a_trickle_of_bytes_does_not_keep_a_connection_alive() -> None:
+    relay = RelayCore(Limits(idle_timeout=10.0))
+    _join(relay, 1, "trickler", now=0.0)
+    _join(relay, 2, "pinger", now=0.0)
+    trickle = _big_send(1, "pinger")
+    for second in range(1, 12):  # a byte a second: never a whole frame
+        relay.receive_data(1, trickle[second - 1 : second], float(second))
+    relay.receive_data(2, encode_frame(codec.encode_message(m.Ping())), 5.0)  # a whole frame
+    actions = spelled_out(relay.tick(11.5))
+    assert _error(1, actions).code == "idle"
+    assert relay.nick_of(2) == "pinger"

@@ -101,7 +101,8 @@ class _Connection:
     # Slots: one of these per connection, and 10,000 idle clients must stay small.
     conn: ConnId
     decoder: FrameDecoder
-    #: when the connection opened, until it registers; from then on, when it was last heard
+    #: when the connection opened, until it registers; from then on, when its last whole
+    #: frame came (a trickle of bytes is not a sign of life)
     since: float
     # This connection's challenge, which makes its proofs good for it alone; dropped once
     # registration succeeds.
@@ -168,7 +169,8 @@ class RelayCore:
             return []  # refused, or hung up on: what it says no longer matters
         actions: list[Action] = []
         try:
-            for frame in record.decoder.receive_data(data):
+            frames = record.decoder.receive_data(data)
+            for frame in frames:
                 flow = record.flow
                 if flow is None:  # not registered yet: frames of a few KiB, decoded strictly
                     actions += self._handshake(record, decode_message(frame), now)
@@ -182,7 +184,7 @@ class RelayCore:
         except RemoteProtocolError as exc:
             log.info("connection #%d: %s", conn, exc)
             return actions + self._refuse(record, "protocol", str(exc))
-        if record.peer is not None:
+        if frames and record.peer is not None:
             record.since = now
         return actions
 
