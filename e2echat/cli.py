@@ -191,6 +191,7 @@ LIMIT_FLAGS: list[tuple[str, type[int] | type[float], str, str]] = [
         "messages to it are refused and their senders told",
     ),
     ("stall_timeout", float, "SECONDS", "drop a client that stays that far behind in reading this long"),
+    ("partial_frames", int, "BYTES", "bytes of unfinished frames held in all; over it, the oldest is closed"),
 ]
 
 HOME_HELP = (

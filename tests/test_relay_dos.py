@@ -11,6 +11,7 @@ import base64
 import contextlib
 import json
 import socket
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -303,3 +304,62 @@ def test_a_trickle_of_bytes_does_not_keep_a_connection_alive() -> None:
     actions = spelled_out(relay.tick(11.5))
     assert _error(1, actions).code == "idle"
     assert relay.nick_of(2) == "pinger"
+
+
+# -- unfinished frames are bounded across the relay ------------------------------------------------
+
+
+def _unfinished(relay: RelayCore, conn: ConnId, size: int, now: float = 0.0) -> list[Outgoing | Close]:
+    """``conn`` starts a frame of 1 MiB and sends ``size`` bytes of it."""
+    prefix = struct.pack(">I", MAX_BODY * 8)
+    return spelled_out(relay.receive_data(conn, prefix + bytes(size), now))
+
+
+def test_unfinished_frames_over_the_budget_close_the_oldest() -> None:
+    relay = RelayCore(Limits(partial_frames=10_000))
+    for conn in range(1, 5):
+        _join(relay, conn, f"n{conn}")
+    for conn in (1, 2, 3):
+        assert _unfinished(relay, conn, 2996) == []  # 3,000 bytes each, 9,000 in all
+    actions = _unfinished(relay, 4, 2996)  # 12,000: over, until the oldest is gone
+    assert _error(1, actions).code == "busy"
+    assert [relay.nick_of(conn) for conn in range(1, 5)] == [None, "n2", "n3", "n4"]
+    assert relay.receive_data(2, bytes(900), 0.0) == []  # more of 2's frame: 9,900, not over
+
+
+def test_finishing_a_frame_makes_a_connection_young_again() -> None:
+    relay = RelayCore(Limits(partial_frames=10_000, **LIFTED))
+    for conn in range(1, 5):
+        _join(relay, conn, f"n{conn}")
+    ping = encode_frame(codec.encode_message(m.Ping()))
+    relay.receive_data(1, ping[:3], 0.0)  # 1 is first to hold an unfinished frame
+    assert _unfinished(relay, 2, 4000) == []
+    relay.receive_data(1, ping[3:] + ping + struct.pack(">I", 2**20) + bytes(3000), 0.0)  # done; another
+    actions = _unfinished(relay, 3, 4000)  # 11,000 held: 2 is now the oldest
+    assert _error(2, actions).code == "busy"
+    assert relay.nick_of(1) == "n1"
+
+
+async def test_a_hundred_and_fifty_strangers_cannot_park_a_mebibyte_each() -> None:
+    """The issue's attack: register, then start a maximal frame and never finish it. The
+    relay holds no more than its budget of unfinished frames; the oldest go first."""
+    budget, each, count = 4 * 2**20, 64 * 1024, 150
+    async with running_relay(partial_frames=budget) as relay:
+        parked = [await RawClient.open(relay) for _ in range(count)]
+        await asyncio.gather(*(raw.register(f"p{i}") for i, raw in enumerate(parked)))
+        last = await RawClient.open(relay)
+        await last.register("last")
+        for raw in parked:
+            raw.send_bytes(struct.pack(">I", 2**20) + bytes(each))
+            await raw.writer.drain()
+            last.send(m.Ping())  # answered once the relay has read the bytes above: in order
+            await last.receive_kind(m.Pong)
+        held = relay.core._unfinished.total
+        assert held <= budget
+        closed = [i for i, raw in enumerate(parked) if f"p{i}" not in relay.core.online]
+        assert len(closed) >= count - budget // each
+        assert closed == list(range(len(closed)))  # the oldest first
+        error = await parked[0].receive_kind(m.Error)
+        assert error.code == "busy"
+        for raw in [*parked, last]:
+            raw.close()

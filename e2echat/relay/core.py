@@ -26,7 +26,7 @@ from nacl.public import PrivateKey
 from e2echat.crypto.identity import opened_identity_proof, session_proof_verifies
 from e2echat.errors import FrameTooLarge, RemoteProtocolError
 from e2echat.relay.intake import read_frame, refusal
-from e2echat.relay.limits import Backlog, Flow, Limits, Verdict
+from e2echat.relay.limits import Backlog, Flow, Limits, Unfinished, Verdict
 from e2echat.wire.codec import decode_message, encode_message, printable_reason
 from e2echat.wire.fastpath import (
     DELIVER_TAIL,
@@ -137,6 +137,7 @@ class RelayCore:
         #: nick -> directory entry, and the same encoded, in the order they came online
         self._peers: dict[str, PeerInfo] = {}
         self._encoded_peers: dict[str, bytes] = {}
+        self._unfinished = Unfinished()
         self._backlog = Backlog()
 
     def is_registered(self, conn: ConnId) -> bool:
@@ -186,6 +187,10 @@ class RelayCore:
             return actions + self._refuse(record, "protocol", str(exc))
         if frames and record.peer is not None:
             record.since = now
+        held = record.decoder.buffered
+        if held or conn in self._unfinished:  # the usual read ends on a frame boundary
+            self._unfinished.hold(conn, held, restart=bool(frames))
+            actions += self._over_budget()
         return actions
 
     def paused(self, conn: ConnId, now: float) -> None:
@@ -237,7 +242,7 @@ class RelayCore:
         self._closing.update(conns)
         for collection in (self._connections, self.online, self._peers, self._encoded_peers):
             collection.clear()
-        self._backlog = Backlog()
+        self._unfinished, self._backlog = Unfinished(), Backlog()
         return actions
 
     # -- deciding ------------------------------------------------------------------------------
@@ -275,6 +280,16 @@ class RelayCore:
         answers = refusal(frame, read, limits)
         return [Write([(conn, answer) for answer in answers])] if answers else []
 
+    def _over_budget(self) -> list[Action]:
+        """Over ``partial_frames`` held in unfinished frames across the relay: hang up on
+        the connections whose unfinished frames are oldest until it is back under."""
+        actions: list[Action] = []
+        while (oldest := self._unfinished.oldest_over(self.limits.partial_frames)) is not None:
+            log.warning("connection #%d: unfinished frames over the relay's budget", oldest)
+            text = "the relay holds too many unfinished frames; this one was the oldest"
+            actions += self._refuse(self._connections[oldest], "busy", text)
+        return actions
+
     def _refuse(self, record: _Connection, code: str, text: str) -> list[Action]:
         """An error frame to the offender, then hang up on it (and on nobody else)."""
         text = printable_reason(text)
@@ -288,6 +303,7 @@ class RelayCore:
         record = self._connections.pop(conn, None)
         if record is None:
             return []
+        self._unfinished.forget(conn)
         self._backlog.forget(conn)
         if record.peer is None:
             return []

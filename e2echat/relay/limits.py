@@ -57,6 +57,11 @@ class Limits:
     #: messages to it are being refused, so it is hung up on. Its own pings keep it from
     #: the idle timeout, and a slow link drains a megabyte well within this.
     stall_timeout: float = 30.0
+    #: bytes held in unfinished frames across all connections. Each may hold a frame of up
+    #: to ``max_frame`` in flight, so without this a few hundred slow senders park that
+    #: much each; over it, the connection whose unfinished frame is the oldest is closed
+    #: (a frame on a LAN arrives in milliseconds: an old one is being trickled).
+    partial_frames: int = 64 * MiB
     #: the largest frame before registration: a ``register`` with the longest password is
     #: about 1 KiB, and a stranger must not make the relay buffer a megabyte each.
     handshake_frame: int = 4096
@@ -166,3 +171,29 @@ class Backlog:
     def forget(self, conn: int) -> None:
         self.stalled.pop(conn, None)
         self.unflushed.pop(conn, None)
+
+
+class Unfinished:
+    """The bytes each connection holds in an unfinished frame, and their total, in the
+    order the frames were started: a connection that finishes a frame goes to the back."""
+
+    def __init__(self) -> None:
+        self._held: dict[int, int] = {}
+        self.total = 0
+
+    def __contains__(self, conn: int) -> bool:
+        return conn in self._held
+
+    def hold(self, conn: int, held: int, *, restart: bool) -> None:
+        """``conn`` now holds ``held`` bytes (``restart``: it finished a frame since)."""
+        before = self._held.pop(conn, 0) if restart or not held else self._held.get(conn, 0)
+        self.total += held - before
+        if held:
+            self._held[conn] = held  # a new entry goes last: the youngest
+
+    def oldest_over(self, budget: int) -> int | None:
+        """If more than ``budget`` is held, the connection whose frame is oldest."""
+        return next(iter(self._held)) if self.total > budget and self._held else None
+
+    def forget(self, conn: int) -> None:
+        self.total -= self._held.pop(conn, 0)
