@@ -277,7 +277,7 @@ def memory(context: Context) -> Section:
     section.notes.append(
         "flood: three clients send ~16 KiB room messages as fast as their sockets take them (reading "
         "and dropping what comes back); two observers read and decrypt. 'limits lifted' is the relay "
-        "as the throughput runs start it (its rate limits lifted)."
+        "as the throughput runs start it (rates and per-address limits lifted)."
     )
     return section
 

@@ -192,6 +192,9 @@ LIMIT_FLAGS: list[tuple[str, type[int] | type[float], str, str]] = [
     ),
     ("stall_timeout", float, "SECONDS", "drop a client that stays that far behind in reading this long"),
     ("partial_frames", int, "BYTES", "bytes of unfinished frames held in all; over it, the oldest is closed"),
+    ("connections_per_address", int, "N", "connections at once from one address (an IPv6 /64 is one)"),
+    ("connect_rate", float, "PER_SECOND", "new connections a second from one address"),
+    ("connect_burst", float, "N", "new connections allowed at once from one address above that rate"),
 ]
 
 HOME_HELP = (

@@ -20,14 +20,14 @@ from test_relay_core import _error, _join, _send
 
 import e2echat.relay.intake as intake
 from e2echat.relay.core import Close, ConnId, RelayCore
-from e2echat.relay.limits import Limits
+from e2echat.relay.limits import Limits, Sources, address_key
 from e2echat.wire import codec, fastpath
 from e2echat.wire import messages as m
 from e2echat.wire.framing import encode_frame
 from e2echat.wire.grammar import MAX_BODY
 
 from relay_frames import Outgoing, spelled_out
-from support import LOOPBACK, RawClient, running_relay
+from support import LOOPBACK, WAIT, RawClient, running_relay
 
 #: no rate limits: the tests below each switch on the one they are about
 LIFTED: dict[str, Any] = {"rate": 1e9, "burst": 1e9, "byte_rate": 2**40, "byte_burst": 2**40}
@@ -344,7 +344,8 @@ async def test_a_hundred_and_fifty_strangers_cannot_park_a_mebibyte_each() -> No
     """The issue's attack: register, then start a maximal frame and never finish it. The
     relay holds no more than its budget of unfinished frames; the oldest go first."""
     budget, each, count = 4 * 2**20, 64 * 1024, 150
-    async with running_relay(partial_frames=budget) as relay:
+    one_machine = {"connect_rate": 1e9, "connect_burst": 1e9}
+    async with running_relay(partial_frames=budget, **one_machine) as relay:
         parked = [await RawClient.open(relay) for _ in range(count)]
         await asyncio.gather(*(raw.register(f"p{i}") for i, raw in enumerate(parked)))
         last = await RawClient.open(relay)
@@ -362,4 +363,83 @@ async def test_a_hundred_and_fifty_strangers_cannot_park_a_mebibyte_each() -> No
         error = await parked[0].receive_kind(m.Error)
         assert error.code == "busy"
         for raw in [*parked, last]:
+            raw.close()
+
+
+# -- per-address limits ----------------------------------------------------------------------------
+
+
+def test_one_address_may_hold_only_so_many_connections() -> None:
+    relay = RelayCore(Limits(connections_per_address=3))
+    for conn in (1, 2, 3):
+        assert len(relay.connect(conn, 0.0, "10.0.0.1")) == 1  # a challenge
+    actions = spelled_out(relay.connect(4, 0.0, "10.0.0.1"))
+    assert _error(4, actions).code == "busy" and "too many connections" in _error(4, actions).text
+    assert len(relay.connect(5, 0.0, "10.0.0.2")) == 1  # another address is another matter
+    relay.disconnect(1)
+    assert len(relay.connect(6, 0.0, "10.0.0.1")) == 1  # a slot came free
+
+
+def test_one_address_may_open_connections_only_so_fast() -> None:
+    relay = RelayCore(Limits(connect_rate=1.0, connect_burst=2.0))
+    assert [len(relay.connect(conn, 0.0, "10.0.0.1")) for conn in (1, 2)] == [1, 1]
+    actions = spelled_out(relay.connect(3, 0.0, "10.0.0.1"))
+    assert "too many new connections" in _error(3, actions).text
+    relay.disconnect(1)
+    relay.disconnect(2)  # closing them gives no token back: churn is what is limited
+    assert _error(4, spelled_out(relay.connect(4, 0.5, "10.0.0.1"))).code == "busy"
+    assert len(relay.connect(5, 1.1, "10.0.0.1")) == 1  # a token came back
+
+
+def test_addresses_are_forgotten_once_idle_and_full_again() -> None:
+    limits = Limits(connect_rate=1.0, connect_burst=2.0)
+    sources = Sources()
+    assert sources.open(limits, "10.0.0.1", 0.0) is None
+    sources.close("10.0.0.1")
+    sources.sweep(limits, 0.5)
+    assert len(sources) == 1  # its bucket is not full again yet: forgetting it would refill it
+    sources.sweep(limits, 1.0)
+    assert len(sources) == 0
+
+
+@pytest.mark.parametrize(
+    ("one", "other", "same"),
+    [
+        ("10.0.0.1", "10.0.0.1", True),
+        ("10.0.0.1", "10.0.0.2", False),
+        ("::ffff:10.0.0.1", "10.0.0.1", True),
+        ("2001:db8::1", "2001:db8::ffff:2", True),  # one /64: one host's to pick from
+        ("2001:db8::1", "2001:db8:0:1::1", False),
+        ("fe80::1%eth0", "fe80::2%eth1", True),
+    ],
+)
+def test_what_counts_as_one_address(one: str, other: str, same: bool) -> None:
+    assert (address_key(one) == address_key(other)) is same
+
+
+async def test_one_machine_cannot_churn_connections_or_take_every_slot() -> None:
+    async with running_relay(connect_rate=0.001, connect_burst=5.0) as relay:
+        opened = [await RawClient.open(relay) for _ in range(5)]
+        for raw in opened:
+            assert isinstance(await raw.receive(), m.Challenge)
+        extra = await RawClient.open(relay)
+        error = await extra.receive()
+        assert isinstance(error, m.Error) and error.code == "busy" and "new connections" in error.text
+        assert await extra.closed()
+        for raw in opened:
+            raw.close()
+    async with running_relay(connections_per_address=2) as relay:
+        first, second = await RawClient.open(relay), await RawClient.open(relay)
+        await first.register("first")
+        await second.register("second")
+        third = await RawClient.open(relay)
+        error = await third.receive()
+        assert isinstance(error, m.Error) and "too many connections" in error.text
+        first.close()
+        deadline = asyncio.get_running_loop().time() + WAIT
+        while "first" in relay.core.online and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)  # until the relay sees the socket close (bounded)
+        again = await RawClient.open(relay)
+        await again.register("again")  # its slot is free again
+        for raw in (second, third, again):
             raw.close()

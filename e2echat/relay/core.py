@@ -18,6 +18,7 @@ import hashlib
 import hmac
 import logging
 import struct
+import sys
 from dataclasses import dataclass
 
 import nacl.utils
@@ -26,7 +27,7 @@ from nacl.public import PrivateKey
 from e2echat.crypto.identity import opened_identity_proof, session_proof_verifies
 from e2echat.errors import FrameTooLarge, RemoteProtocolError
 from e2echat.relay.intake import read_frame, refusal
-from e2echat.relay.limits import Backlog, Flow, Limits, Unfinished, Verdict
+from e2echat.relay.limits import Backlog, Flow, Limits, Sources, Unfinished, Verdict
 from e2echat.wire.codec import decode_message, encode_message, printable_reason
 from e2echat.wire.fastpath import (
     DELIVER_TAIL,
@@ -104,6 +105,8 @@ class _Connection:
     #: when the connection opened, until it registers; from then on, when its last whole
     #: frame came (a trickle of bytes is not a sign of life)
     since: float
+    #: the address it counts against (see ``Sources``); one string shared by its connections
+    address: str
     # This connection's challenge, which makes its proofs good for it alone; dropped once
     # registration succeeds.
     challenge: bytes
@@ -137,6 +140,7 @@ class RelayCore:
         #: nick -> directory entry, and the same encoded, in the order they came online
         self._peers: dict[str, PeerInfo] = {}
         self._encoded_peers: dict[str, bytes] = {}
+        self._sources = Sources()
         self._unfinished = Unfinished()
         self._backlog = Backlog()
 
@@ -150,17 +154,24 @@ class RelayCore:
 
     # -- what the shell tells the core ---------------------------------------------------------
 
-    def connect(self, conn: ConnId, now: float) -> list[Action]:
-        """A new connection: challenge it, or turn it away if the relay is full."""
+    def connect(self, conn: ConnId, now: float, address: str = "") -> list[Action]:
+        """A new connection from ``address`` (as ``address_key`` in limits gives it; one for
+        all connections that give none): challenge it, or turn it away if the relay is
+        full or its address has too many connections or opens them too fast."""
         limits = self.limits
         if len(self._connections) + len(self._closing) >= limits.max_connections:
             log.warning("connection #%d refused: the relay is full", conn)
             full = Error("busy", f"the relay is full ({limits.max_connections} connections)")
             return [_write(conn, full), Close(conn, "the relay is full")]
+        address = sys.intern(address)  # one string per address, not one per connection
+        refused = self._sources.open(limits, address, now)
+        if refused is not None:
+            log.warning("connection #%d from %s refused: %s", conn, address, refused)
+            return [_write(conn, Error("busy", f"{refused}; try again later")), Close(conn, refused)]
         challenge = nacl.utils.random(CHALLENGE_SIZE)
         # Until it has registered, a connection may send only small frames.
         decoder = FrameDecoder(max_frame=min(limits.max_frame, limits.handshake_frame))
-        self._connections[conn] = _Connection(conn, decoder, now, challenge)
+        self._connections[conn] = _Connection(conn, decoder, now, address, challenge)
         return [_write(conn, Challenge(self.key.public_key, challenge, self.password is not None))]
 
     def receive_data(self, conn: ConnId, data: bytes, now: float) -> list[Action]:
@@ -229,6 +240,7 @@ class RelayCore:
         for conn in self._backlog.overdue(limits, now):
             log.warning("connection #%d: not reading for %gs", conn, limits.stall_timeout)
             actions += self._hang_up(self._connections[conn], "it is not reading")
+        self._sources.sweep(limits, now)
         return actions
 
     def shutdown(self, reason: str) -> list[Action]:
@@ -242,7 +254,7 @@ class RelayCore:
         self._closing.update(conns)
         for collection in (self._connections, self.online, self._peers, self._encoded_peers):
             collection.clear()
-        self._unfinished, self._backlog = Unfinished(), Backlog()
+        self._sources, self._unfinished, self._backlog = Sources(), Unfinished(), Backlog()
         return actions
 
     # -- deciding ------------------------------------------------------------------------------
@@ -303,6 +315,7 @@ class RelayCore:
         record = self._connections.pop(conn, None)
         if record is None:
             return []
+        self._sources.close(record.address)
         self._unfinished.forget(conn)
         self._backlog.forget(conn)
         if record.peer is None:

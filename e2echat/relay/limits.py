@@ -8,6 +8,7 @@ tests, and carries the reason for its default.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from enum import Enum
 
@@ -62,6 +63,15 @@ class Limits:
     #: much each; over it, the connection whose unfinished frame is the oldest is closed
     #: (a frame on a LAN arrives in milliseconds: an old one is being trickled).
     partial_frames: int = 64 * MiB
+    #: open connections from one address (an IPv6 /64 counts as one): without it one
+    #: machine could take every slot. 256 leaves room for a lab or office behind one NAT.
+    connections_per_address: int = 256
+    #: new connections a second from one address, and the burst allowed above that. Each
+    #: registration costs two proofs to check, a directory to the newcomer and a presence
+    #: frame to everyone online, so churn is bounded; 20 at once covers a room behind one
+    #: NAT coming back after the relay restarts, and clients retry with backoff.
+    connect_rate: float = 5.0
+    connect_burst: float = 20.0
     #: the largest frame before registration: a ``register`` with the longest password is
     #: about 1 KiB, and a stranger must not make the relay buffer a megabyte each.
     handshake_frame: int = 4096
@@ -197,3 +207,76 @@ class Unfinished:
 
     def forget(self, conn: int) -> None:
         self.total -= self._held.pop(conn, 0)
+
+
+def address_key(host: str) -> str:
+    """The address ``host`` counts as for the per-address limits: itself for IPv4, its
+    /64 for IPv6 (one host is usually given a whole /64, and can pick any address in it),
+    and an IPv4 address however it is written (``::ffff:10.0.0.1`` is ``10.0.0.1``)."""
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host  # not an IP address (a Unix socket, a test): itself
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+class _Source:
+    """One address: its open connections, and a token bucket of new connections."""
+
+    __slots__ = ("connections", "tokens", "updated")
+
+    def __init__(self, limits: Limits, now: float) -> None:
+        self.connections = 0
+        self.tokens = limits.connect_burst
+        self.updated = now
+
+    def refill(self, limits: Limits, now: float) -> float:
+        self.tokens = min(limits.connect_burst, self.tokens + (now - self.updated) * limits.connect_rate)
+        self.updated = now
+        return self.tokens
+
+
+class Sources:
+    """What each address has open and how fast it opens more (``connections_per_address``,
+    ``connect_rate``, ``connect_burst``). An address is remembered while it has a
+    connection open or its bucket is not yet full again, so the table stays as small as
+    the relay's connections plus the last few seconds' visitors."""
+
+    def __init__(self) -> None:
+        self._sources: dict[str, _Source] = {}
+
+    def __len__(self) -> int:
+        return len(self._sources)
+
+    def open(self, limits: Limits, address: str, now: float) -> str | None:
+        """Count a new connection from ``address``; or, if it may not have one, why not
+        (the connection is then not counted)."""
+        source = self._sources.get(address)
+        if source is None:
+            source = self._sources[address] = _Source(limits, now)
+        if source.connections >= limits.connections_per_address:
+            return f"too many connections from your address (at most {limits.connections_per_address})"
+        if source.refill(limits, now) < 1:
+            return f"too many new connections from your address (at most {limits.connect_rate:g} a second)"
+        source.tokens -= 1
+        source.connections += 1
+        return None
+
+    def close(self, address: str) -> None:
+        source = self._sources.get(address)
+        if source is not None and source.connections > 0:
+            source.connections -= 1
+
+    def sweep(self, limits: Limits, now: float) -> None:
+        """Forget the addresses with nothing open whose buckets are full again."""
+        idle = [
+            address
+            for address, source in self._sources.items()
+            if not source.connections and source.refill(limits, now) >= limits.connect_burst
+        ]
+        for address in idle:
+            del self._sources[address]

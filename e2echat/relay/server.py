@@ -25,7 +25,7 @@ from nacl.public import PrivateKey
 from e2echat.crypto.identity import fingerprint
 from e2echat.errors import RelayStartError
 from e2echat.relay.core import Action, ConnId, RelayCore, Write
-from e2echat.relay.limits import Limits
+from e2echat.relay.limits import Limits, address_key
 from e2echat.streams import BufferedLink, read_buffer
 
 log = logging.getLogger("e2echat.relay.server")
@@ -148,6 +148,7 @@ class Relay:
         assert transport is not None and self._loop is not None  # set by start()
         peer = transport.get_extra_info("peername")
         address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "?"
+        source = address_key(str(peer[0])) if isinstance(peer, tuple) else "?"
         # Past the soft mark asyncio calls pause_writing, and the core delivers no more to it.
         transport.set_write_buffer_limits(high=self.limits.write_buffer_soft)
         sock = transport.get_extra_info("socket")
@@ -158,7 +159,7 @@ class Relay:
         link.conn = conn = next(self._ids)
         self._links[conn] = link
         log.info("connection #%d from %s", conn, address)
-        self._apply(self.core.connect(conn, self._loop.time()))
+        self._apply(self.core.connect(conn, self._loop.time(), source))
 
     def _received(self, link: _Link, data: bytes) -> None:
         assert self._loop is not None  # set by start(), before any connection
