@@ -24,7 +24,7 @@ from e2echat.relay.limits import Limits, Sources, address_key
 from e2echat.wire import codec, fastpath
 from e2echat.wire import messages as m
 from e2echat.wire.framing import encode_frame
-from e2echat.wire.grammar import MAX_BODY
+from e2echat.wire.grammar import MAX_BODY, skeleton
 
 from relay_frames import Outgoing, spelled_out
 from support import LOOPBACK, WAIT, RawClient, running_relay
@@ -443,3 +443,47 @@ async def test_one_machine_cannot_churn_connections_or_take_every_slot() -> None
         await again.register("again")  # its slot is free again
         for raw in (second, third, again):
             raw.close()
+
+
+# -- look-alike nicks ------------------------------------------------------------------------------
+
+
+LOOK_ALIKES = [
+    ("Bob", "bob"),
+    ("aIice", "alice"),
+    ("a1ice", "alice"),
+    ("b0b", "BOB"),
+    ("rnallory", "mallory"),
+]
+
+
+@pytest.mark.parametrize(
+    ("one", "other"),
+    [*LOOK_ALIKES, ("c1ara", "dara"), ("vvill", "Will"), ("ALICE", "alice"), ("AIICE", "alice")],
+)
+def test_look_alike_nicks_share_a_skeleton(one: str, other: str) -> None:
+    assert skeleton(one) == skeleton(other)
+
+
+DIFFERENT = [("alice", "alicia"), ("bob", "rob"), ("a-b", "a_b"), ("bob", "bob.")]
+
+
+@pytest.mark.parametrize(("one", "other"), DIFFERENT)
+def test_different_nicks_keep_different_skeletons(one: str, other: str) -> None:
+    assert skeleton(one) != skeleton(other)
+
+
+def test_a_nick_that_looks_like_one_online_is_refused_naming_it() -> None:
+    relay = RelayCore()
+    _join(relay, 1, "bob")
+    _join(relay, 2, "alice")
+    for conn, nick, online in ((3, "Bob", "bob"), (4, "aIice", "alice"), (5, "B0B", "bob")):
+        error = _error(conn, _join(relay, conn, nick))
+        assert error.code == "nick_confusable"
+        assert f"{online!r}" in error.text and f"{nick!r}" in error.text
+    assert _error(6, _join(relay, 6, "bob")).code == "nick_taken"
+    assert set(relay.online) == {"bob", "alice"}
+    relay.disconnect(1)  # bob leaves: a look-alike of nobody online is a nick like any other
+    _join(relay, 7, "Bob")
+    assert relay.nick_of(7) == "Bob"
+    assert set(relay.online) == {"Bob", "alice"}

@@ -38,7 +38,7 @@ from e2echat.wire.fastpath import (
     encode_welcome,
 )
 from e2echat.wire.framing import FrameDecoder, encode_frame
-from e2echat.wire.grammar import CHALLENGE_SIZE
+from e2echat.wire.grammar import CHALLENGE_SIZE, skeleton
 from e2echat.wire.messages import (
     Bye,
     Challenge,
@@ -140,6 +140,8 @@ class RelayCore:
         #: nick -> directory entry, and the same encoded, in the order they came online
         self._peers: dict[str, PeerInfo] = {}
         self._encoded_peers: dict[str, bytes] = {}
+        #: nick skeleton -> the nick online that has it (see ``grammar.skeleton``)
+        self._skeletons: dict[str, str] = {}
         self._sources = Sources()
         self._unfinished = Unfinished()
         self._backlog = Backlog()
@@ -252,7 +254,7 @@ class RelayCore:
         actions: list[Action] = [Write([(conn, bye) for conn in conns])]
         actions += [Close(conn, "relay shutting down") for conn in conns]
         self._closing.update(conns)
-        for collection in (self._connections, self.online, self._peers, self._encoded_peers):
+        for collection in (self._connections, self.online, self._peers, self._encoded_peers, self._skeletons):
             collection.clear()
         self._sources, self._unfinished, self._backlog = Sources(), Unfinished(), Backlog()
         return actions
@@ -324,6 +326,7 @@ class RelayCore:
         if self.online.get(nick) != conn:
             return []
         del self.online[nick], self._peers[nick], self._encoded_peers[nick]
+        del self._skeletons[skeleton(nick)]
         log.info("connection #%d: %s left", conn, nick)
         return self._presence(PeerLeft(nick))
 
@@ -350,9 +353,13 @@ class RelayCore:
             return self._refuse(
                 record, "bad_password", "wrong or missing relay password (ask whoever runs the relay)"
             )
-        if message.nick in self.online:
+        online = self._skeletons.get(skeleton(message.nick))
+        if online == message.nick:
             taken = f"nick {message.nick!r} is already online; choose another"
             return self._refuse(record, "nick_taken", taken)
+        if online is not None:  # "Bob" beside "bob", "aIice" beside "alice"
+            alike = f"nick {message.nick!r} looks too much like {online!r}, who is online; choose another"
+            return self._refuse(record, "nick_confusable", alike)
         peer = PeerInfo(message.nick, message.identity_key, message.session_key)
         record.peer, record.challenge = peer, b""
         record.flow = Flow(self.limits, now)
@@ -372,6 +379,7 @@ class RelayCore:
             frames.append((record.conn, encode_frame(payload)))
         actions: list[Action] = [Write(frames), *self._presence(PeerJoined(peer))]
         self.online[peer.nick] = record.conn
+        self._skeletons[skeleton(peer.nick)] = peer.nick
         self._peers[peer.nick] = peer
         self._encoded_peers[peer.nick] = encode_peer(peer)
         return actions

@@ -1,6 +1,7 @@
-"""The protocol's lexical rules, each written once: what a nick is, key and field sizes,
-limits, the protocol version. The dataclasses, the strict codec and the fast paths all
-take them from here (the fast paths build their regular expressions from ``NICK``).
+"""The protocol's lexical rules, each written once: what a nick is (and when two look
+the same), key and field sizes, limits, the protocol version. The dataclasses, the
+strict codec and the fast paths all take them from here (the fast paths build their
+regular expressions from ``NICK``).
 
 Pure (no I/O). The ``check_*`` functions are for values we are about to send: a bad one
 is our bug, so they raise ``LocalProtocolError``.
@@ -60,6 +61,37 @@ def is_utf8(text: str) -> bool:
 
 def is_valid_nick(nick: object) -> bool:
     return isinstance(nick, str) and NICK_PATTERN.match(nick) is not None
+
+
+# -- when two nicks are the same to a reader ----------------------------------------------
+#
+# "Bob" and "bob", "aIice" and "alice": a nick is ASCII, so what can be mistaken for what
+# is a short list, kept here and nowhere else. ``skeleton`` maps every nick to a form
+# that two nicks share when a reader could take one for the other, as Unicode's
+# confusable skeleton does (UTS #39, section 4), restricted to the nick alphabet and made
+# case-blind. The relay refuses a nick whose skeleton is that of one online.
+#
+# The entries of Unicode's confusables.txt (UTS #39,
+# https://www.unicode.org/Public/security/latest/confusables.txt) whose source is a
+# character of the nick alphabet, each to its prototype:
+#   0030 ; 004F  ( 0 → O )   DIGIT ZERO → LATIN CAPITAL LETTER O
+#   0031 ; 006C  ( 1 → l )   DIGIT ONE → LATIN SMALL LETTER L
+#   0049 ; 006C  ( I → l )   LATIN CAPITAL LETTER I → LATIN SMALL LETTER L
+#   006D ; 0072 006E  ( m → rn )   LATIN SMALL LETTER M → R, N
+# (the others, '"', '`' and '|', are not allowed in a nick). Added to them, two pairs
+# from the usual homoglyph lists that confusables.txt leaves out: "cl" for "d" and "vv"
+# for "w". Every entry maps a letter to simpler letters, never the other way, so the
+# order in which they apply does not matter.
+#
+# Case is folded first, so that nicks are unique ignoring case; then i must go with l
+# too: "ALICE" is "alice" ignoring case, and its I looks like the l of "aIice". (A reader
+# tells "ali" from "all", but a skeleton is an equivalence: that pair is the price.)
+_AFTER_FOLDING = str.maketrans({"0": "o", "1": "l", "i": "l", "m": "rn", "d": "cl", "w": "vv"})
+
+
+def skeleton(nick: str) -> str:
+    """The form ``nick`` shares with every nick a reader could take it for."""
+    return nick.lower().translate(_AFTER_FOLDING)
 
 
 def require(ok: bool, detail: str) -> None:
