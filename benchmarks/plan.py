@@ -37,6 +37,10 @@ class Plan:
     #: 6. memory
     memory_seconds: float = 15.0
     flood_seconds: float = 5.0
+    #: 7. abuse: connections sending costly frames, honest messages timed before and during
+    abuse_attackers: int = 8
+    abuse_round_trips: int = 200
+    abuse_warmup: float = 2.0
     #: worker processes for simulated clients (the machine has 2 cores; the relay needs one)
     workers: int = 2
     #: bound on any one wait for deliveries to arrive
@@ -69,6 +73,9 @@ SMOKE = Plan(
     workers=1,
     drain_timeout=15.0,
     settle=0.2,
+    abuse_attackers=2,
+    abuse_round_trips=10,
+    abuse_warmup=0.3,
 )
 
 
