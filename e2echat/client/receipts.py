@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 RECEIPT_TIMEOUT = 15.0
 
 OFFLINE = "offline"
-REFUSED = "refused by the relay (too many messages)"
+REFUSED = "refused by the relay (too many messages, or they are not keeping up)"
 TIMED_OUT = "no receipt"
 LEFT = "left before confirming"
 
