@@ -27,6 +27,7 @@ PURE = sorted(
         "client.relays",
         "client.receipts",
         "client.events",
+        "client.held",
         "client.directory",
         "client.outbox",
         "client.core",

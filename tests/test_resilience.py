@@ -331,6 +331,7 @@ async def test_message_typed_while_disconnected_is_reported_if_the_relay_never_r
     await alice.next(ConnectionLost)
     alice.connection.send_room("into the void")
     assert not await alice.connection.wait_settled(0.3)
+    alice.connection.give_up("leaving")
     not_sent = await alice.next(NotSent)
     assert not_sent.previews == ("into the void",)
     await alice.connection.close()

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterator
 from typing import cast
 
 from nacl.public import PrivateKey
@@ -93,6 +93,7 @@ class Connection:
         publish: Callable[[ClientEvent], None] | None = None,
         pin_file: PinFile | None = None,
         relay_trust: RelayTrust | None = None,
+        message_ids: Iterator[int] | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -108,6 +109,7 @@ class Connection:
             password=password,
             relay_trust=relay_trust,
             receipt_timeout=receipt_timeout,
+            message_ids=message_ids,
         )
         if publish is None:
             # On its own, a connection queues its events for whoever runs it. A Client
@@ -278,10 +280,15 @@ class Connection:
 
     # -- what the UI calls --------------------------------------------------------------------
 
-    def send_room(self, text: str) -> int:
-        message_id = self.core.send_room(text)
+    def send_room(self, text: str, only: Collection[str] | None = None) -> int:
+        message_id = self.core.send_room(text, only)
         self._sent()
         return message_id
+
+    @property
+    def left_out(self) -> list[str]:
+        """Who the last room message left out because their key changed."""
+        return self.core.left_out
 
     def send_private(self, nick: str, text: str) -> int:
         message_id = self.core.send_private(nick, text)
@@ -300,6 +307,11 @@ class Connection:
         except TimeoutError:
             return False
         return True
+
+    def give_up(self, reason: str) -> None:
+        """Stop waiting: every message not yet accounted for is reported, now, as not
+        confirmed for ``reason``."""
+        self._publish(self.core.abandon(reason))
 
     def _close_transport(self) -> None:
         self.closed = True

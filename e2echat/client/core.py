@@ -10,9 +10,10 @@ shell in connection.py only moves bytes.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterator
 from enum import Enum
 
 import nacl.exceptions
@@ -102,10 +103,13 @@ class ClientCore:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         receipt_timeout: float = RECEIPT_TIMEOUT,
+        message_ids: Iterator[int] | None = None,
     ) -> None:
         """``relay_trust`` says which relay key to answer (default: any, first contact).
         ``clock`` measures intervals (receipts due, views that just changed);
-        ``wall_clock`` tells the time each message is sent, inside its encryption."""
+        ``wall_clock`` tells the time each message is sent, inside its encryption.
+        ``message_ids`` numbers the messages sent (from 1 if not given); a client that
+        reconnects passes the same one to each connection, so that no id comes twice."""
         if not is_valid_nick(nick):
             raise LocalProtocolError(detail=f"invalid nick {nick!r}: {NICK_RULE}")
         self.nick = nick
@@ -139,6 +143,7 @@ class ClientCore:
             self._outgoing,
             wall_clock=wall_clock,
             notices=self._notices,
+            message_ids=message_ids if message_ids is not None else itertools.count(1),
         )
 
     # -- bytes in, bytes out --------------------------------------------------------------
@@ -253,11 +258,11 @@ class ClientCore:
 
     # -- what the UI does -------------------------------------------------------------------
 
-    def send_room(self, text: str) -> int:
-        """Encrypt ``text`` for everyone else online whose key is not in doubt.
-        Returns the message id; ``left_out`` then names those left out."""
+    def send_room(self, text: str, only: Collection[str] | None = None) -> int:
+        """Encrypt ``text`` for everyone else online whose key is not in doubt (and among
+        ``only``, if given). Returns the message id; ``left_out`` then names those left out."""
         self._require_online()
-        return self._outbox.send_room(text)
+        return self._outbox.send_room(text, only)
 
     def send_private(self, recipient: str, text: str) -> int:
         self._require_online()

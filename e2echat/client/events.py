@@ -158,9 +158,11 @@ class Reconnecting:
 
 @dataclass(frozen=True)
 class Queued:
-    """Typed while disconnected: it will be sent after the reconnect."""
+    """Typed while disconnected: it will be sent after the reconnect. Its report comes
+    under ``message_id``."""
 
     preview: str
+    message_id: int = 0
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ follows it until it is delivered or reported NOT delivered.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterator
 
 import nacl.utils
 
@@ -103,6 +103,7 @@ class Outbox:
         *,
         wall_clock: Callable[[], float],
         notices: list[Event],
+        message_ids: Iterator[int],
     ) -> None:
         self._our_nick = our_nick
         self._directory = directory
@@ -114,7 +115,7 @@ class Outbox:
         self._outgoing = outgoing
         # What sending found to tell the user (first contacts), handed out with the next events.
         self._notices = notices
-        self._next_id = 1
+        self._message_ids = message_ids
         #: who the last room message left out because their key changed
         self.left_out: list[str] = []
         #: sender -> the counters of their messages we owe a receipt for
@@ -123,12 +124,15 @@ class Outbox:
 
     # -- messages ---------------------------------------------------------------------------
 
-    def send_room(self, text: str) -> int:
-        """Encrypt ``text`` for everyone else online whose key is not in doubt.
-        Returns the message id; ``left_out`` then names those left out."""
+    def send_room(self, text: str, only: Collection[str] | None = None) -> int:
+        """Encrypt ``text`` for everyone else online whose key is not in doubt (and among
+        ``only``, if given). Returns the message id; ``left_out`` then names those left out."""
         recipients, blocked = self._directory.room_recipients(
             lambda nick: self._session_with(nick) is not None
         )
+        if only is not None:
+            recipients = [nick for nick in recipients if nick in only]
+            blocked = [nick for nick in blocked if nick in only]
         self.left_out = list(blocked)
         if not recipients:
             if blocked:
@@ -163,8 +167,7 @@ class Outbox:
             raise CommandError(detail="the message is not valid Unicode; not sent")
         if len(text.encode("utf-8")) > MAX_TEXT:
             raise CommandError(detail=f"message too long (the limit is {MAX_TEXT} bytes); not sent")
-        message_id = self._next_id
-        self._next_id += 1
+        message_id = next(self._message_ids)
         # The text is JSON-encoded once and the nonces drawn in one call; per recipient
         # there remain the chain step and the encryption itself.
         prepared = prepare(text, kind, directory_hash=self._directory.view, sent=int(self._wall_clock()))

@@ -4,13 +4,14 @@
 It owns the one queue its events reach the UI on: each connection it makes publishes
 into it directly. When the relay goes, it says so, reconnects with capped backoff,
 registers again with a fresh session key (so new sessions with everyone), and holds what
-is typed meanwhile until it can be sent, or reports it as not sent.
+is typed meanwhile until it can be sent, or reports it as not sent (held.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -22,13 +23,14 @@ from e2echat.client.core import ClientCore
 from e2echat.client.events import (
     ClientEvent,
     ConnectionLost,
+    DeliveryReport,
     Disconnected,
-    NotSent,
     PeerJoined,
-    Queued,
     Reconnecting,
     Registered,
+    SendReport,
 )
+from e2echat.client.held import NOT_BACK, HeldLines
 from e2echat.client.relays import RelayTrust
 from e2echat.client.trust import KnownPeers
 from e2echat.errors import (
@@ -40,8 +42,14 @@ from e2echat.errors import (
     UntrustedRelayKey,
 )
 
-# After a reconnect, how long a queued message may wait for its recipients to be back.
+# After a reconnect, how long a line typed during the outage waits for the people it is
+# meant for to be back too: after a relay restart everyone reconnects, each on their own
+# backoff, and the first attempts are 1, 2 and 4 s apart.
 OUTBOX_GRACE = 5.0
+# Why whoever a held line never went to did not get it.
+GAVE_UP = "not sent: no connection to the relay"
+TURNED_AWAY = "not sent: the relay turned us away"
+NOT_TO_IMPOSTOR = "not sent: the relay came back with another key"
 
 
 @dataclass(frozen=True)
@@ -58,12 +66,6 @@ class Backoff:
             delay = min(self.cap, delay * 2)
 
 
-@dataclass(frozen=True)
-class _Outgoing:
-    recipient: str | None  # None: the room
-    text: str
-
-
 class Client:
     """A chat that survives the relay going away: same interface as ``Connection``."""
 
@@ -78,12 +80,14 @@ class Client:
         password: bytes | None = None,
         relay_trust: RelayTrust | None = None,
         backoff: Backoff = Backoff(),
+        grace: float = OUTBOX_GRACE,
         **connection_options: Any,
     ) -> None:
         self.host = host
         self.port = port
         self.nick = nick
         self.backoff = backoff
+        self.grace = grace
         self._identity = identity
         self._known_peers = known_peers
         self._password = password
@@ -93,9 +97,13 @@ class Client:
         self._connection_options = connection_options
         #: the one queue from every connection's core to the UI
         self.events: asyncio.Queue[ClientEvent] = asyncio.Queue()
+        # One numbering for every connection's messages and the lines held between them:
+        # a report's id names one message, whichever connection it went on.
+        self._message_ids = itertools.count(1)
         self.connection = self._make()
-        self._outbox: list[_Outgoing] = []
-        self._outbox_changed = asyncio.Event()
+        self._held = HeldLines()
+        self._held_changed = asyncio.Event()
+        self._grace: asyncio.TimerHandle | None = None
         self._online = asyncio.Event()
         self._lost = asyncio.Event()  # the current connection has ended
         self._supervisor: asyncio.Task[None] | None = None
@@ -111,6 +119,7 @@ class Client:
             password=self._password,
             relay_trust=self._relay_trust,
             publish=self._publish,
+            message_ids=self._message_ids,
             **self._connection_options,
         )
 
@@ -145,13 +154,25 @@ class Client:
         of the event loop as the connection read it: no task or queue in between."""
         if isinstance(event, Disconnected):  # the connection's end, not the chat's
             self._online.clear()
+            if self._grace is not None:
+                self._grace.cancel()  # the next connection gives its own
             if not self.closed:
                 self.events.put_nowait(ConnectionLost(event.detail))
             self._lost.set()
             return
+        if isinstance(event, SendReport | DeliveryReport):
+            folded = self._held.settle(event)
+            if folded is not None:  # a report on part of a held line
+                self._put(folded)
+                return
         self.events.put_nowait(event)
-        if self._outbox and isinstance(event, PeerJoined):
-            self._send_outbox(final=False)
+        if isinstance(event, PeerJoined) and self._held.waiting:
+            self._release(final=False)
+
+    def _put(self, events: list[ClientEvent]) -> None:
+        for event in events:
+            self.events.put_nowait(event)
+        self._held_changed.set()
 
     async def _supervise(self) -> None:
         while True:
@@ -167,12 +188,11 @@ class Client:
             if connection.closed:
                 continue  # lost again already: it said so; try anew
             self._online.set()
-            # Others are reconnecting too: what cannot go out yet (nobody back, or not the
-            # recipient) waits for them to join, for a grace period, before it is reported.
-            self._send_outbox(final=False)
-            if self._outbox:
-                loop = asyncio.get_running_loop()
-                loop.call_later(OUTBOX_GRACE, self._send_outbox, True)
+            # Others are reconnecting too: whoever a held line is meant for who is not back
+            # yet gets it when they join, within a grace period; then it is reported.
+            self._release(final=False)
+            if self._held.waiting:
+                self._grace = asyncio.get_running_loop().call_later(self.grace, self._release, True)
 
     async def _reconnect(self) -> Connection | None:
         why = ""
@@ -187,19 +207,19 @@ class Client:
                 # Perhaps an impostor took the relay's place: it got nothing, and we do not
                 # knock again. Only the user can decide that the new key is the relay's.
                 self.closed = True
+                self._put(self._held.give_up(NOT_TO_IMPOSTOR))
                 self.events.put_nowait(
                     Disconnected(
                         f"it came back with another key ({exc.offered}): "
                         "it may be an impostor, and nothing was sent to it; reconnect by hand to review it"
                     )
                 )
-                self._give_up_outbox()
                 return None
             except RegistrationRefused as exc:
                 if exc.code in ("bad_password", "password_required"):
                     self.closed = True  # trying again cannot help
+                    self._put(self._held.give_up(TURNED_AWAY))
                     self.events.put_nowait(Disconnected(f"it refused us: {exc.detail}"))
-                    self._give_up_outbox()
                     return None
                 # Most likely "nick_taken": the relay has not yet noticed our old connection
                 # is gone (it will, by its idle timeout at the latest).
@@ -212,72 +232,61 @@ class Client:
                 why = str(exc)
         raise AssertionError("unreachable: the backoff never ends")
 
-    def _send_outbox(self, final: bool = True) -> None:
-        if not self.online:
-            return  # gone again: the next reconnect tries anew
-        waiting, self._outbox = self._outbox, []
-        for item in waiting:
-            try:
-                if item.recipient is None:
-                    self.connection.send_room(item.text)
-                else:
-                    self.connection.send_private(item.recipient, item.text)
-            except CommandError as exc:
-                if final:
-                    self.events.put_nowait(NotSent((f"{_preview(item.text)} ({exc})",)))
-                else:
-                    self._outbox.append(item)
-        self._outbox_changed.set()
-
-    def _give_up_outbox(self) -> None:
-        if self._outbox:
-            self.events.put_nowait(NotSent(tuple(_preview(item.text) for item in self._outbox)))
-            self._outbox.clear()
+    def _release(self, final: bool) -> None:
+        if self.online:  # else the next reconnect tries anew
+            self._put(self._held.release(self.connection, self.connection.core.peers, final=final))
 
     # -- what the UI calls ----------------------------------------------------------------------
 
-    def send_room(self, text: str) -> int | None:
+    def send_room(self, text: str) -> int:
+        """Send ``text`` to the room; while the relay is away, hold it for the room as we
+        last saw it. Returns the id its report will come under."""
         if self.online:
             return self.connection.send_room(text)
-        self._queue(_Outgoing(None, text))
-        return None
+        return self._hold(None, text)
 
-    def send_private(self, nick: str, text: str) -> int | None:
+    def send_private(self, nick: str, text: str) -> int:
         if self.online:
             return self.connection.send_private(nick, text)
-        self._queue(_Outgoing(nick, text))
-        return None
+        return self._hold(nick, text)
 
-    def _queue(self, item: _Outgoing) -> None:
+    def _hold(self, recipient: str | None, text: str) -> int:
         if self.closed:
             raise CommandError(detail="not connected to the relay; the message was not sent")
-        self._outbox.append(item)
-        self.events.put_nowait(Queued(_preview(item.text)))
+        message_id = next(self._message_ids)
+        self._put([self._held.hold(message_id, recipient, text, self.connection.core.peers)])
+        return message_id
 
     async def wait_settled(self, timeout: float) -> bool:
         """Wait (bounded) until everything typed was sent and accounted for: after a
-        reconnect if need be. Anything still unsent at the deadline is reported."""
+        reconnect if need be. False if the time ran out (see ``give_up``)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while self._outbox and not self.closed and loop.time() < deadline:
-            self._outbox_changed.clear()
+        while self._held.waiting and not self.closed and loop.time() < deadline:
+            self._held_changed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._outbox_changed.wait(), deadline - loop.time())
-        if self._outbox:
-            self._give_up_outbox()
+                await asyncio.wait_for(self._held_changed.wait(), deadline - loop.time())
+        if self._held.waiting:
             return False
         if not self.online:
             return True
         return await self.connection.wait_settled(max(0.0, deadline - loop.time()))
 
+    def give_up(self, reason: str) -> None:
+        """Stop waiting: whatever is not yet accounted for is reported now, for ``reason``
+        (held lines not yet sent: as not sent)."""
+        if self.online:
+            self.connection.give_up(reason)  # its reports reach us through _publish
+            self._put(self._held.give_up(NOT_BACK))
+        else:
+            self._put(self._held.give_up(GAVE_UP))
+
     async def close(self) -> None:
         self.closed = True
+        if self._grace is not None:
+            self._grace.cancel()
         if self._supervisor is not None:
             self._supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._supervisor
         await self.connection.close()  # its final reports reach the queue on their own
-
-
-def _preview(text: str) -> str:
-    return text if len(text) <= 40 else text[:39] + "…"

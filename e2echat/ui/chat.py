@@ -57,9 +57,10 @@ class Link(Protocol):
     @property
     def events(self) -> asyncio.Queue[ClientEvent]: ...
 
-    def send_room(self, text: str) -> int | None: ...
-    def send_private(self, nick: str, text: str) -> int | None: ...
+    def send_room(self, text: str) -> int: ...
+    def send_private(self, nick: str, text: str) -> int: ...
     async def wait_settled(self, timeout: float) -> bool: ...
+    def give_up(self, reason: str) -> None: ...
 
 
 class Chat:
@@ -118,10 +119,11 @@ class Chat:
     def _run(self, command: commands.Command) -> bool:
         core = self.link.core
         if isinstance(command, commands.Say):
-            sent = self.link.send_room(command.text)
+            online = self.link.online
+            self.link.send_room(command.text)
             self._own(command.text)
-            if sent is None:
-                return True  # queued until the relay is back
+            if not online:
+                return True  # held until the relay is back
             for nick in core.left_out:  # computed by the send; not again
                 self.problem(f"not sent to {nick}: their key changed (see /verify {nick}, /trust {nick})")
         elif isinstance(command, commands.PrivateMessage):
@@ -275,12 +277,10 @@ class Chat:
         return None
 
     async def finish(self, timeout: float) -> None:
-        """Before leaving: wait (bounded) until the relay has answered for every message
-        we sent, so nothing typed is dropped on the floor unannounced."""
+        """Before leaving: wait (bounded) until every message we sent is accounted for;
+        whatever is not by then is reported, message by message and person by person, so
+        nothing typed is dropped on the floor unannounced."""
         if self.link.closed:
             return
         if not await self.link.wait_settled(timeout):
-            core = self.link.core
-            count = max(len(core.pending), core.deliveries.unconfirmed)
-            if count:
-                self.problem(f"{count} message(s) not confirmed within {timeout:g}s: may not have arrived")
+            self.link.give_up(f"no receipt within {timeout:g}s, before we left")

@@ -1,0 +1,152 @@
+"""Lines typed while the relay was away, until each has reached everyone it was meant
+for or its sender has been told, by name, who did not get it. Pure.
+
+A line typed during an outage is meant for the people its sender last saw online (a
+private line: its one recipient). Once the relay is back, whoever of them is online gets
+it at once, and whoever comes back within a grace period gets it then: after a relay
+restart everyone reconnects, each at their own pace. Whoever is not back by the end of
+the grace period is reported NOT delivered. The copies go out as one or more messages
+("parts"), whose reports are gathered into one report for the line, under the id it was
+given when it was typed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from e2echat.client.events import ClientEvent, NotSent, Queued
+from e2echat.client.outbox import preview
+from e2echat.client.receipts import DeliveryReport, SendReport
+from e2echat.errors import CommandError
+
+NOT_BACK = "not back online in time"
+KEY_CHANGED = "their key changed and was not accepted"
+NO_SESSION = "no secure session"
+
+
+class Sender(Protocol):
+    """Where held lines go once the relay is back: the connection."""
+
+    def send_room(self, text: str, only: Collection[str] | None = None) -> int: ...
+    def send_private(self, nick: str, text: str) -> int: ...
+    @property
+    def left_out(self) -> list[str]: ...
+
+
+@dataclass
+class HeldLine:
+    message_id: int
+    recipient: str | None  # None: the room
+    text: str
+    #: who it is still to go to; None: whoever is online when it can go (nobody was when
+    #: it was typed)
+    to_send: set[str] | None
+    #: message id of each copy sent whose report is not in yet -> whom that copy went to
+    parts: dict[int, frozenset[str]] = field(default_factory=dict)
+    delivered: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+class HeldLines:
+    def __init__(self) -> None:
+        self._lines: list[HeldLine] = []
+        self._by_part: dict[int, HeldLine] = {}
+
+    @property
+    def waiting(self) -> bool:
+        """Some line has not yet gone to someone it is meant for."""
+        return any(line.to_send is None or line.to_send for line in self._lines)
+
+    def hold(self, message_id: int, recipient: str | None, text: str, last_seen: Collection[str]) -> Queued:
+        """Keep a line typed while the relay is away: for ``recipient``, or for the room as
+        its sender last saw it (``last_seen``)."""
+        to_send = {recipient} if recipient is not None else (set(last_seen) or None)
+        self._lines.append(HeldLine(message_id, recipient, text, to_send))
+        return Queued(preview(text), message_id)
+
+    def release(self, sender: Sender, online: Collection[str], *, final: bool) -> list[ClientEvent]:
+        """The relay is back (or someone came back to it): send each line to whoever it is
+        meant for who is ``online``. ``final``: the grace period is over, and whoever it
+        has not reached yet is reported."""
+        events: list[ClientEvent] = []
+        for line in list(self._lines):
+            if line.to_send is None:  # meant for whoever is there
+                if not online and final:
+                    self._lines.remove(line)
+                    events.append(NotSent((preview(line.text),)))
+                    continue
+                line.to_send = set(online) if online else None
+            if line.to_send is None:
+                continue
+            due = line.to_send.intersection(online)
+            if due:
+                line.to_send -= due
+                self._send(sender, line, due)
+            if final and line.to_send:
+                line.failed += [(nick, NOT_BACK) for nick in sorted(line.to_send)]
+                line.to_send.clear()
+            events += self._finish(line)
+        return events
+
+    def settle(self, report: SendReport | DeliveryReport) -> list[ClientEvent] | None:
+        """A report on one of our parts: folded into its line's report (out once the line
+        is done). None if ``report`` is not about a part: it is the caller's to pass on."""
+        line = self._by_part.get(report.message_id)
+        if line is None:
+            return None
+        if isinstance(report, SendReport):
+            return []  # the relay's word; the receipts are what counts
+        del self._by_part[report.message_id]
+        went_to = line.parts.pop(report.message_id)
+        line.delivered += report.delivered
+        line.failed += report.failed
+        accounted = {*report.delivered, *(nick for nick, _ in report.failed)}
+        line.failed += [(nick, NO_SESSION) for nick in sorted(went_to - accounted)]
+        return self._finish(line)
+
+    def give_up(self, reason: str) -> list[ClientEvent]:
+        """Nothing more will be sent: whoever a line has not gone to is reported with
+        ``reason``. (Parts already sent are reported as their own reports come in.)"""
+        events: list[ClientEvent] = []
+        for line in list(self._lines):
+            if line.to_send is None:
+                self._lines.remove(line)
+                events.append(NotSent((preview(line.text),)))
+                continue
+            line.failed += [(nick, reason) for nick in sorted(line.to_send)]
+            line.to_send.clear()
+            events += self._finish(line)
+        return events
+
+    def _send(self, sender: Sender, line: HeldLine, due: set[str]) -> None:
+        part: int | None = None
+        try:
+            if line.recipient is None:
+                part = sender.send_room(line.text, only=due)
+            else:
+                part = sender.send_private(line.recipient, line.text)
+        except CommandError as exc:
+            reason = str(exc)
+        # A room message says whom it left out for a changed key, sent or not.
+        left_out = set(sender.left_out).intersection(due) if line.recipient is None else set()
+        line.failed += [(nick, KEY_CHANGED) for nick in sorted(left_out)]
+        if part is None:
+            line.failed += [(nick, reason) for nick in sorted(due - left_out)]
+            return
+        line.parts[part] = frozenset(due - left_out)
+        self._by_part[part] = line
+
+    def _finish(self, line: HeldLine) -> list[ClientEvent]:
+        if line.to_send is None or line.to_send or line.parts:
+            return []
+        self._lines.remove(line)
+        report = DeliveryReport(
+            line.message_id,
+            line.recipient is not None,
+            tuple(line.delivered),
+            tuple(line.failed),
+            preview(line.text),
+        )
+        return [report]

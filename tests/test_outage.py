@@ -1,0 +1,87 @@
+"""A line typed while the relay is away reaches everyone it was meant for, or its sender
+is told, by name, who did not get it. Real relays (stopped, and started again on the same
+port), real clients."""
+
+from __future__ import annotations
+
+from nacl.public import PrivateKey
+
+from e2echat.client.core import MessageReceived, Registered
+from e2echat.client.events import ConnectionLost, Queued
+from e2echat.client.held import KEY_CHANGED
+from e2echat.client.receipts import DeliveryReport
+from e2echat.client.trust import KnownPeers
+from e2echat.relay.server import Relay
+
+from support import LOOPBACK, Peer, connect, running
+
+Keys = dict[str, PrivateKey]
+
+
+async def _alice_bob_and_carol_then_an_outage(**alice_options: object) -> tuple[Peer, Relay, Keys]:
+    """alice (who reconnects), bob and carol online together; then the relay goes away
+    and alice types a room line. Returns alice, the relay as it will be again (on its
+    port, with its key), and bob's and carol's keys."""
+    identities = {nick: PrivateKey.generate() for nick in ("bob", "carol")}
+    first = Relay(LOOPBACK, 0)
+    async with running(first):
+        port = first.port
+        # alice's pins outlive her connections, as her profile's do.
+        alice = await connect(first, "alice", None, KnownPeers(), reconnecting=True, **alice_options)
+        others = [await connect(first, nick, identities[nick]) for nick in ("bob", "carol")]
+        while set(alice.connection.core.peers) != {"bob", "carol"}:
+            await alice.next_any_event()
+        alice.connection.send_room("hello both")  # a first exchange pins their keys
+        assert set((await alice.next(DeliveryReport)).delivered) == {"bob", "carol"}
+    for other in others:
+        await other.connection.close()
+    await alice.next(ConnectionLost)
+    alice.connection.send_room("typed in the outage")
+    await alice.next(Queued)
+    return alice, Relay(LOOPBACK, port, key=first.core.key), identities
+
+
+async def test_a_line_typed_in_an_outage_reaches_a_member_back_later_than_its_sender() -> None:
+    """alice is back first and her line goes to bob; carol is back a moment later and gets
+    it too. alice hears once, for both."""
+    alice, again, identities = await _alice_bob_and_carol_then_an_outage(grace=0.5)
+    async with running(again) as second:
+        await alice.next(Registered)
+        bob = await connect(second, "bob", identities["bob"])
+        assert (await bob.next(MessageReceived)).text == "typed in the outage"
+        carol = await connect(second, "carol", identities["carol"])
+        assert (await carol.next(MessageReceived)).text == "typed in the outage"
+        report = await alice.next(DeliveryReport)
+        assert sorted(report.delivered) == ["bob", "carol"] and report.failed == ()
+        assert report.preview == "typed in the outage"
+        for peer in (alice, bob, carol):
+            await peer.connection.close()
+
+
+async def test_a_member_not_back_within_the_grace_period_is_reported_by_name() -> None:
+    alice, again, identities = await _alice_bob_and_carol_then_an_outage(grace=0.5)
+    async with running(again) as second:
+        await alice.next(Registered)
+        bob = await connect(second, "bob", identities["bob"])
+        assert (await bob.next(MessageReceived)).text == "typed in the outage"
+        report = await alice.next(DeliveryReport)  # carol never comes back
+        assert report.delivered == ("bob",)
+        assert [nick for nick, _ in report.failed] == ["carol"]
+        assert "not back" in report.failed[0][1]
+        for peer in (alice, bob):
+            await peer.connection.close()
+
+
+async def test_a_member_back_with_a_changed_key_is_reported_not_sent_the_line() -> None:
+    """Nothing goes to a changed key until it is accepted: not a held line either, and
+    its sender is told so."""
+    alice, again, identities = await _alice_bob_and_carol_then_an_outage(grace=0.5)
+    async with running(again) as second:
+        await alice.next(Registered)
+        bob = await connect(second, "bob", identities["bob"])
+        impostor = await connect(second, "carol")  # another identity key under carol's name
+        assert (await bob.next(MessageReceived)).text == "typed in the outage"
+        report = await alice.next(DeliveryReport)
+        assert report.delivered == ("bob",) and report.failed == (("carol", KEY_CHANGED),)
+        for peer in (alice, bob, impostor):
+            await peer.connection.close()
