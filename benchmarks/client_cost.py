@@ -74,7 +74,8 @@ def online_cores(count: int) -> list[ClientCore]:
         assert isinstance(register, m.Register)
         entries.append(m.PeerInfo(register.nick, register.identity_key, register.session_key))
     for core in cores:
-        core.receive_data(frame(m.Welcome(core.nick, tuple(e for e in entries if e.nick != core.nick))))
+        others = tuple(e for e in entries if e.nick != core.nick)
+        core.receive_data(frame(m.Welcome(core.nick, 1e6, 1e6, 1e12, 1e12, others)))
     return cores
 
 

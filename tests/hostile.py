@@ -8,6 +8,7 @@ It also keeps what clients sent it, as a relay that records traffic would.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -92,7 +93,7 @@ def substitute_keys(
         if relay.nick(action.conn) != victim:
             return [action]
         if isinstance(message, m.Welcome):
-            message = m.Welcome(message.nick, tuple(swap(p) for p in message.peers))
+            message = dataclasses.replace(message, peers=tuple(swap(p) for p in message.peers))
         elif isinstance(message, m.PeerJoined):
             message = m.PeerJoined(swap(message.peer))
         return [Outgoing(action.conn, message)]

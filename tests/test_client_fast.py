@@ -41,7 +41,8 @@ def _online(*nicks: str) -> dict[str, ClientCore]:
     cores = {nick: ClientCore(nick, PrivateKey.generate(), PrivateKey.generate()) for nick in nicks}
     entries = {nick: _register(core) for nick, core in cores.items()}
     for nick, core in cores.items():
-        core.receive_data(_frame(m.Welcome(nick, tuple(e for n, e in entries.items() if n != nick))))
+        others = tuple(e for n, e in entries.items() if n != nick)
+        core.receive_data(_frame(m.Welcome(nick, 50.0, 200.0, 1e6, 4e6, others)))
     return cores
 
 
@@ -171,7 +172,8 @@ def test_receipts_confirm_room_messages_through_the_fast_paths() -> None:
     }
     entries = {nick: _register(core) for nick, core in cores.items()}
     for nick, core in cores.items():
-        core.receive_data(_frame(m.Welcome(nick, tuple(e for n, e in entries.items() if n != nick))))
+        others = tuple(e for n, e in entries.items() if n != nick)
+        core.receive_data(_frame(m.Welcome(nick, 50.0, 200.0, 1e6, 4e6, others)))
     alice = cores["alice"]
     alice.send_room("confirm me")
     _relay(alice, cores)  # each recipient's first receipt batch goes as the message arrives

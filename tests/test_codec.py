@@ -35,6 +35,8 @@ nicks = st.text(_NICK_ALPHABET, min_size=1, max_size=32)
 bodies = st.binary(min_size=1, max_size=64)
 ids = st.integers(min_value=0, max_value=MAX_ID)
 peers = st.builds(m.PeerInfo, nicks, keys, keys)
+# A relay's rate and burst: any finite float above 0, small or huge.
+rates = st.floats(min_value=1e-300, max_value=1e300, allow_nan=False, allow_infinity=False)
 nick_groups = st.lists(nicks, max_size=4).map(tuple)
 # Free text: anything UTF-8 can carry (no lone surrogates), quotes, backslashes and
 # control characters included, which JSON must escape.
@@ -50,7 +52,9 @@ MESSAGES: dict[type[m.Message], st.SearchStrategy[Any]] = {
         st.binary(min_size=1, max_size=MAX_PROOF),
         st.binary(min_size=SESSION_PROOF_SIZE, max_size=SESSION_PROOF_SIZE),
     ),
-    m.Welcome: st.builds(m.Welcome, nicks, st.lists(peers, max_size=3).map(tuple), st.booleans()),
+    m.Welcome: st.builds(
+        m.Welcome, nicks, rates, rates, rates, rates, st.lists(peers, max_size=3).map(tuple), st.booleans()
+    ),
     m.Directory: st.builds(m.Directory, st.lists(peers, max_size=3).map(tuple), st.booleans()),
     m.PeerJoined: st.builds(m.PeerJoined, peers),
     m.PeerLeft: st.builds(m.PeerLeft, nicks),
@@ -206,7 +210,7 @@ def test_every_path_holds_a_nick_to_the_same_rule(nick: str) -> None:
         lambda: m.PeerLeft(nick),
         lambda: encode_send(1, [(nick, b"x")]),
         lambda: deliver_head(nick),
-        lambda: encode_welcome(nick, []),
+        lambda: encode_welcome(nick, [], rate=50.0, burst=200.0, byte_rate=1e6, byte_burst=4e6),
     ):
         if valid:
             build()

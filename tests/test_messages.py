@@ -50,7 +50,7 @@ PEER_CAROL = m.PeerInfo("carol.x-1_", KEY_B, KEY_C)
 EXAMPLES: dict[str, m.Message] = {
     "challenge": m.Challenge(KEY_A, b"\x01" * CHALLENGE_SIZE),
     "register": m.Register("alice", KEY_A, KEY_B, b"\x02" * 72, SESSION_PROOF),
-    "welcome": m.Welcome("alice", (PEER_BOB, PEER_CAROL)),
+    "welcome": m.Welcome("alice", 50.0, 200.0, 1048576.0, 4194304.0, (PEER_BOB, PEER_CAROL)),
     "joined": m.PeerJoined(PEER_BOB),
     "left": m.PeerLeft("bob"),
     "send": m.Send(7, (m.Envelope("bob", b"\x00\xffbody"), m.Envelope("carol", b"c" * 100))),
@@ -59,7 +59,7 @@ EXAMPLES: dict[str, m.Message] = {
     "error": m.Error("nick_taken", "nick 'alice' is already online — choose another ✓"),
     "bye": m.Bye("relay shutting down"),
     "directory": m.Directory((PEER_BOB,), more=True),
-    "welcome-with-more": m.Welcome("alice", (PEER_CAROL,), more=True),
+    "welcome-with-more": m.Welcome("alice", 0.5, 1e6, 1e-3, 7.5, (PEER_CAROL,), more=True),
     "ping": m.Ping(),
     "pong": m.Pong(),
     "challenge-with-password": m.Challenge(KEY_B, b"\x03" * CHALLENGE_SIZE, password_required=True),
@@ -128,7 +128,7 @@ def test_boundary_values_round_trip() -> None:
         m.Send(0, (m.Envelope("b" * 32, b"x"),)),
         m.Error("a" * 32, "t" * MAX_REASON),
         m.Register("n", KEY_A, KEY_A, b"p" * MAX_PROOF, SESSION_PROOF),
-        m.Welcome("alice", ()),
+        m.Welcome("alice", 50.0, 200.0, 1e6, 4e6, ()),
         m.Routed(1, (), ()),
         m.Bye(""),
     ]:
@@ -178,6 +178,14 @@ _BAD_CASES: dict[str, bytes] = {
     "int-in-nick-array": _with("routed", delivered=["bob", 3]),
     "peer-not-object": _with("welcome", peers=["bob"]),
     "joined-peer-not-object": _with("joined", peer=["bob"]),
+    "string-for-number": _with("welcome", rate="50"),
+    "bool-for-number": _with("welcome", burst=True),
+    "null-for-number": _with("welcome", byte_rate=None),
+    "byte-burst-zero": _with("welcome", byte_burst=0.0),
+    "rate-zero": _with("welcome", rate=0),
+    "rate-negative": _with("welcome", rate=-50.0),
+    "rate-overflows-to-infinity": _with("welcome", rate=1e999).replace(b"Infinity", b"1e999"),
+    "burst-int-too-big-for-a-float": _with("welcome", burst=10**400),
     "negative-id": _with("send", id=-1),
     "id-too-big": _with("send", id=MAX_ID + 1),
     "id-with-5000-digits": b'{"v":1,"type":"send","id":' + b"9" * 5000 + b',"items":[]}',
@@ -324,10 +332,13 @@ def test_the_relays_prebuilt_frames_are_exactly_the_encoded_messages() -> None:
     peers = [PEER_BOB, PEER_CAROL]
     parts = [encode_peer(peer) for peer in peers]
     for more in (False, True):
-        welcome = encode_welcome("alice", parts, more=more)
-        assert welcome == encode_message(m.Welcome("alice", tuple(peers), more))
+        welcome = encode_welcome(
+            "alice", parts, rate=50.0, burst=0.25, byte_rate=1e6, byte_burst=3.5, more=more
+        )
+        assert welcome == encode_message(m.Welcome("alice", 50.0, 0.25, 1e6, 3.5, tuple(peers), more))
         assert encode_directory(parts, more=more) == encode_message(m.Directory(tuple(peers), more))
-    assert encode_welcome("alice", []) == encode_message(m.Welcome("alice", ()))
+    alone = encode_welcome("alice", [], rate=1e9, burst=3.0, byte_rate=1e-9, byte_burst=1e300)
+    assert alone == encode_message(m.Welcome("alice", 1e9, 3.0, 1e-9, 1e300, ()))
     body = b"\x00ciphertext\xff"
     deliver = deliver_head("alice") + _b64(body).encode() + DELIVER_TAIL
     assert deliver == encode_message(m.Deliver("alice", body))
@@ -387,7 +398,7 @@ _LOCAL_BAD: dict[str, Callable[[], object]] = {
     "nick-empty": lambda: m.PeerLeft(""),
     "nick-33": lambda: m.PeerLeft("a" * 33),
     "nick-space": lambda: m.Register("a b", KEY_A, KEY_B, b"p", SESSION_PROOF),
-    "nick-escape": lambda: m.Welcome("a\x1b", ()),
+    "nick-escape": lambda: m.Welcome("a\x1b", 50.0, 200.0, 1e6, 4e6, ()),
     "key-as-bytes": lambda: m.Challenge(bytes(KEY_A), b"c" * 32),  # type: ignore[arg-type]
     "challenge-31": lambda: m.Challenge(KEY_A, b"c" * 31),
     "challenge-str": lambda: m.Challenge(KEY_A, "c" * 32),  # type: ignore[arg-type]
@@ -407,7 +418,7 @@ _LOCAL_BAD: dict[str, Callable[[], object]] = {
     "routed-int-nick": lambda: m.Routed(1, (), (), refused=(5,)),  # type: ignore[arg-type]
     "routed-lists": lambda: m.Routed(1, ["bob"], [], refused=[]),  # type: ignore[arg-type]
     "routed-too-many": lambda: m.Routed(1, ("bob",) * (MAX_ITEMS + 1), ()),
-    "welcome-not-peer": lambda: m.Welcome("alice", ("bob",)),  # type: ignore[arg-type]
+    "welcome-not-peer": lambda: m.Welcome("alice", 50.0, 200.0, 1e6, 4e6, ("bob",)),  # type: ignore[arg-type]
     "joined-not-peer": lambda: m.PeerJoined("bob"),  # type: ignore[arg-type]
     "peer-key-bytes": lambda: m.PeerInfo("bob", KEY_A, bytes(KEY_B)),  # type: ignore[arg-type]
     "error-code": lambda: m.Error("Bad Code", "text"),
@@ -484,6 +495,10 @@ _PLAUSIBLE: dict[str, st.SearchStrategy[Any]] = {
     "reason": st.text(max_size=30),
     "password": st.booleans(),
     "more": st.booleans(),
+    "rate": st.one_of(st.floats(), st.integers(min_value=-1, max_value=10**400)),
+    "burst": st.one_of(st.floats(), st.integers(min_value=-1, max_value=10**400)),
+    "byte_rate": st.one_of(st.floats(), st.integers(min_value=-1, max_value=10**400)),
+    "byte_burst": st.one_of(st.floats(), st.integers(min_value=-1, max_value=10**400)),
 }
 
 

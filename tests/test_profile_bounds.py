@@ -3,6 +3,7 @@ session keys of people who left, the directory (issue 16, denial of service 5 an
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import nacl.utils
@@ -154,7 +155,7 @@ async def test_an_endless_directory_is_refused_with_the_relay_named() -> None:
     def endless(relay: HostileRelay, action: Outgoing) -> list[Outgoing]:
         if not isinstance(action.message, m.Welcome) or action.message.nick != "alice":
             return [action]
-        welcome = m.Welcome("alice", _strangers(chunk), more=True)
+        welcome = dataclasses.replace(action.message, peers=_strangers(chunk), more=True)
         parts = range(1, MAX_PEERS // chunk + 2)
         rest = [m.Directory(_strangers(chunk, n * chunk), more=True) for n in parts]
         return [Outgoing(action.conn, message) for message in (welcome, *rest)]
@@ -171,7 +172,7 @@ def test_joins_beyond_the_bound_end_the_connection() -> None:
     relay = PrivateKey.generate()
     client.receive_data(_frame(m.Challenge(relay.public_key, b"\x00" * CHALLENGE_SIZE)))
     part = 5000  # what fits in a frame
-    client.receive_data(_frame(m.Welcome("alice", _strangers(part), more=True)))
+    client.receive_data(_frame(m.Welcome("alice", 50.0, 200.0, 1e6, 4e6, _strangers(part), more=True)))
     for start in range(part, MAX_PEERS - part, part):
         client.receive_data(_frame(m.Directory(_strangers(part, start), more=True)))
     client.receive_data(_frame(m.Directory(_strangers(part, MAX_PEERS - part))))

@@ -219,6 +219,16 @@ def test_a_silent_client_is_hung_up_on_and_anything_it_says_keeps_it() -> None:
 # -- the rate limit ----------------------------------------------------------------------------------
 
 
+def test_the_welcome_tells_each_client_the_rate_it_is_held_to() -> None:
+    """So that clients pace themselves to it rather than find it by being refused."""
+    relay = RelayCore(Limits(rate=12.5, burst=30, byte_rate=5000, byte_burst=70_000))
+    (welcome,) = _join(relay, 1, "alice")
+    assert isinstance(welcome, Outgoing) and isinstance(welcome.message, m.Welcome)
+    message = welcome.message
+    assert (message.rate, message.burst) == (12.5, 30.0)
+    assert (message.byte_rate, message.byte_burst) == (5000.0, 70_000.0)
+
+
 def test_over_the_rate_the_sender_is_told_then_disconnected() -> None:
     """burst 2: two sends pass; the next are refused with a routed naming each recipient
     (the first refusal also with an error, at most one a second); more than ``burst``

@@ -125,6 +125,10 @@ class RelayCore:
         self, limits: Limits | None = None, *, password: bytes | None = None, key: PrivateKey | None = None
     ) -> None:
         self.limits = limits or Limits()
+        #: the rates each welcome advertises (floats, as the wire has them)
+        self._advertised = {
+            name: float(getattr(self.limits, name)) for name in ("rate", "burst", "byte_rate", "byte_burst")
+        }
         #: if set, clients must put it in their registration proof
         self.password = password
         #: the relay's long-term key: clients pin its public half, and only its private half
@@ -373,7 +377,8 @@ class RelayCore:
             end = start + DIRECTORY_CHUNK
             parts, more = encoded[start:end], end < len(encoded)
             if start == 0:
-                payload = encode_welcome(peer.nick, parts, more=more)
+                # The rate limits go with the welcome, so that clients pace themselves to them.
+                payload = encode_welcome(peer.nick, parts, more=more, **self._advertised)
             else:
                 payload = encode_directory(parts, more=more)
             frames.append((record.conn, encode_frame(payload)))

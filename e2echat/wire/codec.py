@@ -28,7 +28,7 @@ from e2echat.errors import LocalProtocolError, RemoteProtocolError
 from e2echat.wire.grammar import KEY_SIZE, MAX_ITEMS, MAX_REASON, PROTOCOL_VERSION, is_utf8
 from e2echat.wire.messages import MESSAGE_TYPES, OBJECT_KINDS, Envelope, Kind, Message, PeerInfo, Record
 
-__all__ = ["decode_message", "encode_message", "encode_record", "printable_reason"]
+__all__ = ["decode_message", "encode_message", "encode_record", "printable_reason", "write_number"]
 
 Writer = Callable[[Any], bytes]
 #: (value as JSON gave it, where, field name) -> the attribute's value, or raises
@@ -63,6 +63,11 @@ def _write_flag(value: bool) -> bytes:
 
 def _write_int(value: int) -> bytes:
     return b"%d" % value
+
+
+def write_number(value: float) -> bytes:
+    """A float as JSON writes it (json.dumps uses float's repr)."""
+    return float.__repr__(value).encode("ascii")
 
 
 def _write_nicks(value: tuple[str, ...]) -> bytes:
@@ -100,6 +105,7 @@ _WRITERS: dict[Kind, Writer] = {
     Kind.BINARY: _write_binary,
     Kind.FLAG: _write_flag,
     Kind.INT: _write_int,
+    Kind.NUMBER: write_number,
     Kind.NICKS: _write_nicks,
 }
 # (The objects' own tables hold no object kinds, so their writers can be made first.)
@@ -190,6 +196,15 @@ def _read_int(value: Any, where: str, name: str) -> int:
     return value
 
 
+def _read_number(value: Any, where: str, name: str) -> float:
+    if type(value) is int:  # JSON has one kind of number: 50 is 50.0
+        try:
+            return float(value)
+        except OverflowError:
+            raise _wrong(where, name, "a number a float can hold") from None
+    return value  # type: ignore[no-any-return]  # the dataclass holds it to its range (1e999 is inf)
+
+
 def _read_array(value: Any, where: str, name: str) -> list[Any]:
     if type(value) is not list:
         raise _wrong(where, name, "an array")
@@ -252,6 +267,7 @@ _READERS: dict[Kind, Reader] = {
     Kind.BINARY: _read_binary,
     Kind.FLAG: _read_flag,
     Kind.INT: _read_int,
+    Kind.NUMBER: _read_number,
     Kind.NICKS: _read_nicks,
     **{kind: _objects_reader(kind) for kind in OBJECT_KINDS},
 }

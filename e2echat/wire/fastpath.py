@@ -25,11 +25,12 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from e2echat.wire.codec import decode_message, encode_record
+from e2echat.wire.codec import decode_message, encode_record, write_number
 from e2echat.wire.grammar import (
     MAX_BODY,
     MAX_ID,
@@ -210,10 +211,34 @@ def encode_peer(peer: PeerInfo) -> bytes:
     return encode_record(peer)
 
 
-def encode_welcome(nick: str, encoded_peers: Sequence[bytes], *, more: bool = False) -> bytes:
-    """``encode_message(Welcome(nick, peers, more))`` from the peers' ``encode_peer``."""
+_LIMITS = (b"rate", b"burst", b"byte_rate", b"byte_burst")  # in Welcome's order
+
+
+def encode_welcome(
+    nick: str,
+    encoded_peers: Sequence[bytes],
+    *,
+    rate: float,
+    burst: float,
+    byte_rate: float,
+    byte_burst: float,
+    more: bool = False,
+) -> bytes:
+    """``encode_message(Welcome(nick, rate, burst, byte_rate, byte_burst, peers, more))``
+    from the peers' ``encode_peer``."""
     check_nick(nick)
-    head = b'{"v":%d,"type":"welcome","nick":"%b","peers":[' % (PROTOCOL_VERSION, nick.encode("ascii"))
+    limits = (rate, burst, byte_rate, byte_burst)
+    require(
+        all(type(x) is float and math.isfinite(x) and x > 0 for x in limits),
+        "rates and bursts must be finite floats above 0",
+    )
+    pairs = zip(_LIMITS, limits, strict=True)
+    fields = b",".join(b'"%b":%b' % (name, write_number(value)) for name, value in pairs)
+    head = b'{"v":%d,"type":"welcome","nick":"%b",%b,"peers":[' % (
+        PROTOCOL_VERSION,
+        nick.encode("ascii"),
+        fields,
+    )
     return head + b",".join(encoded_peers) + (b'],"more":true}' if more else b'],"more":false}')
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
 
@@ -47,6 +48,7 @@ class Kind(enum.Enum):
     BINARY = enum.auto()  # base64 of bytes
     FLAG = enum.auto()  # true or false
     INT = enum.auto()  # an integer (never a boolean)
+    NUMBER = enum.auto()  # a finite number, written with a fraction (never a boolean)
     NICKS = enum.auto()  # an array of nicks
     PEER = enum.auto()  # a ``PeerInfo`` object
     PEERS = enum.auto()  # an array of ``PeerInfo`` objects
@@ -68,6 +70,7 @@ def on_wire(wire: str, kind: Kind, *, attr: str | None = None) -> Field:
 
 
 TEXT, NICK, KEY, BINARY, FLAG, INT = Kind.TEXT, Kind.NICK, Kind.KEY, Kind.BINARY, Kind.FLAG, Kind.INT
+NUMBER = Kind.NUMBER
 NICKS, PEER, PEERS, ENVELOPES = Kind.NICKS, Kind.PEER, Kind.PEERS, Kind.ENVELOPES
 
 
@@ -79,6 +82,13 @@ def _check_reason(value: object, what: str) -> None:
     require(
         isinstance(value, str) and len(value) <= MAX_REASON,
         f"{what} must be a string of at most {MAX_REASON} characters",
+    )
+
+
+def _check_positive(value: object, what: str) -> None:
+    require(
+        type(value) is float and math.isfinite(value) and value > 0,
+        f"{what} must be a finite float above 0",
     )
 
 
@@ -212,17 +222,33 @@ class Register(Message):
 
 @dataclass(frozen=True)
 class Welcome(Message):
-    """relay -> client: registered; here is everyone else online."""
+    """relay -> client: registered; here is everyone else online, and how fast you may send."""
 
     TYPE: ClassVar[str] = "welcome"
-    WIRE = (on_wire("nick", NICK), on_wire("peers", PEERS), on_wire("more", FLAG))
+    WIRE = (
+        on_wire("nick", NICK),
+        on_wire("rate", NUMBER),
+        on_wire("burst", NUMBER),
+        on_wire("byte_rate", NUMBER),
+        on_wire("byte_burst", NUMBER),
+        on_wire("peers", PEERS),
+        on_wire("more", FLAG),
+    )
     nick: str
+    #: the relay's rate limits for this connection, two token buckets: frames a second and
+    #: how many at once, bytes a second and how many at once. The client paces itself to them.
+    rate: float
+    burst: float
+    byte_rate: float
+    byte_burst: float
     peers: tuple[PeerInfo, ...]
     #: the directory continues in ``Directory`` messages (it is too big for one frame)
     more: bool = False
 
     def __post_init__(self) -> None:
         check_nick(self.nick)
+        for name in ("rate", "burst", "byte_rate", "byte_burst"):
+            _check_positive(getattr(self, name), name)
         _check_items(self.peers, PeerInfo, "peers")
         require(isinstance(self.more, bool), "more must be a bool")
 
