@@ -28,6 +28,7 @@ PURE = sorted(
         "client.receipts",
         "client.events",
         "client.held",
+        "client.pacing",
         "client.directory",
         "client.outbox",
         "client.core",

@@ -125,6 +125,8 @@ async def test_flooding_client_is_limited_then_disconnected_others_unaffected() 
         running_relay(rate=20.0, burst=10.0) as relay,
         peers(relay, "alice", "bob", "mallory") as (alice, bob, mallory),
     ):
+        # mallory ignores the rate the relay advertised (a real client paces itself to it)
+        mallory.connection.core._pacer.limit(1e9, 1e9, 1e12, 1e12, time.monotonic())
         for i in range(40):
             mallory.connection.send_private("bob", f"spam {i}")
         error = await mallory.next(RelayError)

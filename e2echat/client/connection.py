@@ -50,6 +50,9 @@ CONNECT_TIMEOUT = 10.0
 KEEPALIVE = 20.0
 # How often the connection looks at its clocks (receipts held back, overdue, keepalive).
 TICK = 0.2
+# On close, how long what is held back for the relay's rate (the last receipts) may take
+# to go before we hang up anyway.
+CLOSE_DRAIN = 2.0
 _LOST = "the connection was lost before it was confirmed (it may still have arrived)"
 
 
@@ -128,6 +131,10 @@ class Connection:
         self._ticker_task: asyncio.Task[None] | None = None
         self._settled = asyncio.Event()
         self._settled.set()
+        #: nothing is held back for the relay's rate
+        self._sendable = asyncio.Event()
+        self._sendable.set()
+        self._pace_timer: asyncio.TimerHandle | None = None
         self.closed = False
         self._relay_closing = False
         self._broken = ""  # how the relay broke the protocol, if it did
@@ -277,6 +284,25 @@ class Connection:
             self._transport.write(data)
             assert self._loop is not None  # there is a transport
             self._sent_at = self._loop.time()
+        self._pace()
+
+    def _pace(self) -> None:
+        """What the core holds back for the relay's rate goes when the rate allows: one
+        timer, for the next frame due."""
+        delay = self.core.send_delay()
+        if delay is None:
+            self._sendable.set()
+            if self.core.settled:
+                self._settled.set()
+            return
+        self._sendable.clear()
+        if self._pace_timer is None and self._loop is not None and not self.closed:
+            self._pace_timer = self._loop.call_later(delay, self._paced)
+
+    def _paced(self) -> None:
+        self._pace_timer = None
+        if not self.closed:
+            self._flush()
 
     # -- what the UI calls --------------------------------------------------------------------
 
@@ -299,6 +325,11 @@ class Connection:
         self._settled.clear()
         self._flush()
 
+    async def wait_sendable(self) -> None:
+        """Wait until nothing is held back for the relay's rate: a source of many lines (a
+        pipe) must not run ahead of what the relay takes."""
+        await self._sendable.wait()
+
     async def wait_settled(self, timeout: float) -> bool:
         """Wait until every message sent is accounted for: the relay answered, and each
         recipient confirmed it or is known not to have got it. False on timeout."""
@@ -317,6 +348,10 @@ class Connection:
         self.closed = True
         self.core.forget_keys()
         self._settled.set()  # nothing more will be answered
+        self._sendable.set()  # nor sent
+        if self._pace_timer is not None:
+            self._pace_timer.cancel()
+            self._pace_timer = None
         if self._transport is not None:
             self._transport.close()  # sends what is queued first
 
@@ -325,6 +360,8 @@ class Connection:
             with contextlib.suppress(E2EChatError):
                 self.core.flush_receipts()  # what we read is confirmed before we go
                 self._flush()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._sendable.wait(), CLOSE_DRAIN)  # paced: bounded
         self._close_transport()
         if self._ticker_task is not None:
             self._ticker_task.cancel()

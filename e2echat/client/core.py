@@ -38,6 +38,7 @@ from e2echat.client.events import (  # re-exported: the UI's vocabulary
     SplitView,
 )
 from e2echat.client.outbox import RECEIPT_INTERVAL, Outbox, receipt_gap
+from e2echat.client.pacing import Pacer
 from e2echat.client.receipts import RECEIPT_TIMEOUT, DeliveryReport, DeliveryTracker, Message
 from e2echat.client.relays import RelayTrust
 from e2echat.client.trust import KnownPeers, Trust
@@ -122,7 +123,8 @@ class ClientCore:
         self.relay_key: PublicKey | None = None
         self._clock = clock
         self._decoder = FrameDecoder()
-        self._outgoing = bytearray()
+        #: what we write, released no faster than the relay allows
+        self._pacer = Pacer()
         self._sessions: dict[str, PeerSession] = {}
         # One budget for the receiving keys every session keeps (chains.py): what a flood of
         # garbage or gaps can make us hold is bounded across all peers, not per peer.
@@ -140,7 +142,7 @@ class ClientCore:
             self._session_with,
             self.deliveries,
             clock,
-            self._outgoing,
+            self._pacer,
             wall_clock=wall_clock,
             notices=self._notices,
             message_ids=message_ids if message_ids is not None else itertools.count(1),
@@ -149,9 +151,13 @@ class ClientCore:
     # -- bytes in, bytes out --------------------------------------------------------------
 
     def data_to_send(self) -> bytes:
-        data = bytes(self._outgoing)
-        self._outgoing.clear()
-        return data
+        """What may be written to the relay now: within its rate (see ``send_delay``)."""
+        return self._pacer.take(self._clock())
+
+    def send_delay(self) -> float | None:
+        """Seconds until more may be written (call ``data_to_send`` then); None if
+        nothing is held back."""
+        return self._pacer.delay(self._clock())
 
     def receive_data(self, data: bytes) -> list[Event]:
         """Feed bytes from the relay. Raises ``RemoteProtocolError`` if the relay breaks
@@ -174,7 +180,7 @@ class ClientCore:
         return notices
 
     def _write(self, message: m.Message) -> None:
-        self._outgoing += encode_frame(encode_message(message))
+        self._pacer.write(encode_frame(encode_message(message)), self._clock())
 
     def ping(self) -> None:
         """Ask the relay whether it is still there (it answers with a pong)."""
@@ -235,9 +241,9 @@ class ClientCore:
 
     @property
     def settled(self) -> bool:
-        """The relay has answered for every message, and every recipient has confirmed
-        (or is known not to have got it)."""
-        return self.deliveries.settled
+        """Everything is written, the relay has answered for every message, and every
+        recipient has confirmed (or is known not to have got it)."""
+        return not self._pacer.queued and self.deliveries.settled
 
     @property
     def pending(self) -> dict[int, Message]:
@@ -357,6 +363,7 @@ class ClientCore:
     def _welcome(self, welcome: m.Welcome) -> list[Event]:
         if welcome.nick != self.nick:
             raise RemoteProtocolError(detail=f"relay welcomed {welcome.nick!r}, not {self.nick!r}")
+        self._pacer.limit(welcome.rate, welcome.burst, welcome.byte_rate, welcome.byte_burst, self._clock())
         self.state = ClientState.AWAIT_DIRECTORY
         return self._receive_directory(welcome.peers, welcome.more)
 

@@ -15,6 +15,7 @@ import nacl.utils
 
 from e2echat.client.directory import Directory
 from e2echat.client.events import Event
+from e2echat.client.pacing import Pacer
 from e2echat.client.receipts import DeliveryTracker
 from e2echat.client.trust import Trust
 from e2echat.crypto.session import MAX_ACKS, MAX_TEXT, Kind, PeerSession, Prepared, prepare, seal_all
@@ -86,7 +87,7 @@ def preview(text: str) -> str:
 
 
 class Outbox:
-    """Messages and receipts out, as frames appended to ``outgoing``.
+    """Messages and receipts out, as frames written to ``outgoing``.
 
     ``sessions`` are the sessions made so far, by nick; ``session_with`` makes one on
     first use (None if there can be none)."""
@@ -99,7 +100,7 @@ class Outbox:
         session_with: Callable[[str], PeerSession | None],
         tracker: DeliveryTracker,
         clock: Callable[[], float],
-        outgoing: bytearray,
+        outgoing: Pacer,
         *,
         wall_clock: Callable[[], float],
         notices: list[Event],
@@ -174,8 +175,11 @@ class Outbox:
         sessions = [self._sessions[nick] for nick in recipients]
         self._notices.extend(self._directory.exchanged(recipients))  # first contact pins the key
         counters = {session.peer: session.next_counter for session in sessions}
-        self._outgoing += send_frames(message_id, seal_all([(session, prepared) for session in sessions]))
-        self._tracker.sent(message_id, kind is Kind.PRIVATE, counters, self._clock(), preview(text))
+        frames = send_frames(message_id, seal_all([(session, prepared) for session in sessions]))
+        # Its receipts are due counting from when it leaves, which may be later if we are
+        # sending faster than the relay allows.
+        leaves = self._outgoing.write(frames, self._clock())
+        self._tracker.sent(message_id, kind is Kind.PRIVATE, counters, leaves, preview(text))
         return message_id
 
     # -- receipts ---------------------------------------------------------------------------
@@ -205,4 +209,4 @@ class Outbox:
                 acks = tuple(counters[start : start + MAX_ACKS])
                 receipts.append((session, prepare("", Kind.RECEIPT, directory_hash=view, acks=acks)))
         self.acks_due.clear()
-        self._outgoing += send_frames(0, seal_all(receipts))
+        self._outgoing.write(send_frames(0, seal_all(receipts)), now)

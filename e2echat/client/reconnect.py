@@ -257,6 +257,11 @@ class Client:
         self._put([self._held.hold(message_id, recipient, text, self.connection.core.peers)])
         return message_id
 
+    async def wait_sendable(self) -> None:
+        """Wait until nothing is held back for the relay's rate (see Connection)."""
+        if self.online:
+            await self.connection.wait_sendable()
+
     async def wait_settled(self, timeout: float) -> bool:
         """Wait (bounded) until everything typed was sent and accounted for: after a
         reconnect if need be. False if the time ran out (see ``give_up``)."""

@@ -59,6 +59,9 @@ async def run_line_mode(chat: Chat, fd: int | None = None) -> None:
 
     async def typing() -> None:
         while (line := await lines.get()) is not None:
+            # A pipe can hold more than the relay takes a second: read on only once what
+            # was sent has gone, so that nothing is refused and receipts are not late.
+            await chat.link.wait_sendable()
             if not chat.handle_line(line.rstrip("\r\n")):
                 return
 
