@@ -54,7 +54,9 @@ from e2echat.ui.repl import history_file, make_session, run_repl, terminal_write
 from e2echat.wire.grammar import MAX_PASSWORD, NICK_RULE, is_valid_nick
 
 EXIT_INTERRUPTED = 130  # the shell convention for "stopped by Ctrl+C"
-EXIT_NOT_SENT = 4  # as for a lost relay: something typed never left this machine
+# As for a lost relay: something typed never left this machine (in line mode also: a line
+# was refused, or a message was not delivered to everyone it was meant for).
+EXIT_NOT_SENT = 4
 
 
 def _port(text: str) -> int:
@@ -393,7 +395,9 @@ async def _chat(
             await run_line_mode(chat)
     finally:
         await client.close()
-    return EXIT_NOT_SENT if chat.unsent else 0
+    # A script learns from the exit code whether everything it sent arrived.
+    failed = chat.unsent or (not interactive and (chat.refused or chat.undelivered))
+    return EXIT_NOT_SENT if failed else 0
 
 
 def _ring() -> None:

@@ -20,8 +20,23 @@ from e2echat.crypto.identity import fingerprint
 from e2echat.relay.server import Relay
 from e2echat.store.files import exclusive
 from e2echat.store.keyfile import load_or_create_relay_key
+from e2echat.ui.chat import Chat
+from e2echat.wire import messages as m
 
-from support import LOOPBACK, REPO, WAIT, connect, peers, run_cli, running, running_relay, spawn_cli
+from hostile import HostileRelay, deliveries
+from relay_frames import Outgoing
+from support import (
+    LOOPBACK,
+    REPO,
+    WAIT,
+    connect,
+    peers,
+    run_cli,
+    running,
+    running_relay,
+    spawn_cli,
+    text_into,
+)
 
 
 @dataclass(frozen=True)
@@ -256,3 +271,59 @@ async def test_a_second_client_on_one_profile_is_refused(tmp_path: Path) -> None
         "(or give this one its own --home)"
     )
     assert not (tmp_path / "identity.key").exists()
+
+
+# -- line mode's exit code: 4 unless everything typed was sent and delivered ------------------
+
+
+async def test_line_mode_exits_4_for_a_message_to_nobody(tmp_path: Path) -> None:
+    async with running_relay() as relay, peers(relay, "alice"):
+        args = ("--nick", "bob", "--port", str(relay.port), "--home", str(tmp_path))
+        code, out, err = await run_cli("connect", *args, stdin=b"/msg nobody x\n")
+    assert "nobody is not online" in out and "Traceback" not in err
+    assert code == 4
+
+
+async def test_line_mode_exits_4_when_a_message_was_not_delivered(tmp_path: Path) -> None:
+    """alice reads the message, but her receipt never reaches bob (the relay drops it) and
+    she leaves: bob's report says she did not confirm it, and so does his exit code."""
+
+    def drop_alices_receipts(relay: HostileRelay, action: Outgoing, deliver: m.Deliver) -> list[Outgoing]:
+        return [] if deliver.sender == "alice" else [action]
+
+    async with (
+        running(HostileRelay(deliveries(drop_alices_receipts))) as relay,
+        peers(relay, "alice") as (alice,),
+    ):
+        args = ("connect", "--nick", "bob", "--port", str(relay.port), "--home", str(tmp_path))
+        async with spawn_cli(*args) as bob:
+            await alice.next(PeerJoined, lambda e: e.nick == "bob")
+            bob.stdin.write(b"/msg alice are you there?\n")
+            assert (await alice.next(MessageReceived)).text == "are you there?"
+            await alice.connection.close()
+            assert "NOT delivered to alice" in await bob.line_with("are you there?")
+            bob.stdin.close()
+            assert await bob.exit_code() == 4
+
+
+async def test_what_is_not_confirmed_when_the_user_leaves_is_reported_by_name() -> None:
+    """At the end of input the chat waits, bounded, for every receipt; at the bound, each
+    message still unconfirmed is reported NOT delivered, naming who did not confirm it."""
+
+    def drop_receipts(relay: HostileRelay, action: Outgoing, deliver: m.Deliver) -> list[Outgoing]:
+        return [] if relay.nick(action.conn) == "alice" else [action]
+
+    async with (
+        running(HostileRelay(deliveries(drop_receipts))) as relay,
+        peers(relay, "alice", "bob") as (alice, bob),
+    ):
+        shown: list[str] = []
+        chat = Chat(alice.connection, text_into(shown))
+        chat.handle_line("/msg bob last words")
+        assert (await bob.next(MessageReceived)).text == "last words"
+        await chat.finish(0.5)
+        chat.show_queued()
+        assert any('"last words" NOT delivered to bob (no receipt within 0.5s' in line for line in shown), (
+            shown
+        )
+        assert chat.undelivered

@@ -12,7 +12,14 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 from e2echat.client.core import ClientCore
-from e2echat.client.events import ClientEvent, Disconnected, KeyChanged, MessageReceived, NotSent
+from e2echat.client.events import (
+    ClientEvent,
+    DeliveryReport,
+    Disconnected,
+    KeyChanged,
+    MessageReceived,
+    NotSent,
+)
 from e2echat.client.receipts import RECEIPT_TIMEOUT
 from e2echat.client.trust import Trust
 from e2echat.crypto.identity import format_safety_number, same_fingerprint
@@ -92,6 +99,10 @@ class Chat:
         self.bell_on = bell is not None
         #: something typed was never sent (the connection did not come back)
         self.unsent = False
+        #: a line typed was refused (not sent, or not a valid command)
+        self.refused = False
+        #: a message was reported NOT delivered to someone
+        self.undelivered = False
         # nick -> the fingerprint of the key last put before the user (in a KEY CHANGED
         # warning, or with a safety number): the only key /trust accepts for that nick.
         self._shown_keys: dict[str, str] = {}
@@ -114,6 +125,7 @@ class Chat:
                 return True
             return self._run(command)
         except CommandError as exc:
+            self.refused = True
             self.problem(str(exc))
             return True
 
@@ -229,6 +241,8 @@ class Chat:
         """Show one event: its lines, each with the look its type gives it."""
         if isinstance(event, NotSent):
             self.unsent = True
+        elif isinstance(event, DeliveryReport) and event.failed:
+            self.undelivered = True
         if isinstance(event, KeyChanged):
             self._shown_keys[event.nick] = event.new_fingerprint
         if self.json:
