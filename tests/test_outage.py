@@ -6,14 +6,16 @@ from __future__ import annotations
 
 from nacl.public import PrivateKey
 
-from e2echat.client.core import MessageReceived, Registered
+from e2echat.client.core import MessageReceived, Registered, RelayClosing
 from e2echat.client.events import ConnectionLost, Queued
 from e2echat.client.held import KEY_CHANGED
 from e2echat.client.receipts import DeliveryReport
 from e2echat.client.trust import KnownPeers
 from e2echat.relay.server import Relay
+from e2echat.wire import messages as m
 
-from support import LOOPBACK, Peer, connect, running
+from hostile import HostileRelay
+from support import LOOPBACK, Peer, connect, peers, running
 
 Keys = dict[str, PrivateKey]
 
@@ -85,3 +87,15 @@ async def test_a_member_back_with_a_changed_key_is_reported_not_sent_the_line() 
         assert report.delivered == ("bob",) and report.failed == (("carol", KEY_CHANGED),)
         for peer in (alice, bob, impostor):
             await peer.connection.close()
+
+
+async def test_a_line_typed_after_the_relays_goodbye_is_held_not_refused() -> None:
+    """Between the relay's goodbye and the end of the connection, what is typed waits for
+    the next connection, as it would a moment later."""
+    async with running(HostileRelay()) as relay, peers(relay, "bob"):
+        alice = await connect(relay, "alice", reconnecting=True)
+        relay.inject("alice", m.Bye("restarting"))  # ... and it does not hang up yet
+        await alice.next(RelayClosing)
+        alice.connection.send_room("typed after the goodbye")
+        assert (await alice.next(Queued)).preview == "typed after the goodbye"
+        await alice.connection.close()

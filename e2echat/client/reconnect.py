@@ -19,7 +19,7 @@ from typing import Any
 from nacl.public import PrivateKey, PublicKey
 
 from e2echat.client.connection import CONNECT_TIMEOUT, Connection
-from e2echat.client.core import ClientCore
+from e2echat.client.core import ClientCore, ClientState
 from e2echat.client.events import (
     ClientEvent,
     ConnectionLost,
@@ -133,7 +133,9 @@ class Client:
 
     @property
     def online(self) -> bool:
-        return self._online.is_set()
+        """Connected, and the relay has not said goodbye (what is typed after its goodbye
+        waits for the next connection)."""
+        return self._online.is_set() and self.core.state is ClientState.ONLINE
 
     @property
     def relay_key(self) -> PublicKey | None:
