@@ -33,6 +33,7 @@ PURE = sorted(
         "client.outbox",
         "client.core",
         "relay.core",
+        "relay.registration",
         "relay.intake",
         "relay.limits",
         "ui.cells",

@@ -155,9 +155,9 @@ def test_connect_hint_names_a_concrete_address() -> None:
 async def test_a_big_directory_arrives_in_several_frames(monkeypatch: pytest.MonkeyPatch) -> None:
     """Thousands online would not fit one frame: the relay splits the directory, and the
     newcomer is registered only once it has every part."""
-    import e2echat.relay.core
+    import e2echat.relay.registration
 
-    monkeypatch.setattr(e2echat.relay.core, "DIRECTORY_CHUNK", 3)
+    monkeypatch.setattr(e2echat.relay.registration, "DIRECTORY_CHUNK", 3)
     nicks = [f"p{i}" for i in range(8)]
     async with running_relay() as relay, peers(relay, *nicks):
         newcomer = await connect(relay, "newcomer")

@@ -14,8 +14,6 @@ still in base64, into the ``deliver`` frames.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import struct
 import sys
@@ -24,19 +22,12 @@ from dataclasses import dataclass
 import nacl.utils
 from nacl.public import PrivateKey
 
-from e2echat.crypto.identity import opened_identity_proof, session_proof_verifies
 from e2echat.errors import FrameTooLarge, RemoteProtocolError
 from e2echat.relay.intake import read_frame, refusal
 from e2echat.relay.limits import Backlog, Flow, Limits, Sources, Unfinished, Verdict
+from e2echat.relay.registration import admit, welcome_frames
 from e2echat.wire.codec import decode_message, encode_message, printable_reason
-from e2echat.wire.fastpath import (
-    DELIVER_TAIL,
-    Routes,
-    deliver_head,
-    encode_directory,
-    encode_peer,
-    encode_welcome,
-)
+from e2echat.wire.fastpath import DELIVER_TAIL, Routes, deliver_head, encode_peer
 from e2echat.wire.framing import FrameDecoder, encode_frame
 from e2echat.wire.grammar import CHALLENGE_SIZE, skeleton
 from e2echat.wire.messages import (
@@ -56,8 +47,6 @@ from e2echat.wire.messages import (
 log = logging.getLogger("e2echat.relay.core")
 
 ConnId = int
-# Directory entries per frame: about 140 bytes each on the wire, so 2,000 make ~280 KiB.
-DIRECTORY_CHUNK = 2000
 _PREFIX = struct.Struct(">I")
 
 
@@ -112,12 +101,6 @@ class _Connection:
     challenge: bytes
     peer: PeerInfo | None = None
     flow: Flow | None = None
-
-
-def _digest(secret: bytes) -> bytes:
-    # Compare digests, not the secrets: compare_digest is constant-time only for inputs of
-    # equal length, and the length of a password is part of the secret.
-    return hashlib.sha256(b"e2echat relay password" + secret).digest()
 
 
 class RelayCore:
@@ -342,47 +325,15 @@ class RelayCore:
         return [Write([(conn, frame) for conn in self.online.values()])]
 
     def _register(self, record: _Connection, message: Register, now: float) -> list[Action]:
-        given_password = opened_identity_proof(self.key, record.challenge, message)
-        if given_password is None:
-            return self._refuse(record, "bad_proof", "registration proof did not verify")
-        if not session_proof_verifies(self.key, record.challenge, message):
-            # Someone else's session key: registered, it would make its owner's peers see
-            # a replayed key (or a split view) and blame the relay.
-            return self._refuse(
-                record, "bad_session_proof", "registration proof for the session key did not verify"
-            )
-        if self.password is not None and not hmac.compare_digest(
-            _digest(given_password), _digest(self.password)
-        ):
-            return self._refuse(
-                record, "bad_password", "wrong or missing relay password (ask whoever runs the relay)"
-            )
-        online = self._skeletons.get(skeleton(message.nick))
-        if online == message.nick:
-            taken = f"nick {message.nick!r} is already online; choose another"
-            return self._refuse(record, "nick_taken", taken)
-        if online is not None:  # "Bob" beside "bob", "aIice" beside "alice"
-            alike = f"nick {message.nick!r} looks too much like {online!r}, who is online; choose another"
-            return self._refuse(record, "nick_confusable", alike)
-        peer = PeerInfo(message.nick, message.identity_key, message.session_key)
+        peer = admit(self.key, record.challenge, self.password, self._skeletons, message)
+        if isinstance(peer, tuple):
+            return self._refuse(record, *peer)
         record.peer, record.challenge = peer, b""
         record.flow = Flow(self.limits, now)
         record.decoder.max_frame = self.limits.max_frame
-        # A big directory goes in several frames, each well under MAX_FRAME. The entries
-        # are kept encoded, so a join costs copying the directory, not encoding it.
-        encoded = list(self._encoded_peers.values())
-        starts = range(0, len(encoded), DIRECTORY_CHUNK) if encoded else [0]
-        frames: list[tuple[ConnId, bytes]] = []
-        for start in starts:
-            end = start + DIRECTORY_CHUNK
-            parts, more = encoded[start:end], end < len(encoded)
-            if start == 0:
-                # The rate limits go with the welcome, so that clients pace themselves to them.
-                payload = encode_welcome(peer.nick, parts, more=more, **self._advertised)
-            else:
-                payload = encode_directory(parts, more=more)
-            frames.append((record.conn, encode_frame(payload)))
-        actions: list[Action] = [Write(frames), *self._presence(PeerJoined(peer))]
+        welcome = welcome_frames(peer.nick, list(self._encoded_peers.values()), self._advertised)
+        actions: list[Action] = [Write([(record.conn, frame) for frame in welcome])]
+        actions += self._presence(PeerJoined(peer))
         self.online[peer.nick] = record.conn
         self._skeletons[skeleton(peer.nick)] = peer.nick
         self._peers[peer.nick] = peer
