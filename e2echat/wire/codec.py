@@ -25,8 +25,9 @@ from typing import Any
 from nacl.public import PublicKey
 
 from e2echat.errors import LocalProtocolError, RemoteProtocolError
+from e2echat.wire.fields import Kind, Record
 from e2echat.wire.grammar import KEY_SIZE, MAX_ITEMS, MAX_REASON, PROTOCOL_VERSION, is_utf8
-from e2echat.wire.messages import MESSAGE_TYPES, OBJECT_KINDS, Envelope, Kind, Message, PeerInfo, Record
+from e2echat.wire.messages import MESSAGE_TYPES, OBJECT_KINDS, Envelope, Message, PeerInfo
 
 __all__ = ["decode_message", "encode_message", "encode_record", "printable_reason", "write_number"]
 

@@ -7,20 +7,39 @@ written down in docs/PROTOCOL.md.
 Every message validates itself when built, so a bad value fails where it is made, not
 where it is sent. Each type's ``WIRE`` table says, once, which fields it has on the wire,
 in order: the name on the wire, the attribute it fills and its ``Kind`` (how the value is
-written in JSON). The strict codec (codec.py) encodes and decodes every type from these
-tables alone; the rules the values follow are in grammar.py.
+written in JSON; fields.py). The strict codec (codec.py) encodes and decodes every type
+from these tables alone; the rules the values follow are in grammar.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import enum
-import math
 from dataclasses import dataclass
-from typing import ClassVar, NamedTuple
+from typing import ClassVar
 
 from nacl.public import PublicKey
 
+from e2echat.wire.fields import (
+    BINARY,
+    ENVELOPES,
+    FLAG,
+    INT,
+    KEY,
+    NICK,
+    NICKS,
+    NUMBER,
+    PEER,
+    PEERS,
+    TEXT,
+    Holds,
+    Kind,
+    Record,
+    check_items,
+    check_key,
+    check_positive,
+    check_reason,
+    check_tables,
+    on_wire,
+)
 from e2echat.wire.grammar import (
     CHALLENGE_SIZE,
     CODE_PATTERN,
@@ -28,7 +47,6 @@ from e2echat.wire.grammar import (
     MAX_BODY,
     MAX_ITEMS,
     MAX_PROOF,
-    MAX_REASON,
     NICK_PATTERN,
     SESSION_PROOF_SIZE,
     check_bytes,
@@ -36,77 +54,6 @@ from e2echat.wire.grammar import (
     check_nick,
     require,
 )
-
-
-class Kind(enum.Enum):
-    """How a field's value is written in JSON. (What values are allowed is the dataclass's
-    business: it checks them when it is built, however it was built.)"""
-
-    TEXT = enum.auto()  # a string: any text UTF-8 can carry
-    NICK = enum.auto()  # a string in the nick grammar, which needs no JSON escaping
-    KEY = enum.auto()  # base64 of a 32-byte X25519 public key
-    BINARY = enum.auto()  # base64 of bytes
-    FLAG = enum.auto()  # true or false
-    INT = enum.auto()  # an integer (never a boolean)
-    NUMBER = enum.auto()  # a finite number, written with a fraction (never a boolean)
-    NICKS = enum.auto()  # an array of nicks
-    PEER = enum.auto()  # a ``PeerInfo`` object
-    PEERS = enum.auto()  # an array of ``PeerInfo`` objects
-    ENVELOPES = enum.auto()  # an array of ``Envelope`` objects
-
-
-class Field(NamedTuple):
-    """One row of a ``WIRE`` table."""
-
-    wire: str  #: its name in the JSON object
-    attr: str  #: the dataclass attribute it fills
-    kind: Kind
-
-
-def on_wire(wire: str, kind: Kind, *, attr: str | None = None) -> Field:
-    """A table row: the field ``wire``, of ``kind``, fills the attribute of the same name
-    (or ``attr``)."""
-    return Field(wire, attr or wire, kind)
-
-
-TEXT, NICK, KEY, BINARY, FLAG, INT = Kind.TEXT, Kind.NICK, Kind.KEY, Kind.BINARY, Kind.FLAG, Kind.INT
-NUMBER = Kind.NUMBER
-NICKS, PEER, PEERS, ENVELOPES = Kind.NICKS, Kind.PEER, Kind.PEERS, Kind.ENVELOPES
-
-
-def _check_key(key: object, what: str) -> None:
-    require(isinstance(key, PublicKey), f"{what} must be an X25519 public key")
-
-
-def _check_reason(value: object, what: str) -> None:
-    require(
-        isinstance(value, str) and len(value) <= MAX_REASON,
-        f"{what} must be a string of at most {MAX_REASON} characters",
-    )
-
-
-def _check_positive(value: object, what: str) -> None:
-    require(
-        type(value) is float and math.isfinite(value) and value > 0,
-        f"{what} must be a finite float above 0",
-    )
-
-
-def _check_items(value: object, kind: type, what: str) -> None:
-    require(
-        isinstance(value, tuple)
-        and len(value) <= MAX_ITEMS
-        and all(isinstance(item, kind) for item in value),
-        f"{what} must be a tuple of at most {MAX_ITEMS} {kind.__name__}",
-    )
-
-
-class Record:
-    """A dataclass with a wire table: a message, or an object nested in one."""
-
-    #: the fields on the wire, in their order there (and the dataclass's)
-    WIRE: ClassVar[tuple[Field, ...]]
-
 
 # -- the objects inside messages ----------------------------------------------------------
 
@@ -126,8 +73,8 @@ class PeerInfo(Record):
 
     def __post_init__(self) -> None:
         check_nick(self.nick)
-        _check_key(self.identity_key, "identity key")
-        _check_key(self.session_key, "session key")
+        check_key(self.identity_key, "identity key")
+        check_key(self.session_key, "session key")
 
 
 @dataclass(frozen=True)
@@ -141,14 +88,6 @@ class Envelope(Record):
     def __post_init__(self) -> None:
         check_nick(self.to, "recipient")
         check_bytes(self.body, "body", limit=MAX_BODY)
-
-
-class Holds(NamedTuple):
-    """What a field of an object kind holds."""
-
-    record: type[Record]  #: the dataclass of each object
-    label: str  #: what an error calls one
-    array: bool  #: an array of them, not just one
 
 
 OBJECT_KINDS: dict[Kind, Holds] = {
@@ -186,7 +125,7 @@ class Challenge(Message):
     password_required: bool = False
 
     def __post_init__(self) -> None:
-        _check_key(self.relay_key, "relay key")
+        check_key(self.relay_key, "relay key")
         check_bytes(self.challenge, "challenge", size=CHALLENGE_SIZE)
         require(isinstance(self.password_required, bool), "password_required must be a bool")
 
@@ -214,8 +153,8 @@ class Register(Message):
 
     def __post_init__(self) -> None:
         check_nick(self.nick)
-        _check_key(self.identity_key, "identity key")
-        _check_key(self.session_key, "session key")
+        check_key(self.identity_key, "identity key")
+        check_key(self.session_key, "session key")
         check_bytes(self.proof, "proof", limit=MAX_PROOF)
         check_bytes(self.session_proof, "session proof", size=SESSION_PROOF_SIZE)
 
@@ -248,8 +187,8 @@ class Welcome(Message):
     def __post_init__(self) -> None:
         check_nick(self.nick)
         for name in ("rate", "burst", "byte_rate", "byte_burst"):
-            _check_positive(getattr(self, name), name)
-        _check_items(self.peers, PeerInfo, "peers")
+            check_positive(getattr(self, name), name)
+        check_items(self.peers, PeerInfo, "peers")
         require(isinstance(self.more, bool), "more must be a bool")
 
 
@@ -263,7 +202,7 @@ class Directory(Message):
     more: bool = False
 
     def __post_init__(self) -> None:
-        _check_items(self.peers, PeerInfo, "peers")
+        check_items(self.peers, PeerInfo, "peers")
         require(isinstance(self.more, bool), "more must be a bool")
 
 
@@ -302,7 +241,7 @@ class Send(Message):
 
     def __post_init__(self) -> None:
         check_id(self.id)
-        _check_items(self.items, Envelope, "items")
+        check_items(self.items, Envelope, "items")
         require(len(self.items) > 0, "a send needs at least one envelope")
 
 
@@ -352,7 +291,7 @@ class Routed(Message):
         except TypeError:  # a name that is not a string
             pass
         for group, what in zip(groups, ("delivered", "missing", "refused"), strict=True):
-            _check_items(group, str, what)
+            check_items(group, str, what)
             for nick in group:
                 check_nick(nick)  # raises, naming the bad one
 
@@ -371,7 +310,7 @@ class Error(Message):
             isinstance(self.code, str) and CODE_PATTERN.match(self.code) is not None,
             f"error code must be {CODE_RULE}",
         )
-        _check_reason(self.text, "error text")
+        check_reason(self.text, "error text")
 
 
 @dataclass(frozen=True)
@@ -383,7 +322,7 @@ class Bye(Message):
     reason: str
 
     def __post_init__(self) -> None:
-        _check_reason(self.reason, "reason")
+        check_reason(self.reason, "reason")
 
 
 @dataclass(frozen=True)
@@ -420,17 +359,4 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
 }
 
 
-def _check_tables() -> None:
-    """Each table names every attribute of its dataclass once, in the dataclass's order
-    (so a decoded object is built positionally), and every wire name once."""
-    records: list[type[Record]] = [PeerInfo, Envelope, *MESSAGE_TYPES.values()]
-    for cls in records:
-        attrs = tuple(row.attr for row in cls.WIRE)
-        names = [row.wire for row in cls.WIRE]
-        if attrs != tuple(f.name for f in dataclasses.fields(cls)):  # type: ignore[arg-type]
-            raise TypeError(f"{cls.__name__}.WIRE does not list its fields in order")
-        if len(set(names)) != len(names) or {"v", "type"} & set(names):
-            raise TypeError(f"{cls.__name__}.WIRE names a field twice")
-
-
-_check_tables()
+check_tables(PeerInfo, Envelope, *MESSAGE_TYPES.values())
