@@ -283,7 +283,7 @@ async def test_recorded_traffic_stays_secret_when_identity_keys_leak_later(
         bob_session_key = bob.connection.core._session_key  # positive control, see below
         for peer in (alice, bob):
             await peer.connection.close()
-            assert peer.connection.core._sessions == {}  # chain keys dropped with the connection
+            assert peer.connection.core._sessions.by_nick == {}  # chain keys dropped with the connection
         recorded = [e.body for _, msg in relay.received if isinstance(msg, m.Send) for e in msg.items]
         registered = {msg.nick: msg for _, msg in relay.received if isinstance(msg, m.Register)}
 

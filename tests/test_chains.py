@@ -209,18 +209,18 @@ def test_a_client_keeps_skipped_keys_within_one_budget_for_all_its_peers() -> No
         wire.clients[talker].send_private("listener", "hello")
     wire.pump()
     for talker in talkers:
-        _jump(wire.clients[talker]._sessions["listener"], MAX_SKIP)
+        _jump(wire.clients[talker]._sessions.by_nick["listener"], MAX_SKIP)
         wire.clients[talker].send_private("listener", "after the gap")
     wire.pump()
     core = wire.clients[listener]
-    assert sum(session.missing for session in core._sessions.values()) == SKIPPED_TOTAL
+    assert sum(session.missing for session in core._sessions.by_nick.values()) == SKIPPED_TOTAL
 
 
 def test_a_client_gives_a_leaving_peers_keys_back() -> None:
     wire = FakeWire()
     listener, talker = wire.connect("listener"), wire.connect("talker")
     wire.deliver(listener, _frame(m.Deliver("talker", garbage(MAX_SKIP))))
-    budget = wire.clients[listener]._key_budget
+    budget = wire.clients[listener]._sessions.budget
     assert budget.lookahead == WINDOW
     wire.hang_up(talker)
     assert budget.lookahead == 0
@@ -231,11 +231,11 @@ def test_a_client_gives_every_key_back_when_the_connection_ends() -> None:
     listener, talker = wire.connect("listener"), wire.connect("talker")
     wire.clients[talker].send_private("listener", "hello")
     wire.pump()
-    _jump(wire.clients[talker]._sessions["listener"], 5)
+    _jump(wire.clients[talker]._sessions.by_nick["listener"], 5)
     wire.clients[talker].send_private("listener", "after five lost")
     wire.pump()
     wire.deliver(listener, _frame(m.Deliver("talker", garbage(100))))
-    budget = wire.clients[listener]._key_budget
+    budget = wire.clients[listener]._sessions.budget
     assert (budget.skipped, budget.lookahead) == (5, 100 - 7 + 1)
     wire.clients[listener].forget_keys()
     assert (budget.skipped, budget.lookahead) == (0, 0)

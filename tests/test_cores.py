@@ -464,7 +464,7 @@ def test_disconnect_tells_the_others_and_drops_the_session() -> None:
         client = wire.clients[conn]
         assert "bob" not in client.peers
         # The chain keys are forgotten (forward secrecy for this pair), not just hidden.
-        assert "bob" not in client._sessions
+        assert "bob" not in client._sessions.by_nick
         with pytest.raises(CommandError):
             client.send_private("bob", "are you there?")
 

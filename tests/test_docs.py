@@ -10,7 +10,7 @@ when it is one of:
 2. ``tests/FILE.py::test_NAME``: the file must exist and define ``test_NAME``.
    ``::test_NAME`` (the tables' short form) and a bare ``test_NAME`` must be defined in
    some file under tests/.
-3. a dotted name (``wire.messages.printable_reason``, ``ClientCore._add_peer``), or a
+3. a dotted name (``wire.messages.printable_reason``, ``Sessions.add``), or a
    name called with empty parentheses (``ClientCore.forget_keys()``, ``withheld()``),
    unless it starts with a name from outside e2echat (``NOT_OURS``: libraries, wire
    fields such as ``error.text``). A span that ends like a data file's name

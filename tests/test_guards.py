@@ -116,7 +116,7 @@ def test_a_peer_acknowledging_again_is_counted_once() -> None:
     ]
 
 
-# -- a peer who leaves takes the session along (client/core.py, ClientCore._retire) ---------
+# -- a peer who leaves takes the session along (client/sessions.py, Sessions.retire) --------
 
 
 def test_a_peer_who_comes_back_gets_a_new_session_both_ways() -> None:

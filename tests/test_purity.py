@@ -31,6 +31,7 @@ PURE = sorted(
         "client.pacing",
         "client.directory",
         "client.outbox",
+        "client.sessions",
         "client.core",
         "relay.core",
         "relay.registration",

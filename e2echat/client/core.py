@@ -2,16 +2,15 @@
 
 Bytes from the relay go in through ``receive_data`` and come out as events for the UI;
 what to write to the relay collects in ``data_to_send()``. The core runs the handshake,
-keeps a ``PeerSession`` with each peer, decrypts what arrives, and hands the rest to its
-parts: the ``Directory`` (who is online, trust, views), the ``Outbox`` (messages and
-receipts out) and the ``DeliveryTracker`` (what became of each message sent). The asyncio
-shell in connection.py only moves bytes.
+answers the relay and hands the rest to its parts: the ``Sessions`` (a session with each
+peer, what arrives decrypted), the ``Directory`` (who is online, trust, views), the
+``Outbox`` (messages and receipts out) and the ``DeliveryTracker`` (what became of each
+message sent). The asyncio shell in connection.py only moves bytes.
 """
 
 from __future__ import annotations
 
 import itertools
-import logging
 import time
 from collections.abc import Callable, Collection, Iterator
 from enum import Enum
@@ -41,16 +40,11 @@ from e2echat.client.outbox import RECEIPT_INTERVAL, Outbox, receipt_gap
 from e2echat.client.pacing import Pacer
 from e2echat.client.receipts import RECEIPT_TIMEOUT, DeliveryReport, DeliveryTracker, Message
 from e2echat.client.relays import RelayTrust
+from e2echat.client.sessions import Sessions
 from e2echat.client.trust import KnownPeers, Trust
-from e2echat.crypto.chains import KeyBudget
 from e2echat.crypto.identity import fingerprint, registration_proof, safety_number
-from e2echat.crypto.session import Kind, Party, PeerSession
-from e2echat.errors import (
-    CommandError,
-    DecryptionError,
-    LocalProtocolError,
-    RemoteProtocolError,
-)
+from e2echat.crypto.session import Party
+from e2echat.errors import CommandError, LocalProtocolError, RemoteProtocolError
 from e2echat.wire import messages as m
 from e2echat.wire.codec import decode_message, encode_message
 from e2echat.wire.fastpath import decode_deliver
@@ -79,8 +73,6 @@ __all__ = [
     "SplitView",
     "receipt_gap",
 ]
-
-log = logging.getLogger("e2echat.client.core")
 
 
 class ClientState(Enum):
@@ -125,27 +117,33 @@ class ClientCore:
         self._decoder = FrameDecoder()
         #: what we write, released no faster than the relay allows
         self._pacer = Pacer()
-        self._sessions: dict[str, PeerSession] = {}
-        # One budget for the receiving keys every session keeps (chains.py): what a flood of
-        # garbage or gaps can make us hold is bounded across all peers, not per peer.
-        self._key_budget = KeyBudget()
-        self._unusable: set[str] = set()  # peers whose keys cannot make a session
         self._notices: list[Event] = []  # found while sending; handed out with the next events
         self._arrival_events: list[Event] = []  # while the directory arrives in parts
         ours = Party(nick, identity.public_key, session_key.public_key)
         self._directory = Directory(ours, known_peers if known_peers is not None else KnownPeers(), clock)
         self.deliveries = DeliveryTracker(receipt_timeout)
+        # Sessions are made only while online: none after the connection's keys were dropped.
+        self._sessions = Sessions(
+            nick,
+            identity,
+            session_key,
+            self._directory,
+            self.deliveries,
+            online=lambda: self.state is ClientState.ONLINE,
+            notices=self._notices,
+        )
         self._outbox = Outbox(
             nick,
             self._directory,
-            self._sessions,
-            self._session_with,
+            self._sessions.by_nick,
+            self._sessions.session_with,
             self.deliveries,
             clock,
             self._pacer,
             wall_clock=wall_clock,
             notices=self._notices,
             message_ids=message_ids if message_ids is not None else itertools.count(1),
+            acks_due=self._sessions.acks_due,
         )
 
     # -- bytes in, bytes out --------------------------------------------------------------
@@ -168,7 +166,7 @@ class ClientCore:
             # the strict decoder (decode_deliver accepts nothing it would refuse).
             fast = decode_deliver(frame) if self.state is ClientState.ONLINE else None
             if fast is not None:
-                events.extend(self._deliver(*fast))
+                events.extend(self._sessions.deliver(*fast))
             else:
                 events.extend(self._handle(decode_message(frame)))
         self._send_receipts()
@@ -208,9 +206,7 @@ class ClientCore:
     def forget_keys(self) -> None:
         """The connection is over: drop every session and with them all chain keys. (The
         session private key goes with this object; Python cannot wipe memory.)"""
-        for session in self._sessions.values():
-            session.close()
-        self._sessions.clear()
+        self._sessions.close_all()
         self._directory.forget_caches()
         self.state = ClientState.CLOSED
 
@@ -315,11 +311,11 @@ class ClientCore:
             return self._receive_directory(message.peers, message.more)
         if self.state is ClientState.ONLINE:
             if isinstance(message, m.Deliver):
-                return self._deliver(message.sender, message.body)
+                return self._sessions.deliver(message.sender, message.body)
             if isinstance(message, m.PeerJoined):
-                return self._joined(message.peer)
+                return self._sessions.joined(message.peer)
             if isinstance(message, m.PeerLeft):
-                return self._left(message.nick)
+                return self._sessions.left(message.nick)
             if isinstance(message, m.Routed):
                 return self._routed(message)
             if isinstance(message, m.Ping):
@@ -369,116 +365,13 @@ class ClientCore:
 
     def _receive_directory(self, peers: tuple[m.PeerInfo, ...], more: bool) -> list[Event]:
         for peer in peers:
-            self._arrival_events.extend(self._add_peer(peer, refresh=False))
+            self._arrival_events.extend(self._sessions.add(peer, refresh=False))
         if more:
             return []
         self.state = ClientState.ONLINE
         self._directory.refresh_view()  # once, not once per peer: the directory may be thousands long
         events, self._arrival_events = self._arrival_events, []
         return [Registered(self.nick, tuple(self.peers)), *events]
-
-    def _add_peer(self, peer: m.PeerInfo, *, refresh: bool = True) -> list[Event]:
-        if peer.nick == self.nick:
-            raise RemoteProtocolError(detail="relay listed our own nick as a peer")
-        known = self._directory.peers.get(peer.nick)
-        if known == peer:
-            return []  # announced again with the same keys: keep the session and its counters
-        if self._directory.reuses_a_session_key(peer):
-            return [
-                SecurityWarning(
-                    f"the relay announced {peer.nick} again with a session key already used; "
-                    "ignored (a replay attempt?)"
-                )
-            ]
-        events: list[Event] = self._retire(peer.nick) if known is not None else []
-        self._unusable.discard(peer.nick)
-        # The session itself (three X25519 operations) is made when first needed: a newcomer
-        # to a relay with thousands online must not pay for every pair up front.
-        return events + self._directory.add(peer, refresh=refresh)
-
-    def _session_with(self, nick: str) -> PeerSession | None:
-        """The session with ``nick``, made on first use; None if there can be none."""
-        session = self._sessions.get(nick)
-        if session is not None or self.state is not ClientState.ONLINE:
-            return session
-        peer = self._directory.peers.get(nick)
-        if peer is None or nick in self._unusable:
-            return None
-        party = Party(peer.nick, peer.identity_key, peer.session_key)
-        try:
-            session = PeerSession(
-                self.nick, self._identity, self._session_key, party, budget=self._key_budget
-            )
-        except DecryptionError as exc:
-            self._unusable.add(nick)
-            self._directory.forget_caches()
-            self._notices.append(SecurityWarning(f"cannot talk to {nick} securely: {exc}"))
-            return None
-        self._sessions[nick] = session
-        return session
-
-    def _joined(self, peer: m.PeerInfo) -> list[Event]:
-        if self._directory.peers.get(peer.nick) == peer:
-            return []  # the same person, announced again: nothing new
-        events = self._add_peer(peer)
-        if peer.nick not in self._directory.peers:
-            return events  # refused (see _add_peer)
-        return [PeerJoined(peer.nick), *events]
-
-    def _left(self, nick: str) -> list[Event]:
-        if nick not in self._directory.peers:
-            return []
-        return [PeerLeft(nick), *self._retire(nick)]
-
-    def _retire(self, nick: str) -> list[Event]:
-        """``nick``'s session ends (they left, or came back with other keys)."""
-        # Dropping the session forgets its chain keys: forward secrecy for this pair.
-        session = self._sessions.pop(nick, None)
-        if session is not None:
-            session.close()
-        self._directory.remove(nick, had_session=session is not None)
-        # Acknowledgements owed in the old session must not be sent in a new one (counters
-        # restart there), and no receipt from a new session may confirm an old copy.
-        self._outbox.acks_due.pop(nick, None)
-        return list(self.deliveries.peer_left(nick))
-
-    def _deliver(self, sender: str, body: bytes) -> list[Event]:
-        session = self._sessions.get(sender) or self._session_with(sender)
-        if session is None:
-            return [
-                SecurityWarning(f"dropped a message claiming to be from {sender}, who has no session with us")
-            ]
-        try:
-            plaintext = session.decrypt(body)
-        except DecryptionError as exc:
-            log.info("dropped a message that did not authenticate")
-            return [SecurityWarning(f"{exc}; it was dropped")]
-        events: list[Event] = []
-        if plaintext.skipped:
-            events.append(MessagesMissing(plaintext.sender, plaintext.skipped))
-        directory = self._directory
-        if plaintext.kind is Kind.RECEIPT:
-            # A receipt from a key we do not accept confirms nothing. (Belt and braces: a
-            # changed key gets no copies and a replaced session's copies fail in _retire,
-            # so no receipt from one can match today; this keeps it so if that changes.)
-            if directory.trust(plaintext.sender) is not Trust.CHANGED:
-                events.extend(self.deliveries.acknowledged(plaintext.sender, list(plaintext.acks)))
-            return events
-        trust = directory.trust(plaintext.sender)
-        if trust is not Trust.CHANGED:  # nothing is owed to a key we do not accept, even later
-            self._outbox.acks_due.setdefault(plaintext.sender, []).append(plaintext.counter)
-            # First contact pins the key (a call per message: kept cheap when pinned).
-            if directory.known_peers.exchanged(plaintext.sender, session.theirs.identity_key):
-                events.append(KeyPinned(plaintext.sender))
-        if plaintext.directory_hash != directory.view and directory.is_split_view(
-            plaintext.sender, plaintext.directory_hash
-        ):
-            events.append(SplitView(plaintext.sender))
-        private = plaintext.kind is Kind.PRIVATE
-        events.append(
-            MessageReceived(plaintext.sender, plaintext.text, private, trust, plaintext.late, plaintext.sent)
-        )
-        return events
 
     def _routed(self, routed: m.Routed) -> list[Event]:
         return list(self.deliveries.routed(routed.id, routed.delivered, routed.missing, routed.refused))

@@ -90,7 +90,8 @@ class Outbox:
     """Messages and receipts out, as frames written to ``outgoing``.
 
     ``sessions`` are the sessions made so far, by nick; ``session_with`` makes one on
-    first use (None if there can be none)."""
+    first use (None if there can be none); ``acks_due`` is what arriving messages made us
+    owe (``Sessions.acks_due``)."""
 
     def __init__(
         self,
@@ -105,6 +106,7 @@ class Outbox:
         wall_clock: Callable[[], float],
         notices: list[Event],
         message_ids: Iterator[int],
+        acks_due: dict[str, list[int]],
     ) -> None:
         self._our_nick = our_nick
         self._directory = directory
@@ -120,7 +122,7 @@ class Outbox:
         #: who the last room message left out because their key changed
         self.left_out: list[str] = []
         #: sender -> the counters of their messages we owe a receipt for
-        self.acks_due: dict[str, list[int]] = {}
+        self.acks_due = acks_due
         self._receipts_due_at = 0.0
 
     # -- messages ---------------------------------------------------------------------------
