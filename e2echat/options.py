@@ -1,0 +1,176 @@
+"""The command line's grammar: the argparse parser, its argument types and help texts.
+What each command does is in cli.py."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+from e2echat import __version__
+from e2echat.client.relays import parse_fingerprint
+from e2echat.relay.limits import Limits
+from e2echat.relay.server import DEFAULT_PORT
+from e2echat.wire.grammar import NICK_RULE
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number (0-65535)")
+    return port
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="e2echat",
+        description="End-to-end encrypted chat through a relay you do not have to trust.",
+        epilog="Start a relay on one machine, then everyone runs `e2echat connect`.",
+    )
+    parser.add_argument("--version", action="version", version=f"e2echat {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    relay = commands.add_parser(
+        "relay",
+        help="run the relay that forwards encrypted messages",
+        description="Run the relay. It forwards ciphertext and keeps a directory of who is "
+        "online; it never holds a key that can read a message.",
+    )
+    relay.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all, 0.0.0.0)")
+    relay.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"TCP port (default: {DEFAULT_PORT})")
+    relay.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="how much the relay logs to stderr (default: info)",
+    )
+    relay.add_argument("--quiet", action="store_true", help="log only warnings and errors")
+    relay.add_argument(
+        "--password-file",
+        metavar="FILE",
+        help="require this password (the file's first line) from clients; or set E2ECHAT_RELAY_PASSWORD",
+    )
+    relay.add_argument(
+        "--key",
+        metavar="FILE",
+        help="the relay's long-term key, made there on first start (mode 0600; default: "
+        "$XDG_DATA_HOME/e2echat/relay/relay.key). Clients pin it per address and refuse a relay "
+        "whose key changed: keep this file, and a restarted relay is the same relay to them",
+    )
+    defaults = Limits()
+    limits = relay.add_argument_group("limits (each logged in one line when a client hits it)")
+    for field, kind, metavar, text in LIMIT_FLAGS:
+        default = getattr(defaults, field)
+        limits.add_argument(
+            "--" + field.replace("_", "-"),
+            type=_positive(kind),
+            default=default,
+            metavar=metavar,
+            help=f"{text} (default: {default if kind is int else format(default, 'g')})",
+        )
+
+    connect = commands.add_parser(
+        "connect",
+        help="join a relay and chat",
+        description="Join a relay and chat. A plain line goes to everyone online; "
+        "/msg NICK TEXT to one person; /who, /help, /quit. When standard input is not a "
+        "terminal, lines are read from it and events are printed one per line.",
+    )
+    connect.add_argument(
+        "--nick", help=f"your name in the chat ({NICK_RULE}); default: the profile you used last, else asked"
+    )
+    connect.add_argument(
+        "--host", help="the relay's address (default: the one this profile used last, else 127.0.0.1)"
+    )
+    connect.add_argument(
+        "--port", type=_port, help=f"the relay's port (default: this profile's last, else {DEFAULT_PORT})"
+    )
+    connect.add_argument("--json", action="store_true", help="print one JSON object per event (for scripts)")
+    connect.add_argument("--no-bell", action="store_true", help="no terminal bell on private messages")
+    connect.add_argument(
+        "--no-history", action="store_true", help="do not keep what you type in the profile's history file"
+    )
+    connect.add_argument("--home", metavar="DIR", help=HOME_HELP)
+    connect.add_argument(
+        "--passphrase",
+        action="store_true",
+        help="protect your identity key with a passphrase (asked for on the terminal; "
+        "or set E2ECHAT_PASSPHRASE). A protected key always needs it.",
+    )
+    connect.add_argument(
+        "--password-file",
+        metavar="FILE",
+        help="the relay's password (the file's first line), if it has one; or set "
+        "E2ECHAT_RELAY_PASSWORD; asked for on the terminal otherwise",
+    )
+    connect.add_argument(
+        "--trust-relay-key",
+        metavar="FINGERPRINT",
+        type=_fingerprint,
+        help="answer only a relay whose key has this fingerprint (as `e2echat relay` prints it), and "
+        "pin it. The first time, your client pins whatever key the relay shows; if it later "
+        "shows another, the client sends it nothing (exit code 6) unless you confirm on the "
+        "terminal or give the new key's fingerprint here",
+    )
+
+    show = commands.add_parser(
+        "fingerprint",
+        help="print your identity key's fingerprint",
+        description="Print the fingerprint of your identity key, to compare with what others see.",
+    )
+    show.add_argument("--nick", help="whose profile (default: the one --home or $E2ECHAT_HOME names)")
+    show.add_argument("--home", metavar="DIR", help=HOME_HELP)
+    return parser
+
+
+#: the relay's limits on the command line: (field of Limits, type, metavar, help)
+LIMIT_FLAGS: list[tuple[str, type[int] | type[float], str, str]] = [
+    ("max_connections", int, "N", "connections at once"),
+    ("max_frame", int, "BYTES", "largest frame accepted"),
+    ("handshake_timeout", float, "SECONDS", "time to register"),
+    ("idle_timeout", float, "SECONDS", "close a connection that sends no whole frame this long"),
+    ("rate", float, "PER_SECOND", "messages a second per connection"),
+    ("burst", float, "N", "messages allowed at once above the rate"),
+    ("byte_rate", int, "BYTES", "bytes a second per connection (frames over it are refused unread)"),
+    ("byte_burst", int, "BYTES", "bytes allowed at once above the byte rate"),
+    (
+        "write_buffer",
+        int,
+        "BYTES",
+        "drop a client that stops reading once this much waits for it; past a quarter of it, "
+        "messages to it are refused and their senders told",
+    ),
+    ("stall_timeout", float, "SECONDS", "drop a client that stays that far behind in reading this long"),
+    ("partial_frames", int, "BYTES", "bytes of unfinished frames held in all; over it, the oldest is closed"),
+    ("connections_per_address", int, "N", "connections at once from one address (an IPv6 /64 is one)"),
+    ("connect_rate", float, "PER_SECOND", "new connections a second from one address"),
+    ("connect_burst", float, "N", "new connections allowed at once from one address above that rate"),
+]
+
+HOME_HELP = (
+    "profile directory holding your identity key and known peers "
+    "(default: $E2ECHAT_HOME, else $XDG_DATA_HOME/e2echat/NICK)"
+)
+
+
+def _fingerprint(text: str) -> str:
+    parsed = parse_fingerprint(text)
+    if parsed is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a key fingerprint (32 hex digits)")
+    return parsed
+
+
+def _positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text} must be more than 0")
+        return value
+
+    return parse
