@@ -117,7 +117,7 @@ class Relay:
             ) from None
         self._port = self._server.sockets[0].getsockname()[1]
         self._sweeper = asyncio.create_task(self._sweep())
-        log.info("listening on %s:%d", self.host, self.port)
+        log.debug("listening on %s:%d", self.host, self.port)
 
     async def stop(self, reason: str = "the relay was stopped") -> None:
         """Tell every client we are going, then close everything."""
@@ -139,7 +139,7 @@ class Relay:
             assert link.transport is not None
             link.transport.abort()
         self._server = None
-        log.info("stopped")
+        log.debug("stopped")
 
     # -- the connections' callbacks --------------------------------------------------------
 
