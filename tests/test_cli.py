@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 from nacl.public import PrivateKey
 
 from e2echat import __version__
@@ -327,3 +328,18 @@ async def test_what_is_not_confirmed_when_the_user_leaves_is_reported_by_name() 
             shown
         )
         assert chat.undelivered
+
+
+@pytest.mark.parametrize("command", ["connect", "relay"])
+async def test_a_host_name_that_cannot_be_encoded_is_a_clear_error(command: str, tmp_path: Path) -> None:
+    """An empty label ('a..b') fails in getaddrinfo's IDNA step with a UnicodeError, not
+    an OSError: it is bad input all the same, and gets one line, not a traceback."""
+    args = (
+        ["--nick", "alice", "--home", str(tmp_path)]
+        if command == "connect"
+        else ["--key", str(tmp_path / "k")]
+    )
+    code, _, err = await run_cli(command, "--host", "a..b", "--port", "1", *args)
+    assert code in (1, 3)
+    line = _one_clear_line(err)
+    assert "a..b" in line and "Traceback" not in err

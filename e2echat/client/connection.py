@@ -159,7 +159,9 @@ class Connection:
             transport, _ = await asyncio.wait_for(
                 loop.create_connection(lambda: _Link(self), self.host, self.port), timeout
             )
-        except (OSError, TimeoutError):
+        # UnicodeError: a host name that cannot be encoded (an empty label, one over 63
+        # characters) is refused by getaddrinfo's IDNA step, not by the network.
+        except (OSError, TimeoutError, UnicodeError):
             registration.cancel()
             raise RelayUnreachable(host=self.host, port=self.port) from None
         sock = transport.get_extra_info("socket")

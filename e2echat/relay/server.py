@@ -115,6 +115,10 @@ class Relay:
             raise RelayStartError(
                 host=self.host, port=self.requested_port, detail=exc.strerror or str(exc)
             ) from None
+        except UnicodeError:  # a host name getaddrinfo's IDNA step cannot encode
+            raise RelayStartError(
+                host=self.host, port=self.requested_port, detail="not a valid host name"
+            ) from None
         self._port = self._server.sockets[0].getsockname()[1]
         self._sweeper = asyncio.create_task(self._sweep())
         log.debug("listening on %s:%d", self.host, self.port)
