@@ -9,12 +9,13 @@ from nacl.public import PrivateKey
 from e2echat.client.core import MessageReceived, Registered, RelayClosing
 from e2echat.client.events import ConnectionLost, Queued
 from e2echat.client.held import KEY_CHANGED
-from e2echat.client.receipts import DeliveryReport
+from e2echat.client.receipts import DeliveryReport, SendReport
 from e2echat.client.trust import KnownPeers
 from e2echat.relay.server import Relay
 from e2echat.wire import messages as m
 
-from hostile import HostileRelay
+from hostile import HostileRelay, deliveries
+from relay_frames import Outgoing
 from support import LOOPBACK, Peer, connect, peers, running
 
 Keys = dict[str, PrivateKey]
@@ -98,4 +99,24 @@ async def test_a_line_typed_after_the_relays_goodbye_is_held_not_refused() -> No
         await alice.next(RelayClosing)
         alice.connection.send_room("typed after the goodbye")
         assert (await alice.next(Queued)).preview == "typed after the goodbye"
+        await alice.connection.close()
+
+
+async def test_after_the_relays_goodbye_what_is_unconfirmed_is_waited_for_then_reported() -> None:
+    """The relay has said goodbye but not hung up: a message still unconfirmed is not
+    taken as settled; giving up reports it NOT delivered, by name."""
+
+    def drop(relay: HostileRelay, action: Outgoing, deliver: m.Deliver) -> list[Outgoing]:
+        return []  # bob never gets it, so no receipt ever comes
+
+    async with running(HostileRelay(deliveries(drop))) as relay, peers(relay, "bob"):
+        alice = await connect(relay, "alice", reconnecting=True)
+        alice.connection.send_room("are you there?")
+        await alice.next(SendReport)  # the relay answered for it
+        relay.inject("alice", m.Bye("restarting"))  # ... and it does not hang up yet
+        await alice.next(RelayClosing)
+        assert not await alice.connection.wait_settled(0.3)
+        alice.connection.give_up("we left")
+        report = await alice.next(DeliveryReport)
+        assert report.failed and [nick for nick, _ in report.failed] == ["bob"]
         await alice.connection.close()

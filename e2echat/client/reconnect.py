@@ -275,18 +275,18 @@ class Client:
                 await asyncio.wait_for(self._held_changed.wait(), deadline - loop.time())
         if self._held.waiting:
             return False
-        if not self.online:
+        # The connection, not ``online``: after the relay's goodbye the connection still
+        # tracks what it sent until it closes (its end reports what is left).
+        if self.connection.closed:
             return True
         return await self.connection.wait_settled(max(0.0, deadline - loop.time()))
 
     def give_up(self, reason: str) -> None:
         """Stop waiting: whatever is not yet accounted for is reported now, for ``reason``
         (held lines not yet sent: as not sent)."""
-        if self.online:
+        if not self.connection.closed:  # online, or told goodbye but not yet hung up on
             self.connection.give_up(reason)  # its reports reach us through _publish
-            self._put(self._held.give_up(NOT_BACK))
-        else:
-            self._put(self._held.give_up(GAVE_UP))
+        self._put(self._held.give_up(NOT_BACK if self.online else GAVE_UP))
 
     async def close(self) -> None:
         self.closed = True
