@@ -10,6 +10,7 @@ from e2echat.client.core import MessageReceived, Registered, RelayClosing
 from e2echat.client.events import ConnectionLost, Queued
 from e2echat.client.held import KEY_CHANGED
 from e2echat.client.receipts import DeliveryReport, SendReport
+from e2echat.client.reconnect import Client
 from e2echat.client.trust import KnownPeers
 from e2echat.relay.server import Relay
 from e2echat.wire import messages as m
@@ -120,3 +121,10 @@ async def test_after_the_relays_goodbye_what_is_unconfirmed_is_waited_for_then_r
         report = await alice.next(DeliveryReport)
         assert report.failed and [nick for nick, _ in report.failed] == ["bob"]
         await alice.connection.close()
+
+
+async def test_pins_outlive_a_reconnect_when_none_were_given() -> None:
+    """A Client made without pins keeps one set for all its connections: a key pinned
+    before an outage is still pinned after it, so a change across it is caught."""
+    client = Client(LOOPBACK, 1, "alice", PrivateKey.generate())
+    assert client._make().core.known_peers is client._make().core.known_peers

@@ -89,7 +89,8 @@ class Client:
         self.backoff = backoff
         self.grace = grace
         self._identity = identity
-        self._known_peers = known_peers
+        # One set of pins for every connection: a reconnect must not forget who was pinned.
+        self._known_peers = known_peers if known_peers is not None else KnownPeers()
         self._password = password
         # Which relay key to answer; after the first connection, that connection's key
         # and no other: a relay that comes back with another key is not answered.
