@@ -4,14 +4,17 @@ port), real clients."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from nacl.public import PrivateKey
 
 from e2echat.client.core import MessageReceived, Registered, RelayClosing
 from e2echat.client.events import ConnectionLost, Queued
-from e2echat.client.held import KEY_CHANGED
+from e2echat.client.held import KEY_CHANGED, HeldLines
 from e2echat.client.receipts import DeliveryReport, SendReport
 from e2echat.client.reconnect import Client
 from e2echat.client.trust import KnownPeers
+from e2echat.errors import LocalProtocolError
 from e2echat.relay.server import Relay
 from e2echat.wire import messages as m
 
@@ -128,3 +131,25 @@ async def test_pins_outlive_a_reconnect_when_none_were_given() -> None:
     before an outage is still pinned after it, so a change across it is caught."""
     client = Client(LOOPBACK, 1, "alice", PrivateKey.generate())
     assert client._make().core.known_peers is client._make().core.known_peers
+
+
+class _BrokenSender:
+    """A link whose sending fails with an error other than a refusal (a bug, say)."""
+
+    def __init__(self) -> None:
+        self.left_out: list[str] = []
+
+    def send_room(self, text: str, only: Collection[str] | None = None) -> int:
+        raise LocalProtocolError(detail="something broke")
+
+    def send_private(self, nick: str, text: str) -> int:
+        raise LocalProtocolError(detail="something broke")
+
+
+def test_a_held_line_that_fails_to_send_for_any_reason_is_reported() -> None:
+    held = HeldLines()
+    held.hold(1, None, "hello", ["bob"])
+    events = held.release(_BrokenSender(), ["bob"], final=True)
+    reports = [event for event in events if isinstance(event, DeliveryReport)]
+    assert [report.failed for report in reports] == [(("bob", "internal error: something broke"),)]
+    assert not held.waiting

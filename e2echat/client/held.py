@@ -19,7 +19,7 @@ from typing import Protocol
 from e2echat.client.events import ClientEvent, NotSent, Queued
 from e2echat.client.outbox import preview
 from e2echat.client.receipts import DeliveryReport, SendReport
-from e2echat.errors import CommandError
+from e2echat.errors import E2EChatError
 
 NOT_BACK = "not back online in time"
 KEY_CHANGED = "their key changed and was not accepted"
@@ -127,7 +127,7 @@ class HeldLines:
                 part = sender.send_room(line.text, only=due)
             else:
                 part = sender.send_private(line.recipient, line.text)
-        except CommandError as exc:
+        except E2EChatError as exc:  # a refusal (CommandError), or anything else: reported
             reason = str(exc)
         # A room message says whom it left out for a changed key, sent or not.
         left_out = set(sender.left_out).intersection(due) if line.recipient is None else set()
