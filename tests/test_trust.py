@@ -353,8 +353,10 @@ async def test_room_message_says_who_was_left_out() -> None:
         new_bob = await connect(relay, "bob")
         await alice.next(KeyChanged)
         lines: list[str] = []
-        Chat(alice.connection, text_into(lines)).handle_line("hello everyone")
+        chat = Chat(alice.connection, text_into(lines))
+        chat.handle_line("hello everyone")
         assert lines and "not sent to bob" in lines[-1]
+        assert chat.undelivered  # line mode exits 4: not everyone got it
         for peer in (new_bob, alice):
             await peer.connection.close()
 

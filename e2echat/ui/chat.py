@@ -138,6 +138,7 @@ class Chat:
             if not online:
                 return True  # held until the relay is back
             for nick in core.left_out:  # computed by the send; not again
+                self.undelivered = True  # not to everyone it was meant for (exit code 4)
                 self.problem(f"not sent to {nick}: their key changed (see /verify {nick}, /trust {nick})")
         elif isinstance(command, commands.PrivateMessage):
             self.link.send_private(command.nick, command.text)
