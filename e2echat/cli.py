@@ -48,7 +48,7 @@ from e2echat.store.relays import KNOWN_RELAYS_FILE, RelayPinFile
 from e2echat.ui.cells import neutralize
 from e2echat.ui.chat import Chat
 from e2echat.ui.joining import join
-from e2echat.ui.linemode import print_text, run_line_mode
+from e2echat.ui.linemode import line_writer, run_line_mode
 from e2echat.ui.repl import history_file, make_session, run_repl, terminal_writer
 from e2echat.wire.grammar import MAX_PASSWORD, NICK_RULE, is_valid_nick
 
@@ -214,7 +214,7 @@ async def _chat(
             bell=None if args.no_bell else _ring,
         )
     else:
-        chat = Chat(client, print_text, json=args.json)
+        chat = Chat(client, line_writer(json=args.json), json=args.json)
     if created:
         chat.notice(f"created a new identity in {directory}")
     chat.notice(f"your key fingerprint: {fingerprint(identity.public_key)}")

@@ -24,7 +24,7 @@ from prompt_toolkit.utils import get_cwidth
 from e2echat.client.events import MessageReceived, RegistrationFailed, RelayClosing, RelayError
 from e2echat.client.trust import Trust
 from e2echat.ui.cells import INDENT, neutralize, terminal_cells, wrap_cells
-from e2echat.ui.linemode import print_text
+from e2echat.ui.linemode import line_writer, print_text
 from e2echat.ui.render import Shown, json_lines, render
 
 NOW = 1_700_000_000.0
@@ -217,3 +217,15 @@ def test_json_output_escapes_the_padding() -> None:
     (line,) = json_lines(MessageReceived("mallory", FORGERY, private=False))
     assert line.isascii() and "\\u3164" in line
     assert json.loads(line)["text"] == FORGERY  # the exact text, for scripts
+
+
+def test_json_records_stay_one_line_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--json on a terminal: each record is one line of JSON, never wrapped (it is ASCII,
+    one cell a character, so the terminal's own wrap cannot forge a row of our making)."""
+    screen = _Terminal()
+    monkeypatch.setattr(sys, "stdout", screen)
+    monkeypatch.setattr(shutil, "get_terminal_size", lambda *_: os.terminal_size((40, 24)))
+    (line,) = json_lines(MessageReceived("mallory", "a long message " * 10, private=False))
+    line_writer(json=True)("message", line)
+    (row,) = screen.getvalue().splitlines()
+    assert json.loads(row)["text"] == "a long message " * 10

@@ -11,6 +11,7 @@ import os
 import shutil
 import sys
 import threading
+from collections.abc import Callable
 
 from e2echat.ui.cells import wrap_cells
 from e2echat.ui.chat import Chat
@@ -25,6 +26,18 @@ def print_text(style: LineStyle, text: str) -> None:
     if sys.stdout.isatty():
         text = "\n".join(wrap_cells(text, shutil.get_terminal_size().columns - 1))
     print(text, flush=True)
+
+
+def print_record(style: LineStyle, text: str) -> None:
+    """``--json``'s writer: one JSON object a line, never wrapped (a wrapped record is
+    no longer one line of JSON). Its text is ASCII with every control, format and
+    wide character escaped, so a terminal draws it one cell per character."""
+    print(text, flush=True)
+
+
+def line_writer(*, json: bool) -> Callable[[LineStyle, str], None]:
+    """The writer for line mode: records for ``--json``, wrapped text otherwise."""
+    return print_record if json else print_text
 
 
 async def run_line_mode(chat: Chat, fd: int | None = None) -> None:
