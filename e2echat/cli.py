@@ -83,11 +83,18 @@ def _relay_password(path: str | None) -> bytes | None:
                 line = handle.readline().rstrip("\r\n")
         except OSError as exc:
             raise UsageError(detail=f"cannot read the password file {path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise UsageError(detail=f"the password file {path} is not UTF-8 text") from None
         if not line:
             raise UsageError(detail=f"the password file {path} is empty")
         return _checked_password(line.encode("utf-8"))
     from_environment = os.environ.get("E2ECHAT_RELAY_PASSWORD")
-    return _checked_password(from_environment.encode("utf-8")) if from_environment else None
+    if not from_environment:
+        return None
+    try:
+        return _checked_password(from_environment.encode("utf-8"))
+    except UnicodeEncodeError:  # bytes that are not UTF-8, kept by Python as surrogates
+        raise UsageError(detail="E2ECHAT_RELAY_PASSWORD is not UTF-8 text") from None
 
 
 def _checked_password(password: bytes) -> bytes:

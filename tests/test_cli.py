@@ -258,6 +258,18 @@ async def test_overlong_relay_password_is_a_clear_error(tmp_path: Path) -> None:
     assert code == 2 and "longer than 512 bytes" in _one_clear_line(err)
 
 
+async def test_a_relay_password_that_is_not_utf8_is_a_clear_error(tmp_path: Path) -> None:
+    secret = tmp_path / "password"
+    secret.write_bytes(b"\xff\xfe secret\n")
+    code, _, err = await run_cli(
+        "relay", "--port", "0", "--password-file", str(secret), "--key", str(tmp_path / "k")
+    )
+    assert code == 2 and "is not UTF-8 text" in _one_clear_line(err)
+    environment = {**os.environ, "E2ECHAT_RELAY_PASSWORD": "s\udcffcret"}  # as Python keeps bad bytes
+    code, _, err = await run_cli("relay", "--port", "0", "--key", str(tmp_path / "k"), env=environment)
+    assert code == 2 and "E2ECHAT_RELAY_PASSWORD is not UTF-8 text" in _one_clear_line(err)
+
+
 async def test_a_second_client_on_one_profile_is_refused(tmp_path: Path) -> None:
     """Two clients on one profile would write the same files (and lose messages when one
     of them crashed): the second is turned away before it touches anything."""
