@@ -9,6 +9,7 @@ import getpass
 import io
 import logging
 import os
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,7 +46,7 @@ from e2echat.store.profiles import (
     save_settings,
 )
 from e2echat.store.relays import KNOWN_RELAYS_FILE, RelayPinFile
-from e2echat.ui.cells import neutralize
+from e2echat.ui.cells import neutralize, wrap_cells
 from e2echat.ui.chat import Chat
 from e2echat.ui.joining import join
 from e2echat.ui.linemode import line_writer, run_line_mode
@@ -252,6 +253,15 @@ def _ask_password() -> bytes:
     return _checked_password(password.encode("utf-8"))
 
 
+def print_error(line: str) -> None:
+    """The last word, on standard error. It may quote the relay (a refusal, why it hung
+    up): on a terminal it is wrapped under its text like every other line, so that the
+    terminal never wraps it itself and starts a row with the relay's words."""
+    if sys.stderr.isatty():
+        line = "\n".join(wrap_cells(line, shutil.get_terminal_size().columns - 1))
+    print(line, file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -259,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = run(args)
         return code
     except E2EChatError as exc:
-        print(f"e2echat: {neutralize(str(exc))}", file=sys.stderr)
+        print_error(f"e2echat: {neutralize(str(exc))}")
         return exc.exit_code
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

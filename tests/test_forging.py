@@ -21,8 +21,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prompt_toolkit.utils import get_cwidth
 
+from e2echat.cli import print_error
 from e2echat.client.events import MessageReceived, RegistrationFailed, RelayClosing, RelayError
 from e2echat.client.trust import Trust
+from e2echat.errors import RegistrationRefused
 from e2echat.ui.cells import INDENT, neutralize, terminal_cells, wrap_cells
 from e2echat.ui.linemode import line_writer, print_text
 from e2echat.ui.render import Shown, json_lines, render
@@ -229,3 +231,16 @@ def test_json_records_stay_one_line_on_a_terminal(monkeypatch: pytest.MonkeyPatc
     line_writer(json=True)("message", line)
     (row,) = screen.getvalue().splitlines()
     assert json.loads(row)["text"] == "a long message " * 10
+
+
+def test_the_final_error_line_wraps_under_its_text_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI's last line may quote the relay (a refusal of up to 512 characters): on a
+    terminal it wraps as every other line does, never at the left edge."""
+    screen = _Terminal()
+    monkeypatch.setattr(sys, "stderr", screen)
+    monkeypatch.setattr(shutil, "get_terminal_size", lambda *_: os.terminal_size((90, 24)))
+    reason = "no" + " " * 70 + FORGED
+    print_error(f"e2echat: {neutralize(str(RegistrationRefused(nick='alice', detail=reason)))}")
+    rows = screen.getvalue().splitlines()
+    assert len(rows) > 1 and all(row.startswith(" " * INDENT) for row in rows[1:])
+    assert not any(row.startswith(FORGED) for row in rows)
