@@ -7,7 +7,7 @@ import argparse
 from collections.abc import Callable
 
 from e2echat import __version__
-from e2echat.client.relays import parse_fingerprint
+from e2echat.crypto.identity import parse_fingerprint
 from e2echat.relay.limits import Limits
 from e2echat.relay.server import DEFAULT_PORT
 from e2echat.wire.grammar import NICK_RULE

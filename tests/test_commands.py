@@ -43,7 +43,12 @@ _GOOD: dict[str, tuple[str, Command]] = {
     "trust": ("/trust bob", TrustPeer("bob")),
     "trust-fingerprint": (
         "/trust bob 0a1b 2c3d 4e5f 6a7b 8c9d 0e1f 2a3b 4c5D",
-        TrustPeer("bob", "0a1b 2c3d 4e5f 6a7b 8c9d 0e1f 2a3b 4c5D"),
+        TrustPeer("bob", "0a1b 2c3d 4e5f 6a7b 8c9d 0e1f 2a3b 4c5d"),
+    ),
+    # As --trust-relay-key takes them: one rule for every fingerprint typed.
+    "trust-fingerprint-colons": (
+        "/trust bob 0A:1B:2C:3D:4E:5F:6A:7B:8C:9D:0E:1F:2A:3B:4C:5D",
+        TrustPeer("bob", "0a1b 2c3d 4e5f 6a7b 8c9d 0e1f 2a3b 4c5d"),
     ),
     "untrust": ("/untrust bob", Untrust("bob")),
 }

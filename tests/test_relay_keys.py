@@ -21,8 +21,8 @@ from test_cli import relay_process, shown_fingerprint
 
 from e2echat.client.core import ClientCore, ClientState, RelayKeyRefused
 from e2echat.client.events import Disconnected, Registered
-from e2echat.client.relays import KnownRelays, RelayTrust, parse_fingerprint, relay_address
-from e2echat.crypto.identity import fingerprint
+from e2echat.client.relays import KnownRelays, RelayTrust, relay_address
+from e2echat.crypto.identity import fingerprint, parse_fingerprint
 from e2echat.errors import KeyFileError
 from e2echat.relay.server import Relay
 from e2echat.store.keyfile import load_or_create_relay_key

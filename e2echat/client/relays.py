@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import re
 from dataclasses import dataclass
 
 from nacl.public import PublicKey
@@ -20,7 +19,6 @@ from nacl.public import PublicKey
 from e2echat.crypto.identity import fingerprint
 
 _FORMAT = "e2echat-known-relays-v1"
-_HEX_DIGITS = re.compile(r"[0-9a-f]{32}\Z")
 
 
 def relay_address(host: str, port: int) -> str:
@@ -28,15 +26,6 @@ def relay_address(host: str, port: int) -> str:
     ssh, another name for the same machine is another pin), ``[host]:port`` for IPv6."""
     host = host.lower()
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def parse_fingerprint(text: str) -> str | None:
-    """A fingerprint as a person may type it (any case, with or without spaces or
-    colons), written the way ``fingerprint`` writes it; None if it is not one."""
-    digits = re.sub(r"[\s:]", "", text).lower()
-    if not _HEX_DIGITS.match(digits):
-        return None
-    return " ".join(digits[i : i + 4] for i in range(0, 32, 4))
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 
 import nacl.exceptions
 from nacl.public import Box, PrivateKey, PublicKey
@@ -89,9 +90,22 @@ def fingerprint(key: PublicKey) -> str:
     return " ".join(digest[i : i + 4] for i in range(0, 32, 4))
 
 
+_HEX_DIGITS = re.compile(r"[0-9a-f]{32}\Z")
+
+
+def parse_fingerprint(text: str) -> str | None:
+    """A fingerprint as a person may type it (any case, with or without spaces or
+    colons), written the way ``fingerprint`` writes it; None if it is not one."""
+    digits = re.sub(r"[\s:]", "", text).lower()
+    if not _HEX_DIGITS.match(digits):
+        return None
+    return " ".join(digits[i : i + 4] for i in range(0, 32, 4))
+
+
 def same_fingerprint(shown: str, typed: str) -> bool:
-    """Whether two fingerprints are one, however spaced or cased (as shown, as typed)."""
-    return "".join(shown.split()).lower() == "".join(typed.split()).lower()
+    """Whether two fingerprints are one, however spaced, cased or colon-separated."""
+    ours = parse_fingerprint(shown)
+    return ours is not None and ours == parse_fingerprint(typed)
 
 
 # -- safety numbers -----------------------------------------------------------------------

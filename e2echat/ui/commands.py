@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
+from e2echat.crypto.identity import parse_fingerprint
 from e2echat.errors import CommandError
 
 
@@ -114,12 +115,6 @@ def _suggestion(name: str) -> str:
     return f" — did you mean /{_ALIASES.get(close[0], close[0])}?"
 
 
-def _is_fingerprint(text: str) -> bool:
-    """32 hex digits, spaced as ``e2echat fingerprint`` and the warnings show them, or not."""
-    plain = "".join(text.split())
-    return len(plain) == 32 and all(char in "0123456789abcdefABCDEF" for char in plain)
-
-
 def parse(line: str) -> Command | None:
     """Parse one input line. ``None`` for a blank line; ``CommandError`` for a bad one."""
     stripped = line.strip()
@@ -154,10 +149,14 @@ def parse(line: str) -> Command | None:
         if (
             not nick
             or (digits and name == "untrust")
-            or (digits and name == "trust" and not _is_fingerprint(digits))
+            or (digits and name == "trust" and parse_fingerprint(digits) is None)
         ):
             raise CommandError(detail=f"usage: {COMMANDS[name][0]}")
         if name == "verify":
             return Verify(nick, "".join(digits.split()) or None)
-        return TrustPeer(nick, digits.strip() or None) if name == "trust" else Untrust(nick)
+        return (
+            TrustPeer(nick, parse_fingerprint(digits) if digits else None)
+            if name == "trust"
+            else Untrust(nick)
+        )
     raise CommandError(detail=f"unknown command /{name}{_suggestion(name)}")
