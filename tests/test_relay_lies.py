@@ -302,3 +302,21 @@ def test_the_core_takes_only_the_key_named(verified: bool) -> None:
     assert core.trust("bob") is Trust.CHANGED
     core.accept_key("bob", core.key_fingerprint("bob").replace(" ", "").upper())
     assert core.trust("bob") is Trust.UNVERIFIED
+
+
+async def test_trust_with_another_fingerprint_on_a_verified_peer_says_they_differ() -> None:
+    """bob is verified; /trust bob with a fingerprint from elsewhere that is not his key
+    must say so, not reassure with 'already verified'."""
+    async with running(HostileRelay()) as relay, peers(relay, "alice", "bob") as (alice, bob):
+        lines: list[str] = []
+        chat = Chat(alice.connection, text_into(lines))
+        real = fingerprint(bob.connection.core._identity.public_key)
+        chat.handle_line(f"/trust bob {real}")
+        assert alice.connection.core.trust("bob") is Trust.VERIFIED
+        other = fingerprint(PrivateKey.generate().public_key)
+        chat.handle_line(f"/trust bob {other}")
+        assert any("not" in line and other in line for line in lines[-3:])
+        assert not any("already verified" in line for line in lines[-3:])
+        chat.handle_line(f"/trust bob {real}")
+        assert "already verified" in lines[-1]
+        await alice.connection.close()

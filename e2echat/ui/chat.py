@@ -204,7 +204,10 @@ class Chat:
         key = core.key_fingerprint(nick)
         state = core.trust(nick)
         if state is Trust.VERIFIED:
-            self.notice(f"{nick} is already verified")
+            if fingerprint is not None and not same_fingerprint(key, fingerprint):
+                self.problem(f"{nick}'s verified key has the fingerprint {key}, not {fingerprint}")
+            else:
+                self.notice(f"{nick} is already verified")
             return
         shown = fingerprint or self._shown_keys.get(nick)
         if shown is None or not same_fingerprint(key, shown):
