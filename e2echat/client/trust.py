@@ -87,8 +87,8 @@ class KnownPeers:
         return Trust.VERIFIED if pin.verified else Trust.UNVERIFIED
 
     def see(self, nick: str, key: PublicKey) -> tuple[Trust, bool]:
-        """Record that we exchange a message with ``nick`` under ``key`` (or verify it):
-        pins it on first use. Returns (trust, whether this was first contact)."""
+        """Pin ``key`` for ``nick`` if nothing is pinned yet (before the user verifies a key
+        they never exchanged a message under). Returns (trust, whether it was pinned now)."""
         if nick not in self._pins:
             self._pin(nick, key)
             return Trust.UNVERIFIED, True

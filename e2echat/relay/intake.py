@@ -34,7 +34,7 @@ def read_frame(flow: Flow, limits: Limits, frame: bytes, now: float) -> Message 
     extra = min(int(len(frame) * (limits.strict_weight - 1)), max(0, limits.byte_burst - len(frame)))
     verdict = flow.admit(limits, now, extra, frames=0)
     if verdict is not Verdict.PASS:
-        return verdict
+        return verdict  # the frame's plain charge above stays paid: it was read that far
     message = decode_message(frame)
     return Routes.of(message) if isinstance(message, Send) else message
 

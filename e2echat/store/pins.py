@@ -1,6 +1,6 @@
 """The known-peers file beside the identity: the pins of client/trust.py, on disk.
 
-The client's core changes pins in memory as the relay announces peers and the user
+The client's core changes pins in memory as messages are first exchanged and the user
 accepts or verifies keys; the shell calls ``save_soon`` after each batch of work, and the
 file is rewritten only if a pin changed since the last write. The pins are copied on the
 event loop (the only place they change), then encoded, written and fsynced in a worker

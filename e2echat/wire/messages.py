@@ -277,7 +277,8 @@ class Routed(Message):
     id: int
     delivered: tuple[str, ...]
     missing: tuple[str, ...]
-    #: recipients the relay would not forward to (the sender is over its rate limit)
+    #: recipients the relay would not forward to: the sender is over its rate limit, or
+    #: the recipient has fallen behind in reading what the relay sends it
     refused: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
