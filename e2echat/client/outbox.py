@@ -130,9 +130,7 @@ class Outbox:
     def send_room(self, text: str, only: Collection[str] | None = None) -> int:
         """Encrypt ``text`` for everyone else online whose key is not in doubt (and among
         ``only``, if given). Returns the message id; ``left_out`` then names those left out."""
-        recipients, blocked = self._directory.room_recipients(
-            lambda nick: self._session_with(nick) is not None
-        )
+        recipients, blocked = self._directory.room_recipients(self._has_session)
         if only is not None:
             recipients = [nick for nick in recipients if nick in only]
             blocked = [nick for nick in blocked if nick in only]
