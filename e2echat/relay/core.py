@@ -125,7 +125,6 @@ class RelayCore:
         #: nick -> connection, for everyone registered
         self.online: dict[str, ConnId] = {}
         #: nick -> directory entry, and the same encoded, in the order they came online
-        self._peers: dict[str, PeerInfo] = {}
         self._encoded_peers: dict[str, bytes] = {}
         #: nick skeleton -> the nick online that has it (see ``grammar.skeleton``)
         self._skeletons: dict[str, str] = {}
@@ -241,7 +240,7 @@ class RelayCore:
         actions: list[Action] = [Write([(conn, bye) for conn in conns])]
         actions += [Close(conn, "relay shutting down") for conn in conns]
         self._closing.update(conns)
-        for collection in (self._connections, self.online, self._peers, self._encoded_peers, self._skeletons):
+        for collection in (self._connections, self.online, self._encoded_peers, self._skeletons):
             collection.clear()
         self._sources, self._unfinished, self._backlog = Sources(), Unfinished(), Backlog()
         return actions
@@ -312,7 +311,7 @@ class RelayCore:
         nick = record.peer.nick
         if self.online.get(nick) != conn:
             return []
-        del self.online[nick], self._peers[nick], self._encoded_peers[nick]
+        del self.online[nick], self._encoded_peers[nick]
         del self._skeletons[skeleton(nick)]
         log.info("connection #%d: %s left", conn, nick)
         return self._presence(PeerLeft(nick))
@@ -336,7 +335,6 @@ class RelayCore:
         actions += self._presence(PeerJoined(peer))
         self.online[peer.nick] = record.conn
         self._skeletons[skeleton(peer.nick)] = peer.nick
-        self._peers[peer.nick] = peer
         self._encoded_peers[peer.nick] = encode_peer(peer)
         return actions
 
