@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from e2echat.relay.core import Action, Close, ConnId, Write
 from e2echat.wire import messages as m
 from e2echat.wire.codec import decode_message, encode_message
+from e2echat.wire.fastpath import Routes, fast_routes
 from e2echat.wire.framing import FrameDecoder, encode_frame
 
 
@@ -50,3 +51,14 @@ def as_actions(items: Iterable[Outgoing | Close]) -> list[Action]:
         else item
         for item in items
     ]
+
+
+def decode_for_relay(payload: bytes | bytearray | memoryview) -> m.Message | Routes:
+    """How the relay reads a frame once it has paid for it (relay/intake.py):
+    ``decode_message``, except that a ``send`` comes back as ``Routes``. Accepts and
+    refuses exactly what ``decode_message`` does."""
+    routes = fast_routes(payload)
+    if routes is not None:
+        return routes
+    message = decode_message(payload)
+    return Routes.of(message) if isinstance(message, m.Send) else message

@@ -22,12 +22,13 @@ from e2echat.wire.codec import decode_message, encode_message
 from e2echat.wire.fastpath import (
     Routes,
     decode_deliver,
-    decode_for_relay,
     deliver_head,
     encode_send,
     encode_welcome,
 )
 from e2echat.wire.grammar import MAX_ID, MAX_PROOF, MAX_REASON, SESSION_PROOF_SIZE, is_valid_nick
+
+from relay_frames import decode_for_relay
 
 _NICK_ALPHABET = string.ascii_letters + string.digits + "_.-"
 keys = st.binary(min_size=32, max_size=32).map(PublicKey)

@@ -20,7 +20,6 @@ from e2echat.wire.codec import decode_message, encode_message
 from e2echat.wire.fastpath import (
     DELIVER_TAIL,
     Routes,
-    decode_for_relay,
     deliver_head,
     encode_directory,
     encode_peer,
@@ -39,6 +38,8 @@ from e2echat.wire.grammar import (
     SESSION_PROOF_SIZE,
     is_valid_nick,
 )
+
+from relay_frames import decode_for_relay
 
 KEY_A = PublicKey(bytes(range(32)))
 KEY_B = PublicKey(bytes(range(32, 64)))

@@ -7,8 +7,9 @@ through JSON and the strict decoder cost several times the encryption itself, so
 
 - the client writes a ``send`` with ``encode_send`` and reads a ``deliver`` with
   ``decode_deliver``;
-- the relay reads a ``send`` with ``decode_for_relay`` (as ``Routes``: the bodies stay
-  base64, since the relay never opens them) and writes each ``deliver`` from
+- the relay reads a ``send`` with ``fast_routes`` (as ``Routes``: the bodies stay
+  base64, since the relay never opens them; relay/intake.py charges a frame before it
+  is read, and sends in any other layout go to the strict decoder) and writes each ``deliver`` from
   ``deliver_head`` + the body as it came + ``DELIVER_TAIL``;
 - the relay keeps each directory entry encoded (``encode_peer``) and builds welcomes and
   directories from those parts (``encode_welcome``, ``encode_directory``).
@@ -30,7 +31,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from e2echat.wire.codec import decode_message, encode_record, write_number
+from e2echat.wire.codec import encode_record, write_number
 from e2echat.wire.grammar import (
     MAX_BODY,
     MAX_ID,
@@ -44,13 +45,12 @@ from e2echat.wire.grammar import (
     check_nick,
     require,
 )
-from e2echat.wire.messages import Message, PeerInfo, Send
+from e2echat.wire.messages import PeerInfo, Send
 
 __all__ = [
     "DELIVER_TAIL",
     "Routes",
     "decode_deliver",
-    "decode_for_relay",
     "deliver_head",
     "encode_directory",
     "encode_peer",
@@ -127,16 +127,6 @@ def fast_routes(payload: bytes | bytearray | memoryview) -> Routes | None:
             return None
         routes.append((to.decode("ascii"), body))
     return Routes(ident, tuple(routes))
-
-
-def decode_for_relay(payload: bytes | bytearray | memoryview) -> Message | Routes:
-    """``decode_message``, except that a ``send`` comes back as ``Routes``. Accepts and
-    refuses exactly what ``decode_message`` does."""
-    routes = fast_routes(payload)
-    if routes is not None:
-        return routes
-    message = decode_message(payload)
-    return Routes.of(message) if isinstance(message, Send) else message
 
 
 # -- the client's send --------------------------------------------------------------------
