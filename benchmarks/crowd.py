@@ -22,9 +22,10 @@ from e2echat.client.core import ClientState
 from e2echat.errors import E2EChatError
 from e2echat.wire.codec import decode_message
 from e2echat.wire.framing import FrameDecoder
+from e2echat.wire.grammar import PROTOCOL_VERSION
 
-_WELCOME = b'{"v":1,"type":"welcome"'
-_DIRECTORY = b'{"v":1,"type":"directory"'
+_WELCOME = b'{"v":%d,"type":"welcome"' % PROTOCOL_VERSION
+_DIRECTORY = b'{"v":%d,"type":"directory"' % PROTOCOL_VERSION
 _LAST_PART = b'"more":false}'
 IDLE_READ_INTERVAL = 1.0
 

@@ -40,6 +40,7 @@ from e2echat.client.core import (
 )
 from e2echat.client.events import ClientEvent, Disconnected, Event
 from e2echat.wire.framing import FrameDecoder
+from e2echat.wire.grammar import PROTOCOL_VERSION
 
 _PREFIX = struct.Struct(">I")
 OTHER, DELIVERY, ANSWER = 0, 1, 2
@@ -51,11 +52,15 @@ async def sleep_until(moment: float) -> None:
     await asyncio.sleep(max(0.0, moment - time.monotonic()))
 
 
+_DELIVER_START = b'{"v":%d,"type":"deliver"' % PROTOCOL_VERSION
+_ROUTED_START = b'{"v":%d,"type":"routed"' % PROTOCOL_VERSION
+
+
 def _classify_relay(payload: bytes) -> int:
     # The relay writes compact JSON, "v" then "type" first; anything else is neither.
-    if payload.startswith(b'{"v":1,"type":"deliver"'):
+    if payload.startswith(_DELIVER_START):
         return DELIVERY
-    if payload.startswith(b'{"v":1,"type":"routed"'):
+    if payload.startswith(_ROUTED_START):
         return ANSWER
     return OTHER
 

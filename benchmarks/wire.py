@@ -15,6 +15,7 @@ from e2echat.client.core import ClientCore, ClientState, RegistrationFailed
 from e2echat.crypto.identity import new_session_key
 from e2echat.errors import E2EChatError
 from e2echat.streams import BufferedLink, read_buffer
+from e2echat.wire.grammar import PROTOCOL_VERSION
 
 LOOPBACK = "127.0.0.1"
 _PREFIX = struct.Struct(">I")
@@ -170,7 +171,7 @@ class FrameTally:
         del buffer[:position]
 
 
-_RECEIPT_FRAME = b'{"v":1,"type":"send","id":0,'
+_RECEIPT_FRAME = b'{"v":%d,"type":"send","id":0,' % PROTOCOL_VERSION
 
 
 def count_receipts(data: bytes) -> int:

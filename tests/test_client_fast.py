@@ -145,11 +145,11 @@ def test_a_deliver_in_another_valid_form_is_read_as_the_canonical_one() -> None:
 @pytest.mark.parametrize(
     "payload",
     [
-        b'{"v":1,"type":"deliver","from":"alice","body":""}',
-        b'{"v":1,"type":"deliver","from":"alice","body":"QUI"}',
-        b'{"v":1,"type":"deliver","from":"al ice","body":"QUJD"}',
-        b'{"v":1,"type":"deliver","from":"alice","from":"bob","body":"QUJD"}',
-        b'{"v":1,"type":"deliver","from":"alice","body":"QUJD","x":0}',
+        b'{"v":2,"type":"deliver","from":"alice","body":""}',
+        b'{"v":2,"type":"deliver","from":"alice","body":"QUI"}',
+        b'{"v":2,"type":"deliver","from":"al ice","body":"QUJD"}',
+        b'{"v":2,"type":"deliver","from":"alice","from":"bob","body":"QUJD"}',
+        b'{"v":2,"type":"deliver","from":"alice","body":"QUJD","x":0}',
     ],
     ids=["empty-body", "bad-base64", "bad-nick", "duplicate-field", "extra-field"],
 )

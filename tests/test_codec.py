@@ -139,7 +139,7 @@ def test_encoding_something_that_is_not_a_message_is_our_bug() -> None:
 @pytest.mark.parametrize("wrap", [bytes, bytearray, memoryview], ids=["bytes", "bytearray", "memoryview"])
 @pytest.mark.parametrize(
     "payload",
-    [b"", b"\xff\xfe", b"[1]", b'{"v":1,"type":"bye"}', b'{"v":1,"type":"deliver","from":"a","body":"!"}'],
+    [b"", b"\xff\xfe", b"[1]", b'{"v":2,"type":"bye"}', b'{"v":2,"type":"deliver","from":"a","body":"!"}'],
     ids=["empty", "not-utf8", "array", "missing-field", "bad-base64"],
 )
 def test_a_bad_payload_of_any_bytes_like_type_is_a_remote_protocol_error(wrap: type, payload: bytes) -> None:
@@ -157,7 +157,7 @@ def test_the_client_reads_a_deliver_from_any_bytes_like_payload() -> None:
 
 
 @pytest.mark.parametrize(
-    "payload", ['{"v":1,"type":"ping"}', 5, None, [b"{}"]], ids=["str", "int", "none", "list"]
+    "payload", ['{"v":2,"type":"ping"}', 5, None, [b"{}"]], ids=["str", "int", "none", "list"]
 )
 def test_a_payload_that_is_not_bytes_like_is_a_type_error(payload: Any) -> None:
     """Our bug, not the peer's: neither an AttributeError nor a protocol error."""
@@ -198,8 +198,8 @@ def test_every_path_holds_a_nick_to_the_same_rule(nick: str) -> None:
     the grammar accepts."""
     valid = is_valid_nick(nick)
     body = b'"QUJD"'
-    deliver = b'{"v":1,"type":"deliver","from":%b,"body":%b}' % (_as_json(nick), body)
-    send = b'{"v":1,"type":"send","id":1,"items":[{"to":%b,"body":%b}]}' % (_as_json(nick), body)
+    deliver = b'{"v":2,"type":"deliver","from":%b,"body":%b}' % (_as_json(nick), body)
+    send = b'{"v":2,"type":"send","id":1,"items":[{"to":%b,"body":%b}]}' % (_as_json(nick), body)
     assert (decode_deliver(deliver) is not None) == valid
     assert (fastpath.fast_routes(send) is not None) == valid
     for build in (

@@ -120,7 +120,7 @@ def test_decode_deliver_reads_what_encode_message_writes(sender: str, body: byte
 
 
 def _canonical(sender: str = "alice", body: str = base64.b64encode(b"\x00cipher\xff").decode()) -> bytes:
-    return f'{{"v":1,"type":"deliver","from":"{sender}","body":"{body}"}}'.encode()
+    return f'{{"v":2,"type":"deliver","from":"{sender}","body":"{body}"}}'.encode()
 
 
 MALFORMED = {
@@ -137,15 +137,15 @@ MALFORMED = {
     "long-sender": _canonical(sender="a" * 33),
     "bad-sender": _canonical(sender="al ice"),
     "non-ascii-sender": _canonical(sender="alicé"),
-    "other-version": b'{"v":2,"type":"deliver","from":"alice","body":"QUJD"}',
-    "other-type": b'{"v":1,"type":"delivers","from":"alice","body":"QUJD"}',
-    "extra-field": b'{"v":1,"type":"deliver","from":"alice","body":"QUJD","x":1}',
-    "duplicate-field": b'{"v":1,"type":"deliver","from":"alice","from":"bob","body":"QUJD"}',
-    "missing-body": b'{"v":1,"type":"deliver","from":"alice"}',
+    "other-version": b'{"v":1,"type":"deliver","from":"alice","body":"QUJD"}',
+    "other-type": b'{"v":2,"type":"delivers","from":"alice","body":"QUJD"}',
+    "extra-field": b'{"v":2,"type":"deliver","from":"alice","body":"QUJD","x":1}',
+    "duplicate-field": b'{"v":2,"type":"deliver","from":"alice","from":"bob","body":"QUJD"}',
+    "missing-body": b'{"v":2,"type":"deliver","from":"alice"}',
     "trailing-garbage": _canonical() + b"x",
     "two-objects": _canonical() + _canonical(),
     "truncated": _canonical()[:-1],
-    "head-then-brace": b'{"v":1,"type":"deliver","from":"alice","body":"}',
+    "head-then-brace": b'{"v":2,"type":"deliver","from":"alice","body":"}',
     "quote-in-body": _canonical(body='QU"JD'),
     "escaped-quote-in-body": _canonical(body='QU\\"JD'),
     "body-then-more": _canonical(body='QUJD"},"x":"QUJD'),
@@ -158,8 +158,8 @@ NON_CANONICAL = {
     "escaped-sender": _canonical(sender="al\\u0069ce"),
     "trailing-newline": _canonical() + b"\n",
     "leading-space": b" " + _canonical(),
-    "spaces": b'{"v": 1, "type": "deliver", "from": "alice", "body": "QUJD"}',
-    "other-order": b'{"type":"deliver","v":1,"from":"alice","body":"QUJD"}',
+    "spaces": b'{"v": 2, "type": "deliver", "from": "alice", "body": "QUJD"}',
+    "other-order": b'{"type":"deliver","v":2,"from":"alice","body":"QUJD"}',
 }
 
 
@@ -194,7 +194,7 @@ def test_every_single_byte_change_to_a_deliver_is_judged_as_strict_judges_it() -
 
 @settings(max_examples=500)
 @given(payload=st.binary(max_size=120))
-@example(payload=b'{"v":1,"type":"deliver","from":"a","body":"AA=="}')
+@example(payload=b'{"v":2,"type":"deliver","from":"a","body":"AA=="}')
 def test_decode_deliver_agrees_with_decode_message_on_any_bytes(payload: bytes) -> None:
     _agree(payload)
 
@@ -206,7 +206,7 @@ def test_decode_deliver_agrees_with_decode_message_on_any_bytes(payload: bytes) 
 )
 def test_decode_deliver_agrees_on_near_canonical_payloads(sender: str, body: str) -> None:
     _agree(_canonical(sender, body))
-    _agree(json.dumps({"v": 1, "type": "deliver", "from": sender, "body": body}).encode())
+    _agree(json.dumps({"v": 2, "type": "deliver", "from": sender, "body": body}).encode())
 
 
 # -- framing: one whole frame in one read is taken without buffering ------------------------

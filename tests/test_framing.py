@@ -211,10 +211,10 @@ def test_fuzz_random_bytes_raise_only_remote_protocol_error(stream: bytes, cuts:
 
 _json_like = st.sampled_from(
     [
-        b'{"v":1,"type":"bye","reason":"x"}',
-        b'{"v":1,"type":"left","nick":"bob"}',
-        b'{"v":1,"type":"error","code":"oops","text":"t"}',
-        b'{"v":1,"type":"routed","id":3,"delivered":["a"],"missing":[]}',
+        b'{"v":2,"type":"bye","reason":"x"}',
+        b'{"v":2,"type":"left","nick":"bob"}',
+        b'{"v":2,"type":"error","code":"oops","text":"t"}',
+        b'{"v":2,"type":"routed","id":3,"delivered":["a"],"missing":[]}',
     ]
 )
 

@@ -113,9 +113,9 @@ def test_round_trip(message: m.Message) -> None:
 
 def test_wire_format_is_pinned() -> None:
     """The documented shape, byte for byte: other implementations rely on it."""
-    assert encode_message(m.Bye("x")) == b'{"v":1,"type":"bye","reason":"x"}'
+    assert encode_message(m.Bye("x")) == b'{"v":2,"type":"bye","reason":"x"}'
     assert encode_message(m.Deliver("bob", b"\x00\x01")) == (
-        b'{"v":1,"type":"deliver","from":"bob","body":"AAE="}'
+        b'{"v":2,"type":"deliver","from":"bob","body":"AAE="}'
     )
     assert json.loads(encode_message(EXAMPLES["send"]))["items"][0] == {
         "to": "bob",
@@ -144,17 +144,18 @@ _BAD_CASES: dict[str, bytes] = {
     "not-json": b"{not json",
     "trailing-garbage": encode_message(EXAMPLES["bye"]) + b" x",
     "not-utf8": b"\xff\xfe\x00",
-    "latin1-in-string": '{"v":1,"type":"bye","reason":"caf\xe9"}'.encode("latin-1"),
+    "latin1-in-string": '{"v":2,"type":"bye","reason":"caf\xe9"}'.encode("latin-1"),
     "utf8-bom": b"\xef\xbb\xbf" + encode_message(EXAMPLES["bye"]),
     "json-array": b"[1,2,3]",
     "json-string": b'"bye"',
     "json-null": b"null",
     "missing-v": _without("bye", "v"),
     "version-0": _with("bye", v=0),
-    "version-2-downgrade": _with("bye", v=2),
-    "version-string": _with("bye", v="1"),
+    "version-1-downgrade": _with("bye", v=1),
+    "version-3": _with("bye", v=3),
+    "version-string": _with("bye", v="2"),
     "version-bool": _with("bye", v=True),
-    "version-float": _with("bye", v=1.0),
+    "version-float": _with("bye", v=2.0),
     "missing-type": _without("bye", "type"),
     "unknown-type": _with("bye", type="shout"),
     "type-not-string": _with("bye", type=5),
@@ -167,9 +168,9 @@ _BAD_CASES: dict[str, bytes] = {
     "extra-field-nested": _json(
         {**_wire("send"), "items": [{"to": "bob", "body": _b64(b"x"), "cc": "carol"}]}
     ),
-    "duplicate-key": b'{"v":1,"type":"bye","reason":"a","reason":"b"}',
-    "duplicate-v": b'{"v":1,"v":1,"type":"bye","reason":"a"}',
-    "duplicate-key-nested": b'{"v":1,"type":"send","id":1,"items":[{"to":"bob","to":"eve","body":"eA=="}]}',
+    "duplicate-key": b'{"v":2,"type":"bye","reason":"a","reason":"b"}',
+    "duplicate-v": b'{"v":2,"v":2,"type":"bye","reason":"a"}',
+    "duplicate-key-nested": b'{"v":2,"type":"send","id":1,"items":[{"to":"bob","to":"eve","body":"eA=="}]}',
     "string-for-int": _with("send", id="7"),
     "bool-for-int": _with("send", id=True),
     "float-for-int": _with("send", id=7.0),
@@ -189,7 +190,7 @@ _BAD_CASES: dict[str, bytes] = {
     "burst-int-too-big-for-a-float": _with("welcome", burst=10**400),
     "negative-id": _with("send", id=-1),
     "id-too-big": _with("send", id=MAX_ID + 1),
-    "id-with-5000-digits": b'{"v":1,"type":"send","id":' + b"9" * 5000 + b',"items":[]}',
+    "id-with-5000-digits": b'{"v":2,"type":"send","id":' + b"9" * 5000 + b',"items":[]}',
     "empty-items": _with("send", items=[]),
     "bad-base64-chars": _with("deliver", body="***"),
     "bad-base64-padding": _with("deliver", body="abc"),
@@ -221,10 +222,10 @@ _BAD_CASES: dict[str, bytes] = {
     "error-code-uppercase": _with("error", code="NICK"),
     "bye-reason-too-long": _with("bye", reason="r" * (MAX_REASON + 1)),
     "nan-constant": b'{"v":NaN,"type":"bye","reason":"x"}',
-    "infinity-constant": b'{"v":1,"type":"send","id":Infinity,"items":[]}',
-    "minus-infinity-constant": b'{"v":1,"type":"send","id":-Infinity,"items":[]}',
+    "infinity-constant": b'{"v":2,"type":"send","id":Infinity,"items":[]}',
+    "minus-infinity-constant": b'{"v":2,"type":"send","id":-Infinity,"items":[]}',
     "deeply-nested": _NESTED,
-    "deeply-nested-in-field": b'{"v":1,"type":"bye","reason":' + _NESTED + b"}",
+    "deeply-nested-in-field": b'{"v":2,"type":"bye","reason":' + _NESTED + b"}",
     "too-many-items": _with("routed", delivered=["b"] * (MAX_ITEMS + 1)),
 }
 
@@ -258,10 +259,10 @@ _BAD_CASES.update(
         "send-utf16": encode_message(EXAMPLES["send"]).decode().encode("utf-16"),
         "send-utf16-le": encode_message(EXAMPLES["send"]).decode().encode("utf-16-le"),
         "send-duplicate-items": encode_message(EXAMPLES["send"])[:-1] + b',"items":[]}',
-        "send-duplicate-to": b'{"v":1,"type":"send","id":1,"items":[{"to":"bob","to":"eve","body":"eA=="}]}',
-        "send-item-as-array": b'{"v":1,"type":"send","id":1,"items":[[["to","bob"],["body","eA=="]]]}',
-        "send-object-as-array": b'[["v",1],["type","send"],["id",1],["items",[{"to":"bob","body":"eA=="}]]]',
-        "send-id-nan": b'{"v":1,"type":"send","id":NaN,"items":[{"to":"bob","body":"eA=="}]}',
+        "send-duplicate-to": b'{"v":2,"type":"send","id":1,"items":[{"to":"bob","to":"eve","body":"eA=="}]}',
+        "send-item-as-array": b'{"v":2,"type":"send","id":1,"items":[[["to","bob"],["body","eA=="]]]}',
+        "send-object-as-array": b'[["v",2],["type","send"],["id",1],["items",[{"to":"bob","body":"eA=="}]]]',
+        "send-id-nan": b'{"v":2,"type":"send","id":NaN,"items":[{"to":"bob","body":"eA=="}]}',
     }
 )
 
@@ -297,9 +298,9 @@ _BAD_CASES.update(
 )
 _BAD_CASES.update(
     {
-        "send-id-leading-zero-compact": b'{"v":1,"type":"send","id":007,"items":[{"to":"b","body":"eA=="}]}',
-        "send-no-items-compact": b'{"v":1,"type":"send","id":1,"items":[]}',
-        "send-nick-33-compact": b'{"v":1,"type":"send","id":1,"items":[{"to":"%b","body":"eA=="}]}'
+        "send-id-leading-zero-compact": b'{"v":2,"type":"send","id":007,"items":[{"to":"b","body":"eA=="}]}',
+        "send-no-items-compact": b'{"v":2,"type":"send","id":1,"items":[]}',
+        "send-nick-33-compact": b'{"v":2,"type":"send","id":1,"items":[{"to":"%b","body":"eA=="}]}'
         % (b"b" * 33),
     }
 )
@@ -366,8 +367,8 @@ def test_the_relays_prebuilt_frames_are_exactly_the_encoded_messages() -> None:
 
 
 def test_version_error_names_the_version() -> None:
-    with pytest.raises(RemoteProtocolError, match="version 2"):
-        decode_message(_with("bye", v=2))
+    with pytest.raises(RemoteProtocolError, match=r"version 1 \(this is version 2\)"):
+        decode_message(_with("bye", v=1))
 
 
 def test_unknown_type_name_is_truncated_in_the_error() -> None:
@@ -381,8 +382,8 @@ def test_unknown_type_name_is_truncated_in_the_error() -> None:
 @pytest.mark.parametrize(
     "payload",
     [
-        b'{"v":1,"type":"bye","reason":"\\ud800"}',
-        b'{"v":1,"type":"error","code":"x","text":"a\\udfffb"}',
+        b'{"v":2,"type":"bye","reason":"\\ud800"}',
+        b'{"v":2,"type":"error","code":"x","text":"a\\udfffb"}',
     ],
     ids=["bye-reason", "error-text"],
 )
@@ -519,13 +520,13 @@ _message_like = st.one_of(
                 }
             ),
             st.dictionaries(st.sampled_from(_FIELD_NAMES), _json_values, max_size=1),
-            st.sampled_from([1, 1, 1, 1, 0, 2, True, "1"]),
+            st.sampled_from([2, 2, 2, 2, 0, 1, 3, True, "2"]),
         )
         for name in sorted(m.MESSAGE_TYPES)
     ],
     st.builds(
         lambda version, kind, fields: {"v": version, "type": kind, **fields},
-        st.just(1) | _scalars,
+        st.just(PROTOCOL_VERSION) | _scalars,
         st.sampled_from(sorted(m.MESSAGE_TYPES)) | st.text(max_size=8),
         st.dictionaries(st.sampled_from(_FIELD_NAMES), _json_values, max_size=5),
     ),
@@ -609,7 +610,7 @@ def test_a_send_in_the_clients_form_is_read_alike_by_both_decoders(
     anywhere (replacing up to three bytes): it takes exactly what the strict decoder
     takes, with the same recipients and bodies. (Too many items: ``_BAD_CASES``.)"""
     fields = ",".join(f'{{"to":"{to}","body":"{base64.b64encode(body).decode()}"}}' for to, body in items)
-    payload = b'{"v":1,"type":"send","id":%d,"items":[%b]}' % (ident, fields.encode())
+    payload = b'{"v":2,"type":"send","id":%d,"items":[%b]}' % (ident, fields.encode())
     index = position % (len(payload) + 1)
     mutated = payload[:index] + splice + payload[index + (cut if splice else 0) :]
     _decodes_or_refuses(mutated)

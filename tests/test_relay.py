@@ -24,8 +24,8 @@ BAD_INPUTS = {
     "oversize-prefix": struct.pack(">I", MAX_FRAME + 1),
     "giant-prefix": b"\xff\xff\xff\xff",
     "zero-length": b"\x00\x00\x00\x00",
-    "unknown-type": encode_frame(b'{"v":1,"type":"teleport"}'),
-    "old-version": encode_frame(b'{"v":0,"type":"register"}'),
+    "unknown-type": encode_frame(b'{"v":2,"type":"teleport"}'),
+    "old-version": encode_frame(b'{"v":1,"type":"register"}'),
     "send-before-register": encode_frame(encode_message(m.Send(1, (m.Envelope("bob", b"\x00" * 48),)))),
 }
 
@@ -138,7 +138,7 @@ async def test_silent_client_is_dropped_after_the_handshake_timeout() -> None:
 async def test_half_frame_then_close_does_not_disturb_others() -> None:
     async with running_relay() as relay, peers(relay, "alice", "bob") as (alice, bob):
         raw = await RawClient.open(relay)
-        raw.send_bytes(b'\x00\x00\x01\x00{"v":1')
+        raw.send_bytes(b'\x00\x00\x01\x00{"v":2')
         await raw.writer.drain()
         raw.close()
         alice.connection.send_room("fine")

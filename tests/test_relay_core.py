@@ -88,10 +88,10 @@ def test_message_before_registration_is_refused() -> None:
 # Regression: decode errors echo what the peer sent (field names, nicks); the relay must
 # still be able to answer with an Error frame, so the text is clipped and made UTF-8 safe.
 _HOSTILE_FRAMES = {
-    "long-unknown-field": b'{"v":1,"type":"bye","reason":"x","' + b"z" * 2000 + b'":1}',
-    "surrogate-unknown-field": b'{"v":1,"type":"bye","reason":"x","\\ud800":1}',
-    "long-invalid-nick": b'{"v":1,"type":"left","nick":"' + b"a" * 2000 + b'"}',
-    "long-duplicate-key": b'{"v":1,"' + b"k" * 2000 + b'":1,"' + b"k" * 2000 + b'":2}',
+    "long-unknown-field": b'{"v":2,"type":"bye","reason":"x","' + b"z" * 2000 + b'":1}',
+    "surrogate-unknown-field": b'{"v":2,"type":"bye","reason":"x","\\ud800":1}',
+    "long-invalid-nick": b'{"v":2,"type":"left","nick":"' + b"a" * 2000 + b'"}',
+    "long-duplicate-key": b'{"v":2,"' + b"k" * 2000 + b'":1,"' + b"k" * 2000 + b'":2}',
 }
 
 

@@ -206,11 +206,11 @@ def test_frames_beyond_the_rate_are_never_decoded(monkeypatch: pytest.MonkeyPatc
 @pytest.mark.parametrize(
     "frame",
     [
-        b'{"v":1,"type":"send","id":9999999999999999999,"items":[{"to":"victim","body":"AAAA"}]}',
-        b'{"v":1,"type":"send","id":1,"items":['
+        b'{"v":2,"type":"send","id":9999999999999999999,"items":[{"to":"victim","body":"AAAA"}]}',
+        b'{"v":2,"type":"send","id":1,"items":['
         + b",".join([b'{"to":"victim","body":"AAAA"}'] * 10_001)
         + b"]}",
-        b'{"v":1,"type":"send","id":1,"items":[]}',
+        b'{"v":2,"type":"send","id":1,"items":[]}',
     ],
     ids=["id-too-big", "too-many-items", "no-items"],
 )

@@ -13,7 +13,7 @@ import re
 
 from e2echat.errors import LocalProtocolError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 #: A nick: 1 to NICK_MAX of these characters (regular-expression class syntax): ASCII
 #: letters, digits, '_', '-' or '.'. None needs escaping in JSON, which the encoders rely on.

@@ -1,6 +1,6 @@
 """Wire messages: one frozen dataclass per type, each with its table of wire fields.
 
-Pure (no I/O). A frame's payload is a UTF-8 JSON object ``{"v": 1, "type": ..., ...}``;
+Pure (no I/O). A frame's payload is a UTF-8 JSON object ``{"v": 2, "type": ..., ...}``;
 binary values (keys, challenges, ciphertexts) are standard base64 strings. The format is
 written down in docs/PROTOCOL.md.
 
