@@ -75,7 +75,7 @@ def online_cores(count: int) -> list[ClientCore]:
         entries.append(m.PeerInfo(register.nick, register.identity_key, register.session_key))
     for core in cores:
         others = tuple(e for e in entries if e.nick != core.nick)
-        core.receive_data(frame(m.Welcome(core.nick, 1e6, 1e6, 1e12, 1e12, others)))
+        core.receive_data(frame(m.Welcome(core.nick, 1e6, 1e6, 1e12, 1e12, 0, others)))
     return cores
 
 

@@ -42,7 +42,7 @@ def _online(*nicks: str) -> dict[str, ClientCore]:
     entries = {nick: _register(core) for nick, core in cores.items()}
     for nick, core in cores.items():
         others = tuple(e for n, e in entries.items() if n != nick)
-        core.receive_data(_frame(m.Welcome(nick, 50.0, 200.0, 1e6, 4e6, others)))
+        core.receive_data(_frame(m.Welcome(nick, 50.0, 200.0, 1e6, 4e6, 0, others)))
     return cores
 
 
@@ -173,7 +173,7 @@ def test_receipts_confirm_room_messages_through_the_fast_paths() -> None:
     entries = {nick: _register(core) for nick, core in cores.items()}
     for nick, core in cores.items():
         others = tuple(e for n, e in entries.items() if n != nick)
-        core.receive_data(_frame(m.Welcome(nick, 50.0, 200.0, 1e6, 4e6, others)))
+        core.receive_data(_frame(m.Welcome(nick, 50.0, 200.0, 1e6, 4e6, 0, others)))
     alice = cores["alice"]
     alice.send_room("confirm me")
     _relay(alice, cores)  # each recipient's first receipt batch goes as the message arrives

@@ -26,7 +26,15 @@ from e2echat.wire.fastpath import (
     encode_send,
     encode_welcome,
 )
-from e2echat.wire.grammar import MAX_ID, MAX_PROOF, MAX_REASON, SESSION_PROOF_SIZE, is_valid_nick
+from e2echat.wire.grammar import (
+    MAX_ID,
+    MAX_PREKEY_ID,
+    MAX_PROOF,
+    MAX_REASON,
+    SESSION_PROOF_SIZE,
+    SIGNATURE_SIZE,
+    is_valid_nick,
+)
 
 from relay_frames import decode_for_relay
 
@@ -39,6 +47,13 @@ peers = st.builds(m.PeerInfo, nicks, keys, keys)
 # A relay's rate and burst: any finite float above 0, small or huge.
 rates = st.floats(min_value=1e-300, max_value=1e300, allow_nan=False, allow_infinity=False)
 nick_groups = st.lists(nicks, max_size=4).map(tuple)
+counts = st.integers(min_value=0, max_value=MAX_ID)
+prekey_ids = st.integers(min_value=0, max_value=MAX_PREKEY_ID)
+one_time_prekeys = st.builds(m.OneTimePrekey, prekey_ids, keys)
+signed_prekeys = st.builds(
+    m.SignedPrekey, prekey_ids, keys, st.binary(min_size=SIGNATURE_SIZE, max_size=SIGNATURE_SIZE)
+)
+bundles = st.builds(m.Bundle, nicks, keys, signed_prekeys, st.lists(one_time_prekeys, max_size=1).map(tuple))
 # Free text: anything UTF-8 can carry (no lone surrogates), quotes, backslashes and
 # control characters included, which JSON must escape.
 texts = st.text(st.characters(exclude_categories=["Cs"]) | st.sampled_from('"\\\x00\x1f\x7f\u2028é✓'))
@@ -54,7 +69,15 @@ MESSAGES: dict[type[m.Message], st.SearchStrategy[Any]] = {
         st.binary(min_size=SESSION_PROOF_SIZE, max_size=SESSION_PROOF_SIZE),
     ),
     m.Welcome: st.builds(
-        m.Welcome, nicks, rates, rates, rates, rates, st.lists(peers, max_size=3).map(tuple), st.booleans()
+        m.Welcome,
+        nicks,
+        rates,
+        rates,
+        rates,
+        rates,
+        counts,
+        st.lists(peers, max_size=3).map(tuple),
+        st.booleans(),
     ),
     m.Directory: st.builds(m.Directory, st.lists(peers, max_size=3).map(tuple), st.booleans()),
     m.PeerJoined: st.builds(m.PeerJoined, peers),
@@ -64,6 +87,14 @@ MESSAGES: dict[type[m.Message], st.SearchStrategy[Any]] = {
     ),
     m.Deliver: st.builds(m.Deliver, nicks, bodies),
     m.Routed: st.builds(m.Routed, ids, nick_groups, nick_groups, nick_groups),
+    m.Publish: st.builds(
+        m.Publish,
+        signed_prekeys,
+        st.lists(one_time_prekeys, max_size=4, unique_by=lambda prekey: prekey.id).map(tuple),
+    ),
+    m.Prekeys: st.builds(m.Prekeys, counts),
+    m.Fetch: st.builds(m.Fetch, st.lists(nicks, min_size=1, max_size=4, unique=True).map(tuple)),
+    m.Bundles: st.builds(m.Bundles, st.lists(bundles, max_size=3).map(tuple), nick_groups),
     m.Error: st.builds(
         m.Error, st.text("abz_", min_size=1, max_size=32), texts.filter(lambda t: len(t) <= MAX_REASON)
     ),
@@ -81,7 +112,13 @@ def test_every_type_has_a_strategy_here() -> None:
     assert set(MESSAGES) == set(m.MESSAGE_TYPES.values())
 
 
-@pytest.mark.parametrize("cls", [m.PeerInfo, m.Envelope, *m.MESSAGE_TYPES.values()], ids=lambda c: c.__name__)
+RECORDS: list[type[fields.Record]] = [
+    *dict.fromkeys(holds.record for holds in m.OBJECT_KINDS.values()),
+    *m.MESSAGE_TYPES.values(),
+]
+
+
+@pytest.mark.parametrize("cls", RECORDS, ids=lambda c: c.__name__)
 def test_each_table_lists_its_dataclass_fields_in_order(cls: type[fields.Record]) -> None:
     assert dataclasses.is_dataclass(cls)
     assert [row.attr for row in cls.WIRE] == [f.name for f in dataclasses.fields(cls)]
@@ -91,8 +128,7 @@ def test_each_table_lists_its_dataclass_fields_in_order(cls: type[fields.Record]
 
 def test_every_kind_has_one_reader_and_one_writer() -> None:
     assert set(codec._READERS) == set(codec._WRITERS) == set(fields.Kind)
-    records: list[type[fields.Record]] = [m.PeerInfo, m.Envelope, *m.MESSAGE_TYPES.values()]
-    used = {row.kind for cls in records for row in cls.WIRE}
+    used = {row.kind for cls in RECORDS for row in cls.WIRE}
     assert used == set(fields.Kind)
 
 
@@ -206,7 +242,7 @@ def test_every_path_holds_a_nick_to_the_same_rule(nick: str) -> None:
         lambda: m.PeerLeft(nick),
         lambda: encode_send(1, [(nick, b"x")]),
         lambda: deliver_head(nick),
-        lambda: encode_welcome(nick, [], rate=50.0, burst=200.0, byte_rate=1e6, byte_burst=4e6),
+        lambda: encode_welcome(nick, [], rate=50.0, burst=200.0, byte_rate=1e6, byte_burst=4e6, prekeys=0),
     ):
         if valid:
             build()

@@ -599,7 +599,7 @@ def test_client_rejects_garbage_from_the_relay() -> None:
 def test_client_rejects_messages_out_of_order() -> None:
     client = ClientCore("alice", PrivateKey.generate(), PrivateKey.generate())
     with pytest.raises(RemoteProtocolError):
-        client.receive_data(_frame(m.Welcome("alice", 50.0, 200.0, 1e6, 4e6, ())))
+        client.receive_data(_frame(m.Welcome("alice", 50.0, 200.0, 1e6, 4e6, 0, ())))
 
 
 def test_client_rejects_a_welcome_for_another_nick() -> None:
@@ -608,7 +608,7 @@ def test_client_rejects_a_welcome_for_another_nick() -> None:
     assert client.receive_data(_frame(m.Challenge(relay.public_key, b"\x00" * 32))) == []
     assert client.state is ClientState.AWAIT_WELCOME
     with pytest.raises(RemoteProtocolError):
-        client.receive_data(_frame(m.Welcome("mallory", 50.0, 200.0, 1e6, 4e6, ())))
+        client.receive_data(_frame(m.Welcome("mallory", 50.0, 200.0, 1e6, 4e6, 0, ())))
 
 
 def test_client_warns_about_a_peer_with_unusable_keys() -> None:

@@ -30,12 +30,16 @@ from e2echat.wire.fastpath import (
 from e2echat.wire.grammar import (
     CHALLENGE_SIZE,
     MAX_BODY,
+    MAX_FETCH,
     MAX_ID,
     MAX_ITEMS,
+    MAX_PREKEY_ID,
     MAX_PROOF,
+    MAX_PUBLISH,
     MAX_REASON,
     PROTOCOL_VERSION,
     SESSION_PROOF_SIZE,
+    SIGNATURE_SIZE,
     is_valid_nick,
 )
 
@@ -47,11 +51,15 @@ KEY_C = PublicKey(b"\xee" * 32)
 PEER_BOB = m.PeerInfo("bob", KEY_A, KEY_B)
 SESSION_PROOF = b"\x04" * SESSION_PROOF_SIZE
 PEER_CAROL = m.PeerInfo("carol.x-1_", KEY_B, KEY_C)
+SIGNATURE = bytes(range(64, 64 + SIGNATURE_SIZE))
+SIGNED = m.SignedPrekey(7, KEY_A, SIGNATURE)
+ONE_TIME = (m.OneTimePrekey(0, KEY_B), m.OneTimePrekey(MAX_PREKEY_ID, KEY_C), m.OneTimePrekey(3, KEY_A))
+BUNDLE_BOB = m.Bundle("bob", KEY_C, SIGNED, ONE_TIME[:1])
 
 EXAMPLES: dict[str, m.Message] = {
     "challenge": m.Challenge(KEY_A, b"\x01" * CHALLENGE_SIZE),
     "register": m.Register("alice", KEY_A, KEY_B, b"\x02" * 72, SESSION_PROOF),
-    "welcome": m.Welcome("alice", 50.0, 200.0, 1048576.0, 4194304.0, (PEER_BOB, PEER_CAROL)),
+    "welcome": m.Welcome("alice", 50.0, 200.0, 1048576.0, 4194304.0, 25, (PEER_BOB, PEER_CAROL)),
     "joined": m.PeerJoined(PEER_BOB),
     "left": m.PeerLeft("bob"),
     "send": m.Send(7, (m.Envelope("bob", b"\x00\xffbody"), m.Envelope("carol", b"c" * 100))),
@@ -60,10 +68,16 @@ EXAMPLES: dict[str, m.Message] = {
     "error": m.Error("nick_taken", "nick 'alice' is already online — choose another ✓"),
     "bye": m.Bye("relay shutting down"),
     "directory": m.Directory((PEER_BOB,), more=True),
-    "welcome-with-more": m.Welcome("alice", 0.5, 1e6, 1e-3, 7.5, (PEER_CAROL,), more=True),
+    "welcome-with-more": m.Welcome("alice", 0.5, 1e6, 1e-3, 7.5, 0, (PEER_CAROL,), more=True),
     "ping": m.Ping(),
     "pong": m.Pong(),
     "challenge-with-password": m.Challenge(KEY_B, b"\x03" * CHALLENGE_SIZE, password_required=True),
+    "publish": m.Publish(SIGNED, ONE_TIME),
+    "publish-signed-only": m.Publish(m.SignedPrekey(MAX_PREKEY_ID, KEY_B, bytes(SIGNATURE_SIZE)), ()),
+    "prekeys": m.Prekeys(9),
+    "fetch": m.Fetch(("bob", "carol.x-1_")),
+    "bundles": m.Bundles((BUNDLE_BOB, m.Bundle("carol", KEY_A, SIGNED, ())), ("dave",)),
+    "bundles-none": m.Bundles((), ("bob",)),
 }
 
 
@@ -121,6 +135,19 @@ def test_wire_format_is_pinned() -> None:
         "to": "bob",
         "body": _b64(b"\x00\xffbody"),
     }
+    assert encode_message(m.Prekeys(0)) == b'{"v":2,"type":"prekeys","count":0}'
+    assert encode_message(m.Fetch(("bob", "carol"))) == b'{"v":2,"type":"fetch","nicks":["bob","carol"]}'
+    key, signature = _b64(bytes(KEY_A)).encode(), _b64(SIGNATURE).encode()
+    signed = b'{"id":7,"key":"%b","signature":"%b"}' % (key, signature)
+    assert encode_message(m.Publish(SIGNED, (m.OneTimePrekey(1, KEY_A),))) == (
+        b'{"v":2,"type":"publish","signed_prekey":%b,"one_time":[{"id":1,"key":"%b"}]}' % (signed, key)
+    )
+    assert encode_message(m.Bundles((m.Bundle("bob", KEY_A, SIGNED, ()),), ("carol",))) == (
+        b'{"v":2,"type":"bundles","bundles":[{"nick":"bob","identity_key":"%b","signed_prekey":%b,'
+        b'"one_time":[]}],"missing":["carol"]}' % (key, signed)
+    )
+    assert json.loads(encode_message(EXAMPLES["welcome"]))["prekeys"] == 25
+    assert list(json.loads(encode_message(EXAMPLES["welcome"])))[6:8] == ["byte_burst", "prekeys"]
 
 
 def test_boundary_values_round_trip() -> None:
@@ -129,9 +156,16 @@ def test_boundary_values_round_trip() -> None:
         m.Send(0, (m.Envelope("b" * 32, b"x"),)),
         m.Error("a" * 32, "t" * MAX_REASON),
         m.Register("n", KEY_A, KEY_A, b"p" * MAX_PROOF, SESSION_PROOF),
-        m.Welcome("alice", 50.0, 200.0, 1e6, 4e6, ()),
+        m.Welcome("alice", 50.0, 200.0, 1e6, 4e6, 0, ()),
         m.Routed(1, (), ()),
         m.Bye(""),
+        m.Welcome("alice", 50.0, 200.0, 1e6, 4e6, MAX_ID, ()),
+        m.Publish(SIGNED, tuple(m.OneTimePrekey(i, KEY_A) for i in range(MAX_PUBLISH))),
+        m.Fetch(tuple(f"n{i}" for i in range(MAX_FETCH))),
+        m.Bundles(tuple(m.Bundle(f"n{i}", KEY_A, SIGNED, ONE_TIME[:1]) for i in range(MAX_FETCH)), ()),
+        m.Bundles((), tuple(f"n{i}" for i in range(MAX_FETCH))),
+        m.Bundles((BUNDLE_BOB,), tuple(f"n{i}" for i in range(MAX_FETCH - 1))),
+        m.Prekeys(MAX_ID),
     ]:
         assert decode_message(encode_message(message)) == message
 
@@ -228,6 +262,85 @@ _BAD_CASES: dict[str, bytes] = {
     "deeply-nested-in-field": b'{"v":2,"type":"bye","reason":' + _NESTED + b"}",
     "too-many-items": _with("routed", delivered=["b"] * (MAX_ITEMS + 1)),
 }
+
+_KEY = _b64(bytes(KEY_A))
+_SIGNED = _wire("publish")["signed_prekey"]
+_BUNDLE = _wire("bundles")["bundles"][0]
+
+
+def _one_time(*ids: object, **extra: object) -> list[dict[str, object]]:
+    return [{"id": ident, "key": _KEY, **extra} for ident in ids]
+
+
+# The prekey messages: every way a publish, a fetch, their answers and the welcome's count
+# can be wrong, at every depth.
+_BAD_CASES.update(
+    {
+        "publish-duplicate-ids": _with("publish", one_time=_one_time(1, 2, 1)),
+        "publish-too-many-one-time": _with("publish", one_time=_one_time(*range(MAX_PUBLISH + 1))),
+        "publish-missing-one-time": _without("publish", "one_time"),
+        "publish-missing-signed-prekey": _without("publish", "signed_prekey"),
+        "publish-one-time-not-array": _with("publish", one_time=_one_time(1)[0]),
+        "publish-one-time-item-not-object": _with("publish", one_time=[[1, _KEY]]),
+        "publish-one-time-extra-field": _with("publish", one_time=_one_time(1, signature=_KEY)),
+        "publish-one-time-missing-key": _with("publish", one_time=[{"id": 1}]),
+        "publish-one-time-key-31": _with("publish", one_time=[{"id": 1, "key": _b64(b"k" * 31)}]),
+        "publish-one-time-id-negative": _with("publish", one_time=_one_time(-1)),
+        "publish-one-time-id-too-big": _with("publish", one_time=_one_time(MAX_PREKEY_ID + 1)),
+        "publish-one-time-id-bool": _with("publish", one_time=_one_time(True)),
+        "publish-one-time-id-float": _with("publish", one_time=_one_time(1.0)),
+        "publish-one-time-id-string": _with("publish", one_time=_one_time("1")),
+        "publish-signed-not-object": _with("publish", signed_prekey=[_SIGNED]),
+        "publish-signed-null": _with("publish", signed_prekey=None),
+        "publish-signed-missing-signature": _with("publish", signed_prekey={"id": 1, "key": _KEY}),
+        "publish-signed-extra-field": _with("publish", signed_prekey={**_SIGNED, "nick": "bob"}),
+        "publish-signature-63": _with("publish", signed_prekey={**_SIGNED, "signature": _b64(bytes(63))}),
+        "publish-signature-65": _with("publish", signed_prekey={**_SIGNED, "signature": _b64(bytes(65))}),
+        "publish-signature-empty": _with("publish", signed_prekey={**_SIGNED, "signature": ""}),
+        "publish-signature-bad-base64": _with("publish", signed_prekey={**_SIGNED, "signature": "***"}),
+        "publish-signed-key-33": _with("publish", signed_prekey={**_SIGNED, "key": _b64(b"k" * 33)}),
+        "publish-signed-id-too-big": _with("publish", signed_prekey={**_SIGNED, "id": MAX_PREKEY_ID + 1}),
+        "publish-duplicate-key-nested": encode_message(EXAMPLES["publish"]).replace(
+            b'"signed_prekey":{"id":7,', b'"signed_prekey":{"id":7,"id":8,'
+        ),
+        "prekeys-negative": _with("prekeys", count=-1),
+        "prekeys-too-big": _with("prekeys", count=MAX_ID + 1),
+        "prekeys-bool": _with("prekeys", count=True),
+        "prekeys-float": _with("prekeys", count=9.0),
+        "prekeys-string": _with("prekeys", count="9"),
+        "prekeys-missing-count": _without("prekeys", "count"),
+        "fetch-empty": _with("fetch", nicks=[]),
+        "fetch-duplicate": _with("fetch", nicks=["bob", "carol", "bob"]),
+        "fetch-too-many": _with("fetch", nicks=[f"n{i}" for i in range(MAX_FETCH + 1)]),
+        "fetch-invalid-nick": _with("fetch", nicks=["no one"]),
+        "fetch-nick-not-string": _with("fetch", nicks=[5]),
+        "fetch-nicks-not-array": _with("fetch", nicks="bob"),
+        "bundles-two-one-time": _with("bundles", bundles=[{**_BUNDLE, "one_time": _one_time(1, 2)}]),
+        "bundles-one-time-not-array": _with("bundles", bundles=[{**_BUNDLE, "one_time": _one_time(1)[0]}]),
+        "bundles-missing-signed-prekey": _with(
+            "bundles", bundles=[{k: v for k, v in _BUNDLE.items() if k != "signed_prekey"}]
+        ),
+        "bundles-bundle-extra-field": _with("bundles", bundles=[{**_BUNDLE, "session_key": _KEY}]),
+        "bundles-bundle-bad-nick": _with("bundles", bundles=[{**_BUNDLE, "nick": "bob!"}]),
+        "bundles-identity-key-31": _with("bundles", bundles=[{**_BUNDLE, "identity_key": _b64(b"k" * 31)}]),
+        "bundles-signature-63": _with(
+            "bundles", bundles=[{**_BUNDLE, "signed_prekey": {**_SIGNED, "signature": _b64(bytes(63))}}]
+        ),
+        "bundles-not-array": _with("bundles", bundles=_BUNDLE),
+        "bundles-missing-bad-nick": _with("bundles", missing=[""]),
+        "bundles-missing-missing": _without("bundles", "missing"),
+        "bundles-too-many-missing": _with(
+            "bundles", bundles=[], missing=[f"n{i}" for i in range(MAX_FETCH + 1)]
+        ),
+        "bundles-too-many-in-all": _with("bundles", missing=[f"n{i}" for i in range(MAX_FETCH)]),
+        "welcome-prekeys-negative": _with("welcome", prekeys=-1),
+        "welcome-prekeys-too-big": _with("welcome", prekeys=MAX_ID + 1),
+        "welcome-prekeys-float": _with("welcome", prekeys=25.0),
+        "welcome-prekeys-bool": _with("welcome", prekeys=False),
+        "welcome-prekeys-null": _with("welcome", prekeys=None),
+        "welcome-prekeys-missing": _without("welcome", "prekeys"),
+    }
+)
 
 
 def _send_with_body(body: object) -> bytes:
@@ -334,13 +447,26 @@ def test_the_relays_prebuilt_frames_are_exactly_the_encoded_messages() -> None:
     peers = [PEER_BOB, PEER_CAROL]
     parts = [encode_peer(peer) for peer in peers]
     for more in (False, True):
-        welcome = encode_welcome(
-            "alice", parts, rate=50.0, burst=0.25, byte_rate=1e6, byte_burst=3.5, more=more
-        )
-        assert welcome == encode_message(m.Welcome("alice", 50.0, 0.25, 1e6, 3.5, tuple(peers), more))
+        for prekeys in (0, 25, MAX_ID):
+            welcome = encode_welcome(
+                "alice",
+                parts,
+                rate=50.0,
+                burst=0.25,
+                byte_rate=1e6,
+                byte_burst=3.5,
+                prekeys=prekeys,
+                more=more,
+            )
+            expected = m.Welcome("alice", 50.0, 0.25, 1e6, 3.5, prekeys, tuple(peers), more)
+            assert welcome == encode_message(expected)
         assert encode_directory(parts, more=more) == encode_message(m.Directory(tuple(peers), more))
-    alone = encode_welcome("alice", [], rate=1e9, burst=3.0, byte_rate=1e-9, byte_burst=1e300)
-    assert alone == encode_message(m.Welcome("alice", 1e9, 3.0, 1e-9, 1e300, ()))
+    alone = encode_welcome("alice", [], rate=1e9, burst=3.0, byte_rate=1e-9, byte_burst=1e300, prekeys=1)
+    assert alone == encode_message(m.Welcome("alice", 1e9, 3.0, 1e-9, 1e300, 1, ()))
+    bad_counts: list[Any] = [-1, True, 1.0, MAX_ID + 1]
+    for bad in bad_counts:  # what the dataclass refuses, so does the fast path
+        with pytest.raises(LocalProtocolError):
+            encode_welcome("alice", [], rate=1.0, burst=1.0, byte_rate=1.0, byte_burst=1.0, prekeys=bad)
     body = b"\x00ciphertext\xff"
     deliver = deliver_head("alice") + _b64(body).encode() + DELIVER_TAIL
     assert deliver == encode_message(m.Deliver("alice", body))
@@ -400,7 +526,7 @@ _LOCAL_BAD: dict[str, Callable[[], object]] = {
     "nick-empty": lambda: m.PeerLeft(""),
     "nick-33": lambda: m.PeerLeft("a" * 33),
     "nick-space": lambda: m.Register("a b", KEY_A, KEY_B, b"p", SESSION_PROOF),
-    "nick-escape": lambda: m.Welcome("a\x1b", 50.0, 200.0, 1e6, 4e6, ()),
+    "nick-escape": lambda: m.Welcome("a\x1b", 50.0, 200.0, 1e6, 4e6, 0, ()),
     "key-as-bytes": lambda: m.Challenge(bytes(KEY_A), b"c" * 32),  # type: ignore[arg-type]
     "challenge-31": lambda: m.Challenge(KEY_A, b"c" * 31),
     "challenge-str": lambda: m.Challenge(KEY_A, "c" * 32),  # type: ignore[arg-type]
@@ -420,12 +546,44 @@ _LOCAL_BAD: dict[str, Callable[[], object]] = {
     "routed-int-nick": lambda: m.Routed(1, (), (), refused=(5,)),  # type: ignore[arg-type]
     "routed-lists": lambda: m.Routed(1, ["bob"], [], refused=[]),  # type: ignore[arg-type]
     "routed-too-many": lambda: m.Routed(1, ("bob",) * (MAX_ITEMS + 1), ()),
-    "welcome-not-peer": lambda: m.Welcome("alice", 50.0, 200.0, 1e6, 4e6, ("bob",)),  # type: ignore[arg-type]
+    "welcome-not-peer": lambda: m.Welcome("alice", 50.0, 200.0, 1e6, 4e6, 0, ("bob",)),  # type: ignore[arg-type]
     "joined-not-peer": lambda: m.PeerJoined("bob"),  # type: ignore[arg-type]
     "peer-key-bytes": lambda: m.PeerInfo("bob", KEY_A, bytes(KEY_B)),  # type: ignore[arg-type]
     "error-code": lambda: m.Error("Bad Code", "text"),
     "error-text-long": lambda: m.Error("code", "t" * (MAX_REASON + 1)),
     "bye-not-str": lambda: m.Bye(5),  # type: ignore[arg-type]
+    "prekey-id-negative": lambda: m.OneTimePrekey(-1, KEY_A),
+    "prekey-id-too-big": lambda: m.OneTimePrekey(MAX_PREKEY_ID + 1, KEY_A),
+    "prekey-id-bool": lambda: m.OneTimePrekey(True, KEY_A),
+    "prekey-key-bytes": lambda: m.OneTimePrekey(1, bytes(KEY_A)),  # type: ignore[arg-type]
+    "signed-id-too-big": lambda: m.SignedPrekey(MAX_PREKEY_ID + 1, KEY_A, SIGNATURE),
+    "signature-63": lambda: m.SignedPrekey(1, KEY_A, SIGNATURE[1:]),
+    "signature-65": lambda: m.SignedPrekey(1, KEY_A, SIGNATURE + b"s"),
+    "signature-str": lambda: m.SignedPrekey(1, KEY_A, "s" * 64),  # type: ignore[arg-type]
+    "bundle-two-one-time": lambda: m.Bundle("bob", KEY_A, SIGNED, ONE_TIME[:2]),
+    "bundle-one-time-list": lambda: m.Bundle("bob", KEY_A, SIGNED, [ONE_TIME[0]]),  # type: ignore[arg-type]
+    "bundle-unsigned": lambda: m.Bundle("bob", KEY_A, ONE_TIME[0], ()),  # type: ignore[arg-type]
+    "bundle-bad-nick": lambda: m.Bundle("bob!", KEY_A, SIGNED, ()),
+    "publish-duplicate-ids": lambda: m.Publish(
+        SIGNED, (m.OneTimePrekey(1, KEY_A), m.OneTimePrekey(1, KEY_B))
+    ),
+    "publish-too-many": lambda: m.Publish(
+        SIGNED, tuple(m.OneTimePrekey(i, KEY_A) for i in range(MAX_PUBLISH + 1))
+    ),
+    "publish-unsigned": lambda: m.Publish(ONE_TIME[0], ()),  # type: ignore[arg-type]
+    "prekeys-negative": lambda: m.Prekeys(-1),
+    "prekeys-bool": lambda: m.Prekeys(True),
+    "fetch-empty": lambda: m.Fetch(()),
+    "fetch-duplicate": lambda: m.Fetch(("bob", "carol", "bob")),
+    "fetch-too-many": lambda: m.Fetch(tuple(f"n{i}" for i in range(MAX_FETCH + 1))),
+    "fetch-bad-nick": lambda: m.Fetch(("bob", "no one")),
+    "fetch-list": lambda: m.Fetch(["bob"]),  # type: ignore[arg-type]
+    "bundles-too-many": lambda: m.Bundles((), tuple(f"n{i}" for i in range(MAX_FETCH + 1))),
+    "bundles-too-many-in-all": lambda: m.Bundles((BUNDLE_BOB,), tuple(f"n{i}" for i in range(MAX_FETCH))),
+    "bundles-bad-missing": lambda: m.Bundles((), ("no one",)),
+    "bundles-not-bundle": lambda: m.Bundles(("bob",), ()),  # type: ignore[arg-type]
+    "welcome-prekeys-negative": lambda: m.Welcome("alice", 50.0, 200.0, 1e6, 4e6, -1, ()),
+    "welcome-prekeys-float": lambda: m.Welcome("alice", 50.0, 200.0, 1e6, 4e6, 1.0, ()),  # type: ignore[arg-type]
 }
 
 
@@ -441,6 +599,7 @@ _FIELD_NAMES = sorted(
     {"nick", "identity_key", "session_key", "proof", "session_proof", "relay_key", "challenge", "peers"}
     | {"peer", "id"}
     | {"items", "from", "body", "delivered", "missing", "code", "text", "reason", "to"}
+    | {"signed_prekey", "one_time", "signature", "key", "count", "nicks", "bundles", "prekeys"}
 )
 _NICK_ALPHABET = string.ascii_letters + string.digits + "_.-"
 
@@ -468,6 +627,25 @@ _peer_objects = st.fixed_dictionaries(
         "nick": _nicks,
         "identity_key": st.binary(min_size=32, max_size=32).map(_b64),
         "session_key": st.binary(min_size=32, max_size=32).map(_b64),
+    }
+)
+_prekey_ids = st.integers(min_value=-1, max_value=MAX_PREKEY_ID + 1)
+_one_time_objects = st.fixed_dictionaries(
+    {"id": _prekey_ids, "key": st.binary(min_size=31, max_size=33).map(_b64)}
+)
+_signed_objects = st.fixed_dictionaries(
+    {
+        "id": _prekey_ids,
+        "key": st.binary(min_size=32, max_size=32).map(_b64),
+        "signature": st.binary(min_size=SIGNATURE_SIZE - 1, max_size=SIGNATURE_SIZE + 1).map(_b64),
+    }
+)
+_bundle_objects = st.fixed_dictionaries(
+    {
+        "nick": _nicks,
+        "identity_key": st.binary(min_size=32, max_size=32).map(_b64),
+        "signed_prekey": _signed_objects,
+        "one_time": st.lists(_one_time_objects, max_size=2),
     }
 )
 # A plausible value for each field, so that many generated messages get past the shape
@@ -501,6 +679,12 @@ _PLAUSIBLE: dict[str, st.SearchStrategy[Any]] = {
     "burst": st.one_of(st.floats(), st.integers(min_value=-1, max_value=10**400)),
     "byte_rate": st.one_of(st.floats(), st.integers(min_value=-1, max_value=10**400)),
     "byte_burst": st.one_of(st.floats(), st.integers(min_value=-1, max_value=10**400)),
+    "prekeys": st.integers(min_value=-1, max_value=MAX_ID + 1),
+    "count": st.integers(min_value=-1, max_value=MAX_ID + 1),
+    "signed_prekey": _signed_objects,
+    "one_time": st.lists(_one_time_objects, max_size=3),
+    "nicks": st.lists(st.sampled_from(["bob", "carol", "no one"]) | _nicks, max_size=3),
+    "bundles": st.lists(_bundle_objects, max_size=2),
 }
 
 

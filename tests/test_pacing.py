@@ -162,7 +162,7 @@ def _online_pair(rate: float, burst: float) -> tuple[ClientCore, list[float]]:
         entries[nick] = m.PeerInfo(nick, register.identity_key, register.session_key)
     for nick, core in cores.items():
         others = tuple(entry for other, entry in entries.items() if other != nick)
-        core.receive_data(_frame(m.Welcome(nick, rate, burst, 1e9, 1e9, others)))
+        core.receive_data(_frame(m.Welcome(nick, rate, burst, 1e9, 1e9, 0, others)))
     return cores["alice"], clock
 
 

@@ -172,7 +172,7 @@ def test_joins_beyond_the_bound_end_the_connection() -> None:
     relay = PrivateKey.generate()
     client.receive_data(_frame(m.Challenge(relay.public_key, b"\x00" * CHALLENGE_SIZE)))
     part = 5000  # what fits in a frame
-    client.receive_data(_frame(m.Welcome("alice", 50.0, 200.0, 1e6, 4e6, _strangers(part), more=True)))
+    client.receive_data(_frame(m.Welcome("alice", 50.0, 200.0, 1e6, 4e6, 0, _strangers(part), more=True)))
     for start in range(part, MAX_PEERS - part, part):
         client.receive_data(_frame(m.Directory(_strangers(part, start), more=True)))
     client.receive_data(_frame(m.Directory(_strangers(part, MAX_PEERS - part))))

@@ -330,7 +330,7 @@ class RelayCore:
         record.peer, record.challenge = peer, b""
         record.flow = Flow(self.limits, now)
         record.decoder.max_frame = self.limits.max_frame
-        welcome = welcome_frames(peer.nick, list(self._encoded_peers.values()), self._advertised)
+        welcome = welcome_frames(peer.nick, list(self._encoded_peers.values()), self._advertised, 0)
         actions: list[Action] = [Write([(record.conn, frame) for frame in welcome])]
         actions += self._presence(PeerJoined(peer))
         self.online[peer.nick] = record.conn

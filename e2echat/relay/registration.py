@@ -61,9 +61,12 @@ def admit(
     return PeerInfo(message.nick, message.identity_key, message.session_key)
 
 
-def welcome_frames(nick: str, encoded: list[bytes], advertised: dict[str, float]) -> list[bytes]:
+def welcome_frames(
+    nick: str, encoded: list[bytes], advertised: dict[str, float], prekeys: int
+) -> list[bytes]:
     """The frames a newcomer ``nick`` is sent: the welcome, with the rates ``advertised``
-    (so that clients pace themselves to them) and the directory (``encoded`` entries).
+    (so that clients pace themselves to them) and how many one-time ``prekeys`` the relay
+    holds for it, and the directory (``encoded`` entries).
 
     A big directory goes in several frames, each well under MAX_FRAME. The entries are
     kept encoded, so a join costs copying the directory, not encoding it.
@@ -75,7 +78,7 @@ def welcome_frames(nick: str, encoded: list[bytes], advertised: dict[str, float]
         end = start + chunk
         parts, more = encoded[start:end], end < len(encoded)
         if start == 0:
-            payload = encode_welcome(nick, parts, more=more, **advertised)
+            payload = encode_welcome(nick, parts, prekeys=prekeys, more=more, **advertised)
         else:
             payload = encode_directory(parts, more=more)
         frames.append(encode_frame(payload))

@@ -27,7 +27,7 @@ from nacl.public import PublicKey
 from e2echat.errors import LocalProtocolError, RemoteProtocolError
 from e2echat.wire.fields import Kind, Record
 from e2echat.wire.grammar import KEY_SIZE, MAX_ITEMS, MAX_REASON, PROTOCOL_VERSION, is_utf8
-from e2echat.wire.messages import MESSAGE_TYPES, OBJECT_KINDS, Envelope, Message, PeerInfo
+from e2echat.wire.messages import MESSAGE_TYPES, OBJECT_KINDS, Message
 
 __all__ = ["decode_message", "encode_message", "encode_record", "printable_reason", "write_number"]
 
@@ -109,11 +109,13 @@ _WRITERS: dict[Kind, Writer] = {
     Kind.NUMBER: write_number,
     Kind.NICKS: _write_nicks,
 }
-# (The objects' own tables hold no object kinds, so their writers can be made first.)
-_RECORD_WRITERS: dict[type[Record], Writer] = {
-    holds.record: _object_writer(holds.record) for holds in OBJECT_KINDS.values()
-}
-_WRITERS.update({kind: _objects_writer(kind) for kind in OBJECT_KINDS})
+_RECORD_WRITERS: dict[type[Record], Writer] = {}
+# An object may hold others (a bundle holds prekeys): OBJECT_KINDS lists the kinds of the
+# ones inside first, so each writer is made from writers that exist already.
+for _kind, _holds in OBJECT_KINDS.items():
+    if _holds.record not in _RECORD_WRITERS:
+        _RECORD_WRITERS[_holds.record] = _object_writer(_holds.record)
+    _WRITERS[_kind] = _objects_writer(_kind)
 _MESSAGE_LAYOUTS = {
     cls: _layout(cls, b'"v":%d' % PROTOCOL_VERSION, b'"type":' + _write_text(name))
     for name, cls in MESSAGE_TYPES.items()
@@ -129,8 +131,8 @@ def encode_message(message: Message) -> bytes:
     return template % tuple([write(getattr(message, attr)) for attr, write in fields])
 
 
-def encode_record(record: PeerInfo | Envelope) -> bytes:
-    """An object nested in messages (a directory entry, an envelope) as its JSON."""
+def encode_record(record: Record) -> bytes:
+    """An object nested in messages (a directory entry, an envelope, a bundle) as its JSON."""
     return _RECORD_WRITERS[type(record)](record)
 
 

@@ -212,22 +212,25 @@ def encode_welcome(
     burst: float,
     byte_rate: float,
     byte_burst: float,
+    prekeys: int,
     more: bool = False,
 ) -> bytes:
-    """``encode_message(Welcome(nick, rate, burst, byte_rate, byte_burst, peers, more))``
-    from the peers' ``encode_peer``."""
+    """``encode_message(Welcome(nick, rate, burst, byte_rate, byte_burst, prekeys, peers,
+    more))`` from the peers' ``encode_peer``."""
     check_nick(nick)
     limits = (rate, burst, byte_rate, byte_burst)
     require(
         all(type(x) is float and math.isfinite(x) and x > 0 for x in limits),
         "rates and bursts must be finite floats above 0",
     )
+    check_id(prekeys, "prekeys")
     pairs = zip(_LIMITS, limits, strict=True)
     fields = b",".join(b'"%b":%b' % (name, write_number(value)) for name, value in pairs)
-    head = b'{"v":%d,"type":"welcome","nick":"%b",%b,"peers":[' % (
+    head = b'{"v":%d,"type":"welcome","nick":"%b",%b,"prekeys":%d,"peers":[' % (
         PROTOCOL_VERSION,
         nick.encode("ascii"),
         fields,
+        prekeys,
     )
     return head + b",".join(encoded_peers) + (b'],"more":true}' if more else b'],"more":false}')
 

@@ -34,6 +34,9 @@ class Kind(enum.Enum):
     PEER = enum.auto()  # a ``PeerInfo`` object
     PEERS = enum.auto()  # an array of ``PeerInfo`` objects
     ENVELOPES = enum.auto()  # an array of ``Envelope`` objects
+    SIGNED_PREKEY = enum.auto()  # a ``SignedPrekey`` object
+    ONE_TIME_PREKEYS = enum.auto()  # an array of ``OneTimePrekey`` objects
+    BUNDLES = enum.auto()  # an array of ``Bundle`` objects
 
 
 class Field(NamedTuple):
@@ -53,6 +56,7 @@ def on_wire(wire: str, kind: Kind, *, attr: str | None = None) -> Field:
 TEXT, NICK, KEY, BINARY, FLAG, INT = Kind.TEXT, Kind.NICK, Kind.KEY, Kind.BINARY, Kind.FLAG, Kind.INT
 NUMBER = Kind.NUMBER
 NICKS, PEER, PEERS, ENVELOPES = Kind.NICKS, Kind.PEER, Kind.PEERS, Kind.ENVELOPES
+SIGNED_PREKEY, ONE_TIME_PREKEYS, BUNDLES = Kind.SIGNED_PREKEY, Kind.ONE_TIME_PREKEYS, Kind.BUNDLES
 
 
 class Record:
@@ -103,10 +107,8 @@ def check_positive(value: object, what: str) -> None:
     )
 
 
-def check_items(value: object, kind: type, what: str) -> None:
+def check_items(value: object, kind: type, what: str, limit: int = MAX_ITEMS) -> None:
     require(
-        isinstance(value, tuple)
-        and len(value) <= MAX_ITEMS
-        and all(isinstance(item, kind) for item in value),
-        f"{what} must be a tuple of at most {MAX_ITEMS} {kind.__name__}",
+        isinstance(value, tuple) and len(value) <= limit and all(isinstance(item, kind) for item in value),
+        f"{what} must be a tuple of at most {limit} {kind.__name__}",
     )

@@ -47,6 +47,17 @@ MAX_REASON = 512
 # MAX_FRAME anyway, and the client splits larger rooms across frames.
 MAX_ITEMS = 10_000
 MAX_ID = 2**63 - 1
+# A prekey's signature: XEdDSA, 64 bytes as Ed25519's (crypto/xeddsa.py).
+SIGNATURE_SIZE = 64
+# A prekey's id, its owner's number for it: 32 bits, as in Signal (a client makes a few
+# hundred prekeys a year).
+MAX_PREKEY_ID = 2**32 - 1
+# One-time prekeys in one publish: as many as the relay keeps for one identity by default
+# (relay.limits.Limits.one_time_prekeys), so one frame (about 7 KiB) can fill it.
+MAX_PUBLISH = 100
+# Nicks in one fetch: a big room's worth at once. The answer, about 400 bytes a bundle,
+# stays well under MAX_FRAME.
+MAX_FETCH = 1000
 
 
 def is_utf8(text: str) -> bool:
@@ -113,8 +124,8 @@ def check_bytes(value: object, what: str, *, size: int | None = None, limit: int
         require(0 < len(value) <= limit, f"{what} must be 1 to {limit} bytes")
 
 
-def check_id(value: object) -> None:
+def check_id(value: object, what: str = "message id", limit: int = MAX_ID) -> None:
     require(
-        isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_ID,
-        f"message id must be an integer from 0 to {MAX_ID}",
+        isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= limit,
+        f"{what} must be an integer from 0 to {limit}",
     )

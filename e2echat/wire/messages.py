@@ -20,6 +20,7 @@ from nacl.public import PublicKey
 
 from e2echat.wire.fields import (
     BINARY,
+    BUNDLES,
     ENVELOPES,
     FLAG,
     INT,
@@ -27,8 +28,10 @@ from e2echat.wire.fields import (
     NICK,
     NICKS,
     NUMBER,
+    ONE_TIME_PREKEYS,
     PEER,
     PEERS,
+    SIGNED_PREKEY,
     TEXT,
     Holds,
     Kind,
@@ -45,10 +48,14 @@ from e2echat.wire.grammar import (
     CODE_PATTERN,
     CODE_RULE,
     MAX_BODY,
+    MAX_FETCH,
     MAX_ITEMS,
+    MAX_PREKEY_ID,
     MAX_PROOF,
+    MAX_PUBLISH,
     NICK_PATTERN,
     SESSION_PROOF_SIZE,
+    SIGNATURE_SIZE,
     check_bytes,
     check_id,
     check_nick,
@@ -90,10 +97,69 @@ class Envelope(Record):
         check_bytes(self.body, "body", limit=MAX_BODY)
 
 
+@dataclass(frozen=True)
+class OneTimePrekey(Record):
+    """A one-time prekey: an X25519 public key its owner publishes for the relay to hand
+    out once, and the owner's number for it (so the owner finds the private half)."""
+
+    WIRE = (on_wire("id", INT), on_wire("key", KEY))
+    id: int
+    key: PublicKey
+
+    def __post_init__(self) -> None:
+        check_id(self.id, "prekey id", MAX_PREKEY_ID)
+        check_key(self.key, "one-time prekey")
+
+
+@dataclass(frozen=True)
+class SignedPrekey(Record):
+    """A signed prekey: an X25519 public key, its owner's number for it, and the owner's
+    XEdDSA signature over it with the identity key. The relay stores and hands it out
+    without checking the signature; clients check it (crypto/x3dh.py)."""
+
+    WIRE = (on_wire("id", INT), on_wire("key", KEY), on_wire("signature", BINARY))
+    id: int
+    key: PublicKey
+    signature: bytes
+
+    def __post_init__(self) -> None:
+        check_id(self.id, "prekey id", MAX_PREKEY_ID)
+        check_key(self.key, "signed prekey")
+        check_bytes(self.signature, "prekey signature", size=SIGNATURE_SIZE)
+
+
+@dataclass(frozen=True)
+class Bundle(Record):
+    """What the relay hands out for one person: what a first message to them needs. Each
+    one-time prekey goes out once, so a bundle has one or, once they are used up, none."""
+
+    WIRE = (
+        on_wire("nick", NICK),
+        on_wire("identity_key", KEY),
+        on_wire("signed_prekey", SIGNED_PREKEY),
+        on_wire("one_time", ONE_TIME_PREKEYS),
+    )
+    nick: str
+    identity_key: PublicKey
+    signed_prekey: SignedPrekey
+    one_time: tuple[OneTimePrekey, ...]
+
+    def __post_init__(self) -> None:
+        check_nick(self.nick)
+        check_key(self.identity_key, "identity key")
+        require(isinstance(self.signed_prekey, SignedPrekey), "signed_prekey must be a SignedPrekey")
+        check_items(self.one_time, OneTimePrekey, "a bundle's one-time prekeys", limit=1)
+
+
+# The kinds of the objects inside others (a bundle holds prekeys) come first: the codec
+# makes the writers in this order, each from the writers of what it holds.
 OBJECT_KINDS: dict[Kind, Holds] = {
     PEER: Holds(PeerInfo, "peer", array=False),
     PEERS: Holds(PeerInfo, "peer", array=True),
     ENVELOPES: Holds(Envelope, "envelope", array=True),
+    SIGNED_PREKEY: Holds(SignedPrekey, "signed prekey", array=False),
+    ONE_TIME_PREKEYS: Holds(OneTimePrekey, "one-time prekey", array=True),
+    BUNDLES: Holds(Bundle, "bundle", array=True),
 }
 
 
@@ -161,7 +227,8 @@ class Register(Message):
 
 @dataclass(frozen=True)
 class Welcome(Message):
-    """relay -> client: registered; here is everyone else online, and how fast you may send."""
+    """relay -> client: registered; here is everyone else online, how fast you may send,
+    and how many of your one-time prekeys the relay holds."""
 
     TYPE: ClassVar[str] = "welcome"
     WIRE = (
@@ -170,6 +237,7 @@ class Welcome(Message):
         on_wire("burst", NUMBER),
         on_wire("byte_rate", NUMBER),
         on_wire("byte_burst", NUMBER),
+        on_wire("prekeys", INT),
         on_wire("peers", PEERS),
         on_wire("more", FLAG),
     )
@@ -180,6 +248,9 @@ class Welcome(Message):
     burst: float
     byte_rate: float
     byte_burst: float
+    #: one-time prekeys the relay holds for this nick and identity key (0 if none): the
+    #: client publishes more when they run low
+    prekeys: int
     peers: tuple[PeerInfo, ...]
     #: the directory continues in ``Directory`` messages (it is too big for one frame)
     more: bool = False
@@ -188,6 +259,7 @@ class Welcome(Message):
         check_nick(self.nick)
         for name in ("rate", "burst", "byte_rate", "byte_burst"):
             check_positive(getattr(self, name), name)
+        check_id(self.prekeys, "prekeys")
         check_items(self.peers, PeerInfo, "peers")
         require(isinstance(self.more, bool), "more must be a bool")
 
@@ -298,6 +370,74 @@ class Routed(Message):
 
 
 @dataclass(frozen=True)
+class Publish(Message):
+    """client -> relay: keep these prekeys for others to start sessions with me. The
+    signed prekey replaces the one the relay held; the one-time prekeys join those it
+    holds (the oldest go if there are too many). Answered with ``Prekeys``."""
+
+    TYPE: ClassVar[str] = "publish"
+    WIRE = (on_wire("signed_prekey", SIGNED_PREKEY), on_wire("one_time", ONE_TIME_PREKEYS))
+    signed_prekey: SignedPrekey
+    one_time: tuple[OneTimePrekey, ...]
+
+    def __post_init__(self) -> None:
+        require(isinstance(self.signed_prekey, SignedPrekey), "signed_prekey must be a SignedPrekey")
+        check_items(self.one_time, OneTimePrekey, "one-time prekeys", limit=MAX_PUBLISH)
+        ids = {prekey.id for prekey in self.one_time}
+        require(len(ids) == len(self.one_time), "a publish has two one-time prekeys with the same id")
+
+
+@dataclass(frozen=True)
+class Prekeys(Message):
+    """relay -> client: how many of your one-time prekeys the relay now holds. The answer
+    to ``Publish``; also sent unasked when handing them out leaves fewer than the relay's
+    low mark."""
+
+    TYPE: ClassVar[str] = "prekeys"
+    WIRE = (on_wire("count", INT),)
+    count: int
+
+    def __post_init__(self) -> None:
+        check_id(self.count, "count")
+
+
+@dataclass(frozen=True)
+class Fetch(Message):
+    """client -> relay: the prekey bundles of these people. Answered with ``Bundles``."""
+
+    TYPE: ClassVar[str] = "fetch"
+    WIRE = (on_wire("nicks", NICKS),)
+    nicks: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        check_items(self.nicks, str, "nicks", limit=MAX_FETCH)
+        require(len(self.nicks) > 0, "a fetch needs at least one nick")
+        for nick in self.nicks:
+            check_nick(nick)
+        require(len(set(self.nicks)) == len(self.nicks), "a fetch names the same nick twice")
+
+
+@dataclass(frozen=True)
+class Bundles(Message):
+    """relay -> client: the answer to a ``Fetch``: a bundle for each nick the relay has
+    one for, and the others in ``missing``. The relay's word only: the client checks each
+    signed prekey's signature, and that every nick it asked for is answered once."""
+
+    TYPE: ClassVar[str] = "bundles"
+    WIRE = (on_wire("bundles", BUNDLES), on_wire("missing", NICKS))
+    bundles: tuple[Bundle, ...]
+    missing: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        check_items(self.bundles, Bundle, "bundles", limit=MAX_FETCH)
+        check_items(self.missing, str, "missing", limit=MAX_FETCH)
+        for nick in self.missing:
+            check_nick(nick)
+        answered = len(self.bundles) + len(self.missing)
+        require(answered <= MAX_FETCH, f"an answer names at most {MAX_FETCH} nicks")
+
+
+@dataclass(frozen=True)
 class Error(Message):
     """either way: something went wrong; ``code`` is for programs, ``text`` for people."""
 
@@ -352,6 +492,10 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         Send,
         Deliver,
         Routed,
+        Publish,
+        Prekeys,
+        Fetch,
+        Bundles,
         Error,
         Bye,
         Ping,
@@ -360,4 +504,4 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
 }
 
 
-check_tables(PeerInfo, Envelope, *MESSAGE_TYPES.values())
+check_tables(*(holds.record for holds in OBJECT_KINDS.values()), *MESSAGE_TYPES.values())
