@@ -36,6 +36,7 @@ PURE = sorted(
         "relay.core",
         "relay.registration",
         "relay.intake",
+        "relay.prekeys",
         "relay.limits",
         "ui.cells",
         "ui.commands",

@@ -9,7 +9,8 @@ frames, already encoded, for the shell to write) and ``Close`` (hang up). Framin
 decoding, the rate limits and the timeouts are decided here; the shell only moves bytes.
 
 The core never sees a message key: a ``send``'s ciphertext bodies are copied unopened,
-still in base64, into the ``deliver`` frames.
+still in base64, into the ``deliver`` frames. It keeps each identity's prekey bundle
+(``PrekeyDirectory``), public keys only, and hands them out on request.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from nacl.public import PrivateKey
 from e2echat.errors import FrameTooLarge, RemoteProtocolError
 from e2echat.relay.intake import read_frame, refusal
 from e2echat.relay.limits import Backlog, Flow, Limits, Sources, Unfinished, Verdict
+from e2echat.relay.prekeys import PrekeyDirectory
 from e2echat.relay.registration import admit, welcome_frames
 from e2echat.wire.codec import decode_message, encode_message, printable_reason
 from e2echat.wire.fastpath import DELIVER_TAIL, Routes, deliver_head, encode_peer
@@ -34,12 +36,15 @@ from e2echat.wire.messages import (
     Bye,
     Challenge,
     Error,
+    Fetch,
     Message,
     PeerInfo,
     PeerJoined,
     PeerLeft,
     Ping,
     Pong,
+    Prekeys,
+    Publish,
     Register,
     Routed,
 )
@@ -128,6 +133,8 @@ class RelayCore:
         self._encoded_peers: dict[str, bytes] = {}
         #: nick skeleton -> the nick online that has it (see ``grammar.skeleton``)
         self._skeletons: dict[str, str] = {}
+        #: nick -> the prekey bundle its owner published; kept when the owner leaves
+        self.prekeys = PrekeyDirectory(self.limits)
         self._sources = Sources()
         self._unfinished = Unfinished()
         self._backlog = Backlog()
@@ -240,6 +247,8 @@ class RelayCore:
         actions: list[Action] = [Write([(conn, bye) for conn in conns])]
         actions += [Close(conn, "relay shutting down") for conn in conns]
         self._closing.update(conns)
+        for nick in self.online:
+            self.prekeys.leave(nick)
         for collection in (self._connections, self.online, self._encoded_peers, self._skeletons):
             collection.clear()
         self._sources, self._unfinished, self._backlog = Sources(), Unfinished(), Backlog()
@@ -257,6 +266,10 @@ class RelayCore:
     def _handle(self, record: _Connection, message: Message | Routes) -> list[Action]:
         if isinstance(message, Routes):
             return self._route(record, message)
+        if isinstance(message, Fetch):
+            return self._fetch(record, message)
+        if isinstance(message, Publish):
+            return self._publish(record, message)
         if isinstance(message, Ping):
             return [Write([(record.conn, _PONG)])]
         if isinstance(message, Pong):
@@ -313,6 +326,7 @@ class RelayCore:
             return []
         del self.online[nick], self._encoded_peers[nick]
         del self._skeletons[skeleton(nick)]
+        self.prekeys.leave(nick)
         log.info("connection #%d: %s left", conn, nick)
         return self._presence(PeerLeft(nick))
 
@@ -330,7 +344,8 @@ class RelayCore:
         record.peer, record.challenge = peer, b""
         record.flow = Flow(self.limits, now)
         record.decoder.max_frame = self.limits.max_frame
-        welcome = welcome_frames(peer.nick, list(self._encoded_peers.values()), self._advertised, 0)
+        prekeys = self.prekeys.register(peer.nick, peer.identity_key)
+        welcome = welcome_frames(peer.nick, list(self._encoded_peers.values()), self._advertised, prekeys)
         actions: list[Action] = [Write([(record.conn, frame) for frame in welcome])]
         actions += self._presence(PeerJoined(peer))
         self.online[peer.nick] = record.conn
@@ -370,4 +385,20 @@ class RelayCore:
                 delivered.append(to)
         routed = Routed(message.id, tuple(delivered), tuple(missing), tuple(refused))
         frames.append((record.conn, _frame(routed)))
+        return [Write(frames)]
+
+    def _publish(self, record: _Connection, message: Publish) -> list[Action]:
+        # Only registered connections get here: before that, every frame but a register
+        # is refused (``_handshake``). The signature is not checked: clients check it.
+        assert record.peer is not None
+        count = self.prekeys.publish(record.peer.nick, message.signed_prekey, message.one_time)
+        return [_write(record.conn, Prekeys(count))]
+
+    def _fetch(self, record: _Connection, message: Fetch) -> list[Action]:
+        """The bundles asked for; and to each owner online whose one-time prekeys are
+        running low because of it, how many it has left."""
+        assert record.peer is not None
+        answer, low = self.prekeys.fetch(record.peer.nick, message.nicks)
+        frames = [(record.conn, _frame(answer))]
+        frames += [(self.online[nick], _frame(Prekeys(count))) for nick, count in low.items()]
         return [Write(frames)]

@@ -84,6 +84,20 @@ class Limits:
     #: a sender over the rate is told so at most this often (once a second): the warning
     #: must not itself become a flood of error frames.
     warn_interval: float = 1.0
+    #: one-time prekeys kept per identity (a publish beyond it drops the oldest): as many
+    #: first contacts as a client is likely to get while it is away, at 36 bytes each, so
+    #: that a full identity costs the relay about 4 KiB and no client can make it more.
+    one_time_prekeys: int = 100
+    #: identities whose bundles are kept, online or not (beyond it, the bundle of the one
+    #: offline that registered least recently goes; never one online). Five times
+    #: ``max_connections``: people who are away must stay reachable, and an attacker who
+    #: registers new identities to push them out must make tens of thousands. At most
+    #: about 200 MiB, if every one is full; about 65 MiB at 25 one-time prekeys each.
+    bundles: int = 50_000
+    #: below this many one-time prekeys left, an owner online is told so (``prekeys``) each
+    #: time one is handed out, and publishes more: room for a burst of first contacts
+    #: while its publish is on the way.
+    prekeys_low: int = 10
 
     @property
     def write_buffer_soft(self) -> int:
