@@ -2,7 +2,10 @@
 
 ``HostileRelay`` is the real relay with one seam: every message it is about to write
 passes through ``tamper``, which may change it, drop it, duplicate it or add others.
-It also keeps what clients sent it, as a relay that records traffic would.
+Every ``bundles`` answer passes first through ``bundle_tamper``, which may rewrite it
+(substitute keys, withhold bundles, hand out a one-time prekey again: see
+``same_one_time_prekey``). It also keeps what clients sent it, as a relay that records
+traffic would.
 """
 
 from __future__ import annotations
@@ -26,12 +29,15 @@ from relay_frames import Outgoing, as_actions, spelled_out
 from support import LOOPBACK
 
 Tamper = Callable[["HostileRelay", Outgoing], list[Outgoing]]
+BundleTamper = Callable[[m.Bundles], m.Bundles]
 
 
 class HostileRelay(Relay):
     def __init__(self, tamper: Tamper | None = None, **limits: Any) -> None:
         super().__init__(LOOPBACK, 0, **limits)
         self.tamper = tamper
+        #: rewrites each ``bundles`` answer before it is written (and before ``tamper``)
+        self.bundle_tamper: BundleTamper | None = None
         self.received: list[tuple[ConnId, m.Message]] = []
         # The recording reads each connection's bytes a second time, as a wiretap would.
         self._taps: dict[ConnId, FrameDecoder] = {}
@@ -61,13 +67,15 @@ class HostileRelay(Relay):
         super()._received(link, data)
 
     def _apply(self, actions: list[Action]) -> None:
-        if self.tamper is None:
+        if self.tamper is None and self.bundle_tamper is None:
             super()._apply(actions)
             return
         changed: list[Outgoing | Close] = []
         # The honest relay writes deliveries and presence in bulk; the tamper sees each.
         for item in spelled_out(actions):
-            if isinstance(item, Outgoing):
+            if isinstance(item, Outgoing) and self.bundle_tamper and isinstance(item.message, m.Bundles):
+                item = Outgoing(item.conn, self.bundle_tamper(item.message))
+            if isinstance(item, Outgoing) and self.tamper is not None:
                 changed.extend(self.tamper(self, item))
             else:
                 changed.append(item)
@@ -110,6 +118,26 @@ def deliveries(tamper: Callable[[HostileRelay, Outgoing, m.Deliver], list[Outgoi
         return [action]
 
     return on_action
+
+
+def same_one_time_prekey(owner: str) -> BundleTamper:
+    """A ``bundle_tamper`` that hands out ``owner``'s first one-time prekey again in every
+    later bundle of ``owner`` (even once the relay has none left for them), as a relay
+    that kept a copy would: the first contact and every later one share it."""
+    first: list[m.OneTimePrekey] = []
+
+    def tamper(answer: m.Bundles) -> m.Bundles:
+        bundles = []
+        for bundle in answer.bundles:
+            if bundle.nick == owner:
+                if not first:
+                    first.extend(bundle.one_time)
+                else:
+                    bundle = dataclasses.replace(bundle, one_time=(first[0],))
+            bundles.append(bundle)
+        return dataclasses.replace(answer, bundles=tuple(bundles))
+
+    return tamper
 
 
 def flip_bit(data: bytes, bit: int) -> bytes:

@@ -1,6 +1,6 @@
 """Prekey bundles in the relay: published, kept (also while their owners are away), handed
 out with each one-time prekey once, within bounds. The logic frame by frame against
-``RelayCore``; then over real sockets."""
+``RelayCore``; then over real sockets, and through a relay that lies about bundles."""
 
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ from e2echat.wire.codec import encode_message
 from e2echat.wire.framing import encode_frame
 from e2echat.wire.grammar import MAX_FETCH, MAX_PUBLISH
 
+from hostile import HostileRelay, same_one_time_prekey
 from relay_frames import Outgoing, spelled_out
-from support import RawClient, peers, running_relay
+from support import RawClient, peers, running, running_relay
 
 
 def _frame(message: m.Message) -> bytes:
@@ -376,3 +377,54 @@ async def test_a_duplicate_nick_in_a_fetch_closes_only_the_offender_over_sockets
         assert await offender.closed()
         alice.connection.send_private("bob", "still here")
         assert (await bob.next(MessageReceived)).text == "still here"
+
+
+# -- a relay that lies about bundles ---------------------------------------------------------------------
+
+
+async def _published_and_asker(relay: HostileRelay) -> tuple[RawClient, RawClient]:
+    alice = await RawClient.open(relay)
+    await alice.register("alice")
+    alice.send(m.Publish(_signed(), _one_time(1, 2, 3)))
+    await alice.receive_kind(m.Prekeys)
+    bob = await RawClient.open(relay)
+    await bob.register("bob")
+    return alice, bob
+
+
+async def _fetched(asker: RawClient, nick: str) -> m.Bundles:
+    asker.send(m.Fetch((nick,)))
+    return await asker.receive_kind(m.Bundles)
+
+
+async def test_the_hostile_relay_can_rewrite_any_bundles_answer() -> None:
+    substitute = _signed(99)
+
+    def swap(answer: m.Bundles) -> m.Bundles:
+        bundles = tuple(m.Bundle(b.nick, b.identity_key, substitute, b.one_time) for b in answer.bundles)
+        return m.Bundles(bundles, answer.missing)
+
+    async with running(HostileRelay()) as relay:
+        alice, bob = await _published_and_asker(relay)
+        honest = await _fetched(bob, "alice")
+        assert honest.bundles[0].signed_prekey != substitute  # the control: not rewritten
+        relay.bundle_tamper = swap
+        (lied,) = (await _fetched(bob, "alice")).bundles
+        assert lied.signed_prekey == substitute and lied.one_time[0].id == 2
+        alice.close()
+        bob.close()
+
+
+async def test_the_hostile_relay_can_hand_out_one_one_time_prekey_twice() -> None:
+    async with running(HostileRelay()) as relay:
+        alice, bob = await _published_and_asker(relay)
+        carol = await RawClient.open(relay)
+        await carol.register("carol")
+        honest = [(await _fetched(asker, "alice")).bundles[0].one_time for asker in (bob, carol)]
+        assert honest[0] != honest[1]  # the control: an honest relay never repeats one
+        relay.bundle_tamper = same_one_time_prekey("alice")
+        lied = [(await _fetched(asker, "alice")).bundles[0].one_time for asker in (bob, carol, bob, bob)]
+        assert lied == [lied[0]] * 4 and lied[0][0].id == 3  # again and again, even after the last
+        assert relay.core.prekeys.count("alice") == 0
+        for raw in (alice, bob, carol):
+            raw.close()
