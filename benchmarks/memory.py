@@ -1,4 +1,5 @@
-"""Section 6: the relay's memory with a client that stops reading, and under a flood.
+"""Section 6: the relay's memory with a client that stops reading, and under a flood;
+and what a prekey bundle costs it to keep.
 
 The relay's defence is its write buffer limit (4 MiB a connection: past a quarter of it,
 messages to a client that has fallen behind are refused and their senders told; it is
@@ -6,16 +7,24 @@ dropped once it takes nothing for the stall timeout, or the whole 4 MiB waits fo
 and, for floods, its per-connection rate limits (messages and bytes). These runs show
 what the relay's resident memory does meanwhile, and that everyone else still gets
 every message intact.
+
+Bundles are kept for people who are away, so they add up: the relay's prekey directory
+is filled in this process, and what it holds per identity is measured with tracemalloc.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
+import tracemalloc
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
+
+import nacl.utils
+from nacl.public import PublicKey
 
 from benchmarks import servers
 from benchmarks.ledger import Integrity, message_text, reconcile
@@ -25,6 +34,9 @@ from benchmarks.report import Figure, Section
 from benchmarks.wire import Link, connect_link, new_core, register
 from e2echat.client.core import ClientCore
 from e2echat.crypto.session import MAX_TEXT
+from e2echat.relay.limits import Limits
+from e2echat.relay.prekeys import PrekeyDirectory
+from e2echat.wire.messages import OneTimePrekey, SignedPrekey
 
 BIG_TEXT = MAX_TEXT - 384  # the largest message a client sends, give or take
 # Messages a second: ~16 KiB to four people is ~86 KiB a send, so about 860 KiB a second,
@@ -32,6 +44,7 @@ BIG_TEXT = MAX_TEXT - 384  # the largest message a client sends, give or take
 SENDER_RATE = 10.0
 SAMPLE = 0.05  # seconds between memory samples
 FLOOD_CHUNK = 1 << 20  # a flooder waits while this much is queued on its side
+STORED_ONE_TIME = 25  # one-time prekeys per stored identity, in the bundle measurement
 
 
 @dataclass
@@ -218,6 +231,33 @@ async def _until(condition: Callable[[], bool]) -> None:
         await asyncio.sleep(0.01)
 
 
+def prekey_bytes_per_identity(identities: int, one_time: int = STORED_ONE_TIME) -> float:
+    """Bytes the relay's prekey directory holds per identity that has gone away, leaving a
+    signed prekey and ``one_time`` one-time prekeys: everything it keeps (its nick and
+    identity key too, which nothing else holds once the owner has left)."""
+    directory = PrekeyDirectory(Limits(bundles=identities))
+
+    def key() -> PublicKey:
+        return PublicKey(nacl.utils.random(32))
+
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for index in range(identities):
+            nick = f"person{index:06d}"  # a new string, as a decoded nick is
+            signed = SignedPrekey(1, key(), nacl.utils.random(64))
+            directory.register(nick, key())
+            directory.publish(nick, signed, tuple(OneTimePrekey(i, key()) for i in range(one_time)))
+            directory.leave(nick)
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(directory) == identities
+    return held / identities
+
+
 def _run(
     options: tuple[str, ...],
     scenario: Callable[[servers.Server], Coroutine[Any, Any, dict[str, Any]]],
@@ -251,6 +291,17 @@ def memory(context: Context) -> Section:
     _non_reader_figures(section, quiet)
     _flood_figures(section, limited, "default limits", "flood")
     _flood_figures(section, unlimited, "limits lifted", "flood_unlimited")
+    per_identity = prekey_bytes_per_identity(plan.prekey_identities)
+    section.add(
+        Figure(
+            "prekey_bytes_per_identity",
+            f"a stored bundle (signed prekey, {STORED_ONE_TIME} one-time prekeys)",
+            round(per_identity),
+            "B",
+            note=f"{plan.prekey_identities:,} identities away; Limits().bundles of them: "
+            f"{per_identity * Limits().bundles / 2**20:.0f} MiB",
+        )
+    )
     for result in (quiet, limited, unlimited):
         section.integrity = section.integrity.add(result["integrity"])
     section.details = {

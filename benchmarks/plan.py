@@ -37,6 +37,8 @@ class Plan:
     #: 6. memory
     memory_seconds: float = 15.0
     flood_seconds: float = 5.0
+    #: identities whose prekey bundles are stored to measure their memory
+    prekey_identities: int = 10_000
     #: 7. abuse: connections sending costly frames, honest messages timed before and during
     abuse_attackers: int = 8
     abuse_round_trips: int = 200
@@ -70,6 +72,7 @@ SMOKE = Plan(
     cost_messages=10,
     memory_seconds=0.6,
     flood_seconds=0.4,
+    prekey_identities=200,
     workers=1,
     drain_timeout=15.0,
     settle=0.2,

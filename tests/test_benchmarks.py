@@ -27,7 +27,12 @@ EXPECTED = {
         "churn_cycles_per_s",
     ],
     "client-cost": ["send_ms_per_message", "raw_us_per_recipient", "send_ratio", "receive_us_per_delivery"],
-    "memory": ["non_reader_peak_growth_mib", "flood_peak_growth_mib", "flood_unlimited_peak_growth_mib"],
+    "memory": [
+        "non_reader_peak_growth_mib",
+        "flood_peak_growth_mib",
+        "flood_unlimited_peak_growth_mib",
+        "prekey_bytes_per_identity",
+    ],
     "abuse": ["quiet_p50_ms", "under_attack_p50_ms", "under_attack_p99_ms", "relay_cpu_under_attack"],
 }
 
