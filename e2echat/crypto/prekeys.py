@@ -1,0 +1,178 @@
+"""Our prekeys: the signed prekey and the one-time prekeys we publish through the relay
+so that others can start a session with us (X3DH), and their private halves. Pure.
+
+* The signed prekey is signed with the identity key (XEdDSA over
+  ``x3dh.signed_prekey_message``) and replaced every ``SIGNED_PREKEY_LIFETIME``. The old
+  one is kept ``SIGNED_PREKEY_GRACE`` longer, for first messages already on their way
+  under it, then forgotten: a first message under it can then no longer be read, by us
+  or by anyone who later steals our keys (forward secrecy for the prekey itself).
+* One-time prekeys go out ``ONE_TIME_BATCH`` at a time, more whenever the relay says it
+  holds fewer than ``ONE_TIME_LOW``. Each private half is deleted when a first message
+  uses it, so a replay of that message cannot start a second session. We keep at most
+  ``MAX_ONE_TIME`` unused ones (the oldest go first): a relay that never hands them out
+  cannot make us hoard keys.
+
+``to_bytes`` is the whole secret state; the caller seals it before it touches the disk.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import OrderedDict
+from typing import NamedTuple
+
+from nacl.public import PrivateKey, PublicKey
+
+from e2echat.crypto.x3dh import MAX_PREKEY_ID, signed_prekey_message
+from e2echat.crypto.xeddsa import xeddsa_sign
+from e2echat.errors import BadRatchetState
+
+DAY = 24 * 3600.0
+SIGNED_PREKEY_LIFETIME = 7 * DAY
+SIGNED_PREKEY_GRACE = 14 * DAY
+ONE_TIME_BATCH = 25
+ONE_TIME_LOW = 10
+MAX_ONE_TIME = 200
+
+_FORMAT = 1
+_HEAD = struct.Struct(">BIIH")  # format, next id, current signed id, signed count
+_SIGNED = struct.Struct(">Id")  # id, created (Unix time)
+_ID = struct.Struct(">I")
+_KEY = 32
+_SIGNATURE = 64
+
+
+class SignedPrekey(NamedTuple):
+    prekey_id: int
+    private: PrivateKey
+    created: float
+    signature: bytes
+
+
+class OurPrekeys:
+    """Our prekeys' private halves. Make one with ``fresh`` or ``from_bytes``.
+
+    ``changed`` is set whenever something worth saving changed; the owner clears it."""
+
+    def __init__(self, next_id: int) -> None:
+        self._next_id = next_id
+        self._signed: dict[int, SignedPrekey] = {}
+        self._current = 0
+        self._one_time: OrderedDict[int, PrivateKey] = OrderedDict()
+        self.changed = False
+
+    @classmethod
+    def fresh(cls, identity: PrivateKey, now: float) -> OurPrekeys:
+        prekeys = cls(1)
+        prekeys._new_signed(identity, now)
+        return prekeys
+
+    def _take_id(self) -> int:
+        prekey_id = self._next_id
+        # Ids wrap round after four billion; one still in use is skipped.
+        self._next_id = prekey_id % MAX_PREKEY_ID + 1
+        if prekey_id in self._signed or prekey_id in self._one_time:
+            return self._take_id()
+        return prekey_id
+
+    def _new_signed(self, identity: PrivateKey, now: float) -> None:
+        prekey_id = self._take_id()
+        private = PrivateKey.generate()
+        signature = xeddsa_sign(identity, signed_prekey_message(prekey_id, private.public_key))
+        self._signed[prekey_id] = SignedPrekey(prekey_id, private, now, signature)
+        self._current = prekey_id
+        self.changed = True
+
+    @property
+    def current(self) -> SignedPrekey:
+        """The signed prekey to publish."""
+        return self._signed[self._current]
+
+    def rotate_if_due(self, identity: PrivateKey, now: float) -> bool:
+        """Replace the signed prekey if it is older than its lifetime, and forget old ones
+        past their grace. True if the signed prekey to publish changed."""
+        for prekey_id, signed in list(self._signed.items()):
+            if (
+                prekey_id != self._current
+                and now - signed.created > SIGNED_PREKEY_LIFETIME + SIGNED_PREKEY_GRACE
+            ):
+                del self._signed[prekey_id]
+                self.changed = True
+        if now - self.current.created <= SIGNED_PREKEY_LIFETIME and self.current.created <= now + DAY:
+            return False
+        self._new_signed(identity, now)
+        return True
+
+    def signed(self, prekey_id: int) -> PrivateKey | None:
+        kept = self._signed.get(prekey_id)
+        return None if kept is None else kept.private
+
+    def new_one_time(self, count: int) -> list[tuple[int, PublicKey]]:
+        """``count`` new one-time prekeys to publish: (id, public key) each."""
+        made = []
+        for _ in range(count):
+            prekey_id = self._take_id()
+            private = PrivateKey.generate()
+            self._one_time[prekey_id] = private
+            made.append((prekey_id, private.public_key))
+        while len(self._one_time) > MAX_ONE_TIME:
+            self._one_time.popitem(last=False)
+        self.changed = self.changed or bool(made)
+        return made
+
+    def one_time(self, prekey_id: int) -> PrivateKey | None:
+        """The private half of an unused one-time prekey, or None (used, or never ours)."""
+        return self._one_time.get(prekey_id)
+
+    def use_one_time(self, prekey_id: int) -> None:
+        """A first message used it: forget it, so that it can never be used again."""
+        if self._one_time.pop(prekey_id, None) is not None:
+            self.changed = True
+
+    @property
+    def unused(self) -> int:
+        return len(self._one_time)
+
+    # -- persistence --------------------------------------------------------------------
+
+    def to_bytes(self) -> bytes:
+        """format (1) || next id (4) || current signed id (4) || signed count (2) ||
+        signed prekeys (id, created, private key, signature each) || one-time prekeys
+        (id, private key each), oldest first. Secret: seal before storing."""
+        parts = [_HEAD.pack(_FORMAT, self._next_id, self._current, len(self._signed))]
+        for signed in self._signed.values():
+            parts.append(
+                _SIGNED.pack(signed.prekey_id, signed.created) + bytes(signed.private) + signed.signature
+            )
+        parts.extend(_ID.pack(prekey_id) + bytes(private) for prekey_id, private in self._one_time.items())
+        return b"".join(parts)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> OurPrekeys:
+        def bad(detail: str) -> BadRatchetState:
+            return BadRatchetState(peer="(our prekeys)", detail=detail)
+
+        if len(data) < _HEAD.size:
+            raise bad("too short")
+        version, next_id, current, count = _HEAD.unpack_from(data)
+        if version != _FORMAT:
+            raise bad(f"unknown format {version}")
+        signed_size = _SIGNED.size + _KEY + _SIGNATURE
+        at = _HEAD.size + count * signed_size
+        one_time_size = _ID.size + _KEY
+        if len(data) < at or (len(data) - at) % one_time_size:
+            raise bad("wrong length")
+        prekeys = cls(next_id)
+        for start in range(_HEAD.size, at, signed_size):
+            prekey_id, created = _SIGNED.unpack_from(data, start)
+            key_at = start + _SIGNED.size
+            private = PrivateKey(data[key_at : key_at + _KEY])
+            signature = data[key_at + _KEY : key_at + _KEY + _SIGNATURE]
+            prekeys._signed[prekey_id] = SignedPrekey(prekey_id, private, created, signature)
+        for start in range(at, len(data), one_time_size):
+            (prekey_id,) = _ID.unpack_from(data, start)
+            prekeys._one_time[prekey_id] = PrivateKey(data[start + _ID.size : start + one_time_size])
+        if current not in prekeys._signed:
+            raise bad("no current signed prekey")
+        prekeys._current = current
+        return prekeys
