@@ -46,6 +46,7 @@ LABEL_ROOT_CHAIN = _label(b"e2echat rk chain")
 LABEL_X3DH = _label(b"e2echat x3dh sk")
 LABEL_HEADER_TAG = _label(b"e2echat hdr tag")
 LABEL_ASSOCIATED = _label(b"e2echat ad")
+LABEL_STORE = _label(b"e2echat store")
 _NO_SALT = bytes(nacl.bindings.crypto_generichash_SALTBYTES)
 
 
@@ -155,3 +156,13 @@ def associated_digest(associated_data: bytes) -> bytes:
     """The 32-byte digest of X3DH's AD that every header tag covers (one BLAKE2b
     compression per message instead of two: the AD with nicks is over 128 bytes)."""
     return _blake2b(associated_data, KEY_SIZE, b"", LABEL_ASSOCIATED)
+
+
+def store_key(identity_secret: bytes) -> bytes:
+    """The key that seals what the client keeps on disk besides its identity (sessions,
+    prekeys): BLAKE2b keyed by the identity's private key, under its own label. Whoever
+    can read the identity key file (and knows its passphrase, if it has one) can open
+    them; nobody else."""
+    if len(identity_secret) != KEY_SIZE:
+        raise ValueError("an identity key is 32 bytes")
+    return _blake2b(b"", KEY_SIZE, identity_secret, LABEL_STORE)
