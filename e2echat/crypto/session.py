@@ -1,58 +1,78 @@
-"""Per-peer crypto session: key agreement, one KDF chain per direction, counters, replay.
+"""Our sessions with one peer: X3DH to start one, the Double Ratchet to run it, and the
+message format inside it. Pure (no I/O).
 
-Pure (no I/O). The construction, and why, is in docs/PROTOCOL.md (section 8); in short:
+The construction, and why, is in docs/PROTOCOL.md and docs/RATCHET.md; in short:
 
-* Both sides order the two parties by (identity key, session key, nick): "first" and
-  "second". DH1 = DH(IK_first, EK_second), DH2 = DH(EK_first, IK_second),
-  DH3 = DH(EK_first, EK_second).
-* HKDF-SHA256(DH1 || DH2 || DH3, info = label + both parties' nick, IK and EK) gives
-  64 bytes: the sending chain key of "first", then that of "second".
-* Each message key is HMAC-SHA256(chain, 0x01); the next chain key HMAC-SHA256(chain,
-  0x02) (Signal's symmetric-key ratchet). A message key encrypts one message with
-  XSalsa20-Poly1305 (libsodium's ``crypto_secretbox``, what ``nacl.secret.SecretBox``
-  wraps) and is then forgotten.
-* Body = version (1 byte) || counter (8 bytes, big-endian) || nonce (24) || tag (16) || ct,
-  exactly what ``SecretBox(key).encrypt`` gives after the header.
-  The counter selects the key, so altering it makes decryption fail; the plaintext
-  repeats counter, sender, recipient and kind, which are checked after decryption.
+* A ``PeerSession`` holds every session with one peer (their identity key and nick):
+  the current one first, then up to ``MAX_SESSIONS`` - 1 earlier ones. It survives
+  reconnects and restarts (``to_bytes``, sealed by the caller), so there is no re-keying.
+* We start a session with X3DH over their prekey bundle (``start``). Until they answer,
+  every body we send is a *prekey message*: type 2 || our identity key || our ephemeral
+  (base) key || signed prekey id || has one-time prekey (1) || its id || a ratchet message.
+  Once one of their messages opens in it, bodies are plain ratchet messages (type 1,
+  which is the ratchet's own version byte).
+* A prekey message we receive starts a session (the responder's X3DH) unless its base key
+  names one we have; its one-time prekey is then deleted, and the base key remembered
+  (``MAX_BASE_KEYS`` of them), so that a replay cannot start the session again.
+* When both sides start a session at once, each ends up with two; a message opens in
+  whichever it was sealed in, and that one becomes current. They converge on one.
 * Plaintext = the UTF-8 JSON object {"from", "to", "kind", "n", "text", "dir"[, "sent"]
-  [, "acks"]}: sender, recipient, kind, counter, text, the sender's directory hash, the
-  sender's clock when it encrypted the message (whole seconds since the Unix epoch; only
-  in messages with text, and absent from older clients' ones), and for a receipt the
-  counters it acknowledges. Inside the encryption, "sent" is the sender's word and no
-  one else's: a relay that holds a message back cannot make it look fresh.
-* What a body whose counter jumps ahead may cost us, and the keys kept for messages
-  skipped, is bounded in chains.py, under a budget shared by all sessions of a client.
+  [, "acks"]}: sender, recipient, kind, our number for the message (receipts acknowledge
+  it; it keeps counting across sessions with the peer), text, the sender's directory
+  hash, the sender's clock when it encrypted (whole seconds since the Unix epoch), and
+  for a receipt the numbers it acknowledges. Inside the encryption, "sent" is the
+  sender's word and no one else's: a relay that holds a message back cannot make it
+  look fresh.
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import struct
+from collections import OrderedDict
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import NamedTuple
 
 import nacl.bindings
-import nacl.exceptions
 from nacl.public import PrivateKey, PublicKey
 
-# MAX_SKIP and chain_step are re-exported: they are part of what a session is.
-from e2echat.crypto.chains import MAX_SKIP as MAX_SKIP
-from e2echat.crypto.chains import KeyBudget, ReceivingChain
-from e2echat.crypto.chains import chain_step as chain_step
-from e2echat.crypto.primitives import MAC_SIZE, NONCE_SIZE, secretbox, secretbox_open
-from e2echat.errors import DecryptionError, LocalProtocolError
+from e2echat.crypto import x3dh
+from e2echat.crypto.prekeys import OurPrekeys
+from e2echat.crypto.primitives import NONCE_SIZE
+from e2echat.crypto.ratchet import MESSAGE_VERSION, Ratchet
+from e2echat.crypto.skipped import SkippedKeys
+from e2echat.crypto.xeddsa import xeddsa_verify
+from e2echat.errors import (
+    BadPrekeyBundle,
+    BadRatchetState,
+    DecryptionError,
+    LocalProtocolError,
+    ReplayError,
+    SkippedTooMany,
+)
 
-LABEL = b"e2echat v1"
-BODY_VERSION = 1
-_HEADER = struct.Struct(">BQ")
-# Where the SecretBox's own output (tag, then ciphertext) starts in a body.
-_SEALED_START = _HEADER.size + NONCE_SIZE
+LABEL = b"e2echat v2"
+PREKEY_MESSAGE = 2
+RATCHET_MESSAGE = MESSAGE_VERSION
+# type, identity key, base key, signed prekey id, has a one-time prekey, its id
+_PREKEY_HEADER = struct.Struct(">B32s32sIBI")
+PREKEY_HEADER_SIZE = _PREKEY_HEADER.size
+# Sessions kept per peer: the current one and a few earlier ones, for messages sealed in
+# them that are still on their way (both sides started a session at once, say).
+MAX_SESSIONS = 4
+# Base keys of first messages remembered per peer: a replayed first message whose
+# session was since dropped must not start it again. (A first message also needs our
+# signed prekey, forgotten after at most three weeks, and its one-time prekey, if any,
+# which is deleted at first use.)
+MAX_BASE_KEYS = 1000
 # Longest message text, in UTF-8 bytes: a screenful, and far below grammar.MAX_BODY.
 MAX_TEXT = 16 * 1024
+_STATE_FORMAT = 1
+_STATE_HEAD = struct.Struct(">B32sQBH")  # format, their identity, next number, sessions, base keys
+_SESSION_HEAD = struct.Struct(">32sB")  # base key, prekey header length
+_LENGTH = struct.Struct(">I")
 
 
 class Kind(StrEnum):
@@ -105,82 +125,128 @@ class Plaintext(NamedTuple):
 MAX_SENT = 2**53
 
 
-def hkdf_sha256(ikm: bytes, *, info: bytes, length: int, salt: bytes = b"") -> bytes:
-    """RFC 5869 HKDF with HMAC-SHA256, from the stdlib."""
-    prk = hmac.new(salt or bytes(32), ikm, hashlib.sha256).digest()
-    blocks, previous = [], b""
-    for index in range(1, -(-length // 32) + 1):
-        previous = hmac.new(prk, previous + info + bytes([index]), hashlib.sha256).digest()
-        blocks.append(previous)
-    return b"".join(blocks)[:length]
-
-
-def _dh(private: PrivateKey, public: PublicKey) -> bytes:
-    # libsodium refuses low-order points (an all-zero shared secret) with an error.
-    return nacl.bindings.crypto_scalarmult(bytes(private), bytes(public))
-
-
 def encode_party(party: Party) -> bytes:
     nick = party.nick.encode("utf-8")
     return bytes([len(nick)]) + nick + bytes(party.identity_key) + bytes(party.session_key)
 
 
+class _Session:
+    """One X3DH + Double Ratchet session with the peer."""
+
+    __slots__ = ("base_key", "prekey_header", "ratchet")
+
+    def __init__(self, ratchet: Ratchet, base_key: bytes, prekey_header: bytes) -> None:
+        self.ratchet = ratchet
+        #: the initiator's ephemeral key: names the session in prekey messages
+        self.base_key = base_key
+        #: ours to put before every body until the peer answers in this session (or b"")
+        self.prekey_header = prekey_header
+
+
 class PeerSession:
-    """Our end of the session with one peer, for the life of one pair of connections."""
+    """Every session we have with one peer (``their_nick`` with ``their_identity``).
+
+    ``dirty`` (shared by all of a client's peers) collects the nicks whose state changed
+    and should be saved; ``budget`` holds the skipped keys of every session of a client;
+    ``prekeys`` are ours, for the first messages others send us."""
 
     def __init__(
         self,
         our_nick: str,
         our_identity: PrivateKey,
-        our_session: PrivateKey,
-        their: Party,
+        their_nick: str,
+        their_identity: PublicKey,
         *,
-        budget: KeyBudget | None = None,
+        budget: SkippedKeys,
+        prekeys: OurPrekeys,
+        dirty: set[str] | None = None,
     ) -> None:
-        """``budget`` holds the receiving keys kept (see chains.py): one for all the
-        sessions of a client; by default, one of the session's own."""
-        self.ours = Party(our_nick, our_identity.public_key, our_session.public_key)
-        self.theirs = their
-        we_are_first = self.ours.sort_key() < their.sort_key()
-        try:
-            if we_are_first:
-                dh1 = _dh(our_identity, their.session_key)
-                dh2 = _dh(our_session, their.identity_key)
-                first, second = self.ours, their
-            else:
-                dh1 = _dh(our_session, their.identity_key)
-                dh2 = _dh(our_identity, their.session_key)
-                first, second = their, self.ours
-            dh3 = _dh(our_session, their.session_key)
-        except nacl.exceptions.CryptoError:
-            raise DecryptionError(peer=their.nick, detail="their keys are invalid") from None
-        info = LABEL + b" chains" + encode_party(first) + encode_party(second)
-        okm = hkdf_sha256(dh1 + dh2 + dh3, info=info, length=64)
-        first_chain, second_chain = okm[:32], okm[32:]
-        self._send_chain = first_chain if we_are_first else second_chain
-        receive_chain = second_chain if we_are_first else first_chain
-        self._send_counter = 0
-        self._receiving = ReceivingChain(their.nick, receive_chain, KeyBudget() if budget is None else budget)
+        self.our_nick = our_nick
+        self._identity = our_identity
+        self.peer = their_nick
+        self.identity_key = their_identity
+        self._budget = budget
+        self._prekeys = prekeys
+        self._dirty = set() if dirty is None else dirty
+        self._sessions: list[_Session] = []
+        self._base_keys: OrderedDict[bytes, None] = OrderedDict()
+        #: the number our next message to them carries (receipts acknowledge it)
+        self.next_counter = 0
         # The start of every plaintext we send this peer (see ``seal``).
-        self._inner_head = ('{"from":' + _json(our_nick) + ',"to":' + _json(their.nick) + ',"kind":').encode()
+        self._inner_head = ('{"from":' + _json(our_nick) + ',"to":' + _json(their_nick) + ',"kind":').encode()
 
     @property
-    def peer(self) -> str:
-        return self.theirs.nick
+    def can_send(self) -> bool:
+        """True once there is a session: we started one, or they did."""
+        return bool(self._sessions)
+
+    @property
+    def confirmed(self) -> bool:
+        """True once the peer has answered in the current session (no prekey header)."""
+        return bool(self._sessions) and not self._sessions[0].prekey_header
 
     @property
     def missing(self) -> int:
         """Messages from this peer skipped over and not (yet) arrived."""
-        return self._receiving.missing
+        return sum(session.ratchet.missing for session in self._sessions)
 
     def close(self) -> None:
-        """The session is over: forget the receiving keys kept in the budget."""
-        self._receiving.close()
+        """Drop every session with the peer, and the skipped keys they kept."""
+        for session in self._sessions:
+            session.ratchet.close()
+        self._sessions.clear()
 
-    @property
-    def next_counter(self) -> int:
-        """The counter the next message we encrypt will carry."""
-        return self._send_counter
+    def _changed(self) -> None:
+        self._dirty.add(self.peer)
+
+    def _push(self, session: _Session) -> None:
+        self._sessions.insert(0, session)
+        for dropped in self._sessions[MAX_SESSIONS:]:
+            dropped.ratchet.close()
+        del self._sessions[MAX_SESSIONS:]
+        self._changed()
+
+    # -- starting a session ---------------------------------------------------------------
+
+    def start(self, bundle: x3dh.PrekeyBundle, *, ephemeral: PrivateKey | None = None) -> None:
+        """Start a session from the peer's prekey bundle (as the relay gave it); it becomes
+        the current one. Raises ``BadPrekeySignature`` if the signed prekey is not signed
+        by their identity key, ``BadPrekeyBundle`` if the bundle is for another identity
+        key or unusable. ``ephemeral`` is for known-answer tests only."""
+        if bytes(bundle.identity_key) != bytes(self.identity_key):
+            raise BadPrekeyBundle(
+                nick=self.peer, detail="it is for another identity key than the directory's"
+            )
+        started = x3dh.initiate(
+            self._identity,
+            bundle,
+            xeddsa_verify,
+            our_nick=self.our_nick,
+            their_nick=self.peer,
+            ephemeral=ephemeral,
+        )
+        try:
+            ratchet = Ratchet.initiator(
+                started.shared_key,
+                started.associated_data,
+                bundle.signed_prekey,
+                self._budget,
+                peer=self.peer,
+            )
+        except DecryptionError as exc:
+            raise BadPrekeyBundle(nick=self.peer, detail=exc.detail) from None
+        one_time = started.one_time_prekey_id
+        header = _PREKEY_HEADER.pack(
+            PREKEY_MESSAGE,
+            bytes(self._identity.public_key),
+            bytes(started.ephemeral_key),
+            started.signed_prekey_id,
+            one_time is not None,
+            one_time or 0,
+        )
+        self._push(_Session(ratchet, bytes(started.ephemeral_key), header))
+
+    # -- sending --------------------------------------------------------------------------
 
     def encrypt(
         self,
@@ -192,52 +258,130 @@ class PeerSession:
         sent: int | None = None,
         nonce: bytes | None = None,
     ) -> bytes:
-        """One message for this peer, carrying our ``directory_hash`` (see
-        ``directory_digest``) and the time it was ``sent``. ``nonce`` is for deterministic
-        tests only."""
+        """One message for this peer. ``nonce`` is for deterministic tests only."""
         prepared = prepare(text, kind, directory_hash=directory_hash, acks=acks, sent=sent)
         return self.seal(prepared, random_nonces(1)[0] if nonce is None else nonce)
 
-    def seal(self, prepared: Prepared, nonce: bytes) -> bytes:
-        """``prepared`` (see ``prepare``) for this peer under the next message key.
+    def take_counter(self) -> int:
+        """The number for our next message to them (see ``seal_numbered``)."""
+        counter = self.next_counter
+        self.next_counter = counter + 1
+        self._changed()
+        return counter
 
-        ``nonce`` must be 24 random bytes (``random_nonces``) or, in tests, fixed ones.
-        Each message key seals exactly one message, so the nonce need not be unique; it is
-        random anyway, as margin against a bug that ever reused a key."""
-        counter = self._send_counter
-        self._send_chain, message_key = chain_step(self._send_chain)
-        self._send_counter = counter + 1
+    def seal(self, prepared: Prepared, nonce: bytes) -> bytes:
+        """``prepared`` (see ``prepare``) in the current session, numbered next."""
+        return self.seal_numbered(prepared, self.take_counter(), nonce)
+
+    def seal_numbered(self, prepared: Prepared, counter: int, nonce: bytes) -> bytes:
+        """``prepared`` in the current session, carrying ``counter`` (from
+        ``take_counter``). ``nonce``: 24 bytes from ``random_nonces`` (or fixed, in tests).
+        Raises ``LocalProtocolError`` if there is no session yet (see ``start``)."""
+        if not self._sessions:
+            raise LocalProtocolError(detail=f"no session with {self.peer} yet")
+        session = self._sessions[0]
         # Byte for byte what json.dumps of {"from", "to", "kind", "n", "text", "dir"
         # [, "sent"][, "acks"]} gives (a test checks): only "n" differs from one message to
         # the next.
         plaintext = b"%b%b%d%b" % (self._inner_head, prepared.kind_and_n, counter, prepared.tail)
-        return _HEADER.pack(BODY_VERSION, counter) + nonce + secretbox(plaintext, nonce, message_key)
+        body = session.ratchet.encrypt(plaintext, nonce)
+        self._changed()
+        return session.prekey_header + body if session.prekey_header else body
+
+    # -- receiving ------------------------------------------------------------------------
 
     def decrypt(self, body: bytes) -> Plaintext:
-        """Authenticate and decrypt one body. On any failure our state is unchanged."""
-        if len(body) < _SEALED_START + MAC_SIZE:
-            raise DecryptionError(peer=self.peer, detail="message too short")
-        version, counter = _HEADER.unpack_from(body)
-        if version != BODY_VERSION:
-            raise DecryptionError(peer=self.peer, detail=f"unsupported message version {version}")
+        """Authenticate and decrypt one body. On any failure our state is unchanged.
 
-        receiving = self._receiving
-        skipped = max(0, counter - receiving.next_counter)
-        message_key, late = receiving.message_key(counter)
-        plaintext = self._open(message_key, body, counter, skipped=skipped, late=late)
-        # Authenticated: only now does the session move on.
-        receiving.commit(counter)
+        Raises ``ReplayError`` for a message already read, ``SkippedTooMany`` for one after
+        too long a gap, ``DecryptionError`` for anything else."""
+        if body[:1] == bytes([PREKEY_MESSAGE]):
+            return self._decrypt_first(body)
+        if body[:1] != bytes([RATCHET_MESSAGE]):
+            kind = body[0] if body else "none"
+            raise DecryptionError(peer=self.peer, detail=f"unsupported message type {kind}")
+        failure: DecryptionError | None = None
+        for index, session in enumerate(self._sessions):
+            try:
+                opened = session.ratchet.decrypt(body)
+            except (ReplayError, SkippedTooMany):
+                raise  # its header authenticated in this session: nothing else to try
+            except DecryptionError as exc:
+                failure = failure or exc
+                continue
+            return self._opened(index, opened.plaintext, opened.skipped, opened.late)
+        raise failure or DecryptionError(peer=self.peer, detail="no session with them yet")
+
+    def _decrypt_first(self, body: bytes) -> Plaintext:
+        if len(body) < PREKEY_HEADER_SIZE:
+            raise DecryptionError(peer=self.peer, detail="first message too short")
+        _, identity, base_key, signed_id, has_one_time, one_time_id = _PREKEY_HEADER.unpack_from(body)
+        inner = body[PREKEY_HEADER_SIZE:]
+        if identity != bytes(self.identity_key):
+            raise DecryptionError(peer=self.peer, detail="a first message under another identity key")
+        for index, session in enumerate(self._sessions):
+            if session.base_key == base_key:  # a session we have: the header is only a reminder
+                opened = session.ratchet.decrypt(inner)
+                return self._opened(index, opened.plaintext, opened.skipped, opened.late)
+        if base_key in self._base_keys:
+            raise ReplayError(peer=self.peer, counter=0)
+        signed = self._prekeys.signed(signed_id)
+        if signed is None:
+            raise DecryptionError(
+                peer=self.peer, detail=f"a first message under an unknown signed prekey #{signed_id}"
+            )
+        if has_one_time not in (0, 1):
+            raise DecryptionError(peer=self.peer, detail="malformed first message")
+        one_time = None
+        if has_one_time:
+            one_time = self._prekeys.one_time(one_time_id)
+            if one_time is None:
+                raise DecryptionError(
+                    peer=self.peer,
+                    detail=f"a first message under one-time prekey #{one_time_id}, used already: a replay, "
+                    "or the relay handed it out twice",
+                )
+        shared_key, associated_data = x3dh.respond(
+            self._identity,
+            signed,
+            one_time,
+            their_identity=self.identity_key,
+            their_ephemeral=PublicKey(base_key),
+            our_nick=self.our_nick,
+            their_nick=self.peer,
+        )
+        ratchet = Ratchet.responder(shared_key, associated_data, signed, self._budget, peer=self.peer)
+        try:
+            opened = ratchet.decrypt(inner)
+            plaintext = self._parse(opened.plaintext, opened.skipped, opened.late)
+        except DecryptionError:
+            ratchet.close()
+            raise
+        # Authenticated: the session is theirs. Its one-time prekey can never serve again.
+        if one_time is not None:
+            self._prekeys.use_one_time(one_time_id)
+        self._base_keys[base_key] = None
+        while len(self._base_keys) > MAX_BASE_KEYS:
+            self._base_keys.popitem(last=False)
+        self._push(_Session(ratchet, base_key, b""))
         return plaintext
 
-    def _open(self, message_key: bytes, body: bytes, counter: int, *, skipped: int, late: bool) -> Plaintext:
-        try:
-            raw = secretbox_open(body[_SEALED_START:], body[_HEADER.size : _SEALED_START], message_key)
-        except nacl.exceptions.CryptoError:
-            raise DecryptionError(peer=self.peer, detail="bad authentication tag") from None
+    def _opened(self, index: int, raw: bytes, skipped: int, late: bool) -> Plaintext:
+        # The ratchet has moved on already (the box opened); a malformed plaintext inside
+        # an authentic message is the peer's fault, and is refused all the same.
+        session = self._sessions[index]
+        session.prekey_header = b""  # they answered in it: it is established
+        if index:  # they are using an earlier session: it becomes the current one
+            del self._sessions[index]
+            self._sessions.insert(0, session)
+        self._changed()
+        return self._parse(raw, skipped, late)
+
+    def _parse(self, raw: bytes, skipped: int, late: bool) -> Plaintext:
         try:
             inner = json.loads(raw.decode("utf-8"))
             sender, recipient, kind = inner["from"], inner["to"], _KINDS[inner["kind"]]
-            inner_counter, text = inner["n"], inner["text"]
+            counter, text = inner["n"], inner["text"]
             text.encode("utf-8")  # no lone surrogates: they would crash the display
             directory_hash = inner.get("dir", "")
             if not isinstance(directory_hash, str) or len(directory_hash) > 64:
@@ -252,20 +396,104 @@ class PeerSession:
                 or not all(type(ack) is int and 0 <= ack < 2**64 for ack in acks)
             ):
                 raise ValueError("acks")
+            if type(counter) is not int or not 0 <= counter < 2**64:
+                raise ValueError("n")
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             raise DecryptionError(peer=self.peer, detail="malformed plaintext") from None
-        # The keys already bind both parties and the direction; these checks make a
-        # mismatch (a bug, or a peer lying inside its own ciphertext) loud, not silent.
-        if (
-            sender != self.theirs.nick
-            or recipient != self.ours.nick
-            or type(inner_counter) is not int
-            or inner_counter != counter
-        ):
+        # The session's AD already binds both parties; these checks make a mismatch (a
+        # bug, or a peer lying inside its own ciphertext) loud, not silent.
+        if sender != self.peer or recipient != self.our_nick:
             raise DecryptionError(peer=self.peer, detail="header does not match its contents")
         return Plaintext(
             sender, recipient, kind, counter, text, skipped, late, directory_hash, tuple(acks), sent
         )
+
+    # -- persistence ----------------------------------------------------------------------
+
+    def to_bytes(self) -> bytes:
+        """The whole state with this peer: secret, so seal it before storing.
+
+        format (1) || their identity key (32) || next number (8) || sessions (1) ||
+        base keys (2) || base keys (32 each) || per session, current first: base key (32)
+        || prekey header length (1) || prekey header || state length (4) || ratchet state."""
+        parts = [
+            _STATE_HEAD.pack(
+                _STATE_FORMAT,
+                bytes(self.identity_key),
+                self.next_counter,
+                len(self._sessions),
+                len(self._base_keys),
+            ),
+            *self._base_keys,
+        ]
+        for session in self._sessions:
+            state = session.ratchet.to_bytes()
+            header = session.prekey_header
+            parts += [
+                _SESSION_HEAD.pack(session.base_key, len(header)),
+                header,
+                _LENGTH.pack(len(state)),
+                state,
+            ]
+        return b"".join(parts)
+
+    @classmethod
+    def from_bytes(
+        cls,
+        data: bytes,
+        *,
+        our_nick: str,
+        our_identity: PrivateKey,
+        their_nick: str,
+        budget: SkippedKeys,
+        prekeys: OurPrekeys,
+        dirty: set[str] | None = None,
+    ) -> PeerSession:
+        """A peer's state saved by ``to_bytes``. Raises ``BadRatchetState``."""
+
+        def bad(detail: str) -> BadRatchetState:
+            return BadRatchetState(peer=their_nick, detail=detail)
+
+        try:
+            version, identity, counter, sessions, base_keys = _STATE_HEAD.unpack_from(data)
+            if version != _STATE_FORMAT:
+                raise bad(f"unknown format {version}")
+            peer = cls(
+                our_nick,
+                our_identity,
+                their_nick,
+                PublicKey(identity),
+                budget=budget,
+                prekeys=prekeys,
+                dirty=dirty,
+            )
+            peer.next_counter = counter
+            at = _STATE_HEAD.size
+            for _ in range(base_keys):
+                key = data[at : at + 32]
+                if len(key) != 32:
+                    raise bad("truncated")
+                peer._base_keys[key] = None
+                at += 32
+            for _ in range(sessions):
+                base_key, header_size = _SESSION_HEAD.unpack_from(data, at)
+                at += _SESSION_HEAD.size
+                header = data[at : at + header_size]
+                if header_size not in (0, PREKEY_HEADER_SIZE) or len(header) != header_size:
+                    raise bad("bad prekey header")
+                at += header_size
+                (size,) = _LENGTH.unpack_from(data, at)
+                at += _LENGTH.size
+                state = data[at : at + size]
+                at += size
+                ratchet = Ratchet.from_bytes(state, budget, peer=their_nick)
+                peer._sessions.append(_Session(ratchet, base_key, header))
+        except struct.error:
+            raise bad("truncated") from None
+        if at != len(data) or len(peer._sessions) > MAX_SESSIONS:
+            peer.close()
+            raise bad("wrong length")
+        return peer
 
 
 @dataclass(frozen=True)

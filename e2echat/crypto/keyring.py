@@ -1,0 +1,149 @@
+"""Everything secret a client keeps between connections and restarts, besides its
+identity key: our prekeys and our sessions with each peer. Pure.
+
+A ``Keyring`` lives as long as the client (across every connection) and is saved as
+named rows, each sealed by the store: ``prekeys``, and ``peer:<nick>`` for each peer.
+``changes`` hands out the rows that changed since it was last called (a deleted peer as
+None), so the shell writes only those, in the background, after each batch of work.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from nacl.public import PrivateKey, PublicKey
+
+from e2echat.crypto.prekeys import OurPrekeys
+from e2echat.crypto.session import PeerSession
+from e2echat.crypto.skipped import SkippedKeys
+from e2echat.errors import BadRatchetState
+
+PREKEYS_ROW = "prekeys"
+PEER_ROW = "peer:"
+#: our nick when the sessions were made: every session binds it (in X3DH's AD)
+NICK_ROW = "nick"
+
+log = logging.getLogger("e2echat.crypto.keyring")
+
+
+class Keyring:
+    """Our prekeys and every ``PeerSession``, by nick."""
+
+    def __init__(self, nick: str, identity: PrivateKey, prekeys: OurPrekeys) -> None:
+        self.nick = nick
+        self.identity = identity
+        self.prekeys = prekeys
+        # One budget for the skipped keys of every session: what gaps (or an attacker) can
+        # make us hold is bounded across all peers, not per peer (skipped.py).
+        self.budget = SkippedKeys()
+        self.peers: dict[str, PeerSession] = {}
+        self._dirty: set[str] = set()
+        self._deleted: set[str] = set()
+        self._nick_saved = False
+
+    @classmethod
+    def fresh(cls, nick: str, identity: PrivateKey, now: float) -> Keyring:
+        return cls(nick, identity, OurPrekeys.fresh(identity, now))
+
+    def get(self, nick: str, identity_key: PublicKey) -> PeerSession | None:
+        """Our sessions with ``nick`` under ``identity_key``; None if we have none (or only
+        under another key: they cannot serve)."""
+        peer = self.peers.get(nick)
+        if peer is None or bytes(peer.identity_key) != bytes(identity_key):
+            return None
+        return peer
+
+    def peer(self, nick: str, identity_key: PublicKey) -> PeerSession:
+        """Our sessions with ``nick`` under ``identity_key``, made empty if there are none.
+        Sessions with them under another key are dropped: whoever holds the new key must
+        not read what was meant for the old one (the user is warned of the change
+        elsewhere)."""
+        peer = self.get(nick, identity_key)
+        if peer is not None:
+            return peer
+        self.forget(nick)
+        peer = PeerSession(
+            self.nick,
+            self.identity,
+            nick,
+            identity_key,
+            budget=self.budget,
+            prekeys=self.prekeys,
+            dirty=self._dirty,
+        )
+        self.peers[nick] = peer
+        self._deleted.discard(nick)
+        return peer
+
+    def forget(self, nick: str) -> None:
+        """Drop every session with ``nick`` (and its saved row)."""
+        peer = self.peers.pop(nick, None)
+        if peer is not None:
+            peer.close()
+            self._dirty.discard(nick)
+            self._deleted.add(nick)
+
+    # -- persistence --------------------------------------------------------------------
+
+    @property
+    def changed(self) -> bool:
+        return bool(self._dirty or self._deleted or self.prekeys.changed or not self._nick_saved)
+
+    def changes(self) -> dict[str, bytes | None]:
+        """Rows changed since the last call: name -> state, or None for a row to delete."""
+        rows: dict[str, bytes | None] = {PEER_ROW + nick: None for nick in self._deleted}
+        for nick in self._dirty:
+            peer = self.peers.get(nick)
+            if peer is not None:
+                rows[PEER_ROW + nick] = peer.to_bytes()
+        if self.prekeys.changed:
+            rows[PREKEYS_ROW] = self.prekeys.to_bytes()
+            self.prekeys.changed = False
+        if not self._nick_saved:
+            rows[NICK_ROW] = self.nick.encode("utf-8")
+            self._nick_saved = True
+        self._dirty.clear()
+        self._deleted.clear()
+        return rows
+
+    def rows(self) -> dict[str, bytes]:
+        """Every row (for a first save)."""
+        rows = {PEER_ROW + nick: peer.to_bytes() for nick, peer in self.peers.items()}
+        rows[PREKEYS_ROW] = self.prekeys.to_bytes()
+        rows[NICK_ROW] = self.nick.encode("utf-8")
+        return rows
+
+    @classmethod
+    def from_rows(cls, nick: str, identity: PrivateKey, rows: dict[str, bytes], now: float) -> Keyring:
+        """The keyring saved as ``rows``; a fresh one if there are none. A peer's row that
+        cannot be read is dropped (logged): the next message starts a new session with
+        them, which costs a warning-free re-key, not the profile. Sessions made under
+        another nick of ours are dropped too: they bind that nick."""
+        saved = rows.get(PREKEYS_ROW)
+        if saved is None:
+            keyring = cls.fresh(nick, identity, now)
+        else:
+            keyring = cls(nick, identity, OurPrekeys.from_bytes(saved))
+        same_nick = rows.get(NICK_ROW) == nick.encode("utf-8")
+        keyring._nick_saved = same_nick
+        for name, state in rows.items():
+            if not name.startswith(PEER_ROW):
+                continue
+            their_nick = name[len(PEER_ROW) :]
+            if not same_nick:
+                keyring._deleted.add(their_nick)
+                continue
+            try:
+                keyring.peers[their_nick] = PeerSession.from_bytes(
+                    state,
+                    our_nick=nick,
+                    our_identity=identity,
+                    their_nick=their_nick,
+                    budget=keyring.budget,
+                    prekeys=keyring.prekeys,
+                    dirty=keyring._dirty,
+                )
+            except BadRatchetState as exc:
+                log.warning("%s; it was dropped", exc)
+                keyring._deleted.add(their_nick)
+        return keyring
