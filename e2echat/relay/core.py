@@ -344,7 +344,10 @@ class RelayCore:
         record.peer, record.challenge = peer, b""
         record.flow = Flow(self.limits, now)
         record.decoder.max_frame = self.limits.max_frame
-        prekeys = self.prekeys.register(peer.nick, peer.identity_key)
+        self.prekeys.register(peer.nick, peer.identity_key)
+        # Its signed prekey is kept before anyone hears of it: whoever sees it join can
+        # fetch its bundle at once.
+        prekeys = self.prekeys.publish(peer.nick, message.signed_prekey, ())
         welcome = welcome_frames(peer.nick, list(self._encoded_peers.values()), self._advertised, prekeys)
         actions: list[Action] = [Write([(record.conn, frame) for frame in welcome])]
         actions += self._presence(PeerJoined(peer))

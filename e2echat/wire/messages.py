@@ -199,7 +199,8 @@ class Challenge(Message):
 @dataclass(frozen=True)
 class Register(Message):
     """client -> relay: nick, keys, and a proof of each key: a Box from the identity key
-    over the challenge (and the password), and one from the session key."""
+    over the challenge (and the password), and one from the session key. With them, the
+    signed prekey: anyone who sees us join can start a session with us at once."""
 
     TYPE: ClassVar[str] = "register"
     WIRE = (
@@ -208,6 +209,7 @@ class Register(Message):
         on_wire("session_key", KEY),
         on_wire("proof", BINARY),
         on_wire("session_proof", BINARY),
+        on_wire("signed_prekey", SIGNED_PREKEY),
     )
     nick: str
     identity_key: PublicKey
@@ -216,6 +218,8 @@ class Register(Message):
     proof: bytes
     #: made with the session key
     session_proof: bytes
+    #: kept by the relay as if published (the relay does not check its signature)
+    signed_prekey: SignedPrekey
 
     def __post_init__(self) -> None:
         check_nick(self.nick)
@@ -223,6 +227,7 @@ class Register(Message):
         check_key(self.session_key, "session key")
         check_bytes(self.proof, "proof", limit=MAX_PROOF)
         check_bytes(self.session_proof, "session proof", size=SESSION_PROOF_SIZE)
+        require(isinstance(self.signed_prekey, SignedPrekey), "signed_prekey must be a SignedPrekey")
 
 
 @dataclass(frozen=True)
