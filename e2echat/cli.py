@@ -18,6 +18,7 @@ from nacl.public import PrivateKey
 
 from e2echat.client.trust import KnownPeers
 from e2echat.crypto.identity import fingerprint
+from e2echat.crypto.keyring import Keyring
 from e2echat.errors import (
     E2EChatError,
     KeyFileError,
@@ -46,6 +47,7 @@ from e2echat.store.profiles import (
     save_settings,
 )
 from e2echat.store.relays import KNOWN_RELAYS_FILE, RelayPinFile
+from e2echat.store.sessions import SESSIONS_FILE, SessionFile
 from e2echat.ui.cells import neutralize, wrap_cells
 from e2echat.ui.chat import Chat
 from e2echat.ui.joining import join
@@ -122,7 +124,14 @@ def _run_connect(args: argparse.Namespace) -> int:
         identity, created = load_or_create_identity(directory, _passphrase(args.passphrase, directory))
         pin_file = PinFile(directory / KNOWN_PEERS_FILE)
         known_peers = pin_file.load()
-        return asyncio.run(_chat(args, identity, (pin_file, known_peers), created, directory, interactive))
+        session_file = SessionFile.open(directory / SESSIONS_FILE, identity)
+        try:
+            keyring = session_file.load(nick, identity)
+            pins = (pin_file, known_peers)
+            sessions = (session_file, keyring)
+            return asyncio.run(_chat(args, identity, pins, sessions, created, directory, interactive))
+        finally:
+            session_file.close()
 
 
 def _profile(args: argparse.Namespace, interactive: bool) -> tuple[str, Path]:
@@ -195,6 +204,7 @@ async def _chat(
     args: argparse.Namespace,
     identity: PrivateKey,
     pins: tuple[PinFile, KnownPeers],
+    sessions: tuple[SessionFile, Keyring],
     created: bool,
     directory: Path,
     interactive: bool,
@@ -206,6 +216,7 @@ async def _chat(
         identity,
         pins,
         RelayPinFile(directory / KNOWN_RELAYS_FILE),
+        sessions=sessions,
         password=_relay_password(args.password_file),
         accept=args.trust_relay_key,
         ask_password=_ask_password if interactive else None,

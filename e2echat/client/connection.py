@@ -31,6 +31,7 @@ from e2echat.client.receipts import RECEIPT_TIMEOUT
 from e2echat.client.relays import RelayTrust
 from e2echat.client.trust import KnownPeers
 from e2echat.crypto.identity import new_session_key
+from e2echat.crypto.keyring import Keyring
 from e2echat.errors import (
     E2EChatError,
     RegistrationRefused,
@@ -39,6 +40,7 @@ from e2echat.errors import (
     UntrustedRelayKey,
 )
 from e2echat.store.pins import PinFile
+from e2echat.store.sessions import SessionFile
 from e2echat.streams import BufferedLink, read_buffer
 
 log = logging.getLogger("e2echat.client.connection")
@@ -97,7 +99,11 @@ class Connection:
         pin_file: PinFile | None = None,
         relay_trust: RelayTrust | None = None,
         message_ids: Iterator[int] | None = None,
+        keyring: Keyring | None = None,
+        session_file: SessionFile | None = None,
     ) -> None:
+        """``keyring`` holds our prekeys and sessions (a ``Client`` passes the same one to
+        each of its connections); ``session_file`` is where they are saved, if anywhere."""
         self.host = host
         self.port = port
         self.nick = nick
@@ -113,6 +119,8 @@ class Connection:
             relay_trust=relay_trust,
             receipt_timeout=receipt_timeout,
             message_ids=message_ids,
+            keyring=keyring,
+            relay_name=f"{host}:{port}",
         )
         if publish is None:
             # On its own, a connection queues its events for whoever runs it. A Client
@@ -122,8 +130,10 @@ class Connection:
             publish = self.events.put_nowait
         self._publish_event = publish
         self._registered = False  # only a registered connection's end is news to anyone
-        #: where the pins go: the core changes them in memory, this shell writes them
+        #: where the pins and the sessions go: the core changes them in memory, this
+        #: shell writes them
         self._pin_file = pin_file
+        self._session_file = session_file
         self._transport: asyncio.Transport | None = None
         #: while registering: resolves with Registered, or fails with why not
         self._registration: asyncio.Future[Registered] | None = None
@@ -195,7 +205,7 @@ class Connection:
                 self._transport.abort()
             return
         finally:
-            self._save_pins()  # peers pinned on first contact, even in a batch that failed
+            self._save()  # pins and sessions changed by this batch, even one that failed
         self._flush()
         self._relay_closing |= any(isinstance(event, RelayClosing) for event in events)
         registration = self._registration
@@ -258,7 +268,7 @@ class Connection:
                 self._publish(self.core.tick())
                 # Keys the user accepted or verified (the UI calls the core directly) are
                 # written here, at most a tick later, and in close() at the latest.
-                self._save_pins()
+                self._save()
                 if now - self._sent_at >= self.keepalive:
                     self.core.ping()
                 self._flush()
@@ -270,9 +280,11 @@ class Connection:
                 self._transport.abort()  # connection_lost reports it
                 return
 
-    def _save_pins(self) -> None:
+    def _save(self) -> None:
         if self._pin_file is not None:
             self._pin_file.save_soon(self.core.known_peers)
+        if self._session_file is not None:
+            self._session_file.save_soon(self.core.keyring)
 
     def _publish(self, events: list[Event]) -> None:
         for event in events:
@@ -325,6 +337,7 @@ class Connection:
 
     def _sent(self) -> None:
         self._settled.clear()
+        self._save()  # the sending chains moved on: saved at once (in the background)
         self._flush()
 
     async def wait_sendable(self) -> None:
@@ -374,3 +387,5 @@ class Connection:
                 await asyncio.wait_for(self._gone.wait(), 2)
         if self._pin_file is not None:
             await self._pin_file.flush(self.core.known_peers)
+        if self._session_file is not None:
+            await self._session_file.flush(self.core.keyring)

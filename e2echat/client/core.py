@@ -43,6 +43,8 @@ from e2echat.client.relays import RelayTrust
 from e2echat.client.sessions import Sessions
 from e2echat.client.trust import KnownPeers, Trust
 from e2echat.crypto.identity import fingerprint, registration_proof, safety_number
+from e2echat.crypto.keyring import Keyring
+from e2echat.crypto.prekeys import ONE_TIME_BATCH, ONE_TIME_LOW, OurPrekeys
 from e2echat.crypto.session import Party
 from e2echat.errors import CommandError, LocalProtocolError, RemoteProtocolError
 from e2echat.wire import messages as m
@@ -97,8 +99,13 @@ class ClientCore:
         wall_clock: Callable[[], float] = time.time,
         receipt_timeout: float = RECEIPT_TIMEOUT,
         message_ids: Iterator[int] | None = None,
+        keyring: Keyring | None = None,
+        relay_name: str = "the relay",
     ) -> None:
         """``relay_trust`` says which relay key to answer (default: any, first contact).
+        ``keyring`` holds our prekeys and sessions, which outlive this connection (a new
+        one, kept in memory only, if not given); ``relay_name`` names the relay in
+        warnings about what it handed out.
         ``clock`` measures intervals (receipts due, views that just changed);
         ``wall_clock`` tells the time each message is sent, inside its encryption.
         ``message_ids`` numbers the messages sent (from 1 if not given); a client that
@@ -114,6 +121,8 @@ class ClientCore:
         #: the relay's long-term key, once its challenge was accepted (to pin it)
         self.relay_key: PublicKey | None = None
         self._clock = clock
+        self._wall_clock = wall_clock
+        self.keyring = keyring if keyring is not None else Keyring.fresh(nick, identity, wall_clock())
         self._decoder = FrameDecoder()
         #: what we write, released no faster than the relay allows
         self._pacer = Pacer()
@@ -122,20 +131,11 @@ class ClientCore:
         ours = Party(nick, identity.public_key, session_key.public_key)
         self._directory = Directory(ours, known_peers if known_peers is not None else KnownPeers(), clock)
         self.deliveries = DeliveryTracker(receipt_timeout)
-        # Sessions are made only while online: none after the connection's keys were dropped.
-        self._sessions = Sessions(
-            nick,
-            identity,
-            session_key,
-            self._directory,
-            self.deliveries,
-            online=lambda: self.state is ClientState.ONLINE,
-            notices=self._notices,
-        )
+        self._sessions = Sessions(nick, self.keyring, self._directory, self.deliveries)
         self._outbox = Outbox(
             nick,
             self._directory,
-            self._sessions.by_nick,
+            self.keyring,
             self._sessions.session_with,
             self.deliveries,
             clock,
@@ -144,6 +144,7 @@ class ClientCore:
             notices=self._notices,
             message_ids=message_ids if message_ids is not None else itertools.count(1),
             acks_due=self._sessions.acks_due,
+            relay=relay_name,
         )
 
     # -- bytes in, bytes out --------------------------------------------------------------
@@ -204,9 +205,8 @@ class ClientCore:
             self._outbox.send_receipts(force=force)
 
     def forget_keys(self) -> None:
-        """The connection is over: drop every session and with them all chain keys. (The
-        session private key goes with this object; Python cannot wipe memory.)"""
-        self._sessions.close_all()
+        """The connection is over. The sessions stay in the keyring, for the next one; the
+        session private key goes with this object (Python cannot wipe memory)."""
         self._directory.forget_caches()
         self.state = ClientState.CLOSED
 
@@ -318,6 +318,11 @@ class ClientCore:
                 return self._sessions.left(message.nick)
             if isinstance(message, m.Routed):
                 return self._routed(message)
+            if isinstance(message, m.Bundles):
+                return self._outbox.bundles(message)
+            if isinstance(message, m.Prekeys):
+                self._publish_prekeys(message.count)
+                return []
             if isinstance(message, m.Ping):
                 self._write(m.Pong())
                 return []
@@ -352,7 +357,11 @@ class ClientCore:
         except nacl.exceptions.CryptoError:
             raise RemoteProtocolError(detail="the relay's key is invalid") from None
         identity_public, session_public = self._identity.public_key, self._session_key.public_key
-        self._write(m.Register(self.nick, identity_public, session_public, proof, session_proof))
+        prekeys = self.keyring.prekeys
+        prekeys.rotate_if_due(self._identity, self._wall_clock())
+        self._write(
+            m.Register(self.nick, identity_public, session_public, proof, session_proof, _signed(prekeys))
+        )
         self.state = ClientState.AWAIT_WELCOME
         return []
 
@@ -361,7 +370,19 @@ class ClientCore:
             raise RemoteProtocolError(detail=f"relay welcomed {welcome.nick!r}, not {self.nick!r}")
         self._pacer.limit(welcome.rate, welcome.burst, welcome.byte_rate, welcome.byte_burst, self._clock())
         self.state = ClientState.AWAIT_DIRECTORY
+        self._publish_prekeys(welcome.prekeys)
         return self._receive_directory(welcome.peers, welcome.more)
+
+    def _publish_prekeys(self, held: int) -> None:
+        """If the relay holds fewer than ONE_TIME_LOW of our one-time prekeys, give it a
+        batch of new ones (and our signed prekey again, a new one if it is due)."""
+        if held >= ONE_TIME_LOW:
+            return
+        prekeys = self.keyring.prekeys
+        prekeys.rotate_if_due(self._identity, self._wall_clock())
+        fresh = prekeys.new_one_time(ONE_TIME_BATCH - held)
+        one_time = tuple(m.OneTimePrekey(prekey_id, key) for prekey_id, key in fresh)
+        self._write(m.Publish(_signed(prekeys), one_time))
 
     def _receive_directory(self, peers: tuple[m.PeerInfo, ...], more: bool) -> list[Event]:
         for peer in peers:
@@ -375,3 +396,8 @@ class ClientCore:
 
     def _routed(self, routed: m.Routed) -> list[Event]:
         return list(self.deliveries.routed(routed.id, routed.delivered, routed.missing, routed.refused))
+
+
+def _signed(prekeys: OurPrekeys) -> m.SignedPrekey:
+    signed = prekeys.current
+    return m.SignedPrekey(signed.prekey_id, signed.private.public_key, signed.signature)

@@ -5,6 +5,11 @@ into ``send`` frames, and the receipts it owes for what arrived. Pure.
 accepted), seals one copy per recipient with that peer's session, splits the copies into
 frames under the relay's limits, and hands the message to the ``DeliveryTracker``, which
 follows it until it is delivered or reported NOT delivered.
+
+A recipient we have no session with yet gets its copy once the relay has given us their
+prekey bundle: the copy waits (numbered already), one ``fetch`` asks for every such
+bundle of a message, and ``bundles`` starts the sessions and sends what waited, or
+reports it NOT delivered, loudly if the relay handed out a bundle that is not theirs.
 """
 
 from __future__ import annotations
@@ -14,15 +19,28 @@ from collections.abc import Callable, Collection, Iterator
 import nacl.utils
 
 from e2echat.client.directory import Directory
-from e2echat.client.events import Event
+from e2echat.client.events import Event, SecurityWarning
 from e2echat.client.pacing import Pacer
 from e2echat.client.receipts import DeliveryTracker
 from e2echat.client.trust import Trust
-from e2echat.crypto.session import MAX_ACKS, MAX_TEXT, Kind, PeerSession, Prepared, prepare, seal_all
-from e2echat.errors import CommandError
+from e2echat.crypto.keyring import Keyring
+from e2echat.crypto.session import (
+    MAX_ACKS,
+    MAX_TEXT,
+    Kind,
+    PeerSession,
+    Prepared,
+    prepare,
+    random_nonces,
+    seal_all,
+)
+from e2echat.crypto.x3dh import PrekeyBundle
+from e2echat.errors import BadPrekeyBundle, BadPrekeySignature, CommandError, RemoteProtocolError
+from e2echat.wire import messages as m
+from e2echat.wire.codec import encode_message
 from e2echat.wire.fastpath import encode_send
 from e2echat.wire.framing import MAX_FRAME, encode_frame
-from e2echat.wire.grammar import MAX_ITEMS, is_utf8
+from e2echat.wire.grammar import MAX_FETCH, MAX_ITEMS, is_utf8
 
 # What the envelopes of one frame may take, by envelope_size: the rest of MAX_FRAME is
 # for the frame's own JSON around them, and to spare.
@@ -38,6 +56,11 @@ RECEIPT_INTERVAL = 1.0
 
 # How much of a message its delivery report quotes, so the sender knows which one it was.
 PREVIEW = 40
+
+# Why a copy that waited for a prekey bundle was not sent.
+NO_PREKEYS = "not sent: they have published no prekeys"
+BAD_BUNDLE = "not sent: the relay gave keys for them that are not theirs"
+GONE_BEFORE_KEYS = "not sent: they left before the relay gave their keys"
 
 
 def receipt_gap() -> float:
@@ -89,15 +112,15 @@ def preview(text: str) -> str:
 class Outbox:
     """Messages and receipts out, as frames written to ``outgoing``.
 
-    ``sessions`` are the sessions made so far, by nick; ``session_with`` makes one on
-    first use (None if there can be none); ``acks_due`` is what arriving messages made us
-    owe (``Sessions.acks_due``)."""
+    ``keyring`` holds our sessions; ``session_with`` gives the one to send in with a
+    nick, if there is one; ``acks_due`` is what arriving messages made us owe
+    (``Sessions.acks_due``); ``relay`` names the relay in warnings."""
 
     def __init__(
         self,
         our_nick: str,
         directory: Directory,
-        sessions: dict[str, PeerSession],
+        keyring: Keyring,
         session_with: Callable[[str], PeerSession | None],
         tracker: DeliveryTracker,
         clock: Callable[[], float],
@@ -107,11 +130,15 @@ class Outbox:
         notices: list[Event],
         message_ids: Iterator[int],
         acks_due: dict[str, list[int]],
+        relay: str = "the relay",
     ) -> None:
         self._our_nick = our_nick
         self._directory = directory
-        self._sessions = sessions
+        self._keyring = keyring
         self._session_with = session_with
+        self._relay = relay
+        #: nick -> copies waiting for their bundle: (message id, message, its number)
+        self._awaiting: dict[str, list[tuple[int, Prepared, int]]] = {}
         self._tracker = tracker
         self._clock = clock
         self._wall_clock = wall_clock
@@ -145,7 +172,7 @@ class Outbox:
         return self._send(text, Kind.ROOM, recipients)
 
     def _has_session(self, nick: str) -> bool:
-        return self._session_with(nick) is not None
+        return True  # anyone online: a session is started with their bundle if need be
 
     def send_private(self, recipient: str, text: str) -> int:
         if recipient == self._our_nick:
@@ -157,8 +184,6 @@ class Outbox:
                 detail=f"not sent: {recipient}'s key changed; nothing is sent to {recipient} until "
                 f"you accept the new key with /trust {recipient}"
             )
-        if self._session_with(recipient) is None:
-            raise CommandError(detail=f"no secure session with {recipient}; the message was not sent")
         return self._send(text, Kind.PRIVATE, [recipient])
 
     def _send(self, text: str, kind: Kind, recipients: list[str]) -> int:
@@ -172,15 +197,89 @@ class Outbox:
         # The text is JSON-encoded once and the nonces drawn in one call; per recipient
         # there remain the chain step and the encryption itself.
         prepared = prepare(text, kind, directory_hash=self._directory.view, sent=int(self._wall_clock()))
-        sessions = [self._sessions[nick] for nick in recipients]
         self._notices.extend(self._directory.exchanged(recipients))  # first contact pins the key
-        counters = {session.peer: session.next_counter for session in sessions}
-        frames = send_frames(message_id, seal_all([(session, prepared) for session in sessions]))
+        ready: list[tuple[PeerSession, int]] = []
+        counters: dict[str, int] = {}
+        fetch: list[str] = []
+        peers = self._directory.peers
+        for nick in recipients:
+            session = self._session_with(nick)
+            if session is not None:
+                counters[nick] = counter = session.take_counter()
+                ready.append((session, counter))
+                continue
+            # No session yet: the copy is numbered now and sealed when their bundle comes.
+            counter = self._keyring.peer(nick, peers[nick].identity_key).take_counter()
+            counters[nick] = counter
+            waiting = self._awaiting.setdefault(nick, [])
+            if not waiting:
+                fetch.append(nick)
+            waiting.append((message_id, prepared, counter))
+        now = self._clock()
+        nonces = random_nonces(len(ready))
+        envelopes = [
+            (session.peer, session.seal_numbered(prepared, counter, nonce))
+            for (session, counter), nonce in zip(ready, nonces, strict=True)
+        ]
         # Its receipts are due counting from when it leaves, which may be later if we are
         # sending faster than the relay allows.
-        leaves = self._outgoing.write(frames, self._clock())
+        leaves = self._outgoing.write(send_frames(message_id, envelopes), now)
+        for start in range(0, len(fetch), MAX_FETCH):
+            request = m.Fetch(tuple(fetch[start : start + MAX_FETCH]))
+            self._outgoing.write(encode_frame(encode_message(request)), now)
         self._tracker.sent(message_id, kind is Kind.PRIVATE, counters, leaves, preview(text))
         return message_id
+
+    # -- first contact: the relay's answer to a fetch ------------------------------------------
+
+    def bundles(self, answer: m.Bundles) -> list[Event]:
+        """Start a session with each bundle the relay gave, and send the copies that
+        waited for it; report the others NOT delivered."""
+        events: list[Event] = []
+        sealed: dict[int, list[tuple[str, bytes]]] = {}
+        for bundle in answer.bundles:
+            waiting = self._awaiting.pop(bundle.nick, None)
+            if waiting is None:
+                raise RemoteProtocolError(
+                    detail=f"relay sent keys for {bundle.nick}, which we did not ask for"
+                )
+            peer = self._directory.peers.get(bundle.nick)
+            if peer is None:
+                events += self._not_sent(bundle.nick, waiting, GONE_BEFORE_KEYS)
+                continue
+            session = self._keyring.peer(bundle.nick, peer.identity_key)
+            try:
+                session.start(_prekey_bundle(bundle))
+            except BadPrekeyBundle as exc:
+                events.append(self._bad_bundle(exc))
+                events += self._not_sent(bundle.nick, waiting, BAD_BUNDLE)
+                continue
+            nonces = random_nonces(len(waiting))
+            for (message_id, prepared, counter), nonce in zip(waiting, nonces, strict=True):
+                body = session.seal_numbered(prepared, counter, nonce)
+                sealed.setdefault(message_id, []).append((bundle.nick, body))
+        for nick in answer.missing:
+            waiting = self._awaiting.pop(nick, None)
+            if waiting is None:
+                raise RemoteProtocolError(detail=f"relay answered for {nick}, whom we did not ask about")
+            events += self._not_sent(nick, waiting, NO_PREKEYS)
+        now = self._clock()
+        for message_id, envelopes in sealed.items():
+            self._outgoing.write(send_frames(message_id, envelopes), now)
+        return events
+
+    def _bad_bundle(self, exc: BadPrekeyBundle) -> SecurityWarning:
+        what = "is not signed by their identity key" if isinstance(exc, BadPrekeySignature) else str(exc)
+        return SecurityWarning(
+            f"the relay {self._relay} gave keys for {exc.nick} that are not theirs ({what}): "
+            f"it is lying or broken; nothing was sent to {exc.nick}"
+        )
+
+    def _not_sent(self, nick: str, waiting: list[tuple[int, Prepared, int]], reason: str) -> list[Event]:
+        reports: list[Event] = []
+        for message_id, _, _ in waiting:
+            reports += self._tracker.dropped(message_id, nick, reason)
+        return reports
 
     # -- receipts ---------------------------------------------------------------------------
 
@@ -198,7 +297,7 @@ class Outbox:
         # message reaches everyone at once, and fixed intervals would keep everyone's
         # receipts in step, a burst of work for every client (and the relay) at once.
         self._receipts_due_at = now + receipt_gap()
-        receipts: list[tuple[PeerSession, Prepared]] = []
+        receipts: list[tuple[PeerSession, Prepared]] = []  # to whoever we have a session with
         view = self._directory.view
         for nick, counters in self.acks_due.items():
             session = self._session_with(nick)
@@ -210,3 +309,16 @@ class Outbox:
                 receipts.append((session, prepare("", Kind.RECEIPT, directory_hash=view, acks=acks)))
         self.acks_due.clear()
         self._outgoing.write(send_frames(0, seal_all(receipts)), now)
+
+
+def _prekey_bundle(bundle: m.Bundle) -> PrekeyBundle:
+    """The relay's bundle as X3DH takes it (checked by ``PeerSession.start``)."""
+    one_time = bundle.one_time[0] if bundle.one_time else None
+    return PrekeyBundle(
+        bundle.identity_key,
+        bundle.signed_prekey.key,
+        bundle.signed_prekey.id,
+        bundle.signed_prekey.signature,
+        None if one_time is None else one_time.key,
+        None if one_time is None else one_time.id,
+    )

@@ -105,26 +105,38 @@ class DeliveryTracker:
     ) -> list[SendReport | DeliveryReport]:
         """The relay's answer (for some or all recipients): it forwarded a copy to
         ``forwarded``; ``missing`` were offline, ``refused`` it would not forward to."""
-        reports: list[SendReport | DeliveryReport] = []
-        message = self.awaiting_relay.get(message_id)
-        if message is not None:
-            for nick in forwarded:
-                if nick in message.unrouted:
-                    message.unrouted.discard(nick)
-                    message.forwarded.append(nick)
-            for nick in missing + refused:
-                if nick in message.unrouted:
-                    message.unrouted.discard(nick)
-                    message.not_forwarded.append(nick)
-            if not message.unrouted:
-                del self.awaiting_relay[message_id]
-                reports.append(
-                    SendReport(
-                        message_id, message.private, tuple(message.forwarded), tuple(message.not_forwarded)
-                    )
-                )
+        reports: list[SendReport | DeliveryReport] = self._answered(message_id, forwarded, missing + refused)
         failures = [(nick, OFFLINE) for nick in missing] + [(nick, REFUSED) for nick in refused]
         return reports + self._fail(message_id, failures)
+
+    def dropped(self, message_id: int, nick: str, reason: str) -> list[SendReport | DeliveryReport]:
+        """The copy for ``nick`` was never sent (no session could be started): the relay
+        will not answer for it, and it fails for ``reason``."""
+        reports: list[SendReport | DeliveryReport] = self._answered(message_id, (), (nick,))
+        return reports + self._fail(message_id, [(nick, reason)])
+
+    def _answered(
+        self, message_id: int, forwarded: tuple[str, ...], not_forwarded: tuple[str, ...]
+    ) -> list[SendReport | DeliveryReport]:
+        """What became of some copies at the relay; the ``SendReport`` once every copy is
+        accounted for."""
+        message = self.awaiting_relay.get(message_id)
+        if message is None:
+            return []
+        for nick in forwarded:
+            if nick in message.unrouted:
+                message.unrouted.discard(nick)
+                message.forwarded.append(nick)
+        for nick in not_forwarded:
+            if nick in message.unrouted:
+                message.unrouted.discard(nick)
+                message.not_forwarded.append(nick)
+        if message.unrouted:
+            return []
+        del self.awaiting_relay[message_id]
+        return [
+            SendReport(message_id, message.private, tuple(message.forwarded), tuple(message.not_forwarded))
+        ]
 
     def acknowledged(self, nick: str, counters: list[int]) -> list[DeliveryReport]:
         """``nick`` confirmed the copies it received under ``counters``."""

@@ -3,8 +3,9 @@
 ``Client`` has the interface of one ``Connection`` but keeps going across connections.
 It owns the one queue its events reach the UI on: each connection it makes publishes
 into it directly. When the relay goes, it says so, reconnects with capped backoff,
-registers again with a fresh session key (so new sessions with everyone), and holds what
-is typed meanwhile until it can be sent, or reports it as not sent (held.py).
+registers again with a fresh session key (the sessions with everyone, in the keyring,
+go on), and holds what is typed meanwhile until it can be sent, or reports it as not
+sent (held.py).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +35,7 @@ from e2echat.client.events import (
 from e2echat.client.held import NOT_BACK, HeldLines
 from e2echat.client.relays import RelayTrust
 from e2echat.client.trust import KnownPeers
+from e2echat.crypto.keyring import Keyring
 from e2echat.errors import (
     CommandError,
     E2EChatError,
@@ -81,6 +84,7 @@ class Client:
         relay_trust: RelayTrust | None = None,
         backoff: Backoff = Backoff(),
         grace: float = OUTBOX_GRACE,
+        keyring: Keyring | None = None,
         **connection_options: Any,
     ) -> None:
         self.host = host
@@ -91,6 +95,8 @@ class Client:
         self._identity = identity
         # One set of pins for every connection: a reconnect must not forget who was pinned.
         self._known_peers = known_peers if known_peers is not None else KnownPeers()
+        # One keyring too: every connection goes on with the same sessions.
+        self.keyring = keyring if keyring is not None else Keyring.fresh(nick, identity, time.time())
         self._password = password
         # Which relay key to answer; after the first connection, that connection's key
         # and no other: a relay that comes back with another key is not answered.
@@ -121,6 +127,7 @@ class Client:
             relay_trust=self._relay_trust,
             publish=self._publish,
             message_ids=self._message_ids,
+            keyring=self.keyring,
             **self._connection_options,
         )
 

@@ -1,17 +1,16 @@
-"""A session with each peer: made on first use, ended when they leave or change keys.
+"""The client's end-to-end side: peers announced and gone, our sessions with them, and
+what they send decrypted into events.
 
-``Sessions`` is the client's end-to-end side, where ``ClientCore`` is its side of the
-conversation with the relay: peers announced (in the directory, or as they join) and
-gone, a ``PeerSession`` with each, and what they send decrypted into events. What is
-owed a receipt collects in ``acks_due``, which the ``Outbox`` sends.
+``ClientCore`` is the client's side of the conversation with the relay; ``Sessions``
+follows the peers it announces (in the directory, or as they join) and decrypts what
+they send with the ``Keyring``, which outlives the connection: a peer who leaves and
+comes back, or a reconnect of ours, keeps the session. What is owed a receipt collects
+in ``acks_due``, which the ``Outbox`` sends.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-
-from nacl.public import PrivateKey
 
 from e2echat.client.directory import Directory
 from e2echat.client.events import (
@@ -26,8 +25,8 @@ from e2echat.client.events import (
 )
 from e2echat.client.receipts import DeliveryTracker
 from e2echat.client.trust import Trust
-from e2echat.crypto.chains import KeyBudget
-from e2echat.crypto.session import Kind, Party, PeerSession
+from e2echat.crypto.keyring import Keyring
+from e2echat.crypto.session import PREKEY_MESSAGE, Kind, PeerSession
 from e2echat.errors import DecryptionError, RemoteProtocolError
 from e2echat.wire import messages as m
 
@@ -37,64 +36,33 @@ log = logging.getLogger("e2echat.client.sessions")
 
 
 class Sessions:
-    """The sessions with the peers the ``directory`` holds, made while ``online()``.
+    """Our sessions with the peers the ``directory`` holds (kept in ``keyring``).
 
-    Warnings found while making a session for sending go to ``notices``, handed out with
-    the next events; ``tracker`` hears of receipts and of peers gone."""
+    ``tracker`` hears of receipts and of peers gone."""
 
     def __init__(
         self,
         our_nick: str,
-        identity: PrivateKey,
-        session_key: PrivateKey,
+        keyring: Keyring,
         directory: Directory,
         tracker: DeliveryTracker,
-        *,
-        online: Callable[[], bool],
-        notices: list[Event],
     ) -> None:
         self._our_nick = our_nick
-        self._identity = identity
-        self._session_key = session_key
+        self.keyring = keyring
         self._directory = directory
         self._tracker = tracker
-        self._online = online
-        self._notices = notices
-        #: nick -> the session with them, once made
-        self.by_nick: dict[str, PeerSession] = {}
-        # One budget for the receiving keys every session keeps (chains.py): what a flood of
-        # garbage or gaps can make us hold is bounded across all peers, not per peer.
-        self.budget = KeyBudget()
-        self._unusable: set[str] = set()  # peers whose keys cannot make a session
-        #: sender -> the counters of their messages we owe a receipt for (in this session)
+        #: sender -> the numbers of their messages we owe a receipt for
         self.acks_due: dict[str, list[int]] = {}
 
     def session_with(self, nick: str) -> PeerSession | None:
-        """The session with ``nick``, made on first use; None if there can be none."""
-        session = self.by_nick.get(nick)
-        if session is not None or not self._online():
-            return session
+        """Our session with ``nick`` (under the key the directory shows), if we have one
+        to send in; None if a session must first be started (``Outbox`` fetches their
+        prekey bundle)."""
         peer = self._directory.peers.get(nick)
-        if peer is None or nick in self._unusable:
+        if peer is None:
             return None
-        party = Party(peer.nick, peer.identity_key, peer.session_key)
-        try:
-            session = PeerSession(
-                self._our_nick, self._identity, self._session_key, party, budget=self.budget
-            )
-        except DecryptionError as exc:
-            self._unusable.add(nick)
-            self._directory.forget_caches()
-            self._notices.append(SecurityWarning(f"cannot talk to {nick} securely: {exc}"))
-            return None
-        self.by_nick[nick] = session
-        return session
-
-    def close_all(self) -> None:
-        """Drop every session and with them all chain keys."""
-        for session in self.by_nick.values():
-            session.close()
-        self.by_nick.clear()
+        session = self.keyring.get(nick, peer.identity_key)
+        return session if session is not None and session.can_send else None
 
     # -- peers come and go ------------------------------------------------------------------
 
@@ -112,10 +80,10 @@ class Sessions:
                     "ignored (a replay attempt?)"
                 )
             ]
+        # Back with a new connection (another session key), or with other keys: the
+        # directory entry is replaced. Our sessions stay with the keyring, which keeps
+        # them for as long as the identity key is the same.
         events: list[Event] = self.retire(peer.nick) if known is not None else []
-        self._unusable.discard(peer.nick)
-        # The session itself (three X25519 operations) is made when first needed: a newcomer
-        # to a relay with thousands online must not pay for every pair up front.
         return events + self._directory.add(peer, refresh=refresh)
 
     def joined(self, peer: m.PeerInfo) -> list[Event]:
@@ -132,14 +100,11 @@ class Sessions:
         return [PeerLeft(nick), *self.retire(nick)]
 
     def retire(self, nick: str) -> list[Event]:
-        """``nick``'s session ends (they left, or came back with other keys)."""
-        # Dropping the session forgets its chain keys: forward secrecy for this pair.
-        session = self.by_nick.pop(nick, None)
-        if session is not None:
-            session.close()
-        self._directory.remove(nick, had_session=session is not None)
-        # Acknowledgements owed in the old session must not be sent in a new one (counters
-        # restart there), and no receipt from a new session may confirm an old copy.
+        """``nick``'s directory entry ends (they left, or came back with other keys)."""
+        had_session = nick in self.keyring.peers
+        self._directory.remove(nick, had_session=had_session)
+        # Receipts cannot reach someone gone; what we owe them is not sent later either:
+        # their copies were reported to them as unconfirmed when they went.
         self.acks_due.pop(nick, None)
         return list(self._tracker.peer_left(nick))
 
@@ -147,7 +112,10 @@ class Sessions:
 
     def deliver(self, sender: str, body: bytes) -> list[Event]:
         """What ``sender`` sent (as the relay passed it on), decrypted into events."""
-        session = self.by_nick.get(sender) or self.session_with(sender)
+        peer = self._directory.peers.get(sender)
+        session = None if peer is None else self.keyring.get(sender, peer.identity_key)
+        if session is None and peer is not None and body[:1] == bytes([PREKEY_MESSAGE]):
+            session = self.keyring.peer(sender, peer.identity_key)  # they start one
         if session is None:
             return [
                 SecurityWarning(f"dropped a message claiming to be from {sender}, who has no session with us")
@@ -172,7 +140,7 @@ class Sessions:
         if trust is not Trust.CHANGED:  # nothing is owed to a key we do not accept, even later
             self.acks_due.setdefault(plaintext.sender, []).append(plaintext.counter)
             # First contact pins the key (a call per message: kept cheap when pinned).
-            if directory.known_peers.exchanged(plaintext.sender, session.theirs.identity_key):
+            if directory.known_peers.exchanged(plaintext.sender, session.identity_key):
                 events.append(KeyPinned(plaintext.sender))
         if plaintext.directory_hash != directory.view and directory.is_split_view(
             plaintext.sender, plaintext.directory_hash

@@ -13,9 +13,11 @@ from e2echat.client.reconnect import Client
 from e2echat.client.relays import RelayTrust, relay_address
 from e2echat.client.trust import KnownPeers
 from e2echat.crypto.identity import fingerprint
+from e2echat.crypto.keyring import Keyring
 from e2echat.errors import RegistrationRefused, UntrustedRelayKey
 from e2echat.store.pins import PinFile
 from e2echat.store.relays import RelayPinFile
+from e2echat.store.sessions import SessionFile
 
 
 async def join(
@@ -26,6 +28,7 @@ async def join(
     pins: tuple[PinFile, KnownPeers],
     relay_pins: RelayPinFile,
     *,
+    sessions: tuple[SessionFile, Keyring] | None = None,
     password: bytes | None,
     accept: str | None,
     ask_password: Callable[[], bytes] | None,
@@ -36,6 +39,7 @@ async def join(
     about; without, they are errors. Returns the client, and what was pinned, if
     anything, for the chat to say."""
     pin_file, known_peers = pins
+    session_file, keyring = sessions if sessions is not None else (None, None)
     known_relays = relay_pins.load()
     address = relay_address(host, port)
     pinned = known_relays.get(address)
@@ -49,6 +53,8 @@ async def join(
             password=password,
             relay_trust=RelayTrust(pinned, accept),
             pin_file=pin_file,
+            keyring=keyring,
+            session_file=session_file,
         )
         try:
             await client.open()
