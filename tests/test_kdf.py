@@ -99,7 +99,7 @@ def test_the_direct_call_refuses_a_short_personalization() -> None:
 
 def test_every_label_is_distinct_and_16_bytes() -> None:
     labels = [value for name, value in vars(kdf).items() if name.startswith("LABEL_")]
-    assert len(labels) == 8
+    assert len(labels) == 9
     assert len(set(labels)) == len(labels)
     assert all(len(label) == 16 for label in labels)
 
