@@ -1,481 +1,346 @@
-"""Per-peer sessions: agreement, and a negative twin for every property (tampering, wrong
-recipient, reflection, replay, reordering limits, key substitution, cross-session replay)."""
+"""Our sessions with one peer (``PeerSession``): first contact over X3DH, the message
+format inside the ratchet, and a negative twin for each property (wrong recipient,
+reflection, relabelled sender, replay, reordering bounds, malformed plaintext).
+
+The attacks on the session layer as a whole (post-compromise security, forward secrecy,
+prekey substitution, replays across restarts, skipped-key exhaustion) are in
+test_sessions_ratchet.py; the ratchet and X3DH alone in test_ratchet.py and test_x3dh.py.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import struct
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
-from nacl.public import PrivateKey, PublicKey
+from nacl.public import PrivateKey
 from nacl.secret import SecretBox
 
+from e2echat.crypto import x3dh
+from e2echat.crypto.keyring import Keyring
+from e2echat.crypto.ratchet import MAX_SKIP, Ratchet
 from e2echat.crypto.session import (
-    BODY_VERSION,
-    MAX_SKIP,
     MAX_TEXT,
+    PREKEY_HEADER_SIZE,
+    PREKEY_MESSAGE,
+    RATCHET_MESSAGE,
     Kind,
     Party,
     PeerSession,
     Plaintext,
-    chain_step,
-    hkdf_sha256,
+    directory_digest,
     prepare,
     random_nonces,
+    seal_all,
 )
-from e2echat.errors import DecryptionError, LocalProtocolError, ReplayError
+from e2echat.crypto.skipped import SkippedKeys
+from e2echat.errors import DecryptionError, LocalProtocolError, ReplayError, SkippedTooMany
 from e2echat.wire.grammar import MAX_BODY
 
-VECTORS = Path(__file__).parent / "vectors"
+#: our clock in these tests (Unix time, seconds)
+NOW = 1_700_000_000.0
+# Where a ratchet message keeps its nonce: version, ratchet key, PN, N (41), header tag (16).
+NONCE_AT = 41 + 16
 
 
-@dataclass
-class Person:
-    nick: str
-    identity: PrivateKey
-    session_key: PrivateKey
-
-    @classmethod
-    def new(cls, nick: str, identity: PrivateKey | None = None) -> Person:
-        return cls(nick, identity or PrivateKey.generate(), PrivateKey.generate())
-
-    @property
-    def party(self) -> Party:
-        return Party(self.nick, self.identity.public_key, self.session_key.public_key)
-
-    def session_with(self, other: Person | Party) -> PeerSession:
-        their = other.party if isinstance(other, Person) else other
-        return PeerSession(self.nick, self.identity, self.session_key, their)
-
-    def reconnected(self) -> Person:
-        """Same identity, a fresh session key: what every new connection gets."""
-        return Person(self.nick, self.identity, PrivateKey.generate())
+# -- helpers: two keyrings and a bundle ---------------------------------------------------
 
 
-def _pair(first: Person | None = None, second: Person | None = None) -> tuple[PeerSession, PeerSession]:
-    alice, bob = first or Person.new("alice"), second or Person.new("bob")
-    return alice.session_with(bob), bob.session_with(alice)
+def keyrings_and_bundle(
+    *, one_time: bool = True, nicks: tuple[str, str] = ("alice", "bob")
+) -> tuple[Keyring, Keyring, x3dh.PrekeyBundle]:
+    """Alice's keyring, Bob's, and Bob's prekey bundle as a relay that works hands it to
+    Alice: his current signed prekey and (with ``one_time``) a fresh one-time prekey."""
+    alice, bob = (Keyring.fresh(nick, PrivateKey.generate(), NOW) for nick in nicks)
+    return alice, bob, bundle_of(bob, one_time=one_time)
 
 
-def _flip(data: bytes, index: int, mask: int = 0x01) -> bytes:
+def bundle_of(owner: Keyring, *, one_time: bool = True) -> x3dh.PrekeyBundle:
+    signed = owner.prekeys.current
+    one_time_id, one_time_key = owner.prekeys.new_one_time(1)[0] if one_time else (None, None)
+    return x3dh.PrekeyBundle(
+        owner.identity.public_key,
+        signed.private.public_key,
+        signed.prekey_id,
+        signed.signature,
+        one_time_key,
+        one_time_id,
+    )
+
+
+def with_peer(ours: Keyring, theirs: Keyring) -> PeerSession:
+    """Our sessions with ``theirs`` (made empty on first use, as the client does)."""
+    return ours.peer(theirs.nick, theirs.identity.public_key)
+
+
+def started(*, one_time: bool = True) -> tuple[Keyring, Keyring, PeerSession, PeerSession]:
+    """(alice, bob, alice's sessions with bob, bob's with alice): alice has started a
+    session from bob's bundle; bob has none until her first message arrives."""
+    alice, bob, bundle = keyrings_and_bundle(one_time=one_time)
+    to_bob, to_alice = with_peer(alice, bob), with_peer(bob, alice)
+    to_bob.start(bundle)
+    return alice, bob, to_bob, to_alice
+
+
+def talked() -> tuple[Keyring, Keyring, PeerSession, PeerSession]:
+    """``started``, then alice -> bob, bob -> alice, alice -> bob: both sides are
+    established and alice's next message is in the chain bob receives on now."""
+    alice, bob, to_bob, to_alice = started()
+    for sender, receiver in ((to_bob, to_alice), (to_alice, to_bob), (to_bob, to_alice)):
+        assert receiver.decrypt(sender.encrypt("hi", Kind.ROOM)).text == "hi"
+    return alice, bob, to_bob, to_alice
+
+
+def flip(data: bytes, index: int, mask: int = 0x01) -> bytes:
     return data[:index] + bytes([data[index] ^ mask]) + data[index + 1 :]
 
 
-# -- agreement ----------------------------------------------------------------------------
+def seal_as(sender: PeerSession, plaintext: bytes) -> bytes:
+    """A body carrying any plaintext at all, as a hostile but keyed peer could make one
+    (the public API only ever seals well-formed JSON): reaches into the current session."""
+    session = sender._sessions[0]
+    return session.prekey_header + session.ratchet.encrypt(plaintext)
 
 
-def test_messages_decrypt_both_ways() -> None:
-    alice, bob = _pair()
-    assert bob.decrypt(alice.encrypt("hello bob", Kind.ROOM)) == Plaintext(
+def opened_raw(receiver: PeerSession, body: bytes) -> bytes:
+    """The plaintext bytes of ``body``, opened in a copy of the receiver's current
+    session (the receiver itself is untouched)."""
+    copy = Ratchet.from_bytes(receiver._sessions[0].ratchet.to_bytes(), SkippedKeys(), peer="copy")
+    return copy.decrypt(body[PREKEY_HEADER_SIZE:] if body[0] == PREKEY_MESSAGE else body).plaintext
+
+
+# -- first contact and agreement ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("one_time", [True, False], ids=["one-time-prekey", "signed-prekey-only"])
+def test_first_message_and_replies_both_ways(one_time: bool) -> None:
+    _, _, to_bob, to_alice = started(one_time=one_time)
+    assert to_bob.can_send and not to_bob.confirmed
+    assert not to_alice.can_send
+    assert to_alice.decrypt(to_bob.encrypt("hello bob", Kind.ROOM)) == Plaintext(
         "alice", "bob", Kind.ROOM, 0, "hello bob"
     )
-    assert alice.decrypt(bob.encrypt("hi alice 👋", Kind.PRIVATE)) == Plaintext(
+    assert to_alice.can_send and to_alice.confirmed
+    assert to_bob.decrypt(to_alice.encrypt("hi alice 👋", Kind.PRIVATE)) == Plaintext(
         "bob", "alice", Kind.PRIVATE, 0, "hi alice 👋"
     )
+    assert to_bob.confirmed
     for counter in range(1, 5):
-        got = bob.decrypt(alice.encrypt(f"#{counter}", Kind.PRIVATE))
-        assert (got.counter, got.text, got.kind, got.skipped, got.late) == (
-            counter,
-            f"#{counter}",
-            Kind.PRIVATE,
-            0,
-            False,
+        sender, receiver = (to_bob, to_alice) if counter % 2 else (to_alice, to_bob)
+        got = receiver.decrypt(sender.encrypt(f"#{counter}", Kind.PRIVATE))
+        assert (got.text, got.kind, got.skipped, got.late) == (f"#{counter}", Kind.PRIVATE, 0, False)
+    assert to_bob.peer == "bob" and to_alice.peer == "alice"
+
+
+def test_bodies_carry_the_prekey_header_until_the_peer_answers() -> None:
+    alice, bob, bundle = keyrings_and_bundle()
+    to_bob, to_alice = with_peer(alice, bob), with_peer(bob, alice)
+    to_bob.start(bundle)
+    firsts = [to_bob.encrypt(f"first {n}", Kind.ROOM) for n in range(2)]
+    for body in firsts:
+        kind, identity, _base_key, signed_id, has_one_time, one_time_id = struct.unpack_from(
+            ">B32s32sIBI", body
         )
-    assert alice.peer == "bob" and bob.peer == "alice"
+        assert (kind, identity, signed_id, has_one_time, one_time_id) == (
+            PREKEY_MESSAGE,
+            bytes(alice.identity.public_key),
+            bundle.signed_prekey_id,
+            1,
+            bundle.one_time_prekey_id,
+        )
+        assert body[PREKEY_HEADER_SIZE] == RATCHET_MESSAGE
+    assert firsts[0][:PREKEY_HEADER_SIZE] == firsts[1][:PREKEY_HEADER_SIZE]  # one session
+    assert [to_alice.decrypt(body).text for body in firsts] == ["first 0", "first 1"]
+    assert to_alice.encrypt("reply", Kind.ROOM)[0] == RATCHET_MESSAGE
+    to_bob.decrypt(to_alice.encrypt("reply", Kind.ROOM))
+    assert to_bob.encrypt("answered", Kind.ROOM)[0] == RATCHET_MESSAGE
 
 
-def _people_in_order(alice_first: bool) -> tuple[Person, Person]:
-    while True:
-        alice, bob = Person.new("alice"), Person.new("bob")
-        if (alice.party.sort_key() < bob.party.sort_key()) == alice_first:
-            return alice, bob
+def test_no_sending_before_a_session() -> None:
+    _, _, _, to_alice = started()
+    with pytest.raises(LocalProtocolError):
+        to_alice.encrypt("too early", Kind.ROOM)
+    with pytest.raises(DecryptionError, match="no session"):
+        to_alice.decrypt(bytes([RATCHET_MESSAGE]) + bytes(200))
 
 
-@pytest.mark.parametrize("alice_first", [True, False], ids=["alice-first", "bob-first"])
-def test_agreement_does_not_depend_on_who_is_first(alice_first: bool) -> None:
-    alice_person, bob_person = _people_in_order(alice_first)
-    alice, bob = _pair(alice_person, bob_person)
-    for round_ in range(3):
-        assert bob.decrypt(alice.encrypt(f"a{round_}", Kind.ROOM)).text == f"a{round_}"
-        assert alice.decrypt(bob.encrypt(f"b{round_}", Kind.ROOM)).text == f"b{round_}"
-
-
-def test_agreement_for_many_random_pairs() -> None:
-    orders = set()
-    for _ in range(20):
-        alice_person, bob_person = Person.new("alice"), Person.new("bob")
-        orders.add(alice_person.party.sort_key() < bob_person.party.sort_key())
-        alice, bob = _pair(alice_person, bob_person)
-        assert bob.decrypt(alice.encrypt("x", Kind.ROOM)).sender == "alice"
-        assert alice.decrypt(bob.encrypt("y", Kind.ROOM)).sender == "bob"
-    assert orders == {True, False}  # 2**-19 chance of flaking: both orders were tried
-
-
-def test_the_two_directions_use_different_keys() -> None:
-    """Same counter, same text, same nonce: the two directions still differ."""
-    alice, bob = _pair()
-    nonce = b"\x07" * SecretBox.NONCE_SIZE
-    to_bob = alice.encrypt("same", Kind.ROOM, nonce=nonce)
-    to_alice = bob.encrypt("same", Kind.ROOM, nonce=nonce)
-    assert to_bob[9:] != to_alice[9:]
+def test_our_numbers_keep_counting_across_sessions() -> None:
+    _, bob, to_bob, to_alice = started()
+    for counter in range(3):
+        assert to_alice.decrypt(to_bob.encrypt("old", Kind.ROOM)).counter == counter
+    to_bob.start(bundle_of(bob))  # a second session with the same peer
+    got = to_alice.decrypt(to_bob.encrypt("new session", Kind.ROOM))
+    assert (got.counter, got.text, got.skipped) == (3, "new session", 0)
 
 
 # -- tampering ----------------------------------------------------------------------------
 
 
-def test_every_flipped_byte_is_rejected_and_leaves_state_untouched() -> None:
-    alice, bob = _pair()
-    for counter in range(2):
-        body = alice.encrypt("hi", Kind.ROOM)
-        for index in range(len(body)):
-            for mask in (0x01, 0x80):
-                with pytest.raises(DecryptionError):
-                    bob.decrypt(_flip(body, index, mask))
-        assert bob.missing == 0
-        got = bob.decrypt(body)
-        assert (got.counter, got.text, got.skipped, got.late) == (counter, "hi", 0, False)
-
-
-def test_flipped_late_message_is_rejected_and_can_still_arrive() -> None:
-    alice, bob = _pair()
-    first, second = alice.encrypt("1", Kind.ROOM), alice.encrypt("2", Kind.ROOM)
-    assert bob.decrypt(second).skipped == 1
-    for index in range(len(first)):
+def test_truncated_or_extended_bodies_are_rejected() -> None:
+    _, bob, to_bob, to_alice = started()
+    first = to_bob.encrypt("first", Kind.ROOM)
+    before = bob.rows()
+    for broken in (b"", first[:1], first[: PREKEY_HEADER_SIZE - 1], first[:PREKEY_HEADER_SIZE], first[:-1]):
         with pytest.raises(DecryptionError):
-            bob.decrypt(_flip(first, index))
-    assert bob.missing == 1
-    assert bob.decrypt(first).late is True
-    assert bob.missing == 0
-
-
-def test_truncated_body_is_rejected() -> None:
-    alice, bob = _pair()
-    body = alice.encrypt("hello", Kind.ROOM)
-    for length in (0, 1, 9, 9 + 24 + 15, len(body) - 1):
-        with pytest.raises(DecryptionError):
-            bob.decrypt(body[:length])
+            to_alice.decrypt(broken)
     with pytest.raises(DecryptionError):
-        bob.decrypt(body + b"\x00")
-    assert bob.decrypt(body).text == "hello"
+        to_alice.decrypt(first + b"\x00")
+    assert bob.rows() == before
+    assert to_alice.decrypt(first).text == "first"
+    body = to_alice.encrypt("reply", Kind.ROOM)
+    for broken in (body[:1], body[:NONCE_AT], body[:-1], body + b"\x00"):
+        with pytest.raises(DecryptionError):
+            to_bob.decrypt(broken)
+    assert to_bob.decrypt(body).text == "reply"
 
 
-@pytest.mark.parametrize("version", [0, 2, 255])
-def test_unknown_body_version_is_rejected(version: int) -> None:
-    alice, bob = _pair()
-    body = alice.encrypt("hi", Kind.ROOM)
-    assert body[0] == BODY_VERSION
-    with pytest.raises(DecryptionError, match="version"):
-        bob.decrypt(bytes([version]) + body[1:])
-    assert bob.decrypt(body).text == "hi"
+@pytest.mark.parametrize("kind", [0, 3, 255])
+def test_an_unknown_message_type_is_named(kind: int) -> None:
+    _, _, to_bob, to_alice = started()
+    body = to_bob.encrypt("hi", Kind.ROOM)
+    with pytest.raises(DecryptionError, match=f"unsupported message type {kind}"):
+        to_alice.decrypt(bytes([kind]) + body[1:])
+    assert to_alice.decrypt(body).text == "hi"
 
 
 # -- wrong parties ------------------------------------------------------------------------
 
 
 def test_wrong_recipient_cannot_decrypt() -> None:
-    alice, bob, carol = Person.new("alice"), Person.new("bob"), Person.new("carol")
-    body = alice.session_with(bob).encrypt("for bob only", Kind.PRIVATE)
-    carol_from_alice = carol.session_with(alice)
+    alice, bob, bundle = keyrings_and_bundle()
+    carol = Keyring.fresh("carol", PrivateKey.generate(), NOW)
+    to_bob = with_peer(alice, bob)
+    to_bob.start(bundle)
+    first = to_bob.encrypt("for bob only", Kind.PRIVATE)
+    carol_from_alice = with_peer(carol, alice)
+    before = carol.rows()
     with pytest.raises(DecryptionError):
-        carol_from_alice.decrypt(body)
-    # Carol's own session with Alice is unharmed.
-    assert carol_from_alice.decrypt(alice.session_with(carol).encrypt("hi", Kind.ROOM)).text == "hi"
+        carol_from_alice.decrypt(first)
+    assert carol.rows() == before
+    # Later bodies, without the prekey header, do not open for her either.
+    assert with_peer(bob, alice).decrypt(first).text == "for bob only"
+    with pytest.raises(DecryptionError):
+        carol_from_alice.decrypt(with_peer(bob, alice).encrypt("for alice only", Kind.PRIVATE))
+    # Carol's own sessions with Alice are unharmed.
+    to_carol = with_peer(alice, carol)
+    to_carol.start(bundle_of(carol))
+    assert carol_from_alice.decrypt(to_carol.encrypt("hi carol", Kind.ROOM)).text == "hi carol"
 
 
 def test_recipient_posing_as_someone_else_cannot_decrypt() -> None:
-    """Carol has Bob's name but not his keys."""
-    alice, bob = Person.new("alice"), Person.new("bob")
-    body = alice.session_with(bob).encrypt("for bob only", Kind.PRIVATE)
-    impostor = Person.new("bob")
+    """Mallory registered as "bob" somewhere, with her own keys: the same nick and even
+    the same prekey ids are not enough."""
+    alice, bob, bundle = keyrings_and_bundle()
+    impostor = Keyring.fresh("bob", PrivateKey.generate(), NOW)
+    impostor.prekeys.new_one_time(1)  # her prekey ids now match bob's
+    to_bob = with_peer(alice, bob)
+    to_bob.start(bundle)
     with pytest.raises(DecryptionError):
-        impostor.session_with(alice).decrypt(body)
+        with_peer(impostor, alice).decrypt(to_bob.encrypt("for bob only", Kind.PRIVATE))
 
 
 def test_reflection_is_rejected() -> None:
-    alice, bob = _pair()
-    body = alice.encrypt("to bob", Kind.ROOM)
+    _, bob, to_bob, to_alice = started()
+    first = to_bob.encrypt("to bob", Kind.ROOM)
+    with pytest.raises(DecryptionError, match="another identity key"):
+        to_bob.decrypt(first)
+    # The relay rewrites the identity key in the header to bob's: it names alice's own
+    # session, in which her own message does not open.
+    rewritten = first[:1] + bytes(bob.identity.public_key) + first[33:]
+    before = to_bob.to_bytes()
     with pytest.raises(DecryptionError):
-        alice.decrypt(body)
-    assert bob.decrypt(body).text == "to bob"
+        to_bob.decrypt(rewritten)
+    assert to_bob.to_bytes() == before
+    assert to_alice.decrypt(first).text == "to bob"
+    reply = to_alice.encrypt("to alice", Kind.ROOM)
+    with pytest.raises(DecryptionError):
+        to_alice.decrypt(reply)
+    assert to_bob.decrypt(reply).text == "to alice"
+    later = to_bob.encrypt("to bob again", Kind.ROOM)
+    with pytest.raises(DecryptionError):
+        to_bob.decrypt(later)
+    assert to_alice.decrypt(later).text == "to bob again"
 
 
 def test_sender_relabelled_by_relay_is_rejected() -> None:
-    """Bob's message to Carol, passed to Carol as if from Alice."""
-    alice, bob, carol = Person.new("alice"), Person.new("bob"), Person.new("carol")
-    body = bob.session_with(carol).encrypt("from bob", Kind.ROOM)
+    """Bob's messages to Carol, passed to Carol as if from Alice."""
+    alice, bob, carol = (
+        Keyring.fresh(nick, PrivateKey.generate(), NOW) for nick in ("alice", "bob", "carol")
+    )
+    bob_to_carol, carol_from_bob, carol_from_alice = (
+        with_peer(bob, carol),
+        with_peer(carol, bob),
+        with_peer(carol, alice),
+    )
+    bob_to_carol.start(bundle_of(carol))
+    first = bob_to_carol.encrypt("from bob", Kind.ROOM)
     with pytest.raises(DecryptionError):
-        carol.session_with(alice).decrypt(body)
-
-
-@pytest.mark.parametrize("victim", ["recipient", "sender"])
-def test_relay_substituted_session_key_cannot_decrypt(victim: str) -> None:
-    alice, bob, mallory = Person.new("alice"), Person.new("bob"), Person.new("mallory")
-    if victim == "recipient":  # Bob is told Alice's session key is Mallory's
-        fake_alice = Party("alice", alice.identity.public_key, mallory.session_key.public_key)
-        sender, receiver = alice.session_with(bob), bob.session_with(fake_alice)
-    else:  # Alice is told Bob's session key is Mallory's
-        fake_bob = Party("bob", bob.identity.public_key, mallory.session_key.public_key)
-        sender, receiver = alice.session_with(fake_bob), bob.session_with(alice)
-    with pytest.raises(DecryptionError):
-        receiver.decrypt(sender.encrypt("secret", Kind.PRIVATE))
-    # ... and neither can Mallory, who holds that session key but not Alice's identity.
-    as_mallory = PeerSession("bob", mallory.identity, mallory.session_key, alice.party)
-    with pytest.raises(DecryptionError):
-        as_mallory.decrypt(alice.session_with(bob).encrypt("secret", Kind.PRIVATE))
-
-
-def test_relay_substituted_identity_key_cannot_decrypt() -> None:
-    alice, bob, mallory = Person.new("alice"), Person.new("bob"), Person.new("mallory")
-    fake_alice = Party("alice", mallory.identity.public_key, alice.session_key.public_key)
-    with pytest.raises(DecryptionError):
-        bob.session_with(fake_alice).decrypt(alice.session_with(bob).encrypt("secret", Kind.ROOM))
-
-
-@pytest.mark.parametrize("bad_key", [bytes(32), b"\x01" + bytes(31)], ids=["zero", "order-1"])
-def test_low_order_peer_key_is_refused(bad_key: bytes) -> None:
-    alice, bob = Person.new("alice"), Person.new("bob")
-    with pytest.raises(DecryptionError):
-        alice.session_with(Party("bob", bob.identity.public_key, PublicKey(bad_key)))
-    with pytest.raises(DecryptionError):
-        alice.session_with(Party("bob", PublicKey(bad_key), bob.session_key.public_key))
+        carol_from_alice.decrypt(first)
+    assert carol_from_bob.decrypt(first).text == "from bob"
+    # Alice and Carol have a session too; Bob's later bodies do not open in it.
+    alice_to_carol = with_peer(alice, carol)
+    alice_to_carol.start(bundle_of(carol))
+    carol_from_alice.decrypt(alice_to_carol.encrypt("from alice", Kind.ROOM))
+    for body in (bob_to_carol.encrypt("from bob", Kind.ROOM), with_peer(carol, bob).encrypt("x", Kind.ROOM)):
+        with pytest.raises(DecryptionError):
+            carol_from_alice.decrypt(body)
 
 
 # -- replay and reordering ----------------------------------------------------------------
 
 
 def test_replay_is_rejected() -> None:
-    alice, bob = _pair()
-    body = alice.encrypt("once", Kind.ROOM)
-    assert bob.decrypt(body).text == "once"
+    _, _, to_bob, to_alice = talked()
+    body = to_bob.encrypt("once", Kind.ROOM)
+    counter = to_alice.decrypt(body).counter
+    before = to_alice.to_bytes()
     with pytest.raises(ReplayError):
-        bob.decrypt(body)
-    assert bob.decrypt(alice.encrypt("twice", Kind.ROOM)).counter == 1
+        to_alice.decrypt(body)
+    assert to_alice.to_bytes() == before
+    assert to_alice.decrypt(to_bob.encrypt("twice", Kind.ROOM)).counter == counter + 1
 
 
 def test_reordering_within_bound_is_accepted_and_flagged() -> None:
-    alice, bob = _pair()
-    bodies = [alice.encrypt(f"m{i}", Kind.ROOM) for i in range(4)]
-
-    got = bob.decrypt(bodies[2])
+    _, _, to_bob, to_alice = talked()
+    bodies = [to_bob.encrypt(f"m{i}", Kind.ROOM) for i in range(4)]
+    got = to_alice.decrypt(bodies[2])
     assert (got.text, got.skipped, got.late) == ("m2", 2, False)
-    assert bob.missing == 2
-    got = bob.decrypt(bodies[0])
-    assert (got.text, got.counter, got.skipped, got.late) == ("m0", 0, 0, True)
-    got = bob.decrypt(bodies[3])
+    assert to_alice.missing == 2
+    got = to_alice.decrypt(bodies[0])
+    assert (got.text, got.skipped, got.late) == ("m0", 0, True)
+    got = to_alice.decrypt(bodies[3])
     assert (got.text, got.skipped, got.late) == ("m3", 0, False)
-    got = bob.decrypt(bodies[1])
-    assert (got.text, got.late) == ("m1", True)
-    assert bob.missing == 0
+    assert (to_alice.decrypt(bodies[1]).late, to_alice.missing) == (True, 0)
     for body in bodies:  # a late message is still only accepted once
         with pytest.raises(ReplayError):
-            bob.decrypt(body)
+            to_alice.decrypt(body)
 
 
-def test_gap_larger_than_max_skip_is_rejected() -> None:
-    alice, bob = _pair()
-    bodies = [alice.encrypt(str(i), Kind.ROOM) for i in range(MAX_SKIP + 2)]
-    with pytest.raises(DecryptionError) as caught:
-        bob.decrypt(bodies[MAX_SKIP + 1])  # MAX_SKIP + 1 messages skipped
-    assert not isinstance(caught.value, ReplayError)
-    assert bob.missing == 0
-    # State untouched: a gap of exactly MAX_SKIP is still allowed.
-    got = bob.decrypt(bodies[MAX_SKIP])
-    assert (got.skipped, bob.missing) == (MAX_SKIP, MAX_SKIP)
-    assert bob.decrypt(bodies[0]).late is True
+def test_first_messages_out_of_order() -> None:
+    """The first message is lost; the second, also a prekey message, starts the session."""
+    _, _, to_bob, to_alice = started()
+    first, second = to_bob.encrypt("1", Kind.ROOM), to_bob.encrypt("2", Kind.ROOM)
+    got = to_alice.decrypt(second)
+    assert (got.text, got.skipped, to_alice.missing) == ("2", 1, 1)
+    assert to_alice.decrypt(first).late
+    with pytest.raises(ReplayError):
+        to_alice.decrypt(first)
 
 
-def test_skipped_key_store_is_bounded() -> None:
-    alice, bob = _pair()
-    bodies = [alice.encrypt(str(i), Kind.ROOM) for i in range(2 * MAX_SKIP + 2)]
-    bob.decrypt(bodies[MAX_SKIP])  # skips 0 .. MAX_SKIP-1
-    assert bob.missing == MAX_SKIP
-    bob.decrypt(bodies[2 * MAX_SKIP + 1])  # skips MAX_SKIP+1 .. 2*MAX_SKIP more
-    assert bob.missing == MAX_SKIP
-    # The oldest keys were forgotten; the newest are kept.
-    for old in (0, MAX_SKIP - 1):
-        with pytest.raises(ReplayError):
-            bob.decrypt(bodies[old])
-    assert bob.decrypt(bodies[MAX_SKIP + 1]).late is True
-    assert bob.decrypt(bodies[2 * MAX_SKIP]).late is True
+def test_gap_larger_than_max_skip_is_rejected_and_changes_nothing() -> None:
+    _, _, to_bob, to_alice = talked()
+    bodies = [to_bob.encrypt(str(i), Kind.ROOM) for i in range(MAX_SKIP + 2)]
+    before = to_alice.to_bytes()
+    with pytest.raises(SkippedTooMany):
+        to_alice.decrypt(bodies[MAX_SKIP + 1])  # MAX_SKIP + 1 messages skipped
+    assert to_alice.to_bytes() == before
+    got = to_alice.decrypt(bodies[MAX_SKIP])  # exactly MAX_SKIP is still allowed
+    assert (got.skipped, to_alice.missing) == (MAX_SKIP, MAX_SKIP)
+    assert to_alice.decrypt(bodies[0]).late
 
 
-def test_body_from_an_earlier_session_is_rejected() -> None:
-    alice, bob = Person.new("alice"), Person.new("bob")
-    old_alice, old_bob = _pair(alice, bob)
-    old_bodies = [old_alice.encrypt(f"old {i}", Kind.ROOM) for i in range(3)]
-    assert old_bob.decrypt(old_bodies[0]).text == "old 0"
-
-    new_alice, new_bob = _pair(alice.reconnected(), bob.reconnected())
-    for body in old_bodies:  # counters 0, 1, 2 are all fresh in the new session
-        with pytest.raises(DecryptionError):
-            new_bob.decrypt(body)
-    assert new_bob.missing == 0
-    got = new_bob.decrypt(new_alice.encrypt("new 0", Kind.ROOM))
-    assert (got.text, got.counter, got.skipped) == ("new 0", 0, 0)
-
-
-def test_only_one_side_reconnecting_still_changes_the_keys() -> None:
-    alice, bob = Person.new("alice"), Person.new("bob")
-    old_alice, _ = _pair(alice, bob)
-    body = old_alice.encrypt("old", Kind.ROOM)
-    with pytest.raises(DecryptionError):
-        bob.reconnected().session_with(alice).decrypt(body)
-
-
-# -- encryption details -------------------------------------------------------------------
-
-
-def test_encrypt_with_explicit_nonce_is_deterministic() -> None:
-    alice, bob = Person.new("alice"), Person.new("bob")
-    nonce = bytes(range(SecretBox.NONCE_SIZE))
-    first = alice.session_with(bob).encrypt("hi", Kind.ROOM, nonce=nonce)
-    second = alice.session_with(bob).encrypt("hi", Kind.ROOM, nonce=nonce)
-    assert first == second
-    assert first[:9] == struct.pack(">BQ", BODY_VERSION, 0)
-    assert first[9 : 9 + SecretBox.NONCE_SIZE] == nonce
-    assert bob.session_with(alice).decrypt(first).text == "hi"
-    # The twin: a different (or random) nonce gives a different body.
-    other = alice.session_with(bob).encrypt("hi", Kind.ROOM, nonce=b"\xff" * SecretBox.NONCE_SIZE)
-    assert other != first
-    random_nonces = {alice.session_with(bob).encrypt("hi", Kind.ROOM) for _ in range(2)}
-    assert len(random_nonces) == 2
-
-
-def test_text_length_limit() -> None:
-    alice, bob = _pair()
-    assert bob.decrypt(alice.encrypt("é" * (MAX_TEXT // 2), Kind.ROOM)).text == "é" * (MAX_TEXT // 2)
-    with pytest.raises(LocalProtocolError):
-        alice.encrypt("x" * (MAX_TEXT + 1), Kind.ROOM)
-    # The refused message did not use up a counter.
-    assert bob.decrypt(alice.encrypt("next", Kind.ROOM)).skipped == 0
-
-
-def _seal_as(sender: PeerSession, plaintext: bytes) -> bytes:
-    """A body carrying arbitrary plaintext, as a hostile but keyed peer could make.
-
-    Reaches into the sender's chain: the public API only ever encrypts well-formed JSON.
-    """
-    counter = sender._send_counter
-    sender._send_chain, message_key = chain_step(sender._send_chain)
-    sender._send_counter += 1
-    return struct.pack(">BQ", BODY_VERSION, counter) + bytes(SecretBox(message_key).encrypt(plaintext))
-
-
-def _inner(**changes: Any) -> bytes:
-    inner = {"from": "alice", "to": "bob", "kind": "room", "n": 0, "text": "hi"}
-    inner.update(changes)
-    return json.dumps(inner).encode("utf-8")
-
-
-@pytest.mark.parametrize(
-    "plaintext",
-    [
-        b"not json",
-        b"\xff\xfe",
-        b"[1, 2]",
-        b'"text"',
-        _inner(kind="shout"),
-        _inner(kind=["room"]),
-        _inner(text=5),
-        _inner(text="lone \ud800 surrogate"),
-        _inner(**{"from": "carol"}),
-        _inner(to="carol"),
-        _inner(n=1),
-        json.dumps({"from": "alice", "to": "bob", "kind": "room", "n": 0}).encode(),
-        _inner(sent="12:00"),
-        _inner(sent=1.5),
-        _inner(sent=True),
-        _inner(sent=-1),
-        _inner(sent=2**53),
-    ],
-    ids=[
-        "not-json",
-        "not-utf8",
-        "array",
-        "string",
-        "bad-kind",
-        "kind-list",
-        "text-int",
-        "text-lone-surrogate",
-        "wrong-from",
-        "wrong-to",
-        "wrong-counter",
-        "no-text",
-        "sent-string",
-        "sent-float",
-        "sent-bool",
-        "sent-negative",
-        "sent-huge",
-    ],
-)
-def test_authentic_but_malformed_plaintext_is_rejected(plaintext: bytes) -> None:
-    alice, bob = _pair()
-    with pytest.raises(DecryptionError):
-        bob.decrypt(_seal_as(alice, plaintext))
-    assert bob.missing == 0
-    # The refusal left no trace: the next message reports counter 0 as skipped.
-    got = bob.decrypt(_seal_as(alice, _inner(n=1)))
-    assert (got.counter, got.skipped) == (1, 1)
-
-
-# json.loads raises RecursionError on deep nesting: it must come out as DecryptionError,
-# not escape decrypt() and ClientCore.receive_data() and kill the recipient's connection.
-def test_deeply_nested_plaintext_raises_decryption_error() -> None:
-    alice, bob = _pair()
-    body = _seal_as(alice, b"[" * 30_000)
-    assert len(body) <= MAX_BODY  # fits in one Deliver
-    with pytest.raises(DecryptionError):
-        bob.decrypt(body)
-
-
-# -- primitives: known answers ------------------------------------------------------------
-
-
-def _hkdf_vectors() -> list[Any]:
-    document = json.loads((VECTORS / "hkdf_sha256.json").read_text(encoding="utf-8"))
-    return [pytest.param(vector, id=vector["name"]) for vector in document["vectors"]]
-
-
-@pytest.mark.parametrize("vector", _hkdf_vectors())
-def test_hkdf_sha256_known_answers(vector: dict[str, Any]) -> None:
-    okm = hkdf_sha256(
-        bytes.fromhex(vector["ikm"]),
-        salt=bytes.fromhex(vector["salt"]),
-        info=bytes.fromhex(vector["info"]),
-        length=vector["length"],
-    )
-    assert okm.hex() == vector["okm"]
-    assert len(okm) == vector["length"]
-
-
-def test_hkdf_vectors_include_rfc5869_case_1() -> None:
-    names = [param.id for param in _hkdf_vectors()]
-    assert "rfc5869-case-1" in names
-
-
-def test_hkdf_info_and_salt_matter() -> None:
-    ikm = b"\x0b" * 22
-    base = hkdf_sha256(ikm, info=b"a", length=32)
-    assert hkdf_sha256(ikm, info=b"b", length=32) != base
-    assert hkdf_sha256(ikm, info=b"a", length=32, salt=b"s") != base
-    assert hkdf_sha256(ikm, info=b"a", length=64)[:32] == base
-
-
-def test_chain_step_is_hmac_sha256_with_one_and_two() -> None:
-    chain = bytes(range(32))
-    next_chain, message_key = chain_step(chain)
-    assert message_key == hmac.new(chain, b"\x01", hashlib.sha256).digest()
-    assert next_chain == hmac.new(chain, b"\x02", hashlib.sha256).digest()
-    assert next_chain != message_key
-    assert chain_step(next_chain)[1] != message_key
-
-
-# -- the shared-plaintext send path (one JSON encoding per message, not per recipient) ----
+# -- the plaintext ------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -492,14 +357,15 @@ def test_sealed_plaintext_is_exactly_the_json_of_the_fields(
     text: str, kind: Kind, directory_hash: str, acks: tuple[int, ...]
 ) -> None:
     """``seal`` assembles the plaintext from parts encoded once per message; it must be the
-    very bytes json.dumps gives for the documented fields, and open with plain SecretBox."""
-    alice, bob = _pair(Person.new("a.l-i_ce"), Person.new("Bob9"))
+    very bytes json.dumps gives for the documented fields."""
+    alice, bob, bundle = keyrings_and_bundle(nicks=("a.l-i_ce", "Bob9"))
+    to_bob, to_alice = with_peer(alice, bob), with_peer(bob, alice)
+    to_bob.start(bundle)
+    to_alice.decrypt(to_bob.encrypt("first", Kind.ROOM))
     sent = None if acks else 1_700_000_000  # receipts go without one
     outgoing = prepare(text, kind, directory_hash=directory_hash, acks=acks, sent=sent)
-    for counter in range(3):
-        chain = alice._send_chain
-        body = alice.seal(outgoing, random_nonces(1)[0])
-        _, message_key = chain_step(chain)
+    for counter in range(1, 4):
+        body = to_bob.seal(outgoing, random_nonces(1)[0])
         fields: dict[str, Any] = {
             "from": "a.l-i_ce",
             "to": "Bob9",
@@ -513,9 +379,8 @@ def test_sealed_plaintext_is_exactly_the_json_of_the_fields(
         if acks:
             fields["acks"] = list(acks)
         expected = json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-        assert body[:9] == struct.pack(">BQ", BODY_VERSION, counter)
-        assert SecretBox(message_key).decrypt(body[9:]) == expected
-        got = bob.decrypt(body)
+        assert opened_raw(to_alice, body) == expected
+        got = to_alice.decrypt(body)
         assert (got.text, got.kind, got.counter, got.directory_hash, got.acks, got.sent) == (
             text,
             kind,
@@ -527,28 +392,130 @@ def test_sealed_plaintext_is_exactly_the_json_of_the_fields(
 
 
 def test_the_send_time_travels_inside_the_encryption() -> None:
-    alice, bob = _pair()
-    assert bob.decrypt(alice.encrypt("when?", Kind.ROOM, sent=1_700_000_000)).sent == 1_700_000_000
-    assert bob.decrypt(alice.encrypt("an older client", Kind.ROOM)).sent is None
-    assert bob.decrypt(_seal_as(alice, _inner(n=2, sent=0))).sent == 0
+    _, _, to_bob, to_alice = talked()
+    assert to_alice.decrypt(to_bob.encrypt("when?", Kind.ROOM, sent=1_700_000_000)).sent == 1_700_000_000
+    assert to_alice.decrypt(to_bob.encrypt("no time", Kind.ROOM)).sent is None
+    assert to_alice.decrypt(seal_as(to_bob, _inner(n=9, sent=0))).sent == 0
     with pytest.raises(LocalProtocolError):
         prepare("hi", Kind.ROOM, sent=-1)
 
 
+def _inner(**changes: Any) -> bytes:
+    inner = {"from": "alice", "to": "bob", "kind": "room", "n": 0, "text": "hi"}
+    inner.update(changes)
+    return json.dumps(inner).encode("utf-8")
+
+
+# What ``decrypt`` says of an authentic message whose contents it refuses.
+REFUSED = r"malformed plaintext|header does not match its contents"
+MALFORMED = [
+    pytest.param(b"not json", id="not-json"),
+    pytest.param(b"\xff\xfe", id="not-utf8"),
+    pytest.param(b"[1, 2]", id="array"),
+    pytest.param(b'"text"', id="string"),
+    pytest.param(_inner(kind="shout"), id="bad-kind"),
+    pytest.param(_inner(kind=["room"]), id="kind-list"),
+    pytest.param(_inner(text=5), id="text-int"),
+    pytest.param(_inner(text="lone \ud800 surrogate"), id="text-lone-surrogate"),
+    pytest.param(_inner(**{"from": "carol"}), id="wrong-from"),
+    pytest.param(_inner(to="carol"), id="wrong-to"),
+    pytest.param(_inner(n=-1), id="negative-counter"),
+    pytest.param(_inner(n=2**64), id="huge-counter"),
+    pytest.param(_inner(n="0"), id="counter-string"),
+    pytest.param(json.dumps({"from": "alice", "to": "bob", "kind": "room", "n": 0}).encode(), id="no-text"),
+    pytest.param(_inner(dir=5), id="dir-int"),
+    pytest.param(_inner(dir="a" * 65), id="dir-long"),
+    pytest.param(_inner(sent="12:00"), id="sent-string"),
+    pytest.param(_inner(sent=1.5), id="sent-float"),
+    pytest.param(_inner(sent=True), id="sent-bool"),
+    pytest.param(_inner(sent=-1), id="sent-negative"),
+    pytest.param(_inner(sent=2**53), id="sent-huge"),
+    pytest.param(_inner(acks="1"), id="acks-string"),
+    pytest.param(_inner(acks=[True]), id="acks-bool"),
+    pytest.param(_inner(acks=list(range(1001))), id="acks-too-many"),
+]
+
+
+@pytest.mark.parametrize("plaintext", MALFORMED)
+def test_malformed_plaintext_in_a_first_message_starts_nothing(plaintext: bytes) -> None:
+    _, bob, to_bob, to_alice = started()
+    before = bob.rows()
+    with pytest.raises(DecryptionError, match=REFUSED):
+        to_alice.decrypt(seal_as(to_bob, plaintext))
+    assert bob.rows() == before  # no session, no base key, the one-time prekey kept
+    assert len(bob.budget) == 0
+    # The refusal left no trace: the next first message reports that one as skipped.
+    got = to_alice.decrypt(seal_as(to_bob, _inner(n=1)))
+    assert (got.counter, got.skipped) == (1, 1)
+
+
+@pytest.mark.parametrize("plaintext", MALFORMED)
+def test_malformed_plaintext_in_an_authentic_message_is_refused_once(plaintext: bytes) -> None:
+    """Inside an established session the box has opened: the message is the peer's and
+    counts as read (a replay of it is a replay), but its contents are refused."""
+    _, _, to_bob, to_alice = talked()
+    body = to_bob.encrypt("alice -> bob", Kind.ROOM)
+    to_alice.decrypt(body)
+    body = seal_as(to_bob, plaintext)
+    with pytest.raises(DecryptionError, match=REFUSED):
+        to_alice.decrypt(body)
+    with pytest.raises(ReplayError):
+        to_alice.decrypt(body)
+    assert to_alice.decrypt(to_bob.encrypt("next", Kind.ROOM)).skipped == 0
+
+
+# json.loads raises RecursionError on deep nesting: it must come out as DecryptionError,
+# not escape decrypt() and kill the recipient's connection.
+def test_deeply_nested_plaintext_raises_decryption_error() -> None:
+    _, _, to_bob, to_alice = started()
+    body = seal_as(to_bob, b"[" * 30_000)
+    assert len(body) <= MAX_BODY  # fits in one Deliver
+    with pytest.raises(DecryptionError):
+        to_alice.decrypt(body)
+
+
+def test_text_length_limit() -> None:
+    _, _, to_bob, to_alice = started()
+    longest = "é" * (MAX_TEXT // 2)
+    assert to_alice.decrypt(to_bob.encrypt(longest, Kind.ROOM)).text == longest
+    with pytest.raises(LocalProtocolError):
+        to_bob.encrypt("x" * (MAX_TEXT + 1), Kind.ROOM)
+    # The refused message used up neither a number nor a message key.
+    got = to_alice.decrypt(to_bob.encrypt("next", Kind.ROOM))
+    assert (got.counter, got.skipped) == (1, 0)
+
+
+# -- encryption details and the shared-plaintext send path ---------------------------------
+
+
+def test_an_explicit_nonce_goes_where_the_format_says() -> None:
+    _, _, to_bob, to_alice = talked()
+    nonce = bytes(range(SecretBox.NONCE_SIZE))
+    body = to_bob.encrypt("hi", Kind.ROOM, nonce=nonce)
+    assert body[NONCE_AT : NONCE_AT + SecretBox.NONCE_SIZE] == nonce
+    assert to_alice.decrypt(body).text == "hi"
+    # The twin: by default every body gets its own random nonce.
+    nonces = {to_bob.encrypt("hi", Kind.ROOM)[NONCE_AT : NONCE_AT + SecretBox.NONCE_SIZE] for _ in range(2)}
+    assert len(nonces) == 2 and nonce not in nonces
+
+
 def test_one_prepared_message_seals_differently_for_each_recipient() -> None:
-    alice = Person.new("alice")
-    bob, carol = Person.new("bob"), Person.new("carol")
-    to_bob, to_carol = alice.session_with(bob), alice.session_with(carol)
-    outgoing = prepare("to both", Kind.ROOM)
-    nonce_bob, nonce_carol = random_nonces(2)
-    body_bob, body_carol = to_bob.seal(outgoing, nonce_bob), to_carol.seal(outgoing, nonce_carol)
-    assert bob.session_with(alice).decrypt(body_bob).text == "to both"
-    assert carol.session_with(alice).decrypt(body_carol).text == "to both"
+    alice, bob, carol = (
+        Keyring.fresh(nick, PrivateKey.generate(), NOW) for nick in ("alice", "bob", "carol")
+    )
+    to_bob, to_carol = with_peer(alice, bob), with_peer(alice, carol)
+    to_bob.start(bundle_of(bob))
+    to_carol.start(bundle_of(carol))
+    sealed = seal_all([(to_bob, prepare("to both", Kind.ROOM)), (to_carol, prepare("to both", Kind.ROOM))])
+    assert [peer for peer, _ in sealed] == ["bob", "carol"]
+    (_, body_bob), (_, body_carol) = sealed
     # The negative twins: neither copy opens for the other recipient.
     with pytest.raises(DecryptionError):
-        carol.session_with(alice).decrypt(body_bob)
+        with_peer(carol, alice).decrypt(body_bob)
     with pytest.raises(DecryptionError):
-        bob.session_with(alice).decrypt(body_carol)
+        with_peer(bob, alice).decrypt(body_carol)
+    assert with_peer(bob, alice).decrypt(body_bob).text == "to both"
+    assert with_peer(carol, alice).decrypt(body_carol).text == "to both"
 
 
 def test_prepare_refuses_what_encrypt_refuses() -> None:
@@ -556,6 +523,8 @@ def test_prepare_refuses_what_encrypt_refuses() -> None:
         prepare("x" * (MAX_TEXT + 1), Kind.ROOM)
     with pytest.raises(UnicodeEncodeError):
         prepare("lone \ud800", Kind.ROOM)
+    with pytest.raises(LocalProtocolError):
+        prepare("hi", Kind.ROOM, sent=2**53)
 
 
 def test_random_nonces_are_24_random_bytes_each() -> None:
@@ -564,3 +533,20 @@ def test_random_nonces_are_24_random_bytes_each() -> None:
     assert all(len(nonce) == SecretBox.NONCE_SIZE for nonce in nonces)
     assert len(set(nonces)) == 50
     assert random_nonces(3) != random_nonces(3)
+
+
+def test_directory_digest_is_order_free_and_binds_every_key() -> None:
+    people = [
+        Party(nick, PrivateKey.generate().public_key, PrivateKey.generate().public_key)
+        for nick in ("alice", "bob", "carol")
+    ]
+    digest = directory_digest(people)
+    assert directory_digest(people[::-1]) == digest
+    alice = people[0]
+    for changed in (
+        Party(alice.nick, PrivateKey.generate().public_key, alice.session_key),
+        Party(alice.nick, alice.identity_key, PrivateKey.generate().public_key),
+        Party("alicf", alice.identity_key, alice.session_key),
+    ):
+        assert directory_digest([changed, *people[1:]]) != digest
+    assert directory_digest(people[:2]) != digest
