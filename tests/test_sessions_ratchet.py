@@ -130,6 +130,18 @@ def test_a_replayed_first_message_is_rejected_after_its_session_is_dropped(one_t
     refused_untouched(bob, with_peer(bob, alice), first, ReplayError)
 
 
+@ONE_TIME
+def test_a_replayed_first_message_with_its_base_key_re_encoded_is_rejected(one_time: bool) -> None:
+    """X25519 ignores a public key's top bit: with it set, the base key names the same
+    point, and the replay would be a new first message to the base-key memory."""
+    alice, bob, to_bob, to_alice = started(one_time=one_time)
+    first = to_bob.encrypt("first", Kind.ROOM)
+    to_alice.decrypt(first)
+    re_encoded = flip(first, 64, 0x80)  # the base key's last byte
+    for keyring in (bob, restarted(bob)):
+        refused_untouched(keyring, with_peer(keyring, alice), re_encoded, DecryptionError)
+
+
 def test_a_replayed_first_message_is_refused_by_its_deleted_one_time_prekey(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -445,6 +457,17 @@ def _flip_every_byte(keyring: Keyring, receiver: PeerSession, body: bytes) -> No
             assert keyring.rows() == before, f"byte {index} ^ {mask:#x} changed the state"
     assert len(keyring.budget) == keys
     assert not keyring.changed
+
+
+def test_every_flipped_byte_of_a_first_message_is_rejected_and_changes_nothing() -> None:
+    _, bob, to_bob, to_alice = started()
+    for _ in range(2):
+        to_bob.encrypt("lost", Kind.ROOM)  # had a flip got through, it would keep keys
+    first = to_bob.encrypt("first to arrive", Kind.ROOM)
+    assert first[0] == session.PREKEY_MESSAGE
+    _flip_every_byte(bob, to_alice, first)
+    got = to_alice.decrypt(first)  # the control
+    assert (got.text, got.skipped) == ("first to arrive", 2)
 
 
 def test_every_flipped_byte_of_a_ratchet_message_is_rejected_and_changes_nothing() -> None:

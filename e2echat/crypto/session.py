@@ -67,6 +67,9 @@ MAX_SESSIONS = 4
 # signed prekey, forgotten after at most three weeks, and its one-time prekey, if any,
 # which is deleted at first use.)
 MAX_BASE_KEYS = 1000
+# X25519 reads a public key modulo this prime and ignores its top bit (RFC 7748), so a
+# key has aliases: with the top bit set, or (for tiny values) plus the prime.
+_FIELD_PRIME = 2**255 - 19
 # Longest message text, in UTF-8 bytes: a screenful, and far below grammar.MAX_BODY.
 MAX_TEXT = 16 * 1024
 _STATE_FORMAT = 1
@@ -319,6 +322,10 @@ class PeerSession:
         inner = body[PREKEY_HEADER_SIZE:]
         if identity != bytes(self.identity_key):
             raise DecryptionError(peer=self.peer, detail="a first message under another identity key")
+        # Only the encoding libsodium makes: a replay with its base key re-encoded would
+        # otherwise be new to the base-key memory, and start its session a second time.
+        if int.from_bytes(base_key, "little") >= _FIELD_PRIME:
+            raise DecryptionError(peer=self.peer, detail="a first message with a malformed base key")
         for index, session in enumerate(self._sessions):
             if session.base_key == base_key:  # a session we have: the header is only a reminder
                 opened = session.ratchet.decrypt(inner)
