@@ -586,6 +586,24 @@ def test_a_damaged_peer_row_is_dropped_not_fatal(damage: Callable[[bytes], bytes
     assert with_peer(loaded, bob).decrypt(to_alice.encrypt("anew", Kind.ROOM)).text == "anew"
 
 
+def test_a_damaged_peer_row_takes_all_its_skipped_keys_with_it() -> None:
+    """A row is read session by session, each putting its skipped keys into the budget
+    every peer shares: when a later one is damaged, the earlier ones' keys go too."""
+    alice, bob = (Keyring.fresh(nick, PrivateKey.generate(), NOW) for nick in ("alice", "bob"))
+    to_bob, to_alice = with_peer(alice, bob), with_peer(bob, alice)
+    to_bob.start(bundle_of(bob))  # alice's own session: the second in her row
+    to_alice.start(bundle_of(alice))
+    to_alice.encrypt("lost", Kind.ROOM)
+    to_bob.decrypt(to_alice.encrypt("overtakes", Kind.ROOM))  # bob's session: the first
+    assert len(to_bob._sessions) == 2 and len(alice.budget) == 1
+    rows = alice.rows()
+    row = rows[PEER_ROW + "bob"]
+    assert len(Keyring.from_rows("alice", alice.identity, rows, NOW).budget) == 1  # the control
+    for length in range(len(row)):
+        loaded = Keyring.from_rows("alice", alice.identity, {**rows, PEER_ROW + "bob": row[:length]}, NOW)
+        assert (loaded.peers, len(loaded.budget)) == ({}, 0), f"cut at {length} of {len(row)}"
+
+
 def test_a_keyring_saved_under_another_nick_drops_its_peers() -> None:
     """Every session binds our nick (X3DH's AD): under a new one they cannot serve."""
     alice, _, to_bob, to_alice = started()

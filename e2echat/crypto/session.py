@@ -463,18 +463,21 @@ class PeerSession:
 
         try:
             version, identity, counter, sessions, base_keys = _STATE_HEAD.unpack_from(data)
-            if version != _STATE_FORMAT:
-                raise bad(f"unknown format {version}")
-            peer = cls(
-                our_nick,
-                our_identity,
-                their_nick,
-                PublicKey(identity),
-                budget=budget,
-                prekeys=prekeys,
-                dirty=dirty,
-            )
-            peer.next_counter = counter
+        except struct.error:
+            raise bad("truncated") from None
+        if version != _STATE_FORMAT:
+            raise bad(f"unknown format {version}")
+        peer = cls(
+            our_nick,
+            our_identity,
+            their_nick,
+            PublicKey(identity),
+            budget=budget,
+            prekeys=prekeys,
+            dirty=dirty,
+        )
+        peer.next_counter = counter
+        try:
             at = _STATE_HEAD.size
             for _ in range(base_keys):
                 key = data[at : at + 32]
@@ -495,11 +498,15 @@ class PeerSession:
                 at += size
                 ratchet = Ratchet.from_bytes(state, budget, peer=their_nick)
                 peer._sessions.append(_Session(ratchet, base_key, header))
-        except struct.error:
-            raise bad("truncated") from None
-        if at != len(data) or len(peer._sessions) > MAX_SESSIONS:
+            if at != len(data) or len(peer._sessions) > MAX_SESSIONS:
+                raise bad("wrong length")
+        except (struct.error, BadRatchetState) as exc:
+            # The sessions read before the damage have put their skipped keys into the
+            # budget every peer shares: they must leave with the rest.
             peer.close()
-            raise bad("wrong length")
+            if isinstance(exc, BadRatchetState):
+                raise
+            raise bad("truncated") from None
         return peer
 
 
