@@ -665,6 +665,28 @@ def test_changes_hands_out_only_what_changed() -> None:
     assert bob.changes() == {}
 
 
+def test_sessions_under_an_old_identity_key_leave_the_disk() -> None:
+    """Bob's identity key changes: the sessions with him under the old key are dropped,
+    and their saved row with them, before anything happens under the new key."""
+    alice, bob, to_bob, to_alice = started()
+    to_alice.decrypt(to_bob.encrypt("hi", Kind.ROOM))
+    disk = alice.rows()  # what the store holds
+    alice.changes()
+    new_bob = Keyring.fresh("bob", PrivateKey.generate(), NOW)
+    assert not with_peer(alice, new_bob).can_send
+    for name, row in alice.changes().items():
+        if row is None:
+            disk.pop(name, None)
+        else:
+            disk[name] = row
+    loaded = Keyring.from_rows("alice", alice.identity, disk, NOW)
+    assert loaded.get("bob", bob.identity.public_key) is None
+    # Once there are sessions under the new key, theirs is the row saved.
+    to_new_bob = with_peer(alice, new_bob)
+    to_new_bob.start(bundle_of(new_bob))
+    assert alice.changes()[PEER_ROW + "bob"] == to_new_bob.to_bytes()
+
+
 # -- our prekeys ------------------------------------------------------------------------------
 
 

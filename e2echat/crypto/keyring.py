@@ -71,8 +71,9 @@ class Keyring:
             prekeys=self.prekeys,
             dirty=self._dirty,
         )
+        # A row under ``nick`` forgotten above stays marked for deletion until this peer
+        # has something to save: the old key's sessions must not outlive them on disk.
         self.peers[nick] = peer
-        self._deleted.discard(nick)
         return peer
 
     def forget(self, nick: str) -> None:
