@@ -761,3 +761,20 @@ def test_a_clock_jumping_back() -> None:
     assert prekeys.current.created == NOW - 30 * DAY
     assert not prekeys.rotate_if_due(identity, NOW - 30 * DAY + 1)
     assert prekeys.signed(first.prekey_id) is not None
+    # The one dated in the future gets its grace by the clock as it is now, not a day more.
+    prekeys.rotate_if_due(identity, NOW - 30 * DAY + SIGNED_PREKEY_GRACE + 1)
+    assert prekeys.signed(first.prekey_id) is None
+
+
+def test_a_signed_prekey_replaced_late_still_gets_its_grace() -> None:
+    """Bob was away for a month: his client replaces the signed prekey when it next runs.
+    The relay handed out the old one meanwhile, so first messages under it are read for
+    the whole grace after the replacement, not dropped at the next check."""
+    alice, bob, to_bob, _ = started(one_time=False)
+    first = to_bob.encrypt("sent while bob was away", Kind.ROOM)
+    back = NOW + 30 * DAY
+    assert bob.prekeys.rotate_if_due(bob.identity, back)
+    bob.prekeys.rotate_if_due(bob.identity, back + 3600)  # the next check, an hour on
+    assert with_peer(restarted(bob), alice).decrypt(first).text == "sent while bob was away"
+    bob.prekeys.rotate_if_due(bob.identity, back + SIGNED_PREKEY_GRACE + 1)
+    refused_untouched(bob, with_peer(bob, alice), first, DecryptionError, "unknown signed prekey")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import struct
 from collections import OrderedDict
+from itertools import pairwise
 from typing import NamedTuple
 
 from nacl.public import PrivateKey, PublicKey
@@ -91,12 +92,12 @@ class OurPrekeys:
     def rotate_if_due(self, identity: PrivateKey, now: float) -> bool:
         """Replace the signed prekey if it is older than its lifetime, and forget old ones
         past their grace. True if the signed prekey to publish changed."""
-        for prekey_id, signed in list(self._signed.items()):
-            if (
-                prekey_id != self._current
-                and now - signed.created > SIGNED_PREKEY_LIFETIME + SIGNED_PREKEY_GRACE
-            ):
-                del self._signed[prekey_id]
+        # The grace runs from when the next one replaced it (made just after it: they are
+        # kept in the order made), not from its own making: a client away for weeks
+        # replaces it late, and first messages sent under it meanwhile are on their way.
+        for signed, successor in pairwise(list(self._signed.values())):
+            if signed.prekey_id != self._current and now - successor.created > SIGNED_PREKEY_GRACE:
+                del self._signed[signed.prekey_id]
                 self.changed = True
         if now - self.current.created <= SIGNED_PREKEY_LIFETIME and self.current.created <= now + DAY:
             return False
