@@ -17,6 +17,7 @@ from dataclasses import replace
 
 import pytest
 from nacl.public import PrivateKey
+from nacl.utils import random
 from test_session import NOW, bundle_of, flip, keyrings_and_bundle, started, talked, with_peer
 
 from e2echat.crypto import session, x3dh
@@ -28,8 +29,9 @@ from e2echat.crypto.prekeys import (
     SIGNED_PREKEY_LIFETIME,
     OurPrekeys,
 )
+from e2echat.crypto.ratchet import MAX_SKIP
 from e2echat.crypto.session import MAX_SESSIONS, PREKEY_HEADER_SIZE, Kind, PeerSession
-from e2echat.crypto.skipped import SkippedKeys
+from e2echat.crypto.skipped import MAX_SKIPPED_TOTAL, SkippedKeys
 from e2echat.crypto.xeddsa import xeddsa_sign, xeddsa_verify
 from e2echat.errors import BadPrekeyBundle, BadPrekeySignature, BadRatchetState, DecryptionError, ReplayError
 
@@ -515,6 +517,87 @@ def test_a_flood_of_forged_first_messages_leaves_nothing_behind() -> None:
 
 
 # -- skipped-key exhaustion across many peers -------------------------------------------------
+
+
+@pytest.mark.slow
+def test_skipped_keys_of_many_peers_stay_within_the_total_and_its_memory() -> None:
+    """60 peers, each leaving two gaps of MAX_SKIP messages: 120,000 keys to keep, more
+    than twice the total. The budget keeps the newest MAX_SKIPPED_TOTAL, oldest out
+    first, in about 27 MB (skipped.py: at most about 540 bytes a key)."""
+    bob = Keyring.fresh("bob", PrivateKey.generate(), NOW)
+    deliveries = []
+    for number in range(60):
+        peer = Keyring.fresh(f"peer{number}", PrivateKey.generate(), NOW)
+        to_bob = with_peer(peer, bob)
+        to_bob.start(bundle_of(bob, one_time=False))
+        ratchet = to_bob._sessions[0].ratchet
+        lost = to_bob.encrypt("lost", Kind.ROOM)
+        for _ in range(MAX_SKIP - 1):
+            ratchet.encrypt(b"")  # lost on the way: only the chain's position matters
+        first = to_bob.encrypt("after a gap", Kind.ROOM)
+        for _ in range(MAX_SKIP):
+            ratchet.encrypt(b"")
+        deliveries.append((peer, lost, first, to_bob.encrypt("after another gap", Kind.ROOM)))
+    gc.collect()
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        for peer, _, first, second in deliveries:
+            from_peer = with_peer(bob, peer)
+            assert from_peer.decrypt(first).skipped == MAX_SKIP
+            assert from_peer.decrypt(second).skipped == MAX_SKIP
+            assert len(bob.budget) <= MAX_SKIPPED_TOTAL
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - start
+    finally:
+        tracemalloc.stop()
+    assert len(bob.budget) == MAX_SKIPPED_TOTAL
+    assert grown < MAX_SKIPPED_TOTAL * 560, f"{grown / 1e6:.1f} MB for {len(bob.budget)} skipped keys"
+    # Oldest out first: the first peer's lost message can no longer be read, the last's can.
+    first_peer, first_lost, _, _ = deliveries[0]
+    with pytest.raises(ReplayError):
+        with_peer(bob, first_peer).decrypt(first_lost)
+    last_peer, last_lost, _, _ = deliveries[-1]
+    assert with_peer(bob, last_peer).decrypt(last_lost).late
+
+
+def test_sessions_whose_keys_were_pushed_out_give_their_memory_back() -> None:
+    """200 sessions, each keeping 1000 keys in turn, under a total of 10,000: the older
+    sessions' keys are all pushed out, and what they held with them."""
+    budget = SkippedKeys(total=10_000)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        for _ in range(200):
+            owner, ratchet_key, header_key = budget.register(), random(32), random(32)
+            budget.add(owner, [(ratchet_key, number, header_key, random(32)) for number in range(1000)])
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - start
+    finally:
+        tracemalloc.stop()
+    assert len(budget) == 10_000
+    assert grown < 10_000 * 560, f"{grown / 1e6:.1f} MB for {len(budget)} skipped keys"
+
+
+def test_sessions_whose_late_messages_all_came_give_their_memory_back() -> None:
+    budget = SkippedKeys()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        for _ in range(50):
+            owner, ratchet_key, header_key = budget.register(), random(32), random(32)
+            budget.add(owner, [(ratchet_key, number, header_key, random(32)) for number in range(2000)])
+            for number in range(2000):
+                budget.discard(owner, ratchet_key, number)
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - start
+    finally:
+        tracemalloc.stop()
+    assert len(budget) == 0
+    # Left: the empty dicts, and the shared order's table (bounded by the total).
+    assert grown < 500_000, f"{grown / 1e6:.1f} MB kept for no keys"
 
 
 # -- what survives a restart ------------------------------------------------------------------

@@ -9,9 +9,10 @@ come at all):
 
 * ``per_session`` (2000, libsignal's MAX_MESSAGE_KEYS): one peer's gaps cannot push out
   the keys another peer's late messages need;
-* ``total`` (50,000): the whole client stays within about 20 MB for skipped keys (a
-  key costs about 430 bytes of Python objects, measured with tracemalloc) even with
-  hundreds of sessions, each with gaps.
+* ``total`` (50,000): the whole client stays within about 27 MB for skipped keys even
+  with hundreds of sessions, each with gaps (a key costs about 460 bytes of Python
+  objects, and up to 540 with the slack that keys churning through the dicts leave,
+  measured with tracemalloc; tests/test_sessions_ratchet.py holds it to that).
 
 The limit on keys derived for ONE message (``ratchet.MAX_SKIP``) lives in the ratchet;
 that one bounds CPU, these bound memory.
@@ -64,8 +65,11 @@ class SkippedKeys:
 
     def discard(self, owner: int, ratchet_key: bytes, number: int) -> None:
         """Forget one key: its message arrived (each key opens one message, once)."""
-        if self._owned[owner].pop((ratchet_key, number), None) is not None:
+        owned = self._owned[owner]
+        if owned.pop((ratchet_key, number), None) is not None:
             del self._order[owner, ratchet_key, number]
+            if not owned:
+                self._owned[owner] = OrderedDict()  # see add
 
     def add(self, owner: int, entries: list[Entry]) -> None:
         """Keep ``entries`` (oldest first), then evict the oldest beyond either limit."""
@@ -78,7 +82,13 @@ class SkippedKeys:
             del order[owner, ratchet_key, number]
         while len(order) > self.total:
             (evicted, ratchet_key, number), _ = order.popitem(last=False)
-            del self._owned[evicted][ratchet_key, number]
+            keys = self._owned[evicted]
+            del keys[ratchet_key, number]
+            if not keys:
+                # An emptied dict keeps the table it grew to (about 100 KB for a session's
+                # 2000 keys): a new one frees it, or the sessions whose keys the total
+                # pushed out would cost more memory than the keys it keeps.
+                self._owned[evicted] = OrderedDict()
 
     def entries(self, owner: int) -> list[Entry]:
         """A session's keys, oldest first (what its state serializes)."""
