@@ -294,7 +294,10 @@ class PeerSession:
     # -- receiving ------------------------------------------------------------------------
 
     def decrypt(self, body: bytes) -> Plaintext:
-        """Authenticate and decrypt one body. On any failure our state is unchanged.
+        """Authenticate and decrypt one body. If it does not authenticate, our state is
+        unchanged. One that does but whose plaintext is malformed (the peer's own doing)
+        is refused all the same; in a session we have, the ratchet has moved past it by
+        then (a replay of it is a ``ReplayError``), while a first message starts nothing.
 
         Raises ``ReplayError`` for a message already read, ``SkippedTooMany`` for one after
         too long a gap, ``DecryptionError`` for anything else."""
