@@ -38,7 +38,7 @@ from e2echat.client.events import (  # re-exported: the UI's vocabulary
 )
 from e2echat.client.outbox import RECEIPT_INTERVAL, Outbox, receipt_gap
 from e2echat.client.pacing import Pacer
-from e2echat.client.receipts import RECEIPT_TIMEOUT, DeliveryReport, DeliveryTracker, Message
+from e2echat.client.receipts import RECEIPT_TIMEOUT, TIMED_OUT, DeliveryReport, DeliveryTracker, Message
 from e2echat.client.relays import RelayTrust
 from e2echat.client.sessions import Sessions
 from e2echat.client.trust import KnownPeers, Trust
@@ -189,7 +189,12 @@ class ClientCore:
         """Call now and then: sends receipts held back, reports messages whose receipts
         are overdue."""
         self._send_receipts()
-        return self._take_notices() + list(self.deliveries.expire(self._clock()))
+        reports = self.deliveries.expire(self._clock())
+        for report in reports:
+            for nick, reason in report.failed:
+                if reason == TIMED_OUT:
+                    self._sessions.unanswered(nick)
+        return self._take_notices() + list(reports)
 
     def abandon(self, reason: str) -> list[Event]:
         """The connection is gone: report every message not yet confirmed."""

@@ -64,6 +64,16 @@ class Sessions:
         session = self.keyring.get(nick, peer.identity_key)
         return session if session is not None and session.can_send else None
 
+    def unanswered(self, nick: str) -> None:
+        """A message to ``nick`` got no receipt in time: if they never answered in our
+        current session with them, they may be unable to read it (their one-time prekey
+        was handed out twice, or our first message was lost), so the next message starts
+        a new one."""
+        peer = self._directory.peers.get(nick)
+        session = None if peer is None else self.keyring.get(nick, peer.identity_key)
+        if session is not None:
+            session.drop_unanswered()
+
     # -- peers come and go ------------------------------------------------------------------
 
     def add(self, peer: m.PeerInfo, *, refresh: bool = True) -> list[Event]:

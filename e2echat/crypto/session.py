@@ -199,6 +199,16 @@ class PeerSession:
             session.ratchet.close()
         self._sessions.clear()
 
+    def drop_unanswered(self) -> bool:
+        """Drop the current session if the peer has never answered in it (a first message
+        they could not read: the relay gave out their one-time prekey twice, say). The
+        next message starts a new one. True if one was dropped."""
+        if not self._sessions or not self._sessions[0].prekey_header:
+            return False
+        self._sessions.pop(0).ratchet.close()
+        self._changed()
+        return True
+
     def _changed(self) -> None:
         self._dirty.add(self.peer)
 
