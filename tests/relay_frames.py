@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from nacl.public import PrivateKey
+
 from e2echat.relay.core import Action, Close, ConnId, Write
 from e2echat.wire import messages as m
 from e2echat.wire.codec import decode_message, encode_message
@@ -62,3 +64,9 @@ def decode_for_relay(payload: bytes | bytearray | memoryview) -> m.Message | Rou
         return routes
     message = decode_message(payload)
     return Routes.of(message) if isinstance(message, m.Send) else message
+
+
+def any_signed_prekey() -> m.SignedPrekey:
+    """A signed prekey for a register: the relay keeps it without checking its signature,
+    so for tests of the relay any will do."""
+    return m.SignedPrekey(1, PrivateKey.generate().public_key, bytes(64))

@@ -58,7 +58,7 @@ BUNDLE_BOB = m.Bundle("bob", KEY_C, SIGNED, ONE_TIME[:1])
 
 EXAMPLES: dict[str, m.Message] = {
     "challenge": m.Challenge(KEY_A, b"\x01" * CHALLENGE_SIZE),
-    "register": m.Register("alice", KEY_A, KEY_B, b"\x02" * 72, SESSION_PROOF),
+    "register": m.Register("alice", KEY_A, KEY_B, b"\x02" * 72, SESSION_PROOF, SIGNED),
     "welcome": m.Welcome("alice", 50.0, 200.0, 1048576.0, 4194304.0, 25, (PEER_BOB, PEER_CAROL)),
     "joined": m.PeerJoined(PEER_BOB),
     "left": m.PeerLeft("bob"),
@@ -155,7 +155,7 @@ def test_boundary_values_round_trip() -> None:
         m.Send(MAX_ID, (m.Envelope("b", b"x" * MAX_BODY),)),
         m.Send(0, (m.Envelope("b" * 32, b"x"),)),
         m.Error("a" * 32, "t" * MAX_REASON),
-        m.Register("n", KEY_A, KEY_A, b"p" * MAX_PROOF, SESSION_PROOF),
+        m.Register("n", KEY_A, KEY_A, b"p" * MAX_PROOF, SESSION_PROOF, SIGNED),
         m.Welcome("alice", 50.0, 200.0, 1e6, 4e6, 0, ()),
         m.Routed(1, (), ()),
         m.Bye(""),
@@ -525,15 +525,17 @@ def test_lone_surrogate_in_text_is_rejected(payload: bytes) -> None:
 _LOCAL_BAD: dict[str, Callable[[], object]] = {
     "nick-empty": lambda: m.PeerLeft(""),
     "nick-33": lambda: m.PeerLeft("a" * 33),
-    "nick-space": lambda: m.Register("a b", KEY_A, KEY_B, b"p", SESSION_PROOF),
+    "nick-space": lambda: m.Register("a b", KEY_A, KEY_B, b"p", SESSION_PROOF, SIGNED),
     "nick-escape": lambda: m.Welcome("a\x1b", 50.0, 200.0, 1e6, 4e6, 0, ()),
     "key-as-bytes": lambda: m.Challenge(bytes(KEY_A), b"c" * 32),  # type: ignore[arg-type]
     "challenge-31": lambda: m.Challenge(KEY_A, b"c" * 31),
     "challenge-str": lambda: m.Challenge(KEY_A, "c" * 32),  # type: ignore[arg-type]
-    "proof-empty": lambda: m.Register("alice", KEY_A, KEY_B, b"", SESSION_PROOF),
-    "proof-too-long": lambda: m.Register("alice", KEY_A, KEY_B, b"p" * (MAX_PROOF + 1), SESSION_PROOF),
-    "session-proof-empty": lambda: m.Register("alice", KEY_A, KEY_B, b"p", b""),
-    "session-proof-short": lambda: m.Register("alice", KEY_A, KEY_B, b"p", SESSION_PROOF[:-1]),
+    "proof-empty": lambda: m.Register("alice", KEY_A, KEY_B, b"", SESSION_PROOF, SIGNED),
+    "proof-too-long": lambda: m.Register(
+        "alice", KEY_A, KEY_B, b"p" * (MAX_PROOF + 1), SESSION_PROOF, SIGNED
+    ),
+    "session-proof-empty": lambda: m.Register("alice", KEY_A, KEY_B, b"p", b"", SIGNED),
+    "session-proof-short": lambda: m.Register("alice", KEY_A, KEY_B, b"p", SESSION_PROOF[:-1], SIGNED),
     "envelope-empty-body": lambda: m.Envelope("bob", b""),
     "envelope-body-too-long": lambda: m.Envelope("bob", b"x" * (MAX_BODY + 1)),
     "send-no-items": lambda: m.Send(1, ()),

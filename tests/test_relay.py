@@ -17,6 +17,7 @@ from e2echat.wire.framing import MAX_FRAME, encode_frame
 from e2echat.wire.grammar import SESSION_PROOF_SIZE
 
 from hostile import HostileRelay
+from relay_frames import any_signed_prekey
 from support import RawClient, connect, peers, running, running_relay
 
 BAD_INPUTS = {
@@ -57,6 +58,7 @@ async def test_bad_input_after_registration_closes_only_the_offender() -> None:
                 PrivateKey.generate().public_key,
                 b"x",
                 bytes(SESSION_PROOF_SIZE),
+                any_signed_prekey(),
             )
         )
         error = await offender.receive_kind(m.Error)
@@ -75,7 +77,7 @@ async def test_forged_registration_proof_is_refused() -> None:
         victim = PrivateKey.generate().public_key
         mallory = PrivateKey.generate()
         proofs = registration_proof(mallory, mallory, challenge)
-        raw.send(m.Register("victim", victim, mallory.public_key, *proofs))
+        raw.send(m.Register("victim", victim, mallory.public_key, *proofs, any_signed_prekey()))
         error = await raw.receive()
         assert error == m.Error("bad_proof", "registration proof did not verify")
         assert await raw.closed()
@@ -92,7 +94,16 @@ async def _mallory_registers_with(
     assert isinstance(challenge, m.Challenge)
     mallory = PrivateKey.generate()
     proof = bytes(Box(mallory, challenge.relay_key).encrypt(challenge.challenge + bytes(session_key)))
-    raw.send(m.Register("mallory", mallory.public_key, session_key, proof, session_proof(mallory, challenge)))
+    raw.send(
+        m.Register(
+            "mallory",
+            mallory.public_key,
+            session_key,
+            proof,
+            session_proof(mallory, challenge),
+            any_signed_prekey(),
+        )
+    )
     return raw
 
 

@@ -21,7 +21,7 @@ from e2echat.wire import messages as m
 from e2echat.wire.codec import decode_message
 from e2echat.wire.fastpath import deliver_head, encode_send
 
-from relay_frames import Outgoing, decode_frame, spelled_out
+from relay_frames import Outgoing, any_signed_prekey, decode_frame, spelled_out
 
 
 def _join(relay: RelayCore, conn: ConnId, nick: str, now: float = 0.0) -> list[Outgoing | Close]:
@@ -30,7 +30,7 @@ def _join(relay: RelayCore, conn: ConnId, nick: str, now: float = 0.0) -> list[O
     assert isinstance(challenge, Outgoing) and isinstance(challenge.message, m.Challenge)
     identity, session = PrivateKey.generate(), PrivateKey.generate()
     proofs = registration_proof(identity, session, challenge.message)
-    register = m.Register(nick, identity.public_key, session.public_key, *proofs)
+    register = m.Register(nick, identity.public_key, session.public_key, *proofs, any_signed_prekey())
     return spelled_out(relay.receive_data(conn, _frame(register), now))
 
 

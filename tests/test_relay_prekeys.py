@@ -20,7 +20,7 @@ from e2echat.wire.framing import encode_frame
 from e2echat.wire.grammar import MAX_FETCH, MAX_PUBLISH
 
 from hostile import HostileRelay, same_one_time_prekey
-from relay_frames import Outgoing, spelled_out
+from relay_frames import Outgoing, any_signed_prekey, spelled_out
 from support import RawClient, peers, running, running_relay
 
 
@@ -55,7 +55,7 @@ def _register(
     identity = identity or PrivateKey.generate()
     session = PrivateKey.generate()
     proofs = registration_proof(identity, session, challenge.message)
-    register = m.Register(nick, identity.public_key, session.public_key, *proofs)
+    register = m.Register(nick, identity.public_key, session.public_key, *proofs, any_signed_prekey())
     welcome = spelled_out(relay.receive_data(conn, _frame(register), now))[0]
     assert isinstance(welcome, Outgoing) and isinstance(welcome.message, m.Welcome)
     return welcome.message
@@ -341,7 +341,7 @@ async def _welcome_by_hand(raw: RawClient, nick: str, identity: PrivateKey) -> m
     assert isinstance(challenge, m.Challenge)
     session = PrivateKey.generate()
     proofs = registration_proof(identity, session, challenge)
-    raw.send(m.Register(nick, identity.public_key, session.public_key, *proofs))
+    raw.send(m.Register(nick, identity.public_key, session.public_key, *proofs, any_signed_prekey()))
     return await raw.receive_kind(m.Welcome)
 
 
