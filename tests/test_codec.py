@@ -67,6 +67,7 @@ MESSAGES: dict[type[m.Message], st.SearchStrategy[Any]] = {
         keys,
         st.binary(min_size=1, max_size=MAX_PROOF),
         st.binary(min_size=SESSION_PROOF_SIZE, max_size=SESSION_PROOF_SIZE),
+        signed_prekeys,
     ),
     m.Welcome: st.builds(
         m.Welcome,
