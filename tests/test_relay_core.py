@@ -65,7 +65,7 @@ def test_register_replayed_on_another_connection_is_refused() -> None:
     """A proof answers one connection's challenge; a captured one is useless elsewhere."""
     wire = FakeWire()
     alice = wire.connect("alice")
-    (captured,) = wire.sent[alice]
+    captured = wire.sent[alice][0]  # then her publish
     assert isinstance(captured, m.Register)
     wire.hang_up(alice)
     (fresh,) = spelled_out(wire.relay.connect(99, wire.now))  # its own challenge
@@ -113,7 +113,8 @@ def test_any_decode_error_is_refused_with_an_error_frame(payload: bytes, registe
 
 def test_registered_client_may_not_register_again() -> None:
     wire, alice, bob, carol = _three()
-    (register,) = wire.sent[alice]
+    register = wire.sent[alice][0]
+    assert isinstance(register, m.Register)
     actions = spelled_out(wire.relay.receive_data(alice, _frame(register), wire.now))
     assert _error(alice, actions).code == "protocol"
     # She is hung up on, so the others hear that she left.
