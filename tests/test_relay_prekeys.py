@@ -20,7 +20,7 @@ from e2echat.wire.framing import encode_frame
 from e2echat.wire.grammar import MAX_FETCH, MAX_PUBLISH
 
 from hostile import HostileRelay, same_one_time_prekey
-from relay_frames import Outgoing, any_signed_prekey, spelled_out
+from relay_frames import Outgoing, spelled_out
 from support import RawClient, peers, running, running_relay
 
 
@@ -46,17 +46,43 @@ def _one_time(*ids: int) -> tuple[m.OneTimePrekey, ...]:
     return tuple(m.OneTimePrekey(ident, _key()) for ident in ids)
 
 
-def _register(
-    relay: RelayCore, conn: ConnId, nick: str, identity: PrivateKey | None = None, now: float = 0.0
-) -> m.Welcome:
-    """Connect and register ``nick`` (with ``identity``, or a new one): its welcome."""
-    (challenge,) = spelled_out(relay.connect(conn, now))
+def _register_json(
+    relay: RelayCore, conn: ConnId, nick: str, identity: PrivateKey, signed: m.SignedPrekey
+) -> dict[str, object]:
+    """Connect, and make the register that answers the challenge: as JSON, to spoil."""
+    (challenge,) = spelled_out(relay.connect(conn, 0.0))
     assert isinstance(challenge, Outgoing) and isinstance(challenge.message, m.Challenge)
-    identity = identity or PrivateKey.generate()
     session = PrivateKey.generate()
     proofs = registration_proof(identity, session, challenge.message)
-    register = m.Register(nick, identity.public_key, session.public_key, *proofs, any_signed_prekey())
-    welcome = spelled_out(relay.receive_data(conn, _frame(register), now))[0]
+    register = m.Register(nick, identity.public_key, session.public_key, *proofs, signed)
+    as_json: dict[str, object] = json.loads(encode_message(register))
+    return as_json
+
+
+def _joining(
+    relay: RelayCore,
+    conn: ConnId,
+    nick: str,
+    identity: PrivateKey | None = None,
+    signed: m.SignedPrekey | None = None,
+) -> list[Outgoing | Close]:
+    """Connect and register ``nick`` (with ``identity`` and ``signed``, or new ones): all
+    the relay wrote, its welcome first."""
+    register = _register_json(relay, conn, nick, identity or PrivateKey.generate(), signed or _signed())
+    actions = spelled_out(relay.receive_data(conn, _raw_frame(register), 0.0))
+    assert isinstance(actions[0], Outgoing) and isinstance(actions[0].message, m.Welcome)
+    return actions
+
+
+def _register(
+    relay: RelayCore,
+    conn: ConnId,
+    nick: str,
+    identity: PrivateKey | None = None,
+    signed: m.SignedPrekey | None = None,
+) -> m.Welcome:
+    """Connect and register ``nick``: its welcome."""
+    welcome = _joining(relay, conn, nick, identity, signed)[0]
     assert isinstance(welcome, Outgoing) and isinstance(welcome.message, m.Welcome)
     return welcome.message
 
@@ -114,16 +140,21 @@ def test_each_one_time_prekey_is_handed_out_once_oldest_first_then_none() -> Non
 
 
 def test_a_fetch_answers_each_nick_once_and_never_the_askers_own() -> None:
-    """Nobody unknown, nobody who never published, and not oneself: those are missing."""
+    """Nobody unknown and not oneself: those are missing. Whoever registered has a bundle,
+    if not yet a one-time prekey: carol never published."""
     relay = RelayCore()
-    for conn, nick in enumerate(("alice", "bob", "carol"), start=1):
-        _register(relay, conn, nick)
+    carol, carol_signed = PrivateKey.generate(), _signed(5)
+    _register(relay, 1, "alice")
+    _register(relay, 2, "bob")
+    _register(relay, 3, "carol", carol, carol_signed)
     _publish(relay, 1, _signed(), _one_time(1))
     _publish(relay, 2, _signed(), _one_time(1))
     answer, rest = _fetch(relay, 2, "nobody", "alice", "bob", "carol")
-    assert [bundle.nick for bundle in answer.bundles] == ["alice"]
-    assert answer.missing == ("nobody", "bob", "carol")
-    assert rest == [Outgoing(1, m.Prekeys(0))]  # alice is out of them (and told)
+    assert [bundle.nick for bundle in answer.bundles] == ["alice", "carol"]
+    assert answer.bundles[1] == m.Bundle("carol", carol.public_key, carol_signed, ())
+    assert answer.missing == ("nobody", "bob")
+    # alice is out of them (and told); carol had none to hand out, so nothing to tell her
+    assert rest == [Outgoing(1, m.Prekeys(0))]
     assert relay.prekeys.count("bob") == 1  # asking for oneself uses nothing up
 
 
@@ -172,20 +203,63 @@ def test_a_nick_registered_with_another_identity_key_loses_the_old_bundle() -> N
     _register(relay, 2, "bob")
     _publish(relay, 1, _signed(), _one_time(1, 2))
     relay.disconnect(1)
-    assert _register(relay, 3, "alice").prekeys == 0  # someone else, or alice with a new key
+    # Someone else, or alice with a new key: the bundle is the newcomer's, from its register.
+    other, other_signed = PrivateKey.generate(), _signed(9)
+    assert _register(relay, 3, "alice", other, other_signed).prekeys == 0
     answer, _ = _fetch(relay, 2, "alice")
-    assert answer == m.Bundles((), ("alice",))
+    assert answer == m.Bundles((m.Bundle("alice", other.public_key, other_signed, ()),), ())
     relay.disconnect(3)
-    assert _register(relay, 4, "alice", alice).prekeys == 0  # gone for good
-    assert len(relay.prekeys) == 0
+    signed = _signed(10)
+    assert _register(relay, 4, "alice", alice, signed).prekeys == 0  # gone for good
+    answer, _ = _fetch(relay, 2, "alice")
+    assert answer == m.Bundles((m.Bundle("alice", alice.public_key, signed, ()),), ())
+    assert len(relay.prekeys) == 2  # alice's and bob's
 
 
-def test_someone_who_never_published_leaves_nothing_behind() -> None:
+def test_someone_who_never_published_leaves_the_bundle_of_their_register() -> None:
     relay = RelayCore()
-    _register(relay, 1, "alice")
+    alice, signed = PrivateKey.generate(), _signed(4)
+    _register(relay, 1, "alice", alice, signed)
     relay.disconnect(1)
-    assert relay.prekeys.count("alice") == 0 and len(relay.prekeys) == 0
-    assert "alice" not in relay.prekeys._stored
+    assert relay.prekeys.count("alice") == 0 and len(relay.prekeys) == 1
+    _register(relay, 2, "bob")
+    answer, rest = _fetch(relay, 2, "alice")
+    assert answer == m.Bundles((m.Bundle("alice", alice.public_key, signed, ()),), ())
+    assert rest == []
+
+
+def test_a_fetch_right_after_someone_registers_gets_their_bundle() -> None:
+    """The race a register's signed prekey closes: bob hears alice join and asks for her
+    bundle before her first publish reaches the relay. He gets it, with no one-time
+    prekey; her publish then replaces the signed prekey and adds the one-time ones."""
+    relay = RelayCore()
+    _register(relay, 1, "bob")
+    alice, signed = PrivateKey.generate(), _signed(3)
+    joined = _joining(relay, 2, "alice", alice, signed)[1:]
+    assert [(item.conn, type(item.message)) for item in joined if isinstance(item, Outgoing)] == [
+        (1, m.PeerJoined)
+    ]
+    answer, rest = _fetch(relay, 1, "alice")
+    assert answer == m.Bundles((m.Bundle("alice", alice.public_key, signed, ()),), ())
+    assert rest == []
+    newer, one_time = _signed(4), _one_time(1)
+    assert _publish(relay, 2, newer, one_time) == 1
+    answer, _ = _fetch(relay, 1, "alice")
+    assert answer == m.Bundles((m.Bundle("alice", alice.public_key, newer, one_time),), ())
+
+
+def test_registering_again_replaces_the_signed_prekey_and_keeps_the_one_time_ones() -> None:
+    relay = RelayCore()
+    alice = PrivateKey.generate()
+    _register(relay, 1, "alice", alice, _signed(1))
+    _register(relay, 2, "bob")
+    one_time = _one_time(7)
+    _publish(relay, 1, _signed(2), one_time)
+    relay.disconnect(1)
+    signed = _signed(3)
+    assert _register(relay, 3, "alice", alice, signed).prekeys == 1
+    answer, _ = _fetch(relay, 2, "alice")
+    assert answer == m.Bundles((m.Bundle("alice", alice.public_key, signed, one_time),), ())
 
 
 def test_an_owner_running_low_is_told_each_time_one_is_handed_out() -> None:
@@ -216,11 +290,11 @@ def test_the_store_drops_the_bundle_of_whoever_offline_registered_least_recently
         _publish(relay, conn, _signed(), _one_time(1))
     relay.disconnect(2)  # b
     relay.disconnect(1)  # a
-    _register(relay, 4, "d", keys["d"])
-    assert len(relay.prekeys) == 3  # registering is free: only publishing adds a bundle
-    _publish(relay, 4, _signed(), _one_time(1))
+    _register(relay, 4, "d", keys["d"])  # a register brings a bundle: a's goes at once
     answer, _ = _fetch(relay, 4, "a", "b", "c")
     assert answer.missing == ("a",) and len(relay.prekeys) == 3
+    _publish(relay, 4, _signed(), _one_time(1))
+    assert len(relay.prekeys) == 3  # a publish adds to a bundle, never another one
     # Registering again makes b the most recent; c, offline now too, goes next.
     _register(relay, 5, "b", keys["b"])
     relay.disconnect(5)
@@ -335,13 +409,15 @@ def test_publishes_and_fetches_are_charged_to_the_senders_rate() -> None:
 # -- over real sockets ------------------------------------------------------------------------------------
 
 
-async def _welcome_by_hand(raw: RawClient, nick: str, identity: PrivateKey) -> m.Welcome:
+async def _welcome_by_hand(
+    raw: RawClient, nick: str, identity: PrivateKey, signed: m.SignedPrekey | None = None
+) -> m.Welcome:
     """Register ``nick`` frame by frame, to read the welcome itself."""
     challenge = await raw.receive()
     assert isinstance(challenge, m.Challenge)
     session = PrivateKey.generate()
     proofs = registration_proof(identity, session, challenge)
-    raw.send(m.Register(nick, identity.public_key, session.public_key, *proofs, any_signed_prekey()))
+    raw.send(m.Register(nick, identity.public_key, session.public_key, *proofs, signed or _signed()))
     return await raw.receive_kind(m.Welcome)
 
 
@@ -364,6 +440,22 @@ async def test_a_bundle_published_over_a_socket_is_fetched_after_its_owner_left(
         back = await RawClient.open(relay)
         assert (await _welcome_by_hand(back, "alice", alice_key)).prekeys == 1
         back.close()
+        bob.close()
+
+
+async def test_a_fetch_right_after_someone_registers_gets_their_bundle_over_sockets() -> None:
+    """alice registers and never publishes; bob, told she joined, fetches her bundle."""
+    async with running_relay() as relay:
+        bob = await RawClient.open(relay)
+        await bob.register("bob")
+        alice_key, signed = PrivateKey.generate(), _signed(6)
+        alice = await RawClient.open(relay)
+        await _welcome_by_hand(alice, "alice", alice_key, signed)
+        assert (await bob.receive_kind(m.PeerJoined)).peer.nick == "alice"
+        bob.send(m.Fetch(("alice",)))
+        answer = await bob.receive_kind(m.Bundles)
+        assert answer == m.Bundles((m.Bundle("alice", alice_key.public_key, signed, ()),), ())
+        alice.close()
         bob.close()
 
 
