@@ -536,6 +536,14 @@ _LOCAL_BAD: dict[str, Callable[[], object]] = {
     ),
     "session-proof-empty": lambda: m.Register("alice", KEY_A, KEY_B, b"p", b"", SIGNED),
     "session-proof-short": lambda: m.Register("alice", KEY_A, KEY_B, b"p", SESSION_PROOF[:-1], SIGNED),
+    "register-unsigned": lambda: m.Register(
+        "alice",
+        KEY_A,
+        KEY_B,
+        b"p",
+        SESSION_PROOF,
+        ONE_TIME[0],  # type: ignore[arg-type]
+    ),
     "envelope-empty-body": lambda: m.Envelope("bob", b""),
     "envelope-body-too-long": lambda: m.Envelope("bob", b"x" * (MAX_BODY + 1)),
     "send-no-items": lambda: m.Send(1, ()),

@@ -4,6 +4,7 @@ out with each one-time prekey once, within bounds. The logic frame by frame agai
 
 from __future__ import annotations
 
+import base64
 import json
 
 import nacl.utils
@@ -12,12 +13,13 @@ from nacl.public import PrivateKey, PublicKey
 
 from e2echat.client.core import MessageReceived
 from e2echat.crypto.identity import registration_proof
+from e2echat.errors import RemoteProtocolError
 from e2echat.relay.core import Close, ConnId, RelayCore
 from e2echat.relay.limits import Limits
 from e2echat.wire import messages as m
-from e2echat.wire.codec import encode_message
+from e2echat.wire.codec import decode_message, encode_message
 from e2echat.wire.framing import encode_frame
-from e2echat.wire.grammar import MAX_FETCH, MAX_PUBLISH
+from e2echat.wire.grammar import MAX_FETCH, MAX_PREKEY_ID, MAX_PUBLISH
 
 from hostile import HostileRelay, same_one_time_prekey
 from relay_frames import Outgoing, spelled_out
@@ -366,6 +368,71 @@ def test_a_bad_publish_or_fetch_closes_only_its_sender(payload: dict[str, object
     assert _one_time_ids(relay, 3, "alice", 1) == [1]
 
 
+_SIGNED_JSON = _signed_json()
+_ABSENT = object()
+
+
+def _but(**changes: object) -> dict[str, object]:
+    return {**_SIGNED_JSON, **changes}
+
+
+def _without(field: str) -> dict[str, object]:
+    return {name: value for name, value in _SIGNED_JSON.items() if name != field}
+
+
+def _b64(size: int) -> str:
+    return base64.b64encode(bytes(range(size))).decode()
+
+
+BAD_SIGNED_PREKEYS: dict[str, object] = {
+    "absent": _ABSENT,  # a register from before the field
+    "null": None,
+    "a-string": _SIGNED_JSON["key"],
+    "a-list": list(_SIGNED_JSON.values()),
+    "key-31": _but(key=_b64(31)),
+    "key-33": _but(key=_b64(33)),
+    "key-not-base64": _but(key="!" * 44),
+    "signature-63": _but(signature=_b64(63)),
+    "signature-65": _but(signature=_b64(65)),
+    "id-negative": _but(id=-1),
+    "id-too-large": _but(id=MAX_PREKEY_ID + 1),
+    "id-a-string": _but(id="1"),
+    "id-a-bool": _but(id=True),
+    "id-a-float": _but(id=1.0),
+    "no-id": _without("id"),
+    "no-key": _without("key"),
+    "no-signature": _without("signature"),
+    "unknown-field": _but(extra=1),
+}
+
+
+def _spoil(register: dict[str, object], bad: object) -> dict[str, object]:
+    spoiled = {name: value for name, value in register.items() if name != "signed_prekey"}
+    if bad is not _ABSENT:
+        spoiled["signed_prekey"] = bad
+    with pytest.raises(RemoteProtocolError):  # the relay decodes a register strictly
+        decode_message(json.dumps(spoiled).encode())
+    return spoiled
+
+
+@pytest.mark.parametrize("bad", BAD_SIGNED_PREKEYS.values(), ids=BAD_SIGNED_PREKEYS.keys())
+def test_a_register_with_a_malformed_signed_prekey_closes_only_its_sender(bad: object) -> None:
+    """Refused as it is decoded: an error, a hang-up, and nobody hears of the sender or
+    loses anything. The same register made well for the next challenge is welcome."""
+    relay = RelayCore()
+    _register(relay, 1, "alice")
+    _publish(relay, 1, _signed(), _one_time(1, 2))
+    mallory = PrivateKey.generate()
+    register = _spoil(_register_json(relay, 2, "mallory", mallory, _signed()), bad)
+    actions = spelled_out(relay.receive_data(2, _raw_frame(register), 0.0))
+    assert _error(2, actions).code == "protocol"
+    assert len(actions) == 2  # alice is told of no one joining
+    assert "mallory" not in relay.online and relay.prekeys.count("mallory") == 0
+    assert len(relay.prekeys) == 1 and relay.prekeys.count("alice") == 2
+    _register(relay, 3, "mallory", mallory)  # the control
+    assert len(relay.prekeys) == 2 and _one_time_ids(relay, 3, "alice", 1) == [1]
+
+
 def test_the_largest_publish_and_fetch_are_taken() -> None:
     relay = RelayCore(Limits(one_time_prekeys=MAX_PUBLISH))
     _register(relay, 1, "alice")
@@ -457,6 +524,23 @@ async def test_a_fetch_right_after_someone_registers_gets_their_bundle_over_sock
         assert answer == m.Bundles((m.Bundle("alice", alice_key.public_key, signed, ()),), ())
         alice.close()
         bob.close()
+
+
+async def test_a_malformed_signed_prekey_closes_only_the_registrant_over_sockets() -> None:
+    async with running_relay() as relay, peers(relay, "alice", "bob") as (alice, bob):
+        offender = await RawClient.open(relay)
+        challenge = await offender.receive()
+        assert isinstance(challenge, m.Challenge)
+        identity, session = PrivateKey.generate(), PrivateKey.generate()
+        proofs = registration_proof(identity, session, challenge)
+        register = m.Register("mallory", identity.public_key, session.public_key, *proofs, _signed())
+        spoiled = _spoil(json.loads(encode_message(register)), BAD_SIGNED_PREKEYS["key-31"])
+        offender.send_bytes(_raw_frame(spoiled))
+        assert (await offender.receive_kind(m.Error)).code == "protocol"
+        assert await offender.closed()
+        alice.connection.send_private("bob", "still here")
+        assert (await bob.next(MessageReceived)).text == "still here"
+        assert "mallory" not in relay.core.online
 
 
 async def test_a_duplicate_nick_in_a_fetch_closes_only_the_offender_over_sockets() -> None:
