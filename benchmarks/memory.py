@@ -247,7 +247,7 @@ def prekey_bytes_per_identity(identities: int, one_time: int = STORED_ONE_TIME) 
         for index in range(identities):
             nick = f"person{index:06d}"  # a new string, as a decoded nick is
             signed = SignedPrekey(1, key(), nacl.utils.random(64))
-            directory.register(nick, key())
+            directory.register(nick, key(), signed)
             directory.publish(nick, signed, tuple(OneTimePrekey(i, key()) for i in range(one_time)))
             directory.leave(nick)
         gc.collect()

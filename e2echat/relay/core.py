@@ -133,7 +133,7 @@ class RelayCore:
         self._encoded_peers: dict[str, bytes] = {}
         #: nick skeleton -> the nick online that has it (see ``grammar.skeleton``)
         self._skeletons: dict[str, str] = {}
-        #: nick -> the prekey bundle its owner published; kept when the owner leaves
+        #: nick -> its owner's prekey bundle, from its register on; kept when the owner leaves
         self.prekeys = PrekeyDirectory(self.limits)
         self._sources = Sources()
         self._unfinished = Unfinished()
@@ -344,10 +344,9 @@ class RelayCore:
         record.peer, record.challenge = peer, b""
         record.flow = Flow(self.limits, now)
         record.decoder.max_frame = self.limits.max_frame
-        self.prekeys.register(peer.nick, peer.identity_key)
         # Its signed prekey is kept before anyone hears of it: whoever sees it join can
         # fetch its bundle at once.
-        prekeys = self.prekeys.publish(peer.nick, message.signed_prekey, ())
+        prekeys = self.prekeys.register(peer.nick, peer.identity_key, message.signed_prekey)
         welcome = welcome_frames(peer.nick, list(self._encoded_peers.values()), self._advertised, prekeys)
         actions: list[Action] = [Write([(record.conn, frame) for frame in welcome])]
         actions += self._presence(PeerJoined(peer))

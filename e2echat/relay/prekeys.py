@@ -1,6 +1,10 @@
-"""The relay's prekey directory: for each nick, the bundle its owner published (identity
-key, signed prekey, one-time prekeys), handed out to whoever asks, each one-time prekey
-once. Pure (no I/O); kept in memory.
+"""The relay's prekey directory: for each nick, its owner's bundle (identity key, signed
+prekey, one-time prekeys), handed out to whoever asks, each one-time prekey once. Pure
+(no I/O); kept in memory.
+
+A bundle exists from its owner's register on, which carries the signed prekey: whoever
+hears someone join can fetch their bundle at once, before their first publish. Until
+then it has no one-time prekey.
 
 The relay never checks a signed prekey's signature: it has nothing to check it against
 that a client should trust, and each client checks every bundle it is given against the
@@ -33,16 +37,20 @@ _SIGNED = struct.Struct(">I32s64s")
 _ID_SIZE = 4
 
 
+def _pack_signed(signed: SignedPrekey) -> bytes:
+    return _SIGNED.pack(signed.id, bytes(signed.key), signed.signature)
+
+
 class _Stored:
-    """One nick's bundle. ``signed`` is empty from its owner's registration until its first
-    publish; such an entry is dropped when the owner leaves (there is nothing to hand out)."""
+    """One nick's bundle: ``signed`` is the packed signed prekey, ``one_time`` the packed
+    one-time prekeys, oldest first."""
 
     # Slots: the relay may hold tens of thousands.
     __slots__ = ("identity_key", "one_time", "signed")
 
-    def __init__(self, identity_key: bytes) -> None:
+    def __init__(self, identity_key: bytes, signed: bytes) -> None:
         self.identity_key = identity_key
-        self.signed = b""
+        self.signed = signed
         self.one_time = bytearray()
 
     @property
@@ -59,9 +67,9 @@ class Handed(NamedTuple):
 
 
 class PrekeyDirectory:
-    """Nick -> the bundle its owner published. The core tells it who registers and who
-    leaves; a nick's bundle belongs to one identity key, and is dropped when the nick is
-    registered with another."""
+    """Nick -> its owner's bundle. The core tells it who registers (with a signed prekey),
+    publishes and leaves; a nick's bundle belongs to one identity key, and is replaced
+    when the nick is registered with another."""
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
@@ -70,40 +78,35 @@ class PrekeyDirectory:
         self._stored: dict[str, _Stored] = {}
         #: the nicks online, whose bundles are never dropped
         self._online: set[str] = set()
-        #: stored bundles with a signed prekey: what ``limits.bundles`` bounds
-        self._published = 0
 
     def __len__(self) -> int:
-        """How many bundles it holds (identities that have published)."""
-        return self._published
+        """How many bundles it holds: what ``limits.bundles`` bounds."""
+        return len(self._stored)
 
     def count(self, nick: str) -> int:
         """One-time prekeys held for ``nick``."""
         stored = self._stored.get(nick)
         return stored.count if stored is not None else 0
 
-    def register(self, nick: str, identity_key: PublicKey) -> int:
-        """``nick`` came online with ``identity_key``: the one-time prekeys held for that
-        nick and key. A bundle of the nick under another key is dropped: the nick has
-        changed hands (or its owner its key), and whoever has it now publishes their own."""
-        key = bytes(identity_key)
+    def register(self, nick: str, identity_key: PublicKey, signed: SignedPrekey) -> int:
+        """``nick`` came online with ``identity_key`` and ``signed``, which replaces its
+        signed prekey: the one-time prekeys held for that nick and key. A bundle of the
+        nick under another key is dropped, one-time prekeys and all: the nick has changed
+        hands (or its owner its key), and whoever has it now publishes their own."""
+        key, packed = bytes(identity_key), _pack_signed(signed)
         stored = self._stored.pop(nick, None)
-        if stored is not None and stored.identity_key != key:  # public keys: no secret to time
-            if stored.signed:
-                self._published -= 1
-            stored = None
-        if stored is None:
-            stored = _Stored(key)
+        if stored is None or stored.identity_key != key:  # public keys: no secret to time
+            stored = _Stored(key, packed)
+        else:
+            stored.signed = packed
         self._stored[nick] = stored  # last: registered most recently
         self._online.add(nick)
+        self._evict()
         return stored.count
 
     def leave(self, nick: str) -> None:
         """``nick`` went offline: its bundle stays, for those who want to write to it."""
         self._online.discard(nick)
-        stored = self._stored.get(nick)
-        if stored is not None and not stored.signed:
-            del self._stored[nick]  # never published: nothing to keep
         self._evict()  # those online may have kept it over the bound
 
     def publish(self, nick: str, signed: SignedPrekey, one_time: Sequence[OneTimePrekey]) -> int:
@@ -111,9 +114,7 @@ class PrekeyDirectory:
         and the ``one_time`` prekeys whose ids it does not hold already join the others,
         the oldest going beyond ``limits.one_time_prekeys``. How many it now holds."""
         stored = self._stored[nick]
-        if not stored.signed:
-            self._published += 1
-        stored.signed = _SIGNED.pack(signed.id, bytes(signed.key), signed.signature)
+        stored.signed = _pack_signed(signed)
         held, size = stored.one_time, _ONE_TIME.size
         ids = {bytes(held[start : start + _ID_SIZE]) for start in range(0, len(held), size)}
         for prekey in one_time:
@@ -124,8 +125,7 @@ class PrekeyDirectory:
         excess = len(held) - self.limits.one_time_prekeys * size
         if excess > 0:
             del held[:excess]  # the oldest; a bytearray drops its front without copying
-        self._evict()
-        return stored.count
+        return stored.count  # a publish adds to a bundle, never another one: nothing to evict
 
     def fetch(self, requester: str, nicks: Sequence[str]) -> Handed:
         """A bundle for each of ``nicks`` that has one (not the ``requester``'s own), each
@@ -137,7 +137,7 @@ class PrekeyDirectory:
         size = _ONE_TIME.size
         for nick in nicks:
             stored = self._stored.get(nick)
-            if stored is None or not stored.signed or nick == requester:
+            if stored is None or nick == requester:
                 missing.append(nick)
                 continue
             one_time: tuple[OneTimePrekey, ...] = ()
@@ -155,13 +155,11 @@ class PrekeyDirectory:
 
     def _evict(self) -> None:
         """Over ``limits.bundles``: drop the bundles of the owners offline who registered
-        least recently. Never one online: if too many of those have published, the bound
+        least recently. Never one online: if there are more of those than the bound, it
         waits for them to leave (there are at most ``max_connections`` of them)."""
-        excess = self._published - self.limits.bundles
+        excess = len(self._stored) - self.limits.bundles
         if excess <= 0:
             return
         offline = (nick for nick in self._stored if nick not in self._online)
         for nick in list(itertools.islice(offline, excess)):
-            # Offline entries all have a signed prekey (``leave`` drops the others).
             del self._stored[nick]
-            self._published -= 1
