@@ -19,7 +19,7 @@ from e2echat.relay.limits import Limits
 from e2echat.wire import messages as m
 from e2echat.wire.codec import decode_message, encode_message
 from e2echat.wire.framing import encode_frame
-from e2echat.wire.grammar import MAX_FETCH, MAX_PREKEY_ID, MAX_PUBLISH
+from e2echat.wire.grammar import FETCH_CHARGE, MAX_FETCH, MAX_PREKEY_ID, MAX_PUBLISH
 
 from hostile import HostileRelay, same_one_time_prekey
 from relay_frames import Outgoing, spelled_out
@@ -96,6 +96,23 @@ def _publish(
     (answer,) = spelled_out(relay.receive_data(conn, _frame(m.Publish(signed, one_time)), 0.0))
     assert isinstance(answer, Outgoing) and answer.conn == conn and isinstance(answer.message, m.Prekeys)
     return answer.message.count
+
+
+def test_a_fetch_is_charged_for_each_nick_it_names() -> None:
+    """Handing out a bundle costs the relay far more than the bytes that asked for it: a
+    fetch pays FETCH_CHARGE a nick against the byte rate, so a sender cannot make the
+    relay hand out (and use up) thousands of one-time prekeys a second. Control: a fetch
+    naming few nicks within the same budget is answered."""
+    limits = Limits(byte_rate=10 * FETCH_CHARGE, byte_burst=40 * FETCH_CHARGE)
+    relay = RelayCore(limits)
+    _register(relay, 1, "asker")
+    for conn in range(2, 12):
+        _register(relay, conn, f"n{conn}")
+    answer, _ = _fetch(relay, 1, "n2")
+    assert [bundle.nick for bundle in answer.bundles] == ["n2"]
+    many = tuple(f"x{i}" for i in range(30))
+    written = spelled_out(relay.receive_data(1, _frame(m.Fetch(many)), 0.0))
+    assert not any(isinstance(out, Outgoing) and isinstance(out.message, m.Bundles) for out in written)
 
 
 def _fetch(relay: RelayCore, conn: ConnId, *nicks: str) -> tuple[m.Bundles, list[Outgoing | Close]]:

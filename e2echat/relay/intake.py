@@ -15,8 +15,8 @@ from e2echat.relay.limits import Flow, Limits, Verdict
 from e2echat.wire.codec import decode_message, encode_message
 from e2echat.wire.fastpath import Routes, fast_routes
 from e2echat.wire.framing import encode_frame
-from e2echat.wire.grammar import MAX_ID, MAX_ITEMS, NICK, PROTOCOL_VERSION
-from e2echat.wire.messages import Error, Message, Routed, Send
+from e2echat.wire.grammar import FETCH_CHARGE, MAX_ID, MAX_ITEMS, NICK, PROTOCOL_VERSION
+from e2echat.wire.messages import Error, Fetch, Message, Routed, Send
 
 
 def read_frame(flow: Flow, limits: Limits, frame: bytes, now: float) -> Message | Routes | Verdict:
@@ -36,6 +36,12 @@ def read_frame(flow: Flow, limits: Limits, frame: bytes, now: float) -> Message 
     if verdict is not Verdict.PASS:
         return verdict  # the frame's plain charge above stays paid: it was read that far
     message = decode_message(frame)
+    if isinstance(message, Fetch):
+        # Each bundle handed out costs the relay far more than the bytes that asked for it.
+        charge = min(len(message.nicks) * FETCH_CHARGE, limits.byte_burst)
+        verdict = flow.admit(limits, now, charge, frames=0)
+        if verdict is not Verdict.PASS:
+            return verdict
     return Routes.of(message) if isinstance(message, Send) else message
 
 

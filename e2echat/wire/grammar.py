@@ -58,6 +58,10 @@ MAX_PUBLISH = 100
 # Nicks in one fetch: a big room's worth at once. The answer, about 400 bytes a bundle,
 # stays well under MAX_FRAME.
 MAX_FETCH = 1000
+# What a fetch costs against the relay's byte rate for each nick it names, on top of its
+# own size: answering one takes the relay ~9 µs and a one-time prekey, where forwarding
+# 512 bytes of a send takes about as long. Clients pace their fetches the same way.
+FETCH_CHARGE = 512
 
 
 def is_utf8(text: str) -> bool:
