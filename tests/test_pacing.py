@@ -88,6 +88,20 @@ def test_bytes_over_the_byte_rate_wait_too() -> None:
     assert delay is not None and abs(delay - 6000 / 9000) < 1e-9
 
 
+def test_a_frame_charged_beyond_its_size_waits_for_its_whole_charge() -> None:
+    """A fetch costs FETCH_CHARGE a nick beyond its size, at the relay and so here: after
+    it, the bucket is that much further in debt, and the next frame waits for it."""
+    pacer = Pacer()
+    pacer.limit(1e9, 1e9, 10_000.0, 20_000.0, now=0.0)  # 5,000 bytes to start with
+    pacer.write(encode_frame(b"f" * 100), now=0.0, charge=4_000)
+    assert _payloads(pacer.take(0.0)) == [b"f" * 100]
+    pacer.write(encode_frame(b"s" * 1000), now=0.0)
+    assert pacer.take(0.0) == b""  # 900 left: the charge was paid, not just the 100 bytes
+    delay = pacer.delay(0.0)
+    assert delay is not None and abs(delay - 100 / 9000) < 1e-9
+    assert _payloads(pacer.take(delay)) == [b"s" * 1000]
+
+
 def test_a_relay_advertising_a_crawl_does_not_stall_us_for_ever() -> None:
     pacer = Pacer()
     pacer.limit(1e-9, 1e-9, 1e-9, 1e-9, now=0.0)

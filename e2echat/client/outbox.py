@@ -40,7 +40,7 @@ from e2echat.wire import messages as m
 from e2echat.wire.codec import encode_message
 from e2echat.wire.fastpath import encode_send
 from e2echat.wire.framing import MAX_FRAME, encode_frame
-from e2echat.wire.grammar import MAX_FETCH, MAX_ITEMS, is_utf8
+from e2echat.wire.grammar import FETCH_CHARGE, MAX_FETCH, MAX_ITEMS, is_utf8
 
 # What the envelopes of one frame may take, by envelope_size: the rest of MAX_FRAME is
 # for the frame's own JSON around them, and to spare.
@@ -225,8 +225,8 @@ class Outbox:
         # sending faster than the relay allows.
         leaves = self._outgoing.write(send_frames(message_id, envelopes), now)
         for start in range(0, len(fetch), MAX_FETCH):
-            request = m.Fetch(tuple(fetch[start : start + MAX_FETCH]))
-            self._outgoing.write(encode_frame(encode_message(request)), now)
+            nicks = tuple(fetch[start : start + MAX_FETCH])
+            self._outgoing.write(encode_frame(encode_message(m.Fetch(nicks))), now, FETCH_CHARGE * len(nicks))
         self._tracker.sent(message_id, kind is Kind.PRIVATE, counters, leaves, preview(text))
         return message_id
 

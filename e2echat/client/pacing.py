@@ -71,6 +71,9 @@ class Pacer:
     def __init__(self) -> None:
         self._queued = bytearray()
         self._sizes: deque[int] = deque()  # of each frame queued, as the relay counts it
+        #: frames the relay charges more than their size (a fetch): position -> charge
+        self._charges: dict[int, int] = {}
+        self._taken = 0  # frames taken so far: the position of the first in _sizes
         self._queued_bytes = 0
         self._frames: _Bucket | None = None  # None: no limit yet
         self._bytes: _Bucket | None = None
@@ -92,9 +95,10 @@ class Pacer:
             max(MIN_BYTE_RATE, byte_rate * RATE_SHARE), byte_capacity, byte_burst, start, now
         )
 
-    def write(self, frames: bytes, now: float) -> float:
-        """Queue ``frames`` (whole frames, back to back). Returns when the last of them
-        will have left, about, if taken as soon as it may be."""
+    def write(self, frames: bytes, now: float, charge: int = 0) -> float:
+        """Queue ``frames`` (whole frames, back to back); the relay charges the last one
+        ``charge`` bytes beyond its size (see grammar.FETCH_CHARGE). Returns when the last
+        of them will have left, about, if taken as soon as it may be."""
         self._queued += frames
         offset = 0
         while offset < len(frames):
@@ -102,6 +106,9 @@ class Pacer:
             self._sizes.append(size)
             self._queued_bytes += size
             offset += _PREFIX.size + size
+        if charge and self._sizes:
+            self._charges[self._taken + len(self._sizes) - 1] = charge
+            self._queued_bytes += charge
         if self._frames is None or self._bytes is None:
             return now
         self._refill(now)
@@ -113,22 +120,29 @@ class Pacer:
         if not self._sizes:
             return b""
         if self._frames is None or self._bytes is None:
+            self._taken += len(self._sizes)
             self._sizes.clear()
+            self._charges.clear()
             self._queued_bytes = 0
             end = len(self._queued)
         else:
             self._refill(now)
             frames, byte_bucket = self._frames, self._bytes
             end = 0
+            charges = self._charges
             while self._sizes:
                 size = self._sizes[0]
-                cost = byte_bucket.cost(size)
+                extra = charges.get(self._taken, 0) if charges else 0
+                cost = byte_bucket.cost(size + extra)
                 if not (frames.can_pay(1) and byte_bucket.can_pay(cost)):
                     break
                 frames.tokens -= 1
                 byte_bucket.tokens -= cost
                 self._sizes.popleft()
-                self._queued_bytes -= size
+                if extra:
+                    del charges[self._taken]
+                self._taken += 1
+                self._queued_bytes -= size + extra
                 end += _PREFIX.size + size
             if not end:
                 return b""
@@ -147,7 +161,8 @@ class Pacer:
         if self._frames is None or self._bytes is None:
             return 0.0
         self._refill(now)
-        return max(self._frames.wait(1), self._bytes.wait(self._bytes.cost(self._sizes[0])))
+        first = self._sizes[0] + self._charges.get(self._taken, 0)
+        return max(self._frames.wait(1), self._bytes.wait(self._bytes.cost(first)))
 
     def _refill(self, now: float) -> None:
         assert self._frames is not None and self._bytes is not None
