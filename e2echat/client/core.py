@@ -191,6 +191,7 @@ class ClientCore:
         self._send_receipts()
         reports = self.deliveries.expire(self._clock())
         for report in reports:
+            self._outbox.given_up(report.message_id)
             for nick, reason in report.failed:
                 if reason == TIMED_OUT:
                     self._sessions.unanswered(nick)

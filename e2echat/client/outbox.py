@@ -139,6 +139,8 @@ class Outbox:
         self._relay = relay
         #: nick -> copies waiting for their bundle: (message id, message, its number)
         self._awaiting: dict[str, list[tuple[int, Prepared, int]]] = {}
+        #: nick -> fetches of their bundle the relay has not answered yet
+        self._fetching: dict[str, int] = {}
         self._tracker = tracker
         self._clock = clock
         self._wall_clock = wall_clock
@@ -224,6 +226,8 @@ class Outbox:
         # Its receipts are due counting from when it leaves, which may be later if we are
         # sending faster than the relay allows.
         leaves = self._outgoing.write(send_frames(message_id, envelopes), now)
+        for nick in fetch:
+            self._fetching[nick] = self._fetching.get(nick, 0) + 1
         for start in range(0, len(fetch), MAX_FETCH):
             nicks = tuple(fetch[start : start + MAX_FETCH])
             self._outgoing.write(encode_frame(encode_message(m.Fetch(nicks))), now, FETCH_CHARGE * len(nicks))
@@ -238,18 +242,22 @@ class Outbox:
         events: list[Event] = []
         sealed: dict[int, list[tuple[str, bytes]]] = {}
         for bundle in answer.bundles:
-            waiting = self._awaiting.pop(bundle.nick, None)
-            if waiting is None:
-                raise RemoteProtocolError(
-                    detail=f"relay sent keys for {bundle.nick}, which we did not ask for"
-                )
+            waiting = self._answered(bundle.nick)
+            if not waiting:
+                continue  # what waited for it was given up
             peer = self._directory.peers.get(bundle.nick)
             if peer is None:
                 events += self._not_sent(bundle.nick, waiting, GONE_BEFORE_KEYS)
                 continue
             session = self._keyring.peer(bundle.nick, peer.identity_key)
             try:
-                session.start(_prekey_bundle(bundle))
+                # Checked even if they have started a session with us meanwhile (then
+                # that one serves): a relay handing out a false bundle is news.
+                started = _prekey_bundle(bundle)
+                if not session.can_send:
+                    session.start(started)
+                else:
+                    session.check(started)
             except BadPrekeyBundle as exc:
                 events.append(self._bad_bundle(exc))
                 events += self._not_sent(bundle.nick, waiting, BAD_BUNDLE)
@@ -259,14 +267,33 @@ class Outbox:
                 body = session.seal_numbered(prepared, counter, nonce)
                 sealed.setdefault(message_id, []).append((bundle.nick, body))
         for nick in answer.missing:
-            waiting = self._awaiting.pop(nick, None)
-            if waiting is None:
-                raise RemoteProtocolError(detail=f"relay answered for {nick}, whom we did not ask about")
-            events += self._not_sent(nick, waiting, NO_PREKEYS)
+            events += self._not_sent(nick, self._answered(nick), NO_PREKEYS)
         now = self._clock()
         for message_id, envelopes in sealed.items():
             self._outgoing.write(send_frames(message_id, envelopes), now)
         return events
+
+    def _answered(self, nick: str) -> list[tuple[int, Prepared, int]]:
+        """The relay answered one fetch for ``nick``: the copies that waited for it."""
+        asked = self._fetching.get(nick, 0)
+        if not asked:
+            raise RemoteProtocolError(detail=f"relay answered for {nick}, whom we did not ask about")
+        if asked == 1:
+            del self._fetching[nick]
+        else:
+            self._fetching[nick] = asked - 1
+        return self._awaiting.pop(nick, [])
+
+    def given_up(self, message_id: int) -> None:
+        """Message ``message_id`` is settled without its receipts (they timed out): its
+        copies still waiting for a bundle wait no more, and a later message to the same
+        people asks for their bundles again (the relay may have refused the fetch)."""
+        for nick in list(self._awaiting):
+            waiting = [copy for copy in self._awaiting[nick] if copy[0] != message_id]
+            if waiting:
+                self._awaiting[nick] = waiting
+            else:
+                del self._awaiting[nick]
 
     def _bad_bundle(self, exc: BadPrekeyBundle) -> SecurityWarning:
         what = "is not signed by their identity key" if isinstance(exc, BadPrekeySignature) else str(exc)

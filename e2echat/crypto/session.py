@@ -46,6 +46,7 @@ from e2echat.crypto.skipped import SkippedKeys
 from e2echat.crypto.xeddsa import xeddsa_verify
 from e2echat.errors import (
     BadPrekeyBundle,
+    BadPrekeySignature,
     BadRatchetState,
     DecryptionError,
     LocalProtocolError,
@@ -221,15 +222,26 @@ class PeerSession:
 
     # -- starting a session ---------------------------------------------------------------
 
+    def _check_identity(self, bundle: x3dh.PrekeyBundle) -> None:
+        if bytes(bundle.identity_key) != bytes(self.identity_key):
+            raise BadPrekeyBundle(
+                nick=self.peer, detail="it is for another identity key than the directory shows"
+            )
+
+    def check(self, bundle: x3dh.PrekeyBundle) -> None:
+        """What ``start`` checks of a bundle, without starting a session: raises
+        ``BadPrekeyBundle`` (or ``BadPrekeySignature``) if it is not the peer's."""
+        self._check_identity(bundle)
+        message = x3dh.signed_prekey_message(bundle.signed_prekey_id, bundle.signed_prekey)
+        if not xeddsa_verify(bundle.identity_key, message, bundle.signed_prekey_signature):
+            raise BadPrekeySignature(nick=self.peer, prekey_id=bundle.signed_prekey_id)
+
     def start(self, bundle: x3dh.PrekeyBundle, *, ephemeral: PrivateKey | None = None) -> None:
         """Start a session from the peer's prekey bundle (as the relay gave it); it becomes
         the current one. Raises ``BadPrekeySignature`` if the signed prekey is not signed
         by their identity key, ``BadPrekeyBundle`` if the bundle is for another identity
         key or unusable. ``ephemeral`` is for known-answer tests only."""
-        if bytes(bundle.identity_key) != bytes(self.identity_key):
-            raise BadPrekeyBundle(
-                nick=self.peer, detail="it is for another identity key than the directory's"
-            )
+        self._check_identity(bundle)
         started = x3dh.initiate(
             self._identity,
             bundle,
