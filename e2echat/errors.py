@@ -180,7 +180,7 @@ class _KeyFileProblem(E2EChatError):
 
 
 class KeyFileError(_KeyFileProblem):
-    """cannot use key file {path}: {detail}"""
+    """cannot use {path}: {detail}"""
 
 
 class CommandError(E2EChatError):

@@ -33,7 +33,7 @@ def test_attributes_are_typed_fields_and_fill_the_text() -> None:
 def test_text_from_a_peer_is_not_a_template() -> None:
     """Braces in a detail (which may quote what a peer sent) are shown as they are."""
     error = KeyFileError(path=Path("/x"), detail="{nick} {0} {")
-    assert str(error) == "cannot use key file /x: {nick} {0} {"
+    assert str(error) == "cannot use /x: {nick} {0} {"
 
 
 @pytest.mark.parametrize(
