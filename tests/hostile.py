@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from nacl.public import PrivateKey, PublicKey
 
-from e2echat.crypto.session import Party, PeerSession
+from e2echat.crypto.keyring import Keyring
+from e2echat.crypto.session import Kind, PeerSession
+from e2echat.crypto.x3dh import PrekeyBundle
 from e2echat.errors import RemoteProtocolError
 from e2echat.relay.core import Action, Close, ConnId
 from e2echat.relay.server import Relay, _Link
@@ -146,20 +150,41 @@ def flip_bit(data: bytes, bit: int) -> bytes:
     return bytes(changed)
 
 
-def made_up_peers(relay: HostileRelay, victim: str, count: int, prefix: str = "fake") -> list[PeerSession]:
-    """``count`` people the relay makes up (``fake0``, ``fake1``, ...), each with keys of
-    its own and a session with ``victim`` (whose keys it read from the registration), so
-    that it can announce them (``PeerInfo``) and deliver real messages from them."""
+@dataclass(frozen=True)
+class MadeUp:
+    """Someone the relay made up: keys of its own (``info`` announces them) and a session
+    with the victim, started from the victim's signed prekey as the relay holds it."""
+
+    info: m.PeerInfo
+    session: PeerSession
+
+    @property
+    def nick(self) -> str:
+        return self.info.nick
+
+    def deliver(self, text: str) -> m.Deliver:
+        """A real room message from them to the victim, as the relay would pass it on."""
+        return m.Deliver(self.nick, self.session.encrypt(text, Kind.ROOM))
+
+
+def victims_bundle(relay: HostileRelay, victim: str) -> PrekeyBundle:
+    """``victim``'s bundle as the relay can make it from what ``victim`` sent: its
+    identity key and the signed prekey it registered with (no one-time prekey)."""
     registered = [msg for _, msg in relay.received if isinstance(msg, m.Register) and msg.nick == victim]
-    them = Party(victim, registered[-1].identity_key, registered[-1].session_key)
+    signed = registered[-1].signed_prekey
+    return PrekeyBundle(registered[-1].identity_key, signed.key, signed.id, signed.signature)
+
+
+def made_up_peers(relay: HostileRelay, victim: str, count: int, prefix: str = "fake") -> list[MadeUp]:
+    """``count`` people the relay makes up (``fake0``, ``fake1``, ...), each with keys of
+    its own and a session with ``victim``, so that it can announce them and deliver real
+    messages from them."""
+    bundle = victims_bundle(relay, victim)
     made = []
     for index in range(count):
-        identity, session = PrivateKey.generate(), PrivateKey.generate()
-        made.append(PeerSession(f"{prefix}{index}", identity, session, them))
+        keyring = Keyring.fresh(f"{prefix}{index}", PrivateKey.generate(), time.time())
+        session = keyring.peer(victim, bundle.identity_key)
+        session.start(bundle)
+        info = m.PeerInfo(keyring.nick, keyring.identity.public_key, PrivateKey.generate().public_key)
+        made.append(MadeUp(info, session))
     return made
-
-
-def peer_info(session: PeerSession) -> m.PeerInfo:
-    """How the relay announces the owner of ``session``."""
-    ours = session.ours
-    return m.PeerInfo(ours.nick, ours.identity_key, ours.session_key)

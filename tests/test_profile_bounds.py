@@ -14,14 +14,14 @@ from test_cores import FakeWire, _frame
 from e2echat.client.core import ClientCore, KeyChanged, KeyPinned, MessageReceived, SecurityWarning
 from e2echat.client.directory import MAX_PEERS, RETIRED_PER_NICK, RETIRED_TOTAL, Directory
 from e2echat.client.trust import KnownPeers, Trust
-from e2echat.crypto.session import Kind, Party
+from e2echat.crypto.session import Party
 from e2echat.errors import RelayGone, RemoteProtocolError
 from e2echat.relay.core import ConnId
 from e2echat.store.pins import KNOWN_PEERS_FILE, PinFile
 from e2echat.wire import messages as m
 from e2echat.wire.grammar import CHALLENGE_SIZE
 
-from hostile import HostileRelay, made_up_peers, peer_info
+from hostile import HostileRelay, made_up_peers
 from relay_frames import Outgoing
 from support import connect, running
 
@@ -34,7 +34,7 @@ async def test_strangers_coming_and_going_pin_nothing(tmp_path: Path) -> None:
     store = PinFile(tmp_path / KNOWN_PEERS_FILE)
     async with running(HostileRelay()) as relay:
         alice = await connect(relay, "alice", known_peers=store.load(), pin_file=store)
-        strangers = [peer_info(fake) for fake in made_up_peers(relay, "alice", 500)]
+        strangers = [fake.info for fake in made_up_peers(relay, "alice", 500)]
         relay.inject_many("alice", [m.PeerJoined(peer) for peer in strangers])
         relay.inject_many("alice", [m.PeerLeft(peer.nick) for peer in strangers])
         while alice.connection.core.peers or len(alice.seen) < 1000:
@@ -205,10 +205,8 @@ async def test_people_a_relay_makes_up_cannot_grow_the_pin_file_past_its_bound(t
     async with running(HostileRelay()) as relay:
         alice = await connect(relay, "alice", known_peers=known, pin_file=store)
         fakes = made_up_peers(relay, "alice", 60)
-        relay.inject_many("alice", [m.PeerJoined(peer_info(fake)) for fake in fakes])
-        relay.inject_many(
-            "alice", [m.Deliver(fake.ours.nick, fake.encrypt("hi", Kind.ROOM)) for fake in fakes]
-        )
+        relay.inject_many("alice", [m.PeerJoined(fake.info) for fake in fakes])
+        relay.inject_many("alice", [fake.deliver("hi") for fake in fakes])
         for _ in fakes:
             await alice.next(MessageReceived)
         await alice.connection.close()

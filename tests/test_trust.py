@@ -31,7 +31,7 @@ from e2echat.store.pins import KNOWN_PEERS_FILE, PinFile
 from e2echat.ui.chat import Chat
 from e2echat.wire import messages as m
 
-from hostile import HostileRelay, made_up_peers, peer_info, substitute_keys
+from hostile import HostileRelay, made_up_peers, substitute_keys
 from support import connect, meet, peers, run_cli, running, running_relay, text_into
 
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "safety_numbers.json").read_text())["vectors"]
@@ -378,10 +378,8 @@ async def test_many_new_contacts_are_pinned_in_few_writes(
     async with running(hostile) as relay:
         alice = await connect(relay, "alice", known_peers=store.load(), pin_file=store)
         fakes = made_up_peers(relay, "alice", 300)
-        relay.inject_many("alice", [m.PeerJoined(peer_info(fake)) for fake in fakes])
-        relay.inject_many(
-            "alice", [m.Deliver(fake.ours.nick, fake.encrypt("hi", Kind.ROOM)) for fake in fakes]
-        )
+        relay.inject_many("alice", [m.PeerJoined(fake.info) for fake in fakes])
+        relay.inject_many("alice", [fake.deliver("hi") for fake in fakes])
         for _ in fakes:
             await alice.next(MessageReceived)
         await alice.connection.close()  # waits for the last write
