@@ -7,6 +7,7 @@ import json
 import os
 import re
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -19,10 +20,11 @@ from e2echat.client.core import (
     PeerJoined,
     SecurityWarning,
     SendReport,
+    SplitView,
 )
 from e2echat.client.trust import KnownPeers, Trust
 from e2echat.crypto.identity import format_safety_number, safety_number
-from e2echat.crypto.session import Kind, Party, PeerSession
+from e2echat.crypto.keyring import Keyring
 from e2echat.errors import CommandError, DecryptionError, KeyFileError, PassphraseRequired, WrongPassphrase
 from e2echat.store import pins
 from e2echat.store.files import write_private_file
@@ -245,38 +247,32 @@ async def test_relay_substituting_an_identity_key_is_caught_and_gets_nothing() -
         await alice.connection.close()
 
 
-async def test_relay_substituting_only_a_session_key_gets_no_session() -> None:
+async def test_relay_substituting_only_a_session_key_gains_nothing() -> None:
+    """Sessions come from identity keys and prekeys (X3DH); a connection's session key
+    only proves its registration. A relay that shows alice another session key for bob
+    gains nothing by it: they talk as before, and the relay, with the session key it
+    substituted and every public key and bundle it handed out, reads nothing. The lie
+    itself shows: each is told that the other sees another directory."""
     mallory_session = PrivateKey.generate()
     hostile = HostileRelay(substitute_keys("alice", "bob", session_key=mallory_session.public_key))
     async with running(hostile) as relay, peers(relay, "alice", "bob") as (alice, bob):
-        # The identity key is the real one, so nothing looks changed ...
-        assert alice.connection.core.trust("bob") is Trust.UNVERIFIED
-        # ... but no session can be established: each side reports, nothing is shown as bob's.
-        bob.connection.send_private("alice", "hi alice")
-        warning = await alice.next_delivery()
-        assert isinstance(warning, SecurityWarning) and "bob" in warning.text
+        assert alice.connection.core.directory["bob"].session_key == mallory_session.public_key
+        assert alice.connection.core.trust("bob") is Trust.UNVERIFIED  # nothing looks changed
         alice.connection.send_private("bob", "hi bob")
-        assert isinstance(await bob.next_delivery(), SecurityWarning)
-        assert not any(isinstance(e, MessageReceived) for e in alice.seen + bob.seen)
+        assert await bob.next_delivery() == SplitView("alice")
+        assert await bob.next_delivery() == MessageReceived("alice", "hi bob", private=True)
+        bob.connection.send_private("alice", "hi alice")
+        assert await alice.next_delivery() == SplitView("bob")
+        assert await alice.next_delivery() == MessageReceived("bob", "hi alice", private=True)
+        assert not [e for e in alice.seen + bob.seen if isinstance(e, SecurityWarning | KeyChanged)]
 
-        # And the relay, holding the substituted session key, cannot read alice's message.
+        # Posing as bob with its own keys (it has no private key of bob's), the relay
+        # cannot open alice's first message to him.
         body = next(e.body for send in relay.sends_from("alice") for e in send.items if e.to == "bob")
-        attacker = PeerSession(
-            "bob",
-            PrivateKey.generate(),  # mallory does not have bob's identity key
-            mallory_session,
-            Party("alice", *_public_keys(relay, "alice")),
-        )
+        mallory = Keyring.fresh("bob", PrivateKey.generate(), time.time())
+        alice_identity = alice.connection.core.keyring.identity.public_key
         with pytest.raises(DecryptionError):
-            attacker.decrypt(body)
-
-
-def _public_keys(relay: HostileRelay, nick: str) -> tuple[PublicKey, PublicKey]:
-    """The keys ``nick`` registered, as the relay saw them."""
-    for _, message in relay.received:
-        if isinstance(message, m.Register) and message.nick == nick:
-            return message.identity_key, message.session_key
-    raise AssertionError(f"{nick} never registered")
+            mallory.peer("alice", alice_identity).decrypt(body)
 
 
 # -- verification -------------------------------------------------------------------------------
