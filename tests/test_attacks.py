@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import Callable
 
 import pytest
-from nacl.public import PrivateKey, PublicKey
+from nacl.public import PrivateKey
 from nacl.secret import SecretBox
+from test_session import started
 
 from e2echat.client.connection import Connection
 from e2echat.client.core import (
@@ -21,8 +23,10 @@ from e2echat.client.core import (
     SecurityWarning,
     SplitView,
 )
-from e2echat.crypto import session as session_module
-from e2echat.crypto.session import MAX_SKIP, Kind, Party, PeerSession, chain_step
+from e2echat.crypto.kdf import kdf_chain
+from e2echat.crypto.keyring import Keyring
+from e2echat.crypto.ratchet import MAX_SKIP, MIN_MESSAGE
+from e2echat.crypto.session import PREKEY_HEADER_SIZE, PREKEY_MESSAGE, Kind
 from e2echat.errors import DecryptionError, RelayGone, RemoteProtocolError
 from e2echat.relay.core import Action, RelayCore, Write
 from e2echat.wire import messages as m
@@ -31,33 +35,40 @@ from e2echat.wire.framing import encode_frame
 
 from hostile import HostileRelay, Tamper, deliveries, flip_bit, substitute_keys
 from relay_frames import Outgoing
-from support import LOOPBACK, WAIT, connect, peers, running
+from support import LOOPBACK, WAIT, connect, meet, peers, running
 
 # -- 1. integrity -----------------------------------------------------------------------------
 
 
 async def test_integrity_flipped_bits_in_bodies_are_never_shown() -> None:
-    """The relay flips one bit in each message to bob, sweeping header, nonce, tag and
-    ciphertext. bob shows none of them, and the session survives every attempt."""
-    positions = iter(range(0, 8 * 120, 7))  # every 7th bit of the first 120 bytes
+    """The relay flips one bit in each message from alice to bob. It sweeps first messages
+    (type, identity key, base key, prekey ids, then the ratchet header and tag) while bob
+    has no session with alice, then, once the session is established, ratchet messages
+    (header, tag, nonce, ciphertext). bob shows none of them, and the session survives
+    every attempt."""
+    flips: list[int] = []  # the bits still to flip, one a message
 
     def tamper(relay: HostileRelay, action: Outgoing, deliver: m.Deliver) -> list[Outgoing]:
-        bit = next(positions, None)
-        if bit is None or bit >= 8 * len(deliver.body):
+        if deliver.sender != "alice" or not flips:
             return [action]
-        return [Outgoing(action.conn, m.Deliver(deliver.sender, flip_bit(deliver.body, bit)))]
+        return [Outgoing(action.conn, m.Deliver(deliver.sender, flip_bit(deliver.body, flips.pop(0))))]
 
-    async with (
-        running(HostileRelay(deliveries(tamper))) as relay,
-        peers(relay, "alice", "bob") as (alice, bob),
-    ):
-        attempts = len(range(0, 8 * 120, 7))
-        for i in range(attempts):
-            alice.connection.send_private("bob", f"message {i:03d} padded to cover the ciphertext")
-        warnings = [await bob.next_delivery() for _ in range(attempts)]
-        assert all(isinstance(w, SecurityWarning) for w in warnings), warnings
-        alice.connection.send_private("bob", "untouched")  # positions exhausted: passes as is
-        assert (await bob.next(MessageReceived)).text == "untouched"
+    hostile = HostileRelay(deliveries(tamper), rate=1e9, burst=1e9)  # hundreds of messages
+    async with running(hostile) as relay, peers(relay, "alice", "bob") as (alice, bob):
+        for sweep, kind in [
+            (range(0, 8 * (PREKEY_HEADER_SIZE + 57), 11), "first"),  # the prekey header, 41 + 16
+            (range(0, 8 * 120, 7), "ratchet"),  # ratchet header, tag, nonce, the ciphertext's start
+        ]:
+            flips.extend(sweep)
+            for i in range(len(sweep)):
+                alice.connection.send_private("bob", f"{kind} message {i:03d} padded to cover the ciphertext")
+            warnings = [await bob.next_delivery() for _ in sweep]
+            assert all(isinstance(w, SecurityWarning) for w in warnings), warnings
+            alice.connection.send_private("bob", f"untouched {kind}")  # flips used up: passes as is
+            assert (await bob.next(MessageReceived)).text == f"untouched {kind}"
+            bob.connection.send_private("alice", "answered")  # alice's next are ratchet messages
+            await alice.next(MessageReceived)
+        assert alice.connection.core.keyring.peers["bob"].confirmed
 
 
 def _harness() -> tuple[ClientCore, list[bytes]]:
@@ -211,7 +222,8 @@ async def test_gap_beyond_the_skipped_key_bound_is_rejected() -> None:
         for i in range(MAX_SKIP + 2):
             alice.connection.send_private("bob", f"#{i}")
         rejected = await bob.next_delivery()
-        assert isinstance(rejected, SecurityWarning) and f"more than the {MAX_SKIP} allowed" in rejected.text
+        assert isinstance(rejected, SecurityWarning)
+        assert f"more than the {MAX_SKIP} e2echat will wait for" in rejected.text
 
 
 # -- 5. room vs private ---------------------------------------------------------------------------
@@ -221,11 +233,18 @@ _KIND_PREFIX = b'{"from":"alice","to":"bob","kind":"'
 _KIND_MASK = bytes(a ^ b for a, b in zip(b'private"', b'room"   ', strict=True))
 
 
+def _kind_at(body: bytes) -> int:
+    """Where the kind's value starts in a body: after the prekey header of a first
+    message, the ratchet header, tag, nonce and the box's tag, then the JSON before it."""
+    prekey_header = PREKEY_HEADER_SIZE if body[0] == PREKEY_MESSAGE else 0
+    return prekey_header + MIN_MESSAGE + len(_KIND_PREFIX)
+
+
 def _forge_kind(body: bytes) -> bytes:
     """XSalsa20 is a stream cipher: flipping ciphertext bits flips the same plaintext bits.
     The plaintext layout is public, so this turns `"kind":"private"` into `"kind":"room"   `
     (still valid JSON, same length) without knowing any key."""
-    offset = 1 + 8 + 24 + 16 + len(_KIND_PREFIX)  # version, counter, nonce, tag
+    offset = _kind_at(body)
     forged = bytearray(body)
     for i, byte in enumerate(_KIND_MASK):
         forged[offset + i] ^= byte
@@ -247,28 +266,33 @@ def test_the_kind_forgery_would_work_without_authentication() -> None:
     """Positive control for the test above: opened without the tag check (here: with the
     message key, XORing the plaintext as the relay XORed the ciphertext), the forgery is a
     well-formed room message. Only the authentication stops it."""
-    alice, bob = PrivateKey.generate(), PrivateKey.generate()
-    alice_session, bob_session = PrivateKey.generate(), PrivateKey.generate()
-    alice_party = Party("alice", alice.public_key, alice_session.public_key)
-    sender = PeerSession("alice", alice, alice_session, Party("bob", bob.public_key, bob_session.public_key))
-    replica = PeerSession("bob", bob, bob_session, alice_party)
-    body = sender.encrypt("between us", Kind.PRIVATE)
-    _, message_key = chain_step(replica._receiving._chain)
-    plaintext = SecretBox(message_key).decrypt(body[9:])
+    _, _, to_bob, to_alice = started()
+    # The message key the next message goes under: the sender's, one chain step on.
+    _, message_key = kdf_chain(to_bob._sessions[0].ratchet._cks or b"")
+    body = to_bob.encrypt("between us", Kind.PRIVATE)
+    box_at = PREKEY_HEADER_SIZE + MIN_MESSAGE - 16 - 24  # nonce, then the box (tag first)
+    plaintext = SecretBox(message_key).decrypt(body[box_at + 24 :], body[box_at : box_at + 24])
     start = len(_KIND_PREFIX)
     assert plaintext.startswith(_KIND_PREFIX) and plaintext[start : start + 8] == b'private"'
+    assert _kind_at(body) == PREKEY_HEADER_SIZE + MIN_MESSAGE + start
     forged = bytes(p ^ k for p, k in zip(plaintext[start : start + 8], _KIND_MASK, strict=True))
     assert json.loads(plaintext[:start] + forged + plaintext[start + 8 :])["kind"] == "room"
     with pytest.raises(DecryptionError):
-        replica.decrypt(_forge_kind(body))
+        to_alice.decrypt(_forge_kind(body))
+    assert to_alice.decrypt(body).kind is Kind.PRIVATE  # the forgery left no trace
 
 
 # -- 6. forward secrecy -------------------------------------------------------------------------
 
 
-async def test_recorded_traffic_stays_secret_when_identity_keys_leak_later(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_recorded_traffic_stays_secret_when_identity_keys_leak_later() -> None:
+    """The relay records every body alice sends bob. Afterwards the attacker gets both
+    identity private keys and bob's whole state as it is then (his keyring: sessions,
+    prekeys, as saved), and even drops his session with alice to start afresh from the
+    recorded first message. Nothing decrypts: the message keys are gone, and the one-time
+    prekey the first message used was deleted when it arrived. Positive control: the
+    same attack with bob's state from before the messages (stolen earlier) reads the
+    messages of the first chain."""
     alice_identity, bob_identity = PrivateKey.generate(), PrivateKey.generate()
     secrets = ["the safe code is 2468", "meet at the north gate"]
     async with running(HostileRelay()) as relay:
@@ -276,78 +300,53 @@ async def test_recorded_traffic_stays_secret_when_identity_keys_leak_later(
         bob = await connect(relay, "bob", bob_identity)
         while "bob" not in alice.connection.core.peers:
             await alice.next_any_event()
+        earlier = bob.connection.core.keyring.rows()
         for text in secrets:
             alice.connection.send_private("bob", text)
         for text in secrets:
             assert (await bob.next(MessageReceived)).text == text
-        bob_session_key = bob.connection.core._session_key  # positive control, see below
+        bob.connection.send_private("alice", "noted")  # a DH ratchet step each way
+        await alice.next(MessageReceived)
+        alice.connection.send_private("bob", "burn this")
+        await bob.next(MessageReceived, lambda e: e.text == "burn this")
+        recorded = [e.body for send in relay.sends_from("alice") for e in send.items if e.to == "bob"]
         for peer in (alice, bob):
             await peer.connection.close()
-            assert peer.connection.core._sessions.by_nick == {}  # chain keys dropped with the connection
-        recorded = [e.body for _, msg in relay.received if isinstance(msg, m.Send) for e in msg.items]
-        registered = {msg.nick: msg for _, msg in relay.received if isinstance(msg, m.Register)}
+        later = bob.connection.core.keyring.rows()
 
-    alice_party = Party("alice", alice_identity.public_key, registered["alice"].session_key)
-    bob_public_session = registered["bob"].session_key
-    identity_privates = {bytes(k.public_key): k for k in (alice_identity, bob_identity)}
-
-    class BobsSessionKey:
-        """Stands in for bob's session private key, which the attacker does not have."""
-
-        public_key = bob_public_session
-
-    def attacker_dh(private: PrivateKey | BobsSessionKey, public: PublicKey) -> bytes:
-        # The attacker's best: DH(EK_bob, P) = DH(P's private, EK_bob) when P is an identity
-        # key it stole. For DH(EK_bob, EK_alice) it has nothing, and must guess.
-        if isinstance(private, BobsSessionKey):
-            known = identity_privates.get(bytes(public))
-            if known is None:
-                return bytes(32)
-            return real_dh(known, bob_public_session)
-        return real_dh(private, public)
-
-    real_dh = session_module._dh
-    monkeypatch.setattr(session_module, "_dh", attacker_dh)
-
-    def attempt(session_private: PrivateKey | BobsSessionKey) -> list[str]:
-        # The ignore: a stand-in for the key the attacker lacks, which attacker_dh expects.
-        session = PeerSession("bob", bob_identity, session_private, alice_party)  # type: ignore[arg-type]
+    def attempt(rows: dict[str, bytes], *, afresh: bool = False) -> list[str]:
+        keyring = Keyring.from_rows("bob", bob_identity, rows, time.time())
+        if afresh:
+            keyring.forget("alice")  # no session, no memory of base keys
+        with_alice = keyring.peer("alice", alice_identity.public_key)
         texts = []
         for body in recorded:
             with contextlib.suppress(DecryptionError):
-                texts.append(session.decrypt(body).text)
-        return texts
+                texts.append(with_alice.decrypt(body).text)
+        return [text for text in texts if text]  # receipts have none
 
-    # The attacker has both identity private keys and every public key. It computes every
-    # DH that those allow, but not DH(EK, EK): nothing decrypts.
-    assert attempt(BobsSessionKey()) == []
-    # Positive control: had bob's session key survived, the same attempt would succeed.
-    monkeypatch.setattr(session_module, "_dh", real_dh)
-    assert attempt(bob_session_key) == secrets
+    assert len(recorded) >= 3
+    assert attempt(later) == []
+    assert attempt(later, afresh=True) == []
+    assert attempt(earlier) == secrets  # positive control
 
 
 def test_message_keys_are_gone_after_use() -> None:
-    alice, bob = PrivateKey.generate(), PrivateKey.generate()
-    alice_session, bob_session = PrivateKey.generate(), PrivateKey.generate()
-    bob_party = Party("bob", bob.public_key, bob_session.public_key)
-    alice_party = Party("alice", alice.public_key, alice_session.public_key)
-    sender = PeerSession("alice", alice, alice_session, bob_party)
-    receiver = PeerSession("bob", bob, bob_session, alice_party)
-    replica = PeerSession("bob", bob, bob_session, alice_party)  # knows every key, for comparison
-    chain, used_keys = replica._receiving._chain, []
-    for i in range(3):
-        receiver.decrypt(sender.encrypt(f"m{i}", Kind.ROOM))
-        chain, key = chain_step(chain)
-        used_keys.append(key)
-    state = repr(vars(receiver))
-    assert all(key.hex() not in state and repr(key) not in state for key in used_keys)
-    # Nor among the receiving keys kept: the chain, the lookahead, the skipped keys.
-    receiving = receiver._receiving
-    budget = receiving._budget
-    kept = receiving._chain + b"".join(budget._ahead.values())
-    kept += b"".join(key for keys in budget._skipped.values() for key in keys.values())
+    """Every message key bob used, including those kept a while for messages that came
+    late, is gone from all he keeps once the messages are read."""
+    _, bob, to_bob, to_alice = started()
+    used_keys, bodies = [], []
+    for i in range(4):
+        _, message_key = kdf_chain(to_bob._sessions[0].ratchet._cks or b"")
+        used_keys.append(message_key)
+        bodies.append(to_bob.encrypt(f"m{i}", Kind.ROOM))
+    assert to_alice.decrypt(bodies[3]).skipped == 3  # three keys kept for the late ones
+    assert to_alice.missing == 3
+    for body in bodies[:3]:
+        assert to_alice.decrypt(body).late
+    kept = b"".join(bob.rows().values())
     assert all(key not in kept for key in used_keys)
-    assert receiver.missing == 0
+    assert to_alice.missing == 0 and len(bob.budget) == 0
 
 
 # -- 7. cross-session replay ----------------------------------------------------------------------
@@ -369,12 +368,16 @@ async def test_frames_from_an_earlier_connection_are_rejected() -> None:
         assert (await bob.next(MessageReceived)).text == "transfer approved"
         await bob.connection.close()
 
-        bob_again = await connect(relay, "bob", bob_identity)
+        # bob's next connection goes on with his sessions, as his profile's keyring does.
+        keyring = bob.connection.core.keyring
+        bob_again = await connect(relay, "bob", bob_identity, keyring=keyring)
         while bob_again.connection.core.peers != ["alice"]:
             await bob_again.next_any_event()
         relay.inject("bob", recorded[0])
         warning = await bob_again.next_delivery()
-        assert isinstance(warning, SecurityWarning)
+        assert isinstance(warning, SecurityWarning) and "replay" in warning.text
+        alice.connection.send_private("bob", "and the next one")  # the session itself goes on
+        assert await bob_again.next_delivery() == MessageReceived("alice", "and the next one", private=True)
         await bob_again.connection.close()
 
 
@@ -412,17 +415,40 @@ async def test_client_refuses_another_protocol_version(version: int) -> None:
         server.close()
 
 
-@pytest.mark.parametrize("version", [0, 2])
-async def test_message_body_of_another_version_is_refused(version: int) -> None:
-    rewrite = _once(
-        lambda relay, action, d: [Outgoing(action.conn, m.Deliver(d.sender, bytes([version]) + d.body[1:]))]
-    )
-    async with running(HostileRelay(rewrite)) as relay, peers(relay, "alice", "bob") as (alice, bob):
-        alice.connection.send_private("bob", "v1 only")
+@pytest.mark.parametrize(
+    ("first", "at", "version", "refused"),
+    [
+        (False, 0, 0, "unsupported message type 0"),
+        (False, 0, 3, "unsupported message type 3"),
+        (True, PREKEY_HEADER_SIZE, 0, "unsupported message version 0"),  # the ratchet message inside
+        (True, PREKEY_HEADER_SIZE, 2, "unsupported message version 2"),
+    ],
+    ids=["type-0", "type-3", "first-version-0", "first-version-2"],
+)
+async def test_message_body_of_another_version_is_refused(
+    first: bool, at: int, version: int, refused: str
+) -> None:
+    """The relay rewrites the version byte of a message from alice to bob: a ratchet
+    message's type, or the version of the ratchet message inside a first message."""
+    armed: list[bool] = []
+
+    def downgrade(relay: HostileRelay, action: Outgoing, deliver: m.Deliver) -> list[Outgoing]:
+        if not armed or deliver.sender != "alice":
+            return [action]
+        armed.clear()
+        body = deliver.body[:at] + bytes([version]) + deliver.body[at + 1 :]
+        return [Outgoing(action.conn, m.Deliver(deliver.sender, body))]
+
+    async with (
+        running(HostileRelay(deliveries(downgrade))) as relay,
+        peers(relay, "alice", "bob") as (alice, bob),
+    ):
+        if not first:
+            await meet(alice, bob)
+        armed.append(True)
+        alice.connection.send_private("bob", "v2 only")
         warning = await bob.next_delivery()
-        assert (
-            isinstance(warning, SecurityWarning) and f"unsupported message version {version}" in warning.text
-        )
+        assert isinstance(warning, SecurityWarning) and refused in warning.text
 
 
 # -- 9. split view ---------------------------------------------------------------------------------
