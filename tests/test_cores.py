@@ -29,9 +29,12 @@ from e2echat.client.core import (
     SendReport,
     receipt_gap,
 )
+from e2echat.client.outbox import BAD_BUNDLE
 from e2echat.client.receipts import DeliveryReport
 from e2echat.client.trust import Trust
 from e2echat.crypto.identity import opened_identity_proof, registration_proof, session_proof_verifies
+from e2echat.crypto.x3dh import signed_prekey_message
+from e2echat.crypto.xeddsa import xeddsa_sign
 from e2echat.errors import CommandError, LocalProtocolError, RemoteProtocolError
 from e2echat.relay.core import Action, Close, ConnId, RelayCore, Write
 from e2echat.relay.limits import Limits
@@ -40,7 +43,7 @@ from e2echat.wire.codec import decode_message, encode_message
 from e2echat.wire.framing import FrameDecoder, encode_frame
 from e2echat.wire.grammar import SESSION_PROOF_SIZE
 
-from relay_frames import Outgoing, decode_frame
+from relay_frames import Outgoing, any_signed_prekey, decode_frame
 
 UNLIMITED = Limits(rate=1e9, burst=1e9)
 
@@ -295,6 +298,7 @@ def test_each_proof_answers_one_challenge_one_relay_and_the_pair_of_keys() -> No
         identity.public_key,
         session.public_key,
         *registration_proof(identity, session, challenge, b"pw"),
+        any_signed_prekey(),
     )
     assert opened_identity_proof(relay, challenge.challenge, register) == b"pw"
     assert session_proof_verifies(relay, challenge.challenge, register)
@@ -359,12 +363,14 @@ def test_private_message_reaches_only_its_target(byte_by_byte: bool) -> None:
     assert wire.take(bob) == [MessageReceived("alice", "just for you", private=True)]
     assert wire.take(alice) == [SendReport(message_id, True, ("bob",), ())]
     assert wire.take(carol) == []
-    # Not even a ciphertext, nor any sign that a message was sent, went to Carol: the
-    # message to bob, the relay's answer to alice, bob's receipt to alice, the answer to bob.
-    assert [a.conn for a in wire.outgoing[before:]] == [bob, alice, alice, bob]
+    # Not even a ciphertext, nor any sign that a message was sent, went to Carol: bob's
+    # bundle to alice, the message to bob, the relay's answer to alice, bob's receipt to
+    # alice, the answer to bob.
+    assert [a.conn for a in wire.outgoing[before:]] == [alice, bob, alice, alice, bob]
     assert all(a.conn != carol for a in wire.outgoing[before:])
     (send,) = [s for s in wire.sent[alice] if isinstance(s, m.Send)]
     assert [e.to for e in send.items] == ["bob"]
+    assert [f.nicks for f in wire.sent[alice] if isinstance(f, m.Fetch)] == [("bob",)]
 
 
 def test_conversation_both_ways_keeps_working() -> None:
@@ -397,21 +403,25 @@ def test_deliver_carries_the_true_sender() -> None:
     assert isinstance(delivers[1].message, m.Deliver) and delivers[1].message.sender == "carol"
 
 
-def _captured_body(client: ClientCore, recipient: str, text: str) -> bytes:
-    """Encrypt for ``recipient`` and intercept the ciphertext before it leaves."""
+def _captured_body(wire: FakeWire, conn: ConnId, recipient: str, text: str) -> bytes:
+    """Encrypt for ``recipient`` and intercept the ciphertext before it leaves. What else
+    the client writes goes to the relay: a fetch of the recipient's bundle, say."""
+    client = wire.clients[conn]
     client.send_private(recipient, text)
-    decoder = FrameDecoder()
-    (frame,) = decoder.receive_data(client.data_to_send())
-    send = decode_message(frame)
-    assert isinstance(send, m.Send)
-    (envelope,) = send.items
-    return envelope.body
+    while True:
+        decoder = FrameDecoder()
+        for frame in decoder.receive_data(client.data_to_send()):
+            message = decode_message(frame)
+            if isinstance(message, m.Send):
+                (envelope,) = message.items
+                return envelope.body
+            wire.to_relay(conn, _frame(message))
 
 
 def test_relay_relabelling_the_sender_is_detected() -> None:
     wire, _, bob, carol = _three()
     wire.take_all()
-    body = _captured_body(wire.clients[bob], "carol", "from bob")
+    body = _captured_body(wire, bob, "carol", "from bob")
     wire.deliver(carol, _frame(m.Deliver("alice", body)))
     events = wire.take(carol)
     assert len(events) == 1 and isinstance(events[0], SecurityWarning)
@@ -423,7 +433,7 @@ def test_relay_relabelling_the_sender_is_detected() -> None:
 def test_relay_replaying_a_deliver_is_detected() -> None:
     wire, _, bob, carol = _three()
     wire.take_all()
-    body = _captured_body(wire.clients[bob], "carol", "pay 10")
+    body = _captured_body(wire, bob, "carol", "pay 10")
     wire.deliver(carol, _frame(m.Deliver("bob", body)))
     assert wire.take(carol) == [MessageReceived("bob", "pay 10", private=True)]
     wire.deliver(carol, _frame(m.Deliver("bob", body)))
@@ -434,8 +444,8 @@ def test_relay_replaying_a_deliver_is_detected() -> None:
 def test_relay_holding_back_a_message_is_reported() -> None:
     wire, _, bob, carol = _three()
     wire.take_all()
-    held = _captured_body(wire.clients[bob], "carol", "first")
-    later = _captured_body(wire.clients[bob], "carol", "second")
+    held = _captured_body(wire, bob, "carol", "first")
+    later = _captured_body(wire, bob, "carol", "second")
     wire.deliver(carol, _frame(m.Deliver("bob", later)))
     assert wire.take(carol) == [MessagesMissing("bob", 1), MessageReceived("bob", "second", private=True)]
     wire.deliver(carol, _frame(m.Deliver("bob", held)))
@@ -453,9 +463,13 @@ def test_deliver_from_someone_without_a_session_is_dropped() -> None:
 # -- leaving ------------------------------------------------------------------------------
 
 
-def test_disconnect_tells_the_others_and_drops_the_session() -> None:
+def test_disconnect_tells_the_others_and_keeps_the_session() -> None:
+    """bob leaves: everyone is told, and nothing can be sent to him; alice, who talked
+    with him, keeps their session for when he is back (the keyring outlives presence)."""
     wire, alice, bob, carol = _three()
+    wire.meet(alice, bob)
     wire.take_all()
+    kept = wire.clients[alice].keyring.peers["bob"].to_bytes()
     wire.hang_up(bob)
     assert wire.take(alice) == [PeerLeft("bob")]
     assert wire.take(carol) == [PeerLeft("bob")]
@@ -463,28 +477,75 @@ def test_disconnect_tells_the_others_and_drops_the_session() -> None:
     for conn in (alice, carol):
         client = wire.clients[conn]
         assert "bob" not in client.peers
-        # The chain keys are forgotten (forward secrecy for this pair), not just hidden.
-        assert "bob" not in client._sessions.by_nick
         with pytest.raises(CommandError):
             client.send_private("bob", "are you there?")
+    assert wire.clients[alice].keyring.peers["bob"].to_bytes() == kept
+    assert "bob" not in wire.clients[carol].keyring.peers  # they never talked
 
 
-def test_rejoining_peer_gets_a_fresh_session() -> None:
+def _received(wire: FakeWire, conn: ConnId) -> list[MessageReceived]:
+    return [e for e in wire.take(conn) if isinstance(e, MessageReceived)]
+
+
+def _base_keys(client: ClientCore, nick: str) -> list[bytes]:
+    """The sessions ``client`` has with ``nick``, by the base key that names each."""
+    return [session.base_key for session in client.keyring.peers[nick]._sessions]
+
+
+def test_a_rejoining_peer_keeps_the_session_and_a_replay_stays_refused() -> None:
+    """bob reconnects with his identity and his keyring (as his profile keeps it): the
+    conversation goes on in the same session, with no new key agreement either way, and
+    the relay cannot replay to alice what bob sent on his earlier connection."""
     wire = FakeWire()
     alice = wire.connect("alice")
     bob_identity = PrivateKey.generate()
     bob = wire.connect("bob", identity=bob_identity)
-    body_old = _captured_body(wire.clients[bob], "alice", "old session")
+    wire.meet(alice, bob)
+    body_old = _captured_body(wire, bob, "alice", "old connection")
+    wire.pump()
+    wire.deliver(alice, _frame(m.Deliver("bob", body_old)))
+    assert wire.take(alice) == [MessageReceived("bob", "old connection", private=True)]
+    sessions = _base_keys(wire.clients[alice], "bob")
+    alice_sent_before = len(wire.sent[alice])
     wire.hang_up(bob)
-    new_bob = wire.connect("bob", identity=bob_identity)
+    new_bob = wire.connect("bob", identity=bob_identity, keyring=wire.clients[bob].keyring)
     wire.take_all()
-    # A message from Bob's earlier connection does not decrypt in the new session.
+    wire.deliver(alice, _frame(m.Deliver("bob", body_old)))
+    (event,) = wire.take(alice)
+    assert isinstance(event, SecurityWarning) and "replay" in event.text
+    wire.clients[new_bob].send_private("alice", "new connection")
+    wire.clients[alice].send_private("bob", "welcome back")
+    wire.pump()
+    assert _received(wire, alice) == [MessageReceived("bob", "new connection", private=True)]
+    assert _received(wire, new_bob) == [MessageReceived("alice", "welcome back", private=True)]
+    assert _base_keys(wire.clients[alice], "bob") == sessions
+    sent_since = wire.sent[alice][alice_sent_before:] + wire.sent[new_bob]
+    assert not [message for message in sent_since if isinstance(message, m.Fetch)]
+
+
+def test_a_peer_back_with_another_identity_key_gets_a_new_session() -> None:
+    """bob comes back with another identity key (the relay's, or a reinstall): alice is
+    warned, her sessions with the old key are gone, the newcomer's messages are read in
+    a session of their own, and what was sent under the old key is read no more."""
+    wire = FakeWire()
+    alice, bob = wire.connect("alice"), wire.connect("bob")
+    wire.meet(alice, bob)
+    body_old = _captured_body(wire, bob, "alice", "old key")
+    wire.pump()
+    wire.take_all()
+    old_sessions = _base_keys(wire.clients[alice], "bob")
+    wire.hang_up(bob)
+    new_bob = wire.connect("bob")  # another identity key
+    assert [type(e) for e in wire.take(alice)] == [PeerLeft, PeerJoined, KeyChanged]
+    wire.clients[new_bob].send_private("alice", "new key")
+    wire.pump()
+    (shown,) = _received(wire, alice)
+    assert (shown.text, shown.trust) == ("new key", Trust.CHANGED)
+    new_sessions = _base_keys(wire.clients[alice], "bob")
+    assert len(new_sessions) == 1 and not set(new_sessions) & set(old_sessions)
     wire.deliver(alice, _frame(m.Deliver("bob", body_old)))
     (event,) = wire.take(alice)
     assert isinstance(event, SecurityWarning)
-    wire.clients[new_bob].send_private("alice", "new session")
-    wire.pump()
-    assert wire.take(alice) == [MessageReceived("bob", "new session", private=True)]
 
 
 def test_rejoin_with_another_identity_key_is_flagged_and_blocks_sending() -> None:
@@ -611,16 +672,34 @@ def test_client_rejects_a_welcome_for_another_nick() -> None:
         client.receive_data(_frame(m.Welcome("mallory", 50.0, 200.0, 1e6, 4e6, 0, ())))
 
 
+def signed_bundle(nick: str, identity: PrivateKey, signed_prekey: PublicKey, prekey_id: int = 1) -> m.Bundle:
+    """A bundle whose signed prekey the holder of ``identity`` really signed."""
+    signature = xeddsa_sign(identity, signed_prekey_message(prekey_id, signed_prekey))
+    return m.Bundle(nick, identity.public_key, m.SignedPrekey(prekey_id, signed_prekey, signature), ())
+
+
 def test_client_warns_about_a_peer_with_unusable_keys() -> None:
+    """eve's bundle holds a signed prekey she really signed, but it is a low-order point:
+    no key agreement can come of it. alice is warned, nothing is sent, and the copy is
+    reported NOT delivered."""
     wire, alice, _, _ = _three()
     wire.take_all()
-    bad = m.PeerInfo("eve", PrivateKey.generate().public_key, PublicKey(bytes(32)))
-    wire.deliver(alice, _frame(m.PeerJoined(bad)))
+    eve = PrivateKey.generate()
+    wire.deliver(alice, _frame(m.PeerJoined(m.PeerInfo("eve", eve.public_key, PublicKey(bytes(32))))))
     assert wire.take(alice, pins=True) == [PeerJoined("eve")]
-    # The session is made on first use; that is when the bad key shows.
-    with pytest.raises(CommandError, match="no secure session with eve"):
-        wire.clients[alice].send_private("eve", "hi")
-    assert [type(e) for e in wire.clients[alice].tick()] == [SecurityWarning]
+    client = wire.clients[alice]
+    message_id = client.send_private("eve", "hi")  # the session is started when her keys come
+    assert [decode_frame(client.data_to_send())] == [m.Fetch(("eve",))]
+    wire.deliver(alice, _frame(m.Bundles((signed_bundle("eve", eve, PublicKey(bytes(32))),), ())))
+    warning, *reports = wire.take(alice, receipts=True)
+    assert isinstance(warning, SecurityWarning)
+    assert "keys for eve that are not theirs" in warning.text and "not a valid curve point" in warning.text
+    assert reports == [
+        SendReport(message_id, True, (), ("eve",)),
+        DeliveryReport(message_id, True, (), (("eve", BAD_BUNDLE),), "hi"),
+    ]
+    assert client.data_to_send() == b""
+    assert not client.keyring.peers["eve"].can_send
 
 
 # -- receipts ------------------------------------------------------------------------------------
