@@ -100,12 +100,12 @@ class ClientCore:
         receipt_timeout: float = RECEIPT_TIMEOUT,
         message_ids: Iterator[int] | None = None,
         keyring: Keyring | None = None,
-        relay_name: str = "the relay",
+        relay_name: str = "",
     ) -> None:
         """``relay_trust`` says which relay key to answer (default: any, first contact).
         ``keyring`` holds our prekeys and sessions, which outlive this connection (a new
-        one, kept in memory only, if not given); ``relay_name`` names the relay in
-        warnings about what it handed out.
+        one, kept in memory only, if not given); ``relay_name`` (its address) names the
+        relay in warnings about what it handed out.
         ``clock`` measures intervals (receipts due, views that just changed);
         ``wall_clock`` tells the time each message is sent, inside its encryption.
         ``message_ids`` numbers the messages sent (from 1 if not given); a client that

@@ -114,7 +114,7 @@ class Outbox:
 
     ``keyring`` holds our sessions; ``session_with`` gives the one to send in with a
     nick, if there is one; ``acks_due`` is what arriving messages made us owe
-    (``Sessions.acks_due``); ``relay`` names the relay in warnings."""
+    (``Sessions.acks_due``); ``relay`` (its address) names the relay in warnings."""
 
     def __init__(
         self,
@@ -130,7 +130,7 @@ class Outbox:
         notices: list[Event],
         message_ids: Iterator[int],
         acks_due: dict[str, list[int]],
-        relay: str = "the relay",
+        relay: str = "",
     ) -> None:
         self._our_nick = our_nick
         self._directory = directory
@@ -296,9 +296,14 @@ class Outbox:
                 del self._awaiting[nick]
 
     def _bad_bundle(self, exc: BadPrekeyBundle) -> SecurityWarning:
-        what = "is not signed by their identity key" if isinstance(exc, BadPrekeySignature) else str(exc)
+        # The detail only: the error's own text says "nothing was sent" as this one does.
+        if isinstance(exc, BadPrekeySignature):
+            what = "its signed prekey is not signed by their identity key"
+        else:
+            what = exc.detail
+        relay = f"the relay {self._relay}" if self._relay else "the relay"
         return SecurityWarning(
-            f"the relay {self._relay} gave keys for {exc.nick} that are not theirs ({what}): "
+            f"{relay} gave keys for {exc.nick} that are not theirs ({what}): "
             f"it is lying or broken; nothing was sent to {exc.nick}"
         )
 
