@@ -573,6 +573,28 @@ def test_rejoin_with_another_identity_key_is_flagged_and_blocks_sending() -> Non
     assert wire.take(alice) == [SendReport(message_id, False, ("carol",), ())]
 
 
+def test_a_copy_waiting_for_keys_goes_to_no_one_else_under_the_nick() -> None:
+    """alice writes bob, whom she has no session with: the copy waits for his bundle.
+    Before the relay answers, bob is gone and someone else has his nick (another
+    identity key). The bundle the relay then hands out is the newcomer's, and true to
+    them: still the copy is not sent, for it was meant for the bob alice wrote to."""
+    wire = FakeWire()
+    alice, bob = wire.connect("alice"), wire.connect("bob")
+    wire.take_all()
+    message_id = wire.clients[alice].send_private("bob", "for the bob I saw")
+    fetch = wire.clients[alice].data_to_send()  # on its way
+    wire.hang_up(bob)
+    newcomer = wire.connect("bob")
+    wire.to_relay(alice, fetch)
+    wire.pump()
+    assert _received(wire, newcomer) == []
+    assert not [s for s in wire.sent[alice] if isinstance(s, m.Send)]
+    reports = [e for e in wire.take(alice, receipts=True) if isinstance(e, DeliveryReport)]
+    assert [(r.message_id, r.delivered, [nick for nick, _ in r.failed]) for r in reports] == [
+        (message_id, (), ["bob"])
+    ]
+
+
 def test_recipient_gone_between_encrypt_and_route_is_reported_missing() -> None:
     wire, alice, bob, carol = _three()
     wire.take_all()

@@ -15,8 +15,10 @@ reports it NOT delivered, loudly if the relay handed out a bundle that is not th
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterator
+from typing import NamedTuple
 
 import nacl.utils
+from nacl.public import PublicKey
 
 from e2echat.client.directory import Directory
 from e2echat.client.events import Event, SecurityWarning
@@ -61,6 +63,16 @@ PREVIEW = 40
 NO_PREKEYS = "not sent: they have published no prekeys"
 BAD_BUNDLE = "not sent: the relay gave keys for them that are not theirs"
 GONE_BEFORE_KEYS = "not sent: they left before the relay gave their keys"
+
+
+class _Waiting(NamedTuple):
+    """A copy waiting for its recipient's prekey bundle."""
+
+    message_id: int
+    prepared: Prepared
+    counter: int
+    #: the recipient's identity key when the copy was written: the one it is meant for
+    identity_key: PublicKey
 
 
 def receipt_gap() -> float:
@@ -137,8 +149,8 @@ class Outbox:
         self._keyring = keyring
         self._session_with = session_with
         self._relay = relay
-        #: nick -> copies waiting for their bundle: (message id, message, its number)
-        self._awaiting: dict[str, list[tuple[int, Prepared, int]]] = {}
+        #: nick -> copies waiting for their bundle
+        self._awaiting: dict[str, list[_Waiting]] = {}
         #: nick -> fetches of their bundle the relay has not answered yet
         self._fetching: dict[str, int] = {}
         self._tracker = tracker
@@ -211,12 +223,13 @@ class Outbox:
                 ready.append((session, counter))
                 continue
             # No session yet: the copy is numbered now and sealed when their bundle comes.
-            counter = self._keyring.peer(nick, peers[nick].identity_key).take_counter()
+            identity_key = peers[nick].identity_key
+            counter = self._keyring.peer(nick, identity_key).take_counter()
             counters[nick] = counter
             waiting = self._awaiting.setdefault(nick, [])
             if not waiting:
                 fetch.append(nick)
-            waiting.append((message_id, prepared, counter))
+            waiting.append(_Waiting(message_id, prepared, counter, identity_key))
         now = self._clock()
         nonces = random_nonces(len(ready))
         envelopes = [
@@ -246,8 +259,13 @@ class Outbox:
             if not waiting:
                 continue  # what waited for it was given up
             peer = self._directory.peers.get(bundle.nick)
-            if peer is None:
-                events += self._not_sent(bundle.nick, waiting, GONE_BEFORE_KEYS)
+            # Each copy is for the key its recipient had when it was written: if the nick
+            # changed hands since, whoever has it now (and the bundle) is not who it was for.
+            key = b"" if peer is None else bytes(peer.identity_key)
+            gone = [copy for copy in waiting if bytes(copy.identity_key) != key]
+            events += self._not_sent(bundle.nick, gone, GONE_BEFORE_KEYS)
+            waiting = [copy for copy in waiting if bytes(copy.identity_key) == key]
+            if peer is None or not waiting:
                 continue
             session = self._keyring.peer(bundle.nick, peer.identity_key)
             try:
@@ -263,7 +281,7 @@ class Outbox:
                 events += self._not_sent(bundle.nick, waiting, BAD_BUNDLE)
                 continue
             nonces = random_nonces(len(waiting))
-            for (message_id, prepared, counter), nonce in zip(waiting, nonces, strict=True):
+            for (message_id, prepared, counter, _), nonce in zip(waiting, nonces, strict=True):
                 body = session.seal_numbered(prepared, counter, nonce)
                 sealed.setdefault(message_id, []).append((bundle.nick, body))
         for nick in answer.missing:
@@ -273,7 +291,7 @@ class Outbox:
             self._outgoing.write(send_frames(message_id, envelopes), now)
         return events
 
-    def _answered(self, nick: str) -> list[tuple[int, Prepared, int]]:
+    def _answered(self, nick: str) -> list[_Waiting]:
         """The relay answered one fetch for ``nick``: the copies that waited for it."""
         asked = self._fetching.get(nick, 0)
         if not asked:
@@ -289,7 +307,7 @@ class Outbox:
         copies still waiting for a bundle wait no more, and a later message to the same
         people asks for their bundles again (the relay may have refused the fetch)."""
         for nick in list(self._awaiting):
-            waiting = [copy for copy in self._awaiting[nick] if copy[0] != message_id]
+            waiting = [copy for copy in self._awaiting[nick] if copy.message_id != message_id]
             if waiting:
                 self._awaiting[nick] = waiting
             else:
@@ -307,9 +325,9 @@ class Outbox:
             f"it is lying or broken; nothing was sent to {exc.nick}"
         )
 
-    def _not_sent(self, nick: str, waiting: list[tuple[int, Prepared, int]], reason: str) -> list[Event]:
+    def _not_sent(self, nick: str, waiting: list[_Waiting], reason: str) -> list[Event]:
         reports: list[Event] = []
-        for message_id, _, _ in waiting:
+        for message_id, _, _, _ in waiting:
             reports += self._tracker.dropped(message_id, nick, reason)
         return reports
 
