@@ -43,14 +43,43 @@ def _online(*nicks: str) -> dict[str, ClientCore]:
     for nick, core in cores.items():
         others = tuple(e for n, e in entries.items() if n != nick)
         core.receive_data(_frame(m.Welcome(nick, 50.0, 200.0, 1e6, 4e6, 0, others)))
+        core.data_to_send()  # its prekeys, published: _bundle hands them out
     return cores
+
+
+def _bundle(owner: ClientCore) -> m.Bundle:
+    """``owner``'s bundle as a relay hands it out: its signed prekey and a one-time prekey
+    used by no one else."""
+    prekeys = owner.keyring.prekeys
+    signed = prekeys.current
+    ((one_time_id, one_time),) = prekeys.new_one_time(1)
+    return m.Bundle(
+        owner.nick,
+        owner.keyring.identity.public_key,
+        m.SignedPrekey(signed.prekey_id, signed.private.public_key, signed.signature),
+        (m.OneTimePrekey(one_time_id, one_time),),
+    )
+
+
+def _sends(sender: ClientCore, cores: dict[str, ClientCore]) -> list[m.Send]:
+    """What the sender writes, each ``fetch`` answered (from ``cores``) as a relay would."""
+    sends: list[m.Send] = []
+    while data := sender.data_to_send():
+        for message in _frames(data):
+            if isinstance(message, m.Fetch):
+                bundles = tuple(_bundle(cores[nick]) for nick in message.nicks)
+                events = sender.receive_data(_frame(m.Bundles(bundles, ())))
+                assert not [e for e in events if isinstance(e, SecurityWarning | DeliveryReport)]
+            else:
+                assert isinstance(message, m.Send)
+                sends.append(message)
+    return sends
 
 
 def _relay(sender: ClientCore, cores: dict[str, ClientCore]) -> dict[str, list[object]]:
     """Hand each envelope of the sender's frames to its recipient as the relay would."""
     events: dict[str, list[object]] = {}
-    for message in _frames(sender.data_to_send()):
-        assert isinstance(message, m.Send)
+    for message in _sends(sender, cores):
         for envelope in message.items:
             got = cores[envelope.to].receive_data(_frame(m.Deliver(sender.nick, envelope.body)))
             events.setdefault(envelope.to, []).extend(got)
@@ -66,8 +95,7 @@ def test_a_room_message_reaches_everyone_and_each_copy_only_its_recipient() -> N
     alice = cores["alice"]
     for round_ in range(3):
         alice.send_room(f'hello {round_} "quoted" ✓')
-        (send,) = _frames(alice.data_to_send())
-        assert isinstance(send, m.Send)
+        (send,) = _sends(alice, cores)  # the first one once the bundles are in
         assert [e.to for e in send.items] == ["bob", "carol", "dave"]
         bodies = {e.to: e.body for e in send.items}
         # Each copy opens for its recipient only: carol's copy given to bob is dropped.
@@ -91,14 +119,14 @@ def test_a_key_change_blocks_room_sends_until_accepted_and_the_cache_follows() -
     assert alice.trust("bob") is Trust.CHANGED
     alice.send_room("second")
     assert alice.left_out == ["bob"]
-    first = _frames(alice.data_to_send())[0]
-    assert isinstance(first, m.Send) and [e.to for e in first.items] == ["carol"]
+    cores["bob"] = impostor
+    assert [[e.to for e in send.items] for send in _sends(alice, cores)] == [["carol"]]
     alice.accept_key("bob", alice.key_fingerprint("bob"))
     assert alice.trust("bob") is Trust.UNVERIFIED
     alice.send_room("third")
     assert alice.left_out == []
-    first = _frames(alice.data_to_send())[0]
-    assert isinstance(first, m.Send) and [e.to for e in first.items] == ["bob", "carol"]
+    # carol's copy at once, then the newcomer's once its bundle is in (a new session)
+    assert [[e.to for e in send.items] for send in _sends(alice, cores)] == [["carol"], ["bob"]]
 
 
 def test_trust_follows_changes_made_to_the_known_peers_directly() -> None:
@@ -131,9 +159,7 @@ def test_a_deliver_in_another_valid_form_is_read_as_the_canonical_one() -> None:
     alice, bob = cores["alice"], cores["bob"]
     alice.send_room("one")
     alice.send_room("two")
-    sends = _frames(alice.data_to_send())
-    assert all(isinstance(s, m.Send) for s in sends)
-    first, second = (s.items[0].body for s in sends if isinstance(s, m.Send))
+    first, second = (s.items[0].body for s in _sends(alice, cores))
     canonical = encode_message(m.Deliver("alice", first))
     assert decode_deliver(canonical) is not None
     assert _texts(bob.receive_data(encode_frame(canonical))) == ["one"]
@@ -166,14 +192,7 @@ def test_a_canonical_deliver_before_registration_is_still_refused() -> None:
 
 
 def test_receipts_confirm_room_messages_through_the_fast_paths() -> None:
-    cores = {
-        nick: ClientCore(nick, PrivateKey.generate(), PrivateKey.generate())
-        for nick in ("alice", "bob", "carol")
-    }
-    entries = {nick: _register(core) for nick, core in cores.items()}
-    for nick, core in cores.items():
-        others = tuple(e for n, e in entries.items() if n != nick)
-        core.receive_data(_frame(m.Welcome(nick, 50.0, 200.0, 1e6, 4e6, 0, others)))
+    cores = _online("alice", "bob", "carol")
     alice = cores["alice"]
     alice.send_room("confirm me")
     _relay(alice, cores)  # each recipient's first receipt batch goes as the message arrives
