@@ -3,10 +3,12 @@ so that it fails when its check is gone. Each test names the check it guards."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from nacl.public import Box, PrivateKey, PublicKey
 from test_client_fast import _frames
-from test_cores import FakeClock, FakeWire, _frame, _receipt_frames
+from test_cores import FakeClock, FakeWire, _base_keys, _frame, _receipt_frames, signed_bundle
 
 from e2echat.client.core import (
     RECEIPT_INTERVAL,
@@ -44,11 +46,16 @@ def _receipts_to(wire: FakeWire, conn: ConnId, nick: str) -> int:
 
 
 def _pass_on_only(wire: FakeWire, conn: ConnId, nick: str) -> None:
-    """The relay passes on only the envelopes for ``nick`` of what ``conn`` has written."""
-    for message in _frames(wire.clients[conn].data_to_send()):
-        assert isinstance(message, m.Send)
-        kept = tuple(e for e in message.items if e.to == nick)
-        wire.to_relay(conn, _frame(m.Send(message.id, kept)))
+    """The relay passes on only the envelopes for ``nick`` of what ``conn`` has written
+    (and answers its fetches, after which it writes the copies that waited for them)."""
+    while data := wire.clients[conn].data_to_send():
+        for message in _frames(data):
+            if isinstance(message, m.Send):
+                kept = tuple(e for e in message.items if e.to == nick)
+                if not kept:
+                    continue
+                message = m.Send(message.id, kept)
+            wire.to_relay(conn, _frame(message))
 
 
 def _past_the_receipt_timeout(wire: FakeWire, conn: ConnId, clock: FakeClock) -> list[DeliveryReport]:
@@ -116,13 +123,14 @@ def test_a_peer_acknowledging_again_is_counted_once() -> None:
     ]
 
 
-# -- a peer who leaves takes the session along (client/sessions.py, Sessions.retire) --------
+# -- a peer who leaves and comes back keeps the session (client/sessions.py, Sessions.add) --
 
 
-def test_a_peer_who_comes_back_gets_a_new_session_both_ways() -> None:
-    """alice and bob have talked; bob reconnects (same identity, new session key). Kept,
-    the old session's chain keys would outlive the connection (no forward secrecy), and
-    bob's new connection could not read what alice sends."""
+def test_a_peer_who_comes_back_keeps_the_session_both_ways() -> None:
+    """alice and bob have talked; bob reconnects (same identity and keyring, new session
+    key). The directory entry is replaced, the session is not: both go on in it, with no
+    new key agreement on either side (which would cost a fetch and a first message, and
+    drop what the old session still had to read)."""
     wire = FakeWire()
     bob_identity = PrivateKey.generate()
     alice, bob = wire.connect("alice"), wire.connect("bob", bob_identity)
@@ -130,14 +138,20 @@ def test_a_peer_who_comes_back_gets_a_new_session_both_ways() -> None:
     wire.clients[bob].send_private("alice", "before, too")
     wire.pump()
     assert _shown(wire, bob) == [MessageReceived("alice", "before", private=True)]
+    sessions = {nick: _base_keys(wire.clients[conn], nick) for conn, nick in ((alice, "bob"), (bob, "alice"))}
     wire.hang_up(bob)
-    new_bob = wire.connect("bob", bob_identity)
+    new_bob = wire.connect("bob", bob_identity, keyring=wire.clients[bob].keyring)
     wire.take_all()
+    fetches = len([s for s in wire.sent[alice] if isinstance(s, m.Fetch)])
     wire.clients[alice].send_private("bob", "after")
     wire.clients[new_bob].send_private("alice", "after, too")
     wire.pump()
     assert _shown(wire, new_bob) == [MessageReceived("alice", "after", private=True)]
     assert _shown(wire, alice) == [MessageReceived("bob", "after, too", private=True)]
+    assert len([s for s in wire.sent[alice] if isinstance(s, m.Fetch)]) == fetches
+    assert not [s for s in wire.sent[new_bob] if isinstance(s, m.Fetch)]
+    for conn, nick in ((alice, "bob"), (new_bob, "alice")):
+        assert set(_base_keys(wire.clients[conn], nick)) == set(sessions[nick])  # none new
 
 
 # -- nothing to and nothing from a key not accepted (client/outbox.py, client/core.py) -------
@@ -271,20 +285,26 @@ def test_a_refused_reannouncement_is_not_shown_as_a_join() -> None:
     assert wire.clients[alice].peers == []
 
 
-def test_a_peer_whose_keys_were_unusable_is_usable_once_back_with_good_ones() -> None:
+def test_a_peer_whose_bundle_was_refused_is_reached_with_the_next_good_one() -> None:
+    """The relay hands alice a bundle for eve with a signed prekey of its own: refused,
+    nothing sent. The refusal leaves nothing half made (client/outbox.py, Outbox.bundles):
+    alice's next message fetches eve's bundle again, and with the relay honest again it
+    reaches her."""
     wire = FakeWire()
-    eve_identity = PrivateKey.generate()
+    eve_identity, mallory = PrivateKey.generate(), PrivateKey.generate()
     alice, eve = wire.connect("alice"), wire.connect("eve", eve_identity)
-    bad = m.PeerInfo("eve", eve_identity.public_key, PublicKey(bytes(32)))
-    wire.deliver(alice, _frame(m.PeerJoined(bad)))  # the relay shows alice a bad session key
-    with pytest.raises(CommandError, match="no secure session with eve"):
-        wire.clients[alice].send_private("eve", "hi")
-    wire.hang_up(eve)
-    new_eve = wire.connect("eve", eve_identity)  # eve reconnects; the relay is honest again
     wire.take_all()
-    wire.clients[alice].send_private("eve", "hi again")
+    client = wire.clients[alice]
+    client.send_private("eve", "hi")
+    assert _frames(client.data_to_send()) == [m.Fetch(("eve",))]  # the relay answers it itself:
+    forged = signed_bundle("eve", mallory, PrivateKey.generate().public_key)
+    forged = dataclasses.replace(forged, identity_key=eve_identity.public_key)
+    wire.deliver(alice, _frame(m.Bundles((forged,), ())))
+    assert [type(e) for e in _shown(wire, alice)] == [SecurityWarning]
+    assert client.data_to_send() == b""
+    client.send_private("eve", "hi again")
     wire.pump()
-    assert _shown(wire, new_eve) == [MessageReceived("alice", "hi again", private=True)]
+    assert _shown(wire, eve) == [MessageReceived("alice", "hi again", private=True)]
 
 
 def test_a_receipt_goes_once() -> None:
