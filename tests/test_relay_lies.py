@@ -110,7 +110,8 @@ def _sent_before_the_join(wire: FakeWire, clock: FakeClock, alice: ConnId, after
     """alice writes to bob just before she hears carol joined; her message reaches bob
     ``after`` seconds after bob heard it."""
     wire.clients[alice].send_private("bob", "written before carol came")
-    in_flight = wire.clients[alice].data_to_send()
+    wire.to_relay(alice, wire.clients[alice].data_to_send())  # the fetch of bob's keys, answered
+    in_flight = wire.clients[alice].data_to_send()  # the message, sealed once they came
     wire.connect("carol", clock=clock)
     clock.now += after
     wire.to_relay(alice, in_flight)
