@@ -4,7 +4,9 @@ port), real clients."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Collection
+from typing import Any
 
 from nacl.public import PrivateKey
 
@@ -14,6 +16,7 @@ from e2echat.client.held import KEY_CHANGED, HeldLines
 from e2echat.client.receipts import DeliveryReport, SendReport
 from e2echat.client.reconnect import Client
 from e2echat.client.trust import KnownPeers
+from e2echat.crypto.keyring import Keyring
 from e2echat.errors import LocalProtocolError
 from e2echat.relay.server import Relay
 from e2echat.wire import messages as m
@@ -22,20 +25,24 @@ from hostile import HostileRelay, deliveries
 from relay_frames import Outgoing
 from support import LOOPBACK, Peer, connect, peers, running
 
-Keys = dict[str, PrivateKey]
+#: nick -> what their profile keeps (identity and sessions), as ``connect`` takes it
+Profiles = dict[str, dict[str, Any]]
 
 
-async def _alice_bob_and_carol_then_an_outage(**alice_options: object) -> tuple[Peer, Relay, Keys]:
+async def _alice_bob_and_carol_then_an_outage(**alice_options: object) -> tuple[Peer, Relay, Profiles]:
     """alice (who reconnects), bob and carol online together; then the relay goes away
     and alice types a room line. Returns alice, the relay as it will be again (on its
-    port, with its key), and bob's and carol's keys."""
-    identities = {nick: PrivateKey.generate() for nick in ("bob", "carol")}
+    port, with its key), and bob's and carol's profiles, to come back with."""
+    profiles: Profiles = {}
+    for nick in ("bob", "carol"):
+        identity = PrivateKey.generate()
+        profiles[nick] = {"identity": identity, "keyring": Keyring.fresh(nick, identity, time.time())}
     first = Relay(LOOPBACK, 0)
     async with running(first):
         port = first.port
         # alice's pins outlive her connections, as her profile's do.
         alice = await connect(first, "alice", None, KnownPeers(), reconnecting=True, **alice_options)
-        others = [await connect(first, nick, identities[nick]) for nick in ("bob", "carol")]
+        others = [await connect(first, nick, **profiles[nick]) for nick in ("bob", "carol")]
         while set(alice.connection.core.peers) != {"bob", "carol"}:
             await alice.next_any_event()
         alice.connection.send_room("hello both")  # a first exchange pins their keys
@@ -45,18 +52,18 @@ async def _alice_bob_and_carol_then_an_outage(**alice_options: object) -> tuple[
     await alice.next(ConnectionLost)
     alice.connection.send_room("typed in the outage")
     await alice.next(Queued)
-    return alice, Relay(LOOPBACK, port, key=first.core.key), identities
+    return alice, Relay(LOOPBACK, port, key=first.core.key), profiles
 
 
 async def test_a_line_typed_in_an_outage_reaches_a_member_back_later_than_its_sender() -> None:
     """alice is back first and her line goes to bob; carol is back a moment later and gets
     it too. alice hears once, for both."""
-    alice, again, identities = await _alice_bob_and_carol_then_an_outage(grace=0.5)
+    alice, again, profiles = await _alice_bob_and_carol_then_an_outage(grace=0.5)
     async with running(again) as second:
         await alice.next(Registered)
-        bob = await connect(second, "bob", identities["bob"])
+        bob = await connect(second, "bob", **profiles["bob"])
         assert (await bob.next(MessageReceived)).text == "typed in the outage"
-        carol = await connect(second, "carol", identities["carol"])
+        carol = await connect(second, "carol", **profiles["carol"])
         assert (await carol.next(MessageReceived)).text == "typed in the outage"
         report = await alice.next(DeliveryReport)
         assert sorted(report.delivered) == ["bob", "carol"] and report.failed == ()
@@ -66,10 +73,10 @@ async def test_a_line_typed_in_an_outage_reaches_a_member_back_later_than_its_se
 
 
 async def test_a_member_not_back_within_the_grace_period_is_reported_by_name() -> None:
-    alice, again, identities = await _alice_bob_and_carol_then_an_outage(grace=0.5)
+    alice, again, profiles = await _alice_bob_and_carol_then_an_outage(grace=0.5)
     async with running(again) as second:
         await alice.next(Registered)
-        bob = await connect(second, "bob", identities["bob"])
+        bob = await connect(second, "bob", **profiles["bob"])
         assert (await bob.next(MessageReceived)).text == "typed in the outage"
         report = await alice.next(DeliveryReport)  # carol never comes back
         assert report.delivered == ("bob",)
@@ -82,10 +89,10 @@ async def test_a_member_not_back_within_the_grace_period_is_reported_by_name() -
 async def test_a_member_back_with_a_changed_key_is_reported_not_sent_the_line() -> None:
     """Nothing goes to a changed key until it is accepted: not a held line either, and
     its sender is told so."""
-    alice, again, identities = await _alice_bob_and_carol_then_an_outage(grace=0.5)
+    alice, again, profiles = await _alice_bob_and_carol_then_an_outage(grace=0.5)
     async with running(again) as second:
         await alice.next(Registered)
-        bob = await connect(second, "bob", identities["bob"])
+        bob = await connect(second, "bob", **profiles["bob"])
         impostor = await connect(second, "carol")  # another identity key under carol's name
         assert (await bob.next(MessageReceived)).text == "typed in the outage"
         report = await alice.next(DeliveryReport)
