@@ -27,7 +27,15 @@ from nacl.public import PrivateKey
 
 from benchmarks.ledger import TEXT_SIZE, Inbox, message_text
 from benchmarks.pool import Channel
-from benchmarks.wire import FrameTally, Link, connect_link, count_receipts, new_core, register
+from benchmarks.wire import (
+    BenchmarkError,
+    FrameTally,
+    Link,
+    connect_link,
+    count_receipts,
+    new_core,
+    register,
+)
 from e2echat.client.connection import Connection
 from e2echat.client.core import (
     ClientCore,
@@ -135,6 +143,58 @@ class _Blaster:
         return written
 
 
+_SEND_START = b'{"v":%d,"type":"send"' % PROTOCOL_VERSION
+
+
+async def first_contact(core: ClientCore, link: Link, heard: set[str], timeout: float) -> None:
+    """Start a session with everyone in ``core``'s directory through the relay, as a real
+    client's first room message does (a fetch, their bundles, the message) and as their
+    first messages to us do the other way, then wait until nothing of it is on its way:
+    our message confirmed by all of them, theirs received from each, and the relay's
+    answer in for every frame we sent (receipts too). The timed messages then go in
+    sessions established both ways, as in a conversation under way, and nothing of this
+    is counted with them. Every client of a run must do it at the same time; ``heard``
+    names those whose first message has come already (while we registered)."""
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    others = set(core.directory)
+    answers = FrameTally(_classify_relay, 3)
+    sends = 0
+
+    def write() -> None:
+        nonlocal sends
+        core.flush_receipts()  # no tick here to send them later
+        data = core.data_to_send()
+        sends += sum(1 for frame in _frames(data) if frame.startswith(_SEND_START))
+        link.write(data)
+
+    def handle(data: bytes) -> None:
+        if not data:
+            if not done.done():
+                done.set_exception(BenchmarkError(f"{core.nick}: the relay closed the connection"))
+            return
+        answers.feed(data)
+        events = core.receive_data(data)
+        heard.update(event.sender for event in events if isinstance(event, MessageReceived))
+        write()
+        if heard >= others and core.settled and answers.counts[ANSWER] >= sends and not done.done():
+            done.set_result(None)
+
+    link.handler = handle
+    core.send_room(f"{core.nick} starts its sessions")
+    write()
+    await asyncio.wait_for(done, timeout)
+
+
+def _frames(data: bytes) -> list[bytes]:
+    """The payloads of the whole frames in ``data``."""
+    payloads, position = [], 0
+    while position < len(data):
+        (length,) = _PREFIX.unpack_from(data, position)
+        payloads.append(data[position + 4 : position + 4 + length])
+        position += 4 + length
+    return payloads
+
+
 class RelayReplayClient:
     def __init__(self, nick: str) -> None:
         self.nick = nick
@@ -145,7 +205,9 @@ class RelayReplayClient:
 
     async def connect(self, host: str, port: int, others: int) -> None:
         link = await connect_link(host, port)
-        await register(self.core, link, lambda core: len(core.directory) >= others, SETUP_TIMEOUT)
+        heard: set[str] = set()
+        await register(self.core, link, lambda core: len(core.directory) >= others, SETUP_TIMEOUT, heard)
+        await first_contact(self.core, link, heard, SETUP_TIMEOUT)
         self.blaster = _Blaster(link, FrameTally(_classify_relay, 3))
 
     def prepare(self, texts: list[str], others: int) -> None:

@@ -11,7 +11,7 @@ from typing import cast
 
 from nacl.public import PrivateKey
 
-from e2echat.client.core import ClientCore, ClientState, RegistrationFailed
+from e2echat.client.core import ClientCore, ClientState, MessageReceived, RegistrationFailed
 from e2echat.crypto.identity import new_session_key
 from e2echat.errors import E2EChatError
 from e2echat.streams import BufferedLink, read_buffer
@@ -114,10 +114,12 @@ async def register(
     link: Link,
     until: Callable[[ClientCore], bool] = lambda core: True,
     timeout: float = 30.0,
+    heard: set[str] | None = None,
 ) -> None:
     """Answer the challenge, take the directory, and keep feeding the core until
     ``until(core)`` (for example: every other client has joined). Bytes move; the core
-    decides. The core keeps being fed afterwards until ``link.handler`` is replaced."""
+    decides. The core keeps being fed afterwards until ``link.handler`` is replaced;
+    who sends us a message meanwhile is added to ``heard``, if given."""
     done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def fail(why: str) -> None:
@@ -133,6 +135,8 @@ async def register(
         except E2EChatError as exc:
             fail(str(exc))
             return
+        if heard is not None:
+            heard.update(event.sender for event in events if isinstance(event, MessageReceived))
         link.write(core.data_to_send())
         if core.state is ClientState.CLOSED:
             refusals = [f"{e.code}: {e.text}" for e in events if isinstance(e, RegistrationFailed)]
