@@ -31,7 +31,7 @@ from benchmarks.ledger import Integrity, message_text, reconcile
 from benchmarks.loadgen import LiveClient
 from benchmarks.plan import Context
 from benchmarks.report import Figure, Section
-from benchmarks.wire import Link, connect_link, new_core, register
+from benchmarks.wire import Link, connect_link, new_core, register, start_sessions
 from e2echat.client.core import ClientCore
 from e2echat.crypto.session import MAX_TEXT
 from e2echat.relay.limits import Limits
@@ -150,9 +150,10 @@ async def non_reader(relay: servers.Server, seconds: float, drain: float, settle
 async def _flooder(core: ClientCore, link: Link, stop: asyncio.Event) -> int:
     """Send big room messages as fast as the socket takes them, reading (and dropping)
     whatever comes, so that only the flood can get it cut off, not a full write buffer.
-    Returns how many it sent before the relay hung up or time ran out."""
+    Returns how many it sent before the relay hung up or time ran out, counting message
+    0, which started its sessions."""
     assert link.transport is not None
-    sent = 0
+    sent = 1
     gone = asyncio.Event()
     link.handler = lambda data: None if data else gone.set()
     while not stop.is_set() and not gone.is_set() and not link.transport.is_closing():
@@ -171,8 +172,10 @@ async def flood(relay: servers.Server, seconds: float, drain: float, settle: flo
     """Three clients send big messages as fast as they can; two observers read and decrypt."""
     flooders = [await _registered(relay, f"flood{i}") for i in range(3)]
     clients = await _live_clients(relay, ["watch1", "watch2"], 4)
-    for core, _ in flooders:
+    for core, link in flooders:
         await asyncio.wait_for(_until(_sees(core, 4)), 30)
+        # Message 0 starts the sessions (or every copy would wait for keys, unsent).
+        await start_sessions(core, link, message_text(core.nick, 0, 0, BIG_TEXT))
     await asyncio.sleep(settle)
     trace = MemoryTrace(relay.rss())
     stop = asyncio.Event()

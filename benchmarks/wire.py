@@ -148,6 +148,30 @@ async def register(
     await asyncio.wait_for(done, timeout)
 
 
+async def start_sessions(core: ClientCore, link: Link, text: str, timeout: float = 30.0) -> None:
+    """Start a session with everyone in ``core``'s directory, as a client's first room
+    message (``text``) does: the message, a fetch of their prekey bundles, the copies
+    once those are in. Returns when the relay has answered for every copy; what comes after (receipts)
+    goes to whoever sets ``link.handler`` next. A core that never reads its link cannot
+    send anyone anything: its copies would wait for the bundles for ever."""
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def handle(data: bytes) -> None:
+        if not data:
+            if not done.done():
+                done.set_exception(BenchmarkError(f"{core.nick}: the relay closed the connection"))
+            return
+        core.receive_data(data)
+        link.write(core.data_to_send())
+        if not core.pending and not done.done():
+            done.set_result(None)
+
+    link.handler = handle
+    core.send_room(text)
+    link.write(core.data_to_send())
+    await asyncio.wait_for(done, timeout)
+
+
 class FrameTally:
     """Counts complete frames by kind as bytes arrive, without decoding them: the relay
     benchmark decrypts everything after the clock stops, so while it runs the clients
