@@ -59,6 +59,12 @@ class HostileRelay(Relay):
     def inject_many(self, nick: str, messages: list[m.Message]) -> None:
         super()._apply(as_actions(Outgoing(self.conn(nick), message) for message in messages))
 
+    def hang_up(self, nick: str) -> None:
+        """Drop ``nick``'s connection at once, as a relay (or the network) may at any time."""
+        transport = self._links[self.conn(nick)].transport
+        assert transport is not None
+        transport.abort()
+
     def sends_from(self, nick: str) -> list[m.Send]:
         conn = self.core.online.get(nick)
         return [msg for c, msg in self.received if c == conn and isinstance(msg, m.Send)]
