@@ -18,12 +18,13 @@ from e2echat.crypto.session import Party
 from e2echat.errors import RelayGone, RemoteProtocolError
 from e2echat.relay.core import ConnId
 from e2echat.store.pins import KNOWN_PEERS_FILE, PinFile
+from e2echat.store.sessions import SESSIONS_FILE, SessionFile
 from e2echat.wire import messages as m
 from e2echat.wire.grammar import CHALLENGE_SIZE
 
 from hostile import HostileRelay, made_up_peers
 from relay_frames import Outgoing
-from support import connect, running
+from support import connect, peers, running
 
 # -- pins: on the first message exchanged, not on sight ----------------------------------------
 
@@ -188,6 +189,40 @@ def test_a_directory_part_after_the_directory_is_a_protocol_error() -> None:
     alice = wire.connect("alice")
     with pytest.raises(RemoteProtocolError, match="unexpected 'directory'"):
         wire.deliver(alice, _frame(m.Directory(_strangers(1), more=True)))
+
+
+# -- the sessions a relay can make us keep ---------------------------------------------------------
+
+
+async def test_people_a_relay_makes_up_cannot_grow_the_sessions_past_their_bound(tmp_path: Path) -> None:
+    """Each made-up person's first message starts a session, kept (and saved) for when they
+    write again. The keyring keeps at most max_peers (MAX_PEERS, 10,000, by default),
+    dropping whoever it used least recently, and sessions.db follows: a relay cannot grow
+    either without bound. Someone in use now is not the one dropped."""
+    identity = PrivateKey.generate()
+    session_file = SessionFile.open(tmp_path / SESSIONS_FILE, identity)
+    keyring = session_file.load("alice", identity)
+    keyring.max_peers = 20
+    async with running(HostileRelay()) as relay, peers(relay, "bob") as (bob,):
+        alice = await connect(relay, "alice", identity, keyring=keyring, session_file=session_file)
+        fakes = made_up_peers(relay, "alice", 60)
+        relay.inject_many("alice", [m.PeerJoined(fake.info) for fake in fakes])
+        for batch in range(0, 60, 10):
+            bob.connection.send_private("alice", f"still here {batch}")  # bob stays in use
+            assert (await alice.next(MessageReceived, lambda e: e.sender == "bob")).text.startswith("still")
+            relay.inject_many("alice", [fake.deliver("hi") for fake in fakes[batch : batch + 10]])
+            for _ in range(10):
+                await alice.next(MessageReceived, lambda e: e.sender.startswith("fake"))
+            assert len(keyring.peers) <= 20
+        assert "bob" in keyring.peers and "fake59" in keyring.peers and "fake0" not in keyring.peers
+        await alice.connection.close()
+    session_file.close()
+    again = SessionFile.open(tmp_path / SESSIONS_FILE, identity)
+    try:
+        saved = again.load("alice", identity)
+    finally:
+        again.close()
+    assert sorted(saved.peers) == sorted(keyring.peers)
 
 
 # -- the pin file a relay can make us write -----------------------------------------------------

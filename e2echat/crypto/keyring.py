@@ -10,6 +10,7 @@ None), so the shell writes only those, in the background, after each batch of wo
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 
 from nacl.public import PrivateKey, PublicKey
 
@@ -22,6 +23,12 @@ PREKEYS_ROW = "prekeys"
 PEER_ROW = "peer:"
 #: our nick when the sessions were made: every session binds it (in X3DH's AD)
 NICK_ROW = "nick"
+# Peers whose sessions are kept, as many as pins (client.trust.MAX_PINS): a relay can make
+# up people who write to us, and each first message starts a session we would otherwise
+# keep, and save, for ever. Beyond it, the peer used least recently is forgotten: their
+# next message to us cannot be read, and ours to them starts a new session. (How recently
+# is not saved: after a restart, those read first from the file count as the oldest.)
+MAX_PEERS = 10_000
 
 log = logging.getLogger("e2echat.crypto.keyring")
 
@@ -36,7 +43,9 @@ class Keyring:
         # One budget for the skipped keys of every session: what gaps (or an attacker) can
         # make us hold is bounded across all peers, not per peer (skipped.py).
         self.budget = SkippedKeys()
-        self.peers: dict[str, PeerSession] = {}
+        #: nick -> our sessions with them, least recently used first
+        self.peers: OrderedDict[str, PeerSession] = OrderedDict()
+        self.max_peers = MAX_PEERS
         self._dirty: set[str] = set()
         self._deleted: set[str] = set()
         self._nick_saved = False
@@ -51,6 +60,7 @@ class Keyring:
         peer = self.peers.get(nick)
         if peer is None or bytes(peer.identity_key) != bytes(identity_key):
             return None
+        self.peers.move_to_end(nick)
         return peer
 
     def peer(self, nick: str, identity_key: PublicKey) -> PeerSession:
@@ -74,6 +84,8 @@ class Keyring:
         # A row under ``nick`` forgotten above stays marked for deletion until this peer
         # has something to save: the old key's sessions must not outlive them on disk.
         self.peers[nick] = peer
+        while len(self.peers) > self.max_peers:
+            self.forget(next(iter(self.peers)))
         return peer
 
     def forget(self, nick: str) -> None:
