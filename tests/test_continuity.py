@@ -309,3 +309,32 @@ def _secrets(keyring: Keyring) -> list[bytes]:
         if one_time is not None:
             found.append(bytes(one_time))
     return found
+
+
+# -- a client that lost its sessions --------------------------------------------------------------
+
+
+async def test_a_peer_who_lost_its_sessions_is_reached_again(tmp_path: Path) -> None:
+    """alice starts again from her identity alone (sessions.db lost): bob, who goes on in
+    the session he had, is not read; he is told so (no receipt), and alice warns. Her
+    client starts a new session with him at once, and bob's next message is read in it."""
+    async with running(Relay(LOOPBACK, 0)) as relay:
+        bob = await connect(relay, "bob", receipt_timeout=1.0)
+        identity = PrivateKey.generate()
+        alice = await connect(relay, "alice", identity)
+        await talk(alice, bob, "before")
+        await alice.connection.close()
+        await bob.next(PeerLeft)
+
+        alice = await connect(relay, "alice", identity, keyring=Keyring.fresh("alice", identity, 0.0))
+        bob.connection.send_private("alice", "lost on the way")
+        dropped = await alice.next_delivery()
+        assert isinstance(dropped, SecurityWarning) and "no session with us" in dropped.text
+        report = await bob.next(DeliveryReport)
+        assert report.failed and not report.delivered  # reported, not lost silently
+        # alice's client reached out: bob now has the session she started.
+        while len(bob.connection.core.keyring.peers["alice"]._sessions) < 2:
+            await bob.next_any_event()
+        await talk(bob, alice, "after")
+        for peer in (alice, bob):
+            await peer.connection.close()

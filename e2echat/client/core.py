@@ -209,6 +209,8 @@ class ClientCore:
     def _send_receipts(self, *, force: bool = False) -> None:
         if self.state is ClientState.ONLINE and self._outbox.acks_due:
             self._outbox.send_receipts(force=force)
+        if self.state is ClientState.ONLINE and self._sessions.lost:
+            self._outbox.reach(self._sessions.lost)
 
     def forget_keys(self) -> None:
         """The connection is over. The sessions stay in the keyring, for the next one; the

@@ -239,13 +239,17 @@ class Outbox:
         # Its receipts are due counting from when it leaves, which may be later if we are
         # sending faster than the relay allows.
         leaves = self._outgoing.write(send_frames(message_id, envelopes), now)
-        for nick in fetch:
-            self._fetching[nick] = self._fetching.get(nick, 0) + 1
-        for start in range(0, len(fetch), MAX_FETCH):
-            nicks = tuple(fetch[start : start + MAX_FETCH])
-            self._outgoing.write(encode_frame(encode_message(m.Fetch(nicks))), now, FETCH_CHARGE * len(nicks))
+        self._fetch(fetch, now)
         self._tracker.sent(message_id, kind is Kind.PRIVATE, counters, leaves, preview(text))
         return message_id
+
+    def _fetch(self, nicks: list[str], now: float) -> None:
+        """Ask the relay for the bundles of ``nicks``."""
+        for nick in nicks:
+            self._fetching[nick] = self._fetching.get(nick, 0) + 1
+        for start in range(0, len(nicks), MAX_FETCH):
+            batch = tuple(nicks[start : start + MAX_FETCH])
+            self._outgoing.write(encode_frame(encode_message(m.Fetch(batch))), now, FETCH_CHARGE * len(batch))
 
     # -- first contact: the relay's answer to a fetch ------------------------------------------
 
@@ -359,6 +363,24 @@ class Outbox:
                 receipts.append((session, prepare("", Kind.RECEIPT, directory_hash=view, acks=acks)))
         self.acks_due.clear()
         self._outgoing.write(send_frames(0, seal_all(receipts)), now)
+
+    def reach(self, nicks: set[str]) -> None:
+        """Start a session with each of ``nicks`` (online, key not in doubt) that we have
+        none with, by sending them an empty receipt in it: they wrote to us in a session we
+        lost, and from their next message on they write in the new one."""
+        fetch = []
+        for nick in sorted(nicks):
+            peer = self._directory.peers.get(nick)
+            if peer is None or self._directory.trust(nick) is Trust.CHANGED or self._session_with(nick):
+                continue
+            if nick in self._awaiting:
+                continue  # a session with them is on its way already
+            counter = self._keyring.peer(nick, peer.identity_key).take_counter()
+            empty = prepare("", Kind.RECEIPT, directory_hash=self._directory.view)
+            self._awaiting[nick] = [_Waiting(0, empty, counter, peer.identity_key)]  # 0: untracked
+            fetch.append(nick)
+        nicks.clear()
+        self._fetch(fetch, self._clock())
 
 
 def _prekey_bundle(bundle: m.Bundle) -> PrekeyBundle:

@@ -53,6 +53,8 @@ class Sessions:
         self._tracker = tracker
         #: sender -> the numbers of their messages we owe a receipt for
         self.acks_due: dict[str, list[int]] = {}
+        #: peers who wrote to us in a session we do not have: we start a new one
+        self.lost: set[str] = set()
 
     def session_with(self, nick: str) -> PeerSession | None:
         """Our session with ``nick`` (under the key the directory shows), if we have one
@@ -127,6 +129,11 @@ class Sessions:
         if session is None and peer is not None and body[:1] == bytes([PREKEY_MESSAGE]):
             session = self.keyring.peer(sender, peer.identity_key)  # they start one
         if session is None:
+            if peer is not None:
+                # They write in a session we do not have (we lost ours: a profile restored
+                # without its sessions, a damaged row): start a new one with them, so that
+                # what they send next can be read.
+                self.lost.add(sender)
             return [
                 SecurityWarning(f"dropped a message claiming to be from {sender}, who has no session with us")
             ]
