@@ -61,18 +61,14 @@ def _public(data: bytes, size: int, key: bytes, label: bytes) -> bytes:
 
 @given(keys)
 def test_kdf_chain_is_the_public_blake2b_api(chain_key: bytes) -> None:
-    assert kdf.kdf_chain(chain_key) == (
-        _public(b"", 32, chain_key, b"e2echat ck next"),
-        _public(b"", 32, chain_key, b"e2echat ck msg"),
-    )
+    both = _public(b"", 64, chain_key, b"e2echat ck")
+    assert kdf.kdf_chain(chain_key) == (both[:32], both[32:])
 
 
 @given(keys, keys)
 def test_kdf_root_is_the_public_blake2b_api(root_key: bytes, dh_output: bytes) -> None:
-    assert kdf.kdf_root(root_key, dh_output) == (
-        _public(dh_output, 32, root_key, b"e2echat rk root"),
-        _public(dh_output, 32, root_key, b"e2echat rk chain"),
-    )
+    both = _public(dh_output, 64, root_key, b"e2echat rk")
+    assert kdf.kdf_root(root_key, dh_output) == (both[:32], both[32:])
 
 
 @given(st.binary(min_size=96, max_size=128))
@@ -88,7 +84,7 @@ def test_kdf_x3dh_is_blake2b_over_f_and_the_dh_outputs(material: bytes) -> None:
 
 def test_the_direct_call_is_in_use_and_agrees() -> None:
     assert kdf.DIRECT_BLAKE2B
-    args = (b"data", 32, bytes(32), kdf.LABEL_ROOT_NEXT)
+    args = (b"data", 32, bytes(32), kdf.LABEL_ROOT)
     assert kdf._direct_blake2b(*args) == kdf._public_blake2b(*args)
 
 
@@ -99,7 +95,7 @@ def test_the_direct_call_refuses_a_short_personalization() -> None:
 
 def test_every_label_is_distinct_and_16_bytes() -> None:
     labels = [value for name, value in vars(kdf).items() if name.startswith("LABEL_")]
-    assert len(labels) == 9
+    assert len(labels) == 7
     assert len(set(labels)) == len(labels)
     assert all(len(label) == 16 for label in labels)
 
@@ -124,7 +120,7 @@ def test_one_flipped_input_bit_changes_every_output() -> None:
 def test_the_public_fallback_gives_the_same_keys(monkeypatch: pytest.MonkeyPatch) -> None:
     key = bytes(range(32))
     direct = kdf.kdf_chain(key), kdf.kdf_root(key, b"dh"), kdf.header_tag(key, key, b"header")
-    monkeypatch.setattr(kdf, "_pair", kdf._public_pair)
+    monkeypatch.setattr(kdf, "_split", kdf._public_split)
     monkeypatch.setattr(kdf, "_blake2b", kdf._public_blake2b)
     assert (kdf.kdf_chain(key), kdf.kdf_root(key, b"dh"), kdf.header_tag(key, key, b"header")) == direct
 
