@@ -43,29 +43,32 @@ def test_hmac_sha256_is_the_stdlib_hmac(key: bytes, message: bytes) -> None:
     assert primitives.hmac_sha256(key, message) == hmac.new(key, message, hashlib.sha256).digest()
 
 
-@given(st.binary(max_size=2000))
-def test_secretbox_is_pynacls_secretbox_both_ways(message: bytes) -> None:
+@given(st.binary(max_size=2000), st.binary(max_size=100))
+def test_aead_is_pynacls_xchacha20poly1305_both_ways(message: bytes, associated: bytes) -> None:
     key, nonce = os.urandom(32), os.urandom(24)
-    sealed = primitives.secretbox(message, nonce, key)
-    assert sealed == nacl.bindings.crypto_secretbox_easy(message, nonce, key)
-    assert primitives.secretbox_open(sealed, nonce, key) == message
+    sealed = primitives.aead_encrypt(message, associated, nonce, key)
+    assert sealed == nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(message, associated, nonce, key)
+    assert primitives.aead_decrypt(sealed, associated, nonce, key) == message
 
 
-def test_secretbox_open_refuses_what_does_not_authenticate() -> None:
+def test_aead_decrypt_refuses_what_does_not_authenticate() -> None:
     key, nonce = os.urandom(32), os.urandom(24)
-    sealed = primitives.secretbox(b"attack at dawn", nonce, key)
-    for index in (0, 15, 16, len(sealed) - 1):  # in the tag and in the ciphertext
+    sealed = primitives.aead_encrypt(b"attack at dawn", b"header", nonce, key)
+    for index in (0, len(sealed) - 17, len(sealed) - 16, len(sealed) - 1):  # ciphertext and tag
         tampered = bytearray(sealed)
         tampered[index] ^= 1
         with pytest.raises(CryptoError):
-            primitives.secretbox_open(bytes(tampered), nonce, key)
-    with pytest.raises(CryptoError):
-        primitives.secretbox_open(sealed, nonce, os.urandom(32))
-    with pytest.raises(CryptoError):
-        primitives.secretbox_open(sealed, os.urandom(24), key)
-    for short in (b"", sealed[:15], sealed[:16]):  # shorter than a tag; a bare tag that is wrong
+            primitives.aead_decrypt(bytes(tampered), b"header", nonce, key)
+    for associated in (b"headeR", b"header\x00", b""):
         with pytest.raises(CryptoError):
-            primitives.secretbox_open(short, nonce, key)
+            primitives.aead_decrypt(sealed, associated, nonce, key)
+    with pytest.raises(CryptoError):
+        primitives.aead_decrypt(sealed, b"header", nonce, os.urandom(32))
+    with pytest.raises(CryptoError):
+        primitives.aead_decrypt(sealed, b"header", os.urandom(24), key)
+    for short in (b"", sealed[:15], sealed[-16:]):  # shorter than a tag; a bare tag that is wrong
+        with pytest.raises(CryptoError):
+            primitives.aead_decrypt(short, b"header", nonce, key)
 
 
 WRONG_SIZES = [(23, 32), (25, 32), (0, 32), (24, 31), (24, 33), (24, 0)]
@@ -77,9 +80,9 @@ def test_wrong_sized_nonces_and_keys_never_reach_libsodium(nonce_size: int, key_
     nonce, key = bytes(nonce_size), bytes(key_size)
     # A CryptoError, as PyNaCl raises: the session turns it into a dropped message.
     with pytest.raises(CryptoError, match="24-byte nonce and a 32-byte key"):
-        primitives.secretbox(b"text", nonce, key)
+        primitives.aead_encrypt(b"text", b"", nonce, key)
     with pytest.raises(CryptoError, match="24-byte nonce and a 32-byte key"):
-        primitives.secretbox_open(bytes(40), nonce, key)
+        primitives.aead_decrypt(bytes(40), b"", nonce, key)
 
 
 def _fresh_copy(monkeypatch: pytest.MonkeyPatch, **replaced: object) -> types.ModuleType:
@@ -97,18 +100,20 @@ def _works(copy: types.ModuleType) -> None:
     for key, message, expected in RFC_4231:
         assert copy.hmac_sha256(key, message).hex() == expected
     key, nonce = os.urandom(32), os.urandom(24)
-    sealed = copy.secretbox(b"still right", nonce, key)
-    assert sealed == nacl.bindings.crypto_secretbox_easy(b"still right", nonce, key)
-    assert copy.secretbox_open(sealed, nonce, key) == b"still right"
+    sealed = copy.aead_encrypt(b"still right", b"ad", nonce, key)
+    assert sealed == nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(
+        b"still right", b"ad", nonce, key
+    )
+    assert copy.aead_decrypt(sealed, b"ad", nonce, key) == b"still right"
 
 
 def test_the_direct_calls_are_in_use_here() -> None:
-    assert primitives.DIRECT_HMAC and primitives.DIRECT_SECRETBOX
+    assert primitives.DIRECT_HMAC and primitives.DIRECT_AEAD
 
 
 def test_without_the_private_modules_the_public_api_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
     copy = _fresh_copy(monkeypatch, _hashlib=None, **{"nacl._sodium": None})
-    assert not copy.DIRECT_HMAC and not copy.DIRECT_SECRETBOX
+    assert not copy.DIRECT_HMAC and not copy.DIRECT_AEAD
     _works(copy)
 
 
@@ -117,5 +122,5 @@ def test_a_private_module_that_answers_wrongly_is_not_used(monkeypatch: pytest.M
     # a wrong MAC, and the public hmac module is used instead.
     wrong = types.SimpleNamespace(digest=lambda: bytes(32))
     copy = _fresh_copy(monkeypatch, _hashlib=types.SimpleNamespace(hmac_new=lambda *a, **k: wrong))
-    assert not copy.DIRECT_HMAC and copy.DIRECT_SECRETBOX
+    assert not copy.DIRECT_HMAC and copy.DIRECT_AEAD
     _works(copy)

@@ -250,6 +250,29 @@ def test_a_forged_jump_costs_no_chain_step(
     assert counting.root == (1 if new_ratchet_key else 0)
 
 
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda m: _with_counters(m, 7, int.from_bytes(m[37:41], "big")),  # PN only
+        lambda m: m[:41] + bytes([m[41] ^ 1]) + m[42:],  # the header tag
+        lambda m: m[:-1] + bytes([m[-1] ^ 1]),  # the body
+    ],
+    ids=["pn", "tag", "body"],
+)
+def test_the_next_message_is_authenticated_by_the_aead_alone(
+    monkeypatch: pytest.MonkeyPatch, tamper: Callable[[bytes], bytes]
+) -> None:
+    """The message that comes next in the receiving chain skips the tag check: its header
+    and tag are the AEAD's associated data, so a forgery costs the one chain step any
+    message costs, and is refused."""
+    pair = established()
+    genuine = pair.alice.encrypt(b"next")
+    counting = CountingKdf(monkeypatch)
+    fails_untouched(pair.bob, tamper(genuine))
+    assert (counting.chain, counting.root) == (1, 0)
+    assert pair.bob.decrypt(genuine).plaintext == b"next"  # the control
+
+
 def test_a_genuine_jump_costs_at_most_max_skip_plus_one(monkeypatch: pytest.MonkeyPatch) -> None:
     pair = established()
     messages = [pair.alice.encrypt(b"%d" % n) for n in range(MAX_SKIP + 5)]
@@ -468,7 +491,8 @@ def _state(kind: str) -> bytes:
 DAMAGE: dict[str, Callable[[bytes], bytes]] = {
     "truncated": lambda s: s[:-1],
     "extended": lambda s: s + b"\x00",
-    "unknown version": lambda s: b"\x02" + s[1:],
+    "unknown version": lambda s: bytes([ratchet.STATE_VERSION + 1]) + s[1:],
+    "version 1 (it kept AD's digest)": lambda s: b"\x01" + s[1:],
     "unknown flag": lambda s: s[:1] + bytes([s[1] | 0x10]) + s[2:],
     "flag without its fields": lambda s: s[:1] + bytes([s[1] ^ 0x04]) + s[2:],
     "cut in the middle": lambda s: s[:50],

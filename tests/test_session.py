@@ -451,7 +451,7 @@ def test_malformed_plaintext_in_a_first_message_starts_nothing(plaintext: bytes)
 
 @pytest.mark.parametrize("plaintext", MALFORMED)
 def test_authentic_but_malformed_plaintext_is_rejected(plaintext: bytes) -> None:
-    """Inside an established session the box has opened: the message is the peer's and
+    """Inside an established session the AEAD has opened: the message is the peer's and
     counts as read (a replay of it is a replay), but its contents are refused."""
     _, _, to_bob, to_alice = talked()
     body = to_bob.encrypt("alice -> bob", Kind.ROOM)

@@ -22,7 +22,7 @@ Why BLAKE2b and not Signal's HMAC-SHA256: keyed BLAKE2b is a PRF in one compress
 Speed: a room message makes one ``kdf_chain`` per recipient. ``nacl.bindings``'s
 ``crypto_generichash_blake2b_salt_personal`` spends about 5 µs per call in Python
 (allocating and copying its padded salt and personalization); the C function itself
-takes a fraction of that. So, as ``primitives`` does for the secretbox, ``_blake2b``
+takes a fraction of that. So, as ``primitives`` does for the AEAD, ``_blake2b``
 calls that same C function through PyNaCl's own cffi module, with the labels stored
 already padded. A self-check at import holds it to the public binding, and the public
 binding is used if the private module is missing or disagrees: slower, never wrong.
@@ -52,7 +52,7 @@ LABEL_CHAIN_HEADER = _label(b"e2echat ck hdr")
 LABEL_ROOT = _label(b"e2echat rk")
 LABEL_X3DH = _label(b"e2echat x3dh sk")
 LABEL_HEADER_TAG = _label(b"e2echat hdr tag")
-LABEL_ASSOCIATED = _label(b"e2echat ad")
+LABEL_SESSION = _label(b"e2echat sk ad")
 LABEL_STORE = _label(b"e2echat store")
 _NO_SALT = bytes(nacl.bindings.crypto_generichash_SALTBYTES)
 
@@ -155,15 +155,18 @@ def kdf_x3dh(dh_outputs: bytes) -> bytes:
     return _blake2b(X3DH_PREFIX + dh_outputs, KEY_SIZE, b"", LABEL_X3DH)
 
 
-def header_tag(header_key: bytes, associated_digest: bytes, header: bytes) -> bytes:
-    """16-byte MAC over a message header and (the digest of) the session's AD."""
-    return _blake2b(associated_digest + header, 16, header_key, LABEL_HEADER_TAG)
+def kdf_session(shared_key: bytes, associated_data: bytes) -> bytes:
+    """The session's first root key: BLAKE2b over X3DH's AD, keyed by X3DH's SK. Every
+    key of the session comes from it, so AD is bound into all of them once (Signal binds
+    it by passing it to every encryption instead)."""
+    if len(shared_key) != KEY_SIZE:
+        raise ValueError("a shared key is 32 bytes")
+    return _blake2b(associated_data, KEY_SIZE, shared_key, LABEL_SESSION)
 
 
-def associated_digest(associated_data: bytes) -> bytes:
-    """The 32-byte digest of X3DH's AD that every header tag covers (one BLAKE2b
-    compression per message instead of two: the AD with nicks is over 128 bytes)."""
-    return _blake2b(associated_data, KEY_SIZE, b"", LABEL_ASSOCIATED)
+def header_tag(header_key: bytes, header: bytes) -> bytes:
+    """16-byte MAC over a message header, under its chain's header key."""
+    return _blake2b(header, 16, header_key, LABEL_HEADER_TAG)
 
 
 def store_key(identity_secret: bytes) -> bytes:

@@ -9,18 +9,35 @@ under a ratchet key we have not seen); KDFs are in ``kdf``; byte layouts and lab
 docs/RATCHET.md.
 
 Message = version (1) || ratchet key (32) || PN (4, big-endian) || N (4) || header tag
-(16) || nonce (24) || XSalsa20-Poly1305 box (16 + len). The header tag is BLAKE2b-128
-keyed by a per-chain *header key* over digest(AD) || the 41 header bytes before it.
+(16) || nonce (24) || XChaCha20-Poly1305 ciphertext (len + 16), its associated data the
+57 bytes before the nonce. The header tag is BLAKE2b-128 keyed by a per-chain *header
+key* over the 41 header bytes before it.
 
-Why a header tag and not "AD || header inside the box" (secretbox has no AD): the
-receiver can check the tag before it derives a single message key. The chain's header
-key is known up front (for a new ratchet key, after one DH and one root KDF), so a
-forged message, however large its counters, is refused after at most one DH, four
-BLAKE2b calls (root KDF, header key, tag) and no chain step. Only a message that really
-comes from the peer (or from someone holding the session's state) can make us derive
-skipped keys, and even then at most ``MAX_SKIP`` + 1 chain steps. The box, under a
-message key chosen by the (authenticated) ratchet key and N, authenticates the body.
-Cost: one BLAKE2b call per message per side, and 16 bytes.
+X3DH's associated data AD (both identity keys and nicks) is bound into the root key
+once, when the session starts: RK0 = BLAKE2b(AD) keyed by SK. Every later key comes from
+RK0 through PRFs, so two parties who disagree on AD share no key at all and nothing one
+sends authenticates for the other: what Signal gets by passing AD to every encryption,
+for no cost per message.
+
+Two checks guard a message, for two purposes:
+
+* The header tag is for the receiver to check before it derives a single message key.
+  The chain's header key is known up front (for a new ratchet key, after one DH and one
+  root KDF), so a forged header, however large its counters, is refused after at most
+  one DH, three BLAKE2b calls (root KDF, header key, tag) and no chain step. Only a
+  header that really comes from the peer (or from someone holding the session's state)
+  can make us derive skipped keys, and even then at most ``MAX_SKIP`` + 1 chain steps.
+* The AEAD authenticates the body and, as its associated data, the header and the tag.
+
+So the tag need only be checked where believing the header would cost something: a new
+ratchet key, a gap, a late message, a replay (``ReplayError`` and ``SkippedTooMany`` are
+only ever said of an authentic header). The message that comes next in the current
+receiving chain (N = Nr, nearly every message) costs one chain step whatever its header
+says, the step any message costs, and its header is authenticated by the AEAD with the
+body: the tag check is skipped there. A forgery of such a message is refused by the AEAD
+after that one chain step, exactly as a forged body with a true header would be.
+Cost: one BLAKE2b call per message for the sender, none on that path for the receiver,
+and 16 bytes.
 
 Why no header encryption (the spec's section 4): the relay already sees who talks to
 whom, when and how much; hiding ratchet keys and counters would add little and cost a
@@ -28,7 +45,7 @@ trial decryption per message (against the current and next header keys). A possi
 later step, as the format is versioned.
 
 Every failed decrypt leaves the state untouched: new chain keys and skipped keys are
-computed in locals and committed only after the box has opened.
+computed in locals and committed only after the AEAD has opened.
 """
 
 from __future__ import annotations
@@ -41,8 +58,8 @@ import nacl.bindings
 import nacl.exceptions
 from nacl.public import PrivateKey, PublicKey
 
-from e2echat.crypto.kdf import associated_digest, header_tag, kdf_chain, kdf_header_key, kdf_root
-from e2echat.crypto.primitives import MAC_SIZE, NONCE_SIZE, secretbox, secretbox_open
+from e2echat.crypto.kdf import header_tag, kdf_chain, kdf_header_key, kdf_root, kdf_session
+from e2echat.crypto.primitives import MAC_SIZE, NONCE_SIZE, aead_decrypt, aead_encrypt
 from e2echat.crypto.skipped import Entry, SkippedKeys
 from e2echat.errors import BadRatchetState, DecryptionError, LocalProtocolError, ReplayError, SkippedTooMany
 
@@ -61,10 +78,10 @@ _HEADER_END = _KEY_END + _COUNTERS.size  # 41
 _TAG_END = _HEADER_END + TAG_SIZE  # 57
 _NONCE_END = _TAG_END + NONCE_SIZE  # 81
 MIN_MESSAGE = _NONCE_END + MAC_SIZE  # 97: an empty plaintext
-STATE_VERSION = 1
+STATE_VERSION = 2
 _STATE_COUNTERS = struct.Struct(">III")
 _COUNT = struct.Struct(">I")
-_STATE_FIXED = 2 + 3 * KEY_SIZE + _STATE_COUNTERS.size  # version, flags, AD, DHs, RK, counters
+_STATE_FIXED = 2 + 2 * KEY_SIZE + _STATE_COUNTERS.size  # version, flags, DHs, RK, counters
 _ENTRY_SIZE = 3 * KEY_SIZE + _COUNT.size
 
 
@@ -90,7 +107,6 @@ class Ratchet:
     (after ``x3dh.initiate``), ``responder`` (after ``x3dh.respond``) or ``from_bytes``."""
 
     __slots__ = (
-        "_ad",
         "_budget",
         "_ckr",
         "_cks",
@@ -109,9 +125,8 @@ class Ratchet:
         "peer",
     )
 
-    def __init__(self, peer: str, ad_digest: bytes, budget: SkippedKeys, our_ratchet_key: PrivateKey) -> None:
+    def __init__(self, peer: str, budget: SkippedKeys, our_ratchet_key: PrivateKey) -> None:
         self.peer = peer
-        self._ad = ad_digest
         self._budget = budget
         self._owner = budget.register()
         self._rk = b""
@@ -144,9 +159,11 @@ class Ratchet:
         prekey. She can send at once. ``our_ratchet_key`` is for known-answer tests."""
         _check_key(shared_key)
         ours = PrivateKey.generate() if our_ratchet_key is None else our_ratchet_key
-        state = cls(peer, associated_digest(associated_data), budget, ours)
+        state = cls(peer, budget, ours)
         try:
-            state._rk, chain = kdf_root(shared_key, _dh(ours, bytes(their_ratchet_key)))
+            state._rk, chain = kdf_root(
+                kdf_session(shared_key, associated_data), _dh(ours, bytes(their_ratchet_key))
+            )
         except nacl.exceptions.CryptoError:
             budget.release(state._owner)
             raise DecryptionError(peer=peer, detail="their signed prekey is not a valid point") from None
@@ -167,8 +184,8 @@ class Ratchet:
         """Bob: SK and AD from ``x3dh.respond``; his first ratchet key is his signed
         prekey. He can send only after Alice's first message has arrived."""
         _check_key(shared_key)
-        state = cls(peer, associated_digest(associated_data), budget, our_signed_prekey)
-        state._rk = shared_key
+        state = cls(peer, budget, our_signed_prekey)
+        state._rk = kdf_session(shared_key, associated_data)
         return state
 
     @property
@@ -199,9 +216,10 @@ class Ratchet:
         next_chain, message_key = kdf_chain(cks)
         if nonce is None:
             nonce = nacl.bindings.randombytes(NONCE_SIZE)
-        body = secretbox(plaintext, nonce, message_key)
+        authenticated = header + header_tag(hks, header)
+        body = aead_encrypt(plaintext, authenticated, nonce, message_key)
         self._cks, self._ns = next_chain, counter + 1
-        return header + header_tag(hks, self._ad, header) + nonce + body
+        return authenticated + nonce + body
 
     def decrypt(self, message: bytes) -> Opened:
         """Authenticate and decrypt one message. On any failure the state is unchanged.
@@ -219,6 +237,11 @@ class Ratchet:
 
         ckr, hkr = self._ckr, self._hkr
         if ratchet_key == self._dhr and ckr is not None and hkr is not None:
+            if counter == self._nr:  # the next message: the AEAD alone authenticates it
+                ckr, message_key = kdf_chain(ckr)
+                plaintext = self._open(message_key, message)
+                self._ckr, self._nr = ckr, counter + 1
+                return Opened(plaintext, counter, 0, False)
             self._check_tag(hkr, header, tag)
             if counter < self._nr:
                 return self._open_skipped(ratchet_key, counter, message)
@@ -247,12 +270,14 @@ class Ratchet:
         return self._ratchet_and_open(ratchet_key, previous_length, counter, header, tag, message)
 
     def _check_tag(self, header_key: bytes, header: bytes, tag: bytes) -> None:
-        if not hmac.compare_digest(header_tag(header_key, self._ad, header), tag):
+        if not hmac.compare_digest(header_tag(header_key, header), tag):
             raise DecryptionError(peer=self.peer, detail="the header does not authenticate")
 
     def _open(self, message_key: bytes, message: bytes) -> bytes:
         try:
-            return secretbox_open(message[_NONCE_END:], message[_TAG_END:_NONCE_END], message_key)
+            return aead_decrypt(
+                message[_NONCE_END:], message[:_TAG_END], message[_TAG_END:_NONCE_END], message_key
+            )
         except nacl.exceptions.CryptoError:
             raise DecryptionError(peer=self.peer, detail="bad authentication tag") from None
 
@@ -318,7 +343,7 @@ class Ratchet:
     def to_bytes(self) -> bytes:
         """The whole state, skipped keys included: secret, so seal it before storing.
 
-        version (1) || flags (1) || digest(AD) || DHs private || RK (32 each) || Ns || Nr
+        version (1) || flags (1) || DHs private || RK (32 each) || Ns || Nr
         || PN (4 each) || [DHr] || [CKr || HKr] || [CKs || HKs] || [previous DHr || its HK]
         || count (4) || count x (ratchet key || N (4) || HK || MK); flags say which
         bracketed parts are present (bits 0..3, in that order)."""
@@ -331,7 +356,7 @@ class Ratchet:
                 flags |= 1 << bit
                 parts.extend(value for value in present if value is not None)
         entries = self._budget.entries(self._owner)
-        head = bytes([STATE_VERSION, flags]) + self._ad + bytes(self._dhs) + self._rk
+        head = bytes([STATE_VERSION, flags]) + bytes(self._dhs) + self._rk
         parts[0] = head + _STATE_COUNTERS.pack(self._ns, self._nr, self._pn)
         parts.append(_COUNT.pack(len(entries)))
         parts.extend(key + _COUNT.pack(number) + hk + mk for key, number, hk, mk in entries)
@@ -360,10 +385,10 @@ class Ratchet:
         (count,) = _COUNT.unpack_from(data, count_at)
         if len(data) != count_at + _COUNT.size + count * _ENTRY_SIZE:
             raise bad("wrong length")
-        ad, dhs, root = (data[at : at + KEY_SIZE] for at in range(2, 2 + 3 * KEY_SIZE, KEY_SIZE))
-        ns, nr, pn = _STATE_COUNTERS.unpack_from(data, 2 + 3 * KEY_SIZE)
+        dhs, root = data[2 : 2 + KEY_SIZE], data[2 + KEY_SIZE : 2 + 2 * KEY_SIZE]
+        ns, nr, pn = _STATE_COUNTERS.unpack_from(data, 2 + 2 * KEY_SIZE)
         fields = [data[at : at + KEY_SIZE] for at in range(_STATE_FIXED, count_at, KEY_SIZE)]
-        state = cls(peer, ad, budget, PrivateKey(dhs))
+        state = cls(peer, budget, PrivateKey(dhs))
         state._rk, state._ns, state._nr, state._pn = root, ns, nr, pn
         if flags & 0b0001:
             state._dhr = fields.pop(0)

@@ -399,7 +399,7 @@ class PeerSession:
         return plaintext
 
     def _opened(self, index: int, raw: bytes, skipped: int, late: bool) -> Plaintext:
-        # The ratchet has moved on already (the box opened); a malformed plaintext inside
+        # The ratchet has moved on already (the AEAD opened); a malformed plaintext inside
         # an authentic message is the peer's fault, and is refused all the same.
         session = self._sessions[index]
         session.prekey_header = b""  # they answered in it: it is established
