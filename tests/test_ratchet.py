@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.public import PrivateKey
 
-from e2echat.crypto import kdf, ratchet, x3dh
+from e2echat.crypto import kdf, ratchet, steps, x3dh
 from e2echat.crypto.ratchet import MAX_SKIP, Ratchet
 from e2echat.crypto.skipped import SkippedKeys
 from e2echat.errors import BadRatchetState, DecryptionError, LocalProtocolError, ReplayError, SkippedTooMany
@@ -212,9 +212,11 @@ def test_a_peer_lying_about_pn_cannot_stretch_the_bound() -> None:
 
 
 class CountingKdf:
+    """Counts chain steps (``open_next`` is one, fused with its AEAD) and root KDFs."""
+
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.chain = self.root = 0
-        real_chain, real_root = kdf.kdf_chain, kdf.kdf_root
+        real_chain, real_root, real_open_next = kdf.kdf_chain, kdf.kdf_root, steps.open_next
 
         def chain(key: bytes) -> tuple[bytes, bytes]:
             self.chain += 1
@@ -224,8 +226,13 @@ class CountingKdf:
             self.root += 1
             return real_root(key, dh)
 
+        def open_next(key: bytes, message: bytes, size: int) -> tuple[bytes, bytes]:
+            self.chain += 1
+            return real_open_next(key, message, size)
+
         monkeypatch.setattr(ratchet, "kdf_chain", chain)
         monkeypatch.setattr(ratchet, "kdf_root", root)
+        monkeypatch.setattr(ratchet, "open_next", open_next)
 
 
 def _with_counters(message: bytes, previous: int, counter: int) -> bytes:
@@ -521,7 +528,7 @@ def test_random_bytes_are_a_bad_state_or_a_state(data: bytes) -> None:
 # -- the modules stay pure ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("module", ["kdf", "x3dh", "ratchet", "skipped"])
+@pytest.mark.parametrize("module", ["kdf", "x3dh", "ratchet", "skipped", "steps"])
 def test_the_new_modules_do_no_io(module: str) -> None:
     tree = ast.parse((CRYPTO / f"{module}.py").read_text(encoding="utf-8"))
     names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}

@@ -59,8 +59,9 @@ import nacl.exceptions
 from nacl.public import PrivateKey, PublicKey
 
 from e2echat.crypto.kdf import header_tag, kdf_chain, kdf_header_key, kdf_root, kdf_session
-from e2echat.crypto.primitives import MAC_SIZE, NONCE_SIZE, aead_decrypt, aead_encrypt
+from e2echat.crypto.primitives import MAC_SIZE, NONCE_SIZE, aead_decrypt
 from e2echat.crypto.skipped import Entry, SkippedKeys
+from e2echat.crypto.steps import open_next, seal
 from e2echat.errors import BadRatchetState, DecryptionError, LocalProtocolError, ReplayError, SkippedTooMany
 
 MESSAGE_VERSION = 1
@@ -212,14 +213,13 @@ class Ratchet:
         counter = self._ns
         if counter >= MAX_COUNTER:
             raise LocalProtocolError(detail="sending chain exhausted")
-        header = self._send_prefix + _COUNTERS.pack(self._pn, counter)
-        next_chain, message_key = kdf_chain(cks)
         if nonce is None:
             nonce = nacl.bindings.randombytes(NONCE_SIZE)
-        authenticated = header + header_tag(hks, header)
-        body = aead_encrypt(plaintext, authenticated, nonce, message_key)
-        self._cks, self._ns = next_chain, counter + 1
-        return authenticated + nonce + body
+        self._cks, message = seal(
+            cks, hks, self._send_prefix + _COUNTERS.pack(self._pn, counter), nonce, plaintext
+        )
+        self._ns = counter + 1
+        return message
 
     def decrypt(self, message: bytes) -> Opened:
         """Authenticate and decrypt one message. On any failure the state is unchanged.
@@ -238,8 +238,10 @@ class Ratchet:
         ckr, hkr = self._ckr, self._hkr
         if ratchet_key == self._dhr and ckr is not None and hkr is not None:
             if counter == self._nr:  # the next message: the AEAD alone authenticates it
-                ckr, message_key = kdf_chain(ckr)
-                plaintext = self._open(message_key, message)
+                try:
+                    ckr, plaintext = open_next(ckr, message, _TAG_END)
+                except nacl.exceptions.CryptoError:
+                    raise DecryptionError(peer=self.peer, detail="bad authentication tag") from None
                 self._ckr, self._nr = ckr, counter + 1
                 return Opened(plaintext, counter, 0, False)
             self._check_tag(hkr, header, tag)

@@ -1,0 +1,158 @@
+"""The ratchet's two per-message steps, each in one go: a fast path beside ``kdf`` and
+``primitives``. Pure (no I/O).
+
+* ``seal``: a chain step, the header tag and the AEAD of one outgoing message;
+* ``open_next``: a chain step and the AEAD of the message next in a receiving chain.
+
+Each is defined by the composition of ``kdf.kdf_chain``, ``kdf.header_tag`` and
+``primitives.aead_*`` it replaces (``_composed_seal``, ``_composed_open``), and gives the
+very same bytes. A room message makes one ``seal`` per recipient and one ``open_next`` on
+each recipient, and as separate calls the Python around the three C functions (a buffer,
+a copy and the slicing of each result) cost as much as the functions themselves. Here
+the three calls share one buffer and the message key never leaves it. Nothing here is
+new cryptography: the same libsodium functions through PyNaCl's own cffi module, with
+the checks that keep libsodium from reading past a buffer (it reads exactly 32 bytes of
+key and 24 of nonce). A self-check at import holds the direct steps to the composition,
+which is used instead if PyNaCl's private module is missing or disagrees.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import nacl.bindings
+import nacl.exceptions
+
+from e2echat.crypto.kdf import LABEL_CHAIN, LABEL_HEADER_TAG, header_tag, kdf_chain
+from e2echat.crypto.primitives import KEY_SIZE, MAC_SIZE, NONCE_SIZE, aead_decrypt, aead_encrypt
+
+TAG_SIZE = 16
+_NO_SALT = bytes(nacl.bindings.crypto_generichash_SALTBYTES)
+_SIZES = "a chain key and a header key are 32 bytes, a nonce 24"
+
+
+def _composed_seal(
+    chain_key: bytes, header_key: bytes, header: bytes, nonce: bytes, plaintext: bytes
+) -> tuple[bytes, bytes]:
+    next_chain, message_key = kdf_chain(chain_key)
+    authenticated = header + header_tag(header_key, header)
+    return next_chain, authenticated + nonce + aead_encrypt(plaintext, authenticated, nonce, message_key)
+
+
+def _composed_open(chain_key: bytes, message: bytes, authenticated_size: int) -> tuple[bytes, bytes]:
+    next_chain, message_key = kdf_chain(chain_key)
+    nonce_end = authenticated_size + NONCE_SIZE
+    nonce = message[authenticated_size:nonce_end]
+    return next_chain, aead_decrypt(message[nonce_end:], message[:authenticated_size], nonce, message_key)
+
+
+try:
+    import nacl._sodium as _sodium  # type: ignore[import-not-found]
+
+    _ffi: Any = _sodium.ffi
+    _lib: Any = _sodium.lib
+except (ImportError, AttributeError):  # a PyNaCl laid out differently
+    _ffi = _lib = None
+
+
+def _direct_seal(
+    chain_key: bytes, header_key: bytes, header: bytes, nonce: bytes, plaintext: bytes
+) -> tuple[bytes, bytes]:
+    if len(chain_key) != KEY_SIZE or len(header_key) != KEY_SIZE or len(nonce) != NONCE_SIZE:
+        raise nacl.exceptions.ValueError(_SIZES)
+    size = len(plaintext)
+    # next chain key || message key, then the header tag, which the ciphertext (at least
+    # as long: MAC_SIZE = TAG_SIZE) overwrites once it is copied out
+    out = _ffi.new("unsigned char[]", 2 * KEY_SIZE + size + MAC_SIZE)
+    generichash = _lib.crypto_generichash_blake2b_salt_personal
+    null = _ffi.NULL
+    if generichash(out, 2 * KEY_SIZE, null, 0, chain_key, KEY_SIZE, _NO_SALT, LABEL_CHAIN) or generichash(
+        out + 2 * KEY_SIZE, TAG_SIZE, header, len(header), header_key, KEY_SIZE, _NO_SALT, LABEL_HEADER_TAG
+    ):
+        raise nacl.exceptions.CryptoError("crypto_generichash refused its arguments")
+    buffer = _ffi.buffer(out)
+    authenticated = header + buffer[2 * KEY_SIZE : 2 * KEY_SIZE + TAG_SIZE]
+    if _lib.crypto_aead_xchacha20poly1305_ietf_encrypt(
+        out + 2 * KEY_SIZE,
+        null,
+        plaintext,
+        size,
+        authenticated,
+        len(authenticated),
+        null,
+        nonce,
+        out + KEY_SIZE,
+    ):
+        raise nacl.exceptions.CryptoError("encryption failed")
+    sealed = buffer[2 * KEY_SIZE : 2 * KEY_SIZE + size + MAC_SIZE]
+    return buffer[:KEY_SIZE], authenticated + nonce + sealed
+
+
+def _direct_open(chain_key: bytes, message: bytes, authenticated_size: int) -> tuple[bytes, bytes]:
+    nonce_end = authenticated_size + NONCE_SIZE
+    size = len(message) - nonce_end - MAC_SIZE
+    if len(chain_key) != KEY_SIZE:
+        raise nacl.exceptions.ValueError(_SIZES)
+    if size < 0 or authenticated_size < 0:
+        raise nacl.exceptions.CryptoError("shorter than the authentication tag")
+    out = _ffi.new("unsigned char[]", 2 * KEY_SIZE + size)
+    null = _ffi.NULL
+    if _lib.crypto_generichash_blake2b_salt_personal(
+        out, 2 * KEY_SIZE, null, 0, chain_key, KEY_SIZE, _NO_SALT, LABEL_CHAIN
+    ):
+        raise nacl.exceptions.CryptoError("crypto_generichash refused its arguments")
+    if _lib.crypto_aead_xchacha20poly1305_ietf_decrypt(
+        out + 2 * KEY_SIZE,
+        null,
+        null,
+        message[nonce_end:],
+        size + MAC_SIZE,
+        message[:authenticated_size],
+        authenticated_size,
+        message[authenticated_size:nonce_end],
+        out + KEY_SIZE,
+    ):
+        raise nacl.exceptions.CryptoError("the message does not authenticate")
+    buffer = _ffi.buffer(out)
+    return buffer[:KEY_SIZE], buffer[2 * KEY_SIZE :]
+
+
+def _direct_agrees() -> bool:
+    chain_key, header_key, nonce = bytes(range(32)), bytes(range(32, 64)), bytes(range(24))
+    header = b"e2echat self-check header"
+    try:
+        for plaintext in (b"", b"e2echat self-check"):
+            sealed = _direct_seal(chain_key, header_key, header, nonce, plaintext)
+            if sealed != _composed_seal(chain_key, header_key, header, nonce, plaintext):
+                return False
+            message, size = sealed[1], len(header) + TAG_SIZE
+            opened = (sealed[0], plaintext)
+            if (
+                _direct_open(chain_key, message, size) != opened
+                or _composed_open(chain_key, message, size) != opened
+            ):
+                return False
+        return True
+    except Exception:
+        return False
+
+
+#: True where the steps call libsodium through cffi directly (found and self-checked).
+DIRECT_STEPS = _ffi is not None and _direct_agrees()
+
+seal: Callable[[bytes, bytes, bytes, bytes, bytes], tuple[bytes, bytes]] = (
+    _direct_seal if DIRECT_STEPS else _composed_seal
+)
+"""``seal(chain_key, header_key, header, nonce, plaintext)`` -> (next chain key, message):
+message = header || tag || nonce || ciphertext, where (next chain key, message key) =
+``kdf_chain(chain_key)``, tag = ``header_tag(header_key, header)`` and the ciphertext is
+the AEAD of ``plaintext`` under the message key with header || tag as associated data."""
+
+open_next: Callable[[bytes, bytes, int], tuple[bytes, bytes]] = (
+    _direct_open if DIRECT_STEPS else _composed_open
+)
+"""``open_next(chain_key, message, authenticated_size)`` -> (next chain key, plaintext):
+``seal``'s message opened under the next message key of ``chain_key``, its first
+``authenticated_size`` bytes (header || tag) as associated data. ``CryptoError`` if it
+does not authenticate."""
