@@ -16,19 +16,25 @@ The construction, and why, is in docs/PROTOCOL.md and docs/RATCHET.md; in short:
   (``MAX_BASE_KEYS`` of them), so that a replay cannot start the session again.
 * When both sides start a session at once, each ends up with two; a message opens in
   whichever it was sealed in, and that one becomes current. They converge on one.
-* Plaintext = the UTF-8 JSON object {"from", "to", "kind", "n", "text", "dir"[, "sent"]
-  [, "acks"]}: sender, recipient, kind, our number for the message (receipts acknowledge
-  it; it keeps counting across sessions with the peer), text, the sender's directory
-  hash, the sender's clock when it encrypted (whole seconds since the Unix epoch), and
-  for a receipt the numbers it acknowledges. Inside the encryption, "sent" is the
-  sender's word and no one else's: a relay that holds a message back cannot make it
-  look fresh.
+* Plaintext = n (8) || kind (1) || flags (1) || sent (8) || directory hash (32) || ack
+  count (2) || acks (8 each) || text (UTF-8, the rest); big-endian. n is our number for
+  the message (receipts acknowledge it; it keeps counting across sessions with the
+  peer); kind 0 room, 1 private, 2 receipt; flags bit 0: "sent" is there (the sender's
+  clock when it encrypted, whole seconds since the Unix epoch), bit 1: the directory
+  hash is there (the SHA-256 of the sender's view, raw); an absent field is zeros; a
+  receipt's acks are the numbers it acknowledges. Inside the encryption, "sent" is the
+  sender's word and no one else's: a relay that holds a message back cannot make it look
+  fresh. Binary, and packed once per message (``prepare``) for all its recipients: per
+  recipient only n is written, and reading one takes a ``struct`` call (two with acks),
+  not a JSON parse.
+  Sender and recipient are not in it: the session's AD, bound into every key, names
+  both (identity keys and nicks), so a message that opens in our session with a peer is
+  from that peer, to us.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import struct
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -86,7 +92,9 @@ class Kind(StrEnum):
     RECEIPT = "receipt"
 
 
-_KINDS = {kind.value: kind for kind in Kind}
+#: a kind's number in a plaintext is its index here
+_KINDS = (Kind.ROOM, Kind.PRIVATE, Kind.RECEIPT)
+_KIND_NUMBERS = {kind: number for number, kind in enumerate(_KINDS)}
 
 # Counters one receipt may acknowledge: a busy minute of room chat, not a denial of service.
 MAX_ACKS = 1000
@@ -108,6 +116,7 @@ class Plaintext(NamedTuple):
     """A message that decrypted and authenticated. (A named tuple, not a frozen dataclass:
     as immutable, and one is made for every message received, at a third of the cost.)"""
 
+    #: the peer and us: the parties of the session it opened in (no field says them)
     sender: str
     recipient: str
     kind: Kind
@@ -127,6 +136,13 @@ class Plaintext(NamedTuple):
 
 # Send times a plaintext may carry: any Unix time in seconds that a float holds exactly.
 MAX_SENT = 2**53
+
+# n, kind, flags, sent, directory hash, ack count: what precedes the acks and the text
+_INNER = struct.Struct(">QBBQ32sH")
+_N = struct.Struct(">Q")
+_HAS_SENT = 0b01
+_HAS_DIRECTORY = 0b10
+_NO_DIRECTORY = bytes(32)
 
 
 def encode_party(party: Party) -> bytes:
@@ -176,8 +192,6 @@ class PeerSession:
         self._base_keys: OrderedDict[bytes, None] = OrderedDict()
         #: the number our next message to them carries (receipts acknowledge it)
         self.next_counter = 0
-        # The start of every plaintext we send this peer (see ``seal``).
-        self._inner_head = ('{"from":' + _json(our_nick) + ',"to":' + _json(their_nick) + ',"kind":').encode()
 
     @property
     def can_send(self) -> bool:
@@ -305,11 +319,7 @@ class PeerSession:
         if not self._sessions:
             raise LocalProtocolError(detail=f"no session with {self.peer} yet")
         session = self._sessions[0]
-        # Byte for byte what json.dumps of {"from", "to", "kind", "n", "text", "dir"
-        # [, "sent"][, "acks"]} gives (a test checks): only "n" differs from one message to
-        # the next.
-        plaintext = b"%b%b%d%b" % (self._inner_head, prepared.kind_and_n, counter, prepared.tail)
-        body = session.ratchet.encrypt(plaintext, nonce)
+        body = session.ratchet.encrypt(_N.pack(counter) + prepared.after_n, nonce)
         self._changed()
         return session.prekey_header + body if session.prekey_header else body
 
@@ -411,33 +421,33 @@ class PeerSession:
 
     def _parse(self, raw: bytes, skipped: int, late: bool) -> Plaintext:
         try:
-            inner = json.loads(raw.decode("utf-8"))
-            sender, recipient, kind = inner["from"], inner["to"], _KINDS[inner["kind"]]
-            counter, text = inner["n"], inner["text"]
-            text.encode("utf-8")  # no lone surrogates: they would crash the display
-            directory_hash = inner.get("dir", "")
-            if not isinstance(directory_hash, str) or len(directory_hash) > 64:
-                raise ValueError("directory hash")
-            sent = inner.get("sent")
-            if sent is not None and (type(sent) is not int or not 0 <= sent < MAX_SENT):
-                raise ValueError("sent")
-            acks = inner.get("acks", ())  # only receipts carry them
-            if acks != () and (
-                not isinstance(acks, list)
-                or len(acks) > MAX_ACKS
-                or not all(type(ack) is int and 0 <= ack < 2**64 for ack in acks)
+            counter, kind_number, flags, sent, directory, ack_count = _INNER.unpack_from(raw)
+            acks_end = _INNER.size + 8 * ack_count
+            if (
+                kind_number >= len(_KINDS)
+                or flags & ~(_HAS_SENT | _HAS_DIRECTORY)
+                or (sent >= MAX_SENT if flags & _HAS_SENT else sent)
+                or (not flags & _HAS_DIRECTORY and directory != _NO_DIRECTORY)
+                or ack_count > MAX_ACKS
             ):
-                raise ValueError("acks")
-            if type(counter) is not int or not 0 <= counter < 2**64:
-                raise ValueError("n")
-        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+                raise ValueError("malformed")
+            # (struct.error if the acks are cut short)
+            acks = struct.unpack_from(f">{ack_count}Q", raw, _INNER.size) if ack_count else ()
+            # strict UTF-8: no lone surrogates (they would crash the display)
+            text = raw[acks_end:].decode("utf-8")
+        except (ValueError, struct.error):  # UnicodeDecodeError is a ValueError
             raise DecryptionError(peer=self.peer, detail="malformed plaintext") from None
-        # The session's AD already binds both parties; these checks make a mismatch (a
-        # bug, or a peer lying inside its own ciphertext) loud, not silent.
-        if sender != self.peer or recipient != self.our_nick:
-            raise DecryptionError(peer=self.peer, detail="header does not match its contents")
         return Plaintext(
-            sender, recipient, kind, counter, text, skipped, late, directory_hash, tuple(acks), sent
+            self.peer,
+            self.our_nick,
+            _KINDS[kind_number],
+            counter,
+            text,
+            skipped,
+            late,
+            directory.hex() if flags & _HAS_DIRECTORY else "",
+            acks,
+            sent if flags & _HAS_SENT else None,
         )
 
     # -- persistence ----------------------------------------------------------------------
@@ -537,13 +547,11 @@ class PeerSession:
 
 @dataclass(frozen=True)
 class Prepared:
-    """One message, JSON-encoded once for all its recipients (see ``prepare``)."""
+    """One message, packed once for all its recipients (see ``prepare``)."""
 
     kind: Kind
-    #: ``"room","n":`` (the kind's value, then the key of the counter that follows it)
-    kind_and_n: bytes
-    #: ``,"text":...,"dir":...[,"sent":...][,"acks":[...]]}``
-    tail: bytes
+    #: the plaintext after n: kind, flags, sent, directory hash, acks, text
+    after_n: bytes
 
 
 def prepare(
@@ -554,21 +562,33 @@ def prepare(
     acks: tuple[int, ...] = (),
     sent: int | None = None,
 ) -> Prepared:
-    """The parts of a message's plaintext that are the same for every recipient. A room
-    message to 49 people differs per recipient only in "to" and "n", so the text is
-    JSON-encoded once, not 49 times. ``sent`` is our clock now (Unix time, seconds).
-    Raises ``LocalProtocolError`` for a text over MAX_TEXT (and ``UnicodeEncodeError`` for
-    one UTF-8 cannot carry)."""
-    if len(text.encode("utf-8")) > MAX_TEXT:
+    """The parts of a message's plaintext that are the same for every recipient: all but
+    n, which ``seal_numbered`` writes. ``directory_hash``: hex, 32 bytes (or empty);
+    ``sent`` is our clock now (Unix time, seconds). Raises ``LocalProtocolError`` for a
+    text over MAX_TEXT or a field out of range (and ``UnicodeEncodeError`` for a text
+    UTF-8 cannot carry)."""
+    encoded = text.encode("utf-8")
+    if len(encoded) > MAX_TEXT:
         raise LocalProtocolError(detail=f"message longer than {MAX_TEXT} bytes")
-    tail = ',"text":' + _json(text) + ',"dir":' + _json(directory_hash)
+    flags = 0
     if sent is not None:
         if not 0 <= sent < MAX_SENT:
             raise LocalProtocolError(detail=f"send time {sent} out of range")
-        tail += f',"sent":{int(sent)}'
-    if acks:
-        tail += ',"acks":' + json.dumps(list(acks), separators=(",", ":"))
-    return Prepared(kind, (_json(kind.value) + ',"n":').encode("utf-8"), (tail + "}").encode("utf-8"))
+        flags |= _HAS_SENT
+    directory = _NO_DIRECTORY
+    if directory_hash:
+        try:
+            directory = bytes.fromhex(directory_hash)
+        except ValueError:
+            directory = b""
+        if len(directory) != len(_NO_DIRECTORY):
+            raise LocalProtocolError(detail="a directory hash is 32 bytes, in hex")
+        flags |= _HAS_DIRECTORY
+    if len(acks) > MAX_ACKS or not all(0 <= ack < 2**64 for ack in acks):
+        raise LocalProtocolError(detail=f"a receipt acknowledges at most {MAX_ACKS} numbers below 2**64")
+    head = _INNER.pack(0, _KIND_NUMBERS[kind], flags, int(sent or 0), directory, len(acks))
+    packed_acks = struct.pack(f">{len(acks)}Q", *acks)
+    return Prepared(kind, head[_N.size :] + packed_acks + encoded)
 
 
 def seal_all(messages: list[tuple[PeerSession, Prepared]]) -> list[tuple[str, bytes]]:
@@ -583,10 +603,6 @@ def random_nonces(count: int) -> list[bytes]:
     message needs one per recipient, and one call is far cheaper than ``count``."""
     pool = nacl.bindings.randombytes(NONCE_SIZE * count)
     return [pool[start : start + NONCE_SIZE] for start in range(0, len(pool), NONCE_SIZE)]
-
-
-def _json(value: str) -> str:
-    return json.dumps(value, ensure_ascii=False)
 
 
 def directory_digest(entries: list[Party]) -> str:
