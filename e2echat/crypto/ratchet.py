@@ -230,21 +230,21 @@ class Ratchet:
             raise DecryptionError(peer=self.peer, detail="message too short")
         if message[0] != MESSAGE_VERSION:
             raise DecryptionError(peer=self.peer, detail=f"unsupported message version {message[0]}")
-        ratchet_key = message[1:_KEY_END]
-        header = message[:_HEADER_END]
-        tag = message[_HEADER_END:_TAG_END]
         previous_length, counter = _COUNTERS.unpack_from(message, _KEY_END)
+        ratchet_key = message[1:_KEY_END]
+        ckr = self._ckr
+        if counter == self._nr and ckr is not None and ratchet_key == self._dhr:
+            # The next message in the receiving chain: the AEAD alone authenticates it.
+            try:
+                ckr, plaintext = open_next(ckr, message, _TAG_END)
+            except nacl.exceptions.CryptoError:
+                raise DecryptionError(peer=self.peer, detail="bad authentication tag") from None
+            self._ckr, self._nr = ckr, counter + 1
+            return Opened(plaintext, counter, 0, False)
 
-        ckr, hkr = self._ckr, self._hkr
+        hkr = self._hkr
         if ratchet_key == self._dhr and ckr is not None and hkr is not None:
-            if counter == self._nr:  # the next message: the AEAD alone authenticates it
-                try:
-                    ckr, plaintext = open_next(ckr, message, _TAG_END)
-                except nacl.exceptions.CryptoError:
-                    raise DecryptionError(peer=self.peer, detail="bad authentication tag") from None
-                self._ckr, self._nr = ckr, counter + 1
-                return Opened(plaintext, counter, 0, False)
-            self._check_tag(hkr, header, tag)
+            self._check_tag(hkr, message)
             if counter < self._nr:
                 return self._open_skipped(ratchet_key, counter, message)
             gap = counter - self._nr
@@ -264,15 +264,16 @@ class Ratchet:
 
         kept = self._budget.get(self._owner, ratchet_key, counter)
         if kept is not None:  # late, from an earlier chain
-            self._check_tag(kept[0], header, tag)
+            self._check_tag(kept[0], message)
             return self._open_skipped(ratchet_key, counter, message)
         if ratchet_key == self._prev_dhr and self._prev_hkr is not None:
-            self._check_tag(self._prev_hkr, header, tag)
+            self._check_tag(self._prev_hkr, message)
             raise ReplayError(peer=self.peer, counter=counter)
-        return self._ratchet_and_open(ratchet_key, previous_length, counter, header, tag, message)
+        return self._ratchet_and_open(ratchet_key, previous_length, counter, message)
 
-    def _check_tag(self, header_key: bytes, header: bytes, tag: bytes) -> None:
-        if not hmac.compare_digest(header_tag(header_key, header), tag):
+    def _check_tag(self, header_key: bytes, message: bytes) -> None:
+        tag = header_tag(header_key, message[:_HEADER_END])
+        if not hmac.compare_digest(tag, message[_HEADER_END:_TAG_END]):
             raise DecryptionError(peer=self.peer, detail="the header does not authenticate")
 
     def _open(self, message_key: bytes, message: bytes) -> bytes:
@@ -298,8 +299,6 @@ class Ratchet:
         ratchet_key: bytes,
         previous_length: int,
         counter: int,
-        header: bytes,
-        tag: bytes,
         message: bytes,
     ) -> Opened:
         try:
@@ -307,7 +306,7 @@ class Ratchet:
         except nacl.exceptions.CryptoError:
             raise DecryptionError(peer=self.peer, detail="invalid ratchet key") from None
         new_hkr = kdf_header_key(new_ckr)
-        self._check_tag(new_hkr, header, tag)
+        self._check_tag(new_hkr, message)
         # From here on the header is the peer's: its counters may be believed (bounded).
         skipped: list[Entry] = []
         old_chain, old_key, old_hkr = self._ckr, self._dhr, self._hkr

@@ -192,6 +192,7 @@ class PeerSession:
         self._base_keys: OrderedDict[bytes, None] = OrderedDict()
         #: the number our next message to them carries (receipts acknowledge it)
         self.next_counter = 0
+        self._last_directory = (b"", "")  # raw and hex: see _hex
 
     @property
     def can_send(self) -> bool:
@@ -320,7 +321,7 @@ class PeerSession:
             raise LocalProtocolError(detail=f"no session with {self.peer} yet")
         session = self._sessions[0]
         body = session.ratchet.encrypt(_N.pack(counter) + prepared.after_n, nonce)
-        self._changed()
+        self._dirty.add(self.peer)  # (what _changed does, without the call: once a copy)
         return session.prekey_header + body if session.prekey_header else body
 
     # -- receiving ------------------------------------------------------------------------
@@ -333,11 +334,12 @@ class PeerSession:
 
         Raises ``ReplayError`` for a message already read, ``SkippedTooMany`` for one after
         too long a gap, ``DecryptionError`` for anything else."""
-        if body[:1] == bytes([PREKEY_MESSAGE]):
-            return self._decrypt_first(body)
-        if body[:1] != bytes([RATCHET_MESSAGE]):
-            kind = body[0] if body else "none"
-            raise DecryptionError(peer=self.peer, detail=f"unsupported message type {kind}")
+        kind = body[0] if body else None
+        if kind != RATCHET_MESSAGE:
+            if kind == PREKEY_MESSAGE:
+                return self._decrypt_first(body)
+            named = "none" if kind is None else kind
+            raise DecryptionError(peer=self.peer, detail=f"unsupported message type {named}")
         failure: DecryptionError | None = None
         for index, session in enumerate(self._sessions):
             try:
@@ -411,12 +413,10 @@ class PeerSession:
     def _opened(self, index: int, raw: bytes, skipped: int, late: bool) -> Plaintext:
         # The ratchet has moved on already (the AEAD opened); a malformed plaintext inside
         # an authentic message is the peer's fault, and is refused all the same.
-        session = self._sessions[index]
-        session.prekey_header = b""  # they answered in it: it is established
         if index:  # they are using an earlier session: it becomes the current one
-            del self._sessions[index]
-            self._sessions.insert(0, session)
-        self._changed()
+            self._sessions.insert(0, self._sessions.pop(index))
+        self._sessions[0].prekey_header = b""  # they answered in it: it is established
+        self._dirty.add(self.peer)
         return self._parse(raw, skipped, late)
 
     def _parse(self, raw: bytes, skipped: int, late: bool) -> Plaintext:
@@ -445,10 +445,16 @@ class PeerSession:
             text,
             skipped,
             late,
-            directory.hex() if flags & _HAS_DIRECTORY else "",
+            self._hex(directory) if flags & _HAS_DIRECTORY else "",
             acks,
             sent if flags & _HAS_SENT else None,
         )
+
+    def _hex(self, directory: bytes) -> str:
+        # A peer's directory hash changes only when the directory does: remember the last.
+        if directory != self._last_directory[0]:
+            self._last_directory = (directory, directory.hex())
+        return self._last_directory[1]
 
     # -- persistence ----------------------------------------------------------------------
 
