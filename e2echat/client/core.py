@@ -162,15 +162,18 @@ class ClientCore:
         """Feed bytes from the relay. Raises ``RemoteProtocolError`` if the relay breaks
         the protocol; the connection is then useless and must be closed."""
         events: list[Event] = []
+        online = self.state is _ONLINE
         for frame in self._decoder.receive_data(data):
             # Most frames are deliveries in the relay's one canonical form: those skip
             # the strict decoder (decode_deliver accepts nothing it would refuse).
-            fast = decode_deliver(frame) if self.state is ClientState.ONLINE else None
+            fast = decode_deliver(frame) if online else None
             if fast is not None:
-                events.extend(self._sessions.deliver(*fast))
+                events += self._sessions.deliver(*fast)
             else:
-                events.extend(self._handle(decode_message(frame)))
-        self._send_receipts()
+                events += self._handle(decode_message(frame))
+                online = self.state is _ONLINE
+        if online and (self._outbox.acks_due or self._sessions.lost):
+            self._send_receipts()
         return self._take_notices() + events if self._notices else events
 
     def _take_notices(self) -> list[Event]:
@@ -404,6 +407,9 @@ class ClientCore:
 
     def _routed(self, routed: m.Routed) -> list[Event]:
         return list(self.deliveries.routed(routed.id, routed.delivered, routed.missing, routed.refused))
+
+
+_ONLINE = ClientState.ONLINE  # read per frame: a module constant costs less than the enum's
 
 
 def _signed(prekeys: OurPrekeys) -> m.SignedPrekey:

@@ -123,10 +123,14 @@ class Sessions:
     # -- what arrives -----------------------------------------------------------------------
 
     def deliver(self, sender: str, body: bytes) -> list[Event]:
-        """What ``sender`` sent (as the relay passed it on), decrypted into events."""
-        peer = self._directory.peers.get(sender)
+        """What ``sender`` sent (as the relay passed it on), decrypted into events.
+
+        Every room message comes this way, once per delivery: kept lean (the enum members
+        it compares with are module constants, the common case first)."""
+        directory = self._directory
+        peer = directory.peers.get(sender)
         session = None if peer is None else self.keyring.get(sender, peer.identity_key)
-        if session is None and peer is not None and body[:1] == bytes([PREKEY_MESSAGE]):
+        if session is None and peer is not None and body[:1] == _PREKEY_TYPE:
             session = self.keyring.peer(sender, peer.identity_key)  # they start one
         if session is None:
             if peer is not None:
@@ -142,29 +146,36 @@ class Sessions:
         except DecryptionError as exc:
             log.info("dropped a message that did not authenticate")
             return [SecurityWarning(f"{exc}; it was dropped")]
-        events: list[Event] = []
-        if plaintext.skipped:
-            events.append(MessagesMissing(plaintext.sender, plaintext.skipped))
-        directory = self._directory
-        if plaintext.kind is Kind.RECEIPT:
+        # The session is the one with ``sender``: the plaintext is theirs (session.py).
+        events: list[Event] = [MessagesMissing(sender, plaintext.skipped)] if plaintext.skipped else []
+        trust = directory.trust(sender)
+        if plaintext.kind is _RECEIPT:
             # A receipt from a key we do not accept confirms nothing. (Belt and braces: a
             # changed key gets no copies and a replaced session's copies fail in retire,
             # so no receipt from one can match today; this keeps it so if that changes.)
-            if directory.trust(plaintext.sender) is not Trust.CHANGED:
-                events.extend(self._tracker.acknowledged(plaintext.sender, list(plaintext.acks)))
+            if trust is not _CHANGED:
+                events.extend(self._tracker.acknowledged(sender, list(plaintext.acks)))
             return events
-        trust = directory.trust(plaintext.sender)
-        if trust is not Trust.CHANGED:  # nothing is owed to a key we do not accept, even later
-            self.acks_due.setdefault(plaintext.sender, []).append(plaintext.counter)
+        if trust is not _CHANGED:  # nothing is owed to a key we do not accept, even later
+            owed = self.acks_due.get(sender)
+            if owed is None:
+                self.acks_due[sender] = [plaintext.counter]
+            else:
+                owed.append(plaintext.counter)
             # First contact pins the key (a call per message: kept cheap when pinned).
-            if directory.known_peers.exchanged(plaintext.sender, session.identity_key):
-                events.append(KeyPinned(plaintext.sender))
+            if directory.known_peers.exchanged(sender, session.identity_key):
+                events.append(KeyPinned(sender))
         if plaintext.directory_hash != directory.view and directory.is_split_view(
-            plaintext.sender, plaintext.directory_hash
+            sender, plaintext.directory_hash
         ):
-            events.append(SplitView(plaintext.sender))
-        private = plaintext.kind is Kind.PRIVATE
-        events.append(
-            MessageReceived(plaintext.sender, plaintext.text, private, trust, plaintext.late, plaintext.sent)
-        )
+            events.append(SplitView(sender))
+        private = plaintext.kind is _PRIVATE
+        events.append(MessageReceived(sender, plaintext.text, private, trust, plaintext.late, plaintext.sent))
         return events
+
+
+# Module constants: an enum member read through its class costs more than the rest of a
+# comparison (Python 3.11).
+_PREKEY_TYPE = bytes([PREKEY_MESSAGE])
+_RECEIPT, _PRIVATE = Kind.RECEIPT, Kind.PRIVATE
+_CHANGED = Trust.CHANGED

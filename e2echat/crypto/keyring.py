@@ -58,7 +58,10 @@ class Keyring:
         """Our sessions with ``nick`` under ``identity_key``; None if we have none (or only
         under another key: they cannot serve)."""
         peer = self.peers.get(nick)
-        if peer is None or bytes(peer.identity_key) != bytes(identity_key):
+        if peer is None:
+            return None
+        # (The same object, usually: a session is made with the directory's key.)
+        if peer.identity_key is not identity_key and bytes(peer.identity_key) != bytes(identity_key):
             return None
         self.peers.move_to_end(nick)
         return peer

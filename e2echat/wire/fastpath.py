@@ -182,15 +182,21 @@ def decode_deliver(payload: bytes | bytearray | memoryview) -> tuple[str, bytes]
     if head is None or payload[-2:] != DELIVER_TAIL:
         return None
     try:
-        # The same call the strict decoder makes on the body. It refuses every byte that
-        # is not base64 (a quote, a backslash, anything JSON would unescape), so what it
-        # takes is a JSON string with nothing to unescape and the payload ends right here.
-        body = base64.b64decode(payload[head.end() : -2], validate=True)
+        # What the strict decoder's ``b64decode(..., validate=True)`` calls on the body. It
+        # refuses every byte that is not base64 (a quote, a backslash, anything JSON would
+        # unescape), so what it takes is a JSON string with nothing to unescape and the
+        # payload ends right here.
+        body = binascii.a2b_base64(payload[head.end() : -2], strict_mode=True)
     except (binascii.Error, ValueError):
         return None
     if not 0 < len(body) <= MAX_BODY:
         return None
-    return head.group(1).decode("ascii"), body
+    return _sender(head[1]), body
+
+
+@functools.lru_cache(maxsize=4096)
+def _sender(nick: bytes) -> str:
+    return nick.decode("ascii")  # the regex let only a nick's ASCII characters through
 
 
 # -- the relay's directory ----------------------------------------------------------------
