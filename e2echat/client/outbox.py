@@ -96,7 +96,9 @@ def send_frames(message_id: int, envelopes: list[tuple[str, bytes]]) -> bytes:
         return b""
     if (
         count <= MAX_ITEMS
-        and sum([envelope_size(to, body) for to, body in envelopes]) <= FRAME_BUDGET
+        # the sum of envelope_size over the envelopes, without a call for each
+        and sum([len(to) + len(body) * 4 // 3 for to, body in envelopes]) + count * ENVELOPE_OVERHEAD
+        <= FRAME_BUDGET
         and len({to for to, _ in envelopes}) == count
     ):  # the usual case, a room message: everything fits in one frame
         return encode_frame(encode_send(message_id, envelopes))
@@ -208,19 +210,20 @@ class Outbox:
         if len(text.encode("utf-8")) > MAX_TEXT:
             raise CommandError(detail=f"message too long (the limit is {MAX_TEXT} bytes); not sent")
         message_id = next(self._message_ids)
-        # The text is JSON-encoded once and the nonces drawn in one call; per recipient
-        # there remain the chain step and the encryption itself.
+        # The plaintext is packed once and the nonces drawn in one call (one a recipient,
+        # used or not); per recipient there remain the ratchet's step and the envelope.
         prepared = prepare(text, kind, directory_hash=self._directory.view, sent=int(self._wall_clock()))
         self._notices.extend(self._directory.exchanged(recipients))  # first contact pins the key
-        ready: list[tuple[PeerSession, int]] = []
         counters: dict[str, int] = {}
+        envelopes: list[tuple[str, bytes]] = []
         fetch: list[str] = []
         peers = self._directory.peers
-        for nick in recipients:
-            session = self._session_with(nick)
+        session_with = self._session_with
+        for nick, nonce in zip(recipients, random_nonces(len(recipients)), strict=True):
+            session = session_with(nick)
             if session is not None:
                 counters[nick] = counter = session.take_counter()
-                ready.append((session, counter))
+                envelopes.append((nick, session.seal_numbered(prepared, counter, nonce)))
                 continue
             # No session yet: the copy is numbered now and sealed when their bundle comes.
             identity_key = peers[nick].identity_key
@@ -231,11 +234,6 @@ class Outbox:
                 fetch.append(nick)
             waiting.append(_Waiting(message_id, prepared, counter, identity_key))
         now = self._clock()
-        nonces = random_nonces(len(ready))
-        envelopes = [
-            (session.peer, session.seal_numbered(prepared, counter, nonce))
-            for (session, counter), nonce in zip(ready, nonces, strict=True)
-        ]
         # Its receipts are due counting from when it leaves, which may be later if we are
         # sending faster than the relay allows.
         leaves = self._outgoing.write(send_frames(message_id, envelopes), now)
