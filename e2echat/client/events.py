@@ -47,7 +47,7 @@ class PeerLeft:
     nick: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class MessageReceived:
     sender: str
     text: str
@@ -60,6 +60,23 @@ class MessageReceived:
     #: encryption, so the relay cannot change it); None from clients that do not say.
     #: Not compared: two copies of one message are the same event whenever they came.
     sent_at: float | None = field(default=None, compare=False)
+
+    def __init__(
+        self,
+        sender: str,
+        text: str,
+        private: bool,
+        trust: Trust = Trust.UNVERIFIED,
+        late: bool = False,
+        sent_at: float | None = None,
+    ) -> None:
+        # The __init__ dataclass would write sets each field with a call of
+        # object.__setattr__ (a frozen class refuses plain assignment): one event per
+        # message received, at twice the cost of writing the fields straight into the
+        # instance's dict. It is just as frozen afterwards.
+        fields = self.__dict__
+        fields["sender"], fields["text"], fields["private"] = sender, text, private
+        fields["trust"], fields["late"], fields["sent_at"] = trust, late, sent_at
 
 
 @dataclass(frozen=True)
