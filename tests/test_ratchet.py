@@ -384,7 +384,7 @@ def _flip_every_byte(receiver: Ratchet, message: bytes) -> None:
         with pytest.raises(DecryptionError):
             receiver.decrypt(bytes(tampered))
         assert receiver.to_bytes() == before, f"byte {index} changed the state"
-    for broken in (message[:-1], message + b"\x00", message[:96], b""):
+    for broken in (message[:-1], message + b"\x00", message[: ratchet.MIN_MESSAGE - 1], b""):
         with pytest.raises(DecryptionError):
             receiver.decrypt(broken)
     assert receiver.to_bytes() == before

@@ -13,10 +13,10 @@ import struct
 
 import pytest
 from nacl.public import PrivateKey
-from nacl.secret import SecretBox
 
 from e2echat.crypto import x3dh
 from e2echat.crypto.keyring import Keyring
+from e2echat.crypto.primitives import NONCE_SIZE
 from e2echat.crypto.ratchet import MAX_SKIP, Ratchet
 from e2echat.crypto.session import (
     MAX_TEXT,
@@ -497,12 +497,12 @@ def test_text_length_limit() -> None:
 
 def test_an_explicit_nonce_goes_where_the_format_says() -> None:
     _, _, to_bob, to_alice = talked()
-    nonce = bytes(range(SecretBox.NONCE_SIZE))
+    nonce = bytes(range(NONCE_SIZE))
     body = to_bob.encrypt("hi", Kind.ROOM, nonce=nonce)
-    assert body[NONCE_AT : NONCE_AT + SecretBox.NONCE_SIZE] == nonce
+    assert body[NONCE_AT : NONCE_AT + NONCE_SIZE] == nonce
     assert to_alice.decrypt(body).text == "hi"
     # The twin: by default every body gets its own random nonce.
-    nonces = {to_bob.encrypt("hi", Kind.ROOM)[NONCE_AT : NONCE_AT + SecretBox.NONCE_SIZE] for _ in range(2)}
+    nonces = {to_bob.encrypt("hi", Kind.ROOM)[NONCE_AT : NONCE_AT + NONCE_SIZE] for _ in range(2)}
     assert len(nonces) == 2 and nonce not in nonces
 
 
@@ -540,10 +540,10 @@ def test_prepare_refuses_what_encrypt_refuses() -> None:
             prepare("", Kind.RECEIPT, acks=acks)
 
 
-def test_random_nonces_are_24_random_bytes_each() -> None:
+def test_random_nonces_are_32_random_bytes_each() -> None:
     nonces = random_nonces(50)
     assert len(nonces) == 50
-    assert all(len(nonce) == SecretBox.NONCE_SIZE for nonce in nonces)
+    assert all(len(nonce) == NONCE_SIZE for nonce in nonces)
     assert len(set(nonces)) == 50
     assert random_nonces(3) != random_nonces(3)
 

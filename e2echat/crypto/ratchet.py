@@ -9,9 +9,20 @@ under a ratchet key we have not seen); KDFs are in ``kdf``; byte layouts and lab
 docs/RATCHET.md.
 
 Message = version (1) || ratchet key (32) || PN (4, big-endian) || N (4) || header tag
-(16) || nonce (24) || XChaCha20-Poly1305 ciphertext (len + 16), its associated data the
-57 bytes before the nonce. The header tag is BLAKE2b-128 keyed by a per-chain *header
-key* over the 41 header bytes before it.
+(16) || nonce (32) || AEGIS-256 ciphertext (len + 32), its associated data the 57 bytes
+before the nonce. The header tag is BLAKE2b-128 keyed by a per-chain *header key* over
+the 41 header bytes before it.
+
+Why AEGIS-256 (libsodium's ``crypto_aead_aegis256``; CAESAR's final portfolio, specified
+in the CFRG's draft-irtf-cfrg-aegis-aead) and not XChaCha20-Poly1305: a room message
+makes one encryption per recipient, and for a chat line AEGIS-256 takes a third of the
+time (0.27 against 0.84 µs for 150 bytes, as called from Python here). Its 256-bit nonce
+may be random without a thought for collisions, its 256-bit tag leaves forgeries no
+margin to speak of, and the message keys are used once anyway. It is AES-based: with the
+AES instructions of x86-64 and ARMv8 CPUs libsodium's code is constant-time; without
+them libsodium's software AES reads every cache line of its table for each lookup, so a
+cache-timing attacker (one who shares the CPU: not the relay) learns nothing from which
+line was read. The cost: 24 bytes a message over XChaCha20-Poly1305's, and PyNaCl 1.6.
 
 X3DH's associated data AD (both identity keys and nicks) is bound into the root key
 once, when the session starts: RK0 = BLAKE2b(AD) keyed by SK. Every later key comes from
@@ -77,8 +88,8 @@ TAG_SIZE = 16
 _KEY_END = 1 + KEY_SIZE  # the ratchet key is message[1:33]
 _HEADER_END = _KEY_END + _COUNTERS.size  # 41
 _TAG_END = _HEADER_END + TAG_SIZE  # 57
-_NONCE_END = _TAG_END + NONCE_SIZE  # 81
-MIN_MESSAGE = _NONCE_END + MAC_SIZE  # 97: an empty plaintext
+_NONCE_END = _TAG_END + NONCE_SIZE  # 89
+MIN_MESSAGE = _NONCE_END + MAC_SIZE  # 121: an empty plaintext
 STATE_VERSION = 2
 _STATE_COUNTERS = struct.Struct(">III")
 _COUNT = struct.Struct(">I")
@@ -205,7 +216,7 @@ class Ratchet:
     # -- the per-message path: kept lean (no objects made but the output) ----------------
 
     def encrypt(self, plaintext: bytes, nonce: bytes | None = None) -> bytes:
-        """One message to the peer under the next message key. ``nonce``: 24 bytes from
+        """One message to the peer under the next message key. ``nonce``: 32 bytes from
         libsodium's RNG by default; pass one only to draw many at once, or in tests."""
         cks, hks = self._cks, self._hks
         if cks is None or hks is None:

@@ -315,7 +315,7 @@ class PeerSession:
 
     def seal_numbered(self, prepared: Prepared, counter: int, nonce: bytes) -> bytes:
         """``prepared`` in the current session, carrying ``counter`` (from
-        ``take_counter``). ``nonce``: 24 bytes from ``random_nonces`` (or fixed, in tests).
+        ``take_counter``). ``nonce``: 32 bytes from ``random_nonces`` (or fixed, in tests).
         Raises ``LocalProtocolError`` if there is no session yet (see ``start``)."""
         if not self._sessions:
             raise LocalProtocolError(detail=f"no session with {self.peer} yet")
@@ -605,7 +605,7 @@ def seal_all(messages: list[tuple[PeerSession, Prepared]]) -> list[tuple[str, by
 
 
 def random_nonces(count: int) -> list[bytes]:
-    """``count`` nonces of 24 random bytes from libsodium, drawn in one call: a room
+    """``count`` nonces of 32 random bytes from libsodium, drawn in one call: a room
     message needs one per recipient, and one call is far cheaper than ``count``."""
     pool = nacl.bindings.randombytes(NONCE_SIZE * count)
     return [pool[start : start + NONCE_SIZE] for start in range(0, len(pool), NONCE_SIZE)]

@@ -12,7 +12,7 @@ a copy and the slicing of each result) cost as much as the functions themselves.
 the three calls share one buffer and the message key never leaves it. Nothing here is
 new cryptography: the same libsodium functions through PyNaCl's own cffi module, with
 the checks that keep libsodium from reading past a buffer (it reads exactly 32 bytes of
-key and 24 of nonce). A self-check at import holds the direct steps to the composition,
+each key and of the nonce). A self-check at import holds the direct steps to the composition,
 which is used instead if PyNaCl's private module is missing or disagrees.
 """
 
@@ -29,7 +29,7 @@ from e2echat.crypto.primitives import KEY_SIZE, MAC_SIZE, NONCE_SIZE, aead_decry
 
 TAG_SIZE = 16
 _NO_SALT = bytes(nacl.bindings.crypto_generichash_SALTBYTES)
-_SIZES = "a chain key and a header key are 32 bytes, a nonce 24"
+_SIZES = "a chain key, a header key and a nonce are 32 bytes"
 
 
 def _composed_seal(
@@ -63,7 +63,7 @@ def _direct_seal(
         raise nacl.exceptions.ValueError(_SIZES)
     size = len(plaintext)
     # next chain key || message key, then the header tag, which the ciphertext (at least
-    # as long: MAC_SIZE = TAG_SIZE) overwrites once it is copied out
+    # as long: MAC_SIZE >= TAG_SIZE) overwrites once it is copied out
     out = _ffi.new("unsigned char[]", 2 * KEY_SIZE + size + MAC_SIZE)
     generichash = _lib.crypto_generichash_blake2b_salt_personal
     null = _ffi.NULL
@@ -73,7 +73,7 @@ def _direct_seal(
         raise nacl.exceptions.CryptoError("crypto_generichash refused its arguments")
     buffer = _ffi.buffer(out)
     authenticated = header + buffer[2 * KEY_SIZE : 2 * KEY_SIZE + TAG_SIZE]
-    if _lib.crypto_aead_xchacha20poly1305_ietf_encrypt(
+    if _lib.crypto_aead_aegis256_encrypt(
         out + 2 * KEY_SIZE,
         null,
         plaintext,
@@ -102,7 +102,7 @@ def _direct_open(chain_key: bytes, message: bytes, authenticated_size: int) -> t
         out, 2 * KEY_SIZE, null, 0, chain_key, KEY_SIZE, _NO_SALT, LABEL_CHAIN
     ):
         raise nacl.exceptions.CryptoError("crypto_generichash refused its arguments")
-    if _lib.crypto_aead_xchacha20poly1305_ietf_decrypt(
+    if _lib.crypto_aead_aegis256_decrypt(
         out + 2 * KEY_SIZE,
         null,
         null,
@@ -119,7 +119,7 @@ def _direct_open(chain_key: bytes, message: bytes, authenticated_size: int) -> t
 
 
 def _direct_agrees() -> bool:
-    chain_key, header_key, nonce = bytes(range(32)), bytes(range(32, 64)), bytes(range(24))
+    chain_key, header_key, nonce = bytes(range(32)), bytes(range(32, 64)), bytes(range(64, 96))
     header = b"e2echat self-check header"
     try:
         for plaintext in (b"", b"e2echat self-check"):
