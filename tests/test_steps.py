@@ -126,5 +126,6 @@ def test_a_private_module_that_answers_wrongly_is_not_used(monkeypatch: pytest.M
     # ``import nacl._sodium as x`` takes the package's attribute when there is one
     monkeypatch.setattr(nacl, "_sodium", wrong)
     copy = _fresh_copy(monkeypatch, **{"nacl._sodium": wrong})
+    assert copy._direct_seal is not None  # found, and refused for its answers
     assert not copy.DIRECT_STEPS
     _works(copy)

@@ -47,75 +47,79 @@ def _composed_open(chain_key: bytes, message: bytes, authenticated_size: int) ->
     return next_chain, aead_decrypt(message[nonce_end:], message[:authenticated_size], nonce, message_key)
 
 
+Seal = Callable[[bytes, bytes, bytes, bytes, bytes], tuple[bytes, bytes]]
+Open = Callable[[bytes, bytes, int], tuple[bytes, bytes]]
+
+
+def _direct_steps(ffi: Any, lib: Any) -> tuple[Seal, Open]:
+    """The direct steps, over PyNaCl's cffi module. Closures: in these two hot functions
+    every name is a local, not a global and an attribute looked up on each call."""
+    new, buffer, null = ffi.new, ffi.buffer, ffi.NULL
+    generichash = lib.crypto_generichash_blake2b_salt_personal
+    encrypt, decrypt = lib.crypto_aead_aegis256_encrypt, lib.crypto_aead_aegis256_decrypt
+    key_size, nonce_size, mac_size, tag_size = KEY_SIZE, NONCE_SIZE, MAC_SIZE, TAG_SIZE
+    keys_end = 2 * KEY_SIZE  # the buffer starts with the next chain key || the message key
+    tag_end = keys_end + TAG_SIZE
+    no_salt, label_chain, label_tag = _NO_SALT, LABEL_CHAIN, LABEL_HEADER_TAG
+    sizes, value_error, crypto_error = _SIZES, nacl.exceptions.ValueError, nacl.exceptions.CryptoError
+
+    def seal(
+        chain_key: bytes, header_key: bytes, header: bytes, nonce: bytes, plaintext: bytes
+    ) -> tuple[bytes, bytes]:
+        if len(chain_key) != key_size or len(header_key) != key_size or len(nonce) != nonce_size:
+            raise value_error(sizes)
+        size = len(plaintext)
+        # the keys, then the header tag, which the ciphertext (at least as long:
+        # MAC_SIZE >= TAG_SIZE) overwrites once it is copied out
+        out = new("unsigned char[]", keys_end + size + mac_size)
+        after_keys = out + keys_end
+        if generichash(out, keys_end, null, 0, chain_key, key_size, no_salt, label_chain) or generichash(
+            after_keys, tag_size, header, len(header), header_key, key_size, no_salt, label_tag
+        ):
+            raise crypto_error("crypto_generichash refused its arguments")
+        view = buffer(out)
+        authenticated = header + view[keys_end:tag_end]
+        message_key = out + key_size
+        if encrypt(
+            after_keys, null, plaintext, size, authenticated, len(authenticated), null, nonce, message_key
+        ):
+            raise crypto_error("encryption failed")
+        return view[:key_size], authenticated + nonce + view[keys_end:]
+
+    def open_next(chain_key: bytes, message: bytes, authenticated_size: int) -> tuple[bytes, bytes]:
+        nonce_end = authenticated_size + nonce_size
+        size = len(message) - nonce_end - mac_size
+        if len(chain_key) != key_size:
+            raise value_error(sizes)
+        if size < 0 or authenticated_size < 0:
+            raise crypto_error("shorter than the authentication tag")
+        out = new("unsigned char[]", keys_end + size)
+        if generichash(out, keys_end, null, 0, chain_key, key_size, no_salt, label_chain):
+            raise crypto_error("crypto_generichash refused its arguments")
+        if decrypt(
+            out + keys_end,
+            null,
+            null,
+            message[nonce_end:],
+            size + mac_size,
+            message[:authenticated_size],
+            authenticated_size,
+            message[authenticated_size:nonce_end],
+            out + key_size,
+        ):
+            raise crypto_error("the message does not authenticate")
+        view = buffer(out)
+        return view[:key_size], view[keys_end:]
+
+    return seal, open_next
+
+
 try:
     import nacl._sodium as _sodium  # type: ignore[import-not-found]
 
-    _ffi: Any = _sodium.ffi
-    _lib: Any = _sodium.lib
+    _direct_seal, _direct_open = _direct_steps(_sodium.ffi, _sodium.lib)
 except (ImportError, AttributeError):  # a PyNaCl laid out differently
-    _ffi = _lib = None
-
-
-def _direct_seal(
-    chain_key: bytes, header_key: bytes, header: bytes, nonce: bytes, plaintext: bytes
-) -> tuple[bytes, bytes]:
-    if len(chain_key) != KEY_SIZE or len(header_key) != KEY_SIZE or len(nonce) != NONCE_SIZE:
-        raise nacl.exceptions.ValueError(_SIZES)
-    size = len(plaintext)
-    # next chain key || message key, then the header tag, which the ciphertext (at least
-    # as long: MAC_SIZE >= TAG_SIZE) overwrites once it is copied out
-    out = _ffi.new("unsigned char[]", 2 * KEY_SIZE + size + MAC_SIZE)
-    generichash = _lib.crypto_generichash_blake2b_salt_personal
-    null = _ffi.NULL
-    if generichash(out, 2 * KEY_SIZE, null, 0, chain_key, KEY_SIZE, _NO_SALT, LABEL_CHAIN) or generichash(
-        out + 2 * KEY_SIZE, TAG_SIZE, header, len(header), header_key, KEY_SIZE, _NO_SALT, LABEL_HEADER_TAG
-    ):
-        raise nacl.exceptions.CryptoError("crypto_generichash refused its arguments")
-    buffer = _ffi.buffer(out)
-    authenticated = header + buffer[2 * KEY_SIZE : 2 * KEY_SIZE + TAG_SIZE]
-    if _lib.crypto_aead_aegis256_encrypt(
-        out + 2 * KEY_SIZE,
-        null,
-        plaintext,
-        size,
-        authenticated,
-        len(authenticated),
-        null,
-        nonce,
-        out + KEY_SIZE,
-    ):
-        raise nacl.exceptions.CryptoError("encryption failed")
-    sealed = buffer[2 * KEY_SIZE : 2 * KEY_SIZE + size + MAC_SIZE]
-    return buffer[:KEY_SIZE], authenticated + nonce + sealed
-
-
-def _direct_open(chain_key: bytes, message: bytes, authenticated_size: int) -> tuple[bytes, bytes]:
-    nonce_end = authenticated_size + NONCE_SIZE
-    size = len(message) - nonce_end - MAC_SIZE
-    if len(chain_key) != KEY_SIZE:
-        raise nacl.exceptions.ValueError(_SIZES)
-    if size < 0 or authenticated_size < 0:
-        raise nacl.exceptions.CryptoError("shorter than the authentication tag")
-    out = _ffi.new("unsigned char[]", 2 * KEY_SIZE + size)
-    null = _ffi.NULL
-    if _lib.crypto_generichash_blake2b_salt_personal(
-        out, 2 * KEY_SIZE, null, 0, chain_key, KEY_SIZE, _NO_SALT, LABEL_CHAIN
-    ):
-        raise nacl.exceptions.CryptoError("crypto_generichash refused its arguments")
-    if _lib.crypto_aead_aegis256_decrypt(
-        out + 2 * KEY_SIZE,
-        null,
-        null,
-        message[nonce_end:],
-        size + MAC_SIZE,
-        message[:authenticated_size],
-        authenticated_size,
-        message[authenticated_size:nonce_end],
-        out + KEY_SIZE,
-    ):
-        raise nacl.exceptions.CryptoError("the message does not authenticate")
-    buffer = _ffi.buffer(out)
-    return buffer[:KEY_SIZE], buffer[2 * KEY_SIZE :]
+    _direct_seal = _direct_open = None  # type: ignore[assignment]
 
 
 def _direct_agrees() -> bool:
@@ -139,7 +143,7 @@ def _direct_agrees() -> bool:
 
 
 #: True where the steps call libsodium through cffi directly (found and self-checked).
-DIRECT_STEPS = _ffi is not None and _direct_agrees()
+DIRECT_STEPS = _direct_seal is not None and _direct_agrees()
 
 seal: Callable[[bytes, bytes, bytes, bytes, bytes], tuple[bytes, bytes]] = (
     _direct_seal if DIRECT_STEPS else _composed_seal
