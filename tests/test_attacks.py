@@ -11,7 +11,6 @@ from collections.abc import Callable
 
 import pytest
 from nacl.public import PrivateKey
-from nacl.secret import SecretBox
 from test_session import started
 
 from e2echat.client.connection import Connection
@@ -25,6 +24,7 @@ from e2echat.client.core import (
 )
 from e2echat.crypto.kdf import kdf_chain
 from e2echat.crypto.keyring import Keyring
+from e2echat.crypto.primitives import MAC_SIZE, NONCE_SIZE, aead_decrypt, aead_encrypt
 from e2echat.crypto.ratchet import MAX_SKIP, MIN_MESSAGE
 from e2echat.crypto.session import PREKEY_HEADER_SIZE, PREKEY_MESSAGE, Kind
 from e2echat.errors import DecryptionError, RelayGone, RemoteProtocolError
@@ -229,33 +229,34 @@ async def test_gap_beyond_the_skipped_key_bound_is_rejected() -> None:
 # -- 5. room vs private ---------------------------------------------------------------------------
 
 
-_KIND_PREFIX = b'{"from":"alice","to":"bob","kind":"'
-_KIND_MASK = bytes(a ^ b for a, b in zip(b'private"', b'room"   ', strict=True))
+# A plaintext is n (8 bytes), then the kind: 1 private, 0 room (crypto/session.py).
+_KIND_OFFSET = 8
+_KIND_MASK = 1  # private ^ room
+_CIPHERTEXT_AT = MIN_MESSAGE - MAC_SIZE  # after the ratchet header, tag and nonce
 
 
 def _kind_at(body: bytes) -> int:
-    """Where the kind's value starts in a body: after the prekey header of a first
-    message, the ratchet header, tag, nonce and the box's tag, then the JSON before it."""
+    """Where the kind is in a body: after the prekey header of a first message, the
+    ratchet header, tag and nonce, at its offset in the plaintext (the AEAD's ciphertext
+    is as long as the plaintext, its tag after it)."""
     prekey_header = PREKEY_HEADER_SIZE if body[0] == PREKEY_MESSAGE else 0
-    return prekey_header + MIN_MESSAGE + len(_KIND_PREFIX)
+    return prekey_header + _CIPHERTEXT_AT + _KIND_OFFSET
 
 
 def _forge_kind(body: bytes) -> bytes:
-    """XSalsa20 is a stream cipher: flipping ciphertext bits flips the same plaintext bits.
-    The plaintext layout is public, so this turns `"kind":"private"` into `"kind":"room"   `
-    (still valid JSON, same length) without knowing any key."""
+    """AEGIS-256 encrypts its first block as plaintext XOR a keystream that depends on the
+    key, nonce and associated data only: flipping a ciphertext bit there flips the same
+    plaintext bit. The plaintext layout is public, so this turns "private" into "room"
+    without knowing any key."""
     offset = _kind_at(body)
-    forged = bytearray(body)
-    for i, byte in enumerate(_KIND_MASK):
-        forged[offset + i] ^= byte
-    return bytes(forged)
+    return body[:offset] + bytes([body[offset] ^ _KIND_MASK]) + body[offset + 1 :]
 
 
 async def test_relay_cannot_turn_a_private_message_into_a_room_message() -> None:
     forge = _once(lambda relay, action, d: [Outgoing(action.conn, m.Deliver(d.sender, _forge_kind(d.body)))])
     async with running(HostileRelay(forge)) as relay, peers(relay, "alice", "bob") as (alice, bob):
         alice.connection.send_private("bob", "between us")
-        assert isinstance(await bob.next_delivery(), SecurityWarning)  # Poly1305 caught it
+        assert isinstance(await bob.next_delivery(), SecurityWarning)  # the AEAD caught it
         alice.connection.send_private("bob", "still private")
         assert await bob.next_delivery() == MessagesMissing("alice", 1)  # the forged one
         shown = await bob.next_delivery()
@@ -263,20 +264,27 @@ async def test_relay_cannot_turn_a_private_message_into_a_room_message() -> None
 
 
 def test_the_kind_forgery_would_work_without_authentication() -> None:
-    """Positive control for the test above: opened without the tag check (here: with the
-    message key, XORing the plaintext as the relay XORed the ciphertext), the forgery is a
-    well-formed room message. Only the authentication stops it."""
+    """Positive control for the test above: the forgery flips exactly the kind. Opened
+    without the tag check (here: the first block's keystream, got by encrypting zeros
+    under the same key, nonce and associated data, XORed with the forged ciphertext), it
+    reads as a room message. Only the authentication stops it."""
     _, _, to_bob, to_alice = started()
     # The message key the next message goes under: the sender's, one chain step on.
     _, message_key = kdf_chain(to_bob._sessions[0].ratchet._cks or b"")
     body = to_bob.encrypt("between us", Kind.PRIVATE)
-    box_at = PREKEY_HEADER_SIZE + MIN_MESSAGE - 16 - 24  # nonce, then the box (tag first)
-    plaintext = SecretBox(message_key).decrypt(body[box_at + 24 :], body[box_at : box_at + 24])
-    start = len(_KIND_PREFIX)
-    assert plaintext.startswith(_KIND_PREFIX) and plaintext[start : start + 8] == b'private"'
-    assert _kind_at(body) == PREKEY_HEADER_SIZE + MIN_MESSAGE + start
-    forged = bytes(p ^ k for p, k in zip(plaintext[start : start + 8], _KIND_MASK, strict=True))
-    assert json.loads(plaintext[:start] + forged + plaintext[start + 8 :])["kind"] == "room"
+    message = body[PREKEY_HEADER_SIZE:]
+    associated, nonce = (
+        message[: _CIPHERTEXT_AT - NONCE_SIZE],
+        message[_CIPHERTEXT_AT - NONCE_SIZE : _CIPHERTEXT_AT],
+    )
+    first_block = slice(_CIPHERTEXT_AT, _CIPHERTEXT_AT + 16)
+    keystream = aead_encrypt(bytes(16), associated, nonce, message_key)[:16]
+    plaintext = aead_decrypt(message[_CIPHERTEXT_AT:], associated, nonce, message_key)
+    assert plaintext[_KIND_OFFSET] == 1  # private
+    assert bytes(c ^ k for c, k in zip(message[first_block], keystream, strict=True)) == plaintext[:16]
+    forged = _forge_kind(body)[PREKEY_HEADER_SIZE:]
+    opened_unchecked = bytes(c ^ k for c, k in zip(forged[first_block], keystream, strict=True))
+    assert opened_unchecked == plaintext[:_KIND_OFFSET] + b"\x00" + plaintext[_KIND_OFFSET + 1 : 16]  # room
     with pytest.raises(DecryptionError):
         to_alice.decrypt(_forge_kind(body))
     assert to_alice.decrypt(body).kind is Kind.PRIVATE  # the forgery left no trace
