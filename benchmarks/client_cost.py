@@ -26,7 +26,7 @@ from benchmarks.ledger import TEXT_SIZE, Integrity, message_text
 from benchmarks.plan import Context
 from benchmarks.report import Figure, Section, judge
 from benchmarks.wire import new_core
-from e2echat.client.core import ClientCore, MessageReceived
+from e2echat.client.core import ClientCore, Event, MessageReceived
 from e2echat.wire import messages as m
 from e2echat.wire.codec import decode_message, encode_message
 from e2echat.wire.framing import FrameDecoder, encode_frame
@@ -153,14 +153,20 @@ def client_cost(context: Context) -> Section:
     plain = text.encode()
     sealed = [SecretBox(key).encrypt(plain) for key in keys]
 
-    # Receiving: every recipient's share of the same messages, decoded and decrypted.
+    # Receiving: every recipient's share of the same messages, decoded and decrypted. The
+    # events are kept and counted after the clock stops: counting is our work, not theirs.
     received = 0
+    events: list[list[Event]] = []
 
     def receive_all(incoming: list[dict[str, bytes]]) -> None:
-        nonlocal received
         for per_recipient in incoming:
             for nick, data in per_recipient.items():
-                received += sum(isinstance(e, MessageReceived) for e in receivers[nick].receive_data(data))
+                events.append(receivers[nick].receive_data(data))
+
+    def count_received() -> None:
+        nonlocal received
+        received += sum(isinstance(event, MessageReceived) for batch in events for event in batch)
+        events.clear()
 
     with frozen_heap():
         send_cpu = min(cpu(send, count) for _ in range(ROUNDS)) / count
@@ -170,8 +176,11 @@ def client_cost(context: Context) -> Section:
         raw_cpu /= count
         timed = [deliveries(sender, batch) for batch in batches]
         rounds = [timed[start : start + count] for start in range(0, len(timed), count)]
-        receive_cpu = min(cpu(functools.partial(receive_all, chunk), 1) for chunk in rounds)
-        receive_cpu /= max(1, count * recipients)
+        receive_times = []
+        for chunk in rounds:
+            receive_times.append(cpu(functools.partial(receive_all, chunk), 1))
+            count_received()
+        receive_cpu = min(receive_times) / max(1, count * recipients)
         raw_open = min(
             cpu(lambda: [SecretBox(key).decrypt(box) for key, box in zip(keys, sealed, strict=True)], count)
             for _ in range(ROUNDS)
@@ -213,6 +222,7 @@ def client_cost(context: Context) -> Section:
     send_profile = _profile(send, count)  # these messages, in order, feed the receive profile
     fresh = [deliveries(sender, batch) for batch in batches[ROUNDS * count :]]
     receive_profile = _profile(lambda: receive_all(fresh), 1)
+    count_received()
     expected = (ROUNDS + 1) * count * recipients  # the timed messages and the profiled ones
     section.integrity = Integrity(expected, received, max(0, expected - received))
     section.details = {
