@@ -27,6 +27,7 @@ from benchmarks.plan import Context
 from benchmarks.report import Figure, Section, judge
 from benchmarks.wire import new_core
 from e2echat.client.core import ClientCore, Event, MessageReceived
+from e2echat.crypto.session import PREKEY_HEADER_SIZE, PREKEY_MESSAGE, Kind
 from e2echat.wire import messages as m
 from e2echat.wire.codec import decode_message, encode_message
 from e2echat.wire.framing import FrameDecoder, encode_frame
@@ -94,7 +95,9 @@ def bundle_of(owner: ClientCore) -> m.Bundle:
     )
 
 
-def first_contact(sender: ClientCore, receivers: dict[str, ClientCore], text: str) -> None:
+def first_contact(
+    sender: ClientCore, receivers: dict[str, ClientCore], text: str, keys: RatchetKeys | None = None
+) -> None:
     """Room messages from ``sender`` that start its session with each receiver and take
     both through their first DH ratchet steps, the relay's part played in process: their
     bundles for its fetch, the message, each receiver's receipt back (a DH step for the
@@ -104,25 +107,70 @@ def first_contact(sender: ClientCore, receivers: dict[str, ClientCore], text: st
     for message in decode_frames(sender.data_to_send()):
         assert isinstance(message, m.Fetch)
         sender.receive_data(frame(m.Bundles(tuple(bundle_of(receivers[n]) for n in message.nicks), ())))
-    for nick, data in deliveries(sender, sender.data_to_send()).items():
+    for nick, data in deliveries(sender, sender.data_to_send(), keys).items():
         receivers[nick].receive_data(data)
     for receiver in receivers.values():
-        for receipt in deliveries(receiver, receiver.data_to_send()).values():
+        for receipt in deliveries(receiver, receiver.data_to_send(), keys).values():
             sender.receive_data(receipt)
     assert all(sender.keyring.peers[nick].confirmed for nick in receivers)
     sender.send_room(text)
-    for nick, data in deliveries(sender, sender.data_to_send()).items():
+    for nick, data in deliveries(sender, sender.data_to_send(), keys).items():
         receivers[nick].receive_data(data)
 
 
-def deliveries(sender: ClientCore, data: bytes) -> dict[str, bytes]:
-    """What the relay would write to each recipient for the ``send`` frames in ``data``."""
+class RatchetKeys:
+    """The ratchet key of each sender's latest message to each recipient, as the relay
+    sees the bodies pass: a new one is a DH ratchet step for its recipient when read (a
+    session's first message too: the responder's first step)."""
+
+    def __init__(self) -> None:
+        self._latest: dict[tuple[str, str], bytes] = {}
+        #: DH ratchet steps the bodies seen so far make their recipients take
+        self.steps = 0
+
+    def saw(self, sender: str, recipient: str, body: bytes) -> None:
+        start = 1 + (PREKEY_HEADER_SIZE if body[0] == PREKEY_MESSAGE else 0)  # after the version
+        key = body[start : start + 32]
+        if self._latest.get((sender, recipient)) != key:
+            self._latest[(sender, recipient)] = key
+            self.steps += 1
+
+
+def deliveries(sender: ClientCore, data: bytes, keys: RatchetKeys | None = None) -> dict[str, bytes]:
+    """What the relay would write to each recipient for the ``send`` frames in ``data``
+    (telling ``keys`` of each body)."""
     out: dict[str, bytes] = {}
     for message in decode_frames(data):
         assert isinstance(message, m.Send)
         for envelope in message.items:
+            if keys is not None:
+                keys.saw(sender.nick, envelope.to, envelope.body)
             out[envelope.to] = frame(m.Deliver(sender.nick, envelope.body))
     return out
+
+
+def dh_step_cost(rounds: int) -> float:
+    """CPU seconds a DH ratchet step adds to reading a message: two clients' sessions
+    write to each other in turn, so that every message read brings a new ratchet key (two
+    X25519 operations, a key pair, two root KDFs), against one writing on in its chain."""
+    alice, bob = online_cores(2)
+    first_contact(alice, {bob.nick: bob}, "hello")
+    to_bob, to_alice = alice.keyring.peers[bob.nick], bob.keyring.peers[alice.nick]
+    text = "x" * TEXT_SIZE
+
+    def read(turns: bool) -> float:
+        spent = 0.0
+        for index in range(rounds):
+            # in turns: bob first, as alice wrote last (in first_contact, or the chain below)
+            writer, reader = (to_alice, to_bob) if turns and index % 2 == 0 else (to_bob, to_alice)
+            body = writer.encrypt(text, Kind.PRIVATE)
+            started = time.process_time()
+            reader.decrypt(body)
+            spent += time.process_time() - started
+        return spent / rounds
+
+    in_chain = read(turns=False)
+    return read(turns=True) - in_chain
 
 
 def cpu(action: object, repeat: int) -> float:
@@ -141,7 +189,9 @@ def client_cost(context: Context) -> Section:
     cores = online_cores(recipients + 1)
     sender, receivers = cores[0], {core.nick: core for core in cores[1:]}
     text = message_text(sender.nick, 0, 0, TEXT_SIZE)
-    first_contact(sender, receivers, text)  # X3DH and the first DH steps: not timed
+    keys = RatchetKeys()
+    first_contact(sender, receivers, text, keys)  # X3DH and the first DH steps: not timed
+    setup_steps = keys.steps
 
     batches: list[bytes] = []
 
@@ -149,9 +199,9 @@ def client_cost(context: Context) -> Section:
         sender.send_room(text)
         batches.append(sender.data_to_send())
 
-    keys = [os.urandom(SecretBox.KEY_SIZE) for _ in range(recipients)]
+    raw_keys = [os.urandom(SecretBox.KEY_SIZE) for _ in range(recipients)]
     plain = text.encode()
-    sealed = [SecretBox(key).encrypt(plain) for key in keys]
+    sealed = [SecretBox(key).encrypt(plain) for key in raw_keys]
 
     # Receiving: every recipient's share of the same messages, decoded and decrypted. The
     # events are kept and counted after the clock stops: counting is our work, not theirs.
@@ -171,10 +221,11 @@ def client_cost(context: Context) -> Section:
     with frozen_heap():
         send_cpu = min(cpu(send, count) for _ in range(ROUNDS)) / count
         raw_cpu = min(
-            cpu(lambda: [SecretBox(key).encrypt(plain) for key in keys], count) for _ in range(ROUNDS)
+            cpu(lambda: [SecretBox(key).encrypt(plain) for key in raw_keys], count) for _ in range(ROUNDS)
         )
         raw_cpu /= count
-        timed = [deliveries(sender, batch) for batch in batches]
+        timed = [deliveries(sender, batch, keys) for batch in batches]
+        timed_steps = keys.steps - setup_steps
         rounds = [timed[start : start + count] for start in range(0, len(timed), count)]
         receive_times = []
         for chunk in rounds:
@@ -182,7 +233,10 @@ def client_cost(context: Context) -> Section:
             count_received()
         receive_cpu = min(receive_times) / max(1, count * recipients)
         raw_open = min(
-            cpu(lambda: [SecretBox(key).decrypt(box) for key, box in zip(keys, sealed, strict=True)], count)
+            cpu(
+                lambda: [SecretBox(key).decrypt(box) for key, box in zip(raw_keys, sealed, strict=True)],
+                count,
+            )
             for _ in range(ROUNDS)
         )
         raw_open /= count * recipients
@@ -219,6 +273,29 @@ def client_cost(context: Context) -> Section:
             note=f"raw SecretBox decrypt {1e6 * raw_open:.1f} µs ({receive_cpu / raw_open:.1f}×)",
         )
     )
+    dh_step = dh_step_cost(plan.cost_dh_turns)
+    section.add(
+        Figure(
+            "dh_step_us",
+            "a DH ratchet step, on top of reading a message",
+            1e6 * dh_step,
+            "µs",
+            note=f"{dh_step / receive_cpu:.0f} deliveries' worth; taken by whoever reads a message "
+            "under a new ratchet key (each turn of a conversation, each receipt read)",
+        )
+    )
+    section.add(
+        Figure(
+            "dh_steps",
+            "DH ratchet steps in this section",
+            setup_steps + timed_steps,
+            note=f"{setup_steps} setting up (each recipient's first message, each receipt read by "
+            f"the sender, the next message read by each recipient), {timed_steps} in the "
+            f"{len(timed) * recipients:,} timed deliveries. In a live room each receipt the sender "
+            "reads costs one on each side (on reading it, and on reading the sender's next "
+            "message): receipts go about once a second, so at most about two a second a recipient",
+        )
+    )
     send_profile = _profile(send, count)  # these messages, in order, feed the receive profile
     fresh = [deliveries(sender, batch) for batch in batches[ROUNDS * count :]]
     receive_profile = _profile(lambda: receive_all(fresh), 1)
@@ -233,12 +310,12 @@ def client_cost(context: Context) -> Section:
         "receive_profile": receive_profile,
     }
     section.notes.append(
-        "sending includes everything the client does for a room message: per recipient the inner "
-        "JSON, a chain step and the header tag (keyed BLAKE2b), the SecretBox, the envelope, then "
-        "base64 and JSON for the frame. Receiving includes decoding the frame, the header tag, the "
+        "sending includes everything the client does for a room message: per recipient its number in "
+        "the plaintext (packed once), a chain step and the header tag (keyed BLAKE2b), AEGIS-256, the "
+        "envelope, then base64 and JSON for the frame. Receiving includes decoding the frame, the "
         "chain step, decrypting, checks and the receipt bookkeeping. The sessions were started "
         "(X3DH, bundles handed out in process as a relay would) and answered before the clock "
-        "started, through the first DH step each way: the timed messages need none."
+        "started, through the first DH step each way: the timed messages need none (dh_steps)."
     )
     return section
 

@@ -34,6 +34,8 @@ class Plan:
     #: 5. client cost
     cost_recipients: int = 49
     cost_messages: int = 300
+    #: conversation turns timed for the cost of a DH ratchet step (0.1 ms or so each)
+    cost_dh_turns: int = 200
     #: 6. memory
     memory_seconds: float = 15.0
     flood_seconds: float = 5.0
@@ -70,6 +72,7 @@ SMOKE = Plan(
     churn_cycles=2,
     cost_recipients=4,
     cost_messages=10,
+    cost_dh_turns=4,
     memory_seconds=0.6,
     flood_seconds=0.4,
     prekey_identities=200,
