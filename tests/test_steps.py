@@ -19,7 +19,7 @@ from e2echat.crypto import kdf, primitives, steps
 keys = st.binary(min_size=32, max_size=32)
 nonces = st.binary(min_size=32, max_size=32)
 HEADER = bytes([1]) + bytes(range(32)) + bytes(8)  # as long as a ratchet message's header
-AUTHENTICATED = len(HEADER) + steps.TAG_SIZE
+AUTHENTICATED = len(HEADER) + kdf.TAG_SIZE
 
 
 def test_the_direct_steps_are_in_use_here() -> None:

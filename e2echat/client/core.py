@@ -85,6 +85,9 @@ class ClientState(Enum):
     CLOSED = "closed"
 
 
+_ONLINE = ClientState.ONLINE  # read per frame: a module constant costs less than the enum's
+
+
 class ClientCore:
     def __init__(
         self,
@@ -407,9 +410,6 @@ class ClientCore:
 
     def _routed(self, routed: m.Routed) -> list[Event]:
         return list(self.deliveries.routed(routed.id, routed.delivered, routed.missing, routed.refused))
-
-
-_ONLINE = ClientState.ONLINE  # read per frame: a module constant costs less than the enum's
 
 
 def _signed(prekeys: OurPrekeys) -> m.SignedPrekey:

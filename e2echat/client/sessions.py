@@ -34,6 +34,12 @@ __all__ = ["Sessions"]
 
 log = logging.getLogger("e2echat.client.sessions")
 
+# What deliver compares with, once per message: an enum member read through its class
+# costs more than the rest of a comparison (Python 3.11).
+_PREKEY_TYPE = bytes([PREKEY_MESSAGE])
+_RECEIPT, _PRIVATE = Kind.RECEIPT, Kind.PRIVATE
+_CHANGED = Trust.CHANGED
+
 
 class Sessions:
     """Our sessions with the peers the ``directory`` holds (kept in ``keyring``).
@@ -172,10 +178,3 @@ class Sessions:
         private = plaintext.kind is _PRIVATE
         events.append(MessageReceived(sender, plaintext.text, private, trust, plaintext.late, plaintext.sent))
         return events
-
-
-# Module constants: an enum member read through its class costs more than the rest of a
-# comparison (Python 3.11).
-_PREKEY_TYPE = bytes([PREKEY_MESSAGE])
-_RECEIPT, _PRIVATE = Kind.RECEIPT, Kind.PRIVATE
-_CHANGED = Trust.CHANGED

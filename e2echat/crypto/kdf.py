@@ -37,6 +37,7 @@ import nacl.bindings
 
 PERSONAL_SIZE = nacl.bindings.crypto_generichash_PERSONALBYTES  # 16
 KEY_SIZE = 32
+TAG_SIZE = 16  # a header tag: 128 bits, as Poly1305's
 # X3DH spec, section 2.2: 32 0xFF bytes before the DH outputs, so that the key material
 # can never equal an XEdDSA input (a curve25519 private scalar is never all 0xFF).
 X3DH_PREFIX = b"\xff" * 32
@@ -166,7 +167,7 @@ def kdf_session(shared_key: bytes, associated_data: bytes) -> bytes:
 
 def header_tag(header_key: bytes, header: bytes) -> bytes:
     """16-byte MAC over a message header, under its chain's header key."""
-    return _blake2b(header, 16, header_key, LABEL_HEADER_TAG)
+    return _blake2b(header, TAG_SIZE, header_key, LABEL_HEADER_TAG)
 
 
 def store_key(identity_secret: bytes) -> bytes:

@@ -69,7 +69,7 @@ import nacl.bindings
 import nacl.exceptions
 from nacl.public import PrivateKey, PublicKey
 
-from e2echat.crypto.kdf import header_tag, kdf_chain, kdf_header_key, kdf_root, kdf_session
+from e2echat.crypto.kdf import TAG_SIZE, header_tag, kdf_chain, kdf_header_key, kdf_root, kdf_session
 from e2echat.crypto.primitives import MAC_SIZE, NONCE_SIZE, aead_decrypt
 from e2echat.crypto.skipped import Entry, SkippedKeys
 from e2echat.crypto.steps import open_next, seal
@@ -84,7 +84,6 @@ MAX_SKIP = 1000
 MAX_COUNTER = 2**32 - 1
 _COUNTERS = struct.Struct(">II")
 KEY_SIZE = 32
-TAG_SIZE = 16
 _KEY_END = 1 + KEY_SIZE  # the ratchet key is message[1:33]
 _HEADER_END = _KEY_END + _COUNTERS.size  # 41
 _TAG_END = _HEADER_END + TAG_SIZE  # 57

@@ -12,8 +12,8 @@ a copy and the slicing of each result) cost as much as the functions themselves.
 the three calls share one buffer and the message key never leaves it. Nothing here is
 new cryptography: the same libsodium functions through PyNaCl's own cffi module, with
 the checks that keep libsodium from reading past a buffer (it reads exactly 32 bytes of
-each key and of the nonce). A self-check at import holds the direct steps to the composition,
-which is used instead if PyNaCl's private module is missing or disagrees.
+each key and of the nonce). A self-check at import holds the direct steps to the
+composition, which is used instead if PyNaCl's private module is missing or disagrees.
 """
 
 from __future__ import annotations
@@ -24,10 +24,9 @@ from typing import Any
 import nacl.bindings
 import nacl.exceptions
 
-from e2echat.crypto.kdf import LABEL_CHAIN, LABEL_HEADER_TAG, header_tag, kdf_chain
+from e2echat.crypto.kdf import LABEL_CHAIN, LABEL_HEADER_TAG, TAG_SIZE, header_tag, kdf_chain
 from e2echat.crypto.primitives import KEY_SIZE, MAC_SIZE, NONCE_SIZE, aead_decrypt, aead_encrypt
 
-TAG_SIZE = 16
 _NO_SALT = bytes(nacl.bindings.crypto_generichash_SALTBYTES)
 _SIZES = "a chain key, a header key and a nonce are 32 bytes"
 
