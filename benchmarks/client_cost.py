@@ -310,9 +310,10 @@ def client_cost(context: Context) -> Section:
         "receive_profile": receive_profile,
     }
     section.notes.append(
-        "sending includes everything the client does for a room message: per recipient its number in "
-        "the plaintext (packed once), a chain step and the header tag (keyed BLAKE2b), AEGIS-256, the "
-        "envelope, then base64 and JSON for the frame. Receiving includes decoding the frame, the "
+        "sending includes everything the client does for a room message: per recipient its number "
+        "in the plaintext (packed once), a chain step and the header tag (keyed BLAKE2b), "
+        "XChaCha20-Poly1305, the envelope, then base64 and JSON for the frame. Receiving includes "
+        "decoding the frame, the "
         "chain step, decrypting, checks and the receipt bookkeeping. The sessions were started "
         "(X3DH, bundles handed out in process as a relay would) and answered before the clock "
         "started, through the first DH step each way: the timed messages need none (dh_steps)."

@@ -244,7 +244,7 @@ def _kind_at(body: bytes) -> int:
 
 
 def _forge_kind(body: bytes) -> bytes:
-    """AEGIS-256 encrypts its first block as plaintext XOR a keystream that depends on the
+    """XChaCha20-Poly1305 encrypts as plaintext XOR a keystream that depends on the
     key, nonce and associated data only: flipping a ciphertext bit there flips the same
     plaintext bit. The plaintext layout is public, so this turns "private" into "room"
     without knowing any key."""

@@ -44,17 +44,17 @@ def test_hmac_sha256_is_the_stdlib_hmac(key: bytes, message: bytes) -> None:
 
 
 @given(st.binary(max_size=2000), st.binary(max_size=100))
-def test_aead_is_pynacls_aegis256_both_ways(message: bytes, associated: bytes) -> None:
-    key, nonce = os.urandom(32), os.urandom(32)
+def test_aead_is_pynacls_xchacha20poly1305_both_ways(message: bytes, associated: bytes) -> None:
+    key, nonce = os.urandom(32), os.urandom(24)
     sealed = primitives.aead_encrypt(message, associated, nonce, key)
-    assert sealed == nacl.bindings.crypto_aead_aegis256_encrypt(message, associated, nonce, key)
+    assert sealed == nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(message, associated, nonce, key)
     assert primitives.aead_decrypt(sealed, associated, nonce, key) == message
 
 
 def test_aead_decrypt_refuses_what_does_not_authenticate() -> None:
-    key, nonce = os.urandom(32), os.urandom(32)
+    key, nonce = os.urandom(32), os.urandom(24)
     sealed = primitives.aead_encrypt(b"attack at dawn", b"header", nonce, key)
-    for index in (0, len(sealed) - 33, len(sealed) - 32, len(sealed) - 1):  # ciphertext and tag
+    for index in (0, len(sealed) - 17, len(sealed) - 16, len(sealed) - 1):  # ciphertext and tag
         tampered = bytearray(sealed)
         tampered[index] ^= 1
         with pytest.raises(CryptoError):
@@ -65,23 +65,24 @@ def test_aead_decrypt_refuses_what_does_not_authenticate() -> None:
     with pytest.raises(CryptoError):
         primitives.aead_decrypt(sealed, b"header", nonce, os.urandom(32))
     with pytest.raises(CryptoError):
-        primitives.aead_decrypt(sealed, b"header", os.urandom(32), key)
-    for short in (b"", sealed[:31], sealed[-32:]):  # shorter than a tag; a bare tag that is wrong
+        primitives.aead_decrypt(sealed, b"header", os.urandom(24), key)
+    for short in (b"", sealed[:15], sealed[-16:]):  # shorter than a tag; a bare tag that is wrong
         with pytest.raises(CryptoError):
             primitives.aead_decrypt(short, b"header", nonce, key)
 
 
-WRONG_SIZES = [(24, 32), (31, 32), (33, 32), (0, 32), (32, 31), (32, 33), (32, 0)]
+WRONG_SIZES = [(32, 32), (23, 32), (25, 32), (0, 32), (24, 31), (24, 33), (24, 0)]
 
 
 @pytest.mark.parametrize(("nonce_size", "key_size"), WRONG_SIZES)
 def test_wrong_sized_nonces_and_keys_never_reach_libsodium(nonce_size: int, key_size: int) -> None:
-    # libsodium reads exactly 32 bytes of each: a shorter buffer would be read past its end.
+    # libsodium reads exactly 24 bytes of nonce and 32 of key: a shorter buffer would be
+    # read past its end.
     nonce, key = bytes(nonce_size), bytes(key_size)
     # A CryptoError, as PyNaCl raises: the session turns it into a dropped message.
-    with pytest.raises(CryptoError, match="32-byte nonce and a 32-byte key"):
+    with pytest.raises(CryptoError, match="24-byte nonce and a 32-byte key"):
         primitives.aead_encrypt(b"text", b"", nonce, key)
-    with pytest.raises(CryptoError, match="32-byte nonce and a 32-byte key"):
+    with pytest.raises(CryptoError, match="24-byte nonce and a 32-byte key"):
         primitives.aead_decrypt(bytes(40), b"", nonce, key)
 
 
@@ -99,9 +100,11 @@ def _fresh_copy(monkeypatch: pytest.MonkeyPatch, **replaced: object) -> types.Mo
 def _works(copy: types.ModuleType) -> None:
     for key, message, expected in RFC_4231:
         assert copy.hmac_sha256(key, message).hex() == expected
-    key, nonce = os.urandom(32), os.urandom(32)
+    key, nonce = os.urandom(32), os.urandom(24)
     sealed = copy.aead_encrypt(b"still right", b"ad", nonce, key)
-    assert sealed == nacl.bindings.crypto_aead_aegis256_encrypt(b"still right", b"ad", nonce, key)
+    assert sealed == nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(
+        b"still right", b"ad", nonce, key
+    )
     assert copy.aead_decrypt(sealed, b"ad", nonce, key) == b"still right"
 
 

@@ -17,7 +17,7 @@ from nacl.exceptions import CryptoError
 from e2echat.crypto import kdf, primitives, steps
 
 keys = st.binary(min_size=32, max_size=32)
-nonces = st.binary(min_size=32, max_size=32)
+nonces = st.binary(min_size=24, max_size=24)
 HEADER = bytes([1]) + bytes(range(32)) + bytes(8)  # as long as a ratchet message's header
 AUTHENTICATED = len(HEADER) + kdf.TAG_SIZE
 
@@ -54,14 +54,14 @@ def test_open_next_opens_what_seal_sealed(
 def _tampered(message: bytes) -> list[bytes]:
     """``message`` with one bit flipped in each of its bytes, cut short, or extended."""
     flipped = [message[:at] + bytes([message[at] ^ 1]) + message[at + 1 :] for at in range(len(message))]
-    return [*flipped, message[:-1], message + b"\x00", message[: AUTHENTICATED + 32 + 31], b""]
+    return [*flipped, message[:-1], message + b"\x00", message[: AUTHENTICATED + 24 + 15], b""]
 
 
 @pytest.mark.parametrize("open_next", [steps._direct_open, steps._composed_open], ids=["direct", "composed"])
 def test_every_tampered_byte_is_refused(open_next: object) -> None:
     assert callable(open_next)
     chain_key = os.urandom(32)
-    _, message = steps.seal(chain_key, os.urandom(32), HEADER, os.urandom(32), b"attack at dawn")
+    _, message = steps.seal(chain_key, os.urandom(32), HEADER, os.urandom(24), b"attack at dawn")
     for tampered in _tampered(message):
         with pytest.raises(CryptoError):
             open_next(chain_key, tampered, AUTHENTICATED)
@@ -73,15 +73,15 @@ def test_every_tampered_byte_is_refused(open_next: object) -> None:
 
 
 @pytest.mark.parametrize(
-    ("chain", "header", "nonce"), [(31, 32, 32), (33, 32, 32), (32, 0, 32), (32, 32, 24)]
+    ("chain", "header", "nonce"), [(31, 32, 24), (33, 32, 24), (32, 0, 24), (32, 32, 32)]
 )
 def test_wrong_sized_keys_and_nonces_never_reach_libsodium(chain: int, header: int, nonce: int) -> None:
-    # libsodium reads exactly 32 bytes of each key and of the nonce: a shorter buffer
+    # libsodium reads exactly 32 bytes of each key and 24 of the nonce: a shorter buffer
     # would be read past its end.
-    with pytest.raises(CryptoError, match="and a nonce are 32 bytes"):
+    with pytest.raises(CryptoError, match="header key are 32 bytes, a nonce 24"):
         steps.seal(bytes(chain), bytes(header), HEADER, bytes(nonce), b"text")
     if chain != 32:
-        with pytest.raises(CryptoError, match="and a nonce are 32 bytes"):
+        with pytest.raises(CryptoError, match="header key are 32 bytes, a nonce 24"):
             steps.open_next(bytes(chain), bytes(200), AUTHENTICATED)
 
 
@@ -97,7 +97,7 @@ def _fresh_copy(monkeypatch: pytest.MonkeyPatch, **replaced: object) -> types.Mo
 
 
 def _works(copy: types.ModuleType) -> None:
-    chain_key, header_key, nonce = os.urandom(32), os.urandom(32), os.urandom(32)
+    chain_key, header_key, nonce = os.urandom(32), os.urandom(32), os.urandom(24)
     sealed = copy.seal(chain_key, header_key, HEADER, nonce, b"still right")
     assert sealed == steps._composed_seal(chain_key, header_key, HEADER, nonce, b"still right")
     assert copy.open_next(chain_key, sealed[1], AUTHENTICATED) == (sealed[0], b"still right")
@@ -119,8 +119,8 @@ def test_a_private_module_that_answers_wrongly_is_not_used(monkeypatch: pytest.M
 
     lib = types.SimpleNamespace(
         crypto_generichash_blake2b_salt_personal=wrong_hash,
-        crypto_aead_aegis256_encrypt=sodium.lib.crypto_aead_aegis256_encrypt,
-        crypto_aead_aegis256_decrypt=sodium.lib.crypto_aead_aegis256_decrypt,
+        crypto_aead_xchacha20poly1305_ietf_encrypt=sodium.lib.crypto_aead_xchacha20poly1305_ietf_encrypt,
+        crypto_aead_xchacha20poly1305_ietf_decrypt=sodium.lib.crypto_aead_xchacha20poly1305_ietf_decrypt,
     )
     wrong = types.SimpleNamespace(ffi=sodium.ffi, lib=lib)
     # ``import nacl._sodium as x`` takes the package's attribute when there is one

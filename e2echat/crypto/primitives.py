@@ -9,11 +9,11 @@ to published test vectors) byte for byte.
 * ``hmac_sha256``: ``hmac.new(key, message, "sha256").digest()``. ``hmac.new`` is a
   Python class around ``_hashlib.hmac_new`` (OpenSSL's HMAC); this calls that function
   directly, as the ``hmac`` module itself does.
-* ``aead_encrypt`` / ``aead_decrypt``: AEGIS-256, what
-  ``nacl.bindings.crypto_aead_aegis256_encrypt`` and ``..._decrypt`` do: the same
-  libsodium functions through PyNaCl's own cffi module, keeping every length check that
-  protects memory (libsodium reads exactly 32 bytes of nonce and 32 of key, so shorter
-  ones must never reach it). The ratchet's messages use it, with their header as the
+* ``aead_encrypt`` / ``aead_decrypt``: XChaCha20-Poly1305 (IETF), what
+  ``nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt`` and ``..._decrypt`` do:
+  the same libsodium functions through PyNaCl's own cffi module, keeping every length
+  check that protects memory (libsodium reads exactly 24 bytes of nonce and 32 of key,
+  so shorter ones must never reach it). The ratchet's messages use it, with their header as the
   associated data (Signal's construction; a secretbox has no associated data).
 
 ``_hashlib`` and ``nacl._sodium`` are private modules of CPython and PyNaCl. If either is
@@ -32,10 +32,10 @@ from typing import Any
 import nacl.bindings
 import nacl.exceptions
 
-KEY_SIZE = nacl.bindings.crypto_aead_aegis256_KEYBYTES  # 32
-NONCE_SIZE = nacl.bindings.crypto_aead_aegis256_NPUBBYTES  # 32
-MAC_SIZE = nacl.bindings.crypto_aead_aegis256_ABYTES  # 32
-_SIZES = "AEGIS-256 needs a 32-byte nonce and a 32-byte key"
+KEY_SIZE = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_KEYBYTES  # 32
+NONCE_SIZE = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES  # 24
+MAC_SIZE = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_ABYTES  # 16
+_SIZES = "XChaCha20-Poly1305 needs a 24-byte nonce and a 32-byte key"
 
 
 def _public_hmac_sha256(key: bytes, message: bytes) -> bytes:
@@ -43,10 +43,10 @@ def _public_hmac_sha256(key: bytes, message: bytes) -> bytes:
 
 
 _public_aead_encrypt: Callable[[bytes, bytes, bytes, bytes], bytes] = (
-    nacl.bindings.crypto_aead_aegis256_encrypt
+    nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt
 )
 _public_aead_decrypt: Callable[[bytes, bytes, bytes, bytes], bytes] = (
-    nacl.bindings.crypto_aead_aegis256_decrypt
+    nacl.bindings.crypto_aead_xchacha20poly1305_ietf_decrypt
 )
 
 try:
@@ -75,7 +75,7 @@ def _direct_aead_encrypt(message: bytes, associated: bytes, nonce: bytes, key: b
     size = len(message) + MAC_SIZE
     out = _ffi.new("unsigned char[]", size)
     null = _ffi.NULL
-    encrypt = _lib.crypto_aead_aegis256_encrypt
+    encrypt = _lib.crypto_aead_xchacha20poly1305_ietf_encrypt
     if encrypt(out, null, message, len(message), associated, len(associated), null, nonce, key) != 0:
         raise nacl.exceptions.CryptoError("encryption failed")
     result: bytes = _ffi.buffer(out, size)[:]
@@ -90,7 +90,7 @@ def _direct_aead_decrypt(sealed: bytes, associated: bytes, nonce: bytes, key: by
         raise nacl.exceptions.CryptoError("shorter than the authentication tag")
     out = _ffi.new("unsigned char[]", max(1, size))
     null = _ffi.NULL
-    decrypt = _lib.crypto_aead_aegis256_decrypt
+    decrypt = _lib.crypto_aead_xchacha20poly1305_ietf_decrypt
     if decrypt(out, null, null, sealed, len(sealed), associated, len(associated), nonce, key) != 0:
         raise nacl.exceptions.CryptoError("the message does not authenticate")
     result: bytes = _ffi.buffer(out, size)[:]
@@ -108,7 +108,7 @@ def _hmac_agrees() -> bool:
 
 def _aead_agrees() -> bool:
     """The direct AEAD is the public API's, and each opens the other's."""
-    key, nonce, message, associated = bytes(range(32)), bytes(range(32)), b"e2echat self-check", b"ad"
+    key, nonce, message, associated = bytes(range(32)), bytes(range(24)), b"e2echat self-check", b"ad"
     try:
         sealed = _direct_aead_encrypt(message, associated, nonce, key)
         return (
@@ -130,8 +130,8 @@ hmac_sha256: Callable[[bytes, bytes], bytes] = _direct_hmac_sha256 if DIRECT_HMA
 aead_encrypt: Callable[[bytes, bytes, bytes, bytes], bytes] = (
     _direct_aead_encrypt if DIRECT_AEAD else _public_aead_encrypt
 )
-"""AEGIS-256 (``crypto_aead_aegis256_encrypt``) of ``message`` with ``associated``
-data: ciphertext, then the tag (32 bytes). ``nacl.exceptions.ValueError``
+"""XChaCha20-Poly1305 (``crypto_aead_xchacha20poly1305_ietf_encrypt``) of ``message``
+with ``associated`` data: ciphertext, then the tag (16 bytes). ``nacl.exceptions.ValueError``
 (a ``CryptoError``) for a wrong-sized nonce or key."""
 
 aead_decrypt: Callable[[bytes, bytes, bytes, bytes], bytes] = (

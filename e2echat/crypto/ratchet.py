@@ -9,20 +9,17 @@ under a ratchet key we have not seen); KDFs are in ``kdf``; byte layouts and lab
 docs/RATCHET.md.
 
 Message = version (1) || ratchet key (32) || PN (4, big-endian) || N (4) || header tag
-(16) || nonce (32) || AEGIS-256 ciphertext (len + 32), its associated data the 57 bytes
-before the nonce. The header tag is BLAKE2b-128 keyed by a per-chain *header key* over
-the 41 header bytes before it.
+(16) || nonce (24) || XChaCha20-Poly1305 ciphertext (len + 16), its associated data the
+57 bytes before the nonce. The header tag is BLAKE2b-128 keyed by a per-chain *header
+key* over the 41 header bytes before it.
 
-Why AEGIS-256 (libsodium's ``crypto_aead_aegis256``; CAESAR's final portfolio, specified
-in the CFRG's draft-irtf-cfrg-aegis-aead) and not XChaCha20-Poly1305: a room message
-makes one encryption per recipient, and for a chat line AEGIS-256 takes a third of the
-time (0.27 against 0.84 µs for 150 bytes, as called from Python here). Its 256-bit nonce
-may be random without a thought for collisions, its 256-bit tag leaves forgeries no
-margin to speak of, and the message keys are used once anyway. It is AES-based: with the
-AES instructions of x86-64 and ARMv8 CPUs libsodium's code is constant-time; without
-them libsodium's software AES reads every cache line of its table for each lookup, so a
-cache-timing attacker (one who shares the CPU: not the relay) learns nothing from which
-line was read. The cost: 24 bytes a message over XChaCha20-Poly1305's, and PyNaCl 1.6.
+Why XChaCha20-Poly1305 (libsodium's ``crypto_aead_xchacha20poly1305_ietf``), where the
+rest of e2echat seals with XSalsa20-Poly1305 (``crypto_secretbox``): the Double Ratchet's
+ENCRYPT takes associated data (the header), and secretbox has none. XChaCha20-Poly1305
+is the AEAD of the same family: ChaCha20 is Salsa20's successor by the same author, the
+same Poly1305, the same 192-bit nonce (safe to draw at random). AES-based AEADs
+(AEGIS-256) are faster still but constant-time only with AES instructions; we do not
+take that risk for a few tenths of a microsecond.
 
 X3DH's associated data AD (both identity keys and nicks) is bound into the root key
 once, when the session starts: RK0 = BLAKE2b(AD) keyed by SK. Every later key comes from
@@ -215,7 +212,7 @@ class Ratchet:
     # -- the per-message path: kept lean (no objects made but the output) ----------------
 
     def encrypt(self, plaintext: bytes, nonce: bytes | None = None) -> bytes:
-        """One message to the peer under the next message key. ``nonce``: 32 bytes from
+        """One message to the peer under the next message key. ``nonce``: 24 bytes from
         libsodium's RNG by default; pass one only to draw many at once, or in tests."""
         cks, hks = self._cks, self._hks
         if cks is None or hks is None:

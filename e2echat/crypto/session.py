@@ -315,7 +315,7 @@ class PeerSession:
 
     def seal_numbered(self, prepared: Prepared, counter: int, nonce: bytes) -> bytes:
         """``prepared`` in the current session, carrying ``counter`` (from
-        ``take_counter``). ``nonce``: 32 bytes from ``random_nonces`` (or fixed, in tests).
+        ``take_counter``). ``nonce``: 24 bytes from ``random_nonces`` (or fixed, in tests).
         Raises ``LocalProtocolError`` if there is no session yet (see ``start``)."""
         if not self._sessions:
             raise LocalProtocolError(detail=f"no session with {self.peer} yet")

@@ -12,7 +12,7 @@ a copy and the slicing of each result) cost as much as the functions themselves.
 the three calls share one buffer and the message key never leaves it. Nothing here is
 new cryptography: the same libsodium functions through PyNaCl's own cffi module, with
 the checks that keep libsodium from reading past a buffer (it reads exactly 32 bytes of
-each key and of the nonce). A self-check at import holds the direct steps to the
+each key and 24 of the nonce). A self-check at import holds the direct steps to the
 composition, which is used instead if PyNaCl's private module is missing or disagrees.
 """
 
@@ -28,7 +28,7 @@ from e2echat.crypto.kdf import LABEL_CHAIN, LABEL_HEADER_TAG, TAG_SIZE, header_t
 from e2echat.crypto.primitives import KEY_SIZE, MAC_SIZE, NONCE_SIZE, aead_decrypt, aead_encrypt
 
 _NO_SALT = bytes(nacl.bindings.crypto_generichash_SALTBYTES)
-_SIZES = "a chain key, a header key and a nonce are 32 bytes"
+_SIZES = "a chain key and a header key are 32 bytes, a nonce 24"
 
 
 def _composed_seal(
@@ -55,7 +55,8 @@ def _direct_steps(ffi: Any, lib: Any) -> tuple[Seal, Open]:
     every name is a local, not a global and an attribute looked up on each call."""
     new, buffer, null = ffi.new, ffi.buffer, ffi.NULL
     generichash = lib.crypto_generichash_blake2b_salt_personal
-    encrypt, decrypt = lib.crypto_aead_aegis256_encrypt, lib.crypto_aead_aegis256_decrypt
+    encrypt = lib.crypto_aead_xchacha20poly1305_ietf_encrypt
+    decrypt = lib.crypto_aead_xchacha20poly1305_ietf_decrypt
     key_size, nonce_size, mac_size, tag_size = KEY_SIZE, NONCE_SIZE, MAC_SIZE, TAG_SIZE
     keys_end = 2 * KEY_SIZE  # the buffer starts with the next chain key || the message key
     tag_end = keys_end + TAG_SIZE
@@ -122,7 +123,7 @@ except (ImportError, AttributeError):  # a PyNaCl laid out differently
 
 
 def _direct_agrees() -> bool:
-    chain_key, header_key, nonce = bytes(range(32)), bytes(range(32, 64)), bytes(range(64, 96))
+    chain_key, header_key, nonce = bytes(range(32)), bytes(range(32, 64)), bytes(range(64, 88))
     header = b"e2echat self-check header"
     try:
         for plaintext in (b"", b"e2echat self-check"):
