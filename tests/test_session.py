@@ -394,6 +394,19 @@ def test_sealed_plaintext_is_exactly_the_documented_layout(
         )
 
 
+def test_the_room_travels_inside_the_encryption() -> None:
+    """A room message names its room inside the encryption (the relay's one room: none);
+    a private message or a receipt naming one is refused, locally and when received."""
+    _, _, to_bob, to_alice = talked()
+    assert to_alice.decrypt(to_bob.encrypt("hi ops", Kind.ROOM, room="#ops")).room == "#ops"
+    assert to_alice.decrypt(to_bob.encrypt("hi all", Kind.ROOM)).room == ""
+    for kind in (Kind.PRIVATE, Kind.RECEIPT):
+        with pytest.raises(LocalProtocolError):
+            prepare("x", kind, room="#ops")
+    with pytest.raises(LocalProtocolError):
+        prepare("x", Kind.ROOM, room="r" * 256)
+
+
 def test_the_send_time_travels_inside_the_encryption() -> None:
     _, _, to_bob, to_alice = talked()
     assert to_alice.decrypt(to_bob.encrypt("when?", Kind.ROOM, sent=1_700_000_000)).sent == 1_700_000_000
@@ -416,20 +429,25 @@ def _inner(
     acks: tuple[int, ...] = (),
     kind_number: int | None = None,
     flags: int | None = None,
+    room: str = "",
+    room_size: int | None = None,
 ) -> bytes:
     """A plaintext as session.py documents it, written out here independently:
-    n || kind || flags || sent || directory hash || ack count || acks || text."""
+    n || kind || flags || sent || directory hash || ack count || room length || acks ||
+    room || text."""
     if flags is None:
         flags = (sent is not None) | (bool(directory) << 1)
     number = _KIND_NUMBER[kind] if kind_number is None else kind_number
     head = struct.pack(">QBBQ", n, number, flags, sent or 0)
     raw_directory = bytes.fromhex(directory) if directory else bytes(32)
     packed_acks = b"".join(ack.to_bytes(8, "big") for ack in acks)
+    named = room.encode("utf-8")
     return (
         head
         + raw_directory
-        + struct.pack(">H", len(acks))
+        + struct.pack(">HB", len(acks), len(named) if room_size is None else room_size)
         + packed_acks
+        + named
         + text.encode("utf-8", "surrogatepass")
     )
 
@@ -438,7 +456,10 @@ def _inner(
 REFUSED = r"malformed plaintext"
 MALFORMED = [
     pytest.param(b"", id="empty"),
-    pytest.param(_inner()[:51], id="short-head"),
+    pytest.param(_inner()[:52], id="short-head"),
+    pytest.param(_inner(kind=Kind.PRIVATE, room="ops"), id="room-in-a-private-message"),
+    pytest.param(_inner(room="ops", room_size=200, text=""), id="room-cut-short"),
+    pytest.param(_inner(room="x", text="")[:-1] + b"\xff", id="room-not-utf8"),
     pytest.param(_inner(kind_number=3), id="bad-kind"),
     pytest.param(_inner(kind_number=255), id="kind-255"),
     pytest.param(_inner(flags=0b100), id="unknown-flag"),

@@ -17,7 +17,9 @@ The construction, and why, is in docs/PROTOCOL.md and docs/RATCHET.md; in short:
 * When both sides start a session at once, each ends up with two; a message opens in
   whichever it was sealed in, and that one becomes current. They converge on one.
 * Plaintext = n (8) || kind (1) || flags (1) || sent (8) || directory hash (32) || ack
-  count (2) || acks (8 each) || text (UTF-8, the rest); big-endian. n is our number for
+  count (2) || room length (1) || acks (8 each) || room (UTF-8) || text (UTF-8, the
+  rest); big-endian. The room is named only in room messages, and is empty for the
+  relay's one room (rooms of their own come with a later protocol step). n is our number for
   the message (receipts acknowledge it; it keeps counting across sessions with the
   peer); kind 0 room, 1 private, 2 receipt; flags bit 0: "sent" is there (the sender's
   clock when it encrypted, whole seconds since the Unix epoch), bit 1: the directory
@@ -132,13 +134,19 @@ class Plaintext(NamedTuple):
     acks: tuple[int, ...] = ()
     #: when the sender encrypted it, by its clock (Unix time, seconds); None if not said
     sent: int | None = None
+    #: for a room message: the room, by the sender's word inside the encryption ("" for
+    #: the relay's one room)
+    room: str = ""
 
 
 # Send times a plaintext may carry: any Unix time in seconds that a float holds exactly.
 MAX_SENT = 2**53
 
-# n, kind, flags, sent, directory hash, ack count: what precedes the acks and the text
-_INNER = struct.Struct(">QBBQ32sH")
+# n, kind, flags, sent, directory hash, ack count, room length: what precedes the acks,
+# the room and the text
+_INNER = struct.Struct(">QBBQ32sHB")
+# Longest room name, in UTF-8 bytes (its length is one byte).
+MAX_ROOM = 255
 _N = struct.Struct(">Q")
 _HAS_SENT = 0b01
 _HAS_DIRECTORY = 0b10
@@ -296,10 +304,11 @@ class PeerSession:
         directory_hash: str = "",
         acks: tuple[int, ...] = (),
         sent: int | None = None,
+        room: str = "",
         nonce: bytes | None = None,
     ) -> bytes:
         """One message for this peer. ``nonce`` is for deterministic tests only."""
-        prepared = prepare(text, kind, directory_hash=directory_hash, acks=acks, sent=sent)
+        prepared = prepare(text, kind, directory_hash=directory_hash, acks=acks, sent=sent, room=room)
         return self.seal(prepared, random_nonces(1)[0] if nonce is None else nonce)
 
     def take_counter(self) -> int:
@@ -421,20 +430,24 @@ class PeerSession:
 
     def _parse(self, raw: bytes, skipped: int, late: bool) -> Plaintext:
         try:
-            counter, kind_number, flags, sent, directory, ack_count = _INNER.unpack_from(raw)
+            counter, kind_number, flags, sent, directory, ack_count, room_size = _INNER.unpack_from(raw)
             acks_end = _INNER.size + 8 * ack_count
+            room_end = acks_end + room_size
             if (
                 kind_number >= len(_KINDS)
                 or flags & ~(_HAS_SENT | _HAS_DIRECTORY)
                 or (sent >= MAX_SENT if flags & _HAS_SENT else sent)
                 or (not flags & _HAS_DIRECTORY and directory != _NO_DIRECTORY)
                 or ack_count > MAX_ACKS
+                or (room_size and kind_number != _KIND_NUMBERS[Kind.ROOM])
+                or room_end > len(raw)
             ):
                 raise ValueError("malformed")
             # (struct.error if the acks are cut short)
             acks = struct.unpack_from(f">{ack_count}Q", raw, _INNER.size) if ack_count else ()
             # strict UTF-8: no lone surrogates (they would crash the display)
-            text = raw[acks_end:].decode("utf-8")
+            room = raw[acks_end:room_end].decode("utf-8") if room_size else ""
+            text = raw[room_end:].decode("utf-8")
         except (ValueError, struct.error):  # UnicodeDecodeError is a ValueError
             raise DecryptionError(peer=self.peer, detail="malformed plaintext") from None
         return Plaintext(
@@ -448,6 +461,7 @@ class PeerSession:
             self._hex(directory) if flags & _HAS_DIRECTORY else "",
             acks,
             sent if flags & _HAS_SENT else None,
+            room,
         )
 
     def _hex(self, directory: bytes) -> str:
@@ -567,12 +581,13 @@ def prepare(
     directory_hash: str = "",
     acks: tuple[int, ...] = (),
     sent: int | None = None,
+    room: str = "",
 ) -> Prepared:
     """The parts of a message's plaintext that are the same for every recipient: all but
     n, which ``seal_numbered`` writes. ``directory_hash``: hex, 32 bytes (or empty);
-    ``sent`` is our clock now (Unix time, seconds). Raises ``LocalProtocolError`` for a
-    text over MAX_TEXT or a field out of range (and ``UnicodeEncodeError`` for a text
-    UTF-8 cannot carry)."""
+    ``sent`` is our clock now (Unix time, seconds); ``room`` names a room message's room.
+    Raises ``LocalProtocolError`` for a text over MAX_TEXT or a field out of range (and
+    ``UnicodeEncodeError`` for a text UTF-8 cannot carry)."""
     encoded = text.encode("utf-8")
     if len(encoded) > MAX_TEXT:
         raise LocalProtocolError(detail=f"message longer than {MAX_TEXT} bytes")
@@ -592,9 +607,14 @@ def prepare(
         flags |= _HAS_DIRECTORY
     if len(acks) > MAX_ACKS or not all(0 <= ack < 2**64 for ack in acks):
         raise LocalProtocolError(detail=f"a receipt acknowledges at most {MAX_ACKS} numbers below 2**64")
-    head = _INNER.pack(0, _KIND_NUMBERS[kind], flags, int(sent or 0), directory, len(acks))
+    named = room.encode("utf-8")
+    if named and kind is not Kind.ROOM:
+        raise LocalProtocolError(detail="only a room message names a room")
+    if len(named) > MAX_ROOM:
+        raise LocalProtocolError(detail=f"a room name is at most {MAX_ROOM} bytes")
+    head = _INNER.pack(0, _KIND_NUMBERS[kind], flags, int(sent or 0), directory, len(acks), len(named))
     packed_acks = struct.pack(f">{len(acks)}Q", *acks)
-    return Prepared(kind, head[_N.size :] + packed_acks + encoded)
+    return Prepared(kind, head[_N.size :] + packed_acks + named + encoded)
 
 
 def seal_all(messages: list[tuple[PeerSession, Prepared]]) -> list[tuple[str, bytes]]:
@@ -605,7 +625,7 @@ def seal_all(messages: list[tuple[PeerSession, Prepared]]) -> list[tuple[str, by
 
 
 def random_nonces(count: int) -> list[bytes]:
-    """``count`` nonces of 32 random bytes from libsodium, drawn in one call: a room
+    """``count`` nonces of 24 random bytes from libsodium, drawn in one call: a room
     message needs one per recipient, and one call is far cheaper than ``count``."""
     pool = nacl.bindings.randombytes(NONCE_SIZE * count)
     return [pool[start : start + NONCE_SIZE] for start in range(0, len(pool), NONCE_SIZE)]
