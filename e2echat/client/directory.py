@@ -83,8 +83,9 @@ class Directory:
     # -- joins and leaves ---------------------------------------------------------------------
 
     def reuses_a_session_key(self, peer: m.PeerInfo) -> bool:
-        """A real client makes a fresh session key for every connection. The same key
-        again would restart a session at counter 0: a way to replay old messages."""
+        """A real client makes a fresh session key for every connection: the same key again
+        is an old announcement played back. (Sessions do not depend on it, and the ratchet
+        refuses replayed messages anyway; this keeps the directory and its digest honest.)"""
         return bytes(peer.session_key) in self._retired
 
     def add(self, peer: m.PeerInfo, *, refresh: bool = True) -> list[Event]:

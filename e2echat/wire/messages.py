@@ -426,7 +426,8 @@ class Fetch(Message):
 class Bundles(Message):
     """relay -> client: the answer to a ``Fetch``: a bundle for each nick the relay has
     one for, and the others in ``missing``. The relay's word only: the client checks each
-    signed prekey's signature, and that every nick it asked for is answered once."""
+    signed prekey's signature, and that it names no nick more often than it was asked
+    about (a nick never answered leaves its copies to time out)."""
 
     TYPE: ClassVar[str] = "bundles"
     WIRE = (on_wire("bundles", BUNDLES), on_wire("missing", NICKS))
