@@ -225,6 +225,31 @@ async def test_people_a_relay_makes_up_cannot_grow_the_sessions_past_their_bound
     assert sorted(saved.peers) == sorted(keyring.peers)
 
 
+async def test_forged_first_messages_take_no_place_among_the_sessions_kept() -> None:
+    """A first message that does not authenticate starts nothing: the people a relay
+    makes up and forges first messages from take no place in the keyring, so they cannot
+    push out anyone's sessions. Control: a real first message from one of them is kept."""
+    identity = PrivateKey.generate()
+    async with running(HostileRelay()) as relay, peers(relay, "bob") as (bob,):
+        alice = await connect(relay, "alice", identity)
+        keyring = alice.connection.core.keyring
+        keyring.max_peers = 3
+        bob.connection.send_private("alice", "hello")
+        await alice.next(MessageReceived, lambda e: e.sender == "bob")
+        bobs = keyring.peers["bob"]
+        fakes = made_up_peers(relay, "alice", 5)
+        relay.inject_many("alice", [m.PeerJoined(fake.info) for fake in fakes])
+        forged = [m.Deliver(fake.nick, b"\x02" + nacl.utils.random(200)) for fake in fakes]
+        relay.inject_many("alice", forged)
+        for _ in forged:
+            await alice.next(SecurityWarning)
+        assert set(keyring.peers) == {"bob"} and keyring.peers["bob"] is bobs
+        relay.inject("alice", fakes[0].deliver("really me"))
+        await alice.next(MessageReceived, lambda e: e.sender == "fake0")
+        assert set(keyring.peers) == {"bob", "fake0"} and keyring.peers["bob"] is bobs
+        await alice.connection.close()
+
+
 # -- the pin file a relay can make us write -----------------------------------------------------
 
 

@@ -136,8 +136,10 @@ class Sessions:
         directory = self._directory
         peer = directory.peers.get(sender)
         session = None if peer is None else self.keyring.get(sender, peer.identity_key)
+        candidate = None
         if session is None and peer is not None and body[:1] == _PREKEY_TYPE:
-            session = self.keyring.peer(sender, peer.identity_key)  # they start one
+            # They start one: kept only once their first message authenticates.
+            session = candidate = self.keyring.candidate(sender, peer.identity_key)
         if session is None:
             if peer is not None:
                 # They write in a session we do not have (we lost ours: a profile restored
@@ -152,6 +154,8 @@ class Sessions:
         except DecryptionError as exc:
             log.info("dropped a message that did not authenticate")
             return [SecurityWarning(f"{exc}; it was dropped")]
+        if candidate is not None:
+            self.keyring.adopt(candidate)
         # The session is the one with ``sender``: the plaintext is theirs (session.py).
         events: list[Event] = [MessagesMissing(sender, plaintext.skipped)] if plaintext.skipped else []
         trust = directory.trust(sender)

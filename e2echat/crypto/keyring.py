@@ -72,10 +72,16 @@ class Keyring:
         not read what was meant for the old one (the user is warned of the change
         elsewhere)."""
         peer = self.get(nick, identity_key)
-        if peer is not None:
-            return peer
-        self.forget(nick)
-        peer = PeerSession(
+        if peer is None:
+            peer = self.candidate(nick, identity_key)
+            self.adopt(peer)
+        return peer
+
+    def candidate(self, nick: str, identity_key: PublicKey) -> PeerSession:
+        """An empty ``PeerSession`` with ``nick``, not kept: for a first message from them
+        that has yet to authenticate. Only ``adopt`` keeps it, so a forged first message
+        can neither take a place among the peers kept nor drop anyone's sessions."""
+        return PeerSession(
             self.nick,
             self.identity,
             nick,
@@ -84,12 +90,18 @@ class Keyring:
             prekeys=self.prekeys,
             dirty=self._dirty,
         )
-        # A row under ``nick`` forgotten above stays marked for deletion until this peer
-        # has something to save: the old key's sessions must not outlive them on disk.
+
+    def adopt(self, peer: PeerSession) -> None:
+        """Keep ``peer`` (from ``candidate``), in place of any sessions with that nick."""
+        nick = peer.peer
+        self.forget(nick)
+        # The row of the sessions forgotten is replaced by this peer's (or deleted, if it
+        # never has anything to save): the old key's sessions must not outlive it on disk.
+        if peer.can_send:
+            self._dirty.add(nick)
         self.peers[nick] = peer
         while len(self.peers) > self.max_peers:
             self.forget(next(iter(self.peers)))
-        return peer
 
     def forget(self, nick: str) -> None:
         """Drop every session with ``nick`` (and its saved row)."""
