@@ -281,7 +281,9 @@ def test_registering_again_replaces_the_signed_prekey_and_keeps_the_one_time_one
     assert answer == m.Bundles((m.Bundle("alice", alice.public_key, signed, one_time),), ())
 
 
-def test_an_owner_running_low_is_told_each_time_one_is_handed_out() -> None:
+def test_an_owner_running_low_is_told_as_it_crosses_the_mark_and_at_none() -> None:
+    """Once below the mark, and once at none: not after every prekey handed out, which
+    had an owner publish a batch for each (and discard keys the relay still held)."""
     relay = RelayCore(Limits(prekeys_low=3))
     _register(relay, 1, "alice")
     _register(relay, 2, "bob")
@@ -291,7 +293,7 @@ def test_an_owner_running_low_is_told_each_time_one_is_handed_out() -> None:
         [],  # 4 left
         [],  # 3 left: not below the mark
         [Outgoing(1, m.Prekeys(2))],
-        [Outgoing(1, m.Prekeys(1))],
+        [],  # 1 left: told already
         [Outgoing(1, m.Prekeys(0))],
         [],  # none handed out: nothing new to say
     ]

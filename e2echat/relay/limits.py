@@ -94,9 +94,9 @@ class Limits:
     #: registers new identities to push them out must make tens of thousands. At most
     #: about 200 MiB, if every one is full; about 65 MiB at 25 one-time prekeys each.
     bundles: int = 50_000
-    #: below this many one-time prekeys left, an owner online is told so (``prekeys``) each
-    #: time one is handed out, and publishes more: room for a burst of first contacts
-    #: while its publish is on the way.
+    #: when the one-time prekeys left fall below this (and again when none is left), an
+    #: owner online is told so (``prekeys``) and publishes more: room for a burst of first
+    #: contacts while its publish is on the way.
     prekeys_low: int = 10
 
     @property

@@ -146,7 +146,11 @@ class PrekeyDirectory:
                 del stored.one_time[:size]  # handed out once, ever
                 one_time = (OneTimePrekey(ident, PublicKey(key)),)
                 left = stored.count
-                if left < self.limits.prekeys_low and nick in self._online:
+                # Told as the count crosses the mark, and again at none: not after every
+                # prekey handed out, which had the owner publish a batch for each while
+                # its first publish was on the way, and throw away the oldest keys it
+                # kept (still held here) to stay within its own bound.
+                if left in (self.limits.prekeys_low - 1, 0) and nick in self._online:
                     low[nick] = left
             ident, key, signature = _SIGNED.unpack(stored.signed)
             signed = SignedPrekey(ident, PublicKey(key), signature)
