@@ -239,7 +239,7 @@ async def test_forged_first_messages_take_no_place_among_the_sessions_kept() -> 
         bobs = keyring.peers["bob"]
         fakes = made_up_peers(relay, "alice", 5)
         relay.inject_many("alice", [m.PeerJoined(fake.info) for fake in fakes])
-        forged = [m.Deliver(fake.nick, b"\x02" + nacl.utils.random(200)) for fake in fakes]
+        forged: list[m.Message] = [m.Deliver(fake.nick, b"\x02" + nacl.utils.random(200)) for fake in fakes]
         relay.inject_many("alice", forged)
         for _ in forged:
             await alice.next(SecurityWarning)
