@@ -330,3 +330,25 @@ async def test_thirty_first_contacts_leave_bob_with_one_time_prekeys_all_along()
         while len(texts) < 30:
             texts.add((await bob.next(MessageReceived)).text)
         assert not warnings(bob)
+
+
+async def test_a_crowd_writing_a_newcomer_at_once_is_read_in_full() -> None:
+    """48 people write bob for the first time at the same moment: the relay hands out
+    his one-time prekeys faster than his publishes of new ones arrive. Every first
+    message is read, with no warning. (Before, the relay told bob he ran low after every
+    prekey it handed out below the mark; he published a batch for each notice, went over
+    the number of one-time keys he keeps, and threw away the oldest: the very ones the
+    relay had just handed out, so those first messages could not be read.)"""
+    many = HostileRelay(connect_rate=1e6, connect_burst=1e6)  # 49 connections from one address
+    async with running(many) as relay, peers(relay, "bob") as (bob,):
+        writers = [await connect(relay, f"w{index}") for index in range(48)]
+        for writer in writers:
+            writer.connection.send_private("bob", f"hello from {writer.nick}")
+        texts: set[str] = set()
+        while len(texts) < len(writers):
+            event = await bob.next_delivery()
+            assert isinstance(event, MessageReceived), event
+            texts.add(event.text)
+        assert not warnings(bob)
+        for writer in writers:
+            await writer.connection.close()
