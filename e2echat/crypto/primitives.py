@@ -1,14 +1,10 @@
-"""The two primitives every message uses, called without their wrappers' Python layers.
+"""The AEAD every message uses, called without its wrapper's Python layer.
 
-A room message to 49 people makes 49 chain steps and 49 encryptions on the sender, and
-one of each on every recipient; the Python around each C call cost about as much as the
-call itself. Nothing here is new cryptography: each function calls the very C function
-the public API calls, with the same arguments, and tests pin each to that public API (and
-to published test vectors) byte for byte.
+A room message to 49 people makes 49 encryptions on the sender, and one decryption on
+every recipient; the Python around each C call cost about as much as the call itself.
+Nothing here is new cryptography: each function calls the very C function the public API
+calls, with the same arguments, and tests pin each to that public API byte for byte.
 
-* ``hmac_sha256``: ``hmac.new(key, message, "sha256").digest()``. ``hmac.new`` is a
-  Python class around ``_hashlib.hmac_new`` (OpenSSL's HMAC); this calls that function
-  directly, as the ``hmac`` module itself does.
 * ``aead_encrypt`` / ``aead_decrypt``: XChaCha20-Poly1305 (IETF), what
   ``nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt`` and ``..._decrypt`` do:
   the same libsodium functions through PyNaCl's own cffi module, keeping every length
@@ -16,14 +12,13 @@ to published test vectors) byte for byte.
   so shorter ones must never reach it). The ratchet's messages use it, with their header as the
   associated data (Signal's construction; a secretbox has no associated data).
 
-``_hashlib`` and ``nacl._sodium`` are private modules of CPython and PyNaCl. If either is
-missing, or a self-check at import (a published HMAC vector, and a box the public API
-opens) disagrees, the public API is used instead: slower, never wrong.
+``nacl._sodium`` is a private module of PyNaCl. If it is missing, or a self-check at
+import (a box the public API opens) disagrees, the public API is used instead: slower,
+never wrong.
 """
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Callable
 from typing import Any
 
@@ -38,10 +33,6 @@ MAC_SIZE = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_ABYTES  # 16
 _SIZES = "XChaCha20-Poly1305 needs a 24-byte nonce and a 32-byte key"
 
 
-def _public_hmac_sha256(key: bytes, message: bytes) -> bytes:
-    return hmac.new(key, message, "sha256").digest()
-
-
 _public_aead_encrypt: Callable[[bytes, bytes, bytes, bytes], bytes] = (
     nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt
 )
@@ -50,23 +41,12 @@ _public_aead_decrypt: Callable[[bytes, bytes, bytes, bytes], bytes] = (
 )
 
 try:
-    import _hashlib
-
-    _openssl_hmac: Any = _hashlib.hmac_new
-except (ImportError, AttributeError):  # a Python built without OpenSSL
-    _openssl_hmac = None
-try:
     import nacl._sodium as _sodium  # type: ignore[import-not-found]
 
     _ffi: Any = _sodium.ffi
     _lib: Any = _sodium.lib
 except (ImportError, AttributeError):  # a PyNaCl laid out differently
     _ffi = _lib = None
-
-
-def _direct_hmac_sha256(key: bytes, message: bytes) -> bytes:
-    digest: bytes = _openssl_hmac(key, message, digestmod="sha256").digest()
-    return digest
 
 
 def _direct_aead_encrypt(message: bytes, associated: bytes, nonce: bytes, key: bytes) -> bytes:
@@ -97,15 +77,6 @@ def _direct_aead_decrypt(sealed: bytes, associated: bytes, nonce: bytes, key: by
     return result
 
 
-def _hmac_agrees() -> bool:
-    """RFC 4231 test case 2, through the direct call."""
-    try:
-        digest = _direct_hmac_sha256(b"Jefe", b"what do ya want for nothing?")
-    except Exception:
-        return False
-    return digest.hex() == "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
-
-
 def _aead_agrees() -> bool:
     """The direct AEAD is the public API's, and each opens the other's."""
     key, nonce, message, associated = bytes(range(32)), bytes(range(24)), b"e2echat self-check", b"ad"
@@ -120,12 +91,9 @@ def _aead_agrees() -> bool:
         return False
 
 
-#: True where the direct calls are in use (both private modules found and self-checked).
-DIRECT_HMAC = _openssl_hmac is not None and _hmac_agrees()
+#: True where the direct calls are in use (the private module found and self-checked).
 DIRECT_AEAD = _ffi is not None and _aead_agrees()
 
-hmac_sha256: Callable[[bytes, bytes], bytes] = _direct_hmac_sha256 if DIRECT_HMAC else _public_hmac_sha256
-"""HMAC-SHA256 of ``message`` under ``key`` (RFC 2104)."""
 
 aead_encrypt: Callable[[bytes, bytes, bytes, bytes], bytes] = (
     _direct_aead_encrypt if DIRECT_AEAD else _public_aead_encrypt
