@@ -150,8 +150,10 @@ def test_a_replayed_first_message_is_refused_by_its_deleted_one_time_prekey(
     """Session and base key both forgotten (the base-key memory made tiny to get there
     quickly): the one-time prekey it used is gone, so it cannot start a session again.
     (Without a one-time prekey, only the base-key memory stands between a replay and a
-    second session while the signed prekey lives: hence MAX_BASE_KEYS is large.)"""
+    second session while the signed prekey lives: hence MAX_BASE_KEYS and the prekeys'
+    MAX_SEEN are large.)"""
     monkeypatch.setattr(session, "MAX_BASE_KEYS", 2)
+    monkeypatch.setattr("e2echat.crypto.prekeys.MAX_SEEN", 2)
     alice, bob, to_bob, to_alice = started(one_time=True)
     first = to_bob.encrypt("first", Kind.ROOM)
     to_alice.decrypt(first)
@@ -430,6 +432,7 @@ def test_forward_secrecy_of_a_first_message_without_a_one_time_prekey() -> None:
 
     def rerun(now: float) -> PeerSession:
         leaked = restarted(bob, now)
+        leaked.prekeys._seen.clear()  # the thief's copy: no replay memory of ours stops it
         return PeerSession(
             "bob",
             bob.identity,
@@ -719,7 +722,7 @@ def test_our_prekeys_round_trip() -> None:
     to_bob = with_peer(alice, bob)
     to_bob.start(bundle)
     assert with_peer(restarted(bob), alice).decrypt(to_bob.encrypt("hi", Kind.ROOM)).text == "hi"
-    for damaged in (saved[:-1], saved + b"\x00", b"\x02" + saved[1:], saved[:10], saved[:1] + bytes(10)):
+    for damaged in (saved[:-1], saved + b"\x00", b"\x03" + saved[1:], saved[:10], saved[:1] + bytes(10)):
         with pytest.raises(BadRatchetState):
             OurPrekeys.from_bytes(damaged)
 
@@ -861,3 +864,24 @@ def test_a_signed_prekey_replaced_late_still_gets_its_grace() -> None:
     assert with_peer(restarted(bob), alice).decrypt(first).text == "sent while bob was away"
     bob.prekeys.rotate_if_due(bob.identity, back + SIGNED_PREKEY_GRACE + 1)
     refused_untouched(bob, with_peer(bob, alice), first, DecryptionError, "unknown signed prekey")
+
+
+@pytest.mark.parametrize("restart", [False, True])
+def test_a_replayed_first_message_is_refused_after_its_peer_is_forgotten(restart: bool) -> None:
+    """The memory of first messages read lives with our prekeys, not with the peer's
+    sessions: a relay that makes us forget alice (pushed out of the peers kept, or her key
+    replaced) cannot then replay her first message (no one-time prekey: nothing else
+    stops it) to start her session again. It holds across a restart too."""
+    alice, bob = (
+        Keyring.fresh("alice", PrivateKey.generate(), NOW),
+        Keyring.fresh("bob", PrivateKey.generate(), NOW),
+    )
+    to_bob = with_peer(alice, bob)
+    to_bob.start(bundle_of(bob, one_time=False))
+    first = to_bob.encrypt("hello", Kind.PRIVATE)
+    assert with_peer(bob, alice).decrypt(first).text == "hello"
+    bob.forget("alice")
+    if restart:
+        bob = Keyring.from_rows("bob", bob.identity, bob.rows(), NOW)
+    with pytest.raises(ReplayError):
+        with_peer(bob, alice).decrypt(first)

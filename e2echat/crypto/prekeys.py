@@ -35,8 +35,14 @@ ONE_TIME_BATCH = 25
 ONE_TIME_LOW = 10
 MAX_ONE_TIME = 200
 
-_FORMAT = 1
-_HEAD = struct.Struct(">BIIH")  # format, next id, current signed id, signed count
+_FORMAT = 2
+_HEAD = struct.Struct(">BIIHI")  # format, next id, current signed id, signed count, base keys
+_SEEN = struct.Struct(">32sI")  # a base key, the signed prekey its first message used
+# Base keys of first messages read, for as long as their signed prekey is kept: a replay
+# of one must not start its session again, even once the peer's sessions (and what they
+# remember) were dropped. A relay that makes up people can push old ones out only by
+# getting this many real first messages read.
+MAX_SEEN = 20_000
 _SIGNED = struct.Struct(">Id")  # id, created (Unix time)
 _ID = struct.Struct(">I")
 _KEY = 32
@@ -60,6 +66,8 @@ class OurPrekeys:
         self._signed: dict[int, SignedPrekey] = {}
         self._current = 0
         self._one_time: OrderedDict[int, PrivateKey] = OrderedDict()
+        #: base key -> the id of the signed prekey its first message used, oldest first
+        self._seen: OrderedDict[bytes, int] = OrderedDict()
         self.changed = False
 
     @classmethod
@@ -98,11 +106,25 @@ class OurPrekeys:
         for signed, successor in pairwise(list(self._signed.values())):
             if signed.prekey_id != self._current and now - successor.created > SIGNED_PREKEY_GRACE:
                 del self._signed[signed.prekey_id]
+                # No first message under it can be read any more: its replays need no memory.
+                for base_key in [key for key, used in self._seen.items() if used == signed.prekey_id]:
+                    del self._seen[base_key]
                 self.changed = True
         if now - self.current.created <= SIGNED_PREKEY_LIFETIME and self.current.created <= now + DAY:
             return False
         self._new_signed(identity, now)
         return True
+
+    def seen(self, base_key: bytes) -> bool:
+        """True if a first message with this base key was read already (a replay)."""
+        return base_key in self._seen
+
+    def remember(self, base_key: bytes, signed_prekey_id: int) -> None:
+        """A first message with ``base_key`` under ``signed_prekey_id`` was read."""
+        self._seen[base_key] = signed_prekey_id
+        while len(self._seen) > MAX_SEEN:
+            self._seen.popitem(last=False)
+        self.changed = True
 
     def signed(self, prekey_id: int) -> PrivateKey | None:
         kept = self._signed.get(prekey_id)
@@ -137,14 +159,17 @@ class OurPrekeys:
     # -- persistence --------------------------------------------------------------------
 
     def to_bytes(self) -> bytes:
-        """format (1) || next id (4) || current signed id (4) || signed count (2) ||
-        signed prekeys (id, created, private key, signature each) || one-time prekeys
-        (id, private key each), oldest first. Secret: seal before storing."""
-        parts = [_HEAD.pack(_FORMAT, self._next_id, self._current, len(self._signed))]
+        """format (1) || next id (4) || current signed id (4) || signed count (2) || base
+        key count (4) || signed prekeys (id, created, private key, signature each) || base
+        keys (key, signed prekey id each) || one-time prekeys (id, private key each), oldest
+        first. Secret: seal before storing."""
+        head = _HEAD.pack(_FORMAT, self._next_id, self._current, len(self._signed), len(self._seen))
+        parts = [head]
         for signed in self._signed.values():
             parts.append(
                 _SIGNED.pack(signed.prekey_id, signed.created) + bytes(signed.private) + signed.signature
             )
+        parts.extend(_SEEN.pack(key, used) for key, used in self._seen.items())
         parts.extend(_ID.pack(prekey_id) + bytes(private) for prekey_id, private in self._one_time.items())
         return b"".join(parts)
 
@@ -155,21 +180,25 @@ class OurPrekeys:
 
         if len(data) < _HEAD.size:
             raise bad("too short")
-        version, next_id, current, count = _HEAD.unpack_from(data)
+        version, next_id, current, count, seen = _HEAD.unpack_from(data)
         if version != _FORMAT:
             raise bad(f"unknown format {version}")
         signed_size = _SIGNED.size + _KEY + _SIGNATURE
-        at = _HEAD.size + count * signed_size
+        seen_at = _HEAD.size + count * signed_size
+        at = seen_at + seen * _SEEN.size
         one_time_size = _ID.size + _KEY
         if len(data) < at or (len(data) - at) % one_time_size:
             raise bad("wrong length")
         prekeys = cls(next_id)
-        for start in range(_HEAD.size, at, signed_size):
+        for start in range(_HEAD.size, seen_at, signed_size):
             prekey_id, created = _SIGNED.unpack_from(data, start)
             key_at = start + _SIGNED.size
             private = PrivateKey(data[key_at : key_at + _KEY])
             signature = data[key_at + _KEY : key_at + _KEY + _SIGNATURE]
             prekeys._signed[prekey_id] = SignedPrekey(prekey_id, private, created, signature)
+        for start in range(seen_at, at, _SEEN.size):
+            base_key, used = _SEEN.unpack_from(data, start)
+            prekeys._seen[base_key] = used
         for start in range(at, len(data), one_time_size):
             (prekey_id,) = _ID.unpack_from(data, start)
             prekeys._one_time[prekey_id] = PrivateKey(data[start + _ID.size : start + one_time_size])

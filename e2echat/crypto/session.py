@@ -376,7 +376,7 @@ class PeerSession:
             if session.base_key == base_key:  # a session we have: the header is only a reminder
                 opened = session.ratchet.decrypt(inner)
                 return self._opened(index, opened.plaintext, opened.skipped, opened.late)
-        if base_key in self._base_keys:
+        if base_key in self._base_keys or self._prekeys.seen(base_key):
             raise ReplayError(peer=self.peer, counter=0)
         signed = self._prekeys.signed(signed_id)
         if signed is None:
@@ -416,6 +416,9 @@ class PeerSession:
         self._base_keys[base_key] = None
         while len(self._base_keys) > MAX_BASE_KEYS:
             self._base_keys.popitem(last=False)
+        # Remembered with our prekeys too: they outlive this peer's sessions (dropped when
+        # the peer is forgotten, or pushed out), and a replay must still be refused then.
+        self._prekeys.remember(base_key, signed_id)
         self._push(_Session(ratchet, base_key, b""))
         return plaintext
 
