@@ -525,8 +525,11 @@ def test_a_rejoining_peer_keeps_the_session_and_a_replay_stays_refused() -> None
 
 def test_a_peer_back_with_another_identity_key_gets_a_new_session() -> None:
     """bob comes back with another identity key (the relay's, or a reinstall): alice is
-    warned, her sessions with the old key are gone, the newcomer's messages are read in
-    a session of their own, and what was sent under the old key is read no more."""
+    warned, and the newcomer's message is read and shown flagged. Its session is held
+    apart: the sessions with the key alice pinned stay (a relay that announces its own
+    key under bob's nick cannot make her drop them), until she accepts the new key; then
+    the newcomer's session replaces them, and what was sent under the old key is read no
+    more."""
     wire = FakeWire()
     alice, bob = wire.connect("alice"), wire.connect("bob")
     wire.meet(alice, bob)
@@ -541,6 +544,12 @@ def test_a_peer_back_with_another_identity_key_gets_a_new_session() -> None:
     wire.pump()
     (shown,) = _received(wire, alice)
     assert (shown.text, shown.trust) == ("new key", Trust.CHANGED)
+    assert _base_keys(wire.clients[alice], "bob") == old_sessions  # held apart, not kept
+    wire.clients[alice].accept_key("bob", wire.clients[alice].key_fingerprint("bob"))
+    wire.clients[new_bob].send_private("alice", "accepted")
+    wire.pump()
+    (shown,) = _received(wire, alice)
+    assert (shown.text, shown.trust) == ("accepted", Trust.UNVERIFIED)
     new_sessions = _base_keys(wire.clients[alice], "bob")
     assert len(new_sessions) == 1 and not set(new_sessions) & set(old_sessions)
     wire.deliver(alice, _frame(m.Deliver("bob", body_old)))
@@ -811,3 +820,44 @@ def test_receipt_gaps_spread_between_half_and_one_and_a_half_intervals() -> None
     gaps = [receipt_gap() / RECEIPT_INTERVAL for _ in range(2000)]
     assert all(0.5 <= gap < 1.5 for gap in gaps)
     assert min(gaps) < 0.6 and max(gaps) > 1.4  # spread, not fixed: clients fall out of step
+
+
+def test_a_relay_cannot_replay_a_conversation_by_announcing_its_own_key_first() -> None:
+    """The relay records alice's first messages to bob (sent without a one-time prekey,
+    which it held back), announces "alice" with a key of its own and has that key write
+    bob a valid first message, then announces the real alice again and replays what it
+    recorded. Nothing of it is read again: the impostor's session was held apart (bob
+    never accepted that key), and the base keys of first messages read are remembered
+    with bob's prekeys anyway."""
+    from test_session import NOW, bundle_of
+
+    from e2echat.client.directory import Directory
+    from e2echat.client.events import MessageReceived as Received
+    from e2echat.client.receipts import DeliveryTracker
+    from e2echat.client.sessions import Sessions
+    from e2echat.client.trust import KnownPeers
+    from e2echat.crypto.keyring import Keyring
+    from e2echat.crypto.session import Kind, Party
+
+    bob_identity = PrivateKey.generate()
+    bob_keyring = Keyring.fresh("bob", bob_identity, NOW)
+    ours = Party("bob", bob_identity.public_key, PrivateKey.generate().public_key)
+    directory = Directory(ours, KnownPeers(), lambda: 0.0)
+    bob = Sessions("bob", bob_keyring, directory, DeliveryTracker())
+    alice_identity = PrivateKey.generate()
+    bob.add(m.PeerInfo("alice", alice_identity.public_key, PrivateKey.generate().public_key))
+    to_bob = Keyring.fresh("alice", alice_identity, NOW).peer("bob", bob_identity.public_key)
+    to_bob.start(bundle_of(bob_keyring, one_time=False))
+    recorded = [to_bob.encrypt(f"hello {i}", Kind.PRIVATE) for i in range(3)]
+    assert sum(isinstance(e, Received) for body in recorded for e in bob.deliver("alice", body)) == 3
+
+    impostor = PrivateKey.generate()
+    bob.add(m.PeerInfo("alice", impostor.public_key, PrivateKey.generate().public_key))
+    fake = Keyring.fresh("alice", impostor, NOW).peer("bob", bob_identity.public_key)
+    fake.start(bundle_of(bob_keyring, one_time=False))
+    (shown,) = [e for e in bob.deliver("alice", fake.encrypt("x", Kind.PRIVATE)) if isinstance(e, Received)]
+    assert shown.trust is Trust.CHANGED
+
+    bob.add(m.PeerInfo("alice", alice_identity.public_key, PrivateKey.generate().public_key))
+    replayed = [e for body in recorded for e in bob.deliver("alice", body)]
+    assert not any(isinstance(e, Received) for e in replayed)

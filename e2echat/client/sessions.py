@@ -137,9 +137,13 @@ class Sessions:
         peer = directory.peers.get(sender)
         session = None if peer is None else self.keyring.get(sender, peer.identity_key)
         candidate = None
-        if session is None and peer is not None and body[:1] == _PREKEY_TYPE:
-            # They start one: kept only once their first message authenticates.
-            session = candidate = self.keyring.candidate(sender, peer.identity_key)
+        if session is None and peer is not None:
+            # Sessions they started under a key not (yet) accepted, or one they start now:
+            # kept only once their first message authenticates.
+            candidate = self.keyring.unaccepted(sender, peer.identity_key)
+            if candidate is None and body[:1] == _PREKEY_TYPE:
+                candidate = self.keyring.candidate(sender, peer.identity_key)
+            session = candidate
         if session is None:
             if peer is not None:
                 # They write in a session we do not have (we lost ours: a profile restored
@@ -155,7 +159,13 @@ class Sessions:
             log.info("dropped a message that did not authenticate")
             return [SecurityWarning(f"{exc}; it was dropped")]
         if candidate is not None:
-            self.keyring.adopt(candidate)
+            if directory.trust(sender) is not Trust.CHANGED:
+                self.keyring.pending.pop(sender, None)
+                self.keyring.adopt(candidate)
+            else:
+                # Shown (flagged), and held apart: sessions under a key the user has not
+                # accepted must not replace the sessions with the key pinned.
+                self.keyring.hold(candidate)
         # The session is the one with ``sender``: the plaintext is theirs (session.py).
         events: list[Event] = [MessagesMissing(sender, plaintext.skipped)] if plaintext.skipped else []
         trust = directory.trust(sender)

@@ -46,6 +46,9 @@ class Keyring:
         #: nick -> our sessions with them, least recently used first
         self.peers: OrderedDict[str, PeerSession] = OrderedDict()
         self.max_peers = MAX_PEERS
+        #: nick -> sessions started with us under a key the user has not accepted: read
+        #: (their messages are shown, flagged), not kept in ``peers`` until accepted
+        self.pending: dict[str, PeerSession] = {}
         self._dirty: set[str] = set()
         self._deleted: set[str] = set()
         self._nick_saved = False
@@ -73,9 +76,26 @@ class Keyring:
         elsewhere)."""
         peer = self.get(nick, identity_key)
         if peer is None:
-            peer = self.candidate(nick, identity_key)
+            peer = self.unaccepted(nick, identity_key) or self.candidate(nick, identity_key)
+            self.pending.pop(nick, None)
             self.adopt(peer)
         return peer
+
+    def unaccepted(self, nick: str, identity_key: PublicKey) -> PeerSession | None:
+        """The sessions ``nick`` started with us under ``identity_key`` while it was not
+        accepted (``pending``), if any."""
+        peer = self.pending.get(nick)
+        if peer is None or bytes(peer.identity_key) != bytes(identity_key):
+            return None
+        return peer
+
+    def hold(self, peer: PeerSession) -> None:
+        """Keep ``peer`` (a candidate whose first message opened, under a key the user has
+        not accepted) apart from ``peers``: it replaces nothing there."""
+        previous = self.pending.pop(peer.peer, None)
+        if previous is not None and previous is not peer:
+            previous.close()
+        self.pending[peer.peer] = peer
 
     def candidate(self, nick: str, identity_key: PublicKey) -> PeerSession:
         """An empty ``PeerSession`` with ``nick``, not kept: for a first message from them
