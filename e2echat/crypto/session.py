@@ -197,6 +197,9 @@ class PeerSession:
         self._prekeys = prekeys
         self._dirty = set() if dirty is None else dirty
         self._sessions: list[_Session] = []
+        # The current session went unanswered too long: the next message starts a new one
+        # (see ``drop_unanswered``); the old one still reads what comes in it.
+        self._restart = False
         self._base_keys: OrderedDict[bytes, None] = OrderedDict()
         #: the number our next message to them carries (receipts acknowledge it)
         self.next_counter = 0
@@ -204,8 +207,9 @@ class PeerSession:
 
     @property
     def can_send(self) -> bool:
-        """True once there is a session: we started one, or they did."""
-        return bool(self._sessions)
+        """True once there is a session to send in: we started one, or they did (and it
+        is not one given up as unanswered)."""
+        return bool(self._sessions) and not self._restart
 
     @property
     def confirmed(self) -> bool:
@@ -224,19 +228,21 @@ class PeerSession:
         self._sessions.clear()
 
     def drop_unanswered(self) -> bool:
-        """Drop the current session if the peer has never answered in it (a first message
-        they could not read: the relay gave out their one-time prekey twice, say). The
-        next message starts a new one. True if one was dropped."""
-        if not self._sessions or not self._sessions[0].prekey_header:
+        """Give up sending in the current session if the peer has never answered in it (a
+        first message they could not read: the relay gave out their one-time prekey
+        twice, say): the next message starts a new one. The session is kept for reading,
+        in case they answer in it after all (their receipt was only slow); if they do, it
+        serves again. True if it was given up."""
+        if not self._sessions or not self._sessions[0].prekey_header or self._restart:
             return False
-        self._sessions.pop(0).ratchet.close()
-        self._changed()
+        self._restart = True
         return True
 
     def _changed(self) -> None:
         self._dirty.add(self.peer)
 
     def _push(self, session: _Session) -> None:
+        self._restart = False
         self._sessions.insert(0, session)
         for dropped in self._sessions[MAX_SESSIONS:]:
             dropped.ratchet.close()
@@ -428,6 +434,7 @@ class PeerSession:
         if index:  # they are using an earlier session: it becomes the current one
             self._sessions.insert(0, self._sessions.pop(index))
         self._sessions[0].prekey_header = b""  # they answered in it: it is established
+        self._restart = False
         self._dirty.add(self.peer)
         return self._parse(raw, skipped, late)
 
