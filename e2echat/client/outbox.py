@@ -230,7 +230,9 @@ class Outbox:
             counter = self._keyring.peer(nick, identity_key).take_counter()
             counters[nick] = counter
             waiting = self._awaiting.setdefault(nick, [])
-            if not waiting:
+            # Asked for their bundle already, unless only a session we reach out with
+            # waits (message 0, never given up): that fetch may never be answered.
+            if all(copy.message_id == 0 for copy in waiting):
                 fetch.append(nick)
             waiting.append(_Waiting(message_id, prepared, counter, identity_key))
         now = self._clock()
