@@ -204,3 +204,18 @@ def test_receipts_confirm_room_messages_through_the_fast_paths() -> None:
                 reports += alice.receive_data(_frame(m.Deliver(nick, envelope.body)))
     delivered = [r for r in reports if isinstance(r, DeliveryReport)]
     assert len(delivered) == 1 and sorted(delivered[0].delivered) == ["bob", "carol"]
+
+
+def test_a_reach_out_whose_fetch_goes_unanswered_does_not_hold_later_messages() -> None:
+    """alice reaches out to bob (he wrote in a session she lost): a fetch for his bundle,
+    and an empty receipt waits for it. The relay never answers. Her next message to bob
+    asks again instead of joining a queue that waits for ever."""
+    cores = _online("alice", "bob")
+    alice = cores["alice"]
+    alice._sessions.lost.add("bob")
+    alice.tick()
+    asked = [msg for msg in _frames(alice.data_to_send()) if isinstance(msg, m.Fetch)]
+    assert [fetch.nicks for fetch in asked] == [("bob",)]
+    alice.send_private("bob", "hello?")
+    asked = [msg for msg in _frames(alice.data_to_send()) if isinstance(msg, m.Fetch)]
+    assert [fetch.nicks for fetch in asked] == [("bob",)]
