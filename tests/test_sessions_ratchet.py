@@ -891,7 +891,7 @@ def test_a_session_given_up_as_unanswered_still_reads_a_late_answer() -> None:
     """alice's first message got no receipt in time: she gives the session up for sending
     (her next message starts a new one), but bob may have read it and answer late: that
     answer is read, and the session serves again. An answered session is never given up."""
-    alice, bob, to_bob, to_alice = started()
+    _, _, to_bob, to_alice = started()
     to_alice.decrypt(to_bob.encrypt("first", Kind.PRIVATE))
     assert to_bob.drop_unanswered() and not to_bob.can_send
     assert to_bob.decrypt(to_alice.encrypt("late answer", Kind.PRIVATE)).text == "late answer"
