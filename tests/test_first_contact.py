@@ -21,8 +21,8 @@ from e2echat.client.core import (
     SecurityWarning,
     SendReport,
 )
-from e2echat.client.events import ConnectionLost
-from e2echat.client.outbox import BAD_BUNDLE
+from e2echat.client.events import ConnectionLost, Disconnected
+from e2echat.client.outbox import BAD_BUNDLE, NO_PREKEYS
 from e2echat.client.receipts import TIMED_OUT
 from e2echat.crypto.prekeys import ONE_TIME_BATCH
 from e2echat.crypto.session import PREKEY_MESSAGE
@@ -31,6 +31,7 @@ from e2echat.crypto.xeddsa import xeddsa_sign
 from e2echat.wire import messages as m
 
 from hostile import BundleTamper, HostileRelay, same_one_time_prekey
+from relay_frames import Outgoing
 from support import Peer, connect, peers, running
 
 # Where a first message says whether it used a one-time prekey: type (1), identity key
@@ -293,6 +294,57 @@ async def test_an_answer_to_a_fetch_not_made_is_a_protocol_error_reported_and_su
         assert (await bob.next(MessageReceived)).text == "back again"
         assert not [e for e in bob.seen + carol.seen if isinstance(e, SecurityWarning)]
         await alice.connection.close()
+
+
+# -- a protocol error later in the same read ------------------------------------------------------
+
+
+async def test_a_report_settled_in_a_read_a_later_frame_breaks_still_comes() -> None:
+    """The relay answers alice's fetch for bob with "bob has no prekeys" and, in the same
+    write, answers for bob again, which she did not ask. The second frame breaks the
+    protocol and ends the connection, but the first has settled her message: it is
+    reported NOT delivered (no prekeys) before the connection is said to be gone, or it
+    would be reported neither way (the tracker has nothing left to abandon)."""
+    no_prekeys = m.Bundles((), ("bob",))
+
+    # Both go in one write (the relay writes what it has for a connection once per turn
+    # of its loop), so alice's client reads them in one batch.
+    def answer_twice(relay: HostileRelay, action: Outgoing) -> list[Outgoing]:
+        if isinstance(action.message, m.Bundles) and relay.nick(action.conn) == "alice":
+            return [Outgoing(action.conn, no_prekeys), Outgoing(action.conn, no_prekeys)]
+        return [action]
+
+    async with running(HostileRelay(answer_twice)) as relay, peers(relay, "alice", "bob") as (alice, _):
+        message_id = alice.connection.send_private("bob", "are you there?")
+        lost = await alice.next(Disconnected)
+        assert (
+            lost.detail
+            == "it broke the protocol (protocol error: relay answered for bob, whom we did not ask about)"
+        )
+        reports = [e for e in alice.seen if isinstance(e, SendReport | DeliveryReport)]
+        assert reports == [
+            SendReport(message_id, True, (), ("bob",)),
+            DeliveryReport(message_id, True, (), (("bob", NO_PREKEYS),), "are you there?"),
+        ]
+
+
+async def test_a_message_read_before_a_later_frame_breaks_the_protocol_is_shown() -> None:
+    """bob's message reaches alice in the same write as an answer she never asked for.
+    Her client decrypts the message (its session moves on, and is saved so) before the
+    second frame ends the connection: the message must be shown, or it is lost for good
+    (it cannot be decrypted a second time)."""
+
+    def and_then_unasked(relay: HostileRelay, action: Outgoing) -> list[Outgoing]:
+        if isinstance(action.message, m.Deliver) and relay.nick(action.conn) == "alice":
+            return [action, Outgoing(action.conn, m.Bundles((), ("carol",)))]
+        return [action]
+
+    async with running(HostileRelay(and_then_unasked)) as relay, peers(relay, "alice", "bob") as (alice, bob):
+        bob.connection.send_private("alice", "read me before you go")
+        lost = await alice.next(Disconnected)
+        assert "relay answered for carol" in lost.detail
+        received = [e for e in alice.seen if isinstance(e, MessageReceived)]
+        assert received == [MessageReceived("bob", "read me before you go", private=True)]
 
 
 # -- replenishment -------------------------------------------------------------------------------

@@ -46,7 +46,7 @@ from e2echat.crypto.identity import fingerprint, registration_proof, safety_numb
 from e2echat.crypto.keyring import Keyring
 from e2echat.crypto.prekeys import ONE_TIME_BATCH, ONE_TIME_LOW, OurPrekeys
 from e2echat.crypto.session import Party
-from e2echat.errors import CommandError, LocalProtocolError, RemoteProtocolError
+from e2echat.errors import CommandError, E2EChatError, LocalProtocolError, RemoteProtocolError
 from e2echat.wire import messages as m
 from e2echat.wire.codec import decode_message, encode_message
 from e2echat.wire.fastpath import decode_deliver
@@ -129,7 +129,8 @@ class ClientCore:
         self._decoder = FrameDecoder()
         #: what we write, released no faster than the relay allows
         self._pacer = Pacer()
-        self._notices: list[Event] = []  # found while sending; handed out with the next events
+        # Found while sending, or in a read that then broke: handed out with the next events.
+        self._notices: list[Event] = []
         self._arrival_events: list[Event] = []  # while the directory arrives in parts
         ours = Party(nick, identity.public_key, session_key.public_key)
         self._directory = Directory(ours, known_peers if known_peers is not None else KnownPeers(), clock)
@@ -163,18 +164,26 @@ class ClientCore:
 
     def receive_data(self, data: bytes) -> list[Event]:
         """Feed bytes from the relay. Raises ``RemoteProtocolError`` if the relay breaks
-        the protocol; the connection is then useless and must be closed."""
+        the protocol; the connection is then useless and must be closed. The events of
+        the frames read before the one that broke it come out of ``abandon``."""
         events: list[Event] = []
         online = self.state is _ONLINE
-        for frame in self._decoder.receive_data(data):
-            # Most frames are deliveries in the relay's one canonical form: those skip
-            # the strict decoder (decode_deliver accepts nothing it would refuse).
-            fast = decode_deliver(frame) if online else None
-            if fast is not None:
-                events += self._sessions.deliver(*fast)
-            else:
-                events += self._handle(decode_message(frame))
-                online = self.state is _ONLINE
+        try:
+            for frame in self._decoder.receive_data(data):
+                # Most frames are deliveries in the relay's one canonical form: those skip
+                # the strict decoder (decode_deliver accepts nothing it would refuse).
+                fast = decode_deliver(frame) if online else None
+                if fast is not None:
+                    events += self._sessions.deliver(*fast)
+                else:
+                    events += self._handle(decode_message(frame))
+                    online = self.state is _ONLINE
+        except E2EChatError:
+            # What the earlier frames did stands: a message they settled is no longer the
+            # tracker's to abandon, one they decrypted cannot be decrypted again. The UI
+            # must still hear of it, with the reports of the connection's end.
+            self._notices += events
+            raise
         if online and (self._outbox.acks_due or self._sessions.lost):
             self._send_receipts()
         return self._take_notices() + events if self._notices else events
@@ -204,8 +213,9 @@ class ClientCore:
         return self._take_notices() + list(reports)
 
     def abandon(self, reason: str) -> list[Event]:
-        """The connection is gone: report every message not yet confirmed."""
-        return list(self.deliveries.abandon(reason))
+        """The connection is gone: report every message not yet confirmed, after what
+        was found but not yet handed out (the frames before one that broke the protocol)."""
+        return self._take_notices() + list(self.deliveries.abandon(reason))
 
     def flush_receipts(self) -> None:
         """Acknowledge everything that arrived, now: the connection is about to close, and
