@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 from nacl.public import PrivateKey
 
 from e2echat.client.connection import Connection
@@ -30,6 +31,7 @@ from e2echat.client.core import (
 from e2echat.client.events import ConnectionLost
 from e2echat.crypto.keyring import Keyring
 from e2echat.crypto.prekeys import ONE_TIME_BATCH
+from e2echat.errors import KeyFileError
 from e2echat.relay.server import Relay
 from e2echat.store.pins import KNOWN_PEERS_FILE, PinFile
 from e2echat.store.sessions import SESSIONS_FILE, SessionFile
@@ -260,6 +262,30 @@ def _body_of(relay: HostileRelay, message_id: int) -> bytes:
     """The body of bob's message ``message_id`` to alice, as bob sent it."""
     (body,) = [e.body for send in relay.sends_from("bob") if send.id == message_id for e in send.items]
     return body
+
+
+async def test_pins_that_cannot_be_written_do_not_keep_the_sessions_from_being_saved(
+    tmp_path: Path,
+) -> None:
+    """A directory stands where alice's known_peers.json goes, so the pin her first
+    contact with bob makes cannot be written. Quitting says so, but writes her sessions
+    all the same: sessions.db holds her keyring as she left it, the receipt sent on the
+    way out included (the CLI closes the file next, and what it had not written is lost)."""
+    profile = Profile("alice", tmp_path / "alice")
+    async with running(Relay(LOOPBACK, 0)) as relay, peers(relay, "bob") as (bob,):
+        alice = await profile.start(relay)
+        (profile.directory / KNOWN_PEERS_FILE).mkdir()
+        for text in ("first", "second"):
+            bob.connection.send_private("alice", text)
+            assert (await alice.next(MessageReceived)).text == text
+        # The receipt for the second is held back (receipts go about once a second), so
+        # the keyring's last change is the one close() makes when it sends it.
+        assert alice.connection.core._outbox.acks_due
+        with pytest.raises(KeyFileError, match=KNOWN_PEERS_FILE):
+            await alice.connection.close()
+        assert profile.session_file is not None
+        profile.session_file.close()
+        assert profile.saved().rows() == alice.connection.core.keyring.rows()
 
 
 # -- the file itself ---------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from e2echat.crypto.identity import new_session_key
 from e2echat.crypto.keyring import Keyring
 from e2echat.errors import (
     E2EChatError,
+    KeyFileError,
     RegistrationRefused,
     RelayGone,
     RelayUnreachable,
@@ -385,7 +386,18 @@ class Connection:
         if self._transport is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._gone.wait(), 2)
+        # Both files are written even if the first fails: the caller closes the sessions
+        # file next, and what it had not written (the sessions as they end) is lost.
+        error: KeyFileError | None = None
         if self._pin_file is not None:
-            await self._pin_file.flush(self.core.known_peers)
+            try:
+                await self._pin_file.flush(self.core.known_peers)
+            except KeyFileError as exc:
+                error = exc
         if self._session_file is not None:
-            await self._session_file.flush(self.core.keyring)
+            try:
+                await self._session_file.flush(self.core.keyring)
+            except KeyFileError as exc:
+                error = error or exc
+        if error is not None:
+            raise error
