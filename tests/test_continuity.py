@@ -330,10 +330,7 @@ def _secrets(keyring: Keyring) -> list[bytes]:
             found.append(bytes(ratchet._dhs))
     prekeys = keyring.prekeys
     found.append(bytes(prekeys.current.private))
-    for prekey_id in range(1, 200):
-        one_time = prekeys.one_time(prekey_id)
-        if one_time is not None:
-            found.append(bytes(one_time))
+    found.extend(bytes(one_time) for one_time in prekeys._one_time.values())
     return found
 
 

@@ -16,6 +16,7 @@ from nacl.public import PrivateKey
 
 from e2echat.crypto import x3dh
 from e2echat.crypto.keyring import Keyring
+from e2echat.crypto.prekeys import OurPrekeys
 from e2echat.crypto.primitives import NONCE_SIZE
 from e2echat.crypto.ratchet import MAX_SKIP, Ratchet
 from e2echat.crypto.session import (
@@ -229,8 +230,11 @@ def test_recipient_posing_as_someone_else_cannot_decrypt() -> None:
     """Mallory registered as "bob" somewhere, with her own keys: the same nick and even
     the same prekey ids are not enough."""
     alice, bob, bundle = keyrings_and_bundle()
-    impostor = Keyring.fresh("bob", PrivateKey.generate(), NOW)
-    impostor.prekeys.new_one_time(1)  # her prekey ids now match bob's
+    mallory = PrivateKey.generate()
+    # Her prekey ids match bob's: the same signed prekey id, the same one-time one.
+    impostor = Keyring("bob", mallory, OurPrekeys.fresh(mallory, NOW, first_id=bundle.signed_prekey_id))
+    impostor.prekeys.new_one_time(1)
+    assert impostor.prekeys.one_time(bundle.one_time_prekey_id or 0) is not None
     to_bob = with_peer(alice, bob)
     to_bob.start(bundle)
     with pytest.raises(DecryptionError):

@@ -793,6 +793,16 @@ def test_prekey_ids_are_unique_and_skip_those_in_use_when_they_wrap() -> None:
     assert all(1 <= prekey_id <= x3dh.MAX_PREKEY_ID for prekey_id in made)
 
 
+def test_fresh_prekeys_start_their_ids_at_a_random_point() -> None:
+    """A profile made again from the same identity (sessions.db lost) must not count its
+    ids from where the lost one did: the relay keeps the old one-time prekeys, ignores a
+    publish of ids it holds, and would go on handing out keys whose private halves are
+    gone."""
+    starts = [OurPrekeys.fresh(PrivateKey.generate(), NOW).current.prekey_id for _ in range(8)]
+    assert len(set(starts)) == len(starts)  # the same twice: about 1 in 150 million
+    assert all(1 <= start <= x3dh.MAX_PREKEY_ID for start in starts)
+
+
 def test_unused_one_time_prekeys_are_bounded() -> None:
     prekeys = OurPrekeys.fresh(PrivateKey.generate(), NOW)
     made = [prekey_id for prekey_id, _ in prekeys.new_one_time(MAX_ONE_TIME + 30)]

@@ -22,6 +22,7 @@ from collections import OrderedDict
 from itertools import pairwise
 from typing import NamedTuple
 
+import nacl.utils
 from nacl.public import PrivateKey, PublicKey
 
 from e2echat.crypto.x3dh import MAX_PREKEY_ID, signed_prekey_message
@@ -71,8 +72,14 @@ class OurPrekeys:
         self.changed = False
 
     @classmethod
-    def fresh(cls, identity: PrivateKey, now: float) -> OurPrekeys:
-        prekeys = cls(1)
+    def fresh(cls, identity: PrivateKey, now: float, *, first_id: int | None = None) -> OurPrekeys:
+        """New prekeys, their ids counting from ``first_id``: by default a random point, so
+        that they do not collide with those of a profile lost since (sessions.db moved
+        away). The relay still holds its one-time prekeys, and ignores a publish of ids it
+        holds."""
+        if first_id is None:
+            first_id = int.from_bytes(nacl.utils.random(_ID.size), "big") % MAX_PREKEY_ID + 1
+        prekeys = cls(first_id)
         prekeys._new_signed(identity, now)
         return prekeys
 
