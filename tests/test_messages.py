@@ -74,6 +74,7 @@ EXAMPLES: dict[str, m.Message] = {
     "challenge-with-password": m.Challenge(KEY_B, b"\x03" * CHALLENGE_SIZE, password_required=True),
     "publish": m.Publish(SIGNED, ONE_TIME),
     "publish-signed-only": m.Publish(m.SignedPrekey(MAX_PREKEY_ID, KEY_B, bytes(SIGNATURE_SIZE)), ()),
+    "publish-replace": m.Publish(SIGNED, ONE_TIME, replace=True),
     "prekeys": m.Prekeys(9),
     "fetch": m.Fetch(("bob", "carol.x-1_")),
     "bundles": m.Bundles((BUNDLE_BOB, m.Bundle("carol", KEY_A, SIGNED, ())), ("dave",)),
@@ -140,7 +141,8 @@ def test_wire_format_is_pinned() -> None:
     key, signature = _b64(bytes(KEY_A)).encode(), _b64(SIGNATURE).encode()
     signed = b'{"id":7,"key":"%b","signature":"%b"}' % (key, signature)
     assert encode_message(m.Publish(SIGNED, (m.OneTimePrekey(1, KEY_A),))) == (
-        b'{"v":2,"type":"publish","signed_prekey":%b,"one_time":[{"id":1,"key":"%b"}]}' % (signed, key)
+        b'{"v":2,"type":"publish","signed_prekey":%b,"one_time":[{"id":1,"key":"%b"}],"replace":false}'
+        % (signed, key)
     )
     assert encode_message(m.Bundles((m.Bundle("bob", KEY_A, SIGNED, ()),), ("carol",))) == (
         b'{"v":2,"type":"bundles","bundles":[{"nick":"bob","identity_key":"%b","signed_prekey":%b,'
@@ -280,6 +282,9 @@ _BAD_CASES.update(
         "publish-too-many-one-time": _with("publish", one_time=_one_time(*range(MAX_PUBLISH + 1))),
         "publish-missing-one-time": _without("publish", "one_time"),
         "publish-missing-signed-prekey": _without("publish", "signed_prekey"),
+        "publish-missing-replace": _without("publish", "replace"),
+        "publish-replace-int": _with("publish", replace=1),
+        "publish-replace-string": _with("publish", replace="true"),
         "publish-one-time-not-array": _with("publish", one_time=_one_time(1)[0]),
         "publish-one-time-item-not-object": _with("publish", one_time=[[1, _KEY]]),
         "publish-one-time-extra-field": _with("publish", one_time=_one_time(1, signature=_KEY)),
@@ -581,6 +586,7 @@ _LOCAL_BAD: dict[str, Callable[[], object]] = {
         SIGNED, tuple(m.OneTimePrekey(i, KEY_A) for i in range(MAX_PUBLISH + 1))
     ),
     "publish-unsigned": lambda: m.Publish(ONE_TIME[0], ()),  # type: ignore[arg-type]
+    "publish-replace-int": lambda: m.Publish(SIGNED, (), replace=1),  # type: ignore[arg-type]
     "prekeys-negative": lambda: m.Prekeys(-1),
     "prekeys-bool": lambda: m.Prekeys(True),
     "fetch-empty": lambda: m.Fetch(()),
@@ -684,6 +690,7 @@ _PLAUSIBLE: dict[str, st.SearchStrategy[Any]] = {
     "text": st.text(max_size=30),
     "reason": st.text(max_size=30),
     "password": st.booleans(),
+    "replace": st.booleans(),
     "more": st.booleans(),
     "rate": st.one_of(st.floats(), st.integers(min_value=-1, max_value=10**400)),
     "burst": st.one_of(st.floats(), st.integers(min_value=-1, max_value=10**400)),

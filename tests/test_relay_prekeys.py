@@ -90,10 +90,16 @@ def _register(
 
 
 def _publish(
-    relay: RelayCore, conn: ConnId, signed: m.SignedPrekey, one_time: tuple[m.OneTimePrekey, ...]
+    relay: RelayCore,
+    conn: ConnId,
+    signed: m.SignedPrekey,
+    one_time: tuple[m.OneTimePrekey, ...],
+    *,
+    replace: bool = False,
 ) -> int:
     """Publish; the count the relay answers with (its only answer)."""
-    (answer,) = spelled_out(relay.receive_data(conn, _frame(m.Publish(signed, one_time)), 0.0))
+    publish = m.Publish(signed, one_time, replace=replace)
+    (answer,) = spelled_out(relay.receive_data(conn, _frame(publish), 0.0))
     assert isinstance(answer, Outgoing) and answer.conn == conn and isinstance(answer.message, m.Prekeys)
     return answer.message.count
 
@@ -189,6 +195,20 @@ def test_a_publish_replaces_the_signed_prekey_and_adds_only_new_one_time_ids() -
     assert [bundle.signed_prekey for bundle in bundles] == [newer] * 3
     assert [bundle.one_time[0] for bundle in bundles] == [first[0], first[1], second[1]]
     assert _publish(relay, 1, newer, ()) == 0  # a signed prekey alone, rotated
+
+
+def test_a_publish_that_replaces_drops_every_one_time_prekey_held_before() -> None:
+    """alice lost the private halves of what the relay holds (sessions.db moved away): a
+    publish with ``replace`` leaves only its own one-time prekeys to hand out, even the ids
+    held before."""
+    relay = RelayCore()
+    _register(relay, 1, "alice")
+    _register(relay, 2, "bob")
+    assert _publish(relay, 1, _signed(), _one_time(1, 2, 3)) == 3
+    fresh = _one_time(3, 9)
+    assert _publish(relay, 1, _signed(), fresh, replace=True) == 2
+    assert [_fetch(relay, 2, "alice")[0].bundles[0].one_time for _ in range(3)] == [fresh[:1], fresh[1:], ()]
+    assert _publish(relay, 1, _signed(), (), replace=True) == 0
 
 
 def test_one_time_prekeys_beyond_the_limit_push_out_the_oldest() -> None:

@@ -393,7 +393,9 @@ class RelayCore:
         # Only registered connections get here: before that, every frame but a register
         # is refused (``_handshake``). The signature is not checked: clients check it.
         assert record.peer is not None
-        count = self.prekeys.publish(record.peer.nick, message.signed_prekey, message.one_time)
+        count = self.prekeys.publish(
+            record.peer.nick, message.signed_prekey, message.one_time, replace=message.replace
+        )
         return [_write(record.conn, Prekeys(count))]
 
     def _fetch(self, record: _Connection, message: Fetch) -> list[Action]:

@@ -109,13 +109,19 @@ class PrekeyDirectory:
         self._online.discard(nick)
         self._evict()  # those online may have kept it over the bound
 
-    def publish(self, nick: str, signed: SignedPrekey, one_time: Sequence[OneTimePrekey]) -> int:
+    def publish(
+        self, nick: str, signed: SignedPrekey, one_time: Sequence[OneTimePrekey], *, replace: bool = False
+    ) -> int:
         """``nick`` (registered, online) publishes: ``signed`` replaces its signed prekey,
         and the ``one_time`` prekeys whose ids it does not hold already join the others,
-        the oldest going beyond ``limits.one_time_prekeys``. How many it now holds."""
+        the oldest going beyond ``limits.one_time_prekeys``; with ``replace``, they take
+        the place of all it held (its owner lost their private halves). How many it now
+        holds."""
         stored = self._stored[nick]
         stored.signed = _pack_signed(signed)
         held, size = stored.one_time, _ONE_TIME.size
+        if replace:
+            held.clear()
         ids = {bytes(held[start : start + _ID_SIZE]) for start in range(0, len(held), size)}
         for prekey in one_time:
             record = _ONE_TIME.pack(prekey.id, bytes(prekey.key))

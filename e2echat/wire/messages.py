@@ -378,15 +378,23 @@ class Routed(Message):
 class Publish(Message):
     """client -> relay: keep these prekeys for others to start sessions with me. The
     signed prekey replaces the one the relay held; the one-time prekeys join those it
-    holds (the oldest go if there are too many). Answered with ``Prekeys``."""
+    holds (the oldest go if there are too many), or with ``replace`` take their place.
+    Answered with ``Prekeys``."""
 
     TYPE: ClassVar[str] = "publish"
-    WIRE = (on_wire("signed_prekey", SIGNED_PREKEY), on_wire("one_time", ONE_TIME_PREKEYS))
+    WIRE = (
+        on_wire("signed_prekey", SIGNED_PREKEY),
+        on_wire("one_time", ONE_TIME_PREKEYS),
+        on_wire("replace", FLAG),
+    )
     signed_prekey: SignedPrekey
     one_time: tuple[OneTimePrekey, ...]
+    #: drop every one-time prekey held for me first: I no longer hold their private halves
+    replace: bool = False
 
     def __post_init__(self) -> None:
         require(isinstance(self.signed_prekey, SignedPrekey), "signed_prekey must be a SignedPrekey")
+        require(isinstance(self.replace, bool), "replace must be a bool")
         check_items(self.one_time, OneTimePrekey, "one-time prekeys", limit=MAX_PUBLISH)
         ids = {prekey.id for prekey in self.one_time}
         require(len(ids) == len(self.one_time), "a publish has two one-time prekeys with the same id")
