@@ -361,3 +361,23 @@ async def test_a_peer_who_lost_its_sessions_is_reached_again(tmp_path: Path) -> 
         await talk(bob, alice, "after")
         for peer in (alice, bob):
             await peer.connection.close()
+
+
+async def test_new_contacts_reach_a_peer_who_lost_her_one_time_prekeys() -> None:
+    """alice starts again from her identity alone (sessions.db lost). The relay still
+    holds the one-time prekeys she published before, enough that she need not publish
+    more; but their private halves are gone. Her client has them replaced, and each new
+    contact's first message to her is read."""
+    async with running(Relay(LOOPBACK, 0)) as relay:
+        identity = PrivateKey.generate()
+        alice = await connect(relay, "alice", identity)
+        await alice.connection.close()
+        assert relay.core.prekeys.count("alice") == ONE_TIME_BATCH
+
+        alice = await connect(relay, "alice", identity, keyring=Keyring.fresh("alice", identity, 0.0))
+        for nick in ("carol", "dave"):
+            contact = await connect(relay, nick)
+            await talk(contact, alice, "first contact")
+            await contact.connection.close()
+        assert not troubles(alice)
+        await alice.connection.close()

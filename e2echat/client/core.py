@@ -399,14 +399,18 @@ class ClientCore:
 
     def _publish_prekeys(self, held: int) -> None:
         """If the relay holds fewer than ONE_TIME_LOW of our one-time prekeys, give it a
-        batch of new ones (and our signed prekey again, a new one if it is due)."""
-        if held >= ONE_TIME_LOW:
-            return
+        batch of new ones (and our signed prekey again, a new one if it is due). If it
+        holds more than we have private halves for, some of its are dead (ours were lost
+        with sessions.db, say) and would fail each new contact in turn: the batch then
+        replaces all it holds."""
         prekeys = self.keyring.prekeys
+        replace = held > prekeys.unused
+        if held >= ONE_TIME_LOW and not replace:
+            return
         prekeys.rotate_if_due(self._identity, self._wall_clock())
-        fresh = prekeys.new_one_time(ONE_TIME_BATCH - held)
+        fresh = prekeys.new_one_time(ONE_TIME_BATCH - (0 if replace else held))
         one_time = tuple(m.OneTimePrekey(prekey_id, key) for prekey_id, key in fresh)
-        self._write(m.Publish(_signed(prekeys), one_time))
+        self._write(m.Publish(_signed(prekeys), one_time, replace=replace))
 
     def _receive_directory(self, peers: tuple[m.PeerInfo, ...], more: bool) -> list[Event]:
         for peer in peers:
