@@ -15,9 +15,11 @@ from e2echat.client.core import KeyChanged, MessageReceived, SplitView
 from e2echat.client.directory import RECENT_VIEWS, SPLIT_WARNINGS, VIEW_GRACE, Directory
 from e2echat.client.trust import KnownPeers, Trust
 from e2echat.crypto.identity import fingerprint, format_safety_number
+from e2echat.crypto.prekeys import ONE_TIME_LOW, PUBLISH_INTERVAL
 from e2echat.crypto.session import Party
 from e2echat.errors import CommandError
-from e2echat.relay.core import ConnId
+from e2echat.relay.core import ConnId, RelayCore
+from e2echat.relay.limits import Limits
 from e2echat.ui.chat import Chat
 from e2echat.wire import messages as m
 
@@ -320,4 +322,70 @@ async def test_trust_with_another_fingerprint_on_a_verified_peer_says_they_diffe
         assert not any("already verified" in line for line in lines[-3:])
         chat.handle_line(f"/trust bob {real}")
         assert "already verified" in lines[-1]
+        await alice.connection.close()
+
+
+# -- a relay that keeps saying it holds none of our prekeys ---------------------------------------
+
+
+def _publishes(wire: FakeWire, conn: ConnId) -> list[m.Publish]:
+    return [message for message in wire.sent[conn] if isinstance(message, m.Publish)]
+
+
+def test_the_answer_to_a_publish_never_sets_off_another() -> None:
+    """A relay that keeps fewer one-time prekeys than ONE_TIME_LOW answers each publish
+    with a count under it: a publish on each answer would never stop."""
+    clock = FakeClock()
+    wire = FakeWire(relay=RelayCore(Limits(rate=1e9, burst=1e9, one_time_prekeys=ONE_TIME_LOW // 2)))
+    alice = wire.connect("alice", clock=clock)
+    for _ in range(3):
+        clock.now += 2 * PUBLISH_INTERVAL
+        wire.clients[alice].tick()
+        wire.pump()
+    assert len(_publishes(wire, alice)) == 1
+    assert Outgoing(alice, m.Prekeys(ONE_TIME_LOW // 2)) in wire.outgoing  # it was answered
+
+
+def test_a_relay_saying_none_are_left_gets_one_publish_an_interval() -> None:
+    """The relay says, again and again, that it holds none of alice's one-time prekeys:
+    she publishes at most once every PUBLISH_INTERVAL, not a batch for each lie, and
+    keeps the private halves of the first batch (the relay may have handed them out)."""
+    clock = FakeClock()
+    wire = FakeWire()
+    alice = wire.connect("alice", clock=clock)
+    (first,) = _publishes(wire, alice)
+    for _ in range(8):  # lies, and a tick, each half interval for four intervals
+        wire.deliver(alice, _frame(m.Prekeys(0)) * 50)
+        wire.clients[alice].tick()
+        wire.pump()
+        clock.now += PUBLISH_INTERVAL / 2
+    # The welcome's (not paced), then one at once and one at 1, 2 and 3 intervals.
+    assert len(_publishes(wire, alice)) == 5
+    prekeys = wire.clients[alice].keyring.prekeys
+    assert all(prekeys.one_time(prekey.id) is not None for prekey in first.one_time)
+
+
+async def test_a_hostile_relay_saying_none_are_left_gets_few_publishes() -> None:
+    """Over sockets: the relay answers each of alice's publishes with "none held", and
+    writes her a hundred ``prekeys`` more saying so. She publishes once at once, once more
+    after PUBLISH_INTERVAL, and keeps every private half of the first batch."""
+    answered = [asyncio.Event() for _ in range(3)]  # the relay answered her 1st, 2nd, 3rd publish
+
+    def none_held(relay: HostileRelay, action: Outgoing) -> list[Outgoing]:
+        if isinstance(action.message, m.Prekeys) and relay.nick(action.conn) == "alice":
+            next((event for event in answered if not event.is_set()), asyncio.Event()).set()
+            return [Outgoing(action.conn, m.Prekeys(0))]
+        return [action]
+
+    async with running(HostileRelay(none_held)) as relay:
+        alice = await connect(relay, "alice")
+        await asyncio.wait_for(answered[0].wait(), WAIT)
+        lied_at = time.monotonic()
+        relay.inject_many("alice", [m.Prekeys(0)] * 100)  # not seen by the tamper
+        await asyncio.wait_for(answered[2].wait(), WAIT)
+        assert time.monotonic() - lied_at >= PUBLISH_INTERVAL * 0.9
+        publishes = [message for _, message in relay.received if isinstance(message, m.Publish)]
+        assert len(publishes) == 3
+        prekeys = alice.connection.core.keyring.prekeys
+        assert all(prekeys.one_time(prekey.id) is not None for prekey in publishes[0].one_time)
         await alice.connection.close()

@@ -7,7 +7,8 @@ so that others can start a session with us (X3DH), and their private halves. Pur
   under it, then forgotten: a first message under it can then no longer be read, by us
   or by anyone who later steals our keys (forward secrecy for the prekey itself).
 * One-time prekeys go out ``ONE_TIME_BATCH`` at a time, more whenever the relay says it
-  holds fewer than ``ONE_TIME_LOW``. Each private half is deleted when a first message
+  holds fewer than ``ONE_TIME_LOW`` (never more often than ``PUBLISH_INTERVAL``, and not
+  on its answer to a publish). Each private half is deleted when a first message
   uses it, so a replay of that message cannot start a second session. We keep at most
   ``MAX_ONE_TIME`` unused ones (the oldest go first): a relay that never hands them out
   cannot make us hoard keys.
@@ -35,6 +36,10 @@ SIGNED_PREKEY_GRACE = 14 * DAY
 ONE_TIME_BATCH = 25
 ONE_TIME_LOW = 10
 MAX_ONE_TIME = 200
+# Seconds between publishes, at least: a relay that says it holds none, again and again
+# (a hostile one), would have us make batch after batch, and past MAX_ONE_TIME drop the
+# private halves of keys it may just have handed out. 8 batches fill MAX_ONE_TIME: 16 s.
+PUBLISH_INTERVAL = 2.0
 
 _FORMAT = 2
 _HEAD = struct.Struct(">BIIHI")  # format, next id, current signed id, signed count, base keys
