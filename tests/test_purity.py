@@ -29,6 +29,7 @@ PURE = sorted(
         "client.events",
         "client.held",
         "client.pacing",
+        "client.publishing",
         "client.directory",
         "client.outbox",
         "client.sessions",

@@ -38,13 +38,13 @@ from e2echat.client.events import (  # re-exported: the UI's vocabulary
 )
 from e2echat.client.outbox import RECEIPT_INTERVAL, Outbox, receipt_gap
 from e2echat.client.pacing import Pacer
+from e2echat.client.publishing import PrekeyPublisher, signed_prekey
 from e2echat.client.receipts import RECEIPT_TIMEOUT, TIMED_OUT, DeliveryReport, DeliveryTracker, Message
 from e2echat.client.relays import RelayTrust
 from e2echat.client.sessions import Sessions
 from e2echat.client.trust import KnownPeers, Trust
 from e2echat.crypto.identity import fingerprint, registration_proof, safety_number
 from e2echat.crypto.keyring import Keyring
-from e2echat.crypto.prekeys import ONE_TIME_BATCH, ONE_TIME_LOW, PUBLISH_INTERVAL, OurPrekeys
 from e2echat.crypto.session import Party
 from e2echat.errors import CommandError, E2EChatError, LocalProtocolError, RemoteProtocolError
 from e2echat.wire import messages as m
@@ -131,12 +131,9 @@ class ClientCore:
         self._pacer = Pacer()
         # Found while sending, or in a read that then broke: handed out with the next events.
         self._notices: list[Event] = []
-        #: publishes the relay has not answered yet (it answers each, in order)
-        self._publishes_unanswered = 0
-        #: when we last published on the relay's ``prekeys`` (``clock``); and, while a
-        #: publish waits for PUBLISH_INTERVAL to pass, how many the relay last said it held
-        self._published_at: float | None = None
-        self._publish_waiting: int | None = None
+        self._publisher = PrekeyPublisher(
+            self.keyring.prekeys, identity, self._write, clock=clock, wall_clock=wall_clock
+        )
         self._arrival_events: list[Event] = []  # while the directory arrives in parts
         ours = Party(nick, identity.public_key, session_key.public_key)
         self._directory = Directory(ours, known_peers if known_peers is not None else KnownPeers(), clock)
@@ -210,8 +207,8 @@ class ClientCore:
         """Call now and then: sends receipts held back, reports messages whose receipts
         are overdue."""
         self._send_receipts()
-        if self._publish_waiting is not None and self.state is ClientState.ONLINE:
-            self._publish_prekeys(self._publish_waiting)
+        if self.state is ClientState.ONLINE:
+            self._publisher.tick()
         reports = self.deliveries.expire(self._clock())
         for report in reports:
             self._outbox.given_up(report.message_id)
@@ -353,7 +350,7 @@ class ClientCore:
             if isinstance(message, m.Bundles):
                 return self._outbox.bundles(message)
             if isinstance(message, m.Prekeys):
-                self._prekeys_held(message.count)
+                self._publisher.held(message.count)
                 return []
             if isinstance(message, m.Ping):
                 self._write(m.Pong())
@@ -392,7 +389,9 @@ class ClientCore:
         prekeys = self.keyring.prekeys
         prekeys.rotate_if_due(self._identity, self._wall_clock())
         self._write(
-            m.Register(self.nick, identity_public, session_public, proof, session_proof, _signed(prekeys))
+            m.Register(
+                self.nick, identity_public, session_public, proof, session_proof, signed_prekey(prekeys)
+            )
         )
         self.state = ClientState.AWAIT_WELCOME
         return []
@@ -402,43 +401,8 @@ class ClientCore:
             raise RemoteProtocolError(detail=f"relay welcomed {welcome.nick!r}, not {self.nick!r}")
         self._pacer.limit(welcome.rate, welcome.burst, welcome.byte_rate, welcome.byte_burst, self._clock())
         self.state = ClientState.AWAIT_DIRECTORY
-        self._publish_prekeys(welcome.prekeys, paced=False)
+        self._publisher.welcome(welcome.prekeys)
         return self._receive_directory(welcome.peers, welcome.more)
-
-    def _prekeys_held(self, held: int) -> None:
-        """The relay says it holds ``held`` of our one-time prekeys."""
-        if self._publishes_unanswered:
-            # The answer to our own publish: publishing again on it would loop with a relay
-            # that keeps fewer than ONE_TIME_LOW, or says so.
-            self._publishes_unanswered -= 1
-            return
-        self._publish_prekeys(held)
-
-    def _publish_prekeys(self, held: int, *, paced: bool = True) -> None:
-        """If the relay holds fewer than ONE_TIME_LOW of our one-time prekeys, give it a
-        batch of new ones (and our signed prekey again, a new one if it is due). If it
-        holds more than we have private halves for, some of its are dead (ours were lost
-        with sessions.db, say) and would fail each new contact in turn: the batch then
-        replaces all it holds. ``paced``: at most one every PUBLISH_INTERVAL, one due sooner
-        waiting for ``tick``. The welcome's is not: it comes once a connection, and does
-        not hold back the first the relay asks for (a crowd of first contacts may empty
-        its first batch at once)."""
-        prekeys = self.keyring.prekeys
-        replace = held > prekeys.unused
-        if held >= ONE_TIME_LOW and not replace:
-            self._publish_waiting = None
-            return
-        if paced:
-            now = self._clock()
-            if self._published_at is not None and now - self._published_at < PUBLISH_INTERVAL:
-                self._publish_waiting = held  # tick() publishes once the interval is over
-                return
-            self._published_at, self._publish_waiting = now, None
-        self._publishes_unanswered += 1
-        prekeys.rotate_if_due(self._identity, self._wall_clock())
-        fresh = prekeys.new_one_time(ONE_TIME_BATCH - (0 if replace else held))
-        one_time = tuple(m.OneTimePrekey(prekey_id, key) for prekey_id, key in fresh)
-        self._write(m.Publish(_signed(prekeys), one_time, replace=replace))
 
     def _receive_directory(self, peers: tuple[m.PeerInfo, ...], more: bool) -> list[Event]:
         for peer in peers:
@@ -452,8 +416,3 @@ class ClientCore:
 
     def _routed(self, routed: m.Routed) -> list[Event]:
         return list(self.deliveries.routed(routed.id, routed.delivered, routed.missing, routed.refused))
-
-
-def _signed(prekeys: OurPrekeys) -> m.SignedPrekey:
-    signed = prekeys.current
-    return m.SignedPrekey(signed.prekey_id, signed.private.public_key, signed.signature)
