@@ -907,3 +907,21 @@ def test_a_session_given_up_as_unanswered_still_reads_a_late_answer() -> None:
     assert to_bob.decrypt(to_alice.encrypt("late answer", Kind.PRIVATE)).text == "late answer"
     assert to_bob.can_send and not to_bob.drop_unanswered()
     assert to_alice.decrypt(to_bob.encrypt("on we go", Kind.PRIVATE)).text == "on we go"
+
+
+def test_a_peer_forgotten_and_met_again_is_numbered_on_not_from_zero() -> None:
+    """Receipts acknowledge our numbers for a nick. A peer pushed out of the keyring (more
+    people than it keeps) and met again, or replaced under another key, goes on from the
+    number we had reached: a receipt for an old copy cannot confirm a new one."""
+    alice, bob = (
+        Keyring.fresh("alice", PrivateKey.generate(), NOW),
+        Keyring.fresh("bob", PrivateKey.generate(), NOW),
+    )
+    alice.max_peers = 1
+    for _ in range(5):
+        alice.peer("bob", bob.identity.public_key).take_counter()
+    alice.peer("carol", PrivateKey.generate().public_key)  # pushes bob out
+    assert "bob" not in alice.peers
+    assert alice.peer("bob", bob.identity.public_key).take_counter() == 5
+    alice.peer("bob", PrivateKey.generate().public_key)  # bob under another key
+    assert alice.peer("bob", alice.peers["bob"].identity_key).take_counter() == 6

@@ -20,6 +20,8 @@ from e2echat.crypto.skipped import SkippedKeys
 from e2echat.errors import BadRatchetState
 
 PREKEYS_ROW = "prekeys"
+# Numbers remembered of peers forgotten (see ``Keyring._floors``): an int each, so many.
+MAX_FLOORS = 100_000
 PEER_ROW = "peer:"
 #: our nick when the sessions were made: every session binds it (in X3DH's AD)
 NICK_ROW = "nick"
@@ -46,6 +48,11 @@ class Keyring:
         #: nick -> our sessions with them, least recently used first
         self.peers: OrderedDict[str, PeerSession] = OrderedDict()
         self.max_peers = MAX_PEERS
+        #: nick -> the number the next message to them would have carried, for peers
+        #: forgotten while this keyring lives: a new PeerSession with them counts on from
+        #: it, so that a receipt for an old copy cannot confirm a new one (the numbers
+        #: receipts acknowledge are per nick)
+        self._floors: OrderedDict[str, int] = OrderedDict()
         #: nick -> sessions started with us under a key the user has not accepted: read
         #: (their messages are shown, flagged), not kept in ``peers`` until accepted
         self.pending: dict[str, PeerSession] = {}
@@ -101,7 +108,7 @@ class Keyring:
         """An empty ``PeerSession`` with ``nick``, not kept: for a first message from them
         that has yet to authenticate. Only ``adopt`` keeps it, so a forged first message
         can neither take a place among the peers kept nor drop anyone's sessions."""
-        return PeerSession(
+        peer = PeerSession(
             self.nick,
             self.identity,
             nick,
@@ -110,11 +117,14 @@ class Keyring:
             prekeys=self.prekeys,
             dirty=self._dirty,
         )
+        peer.next_counter = self._floors.get(nick, 0)
+        return peer
 
     def adopt(self, peer: PeerSession) -> None:
         """Keep ``peer`` (from ``candidate``), in place of any sessions with that nick."""
         nick = peer.peer
         self.forget(nick)
+        peer.next_counter = max(peer.next_counter, self._floors.get(nick, 0))
         # The row of the sessions forgotten is replaced by this peer's (or deleted, if it
         # never has anything to save): the old key's sessions must not outlive it on disk.
         if peer.can_send:
@@ -130,6 +140,9 @@ class Keyring:
             peer.close()
             self._dirty.discard(nick)
             self._deleted.add(nick)
+            self._floors[nick] = max(peer.next_counter, self._floors.pop(nick, 0))
+            while len(self._floors) > MAX_FLOORS:
+                self._floors.popitem(last=False)
 
     # -- persistence --------------------------------------------------------------------
 
