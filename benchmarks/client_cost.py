@@ -27,6 +27,7 @@ from benchmarks.plan import Context
 from benchmarks.report import Figure, Section, judge
 from benchmarks.wire import new_core
 from e2echat.client.core import ClientCore, Event, MessageReceived
+from e2echat.client.publishing import signed_prekey
 from e2echat.crypto.session import PREKEY_HEADER_SIZE, PREKEY_MESSAGE, Kind
 from e2echat.wire import messages as m
 from e2echat.wire.codec import decode_message, encode_message
@@ -85,12 +86,11 @@ def bundle_of(owner: ClientCore) -> m.Bundle:
     """``owner``'s prekey bundle as a relay hands it out: its signed prekey and a
     one-time prekey for this one first contact."""
     prekeys = owner.keyring.prekeys
-    signed = prekeys.current
     ((one_time_id, one_time),) = prekeys.new_one_time(1)
     return m.Bundle(
         owner.nick,
         owner.keyring.identity.public_key,
-        m.SignedPrekey(signed.prekey_id, signed.private.public_key, signed.signature),
+        signed_prekey(prekeys),
         (m.OneTimePrekey(one_time_id, one_time),),
     )
 

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import pytest
 from nacl.public import PrivateKey
 
+from benchmarks.client_cost import bundle_of
 from e2echat.client.core import ClientCore, DeliveryReport, KeyChanged, MessageReceived, SecurityWarning
 from e2echat.client.trust import KnownPeers, Trust
 from e2echat.errors import CommandError, RemoteProtocolError
@@ -47,27 +48,13 @@ def _online(*nicks: str) -> dict[str, ClientCore]:
     return cores
 
 
-def _bundle(owner: ClientCore) -> m.Bundle:
-    """``owner``'s bundle as a relay hands it out: its signed prekey and a one-time prekey
-    used by no one else."""
-    prekeys = owner.keyring.prekeys
-    signed = prekeys.current
-    ((one_time_id, one_time),) = prekeys.new_one_time(1)
-    return m.Bundle(
-        owner.nick,
-        owner.keyring.identity.public_key,
-        m.SignedPrekey(signed.prekey_id, signed.private.public_key, signed.signature),
-        (m.OneTimePrekey(one_time_id, one_time),),
-    )
-
-
 def _sends(sender: ClientCore, cores: dict[str, ClientCore]) -> list[m.Send]:
     """What the sender writes, each ``fetch`` answered (from ``cores``) as a relay would."""
     sends: list[m.Send] = []
     while data := sender.data_to_send():
         for message in _frames(data):
             if isinstance(message, m.Fetch):
-                bundles = tuple(_bundle(cores[nick]) for nick in message.nicks)
+                bundles = tuple(bundle_of(cores[nick]) for nick in message.nicks)
                 events = sender.receive_data(_frame(m.Bundles(bundles, ())))
                 assert not [e for e in events if isinstance(e, SecurityWarning | DeliveryReport)]
             else:
