@@ -87,7 +87,11 @@ MESSAGES: dict[type[m.Message], st.SearchStrategy[Any]] = {
         m.Send, ids, st.lists(st.builds(m.Envelope, nicks, bodies), min_size=1, max_size=3).map(tuple)
     ),
     m.Deliver: st.builds(m.Deliver, nicks, bodies),
-    m.Routed: st.builds(m.Routed, ids, nick_groups, nick_groups, nick_groups),
+    m.Routed: st.builds(m.Routed, ids, nick_groups, nick_groups, nick_groups, nick_groups, nick_groups),
+    m.Mail: st.builds(m.Mail, ids, nicks, st.floats(min_value=0, max_value=2**39), bodies),
+    m.Expired: st.builds(m.Expired, ids, ids, nicks, st.sampled_from(["expired", "key_changed"])),
+    m.Ack: st.builds(m.Ack, ids),
+    m.Away: st.builds(m.Away, nick_groups, st.booleans()),
     m.Publish: st.builds(
         m.Publish,
         signed_prekeys,

@@ -348,10 +348,10 @@ def test_the_relays_answers_cannot_rewrite_the_reports() -> None:
     _pass_on_only(wire, alice, "bob")  # carol's copy is held back, unanswered for
     wire.pump()
     assert wire.take(alice, receipts=True) == []  # bob's receipt is in; carol is open
-    lie = m.Routed(message_id, ("mallory",), ("bob", "mallory"), ("mallory",))
+    lie = m.Routed(message_id, ("mallory",), missing=("bob", "mallory"), refused=("mallory",))
     wire.deliver(alice, _frame(lie))
     assert wire.take(alice, receipts=True) == []
-    wire.deliver(alice, _frame(m.Routed(message_id, (), ("carol",), ())))
+    wire.deliver(alice, _frame(m.Routed(message_id, (), missing=("carol",))))
     assert wire.take(alice, receipts=True) == [
         SendReport(message_id, False, ("bob",), ("carol",)),
         DeliveryReport(message_id, False, ("bob",), (("carol", OFFLINE),), "hello"),

@@ -64,7 +64,11 @@ EXAMPLES: dict[str, m.Message] = {
     "left": m.PeerLeft("bob"),
     "send": m.Send(7, (m.Envelope("bob", b"\x00\xffbody"), m.Envelope("carol", b"c" * 100))),
     "deliver": m.Deliver("alice", b"\x00ciphertext\xff"),
-    "routed": m.Routed(7, ("bob",), ("carol",)),
+    "routed": m.Routed(7, ("bob",), ("dave",), ("carol",), ("erin",)),
+    "mail": m.Mail(3, "alice", 1796601600.25, b"\x00sealed\xff"),
+    "expired": m.Expired(4, 7, "bob", "key_changed"),
+    "ack": m.Ack(3),
+    "away": m.Away(("dave", "erin"), more=True),
     "error": m.Error("nick_taken", "nick 'alice' is already online — choose another ✓"),
     "bye": m.Bye("relay shutting down"),
     "directory": m.Directory((PEER_BOB,), more=True),
@@ -159,7 +163,7 @@ def test_boundary_values_round_trip() -> None:
         m.Error("a" * 32, "t" * MAX_REASON),
         m.Register("n", KEY_A, KEY_A, b"p" * MAX_PROOF, SESSION_PROOF, SIGNED),
         m.Welcome("alice", 50.0, 200.0, 1e6, 4e6, 0, ()),
-        m.Routed(1, (), ()),
+        m.Routed(1, ()),
         m.Bye(""),
         m.Welcome("alice", 50.0, 200.0, 1e6, 4e6, MAX_ID, ()),
         m.Publish(SIGNED, tuple(m.OneTimePrekey(i, KEY_A) for i in range(MAX_PUBLISH))),
@@ -478,9 +482,10 @@ def test_the_relays_prebuilt_frames_are_exactly_the_encoded_messages() -> None:
     with pytest.raises(LocalProtocolError):
         deliver_head('eve","body":"')  # a nick can never break out of its string
     for routed in (
-        m.Routed(0, (), ()),
-        m.Routed(7, ("bob", "c.d-e_9"), ("carol",)),
-        m.Routed(MAX_ID, (), (), refused=("bob", "carol")),
+        m.Routed(0, ()),
+        m.Routed(7, ("bob", "c.d-e_9"), missing=("carol",)),
+        m.Routed(MAX_ID, (), refused=("bob", "carol")),
+        m.Routed(3, (), ("dave",), full=("erin",)),
     ):
         general = json.dumps(
             {
@@ -488,7 +493,9 @@ def test_the_relays_prebuilt_frames_are_exactly_the_encoded_messages() -> None:
                 "type": "routed",
                 "id": routed.id,
                 "delivered": list(routed.delivered),
+                "queued": list(routed.queued),
                 "missing": list(routed.missing),
+                "full": list(routed.full),
                 "refused": list(routed.refused),
             },
             separators=(",", ":"),
@@ -556,11 +563,11 @@ _LOCAL_BAD: dict[str, Callable[[], object]] = {
     "send-bool-id": lambda: m.Send(True, (m.Envelope("bob", b"x"),)),
     "send-id-too-big": lambda: m.Send(MAX_ID + 1, (m.Envelope("bob", b"x"),)),
     "send-items-list": lambda: m.Send(1, [m.Envelope("bob", b"x")]),  # type: ignore[arg-type]
-    "routed-bad-nick": lambda: m.Routed(1, ("no one",), ()),
-    "routed-bytes-nick": lambda: m.Routed(1, (), (b"bob",)),  # type: ignore[arg-type]
-    "routed-int-nick": lambda: m.Routed(1, (), (), refused=(5,)),  # type: ignore[arg-type]
-    "routed-lists": lambda: m.Routed(1, ["bob"], [], refused=[]),  # type: ignore[arg-type]
-    "routed-too-many": lambda: m.Routed(1, ("bob",) * (MAX_ITEMS + 1), ()),
+    "routed-bad-nick": lambda: m.Routed(1, ("no one",)),
+    "routed-bytes-nick": lambda: m.Routed(1, (), missing=(b"bob",)),  # type: ignore[arg-type]
+    "routed-int-nick": lambda: m.Routed(1, (), refused=(5,)),  # type: ignore[arg-type]
+    "routed-lists": lambda: m.Routed(1, ["bob"], missing=[], refused=[]),  # type: ignore[arg-type]
+    "routed-too-many": lambda: m.Routed(1, ("bob",) * (MAX_ITEMS + 1)),
     "welcome-not-peer": lambda: m.Welcome("alice", 50.0, 200.0, 1e6, 4e6, 0, ("bob",)),  # type: ignore[arg-type]
     "joined-not-peer": lambda: m.PeerJoined("bob"),  # type: ignore[arg-type]
     "peer-key-bytes": lambda: m.PeerInfo("bob", KEY_A, bytes(KEY_B)),  # type: ignore[arg-type]
@@ -686,9 +693,13 @@ _PLAUSIBLE: dict[str, st.SearchStrategy[Any]] = {
     "delivered": st.lists(_nicks, max_size=3),
     "missing": st.lists(_nicks, max_size=3),
     "refused": st.lists(_nicks, max_size=3),
+    "queued": st.lists(_nicks, max_size=3),
+    "full": st.lists(_nicks, max_size=3),
+    "seq": st.integers(min_value=-1, max_value=MAX_ID + 1),
+    "queued_at": st.one_of(st.floats(), st.integers(min_value=-1, max_value=2**41)),
     "code": st.text("abcxyz_A ", max_size=33),
     "text": st.text(max_size=30),
-    "reason": st.text(max_size=30),
+    "reason": st.one_of(st.text(max_size=30), st.sampled_from(["expired", "key_changed"])),
     "password": st.booleans(),
     "replace": st.booleans(),
     "more": st.booleans(),

@@ -132,7 +132,7 @@ def test_send_to_self_is_reported_missing_by_the_relay() -> None:
     """A client that addresses itself gets nothing back (the relay does not echo)."""
     wire, alice, _, _ = _three()
     actions = wire.relay.receive_data(alice, _send(42, "alice"), wire.now)
-    assert spelled_out(actions) == [Outgoing(alice, m.Routed(42, (), ("alice",)))]
+    assert spelled_out(actions) == [Outgoing(alice, m.Routed(42, (), missing=("alice",)))]
 
 
 def test_client_error_makes_the_relay_hang_up() -> None:
@@ -239,8 +239,8 @@ def test_over_the_rate_the_sender_is_told_then_disconnected() -> None:
     _join(relay, 2, "bob")
     for message_id in (1, 2):
         delivered = spelled_out(relay.receive_data(1, _send(message_id, "bob"), 0.0))
-        assert delivered[-1] == Outgoing(1, m.Routed(message_id, ("bob",), ()))
-    refused = m.Routed(3, (), (), refused=("bob",))
+        assert delivered[-1] == Outgoing(1, m.Routed(message_id, ("bob",)))
+    refused = m.Routed(3, (), refused=("bob",))
     first = spelled_out(relay.receive_data(1, _send(3, "bob"), 0.0))
     assert first[0] == Outgoing(1, refused)
     assert isinstance(first[1], Outgoing) and isinstance(first[1].message, m.Error)
@@ -257,10 +257,10 @@ def test_a_sender_back_within_the_rate_is_served_again() -> None:
     _join(relay, 2, "bob")
     relay.receive_data(1, _send(1, "bob"), 0.0)
     assert spelled_out(relay.receive_data(1, _send(2, "bob"), 0.0))[0] == Outgoing(
-        1, m.Routed(2, (), (), refused=("bob",))
+        1, m.Routed(2, (), refused=("bob",))
     )
     later = spelled_out(relay.receive_data(1, _send(3, "bob"), 1.0))  # a token came back
-    assert later[-1] == Outgoing(1, m.Routed(3, ("bob",), ()))
+    assert later[-1] == Outgoing(1, m.Routed(3, ("bob",)))
 
 
 def test_refusals_far_apart_are_separate_episodes() -> None:
@@ -314,5 +314,5 @@ def test_bodies_are_copied_unopened_and_both_readings_of_a_send_agree() -> None:
     assert [Outgoing(conn, decode_frame(data)) for conn, data in written[0]] == [
         Outgoing(2, m.Deliver("alice", b"\x01" * 50)),
         Outgoing(3, m.Deliver("alice", b"\x02" * 60)),
-        Outgoing(1, m.Routed(7, ("bob", "carol"), ("dave",))),
+        Outgoing(1, m.Routed(7, ("bob", "carol"), missing=("dave",))),
     ]

@@ -385,7 +385,7 @@ class RelayCore:
                 frames.append((target, b"".join((pack(length), head, body, tail))))
                 unflushed[target] = unflushed.get(target, 0) + length
                 delivered.append(to)
-        routed = Routed(message.id, tuple(delivered), tuple(missing), tuple(refused))
+        routed = Routed(message.id, tuple(delivered), missing=tuple(missing), refused=tuple(refused))
         frames.append((record.conn, _frame(routed)))
         return [Write(frames)]
 

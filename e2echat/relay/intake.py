@@ -79,4 +79,4 @@ def _refused_send(frame: bytes) -> Routed | None:
     recipients = tuple(to.decode("ascii") for to in _RECIPIENT.findall(frame, start.end()))
     if not recipients or len(recipients) > MAX_ITEMS:
         return None
-    return Routed(int(start[1]), (), (), recipients)
+    return Routed(int(start[1]), (), refused=recipients)

@@ -63,6 +63,9 @@ MAX_FETCH = 1000
 # 512 bytes of a send takes about as long. Clients pace their fetches the same way.
 FETCH_CHARGE = 512
 
+#: why a message kept in a mailbox was dropped unread (``expired`` messages)
+EXPIRED_REASONS = ("expired", "key_changed")
+
 
 def is_utf8(text: str) -> bool:
     """False for strings JSON can carry but UTF-8 cannot (lone surrogates like \\ud800),
@@ -133,3 +136,9 @@ def check_id(value: object, what: str = "message id", limit: int = MAX_ID) -> No
         isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= limit,
         f"{what} must be an integer from 0 to {limit}",
     )
+
+
+def check_time(value: object, what: str) -> None:
+    """A Unix time in seconds: a finite number, 0 or more."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 2**40
+    require(ok, f"{what} must be a time in seconds (a number, 0 or more)")

@@ -47,6 +47,7 @@ from e2echat.wire.grammar import (
     CHALLENGE_SIZE,
     CODE_PATTERN,
     CODE_RULE,
+    EXPIRED_REASONS,
     MAX_BODY,
     MAX_FETCH,
     MAX_ITEMS,
@@ -59,6 +60,7 @@ from e2echat.wire.grammar import (
     check_bytes,
     check_id,
     check_nick,
+    check_time,
     require,
 )
 
@@ -341,37 +343,121 @@ class Routed(Message):
     """relay -> client: what the relay did with ``Send`` number ``id``.
 
     This is the relay's word only; end-to-end receipts are a separate, authenticated
-    matter. It lets a sender learn at once that a recipient was offline.
+    matter. It lets a sender learn at once that a recipient was away or unknown.
     """
 
     TYPE: ClassVar[str] = "routed"
     WIRE = (
         on_wire("id", INT),
         on_wire("delivered", NICKS),
+        on_wire("queued", NICKS),
         on_wire("missing", NICKS),
+        on_wire("full", NICKS),
         on_wire("refused", NICKS),
     )
     id: int
+    #: forwarded at once: they are online
     delivered: tuple[str, ...]
-    missing: tuple[str, ...]
+    #: kept in their mailbox (they are away), and on disk first if the relay has a store
+    queued: tuple[str, ...] = ()
+    #: not kept: the relay has never known them, or they are the sender
+    missing: tuple[str, ...] = ()
+    #: not kept: their mailbox, or the relay's room for mailboxes, is full
+    full: tuple[str, ...] = ()
     #: recipients the relay would not forward to: the sender is over its rate limit, or
     #: the recipient has fallen behind in reading what the relay sends it
     refused: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_id(self.id)
-        groups = (self.delivered, self.missing, self.refused)
+        groups = (self.delivered, self.queued, self.missing, self.full, self.refused)
         try:  # the relay makes one per send: first a quick look at the whole
             if all(type(group) is tuple and len(group) <= MAX_ITEMS for group in groups) and all(
-                map(NICK_PATTERN.match, self.delivered + self.missing + self.refused)
+                map(NICK_PATTERN.match, self.delivered + self.queued + self.missing + self.full + self.refused)
             ):
                 return
         except TypeError:  # a name that is not a string
             pass
-        for group, what in zip(groups, ("delivered", "missing", "refused"), strict=True):
+        for group, what in zip(groups, ("delivered", "queued", "missing", "full", "refused"), strict=True):
             check_items(group, str, what)
             for nick in group:
                 check_nick(nick)  # raises, naming the bad one
+
+
+@dataclass(frozen=True)
+class Mail(Message):
+    """relay -> client: a ciphertext kept in your mailbox while you were away: ``sender``
+    sent it, the relay queued it at ``queued_at`` (its clock, Unix seconds: its word only).
+    Mailbox items come in ``seq`` order; ``Ack`` them to have the relay forget them."""
+
+    TYPE: ClassVar[str] = "mail"
+    WIRE = (
+        on_wire("seq", INT),
+        on_wire("from", NICK, attr="sender"),
+        on_wire("queued_at", NUMBER),
+        on_wire("body", BINARY),
+    )
+    seq: int
+    sender: str
+    queued_at: float
+    body: bytes
+
+    def __post_init__(self) -> None:
+        check_id(self.seq, "seq")
+        check_nick(self.sender, "sender")
+        check_time(self.queued_at, "queued_at")
+        check_bytes(self.body, "body", limit=MAX_BODY)
+
+
+@dataclass(frozen=True)
+class Expired(Message):
+    """relay -> client, a mailbox item like ``Mail``: your message ``id`` to ``to`` was kept
+    in their mailbox and is gone unread: ``reason`` is ``expired`` (its time to live ran
+    out) or ``key_changed`` (the nick registered again with another identity key)."""
+
+    TYPE: ClassVar[str] = "expired"
+    WIRE = (on_wire("seq", INT), on_wire("id", INT), on_wire("to", NICK), on_wire("reason", TEXT))
+    seq: int
+    id: int
+    to: str
+    reason: str
+
+    def __post_init__(self) -> None:
+        check_id(self.seq, "seq")
+        check_id(self.id)
+        check_nick(self.to, "to")
+        require(self.reason in EXPIRED_REASONS, f"reason must be one of {', '.join(EXPIRED_REASONS)}")
+
+
+@dataclass(frozen=True)
+class Ack(Message):
+    """client -> relay: every mailbox item up to and including ``seq`` is handled (shown
+    and kept): forget them, and send the next ones."""
+
+    TYPE: ClassVar[str] = "ack"
+    WIRE = (on_wire("seq", INT),)
+    seq: int
+
+    def __post_init__(self) -> None:
+        check_id(self.seq, "seq")
+
+
+@dataclass(frozen=True)
+class Away(Message):
+    """relay -> client, after the directory: the members of ``#lobby`` who are known to the
+    relay but not online (a room message is for them too: it waits in their mailboxes).
+    ``more``: another ``away`` follows. Always sent, at least once, to each registered client."""
+
+    TYPE: ClassVar[str] = "away"
+    WIRE = (on_wire("nicks", NICKS), on_wire("more", FLAG))
+    nicks: tuple[str, ...]
+    more: bool = False
+
+    def __post_init__(self) -> None:
+        check_items(self.nicks, str, "nicks")
+        for nick in self.nicks:
+            check_nick(nick)
+        require(isinstance(self.more, bool), "more must be a bool")
 
 
 @dataclass(frozen=True)
@@ -506,6 +592,10 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         Send,
         Deliver,
         Routed,
+        Mail,
+        Expired,
+        Ack,
+        Away,
         Publish,
         Prekeys,
         Fetch,
