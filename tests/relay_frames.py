@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from nacl.public import PrivateKey
 
-from e2echat.relay.core import Action, Close, ConnId, Write
+from e2echat.relay.core import Action, Close, ConnId, Persist, Write
 from e2echat.wire import messages as m
 from e2echat.wire.codec import decode_message, encode_message
 from e2echat.wire.fastpath import Routes, fast_routes
@@ -38,7 +38,7 @@ def spelled_out(actions: Iterable[Action]) -> list[Outgoing | Close]:
     would write them; each ``Close`` where it was."""
     flat: list[Outgoing | Close] = []
     for action in actions:
-        if isinstance(action, Write):
+        if isinstance(action, Write | Persist):
             flat.extend(Outgoing(conn, decode_frame(data)) for conn, data in action.frames)
         else:
             flat.append(action)

@@ -36,7 +36,7 @@ from e2echat.crypto.identity import opened_identity_proof, registration_proof, s
 from e2echat.crypto.x3dh import signed_prekey_message
 from e2echat.crypto.xeddsa import xeddsa_sign
 from e2echat.errors import CommandError, LocalProtocolError, RemoteProtocolError
-from e2echat.relay.core import Action, Close, ConnId, RelayCore, Write
+from e2echat.relay.core import Action, Close, ConnId, Persist, RelayCore, Write
 from e2echat.relay.limits import Limits
 from e2echat.wire import messages as m
 from e2echat.wire.codec import decode_message, encode_message
@@ -131,7 +131,7 @@ class FakeWire:
     def apply(self, actions: list[Action]) -> None:
         closed: list[ConnId] = []
         for action in actions:
-            if isinstance(action, Write):
+            if isinstance(action, Write | Persist):
                 for conn, data in action.frames:
                     self.outgoing.append(Outgoing(conn, decode_frame(data)))
                     if conn in self._open:

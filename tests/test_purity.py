@@ -38,6 +38,7 @@ PURE = sorted(
         "relay.registration",
         "relay.intake",
         "relay.prekeys",
+        "relay.store",
         "relay.limits",
         "ui.cells",
         "ui.commands",

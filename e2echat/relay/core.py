@@ -28,6 +28,7 @@ from e2echat.relay.intake import read_frame, refusal
 from e2echat.relay.limits import Backlog, Flow, Limits, Sources, Unfinished, Verdict
 from e2echat.relay.prekeys import PrekeyDirectory
 from e2echat.relay.registration import admit, welcome_frames
+from e2echat.relay.store import Op
 from e2echat.wire.codec import decode_message, encode_message, printable_reason
 from e2echat.wire.fastpath import DELIVER_TAIL, Routes, deliver_head, encode_peer
 from e2echat.wire.framing import FrameDecoder, encode_frame
@@ -77,7 +78,17 @@ class Close:
     reason: str
 
 
-Action = Write | Close
+@dataclass(frozen=True, slots=True)
+class Persist:
+    """Have the store keep ``ops`` (relay/store.py), in order; once it has, write ``frames``
+    as ``Write`` would. The frames are the ones that must not be seen before the changes
+    are safe: a sender's ``routed`` that says ``queued``, say."""
+
+    ops: list[Op]
+    frames: list[tuple[ConnId, bytes]]
+
+
+Action = Write | Close | Persist
 
 
 def _frame(message: Message) -> bytes:

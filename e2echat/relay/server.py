@@ -24,7 +24,7 @@ from nacl.public import PrivateKey
 
 from e2echat.crypto.identity import fingerprint
 from e2echat.errors import RelayStartError
-from e2echat.relay.core import Action, ConnId, RelayCore, Write
+from e2echat.relay.core import Action, ConnId, Persist, RelayCore, Write
 from e2echat.relay.limits import Limits, address_key
 from e2echat.streams import BufferedLink, read_buffer
 
@@ -217,7 +217,7 @@ class Relay:
         everything it has for them, not one per message."""
         pending = self._pending
         for action in actions:
-            if isinstance(action, Write):
+            if isinstance(action, Write | Persist):  # no store yet: nothing to wait for
                 for conn, frame in action.frames:
                     queued = pending.get(conn)
                     if queued is None:

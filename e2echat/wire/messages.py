@@ -373,7 +373,7 @@ class Routed(Message):
         groups = (self.delivered, self.queued, self.missing, self.full, self.refused)
         try:  # the relay makes one per send: first a quick look at the whole
             if all(type(group) is tuple and len(group) <= MAX_ITEMS for group in groups) and all(
-                map(NICK_PATTERN.match, self.delivered + self.queued + self.missing + self.full + self.refused)
+                NICK_PATTERN.match(nick) for group in groups for nick in group
             ):
                 return
         except TypeError:  # a name that is not a string
