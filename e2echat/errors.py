@@ -201,3 +201,18 @@ class ProfileInUse(_KeyFileProblem):
 
 class WrongPassphrase(_KeyFileProblem):
     """wrong passphrase for the identity key in {path}"""
+
+
+class StoreError(E2EChatError):
+    """cannot use the relay store {path}: {detail}"""
+
+    def __init__(self, *, path: PurePath | str, detail: str = "") -> None:
+        self.path = path
+        super().__init__(detail=detail)
+
+
+class StoreInUse(StoreError):
+    """the relay store {path} is in use by another relay: stop that one first
+    (or give this one its own --store)"""
+
+    exit_code = 2
