@@ -45,6 +45,9 @@ class Plan:
     abuse_attackers: int = 8
     abuse_round_trips: int = 200
     abuse_warmup: float = 2.0
+    #: 8. relay store: mail items enqueued then acknowledged, in transactions of these sizes
+    store_items: int = 100_000
+    store_batches: tuple[int, ...] = (1, 100, 1000)
     #: worker processes for simulated clients (the machine has 2 cores; the relay needs one)
     workers: int = 2
     #: bound on any one wait for deliveries to arrive
@@ -82,6 +85,7 @@ SMOKE = Plan(
     abuse_attackers=2,
     abuse_round_trips=10,
     abuse_warmup=0.3,
+    store_items=2_000,
 )
 
 

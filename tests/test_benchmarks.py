@@ -34,6 +34,7 @@ EXPECTED = {
         "prekey_bytes_per_identity",
     ],
     "abuse": ["quiet_p50_ms", "under_attack_p50_ms", "under_attack_p99_ms", "relay_cpu_under_attack"],
+    "store": ["enqueue_per_s_b", "dequeue_per_s_b", "load_ms_b", "enqueue_full_per_s_b"],
 }
 
 
