@@ -63,7 +63,7 @@ EXPIRED = "expired"
 
 @dataclass(frozen=True, slots=True)
 class MailItem:
-    """One item in ``to``'s mailbox, number ``seq`` (increasing per mailbox, never reused).
+    """One item in ``to``'s mailbox, number ``seq`` (higher than every item before it in that mailbox).
 
     For ``MAIL``: ``sender`` sent ``body`` in its send number ``message_id``, queued at
     ``queued_at``; ``reason`` is empty. For ``EXPIRED``: ``to``'s own message ``message_id``
