@@ -95,7 +95,7 @@ def test_the_direct_call_refuses_a_short_personalization() -> None:
 
 def test_every_label_is_distinct_and_16_bytes() -> None:
     labels = [value for name, value in vars(kdf).items() if name.startswith("LABEL_")]
-    assert len(labels) == 7
+    assert len(labels) == 9
     assert len(set(labels)) == len(labels)
     assert all(len(label) == 16 for label in labels)
 
@@ -115,6 +115,27 @@ def test_one_flipped_input_bit_changes_every_output() -> None:
     assert set(kdf.kdf_chain(key)).isdisjoint(kdf.kdf_chain(flipped))
     assert set(kdf.kdf_root(key, key)).isdisjoint(kdf.kdf_root(key, flipped))
     assert set(kdf.kdf_root(key, key)).isdisjoint(kdf.kdf_root(flipped, key))
+
+
+def test_history_keys_are_independent_of_each_other_and_of_the_store_key() -> None:
+    identity = bytes(range(32))
+    seal, index = kdf.history_keys(identity)
+    assert len({seal, index, kdf.store_key(identity)}) == 3
+    assert seal + index == hashlib.blake2b(b"", key=identity, person=b"e2echat history").digest()
+    other = kdf.history_keys(bytes(32))
+    assert seal not in other and index not in other
+
+
+def test_history_tags_depend_on_the_key_and_the_name() -> None:
+    _, index = kdf.history_keys(bytes(range(32)))
+    _, other = kdf.history_keys(bytes(32))
+    tag = kdf.history_tag(index, b"c#lobby")
+    assert len(tag) == kdf.HISTORY_TAG_SIZE
+    assert tag == kdf.history_tag(index, b"c#lobby")
+    assert tag != kdf.history_tag(index, b"cbob")
+    assert tag != kdf.history_tag(other, b"c#lobby")
+    with pytest.raises(ValueError):
+        kdf.history_tag(b"short", b"c#lobby")
 
 
 def test_the_public_fallback_gives_the_same_keys(monkeypatch: pytest.MonkeyPatch) -> None:

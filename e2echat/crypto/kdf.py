@@ -55,6 +55,8 @@ LABEL_X3DH = _label(b"e2echat x3dh sk")
 LABEL_HEADER_TAG = _label(b"e2echat hdr tag")
 LABEL_SESSION = _label(b"e2echat sk ad")
 LABEL_STORE = _label(b"e2echat store")
+LABEL_HISTORY = _label(b"e2echat history")
+LABEL_HISTORY_TAG = _label(b"e2echat hist tag")
 _NO_SALT = bytes(nacl.bindings.crypto_generichash_SALTBYTES)
 
 
@@ -178,3 +180,26 @@ def store_key(identity_secret: bytes) -> bytes:
     if len(identity_secret) != KEY_SIZE:
         raise ValueError("an identity key is 32 bytes")
     return _blake2b(b"", KEY_SIZE, identity_secret, LABEL_STORE)
+
+
+HISTORY_TAG_SIZE = 16  # 128 bits: an index, not a MAC; collisions at 2**64 rows do not happen
+
+
+def history_keys(identity_secret: bytes) -> tuple[bytes, bytes]:
+    """(seal key, index key) for the client's history: the two halves of BLAKE2b-512 keyed
+    by the identity's private key, under the history's own label. The seal key seals each
+    row (SecretBox); the index key makes the keyed hashes the rows are found by
+    (``history_tag``), so the file names no conversation in plain text. Independent of
+    ``store_key``: a leaked sessions key opens no history, and the other way round."""
+    if len(identity_secret) != KEY_SIZE:
+        raise ValueError("an identity key is 32 bytes")
+    return _split(b"", identity_secret, LABEL_HISTORY)
+
+
+def history_tag(index_key: bytes, name: bytes) -> bytes:
+    """The keyed hash a history row is indexed by (a conversation's name, an own message's
+    id): equal names give equal tags, and without the index key a tag says nothing about
+    its name, not even which of a few guessed nicks it is."""
+    if len(index_key) != KEY_SIZE:
+        raise ValueError("an index key is 32 bytes")
+    return _blake2b(name, HISTORY_TAG_SIZE, index_key, LABEL_HISTORY_TAG)
