@@ -59,6 +59,62 @@ def _unpack(name: str, payload: bytes) -> bytes | None:
     return payload[end:]
 
 
+def database_problem(path: Path, exc: sqlite3.Error | OSError) -> KeyFileError:
+    """What went wrong with the SQLite file ``path``, in the user's words."""
+    if isinstance(exc, sqlite3.Error) and exc.sqlite_errorname in _DAMAGED_CODES:
+        return KeyFileError(path=path, detail=_DAMAGED)
+    if isinstance(exc, sqlite3.Error) and exc.sqlite_errorname == "SQLITE_READONLY_DBMOVED":
+        # SQLite's own text, "attempt to write a readonly database", misleads here.
+        return KeyFileError(path=path, detail="it was moved or replaced while in use")
+    detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return KeyFileError(path=path, detail=detail)
+
+
+def open_private_database(path: Path) -> sqlite3.Connection:
+    """A connection to the SQLite file ``path``, made (mode 0600, in a directory of mode
+    0700) if missing, journalled so that a crash rolls back to the last commit and a
+    commit survives one. Raises ``KeyFileError``."""
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Made 0600 here, before SQLite sees it: SQLite would make it 0644 under the
+        # usual umask, and gives its journal the database file's mode.
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            if stat.S_IMODE(os.fstat(fd).st_mode) & 0o077:
+                os.fchmod(fd, 0o600)  # made or copied by hand: close it to others
+        os.close(fd)
+        connection = sqlite3.connect(path, isolation_level=None)  # we BEGIN and COMMIT
+    except (OSError, sqlite3.Error) as exc:
+        raise database_problem(path, exc) from None
+    try:
+        # A rollback journal, kept between transactions and truncated at each commit,
+        # with synchronous=FULL: the journal (the old pages) is on disk before the file
+        # changes, so a crash at any point rolls back to the last commit when the file
+        # is next opened, never to half of one; and the commit, the journal's
+        # truncation, is fsynced before COMMIT returns, so a finished flush survives a
+        # crash or power loss. Truncating rather than deleting the journal makes the
+        # commit one fsync of a file, not of the directory (DELETE needs EXTRA for
+        # that). Not WAL: its log keeps old versions of rows (sealed session keys, which
+        # forward secrecy wants gone) for up to 1000 pages after they are replaced, adds
+        # a -shm file, and lets writes go on into a file moved away while open, where a
+        # rollback journal refuses them (SQLITE_READONLY_DBMOVED). 50 rows of 2 KiB
+        # commit in about a millisecond here either way.
+        (mode,) = connection.execute("PRAGMA journal_mode=TRUNCATE").fetchone()
+        if mode != "truncate":
+            raise KeyFileError(path=path, detail=f"SQLite kept journal mode {mode}, not truncate")
+        connection.execute("PRAGMA synchronous=FULL")
+        # Freed pages (a row replaced or deleted) are zeroed, not left holding old keys.
+        connection.execute("PRAGMA secure_delete=ON")
+    except (KeyFileError, sqlite3.Error) as exc:
+        connection.close()
+        if isinstance(exc, KeyFileError):
+            raise
+        raise database_problem(path, exc) from None
+    return connection
+
+
 class SealedStore:
     """Named byte strings in one SQLite file, each row sealed (XSalsa20-Poly1305) under ``key``.
 
@@ -171,49 +227,9 @@ class SealedStore:
 
     # -- in the worker thread -------------------------------------------------------------
 
-    def _problem(self, exc: sqlite3.Error | OSError) -> KeyFileError:
-        if isinstance(exc, sqlite3.Error) and exc.sqlite_errorname in _DAMAGED_CODES:
-            return KeyFileError(path=self.path, detail=_DAMAGED)
-        if isinstance(exc, sqlite3.Error) and exc.sqlite_errorname == "SQLITE_READONLY_DBMOVED":
-            # SQLite's own text, "attempt to write a readonly database", misleads here.
-            return KeyFileError(path=self.path, detail="it was moved or replaced while in use")
-        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        return KeyFileError(path=self.path, detail=detail)
-
     def _connect(self) -> None:
+        connection = open_private_database(self.path)
         try:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            # Made 0600 here, before SQLite sees it: SQLite would make it 0644 under the
-            # usual umask, and gives its journal the database file's mode.
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            except FileExistsError:
-                fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
-                if stat.S_IMODE(os.fstat(fd).st_mode) & 0o077:
-                    os.fchmod(fd, 0o600)  # made or copied by hand: close it to others
-            os.close(fd)
-            connection = sqlite3.connect(self.path, isolation_level=None)  # we BEGIN and COMMIT
-        except (OSError, sqlite3.Error) as exc:
-            raise self._problem(exc) from None
-        try:
-            # A rollback journal, kept between transactions and truncated at each commit,
-            # with synchronous=FULL: the journal (the old pages) is on disk before the file
-            # changes, so a crash at any point rolls back to the last commit when the file
-            # is next opened, never to half of one; and the commit, the journal's
-            # truncation, is fsynced before COMMIT returns, so a finished flush survives a
-            # crash or power loss. Truncating rather than deleting the journal makes the
-            # commit one fsync of a file, not of the directory (DELETE needs EXTRA for
-            # that). Not WAL: its log keeps old versions of rows (sealed session keys, which
-            # forward secrecy wants gone) for up to 1000 pages after they are replaced, adds
-            # a -shm file, and lets writes go on into a file moved away while open, where a
-            # rollback journal refuses them (SQLITE_READONLY_DBMOVED). 50 rows of 2 KiB
-            # commit in about a millisecond here either way.
-            (mode,) = connection.execute("PRAGMA journal_mode=TRUNCATE").fetchone()
-            if mode != "truncate":
-                raise KeyFileError(path=self.path, detail=f"SQLite kept journal mode {mode}, not truncate")
-            connection.execute("PRAGMA synchronous=FULL")
-            # Freed pages (a row replaced or deleted) are zeroed, not left holding old keys.
-            connection.execute("PRAGMA secure_delete=ON")
             (version,) = connection.execute("PRAGMA user_version").fetchone()
             if version == 0:
                 connection.execute("BEGIN IMMEDIATE")
@@ -226,7 +242,7 @@ class SealedStore:
             connection.close()
             if isinstance(exc, KeyFileError):
                 raise
-            raise self._problem(exc) from None
+            raise database_problem(self.path, exc) from None
         self._connection = connection
 
     def _disconnect(self) -> None:
@@ -239,7 +255,7 @@ class SealedStore:
         try:
             rows = self._connection.execute("SELECT name, sealed FROM sealed_rows").fetchall()
         except sqlite3.Error as exc:
-            raise self._problem(exc) from None
+            raise database_problem(self.path, exc) from None
         opened: dict[str, bytes] = {}
         for name, sealed in rows:
             value = None
@@ -305,4 +321,4 @@ class SealedStore:
                         connection.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
-            raise self._problem(exc) from None
+            raise database_problem(self.path, exc) from None
