@@ -43,6 +43,7 @@ PURE = sorted(
         "ui.cells",
         "ui.commands",
         "ui.render",
+        "ui.transcript",
     ]
 )
 SUBPACKAGES = {"wire", "crypto", "relay", "client", "store", "ui"}
