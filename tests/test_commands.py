@@ -9,9 +9,11 @@ from e2echat.ui.commands import (
     COMMANDS,
     Command,
     Help,
+    History,
     PrivateMessage,
     Quit,
     Say,
+    Search,
     TrustPeer,
     Untrust,
     Verify,
@@ -111,3 +113,25 @@ def test_help_for_one_command(topic: str) -> None:
 def test_help_for_unknown_topic() -> None:
     with pytest.raises(CommandError, match="no command /mgs — did you mean /msg"):
         help_text("mgs")
+
+
+@pytest.mark.parametrize(
+    ("line", "command"),
+    [
+        ("/history", History(None, 20)),
+        ("/history 5", History(None, 5)),
+        ("/history #lobby", History("#lobby", 20)),
+        ("/history bob 100", History("bob", 100)),
+        ("/search Lunch at", Search("Lunch at")),
+    ],
+)
+def test_history_and_search(line: str, command: Command) -> None:
+    assert parse(line) == command
+
+
+@pytest.mark.parametrize(
+    "line", ["/history bob 5 6", "/history bob x", "/history 0", "/history 1001", "/search"]
+)
+def test_bad_history_and_search(line: str) -> None:
+    with pytest.raises(CommandError, match=r"usage|lines"):
+        parse(line)

@@ -70,9 +70,26 @@ class Set:
     value: str
 
 
-SETTINGS = {"bell": ("on", "off")}
+@dataclass(frozen=True)
+class History:
+    """Show the last ``count`` lines of ``conversation`` (``#lobby`` or a nick; None: of all)."""
 
-Command = Say | PrivateMessage | Who | Help | Quit | Verify | TrustPeer | Untrust | Set
+    conversation: str | None = None
+    count: int = 20
+
+
+@dataclass(frozen=True)
+class Search:
+    """Show the newest lines whose text holds ``text``, whatever the case."""
+
+    text: str
+
+
+SETTINGS = {"bell": ("on", "off")}
+#: the most lines one /history shows: a screenful is 50; more than this is an export's work
+MAX_HISTORY_LINES = 1000
+
+Command = Say | PrivateMessage | Who | Help | Quit | Verify | TrustPeer | Untrust | Set | History | Search
 
 #: name -> (usage, one line of help). The order is the order /help lists them in.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -89,6 +106,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "untrust": ("/untrust NICK", "clear NICK's verified mark"),
     "set": ("/set bell on|off", "ring the terminal bell on private messages, or not"),
+    "history": (
+        "/history [WHERE] [N]",
+        "show the last N lines (20) of all conversations, or of WHERE: #lobby, or a NICK",
+    ),
+    "search": ("/search TEXT", "show the newest lines that contain TEXT, whatever the case"),
     "help": ("/help [COMMAND]", "list the commands, or explain one"),
     "quit": ("/quit", "leave (Ctrl+D does the same)"),
 }
@@ -144,6 +166,12 @@ def parse(line: str) -> Command | None:
         if setting not in SETTINGS or value not in SETTINGS[setting]:
             raise CommandError(detail=f"usage: {COMMANDS['set'][0]}")
         return Set(setting, value)
+    if name == "history":
+        return _history(rest)
+    if name == "search":
+        if not rest:
+            raise CommandError(detail=f"usage: {COMMANDS['search'][0]}")
+        return Search(rest)
     if name in ("verify", "trust", "untrust"):
         nick, _, digits = rest.partition(" ")
         if (
@@ -160,3 +188,16 @@ def parse(line: str) -> Command | None:
             else Untrust(nick)
         )
     raise CommandError(detail=f"unknown command /{name}{_suggestion(name)}")
+
+
+def _history(rest: str) -> History:
+    words = rest.split()
+    conversation = None
+    if words and not words[0].isdigit():
+        conversation = words.pop(0)
+    if len(words) > 1 or (words and not (words[0].isascii() and words[0].isdigit())):
+        raise CommandError(detail=f"usage: {COMMANDS['history'][0]}")
+    count = int(words[0]) if words else History.count
+    if not 1 <= count <= MAX_HISTORY_LINES:
+        raise CommandError(detail=f"/history shows 1 to {MAX_HISTORY_LINES} lines")
+    return History(conversation, count)
