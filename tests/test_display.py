@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import unicodedata
 
 import pytest
@@ -33,11 +34,13 @@ from e2echat.ui.render import (
     Notice,
     OwnMessage,
     Problem,
+    Recalled,
     Shown,
     clock,
     online_text,
     render,
 )
+from e2echat.ui.transcript import ROOM, Entry, Kind, State
 
 NOW = 1_700_000_000.0
 STAMP = clock(NOW)
@@ -334,6 +337,39 @@ _LINES: dict[str, tuple[str | None, Shown, str | None]] = {
         "message",
         HelpText(("/who — who is online", "/quit — leave")),
         "/who — who is online\n/quit — leave",
+    ),
+    "recalled-room-message": ("message", Recalled(Entry(ROOM, True, "bob", "hi", NOW)), f"{STAMP} <bob> hi"),
+    "recalled-private-message": (
+        "private",
+        Recalled(Entry("bob", True, "bob", "psst \x1b[2J", NOW, NOW - 9)),
+        f"{STAMP} [private] <bob> psst \\x1b[2J",
+    ),
+    "recalled-from-another-day": (
+        "message",
+        Recalled(Entry(ROOM, True, "bob", "old", NOW - 3 * 86400)),
+        f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(NOW - 3 * 86400))} <bob> old",
+    ),
+    "recalled-own-delivered": (
+        "own",
+        Recalled(Entry("bob", False, "alice", "yo", NOW, NOW, 3, State.DELIVERED, "delivered to bob")),
+        f"{STAMP} [private to bob] <alice> yo",
+    ),
+    "recalled-own-queued": (
+        "own",
+        Recalled(Entry(ROOM, False, "alice", "yo", NOW, NOW, 3, State.QUEUED, "queued")),
+        f"{STAMP} [queued] <alice> yo",
+    ),
+    "recalled-own-not-delivered": (
+        "warning",
+        Recalled(
+            Entry(ROOM, False, "alice", "yo", NOW, NOW, 3, State.FAILED, "NOT delivered to bob (offline)")
+        ),
+        f"{STAMP} [NOT delivered to bob (offline)] <alice> yo",
+    ),
+    "recalled-notice": (
+        "notice",
+        Recalled(Entry("bob", False, "bob", "bob's identity key changed", NOW, kind=Kind.NOTICE)),
+        f"{STAMP} -- bob's identity key changed",
     ),
 }
 

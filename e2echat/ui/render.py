@@ -42,6 +42,7 @@ from e2echat.client.events import (
 from e2echat.client.receipts import DeliveryReport
 from e2echat.client.trust import Trust
 from e2echat.ui.cells import CONTINUATION, neutralize
+from e2echat.ui.transcript import Entry, Kind, State
 
 
 def clock(now: float | None = None) -> str:
@@ -85,8 +86,15 @@ class HelpText:
     lines: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class Recalled:
+    """A line of the history shown again: at start-up, by /history or /search."""
+
+    entry: Entry
+
+
 #: everything the chat shows: what the client says, and what the chat says itself
-Shown = ClientEvent | Notice | Problem | OwnMessage | HelpText
+Shown = ClientEvent | Notice | Problem | OwnMessage | HelpText | Recalled
 
 
 def render(event: Shown, now: float | None = None, *, multiline: bool = False, relay: str = "") -> list[Line]:
@@ -144,6 +152,8 @@ def _describe(event: Shown, now: float, multiline: bool, relay: str) -> tuple[Li
     if isinstance(event, OwnMessage):
         to = f"[private to {event.recipient}] " if event.recipient else ""
         return "own", f"{stamp} {to}<{event.nick}> {neutralize(event.text, newline)}"
+    if isinstance(event, Recalled):
+        return _recalled(event.entry, now, newline)
     if isinstance(event, Notice):
         return _notice(stamp, event.text)
     if isinstance(event, Problem):
@@ -221,6 +231,27 @@ def _describe(event: Shown, now: float, multiline: bool, relay: str) -> tuple[Li
     return None
 
 
+#: how a line of history shows what became of one of our messages
+_STATE_MARKS = {State.SENDING: " [unconfirmed]", State.QUEUED: " [queued]", State.DELIVERED: ""}
+
+
+def _recalled(entry: Entry, now: float, newline: str) -> tuple[LineStyle, str]:
+    """A line of history: its time (with the day, if not today), then as it was shown."""
+    same_day = time.localtime(entry.shown_at)[:3] == time.localtime(now)[:3]
+    stamp = (
+        clock(entry.shown_at) if same_day else time.strftime("%Y-%m-%d %H:%M", time.localtime(entry.shown_at))
+    )
+    text = neutralize(entry.text, newline)
+    if entry.kind is Kind.NOTICE:
+        return "notice", f"{stamp} -- {text}"
+    if entry.incoming:
+        mark = " [private]" if entry.private else ""
+        return ("private" if entry.private else "message"), f"{stamp}{mark} <{entry.sender}> {text}"
+    mark = f" [private to {entry.conversation}]" if entry.private else ""
+    mark += _STATE_MARKS.get(entry.state, f" [{neutralize(entry.detail)}]")
+    return ("warning" if entry.state is State.FAILED else "own"), f"{stamp}{mark} <{entry.sender}> {text}"
+
+
 def delivery_line(report: DeliveryReport, stamp: str) -> str:
     quoted = f'"{neutralize(report.preview)}"'
     if not report.failed:
@@ -268,7 +299,9 @@ def json_lines(event: Shown) -> list[str]:
     if isinstance(event, HelpText):
         return list(event.lines)  # for a person reading, as it always was
     record: dict[str, object]
-    if isinstance(event, Notice | Problem):
+    if isinstance(event, Recalled):
+        record = {"type": "recalled", **dataclasses.asdict(event.entry)}
+    elif isinstance(event, Notice | Problem):
         # "time" last, where scripts reading these lines have always found it.
         record = {"type": type(event).__name__.lower(), "text": event.text, "time": _iso_time()}
     else:
