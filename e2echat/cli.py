@@ -29,6 +29,7 @@ from e2echat.options import LIMIT_FLAGS, build_parser
 from e2echat.relay.limits import Limits
 from e2echat.relay.server import DEFAULT_PORT, run_relay
 from e2echat.store.files import exclusive
+from e2echat.store.history import HISTORY_FILE, HistoryStore
 from e2echat.store.keyfile import (
     IDENTITY_FILE,
     is_protected,
@@ -38,7 +39,7 @@ from e2echat.store.keyfile import (
 )
 from e2echat.store.pins import KNOWN_PEERS_FILE, PinFile
 from e2echat.store.profiles import (
-    HISTORY_FILE,
+    PLAINTEXT_INPUT_FILE,
     last_profile,
     load_settings,
     profile_dir,
@@ -52,7 +53,7 @@ from e2echat.ui.cells import neutralize, wrap_cells
 from e2echat.ui.chat import Chat
 from e2echat.ui.joining import join
 from e2echat.ui.linemode import line_writer, run_line_mode
-from e2echat.ui.repl import history_file, make_session, run_repl, terminal_writer
+from e2echat.ui.repl import input_history, make_session, run_repl, terminal_writer
 from e2echat.wire.grammar import MAX_PASSWORD, NICK_RULE, is_valid_nick
 
 EXIT_INTERRUPTED = 130  # the shell convention for "stopped by Ctrl+C"
@@ -129,7 +130,15 @@ def _run_connect(args: argparse.Namespace) -> int:
             keyring = session_file.load(nick, identity)
             pins = (pin_file, known_peers)
             sessions = (session_file, keyring)
-            return asyncio.run(_chat(args, identity, pins, sessions, created, directory, interactive))
+            # --no-log: the history lives in memory, for /history and /search, and goes with us.
+            history_path = None if args.no_log else directory / HISTORY_FILE
+            history = HistoryStore.open(history_path, identity, args.history_limit)
+            try:
+                return asyncio.run(
+                    _chat(args, identity, pins, sessions, history, created, directory, interactive)
+                )
+            finally:
+                history.close()
         finally:
             session_file.close()
 
@@ -187,12 +196,17 @@ def _passphrase(asked_for: bool, directory: Path) -> str | None:
     return first
 
 
-def _run_fingerprint(args: argparse.Namespace) -> int:
+def _named_profile(args: argparse.Namespace) -> Path:
+    """The profile directory --nick or --home (or $E2ECHAT_HOME) names."""
     if args.nick is not None and not is_valid_nick(args.nick):
         raise UsageError(detail=f"invalid nick {args.nick!r}: {NICK_RULE}")
     if not (args.nick or args.home or os.environ.get("E2ECHAT_HOME")):
         raise UsageError(detail="which profile? give --nick NICK (or --home DIR)")
-    directory = profile_dir(args.nick or "", args.home)
+    return profile_dir(args.nick or "", args.home)
+
+
+def _run_fingerprint(args: argparse.Namespace) -> int:
+    directory = _named_profile(args)
     path = directory / IDENTITY_FILE
     if not path.exists():
         raise KeyFileError(path=path, detail="no identity yet; `e2echat connect` creates it on first use")
@@ -205,6 +219,7 @@ async def _chat(
     identity: PrivateKey,
     pins: tuple[PinFile, KnownPeers],
     sessions: tuple[SessionFile, Keyring],
+    history: HistoryStore,
     created: bool,
     directory: Path,
     interactive: bool,
@@ -231,18 +246,20 @@ async def _chat(
             echo=True,
             multiline=True,
             bell=None if args.no_bell else _ring,
+            history=history,
         )
     else:
-        chat = Chat(client, line_writer(json=args.json), json=args.json)
+        chat = Chat(client, line_writer(json=args.json), json=args.json, history=history)
     if created:
         chat.notice(f"created a new identity in {directory}")
     chat.notice(f"your key fingerprint: {fingerprint(identity.public_key)}")
     if pinned is not None:
         chat.notice(pinned)
+    _remove_plaintext_input(directory / PLAINTEXT_INPUT_FILE, chat)
     try:
         if interactive:
-            history = None if args.no_history else history_file(directory / HISTORY_FILE)
-            await run_repl(chat, make_session(chat, history))
+            recall = None if args.no_history else input_history(history)
+            await run_repl(chat, make_session(chat, recall))
         else:
             await run_line_mode(chat)
     finally:
@@ -250,6 +267,18 @@ async def _chat(
     # A script learns from the exit code whether everything it sent arrived.
     failed = chat.unsent or (not interactive and (chat.refused or chat.undelivered))
     return EXIT_NOT_SENT if failed else 0
+
+
+def _remove_plaintext_input(path: Path, chat: Chat) -> None:
+    """Before history.db, the prompt kept every line typed in ``path``, in plain text."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        chat.problem(f"could not remove {path}, which holds what you typed in plain text: {exc.strerror}")
+        return
+    chat.notice(f"removed {path}: it held what you typed, in plain text; the history is now sealed")
 
 
 def _ring() -> None:
@@ -276,7 +305,11 @@ def print_error(line: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        run = {"relay": _run_relay, "connect": _run_connect, "fingerprint": _run_fingerprint}[args.command]
+        run = {
+            "relay": _run_relay,
+            "connect": _run_connect,
+            "fingerprint": _run_fingerprint,
+        }[args.command]
         code: int = run(args)
         return code
     except E2EChatError as exc:

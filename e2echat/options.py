@@ -10,6 +10,7 @@ from e2echat import __version__
 from e2echat.crypto.identity import parse_fingerprint
 from e2echat.relay.limits import Limits
 from e2echat.relay.server import DEFAULT_PORT
+from e2echat.store.history import DEFAULT_LIMIT
 from e2echat.wire.grammar import NICK_RULE
 
 
@@ -91,7 +92,21 @@ def build_parser() -> argparse.ArgumentParser:
     connect.add_argument("--json", action="store_true", help="print one JSON object per event (for scripts)")
     connect.add_argument("--no-bell", action="store_true", help="no terminal bell on private messages")
     connect.add_argument(
-        "--no-history", action="store_true", help="do not keep what you type in the profile's history file"
+        "--no-history",
+        action="store_true",
+        help="Up recalls only what you typed in this session, not the messages you sent before",
+    )
+    connect.add_argument(
+        "--no-log",
+        action="store_true",
+        help="keep no history on disk: /history and /search see this session alone",
+    )
+    connect.add_argument(
+        "--history-limit",
+        type=_positive(int),
+        default=DEFAULT_LIMIT,
+        metavar="N",
+        help=f"keep the newest N lines of history; older ones are deleted (default: {DEFAULT_LIMIT})",
     )
     connect.add_argument("--home", metavar="DIR", help=HOME_HELP)
     connect.add_argument(
@@ -123,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     show.add_argument("--nick", help="whose profile (default: the one --home or $E2ECHAT_HOME names)")
     show.add_argument("--home", metavar="DIR", help=HOME_HELP)
+
     return parser
 
 

@@ -281,7 +281,7 @@ class CliProcess:
 
 
 @contextlib.asynccontextmanager
-async def spawn_cli(*args: str) -> AsyncIterator[CliProcess]:
+async def spawn_cli(*args: str, env: dict[str, str] | None = None) -> AsyncIterator[CliProcess]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -291,6 +291,7 @@ async def spawn_cli(*args: str) -> AsyncIterator[CliProcess]:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         cwd=REPO,
+        env=env,
     )
     try:
         yield CliProcess(process)

@@ -9,7 +9,6 @@ import io
 import json
 import os
 import shutil
-import stat
 import subprocess
 import sys
 import time
@@ -23,7 +22,6 @@ from prompt_toolkit.application import create_app_session
 from prompt_toolkit.completion import CompleteEvent
 from prompt_toolkit.data_structures import Size
 from prompt_toolkit.document import Document
-from prompt_toolkit.history import FileHistory
 from prompt_toolkit.input import PipeInput, create_pipe_input
 from prompt_toolkit.output import ColorDepth, DummyOutput
 from prompt_toolkit.output.vt100 import Vt100_Output
@@ -34,9 +32,17 @@ from test_repl import Screen
 
 from e2echat.client.events import MessageReceived, PeerJoined
 from e2echat.client.trust import KnownPeers
+from e2echat.store.history import HistoryStore
 from e2echat.ui.chat import Chat
 from e2echat.ui.render import LineStyle
-from e2echat.ui.repl import ChatCompleter, history_file, make_session, run_repl, terminal_writer, toolbar_text
+from e2echat.ui.repl import (
+    ChatCompleter,
+    input_history,
+    make_session,
+    run_repl,
+    terminal_writer,
+    toolbar_text,
+)
 
 from support import LOOPBACK, REPO, WAIT, Peer, connect, peers, run_cli, running_relay, spawn_cli, text_into
 
@@ -55,7 +61,21 @@ def _complete(text: str, nicks: list[str]) -> list[str]:
     [
         ("/m", ["/msg"]),
         ("/v", ["/verify"]),
-        ("/", ["/help", "/msg", "/quit", "/set", "/trust", "/untrust", "/verify", "/who"]),
+        (
+            "/",
+            [
+                "/help",
+                "/history",
+                "/msg",
+                "/quit",
+                "/search",
+                "/set",
+                "/trust",
+                "/untrust",
+                "/verify",
+                "/who",
+            ],
+        ),
         ("/msg ", ["alice", "bob", "bobby"]),
         ("/msg bo", ["bob", "bobby"]),
         ("/verify a", ["alice"]),
@@ -115,12 +135,13 @@ class SessionScreen(Screen):
 
 @contextlib.asynccontextmanager
 async def repl(
-    peer: Peer, history: FileHistory | None = None, bell: Callable[[], None] | None = None
+    peer: Peer, store: HistoryStore | None = None, bell: Callable[[], None] | None = None
 ) -> AsyncIterator[tuple[PipeInput, SessionScreen, asyncio.Task[None]]]:
     screen = SessionScreen()
     with create_pipe_input() as pipe, create_app_session(input=pipe, output=DummyOutput()):
-        chat = Chat(peer.connection, screen.write, echo=True, multiline=True, bell=bell)
-        session = make_session(chat, history, input=pipe, output=DummyOutput())
+        chat = Chat(peer.connection, screen.write, echo=True, multiline=True, bell=bell, history=store)
+        recall = None if store is None else input_history(store)
+        session = make_session(chat, recall, input=pipe, output=DummyOutput())
         task = asyncio.create_task(run_repl(chat, session, patch=False))
         screen.session = session
         try:
@@ -157,23 +178,37 @@ async def test_multi_line_message_is_shown_on_several_lines() -> None:
             assert screen.lines[index + 1] == " " * 11 + "violets are blue"
 
 
-async def test_history_persists_per_profile(tmp_path: Path) -> None:
-    path = tmp_path / "profile" / "history"
+async def test_up_brings_back_messages_sent_in_an_earlier_session(tmp_path: Path) -> None:
+    """Input history with nothing typed on disk: Up recalls what was sent before, from the
+    sealed history, as it was typed."""
+    path = tmp_path / "profile" / "history.db"
+    identity = PrivateKey.generate()
     async with running_relay() as relay, peers(relay, "alice", "bob") as (alice, bob):
-        async with repl(alice, history_file(path)) as (pipe, _, _):
-            pipe.send_text("remember me\r")
-            await bob.next(MessageReceived)
-        assert stat.S_IMODE(path.stat().st_mode) == 0o600
-        assert "remember me" in path.read_text()
-        # A new session of the same profile: Up brings the line back.
-        async with repl(alice, history_file(path)) as (pipe, screen, _):
-            # prompt_toolkit loads history in the background when the prompt starts; a
-            # person never presses Up that fast, a test does: wait until it is loaded.
-            buffer = screen.session.default_buffer
-            while len(buffer._working_lines) < 3:  # "remember me", "/quit", and the new line
-                await asyncio.sleep(0.01)
-            pipe.send_text("\x1b[A\x1b[A\r")  # Up past "/quit" to "remember me"
-            assert (await bob.next(MessageReceived)).text == "remember me"
+        store = HistoryStore.open(path, identity)
+        try:
+            async with repl(alice, store) as (pipe, _, _):
+                pipe.send_text("remember me\r/msg bob and me\r")
+                await bob.next(MessageReceived, lambda e: e.private)
+        finally:
+            store.close()
+        for file in path.parent.iterdir():
+            assert b"remember me" not in file.read_bytes() and b"and me" not in file.read_bytes()
+        # A new session of the same profile: Up brings the lines back, newest first.
+        store = HistoryStore.open(path, identity)
+        try:
+            async with repl(alice, store) as (pipe, screen, _):
+                # prompt_toolkit loads history in the background when the prompt starts; a
+                # person never presses Up that fast, a test does: wait until it is loaded.
+                buffer = screen.session.default_buffer
+                while len(buffer._working_lines) < 3:  # the two messages, and the new line
+                    await asyncio.sleep(0.01)
+                pipe.send_text("\x1b[A\r")
+                got = await bob.next(MessageReceived)
+                assert (got.text, got.private) == ("and me", True)
+                pipe.send_text("\x1b[A\x1b[A\x1b[A\r")  # past the one just sent, and "and me"
+                assert (await bob.next(MessageReceived)).text == "remember me"
+        finally:
+            store.close()
 
 
 async def test_tab_completes_a_nick_in_the_prompt() -> None:

@@ -168,6 +168,10 @@ class HistoryStore:
         """The last ``count`` lines of ``conversation`` (None: of all of them)."""
         return self._ask(self._recent, conversation, count)
 
+    def sent(self, count: int) -> Lines:
+        """Our own last ``count`` messages, in every conversation."""
+        return self._ask(self._sent, count)
+
     def search(self, needle: Callable[[Entry], bool], limit: int) -> Lines:
         """The newest ``limit`` entries ``needle`` accepts, oldest first; one more if
         there are more (the caller says so)."""
@@ -403,6 +407,10 @@ class HistoryStore:
         tag = self._conversation_tag(conversation)
         query = f"{_ROW} WHERE conversation = ? ORDER BY number DESC LIMIT ?"
         return self._lines(self._read(query, tag, count), True)
+
+    def _sent(self, count: int) -> Lines:
+        query = f"{_ROW} WHERE message IS NOT NULL ORDER BY number DESC LIMIT ?"
+        return self._lines(self._read(query, count), True)
 
     def _latest(self, count: int, conversations: int) -> list[Lines]:
         self._write_buffered()

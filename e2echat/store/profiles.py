@@ -13,7 +13,8 @@ from e2echat.store.files import write_private_file
 from e2echat.wire.grammar import is_valid_nick
 
 SETTINGS_FILE = "settings.json"
-HISTORY_FILE = "history"
+#: before history.db: every line typed, in plain text. Removed where it is found.
+PLAINTEXT_INPUT_FILE = "history"
 _LAST_PROFILE = "last_profile"
 
 

@@ -23,14 +23,16 @@ from e2echat.client.events import (
 from e2echat.client.receipts import RECEIPT_TIMEOUT
 from e2echat.client.trust import Trust
 from e2echat.crypto.identity import format_safety_number, same_fingerprint
-from e2echat.errors import CommandError, RelayGone
-from e2echat.ui import commands
+from e2echat.errors import CommandError, E2EChatError, RelayGone
+from e2echat.store.history import HistoryStore, Lines
+from e2echat.ui import commands, transcript
 from e2echat.ui.render import (
     HelpText,
     LineStyle,
     Notice,
     OwnMessage,
     Problem,
+    Recalled,
     Shown,
     json_lines,
     online_text,
@@ -41,6 +43,11 @@ from e2echat.ui.render import (
 # How long, after the user is done, to wait for everything sent to be accounted for: a
 # little longer than a receipt may take, so that a missing one is reported, not cut off.
 SETTLE_TIMEOUT = RECEIPT_TIMEOUT + 1.0
+#: at start-up, the last lines of the most recent conversations are shown again
+EARLIER_LINES = 10
+EARLIER_CONVERSATIONS = 10
+#: /search shows the newest matches, at most this many
+SEARCH_LINES = 30
 
 
 class Link(Protocol):
@@ -76,7 +83,8 @@ class Chat:
     ``echo`` shows what we send in our own timeline (the REPL erases the prompt line);
     ``multiline`` shows line breaks in messages as line breaks; ``json`` writes one JSON
     object per event instead of text; ``bell`` is called on each private message while
-    ``bell_on``; ``clock`` (Unix time) stamps each line and tells how old a message is."""
+    ``bell_on``; ``clock`` (Unix time) stamps each line and tells how old a message is;
+    ``history`` keeps what is sent and shown (ui/transcript.py says what of each event)."""
 
     def __init__(
         self,
@@ -88,8 +96,10 @@ class Chat:
         json: bool = False,
         bell: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.time,
+        history: HistoryStore | None = None,
     ) -> None:
         self.link = link
+        self.history = history
         self.clock = clock
         self.write = write
         self.echo = echo
@@ -106,6 +116,7 @@ class Chat:
         # nick -> the fingerprint of the key last put before the user (in a KEY CHANGED
         # warning, or with a safety number): the only key /trust accepts for that nick.
         self._shown_keys: dict[str, str] = {}
+        self._lookups: set[asyncio.Task[None]] = set()  # /history and /search, reading
 
     def notice(self, text: str) -> None:
         self.show(Notice(text))
@@ -133,7 +144,8 @@ class Chat:
         core = self.link.core
         if isinstance(command, commands.Say):
             online = self.link.online
-            self.link.send_room(command.text)
+            message_id = self.link.send_room(command.text)
+            self._record(transcript.sent(core.nick, command.text, None, message_id, self.clock()))
             self._own(command.text)
             if not online:
                 return True  # held until the relay is back
@@ -141,7 +153,8 @@ class Chat:
                 self.undelivered = True  # not to everyone it was meant for (exit code 4)
                 self.problem(f"not sent to {nick}: their key changed (see /verify {nick}, /trust {nick})")
         elif isinstance(command, commands.PrivateMessage):
-            self.link.send_private(command.nick, command.text)
+            message_id = self.link.send_private(command.nick, command.text)
+            self._record(transcript.sent(core.nick, command.text, command.nick, message_id, self.clock()))
             self._own(command.text, command.nick)
         elif isinstance(command, commands.Set):
             self.bell_on = command.value == "on" and self.bell is not None
@@ -165,7 +178,83 @@ class Chat:
         elif isinstance(command, commands.Untrust):
             core.set_verified(command.nick, False)
             self.notice(f"{command.nick} is no longer marked verified")
+        elif isinstance(command, commands.History):
+            self._look_up(self._show_history(command.conversation, command.count))
+        elif isinstance(command, commands.Search):
+            self._look_up(self._search(command.text))
         return True
+
+    # -- the history ----------------------------------------------------------------------
+
+    def _record(self, change: transcript.Change | None) -> None:
+        if change is not None and self.history is not None:
+            self.history.record(change)
+            self.history.save_soon()
+
+    def show_earlier(self) -> None:
+        """At start-up: the last lines of each recent conversation, again, each under a
+        header; then a line that marks where the new ones start."""
+        if self.history is None:
+            return
+        found = self.history.latest(EARLIER_LINES, EARLIER_CONVERSATIONS)
+        if not found:
+            return
+        for lines in found:
+            where = _where(lines.entries[0].conversation) if lines.entries else "a conversation"
+            self.notice(f"earlier {where}:")
+            self._show_lines(lines)
+        self.notice("end of the earlier lines (/history shows more); new lines follow")
+
+    def _look_up(self, lookup: Coroutine[Any, Any, None]) -> None:
+        """Read the history off the event loop; show what was found when it is there."""
+        if self.history is None:
+            lookup.close()
+            self.problem("no history is kept in this chat")
+            return
+        task = asyncio.get_running_loop().create_task(lookup)
+        self._lookups.add(task)
+        task.add_done_callback(self._lookups.discard)
+
+    async def _show_history(self, conversation: str | None, count: int) -> None:
+        assert self.history is not None
+        try:
+            lines = await self.history.recent_async(conversation, count)
+        except E2EChatError as exc:
+            self.problem(str(exc))
+            return
+        where = "" if conversation is None else f" {_where(conversation)}"
+        if not lines.entries and not lines.damaged:
+            self.notice(f"nothing in the history{where}")
+            return
+        self.notice(f"the last {len(lines.entries)} lines{where}:")
+        self._show_lines(lines)
+
+    async def _search(self, text: str) -> None:
+        assert self.history is not None
+        try:
+            lines = await self.history.search_async(
+                lambda entry: transcript.matches(entry, text), SEARCH_LINES
+            )
+        except E2EChatError as exc:
+            self.problem(str(exc))
+            return
+        if not lines.entries and not lines.damaged:
+            self.notice(f'no line contains "{text}"')
+            return
+        more = len(lines.entries) > SEARCH_LINES
+        shown = lines.entries[-SEARCH_LINES:]
+        newest = f"the newest {len(shown)}" if more else str(len(shown))
+        self.notice(f'{newest} lines that contain "{text}":')
+        self._show_lines(Lines(shown, lines.damaged))
+
+    def _show_lines(self, lines: Lines) -> None:
+        for entry in lines.entries:
+            self.show(Recalled(entry))
+        if lines.damaged:
+            self.problem(
+                f"{lines.damaged} lines of history did not open (damaged, or sealed with another key): "
+                "left out"
+            )
 
     def _verify(self, nick: str, digits: str | None) -> None:
         core = self.link.core
@@ -249,6 +338,7 @@ class Chat:
             self.undelivered = True
         if isinstance(event, KeyChanged):
             self._shown_keys[event.nick] = event.new_fingerprint
+        self._record(transcript.record(event, self.clock()))
         if self.json:
             for text in json_lines(event):
                 self.write("message", text)
@@ -269,9 +359,9 @@ class Chat:
                 typing_task.result()  # the user is done (or the input loop failed: raise it)
                 await self.finish(SETTLE_TIMEOUT)
         finally:
-            for task in (events, typing_task):
+            for task in (events, typing_task, *self._lookups):
                 task.cancel()
-            await asyncio.gather(events, typing_task, return_exceptions=True)
+            await asyncio.gather(events, typing_task, *self._lookups, return_exceptions=True)
         self.show_queued()
         if typing_task.done() and not typing_task.cancelled():
             return
@@ -303,3 +393,7 @@ class Chat:
             return
         if not await self.link.wait_settled(timeout):
             self.link.give_up(f"no receipt within {timeout:g}s, before we left")
+
+
+def _where(conversation: str) -> str:
+    return f"in {conversation}" if conversation == transcript.ROOM else f"with {conversation}"

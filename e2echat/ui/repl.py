@@ -8,16 +8,14 @@ chose.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 from collections.abc import Callable, Iterable
-from pathlib import Path
 
 from prompt_toolkit import PromptSession, print_formatted_text
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
 from prompt_toolkit.formatted_text import FormattedText
-from prompt_toolkit.history import FileHistory, History, InMemoryHistory
+from prompt_toolkit.history import History, InMemoryHistory, ThreadedHistory
 from prompt_toolkit.input import Input
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 from prompt_toolkit.output import Output
@@ -25,6 +23,7 @@ from prompt_toolkit.patch_stdout import patch_stdout
 from prompt_toolkit.styles import Style
 
 from e2echat.client.trust import Trust
+from e2echat.store.history import HistoryStore
 from e2echat.ui import commands
 from e2echat.ui.cells import wrap_cells
 from e2echat.ui.chat import Chat
@@ -95,12 +94,31 @@ def key_bindings() -> KeyBindings:
     return bindings
 
 
-def history_file(path: Path) -> FileHistory:
-    """Input history, readable by the owner alone: it holds what was typed."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
-    os.chmod(path, 0o600)
-    return FileHistory(str(path))
+#: messages from earlier sessions that Up brings back
+RECALLED_INPUT = 200
+
+
+class SentBefore(History):
+    """Input history with nothing typed on disk: Up brings back what was typed in this
+    session (kept in memory), then the messages sent in earlier ones, as they would be
+    typed, from the sealed history. Commands other than messages last a session."""
+
+    def __init__(self, store: HistoryStore, count: int = RECALLED_INPUT) -> None:
+        super().__init__()
+        self.store = store
+        self.count = count
+
+    def load_history_strings(self) -> Iterable[str]:
+        for entry in reversed(self.store.sent(self.count).entries):  # newest first
+            yield f"/msg {entry.conversation} {entry.text}" if entry.private else entry.text
+
+    def store_string(self, string: str) -> None:
+        pass  # kept by History in memory; a message sent is kept (sealed) by the chat
+
+
+def input_history(store: HistoryStore) -> History:
+    """``SentBefore``, loaded in a thread: the prompt does not wait for it."""
+    return ThreadedHistory(SentBefore(store))
 
 
 def make_session(
@@ -156,4 +174,5 @@ async def run_repl(chat: Chat, session: PromptSession[str] | None = None, *, pat
                 return
 
     with patch_stdout(raw=True) if patch else contextlib.nullcontext():
+        chat.show_earlier()
         await chat.run(typing())
