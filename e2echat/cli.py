@@ -21,6 +21,7 @@ from e2echat.crypto.identity import fingerprint
 from e2echat.crypto.keyring import Keyring
 from e2echat.errors import (
     E2EChatError,
+    HistoryIncomplete,
     KeyFileError,
     PassphraseRequired,
     UsageError,
@@ -28,11 +29,12 @@ from e2echat.errors import (
 from e2echat.options import LIMIT_FLAGS, build_parser
 from e2echat.relay.limits import Limits
 from e2echat.relay.server import DEFAULT_PORT, run_relay
-from e2echat.store.files import exclusive
+from e2echat.store.files import exclusive, write_private_file
 from e2echat.store.history import HISTORY_FILE, HistoryStore
 from e2echat.store.keyfile import (
     IDENTITY_FILE,
     is_protected,
+    load_identity,
     load_or_create_identity,
     load_or_create_relay_key,
     stored_public_key,
@@ -54,6 +56,7 @@ from e2echat.ui.chat import Chat
 from e2echat.ui.joining import join
 from e2echat.ui.linemode import line_writer, run_line_mode
 from e2echat.ui.repl import input_history, make_session, run_repl, terminal_writer
+from e2echat.ui.transcript import export_json, export_text
 from e2echat.wire.grammar import MAX_PASSWORD, NICK_RULE, is_valid_nick
 
 EXIT_INTERRUPTED = 130  # the shell convention for "stopped by Ctrl+C"
@@ -281,6 +284,36 @@ def _remove_plaintext_input(path: Path, chat: Chat) -> None:
     chat.notice(f"removed {path}: it held what you typed, in plain text; the history is now sealed")
 
 
+def _run_export(args: argparse.Namespace) -> int:
+    directory = _named_profile(args)
+    path = directory / IDENTITY_FILE
+    if not path.exists():
+        raise KeyFileError(path=path, detail="no identity, so no history, in this profile")
+    identity, _ = load_identity(path, _passphrase(False, directory))
+    line = export_json if args.format == "jsonl" else export_text
+    store = HistoryStore.open(directory / HISTORY_FILE, identity, read_only=True)
+    damaged = 0
+    written: list[str] = []
+    try:
+        for lines in store.everything():
+            damaged += lines.damaged
+            text = "".join(line(entry) + "\n" for entry in lines.entries)
+            if args.output:
+                written.append(text)
+            else:
+                sys.stdout.write(text)
+    finally:
+        store.close()
+    if args.output:
+        # Plain text of every conversation: readable by the owner alone, like the profile.
+        write_private_file(Path(args.output).expanduser(), "".join(written).encode("utf-8"))
+    else:
+        sys.stdout.flush()
+    if damaged:
+        raise HistoryIncomplete(path=directory / HISTORY_FILE, detail=str(damaged))
+    return 0
+
+
 def _ring() -> None:
     print("\a", end="", flush=True)
 
@@ -309,6 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "relay": _run_relay,
             "connect": _run_connect,
             "fingerprint": _run_fingerprint,
+            "export": _run_export,
         }[args.command]
         code: int = run(args)
         return code

@@ -216,3 +216,8 @@ class StoreInUse(StoreError):
     (or give this one its own --store)"""
 
     exit_code = 2
+
+
+class HistoryIncomplete(_KeyFileProblem):
+    """{detail} lines of {path} did not open (damaged, or sealed with another key) and were
+    left out"""

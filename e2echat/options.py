@@ -139,6 +139,24 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--nick", help="whose profile (default: the one --home or $E2ECHAT_HOME names)")
     show.add_argument("--home", metavar="DIR", help=HOME_HELP)
 
+    export = commands.add_parser(
+        "export",
+        help="write your history out, readable",
+        description="Write the history kept in your profile (every message shown, sealed in "
+        "history.db) as JSON lines or text. Asks for the passphrase if your identity key has one. "
+        "What it writes is in plain text: keep it somewhere safe.",
+    )
+    export.add_argument("--nick", help="whose profile (default: the one --home or $E2ECHAT_HOME names)")
+    export.add_argument("--home", metavar="DIR", help=HOME_HELP)
+    export.add_argument(
+        "--format",
+        choices=["jsonl", "txt"],
+        default="jsonl",
+        help="one JSON object a line, or text (default: jsonl)",
+    )
+    export.add_argument(
+        "--output", metavar="FILE", help="write to FILE (mode 0600) instead of standard output"
+    )
     return parser
 
 

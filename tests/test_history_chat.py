@@ -1,10 +1,11 @@
 """The history in use: what a chat records (messages both ways, delivery states), what it
 shows again at start-up in a real prompt, /history and /search, and, through the real
-command line and a real relay, history at rest, --no-log and the old input file."""
+command line and a real relay, history at rest, --no-log, the size bound and export."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import stat
 from pathlib import Path
@@ -18,7 +19,7 @@ from e2echat.store.history import HISTORY_FILE, HistoryStore
 from e2echat.ui.chat import Chat
 from e2echat.ui.transcript import ROOM, Entry, State
 
-from support import peers, running_relay, spawn_cli
+from support import WAIT, peers, run_cli, running_relay, spawn_cli
 
 NOW = 1_700_000_000.0
 
@@ -151,6 +152,30 @@ async def test_history_at_rest_holds_no_text_and_no_name_and_exports(tmp_path: P
         assert name not in sealed
     assert stat.S_IMODE((home / HISTORY_FILE).stat().st_mode) == 0o600
 
+    code, out, err = await run_cli("export", "--home", str(home), env=env)
+    assert code == 0, err
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [record["text"] for record in records] == TEXTS
+    assert [record["conversation"] for record in records] == ["#lobby", "alice", "#lobby", "alice"]
+    assert [record["direction"] for record in records] == ["in", "in", "out", "out"]
+    assert [record["state"] for record in records] == [None, None, "delivered", "delivered"]
+    assert records[1]["sent_at"] is not None
+
+    output = tmp_path / "out" / "bob.txt"
+    code, out, err = await run_cli(
+        "export", "--home", str(home), "--format", "txt", "--output", str(output), env=env
+    )
+    assert (code, out) == (0, ""), err
+    assert stat.S_IMODE(output.stat().st_mode) == 0o600
+    lines = output.read_text().splitlines()
+    assert len(lines) == 4
+    assert lines[0].endswith(f"#lobby <alice> {TEXTS[0]}")
+    assert lines[3].endswith(f"alice <bob> (delivered to alice) {TEXTS[3]}")
+
+    code, out, err = await run_cli("export", "--home", str(home), env=_env(E2ECHAT_PASSPHRASE="wrong"))
+    assert code != 0 and out == ""
+    assert err.strip() == f"e2echat: wrong passphrase for the identity key in {home / 'identity.key'}"
+
 
 async def test_no_log_keeps_nothing_on_disk_and_history_still_answers(tmp_path: Path) -> None:
     home = tmp_path / "bob"
@@ -194,3 +219,26 @@ async def test_the_history_limit_prunes_the_oldest_and_the_old_input_file_goes(t
             bob.stdin.close()
             assert await bob.exit_code() == 0
     assert not (home / "history").exists()
+    code, out, err = await run_cli("export", "--home", str(home), "--format", "txt", env=_env())
+    assert code == 0, err
+    assert [line.rsplit(" ", 1)[1] for line in out.splitlines()] == ["two", "three"]
+
+
+async def test_a_damaged_row_is_left_out_of_an_export_with_an_error(tmp_path: Path) -> None:
+    import sqlite3
+
+    from e2echat.store.keyfile import load_or_create_identity
+
+    home = tmp_path / "bob"
+    identity, _ = load_or_create_identity(home, None)
+    store = HistoryStore.open(home / HISTORY_FILE, identity)
+    for text in ("first", "second"):
+        store.record(Entry(ROOM, True, "carol", text, NOW))
+    store.close()
+    with sqlite3.connect(home / HISTORY_FILE) as connection:
+        connection.execute("UPDATE history SET sealed = substr(sealed, 1, 40) WHERE number = 1")
+    connection.close()
+    code, out, err = await asyncio.wait_for(run_cli("export", "--home", str(home), env=_env()), 3 * WAIT)
+    assert code == 1
+    assert [json.loads(line)["text"] for line in out.splitlines()] == ["second"]
+    assert "1 lines of" in err and "did not open" in err and len(err.strip().splitlines()) == 1

@@ -10,6 +10,7 @@ changed afterwards, by message id (``StateChange``), as reports come in.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -17,6 +18,7 @@ from typing import Any
 
 from e2echat.client.events import KeyChanged, MessageReceived, Queued
 from e2echat.client.receipts import DeliveryReport
+from e2echat.ui.cells import neutralize
 
 #: the one room there is until rooms come (issue 18: "the room" is #lobby)
 ROOM = "#lobby"
@@ -194,3 +196,40 @@ def decode_entry(number: int, data: bytes) -> Entry:
         raise ValueError("not a history entry")
     sent = None if sent_at is None else float(sent_at)
     return Entry(conversation, incoming, sender, text, float(shown_at), sent, message_id, state, detail, kind)
+
+
+# -- export ------------------------------------------------------------------------------------
+
+
+def _iso(moment: float | None) -> str | None:
+    return None if moment is None else time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(moment))
+
+
+def export_json(entry: Entry) -> str:
+    """``entry`` as one line of JSON, for ``e2echat export --format jsonl``. ASCII only: a
+    peer's control and bidi characters arrive as \\u escapes, safe on a terminal too."""
+    record = {
+        "conversation": entry.conversation,
+        "time": _iso(entry.shown_at),
+        "sent_at": _iso(entry.sent_at),
+        "direction": "in" if entry.incoming else "out",
+        "kind": entry.kind.value,
+        "sender": entry.sender,
+        "text": entry.text,
+        "message_id": entry.message_id,
+        "state": entry.state.value or None,
+        "detail": entry.detail or None,
+    }
+    text = json.dumps(record, ensure_ascii=True, separators=(",", ":"))
+    return text.replace("\x7f", "\\u007f")
+
+
+def export_text(entry: Entry) -> str:
+    """``entry`` as text, for ``e2echat export --format txt``: the day and time, the
+    conversation, then the line as the chat showed it (a peer's text neutralized)."""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.shown_at))
+    text = neutralize(entry.text, "\n    ")
+    if entry.kind is Kind.NOTICE:
+        return f"{stamp} {entry.conversation} -- {text}"
+    state = f" ({entry.detail or entry.state.value})" if entry.state is not State.NONE else ""
+    return f"{stamp} {entry.conversation} <{entry.sender}>{state} {text}"
