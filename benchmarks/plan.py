@@ -48,6 +48,9 @@ class Plan:
     #: 8. relay store: mail items enqueued then acknowledged, in transactions of these sizes
     store_items: int = 100_000
     store_batches: tuple[int, ...] = (1, 100, 1000)
+    #: 9. history: rows in the profile's history, over this many conversations
+    history_rows: int = 100_000
+    history_conversations: int = 50
     #: worker processes for simulated clients (the machine has 2 cores; the relay needs one)
     workers: int = 2
     #: bound on any one wait for deliveries to arrive
@@ -79,6 +82,8 @@ SMOKE = Plan(
     memory_seconds=0.6,
     flood_seconds=0.4,
     prekey_identities=200,
+    history_rows=500,
+    history_conversations=5,
     workers=1,
     drain_timeout=15.0,
     settle=0.2,
