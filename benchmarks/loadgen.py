@@ -47,6 +47,7 @@ from e2echat.client.core import (
     SplitView,
 )
 from e2echat.client.events import ClientEvent, Disconnected, Event
+from e2echat.wire.binary import DELIVER_TAG, SEND_TAG
 from e2echat.wire.framing import FrameDecoder
 from e2echat.wire.grammar import PROTOCOL_VERSION
 
@@ -60,12 +61,13 @@ async def sleep_until(moment: float) -> None:
     await asyncio.sleep(max(0.0, moment - time.monotonic()))
 
 
-_DELIVER_START = b'{"v":%d,"type":"deliver"' % PROTOCOL_VERSION
+_DELIVER_START = bytes((DELIVER_TAG, PROTOCOL_VERSION))
 _ROUTED_START = b'{"v":%d,"type":"routed"' % PROTOCOL_VERSION
 
 
 def _classify_relay(payload: bytes) -> int:
-    # The relay writes compact JSON, "v" then "type" first; anything else is neither.
+    # A deliver is binary; the relay writes the rest as compact JSON, "v" then "type"
+    # first; anything else is neither.
     if payload.startswith(_DELIVER_START):
         return DELIVERY
     if payload.startswith(_ROUTED_START):
@@ -143,7 +145,7 @@ class _Blaster:
         return written
 
 
-_SEND_START = b'{"v":%d,"type":"send"' % PROTOCOL_VERSION
+_SEND_START = bytes((SEND_TAG, PROTOCOL_VERSION))
 
 
 async def first_contact(core: ClientCore, link: Link, heard: set[str], timeout: float) -> None:

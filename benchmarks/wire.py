@@ -15,7 +15,7 @@ from e2echat.client.core import ClientCore, ClientState, MessageReceived, Regist
 from e2echat.crypto.identity import new_session_key
 from e2echat.errors import E2EChatError
 from e2echat.streams import BufferedLink, read_buffer
-from e2echat.wire.grammar import PROTOCOL_VERSION
+from e2echat.wire.fastpath import send_recipients
 
 LOOPBACK = "127.0.0.1"
 _PREFIX = struct.Struct(">I")
@@ -199,9 +199,6 @@ class FrameTally:
         del buffer[:position]
 
 
-_RECEIPT_FRAME = b'{"v":%d,"type":"send","id":0,' % PROTOCOL_VERSION
-
-
 def count_receipts(data: bytes) -> int:
     """Receipts (envelopes of ``send`` frames with id 0, as the client core writes them)
     in a stretch of outgoing bytes made of whole frames."""
@@ -209,6 +206,7 @@ def count_receipts(data: bytes) -> int:
     while position + 4 <= len(data):
         (length,) = _PREFIX.unpack_from(data, position)
         start, position = position + 4, position + 4 + length
-        if data.startswith(_RECEIPT_FRAME, start):
-            count += data.count(b'{"to":', start, position)
+        read = send_recipients(data[start:position])
+        if read is not None and read[0] == 0:
+            count += len(read[1])
     return count

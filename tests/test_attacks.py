@@ -30,6 +30,7 @@ from e2echat.crypto.session import PREKEY_HEADER_SIZE, PREKEY_MESSAGE, Kind
 from e2echat.errors import DecryptionError, RelayGone, RemoteProtocolError
 from e2echat.relay.core import Action, RelayCore, Write
 from e2echat.wire import messages as m
+from e2echat.wire.binary import DELIVER_TAG
 from e2echat.wire.codec import encode_message
 from e2echat.wire.framing import encode_frame
 
@@ -98,13 +99,14 @@ def _harness() -> tuple[ClientCore, list[bytes]]:
     written[2].clear()
     cores[1].send_private("bob", "attack at dawn")
     pump()
-    return cores[2], [frame for frame in written[2] if b'"deliver"' in frame]
+    return cores[2], [frame for frame in written[2] if frame[4] == DELIVER_TAG]
 
 
 def test_integrity_any_bit_anywhere_in_the_frame() -> None:
     """Sans-IO and exhaustive: one bit flipped in every byte of the whole frame (length
-    prefix, JSON, base64). The result is a protocol error, a warning, or — where the flip
-    did not change what the frame means — the original message; never an altered one."""
+    prefix, the binary deliver's fields, the body). The result is a protocol error, a
+    warning, or — where the flip did not change what the frame means — the original
+    message; never an altered one."""
     _, (frame,) = _harness()
     outcomes: set[str] = set()
     for position in range(len(frame)):

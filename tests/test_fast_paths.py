@@ -3,7 +3,6 @@ same bytes out, and the fast decoder accepts nothing the strict one refuses."""
 
 from __future__ import annotations
 
-import base64
 import json
 import string
 
@@ -12,10 +11,12 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from e2echat.errors import LocalProtocolError, RemoteProtocolError
+from e2echat.wire import fastpath
 from e2echat.wire import messages as m
+from e2echat.wire.binary import BODY_LENGTH, SEND_HEAD, SEND_TAG
 from e2echat.wire.codec import decode_message, encode_message
 from e2echat.wire.fastpath import decode_deliver, encode_send
-from e2echat.wire.grammar import MAX_BODY, MAX_ID, MAX_ITEMS
+from e2echat.wire.grammar import MAX_BODY, MAX_ID, MAX_ITEMS, is_valid_nick
 
 nicks = st.text(alphabet=string.ascii_letters + string.digits + "_.-", min_size=1, max_size=32)
 bodies = st.binary(min_size=1, max_size=300)
@@ -119,47 +120,25 @@ def test_decode_deliver_reads_what_encode_message_writes(sender: str, body: byte
     assert decode_deliver(payload) == (sender, body) == _strict(payload)
 
 
-def _canonical(sender: str = "alice", body: str = base64.b64encode(b"\x00cipher\xff").decode()) -> bytes:
-    return f'{{"v":2,"type":"deliver","from":"{sender}","body":"{body}"}}'.encode()
+def _canonical(sender: bytes = b"alice", body: bytes = b"\x00cipher\xff") -> bytes:
+    return b"\x02\x02%b%b%b" % (bytes((len(sender),)), sender, body)
 
 
 MALFORMED = {
-    "empty-body": _canonical(body=""),
-    "body-too-big": _canonical(body=base64.b64encode(b"x" * (MAX_BODY + 1)).decode()),
-    "missing-padding": _canonical(body="QUI"),
-    "padding-inside": _canonical(body="QQ==QUJD"),
-    "too-much-padding": _canonical(body="QQ==="),
-    "only-padding": _canonical(body="=="),
-    "non-base64": _canonical(body="QUJD!"),
-    "urlsafe-base64": _canonical(body="-_-_"),
-    "newline-in-body": _canonical(body="QUJD\\n"),
-    "empty-sender": _canonical(sender=""),
-    "long-sender": _canonical(sender="a" * 33),
-    "bad-sender": _canonical(sender="al ice"),
-    "non-ascii-sender": _canonical(sender="alicé"),
-    "other-version": b'{"v":1,"type":"deliver","from":"alice","body":"QUJD"}',
-    "other-type": b'{"v":2,"type":"delivers","from":"alice","body":"QUJD"}',
-    "extra-field": b'{"v":2,"type":"deliver","from":"alice","body":"QUJD","x":1}',
-    "duplicate-field": b'{"v":2,"type":"deliver","from":"alice","from":"bob","body":"QUJD"}',
-    "missing-body": b'{"v":2,"type":"deliver","from":"alice"}',
-    "trailing-garbage": _canonical() + b"x",
-    "two-objects": _canonical() + _canonical(),
-    "truncated": _canonical()[:-1],
-    "head-then-brace": b'{"v":2,"type":"deliver","from":"alice","body":"}',
-    "quote-in-body": _canonical(body='QU"JD'),
-    "escaped-quote-in-body": _canonical(body='QU\\"JD'),
-    "body-then-more": _canonical(body='QUJD"},"x":"QUJD'),
-    "not-utf8": _canonical(sender="al\udcffice".encode("utf-8", "surrogateescape").decode("latin-1")),
-}
-
-# Valid, but not as encode_message writes it: the fast path leaves these to the strict one.
-NON_CANONICAL = {
-    "escaped-body": _canonical(body="QUJ\\u0044"),
-    "escaped-sender": _canonical(sender="al\\u0069ce"),
-    "trailing-newline": _canonical() + b"\n",
-    "leading-space": b" " + _canonical(),
-    "spaces": b'{"v": 2, "type": "deliver", "from": "alice", "body": "QUJD"}',
-    "other-order": b'{"type":"deliver","v":2,"from":"alice","body":"QUJD"}',
+    "empty-body": _canonical(body=b""),
+    "body-too-big": _canonical(body=b"x" * (MAX_BODY + 1)),
+    "empty-sender": _canonical(sender=b""),
+    "long-sender": _canonical(sender=b"a" * 33),
+    "bad-sender": _canonical(sender=b"al ice"),
+    "non-ascii-sender": _canonical(sender="alicé".encode()),
+    "quote-in-sender": _canonical(sender=b'al"ice'),
+    "sender-past-the-end": b"\x02\x02\x20alice",
+    "other-version": b"\x02\x01" + _canonical()[2:],
+    "version-3": b"\x02\x03" + _canonical()[2:],
+    "a-send-tag": b"\x01" + _canonical()[1:],
+    "tag-only": b"\x02",
+    "tag-and-version": b"\x02\x02",
+    "json": json.dumps({"v": 2, "type": "deliver", "from": "alice", "body": "QUJD"}).encode(),
 }
 
 
@@ -169,22 +148,15 @@ def test_decode_deliver_refuses_what_decode_message_refuses(payload: bytes) -> N
     assert decode_deliver(payload) is None
 
 
-@pytest.mark.parametrize("payload", NON_CANONICAL.values(), ids=NON_CANONICAL.keys())
-def test_decode_deliver_leaves_other_valid_forms_to_the_strict_decoder(payload: bytes) -> None:
-    assert _strict(payload) is not None
-    assert decode_deliver(payload) is None
-
-
 def test_decode_deliver_takes_the_canonical_form() -> None:
     assert decode_deliver(_canonical()) == ("alice", b"\x00cipher\xff") == _strict(_canonical())
-    # Excess padding after a whole quantum: b64decode(validate=True) takes it, so both do.
-    padded = _canonical(body="QUJD=")
-    assert decode_deliver(padded) == ("alice", b"ABC") == _strict(padded)
+    longest = _canonical(b"a" * 32, b"\x02" * MAX_BODY)
+    assert decode_deliver(longest) == ("a" * 32, b"\x02" * MAX_BODY) == _strict(longest)
 
 
 def test_every_single_byte_change_to_a_deliver_is_judged_as_strict_judges_it() -> None:
     payload = encode_message(m.Deliver("al.ice-9_", b"\x00\x01\xfe\xff body"))
-    replacements = sorted(set(b'{}[]":,\\ =+/-_.0129AZaz\x00\n\x7f\xff'))
+    replacements = sorted(set(b'{}[]":,\\ =+/-_.0129AZaz\x00\x01\x02\x03\x08\x09\x0a\n\x7f\xff'))
     for index in range(len(payload)):
         _agree(payload[:index] + payload[index + 1 :])  # deleted
         for byte in replacements:
@@ -194,19 +166,16 @@ def test_every_single_byte_change_to_a_deliver_is_judged_as_strict_judges_it() -
 
 @settings(max_examples=500)
 @given(payload=st.binary(max_size=120))
-@example(payload=b'{"v":2,"type":"deliver","from":"a","body":"AA=="}')
+@example(payload=b"\x02\x02\x01aA")
 def test_decode_deliver_agrees_with_decode_message_on_any_bytes(payload: bytes) -> None:
     _agree(payload)
 
 
 @settings(max_examples=300)
-@given(
-    sender=st.text(max_size=40),
-    body=st.text(alphabet=string.ascii_letters + string.digits + "+/=-_\\ ", max_size=40),
-)
-def test_decode_deliver_agrees_on_near_canonical_payloads(sender: str, body: str) -> None:
-    _agree(_canonical(sender, body))
-    _agree(json.dumps({"v": 2, "type": "deliver", "from": sender, "body": body}).encode())
+@given(sender=st.binary(max_size=40), body=st.binary(max_size=40), length=st.integers(0, 255))
+def test_decode_deliver_agrees_on_near_canonical_payloads(sender: bytes, body: bytes, length: int) -> None:
+    _agree(_canonical(sender[:255], body))
+    _agree(b"\x02\x02" + bytes((length,)) + sender + body)
 
 
 # -- framing: one whole frame in one read is taken without buffering ------------------------
@@ -234,3 +203,38 @@ def test_a_read_of_exactly_one_frame_gives_that_frame_and_leaves_nothing_buffere
         FrameDecoder(max_frame=100).receive_data(encode_frame(b"x" * 101, max_frame=200))
     with pytest.raises(RemoteProtocolError):
         FrameDecoder().receive_data(b"\x00\x00\x00\x00x")
+
+
+# -- the recipients of a refused send ------------------------------------------------------
+
+
+@settings(max_examples=300)
+@given(
+    items=st.lists(st.tuples(st.binary(max_size=34), st.binary(max_size=6)), min_size=1, max_size=4),
+    cut=st.integers(min_value=0, max_value=3),
+)
+def test_send_recipients_names_what_the_fast_path_reads_and_only_nicks(
+    items: list[tuple[bytes, bytes]], cut: int
+) -> None:
+    """Read from the lengths alone, a send gives the recipients the fast path gives; and
+    whatever it reads, it names only valid nicks (a ``routed`` answer is built of them)."""
+    parts = [SEND_HEAD.pack(SEND_TAG, 2, 5)]
+    for to, body in items:
+        parts += (bytes((len(to),)), to, BODY_LENGTH.pack(len(body)), body)
+    payload = b"".join(parts)
+    payload = payload[: len(payload) - cut]
+    read = fastpath.send_recipients(payload)
+    routes = fastpath.fast_routes(payload)
+    if routes is not None:
+        assert read == (5, tuple(to for to, _ in routes.items))
+    if read is not None:
+        assert all(is_valid_nick(to) for to in read[1])
+
+
+def test_a_send_of_too_many_items_is_refused_before_they_are_built() -> None:
+    item = b"\x01b" + BODY_LENGTH.pack(1) + b"x"
+    payload = SEND_HEAD.pack(SEND_TAG, 2, 1) + item * (MAX_ITEMS + 1)
+    assert fastpath.fast_routes(payload) is None
+    assert fastpath.send_recipients(payload) is None
+    with pytest.raises(RemoteProtocolError, match=f"'send' message has more than {MAX_ITEMS} items"):
+        decode_message(payload)

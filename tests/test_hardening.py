@@ -145,10 +145,10 @@ def test_receipts_are_split_across_frames(monkeypatch: pytest.MonkeyPatch) -> No
 @pytest.mark.parametrize(
     ("nick_padding", "budget"),
     [
-        (0, 3_300),  # short nicks: about three envelopes of the message below
-        # Nicks of 32 characters, the longest: the bodies alone (4,500 bytes in base64)
-        # fit the budget, the whole frame (4,798 bytes) does not.
-        (30, 4_700),
+        (0, 2_000),  # short nicks: about three envelopes of the message below
+        # Nicks of 32 characters, the longest: the bodies alone (5 x 650 bytes) fit the
+        # budget, the whole frame (3,445 bytes) does not.
+        (30, 3_300),
     ],
 )
 def test_a_room_message_too_big_for_one_frame_goes_in_several(
@@ -164,6 +164,7 @@ def test_a_room_message_too_big_for_one_frame_goes_in_several(
     message_id = wire.clients[talker].send_room("x" * 500)
     wire.pump()
     frames = [s for s in wire.sent[talker] if isinstance(s, m.Send) and s.id == message_id]
+    assert {len(e.body) for frame in frames for e in frame.items} == {650}
     assert len(frames) == 2
     assert all(len(encode_message(frame)) <= budget for frame in frames)
     assert sorted(e.to for frame in frames for e in frame.items) == names

@@ -16,9 +16,9 @@ from nacl.public import PublicKey
 
 from e2echat.errors import LocalProtocolError, RemoteProtocolError
 from e2echat.wire import messages as m
+from e2echat.wire.binary import BODY_LENGTH, DELIVER_TAG, SEND_HEAD, SEND_TAG
 from e2echat.wire.codec import decode_message, encode_message
 from e2echat.wire.fastpath import (
-    DELIVER_TAIL,
     Routes,
     deliver_head,
     encode_directory,
@@ -95,9 +95,29 @@ def _json(obj: object) -> bytes:
 
 
 def _wire(name: str) -> dict[str, Any]:
-    """The decoded JSON object of the example message ``name``, to mutate."""
-    obj: dict[str, Any] = json.loads(encode_message(EXAMPLES[name]))
+    """The decoded JSON object of the example message ``name``, to mutate. (A ``send`` or
+    ``deliver`` as the JSON object it would be if it were not binary: refused whatever
+    it holds.)"""
+    message = EXAMPLES[name]
+    if isinstance(message, m.Send):
+        items = [{"to": e.to, "body": _b64(e.body)} for e in message.items]
+        return {"v": PROTOCOL_VERSION, "type": "send", "id": message.id, "items": items}
+    if isinstance(message, m.Deliver):
+        return {"v": PROTOCOL_VERSION, "type": "deliver", "from": message.sender, "body": _b64(message.body)}
+    obj: dict[str, Any] = json.loads(encode_message(message))
     return obj
+
+
+def _binary_send(ident: int, items: list[tuple[bytes, bytes]], *, version: int = PROTOCOL_VERSION) -> bytes:
+    """A binary send of (nick, body) items, whatever they are (binary.py's layout)."""
+    parts = [SEND_HEAD.pack(SEND_TAG, version, ident)]
+    for to, body in items:
+        parts += (bytes((len(to),)), to, BODY_LENGTH.pack(len(body)), body)
+    return b"".join(parts)
+
+
+def _binary_deliver(sender: bytes, body: bytes) -> bytes:
+    return bytes((DELIVER_TAG, PROTOCOL_VERSION, len(sender))) + sender + body
 
 
 def _with(name: str, **changes: Any) -> bytes:
@@ -133,13 +153,10 @@ def test_round_trip(message: m.Message) -> None:
 def test_wire_format_is_pinned() -> None:
     """The documented shape, byte for byte: other implementations rely on it."""
     assert encode_message(m.Bye("x")) == b'{"v":2,"type":"bye","reason":"x"}'
-    assert encode_message(m.Deliver("bob", b"\x00\x01")) == (
-        b'{"v":2,"type":"deliver","from":"bob","body":"AAE="}'
+    assert encode_message(m.Deliver("bob", b"\x00\x01")) == b"\x02\x02\x03bob\x00\x01"
+    assert encode_message(m.Send(7, (m.Envelope("bob", b"\x00\xff"), m.Envelope("c", b"x")))) == (
+        b"\x01\x02" + (7).to_bytes(8, "big") + b"\x03bob\x00\x00\x00\x02\x00\xff" + b"\x01c\x00\x00\x00\x01x"
     )
-    assert json.loads(encode_message(EXAMPLES["send"]))["items"][0] == {
-        "to": "bob",
-        "body": _b64(b"\x00\xffbody"),
-    }
     assert encode_message(m.Prekeys(0)) == b'{"v":2,"type":"prekeys","count":0}'
     assert encode_message(m.Fetch(("bob", "carol"))) == b'{"v":2,"type":"fetch","nicks":["bob","carol"]}'
     key, signature = _b64(bytes(KEY_A)).encode(), _b64(SIGNATURE).encode()
@@ -352,12 +369,14 @@ _BAD_CASES.update(
 )
 
 
+_SEND_JSON = json.dumps(_wire("send"), separators=(",", ":")).encode()
+
+
 def _send_with_body(body: object) -> bytes:
     return _with("send", items=[{"to": "bob", "body": _b64(b"fine")}, {"to": "carol", "body": body}])
 
 
-# The relay reads a send its own quicker way (bodies stay base64): every way a body can be
-# wrong, inside a send.
+# A send as JSON, as it was before it was binary: refused, however its body is wrong.
 _BAD_CASES.update(
     {
         "send-bad-base64-chars": _send_with_body("***="),
@@ -377,10 +396,10 @@ _BAD_CASES.update(
         "send-recipient-not-string": _with("send", items=[{"to": 5, "body": "eA=="}]),
         "send-too-many-items": _with("send", items=[{"to": "b", "body": "eA=="}] * (MAX_ITEMS + 1)),
         "send-version-bool": _with("send", v=True),
-        "send-utf8-bom": b"\xef\xbb\xbf" + encode_message(EXAMPLES["send"]),
-        "send-utf16": encode_message(EXAMPLES["send"]).decode().encode("utf-16"),
-        "send-utf16-le": encode_message(EXAMPLES["send"]).decode().encode("utf-16-le"),
-        "send-duplicate-items": encode_message(EXAMPLES["send"])[:-1] + b',"items":[]}',
+        "send-utf8-bom": b"\xef\xbb\xbf" + _SEND_JSON,
+        "send-utf16": _SEND_JSON.decode().encode("utf-16"),
+        "send-utf16-le": _SEND_JSON.decode().encode("utf-16-le"),
+        "send-duplicate-items": _SEND_JSON[:-1] + b',"items":[]}',
         "send-duplicate-to": b'{"v":2,"type":"send","id":1,"items":[{"to":"bob","to":"eve","body":"eA=="}]}',
         "send-item-as-array": b'{"v":2,"type":"send","id":1,"items":[[["to","bob"],["body","eA=="]]]}',
         "send-object-as-array": b'[["v",2],["type","send"],["id",1],["items",[{"to":"bob","body":"eA=="}]]]',
@@ -428,6 +447,49 @@ _BAD_CASES.update(
 )
 
 
+# The binary send and deliver: every field wrong, cut short, or followed by more.
+_ONE = [(b"bob", b"body")]
+_BAD_CASES.update(
+    {
+        "binary-send-json": json.dumps(_wire("send")).encode(),
+        "binary-deliver-json": json.dumps(_wire("deliver")).encode(),
+        "binary-send-tag-only": b"\x01",
+        "binary-deliver-tag-only": b"\x02",
+        "binary-send-version-1": _binary_send(1, _ONE, version=1),
+        "binary-send-version-3": _binary_send(1, _ONE, version=3),
+        "binary-deliver-version-1": b"\x02\x01" + _binary_deliver(b"bob", b"x")[2:],
+        "binary-send-no-items": _binary_send(1, []),
+        "binary-send-head-cut": _binary_send(1, _ONE)[:7],
+        "binary-send-id-too-big": _binary_send(MAX_ID + 1, _ONE),
+        "binary-send-id-max-u64": _binary_send(2**64 - 1, _ONE),
+        "binary-send-empty-nick": _binary_send(1, [(b"", b"x")]),
+        "binary-send-nick-33": _binary_send(1, [(b"b" * 33, b"x")]),
+        "binary-send-nick-255": _binary_send(1, [(b"b" * 255, b"x")]),
+        "binary-send-nick-space": _binary_send(1, [(b"b b", b"x")]),
+        "binary-send-nick-newline": _binary_send(1, [(b"bob\n", b"x")]),
+        "binary-send-nick-non-ascii": _binary_send(1, [("böb".encode(), b"x")]),
+        "binary-send-nick-latin1": _binary_send(1, [(b"b\xf6b", b"x")]),
+        "binary-send-empty-body": _binary_send(1, [(b"bob", b"")]),
+        "binary-send-body-too-long": _binary_send(1, [(b"bob", b"x" * (MAX_BODY + 1))]),
+        "binary-send-second-body-empty": _binary_send(1, [*_ONE, (b"carol", b"")]),
+        "binary-send-body-cut": _binary_send(1, _ONE)[:-1],
+        "binary-send-length-cut": _binary_send(1, _ONE)[:-6],
+        "binary-send-nick-cut": _binary_send(1, _ONE)[: SEND_HEAD.size + 2],
+        "binary-send-trailing-byte": _binary_send(1, _ONE) + b"\x00",
+        "binary-send-trailing-nick": _binary_send(1, _ONE) + b"\x03bob",
+        "binary-send-length-past-end": _binary_send(1, _ONE)[:-8] + BODY_LENGTH.pack(5) + b"body",
+        "binary-send-too-many-items": _binary_send(1, [(b"b", b"x")] * (MAX_ITEMS + 1)),
+        "binary-deliver-empty-body": _binary_deliver(b"alice", b""),
+        "binary-deliver-no-nick": _binary_deliver(b"", b"x"),
+        "binary-deliver-nick-33": _binary_deliver(b"a" * 33, b"x"),
+        "binary-deliver-nick-invalid": _binary_deliver(b"eve!", b"x"),
+        "binary-deliver-nick-non-ascii": _binary_deliver("é".encode(), b"x"),
+        "binary-deliver-nick-past-end": b"\x02\x02\x09alice",
+        "binary-deliver-body-too-long": _binary_deliver(b"alice", b"x" * (MAX_BODY + 1)),
+    }
+)
+
+
 @pytest.mark.parametrize("payload", _BAD_CASES.values(), ids=_BAD_CASES.keys())
 def test_malformed_payload_raises_remote_protocol_error(payload: bytes) -> None:
     # pytest.raises lets any other exception through, which fails the test.
@@ -440,14 +502,14 @@ def test_malformed_payload_raises_remote_protocol_error(payload: bytes) -> None:
 def test_relay_reads_a_send_as_routes_with_the_bodies_untouched() -> None:
     send = m.Send(9, (m.Envelope("bob", b"\x00" * MAX_BODY), m.Envelope("carol", b"\xff")))
     routes = decode_for_relay(encode_message(send))
-    assert routes == Routes(9, (("bob", _b64(b"\x00" * MAX_BODY).encode()), ("carol", b"/w==")))
+    assert routes == Routes(9, (("bob", b"\x00" * MAX_BODY), ("carol", b"\xff")))
     assert decode_for_relay(encode_message(m.Ping())) == m.Ping()
 
 
 def test_a_send_as_clients_write_it_takes_the_relays_fast_path() -> None:
     """Only speed depends on it, but a fast path nothing takes would go unnoticed."""
     payload = encode_send(7, [("bob", b"\x00body"), ("carol", b"c" * 100)])
-    expected = Routes(7, (("bob", _b64(b"\x00body").encode()), ("carol", _b64(b"c" * 100).encode())))
+    expected = Routes(7, (("bob", b"\x00body"), ("carol", b"c" * 100)))
     assert fast_routes(payload) == expected
     assert fast_routes(encode_message(m.Ping())) is None
 
@@ -477,10 +539,10 @@ def test_the_relays_prebuilt_frames_are_exactly_the_encoded_messages() -> None:
         with pytest.raises(LocalProtocolError):
             encode_welcome("alice", [], rate=1.0, burst=1.0, byte_rate=1.0, byte_burst=1.0, prekeys=bad)
     body = b"\x00ciphertext\xff"
-    deliver = deliver_head("alice") + _b64(body).encode() + DELIVER_TAIL
+    deliver = deliver_head("alice") + body
     assert deliver == encode_message(m.Deliver("alice", body))
     with pytest.raises(LocalProtocolError):
-        deliver_head('eve","body":"')  # a nick can never break out of its string
+        deliver_head("a" * 256)  # a nick's length must fit its byte
     for routed in (
         m.Routed(0, ()),
         m.Routed(7, ("bob", "c.d-e_9"), missing=("carol",)),
@@ -758,12 +820,7 @@ def _decodes_or_refuses(payload: bytes) -> None:
     assert decode_message(encode_message(message)) == message
     relayed = decode_for_relay(payload)
     if isinstance(message, m.Send):
-        # The same recipients and bytes (a body in non-canonical base64 is passed on as it
-        # came, and decodes to the same bytes).
-        assert isinstance(relayed, Routes) and relayed.id == message.id
-        assert [(to, base64.b64decode(body)) for to, body in relayed.items] == [
-            (e.to, e.body) for e in message.items
-        ]
+        assert relayed == Routes.of(message)  # the same recipients and bytes
     else:
         assert relayed == message
 
@@ -775,11 +832,13 @@ def test_arbitrary_json_decodes_or_raises_remote_protocol_error(value: object, a
 
 
 @settings(max_examples=600)
-@given(st.text(alphabet="AB+/=9é\n-", max_size=14), st.sampled_from(["", "AAAA", "AA=="]))
-def test_any_body_in_a_send_is_read_alike_by_relay_and_client(body: str, before: str) -> None:
-    payload = _send_with_body(before + body)
-    _decodes_or_refuses(payload)
-    _decodes_or_refuses(_compact(payload))
+@given(st.binary(max_size=14), st.integers(min_value=0, max_value=20), st.binary(max_size=3))
+def test_any_body_in_a_send_is_read_alike_by_relay_and_client(body: bytes, length: int, after: bytes) -> None:
+    """A body and a length field that may not agree, and bytes after it: both decoders
+    read the same items, or both refuse."""
+    head = _binary_send(1, _ONE)
+    _decodes_or_refuses(head + b"\x05carol" + BODY_LENGTH.pack(length) + body + after)
+    _decodes_or_refuses(head + b"\x05carol" + BODY_LENGTH.pack(len(body)) + body + after)
 
 
 @settings(max_examples=400)
@@ -796,7 +855,7 @@ def test_flipped_byte_decodes_or_raises_remote_protocol_error(
     _decodes_or_refuses(mutated)
 
 
-_SEND_SPLICES = [b'"},{"to":"', b'","body":"', b",", b'"', b"\\", b"=", b"==", b"A", b" ", b"}", b"]", b"{"]
+_SEND_SPLICES = [b"\x00", b"\x01", b"\x02", b"\x20", b"\xff", b"\x00\x00\x00\x01", b"a", b"{", b"\x03bob"]
 
 
 @settings(max_examples=600)
@@ -818,11 +877,12 @@ def test_a_send_in_the_clients_form_is_read_alike_by_both_decoders(
     ident: int, items: list[tuple[str, bytes]], position: int, splice: bytes, cut: int
 ) -> None:
     """The relay's fast path sees a send as clients write it, with ids, nicks and bodies
-    at and past the limits, repeated recipients, and a separator or stray byte spliced in
-    anywhere (replacing up to three bytes): it takes exactly what the strict decoder
+    at and past the limits, repeated recipients, and a length byte or stray bytes spliced
+    in anywhere (replacing up to three bytes): it takes exactly what the strict decoder
     takes, with the same recipients and bodies. (Too many items: ``_BAD_CASES``.)"""
-    fields = ",".join(f'{{"to":"{to}","body":"{base64.b64encode(body).decode()}"}}' for to, body in items)
-    payload = b'{"v":2,"type":"send","id":%d,"items":[%b]}' % (ident, fields.encode())
+    if ident >= 2**64:
+        return  # not a binary id at all
+    payload = _binary_send(ident, [(to.encode(), body) for to, body in items])
     index = position % (len(payload) + 1)
     mutated = payload[:index] + splice + payload[index + (cut if splice else 0) :]
     _decodes_or_refuses(mutated)
@@ -841,6 +901,12 @@ def test_truncated_message_raises_remote_protocol_error(encoded: bytes, start: i
     begin = start % len(encoded)
     piece = encoded[begin : begin + length % len(encoded)]
     if piece == encoded:
+        return
+    if begin == 0 and encoded[0] in (SEND_TAG, DELIVER_TAG):
+        # A binary message ends where its frame does (the frame's length says where): a
+        # deliver cut short is one with a shorter body, a send cut after an item one with
+        # fewer items. Which the AEAD and the routed answer catch, not the decoder.
+        _decodes_or_refuses(piece)
         return
     with pytest.raises(RemoteProtocolError):
         decode_message(piece)

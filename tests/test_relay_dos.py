@@ -7,15 +7,14 @@ The core is tested with time passed in; the shell over real loopback sockets.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import json
 import socket
 import struct
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from nacl.public import PrivateKey
 from test_relay_core import _error, _join, _send
 
 import e2echat.relay.intake as intake
@@ -24,9 +23,9 @@ from e2echat.relay.limits import Limits, Sources, address_key
 from e2echat.wire import codec, fastpath
 from e2echat.wire import messages as m
 from e2echat.wire.framing import encode_frame
-from e2echat.wire.grammar import MAX_BODY, skeleton
+from e2echat.wire.grammar import MAX_BODY, MAX_PUBLISH, skeleton
 
-from relay_frames import Outgoing, spelled_out
+from relay_frames import Outgoing, any_signed_prekey, spelled_out
 from support import LOOPBACK, WAIT, RawClient, running_relay
 
 #: no rate limits: the tests below each switch on the one they are about
@@ -167,7 +166,7 @@ async def test_a_reader_briefly_behind_still_gets_all_that_fits_under_the_soft_m
             alice.send(m.Send(message_id, (m.Envelope("victim", body),)))
             if (await alice.receive_kind(m.Routed)).refused:
                 break
-            sent += len(base64.b64encode(body))  # what the relay queues: the body as it came
+            sent += len(body)  # what the relay queues: the body as it came
         assert relay.limits.write_buffer_soft <= sent < relay.limits.write_buffer
         assert "victim" in relay.core.online
         for client in (victim, alice):
@@ -237,42 +236,50 @@ def test_bytes_beyond_the_byte_rate_are_never_decoded(monkeypatch: pytest.Monkey
     assert _routed(later, 1).delivered == ("victim",) and calls["fast"] == 4
 
 
+def _big_publish() -> bytes:
+    """A frame only the strict decoder reads (JSON), as large as a publish gets."""
+    one_time = tuple(m.OneTimePrekey(i, PrivateKey.generate().public_key) for i in range(MAX_PUBLISH))
+    return encode_frame(codec.encode_message(m.Publish(any_signed_prekey(), one_time)))
+
+
+def _answered(actions: list[Outgoing | Close]) -> bool:
+    return any(isinstance(a, Outgoing) and isinstance(a.message, m.Prekeys) for a in actions)
+
+
 def test_a_send_only_the_strict_decoder_reads_is_charged_more(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A send in another layout (spaces, here) costs the strict decoder several times what
-    the fast path costs; it is charged ``strict_weight`` times its size (at most a full
-    bucket) before it is decoded, so spelling sends oddly buys no more decoding."""
+    """A frame the fast path does not read costs the strict decoder several times what
+    the fast path costs a send of the same size. (Sends are binary, and the fast path
+    reads every valid one: the frame here is a JSON publish.) It is charged
+    ``strict_weight`` times its size (at most a full bucket) before it is decoded, so
+    big JSON frames buy no more decoding."""
     canonical = _big_send(0, "victim")
-    spaced = codec.encode_message(m.Send(1, (m.Envelope("victim", bytes(BIG_BODY)),)))
-    spaced = encode_frame(json.dumps(json.loads(spaced), indent=1).encode())
+    strict = _big_publish()
 
     def relay(burst: int) -> RelayCore:
         return _three(Limits(rate=1e9, burst=1e9, byte_rate=1, byte_burst=burst, strict_weight=8.0))
 
-    four = relay(4 * len(spaced))
+    four = relay(len(canonical) + 4 * len(strict))
     calls = _count_decoding(monkeypatch)
     assert _routed(spelled_out(four.receive_data(1, canonical, FULL)), 1).delivered == ("victim",)
-    refused = spelled_out(four.receive_data(1, spaced, FULL))  # needs all four, has three
-    assert calls == {"fast": 2, "strict": 0}  # read as not canonical, and never decoded
-    assert not any(isinstance(a, Outgoing) and a.conn == 2 for a in refused)
-    passed = spelled_out(four.receive_data(1, canonical, FULL))  # the usual layout still fits
-    assert _routed(passed, 1).delivered == ("victim",)
+    refused = spelled_out(four.receive_data(1, strict, FULL))  # needs eight, has four
+    assert calls == {"fast": 2, "strict": 0}  # not read as a send, and never decoded
+    assert not _answered(refused)
 
-    for burst in (4 * len(spaced), 9 * len(spaced)):  # a full bucket pays for it
+    for burst in (4 * len(strict), 9 * len(strict)):  # a full bucket pays for it
         calls = _count_decoding(monkeypatch)
-        assert _routed(spelled_out(relay(burst).receive_data(1, spaced, FULL)), 1).delivered == ("victim",)
+        assert _answered(spelled_out(relay(burst).receive_data(1, strict, FULL)))
         assert calls == {"fast": 1, "strict": 1}
 
 
 def test_a_new_connection_starts_with_a_seconds_worth_of_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
     """Not with a full bucket: joining again and again must not buy a burst each time,
     nor a frame that needs most of the bucket (a costly one for the strict decoder)."""
-    spaced = codec.encode_message(m.Send(1, (m.Envelope("victim", bytes(BIG_BODY)),)))
-    spaced = encode_frame(json.dumps(json.loads(spaced), indent=1).encode())
-    relay = _three(Limits(rate=1e9, burst=1e9, byte_rate=len(spaced), byte_burst=4 * len(spaced)))
+    strict = _big_publish()
+    relay = _three(Limits(rate=1e9, burst=1e9, byte_rate=len(strict), byte_burst=4 * len(strict)))
     calls = _count_decoding(monkeypatch)
-    assert not any(isinstance(a, Outgoing) and a.conn == 2 for a in relay.receive_data(1, spaced, 0.0))
+    assert not _answered(spelled_out(relay.receive_data(1, strict, 0.0)))
     assert calls["strict"] == 0  # a second's worth: not enough for it
-    assert _routed(spelled_out(relay.receive_data(1, spaced, 4.0)), 1).delivered == ("victim",)
+    assert _answered(spelled_out(relay.receive_data(1, strict, 4.0)))
     assert calls["strict"] == 1  # once the bucket has filled
 
 

@@ -45,11 +45,11 @@ from e2echat.wire.framing import MAX_FRAME, encode_frame
 from e2echat.wire.grammar import FETCH_CHARGE, MAX_FETCH, MAX_ITEMS, is_utf8
 
 # What the envelopes of one frame may take, by envelope_size: the rest of MAX_FRAME is
-# for the frame's own JSON around them, and to spare.
+# for the frame's own head (10 bytes), and to spare.
 FRAME_BUDGET = MAX_FRAME - 4096
-# What one envelope costs in a frame besides its nick and its body in base64: the JSON
-# around them is 20 bytes and base64 rounds up by at most 3; the rest is margin.
-ENVELOPE_OVERHEAD = 64
+# What one envelope costs in a frame besides its nick and its body: their lengths, 1 and
+# 4 bytes (wire/binary.py).
+ENVELOPE_OVERHEAD = 5
 
 # Receipts go out about this often, at most (the rest wait for the next tick): each gap is
 # drawn between 0.5 and 1.5 of it. A quiet chat gets its receipt at once; a busy room gets
@@ -84,7 +84,7 @@ def receipt_gap() -> float:
 def envelope_size(to: str, body: bytes) -> int:
     """The room one envelope takes in a ``send`` frame, at most: the one rule for
     deciding what fits in a frame."""
-    return len(to) + len(body) * 4 // 3 + ENVELOPE_OVERHEAD
+    return len(to) + len(body) + ENVELOPE_OVERHEAD
 
 
 def send_frames(message_id: int, envelopes: list[tuple[str, bytes]]) -> bytes:
@@ -97,8 +97,7 @@ def send_frames(message_id: int, envelopes: list[tuple[str, bytes]]) -> bytes:
     if (
         count <= MAX_ITEMS
         # the sum of envelope_size over the envelopes, without a call for each
-        and sum([len(to) + len(body) * 4 // 3 for to, body in envelopes]) + count * ENVELOPE_OVERHEAD
-        <= FRAME_BUDGET
+        and sum([len(to) + len(body) for to, body in envelopes]) + count * ENVELOPE_OVERHEAD <= FRAME_BUDGET
         and len({to for to, _ in envelopes}) == count
     ):  # the usual case, a room message: everything fits in one frame
         return encode_frame(encode_send(message_id, envelopes))

@@ -8,8 +8,8 @@ it was given (``flushed``). The core answers with two kinds of action: ``Write``
 frames, already encoded, for the shell to write) and ``Close`` (hang up). Framing,
 decoding, the rate limits and the timeouts are decided here; the shell only moves bytes.
 
-The core never sees a message key: a ``send``'s ciphertext bodies are copied unopened,
-still in base64, into the ``deliver`` frames. It keeps each identity's prekey bundle
+The core never sees a message key: a ``send``'s ciphertext bodies are copied unopened
+into the ``deliver`` frames. It keeps each identity's prekey bundle
 (``PrekeyDirectory``), public keys only, and hands them out on request.
 """
 
@@ -30,7 +30,7 @@ from e2echat.relay.prekeys import PrekeyDirectory
 from e2echat.relay.registration import admit, welcome_frames
 from e2echat.relay.store import Op
 from e2echat.wire.codec import decode_message, encode_message, printable_reason
-from e2echat.wire.fastpath import DELIVER_TAIL, Routes, deliver_head, encode_peer
+from e2echat.wire.fastpath import Routes, deliver_head, encode_peer
 from e2echat.wire.framing import FrameDecoder, encode_frame
 from e2echat.wire.grammar import CHALLENGE_SIZE, skeleton
 from e2echat.wire.messages import (
@@ -377,10 +377,10 @@ class RelayCore:
         # A recipient already owed more than it takes is not sent more: what the sender
         # sends then is refused and it is told, rather than the recipient dropped.
         stalled, unflushed, budget = backlog.stalled, backlog.unflushed, self.limits.write_buffer_turn
-        # Each body goes on as it came, base64 and all, between a head made once per send
-        # and the closing quote: a deliver is assembled, not encoded.
-        head, tail, pack = deliver_head(sender), DELIVER_TAIL, _PREFIX.pack
-        size = len(head) + len(tail)
+        # Each body goes on as it came, after a head made once per send: a deliver is
+        # assembled, not encoded.
+        head, pack = deliver_head(sender), _PREFIX.pack
+        size = len(head)
         frames: list[tuple[ConnId, bytes]] = []
         delivered: list[str] = []
         missing: list[str] = []
@@ -393,7 +393,7 @@ class RelayCore:
                 refused.append(to)
             else:
                 length = size + len(body)
-                frames.append((target, b"".join((pack(length), head, body, tail))))
+                frames.append((target, pack(length) + head + body))
                 unflushed[target] = unflushed.get(target, 0) + length
                 delivered.append(to)
         routed = Routed(message.id, tuple(delivered), missing=tuple(missing), refused=tuple(refused))

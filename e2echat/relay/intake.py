@@ -9,13 +9,11 @@ times its size before the strict decoder sees it.
 
 from __future__ import annotations
 
-import re
-
 from e2echat.relay.limits import Flow, Limits, Verdict
 from e2echat.wire.codec import decode_message, encode_message
-from e2echat.wire.fastpath import Routes, fast_routes
+from e2echat.wire.fastpath import Routes, fast_routes, send_recipients
 from e2echat.wire.framing import encode_frame
-from e2echat.wire.grammar import FETCH_CHARGE, MAX_ID, MAX_ITEMS, NICK, PROTOCOL_VERSION
+from e2echat.wire.grammar import FETCH_CHARGE
 from e2echat.wire.messages import Error, Fetch, Message, Routed, Send
 
 
@@ -61,22 +59,11 @@ def refusal(frame: bytes, verdict: Verdict, limits: Limits) -> list[bytes]:
     return answers
 
 
-# The start of a send as clients write it, and each recipient in it: enough to name the
-# recipients of a refused send without decoding it. A pass of the regex engine, as cheap
-# as copying the frame; a frame it misreads (not a send, another layout) gets no
-# ``routed`` answer or a wrong one, which only its sender sees.
-# Built from the grammar, as the fast paths are.
-_ID = rb"0|[1-9][0-9]{0,%d}+" % (len(str(MAX_ID)) - 1)
-_SEND_START = re.compile(rb'\{"v":%d,"type":"send","id":(%b),"items":\[' % (PROTOCOL_VERSION, _ID))
-_RECIPIENT = re.compile(rb'\{"to":"(%b+)","body":"' % NICK.encode("ascii"))
-
-
 def _refused_send(frame: bytes) -> Routed | None:
-    """A ``routed`` answer refusing every recipient of ``frame``, if it reads as a send."""
-    start = _SEND_START.match(frame)
-    if start is None or int(start[1]) > MAX_ID:
+    """A ``routed`` answer refusing every recipient of ``frame``, if it reads as a send.
+    Read from its length fields alone, its bodies skipped: a frame that did not pay is
+    not decoded. A frame it misreads (not a send) gets no ``routed`` answer."""
+    read = send_recipients(frame)
+    if read is None:
         return None
-    recipients = tuple(to.decode("ascii") for to in _RECIPIENT.findall(frame, start.end()))
-    if not recipients or len(recipients) > MAX_ITEMS:
-        return None
-    return Routed(int(start[1]), (), refused=recipients)
+    return Routed(read[0], (), refused=read[1])

@@ -1,5 +1,7 @@
 """Strict JSON for wire messages: ``encode_message`` and ``decode_message``.
 
+(``send`` and ``deliver`` are binary, not JSON: both functions hand them to binary.py.)
+
 Pure (no I/O). Both directions are driven by the messages' ``WIRE`` tables (messages.py):
 each ``Kind`` has one writer and one reader here, and a type is encoded or decoded by
 going down its table; nothing here knows any one message type.
@@ -25,9 +27,10 @@ from typing import Any
 from nacl.public import PublicKey
 
 from e2echat.errors import LocalProtocolError, RemoteProtocolError
+from e2echat.wire.binary import BINARY_TAGS, decode_binary, encode_deliver, encode_send_message
 from e2echat.wire.fields import Kind, Record
 from e2echat.wire.grammar import KEY_SIZE, MAX_ITEMS, MAX_REASON, PROTOCOL_VERSION, is_utf8
-from e2echat.wire.messages import MESSAGE_TYPES, OBJECT_KINDS, Message
+from e2echat.wire.messages import MESSAGE_TYPES, OBJECT_KINDS, Deliver, Message, Send
 
 __all__ = ["decode_message", "encode_message", "encode_record", "printable_reason", "write_number"]
 
@@ -116,18 +119,27 @@ for _kind, _holds in OBJECT_KINDS.items():
     if _holds.record not in _RECORD_WRITERS:
         _RECORD_WRITERS[_holds.record] = _object_writer(_holds.record)
     _WRITERS[_kind] = _objects_writer(_kind)
+#: the messages that are binary on the wire (binary.py), not JSON
+_BINARY_WRITERS: dict[type[Message], Callable[[Any], bytes]] = {
+    Send: encode_send_message,
+    Deliver: encode_deliver,
+}
 _MESSAGE_LAYOUTS = {
     cls: _layout(cls, b'"v":%d' % PROTOCOL_VERSION, b'"type":' + _write_text(name))
     for name, cls in MESSAGE_TYPES.items()
+    if cls not in _BINARY_WRITERS
 }
 
 
 def encode_message(message: Message) -> bytes:
     """The payload of one frame (without the length prefix)."""
-    try:
-        template, fields = _MESSAGE_LAYOUTS[type(message)]
-    except KeyError:
-        raise LocalProtocolError(detail=f"cannot encode {type(message).__name__}") from None
+    layout = _MESSAGE_LAYOUTS.get(type(message))
+    if layout is None:
+        binary = _BINARY_WRITERS.get(type(message))
+        if binary is None:
+            raise LocalProtocolError(detail=f"cannot encode {type(message).__name__}")
+        return binary(message)
+    template, fields = layout
     return template % tuple([write(getattr(message, attr)) for attr, write in fields])
 
 
@@ -282,6 +294,8 @@ def _plan(cls: type[Record], where: str) -> _Plan:
 
 _PLANS.update({holds.record: _plan(holds.record, holds.label) for holds in OBJECT_KINDS.values()})
 _PLANS.update({cls: _plan(cls, f"{name!r} message") for name, cls in MESSAGE_TYPES.items()})
+# The binary messages have one layout: a JSON object naming their type is refused.
+_JSON_TYPES = {name: cls for name, cls in MESSAGE_TYPES.items() if cls not in _BINARY_WRITERS}
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -324,6 +338,8 @@ def decode_message(payload: bytes | bytearray | memoryview) -> Message:
     """Parse one frame's payload (bytes, or any bytes-like object). Raises
     ``RemoteProtocolError`` for anything but a valid message (and ``TypeError`` for a
     ``payload`` that is not bytes-like at all)."""
+    if isinstance(payload, bytes | bytearray | memoryview) and len(payload) and payload[0] in BINARY_TAGS:
+        return decode_binary(payload)
     obj = _parse(payload)
     if type(obj) is not dict:
         raise _invalid("message must be a JSON object")
@@ -331,8 +347,10 @@ def decode_message(payload: bytes | bytearray | memoryview) -> Message:
     if version != PROTOCOL_VERSION:
         raise _invalid(f"unsupported protocol version {version} (this is version {PROTOCOL_VERSION})")
     type_name = _read_text(_header(obj, "type"), "message", "type")
-    cls = MESSAGE_TYPES.get(type_name)
+    cls = _JSON_TYPES.get(type_name)
     if cls is None:
+        if type_name in MESSAGE_TYPES:
+            raise _invalid(f"a {type_name!r} message is binary, not JSON")
         raise _invalid(f"unknown message type {type_name[:40]!r}")
     try:
         message: Message = _read_object(cls, obj, _HEADER)
