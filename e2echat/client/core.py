@@ -187,7 +187,10 @@ class ClientCore:
             # must still hear of it, with the reports of the connection's end.
             self._notices += events
             raise
-        if online and (self._outbox.acks_due or self._sessions.lost):
+        # Receipts owed go when due (asked here once per read, so without a call: the
+        # usual answer, in a busy room, is "not yet").
+        outbox = self._outbox
+        if online and (self._sessions.lost or (outbox.acks_due and self._clock() >= outbox.receipts_due_at)):
             self._send_receipts()
         return self._take_notices() + events if self._notices else events
 

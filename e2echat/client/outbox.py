@@ -165,7 +165,8 @@ class Outbox:
         self.left_out: list[str] = []
         #: sender -> the counters of their messages we owe a receipt for
         self.acks_due = acks_due
-        self._receipts_due_at = 0.0
+        #: when the next batch of receipts may go (clock time)
+        self.receipts_due_at = 0.0
 
     # -- messages ---------------------------------------------------------------------------
 
@@ -344,12 +345,12 @@ class Outbox:
         if not self.acks_due:
             return
         now = self._clock()
-        if not force and now < self._receipts_due_at:
+        if not force and now < self.receipts_due_at:
             return  # the next tick sends them shortly
         # The next batch is due after 0.5 to 1.5 intervals, at random: in a busy room a
         # message reaches everyone at once, and fixed intervals would keep everyone's
         # receipts in step, a burst of work for every client (and the relay) at once.
-        self._receipts_due_at = now + receipt_gap()
+        self.receipts_due_at = now + receipt_gap()
         receipts: list[tuple[PeerSession, Prepared]] = []  # to whoever we have a session with
         view = self._directory.view
         for nick, counters in self.acks_due.items():
