@@ -222,8 +222,8 @@ class Outbox:
         for nick, nonce in zip(recipients, random_nonces(len(recipients)), strict=True):
             session = session_with(nick)
             if session is not None:
-                counters[nick] = counter = session.take_counter()
-                envelopes.append((nick, session.seal_numbered(prepared, counter, nonce)))
+                counters[nick], body = session.seal_next(prepared, nonce)
+                envelopes.append((nick, body))
                 continue
             # No session yet: the copy is numbered now and sealed when their bundle comes.
             identity_key = peers[nick].identity_key

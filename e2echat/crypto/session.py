@@ -324,6 +324,20 @@ class PeerSession:
         self._changed()
         return counter
 
+    def seal_next(self, prepared: Prepared, nonce: bytes) -> tuple[int, bytes]:
+        """``prepared`` in the current session under the number for our next message to
+        them: (that number, the body). One call a recipient of a room message: what
+        ``take_counter`` and ``seal_numbered`` do, in one."""
+        if not self._sessions:
+            raise LocalProtocolError(detail=f"no session with {self.peer} yet")
+        session = self._sessions[0]
+        counter = self.next_counter
+        body = session.ratchet.encrypt(_N.pack(counter) + prepared.after_n, nonce)
+        self.next_counter = counter + 1
+        self._dirty.add(self.peer)
+        header = session.prekey_header
+        return counter, header + body if header else body
+
     def seal(self, prepared: Prepared, nonce: bytes) -> bytes:
         """``prepared`` (see ``prepare``) in the current session, numbered next."""
         return self.seal_numbered(prepared, self.take_counter(), nonce)
