@@ -147,9 +147,13 @@ MAX_SENT = 2**53
 _INNER = struct.Struct(">QBBQ32sHB")
 # Longest room name, in UTF-8 bytes (its length is one byte).
 MAX_ROOM = 255
+_INNER_SIZE = _INNER.size
 _N = struct.Struct(">Q")
 _HAS_SENT = 0b01
 _HAS_DIRECTORY = 0b10
+_UNKNOWN_FLAGS = ~(_HAS_SENT | _HAS_DIRECTORY)
+_KIND_COUNT = len(_KINDS)
+_ROOM_NUMBER = _KIND_NUMBERS[Kind.ROOM]
 _NO_DIRECTORY = bytes(32)
 
 
@@ -453,27 +457,33 @@ class PeerSession:
         return self._parse(raw, skipped, late)
 
     def _parse(self, raw: bytes, skipped: int, late: bool) -> Plaintext:
+        # Once per message received: the checks read module constants, not enum members.
         try:
             counter, kind_number, flags, sent, directory, ack_count, room_size = _INNER.unpack_from(raw)
-            acks_end = _INNER.size + 8 * ack_count
+            acks_end = _INNER_SIZE + 8 * ack_count
             room_end = acks_end + room_size
             if (
-                kind_number >= len(_KINDS)
-                or flags & ~(_HAS_SENT | _HAS_DIRECTORY)
+                kind_number >= _KIND_COUNT
+                or flags & _UNKNOWN_FLAGS
                 or (sent >= MAX_SENT if flags & _HAS_SENT else sent)
                 or (not flags & _HAS_DIRECTORY and directory != _NO_DIRECTORY)
                 or ack_count > MAX_ACKS
-                or (room_size and kind_number != _KIND_NUMBERS[Kind.ROOM])
+                or (room_size and kind_number != _ROOM_NUMBER)
                 or room_end > len(raw)
             ):
                 raise ValueError("malformed")
             # (struct.error if the acks are cut short)
-            acks = struct.unpack_from(f">{ack_count}Q", raw, _INNER.size) if ack_count else ()
+            acks = struct.unpack_from(f">{ack_count}Q", raw, _INNER_SIZE) if ack_count else ()
             # strict UTF-8: no lone surrogates (they would crash the display)
             room = raw[acks_end:room_end].decode("utf-8") if room_size else ""
             text = raw[room_end:].decode("utf-8")
         except (ValueError, struct.error):  # UnicodeDecodeError is a ValueError
             raise DecryptionError(peer=self.peer, detail="malformed plaintext") from None
+        if flags & _HAS_DIRECTORY:
+            last = self._last_directory
+            view = last[1] if directory == last[0] else self._hex(directory)
+        else:
+            view = ""
         return Plaintext(
             self.peer,
             self.our_nick,
@@ -482,7 +492,7 @@ class PeerSession:
             text,
             skipped,
             late,
-            self._hex(directory) if flags & _HAS_DIRECTORY else "",
+            view,
             acks,
             sent if flags & _HAS_SENT else None,
             room,
