@@ -312,7 +312,7 @@ def client_cost(context: Context) -> Section:
     section.notes.append(
         "sending includes everything the client does for a room message: per recipient its number "
         "in the plaintext (packed once), a chain step and the header tag (keyed BLAKE2b), "
-        "XChaCha20-Poly1305, the envelope, then base64 and JSON for the frame. Receiving includes "
+        "XChaCha20-Poly1305, the envelope, then the binary send frame. Receiving includes "
         "decoding the frame, the "
         "chain step, decrypting, checks and the receipt bookkeeping. The sessions were started "
         "(X3DH, bundles handed out in process as a relay would) and answered before the clock "
