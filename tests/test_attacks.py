@@ -28,7 +28,7 @@ from e2echat.crypto.primitives import MAC_SIZE, NONCE_SIZE, aead_decrypt, aead_e
 from e2echat.crypto.ratchet import MAX_SKIP, MIN_MESSAGE
 from e2echat.crypto.session import PREKEY_HEADER_SIZE, PREKEY_MESSAGE, Kind
 from e2echat.errors import DecryptionError, RelayGone, RemoteProtocolError
-from e2echat.relay.core import Action, RelayCore, Write
+from e2echat.relay.core import Action, Persist, RelayCore, Write
 from e2echat.wire import messages as m
 from e2echat.wire.binary import DELIVER_TAG
 from e2echat.wire.codec import encode_message
@@ -81,7 +81,7 @@ def _harness() -> tuple[ClientCore, list[bytes]]:
 
     def apply(actions: list[Action]) -> None:
         for action in actions:
-            if isinstance(action, Write):
+            if isinstance(action, Write | Persist):
                 for conn, frame in action.frames:
                     written[conn].append(frame)
                     cores[conn].receive_data(frame)

@@ -38,6 +38,8 @@ PURE = sorted(
         "relay.registration",
         "relay.intake",
         "relay.prekeys",
+        "relay.kept",
+        "relay.mailboxes",
         "relay.store",
         "relay.limits",
         "ui.cells",

@@ -15,7 +15,7 @@ from test_cores import FakeWire, _frame, _three
 from e2echat.crypto.identity import registration_proof
 from e2echat.errors import RemoteProtocolError
 from e2echat.relay import intake
-from e2echat.relay.core import Close, ConnId, RelayCore, Write
+from e2echat.relay.core import Close, ConnId, Persist, RelayCore, Write
 from e2echat.relay.limits import Flow, Limits, Verdict
 from e2echat.wire import messages as m
 from e2echat.wire.codec import decode_message
@@ -223,7 +223,8 @@ def test_a_silent_client_is_hung_up_on_and_anything_it_says_keeps_it() -> None:
 def test_the_welcome_tells_each_client_the_rate_it_is_held_to() -> None:
     """So that clients pace themselves to it rather than find it by being refused."""
     relay = RelayCore(Limits(rate=12.5, burst=30, byte_rate=5000, byte_burst=70_000))
-    (welcome,) = _join(relay, 1, "alice")
+    welcome, away = _join(relay, 1, "alice")
+    assert isinstance(away, Outgoing) and away.message == m.Away(())
     assert isinstance(welcome, Outgoing) and isinstance(welcome.message, m.Welcome)
     message = welcome.message
     assert (message.rate, message.burst) == (12.5, 30.0)
@@ -283,11 +284,12 @@ def test_presence_is_encoded_once_for_everyone() -> None:
     for conn, nick in enumerate(("alice", "bob", "carol"), start=1):
         _join(relay, conn, nick)
     relay.connect(4, 0.0)  # a stranger, not registered: not told about anyone
-    (write,) = relay.disconnect(3)
-    assert isinstance(write, Write) and [conn for conn, _ in write.frames] == [1, 2]
+    (write,) = relay.disconnect(3)  # frames after carol's last seen is kept
+    assert isinstance(write, Persist) and [conn for conn, _ in write.frames] == [1, 2]
     assert write.frames[0][1] is write.frames[1][1]
     assert decode_frame(write.frames[0][1]) == m.PeerLeft("carol")
-    (bye, *closes) = relay.shutdown("maintenance")
+    (kept, bye, *closes) = relay.shutdown("maintenance")
+    assert isinstance(kept, Persist) and not kept.frames
     assert isinstance(bye, Write) and len({id(data) for _, data in bye.frames}) == 1
     assert [conn for conn, _ in bye.frames] == [1, 2, 4]
     assert closes == [Close(conn, "relay shutting down") for conn in (1, 2, 4)]

@@ -276,7 +276,8 @@ def test_a_fetch_right_after_someone_registers_gets_their_bundle() -> None:
     alice, signed = PrivateKey.generate(), _signed(3)
     joined = _joining(relay, 2, "alice", alice, signed)[1:]
     assert [(item.conn, type(item.message)) for item in joined if isinstance(item, Outgoing)] == [
-        (1, m.PeerJoined)
+        (1, m.PeerJoined),
+        (2, m.Away),
     ]
     answer, rest = _fetch(relay, 1, "alice")
     assert answer == m.Bundles((m.Bundle("alice", alice.public_key, signed, ()),), ())

@@ -71,19 +71,27 @@ async def test_forged_receipt_is_not_accepted() -> None:
 
 
 async def test_recipient_gone_offline_is_reported() -> None:
-    """The relay keeps alice from hearing that mallory left; the relay's own answer says
-    mallory was offline, and alice's report says so."""
+    """The relay keeps alice from hearing that mallory left, and has forgotten mallory
+    since (away past its time to live: no mailbox to keep a message in); the relay's own
+    answer says mallory is missing, and alice's report says so. (Someone the relay still
+    knows gets a mailbox: see test_mailboxes.)"""
 
     def hide_departures(relay: HostileRelay, action: Outgoing) -> list[Outgoing]:
         hidden = isinstance(action.message, m.PeerLeft) and relay.nick(action.conn) == "alice"
         return [] if hidden else [action]
 
-    async with running(HostileRelay(hide_departures)) as relay, peers(relay, "alice", "bob") as (alice, bob):
+    forgetful = HostileRelay(hide_departures, mailbox_ttl=0.2, identity_ttl=0.2)
+    async with running(forgetful) as relay, peers(relay, "alice", "bob") as (alice, bob):
         raw = await RawClient.open(relay)
         await raw.register("mallory")
         await alice.next(PeerJoined, lambda e: e.nick == "mallory")
+        alice.connection.send_room("hello all")  # a session with mallory from now on
+        await raw.receive_kind(m.Deliver)
         raw.close()
         await bob.next(PeerLeft, lambda e: e.nick == "mallory")  # the relay has noticed
+        async with asyncio.timeout(WAIT):
+            while relay.core.kept.knows("mallory"):
+                await asyncio.sleep(0.05)
         message_id = alice.connection.send_room("who is still here?")
         report = await alice.next(DeliveryReport, lambda r: r.message_id == message_id)
         assert report.delivered == ("bob",) and report.failed == (("mallory", OFFLINE),)
@@ -154,7 +162,7 @@ async def _stalled_client(relay: Relay, nick: str) -> RawClient:
 async def test_a_client_hung_up_on_leaves_the_directory_at_once_though_it_never_reads() -> None:
     """The relay hangs up on a client that has stopped reading (here: it also went silent).
     Its socket cannot close while bytes are queued for it, but it is out of the directory
-    at once: the others hear that it left, a message to it is reported missing rather than
+    at once: the others hear that it left, a message to it is queued rather than
     delivered, its nick is free again, and the socket is aborted after close_grace."""
     options = {"idle_timeout": 1.0, "write_buffer": 64 * 2**20, "close_grace": 0.3}
     options |= {"rate": 1e9, "burst": 1e9, "byte_rate": 2**40, "byte_burst": 2**40}
@@ -174,7 +182,7 @@ async def test_a_client_hung_up_on_leaves_the_directory_at_once_though_it_never_
         assert left.nick == "stalled" and "stalled" not in relay.core.online
         alice.send(m.Send(10**6, (m.Envelope("stalled", b"anyone there?"),)))
         routed = await alice.receive_kind(m.Routed)
-        assert routed.missing == ("stalled",) and routed.delivered == ()
+        assert routed.queued == ("stalled",) and routed.delivered == ()  # it is away now
         again = await RawClient.open(relay)
         await again.register("stalled")  # the same person, back: the nick is free
         deadline = time.monotonic() + WAIT

@@ -9,13 +9,17 @@ frames, already encoded, for the shell to write) and ``Close`` (hang up). Framin
 decoding, the rate limits and the timeouts are decided here; the shell only moves bytes.
 
 The core never sees a message key: a ``send``'s ciphertext bodies are copied unopened
-into the ``deliver`` frames. It keeps each identity's prekey bundle
-(``PrekeyDirectory``), public keys only, and hands them out on request.
+into the ``deliver`` frames (or kept so in mailboxes). What it keeps beyond its connections (known
+identities, their prekey bundles, ``#lobby``'s members, the mailboxes of those away:
+``Kept``) it describes change by change as ops, in ``Persist`` actions: the shell has a
+store keep them before it writes the frames that go with them. It is built from what a
+store kept (a ``Snapshot``).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import struct
 import sys
 from dataclasses import dataclass
@@ -25,15 +29,18 @@ from nacl.public import PrivateKey
 
 from e2echat.errors import FrameTooLarge, RemoteProtocolError
 from e2echat.relay.intake import read_frame, refusal
+from e2echat.relay.kept import Kept
 from e2echat.relay.limits import Backlog, Flow, Limits, Sources, Unfinished, Verdict
+from e2echat.relay.mailboxes import item_frame
 from e2echat.relay.prekeys import PrekeyDirectory
-from e2echat.relay.registration import admit, welcome_frames
-from e2echat.relay.store import Op
+from e2echat.relay.registration import admit, away_frames, welcome_frames
+from e2echat.relay.store import Op, Snapshot
 from e2echat.wire.codec import decode_message, encode_message, printable_reason
 from e2echat.wire.fastpath import Routes, deliver_head, encode_peer
 from e2echat.wire.framing import FrameDecoder, encode_frame
 from e2echat.wire.grammar import CHALLENGE_SIZE, skeleton
 from e2echat.wire.messages import (
+    Ack,
     Bye,
     Challenge,
     Error,
@@ -91,6 +98,13 @@ class Persist:
 Action = Write | Close | Persist
 
 
+def _keep(ops: list[Op], frames: list[tuple[ConnId, bytes]]) -> list[Action]:
+    """``frames`` once ``ops`` are kept; at once if there is nothing to keep."""
+    if ops:
+        return [Persist(ops, frames)]
+    return [Write(frames)] if frames else []
+
+
 def _frame(message: Message) -> bytes:
     return encode_frame(encode_message(message))
 
@@ -121,8 +135,16 @@ class _Connection:
 
 class RelayCore:
     def __init__(
-        self, limits: Limits | None = None, *, password: bytes | None = None, key: PrivateKey | None = None
+        self,
+        limits: Limits | None = None,
+        *,
+        password: bytes | None = None,
+        key: PrivateKey | None = None,
+        snapshot: Snapshot | None = None,
+        wall: float = 0.0,
     ) -> None:
+        """``snapshot``: what a store kept; ``wall``: the Unix time when the shell's clock
+        (the ``now`` of each call, monotonic) reads 0. What is kept carries Unix times."""
         self.limits = limits or Limits()
         #: the rates each welcome advertises (floats, as the wire has them)
         self._advertised = {
@@ -144,11 +166,20 @@ class RelayCore:
         self._encoded_peers: dict[str, bytes] = {}
         #: nick skeleton -> the nick online that has it (see ``grammar.skeleton``)
         self._skeletons: dict[str, str] = {}
-        #: nick -> its owner's prekey bundle, from its register on; kept when the owner leaves
-        self.prekeys = PrekeyDirectory(self.limits)
+        #: known identities, their bundles, #lobby's members and mailboxes
+        self.kept = Kept(self.limits, snapshot, first_seq=int(wall * 1_000_000))
+        self._wall = wall
+        #: the latest time the shell has given, for changes it gives none with (a disconnect)
+        self._now = 0.0
+        self._swept = -math.inf
         self._sources = Sources()
         self._unfinished = Unfinished()
         self._backlog = Backlog()
+
+    @property
+    def prekeys(self) -> PrekeyDirectory:
+        """Nick -> its owner's prekey bundle, from its register on; kept when it leaves."""
+        return self.kept.prekeys
 
     def is_registered(self, conn: ConnId) -> bool:
         record = self._connections.get(conn)
@@ -165,6 +196,7 @@ class RelayCore:
         all connections that give none): challenge it, or turn it away if the relay is
         full or its address has too many connections or opens them too fast."""
         limits = self.limits
+        self._now = now
         if len(self._connections) + len(self._closing) >= limits.max_connections:
             log.warning("connection #%d refused: the relay is full", conn)
             full = Error("busy", f"the relay is full ({limits.max_connections} connections)")
@@ -185,6 +217,7 @@ class RelayCore:
         record = self._connections.get(conn)
         if record is None:
             return []  # refused, or hung up on: what it says no longer matters
+        self._now = now
         actions: list[Action] = []
         try:
             frames = record.decoder.receive_data(data)
@@ -232,11 +265,19 @@ class RelayCore:
         self._closing.discard(conn)
         return self._forget(conn)
 
-    def tick(self, now: float) -> list[Action]:
+    def tick(self, now: float, wall: float | None = None) -> list[Action]:
         """Hang up on connections that did not register in time, on silent ones, and on
-        ones that have stopped reading."""
+        ones that have stopped reading; every few seconds, drop what is kept past its time
+        to live. ``wall``: the Unix time now, if the shell's clock has drifted from it."""
         limits = self.limits
+        self._now = now
+        if wall is not None:
+            self._wall = wall - now
         actions: list[Action] = []
+        if now - self._swept >= limits.sweep_interval:
+            self._swept = now
+            ops = self.kept.sweep(self._unix(), self.online)
+            actions += _keep(ops, self._notify())
         for record in list(self._connections.values()):
             if record.peer is not None:
                 if now - record.since > limits.idle_timeout:
@@ -255,11 +296,13 @@ class RelayCore:
         if not conns:
             return []
         bye = _frame(Bye(reason))
-        actions: list[Action] = [Write([(conn, bye) for conn in conns])]
+        ops: list[Op] = []
+        for nick in self.online:
+            ops += self.kept.leave(nick, self._unix())
+        actions = _keep(ops, [])
+        actions.append(Write([(conn, bye) for conn in conns]))
         actions += [Close(conn, "relay shutting down") for conn in conns]
         self._closing.update(conns)
-        for nick in self.online:
-            self.prekeys.leave(nick)
         for collection in (self._connections, self.online, self._encoded_peers, self._skeletons):
             collection.clear()
         self._sources, self._unfinished, self._backlog = Sources(), Unfinished(), Backlog()
@@ -283,6 +326,8 @@ class RelayCore:
             return self._publish(record, message)
         if isinstance(message, Ping):
             return [Write([(record.conn, _PONG)])]
+        if isinstance(message, Ack):
+            return self._ack(record, message)
         if isinstance(message, Pong):
             return []
         if isinstance(message, Error):
@@ -337,16 +382,32 @@ class RelayCore:
             return []
         del self.online[nick], self._encoded_peers[nick]
         del self._skeletons[skeleton(nick)]
-        self.prekeys.leave(nick)
+        ops = self.kept.leave(nick, self._unix())
         log.info("connection #%d: %s left", conn, nick)
-        return self._presence(PeerLeft(nick))
+        return _keep(ops, self._presence(PeerLeft(nick)) + self._notify())
 
-    def _presence(self, message: Message) -> list[Action]:
+    def _unix(self) -> float:
+        """The Unix time now (as of the latest call), for what is kept."""
+        return self._now + self._wall
+
+    def _presence(self, message: Message) -> list[tuple[ConnId, bytes]]:
         """``message`` to everyone online, encoded once."""
         if not self.online:
             return []
         frame = _frame(message)
-        return [Write([(conn, frame) for conn in self.online.values()])]
+        return [(conn, frame) for conn in self.online.values()]
+
+    def _due(self, nick: str) -> list[tuple[ConnId, bytes]]:
+        """The mailbox items ``nick`` (online) may be sent now."""
+        conn = self.online[nick]
+        return [(conn, item_frame(item)) for item in self.kept.mailboxes.due(nick)]
+
+    def _notify(self) -> list[tuple[ConnId, bytes]]:
+        """Hand their new mailbox items (notices) to those online."""
+        notified = self.kept.notified
+        frames = [frame for nick in notified if nick in self.online for frame in self._due(nick)]
+        notified.clear()
+        return frames
 
     def _register(self, record: _Connection, message: Register, now: float) -> list[Action]:
         peer = admit(self.key, record.challenge, self.password, self._skeletons, message)
@@ -357,14 +418,19 @@ class RelayCore:
         record.decoder.max_frame = self.limits.max_frame
         # Its signed prekey is kept before anyone hears of it: whoever sees it join can
         # fetch its bundle at once.
-        prekeys = self.prekeys.register(peer.nick, peer.identity_key, message.signed_prekey)
-        welcome = welcome_frames(peer.nick, list(self._encoded_peers.values()), self._advertised, prekeys)
-        actions: list[Action] = [Write([(record.conn, frame) for frame in welcome])]
-        actions += self._presence(PeerJoined(peer))
-        self.online[peer.nick] = record.conn
-        self._skeletons[skeleton(peer.nick)] = peer.nick
-        self._encoded_peers[peer.nick] = encode_peer(peer)
-        return actions
+        nick, conn = peer.nick, record.conn
+        prekeys, ops = self.kept.join(nick, peer.identity_key, message.signed_prekey, self._unix())
+        welcome = welcome_frames(nick, list(self._encoded_peers.values()), self._advertised, prekeys)
+        frames = [(conn, frame) for frame in welcome]
+        frames += self._presence(PeerJoined(peer))
+        self.online[nick] = conn
+        self._skeletons[skeleton(nick)] = nick
+        self._encoded_peers[nick] = encode_peer(peer)
+        # Who is away, then what waited for it: after the directory, so a client knows
+        # everyone before its mail.
+        frames += [(conn, frame) for frame in away_frames(self.kept.away(self.online))]
+        frames += self._due(nick)
+        return _keep(ops, frames + self._notify())
 
     def _route(self, record: _Connection, message: Routes) -> list[Action]:
         assert record.peer is not None
@@ -385,9 +451,24 @@ class RelayCore:
         delivered: list[str] = []
         missing: list[str] = []
         refused: list[str] = []
+        queued: list[str] = []
+        full: list[str] = []
+        ops: list[Op] = []
         for to, body in items:
             target = online.get(to)
-            if target is None or to == sender:
+            if target is None:
+                if not self.kept.knows(to):
+                    missing.append(to)
+                    continue
+                op = self.kept.mailboxes.put_mail(
+                    to, sender, message.id, bytes(body), self._unix()
+                )
+                if op is None:
+                    full.append(to)
+                else:
+                    ops.append(op)
+                    queued.append(to)
+            elif to == sender:
                 missing.append(to)
             elif target in stalled or unflushed.get(target, 0) >= budget:
                 refused.append(to)
@@ -396,24 +477,38 @@ class RelayCore:
                 frames.append((target, pack(length) + head + body))
                 unflushed[target] = unflushed.get(target, 0) + length
                 delivered.append(to)
-        routed = Routed(message.id, tuple(delivered), missing=tuple(missing), refused=tuple(refused))
-        frames.append((record.conn, _frame(routed)))
-        return [Write(frames)]
+        routed = Routed(
+            message.id, tuple(delivered), tuple(queued), tuple(missing), tuple(full), tuple(refused)
+        )
+        answer = (record.conn, _frame(routed))
+        if not ops:
+            frames.append(answer)
+            return [Write(frames)]
+        # Deliveries at once; the sender hears "queued" only once its message is kept.
+        return [Write(frames), Persist(ops, [answer])] if frames else [Persist(ops, [answer])]
 
     def _publish(self, record: _Connection, message: Publish) -> list[Action]:
         # Only registered connections get here: before that, every frame but a register
         # is refused (``_handshake``). The signature is not checked: clients check it.
         assert record.peer is not None
-        count = self.prekeys.publish(
+        count, ops = self.kept.publish(
             record.peer.nick, message.signed_prekey, message.one_time, replace=message.replace
         )
-        return [_write(record.conn, Prekeys(count))]
+        return _keep(ops, [(record.conn, _frame(Prekeys(count)))])
 
     def _fetch(self, record: _Connection, message: Fetch) -> list[Action]:
         """The bundles asked for; and to each owner online whose one-time prekeys are
         running low because of it, how many it has left."""
         assert record.peer is not None
-        answer, low = self.prekeys.fetch(record.peer.nick, message.nicks)
+        (answer, low), ops = self.kept.fetch(record.peer.nick, message.nicks)
         frames = [(record.conn, _frame(answer))]
         frames += [(self.online[nick], _frame(Prekeys(count))) for nick, count in low.items()]
-        return [Write(frames)]
+        # A one-time prekey handed out is gone for good: kept so before anyone has it.
+        return _keep(ops, frames)
+
+    def _ack(self, record: _Connection, message: Ack) -> list[Action]:
+        """Mailbox items handled: gone, and the next ones sent. ``RemoteProtocolError`` for
+        an ack of an item not sent (the connection is hung up on)."""
+        assert record.peer is not None
+        op = self.kept.mailboxes.ack(record.peer.nick, message.seq)
+        return _keep([op] if op is not None else [], self._due(record.peer.nick))

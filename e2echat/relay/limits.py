@@ -15,6 +15,8 @@ from enum import Enum
 from e2echat.wire.framing import MAX_FRAME
 
 MiB = 1024 * 1024
+GiB = 1024 * MiB
+DAY = 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,23 @@ class Limits:
     #: owner online is told so (``prekeys``) and publishes more: room for a burst of first
     #: contacts while its publish is on the way.
     prekeys_low: int = 10
+    #: messages kept for one nick while it is away: a few days of a busy conversation, and
+    #: with ``mailbox_bytes`` the most one sender can make the relay keep for one victim
+    mailbox_messages: int = 1000
+    #: bytes kept for one nick while it is away: 128 maximal messages, or thousands of lines
+    mailbox_bytes: int = 16 * MiB
+    #: how long a message waits in a mailbox: a week away covers a holiday; the relay is
+    #: a post office, not an archive, so its sender is then told it was not delivered
+    mailbox_ttl: float = 7 * DAY
+    #: bytes kept in all mailboxes together: what the relay's memory (and disk) can spare;
+    #: past it, messages to anyone away are refused (``full``) until mailboxes drain
+    mailbox_total: int = 1 * GiB
+    #: how long an identity (its bundle, its empty mailbox) is kept after it was last
+    #: online: long enough for a month away, short enough that abandoned nicks go
+    identity_ttl: float = 30 * DAY
+    #: mailbox items sent to their owner ahead of its acknowledgements: enough to keep a
+    #: link busy, few enough that a reconnect repeats little
+    mail_window: int = 500
 
     @property
     def write_buffer_soft(self) -> int:
@@ -119,6 +138,12 @@ class Limits:
         over 10,000 connections costs about a millisecond); at least 10 ms apart."""
         timeouts = (self.handshake_timeout, self.idle_timeout, self.stall_timeout)
         return max(0.01, min(1.0, *(timeout / 4 for timeout in timeouts)))
+
+    @property
+    def sweep_interval(self) -> float:
+        """How often what is kept is swept for what has outlived its time to live: every
+        5 s (a sweep looks at the front of each mailbox), sooner for a short time to live."""
+        return min(5.0, self.mailbox_ttl / 4)
 
 
 class Verdict(Enum):

@@ -26,6 +26,7 @@ from typing import NamedTuple
 from nacl.public import PublicKey
 
 from e2echat.relay.limits import Limits
+from e2echat.relay.store import StoredBundle
 from e2echat.wire.messages import Bundle, Bundles, OneTimePrekey, SignedPrekey
 
 # One one-time prekey as stored: its id (4 bytes, big-endian) then its key. Held in one
@@ -78,6 +79,9 @@ class PrekeyDirectory:
         self._stored: dict[str, _Stored] = {}
         #: the nicks online, whose bundles are never dropped
         self._online: set[str] = set()
+        #: nicks whose bundles were dropped over the bound, for the core to forget them
+        #: (see ``take_evicted``)
+        self._evicted: list[str] = []
 
     def __len__(self) -> int:
         """How many bundles it holds: what ``limits.bundles`` bounds."""
@@ -103,6 +107,26 @@ class PrekeyDirectory:
         self._online.add(nick)
         self._evict()
         return stored.count
+
+    def restore(self, nick: str, identity_key: bytes, bundle: StoredBundle) -> None:
+        """A bundle as a store kept it, at start-up (least recently registered first)."""
+        stored = _Stored(identity_key, bundle.signed)
+        stored.one_time += bundle.one_time
+        self._stored[nick] = stored
+
+    def saved(self, nick: str) -> StoredBundle:
+        """``nick``'s bundle as a store keeps it (``SaveBundle``)."""
+        stored = self._stored[nick]
+        return StoredBundle(nick, stored.signed, bytes(stored.one_time))
+
+    def forget(self, nick: str) -> None:
+        """Drop ``nick``'s bundle: its owner is forgotten."""
+        self._stored.pop(nick, None)
+
+    def take_evicted(self) -> list[str]:
+        """The nicks whose bundles went over the bound since the last call."""
+        evicted, self._evicted = self._evicted, []
+        return evicted
 
     def leave(self, nick: str) -> None:
         """``nick`` went offline: its bundle stays, for those who want to write to it."""
@@ -173,3 +197,4 @@ class PrekeyDirectory:
         offline = (nick for nick in self._stored if nick not in self._online)
         for nick in list(itertools.islice(offline, excess)):
             del self._stored[nick]
+            self._evicted.append(nick)

@@ -1,0 +1,190 @@
+"""What the relay keeps beyond its connections, and every change to it as an ``Op``. Pure
+(no I/O).
+
+- Known identities: each nick that has registered here, with the identity key it last
+  used and when it was last online. Someone known can be written to while away: the
+  message waits in their mailbox (relay/mailboxes.py), and their prekey bundle
+  (relay/prekeys.py) is handed out for first contact.
+- ``#lobby``'s members: everyone who registers, until away longer than a mailbox's time
+  to live (a room message for them would only expire).
+
+A nick registered again with another identity key keeps no mailbox: its items were for
+the old key's owner, so each message in it becomes a ``key_changed`` notice to its sender.
+An identity away longer than ``identity_ttl`` with an empty mailbox is forgotten, and so
+is the one offline longest when there are more than ``bundles``.
+
+Each method returns the ops that keep its changes (relay/store.py), in order; the nicks
+given new mailbox items meanwhile (notices) are collected in ``notified`` for the core
+to hand them to those online.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Container, Iterable, Sequence
+
+from nacl.public import PublicKey
+
+from e2echat.relay.limits import Limits
+from e2echat.relay.mailboxes import Mailboxes
+from e2echat.relay.prekeys import Handed, PrekeyDirectory
+from e2echat.relay.store import (
+    MAIL,
+    Dequeue,
+    ForgetIdentity,
+    ForgetMember,
+    Identity,
+    MailItem,
+    Member,
+    Op,
+    SaveBundle,
+    SaveIdentity,
+    SaveMember,
+    Snapshot,
+)
+from e2echat.wire.messages import OneTimePrekey, SignedPrekey
+
+#: the one room there is until rooms come in their own issue
+LOBBY = "#lobby"
+
+
+class Kept:
+    def __init__(self, limits: Limits, snapshot: Snapshot | None = None, first_seq: int = 0) -> None:
+        self.limits = limits
+        #: nick -> its identity, least recently seen first
+        self.identities: dict[str, Identity] = {}
+        #: ``#lobby``'s members: nick -> when last seen, least recently first
+        self.members: dict[str, float] = {}
+        self.prekeys = PrekeyDirectory(limits)
+        self.mailboxes = Mailboxes(limits, first_seq)
+        #: nicks given new mailbox items since the core last looked
+        self.notified: set[str] = set()
+        if snapshot is not None:
+            self._restore(snapshot)
+
+    def _restore(self, snapshot: Snapshot) -> None:
+        for identity in sorted(snapshot.identities, key=lambda identity: identity.last_seen):
+            self.identities[identity.nick] = identity
+        for member in sorted(snapshot.members, key=lambda member: member.last_seen):
+            if member.room == LOBBY and member.nick in self.identities:
+                self.members[member.nick] = member.last_seen
+        bundles = {bundle.nick: bundle for bundle in snapshot.bundles}
+        for nick, identity in self.identities.items():
+            if nick in bundles:
+                self.prekeys.restore(nick, identity.identity_key, bundles[nick])
+        self.mailboxes.restore(item for item in snapshot.mail if item.to in self.identities)
+
+    def knows(self, nick: str) -> bool:
+        return nick in self.identities
+
+    def away(self, online: Container[str]) -> list[str]:
+        """``#lobby``'s members who are not online."""
+        return [nick for nick in self.members if nick not in online]
+
+    # -- changes -------------------------------------------------------------------------------
+
+    def join(
+        self, nick: str, identity_key: PublicKey, signed: SignedPrekey, now: float
+    ) -> tuple[int, list[Op]]:
+        """``nick`` registered with ``identity_key`` and ``signed``: how many one-time
+        prekeys the relay holds for it, and the ops."""
+        key = bytes(identity_key)
+        ops: list[Op] = []
+        known = self.identities.get(nick)
+        if known is not None and known.identity_key != key:  # public keys: nothing to time
+            ops += self._empty(nick, "key_changed", now)
+        count = self.prekeys.register(nick, identity_key, signed)
+        ops += self._seen(nick, key, now)
+        ops.append(SaveBundle(self.prekeys.saved(nick)))
+        ops += self._evicted(now)
+        self.mailboxes.connected(nick)
+        return count, ops
+
+    def leave(self, nick: str, now: float) -> list[Op]:
+        """``nick`` went offline: its bundle and mailbox stay, for those who write to it."""
+        self.prekeys.leave(nick)
+        return self._seen(nick, self.identities[nick].identity_key, now) + self._evicted(now)
+
+    def publish(
+        self, nick: str, signed: SignedPrekey, one_time: Sequence[OneTimePrekey], *, replace: bool
+    ) -> tuple[int, list[Op]]:
+        count = self.prekeys.publish(nick, signed, one_time, replace=replace)
+        return count, [SaveBundle(self.prekeys.saved(nick))]
+
+    def fetch(self, requester: str, nicks: Sequence[str]) -> tuple[Handed, list[Op]]:
+        """As ``PrekeyDirectory.fetch``, and the bundles that gave a one-time prekey away."""
+        handed = self.prekeys.fetch(requester, nicks)
+        ops: list[Op] = [
+            SaveBundle(self.prekeys.saved(bundle.nick)) for bundle in handed.answer.bundles if bundle.one_time
+        ]
+        return handed, ops
+
+    def sweep(self, now: float, online: Container[str]) -> list[Op]:
+        """Drop what has outlived its time to live: mailbox items (each message's sender
+        told, if still known), members, then identities with nothing waiting for them."""
+        ops: list[Op] = []
+        dequeues, gone = self.mailboxes.expire(now, online)
+        ops += dequeues
+        ops += self._notices(gone, "expired", now)
+        cutoff = now - self.limits.mailbox_ttl
+        for nick in self._stale(self.members.items(), cutoff, online):
+            del self.members[nick]
+            ops.append(ForgetMember(LOBBY, nick))
+        seen = ((nick, identity.last_seen) for nick, identity in self.identities.items())
+        for nick in self._stale(seen, now - self.limits.identity_ttl, online):
+            if not self.mailboxes.count(nick):
+                ops += self._forget(nick, now)
+        return ops
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _stale(seen: Iterable[tuple[str, float]], cutoff: float, online: Container[str]) -> list[str]:
+        """The nicks last seen at ``cutoff`` or before and not online, from (nick, last
+        seen) pairs least recent first: the walk stops at the first one seen since."""
+        stale = []
+        for nick, last_seen in seen:
+            if last_seen > cutoff:
+                break
+            if nick not in online:
+                stale.append(nick)
+        return stale
+
+    def _seen(self, nick: str, key: bytes, now: float) -> list[Op]:
+        identity = Identity(nick, key, now)
+        # Out and in again: both stay in the order they were last seen.
+        self.identities.pop(nick, None)
+        self.identities[nick] = identity
+        self.members.pop(nick, None)
+        self.members[nick] = now
+        return [SaveIdentity(identity), SaveMember(Member(LOBBY, nick, now))]
+
+    def _evicted(self, now: float) -> list[Op]:
+        ops: list[Op] = []
+        for nick in self.prekeys.take_evicted():
+            ops += self._forget(nick, now)
+        return ops
+
+    def _forget(self, nick: str, now: float) -> list[Op]:
+        """Forget ``nick``: identity, bundle, membership and mailbox (its messages' senders
+        told, as for messages that expired)."""
+        gone = self.mailboxes.drop(nick)
+        self.identities.pop(nick, None)
+        self.members.pop(nick, None)
+        self.prekeys.forget(nick)
+        return [ForgetIdentity(nick), *self._notices(gone, "expired", now)]
+
+    def _empty(self, nick: str, reason: str, now: float) -> list[Op]:
+        gone = self.mailboxes.drop(nick)
+        if not gone:
+            return []
+        return [Dequeue(nick, upto=gone[-1].seq), *self._notices(gone, reason, now)]
+
+    def _notices(self, gone: list[MailItem], reason: str, now: float) -> list[Op]:
+        """A notice to the sender of each message in ``gone`` who is still known. Notices
+        themselves go silently: whoever they were for learns nothing from a notice's notice."""
+        ops: list[Op] = []
+        for item in gone:
+            if item.kind == MAIL and item.sender in self.identities:
+                ops.append(self.mailboxes.put_notice(item.sender, item.to, item.message_id, reason, now))
+                self.notified.add(item.sender)
+        return ops

@@ -1,0 +1,213 @@
+"""Mailboxes: what waits at the relay for someone who is away. Pure (no I/O).
+
+Each known nick may have a mailbox: its items in ``seq`` order, each a ciphertext
+someone sent it (``MAIL``) or a notice that one of its own messages was dropped unread
+(``EXPIRED``). The owner is sent them when it connects, a window at a time, and
+acknowledges them (``ack``); only then are they gone. Items sent but not acknowledged
+when the owner leaves are sent again next time.
+
+The limits (relay/limits.py) bound each mailbox (messages, bytes) and all of them (bytes);
+a message over them is not kept and its sender is told ``full``. Items older than the
+time to live are dropped (``expire``): the relay is not an archive.
+
+Everything here returns the ``Op`` that keeps the change (relay/store.py); the core puts
+them in ``Persist`` actions.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Container, Iterable
+
+from e2echat.errors import RemoteProtocolError
+from e2echat.relay.limits import Limits
+from e2echat.relay.store import EXPIRED, MAIL, Dequeue, Enqueue, MailItem
+from e2echat.wire.codec import encode_message
+from e2echat.wire.framing import encode_frame
+from e2echat.wire.messages import Expired, Mail
+
+log = logging.getLogger("e2echat.relay.mailboxes")
+
+
+class _Mailbox:
+    # Slots: only nicks with something waiting have one, but there may be many.
+    __slots__ = ("items", "last_sent", "sent", "size", "warned")
+
+    def __init__(self) -> None:
+        self.items: deque[MailItem] = deque()
+        #: bytes of the bodies held (what ``mailbox_bytes`` bounds)
+        self.size = 0
+        #: how many items at the front have been sent on the owner's connection
+        self.sent = 0
+        #: the highest seq sent on the owner's connection: an ack above it is a lie
+        self.last_sent = -1
+        #: whether its being full has been logged (once, until it drains)
+        self.warned = False
+
+
+def item_frame(item: MailItem) -> bytes:
+    """The frame that hands ``item`` to its owner: ``mail`` or ``expired``."""
+    if item.kind == MAIL:
+        message: Mail | Expired = Mail(item.seq, item.sender, item.queued_at, item.body)
+    else:
+        message = Expired(item.seq, item.message_id, item.sender, item.reason)
+    return encode_frame(encode_message(message))
+
+
+class Mailboxes:
+    """Nick -> its mailbox, and the bytes held in all of them."""
+
+    def __init__(self, limits: Limits, first_seq: int = 0) -> None:
+        self.limits = limits
+        self._boxes: dict[str, _Mailbox] = {}
+        #: bytes of bodies held in all mailboxes (what ``mailbox_total`` bounds)
+        self.total = 0
+        #: one counter for every mailbox, so a seq is never reused in one, even once it
+        #: has drained (and its ``_Mailbox`` is gone)
+        self._next_seq = first_seq
+        self._total_warned = False
+
+    def __len__(self) -> int:
+        """How many mailboxes hold something."""
+        return len(self._boxes)
+
+    def count(self, nick: str) -> int:
+        """Items waiting for ``nick``."""
+        box = self._boxes.get(nick)
+        return len(box.items) if box is not None else 0
+
+    def items(self, nick: str) -> list[MailItem]:
+        box = self._boxes.get(nick)
+        return list(box.items) if box is not None else []
+
+    def restore(self, items: Iterable[MailItem]) -> None:
+        """Items as a store kept them (each mailbox in seq order), at start-up."""
+        for item in items:
+            box = self._boxes.get(item.to)
+            if box is None:
+                box = self._boxes[item.to] = _Mailbox()
+            box.items.append(item)
+            box.size += len(item.body)
+            self.total += len(item.body)
+            self._next_seq = max(self._next_seq, item.seq + 1)
+
+    def put_mail(self, to: str, sender: str, message_id: int, body: bytes, now: float) -> Enqueue | None:
+        """Keep ``sender``'s ciphertext for ``to``; None if that is over a limit (logged
+        once per mailbox until it drains, and once for the relay until it is under again)."""
+        limits, size = self.limits, len(body)
+        box = self._boxes.get(to)
+        held, held_size = (len(box.items), box.size) if box is not None else (0, 0)
+        if held >= limits.mailbox_messages or held_size + size > limits.mailbox_bytes:
+            if box is not None and not box.warned:
+                box.warned = True
+                log.warning(
+                    "mailbox of %s is full (%d messages, %d bytes; at most %d and %d)",
+                    to, held, held_size, limits.mailbox_messages, limits.mailbox_bytes,
+                )  # fmt: skip
+            return None
+        if self.total + size > limits.mailbox_total:
+            if not self._total_warned:
+                self._total_warned = True
+                log.warning(
+                    "mailboxes are full: %d bytes held, at most %d in all", self.total, limits.mailbox_total
+                )
+            return None
+        return self._put(to, MAIL, sender, message_id, now, body, "")
+
+    def put_notice(self, to: str, recipient: str, message_id: int, reason: str, now: float) -> Enqueue:
+        """Tell ``to`` that its message ``message_id`` to ``recipient`` was dropped unread.
+        Not bounded by the limits: it takes the place of a message that was within them,
+        and costs less."""
+        return self._put(to, EXPIRED, recipient, message_id, now, b"", reason)
+
+    def _put(
+        self, to: str, kind: str, sender: str, message_id: int, now: float, body: bytes, reason: str
+    ) -> Enqueue:
+        box = self._boxes.get(to)
+        if box is None:
+            box = self._boxes[to] = _Mailbox()
+        item = MailItem(to, self._next_seq, kind, sender, message_id, now, body, reason)
+        self._next_seq += 1
+        box.items.append(item)
+        box.size += len(body)
+        self.total += len(body)
+        return Enqueue(item)
+
+    def drop(self, nick: str) -> list[MailItem]:
+        """Empty ``nick``'s mailbox (its owner is forgotten, or has another key now): what
+        it held."""
+        box = self._boxes.pop(nick, None)
+        if box is None:
+            return []
+        self._shrink(box.size)
+        return list(box.items)
+
+    def connected(self, nick: str) -> None:
+        """``nick``'s owner is online on a new connection: nothing has been sent on it yet."""
+        box = self._boxes.get(nick)
+        if box is not None:
+            box.sent, box.last_sent = 0, -1
+
+    def due(self, nick: str) -> list[MailItem]:
+        """The items to send ``nick``'s owner now: those not sent yet on its connection,
+        as long as no more than ``mail_window`` are unacknowledged."""
+        box = self._boxes.get(nick)
+        if box is None:
+            return []
+        start, end = box.sent, min(len(box.items), self.limits.mail_window)
+        if start >= end:
+            return []
+        box.sent = end
+        due = [box.items[index] for index in range(start, end)]
+        box.last_sent = due[-1].seq
+        return due
+
+    def ack(self, nick: str, seq: int) -> Dequeue | None:
+        """``nick``'s owner has handled every item up to ``seq``: they are gone (None if
+        there were none left to drop). Raises ``RemoteProtocolError`` for an ack of an item
+        never sent: a client cannot acknowledge what it has not seen."""
+        box = self._boxes.get(nick)
+        if box is None or seq > box.last_sent:
+            raise RemoteProtocolError(detail=f"ack of mailbox item {seq}, which was not sent")
+        items, dropped, size = box.items, 0, 0
+        while items and items[0].seq <= seq:
+            size += len(items.popleft().body)
+            dropped += 1
+        if not dropped:
+            return None  # acknowledged already
+        box.sent -= dropped
+        box.size -= size
+        self._shrink(size)
+        if not items:
+            del self._boxes[nick]
+        return Dequeue(nick, upto=seq)
+
+    def expire(self, now: float, online: Container[str]) -> tuple[list[Dequeue], list[MailItem]]:
+        """Drop the items older than ``mailbox_ttl`` from the mailboxes of owners who are
+        away (an owner online is being handed them). The ops, and the items dropped."""
+        cutoff = now - self.limits.mailbox_ttl
+        ops: list[Dequeue] = []
+        gone: list[MailItem] = []
+        for nick, box in list(self._boxes.items()):
+            items = box.items
+            if nick in online or items[0].queued_at > cutoff:
+                continue
+            seqs = []
+            # Items are queued in time order: the old ones are at the front.
+            while items and items[0].queued_at <= cutoff:
+                item = items.popleft()
+                box.size -= len(item.body)
+                self._shrink(len(item.body))
+                seqs.append(item.seq)
+                gone.append(item)
+            box.sent, box.last_sent = 0, -1  # its owner is away: nothing is out
+            ops.append(Dequeue(nick, seqs=tuple(seqs)))
+            if not items:
+                del self._boxes[nick]
+        return ops, gone
+
+    def _shrink(self, size: int) -> None:
+        self.total -= size
+        if self._total_warned and self.total <= self.limits.mailbox_total * 3 // 4:
+            self._total_warned = False  # under again, with room: say so next time it fills
