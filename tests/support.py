@@ -191,14 +191,23 @@ class RawClient:
         return cls(reader, writer)
 
     async def register(self, nick: str, identity: PrivateKey | None = None) -> Registered:
+        """Register as ``nick``; the frames after the directory (``away``, mailbox items)
+        are left for ``receive``."""
         core = ClientCore(nick, identity or PrivateKey.generate(), new_session_key())
-        while True:
+        registered: Registered | None = None
+        while registered is None:
             data = await asyncio.wait_for(self.reader.read(65536), WAIT)
             assert data, "relay closed the connection during registration"
-            for event in core.receive_data(data):
-                if isinstance(event, Registered):
-                    return event
-            self.writer.write(core.data_to_send())
+            for frame in self.decoder.receive_data(data):
+                if registered is not None:
+                    self.frames.append(frame)
+                    continue
+                for event in core.receive_data(encode_frame(frame)):
+                    if isinstance(event, Registered):
+                        registered = event
+            if registered is None:
+                self.writer.write(core.data_to_send())
+        return registered
 
     def send(self, message: m.Message) -> None:
         self.writer.write(encode_frame(encode_message(message)))

@@ -1,8 +1,9 @@
 """The relay: a thin asyncio shell around ``RelayCore``.
 
 Per connection: hand the bytes read to the core, and carry out what it answers (write
-these frames, close that connection). Everything the relay decides lives in core.py and
-limits.py; this file only owns sockets, the clock, write buffers and signals.
+these frames, close that connection; keep these changes, then write those frames).
+Everything the relay decides lives in core.py and limits.py; this file only owns sockets,
+the clock, write buffers, signals and the store (through journal.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import logging
 import signal
 import socket
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, cast
@@ -24,8 +26,10 @@ from nacl.public import PrivateKey
 
 from e2echat.crypto.identity import fingerprint
 from e2echat.errors import RelayStartError
-from e2echat.relay.core import Action, ConnId, Persist, RelayCore, Write
+from e2echat.relay.core import Action, Close, ConnId, Persist, RelayCore, Write
+from e2echat.relay.journal import Journal
 from e2echat.relay.limits import Limits, address_key
+from e2echat.relay.store import MemoryStore, RelayStore
 from e2echat.streams import BufferedLink, read_buffer
 
 log = logging.getLogger("e2echat.relay.server")
@@ -73,14 +77,24 @@ class Relay:
         limits: Limits | None = None,
         password: bytes | None = None,
         key: PrivateKey | None = None,
+        store: RelayStore | None = None,
         **overrides: Any,
     ) -> None:
         """``key`` is the relay's long-term key (default: a new one, lost when this object
-        goes). ``overrides`` replace single fields of ``limits`` (handy in tests)."""
+        goes); ``store`` keeps what the relay knows (default: memory only; it is loaded in
+        ``start`` and closed in ``stop``). ``overrides`` replace single fields of ``limits``
+        (handy in tests)."""
         self.host = host
         self.requested_port = port
         self.limits = replace(limits or Limits(), **overrides)
+        self._password = password
         self.core = RelayCore(self.limits, password=password, key=key)
+        self.store: RelayStore = store if store is not None else MemoryStore()
+        #: has a durable store keep the core's changes; None with a store that keeps nothing
+        self._journal: Journal | None = None
+        #: set when the relay stopped on its own: its store failed (``failure``)
+        self.halted = asyncio.Event()
+        self.failure: BaseException | None = None
         #: open connections, registered or not
         self._links: dict[ConnId, _Link] = {}
         #: connections we hung up on, until the transport reports them closed
@@ -108,7 +122,20 @@ class Relay:
         return link.transport if link else None
 
     async def start(self) -> None:
+        """Load what the store kept, then listen."""
         self._loop = loop = asyncio.get_running_loop()
+        if self.store.durable:
+            snapshot = await loop.run_in_executor(None, self.store.load)
+            self._journal = Journal(self.store, loop, self._apply_now, self._store_failed)
+        else:
+            snapshot = self.store.load()
+        self.core = RelayCore(
+            self.limits,
+            password=self._password,
+            key=self.core.key,
+            snapshot=snapshot,
+            wall=time.time() - loop.time(),
+        )
         try:
             self._server = await loop.create_server(lambda: _Link(self), self.host, self.requested_port)
         except OSError as exc:
@@ -124,7 +151,8 @@ class Relay:
         log.debug("listening on %s:%d", self.host, self.port)
 
     async def stop(self, reason: str = "the relay was stopped") -> None:
-        """Tell every client we are going, then close everything."""
+        """Finish keeping what the store was given (and tell senders), tell every client
+        we are going, then close everything, the store last."""
         if self._server is None:
             return
         self._server.close()
@@ -132,6 +160,8 @@ class Relay:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
+        if self._journal is not None:
+            await self._journal.drain()
         self._apply(self.core.shutdown(reason))
         # Let each goodbye reach its client before the event loop goes away; bounded, as a
         # client that never reads must not hold the shutdown up.
@@ -143,7 +173,20 @@ class Relay:
             assert link.transport is not None
             link.transport.abort()
         self._server = None
+        if self._journal is not None:
+            await self._journal.close()
+        else:
+            self.store.close()
         log.debug("stopped")
+
+    def _store_failed(self, failure: BaseException) -> None:
+        """The store could not keep a batch: drop every client at once (they see the
+        connection lost, and report what was not confirmed) and have the relay stop."""
+        self.failure = failure
+        for link in [*self._links.values(), *self._closing.values()]:
+            if link.transport is not None:
+                link.transport.abort()
+        self.halted.set()
 
     # -- the connections' callbacks --------------------------------------------------------
 
@@ -197,7 +240,7 @@ class Relay:
             await asyncio.sleep(self.limits.tick_interval)
             try:
                 now = loop.time()
-                self._apply(self.core.tick(now))
+                self._apply(self.core.tick(now, time.time()))
                 self._abort_undrained(now)
             except Exception:  # a bug: say so, and keep the timeouts working for everyone else
                 log.exception("error while checking connection timeouts")
@@ -212,12 +255,45 @@ class Relay:
     # -- writing -----------------------------------------------------------------------------
 
     def _apply(self, actions: list[Action]) -> None:
+        """Carry out the core's actions: a ``Persist`` through the journal if the store is
+        durable (and what follows it for the same connections behind it), the rest now."""
+        journal = self._journal
+        if journal is None:
+            for action in actions:
+                if isinstance(action, Persist):
+                    self.store.apply(action.ops)  # keeps nothing that outlives us: at once
+            self._apply_now(actions)
+            return
+        if journal.failure is not None:
+            return  # stopping: nothing more is written
+        now: list[Action] = []
+        held = journal.held
+        for action in actions:
+            if isinstance(action, Persist):
+                self._apply_now(now)
+                now = []
+                journal.persist(action.ops, action.frames)
+            elif not held:
+                now.append(action)
+            elif isinstance(action, Close):
+                if action.conn in held:
+                    journal.hold(action)
+                else:
+                    now.append(action)
+            else:
+                free = [pair for pair in action.frames if pair[0] not in held]
+                if len(free) < len(action.frames):
+                    journal.hold(Write([pair for pair in action.frames if pair[0] in held]))
+                now.append(Write(free))
+        self._apply_now(now)
+
+    def _apply_now(self, actions: list[Action]) -> None:
         """Carry out the core's actions. Frames are queued per connection and written once
         per turn of the event loop: a busy relay makes one system call per recipient for
         everything it has for them, not one per message."""
         pending = self._pending
         for action in actions:
-            if isinstance(action, Write | Persist):  # no store yet: nothing to wait for
+            if isinstance(action, Write | Persist):  # a Persist here is kept already
                 for conn, frame in action.frames:
                     queued = pending.get(conn)
                     if queued is None:
@@ -317,10 +393,11 @@ async def run_relay(
     password: bytes | None = None,
     key: PrivateKey | None = None,
     key_note: str = "",
+    store: RelayStore | None = None,
 ) -> None:
     """Serve until Ctrl+C or SIGTERM, then tell clients and stop. ``key_note`` says where
-    the key is kept."""
-    relay = Relay(host, port, limits=limits, password=password, key=key)
+    the key is kept. If the ``store`` fails, the relay stops and its error is raised."""
+    relay = Relay(host, port, limits=limits, password=password, key=key, store=store)
     await relay.start()
     say(f"e2echat relay listening on {host}:{relay.port}")
     say("People on your network can join with:")
@@ -336,10 +413,15 @@ async def run_relay(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    stopped, halted = asyncio.ensure_future(stop.wait()), asyncio.ensure_future(relay.halted.wait())
     try:
-        await stop.wait()
+        await asyncio.wait((stopped, halted), return_when=asyncio.FIRST_COMPLETED)
     finally:
+        stopped.cancel()
+        halted.cancel()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
         await relay.stop("stopped by the person running it")
+    if relay.failure is not None:
+        raise relay.failure
     say("relay stopped")
