@@ -1,0 +1,358 @@
+"""Mailboxes in the relay core: what waits for people who are away, its limits, its time
+to live, windows and acks, key changes, the away list, and every change as an op that a
+store keeps. Bytes and time in, actions out: no sockets, no sleeping."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+import pytest
+from nacl.public import PrivateKey
+
+from e2echat.crypto.identity import registration_proof
+from e2echat.relay.core import Action, Close, ConnId, Persist, RelayCore, Write
+from e2echat.relay.limits import Limits
+from e2echat.relay.store import Dequeue, Enqueue, ForgetIdentity, ForgetMember, SaveBundle, SaveIdentity
+from e2echat.wire import messages as m
+from e2echat.wire.codec import encode_message
+from e2echat.wire.framing import encode_frame
+
+from fake_store import FakeStore
+from relay_frames import Outgoing, any_signed_prekey, spelled_out
+
+M = TypeVar("M", bound=m.Message)
+UNLIMITED: dict[str, Any] = dict(rate=1e9, burst=1e9, byte_rate=2**40, byte_burst=2**40, idle_timeout=1e9)
+
+
+def _frame(message: m.Message) -> bytes:
+    return encode_frame(encode_message(message))
+
+
+class Relay:
+    """A core, each nick's connection and identity, and every op it asked a store to keep
+    (applied to a FakeStore, so a new core can be built from what was kept)."""
+
+    def __init__(self, store: FakeStore | None = None, **limits: Any) -> None:
+        self.store = store or FakeStore()
+        self.core = RelayCore(Limits(**(UNLIMITED | limits)), snapshot=self.store.load())
+        self.conns: dict[str, ConnId] = {}
+        self.keys: dict[str, PrivateKey] = {}
+        self.now = 0.0
+        self._next = 1
+
+    def keep(self, actions: list[Action]) -> list[Outgoing | Close]:
+        for action in actions:
+            if isinstance(action, Persist):
+                self.store.apply(action.ops)
+        return spelled_out(actions)
+
+    def join(self, nick: str, key: PrivateKey | None = None) -> list[Outgoing | Close]:
+        conn, self._next = self._next, self._next + 1
+        (challenge,) = spelled_out(self.core.connect(conn, self.now))
+        assert isinstance(challenge, Outgoing) and isinstance(challenge.message, m.Challenge)
+        identity = key or self.keys.get(nick) or PrivateKey.generate()
+        self.keys[nick], self.conns[nick] = identity, conn
+        session = PrivateKey.generate()
+        proofs = registration_proof(identity, session, challenge.message)
+        register = m.Register(nick, identity.public_key, session.public_key, *proofs, any_signed_prekey())
+        return self.keep(self.core.receive_data(conn, _frame(register), self.now))
+
+    def leave(self, nick: str) -> list[Outgoing | Close]:
+        return self.keep(self.core.disconnect(self.conns.pop(nick)))
+
+    def say(self, nick: str, message: m.Message) -> list[Outgoing | Close]:
+        return self.keep(self.core.receive_data(self.conns[nick], _frame(message), self.now))
+
+    def send(self, nick: str, message_id: int, *to: str, body: bytes = b"\x01" * 41) -> m.Routed:
+        out = self.say(nick, m.Send(message_id, tuple(m.Envelope(t, body) for t in to)))
+        (routed,) = [o.message for o in out if isinstance(o, Outgoing) and isinstance(o.message, m.Routed)]
+        return routed
+
+    def join_and_get(self, nick: str, kind: type[M], key: PrivateKey | None = None) -> list[M]:
+        """``nick`` registers: the messages of ``kind`` it is sent."""
+        out = self.join(nick, key)
+        return _to(self.conns[nick], out, kind)
+
+    def tick(self, seconds: float) -> list[Outgoing | Close]:
+        self.now += seconds
+        return self.keep(self.core.tick(self.now))
+
+
+def _to(conn: ConnId, out: list[Outgoing | Close], kind: type[M]) -> list[M]:
+    return [
+        o.message for o in out if isinstance(o, Outgoing) and o.conn == conn and isinstance(o.message, kind)
+    ]
+
+
+def _away(relay: Relay, *nicks: str) -> None:
+    for nick in nicks:
+        relay.join(nick)
+        relay.leave(nick)
+
+
+# -- sending to someone away ------------------------------------------------------------------
+
+
+def test_a_message_to_someone_away_is_queued_and_to_a_stranger_or_oneself_missing() -> None:
+    relay = Relay()
+    _away(relay, "bob")
+    relay.join("alice")
+    relay.join("carol")
+    routed = relay.send("alice", 7, "bob", "carol", "nobody", "alice")
+    assert routed == m.Routed(7, ("carol",), queued=("bob",), missing=("nobody", "alice"))
+    (item,) = relay.core.kept.mailboxes.items("bob")
+    assert (item.sender, item.message_id, item.body) == ("alice", 7, b"\x01" * 41)
+
+
+def test_queued_comes_in_a_persist_with_the_enqueue_and_deliveries_at_once() -> None:
+    relay = Relay()
+    _away(relay, "bob")
+    relay.join("alice")
+    relay.join("carol")
+    body = encode_message(m.Send(3, (m.Envelope("carol", b"\x02" * 41), m.Envelope("bob", b"\x03" * 41))))
+    actions = relay.core.receive_data(relay.conns["alice"], encode_frame(body), 0.0)
+    write, persist = actions
+    assert isinstance(write, Write) and [conn for conn, _ in write.frames] == [relay.conns["carol"]]
+    assert isinstance(persist, Persist) and [type(op) for op in persist.ops] == [Enqueue]
+    assert [conn for conn, _ in persist.frames] == [relay.conns["alice"]]
+
+
+def test_online_deliveries_keep_nothing() -> None:
+    relay = Relay()
+    relay.join("alice")
+    relay.join("bob")
+    actions = relay.core.receive_data(
+        relay.conns["alice"], _frame(m.Send(1, (m.Envelope("bob", b"x"),))), 0.0
+    )
+    assert all(isinstance(action, Write) for action in actions)
+
+
+def test_the_mailbox_comes_after_the_directory_and_away_in_order_and_acks_drop_it() -> None:
+    relay = Relay()
+    _away(relay, "bob", "dave")
+    relay.join("alice")
+    for number in range(3):
+        relay.send("alice", number, "bob", body=bytes([number]) * 41)
+    out = relay.join("bob")
+    bob = relay.conns["bob"]
+    kinds = [type(message) for message in _to(bob, out, m.Message)]
+    assert kinds == [m.Welcome, m.Away, m.Mail, m.Mail, m.Mail]
+    assert _to(bob, out, m.Away) == [m.Away(("dave",))]
+    mail = _to(bob, out, m.Mail)
+    assert [item.body[0] for item in mail] == [0, 1, 2]
+    seqs = [item.seq for item in mail]
+    assert seqs == sorted(seqs)
+    relay.say("bob", m.Ack(seqs[1]))
+    assert [item.seq for item in relay.core.kept.mailboxes.items("bob")] == seqs[2:]
+    assert relay.store.batches[-1] == [Dequeue("bob", upto=seqs[1])]
+    relay.say("bob", m.Ack(seqs[1]))  # again: nothing more to drop, and no harm
+    relay.say("bob", m.Ack(seqs[2]))
+    assert relay.core.kept.mailboxes.count("bob") == 0 and relay.conns["bob"] in relay.core.online.values()
+
+
+def test_the_window_sends_no_more_than_it_allows_until_acked() -> None:
+    relay = Relay(mail_window=3)
+    _away(relay, "bob")
+    relay.join("alice")
+    for number in range(7):
+        relay.send("alice", number, "bob")
+    first = relay.join_and_get("bob", m.Mail)
+    assert len(first) == 3
+    more = _to(relay.conns["bob"], relay.say("bob", m.Ack(first[0].seq)), m.Mail)
+    assert len(more) == 1
+    rest = _to(relay.conns["bob"], relay.say("bob", m.Ack(more[0].seq)), m.Mail)
+    assert [item.message_id for item in relay.core.kept.mailboxes.items("bob")][:3] == [4, 5, 6]
+    assert len(rest) == 3
+
+
+def test_items_not_acked_are_sent_again_next_time() -> None:
+    relay = Relay()
+    _away(relay, "bob")
+    relay.join("alice")
+    relay.send("alice", 1, "bob")
+    relay.send("alice", 2, "bob")
+    first = relay.join_and_get("bob", m.Mail)
+    relay.say("bob", m.Ack(first[0].seq))
+    relay.leave("bob")
+    again = relay.join_and_get("bob", m.Mail)
+    assert again == first[1:]
+
+
+@pytest.mark.parametrize("seq", ["above", "none sent"])
+def test_an_ack_of_an_item_never_sent_is_a_protocol_error_for_that_client_only(seq: str) -> None:
+    relay = Relay()
+    _away(relay, "bob")
+    relay.join("alice")
+    relay.join("carol")
+    if seq == "above":
+        relay.send("alice", 1, "bob")
+        relay.send("alice", 2, "bob")
+        mail = relay.join_and_get("bob", m.Mail)
+        bad = mail[-1].seq + 1
+    else:
+        relay.join("bob")
+        bad = 0
+    bob = relay.conns["bob"]
+    out = relay.say("bob", m.Ack(bad))
+    (error,) = _to(bob, out, m.Error)
+    assert error.code == "protocol" and "ack" in error.text
+    assert Close(bob, f"protocol: {error.text}") in out
+    assert "bob" not in relay.core.online
+    assert relay.send("alice", 3, "carol").delivered == ("carol",)  # the others are served
+    assert relay.core.kept.mailboxes.count("bob") == (2 if seq == "above" else 0)  # nothing lost
+
+
+# -- limits -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("limit", "value", "fits"),
+    [("mailbox_messages", 2, 2), ("mailbox_bytes", 100, 2), ("mailbox_total", 100, 2)],
+)
+def test_each_limit_tells_the_sender_full_and_is_logged_once(
+    limit: str, value: int, fits: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    relay = Relay(None, **{limit: value})
+    _away(relay, "bob")
+    relay.join("alice")
+    with caplog.at_level(logging.WARNING, "e2echat.relay.mailboxes"):
+        answers = [relay.send("alice", number, "bob", body=b"\x01" * 41) for number in range(5)]
+    assert [a.queued for a in answers] == [("bob",)] * fits + [()] * (5 - fits)
+    assert [a.full for a in answers] == [()] * fits + [("bob",)] * (5 - fits)
+    assert len([r for r in caplog.records if "full" in r.getMessage()]) == 1
+    mail = relay.join_and_get("bob", m.Mail)
+    relay.say("bob", m.Ack(mail[-1].seq))
+    relay.leave("bob")
+    assert relay.send("alice", 9, "bob").queued == ("bob",)  # room again once drained
+
+
+def test_the_relay_wide_limit_counts_every_mailbox() -> None:
+    relay = Relay(mailbox_total=100)
+    _away(relay, "bob", "carol")
+    relay.join("alice")
+    assert relay.send("alice", 1, "bob", body=b"\x01" * 60).queued == ("bob",)
+    assert relay.send("alice", 2, "carol", body=b"\x01" * 60).full == ("carol",)
+
+
+# -- time to live --------------------------------------------------------------------------------
+
+
+def test_expired_messages_are_dropped_and_their_sender_told_at_once_if_online() -> None:
+    relay = Relay(mailbox_ttl=100.0)
+    _away(relay, "bob")
+    relay.join("alice")
+    relay.send("alice", 5, "bob")
+    relay.tick(50)
+    assert relay.core.kept.mailboxes.count("bob") == 1
+    out = relay.tick(51)
+    assert relay.core.kept.mailboxes.count("bob") == 0
+    (notice,) = _to(relay.conns["alice"], out, m.Expired)
+    assert (notice.id, notice.to, notice.reason) == (5, "bob", "expired")
+    assert not relay.join_and_get("bob", m.Mail)
+
+
+def test_an_expired_notice_waits_for_a_sender_who_is_away_then_expires_silently() -> None:
+    relay = Relay(mailbox_ttl=100.0)
+    _away(relay, "bob")
+    relay.join("alice")
+    relay.send("alice", 5, "bob")
+    relay.leave("alice")
+    relay.tick(101)
+    (notice,) = relay.join_and_get("alice", m.Expired)
+    assert notice.id == 5
+    relay.leave("alice")
+    relay.tick(101)  # the notice itself expires: nobody is told about it
+    assert relay.core.kept.mailboxes.count("alice") == 0 and relay.core.kept.mailboxes.count("bob") == 0
+
+
+def test_mail_being_handed_to_its_owner_online_does_not_expire() -> None:
+    """Its owner has it, and will ack it: telling the sender it expired would be a lie."""
+    relay = Relay(mailbox_ttl=100.0)
+    _away(relay, "bob")
+    relay.join("alice")
+    relay.send("alice", 5, "bob")
+    relay.tick(99)
+    assert len(relay.join_and_get("bob", m.Mail)) == 1
+    out = relay.tick(10)  # past its time to live, and the next sweep
+    assert not _to(relay.conns["alice"], out, m.Expired) and relay.core.kept.mailboxes.count("bob") == 1
+
+
+def test_members_and_identities_away_too_long_are_forgotten() -> None:
+    relay = Relay(mailbox_ttl=100.0, identity_ttl=1000.0)
+    _away(relay, "bob")
+    relay.join("alice")
+    relay.tick(101)
+    assert "bob" not in relay.core.kept.members and relay.core.kept.knows("bob")
+    relay.tick(1000)
+    assert not relay.core.kept.knows("bob") and relay.core.prekeys.count("bob") == 0
+    ops = [op for batch in relay.store.batches for op in batch]
+    assert m_ops(ops) >= {"ForgetMember", "ForgetIdentity"}
+    assert relay.send("alice", 1, "bob").missing == ("bob",)
+
+
+def m_ops(ops: Sequence[object]) -> set[str]:
+    return {type(op).__name__ for op in ops}
+
+
+# -- key changes -------------------------------------------------------------------------------
+
+
+def test_a_nick_registered_with_another_key_gets_no_old_mail_and_senders_are_told() -> None:
+    relay = Relay()
+    _away(relay, "bob")
+    relay.join("alice")
+    relay.send("alice", 1, "bob")
+    relay.send("alice", 2, "bob")
+    out = relay.join("bob", PrivateKey.generate())  # someone else, or bob with a new key
+    assert not _to(relay.conns["bob"], out, m.Mail)
+    notices = _to(relay.conns["alice"], out, m.Expired)
+    assert [(n.id, n.to, n.reason) for n in notices] == [(1, "bob", "key_changed"), (2, "bob", "key_changed")]
+
+
+def test_the_same_key_again_keeps_the_mailbox() -> None:
+    relay = Relay()
+    _away(relay, "bob")
+    relay.join("alice")
+    relay.send("alice", 1, "bob")
+    out = relay.join("bob")  # the same key as before
+    assert len(_to(relay.conns["bob"], out, m.Mail)) == 1 and not _to(relay.conns["alice"], out, m.Expired)
+
+
+# -- what is kept --------------------------------------------------------------------------------
+
+
+def test_every_change_is_kept_and_a_core_built_from_it_knows_the_same() -> None:
+    relay = Relay()
+    _away(relay, "bob")
+    relay.join("alice")
+    relay.say(
+        "alice", m.Publish(any_signed_prekey(), (m.OneTimePrekey(9, PrivateKey.generate().public_key),))
+    )
+    relay.join("carol")
+    relay.say("carol", m.Fetch(("alice",)))  # alice's one-time prekey is handed out: gone for good
+    relay.send("alice", 4, "bob")
+    kinds = m_ops([op for batch in relay.store.batches for op in batch])
+    assert kinds >= {"SaveIdentity", "SaveMember", "SaveBundle", "Enqueue"}
+    again = Relay(relay.store)
+    assert again.core.kept.knows("alice") and again.core.kept.knows("bob")
+    assert again.core.prekeys.count("alice") == 0
+    assert [i.message_id for i in again.core.kept.mailboxes.items("bob")] == [4]
+    out = again.join("dave")
+    assert _to(again.conns["dave"], out, m.Away) == [m.Away(("bob", "alice", "carol"))]
+    assert [i.message_id for i in again.core.kept.mailboxes.items("bob")] == [4]
+    assert isinstance(relay.store.batches[0][0], SaveIdentity | SaveBundle)
+
+
+def test_bundles_over_the_bound_forget_their_identities_and_tell_senders() -> None:
+    relay = Relay(bundles=2)
+    _away(relay, "bob")
+    relay.join("alice")
+    relay.send("alice", 1, "bob")
+    relay.join("carol")  # three bundles: bob's, the oldest offline, goes
+    assert not relay.core.kept.knows("bob")
+    ops = [op for batch in relay.store.batches for op in batch]
+    assert ForgetIdentity("bob") in ops
+    assert relay.core.kept.mailboxes.count("alice") == 1  # the notice
+    assert not any(isinstance(op, ForgetMember) for op in ops)
