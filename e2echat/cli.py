@@ -12,6 +12,7 @@ import os
 import shutil
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from nacl.public import PrivateKey
@@ -26,9 +27,10 @@ from e2echat.errors import (
     PassphraseRequired,
     UsageError,
 )
-from e2echat.options import LIMIT_FLAGS, build_parser
+from e2echat.options import LIMIT_FLAGS, build_parser, mailbox_limits
 from e2echat.relay.limits import Limits
 from e2echat.relay.server import DEFAULT_PORT, run_relay
+from e2echat.relay.sqlite_store import SqliteStore
 from e2echat.store.files import exclusive, write_private_file
 from e2echat.store.history import HISTORY_FILE, HistoryStore
 from e2echat.store.keyfile import (
@@ -68,7 +70,12 @@ EXIT_NOT_SENT = 4
 def _run_relay(args: argparse.Namespace) -> int:
     level = "WARNING" if args.quiet else args.log_level.upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    limits = Limits(**{field: getattr(args, field) for field, *_ in LIMIT_FLAGS})
+    try:
+        kept = mailbox_limits(args)
+    except ValueError as exc:
+        raise UsageError(detail=str(exc)) from None
+    given = {field: getattr(args, field) for field, *_ in LIMIT_FLAGS}
+    limits = replace(Limits(**given), **kept)
     password = _relay_password(args.password_file)
     say = (lambda text: None) if args.quiet else (lambda text: print(text, flush=True))
     key_path = Path(args.key).expanduser() if args.key else relay_key_path()
@@ -77,8 +84,17 @@ def _run_relay(args: argparse.Namespace) -> int:
         f"Its key is in {key_path}{' (made just now)' if created else ''}: keep that file, and "
         "clients know the relay again after a restart."
     )
-    serve = run_relay(args.host, args.port, say, limits=limits, password=password, key=key, key_note=note)
-    asyncio.run(serve)
+    store = SqliteStore(Path(args.store).expanduser()) if args.store else None
+    if store is not None:
+        note += f"\nWhat it knows is kept in {args.store}: people away get their messages after a restart."
+    serve = run_relay(
+        args.host, args.port, say, limits=limits, password=password, key=key, key_note=note, store=store
+    )
+    try:
+        asyncio.run(serve)
+    finally:
+        if store is not None:
+            store.close()  # closed already, unless the relay never started
     return 0
 
 

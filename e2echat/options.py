@@ -4,7 +4,9 @@ What each command does is in cli.py."""
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Callable
+from typing import Any
 
 from e2echat import __version__
 from e2echat.crypto.identity import parse_fingerprint
@@ -71,6 +73,21 @@ def build_parser() -> argparse.ArgumentParser:
             default=default,
             metavar=metavar,
             help=f"{text} (default: {default if kind is int else format(default, 'g')})",
+        )
+
+    mailboxes = relay.add_argument_group(
+        "mailboxes (messages kept for people who are away; each limit logged once when hit)"
+    )
+    mailboxes.add_argument(
+        "--store",
+        metavar="FILE",
+        help="keep known identities, prekey bundles, #lobby and mailboxes in this SQLite file, "
+        "so that they survive a restart (default: in memory only, lost when the relay stops)",
+    )
+    for flag, unit, metavar, text in MAILBOX_FLAGS:
+        shown = _shown(unit, getattr(defaults, flag))
+        mailboxes.add_argument(
+            "--" + flag.replace("_", "-"), default=shown, metavar=metavar, help=f"{text} (default: {shown})"
         )
 
     connect = commands.add_parser(
@@ -183,6 +200,89 @@ LIMIT_FLAGS: list[tuple[str, type[int] | type[float], str, str]] = [
     ("connect_rate", float, "PER_SECOND", "new connections a second from one address"),
     ("connect_burst", float, "N", "new connections allowed at once from one address above that rate"),
 ]
+
+#: the mailbox limits: (field of Limits, kind of value, metavar, help); given as text and
+#: read by ``mailbox_limits``, so that a bad value is one line, not argparse's usage
+MAILBOX_FLAGS: list[tuple[str, str, str, str]] = [
+    ("mailbox_messages", "count", "N", "messages kept for one person who is away"),
+    ("mailbox_bytes", "size", "SIZE", "bytes kept for one person who is away, e.g. 16MiB, 500KiB"),
+    ("mailbox_ttl", "duration", "TIME", "how long a message waits before its sender is told it expired: "
+     "seconds, or with s, m, h or d, e.g. 7d, 12h"),
+    ("mailbox_total", "size", "SIZE", "bytes kept in all mailboxes together, e.g. 1GiB"),
+]  # fmt: skip
+
+_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+_SIZE = re.compile(r"\s*([0-9]+)\s*(?:([kmgt]?)(?:i?b)?)\s*", re.IGNORECASE)
+_SECONDS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([smhd]?)\s*", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """Bytes: a whole number, with an optional unit K, M, G or T (powers of 1024; KiB,
+    KB and K are all 1024). Raises ValueError, with the text to show."""
+    match = _SIZE.fullmatch(text)
+    if match is None or int(match[1]) <= 0:
+        raise ValueError(
+            f"{text!r} is not a size (a whole number of bytes above 0, e.g. 500KiB, 16MiB, 1GiB)"
+        )
+    return int(match[1]) * _UNITS[match[2].lower()]
+
+
+def parse_duration(text: str) -> float:
+    """Seconds: a number, with an optional unit s, m, h or d. Raises ValueError."""
+    match = _DURATION.fullmatch(text)
+    if match is None or float(match[1]) <= 0:
+        raise ValueError(f"{text!r} is not a time (a number above 0 with s, m, h or d, e.g. 7d, 12h, 90s)")
+    return float(match[1]) * _SECONDS[match[2].lower()]
+
+
+def parse_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ValueError(f"{text!r} is not a whole number above 0")
+    return value
+
+
+def mailbox_limits(args: argparse.Namespace) -> dict[str, Any]:
+    """The mailbox limits given on the command line, as fields of ``Limits``. Raises
+    ValueError naming the option with a bad value."""
+    parsers: dict[str, Callable[[str], int | float]] = {
+        "count": parse_count,
+        "size": parse_size,
+        "duration": parse_duration,
+    }
+    limits: dict[str, Any] = {}
+    for flag, kind, _, _ in MAILBOX_FLAGS:
+        try:
+            limits[flag] = parsers[kind](getattr(args, flag))
+        except ValueError as exc:
+            raise ValueError(f"--{flag.replace('_', '-')}: {exc}") from None
+    return limits
+
+
+def _shown(kind: str, value: float) -> str:
+    """A limit's default as it would be given on the command line."""
+    if kind == "size":
+        return _size_text(int(value))
+    return _duration_text(value) if kind == "duration" else str(value)
+
+
+def _size_text(size: int) -> str:
+    for unit, name in ((1024**3, "GiB"), (1024**2, "MiB"), (1024, "KiB")):
+        if size % unit == 0:
+            return f"{size // unit}{name}"
+    return str(size)
+
+
+def _duration_text(seconds: float) -> str:
+    for unit, name in ((86400.0, "d"), (3600.0, "h"), (60.0, "m")):
+        if seconds % unit == 0:
+            return f"{seconds / unit:g}{name}"
+    return f"{seconds:g}s"
+
 
 HOME_HELP = (
     "profile directory holding your identity key and known peers "
