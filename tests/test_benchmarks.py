@@ -36,6 +36,7 @@ EXPECTED = {
     "abuse": ["quiet_p50_ms", "under_attack_p50_ms", "under_attack_p99_ms", "relay_cpu_under_attack"],
     "store": ["enqueue_per_s_b", "dequeue_per_s_b", "load_ms_b", "enqueue_full_per_s_b"],
     "history": ["start_up_s", "start_up_empty_s", "history_share_ms", "fill_rows_per_s", "bytes_per_row"],
+    "mailbox": ["queued_per_s", "online_memory_per_s", "online_store_per_s", "online_store_ratio"],
 }
 
 
