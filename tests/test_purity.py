@@ -39,6 +39,7 @@ PURE = sorted(
         "relay.intake",
         "relay.prekeys",
         "relay.kept",
+        "relay.actions",
         "relay.mailboxes",
         "relay.store",
         "relay.limits",

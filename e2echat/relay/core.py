@@ -28,6 +28,7 @@ import nacl.utils
 from nacl.public import PrivateKey
 
 from e2echat.errors import FrameTooLarge, RemoteProtocolError
+from e2echat.relay.actions import Action, Close, ConnId, Persist, Write, keep
 from e2echat.relay.intake import read_frame, refusal
 from e2echat.relay.kept import Kept
 from e2echat.relay.limits import Backlog, Flow, Limits, Sources, Unfinished, Verdict
@@ -57,52 +58,12 @@ from e2echat.wire.messages import (
     Routed,
 )
 
+# The actions are the core's answers: its users take them from here.
+__all__ = ["Action", "Close", "ConnId", "Persist", "RelayCore", "Write"]
+
 log = logging.getLogger("e2echat.relay.core")
 
-ConnId = int
 _PREFIX = struct.Struct(">I")
-
-
-@dataclass(frozen=True, slots=True)
-class Write:
-    """Bytes for the shell to write: each pair is a connection and one whole frame for it,
-    in the order they are to be written.
-
-    A send's deliveries and its ``routed`` answer go in one ``Write``; a frame for many
-    (presence, a goodbye) is the same bytes object in every pair, encoded once.
-    """
-
-    frames: list[tuple[ConnId, bytes]]
-
-
-@dataclass(frozen=True, slots=True)
-class Close:
-    """Write what is queued for ``conn``, then hang up. The core has already forgotten the
-    connection and told the others it left; ``reason`` is for the relay's log (never
-    message content)."""
-
-    conn: ConnId
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Persist:
-    """Have the store keep ``ops`` (relay/store.py), in order; once it has, write ``frames``
-    as ``Write`` would. The frames are the ones that must not be seen before the changes
-    are safe: a sender's ``routed`` that says ``queued``, say."""
-
-    ops: list[Op]
-    frames: list[tuple[ConnId, bytes]]
-
-
-Action = Write | Close | Persist
-
-
-def _keep(ops: list[Op], frames: list[tuple[ConnId, bytes]]) -> list[Action]:
-    """``frames`` once ``ops`` are kept; at once if there is nothing to keep."""
-    if ops:
-        return [Persist(ops, frames)]
-    return [Write(frames)] if frames else []
 
 
 def _frame(message: Message) -> bytes:
@@ -277,7 +238,7 @@ class RelayCore:
         if now - self._swept >= limits.sweep_interval:
             self._swept = now
             ops = self.kept.sweep(self._unix(), self.online)
-            actions += _keep(ops, self._notify())
+            actions += keep(ops, self._notify())
         for record in list(self._connections.values()):
             if record.peer is not None:
                 if now - record.since > limits.idle_timeout:
@@ -299,7 +260,7 @@ class RelayCore:
         ops: list[Op] = []
         for nick in self.online:
             ops += self.kept.leave(nick, self._unix())
-        actions = _keep(ops, [])
+        actions = keep(ops, [])
         actions.append(Write([(conn, bye) for conn in conns]))
         actions += [Close(conn, "relay shutting down") for conn in conns]
         self._closing.update(conns)
@@ -384,7 +345,7 @@ class RelayCore:
         del self._skeletons[skeleton(nick)]
         ops = self.kept.leave(nick, self._unix())
         log.info("connection #%d: %s left", conn, nick)
-        return _keep(ops, self._presence(PeerLeft(nick)) + self._notify())
+        return keep(ops, self._presence(PeerLeft(nick)) + self._notify())
 
     def _unix(self) -> float:
         """The Unix time now (as of the latest call), for what is kept."""
@@ -430,7 +391,7 @@ class RelayCore:
         # everyone before its mail.
         frames += [(conn, frame) for frame in away_frames(self.kept.away(self.online))]
         frames += self._due(nick)
-        return _keep(ops, frames + self._notify())
+        return keep(ops, frames + self._notify())
 
     def _route(self, record: _Connection, message: Routes) -> list[Action]:
         assert record.peer is not None
@@ -460,9 +421,7 @@ class RelayCore:
                 if not self.kept.knows(to):
                     missing.append(to)
                     continue
-                op = self.kept.mailboxes.put_mail(
-                    to, sender, message.id, bytes(body), self._unix()
-                )
+                op = self.kept.mailboxes.put_mail(to, sender, message.id, bytes(body), self._unix())
                 if op is None:
                     full.append(to)
                 else:
@@ -494,7 +453,7 @@ class RelayCore:
         count, ops = self.kept.publish(
             record.peer.nick, message.signed_prekey, message.one_time, replace=message.replace
         )
-        return _keep(ops, [(record.conn, _frame(Prekeys(count)))])
+        return keep(ops, [(record.conn, _frame(Prekeys(count)))])
 
     def _fetch(self, record: _Connection, message: Fetch) -> list[Action]:
         """The bundles asked for; and to each owner online whose one-time prekeys are
@@ -504,11 +463,11 @@ class RelayCore:
         frames = [(record.conn, _frame(answer))]
         frames += [(self.online[nick], _frame(Prekeys(count))) for nick, count in low.items()]
         # A one-time prekey handed out is gone for good: kept so before anyone has it.
-        return _keep(ops, frames)
+        return keep(ops, frames)
 
     def _ack(self, record: _Connection, message: Ack) -> list[Action]:
         """Mailbox items handled: gone, and the next ones sent. ``RemoteProtocolError`` for
         an ack of an item not sent (the connection is hung up on)."""
         assert record.peer is not None
         op = self.kept.mailboxes.ack(record.peer.nick, message.seq)
-        return _keep([op] if op is not None else [], self._due(record.peer.nick))
+        return keep([op] if op is not None else [], self._due(record.peer.nick))
