@@ -159,6 +159,57 @@ def test_any_delivery_order_with_drops_decrypts_each_message_once(rng: random.Ra
             fails_untouched(sessions[who], message)
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.randoms(use_true_random=False), st.integers(min_value=1, max_value=120))
+def test_open_in_chain_agrees_with_decrypt(rng: random.Random, steps: int) -> None:
+    """The fused step opens just the messages next in the current receiving chain, as
+    ``decrypt`` would (the same plaintext, the same state after), and leaves the state
+    untouched for anything else."""
+    pair = Pair()
+    in_flight: dict[str, list[bytes]] = {"alice": [], "bob": []}
+    can_send = {"alice": True, "bob": False}
+    sessions = {"alice": pair.alice, "bob": pair.bob}
+    for step in range(steps):
+        who = rng.choice(["alice", "bob"])
+        other = "bob" if who == "alice" else "alice"
+        if rng.random() < 0.5 and can_send[who]:
+            in_flight[other].append(sessions[who].encrypt(b"%d" % step))
+        elif in_flight[who]:
+            message = in_flight[who].pop(rng.randrange(len(in_flight[who])))
+            receiver = sessions[who]
+            before = receiver.to_bytes()
+            twin = Ratchet.from_bytes(before, SkippedKeys(), peer=receiver.peer)
+            fused = twin.open_in_chain(message)
+            opened = receiver.decrypt(message)
+            can_send[who] = True
+            if fused is None:
+                assert twin.to_bytes() == before
+                # late, after a gap, or under a new ratchet key (a DH step: our key pair
+                # changes, the state's bytes 2 to 34)
+                assert opened.late or opened.skipped or receiver.to_bytes()[2:34] != before[2:34]
+            else:
+                assert (fused, 0, False) == (opened.plaintext, opened.skipped, opened.late)
+                assert twin.to_bytes() == receiver.to_bytes()
+            assert receiver.open_in_chain(message) is None  # a replay: not in the chain
+            twin.close()
+
+
+def test_open_in_chain_refuses_every_tampered_byte_and_changes_nothing() -> None:
+    pair = established()
+    message = pair.alice.encrypt(b"in the current chain")
+    before = pair.bob.to_bytes()
+    for index in range(len(message)):
+        tampered = bytearray(message)
+        tampered[index] ^= 0x01 if index % 2 else 0x80
+        assert pair.bob.open_in_chain(bytes(tampered)) is None
+        assert pair.bob.to_bytes() == before, f"byte {index} changed the state"
+    for broken in (message[:-1], message + b"\x00", message[: ratchet.MIN_MESSAGE - 1], b""):
+        assert pair.bob.open_in_chain(broken) is None
+    assert pair.bob.to_bytes() == before
+    assert pair.bob.open_in_chain(message) == b"in the current chain"  # the control
+    assert pair.bob.to_bytes() != before
+
+
 def test_a_gap_within_the_bound_is_filled_late() -> None:
     pair = established()
     messages = [pair.alice.encrypt(b"%d" % n) for n in range(MAX_SKIP + 1)]

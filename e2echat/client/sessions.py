@@ -154,7 +154,7 @@ class Sessions:
                 SecurityWarning(f"dropped a message claiming to be from {sender}, who has no session with us")
             ]
         try:
-            plaintext = session.decrypt(body)
+            kind, counter, text, skipped, late, view, acks, sent, _ = session.read(body)
         except DecryptionError as exc:
             log.info("dropped a message that did not authenticate")
             return [SecurityWarning(f"{exc}; it was dropped")]
@@ -167,28 +167,25 @@ class Sessions:
                 # accepted must not replace the sessions with the key pinned.
                 self.keyring.hold(candidate)
         # The session is the one with ``sender``: the plaintext is theirs (session.py).
-        events: list[Event] = [MessagesMissing(sender, plaintext.skipped)] if plaintext.skipped else []
+        events: list[Event] = [MessagesMissing(sender, skipped)] if skipped else []
         trust = directory.trust(sender)
-        if plaintext.kind is _RECEIPT:
+        if kind is _RECEIPT:
             # A receipt from a key we do not accept confirms nothing. (Belt and braces: a
             # changed key gets no copies and a replaced session's copies fail in retire,
             # so no receipt from one can match today; this keeps it so if that changes.)
             if trust is not _CHANGED:
-                events.extend(self._tracker.acknowledged(sender, list(plaintext.acks)))
+                events.extend(self._tracker.acknowledged(sender, list(acks)))
             return events
         if trust is not _CHANGED:  # nothing is owed to a key we do not accept, even later
             owed = self.acks_due.get(sender)
             if owed is None:
-                self.acks_due[sender] = [plaintext.counter]
+                self.acks_due[sender] = [counter]
             else:
-                owed.append(plaintext.counter)
+                owed.append(counter)
             # First contact pins the key (a call per message: kept cheap when pinned).
             if directory.known_peers.exchanged(sender, session.identity_key):
                 events.append(KeyPinned(sender))
-        if plaintext.directory_hash != directory.view and directory.is_split_view(
-            sender, plaintext.directory_hash
-        ):
+        if view != directory.view and directory.is_split_view(sender, view):
             events.append(SplitView(sender))
-        private = plaintext.kind is _PRIVATE
-        events.append(MessageReceived(sender, plaintext.text, private, trust, plaintext.late, plaintext.sent))
+        events.append(MessageReceived(sender, text, kind is _PRIVATE, trust, late, sent))
         return events
