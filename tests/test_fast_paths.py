@@ -15,7 +15,8 @@ from e2echat.wire import fastpath
 from e2echat.wire import messages as m
 from e2echat.wire.binary import BODY_LENGTH, SEND_HEAD, SEND_TAG
 from e2echat.wire.codec import decode_message, encode_message
-from e2echat.wire.fastpath import decode_deliver, encode_send
+from e2echat.wire.fastpath import decode_deliver, decode_deliver_frame, encode_send
+from e2echat.wire.framing import FrameDecoder, encode_frame
 from e2echat.wire.grammar import MAX_BODY, MAX_ID, MAX_ITEMS, is_valid_nick
 
 nicks = st.text(alphabet=string.ascii_letters + string.digits + "_.-", min_size=1, max_size=32)
@@ -169,6 +170,49 @@ def test_every_single_byte_change_to_a_deliver_is_judged_as_strict_judges_it() -
 @example(payload=b"\x02\x02\x01aA")
 def test_decode_deliver_agrees_with_decode_message_on_any_bytes(payload: bytes) -> None:
     _agree(payload)
+
+
+def _framed_agree(data: bytes) -> None:
+    """``decode_deliver_frame`` reads ``data`` only if it is one whole frame, and then
+    as the frame decoder and ``decode_deliver`` would."""
+    fast = decode_deliver_frame(data)
+    if fast is not None:
+        frames = FrameDecoder().receive_data(data)
+        assert len(frames) == 1 and fast == decode_deliver(frames[0]) == _strict(frames[0]), data
+
+
+@settings(max_examples=200)
+@given(sender=nicks, body=bodies, tail=st.binary(min_size=1, max_size=8), cut=st.integers(1, 8))
+def test_decode_deliver_frame_reads_exactly_one_whole_frame(
+    sender: str, body: bytes, tail: bytes, cut: int
+) -> None:
+    frame = encode_frame(encode_message(m.Deliver(sender, body)))
+    assert decode_deliver_frame(frame) == (sender, body)
+    assert decode_deliver_frame(frame + tail) is None  # more than one frame (or a part)
+    assert decode_deliver_frame(frame[:-cut]) is None  # a frame not yet whole
+    assert decode_deliver_frame(bytearray(frame)) is None  # type: ignore[arg-type]  # not bytes: the long way
+
+
+@pytest.mark.parametrize("payload", MALFORMED.values(), ids=MALFORMED.keys())
+def test_decode_deliver_frame_refuses_what_decode_message_refuses(payload: bytes) -> None:
+    assert decode_deliver_frame(encode_frame(payload)) is None
+
+
+@settings(max_examples=500)
+@given(data=st.binary(max_size=120))
+@example(data=b"\x00\x00\x00\x05\x02\x02\x01aA")
+@example(data=b"\x00\x00\x00\x06\x02\x02\x01aA")
+def test_decode_deliver_frame_agrees_with_the_frame_decoder_on_any_bytes(data: bytes) -> None:
+    _framed_agree(data)
+
+
+def test_every_single_byte_change_to_a_deliver_frame_is_judged_as_strict_judges_it() -> None:
+    data = encode_frame(encode_message(m.Deliver("al.ice-9_", b"\x00\x01\xfe\xff body")))
+    for index in range(len(data)):
+        _framed_agree(data[:index] + data[index + 1 :])  # deleted
+        for byte in (0, 1, 2, 3, 0x20, 0x7F, 0xFF):
+            _framed_agree(data[:index] + bytes([byte]) + data[index + 1 :])  # replaced
+            _framed_agree(data[:index] + bytes([byte]) + data[index:])  # inserted
 
 
 @settings(max_examples=300)

@@ -49,7 +49,7 @@ from e2echat.crypto.session import Party
 from e2echat.errors import CommandError, E2EChatError, LocalProtocolError, RemoteProtocolError
 from e2echat.wire import messages as m
 from e2echat.wire.codec import decode_message, encode_message
-from e2echat.wire.fastpath import decode_deliver
+from e2echat.wire.fastpath import decode_deliver, decode_deliver_frame
 from e2echat.wire.framing import FrameDecoder, encode_frame
 from e2echat.wire.grammar import NICK_RULE, is_valid_nick
 
@@ -172,15 +172,21 @@ class ClientCore:
         events: list[Event] = []
         online = self.state is _ONLINE
         try:
-            for frame in self._decoder.receive_data(data):
-                # Most frames are deliveries in the relay's one canonical form: those skip
-                # the strict decoder (decode_deliver accepts nothing it would refuse).
-                fast = decode_deliver(frame) if online else None
-                if fast is not None:
-                    events += self._sessions.deliver(*fast)
-                else:
-                    events += self._handle(decode_message(frame))
-                    online = self.state is _ONLINE
+            # The usual read, one whole deliver and nothing buffered before it, is read in
+            # place; the rest is cut into frames first.
+            fast = decode_deliver_frame(data) if online and not self._decoder.buffered else None
+            if fast is not None:
+                events = self._sessions.deliver(*fast)
+            else:
+                for frame in self._decoder.receive_data(data):
+                    # Most frames are deliveries in the relay's one canonical form: those
+                    # skip the strict decoder (decode_deliver accepts nothing it would refuse).
+                    deliver = decode_deliver(frame) if online else None
+                    if deliver is not None:
+                        events += self._sessions.deliver(*deliver)
+                    else:
+                        events += self._handle(decode_message(frame))
+                        online = self.state is _ONLINE
         except E2EChatError:
             # What the earlier frames did stands: a message they settled is no longer the
             # tracker's to abandon, one they decrypted cannot be decrypted again. The UI

@@ -25,11 +25,13 @@ from __future__ import annotations
 import functools
 import math
 import re
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from e2echat.wire.binary import BODY_LENGTH, DELIVER_TAG, SEND_HEAD, SEND_TAG
 from e2echat.wire.codec import encode_record, write_number
+from e2echat.wire.framing import PREFIX_SIZE
 from e2echat.wire.grammar import (
     MAX_BODY,
     MAX_ID,
@@ -46,6 +48,7 @@ from e2echat.wire.messages import PeerInfo, Send
 __all__ = [
     "Routes",
     "decode_deliver",
+    "decode_deliver_frame",
     "deliver_head",
     "encode_directory",
     "encode_peer",
@@ -200,6 +203,31 @@ def decode_deliver(payload: bytes | bytearray | memoryview) -> tuple[str, bytes]
     if sender is None or not 0 < len(body) <= MAX_BODY:  # (none if the nick ran past the end)
         return None
     return sender, body
+
+
+def decode_deliver_frame(data: bytes) -> tuple[str, bytes] | None:
+    """``decode_deliver`` of the frame in ``data``, if ``data`` is exactly one whole frame
+    (a client's usual read): read in place, without cutting the frame out first. None
+    for anything else, which the caller then gives to its ``FrameDecoder``. (No length
+    check against MAX_FRAME is needed: a body of at most MAX_BODY keeps it far below.)"""
+    if (
+        type(data) is not bytes
+        or len(data) < _DELIVER_AT + 4
+        or data[_DELIVER_AT] != DELIVER_TAG
+        or data[_DELIVER_AT + 1] != PROTOCOL_VERSION
+        or _frame_length(data)[0] != len(data) - _DELIVER_AT
+    ):
+        return None
+    end = _DELIVER_AT + 3 + data[_DELIVER_AT + 2]
+    sender = _NICKS.get(data[_DELIVER_AT + 3 : end]) or _nick(data[_DELIVER_AT + 3 : end])
+    body = data[end:]
+    if sender is None or not 0 < len(body) <= MAX_BODY:  # (none if the nick ran past the end)
+        return None
+    return sender, body
+
+
+_DELIVER_AT = PREFIX_SIZE  # the payload, after the frame's length
+_frame_length = struct.Struct(">I").unpack_from
 
 
 # -- the relay's directory ----------------------------------------------------------------
