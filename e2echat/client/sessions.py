@@ -178,13 +178,15 @@ class Sessions:
             return events
         if trust is not _CHANGED:  # nothing is owed to a key we do not accept, even later
             owed = self.acks_due.get(sender)
-            if owed is None:
-                self.acks_due[sender] = [counter]
-            else:
+            if owed is not None:
                 owed.append(counter)
-            # First contact pins the key (a call per message: kept cheap when pinned).
-            if directory.known_peers.exchanged(sender, session.identity_key):
-                events.append(KeyPinned(sender))
+            else:
+                self.acks_due[sender] = [counter]
+                # First contact pins the key. Asked with the first message from them in
+                # each batch of receipts (about a second), not with every one: that is
+                # first contact too, and the pin's last use is kept to the day.
+                if directory.known_peers.exchanged(sender, session.identity_key):
+                    events.append(KeyPinned(sender))
         if view != directory.view and directory.is_split_view(sender, view):
             events.append(SplitView(sender))
         events.append(MessageReceived(sender, text, kind is _PRIVATE, trust, late, sent))
