@@ -21,6 +21,7 @@ from e2echat.errors import KeyFileError
 from e2echat.store import pins
 from e2echat.store.files import write_private_file
 from e2echat.store.pins import KNOWN_PEERS_FILE, PinFile
+from e2echat.wire import messages as m
 
 from support import WAIT
 
@@ -306,3 +307,29 @@ async def test_the_writer_encodes_a_copy_while_the_loop_changes_the_pins(
     changed.set()
     await store.flush(known)
     assert sizes == [1, 3]  # what there was at each save, not what the loop did meanwhile
+
+
+def test_exchanged_all_pins_and_touches_as_exchanged_does_with_one_clock_read() -> None:
+    clock = Clock()
+    reads = 0
+
+    def counted() -> float:
+        nonlocal reads
+        reads += 1
+        return clock()
+
+    one, each = KnownPeers(clock=counted), KnownPeers(clock=clock)
+    keys = {nick: PrivateKey.generate().public_key for nick in ("a", "b", "c")}
+    directory = {nick: m.PeerInfo(nick, key, PrivateKey.generate().public_key) for nick, key in keys.items()}
+    for known in (one, each):
+        known.exchanged("a", keys["a"])
+    clock.now += TOUCH_AFTER
+    reads = 0
+    assert one.exchanged_all(["a", "b", "c"], directory) == ["b", "c"]  # first contact: pinned
+    assert [each.exchanged(nick, keys[nick]) for nick in "abc"] == [False, True, True]
+    assert reads == 1 + 2  # one for the batch, one for each new pin (when it was made)
+    for nick in "abc":
+        assert one.get(nick) == each.get(nick) and one.get(nick) is not None
+    assert one.get("a").last_used == clock.now  # type: ignore[union-attr]  # touched: a day on
+    assert one.generation == each.generation
+    assert one.exchanged_all(["a", "b", "c"], directory) == []

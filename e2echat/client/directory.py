@@ -111,8 +111,7 @@ class Directory:
     def exchanged(self, nicks: list[str]) -> list[Event]:
         """We send to, or received a message from, each of ``nicks`` (online, and not with
         a changed key): pins the key of each on first contact, and says so."""
-        known, peers = self.known_peers, self.peers
-        return [KeyPinned(nick) for nick in nicks if known.exchanged(nick, peers[nick].identity_key)]
+        return [KeyPinned(nick) for nick in self.known_peers.exchanged_all(nicks, self.peers)]
 
     def remove(self, nick: str, *, had_session: bool) -> m.PeerInfo:
         """``nick`` left (or came back with other keys); their session key is retired if

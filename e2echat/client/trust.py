@@ -15,9 +15,10 @@ import base64
 import binascii
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Protocol
 
 from nacl.public import PublicKey
 
@@ -48,6 +49,13 @@ MAX_PINS = 10_000
 # How stale a pin's last use may get before an exchange records it again (and the file is
 # written again): a day, so that a busy chat does not rewrite the file for every message.
 TOUCH_AFTER = 24 * 3600.0
+
+
+class HasIdentityKey(Protocol):
+    """Anything that names an identity key (a directory entry)."""
+
+    @property
+    def identity_key(self) -> PublicKey: ...
 
 
 class DamagedPins(ValueError):
@@ -104,10 +112,28 @@ class KnownPeers:
             return True
         now = self._clock()
         if now - pin.last_used >= TOUCH_AFTER:
-            del self._pins[nick]  # to the end: most recently used
-            self._pins[nick] = Pin(pin.identity_key, pin.verified, pin.first_seen, now)
-            self.generation += 1
+            self._touch(nick, pin, now)
         return False
+
+    def exchanged_all(self, nicks: Iterable[str], keys: Mapping[str, HasIdentityKey]) -> list[str]:
+        """``exchanged`` for each of ``nicks`` under its key in ``keys`` (a room message's
+        recipients), with the clock read once: the nicks pinned now, on first contact."""
+        pins, now, pinned = self._pins, self._clock(), []
+        for nick in nicks:
+            pin = pins.get(nick)
+            if pin is None:
+                self._pin(nick, keys[nick].identity_key)
+                pinned.append(nick)
+            elif now - pin.last_used >= TOUCH_AFTER:
+                self._touch(nick, pin, now)
+        return pinned
+
+    def _touch(self, nick: str, pin: Pin, now: float) -> None:
+        """A message exchanged under ``pin`` a day or more after its last use: it moves to
+        the end (most recently used), with the use recorded."""
+        del self._pins[nick]
+        self._pins[nick] = Pin(pin.identity_key, pin.verified, pin.first_seen, now)
+        self.generation += 1
 
     def accept(self, nick: str, key: PublicKey) -> None:
         """Pin ``key`` for ``nick`` (a changed key the user accepts). Unverified."""
