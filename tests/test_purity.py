@@ -26,6 +26,7 @@ PURE = sorted(
         "client.trust",
         "client.relays",
         "client.receipts",
+        "client.pending",
         "client.events",
         "client.held",
         "client.pacing",
