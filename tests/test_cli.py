@@ -293,7 +293,7 @@ async def test_line_mode_exits_4_for_a_message_to_nobody(tmp_path: Path) -> None
     async with running_relay() as relay, peers(relay, "alice"):
         args = ("--nick", "bob", "--port", str(relay.port), "--home", str(tmp_path))
         code, out, err = await run_cli("connect", *args, stdin=b"/msg nobody x\n")
-    assert "nobody is not online" in out and "Traceback" not in err
+    assert "NOT delivered to nobody (not known to this relay)" in out and "Traceback" not in err
     assert code == 4
 
 

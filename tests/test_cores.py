@@ -30,7 +30,7 @@ from e2echat.client.core import (
     receipt_gap,
 )
 from e2echat.client.outbox import BAD_BUNDLE
-from e2echat.client.receipts import DeliveryReport
+from e2echat.client.receipts import NOT_KNOWN, DeliveryReport
 from e2echat.client.trust import Trust
 from e2echat.crypto.identity import opened_identity_proof, registration_proof, session_proof_verifies
 from e2echat.crypto.x3dh import signed_prekey_message
@@ -464,8 +464,8 @@ def test_deliver_from_someone_without_a_session_is_dropped() -> None:
 
 
 def test_disconnect_tells_the_others_and_keeps_the_session() -> None:
-    """bob leaves: everyone is told, and nothing can be sent to him; alice, who talked
-    with him, keeps their session for when he is back (the keyring outlives presence)."""
+    """bob leaves: everyone is told; alice, who talked with him, keeps their session for
+    when he is back (the keyring outlives presence), and he is a member away now."""
     wire, alice, bob, carol = _three()
     wire.meet(alice, bob)
     wire.take_all()
@@ -477,8 +477,7 @@ def test_disconnect_tells_the_others_and_keeps_the_session() -> None:
     for conn in (alice, carol):
         client = wire.clients[conn]
         assert "bob" not in client.peers
-        with pytest.raises(CommandError):
-            client.send_private("bob", "are you there?")
+        assert client._directory.away == {"bob"}
     assert wire.clients[alice].keyring.peers["bob"].to_bytes() == kept
     assert "bob" not in wire.clients[carol].keyring.peers  # they never talked
 
@@ -636,11 +635,17 @@ def test_relay_error_while_online_is_an_event() -> None:
 # -- refusals on the client side ----------------------------------------------------------
 
 
-def test_send_private_to_unknown_nick_raises() -> None:
+def test_send_private_to_a_nick_the_relay_never_knew_is_reported_and_nothing_kept() -> None:
+    """dave is not online: he may be away (the relay keeps what is sent to him), so his
+    bundle is asked for; the relay knows no dave, and the message is reported NOT
+    delivered for that, with nothing left waiting."""
     wire, alice, _, _ = _three()
-    with pytest.raises(CommandError, match="not online"):
-        wire.clients[alice].send_private("dave", "hi")
-    assert wire.clients[alice].data_to_send() == b""
+    wire.take_all()
+    message_id = wire.clients[alice].send_private("dave", "hi")
+    wire.pump()
+    reports = [e for e in wire.take(alice, receipts=True) if isinstance(e, DeliveryReport)]
+    assert reports == [DeliveryReport(message_id, True, (), (("dave", NOT_KNOWN),), "hi")]
+    assert wire.clients[alice].settled and not wire.clients[alice].deliveries.pending
 
 
 def test_send_private_to_self_raises() -> None:

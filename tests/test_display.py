@@ -25,8 +25,15 @@ from e2echat.client.core import (
     SendReport,
     SplitView,
 )
-from e2echat.client.events import ConnectionLost, Disconnected, NotSent, Queued, Reconnecting
-from e2echat.client.receipts import DeliveryReport
+from e2echat.client.events import (
+    ConnectionLost,
+    Disconnected,
+    MailReceived,
+    NotSent,
+    Queued,
+    Reconnecting,
+)
+from e2echat.client.receipts import DeliveryReport, MessageQueued
 from e2echat.client.trust import Trust
 from e2echat.ui.cells import neutralize, terminal_cells
 from e2echat.ui.render import (
@@ -214,6 +221,28 @@ _LINES: dict[str, tuple[str | None, Shown, str | None]] = {
         "warning",
         DeliveryReport(5, False, ("bob",), (("carol", "offline"), ("dave", "no receipt")), "hi"),
         f'{STAMP} !! "hi" NOT delivered to carol (offline), dave (no receipt); delivered to bob',
+    ),
+    "queued-in-a-mailbox": (
+        "notice",
+        MessageQueued(6, True, ("bob",), "see you tomorrow"),
+        f'{STAMP} -- "see you tomorrow" queued for bob (offline)',
+    ),
+    "all-queued": (None, DeliveryReport(6, True, (), (), "see you tomorrow", ("bob",)), None),
+    "mailed-today": (
+        "private",
+        MailReceived("bob", "while you slept", private=True, sent_at=NOW - 60),
+        f"{STAMP} [private] [today {time.strftime('%H:%M', time.localtime(NOW - 60))}] <bob ?> "
+        "while you slept",
+    ),
+    "mailed-yesterday": (
+        "message",
+        MailReceived("bob", "old news", private=False, sent_at=NOW - 86400),
+        f"{STAMP} [yesterday {time.strftime('%H:%M', time.localtime(NOW - 86400))}] <bob ?> old news",
+    ),
+    "mailed-last-week": (
+        "message",
+        MailReceived("bob", "older", private=False, sent_at=NOW - 7 * 86400),
+        f"{STAMP} [{time.strftime('%Y-%m-%d %H:%M', time.localtime(NOW - 7 * 86400))}] <bob ?> older",
     ),
     "late-message": (
         "message",

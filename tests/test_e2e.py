@@ -18,7 +18,8 @@ from e2echat.client.core import (
     SecurityWarning,
     SendReport,
 )
-from e2echat.client.events import Disconnected
+from e2echat.client.events import DeliveryReport, Disconnected
+from e2echat.client.receipts import NOT_KNOWN
 from e2echat.errors import CommandError, RegistrationRefused, RelayUnreachable
 from e2echat.ui.chat import Chat
 from e2echat.wire import messages as m
@@ -100,13 +101,12 @@ async def test_taken_nick_is_refused_clearly() -> None:
         await carol.connection.close()
 
 
-async def test_unknown_recipient_is_refused_by_the_client() -> None:
+async def test_unknown_recipient_is_reported_not_known_to_the_relay() -> None:
     async with running_relay() as relay, peers(relay, "alice", "bob") as (alice, _):
-        with pytest.raises(CommandError, match="ghost is not online"):
-            alice.connection.send_private("ghost", "hello?")
-        lines: list[str] = []
-        Chat(alice.connection, text_into(lines)).handle_line("/msg ghost hello?")
-        assert "ghost is not online" in lines[0]
+        message_id = alice.connection.send_private("ghost", "hello?")
+        report = await alice.next(DeliveryReport, lambda r: r.message_id == message_id)
+        assert report.failed == (("ghost", NOT_KNOWN),) and not report.delivered
+        assert not alice.connection.core.deliveries.pending
 
 
 async def test_offline_recipient_is_reported_by_the_relay() -> None:

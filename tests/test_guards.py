@@ -19,7 +19,7 @@ from e2echat.client.core import (
     SecurityWarning,
     SendReport,
 )
-from e2echat.client.receipts import OFFLINE, RECEIPT_TIMEOUT, TIMED_OUT, DeliveryReport, DeliveryTracker
+from e2echat.client.receipts import NOT_KNOWN, RECEIPT_TIMEOUT, TIMED_OUT, DeliveryReport, DeliveryTracker
 from e2echat.client.trust import KnownPeers, Trust
 from e2echat.crypto.session import MAX_TEXT
 from e2echat.errors import CommandError, RemoteProtocolError
@@ -354,7 +354,7 @@ def test_the_relays_answers_cannot_rewrite_the_reports() -> None:
     wire.deliver(alice, _frame(m.Routed(message_id, (), missing=("carol",))))
     assert wire.take(alice, receipts=True) == [
         SendReport(message_id, False, ("bob",), ("carol",)),
-        DeliveryReport(message_id, False, ("bob",), (("carol", OFFLINE),), "hello"),
+        DeliveryReport(message_id, False, ("bob",), (("carol", NOT_KNOWN),), "hello"),
     ]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from e2echat.client.receipts import (
     LEFT,
-    OFFLINE,
+    NOT_KNOWN,
     REFUSED,
     TIMED_OUT,
     DeliveryReport,
@@ -46,7 +46,7 @@ def test_the_relays_refusals_end_both_strands_in_order() -> None:
     tracker = _tracker_with_one_message()
     assert tracker.routed(7, (), ("bob",), ("carol",)) == [
         SendReport(7, False, (), ("bob", "carol")),
-        DeliveryReport(7, False, (), (("bob", OFFLINE), ("carol", REFUSED)), "hello"),
+        DeliveryReport(7, False, (), (("bob", NOT_KNOWN), ("carol", REFUSED)), "hello"),
     ]
     assert tracker.settled
 

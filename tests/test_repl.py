@@ -116,7 +116,7 @@ async def test_who_help_and_unknown_command() -> None:
         pipe.send_text("/mgs bob hi\r")
         assert "did you mean /msg?" in await screen.wait_for("unknown command /mgs")
         pipe.send_text("/msg ghost hi\r")
-        await screen.wait_for("ghost is not online")
+        await screen.wait_for("NOT delivered to ghost (not known to this relay)")
 
 
 async def test_escape_sequences_from_peers_are_neutralized() -> None:

@@ -14,7 +14,7 @@ from nacl.public import PrivateKey
 from e2echat.client.connection import Connection
 from e2echat.client.core import MessageReceived, PeerJoined, PeerLeft, Registered, RelayError
 from e2echat.client.events import ConnectionLost, NotSent, Queued, Reconnecting
-from e2echat.client.receipts import LEFT, OFFLINE, REFUSED, TIMED_OUT, DeliveryReport
+from e2echat.client.receipts import LEFT, NOT_KNOWN, REFUSED, TIMED_OUT, DeliveryReport
 from e2echat.errors import RegistrationRefused
 from e2echat.relay.server import Relay
 from e2echat.wire import messages as m
@@ -94,7 +94,7 @@ async def test_recipient_gone_offline_is_reported() -> None:
                 await asyncio.sleep(0.05)
         message_id = alice.connection.send_room("who is still here?")
         report = await alice.next(DeliveryReport, lambda r: r.message_id == message_id)
-        assert report.delivered == ("bob",) and report.failed == (("mallory", OFFLINE),)
+        assert report.delivered == ("bob",) and report.failed == (("mallory", NOT_KNOWN),)
 
 
 async def test_recipient_leaving_before_confirming_is_reported() -> None:

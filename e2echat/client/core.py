@@ -6,11 +6,15 @@ answers the relay and hands the rest to its parts: the ``Sessions`` (a session w
 peer, what arrives decrypted), the ``Directory`` (who is online, trust, views), the
 ``Outbox`` (messages and receipts out) and the ``DeliveryTracker`` (what became of each
 message sent). The asyncio shell in connection.py only moves bytes.
+
+What waited in our mailbox while we were away comes after the directory, as ``mail`` and
+``expired`` items in order: each is handled (shown, or its report made) as it is read,
+and the relay is told once per read that everything up to the last is handled (one
+``ack`` for a batch, not one an item), after which it forgets them and sends more.
 """
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Callable, Collection, Iterator
 from enum import Enum
@@ -23,6 +27,8 @@ from e2echat.client.events import (  # re-exported: the UI's vocabulary
     Event,
     KeyChanged,
     KeyPinned,
+    MailReceived,
+    MessageQueued,
     MessageReceived,
     MessagesMissing,
     PeerJoined,
@@ -38,6 +44,7 @@ from e2echat.client.events import (  # re-exported: the UI's vocabulary
 )
 from e2echat.client.outbox import RECEIPT_INTERVAL, Outbox, receipt_gap
 from e2echat.client.pacing import Pacer
+from e2echat.client.pending import PendingDeliveries
 from e2echat.client.publishing import PrekeyPublisher, signed_prekey
 from e2echat.client.receipts import RECEIPT_TIMEOUT, TIMED_OUT, DeliveryReport, DeliveryTracker, Message
 from e2echat.client.relays import RelayTrust
@@ -61,6 +68,8 @@ __all__ = [
     "Event",
     "KeyChanged",
     "KeyPinned",
+    "MailReceived",
+    "MessageQueued",
     "MessageReceived",
     "MessagesMissing",
     "PeerJoined",
@@ -104,6 +113,7 @@ class ClientCore:
         message_ids: Iterator[int] | None = None,
         keyring: Keyring | None = None,
         relay_name: str = "",
+        pending: PendingDeliveries | None = None,
     ) -> None:
         """``relay_trust`` says which relay key to answer (default: any, first contact).
         ``keyring`` holds our prekeys and sessions, which outlive this connection (a new
@@ -111,8 +121,11 @@ class ClientCore:
         relay in warnings about what it handed out.
         ``clock`` measures intervals (receipts due, views that just changed);
         ``wall_clock`` tells the time each message is sent, inside its encryption.
-        ``message_ids`` numbers the messages sent (from 1 if not given); a client that
-        reconnects passes the same one to each connection, so that no id comes twice."""
+        ``pending`` keeps our copies waiting in mailboxes, which outlive this connection
+        (a new one, in memory only, if not given).
+        ``message_ids`` numbers the messages sent (``pending``'s numbering if not given); a
+        client that reconnects passes the same one to each connection, so that no id
+        comes twice."""
         if not is_valid_nick(nick):
             raise LocalProtocolError(detail=f"invalid nick {nick!r}: {NICK_RULE}")
         self.nick = nick
@@ -137,7 +150,10 @@ class ClientCore:
         self._arrival_events: list[Event] = []  # while the directory arrives in parts
         ours = Party(nick, identity.public_key, session_key.public_key)
         self._directory = Directory(ours, known_peers if known_peers is not None else KnownPeers(), clock)
-        self.deliveries = DeliveryTracker(receipt_timeout)
+        pending = pending if pending is not None else PendingDeliveries()
+        self.deliveries = DeliveryTracker(receipt_timeout, pending)
+        # The last mailbox item handled, and the last the relay was told of.
+        self._mailbox_seq = self._acked_seq = -1
         self._sessions = Sessions(nick, self.keyring, self._directory, self.deliveries)
         self._outbox = Outbox(
             nick,
@@ -149,7 +165,7 @@ class ClientCore:
             self._pacer,
             wall_clock=wall_clock,
             notices=self._notices,
-            message_ids=message_ids if message_ids is not None else itertools.count(1),
+            message_ids=message_ids if message_ids is not None else pending.ids,
             acks_due=self._sessions.acks_due,
             relay=relay_name,
         )
@@ -193,6 +209,9 @@ class ClientCore:
             # must still hear of it, with the reports of the connection's end.
             self._notices += events
             raise
+        if self._mailbox_seq > self._acked_seq:
+            self._acked_seq = self._mailbox_seq
+            self._write(m.Ack(self._mailbox_seq))
         # Receipts owed go when due (asked here once per read, so without a call: the
         # usual answer, in a busy room, is "not yet").
         outbox = self._outbox
@@ -351,13 +370,26 @@ class ClientCore:
             if isinstance(message, m.Deliver):
                 return self._sessions.deliver(message.sender, message.body)
             if isinstance(message, m.PeerJoined):
+                self._directory.away.discard(message.peer.nick)
                 return self._sessions.joined(message.peer)
             if isinstance(message, m.PeerLeft):
-                return self._sessions.left(message.nick)
+                events = self._sessions.left(message.nick)
+                if events:  # they were online: a member still, away now
+                    self._directory.add_away((message.nick,))
+                return events
             if isinstance(message, m.Routed):
                 return self._routed(message)
             if isinstance(message, m.Bundles):
                 return self._outbox.bundles(message)
+            if isinstance(message, m.Mail):
+                self._mailbox_seq = max(self._mailbox_seq, message.seq)
+                return self._sessions.mail(message.sender, message.body)
+            if isinstance(message, m.Expired):
+                self._mailbox_seq = max(self._mailbox_seq, message.seq)
+                return list(self.deliveries.mailbox_dropped(message.id, message.to, message.reason))
+            if isinstance(message, m.Away):
+                self._directory.add_away(message.nicks)
+                return []
             if isinstance(message, m.Prekeys):
                 self._publisher.held(message.count)
                 return []
@@ -428,4 +460,14 @@ class ClientCore:
         return [Registered(self.nick, tuple(self.peers)), *events]
 
     def _routed(self, routed: m.Routed) -> list[Event]:
-        return list(self.deliveries.routed(routed.id, routed.delivered, routed.missing, routed.refused))
+        return list(
+            self.deliveries.routed(
+                routed.id,
+                routed.delivered,
+                routed.missing,
+                routed.refused,
+                routed.queued,
+                routed.full,
+                now=self._wall_clock(),
+            )
+        )

@@ -35,6 +35,9 @@ SPLIT_WARNINGS = 4096
 # or broken, and would otherwise fill our memory with entries (issue 16: an endless
 # directory stream).
 MAX_PEERS = 20_000
+# The most members away a client believes a relay has: five times MAX_PEERS (people come
+# and go within a mailbox's week). Beyond, as above, the relay is hostile or broken.
+MAX_AWAY = 100_000
 
 # Session keys of people who left, kept so that the relay cannot announce one again (and
 # replay that session's messages): only keys we had a session with (a key we never
@@ -51,6 +54,9 @@ class Directory:
         """``clock`` (monotonic seconds) times how long ago each view stopped being ours."""
         #: nick -> the keys the relay says they have, for everyone else online
         self.peers: dict[str, m.PeerInfo] = {}
+        #: the room's members the relay knows who are not online (its ``away`` list, and
+        #: whoever left since): a room message goes to their mailboxes too
+        self.away: set[str] = set()
         self.known_peers = known_peers
         # Each entry's encoding is kept, so that a join or leave only re-sorts and hashes.
         self._encoded_entries: dict[str, bytes] = {ours.nick: encode_party(ours)}
@@ -107,6 +113,16 @@ class Directory:
         if pin is not None and pin.identity_key != peer.identity_key:
             return [KeyChanged(peer.nick, fingerprint(pin.identity_key), fingerprint(peer.identity_key))]
         return []
+
+    def add_away(self, nicks: tuple[str, ...]) -> None:
+        """The relay says ``nicks`` are members away (or one of them just left). Raises
+        ``RemoteProtocolError`` beyond MAX_AWAY."""
+        self.away.update(nick for nick in nicks if nick not in self.peers)
+        if len(self.away) > MAX_AWAY:
+            raise RemoteProtocolError(
+                detail=f"the relay listed more than {MAX_AWAY:,} members away, more than a relay "
+                "keeps (a hostile or broken relay); disconnected"
+            )
 
     def exchanged(self, nicks: list[str]) -> list[Event]:
         """We send to, or received a message from, each of ``nicks`` (online, and not with

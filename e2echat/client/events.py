@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 # What became of a message we sent: re-exported, as part of the UI's vocabulary.
 from e2echat.client.receipts import DeliveryReport as DeliveryReport
+from e2echat.client.receipts import MessageQueued as MessageQueued
 from e2echat.client.receipts import SendReport as SendReport
 from e2echat.client.trust import Trust
 
@@ -79,6 +80,11 @@ class MessageReceived:
         fields["trust"], fields["late"], fields["sent_at"] = trust, late, sent_at
 
 
+@dataclass(frozen=True, init=False)
+class MailReceived(MessageReceived):
+    """A message kept in our mailbox while we were away, shown with when it was sent."""
+
+
 @dataclass(frozen=True)
 class SplitView:
     """``sender`` saw a different directory (nicks and keys) than we do."""
@@ -137,9 +143,11 @@ Event = (
     | KeyPinned
     | KeyChanged
     | MessageReceived
+    | MailReceived
     | MessagesMissing
     | SplitView
     | SendReport
+    | MessageQueued
     | DeliveryReport
     | SecurityWarning
     | RelayError

@@ -10,6 +10,11 @@ A recipient we have no session with yet gets its copy once the relay has given u
 prekey bundle: the copy waits (numbered already), one ``fetch`` asks for every such
 bundle of a message, and ``bundles`` starts the sessions and sends what waited, or
 reports it NOT delivered, loudly if the relay handed out a bundle that is not theirs.
+
+Someone away (not online: the relay keeps what is sent to them in their mailbox) gets
+copies too: in the session kept with them, if its key is the one pinned, or else after
+their bundle, whose key must be the one pinned (or, on first contact, is pinned). Such a
+copy is numbered only once its session is known (``DeliveryTracker.numbered``).
 """
 
 from __future__ import annotations
@@ -21,9 +26,9 @@ import nacl.utils
 from nacl.public import PublicKey
 
 from e2echat.client.directory import Directory
-from e2echat.client.events import Event, SecurityWarning
+from e2echat.client.events import Event, KeyPinned, SecurityWarning
 from e2echat.client.pacing import Pacer
-from e2echat.client.receipts import DeliveryTracker
+from e2echat.client.receipts import NOT_KNOWN, UNNUMBERED, DeliveryTracker
 from e2echat.client.trust import Trust
 from e2echat.crypto.keyring import Keyring
 from e2echat.crypto.session import (
@@ -63,6 +68,7 @@ PREVIEW = 40
 NO_PREKEYS = "not sent: they have published no prekeys"
 BAD_BUNDLE = "not sent: the relay gave keys for them that are not theirs"
 GONE_BEFORE_KEYS = "not sent: they left before the relay gave their keys"
+NOT_PINNED_KEY = "not sent: the relay gave another key for them than the one pinned"
 
 
 class _Waiting(NamedTuple):
@@ -70,9 +76,11 @@ class _Waiting(NamedTuple):
 
     message_id: int
     prepared: Prepared
+    #: UNNUMBERED for someone away: numbered in the session their bundle starts
     counter: int
     #: the recipient's identity key when the copy was written: the one it is meant for
-    identity_key: PublicKey
+    #: (None: someone away we never pinned; their bundle's key, pinned on first contact)
+    identity_key: PublicKey | None
 
 
 def receipt_gap() -> float:
@@ -174,6 +182,8 @@ class Outbox:
         """Encrypt ``text`` for everyone else online whose key is not in doubt (and among
         ``only``, if given). Returns the message id; ``left_out`` then names those left out."""
         recipients, blocked = self._directory.room_recipients(self._has_session)
+        away, away_blocked = self._away_members()
+        recipients, blocked = recipients + away, blocked + away_blocked
         if only is not None:
             recipients = [nick for nick in recipients if nick in only]
             blocked = [nick for nick in blocked if nick in only]
@@ -190,11 +200,49 @@ class Outbox:
     def _has_session(self, nick: str) -> bool:
         return True  # anyone online: a session is started with their bundle if need be
 
+    def _away_members(self) -> tuple[list[str], list[str]]:
+        """(the room's members away that a room message goes to, those withheld because the
+        session kept with them is under another key than the one pinned), sorted."""
+        away = self._directory.away
+        if not away:
+            return [], []
+        recipients, blocked = [], []
+        for nick in sorted(away):
+            if nick == self._our_nick or nick in self._directory.peers:
+                continue
+            session, _ = self.kept(nick)
+            kept = self._keyring.peers.get(nick)
+            if session is None and kept is not None and kept.can_send:
+                blocked.append(nick)  # a session under a key that is not the one pinned
+            else:
+                recipients.append(nick)
+        return recipients, blocked
+
+    def kept(self, nick: str) -> tuple[PeerSession | None, PublicKey | None]:
+        """For ``nick``, away: the session kept with them to send in, if it is under the key
+        pinned for them (or none is pinned); and the key a copy for them is meant for (the
+        pinned one; None if none is: their bundle's, on first contact)."""
+        pin = self._directory.known_peers.get(nick)
+        session = self._keyring.peers.get(nick)
+        if session is None or not session.can_send:
+            return None, None if pin is None else pin.identity_key
+        if pin is None or bytes(pin.identity_key) == bytes(session.identity_key):
+            return session, session.identity_key
+        return None, None if pin is None else pin.identity_key
+
     def send_private(self, recipient: str, text: str) -> int:
         if recipient == self._our_nick:
             raise CommandError(detail="that is you; /msg sends to someone else")
         if recipient not in self._directory.peers:
-            raise CommandError(detail=f"{recipient} is not online (see /who); the message was not sent")
+            # Away, or unknown to the relay (its answer says which): see _send.
+            session = self._keyring.peers.get(recipient)
+            if session is not None and session.can_send and self.kept(recipient)[0] is None:
+                raise CommandError(
+                    detail=f"not sent: the session kept with {recipient} is not under the key pinned for "
+                    f"them; nothing is sent to {recipient} until they are back online and you accept "
+                    f"their key with /trust {recipient}"
+                )
+            return self._send(text, Kind.PRIVATE, [recipient])
         if self._directory.trust(recipient) is Trust.CHANGED:
             raise CommandError(
                 detail=f"not sent: {recipient}'s key changed; nothing is sent to {recipient} until "
@@ -213,21 +261,29 @@ class Outbox:
         # The plaintext is packed once and the nonces drawn in one call (one a recipient,
         # used or not); per recipient there remain the ratchet's step and the envelope.
         prepared = prepare(text, kind, directory_hash=self._directory.view, sent=int(self._wall_clock()))
-        self._notices.extend(self._directory.exchanged(recipients))  # first contact pins the key
+        peers = self._directory.peers
+        online = [nick for nick in recipients if nick in peers]
+        self._notices.extend(self._directory.exchanged(online))  # first contact pins the key
         counters: dict[str, int] = {}
         envelopes: list[tuple[str, bytes]] = []
         fetch: list[str] = []
-        peers = self._directory.peers
         session_with = self._session_with
         for nick, nonce in zip(recipients, random_nonces(len(recipients)), strict=True):
-            session = session_with(nick)
+            identity_key: PublicKey | None
+            if nick in peers:
+                session = session_with(nick)
+                identity_key = peers[nick].identity_key
+            else:  # away
+                session, identity_key = self.kept(nick)
             if session is not None:
                 counters[nick], body = session.seal_next(prepared, nonce)
                 envelopes.append((nick, body))
                 continue
-            # No session yet: the copy is numbered now and sealed when their bundle comes.
-            identity_key = peers[nick].identity_key
-            counter = self._keyring.peer(nick, identity_key).take_counter()
+            if identity_key is not None:
+                # No session yet: the copy is numbered now and sealed when their bundle comes.
+                counter = self._keyring.peer(nick, identity_key).take_counter()
+            else:
+                counter = UNNUMBERED  # whose key it is, their bundle says
             counters[nick] = counter
             waiting = self._awaiting.setdefault(nick, [])
             # Asked for their bundle already, unless only a session we reach out with
@@ -263,15 +319,30 @@ class Outbox:
             if not waiting:
                 continue  # what waited for it was given up
             peer = self._directory.peers.get(bundle.nick)
-            # Each copy is for the key its recipient had when it was written: if the nick
-            # changed hands since, whoever has it now (and the bundle) is not who it was for.
-            key = b"" if peer is None else bytes(peer.identity_key)
-            gone = [copy for copy in waiting if bytes(copy.identity_key) != key]
+            if peer is not None or any(copy.message_id == 0 for copy in waiting):
+                # Each copy is for the key its recipient had when it was written: if the
+                # nick changed hands since, whoever has it now (and the bundle) is not who
+                # it was for. (A session we reach out with is only for someone online.)
+                key = b"" if peer is None else bytes(peer.identity_key)
+                if peer is not None and self._directory.trust(bundle.nick) is Trust.CHANGED:
+                    # Copies written while they were away are for the key pinned, not this one.
+                    unpinned = [copy for copy in waiting if copy.identity_key is None]
+                    events += self._not_sent(bundle.nick, unpinned, NOT_PINNED_KEY)
+                    waiting = [copy for copy in waiting if copy.identity_key is not None]
+            else:
+                # Away: the relay's word for their key, which must be the one pinned.
+                pin = self._directory.known_peers.get(bundle.nick)
+                key = bytes(bundle.identity_key)
+                if pin is not None and bytes(pin.identity_key) != key:
+                    events += self._not_sent(bundle.nick, waiting, NOT_PINNED_KEY)
+                    continue
+            gone = [copy for copy in waiting if _meant_for(copy) not in (key, None)]
             events += self._not_sent(bundle.nick, gone, GONE_BEFORE_KEYS)
-            waiting = [copy for copy in waiting if bytes(copy.identity_key) == key]
-            if peer is None or not waiting:
+            waiting = [copy for copy in waiting if _meant_for(copy) in (key, None)]
+            if not key or not waiting:
                 continue
-            session = self._keyring.peer(bundle.nick, peer.identity_key)
+            identity_key = peer.identity_key if peer is not None else bundle.identity_key
+            session = self._keyring.peer(bundle.nick, identity_key)
             try:
                 # Checked even if they have started a session with us meanwhile (then
                 # that one serves): a relay handing out a false bundle is news.
@@ -284,12 +355,19 @@ class Outbox:
                 events.append(self._bad_bundle(exc))
                 events += self._not_sent(bundle.nick, waiting, BAD_BUNDLE)
                 continue
+            if self._directory.known_peers.exchanged(bundle.nick, identity_key):
+                events.append(KeyPinned(bundle.nick))  # first contact with someone away
             nonces = random_nonces(len(waiting))
             for (message_id, prepared, counter, _), nonce in zip(waiting, nonces, strict=True):
+                if counter == UNNUMBERED:
+                    counter = session.take_counter()
+                    self._tracker.numbered(message_id, bundle.nick, counter)
                 body = session.seal_numbered(prepared, counter, nonce)
                 sealed.setdefault(message_id, []).append((bundle.nick, body))
         for nick in answer.missing:
-            events += self._not_sent(nick, self._answered(nick), NO_PREKEYS)
+            # Someone online has published no prekeys; someone away, the relay never knew.
+            reason = NO_PREKEYS if nick in self._directory.peers else NOT_KNOWN
+            events += self._not_sent(nick, self._answered(nick), reason)
         now = self._clock()
         for message_id, envelopes in sealed.items():
             self._outgoing.write(send_frames(message_id, envelopes), now)
@@ -353,10 +431,17 @@ class Outbox:
         self.receipts_due_at = now + receipt_gap()
         receipts: list[tuple[PeerSession, Prepared]] = []  # to whoever we have a session with
         view = self._directory.view
+        peers = self._directory.peers
         for nick, counters in self.acks_due.items():
-            session = self._session_with(nick)
-            # Nothing goes to a nick whose key changed, not even a receipt.
-            if session is None or self._directory.trust(nick) is Trust.CHANGED:
+            # Nothing goes to a nick whose key changed, not even a receipt. To someone away
+            # it goes in the session kept with them (the relay keeps it in their mailbox).
+            if nick in peers:
+                session = self._session_with(nick)
+                if session is not None and self._directory.trust(nick) is Trust.CHANGED:
+                    session = None
+            else:
+                session = self.kept(nick)[0]
+            if session is None:
                 continue
             for start in range(0, len(counters), MAX_ACKS):
                 acks = tuple(counters[start : start + MAX_ACKS])
@@ -381,6 +466,10 @@ class Outbox:
             fetch.append(nick)
         nicks.clear()
         self._fetch(fetch, self._clock())
+
+
+def _meant_for(copy: _Waiting) -> bytes | None:
+    return None if copy.identity_key is None else bytes(copy.identity_key)
 
 
 def _prekey_bundle(bundle: m.Bundle) -> PrekeyBundle:

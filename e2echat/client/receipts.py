@@ -10,19 +10,35 @@ A message's life has two strands, and ``DeliveryTracker`` follows both in one re
   nor hide a missing one. Receipts, the relay's refusals, departures, timeouts and a
   lost connection settle each copy; once every copy is settled: one ``DeliveryReport``,
   the one to trust.
+
+A copy the relay kept in an away recipient's mailbox (``queued``) leaves the message (one
+``MessageQueued`` says so) for the ``PendingDeliveries``, which outlive the connection:
+no timeout applies to it, and its receipt, whenever it comes, or the relay's ``expired``
+notice makes a ``DeliveryReport`` of its own, for that recipient, under the same id.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from e2echat.client.pending import PendingCopy, PendingDeliveries
+
 # How long a recipient has to acknowledge a message before we say it was not confirmed.
 RECEIPT_TIMEOUT = 15.0
 
-OFFLINE = "offline"
+NOT_KNOWN = "not known to this relay"
+MAILBOX_FULL = "mailbox full"
 REFUSED = "refused by the relay (too many messages, or they are not keeping up)"
 TIMED_OUT = "no receipt"
 LEFT = "left before confirming"
+# The counter of a copy not yet numbered: one for someone away, whose session (and so its
+# numbering) their prekey bundle decides. See ``DeliveryTracker.numbered``.
+UNNUMBERED = -1
+# Why the relay dropped a copy from a mailbox unread (its ``expired`` notice's reason).
+EXPIRED_REASONS = {
+    "expired": "kept unread in their mailbox until it expired",
+    "key_changed": "they came back with another key before reading it",
+}
 
 
 @dataclass(frozen=True)
@@ -45,10 +61,24 @@ class DeliveryReport:
     failed: tuple[tuple[str, str], ...]  # (nick, reason)
     #: the start of the message, so the sender knows which one this is
     preview: str = ""
+    #: kept in these recipients' mailboxes: each gets a report of its own later
+    queued: tuple[str, ...] = ()
 
     @property
     def complete(self) -> bool:
         return not self.failed
+
+
+@dataclass(frozen=True)
+class MessageQueued:
+    """The relay kept our message's copies for ``nicks`` in their mailboxes (they are
+    away): each is reported delivered when its receipt comes, whenever that is, or NOT
+    delivered if the relay drops it unread."""
+
+    message_id: int
+    private: bool
+    nicks: tuple[str, ...]
+    preview: str = ""
 
 
 @dataclass
@@ -67,13 +97,17 @@ class Message:
     #: the recipients' word
     delivered: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    queued: list[str] = field(default_factory=list)
 
 
 class DeliveryTracker:
-    """Every message we sent whose reports are not all out yet."""
+    """Every message we sent whose reports are not all out yet; and, in ``pending``, the
+    copies waiting in mailboxes (kept beyond this tracker: a ``Client`` gives each of its
+    connections the same)."""
 
-    def __init__(self, timeout: float = RECEIPT_TIMEOUT) -> None:
+    def __init__(self, timeout: float = RECEIPT_TIMEOUT, pending: PendingDeliveries | None = None) -> None:
         self.timeout = timeout
+        self.pending = pending if pending is not None else PendingDeliveries()
         #: messages the relay has not answered for yet (no SendReport so far)
         self.awaiting_relay: dict[int, Message] = {}
         #: messages some recipient has not yet accounted for (no DeliveryReport so far)
@@ -98,16 +132,66 @@ class DeliveryTracker:
         message = Message(message_id, private, preview, now, set(counters), dict(counters))
         self.awaiting_relay[message_id] = self._unconfirmed[message_id] = message
         for nick, counter in counters.items():
+            if counter != UNNUMBERED:
+                self._by_copy[(nick, counter)] = message_id
+
+    def numbered(self, message_id: int, nick: str, counter: int) -> None:
+        """The copy of ``message_id`` for ``nick``, sent UNNUMBERED, now carries ``counter``."""
+        message = self._unconfirmed.get(message_id)
+        if message is not None and message.waiting.get(nick) == UNNUMBERED:
+            message.waiting[nick] = counter
             self._by_copy[(nick, counter)] = message_id
 
     def routed(
-        self, message_id: int, forwarded: tuple[str, ...], missing: tuple[str, ...], refused: tuple[str, ...]
-    ) -> list[SendReport | DeliveryReport]:
+        self,
+        message_id: int,
+        forwarded: tuple[str, ...],
+        missing: tuple[str, ...],
+        refused: tuple[str, ...],
+        queued: tuple[str, ...] = (),
+        full: tuple[str, ...] = (),
+        *,
+        now: float = 0.0,
+    ) -> list[SendReport | DeliveryReport | MessageQueued]:
         """The relay's answer (for some or all recipients): it forwarded a copy to
-        ``forwarded``; ``missing`` were offline, ``refused`` it would not forward to."""
-        reports: list[SendReport | DeliveryReport] = self._answered(message_id, forwarded, missing + refused)
-        failures = [(nick, OFFLINE) for nick in missing] + [(nick, REFUSED) for nick in refused]
+        ``forwarded`` and kept one in the mailbox of ``queued`` (at ``now``, Unix time);
+        ``missing`` it does not know, ``refused`` it would not forward to, and the
+        mailboxes of ``full`` are full."""
+        reports: list[SendReport | DeliveryReport | MessageQueued] = []
+        reports += self._answered(message_id, forwarded + queued, missing + refused + full)
+        if queued:
+            reports += self._queued(message_id, queued, now)
+        failures = [(nick, NOT_KNOWN) for nick in missing] + [(nick, REFUSED) for nick in refused]
+        failures += [(nick, MAILBOX_FULL) for nick in full]
         return reports + self._fail(message_id, failures)
+
+    def _queued(self, message_id: int, nicks: tuple[str, ...], now: float) -> list[MessageQueued]:
+        """The copies for ``nicks`` wait in their mailboxes: kept in ``pending`` from now on."""
+        message = self._unconfirmed.get(message_id)
+        if message is None:
+            return []
+        moved = []
+        for nick in nicks:
+            counter = message.waiting.pop(nick, None)
+            if counter is None:
+                continue
+            self._by_copy.pop((nick, counter), None)
+            message.queued.append(nick)
+            moved.append(nick)
+            self.pending.add(PendingCopy(message_id, nick, counter, message.private, message.preview, now))
+        if not moved:
+            return []
+        return [MessageQueued(message_id, message.private, tuple(moved), message.preview)]
+
+    def mailbox_dropped(self, message_id: int, nick: str, reason: str) -> list[DeliveryReport]:
+        """The relay says it dropped our copy of ``message_id`` for ``nick`` from their
+        mailbox unread, for ``reason`` (a key of EXPIRED_REASONS). Its report, if the copy
+        was waiting (else the relay speaks of nothing we know: ignored)."""
+        copy = self.pending.drop(message_id, nick)
+        if copy is None:
+            return []
+        why = EXPIRED_REASONS.get(reason, reason)
+        return [DeliveryReport(message_id, copy.private, (), ((nick, why),), copy.preview)]
 
     def dropped(self, message_id: int, nick: str, reason: str) -> list[SendReport | DeliveryReport]:
         """The copy for ``nick`` was never sent (no session could be started): the relay
@@ -141,15 +225,21 @@ class DeliveryTracker:
     def acknowledged(self, nick: str, counters: list[int]) -> list[DeliveryReport]:
         """``nick`` confirmed the copies it received under ``counters``."""
         touched = set()
+        late: list[DeliveryReport] = []
         for counter in counters:
             message_id = self._by_copy.pop((nick, counter), None)
             if message_id is None:
-                continue  # unknown or already settled: a receipt cannot confirm twice
+                # Waiting in their mailbox, perhaps since an earlier run; else unknown or
+                # already settled: a receipt cannot confirm twice.
+                copy = self.pending.confirmed(nick, counter)
+                if copy is not None:
+                    late.append(DeliveryReport(copy.message_id, copy.private, (nick,), (), copy.preview))
+                continue
             message = self._unconfirmed[message_id]
             message.waiting.pop(nick, None)
             message.delivered.append(nick)
             touched.add(message_id)
-        return self._settle(touched)
+        return self._settle(touched) + late if late else self._settle(touched)
 
     def peer_left(self, nick: str) -> list[DeliveryReport]:
         waiting_on = [mid for mid, message in self._unconfirmed.items() if nick in message.waiting]
@@ -199,6 +289,7 @@ class DeliveryTracker:
                     tuple(message.delivered),
                     tuple(message.failed),
                     message.preview,
+                    tuple(message.queued),
                 )
             )
         return reports

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import logging
 
+from nacl.public import PublicKey
+
 from e2echat.client.directory import Directory
 from e2echat.client.events import (
     Event,
     KeyPinned,
+    MailReceived,
     MessageReceived,
     MessagesMissing,
     PeerJoined,
@@ -26,8 +29,8 @@ from e2echat.client.events import (
 from e2echat.client.receipts import DeliveryTracker
 from e2echat.client.trust import Trust
 from e2echat.crypto.keyring import Keyring
-from e2echat.crypto.session import PREKEY_MESSAGE, Kind, PeerSession
-from e2echat.errors import DecryptionError, RemoteProtocolError
+from e2echat.crypto.session import PREKEY_HEADER_SIZE, PREKEY_MESSAGE, Kind, PeerSession
+from e2echat.errors import DecryptionError, RemoteProtocolError, ReplayError
 from e2echat.wire import messages as m
 
 __all__ = ["Sessions"]
@@ -122,7 +125,10 @@ class Sessions:
         had_session = nick in self.keyring.peers
         self._directory.remove(nick, had_session=had_session)
         # Receipts cannot reach someone gone; what we owe them is not sent later either:
-        # their copies were reported to them as unconfirmed when they went.
+        # their copies were reported to them as unconfirmed when they went. (Nor is it
+        # sent to their mailbox: by the time it would go, they may be back and have
+        # started a new session with us, and numbers of the old one must not confirm
+        # messages of the new.)
         self.acks_due.pop(nick, None)
         return list(self._tracker.peer_left(nick))
 
@@ -191,3 +197,73 @@ class Sessions:
             events.append(SplitView(sender))
         events.append(MessageReceived(sender, text, kind is _PRIVATE, trust, late, sent))
         return events
+
+    def mail(self, sender: str, body: bytes) -> list[Event]:
+        """What ``sender`` sent while we were away (a mailbox item), decrypted into events.
+
+        As ``deliver``, but ``sender`` may be away now, not in the directory: their key is
+        the one of the session kept with them, or the one their first message names (which
+        X3DH with our prekeys authenticates, and which is checked against the pin). The
+        same message again (the relay sends again what we did not acknowledge) is dropped
+        quietly; and no split view is looked for (the sender's view was of another time)."""
+        known = self._directory.known_peers
+        session, candidate = self._mail_session(sender, body)
+        if session is None:
+            return [
+                SecurityWarning(f"dropped a message kept for us from {sender}, who has no session with us")
+            ]
+        try:
+            plaintext = session.decrypt(body)
+        except ReplayError:
+            # Read already (its key is used up): a mailbox item we had not acknowledged,
+            # sent again. Nothing to warn about: nothing new was shown.
+            log.info("dropped a mailbox item from %s read before", sender)
+            return []
+        except DecryptionError as exc:
+            log.info("dropped a mailbox item that did not authenticate")
+            return [SecurityWarning(f"{exc}; it was dropped")]
+        key = session.identity_key
+        trust = known.state(sender, key)
+        if candidate:
+            if trust is not _CHANGED:
+                self.keyring.pending.pop(sender, None)
+                self.keyring.adopt(session)
+            else:
+                self.keyring.hold(session)
+        events: list[Event] = [MessagesMissing(sender, plaintext.skipped)] if plaintext.skipped else []
+        if plaintext.kind is _RECEIPT:
+            if trust is not _CHANGED:
+                events.extend(self._tracker.acknowledged(sender, list(plaintext.acks)))
+            return events
+        if trust is not _CHANGED:
+            self.acks_due.setdefault(sender, []).append(plaintext.counter)
+            if known.exchanged(sender, key):
+                events.append(KeyPinned(sender))
+        private = plaintext.kind is _PRIVATE
+        events.append(MailReceived(sender, plaintext.text, private, trust, plaintext.late, plaintext.sent))
+        return events
+
+    def _mail_session(self, sender: str, body: bytes) -> tuple[PeerSession | None, bool]:
+        """The session a mailbox item from ``sender`` opens in, and whether it is a new one
+        (a candidate: kept only once the item authenticates)."""
+        keyring = self.keyring
+        if body[:1] == _PREKEY_TYPE and len(body) >= PREKEY_HEADER_SIZE:
+            key = PublicKey(body[1:33])  # the identity key it says it is from
+        else:
+            peer = self._directory.peers.get(sender)
+            kept = keyring.peers.get(sender) or keyring.pending.get(sender)
+            if peer is not None:
+                key = peer.identity_key
+            elif kept is not None:
+                key = kept.identity_key
+            else:
+                return None, False
+        session = keyring.get(sender, key)
+        if session is not None:
+            return session, False
+        session = keyring.unaccepted(sender, key)
+        if session is not None:
+            return session, True
+        if body[:1] == _PREKEY_TYPE:
+            return keyring.candidate(sender, key), True
+        return None, False

@@ -23,6 +23,8 @@ from e2echat.client.events import (
     Disconnected,
     KeyChanged,
     KeyPinned,
+    MailReceived,
+    MessageQueued,
     MessageReceived,
     MessagesMissing,
     NotSent,
@@ -134,6 +136,19 @@ def age_text(seconds: float) -> str:
     return f"{int(seconds // 86400)} days"
 
 
+def sent_text(sent_at: float, now: float) -> str:
+    """When a message kept for us was sent, by our calendar: "today 14:02", "yesterday
+    14:02", or "2026-12-05 14:02" (local time)."""
+    sent, today = time.localtime(sent_at), time.localtime(now)
+    minute = time.strftime("%H:%M", sent)
+    if sent[:3] == today[:3]:
+        return f"today {minute}"
+    yesterday = time.localtime(now - 86400)
+    if sent[:3] == yesterday[:3]:
+        return f"yesterday {minute}"
+    return time.strftime("%Y-%m-%d %H:%M", sent)
+
+
 def _describe(event: Shown, now: float, multiline: bool, relay: str) -> tuple[LineStyle, str] | None:
     """``event``'s look, and its text (several lines joined by newlines)."""
     newline = CONTINUATION if multiline else "\\n"
@@ -141,7 +156,11 @@ def _describe(event: Shown, now: float, multiline: bool, relay: str) -> tuple[Li
     if isinstance(event, MessageReceived):
         mark = " [private]" if event.private else ""
         mark += " [late]" if event.late else ""
-        if event.sent_at is not None and now - event.sent_at >= OLD_MESSAGE:
+        if isinstance(event, MailReceived):
+            # Kept while we were away: when it was sent (the sender's word, inside the
+            # encryption), in the header, before the sender's name.
+            mark += f" [{sent_text(event.sent_at, now)}]" if event.sent_at is not None else " [while away]"
+        elif event.sent_at is not None and now - event.sent_at >= OLD_MESSAGE:
             # In the header, before the sender's name: text a peer typed comes after it.
             mark += f" (sent {age_text(now - event.sent_at)} ago)"
         text = neutralize(event.text, newline)
@@ -196,7 +215,14 @@ def _describe(event: Shown, now: float, multiline: bool, relay: str) -> tuple[Li
         if event.count == 1:
             return "warning", f"{stamp} !! 1 message from {event.sender} is missing"
         return "warning", f"{stamp} !! {event.count} messages from {event.sender} are missing"
+    if isinstance(event, MessageQueued):
+        return (
+            "notice",
+            f'{stamp} -- "{neutralize(event.preview)}" queued for {", ".join(event.nicks)} (offline)',
+        )
     if isinstance(event, DeliveryReport):
+        if not event.delivered and not event.failed:
+            return None  # every copy waits in a mailbox: MessageQueued said so
         return ("warning" if event.failed else "notice"), delivery_line(event, stamp)
     if isinstance(event, SplitView):
         return "warning", (
