@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
+from nacl.public import PrivateKey
+
 from e2echat.client.pending import (
     ID_BLOCK,
     NUMBERS_ROW,
@@ -9,6 +14,7 @@ from e2echat.client.pending import (
     PendingCopy,
     PendingDeliveries,
 )
+from e2echat.store.sessions import SESSIONS_FILE, SessionFile
 
 
 def _saved(pending: PendingDeliveries, rows: dict[str, bytes] | None = None) -> dict[str, bytes]:
@@ -33,7 +39,7 @@ def test_copies_come_back_from_their_rows_and_are_found_by_receipt_or_by_notice(
     pending.add(_copy(2, "bob", 8))
     rows = {**_saved(pending), "peer:bob": b"not ours"}
     again = PendingDeliveries.from_rows(rows)
-    assert list(again) == list(pending)
+    assert set(again) == set(pending)
     assert again.confirmed("bob", 8) == _copy(2, "bob", 8)
     assert again.confirmed("bob", 8) is None  # a receipt confirms once
     assert again.confirmed("carol", 7) is None  # bob's number, not carol's
@@ -85,3 +91,24 @@ def test_a_damaged_row_is_dropped_not_the_rest() -> None:
         "pending:2:bob",
         "pending:x:bob",
     }
+
+
+def test_the_sessions_file_keeps_them_beside_the_keyring(tmp_path: Path) -> None:
+    identity = PrivateKey.generate()
+    path = tmp_path / SESSIONS_FILE
+    sessions = SessionFile.open(path, identity)
+    keyring = sessions.load("alice", identity)
+    pending = sessions.deliveries()
+    first = next(pending.ids)
+    pending.add(_copy(first))
+    sessions.save_soon(keyring, pending)
+    asyncio.run(sessions.flush(keyring, pending))
+    sessions.close()
+    again = SessionFile.open(path, identity)
+    try:
+        assert again.load("alice", identity).peers == {}
+        kept = again.deliveries()
+        assert list(kept) == [_copy(first)]
+        assert next(kept.ids) > first
+    finally:
+        again.close()

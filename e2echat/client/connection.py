@@ -27,6 +27,7 @@ from e2echat.client.events import (
     RelayClosing,
     RelayKeyRefused,
 )
+from e2echat.client.pending import PendingDeliveries
 from e2echat.client.receipts import RECEIPT_TIMEOUT
 from e2echat.client.relays import RelayTrust
 from e2echat.client.trust import KnownPeers
@@ -102,9 +103,11 @@ class Connection:
         message_ids: Iterator[int] | None = None,
         keyring: Keyring | None = None,
         session_file: SessionFile | None = None,
+        pending: PendingDeliveries | None = None,
     ) -> None:
-        """``keyring`` holds our prekeys and sessions (a ``Client`` passes the same one to
-        each of its connections); ``session_file`` is where they are saved, if anywhere."""
+        """``keyring`` holds our prekeys and sessions, ``pending`` our messages waiting in
+        mailboxes (a ``Client`` passes the same ones to each of its connections);
+        ``session_file`` is where both are saved, if anywhere."""
         self.host = host
         self.port = port
         self.nick = nick
@@ -122,6 +125,7 @@ class Connection:
             message_ids=message_ids,
             keyring=keyring,
             relay_name=f"{host}:{port}",
+            pending=pending,
         )
         if publish is None:
             # On its own, a connection queues its events for whoever runs it. A Client
@@ -285,7 +289,7 @@ class Connection:
         if self._pin_file is not None:
             self._pin_file.save_soon(self.core.known_peers)
         if self._session_file is not None:
-            self._session_file.save_soon(self.core.keyring)
+            self._session_file.save_soon(self.core.keyring, self.core.deliveries.pending)
 
     def _publish(self, events: list[Event]) -> None:
         for event in events:
@@ -396,7 +400,7 @@ class Connection:
                 error = exc
         if self._session_file is not None:
             try:
-                await self._session_file.flush(self.core.keyring)
+                await self._session_file.flush(self.core.keyring, self.core.deliveries.pending)
             except KeyFileError as exc:
                 error = error or exc
         if error is not None:

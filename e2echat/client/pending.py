@@ -153,7 +153,7 @@ class PendingDeliveries:
                 pending._deleted.add(name)
                 continue
             copies.append(copy)
-        for copy in sorted(copies, key=lambda c: (c.queued_at, c.message_id)):
+        for copy in sorted(copies, key=lambda c: (c.queued_at, c.message_id, c.nick)):
             key = (copy.message_id, copy.nick)
             pending._copies[key] = copy
             pending._by_counter[(copy.nick, copy.counter)] = copy

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from e2echat.client.events import (
     SendReport,
 )
 from e2echat.client.held import NOT_BACK, HeldLines
+from e2echat.client.pending import PendingDeliveries
 from e2echat.client.relays import RelayTrust
 from e2echat.client.trust import KnownPeers
 from e2echat.crypto.keyring import Keyring
@@ -85,6 +85,7 @@ class Client:
         backoff: Backoff = Backoff(),
         grace: float = OUTBOX_GRACE,
         keyring: Keyring | None = None,
+        pending: PendingDeliveries | None = None,
         **connection_options: Any,
     ) -> None:
         self.host = host
@@ -104,9 +105,11 @@ class Client:
         self._connection_options = connection_options
         #: the one queue from every connection's core to the UI
         self.events: asyncio.Queue[ClientEvent] = asyncio.Queue()
-        # One numbering for every connection's messages and the lines held between them:
-        # a report's id names one message, whichever connection it went on.
-        self._message_ids = itertools.count(1)
+        # And one record of our messages waiting in mailboxes, with one numbering for
+        # every connection's messages and the lines held between them: a report's id
+        # names one message, whichever connection (or run) it went on.
+        self.pending = pending if pending is not None else PendingDeliveries()
+        self._message_ids = self.pending.ids
         self.connection = self._make()
         self._held = HeldLines()
         self._held_changed = asyncio.Event()
@@ -128,6 +131,7 @@ class Client:
             publish=self._publish,
             message_ids=self._message_ids,
             keyring=self.keyring,
+            pending=self.pending,
             **self._connection_options,
         )
 

@@ -1,5 +1,6 @@
 """The sessions file beside the identity: the client's ``Keyring`` (prekeys and every
-session), as rows of a ``SealedStore`` sealed under a key derived from the identity key.
+session) and its ``PendingDeliveries`` (our messages waiting in mailboxes, and the message
+numbering), as rows of a ``SealedStore`` sealed under a key derived from the identity key.
 
 The core changes the keyring in memory as messages come and go; the shell calls
 ``save_soon`` after each batch of work, and only the rows that changed are written, in
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from nacl.public import PrivateKey
 
+from e2echat.client.pending import PendingDeliveries
 from e2echat.crypto.kdf import store_key
 from e2echat.crypto.keyring import Keyring
 from e2echat.errors import BadRatchetState, KeyFileError
@@ -47,21 +49,31 @@ class SessionFile:
             self._store.write_now()
         return keyring
 
-    def save_soon(self, keyring: Keyring) -> None:
-        """Write what changed in ``keyring`` in the background. Cheap when nothing did."""
-        if not keyring.changed:
-            return
-        for name, value in keyring.changes().items():
-            if value is None:
-                self._store.delete(name)
-            else:
-                self._store.put(name, value)
-        self._store.save_soon()
+    def deliveries(self) -> PendingDeliveries:
+        """Our messages waiting in mailboxes, and the numbering, as the file keeps them.
+        Raises ``KeyFileError``."""
+        return PendingDeliveries.from_rows(self._store.load())
 
-    async def flush(self, keyring: Keyring) -> None:
+    def save_soon(self, keyring: Keyring, deliveries: PendingDeliveries | None = None) -> None:
+        """Write what changed in ``keyring`` (and ``deliveries``) in the background. Cheap
+        when nothing did."""
+        changed = False
+        for rows in (keyring, deliveries):
+            if rows is None or not rows.changed:
+                continue
+            changed = True
+            for name, value in rows.changes().items():
+                if value is None:
+                    self._store.delete(name)
+                else:
+                    self._store.put(name, value)
+        if changed:
+            self._store.save_soon()
+
+    async def flush(self, keyring: Keyring, deliveries: PendingDeliveries | None = None) -> None:
         """Write everything not written yet and wait until it is on disk. Raises
         ``KeyFileError`` if that failed."""
-        self.save_soon(keyring)
+        self.save_soon(keyring, deliveries)
         await self._store.flush()
 
     def close(self) -> None:

@@ -40,6 +40,8 @@ async def join(
     anything, for the chat to say."""
     pin_file, known_peers = pins
     session_file, keyring = sessions if sessions is not None else (None, None)
+    # Our messages waiting in mailboxes, kept beside the sessions (and the numbering).
+    pending = session_file.deliveries() if session_file is not None else None
     known_relays = relay_pins.load()
     address = relay_address(host, port)
     pinned = known_relays.get(address)
@@ -55,6 +57,7 @@ async def join(
             pin_file=pin_file,
             keyring=keyring,
             session_file=session_file,
+            pending=pending,
         )
         try:
             await client.open()
