@@ -16,8 +16,8 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
-from e2echat.client.events import KeyChanged, MessageReceived, Queued
-from e2echat.client.receipts import DeliveryReport
+from e2echat.client.events import KeyChanged, MailReceived, MessageReceived, Queued
+from e2echat.client.receipts import DeliveryReport, MessageQueued
 from e2echat.ui.cells import neutralize
 
 #: the one room there is until rooms come (issue 18: "the room" is #lobby)
@@ -111,9 +111,15 @@ def _received(event: MessageReceived, now: float) -> Change:
     return Entry(conversation, True, event.sender, event.text, now, event.sent_at)
 
 
-def _reported(event: DeliveryReport, now: float) -> Change:
+def _reported(event: DeliveryReport, now: float) -> Change | None:
+    if not event.delivered and not event.failed:
+        return None  # every copy waits in a mailbox: MessageQueued said so
     state = State.DELIVERED if event.complete else State.FAILED
     return StateChange(event.message_id, state, delivery_summary(event))
+
+
+def _queued(event: MessageQueued, now: float) -> Change:
+    return StateChange(event.message_id, State.QUEUED, f"queued for {', '.join(event.nicks)} (offline)")
 
 
 def _held(event: Queued, now: float) -> Change | None:
@@ -130,7 +136,9 @@ def _key_changed(event: KeyChanged, now: float) -> Change:
 #: event type -> what the history keeps of it. Events not named here are not kept.
 RECORDERS: dict[type, Callable[[Any, float], Change | None]] = {
     MessageReceived: _received,
+    MailReceived: _received,
     DeliveryReport: _reported,
+    MessageQueued: _queued,
     Queued: _held,
     KeyChanged: _key_changed,
 }
