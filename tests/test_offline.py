@@ -1,0 +1,286 @@
+"""Offline delivery, the client's side, with the relay's mailbox frames made by hand: what
+is sent to someone away, what the relay's answers become, and the mail read on return.
+(The same through a real relay with a mailbox is in test_mailbox_e2e.py.)"""
+
+from __future__ import annotations
+
+import pytest
+from nacl.public import PrivateKey
+from test_cores import FakeWire
+
+from e2echat.client.core import ClientCore, KeyPinned, MessagesMissing, SecurityWarning
+from e2echat.client.events import DeliveryReport, MailReceived, MessageQueued
+from e2echat.client.outbox import NOT_PINNED_KEY
+from e2echat.client.pending import PendingDeliveries
+from e2echat.client.publishing import signed_prekey
+from e2echat.client.receipts import EXPIRED_REASONS, MAILBOX_FULL
+from e2echat.client.trust import KnownPeers, Trust
+from e2echat.crypto.keyring import Keyring
+from e2echat.crypto.session import Kind
+from e2echat.crypto.x3dh import PrekeyBundle
+from e2echat.errors import CommandError
+from e2echat.relay.core import ConnId
+from e2echat.wire import messages as m
+from e2echat.wire.codec import decode_message, encode_message
+from e2echat.wire.framing import FrameDecoder, encode_frame
+
+NOW = 1_700_000_000.0
+
+
+def _frame(message: m.Message) -> bytes:
+    return encode_frame(encode_message(message))
+
+
+def _written(core: ClientCore) -> list[m.Message]:
+    """What ``core`` would write to the relay now, decoded (and so not written)."""
+    return [decode_message(frame) for frame in FrameDecoder().receive_data(core.data_to_send())]
+
+
+def _envelope(written: list[m.Message], to: str) -> tuple[int, bytes]:
+    (found,) = [(s.id, e.body) for s in written if isinstance(s, m.Send) for e in s.items if e.to == to]
+    return found
+
+
+class Profile:
+    """What a client keeps between runs: identity, pins, sessions, waiting copies."""
+
+    def __init__(self, nick: str) -> None:
+        self.nick = nick
+        self.identity = PrivateKey.generate()
+        self.known_peers = KnownPeers()
+        self.keyring = Keyring.fresh(nick, self.identity, NOW)
+        self.pending = PendingDeliveries()
+        #: the sessions file's rows, as last saved
+        self.saved: dict[str, bytes] = self.keyring.rows()
+        self.keyring.changes()
+
+    def connect(self, wire: FakeWire) -> ConnId:
+        """A run of the client: everything comes back from the rows saved by the last."""
+        for source in (self.keyring, self.pending):
+            for name, value in source.changes().items():
+                if value is None:
+                    self.saved.pop(name, None)
+                else:
+                    self.saved[name] = value
+        self.keyring = Keyring.from_rows(self.nick, self.identity, self.saved, NOW)
+        self.pending = PendingDeliveries.from_rows(self.saved)
+        return wire.connect(
+            self.nick, self.identity, known_peers=self.known_peers, keyring=self.keyring, pending=self.pending
+        )
+
+
+def _two_who_met() -> tuple[FakeWire, Profile, Profile, ConnId, ConnId]:
+    wire = FakeWire()
+    alice, bob = Profile("alice"), Profile("bob")
+    alice_conn, bob_conn = alice.connect(wire), bob.connect(wire)
+    wire.meet(alice_conn, bob_conn)
+    wire.take_all()
+    return wire, alice, bob, alice_conn, bob_conn
+
+
+def _mail(seq: int, sender: str, body: bytes) -> bytes:
+    return _frame(m.Mail(seq, sender, NOW, body))
+
+
+def test_a_message_to_someone_away_is_queued_then_delivered_after_both_restarted() -> None:
+    wire, alice, bob, alice_conn, bob_conn = _two_who_met()
+    wire.hang_up(bob_conn)
+    core = wire.clients[alice_conn]
+    message_id = core.send_private("bob", "see you tomorrow")
+    _, body = _envelope(_written(core), "bob")  # in the session kept with bob: no fetch
+    wire.deliver(alice_conn, _frame(m.Routed(message_id, (), queued=("bob",))))
+    events = wire.take(alice_conn, receipts=True)
+    assert MessageQueued(message_id, True, ("bob",), "see you tomorrow") in events
+    assert not [e for e in events if isinstance(e, DeliveryReport) and (e.delivered or e.failed)]
+    assert core.settled  # nothing for the connection to wait for: no receipt timeout
+    # Both restart; bob reads his mail.
+    wire.hang_up(alice_conn)
+    alice_conn, bob_conn = alice.connect(wire), bob.connect(wire)
+    wire.take_all()
+    wire.deliver(bob_conn, _mail(7, "alice", body))
+    (shown,) = [e for e in wire.take(bob_conn) if isinstance(e, MailReceived)]
+    assert (shown.sender, shown.text, shown.private) == ("alice", "see you tomorrow", True)
+    assert shown.sent_at is not None and shown.trust is Trust.UNVERIFIED
+    written = _written(wire.clients[bob_conn])
+    assert m.Ack(7) in written
+    # The receipt reaches the restarted alice, who reports the message delivered.
+    wire.to_relay(bob_conn, b"".join(_frame(msg) for msg in written if not isinstance(msg, m.Ack)))
+    reports = [e for e in wire.take(alice_conn, receipts=True) if isinstance(e, DeliveryReport)]
+    assert reports == [DeliveryReport(message_id, True, ("bob",), (), "see you tomorrow")]
+    assert not alice.pending
+
+
+def test_mail_again_is_shown_once_quietly_and_gaps_and_late_ones_as_ever() -> None:
+    wire, _, bob, alice_conn, bob_conn = _two_who_met()
+    wire.hang_up(bob_conn)
+    core = wire.clients[alice_conn]
+    bodies = []
+    for text in ("one", "two", "three"):
+        core.send_private("bob", text)
+        bodies.append(_envelope(_written(core), "bob")[1])
+    bob_conn = bob.connect(wire)
+    wire.take_all()
+    one, two, three = bodies
+    # All in one read: the relay sends "one" twice, then "three", then "two".
+    items = [(1, one), (2, one), (3, three), (4, two)]
+    wire.deliver(bob_conn, b"".join(_mail(seq, "alice", body) for seq, body in items))
+    events = wire.take(bob_conn)
+    assert not [e for e in events if isinstance(e, SecurityWarning)]
+    shown = [(e.text, e.late) for e in events if isinstance(e, MailReceived)]
+    assert shown == [("one", False), ("three", False), ("two", True)]
+    assert MessagesMissing("alice", 1) in events
+    acks = [msg for msg in _written(wire.clients[bob_conn]) if isinstance(msg, m.Ack)]
+    assert acks == [m.Ack(4)]  # one for the read, not one an item
+    # Sent again after a reconnect (not acknowledged in time): nothing shown twice.
+    wire.deliver(bob_conn, _mail(1, "alice", one))
+    assert not [e for e in wire.take(bob_conn) if isinstance(e, MailReceived | SecurityWarning)]
+
+
+def _bundle(profile: Profile) -> m.Bundle:
+    return m.Bundle(profile.nick, profile.identity.public_key, signed_prekey(profile.keyring.prekeys), ())
+
+
+def test_first_contact_with_someone_away_goes_through_their_bundle_both_ways() -> None:
+    """carol never met dave, who is away: her message waits for his bundle (the relay
+    keeps it while he is away), pins his key, and is queued; dave, back, reads it from
+    carol, away in her turn, pins her key and owes her a receipt, sent to her mailbox."""
+    wire = FakeWire()
+    carol, dave = Profile("carol"), Profile("dave")
+    carol_conn = carol.connect(wire)
+    wire.take_all()
+    core = wire.clients[carol_conn]
+    message_id = core.send_private("dave", "hello stranger")
+    written = _written(core)
+    assert m.Fetch(("dave",)) in written and not [msg for msg in written if isinstance(msg, m.Send)]
+    wire.deliver(carol_conn, _frame(m.Bundles((_bundle(dave),), ())))
+    assert KeyPinned("dave") in wire.take(carol_conn, pins=True)
+    assert carol.known_peers.get("dave") is not None
+    sent_id, body = _envelope(_written(core), "dave")
+    assert sent_id == message_id
+    wire.deliver(carol_conn, _frame(m.Routed(message_id, (), queued=("dave",))))
+    assert len(carol.pending) == 1
+    wire.hang_up(carol_conn)
+    dave_conn = dave.connect(wire)
+    wire.take_all()
+    wire.deliver(dave_conn, _mail(1, "carol", body))
+    events = wire.take(dave_conn, pins=True)
+    assert KeyPinned("carol") in events
+    (shown,) = [e for e in events if isinstance(e, MailReceived)]
+    assert shown.text == "hello stranger"
+    receipts = [msg for msg in _written(wire.clients[dave_conn]) if isinstance(msg, m.Send)]
+    assert [envelope.to for send in receipts for envelope in send.items] == ["carol"]
+
+
+def test_a_bundle_for_someone_away_under_another_key_than_pinned_is_not_used() -> None:
+    wire, alice, _, alice_conn, bob_conn = _two_who_met()
+    wire.hang_up(bob_conn)
+    alice.keyring.forget("bob")  # no session kept: the bundle is needed, the pin stays
+    core = wire.clients[alice_conn]
+    message_id = core.send_private("bob", "is it you?")
+    impostor = Profile("bob")
+    wire.deliver(alice_conn, _frame(m.Bundles((_bundle(impostor),), ())))
+    reports = [e for e in wire.take(alice_conn, receipts=True) if isinstance(e, DeliveryReport)]
+    assert reports == [DeliveryReport(message_id, True, (), (("bob", NOT_PINNED_KEY),), "is it you?")]
+    assert not [msg for msg in _written(core) if isinstance(msg, m.Send)]
+
+
+def test_mail_under_another_key_than_pinned_is_shown_flagged_and_confirms_nothing() -> None:
+    wire, _, bob, alice_conn, bob_conn = _two_who_met()
+    wire.hang_up(bob_conn)
+    wire.hang_up(alice_conn)
+    # Someone else, as "alice", makes first contact with bob through his bundle.
+    impostor = Keyring.fresh("alice", PrivateKey.generate(), NOW)
+    session = impostor.peer("bob", bob.identity.public_key)
+    bundle = _bundle(bob)
+    session.start(
+        PrekeyBundle(
+            bundle.identity_key,
+            bundle.signed_prekey.key,
+            bundle.signed_prekey.id,
+            bundle.signed_prekey.signature,
+        )
+    )
+    body = session.encrypt("it's me, alice", Kind.PRIVATE)
+    bob_conn = bob.connect(wire)
+    wire.take_all()
+    wire.deliver(bob_conn, _mail(1, "alice", body))
+    events = wire.take(bob_conn, pins=True)
+    (shown,) = [e for e in events if isinstance(e, MailReceived)]
+    assert shown.trust is Trust.CHANGED and not [e for e in events if isinstance(e, KeyPinned)]
+    assert not [msg for msg in _written(wire.clients[bob_conn]) if isinstance(msg, m.Send)]
+
+
+def test_full_mailbox_and_expired_and_key_changed_are_each_reported_not_delivered() -> None:
+    wire, alice, _, alice_conn, bob_conn = _two_who_met()
+    wire.hang_up(bob_conn)
+    core = wire.clients[alice_conn]
+    full_id = core.send_private("bob", "no room")
+    later_id = core.send_private("bob", "too late")
+    gone_id = core.send_private("bob", "wrong key")
+    core.data_to_send()
+    wire.deliver(alice_conn, _frame(m.Routed(full_id, (), full=("bob",))))
+    for message_id in (later_id, gone_id):
+        wire.deliver(alice_conn, _frame(m.Routed(message_id, (), queued=("bob",))))
+    reports = [e for e in wire.take(alice_conn, receipts=True) if isinstance(e, DeliveryReport)]
+    assert DeliveryReport(full_id, True, (), (("bob", MAILBOX_FULL),), "no room") in reports
+    # A restart later, the relay says what became of the other two; and of one it never had.
+    wire.hang_up(alice_conn)
+    alice_conn = alice.connect(wire)
+    wire.take_all()
+    notices = [
+        m.Expired(3, later_id, "bob", "expired"),
+        m.Expired(4, gone_id, "bob", "key_changed"),
+        m.Expired(5, 999, "bob", "expired"),
+    ]
+    wire.deliver(alice_conn, b"".join(_frame(n) for n in notices))
+    reports = [e for e in wire.take(alice_conn, receipts=True) if isinstance(e, DeliveryReport)]
+    assert reports == [
+        DeliveryReport(later_id, True, (), (("bob", EXPIRED_REASONS["expired"]),), "too late"),
+        DeliveryReport(gone_id, True, (), (("bob", EXPIRED_REASONS["key_changed"]),), "wrong key"),
+    ]
+    assert [msg for msg in _written(wire.clients[alice_conn]) if isinstance(msg, m.Ack)] == [m.Ack(5)]
+    assert not alice.pending
+
+
+def test_a_room_message_goes_to_members_away_too() -> None:
+    wire, _, _, alice_conn, bob_conn = _two_who_met()
+    carol_conn = wire.connect("carol")
+    wire.take_all()
+    wire.hang_up(bob_conn)
+    wire.deliver(alice_conn, _frame(m.Away(("bob", "erin"))))
+    core = wire.clients[alice_conn]
+    message_id = core.send_room("hello all")
+    written = _written(core)
+    # bob in the session kept with him; carol (online) and erin (away), never met: their
+    # bundles first.
+    assert {e.to for s in written if isinstance(s, m.Send) for e in s.items} == {"bob"}
+    assert m.Fetch(("carol", "erin")) in written
+    wire.deliver(alice_conn, _frame(m.Routed(message_id, ("carol",), queued=("bob",))))
+    events = wire.take(alice_conn, receipts=True)
+    assert MessageQueued(message_id, False, ("bob",), "hello all") in events
+    del carol_conn
+
+
+def test_ids_go_on_from_where_they_were_after_a_restart() -> None:
+    wire, alice, _, alice_conn, _ = _two_who_met()
+    first = wire.clients[alice_conn].send_private("bob", "before")
+    wire.hang_up(alice_conn)
+    alice_conn = alice.connect(wire)
+    assert wire.clients[alice_conn].send_private("bob", "after") > first
+
+
+def test_nothing_goes_to_someone_away_in_a_session_under_a_key_no_longer_pinned() -> None:
+    """alice accepted a new key for bob (he came back with one, then left again): the
+    session kept with him is under the old key, and nothing goes in it, neither a private
+    message nor a room message's copy."""
+    wire, alice, _, alice_conn, bob_conn = _two_who_met()
+    wire.hang_up(bob_conn)
+    alice.known_peers.accept("bob", PrivateKey.generate().public_key)
+    core = wire.clients[alice_conn]
+    with pytest.raises(CommandError, match="not under the key pinned"):
+        core.send_private("bob", "secret")
+    wire.connect("carol")
+    wire.take_all()
+    core.send_room("hello all")
+    assert core.left_out == ["bob"]
+    assert "bob" not in {e.to for s in _written(core) if isinstance(s, m.Send) for e in s.items}
