@@ -7,7 +7,7 @@ decoder). Building and validating a dataclass per envelope cost more than the
 encryption itself, so:
 
 - the client writes a ``send`` with ``encode_send`` and reads a ``deliver`` with
-  ``decode_deliver``;
+  ``decode_deliver`` (and a ``mail``, JSON as ever, on its return with ``decode_mail``);
 - the relay reads a ``send`` with ``fast_routes`` (as ``Routes``: the bodies are sliced
   out, never opened; relay/intake.py charges a frame before it is read, and a send it
   refuses goes to the strict decoder, which says why) and writes each ``deliver`` as
@@ -22,6 +22,7 @@ time it is seen, and remembered (``_nick``): nicks repeat in every message.
 
 from __future__ import annotations
 
+import binascii
 import functools
 import math
 import re
@@ -49,6 +50,7 @@ __all__ = [
     "Routes",
     "decode_deliver",
     "decode_deliver_frame",
+    "decode_mail",
     "deliver_head",
     "encode_directory",
     "encode_peer",
@@ -276,3 +278,45 @@ def encode_directory(encoded_peers: Sequence[bytes], *, more: bool = False) -> b
     """``encode_message(Directory(peers, more))`` from the peers' ``encode_peer``."""
     head = b'{"v":%d,"type":"directory","peers":[' % PROTOCOL_VERSION
     return head + b",".join(encoded_peers) + (b'],"more":true}' if more else b'],"more":false}')
+
+
+# -- mail ---------------------------------------------------------------------------------
+
+# A mailbox item's time as ``write_number`` gives it (a float's repr: digits, a fraction,
+# perhaps an exponent) or as JSON may give a whole number; either reads as float() reads it.
+_TIME = rb"(?:0|[1-9][0-9]{0,15}+)(?:\.[0-9]{1,20}+)?(?:e[-+][0-9]{1,3}+)?"
+# A sequence number as JSON writes it: no sign, no leading zero, no more digits than MAX_ID.
+_SEQ = rb"0|[1-9][0-9]{0,%d}+" % (len(str(MAX_ID)) - 1)
+# The sender: any run of a nick's characters (``_nick`` then checks it against grammar.py).
+_SENDER = rb'[^"\\]{1,64}+'
+_CANONICAL_MAIL_HEAD = re.compile(
+    rb'\{"v":%d,"type":"mail","seq":(%b),"from":"(%b)","queued_at":(%b),"body":"'
+    % (PROTOCOL_VERSION, _SEQ, _SENDER, _TIME)
+)
+_MAIL_TAIL = b'"}'
+# check_time's bound: a Unix time, 0 or more, and below this
+_MAX_TIME = 2.0**40
+
+
+def decode_mail(payload: bytes | bytearray | memoryview) -> tuple[int, str, float, bytes] | None:
+    """(seq, sender, queued_at, body) if ``payload`` is a ``mail`` in the form
+    ``encode_message`` gives it and ``decode_message`` would accept it; None for anything
+    else, which the caller then hands to ``decode_message``. A returning client reads its
+    whole mailbox this way: thousands of items, one after the other."""
+    head = _CANONICAL_MAIL_HEAD.match(payload)
+    if head is None or payload[-2:] != _MAIL_TAIL:
+        return None
+    seq = int(head[1])
+    queued_at = float(head[3])
+    if seq > MAX_ID or not 0 <= queued_at < _MAX_TIME:
+        return None
+    try:
+        # What the strict decoder's ``b64decode(..., validate=True)`` calls: it refuses every
+        # byte that is not base64 (a quote, a backslash: nothing JSON would unescape).
+        body = binascii.a2b_base64(payload[head.end() : -2], strict_mode=True)
+    except (binascii.Error, ValueError):
+        return None
+    sender = _nick(bytes(head[2]))
+    if sender is None or not 0 < len(body) <= MAX_BODY:
+        return None
+    return seq, sender, queued_at, body
