@@ -56,7 +56,7 @@ from e2echat.crypto.session import Party
 from e2echat.errors import CommandError, E2EChatError, LocalProtocolError, RemoteProtocolError
 from e2echat.wire import messages as m
 from e2echat.wire.codec import decode_message, encode_message
-from e2echat.wire.fastpath import decode_deliver, decode_deliver_frame
+from e2echat.wire.fastpath import decode_deliver, decode_deliver_frame, decode_mail
 from e2echat.wire.framing import FrameDecoder, encode_frame
 from e2echat.wire.grammar import NICK_RULE, is_valid_nick
 
@@ -200,6 +200,10 @@ class ClientCore:
                     deliver = decode_deliver(frame) if online else None
                     if deliver is not None:
                         events += self._sessions.deliver(*deliver)
+                    elif online and (mail := decode_mail(frame)) is not None:
+                        # What waited in our mailbox, read the same way: on our return it
+                        # comes in thousands.
+                        events += self._mail(mail[0], mail[1], mail[3])
                     else:
                         events += self._handle(decode_message(frame))
                         online = self.state is _ONLINE
@@ -382,8 +386,7 @@ class ClientCore:
             if isinstance(message, m.Bundles):
                 return self._outbox.bundles(message)
             if isinstance(message, m.Mail):
-                self._mailbox_seq = max(self._mailbox_seq, message.seq)
-                return self._sessions.mail(message.sender, message.body)
+                return self._mail(message.seq, message.sender, message.body)
             if isinstance(message, m.Expired):
                 self._mailbox_seq = max(self._mailbox_seq, message.seq)
                 return list(self.deliveries.mailbox_dropped(message.id, message.to, message.reason))
@@ -405,6 +408,11 @@ class ClientCore:
         raise RemoteProtocolError(
             detail=f"relay sent an unexpected {message.TYPE!r} message ({self.state.value})"
         )
+
+    def _mail(self, seq: int, sender: str, body: bytes) -> list[Event]:
+        if seq > self._mailbox_seq:
+            self._mailbox_seq = seq
+        return self._sessions.mail(sender, body)
 
     def _answer_challenge(self, challenge: m.Challenge) -> list[Event]:
         trust = self._relay_trust
