@@ -42,6 +42,8 @@ log = logging.getLogger("e2echat.client.sessions")
 _PREKEY_TYPE = bytes([PREKEY_MESSAGE])
 _RECEIPT, _PRIVATE = Kind.RECEIPT, Kind.PRIVATE
 _CHANGED = Trust.CHANGED
+# Senders of mail whose trust is remembered (see Sessions._trust_in), at most.
+_TRUST_CACHE = 4096
 
 
 class Sessions:
@@ -64,6 +66,9 @@ class Sessions:
         self.acks_due: dict[str, list[int]] = {}
         #: peers who wrote to us in a session we do not have: we start a new one
         self.lost: set[str] = set()
+        # sender -> (their key, the pins' generation, its trust): a returning client reads
+        # thousands of mailbox items, and comparing keys costs more than the rest.
+        self._mail_trust: dict[str, tuple[bytes, int, Trust]] = {}
 
     def session_with(self, nick: str) -> PeerSession | None:
         """Our session with ``nick`` (under the key the directory shows), if we have one
@@ -223,7 +228,7 @@ class Sessions:
             log.info("dropped a mailbox item that did not authenticate")
             return [SecurityWarning(f"{exc}; it was dropped")]
         key = session.identity_key
-        trust = known.state(sender, key)
+        trust = self._trust_in(sender, key)
         if candidate:
             if trust is not _CHANGED:
                 self.keyring.pending.pop(sender, None)
@@ -243,15 +248,33 @@ class Sessions:
         events.append(MailReceived(sender, plaintext.text, private, trust, plaintext.late, plaintext.sent))
         return events
 
+    def _trust_in(self, sender: str, key: PublicKey) -> Trust:
+        """``known_peers.state(sender, key)``, remembered until a pin changes."""
+        known = self._directory.known_peers
+        raw = bytes(key)
+        cached = self._mail_trust.get(sender)
+        if cached is not None and cached[0] == raw and cached[1] == known.generation:
+            return cached[2]
+        if len(self._mail_trust) >= _TRUST_CACHE:
+            self._mail_trust.clear()
+        trust = known.state(sender, key)
+        self._mail_trust[sender] = (raw, known.generation, trust)
+        return trust
+
     def _mail_session(self, sender: str, body: bytes) -> tuple[PeerSession | None, bool]:
         """The session a mailbox item from ``sender`` opens in, and whether it is a new one
         (a candidate: kept only once the item authenticates)."""
         keyring = self.keyring
+        kept = keyring.peers.get(sender)
         if body[:1] == _PREKEY_TYPE and len(body) >= PREKEY_HEADER_SIZE:
-            key = PublicKey(body[1:33])  # the identity key it says it is from
+            # The identity key it says it is from (X3DH with our prekeys proves it): most
+            # often the one of the session kept with them, whose object serves.
+            claimed = body[1:33]
+            key = kept.identity_key if kept is not None and bytes(kept.identity_key) == claimed else None
+            key = key or PublicKey(claimed)
         else:
             peer = self._directory.peers.get(sender)
-            kept = keyring.peers.get(sender) or keyring.pending.get(sender)
+            kept = kept or keyring.pending.get(sender)
             if peer is not None:
                 key = peer.identity_key
             elif kept is not None:
