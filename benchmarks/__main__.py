@@ -10,7 +10,18 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import abuse, client_cost, history, latency, mailboxes, memory, scale, store, throughput
+from benchmarks import (
+    abuse,
+    client_cost,
+    drain,
+    history,
+    latency,
+    mailboxes,
+    memory,
+    scale,
+    store,
+    throughput,
+)
 from benchmarks.plan import FULL, SMOKE, Context
 from benchmarks.report import Figure, Section, integrity_total, table, write_json
 from benchmarks.system import machine, raise_open_files_limit
@@ -28,6 +39,7 @@ SECTIONS: dict[str, Callable[[Context], Section]] = {
     "store": store.store,
     "history": history.history,
     "mailbox": mailboxes.mailboxes,
+    "drain": drain.drain,
 }
 
 

@@ -51,6 +51,8 @@ class Plan:
     #: 9. history: rows in the profile's history, over this many conversations
     history_rows: int = 100_000
     history_conversations: int = 50
+    #: 10. drain: messages queued in a mailbox while its owner was away
+    drain_messages: int = 10_000
     #: worker processes for simulated clients (the machine has 2 cores; the relay needs one)
     workers: int = 2
     #: bound on any one wait for deliveries to arrive
@@ -91,6 +93,7 @@ SMOKE = Plan(
     abuse_round_trips=10,
     abuse_warmup=0.3,
     store_items=2_000,
+    drain_messages=600,
 )
 
 

@@ -37,6 +37,7 @@ EXPECTED = {
     "store": ["enqueue_per_s_b", "dequeue_per_s_b", "load_ms_b", "enqueue_full_per_s_b"],
     "history": ["start_up_s", "start_up_empty_s", "history_share_ms", "fill_rows_per_s", "bytes_per_row"],
     "mailbox": ["queued_per_s", "online_memory_per_s", "online_store_per_s", "online_store_ratio"],
+    "drain": ["drain_per_s", "drain_us_per_message"],
 }
 
 
