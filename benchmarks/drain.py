@@ -28,7 +28,7 @@ from e2echat.client.trust import KnownPeers
 from e2echat.crypto.keyring import Keyring
 from e2echat.crypto.session import Kind
 from e2echat.crypto.x3dh import PrekeyBundle
-from e2echat.relay.core import RelayCore, Write
+from e2echat.relay.core import Persist, RelayCore, Write
 from e2echat.relay.limits import Limits
 from e2echat.store.history import HISTORY_FILE, HistoryStore
 from e2echat.ui import transcript
@@ -48,14 +48,19 @@ def _registered(nick: str, identity: PrivateKey, keyring: Keyring) -> ClientCore
     relay = RelayCore(Limits(rate=1e9, burst=1e9))
     core = ClientCore(nick, identity, PrivateKey.generate(), KnownPeers(), keyring=keyring)
     frames = [
-        data for action in relay.connect(1, NOW) if isinstance(action, Write) for _, data in action.frames
+        data
+        for action in relay.connect(1, NOW)
+        if isinstance(action, Write | Persist)
+        for _, data in action.frames
     ]
     while frames:
         events = core.receive_data(b"".join(frames))
         if any(isinstance(event, Registered) for event in events):
             return core
         actions = relay.receive_data(1, core.data_to_send(), NOW)
-        frames = [data for action in actions if isinstance(action, Write) for _, data in action.frames]
+        frames = [
+            data for action in actions if isinstance(action, Write | Persist) for _, data in action.frames
+        ]
     raise RuntimeError("bob did not register")
 
 
