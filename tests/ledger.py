@@ -5,9 +5,11 @@ Record each message as it is sent (``sent``: sender, the id its report will come
 its text, and whom it was meant for), and feed the ledger every event each client shows
 (``record``). ``problems()`` then lists, for every (message, recipient) pair, whatever
 breaks the promise DESIGN.md makes: each ends either delivered (the sender's report says
-so AND the recipient was shown it exactly once) or reported NOT delivered to its sender.
-Nobody is shown a message twice, nor one nobody sent. Texts must be unique per sender
-(and at most 40 characters: reports quote a message by its first 40).
+so AND the recipient was shown it exactly once) or reported NOT delivered to its sender,
+or reported queued in the recipient's mailbox (then a later report of its own may settle
+it; until one does, the recipient may have been shown it once, or not yet). Nobody is
+shown a message twice, nor one nobody sent. Texts must be unique per sender (and at most
+40 characters: reports quote a message by its first 40).
 """
 
 from __future__ import annotations
@@ -83,31 +85,40 @@ class Ledger:
     def _check(self, message: Sent) -> list[str]:
         name = f"{message.sender}'s {message.text!r} (id {message.message_id})"
         reports, not_sent = message.reports, message.not_sent
-        if len(reports) + not_sent != 1:
+        # One report, and later ones for copies it said were queued in a mailbox; or a NotSent.
+        if (not reports and not_sent != 1) or (reports and not_sent):
             return [f"{name}: {len(reports)} reports and {not_sent} NotSent, not exactly one"]
         if not_sent:
             return []  # reported as sent to nobody at all
-        (report,) = reports
-        failed = {nick for nick, _ in report.failed}
+        delivered = Counter(nick for report in reports for nick in report.delivered)
+        failed = Counter(nick for report in reports for nick, _ in report.failed)
+        queued = {nick for report in reports for nick in report.queued}
         found = []
-        for nick in sorted(message.intended | set(report.delivered) | failed):
+        for nick in sorted(message.intended | set(delivered) | set(failed) | queued):
             times = self.shown[(nick, message.sender, message.text, message.private)]
-            if nick in report.delivered:
+            settled = delivered[nick] + failed[nick]
+            if settled > 1:
+                found.append(f"{name}: reported {settled} times for {nick}")
+            elif delivered[nick]:
                 if times != 1:
                     found.append(f"{name}: reported delivered to {nick}, who was shown it {times} times")
-            elif nick not in failed:
+            elif not failed[nick] and nick in queued:
+                if times > 1:
+                    found.append(f"{name}: queued for {nick}, who was shown it {times} times")
+            elif not failed[nick]:
                 found.append(f"{name}: SILENTLY LOST for {nick} (shown {times} times, not in the report)")
         return found
 
     def summary(self) -> str:
-        pairs = delivered = failed = 0
+        pairs = delivered = failed = queued = 0
         for message in self.messages.values():
             pairs += len(message.intended)
             for report in message.reports:
                 delivered += len(report.delivered)
                 failed += len(report.failed)
+                queued += len(report.queued)
         return (
             f"{len(self.messages)} messages sent ({len(self.refused)} more refused at once), "
             f"{pairs} (message, recipient) pairs meant; {delivered} delivered, "
-            f"{failed} reported NOT delivered"
+            f"{failed} reported NOT delivered ({queued} queued in a mailbox first)"
         )

@@ -76,6 +76,22 @@ def test_the_ledger_accepts_delivered_and_reported_and_nothing_else() -> None:
     assert len(claimed.problems()) == len(forged.problems()) == 1
 
 
+def test_the_ledger_follows_copies_queued_in_a_mailbox_to_their_own_reports() -> None:
+    def queued(message_id: int, delivered: tuple[str, ...], *waiting: str) -> DeliveryReport:
+        return DeliveryReport(message_id, False, delivered, (), "hi", waiting)
+
+    later = Ledger()  # carol was away: her copy waited, and her receipt came later
+    later.sent("alice", 1, "hi", {"bob", "carol"}, private=False)
+    later.record("bob", MessageReceived("alice", "hi", False))
+    later.record("alice", queued(1, ("bob",), "carol"))
+    assert later.problems() == []  # still waiting (not silent: alice was told)
+    later.record("carol", MessageReceived("alice", "hi", False))
+    later.record("alice", _report(1, ("carol",)))
+    assert later.problems() == []
+    later.record("alice", _report(1, (), ("carol", "expired")))
+    assert later.problems() == ["alice's 'hi' (id 1): reported 2 times for carol"]
+
+
 # -- the chaos ------------------------------------------------------------------------------------
 
 
