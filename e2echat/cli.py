@@ -254,6 +254,7 @@ async def _chat(
         password=_relay_password(args.password_file),
         accept=args.trust_relay_key,
         ask_password=_ask_password if interactive else None,
+        hold_acks=True,  # mail is acknowledged once in the history (Chat)
     )
     save_settings(directory, args.nick, args.host, args.port)
     remember_last_profile(directory)

@@ -28,6 +28,7 @@ from e2echat.client.core import (
 from e2echat.client.events import (
     ConnectionLost,
     Disconnected,
+    MailboxRead,
     MailReceived,
     NotSent,
     Queued,
@@ -228,6 +229,7 @@ _LINES: dict[str, tuple[str | None, Shown, str | None]] = {
         f'{STAMP} -- "see you tomorrow" queued for bob (offline)',
     ),
     "all-queued": (None, DeliveryReport(6, True, (), (), "see you tomorrow", ("bob",)), None),
+    "mailbox-read": (None, MailboxRead(41), None),
     "mailed-today": (
         "private",
         MailReceived("bob", "while you slept", private=True, sent_at=NOW - 60),

@@ -9,7 +9,7 @@ from nacl.public import PrivateKey
 from test_cores import FakeWire
 
 from e2echat.client.core import ClientCore, KeyPinned, MessagesMissing, SecurityWarning
-from e2echat.client.events import DeliveryReport, MailReceived, MessageQueued
+from e2echat.client.events import DeliveryReport, MailboxRead, MailReceived, MessageQueued
 from e2echat.client.outbox import NOT_PINNED_KEY
 from e2echat.client.pending import PendingDeliveries
 from e2echat.client.publishing import signed_prekey
@@ -284,3 +284,29 @@ def test_nothing_goes_to_someone_away_in_a_session_under_a_key_no_longer_pinned(
     core.send_room("hello all")
     assert core.left_out == ["bob"]
     assert "bob" not in {e.to for s in _written(core) if isinstance(s, m.Send) for e in s.items}
+
+
+def test_with_held_acknowledgements_mail_is_acknowledged_only_when_the_ui_says_so() -> None:
+    wire, _, bob, alice_conn, bob_conn = _two_who_met()
+    wire.hang_up(bob_conn)
+    core = wire.clients[alice_conn]
+    core.send_private("bob", "keep me")
+    _, body = _envelope(_written(core), "bob")
+    bob_conn = wire.connect(
+        "bob",
+        bob.identity,
+        known_peers=bob.known_peers,
+        keyring=bob.keyring,
+        pending=bob.pending,
+        hold_acks=True,
+    )
+    wire.take_all()
+    wire.deliver(bob_conn, _mail(9, "alice", body))
+    events = wire.take(bob_conn)
+    assert isinstance(events[-2], MailReceived) and events[-1] == MailboxRead(9)  # after what it covers
+    bob_core = wire.clients[bob_conn]
+    assert not [msg for msg in _written(bob_core) if isinstance(msg, m.Ack)]
+    bob_core.acknowledge(10)  # more than was read: not for this connection to say
+    bob_core.acknowledge(9)
+    bob_core.acknowledge(9)  # once is enough
+    assert [msg for msg in _written(bob_core) if isinstance(msg, m.Ack)] == [m.Ack(9)]

@@ -104,10 +104,12 @@ class Connection:
         keyring: Keyring | None = None,
         session_file: SessionFile | None = None,
         pending: PendingDeliveries | None = None,
+        hold_acks: bool = False,
     ) -> None:
         """``keyring`` holds our prekeys and sessions, ``pending`` our messages waiting in
         mailboxes (a ``Client`` passes the same ones to each of its connections);
-        ``session_file`` is where both are saved, if anywhere."""
+        ``session_file`` is where both are saved, if anywhere. ``hold_acks``: mailbox items
+        are acknowledged when the UI says they are stored (``acknowledge_mail``)."""
         self.host = host
         self.port = port
         self.nick = nick
@@ -126,6 +128,7 @@ class Connection:
             keyring=keyring,
             relay_name=f"{host}:{port}",
             pending=pending,
+            hold_acks=hold_acks,
         )
         if publish is None:
             # On its own, a connection queues its events for whoever runs it. A Client
@@ -339,6 +342,13 @@ class Connection:
         message_id = self.core.send_private(nick, text)
         self._sent()
         return message_id
+
+    def acknowledge_mail(self, seq: int) -> None:
+        """The mailbox items up to ``seq`` (a ``MailboxRead``) are stored: the relay may
+        forget them."""
+        if not self.closed:
+            self.core.acknowledge(seq)
+            self._flush()
 
     def _sent(self) -> None:
         self._settled.clear()

@@ -10,7 +10,9 @@ message sent). The asyncio shell in connection.py only moves bytes.
 What waited in our mailbox while we were away comes after the directory, as ``mail`` and
 ``expired`` items in order: each is handled (shown, or its report made) as it is read,
 and the relay is told once per read that everything up to the last is handled (one
-``ack`` for a batch, not one an item), after which it forgets them and sends more.
+``ack`` for a batch, not one an item), after which it forgets them and sends more. With
+``hold_acks`` the core only says so (``MailboxRead``), after the read's events, and the
+``ack`` waits for ``acknowledge``: the UI calls it once those events are stored.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from e2echat.client.events import (  # re-exported: the UI's vocabulary
     Event,
     KeyChanged,
     KeyPinned,
+    MailboxRead,
     MailReceived,
     MessageQueued,
     MessageReceived,
@@ -69,6 +72,7 @@ __all__ = [
     "KeyChanged",
     "KeyPinned",
     "MailReceived",
+    "MailboxRead",
     "MessageQueued",
     "MessageReceived",
     "MessagesMissing",
@@ -114,6 +118,7 @@ class ClientCore:
         keyring: Keyring | None = None,
         relay_name: str = "",
         pending: PendingDeliveries | None = None,
+        hold_acks: bool = False,
     ) -> None:
         """``relay_trust`` says which relay key to answer (default: any, first contact).
         ``keyring`` holds our prekeys and sessions, which outlive this connection (a new
@@ -122,7 +127,8 @@ class ClientCore:
         ``clock`` measures intervals (receipts due, views that just changed);
         ``wall_clock`` tells the time each message is sent, inside its encryption.
         ``pending`` keeps our copies waiting in mailboxes, which outlive this connection
-        (a new one, in memory only, if not given).
+        (a new one, in memory only, if not given). ``hold_acks``: mailbox items are
+        acknowledged by ``acknowledge``, not as soon as they are read.
         ``message_ids`` numbers the messages sent (``pending``'s numbering if not given); a
         client that reconnects passes the same one to each connection, so that no id
         comes twice."""
@@ -152,8 +158,10 @@ class ClientCore:
         self._directory = Directory(ours, known_peers if known_peers is not None else KnownPeers(), clock)
         pending = pending if pending is not None else PendingDeliveries()
         self.deliveries = DeliveryTracker(receipt_timeout, pending)
-        # The last mailbox item handled, and the last the relay was told of.
-        self._mailbox_seq = self._acked_seq = -1
+        # The last mailbox item handled, the last said in a MailboxRead, and the last the
+        # relay was told of.
+        self._mailbox_seq = self._read_seq = self._acked_seq = -1
+        self._hold_acks = hold_acks
         self._sessions = Sessions(nick, self.keyring, self._directory, self.deliveries)
         self._outbox = Outbox(
             nick,
@@ -213,9 +221,12 @@ class ClientCore:
             # must still hear of it, with the reports of the connection's end.
             self._notices += events
             raise
-        if self._mailbox_seq > self._acked_seq:
-            self._acked_seq = self._mailbox_seq
-            self._write(m.Ack(self._mailbox_seq))
+        if self._mailbox_seq > self._read_seq:
+            self._read_seq = self._mailbox_seq
+            if self._hold_acks:
+                events.append(MailboxRead(self._mailbox_seq))
+            else:
+                self.acknowledge(self._mailbox_seq)
         # Receipts owed go when due (asked here once per read, so without a call: the
         # usual answer, in a busy room, is "not yet").
         outbox = self._outbox
@@ -230,6 +241,14 @@ class ClientCore:
 
     def _write(self, message: m.Message) -> None:
         self._pacer.write(encode_frame(encode_message(message)), self._clock())
+
+    def acknowledge(self, seq: int) -> None:
+        """Every mailbox item up to ``seq`` is handled (and stored): the relay may forget
+        them. Ignored if not above what was acknowledged, or above what this connection
+        read (a ``MailboxRead`` of an earlier one: the relay sends those items again)."""
+        if self._acked_seq < seq <= self._mailbox_seq:
+            self._acked_seq = seq
+            self._write(m.Ack(seq))
 
     def ping(self) -> None:
         """Ask the relay whether it is still there (it answers with a pong)."""

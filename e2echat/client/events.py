@@ -86,6 +86,15 @@ class MailReceived(MessageReceived):
 
 
 @dataclass(frozen=True)
+class MailboxRead:
+    """Every mailbox item up to ``seq`` was handled by the core (shown as the events
+    before this one): once they are stored, ``acknowledge_mail(seq)`` lets the relay
+    forget them. Only with ``hold_acks``; nothing to show."""
+
+    seq: int
+
+
+@dataclass(frozen=True)
 class SplitView:
     """``sender`` saw a different directory (nicks and keys) than we do."""
 
@@ -144,6 +153,7 @@ Event = (
     | KeyChanged
     | MessageReceived
     | MailReceived
+    | MailboxRead
     | MessagesMissing
     | SplitView
     | SendReport

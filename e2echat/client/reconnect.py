@@ -264,6 +264,11 @@ class Client:
             return self.connection.send_private(nick, text)
         return self._hold(nick, text)
 
+    def acknowledge_mail(self, seq: int) -> None:
+        """See ``Connection.acknowledge_mail`` (a ``MailboxRead`` of an earlier connection
+        is ignored: its items come again)."""
+        self.connection.acknowledge_mail(seq)
+
     def _hold(self, recipient: str | None, text: str) -> int:
         if self.closed:
             raise CommandError(detail="not connected to the relay; the message was not sent")

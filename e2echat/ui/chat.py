@@ -17,6 +17,7 @@ from e2echat.client.events import (
     DeliveryReport,
     Disconnected,
     KeyChanged,
+    MailboxRead,
     MessageReceived,
     NotSent,
 )
@@ -76,6 +77,7 @@ class Link(Protocol):
     async def wait_sendable(self) -> None: ...
     async def wait_settled(self, timeout: float) -> bool: ...
     def give_up(self, reason: str) -> None: ...
+    def acknowledge_mail(self, seq: int) -> None: ...
 
 
 class Chat:
@@ -185,6 +187,24 @@ class Chat:
         return True
 
     # -- the history ----------------------------------------------------------------------
+
+    def _acknowledge(self, seq: int) -> None:
+        """The mail before this was shown: once it is stored too, the relay may forget it."""
+        if self.history is None:
+            self.link.acknowledge_mail(seq)
+            return
+
+        async def stored() -> None:
+            assert self.history is not None
+            try:
+                await self.history.flush()
+            except E2EChatError:
+                return  # not stored: not acknowledged (the relay sends it again)
+            self.link.acknowledge_mail(seq)
+
+        task = asyncio.create_task(stored(), name="e2echat-mail-stored")
+        self._lookups.add(task)
+        task.add_done_callback(self._lookups.discard)
 
     def _record(self, change: transcript.Change | None) -> None:
         if change is not None and self.history is not None:
@@ -332,6 +352,9 @@ class Chat:
 
     def show(self, event: Shown) -> None:
         """Show one event: its lines, each with the look its type gives it."""
+        if isinstance(event, MailboxRead):
+            self._acknowledge(event.seq)
+            return
         if isinstance(event, NotSent):
             self.unsent = True
         elif isinstance(event, DeliveryReport) and event.failed:

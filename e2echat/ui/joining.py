@@ -32,6 +32,7 @@ async def join(
     password: bytes | None,
     accept: str | None,
     ask_password: Callable[[], bytes] | None,
+    hold_acks: bool = False,
 ) -> tuple[Client, str | None]:
     """Connect and register, if the relay's key is the one pinned for its address, or the
     one with the fingerprint ``accept``, or one the user accepts when asked. With
@@ -58,6 +59,7 @@ async def join(
             keyring=keyring,
             session_file=session_file,
             pending=pending,
+            hold_acks=hold_acks,
         )
         try:
             await client.open()

@@ -23,6 +23,7 @@ from e2echat.client.events import (
     Disconnected,
     KeyChanged,
     KeyPinned,
+    MailboxRead,
     MailReceived,
     MessageQueued,
     MessageReceived,
@@ -253,7 +254,7 @@ def _describe(event: Shown, now: float, multiline: bool, relay: str) -> tuple[Li
         quoted = ", ".join(f'"{preview}"' for preview in event.previews)
         return _problem(stamp, f"NOT sent (no connection to the relay): {quoted}")
     # SendReport is the relay's word; the DeliveryReport that follows is the one to trust.
-    # Disconnected ends the chat; the front end says why.
+    # Disconnected ends the chat; the front end says why. MailboxRead is the chat's to act on.
     return None
 
 
@@ -320,8 +321,8 @@ def event_record(event: object) -> dict[str, object]:
 
 def json_lines(event: Shown) -> list[str]:
     """``event`` for ``--json``: one JSON object a line, or nothing."""
-    if isinstance(event, Disconnected | SendReport | OwnMessage):
-        return []  # the chat's end, the relay's word, and what we typed ourselves
+    if isinstance(event, Disconnected | SendReport | OwnMessage | MailboxRead):
+        return []  # the chat's end, the relay's word, what we typed ourselves, bookkeeping
     if isinstance(event, HelpText):
         return list(event.lines)  # for a person reading, as it always was
     record: dict[str, object]
