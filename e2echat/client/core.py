@@ -420,10 +420,6 @@ class ClientCore:
                 return []
             if isinstance(message, m.Pong):
                 return []
-            if isinstance(message, m.Away | m.Mail | m.Expired):
-                # Offline delivery is not read yet: mailbox items are left unacknowledged,
-                # so the relay keeps them.
-                return []
         raise RemoteProtocolError(
             detail=f"relay sent an unexpected {message.TYPE!r} message ({self.state.value})"
         )
