@@ -17,6 +17,7 @@ from e2echat.client.core import (
     Event,
     KeyChanged,
     KeyPinned,
+    MessageQueued,
     MessageReceived,
     MessagesMissing,
     PeerJoined,
@@ -603,13 +604,17 @@ def test_a_copy_waiting_for_keys_goes_to_no_one_else_under_the_nick() -> None:
     ]
 
 
-def test_recipient_gone_between_encrypt_and_route_is_reported_missing() -> None:
+def test_recipient_gone_between_encrypt_and_route_is_queued_for_her() -> None:
     wire, alice, bob, carol = _three()
     wire.take_all()
     message_id = wire.clients[alice].send_room("anyone there?")  # encrypted for bob and carol
-    wire.hang_up(carol)  # ... who leaves before the relay routes it
+    wire.hang_up(carol)  # ... who leaves before the relay routes it: it keeps her copy
     wire.pump()
-    assert wire.take(alice) == [PeerLeft("carol"), SendReport(message_id, False, ("bob",), ("carol",))]
+    assert wire.take(alice) == [
+        PeerLeft("carol"),
+        SendReport(message_id, False, ("bob", "carol"), ()),
+        MessageQueued(message_id, False, ("carol",), "anyone there?"),
+    ]
     assert wire.take(bob) == [PeerLeft("carol"), MessageReceived("alice", "anyone there?", private=False)]
     assert wire.clients[alice].pending == {}
 

@@ -241,8 +241,15 @@ class DeliveryTracker:
             touched.add(message_id)
         return self._settle(touched) + late if late else self._settle(touched)
 
-    def peer_left(self, nick: str) -> list[DeliveryReport]:
-        waiting_on = [mid for mid, message in self._unconfirmed.items() if nick in message.waiting]
+    def peer_left(self, nick: str, *, away: bool = False) -> list[DeliveryReport]:
+        """``nick``'s connection ended: copies forwarded to it and not confirmed fail.
+        ``away``: they left (they did not come back under other keys): a copy the relay
+        has not answered for yet waits for its answer (it keeps it in their mailbox)."""
+        waiting_on = [
+            mid
+            for mid, message in self._unconfirmed.items()
+            if nick in message.waiting and not (away and nick in message.unrouted)
+        ]
         return [report for mid in waiting_on for report in self._fail(mid, [(nick, LEFT)])]
 
     def expire(self, now: float) -> list[DeliveryReport]:

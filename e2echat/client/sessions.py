@@ -123,10 +123,10 @@ class Sessions:
     def left(self, nick: str) -> list[Event]:
         if nick not in self._directory.peers:
             return []
-        return [PeerLeft(nick), *self.retire(nick)]
+        return [PeerLeft(nick), *self.retire(nick, away=True)]
 
-    def retire(self, nick: str) -> list[Event]:
-        """``nick``'s directory entry ends (they left, or came back with other keys)."""
+    def retire(self, nick: str, *, away: bool = False) -> list[Event]:
+        """``nick``'s directory entry ends: they left (``away``), or came back with other keys."""
         had_session = nick in self.keyring.peers
         self._directory.remove(nick, had_session=had_session)
         # Receipts cannot reach someone gone; what we owe them is not sent later either:
@@ -135,7 +135,7 @@ class Sessions:
         # started a new session with us, and numbers of the old one must not confirm
         # messages of the new.)
         self.acks_due.pop(nick, None)
-        return list(self._tracker.peer_left(nick))
+        return list(self._tracker.peer_left(nick, away=away))
 
     # -- what arrives -----------------------------------------------------------------------
 
