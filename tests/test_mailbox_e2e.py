@@ -1,0 +1,226 @@
+"""Offline delivery end to end, through a real relay with mailboxes: what is sent to
+someone away reaches them when they are back, in order, with its send time, across
+restarts of the sender, the recipient and the relay (with its store); the sender hears
+of it then, or is told it was NOT delivered. And a relay that replays, reorders, drops or
+repeats mailbox items gets each message shown once, and its gaps reported."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from nacl.public import PrivateKey
+
+from e2echat.client.events import (
+    DeliveryReport,
+    MailReceived,
+    MessageQueued,
+    MessageReceived,
+    MessagesMissing,
+)
+from e2echat.client.pending import PendingDeliveries
+from e2echat.client.receipts import EXPIRED_REASONS, MAILBOX_FULL, NOT_KNOWN
+from e2echat.client.trust import KnownPeers
+from e2echat.crypto.keyring import Keyring
+from e2echat.relay.server import Relay
+from e2echat.relay.sqlite_store import SqliteStore
+from e2echat.store.sessions import SESSIONS_FILE, SessionFile
+from e2echat.wire import messages as m
+
+from hostile import HostileRelay
+from relay_frames import Outgoing
+from support import LOOPBACK, Peer, SecurityWarning, connect, meet, running
+
+
+class Profile:
+    """One user's profile on disk: each ``run`` is the client started afresh from it."""
+
+    def __init__(self, nick: str, home: Path) -> None:
+        self.nick = nick
+        self.identity = PrivateKey.generate()
+        self.known_peers = KnownPeers()  # (pins.json: another file, kept in memory here)
+        self.path = home / nick / SESSIONS_FILE
+
+    @contextlib.asynccontextmanager
+    async def run(self, relay: Relay) -> AsyncIterator[Peer]:
+        sessions = SessionFile.open(self.path, self.identity)
+        try:
+            keyring: Keyring = sessions.load(self.nick, self.identity)
+            pending: PendingDeliveries = sessions.deliveries()
+            peer = await connect(
+                relay,
+                self.nick,
+                self.identity,
+                self.known_peers,
+                keyring=keyring,
+                pending=pending,
+                session_file=sessions,
+            )
+            try:
+                yield peer
+            finally:
+                await peer.connection.close()  # writes the sessions file
+        finally:
+            sessions.close()
+
+
+def _relay(tmp_path: Path, key: PrivateKey, port: int = 0, **limits: Any) -> Relay:
+    return Relay(LOOPBACK, port, store=SqliteStore(tmp_path / "relay.db"), key=key, **limits)
+
+
+async def test_a_private_message_waits_for_its_recipient_across_every_restart(tmp_path: Path) -> None:
+    key = PrivateKey.generate()
+    alice, bob = Profile("alice", tmp_path), Profile("bob", tmp_path)
+    async with running(_relay(tmp_path, key)) as relay:
+        async with alice.run(relay) as a, bob.run(relay) as b:
+            await meet(a, b)
+        async with alice.run(relay) as a:
+            sent_at = time.time()
+            message_id = a.connection.send_private("bob", "see you tomorrow")
+            queued = await a.next(MessageQueued)
+            assert (queued.message_id, queued.nicks) == (message_id, ("bob",))
+    port = relay.port
+    async with running(_relay(tmp_path, key, port)) as relay:  # the relay restarted
+        async with bob.run(relay) as b:
+            shown = await b.next(MailReceived)
+            assert (shown.sender, shown.text, shown.private) == ("alice", "see you tomorrow", True)
+            assert shown.sent_at is not None and abs(shown.sent_at - sent_at) < 2
+            # his receipt waits in alice's mailbox: she is away
+    async with running(_relay(tmp_path, key, port)) as relay:
+        async with alice.run(relay) as a:
+            report = await a.next(DeliveryReport, lambda r: r.message_id == message_id)
+            assert report.delivered == ("bob",) and not report.failed
+            assert report.preview == "see you tomorrow"
+
+
+async def test_room_messages_reach_a_member_away_in_order(tmp_path: Path) -> None:
+    alice, bob, carol = (Profile(nick, tmp_path) for nick in ("alice", "bob", "carol"))
+    async with running(_relay(tmp_path, PrivateKey.generate())) as relay:
+        async with carol.run(relay):
+            pass  # carol has been in the room
+        async with alice.run(relay) as a, bob.run(relay) as b:
+            texts = [f"room line {n}" for n in range(5)]
+            for text in texts:
+                message_id = a.connection.send_room(text)
+                queued = await a.next(MessageQueued, lambda q, i=message_id: q.message_id == i)
+                assert queued.nicks == ("carol",)  # first contact through her bundle
+            for text in texts:
+                assert (await b.next(MessageReceived)).text == text
+            async with carol.run(relay) as c:
+                shown = [(await c.next(MailReceived)).text for _ in texts]
+                assert shown == texts
+                for _ in texts:
+                    report = await a.next(DeliveryReport, lambda r: "carol" in r.delivered)
+                    assert report.preview.startswith("room line")
+
+
+async def test_a_nick_the_relay_never_knew_is_reported_and_nothing_kept(tmp_path: Path) -> None:
+    alice = Profile("alice", tmp_path)
+    async with running(_relay(tmp_path, PrivateKey.generate())) as relay, alice.run(relay) as a:
+        message_id = a.connection.send_private("ghost", "hello?")
+        report = await a.next(DeliveryReport, lambda r: r.message_id == message_id)
+        assert report.failed == (("ghost", NOT_KNOWN),)
+        assert not a.connection.core.deliveries.pending
+
+
+async def test_a_full_mailbox_and_an_expired_message_are_reported_to_the_sender(tmp_path: Path) -> None:
+    alice, bob = Profile("alice", tmp_path), Profile("bob", tmp_path)
+    relay = _relay(tmp_path, PrivateKey.generate(), mailbox_messages=1, mailbox_ttl=1.0)
+    async with running(relay):
+        async with alice.run(relay) as a, bob.run(relay) as b:
+            await meet(a, b)
+        async with alice.run(relay) as a:
+            kept = a.connection.send_private("bob", "this one waits")
+            await a.next(MessageQueued)
+            refused = a.connection.send_private("bob", "no room for this")
+            report = await a.next(DeliveryReport, lambda r: r.message_id == refused)
+            assert report.failed == (("bob", MAILBOX_FULL),)
+            report = await a.next(DeliveryReport, lambda r: r.message_id == kept)
+            assert report.failed == (("bob", EXPIRED_REASONS["expired"]),)
+            assert report.preview == "this one waits"
+
+
+def _replay_mailbox() -> Any:
+    """A tamper for bob's mail: each item sent twice, the second held back until after the
+    third, the fourth dropped."""
+    held: list[Outgoing] = []
+    count = 0
+
+    def tamper(relay: HostileRelay, action: Outgoing) -> list[Outgoing]:
+        nonlocal count
+        if not isinstance(action.message, m.Mail) or relay.nick(action.conn) != "bob":
+            return [action]
+        index, count = count, count + 1
+        if index == 3:
+            return []
+        if index == 1:
+            held.append(action)
+            return []
+        out = [action, action, *held, *held]
+        held.clear()
+        return out
+
+    return tamper
+
+
+async def test_a_relay_replaying_reordering_and_dropping_mail_shows_each_once_with_gaps(
+    tmp_path: Path,
+) -> None:
+    alice, bob = Profile("alice", tmp_path), Profile("bob", tmp_path)
+    hostile = HostileRelay(_replay_mailbox())
+    async with running(hostile) as relay:
+        async with alice.run(relay) as a, bob.run(relay) as b:
+            await meet(a, b)
+        async with alice.run(relay) as a:
+            for n in range(5):
+                a.connection.send_private("bob", f"line {n}")
+                await a.next(MessageQueued)
+        async with bob.run(relay) as b:
+            shown: list[str] = []
+            missing = 0
+            while len(shown) < 4:
+                event = await b.next_delivery()
+                assert not isinstance(event, SecurityWarning), event
+                if isinstance(event, MessagesMissing):
+                    missing += event.count
+                elif isinstance(event, MailReceived):
+                    shown.append(event.text)
+            assert sorted(shown) == ["line 0", "line 1", "line 2", "line 4"]
+            assert missing >= 1  # the one dropped is reported missing
+
+
+async def test_mail_replayed_on_a_later_connection_is_shown_once_quietly(tmp_path: Path) -> None:
+    """The relay keeps a copy of bob's mail after he acknowledged it, and plays it to him
+    again before the next item on his next connection (as after a restart that lost his
+    acknowledgement): nothing is shown twice, and no warning for an exact repeat."""
+    alice, bob = Profile("alice", tmp_path), Profile("bob", tmp_path)
+    seen: dict[int, Outgoing] = {}
+
+    def replay(relay: HostileRelay, action: Outgoing) -> list[Outgoing]:
+        message = action.message
+        if not isinstance(message, m.Mail) or relay.nick(action.conn) != "bob":
+            return [action]
+        if message.seq in seen:
+            return [action]
+        replayed = [Outgoing(action.conn, old.message) for old in seen.values()]
+        seen[message.seq] = action
+        return [*replayed, action]
+
+    async with running(HostileRelay(replay)) as relay:
+        async with alice.run(relay) as a, bob.run(relay) as b:
+            await meet(a, b)
+        async with alice.run(relay) as a:
+            a.connection.send_private("bob", "only once")
+            await a.next(MessageQueued)
+        async with bob.run(relay) as b:
+            assert (await b.next(MailReceived)).text == "only once"
+        async with alice.run(relay) as a:
+            a.connection.send_private("bob", "and then this")
+            await a.next(MessageQueued)
+        async with bob.run(relay) as b:
+            assert (await b.next(MailReceived)).text == "and then this"
+            assert not [e for e in b.seen if isinstance(e, SecurityWarning)]
+            assert [e.text for e in b.seen if isinstance(e, MessageReceived)] == ["and then this"]
