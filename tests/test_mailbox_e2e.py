@@ -6,6 +6,7 @@ repeats mailbox items gets each message shown once, and its gaps reported."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
@@ -20,6 +21,7 @@ from e2echat.client.events import (
     MessageQueued,
     MessageReceived,
     MessagesMissing,
+    SecurityWarning,
 )
 from e2echat.client.pending import PendingDeliveries
 from e2echat.client.receipts import EXPIRED_REASONS, MAILBOX_FULL, NOT_KNOWN
@@ -27,12 +29,14 @@ from e2echat.client.trust import KnownPeers
 from e2echat.crypto.keyring import Keyring
 from e2echat.relay.server import Relay
 from e2echat.relay.sqlite_store import SqliteStore
+from e2echat.store.history import HistoryStore
 from e2echat.store.sessions import SESSIONS_FILE, SessionFile
+from e2echat.ui.chat import Chat
 from e2echat.wire import messages as m
 
 from hostile import HostileRelay
 from relay_frames import Outgoing
-from support import LOOPBACK, Peer, SecurityWarning, connect, meet, running
+from support import LOOPBACK, Peer, connect, meet, running, text_into
 
 
 class Profile:
@@ -45,7 +49,7 @@ class Profile:
         self.path = home / nick / SESSIONS_FILE
 
     @contextlib.asynccontextmanager
-    async def run(self, relay: Relay) -> AsyncIterator[Peer]:
+    async def run(self, relay: Relay, **options: Any) -> AsyncIterator[Peer]:
         sessions = SessionFile.open(self.path, self.identity)
         try:
             keyring: Keyring = sessions.load(self.nick, self.identity)
@@ -58,6 +62,7 @@ class Profile:
                 keyring=keyring,
                 pending=pending,
                 session_file=sessions,
+                **options,
             )
             try:
                 yield peer
@@ -104,9 +109,9 @@ async def test_room_messages_reach_a_member_away_in_order(tmp_path: Path) -> Non
         async with alice.run(relay) as a, bob.run(relay) as b:
             texts = [f"room line {n}" for n in range(5)]
             for text in texts:
-                message_id = a.connection.send_room(text)
-                queued = await a.next(MessageQueued, lambda q, i=message_id: q.message_id == i)
-                assert queued.nicks == ("carol",)  # first contact through her bundle
+                a.connection.send_room(text)
+                queued = await a.next(MessageQueued)
+                assert queued.nicks == ("carol",) and queued.preview == text  # first: through her bundle
             for text in texts:
                 assert (await b.next(MessageReceived)).text == text
             async with carol.run(relay) as c:
@@ -224,3 +229,60 @@ async def test_mail_replayed_on_a_later_connection_is_shown_once_quietly(tmp_pat
             assert (await b.next(MailReceived)).text == "and then this"
             assert not [e for e in b.seen if isinstance(e, SecurityWarning)]
             assert [e.text for e in b.seen if isinstance(e, MessageReceived)] == ["and then this"]
+
+
+class HeldHistory(HistoryStore):
+    """A history whose writes finish only when the test says (``written``)."""
+
+    written: asyncio.Event
+
+    async def flush(self) -> None:
+        await self.written.wait()
+        await super().flush()
+
+
+def _acks(relay: HostileRelay, conn: int) -> list[m.Ack]:
+    """What connection ``conn`` acknowledged."""
+    return [msg for c, msg in relay.received if c == conn and isinstance(msg, m.Ack)]
+
+
+async def test_the_chat_acknowledges_mail_once_its_history_has_it(tmp_path: Path) -> None:
+    """As ``e2echat connect`` runs: the client holds its acknowledgements, and the chat
+    gives each once the history has stored what it covers; until then the relay keeps
+    the mail (a client that never says so gets it again, shown once)."""
+    alice, bob = Profile("alice", tmp_path), Profile("bob", tmp_path)
+    hostile = HostileRelay()  # honest; it records what clients send
+    async with running(hostile) as relay:
+        async with alice.run(relay) as a, bob.run(relay) as b:
+            await meet(a, b)
+        async with alice.run(relay) as a:
+            a.connection.send_private("bob", "keep this")
+            await a.next(MessageQueued)
+        async with bob.run(relay, hold_acks=True) as b:  # no chat: nobody acknowledges
+            assert (await b.next(MailReceived)).text == "keep this"
+            first = hostile.conn("bob")
+        assert not _acks(hostile, first)
+        async with alice.run(relay) as a:
+            a.connection.send_private("bob", "and this")
+            await a.next(MessageQueued)
+        async with bob.run(relay, hold_acks=True) as b:
+            conn = hostile.conn("bob")
+            history = HeldHistory.open(None, bob.identity)
+            assert isinstance(history, HeldHistory)
+            history.written = asyncio.Event()
+            lines: list[str] = []
+            chat = Chat(b.connection, text_into(lines), history=history)
+            shown = asyncio.create_task(chat.run_events())
+            try:
+                while not [line for line in lines if "and this" in line]:
+                    await asyncio.sleep(0.01)  # bounded by the test's timeout
+                await b.connection.wait_sendable()
+                assert not _acks(hostile, conn)  # shown, not yet stored: not acknowledged
+                history.written.set()
+                while not _acks(hostile, conn):
+                    await asyncio.sleep(0.01)
+                assert [entry.text for entry in history.recent("alice", 10).entries] == ["and this"]
+                assert [line for line in lines if "keep this" in line] == []  # the repeat: quiet
+            finally:
+                shown.cancel()
+                history.close()
