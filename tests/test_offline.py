@@ -9,6 +9,7 @@ from nacl.public import PrivateKey
 from test_cores import FakeWire
 
 from e2echat.client.core import ClientCore, KeyPinned, MessagesMissing, SecurityWarning
+from e2echat.client.directory import MAX_AWAY
 from e2echat.client.events import DeliveryReport, MailboxRead, MailReceived, MessageQueued
 from e2echat.client.outbox import NOT_PINNED_KEY
 from e2echat.client.pending import PendingDeliveries
@@ -18,7 +19,7 @@ from e2echat.client.trust import KnownPeers, Trust
 from e2echat.crypto.keyring import Keyring
 from e2echat.crypto.session import Kind
 from e2echat.crypto.x3dh import PrekeyBundle
-from e2echat.errors import CommandError
+from e2echat.errors import CommandError, RemoteProtocolError
 from e2echat.relay.core import ConnId
 from e2echat.wire import messages as m
 from e2echat.wire.codec import decode_message, encode_message
@@ -310,3 +311,13 @@ def test_with_held_acknowledgements_mail_is_acknowledged_only_when_the_ui_says_s
     bob_core.acknowledge(9)
     bob_core.acknowledge(9)  # once is enough
     assert [msg for msg in _written(bob_core) if isinstance(msg, m.Ack)] == [m.Ack(9)]
+
+
+def test_an_endless_away_list_is_a_protocol_error() -> None:
+    wire = FakeWire()
+    alice = wire.connect("alice")
+    wire.take_all()
+    with pytest.raises(RemoteProtocolError, match="members away"):
+        for part in range(MAX_AWAY // 10_000 + 1):
+            nicks = tuple(f"n{part}x{number}" for number in range(10_000))
+            wire.clients[alice].receive_data(_frame(m.Away(nicks, more=True)))
