@@ -349,3 +349,23 @@ async def test_kill_9_loses_no_batch_apply_returned_for(path: Path, delay: float
     # Each batch whole: all its items and its member, or none of it.
     assert [item.seq for item in found.mail] == list(range(BATCH * len(batches)))
     assert {member.nick for member in found.members} == {f"m{batch}" for batch in batches}
+
+
+# -- indexes -------------------------------------------------------------------------------------
+
+
+def _plan(path: Path, statement: str) -> str:
+    with contextlib.closing(sqlite3.connect(path)) as raw:
+        return " ".join(str(row[-1]) for row in raw.execute(f"EXPLAIN QUERY PLAN {statement}", ("bob",)))
+
+
+def test_forgetting_a_nick_finds_its_memberships_by_index_even_in_an_older_store(path: Path) -> None:
+    with opened(path):
+        pass
+    with contextlib.closing(sqlite3.connect(path)) as raw:
+        raw.execute("DROP INDEX members_by_nick")  # as a store made before the index was
+        raw.commit()
+    assert "members_by_nick" not in _plan(path, "DELETE FROM members WHERE nick = ?")
+    with opened(path):
+        pass
+    assert "USING INDEX members_by_nick" in _plan(path, "DELETE FROM members WHERE nick = ?")

@@ -83,6 +83,10 @@ _SCHEMA = (
     " sender TEXT NOT NULL, message_id INTEGER NOT NULL, queued_at REAL NOT NULL,"
     " body BLOB NOT NULL, reason TEXT NOT NULL, PRIMARY KEY (recipient, seq)) STRICT",
 )
+# Made at every open, not only with the tables: a store made before it existed gets it too.
+# Forgetting a nick deletes its memberships by nick alone, which the primary key (room
+# first) cannot find without a scan of every membership.
+_INDEXES = ("CREATE INDEX IF NOT EXISTS members_by_nick ON members (nick)",)
 
 
 class SqliteStore:
@@ -246,6 +250,8 @@ class SqliteStore:
                 connection.execute(statement)
             connection.execute("INSERT INTO about (format, version) VALUES (?, ?)", (FORMAT, VERSION))
             connection.execute("COMMIT")
+        for statement in _INDEXES:
+            connection.execute(statement)
 
     # -- errors -----------------------------------------------------------------------------------
 
