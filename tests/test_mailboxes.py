@@ -356,3 +356,14 @@ def test_bundles_over_the_bound_forget_their_identities_and_tell_senders() -> No
     assert ForgetIdentity("bob") in ops
     assert relay.core.kept.mailboxes.count("alice") == 1  # the notice
     assert not any(isinstance(op, ForgetMember) for op in ops)
+
+
+def test_stopping_the_relay_evicts_nobody_that_everyone_online_kept_over_the_bound() -> None:
+    relay = Relay(bundles=2)
+    for nick in ("alice", "bob", "carol"):  # three online: over the bound, but none may go
+        relay.join(nick)
+    relay.keep(relay.core.shutdown("stopping"))
+    ops = [op for batch in relay.store.batches for op in batch]
+    assert not any(isinstance(op, ForgetIdentity) for op in ops)
+    again = Relay(relay.store, bundles=2)
+    assert all(again.core.kept.knows(nick) for nick in ("alice", "bob", "carol"))

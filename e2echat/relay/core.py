@@ -259,7 +259,8 @@ class RelayCore:
         bye = _frame(Bye(reason))
         ops: list[Op] = []
         for nick in self.online:
-            ops += self.kept.leave(nick, self._unix())
+            # Not a real leave: everyone goes at once, and comes back with the relay.
+            ops += self.kept.leave(nick, self._unix(), evict=False)
         actions = keep(ops, [])
         actions.append(Write([(conn, bye) for conn in conns]))
         actions += [Close(conn, "relay shutting down") for conn in conns]

@@ -99,10 +99,12 @@ class Kept:
         self.mailboxes.connected(nick)
         return count, ops
 
-    def leave(self, nick: str, now: float) -> list[Op]:
-        """``nick`` went offline: its bundle and mailbox stay, for those who write to it."""
-        self.prekeys.leave(nick)
-        return self._seen(nick, self.identities[nick].identity_key, now) + self._evicted(now)
+    def leave(self, nick: str, now: float, *, evict: bool = True) -> list[Op]:
+        """``nick`` went offline: its bundle and mailbox stay, for those who write to it.
+        ``evict=False`` for the relay stopping (see ``PrekeyDirectory.leave``)."""
+        self.prekeys.leave(nick, evict=evict)
+        ops = self._seen(nick, self.identities[nick].identity_key, now)
+        return ops + self._evicted(now) if evict else ops
 
     def publish(
         self, nick: str, signed: SignedPrekey, one_time: Sequence[OneTimePrekey], *, replace: bool

@@ -128,10 +128,13 @@ class PrekeyDirectory:
         evicted, self._evicted = self._evicted, []
         return evicted
 
-    def leave(self, nick: str) -> None:
-        """``nick`` went offline: its bundle stays, for those who want to write to it."""
+    def leave(self, nick: str, *, evict: bool = True) -> None:
+        """``nick`` went offline: its bundle stays, for those who want to write to it.
+        ``evict=False``: the relay is stopping, and everyone goes at once; that is no
+        reason to drop bundles that everyone online kept over the bound."""
         self._online.discard(nick)
-        self._evict()  # those online may have kept it over the bound
+        if evict:
+            self._evict()  # those online may have kept it over the bound
 
     def publish(
         self, nick: str, signed: SignedPrekey, one_time: Sequence[OneTimePrekey], *, replace: bool = False
