@@ -180,6 +180,35 @@ def test_items_not_acked_are_sent_again_next_time() -> None:
     assert again == first[1:]
 
 
+def test_an_ack_repeated_once_the_mailbox_is_empty_changes_nothing() -> None:
+    relay = Relay()
+    _away(relay, "bob")
+    relay.join("alice")
+    relay.send("alice", 1, "bob")
+    (mail,) = relay.join_and_get("bob", m.Mail)
+    relay.say("bob", m.Ack(mail.seq))
+    assert relay.core.kept.mailboxes.count("bob") == 0
+    out = relay.say("bob", m.Ack(mail.seq))  # again (the client did not see the first land)
+    assert not _to(relay.conns["bob"], out, m.Error) and "bob" in relay.core.online
+
+
+def test_an_ack_of_an_item_sent_on_an_earlier_connection_only_is_an_error() -> None:
+    relay = Relay(mail_window=1)
+    _away(relay, "bob")
+    relay.join("alice")
+    relay.send("alice", 1, "bob")
+    relay.send("alice", 2, "bob")
+    (first,) = relay.join_and_get("bob", m.Mail)
+    relay.say("bob", m.Ack(first.seq))  # the second is sent now
+    relay.leave("bob")
+    (second,) = relay.join_and_get("bob", m.Mail)
+    assert second.seq > first.seq
+    relay.say("bob", m.Ack(first.seq))  # from before: a repeat, nothing to do
+    assert "bob" in relay.core.online
+    relay.say("bob", m.Ack(second.seq + 1))
+    assert "bob" not in relay.core.online
+
+
 @pytest.mark.parametrize("seq", ["above", "none sent"])
 def test_an_ack_of_an_item_never_sent_is_a_protocol_error_for_that_client_only(seq: str) -> None:
     relay = Relay()

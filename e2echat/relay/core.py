@@ -92,6 +92,9 @@ class _Connection:
     challenge: bytes
     peer: PeerInfo | None = None
     flow: Flow | None = None
+    #: the highest mailbox seq sent on this connection: an ack above it acknowledges
+    #: something the client was never sent (at or below it, a repeat: harmless)
+    mail_sent: int = -1
 
 
 class RelayCore:
@@ -362,7 +365,10 @@ class RelayCore:
     def _due(self, nick: str) -> list[tuple[ConnId, bytes]]:
         """The mailbox items ``nick`` (online) may be sent now."""
         conn = self.online[nick]
-        return [(conn, item_frame(item)) for item in self.kept.mailboxes.due(nick)]
+        due = self.kept.mailboxes.due(nick)
+        if due:
+            self._connections[conn].mail_sent = due[-1].seq
+        return [(conn, item_frame(item)) for item in due]
 
     def _notify(self) -> list[tuple[ConnId, bytes]]:
         """Hand their new mailbox items (notices) to those online."""
@@ -468,7 +474,10 @@ class RelayCore:
 
     def _ack(self, record: _Connection, message: Ack) -> list[Action]:
         """Mailbox items handled: gone, and the next ones sent. ``RemoteProtocolError`` for
-        an ack of an item not sent (the connection is hung up on)."""
+        an ack of an item not sent on this connection (it is hung up on); an ack repeated,
+        or of items gone already, changes nothing."""
         assert record.peer is not None
+        if message.seq > record.mail_sent:
+            raise RemoteProtocolError(detail=f"ack of mailbox item {message.seq}, which was not sent")
         op = self.kept.mailboxes.ack(record.peer.nick, message.seq)
         return keep([op] if op is not None else [], self._due(record.peer.nick))

@@ -20,7 +20,6 @@ import logging
 from collections import deque
 from collections.abc import Container, Iterable
 
-from e2echat.errors import RemoteProtocolError
 from e2echat.relay.limits import Limits
 from e2echat.relay.store import EXPIRED, MAIL, Dequeue, Enqueue, MailItem
 from e2echat.wire.codec import encode_message
@@ -32,7 +31,7 @@ log = logging.getLogger("e2echat.relay.mailboxes")
 
 class _Mailbox:
     # Slots: only nicks with something waiting have one, but there may be many.
-    __slots__ = ("items", "last_sent", "sent", "size", "warned")
+    __slots__ = ("items", "sent", "size", "warned")
 
     def __init__(self) -> None:
         self.items: deque[MailItem] = deque()
@@ -40,8 +39,6 @@ class _Mailbox:
         self.size = 0
         #: how many items at the front have been sent on the owner's connection
         self.sent = 0
-        #: the highest seq sent on the owner's connection: an ack above it is a lie
-        self.last_sent = -1
         #: whether its being full has been logged (once, until it drains)
         self.warned = False
 
@@ -147,7 +144,7 @@ class Mailboxes:
         """``nick``'s owner is online on a new connection: nothing has been sent on it yet."""
         box = self._boxes.get(nick)
         if box is not None:
-            box.sent, box.last_sent = 0, -1
+            box.sent = 0
 
     def due(self, nick: str) -> list[MailItem]:
         """The items to send ``nick``'s owner now: those not sent yet on its connection,
@@ -159,17 +156,15 @@ class Mailboxes:
         if start >= end:
             return []
         box.sent = end
-        due = [box.items[index] for index in range(start, end)]
-        box.last_sent = due[-1].seq
-        return due
+        return [box.items[index] for index in range(start, end)]
 
     def ack(self, nick: str, seq: int) -> Dequeue | None:
         """``nick``'s owner has handled every item up to ``seq``: they are gone (None if
-        there were none left to drop). Raises ``RemoteProtocolError`` for an ack of an item
-        never sent: a client cannot acknowledge what it has not seen."""
+        there were none left to drop: an ack repeated, or one that crossed a sweep). The
+        caller checks that ``seq`` was sent on the owner's connection."""
         box = self._boxes.get(nick)
-        if box is None or seq > box.last_sent:
-            raise RemoteProtocolError(detail=f"ack of mailbox item {seq}, which was not sent")
+        if box is None:
+            return None
         items, dropped, size = box.items, 0, 0
         while items and items[0].seq <= seq:
             size += len(items.popleft().body)
@@ -201,7 +196,7 @@ class Mailboxes:
                 self._shrink(len(item.body))
                 seqs.append(item.seq)
                 gone.append(item)
-            box.sent, box.last_sent = 0, -1  # its owner is away: nothing is out
+            box.sent = 0  # its owner is away: nothing is out
             ops.append(Dequeue(nick, seqs=tuple(seqs)))
             if not items:
                 del self._boxes[nick]
