@@ -396,3 +396,18 @@ def test_stopping_the_relay_evicts_nobody_that_everyone_online_kept_over_the_bou
     assert not any(isinstance(op, ForgetIdentity) for op in ops)
     again = Relay(relay.store, bundles=2)
     assert all(again.core.kept.knows(nick) for nick in ("alice", "bob", "carol"))
+
+
+def test_the_owners_own_notices_do_not_make_its_mailbox_full_to_others() -> None:
+    relay = Relay(mailbox_messages=2, mailbox_ttl=100.0)
+    _away(relay, "bob", "carol")
+    relay.join("alice")
+    relay.send("alice", 1, "bob")
+    relay.send("alice", 2, "carol")
+    relay.leave("alice")
+    relay.tick(101)  # both expire: two notices wait for alice
+    assert relay.core.kept.mailboxes.count("alice") == 2
+    relay.join("dave")
+    assert relay.send("dave", 3, "alice").queued == ("alice",)
+    assert relay.send("dave", 4, "alice").queued == ("alice",)
+    assert relay.send("dave", 5, "alice").full == ("alice",)  # two messages: full now

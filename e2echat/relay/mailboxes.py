@@ -31,10 +31,13 @@ log = logging.getLogger("e2echat.relay.mailboxes")
 
 class _Mailbox:
     # Slots: only nicks with something waiting have one, but there may be many.
-    __slots__ = ("items", "sent", "size", "warned")
+    __slots__ = ("items", "mail", "sent", "size", "warned")
 
     def __init__(self) -> None:
         self.items: deque[MailItem] = deque()
+        #: how many of them are messages (``MAIL``; what ``mailbox_messages`` bounds): the
+        #: owner's own notices must not make a mailbox full to those who write to it
+        self.mail = 0
         #: bytes of the bodies held (what ``mailbox_bytes`` bounds)
         self.size = 0
         #: how many items at the front have been sent on the owner's connection
@@ -85,8 +88,7 @@ class Mailboxes:
             if box is None:
                 box = self._boxes[item.to] = _Mailbox()
             box.items.append(item)
-            box.size += len(item.body)
-            self.total += len(item.body)
+            self._added(box, item)
             self._next_seq = max(self._next_seq, item.seq + 1)
 
     def put_mail(self, to: str, sender: str, message_id: int, body: bytes, now: float) -> Enqueue | None:
@@ -94,7 +96,7 @@ class Mailboxes:
         once per mailbox until it drains, and once for the relay until it is under again)."""
         limits, size = self.limits, len(body)
         box = self._boxes.get(to)
-        held, held_size = (len(box.items), box.size) if box is not None else (0, 0)
+        held, held_size = (box.mail, box.size) if box is not None else (0, 0)
         if held >= limits.mailbox_messages or held_size + size > limits.mailbox_bytes:
             if box is not None and not box.warned:
                 box.warned = True
@@ -127,9 +129,18 @@ class Mailboxes:
         item = MailItem(to, self._next_seq, kind, sender, message_id, now, body, reason)
         self._next_seq += 1
         box.items.append(item)
-        box.size += len(body)
-        self.total += len(body)
+        self._added(box, item)
         return Enqueue(item)
+
+    def _added(self, box: _Mailbox, item: MailItem) -> None:
+        box.mail += item.kind == MAIL
+        box.size += len(item.body)
+        self.total += len(item.body)
+
+    def _removed(self, box: _Mailbox, item: MailItem) -> None:
+        box.mail -= item.kind == MAIL
+        box.size -= len(item.body)
+        self._shrink(len(item.body))
 
     def drop(self, nick: str) -> list[MailItem]:
         """Empty ``nick``'s mailbox (its owner is forgotten, or has another key now): what
@@ -165,15 +176,13 @@ class Mailboxes:
         box = self._boxes.get(nick)
         if box is None:
             return None
-        items, dropped, size = box.items, 0, 0
+        items, dropped = box.items, 0
         while items and items[0].seq <= seq:
-            size += len(items.popleft().body)
+            self._removed(box, items.popleft())
             dropped += 1
         if not dropped:
             return None  # acknowledged already
         box.sent -= dropped
-        box.size -= size
-        self._shrink(size)
         if not items:
             del self._boxes[nick]
         return Dequeue(nick, upto=seq)
@@ -192,8 +201,7 @@ class Mailboxes:
             # Items are queued in time order: the old ones are at the front.
             while items and items[0].queued_at <= cutoff:
                 item = items.popleft()
-                box.size -= len(item.body)
-                self._shrink(len(item.body))
+                self._removed(box, item)
                 seqs.append(item.seq)
                 gone.append(item)
             box.sent = 0  # its owner is away: nothing is out
