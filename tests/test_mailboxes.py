@@ -14,6 +14,7 @@ from nacl.public import PrivateKey
 from e2echat.crypto.identity import registration_proof
 from e2echat.relay.core import Action, Close, ConnId, Persist, RelayCore, Write
 from e2echat.relay.limits import Limits
+from e2echat.relay.mailboxes import ITEM_OVERHEAD
 from e2echat.relay.store import Dequeue, Enqueue, ForgetIdentity, ForgetMember, SaveBundle, SaveIdentity
 from e2echat.wire import messages as m
 from e2echat.wire.codec import encode_message
@@ -23,6 +24,8 @@ from fake_store import FakeStore
 from relay_frames import Outgoing, any_signed_prekey, spelled_out
 
 M = TypeVar("M", bound=m.Message)
+#: what a message of 41 bytes counts for against the byte limits
+COST_41 = 41 + ITEM_OVERHEAD
 UNLIMITED: dict[str, Any] = dict(rate=1e9, burst=1e9, byte_rate=2**40, byte_burst=2**40, idle_timeout=1e9)
 
 
@@ -238,7 +241,11 @@ def test_an_ack_of_an_item_never_sent_is_a_protocol_error_for_that_client_only(s
 
 @pytest.mark.parametrize(
     ("limit", "value", "fits"),
-    [("mailbox_messages", 2, 2), ("mailbox_bytes", 100, 2), ("mailbox_total", 100, 2)],
+    [
+        ("mailbox_messages", 2, 2),
+        ("mailbox_bytes", 2 * COST_41 + 40, 2),
+        ("mailbox_total", 2 * COST_41 + 40, 2),
+    ],
 )
 def test_each_limit_tells_the_sender_full_and_is_logged_once(
     limit: str, value: int, fits: int, caplog: pytest.LogCaptureFixture
@@ -258,7 +265,7 @@ def test_each_limit_tells_the_sender_full_and_is_logged_once(
 
 
 def test_the_relay_wide_limit_counts_every_mailbox() -> None:
-    relay = Relay(mailbox_total=100)
+    relay = Relay(mailbox_total=100 + 2 * ITEM_OVERHEAD)
     _away(relay, "bob", "carol")
     relay.join("alice")
     assert relay.send("alice", 1, "bob", body=b"\x01" * 60).queued == ("bob",)
@@ -411,3 +418,18 @@ def test_the_owners_own_notices_do_not_make_its_mailbox_full_to_others() -> None
     assert relay.send("dave", 3, "alice").queued == ("alice",)
     assert relay.send("dave", 4, "alice").queued == ("alice",)
     assert relay.send("dave", 5, "alice").full == ("alice",)  # two messages: full now
+
+
+def test_each_item_costs_its_overhead_against_the_byte_limits() -> None:
+    """Tiny messages must not let the relay hold far more memory than the limits say."""
+    relay = Relay(mailbox_bytes=10 * (1 + ITEM_OVERHEAD), mailbox_total=15 * (1 + ITEM_OVERHEAD))
+    _away(relay, "bob", "carol")
+    relay.join("alice")
+    answers = [relay.send("alice", number, "bob", body=b"x") for number in range(12)]
+    assert [a.queued for a in answers].count(("bob",)) == 10
+    answers = [relay.send("alice", 20 + number, "carol", body=b"x") for number in range(12)]
+    assert [a.queued for a in answers].count(("carol",)) == 5  # the relay's total, now
+    assert relay.core.kept.mailboxes.total == 15 * (1 + ITEM_OVERHEAD)
+    relay.join("bob")
+    relay.say("bob", m.Ack(relay.core.kept.mailboxes.items("bob")[-1].seq))
+    assert relay.core.kept.mailboxes.total == 5 * (1 + ITEM_OVERHEAD)

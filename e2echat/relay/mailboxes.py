@@ -28,6 +28,17 @@ from e2echat.wire.messages import Expired, Mail
 
 log = logging.getLogger("e2echat.relay.mailboxes")
 
+#: what an item costs the relay beyond its body, charged against ``mailbox_bytes`` and
+#: ``mailbox_total`` so that they bound its real memory: a ``MailItem`` and its place in
+#: a mailbox measured 163 bytes with a 1-byte body (tracemalloc, 100,000 items; Python
+#: 3.11, 64-bit), rounded up for the body's own object header and the store's row.
+ITEM_OVERHEAD = 200
+
+
+def item_cost(item: MailItem) -> int:
+    """What ``item`` counts for against the limits: its body and ``ITEM_OVERHEAD``."""
+    return len(item.body) + ITEM_OVERHEAD
+
 
 class _Mailbox:
     # Slots: only nicks with something waiting have one, but there may be many.
@@ -38,7 +49,7 @@ class _Mailbox:
         #: how many of them are messages (``MAIL``; what ``mailbox_messages`` bounds): the
         #: owner's own notices must not make a mailbox full to those who write to it
         self.mail = 0
-        #: bytes of the bodies held (what ``mailbox_bytes`` bounds)
+        #: what its messages cost (``item_cost``; what ``mailbox_bytes`` bounds)
         self.size = 0
         #: how many items at the front have been sent on the owner's connection
         self.sent = 0
@@ -61,7 +72,8 @@ class Mailboxes:
     def __init__(self, limits: Limits, first_seq: int = 0) -> None:
         self.limits = limits
         self._boxes: dict[str, _Mailbox] = {}
-        #: bytes of bodies held in all mailboxes (what ``mailbox_total`` bounds)
+        #: what every item in every mailbox costs (``item_cost``; what ``mailbox_total``
+        #: bounds), notices too
         self.total = 0
         #: one counter for every mailbox, so a seq is never reused in one, even once it
         #: has drained (and its ``_Mailbox`` is gone)
@@ -94,7 +106,7 @@ class Mailboxes:
     def put_mail(self, to: str, sender: str, message_id: int, body: bytes, now: float) -> Enqueue | None:
         """Keep ``sender``'s ciphertext for ``to``; None if that is over a limit (logged
         once per mailbox until it drains, and once for the relay until it is under again)."""
-        limits, size = self.limits, len(body)
+        limits, size = self.limits, len(body) + ITEM_OVERHEAD
         box = self._boxes.get(to)
         held, held_size = (box.mail, box.size) if box is not None else (0, 0)
         if held >= limits.mailbox_messages or held_size + size > limits.mailbox_bytes:
@@ -133,14 +145,18 @@ class Mailboxes:
         return Enqueue(item)
 
     def _added(self, box: _Mailbox, item: MailItem) -> None:
-        box.mail += item.kind == MAIL
-        box.size += len(item.body)
-        self.total += len(item.body)
+        cost = item_cost(item)
+        if item.kind == MAIL:
+            box.mail += 1
+            box.size += cost
+        self.total += cost
 
     def _removed(self, box: _Mailbox, item: MailItem) -> None:
-        box.mail -= item.kind == MAIL
-        box.size -= len(item.body)
-        self._shrink(len(item.body))
+        cost = item_cost(item)
+        if item.kind == MAIL:
+            box.mail -= 1
+            box.size -= cost
+        self._shrink(cost)
 
     def drop(self, nick: str) -> list[MailItem]:
         """Empty ``nick``'s mailbox (its owner is forgotten, or has another key now): what
@@ -148,7 +164,7 @@ class Mailboxes:
         box = self._boxes.pop(nick, None)
         if box is None:
             return []
-        self._shrink(box.size)
+        self._shrink(sum(item_cost(item) for item in box.items))
         return list(box.items)
 
     def connected(self, nick: str) -> None:
