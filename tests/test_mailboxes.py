@@ -433,3 +433,25 @@ def test_each_item_costs_its_overhead_against_the_byte_limits() -> None:
     relay.join("bob")
     relay.say("bob", m.Ack(relay.core.kept.mailboxes.items("bob")[-1].seq))
     assert relay.core.kept.mailboxes.total == 5 * (1 + ITEM_OVERHEAD)
+
+
+def _expire_to_many(relay: Relay, count: int) -> None:
+    """``count`` messages from alice (then away) to as many others away, all expired."""
+    receivers = [f"r{number}" for number in range(count)]
+    _away(relay, *receivers)
+    relay.join("alice")
+    for number, to in enumerate(receivers):
+        relay.send("alice", number, to)
+    relay.leave("alice")
+    relay.tick(101)
+
+
+def test_notices_are_capped_per_mailbox_the_oldest_going_first() -> None:
+    relay = Relay(mailbox_messages=3, mailbox_ttl=100.0)
+    _expire_to_many(relay, 5)
+    items = relay.core.kept.mailboxes.items("alice")
+    assert [item.message_id for item in items] == [2, 3, 4]
+    assert relay.core.kept.mailboxes.total == 3 * ITEM_OVERHEAD  # each costs its overhead
+    again = Relay(relay.store, mailbox_messages=3, mailbox_ttl=100.0)  # the store agrees
+    assert [item.message_id for item in again.core.kept.mailboxes.items("alice")] == [2, 3, 4]
+    assert [notice.id for notice in relay.join_and_get("alice", m.Expired)] == [2, 3, 4]

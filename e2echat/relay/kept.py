@@ -187,6 +187,6 @@ class Kept:
         ops: list[Op] = []
         for item in gone:
             if item.kind == MAIL and item.sender in self.identities:
-                ops.append(self.mailboxes.put_notice(item.sender, item.to, item.message_id, reason, now))
+                ops += self.mailboxes.put_notice(item.sender, item.to, item.message_id, reason, now)
                 self.notified.add(item.sender)
         return ops

@@ -42,13 +42,15 @@ def item_cost(item: MailItem) -> int:
 
 class _Mailbox:
     # Slots: only nicks with something waiting have one, but there may be many.
-    __slots__ = ("items", "mail", "sent", "size", "warned")
+    __slots__ = ("items", "mail", "notices", "sent", "size", "warned")
 
     def __init__(self) -> None:
         self.items: deque[MailItem] = deque()
         #: how many of them are messages (``MAIL``; what ``mailbox_messages`` bounds): the
         #: owner's own notices must not make a mailbox full to those who write to it
         self.mail = 0
+        #: how many are notices (``EXPIRED``): at most ``mailbox_messages`` of them
+        self.notices = 0
         #: what its messages cost (``item_cost``; what ``mailbox_bytes`` bounds)
         self.size = 0
         #: how many items at the front have been sent on the owner's connection
@@ -126,11 +128,30 @@ class Mailboxes:
             return None
         return self._put(to, MAIL, sender, message_id, now, body, "")
 
-    def put_notice(self, to: str, recipient: str, message_id: int, reason: str, now: float) -> Enqueue:
+    def put_notice(
+        self, to: str, recipient: str, message_id: int, reason: str, now: float
+    ) -> list[Enqueue | Dequeue]:
         """Tell ``to`` that its message ``message_id`` to ``recipient`` was dropped unread.
-        Not bounded by the limits: it takes the place of a message that was within them,
-        and costs less."""
-        return self._put(to, EXPIRED, recipient, message_id, now, b"", reason)
+
+        A notice costs ``ITEM_OVERHEAD`` against ``mailbox_total`` (it takes the place of
+        a message, which cost more), and a mailbox holds at most ``mailbox_messages`` of
+        them: beyond that, the oldest goes to make room. Its owner then misses some reports
+        of messages not delivered (it still never hears that one was delivered): messages
+        to many who stay away would otherwise pile up notices without bound."""
+        ops: list[Enqueue | Dequeue] = []
+        box = self._boxes.get(to)
+        if box is not None and box.notices >= self.limits.mailbox_messages:
+            ops.append(self._drop_oldest_notice(to, box))
+        ops.append(self._put(to, EXPIRED, recipient, message_id, now, b"", reason))
+        return ops
+
+    def _drop_oldest_notice(self, to: str, box: _Mailbox) -> Dequeue:
+        index, oldest = next((index, item) for index, item in enumerate(box.items) if item.kind != MAIL)
+        del box.items[index]
+        self._removed(box, oldest)
+        if index < box.sent:  # sent on the owner's connection: its ack will find it gone
+            box.sent -= 1
+        return Dequeue(to, seqs=(oldest.seq,))
 
     def _put(
         self, to: str, kind: str, sender: str, message_id: int, now: float, body: bytes, reason: str
@@ -149,6 +170,8 @@ class Mailboxes:
         if item.kind == MAIL:
             box.mail += 1
             box.size += cost
+        else:
+            box.notices += 1
         self.total += cost
 
     def _removed(self, box: _Mailbox, item: MailItem) -> None:
@@ -156,6 +179,8 @@ class Mailboxes:
         if item.kind == MAIL:
             box.mail -= 1
             box.size -= cost
+        else:
+            box.notices -= 1
         self._shrink(cost)
 
     def drop(self, nick: str) -> list[MailItem]:
