@@ -455,3 +455,51 @@ def test_notices_are_capped_per_mailbox_the_oldest_going_first() -> None:
     again = Relay(relay.store, mailbox_messages=3, mailbox_ttl=100.0)  # the store agrees
     assert [item.message_id for item in again.core.kept.mailboxes.items("alice")] == [2, 3, 4]
     assert [notice.id for notice in relay.join_and_get("alice", m.Expired)] == [2, 3, 4]
+
+
+def _mail_bytes(conn: ConnId, out: list[Outgoing | Close]) -> int:
+    return sum(len(_frame(mail)) for mail in _to(conn, out, m.Mail))
+
+
+def test_a_mailbox_of_big_messages_drains_a_window_of_bytes_at_a_time() -> None:
+    """16 MiB waiting must not all be queued at once: that is over the write buffer, and
+    its owner would be dropped at every register, never to drain it."""
+    limits = Limits()
+    relay = Relay(mailbox_bytes=64 * 2**20)
+    _away(relay, "bob")
+    relay.join("alice")
+    for number in range(40):  # 40 x 128 KiB: 7 MiB of frames, base64 and all
+        assert relay.send("alice", number, "bob", body=bytes([number]) * 131_000).queued == ("bob",)
+    relay.core.flushed()
+    out = relay.join("bob")
+    bob, got = relay.conns["bob"], []
+    while True:
+        assert _mail_bytes(bob, out) <= limits.mail_window_bytes
+        mail = _to(bob, out, m.Mail)
+        got += [item.body[0] for item in mail]
+        if not mail:
+            break
+        relay.core.flushed()  # the shell wrote it
+        out = relay.say("bob", m.Ack(mail[-1].seq))
+    assert got == list(range(40)) and "bob" in relay.core.online
+
+
+def test_mail_counts_against_what_its_owner_may_be_given_in_one_turn() -> None:
+    limits, body = Limits(), b"\x01" * 131_000
+    relay = Relay(mailbox_bytes=64 * 2**20)
+    _away(relay, "bob")
+    relay.join("alice")
+    for number in range(10):
+        relay.send("alice", number, "bob", body=body)
+    relay.core.flushed()
+    out = relay.join("bob")
+    mail = _to(relay.conns["bob"], out, m.Mail)
+    assert 0 < len(mail) < 10
+    relay.join("carol")
+    delivered = 0  # in the same turn, deliveries get what room the mail left
+    while relay.send("carol", 100 + delivered, "bob", body=body).delivered:
+        delivered += 1
+    assert 0 < delivered <= (limits.write_buffer_turn - len(mail) * len(body)) // len(body) + 1
+    assert not _to(relay.conns["bob"], relay.say("bob", m.Ack(mail[0].seq)), m.Mail)  # no room left
+    relay.core.flushed()
+    assert _to(relay.conns["bob"], relay.say("bob", m.Ack(mail[1].seq)), m.Mail)

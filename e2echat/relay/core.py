@@ -32,7 +32,6 @@ from e2echat.relay.actions import Action, Close, ConnId, Persist, Write, keep
 from e2echat.relay.intake import read_frame, refusal
 from e2echat.relay.kept import Kept
 from e2echat.relay.limits import Backlog, Flow, Limits, Sources, Unfinished, Verdict
-from e2echat.relay.mailboxes import item_frame
 from e2echat.relay.prekeys import PrekeyDirectory
 from e2echat.relay.registration import admit, away_frames, welcome_frames
 from e2echat.relay.store import Op, Snapshot
@@ -363,12 +362,16 @@ class RelayCore:
         return [(conn, frame) for conn in self.online.values()]
 
     def _due(self, nick: str) -> list[tuple[ConnId, bytes]]:
-        """The mailbox items ``nick`` (online) may be sent now."""
-        conn = self.online[nick]
-        due = self.kept.mailboxes.due(nick)
-        if due:
-            self._connections[conn].mail_sent = due[-1].seq
-        return [(conn, item_frame(item)) for item in due]
+        """The mailbox items ``nick`` (online) may be sent now: counted against what its
+        connection may be given in this turn, as deliveries are (``_route``)."""
+        conn, unflushed = self.online[nick], self._backlog.unflushed
+        queued = unflushed.get(conn, 0)
+        due = self.kept.mailboxes.due(nick, self.limits.write_buffer_turn - queued)
+        if not due:
+            return []
+        self._connections[conn].mail_sent = due[-1][0]
+        unflushed[conn] = queued + sum(len(frame) for _, frame in due)
+        return [(conn, frame) for _, frame in due]
 
     def _notify(self) -> list[tuple[ConnId, bytes]]:
         """Hand their new mailbox items (notices) to those online."""
@@ -395,8 +398,10 @@ class RelayCore:
         self._skeletons[skeleton(nick)] = nick
         self._encoded_peers[nick] = encode_peer(peer)
         # Who is away, then what waited for it: after the directory, so a client knows
-        # everyone before its mail.
-        frames += [(conn, frame) for frame in away_frames(self.kept.away(self.online))]
+        # everyone before its mail, which gets what room those leave it.
+        away = away_frames(self.kept.away(self.online))
+        frames += [(conn, frame) for frame in away]
+        self._backlog.unflushed[conn] = sum(len(frame) for frame in welcome + away)
         frames += self._due(nick)
         return keep(ops, frames + self._notify())
 

@@ -115,13 +115,21 @@ class Limits:
     #: online: long enough for a month away, short enough that abandoned nicks go
     identity_ttl: float = 30 * DAY
     #: mailbox items sent to their owner ahead of its acknowledgements: enough to keep a
-    #: link busy, few enough that a reconnect repeats little
+    #: link busy, few enough that a reconnect repeats little (and at most
+    #: ``mail_window_bytes`` of them)
     mail_window: int = 500
 
     @property
     def write_buffer_soft(self) -> int:
         """Above this much queued for a connection, deliveries to it are refused."""
         return self.write_buffer // 4
+
+    @property
+    def mail_window_bytes(self) -> int:
+        """Bytes of mailbox frames sent to their owner ahead of its acknowledgements: the
+        soft mark, so that a mailbox of big messages (16 MiB of them) is handed over a
+        window at a time without its owner ever being over ``write_buffer``."""
+        return self.write_buffer_soft
 
     @property
     def write_buffer_turn(self) -> int:

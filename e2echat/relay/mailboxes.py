@@ -42,7 +42,7 @@ def item_cost(item: MailItem) -> int:
 
 class _Mailbox:
     # Slots: only nicks with something waiting have one, but there may be many.
-    __slots__ = ("items", "mail", "notices", "sent", "size", "warned")
+    __slots__ = ("items", "mail", "notices", "out", "out_bytes", "sent", "size", "warned")
 
     def __init__(self) -> None:
         self.items: deque[MailItem] = deque()
@@ -55,6 +55,9 @@ class _Mailbox:
         self.size = 0
         #: how many items at the front have been sent on the owner's connection
         self.sent = 0
+        #: seq -> the size of its frame, for those sent and not acknowledged, and their sum
+        self.out: dict[int, int] = {}
+        self.out_bytes = 0
         #: whether its being full has been logged (once, until it drains)
         self.warned = False
 
@@ -66,6 +69,13 @@ def item_frame(item: MailItem) -> bytes:
     else:
         message = Expired(item.seq, item.message_id, item.sender, item.reason)
     return encode_frame(encode_message(message))
+
+
+def _nothing_out(box: _Mailbox) -> None:
+    """None of ``box``'s items has been sent on its owner's connection (a new one, or none)."""
+    box.sent = 0
+    box.out.clear()
+    box.out_bytes = 0
 
 
 class Mailboxes:
@@ -181,6 +191,7 @@ class Mailboxes:
             box.size -= cost
         else:
             box.notices -= 1
+        box.out_bytes -= box.out.pop(item.seq, 0)
         self._shrink(cost)
 
     def drop(self, nick: str) -> list[MailItem]:
@@ -196,19 +207,32 @@ class Mailboxes:
         """``nick``'s owner is online on a new connection: nothing has been sent on it yet."""
         box = self._boxes.get(nick)
         if box is not None:
-            box.sent = 0
+            _nothing_out(box)
 
-    def due(self, nick: str) -> list[MailItem]:
-        """The items to send ``nick``'s owner now: those not sent yet on its connection,
-        as long as no more than ``mail_window`` are unacknowledged."""
+    def due(self, nick: str, room: int) -> list[tuple[int, bytes]]:
+        """The items to send ``nick``'s owner now (each seq, and the frame): those not sent
+        yet on its connection, as long as no more than ``mail_window`` items and
+        ``mail_window_bytes`` of frames are unacknowledged, and no more than ``room``
+        bytes go now (what its connection may still be given). One item at least when
+        none is out: it alone may be over those bytes, and without it no ack would come
+        to ask for the rest."""
         box = self._boxes.get(nick)
         if box is None:
             return []
-        start, end = box.sent, min(len(box.items), self.limits.mail_window)
-        if start >= end:
-            return []
-        box.sent = end
-        return [box.items[index] for index in range(start, end)]
+        items, end = box.items, min(len(box.items), self.limits.mail_window)
+        budget = min(self.limits.mail_window_bytes - box.out_bytes, room)
+        due: list[tuple[int, bytes]] = []
+        while box.sent < end:
+            item = items[box.sent]
+            frame = item_frame(item)
+            if len(frame) > budget and box.sent:
+                break
+            budget -= len(frame)
+            box.out[item.seq] = len(frame)
+            box.out_bytes += len(frame)
+            box.sent += 1
+            due.append((item.seq, frame))
+        return due
 
     def ack(self, nick: str, seq: int) -> Dequeue | None:
         """``nick``'s owner has handled every item up to ``seq``: they are gone (None if
@@ -245,7 +269,7 @@ class Mailboxes:
                 self._removed(box, item)
                 seqs.append(item.seq)
                 gone.append(item)
-            box.sent = 0  # its owner is away: nothing is out
+            _nothing_out(box)  # its owner is away
             ops.append(Dequeue(nick, seqs=tuple(seqs)))
             if not items:
                 del self._boxes[nick]
