@@ -76,6 +76,7 @@ class FakeStore:
             kept.members = [m for m in kept.members if (m.room, m.nick) != (op.room, op.nick)]
         elif isinstance(op, Enqueue):
             kept.mail.append(op.item)
+            kept.next_seq = max(kept.next_seq, op.item.seq + 1)
         else:
             assert isinstance(op, Dequeue)
             kept.mail = [

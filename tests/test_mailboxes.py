@@ -503,3 +503,25 @@ def test_mail_counts_against_what_its_owner_may_be_given_in_one_turn() -> None:
     assert not _to(relay.conns["bob"], relay.say("bob", m.Ack(mail[0].seq)), m.Mail)  # no room left
     relay.core.flushed()
     assert _to(relay.conns["bob"], relay.say("bob", m.Ack(mail[1].seq)), m.Mail)
+
+
+def test_seqs_go_on_rising_across_a_restart_once_every_mailbox_drained() -> None:
+    relay = Relay()
+    _away(relay, "bob")
+    relay.join("alice")
+    relay.send("alice", 1, "bob")
+    (first,) = relay.join_and_get("bob", m.Mail)
+    relay.say("bob", m.Ack(first.seq))
+    assert not relay.store.kept.mail  # drained: only the mark says which seqs were used
+    again = Relay(relay.store)  # the same clock (0): the store alone must carry them on
+    _away(again, "bob")
+    again.join("alice")
+    again.send("alice", 2, "bob")
+    (second,) = again.join_and_get("bob", m.Mail)
+    assert second.seq > first.seq
+
+
+def test_seqs_start_at_the_unix_time_now_not_when_the_shells_clock_started() -> None:
+    core = RelayCore(Limits(), wall=1_000.0, now=500.0)
+    (enqueue,) = core.kept.mailboxes.put_notice("bob", "alice", 1, "expired", 0.0)
+    assert isinstance(enqueue, Enqueue) and enqueue.item.seq == 1_500_000_000

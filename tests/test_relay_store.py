@@ -98,7 +98,8 @@ def test_every_store_keeps_the_interface(path: Path, kind: str) -> None:
     for op in EVERY_KIND:  # every kind of op, each on its own ...
         store.apply([op])
     store.apply(EVERY_KIND)  # ... and all in one batch
-    assert store.load() == Snapshot()  # each batch undid what it did
+    # Each batch undid what it did; a durable store remembers the seqs it has seen.
+    assert store.load() == Snapshot(next_seq=1 if store.durable else 0)
     store.close()
     store.close()  # twice is harmless
 
@@ -153,6 +154,7 @@ def test_every_op_is_back_after_a_reopen(path: Path) -> None:
             ]
         )
     assert reopened(path) == Snapshot(
+        next_seq=8,
         identities=[identity("alice"), identity("bob", key=9, last_seen=20.5), identity("élodie", key=3)],
         bundles=[StoredBundle("bob", b"signed 2", b"one-time 2")],
         members=[Member(LOBBY, "alice", 10.0), Member(LOBBY, "bob", 20.5)],
@@ -208,9 +210,10 @@ def test_a_batch_that_fails_leaves_nothing_of_itself(path: Path, failure: str) -
             store.apply(FAILING_BATCHES[failure])
         # Nothing of it, seen through the same connection and after a reopen; and the
         # store takes the next batch.
-        assert store.load() == Snapshot(identities=[identity("bob")], mail=[mail("bob", 0)])
+        assert store.load() == Snapshot(identities=[identity("bob")], mail=[mail("bob", 0)], next_seq=1)
         store.apply([Enqueue(mail("bob", 1))])
-    assert reopened(path) == Snapshot(identities=[identity("bob")], mail=[mail("bob", 0), mail("bob", 1)])
+    kept = Snapshot(identities=[identity("bob")], mail=[mail("bob", 0), mail("bob", 1)], next_seq=2)
+    assert reopened(path) == kept
 
 
 # -- files ---------------------------------------------------------------------------------------
@@ -369,3 +372,26 @@ def test_forgetting_a_nick_finds_its_memberships_by_index_even_in_an_older_store
     with opened(path):
         pass
     assert "USING INDEX members_by_nick" in _plan(path, "DELETE FROM members WHERE nick = ?")
+
+
+# -- seqs, and earlier formats -------------------------------------------------------------------
+
+
+def test_the_seqs_seen_are_remembered_once_every_item_is_gone(path: Path) -> None:
+    with opened(path) as store:
+        store.apply([Enqueue(mail("bob", 41)), Enqueue(mail("bob", 40))])
+        store.apply([Dequeue("bob", upto=41)])
+        store.apply([Enqueue(mail("carol", 7))])  # lower: the mark stays
+    assert reopened(path) == Snapshot(mail=[mail("carol", 7)], next_seq=42)
+
+
+def test_a_store_of_the_first_format_is_brought_up_to_date(path: Path) -> None:
+    with opened(path) as store:
+        store.apply([SaveIdentity(identity("bob")), Enqueue(mail("bob", 3))])
+    with contextlib.closing(sqlite3.connect(path)) as raw:  # as the first format made it
+        raw.execute("ALTER TABLE about DROP COLUMN next_seq")
+        raw.execute("UPDATE about SET version = 1")
+        raw.commit()
+    assert reopened(path) == Snapshot(identities=[identity("bob")], mail=[mail("bob", 3)])
+    with contextlib.closing(sqlite3.connect(path)) as raw:
+        assert raw.execute("SELECT version FROM about").fetchone() == (VERSION,)

@@ -105,9 +105,15 @@ class RelayCore:
         key: PrivateKey | None = None,
         snapshot: Snapshot | None = None,
         wall: float = 0.0,
+        now: float = 0.0,
     ) -> None:
         """``snapshot``: what a store kept; ``wall``: the Unix time when the shell's clock
-        (the ``now`` of each call, monotonic) reads 0. What is kept carries Unix times."""
+        (the ``now`` of each call, monotonic) reads 0, and ``now`` that clock now. What
+        is kept carries Unix times.
+
+        Mailbox seqs start at the Unix time now in microseconds, and above any the store
+        has seen: a seq must never be used again, even for a mailbox that has drained,
+        and whether or not the relay kept anything."""
         self.limits = limits or Limits()
         #: the rates each welcome advertises (floats, as the wire has them)
         self._advertised = {
@@ -130,10 +136,10 @@ class RelayCore:
         #: nick skeleton -> the nick online that has it (see ``grammar.skeleton``)
         self._skeletons: dict[str, str] = {}
         #: known identities, their bundles, #lobby's members and mailboxes
-        self.kept = Kept(self.limits, snapshot, first_seq=int(wall * 1_000_000))
+        self.kept = Kept(self.limits, snapshot, first_seq=int((wall + now) * 1_000_000))
         self._wall = wall
         #: the latest time the shell has given, for changes it gives none with (a disconnect)
-        self._now = 0.0
+        self._now = now
         self._swept = -math.inf
         self._sources = Sources()
         self._unfinished = Unfinished()

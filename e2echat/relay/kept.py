@@ -55,7 +55,7 @@ class Kept:
         #: ``#lobby``'s members: nick -> when last seen, least recently first
         self.members: dict[str, float] = {}
         self.prekeys = PrekeyDirectory(limits)
-        self.mailboxes = Mailboxes(limits, first_seq)
+        self.mailboxes = Mailboxes(limits, max(first_seq, snapshot.next_seq if snapshot else 0))
         #: nicks given new mailbox items since the core last looked
         self.notified: set[str] = set()
         if snapshot is not None:

@@ -135,6 +135,7 @@ class Relay:
             key=self.core.key,
             snapshot=snapshot,
             wall=time.time() - loop.time(),
+            now=loop.time(),
         )
         try:
             self._server = await loop.create_server(lambda: _Link(self), self.host, self.requested_port)

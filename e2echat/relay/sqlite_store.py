@@ -59,7 +59,7 @@ from e2echat.relay.store import (
 log = logging.getLogger("e2echat.relay.sqlite_store")
 
 FORMAT = "e2echat relay store"  # the version row's first column: this file is one of ours
-VERSION = 1
+VERSION = 2  # 2: about.next_seq
 LOCK_SUFFIX = "-lock"  # beside SQLite's own -wal and -shm
 # STRICT tables (a core that hands over a str for bytes fails its batch, not the next load).
 _MIN_SQLITE = (3, 37, 0)
@@ -71,7 +71,8 @@ _NOT_A_STORE = "it is not an e2echat relay store (or it is damaged)"
 _WAL_LIMIT = 64 * 2**20
 
 _SCHEMA = (
-    "CREATE TABLE about (format TEXT NOT NULL, version INTEGER NOT NULL) STRICT",
+    "CREATE TABLE about (format TEXT NOT NULL, version INTEGER NOT NULL,"
+    " next_seq INTEGER NOT NULL DEFAULT 0) STRICT",
     "CREATE TABLE identities (nick TEXT PRIMARY KEY, identity_key BLOB NOT NULL,"
     " last_seen REAL NOT NULL) STRICT",
     "CREATE TABLE bundles (nick TEXT PRIMARY KEY, signed BLOB NOT NULL, one_time BLOB NOT NULL) STRICT",
@@ -83,6 +84,10 @@ _SCHEMA = (
     " sender TEXT NOT NULL, message_id INTEGER NOT NULL, queued_at REAL NOT NULL,"
     " body BLOB NOT NULL, reason TEXT NOT NULL, PRIMARY KEY (recipient, seq)) STRICT",
 )
+# Format -> what brings it to the next one.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: ("ALTER TABLE about ADD COLUMN next_seq INTEGER NOT NULL DEFAULT 0",),
+}
 # Made at every open, not only with the tables: a store made before it existed gets it too.
 # Forgetting a nick deletes its memberships by nick alone, which the primary key (room
 # first) cannot find without a scan of every membership.
@@ -140,6 +145,7 @@ class SqliteStore:
                             " FROM mail ORDER BY recipient, seq"
                         )
                     ],
+                    next_seq=connection.execute("SELECT next_seq FROM about").fetchone()[0],
                 )
             except sqlite3.Error as exc:
                 raise self._problem(exc) from None
@@ -229,6 +235,7 @@ class SqliteStore:
         tables = {
             name for (name,) in connection.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")
         }
+        found = VERSION
         if tables:
             if "about" not in tables:
                 raise StoreError(path=self.path, detail=_NOT_A_STORE)
@@ -237,8 +244,9 @@ class SqliteStore:
                 raise StoreError(path=self.path, detail=_NOT_A_STORE)
             if row[1] > VERSION:
                 raise StoreError(path=self.path, detail=f"it was made by a newer e2echat (format {row[1]})")
-            if row[1] != VERSION:
+            if row[1] not in _MIGRATIONS and row[1] != VERSION:
                 raise StoreError(path=self.path, detail=f"its format {row[1]} is not one this e2echat reads")
+            found = row[1]
         (mode,) = connection.execute("PRAGMA journal_mode=WAL").fetchone()
         if mode != "wal":
             raise StoreError(path=self.path, detail=f"SQLite kept journal mode {mode}, not wal")
@@ -250,8 +258,20 @@ class SqliteStore:
                 connection.execute(statement)
             connection.execute("INSERT INTO about (format, version) VALUES (?, ?)", (FORMAT, VERSION))
             connection.execute("COMMIT")
+        elif found != VERSION:
+            self._migrate(connection, found)
         for statement in _INDEXES:
             connection.execute(statement)
+
+    @staticmethod
+    def _migrate(connection: sqlite3.Connection, version: int) -> None:
+        """Bring a store of an earlier format up to ``VERSION``, in one transaction."""
+        connection.execute("BEGIN IMMEDIATE")
+        for step in range(version, VERSION):
+            for statement in _MIGRATIONS[step]:
+                connection.execute(statement)
+        connection.execute("UPDATE about SET version = ?", (VERSION,))
+        connection.execute("COMMIT")
 
     # -- errors -----------------------------------------------------------------------------------
 
@@ -312,6 +332,8 @@ def _forget_members(connection: sqlite3.Connection, ops: list[ForgetMember]) -> 
 
 
 def _enqueue(connection: sqlite3.Connection, ops: list[Enqueue]) -> None:
+    high = max(op.item.seq for op in ops) + 1
+    connection.execute("UPDATE about SET next_seq = max(next_seq, ?)", (high,))
     connection.executemany(
         "INSERT INTO mail (recipient, seq, kind, sender, message_id, queued_at, body, reason)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",

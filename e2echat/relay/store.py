@@ -135,12 +135,15 @@ Op = SaveIdentity | ForgetIdentity | SaveBundle | SaveMember | ForgetMember | En
 @dataclass(slots=True)
 class Snapshot:
     """Everything a store holds, to build a core from at start-up. ``mail`` is in ``to``,
-    then ``seq`` order."""
+    then ``seq`` order. ``next_seq``: above every seq ever enqueued (a store keeps it
+    from its ``Enqueue`` ops), so that a seq is not used again once its item is gone, by
+    a relay restarted on a clock that went back."""
 
     identities: list[Identity] = field(default_factory=list)
     bundles: list[StoredBundle] = field(default_factory=list)
     members: list[Member] = field(default_factory=list)
     mail: list[MailItem] = field(default_factory=list)
+    next_seq: int = 0
 
 
 class RelayStore(Protocol):
