@@ -525,3 +525,19 @@ def test_seqs_start_at_the_unix_time_now_not_when_the_shells_clock_started() -> 
     core = RelayCore(Limits(), wall=1_000.0, now=500.0)
     (enqueue,) = core.kept.mailboxes.put_notice("bob", "alice", 1, "expired", 0.0)
     assert isinstance(enqueue, Enqueue) and enqueue.item.seq == 1_500_000_000
+
+
+@pytest.mark.parametrize("restart", [False, True])
+def test_bundles_are_evicted_in_the_same_order_after_a_restart(restart: bool) -> None:
+    """The least recent to register goes first, which is not the least recently seen."""
+    relay = Relay(bundles=3)
+    relay.join("ann")
+    relay.join("ben")
+    relay.leave("ben")
+    relay.tick(1.0)
+    relay.leave("ann")  # seen after ben, registered before him
+    if restart:
+        relay = Relay(relay.store, bundles=3)
+    relay.join("cid")
+    relay.join("dee")  # four bundles: ann's goes, both times
+    assert not relay.core.kept.knows("ann") and relay.core.kept.knows("ben")

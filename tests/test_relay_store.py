@@ -68,8 +68,8 @@ def mail(to: str, seq: int, sender: str = "alice", body: bytes = b"ciphertext") 
     return MailItem(to, seq, MAIL, sender, 100 + seq, 1_700_000_000.5 + seq, body)
 
 
-def identity(nick: str, key: int = 1, last_seen: float = 1_700_000_000.25) -> Identity:
-    return Identity(nick, bytes([key]) * 32, last_seen)
+def identity(nick: str, key: int = 1, last_seen: float = 1_700_000_000.25, registered: int = 0) -> Identity:
+    return Identity(nick, bytes([key]) * 32, last_seen, registered)
 
 
 # -- the interface, for every store ------------------------------------------------------------
@@ -143,7 +143,7 @@ def test_every_op_is_back_after_a_reopen(path: Path) -> None:
     with opened(path) as store:  # changes to what a reopened store holds
         store.apply(
             [
-                SaveIdentity(identity("bob", key=9, last_seen=20.5)),  # another key, seen later
+                SaveIdentity(identity("bob", key=9, last_seen=20.5, registered=5)),  # another key, seen later
                 SaveBundle(StoredBundle("bob", b"signed 2", b"one-time 2")),  # replaces the whole
                 SaveMember(Member(LOBBY, "bob", 20.5)),
                 ForgetMember("#other", "alice"),
@@ -155,7 +155,11 @@ def test_every_op_is_back_after_a_reopen(path: Path) -> None:
         )
     assert reopened(path) == Snapshot(
         next_seq=8,
-        identities=[identity("alice"), identity("bob", key=9, last_seen=20.5), identity("élodie", key=3)],
+        identities=[
+            identity("alice"),
+            identity("bob", key=9, last_seen=20.5, registered=5),
+            identity("élodie", key=3),
+        ],
         bundles=[StoredBundle("bob", b"signed 2", b"one-time 2")],
         members=[Member(LOBBY, "alice", 10.0), Member(LOBBY, "bob", 20.5)],
         mail=[
@@ -390,6 +394,7 @@ def test_a_store_of_the_first_format_is_brought_up_to_date(path: Path) -> None:
         store.apply([SaveIdentity(identity("bob")), Enqueue(mail("bob", 3))])
     with contextlib.closing(sqlite3.connect(path)) as raw:  # as the first format made it
         raw.execute("ALTER TABLE about DROP COLUMN next_seq")
+        raw.execute("ALTER TABLE identities DROP COLUMN registered")
         raw.execute("UPDATE about SET version = 1")
         raw.commit()
     assert reopened(path) == Snapshot(identities=[identity("bob")], mail=[mail("bob", 3)])

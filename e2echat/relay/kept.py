@@ -58,6 +58,8 @@ class Kept:
         self.mailboxes = Mailboxes(limits, max(first_seq, snapshot.next_seq if snapshot else 0))
         #: nicks given new mailbox items since the core last looked
         self.notified: set[str] = set()
+        #: registrations counted so far (``Identity.registered``)
+        self._registrations = 0
         if snapshot is not None:
             self._restore(snapshot)
 
@@ -68,9 +70,12 @@ class Kept:
             if member.room == LOBBY and member.nick in self.identities:
                 self.members[member.nick] = member.last_seen
         bundles = {bundle.nick: bundle for bundle in snapshot.bundles}
-        for nick, identity in self.identities.items():
-            if nick in bundles:
-                self.prekeys.restore(nick, identity.identity_key, bundles[nick])
+        # In the order they last registered, as the directory keeps them (it drops the
+        # least recent first); a store that did not count registrations: last seen.
+        for identity in sorted(self.identities.values(), key=lambda identity: identity.registered):
+            if identity.nick in bundles:
+                self.prekeys.restore(identity.nick, identity.identity_key, bundles[identity.nick])
+        self._registrations = max((identity.registered for identity in self.identities.values()), default=0)
         self.mailboxes.restore(item for item in snapshot.mail if item.to in self.identities)
 
     def knows(self, nick: str) -> bool:
@@ -93,7 +98,8 @@ class Kept:
         if known is not None and known.identity_key != key:  # public keys: nothing to time
             ops += self._empty(nick, "key_changed", now)
         count = self.prekeys.register(nick, identity_key, signed)
-        ops += self._seen(nick, key, now)
+        self._registrations += 1
+        ops += self._seen(nick, key, now, self._registrations)
         ops.append(SaveBundle(self.prekeys.saved(nick)))
         ops += self._evicted(now)
         self.mailboxes.connected(nick)
@@ -103,7 +109,8 @@ class Kept:
         """``nick`` went offline: its bundle and mailbox stay, for those who write to it.
         ``evict=False`` for the relay stopping (see ``PrekeyDirectory.leave``)."""
         self.prekeys.leave(nick, evict=evict)
-        ops = self._seen(nick, self.identities[nick].identity_key, now)
+        known = self.identities[nick]
+        ops = self._seen(nick, known.identity_key, now, known.registered)
         return ops + self._evicted(now) if evict else ops
 
     def publish(
@@ -151,8 +158,8 @@ class Kept:
                 stale.append(nick)
         return stale
 
-    def _seen(self, nick: str, key: bytes, now: float) -> list[Op]:
-        identity = Identity(nick, key, now)
+    def _seen(self, nick: str, key: bytes, now: float, registered: int) -> list[Op]:
+        identity = Identity(nick, key, now, registered)
         # Out and in again: both stay in the order they were last seen.
         self.identities.pop(nick, None)
         self.identities[nick] = identity

@@ -59,7 +59,7 @@ from e2echat.relay.store import (
 log = logging.getLogger("e2echat.relay.sqlite_store")
 
 FORMAT = "e2echat relay store"  # the version row's first column: this file is one of ours
-VERSION = 2  # 2: about.next_seq
+VERSION = 2  # 2: about.next_seq, identities.registered
 LOCK_SUFFIX = "-lock"  # beside SQLite's own -wal and -shm
 # STRICT tables (a core that hands over a str for bytes fails its batch, not the next load).
 _MIN_SQLITE = (3, 37, 0)
@@ -74,7 +74,7 @@ _SCHEMA = (
     "CREATE TABLE about (format TEXT NOT NULL, version INTEGER NOT NULL,"
     " next_seq INTEGER NOT NULL DEFAULT 0) STRICT",
     "CREATE TABLE identities (nick TEXT PRIMARY KEY, identity_key BLOB NOT NULL,"
-    " last_seen REAL NOT NULL) STRICT",
+    " last_seen REAL NOT NULL, registered INTEGER NOT NULL DEFAULT 0) STRICT",
     "CREATE TABLE bundles (nick TEXT PRIMARY KEY, signed BLOB NOT NULL, one_time BLOB NOT NULL) STRICT",
     "CREATE TABLE members (room TEXT NOT NULL, nick TEXT NOT NULL, last_seen REAL NOT NULL,"
     " PRIMARY KEY (room, nick)) STRICT",
@@ -86,7 +86,11 @@ _SCHEMA = (
 )
 # Format -> what brings it to the next one.
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
-    1: ("ALTER TABLE about ADD COLUMN next_seq INTEGER NOT NULL DEFAULT 0",),
+    1: (
+        "ALTER TABLE about ADD COLUMN next_seq INTEGER NOT NULL DEFAULT 0",
+        # 0 for all: the order they last registered in is lost; last seen stands in for it.
+        "ALTER TABLE identities ADD COLUMN registered INTEGER NOT NULL DEFAULT 0",
+    ),
 }
 # Made at every open, not only with the tables: a store made before it existed gets it too.
 # Forgetting a nick deletes its memberships by nick alone, which the primary key (room
@@ -120,9 +124,9 @@ class SqliteStore:
             try:
                 return Snapshot(
                     identities=[
-                        Identity(nick, identity_key, last_seen)
-                        for nick, identity_key, last_seen in connection.execute(
-                            "SELECT nick, identity_key, last_seen FROM identities ORDER BY nick"
+                        Identity(*row)
+                        for row in connection.execute(
+                            "SELECT nick, identity_key, last_seen, registered FROM identities ORDER BY nick"
                         )
                     ],
                     bundles=[
@@ -295,9 +299,10 @@ class SqliteStore:
 
 def _save_identities(connection: sqlite3.Connection, ops: list[SaveIdentity]) -> None:
     connection.executemany(
-        "INSERT INTO identities (nick, identity_key, last_seen) VALUES (?, ?, ?) ON CONFLICT (nick)"
-        " DO UPDATE SET identity_key = excluded.identity_key, last_seen = excluded.last_seen",
-        [(op.identity.nick, op.identity.identity_key, op.identity.last_seen) for op in ops],
+        "INSERT INTO identities (nick, identity_key, last_seen, registered) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (nick) DO UPDATE SET identity_key = excluded.identity_key,"
+        " last_seen = excluded.last_seen, registered = excluded.registered",
+        [(i.nick, i.identity_key, i.last_seen, i.registered) for i in (op.identity for op in ops)],
     )
 
 

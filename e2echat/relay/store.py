@@ -28,12 +28,14 @@ from typing import Protocol
 
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """A nick the relay has known: the identity key it last registered with, and when it
-    was last online (Unix seconds, the relay's clock)."""
+    """A nick the relay has known: the identity key it last registered with, when it
+    was last online (Unix seconds, the relay's clock), and when it last registered, as a
+    count of registrations (the order in which bundles are dropped over the bound)."""
 
     nick: str
     identity_key: bytes
     last_seen: float
+    registered: int = 0
 
 
 @dataclass(frozen=True, slots=True)
