@@ -30,6 +30,7 @@ from support import (
     LOOPBACK,
     REPO,
     WAIT,
+    RawClient,
     connect,
     peers,
     run_cli,
@@ -94,6 +95,27 @@ async def test_taken_nick(tmp_path: Path) -> None:
         )
     assert code == 5
     assert "already online" in _one_clear_line(err)
+
+
+async def test_a_nick_with_mail_waiting_for_another_key_is_refused_clearly(tmp_path: Path) -> None:
+    async with running_relay() as relay:
+        away = await RawClient.open(relay)
+        await away.register("bob")
+        away.close()
+        async with asyncio.timeout(WAIT):
+            while "bob" in relay.core.online:
+                await asyncio.sleep(0.01)
+        alice = await RawClient.open(relay)
+        await alice.register("alice")
+        alice.send(m.Send(1, (m.Envelope("bob", b"\x01" * 41),)))
+        assert (await alice.receive_kind(m.Routed)).queued == ("bob",)
+        code, _, err = await run_cli(
+            "connect", "--nick", "bob", "--port", str(relay.port), "--home", str(tmp_path)
+        )
+        alice.close()
+    assert code == 5
+    line = _one_clear_line(err)
+    assert "messages wait here for another key of 'bob'" in line and "another nick" in line
 
 
 async def test_line_mode_chat_through_a_pipe(tmp_path: Path) -> None:

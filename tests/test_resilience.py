@@ -147,7 +147,7 @@ async def test_flooding_client_is_limited_then_disconnected_others_unaffected() 
         assert got.text == "are we fine?"
 
 
-async def _stalled_client(relay: Relay, nick: str) -> RawClient:
+async def _stalled_client(relay: Relay, nick: str, identity: PrivateKey | None = None) -> RawClient:
     """A client that registers and then never reads again, with a small receive window."""
     stalled = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window, quickly full
@@ -155,7 +155,7 @@ async def _stalled_client(relay: Relay, nick: str) -> RawClient:
     await asyncio.get_running_loop().sock_connect(stalled, (LOOPBACK, relay.port))
     reader, writer = await asyncio.open_connection(sock=stalled)
     raw = RawClient(reader, writer)
-    await raw.register(nick)
+    await raw.register(nick, identity)
     return raw
 
 
@@ -167,7 +167,8 @@ async def test_a_client_hung_up_on_leaves_the_directory_at_once_though_it_never_
     options = {"idle_timeout": 1.0, "write_buffer": 64 * 2**20, "close_grace": 0.3}
     options |= {"rate": 1e9, "burst": 1e9, "byte_rate": 2**40, "byte_burst": 2**40}
     async with running_relay(**options) as relay:
-        stalled = await _stalled_client(relay, "stalled")
+        identity = PrivateKey.generate()
+        stalled = await _stalled_client(relay, "stalled", identity)
         alice = await RawClient.open(relay)
         await alice.register("alice")
         transport = relay.transport(relay.core.online["stalled"])
@@ -184,7 +185,7 @@ async def test_a_client_hung_up_on_leaves_the_directory_at_once_though_it_never_
         routed = await alice.receive_kind(m.Routed)
         assert routed.queued == ("stalled",) and routed.delivered == ()  # it is away now
         again = await RawClient.open(relay)
-        await again.register("stalled")  # the same person, back: the nick is free
+        await again.register("stalled", identity)  # the same person, back: the nick is free
         deadline = time.monotonic() + WAIT
         while relay._closing and time.monotonic() < deadline:
             await asyncio.sleep(0.05)  # bounded: the sweeper aborts it after close_grace

@@ -230,7 +230,7 @@ class Client:
                 )
                 return None
             except RegistrationRefused as exc:
-                if exc.code in ("bad_password", "password_required"):
+                if exc.code in ("bad_password", "password_required", "nick_reserved"):
                     self.closed = True  # trying again cannot help
                     self._put(self._held.give_up(TURNED_AWAY))
                     self.events.put_nowait(Disconnected(f"it refused us: {exc.detail}"))

@@ -22,6 +22,7 @@ import logging
 import math
 import struct
 import sys
+import time
 from dataclasses import dataclass
 
 import nacl.utils
@@ -390,6 +391,16 @@ class RelayCore:
         peer = admit(self.key, record.challenge, self.password, self._skeletons, message)
         if isinstance(peer, tuple):
             return self._refuse(record, *peer)
+        until = self.kept.reserved_until(peer.nick, bytes(peer.identity_key))
+        if until is not None:
+            # Else anyone could wipe an away user's mail by taking the nick with a key of
+            # their own (clients would warn of the key change, but the mail would be gone).
+            when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(until))
+            text = (
+                f"messages wait here for another key of {peer.nick!r}; they expire by {when}"
+                " (or use another nick)"
+            )
+            return self._refuse(record, "nick_reserved", text)
         record.peer, record.challenge = peer, b""
         record.flow = Flow(self.limits, now)
         record.decoder.max_frame = self.limits.max_frame

@@ -8,8 +8,10 @@
 - ``#lobby``'s members: everyone who registers, until away longer than a mailbox's time
   to live (a room message for them would only expire).
 
-A nick registered again with another identity key keeps no mailbox: its items were for
-the old key's owner, so each message in it becomes a ``key_changed`` notice to its sender.
+A nick whose mailbox holds messages cannot be registered with another identity key (see
+``reserved_until``): they are for the old key's owner, and a stranger must not be able
+to wipe them by taking the nick. Once they are gone (delivered or expired), another key
+may take it; the notices left for the old key's owner go with it, silently.
 An identity away longer than ``identity_ttl`` with an empty mailbox is forgotten, and so
 is the one offline longest when there are more than ``bundles``.
 
@@ -81,6 +83,14 @@ class Kept:
     def knows(self, nick: str) -> bool:
         return nick in self.identities
 
+    def reserved_until(self, nick: str, identity_key: bytes) -> float | None:
+        """If ``nick`` may not be registered with ``identity_key`` because messages wait
+        for it under another key: when the last of them expires."""
+        known = self.identities.get(nick)
+        if known is None or known.identity_key == identity_key:  # public keys: nothing to time
+            return None
+        return self.mailboxes.messages_until(nick)
+
     def away(self, online: Container[str]) -> list[str]:
         """``#lobby``'s members who are not online."""
         return [nick for nick in self.members if nick not in online]
@@ -91,12 +101,13 @@ class Kept:
         self, nick: str, identity_key: PublicKey, signed: SignedPrekey, now: float
     ) -> tuple[int, list[Op]]:
         """``nick`` registered with ``identity_key`` and ``signed``: how many one-time
-        prekeys the relay holds for it, and the ops."""
+        prekeys the relay holds for it, and the ops. With another key than before, only
+        once no message waits for it (``reserved_until``)."""
         key = bytes(identity_key)
         ops: list[Op] = []
         known = self.identities.get(nick)
         if known is not None and known.identity_key != key:  # public keys: nothing to time
-            ops += self._empty(nick, "key_changed", now)
+            ops += self._empty(nick)
         count = self.prekeys.register(nick, identity_key, signed)
         self._registrations += 1
         ops += self._seen(nick, key, now, self._registrations)
@@ -182,11 +193,12 @@ class Kept:
         self.prekeys.forget(nick)
         return [ForgetIdentity(nick), *self._notices(gone, "expired", now)]
 
-    def _empty(self, nick: str, reason: str, now: float) -> list[Op]:
+    def _empty(self, nick: str) -> list[Op]:
+        """Drop the notices left for ``nick``'s previous key's owner (no message is left:
+        see ``reserved_until``)."""
         gone = self.mailboxes.drop(nick)
-        if not gone:
-            return []
-        return [Dequeue(nick, upto=gone[-1].seq), *self._notices(gone, reason, now)]
+        assert all(item.kind != MAIL for item in gone), "a reserved nick was taken"
+        return [Dequeue(nick, upto=gone[-1].seq)] if gone else []
 
     def _notices(self, gone: list[MailItem], reason: str, now: float) -> list[Op]:
         """A notice to the sender of each message in ``gone`` who is still known. Notices

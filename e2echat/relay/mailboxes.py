@@ -101,6 +101,15 @@ class Mailboxes:
         box = self._boxes.get(nick)
         return len(box.items) if box is not None else 0
 
+    def messages_until(self, nick: str) -> float | None:
+        """When the last message (``MAIL``) waiting for ``nick`` expires; None if none
+        waits (notices aside)."""
+        box = self._boxes.get(nick)
+        if box is None or not box.mail:
+            return None
+        last = next(item for item in reversed(box.items) if item.kind == MAIL)
+        return last.queued_at + self.limits.mailbox_ttl
+
     def items(self, nick: str) -> list[MailItem]:
         box = self._boxes.get(nick)
         return list(box.items) if box is not None else []
