@@ -44,8 +44,10 @@ class Relay:
         self.keys: dict[str, PrivateKey] = {}
         self.now = 0.0
         self._next = 1
+        self.actions: list[Action] = []
 
     def keep(self, actions: list[Action]) -> list[Outgoing | Close]:
+        self.actions = actions  # the latest, as the core gave them
         for action in actions:
             if isinstance(action, Persist):
                 self.store.apply(action.ops)
@@ -569,3 +571,27 @@ def test_bundles_are_evicted_in_the_same_order_after_a_restart(restart: bool) ->
     relay.join("cid")
     relay.join("dee")  # four bundles: ann's goes, both times
     assert not relay.core.kept.knows("ann") and relay.core.kept.knows("ben")
+
+
+def test_only_frames_that_claim_something_kept_wait_for_the_store() -> None:
+    """Joins, leaves and acks keep changes, but their frames (welcome, presence, mail
+    already kept) claim nothing about them: under churn, nobody waits for a disk."""
+    relay = Relay()
+    _away(relay, "bob")
+    relay.join("alice")
+    relay.send("alice", 1, "bob")
+
+    def held() -> list[ConnId]:
+        assert any(isinstance(action, Persist) for action in relay.actions)  # something kept
+        return [conn for action in relay.actions if isinstance(action, Persist) for conn, _ in action.frames]
+
+    assert _to(relay.conns["alice"], relay.join("carol"), m.PeerJoined)
+    assert not held()
+    (mail,) = relay.join_and_get("bob", m.Mail)
+    assert not held()
+    relay.say("bob", m.Ack(mail.seq))
+    assert not held()
+    relay.leave("bob")
+    assert not held()
+    relay.send("alice", 2, "bob")
+    assert held() == [relay.conns["alice"]]  # "queued": only once it is

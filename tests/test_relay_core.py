@@ -284,8 +284,9 @@ def test_presence_is_encoded_once_for_everyone() -> None:
     for conn, nick in enumerate(("alice", "bob", "carol"), start=1):
         _join(relay, conn, nick)
     relay.connect(4, 0.0)  # a stranger, not registered: not told about anyone
-    (write,) = relay.disconnect(3)  # frames after carol's last seen is kept
-    assert isinstance(write, Persist) and [conn for conn, _ in write.frames] == [1, 2]
+    (write, kept) = relay.disconnect(3)  # at once: carol's last seen is kept meanwhile
+    assert isinstance(kept, Persist) and not kept.frames
+    assert isinstance(write, Write) and [conn for conn, _ in write.frames] == [1, 2]
     assert write.frames[0][1] is write.frames[1][1]
     assert decode_frame(write.frames[0][1]) == m.PeerLeft("carol")
     (kept, bye, *closes) = relay.shutdown("maintenance")

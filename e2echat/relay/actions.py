@@ -46,8 +46,15 @@ class Persist:
 Action = Write | Close | Persist
 
 
-def keep(ops: list[Op], frames: list[tuple[ConnId, bytes]]) -> list[Action]:
-    """``frames`` once ``ops`` are kept; at once if there is nothing to keep."""
+def keep(
+    ops: list[Op], frames: list[tuple[ConnId, bytes]], now: list[tuple[ConnId, bytes]] | None = None
+) -> list[Action]:
+    """``frames`` once ``ops`` are kept (at once if there is nothing to keep), and ``now``
+    at once, first: those that claim nothing about what is kept (presence, a welcome,
+    mailbox items already kept) must not wait for a disk behind them."""
+    actions: list[Action] = [Write(now)] if now else []
     if ops:
-        return [Persist(ops, frames)]
-    return [Write(frames)] if frames else []
+        actions.append(Persist(ops, frames))
+    elif frames:
+        actions.append(Write(frames))
+    return actions

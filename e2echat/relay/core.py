@@ -355,7 +355,9 @@ class RelayCore:
         del self._skeletons[skeleton(nick)]
         ops = self.kept.leave(nick, self._unix())
         log.info("connection #%d: %s left", conn, nick)
-        return keep(ops, self._presence(PeerLeft(nick)) + self._notify())
+        # The notices (of mail dropped with an identity evicted) say what is kept: they
+        # wait for it; that it left does not.
+        return keep(ops, self._notify(), now=self._presence(PeerLeft(nick)))
 
     def _unix(self) -> float:
         """The Unix time now (as of the latest call), for what is kept."""
@@ -420,7 +422,7 @@ class RelayCore:
         frames += [(conn, frame) for frame in away]
         self._backlog.unflushed[conn] = sum(len(frame) for frame in welcome + away)
         frames += self._due(nick)
-        return keep(ops, frames + self._notify())
+        return keep(ops, self._notify(), now=frames)
 
     def _route(self, record: _Connection, message: Routes) -> list[Action]:
         assert record.peer is not None
@@ -502,4 +504,4 @@ class RelayCore:
         if message.seq > record.mail_sent:
             raise RemoteProtocolError(detail=f"ack of mailbox item {message.seq}, which was not sent")
         op = self.kept.mailboxes.ack(record.peer.nick, message.seq)
-        return keep([op] if op is not None else [], self._due(record.peer.nick))
+        return keep([op] if op is not None else [], [], now=self._due(record.peer.nick))
