@@ -27,7 +27,8 @@ def _strict(payload: bytes) -> Fields | None:
     return message.seq, message.sender, message.queued_at, message.body
 
 
-times = st.floats(min_value=0, max_value=2**40, exclude_max=True, allow_nan=False)
+# A float, or a whole number of seconds (check_time takes an int too).
+times = st.floats(min_value=0, max_value=2**40, exclude_max=True, allow_nan=False) | st.integers(0, 2**40 - 1)
 
 
 @settings(max_examples=300)

@@ -70,7 +70,11 @@ def _write_int(value: int) -> bytes:
 
 
 def write_number(value: float) -> bytes:
-    """A float as JSON writes it (json.dumps uses float's repr)."""
+    """A number as JSON writes it: a float's repr, or an int's digits (a time may be a
+    whole number of seconds: check_time takes either). The decoder reads either back as
+    an equal float."""
+    if type(value) is int:
+        return b"%d" % value
     return float.__repr__(value).encode("ascii")
 
 
