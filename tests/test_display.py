@@ -390,6 +390,23 @@ _LINES: dict[str, tuple[str | None, Shown, str | None]] = {
         Recalled(Entry(ROOM, False, "alice", "yo", NOW, NOW, 3, State.QUEUED, "queued")),
         f"{STAMP} [queued] <alice> yo",
     ),
+    "recalled-own-room-message-partly-queued": (
+        "own",
+        Recalled(
+            Entry(
+                ROOM,
+                False,
+                "alice",
+                "yo",
+                NOW,
+                NOW,
+                3,
+                State.QUEUED,
+                "waiting for dave (queued); delivered to bob",
+            )
+        ),
+        f"{STAMP} [waiting for dave (queued); delivered to bob] <alice> yo",
+    ),
     "recalled-own-not-delivered": (
         "warning",
         Recalled(

@@ -5,6 +5,7 @@ keyed hashes, state changes by message id, pruning, memory only, and the event l
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sqlite3
 import stat
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 from nacl.public import PrivateKey
 
-from e2echat.client.events import KeyChanged, MessageReceived, Queued
+from e2echat.client.events import KeyChanged, MessageQueued, MessageReceived, Queued
 from e2echat.client.receipts import DeliveryReport
 from e2echat.errors import KeyFileError
 from e2echat.store.history import HistoryStore
@@ -77,7 +78,9 @@ def test_an_entry_round_trips_through_its_encoding(entry: Entry) -> None:
 def test_an_entry_does_not_decode_as_another_rows() -> None:
     with pytest.raises(ValueError):
         decode_entry(13, encode_entry(12, SAMPLES[0]))
-    for junk in (b"", b"[]", b"{}", b"\xff", b"[1,12]", encode_entry(12, SAMPLES[0]).replace(b"[1,", b"[2,")):
+    encoded = encode_entry(12, SAMPLES[0])
+    other_formats = [encoded.replace(b"[2,", b"[3,", 1), encoded.replace(b"[2,", b"[1,", 1)]
+    for junk in (b"", b"[]", b"{}", b"\xff", b"[1,12]", *other_formats):
         with pytest.raises(ValueError):
             decode_entry(12, junk)
 
@@ -172,8 +175,122 @@ def test_events_make_entries_and_changes() -> None:
     changed = transcript.record(KeyChanged("bob", "aaaa", "bbbb"), NOW)
     assert isinstance(changed, Entry) and changed.kind is Kind.NOTICE and changed.conversation == "bob"
     assert transcript.record(object(), NOW) is None
-    many = DeliveryReport(3, False, ("a", "b", "c", "d"), ())
-    assert transcript.record(many, NOW) == StateChange(3, State.DELIVERED, "delivered to all 4")
+    many = transcript.record(DeliveryReport(3, False, ("a", "b", "c", "d"), ()), NOW)
+    assert isinstance(many, StateChange)
+    assert (many.message_id, many.state, many.detail) == (3, State.DELIVERED, "delivered to all 4")
+
+
+def _state(path: Path, conversation: str = ROOM) -> tuple[State, str]:
+    with opened(path) as store:
+        (entry,) = store.recent(conversation, 10).entries
+    return entry.state, entry.detail
+
+
+def test_a_room_messages_reports_merge_recipient_by_recipient(path: Path) -> None:
+    """Each later report (one recipient's receipt, days later; a mailbox's expiry) adds to
+    what the row knew, in a later write or in the same one, never overwrites it."""
+    write(
+        path,
+        transcript.sent("alice", "lunch?", None, 5, NOW),
+        *(
+            transcript.record(event, NOW) or line("?")
+            for event in (
+                MessageQueued(5, False, ("carol", "dave")),
+                DeliveryReport(5, False, ("bob",), (), queued=("carol", "dave")),
+            )
+        ),
+    )
+    assert _state(path) == (State.QUEUED, "waiting for carol, dave (queued); delivered to bob")
+    write(path, transcript.record(DeliveryReport(5, False, ("carol",), ()), NOW) or line("?"))
+    assert _state(path) == (State.QUEUED, "waiting for dave (queued); delivered to bob, carol")
+    expired = DeliveryReport(5, False, (), (("dave", "expired"),))
+    write(path, transcript.record(expired, NOW) or line("?"))
+    assert _state(path) == (State.FAILED, "NOT delivered to dave (expired); delivered to bob, carol")
+    with opened(path) as store:
+        (entry,) = store.recent(ROOM, 1).entries
+    assert [(o.nick, o.state, o.reason) for o in entry.recipients] == [
+        ("bob", State.DELIVERED, ""),
+        ("carol", State.DELIVERED, ""),
+        ("dave", State.FAILED, "expired"),
+    ]
+    assert transcript.export_text(entry).endswith(
+        "<alice> (NOT delivered to dave (expired); delivered to bob, carol) lunch?"
+    )
+    exported = json.loads(transcript.export_json(entry))
+    assert exported["state"] == "failed"
+    assert exported["recipients"] == [
+        {"nick": "bob", "state": "delivered", "reason": None},
+        {"nick": "carol", "state": "delivered", "reason": None},
+        {"nick": "dave", "state": "failed", "reason": "expired"},
+    ]
+
+
+def test_reports_that_come_in_one_write_all_count(path: Path) -> None:
+    write(path, transcript.sent("alice", "lunch?", None, 5, NOW))
+    reports = [
+        MessageQueued(5, False, tuple(f"p{n}" for n in range(5))),
+        DeliveryReport(5, False, ("bob",), (), queued=tuple(f"p{n}" for n in range(5))),
+        *(DeliveryReport(5, False, (f"p{n}",), ()) for n in range(4)),
+    ]
+    write(path, *(transcript.record(report, NOW) or line("?") for report in reports))
+    assert _state(path) == (State.QUEUED, "waiting for p4 (queued); delivered to 5 people")
+    write(path, transcript.record(DeliveryReport(5, False, ("p4",), ()), NOW) or line("?"))
+    assert _state(path) == (State.DELIVERED, "delivered to all 6")
+
+
+def test_a_receipt_that_overtook_its_queued_report_stays_delivered(path: Path) -> None:
+    """carol came back and confirmed before bob's receipt (and so the message's first
+    report, which says carol's copy was queued) came in."""
+    events = [
+        MessageQueued(6, False, ("carol",)),
+        DeliveryReport(6, False, ("carol",), ()),
+        DeliveryReport(6, False, ("bob",), (), queued=("carol",)),
+    ]
+    write(
+        path,
+        transcript.sent("alice", "hi", None, 6, NOW),
+        *(transcript.record(e, NOW) or line("?") for e in events),
+    )
+    assert _state(path) == (State.DELIVERED, "delivered to bob, carol")
+
+
+def test_a_row_of_the_first_format_still_opens() -> None:
+    """Rows written before recipients were kept (format 1: twelve items)."""
+    entry = Entry("carol", False, "alice", "psst", NOW, NOW, 7, State.DELIVERED, "delivered to carol")
+    items = [
+        1,
+        12,
+        "carol",
+        False,
+        "alice",
+        "psst",
+        NOW,
+        NOW,
+        7,
+        "delivered",
+        "delivered to carol",
+        "message",
+    ]
+    assert decode_entry(12, json.dumps(items).encode()) == entry
+    with pytest.raises(ValueError):
+        decode_entry(12, json.dumps([*items, []]).encode())
+
+
+@pytest.mark.parametrize(
+    "recipients",
+    [
+        [["bob", "sending", ""]],
+        [["bob", "delivered"]],
+        [[7, "delivered", ""]],
+        ["bob"],
+        [["bob", "queued", None]],
+    ],
+)
+def test_a_recipient_that_is_not_an_outcome_does_not_open(recipients: list[object]) -> None:
+    good = json.loads(encode_entry(12, SAMPLES[2]))
+    assert decode_entry(12, json.dumps(good).encode()) == SAMPLES[2]
+    with pytest.raises(ValueError):
+        decode_entry(12, json.dumps([*good[:12], recipients]).encode())
 
 
 def test_start_up_reads_the_last_lines_of_each_recent_conversation(path: Path) -> None:

@@ -298,7 +298,8 @@ class HistoryStore:
         # New rows, numbered on; a state change for one of them is made before it is sealed.
         rows: dict[int, Entry] = {}
         numbered: dict[int, int] = {}  # message id -> its new row's number
-        changes: dict[int, StateChange] = {}  # for rows written before: the last one wins
+        # For rows written before, in the order they came: each merges into the last.
+        changes: dict[int, list[StateChange]] = {}
         number = self._next
         for change in batch:
             if isinstance(change, Entry):
@@ -310,7 +311,7 @@ class HistoryStore:
                 row = numbered[change.message_id]
                 rows[row] = change.apply(rows[row])
             else:
-                changes[change.message_id] = change
+                changes.setdefault(change.message_id, []).append(change)
         try:
             if connection.in_transaction:  # one a failed ROLLBACK left open
                 connection.execute("ROLLBACK")
@@ -320,8 +321,8 @@ class HistoryStore:
                     "INSERT INTO history VALUES (?, ?, ?, ?)",
                     [self._row(row, entry) for row, entry in rows.items()],
                 )
-                for change in changes.values():
-                    self._change(connection, change)
+                for message_changes in changes.values():
+                    self._change(connection, message_changes)
                 last: dict[bytes, int] = {}
                 for row, entry in rows.items():
                     last[self._conversation_tag(entry.conversation)] = row
@@ -346,9 +347,10 @@ class HistoryStore:
         sealed = bytes(self._box.encrypt(encode_entry(number, entry)))
         return number, self._conversation_tag(entry.conversation), self._message_tag(entry.message_id), sealed
 
-    def _change(self, connection: sqlite3.Connection, change: StateChange) -> None:
-        """Seal ``change`` into the newest row of our message with its id, if that opens."""
-        tag = self._message_tag(change.message_id)
+    def _change(self, connection: sqlite3.Connection, changes: list[StateChange]) -> None:
+        """Seal ``changes`` (of one message) into the newest row of our message with its
+        id, if that opens."""
+        tag = self._message_tag(changes[0].message_id)
         found = connection.execute(
             f"{_ROW} WHERE message = ? ORDER BY number DESC LIMIT 1", (tag,)
         ).fetchone()
@@ -356,7 +358,9 @@ class HistoryStore:
         if entry is None:
             return  # pruned, never recorded (--no-log before a restart), or damaged
         number = found[0]
-        sealed = bytes(self._box.encrypt(encode_entry(number, change.apply(entry))))
+        for change in changes:
+            entry = change.apply(entry)
+        sealed = bytes(self._box.encrypt(encode_entry(number, entry)))
         connection.execute("UPDATE history SET sealed = ? WHERE number = ?", (sealed, number))
 
     def _entry(self, number: int, conversation: bytes, message: bytes | None, sealed: bytes) -> Entry | None:

@@ -258,8 +258,8 @@ def _describe(event: Shown, now: float, multiline: bool, relay: str) -> tuple[Li
     return None
 
 
-#: how a line of history shows what became of one of our messages
-_STATE_MARKS = {State.SENDING: " [unconfirmed]", State.QUEUED: " [queued]", State.DELIVERED: ""}
+#: how a line of history shows what became of one of our messages (else: its detail)
+_STATE_MARKS = {State.SENDING: " [unconfirmed]", State.DELIVERED: ""}
 
 
 def _recalled(entry: Entry, now: float, newline: str) -> tuple[LineStyle, str]:
@@ -275,7 +275,7 @@ def _recalled(entry: Entry, now: float, newline: str) -> tuple[LineStyle, str]:
         mark = " [private]" if entry.private else ""
         return ("private" if entry.private else "message"), f"{stamp}{mark} <{entry.sender}> {text}"
     mark = f" [private to {entry.conversation}]" if entry.private else ""
-    mark += _STATE_MARKS.get(entry.state, f" [{neutralize(entry.detail)}]")
+    mark += _STATE_MARKS.get(entry.state, f" [{neutralize(entry.detail or entry.state.value)}]")
     return ("warning" if entry.state is State.FAILED else "own"), f"{stamp}{mark} <{entry.sender}> {text}"
 
 

@@ -4,7 +4,10 @@ inside its seal, and which client events make or change one. Pure: no I/O.
 The history is driven by the events the chat shows (``record``): each kind of event that
 is kept has one recorder in ``RECORDERS``, so keeping a new kind is one line there. Our
 own messages are recorded when they are sent (``sent``), and their delivery state is
-changed afterwards, by message id (``StateChange``), as reports come in.
+changed afterwards, by message id (``StateChange``), as reports come in. A room message's
+reports come one recipient at a time (a receipt from someone who was away may come days
+later): each entry keeps what became of the copy for each recipient (``Outcome``), and its
+state and detail sum them all up.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from e2echat.ui.cells import neutralize
 
 #: the one room there is until rooms come (issue 18: "the room" is #lobby)
 ROOM = "#lobby"
-_FORMAT = 1  # the first item of every encoded entry
+_FORMAT = 2  # the first item of every encoded entry (1: before ``recipients``; still read)
 # Each encoding is padded with spaces (JSON ignores them) to a multiple of this, so that
 # a row's size on disk tells a text's length only to within this many bytes.
 _PAD = 64
@@ -41,6 +44,19 @@ class State(StrEnum):
 class Kind(StrEnum):
     MESSAGE = "message"
     NOTICE = "notice"  # something the chat said about a conversation (a key change)
+
+
+#: what may become of one recipient's copy
+_OUTCOMES = (State.QUEUED, State.DELIVERED, State.FAILED)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of the copy of one of our messages for one recipient, as last reported."""
+
+    nick: str
+    state: State  # QUEUED, DELIVERED or FAILED
+    reason: str = ""  # FAILED: why
 
 
 @dataclass(frozen=True)
@@ -62,6 +78,8 @@ class Entry:
     #: the delivery report in words: "delivered to bob", "NOT delivered to carol (offline)"
     detail: str = ""
     kind: Kind = Kind.MESSAGE
+    #: ours: what became of the copy for each recipient reported on so far
+    recipients: tuple[Outcome, ...] = ()
 
     @property
     def private(self) -> bool:
@@ -70,14 +88,27 @@ class Entry:
 
 @dataclass(frozen=True)
 class StateChange:
-    """The delivery state of our message ``message_id`` is now ``state``."""
+    """News of our message ``message_id``: what became of the copies for some recipients
+    (``outcomes``), merged into what was known; or, with none, its state as a whole (held
+    for the relay, never sent)."""
 
     message_id: int
     state: State
     detail: str = ""
+    outcomes: tuple[Outcome, ...] = ()
 
     def apply(self, entry: Entry) -> Entry:
-        return replace(entry, state=self.state, detail=self.detail)
+        if not self.outcomes:
+            return replace(entry, state=self.state, detail=self.detail)
+        merged = {outcome.nick: outcome for outcome in entry.recipients}
+        for outcome in self.outcomes:
+            before = merged.get(outcome.nick)
+            if outcome.state is State.QUEUED and before is not None and before.state is not State.QUEUED:
+                continue  # its receipt overtook the report that it was queued
+            merged[outcome.nick] = outcome
+        recipients = tuple(sorted(merged.values(), key=lambda outcome: outcome.nick))
+        state, detail = summary(recipients, private=entry.private)
+        return replace(entry, state=state, detail=detail, recipients=recipients)
 
 
 Change = Entry | StateChange
@@ -93,17 +124,31 @@ def sent(sender: str, text: str, recipient: str | None, message_id: int, now: fl
     return Entry(conversation_of(recipient), False, sender, text, now, now, message_id, State.SENDING)
 
 
-def delivery_summary(report: DeliveryReport) -> str:
-    """A delivery report in words, without the message: who got it, who did not and why."""
-    if not report.failed:
-        if report.private or len(report.delivered) <= 3:
-            return f"delivered to {', '.join(report.delivered)}"
-        return f"delivered to all {len(report.delivered)}"
-    failures = ", ".join(f"{nick} ({reason})" for nick, reason in report.failed)
-    summary = f"NOT delivered to {failures}"
-    if report.delivered:
-        summary += f"; delivered to {', '.join(report.delivered)}"
-    return summary
+def summary(recipients: tuple[Outcome, ...], *, private: bool) -> tuple[State, str]:
+    """The state of a message from what became of each copy, and those in words: who did
+    NOT get it and why (each by name), whose copy waits in their mailbox, who got it."""
+    failed = [outcome for outcome in recipients if outcome.state is State.FAILED]
+    queued = [outcome.nick for outcome in recipients if outcome.state is State.QUEUED]
+    delivered = [outcome.nick for outcome in recipients if outcome.state is State.DELIVERED]
+    parts = []
+    if failed:
+        parts.append("NOT delivered to " + ", ".join(f"{o.nick} ({o.reason})" for o in failed))
+    if queued:
+        parts.append(f"waiting for {_some(queued)} (queued)")
+    if delivered and not failed and not queued and not private and len(delivered) > _NAMED:
+        parts.append(f"delivered to all {len(delivered)}")
+    elif delivered:
+        parts.append(f"delivered to {_some(delivered)}")
+    state = State.FAILED if failed else State.QUEUED if queued else State.DELIVERED
+    return state, "; ".join(parts)
+
+
+#: a summary names this many recipients at most; more are counted
+_NAMED = 3
+
+
+def _some(nicks: list[str]) -> str:
+    return ", ".join(nicks) if len(nicks) <= _NAMED else f"{len(nicks)} people"
 
 
 def _received(event: MessageReceived, now: float) -> Change:
@@ -112,14 +157,25 @@ def _received(event: MessageReceived, now: float) -> Change:
 
 
 def _reported(event: DeliveryReport, now: float) -> Change | None:
-    if not event.delivered and not event.failed:
-        return None  # every copy waits in a mailbox: MessageQueued said so
-    state = State.DELIVERED if event.complete else State.FAILED
-    return StateChange(event.message_id, state, delivery_summary(event))
+    outcomes = (
+        *(Outcome(nick, State.DELIVERED) for nick in event.delivered),
+        *(Outcome(nick, State.FAILED, reason) for nick, reason in event.failed),
+        *(Outcome(nick, State.QUEUED) for nick in event.queued),
+    )
+    if not outcomes:
+        return None
+    return _reports(event.message_id, outcomes, event.private)
 
 
 def _queued(event: MessageQueued, now: float) -> Change:
-    return StateChange(event.message_id, State.QUEUED, f"queued for {', '.join(event.nicks)} (offline)")
+    return _reports(
+        event.message_id, tuple(Outcome(nick, State.QUEUED) for nick in event.nicks), event.private
+    )
+
+
+def _reports(message_id: int, outcomes: tuple[Outcome, ...], private: bool) -> StateChange:
+    # Its state and detail say what this report says alone; ``apply`` merges it with the rest.
+    return StateChange(message_id, *summary(outcomes, private=private), outcomes)
 
 
 def _held(event: Queued, now: float) -> Change | None:
@@ -175,6 +231,7 @@ def encode_entry(number: int, entry: Entry) -> bytes:
         entry.state.value,
         entry.detail,
         entry.kind.value,
+        [[outcome.nick, outcome.state.value, outcome.reason] for outcome in entry.recipients],
     ]
     data = json.dumps(items, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     return data + b" " * (-len(data) % _PAD)
@@ -187,9 +244,11 @@ def decode_entry(number: int, data: bytes) -> Entry:
         items = json.loads(data.decode("utf-8"))
         (version, inside, conversation, incoming, sender, text, shown_at, sent_at, message_id) = items[:9]
         state, detail, kind = State(items[9]), items[10], Kind(items[11])
+        # Format 1 had no recipients: written before messages were reported per recipient.
+        recipients = tuple(_outcome(item) for item in items[12]) if version == _FORMAT else ()
     except (UnicodeDecodeError, TypeError, KeyError, IndexError, ValueError):
         raise ValueError("not a history entry") from None
-    if version != _FORMAT or inside != number or len(items) != 12:
+    if (version, len(items)) not in ((_FORMAT, 13), (1, 12)) or inside != number:
         raise ValueError("not this row's entry")
     if not (
         isinstance(conversation, str)
@@ -203,7 +262,29 @@ def decode_entry(number: int, data: bytes) -> Entry:
     ):
         raise ValueError("not a history entry")
     sent = None if sent_at is None else float(sent_at)
-    return Entry(conversation, incoming, sender, text, float(shown_at), sent, message_id, state, detail, kind)
+    return Entry(
+        conversation,
+        incoming,
+        sender,
+        text,
+        float(shown_at),
+        sent,
+        message_id,
+        state,
+        detail,
+        kind,
+        recipients,
+    )
+
+
+def _outcome(item: object) -> Outcome:
+    """One recipient's outcome as ``encode_entry`` writes it. Raises ValueError."""
+    if not isinstance(item, list) or len(item) != 3:
+        raise ValueError("not an outcome")
+    nick, state, reason = item
+    if not (isinstance(nick, str) and isinstance(reason, str) and State(state) in _OUTCOMES):
+        raise ValueError("not an outcome")
+    return Outcome(nick, State(state), reason)
 
 
 # -- export ------------------------------------------------------------------------------------
@@ -227,6 +308,11 @@ def export_json(entry: Entry) -> str:
         "message_id": entry.message_id,
         "state": entry.state.value or None,
         "detail": entry.detail or None,
+        "recipients": [
+            {"nick": outcome.nick, "state": outcome.state.value, "reason": outcome.reason or None}
+            for outcome in entry.recipients
+        ]
+        or None,
     }
     text = json.dumps(record, ensure_ascii=True, separators=(",", ":"))
     return text.replace("\x7f", "\\u007f")
