@@ -14,12 +14,12 @@ from nacl.public import PrivateKey
 from test_repl import Screen
 from test_repl_features import repl
 
-from e2echat.client.events import DeliveryReport, MessageReceived, PeerJoined
+from e2echat.client.events import ConnectionLost, DeliveryReport, MessageReceived, NotSent, PeerJoined, Queued
 from e2echat.store.history import HISTORY_FILE, HistoryStore
 from e2echat.ui.chat import Chat
 from e2echat.ui.transcript import ROOM, Entry, State
 
-from support import WAIT, peers, run_cli, running_relay, spawn_cli
+from support import WAIT, connect, peers, run_cli, running_relay, spawn_cli
 
 NOW = 1_700_000_000.0
 
@@ -53,6 +53,28 @@ async def test_a_chat_records_messages_both_ways_with_their_delivery_state(tmp_p
         ("bob", "back to you", True, State.NONE),
     ]
     assert private[1].sent_at is not None and private[0].message_id is not None
+
+
+async def test_a_line_typed_while_the_relay_was_away_and_never_sent_is_kept_as_not_sent(
+    tmp_path: Path,
+) -> None:
+    store = HistoryStore.open(tmp_path / HISTORY_FILE, PrivateKey.generate())
+    try:
+        async with running_relay() as relay:
+            alice = await connect(relay, "alice", reconnecting=True)
+        await alice.next(ConnectionLost)
+        screen = Screen()
+        chat = Chat(alice.connection, screen.write, history=store)
+        chat.handle_line("into the void")
+        chat.show(await alice.next(Queued))
+        alice.connection.give_up("leaving")
+        chat.show(await alice.next(NotSent))
+        await store.flush()
+        ((state, detail),) = [(e.state, e.detail) for e in store.recent(ROOM, 10).entries]
+        await alice.connection.close()
+    finally:
+        store.close()
+    assert (state, detail) == (State.FAILED, "NOT sent: no connection to the relay")
 
 
 async def test_start_up_shows_the_earlier_lines_in_a_real_prompt(tmp_path: Path) -> None:

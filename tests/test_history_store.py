@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from nacl.public import PrivateKey
 
-from e2echat.client.events import KeyChanged, MessageQueued, MessageReceived, Queued
+from e2echat.client.events import KeyChanged, MessageQueued, MessageReceived, NotSent, Queued
 from e2echat.client.receipts import DeliveryReport
 from e2echat.errors import KeyFileError
 from e2echat.store.history import HistoryStore
@@ -172,6 +172,9 @@ def test_events_make_entries_and_changes() -> None:
     assert isinstance(room, Entry) and room.conversation == ROOM
     assert transcript.record(Queued("x", 5), NOW) == StateChange(5, State.QUEUED, "waiting for the relay")
     assert transcript.record(Queued("x"), NOW) is None
+    never = StateChange(5, State.FAILED, "NOT sent: no connection to the relay")
+    assert transcript.record(NotSent(("x",), 5), NOW) == never
+    assert transcript.record(NotSent(("x",)), NOW) is None
     changed = transcript.record(KeyChanged("bob", "aaaa", "bbbb"), NOW)
     assert isinstance(changed, Entry) and changed.kind is Kind.NOTICE and changed.conversation == "bob"
     assert transcript.record(object(), NOW) is None

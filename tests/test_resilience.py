@@ -340,11 +340,12 @@ async def test_message_typed_while_disconnected_is_reported_if_the_relay_never_r
     async with running_relay() as relay:
         alice = await connect(relay, "alice", reconnecting=True)
     await alice.next(ConnectionLost)
-    alice.connection.send_room("into the void")
+    message_id = alice.connection.send_room("into the void")
+    assert (await alice.next(Queued)).message_id == message_id
     assert not await alice.connection.wait_settled(0.3)
     alice.connection.give_up("leaving")
     not_sent = await alice.next(NotSent)
-    assert not_sent.previews == ("into the void",)
+    assert (not_sent.previews, not_sent.message_id) == (("into the void",), message_id)
     await alice.connection.close()
 
 

@@ -202,9 +202,12 @@ class Queued:
 
 @dataclass(frozen=True)
 class NotSent:
-    """Typed while disconnected, and never sent: the connection did not come back."""
+    """A line typed while disconnected, and never sent: the connection did not come back.
+    Its report was to come under ``message_id`` (as its ``Queued`` said)."""
 
+    #: the start of the line (one: a tuple, as ``--json`` has always written it)
     previews: tuple[str, ...]
+    message_id: int = 0
 
 
 ClientEvent = Event | Disconnected | ConnectionLost | Reconnecting | Queued | NotSent

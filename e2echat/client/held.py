@@ -75,7 +75,7 @@ class HeldLines:
             if line.to_send is None:  # meant for whoever is there
                 if not online and final:
                     self._lines.remove(line)
-                    events.append(NotSent((preview(line.text),)))
+                    events.append(NotSent((preview(line.text),), line.message_id))
                     continue
                 line.to_send = set(online) if online else None
             if line.to_send is None:
@@ -113,7 +113,7 @@ class HeldLines:
         for line in list(self._lines):
             if line.to_send is None:
                 self._lines.remove(line)
-                events.append(NotSent((preview(line.text),)))
+                events.append(NotSent((preview(line.text),), line.message_id))
                 continue
             line.failed += [(nick, reason) for nick in sorted(line.to_send)]
             line.to_send.clear()

@@ -19,12 +19,14 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
-from e2echat.client.events import KeyChanged, MailReceived, MessageReceived, Queued
+from e2echat.client.events import KeyChanged, MailReceived, MessageReceived, NotSent, Queued
 from e2echat.client.receipts import DeliveryReport, MessageQueued
 from e2echat.ui.cells import neutralize
 
 #: the one room there is until rooms come (issue 18: "the room" is #lobby)
 ROOM = "#lobby"
+#: the detail of a line typed while the relay was away that never went (``NotSent``)
+NEVER_SENT = "NOT sent: no connection to the relay"
 _FORMAT = 2  # the first item of every encoded entry (1: before ``recipients``; still read)
 # Each encoding is padded with spaces (JSON ignores them) to a multiple of this, so that
 # a row's size on disk tells a text's length only to within this many bytes.
@@ -184,6 +186,12 @@ def _held(event: Queued, now: float) -> Change | None:
     return StateChange(event.message_id, State.QUEUED, "waiting for the relay")
 
 
+def _not_sent(event: NotSent, now: float) -> Change | None:
+    if not event.message_id:  # from a client that does not say which message
+        return None
+    return StateChange(event.message_id, State.FAILED, NEVER_SENT)
+
+
 def _key_changed(event: KeyChanged, now: float) -> Change:
     text = f"{event.nick}'s identity key changed (to {event.new_fingerprint})"
     return Entry(event.nick, False, event.nick, text, now, kind=Kind.NOTICE)
@@ -196,6 +204,7 @@ RECORDERS: dict[type, Callable[[Any, float], Change | None]] = {
     DeliveryReport: _reported,
     MessageQueued: _queued,
     Queued: _held,
+    NotSent: _not_sent,
     KeyChanged: _key_changed,
 }
 
