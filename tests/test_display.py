@@ -47,6 +47,7 @@ from e2echat.ui.render import (
     clock,
     online_text,
     render,
+    sent_text,
 )
 from e2echat.ui.transcript import ROOM, Entry, Kind, State
 
@@ -373,7 +374,13 @@ _LINES: dict[str, tuple[str | None, Shown, str | None]] = {
     "recalled-private-message": (
         "private",
         Recalled(Entry("bob", True, "bob", "psst \x1b[2J", NOW, NOW - 9)),
-        f"{STAMP} [private] <bob> psst \\x1b[2J",
+        f"[{sent_text(NOW - 9, NOW)}] [private] <bob> psst \\x1b[2J",
+    ),
+    "recalled-message-sent-the-day-before": (
+        "message",
+        # Shown today (read from a mailbox), sent yesterday: when it was sent is what counts.
+        Recalled(Entry(ROOM, True, "bob", "old news", NOW, NOW - 86400)),
+        f"[{sent_text(NOW - 86400, NOW)}] <bob> old news",
     ),
     "recalled-from-another-day": (
         "message",

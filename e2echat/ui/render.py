@@ -263,7 +263,9 @@ _STATE_MARKS = {State.SENDING: " [unconfirmed]", State.DELIVERED: ""}
 
 
 def _recalled(entry: Entry, now: float, newline: str) -> tuple[LineStyle, str]:
-    """A line of history: its time (with the day, if not today), then as it was shown."""
+    """A line of history: its time (with the day, if not today), then as it was shown. A
+    line received shows when its sender sent it, if they said, as mail does (it may have
+    waited in a mailbox for days before it was shown)."""
     same_day = time.localtime(entry.shown_at)[:3] == time.localtime(now)[:3]
     stamp = (
         clock(entry.shown_at) if same_day else time.strftime("%Y-%m-%d %H:%M", time.localtime(entry.shown_at))
@@ -272,6 +274,8 @@ def _recalled(entry: Entry, now: float, newline: str) -> tuple[LineStyle, str]:
     if entry.kind is Kind.NOTICE:
         return "notice", f"{stamp} -- {text}"
     if entry.incoming:
+        if entry.sent_at is not None:
+            stamp = f"[{sent_text(entry.sent_at, now)}]"
         mark = " [private]" if entry.private else ""
         return ("private" if entry.private else "message"), f"{stamp}{mark} <{entry.sender}> {text}"
     mark = f" [private to {entry.conversation}]" if entry.private else ""
