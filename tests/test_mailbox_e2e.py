@@ -16,11 +16,13 @@ from typing import Any
 from nacl.public import PrivateKey
 
 from e2echat.client.events import (
+    ConnectionLost,
     DeliveryReport,
     MailReceived,
     MessageQueued,
     MessageReceived,
     MessagesMissing,
+    Queued,
     SecurityWarning,
 )
 from e2echat.client.pending import PendingDeliveries
@@ -286,3 +288,28 @@ async def test_the_chat_acknowledges_mail_once_its_history_has_it(tmp_path: Path
             finally:
                 shown.cancel()
                 history.close()
+
+
+async def test_a_line_typed_in_an_outage_to_someone_away_waits_in_their_mailbox(tmp_path: Path) -> None:
+    """The relay (with its store) restarts; bob does not come back with it. alice's /msg
+    typed meanwhile goes to his mailbox once she is back, as any /msg to him would, and
+    is reported delivered under its own id when he reads it: not NOT back in time."""
+    key = PrivateKey.generate()
+    alice, bob = Profile("alice", tmp_path), Profile("bob", tmp_path)
+    async with running(_relay(tmp_path, key)) as relay:
+        port = relay.port
+        async with alice.run(relay, reconnecting=True, grace=0.3) as a:
+            async with bob.run(relay) as b:
+                await meet(a, b)
+            await relay.stop()
+            await a.next(ConnectionLost)
+            message_id = a.connection.send_private("bob", "typed in the outage")
+            assert (await a.next(Queued)).message_id == message_id
+            async with running(_relay(tmp_path, key, port)) as again:
+                queued = await a.next(MessageQueued)
+                assert (queued.message_id, queued.nicks) == (message_id, ("bob",))
+                async with bob.run(again) as b:
+                    assert (await b.next(MailReceived)).text == "typed in the outage"
+                report = await a.next(DeliveryReport, lambda r: bool(r.delivered))
+                assert (report.message_id, report.delivered) == (message_id, ("bob",))
+                assert not [r for r in a.seen if isinstance(r, DeliveryReport) and r.failed]

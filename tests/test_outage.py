@@ -13,7 +13,7 @@ from nacl.public import PrivateKey
 from e2echat.client.core import MessageReceived, Registered, RelayClosing
 from e2echat.client.events import ConnectionLost, Queued
 from e2echat.client.held import KEY_CHANGED, HeldLines
-from e2echat.client.receipts import DeliveryReport, SendReport
+from e2echat.client.receipts import DeliveryReport, MessageQueued, SendReport
 from e2echat.client.reconnect import Client
 from e2echat.client.trust import KnownPeers
 from e2echat.crypto.keyring import Keyring
@@ -160,3 +160,56 @@ def test_a_held_line_that_fails_to_send_for_any_reason_is_reported() -> None:
     reports = [event for event in events if isinstance(event, DeliveryReport)]
     assert [report.failed for report in reports] == [(("bob", "internal error: something broke"),)]
     assert not held.waiting
+
+
+class _Sender:
+    """A link that sends everything, each part under the next id, and notes what went."""
+
+    def __init__(self) -> None:
+        self.left_out: list[str] = []
+        self.sent: list[tuple[str | None, frozenset[str] | None, int]] = []
+        self._ids = iter(range(100, 200))
+
+    def send_room(self, text: str, only: Collection[str] | None = None) -> int:
+        self.sent.append((None, None if only is None else frozenset(only), part := next(self._ids)))
+        return part
+
+    def send_private(self, nick: str, text: str) -> int:
+        self.sent.append((nick, frozenset({nick}), part := next(self._ids)))
+        return part
+
+
+def test_a_held_private_line_to_someone_away_goes_to_their_mailbox_at_once() -> None:
+    """After the reconnect, a held /msg to a member away is sent as any /msg to them is
+    (the relay keeps it in their mailbox), not reported NOT back; its reports, the late
+    one too, come under the line's id."""
+    held, sender = HeldLines(), _Sender()
+    held.hold(7, "bob", "see you", [])
+    assert held.release(sender, [], final=False, away=["bob"]) == []
+    assert sender.sent == [("bob", frozenset({"bob"}), 100)]
+    assert held.settle(MessageQueued(100, True, ("bob",), "see you")) == [
+        MessageQueued(7, True, ("bob",), "see you")
+    ]
+    assert held.settle(DeliveryReport(100, True, (), (), "see you", ("bob",))) == [
+        DeliveryReport(7, True, (), (), "see you", ("bob",))
+    ]
+    assert not held.waiting
+    # Days later, bob's receipt: under the line's id, once.
+    late = DeliveryReport(100, True, ("bob",), (), "see you")
+    assert held.settle(late) == [DeliveryReport(7, True, ("bob",), (), "see you")]
+    assert held.settle(late) is None
+
+
+def test_a_held_room_line_goes_to_members_away_as_a_fresh_one_does() -> None:
+    """Meant for the room as last seen, members away included; sent to whoever is online
+    or away once the relay is back; whoever is neither is reported when the grace ends."""
+    held, sender = HeldLines(), _Sender()
+    held.hold(8, None, "hi all", ["bob", "dave"], ["carol"])
+    assert held.release(sender, ["bob"], final=False, away=["carol"]) == []
+    assert sender.sent == [(None, frozenset({"bob", "carol"}), 100)]
+    held.settle(MessageQueued(100, False, ("carol",)))
+    assert held.settle(DeliveryReport(100, False, ("bob",), (), "hi all", ("carol",))) == []
+    (report,) = held.release(sender, ["bob"], final=True, away=["carol"])
+    assert isinstance(report, DeliveryReport)
+    assert (report.message_id, report.delivered, report.queued) == (8, ("bob",), ("carol",))
+    assert [nick for nick, _ in report.failed] == ["dave"]

@@ -303,6 +303,12 @@ class ClientCore:
         return self._directory.nicks()
 
     @property
+    def away(self) -> list[str]:
+        """The room's members the relay knows who are not online, sorted (a message to
+        them waits in their mailbox)."""
+        return sorted(nick for nick in self._directory.away if nick != self.nick)
+
+    @property
     def known_peers(self) -> KnownPeers:
         return self._directory.known_peers
 

@@ -1,24 +1,28 @@
 """Lines typed while the relay was away, until each has reached everyone it was meant
 for or its sender has been told, by name, who did not get it. Pure.
 
-A line typed during an outage is meant for the people its sender last saw online (a
-private line: its one recipient). Once the relay is back, whoever of them is online gets
-it at once, and whoever comes back within a grace period gets it then: after a relay
-restart everyone reconnects, each at their own pace. Whoever is not back by the end of
-the grace period is reported NOT delivered. The copies go out as one or more messages
-("parts"), whose reports are gathered into one report for the line, under the id it was
-given when it was typed.
+A line typed during an outage is meant for whom a line typed online would have gone
+to: the room's members its sender last saw, online or away (a private line: its one
+recipient). Once the relay is back, whoever of them is online gets it at once, and so
+does whoever the relay says is a member away (it keeps the copy in their mailbox, as it
+does a fresh line's); whoever comes back within a grace period gets it then: after a
+relay restart that kept nothing, everyone reconnects, each at their own pace. Whoever is
+neither back nor known to the relay by the end of the grace period is reported NOT
+delivered. The copies go out as one or more messages ("parts"), whose reports are
+gathered into one report for the line, under the id it was given when it was typed; a
+copy kept in a mailbox is reported later, when its receipt comes, under that id too
+(while this client runs: after a restart, under the part's id).
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from e2echat.client.events import ClientEvent, NotSent, Queued
 from e2echat.client.outbox import preview
-from e2echat.client.receipts import DeliveryReport, SendReport
+from e2echat.client.receipts import DeliveryReport, MessageQueued, SendReport
 from e2echat.errors import E2EChatError
 
 NOT_BACK = "not back online in time"
@@ -47,40 +51,56 @@ class HeldLine:
     parts: dict[int, frozenset[str]] = field(default_factory=dict)
     delivered: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    #: kept in these recipients' mailboxes: each is reported when its receipt comes
+    queued: list[str] = field(default_factory=list)
 
 
 class HeldLines:
     def __init__(self) -> None:
         self._lines: list[HeldLine] = []
         self._by_part: dict[int, HeldLine] = {}
+        #: a part with copies in mailboxes -> the id of its line, to report those under,
+        #: and whose copies are still to be reported
+        self._queued_parts: dict[int, tuple[int, set[str]]] = {}
 
     @property
     def waiting(self) -> bool:
         """Some line has not yet gone to someone it is meant for."""
         return any(line.to_send is None or line.to_send for line in self._lines)
 
-    def hold(self, message_id: int, recipient: str | None, text: str, last_seen: Collection[str]) -> Queued:
+    def hold(
+        self,
+        message_id: int,
+        recipient: str | None,
+        text: str,
+        last_seen: Collection[str],
+        last_away: Collection[str] = (),
+    ) -> Queued:
         """Keep a line typed while the relay is away: for ``recipient``, or for the room as
-        its sender last saw it (``last_seen``)."""
-        to_send = {recipient} if recipient is not None else (set(last_seen) or None)
+        its sender last saw it (``last_seen`` online, ``last_away`` members away)."""
+        to_send = {recipient} if recipient is not None else ({*last_seen, *last_away} or None)
         self._lines.append(HeldLine(message_id, recipient, text, to_send))
         return Queued(preview(text), message_id)
 
-    def release(self, sender: Sender, online: Collection[str], *, final: bool) -> list[ClientEvent]:
+    def release(
+        self, sender: Sender, online: Collection[str], *, final: bool, away: Collection[str] = ()
+    ) -> list[ClientEvent]:
         """The relay is back (or someone came back to it): send each line to whoever it is
-        meant for who is ``online``. ``final``: the grace period is over, and whoever it
-        has not reached yet is reported."""
+        meant for who is ``online``, or a member ``away`` (the relay keeps their copy in
+        their mailbox). ``final``: the grace period is over, and whoever it has not reached
+        yet is reported."""
         events: list[ClientEvent] = []
+        reachable = {*online, *away}
         for line in list(self._lines):
             if line.to_send is None:  # meant for whoever is there
-                if not online and final:
+                if not reachable and final:
                     self._lines.remove(line)
                     events.append(NotSent((preview(line.text),), line.message_id))
                     continue
-                line.to_send = set(online) if online else None
+                line.to_send = reachable or None
             if line.to_send is None:
                 continue
-            due = line.to_send.intersection(online)
+            due = line.to_send & reachable
             if due:
                 line.to_send -= due
                 self._send(sender, line, due)
@@ -90,21 +110,38 @@ class HeldLines:
             events += self._finish(line)
         return events
 
-    def settle(self, report: SendReport | DeliveryReport) -> list[ClientEvent] | None:
+    def settle(self, report: SendReport | DeliveryReport | MessageQueued) -> list[ClientEvent] | None:
         """A report on one of our parts: folded into its line's report (out once the line
-        is done). None if ``report`` is not about a part: it is the caller's to pass on."""
+        is done), or, for a copy that waited in a mailbox, told under the line's id. None
+        if ``report`` is not about a part: it is the caller's to pass on."""
         line = self._by_part.get(report.message_id)
         if line is None:
-            return None
+            return self._late(report)
         if isinstance(report, SendReport):
             return []  # the relay's word; the receipts are what counts
+        if isinstance(report, MessageQueued):
+            _, waiting = self._queued_parts.setdefault(report.message_id, (line.message_id, set()))
+            waiting.update(report.nicks)
+            return [replace(report, message_id=line.message_id, preview=preview(line.text))]
         del self._by_part[report.message_id]
         went_to = line.parts.pop(report.message_id)
         line.delivered += report.delivered
         line.failed += report.failed
-        accounted = {*report.delivered, *(nick for nick, _ in report.failed)}
+        line.queued += report.queued
+        accounted = {*report.delivered, *(nick for nick, _ in report.failed), *report.queued}
         line.failed += [(nick, NO_SESSION) for nick in sorted(went_to - accounted)]
         return self._finish(line)
+
+    def _late(self, report: SendReport | DeliveryReport | MessageQueued) -> list[ClientEvent] | None:
+        """The report on a copy of a part that waited in a mailbox: under its line's id."""
+        found = self._queued_parts.get(report.message_id)
+        if found is None or not isinstance(report, DeliveryReport):
+            return None
+        line_id, waiting = found
+        waiting.difference_update([*report.delivered, *(nick for nick, _ in report.failed)])
+        if not waiting:
+            del self._queued_parts[report.message_id]
+        return [replace(report, message_id=line_id)]
 
     def give_up(self, reason: str) -> list[ClientEvent]:
         """Nothing more will be sent: whoever a line has not gone to is reported with
@@ -148,5 +185,6 @@ class HeldLines:
             tuple(line.delivered),
             tuple(line.failed),
             preview(line.text),
+            tuple(line.queued),
         )
         return [report]

@@ -26,6 +26,7 @@ from e2echat.client.events import (
     ConnectionLost,
     DeliveryReport,
     Disconnected,
+    MessageQueued,
     PeerJoined,
     Reconnecting,
     Registered,
@@ -174,7 +175,7 @@ class Client:
                 self.events.put_nowait(ConnectionLost(event.detail))
             self._lost.set()
             return
-        if isinstance(event, SendReport | DeliveryReport):
+        if isinstance(event, SendReport | DeliveryReport | MessageQueued):
             folded = self._held.settle(event)
             if folded is not None:  # a report on part of a held line
                 self._put(folded)
@@ -248,7 +249,8 @@ class Client:
 
     def _release(self, final: bool) -> None:
         if self.online:  # else the next reconnect tries anew
-            self._put(self._held.release(self.connection, self.connection.core.peers, final=final))
+            core = self.connection.core
+            self._put(self._held.release(self.connection, core.peers, final=final, away=core.away))
 
     # -- what the UI calls ----------------------------------------------------------------------
 
@@ -273,7 +275,8 @@ class Client:
         if self.closed:
             raise CommandError(detail="not connected to the relay; the message was not sent")
         message_id = next(self._message_ids)
-        self._put([self._held.hold(message_id, recipient, text, self.connection.core.peers)])
+        core = self.connection.core
+        self._put([self._held.hold(message_id, recipient, text, core.peers, core.away)])
         return message_id
 
     async def wait_sendable(self) -> None:
