@@ -396,3 +396,15 @@ def test_a_row_given_another_messages_hash_does_not_open(path: Path) -> None:
     with opened(path) as store:
         found = store.recent(None, 5)
     assert [entry.text for entry in found.entries] == ["one"] and found.damaged == 1
+
+
+def test_rows_written_together_each_have_a_nonce_of_their_own(path: Path) -> None:
+    """Sealed in one go (nonces drawn in one call), every row still has its own nonce:
+    the same line twice is two unrelated seals."""
+    write(path, *(line("the same line") for _ in range(50)))
+    with raw(path) as connection:
+        seals = [sealed for (sealed,) in connection.execute("SELECT sealed FROM history")]
+    assert len({sealed[:24] for sealed in seals}) == len(seals) == 50
+    assert len({sealed[24:] for sealed in seals}) == 50
+    with opened(path) as store:
+        assert [entry.text for entry in store.recent(None, 100).entries] == ["the same line"] * 50

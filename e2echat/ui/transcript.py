@@ -28,6 +28,8 @@ ROOM = "#lobby"
 #: the detail of a line typed while the relay was away that never went (``NotSent``)
 NEVER_SENT = "NOT sent: no connection to the relay"
 _FORMAT = 2  # the first item of every encoded entry (1: before ``recipients``; still read)
+# One encoder for every entry (json.dumps with options makes a new one each call).
+_encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 # Each encoding is padded with spaces (JSON ignores them) to a multiple of this, so that
 # a row's size on disk tells a text's length only to within this many bytes.
 _PAD = 64
@@ -242,7 +244,7 @@ def encode_entry(number: int, entry: Entry) -> bytes:
         entry.kind.value,
         [[outcome.nick, outcome.state.value, outcome.reason] for outcome in entry.recipients],
     ]
-    data = json.dumps(items, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    data = _encode_json(items).encode("utf-8")
     return data + b" " * (-len(data) % _PAD)
 
 
