@@ -101,7 +101,7 @@ async def test_start_up_shows_the_earlier_lines_in_a_real_prompt(tmp_path: Path)
                 assert screen.style_of(lines[private + 2]) == "warning"
                 # Then the prompt: what is typed goes out, and /history and /search answer.
                 pipe.send_text("/history carol 1\r")
-                assert "the last 1 lines with carol" in await screen.wait_for("the last 1 lines")
+                assert "the last line with carol:" in await screen.wait_for("the last line")
                 pipe.send_text("/search ROOM LINE 1\r")
                 found = await screen.wait_for("lines that contain")
                 assert '6 lines that contain "ROOM LINE 1"' in found
@@ -206,10 +206,10 @@ async def test_no_log_keeps_nothing_on_disk_and_history_still_answers(tmp_path: 
         async with spawn_cli(*args, env=_env()) as bob:
             await alice.next(PeerJoined, lambda e: e.nick == "bob")
             bob.stdin.write(b"apple pie for all\n/search APPLE\n")
-            assert 'lines that contain "APPLE"' in await bob.line_with("lines that contain")
+            assert '1 line contains "APPLE"' in await bob.line_with("line contains")
             assert "<bob> apple pie for all" in await bob.line_with("<bob>")
             bob.stdin.write(b"/history 5\n")
-            await bob.line_with("the last 1 lines")
+            await bob.line_with("the last line")
             bob.stdin.close()
             assert await bob.exit_code() == 0
     assert not (home / HISTORY_FILE).exists()

@@ -246,7 +246,8 @@ class Chat:
         if not lines.entries and not lines.damaged:
             self.notice(f"nothing in the history{where}")
             return
-        self.notice(f"the last {len(lines.entries)} lines{where}:")
+        count = len(lines.entries)
+        self.notice(f"the last line{where}:" if count == 1 else f"the last {count} lines{where}:")
         self._show_lines(lines)
 
     async def _search(self, text: str) -> None:
@@ -263,8 +264,11 @@ class Chat:
             return
         more = len(lines.entries) > SEARCH_LINES
         shown = lines.entries[-SEARCH_LINES:]
-        newest = f"the newest {len(shown)}" if more else str(len(shown))
-        self.notice(f'{newest} lines that contain "{text}":')
+        if len(shown) == 1:
+            self.notice(f'1 line contains "{text}":')
+        else:
+            newest = f"the newest {len(shown)}" if more else str(len(shown))
+            self.notice(f'{newest} lines that contain "{text}":')
         self._show_lines(Lines(shown, lines.damaged))
 
     def _show_lines(self, lines: Lines) -> None:
