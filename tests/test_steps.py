@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import struct
 import sys
 import types
 
 import nacl
+import nacl.bindings
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -25,6 +27,94 @@ AUTHENTICATED = len(HEADER) + kdf.TAG_SIZE
 def test_the_direct_steps_are_in_use_here() -> None:
     assert steps.DIRECT_STEPS
     assert steps.seal is steps._direct_seal and steps.open_next is steps._direct_open
+    assert steps.copy_sealer is steps._direct_copies
+
+
+def _public_copy(
+    tail: bytes,
+    chain_key: bytes,
+    header_key: bytes,
+    prefix: bytes,
+    counters: tuple[int, int, int],
+    nonce: bytes,
+) -> tuple[bytes, bytes]:
+    """A copy sealed through PyNaCl's public bindings alone, spelled out."""
+    previous, counter, number = counters
+    both = nacl.bindings.crypto_generichash_blake2b_salt_personal(
+        b"", digest_size=64, key=chain_key, person=kdf.LABEL_CHAIN
+    )
+    header = prefix + struct.pack(">II", previous, counter)
+    tag = nacl.bindings.crypto_generichash_blake2b_salt_personal(
+        header, digest_size=16, key=header_key, person=kdf.LABEL_HEADER_TAG
+    )
+    plaintext = struct.pack(">Q", number) + tail
+    ciphertext = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(
+        plaintext, header + tag, nonce, both[32:]
+    )
+    return both[:32], header + tag + nonce + ciphertext
+
+
+prefixes = st.binary(min_size=steps.PREFIX_SIZE, max_size=steps.PREFIX_SIZE)
+counters = st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.integers(0, 2**64 - 1))
+
+
+@given(
+    st.binary(max_size=1000),
+    st.lists(st.tuples(keys, keys, prefixes, counters, nonces), min_size=1, max_size=4),
+)
+def test_a_copy_sealer_gives_what_the_public_bindings_give(
+    tail: bytes, copies: list[tuple[bytes, bytes, bytes, tuple[int, int, int], bytes]]
+) -> None:
+    # several copies from one sealer: each leaves nothing behind for the next
+    direct, composed = steps._direct_copies, steps._composed_copy_sealer
+    assert direct is not None
+    seal_direct, seal_composed = direct(tail), composed(tail)
+    for chain_key, header_key, prefix, (previous, counter, number), nonce in copies:
+        expected = _public_copy(tail, chain_key, header_key, prefix, (previous, counter, number), nonce)
+        arguments = (chain_key, header_key, prefix, previous, counter, number, nonce)
+        assert seal_direct(*arguments) == expected
+        assert seal_composed(*arguments) == expected
+
+
+@given(keys, keys, prefixes, nonces, st.binary(max_size=300), st.integers(0, 2**64 - 1))
+def test_a_copy_opens_as_the_next_message_of_its_chain(
+    chain_key: bytes, header_key: bytes, prefix: bytes, nonce: bytes, tail: bytes, number: int
+) -> None:
+    next_chain, message = steps.copy_sealer(tail)(chain_key, header_key, prefix, 3, 4, number, nonce)
+    opened = (next_chain, struct.pack(">Q", number) + tail)
+    assert steps.open_next(chain_key, message, AUTHENTICATED) == opened
+
+
+@pytest.mark.parametrize(
+    ("chain", "header", "nonce"), [(31, 32, 24), (33, 32, 24), (32, 0, 24), (32, 32, 23), (32, 32, 25)]
+)
+def test_a_copy_sealer_lets_no_wrong_size_reach_libsodium(chain: int, header: int, nonce: int) -> None:
+    assert steps._direct_copies is not None
+    seal_copy = steps._direct_copies(b"text")
+    with pytest.raises(CryptoError, match="header key are 32 bytes, a nonce 24"):
+        seal_copy(bytes(chain), bytes(header), bytes(33), 0, 0, 0, bytes(nonce))
+
+
+@pytest.mark.parametrize(
+    "sealer", [steps._direct_copies, steps._composed_copy_sealer], ids=["direct", "composed"]
+)
+@pytest.mark.parametrize("prefix", [32, 34])
+def test_a_copy_sealer_refuses_a_wrong_sized_header(sealer: steps.CopySealer, prefix: int) -> None:
+    # struct would pad or cut it: a header not the ratchet's, silently
+    with pytest.raises(CryptoError, match="prefix is 33 bytes"):
+        sealer(b"text")(bytes(32), bytes(32), bytes(prefix), 0, 0, 0, bytes(24))
+
+
+@pytest.mark.parametrize(
+    "sealer", [steps._direct_copies, steps._composed_copy_sealer], ids=["direct", "composed"]
+)
+@pytest.mark.parametrize("counters", [(2**32, 0, 0), (0, 2**32, 0), (0, 0, 2**64), (-1, 0, 0), (0, 0, -1)])
+def test_a_copy_sealer_refuses_numbers_out_of_range(
+    sealer: steps.CopySealer, counters: tuple[int, int, int]
+) -> None:
+    # never wrapped round: a counter that wrapped would reuse a header, a number a receipt
+    with pytest.raises(struct.error):
+        sealer(b"text")(bytes(32), bytes(32), bytes(33), *counters, bytes(24))
 
 
 @given(keys, keys, st.binary(max_size=64), nonces, st.binary(max_size=1000))
@@ -101,6 +191,9 @@ def _works(copy: types.ModuleType) -> None:
     sealed = copy.seal(chain_key, header_key, HEADER, nonce, b"still right")
     assert sealed == steps._composed_seal(chain_key, header_key, HEADER, nonce, b"still right")
     assert copy.open_next(chain_key, sealed[1], AUTHENTICATED) == (sealed[0], b"still right")
+    prefix = HEADER[: steps.PREFIX_SIZE]
+    copy_sealed = copy.copy_sealer(b"right")(chain_key, header_key, prefix, 1, 2, 3, nonce)
+    assert copy_sealed == steps._composed_copy_sealer(b"right")(chain_key, header_key, prefix, 1, 2, 3, nonce)
 
 
 def test_without_the_private_module_the_composition_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -128,4 +221,21 @@ def test_a_private_module_that_answers_wrongly_is_not_used(monkeypatch: pytest.M
     copy = _fresh_copy(monkeypatch, **{"nacl._sodium": wrong})
     assert copy._direct_seal is not None  # found, and refused for its answers
     assert not copy.DIRECT_STEPS
+    assert copy.copy_sealer is copy._composed_copy_sealer
     _works(copy)
+
+
+@pytest.mark.parametrize(
+    "failing", ["crypto_generichash_blake2b_salt_personal", "crypto_aead_xchacha20poly1305_ietf_encrypt"]
+)
+def test_a_copy_sealer_checks_what_libsodium_returns(failing: str) -> None:
+    import nacl._sodium as sodium
+
+    lib = types.SimpleNamespace(
+        crypto_generichash_blake2b_salt_personal=sodium.lib.crypto_generichash_blake2b_salt_personal,
+        crypto_aead_xchacha20poly1305_ietf_encrypt=sodium.lib.crypto_aead_xchacha20poly1305_ietf_encrypt,
+    )
+    setattr(lib, failing, lambda *_: -1)
+    seal_copy = steps._direct_copy_sealer(sodium.ffi, lib)(b"text")
+    with pytest.raises(CryptoError):
+        seal_copy(bytes(32), bytes(32), bytes(33), 0, 0, 0, bytes(24))

@@ -2,7 +2,9 @@
 ``primitives``. Pure (no I/O).
 
 * ``seal``: a chain step, the header tag and the AEAD of one outgoing message;
-* ``open_next``: a chain step and the AEAD of the message next in a receiving chain.
+* ``open_next``: a chain step and the AEAD of the message next in a receiving chain;
+* ``copy_sealer``: ``seal`` for the copies of one room message, one per recipient, each
+  in its own chain: the same plaintext but for its first 8 bytes (the copy's number).
 
 Each is defined by the composition of ``kdf.kdf_chain``, ``kdf.header_tag`` and
 ``primitives.aead_*`` it replaces (``_composed_seal``, ``_composed_open``), and gives the
@@ -14,10 +16,26 @@ new cryptography: the same libsodium functions through PyNaCl's own cffi module,
 the checks that keep libsodium from reading past a buffer (it reads exactly 32 bytes of
 each key and 24 of the nonce). A self-check at import holds the direct steps to the
 composition, which is used instead if PyNaCl's private module is missing or disagrees.
+
+``copy_sealer`` goes one step further, as a room message to 49 makes 49 copies: one
+buffer for the whole message, laid out as the copy's message is (header, tag, nonce,
+ciphertext) beside the plaintext, with the message's common part written into it once.
+Per copy, one ``struct.pack_into`` writes the header, the nonce and the copy's number in
+place; libsodium writes the keys, the tag and the ciphertext in place (the associated
+data is read where it lies, header || tag); two copies come out (the next chain key, the
+message). Why it is safe: every pointer is into that buffer at an offset fixed when it
+is made, for a length that fits in it (checked by ``_direct_copy_sealer``'s layout, and
+by the self-check and the tests against the composition); the only other memory
+libsodium reads is the two 32-byte keys, whose sizes are checked on every call (they
+are fixed by construction in the ratchet: this is where a wrong one would stop); the
+header's counters and the number go through ``struct``, which refuses a value out of
+range rather than wrapping it; each return code is checked. The message key stays in
+the buffer, overwritten by the next copy's.
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +47,12 @@ from e2echat.crypto.primitives import KEY_SIZE, MAC_SIZE, NONCE_SIZE, aead_decry
 
 _NO_SALT = bytes(nacl.bindings.crypto_generichash_SALTBYTES)
 _SIZES = "a chain key and a header key are 32 bytes, a nonce 24"
+#: a ratchet message's header: version || ratchet key (the prefix, 33 bytes) || PN || N
+PREFIX_SIZE = 33
+_COUNTERS = struct.Struct(">II")
+HEADER_SIZE = PREFIX_SIZE + _COUNTERS.size
+#: a copy's plaintext starts with its number
+_NUMBER = struct.Struct(">Q")
 
 
 def _composed_seal(
@@ -46,8 +70,29 @@ def _composed_open(chain_key: bytes, message: bytes, authenticated_size: int) ->
     return next_chain, aead_decrypt(message[nonce_end:], message[:authenticated_size], nonce, message_key)
 
 
+def _composed_copy_sealer(tail: bytes) -> SealCopy:
+    def seal_copy(
+        chain_key: bytes,
+        header_key: bytes,
+        prefix: bytes,
+        previous: int,
+        counter: int,
+        number: int,
+        nonce: bytes,
+    ) -> tuple[bytes, bytes]:
+        if len(prefix) != PREFIX_SIZE:
+            raise nacl.exceptions.ValueError("a header's prefix is 33 bytes")
+        header = prefix + _COUNTERS.pack(previous, counter)
+        return _composed_seal(chain_key, header_key, header, nonce, _NUMBER.pack(number) + tail)
+
+    return seal_copy
+
+
 Seal = Callable[[bytes, bytes, bytes, bytes, bytes], tuple[bytes, bytes]]
 Open = Callable[[bytes, bytes, int], tuple[bytes, bytes]]
+#: ``seal_copy(chain_key, header_key, prefix, PN, N, number, nonce)``: see ``copy_sealer``
+SealCopy = Callable[[bytes, bytes, bytes, int, int, int, bytes], tuple[bytes, bytes]]
+CopySealer = Callable[[bytes], SealCopy]
 
 
 def _direct_steps(ffi: Any, lib: Any) -> tuple[Seal, Open]:
@@ -114,12 +159,72 @@ def _direct_steps(ffi: Any, lib: Any) -> tuple[Seal, Open]:
     return seal, open_next
 
 
+def _direct_copy_sealer(ffi: Any, lib: Any) -> CopySealer:
+    """``copy_sealer`` over PyNaCl's cffi module (see the module's docstring)."""
+    new, buffer, null = ffi.new, ffi.buffer, ffi.NULL
+    generichash = lib.crypto_generichash_blake2b_salt_personal
+    encrypt = lib.crypto_aead_xchacha20poly1305_ietf_encrypt
+    key_size, nonce_size, tag_size, header_size = KEY_SIZE, NONCE_SIZE, TAG_SIZE, HEADER_SIZE
+    keys_end = 2 * KEY_SIZE  # the buffer: next chain key || message key || the message
+    tag_at = keys_end + HEADER_SIZE
+    nonce_at = tag_at + TAG_SIZE
+    ciphertext_at = nonce_at + NONCE_SIZE
+    authenticated_size = HEADER_SIZE + TAG_SIZE
+    no_salt, label_chain, label_tag = _NO_SALT, LABEL_CHAIN, LABEL_HEADER_TAG
+    sizes, value_error, crypto_error = _SIZES, nacl.exceptions.ValueError, nacl.exceptions.CryptoError
+
+    def copy_sealer(tail: bytes) -> SealCopy:
+        size = _NUMBER.size + len(tail)
+        message_end = ciphertext_at + size + MAC_SIZE
+        # ... || the plaintext: number || tail
+        out = new("unsigned char[]", message_end + size)
+        view = buffer(out)
+        view[message_end + _NUMBER.size :] = tail
+        # header (prefix, PN, N), the tag's place, the nonce, the ciphertext's place, number
+        in_place = struct.Struct(f">{PREFIX_SIZE}sII{TAG_SIZE}x{NONCE_SIZE}s{size + MAC_SIZE}xQ")
+        if keys_end + in_place.size + len(tail) != len(view):  # what pack_into writes fits
+            raise RuntimeError("the copy sealer's layout is wrong")
+        write = in_place.pack_into
+        message_key, header, tag = out + key_size, out + keys_end, out + tag_at
+        nonce_in, ciphertext, plaintext = out + nonce_at, out + ciphertext_at, out + message_end
+
+        def seal_copy(
+            chain_key: bytes,
+            header_key: bytes,
+            prefix: bytes,
+            previous: int,
+            counter: int,
+            number: int,
+            nonce: bytes,
+        ) -> tuple[bytes, bytes]:
+            if len(chain_key) != key_size or len(header_key) != key_size or len(nonce) != nonce_size:
+                raise value_error(sizes)
+            if len(prefix) != PREFIX_SIZE:
+                raise value_error("a header's prefix is 33 bytes")
+            write(view, keys_end, prefix, previous, counter, nonce, number)  # struct.error if out of range
+            if generichash(out, keys_end, null, 0, chain_key, key_size, no_salt, label_chain) or generichash(
+                tag, tag_size, header, header_size, header_key, key_size, no_salt, label_tag
+            ):
+                raise crypto_error("crypto_generichash refused its arguments")
+            if encrypt(
+                ciphertext, null, plaintext, size, header, authenticated_size, null, nonce_in, message_key
+            ):
+                raise crypto_error("encryption failed")
+            return view[:key_size], view[keys_end:message_end]
+
+        return seal_copy
+
+    return copy_sealer
+
+
 try:
     import nacl._sodium as _sodium  # type: ignore[import-not-found]
 
     _direct_seal, _direct_open = _direct_steps(_sodium.ffi, _sodium.lib)
+    _direct_copies: CopySealer | None = _direct_copy_sealer(_sodium.ffi, _sodium.lib)
 except (ImportError, AttributeError):  # a PyNaCl laid out differently
     _direct_seal = _direct_open = None  # type: ignore[assignment]
+    _direct_copies = None
 
 
 def _direct_agrees() -> bool:
@@ -136,6 +241,11 @@ def _direct_agrees() -> bool:
                 _direct_open(chain_key, message, size) != opened
                 or _composed_open(chain_key, message, size) != opened
             ):
+                return False
+            assert _direct_copies is not None
+            prefix, arguments = bytes(range(100, 100 + PREFIX_SIZE)), (7, 2**32 - 1, 2**64 - 1, nonce)
+            sealed = _direct_copies(plaintext)(chain_key, header_key, prefix, *arguments)
+            if sealed != _composed_copy_sealer(plaintext)(chain_key, header_key, prefix, *arguments):
                 return False
         return True
     except Exception:
@@ -160,3 +270,10 @@ open_next: Callable[[bytes, bytes, int], tuple[bytes, bytes]] = (
 ``seal``'s message opened under the next message key of ``chain_key``, its first
 ``authenticated_size`` bytes (header || tag) as associated data. ``CryptoError`` if it
 does not authenticate."""
+
+copy_sealer: CopySealer = _direct_copies if DIRECT_STEPS and _direct_copies else _composed_copy_sealer
+"""``copy_sealer(tail)`` -> ``seal_copy``, for the copies of one message whose plaintexts
+are number (8 bytes, big-endian) || ``tail``: ``seal_copy(chain_key, header_key, prefix,
+PN, N, number, nonce)`` is ``seal(chain_key, header_key, prefix || PN || N, nonce,
+number || tail)`` (PN and N 4 bytes each, big-endian; the prefix 33 bytes). One
+``seal_copy`` serves one message's copies, one after another (not from two threads)."""
