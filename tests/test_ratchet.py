@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import json
 import random
+import struct
 from collections.abc import Callable
 from pathlib import Path
 
@@ -101,6 +102,32 @@ def test_the_responder_cannot_send_first() -> None:
     assert not pair.bob.can_send
     with pytest.raises(LocalProtocolError):
         pair.bob.encrypt(b"too early")
+
+
+def test_a_copy_is_the_message_encrypt_makes_of_its_plaintext() -> None:
+    pair, nonce = established(), bytes(range(24))
+    twin = Ratchet.from_bytes(pair.alice.to_bytes(), SkippedKeys(), peer="bob")
+    seal_copy = steps.copy_sealer(b"the rest")
+    for number in (0, 7, 2**64 - 1):
+        copy = pair.alice.seal_copy(seal_copy, number, nonce)
+        assert copy == twin.encrypt(number.to_bytes(8, "big") + b"the rest", nonce)
+        assert pair.alice.to_bytes() == twin.to_bytes()
+        assert pair.bob.decrypt(copy).plaintext == number.to_bytes(8, "big") + b"the rest"
+
+
+def test_a_copy_that_cannot_be_sealed_changes_nothing() -> None:
+    pair, seal_copy = established(), steps.copy_sealer(b"text")
+    with pytest.raises(LocalProtocolError):
+        Pair().bob.seal_copy(seal_copy, 0, bytes(24))  # no sending chain yet
+    before = pair.alice.to_bytes()
+    for number, nonce in ((2**64, bytes(24)), (0, bytes(23))):
+        with pytest.raises((ValueError, struct.error)):
+            pair.alice.seal_copy(seal_copy, number, nonce)
+        assert pair.alice.to_bytes() == before
+    pair.alice._ns = ratchet.MAX_COUNTER
+    with pytest.raises(LocalProtocolError, match="exhausted"):
+        pair.alice.seal_copy(seal_copy, 0, bytes(24))
+    assert pair.alice._ns == ratchet.MAX_COUNTER
 
 
 def test_the_ratchet_key_changes_exactly_when_the_direction_does() -> None:

@@ -550,6 +550,41 @@ def test_one_prepared_message_seals_differently_for_each_recipient() -> None:
     assert with_peer(carol, alice).decrypt(body_carol).text == "to both"
 
 
+@pytest.mark.parametrize("answered", [False, True], ids=["prekey-header", "established"])
+def test_a_copy_is_the_body_seal_numbered_makes(answered: bool) -> None:
+    alice, _, to_bob, to_alice = started()
+    if answered:
+        to_alice.decrypt(to_bob.encrypt("hi", Kind.ROOM))
+        to_bob.decrypt(to_alice.encrypt("hi", Kind.ROOM))
+    twin = PeerSession.from_bytes(
+        to_bob.to_bytes(),
+        our_nick="alice",
+        our_identity=alice.identity,
+        their_nick="bob",
+        budget=SkippedKeys(),
+        prekeys=alice.prekeys,
+    )
+    prepared, nonce = prepare("to everyone", Kind.ROOM, sent=1234), bytes(range(NONCE_SIZE))
+    seal_copy = prepared.copies()
+    for _ in range(2):
+        counter, body = to_bob.seal_copy(seal_copy, nonce)
+        assert counter == twin.take_counter()
+        assert body == twin.seal_numbered(prepared, counter, nonce)
+        assert body[0] == (RATCHET_MESSAGE if answered else PREKEY_MESSAGE)
+        assert to_alice.decrypt(body) == Plaintext(
+            "alice", "bob", Kind.ROOM, counter, "to everyone", sent=1234
+        )
+    assert to_bob.to_bytes() == twin.to_bytes()
+
+
+def test_a_copy_without_a_session_changes_nothing() -> None:
+    _, _, _, to_alice = started()
+    before = to_alice.to_bytes()
+    with pytest.raises(LocalProtocolError):
+        to_alice.seal_copy(prepare("hi", Kind.ROOM).copies(), bytes(NONCE_SIZE))
+    assert to_alice.to_bytes() == before and to_alice.next_counter == 0
+
+
 def test_prepare_refuses_what_encrypt_refuses() -> None:
     with pytest.raises(LocalProtocolError):
         prepare("x" * (MAX_TEXT + 1), Kind.ROOM)

@@ -268,6 +268,7 @@ class Outbox:
         envelopes: list[tuple[str, bytes]] = []
         fetch: list[str] = []
         session_with = self._session_with
+        seal_copy = prepared.copies()
         for nick, nonce in zip(recipients, random_nonces(len(recipients)), strict=True):
             identity_key: PublicKey | None
             if nick in peers:
@@ -276,7 +277,7 @@ class Outbox:
             else:  # away
                 session, identity_key = self.kept(nick)
             if session is not None:
-                counters[nick], body = session.seal_next(prepared, nonce)
+                counters[nick], body = session.seal_copy(seal_copy, nonce)
                 envelopes.append((nick, body))
                 continue
             if identity_key is not None:

@@ -69,7 +69,7 @@ from nacl.public import PrivateKey, PublicKey
 from e2echat.crypto.kdf import TAG_SIZE, header_tag, kdf_chain, kdf_header_key, kdf_root, kdf_session
 from e2echat.crypto.primitives import MAC_SIZE, NONCE_SIZE, aead_decrypt
 from e2echat.crypto.skipped import Entry, SkippedKeys
-from e2echat.crypto.steps import open_next, seal
+from e2echat.crypto.steps import HEADER_SIZE, PREFIX_SIZE, SealCopy, open_next, seal
 from e2echat.errors import BadRatchetState, DecryptionError, LocalProtocolError, ReplayError, SkippedTooMany
 
 MESSAGE_VERSION = 1
@@ -83,6 +83,7 @@ _COUNTERS = struct.Struct(">II")
 KEY_SIZE = 32
 _KEY_END = 1 + KEY_SIZE  # the ratchet key is message[1:33]
 _HEADER_END = _KEY_END + _COUNTERS.size  # 41
+assert (_KEY_END, _HEADER_END) == (PREFIX_SIZE, HEADER_SIZE)  # steps.copy_sealer writes headers too
 _TAG_END = _HEADER_END + TAG_SIZE  # 57
 _NONCE_END = _TAG_END + NONCE_SIZE  # 81
 MIN_MESSAGE = _NONCE_END + MAC_SIZE  # 97: an empty plaintext
@@ -226,6 +227,19 @@ class Ratchet:
         self._cks, message = seal(
             cks, hks, self._send_prefix + _COUNTERS.pack(self._pn, counter), nonce, plaintext
         )
+        self._ns = counter + 1
+        return message
+
+    def seal_copy(self, seal_copy: SealCopy, number: int, nonce: bytes) -> bytes:
+        """``encrypt`` for one copy of a message to many: its plaintext ``number`` (8 bytes)
+        || what ``seal_copy`` (``steps.copy_sealer``) was made for."""
+        cks, hks = self._cks, self._hks
+        if cks is None or hks is None:
+            raise LocalProtocolError(detail=f"no sending chain to {self.peer} until they write first")
+        counter = self._ns
+        if counter >= MAX_COUNTER:
+            raise LocalProtocolError(detail="sending chain exhausted")
+        self._cks, message = seal_copy(cks, hks, self._send_prefix, self._pn, counter, number, nonce)
         self._ns = counter + 1
         return message
 

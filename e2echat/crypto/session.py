@@ -51,6 +51,7 @@ from e2echat.crypto.prekeys import OurPrekeys
 from e2echat.crypto.primitives import NONCE_SIZE
 from e2echat.crypto.ratchet import MESSAGE_VERSION, Ratchet
 from e2echat.crypto.skipped import SkippedKeys
+from e2echat.crypto.steps import SealCopy, copy_sealer
 from e2echat.crypto.xeddsa import xeddsa_verify
 from e2echat.errors import (
     BadPrekeyBundle,
@@ -331,15 +332,15 @@ class PeerSession:
         self._changed()
         return counter
 
-    def seal_next(self, prepared: Prepared, nonce: bytes) -> tuple[int, bytes]:
-        """``prepared`` in the current session under the number for our next message to
-        them: (that number, the body). One call a recipient of a room message: what
-        ``take_counter`` and ``seal_numbered`` do, in one."""
+    def seal_copy(self, seal_copy: SealCopy, nonce: bytes) -> tuple[int, bytes]:
+        """A copy of a message to many (``Prepared.copies``) in the current session, under
+        the number for our next message to them: (that number, the body). One call a
+        recipient of a room message: ``take_counter`` and ``seal_numbered`` in one."""
         if not self._sessions:
             raise LocalProtocolError(detail=f"no session with {self.peer} yet")
         session = self._sessions[0]
         counter = self.next_counter
-        body = session.ratchet.encrypt(_N.pack(counter) + prepared.after_n, nonce)
+        body = session.ratchet.seal_copy(seal_copy, counter, nonce)
         self.next_counter = counter + 1
         self._dirty.add(self.peer)
         header = session.prekey_header
@@ -623,6 +624,11 @@ class Prepared:
     kind: Kind
     #: the plaintext after n: kind, flags, sent, directory hash, acks, text
     after_n: bytes
+
+    def copies(self) -> SealCopy:
+        """What seals this message's copies, one per recipient (``PeerSession.seal_copy``),
+        one after another."""
+        return copy_sealer(self.after_n)
 
 
 def prepare(
