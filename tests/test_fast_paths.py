@@ -111,6 +111,50 @@ def test_encode_send_refuses_what_send_refuses(
         encode_send(message_id, items)  # type: ignore[arg-type]
 
 
+def _pieces(items: list[tuple[str, bytes]]) -> list[bytes]:
+    """The pieces of ``items`` as the outbox writes them while it seals."""
+    return [
+        piece
+        for to, body in items
+        for piece in (fastpath.envelope_head(to), BODY_LENGTH.pack(len(body)), body)
+    ]
+
+
+@settings(max_examples=200)
+@given(
+    message_id=st.integers(min_value=0, max_value=MAX_ID),
+    items=st.lists(st.tuples(nicks, bodies), min_size=1, max_size=20),
+)
+def test_join_send_gives_the_bytes_encode_send_gives(message_id: int, items: list[tuple[str, bytes]]) -> None:
+    joined = fastpath.join_send(message_id, len(items), _pieces(items))
+    assert joined == encode_send(message_id, items)
+
+
+@pytest.mark.parametrize(
+    ("message_id", "count", "items"),
+    [
+        (-1, 1, [("bob", b"x")]),
+        (MAX_ID + 1, 1, [("bob", b"x")]),
+        (1, 0, []),
+        (1, MAX_ITEMS + 1, [("bob", b"x")] * (MAX_ITEMS + 1)),
+        (1, 2, [("bob", b"x")]),
+        (1, 1, [("bob", b"x"), ("carol", b"y")]),
+    ],
+    ids=["negative-id", "id-too-big", "no-items", "too-many-items", "fewer-pieces", "more-pieces"],
+)
+def test_join_send_refuses_a_bad_id_or_count(
+    message_id: int, count: int, items: list[tuple[str, bytes]]
+) -> None:
+    with pytest.raises(LocalProtocolError):
+        fastpath.join_send(message_id, count, _pieces(items))
+
+
+def test_an_envelope_head_checks_its_nick() -> None:
+    for nick in ("", 'bo"b', "b" * 33, "böb"):
+        with pytest.raises(LocalProtocolError):
+            fastpath.envelope_head(nick)
+
+
 # -- deliver -------------------------------------------------------------------------------
 
 

@@ -56,7 +56,9 @@ __all__ = [
     "encode_peer",
     "encode_send",
     "encode_welcome",
+    "envelope_head",
     "fast_routes",
+    "join_send",
     "send_recipients",
 ]
 
@@ -159,7 +161,9 @@ def send_recipients(payload: bytes) -> tuple[int, tuple[str, ...]] | None:
 
 
 @functools.lru_cache(maxsize=4096)
-def _envelope_head(to: str) -> bytes:
+def envelope_head(to: str) -> bytes:
+    """What comes before the body length in an envelope to ``to`` (a valid nick:
+    ``LocalProtocolError`` if not), made once per nick."""
     check_nick(to, "recipient")
     return bytes((len(to),)) + to.encode("ascii")
 
@@ -171,7 +175,7 @@ def encode_send(message_id: int, items: Sequence[tuple[str, bytes]]) -> bytes:
     nick checked) once, not once per message."""
     check_id(message_id)
     require(0 < len(items) <= MAX_ITEMS, f"a send needs 1 to {MAX_ITEMS} envelopes")
-    head, length = _envelope_head, BODY_LENGTH.pack  # head checks the nick (once: it is cached)
+    head, length = envelope_head, BODY_LENGTH.pack  # head checks the nick (once: it is cached)
     parts = [SEND_HEAD.pack(SEND_TAG, PROTOCOL_VERSION, message_id)]
     for to, body in items:
         if type(to) is not str:
@@ -180,6 +184,16 @@ def encode_send(message_id: int, items: Sequence[tuple[str, bytes]]) -> bytes:
             check_bytes(body, "body", limit=MAX_BODY)  # raises
         parts += (head(to), length(len(body)), body)
     return b"".join(parts)
+
+
+def join_send(message_id: int, count: int, pieces: list[bytes]) -> bytes:
+    """``encode_send`` of ``count`` envelopes already written as ``pieces``: for each,
+    ``envelope_head(to)``, ``BODY_LENGTH.pack(len(body))``, then the body, which is
+    bytes of 1 to MAX_BODY (the writer's to keep: its pieces are not read here)."""
+    check_id(message_id)
+    require(0 < count <= MAX_ITEMS, f"a send needs 1 to {MAX_ITEMS} envelopes")
+    require(len(pieces) == 3 * count, "three pieces to an envelope")
+    return SEND_HEAD.pack(SEND_TAG, PROTOCOL_VERSION, message_id) + b"".join(pieces)
 
 
 # -- deliver ------------------------------------------------------------------------------
