@@ -168,6 +168,7 @@ class ClientCore:
             self._directory,
             self.keyring,
             self._sessions.session_with,
+            self._sessions.sessions_with,
             self.deliveries,
             clock,
             self._pacer,

@@ -44,10 +44,11 @@ from e2echat.crypto.session import (
 from e2echat.crypto.x3dh import PrekeyBundle
 from e2echat.errors import BadPrekeyBundle, BadPrekeySignature, CommandError, RemoteProtocolError
 from e2echat.wire import messages as m
+from e2echat.wire.binary import BODY_LENGTH
 from e2echat.wire.codec import encode_message
-from e2echat.wire.fastpath import encode_send
+from e2echat.wire.fastpath import encode_send, envelope_head, join_send
 from e2echat.wire.framing import MAX_FRAME, encode_frame
-from e2echat.wire.grammar import FETCH_CHARGE, MAX_FETCH, MAX_ITEMS, is_utf8
+from e2echat.wire.grammar import FETCH_CHARGE, MAX_BODY, MAX_FETCH, MAX_ITEMS, is_utf8
 
 # What the envelopes of one frame may take, by envelope_size: the rest of MAX_FRAME is
 # for the frame's own head (10 bytes), and to spare.
@@ -55,6 +56,9 @@ FRAME_BUDGET = MAX_FRAME - 4096
 # What one envelope costs in a frame besides its nick and its body: their lengths, 1 and
 # 4 bytes (wire/binary.py).
 ENVELOPE_OVERHEAD = 5
+# A copy's body is its text and well under 1 KiB besides (headers, room name, tag): the
+# bodies a message's envelopes are written with (``join_send``) stay below MAX_BODY.
+assert MAX_TEXT + 1024 <= MAX_BODY
 
 # Receipts go out about this often, at most (the rest wait for the next tick): each gap is
 # drawn between 0.5 and 1.5 of it. A quiet chat gets its receipt at once; a busy room gets
@@ -134,8 +138,9 @@ class Outbox:
     """Messages and receipts out, as frames written to ``outgoing``.
 
     ``keyring`` holds our sessions; ``session_with`` gives the one to send in with a
-    nick, if there is one; ``acks_due`` is what arriving messages made us owe
-    (``Sessions.acks_due``); ``relay`` (its address) names the relay in warnings."""
+    nick, if there is one (``sessions_with``: with each of a list of nicks); ``acks_due``
+    is what arriving messages made us owe (``Sessions.acks_due``); ``relay`` (its
+    address) names the relay in warnings."""
 
     def __init__(
         self,
@@ -143,6 +148,7 @@ class Outbox:
         directory: Directory,
         keyring: Keyring,
         session_with: Callable[[str], PeerSession | None],
+        sessions_with: Callable[[list[str]], list[PeerSession | None]],
         tracker: DeliveryTracker,
         clock: Callable[[], float],
         outgoing: Pacer,
@@ -157,6 +163,7 @@ class Outbox:
         self._directory = directory
         self._keyring = keyring
         self._session_with = session_with
+        self._sessions_with = sessions_with
         self._relay = relay
         #: nick -> copies waiting for their bundle
         self._awaiting: dict[str, list[_Waiting]] = {}
@@ -265,21 +272,25 @@ class Outbox:
         online = [nick for nick in recipients if nick in peers]
         self._notices.extend(self._directory.exchanged(online))  # first contact pins the key
         counters: dict[str, int] = {}
-        envelopes: list[tuple[str, bytes]] = []
+        # Each copy's envelope, written as it is sealed: the frame is then one join.
+        pieces: list[bytes] = []
+        unsealed: set[str] = set()
         fetch: list[str] = []
-        session_with = self._session_with
-        seal_copy = prepared.copies()
-        for nick, nonce in zip(recipients, random_nonces(len(recipients)), strict=True):
-            identity_key: PublicKey | None
-            if nick in peers:
-                session = session_with(nick)
-                identity_key = peers[nick].identity_key
-            else:  # away
-                session, identity_key = self.kept(nick)
+        seal_copy, head, length = prepared.copies(), envelope_head, BODY_LENGTH.pack
+        sessions = self._sessions_with(recipients)  # (None for someone away)
+        nonces = random_nonces(len(recipients))
+        for nick, session, nonce in zip(recipients, sessions, nonces, strict=True):
+            identity_key: PublicKey | None = None
+            if session is None:
+                if nick in peers:
+                    identity_key = peers[nick].identity_key
+                else:  # away
+                    session, identity_key = self.kept(nick)
             if session is not None:
                 counters[nick], body = session.seal_copy(seal_copy, nonce)
-                envelopes.append((nick, body))
+                pieces += (head(nick), length(len(body)), body)
                 continue
+            unsealed.add(nick)
             if identity_key is not None:
                 # No session yet: the copy is numbered now and sealed when their bundle comes.
                 counter = self._keyring.peer(nick, identity_key).take_counter()
@@ -292,10 +303,22 @@ class Outbox:
             if all(copy.message_id == 0 for copy in waiting):
                 fetch.append(nick)
             waiting.append(_Waiting(message_id, prepared, counter, identity_key))
+        count = len(pieces) // 3
+        if not count:
+            frames = b""
+        elif (
+            count <= MAX_ITEMS
+            and sum(map(len, pieces)) <= FRAME_BUDGET  # the sum of their envelope_size
+            and len(counters) == len(recipients)  # no nick twice
+        ):  # the usual case, a room message: everything fits in one frame
+            frames = encode_frame(join_send(message_id, count, pieces))
+        else:
+            sealed = [nick for nick in recipients if nick not in unsealed]
+            frames = send_frames(message_id, list(zip(sealed, pieces[2::3], strict=True)))
         now = self._clock()
         # Its receipts are due counting from when it leaves, which may be later if we are
         # sending faster than the relay allows.
-        leaves = self._outgoing.write(send_frames(message_id, envelopes), now)
+        leaves = self._outgoing.write(frames, now)
         self._fetch(fetch, now)
         self._tracker.sent(message_id, kind is Kind.PRIVATE, counters, leaves, preview(text))
         return message_id
