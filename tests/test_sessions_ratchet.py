@@ -925,3 +925,35 @@ def test_a_peer_forgotten_and_met_again_is_numbered_on_not_from_zero() -> None:
     assert alice.peer("bob", bob.identity.public_key).take_counter() == 5
     alice.peer("bob", PrivateKey.generate().public_key)  # bob under another key
     assert alice.peer("bob", alice.peers["bob"].identity_key).take_counter() == 6
+
+
+def test_senders_answers_as_get_does_for_each_nick() -> None:
+    alice = Keyring.fresh("alice", PrivateKey.generate(), NOW)
+    others = {
+        nick: Keyring.fresh(nick, PrivateKey.generate(), NOW) for nick in ("bob", "carol", "dave", "erin")
+    }
+    for nick in ("bob", "carol", "dave"):
+        with_peer(alice, others[nick]).start(bundle_of(others[nick]))
+    with_peer(alice, others["erin"])  # kept, but no session to send in yet
+    # The directory: carol shown under another key than her sessions'; frank unknown to
+    # the keyring; dave not shown at all.
+    shown = {nick: _Shown(others[nick]) for nick in ("bob", "erin")}
+    shown["carol"] = _Shown(Keyring.fresh("carol", PrivateKey.generate(), NOW))
+    shown["frank"] = _Shown(Keyring.fresh("frank", PrivateKey.generate(), NOW))
+    nicks = ["carol", "bob", "dave", "erin", "frank"]
+    found = alice.senders(nicks, shown)
+    expected = [alice.get(nick, shown[nick].identity_key) if nick in shown else None for nick in nicks]
+    expected = [peer if peer is not None and peer.can_send else None for peer in expected]
+    assert found == expected == [None, alice.peers["bob"], None, None, None]
+    # Used, as get counts it: bob (and erin, asked again by get above) most recently.
+    alice.senders(["bob"], shown)
+    assert list(alice.peers)[-1] == "bob"
+    alice.senders(["carol"], shown)  # under another key: not a use
+    assert list(alice.peers)[-1] == "bob"
+
+
+class _Shown:
+    """What a directory shows for a keyring's owner."""
+
+    def __init__(self, keyring: Keyring) -> None:
+        self.identity_key = keyring.identity.public_key

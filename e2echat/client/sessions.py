@@ -82,13 +82,7 @@ class Sessions:
 
     def sessions_with(self, nicks: list[str]) -> list[PeerSession | None]:
         """``session_with`` of each of ``nicks``, in one call: a room message asks for 49."""
-        peers, get = self._directory.peers, self.keyring.get
-        found: list[PeerSession | None] = []
-        for nick in nicks:
-            peer = peers.get(nick)
-            session = None if peer is None else get(nick, peer.identity_key)
-            found.append(session if session is not None and session.can_send else None)
-        return found
+        return self.keyring.senders(nicks, self._directory.peers)
 
     def unanswered(self, nick: str) -> None:
         """A message to ``nick`` got no receipt in time: if they never answered in our

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Protocol
 
 from nacl.public import PrivateKey, PublicKey
 
@@ -33,6 +35,13 @@ NICK_ROW = "nick"
 MAX_PEERS = 10_000
 
 log = logging.getLogger("e2echat.crypto.keyring")
+
+
+class ShowsKey(Protocol):
+    """A directory entry, as far as the keyring is concerned."""
+
+    @property
+    def identity_key(self) -> PublicKey: ...
 
 
 class Keyring:
@@ -75,6 +84,25 @@ class Keyring:
             return None
         self.peers.move_to_end(nick)
         return peer
+
+    def senders(self, nicks: list[str], shown: Mapping[str, ShowsKey]) -> list[PeerSession | None]:
+        """For each of ``nicks``, ``get(nick, shown[nick].identity_key)`` if it can send;
+        None if it cannot, or if ``shown`` (the directory) has no such nick. One call for
+        a room message's recipients: ``get``'s check, inline."""
+        peers, used = self.peers, self.peers.move_to_end
+        found: list[PeerSession | None] = []
+        for nick in nicks:
+            peer, entry = peers.get(nick), shown.get(nick)
+            if peer is None or entry is None:
+                found.append(None)
+                continue
+            identity_key = entry.identity_key
+            if peer.identity_key is not identity_key and bytes(peer.identity_key) != bytes(identity_key):
+                found.append(None)  # (as in get: sessions under another key cannot serve)
+                continue
+            used(nick)
+            found.append(peer if peer.can_send else None)
+        return found
 
     def peer(self, nick: str, identity_key: PublicKey) -> PeerSession:
         """Our sessions with ``nick`` under ``identity_key``, made empty if there are none.
