@@ -12,6 +12,7 @@ from __future__ import annotations
 import struct
 
 import pytest
+from nacl.exceptions import CryptoError
 from nacl.public import PrivateKey
 
 from e2echat.crypto import x3dh
@@ -565,9 +566,9 @@ def test_a_copy_is_the_body_seal_numbered_makes(answered: bool) -> None:
         prekeys=alice.prekeys,
     )
     prepared, nonce = prepare("to everyone", Kind.ROOM, sent=1234), bytes(range(NONCE_SIZE))
-    seal_copy = prepared.copies()
+    seal_copy = prepared.copies(2, nonce * 2)
     for _ in range(2):
-        counter, body = to_bob.seal_copy(seal_copy, nonce)
+        counter, body = to_bob.seal_copy(seal_copy)
         assert counter == twin.take_counter()
         assert body == twin.seal_numbered(prepared, counter, nonce)
         assert body[0] == (RATCHET_MESSAGE if answered else PREKEY_MESSAGE)
@@ -581,8 +582,21 @@ def test_a_copy_without_a_session_changes_nothing() -> None:
     _, _, _, to_alice = started()
     before = to_alice.to_bytes()
     with pytest.raises(LocalProtocolError):
-        to_alice.seal_copy(prepare("hi", Kind.ROOM).copies(), bytes(NONCE_SIZE))
+        to_alice.seal_copy(prepare("hi", Kind.ROOM).copies(1))
     assert to_alice.to_bytes() == before and to_alice.next_counter == 0
+
+
+def test_the_copies_of_a_message_each_get_a_nonce_of_their_own() -> None:
+    _, _, to_bob, to_alice = talked()
+    seal_copy = prepare("hi", Kind.ROOM).copies(3)
+    bodies = [to_bob.seal_copy(seal_copy)[1] for _ in range(3)]
+    assert len({body[NONCE_AT : NONCE_AT + NONCE_SIZE] for body in bodies}) == 3
+    assert [to_alice.decrypt(body).text for body in bodies] == ["hi"] * 3
+    # The twin: a fourth copy has no nonce left, and changes nothing.
+    before = to_bob.to_bytes()
+    with pytest.raises(CryptoError, match="no nonce left"):
+        to_bob.seal_copy(seal_copy)
+    assert to_bob.to_bytes() == before
 
 
 def test_prepare_refuses_what_encrypt_refuses() -> None:

@@ -65,13 +65,15 @@ counters = st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.in
 def test_a_copy_sealer_gives_what_the_public_bindings_give(
     tail: bytes, copies: list[tuple[bytes, bytes, bytes, tuple[int, int, int], bytes]]
 ) -> None:
-    # several copies from one sealer: each leaves nothing behind for the next
+    # several copies from one sealer, each with the next nonce: each leaves nothing
+    # behind for the next
     direct, composed = steps._direct_copies, steps._composed_copy_sealer
     assert direct is not None
-    seal_direct, seal_composed = direct(tail), composed(tail)
+    pool = b"".join(nonce for *_, nonce in copies)
+    seal_direct, seal_composed = direct(tail, pool), composed(tail, pool)
     for chain_key, header_key, prefix, (previous, counter, number), nonce in copies:
         expected = _public_copy(tail, chain_key, header_key, prefix, (previous, counter, number), nonce)
-        arguments = (chain_key, header_key, prefix, previous, counter, number, nonce)
+        arguments = (chain_key, header_key, prefix, previous, counter, number)
         assert seal_direct(*arguments) == expected
         assert seal_composed(*arguments) == expected
 
@@ -80,41 +82,55 @@ def test_a_copy_sealer_gives_what_the_public_bindings_give(
 def test_a_copy_opens_as_the_next_message_of_its_chain(
     chain_key: bytes, header_key: bytes, prefix: bytes, nonce: bytes, tail: bytes, number: int
 ) -> None:
-    next_chain, message = steps.copy_sealer(tail)(chain_key, header_key, prefix, 3, 4, number, nonce)
+    next_chain, message = steps.copy_sealer(tail, nonce)(chain_key, header_key, prefix, 3, 4, number)
     opened = (next_chain, struct.pack(">Q", number) + tail)
     assert steps.open_next(chain_key, message, AUTHENTICATED) == opened
 
 
-@pytest.mark.parametrize(
-    ("chain", "header", "nonce"), [(31, 32, 24), (33, 32, 24), (32, 0, 24), (32, 32, 23), (32, 32, 25)]
-)
-def test_a_copy_sealer_lets_no_wrong_size_reach_libsodium(chain: int, header: int, nonce: int) -> None:
-    assert steps._direct_copies is not None
-    seal_copy = steps._direct_copies(b"text")
-    with pytest.raises(CryptoError, match="header key are 32 bytes, a nonce 24"):
-        seal_copy(bytes(chain), bytes(header), bytes(33), 0, 0, 0, bytes(nonce))
-
-
-@pytest.mark.parametrize(
+sealers = pytest.mark.parametrize(
     "sealer", [steps._direct_copies, steps._composed_copy_sealer], ids=["direct", "composed"]
 )
+
+
+@sealers
+def test_a_copy_sealer_uses_each_nonce_once_then_refuses(sealer: steps.CopySealer) -> None:
+    pool = os.urandom(2 * 24)
+    seal_copy = sealer(b"text", pool)
+    messages = [seal_copy(bytes(32), bytes(32), bytes(33), 0, 0, 0)[1] for _ in range(2)]
+    assert [message[AUTHENTICATED : AUTHENTICATED + 24] for message in messages] == [pool[:24], pool[24:]]
+    with pytest.raises(CryptoError, match="no nonce left"):
+        seal_copy(bytes(32), bytes(32), bytes(33), 0, 0, 0)
+    with pytest.raises(CryptoError, match="no nonce left"):
+        sealer(b"text", b"")(bytes(32), bytes(32), bytes(33), 0, 0, 0)
+    for cut in (bytes(23), bytes(25)):
+        with pytest.raises(CryptoError, match="24 bytes each"):
+            sealer(b"text", cut)
+
+
+@pytest.mark.parametrize(("chain", "header"), [(31, 32), (33, 32), (32, 0), (32, 31)])
+def test_a_copy_sealer_lets_no_wrong_size_reach_libsodium(chain: int, header: int) -> None:
+    assert steps._direct_copies is not None
+    seal_copy = steps._direct_copies(b"text", bytes(24))
+    with pytest.raises(CryptoError, match="header key are 32 bytes"):
+        seal_copy(bytes(chain), bytes(header), bytes(33), 0, 0, 0)
+
+
+@sealers
 @pytest.mark.parametrize("prefix", [32, 34])
 def test_a_copy_sealer_refuses_a_wrong_sized_header(sealer: steps.CopySealer, prefix: int) -> None:
     # struct would pad or cut it: a header not the ratchet's, silently
     with pytest.raises(CryptoError, match="prefix is 33 bytes"):
-        sealer(b"text")(bytes(32), bytes(32), bytes(prefix), 0, 0, 0, bytes(24))
+        sealer(b"text", bytes(24))(bytes(32), bytes(32), bytes(prefix), 0, 0, 0)
 
 
-@pytest.mark.parametrize(
-    "sealer", [steps._direct_copies, steps._composed_copy_sealer], ids=["direct", "composed"]
-)
+@sealers
 @pytest.mark.parametrize("counters", [(2**32, 0, 0), (0, 2**32, 0), (0, 0, 2**64), (-1, 0, 0), (0, 0, -1)])
 def test_a_copy_sealer_refuses_numbers_out_of_range(
     sealer: steps.CopySealer, counters: tuple[int, int, int]
 ) -> None:
     # never wrapped round: a counter that wrapped would reuse a header, a number a receipt
     with pytest.raises(struct.error):
-        sealer(b"text")(bytes(32), bytes(32), bytes(33), *counters, bytes(24))
+        sealer(b"text", bytes(24))(bytes(32), bytes(32), bytes(33), *counters)
 
 
 @given(keys, keys, st.binary(max_size=64), nonces, st.binary(max_size=1000))
@@ -192,8 +208,8 @@ def _works(copy: types.ModuleType) -> None:
     assert sealed == steps._composed_seal(chain_key, header_key, HEADER, nonce, b"still right")
     assert copy.open_next(chain_key, sealed[1], AUTHENTICATED) == (sealed[0], b"still right")
     prefix = HEADER[: steps.PREFIX_SIZE]
-    copy_sealed = copy.copy_sealer(b"right")(chain_key, header_key, prefix, 1, 2, 3, nonce)
-    assert copy_sealed == steps._composed_copy_sealer(b"right")(chain_key, header_key, prefix, 1, 2, 3, nonce)
+    copy_sealed = copy.copy_sealer(b"right", nonce)(chain_key, header_key, prefix, 1, 2, 3)
+    assert copy_sealed == steps._composed_copy_sealer(b"right", nonce)(chain_key, header_key, prefix, 1, 2, 3)
 
 
 def test_without_the_private_module_the_composition_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -236,6 +252,6 @@ def test_a_copy_sealer_checks_what_libsodium_returns(failing: str) -> None:
         crypto_aead_xchacha20poly1305_ietf_encrypt=sodium.lib.crypto_aead_xchacha20poly1305_ietf_encrypt,
     )
     setattr(lib, failing, lambda *_: -1)
-    seal_copy = steps._direct_copy_sealer(sodium.ffi, lib)(b"text")
+    seal_copy = steps._direct_copy_sealer(sodium.ffi, lib)(b"text", bytes(24))
     with pytest.raises(CryptoError):
-        seal_copy(bytes(32), bytes(32), bytes(33), 0, 0, 0, bytes(24))
+        seal_copy(bytes(32), bytes(32), bytes(33), 0, 0, 0)

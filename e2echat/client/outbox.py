@@ -266,7 +266,8 @@ class Outbox:
             raise CommandError(detail=f"message too long (the limit is {MAX_TEXT} bytes); not sent")
         message_id = next(self._message_ids)
         # The plaintext is packed once and the nonces drawn in one call (one a recipient,
-        # used or not); per recipient there remain the ratchet's step and the envelope.
+        # used or not, in the sealer); per recipient there remain the ratchet's step and
+        # the envelope.
         prepared = prepare(text, kind, directory_hash=self._directory.view, sent=int(self._wall_clock()))
         peers = self._directory.peers
         online = [nick for nick in recipients if nick in peers]
@@ -276,10 +277,9 @@ class Outbox:
         pieces: list[bytes] = []
         unsealed: set[str] = set()
         fetch: list[str] = []
-        seal_copy, head, length = prepared.copies(), envelope_head, BODY_LENGTH.pack
         sessions = self._sessions_with(recipients)  # (None for someone away)
-        nonces = random_nonces(len(recipients))
-        for nick, session, nonce in zip(recipients, sessions, nonces, strict=True):
+        seal_copy, head, length = prepared.copies(len(recipients)), envelope_head, BODY_LENGTH.pack
+        for nick, session in zip(recipients, sessions, strict=True):
             identity_key: PublicKey | None = None
             if session is None:
                 if nick in peers:
@@ -287,7 +287,7 @@ class Outbox:
                 else:  # away
                     session, identity_key = self.kept(nick)
             if session is not None:
-                counters[nick], body = session.seal_copy(seal_copy, nonce)
+                counters[nick], body = session.seal_copy(seal_copy)
                 pieces += (head(nick), length(len(body)), body)
                 continue
             unsealed.add(nick)

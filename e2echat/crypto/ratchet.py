@@ -230,7 +230,7 @@ class Ratchet:
         self._ns = counter + 1
         return message
 
-    def seal_copy(self, seal_copy: SealCopy, number: int, nonce: bytes) -> bytes:
+    def seal_copy(self, seal_copy: SealCopy, number: int) -> bytes:
         """``encrypt`` for one copy of a message to many: its plaintext ``number`` (8 bytes)
         || what ``seal_copy`` (``steps.copy_sealer``) was made for."""
         cks, hks = self._cks, self._hks
@@ -239,7 +239,7 @@ class Ratchet:
         counter = self._ns
         if counter >= MAX_COUNTER:
             raise LocalProtocolError(detail="sending chain exhausted")
-        self._cks, message = seal_copy(cks, hks, self._send_prefix, self._pn, counter, number, nonce)
+        self._cks, message = seal_copy(cks, hks, self._send_prefix, self._pn, counter, number)
         self._ns = counter + 1
         return message
 

@@ -332,7 +332,7 @@ class PeerSession:
         self._changed()
         return counter
 
-    def seal_copy(self, seal_copy: SealCopy, nonce: bytes) -> tuple[int, bytes]:
+    def seal_copy(self, seal_copy: SealCopy) -> tuple[int, bytes]:
         """A copy of a message to many (``Prepared.copies``) in the current session, under
         the number for our next message to them: (that number, the body). One call a
         recipient of a room message: ``take_counter`` and ``seal_numbered`` in one."""
@@ -340,7 +340,7 @@ class PeerSession:
             raise LocalProtocolError(detail=f"no session with {self.peer} yet")
         session = self._sessions[0]
         counter = self.next_counter
-        body = session.ratchet.seal_copy(seal_copy, counter, nonce)
+        body = session.ratchet.seal_copy(seal_copy, counter)
         self.next_counter = counter + 1
         self._dirty.add(self.peer)
         header = session.prekey_header
@@ -625,10 +625,13 @@ class Prepared:
     #: the plaintext after n: kind, flags, sent, directory hash, acks, text
     after_n: bytes
 
-    def copies(self) -> SealCopy:
-        """What seals this message's copies, one per recipient (``PeerSession.seal_copy``),
-        one after another."""
-        return copy_sealer(self.after_n)
+    def copies(self, count: int, nonces: bytes | None = None) -> SealCopy:
+        """What seals ``count`` copies of this message, one per recipient
+        (``PeerSession.seal_copy``), one after another, with nonces drawn in one call.
+        ``nonces`` (24 bytes a copy) are for deterministic tests only."""
+        return copy_sealer(
+            self.after_n, nacl.bindings.randombytes(NONCE_SIZE * count) if nonces is None else nonces
+        )
 
 
 def prepare(

@@ -20,8 +20,9 @@ composition, which is used instead if PyNaCl's private module is missing or disa
 ``copy_sealer`` goes one step further, as a room message to 49 makes 49 copies: one
 buffer for the whole message, laid out as the copy's message is (header, tag, nonce,
 ciphertext) beside the plaintext, with the message's common part written into it once.
-Per copy, one ``struct.pack_into`` writes the header, the nonce and the copy's number in
-place; libsodium writes the keys, the tag and the ciphertext in place (the associated
+Per copy, one ``struct.pack_into`` writes the header, the next of the nonces the sealer
+was given (drawn for all the copies in one call; each used once, and none cut short)
+and the copy's number in place; libsodium writes the keys, the tag and the ciphertext in place (the associated
 data is read where it lies, header || tag); two copies come out (the next chain key, the
 message). Why it is safe: every pointer is into that buffer at an offset fixed when it
 is made, for a length that fits in it (checked by ``_direct_copy_sealer``'s layout, and
@@ -70,19 +71,28 @@ def _composed_open(chain_key: bytes, message: bytes, authenticated_size: int) ->
     return next_chain, aead_decrypt(message[nonce_end:], message[:authenticated_size], nonce, message_key)
 
 
-def _composed_copy_sealer(tail: bytes) -> SealCopy:
+def _nonce_check(nonces: bytes) -> None:
+    if len(nonces) % NONCE_SIZE:
+        raise nacl.exceptions.ValueError("nonces are 24 bytes each")
+
+
+_NO_NONCE = "no nonce left: a copy sealer seals as many copies as it was given nonces"
+
+
+def _composed_copy_sealer(tail: bytes, nonces: bytes) -> SealCopy:
+    _nonce_check(nonces)
+    starts = iter(range(0, len(nonces), NONCE_SIZE))
+
     def seal_copy(
-        chain_key: bytes,
-        header_key: bytes,
-        prefix: bytes,
-        previous: int,
-        counter: int,
-        number: int,
-        nonce: bytes,
+        chain_key: bytes, header_key: bytes, prefix: bytes, previous: int, counter: int, number: int
     ) -> tuple[bytes, bytes]:
+        at = next(starts, None)
+        if at is None:
+            raise nacl.exceptions.ValueError(_NO_NONCE)
         if len(prefix) != PREFIX_SIZE:
             raise nacl.exceptions.ValueError("a header's prefix is 33 bytes")
         header = prefix + _COUNTERS.pack(previous, counter)
+        nonce = nonces[at : at + NONCE_SIZE]
         return _composed_seal(chain_key, header_key, header, nonce, _NUMBER.pack(number) + tail)
 
     return seal_copy
@@ -90,9 +100,9 @@ def _composed_copy_sealer(tail: bytes) -> SealCopy:
 
 Seal = Callable[[bytes, bytes, bytes, bytes, bytes], tuple[bytes, bytes]]
 Open = Callable[[bytes, bytes, int], tuple[bytes, bytes]]
-#: ``seal_copy(chain_key, header_key, prefix, PN, N, number, nonce)``: see ``copy_sealer``
-SealCopy = Callable[[bytes, bytes, bytes, int, int, int, bytes], tuple[bytes, bytes]]
-CopySealer = Callable[[bytes], SealCopy]
+#: ``seal_copy(chain_key, header_key, prefix, PN, N, number)``: see ``copy_sealer``
+SealCopy = Callable[[bytes, bytes, bytes, int, int, int], tuple[bytes, bytes]]
+CopySealer = Callable[[bytes, bytes], SealCopy]
 
 
 def _direct_steps(ffi: Any, lib: Any) -> tuple[Seal, Open]:
@@ -172,8 +182,11 @@ def _direct_copy_sealer(ffi: Any, lib: Any) -> CopySealer:
     authenticated_size = HEADER_SIZE + TAG_SIZE
     no_salt, label_chain, label_tag = _NO_SALT, LABEL_CHAIN, LABEL_HEADER_TAG
     sizes, value_error, crypto_error = _SIZES, nacl.exceptions.ValueError, nacl.exceptions.CryptoError
+    no_nonce = _NO_NONCE
 
-    def copy_sealer(tail: bytes) -> SealCopy:
+    def copy_sealer(tail: bytes, nonces: bytes) -> SealCopy:
+        _nonce_check(nonces)
+        pool_size, at = len(nonces), 0
         size = _NUMBER.size + len(tail)
         message_end = ciphertext_at + size + MAC_SIZE
         # ... || the plaintext: number || tail
@@ -189,19 +202,19 @@ def _direct_copy_sealer(ffi: Any, lib: Any) -> CopySealer:
         nonce_in, ciphertext, plaintext = out + nonce_at, out + ciphertext_at, out + message_end
 
         def seal_copy(
-            chain_key: bytes,
-            header_key: bytes,
-            prefix: bytes,
-            previous: int,
-            counter: int,
-            number: int,
-            nonce: bytes,
+            chain_key: bytes, header_key: bytes, prefix: bytes, previous: int, counter: int, number: int
         ) -> tuple[bytes, bytes]:
-            if len(chain_key) != key_size or len(header_key) != key_size or len(nonce) != nonce_size:
+            nonlocal at
+            start = at
+            if start >= pool_size:  # (a nonce cut short would be padded with zeros)
+                raise value_error(no_nonce)
+            at = start + nonce_size
+            if len(chain_key) != key_size or len(header_key) != key_size:
                 raise value_error(sizes)
             if len(prefix) != PREFIX_SIZE:
                 raise value_error("a header's prefix is 33 bytes")
-            write(view, keys_end, prefix, previous, counter, nonce, number)  # struct.error if out of range
+            # struct.error for a counter or number out of range
+            write(view, keys_end, prefix, previous, counter, nonces[start:at], number)
             if generichash(out, keys_end, null, 0, chain_key, key_size, no_salt, label_chain) or generichash(
                 tag, tag_size, header, header_size, header_key, key_size, no_salt, label_tag
             ):
@@ -243,9 +256,9 @@ def _direct_agrees() -> bool:
             ):
                 return False
             assert _direct_copies is not None
-            prefix, arguments = bytes(range(100, 100 + PREFIX_SIZE)), (7, 2**32 - 1, 2**64 - 1, nonce)
-            sealed = _direct_copies(plaintext)(chain_key, header_key, prefix, *arguments)
-            if sealed != _composed_copy_sealer(plaintext)(chain_key, header_key, prefix, *arguments):
+            prefix, arguments = bytes(range(100, 100 + PREFIX_SIZE)), (7, 2**32 - 1, 2**64 - 1)
+            sealed = _direct_copies(plaintext, nonce)(chain_key, header_key, prefix, *arguments)
+            if sealed != _composed_copy_sealer(plaintext, nonce)(chain_key, header_key, prefix, *arguments):
                 return False
         return True
     except Exception:
@@ -272,8 +285,9 @@ open_next: Callable[[bytes, bytes, int], tuple[bytes, bytes]] = (
 does not authenticate."""
 
 copy_sealer: CopySealer = _direct_copies if DIRECT_STEPS and _direct_copies else _composed_copy_sealer
-"""``copy_sealer(tail)`` -> ``seal_copy``, for the copies of one message whose plaintexts
-are number (8 bytes, big-endian) || ``tail``: ``seal_copy(chain_key, header_key, prefix,
-PN, N, number, nonce)`` is ``seal(chain_key, header_key, prefix || PN || N, nonce,
-number || tail)`` (PN and N 4 bytes each, big-endian; the prefix 33 bytes). One
-``seal_copy`` serves one message's copies, one after another (not from two threads)."""
+"""``copy_sealer(tail, nonces)`` -> ``seal_copy``, for the copies of one message whose
+plaintexts are number (8 bytes, big-endian) || ``tail``: ``seal_copy(chain_key,
+header_key, prefix, PN, N, number)`` is ``seal(chain_key, header_key, prefix || PN || N,
+nonce, number || tail)`` (PN and N 4 bytes each, big-endian; the prefix 33 bytes), its
+nonce the next 24 bytes of ``nonces``, each used once: when they are used up it refuses.
+One ``seal_copy`` serves one message's copies, one after another (not from two threads)."""
