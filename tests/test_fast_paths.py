@@ -16,7 +16,7 @@ from e2echat.wire import messages as m
 from e2echat.wire.binary import BODY_LENGTH, SEND_HEAD, SEND_TAG
 from e2echat.wire.codec import decode_message, encode_message
 from e2echat.wire.fastpath import decode_deliver, decode_deliver_frame, encode_send
-from e2echat.wire.framing import FrameDecoder, encode_frame
+from e2echat.wire.framing import MAX_FRAME, FrameDecoder, encode_frame
 from e2echat.wire.grammar import MAX_BODY, MAX_ID, MAX_ITEMS, is_valid_nick
 
 nicks = st.text(alphabet=string.ascii_letters + string.digits + "_.-", min_size=1, max_size=32)
@@ -113,11 +113,10 @@ def test_encode_send_refuses_what_send_refuses(
 
 def _pieces(items: list[tuple[str, bytes]]) -> list[bytes]:
     """The pieces of ``items`` as the outbox writes them while it seals."""
-    return [
-        piece
-        for to, body in items
-        for piece in (fastpath.envelope_head(to), BODY_LENGTH.pack(len(body)), body)
-    ]
+    pieces = [b"head"]  # (a placeholder)
+    for to, body in items:
+        pieces += (fastpath.envelope_head(to), BODY_LENGTH.pack(len(body)), body)
+    return pieces
 
 
 @settings(max_examples=200)
@@ -125,9 +124,11 @@ def _pieces(items: list[tuple[str, bytes]]) -> list[bytes]:
     message_id=st.integers(min_value=0, max_value=MAX_ID),
     items=st.lists(st.tuples(nicks, bodies), min_size=1, max_size=20),
 )
-def test_join_send_gives_the_bytes_encode_send_gives(message_id: int, items: list[tuple[str, bytes]]) -> None:
-    joined = fastpath.join_send(message_id, len(items), _pieces(items))
-    assert joined == encode_send(message_id, items)
+def test_send_frame_gives_the_frame_encode_send_gives(
+    message_id: int, items: list[tuple[str, bytes]]
+) -> None:
+    frame = fastpath.send_frame(message_id, len(items), _pieces(items))
+    assert frame == encode_frame(encode_send(message_id, items))
 
 
 @pytest.mark.parametrize(
@@ -139,14 +140,15 @@ def test_join_send_gives_the_bytes_encode_send_gives(message_id: int, items: lis
         (1, MAX_ITEMS + 1, [("bob", b"x")] * (MAX_ITEMS + 1)),
         (1, 2, [("bob", b"x")]),
         (1, 1, [("bob", b"x"), ("carol", b"y")]),
+        (1, 1, [("bob", b"x" * MAX_FRAME)]),
     ],
-    ids=["negative-id", "id-too-big", "no-items", "too-many-items", "fewer-pieces", "more-pieces"],
+    ids=["negative-id", "id-too-big", "no-items", "too-many-items", "fewer-pieces", "more-pieces", "too-big"],
 )
-def test_join_send_refuses_a_bad_id_or_count(
+def test_send_frame_refuses_a_bad_id_count_or_size(
     message_id: int, count: int, items: list[tuple[str, bytes]]
 ) -> None:
     with pytest.raises(LocalProtocolError):
-        fastpath.join_send(message_id, count, _pieces(items))
+        fastpath.send_frame(message_id, count, _pieces(items))
 
 
 def test_an_envelope_head_checks_its_nick() -> None:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from e2echat.errors import FrameTooLarge, LocalProtocolError, RemoteProtocolError
 from e2echat.wire import messages
 from e2echat.wire.codec import decode_message
-from e2echat.wire.framing import MAX_FRAME, PREFIX_SIZE, FrameDecoder, encode_frame
+from e2echat.wire.framing import MAX_FRAME, PREFIX_SIZE, FrameDecoder, encode_frame, frame_head
 
 PAYLOADS = [b"a", b"hello", bytes(range(256)), b"\x00\x00\x00\x00", b"x" * 1000, b"{}"]
 STREAM = b"".join(encode_frame(p) for p in PAYLOADS)
@@ -57,6 +57,19 @@ def test_encode_frame_honours_a_smaller_limit() -> None:
     assert encode_frame(b"x" * 10, max_frame=10) == _prefix(10) + b"x" * 10
     with pytest.raises(LocalProtocolError):
         encode_frame(b"x" * 11, max_frame=10)
+
+
+@pytest.mark.parametrize("size", [1, 3, 258, MAX_FRAME])
+def test_a_frame_head_is_what_encode_frame_puts_first(size: int) -> None:
+    assert frame_head(size) == encode_frame(b"x" * size)[:PREFIX_SIZE]
+
+
+@pytest.mark.parametrize(
+    ("size", "limit"), [(0, MAX_FRAME), (-1, MAX_FRAME), (MAX_FRAME + 1, MAX_FRAME), (11, 10)]
+)
+def test_a_frame_head_refuses_what_encode_frame_refuses(size: int, limit: int) -> None:
+    with pytest.raises(LocalProtocolError):
+        frame_head(size, max_frame=limit)
 
 
 # -- decoding: every split gives the same frames ------------------------------------------

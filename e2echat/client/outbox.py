@@ -46,7 +46,7 @@ from e2echat.errors import BadPrekeyBundle, BadPrekeySignature, CommandError, Re
 from e2echat.wire import messages as m
 from e2echat.wire.binary import BODY_LENGTH
 from e2echat.wire.codec import encode_message
-from e2echat.wire.fastpath import encode_send, envelope_head, join_send
+from e2echat.wire.fastpath import encode_send, envelope_head, send_frame
 from e2echat.wire.framing import MAX_FRAME, encode_frame
 from e2echat.wire.grammar import FETCH_CHARGE, MAX_BODY, MAX_FETCH, MAX_ITEMS, is_utf8
 
@@ -273,8 +273,9 @@ class Outbox:
         online = [nick for nick in recipients if nick in peers]
         self._notices.extend(self._directory.exchanged(online))  # first contact pins the key
         counters: dict[str, int] = {}
-        # Each copy's envelope, written as it is sealed: the frame is then one join.
-        pieces: list[bytes] = []
+        # Each copy's envelope, written as it is sealed: the frame is then one join. (First
+        # the place of the frame's head, written once its size is known.)
+        pieces: list[bytes] = [b""]
         unsealed: set[str] = set()
         fetch: list[str] = []
         sessions = self._sessions_with(recipients)  # (None for someone away)
@@ -311,10 +312,10 @@ class Outbox:
             and sum(map(len, pieces)) <= FRAME_BUDGET  # the sum of their envelope_size
             and len(counters) == len(recipients)  # no nick twice
         ):  # the usual case, a room message: everything fits in one frame
-            frames = encode_frame(join_send(message_id, count, pieces))
+            frames = send_frame(message_id, count, pieces)
         else:
             sealed = [nick for nick in recipients if nick not in unsealed]
-            frames = send_frames(message_id, list(zip(sealed, pieces[2::3], strict=True)))
+            frames = send_frames(message_id, list(zip(sealed, pieces[3::3], strict=True)))
         now = self._clock()
         # Its receipts are due counting from when it leaves, which may be later if we are
         # sending faster than the relay allows.

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from e2echat.wire.binary import BODY_LENGTH, DELIVER_TAG, SEND_HEAD, SEND_TAG
 from e2echat.wire.codec import encode_record, write_number
-from e2echat.wire.framing import PREFIX_SIZE
+from e2echat.wire.framing import PREFIX_SIZE, frame_head
 from e2echat.wire.grammar import (
     MAX_BODY,
     MAX_ID,
@@ -58,7 +58,7 @@ __all__ = [
     "encode_welcome",
     "envelope_head",
     "fast_routes",
-    "join_send",
+    "send_frame",
     "send_recipients",
 ]
 
@@ -186,14 +186,19 @@ def encode_send(message_id: int, items: Sequence[tuple[str, bytes]]) -> bytes:
     return b"".join(parts)
 
 
-def join_send(message_id: int, count: int, pieces: list[bytes]) -> bytes:
-    """``encode_send`` of ``count`` envelopes already written as ``pieces``: for each,
-    ``envelope_head(to)``, ``BODY_LENGTH.pack(len(body))``, then the body, which is
-    bytes of 1 to MAX_BODY (the writer's to keep: its pieces are not read here)."""
+def send_frame(message_id: int, count: int, pieces: list[bytes]) -> bytes:
+    """``encode_frame(encode_send(message_id, items))`` for ``count`` envelopes already
+    written as pieces, after a placeholder: ``pieces[0]`` is replaced by the frame's head
+    (its length, then the send's), and for each envelope come ``envelope_head(to)``,
+    ``BODY_LENGTH.pack(len(body))`` and the body, bytes of 1 to MAX_BODY (the writer's to
+    keep: the pieces are not read here). One join: the frame is copied once."""
     check_id(message_id)
     require(0 < count <= MAX_ITEMS, f"a send needs 1 to {MAX_ITEMS} envelopes")
-    require(len(pieces) == 3 * count, "three pieces to an envelope")
-    return SEND_HEAD.pack(SEND_TAG, PROTOCOL_VERSION, message_id) + b"".join(pieces)
+    require(len(pieces) == 3 * count + 1, "a placeholder, then three pieces to an envelope")
+    head = SEND_HEAD.pack(SEND_TAG, PROTOCOL_VERSION, message_id)
+    pieces[0] = head  # so that the sum below is the payload's size
+    pieces[0] = frame_head(sum(map(len, pieces))) + head
+    return b"".join(pieces)
 
 
 # -- deliver ------------------------------------------------------------------------------

@@ -30,6 +30,16 @@ def encode_frame(payload: bytes, *, max_frame: int = MAX_FRAME) -> bytes:
     return _PREFIX.pack(len(payload)) + payload
 
 
+def frame_head(size: int, *, max_frame: int = MAX_FRAME) -> bytes:
+    """What ``encode_frame`` puts before a payload of ``size`` bytes, for a frame written
+    in pieces. Refuses the sizes ``encode_frame`` refuses."""
+    if size <= 0:
+        raise LocalProtocolError(detail="refusing to send an empty frame")
+    if size > max_frame:
+        raise LocalProtocolError(detail=f"frame of {size} bytes exceeds the limit of {max_frame} bytes")
+    return _PREFIX.pack(size)
+
+
 class FrameDecoder:
     """Incremental decoder: ``receive_data(chunk)`` then ``next_frames()``.
 
