@@ -8,6 +8,7 @@ from e2echat.client.receipts import (
     NOT_KNOWN,
     REFUSED,
     TIMED_OUT,
+    UNNUMBERED,
     DeliveryReport,
     DeliveryTracker,
     SendReport,
@@ -72,3 +73,13 @@ def test_a_lost_connection_fails_every_open_copy_and_expects_no_answer() -> None
         DeliveryReport(8, True, (), (("bob", "gone"),), ""),
     ]
     assert tracker.settled
+
+
+def test_a_copy_sent_unnumbered_is_matched_by_the_number_it_gets() -> None:
+    tracker = DeliveryTracker(timeout=10.0)
+    tracker.sent(7, False, {"bob": 3, "away": UNNUMBERED}, now=100.0)
+    tracker.sent(8, False, {"away": UNNUMBERED}, now=100.0)
+    assert ("away", UNNUMBERED) not in tracker._by_copy  # nothing is ever acknowledged by it
+    tracker.numbered(8, "away", 0)
+    tracker.numbered(7, "away", 1)
+    assert tracker.acknowledged("away", [1]) == [] and tracker._by_copy == {("bob", 3): 7, ("away", 0): 8}

@@ -19,6 +19,7 @@ notice makes a ``DeliveryReport`` of its own, for that recipient, under the same
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from e2echat.client.pending import PendingCopy, PendingDeliveries
@@ -131,9 +132,12 @@ class DeliveryTracker:
         """A message went to the recipients in ``counters``, each copy under its counter."""
         message = Message(message_id, private, preview, now, set(counters), dict(counters))
         self.awaiting_relay[message_id] = self._unconfirmed[message_id] = message
-        for nick, counter in counters.items():
-            if counter != UNNUMBERED:
-                self._by_copy[(nick, counter)] = message_id
+        # (nick, counter) pairs are the keys: a room message's 49 in one C call, unless a
+        # copy for someone away waits for its number (see numbered)
+        copies: Iterable[tuple[str, int]] = counters.items()
+        if UNNUMBERED in counters.values():
+            copies = [(nick, counter) for nick, counter in copies if counter != UNNUMBERED]
+        self._by_copy.update(dict.fromkeys(copies, message_id))
 
     def numbered(self, message_id: int, nick: str, counter: int) -> None:
         """The copy of ``message_id`` for ``nick``, sent UNNUMBERED, now carries ``counter``."""
