@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 from nacl.public import PrivateKey
 
 from e2echat.crypto.identity import registration_proof
@@ -18,6 +20,7 @@ from e2echat.relay.mailboxes import ITEM_OVERHEAD
 from e2echat.relay.store import Dequeue, Enqueue, ForgetIdentity, ForgetMember, SaveBundle, SaveIdentity
 from e2echat.wire import messages as m
 from e2echat.wire.codec import encode_message
+from e2echat.wire.fastpath import encode_nick
 from e2echat.wire.framing import encode_frame
 
 from fake_store import FakeStore
@@ -332,6 +335,37 @@ def test_members_and_identities_away_too_long_are_forgotten() -> None:
 
 def m_ops(ops: Sequence[object]) -> set[str]:
     return {type(op).__name__ for op in ops}
+
+
+# -- the away list -----------------------------------------------------------------------------
+
+_STEPS = st.lists(
+    st.tuples(st.sampled_from(["join", "leave", "tick", "restart"]), st.sampled_from("abcdef")), max_size=25
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=_STEPS)
+@example(steps=[("join", "a"), ("leave", "a"), *[("join", nick) for nick in "bcd"]])  # a is evicted
+@example(steps=[("join", "a"), ("leave", "a"), ("tick", ""), ("tick", "")])  # a stops being a member
+def test_the_away_list_kept_as_it_changes_is_the_members_not_online(steps: list[tuple[str, str]]) -> None:
+    """Joins, leaves, members and identities forgotten (time to live, the bundles bound),
+    restarts: the encoded list kept step by step is always the one made afresh."""
+    relay = Relay(bundles=3, mailbox_ttl=10.0, identity_ttl=20.0)
+    for step, nick in steps:
+        if step == "join" and nick not in relay.conns:
+            relay.join(nick)
+        elif step == "leave" and nick in relay.conns:
+            relay.leave(nick)
+        elif step == "tick":
+            relay.tick(6.0)
+        elif step == "restart":
+            now = relay.now
+            relay = Relay(relay.store, bundles=3, mailbox_ttl=10.0, identity_ttl=20.0)
+            relay.now = now
+        kept = relay.core.kept
+        afresh = [encode_nick(nick) for nick in kept.members if nick not in relay.core.online]
+        assert kept.away() == afresh
 
 
 # -- key changes -------------------------------------------------------------------------------

@@ -418,7 +418,7 @@ class RelayCore:
         self._encoded_peers[nick] = encode_peer(peer)
         # Who is away, then what waited for it: after the directory, so a client knows
         # everyone before its mail, which gets what room those leave it.
-        away = away_frames(self.kept.away(self.online))
+        away = away_frames(self.kept.away())
         frames += [(conn, frame) for frame in away]
         self._backlog.unflushed[conn] = sum(len(frame) for frame in welcome + away)
         frames += self._due(nick)

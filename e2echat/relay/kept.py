@@ -43,6 +43,7 @@ from e2echat.relay.store import (
     SaveMember,
     Snapshot,
 )
+from e2echat.wire.fastpath import encode_nick
 from e2echat.wire.messages import OneTimePrekey, SignedPrekey
 
 #: the one room there is until rooms come in their own issue
@@ -56,6 +57,10 @@ class Kept:
         self.identities: dict[str, Identity] = {}
         #: ``#lobby``'s members: nick -> when last seen, least recently first
         self.members: dict[str, float] = {}
+        #: the members who are not online, in the same order, each as ``encode_nick``
+        #: gives it: what ``away`` frames carry, kept as it changes (on join, leave and
+        #: forget) rather than made afresh for each register
+        self._away: dict[str, bytes] = {}
         self.prekeys = PrekeyDirectory(limits)
         self.mailboxes = Mailboxes(limits, max(first_seq, snapshot.next_seq if snapshot else 0))
         #: nicks given new mailbox items since the core last looked
@@ -71,6 +76,8 @@ class Kept:
         for member in sorted(snapshot.members, key=lambda member: member.last_seen):
             if member.room == LOBBY and member.nick in self.identities:
                 self.members[member.nick] = member.last_seen
+        # Nobody is online yet.
+        self._away = {nick: encode_nick(nick) for nick in self.members}
         bundles = {bundle.nick: bundle for bundle in snapshot.bundles}
         # In the order they last registered, as the directory keeps them (it drops the
         # least recent first); a store that did not count registrations: last seen.
@@ -91,9 +98,10 @@ class Kept:
             return None
         return self.mailboxes.messages_until(nick)
 
-    def away(self, online: Container[str]) -> list[str]:
-        """``#lobby``'s members who are not online."""
-        return [nick for nick in self.members if nick not in online]
+    def away(self) -> list[bytes]:
+        """``#lobby``'s members who are not online (as ``encode_nick`` gives them), least
+        recently seen first."""
+        return list(self._away.values())
 
     # -- changes -------------------------------------------------------------------------------
 
@@ -112,6 +120,7 @@ class Kept:
         self._registrations += 1
         ops += self._seen(nick, key, now, self._registrations)
         ops.append(SaveBundle(self.prekeys.saved(nick)))
+        self._away.pop(nick, None)
         ops += self._evicted(now)
         self.mailboxes.connected(nick)
         return count, ops
@@ -122,6 +131,7 @@ class Kept:
         self.prekeys.leave(nick, evict=evict)
         known = self.identities[nick]
         ops = self._seen(nick, known.identity_key, now, known.registered)
+        self._away[nick] = encode_nick(nick)  # last, as in ``members``
         return ops + self._evicted(now) if evict else ops
 
     def publish(
@@ -148,6 +158,7 @@ class Kept:
         cutoff = now - self.limits.mailbox_ttl
         for nick in self._stale(self.members.items(), cutoff, online):
             del self.members[nick]
+            self._away.pop(nick, None)
             ops.append(ForgetMember(LOBBY, nick))
         seen = ((nick, identity.last_seen) for nick, identity in self.identities.items())
         for nick in self._stale(seen, now - self.limits.identity_ttl, online):
@@ -190,6 +201,7 @@ class Kept:
         gone = self.mailboxes.drop(nick)
         self.identities.pop(nick, None)
         self.members.pop(nick, None)
+        self._away.pop(nick, None)
         self.prekeys.forget(nick)
         return [ForgetIdentity(nick), *self._notices(gone, "expired", now)]
 

@@ -13,7 +13,8 @@ encryption itself, so:
   refuses goes to the strict decoder, which says why) and writes each ``deliver`` as
   ``deliver_head(sender)`` + the body as it came;
 - the relay keeps each directory entry encoded (``encode_peer``) and builds welcomes and
-  directories from those parts (``encode_welcome``, ``encode_directory``).
+  directories from those parts (``encode_welcome``, ``encode_directory``); so too the
+  nicks of those away (``encode_nick``, ``encode_away``).
 
 Each is pinned by tests to the codec: the same bytes out, and nothing accepted that
 ``decode_message`` refuses. A nick is checked against grammar.py's pattern the first
@@ -52,7 +53,9 @@ __all__ = [
     "decode_deliver_frame",
     "decode_mail",
     "deliver_head",
+    "encode_away",
     "encode_directory",
+    "encode_nick",
     "encode_peer",
     "encode_send",
     "encode_welcome",
@@ -297,6 +300,18 @@ def encode_directory(encoded_peers: Sequence[bytes], *, more: bool = False) -> b
     """``encode_message(Directory(peers, more))`` from the peers' ``encode_peer``."""
     head = b'{"v":%d,"type":"directory","peers":[' % PROTOCOL_VERSION
     return head + b",".join(encoded_peers) + (b'],"more":true}' if more else b'],"more":false}')
+
+
+def encode_nick(nick: str) -> bytes:
+    """One nick as JSON, for ``encode_away``. (A nick's characters need no escaping.)"""
+    check_nick(nick)
+    return b'"%b"' % nick.encode("ascii")
+
+
+def encode_away(encoded_nicks: Sequence[bytes], *, more: bool = False) -> bytes:
+    """``encode_message(Away(nicks, more))`` from the nicks' ``encode_nick``."""
+    head = b'{"v":%d,"type":"away","nicks":[' % PROTOCOL_VERSION
+    return head + b",".join(encoded_nicks) + (b'],"more":true}' if more else b'],"more":false}')
 
 
 # -- mail ---------------------------------------------------------------------------------
