@@ -29,6 +29,7 @@ from e2echat.wire.fastpath import (
     encode_welcome,
 )
 from e2echat.wire.grammar import (
+    EXPIRED_REASONS,
     MAX_ID,
     MAX_PREKEY_ID,
     MAX_PROOF,
@@ -94,7 +95,7 @@ MESSAGES: dict[type[m.Message], st.SearchStrategy[Any]] = {
     m.Routed: st.builds(m.Routed, ids, nick_groups, nick_groups, nick_groups, nick_groups, nick_groups),
     # A time may be an int (check_time takes one): written as a number that reads back equal.
     m.Mail: st.builds(m.Mail, ids, nicks, st.floats(min_value=0, max_value=2**39) | whole_times, bodies),
-    m.Expired: st.builds(m.Expired, ids, ids, nicks, st.sampled_from(["expired", "key_changed"])),
+    m.Expired: st.builds(m.Expired, ids, ids, nicks, st.sampled_from(EXPIRED_REASONS)),
     m.Ack: st.builds(m.Ack, ids),
     m.Away: st.builds(m.Away, nick_groups, st.booleans()),
     m.Publish: st.builds(

@@ -29,6 +29,7 @@ from e2echat.wire.fastpath import (
 )
 from e2echat.wire.grammar import (
     CHALLENGE_SIZE,
+    EXPIRED_REASONS,
     MAX_BODY,
     MAX_FETCH,
     MAX_ID,
@@ -761,7 +762,7 @@ _PLAUSIBLE: dict[str, st.SearchStrategy[Any]] = {
     "queued_at": st.one_of(st.floats(), st.integers(min_value=-1, max_value=2**41)),
     "code": st.text("abcxyz_A ", max_size=33),
     "text": st.text(max_size=30),
-    "reason": st.one_of(st.text(max_size=30), st.sampled_from(["expired", "key_changed"])),
+    "reason": st.one_of(st.text(max_size=30), st.sampled_from(EXPIRED_REASONS)),
     "password": st.booleans(),
     "replace": st.booleans(),
     "more": st.booleans(),

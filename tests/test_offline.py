@@ -21,6 +21,7 @@ from e2echat.crypto.session import Kind
 from e2echat.crypto.x3dh import PrekeyBundle
 from e2echat.errors import CommandError, RemoteProtocolError
 from e2echat.relay.core import ConnId
+from e2echat.wire import grammar
 from e2echat.wire import messages as m
 from e2echat.wire.codec import decode_message, encode_message
 from e2echat.wire.framing import FrameDecoder, encode_frame
@@ -211,16 +212,17 @@ def test_mail_under_another_key_than_pinned_is_shown_flagged_and_confirms_nothin
     assert not [msg for msg in _written(wire.clients[bob_conn]) if isinstance(msg, m.Send)]
 
 
-def test_full_mailbox_and_expired_and_key_changed_are_each_reported_not_delivered() -> None:
+def test_full_mailbox_and_expired_and_evicted_are_each_reported_not_delivered() -> None:
     wire, alice, _, alice_conn, bob_conn = _two_who_met()
     wire.hang_up(bob_conn)
     core = wire.clients[alice_conn]
     full_id = core.send_private("bob", "no room")
     later_id = core.send_private("bob", "too late")
     gone_id = core.send_private("bob", "wrong key")
+    forgotten_id = core.send_private("bob", "forgotten")
     core.data_to_send()
     wire.deliver(alice_conn, _frame(m.Routed(full_id, (), full=("bob",))))
-    for message_id in (later_id, gone_id):
+    for message_id in (later_id, gone_id, forgotten_id):
         wire.deliver(alice_conn, _frame(m.Routed(message_id, (), queued=("bob",))))
     reports = [e for e in wire.take(alice_conn, receipts=True) if isinstance(e, DeliveryReport)]
     assert DeliveryReport(full_id, True, (), (("bob", MAILBOX_FULL),), "no room") in reports
@@ -231,15 +233,19 @@ def test_full_mailbox_and_expired_and_key_changed_are_each_reported_not_delivere
     notices = [
         m.Expired(3, later_id, "bob", "expired"),
         m.Expired(4, gone_id, "bob", "key_changed"),
-        m.Expired(5, 999, "bob", "expired"),
+        m.Expired(5, forgotten_id, "bob", "evicted"),
+        m.Expired(6, 999, "bob", "expired"),
     ]
     wire.deliver(alice_conn, b"".join(_frame(n) for n in notices))
     reports = [e for e in wire.take(alice_conn, receipts=True) if isinstance(e, DeliveryReport)]
     assert reports == [
         DeliveryReport(later_id, True, (), (("bob", EXPIRED_REASONS["expired"]),), "too late"),
         DeliveryReport(gone_id, True, (), (("bob", EXPIRED_REASONS["key_changed"]),), "wrong key"),
+        DeliveryReport(forgotten_id, True, (), (("bob", EXPIRED_REASONS["evicted"]),), "forgotten"),
     ]
-    assert [msg for msg in _written(wire.clients[alice_conn]) if isinstance(msg, m.Ack)] == [m.Ack(5)]
+    assert EXPIRED_REASONS["evicted"] == "the relay forgot them before they read it"
+    assert set(EXPIRED_REASONS) == set(grammar.EXPIRED_REASONS)  # each told in words
+    assert [msg for msg in _written(wire.clients[alice_conn]) if isinstance(msg, m.Ack)] == [m.Ack(6)]
     assert not alice.pending
 
 

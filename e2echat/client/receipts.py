@@ -39,6 +39,7 @@ UNNUMBERED = -1
 EXPIRED_REASONS = {
     "expired": "kept unread in their mailbox until it expired",
     "key_changed": "they came back with another key before reading it",
+    "evicted": "the relay forgot them before they read it",
 }
 
 

@@ -196,14 +196,15 @@ class Kept:
         return ops
 
     def _forget(self, nick: str, now: float) -> list[Op]:
-        """Forget ``nick``: identity, bundle, membership and mailbox (its messages' senders
-        told, as for messages that expired)."""
+        """Forget ``nick``: identity, bundle, membership and mailbox. Its messages' senders
+        are told ``evicted``: only the ``bundles`` bound forgets an identity whose mailbox
+        holds any (``identity_ttl`` waits for it to empty)."""
         gone = self.mailboxes.drop(nick)
         self.identities.pop(nick, None)
         self.members.pop(nick, None)
         self._away.pop(nick, None)
         self.prekeys.forget(nick)
-        return [ForgetIdentity(nick), *self._notices(gone, "expired", now)]
+        return [ForgetIdentity(nick), *self._notices(gone, "evicted", now)]
 
     def _empty(self, nick: str) -> list[Op]:
         """Drop the notices left for ``nick``'s previous key's owner (no message is left:

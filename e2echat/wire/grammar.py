@@ -64,7 +64,7 @@ MAX_FETCH = 1000
 FETCH_CHARGE = 512
 
 #: why a message kept in a mailbox was dropped unread (``expired`` messages)
-EXPIRED_REASONS = ("expired", "key_changed")
+EXPIRED_REASONS = ("expired", "key_changed", "evicted")
 
 
 def is_utf8(text: str) -> bool:

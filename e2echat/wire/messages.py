@@ -413,7 +413,10 @@ class Mail(Message):
 class Expired(Message):
     """relay -> client, a mailbox item like ``Mail``: your message ``id`` to ``to`` was kept
     in their mailbox and is gone unread: ``reason`` is ``expired`` (its time to live ran
-    out) or ``key_changed`` (the nick registered again with another identity key)."""
+    out), ``evicted`` (the relay forgot ``to``, away longest when it knew too many
+    identities: see the relay's ``bundles`` bound) or ``key_changed`` (the nick registered
+    again with another identity key; no relay of this version says it: it refuses that
+    while messages wait, but a client still reads it)."""
 
     TYPE: ClassVar[str] = "expired"
     WIRE = (on_wire("seq", INT), on_wire("id", INT), on_wire("to", NICK), on_wire("reason", TEXT))
