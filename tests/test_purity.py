@@ -36,6 +36,7 @@ PURE = sorted(
         "client.sessions",
         "client.core",
         "relay.core",
+        "relay.routing",
         "relay.registration",
         "relay.intake",
         "relay.prekeys",

@@ -7,6 +7,8 @@ soft mark (``paused``) or drained (``resumed``), and each time it has written ev
 it was given (``flushed``). The core answers with two kinds of action: ``Write`` (whole
 frames, already encoded, for the shell to write) and ``Close`` (hang up). Framing,
 decoding, the rate limits and the timeouts are decided here; the shell only moves bytes.
+Where a send's copies go, and mailbox items to their owners, a ``Router`` decides
+(relay/routing.py).
 
 The core never sees a message key: a ``send``'s ciphertext bodies are copied unopened
 into the ``deliver`` frames (or kept so in mailboxes). What it keeps beyond its connections (known
@@ -20,9 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
-import struct
 import sys
-import time
 from dataclasses import dataclass
 
 import nacl.utils
@@ -34,10 +34,11 @@ from e2echat.relay.intake import read_frame, refusal
 from e2echat.relay.kept import Kept
 from e2echat.relay.limits import Backlog, Flow, Limits, Sources, Unfinished, Verdict
 from e2echat.relay.prekeys import PrekeyDirectory
-from e2echat.relay.registration import admit, away_frames, welcome_frames
+from e2echat.relay.registration import admit, reserved, welcome_frames
+from e2echat.relay.routing import Router
 from e2echat.relay.store import Op, Snapshot
 from e2echat.wire.codec import decode_message, encode_message, printable_reason
-from e2echat.wire.fastpath import Routes, deliver_head, encode_peer
+from e2echat.wire.fastpath import Routes, encode_peer
 from e2echat.wire.framing import FrameDecoder, encode_frame
 from e2echat.wire.grammar import CHALLENGE_SIZE, skeleton
 from e2echat.wire.messages import (
@@ -55,15 +56,12 @@ from e2echat.wire.messages import (
     Prekeys,
     Publish,
     Register,
-    Routed,
 )
 
 # The actions are the core's answers: its users take them from here.
 __all__ = ["Action", "Close", "ConnId", "Persist", "RelayCore", "Write"]
 
 log = logging.getLogger("e2echat.relay.core")
-
-_PREFIX = struct.Struct(">I")
 
 
 def _frame(message: Message) -> bytes:
@@ -92,9 +90,6 @@ class _Connection:
     challenge: bytes
     peer: PeerInfo | None = None
     flow: Flow | None = None
-    #: the highest mailbox seq sent on this connection: an ack above it acknowledges
-    #: something the client was never sent (at or below it, a repeat: harmless)
-    mail_sent: int = -1
 
 
 class RelayCore:
@@ -145,6 +140,8 @@ class RelayCore:
         self._sources = Sources()
         self._unfinished = Unfinished()
         self._backlog = Backlog()
+        #: where a send's copies go, and mailbox items to their owners
+        self._router = Router(self.limits, self.kept, self.online, self._backlog)
 
     @property
     def prekeys(self) -> PrekeyDirectory:
@@ -247,7 +244,7 @@ class RelayCore:
         if now - self._swept >= limits.sweep_interval:
             self._swept = now
             ops = self.kept.sweep(self._unix(), self.online)
-            actions += keep(ops, self._notify())
+            actions += keep(ops, self._router.notify())
         for record in list(self._connections.values()):
             if record.peer is not None:
                 if now - record.since > limits.idle_timeout:
@@ -277,6 +274,7 @@ class RelayCore:
         for collection in (self._connections, self.online, self._encoded_peers, self._skeletons):
             collection.clear()
         self._sources, self._unfinished, self._backlog = Sources(), Unfinished(), Backlog()
+        self._router = Router(self.limits, self.kept, self.online, self._backlog)
         return actions
 
     # -- deciding ------------------------------------------------------------------------------
@@ -346,6 +344,7 @@ class RelayCore:
         self._sources.close(record.address)
         self._unfinished.forget(conn)
         self._backlog.forget(conn)
+        self._router.forget(conn)
         if record.peer is None:
             return []
         nick = record.peer.nick
@@ -357,7 +356,7 @@ class RelayCore:
         log.info("connection #%d: %s left", conn, nick)
         # The notices (of mail dropped with an identity evicted) say what is kept: they
         # wait for it; that it left does not.
-        return keep(ops, self._notify(), now=self._presence(PeerLeft(nick)))
+        return keep(ops, self._router.notify(), now=self._presence(PeerLeft(nick)))
 
     def _unix(self) -> float:
         """The Unix time now (as of the latest call), for what is kept."""
@@ -370,39 +369,13 @@ class RelayCore:
         frame = _frame(message)
         return [(conn, frame) for conn in self.online.values()]
 
-    def _due(self, nick: str) -> list[tuple[ConnId, bytes]]:
-        """The mailbox items ``nick`` (online) may be sent now: counted against what its
-        connection may be given in this turn, as deliveries are (``_route``)."""
-        conn, unflushed = self.online[nick], self._backlog.unflushed
-        queued = unflushed.get(conn, 0)
-        due = self.kept.mailboxes.due(nick, self.limits.write_buffer_turn - queued)
-        if not due:
-            return []
-        self._connections[conn].mail_sent = due[-1][0]
-        unflushed[conn] = queued + sum(len(frame) for _, frame in due)
-        return [(conn, frame) for _, frame in due]
-
-    def _notify(self) -> list[tuple[ConnId, bytes]]:
-        """Hand their new mailbox items (notices) to those online."""
-        notified = self.kept.notified
-        frames = [frame for nick in notified if nick in self.online for frame in self._due(nick)]
-        notified.clear()
-        return frames
-
     def _register(self, record: _Connection, message: Register, now: float) -> list[Action]:
         peer = admit(self.key, record.challenge, self.password, self._skeletons, message)
         if isinstance(peer, tuple):
             return self._refuse(record, *peer)
         until = self.kept.reserved_until(peer.nick, bytes(peer.identity_key))
         if until is not None:
-            # Else anyone could wipe an away user's mail by taking the nick with a key of
-            # their own (clients would warn of the key change, but the mail would be gone).
-            when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(until))
-            text = (
-                f"messages wait here for another key of {peer.nick!r}; they expire by {when}"
-                " (or use another nick)"
-            )
-            return self._refuse(record, "nick_reserved", text)
+            return self._refuse(record, *reserved(peer.nick, until))
         record.peer, record.challenge = peer, b""
         record.flow = Flow(self.limits, now)
         record.decoder.max_frame = self.limits.max_frame
@@ -416,66 +389,16 @@ class RelayCore:
         self.online[nick] = conn
         self._skeletons[skeleton(nick)] = nick
         self._encoded_peers[nick] = encode_peer(peer)
-        # Who is away, then what waited for it: after the directory, so a client knows
-        # everyone before its mail, which gets what room those leave it.
-        away = away_frames(self.kept.away())
-        frames += [(conn, frame) for frame in away]
-        self._backlog.unflushed[conn] = sum(len(frame) for frame in welcome + away)
-        frames += self._due(nick)
-        return keep(ops, self._notify(), now=frames)
+        frames += self._router.arrived(nick, welcome)
+        return keep(ops, self._router.notify(), now=frames)
 
     def _route(self, record: _Connection, message: Routes) -> list[Action]:
         assert record.peer is not None
-        sender = record.peer.nick
         items = message.items
         if len({to for to, _ in items}) != len(items):
             # Many copies to one person would let one frame make the relay write thousands.
             return self._refuse(record, "protocol", "a send names the same recipient twice")
-        online, backlog = self.online, self._backlog
-        # A recipient already owed more than it takes is not sent more: what the sender
-        # sends then is refused and it is told, rather than the recipient dropped.
-        stalled, unflushed, budget = backlog.stalled, backlog.unflushed, self.limits.write_buffer_turn
-        # Each body goes on as it came, after a head made once per send: a deliver is
-        # assembled, not encoded.
-        head, pack = deliver_head(sender), _PREFIX.pack
-        size = len(head)
-        frames: list[tuple[ConnId, bytes]] = []
-        delivered: list[str] = []
-        missing: list[str] = []
-        refused: list[str] = []
-        queued: list[str] = []
-        full: list[str] = []
-        ops: list[Op] = []
-        for to, body in items:
-            target = online.get(to)
-            if target is None:
-                if not self.kept.knows(to):
-                    missing.append(to)
-                    continue
-                op = self.kept.mailboxes.put_mail(to, sender, message.id, bytes(body), self._unix())
-                if op is None:
-                    full.append(to)
-                else:
-                    ops.append(op)
-                    queued.append(to)
-            elif to == sender:
-                missing.append(to)
-            elif target in stalled or unflushed.get(target, 0) >= budget:
-                refused.append(to)
-            else:
-                length = size + len(body)
-                frames.append((target, pack(length) + head + body))
-                unflushed[target] = unflushed.get(target, 0) + length
-                delivered.append(to)
-        routed = Routed(
-            message.id, tuple(delivered), tuple(queued), tuple(missing), tuple(full), tuple(refused)
-        )
-        answer = (record.conn, _frame(routed))
-        if not ops:
-            frames.append(answer)
-            return [Write(frames)]
-        # Deliveries at once; the sender hears "queued" only once its message is kept.
-        return [Write(frames), Persist(ops, [answer])] if frames else [Persist(ops, [answer])]
+        return self._router.route(record.conn, record.peer.nick, message, self._unix())
 
     def _publish(self, record: _Connection, message: Publish) -> list[Action]:
         # Only registered connections get here: before that, every frame but a register
@@ -497,11 +420,5 @@ class RelayCore:
         return keep(ops, frames)
 
     def _ack(self, record: _Connection, message: Ack) -> list[Action]:
-        """Mailbox items handled: gone, and the next ones sent. ``RemoteProtocolError`` for
-        an ack of an item not sent on this connection (it is hung up on); an ack repeated,
-        or of items gone already, changes nothing."""
         assert record.peer is not None
-        if message.seq > record.mail_sent:
-            raise RemoteProtocolError(detail=f"ack of mailbox item {message.seq}, which was not sent")
-        op = self.kept.mailboxes.ack(record.peer.nick, message.seq)
-        return keep([op] if op is not None else [], [], now=self._due(record.peer.nick))
+        return self._router.ack(record.conn, record.peer.nick, message.seq)

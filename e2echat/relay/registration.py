@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 
 from nacl.public import PrivateKey
 
@@ -59,6 +60,16 @@ def admit(
             f"nick {message.nick!r} looks too much like {online!r}, who is online; choose another",
         )
     return PeerInfo(message.nick, message.identity_key, message.session_key)
+
+
+def reserved(nick: str, until: float) -> tuple[str, str]:
+    """Why a register of ``nick`` is refused while messages wait for it under another
+    identity key, until Unix time ``until``: an error code and its text. Else anyone
+    could wipe an away user's mail by taking the nick with a key of their own (clients
+    would warn of the key change, but the mail would be gone)."""
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(until))
+    text = f"messages wait here for another key of {nick!r}; they expire by {when} (or use another nick)"
+    return "nick_reserved", text
 
 
 def welcome_frames(
