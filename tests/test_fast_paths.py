@@ -346,3 +346,20 @@ def test_encode_nick_refuses_what_away_refuses(bad: object) -> None:
         m.Away((bad,))  # type: ignore[arg-type]
     with pytest.raises(LocalProtocolError):
         fastpath.encode_nick(bad)  # type: ignore[arg-type]
+
+
+# -- routed --------------------------------------------------------------------------------
+
+_groups = st.lists(nicks, max_size=5, unique=True)
+
+
+@settings(max_examples=200)
+@given(
+    message_id=st.integers(min_value=0, max_value=MAX_ID),
+    groups=st.tuples(_groups, _groups, _groups, _groups, _groups),
+)
+def test_encode_routed_gives_the_bytes_encode_message_gives(
+    message_id: int, groups: tuple[list[str], ...]
+) -> None:
+    expected = encode_message(m.Routed(message_id, *(tuple(group) for group in groups)))
+    assert fastpath.encode_routed(message_id, *groups) == expected

@@ -22,10 +22,8 @@ from e2echat.relay.kept import Kept
 from e2echat.relay.limits import Backlog, Limits
 from e2echat.relay.registration import away_frames
 from e2echat.relay.store import Op
-from e2echat.wire.codec import encode_message
-from e2echat.wire.fastpath import Routes, deliver_head
+from e2echat.wire.fastpath import Routes, deliver_head, encode_routed
 from e2echat.wire.framing import encode_frame
-from e2echat.wire.messages import Routed
 
 _PREFIX = struct.Struct(">I")
 
@@ -84,10 +82,7 @@ class Router:
                 frames.append((target, pack(length) + head + body))
                 unflushed[target] = unflushed.get(target, 0) + length
                 delivered.append(to)
-        routed = Routed(
-            message.id, tuple(delivered), tuple(queued), tuple(missing), tuple(full), tuple(refused)
-        )
-        answer = (conn, encode_frame(encode_message(routed)))
+        answer = (conn, encode_frame(encode_routed(message.id, delivered, queued, missing, full, refused)))
         if not ops:
             frames.append(answer)
             return [Write(frames)]

@@ -10,8 +10,8 @@ encryption itself, so:
   ``decode_deliver`` (and a ``mail``, JSON as ever, on its return with ``decode_mail``);
 - the relay reads a ``send`` with ``fast_routes`` (as ``Routes``: the bodies are sliced
   out, never opened; relay/intake.py charges a frame before it is read, and a send it
-  refuses goes to the strict decoder, which says why) and writes each ``deliver`` as
-  ``deliver_head(sender)`` + the body as it came;
+  refuses goes to the strict decoder, which says why), writes each ``deliver`` as
+  ``deliver_head(sender)`` + the body as it came, and answers with ``encode_routed``;
 - the relay keeps each directory entry encoded (``encode_peer``) and builds welcomes and
   directories from those parts (``encode_welcome``, ``encode_directory``); so too the
   nicks of those away (``encode_nick``, ``encode_away``).
@@ -57,6 +57,7 @@ __all__ = [
     "encode_directory",
     "encode_nick",
     "encode_peer",
+    "encode_routed",
     "encode_send",
     "encode_welcome",
     "envelope_head",
@@ -252,6 +253,34 @@ def decode_deliver_frame(data: bytes) -> tuple[str, bytes] | None:
 
 _DELIVER_AT = PREFIX_SIZE  # the payload, after the frame's length
 _frame_length = struct.Struct(">I").unpack_from
+
+
+# -- routed -------------------------------------------------------------------------------
+
+_ROUTED = (
+    b'{"v":%d,"type":"routed","id":%%d,"delivered":%%b,"queued":%%b,"missing":%%b,"full":%%b,"refused":%%b}'
+    % PROTOCOL_VERSION
+)
+
+
+def _nick_list(nicks: Sequence[str]) -> bytes:
+    return ('["' + '","'.join(nicks) + '"]').encode("ascii") if nicks else b"[]"
+
+
+def encode_routed(
+    message_id: int,
+    delivered: Sequence[str],
+    queued: Sequence[str],
+    missing: Sequence[str],
+    full: Sequence[str],
+    refused: Sequence[str],
+) -> bytes:
+    """``encode_message(Routed(message_id, delivered, queued, missing, full, refused))``,
+    byte for byte, without building the dataclass or checking it: the relay's answer to
+    each send, whose id and nicks ``fast_routes`` (or the strict decoder) has read
+    already. Only for those: anything else could make a message ``Routed`` refuses."""
+    lists = (delivered, queued, missing, full, refused)
+    return _ROUTED % (message_id, *[_nick_list(nicks) for nicks in lists])
 
 
 # -- the relay's directory ----------------------------------------------------------------
