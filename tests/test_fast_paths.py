@@ -363,3 +363,10 @@ def test_encode_routed_gives_the_bytes_encode_message_gives(
 ) -> None:
     expected = encode_message(m.Routed(message_id, *(tuple(group) for group in groups)))
     assert fastpath.encode_routed(message_id, *groups) == expected
+
+
+def test_deliver_head_refuses_a_bad_sender_every_time() -> None:
+    """It is made once per sender (cached): a refusal is not cached as an answer."""
+    for _ in range(2):
+        with pytest.raises(LocalProtocolError):
+            fastpath.deliver_head('bo"b')

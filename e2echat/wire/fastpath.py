@@ -208,8 +208,10 @@ def send_frame(message_id: int, count: int, pieces: list[bytes]) -> bytes:
 # -- deliver ------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=4096)
 def deliver_head(sender: str) -> bytes:
-    """A ``deliver`` payload is ``deliver_head(sender)`` + the body."""
+    """A ``deliver`` payload is ``deliver_head(sender)`` + the body. (Made once per
+    sender, not once per send: the relay asks for it with each.)"""
     check_nick(sender, "sender")
     return bytes((DELIVER_TAG, PROTOCOL_VERSION, len(sender))) + sender.encode("ascii")
 
