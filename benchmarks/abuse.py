@@ -32,6 +32,7 @@ from e2echat.wire.codec import decode_message, encode_message
 from e2echat.wire.fastpath import encode_send, fast_routes
 from e2echat.wire.framing import MAX_FRAME, FrameDecoder, encode_frame
 from e2echat.wire.grammar import MAX_ITEMS
+from e2echat.wire.objects import Envelope
 
 #: what costs the relay most per byte: as many items as a send may hold, each small
 SMALL_ITEM = 40
@@ -39,7 +40,7 @@ SMALL_ITEM = 40
 
 def costly_frame() -> bytes:
     """A valid ``send`` of MAX_ITEMS small items, to nobody online."""
-    send = m.Send(1, tuple(m.Envelope(f"n{i}", bytes(SMALL_ITEM)) for i in range(MAX_ITEMS)))
+    send = m.Send(1, tuple(Envelope(f"n{i}", bytes(SMALL_ITEM)) for i in range(MAX_ITEMS)))
     payload = encode_message(send)
     assert fast_routes(payload) is not None and len(payload) <= MAX_FRAME
     return encode_frame(payload)

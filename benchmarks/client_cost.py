@@ -33,6 +33,7 @@ from e2echat.wire import messages as m
 from e2echat.wire.codec import decode_message, encode_message
 from e2echat.wire.framing import FrameDecoder, encode_frame
 from e2echat.wire.grammar import CHALLENGE_SIZE
+from e2echat.wire.objects import Bundle, OneTimePrekey, PeerInfo
 
 TARGET_RATIO = 1.5
 #: Each figure is the fastest of this many rounds, as ``timeit`` reports: a slower round
@@ -74,7 +75,7 @@ def online_cores(count: int) -> list[ClientCore]:
         core.receive_data(frame(m.Challenge(relay_key.public_key, os.urandom(CHALLENGE_SIZE))))
         (register,) = decode_frames(core.data_to_send())
         assert isinstance(register, m.Register)
-        entries.append(m.PeerInfo(register.nick, register.identity_key, register.session_key))
+        entries.append(PeerInfo(register.nick, register.identity_key, register.session_key))
     for core in cores:
         others = tuple(e for e in entries if e.nick != core.nick)
         core.receive_data(frame(m.Welcome(core.nick, 1e6, 1e6, 1e12, 1e12, 0, others)))
@@ -82,16 +83,16 @@ def online_cores(count: int) -> list[ClientCore]:
     return cores
 
 
-def bundle_of(owner: ClientCore) -> m.Bundle:
+def bundle_of(owner: ClientCore) -> Bundle:
     """``owner``'s prekey bundle as a relay hands it out: its signed prekey and a
     one-time prekey for this one first contact."""
     prekeys = owner.keyring.prekeys
     ((one_time_id, one_time),) = prekeys.new_one_time(1)
-    return m.Bundle(
+    return Bundle(
         owner.nick,
         owner.keyring.identity.public_key,
         signed_prekey(prekeys),
-        (m.OneTimePrekey(one_time_id, one_time),),
+        (OneTimePrekey(one_time_id, one_time),),
     )
 
 

@@ -36,7 +36,7 @@ from e2echat.client.core import ClientCore
 from e2echat.crypto.session import MAX_TEXT
 from e2echat.relay.limits import Limits
 from e2echat.relay.prekeys import PrekeyDirectory
-from e2echat.wire.messages import OneTimePrekey, SignedPrekey
+from e2echat.wire.objects import OneTimePrekey, SignedPrekey
 
 BIG_TEXT = MAX_TEXT - 384  # the largest message a client sends, give or take
 # Messages a second: ~16 KiB to four people is ~86 KiB a send, so about 860 KiB a second,

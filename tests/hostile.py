@@ -28,6 +28,7 @@ from e2echat.relay.server import Relay, _Link
 from e2echat.wire import messages as m
 from e2echat.wire.codec import decode_message
 from e2echat.wire.framing import FrameDecoder
+from e2echat.wire.objects import OneTimePrekey, PeerInfo
 
 from relay_frames import Outgoing, as_actions, spelled_out
 from support import LOOPBACK
@@ -101,10 +102,10 @@ def substitute_keys(
 ) -> Tamper:
     """Show ``victim`` other keys for ``target`` than the ones ``target`` registered."""
 
-    def swap(peer: m.PeerInfo) -> m.PeerInfo:
+    def swap(peer: PeerInfo) -> PeerInfo:
         if peer.nick != target:
             return peer
-        return m.PeerInfo(peer.nick, identity_key or peer.identity_key, session_key or peer.session_key)
+        return PeerInfo(peer.nick, identity_key or peer.identity_key, session_key or peer.session_key)
 
     def tamper(relay: HostileRelay, action: Outgoing) -> list[Outgoing]:
         message = action.message
@@ -134,7 +135,7 @@ def same_one_time_prekey(owner: str) -> BundleTamper:
     """A ``bundle_tamper`` that hands out ``owner``'s first one-time prekey again in every
     later bundle of ``owner`` (even once the relay has none left for them), as a relay
     that kept a copy would: the first contact and every later one share it."""
-    first: list[m.OneTimePrekey] = []
+    first: list[OneTimePrekey] = []
 
     def tamper(answer: m.Bundles) -> m.Bundles:
         bundles = []
@@ -161,7 +162,7 @@ class MadeUp:
     """Someone the relay made up: keys of its own (``info`` announces them) and a session
     with the victim, started from the victim's signed prekey as the relay holds it."""
 
-    info: m.PeerInfo
+    info: PeerInfo
     session: PeerSession
 
     @property
@@ -191,6 +192,6 @@ def made_up_peers(relay: HostileRelay, victim: str, count: int, prefix: str = "f
         keyring = Keyring.fresh(f"{prefix}{index}", PrivateKey.generate(), time.time())
         session = keyring.peer(victim, bundle.identity_key)
         session.start(bundle)
-        info = m.PeerInfo(keyring.nick, keyring.identity.public_key, PrivateKey.generate().public_key)
+        info = PeerInfo(keyring.nick, keyring.identity.public_key, PrivateKey.generate().public_key)
         made.append(MadeUp(info, session))
     return made

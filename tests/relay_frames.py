@@ -14,6 +14,7 @@ from e2echat.wire import messages as m
 from e2echat.wire.codec import decode_message, encode_message
 from e2echat.wire.fastpath import Routes, fast_routes
 from e2echat.wire.framing import FrameDecoder, encode_frame
+from e2echat.wire.objects import SignedPrekey
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ def decode_for_relay(payload: bytes | bytearray | memoryview) -> m.Message | Rou
     return Routes.of(message) if isinstance(message, m.Send) else message
 
 
-def any_signed_prekey() -> m.SignedPrekey:
+def any_signed_prekey() -> SignedPrekey:
     """A signed prekey for a register: the relay keeps it without checking its signature,
     so for tests of the relay any will do."""
-    return m.SignedPrekey(1, PrivateKey.generate().public_key, bytes(64))
+    return SignedPrekey(1, PrivateKey.generate().public_key, bytes(64))

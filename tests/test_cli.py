@@ -23,6 +23,7 @@ from e2echat.store.files import exclusive
 from e2echat.store.keyfile import load_or_create_relay_key
 from e2echat.ui.chat import Chat
 from e2echat.wire import messages as m
+from e2echat.wire.objects import Envelope
 
 from hostile import HostileRelay, deliveries
 from relay_frames import Outgoing
@@ -107,7 +108,7 @@ async def test_a_nick_with_mail_waiting_for_another_key_is_refused_clearly(tmp_p
                 await asyncio.sleep(0.01)
         alice = await RawClient.open(relay)
         await alice.register("alice")
-        alice.send(m.Send(1, (m.Envelope("bob", b"\x01" * 41),)))
+        alice.send(m.Send(1, (Envelope("bob", b"\x01" * 41),)))
         assert (await alice.receive_kind(m.Routed)).queued == ("bob",)
         code, _, err = await run_cli(
             "connect", "--nick", "bob", "--port", str(relay.port), "--home", str(tmp_path)

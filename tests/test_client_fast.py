@@ -19,6 +19,7 @@ from e2echat.wire.codec import decode_message, encode_message
 from e2echat.wire.fastpath import decode_deliver
 from e2echat.wire.framing import FrameDecoder, encode_frame
 from e2echat.wire.grammar import CHALLENGE_SIZE
+from e2echat.wire.objects import PeerInfo
 
 RELAY_KEY = PrivateKey.generate()
 
@@ -31,11 +32,11 @@ def _frames(data: bytes) -> list[m.Message]:
     return [decode_message(payload) for payload in FrameDecoder().receive_data(data)]
 
 
-def _register(core: ClientCore) -> m.PeerInfo:
+def _register(core: ClientCore) -> PeerInfo:
     core.receive_data(_frame(m.Challenge(RELAY_KEY.public_key, os.urandom(CHALLENGE_SIZE))))
     (register,) = _frames(core.data_to_send())
     assert isinstance(register, m.Register)
-    return m.PeerInfo(register.nick, register.identity_key, register.session_key)
+    return PeerInfo(register.nick, register.identity_key, register.session_key)
 
 
 def _online(*nicks: str) -> dict[str, ClientCore]:

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from nacl.public import PublicKey
 
 from e2echat.errors import LocalProtocolError, RemoteProtocolError
-from e2echat.wire import codec, fastpath, fields, grammar
+from e2echat.wire import codec, fastpath, fields, grammar, objects
 from e2echat.wire import messages as m
 from e2echat.wire.binary import BINARY_TAGS
 from e2echat.wire.codec import decode_message, encode_message
@@ -38,6 +38,7 @@ from e2echat.wire.grammar import (
     SIGNATURE_SIZE,
     is_valid_nick,
 )
+from e2echat.wire.objects import OBJECT_KINDS, Bundle, Envelope, OneTimePrekey, SignedPrekey
 
 from relay_frames import decode_for_relay
 
@@ -46,7 +47,7 @@ keys = st.binary(min_size=32, max_size=32).map(PublicKey)
 nicks = st.text(_NICK_ALPHABET, min_size=1, max_size=32)
 bodies = st.binary(min_size=1, max_size=64)
 ids = st.integers(min_value=0, max_value=MAX_ID)
-peers = st.builds(m.PeerInfo, nicks, keys, keys)
+peers = st.builds(objects.PeerInfo, nicks, keys, keys)
 # A relay's rate and burst: any finite float above 0, small or huge.
 rates = st.floats(min_value=1e-300, max_value=1e300, allow_nan=False, allow_infinity=False)
 # A Unix time as a whole number of seconds: check_time takes an int as well as a float.
@@ -54,11 +55,11 @@ whole_times = st.integers(min_value=0, max_value=2**40 - 1)
 nick_groups = st.lists(nicks, max_size=4).map(tuple)
 counts = st.integers(min_value=0, max_value=MAX_ID)
 prekey_ids = st.integers(min_value=0, max_value=MAX_PREKEY_ID)
-one_time_prekeys = st.builds(m.OneTimePrekey, prekey_ids, keys)
+one_time_prekeys = st.builds(OneTimePrekey, prekey_ids, keys)
 signed_prekeys = st.builds(
-    m.SignedPrekey, prekey_ids, keys, st.binary(min_size=SIGNATURE_SIZE, max_size=SIGNATURE_SIZE)
+    SignedPrekey, prekey_ids, keys, st.binary(min_size=SIGNATURE_SIZE, max_size=SIGNATURE_SIZE)
 )
-bundles = st.builds(m.Bundle, nicks, keys, signed_prekeys, st.lists(one_time_prekeys, max_size=1).map(tuple))
+bundles = st.builds(Bundle, nicks, keys, signed_prekeys, st.lists(one_time_prekeys, max_size=1).map(tuple))
 # Free text: anything UTF-8 can carry (no lone surrogates), quotes, backslashes and
 # control characters included, which JSON must escape.
 texts = st.text(st.characters(exclude_categories=["Cs"]) | st.sampled_from('"\\\x00\x1f\x7f\u2028é✓'))
@@ -89,7 +90,7 @@ MESSAGES: dict[type[m.Message], st.SearchStrategy[Any]] = {
     m.PeerJoined: st.builds(m.PeerJoined, peers),
     m.PeerLeft: st.builds(m.PeerLeft, nicks),
     m.Send: st.builds(
-        m.Send, ids, st.lists(st.builds(m.Envelope, nicks, bodies), min_size=1, max_size=3).map(tuple)
+        m.Send, ids, st.lists(st.builds(Envelope, nicks, bodies), min_size=1, max_size=3).map(tuple)
     ),
     m.Deliver: st.builds(m.Deliver, nicks, bodies),
     m.Routed: st.builds(m.Routed, ids, nick_groups, nick_groups, nick_groups, nick_groups, nick_groups),
@@ -132,7 +133,7 @@ def test_every_type_has_a_strategy_here() -> None:
 
 
 RECORDS: list[type[fields.Record]] = [
-    *dict.fromkeys(holds.record for holds in m.OBJECT_KINDS.values()),
+    *dict.fromkeys(holds.record for holds in OBJECT_KINDS.values()),
     *m.MESSAGE_TYPES.values(),
 ]
 
@@ -188,7 +189,7 @@ def test_encoding_is_compact_json_in_table_order_and_round_trips(message: m.Mess
 def test_encoding_something_that_is_not_a_message_is_our_bug() -> None:
     with pytest.raises(LocalProtocolError, match="cannot encode PeerInfo"):
         # The wrong type on purpose (a Record, not a Message): its refusal is under test.
-        encode_message(m.PeerInfo("bob", PublicKey(bytes(32)), PublicKey(bytes(32))))  # type: ignore[arg-type]
+        encode_message(objects.PeerInfo("bob", PublicKey(bytes(32)), PublicKey(bytes(32))))  # type: ignore[arg-type]
 
 
 # -- bytes-like payloads --------------------------------------------------------------------

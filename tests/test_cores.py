@@ -43,6 +43,7 @@ from e2echat.wire import messages as m
 from e2echat.wire.codec import decode_message, encode_message
 from e2echat.wire.framing import FrameDecoder, encode_frame
 from e2echat.wire.grammar import SESSION_PROOF_SIZE
+from e2echat.wire.objects import Bundle, PeerInfo, SignedPrekey
 
 from relay_frames import Outgoing, any_signed_prekey, decode_frame
 
@@ -713,10 +714,10 @@ def test_client_rejects_a_welcome_for_another_nick() -> None:
         client.receive_data(_frame(m.Welcome("mallory", 50.0, 200.0, 1e6, 4e6, 0, ())))
 
 
-def signed_bundle(nick: str, identity: PrivateKey, signed_prekey: PublicKey, prekey_id: int = 1) -> m.Bundle:
+def signed_bundle(nick: str, identity: PrivateKey, signed_prekey: PublicKey, prekey_id: int = 1) -> Bundle:
     """A bundle whose signed prekey the holder of ``identity`` really signed."""
     signature = xeddsa_sign(identity, signed_prekey_message(prekey_id, signed_prekey))
-    return m.Bundle(nick, identity.public_key, m.SignedPrekey(prekey_id, signed_prekey, signature), ())
+    return Bundle(nick, identity.public_key, SignedPrekey(prekey_id, signed_prekey, signature), ())
 
 
 def test_client_warns_about_a_peer_with_unusable_keys() -> None:
@@ -726,7 +727,7 @@ def test_client_warns_about_a_peer_with_unusable_keys() -> None:
     wire, alice, _, _ = _three()
     wire.take_all()
     eve = PrivateKey.generate()
-    wire.deliver(alice, _frame(m.PeerJoined(m.PeerInfo("eve", eve.public_key, PublicKey(bytes(32))))))
+    wire.deliver(alice, _frame(m.PeerJoined(PeerInfo("eve", eve.public_key, PublicKey(bytes(32))))))
     assert wire.take(alice, pins=True) == [PeerJoined("eve")]
     client = wire.clients[alice]
     message_id = client.send_private("eve", "hi")  # the session is started when her keys come
@@ -855,19 +856,19 @@ def test_a_relay_cannot_replay_a_conversation_by_announcing_its_own_key_first() 
     directory = Directory(ours, KnownPeers(), lambda: 0.0)
     bob = Sessions("bob", bob_keyring, directory, DeliveryTracker())
     alice_identity = PrivateKey.generate()
-    bob.add(m.PeerInfo("alice", alice_identity.public_key, PrivateKey.generate().public_key))
+    bob.add(PeerInfo("alice", alice_identity.public_key, PrivateKey.generate().public_key))
     to_bob = Keyring.fresh("alice", alice_identity, NOW).peer("bob", bob_identity.public_key)
     to_bob.start(bundle_of(bob_keyring, one_time=False))
     recorded = [to_bob.encrypt(f"hello {i}", Kind.PRIVATE) for i in range(3)]
     assert sum(isinstance(e, Received) for body in recorded for e in bob.deliver("alice", body)) == 3
 
     impostor = PrivateKey.generate()
-    bob.add(m.PeerInfo("alice", impostor.public_key, PrivateKey.generate().public_key))
+    bob.add(PeerInfo("alice", impostor.public_key, PrivateKey.generate().public_key))
     fake = Keyring.fresh("alice", impostor, NOW).peer("bob", bob_identity.public_key)
     fake.start(bundle_of(bob_keyring, one_time=False))
     (shown,) = [e for e in bob.deliver("alice", fake.encrypt("x", Kind.PRIVATE)) if isinstance(e, Received)]
     assert shown.trust is Trust.CHANGED
 
-    bob.add(m.PeerInfo("alice", alice_identity.public_key, PrivateKey.generate().public_key))
+    bob.add(PeerInfo("alice", alice_identity.public_key, PrivateKey.generate().public_key))
     replayed = [e for body in recorded for e in bob.deliver("alice", body)]
     assert not any(isinstance(e, Received) for e in replayed)

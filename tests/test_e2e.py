@@ -25,6 +25,7 @@ from e2echat.ui.chat import Chat
 from e2echat.wire import messages as m
 from e2echat.wire.codec import decode_message
 from e2echat.wire.framing import FrameDecoder
+from e2echat.wire.objects import Envelope
 
 from support import LOOPBACK, WAIT, RawClient, connect, peers, running_relay, text_into
 
@@ -113,7 +114,7 @@ async def test_offline_recipient_is_reported_by_the_relay() -> None:
     async with running_relay() as relay, peers(relay, "bob"):
         raw = await RawClient.open(relay)
         await raw.register("mallory")
-        raw.send(m.Send(7, (m.Envelope("ghost", b"\x01" * 64), m.Envelope("bob", b"\x02" * 64))))
+        raw.send(m.Send(7, (Envelope("ghost", b"\x01" * 64), Envelope("bob", b"\x02" * 64))))
         routed = await raw.receive_kind(m.Routed)
         assert routed == m.Routed(7, delivered=("bob",), missing=("ghost",))
         raw.close()

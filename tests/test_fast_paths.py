@@ -18,6 +18,7 @@ from e2echat.wire.codec import decode_message, encode_message
 from e2echat.wire.fastpath import decode_deliver, decode_deliver_frame, encode_send
 from e2echat.wire.framing import MAX_FRAME, FrameDecoder, encode_frame
 from e2echat.wire.grammar import MAX_BODY, MAX_ID, MAX_ITEMS, is_valid_nick
+from e2echat.wire.objects import Envelope
 
 nicks = st.text(alphabet=string.ascii_letters + string.digits + "_.-", min_size=1, max_size=32)
 bodies = st.binary(min_size=1, max_size=300)
@@ -50,7 +51,7 @@ def _agree(payload: bytes) -> None:
 def test_encode_send_gives_the_bytes_encode_message_gives(
     message_id: int, items: list[tuple[str, bytes]]
 ) -> None:
-    envelopes = tuple(m.Envelope(to, body) for to, body in items)
+    envelopes = tuple(Envelope(to, body) for to, body in items)
     assert encode_send(message_id, items) == encode_message(m.Send(message_id, envelopes))
     decoded = decode_message(encode_send(message_id, items))
     assert decoded == m.Send(message_id, envelopes)
@@ -58,7 +59,7 @@ def test_encode_send_gives_the_bytes_encode_message_gives(
 
 def test_encode_send_of_the_largest_body_and_id() -> None:
     items = [("a" * 32, b"\xff" * MAX_BODY)]
-    envelopes = (m.Envelope("a" * 32, b"\xff" * MAX_BODY),)
+    envelopes = (Envelope("a" * 32, b"\xff" * MAX_BODY),)
     assert encode_send(MAX_ID, items) == encode_message(m.Send(MAX_ID, envelopes))
 
 
@@ -106,7 +107,7 @@ def test_encode_send_refuses_what_send_refuses(
 ) -> None:
     # Wrong types on purpose (the ignores): both must refuse them at run time too.
     with pytest.raises(LocalProtocolError):
-        m.Send(message_id, tuple(m.Envelope(to, body) for to, body in items))  # type: ignore[arg-type]
+        m.Send(message_id, tuple(Envelope(to, body) for to, body in items))  # type: ignore[arg-type]
     with pytest.raises(LocalProtocolError):
         encode_send(message_id, items)  # type: ignore[arg-type]
 

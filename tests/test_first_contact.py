@@ -29,6 +29,7 @@ from e2echat.crypto.session import PREKEY_MESSAGE
 from e2echat.crypto.x3dh import signed_prekey_message
 from e2echat.crypto.xeddsa import xeddsa_sign
 from e2echat.wire import messages as m
+from e2echat.wire.objects import Bundle, OneTimePrekey, SignedPrekey
 
 from hostile import BundleTamper, HostileRelay, same_one_time_prekey
 from relay_frames import Outgoing
@@ -82,7 +83,7 @@ async def test_first_contact_right_after_a_join_is_delivered_and_receipted(priva
 # -- the relay substitutes what a bundle holds ----------------------------------------------------
 
 
-def _rewrite_bobs(rewrite: Callable[[m.Bundle], m.Bundle]) -> BundleTamper:
+def _rewrite_bobs(rewrite: Callable[[Bundle], Bundle]) -> BundleTamper:
     def tamper(answer: m.Bundles) -> m.Bundles:
         bundles = tuple(rewrite(b) if b.nick == "bob" else b for b in answer.bundles)
         return dataclasses.replace(answer, bundles=bundles)
@@ -90,14 +91,14 @@ def _rewrite_bobs(rewrite: Callable[[m.Bundle], m.Bundle]) -> BundleTamper:
     return tamper
 
 
-def _signed_by(identity: PrivateKey, prekey_id: int) -> m.SignedPrekey:
+def _signed_by(identity: PrivateKey, prekey_id: int) -> SignedPrekey:
     """A signed prekey the holder of ``identity`` made and signed."""
     key = PrivateKey.generate().public_key
-    return m.SignedPrekey(prekey_id, key, xeddsa_sign(identity, signed_prekey_message(prekey_id, key)))
+    return SignedPrekey(prekey_id, key, xeddsa_sign(identity, signed_prekey_message(prekey_id, key)))
 
 
 MALLORY = PrivateKey.generate()  # the relay's own identity
-SUBSTITUTIONS: dict[str, Callable[[m.Bundle], m.Bundle]] = {
+SUBSTITUTIONS: dict[str, Callable[[Bundle], Bundle]] = {
     # A signed prekey of its own under bob's signature, and under its own (with bob's id).
     "signed-prekey": lambda b: dataclasses.replace(
         b, signed_prekey=dataclasses.replace(b.signed_prekey, key=PrivateKey.generate().public_key)
@@ -110,7 +111,7 @@ SUBSTITUTIONS: dict[str, Callable[[m.Bundle], m.Bundle]] = {
         b,
         identity_key=MALLORY.public_key,
         signed_prekey=_signed_by(MALLORY, b.signed_prekey.id),
-        one_time=(m.OneTimePrekey(1, PrivateKey.generate().public_key),),
+        one_time=(OneTimePrekey(1, PrivateKey.generate().public_key),),
     ),
 }
 
@@ -154,9 +155,7 @@ async def test_a_substituted_one_time_prekey_is_read_by_no_one_and_the_next_mess
     is reported NOT delivered, and her next message starts a new session, delivered."""
     relay_prekey = PrivateKey.generate()
     substitute = _rewrite_bobs(
-        lambda b: dataclasses.replace(
-            b, one_time=(m.OneTimePrekey(b.one_time[0].id, relay_prekey.public_key),)
-        )
+        lambda b: dataclasses.replace(b, one_time=(OneTimePrekey(b.one_time[0].id, relay_prekey.public_key),))
     )
     async with running(HostileRelay()) as relay:
         relay.bundle_tamper = substitute
@@ -246,11 +245,11 @@ async def test_no_one_time_prekey_falls_back_to_the_signed_prekey_and_replays_ar
 # -- an answer to a question not asked --------------------------------------------------------------
 
 
-def _carols_bundle(carol: Peer) -> m.Bundle:
+def _carols_bundle(carol: Peer) -> Bundle:
     keyring = carol.connection.core.keyring
     signed = keyring.prekeys.current
-    key = m.SignedPrekey(signed.prekey_id, signed.private.public_key, signed.signature)
-    return m.Bundle("carol", keyring.identity.public_key, key, ())
+    key = SignedPrekey(signed.prekey_id, signed.private.public_key, signed.signature)
+    return Bundle("carol", keyring.identity.public_key, key, ())
 
 
 UNASKED: dict[str, tuple[Callable[[m.Bundles, Peer], m.Bundles], str]] = {
@@ -354,7 +353,7 @@ async def test_thirty_first_contacts_leave_bob_with_one_time_prekeys_all_along()
     """30 people write bob for the first time, one after another: each bundle the relay
     hands out has a one-time prekey of bob's, because bob publishes a new batch each time
     the relay says he runs low; the relay never runs out."""
-    handed: list[m.Bundle] = []
+    handed: list[Bundle] = []
 
     def record(answer: m.Bundles) -> m.Bundles:
         handed.extend(answer.bundles)

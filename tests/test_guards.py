@@ -27,6 +27,7 @@ from e2echat.relay.core import ConnId
 from e2echat.ui.chat import Chat
 from e2echat.wire import messages as m
 from e2echat.wire.grammar import CHALLENGE_SIZE
+from e2echat.wire.objects import PeerInfo
 
 from support import connect, meet, running_relay, text_into
 
@@ -267,7 +268,7 @@ def test_the_relay_password_goes_only_to_a_relay_that_asks_for_it() -> None:
 def test_a_relay_listing_us_among_the_peers_is_a_protocol_error() -> None:
     wire = FakeWire()
     alice, _ = wire.connect("alice"), wire.connect("bob")
-    us = m.PeerInfo("alice", PrivateKey.generate().public_key, PrivateKey.generate().public_key)
+    us = PeerInfo("alice", PrivateKey.generate().public_key, PrivateKey.generate().public_key)
     with pytest.raises(RemoteProtocolError, match="our own nick"):
         wire.deliver(alice, _frame(m.PeerJoined(us)))
 

@@ -24,6 +24,7 @@ from e2echat.ui.chat import Chat
 from e2echat.wire import messages as m
 from e2echat.wire.codec import encode_message, printable_reason
 from e2echat.wire.framing import encode_frame
+from e2echat.wire.objects import Envelope, PeerInfo
 
 from support import LOOPBACK, WAIT, RawClient, peers, run_cli, running_relay, spawn_cli, text_into
 
@@ -36,7 +37,7 @@ def test_receipt_from_a_replaced_session_confirms_nothing() -> None:
     wire.take_all()
     message_id = wire.clients[alice].send_private("bob", "wire the money?")
     wire.clients[alice].data_to_send()  # the relay holds it back: bob never gets it
-    impostor = m.PeerInfo("bob", PrivateKey.generate().public_key, PrivateKey.generate().public_key)
+    impostor = PeerInfo("bob", PrivateKey.generate().public_key, PrivateKey.generate().public_key)
     wire.deliver(alice, _frame(m.PeerJoined(impostor)))
     reports = [e for e in wire.take(alice, receipts=True) if isinstance(e, DeliveryReport)]
     assert reports == [DeliveryReport(message_id, True, (), (("bob", LEFT),), "wire the money?")]
@@ -117,7 +118,7 @@ async def test_one_send_cannot_name_a_recipient_twice() -> None:
         raw = await RawClient.open(relay)
         await raw.register("mallory")
         body = b"\x01" + bytes(80)
-        raw.send(m.Send(1, tuple(m.Envelope("bob", body) for _ in range(1000))))
+        raw.send(m.Send(1, tuple(Envelope("bob", body) for _ in range(1000))))
         error = await raw.receive_kind(m.Error)
         assert error.code == "protocol" and "twice" in error.text
         assert await raw.closed()

@@ -22,6 +22,7 @@ from e2echat.wire import messages as m
 from e2echat.wire.codec import encode_message
 from e2echat.wire.fastpath import encode_nick
 from e2echat.wire.framing import encode_frame
+from e2echat.wire.objects import Envelope, OneTimePrekey
 
 from fake_store import FakeStore
 from relay_frames import Outgoing, any_signed_prekey, spelled_out
@@ -74,7 +75,7 @@ class Relay:
         return self.keep(self.core.receive_data(self.conns[nick], _frame(message), self.now))
 
     def send(self, nick: str, message_id: int, *to: str, body: bytes = b"\x01" * 41) -> m.Routed:
-        out = self.say(nick, m.Send(message_id, tuple(m.Envelope(t, body) for t in to)))
+        out = self.say(nick, m.Send(message_id, tuple(Envelope(t, body) for t in to)))
         (routed,) = [o.message for o in out if isinstance(o, Outgoing) and isinstance(o.message, m.Routed)]
         return routed
 
@@ -119,7 +120,7 @@ def test_queued_comes_in_a_persist_with_the_enqueue_and_deliveries_at_once() -> 
     _away(relay, "bob")
     relay.join("alice")
     relay.join("carol")
-    body = encode_message(m.Send(3, (m.Envelope("carol", b"\x02" * 41), m.Envelope("bob", b"\x03" * 41))))
+    body = encode_message(m.Send(3, (Envelope("carol", b"\x02" * 41), Envelope("bob", b"\x03" * 41))))
     actions = relay.core.receive_data(relay.conns["alice"], encode_frame(body), 0.0)
     write, persist = actions
     assert isinstance(write, Write) and [conn for conn, _ in write.frames] == [relay.conns["carol"]]
@@ -131,9 +132,7 @@ def test_online_deliveries_keep_nothing() -> None:
     relay = Relay()
     relay.join("alice")
     relay.join("bob")
-    actions = relay.core.receive_data(
-        relay.conns["alice"], _frame(m.Send(1, (m.Envelope("bob", b"x"),))), 0.0
-    )
+    actions = relay.core.receive_data(relay.conns["alice"], _frame(m.Send(1, (Envelope("bob", b"x"),))), 0.0)
     assert all(isinstance(action, Write) for action in actions)
 
 
@@ -427,9 +426,7 @@ def test_every_change_is_kept_and_a_core_built_from_it_knows_the_same() -> None:
     relay = Relay()
     _away(relay, "bob")
     relay.join("alice")
-    relay.say(
-        "alice", m.Publish(any_signed_prekey(), (m.OneTimePrekey(9, PrivateKey.generate().public_key),))
-    )
+    relay.say("alice", m.Publish(any_signed_prekey(), (OneTimePrekey(9, PrivateKey.generate().public_key),)))
     relay.join("carol")
     relay.say("carol", m.Fetch(("alice",)))  # alice's one-time prekey is handed out: gone for good
     relay.send("alice", 4, "bob")

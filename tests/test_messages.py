@@ -43,19 +43,20 @@ from e2echat.wire.grammar import (
     SIGNATURE_SIZE,
     is_valid_nick,
 )
+from e2echat.wire.objects import Bundle, Envelope, OneTimePrekey, PeerInfo, SignedPrekey
 
 from relay_frames import decode_for_relay
 
 KEY_A = PublicKey(bytes(range(32)))
 KEY_B = PublicKey(bytes(range(32, 64)))
 KEY_C = PublicKey(b"\xee" * 32)
-PEER_BOB = m.PeerInfo("bob", KEY_A, KEY_B)
+PEER_BOB = PeerInfo("bob", KEY_A, KEY_B)
 SESSION_PROOF = b"\x04" * SESSION_PROOF_SIZE
-PEER_CAROL = m.PeerInfo("carol.x-1_", KEY_B, KEY_C)
+PEER_CAROL = PeerInfo("carol.x-1_", KEY_B, KEY_C)
 SIGNATURE = bytes(range(64, 64 + SIGNATURE_SIZE))
-SIGNED = m.SignedPrekey(7, KEY_A, SIGNATURE)
-ONE_TIME = (m.OneTimePrekey(0, KEY_B), m.OneTimePrekey(MAX_PREKEY_ID, KEY_C), m.OneTimePrekey(3, KEY_A))
-BUNDLE_BOB = m.Bundle("bob", KEY_C, SIGNED, ONE_TIME[:1])
+SIGNED = SignedPrekey(7, KEY_A, SIGNATURE)
+ONE_TIME = (OneTimePrekey(0, KEY_B), OneTimePrekey(MAX_PREKEY_ID, KEY_C), OneTimePrekey(3, KEY_A))
+BUNDLE_BOB = Bundle("bob", KEY_C, SIGNED, ONE_TIME[:1])
 
 EXAMPLES: dict[str, m.Message] = {
     "challenge": m.Challenge(KEY_A, b"\x01" * CHALLENGE_SIZE),
@@ -63,7 +64,7 @@ EXAMPLES: dict[str, m.Message] = {
     "welcome": m.Welcome("alice", 50.0, 200.0, 1048576.0, 4194304.0, 25, (PEER_BOB, PEER_CAROL)),
     "joined": m.PeerJoined(PEER_BOB),
     "left": m.PeerLeft("bob"),
-    "send": m.Send(7, (m.Envelope("bob", b"\x00\xffbody"), m.Envelope("carol", b"c" * 100))),
+    "send": m.Send(7, (Envelope("bob", b"\x00\xffbody"), Envelope("carol", b"c" * 100))),
     "deliver": m.Deliver("alice", b"\x00ciphertext\xff"),
     "routed": m.Routed(7, ("bob",), ("dave",), ("carol",), ("erin",)),
     "mail": m.Mail(3, "alice", 1796601600.25, b"\x00sealed\xff"),
@@ -78,11 +79,11 @@ EXAMPLES: dict[str, m.Message] = {
     "pong": m.Pong(),
     "challenge-with-password": m.Challenge(KEY_B, b"\x03" * CHALLENGE_SIZE, password_required=True),
     "publish": m.Publish(SIGNED, ONE_TIME),
-    "publish-signed-only": m.Publish(m.SignedPrekey(MAX_PREKEY_ID, KEY_B, bytes(SIGNATURE_SIZE)), ()),
+    "publish-signed-only": m.Publish(SignedPrekey(MAX_PREKEY_ID, KEY_B, bytes(SIGNATURE_SIZE)), ()),
     "publish-replace": m.Publish(SIGNED, ONE_TIME, replace=True),
     "prekeys": m.Prekeys(9),
     "fetch": m.Fetch(("bob", "carol.x-1_")),
-    "bundles": m.Bundles((BUNDLE_BOB, m.Bundle("carol", KEY_A, SIGNED, ())), ("dave",)),
+    "bundles": m.Bundles((BUNDLE_BOB, Bundle("carol", KEY_A, SIGNED, ())), ("dave",)),
     "bundles-none": m.Bundles((), ("bob",)),
 }
 
@@ -155,18 +156,18 @@ def test_wire_format_is_pinned() -> None:
     """The documented shape, byte for byte: other implementations rely on it."""
     assert encode_message(m.Bye("x")) == b'{"v":2,"type":"bye","reason":"x"}'
     assert encode_message(m.Deliver("bob", b"\x00\x01")) == b"\x02\x02\x03bob\x00\x01"
-    assert encode_message(m.Send(7, (m.Envelope("bob", b"\x00\xff"), m.Envelope("c", b"x")))) == (
+    assert encode_message(m.Send(7, (Envelope("bob", b"\x00\xff"), Envelope("c", b"x")))) == (
         b"\x01\x02" + (7).to_bytes(8, "big") + b"\x03bob\x00\x00\x00\x02\x00\xff" + b"\x01c\x00\x00\x00\x01x"
     )
     assert encode_message(m.Prekeys(0)) == b'{"v":2,"type":"prekeys","count":0}'
     assert encode_message(m.Fetch(("bob", "carol"))) == b'{"v":2,"type":"fetch","nicks":["bob","carol"]}'
     key, signature = _b64(bytes(KEY_A)).encode(), _b64(SIGNATURE).encode()
     signed = b'{"id":7,"key":"%b","signature":"%b"}' % (key, signature)
-    assert encode_message(m.Publish(SIGNED, (m.OneTimePrekey(1, KEY_A),))) == (
+    assert encode_message(m.Publish(SIGNED, (OneTimePrekey(1, KEY_A),))) == (
         b'{"v":2,"type":"publish","signed_prekey":%b,"one_time":[{"id":1,"key":"%b"}],"replace":false}'
         % (signed, key)
     )
-    assert encode_message(m.Bundles((m.Bundle("bob", KEY_A, SIGNED, ()),), ("carol",))) == (
+    assert encode_message(m.Bundles((Bundle("bob", KEY_A, SIGNED, ()),), ("carol",))) == (
         b'{"v":2,"type":"bundles","bundles":[{"nick":"bob","identity_key":"%b","signed_prekey":%b,'
         b'"one_time":[]}],"missing":["carol"]}' % (key, signed)
     )
@@ -176,17 +177,17 @@ def test_wire_format_is_pinned() -> None:
 
 def test_boundary_values_round_trip() -> None:
     for message in [
-        m.Send(MAX_ID, (m.Envelope("b", b"x" * MAX_BODY),)),
-        m.Send(0, (m.Envelope("b" * 32, b"x"),)),
+        m.Send(MAX_ID, (Envelope("b", b"x" * MAX_BODY),)),
+        m.Send(0, (Envelope("b" * 32, b"x"),)),
         m.Error("a" * 32, "t" * MAX_REASON),
         m.Register("n", KEY_A, KEY_A, b"p" * MAX_PROOF, SESSION_PROOF, SIGNED),
         m.Welcome("alice", 50.0, 200.0, 1e6, 4e6, 0, ()),
         m.Routed(1, ()),
         m.Bye(""),
         m.Welcome("alice", 50.0, 200.0, 1e6, 4e6, MAX_ID, ()),
-        m.Publish(SIGNED, tuple(m.OneTimePrekey(i, KEY_A) for i in range(MAX_PUBLISH))),
+        m.Publish(SIGNED, tuple(OneTimePrekey(i, KEY_A) for i in range(MAX_PUBLISH))),
         m.Fetch(tuple(f"n{i}" for i in range(MAX_FETCH))),
-        m.Bundles(tuple(m.Bundle(f"n{i}", KEY_A, SIGNED, ONE_TIME[:1]) for i in range(MAX_FETCH)), ()),
+        m.Bundles(tuple(Bundle(f"n{i}", KEY_A, SIGNED, ONE_TIME[:1]) for i in range(MAX_FETCH)), ()),
         m.Bundles((), tuple(f"n{i}" for i in range(MAX_FETCH))),
         m.Bundles((BUNDLE_BOB,), tuple(f"n{i}" for i in range(MAX_FETCH - 1))),
         m.Prekeys(MAX_ID),
@@ -501,7 +502,7 @@ def test_malformed_payload_raises_remote_protocol_error(payload: bytes) -> None:
 
 
 def test_relay_reads_a_send_as_routes_with_the_bodies_untouched() -> None:
-    send = m.Send(9, (m.Envelope("bob", b"\x00" * MAX_BODY), m.Envelope("carol", b"\xff")))
+    send = m.Send(9, (Envelope("bob", b"\x00" * MAX_BODY), Envelope("carol", b"\xff")))
     routes = decode_for_relay(encode_message(send))
     assert routes == Routes(9, (("bob", b"\x00" * MAX_BODY), ("carol", b"\xff")))
     assert decode_for_relay(encode_message(m.Ping())) == m.Ping()
@@ -619,13 +620,13 @@ _LOCAL_BAD: dict[str, Callable[[], object]] = {
         SESSION_PROOF,
         ONE_TIME[0],  # type: ignore[arg-type]
     ),
-    "envelope-empty-body": lambda: m.Envelope("bob", b""),
-    "envelope-body-too-long": lambda: m.Envelope("bob", b"x" * (MAX_BODY + 1)),
+    "envelope-empty-body": lambda: Envelope("bob", b""),
+    "envelope-body-too-long": lambda: Envelope("bob", b"x" * (MAX_BODY + 1)),
     "send-no-items": lambda: m.Send(1, ()),
-    "send-negative-id": lambda: m.Send(-1, (m.Envelope("bob", b"x"),)),
-    "send-bool-id": lambda: m.Send(True, (m.Envelope("bob", b"x"),)),
-    "send-id-too-big": lambda: m.Send(MAX_ID + 1, (m.Envelope("bob", b"x"),)),
-    "send-items-list": lambda: m.Send(1, [m.Envelope("bob", b"x")]),  # type: ignore[arg-type]
+    "send-negative-id": lambda: m.Send(-1, (Envelope("bob", b"x"),)),
+    "send-bool-id": lambda: m.Send(True, (Envelope("bob", b"x"),)),
+    "send-id-too-big": lambda: m.Send(MAX_ID + 1, (Envelope("bob", b"x"),)),
+    "send-items-list": lambda: m.Send(1, [Envelope("bob", b"x")]),  # type: ignore[arg-type]
     "routed-bad-nick": lambda: m.Routed(1, ("no one",)),
     "routed-bytes-nick": lambda: m.Routed(1, (), missing=(b"bob",)),  # type: ignore[arg-type]
     "routed-int-nick": lambda: m.Routed(1, (), refused=(5,)),  # type: ignore[arg-type]
@@ -633,27 +634,25 @@ _LOCAL_BAD: dict[str, Callable[[], object]] = {
     "routed-too-many": lambda: m.Routed(1, ("bob",) * (MAX_ITEMS + 1)),
     "welcome-not-peer": lambda: m.Welcome("alice", 50.0, 200.0, 1e6, 4e6, 0, ("bob",)),  # type: ignore[arg-type]
     "joined-not-peer": lambda: m.PeerJoined("bob"),  # type: ignore[arg-type]
-    "peer-key-bytes": lambda: m.PeerInfo("bob", KEY_A, bytes(KEY_B)),  # type: ignore[arg-type]
+    "peer-key-bytes": lambda: PeerInfo("bob", KEY_A, bytes(KEY_B)),  # type: ignore[arg-type]
     "error-code": lambda: m.Error("Bad Code", "text"),
     "error-text-long": lambda: m.Error("code", "t" * (MAX_REASON + 1)),
     "bye-not-str": lambda: m.Bye(5),  # type: ignore[arg-type]
-    "prekey-id-negative": lambda: m.OneTimePrekey(-1, KEY_A),
-    "prekey-id-too-big": lambda: m.OneTimePrekey(MAX_PREKEY_ID + 1, KEY_A),
-    "prekey-id-bool": lambda: m.OneTimePrekey(True, KEY_A),
-    "prekey-key-bytes": lambda: m.OneTimePrekey(1, bytes(KEY_A)),  # type: ignore[arg-type]
-    "signed-id-too-big": lambda: m.SignedPrekey(MAX_PREKEY_ID + 1, KEY_A, SIGNATURE),
-    "signature-63": lambda: m.SignedPrekey(1, KEY_A, SIGNATURE[1:]),
-    "signature-65": lambda: m.SignedPrekey(1, KEY_A, SIGNATURE + b"s"),
-    "signature-str": lambda: m.SignedPrekey(1, KEY_A, "s" * 64),  # type: ignore[arg-type]
-    "bundle-two-one-time": lambda: m.Bundle("bob", KEY_A, SIGNED, ONE_TIME[:2]),
-    "bundle-one-time-list": lambda: m.Bundle("bob", KEY_A, SIGNED, [ONE_TIME[0]]),  # type: ignore[arg-type]
-    "bundle-unsigned": lambda: m.Bundle("bob", KEY_A, ONE_TIME[0], ()),  # type: ignore[arg-type]
-    "bundle-bad-nick": lambda: m.Bundle("bob!", KEY_A, SIGNED, ()),
-    "publish-duplicate-ids": lambda: m.Publish(
-        SIGNED, (m.OneTimePrekey(1, KEY_A), m.OneTimePrekey(1, KEY_B))
-    ),
+    "prekey-id-negative": lambda: OneTimePrekey(-1, KEY_A),
+    "prekey-id-too-big": lambda: OneTimePrekey(MAX_PREKEY_ID + 1, KEY_A),
+    "prekey-id-bool": lambda: OneTimePrekey(True, KEY_A),
+    "prekey-key-bytes": lambda: OneTimePrekey(1, bytes(KEY_A)),  # type: ignore[arg-type]
+    "signed-id-too-big": lambda: SignedPrekey(MAX_PREKEY_ID + 1, KEY_A, SIGNATURE),
+    "signature-63": lambda: SignedPrekey(1, KEY_A, SIGNATURE[1:]),
+    "signature-65": lambda: SignedPrekey(1, KEY_A, SIGNATURE + b"s"),
+    "signature-str": lambda: SignedPrekey(1, KEY_A, "s" * 64),  # type: ignore[arg-type]
+    "bundle-two-one-time": lambda: Bundle("bob", KEY_A, SIGNED, ONE_TIME[:2]),
+    "bundle-one-time-list": lambda: Bundle("bob", KEY_A, SIGNED, [ONE_TIME[0]]),  # type: ignore[arg-type]
+    "bundle-unsigned": lambda: Bundle("bob", KEY_A, ONE_TIME[0], ()),  # type: ignore[arg-type]
+    "bundle-bad-nick": lambda: Bundle("bob!", KEY_A, SIGNED, ()),
+    "publish-duplicate-ids": lambda: m.Publish(SIGNED, (OneTimePrekey(1, KEY_A), OneTimePrekey(1, KEY_B))),
     "publish-too-many": lambda: m.Publish(
-        SIGNED, tuple(m.OneTimePrekey(i, KEY_A) for i in range(MAX_PUBLISH + 1))
+        SIGNED, tuple(OneTimePrekey(i, KEY_A) for i in range(MAX_PUBLISH + 1))
     ),
     "publish-unsigned": lambda: m.Publish(ONE_TIME[0], ()),  # type: ignore[arg-type]
     "publish-replace-int": lambda: m.Publish(SIGNED, (), replace=1),  # type: ignore[arg-type]

@@ -25,6 +25,7 @@ from e2echat.wire import grammar
 from e2echat.wire import messages as m
 from e2echat.wire.codec import decode_message, encode_message
 from e2echat.wire.framing import FrameDecoder, encode_frame
+from e2echat.wire.objects import Bundle
 
 NOW = 1_700_000_000.0
 
@@ -138,8 +139,8 @@ def test_mail_again_is_shown_once_quietly_and_gaps_and_late_ones_as_ever() -> No
     assert not [e for e in wire.take(bob_conn) if isinstance(e, MailReceived | SecurityWarning)]
 
 
-def _bundle(profile: Profile) -> m.Bundle:
-    return m.Bundle(profile.nick, profile.identity.public_key, signed_prekey(profile.keyring.prekeys), ())
+def _bundle(profile: Profile) -> Bundle:
+    return Bundle(profile.nick, profile.identity.public_key, signed_prekey(profile.keyring.prekeys), ())
 
 
 def test_first_contact_with_someone_away_goes_through_their_bundle_both_ways() -> None:

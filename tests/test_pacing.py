@@ -21,6 +21,7 @@ from e2echat.wire import messages as m
 from e2echat.wire.codec import decode_message, encode_message
 from e2echat.wire.framing import FrameDecoder, encode_frame
 from e2echat.wire.grammar import CHALLENGE_SIZE
+from e2echat.wire.objects import PeerInfo
 
 from support import LOOPBACK, Peer, connect, peers, run_cli, running_relay
 
@@ -173,7 +174,7 @@ def _online_pair(rate: float, burst: float) -> tuple[ClientCore, list[float]]:
         core.receive_data(_frame(m.Challenge(relay_key.public_key, bytes(CHALLENGE_SIZE))))
         (register,) = [decode_message(p) for p in FrameDecoder().receive_data(core.data_to_send())]
         assert isinstance(register, m.Register)
-        entries[nick] = m.PeerInfo(nick, register.identity_key, register.session_key)
+        entries[nick] = PeerInfo(nick, register.identity_key, register.session_key)
     for nick, core in cores.items():
         others = tuple(entry for other, entry in entries.items() if other != nick)
         core.receive_data(_frame(m.Welcome(nick, rate, burst, 1e9, 1e9, 0, others)))

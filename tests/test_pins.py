@@ -21,7 +21,7 @@ from e2echat.errors import KeyFileError
 from e2echat.store import pins
 from e2echat.store.files import write_private_file
 from e2echat.store.pins import KNOWN_PEERS_FILE, PinFile
-from e2echat.wire import messages as m
+from e2echat.wire.objects import PeerInfo
 
 from support import WAIT
 
@@ -320,7 +320,7 @@ def test_exchanged_all_pins_and_touches_as_exchanged_does_with_one_clock_read() 
 
     one, each = KnownPeers(clock=counted), KnownPeers(clock=clock)
     keys = {nick: PrivateKey.generate().public_key for nick in ("a", "b", "c")}
-    directory = {nick: m.PeerInfo(nick, key, PrivateKey.generate().public_key) for nick, key in keys.items()}
+    directory = {nick: PeerInfo(nick, key, PrivateKey.generate().public_key) for nick, key in keys.items()}
     for known in (one, each):
         known.exchanged("a", keys["a"])
     clock.now += TOUCH_AFTER

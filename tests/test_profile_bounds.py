@@ -21,6 +21,7 @@ from e2echat.store.pins import KNOWN_PEERS_FILE, PinFile
 from e2echat.store.sessions import SESSIONS_FILE, SessionFile
 from e2echat.wire import messages as m
 from e2echat.wire.grammar import CHALLENGE_SIZE
+from e2echat.wire.objects import PeerInfo
 
 from hostile import HostileRelay, made_up_peers
 from relay_frames import Outgoing
@@ -117,7 +118,7 @@ def test_strangers_coming_and_going_leave_no_session_keys_behind() -> None:
     wire = FakeWire()
     alice = wire.connect("alice")
     for index in range(200):
-        stranger = m.PeerInfo(f"s{index}", PrivateKey.generate().public_key, PrivateKey.generate().public_key)
+        stranger = PeerInfo(f"s{index}", PrivateKey.generate().public_key, PrivateKey.generate().public_key)
         wire.deliver(alice, _frame(m.PeerJoined(stranger)))
         wire.deliver(alice, _frame(m.PeerLeft(stranger.nick)))
     assert _retired(wire, alice) == 0
@@ -128,7 +129,7 @@ def test_retired_session_keys_are_bounded_in_all_oldest_first() -> None:
     directory = Directory(ours, KnownPeers(), clock=lambda: 0.0)
     entries = []
     for index in range(RETIRED_TOTAL + 50):
-        entry = m.PeerInfo(f"p{index}", PublicKey(nacl.utils.random(32)), PublicKey(nacl.utils.random(32)))
+        entry = PeerInfo(f"p{index}", PublicKey(nacl.utils.random(32)), PublicKey(nacl.utils.random(32)))
         directory.add(entry)
         directory.remove(entry.nick, had_session=True)
         entries.append(entry)
@@ -141,9 +142,9 @@ def test_retired_session_keys_are_bounded_in_all_oldest_first() -> None:
 # -- the directory a relay may announce --------------------------------------------------------
 
 
-def _strangers(count: int, start: int = 0) -> tuple[m.PeerInfo, ...]:
+def _strangers(count: int, start: int = 0) -> tuple[PeerInfo, ...]:
     return tuple(
-        m.PeerInfo(f"s{index}", PublicKey(nacl.utils.random(32)), PublicKey(nacl.utils.random(32)))
+        PeerInfo(f"s{index}", PublicKey(nacl.utils.random(32)), PublicKey(nacl.utils.random(32)))
         for index in range(start, start + count)
     )
 

@@ -15,6 +15,7 @@ from e2echat.wire import messages as m
 from e2echat.wire.codec import encode_message
 from e2echat.wire.framing import MAX_FRAME, encode_frame
 from e2echat.wire.grammar import SESSION_PROOF_SIZE
+from e2echat.wire.objects import Envelope
 
 from hostile import HostileRelay
 from relay_frames import any_signed_prekey
@@ -27,7 +28,7 @@ BAD_INPUTS = {
     "zero-length": b"\x00\x00\x00\x00",
     "unknown-type": encode_frame(b'{"v":2,"type":"teleport"}'),
     "old-version": encode_frame(b'{"v":1,"type":"register"}'),
-    "send-before-register": encode_frame(encode_message(m.Send(1, (m.Envelope("bob", b"\x00" * 48),)))),
+    "send-before-register": encode_frame(encode_message(m.Send(1, (Envelope("bob", b"\x00" * 48),)))),
 }
 
 

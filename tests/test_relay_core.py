@@ -20,6 +20,7 @@ from e2echat.relay.limits import Flow, Limits, Verdict
 from e2echat.wire import messages as m
 from e2echat.wire.codec import decode_message
 from e2echat.wire.fastpath import deliver_head, encode_send
+from e2echat.wire.objects import Envelope
 
 from relay_frames import Outgoing, any_signed_prekey, decode_frame, spelled_out
 
@@ -35,7 +36,7 @@ def _join(relay: RelayCore, conn: ConnId, nick: str, now: float = 0.0) -> list[O
 
 
 def _send(message_id: int, *to: str) -> bytes:
-    return _frame(m.Send(message_id, tuple(m.Envelope(nick, b"\x01" + bytes(40)) for nick in to)))
+    return _frame(m.Send(message_id, tuple(Envelope(nick, b"\x01" + bytes(40)) for nick in to)))
 
 
 def _error(conn: ConnId, actions: list[Outgoing | Close]) -> m.Error:

@@ -24,6 +24,7 @@ from e2echat.wire import codec, fastpath
 from e2echat.wire import messages as m
 from e2echat.wire.framing import encode_frame
 from e2echat.wire.grammar import MAX_BODY, MAX_PUBLISH, skeleton
+from e2echat.wire.objects import Envelope, OneTimePrekey
 
 from relay_frames import Outgoing, any_signed_prekey, spelled_out
 from support import LOOPBACK, WAIT, RawClient, running_relay
@@ -37,7 +38,7 @@ FULL = 1e7
 
 
 def _big_send(message_id: int, to: str, body: bytes = bytes(BIG_BODY)) -> bytes:
-    return encode_frame(codec.encode_message(m.Send(message_id, (m.Envelope(to, body),))))
+    return encode_frame(codec.encode_message(m.Send(message_id, (Envelope(to, body),))))
 
 
 def _routed(actions: list[Outgoing | Close], conn: ConnId) -> m.Routed:
@@ -138,7 +139,7 @@ async def test_a_flood_of_big_frames_at_a_victim_does_not_get_it_dropped(options
             assert options == {}
         assert "victim" in relay.core.online  # ... and the victim did not
         for message_id in range(flood):  # alice tries while the victim catches up
-            alice.send(m.Send(message_id, (m.Envelope("victim", b"honest"),)))
+            alice.send(m.Send(message_id, (Envelope("victim", b"honest"),)))
             routed = await alice.receive_kind(m.Routed)
             if routed.delivered:
                 break
@@ -163,7 +164,7 @@ async def test_a_reader_briefly_behind_still_gets_all_that_fits_under_the_soft_m
         await alice.register("alice")
         body, sent = bytes(50_000), 0
         for message_id in range(200):
-            alice.send(m.Send(message_id, (m.Envelope("victim", body),)))
+            alice.send(m.Send(message_id, (Envelope("victim", body),)))
             if (await alice.receive_kind(m.Routed)).refused:
                 break
             sent += len(body)  # what the relay queues: the body as it came
@@ -238,7 +239,7 @@ def test_bytes_beyond_the_byte_rate_are_never_decoded(monkeypatch: pytest.Monkey
 
 def _big_publish() -> bytes:
     """A frame only the strict decoder reads (JSON), as large as a publish gets."""
-    one_time = tuple(m.OneTimePrekey(i, PrivateKey.generate().public_key) for i in range(MAX_PUBLISH))
+    one_time = tuple(OneTimePrekey(i, PrivateKey.generate().public_key) for i in range(MAX_PUBLISH))
     return encode_frame(codec.encode_message(m.Publish(any_signed_prekey(), one_time)))
 
 

@@ -13,6 +13,7 @@ from e2echat.errors import StoreError
 from e2echat.relay.server import Relay
 from e2echat.relay.store import Enqueue
 from e2echat.wire import messages as m
+from e2echat.wire.objects import Envelope
 
 from fake_store import FakeStore
 from support import LOOPBACK, WAIT, RawClient, running
@@ -49,7 +50,7 @@ async def test_queued_is_said_only_once_the_store_has_kept_the_message() -> None
         await alice.receive_kind(m.PeerJoined)
         store.gate.clear()
         store.applying.clear()
-        alice.send(m.Send(1, (m.Envelope("bob", BODY),)))
+        alice.send(m.Send(1, (Envelope("bob", BODY),)))
         alice.send(m.Ping())  # its pong waits behind the routed
         await asyncio.to_thread(store.applying.wait, WAIT)
         carol.send(m.Ping())  # carol waits for nothing: answered at once
@@ -74,10 +75,10 @@ async def test_changes_that_come_while_a_batch_is_written_go_in_the_next_one() -
         store.gate.clear()
         store.applying.clear()
         before = len(store.batches)
-        alice.send(m.Send(0, (m.Envelope("bob", BODY),)))
+        alice.send(m.Send(0, (Envelope("bob", BODY),)))
         await asyncio.to_thread(store.applying.wait, WAIT)
         for number in range(1, 50):
-            alice.send(m.Send(number, (m.Envelope("bob", BODY),)))
+            alice.send(m.Send(number, (Envelope("bob", BODY),)))
         alice.send(m.Ping())
         async with asyncio.timeout(WAIT):  # every send read, the pong held behind them
             while relay.core.kept.mailboxes.count("bob") < 50:
@@ -98,7 +99,7 @@ async def test_a_store_that_fails_stops_the_relay_and_confirms_nothing_more() ->
         alice = await RawClient.open(relay)
         await alice.register("alice")
         store.fail = StoreError(path="relay.db", detail="disk full")
-        alice.send(m.Send(1, (m.Envelope("bob", BODY),)))
+        alice.send(m.Send(1, (Envelope("bob", BODY),)))
         assert await alice.closed()  # the connection is lost: no routed, no bye
         await asyncio.wait_for(relay.halted.wait(), WAIT)
         assert isinstance(relay.failure, StoreError)
@@ -116,7 +117,7 @@ async def test_stopping_finishes_what_the_store_was_given_then_closes_it() -> No
         await alice.register("alice")
         store.gate.clear()
         store.applying.clear()
-        alice.send(m.Send(1, (m.Envelope("bob", BODY),)))
+        alice.send(m.Send(1, (Envelope("bob", BODY),)))
         await asyncio.to_thread(store.applying.wait, WAIT)
         stopping = asyncio.create_task(relay.stop("maintenance"))
         await asyncio.sleep(0.05)
@@ -140,7 +141,7 @@ async def test_a_restarted_relay_finds_identities_bundles_members_and_mailboxes(
         alice = await RawClient.open(relay)
         await alice.register("alice")
         for number in range(3):
-            alice.send(m.Send(number, (m.Envelope("bob", bytes([number]) + BODY),)))
+            alice.send(m.Send(number, (Envelope("bob", bytes([number]) + BODY),)))
             assert (await alice.receive_kind(m.Routed)).queued == ("bob",)
         alice.close()
     async with running(Relay(LOOPBACK, 0, store=store, key=key)) as again:

@@ -22,6 +22,7 @@ from e2echat.relay.core import ConnId, RelayCore
 from e2echat.relay.limits import Limits
 from e2echat.ui.chat import Chat
 from e2echat.wire import messages as m
+from e2echat.wire.objects import PeerInfo
 
 from hostile import HostileRelay, deliveries
 from relay_frames import Outgoing
@@ -101,7 +102,7 @@ def test_a_leave_withheld_from_one_side_is_caught() -> None:
 def test_a_join_withheld_from_one_side_is_caught() -> None:
     wire, clock, alice, bob = _views_with_a_clock()
     clock.now += 60
-    dave = m.PeerInfo("dave", PrivateKey.generate().public_key, PrivateKey.generate().public_key)
+    dave = PeerInfo("dave", PrivateKey.generate().public_key, PrivateKey.generate().public_key)
     wire.deliver(alice, _frame(m.PeerJoined(dave)))  # to alice only
     wire.clients[alice].send_private("bob", "have you met dave?")
     wire.pump()
@@ -136,7 +137,7 @@ def test_a_view_stale_by_more_than_the_grace_is_flagged() -> None:
 
 def test_a_view_we_never_had_is_flagged_once_per_sender_and_view() -> None:
     wire, _, alice, bob = _views_with_a_clock()
-    dave = m.PeerInfo("dave", PrivateKey.generate().public_key, PrivateKey.generate().public_key)
+    dave = PeerInfo("dave", PrivateKey.generate().public_key, PrivateKey.generate().public_key)
     wire.deliver(alice, _frame(m.PeerJoined(dave)))
     for text in ("one", "two"):
         wire.clients[alice].send_private("bob", text)
@@ -149,8 +150,8 @@ def _directory(clock: FakeClock) -> Directory:
     return Directory(ours, KnownPeers(), clock)
 
 
-def _visitor(index: int) -> m.PeerInfo:
-    return m.PeerInfo(f"v{index}", PublicKey(nacl.utils.random(32)), PublicKey(nacl.utils.random(32)))
+def _visitor(index: int) -> PeerInfo:
+    return PeerInfo(f"v{index}", PublicKey(nacl.utils.random(32)), PublicKey(nacl.utils.random(32)))
 
 
 def test_only_the_last_views_count_however_fast_they_change() -> None:
@@ -191,11 +192,11 @@ def test_a_view_that_comes_back_counts_from_its_latest_time() -> None:
 # -- /trust takes the key the user was shown, not whatever the relay says now ------------------
 
 
-def _mallory(nick: str) -> m.PeerInfo:
-    return m.PeerInfo(nick, PrivateKey.generate().public_key, PrivateKey.generate().public_key)
+def _mallory(nick: str) -> PeerInfo:
+    return PeerInfo(nick, PrivateKey.generate().public_key, PrivateKey.generate().public_key)
 
 
-async def _swapped(peer: Peer, relay: HostileRelay, impostor: m.PeerInfo) -> None:
+async def _swapped(peer: Peer, relay: HostileRelay, impostor: PeerInfo) -> None:
     """The relay announces ``impostor`` to ``peer``; returns once ``peer`` has it."""
     relay.inject(peer.nick, m.PeerJoined(impostor))
     while peer.connection.core.directory.get(impostor.nick) != impostor:

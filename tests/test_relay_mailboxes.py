@@ -15,6 +15,7 @@ from test_cli import _Listening, _one_clear_line, _start_relay_process
 from e2echat.relay.server import Relay
 from e2echat.relay.sqlite_store import SqliteStore
 from e2echat.wire import messages as m
+from e2echat.wire.objects import Envelope
 
 from support import WAIT, RawClient, run_cli, running
 
@@ -33,7 +34,7 @@ async def test_a_relay_restarted_on_its_sqlite_store_finds_everything_again(tmp_
         alice = await RawClient.open(relay)
         await alice.register("alice")
         for number in range(3):
-            alice.send(m.Send(number, (m.Envelope("bob", bytes([number + 1]) * 41),)))
+            alice.send(m.Send(number, (Envelope("bob", bytes([number + 1]) * 41),)))
             assert (await alice.receive_kind(m.Routed)).queued == ("bob",)
         alice.close()
     async with running(Relay("127.0.0.1", 0, store=SqliteStore(path), key=key)) as again:
@@ -70,7 +71,7 @@ async def test_kill_9_loses_no_message_a_sender_was_told_is_queued(tmp_path: Pat
 
         async def send() -> None:
             for number in range(1_000_000):
-                alice.send(m.Send(number, (m.Envelope("bob", number.to_bytes(8, "big") + bytes(33)),)))
+                alice.send(m.Send(number, (Envelope("bob", number.to_bytes(8, "big") + bytes(33)),)))
                 await alice.writer.drain()
                 if number % 20 == 0:
                     await asyncio.sleep(0.001)

@@ -20,6 +20,7 @@ from e2echat.wire import messages as m
 from e2echat.wire.codec import decode_message, encode_message
 from e2echat.wire.framing import encode_frame
 from e2echat.wire.grammar import FETCH_CHARGE, MAX_FETCH, MAX_PREKEY_ID, MAX_PUBLISH
+from e2echat.wire.objects import Bundle, OneTimePrekey, SignedPrekey
 
 from hostile import HostileRelay, same_one_time_prekey
 from relay_frames import Outgoing, spelled_out
@@ -39,17 +40,17 @@ def _key() -> PublicKey:
     return PublicKey(nacl.utils.random(32))
 
 
-def _signed(ident: int = 1) -> m.SignedPrekey:
+def _signed(ident: int = 1) -> SignedPrekey:
     # The relay never checks the signature, so any 64 bytes do here.
-    return m.SignedPrekey(ident, _key(), nacl.utils.random(64))
+    return SignedPrekey(ident, _key(), nacl.utils.random(64))
 
 
-def _one_time(*ids: int) -> tuple[m.OneTimePrekey, ...]:
-    return tuple(m.OneTimePrekey(ident, _key()) for ident in ids)
+def _one_time(*ids: int) -> tuple[OneTimePrekey, ...]:
+    return tuple(OneTimePrekey(ident, _key()) for ident in ids)
 
 
 def _register_json(
-    relay: RelayCore, conn: ConnId, nick: str, identity: PrivateKey, signed: m.SignedPrekey
+    relay: RelayCore, conn: ConnId, nick: str, identity: PrivateKey, signed: SignedPrekey
 ) -> dict[str, object]:
     """Connect, and make the register that answers the challenge: as JSON, to spoil."""
     (challenge,) = spelled_out(relay.connect(conn, 0.0))
@@ -66,7 +67,7 @@ def _joining(
     conn: ConnId,
     nick: str,
     identity: PrivateKey | None = None,
-    signed: m.SignedPrekey | None = None,
+    signed: SignedPrekey | None = None,
 ) -> list[Outgoing | Close]:
     """Connect and register ``nick`` (with ``identity`` and ``signed``, or new ones): all
     the relay wrote, its welcome first."""
@@ -81,7 +82,7 @@ def _register(
     conn: ConnId,
     nick: str,
     identity: PrivateKey | None = None,
-    signed: m.SignedPrekey | None = None,
+    signed: SignedPrekey | None = None,
 ) -> m.Welcome:
     """Connect and register ``nick``: its welcome."""
     welcome = _joining(relay, conn, nick, identity, signed)[0]
@@ -92,8 +93,8 @@ def _register(
 def _publish(
     relay: RelayCore,
     conn: ConnId,
-    signed: m.SignedPrekey,
-    one_time: tuple[m.OneTimePrekey, ...],
+    signed: SignedPrekey,
+    one_time: tuple[OneTimePrekey, ...],
     *,
     replace: bool = False,
 ) -> int:
@@ -156,11 +157,11 @@ def test_each_one_time_prekey_is_handed_out_once_oldest_first_then_none() -> Non
     signed, one_time = _signed(7), _one_time(10, 11, 12)
     assert _publish(relay, 1, signed, one_time) == 3
     answer, _ = _fetch(relay, 2, "alice")
-    assert answer == m.Bundles((m.Bundle("alice", alice.public_key, signed, one_time[:1]),), ())
+    assert answer == m.Bundles((Bundle("alice", alice.public_key, signed, one_time[:1]),), ())
     assert _one_time_ids(relay, 2, "alice", 3) == [11, 12, None]
     # Out of one-time prekeys, the bundle still has the identity and signed prekeys.
     answer, _ = _fetch(relay, 2, "alice")
-    assert answer == m.Bundles((m.Bundle("alice", alice.public_key, signed, ()),), ())
+    assert answer == m.Bundles((Bundle("alice", alice.public_key, signed, ()),), ())
     assert relay.prekeys.count("alice") == 0
 
 
@@ -176,7 +177,7 @@ def test_a_fetch_answers_each_nick_once_and_never_the_askers_own() -> None:
     _publish(relay, 2, _signed(), _one_time(1))
     answer, rest = _fetch(relay, 2, "nobody", "alice", "bob", "carol")
     assert [bundle.nick for bundle in answer.bundles] == ["alice", "carol"]
-    assert answer.bundles[1] == m.Bundle("carol", carol.public_key, carol_signed, ())
+    assert answer.bundles[1] == Bundle("carol", carol.public_key, carol_signed, ())
     assert answer.missing == ("nobody", "bob")
     # alice is out of them (and told); carol had none to hand out, so nothing to tell her
     assert rest == [Outgoing(1, m.Prekeys(0))]
@@ -246,12 +247,12 @@ def test_a_nick_registered_with_another_identity_key_loses_the_old_bundle() -> N
     other, other_signed = PrivateKey.generate(), _signed(9)
     assert _register(relay, 3, "alice", other, other_signed).prekeys == 0
     answer, _ = _fetch(relay, 2, "alice")
-    assert answer == m.Bundles((m.Bundle("alice", other.public_key, other_signed, ()),), ())
+    assert answer == m.Bundles((Bundle("alice", other.public_key, other_signed, ()),), ())
     relay.disconnect(3)
     signed = _signed(10)
     assert _register(relay, 4, "alice", alice, signed).prekeys == 0  # gone for good
     answer, _ = _fetch(relay, 2, "alice")
-    assert answer == m.Bundles((m.Bundle("alice", alice.public_key, signed, ()),), ())
+    assert answer == m.Bundles((Bundle("alice", alice.public_key, signed, ()),), ())
     assert len(relay.prekeys) == 2  # alice's and bob's
 
 
@@ -263,7 +264,7 @@ def test_someone_who_never_published_leaves_the_bundle_of_their_register() -> No
     assert relay.prekeys.count("alice") == 0 and len(relay.prekeys) == 1
     _register(relay, 2, "bob")
     answer, rest = _fetch(relay, 2, "alice")
-    assert answer == m.Bundles((m.Bundle("alice", alice.public_key, signed, ()),), ())
+    assert answer == m.Bundles((Bundle("alice", alice.public_key, signed, ()),), ())
     assert rest == []
 
 
@@ -280,12 +281,12 @@ def test_a_fetch_right_after_someone_registers_gets_their_bundle() -> None:
         (2, m.Away),
     ]
     answer, rest = _fetch(relay, 1, "alice")
-    assert answer == m.Bundles((m.Bundle("alice", alice.public_key, signed, ()),), ())
+    assert answer == m.Bundles((Bundle("alice", alice.public_key, signed, ()),), ())
     assert rest == []
     newer, one_time = _signed(4), _one_time(1)
     assert _publish(relay, 2, newer, one_time) == 1
     answer, _ = _fetch(relay, 1, "alice")
-    assert answer == m.Bundles((m.Bundle("alice", alice.public_key, newer, one_time),), ())
+    assert answer == m.Bundles((Bundle("alice", alice.public_key, newer, one_time),), ())
 
 
 def test_registering_again_replaces_the_signed_prekey_and_keeps_the_one_time_ones() -> None:
@@ -299,7 +300,7 @@ def test_registering_again_replaces_the_signed_prekey_and_keeps_the_one_time_one
     signed = _signed(3)
     assert _register(relay, 3, "alice", alice, signed).prekeys == 1
     answer, _ = _fetch(relay, 2, "alice")
-    assert answer == m.Bundles((m.Bundle("alice", alice.public_key, signed, one_time),), ())
+    assert answer == m.Bundles((Bundle("alice", alice.public_key, signed, one_time),), ())
 
 
 def test_an_owner_running_low_is_told_as_it_crosses_the_mark_and_at_none() -> None:
@@ -517,7 +518,7 @@ def test_publishes_and_fetches_are_charged_to_the_senders_rate() -> None:
 
 
 async def _welcome_by_hand(
-    raw: RawClient, nick: str, identity: PrivateKey, signed: m.SignedPrekey | None = None
+    raw: RawClient, nick: str, identity: PrivateKey, signed: SignedPrekey | None = None
 ) -> m.Welcome:
     """Register ``nick`` frame by frame, to read the welcome itself."""
     challenge = await raw.receive()
@@ -542,7 +543,7 @@ async def test_a_bundle_published_over_a_socket_is_fetched_after_its_owner_left(
         bob.send(m.Fetch(("alice", "bob", "carol")))
         answer = await bob.receive_kind(m.Bundles)
         assert answer == m.Bundles(
-            (m.Bundle("alice", alice_key.public_key, signed, one_time[:1]),), ("bob", "carol")
+            (Bundle("alice", alice_key.public_key, signed, one_time[:1]),), ("bob", "carol")
         )
         back = await RawClient.open(relay)
         assert (await _welcome_by_hand(back, "alice", alice_key)).prekeys == 1
@@ -561,7 +562,7 @@ async def test_a_fetch_right_after_someone_registers_gets_their_bundle_over_sock
         assert (await bob.receive_kind(m.PeerJoined)).peer.nick == "alice"
         bob.send(m.Fetch(("alice",)))
         answer = await bob.receive_kind(m.Bundles)
-        assert answer == m.Bundles((m.Bundle("alice", alice_key.public_key, signed, ()),), ())
+        assert answer == m.Bundles((Bundle("alice", alice_key.public_key, signed, ()),), ())
         alice.close()
         bob.close()
 
@@ -617,7 +618,7 @@ async def test_the_hostile_relay_can_rewrite_any_bundles_answer() -> None:
     substitute = _signed(99)
 
     def swap(answer: m.Bundles) -> m.Bundles:
-        bundles = tuple(m.Bundle(b.nick, b.identity_key, substitute, b.one_time) for b in answer.bundles)
+        bundles = tuple(Bundle(b.nick, b.identity_key, substitute, b.one_time) for b in answer.bundles)
         return m.Bundles(bundles, answer.missing)
 
     async with running(HostileRelay()) as relay:

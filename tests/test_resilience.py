@@ -18,6 +18,7 @@ from e2echat.client.receipts import LEFT, NOT_KNOWN, REFUSED, TIMED_OUT, Deliver
 from e2echat.errors import RegistrationRefused
 from e2echat.relay.server import Relay
 from e2echat.wire import messages as m
+from e2echat.wire.objects import Envelope
 
 from hostile import HostileRelay, deliveries
 from relay_frames import Outgoing
@@ -175,13 +176,13 @@ async def test_a_client_hung_up_on_leaves_the_directory_at_once_though_it_never_
         assert transport is not None
         sent = 0
         while transport.get_write_buffer_size() == 0:  # until bytes wait for it at the relay
-            alice.send(m.Send(sent, (m.Envelope("stalled", b"x" * 100_000),)))
+            alice.send(m.Send(sent, (Envelope("stalled", b"x" * 100_000),)))
             await alice.receive_kind(m.Routed)
             sent += 1
         alice.send(m.Ping())  # alice stays lively; "stalled" says nothing and is hung up on
         left = await alice.receive_kind(m.PeerLeft)
         assert left.nick == "stalled" and "stalled" not in relay.core.online
-        alice.send(m.Send(10**6, (m.Envelope("stalled", b"anyone there?"),)))
+        alice.send(m.Send(10**6, (Envelope("stalled", b"anyone there?"),)))
         routed = await alice.receive_kind(m.Routed)
         assert routed.queued == ("stalled",) and routed.delivered == ()  # it is away now
         again = await RawClient.open(relay)

@@ -62,6 +62,7 @@ from e2echat.wire.codec import decode_message, encode_message
 from e2echat.wire.fastpath import decode_deliver, decode_deliver_frame, decode_mail
 from e2echat.wire.framing import FrameDecoder, encode_frame
 from e2echat.wire.grammar import NICK_RULE, is_valid_nick
+from e2echat.wire.objects import PeerInfo
 
 __all__ = [
     "RECEIPT_INTERVAL",
@@ -294,7 +295,7 @@ class ClientCore:
     # -- what the UI reads ------------------------------------------------------------------
 
     @property
-    def directory(self) -> dict[str, m.PeerInfo]:
+    def directory(self) -> dict[str, PeerInfo]:
         """nick -> the keys the relay says they have, for everyone else online."""
         return self._directory.peers
 
@@ -479,7 +480,7 @@ class ClientCore:
         self._publisher.welcome(welcome.prekeys)
         return self._receive_directory(welcome.peers, welcome.more)
 
-    def _receive_directory(self, peers: tuple[m.PeerInfo, ...], more: bool) -> list[Event]:
+    def _receive_directory(self, peers: tuple[PeerInfo, ...], more: bool) -> list[Event]:
         for peer in peers:
             self._arrival_events.extend(self._sessions.add(peer, refresh=False))
         if more:

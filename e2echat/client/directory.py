@@ -16,7 +16,7 @@ from e2echat.client.trust import KnownPeers, Trust
 from e2echat.crypto.identity import fingerprint, same_fingerprint
 from e2echat.crypto.session import Party, digest_of_encoded, encode_party
 from e2echat.errors import CommandError, RemoteProtocolError
-from e2echat.wire import messages as m
+from e2echat.wire.objects import PeerInfo
 
 # A message encrypted just before its sender saw a join or leave carries the previous
 # view, and may arrive after we saw it: a view of ours is still accepted for VIEW_GRACE
@@ -53,7 +53,7 @@ class Directory:
     def __init__(self, ours: Party, known_peers: KnownPeers, clock: Callable[[], float]) -> None:
         """``clock`` (monotonic seconds) times how long ago each view stopped being ours."""
         #: nick -> the keys the relay says they have, for everyone else online
-        self.peers: dict[str, m.PeerInfo] = {}
+        self.peers: dict[str, PeerInfo] = {}
         #: the room's members the relay knows who are not online (its ``away`` list, and
         #: whoever left since): a room message goes to their mailboxes too
         self.away: set[str] = set()
@@ -80,7 +80,7 @@ class Directory:
         """Everyone else online, sorted."""
         return sorted(self.peers)
 
-    def peer(self, nick: str) -> m.PeerInfo:
+    def peer(self, nick: str) -> PeerInfo:
         peer = self.peers.get(nick)
         if peer is None:
             raise CommandError(detail=f"{nick} is not online (see /who)")
@@ -88,13 +88,13 @@ class Directory:
 
     # -- joins and leaves ---------------------------------------------------------------------
 
-    def reuses_a_session_key(self, peer: m.PeerInfo) -> bool:
+    def reuses_a_session_key(self, peer: PeerInfo) -> bool:
         """A real client makes a fresh session key for every connection: the same key again
         is an old announcement played back. (Sessions do not depend on it, and the ratchet
         refuses replayed messages anyway; this keeps the directory and its digest honest.)"""
         return bytes(peer.session_key) in self._retired
 
-    def add(self, peer: m.PeerInfo, *, refresh: bool = True) -> list[Event]:
+    def add(self, peer: PeerInfo, *, refresh: bool = True) -> list[Event]:
         """``peer`` is online (any earlier entry for the nick was removed first). Says if
         their identity key is not the one pinned. Pins nothing: see ``exchanged``.
         ``refresh=False`` leaves the view to one ``refresh_view`` after a batch: the
@@ -129,7 +129,7 @@ class Directory:
         a changed key): pins the key of each on first contact, and says so."""
         return [KeyPinned(nick) for nick in self.known_peers.exchanged_all(nicks, self.peers)]
 
-    def remove(self, nick: str, *, had_session: bool) -> m.PeerInfo:
+    def remove(self, nick: str, *, had_session: bool) -> PeerInfo:
         """``nick`` left (or came back with other keys); their session key is retired if
         we ``had_session`` with it (see RETIRED_PER_NICK)."""
         peer = self.peers.pop(nick)
@@ -240,7 +240,7 @@ class Directory:
         self.known_peers.see(nick, peer.identity_key)  # verifying pins, as exchanging does
         self.known_peers.set_verified(nick, peer.identity_key, verified)
 
-    def _shown(self, nick: str, key_fingerprint: str) -> m.PeerInfo:
+    def _shown(self, nick: str, key_fingerprint: str) -> PeerInfo:
         peer = self.peer(nick)
         if not same_fingerprint(fingerprint(peer.identity_key), key_fingerprint):
             raise CommandError(

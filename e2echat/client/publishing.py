@@ -14,12 +14,13 @@ from nacl.public import PrivateKey
 
 from e2echat.crypto.prekeys import ONE_TIME_BATCH, ONE_TIME_LOW, PUBLISH_INTERVAL, OurPrekeys
 from e2echat.wire import messages as m
+from e2echat.wire.objects import OneTimePrekey, SignedPrekey
 
 
-def signed_prekey(prekeys: OurPrekeys) -> m.SignedPrekey:
+def signed_prekey(prekeys: OurPrekeys) -> SignedPrekey:
     """Our current signed prekey, as the wire carries it."""
     signed = prekeys.current
-    return m.SignedPrekey(signed.prekey_id, signed.private.public_key, signed.signature)
+    return SignedPrekey(signed.prekey_id, signed.private.public_key, signed.signature)
 
 
 class PrekeyPublisher:
@@ -88,5 +89,5 @@ class PrekeyPublisher:
         self._unanswered += 1
         prekeys.rotate_if_due(self._identity, self._wall_clock())
         fresh = prekeys.new_one_time(ONE_TIME_BATCH - (0 if replace else held))
-        one_time = tuple(m.OneTimePrekey(prekey_id, key) for prekey_id, key in fresh)
+        one_time = tuple(OneTimePrekey(prekey_id, key) for prekey_id, key in fresh)
         self._write(m.Publish(signed_prekey(prekeys), one_time, replace=replace))

@@ -31,7 +31,7 @@ from e2echat.client.trust import Trust
 from e2echat.crypto.keyring import Keyring
 from e2echat.crypto.session import PREKEY_HEADER_SIZE, PREKEY_MESSAGE, Kind, PeerSession
 from e2echat.errors import DecryptionError, RemoteProtocolError, ReplayError
-from e2echat.wire import messages as m
+from e2echat.wire.objects import PeerInfo
 
 __all__ = ["Sessions"]
 
@@ -96,7 +96,7 @@ class Sessions:
 
     # -- peers come and go ------------------------------------------------------------------
 
-    def add(self, peer: m.PeerInfo, *, refresh: bool = True) -> list[Event]:
+    def add(self, peer: PeerInfo, *, refresh: bool = True) -> list[Event]:
         """A peer the relay announced (in the directory or as joined)."""
         if peer.nick == self._our_nick:
             raise RemoteProtocolError(detail="relay listed our own nick as a peer")
@@ -116,7 +116,7 @@ class Sessions:
         events: list[Event] = self.retire(peer.nick) if known is not None else []
         return events + self._directory.add(peer, refresh=refresh)
 
-    def joined(self, peer: m.PeerInfo) -> list[Event]:
+    def joined(self, peer: PeerInfo) -> list[Event]:
         if self._directory.peers.get(peer.nick) == peer:
             return []  # the same person, announced again: nothing new
         events = self.add(peer)

@@ -25,7 +25,8 @@ import struct
 
 from e2echat.errors import LocalProtocolError, RemoteProtocolError
 from e2echat.wire.grammar import MAX_ITEMS, PROTOCOL_VERSION
-from e2echat.wire.messages import Deliver, Envelope, Message, Send
+from e2echat.wire.messages import Deliver, Message, Send
+from e2echat.wire.objects import Envelope
 
 __all__ = [
     "BINARY_TAGS",

@@ -30,7 +30,8 @@ from e2echat.errors import LocalProtocolError, RemoteProtocolError
 from e2echat.wire.binary import BINARY_TAGS, decode_binary, encode_deliver, encode_send_message
 from e2echat.wire.fields import Kind, Record
 from e2echat.wire.grammar import KEY_SIZE, MAX_ITEMS, MAX_REASON, PROTOCOL_VERSION, is_utf8
-from e2echat.wire.messages import MESSAGE_TYPES, OBJECT_KINDS, Deliver, Message, Send
+from e2echat.wire.messages import MESSAGE_TYPES, Deliver, Message, Send
+from e2echat.wire.objects import OBJECT_KINDS
 
 __all__ = ["decode_message", "encode_message", "encode_record", "printable_reason", "write_number"]
 

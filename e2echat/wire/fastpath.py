@@ -45,7 +45,8 @@ from e2echat.wire.grammar import (
     check_nick,
     require,
 )
-from e2echat.wire.messages import PeerInfo, Send
+from e2echat.wire.messages import Send
+from e2echat.wire.objects import PeerInfo
 
 __all__ = [
     "Routes",
