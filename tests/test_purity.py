@@ -35,6 +35,8 @@ PURE = sorted(
         "client.outbox",
         "client.sessions",
         "client.core",
+        "client.handshake",
+        "client.mailbox",
         "relay.core",
         "relay.routing",
         "relay.registration",

@@ -1,18 +1,13 @@
 """The client's protocol state machine, without any I/O.
 
 Bytes from the relay go in through ``receive_data`` and come out as events for the UI;
-what to write to the relay collects in ``data_to_send()``. The core runs the handshake,
-answers the relay and hands the rest to its parts: the ``Sessions`` (a session with each
-peer, what arrives decrypted), the ``Directory`` (who is online, trust, views), the
-``Outbox`` (messages and receipts out) and the ``DeliveryTracker`` (what became of each
-message sent). The asyncio shell in connection.py only moves bytes.
-
-What waited in our mailbox while we were away comes after the directory, as ``mail`` and
-``expired`` items in order: each is handled (shown, or its report made) as it is read,
-and the relay is told once per read that everything up to the last is handled (one
-``ack`` for a batch, not one an item), after which it forgets them and sends more. With
-``hold_acks`` the core only says so (``MailboxRead``), after the read's events, and the
-``ack`` waits for ``acknowledge``: the UI calls it once those events are stored.
+what to write to the relay collects in ``data_to_send()``. The core keeps the state,
+answers the relay and hands the rest to its parts: the ``Handshake`` (registering), the
+``Sessions`` (a session with each peer, what arrives decrypted), the ``Directory`` (who
+is online, trust, views), the ``Outbox`` (messages and receipts out), the
+``DeliveryTracker`` (what became of each message sent) and ``MailboxReads`` (what waited
+in our mailbox while we were away, and when to acknowledge it). The asyncio shell in
+connection.py only moves bytes.
 """
 
 from __future__ import annotations
@@ -21,7 +16,6 @@ import time
 from collections.abc import Callable, Collection, Iterator
 from enum import Enum
 
-import nacl.exceptions
 from nacl.public import PrivateKey, PublicKey
 
 from e2echat.client.directory import Directory
@@ -45,15 +39,17 @@ from e2echat.client.events import (  # re-exported: the UI's vocabulary
     SendReport,
     SplitView,
 )
+from e2echat.client.handshake import Handshake
+from e2echat.client.mailbox import MailboxReads
 from e2echat.client.outbox import RECEIPT_INTERVAL, Outbox, receipt_gap
 from e2echat.client.pacing import Pacer
 from e2echat.client.pending import PendingDeliveries
-from e2echat.client.publishing import PrekeyPublisher, signed_prekey
+from e2echat.client.publishing import PrekeyPublisher
 from e2echat.client.receipts import RECEIPT_TIMEOUT, TIMED_OUT, DeliveryReport, DeliveryTracker, Message
 from e2echat.client.relays import RelayTrust
 from e2echat.client.sessions import Sessions
 from e2echat.client.trust import KnownPeers, Trust
-from e2echat.crypto.identity import fingerprint, registration_proof, safety_number
+from e2echat.crypto.identity import safety_number
 from e2echat.crypto.keyring import Keyring
 from e2echat.crypto.session import Party
 from e2echat.errors import CommandError, E2EChatError, LocalProtocolError, RemoteProtocolError
@@ -138,11 +134,6 @@ class ClientCore:
         self.nick = nick
         self.state = ClientState.AWAIT_CHALLENGE
         self._identity = identity
-        self._session_key = session_key
-        self._password = password
-        self._relay_trust = relay_trust or RelayTrust()
-        #: the relay's long-term key, once its challenge was accepted (to pin it)
-        self.relay_key: PublicKey | None = None
         self._clock = clock
         self._wall_clock = wall_clock
         self.keyring = keyring if keyring is not None else Keyring.fresh(nick, identity, wall_clock())
@@ -154,15 +145,13 @@ class ClientCore:
         self._publisher = PrekeyPublisher(
             self.keyring.prekeys, identity, self._write, clock=clock, wall_clock=wall_clock
         )
-        self._arrival_events: list[Event] = []  # while the directory arrives in parts
         ours = Party(nick, identity.public_key, session_key.public_key)
         self._directory = Directory(ours, known_peers if known_peers is not None else KnownPeers(), clock)
         pending = pending if pending is not None else PendingDeliveries()
         self.deliveries = DeliveryTracker(receipt_timeout, pending)
         # The last mailbox item handled, the last said in a MailboxRead, and the last the
         # relay was told of.
-        self._mailbox_seq = self._read_seq = self._acked_seq = -1
-        self._hold_acks = hold_acks
+        self._mailbox = MailboxReads(hold_acks)
         self._sessions = Sessions(nick, self.keyring, self._directory, self.deliveries)
         self._outbox = Outbox(
             nick,
@@ -178,6 +167,21 @@ class ClientCore:
             message_ids=message_ids if message_ids is not None else pending.ids,
             acks_due=self._sessions.acks_due,
             relay=relay_name,
+        )
+        self._handshake = Handshake(
+            nick,
+            identity,
+            session_key,
+            password=password,
+            relay_trust=relay_trust or RelayTrust(),
+            prekeys=self.keyring.prekeys,
+            write=self._write,
+            pacer=self._pacer,
+            publisher=self._publisher,
+            sessions=self._sessions,
+            directory=self._directory,
+            clock=clock,
+            wall_clock=wall_clock,
         )
 
     # -- bytes in, bytes out --------------------------------------------------------------
@@ -223,12 +227,11 @@ class ClientCore:
             # must still hear of it, with the reports of the connection's end.
             self._notices += events
             raise
-        if self._mailbox_seq > self._read_seq:
-            self._read_seq = self._mailbox_seq
-            if self._hold_acks:
-                events.append(MailboxRead(self._mailbox_seq))
+        if (read := self._mailbox.end_of_read()) is not None:
+            if self._mailbox.hold_acks:
+                events.append(MailboxRead(read))
             else:
-                self.acknowledge(self._mailbox_seq)
+                self.acknowledge(read)
         # Receipts owed go when due (asked here once per read, so without a call: the
         # usual answer, in a busy room, is "not yet").
         outbox = self._outbox
@@ -248,8 +251,7 @@ class ClientCore:
         """Every mailbox item up to ``seq`` is handled (and stored): the relay may forget
         them. Ignored if not above what was acknowledged, or above what this connection
         read (a ``MailboxRead`` of an earlier one: the relay sends those items again)."""
-        if self._acked_seq < seq <= self._mailbox_seq:
-            self._acked_seq = seq
+        if self._mailbox.acknowledge(seq):
             self._write(m.Ack(seq))
 
     def ping(self) -> None:
@@ -293,6 +295,11 @@ class ClientCore:
         self.state = ClientState.CLOSED
 
     # -- what the UI reads ------------------------------------------------------------------
+
+    @property
+    def relay_key(self) -> PublicKey | None:
+        """The relay's long-term key, once its challenge was accepted (to pin it)."""
+        return self._handshake.relay_key
 
     @property
     def directory(self) -> dict[str, PeerInfo]:
@@ -394,7 +401,9 @@ class ClientCore:
         if self.state is ClientState.AWAIT_CHALLENGE and isinstance(message, m.Challenge):
             return self._answer_challenge(message)
         if self.state is ClientState.AWAIT_WELCOME and isinstance(message, m.Welcome):
-            return self._welcome(message)
+            self._handshake.welcome(message)
+            self.state = ClientState.AWAIT_DIRECTORY
+            return self._receive_directory(message.peers, message.more)
         if self.state is ClientState.AWAIT_DIRECTORY and isinstance(message, m.Directory):
             return self._receive_directory(message.peers, message.more)
         if self.state is ClientState.ONLINE:
@@ -415,7 +424,7 @@ class ClientCore:
             if isinstance(message, m.Mail):
                 return self._mail(message.seq, message.sender, message.body)
             if isinstance(message, m.Expired):
-                self._mailbox_seq = max(self._mailbox_seq, message.seq)
+                self._mailbox.handle(message.seq)
                 return list(self.deliveries.mailbox_dropped(message.id, message.to, message.reason))
             if isinstance(message, m.Away):
                 self._directory.add_away(message.nicks)
@@ -433,62 +442,22 @@ class ClientCore:
         )
 
     def _mail(self, seq: int, sender: str, body: bytes) -> list[Event]:
-        if seq > self._mailbox_seq:
-            self._mailbox_seq = seq
+        self._mailbox.handle(seq)
         return self._sessions.mail(sender, body)
 
     def _answer_challenge(self, challenge: m.Challenge) -> list[Event]:
-        trust = self._relay_trust
-        if not trust.accepts(challenge.relay_key):
-            # Maybe an impostor at the relay's address: it gets no proof and no password.
+        refused = self._handshake.answer(challenge)
+        if refused is not None:
             self.state = ClientState.CLOSED
-            offered = fingerprint(challenge.relay_key)
-            if trust.fingerprint is not None:
-                return [RelayKeyRefused(offered, trust.fingerprint, given=True)]
-            assert trust.pinned is not None  # with neither, every key is accepted
-            return [RelayKeyRefused(offered, fingerprint(trust.pinned))]
-        self.relay_key = challenge.relay_key
-        if challenge.password_required and self._password is None:
-            self.state = ClientState.CLOSED
-            return [
-                RegistrationFailed(
-                    "password_required",
-                    "this relay needs a password: pass --password-file FILE or set E2ECHAT_RELAY_PASSWORD",
-                )
-            ]
-        password = self._password if challenge.password_required and self._password else b""
-        try:
-            proof, session_proof = registration_proof(self._identity, self._session_key, challenge, password)
-        except nacl.exceptions.CryptoError:
-            raise RemoteProtocolError(detail="the relay's key is invalid") from None
-        identity_public, session_public = self._identity.public_key, self._session_key.public_key
-        prekeys = self.keyring.prekeys
-        prekeys.rotate_if_due(self._identity, self._wall_clock())
-        self._write(
-            m.Register(
-                self.nick, identity_public, session_public, proof, session_proof, signed_prekey(prekeys)
-            )
-        )
+            return [refused]
         self.state = ClientState.AWAIT_WELCOME
         return []
 
-    def _welcome(self, welcome: m.Welcome) -> list[Event]:
-        if welcome.nick != self.nick:
-            raise RemoteProtocolError(detail=f"relay welcomed {welcome.nick!r}, not {self.nick!r}")
-        self._pacer.limit(welcome.rate, welcome.burst, welcome.byte_rate, welcome.byte_burst, self._clock())
-        self.state = ClientState.AWAIT_DIRECTORY
-        self._publisher.welcome(welcome.prekeys)
-        return self._receive_directory(welcome.peers, welcome.more)
-
     def _receive_directory(self, peers: tuple[PeerInfo, ...], more: bool) -> list[Event]:
-        for peer in peers:
-            self._arrival_events.extend(self._sessions.add(peer, refresh=False))
-        if more:
-            return []
-        self.state = ClientState.ONLINE
-        self._directory.refresh_view()  # once, not once per peer: the directory may be thousands long
-        events, self._arrival_events = self._arrival_events, []
-        return [Registered(self.nick, tuple(self.peers)), *events]
+        events = self._handshake.directory(peers, more)
+        if not more:
+            self.state = ClientState.ONLINE
+        return events
 
     def _routed(self, routed: m.Routed) -> list[Event]:
         return list(
