@@ -1,17 +1,9 @@
 """The history in the profile: every message shown, in one SQLite file, each row sealed.
 
-A row is ``number INTEGER PRIMARY KEY, conversation BLOB, message BLOB, sealed BLOB``:
-``sealed`` is a SecretBox (XSalsa20-Poly1305, random nonce) of the entry (ui/transcript.py)
-under the history's seal key; ``conversation`` and ``message`` are keyed hashes
-(``kdf.history_tag``) of the conversation's name and of an own message's id, under the
-index key, so that the last lines of one conversation and the row of one message are found
-without opening every row, and without a name or a word in the clear. Both keys come from
-the identity key (``kdf.history_keys``): whoever can open the identity key file (with its
-passphrase, if it has one) can read the history; nobody else. The entry inside the seal
-names its row number, and its conversation and id are checked against the row's hashes,
-so a row moved, or given another's hashes, does not open. The seal gives confidentiality
-and integrity per row, not freshness: a row deleted, or the file put back to an older
-copy, is not noticed.
+Each row is sealed, and found by keyed hashes, as rows.py says: whoever can open the
+identity key file (with its passphrase, if it has one) can read the history; nobody else.
+The seal gives confidentiality and integrity per row, not freshness: a row deleted, or the
+file put back to an older copy, is not noticed.
 
 Writes leave the event loop as in sealed.py: ``add`` and ``change`` buffer, ``save_soon``
 hands the buffer to a worker thread that seals it and commits it in one transaction. A
@@ -35,15 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-import nacl.bindings
-import nacl.exceptions
 from nacl.public import PrivateKey
-from nacl.secret import SecretBox
 
-from e2echat.crypto.kdf import history_keys, history_tag
 from e2echat.errors import KeyFileError, LocalProtocolError
+from e2echat.store.rows import HistoryRows, writes_for
 from e2echat.store.sealed import database_problem, open_private_database
-from e2echat.ui.transcript import Change, Entry, StateChange, decode_entry, encode_entry
+from e2echat.ui.transcript import Change, Entry, StateChange, encode_entry
 
 log = logging.getLogger("e2echat.store.history")
 
@@ -63,10 +52,6 @@ _SCHEMA = (
     "CREATE TABLE conversations (conversation BLOB PRIMARY KEY, last INTEGER NOT NULL)",
 )
 _ROW = "SELECT number, conversation, message, sealed FROM history"
-_NONCE = SecretBox.NONCE_SIZE
-# Conversations whose tags are kept computed: more than anyone talks in; past it, the
-# cache starts again (a tag costs a keyed hash: a few microseconds a row otherwise).
-_TAGS_CACHED = 4096
 
 T = TypeVar("T")
 
@@ -89,10 +74,7 @@ class HistoryStore:
         self.path = path
         self.limit = limit
         self._read_only = read_only
-        seal_key, self._index_key = history_keys(bytes(identity))
-        self._box = SecretBox(seal_key)
-        self._seal_key = seal_key  # for sealing many rows at once (``_seal_all``)
-        self._conversation_tags: dict[str, bytes] = {}  # the worker's
+        self._rows = HistoryRows(identity)  # the worker's
         self._worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="history")
         self._connection: sqlite3.Connection | None = None  # the worker's alone
         self._lock = threading.Lock()  # over _pending and _queued: the loop adds, the worker takes
@@ -206,20 +188,6 @@ class HistoryStore:
 
     # -- in the worker thread -----------------------------------------------------------------
 
-    def _tag(self, prefix: bytes, name: str | int) -> bytes:
-        return history_tag(self._index_key, prefix + str(name).encode("utf-8"))
-
-    def _conversation_tag(self, conversation: str) -> bytes:
-        tag = self._conversation_tags.get(conversation)
-        if tag is None:
-            if len(self._conversation_tags) >= _TAGS_CACHED:
-                self._conversation_tags.clear()
-            tag = self._conversation_tags[conversation] = self._tag(b"c", conversation)
-        return tag
-
-    def _message_tag(self, message_id: int | None) -> bytes | None:
-        return None if message_id is None else self._tag(b"m", message_id)
-
     def _connect(self) -> None:
         if self.path is None:
             connection = sqlite3.connect(":memory:", isolation_level=None)
@@ -239,14 +207,14 @@ class HistoryStore:
                 connection.execute("BEGIN IMMEDIATE")
                 for statement in _SCHEMA:
                     connection.execute(statement)
-                check = bytes(self._box.encrypt(_CHECK))
+                check = self._rows.seal(_CHECK)
                 connection.execute("INSERT INTO meta VALUES ('check', ?)", (check,))
                 connection.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
                 connection.execute("COMMIT")
             elif version != _SCHEMA_VERSION:
                 raise self._problem("it was made by a newer e2echat" if version else "it is not a history")
             (check,) = connection.execute("SELECT value FROM meta WHERE name = 'check'").fetchone()
-            if self._open(check) != _CHECK:
+            if self._rows.open(check) != _CHECK:
                 raise self._problem("it is sealed with another identity key, or damaged")
             (last,) = connection.execute("SELECT MAX(number) FROM history").fetchone()
             self._next = (last or 0) + 1
@@ -264,14 +232,6 @@ class HistoryStore:
 
     def _database_problem(self, exc: sqlite3.Error) -> KeyFileError:
         return database_problem(self.path or Path(":memory:"), exc)
-
-    def _open(self, sealed: object) -> bytes | None:
-        if not isinstance(sealed, bytes):
-            return None
-        try:
-            return self._box.decrypt(sealed)
-        except (nacl.exceptions.CryptoError, ValueError):
-            return None  # too short to hold a nonce, or it does not authenticate
 
     def _finish(self) -> None:
         try:
@@ -307,31 +267,15 @@ class HistoryStore:
     def _commit(self, batch: list[Change]) -> None:
         connection = self._connection
         assert connection is not None
-        # New rows, numbered on; a state change for one of them is made before it is sealed.
-        rows: dict[int, Entry] = {}
-        numbered: dict[int, int] = {}  # message id -> its new row's number
-        # For rows written before, in the order they came: each merges into the last.
-        changes: dict[int, list[StateChange]] = {}
-        number = self._next
-        for change in batch:
-            if isinstance(change, Entry):
-                rows[number] = change
-                if change.message_id is not None:
-                    numbered[change.message_id] = number
-                number += 1
-            elif change.message_id in numbered:
-                row = numbered[change.message_id]
-                rows[row] = change.apply(rows[row])
-            else:
-                changes.setdefault(change.message_id, []).append(change)
+        writes = writes_for(batch, self._next)
         try:
             if connection.in_transaction:  # one a failed ROLLBACK left open
                 connection.execute("ROLLBACK")
             connection.execute("BEGIN IMMEDIATE")
             try:
-                new_rows = self._rows(rows)
+                new_rows = self._rows.rows(writes.rows)
                 connection.executemany("INSERT INTO history VALUES (?, ?, ?, ?)", new_rows)
-                for message_changes in changes.values():
+                for message_changes in writes.changes.values():
                     self._change(connection, message_changes)
                 # The newest row of each conversation written: the last one wins.
                 last = {conversation: row for row, conversation, _, _ in new_rows}
@@ -340,7 +284,7 @@ class HistoryStore:
                     " ON CONFLICT (conversation) DO UPDATE SET last = excluded.last",
                     list(last.items()),
                 )
-                oldest = number - self.limit  # rows below it go: the newest ``limit`` stay
+                oldest = writes.next - self.limit  # rows below it go: the newest ``limit`` stay
                 connection.execute("DELETE FROM history WHERE number < ?", (oldest,))
                 connection.execute("DELETE FROM conversations WHERE last < ?", (oldest,))
                 connection.execute("COMMIT")
@@ -350,58 +294,23 @@ class HistoryStore:
                 raise
         except sqlite3.Error as exc:
             raise self._database_problem(exc) from None
-        self._next = number
-
-    def _rows(self, entries: dict[int, Entry]) -> list[tuple[int, bytes, bytes | None, bytes]]:
-        """The rows to insert for ``entries`` (by number), each sealed."""
-        sealed = self._seal_all([encode_entry(number, entry) for number, entry in entries.items()])
-        tag, message_tag = self._conversation_tag, self._message_tag
-        return [
-            (number, tag(entry.conversation), message_tag(entry.message_id), seal)
-            for (number, entry), seal in zip(entries.items(), sealed, strict=True)
-        ]
-
-    def _seal_all(self, plaintexts: list[bytes]) -> list[bytes]:
-        """Each of ``plaintexts`` sealed as ``SecretBox.encrypt`` seals it (nonce, then
-        the box), under a random nonce of its own: the nonces drawn in one call, and the
-        boxes made without an object each, for a drain of thousands of rows."""
-        nonces = nacl.bindings.randombytes(_NONCE * len(plaintexts))
-        seal, key = nacl.bindings.crypto_secretbox_easy, self._seal_key
-        return [
-            nonces[at : at + _NONCE] + seal(plaintext, nonces[at : at + _NONCE], key)
-            for at, plaintext in zip(range(0, len(nonces), _NONCE), plaintexts, strict=True)
-        ]
+        self._next = writes.next
 
     def _change(self, connection: sqlite3.Connection, changes: list[StateChange]) -> None:
         """Seal ``changes`` (of one message) into the newest row of our message with its
         id, if that opens."""
-        tag = self._message_tag(changes[0].message_id)
+        tag = self._rows.message_tag(changes[0].message_id)
         found = connection.execute(
             f"{_ROW} WHERE message = ? ORDER BY number DESC LIMIT 1", (tag,)
         ).fetchone()
-        entry = None if found is None else self._entry(*found)
+        entry = None if found is None else self._rows.entry(*found)
         if entry is None:
             return  # pruned, never recorded (--no-log before a restart), or damaged
         number = found[0]
         for change in changes:
             entry = change.apply(entry)
-        sealed = bytes(self._box.encrypt(encode_entry(number, entry)))
+        sealed = self._rows.seal(encode_entry(number, entry))
         connection.execute("UPDATE history SET sealed = ? WHERE number = ?", (sealed, number))
-
-    def _entry(self, number: int, conversation: bytes, message: bytes | None, sealed: bytes) -> Entry | None:
-        """The row's entry; None if it does not open or is not this row's."""
-        opened = self._open(sealed)
-        if opened is None:
-            return None
-        try:
-            entry = decode_entry(number, opened)
-        except ValueError:
-            return None
-        if self._conversation_tag(entry.conversation) != conversation:
-            return None
-        if self._message_tag(entry.message_id) != message:
-            return None
-        return entry
 
     def _read(self, query: str, *args: object) -> Iterator[Entry | None]:
         self._write_buffered()
@@ -409,7 +318,7 @@ class HistoryStore:
         assert connection is not None
         try:
             for row in connection.execute(query, args):
-                yield self._entry(*row)
+                yield self._rows.entry(*row)
         except sqlite3.Error as exc:
             raise self._database_problem(exc) from None
 
@@ -433,7 +342,7 @@ class HistoryStore:
     def _recent(self, conversation: str | None, count: int) -> Lines:
         if conversation is None:
             return self._lines(self._read(f"{_ROW} ORDER BY number DESC LIMIT ?", count), True)
-        tag = self._conversation_tag(conversation)
+        tag = self._rows.conversation_tag(conversation)
         query = f"{_ROW} WHERE conversation = ? ORDER BY number DESC LIMIT ?"
         return self._lines(self._read(query, tag, count), True)
 
@@ -479,4 +388,4 @@ class HistoryStore:
             raise self._database_problem(exc) from None
         if not rows:
             return Lines(), 0
-        return self._lines(iter([self._entry(*row) for row in rows]), False), rows[-1][0]
+        return self._lines(iter([self._rows.entry(*row) for row in rows]), False), rows[-1][0]
