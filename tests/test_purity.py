@@ -51,6 +51,7 @@ PURE = sorted(
         "ui.commands",
         "ui.render",
         "ui.transcript",
+        "ui.verifying",
     ]
 )
 SUBPACKAGES = {"wire", "crypto", "relay", "client", "store", "ui"}

@@ -6,7 +6,6 @@ which gets each line to show with its style (render.py decides both).
 from __future__ import annotations
 
 import asyncio
-import hmac
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
@@ -22,8 +21,6 @@ from e2echat.client.events import (
     NotSent,
 )
 from e2echat.client.receipts import RECEIPT_TIMEOUT
-from e2echat.client.trust import Trust
-from e2echat.crypto.identity import format_safety_number, same_fingerprint
 from e2echat.errors import CommandError, E2EChatError, RelayGone
 from e2echat.store.history import HistoryStore, Lines
 from e2echat.ui import commands, transcript
@@ -40,6 +37,7 @@ from e2echat.ui.render import (
     render,
     who_entry,
 )
+from e2echat.ui.verifying import KeyChecks
 
 # How long, after the user is done, to wait for everything sent to be accounted for: a
 # little longer than a receipt may take, so that a missing one is reported, not cut off.
@@ -115,9 +113,7 @@ class Chat:
         self.refused = False
         #: a message was reported NOT delivered to someone
         self.undelivered = False
-        # nick -> the fingerprint of the key last put before the user (in a KEY CHANGED
-        # warning, or with a safety number): the only key /trust accepts for that nick.
-        self._shown_keys: dict[str, str] = {}
+        self._keys = KeyChecks(lambda: self.link.core, self.show)  # /verify and /trust
         self._lookups: set[asyncio.Task[None]] = set()  # /history and /search, reading
 
     def notice(self, text: str) -> None:
@@ -174,9 +170,9 @@ class Chat:
         elif isinstance(command, commands.Quit):
             return False
         elif isinstance(command, commands.Verify):
-            self._verify(command.nick, command.digits)
+            self._keys.verify(command.nick, command.digits)
         elif isinstance(command, commands.TrustPeer):
-            self._trust(command.nick, command.fingerprint)
+            self._keys.trust(command.nick, command.fingerprint)
         elif isinstance(command, commands.Untrust):
             core.set_verified(command.nick, False)
             self.notice(f"{command.nick} is no longer marked verified")
@@ -280,80 +276,6 @@ class Chat:
                 "left out"
             )
 
-    def _verify(self, nick: str, digits: str | None) -> None:
-        core = self.link.core
-        number = core.safety_number(nick)
-        if digits is None:
-            self._show_number(nick, number)
-            return
-        if not (digits.isascii() and digits.isdigit()) or len(digits) != len(number):
-            raise CommandError(detail=f"a safety number has {len(number)} digits; that was not one")
-        if not hmac.compare_digest(digits, number):
-            self.problem(
-                f"the safety number does NOT match: the key you see for {nick} is not the one {nick} "
-                "sees for you, or you compared the wrong numbers. Do not trust it until you know why."
-            )
-            return
-        # The number was made from the key the directory shows now: that key is the one to take.
-        key = core.key_fingerprint(nick)
-        if core.trust(nick) is Trust.CHANGED:
-            core.accept_key(nick, key)
-        core.set_verified(nick, True, key_fingerprint=key)
-        self._shown_keys.pop(nick, None)
-        self.notice(f"the safety numbers match: {nick} is now verified")
-
-    def _show_number(self, nick: str, number: str) -> None:
-        self._shown_keys[nick] = self.link.core.key_fingerprint(nick)
-        self.notice(f"your safety number with {nick}: {format_safety_number(number)}")
-        self.notice(
-            f"compare it with {nick} in person or on a call (read it aloud); if it matches, "
-            f"type /trust {nick}, or paste the number {nick} reads you: /verify {nick} NUMBER"
-        )
-
-    def _trust(self, nick: str, fingerprint: str | None) -> None:
-        """Accept or verify the key the user was shown (or gave): never another one the
-        relay announced meanwhile (issue 16)."""
-        core = self.link.core
-        key = core.key_fingerprint(nick)
-        state = core.trust(nick)
-        if state is Trust.VERIFIED:
-            if fingerprint is not None and not same_fingerprint(key, fingerprint):
-                self.problem(f"{nick}'s verified key has the fingerprint {key}, not {fingerprint}")
-            else:
-                self.notice(f"{nick} is already verified")
-            return
-        shown = fingerprint or self._shown_keys.get(nick)
-        if shown is None or not same_fingerprint(key, shown):
-            if fingerprint is not None:
-                self.problem(f"nothing accepted: {nick}'s key has the fingerprint {key}, not {fingerprint}")
-            elif shown is None:
-                self.problem(f"nothing accepted: compare {nick}'s key first, then /trust {nick} again")
-            else:
-                self.problem(
-                    f"nothing accepted: {nick}'s key changed again since you were shown it; "
-                    f"this is the key {nick} has now:"
-                )
-            self._show_key(nick)
-            return
-        if state is Trust.CHANGED:
-            core.accept_key(nick, shown)
-            self.notice(
-                f"accepted {nick}'s new key; it is unverified: compare safety numbers (/verify {nick})"
-            )
-        else:
-            core.set_verified(nick, True, key_fingerprint=shown)
-            self.notice(f"{nick} is now marked verified")
-        self._shown_keys.pop(nick, None)  # a second /trust needs another look
-
-    def _show_key(self, nick: str) -> None:
-        """Put ``nick``'s key now before the user: its KEY CHANGED warning, if it is not
-        the pinned one, or else the safety number to compare."""
-        warning = self.link.core.key_changed(nick)
-        if warning is not None:
-            self.show(warning)
-        else:
-            self._show_number(nick, self.link.core.safety_number(nick))
-
     def show(self, event: Shown) -> None:
         """Show one event: its lines, each with the look its type gives it."""
         if isinstance(event, MailboxRead):
@@ -364,7 +286,7 @@ class Chat:
         elif isinstance(event, DeliveryReport) and event.failed:
             self.undelivered = True
         if isinstance(event, KeyChanged):
-            self._shown_keys[event.nick] = event.new_fingerprint
+            self._keys.shown[event.nick] = event.new_fingerprint
         self._record(transcript.record(event, self.clock()))
         if self.json:
             for text in json_lines(event):
