@@ -3,7 +3,8 @@ keep the connection alive.
 
 ``Connection`` is one connection. It hands each event from the core to ``publish``, as
 soon as the bytes that caused it are read, and a final ``Disconnected`` says why it
-ended. Nothing here decides anything about the protocol. (Reconnecting is reconnect.py's.)
+ended. Nothing here decides anything about the protocol, not even how registering went
+(handshake.py says). (Reconnecting is reconnect.py's.)
 """
 
 from __future__ import annotations
@@ -23,10 +24,9 @@ from e2echat.client.events import (
     Disconnected,
     Event,
     Registered,
-    RegistrationFailed,
     RelayClosing,
-    RelayKeyRefused,
 )
+from e2echat.client.handshake import registration_outcome
 from e2echat.client.pending import PendingDeliveries
 from e2echat.client.receipts import RECEIPT_TIMEOUT
 from e2echat.client.relays import RelayTrust
@@ -36,10 +36,8 @@ from e2echat.crypto.keyring import Keyring
 from e2echat.errors import (
     E2EChatError,
     KeyFileError,
-    RegistrationRefused,
     RelayGone,
     RelayUnreachable,
-    UntrustedRelayKey,
 )
 from e2echat.store.pins import PinFile
 from e2echat.store.sessions import SessionFile
@@ -218,29 +216,14 @@ class Connection:
         self._relay_closing |= any(isinstance(event, RelayClosing) for event in events)
         registration = self._registration
         if registration is not None and not registration.done():
-            for index, event in enumerate(events):
-                if isinstance(event, RegistrationFailed):
-                    error = RegistrationRefused(nick=self.nick, detail=event.text, code=event.code)
-                    registration.set_exception(error)
-                    return
-                if isinstance(event, RelayKeyRefused):
-                    registration.set_exception(
-                        UntrustedRelayKey(
-                            host=self.host,
-                            port=self.port,
-                            offered=event.offered,
-                            expected=event.expected,
-                            given=event.given,
-                        )
-                    )
-                    return
-                if isinstance(event, Registered):
-                    self._registered = True
-                    registration.set_result(event)
-                    events = events[index:]
-                    break
-            else:
+            outcome, events = registration_outcome(events, self.nick, self.host, self.port)
+            if outcome is None:
                 return  # still registering
+            if not isinstance(outcome, Registered):
+                registration.set_exception(outcome)
+                return
+            self._registered = True
+            registration.set_result(outcome)
         self._publish(events)
 
     def _lost(self) -> None:

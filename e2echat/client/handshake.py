@@ -5,7 +5,8 @@ with a ``register`` that proves we hold our keys (and carries the password, if t
 asks for one). A relay whose key we do not trust gets no proof and no password. Then the
 ``welcome`` sets the rates we send at, and the directory of who is online arrives, in
 one part or several; once it is all there, the client is registered. ``ClientCore``
-keeps the state and hands each of these messages here.
+keeps the state and hands each of these messages here; ``registration_outcome`` tells
+the connection (connection.py) how it went.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from e2echat.client.relays import RelayTrust
 from e2echat.client.sessions import Sessions
 from e2echat.crypto.identity import fingerprint, registration_proof
 from e2echat.crypto.prekeys import OurPrekeys
-from e2echat.errors import RemoteProtocolError
+from e2echat.errors import E2EChatError, RegistrationRefused, RemoteProtocolError, UntrustedRelayKey
 from e2echat.wire import messages as m
 from e2echat.wire.objects import PeerInfo
 
@@ -114,3 +115,22 @@ class Handshake:
         self._directory.refresh_view()  # once, not once per peer: the directory may be thousands long
         events, self._arrival_events = self._arrival_events, []
         return [Registered(self.nick, tuple(self._directory.nicks())), *events]
+
+
+def registration_outcome(
+    events: list[Event], nick: str, host: str, port: int
+) -> tuple[Registered | E2EChatError | None, list[Event]]:
+    """How registering went, as far as a read's ``events`` tell: ``Registered`` with the
+    events from it on (those before it are not news to anyone); the error the user sees
+    if the relay refused us or we refused its key; or None while it goes on."""
+    for index, event in enumerate(events):
+        if isinstance(event, RegistrationFailed):
+            return RegistrationRefused(nick=nick, detail=event.text, code=event.code), []
+        if isinstance(event, RelayKeyRefused):
+            refused = UntrustedRelayKey(
+                host=host, port=port, offered=event.offered, expected=event.expected, given=event.given
+            )
+            return refused, []
+        if isinstance(event, Registered):
+            return event, events[index:]
+    return None, []
