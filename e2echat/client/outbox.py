@@ -49,6 +49,7 @@ from e2echat.wire.codec import encode_message
 from e2echat.wire.fastpath import encode_send, envelope_head, send_frame
 from e2echat.wire.framing import MAX_FRAME, encode_frame
 from e2echat.wire.grammar import FETCH_CHARGE, MAX_BODY, MAX_FETCH, MAX_ITEMS, is_utf8
+from e2echat.wire.objects import Bundle
 
 # What the envelopes of one frame may take, by envelope_size: the rest of MAX_FRAME is
 # for the frame's own head (10 bytes), and to spare.
@@ -497,7 +498,7 @@ def _meant_for(copy: _Waiting) -> bytes | None:
     return None if copy.identity_key is None else bytes(copy.identity_key)
 
 
-def _prekey_bundle(bundle: m.Bundle) -> PrekeyBundle:
+def _prekey_bundle(bundle: Bundle) -> PrekeyBundle:
     """The relay's bundle as X3DH takes it (checked by ``PeerSession.start``)."""
     one_time = bundle.one_time[0] if bundle.one_time else None
     return PrekeyBundle(

@@ -48,7 +48,6 @@ from e2echat.wire.messages import (
     Error,
     Fetch,
     Message,
-    PeerInfo,
     PeerJoined,
     PeerLeft,
     Ping,
@@ -57,6 +56,7 @@ from e2echat.wire.messages import (
     Publish,
     Register,
 )
+from e2echat.wire.objects import PeerInfo
 
 # The actions are the core's answers: its users take them from here.
 __all__ = ["Action", "Close", "ConnId", "Persist", "RelayCore", "Write"]

@@ -44,7 +44,7 @@ from e2echat.relay.store import (
     Snapshot,
 )
 from e2echat.wire.fastpath import encode_nick
-from e2echat.wire.messages import OneTimePrekey, SignedPrekey
+from e2echat.wire.objects import OneTimePrekey, SignedPrekey
 
 #: the one room there is until rooms come in their own issue
 LOBBY = "#lobby"

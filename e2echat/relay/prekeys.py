@@ -27,7 +27,8 @@ from nacl.public import PublicKey
 
 from e2echat.relay.limits import Limits
 from e2echat.relay.store import StoredBundle
-from e2echat.wire.messages import Bundle, Bundles, OneTimePrekey, SignedPrekey
+from e2echat.wire.messages import Bundles
+from e2echat.wire.objects import Bundle, OneTimePrekey, SignedPrekey
 
 # One one-time prekey as stored: its id (4 bytes, big-endian) then its key. Held in one
 # bytearray per identity, oldest first: a bytes object or a dataclass per key would cost

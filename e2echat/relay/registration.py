@@ -16,7 +16,8 @@ from e2echat.crypto.identity import opened_identity_proof, session_proof_verifie
 from e2echat.wire.fastpath import encode_away, encode_directory, encode_welcome
 from e2echat.wire.framing import encode_frame
 from e2echat.wire.grammar import skeleton
-from e2echat.wire.messages import PeerInfo, Register
+from e2echat.wire.messages import Register
+from e2echat.wire.objects import PeerInfo
 
 # Directory entries per frame: about 140 bytes each on the wire, so 2,000 make ~280 KiB.
 DIRECTORY_CHUNK = 2000

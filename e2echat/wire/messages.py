@@ -60,15 +60,7 @@ from e2echat.wire.grammar import (
     check_time,
     require,
 )
-from e2echat.wire.objects import Bundle as Bundle
-from e2echat.wire.objects import Envelope
-from e2echat.wire.objects import OneTimePrekey as OneTimePrekey
-from e2echat.wire.objects import PeerInfo as PeerInfo
-from e2echat.wire.objects import SignedPrekey as SignedPrekey
-
-# The four named "as" themselves are still imported from here by relay/ and
-# client/outbox.py, which other work is changing at the moment: they move to objects.py
-# with that work, and those four imports become plain ones.
+from e2echat.wire.objects import Bundle, Envelope, OneTimePrekey, PeerInfo, SignedPrekey
 
 
 class Message(Record):
