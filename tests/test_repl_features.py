@@ -205,7 +205,19 @@ async def test_up_brings_back_messages_sent_in_an_earlier_session(tmp_path: Path
                 pipe.send_text("\x1b[A\r")
                 got = await bob.next(MessageReceived)
                 assert (got.text, got.private) == ("and me", True)
-                pipe.send_text("\x1b[A\x1b[A\x1b[A\r")  # past the one just sent, and "and me"
+                # Up, one press at a time, past the one just sent and "and me": the prompt
+                # reloads its history in the background after each line, so each press
+                # waits to be seen.
+                for _ in range(6):
+                    before = buffer.text
+                    pipe.send_text("\x1b[A")
+                    for _ in range(100):
+                        if buffer.text != before:
+                            break
+                        await asyncio.sleep(0.01)
+                    if buffer.text == "remember me":
+                        break
+                pipe.send_text("\r")
                 assert (await bob.next(MessageReceived)).text == "remember me"
         finally:
             store.close()
