@@ -328,3 +328,22 @@ def test_an_endless_away_list_is_a_protocol_error() -> None:
         for part in range(MAX_AWAY // 10_000 + 1):
             nicks = tuple(f"n{part}x{number}" for number in range(10_000))
             wire.clients[alice].receive_data(_frame(m.Away(nicks, more=True)))
+
+
+def test_a_relay_that_says_it_keeps_copies_not_yet_sent_is_not_believed() -> None:
+    """Two room messages to erin (away, never met) wait for her bundle, unnumbered; a lying
+    relay answers ``queued`` for both at once, then expires both: nothing is kept for
+    copies never sent, and the notices find nothing to crash on."""
+    wire, alice, _, alice_conn, bob_conn = _two_who_met()
+    wire.hang_up(bob_conn)
+    wire.take_all()
+    core = wire.clients[alice_conn]
+    wire.deliver(alice_conn, _frame(m.Away(("erin",))))
+    first, second = core.send_room("first to erin"), core.send_room("second to erin")
+    core.data_to_send()
+    for message_id in (first, second):
+        wire.deliver(alice_conn, _frame(m.Routed(message_id, (), queued=("bob", "erin"))))
+    assert {(copy.message_id, copy.nick) for copy in alice.pending} == {(first, "bob"), (second, "bob")}
+    expired = [m.Expired(1, first, "erin", "expired"), m.Expired(2, second, "erin", "expired")]
+    wire.deliver(alice_conn, b"".join(_frame(notice) for notice in expired))
+    assert not [e for e in wire.take(alice_conn, receipts=True) if isinstance(e, DeliveryReport) and e.failed]

@@ -79,6 +79,29 @@ def test_the_oldest_copy_goes_beyond_the_limit() -> None:
     assert set(PendingDeliveries.from_rows(_saved(pending))) == {_copy(2, counter=2), _copy(3, counter=3)}
 
 
+def test_a_copy_under_a_number_already_kept_for_its_recipient_is_refused() -> None:
+    pending = PendingDeliveries()
+    assert pending.add(_copy(1, "bob", 7)) == []
+    assert pending.add(_copy(2, "bob", 7)) == [_copy(2, "bob", 7)]
+    assert pending.add(_copy(3, "bob", -1)) == [_copy(3, "bob", -1)]  # never numbered: never sent
+    assert list(pending) == [_copy(1, "bob", 7)]
+    assert pending.drop(2, "bob") is None
+    assert pending.confirmed("bob", 7) == _copy(1, "bob", 7)
+
+
+def test_rows_of_copies_sharing_a_number_can_each_be_dropped() -> None:
+    """Saved by an older version, which kept such copies: both come back, the first
+    answers the receipt, and each can still be dropped by the relay's notice."""
+    pending = PendingDeliveries()
+    pending.add(_copy(1, "bob", 7))
+    rows = _saved(pending)
+    rows["pending:2:bob"] = rows["pending:1:bob"]
+    again = PendingDeliveries.from_rows(rows)
+    assert again.drop(2, "bob") is not None
+    assert again.confirmed("bob", 7) == _copy(1, "bob", 7)
+    assert again.drop(1, "bob") is None and not again
+
+
 def test_a_damaged_row_is_dropped_not_the_rest() -> None:
     pending = PendingDeliveries()
     pending.add(_copy(1))

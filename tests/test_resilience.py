@@ -13,7 +13,7 @@ from nacl.public import PrivateKey
 
 from e2echat.client.connection import Connection
 from e2echat.client.core import MessageReceived, PeerJoined, PeerLeft, Registered, RelayError
-from e2echat.client.events import ConnectionLost, NotSent, Queued, Reconnecting
+from e2echat.client.events import ConnectionLost, Disconnected, NotSent, Queued, Reconnecting
 from e2echat.client.receipts import LEFT, NOT_KNOWN, REFUSED, TIMED_OUT, DeliveryReport
 from e2echat.errors import RegistrationRefused
 from e2echat.relay.server import Relay
@@ -413,3 +413,24 @@ async def test_a_thousand_concurrent_connections() -> None:
         while relay.core.online.keys() != {"alice", "bob"}:
             await alice.next(PeerLeft)
     assert time.monotonic() - started < 170
+
+
+async def test_a_bug_in_handling_the_relay_ends_the_connection_in_one_line_not_a_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Whatever handling a frame raises, asyncio never gets it (it would print a traceback
+    and keep a connection whose state is broken): the connection ends, saying why."""
+    async with running_relay() as relay:
+        alice = await connect(relay, "alice")
+
+        def broken(data: bytes) -> list[object]:
+            raise KeyError(("erin", -1))
+
+        alice.connection.core.receive_data = broken  # type: ignore[method-assign,assignment]
+        with caplog.at_level(logging.ERROR):
+            bob = await connect(relay, "bob")  # alice hears of him, and fails
+            gone = await alice.next(Disconnected)
+        assert "internal error: KeyError: ('erin', -1)" in gone.detail
+        assert not caplog.records
+        await bob.connection.close()
+        await alice.connection.close()

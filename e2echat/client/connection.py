@@ -36,6 +36,7 @@ from e2echat.crypto.keyring import Keyring
 from e2echat.errors import (
     E2EChatError,
     KeyFileError,
+    LocalProtocolError,
     RelayGone,
     RelayUnreachable,
 )
@@ -56,6 +57,12 @@ TICK = 0.2
 # to go before we hang up anyway.
 CLOSE_DRAIN = 2.0
 _LOST = "the connection was lost before it was confirmed (it may still have arrived)"
+
+
+def _internal_error(exc: Exception) -> str:
+    """Why a connection ends on a bug of ours: one line (the traceback is logged at debug)."""
+    error = LocalProtocolError(detail=f"{type(exc).__name__}: {exc}")
+    return f"e2echat could not go on ({error}); please report it"
 
 
 class _Link(BufferedLink):
@@ -210,6 +217,12 @@ class Connection:
             if self._transport is not None:
                 self._transport.abort()
             return
+        except Exception as exc:  # a bug of ours: one line for the user, not asyncio's traceback
+            log.debug("handling what the relay sent failed", exc_info=True)
+            self._broken = self._dead = _internal_error(exc)
+            if self._transport is not None:
+                self._transport.abort()
+            return
         finally:
             self._save()  # pins and sessions changed by this batch, even one that failed
         self._flush()
@@ -233,10 +246,12 @@ class Connection:
             detail = self._broken or "it closed the connection"
             registration.set_exception(RelayGone(host=self.host, port=self.port, detail=detail))
             return
-        if self._broken:
+        if self._dead:
+            detail = self._dead
+        elif self._broken:
             detail = f"it broke the protocol ({self._broken})"
         else:
-            detail = self._dead or ("it shut down" if self._relay_closing else "it closed the connection")
+            detail = "it shut down" if self._relay_closing else "it closed the connection"
         abandoned = self.core.abandon(_LOST)
         self._close_transport()
         if not self._registered:
@@ -265,6 +280,9 @@ class Connection:
                 self._flush()
             except E2EChatError as exc:  # a bug or a broken state: end this connection, loudly
                 self._dead = f"it could not go on ({exc})"
+            except Exception as exc:  # a bug of ours: the same, in one line, not a traceback
+                log.debug("a tick of the connection failed", exc_info=True)
+                self._dead = _internal_error(exc)
             if not self._dead and now - self._heard_at >= 2 * self.keepalive + interval:
                 self._dead = f"no answer from it for {2 * self.keepalive:g}s"
             if self._dead and self._transport is not None:

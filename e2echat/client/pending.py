@@ -27,8 +27,8 @@ NUMBERS_ROW = "message-ids"
 # Ids reserved at a time: one row written per block, not per message.
 ID_BLOCK = 1024
 # Copies kept waiting, at most: the relay's default mailbox holds 1,000 messages, so this
-# is a full mailbox each for a hundred people. Beyond it, the oldest is forgotten: its
-# receipt, if it ever comes, is not reported (the log says so when it is dropped).
+# is a full mailbox each for a hundred people. Beyond it, the oldest is forgotten: ``add``
+# hands it back, for its sender to hear that it is no longer followed.
 MAX_PENDING = 100_000
 
 # counter, private, queued_at (our clock), then the preview in UTF-8
@@ -87,9 +87,16 @@ class PendingDeliveries:
     def __iter__(self) -> Iterator[PendingCopy]:
         return iter(list(self._copies.values()))
 
-    def add(self, copy: PendingCopy) -> None:
+    def add(self, copy: PendingCopy) -> list[PendingCopy]:
+        """Keep ``copy``. Returns the copies not kept: ``copy`` itself, refused, if another
+        copy for its recipient is kept under its counter (a receipt for that number could
+        not say which it confirms) or it has no counter at all (it was never sent)."""
         key = (copy.message_id, copy.nick)
         self.drop(copy.message_id, copy.nick)
+        other = self._by_counter.get((copy.nick, copy.counter))
+        if other is not None or copy.counter < 0:
+            log.warning("not following message %d to %s: its number is not its own", *_name(copy))
+            return [copy]
         self._copies[key] = copy
         self._by_counter[(copy.nick, copy.counter)] = copy
         self._dirty.add(key)
@@ -98,6 +105,7 @@ class PendingDeliveries:
             oldest = next(iter(self._copies.values()))
             log.warning("forgot message %d to %s, waiting since long: too many waiting", *_name(oldest))
             self.drop(oldest.message_id, oldest.nick)
+        return []
 
     def confirmed(self, nick: str, counter: int) -> PendingCopy | None:
         """``nick``'s receipt for ``counter``: the copy it confirms (no longer kept), if any."""
@@ -113,7 +121,8 @@ class PendingDeliveries:
         copy = self._copies.pop(key, None)
         if copy is None:
             return None
-        del self._by_counter[(nick, copy.counter)]
+        if self._by_counter.get((nick, copy.counter)) is copy:  # rows saved by older versions may share one
+            del self._by_counter[(nick, copy.counter)]
         self._dirty.discard(key)
         self._deleted.add(_row_name(*key))
         return copy
@@ -156,7 +165,7 @@ class PendingDeliveries:
         for copy in sorted(copies, key=lambda c: (c.queued_at, c.message_id, c.nick)):
             key = (copy.message_id, copy.nick)
             pending._copies[key] = copy
-            pending._by_counter[(copy.nick, copy.counter)] = copy
+            pending._by_counter.setdefault((copy.nick, copy.counter), copy)
         return pending
 
 

@@ -32,6 +32,8 @@ MAILBOX_FULL = "mailbox full"
 REFUSED = "refused by the relay (too many messages, or they are not keeping up)"
 TIMED_OUT = "no receipt"
 LEFT = "left before confirming"
+# A copy the relay says it keeps, whose number another copy waiting for them already has.
+NUMBER_TAKEN = "not followed: another message waiting for them has its number"
 # The counter of a copy not yet numbered: one for someone away, whose session (and so its
 # numbering) their prekey bundle decides. See ``DeliveryTracker.numbered``.
 UNNUMBERED = -1
@@ -170,23 +172,35 @@ class DeliveryTracker:
         failures += [(nick, MAILBOX_FULL) for nick in full]
         return reports + self._fail(message_id, failures)
 
-    def _queued(self, message_id: int, nicks: tuple[str, ...], now: float) -> list[MessageQueued]:
+    def _queued(
+        self, message_id: int, nicks: tuple[str, ...], now: float
+    ) -> list[MessageQueued | DeliveryReport]:
         """The copies for ``nicks`` wait in their mailboxes: kept in ``pending`` from now on."""
         message = self._unconfirmed.get(message_id)
         if message is None:
             return []
         moved = []
+        refused: list[DeliveryReport] = []
         for nick in nicks:
-            counter = message.waiting.pop(nick, None)
-            if counter is None:
-                continue
+            counter = message.waiting.get(nick)
+            if counter is None or counter == UNNUMBERED:
+                continue  # not sent (yet): the relay cannot keep what it never had
+            del message.waiting[nick]
             self._by_copy.pop((nick, counter), None)
             message.queued.append(nick)
             moved.append(nick)
-            self.pending.add(PendingCopy(message_id, nick, counter, message.private, message.preview, now))
+            copy = PendingCopy(message_id, nick, counter, message.private, message.preview, now)
+            refused += self._not_followed(self.pending.add(copy))
         if not moved:
             return []
-        return [MessageQueued(message_id, message.private, tuple(moved), message.preview)]
+        return [MessageQueued(message_id, message.private, tuple(moved), message.preview), *refused]
+
+    def _not_followed(self, copies: list[PendingCopy]) -> list[DeliveryReport]:
+        """The reports of waiting copies ``pending`` would not keep."""
+        return [
+            DeliveryReport(copy.message_id, copy.private, (), ((copy.nick, NUMBER_TAKEN),), copy.preview)
+            for copy in copies
+        ]
 
     def mailbox_dropped(self, message_id: int, nick: str, reason: str) -> list[DeliveryReport]:
         """The relay says it dropped our copy of ``message_id`` for ``nick`` from their
