@@ -14,7 +14,7 @@ from e2echat.client.events import DeliveryReport, MailboxRead, MailReceived, Mes
 from e2echat.client.outbox import NOT_PINNED_KEY
 from e2echat.client.pending import PendingDeliveries
 from e2echat.client.publishing import signed_prekey
-from e2echat.client.receipts import EXPIRED_REASONS, MAILBOX_FULL
+from e2echat.client.receipts import EXPIRED_REASONS, MAILBOX_FULL, TOO_MANY_WAITING
 from e2echat.client.trust import KnownPeers, Trust
 from e2echat.crypto.keyring import Keyring
 from e2echat.crypto.session import Kind
@@ -347,3 +347,18 @@ def test_a_relay_that_says_it_keeps_copies_not_yet_sent_is_not_believed() -> Non
     expired = [m.Expired(1, first, "erin", "expired"), m.Expired(2, second, "erin", "expired")]
     wire.deliver(alice_conn, b"".join(_frame(notice) for notice in expired))
     assert not [e for e in wire.take(alice_conn, receipts=True) if isinstance(e, DeliveryReport) and e.failed]
+
+
+def test_a_copy_forgotten_beyond_the_limit_is_reported_not_delivered() -> None:
+    wire, alice, _, alice_conn, bob_conn = _two_who_met()
+    wire.hang_up(bob_conn)
+    core = wire.clients[alice_conn]
+    alice.pending.limit = 1  # stands for MAX_PENDING
+    ids = []
+    for text in ("important one", "second"):
+        ids.append(core.send_private("bob", text))
+        core.data_to_send()
+        wire.deliver(alice_conn, _frame(m.Routed(ids[-1], (), queued=("bob",))))
+    reports = [e for e in wire.take(alice_conn, receipts=True) if isinstance(e, DeliveryReport) and e.failed]
+    assert reports == [DeliveryReport(ids[0], True, (), (("bob", TOO_MANY_WAITING),), "important one")]
+    assert [copy.message_id for copy in alice.pending] == [ids[1]]

@@ -71,8 +71,8 @@ def test_a_reservation_is_one_row_a_block() -> None:
 
 def test_the_oldest_copy_goes_beyond_the_limit() -> None:
     pending = PendingDeliveries(limit=2)
-    for message_id in (1, 2, 3):
-        pending.add(_copy(message_id, counter=message_id))
+    forgotten = [pending.add(_copy(message_id, counter=message_id)) for message_id in (1, 2, 3)]
+    assert forgotten == [[], [], [_copy(1, counter=1)]]  # handed back, for its sender to hear of
     assert [copy.message_id for copy in pending] == [2, 3]
     assert pending.confirmed("bob", 1) is None
     # The row of the one forgotten is deleted.

@@ -88,9 +88,10 @@ class PendingDeliveries:
         return iter(list(self._copies.values()))
 
     def add(self, copy: PendingCopy) -> list[PendingCopy]:
-        """Keep ``copy``. Returns the copies not kept: ``copy`` itself, refused, if another
-        copy for its recipient is kept under its counter (a receipt for that number could
-        not say which it confirms) or it has no counter at all (it was never sent)."""
+        """Keep ``copy``. Returns the copies not kept: the oldest, forgotten beyond the
+        limit; or ``copy`` itself, refused, if another copy for its recipient is kept under
+        its counter (a receipt for that number could not say which it confirms) or it has
+        no counter at all (it was never sent)."""
         key = (copy.message_id, copy.nick)
         self.drop(copy.message_id, copy.nick)
         other = self._by_counter.get((copy.nick, copy.counter))
@@ -101,11 +102,13 @@ class PendingDeliveries:
         self._by_counter[(copy.nick, copy.counter)] = copy
         self._dirty.add(key)
         self._deleted.discard(_row_name(*key))
+        forgotten = []
         while len(self._copies) > self.limit:
             oldest = next(iter(self._copies.values()))
             log.warning("forgot message %d to %s, waiting since long: too many waiting", *_name(oldest))
             self.drop(oldest.message_id, oldest.nick)
-        return []
+            forgotten.append(oldest)
+        return forgotten
 
     def confirmed(self, nick: str, counter: int) -> PendingCopy | None:
         """``nick``'s receipt for ``counter``: the copy it confirms (no longer kept), if any."""

@@ -34,6 +34,8 @@ TIMED_OUT = "no receipt"
 LEFT = "left before confirming"
 # A copy the relay says it keeps, whose number another copy waiting for them already has.
 NUMBER_TAKEN = "not followed: another message waiting for them has its number"
+# The oldest copy waiting, forgotten beyond pending.MAX_PENDING.
+TOO_MANY_WAITING = "no longer tracked: too many messages waiting"
 # The counter of a copy not yet numbered: one for someone away, whose session (and so its
 # numbering) their prekey bundle decides. See ``DeliveryTracker.numbered``.
 UNNUMBERED = -1
@@ -190,15 +192,21 @@ class DeliveryTracker:
             message.queued.append(nick)
             moved.append(nick)
             copy = PendingCopy(message_id, nick, counter, message.private, message.preview, now)
-            refused += self._not_followed(self.pending.add(copy))
+            refused += self._not_followed(copy, self.pending.add(copy))
         if not moved:
             return []
         return [MessageQueued(message_id, message.private, tuple(moved), message.preview), *refused]
 
-    def _not_followed(self, copies: list[PendingCopy]) -> list[DeliveryReport]:
-        """The reports of waiting copies ``pending`` would not keep."""
+    def _not_followed(self, added: PendingCopy, copies: list[PendingCopy]) -> list[DeliveryReport]:
+        """The reports of the waiting copies ``pending`` did not keep when ``added`` came."""
         return [
-            DeliveryReport(copy.message_id, copy.private, (), ((copy.nick, NUMBER_TAKEN),), copy.preview)
+            DeliveryReport(
+                copy.message_id,
+                copy.private,
+                (),
+                ((copy.nick, NUMBER_TAKEN if copy is added else TOO_MANY_WAITING),),
+                copy.preview,
+            )
             for copy in copies
         ]
 
