@@ -294,17 +294,36 @@ def test_expired_messages_are_dropped_and_their_sender_told_at_once_if_online() 
 
 
 def test_an_expired_notice_waits_for_a_sender_who_is_away_then_expires_silently() -> None:
+    """A notice outlives the message it tells of, twice over (NOTICE_TTL): its sender may
+    be away longer than the message was kept, and it is the only word she gets."""
     relay = Relay(mailbox_ttl=100.0)
     _away(relay, "bob")
     relay.join("alice")
     relay.send("alice", 5, "bob")
     relay.leave("alice")
     relay.tick(101)
+    relay.tick(150)  # notice 5 is older than a message's time to live
     (notice,) = relay.join_and_get("alice", m.Expired)
     assert notice.id == 5
     relay.leave("alice")
-    relay.tick(101)  # the notice itself expires: nobody is told about it
+    relay.tick(51)  # the notice itself expires: nobody is told about it
     assert relay.core.kept.mailboxes.count("alice") == 0 and relay.core.kept.mailboxes.count("bob") == 0
+
+
+def test_a_notice_kept_longer_does_not_hold_back_the_expiry_of_messages_behind_it() -> None:
+    relay = Relay(mailbox_ttl=100.0)
+    _away(relay, "bob", "carol")
+    relay.join("alice")
+    relay.send("alice", 5, "bob")
+    relay.leave("alice")
+    relay.tick(101)  # alice's mailbox: the notice of 5
+    relay.join("carol")
+    relay.send("carol", 7, "alice")  # then carol's message to her
+    relay.leave("carol")
+    relay.tick(101)
+    relay.join("carol")
+    assert [n.id for n in relay.join_and_get("alice", m.Expired)] == [5]
+    assert not relay.join_and_get("alice", m.Mail)
 
 
 def test_mail_being_handed_to_its_owner_online_does_not_expire() -> None:

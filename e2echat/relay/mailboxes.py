@@ -33,6 +33,10 @@ log = logging.getLogger("e2echat.relay.mailboxes")
 #: a mailbox measured 163 bytes with a 1-byte body (tracemalloc, 100,000 items; Python
 #: 3.11, 64-bit), rounded up for the body's own object header and the store's row.
 ITEM_OVERHEAD = 200
+# A notice (``EXPIRED``) is kept this many times ``mailbox_ttl``: it is the only word its
+# sender gets of a message dropped unread, and that sender may be away longer than the
+# message was kept.
+NOTICE_TTL = 2
 
 
 def item_cost(item: MailItem) -> int:
@@ -262,22 +266,32 @@ class Mailboxes:
         return Dequeue(nick, upto=seq)
 
     def expire(self, now: float, online: Container[str]) -> tuple[list[Dequeue], list[MailItem]]:
-        """Drop the items older than ``mailbox_ttl`` from the mailboxes of owners who are
-        away (an owner online is being handed them). The ops, and the items dropped."""
+        """Drop the messages older than ``mailbox_ttl``, and the notices older than
+        NOTICE_TTL times that, from the mailboxes of owners who are away (an owner online
+        is being handed them). The ops, and the items dropped."""
         cutoff = now - self.limits.mailbox_ttl
+        notice_cutoff = now - NOTICE_TTL * self.limits.mailbox_ttl
         ops: list[Dequeue] = []
         gone: list[MailItem] = []
         for nick, box in list(self._boxes.items()):
             items = box.items
             if nick in online or items[0].queued_at > cutoff:
                 continue
+            # Items are queued in time order: the old ones are at the front, and a notice
+            # among them may stay while messages behind it go.
+            kept: list[MailItem] = []
             seqs = []
-            # Items are queued in time order: the old ones are at the front.
             while items and items[0].queued_at <= cutoff:
                 item = items.popleft()
+                if item.kind == EXPIRED and item.queued_at > notice_cutoff:
+                    kept.append(item)
+                    continue
                 self._removed(box, item)
                 seqs.append(item.seq)
                 gone.append(item)
+            items.extendleft(reversed(kept))
+            if not seqs:
+                continue
             _nothing_out(box)  # its owner is away
             ops.append(Dequeue(nick, seqs=tuple(seqs)))
             if not items:
