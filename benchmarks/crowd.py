@@ -26,7 +26,9 @@ from e2echat.wire.grammar import PROTOCOL_VERSION
 
 _WELCOME = b'{"v":%d,"type":"welcome"' % PROTOCOL_VERSION
 _DIRECTORY = b'{"v":%d,"type":"directory"' % PROTOCOL_VERSION
-_LAST_PART = b'"more":false}'
+# A directory ends with it; a welcome has its mailbox time to live and relay id after it.
+_LAST_PART = b'],"more":false'
+_TAIL = 128  # bytes at the end of a part that hold it
 IDLE_READ_INTERVAL = 1.0
 
 
@@ -50,7 +52,7 @@ async def join_idle(host: str, port: int, nick: str, timeout: float) -> tuple[Li
                 fail(f"relay sent {decode_message(frame)!r} instead of the directory")
                 return
             directory_bytes += len(frame)
-            if frame.endswith(_LAST_PART):
+            if _LAST_PART in frame[-_TAIL:]:
                 link.handler = lambda data: None  # registered: from now on, drop what comes
                 link.pause = IDLE_READ_INTERVAL
                 if not done.done():

@@ -75,6 +75,7 @@ EXAMPLES: dict[str, m.Message] = {
     "bye": m.Bye("relay shutting down"),
     "directory": m.Directory((PEER_BOB,), more=True),
     "welcome-with-more": m.Welcome("alice", 0.5, 1e6, 1e-3, 7.5, 0, (PEER_CAROL,), more=True),
+    "welcome-short-ttl": m.Welcome("alice", 50.0, 200.0, 1e6, 4e6, 0, (), mailbox_ttl=1.5),
     "ping": m.Ping(),
     "pong": m.Pong(),
     "challenge-with-password": m.Challenge(KEY_B, b"\x03" * CHALLENGE_SIZE, password_required=True),
@@ -530,8 +531,9 @@ def test_the_relays_prebuilt_frames_are_exactly_the_encoded_messages() -> None:
                 byte_burst=3.5,
                 prekeys=prekeys,
                 more=more,
+                mailbox_ttl=3600.0,
             )
-            expected = m.Welcome("alice", 50.0, 0.25, 1e6, 3.5, prekeys, tuple(peers), more)
+            expected = m.Welcome("alice", 50.0, 0.25, 1e6, 3.5, prekeys, tuple(peers), more, 3600.0)
             assert welcome == encode_message(expected)
         assert encode_directory(parts, more=more) == encode_message(m.Directory(tuple(peers), more))
     alone = encode_welcome("alice", [], rate=1e9, burst=3.0, byte_rate=1e-9, byte_burst=1e300, prekeys=1)
@@ -667,6 +669,7 @@ _LOCAL_BAD: dict[str, Callable[[], object]] = {
     "bundles-too-many-in-all": lambda: m.Bundles((BUNDLE_BOB,), tuple(f"n{i}" for i in range(MAX_FETCH))),
     "bundles-bad-missing": lambda: m.Bundles((), ("no one",)),
     "bundles-not-bundle": lambda: m.Bundles(("bob",), ()),  # type: ignore[arg-type]
+    "welcome-ttl-zero": lambda: m.Welcome("alice", 50.0, 200.0, 1e6, 4e6, 0, (), mailbox_ttl=0.0),
     "welcome-prekeys-negative": lambda: m.Welcome("alice", 50.0, 200.0, 1e6, 4e6, -1, ()),
     "welcome-prekeys-float": lambda: m.Welcome("alice", 50.0, 200.0, 1e6, 4e6, 1.0, ()),  # type: ignore[arg-type]
 }
@@ -769,6 +772,7 @@ _PLAUSIBLE: dict[str, st.SearchStrategy[Any]] = {
     "burst": st.one_of(st.floats(), st.integers(min_value=-1, max_value=10**400)),
     "byte_rate": st.one_of(st.floats(), st.integers(min_value=-1, max_value=10**400)),
     "byte_burst": st.one_of(st.floats(), st.integers(min_value=-1, max_value=10**400)),
+    "mailbox_ttl": st.one_of(st.floats(), st.integers(min_value=-1, max_value=10**400)),
     "prekeys": st.integers(min_value=-1, max_value=MAX_ID + 1),
     "count": st.integers(min_value=-1, max_value=MAX_ID + 1),
     "signed_prekey": _signed_objects,

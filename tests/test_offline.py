@@ -4,23 +4,26 @@ is sent to someone away, what the relay's answers become, and the mail read on r
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import pytest
 from nacl.public import PrivateKey
-from test_cores import FakeWire
+from test_cores import UNLIMITED, FakeWire
 
 from e2echat.client.core import ClientCore, KeyPinned, MessagesMissing, SecurityWarning
 from e2echat.client.directory import MAX_AWAY
 from e2echat.client.events import DeliveryReport, MailboxRead, MailReceived, MessageQueued
 from e2echat.client.outbox import NOT_PINNED_KEY
-from e2echat.client.pending import PendingDeliveries
+from e2echat.client.pending import PendingDeliveries, lifetime
 from e2echat.client.publishing import signed_prekey
-from e2echat.client.receipts import EXPIRED_REASONS, MAILBOX_FULL, TOO_MANY_WAITING
+from e2echat.client.receipts import EXPIRED_REASONS, MAILBOX_FULL, NO_WORD, TOO_MANY_WAITING
 from e2echat.client.trust import KnownPeers, Trust
 from e2echat.crypto.keyring import Keyring
 from e2echat.crypto.session import Kind
 from e2echat.crypto.x3dh import PrekeyBundle
 from e2echat.errors import CommandError, RemoteProtocolError
-from e2echat.relay.core import ConnId
+from e2echat.relay.core import ConnId, RelayCore
 from e2echat.wire import grammar
 from e2echat.wire import messages as m
 from e2echat.wire.codec import decode_message, encode_message
@@ -57,7 +60,7 @@ class Profile:
         self.saved: dict[str, bytes] = self.keyring.rows()
         self.keyring.changes()
 
-    def connect(self, wire: FakeWire) -> ConnId:
+    def connect(self, wire: FakeWire, **options: Any) -> ConnId:
         """A run of the client: everything comes back from the rows saved by the last."""
         for source in (self.keyring, self.pending):
             for name, value in source.changes().items():
@@ -68,12 +71,17 @@ class Profile:
         self.keyring = Keyring.from_rows(self.nick, self.identity, self.saved, NOW)
         self.pending = PendingDeliveries.from_rows(self.saved)
         return wire.connect(
-            self.nick, self.identity, known_peers=self.known_peers, keyring=self.keyring, pending=self.pending
+            self.nick,
+            self.identity,
+            known_peers=self.known_peers,
+            keyring=self.keyring,
+            pending=self.pending,
+            **options,
         )
 
 
-def _two_who_met() -> tuple[FakeWire, Profile, Profile, ConnId, ConnId]:
-    wire = FakeWire()
+def _two_who_met(wire: FakeWire | None = None) -> tuple[FakeWire, Profile, Profile, ConnId, ConnId]:
+    wire = wire or FakeWire()
     alice, bob = Profile("alice"), Profile("bob")
     alice_conn, bob_conn = alice.connect(wire), bob.connect(wire)
     wire.meet(alice_conn, bob_conn)
@@ -362,3 +370,27 @@ def test_a_copy_forgotten_beyond_the_limit_is_reported_not_delivered() -> None:
     reports = [e for e in wire.take(alice_conn, receipts=True) if isinstance(e, DeliveryReport) and e.failed]
     assert reports == [DeliveryReport(ids[0], True, (), (("bob", TOO_MANY_WAITING),), "important one")]
     assert [copy.message_id for copy in alice.pending] == [ids[1]]
+
+
+def test_a_copy_no_word_of_comes_within_the_relays_time_to_live_is_reported_not_delivered() -> None:
+    """The relay (its welcome says it keeps mail 100 s) dropped the copy, and its notice
+    was lost (expired too, or the relay restarted): after the copy's lifetime, alice is
+    told, not left with 'queued' for good."""
+    relay = RelayCore(dataclasses.replace(UNLIMITED, mailbox_ttl=100.0))
+    wire, alice, _, alice_conn, bob_conn = _two_who_met(FakeWire(relay=relay))
+    wire.hang_up(bob_conn)
+    wire.hang_up(alice_conn)
+    clock = [NOW]
+    alice_conn = alice.connect(wire, wall_clock=lambda: clock[0])
+    wire.take_all()
+    core = wire.clients[alice_conn]
+    message_id = core.send_private("bob", "will expire unseen")
+    wire.pump()
+    assert [e for e in wire.take(alice_conn, receipts=True) if isinstance(e, MessageQueued)]
+    assert lifetime(100.0) == 300.0
+    clock[0] += 250.0
+    assert not [e for e in core.tick() if isinstance(e, DeliveryReport)]
+    clock[0] += 60.0  # past the lifetime, and a minute after the last look
+    reports = [e for e in core.tick() if isinstance(e, DeliveryReport)]
+    assert reports == [DeliveryReport(message_id, True, (), (("bob", NO_WORD),), "will expire unseen")]
+    assert not alice.pending

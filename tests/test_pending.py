@@ -29,7 +29,8 @@ def _saved(pending: PendingDeliveries, rows: dict[str, bytes] | None = None) -> 
 
 
 def _copy(message_id: int, nick: str = "bob", counter: int = 0) -> PendingCopy:
-    return PendingCopy(message_id, nick, counter, True, f"message {message_id}", 1_700_000_000.0 + message_id)
+    queued_at = 1_700_000_000.0 + message_id
+    return PendingCopy(message_id, nick, counter, True, f"message {message_id}", queued_at, queued_at + 100.0)
 
 
 def test_copies_come_back_from_their_rows_and_are_found_by_receipt_or_by_notice() -> None:

@@ -95,6 +95,9 @@ class ClientState(Enum):
     CLOSED = "closed"
 
 
+# How often, in seconds, waiting copies are checked for having waited too long.
+OUTLIVED_CHECK = 60.0
+
 _ONLINE = ClientState.ONLINE  # read per frame: a module constant costs less than the enum's
 
 
@@ -152,6 +155,7 @@ class ClientCore:
         # The last mailbox item handled, the last said in a MailboxRead, and the last the
         # relay was told of.
         self._mailbox = MailboxReads(hold_acks)
+        self._outlived_due = 0.0  # wall clock: when next to look for copies waiting too long
         self._sessions = Sessions(nick, self.keyring, self._directory, self.deliveries)
         self._outbox = Outbox(
             nick,
@@ -270,6 +274,10 @@ class ClientCore:
             for nick, reason in report.failed:
                 if reason == TIMED_OUT:
                     self._sessions.unanswered(nick)
+        if self.state is ClientState.ONLINE and (now := self._wall_clock()) >= self._outlived_due:
+            # Once a minute: the copies' lives are days long, and there may be 100,000.
+            self._outlived_due = now + OUTLIVED_CHECK
+            reports += self.deliveries.outlived(now)
         return self._take_notices() + list(reports)
 
     def abandon(self, reason: str) -> list[Event]:
@@ -402,6 +410,7 @@ class ClientCore:
             return self._answer_challenge(message)
         if self.state is ClientState.AWAIT_WELCOME and isinstance(message, m.Welcome):
             self._handshake.welcome(message)
+            self.deliveries.mailbox_ttl = message.mailbox_ttl
             self.state = ClientState.AWAIT_DIRECTORY
             return self._receive_directory(message.peers, message.more)
         if self.state is ClientState.AWAIT_DIRECTORY and isinstance(message, m.Directory):

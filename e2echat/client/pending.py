@@ -31,17 +31,31 @@ ID_BLOCK = 1024
 # hands it back, for its sender to hear that it is no longer followed.
 MAX_PENDING = 100_000
 
-# counter, private, queued_at (our clock), then the preview in UTF-8
-_COPY = struct.Struct(">Q?d")
+# How long past the relay's mailbox time to live a copy may still be answered, at most:
+# our clock and the relay's may differ. (A fraction of the time to live when it is short.)
+LIFETIME_MARGIN = 24 * 3600.0
+
+# counter, private, queued_at, expires_at (our clock), then the preview in UTF-8
+_COPY = struct.Struct(">Q?dd")
 _NUMBERS = struct.Struct(">Q")
 
 log = logging.getLogger("e2echat.client.pending")
 
 
+def lifetime(mailbox_ttl: float) -> float:
+    """How long a copy kept in a mailbox for ``mailbox_ttl`` seconds may wait for word of
+    it: the relay drops it unread after ``mailbox_ttl``, and a receipt its recipient wrote
+    just before then waits in our own mailbox as long again; then a margin. Past that,
+    nothing more can come but the relay's notice, and that one may be lost (it expires
+    too, and a relay that restarted forgets it)."""
+    return 2 * mailbox_ttl + min(mailbox_ttl, LIFETIME_MARGIN)
+
+
 @dataclass(frozen=True)
 class PendingCopy:
     """One copy of our message ``message_id``, sent to ``nick`` under ``counter`` and kept
-    in their mailbox since ``queued_at`` (Unix time, our clock)."""
+    in their mailbox since ``queued_at``; if no word of it comes by ``expires_at``, it
+    is reported not delivered (Unix times, our clock)."""
 
     message_id: int
     nick: str
@@ -49,6 +63,7 @@ class PendingCopy:
     private: bool
     preview: str
     queued_at: float
+    expires_at: float
 
 
 class MessageIds(Iterator[int]):
@@ -109,6 +124,13 @@ class PendingDeliveries:
             self.drop(oldest.message_id, oldest.nick)
             forgotten.append(oldest)
         return forgotten
+
+    def outlived(self, now: float) -> list[PendingCopy]:
+        """The copies whose ``expires_at`` has passed at ``now``, no longer kept."""
+        old = [copy for copy in self._copies.values() if copy.expires_at <= now]
+        for copy in old:
+            self.drop(copy.message_id, copy.nick)
+        return old
 
     def confirmed(self, nick: str, counter: int) -> PendingCopy | None:
         """``nick``'s receipt for ``counter``: the copy it confirms (no longer kept), if any."""
@@ -186,16 +208,17 @@ def _key_of(name: str) -> tuple[int, str]:
 
 
 def _encode(copy: PendingCopy) -> bytes:
-    return _COPY.pack(copy.counter, copy.private, copy.queued_at) + copy.preview.encode("utf-8")
+    fields = _COPY.pack(copy.counter, copy.private, copy.queued_at, copy.expires_at)
+    return fields + copy.preview.encode("utf-8")
 
 
 def _decode(name: str, value: bytes) -> PendingCopy | None:
     message_id, nick = _key_of(name)
     if message_id < 0 or not nick or len(value) < _COPY.size:
         return None
-    counter, private, queued_at = _COPY.unpack_from(value)
+    counter, private, queued_at, expires_at = _COPY.unpack_from(value)
     try:
         preview = value[_COPY.size :].decode("utf-8")
     except UnicodeDecodeError:
         return None
-    return PendingCopy(message_id, nick, counter, private, preview, queued_at)
+    return PendingCopy(message_id, nick, counter, private, preview, queued_at, expires_at)

@@ -22,7 +22,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from e2echat.client.pending import PendingCopy, PendingDeliveries
+from e2echat.client.pending import PendingCopy, PendingDeliveries, lifetime
+from e2echat.wire.grammar import DEFAULT_MAILBOX_TTL
 
 # How long a recipient has to acknowledge a message before we say it was not confirmed.
 RECEIPT_TIMEOUT = 15.0
@@ -36,6 +37,8 @@ LEFT = "left before confirming"
 NUMBER_TAKEN = "not followed: another message waiting for them has its number"
 # The oldest copy waiting, forgotten beyond pending.MAX_PENDING.
 TOO_MANY_WAITING = "no longer tracked: too many messages waiting"
+# No receipt nor notice within pending.lifetime of the relay's time to live.
+NO_WORD = "no word from the relay within its time to live: it probably expired unread"
 # The counter of a copy not yet numbered: one for someone away, whose session (and so its
 # numbering) their prekey bundle decides. See ``DeliveryTracker.numbered``.
 UNNUMBERED = -1
@@ -119,6 +122,8 @@ class DeliveryTracker:
         #: messages some recipient has not yet accounted for (no DeliveryReport so far)
         self._unconfirmed: dict[int, Message] = {}
         self._by_copy: dict[tuple[str, int], int] = {}  # (nick, counter) -> message id
+        #: how long the relay keeps a message in a mailbox (its welcome says)
+        self.mailbox_ttl = DEFAULT_MAILBOX_TTL
 
     @property
     def unconfirmed(self) -> int:
@@ -191,7 +196,8 @@ class DeliveryTracker:
             self._by_copy.pop((nick, counter), None)
             message.queued.append(nick)
             moved.append(nick)
-            copy = PendingCopy(message_id, nick, counter, message.private, message.preview, now)
+            expires_at = now + lifetime(self.mailbox_ttl)
+            copy = PendingCopy(message_id, nick, counter, message.private, message.preview, now, expires_at)
             refused += self._not_followed(copy, self.pending.add(copy))
         if not moved:
             return []
@@ -219,6 +225,14 @@ class DeliveryTracker:
             return []
         why = EXPIRED_REASONS.get(reason, reason)
         return [DeliveryReport(message_id, copy.private, (), ((nick, why),), copy.preview)]
+
+    def outlived(self, now: float) -> list[DeliveryReport]:
+        """The waiting copies no word of came within their lifetime, at ``now`` (Unix
+        time): reported not delivered."""
+        return [
+            DeliveryReport(copy.message_id, copy.private, (), ((copy.nick, NO_WORD),), copy.preview)
+            for copy in self.pending.outlived(now)
+        ]
 
     def dropped(self, message_id: int, nick: str, reason: str) -> list[SendReport | DeliveryReport]:
         """The copy for ``nick`` was never sent (no session could be started): the relay

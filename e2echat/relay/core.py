@@ -113,7 +113,8 @@ class RelayCore:
         self.limits = limits or Limits()
         #: the rates each welcome advertises (floats, as the wire has them)
         self._advertised = {
-            name: float(getattr(self.limits, name)) for name in ("rate", "burst", "byte_rate", "byte_burst")
+            name: float(getattr(self.limits, name))
+            for name in ("rate", "burst", "byte_rate", "byte_burst", "mailbox_ttl")
         }
         #: if set, clients must put it in their registration proof
         self.password = password

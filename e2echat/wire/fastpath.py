@@ -35,6 +35,7 @@ from e2echat.wire.binary import BODY_LENGTH, DELIVER_TAG, SEND_HEAD, SEND_TAG
 from e2echat.wire.codec import encode_record, write_number
 from e2echat.wire.framing import PREFIX_SIZE, frame_head
 from e2echat.wire.grammar import (
+    DEFAULT_MAILBOX_TTL,
     MAX_BODY,
     MAX_ID,
     MAX_ITEMS,
@@ -307,17 +308,18 @@ def encode_welcome(
     byte_burst: float,
     prekeys: int,
     more: bool = False,
+    mailbox_ttl: float = DEFAULT_MAILBOX_TTL,
 ) -> bytes:
     """``encode_message(Welcome(nick, rate, burst, byte_rate, byte_burst, prekeys, peers,
-    more))`` from the peers' ``encode_peer``."""
+    more, mailbox_ttl))`` from the peers' ``encode_peer``."""
     check_nick(nick)
-    limits = (rate, burst, byte_rate, byte_burst)
+    limits = (rate, burst, byte_rate, byte_burst, mailbox_ttl)
     require(
         all(type(x) is float and math.isfinite(x) and x > 0 for x in limits),
-        "rates and bursts must be finite floats above 0",
+        "rates, bursts and the mailbox time to live must be finite floats above 0",
     )
     check_id(prekeys, "prekeys")
-    pairs = zip(_LIMITS, limits, strict=True)
+    pairs = zip(_LIMITS, limits[:4], strict=True)
     fields = b",".join(b'"%b":%b' % (name, write_number(value)) for name, value in pairs)
     head = b'{"v":%d,"type":"welcome","nick":"%b",%b,"prekeys":%d,"peers":[' % (
         PROTOCOL_VERSION,
@@ -325,7 +327,8 @@ def encode_welcome(
         fields,
         prekeys,
     )
-    return head + b",".join(encoded_peers) + (b'],"more":true}' if more else b'],"more":false}')
+    tail = b'],"more":%b,"mailbox_ttl":%b}' % (b"true" if more else b"false", write_number(mailbox_ttl))
+    return head + b",".join(encoded_peers) + tail
 
 
 def encode_directory(encoded_peers: Sequence[bytes], *, more: bool = False) -> bytes:

@@ -65,6 +65,8 @@ FETCH_CHARGE = 512
 
 #: why a message kept in a mailbox was dropped unread (``expired`` messages)
 EXPIRED_REASONS = ("expired", "key_changed", "evicted")
+# How long a relay keeps a message in a mailbox unless it says otherwise (its default).
+DEFAULT_MAILBOX_TTL = 7 * 24 * 3600.0
 
 
 def is_utf8(text: str) -> bool:

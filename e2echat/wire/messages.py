@@ -46,6 +46,7 @@ from e2echat.wire.grammar import (
     CHALLENGE_SIZE,
     CODE_PATTERN,
     CODE_RULE,
+    DEFAULT_MAILBOX_TTL,
     EXPIRED_REASONS,
     MAX_BODY,
     MAX_FETCH,
@@ -142,6 +143,7 @@ class Welcome(Message):
         on_wire("prekeys", INT),
         on_wire("peers", PEERS),
         on_wire("more", FLAG),
+        on_wire("mailbox_ttl", NUMBER),
     )
     nick: str
     #: the relay's rate limits for this connection, two token buckets: frames a second and
@@ -156,10 +158,13 @@ class Welcome(Message):
     peers: tuple[PeerInfo, ...]
     #: the directory continues in ``Directory`` messages (it is too big for one frame)
     more: bool = False
+    #: seconds the relay keeps a message in a mailbox: a sender that hears nothing of one
+    #: for longer (plus a margin) reports it not delivered
+    mailbox_ttl: float = DEFAULT_MAILBOX_TTL
 
     def __post_init__(self) -> None:
         check_nick(self.nick)
-        for name in ("rate", "burst", "byte_rate", "byte_burst"):
+        for name in ("rate", "burst", "byte_rate", "byte_burst", "mailbox_ttl"):
             check_positive(getattr(self, name), name)
         check_id(self.prekeys, "prekeys")
         check_items(self.peers, PeerInfo, "peers")
