@@ -57,6 +57,7 @@ SIGNATURE = bytes(range(64, 64 + SIGNATURE_SIZE))
 SIGNED = SignedPrekey(7, KEY_A, SIGNATURE)
 ONE_TIME = (OneTimePrekey(0, KEY_B), OneTimePrekey(MAX_PREKEY_ID, KEY_C), OneTimePrekey(3, KEY_A))
 BUNDLE_BOB = Bundle("bob", KEY_C, SIGNED, ONE_TIME[:1])
+RELAY_ID = bytes(range(16))
 
 EXAMPLES: dict[str, m.Message] = {
     "challenge": m.Challenge(KEY_A, b"\x01" * CHALLENGE_SIZE),
@@ -75,7 +76,9 @@ EXAMPLES: dict[str, m.Message] = {
     "bye": m.Bye("relay shutting down"),
     "directory": m.Directory((PEER_BOB,), more=True),
     "welcome-with-more": m.Welcome("alice", 0.5, 1e6, 1e-3, 7.5, 0, (PEER_CAROL,), more=True),
-    "welcome-short-ttl": m.Welcome("alice", 50.0, 200.0, 1e6, 4e6, 0, (), mailbox_ttl=1.5),
+    "welcome-short-ttl": m.Welcome(
+        "alice", 50.0, 200.0, 1e6, 4e6, 0, (), mailbox_ttl=1.5, relay_id=b"\x07" * 16
+    ),
     "ping": m.Ping(),
     "pong": m.Pong(),
     "challenge-with-password": m.Challenge(KEY_B, b"\x03" * CHALLENGE_SIZE, password_required=True),
@@ -532,8 +535,9 @@ def test_the_relays_prebuilt_frames_are_exactly_the_encoded_messages() -> None:
                 prekeys=prekeys,
                 more=more,
                 mailbox_ttl=3600.0,
+                relay_id=RELAY_ID,
             )
-            expected = m.Welcome("alice", 50.0, 0.25, 1e6, 3.5, prekeys, tuple(peers), more, 3600.0)
+            expected = m.Welcome("alice", 50.0, 0.25, 1e6, 3.5, prekeys, tuple(peers), more, 3600.0, RELAY_ID)
             assert welcome == encode_message(expected)
         assert encode_directory(parts, more=more) == encode_message(m.Directory(tuple(peers), more))
     alone = encode_welcome("alice", [], rate=1e9, burst=3.0, byte_rate=1e-9, byte_burst=1e300, prekeys=1)
@@ -669,6 +673,7 @@ _LOCAL_BAD: dict[str, Callable[[], object]] = {
     "bundles-too-many-in-all": lambda: m.Bundles((BUNDLE_BOB,), tuple(f"n{i}" for i in range(MAX_FETCH))),
     "bundles-bad-missing": lambda: m.Bundles((), ("no one",)),
     "bundles-not-bundle": lambda: m.Bundles(("bob",), ()),  # type: ignore[arg-type]
+    "welcome-relay-id-short": lambda: m.Welcome("alice", 50.0, 200.0, 1e6, 4e6, 0, (), relay_id=b"\x07" * 15),
     "welcome-ttl-zero": lambda: m.Welcome("alice", 50.0, 200.0, 1e6, 4e6, 0, (), mailbox_ttl=0.0),
     "welcome-prekeys-negative": lambda: m.Welcome("alice", 50.0, 200.0, 1e6, 4e6, -1, ()),
     "welcome-prekeys-float": lambda: m.Welcome("alice", 50.0, 200.0, 1e6, 4e6, 1.0, ()),  # type: ignore[arg-type]
@@ -746,6 +751,7 @@ _PLAUSIBLE: dict[str, st.SearchStrategy[Any]] = {
     "session_key": st.binary(min_size=32, max_size=32).map(_b64),
     "relay_key": st.binary(min_size=32, max_size=32).map(_b64),
     "challenge": st.binary(min_size=31, max_size=33).map(_b64),
+    "relay_id": st.binary(min_size=15, max_size=17).map(_b64),
     "proof": st.binary(max_size=80).map(_b64),
     "session_proof": st.binary(min_size=SESSION_PROOF_SIZE - 1, max_size=SESSION_PROOF_SIZE + 1).map(_b64),
     "body": st.binary(max_size=80).map(_b64),

@@ -17,7 +17,13 @@ from e2echat.client.events import DeliveryReport, MailboxRead, MailReceived, Mes
 from e2echat.client.outbox import NOT_PINNED_KEY
 from e2echat.client.pending import PendingDeliveries, lifetime
 from e2echat.client.publishing import signed_prekey
-from e2echat.client.receipts import EXPIRED_REASONS, MAILBOX_FULL, NO_WORD, TOO_MANY_WAITING
+from e2echat.client.receipts import (
+    EXPIRED_REASONS,
+    MAILBOX_FULL,
+    NO_WORD,
+    RELAY_RESTARTED,
+    TOO_MANY_WAITING,
+)
 from e2echat.client.trust import KnownPeers, Trust
 from e2echat.crypto.keyring import Keyring
 from e2echat.crypto.session import Kind
@@ -393,4 +399,24 @@ def test_a_copy_no_word_of_comes_within_the_relays_time_to_live_is_reported_not_
     clock[0] += 60.0  # past the lifetime, and a minute after the last look
     reports = [e for e in core.tick() if isinstance(e, DeliveryReport)]
     assert reports == [DeliveryReport(message_id, True, (), (("bob", NO_WORD),), "will expire unseen")]
+    assert not alice.pending
+
+
+def test_copies_kept_by_a_relay_that_restarted_without_them_are_reported_not_delivered() -> None:
+    wire, alice, _, alice_conn, bob_conn = _two_who_met()
+    wire.hang_up(bob_conn)
+    core = wire.clients[alice_conn]
+    message_id = core.send_private("bob", "lost with the relay")
+    wire.pump()
+    assert [copy.message_id for copy in alice.pending] == [message_id]
+    wire.hang_up(alice_conn)
+    alice_conn = alice.connect(wire)  # the same relay, the same mailboxes: still waiting
+    assert not [e for e in wire.take(alice_conn, receipts=True) if isinstance(e, DeliveryReport)]
+    wire.hang_up(alice_conn)
+    restarted = FakeWire()  # at the same address, kept in memory: its mailboxes are new
+    alice_conn = alice.connect(restarted)
+    reports = [e for e in restarted.take(alice_conn, receipts=True) if isinstance(e, DeliveryReport)]
+    assert reports == [
+        DeliveryReport(message_id, True, (), (("bob", RELAY_RESTARTED),), "lost with the relay")
+    ]
     assert not alice.pending

@@ -38,6 +38,7 @@ from e2echat.relay.store import (
     Snapshot,
     StoredBundle,
 )
+from e2echat.wire.grammar import RELAY_ID_SIZE
 
 from support import REPO, WAIT
 
@@ -394,9 +395,19 @@ def test_a_store_of_the_first_format_is_brought_up_to_date(path: Path) -> None:
         store.apply([SaveIdentity(identity("bob")), Enqueue(mail("bob", 3))])
     with contextlib.closing(sqlite3.connect(path)) as raw:  # as the first format made it
         raw.execute("ALTER TABLE about DROP COLUMN next_seq")
+        raw.execute("ALTER TABLE about DROP COLUMN relay_id")
         raw.execute("ALTER TABLE identities DROP COLUMN registered")
         raw.execute("UPDATE about SET version = 1")
         raw.commit()
     assert reopened(path) == Snapshot(identities=[identity("bob")], mail=[mail("bob", 3)])
     with contextlib.closing(sqlite3.connect(path)) as raw:
         assert raw.execute("SELECT version FROM about").fetchone() == (VERSION,)
+    assert len(reopened(path).relay_id) == RELAY_ID_SIZE  # drawn once, for the mailboxes it had
+
+
+def test_a_store_keeps_the_id_of_its_mailboxes_and_another_store_has_another(path: Path) -> None:
+    first = reopened(path).relay_id
+    assert len(first) == RELAY_ID_SIZE
+    assert reopened(path).relay_id == first
+    assert reopened(path.with_name("other.db")).relay_id != first
+    assert not MemoryStore().load().relay_id  # the relay draws one at each start

@@ -137,6 +137,8 @@ class ClientCore:
         self.nick = nick
         self.state = ClientState.AWAIT_CHALLENGE
         self._identity = identity
+        self._relay_name = relay_name
+        self._lost: list[Event] = []
         self._clock = clock
         self._wall_clock = wall_clock
         self.keyring = keyring if keyring is not None else Keyring.fresh(nick, identity, wall_clock())
@@ -410,7 +412,8 @@ class ClientCore:
             return self._answer_challenge(message)
         if self.state is ClientState.AWAIT_WELCOME and isinstance(message, m.Welcome):
             self._handshake.welcome(message)
-            self.deliveries.mailbox_ttl = message.mailbox_ttl
+            # Copies queued at a relay that has since lost its mailboxes: told once registered.
+            self._lost = self.deliveries.welcome(self._relay_name, message.relay_id, message.mailbox_ttl)
             self.state = ClientState.AWAIT_DIRECTORY
             return self._receive_directory(message.peers, message.more)
         if self.state is ClientState.AWAIT_DIRECTORY and isinstance(message, m.Directory):
@@ -466,6 +469,8 @@ class ClientCore:
         events = self._handshake.directory(peers, more)
         if not more:
             self.state = ClientState.ONLINE
+            events += self._lost
+            self._lost = []
         return events
 
     def _routed(self, routed: m.Routed) -> list[Event]:

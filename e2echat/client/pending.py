@@ -35,8 +35,9 @@ MAX_PENDING = 100_000
 # our clock and the relay's may differ. (A fraction of the time to live when it is short.)
 LIFETIME_MARGIN = 24 * 3600.0
 
-# counter, private, queued_at, expires_at (our clock), then the preview in UTF-8
-_COPY = struct.Struct(">Q?dd")
+# counter, private, queued_at, expires_at (our clock), the relay's id, the length of its
+# address; then the address in ASCII, and the preview in UTF-8
+_COPY = struct.Struct(">Q?dd16sB")
 _NUMBERS = struct.Struct(">Q")
 
 log = logging.getLogger("e2echat.client.pending")
@@ -55,7 +56,8 @@ def lifetime(mailbox_ttl: float) -> float:
 class PendingCopy:
     """One copy of our message ``message_id``, sent to ``nick`` under ``counter`` and kept
     in their mailbox since ``queued_at``; if no word of it comes by ``expires_at``, it
-    is reported not delivered (Unix times, our clock)."""
+    is reported not delivered (Unix times, our clock), as it is if ``relay`` shows other
+    mailboxes than the ones it was kept in."""
 
     message_id: int
     nick: str
@@ -64,6 +66,9 @@ class PendingCopy:
     preview: str
     queued_at: float
     expires_at: float
+    #: the relay that keeps it: its address, and the id of its mailboxes (its welcome's)
+    relay: str = ""
+    relay_id: bytes = b""
 
 
 class MessageIds(Iterator[int]):
@@ -131,6 +136,18 @@ class PendingDeliveries:
         for copy in old:
             self.drop(copy.message_id, copy.nick)
         return old
+
+    def lost_with(self, relay: str, relay_id: bytes) -> list[PendingCopy]:
+        """The copies kept by the relay at ``relay`` in mailboxes other than ``relay_id``,
+        which it no longer has (it restarted without them): no longer kept."""
+        lost = [
+            copy
+            for copy in self._copies.values()
+            if copy.relay == relay and copy.relay_id and copy.relay_id != relay_id
+        ]
+        for copy in lost:
+            self.drop(copy.message_id, copy.nick)
+        return lost
 
     def confirmed(self, nick: str, counter: int) -> PendingCopy | None:
         """``nick``'s receipt for ``counter``: the copy it confirms (no longer kept), if any."""
@@ -208,17 +225,24 @@ def _key_of(name: str) -> tuple[int, str]:
 
 
 def _encode(copy: PendingCopy) -> bytes:
-    fields = _COPY.pack(copy.counter, copy.private, copy.queued_at, copy.expires_at)
-    return fields + copy.preview.encode("utf-8")
+    relay = copy.relay.encode("utf-8")[:255]
+    fields = _COPY.pack(
+        copy.counter, copy.private, copy.queued_at, copy.expires_at, copy.relay_id, len(relay)
+    )
+    return fields + relay + copy.preview.encode("utf-8")
 
 
 def _decode(name: str, value: bytes) -> PendingCopy | None:
     message_id, nick = _key_of(name)
     if message_id < 0 or not nick or len(value) < _COPY.size:
         return None
-    counter, private, queued_at, expires_at = _COPY.unpack_from(value)
+    counter, private, queued_at, expires_at, relay_id, length = _COPY.unpack_from(value)
+    end = _COPY.size + length
     try:
-        preview = value[_COPY.size :].decode("utf-8")
+        relay, preview = value[_COPY.size : end].decode("utf-8"), value[end:].decode("utf-8")
     except UnicodeDecodeError:
         return None
-    return PendingCopy(message_id, nick, counter, private, preview, queued_at, expires_at)
+    if len(value) < end:
+        return None
+    relay_id = relay_id if any(relay_id) else b""
+    return PendingCopy(message_id, nick, counter, private, preview, queued_at, expires_at, relay, relay_id)

@@ -39,6 +39,8 @@ NUMBER_TAKEN = "not followed: another message waiting for them has its number"
 TOO_MANY_WAITING = "no longer tracked: too many messages waiting"
 # No receipt nor notice within pending.lifetime of the relay's time to live.
 NO_WORD = "no word from the relay within its time to live: it probably expired unread"
+# The relay came back with other mailboxes than the one that kept it.
+RELAY_RESTARTED = "the relay restarted and lost its mailboxes"
 # The counter of a copy not yet numbered: one for someone away, whose session (and so its
 # numbering) their prekey bundle decides. See ``DeliveryTracker.numbered``.
 UNNUMBERED = -1
@@ -122,8 +124,11 @@ class DeliveryTracker:
         #: messages some recipient has not yet accounted for (no DeliveryReport so far)
         self._unconfirmed: dict[int, Message] = {}
         self._by_copy: dict[tuple[str, int], int] = {}  # (nick, counter) -> message id
-        #: how long the relay keeps a message in a mailbox (its welcome says)
+        #: how long the relay keeps a message in a mailbox, its address and the id of its
+        #: mailboxes (its welcome says; the address, the connection)
         self.mailbox_ttl = DEFAULT_MAILBOX_TTL
+        self.relay = ""
+        self.relay_id = b""
 
     @property
     def unconfirmed(self) -> int:
@@ -197,7 +202,17 @@ class DeliveryTracker:
             message.queued.append(nick)
             moved.append(nick)
             expires_at = now + lifetime(self.mailbox_ttl)
-            copy = PendingCopy(message_id, nick, counter, message.private, message.preview, now, expires_at)
+            copy = PendingCopy(
+                message_id,
+                nick,
+                counter,
+                message.private,
+                message.preview,
+                now,
+                expires_at,
+                self.relay,
+                self.relay_id,
+            )
             refused += self._not_followed(copy, self.pending.add(copy))
         if not moved:
             return []
@@ -225,6 +240,15 @@ class DeliveryTracker:
             return []
         why = EXPIRED_REASONS.get(reason, reason)
         return [DeliveryReport(message_id, copy.private, (), ((nick, why),), copy.preview)]
+
+    def welcome(self, relay: str, relay_id: bytes, mailbox_ttl: float) -> list[DeliveryReport]:
+        """The relay at ``relay`` welcomed us, with its mailboxes ``relay_id`` kept for
+        ``mailbox_ttl``: copies it kept in other mailboxes are lost (reported)."""
+        self.relay, self.relay_id, self.mailbox_ttl = relay, relay_id, mailbox_ttl
+        return [
+            DeliveryReport(copy.message_id, copy.private, (), ((copy.nick, RELAY_RESTARTED),), copy.preview)
+            for copy in self.pending.lost_with(relay, relay_id)
+        ]
 
     def outlived(self, now: float) -> list[DeliveryReport]:
         """The waiting copies no word of came within their lifetime, at ``now`` (Unix

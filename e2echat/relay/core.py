@@ -40,7 +40,7 @@ from e2echat.relay.store import Op, Snapshot
 from e2echat.wire.codec import decode_message, encode_message, printable_reason
 from e2echat.wire.fastpath import Routes, encode_peer
 from e2echat.wire.framing import FrameDecoder, encode_frame
-from e2echat.wire.grammar import CHALLENGE_SIZE, skeleton
+from e2echat.wire.grammar import CHALLENGE_SIZE, RELAY_ID_SIZE, skeleton
 from e2echat.wire.messages import (
     Ack,
     Bye,
@@ -134,6 +134,10 @@ class RelayCore:
         self._skeletons: dict[str, str] = {}
         #: known identities, their bundles, #lobby's members and mailboxes
         self.kept = Kept(self.limits, snapshot, first_seq=int((wall + now) * 1_000_000))
+        #: names these mailboxes in each welcome: the store's, or new (kept in memory only)
+        self.relay_id = (
+            snapshot.relay_id if snapshot and snapshot.relay_id else nacl.utils.random(RELAY_ID_SIZE)
+        )
         self._wall = wall
         #: the latest time the shell has given, for changes it gives none with (a disconnect)
         self._now = now
@@ -384,7 +388,9 @@ class RelayCore:
         # fetch its bundle at once.
         nick, conn = peer.nick, record.conn
         prekeys, ops = self.kept.join(nick, peer.identity_key, message.signed_prekey, self._unix())
-        welcome = welcome_frames(nick, list(self._encoded_peers.values()), self._advertised, prekeys)
+        welcome = welcome_frames(
+            nick, list(self._encoded_peers.values()), self._advertised, prekeys, relay_id=self.relay_id
+        )
         frames = [(conn, frame) for frame in welcome]
         frames += self._presence(PeerJoined(peer))
         self.online[nick] = conn

@@ -74,11 +74,12 @@ def reserved(nick: str, until: float) -> tuple[str, str]:
 
 
 def welcome_frames(
-    nick: str, encoded: list[bytes], advertised: dict[str, float], prekeys: int
+    nick: str, encoded: list[bytes], advertised: dict[str, float], prekeys: int, *, relay_id: bytes
 ) -> list[bytes]:
-    """The frames a newcomer ``nick`` is sent: the welcome, with the rates ``advertised``
-    (so that clients pace themselves to them) and how many one-time ``prekeys`` the relay
-    holds for it, and the directory (``encoded`` entries).
+    """The frames a newcomer ``nick`` is sent: the welcome, with the rates and the mailbox
+    time to live ``advertised`` (so that clients pace themselves to them), how many
+    one-time ``prekeys`` the relay holds for it and the ``relay_id`` of its mailboxes, and
+    the directory (``encoded`` entries).
 
     A big directory goes in several frames, each well under MAX_FRAME. The entries are
     kept encoded, so a join costs copying the directory, not encoding it.
@@ -90,7 +91,7 @@ def welcome_frames(
         end = start + chunk
         parts, more = encoded[start:end], end < len(encoded)
         if start == 0:
-            payload = encode_welcome(nick, parts, prekeys=prekeys, more=more, **advertised)
+            payload = encode_welcome(nick, parts, prekeys=prekeys, more=more, relay_id=relay_id, **advertised)
         else:
             payload = encode_directory(parts, more=more)
         frames.append(encode_frame(payload))

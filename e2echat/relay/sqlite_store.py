@@ -39,6 +39,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import nacl.utils
+
 from e2echat.errors import LocalProtocolError, StoreError, StoreInUse
 from e2echat.relay.store import (
     Dequeue,
@@ -55,11 +57,12 @@ from e2echat.relay.store import (
     Snapshot,
     StoredBundle,
 )
+from e2echat.wire.grammar import RELAY_ID_SIZE
 
 log = logging.getLogger("e2echat.relay.sqlite_store")
 
 FORMAT = "e2echat relay store"  # the version row's first column: this file is one of ours
-VERSION = 2  # 2: about.next_seq, identities.registered
+VERSION = 3  # 2: about.next_seq, identities.registered; 3: about.relay_id
 LOCK_SUFFIX = "-lock"  # beside SQLite's own -wal and -shm
 # STRICT tables (a core that hands over a str for bytes fails its batch, not the next load).
 _MIN_SQLITE = (3, 37, 0)
@@ -72,7 +75,7 @@ _WAL_LIMIT = 64 * 2**20
 
 _SCHEMA = (
     "CREATE TABLE about (format TEXT NOT NULL, version INTEGER NOT NULL,"
-    " next_seq INTEGER NOT NULL DEFAULT 0) STRICT",
+    " next_seq INTEGER NOT NULL DEFAULT 0, relay_id BLOB NOT NULL DEFAULT x'') STRICT",
     "CREATE TABLE identities (nick TEXT PRIMARY KEY, identity_key BLOB NOT NULL,"
     " last_seen REAL NOT NULL, registered INTEGER NOT NULL DEFAULT 0) STRICT",
     "CREATE TABLE bundles (nick TEXT PRIMARY KEY, signed BLOB NOT NULL, one_time BLOB NOT NULL) STRICT",
@@ -91,6 +94,8 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         # 0 for all: the order they last registered in is lost; last seen stands in for it.
         "ALTER TABLE identities ADD COLUMN registered INTEGER NOT NULL DEFAULT 0",
     ),
+    # Empty: drawn at the next open (the store's mailboxes are the ones it always had).
+    2: ("ALTER TABLE about ADD COLUMN relay_id BLOB NOT NULL DEFAULT x''",),
 }
 # Made at every open, not only with the tables: a store made before it existed gets it too.
 # Forgetting a nick deletes its memberships by nick alone, which the primary key (room
@@ -150,6 +155,7 @@ class SqliteStore:
                         )
                     ],
                     next_seq=connection.execute("SELECT next_seq FROM about").fetchone()[0],
+                    relay_id=connection.execute("SELECT relay_id FROM about").fetchone()[0],
                 )
             except sqlite3.Error as exc:
                 raise self._problem(exc) from None
@@ -266,6 +272,9 @@ class SqliteStore:
             self._migrate(connection, found)
         for statement in _INDEXES:
             connection.execute(statement)
+        (relay_id,) = connection.execute("SELECT relay_id FROM about").fetchone()
+        if not relay_id:
+            connection.execute("UPDATE about SET relay_id = ?", (nacl.utils.random(RELAY_ID_SIZE),))
 
     @staticmethod
     def _migrate(connection: sqlite3.Connection, version: int) -> None:

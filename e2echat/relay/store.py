@@ -146,6 +146,9 @@ class Snapshot:
     members: list[Member] = field(default_factory=list)
     mail: list[MailItem] = field(default_factory=list)
     next_seq: int = 0
+    #: names the mailboxes kept here in each welcome (empty: the relay draws one); not
+    #: what is kept but whose, so two snapshots of the same things compare equal
+    relay_id: bytes = field(default=b"", compare=False)
 
 
 class RelayStore(Protocol):

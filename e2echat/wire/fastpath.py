@@ -41,6 +41,7 @@ from e2echat.wire.grammar import (
     MAX_ITEMS,
     NICK,
     PROTOCOL_VERSION,
+    RELAY_ID_SIZE,
     check_bytes,
     check_id,
     check_nick,
@@ -309,10 +310,12 @@ def encode_welcome(
     prekeys: int,
     more: bool = False,
     mailbox_ttl: float = DEFAULT_MAILBOX_TTL,
+    relay_id: bytes = bytes(RELAY_ID_SIZE),
 ) -> bytes:
     """``encode_message(Welcome(nick, rate, burst, byte_rate, byte_burst, prekeys, peers,
-    more, mailbox_ttl))`` from the peers' ``encode_peer``."""
+    more, mailbox_ttl, relay_id))`` from the peers' ``encode_peer``."""
     check_nick(nick)
+    check_bytes(relay_id, "relay_id", size=RELAY_ID_SIZE)
     limits = (rate, burst, byte_rate, byte_burst, mailbox_ttl)
     require(
         all(type(x) is float and math.isfinite(x) and x > 0 for x in limits),
@@ -327,7 +330,11 @@ def encode_welcome(
         fields,
         prekeys,
     )
-    tail = b'],"more":%b,"mailbox_ttl":%b}' % (b"true" if more else b"false", write_number(mailbox_ttl))
+    tail = b'],"more":%b,"mailbox_ttl":%b,"relay_id":"%b"}' % (
+        b"true" if more else b"false",
+        write_number(mailbox_ttl),
+        binascii.b2a_base64(relay_id, newline=False),
+    )
     return head + b",".join(encoded_peers) + tail
 
 

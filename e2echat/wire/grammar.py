@@ -67,6 +67,8 @@ FETCH_CHARGE = 512
 EXPIRED_REASONS = ("expired", "key_changed", "evicted")
 # How long a relay keeps a message in a mailbox unless it says otherwise (its default).
 DEFAULT_MAILBOX_TTL = 7 * 24 * 3600.0
+# A relay's instance id: new when its mailboxes are (a relay in memory draws one each start).
+RELAY_ID_SIZE = 16
 
 
 def is_utf8(text: str) -> bool:

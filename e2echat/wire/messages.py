@@ -54,6 +54,7 @@ from e2echat.wire.grammar import (
     MAX_PROOF,
     MAX_PUBLISH,
     NICK_PATTERN,
+    RELAY_ID_SIZE,
     SESSION_PROOF_SIZE,
     check_bytes,
     check_id,
@@ -144,6 +145,7 @@ class Welcome(Message):
         on_wire("peers", PEERS),
         on_wire("more", FLAG),
         on_wire("mailbox_ttl", NUMBER),
+        on_wire("relay_id", BINARY),
     )
     nick: str
     #: the relay's rate limits for this connection, two token buckets: frames a second and
@@ -161,11 +163,15 @@ class Welcome(Message):
     #: seconds the relay keeps a message in a mailbox: a sender that hears nothing of one
     #: for longer (plus a margin) reports it not delivered
     mailbox_ttl: float = DEFAULT_MAILBOX_TTL
+    #: this relay's mailboxes (RELAY_ID_SIZE random bytes): another id at the same
+    #: address means they were lost (a relay kept in memory restarted)
+    relay_id: bytes = bytes(RELAY_ID_SIZE)
 
     def __post_init__(self) -> None:
         check_nick(self.nick)
         for name in ("rate", "burst", "byte_rate", "byte_burst", "mailbox_ttl"):
             check_positive(getattr(self, name), name)
+        check_bytes(self.relay_id, "relay_id", size=RELAY_ID_SIZE)
         check_id(self.prekeys, "prekeys")
         check_items(self.peers, PeerInfo, "peers")
         require(isinstance(self.more, bool), "more must be a bool")
