@@ -420,3 +420,21 @@ def test_copies_kept_by_a_relay_that_restarted_without_them_are_reported_not_del
         DeliveryReport(message_id, True, (), (("bob", RELAY_RESTARTED),), "lost with the relay")
     ]
     assert not alice.pending
+
+
+def test_the_receipts_owed_go_before_the_ack_that_lets_the_relay_forget_the_mail() -> None:
+    wire, _, bob, alice_conn, bob_conn = _two_who_met()
+    wire.hang_up(bob_conn)
+    core = wire.clients[alice_conn]
+    bodies = []
+    for text in ("w1", "w2"):
+        core.send_private("bob", text)
+        bodies.append(_envelope(_written(core), "bob")[1])
+    bob_conn = bob.connect(wire, hold_acks=True)
+    wire.take_all()
+    bob_core = wire.clients[bob_conn]
+    for seq, body in enumerate(bodies, 1):  # two reads, within a receipt interval
+        (read,) = [e for e in bob_core.receive_data(_mail(seq, "alice", body)) if isinstance(e, MailboxRead)]
+        bob_core.acknowledge(read.seq)
+        written = _written(bob_core)
+        assert isinstance(written[-1], m.Ack) and isinstance(written[-2], m.Send), written

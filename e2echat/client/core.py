@@ -258,6 +258,10 @@ class ClientCore:
         them. Ignored if not above what was acknowledged, or above what this connection
         read (a ``MailboxRead`` of an earlier one: the relay sends those items again)."""
         if self._mailbox.acknowledge(seq):
+            # The receipts owed go first, through the same pacer: once the relay has the
+            # ack it forgets the mail, and a receipt still held back (till the next tick)
+            # would die with us if we crashed, leaving the sender waiting for good.
+            self._send_receipts(force=True)
             self._write(m.Ack(seq))
 
     def ping(self) -> None:
