@@ -438,3 +438,22 @@ def test_the_receipts_owed_go_before_the_ack_that_lets_the_relay_forget_the_mail
         bob_core.acknowledge(read.seq)
         written = _written(bob_core)
         assert isinstance(written[-1], m.Ack) and isinstance(written[-2], m.Send), written
+
+
+def test_a_copy_sent_for_a_line_typed_earlier_is_reported_under_its_id_after_a_restart() -> None:
+    """A line typed in an outage (id 5) goes out later as another message: the copy kept
+    in bob's mailbox says which id to report under, in the profile, across the restart."""
+    wire, alice, bob, alice_conn, bob_conn = _two_who_met()
+    wire.hang_up(bob_conn)
+    core = wire.clients[alice_conn]
+    part = core.send_private("bob", "typed offline", report_as=5)
+    _, body = _envelope(_written(core), "bob")
+    wire.deliver(alice_conn, _frame(m.Routed(part, (), queued=("bob",))))
+    wire.hang_up(alice_conn)
+    alice_conn, bob_conn = alice.connect(wire), bob.connect(wire)
+    wire.take_all()
+    wire.deliver(bob_conn, _mail(1, "alice", body))
+    written = _written(wire.clients[bob_conn])
+    wire.to_relay(bob_conn, b"".join(_frame(msg) for msg in written if not isinstance(msg, m.Ack)))
+    reports = [e for e in wire.take(alice_conn, receipts=True) if isinstance(e, DeliveryReport)]
+    assert reports == [DeliveryReport(5, True, ("bob",), (), "typed offline")]

@@ -329,8 +329,8 @@ class Connection:
 
     # -- what the UI calls --------------------------------------------------------------------
 
-    def send_room(self, text: str, only: Collection[str] | None = None) -> int:
-        message_id = self.core.send_room(text, only)
+    def send_room(self, text: str, only: Collection[str] | None = None, *, report_as: int = 0) -> int:
+        message_id = self.core.send_room(text, only, report_as=report_as)
         self._sent()
         return message_id
 
@@ -339,8 +339,8 @@ class Connection:
         """Who the last room message left out because their key changed."""
         return self.core.left_out
 
-    def send_private(self, nick: str, text: str) -> int:
-        message_id = self.core.send_private(nick, text)
+    def send_private(self, nick: str, text: str, *, report_as: int = 0) -> int:
+        message_id = self.core.send_private(nick, text, report_as=report_as)
         self._sent()
         return message_id
 

@@ -369,15 +369,16 @@ class ClientCore:
 
     # -- what the UI does -------------------------------------------------------------------
 
-    def send_room(self, text: str, only: Collection[str] | None = None) -> int:
+    def send_room(self, text: str, only: Collection[str] | None = None, *, report_as: int = 0) -> int:
         """Encrypt ``text`` for everyone else online whose key is not in doubt (and among
-        ``only``, if given). Returns the message id; ``left_out`` then names those left out."""
+        ``only``, if given). Returns the message id; ``left_out`` then names those left out.
+        ``report_as``: the id its copies kept in mailboxes are reported under, if not its own."""
         self._require_online()
-        return self._outbox.send_room(text, only)
+        return self._outbox.send_room(text, only, report_as=report_as)
 
-    def send_private(self, recipient: str, text: str) -> int:
+    def send_private(self, recipient: str, text: str, *, report_as: int = 0) -> int:
         self._require_online()
-        return self._outbox.send_private(recipient, text)
+        return self._outbox.send_private(recipient, text, report_as=report_as)
 
     def key_fingerprint(self, nick: str) -> str:
         """The fingerprint of the identity key the directory shows for ``nick`` now."""

@@ -11,7 +11,7 @@ neither back nor known to the relay by the end of the grace period is reported N
 delivered. The copies go out as one or more messages ("parts"), whose reports are
 gathered into one report for the line, under the id it was given when it was typed; a
 copy kept in a mailbox is reported later, when its receipt comes, under that id too
-(while this client runs: after a restart, under the part's id).
+(the part is sent with it as ``report_as``: it is kept with the copy, across restarts).
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ NO_SESSION = "no secure session"
 class Sender(Protocol):
     """Where held lines go once the relay is back: the connection."""
 
-    def send_room(self, text: str, only: Collection[str] | None = None) -> int: ...
-    def send_private(self, nick: str, text: str) -> int: ...
+    def send_room(self, text: str, only: Collection[str] | None = None, *, report_as: int = 0) -> int: ...
+    def send_private(self, nick: str, text: str, *, report_as: int = 0) -> int: ...
     @property
     def left_out(self) -> list[str]: ...
 
@@ -59,9 +59,6 @@ class HeldLines:
     def __init__(self) -> None:
         self._lines: list[HeldLine] = []
         self._by_part: dict[int, HeldLine] = {}
-        #: a part with copies in mailboxes -> the id of its line, to report those under,
-        #: and whose copies are still to be reported
-        self._queued_parts: dict[int, tuple[int, set[str]]] = {}
 
     @property
     def waiting(self) -> bool:
@@ -112,16 +109,15 @@ class HeldLines:
 
     def settle(self, report: SendReport | DeliveryReport | MessageQueued) -> list[ClientEvent] | None:
         """A report on one of our parts: folded into its line's report (out once the line
-        is done), or, for a copy that waited in a mailbox, told under the line's id. None
-        if ``report`` is not about a part: it is the caller's to pass on."""
+        is done; that its copies wait in mailboxes, told under the line's id). None if
+        ``report`` is not about a part (a copy that waited in a mailbox is reported under
+        the line's id already): it is the caller's to pass on."""
         line = self._by_part.get(report.message_id)
         if line is None:
-            return self._late(report)
+            return None
         if isinstance(report, SendReport):
             return []  # the relay's word; the receipts are what counts
         if isinstance(report, MessageQueued):
-            _, waiting = self._queued_parts.setdefault(report.message_id, (line.message_id, set()))
-            waiting.update(report.nicks)
             return [replace(report, message_id=line.message_id, preview=preview(line.text))]
         del self._by_part[report.message_id]
         went_to = line.parts.pop(report.message_id)
@@ -131,17 +127,6 @@ class HeldLines:
         accounted = {*report.delivered, *(nick for nick, _ in report.failed), *report.queued}
         line.failed += [(nick, NO_SESSION) for nick in sorted(went_to - accounted)]
         return self._finish(line)
-
-    def _late(self, report: SendReport | DeliveryReport | MessageQueued) -> list[ClientEvent] | None:
-        """The report on a copy of a part that waited in a mailbox: under its line's id."""
-        found = self._queued_parts.get(report.message_id)
-        if found is None or not isinstance(report, DeliveryReport):
-            return None
-        line_id, waiting = found
-        waiting.difference_update([*report.delivered, *(nick for nick, _ in report.failed)])
-        if not waiting:
-            del self._queued_parts[report.message_id]
-        return [replace(report, message_id=line_id)]
 
     def give_up(self, reason: str) -> list[ClientEvent]:
         """Nothing more will be sent: whoever a line has not gone to is reported with
@@ -161,9 +146,9 @@ class HeldLines:
         part: int | None = None
         try:
             if line.recipient is None:
-                part = sender.send_room(line.text, only=due)
+                part = sender.send_room(line.text, only=due, report_as=line.message_id)
             else:
-                part = sender.send_private(line.recipient, line.text)
+                part = sender.send_private(line.recipient, line.text, report_as=line.message_id)
         except E2EChatError as exc:  # a refusal (CommandError), or anything else: reported
             reason = str(exc)
         # A room message says whom it left out for a changed key, sent or not.

@@ -186,9 +186,11 @@ class Outbox:
 
     # -- messages ---------------------------------------------------------------------------
 
-    def send_room(self, text: str, only: Collection[str] | None = None) -> int:
+    def send_room(self, text: str, only: Collection[str] | None = None, *, report_as: int = 0) -> int:
         """Encrypt ``text`` for everyone else online whose key is not in doubt (and among
-        ``only``, if given). Returns the message id; ``left_out`` then names those left out."""
+        ``only``, if given). Returns the message id; ``left_out`` then names those left out.
+        ``report_as``: the id its copies kept in mailboxes are reported under, if not its
+        own (a line typed in an outage, sent later as this message)."""
         recipients, blocked = self._directory.room_recipients(self._has_session)
         away, away_blocked = self._away_members()
         recipients, blocked = recipients + away, blocked + away_blocked
@@ -203,7 +205,7 @@ class Outbox:
                     "accepted (see /verify and /trust)"
                 )
             raise CommandError(detail="nobody else is online; the message was not sent")
-        return self._send(text, Kind.ROOM, recipients)
+        return self._send(text, Kind.ROOM, recipients, report_as)
 
     def _has_session(self, nick: str) -> bool:
         return True  # anyone online: a session is started with their bundle if need be
@@ -238,7 +240,7 @@ class Outbox:
             return session, session.identity_key
         return None, None if pin is None else pin.identity_key
 
-    def send_private(self, recipient: str, text: str) -> int:
+    def send_private(self, recipient: str, text: str, *, report_as: int = 0) -> int:
         if recipient == self._our_nick:
             raise CommandError(detail="that is you; /msg sends to someone else")
         if recipient not in self._directory.peers:
@@ -250,15 +252,15 @@ class Outbox:
                     f"them; nothing is sent to {recipient} until they are back online and you accept "
                     f"their key with /trust {recipient}"
                 )
-            return self._send(text, Kind.PRIVATE, [recipient])
+            return self._send(text, Kind.PRIVATE, [recipient], report_as)
         if self._directory.trust(recipient) is Trust.CHANGED:
             raise CommandError(
                 detail=f"not sent: {recipient}'s key changed; nothing is sent to {recipient} until "
                 f"you accept the new key with /trust {recipient}"
             )
-        return self._send(text, Kind.PRIVATE, [recipient])
+        return self._send(text, Kind.PRIVATE, [recipient], report_as)
 
-    def _send(self, text: str, kind: Kind, recipients: list[str]) -> int:
+    def _send(self, text: str, kind: Kind, recipients: list[str], report_as: int = 0) -> int:
         if not text:
             raise CommandError(detail="empty message not sent")
         if not is_utf8(text):
@@ -322,7 +324,7 @@ class Outbox:
         # sending faster than the relay allows.
         leaves = self._outgoing.write(frames, now)
         self._fetch(fetch, now)
-        self._tracker.sent(message_id, kind is Kind.PRIVATE, counters, leaves, preview(text))
+        self._tracker.sent(message_id, kind is Kind.PRIVATE, counters, leaves, preview(text), report_as)
         return message_id
 
     def _fetch(self, nicks: list[str], now: float) -> None:

@@ -35,9 +35,9 @@ MAX_PENDING = 100_000
 # our clock and the relay's may differ. (A fraction of the time to live when it is short.)
 LIFETIME_MARGIN = 24 * 3600.0
 
-# counter, private, queued_at, expires_at (our clock), the relay's id, the length of its
-# address; then the address in ASCII, and the preview in UTF-8
-_COPY = struct.Struct(">Q?dd16sB")
+# counter, private, queued_at, expires_at (our clock), the relay's id, the id to report
+# under, the length of the relay's address; then the address, and the preview in UTF-8
+_COPY = struct.Struct(">Q?dd16sQB")
 _NUMBERS = struct.Struct(">Q")
 
 log = logging.getLogger("e2echat.client.pending")
@@ -69,6 +69,13 @@ class PendingCopy:
     #: the relay that keeps it: its address, and the id of its mailboxes (its welcome's)
     relay: str = ""
     relay_id: bytes = b""
+    #: the id its reports go under, if not ``message_id`` (0): a line typed in an outage
+    #: is reported under the id it was typed with, not the one it was sent with
+    report_as: int = 0
+
+    @property
+    def reported_as(self) -> int:
+        return self.report_as or self.message_id
 
 
 class MessageIds(Iterator[int]):
@@ -226,9 +233,8 @@ def _key_of(name: str) -> tuple[int, str]:
 
 def _encode(copy: PendingCopy) -> bytes:
     relay = copy.relay.encode("utf-8")[:255]
-    fields = _COPY.pack(
-        copy.counter, copy.private, copy.queued_at, copy.expires_at, copy.relay_id, len(relay)
-    )
+    times = (copy.queued_at, copy.expires_at)
+    fields = _COPY.pack(copy.counter, copy.private, *times, copy.relay_id, copy.report_as, len(relay))
     return fields + relay + copy.preview.encode("utf-8")
 
 
@@ -236,7 +242,7 @@ def _decode(name: str, value: bytes) -> PendingCopy | None:
     message_id, nick = _key_of(name)
     if message_id < 0 or not nick or len(value) < _COPY.size:
         return None
-    counter, private, queued_at, expires_at, relay_id, length = _COPY.unpack_from(value)
+    counter, private, queued_at, expires_at, relay_id, report_as, length = _COPY.unpack_from(value)
     end = _COPY.size + length
     try:
         relay, preview = value[_COPY.size : end].decode("utf-8"), value[end:].decode("utf-8")
@@ -245,4 +251,5 @@ def _decode(name: str, value: bytes) -> PendingCopy | None:
     if len(value) < end:
         return None
     relay_id = relay_id if any(relay_id) else b""
-    return PendingCopy(message_id, nick, counter, private, preview, queued_at, expires_at, relay, relay_id)
+    where = (relay, relay_id, report_as)
+    return PendingCopy(message_id, nick, counter, private, preview, queued_at, expires_at, *where)

@@ -103,6 +103,8 @@ class Message:
     #: the relay's word: recipients it has not answered for yet, and its answers so far
     unrouted: set[str]
     waiting: dict[str, int]  # nick -> the counter their copy was sent under; no receipt yet
+    #: the id its copies kept in mailboxes are reported under (0: its own)
+    report_as: int = 0
     forwarded: list[str] = field(default_factory=list)
     not_forwarded: list[str] = field(default_factory=list)
     #: the recipients' word
@@ -142,10 +144,17 @@ class DeliveryTracker:
         return not self.awaiting_relay and not self._unconfirmed
 
     def sent(
-        self, message_id: int, private: bool, counters: dict[str, int], now: float, preview: str = ""
+        self,
+        message_id: int,
+        private: bool,
+        counters: dict[str, int],
+        now: float,
+        preview: str = "",
+        report_as: int = 0,
     ) -> None:
-        """A message went to the recipients in ``counters``, each copy under its counter."""
-        message = Message(message_id, private, preview, now, set(counters), dict(counters))
+        """A message went to the recipients in ``counters``, each copy under its counter.
+        ``report_as``: the id its copies kept in mailboxes are reported under, if not its own."""
+        message = Message(message_id, private, preview, now, set(counters), dict(counters), report_as)
         self.awaiting_relay[message_id] = self._unconfirmed[message_id] = message
         # (nick, counter) pairs are the keys: a room message's 49 in one C call, unless a
         # copy for someone away waits for its number (see numbered)
@@ -212,6 +221,7 @@ class DeliveryTracker:
                 expires_at,
                 self.relay,
                 self.relay_id,
+                message.report_as,
             )
             refused += self._not_followed(copy, self.pending.add(copy))
         if not moved:
@@ -220,16 +230,7 @@ class DeliveryTracker:
 
     def _not_followed(self, added: PendingCopy, copies: list[PendingCopy]) -> list[DeliveryReport]:
         """The reports of the waiting copies ``pending`` did not keep when ``added`` came."""
-        return [
-            DeliveryReport(
-                copy.message_id,
-                copy.private,
-                (),
-                ((copy.nick, NUMBER_TAKEN if copy is added else TOO_MANY_WAITING),),
-                copy.preview,
-            )
-            for copy in copies
-        ]
+        return [_failed(copy, NUMBER_TAKEN if copy is added else TOO_MANY_WAITING) for copy in copies]
 
     def mailbox_dropped(self, message_id: int, nick: str, reason: str) -> list[DeliveryReport]:
         """The relay says it dropped our copy of ``message_id`` for ``nick`` from their
@@ -239,24 +240,18 @@ class DeliveryTracker:
         if copy is None:
             return []
         why = EXPIRED_REASONS.get(reason, reason)
-        return [DeliveryReport(message_id, copy.private, (), ((nick, why),), copy.preview)]
+        return [_failed(copy, why)]
 
     def welcome(self, relay: str, relay_id: bytes, mailbox_ttl: float) -> list[DeliveryReport]:
         """The relay at ``relay`` welcomed us, with its mailboxes ``relay_id`` kept for
         ``mailbox_ttl``: copies it kept in other mailboxes are lost (reported)."""
         self.relay, self.relay_id, self.mailbox_ttl = relay, relay_id, mailbox_ttl
-        return [
-            DeliveryReport(copy.message_id, copy.private, (), ((copy.nick, RELAY_RESTARTED),), copy.preview)
-            for copy in self.pending.lost_with(relay, relay_id)
-        ]
+        return [_failed(copy, RELAY_RESTARTED) for copy in self.pending.lost_with(relay, relay_id)]
 
     def outlived(self, now: float) -> list[DeliveryReport]:
         """The waiting copies no word of came within their lifetime, at ``now`` (Unix
         time): reported not delivered."""
-        return [
-            DeliveryReport(copy.message_id, copy.private, (), ((copy.nick, NO_WORD),), copy.preview)
-            for copy in self.pending.outlived(now)
-        ]
+        return [_failed(copy, NO_WORD) for copy in self.pending.outlived(now)]
 
     def dropped(self, message_id: int, nick: str, reason: str) -> list[SendReport | DeliveryReport]:
         """The copy for ``nick`` was never sent (no session could be started): the relay
@@ -298,7 +293,7 @@ class DeliveryTracker:
                 # already settled: a receipt cannot confirm twice.
                 copy = self.pending.confirmed(nick, counter)
                 if copy is not None:
-                    late.append(DeliveryReport(copy.message_id, copy.private, (nick,), (), copy.preview))
+                    late.append(DeliveryReport(copy.reported_as, copy.private, (nick,), (), copy.preview))
                 continue
             message = self._unconfirmed[message_id]
             message.waiting.pop(nick, None)
@@ -365,3 +360,8 @@ class DeliveryTracker:
                 )
             )
         return reports
+
+
+def _failed(copy: PendingCopy, reason: str) -> DeliveryReport:
+    """The report of a copy that waited in a mailbox and will not be delivered."""
+    return DeliveryReport(copy.reported_as, copy.private, (), ((copy.nick, reason),), copy.preview)
