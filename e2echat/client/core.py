@@ -418,7 +418,7 @@ class ClientCore:
         if self.state is ClientState.AWAIT_WELCOME and isinstance(message, m.Welcome):
             self._handshake.welcome(message)
             # Copies queued at a relay that has since lost its mailboxes: told once registered.
-            self._lost = self.deliveries.welcome(self._relay_name, message.relay_id, message.mailbox_ttl)
+            self._lost = [*self.deliveries.welcome(self._relay_name, message.relay_id, message.mailbox_ttl)]
             self.state = ClientState.AWAIT_DIRECTORY
             return self._receive_directory(message.peers, message.more)
         if self.state is ClientState.AWAIT_DIRECTORY and isinstance(message, m.Directory):
