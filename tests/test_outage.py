@@ -8,12 +8,13 @@ import time
 from collections.abc import Collection
 from typing import Any
 
+from ledger import Ledger
 from nacl.public import PrivateKey
 
 from e2echat.client.core import MessageReceived, Registered, RelayClosing
-from e2echat.client.events import ConnectionLost, Queued
+from e2echat.client.events import ClientEvent, ConnectionLost, Queued
 from e2echat.client.held import KEY_CHANGED, HeldLines
-from e2echat.client.receipts import DeliveryReport, MessageQueued, SendReport
+from e2echat.client.receipts import DeliveryReport, DeliveryTracker, MessageQueued, SendReport
 from e2echat.client.reconnect import Client
 from e2echat.client.trust import KnownPeers
 from e2echat.crypto.keyring import Keyring
@@ -217,3 +218,36 @@ def test_a_held_room_line_goes_to_members_away_as_a_fresh_one_does() -> None:
     assert isinstance(report, DeliveryReport)
     assert (report.message_id, report.delivered, report.queued) == (8, ("bob",), ("carol",))
     assert [nick for nick, _ in report.failed] == ["dave"]
+
+
+def test_a_mailbox_receipt_overtaking_a_held_parts_own_report_is_told_once() -> None:
+    """bob reads his copy of a held line's part from his mailbox before alice confirms
+    hers: his late report comes before the part's own. It is bob's alone, not the part's:
+    alice is not reported NOT delivered ("no secure session") and then delivered too
+    (chaos seed 651660273)."""
+    held, sender, tracker = HeldLines(), _Sender(), DeliveryTracker()
+    held.hold(7, None, "hi all", ["alice"], ["bob"])
+    assert held.release(sender, ["alice"], final=False, away=["bob"]) == []
+    ((_, _, part),) = sender.sent
+    tracker.sent(part, False, {"alice": 1, "bob": 1}, 0.0, "hi all", report_as=sender.report_as[0])
+    events: list[ClientEvent] = []
+    for report in [
+        *tracker.routed(part, ("alice",), (), (), ("bob",)),
+        *tracker.acknowledged("bob", [1]),  # first: his late report
+        *tracker.acknowledged("alice", [1]),  # then the part's own
+    ]:
+        settled = held.settle(report)
+        events += [report] if settled is None else settled  # None: the caller passes it on
+    assert events == [
+        MessageQueued(7, False, ("bob",), "hi all"),
+        DeliveryReport(7, False, ("bob",), (), "hi all"),
+        DeliveryReport(7, False, ("alice",), (), "hi all", ("bob",)),
+    ]
+    assert not held.waiting
+    ledger = Ledger()
+    ledger.sent("carol", 7, "hi all", {"alice", "bob"}, private=False)
+    for nick in ("alice", "bob"):
+        ledger.record(nick, MessageReceived("carol", "hi all", False))
+    for event in events:
+        ledger.record("carol", event)
+    assert ledger.problems() == []
