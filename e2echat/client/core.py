@@ -212,7 +212,13 @@ class ClientCore:
             # place; the rest is cut into frames first.
             fast = decode_deliver_frame(data) if online and not self._decoder.buffered else None
             if fast is not None:
+                # No mailbox item in it, and no notice or receipt from it can be due but
+                # by the clock: the rest of this function, for the usual read, is that check.
                 events = self._sessions.deliver(*fast)
+                outbox = self._outbox
+                if (outbox.acks_due and self._clock() >= outbox.receipts_due_at) or self._sessions.lost:
+                    self._send_receipts()
+                return self._take_notices() + events if self._notices else events
             else:
                 for frame in self._decoder.receive_data(data):
                     # Most frames are deliveries in the relay's one canonical form: those

@@ -191,7 +191,10 @@ class Directory:
 
     def trust(self, nick: str) -> Trust:
         """How far the key the directory shows for ``nick`` is trusted."""
-        self._check_caches()
+        # Asked once per message received: _check_caches, without the call.
+        peers, cached_for = self.known_peers, self._cached_for
+        if cached_for is None or cached_for[0] is not peers or cached_for[1] != peers.generation:
+            self._check_caches()
         trust = self._trust_cache.get(nick)
         if trust is None:
             trust = self.known_peers.state(nick, self.peer(nick).identity_key)
