@@ -36,6 +36,7 @@ from e2echat.wire.grammar import CHALLENGE_SIZE
 from e2echat.wire.objects import Bundle, OneTimePrekey, PeerInfo
 
 TARGET_RATIO = 1.5
+TARGET_RECEIVE_RATIO = 2.0  # issue 17: "receiving at most 2x raw decrypt per delivery"
 #: Each figure is the fastest of this many rounds, as ``timeit`` reports: a slower round
 #: measures what else the machine was doing, for the client and the baseline alike.
 ROUNDS = 5
@@ -272,6 +273,17 @@ def client_cost(context: Context) -> Section:
             1e6 * receive_cpu,
             "µs",
             note=f"raw SecretBox decrypt {1e6 * raw_open:.1f} µs ({receive_cpu / raw_open:.1f}×)",
+        )
+    )
+    receive_ratio = receive_cpu / raw_open
+    section.add(
+        Figure(
+            "receive_ratio",
+            "client ÷ raw PyNaCl, receiving",
+            receive_ratio,
+            "×",
+            f"≤ {TARGET_RECEIVE_RATIO:g}",
+            judge(receive_ratio, lambda r: r <= TARGET_RECEIVE_RATIO, not plan.smoke),
         )
     )
     dh_step = dh_step_cost(plan.cost_dh_turns)

@@ -26,7 +26,13 @@ EXPECTED = {
         "newcomer_directory_ms",
         "churn_cycles_per_s",
     ],
-    "client-cost": ["send_ms_per_message", "raw_us_per_recipient", "send_ratio", "receive_us_per_delivery"],
+    "client-cost": [
+        "send_ms_per_message",
+        "raw_us_per_recipient",
+        "send_ratio",
+        "receive_us_per_delivery",
+        "receive_ratio",
+    ],
     "memory": [
         "non_reader_peak_growth_mib",
         "flood_peak_growth_mib",
@@ -83,6 +89,7 @@ def test_smoke_run_reports_every_figure_and_loses_nothing(tmp_path: Path) -> Non
     assert all(run["unstamped"] == 0 for run in live)
     assert {target["key"] for target in document["targets"]} >= {
         "send_ratio",
+        "receive_ratio",
         "relay_rss_kib_per_connection",
         "clients_reached",
     }
