@@ -1,4 +1,5 @@
-"""What the client tells the UI: one frozen dataclass per kind of event. Pure.
+"""What the client tells the UI: one frozen dataclass per kind of event (but one, see
+``MessageReceived``). Pure.
 
 ``Event`` is what the core says; ``ClientEvent`` adds what the connection and reconnect
 shells say about the link itself. All of them travel to the UI on one queue.
@@ -6,7 +7,9 @@ shells say about the link itself. All of them travel to the UI on one queue.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import functools
+from dataclasses import dataclass
+from typing import NamedTuple
 
 # What became of a message we sent: re-exported, as part of the UI's vocabulary.
 from e2echat.client.receipts import DeliveryReport as DeliveryReport
@@ -48,8 +51,7 @@ class PeerLeft:
     nick: str
 
 
-@dataclass(frozen=True, init=False)
-class MessageReceived:
+class _Received(NamedTuple):
     sender: str
     text: str
     private: bool
@@ -60,29 +62,38 @@ class MessageReceived:
     #: when its sender encrypted it, by the sender's clock (Unix time; inside the
     #: encryption, so the relay cannot change it); None from clients that do not say.
     #: Not compared: two copies of one message are the same event whenever they came.
-    sent_at: float | None = field(default=None, compare=False)
-
-    def __init__(
-        self,
-        sender: str,
-        text: str,
-        private: bool,
-        trust: Trust = Trust.UNVERIFIED,
-        late: bool = False,
-        sent_at: float | None = None,
-    ) -> None:
-        # The __init__ dataclass would write sets each field with a call of
-        # object.__setattr__ (a frozen class refuses plain assignment): one event per
-        # message received, at twice the cost of writing the fields straight into the
-        # instance's dict. It is just as frozen afterwards.
-        fields = self.__dict__
-        fields["sender"], fields["text"], fields["private"] = sender, text, private
-        fields["trust"], fields["late"], fields["sent_at"] = trust, late, sent_at
+    sent_at: float | None = None
 
 
-@dataclass(frozen=True, init=False)
+class MessageReceived(_Received):
+    """A message from ``sender``, decrypted.
+
+    The one event made per message received, in a busy room thousands a second: a named
+    tuple, not a dataclass, as it is made in half the time (``received`` in a third: the
+    client's own fast way). Just as frozen; equal to another only of its own kind and
+    whatever ``sent_at`` says."""
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and self[:5] == other[:5]
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:
+        return hash(self[:5])
+
+
+received = functools.partial(tuple.__new__, MessageReceived)
+"""``received((sender, text, private, trust, late, sent_at))``: ``MessageReceived`` of
+those fields, all given (the named tuple's own constructor, without its call)."""
+
+
 class MailReceived(MessageReceived):
     """A message kept in our mailbox while we were away, shown with when it was sent."""
+
+    __slots__ = ()
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,12 @@ from e2echat.client.events import (
     Event,
     KeyPinned,
     MailReceived,
-    MessageReceived,
     MessagesMissing,
     PeerJoined,
     PeerLeft,
     SecurityWarning,
     SplitView,
+    received,
 )
 from e2echat.client.receipts import DeliveryTracker
 from e2echat.client.trust import Trust
@@ -204,7 +204,7 @@ class Sessions:
                     events.append(KeyPinned(sender))
         if view != directory.view and directory.is_split_view(sender, view):
             events.append(SplitView(sender))
-        events.append(MessageReceived(sender, text, kind is _PRIVATE, trust, late, sent))
+        events.append(received((sender, text, kind is _PRIVATE, trust, late, sent)))
         return events
 
     def mail(self, sender: str, body: bytes) -> list[Event]:

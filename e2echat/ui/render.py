@@ -316,10 +316,14 @@ def event_record(event: object) -> dict[str, object]:
     name = type(event).__name__
     kind = "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
     record: dict[str, object] = {"type": kind, "time": _iso_time()}
-    if dataclasses.is_dataclass(event) and not isinstance(event, type):
-        for field in dataclasses.fields(event):
-            value = getattr(event, field.name)
-            record[field.name] = value.value if isinstance(value, Trust) else value
+    if isinstance(event, MessageReceived):  # (a named tuple, not a dataclass)
+        fields: dict[str, object] = event._asdict()
+    elif dataclasses.is_dataclass(event) and not isinstance(event, type):
+        fields = {field.name: getattr(event, field.name) for field in dataclasses.fields(event)}
+    else:
+        fields = {}
+    for name, value in fields.items():
+        record[name] = value.value if isinstance(value, Trust) else value
     return record
 
 
