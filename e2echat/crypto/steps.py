@@ -157,7 +157,7 @@ def _direct_steps(ffi: Any, lib: Any) -> tuple[Seal, Open]:
             null,
             message[nonce_end:],
             size + mac_size,
-            message[:authenticated_size],
+            message,  # its first authenticated_size bytes (fewer than it has: size >= 0)
             authenticated_size,
             message[authenticated_size:nonce_end],
             out + key_size,

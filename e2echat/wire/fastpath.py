@@ -240,23 +240,22 @@ def decode_deliver_frame(data: bytes) -> tuple[str, bytes] | None:
     (a client's usual read): read in place, without cutting the frame out first. None
     for anything else, which the caller then gives to its ``FrameDecoder``. (No length
     check against MAX_FRAME is needed: a body of at most MAX_BODY keeps it far below.)"""
+    size = len(data) if type(data) is bytes else 0
     if (
-        type(data) is not bytes
-        or len(data) < _DELIVER_AT + 4
-        or data[_DELIVER_AT] != DELIVER_TAG
-        or data[_DELIVER_AT + 1] != PROTOCOL_VERSION
-        or _frame_length(data)[0] != len(data) - _DELIVER_AT
+        size < _DELIVER_AT + 4
+        or not data.startswith(_DELIVER_START, _DELIVER_AT)
+        or _frame_length(data)[0] != size - _DELIVER_AT
     ):
         return None
     end = _DELIVER_AT + 3 + data[_DELIVER_AT + 2]
-    sender = _NICKS.get(data[_DELIVER_AT + 3 : end]) or _nick(data[_DELIVER_AT + 3 : end])
-    body = data[end:]
-    if sender is None or not 0 < len(body) <= MAX_BODY:  # (none if the nick ran past the end)
+    if not 0 < size - end <= MAX_BODY:  # (none if the nick ran past the end)
         return None
-    return sender, body
+    sender = _NICKS.get(data[_DELIVER_AT + 3 : end]) or _nick(data[_DELIVER_AT + 3 : end])
+    return None if sender is None else (sender, data[end:])
 
 
 _DELIVER_AT = PREFIX_SIZE  # the payload, after the frame's length
+_DELIVER_START = bytes((DELIVER_TAG, PROTOCOL_VERSION))
 _frame_length = struct.Struct(">I").unpack_from
 
 
