@@ -471,6 +471,10 @@ MALFORMED = [
     pytest.param(_inner(text="lone \ud800 surrogate"), id="text-lone-surrogate"),
     pytest.param(_inner(text="") + b"\xff\xfe", id="text-not-utf8"),
     pytest.param(_inner(sent=2**53), id="sent-huge"),
+    # the usual message's flags (send time and directory hash), read the short way
+    pytest.param(_inner(sent=2**53, directory="ab" * 32), id="usual-sent-huge"),
+    pytest.param(_inner(sent=5, directory="ab" * 32, text="") + b"\xff", id="usual-text-not-utf8"),
+    pytest.param(_inner(sent=5, directory="ab" * 32, kind_number=3), id="usual-bad-kind"),
     pytest.param(_inner(sent=5, flags=0), id="sent-without-its-flag"),
     pytest.param(_inner(directory="ab" * 32, flags=0), id="directory-without-its-flag"),
     pytest.param(_inner(acks=tuple(range(1001))), id="acks-too-many"),

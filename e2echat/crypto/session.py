@@ -156,6 +156,7 @@ _N = struct.Struct(">Q")
 _HAS_SENT = 0b01
 _HAS_DIRECTORY = 0b10
 _UNKNOWN_FLAGS = ~(_HAS_SENT | _HAS_DIRECTORY)
+_USUAL_FLAGS = _HAS_SENT | _HAS_DIRECTORY
 _KIND_COUNT = len(_KINDS)
 _ROOM_NUMBER = _KIND_NUMBERS[Kind.ROOM]
 _NO_DIRECTORY = bytes(32)
@@ -480,23 +481,32 @@ class PeerSession:
         # Once per message received: the checks read module constants, not enum members.
         try:
             counter, kind_number, flags, sent, directory, ack_count, room_size = _INNER.unpack_from(raw)
-            acks_end = _INNER_SIZE + 8 * ack_count
-            room_end = acks_end + room_size
-            if (
-                kind_number >= _KIND_COUNT
-                or flags & _UNKNOWN_FLAGS
-                or (sent >= MAX_SENT if flags & _HAS_SENT else sent)
-                or (not flags & _HAS_DIRECTORY and directory != _NO_DIRECTORY)
-                or ack_count > MAX_ACKS
-                or (room_size and kind_number != _ROOM_NUMBER)
-                or room_end > len(raw)
-            ):
-                raise ValueError("malformed")
-            # (struct.error if the acks are cut short)
-            acks = struct.unpack_from(f">{ack_count}Q", raw, _INNER_SIZE) if ack_count else ()
-            # strict UTF-8: no lone surrogates (they would crash the display)
-            room = raw[acks_end:room_end].decode("utf-8") if room_size else ""
-            text = raw[room_end:].decode("utf-8")
+            if flags == _USUAL_FLAGS and not ack_count and not room_size and kind_number < _KIND_COUNT:
+                # The usual message (a send time and a directory hash, no acks, the one
+                # room): of the checks below, only the send time's bound is left to make.
+                if sent >= MAX_SENT:
+                    raise ValueError("malformed")
+                acks: tuple[int, ...] = ()
+                room = ""
+                text = raw[_INNER_SIZE:].decode("utf-8")
+            else:
+                acks_end = _INNER_SIZE + 8 * ack_count
+                room_end = acks_end + room_size
+                if (
+                    kind_number >= _KIND_COUNT
+                    or flags & _UNKNOWN_FLAGS
+                    or (sent >= MAX_SENT if flags & _HAS_SENT else sent)
+                    or (not flags & _HAS_DIRECTORY and directory != _NO_DIRECTORY)
+                    or ack_count > MAX_ACKS
+                    or (room_size and kind_number != _ROOM_NUMBER)
+                    or room_end > len(raw)
+                ):
+                    raise ValueError("malformed")
+                # (struct.error if the acks are cut short)
+                acks = struct.unpack_from(f">{ack_count}Q", raw, _INNER_SIZE) if ack_count else ()
+                # strict UTF-8: no lone surrogates (they would crash the display)
+                room = raw[acks_end:room_end].decode("utf-8") if room_size else ""
+                text = raw[room_end:].decode("utf-8")
         except (ValueError, struct.error):  # UnicodeDecodeError is a ValueError
             raise DecryptionError(peer=self.peer, detail="malformed plaintext") from None
         if flags & _HAS_DIRECTORY:
