@@ -49,6 +49,7 @@ PURE = sorted(
         "relay.limits",
         "ui.cells",
         "ui.commands",
+        "ui.nicks",
         "ui.render",
         "ui.transcript",
         "ui.verifying",
