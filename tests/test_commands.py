@@ -78,7 +78,7 @@ def test_usage_errors(line: str) -> None:
 def test_msg_usage_names_the_command() -> None:
     with pytest.raises(CommandError) as caught:
         parse("/msg bob")
-    assert str(caught.value) == f"usage: {COMMANDS['msg'][0]}"
+    assert str(caught.value) == f"usage: {COMMANDS['msg'].usage}"
 
 
 def test_unknown_command_suggests_the_closest() -> None:
@@ -100,14 +100,18 @@ def test_unknown_command_without_a_close_match_points_to_help() -> None:
 
 def test_help_lists_every_command() -> None:
     lines = help_text()
-    for usage, _ in COMMANDS.values():
-        assert any(usage in line for line in lines)
+    for entry in COMMANDS.values():
+        assert any(entry.usage in line for line in lines)
     assert any("//TEXT" in line for line in lines)
 
 
 @pytest.mark.parametrize("topic", ["msg", "/msg", "m", "query"])
 def test_help_for_one_command(topic: str) -> None:
-    assert help_text(topic) == [f"{COMMANDS['msg'][0]} — {COMMANDS['msg'][1]}"]
+    assert help_text(topic) == [
+        "usage: /msg NICK TEXT",
+        "  send TEXT to NICK alone; nobody else receives anything",
+        "example: /msg bob see you at 6",
+    ]
 
 
 def test_help_for_unknown_topic() -> None:

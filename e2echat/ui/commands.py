@@ -7,6 +7,7 @@ sends a line that begins with a literal "/".
 from __future__ import annotations
 
 import difflib
+import textwrap
 from dataclasses import dataclass
 
 from e2echat.crypto.identity import parse_fingerprint
@@ -85,48 +86,113 @@ class Search:
     text: str
 
 
+@dataclass(frozen=True)
+class Mentions:
+    """List the recent lines that mentioned us."""
+
+
+@dataclass(frozen=True)
+class Clear:
+    """Clear the screen."""
+
+
 SETTINGS = {"bell": ("on", "off")}
+#: /mentions lists this many, the newest: more than a screenful is the history's work
+MENTIONS_KEPT = 50
 #: the most lines one /history shows: a screenful is 50; more than this is an export's work
 MAX_HISTORY_LINES = 1000
 
-Command = Say | PrivateMessage | Who | Help | Quit | Verify | TrustPeer | Untrust | Set | History | Search
+Command = (
+    Say
+    | PrivateMessage
+    | Who
+    | Help
+    | Quit
+    | Verify
+    | TrustPeer
+    | Untrust
+    | Set
+    | History
+    | Search
+    | Mentions
+    | Clear
+)
 
-#: name -> (usage, one line of help). The order is the order /help lists them in.
-COMMANDS: dict[str, tuple[str, str]] = {
-    "msg": ("/msg NICK TEXT", "send TEXT to NICK alone; nobody else receives anything"),
-    "who": ("/who", "list who is online, and how far you trust each key"),
-    "verify": (
+
+@dataclass(frozen=True)
+class CommandHelp:
+    """What /help says of one command: how to type it, what it does, and an example."""
+
+    usage: str
+    description: str
+    example: str
+
+
+#: name -> its help. The order is the order /help lists them in.
+COMMANDS: dict[str, CommandHelp] = {
+    "msg": CommandHelp(
+        "/msg NICK TEXT", "send TEXT to NICK alone; nobody else receives anything", "/msg bob see you at 6"
+    ),
+    "who": CommandHelp("/who", "list who is online, and how far you trust each key", "/who"),
+    "verify": CommandHelp(
         "/verify NICK [NUMBER]",
         "show your safety number with NICK, or compare it with a NUMBER they read to you",
+        "/verify bob 12345 67890 12345 67890 12345 67890 12345 67890 12345 67890 12345 67890",
     ),
-    "trust": (
+    "trust": CommandHelp(
         "/trust NICK [FINGERPRINT]",
         "accept NICK's changed key, the one the warning showed (or with FINGERPRINT); "
         "or, once you compared safety numbers, mark NICK verified",
+        "/trust bob",
     ),
-    "untrust": ("/untrust NICK", "clear NICK's verified mark"),
-    "set": ("/set bell on|off", "ring the terminal bell on private messages, or not"),
-    "history": (
+    "untrust": CommandHelp("/untrust NICK", "clear NICK's verified mark", "/untrust bob"),
+    "mentions": CommandHelp(
+        "/mentions",
+        f"list the last {MENTIONS_KEPT} lines that mentioned your nick in this session: when, where and who",
+        "/mentions",
+    ),
+    "set": CommandHelp(
+        "/set bell on|off", "ring the terminal bell on private messages and mentions, or not", "/set bell off"
+    ),
+    "history": CommandHelp(
         "/history [WHERE] [N]",
         "show the last N lines (20) of all conversations, or of WHERE: #lobby, or a NICK",
+        "/history bob 50",
     ),
-    "search": ("/search TEXT", "show the newest lines that contain TEXT, whatever the case"),
-    "help": ("/help [COMMAND]", "list the commands, or explain one"),
-    "quit": ("/quit", "leave (Ctrl+D does the same)"),
+    "search": CommandHelp(
+        "/search TEXT", "show the newest lines that contain TEXT, whatever the case", "/search invoice"
+    ),
+    "clear": CommandHelp("/clear", "clear the screen (Ctrl+L does the same)", "/clear"),
+    "help": CommandHelp("/help [COMMAND]", "list the commands, or explain one", "/help verify"),
+    "quit": CommandHelp("/quit", "leave (Ctrl+D, or Ctrl+C on an empty line, does the same)", "/quit"),
 }
 _ALIASES = {"exit": "quit", "q": "quit", "w": "who", "m": "msg", "query": "msg"}
+#: /help's listing fits 80 columns: a description wraps under its own column
+HELP_WIDTH = 79
+_USAGE_WIDTH = max(len(entry.usage) for entry in COMMANDS.values()) + 1
 
 
 def help_text(topic: str | None = None) -> list[str]:
+    """The /help listing, or the usage, description and example of ``topic``."""
     if topic:
         name = _ALIASES.get(topic.lstrip("/"), topic.lstrip("/"))
         if name not in COMMANDS:
             raise CommandError(detail=f"no command /{topic.lstrip('/')}{_suggestion(name)}")
-        usage, text = COMMANDS[name]
-        return [f"{usage} — {text}"]
+        entry = COMMANDS[name]
+        return [
+            f"usage: {entry.usage}",
+            *textwrap.wrap(entry.description, HELP_WIDTH, initial_indent="  ", subsequent_indent="  "),
+            f"example: {entry.example}",
+        ]
     lines = ["Type a line to send it to everyone online, encrypted for each of them."]
-    lines += [f"  {usage:<22} {text}" for usage, text in COMMANDS.values()]
-    lines.append(f"  {'//TEXT':<22} send a line that starts with '/'")
+    rows = [(entry.usage, entry.description) for entry in COMMANDS.values()]
+    rows.append(("//TEXT", "send a line that starts with '/'"))
+    for usage, description in rows:
+        column = f"  {usage:<{_USAGE_WIDTH}} "
+        wrapped = textwrap.wrap(description, HELP_WIDTH - len(column))
+        lines.append(column + wrapped[0])
+        lines += [" " * len(column) + more for more in wrapped[1:]]
+    lines.append("/help COMMAND explains one, with an example. Tab completes nicks and commands.")
     return lines
 
 
@@ -152,10 +218,14 @@ def parse(line: str) -> Command | None:
     if name == "msg":
         nick, _, text = rest.partition(" ")
         if not nick or not text.strip():
-            raise CommandError(detail=f"usage: {COMMANDS['msg'][0]}")
+            raise CommandError(detail=f"usage: {COMMANDS['msg'].usage}")
         return PrivateMessage(nick, text.strip())
     if name == "who":
         return Who()
+    if name == "mentions":
+        return Mentions()
+    if name == "clear":
+        return Clear()
     if name == "help":
         return Help(rest or None)
     if name == "quit":
@@ -164,13 +234,13 @@ def parse(line: str) -> Command | None:
         setting, _, value = rest.partition(" ")
         value = value.strip().lower()
         if setting not in SETTINGS or value not in SETTINGS[setting]:
-            raise CommandError(detail=f"usage: {COMMANDS['set'][0]}")
+            raise CommandError(detail=f"usage: {COMMANDS['set'].usage}")
         return Set(setting, value)
     if name == "history":
         return _history(rest)
     if name == "search":
         if not rest:
-            raise CommandError(detail=f"usage: {COMMANDS['search'][0]}")
+            raise CommandError(detail=f"usage: {COMMANDS['search'].usage}")
         return Search(rest)
     if name in ("verify", "trust", "untrust"):
         nick, _, digits = rest.partition(" ")
@@ -179,7 +249,7 @@ def parse(line: str) -> Command | None:
             or (digits and name == "untrust")
             or (digits and name == "trust" and parse_fingerprint(digits) is None)
         ):
-            raise CommandError(detail=f"usage: {COMMANDS[name][0]}")
+            raise CommandError(detail=f"usage: {COMMANDS[name].usage}")
         if name == "verify":
             return Verify(nick, "".join(digits.split()) or None)
         return (
@@ -196,7 +266,7 @@ def _history(rest: str) -> History:
     if words and not words[0].isdigit():
         conversation = words.pop(0)
     if len(words) > 1 or (words and not (words[0].isascii() and words[0].isdigit())):
-        raise CommandError(detail=f"usage: {COMMANDS['history'][0]}")
+        raise CommandError(detail=f"usage: {COMMANDS['history'].usage}")
     count = int(words[0]) if words else History.count
     if not 1 <= count <= MAX_HISTORY_LINES:
         raise CommandError(detail=f"/history shows 1 to {MAX_HISTORY_LINES} lines")
