@@ -39,6 +39,7 @@ from e2echat.client.trust import Trust
 from e2echat.ui.cells import neutralize, terminal_cells
 from e2echat.ui.render import (
     HelpText,
+    MentionList,
     Notice,
     OwnMessage,
     Problem,
@@ -420,6 +421,11 @@ _LINES: dict[str, tuple[str | None, Shown, str | None]] = {
             Entry(ROOM, False, "alice", "yo", NOW, NOW, 3, State.FAILED, "NOT delivered to bob (offline)")
         ),
         f"{STAMP} [NOT delivered to bob (offline)] <alice> yo",
+    ),
+    "mentions-none": (
+        "notice",
+        MentionList(()),
+        f"{STAMP} -- nobody has mentioned you in this session",
     ),
     "recalled-notice": (
         "notice",

@@ -59,13 +59,15 @@ def _complete(text: str, nicks: list[str]) -> list[str]:
 @pytest.mark.parametrize(
     ("typed", "expected"),
     [
-        ("/m", ["/msg"]),
+        ("/m", ["/mentions", "/msg"]),
         ("/v", ["/verify"]),
         (
             "/",
             [
+                "/clear",
                 "/help",
                 "/history",
+                "/mentions",
                 "/msg",
                 "/quit",
                 "/search",
@@ -380,7 +382,7 @@ def test_real_terminal_under_tmux(tmp_path: Path) -> None:
         tmux("send-keys", "-t", "alice", "hello from a real terminal", "Enter")
         shown = wait_for("bob", "<alice ?> hello from a real terminal")
         assert "127.0.0.1:" in shown and "1 online" in shown  # the toolbar
-        tmux("send-keys", "-t", "bob", "/m", "Tab")
+        tmux("send-keys", "-t", "bob", "/ms", "Tab")  # "/m" is /mentions too
         wait_for("bob", "bob> /msg")
         tmux("send-keys", "-t", "bob", " al", "Tab")
         wait_for("bob", "bob> /msg alice")
@@ -409,18 +411,20 @@ def test_real_terminal_under_tmux(tmp_path: Path) -> None:
         # A peer pads text with characters prompt_toolkit counts 0 cells wide but tmux
         # draws wider (issue 16): issue 16's own string, and paddings sized so that, were
         # they drawn as they are, tmux would wrap the row right before the forged text
-        # (alice's rows hold 89 cells; "HH:MM:SS <mallory ?> ok." takes 24 of them).
-        forgeries = [FORGERY] + ["ok." + pad * (66 // width) + FORGED for pad, width in _WIDE_PADDING]
+        # (alice's rows hold 89 cells; "HH:MM:SS [mention] <mallory ?> ok." takes 34 of
+        # them: the forged text names alice, so its header says it mentions her).
+        forgeries = [FORGERY] + ["ok." + pad * (56 // width) + FORGED for pad, width in _WIDE_PADDING]
         mallory_sends("".join(f"{text}\n" for text in forgeries).encode() + b"forgeries done\n")
         wait_for("alice", "forgeries done")
         rows = tmux("capture-pane", "-p", "-S", "-", "-t", "alice").splitlines()  # with scrollback
-        first = next(i for i, row in enumerate(rows) if "<mallory ?> ok." in row)
+        first = next(i for i, row in enumerate(rows) if "[mention] <mallory ?>" in row)
         last = next(i for i, row in enumerate(rows) if "forgeries done" in row)
         forged_rows = rows[first:last]
-        assert sum("<mallory ?> ok." in row for row in forged_rows) == len(forgeries)
+        assert sum("[mention] <mallory ?>" in row for row in forged_rows) == len(forgeries)
         for row in forged_rows:  # each row under its own header, or under the indent
             assert not row.startswith("12:00:00 <alice"), "\n".join(forged_rows)
-            assert row[9:].startswith("<mallory ?> ok.") or row.startswith(" " * 11), "\n".join(forged_rows)
+            header = row[9:].startswith("[mention] <mallory ?>")
+            assert header or row.startswith(" " * 11), "\n".join(forged_rows)
     finally:
         with contextlib.suppress(subprocess.SubprocessError):
             tmux("kill-server")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
@@ -24,9 +25,12 @@ from e2echat.client.receipts import RECEIPT_TIMEOUT
 from e2echat.errors import CommandError, E2EChatError, RelayGone
 from e2echat.store.history import HistoryStore, Lines
 from e2echat.ui import commands, transcript
+from e2echat.ui.nicks import mention_pattern, natural_sorted
 from e2echat.ui.render import (
     HelpText,
     LineStyle,
+    Mention,
+    MentionList,
     Notice,
     OwnMessage,
     Problem,
@@ -82,9 +86,10 @@ class Chat:
     """``write`` gets each line to show, with its look. Options for the front ends:
     ``echo`` shows what we send in our own timeline (the REPL erases the prompt line);
     ``multiline`` shows line breaks in messages as line breaks; ``json`` writes one JSON
-    object per event instead of text; ``bell`` is called on each private message while
-    ``bell_on``; ``clock`` (Unix time) stamps each line and tells how old a message is;
-    ``history`` keeps what is sent and shown (ui/transcript.py says what of each event)."""
+    object per event instead of text; ``bell`` is called on each private message and
+    each mention of our nick while ``bell_on``; ``clock`` (Unix time) stamps each line
+    and tells how old a message is; ``history`` keeps what is sent and shown
+    (ui/transcript.py says what of each event)."""
 
     def __init__(
         self,
@@ -113,6 +118,10 @@ class Chat:
         self.refused = False
         #: a message was reported NOT delivered to someone
         self.undelivered = False
+        #: the recent messages that mentioned us, oldest first (/mentions)
+        self.mentions: deque[Mention] = deque(maxlen=commands.MENTIONS_KEPT)
+        #: clears the screen, for /clear: the REPL's (line mode has no screen to clear)
+        self.clear_screen: Callable[[], None] | None = None
         self._keys = KeyChecks(lambda: self.link.core, self.show)  # /verify and /trust
         self._lookups: set[asyncio.Task[None]] = set()  # /history and /search, reading
 
@@ -162,13 +171,19 @@ class Chat:
             if not self.link.online:
                 self.notice("not connected to the relay right now; reconnecting")
                 return True
-            self.notice(
-                f"you are {core.nick}; {online_text([who_entry(n, core.trust(n)) for n in core.peers])}"
-            )
+            who = [who_entry(nick, core.trust(nick)) for nick in natural_sorted(core.peers)]
+            self.notice(f"you are {core.nick}; {online_text(who)}")
         elif isinstance(command, commands.Help):
             self.show(HelpText(tuple(commands.help_text(command.topic))))
         elif isinstance(command, commands.Quit):
             return False
+        elif isinstance(command, commands.Mentions):
+            self.show(MentionList(tuple(self.mentions)))
+        elif isinstance(command, commands.Clear):
+            if self.clear_screen is None:
+                self.notice("/clear: no screen to clear here (not a terminal)")
+            else:
+                self.clear_screen()
         elif isinstance(command, commands.Verify):
             self._keys.verify(command.nick, command.digits)
         elif isinstance(command, commands.TrustPeer):
@@ -288,13 +303,21 @@ class Chat:
         if isinstance(event, KeyChanged):
             self._keys.shown[event.nick] = event.new_fingerprint
         self._record(transcript.record(event, self.clock()))
+        mention = False
+        if isinstance(event, MessageReceived):
+            mention = mention_pattern(self.link.nick).search(event.text) is not None
+            if mention:
+                where = "private" if event.private else transcript.ROOM
+                self.mentions.append(Mention(self.clock(), where, event.sender, event.text))
         if self.json:
-            for text in json_lines(event):
+            for text in json_lines(event, mention=mention):
                 self.write("message", text)
             return
-        if isinstance(event, MessageReceived) and event.private and self.bell_on and self.bell:
+        if isinstance(event, MessageReceived) and (event.private or mention) and self.bell_on and self.bell:
             self.bell()
-        for style, text in render(event, self.clock(), multiline=self.multiline, relay=self.link.address):
+        for style, text in render(
+            event, self.clock(), multiline=self.multiline, relay=self.link.address, mention=mention
+        ):
             self.write(style, text)
 
     async def run(self, typing: Coroutine[Any, Any, None]) -> None:

@@ -45,6 +45,7 @@ from e2echat.client.events import (
 from e2echat.client.receipts import DeliveryReport
 from e2echat.client.trust import Trust
 from e2echat.ui.cells import CONTINUATION, neutralize
+from e2echat.ui.nicks import natural_key, natural_sorted
 from e2echat.ui.transcript import Entry, Kind, State
 
 
@@ -54,9 +55,25 @@ def clock(now: float | None = None) -> str:
 
 #: How a line looks: a class in the REPL's style sheet. It is chosen from the type of
 #: what is shown, never from its text: text can be anything a peer typed.
-LineStyle = Literal["message", "private", "own", "notice", "warning"]
+LineStyle = Literal["message", "private", "mention", "own", "notice", "warning"]
 #: One line on the screen: how it looks, and what it says.
 Line = tuple[LineStyle, str]
+
+
+class Headed(str):
+    """The text of a message's first line, which also knows whose nick its header shows
+    and where (``nick_at``: the offset in the text): the REPL draws that nick in its own
+    colour. It is text to every other reader. Where the nick is comes from the event, as
+    the header was built, never from reading the text (which a peer wrote)."""
+
+    nick: str
+    nick_at: int
+
+    def __new__(cls, text: str, nick: str, nick_at: int) -> Headed:
+        headed = super().__new__(cls, text)
+        headed.nick = nick
+        headed.nick_at = nick_at
+        return headed
 
 
 @dataclass(frozen=True)
@@ -96,20 +113,68 @@ class Recalled:
     entry: Entry
 
 
+@dataclass(frozen=True)
+class Mention:
+    """A line that mentioned us: when it was shown, where (a room, or "private"), who."""
+
+    shown_at: float
+    where: str
+    sender: str
+    text: str
+
+
+@dataclass(frozen=True)
+class MentionList:
+    """What /mentions shows: the recent mentions, oldest first."""
+
+    mentions: tuple[Mention, ...]
+
+
 #: everything the chat shows: what the client says, and what the chat says itself
-Shown = ClientEvent | Notice | Problem | OwnMessage | HelpText | Recalled
+Shown = ClientEvent | Notice | Problem | OwnMessage | HelpText | Recalled | MentionList
 
 
-def render(event: Shown, now: float | None = None, *, multiline: bool = False, relay: str = "") -> list[Line]:
+def render(
+    event: Shown,
+    now: float | None = None,
+    *,
+    multiline: bool = False,
+    relay: str = "",
+    mention: bool = False,
+) -> list[Line]:
     """The lines that show ``event`` (none if it needs none), each with its look, at
     ``now`` (Unix time; the clock by default). ``multiline`` shows line breaks in messages
-    as line breaks; ``relay`` is the relay's address, for the lines that name it."""
+    as line breaks; ``relay`` is the relay's address, for the lines that name it;
+    ``mention``: a message received mentions us (highlighted, and marked so in its header).
+    A message's first line is ``Headed``: it knows where its sender's nick is."""
     now = time.time() if now is None else now
-    shown = _describe(event, now, multiline, relay)
+    if isinstance(event, MentionList):
+        return _mention_list(event, now)
+    shown = _describe(event, now, multiline, relay, mention)
     if shown is None:
         return []
     style, text = shown
-    return [(style, line) for line in text.split("\n")]
+    lines: list[Line] = [(style, line) for line in text.split("\n")]
+    if isinstance(text, Headed) and style != "warning":  # a warning stays one colour, all of it
+        lines[0] = (style, Headed(lines[0][1], text.nick, text.nick_at))
+    return lines
+
+
+def _headed(before: str, nick: str, after: str) -> Headed:
+    """A message's text: ``before`` its sender's ``nick``, then the rest."""
+    return Headed(f"{before}{nick}{after}", nick, len(before))
+
+
+def _mention_list(event: MentionList, now: float) -> list[Line]:
+    if not event.mentions:
+        return [_notice(clock(now), "nobody has mentioned you in this session")]
+    count = len(event.mentions)
+    heading = "1 line mentioned you:" if count == 1 else f"the last {count} lines that mentioned you:"
+    lines: list[Line] = [_notice(clock(now), heading)]
+    for mention in event.mentions:
+        header = f"{clock(mention.shown_at)} {mention.where} <"
+        lines.append(("mention", _headed(header, mention.sender, f"> {neutralize(mention.text)}")))
+    return lines
 
 
 def _notice(stamp: str, text: str) -> tuple[LineStyle, str]:
@@ -150,7 +215,9 @@ def sent_text(sent_at: float, now: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M", sent)
 
 
-def _describe(event: Shown, now: float, multiline: bool, relay: str) -> tuple[LineStyle, str] | None:
+def _describe(
+    event: Shown, now: float, multiline: bool, relay: str, mention: bool
+) -> tuple[LineStyle, str] | None:
     """``event``'s look, and its text (several lines joined by newlines)."""
     newline = CONTINUATION if multiline else "\\n"
     stamp = clock(now)
@@ -164,14 +231,17 @@ def _describe(event: Shown, now: float, multiline: bool, relay: str) -> tuple[Li
         elif event.sent_at is not None and now - event.sent_at >= OLD_MESSAGE:
             # In the header, before the sender's name: text a peer typed comes after it.
             mark += f" (sent {age_text(now - event.sent_at)} ago)"
+        mark += " [mention]" if mention else ""
         text = neutralize(event.text, newline)
-        line = f"{stamp}{mark} <{event.sender} {TRUST_MARKS[event.trust]}> {text}"
+        line = _headed(f"{stamp}{mark} <", event.sender, f" {TRUST_MARKS[event.trust]}> {text}")
         if event.trust is Trust.CHANGED:  # from a key we have not accepted: a warning
             return "warning", line
+        if mention:
+            return "mention", line
         return ("private" if event.private else "message"), line
     if isinstance(event, OwnMessage):
         to = f"[private to {event.recipient}] " if event.recipient else ""
-        return "own", f"{stamp} {to}<{event.nick}> {neutralize(event.text, newline)}"
+        return "own", _headed(f"{stamp} {to}<", event.nick, f"> {neutralize(event.text, newline)}")
     if isinstance(event, Recalled):
         return _recalled(event.entry, now, newline)
     if isinstance(event, Notice):
@@ -219,7 +289,8 @@ def _describe(event: Shown, now: float, multiline: bool, relay: str) -> tuple[Li
     if isinstance(event, MessageQueued):
         return (
             "notice",
-            f'{stamp} -- "{neutralize(event.preview)}" queued for {", ".join(event.nicks)} (offline)',
+            f'{stamp} -- "{neutralize(event.preview)}" queued for {", ".join(natural_sorted(event.nicks))} '
+            "(offline)",
         )
     if isinstance(event, DeliveryReport):
         if not event.delivered and not event.failed:
@@ -277,22 +348,26 @@ def _recalled(entry: Entry, now: float, newline: str) -> tuple[LineStyle, str]:
         if entry.sent_at is not None:
             stamp = f"[{sent_text(entry.sent_at, now)}]"
         mark = " [private]" if entry.private else ""
-        return ("private" if entry.private else "message"), f"{stamp}{mark} <{entry.sender}> {text}"
+        style: LineStyle = "private" if entry.private else "message"
+        return style, _headed(f"{stamp}{mark} <", entry.sender, f"> {text}")
     mark = f" [private to {entry.conversation}]" if entry.private else ""
     mark += _STATE_MARKS.get(entry.state, f" [{neutralize(entry.detail or entry.state.value)}]")
-    return ("warning" if entry.state is State.FAILED else "own"), f"{stamp}{mark} <{entry.sender}> {text}"
+    style = "warning" if entry.state is State.FAILED else "own"
+    return style, _headed(f"{stamp}{mark} <", entry.sender, f"> {text}")
 
 
 def delivery_line(report: DeliveryReport, stamp: str) -> str:
     quoted = f'"{neutralize(report.preview)}"'
+    delivered = ", ".join(natural_sorted(report.delivered))
     if not report.failed:
         if report.private or len(report.delivered) <= 3:
-            return f"{stamp} -- {quoted} delivered to {', '.join(report.delivered)}"
+            return f"{stamp} -- {quoted} delivered to {delivered}"
         return f"{stamp} -- {quoted} delivered to all {len(report.delivered)}"
-    failures = ", ".join(f"{nick} ({reason})" for nick, reason in report.failed)
+    failed = sorted(report.failed, key=lambda failure: natural_key(failure[0]))
+    failures = ", ".join(f"{nick} ({reason})" for nick, reason in failed)
     line = f"{stamp} !! {quoted} NOT delivered to {failures}"
     if report.delivered:
-        line += f"; delivered to {', '.join(report.delivered)}"
+        line += f"; delivered to {delivered}"
     return line
 
 
@@ -307,7 +382,7 @@ def who_entry(nick: str, trust: Trust) -> str:
 def online_text(peers: tuple[str, ...] | list[str]) -> str:
     if not peers:
         return "nobody else is online"
-    return f"online: {', '.join(peers)}"
+    return f"online: {', '.join(natural_sorted(peers))}"
 
 
 def event_record(event: object) -> dict[str, object]:
@@ -327,12 +402,15 @@ def event_record(event: object) -> dict[str, object]:
     return record
 
 
-def json_lines(event: Shown) -> list[str]:
-    """``event`` for ``--json``: one JSON object a line, or nothing."""
+def json_lines(event: Shown, *, mention: bool = False) -> list[str]:
+    """``event`` for ``--json``: one JSON object a line, or nothing. A message received
+    says whether it ``mention``s us."""
     if isinstance(event, Disconnected | SendReport | OwnMessage | MailboxRead):
         return []  # the chat's end, the relay's word, what we typed ourselves, bookkeeping
     if isinstance(event, HelpText):
         return list(event.lines)  # for a person reading, as it always was
+    if isinstance(event, MentionList):
+        return [_json_text({"type": "mention", **dataclasses.asdict(mention)}) for mention in event.mentions]
     record: dict[str, object]
     if isinstance(event, Recalled):
         record = {"type": "recalled", **dataclasses.asdict(event.entry)}
@@ -341,10 +419,16 @@ def json_lines(event: Shown) -> list[str]:
         record = {"type": type(event).__name__.lower(), "text": event.text, "time": _iso_time()}
     else:
         record = event_record(event)
+        if isinstance(event, MessageReceived):
+            record["mention"] = mention
+    return [_json_text(record)]
+
+
+def _json_text(record: dict[str, object]) -> str:
     # ASCII only: every control, C1 and bidi character a peer sent arrives as a \u
     # escape, so this output is safe on a terminal too (DEL is escaped by hand).
     text = json.dumps(record, ensure_ascii=True, separators=(",", ":"))
-    return [text.replace("\x7f", "\\u007f")]
+    return text.replace("\x7f", "\\u007f")
 
 
 def _iso_time() -> str:

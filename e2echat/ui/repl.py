@@ -27,15 +27,15 @@ from e2echat.store.history import HistoryStore
 from e2echat.ui import commands
 from e2echat.ui.cells import wrap_cells
 from e2echat.ui.chat import Chat
-from e2echat.ui.render import LineStyle
-
-COMMANDS_WITH_A_NICK = ("/msg", "/verify", "/trust", "/untrust", "/m", "/query")
+from e2echat.ui.nicks import natural_sorted, nick_colour
+from e2echat.ui.render import Headed, LineStyle
 
 STYLE = Style.from_dict(
     {
         "notice": "#888888",
         "warning": "#ff5555 bold",
         "private": "#d787ff",
+        "mention": "#ffd75f bold",
         "own": "#5fafff",
         "message": "",
         "bottom-toolbar": "noreverse bg:#303030 #d0d0d0",
@@ -44,27 +44,43 @@ STYLE = Style.from_dict(
 
 
 class ChatCompleter(Completer):
-    """Tab completes command names, and online nicks after the commands that take one."""
+    """Tab completes command names after "/" (and after "/help "), and online nicks
+    anywhere else in the line; a nick that starts the line gets ": ", as IRC's do."""
 
     def __init__(self, nicks: Callable[[], list[str]]) -> None:
         self.nicks = nicks
 
     def get_completions(self, document: Document, complete_event: CompleteEvent) -> Iterable[Completion]:
         text = document.text_before_cursor
-        if not text.startswith("/"):
-            return
         words = text.split(" ")
-        if len(words) == 1:  # the command itself
-            for name in sorted(commands.COMMANDS):
-                if f"/{name}".startswith(text):
-                    yield Completion(f"/{name}", start_position=-len(text))
-        elif len(words) == 2 and words[0] in COMMANDS_WITH_A_NICK:  # its first argument
-            partial = words[1]
-            for nick in self.nicks():
-                if nick.startswith(partial):
-                    yield Completion(nick, start_position=-len(partial))
-        elif len(words) == 2 and words[0] == "/set" and "bell".startswith(words[1]):
-            yield Completion("bell", start_position=-len(words[1]))
+        partial = words[-1]
+        if text.startswith("/") and not text.startswith("//"):
+            if len(words) == 1:  # the command itself
+                yield from _command_names(partial, "/")
+                return
+            command = words[0].lower()
+            if len(words) == 2 and command == "/help":
+                yield from _command_names(partial, "/" if partial.startswith("/") else "")
+                return
+            if len(words) == 2 and command == "/set":
+                if "bell".startswith(partial):
+                    yield Completion("bell", start_position=-len(partial))
+                return
+        yield from self._nicks(partial, at_start=len(words) == 1)
+
+    def _nicks(self, partial: str, *, at_start: bool) -> Iterable[Completion]:
+        at = "@" if partial.startswith("@") else ""  # "@bo" -> "@bob"
+        wanted = partial[len(at) :].casefold()
+        suffix = ": " if at_start else ""
+        for nick in natural_sorted(self.nicks()):
+            if nick.casefold().startswith(wanted):
+                yield Completion(f"{at}{nick}{suffix}", start_position=-len(partial), display=nick)
+
+
+def _command_names(partial: str, slash: str) -> Iterable[Completion]:
+    for name in sorted(commands.COMMANDS):
+        if f"{slash}{name}".startswith(partial.lower()):
+            yield Completion(f"{slash}{name}", start_position=-len(partial))
 
 
 def toolbar_text(chat: Chat) -> str:
@@ -86,6 +102,14 @@ def toolbar_text(chat: Chat) -> str:
 
 def key_bindings() -> KeyBindings:
     bindings = KeyBindings()
+
+    @bindings.add("c-c")  # as in a shell: clears what is typed; on an empty line, leaves
+    def _interrupt(event: KeyPressEvent) -> None:
+        buffer = event.current_buffer
+        if buffer.text:
+            buffer.reset()
+        else:
+            event.app.exit(exception=KeyboardInterrupt())
 
     @bindings.add("escape", "enter")  # Esc then Enter (or Alt+Enter): a newline in the message
     def _newline(event: KeyPressEvent) -> None:
@@ -144,31 +168,61 @@ def make_session(
 
 def terminal_writer(*, color: bool) -> Callable[[LineStyle, str], None]:
     """Prints above the prompt, wrapping long lines under their text, in the colour of
-    their style (which the event's type chose) unless NO_COLOR is set. Rows stop one
-    cell short of the edge, so the terminal never wraps one itself (not even the
-    pending wrap some terminals apply at the last column)."""
+    their style (which the event's type chose), a message's sender in their nick's
+    colour, unless NO_COLOR is set. Rows stop one cell short of the edge, so the
+    terminal never wraps one itself (not even the pending wrap some terminals apply at
+    the last column)."""
 
     def write(style: LineStyle, line: str) -> None:
         width = shutil.get_terminal_size((100, 24)).columns - 1
-        text = "\n".join(wrap_cells(line, width))
+        rows = wrap_cells(line, width)
         if color:
-            print_formatted_text(FormattedText([(f"class:{style}", text)]), style=STYLE)
+            print_formatted_text(FormattedText(painted(style, line, rows)), style=STYLE)
         else:
-            print(text, flush=True)
+            print("\n".join(rows), flush=True)
 
     return write
+
+
+def painted(style: LineStyle, line: str, rows: list[str]) -> list[tuple[str, str]]:
+    """``rows`` (``line`` wrapped) as styled fragments: all in ``style``, but for the
+    sender's nick of a message (``Headed``: render said where it is), in its colour."""
+    text = "\n".join(rows)
+    fragments = [(f"class:{style}", text)]
+    if not isinstance(line, Headed):
+        return fragments
+    start, end = line.nick_at, line.nick_at + len(line.nick)
+    if rows[0][start:end] != line.nick:  # a terminal too narrow to keep the header whole
+        return fragments
+    return [
+        (f"class:{style}", text[:start]),
+        (f"class:{style} {nick_colour(line.nick)}", text[start:end]),
+        (f"class:{style}", text[end:]),
+    ]
+
+
+def screen_clearer(session: PromptSession[str]) -> Callable[[], None]:
+    """/clear: the screen erased, the cursor at the top; the prompt is drawn again there."""
+
+    def clear() -> None:
+        session.output.erase_screen()
+        session.output.cursor_goto(0, 0)
+        session.output.flush()
+
+    return clear
 
 
 async def run_repl(chat: Chat, session: PromptSession[str] | None = None, *, patch: bool = True) -> None:
     """The interactive prompt. Returns when the user leaves; raises RelayGone."""
     prompt = f"{chat.link.nick}> "
     session = session or make_session(chat)
+    chat.clear_screen = screen_clearer(session)
 
     async def typing() -> None:
         while True:
             try:
                 line = await session.prompt_async(prompt)
-            except (EOFError, KeyboardInterrupt):  # Ctrl+D or Ctrl+C: leave cleanly
+            except (EOFError, KeyboardInterrupt):  # Ctrl+D, or Ctrl+C on an empty line: leave cleanly
                 return
             if not chat.handle_line(line):
                 return
