@@ -48,7 +48,7 @@ def test_a_nick_inside_another_word_is_not(text: str) -> None:
 
 
 def test_the_kelvin_sign_is_not_a_k() -> None:
-    assert not mentions("\u212ate", "kate") and mentions("KATE", "kate")
+    assert not mentions("\u212aate", "kate") and mentions("KATE", "kate")
 
 
 def test_a_mention_is_highlighted_and_marked_and_says_so_in_json() -> None:
