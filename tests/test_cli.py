@@ -365,6 +365,43 @@ async def test_what_is_not_confirmed_when_the_user_leaves_is_reported_by_name() 
         assert chat.undelivered
 
 
+async def test_leaving_says_what_it_waits_for_and_ctrl_c_leaves_at_once_with_the_report() -> None:
+    """While the chat waits for receipts before leaving it says which messages wait and
+    for whom; Ctrl+C (SIGINT) then ends the wait at once, each one reported NOT delivered."""
+
+    def drop_receipts(relay: HostileRelay, action: Outgoing, deliver: m.Deliver) -> list[Outgoing]:
+        return [] if relay.nick(action.conn) == "alice" else [action]
+
+    async with (
+        running(HostileRelay(deliveries(drop_receipts))) as relay,
+        peers(relay, "alice", "bob", "user10", "user2") as (alice, bob, *_),
+    ):
+        shown: list[str] = []
+        before = signal.getsignal(signal.SIGINT)
+        chat = Chat(alice.connection, text_into(shown))
+        chat.handle_line("/msg bob last words")
+        chat.handle_line("to the room")
+        assert (await bob.next(MessageReceived)).text == "last words"
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        loop.call_later(0.3, os.kill, os.getpid(), signal.SIGINT)
+        await chat.finish(30.0)
+        assert loop.time() - started < 10  # not the 30 s: Ctrl+C ended the wait
+        chat.show_queued()
+        waiting = [line for line in shown if "waiting up to 30s" in line]
+        assert len(waiting) == 1, shown
+        assert (
+            '2 messages: "last words" (bob), "to the room" (bob, user2, user10); Ctrl+C leaves now'
+            in (waiting[0])
+        )
+        assert any(
+            '"last words" NOT delivered to bob (you left before its receipt came)' in line for line in shown
+        )
+        assert any('"to the room" NOT delivered to bob (you left' in line for line in shown), shown
+        assert chat.undelivered
+        assert signal.getsignal(signal.SIGINT) is before  # the wait's handler is gone with it
+
+
 @pytest.mark.parametrize("command", ["connect", "relay"])
 async def test_a_host_name_that_cannot_be_encoded_is_a_clear_error(command: str, tmp_path: Path) -> None:
     """An empty label ('a..b') fails in getaddrinfo's IDNA step with a UnicodeError, not

@@ -137,6 +137,11 @@ class DeliveryTracker:
         """Messages some recipient has not yet accounted for."""
         return len(self._unconfirmed)
 
+    def waiting_for(self) -> list[tuple[str, list[str]]]:
+        """Each message some recipient has not yet accounted for, oldest first: its
+        preview, and who (the relay's answer or their receipt) it still waits for."""
+        return [(message.preview, list(message.waiting)) for message in self._unconfirmed.values()]
+
     @property
     def settled(self) -> bool:
         """The relay has answered for every message, and every recipient has confirmed

@@ -6,9 +6,11 @@ which gets each line to show with its style (render.py decides both).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, Protocol
 
 from e2echat.client.core import ClientCore
@@ -25,6 +27,7 @@ from e2echat.client.receipts import RECEIPT_TIMEOUT
 from e2echat.errors import CommandError, E2EChatError, RelayGone
 from e2echat.store.history import HistoryStore, Lines
 from e2echat.ui import commands, transcript
+from e2echat.ui.cells import neutralize
 from e2echat.ui.nicks import mention_pattern, natural_sorted
 from e2echat.ui.render import (
     HelpText,
@@ -358,13 +361,57 @@ class Chat:
         return None
 
     async def finish(self, timeout: float) -> None:
-        """Before leaving: wait (bounded) until every message we sent is accounted for;
-        whatever is not by then is reported, message by message and person by person, so
-        nothing typed is dropped on the floor unannounced."""
+        """Before leaving: wait (bounded) until every message we sent is accounted for,
+        saying what for; whatever is not by then is reported, message by message and
+        person by person, so nothing typed is dropped on the floor unannounced. Ctrl+C
+        (SIGINT) while it waits leaves at once, with the same report."""
         if self.link.closed:
             return
-        if not await self.link.wait_settled(timeout):
-            self.link.give_up(f"no receipt within {timeout:g}s, before we left")
+        waiting = self.link.core.deliveries.waiting_for()
+        if waiting:
+            self.notice(f"{_waiting_text(waiting, timeout)}; Ctrl+C leaves now")
+        interrupted = asyncio.Event()
+        with _on_interrupt(interrupted.set):
+            settling = asyncio.ensure_future(self.link.wait_settled(timeout))
+            stopping = asyncio.ensure_future(interrupted.wait())
+            try:
+                await asyncio.wait({settling, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stopping.cancel()
+                settling.cancel()
+                await asyncio.gather(settling, stopping, return_exceptions=True)
+        if settling.cancelled() or not settling.result():
+            if interrupted.is_set():
+                self.link.give_up("you left before its receipt came")
+            else:
+                self.link.give_up(f"no receipt within {timeout:g}s, before we left")
+
+
+def _waiting_text(waiting: list[tuple[str, list[str]]], timeout: float) -> str:
+    """``waiting`` (``DeliveryTracker.waiting_for``) in a line: the first three messages
+    by their previews and whose receipts they wait for."""
+    shown = [f'"{neutralize(text)}" ({", ".join(natural_sorted(nicks))})' for text, nicks in waiting[:3]]
+    more = f" and {len(waiting) - 3} more" if len(waiting) > 3 else ""
+    what = "1 message" if len(waiting) == 1 else f"{len(waiting)} messages"
+    return f"waiting up to {timeout:g}s for the receipts of {what}: {', '.join(shown)}{more}"
+
+
+@contextlib.contextmanager
+def _on_interrupt(action: Callable[[], None]) -> Iterator[None]:
+    """Within: SIGINT (Ctrl+C) calls ``action`` instead of interrupting. Where the event
+    loop cannot take signals (not the main thread, or no such support), nothing changes."""
+    loop = asyncio.get_running_loop()
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        loop.add_signal_handler(signal.SIGINT, action)
+    except (NotImplementedError, RuntimeError, ValueError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+        signal.signal(signal.SIGINT, before)
 
 
 def _where(conversation: str) -> str:
