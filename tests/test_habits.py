@@ -149,7 +149,7 @@ def _complete(text: str, nicks: list[str] = ["alice", "bob", "bobby", "user10", 
         ("hey alice, and u", ["user2", "user10"]),  # in natural order
         ("/msg bob ask al", ["alice"]),  # in a message's text too
         ("/help ", [f"{name}" for name in sorted(commands.COMMANDS)]),
-        ("/help me", ["mentions"]),
+        ("/help me", ["me", "mentions"]),
         ("/help /ve", ["/verify"]),
         ("/he", ["/help"]),
         ("/cl", ["/clear"]),

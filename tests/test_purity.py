@@ -50,6 +50,7 @@ PURE = sorted(
         "ui.cells",
         "ui.commands",
         "ui.nicks",
+        "ui.actions",
         "ui.render",
         "ui.transcript",
         "ui.verifying",

@@ -59,7 +59,7 @@ def _complete(text: str, nicks: list[str]) -> list[str]:
 @pytest.mark.parametrize(
     ("typed", "expected"),
     [
-        ("/m", ["/mentions", "/msg"]),
+        ("/m", ["/me", "/mentions", "/msg"]),
         ("/v", ["/verify"]),
         (
             "/",
@@ -67,6 +67,7 @@ def _complete(text: str, nicks: list[str]) -> list[str]:
                 "/clear",
                 "/help",
                 "/history",
+                "/me",
                 "/mentions",
                 "/msg",
                 "/quit",

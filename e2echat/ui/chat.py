@@ -27,7 +27,7 @@ from e2echat.client.receipts import RECEIPT_TIMEOUT
 from e2echat.errors import CommandError, E2EChatError, RelayGone
 from e2echat.store.history import HistoryStore, Lines
 from e2echat.ui import commands, transcript
-from e2echat.ui.cells import neutralize
+from e2echat.ui.actions import as_action
 from e2echat.ui.nicks import mention_pattern, natural_sorted
 from e2echat.ui.render import (
     HelpText,
@@ -41,6 +41,7 @@ from e2echat.ui.render import (
     Shown,
     json_lines,
     online_text,
+    quote_preview,
     render,
     who_entry,
 )
@@ -152,11 +153,12 @@ class Chat:
 
     def _run(self, command: commands.Command) -> bool:
         core = self.link.core
-        if isinstance(command, commands.Say):
+        if isinstance(command, commands.Say | commands.Action):
+            text = command.text if isinstance(command, commands.Say) else as_action(command.text)
             online = self.link.online
-            message_id = self.link.send_room(command.text)
-            self._record(transcript.sent(core.nick, command.text, None, message_id, self.clock()))
-            self._own(command.text)
+            message_id = self.link.send_room(text)
+            self._record(transcript.sent(core.nick, text, None, message_id, self.clock()))
+            self._own(text)
             if not online:
                 return True  # held until the relay is back
             for nick in core.left_out:  # computed by the send; not again
@@ -390,7 +392,7 @@ class Chat:
 def _waiting_text(waiting: list[tuple[str, list[str]]], timeout: float) -> str:
     """``waiting`` (``DeliveryTracker.waiting_for``) in a line: the first three messages
     by their previews and whose receipts they wait for."""
-    shown = [f'"{neutralize(text)}" ({", ".join(natural_sorted(nicks))})' for text, nicks in waiting[:3]]
+    shown = [f"{quote_preview(text)} ({', '.join(natural_sorted(nicks))})" for text, nicks in waiting[:3]]
     more = f" and {len(waiting) - 3} more" if len(waiting) > 3 else ""
     what = "1 message" if len(waiting) == 1 else f"{len(waiting)} messages"
     return f"waiting up to {timeout:g}s for the receipts of {what}: {', '.join(shown)}{more}"

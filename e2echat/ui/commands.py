@@ -22,6 +22,13 @@ class Say:
 
 
 @dataclass(frozen=True)
+class Action:
+    """/me: ``text`` as an action, to everyone else online (``* alice waves``)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
 class PrivateMessage:
     nick: str
     text: str
@@ -104,6 +111,7 @@ MAX_HISTORY_LINES = 1000
 
 Command = (
     Say
+    | Action
     | PrivateMessage
     | Who
     | Help
@@ -133,6 +141,7 @@ COMMANDS: dict[str, CommandHelp] = {
     "msg": CommandHelp(
         "/msg NICK TEXT", "send TEXT to NICK alone; nobody else receives anything", "/msg bob see you at 6"
     ),
+    "me": CommandHelp("/me ACTION", "say what you do, to everyone online: * alice waves", "/me waves"),
     "who": CommandHelp("/who", "list who is online, and how far you trust each key", "/who"),
     "verify": CommandHelp(
         "/verify NICK [NUMBER]",
@@ -222,6 +231,10 @@ def parse(line: str) -> Command | None:
         return PrivateMessage(nick, text.strip())
     if name == "who":
         return Who()
+    if name == "me":
+        if not rest:
+            raise CommandError(detail=f"usage: {COMMANDS['me'].usage}")
+        return Action(rest)
     if name == "mentions":
         return Mentions()
     if name == "clear":

@@ -44,6 +44,7 @@ from e2echat.client.events import (
 )
 from e2echat.client.receipts import DeliveryReport
 from e2echat.client.trust import Trust
+from e2echat.ui.actions import action_of, readable
 from e2echat.ui.cells import CONTINUATION, neutralize
 from e2echat.ui.nicks import natural_key, natural_sorted
 from e2echat.ui.transcript import Entry, Kind, State
@@ -177,6 +178,20 @@ def _mention_list(event: MentionList, now: float) -> list[Line]:
     return lines
 
 
+def _acted(mark: str, text: str, newline: str) -> tuple[str, str]:
+    """A message's header marks and its text as shown: an action (/me) is marked ``*``
+    in the header, before the sender's name, and shown without its markers."""
+    action = action_of(text)
+    if action is None:
+        return mark, neutralize(text, newline)
+    return f"{mark} *", neutralize(action, newline)
+
+
+def quote_preview(preview: str) -> str:
+    """A message's preview, quoted in a line about it (an action as ``* waves``)."""
+    return f'"{neutralize(readable(preview))}"'
+
+
 def _notice(stamp: str, text: str) -> tuple[LineStyle, str]:
     return "notice", f"{stamp} -- {neutralize(text)}"
 
@@ -232,7 +247,7 @@ def _describe(
             # In the header, before the sender's name: text a peer typed comes after it.
             mark += f" (sent {age_text(now - event.sent_at)} ago)"
         mark += " [mention]" if mention else ""
-        text = neutralize(event.text, newline)
+        mark, text = _acted(mark, event.text, newline)
         line = _headed(f"{stamp}{mark} <", event.sender, f" {TRUST_MARKS[event.trust]}> {text}")
         if event.trust is Trust.CHANGED:  # from a key we have not accepted: a warning
             return "warning", line
@@ -240,8 +255,9 @@ def _describe(
             return "mention", line
         return ("private" if event.private else "message"), line
     if isinstance(event, OwnMessage):
-        to = f"[private to {event.recipient}] " if event.recipient else ""
-        return "own", _headed(f"{stamp} {to}<", event.nick, f"> {neutralize(event.text, newline)}")
+        to = f" [private to {event.recipient}]" if event.recipient else ""
+        mark, text = _acted(to, event.text, newline)
+        return "own", _headed(f"{stamp}{mark} <", event.nick, f"> {text}")
     if isinstance(event, Recalled):
         return _recalled(event.entry, now, newline)
     if isinstance(event, Notice):
@@ -289,8 +305,8 @@ def _describe(
     if isinstance(event, MessageQueued):
         return (
             "notice",
-            f'{stamp} -- "{neutralize(event.preview)}" queued for {", ".join(natural_sorted(event.nicks))} '
-            "(offline)",
+            f"{stamp} -- {quote_preview(event.preview)} queued for "
+            f"{', '.join(natural_sorted(event.nicks))} (offline)",
         )
     if isinstance(event, DeliveryReport):
         if not event.delivered and not event.failed:
@@ -320,9 +336,10 @@ def _describe(
     if isinstance(event, Reconnecting):
         return _notice(stamp, f"reconnecting in {event.delay:g}s" + (f" ({event.why})" if event.why else ""))
     if isinstance(event, Queued):
-        return _notice(stamp, f'not connected: "{event.preview}" will be sent when the relay is back')
+        quoted = quote_preview(event.preview)
+        return _notice(stamp, f"not connected: {quoted} will be sent when the relay is back")
     if isinstance(event, NotSent):
-        quoted = ", ".join(f'"{preview}"' for preview in event.previews)
+        quoted = ", ".join(quote_preview(preview) for preview in event.previews)
         return _problem(stamp, f"NOT sent (no connection to the relay): {quoted}")
     # SendReport is the relay's word; the DeliveryReport that follows is the one to trust.
     # Disconnected ends the chat; the front end says why. MailboxRead is the chat's to act on.
@@ -341,23 +358,23 @@ def _recalled(entry: Entry, now: float, newline: str) -> tuple[LineStyle, str]:
     stamp = (
         clock(entry.shown_at) if same_day else time.strftime("%Y-%m-%d %H:%M", time.localtime(entry.shown_at))
     )
-    text = neutralize(entry.text, newline)
     if entry.kind is Kind.NOTICE:
-        return "notice", f"{stamp} -- {text}"
+        return "notice", f"{stamp} -- {neutralize(entry.text, newline)}"
     if entry.incoming:
         if entry.sent_at is not None:
             stamp = f"[{sent_text(entry.sent_at, now)}]"
-        mark = " [private]" if entry.private else ""
+        mark, text = _acted(" [private]" if entry.private else "", entry.text, newline)
         style: LineStyle = "private" if entry.private else "message"
         return style, _headed(f"{stamp}{mark} <", entry.sender, f"> {text}")
     mark = f" [private to {entry.conversation}]" if entry.private else ""
     mark += _STATE_MARKS.get(entry.state, f" [{neutralize(entry.detail or entry.state.value)}]")
+    mark, text = _acted(mark, entry.text, newline)
     style = "warning" if entry.state is State.FAILED else "own"
     return style, _headed(f"{stamp}{mark} <", entry.sender, f"> {text}")
 
 
 def delivery_line(report: DeliveryReport, stamp: str) -> str:
-    quoted = f'"{neutralize(report.preview)}"'
+    quoted = quote_preview(report.preview)
     delivered = ", ".join(natural_sorted(report.delivered))
     if not report.failed:
         if report.private or len(report.delivered) <= 3:

@@ -1,0 +1,66 @@
+"""/me (issue 19): an action travels as text inside the encryption and is shown as one
+everywhere a message or its preview is. A real relay over loopback sockets."""
+
+from __future__ import annotations
+
+import pytest
+
+from e2echat.client.events import MessageReceived
+from e2echat.client.receipts import DeliveryReport
+from e2echat.client.trust import Trust
+from e2echat.errors import CommandError
+from e2echat.ui import commands
+from e2echat.ui.actions import action_of, as_action, readable
+from e2echat.ui.chat import Chat
+from e2echat.ui.render import OwnMessage, delivery_line, render
+
+from support import peers, running_relay, text_into
+
+NOW = 1_700_000_000.0
+
+
+def test_me_parses_into_an_action_and_needs_its_text() -> None:
+    assert commands.parse("/me waves at everyone") == commands.Action("waves at everyone")
+    with pytest.raises(CommandError, match="usage: /me ACTION"):
+        commands.parse("/me   ")
+
+
+@pytest.mark.parametrize(
+    ("text", "action"),
+    [
+        (as_action("waves"), "waves"),
+        (as_action(""), ""),
+        ("\x01ACTION cut short by a previ…", "cut short by a previ…"),  # a preview
+        ("waves", None),
+        ("\x01ACTIONwaves\x01", None),
+        ("ACTION waves", None),
+    ],
+)
+def test_an_action_is_known_by_its_markers(text: str, action: str | None) -> None:
+    assert action_of(text) == action
+    assert readable(text) == (text if action is None else f"* {action}")
+
+
+def test_actions_are_shown_with_a_star_before_the_authenticated_sender() -> None:
+    received = MessageReceived("bob", as_action("waves \x1b[2J"), False, Trust.VERIFIED)
+    ((_, line),) = render(received, NOW)
+    assert line.endswith(" * <bob ✓> waves \\x1b[2J")  # the peer's text still neutralized
+    ((_, own),) = render(OwnMessage("alice", as_action("nods")), NOW)
+    assert own.endswith(" * <alice> nods")
+    report = DeliveryReport(1, False, ("bob",), (), preview=as_action("nods"))
+    assert '"* nods" delivered to bob' in delivery_line(report, "12:00:00")
+
+
+async def test_me_reaches_everyone_as_an_action_over_the_relay() -> None:
+    async with running_relay() as relay, peers(relay, "alice", "bob") as (alice, bob):
+        lines: list[str] = []
+        chat = Chat(alice.connection, text_into(lines), echo=True)
+        chat.handle_line("/me waves at bob")
+        received = await bob.next(MessageReceived)
+        assert received.text == as_action("waves at bob")  # inside the encryption, as typed
+        seen: list[str] = []
+        Chat(bob.connection, text_into(seen)).show(received)
+        assert seen[-1].endswith("[mention] * <alice ?> waves at bob")  # an action may mention
+        assert any(line.endswith(" * <alice> waves at bob") for line in lines)
+        chat.show(await alice.next(DeliveryReport))
+        assert '"* waves at bob" delivered to bob' in lines[-1]
