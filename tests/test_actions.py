@@ -1,20 +1,27 @@
-"""/me (issue 19): an action travels as text inside the encryption and is shown as one
-everywhere a message or its preview is. A real relay over loopback sockets."""
+"""/me and /reconnect (issue 19): an action travels as text inside the encryption and is
+shown as one everywhere a message or its preview is; /reconnect tries the relay at once
+instead of at the next backoff step. A real relay over loopback sockets."""
 
 from __future__ import annotations
 
-import pytest
+import asyncio
 
-from e2echat.client.events import MessageReceived
+import pytest
+from nacl.public import PrivateKey
+
+from e2echat.client.connection import Connection
+from e2echat.client.events import ConnectionLost, MessageReceived, Reconnecting
 from e2echat.client.receipts import DeliveryReport
+from e2echat.client.reconnect import Backoff, Client
 from e2echat.client.trust import Trust
 from e2echat.errors import CommandError
+from e2echat.relay.server import Relay
 from e2echat.ui import commands
 from e2echat.ui.actions import action_of, as_action, readable
 from e2echat.ui.chat import Chat
 from e2echat.ui.render import OwnMessage, delivery_line, render
 
-from support import peers, running_relay, text_into
+from support import LOOPBACK, WAIT, connect, peers, running, running_relay, text_into
 
 NOW = 1_700_000_000.0
 
@@ -23,6 +30,7 @@ def test_me_parses_into_an_action_and_needs_its_text() -> None:
     assert commands.parse("/me waves at everyone") == commands.Action("waves at everyone")
     with pytest.raises(CommandError, match="usage: /me ACTION"):
         commands.parse("/me   ")
+    assert commands.parse("/reconnect") == commands.Reconnect()
 
 
 @pytest.mark.parametrize(
@@ -64,3 +72,30 @@ async def test_me_reaches_everyone_as_an_action_over_the_relay() -> None:
         assert any(line.endswith(" * <alice> waves at bob") for line in lines)
         chat.show(await alice.next(DeliveryReport))
         assert '"* waves at bob" delivered to bob' in lines[-1]
+
+
+async def test_reconnect_tries_the_relay_now_not_at_the_next_backoff_step() -> None:
+    identity = PrivateKey.generate()
+    first = Relay(LOOPBACK, 0)
+    async with running(first):
+        port = first.port
+        # A backoff of a minute: only /reconnect can bring her back within the test.
+        alice = await connect(first, "alice", identity, reconnecting=True, backoff=Backoff(first=60, cap=60))
+        lines: list[str] = []
+        chat = Chat(alice.connection, text_into(lines))
+        chat.handle_line("/reconnect")
+        assert lines[-1].endswith(f"already connected to the relay at 127.0.0.1:{port}")
+    await alice.next(ConnectionLost)
+    assert (await alice.next(Reconnecting)).delay == 60
+    async with running(Relay(LOOPBACK, port, key=first.core.key)):
+        chat.handle_line("/reconnect")
+        assert "trying the relay at" in lines[-1]
+        await asyncio.wait_for(_until_online(alice.connection), WAIT)
+        await alice.connection.close()
+    chat.handle_line("/reconnect")  # closed for good: nothing to try
+    assert "not trying the relay again" in lines[-1]
+
+
+async def _until_online(link: Connection | Client) -> None:
+    while not link.online:
+        await asyncio.sleep(0.02)

@@ -71,6 +71,7 @@ def _complete(text: str, nicks: list[str]) -> list[str]:
                 "/mentions",
                 "/msg",
                 "/quit",
+                "/reconnect",
                 "/search",
                 "/set",
                 "/trust",

@@ -370,6 +370,10 @@ class Connection:
             return False
         return True
 
+    def reconnect_now(self) -> bool:
+        """A connection does not connect again (a ``Client`` does): False."""
+        return False
+
     def give_up(self, reason: str) -> None:
         """Stop waiting: every message not yet accounted for is reported, now, as not
         confirmed for ``reason``."""

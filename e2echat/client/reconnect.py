@@ -118,6 +118,7 @@ class Client:
         self._online = asyncio.Event()
         self._lost = asyncio.Event()  # the current connection has ended
         self._supervisor: asyncio.Task[None] | None = None
+        self._retry_now = asyncio.Event()  # /reconnect: the next attempt waits no longer
         self.closed = False
 
     def _make(self) -> Connection:
@@ -213,7 +214,10 @@ class Client:
         why = ""
         for attempt, delay in enumerate(self.backoff.delays(), start=1):
             self.events.put_nowait(Reconnecting(delay, attempt, why))
-            await asyncio.sleep(delay)  # backoff between attempts, not a wait for an event
+            # The backoff between attempts, unless the user says to try now (/reconnect).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._retry_now.wait(), delay)
+            self._retry_now.clear()
             connection = self._make()
             try:
                 await connection.open()
@@ -300,6 +304,14 @@ class Client:
         if self.connection.closed:
             return True
         return await self.connection.wait_settled(max(0.0, deadline - loop.time()))
+
+    def reconnect_now(self) -> bool:
+        """While the relay is away: the next attempt to reach it is made now, not when the
+        backoff says. False if there is none to make: connected, or given up for good."""
+        if self.closed or self._online.is_set():
+            return False
+        self._retry_now.set()
+        return True
 
     def give_up(self, reason: str) -> None:
         """Stop waiting: whatever is not yet accounted for is reported now, for ``reason``

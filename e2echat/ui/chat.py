@@ -83,6 +83,7 @@ class Link(Protocol):
     async def wait_sendable(self) -> None: ...
     async def wait_settled(self, timeout: float) -> bool: ...
     def give_up(self, reason: str) -> None: ...
+    def reconnect_now(self) -> bool: ...
     def acknowledge_mail(self, seq: int) -> None: ...
 
 
@@ -184,6 +185,13 @@ class Chat:
             return False
         elif isinstance(command, commands.Mentions):
             self.show(MentionList(tuple(self.mentions)))
+        elif isinstance(command, commands.Reconnect):
+            if self.link.online:
+                self.notice(f"already connected to the relay at {self.link.address}")
+            elif self.link.reconnect_now():
+                self.notice(f"trying the relay at {self.link.address} again now")
+            else:
+                self.notice("not trying the relay again (the lines above say why): start e2echat again")
         elif isinstance(command, commands.Clear):
             if self.clear_screen is None:
                 self.notice("/clear: no screen to clear here (not a terminal)")

@@ -29,6 +29,11 @@ class Action:
 
 
 @dataclass(frozen=True)
+class Reconnect:
+    """Connect to the relay again, now."""
+
+
+@dataclass(frozen=True)
 class PrivateMessage:
     nick: str
     text: str
@@ -112,6 +117,7 @@ MAX_HISTORY_LINES = 1000
 Command = (
     Say
     | Action
+    | Reconnect
     | PrivateMessage
     | Who
     | Help
@@ -170,6 +176,11 @@ COMMANDS: dict[str, CommandHelp] = {
     ),
     "search": CommandHelp(
         "/search TEXT", "show the newest lines that contain TEXT, whatever the case", "/search invoice"
+    ),
+    "reconnect": CommandHelp(
+        "/reconnect",
+        "while the relay is away: try it again now, not at the next try (1, 2, 4 … up to 30 seconds apart)",
+        "/reconnect",
     ),
     "clear": CommandHelp("/clear", "clear the screen (Ctrl+L does the same)", "/clear"),
     "help": CommandHelp("/help [COMMAND]", "list the commands, or explain one", "/help verify"),
@@ -235,6 +246,8 @@ def parse(line: str) -> Command | None:
         if not rest:
             raise CommandError(detail=f"usage: {COMMANDS['me'].usage}")
         return Action(rest)
+    if name == "reconnect":
+        return Reconnect()
     if name == "mentions":
         return Mentions()
     if name == "clear":
