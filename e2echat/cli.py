@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nacl.public import PrivateKey
 
@@ -24,6 +25,7 @@ from e2echat.errors import (
     E2EChatError,
     HistoryIncomplete,
     KeyFileError,
+    NoRelayFound,
     PassphraseRequired,
     UsageError,
 )
@@ -61,6 +63,9 @@ from e2echat.ui.repl import input_history, make_session, run_repl, terminal_writ
 from e2echat.ui.transcript import export_json, export_text
 from e2echat.wire.grammar import MAX_PASSWORD, NICK_RULE, is_valid_nick
 
+if TYPE_CHECKING:
+    from e2echat.discovery import Announced
+
 EXIT_INTERRUPTED = 130  # the shell convention for "stopped by Ctrl+C"
 # As for a lost relay: something typed never left this machine (in line mode also: a line
 # was refused, or a message was not delivered to everyone it was meant for).
@@ -88,7 +93,15 @@ def _run_relay(args: argparse.Namespace) -> int:
     if store is not None:
         note += f"\nWhat it knows is kept in {args.store}: people away get their messages after a restart."
     serve = run_relay(
-        args.host, args.port, say, limits=limits, password=password, key=key, key_note=note, store=store
+        args.host,
+        args.port,
+        say,
+        limits=limits,
+        password=password,
+        key=key,
+        key_note=note,
+        store=store,
+        announce=not args.no_announce,
     )
     try:
         asyncio.run(serve)
@@ -160,6 +173,29 @@ def _run_connect(args: argparse.Namespace) -> int:
                 history.close()
         finally:
             session_file.close()
+
+
+def _relay_line(relay: Announced) -> str:
+    """One announced relay as the user sees it. The name is anyone's text: neutralized."""
+    line = f"{neutralize(relay.name)}  {relay.host}:{relay.port}  key {relay.fingerprint}"
+    return line if relay.compatible else f"{line}  (protocol version {relay.version}, not this client's)"
+
+
+def _run_relays(args: argparse.Namespace) -> int:
+    from e2echat.discovery import browse  # zeroconf, imported by those who browse
+
+    try:
+        found = asyncio.run(browse(args.wait))
+    except OSError as exc:
+        raise NoRelayFound(detail=f"cannot look for relays on the LAN: {exc.strerror or exc}") from None
+    if not found:
+        raise NoRelayFound(
+            detail=f"no relay announced itself on the LAN within {args.wait:g} s (a relay started with "
+            "--no-announce, or on another network, is not seen)"
+        )
+    for relay in found:
+        print(_relay_line(relay))
+    return 0
 
 
 def _profile(args: argparse.Namespace, interactive: bool) -> tuple[str, Path]:
@@ -358,6 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         run = {
             "relay": _run_relay,
             "connect": _run_connect,
+            "relays": _run_relays,
             "fingerprint": _run_fingerprint,
             "export": _run_export,
         }[args.command]

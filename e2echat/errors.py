@@ -155,6 +155,10 @@ class UntrustedRelayKey(_RelayError):
         super().__init__(host=host, port=port, detail=detail)
 
 
+class NoRelayFound(E2EChatError):
+    """{detail}"""
+
+
 class RelayStartError(_RelayError):
     """cannot start the relay on {host}:{port}: {detail}"""
 

@@ -15,6 +15,11 @@ from e2echat.relay.server import DEFAULT_PORT
 from e2echat.store.history import DEFAULT_LIMIT
 from e2echat.wire.grammar import NICK_RULE
 
+#: how long `e2echat relays` and `e2echat connect` listen for relays on the LAN: a responder
+#: answers a query within about half a second (RFC 6762 §6), so 2 s is a few chances, and
+#: short to wait
+BROWSE_SECONDS = 2.0
+
 
 def _port(text: str) -> int:
     try:
@@ -62,6 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="the relay's long-term key, made there on first start (mode 0600; default: "
         "$XDG_DATA_HOME/e2echat/relay/relay.key). Clients pin it per address and refuse a relay "
         "whose key changed: keep this file, and a restarted relay is the same relay to them",
+    )
+    relay.add_argument(
+        "--no-announce",
+        action="store_true",
+        help="do not announce the relay on the LAN by mDNS (by default it does, with its port and "
+        "key fingerprint, so that `e2echat connect` and `e2echat relays` find it; a relay listening "
+        "on 127.0.0.1 is announced to this machine alone)",
     )
     defaults = Limits()
     limits = relay.add_argument_group("limits (each logged in one line when a client hits it)")
@@ -146,6 +158,21 @@ def build_parser() -> argparse.ArgumentParser:
         "pin it. The first time, your client pins whatever key the relay shows; if it later "
         "shows another, the client sends it nothing (exit code 6) unless you confirm on the "
         "terminal or give the new key's fingerprint here",
+    )
+
+    relays = commands.add_parser(
+        "relays",
+        help="list the relays announced on the LAN",
+        description="Listen for relays announcing themselves on the LAN (mDNS) and list each: its "
+        "name, address and key fingerprint. Anyone on the LAN can announce anything: compare the "
+        "fingerprint with the one the relay's owner gives you. Exit code 1 if none is found.",
+    )
+    relays.add_argument(
+        "--wait",
+        type=_positive(float),
+        default=BROWSE_SECONDS,
+        metavar="SECONDS",
+        help=f"how long to listen (default: {BROWSE_SECONDS:g})",
     )
 
     show = commands.add_parser(

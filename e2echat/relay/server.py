@@ -395,11 +395,19 @@ async def run_relay(
     key: PrivateKey | None = None,
     key_note: str = "",
     store: RelayStore | None = None,
+    announce: bool = False,
 ) -> None:
     """Serve until Ctrl+C or SIGTERM, then tell clients and stop. ``key_note`` says where
-    the key is kept. If the ``store`` fails, the relay stops and its error is raised."""
+    the key is kept. If the ``store`` fails, the relay stops and its error is raised.
+    ``announce``: announce the relay on the LAN (mDNS) while it serves."""
     relay = Relay(host, port, limits=limits, password=password, key=key, store=store)
     await relay.start()
+    announcer = None
+    if announce:
+        from e2echat.discovery import Announcer  # zeroconf is imported by those who announce
+
+        announcer = Announcer(host, relay.port, fingerprint(relay.core.key.public_key), lan_addresses)
+        announcer.start()
     say(f"e2echat relay listening on {host}:{relay.port}")
     say("People on your network can join with:")
     say(f"  {connect_hint(host, relay.port)}")
@@ -409,6 +417,8 @@ async def run_relay(
         say(key_note)
     if password is not None:
         say("It asks for a password: share it with the people you invite, not on the network.")
+    if announce:
+        say("It announces itself by mDNS, so that `e2echat connect` finds it on the LAN.")
     say("Press Ctrl+C to stop.")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -422,6 +432,8 @@ async def run_relay(
         halted.cancel()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
+        if announcer is not None:
+            await announcer.stop()  # first: no one should find a relay that is going
         await relay.stop("stopped by the person running it")
     if relay.failure is not None:
         raise relay.failure
