@@ -29,7 +29,7 @@ from e2echat.errors import (
     PassphraseRequired,
     UsageError,
 )
-from e2echat.options import LIMIT_FLAGS, build_parser, mailbox_limits
+from e2echat.options import BROWSE_SECONDS, LIMIT_FLAGS, build_parser, mailbox_limits
 from e2echat.relay.limits import Limits
 from e2echat.relay.server import DEFAULT_PORT, run_relay
 from e2echat.relay.sqlite_store import SqliteStore
@@ -149,6 +149,12 @@ def _run_connect(args: argparse.Namespace) -> int:
     if args.port == 0:
         raise UsageError(detail="--port must be the relay's port (1-65535)")
     settings = load_settings(directory)
+    #: the key fingerprint the relay's announcement on the LAN gave, if it was found so
+    args.announced = None
+    if args.host is None and args.port is None and "host" not in settings:
+        found = _find_relay(interactive)
+        if found is not None:
+            args.host, args.port, args.announced = found.host, found.port, found.fingerprint
     args.host = args.host or settings.get("host") or "127.0.0.1"
     args.port = args.port or settings.get("port") or DEFAULT_PORT
     args.nick = nick
@@ -173,6 +179,43 @@ def _run_connect(args: argparse.Namespace) -> int:
                 history.close()
         finally:
             session_file.close()
+
+
+def _find_relay(interactive: bool) -> Announced | None:
+    """The relay announced on the LAN to join: the one found, or the one chosen on a
+    terminal if several were; None (127.0.0.1, as before) if none was."""
+    from e2echat.discovery import browse  # zeroconf, imported by those who browse
+
+    if interactive:  # else a pause with no word of why; a script learns it from what follows
+        print(f"Looking for a relay on the LAN ({BROWSE_SECONDS:g} s; --host skips this)...", flush=True)
+    try:
+        found = [relay for relay in asyncio.run(browse(BROWSE_SECONDS)) if relay.compatible]
+    except OSError as exc:
+        print_error(
+            f"e2echat: could not look for a relay on the LAN ({exc.strerror or exc}); trying 127.0.0.1"
+        )
+        return None
+    if not found:
+        print_error(
+            f"e2echat: no relay announced itself on the LAN; trying 127.0.0.1:{DEFAULT_PORT} "
+            "(give --host and --port to join another)"
+        )
+        return None
+    if len(found) == 1:
+        print_error(f"e2echat: found a relay on the LAN: {_relay_line(found[0])}")
+        return found[0]
+    print_error("e2echat: several relays announced themselves on the LAN:")
+    for number, relay in enumerate(found, 1):
+        print_error(f"  {number}. {_relay_line(relay)}")
+    if not interactive:
+        raise UsageError(detail="which relay? give its --host and --port")
+    while True:
+        try:
+            answer = input(f"Which relay? [1-{len(found)}] ").strip()
+        except EOFError:
+            raise UsageError(detail="no relay chosen") from None
+        if answer.isdigit() and 1 <= int(answer) <= len(found):
+            return found[int(answer) - 1]
 
 
 def _relay_line(relay: Announced) -> str:
@@ -291,6 +334,7 @@ async def _chat(
         accept=args.trust_relay_key,
         ask_password=_ask_password if interactive else None,
         hold_acks=True,  # mail is acknowledged once in the history (Chat)
+        announced=args.announced,
     )
     save_settings(directory, args.nick, args.host, args.port)
     remember_last_profile(directory)

@@ -155,6 +155,21 @@ class UntrustedRelayKey(_RelayError):
         super().__init__(host=host, port=port, detail=detail)
 
 
+class ImpostorAnnouncement(_RelayError):
+    """the relay at {host}:{port} has key {offered}, but its announcement on the LAN gave
+    {expected}: someone on your network may be posing as a relay, and nothing was sent to
+    it (not your password either). Ask whoever runs the relay for its address and key
+    fingerprint (`e2echat relay` prints them), and give them with --host, --port and
+    --trust-relay-key"""
+
+    exit_code = 6
+
+    def __init__(self, *, host: str, port: int, offered: str, expected: str) -> None:
+        self.offered = offered
+        self.expected = expected
+        super().__init__(host=host, port=port)
+
+
 class NoRelayFound(E2EChatError):
     """{detail}"""
 

@@ -113,7 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--nick", help=f"your name in the chat ({NICK_RULE}); default: the profile you used last, else asked"
     )
     connect.add_argument(
-        "--host", help="the relay's address (default: the one this profile used last, else 127.0.0.1)"
+        "--host",
+        help="the relay's address (default: the one this profile used last; else the relay announced "
+        "on the LAN, if there is exactly one, with its key pinned as announced; else 127.0.0.1)",
     )
     connect.add_argument(
         "--port", type=_port, help=f"the relay's port (default: this profile's last, else {DEFAULT_PORT})"

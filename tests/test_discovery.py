@@ -4,19 +4,29 @@ relay and the client as real processes. Skipped where multicast on loopback does
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import socket
 import struct
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from nacl.public import PrivateKey
+from zeroconf import IPVersion
+from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
-from e2echat.discovery import announce_scope, browse
+from e2echat.client.relays import relay_address
+from e2echat.crypto.identity import fingerprint
+from e2echat.discovery import SERVICE_TYPE, Announcer, announce_scope, browse
+from e2echat.relay.server import Relay
+from e2echat.store.profiles import SETTINGS_FILE
+from e2echat.store.relays import KNOWN_RELAYS_FILE, RelayPinFile
 from e2echat.wire.grammar import PROTOCOL_VERSION
 
-from support import LOOPBACK, REPO, WAIT, run_cli
+from support import LOOPBACK, REPO, WAIT, run_cli, running, running_relay
 
 #: short browses, but two queries long: a responder multicasts a record at most once a
 #: second (RFC 6762 §6), so a query right after its announcement goes unanswered, and
@@ -53,6 +63,46 @@ def _needs_multicast() -> None:
     reason = _multicast_on_loopback()
     if reason is not None:
         pytest.skip(reason)
+
+
+@contextlib.asynccontextmanager
+async def announced(relay: Relay, claimed: str | None = None) -> AsyncIterator[Announcer]:
+    """``relay`` announced on loopback, as `e2echat relay` announces it (with the
+    fingerprint ``claimed``, if given: a lie)."""
+    announcer = Announcer(LOOPBACK, relay.port, claimed or fingerprint(relay.core.key.public_key), list)
+    await announcer.register()
+    assert announcer.name is not None, "not announced"
+    try:
+        yield announcer
+    finally:
+        await announcer.stop()
+
+
+@contextlib.asynccontextmanager
+async def fake_announcement(port: int, claimed: str) -> AsyncIterator[None]:
+    """What an attacker on the LAN can do with zeroconf alone: announce a relay at any
+    address and port, with any fingerprint."""
+    zeroconf = AsyncZeroconf(interfaces=[LOOPBACK], ip_version=IPVersion.V4Only)
+    info = AsyncServiceInfo(
+        SERVICE_TYPE,
+        # with a terminal control in its name: a CSI (zeroconf refuses only C0 and DEL ones)
+        f"totally the relay\u009b2J.{SERVICE_TYPE}",
+        port=port,
+        addresses=[socket.inet_aton(LOOPBACK)],
+        properties={"fp": claimed, "v": str(PROTOCOL_VERSION)},
+        server="attacker.local.",
+    )
+    await (await zeroconf.async_register_service(info))
+    try:
+        yield
+    finally:
+        await zeroconf.async_close()
+
+
+async def _connect_without_host(home: Path) -> tuple[int, str, str]:
+    """`e2echat connect --nick bob` with no --host, no --port, stdin not a terminal (it
+    leaves at the end of its input once registered)."""
+    return await run_cli("connect", "--nick", "bob", "--home", str(home))
 
 
 async def _relay_process(*args: str) -> tuple[asyncio.subprocess.Process, int, str]:
@@ -125,6 +175,73 @@ async def test_relays_says_so_when_none_is_found() -> None:
         "e2echat: no relay announced itself on the LAN within 0.3 s (a relay started with "
         "--no-announce, or on another network, is not seen)"
     )
+
+
+@pytest.mark.timeout(30)
+async def test_connect_joins_the_one_relay_found_and_pins_its_announced_key(tmp_path: Path) -> None:
+    home = tmp_path / "bob"
+    async with running_relay() as relay:
+        key = fingerprint(relay.core.key.public_key)
+        async with announced(relay) as announcer:
+            code, out, err = await _connect_without_host(home)
+            assert code == 0, err
+            assert f"found a relay on the LAN: {announcer.name}  {LOOPBACK}:{relay.port}  key {key}" in err
+            assert f"pinned relay {LOOPBACK}:{relay.port} key {key}" in out
+        pins = RelayPinFile(home / KNOWN_RELAYS_FILE).load()
+        assert pins.get(relay_address(LOOPBACK, relay.port)) == relay.core.key.public_key
+        assert f'"port": {relay.port}' in (home / SETTINGS_FILE).read_text()
+
+        # Remembered now: no browsing (the announcement is gone; it would find nothing).
+        code, out, err = await _connect_without_host(home)
+        assert code == 0, err
+        assert "LAN" not in err
+
+
+async def test_a_fake_announcement_with_another_key_is_refused(tmp_path: Path) -> None:
+    """The attack: someone on the LAN announces the relay's address with a key of their
+    own choosing. The client requires the announced key, so the real relay, whose key is
+    another, gets nothing; the same holds for an impostor relay that lies about its key."""
+    home = tmp_path / "bob"
+    async with running_relay() as relay:
+        claimed = fingerprint(PrivateKey.generate().public_key)
+        async with fake_announcement(relay.port, claimed):
+            code, out, err = await _connect_without_host(home)
+    assert code == 6, (out, err)
+    assert "posing as a relay" in err and claimed in err
+    assert "\u009b" not in err  # the name is anyone's text: shown neutralized
+    assert "pinned" not in out
+    assert not (home / KNOWN_RELAYS_FILE).exists()
+
+
+async def test_a_pin_wins_over_an_announcement(tmp_path: Path) -> None:
+    """An announcement must not replace a pin: an impostor that took the pinned relay's
+    address and announces its own key is refused as before."""
+    home = tmp_path / "bob"
+    async with running_relay() as genuine:
+        port = genuine.port
+        code, _, err = await run_cli(
+            "connect", "--nick", "bob", "--home", str(home), "--host", LOOPBACK, "--port", str(port)
+        )
+        assert code == 0, err
+    (home / SETTINGS_FILE).unlink()  # no remembered relay: it browses
+    async with running(Relay(LOOPBACK, port)) as impostor, announced(impostor):
+        code, out, err = await _connect_without_host(home)
+    assert code == 6, (out, err)
+    assert "different key than the one pinned" in err
+    pins = RelayPinFile(home / KNOWN_RELAYS_FILE).load()
+    assert pins.get(relay_address(LOOPBACK, port)) == genuine.core.key.public_key
+
+
+@pytest.mark.timeout(30)
+async def test_several_relays_found_are_listed_and_not_chosen_for_a_script(tmp_path: Path) -> None:
+    async with running_relay() as first, running_relay() as second:
+        async with announced(first) as one, announced(second) as other:
+            assert one.name != other.name  # the second was renamed: both run on this host
+            code, out, err = await _connect_without_host(tmp_path / "bob")
+    assert code == 2, (out, err)
+    assert f"{LOOPBACK}:{first.port}" in err and f"{LOOPBACK}:{second.port}" in err
+    assert err.strip().endswith("e2echat: which relay? give its --host and --port")
+    assert not (tmp_path / "bob" / KNOWN_RELAYS_FILE).exists()
 
 
 def test_where_a_relay_is_announced() -> None:

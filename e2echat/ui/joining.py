@@ -14,7 +14,7 @@ from e2echat.client.relays import RelayTrust, relay_address
 from e2echat.client.trust import KnownPeers
 from e2echat.crypto.identity import fingerprint
 from e2echat.crypto.keyring import Keyring
-from e2echat.errors import RegistrationRefused, UntrustedRelayKey
+from e2echat.errors import ImpostorAnnouncement, RegistrationRefused, UntrustedRelayKey
 from e2echat.store.pins import PinFile
 from e2echat.store.relays import RelayPinFile
 from e2echat.store.sessions import SessionFile
@@ -33,12 +33,15 @@ async def join(
     accept: str | None,
     ask_password: Callable[[], bytes] | None,
     hold_acks: bool = False,
+    announced: str | None = None,
 ) -> tuple[Client, str | None]:
     """Connect and register, if the relay's key is the one pinned for its address, or the
     one with the fingerprint ``accept``, or one the user accepts when asked. With
     ``ask_password`` (on a terminal), a changed key and a missing password are asked
-    about; without, they are errors. Returns the client, and what was pinned, if
-    anything, for the chat to say."""
+    about; without, they are errors. ``announced`` is the fingerprint the relay's
+    announcement on the LAN gave: on first contact its key must be that one (a pin, or
+    ``accept``, wins over it). Returns the client, and what was pinned, if anything, for
+    the chat to say."""
     pin_file, known_peers = pins
     session_file, keyring = sessions if sessions is not None else (None, None)
     # Our messages waiting in mailboxes, kept beside the sessions (and the numbering).
@@ -46,6 +49,11 @@ async def join(
     known_relays = relay_pins.load()
     address = relay_address(host, port)
     pinned = known_relays.get(address)
+    # First contact with a relay found on the LAN: not "any key", but the one announced.
+    # Never over a pin: an announcement is anyone's word, and must not replace a key.
+    from_announcement = accept is None and pinned is None and announced is not None
+    if from_announcement:
+        accept = announced
     while True:
         client = Client(
             host,
@@ -65,6 +73,10 @@ async def join(
             await client.open()
             break
         except UntrustedRelayKey as exc:
+            if from_announcement:
+                raise ImpostorAnnouncement(
+                    host=host, port=port, offered=exc.offered, expected=exc.expected
+                ) from None
             if accept is not None or ask_password is None or not _trust_new_relay_key(exc):
                 raise
             accept = exc.offered
