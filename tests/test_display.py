@@ -38,6 +38,7 @@ from e2echat.client.receipts import DeliveryReport, MessageQueued
 from e2echat.client.trust import Trust
 from e2echat.ui.cells import neutralize, terminal_cells
 from e2echat.ui.render import (
+    FirstContacts,
     HelpText,
     MentionList,
     Notice,
@@ -421,6 +422,12 @@ _LINES: dict[str, tuple[str | None, Shown, str | None]] = {
             Entry(ROOM, False, "alice", "yo", NOW, NOW, 3, State.FAILED, "NOT delivered to bob (offline)")
         ),
         f"{STAMP} [NOT delivered to bob (offline)] <alice> yo",
+    ),
+    "first-contacts": (
+        "notice",
+        FirstContacts(tuple(f"user{n}" for n in range(12, 0, -1))),
+        f"{STAMP} -- first contact with 12 people (user1, user2, user3, user4, user5 and 7 more): their "
+        "keys are pinned from now on (unverified; /who lists them, /verify NICK checks one)",
     ),
     "mentions-none": (
         "notice",

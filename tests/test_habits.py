@@ -20,7 +20,7 @@ from prompt_toolkit.output import ColorDepth
 from prompt_toolkit.output.vt100 import Vt100_Output
 from test_repl_features import repl
 
-from e2echat.client.events import MessageReceived, Registered
+from e2echat.client.events import KeyPinned, MessageReceived, Registered
 from e2echat.client.receipts import DeliveryReport
 from e2echat.ui import commands
 from e2echat.ui.chat import Chat
@@ -317,3 +317,29 @@ async def test_ctrl_c_clears_what_is_typed_and_leaves_on_an_empty_line() -> None
             assert (await bob.next(MessageReceived)).text == "a whole one"
             pipe.send_text("\x03")  # on the empty line: leave
             await asyncio.wait_for(task, WAIT)
+
+
+# -- first contacts ---------------------------------------------------------------------------
+
+
+async def test_a_rooms_first_contacts_are_one_line_and_a_single_one_its_own() -> None:
+    async with (
+        running_relay() as relay,
+        peers(relay, "alice", "bob", "carol", "dave", "user10") as (alice, *_),
+    ):
+        lines: list[str] = []
+        chat = Chat(alice.connection, text_into(lines))
+        chat.handle_line("hello, room")  # pins the four keys at once
+        for _ in range(50):  # the core tells of them with its next read or tick
+            await asyncio.sleep(0.05)
+            chat.show_queued()
+            if any("first contact" in line for line in lines):
+                break
+        pinned = [line for line in lines if "first contact" in line]
+        assert len(pinned) == 1, lines
+        assert "first contact with 4 people (bob, carol, dave, user10): their keys are pinned" in pinned[0]
+        chat.show(KeyPinned("erin"))  # alone in its turn: the line it always had
+        await asyncio.sleep(0.1)
+        assert lines[-1].endswith(
+            "first contact with erin: their key is pinned from now on (unverified; /verify erin to check it)"
+        )

@@ -19,6 +19,7 @@ from e2echat.client.events import (
     DeliveryReport,
     Disconnected,
     KeyChanged,
+    KeyPinned,
     MailboxRead,
     MessageReceived,
     NotSent,
@@ -30,6 +31,7 @@ from e2echat.ui import commands, transcript
 from e2echat.ui.actions import as_action
 from e2echat.ui.nicks import mention_pattern, natural_sorted
 from e2echat.ui.render import (
+    FirstContacts,
     HelpText,
     LineStyle,
     Mention,
@@ -129,6 +131,9 @@ class Chat:
         self.clear_screen: Callable[[], None] | None = None
         self._keys = KeyChecks(lambda: self.link.core, self.show)  # /verify and /trust
         self._lookups: set[asyncio.Task[None]] = set()  # /history and /search, reading
+        # First contacts of this turn of the event loop, shown together at its end: a
+        # room's first message pins dozens of keys at once (FirstContacts)
+        self._first_contacts: list[str] = []
 
     def notice(self, text: str) -> None:
         self.show(Notice(text))
@@ -328,9 +333,23 @@ class Chat:
             return
         if isinstance(event, MessageReceived) and (event.private or mention) and self.bell_on and self.bell:
             self.bell()
+        if isinstance(event, KeyPinned):
+            self._first_contacts.append(event.nick)
+            if len(self._first_contacts) == 1:
+                try:  # after whatever else this turn shows: at once, where no loop runs
+                    asyncio.get_running_loop().call_soon(self._show_first_contacts)
+                except RuntimeError:
+                    self._show_first_contacts()
+            return
         for style, text in render(
             event, self.clock(), multiline=self.multiline, relay=self.link.address, mention=mention
         ):
+            self.write(style, text)
+
+    def _show_first_contacts(self) -> None:
+        nicks, self._first_contacts = tuple(self._first_contacts), []
+        event: Shown = KeyPinned(nicks[0]) if len(nicks) == 1 else FirstContacts(nicks)
+        for style, text in render(event, self.clock()):
             self.write(style, text)
 
     async def run(self, typing: Coroutine[Any, Any, None]) -> None:

@@ -57,6 +57,8 @@ def clock(now: float | None = None) -> str:
 #: How a line looks: a class in the REPL's style sheet. It is chosen from the type of
 #: what is shown, never from its text: text can be anything a peer typed.
 LineStyle = Literal["message", "private", "mention", "own", "notice", "warning"]
+#: a line about several first contacts names this many of them
+FIRST_CONTACTS_NAMED = 5
 #: One line on the screen: how it looks, and what it says.
 Line = tuple[LineStyle, str]
 
@@ -115,6 +117,13 @@ class Recalled:
 
 
 @dataclass(frozen=True)
+class FirstContacts:
+    """Several keys pinned at once, on first contact: shown as one line, not one each."""
+
+    nicks: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Mention:
     """A line that mentioned us: when it was shown, where (a room, or "private"), who."""
 
@@ -132,7 +141,7 @@ class MentionList:
 
 
 #: everything the chat shows: what the client says, and what the chat says itself
-Shown = ClientEvent | Notice | Problem | OwnMessage | HelpText | Recalled | MentionList
+Shown = ClientEvent | Notice | Problem | OwnMessage | HelpText | Recalled | MentionList | FirstContacts
 
 
 def render(
@@ -270,6 +279,15 @@ def _describe(
         return "notice", (
             f"{stamp} -- first contact with {event.nick}: their key is pinned from now on "
             f"(unverified; /verify {event.nick} to check it)"
+        )
+    if isinstance(event, FirstContacts):
+        named = natural_sorted(event.nicks)
+        who = ", ".join(named[:FIRST_CONTACTS_NAMED])
+        if len(named) > FIRST_CONTACTS_NAMED:
+            who += f" and {len(named) - FIRST_CONTACTS_NAMED} more"
+        return "notice", (
+            f"{stamp} -- first contact with {len(named)} people ({who}): their keys are pinned from now "
+            "on (unverified; /who lists them, /verify NICK checks one)"
         )
     if isinstance(event, KeyChanged):
         nick = event.nick
