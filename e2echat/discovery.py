@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import os
 import re
 import socket
 from collections.abc import Callable
@@ -24,11 +25,16 @@ from zeroconf import DNSQuestionType, InterfaceChoice, IPVersion, ServiceStateCh
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from e2echat.crypto.identity import parse_fingerprint
+from e2echat.errors import UsageError
 from e2echat.wire.grammar import PROTOCOL_VERSION
 
 log = logging.getLogger("e2echat.discovery")
 
 SERVICE_TYPE = "_e2echat._tcp.local."
+#: names another service type (``_NAME._tcp.local.``) to announce and browse: keeps a
+#: test run's relays, or a group's own, apart from every other e2echat relay on the LAN
+SERVICE_ENV = "E2ECHAT_MDNS_SERVICE"
+_SERVICE_RULE = re.compile(r"_[a-z0-9](?:[a-z0-9-]{0,13}[a-z0-9])?\._tcp\.local\.")
 #: for a found service's records, when they did not come with its name (they usually do)
 _RESOLVE_MS = 1000
 #: a goodbye is a courtesy to browsers' caches: a relay that stops never waits longer for it
@@ -97,14 +103,25 @@ def announce_scope(host: str, lan_addresses: Callable[[], list[str]]) -> Scope |
     return Scope(own, own)
 
 
+def service_type() -> str:
+    """The service type relays announce and clients browse: ``SERVICE_TYPE``, unless
+    ``E2ECHAT_MDNS_SERVICE`` names another (a DNS-SD service name, 1-15 characters)."""
+    chosen = os.environ.get(SERVICE_ENV)
+    if not chosen:
+        return SERVICE_TYPE
+    if not _SERVICE_RULE.fullmatch(chosen):
+        raise UsageError(detail=f"{SERVICE_ENV} must look like _name._tcp.local. (name: 1-15 of a-z, 0-9, -)")
+    return chosen
+
+
 def _host_label() -> str:
     """This machine's name as one DNS label (letters, digits, hyphens)."""
     label = re.sub(r"[^A-Za-z0-9-]+", "-", socket.gethostname().split(".")[0]).strip("-")
     return label[:63] or "e2echat"
 
 
-async def _names_seen(zeroconf: AsyncZeroconf, seconds: float) -> set[str]:
-    """The service names announced within ``seconds`` (and not withdrawn)."""
+async def _names_seen(zeroconf: AsyncZeroconf, service: str, seconds: float) -> set[str]:
+    """The names of ``service`` announced within ``seconds`` (and not withdrawn)."""
     names: set[str] = set()
 
     def seen(zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange) -> None:
@@ -116,7 +133,7 @@ async def _names_seen(zeroconf: AsyncZeroconf, seconds: float) -> set[str]:
     # Answers by multicast (QM), not unicast (QU): a unicast answer goes to port 5353 on
     # this machine, where another responder (avahi, a relay) may be the socket that gets it.
     browser = AsyncServiceBrowser(
-        zeroconf.zeroconf, SERVICE_TYPE, handlers=[seen], question_type=DNSQuestionType.QM
+        zeroconf.zeroconf, service, handlers=[seen], question_type=DNSQuestionType.QM
     )
     try:
         await asyncio.sleep(seconds)  # a browse is a time window, not a wait for an event
@@ -152,6 +169,7 @@ class Announcer:
 
     async def register(self) -> None:
         try:
+            service = service_type()
             scope = await asyncio.to_thread(announce_scope, self._host, self._lan_addresses)
             if scope is None:
                 log.info("not announced on the LAN: it listens on %s, and announcements are IPv4", self._host)
@@ -159,10 +177,10 @@ class Announcer:
             interfaces = InterfaceChoice.All if scope.interfaces is None else scope.interfaces
             self._zeroconf = AsyncZeroconf(interfaces=interfaces, ip_version=IPVersion.V4Only)
             label = _host_label()
-            await _names_seen(self._zeroconf, _LOOK_SECONDS)  # into its cache, for the rename
+            await _names_seen(self._zeroconf, service, _LOOK_SECONDS)  # into its cache, for the rename
             info = AsyncServiceInfo(
-                SERVICE_TYPE,
-                f"{label}.{SERVICE_TYPE}",
+                service,
+                f"{label}.{service}",
                 port=self._port,
                 addresses=[socket.inet_aton(address) for address in scope.addresses],
                 properties={"fp": self._fingerprint, "v": str(PROTOCOL_VERSION)},
@@ -171,7 +189,7 @@ class Announcer:
             )
             await (await self._zeroconf.async_register_service(info, allow_name_change=True))
             self._info = info
-            self.name = info.name.removesuffix("." + SERVICE_TYPE)
+            self.name = info.name.removesuffix("." + service)
             where = (
                 "this machine only (it listens on loopback)" if scope.interfaces == [_LOOPBACK] else "the LAN"
             )
@@ -206,12 +224,13 @@ async def browse(seconds: float, *, interfaces: list[str] | None = None) -> list
     """The relays announced on the LAN (``interfaces``; default: every one) within
     ``seconds``, sorted by name. Announcements without a well-formed fingerprint, port
     or IPv4 address are left out. Raises OSError if multicast cannot be used at all."""
+    service = service_type()
     zeroconf = AsyncZeroconf(
         interfaces=InterfaceChoice.All if interfaces is None else interfaces, ip_version=IPVersion.V4Only
     )
     try:
         infos = [
-            AsyncServiceInfo(SERVICE_TYPE, name) for name in sorted(await _names_seen(zeroconf, seconds))
+            AsyncServiceInfo(service, name) for name in sorted(await _names_seen(zeroconf, service, seconds))
         ]
         # Their records usually came with their names: then this asks nothing.
         await asyncio.gather(
@@ -231,7 +250,7 @@ def _announced(info: AsyncServiceInfo) -> Announced | None:
     if not addresses or not info.port or claimed is None or not version.isdigit():
         log.debug("ignored an announcement without a usable address, port or fingerprint: %r", info.name)
         return None
-    name = info.name.removesuffix("." + SERVICE_TYPE)
+    name = info.name.removesuffix("." + info.type)
     return Announced(name, addresses[0], info.port, claimed, int(version[:9]))
 
 

@@ -10,9 +10,11 @@ import asyncio
 import inspect
 from typing import Any
 
+import nacl.utils
 import pytest
 
 ASYNC_TEST_TIMEOUT = 30.0
+_SERVICE = f"_e2echat-{nacl.utils.random(3).hex()}._tcp.local."
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -37,3 +39,6 @@ def _private_data_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: py
     monkeypatch.delenv("E2ECHAT_HOME", raising=False)
     monkeypatch.delenv("E2ECHAT_PASSPHRASE", raising=False)
     monkeypatch.delenv("E2ECHAT_RELAY_PASSWORD", raising=False)
+    # Relays started by tests announce, and the discovery tests browse, under this run's own
+    # mDNS service type: not found by (nor finding) another run's, or a real relay on the LAN.
+    monkeypatch.setenv("E2ECHAT_MDNS_SERVICE", _SERVICE)

@@ -20,7 +20,7 @@ from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
 from e2echat.client.relays import relay_address
 from e2echat.crypto.identity import fingerprint
-from e2echat.discovery import SERVICE_TYPE, Announcer, announce_scope, browse
+from e2echat.discovery import Announcer, announce_scope, browse, service_type
 from e2echat.relay.server import Relay
 from e2echat.store.profiles import SETTINGS_FILE
 from e2echat.store.relays import KNOWN_RELAYS_FILE, RelayPinFile
@@ -83,10 +83,11 @@ async def fake_announcement(port: int, claimed: str) -> AsyncIterator[None]:
     """What an attacker on the LAN can do with zeroconf alone: announce a relay at any
     address and port, with any fingerprint."""
     zeroconf = AsyncZeroconf(interfaces=[LOOPBACK], ip_version=IPVersion.V4Only)
+    service = service_type()  # this test run's (conftest.py)
     info = AsyncServiceInfo(
-        SERVICE_TYPE,
+        service,
         # with a terminal control in its name: a CSI (zeroconf refuses only C0 and DEL ones)
-        f"totally the relay\u009b2J.{SERVICE_TYPE}",
+        f"totally the relay\u009b2J.{service}",
         port=port,
         addresses=[socket.inet_aton(LOOPBACK)],
         properties={"fp": claimed, "v": str(PROTOCOL_VERSION)},
@@ -175,6 +176,25 @@ async def test_relays_says_so_when_none_is_found() -> None:
         "e2echat: no relay announced itself on the LAN within 0.3 s (a relay started with "
         "--no-announce, or on another network, is not seen)"
     )
+
+
+@pytest.mark.parametrize(
+    "service", ["_e2echat._udp.local.", "_E2ECHAT._tcp.local.", "_a-much-too-long-name._tcp.local."]
+)
+async def test_a_malformed_service_type_is_a_usage_error(service: str) -> None:
+    code, out, err = await run_cli("relays", "--wait", "0.3", env={"E2ECHAT_MDNS_SERVICE": service})
+    assert (code, out) == (2, "")
+    assert err.strip() == (
+        "e2echat: E2ECHAT_MDNS_SERVICE must look like _name._tcp.local. (name: 1-15 of a-z, 0-9, -)"
+    )
+
+
+async def test_a_relay_under_another_service_type_is_not_found() -> None:
+    async with running_relay() as relay, announced(relay):
+        assert [found.port for found in await browse(1.5, interfaces=[LOOPBACK])] == [relay.port]
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("E2ECHAT_MDNS_SERVICE", "_e2echat-other._tcp.local.")
+            assert await browse(1.5, interfaces=[LOOPBACK]) == []
 
 
 @pytest.mark.timeout(30)
