@@ -214,7 +214,7 @@ def _find_relay(interactive: bool) -> Announced | None:
             answer = input(f"Which relay? [1-{len(found)}] ").strip()
         except EOFError:
             raise UsageError(detail="no relay chosen") from None
-        if answer.isdigit() and 1 <= int(answer) <= len(found):
+        if answer.isascii() and answer.isdigit() and len(answer) < 4 and 1 <= int(answer) <= len(found):
             return found[int(answer) - 1]
 
 

@@ -34,6 +34,7 @@ SERVICE_TYPE = "_e2echat._tcp.local."
 #: names another service type (``_NAME._tcp.local.``) to announce and browse: keeps a
 #: test run's relays, or a group's own, apart from every other e2echat relay on the LAN
 SERVICE_ENV = "E2ECHAT_MDNS_SERVICE"
+_VERSION = re.compile(r"[0-9]{1,9}")  # ASCII digits: "²" is a digit to str.isdigit, not to int
 _SERVICE_RULE = re.compile(r"_[a-z0-9](?:[a-z0-9-]{0,13}[a-z0-9])?\._tcp\.local\.")
 #: for a found service's records, when they did not come with its name (they usually do)
 _RESOLVE_MS = 1000
@@ -229,9 +230,8 @@ async def browse(seconds: float, *, interfaces: list[str] | None = None) -> list
         interfaces=InterfaceChoice.All if interfaces is None else interfaces, ip_version=IPVersion.V4Only
     )
     try:
-        infos = [
-            AsyncServiceInfo(service, name) for name in sorted(await _names_seen(zeroconf, service, seconds))
-        ]
+        names = sorted(await _names_seen(zeroconf, service, seconds))
+        infos = [info for name in names if (info := _info(service, name)) is not None]
         # Their records usually came with their names: then this asks nothing.
         await asyncio.gather(
             *(info.async_request(zeroconf.zeroconf, _RESOLVE_MS, DNSQuestionType.QM) for info in infos)
@@ -242,16 +242,33 @@ async def browse(seconds: float, *, interfaces: list[str] | None = None) -> list
     return [relay for relay in found if relay is not None]
 
 
+def _info(service: str, name: str) -> AsyncServiceInfo | None:
+    """What to ask of a name heard on the LAN; None for one zeroconf will not take (anyone
+    can send any name: one with control characters, or too long, is left out)."""
+    try:
+        return AsyncServiceInfo(service, name)
+    except Exception:  # zeroconf's BadTypeInNameException and the like
+        log.debug("ignored an announcement with a malformed name: %r", name)
+        return None
+
+
 def _announced(info: AsyncServiceInfo) -> Announced | None:
-    addresses = info.parsed_addresses(IPVersion.V4Only)
-    properties = info.properties
-    claimed = parse_fingerprint(_text(properties.get(b"fp")))
-    version = _text(properties.get(b"v"))
-    if not addresses or not info.port or claimed is None or not version.isdigit():
+    """The relay an announcement describes; None for one without a usable address, port,
+    fingerprint or version (its records are anyone's: nothing in them may raise)."""
+    try:
+        addresses = info.parsed_addresses(IPVersion.V4Only)
+        properties = info.properties
+        claimed = parse_fingerprint(_text(properties.get(b"fp")))
+        version = _text(properties.get(b"v"))
+        port = info.port
+    except Exception:
+        log.debug("ignored an announcement whose records do not parse: %r", info.name)
+        return None
+    if not addresses or not port or claimed is None or not _VERSION.fullmatch(version):
         log.debug("ignored an announcement without a usable address, port or fingerprint: %r", info.name)
         return None
     name = info.name.removesuffix("." + info.type)
-    return Announced(name, addresses[0], info.port, claimed, int(version[:9]))
+    return Announced(name, addresses[0], port, claimed, int(version))
 
 
 def _text(value: bytes | None) -> str:

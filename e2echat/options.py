@@ -4,6 +4,7 @@ What each command does is in cli.py."""
 from __future__ import annotations
 
 import argparse
+import math
 import re
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +20,8 @@ from e2echat.wire.grammar import NICK_RULE
 #: answers a query within about half a second (RFC 6762 §6), so 2 s is a few chances, and
 #: short to wait
 BROWSE_SECONDS = 2.0
+#: `e2echat relays --wait` at most: an hour (a browse is a window of time, not a service)
+MAX_BROWSE_SECONDS = 3600.0
 
 
 def _port(text: str) -> int:
@@ -171,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     relays.add_argument(
         "--wait",
-        type=_positive(float),
+        type=_browse_seconds,
         default=BROWSE_SECONDS,
         metavar="SECONDS",
         help=f"how long to listen (default: {BROWSE_SECONDS:g})",
@@ -332,8 +335,15 @@ def _positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"{text} must be more than 0")
+        if not math.isfinite(value) or value <= 0:
+            raise argparse.ArgumentTypeError(f"{text} must be a number more than 0")
         return value
 
     return parse
+
+
+def _browse_seconds(text: str) -> float:
+    value = float(_positive(float)(text))
+    if value > MAX_BROWSE_SECONDS:
+        raise argparse.ArgumentTypeError(f"{text}: at most {MAX_BROWSE_SECONDS:g} seconds")
+    return value

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 from nacl.public import PrivateKey
-from zeroconf import IPVersion
+from zeroconf import IPVersion, const
+from zeroconf._dns import DNSPointer  # (a packet by hand: what the public API will not send)
+from zeroconf._protocol.outgoing import DNSOutgoing
 from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
 from e2echat.client.relays import relay_address
@@ -278,3 +280,42 @@ def test_where_a_relay_is_announced() -> None:
     assert one is not None and (one.interfaces, one.addresses) == (["192.0.2.9"], ["192.0.2.9"])
     assert announce_scope("::", lan) is None  # IPv6 alone: announcements are IPv4
     assert announce_scope("::1", lan) is None
+
+
+def _raw_answer(service: str, name: str) -> bytes:
+    """An mDNS answer pointing ``service`` at ``name``, as anyone's packet can: zeroconf
+    refuses to announce such names itself, so the packet is made by hand."""
+    out = DNSOutgoing(const._FLAGS_QR_RESPONSE | const._FLAGS_AA)
+    out.add_answer_at_time(DNSPointer(service, const._TYPE_PTR, const._CLASS_IN, 120, name), 0)
+    return out.packets()[0]
+
+
+async def test_malformed_announcements_are_left_out_not_a_crash() -> None:
+    """Anyone on the LAN can send a name with terminal controls in it, or one too long, or
+    a version that str.isdigit takes and int does not: the browse leaves them out."""
+    service = service_type()
+    packets = [
+        _raw_answer(service, f"evil\x1b[31mRED.{service}"),
+        _raw_answer(service, f"{'x' * 40}.{'y' * 40}.{service}"),
+    ]
+    zeroconf = AsyncZeroconf(interfaces=[LOOPBACK], ip_version=IPVersion.V4Only)
+    odd_version = AsyncServiceInfo(
+        service,
+        f"odd version.{service}",
+        port=9,
+        addresses=[socket.inet_aton(LOOPBACK)],
+        properties={"fp": fingerprint(PrivateKey.generate().public_key), "v": "²"},
+        server="odd.local.",
+    )
+    await (await zeroconf.async_register_service(odd_version))
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            sender.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(LOOPBACK))
+            browsing = asyncio.create_task(browse(BROWSE, interfaces=[LOOPBACK]))
+            while not browsing.done():
+                for packet in packets:
+                    sender.sendto(packet, (MDNS_GROUP, 5353))
+                await asyncio.sleep(0.2)
+            assert await browsing == []
+    finally:
+        await zeroconf.async_close()
