@@ -319,6 +319,24 @@ async def test_ctrl_c_clears_what_is_typed_and_leaves_on_an_empty_line() -> None
             await asyncio.wait_for(task, WAIT)
 
 
+async def test_ctrl_c_while_searching_the_history_ends_the_search_not_the_chat() -> None:
+    async with running_relay() as relay, peers(relay, "alice", "bob") as (alice, bob):
+        async with repl(alice) as (pipe, screen, task):
+            buffer = screen.session.default_buffer
+            pipe.send_text("half a thought")
+            while buffer.text != "half a thought":
+                await asyncio.sleep(0.01)
+            pipe.send_text("\x12")  # Ctrl+R: search the history
+            await asyncio.sleep(0.2)
+            pipe.send_text("\x03")  # ends the search
+            await asyncio.sleep(0.2)
+            assert not task.done() and buffer.text == "half a thought"
+            pipe.send_text("\r")
+            assert (await bob.next(MessageReceived)).text == "half a thought"
+            pipe.send_text("\x03")
+            await asyncio.wait_for(task, WAIT)
+
+
 # -- first contacts ---------------------------------------------------------------------------
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from prompt_toolkit import PromptSession, print_formatted_text
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
+from prompt_toolkit.filters import is_searching
 from prompt_toolkit.formatted_text import FormattedText
 from prompt_toolkit.history import History, InMemoryHistory, ThreadedHistory
 from prompt_toolkit.input import Input
@@ -103,7 +104,9 @@ def toolbar_text(chat: Chat) -> str:
 def key_bindings() -> KeyBindings:
     bindings = KeyBindings()
 
-    @bindings.add("c-c")  # as in a shell: clears what is typed; on an empty line, leaves
+    # As in a shell: clears what is typed; on an empty line, leaves. (Not while searching
+    # the history with Ctrl+R: there it ends the search, as prompt_toolkit's own binding does.)
+    @bindings.add("c-c", filter=~is_searching)
     def _interrupt(event: KeyPressEvent) -> None:
         buffer = event.current_buffer
         if buffer.text:
