@@ -87,10 +87,16 @@ async def test_reconnect_tries_the_relay_now_not_at_the_next_backoff_step() -> N
         assert lines[-1].endswith(f"already connected to the relay at 127.0.0.1:{port}")
     await alice.next(ConnectionLost)
     assert (await alice.next(Reconnecting)).delay == 60
-    async with running(Relay(LOOPBACK, port, key=first.core.key)):
+    second = Relay(LOOPBACK, port, key=first.core.key)
+    async with running(second):
         chat.handle_line("/reconnect")
         assert "trying the relay at" in lines[-1]
         await asyncio.wait_for(_until_online(alice.connection), WAIT)
+    await alice.next(ConnectionLost)
+    async with running(Relay(LOOPBACK, port, key=first.core.key)):
+        # The next outage waits out its backoff: the /reconnect of the last one is spent.
+        await asyncio.sleep(1.0)
+        assert not alice.connection.online
         await alice.connection.close()
     chat.handle_line("/reconnect")  # closed for good: nothing to try
     assert "not trying the relay again" in lines[-1]

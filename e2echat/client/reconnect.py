@@ -197,6 +197,7 @@ class Client:
             if self.closed:
                 return
             connection = await self._reconnect()
+            self._retry_now.clear()  # a /reconnect typed during the attempt is spent with it
             if connection is None:
                 return
             # Its "connected" and key-change events are queued already, before the outbox.
@@ -306,11 +307,11 @@ class Client:
         return await self.connection.wait_settled(max(0.0, deadline - loop.time()))
 
     def reconnect_now(self) -> bool:
-        """While the relay is away: the next attempt to reach it is made now, not when the
-        backoff says. False if there is none to make: connected, or given up for good."""
-        if self.closed or self._online.is_set():
+        """While the relay is away (or saying goodbye): the next attempt to reach it is made
+        now, not when the backoff says. False if none will be: given up for good."""
+        if self.closed:
             return False
-        self._retry_now.set()
+        self._retry_now.set()  # (cleared once an attempt succeeds: it counts for one outage)
         return True
 
     def give_up(self, reason: str) -> None:
