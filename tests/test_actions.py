@@ -105,3 +105,25 @@ async def test_reconnect_tries_the_relay_now_not_at_the_next_backoff_step() -> N
 async def _until_online(link: Connection | Client) -> None:
     while not link.online:
         await asyncio.sleep(0.02)
+
+
+def test_an_actions_markers_mention_no_one_and_lists_show_it_as_an_action() -> None:
+    from e2echat.ui.render import Mention, MentionList
+    from e2echat.ui.transcript import ROOM, Entry, export_text
+
+    class Named:  # what Chat needs to know of its link to look for mentions: our nick
+        nick = "action"
+        address = "127.0.0.1:8000"
+
+    lines: list[str] = []
+    chat = Chat(Named(), text_into(lines))  # type: ignore[arg-type]
+    chat.show(MessageReceived("bob", as_action("waves"), False))
+    assert not chat.mentions  # "\x01ACTION" is not the word "action"
+    chat.show(MessageReceived("bob", as_action("waves at action"), False))
+    assert len(chat.mentions) == 1
+    (_, (_, listed)) = render(
+        MentionList((Mention(NOW, "#lobby", "bob", as_action("pokes alice")),)), NOW
+    )
+    assert listed.endswith("#lobby * <bob> pokes alice")
+    exported = export_text(Entry(ROOM, True, "bob", as_action("waves"), NOW))
+    assert exported.endswith("#lobby <bob> * waves")

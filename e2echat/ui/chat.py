@@ -28,7 +28,7 @@ from e2echat.client.receipts import RECEIPT_TIMEOUT
 from e2echat.errors import CommandError, E2EChatError, RelayGone
 from e2echat.store.history import HistoryStore, Lines
 from e2echat.ui import commands, transcript
-from e2echat.ui.actions import as_action
+from e2echat.ui.actions import action_of, as_action
 from e2echat.ui.nicks import mention_pattern, natural_sorted
 from e2echat.ui.render import (
     FirstContacts,
@@ -323,7 +323,8 @@ class Chat:
         self._record(transcript.record(event, self.clock()))
         mention = False
         if isinstance(event, MessageReceived):
-            mention = mention_pattern(self.link.nick).search(event.text) is not None
+            said = action_of(event.text)  # an action's own markers mention no one
+            mention = mention_pattern(self.link.nick).search(event.text if said is None else said) is not None
             if mention:
                 where = "private" if event.private else transcript.ROOM
                 self.mentions.append(Mention(self.clock(), where, event.sender, event.text))

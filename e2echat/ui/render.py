@@ -182,8 +182,8 @@ def _mention_list(event: MentionList, now: float) -> list[Line]:
     heading = "1 line mentioned you:" if count == 1 else f"the last {count} lines that mentioned you:"
     lines: list[Line] = [_notice(clock(now), heading)]
     for mention in event.mentions:
-        header = f"{clock(mention.shown_at)} {mention.where} <"
-        lines.append(("mention", _headed(header, mention.sender, f"> {neutralize(mention.text)}")))
+        mark, text = _acted(f"{clock(mention.shown_at)} {mention.where}", mention.text, "\\n")
+        lines.append(("mention", _headed(f"{mark} <", mention.sender, f"> {text}")))
     return lines
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from e2echat.client.events import KeyChanged, MailReceived, MessageReceived, NotSent, Queued
 from e2echat.client.receipts import DeliveryReport, MessageQueued
+from e2echat.ui.actions import readable
 from e2echat.ui.cells import neutralize
 
 #: the one room there is until rooms come (issue 18: "the room" is #lobby)
@@ -333,7 +334,7 @@ def export_text(entry: Entry) -> str:
     """``entry`` as text, for ``e2echat export --format txt``: the day and time, the
     conversation, then the line as the chat showed it (a peer's text neutralized)."""
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.shown_at))
-    text = neutralize(entry.text, "\n    ")
+    text = neutralize(readable(entry.text) if entry.kind is not Kind.NOTICE else entry.text, "\n    ")
     if entry.kind is Kind.NOTICE:
         return f"{stamp} {entry.conversation} -- {text}"
     state = f" ({entry.detail or entry.state.value})" if entry.state is not State.NONE else ""
