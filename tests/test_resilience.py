@@ -17,12 +17,13 @@ from e2echat.client.events import ConnectionLost, Disconnected, NotSent, Queued,
 from e2echat.client.receipts import LEFT, NOT_KNOWN, REFUSED, TIMED_OUT, DeliveryReport
 from e2echat.errors import RegistrationRefused
 from e2echat.relay.server import Relay
+from e2echat.ui.chat import Chat
 from e2echat.wire import messages as m
 from e2echat.wire.objects import Envelope
 
 from hostile import HostileRelay, deliveries
 from relay_frames import Outgoing
-from support import LOOPBACK, WAIT, RawClient, connect, peers, running, running_relay
+from support import LOOPBACK, WAIT, RawClient, connect, peers, running, running_relay, text_into
 
 # -- delivery receipts --------------------------------------------------------------------------
 
@@ -434,3 +435,18 @@ async def test_a_bug_in_handling_the_relay_ends_the_connection_in_one_line_not_a
         assert not caplog.records
         await bob.connection.close()
         await alice.connection.close()
+
+
+async def test_leaving_in_an_outage_names_the_lines_not_yet_sent() -> None:
+    async with running_relay() as relay:
+        alice = await connect(relay, "alice", reconnecting=True)
+    await alice.next(ConnectionLost)
+    lines: list[str] = []
+    chat = Chat(alice.connection, text_into(lines))
+    chat.handle_line("into the void")
+    await chat.finish(0.3)
+    chat.show_queued()
+    waiting = 'waiting up to 0.3s for 1 message to be confirmed: "into the void" (the room)'
+    assert any(waiting in line for line in lines), lines
+    assert any('NOT sent (no connection to the relay): "into the void"' in line for line in lines), lines
+    await alice.connection.close()

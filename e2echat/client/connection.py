@@ -370,6 +370,10 @@ class Connection:
             return False
         return True
 
+    def waiting_for(self) -> list[tuple[str, list[str]]]:
+        """Messages sent but not yet accounted for: (preview, whom each waits for)."""
+        return self.core.deliveries.waiting_for()
+
     def reconnect_now(self) -> bool:
         """A connection does not connect again (a ``Client`` does): False."""
         return False

@@ -65,6 +65,15 @@ class HeldLines:
         """Some line has not yet gone to someone it is meant for."""
         return any(line.to_send is None or line.to_send for line in self._lines)
 
+    def waiting_for(self) -> list[tuple[str, list[str]]]:
+        """Each line not yet sent to everyone: its preview, and whom it is still to go to
+        (["the room"] when nobody was online to name)."""
+        return [
+            (preview(line.text), sorted(line.to_send) if line.to_send is not None else ["the room"])
+            for line in self._lines
+            if line.to_send is None or line.to_send
+        ]
+
     def hold(
         self,
         message_id: int,

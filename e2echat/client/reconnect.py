@@ -306,6 +306,11 @@ class Client:
             return True
         return await self.connection.wait_settled(max(0.0, deadline - loop.time()))
 
+    def waiting_for(self) -> list[tuple[str, list[str]]]:
+        """What leaving would wait for: lines held (not sent yet) and messages sent but not
+        accounted for, each as (its preview, whom it waits for)."""
+        return self._held.waiting_for() + self.core.deliveries.waiting_for()
+
     def reconnect_now(self) -> bool:
         """While the relay is away (or saying goodbye): the next attempt to reach it is made
         now, not when the backoff says. False if none will be: given up for good."""

@@ -86,6 +86,7 @@ class Link(Protocol):
     async def wait_settled(self, timeout: float) -> bool: ...
     def give_up(self, reason: str) -> None: ...
     def reconnect_now(self) -> bool: ...
+    def waiting_for(self) -> list[tuple[str, list[str]]]: ...
     def acknowledge_mail(self, seq: int) -> None: ...
 
 
@@ -397,7 +398,7 @@ class Chat:
         (SIGINT) while it waits leaves at once, with the same report."""
         if self.link.closed:
             return
-        waiting = self.link.core.deliveries.waiting_for()
+        waiting = self.link.waiting_for()
         if waiting:
             self.notice(f"{_waiting_text(waiting, timeout)}; Ctrl+C leaves now")
         interrupted = asyncio.Event()
@@ -423,7 +424,7 @@ def _waiting_text(waiting: list[tuple[str, list[str]]], timeout: float) -> str:
     shown = [f"{quote_preview(text)} ({', '.join(natural_sorted(nicks))})" for text, nicks in waiting[:3]]
     more = f" and {len(waiting) - 3} more" if len(waiting) > 3 else ""
     what = "1 message" if len(waiting) == 1 else f"{len(waiting)} messages"
-    return f"waiting up to {timeout:g}s for the receipts of {what}: {', '.join(shown)}{more}"
+    return f"waiting up to {timeout:g}s for {what} to be confirmed: {', '.join(shown)}{more}"
 
 
 @contextlib.contextmanager
