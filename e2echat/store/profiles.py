@@ -1,5 +1,6 @@
 """What a profile remembers besides its keys: the nick, and the relay it last used, so
-`e2echat connect` can be typed without arguments. Pure apart from small file I/O."""
+`e2echat connect` can be typed without arguments; and the chat's settings (``/set``).
+Pure apart from small file I/O."""
 
 from __future__ import annotations
 
@@ -39,16 +40,33 @@ def relay_key_path(environ: Mapping[str, str] | None = None) -> Path:
     return data_home(environ) / "relay" / "relay.key"
 
 
-def load_settings(directory: Path) -> dict[str, Any]:
-    """The profile's remembered nick, host and port; whatever is missing or damaged is
-    simply not remembered."""
+#: the key in settings.json under which the chat's settings are kept, name -> value
+CHAT_SETTINGS = "chat"
+
+
+def _document(directory: Path) -> dict[str, Any]:
+    """settings.json as it is; empty if it is missing or damaged."""
     try:
         document = json.loads((directory / SETTINGS_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    if not isinstance(document, dict):
-        return {}
+    return document if isinstance(document, dict) else {}
+
+
+def _write(directory: Path, document: dict[str, Any]) -> None:
+    data = json.dumps(document, indent=2) + "\n"
+    write_private_file(directory / SETTINGS_FILE, data.encode("utf-8"))
+
+
+def load_settings(directory: Path) -> dict[str, Any]:
+    """The profile's remembered nick, host and port, and under ``CHAT_SETTINGS`` the
+    chat's settings (text by name: ui/settings.py checks them); whatever is missing or
+    damaged is simply not remembered."""
+    document = _document(directory)
     settings: dict[str, Any] = {}
+    chat = document.get(CHAT_SETTINGS)
+    if isinstance(chat, dict):
+        settings[CHAT_SETTINGS] = {name: value for name, value in chat.items() if isinstance(value, str)}
     if is_valid_nick(document.get("nick")):
         settings["nick"] = document["nick"]
     if isinstance(document.get("host"), str) and document["host"]:
@@ -60,8 +78,19 @@ def load_settings(directory: Path) -> dict[str, Any]:
 
 
 def save_settings(directory: Path, nick: str, host: str, port: int) -> None:
-    data = json.dumps({"nick": nick, "host": host, "port": port}, indent=2) + "\n"
-    write_private_file(directory / SETTINGS_FILE, data.encode("utf-8"))
+    """Remember the nick and the relay; the chat's settings stay as they were kept."""
+    document = _document(directory)
+    kept = {CHAT_SETTINGS: document[CHAT_SETTINGS]} if isinstance(document.get(CHAT_SETTINGS), dict) else {}
+    _write(directory, {"nick": nick, "host": host, "port": port, **kept})
+
+
+def keep_setting(directory: Path, name: str, value: str) -> None:
+    """Keep one of the chat's settings (``/set``); the rest of the file stays as it is.
+    The profile's lock makes this process its only writer."""
+    document = _document(directory)
+    chat = document.get(CHAT_SETTINGS)
+    document[CHAT_SETTINGS] = {**(chat if isinstance(chat, dict) else {}), name: value}
+    _write(directory, document)
 
 
 def last_profile(environ: Mapping[str, str] | None = None) -> Path | None:
