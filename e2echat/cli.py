@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import getpass
 import io
 import logging
@@ -45,7 +46,9 @@ from e2echat.store.keyfile import (
 )
 from e2echat.store.pins import KNOWN_PEERS_FILE, PinFile
 from e2echat.store.profiles import (
+    CHAT_SETTINGS,
     PLAINTEXT_INPUT_FILE,
+    keep_setting,
     last_profile,
     load_settings,
     profile_dir,
@@ -60,6 +63,7 @@ from e2echat.ui.chat import Chat
 from e2echat.ui.joining import join
 from e2echat.ui.linemode import line_writer, run_line_mode
 from e2echat.ui.repl import input_history, make_session, run_repl, terminal_writer
+from e2echat.ui.settings import settings_from
 from e2echat.ui.transcript import export_json, export_text
 from e2echat.wire.grammar import MAX_PASSWORD, NICK_RULE, is_valid_nick
 
@@ -338,18 +342,27 @@ async def _chat(
     )
     save_settings(directory, args.nick, args.host, args.port)
     remember_last_profile(directory)
-    color = interactive and not os.environ.get("NO_COLOR")
+    kept = settings_from(load_settings(directory).get(CHAT_SETTINGS, {}))
+    # A flag wins over what the profile keeps, for this run; it is not kept itself.
+    settings = kept.changed("bell", "off") if args.no_bell else kept
+    keep = functools.partial(keep_setting, directory)
     if interactive:
         chat = Chat(
             client,
-            terminal_writer(color=color),
+            # asked at each line: /set colours changes it while the chat runs
+            terminal_writer(color=lambda: chat.colours_on),
             echo=True,
             multiline=True,
-            bell=None if args.no_bell else _ring,
+            bell=_ring,
             history=history,
+            settings=settings,
+            keep=keep,
+            no_colour=bool(os.environ.get("NO_COLOR")),
         )
     else:
-        chat = Chat(client, line_writer(json=args.json), json=args.json, history=history)
+        chat = Chat(
+            client, line_writer(json=args.json), json=args.json, history=history, settings=settings, keep=keep
+        )
     if created:
         chat.notice(f"created a new identity in {directory}")
     chat.notice(f"your key fingerprint: {fingerprint(identity.public_key)}")

@@ -54,6 +54,8 @@ PURE = sorted(
         "ui.render",
         "ui.transcript",
         "ui.verifying",
+        "ui.settings",
+        "ui.lastsent",
     ]
 )
 SUBPACKAGES = {"wire", "crypto", "relay", "client", "store", "ui"}

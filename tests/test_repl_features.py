@@ -156,6 +156,23 @@ async def repl(
             await asyncio.wait_for(task, WAIT)
 
 
+def toolbar_of(screen: SessionScreen) -> str:
+    toolbar = screen.session.bottom_toolbar
+    assert callable(toolbar)
+    return str(toolbar())
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Wait (bounded) until ``condition`` holds: for what has no event to wait on, such
+    as the toolbar's text, which prompt_toolkit asks for when it redraws."""
+
+    async def poll() -> None:
+        while not condition():
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(poll(), WAIT)
+
+
 async def test_bracketed_paste_arrives_as_one_message() -> None:
     async with running_relay() as relay, peers(relay, "alice", "bob") as (alice, bob):
         async with repl(alice) as (pipe, screen, _):
@@ -260,7 +277,9 @@ async def test_own_messages_appear_in_the_timeline() -> None:
             pipe.send_text("hello all\r/msg bob psst\r")
             assert screen.style_of(await screen.wait_for("<alice> hello all")) == "own"
             assert screen.style_of(await screen.wait_for("[private to bob] <alice> psst")) == "own"
-            await screen.wait_for('"psst" delivered to bob')
+            # Quiet by default at the prompt: the toolbar, not a line, says it arrived.
+            await until(lambda: "last: ✓ delivered to bob" in toolbar_of(screen))
+            assert not any("delivered to" in line for line in screen.lines)
 
 
 async def test_a_peers_text_is_drawn_as_a_message_and_key_changes_as_warnings() -> None:
@@ -390,7 +409,7 @@ def test_real_terminal_under_tmux(tmp_path: Path) -> None:
         wait_for("bob", "bob> /msg alice")
         tmux("send-keys", "-t", "bob", " and back", "Enter")
         wait_for("alice", "[private] <bob ?> and back")
-        wait_for("bob", '"and back" delivered to alice')
+        wait_for("bob", "last: ✓ delivered to alice")  # on the toolbar: no line, by default
 
         def mallory_sends(lines: bytes) -> None:  # a peer in line mode, typing ``lines``
             subprocess.run(

@@ -29,6 +29,7 @@ from e2echat.errors import CommandError, E2EChatError, RelayGone
 from e2echat.store.history import HistoryStore, Lines
 from e2echat.ui import commands, transcript
 from e2echat.ui.actions import action_of, as_action
+from e2echat.ui.lastsent import LastSent
 from e2echat.ui.nicks import mention_pattern, natural_sorted
 from e2echat.ui.render import (
     FirstContacts,
@@ -47,6 +48,7 @@ from e2echat.ui.render import (
     render,
     who_entry,
 )
+from e2echat.ui.settings import SETTINGS, Settings
 from e2echat.ui.verifying import KeyChecks
 
 # How long, after the user is done, to wait for everything sent to be accounted for: a
@@ -97,7 +99,10 @@ class Chat:
     object per event instead of text; ``bell`` is called on each private message and
     each mention of our nick while ``bell_on``; ``clock`` (Unix time) stamps each line
     and tells how old a message is; ``history`` keeps what is sent and shown
-    (ui/transcript.py says what of each event)."""
+    (ui/transcript.py says what of each event). ``settings`` are the ones this chat
+    starts with (ui/settings.py); ``/set`` changes one, and ``keep`` (name, value) keeps
+    it in the profile; ``no_colour`` says NO_COLOR is set: no colours, whatever
+    ``settings`` say."""
 
     def __init__(
         self,
@@ -110,6 +115,9 @@ class Chat:
         bell: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.time,
         history: HistoryStore | None = None,
+        settings: Settings | None = None,
+        keep: Callable[[str, str], None] | None = None,
+        no_colour: bool = False,
     ) -> None:
         self.link = link
         self.history = history
@@ -119,7 +127,15 @@ class Chat:
         self.multiline = multiline
         self.json = json
         self.bell = bell
-        self.bell_on = bell is not None
+        self.settings = settings or Settings()
+        self.keep = keep
+        self.no_colour = no_colour
+        #: the REPL's: the state of our last message is on its toolbar, so a delivery
+        #: can go without a line (``delivery quiet``); line mode prints every one
+        self.status_line = False
+        self.last_sent = LastSent()
+        #: the REPL's: draws the prompt and its toolbar again, after /set colours
+        self.restyle: Callable[[], None] | None = None
         #: something typed was never sent (the connection did not come back)
         self.unsent = False
         #: a line typed was refused (not sent, or not a valid command)
@@ -135,6 +151,19 @@ class Chat:
         # First contacts of this turn of the event loop, shown together at its end: a
         # room's first message pins dozens of keys at once (FirstContacts)
         self._first_contacts: list[str] = []
+
+    @property
+    def bell_on(self) -> bool:
+        return self.bell is not None and self.settings.bell == "on"
+
+    @property
+    def colours_on(self) -> bool:
+        return self.settings.colours == "on" and not self.no_colour
+
+    @property
+    def quiet_deliveries(self) -> bool:
+        """A delivery shows on the toolbar, not as a line: failures still print theirs."""
+        return self.status_line and self.settings.quiet_deliveries and not self.json
 
     def notice(self, text: str) -> None:
         self.show(Notice(text))
@@ -164,6 +193,7 @@ class Chat:
             text = command.text if isinstance(command, commands.Say) else as_action(command.text)
             online = self.link.online
             message_id = self.link.send_room(text)
+            self.last_sent.sent(message_id)
             self._record(transcript.sent(core.nick, text, None, message_id, self.clock()))
             self._own(text)
             if not online:
@@ -173,12 +203,13 @@ class Chat:
                 self.problem(f"not sent to {nick}: their key changed (see /verify {nick}, /trust {nick})")
         elif isinstance(command, commands.PrivateMessage):
             message_id = self.link.send_private(command.nick, command.text)
+            self.last_sent.sent(message_id)
             self._record(transcript.sent(core.nick, command.text, command.nick, message_id, self.clock()))
             self._own(command.text, command.nick)
         elif isinstance(command, commands.Set):
-            self.bell_on = command.value == "on" and self.bell is not None
-            state = "on" if self.bell_on else "off"
-            self.notice(f"bell {state}" + ("" if self.bell or state == "off" else " (no terminal)"))
+            self._set(command.name, command.value)
+        elif isinstance(command, commands.ListSettings):
+            self._list_settings()
         elif isinstance(command, commands.Who):
             if not self.link.online:
                 self.notice("not connected to the relay right now; reconnecting")
@@ -215,6 +246,48 @@ class Chat:
         elif isinstance(command, commands.Search):
             self._look_up(self._search(command.text))
         return True
+
+    # -- settings ---------------------------------------------------------------------------
+
+    def _set(self, name: str, value: str) -> None:
+        """Change a setting now, and keep it in the profile for next time."""
+        self.settings = self.settings.changed(name, value)
+        if self.restyle is not None:
+            self.restyle()
+        unheeded = self._unheeded(name)
+        said = f"{name} {value}" + (f" ({unheeded})" if unheeded else "")
+        if self.keep is None:
+            self.notice(f"{said}; for this chat only: there is no profile to keep it in")
+            return
+        try:
+            # A few hundred bytes, once per /set typed: written now, so that a second
+            # /set cannot overtake the first on its way to the disk.
+            self.keep(name, value)
+        except E2EChatError as exc:
+            self.problem(f"{said} for this chat, but NOT kept for next time: {exc}")
+            return
+        self.notice(f"{said}; kept for next time")
+
+    def _list_settings(self) -> None:
+        lines = ["settings (/set NAME VALUE changes one, and your profile keeps it):"]
+        width = max(len(name) for name in SETTINGS) + 1
+        for name, setting in SETTINGS.items():
+            line = f"  {name:<{width}} {self.settings.value(name):<8} ({'|'.join(setting.choices)})"
+            unheeded = self._unheeded(name)
+            lines.append(line + (f" {unheeded}" if unheeded else ""))
+        self.show(HelpText(tuple(lines)))
+
+    def _unheeded(self, name: str) -> str:
+        """Why setting ``name`` changes nothing in this chat, if it does not."""
+        if self.json and name != "bell":
+            return "no effect with --json"
+        if name == "bell" and self.bell is None:
+            return "no bell here: not a terminal"
+        if name == "colours" and (self.no_colour or not self.status_line):
+            return "no colours here: NO_COLOR is set" if self.no_colour else "no colours here: not a terminal"
+        if name == "delivery" and not self.status_line:
+            return "line mode prints every delivery line"
+        return ""
 
     # -- the history ----------------------------------------------------------------------
 
@@ -321,6 +394,7 @@ class Chat:
             self.undelivered = True
         if isinstance(event, KeyChanged):
             self._keys.shown[event.nick] = event.new_fingerprint
+        self.last_sent.update(event)
         self._record(transcript.record(event, self.clock()))
         mention = False
         if isinstance(event, MessageReceived):
@@ -343,15 +417,22 @@ class Chat:
                 except RuntimeError:
                     self._show_first_contacts()
             return
+        if self.quiet_deliveries and isinstance(event, DeliveryReport) and not event.failed:
+            return  # the toolbar says so (last_sent); the history keeps it
         for style, text in render(
-            event, self.clock(), multiline=self.multiline, relay=self.link.address, mention=mention
+            event,
+            self.clock(),
+            multiline=self.multiline,
+            relay=self.link.address,
+            mention=mention,
+            timestamps=self.settings.timestamps == "on",
         ):
             self.write(style, text)
 
     def _show_first_contacts(self) -> None:
         nicks, self._first_contacts = tuple(self._first_contacts), []
         event: Shown = KeyPinned(nicks[0]) if len(nicks) == 1 else FirstContacts(nicks)
-        for style, text in render(event, self.clock()):
+        for style, text in render(event, self.clock(), timestamps=self.settings.timestamps == "on"):
             self.write(style, text)
 
     async def run(self, typing: Coroutine[Any, Any, None]) -> None:

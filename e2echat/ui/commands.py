@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from e2echat.crypto.identity import parse_fingerprint
 from e2echat.errors import CommandError
+from e2echat.ui import settings
 
 
 @dataclass(frozen=True)
@@ -77,10 +78,15 @@ class Untrust:
 
 @dataclass(frozen=True)
 class Set:
-    """A setting of this chat: ``/set bell off``."""
+    """Change a setting, and keep it in the profile: ``/set bell off``."""
 
     name: str
     value: str
+
+
+@dataclass(frozen=True)
+class ListSettings:
+    """``/set`` alone: every setting, its value and its choices."""
 
 
 @dataclass(frozen=True)
@@ -108,7 +114,6 @@ class Clear:
     """Clear the screen."""
 
 
-SETTINGS = {"bell": ("on", "off")}
 #: /mentions lists this many, the newest: more than a screenful is the history's work
 MENTIONS_KEPT = 50
 #: the most lines one /history shows: a screenful is 50; more than this is an export's work
@@ -126,6 +131,7 @@ Command = (
     | TrustPeer
     | Untrust
     | Set
+    | ListSettings
     | History
     | Search
     | Mentions
@@ -167,7 +173,11 @@ COMMANDS: dict[str, CommandHelp] = {
         "/mentions",
     ),
     "set": CommandHelp(
-        "/set bell on|off", "ring the terminal bell on private messages and mentions, or not", "/set bell off"
+        "/set [NAME VALUE]",
+        f"list the settings ({', '.join(settings.SETTINGS)}) with their values and choices, or "
+        "change one now; your profile keeps it for next time. delivery quiet: only failures print "
+        "a line, and the toolbar shows what became of your last message",
+        "/set delivery verbose",
     ),
     "history": CommandHelp(
         "/history [WHERE] [N]",
@@ -257,11 +267,10 @@ def parse(line: str) -> Command | None:
     if name == "quit":
         return Quit()
     if name == "set":
+        if not rest:
+            return ListSettings()
         setting, _, value = rest.partition(" ")
-        value = value.strip().lower()
-        if setting not in SETTINGS or value not in SETTINGS[setting]:
-            raise CommandError(detail=f"usage: {COMMANDS['set'].usage}")
-        return Set(setting, value)
+        return Set(*settings.checked(setting, value))
     if name == "history":
         return _history(rest)
     if name == "search":

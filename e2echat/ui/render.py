@@ -151,15 +151,19 @@ def render(
     multiline: bool = False,
     relay: str = "",
     mention: bool = False,
+    timestamps: bool = True,
 ) -> list[Line]:
     """The lines that show ``event`` (none if it needs none), each with its look, at
     ``now`` (Unix time; the clock by default). ``multiline`` shows line breaks in messages
     as line breaks; ``relay`` is the relay's address, for the lines that name it;
-    ``mention``: a message received mentions us (highlighted, and marked so in its header).
+    ``mention``: a message received mentions us (highlighted, and marked so in its header);
+    ``timestamps``: each line starts with the time (HH:MM:SS). A line of history keeps
+    its time: when it was shown is what it is about.
     A message's first line is ``Headed``: it knows where its sender's nick is."""
     now = time.time() if now is None else now
     if isinstance(event, MentionList):
-        return _mention_list(event, now)
+        heading, *mentions = _mention_list(event, now)
+        return [heading if timestamps else _unstamped(heading, clock(now)), *mentions]
     shown = _describe(event, now, multiline, relay, mention)
     if shown is None:
         return []
@@ -167,7 +171,21 @@ def render(
     lines: list[Line] = [(style, line) for line in text.split("\n")]
     if isinstance(text, Headed) and style != "warning":  # a warning stays one colour, all of it
         lines[0] = (style, Headed(lines[0][1], text.nick, text.nick_at))
+    if not timestamps and not isinstance(event, Recalled | HelpText):
+        lines = [_unstamped(line, clock(now)) for line in lines]
     return lines
+
+
+def _unstamped(line: Line, stamp: str) -> Line:
+    """``line`` without the time ``_describe`` starts each of its lines with (the rows
+    that continue a message start with its indent: they keep it)."""
+    style, text = line
+    if not text.startswith(f"{stamp} "):
+        return line
+    cut = len(stamp) + 1
+    if isinstance(text, Headed):
+        return style, Headed(text[cut:], text.nick, text.nick_at - cut)
+    return style, text[cut:]
 
 
 def _headed(before: str, nick: str, after: str) -> Headed:

@@ -19,7 +19,7 @@ from prompt_toolkit.formatted_text import FormattedText
 from prompt_toolkit.history import History, InMemoryHistory, ThreadedHistory
 from prompt_toolkit.input import Input
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
-from prompt_toolkit.output import Output
+from prompt_toolkit.output import ColorDepth, Output
 from prompt_toolkit.patch_stdout import patch_stdout
 from prompt_toolkit.styles import Style
 
@@ -30,6 +30,7 @@ from e2echat.ui.cells import wrap_cells
 from e2echat.ui.chat import Chat
 from e2echat.ui.nicks import natural_sorted, nick_colour
 from e2echat.ui.render import Headed, LineStyle
+from e2echat.ui.settings import SETTINGS
 
 STYLE = Style.from_dict(
     {
@@ -63,9 +64,12 @@ class ChatCompleter(Completer):
             if len(words) == 2 and command == "/help":
                 yield from _command_names(partial, "/" if partial.startswith("/") else "")
                 return
-            if len(words) == 2 and command == "/set":
-                if "bell".startswith(partial):
-                    yield Completion("bell", start_position=-len(partial))
+            if command == "/set" and len(words) in (2, 3):
+                setting = SETTINGS.get(words[1].lower()) if len(words) == 3 else None
+                names = SETTINGS if len(words) == 2 else setting.choices if setting else ()
+                for name in names:
+                    if name.startswith(partial.lower()):
+                        yield Completion(name, start_position=-len(partial))
                 return
         yield from self._nicks(partial, at_start=len(words) == 1)
 
@@ -85,14 +89,18 @@ def _command_names(partial: str, slash: str) -> Iterable[Completion]:
 
 
 def toolbar_text(chat: Chat) -> str:
-    """The bottom line: where we are, whether we are connected, who is there."""
+    """The bottom line: where we are, whether we are connected, who is there, and what
+    became of our last message."""
     link = chat.link
     core = link.core
     state = "connected" if link.online else "reconnecting…"
     peers = core.peers
     unverified = sum(1 for nick in peers if core.trust(nick) is Trust.UNVERIFIED)
     changed = sum(1 for nick in peers if core.trust(nick) is Trust.CHANGED)
-    parts = [f" {link.address}", state, f"{len(peers)} online"]
+    parts = [f" {link.address}", state]
+    if chat.last_sent.text:  # before the rest: a narrow terminal cuts the toolbar's end
+        parts.append(chat.last_sent.text)
+    parts.append(f"{len(peers)} online")
     if unverified:
         parts.append(f"{unverified} unverified")
     if changed:
@@ -169,17 +177,18 @@ def make_session(
     )
 
 
-def terminal_writer(*, color: bool) -> Callable[[LineStyle, str], None]:
+def terminal_writer(*, color: bool | Callable[[], bool]) -> Callable[[LineStyle, str], None]:
     """Prints above the prompt, wrapping long lines under their text, in the colour of
     their style (which the event's type chose), a message's sender in their nick's
-    colour, unless NO_COLOR is set. Rows stop one cell short of the edge, so the
-    terminal never wraps one itself (not even the pending wrap some terminals apply at
-    the last column)."""
+    colour, while ``color`` (asked at each line: ``/set colours`` changes it; NO_COLOR
+    turns it off). Rows stop one cell short of the edge, so the terminal never wraps
+    one itself (not even the pending wrap some terminals apply at the last column)."""
+    colours = color if callable(color) else lambda: color
 
     def write(style: LineStyle, line: str) -> None:
         width = shutil.get_terminal_size((100, 24)).columns - 1
         rows = wrap_cells(line, width)
-        if color:
+        if colours():
             print_formatted_text(FormattedText(painted(style, line, rows)), style=STYLE)
         else:
             print("\n".join(rows), flush=True)
@@ -220,6 +229,16 @@ async def run_repl(chat: Chat, session: PromptSession[str] | None = None, *, pat
     prompt = f"{chat.link.nick}> "
     session = session or make_session(chat)
     chat.clear_screen = screen_clearer(session)
+    chat.status_line = True  # the toolbar shows what became of the last message
+
+    def restyle() -> None:
+        # prompt_toolkit reads the session's colour depth at each redraw; 1 bit is what
+        # it uses for NO_COLOR: bold and reverse, no colours. None: the terminal's own.
+        session.color_depth = None if chat.colours_on else ColorDepth.DEPTH_1_BIT
+        session.app.invalidate()
+
+    chat.restyle = restyle
+    restyle()
 
     async def typing() -> None:
         while True:
