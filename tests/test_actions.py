@@ -121,9 +121,7 @@ def test_an_actions_markers_mention_no_one_and_lists_show_it_as_an_action() -> N
     assert not chat.mentions  # "\x01ACTION" is not the word "action"
     chat.show(MessageReceived("bob", as_action("waves at action"), False))
     assert len(chat.mentions) == 1
-    (_, (_, listed)) = render(
-        MentionList((Mention(NOW, "#lobby", "bob", as_action("pokes alice")),)), NOW
-    )
+    (_, (_, listed)) = render(MentionList((Mention(NOW, "#lobby", "bob", as_action("pokes alice")),)), NOW)
     assert listed.endswith("#lobby * <bob> pokes alice")
     exported = export_text(Entry(ROOM, True, "bob", as_action("waves"), NOW))
     assert exported.endswith("#lobby <bob> * waves")
