@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -308,3 +309,29 @@ async def spawn_cli(*args: str, env: dict[str, str] | None = None) -> AsyncItera
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def start_relay_process(*args: str) -> tuple[asyncio.subprocess.Process, int, list[str]]:
+    """``e2echat relay ARGS`` (default: ``--port 0``) until its banner is out: (process,
+    port, banner)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "e2echat",
+        "relay",
+        "--host",
+        LOOPBACK,
+        *(args or ("--port", "0")),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert process.stdout
+    banner: list[str] = []
+    while not banner or "Ctrl+C" not in banner[-1]:
+        raw = await asyncio.wait_for(process.stdout.readline(), WAIT)
+        assert raw, "relay exited during start-up"
+        banner.append(raw.decode().rstrip())
+    port = int(banner[0].rsplit(":", 1)[1])
+    return process, port, banner

@@ -7,7 +7,6 @@ import contextlib
 import os
 import signal
 import stat
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,6 @@ from hostile import HostileRelay, deliveries
 from relay_frames import Outgoing
 from support import (
     LOOPBACK,
-    REPO,
     WAIT,
     RawClient,
     connect,
@@ -38,6 +36,7 @@ from support import (
     running,
     running_relay,
     spawn_cli,
+    start_relay_process,
     text_into,
 )
 
@@ -180,36 +179,10 @@ async def test_line_mode_client_survives_a_relay_restart(tmp_path: Path) -> None
                 await alice_again.connection.close()
 
 
-async def _start_relay_process(*args: str) -> tuple[asyncio.subprocess.Process, int, list[str]]:
-    """``e2echat relay ARGS`` (default: ``--port 0``) until its banner is out: (process,
-    port, banner)."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "e2echat",
-        "relay",
-        "--host",
-        LOOPBACK,
-        *(args or ("--port", "0")),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=REPO,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert process.stdout
-    banner: list[str] = []
-    while not banner or "Ctrl+C" not in banner[-1]:
-        raw = await asyncio.wait_for(process.stdout.readline(), WAIT)
-        assert raw, "relay exited during start-up"
-        banner.append(raw.decode().rstrip())
-    port = int(banner[0].rsplit(":", 1)[1])
-    return process, port, banner
-
-
 @contextlib.asynccontextmanager
 async def relay_process(*args: str) -> AsyncIterator[tuple[int, list[str]]]:
     """A running ``e2echat relay ARGS``: (port, banner). Stopped (SIGTERM) at the end."""
-    process, port, banner = await _start_relay_process(*args)
+    process, port, banner = await start_relay_process(*args)
     try:
         yield port, banner
     finally:
@@ -226,7 +199,7 @@ def shown_fingerprint(banner: list[str]) -> str:
 
 async def test_relay_command_announces_itself_and_stops_on_signals() -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
-        process, port, banner = await _start_relay_process()
+        process, port, banner = await start_relay_process()
         try:
             assert banner[0] == f"e2echat relay listening on {LOOPBACK}:{port}"
             assert f"e2echat connect --nick YOUR_NAME --host {LOOPBACK} --port {port}" in banner[2]

@@ -6,10 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import os
 import socket
 import struct
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -28,7 +26,7 @@ from e2echat.store.profiles import SETTINGS_FILE
 from e2echat.store.relays import KNOWN_RELAYS_FILE, RelayPinFile
 from e2echat.wire.grammar import PROTOCOL_VERSION
 
-from support import LOOPBACK, REPO, WAIT, run_cli, running, running_relay
+from support import LOOPBACK, WAIT, run_cli, running, running_relay, start_relay_process
 
 #: short browses, but two queries long: a responder multicasts a record at most once a
 #: second (RFC 6762 §6), so a query right after its announcement goes unanswered, and
@@ -111,28 +109,7 @@ async def _connect_without_host(home: Path) -> tuple[int, str, str]:
 async def _relay_process(*args: str) -> tuple[asyncio.subprocess.Process, int, str]:
     """`e2echat relay --host 127.0.0.1 --port 0 ARGS`, once its banner is out: (process,
     port, fingerprint)."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "e2echat",
-        "relay",
-        "--host",
-        LOOPBACK,
-        "--port",
-        "0",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=REPO,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert process.stdout is not None
-    banner: list[str] = []
-    while not banner or "Ctrl+C" not in banner[-1]:
-        raw = await asyncio.wait_for(process.stdout.readline(), WAIT)
-        assert raw, "the relay exited during start-up"
-        banner.append(raw.decode().rstrip())
-    port = int(banner[0].rsplit(":", 1)[1])
+    process, port, banner = await start_relay_process("--port", "0", *args)
     (line,) = [line for line in banner if "key fingerprint" in line]
     return process, port, line.rsplit(" is ", 1)[1]
 

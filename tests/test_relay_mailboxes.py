@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 from nacl.public import PrivateKey
-from test_cli import _Listening, _one_clear_line, _start_relay_process
+from test_cli import _Listening, _one_clear_line
 
 from e2echat.relay.server import Relay
 from e2echat.relay.sqlite_store import SqliteStore
 from e2echat.wire import messages as m
 from e2echat.wire.objects import Envelope
 
-from support import WAIT, RawClient, run_cli, running
+from support import WAIT, RawClient, run_cli, running, start_relay_process
 
 FAST = ("--rate", "100000", "--burst", "100000", "--byte-rate", "1000000000", "--byte-burst", "1000000000")
 
@@ -59,7 +59,7 @@ async def test_kill_9_loses_no_message_a_sender_was_told_is_queued(tmp_path: Pat
     store, key = tmp_path / "relay.db", tmp_path / "relay.key"
     args = ("--port", "0", "--store", str(store), "--key", str(key), *FAST)
     bob = PrivateKey.generate()
-    process, port, _ = await _start_relay_process(*args)
+    process, port, _ = await start_relay_process(*args)
     confirmed: set[int] = set()
     try:
         alice = await RawClient.open(_Listening(port))  # type: ignore[arg-type]
@@ -98,7 +98,7 @@ async def test_kill_9_loses_no_message_a_sender_was_told_is_queued(tmp_path: Pat
             process.kill()
             await process.wait()
     assert process.returncode == -signal.SIGKILL
-    process, port, _ = await _start_relay_process(*args)
+    process, port, _ = await start_relay_process(*args)
     try:
         back = await RawClient.open(_Listening(port))  # type: ignore[arg-type]
         await back.register("bob", bob)
