@@ -302,24 +302,7 @@ async def test_clear_erases_the_screen() -> None:
         assert not any("no screen to clear" in line for line in lines)
 
 
-async def test_ctrl_c_clears_what_is_typed_and_leaves_on_an_empty_line() -> None:
-    async with running_relay() as relay, peers(relay, "alice", "bob") as (alice, bob):
-        async with repl(alice) as (pipe, screen, task):
-            buffer = screen.session.default_buffer
-            pipe.send_text("half a thought")
-            while buffer.text != "half a thought":
-                await asyncio.sleep(0.01)
-            pipe.send_text("\x03")
-            while buffer.text:
-                await asyncio.sleep(0.01)
-            assert not task.done()
-            pipe.send_text("a whole one\r")
-            assert (await bob.next(MessageReceived)).text == "a whole one"
-            pipe.send_text("\x03")  # on the empty line: leave
-            await asyncio.wait_for(task, WAIT)
-
-
-async def test_ctrl_c_while_searching_the_history_ends_the_search_not_the_chat() -> None:
+async def test_ctrl_c_ends_a_search_then_clears_what_is_typed_then_leaves() -> None:
     async with running_relay() as relay, peers(relay, "alice", "bob") as (alice, bob):
         async with repl(alice) as (pipe, screen, task):
             buffer = screen.session.default_buffer
@@ -328,12 +311,16 @@ async def test_ctrl_c_while_searching_the_history_ends_the_search_not_the_chat()
                 await asyncio.sleep(0.01)
             pipe.send_text("\x12")  # Ctrl+R: search the history
             await asyncio.sleep(0.2)
-            pipe.send_text("\x03")  # ends the search
+            pipe.send_text("\x03")  # ends the search, not the chat
             await asyncio.sleep(0.2)
             assert not task.done() and buffer.text == "half a thought"
-            pipe.send_text("\r")
-            assert (await bob.next(MessageReceived)).text == "half a thought"
-            pipe.send_text("\x03")
+            pipe.send_text("\x03")  # clears what is typed
+            while buffer.text:
+                await asyncio.sleep(0.01)
+            assert not task.done()
+            pipe.send_text("a whole one\r")
+            assert (await bob.next(MessageReceived)).text == "a whole one"
+            pipe.send_text("\x03")  # on the empty line: leave
             await asyncio.wait_for(task, WAIT)
 
 
