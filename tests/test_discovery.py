@@ -124,20 +124,23 @@ async def _stopped(process: asyncio.subprocess.Process) -> str:
 
 @pytest.mark.timeout(30)
 async def test_an_announcing_relay_is_found_and_one_with_no_announce_is_not(tmp_path: Path) -> None:
-    quiet, quiet_port, _ = await _relay_process("--key", str(tmp_path / "quiet.key"), "--no-announce")
-    loud, loud_port, loud_fingerprint = await _relay_process("--key", str(tmp_path / "loud.key"))
+    (quiet, quiet_port, _), (loud, loud_port, loud_fingerprint) = await asyncio.gather(
+        _relay_process("--key", str(tmp_path / "quiet.key"), "--no-announce"),
+        _relay_process("--key", str(tmp_path / "loud.key")),
+    )
     try:
         assert loud.stderr is not None
         while b"announced as" not in (line := await asyncio.wait_for(loud.stderr.readline(), WAIT)):
             assert line, "the relay exited"
         assert b"on this machine only" in line  # it listens on 127.0.0.1
-        found = await browse(BROWSE, interfaces=[LOOPBACK])
+        # In this process and through `e2echat relays`, at once: two browses of the same window.
+        found, (code, out, err) = await asyncio.gather(
+            browse(BROWSE, interfaces=[LOOPBACK]), run_cli("relays", "--wait", str(BROWSE))
+        )
         (relay,) = [relay for relay in found if relay.port == loud_port]
         assert (relay.host, relay.fingerprint) == (LOOPBACK, loud_fingerprint)
         assert relay.version == PROTOCOL_VERSION
         assert quiet_port not in [relay.port for relay in found]
-
-        code, out, err = await run_cli("relays", "--wait", str(BROWSE))
         assert code == 0, err
         assert f"{LOOPBACK}:{loud_port}  key {loud_fingerprint}" in out
         assert f":{quiet_port}" not in out
