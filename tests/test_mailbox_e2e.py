@@ -22,6 +22,7 @@ from e2echat.client.events import (
     MessageQueued,
     MessageReceived,
     MessagesMissing,
+    PeerJoined,
     Queued,
     SecurityWarning,
 )
@@ -109,6 +110,8 @@ async def test_room_messages_reach_a_member_away_in_order(tmp_path: Path) -> Non
         async with carol.run(relay):
             pass  # carol has been in the room
         async with alice.run(relay) as a, bob.run(relay) as b:
+            # A room message goes to whoever its sender sees: bob, once she has heard he joined.
+            await a.next(PeerJoined, lambda e: e.nick == "bob")
             texts = [f"room line {n}" for n in range(5)]
             for text in texts:
                 a.connection.send_room(text)
