@@ -11,7 +11,7 @@ from nacl.public import PrivateKey
 
 from e2echat.errors import StoreError
 from e2echat.relay.server import Relay
-from e2echat.relay.store import Enqueue
+from e2echat.relay.store import Enqueue, SaveBundle
 from e2echat.wire import messages as m
 from e2echat.wire.objects import Envelope
 
@@ -28,6 +28,18 @@ async def _away(relay: Relay, nick: str, identity: PrivateKey) -> None:
     client.close()
     async with asyncio.timeout(WAIT):
         while nick in relay.core.online:
+            await asyncio.sleep(0.01)
+
+
+async def _registration_kept(store: FakeStore, nick: str) -> None:
+    """Until the store has written the batch with ``nick``'s registration (their bundle
+    among it): the relay welcomes them before that, as the welcome claims nothing kept. One
+    worker writes the batches in turn, so none before it is still being written either;
+    a test that holds the store up next holds up its own batch, not this one."""
+    async with asyncio.timeout(WAIT):
+        while not any(
+            isinstance(op, SaveBundle) and op.bundle.nick == nick for batch in store.batches for op in batch
+        ):
             await asyncio.sleep(0.01)
 
 
@@ -48,6 +60,7 @@ async def test_queued_is_said_only_once_the_store_has_kept_the_message() -> None
         await alice.register("alice")
         await carol.register("carol")
         await alice.receive_kind(m.PeerJoined)
+        await _registration_kept(store, "carol")
         store.gate.clear()
         store.applying.clear()
         alice.send(m.Send(1, (Envelope("bob", BODY),)))
@@ -72,6 +85,7 @@ async def test_changes_that_come_while_a_batch_is_written_go_in_the_next_one() -
         alice = await RawClient.open(relay)
         await alice.register("alice")
         await alice.receive_kind(m.Away)
+        await _registration_kept(store, "alice")
         store.gate.clear()
         store.applying.clear()
         before = len(store.batches)
@@ -115,6 +129,7 @@ async def test_stopping_finishes_what_the_store_was_given_then_closes_it() -> No
         await _away(relay, "bob", PrivateKey.generate())
         alice = await RawClient.open(relay)
         await alice.register("alice")
+        await _registration_kept(store, "alice")
         store.gate.clear()
         store.applying.clear()
         alice.send(m.Send(1, (Envelope("bob", BODY),)))
