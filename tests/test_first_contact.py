@@ -80,6 +80,32 @@ async def test_first_contact_right_after_a_join_is_delivered_and_receipted(priva
         await bob.connection.close()
 
 
+async def test_a_message_after_one_waiting_for_a_bundle_waits_behind_it() -> None:
+    """alice's first message to bob waits for his bundle; meanwhile bob starts a session
+    with her, so she could send in it at once. Her second message still waits behind the
+    first: bob reads them in the order she wrote them (not "second" first, unflagged)."""
+    held: list[m.Message] = []
+
+    def hold_alices_bundles(relay: HostileRelay, action: Outgoing) -> list[Outgoing]:
+        if isinstance(action.message, m.Bundles) and relay.nick(action.conn) == "alice" and not held:
+            held.append(action.message)  # a slow answer, as a busy relay may give
+            return []
+        return [action]
+
+    async with (
+        running(HostileRelay(hold_alices_bundles)) as relay,
+        peers(relay, "alice", "bob") as (alice, bob),
+    ):
+        alice.connection.send_private("bob", "first")
+        bob.connection.send_private("alice", "hello alice")  # his session with her: X3DH
+        await alice.next(MessageReceived, lambda e: e.sender == "bob")
+        assert held  # her fetch was answered before his message reached her
+        alice.connection.send_private("bob", "second")
+        relay.inject_many("alice", held)
+        assert [(await bob.next(MessageReceived)).text for _ in range(2)] == ["first", "second"]
+        assert not warnings(alice) and not warnings(bob)
+
+
 # -- the relay substitutes what a bundle holds ----------------------------------------------------
 
 

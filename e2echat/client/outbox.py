@@ -283,6 +283,7 @@ class Outbox:
         fetch: list[str] = []
         sessions = self._sessions_with(recipients)  # (None for someone away)
         seal_copy, head, length = prepared.copies(len(recipients)), envelope_head, BODY_LENGTH.pack
+        awaiting = self._awaiting
         for nick, session in zip(recipients, sessions, strict=True):
             identity_key: PublicKey | None = None
             if session is None:
@@ -291,9 +292,13 @@ class Outbox:
                 else:  # away
                     session, identity_key = self.kept(nick)
             if session is not None:
-                counters[nick], body = session.seal_copy(seal_copy)
-                pieces += (head(nick), length(len(body)), body)
-                continue
+                if nick not in awaiting or all(copy.message_id == 0 for copy in awaiting[nick]):
+                    counters[nick], body = session.seal_copy(seal_copy)
+                    pieces += (head(nick), length(len(body)), body)
+                    continue
+                # They started a session with us while an earlier copy waits for their
+                # bundle: this one waits behind it, or it would reach them first.
+                identity_key = session.identity_key
             unsealed.add(nick)
             if identity_key is not None:
                 # No session yet: the copy is numbered now and sealed when their bundle comes.
