@@ -9,6 +9,7 @@ import json
 import os
 import sqlite3
 import stat
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -408,3 +409,11 @@ def test_rows_written_together_each_have_a_nonce_of_their_own(path: Path) -> Non
     assert len({sealed[24:] for sealed in seals}) == 50
     with opened(path) as store:
         assert [entry.text for entry in store.recent(None, 100).entries] == ["the same line"] * 50
+
+
+def test_the_text_export_dates_a_line_received_by_when_it_was_sent() -> None:
+    sent = NOW - 3 * 86400  # a mail that waited three days
+    entry = Entry(ROOM, True, "bob", "old news", NOW, sent)
+    assert transcript.export_text(entry).startswith(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(sent)))
+    ours = Entry(ROOM, False, "alice", "mine", NOW, sent)  # ours: when it was shown here
+    assert transcript.export_text(ours).startswith(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(NOW)))

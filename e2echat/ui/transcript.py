@@ -331,9 +331,12 @@ def export_json(entry: Entry) -> str:
 
 
 def export_text(entry: Entry) -> str:
-    """``entry`` as text, for ``e2echat export --format txt``: the day and time, the
-    conversation, then the line as the chat showed it (a peer's text neutralized)."""
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.shown_at))
+    """``entry`` as text, for ``e2echat export --format txt``: the day and time (of a line
+    received, when its sender sent it, if they said: as /history shows it; a mail may have
+    waited days), the conversation, then the line as the chat showed it (a peer's text
+    neutralized)."""
+    when = entry.sent_at if entry.incoming and entry.sent_at is not None else entry.shown_at
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
     text = neutralize(readable(entry.text) if entry.kind is not Kind.NOTICE else entry.text, "\n    ")
     if entry.kind is Kind.NOTICE:
         return f"{stamp} {entry.conversation} -- {text}"
