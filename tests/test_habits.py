@@ -161,22 +161,6 @@ def test_tab_completes_nicks_anywhere_and_commands(typed: str, expected: list[st
     assert _complete(typed) == expected
 
 
-async def test_tab_completes_a_nick_at_the_start_of_the_line_in_the_prompt() -> None:
-    async with running_relay() as relay, peers(relay, "alice", "bob") as (alice, bob):
-        async with repl(alice) as (pipe, screen, _):
-            buffer = screen.session.default_buffer
-            pipe.send_text("bo\t")
-            while buffer.text != "bob: ":  # completion runs asynchronously, as it should
-                await asyncio.sleep(0.01)
-            pipe.send_text("lunch?\r")
-            assert (await bob.next(MessageReceived)).text == "bob: lunch?"
-            pipe.send_text("/help ver\t")
-            while buffer.text != "/help verify":
-                await asyncio.sleep(0.01)
-            pipe.send_text("\r")
-            await screen.wait_for("usage: /verify NICK [NUMBER]")
-
-
 # -- nick colours and natural order -------------------------------------------------------------
 
 

@@ -244,16 +244,26 @@ async def test_up_brings_back_messages_sent_in_an_earlier_session(tmp_path: Path
             store.close()
 
 
-async def test_tab_completes_a_nick_in_the_prompt() -> None:
+async def test_tab_completes_nicks_and_commands_in_the_prompt() -> None:
     async with running_relay() as relay, peers(relay, "alice", "bob") as (alice, bob):
         async with repl(alice) as (pipe, screen, _):
             buffer = screen.session.default_buffer
-            pipe.send_text("/msg b\t")
-            while buffer.text != "/msg bob":  # completion runs asynchronously, as it should
-                await asyncio.sleep(0.01)
+
+            async def typed(keys: str, shown: str) -> None:
+                pipe.send_text(keys)
+                while buffer.text != shown:  # completion runs asynchronously, as it should
+                    await asyncio.sleep(0.01)
+
+            await typed("/msg b\t", "/msg bob")
             pipe.send_text(" hello\r")
             got = await bob.next(MessageReceived)
             assert (got.text, got.private) == ("hello", True)
+            await typed("bo\t", "bob: ")  # at the start of the line, as IRC's: "nick: "
+            pipe.send_text("lunch?\r")
+            assert (await bob.next(MessageReceived)).text == "bob: lunch?"
+            await typed("/help ver\t", "/help verify")
+            pipe.send_text("\r")
+            await screen.wait_for("usage: /verify NICK [NUMBER]")
 
 
 async def test_bell_on_private_messages_and_switchable() -> None:
