@@ -316,3 +316,38 @@ async def test_a_line_typed_in_an_outage_to_someone_away_waits_in_their_mailbox(
                 report = await a.next(DeliveryReport, lambda r: bool(r.delivered))
                 assert (report.message_id, report.delivered) == (message_id, ("bob",))
                 assert not [r for r in a.seen if isinstance(r, DeliveryReport) and r.failed]
+
+
+async def test_quiet_deliveries_still_tell_of_mail_delivered_later(tmp_path: Path) -> None:
+    """At the prompt a delivery goes without a line (the toolbar shows the last message),
+    but not the delivery of a copy kept for someone away: that comes later, and is news,
+    in the same run or after a restart."""
+    alice, bob, carol = (Profile(nick, tmp_path) for nick in ("alice", "bob", "carol"))
+    async with running(_relay(tmp_path, PrivateKey.generate())) as relay:
+        async with carol.run(relay), bob.run(relay):
+            pass  # both have been in the room
+        async with alice.run(relay) as a, bob.run(relay) as b:
+            await a.next(PeerJoined, lambda e: e.nick == "bob")
+            lines: list[str] = []
+            chat = Chat(a.connection, text_into(lines))
+            chat.status_line = True  # as the REPL: deliveries quiet
+            chat.handle_line("to the room")
+            assert (await b.next(MessageReceived)).text == "to the room"
+            chat.show(await a.next(MessageQueued))
+            to_bob = await a.next(DeliveryReport, lambda r: r.delivered == ("bob",))
+            chat.show(to_bob)
+            assert not any("delivered to bob" in line for line in lines)  # quiet: the toolbar
+            assert any('"to the room" queued for carol (offline)' in line for line in lines)
+            async with carol.run(relay):  # back while alice is still here
+                to_carol = await a.next(DeliveryReport, lambda r: "carol" in r.delivered)
+                chat.show(to_carol)
+            assert any('"to the room" delivered to carol' in line for line in lines), lines
+            chat.handle_line("/msg carol for tomorrow")
+            chat.show(await a.next(MessageQueued))
+        async with carol.run(relay), alice.run(relay) as a:  # both back, alice in a new run
+            lines.clear()
+            chat = Chat(a.connection, text_into(lines))
+            chat.status_line = True
+            later = await a.next(DeliveryReport, lambda r: "carol" in r.delivered)
+            chat.show(later)
+            assert any('"for tomorrow" delivered to carol' in line for line in lines), lines

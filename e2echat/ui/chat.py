@@ -21,8 +21,10 @@ from e2echat.client.events import (
     KeyChanged,
     KeyPinned,
     MailboxRead,
+    MessageQueued,
     MessageReceived,
     NotSent,
+    Queued,
 )
 from e2echat.client.receipts import RECEIPT_TIMEOUT
 from e2echat.errors import CommandError, E2EChatError, RelayGone
@@ -134,6 +136,12 @@ class Chat:
         #: can go without a line (``delivery quiet``); line mode prints every one
         self.status_line = False
         self.last_sent = LastSent()
+        # Messages sent in this chat whose delivery may go without a line when quiet: not
+        # one held in an outage, nor one sent in an earlier run (reported after a
+        # restart); and whose copies kept for someone away (by message: who) are not
+        # among those it reports: such a delivery comes later, and is news.
+        self._quiet_ids: set[int] = set()
+        self._kept_for: dict[int, set[str]] = {}
         #: the REPL's: draws the prompt and its toolbar again, after /set colours
         self.restyle: Callable[[], None] | None = None
         #: something typed was never sent (the connection did not come back)
@@ -193,7 +201,7 @@ class Chat:
             text = command.text if isinstance(command, commands.Say) else as_action(command.text)
             online = self.link.online
             message_id = self.link.send_room(text)
-            self.last_sent.sent(message_id)
+            self._sent(message_id)
             self._record(transcript.sent(core.nick, text, None, message_id, self.clock()))
             self._own(text)
             if not online:
@@ -203,7 +211,7 @@ class Chat:
                 self.problem(f"not sent to {nick}: their key changed (see /verify {nick}, /trust {nick})")
         elif isinstance(command, commands.PrivateMessage):
             message_id = self.link.send_private(command.nick, command.text)
-            self.last_sent.sent(message_id)
+            self._sent(message_id)
             self._record(transcript.sent(core.nick, command.text, command.nick, message_id, self.clock()))
             self._own(command.text, command.nick)
         elif isinstance(command, commands.Set):
@@ -246,6 +254,10 @@ class Chat:
         elif isinstance(command, commands.Search):
             self._look_up(self._search(command.text))
         return True
+
+    def _sent(self, message_id: int) -> None:
+        self.last_sent.sent(message_id)
+        self._quiet_ids.add(message_id)
 
     # -- settings ---------------------------------------------------------------------------
 
@@ -417,7 +429,17 @@ class Chat:
                 except RuntimeError:
                     self._show_first_contacts()
             return
-        if self.quiet_deliveries and isinstance(event, DeliveryReport) and not event.failed:
+        if isinstance(event, Queued):
+            self._quiet_ids.discard(event.message_id)
+        elif isinstance(event, MessageQueued):
+            self._kept_for.setdefault(event.message_id, set()).update(event.nicks)
+        elif (
+            self.quiet_deliveries
+            and isinstance(event, DeliveryReport)
+            and not event.failed
+            and event.message_id in self._quiet_ids
+            and self._kept_for.get(event.message_id, set()).isdisjoint(event.delivered)
+        ):
             return  # the toolbar says so (last_sent); the history keeps it
         for style, text in render(
             event,
