@@ -34,11 +34,13 @@ from e2echat.wire.grammar import (
     MAX_PREKEY_ID,
     MAX_PROOF,
     MAX_REASON,
+    MAX_ROOMS,
     SESSION_PROOF_SIZE,
     SIGNATURE_SIZE,
     is_valid_nick,
+    is_valid_room,
 )
-from e2echat.wire.objects import OBJECT_KINDS, Bundle, Envelope, OneTimePrekey, SignedPrekey
+from e2echat.wire.objects import OBJECT_KINDS, Bundle, Envelope, Member, OneTimePrekey, SignedPrekey
 
 from relay_frames import decode_for_relay
 
@@ -48,6 +50,18 @@ nicks = st.text(_NICK_ALPHABET, min_size=1, max_size=32)
 bodies = st.binary(min_size=1, max_size=64)
 ids = st.integers(min_value=0, max_value=MAX_ID)
 peers = st.builds(objects.PeerInfo, nicks, keys, keys)
+_ROOM_ALPHABET = string.ascii_lowercase + string.digits + "_.-"
+rooms = st.text(_ROOM_ALPHABET, min_size=1, max_size=32).map(lambda name: "#" + name)
+room_lists = st.lists(rooms, max_size=MAX_ROOMS, unique=True).map(tuple)
+# A room's members: online and away, each nick once among them.
+member_lists = st.lists(
+    st.tuples(nicks, keys, keys, st.booleans()), max_size=5, unique_by=lambda entry: entry[0]
+).map(
+    lambda entries: (
+        tuple(objects.PeerInfo(nick, key, session) for nick, key, session, online in entries if online),
+        tuple(Member(nick, key) for nick, key, _, online in entries if not online),
+    )
+)
 # A relay's rate and burst: any finite float above 0, small or huge.
 rates = st.floats(min_value=1e-300, max_value=1e300, allow_nan=False, allow_infinity=False)
 # A Unix time as a whole number of seconds: check_time takes an int as well as a float.
@@ -74,6 +88,7 @@ MESSAGES: dict[type[m.Message], st.SearchStrategy[Any]] = {
         st.binary(min_size=1, max_size=MAX_PROOF),
         st.binary(min_size=SESSION_PROOF_SIZE, max_size=SESSION_PROOF_SIZE),
         signed_prekeys,
+        room_lists,
     ),
     m.Welcome: st.builds(
         m.Welcome,
@@ -98,7 +113,16 @@ MESSAGES: dict[type[m.Message], st.SearchStrategy[Any]] = {
     m.Mail: st.builds(m.Mail, ids, nicks, st.floats(min_value=0, max_value=2**39) | whole_times, bodies),
     m.Expired: st.builds(m.Expired, ids, ids, nicks, st.sampled_from(EXPIRED_REASONS)),
     m.Ack: st.builds(m.Ack, ids),
-    m.Away: st.builds(m.Away, nick_groups, st.booleans()),
+    m.Members: st.builds(
+        lambda room, members, more: m.Members(room, members[0], members[1], more),
+        rooms,
+        member_lists,
+        st.booleans(),
+    ),
+    m.Join: st.builds(m.Join, rooms),
+    m.Part: st.builds(m.Part, rooms),
+    m.Entered: st.builds(m.Entered, rooms, peers),
+    m.Parted: st.builds(m.Parted, rooms, nicks),
     m.Publish: st.builds(
         m.Publish,
         signed_prekeys,
@@ -266,3 +290,68 @@ def test_every_path_holds_a_nick_to_the_same_rule(nick: str) -> None:
         else:
             with pytest.raises(LocalProtocolError):
                 build()
+
+
+# -- one room grammar ---------------------------------------------------------------------
+
+
+@settings(max_examples=500)
+@given(st.text(_ROOM_ALPHABET + "#A ", max_size=35) | st.text(max_size=35))
+@example("#" + "a" * 32)
+@example("#" + "a" * 33)
+@example("#")
+@example("lobby")
+@example("#Lobby")
+@example("#lobby\n")
+@example("##")
+def test_every_path_holds_a_room_to_the_same_rule(room: str) -> None:
+    """The dataclasses and every fast writer accept exactly the rooms the grammar accepts."""
+    valid = is_valid_room(room)
+    peer = objects.PeerInfo("bob", _KEY, _KEY)
+    for build in (
+        lambda: m.Join(room),
+        lambda: m.Part(room),
+        lambda: m.Entered(room, peer),
+        lambda: m.Parted(room, "bob"),
+        lambda: m.Members(room, (), ()),
+        lambda: m.Register("bob", _KEY, _KEY, b"p", bytes(SESSION_PROOF_SIZE), _SIGNED, (room,)),
+        lambda: fastpath.encode_members(room, [], []),
+        lambda: fastpath.encode_entered(room, fastpath.encode_peer(peer)),
+        lambda: fastpath.encode_parted(room, "bob"),
+    ):
+        if valid:
+            build()
+        else:
+            with pytest.raises(LocalProtocolError):
+                build()
+
+
+_KEY = PublicKey(bytes(32))
+_SIGNED = SignedPrekey(1, _KEY, bytes(SIGNATURE_SIZE))
+
+
+def test_the_room_grammar_is_written_only_in_grammar_py() -> None:
+    package = Path(grammar.__file__).resolve().parent.parent
+    for path in package.rglob("*.py"):
+        if path.name != "grammar.py":
+            assert grammar.ROOM_CHARS not in path.read_text(encoding="utf-8"), path
+
+
+@settings(max_examples=200)
+@given(rooms, member_lists, st.booleans())
+def test_encode_members_gives_the_bytes_encode_message_gives(
+    room: str, members: tuple[tuple[objects.PeerInfo, ...], tuple[Member, ...]], more: bool
+) -> None:
+    online, away = members
+    encoded = fastpath.encode_members(
+        room, [fastpath.encode_peer(p) for p in online], [fastpath.encode_member(a) for a in away], more=more
+    )
+    assert encoded == encode_message(m.Members(room, online, away, more))
+
+
+@given(rooms, peers, nicks)
+def test_encode_entered_and_parted_give_the_bytes_encode_message_gives(
+    room: str, peer: objects.PeerInfo, nick: str
+) -> None:
+    assert fastpath.encode_entered(room, fastpath.encode_peer(peer)) == encode_message(m.Entered(room, peer))
+    assert fastpath.encode_parted(room, nick) == encode_message(m.Parted(room, nick))

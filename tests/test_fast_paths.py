@@ -331,24 +331,6 @@ def test_a_send_of_too_many_items_is_refused_before_they_are_built() -> None:
         decode_message(payload)
 
 
-# -- away ----------------------------------------------------------------------------------
-
-
-@settings(max_examples=200)
-@given(away=st.lists(nicks, max_size=30), more=st.booleans())
-def test_encode_away_gives_the_bytes_encode_message_gives(away: list[str], more: bool) -> None:
-    parts = [fastpath.encode_nick(nick) for nick in away]
-    assert fastpath.encode_away(parts, more=more) == encode_message(m.Away(tuple(away), more))
-
-
-@pytest.mark.parametrize("bad", ["", "b" * 33, 'bo"b', "böb", "bob\n", b"bob", None])
-def test_encode_nick_refuses_what_away_refuses(bad: object) -> None:
-    with pytest.raises(LocalProtocolError):
-        m.Away((bad,))  # type: ignore[arg-type]
-    with pytest.raises(LocalProtocolError):
-        fastpath.encode_nick(bad)  # type: ignore[arg-type]
-
-
 # -- routed --------------------------------------------------------------------------------
 
 _groups = st.lists(nicks, max_size=5, unique=True)

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from nacl.public import PrivateKey
+from nacl.public import PrivateKey, PublicKey
 
 from e2echat.crypto.identity import registration_proof
 from e2echat.relay.core import Action, Close, ConnId, Persist, RelayCore, Write
@@ -20,9 +20,9 @@ from e2echat.relay.mailboxes import ITEM_OVERHEAD
 from e2echat.relay.store import Dequeue, Enqueue, ForgetIdentity, ForgetMember, SaveBundle, SaveIdentity
 from e2echat.wire import messages as m
 from e2echat.wire.codec import encode_message
-from e2echat.wire.fastpath import encode_nick
+from e2echat.wire.fastpath import encode_member
 from e2echat.wire.framing import encode_frame
-from e2echat.wire.objects import Envelope, OneTimePrekey
+from e2echat.wire.objects import Envelope, Member, OneTimePrekey
 
 from fake_store import FakeStore
 from relay_frames import Outgoing, any_signed_prekey, spelled_out
@@ -145,8 +145,8 @@ def test_the_mailbox_comes_after_the_directory_and_away_in_order_and_acks_drop_i
     out = relay.join("bob")
     bob = relay.conns["bob"]
     kinds = [type(message) for message in _to(bob, out, m.Message)]
-    assert kinds == [m.Welcome, m.Away, m.Mail, m.Mail, m.Mail]
-    assert _to(bob, out, m.Away) == [m.Away(("dave",))]
+    assert kinds == [m.Welcome, m.Members, m.Mail, m.Mail, m.Mail]
+    assert [[a.nick for a in ms.away] for ms in _to(bob, out, m.Members)] == [["dave"]]
     mail = _to(bob, out, m.Mail)
     assert [item.body[0] for item in mail] == [0, 1, 2]
     seqs = [item.seq for item in mail]
@@ -382,7 +382,11 @@ def test_the_away_list_kept_as_it_changes_is_the_members_not_online(steps: list[
             relay = Relay(relay.store, bundles=3, mailbox_ttl=10.0, identity_ttl=20.0)
             relay.now = now
         kept = relay.core.kept
-        afresh = [encode_nick(nick) for nick in kept.members if nick not in relay.core.online]
+        afresh = [
+            encode_member(Member(nick, PublicKey(kept.identities[nick].identity_key)))
+            for nick in kept.members
+            if nick not in relay.core.online
+        ]
         assert kept.away() == afresh
 
 
@@ -456,7 +460,8 @@ def test_every_change_is_kept_and_a_core_built_from_it_knows_the_same() -> None:
     assert again.core.prekeys.count("alice") == 0
     assert [i.message_id for i in again.core.kept.mailboxes.items("bob")] == [4]
     out = again.join("dave")
-    assert _to(again.conns["dave"], out, m.Away) == [m.Away(("bob", "alice", "carol"))]
+    members = _to(again.conns["dave"], out, m.Members)
+    assert [[a.nick for a in ms.away] for ms in members] == [["bob", "alice", "carol"]]
     assert [i.message_id for i in again.core.kept.mailboxes.items("bob")] == [4]
     assert isinstance(relay.store.batches[0][0], SaveIdentity | SaveBundle)
 

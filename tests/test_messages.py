@@ -38,12 +38,13 @@ from e2echat.wire.grammar import (
     MAX_PROOF,
     MAX_PUBLISH,
     MAX_REASON,
+    MAX_ROOMS,
     PROTOCOL_VERSION,
     SESSION_PROOF_SIZE,
     SIGNATURE_SIZE,
     is_valid_nick,
 )
-from e2echat.wire.objects import Bundle, Envelope, OneTimePrekey, PeerInfo, SignedPrekey
+from e2echat.wire.objects import Bundle, Envelope, Member, OneTimePrekey, PeerInfo, SignedPrekey
 
 from relay_frames import decode_for_relay
 
@@ -62,6 +63,10 @@ RELAY_ID = bytes(range(16))
 EXAMPLES: dict[str, m.Message] = {
     "challenge": m.Challenge(KEY_A, b"\x01" * CHALLENGE_SIZE),
     "register": m.Register("alice", KEY_A, KEY_B, b"\x02" * 72, SESSION_PROOF, SIGNED),
+    "register-rooms": m.Register(
+        "alice", KEY_A, KEY_B, b"\x02" * 72, SESSION_PROOF, SIGNED, ("#ops", "#a.b-c_9")
+    ),
+    "register-no-rooms": m.Register("alice", KEY_A, KEY_B, b"\x02" * 72, SESSION_PROOF, SIGNED, ()),
     "welcome": m.Welcome("alice", 50.0, 200.0, 1048576.0, 4194304.0, 25, (PEER_BOB, PEER_CAROL)),
     "joined": m.PeerJoined(PEER_BOB),
     "left": m.PeerLeft("bob"),
@@ -71,7 +76,12 @@ EXAMPLES: dict[str, m.Message] = {
     "mail": m.Mail(3, "alice", 1796601600.25, b"\x00sealed\xff"),
     "expired": m.Expired(4, 7, "bob", "key_changed"),
     "ack": m.Ack(3),
-    "away": m.Away(("dave", "erin"), more=True),
+    "members": m.Members("#ops", (PEER_BOB,), (Member("dave", KEY_A), Member("erin", KEY_C)), more=True),
+    "members-empty": m.Members("#lobby", (), ()),
+    "join": m.Join("#ops"),
+    "part": m.Part("#ops"),
+    "entered": m.Entered("#ops", PEER_CAROL),
+    "parted": m.Parted("#ops", "carol.x-1_"),
     "error": m.Error("nick_taken", "nick 'alice' is already online — choose another ✓"),
     "bye": m.Bye("relay shutting down"),
     "directory": m.Directory((PEER_BOB,), more=True),
@@ -164,6 +174,14 @@ def test_wire_format_is_pinned() -> None:
         b"\x01\x02" + (7).to_bytes(8, "big") + b"\x03bob\x00\x00\x00\x02\x00\xff" + b"\x01c\x00\x00\x00\x01x"
     )
     assert encode_message(m.Prekeys(0)) == b'{"v":2,"type":"prekeys","count":0}'
+    assert encode_message(m.Join("#ops")) == b'{"v":2,"type":"join","room":"#ops"}'
+    assert encode_message(m.Part("#ops")) == b'{"v":2,"type":"part","room":"#ops"}'
+    assert encode_message(m.Parted("#ops", "bob")) == b'{"v":2,"type":"parted","room":"#ops","nick":"bob"}'
+    assert encode_message(m.Members("#ops", (), (Member("bob", KEY_A),))) == (
+        b'{"v":2,"type":"members","room":"#ops","peers":[],"away":[{"nick":"bob","identity_key":"%b"}],'
+        b'"more":false}' % _b64(bytes(KEY_A)).encode()
+    )
+    assert encode_message(EXAMPLES["register"]).endswith(b',"rooms":["#lobby"]}')
     assert encode_message(m.Fetch(("bob", "carol"))) == b'{"v":2,"type":"fetch","nicks":["bob","carol"]}'
     key, signature = _b64(bytes(KEY_A)).encode(), _b64(SIGNATURE).encode()
     signed = b'{"id":7,"key":"%b","signature":"%b"}' % (key, signature)
@@ -195,6 +213,11 @@ def test_boundary_values_round_trip() -> None:
         m.Bundles((), tuple(f"n{i}" for i in range(MAX_FETCH))),
         m.Bundles((BUNDLE_BOB,), tuple(f"n{i}" for i in range(MAX_FETCH - 1))),
         m.Prekeys(MAX_ID),
+        m.Register("n", KEY_A, KEY_A, b"p", SESSION_PROOF, SIGNED, tuple(f"#{i}" for i in range(MAX_ROOMS))),
+        m.Join("#" + "z" * 32),
+        m.Join("#-"),
+        m.Members("#x", tuple(PeerInfo(f"p{i}", KEY_A, KEY_B) for i in range(MAX_ITEMS)), ()),
+        m.Members("#x", (), tuple(Member(f"a{i}", KEY_A) for i in range(MAX_ITEMS))),
     ]:
         assert decode_message(encode_message(message)) == message
 
@@ -371,6 +394,57 @@ _BAD_CASES.update(
         "welcome-prekeys-bool": _with("welcome", prekeys=False),
         "welcome-prekeys-null": _with("welcome", prekeys=None),
         "welcome-prekeys-missing": _without("welcome", "prekeys"),
+    }
+)
+
+
+_MEMBER = _wire("members")["away"][0]
+_PEER = _wire("members")["peers"][0]
+# The rooms: every way a room name, a room list and a member list can be wrong.
+_BAD_CASES.update(
+    {
+        "register-room-no-hash": _with("register-rooms", rooms=["ops"]),
+        "register-room-only-hash": _with("register-rooms", rooms=["#"]),
+        "register-room-uppercase": _with("register-rooms", rooms=["#Ops"]),
+        "register-room-33": _with("register-rooms", rooms=["#" + "a" * 33]),
+        "register-room-space": _with("register-rooms", rooms=["#o ps"]),
+        "register-room-two-hashes": _with("register-rooms", rooms=["##ops"]),
+        "register-room-non-ascii": _with("register-rooms", rooms=["#öps"]),
+        "register-room-newline": _with("register-rooms", rooms=["#ops\n"]),
+        "register-room-repeated": _with("register-rooms", rooms=["#ops", "#dev", "#ops"]),
+        "register-too-many-rooms": _with("register-rooms", rooms=[f"#r{i}" for i in range(MAX_ROOMS + 1)]),
+        "register-rooms-not-array": _with("register-rooms", rooms="#ops"),
+        "register-room-not-string": _with("register-rooms", rooms=[5]),
+        "register-rooms-null": _with("register-rooms", rooms=None),
+        "register-rooms-missing": _without("register-rooms", "rooms"),
+        "join-bad-room": _with("join", room="ops"),
+        "join-room-int": _with("join", room=1),
+        "join-room-array": _with("join", room=["#ops"]),
+        "join-missing-room": _without("join", "room"),
+        "join-extra-field": _with("join", room="#ops", nick="bob"),
+        "part-bad-room": _with("part", room="#OPS"),
+        "part-room-null": _with("part", room=None),
+        "entered-bad-room": _with("entered", room="#a b"),
+        "entered-peer-not-object": _with("entered", peer="carol"),
+        "entered-peer-missing-key": _with("entered", peer={"nick": "carol", "identity_key": _KEY}),
+        "entered-missing-peer": _without("entered", "peer"),
+        "parted-bad-nick": _with("parted", nick="no one"),
+        "parted-bad-room": _with("parted", room=""),
+        "parted-nick-int": _with("parted", nick=3),
+        "members-bad-room": _with("members", room="#"),
+        "members-away-not-array": _with("members", away=_MEMBER),
+        "members-away-not-object": _with("members", away=["dave"]),
+        "members-away-extra-field": _with("members", away=[{**_MEMBER, "session_key": _KEY}]),
+        "members-away-missing-key": _with("members", away=[{"nick": "dave"}]),
+        "members-away-key-31": _with("members", away=[{**_MEMBER, "identity_key": _b64(b"k" * 31)}]),
+        "members-away-bad-nick": _with("members", away=[{**_MEMBER, "nick": "da ve"}]),
+        "members-away-twice": _with("members", away=[_MEMBER, _MEMBER]),
+        "members-peer-also-away": _with("members", away=[{**_MEMBER, "nick": _PEER["nick"]}]),
+        "members-peer-twice": _with("members", peers=[_PEER, _PEER]),
+        "members-more-int": _with("members", more=1),
+        "members-missing-more": _without("members", "more"),
+        "members-too-many-away": _with("members", away=[_MEMBER] * (MAX_ITEMS + 1)),
+        "away-is-gone": b'{"v":2,"type":"away","nicks":[],"more":false}',
     }
 )
 
@@ -677,6 +751,56 @@ _LOCAL_BAD: dict[str, Callable[[], object]] = {
     "welcome-ttl-zero": lambda: m.Welcome("alice", 50.0, 200.0, 1e6, 4e6, 0, (), mailbox_ttl=0.0),
     "welcome-prekeys-negative": lambda: m.Welcome("alice", 50.0, 200.0, 1e6, 4e6, -1, ()),
     "welcome-prekeys-float": lambda: m.Welcome("alice", 50.0, 200.0, 1e6, 4e6, 1.0, ()),  # type: ignore[arg-type]
+    "register-room-no-hash": lambda: m.Register("alice", KEY_A, KEY_B, b"p", SESSION_PROOF, SIGNED, ("ops",)),
+    "register-room-uppercase": lambda: m.Register("a", KEY_A, KEY_B, b"p", SESSION_PROOF, SIGNED, ("#Ops",)),
+    "register-room-repeated": lambda: m.Register(
+        "alice", KEY_A, KEY_B, b"p", SESSION_PROOF, SIGNED, ("#a", "#b", "#a")
+    ),
+    "register-too-many-rooms": lambda: m.Register(
+        "alice", KEY_A, KEY_B, b"p", SESSION_PROOF, SIGNED, tuple(f"#r{i}" for i in range(MAX_ROOMS + 1))
+    ),
+    "register-rooms-list": lambda: m.Register(
+        "alice",
+        KEY_A,
+        KEY_B,
+        b"p",
+        SESSION_PROOF,
+        SIGNED,
+        ["#ops"],  # type: ignore[arg-type]
+    ),
+    "register-rooms-str": lambda: m.Register(
+        "alice",
+        KEY_A,
+        KEY_B,
+        b"p",
+        SESSION_PROOF,
+        SIGNED,
+        "#ops",  # type: ignore[arg-type]
+    ),
+    "register-room-bytes": lambda: m.Register(
+        "alice",
+        KEY_A,
+        KEY_B,
+        b"p",
+        SESSION_PROOF,
+        SIGNED,
+        (b"#ops",),  # type: ignore[arg-type]
+    ),
+    "join-no-hash": lambda: m.Join("ops"),
+    "join-33": lambda: m.Join("#" + "a" * 33),
+    "join-not-str": lambda: m.Join(5),  # type: ignore[arg-type]
+    "part-empty": lambda: m.Part(""),
+    "entered-not-peer": lambda: m.Entered("#ops", Member("bob", KEY_A)),  # type: ignore[arg-type]
+    "entered-bad-room": lambda: m.Entered("#o\nps", PEER_BOB),
+    "parted-bad-nick": lambda: m.Parted("#ops", "no one"),
+    "member-bad-nick": lambda: Member("no one", KEY_A),
+    "member-key-bytes": lambda: Member("bob", bytes(KEY_A)),  # type: ignore[arg-type]
+    "members-bad-room": lambda: m.Members("lobby", (), ()),
+    "members-peer-in-away": lambda: m.Members("#ops", (PEER_BOB,), (Member("bob", KEY_A),)),
+    "members-away-twice": lambda: m.Members("#ops", (), (Member("bob", KEY_A), Member("bob", KEY_C))),
+    "members-not-member": lambda: m.Members("#ops", (), (PEER_BOB,)),  # type: ignore[arg-type]
+    "members-away-list": lambda: m.Members("#ops", (), [Member("bob", KEY_A)]),  # type: ignore[arg-type]
+    "members-more-int": lambda: m.Members("#ops", (), (), more=1),  # type: ignore[arg-type]
 }
 
 
@@ -741,6 +865,8 @@ _bundle_objects = st.fixed_dictionaries(
         "one_time": st.lists(_one_time_objects, max_size=2),
     }
 )
+# A room name, or nearly one.
+_rooms = st.sampled_from(["#lobby", "#ops", "ops", "#", "#Ops"]) | st.text("#az09_.- ", max_size=34)
 # A plausible value for each field, so that many generated messages get past the shape
 # checks and exercise the per-field validation (and sometimes decode).
 _PLAUSIBLE: dict[str, st.SearchStrategy[Any]] = {
@@ -785,6 +911,14 @@ _PLAUSIBLE: dict[str, st.SearchStrategy[Any]] = {
     "one_time": st.lists(_one_time_objects, max_size=3),
     "nicks": st.lists(st.sampled_from(["bob", "carol", "no one"]) | _nicks, max_size=3),
     "bundles": st.lists(_bundle_objects, max_size=2),
+    "room": _rooms,
+    "rooms": st.lists(_rooms, max_size=4),
+    "away": st.lists(
+        st.fixed_dictionaries(
+            {"nick": _nicks, "identity_key": st.binary(min_size=31, max_size=33).map(_b64)}
+        ),
+        max_size=3,
+    ),
 }
 
 

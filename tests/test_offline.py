@@ -13,7 +13,7 @@ from test_cores import UNLIMITED, FakeWire
 
 from e2echat.client.core import ClientCore, KeyPinned, MessagesMissing, SecurityWarning
 from e2echat.client.directory import MAX_AWAY
-from e2echat.client.events import DeliveryReport, MailboxRead, MailReceived, MessageQueued
+from e2echat.client.events import DeliveryReport, MailboxRead, MailReceived, MessageQueued, PeerJoined
 from e2echat.client.outbox import NOT_PINNED_KEY
 from e2echat.client.pending import PendingDeliveries, lifetime
 from e2echat.client.publishing import signed_prekey
@@ -34,13 +34,21 @@ from e2echat.wire import grammar
 from e2echat.wire import messages as m
 from e2echat.wire.codec import decode_message, encode_message
 from e2echat.wire.framing import FrameDecoder, encode_frame
-from e2echat.wire.objects import Bundle
+from e2echat.wire.objects import Bundle, Member, PeerInfo
 
 NOW = 1_700_000_000.0
 
 
 def _frame(message: m.Message) -> bytes:
     return encode_frame(encode_message(message))
+
+
+_SOME_KEY = PrivateKey.generate().public_key
+
+
+def _away(*nicks: str, more: bool = False) -> m.Members:
+    """#lobby's members away, as the relay lists them after the directory."""
+    return m.Members("#lobby", (), tuple(Member(nick, _SOME_KEY) for nick in nicks), more)
 
 
 def _written(core: ClientCore) -> list[m.Message]:
@@ -269,7 +277,7 @@ def test_a_room_message_goes_to_members_away_too() -> None:
     carol_conn = wire.connect("carol")
     wire.take_all()
     wire.hang_up(bob_conn)
-    wire.deliver(alice_conn, _frame(m.Away(("bob", "erin"))))
+    wire.deliver(alice_conn, _frame(_away("bob", "erin")))
     core = wire.clients[alice_conn]
     message_id = core.send_room("hello all")
     written = _written(core)
@@ -341,7 +349,7 @@ def test_an_endless_away_list_is_a_protocol_error() -> None:
     with pytest.raises(RemoteProtocolError, match="members away"):
         for part in range(MAX_AWAY // 10_000 + 1):
             nicks = tuple(f"n{part}x{number}" for number in range(10_000))
-            wire.clients[alice].receive_data(_frame(m.Away(nicks, more=True)))
+            wire.clients[alice].receive_data(_frame(_away(*nicks, more=True)))
 
 
 def test_a_relay_that_says_it_keeps_copies_not_yet_sent_is_not_believed() -> None:
@@ -352,7 +360,7 @@ def test_a_relay_that_says_it_keeps_copies_not_yet_sent_is_not_believed() -> Non
     wire.hang_up(bob_conn)
     wire.take_all()
     core = wire.clients[alice_conn]
-    wire.deliver(alice_conn, _frame(m.Away(("erin",))))
+    wire.deliver(alice_conn, _frame(_away("erin")))
     first, second = core.send_room("first to erin"), core.send_room("second to erin")
     core.data_to_send()
     for message_id in (first, second):
@@ -457,3 +465,21 @@ def test_a_copy_sent_for_a_line_typed_earlier_is_reported_under_its_id_after_a_r
     wire.to_relay(bob_conn, b"".join(_frame(msg) for msg in written if not isinstance(msg, m.Ack)))
     reports = [e for e in wire.take(alice_conn, receipts=True) if isinstance(e, DeliveryReport)]
     assert reports == [DeliveryReport(5, True, ("bob",), (), "typed offline")]
+
+
+def test_a_members_list_or_an_entered_adds_the_contacts_it_names_and_a_parted_changes_nothing() -> None:
+    wire = FakeWire()
+    alice_conn = wire.connect("alice")
+    wire.take_all()
+    core = wire.clients[alice_conn]
+    bob = PeerInfo("bob", PrivateKey.generate().public_key, PrivateKey.generate().public_key)
+    carol = PeerInfo("carol", PrivateKey.generate().public_key, PrivateKey.generate().public_key)
+    wire.deliver(alice_conn, _frame(m.Members("#ops", (bob,), (Member("erin", _SOME_KEY),))))
+    assert core.peers == ["bob"] and core.away == ["erin"]
+    wire.deliver(alice_conn, _frame(m.Entered("#ops", carol)))
+    wire.deliver(alice_conn, _frame(m.Entered("#ops", carol)))  # once is enough
+    assert core.peers == ["bob", "carol"]
+    wire.deliver(alice_conn, _frame(m.Parted("#ops", "carol")))
+    assert core.peers == ["bob", "carol"]
+    # A contact now, not someone who came online.
+    assert not [event for event in wire.take(alice_conn) if isinstance(event, PeerJoined)]

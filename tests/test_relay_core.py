@@ -225,7 +225,7 @@ def test_the_welcome_tells_each_client_the_rate_it_is_held_to() -> None:
     """So that clients pace themselves to it rather than find it by being refused."""
     relay = RelayCore(Limits(rate=12.5, burst=30, byte_rate=5000, byte_burst=70_000))
     welcome, away = _join(relay, 1, "alice")
-    assert isinstance(away, Outgoing) and away.message == m.Away(())
+    assert isinstance(away, Outgoing) and away.message == m.Members("#lobby", (), ())
     assert isinstance(welcome, Outgoing) and isinstance(welcome.message, m.Welcome)
     message = welcome.message
     assert (message.rate, message.burst) == (12.5, 30.0)

@@ -84,7 +84,7 @@ async def test_changes_that_come_while_a_batch_is_written_go_in_the_next_one() -
         await _away(relay, "bob", PrivateKey.generate())
         alice = await RawClient.open(relay)
         await alice.register("alice")
-        await alice.receive_kind(m.Away)
+        await alice.receive_kind(m.Members)
         await _registration_kept(store, "alice")
         store.gate.clear()
         store.applying.clear()
@@ -162,15 +162,15 @@ async def test_a_restarted_relay_finds_identities_bundles_members_and_mailboxes(
     async with running(Relay(LOOPBACK, 0, store=store, key=key)) as again:
         carol = await RawClient.open(again)
         await carol.register("carol")
-        away = await carol.receive_kind(m.Away)
-        assert sorted(away.nicks) == ["alice", "bob"]
+        away = (await carol.receive_kind(m.Members)).away
+        assert sorted(member.nick for member in away) == ["alice", "bob"]
         carol.send(m.Fetch(("bob", "nobody")))
         bundles = await carol.receive_kind(m.Bundles)
         assert [(b.nick, b.identity_key) for b in bundles.bundles] == [("bob", bob.public_key)]
         assert bundles.missing == ("nobody",)
         back = await RawClient.open(again)
         await back.register("bob", bob)
-        assert await back.receive_kind(m.Away) == m.Away(("alice",))
+        assert [member.nick for member in (await back.receive_kind(m.Members)).away] == ["alice"]
         mail = [await back.receive_kind(m.Mail) for _ in range(3)]
         assert [item.body[0] for item in mail] == [0, 1, 2] and {item.sender for item in mail} == {"alice"}
         back.send(m.Ack(mail[-1].seq))

@@ -40,7 +40,8 @@ async def test_a_relay_restarted_on_its_sqlite_store_finds_everything_again(tmp_
     async with running(Relay("127.0.0.1", 0, store=SqliteStore(path), key=key)) as again:
         carol = await RawClient.open(again)
         await carol.register("carol")
-        assert sorted((await carol.receive_kind(m.Away)).nicks) == ["alice", "bob"]
+        members = await carol.receive_kind(m.Members)
+        assert sorted(member.nick for member in members.away) == ["alice", "bob"]
         carol.send(m.Fetch(("bob",)))
         (bundle,) = (await carol.receive_kind(m.Bundles)).bundles
         assert bundle.identity_key == bob.public_key

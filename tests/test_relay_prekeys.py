@@ -278,7 +278,7 @@ def test_a_fetch_right_after_someone_registers_gets_their_bundle() -> None:
     joined = _joining(relay, 2, "alice", alice, signed)[1:]
     assert [(item.conn, type(item.message)) for item in joined if isinstance(item, Outgoing)] == [
         (1, m.PeerJoined),
-        (2, m.Away),
+        (2, m.Members),
     ]
     answer, rest = _fetch(relay, 1, "alice")
     assert answer == m.Bundles((Bundle("alice", alice.public_key, signed, ()),), ())

@@ -449,9 +449,12 @@ class ClientCore:
             if isinstance(message, m.Expired):
                 self._mailbox.handle(message.seq)
                 return list(self.deliveries.mailbox_dropped(message.id, message.to, message.reason))
-            if isinstance(message, m.Away):
-                self._directory.add_away(message.nicks)
-                return []
+            if isinstance(message, m.Members):
+                return self._members(message)
+            if isinstance(message, m.Entered):
+                return self._entered(message.peer)
+            if isinstance(message, m.Parted):
+                return []  # for now (one room): they are still a contact until they leave
             if isinstance(message, m.Prekeys):
                 self._publisher.held(message.count)
                 return []
@@ -463,6 +466,22 @@ class ClientCore:
         raise RemoteProtocolError(
             detail=f"relay sent an unexpected {message.TYPE!r} message ({self.state.value})"
         )
+
+    def _members(self, message: m.Members) -> list[Event]:
+        """A room's members: those away get the room's messages in their mailboxes, and
+        those online not yet in the directory are contacts now."""
+        self._directory.add_away(tuple(member.nick for member in message.away))
+        events: list[Event] = []
+        for peer in message.peers:
+            events += self._entered(peer)
+        return events
+
+    def _entered(self, peer: PeerInfo) -> list[Event]:
+        """``peer`` shares a room with us now: in the directory (not a "came online")."""
+        if peer.nick in self._directory.peers:
+            return []
+        self._directory.away.discard(peer.nick)
+        return self._sessions.add(peer)
 
     def _mail(self, seq: int, sender: str, body: bytes) -> list[Event]:
         self._mailbox.handle(seq)

@@ -31,10 +31,10 @@ from nacl.public import PrivateKey
 from e2echat.errors import FrameTooLarge, RemoteProtocolError
 from e2echat.relay.actions import Action, Close, ConnId, Persist, Write, keep
 from e2echat.relay.intake import read_frame, refusal
-from e2echat.relay.kept import Kept
+from e2echat.relay.kept import LOBBY, Kept
 from e2echat.relay.limits import Backlog, Flow, Limits, Sources, Unfinished, Verdict
 from e2echat.relay.prekeys import PrekeyDirectory
-from e2echat.relay.registration import admit, reserved, welcome_frames
+from e2echat.relay.registration import admit, members_frames, reserved, welcome_frames
 from e2echat.relay.routing import Router
 from e2echat.relay.store import Op, Snapshot
 from e2echat.wire.codec import decode_message, encode_message, printable_reason
@@ -396,7 +396,9 @@ class RelayCore:
         self.online[nick] = conn
         self._skeletons[skeleton(nick)] = nick
         self._encoded_peers[nick] = encode_peer(peer)
-        frames += self._router.arrived(nick, welcome)
+        others = [encoded for other, encoded in self._encoded_peers.items() if other != nick]
+        members = members_frames(LOBBY, others, self.kept.away())
+        frames += self._router.arrived(nick, welcome, members)
         return keep(ops, self._router.notify(), now=frames)
 
     def _route(self, record: _Connection, message: Routes) -> list[Action]:

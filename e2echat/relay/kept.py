@@ -43,7 +43,8 @@ from e2echat.relay.store import (
     SaveMember,
     Snapshot,
 )
-from e2echat.wire.fastpath import encode_nick
+from e2echat.wire.fastpath import encode_member
+from e2echat.wire.objects import Member as AwayMember
 from e2echat.wire.objects import OneTimePrekey, SignedPrekey
 
 #: the one room there is until rooms come in their own issue
@@ -57,8 +58,8 @@ class Kept:
         self.identities: dict[str, Identity] = {}
         #: ``#lobby``'s members: nick -> when last seen, least recently first
         self.members: dict[str, float] = {}
-        #: the members who are not online, in the same order, each as ``encode_nick``
-        #: gives it: what ``away`` frames carry, kept as it changes (on join, leave and
+        #: the members who are not online, in the same order, each as ``encode_member``
+        #: gives it: what ``members`` frames carry, kept as it changes (on join, leave and
         #: forget) rather than made afresh for each register
         self._away: dict[str, bytes] = {}
         self.prekeys = PrekeyDirectory(limits)
@@ -77,7 +78,7 @@ class Kept:
             if member.room == LOBBY and member.nick in self.identities:
                 self.members[member.nick] = member.last_seen
         # Nobody is online yet.
-        self._away = {nick: encode_nick(nick) for nick in self.members}
+        self._away = {nick: self._encoded(nick) for nick in self.members}
         bundles = {bundle.nick: bundle for bundle in snapshot.bundles}
         # In the order they last registered, as the directory keeps them (it drops the
         # least recent first); a store that did not count registrations: last seen.
@@ -99,7 +100,7 @@ class Kept:
         return self.mailboxes.messages_until(nick)
 
     def away(self) -> list[bytes]:
-        """``#lobby``'s members who are not online (as ``encode_nick`` gives them), least
+        """``#lobby``'s members who are not online (as ``encode_member`` gives them), least
         recently seen first."""
         return list(self._away.values())
 
@@ -131,7 +132,7 @@ class Kept:
         self.prekeys.leave(nick, evict=evict)
         known = self.identities[nick]
         ops = self._seen(nick, known.identity_key, now, known.registered)
-        self._away[nick] = encode_nick(nick)  # last, as in ``members``
+        self._away[nick] = self._encoded(nick)  # last, as in ``members``
         return ops + self._evicted(now) if evict else ops
 
     def publish(
@@ -167,6 +168,9 @@ class Kept:
         return ops
 
     # -- helpers -------------------------------------------------------------------------------
+
+    def _encoded(self, nick: str) -> bytes:
+        return encode_member(AwayMember(nick, PublicKey(self.identities[nick].identity_key)))
 
     @staticmethod
     def _stale(seen: Iterable[tuple[str, float]], cutoff: float, online: Container[str]) -> list[str]:

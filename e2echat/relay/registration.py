@@ -13,7 +13,7 @@ import time
 from nacl.public import PrivateKey
 
 from e2echat.crypto.identity import opened_identity_proof, session_proof_verifies
-from e2echat.wire.fastpath import encode_away, encode_directory, encode_welcome
+from e2echat.wire.fastpath import encode_directory, encode_members, encode_welcome
 from e2echat.wire.framing import encode_frame
 from e2echat.wire.grammar import skeleton
 from e2echat.wire.messages import Register
@@ -98,13 +98,16 @@ def welcome_frames(
     return frames
 
 
-def away_frames(encoded: list[bytes]) -> list[bytes]:
-    """The ``away`` frames for a newcomer, from the nicks' ``encode_nick``: at least one,
-    ``DIRECTORY_CHUNK`` nicks each. Kept encoded too (``Kept.away``): 50,000 nicks cost
-    ~30 ms to encode afresh, on every register."""
+def members_frames(room: str, peers: list[bytes], away: list[bytes]) -> list[bytes]:
+    """The ``members`` frames of ``room``, from its members online (``encode_peer``) and
+    away (``encode_member``): at least one, ``DIRECTORY_CHUNK`` entries each. Kept encoded
+    (``Kept.away``): 50,000 members cost ~30 ms to encode afresh, on every register."""
     chunk = DIRECTORY_CHUNK
-    starts = range(0, len(encoded), chunk) if encoded else [0]
-    return [
-        encode_frame(encode_away(encoded[start : start + chunk], more=start + chunk < len(encoded)))
-        for start in starts
-    ]
+    entries = len(peers) + len(away)
+    frames = []
+    for start in range(0, entries, chunk) if entries else [0]:
+        end = start + chunk
+        page_peers = peers[start:end]
+        page_away = away[max(0, start - len(peers)) : max(0, end - len(peers))]
+        frames.append(encode_frame(encode_members(room, page_peers, page_away, more=end < entries)))
+    return frames

@@ -4,7 +4,7 @@
 rest of a ``send``: each copy to a recipient online as a ``deliver`` (unless it is owed
 more than it takes), into the mailbox of one who is away (``Kept``), or nowhere (told to
 the sender in its ``routed``). And it hands mailbox items to their owners online: those
-who are away when one registers (``away``), then what waited for it, a window at a time
+who are in its rooms when one registers (``members``), then what waited for it, a window at a time
 as it acknowledges them (``ack``), and notices as they come.
 
 Every frame for a connection in one turn is counted against what it may be given before
@@ -20,7 +20,6 @@ from e2echat.errors import RemoteProtocolError
 from e2echat.relay.actions import Action, ConnId, Persist, Write, keep
 from e2echat.relay.kept import Kept
 from e2echat.relay.limits import Backlog, Limits
-from e2echat.relay.registration import away_frames
 from e2echat.relay.store import Op
 from e2echat.wire.fastpath import Routes, deliver_head, encode_routed
 from e2echat.wire.framing import encode_frame
@@ -89,14 +88,13 @@ class Router:
         # Deliveries at once; the sender hears "queued" only once its message is kept.
         return [Write(frames), Persist(ops, [answer])] if frames else [Persist(ops, [answer])]
 
-    def arrived(self, nick: str, welcome: list[bytes]) -> list[tuple[ConnId, bytes]]:
-        """What ``nick``, online from now on and sent ``welcome``, is sent next: who is
-        away, then what waited for it. After the directory, so a client knows everyone
-        before its mail, which gets what room those leave it."""
+    def arrived(self, nick: str, welcome: list[bytes], members: list[bytes]) -> list[tuple[ConnId, bytes]]:
+        """What ``nick``, online from now on and sent ``welcome``, is sent next: the
+        ``members`` of its rooms, then what waited for it. After the directory, so a
+        client knows everyone before its mail, which gets what room those leave it."""
         conn = self.online[nick]
-        away = away_frames(self.kept.away())
-        self.backlog.unflushed[conn] = sum(len(frame) for frame in welcome + away)
-        return [(conn, frame) for frame in away] + self.due(nick)
+        self.backlog.unflushed[conn] = sum(len(frame) for frame in welcome + members)
+        return [(conn, frame) for frame in members] + self.due(nick)
 
     def due(self, nick: str) -> list[tuple[ConnId, bytes]]:
         """The mailbox items ``nick`` (online) may be sent now: counted against what its

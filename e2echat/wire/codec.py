@@ -116,6 +116,9 @@ _WRITERS: dict[Kind, Writer] = {
     Kind.INT: _write_int,
     Kind.NUMBER: write_number,
     Kind.NICKS: _write_nicks,
+    # A room's name is in a grammar that needs no escaping either (grammar.py).
+    Kind.ROOM: _write_nick,
+    Kind.ROOMS: _write_nicks,
 }
 _RECORD_WRITERS: dict[type[Record], Writer] = {}
 # An object may hold others (a bundle holds prekeys): OBJECT_KINDS lists the kinds of the
@@ -289,6 +292,8 @@ _READERS: dict[Kind, Reader] = {
     Kind.INT: _read_int,
     Kind.NUMBER: _read_number,
     Kind.NICKS: _read_nicks,
+    Kind.ROOM: _read_nick,  # the dataclass holds it to the room grammar
+    Kind.ROOMS: _read_nicks,
     **{kind: _objects_reader(kind) for kind in OBJECT_KINDS},
 }
 

@@ -13,8 +13,10 @@ encryption itself, so:
   refuses goes to the strict decoder, which says why), writes each ``deliver`` as
   ``deliver_head(sender)`` + the body as it came, and answers with ``encode_routed``;
 - the relay keeps each directory entry encoded (``encode_peer``) and builds welcomes and
-  directories from those parts (``encode_welcome``, ``encode_directory``); so too the
-  nicks of those away (``encode_nick``, ``encode_away``).
+  directories from those parts (``encode_welcome``, ``encode_directory``); so too a
+  room's members away (``encode_member``) and its member lists (``encode_members``), and
+  a join or part of a room, written once for all its members (``encode_entered``,
+  ``encode_parted``).
 
 Each is pinned by tests to the codec: the same bytes out, and nothing accepted that
 ``decode_message`` refuses. A nick is checked against grammar.py's pattern the first
@@ -45,10 +47,11 @@ from e2echat.wire.grammar import (
     check_bytes,
     check_id,
     check_nick,
+    check_room,
     require,
 )
 from e2echat.wire.messages import Send
-from e2echat.wire.objects import PeerInfo
+from e2echat.wire.objects import Member, PeerInfo
 
 __all__ = [
     "Routes",
@@ -56,9 +59,11 @@ __all__ = [
     "decode_deliver_frame",
     "decode_mail",
     "deliver_head",
-    "encode_away",
     "encode_directory",
-    "encode_nick",
+    "encode_entered",
+    "encode_member",
+    "encode_members",
+    "encode_parted",
     "encode_peer",
     "encode_routed",
     "encode_send",
@@ -343,16 +348,42 @@ def encode_directory(encoded_peers: Sequence[bytes], *, more: bool = False) -> b
     return head + b",".join(encoded_peers) + (b'],"more":true}' if more else b'],"more":false}')
 
 
-def encode_nick(nick: str) -> bytes:
-    """One nick as JSON, for ``encode_away``. (A nick's characters need no escaping.)"""
+def encode_member(member: Member) -> bytes:
+    """A room's member away as JSON, for ``encode_members``."""
+    return encode_record(member)
+
+
+def encode_members(
+    room: str, encoded_peers: Sequence[bytes], encoded_away: Sequence[bytes], *, more: bool = False
+) -> bytes:
+    """``encode_message(Members(room, peers, away, more))`` from the peers' ``encode_peer``
+    and the members' ``encode_member`` (each nick once among them: the caller's to keep)."""
+    check_room(room)
+    head = b'{"v":%d,"type":"members","room":"%b","peers":[' % (PROTOCOL_VERSION, room.encode("ascii"))
+    middle = b'],"away":['
+    tail = b'],"more":true}' if more else b'],"more":false}'
+    return head + b",".join(encoded_peers) + middle + b",".join(encoded_away) + tail
+
+
+def encode_entered(room: str, encoded_peer: bytes) -> bytes:
+    """``encode_message(Entered(room, peer))`` from the peer's ``encode_peer``."""
+    check_room(room)
+    return b'{"v":%d,"type":"entered","room":"%b","peer":%b}' % (
+        PROTOCOL_VERSION,
+        room.encode("ascii"),
+        encoded_peer,
+    )
+
+
+def encode_parted(room: str, nick: str) -> bytes:
+    """``encode_message(Parted(room, nick))``."""
+    check_room(room)
     check_nick(nick)
-    return b'"%b"' % nick.encode("ascii")
-
-
-def encode_away(encoded_nicks: Sequence[bytes], *, more: bool = False) -> bytes:
-    """``encode_message(Away(nicks, more))`` from the nicks' ``encode_nick``."""
-    head = b'{"v":%d,"type":"away","nicks":[' % PROTOCOL_VERSION
-    return head + b",".join(encoded_nicks) + (b'],"more":true}' if more else b'],"more":false}')
+    return b'{"v":%d,"type":"parted","room":"%b","nick":"%b"}' % (
+        PROTOCOL_VERSION,
+        room.encode("ascii"),
+        nick.encode("ascii"),
+    )
 
 
 # -- mail ---------------------------------------------------------------------------------

@@ -31,12 +31,15 @@ class Kind(enum.Enum):
     INT = enum.auto()  # an integer (never a boolean)
     NUMBER = enum.auto()  # a finite number, written with a fraction (never a boolean)
     NICKS = enum.auto()  # an array of nicks
+    ROOM = enum.auto()  # a string in the room grammar, which needs no JSON escaping
+    ROOMS = enum.auto()  # an array of room names
     PEER = enum.auto()  # a ``PeerInfo`` object
     PEERS = enum.auto()  # an array of ``PeerInfo`` objects
     ENVELOPES = enum.auto()  # an array of ``Envelope`` objects
     SIGNED_PREKEY = enum.auto()  # a ``SignedPrekey`` object
     ONE_TIME_PREKEYS = enum.auto()  # an array of ``OneTimePrekey`` objects
     BUNDLES = enum.auto()  # an array of ``Bundle`` objects
+    MEMBERS = enum.auto()  # an array of ``Member`` objects
 
 
 class Field(NamedTuple):
@@ -56,6 +59,7 @@ def on_wire(wire: str, kind: Kind, *, attr: str | None = None) -> Field:
 TEXT, NICK, KEY, BINARY, FLAG, INT = Kind.TEXT, Kind.NICK, Kind.KEY, Kind.BINARY, Kind.FLAG, Kind.INT
 NUMBER = Kind.NUMBER
 NICKS, PEER, PEERS, ENVELOPES = Kind.NICKS, Kind.PEER, Kind.PEERS, Kind.ENVELOPES
+ROOM, ROOMS, MEMBERS = Kind.ROOM, Kind.ROOMS, Kind.MEMBERS
 SIGNED_PREKEY, ONE_TIME_PREKEYS, BUNDLES = Kind.SIGNED_PREKEY, Kind.ONE_TIME_PREKEYS, Kind.BUNDLES
 
 

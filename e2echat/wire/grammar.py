@@ -26,6 +26,18 @@ NICK_PATTERN = re.compile(NICK + r"\Z")
 #: An error code: for programs, so plain.
 CODE_PATTERN = re.compile(r"[a-z_]{1,32}\Z")
 CODE_RULE = "1–32 lowercase letters or '_'"
+#: A room: '#' then 1 to ROOM_MAX of these characters: lowercase, so that "#Ops" and "#ops"
+#: are never two rooms, and none needs escaping in JSON (the encoders rely on it).
+ROOM_CHARS = r"a-z0-9_.-"
+ROOM_MAX = 32
+ROOM = rf"#[{ROOM_CHARS}]{{1,{ROOM_MAX}}}"
+ROOM_RULE = f"'#' then 1–{ROOM_MAX} characters: lowercase letters, digits, '_', '-' or '.'"
+ROOM_PATTERN = re.compile(ROOM + r"\Z")
+#: Rooms one nick is in, at most: more than a person follows (IRC networks allow 20 to
+#: 120), and the bound keeps a register's room list under 2.5 KiB.
+MAX_ROOMS = 64
+#: The room every client is in unless its profile says otherwise.
+DEFAULT_ROOM = "#lobby"
 
 KEY_SIZE = 32
 CHALLENGE_SIZE = 32
@@ -111,6 +123,10 @@ def is_valid_nick(nick: object) -> bool:
 _AFTER_FOLDING = str.maketrans({"0": "o", "1": "l", "i": "l", "m": "rn", "d": "cl", "w": "vv"})
 
 
+def is_valid_room(room: object) -> bool:
+    return isinstance(room, str) and ROOM_PATTERN.match(room) is not None
+
+
 def skeleton(nick: str) -> str:
     """The form ``nick`` shares with every nick a reader could take it for."""
     return nick.lower().translate(_AFTER_FOLDING)
@@ -123,6 +139,10 @@ def require(ok: bool, detail: str) -> None:
 
 def check_nick(nick: object, what: str = "nick") -> None:
     require(is_valid_nick(nick), f"invalid {what} {nick!r}: {NICK_RULE}")
+
+
+def check_room(room: object, what: str = "room") -> None:
+    require(is_valid_room(room), f"invalid {what} {room!r}: {ROOM_RULE}")
 
 
 def check_bytes(value: object, what: str, *, size: int | None = None, limit: int = 0) -> None:

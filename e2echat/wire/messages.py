@@ -26,12 +26,15 @@ from e2echat.wire.fields import (
     FLAG,
     INT,
     KEY,
+    MEMBERS,
     NICK,
     NICKS,
     NUMBER,
     ONE_TIME_PREKEYS,
     PEER,
     PEERS,
+    ROOM,
+    ROOMS,
     SIGNED_PREKEY,
     TEXT,
     Record,
@@ -47,22 +50,25 @@ from e2echat.wire.grammar import (
     CODE_PATTERN,
     CODE_RULE,
     DEFAULT_MAILBOX_TTL,
+    DEFAULT_ROOM,
     EXPIRED_REASONS,
     MAX_BODY,
     MAX_FETCH,
     MAX_ITEMS,
     MAX_PROOF,
     MAX_PUBLISH,
+    MAX_ROOMS,
     NICK_PATTERN,
     RELAY_ID_SIZE,
     SESSION_PROOF_SIZE,
     check_bytes,
     check_id,
     check_nick,
+    check_room,
     check_time,
     require,
 )
-from e2echat.wire.objects import Bundle, Envelope, OneTimePrekey, PeerInfo, SignedPrekey
+from e2echat.wire.objects import Bundle, Envelope, Member, OneTimePrekey, PeerInfo, SignedPrekey
 
 
 class Message(Record):
@@ -99,7 +105,8 @@ class Challenge(Message):
 class Register(Message):
     """client -> relay: nick, keys, and a proof of each key: a Box from the identity key
     over the challenge (and the password), and one from the session key. With them, the
-    signed prekey: anyone who sees us join can start a session with us at once."""
+    signed prekey: anyone who sees us join can start a session with us at once. And the
+    rooms we are in: the relay makes our memberships exactly these before it welcomes us."""
 
     TYPE: ClassVar[str] = "register"
     WIRE = (
@@ -109,6 +116,7 @@ class Register(Message):
         on_wire("proof", BINARY),
         on_wire("session_proof", BINARY),
         on_wire("signed_prekey", SIGNED_PREKEY),
+        on_wire("rooms", ROOMS),
     )
     nick: str
     identity_key: PublicKey
@@ -119,6 +127,8 @@ class Register(Message):
     session_proof: bytes
     #: kept by the relay as if published (the relay does not check its signature)
     signed_prekey: SignedPrekey
+    #: the rooms we are in (our profile's word, not the relay's): 0 to MAX_ROOMS, each once
+    rooms: tuple[str, ...] = (DEFAULT_ROOM,)
 
     def __post_init__(self) -> None:
         check_nick(self.nick)
@@ -127,12 +137,17 @@ class Register(Message):
         check_bytes(self.proof, "proof", limit=MAX_PROOF)
         check_bytes(self.session_proof, "session proof", size=SESSION_PROOF_SIZE)
         require(isinstance(self.signed_prekey, SignedPrekey), "signed_prekey must be a SignedPrekey")
+        check_items(self.rooms, str, "rooms", limit=MAX_ROOMS)
+        for room in self.rooms:
+            check_room(room)
+        require(len(set(self.rooms)) == len(self.rooms), "a register names the same room twice")
 
 
 @dataclass(frozen=True)
 class Welcome(Message):
-    """relay -> client: registered; here is everyone else online, how fast you may send,
-    and how many of your one-time prekeys the relay holds."""
+    """relay -> client: registered; here is everyone online who shares a room with you
+    (your contacts), how fast you may send, and how many of your one-time prekeys the
+    relay holds."""
 
     TYPE: ClassVar[str] = "welcome"
     WIRE = (
@@ -193,7 +208,7 @@ class Directory(Message):
 
 @dataclass(frozen=True)
 class PeerJoined(Message):
-    """relay -> client: someone came online."""
+    """relay -> client: a contact (someone who shares a room with you) came online."""
 
     TYPE: ClassVar[str] = "joined"
     WIRE = (on_wire("peer", PEER),)
@@ -205,7 +220,7 @@ class PeerJoined(Message):
 
 @dataclass(frozen=True)
 class PeerLeft(Message):
-    """relay -> client: someone went offline."""
+    """relay -> client: a contact went offline."""
 
     TYPE: ClassVar[str] = "left"
     WIRE = (on_wire("nick", NICK),)
@@ -352,21 +367,87 @@ class Ack(Message):
 
 
 @dataclass(frozen=True)
-class Away(Message):
-    """relay -> client, after the directory: the members of ``#lobby`` who are known to the
-    relay but not online (a room message is for them too: it waits in their mailboxes).
-    ``more``: another ``away`` follows. Always sent, at least once, to each registered client."""
+class Members(Message):
+    """relay -> client: the whole membership of ``room``: who is online (``peers``, not
+    you) and who is known to the relay but offline (``away``: a room message is for them
+    too, its copy waits in their mailbox). Sent for each of your rooms after the
+    directory and before any mailbox item, and as the answer to a ``Join``; ``more``:
+    another ``members`` for the same room follows."""
 
-    TYPE: ClassVar[str] = "away"
-    WIRE = (on_wire("nicks", NICKS), on_wire("more", FLAG))
-    nicks: tuple[str, ...]
+    TYPE: ClassVar[str] = "members"
+    WIRE = (
+        on_wire("room", ROOM),
+        on_wire("peers", PEERS),
+        on_wire("away", MEMBERS),
+        on_wire("more", FLAG),
+    )
+    room: str
+    peers: tuple[PeerInfo, ...]
+    away: tuple[Member, ...]
     more: bool = False
 
     def __post_init__(self) -> None:
-        check_items(self.nicks, str, "nicks")
-        for nick in self.nicks:
-            check_nick(nick)
+        check_room(self.room)
+        check_items(self.peers, PeerInfo, "peers")
+        check_items(self.away, Member, "away")
         require(isinstance(self.more, bool), "more must be a bool")
+        nicks = {peer.nick for peer in self.peers}
+        nicks.update(member.nick for member in self.away)
+        require(len(nicks) == len(self.peers) + len(self.away), "a members list names the same nick twice")
+
+
+@dataclass(frozen=True)
+class Join(Message):
+    """client -> relay: make me a member of ``room`` (made if new). Answered with
+    ``Members``, or an ``Error`` "too_many_rooms"."""
+
+    TYPE: ClassVar[str] = "join"
+    WIRE = (on_wire("room", ROOM),)
+    room: str
+
+    def __post_init__(self) -> None:
+        check_room(self.room)
+
+
+@dataclass(frozen=True)
+class Part(Message):
+    """client -> relay: I leave ``room``. Not answered."""
+
+    TYPE: ClassVar[str] = "part"
+    WIRE = (on_wire("room", ROOM),)
+    room: str
+
+    def __post_init__(self) -> None:
+        check_room(self.room)
+
+
+@dataclass(frozen=True)
+class Entered(Message):
+    """relay -> client: ``peer`` (online) just joined ``room``, one of yours. Before any
+    later delivery from them."""
+
+    TYPE: ClassVar[str] = "entered"
+    WIRE = (on_wire("room", ROOM), on_wire("peer", PEER))
+    room: str
+    peer: PeerInfo
+
+    def __post_init__(self) -> None:
+        check_room(self.room)
+        require(isinstance(self.peer, PeerInfo), "peer must be a PeerInfo")
+
+
+@dataclass(frozen=True)
+class Parted(Message):
+    """relay -> client: ``nick`` left ``room``, one of yours."""
+
+    TYPE: ClassVar[str] = "parted"
+    WIRE = (on_wire("room", ROOM), on_wire("nick", NICK))
+    room: str
+    nick: str
+
+    def __post_init__(self) -> None:
+        check_room(self.room)
+        check_nick(self.nick)
 
 
 @dataclass(frozen=True)
@@ -504,7 +585,11 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         Mail,
         Expired,
         Ack,
-        Away,
+        Members,
+        Join,
+        Part,
+        Entered,
+        Parted,
         Publish,
         Prekeys,
         Fetch,

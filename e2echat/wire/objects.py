@@ -1,9 +1,9 @@
 """The objects inside wire messages: one frozen dataclass per kind, each with its table of
 wire fields, as messages.py has for the messages themselves.
 
-Pure (no I/O). A directory entry (``PeerInfo``), one recipient's ciphertext
-(``Envelope``), the prekeys a person publishes (``OneTimePrekey``, ``SignedPrekey``) and
-the bundle the relay hands out for them (``Bundle``). Each validates itself when built;
+Pure (no I/O). A directory entry (``PeerInfo``), a room's member away (``Member``), one
+recipient's ciphertext (``Envelope``), the prekeys a person publishes (``OneTimePrekey``,
+``SignedPrekey``) and the bundle the relay hands out for them (``Bundle``). Each validates itself when built;
 ``OBJECT_KINDS`` tells the codec (codec.py) which field kinds hold which of them.
 """
 
@@ -19,6 +19,7 @@ from e2echat.wire.fields import (
     ENVELOPES,
     INT,
     KEY,
+    MEMBERS,
     NICK,
     ONE_TIME_PREKEYS,
     PEER,
@@ -60,6 +61,20 @@ class PeerInfo(Record):
         check_nick(self.nick)
         check_key(self.identity_key, "identity key")
         check_key(self.session_key, "session key")
+
+
+@dataclass(frozen=True)
+class Member(Record):
+    """A room's member who is not online: the nick and the identity key the relay knows
+    it by (a room message is for them too: its copy waits in their mailbox)."""
+
+    WIRE = (on_wire("nick", NICK), on_wire("identity_key", KEY))
+    nick: str
+    identity_key: PublicKey
+
+    def __post_init__(self) -> None:
+        check_nick(self.nick)
+        check_key(self.identity_key, "identity key")
 
 
 @dataclass(frozen=True)
@@ -134,6 +149,7 @@ class Bundle(Record):
 OBJECT_KINDS: dict[Kind, Holds] = {
     PEER: Holds(PeerInfo, "peer", array=False),
     PEERS: Holds(PeerInfo, "peer", array=True),
+    MEMBERS: Holds(Member, "member", array=True),
     ENVELOPES: Holds(Envelope, "envelope", array=True),
     SIGNED_PREKEY: Holds(SignedPrekey, "signed prekey", array=False),
     ONE_TIME_PREKEYS: Holds(OneTimePrekey, "one-time prekey", array=True),
