@@ -368,8 +368,9 @@ def test_gap_larger_than_max_skip_is_rejected() -> None:
         ('quotes " and \\ backslashes, \n newlines, \x00 \x1f controls', Kind.PRIVATE, "", ()),
         ("unicode é 👋 \u2028 \u2029 </script>", Kind.ROOM, "00" * 32, ()),
         ("", Kind.RECEIPT, "cd" * 32, (0, 1, 2**64 - 1)),
+        ("ef" * 32 + "at lunch", Kind.STATUS, "ab" * 32, ()),
     ],
-    ids=["plain", "escapes", "unicode", "receipt"],
+    ids=["plain", "escapes", "unicode", "receipt", "status"],
 )
 def test_sealed_plaintext_is_exactly_the_documented_layout(
     text: str, kind: Kind, directory_hash: str, acks: tuple[int, ...]
@@ -405,7 +406,7 @@ def test_the_room_travels_inside_the_encryption() -> None:
     _, _, to_bob, to_alice = talked()
     assert to_alice.decrypt(to_bob.encrypt("hi ops", Kind.ROOM, room="#ops")).room == "#ops"
     assert to_alice.decrypt(to_bob.encrypt("hi all", Kind.ROOM)).room == ""
-    for kind in (Kind.PRIVATE, Kind.RECEIPT):
+    for kind in (Kind.PRIVATE, Kind.RECEIPT, Kind.STATUS):
         with pytest.raises(LocalProtocolError):
             prepare("x", kind, room="#ops")
     with pytest.raises(LocalProtocolError):
@@ -421,7 +422,7 @@ def test_the_send_time_travels_inside_the_encryption() -> None:
         prepare("hi", Kind.ROOM, sent=-1)
 
 
-_KIND_NUMBER = {Kind.ROOM: 0, Kind.PRIVATE: 1, Kind.RECEIPT: 2}
+_KIND_NUMBER = {Kind.ROOM: 0, Kind.PRIVATE: 1, Kind.RECEIPT: 2, Kind.STATUS: 3}
 
 
 def _inner(
@@ -465,7 +466,7 @@ MALFORMED = [
     pytest.param(_inner(kind=Kind.PRIVATE, room="ops"), id="room-in-a-private-message"),
     pytest.param(_inner(room="ops", room_size=200, text=""), id="room-cut-short"),
     pytest.param(_inner(room="x", text="")[:-1] + b"\xff", id="room-not-utf8"),
-    pytest.param(_inner(kind_number=3), id="bad-kind"),
+    pytest.param(_inner(kind_number=4), id="bad-kind"),
     pytest.param(_inner(kind_number=255), id="kind-255"),
     pytest.param(_inner(flags=0b100), id="unknown-flag"),
     pytest.param(_inner(text="lone \ud800 surrogate"), id="text-lone-surrogate"),
@@ -474,7 +475,7 @@ MALFORMED = [
     # the usual message's flags (send time and directory hash), read the short way
     pytest.param(_inner(sent=2**53, directory="ab" * 32), id="usual-sent-huge"),
     pytest.param(_inner(sent=5, directory="ab" * 32, text="") + b"\xff", id="usual-text-not-utf8"),
-    pytest.param(_inner(sent=5, directory="ab" * 32, kind_number=3), id="usual-bad-kind"),
+    pytest.param(_inner(sent=5, directory="ab" * 32, kind_number=4), id="usual-bad-kind"),
     pytest.param(_inner(sent=5, flags=0), id="sent-without-its-flag"),
     pytest.param(_inner(directory="ab" * 32, flags=0), id="directory-without-its-flag"),
     pytest.param(_inner(acks=tuple(range(1001))), id="acks-too-many"),

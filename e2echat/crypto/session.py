@@ -21,7 +21,8 @@ The construction, and why, is in docs/PROTOCOL.md and docs/RATCHET.md; in short:
   rest); big-endian. The room is named only in room messages, and is empty for the
   relay's one room (rooms of their own come with a later protocol step). n is our number for
   the message (receipts acknowledge it; it keeps counting across sessions with the
-  peer); kind 0 room, 1 private, 2 receipt; flags bit 0: "sent" is there (the sender's
+  peer); kind 0 room, 1 private, 2 receipt, 3 status (an away message, client/status.py:
+  never acknowledged, never kept in a mailbox); flags bit 0: "sent" is there (the sender's
   clock when it encrypted, whole seconds since the Unix epoch), bit 1: the directory
   hash is there (the SHA-256 of the sender's view, raw); an absent field is zeros; a
   receipt's acks are the numbers it acknowledges. Inside the encryption, "sent" is the
@@ -93,10 +94,12 @@ class Kind(StrEnum):
     PRIVATE = "private"
     #: an acknowledgement of messages received (``acks``: their counters); no text
     RECEIPT = "receipt"
+    #: the sender's away message, or that it is back (client/status.py); no receipt
+    STATUS = "status"
 
 
 #: a kind's number in a plaintext is its index here
-_KINDS = (Kind.ROOM, Kind.PRIVATE, Kind.RECEIPT)
+_KINDS = (Kind.ROOM, Kind.PRIVATE, Kind.RECEIPT, Kind.STATUS)
 _KIND_NUMBERS = {kind: number for number, kind in enumerate(_KINDS)}
 
 # Counters one receipt may acknowledge: a busy minute of room chat, not a denial of service.
