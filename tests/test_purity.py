@@ -37,6 +37,7 @@ PURE = sorted(
         "client.core",
         "client.handshake",
         "client.mailbox",
+        "client.status",
         "relay.core",
         "relay.routing",
         "relay.registration",

@@ -344,6 +344,11 @@ class Connection:
         self._sent()
         return message_id
 
+    def set_away(self, message: str) -> None:
+        """Say we are away (``message``: why) or back (""): ``ClientCore.set_away``."""
+        self.core.set_away(message)
+        self._sent()
+
     def acknowledge_mail(self, seq: int) -> None:
         """The mailbox items up to ``seq`` (a ``MailboxRead``) are stored: the relay may
         forget them."""

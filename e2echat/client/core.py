@@ -48,6 +48,7 @@ from e2echat.client.publishing import PrekeyPublisher
 from e2echat.client.receipts import RECEIPT_TIMEOUT, TIMED_OUT, DeliveryReport, DeliveryTracker, Message
 from e2echat.client.relays import RelayTrust
 from e2echat.client.sessions import Sessions
+from e2echat.client.status import checked_away, encode_status
 from e2echat.client.trust import KnownPeers, Trust
 from e2echat.crypto.identity import safety_number
 from e2echat.crypto.keyring import Keyring
@@ -137,6 +138,9 @@ class ClientCore:
         self.nick = nick
         self.state = ClientState.AWAIT_CHALLENGE
         self._identity = identity
+        self._session_key = session_key.public_key
+        #: our away message ("" : here); a new connection starts here (/away)
+        self.our_away = ""
         self._relay_name = relay_name
         self._lost: list[Event] = []
         self._clock = clock
@@ -386,6 +390,20 @@ class ClientCore:
         self._require_online()
         return self._outbox.send_private(recipient, text, report_as=report_as)
 
+    def set_away(self, message: str) -> list[str]:
+        """Say we are away (``message``: why) or back (""), to everyone online we have a
+        session with (client/status.py); and, while away, to each who joins later.
+        ``CommandError`` for a message that cannot be one. Returns whom it went to."""
+        self._require_online()
+        message = checked_away(message)
+        self.our_away = message
+        return self._outbox.send_status(encode_status(self._session_key, message))
+
+    def their_away(self, nick: str) -> str:
+        """``nick``'s away message, as they last said it in this connection of theirs; ""
+        if they are not away (or not online)."""
+        return self._sessions.statuses.message(nick)
+
     def key_fingerprint(self, nick: str) -> str:
         """The fingerprint of the identity key the directory shows for ``nick`` now."""
         return self._directory.fingerprint(nick)
@@ -434,7 +452,12 @@ class ClientCore:
                 return self._sessions.deliver(message.sender, message.body)
             if isinstance(message, m.PeerJoined):
                 self._directory.away.discard(message.peer.nick)
-                return self._sessions.joined(message.peer)
+                joined = self._sessions.joined(message.peer)
+                if self.our_away and joined:  # news to them: they were not here when we said it
+                    self._outbox.send_status(
+                        encode_status(self._session_key, self.our_away), (message.peer.nick,)
+                    )
+                return joined
             if isinstance(message, m.PeerLeft):
                 events = self._sessions.left(message.nick)
                 if events:  # they were online: a member still, away now

@@ -15,6 +15,9 @@ from typing import NamedTuple
 from e2echat.client.receipts import DeliveryReport as DeliveryReport
 from e2echat.client.receipts import MessageQueued as MessageQueued
 from e2echat.client.receipts import SendReport as SendReport
+
+# A peer away or back (/away): defined beside the status it comes from.
+from e2echat.client.status import Away as Away
 from e2echat.client.trust import Trust
 
 
@@ -173,6 +176,7 @@ Event = (
     | SecurityWarning
     | RelayError
     | RelayClosing
+    | Away
 )
 
 

@@ -340,6 +340,27 @@ class Outbox:
             batch = tuple(nicks[start : start + MAX_FETCH])
             self._outgoing.write(encode_frame(encode_message(m.Fetch(batch))), now, FETCH_CHARGE * len(batch))
 
+    def send_status(self, text: str, nicks: Collection[str] | None = None) -> list[str]:
+        """A STATUS with ``text`` (client/status.py) to each of ``nicks`` online (all of
+        them if not given) that we have a session with and whose key is not in doubt, under
+        message id 0: nothing tracks it and no receipt comes back. Nobody is fetched for:
+        an away message starts no session. Returns whom it went to."""
+        peers = self._directory.peers
+        recipients = [nick for nick in (peers if nicks is None else nicks) if nick in peers]
+        sessions = self._sessions_with(recipients)
+        prepared = prepare(
+            text, Kind.STATUS, directory_hash=self._directory.view, sent=int(self._wall_clock())
+        )
+        copies = [
+            (session, prepared)
+            for nick, session in zip(recipients, sessions, strict=True)
+            # (Belt and braces, as for receipts: a changed key has no session to send in.)
+            if session is not None and self._directory.trust(nick) is not Trust.CHANGED
+        ]
+        if copies:
+            self._outgoing.write(send_frames(0, seal_all(copies)), self._clock())
+        return [session.peer for session, _ in copies]
+
     # -- first contact: the relay's answer to a fetch ------------------------------------------
 
     def bundles(self, answer: m.Bundles) -> list[Event]:

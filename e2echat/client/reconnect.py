@@ -271,6 +271,12 @@ class Client:
             return self.connection.send_private(nick, text)
         return self._hold(nick, text)
 
+    def set_away(self, message: str) -> None:
+        """See ``Connection.set_away``: only while online (a new connection starts "here")."""
+        if not self.online:
+            raise CommandError(detail="not connected to the relay right now: /away once it is back")
+        self.connection.set_away(message)
+
     def acknowledge_mail(self, seq: int) -> None:
         """See ``Connection.acknowledge_mail`` (a ``MailboxRead`` of an earlier connection
         is ignored: its items come again)."""

@@ -27,6 +27,7 @@ from e2echat.client.events import (
     received,
 )
 from e2echat.client.receipts import DeliveryTracker
+from e2echat.client.status import TheirStatuses
 from e2echat.client.trust import Trust
 from e2echat.crypto.keyring import Keyring
 from e2echat.crypto.session import PREKEY_HEADER_SIZE, PREKEY_MESSAGE, Kind, PeerSession
@@ -40,7 +41,7 @@ log = logging.getLogger("e2echat.client.sessions")
 # What deliver compares with, once per message: an enum member read through its class
 # costs more than the rest of a comparison (Python 3.11).
 _PREKEY_TYPE = bytes([PREKEY_MESSAGE])
-_RECEIPT, _PRIVATE = Kind.RECEIPT, Kind.PRIVATE
+_RECEIPT, _PRIVATE, _STATUS = Kind.RECEIPT, Kind.PRIVATE, Kind.STATUS
 _CHANGED = Trust.CHANGED
 # Senders of mail whose trust is remembered (see Sessions._trust_in), at most.
 _TRUST_CACHE = 4096
@@ -69,6 +70,8 @@ class Sessions:
         # sender -> (their key, the pins' generation, its trust): a returning client reads
         # thousands of mailbox items, and comparing keys costs more than the rest.
         self._mail_trust: dict[str, tuple[bytes, int, Trust]] = {}
+        #: the away messages of peers online (/away)
+        self.statuses = TheirStatuses()
 
     def session_with(self, nick: str) -> PeerSession | None:
         """Our session with ``nick`` (under the key the directory shows), if we have one
@@ -133,6 +136,7 @@ class Sessions:
         """``nick``'s directory entry ends: they left (``away``), or came back with other keys."""
         had_session = nick in self.keyring.peers
         self._directory.remove(nick, had_session=had_session)
+        self.statuses.forget(nick)  # a new connection of theirs starts "here"
         # Receipts cannot reach someone gone; what we owe them is not sent later either:
         # their copies were reported to them as unconfirmed when they went. (Nor is it
         # sent to their mailbox: by the time it would go, they may be back and have
@@ -191,6 +195,8 @@ class Sessions:
             if trust is not _CHANGED:
                 events.extend(self._tracker.acknowledged(sender, list(acks)))
             return events
+        if kind is _STATUS:  # no receipt is owed for one
+            return events + self._status(sender, counter, late, text, trust)
         if trust is not _CHANGED:  # nothing is owed to a key we do not accept, even later
             owed = self.acks_due.get(sender)
             if owed is not None:
@@ -206,6 +212,19 @@ class Sessions:
             events.append(SplitView(sender))
         events.append(received((sender, text, kind is _PRIVATE, trust, late, sent)))
         return events
+
+    def _status(self, sender: str, counter: int, late: bool, text: str, trust: Trust) -> list[Event]:
+        """A STATUS from ``sender`` (online: it came in a session with them): the change
+        it makes to their away message, if it is believed (client/status.py)."""
+        if trust is _CHANGED:
+            return []  # from a key not accepted: not shown in /who, where no mark would flag it
+        try:
+            change = self.statuses.receive(
+                sender, counter, late, text, self._directory.peers[sender].session_key
+            )
+        except ValueError:
+            return [SecurityWarning(f"{sender} sent a malformed away message; it was ignored")]
+        return [] if change is None else [change]
 
     def mail(self, sender: str, body: bytes) -> list[Event]:
         """What ``sender`` sent while we were away (a mailbox item), decrypted into events.
@@ -243,6 +262,11 @@ class Sessions:
         if plaintext.kind is _RECEIPT:
             if trust is not _CHANGED:
                 events.extend(self._tracker.acknowledged(sender, list(plaintext.acks)))
+            return events
+        if plaintext.kind is _STATUS:
+            # Sent to us online, and kept because we had just left: the sender's status
+            # then was for a connection of ours that is over. Nothing is owed for it.
+            log.info("ignored a status from %s kept in our mailbox", sender)
             return events
         if trust is not _CHANGED:
             self.acks_due.setdefault(sender, []).append(plaintext.counter)

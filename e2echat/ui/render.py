@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from e2echat.client.events import (
+    Away,
     ClientEvent,
     ConnectionLost,
     Disconnected,
@@ -328,6 +329,10 @@ def _describe(
         return "notice", f"{stamp} -- {event.nick} joined"
     if isinstance(event, PeerLeft):
         return "notice", f"{stamp} -- {event.nick} left"
+    if isinstance(event, Away):
+        who = "you are" if event.ours else f"{event.nick} is"
+        # The message on its own first: a mark at its start must not attach to our text.
+        return _notice(stamp, f"{who} away: {neutralize(event.message)}" if event.message else f"{who} back")
     if isinstance(event, Registered):
         return _notice(
             stamp,
@@ -428,7 +433,11 @@ def delivery_line(report: DeliveryReport, stamp: str) -> str:
 TRUST_MARKS = {Trust.VERIFIED: "✓", Trust.UNVERIFIED: "?", Trust.CHANGED: "KEY CHANGED"}
 
 
-def who_entry(nick: str, trust: Trust) -> str:
+def who_entry(nick: str, trust: Trust, away: str = "") -> str:
+    """``nick`` as /who lists them, with their ``away`` message if they are away (a
+    peer's text: neutralised, as a message is)."""
+    if away:
+        return f"{nick} ({trust.value}, away: {neutralize(away)})"
     return f"{nick} ({trust.value})"
 
 

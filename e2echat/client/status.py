@@ -1,0 +1,128 @@
+"""Away messages (``/away``): what a STATUS plaintext says, and what peers' statuses we
+believe. Pure.
+
+A status is a message of kind STATUS (crypto/session.py), sent through the ratchet
+session with each peer like a private message: the relay can neither read nor forge
+one, and a copy it replays is refused by the ratchet. Its text is the sender's session
+key (64 hex digits: the key of the connection it was sent in, which the directory shows)
+followed by the away message, "" for "back". It is never acknowledged, never kept in a
+mailbox (it goes only to those online), and not kept across connections: a new
+connection of the sender starts "here".
+
+What a relay could still try, and why it fails (``TheirStatuses.receive``):
+
+* hold a status back and deliver it after a later one (an old "away" after "back"):
+  the older one fills a gap (it is *late*) or carries a lower number than the last
+  status taken from that peer, and is ignored;
+* hold a status back past the sender's reconnect, and deliver it to show someone away
+  who is not: it names the session key of the connection it was sent in, and the
+  directory now shows another, so it is ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from nacl.public import PublicKey
+
+from e2echat.errors import CommandError
+
+log = logging.getLogger("e2echat.client.status")
+
+#: The longest away message, in characters: a line's worth, as IRC servers cap AWAY
+#: (AWAYLEN is commonly 200 to 300); /who shows it beside every nick.
+MAX_AWAY = 200
+# The sender's session key, in hex, at the start of a status's text.
+_KEY_DIGITS = 64
+_HEX = frozenset("0123456789abcdef")
+
+
+@dataclass(frozen=True)
+class Away:
+    """``nick`` is away (``message`` says why), or back (``message`` is empty). ``ours``:
+    it is us (the user typed /away, or a line that brought them back)."""
+
+    nick: str
+    message: str
+    ours: bool = False
+
+
+def is_away_message(message: str) -> bool:
+    """True for text an away message may be: at most MAX_AWAY printable characters
+    (no control, format or separator character but the space, so nothing in it can move
+    a cursor or reorder a line), not starting or ending with a space."""
+    return len(message) <= MAX_AWAY and message.isprintable() and message == message.strip(" ")
+
+
+def checked_away(message: str) -> str:
+    """``message`` (as typed after /away, trimmed) if it can be an away message; else
+    ``CommandError`` saying why."""
+    message = message.strip()
+    if len(message) > MAX_AWAY:
+        raise CommandError(detail=f"an away message is at most {MAX_AWAY} characters")
+    if not is_away_message(message):
+        raise CommandError(detail="an away message is one line of printable text")
+    return message
+
+
+def encode_status(our_session_key: PublicKey, message: str) -> str:
+    """The text of a STATUS plaintext: our session key (this connection's), then
+    ``message`` ("" for back)."""
+    if not is_away_message(message):
+        raise ValueError("not an away message")
+    return bytes(our_session_key).hex() + message
+
+
+def decode_status(text: str) -> tuple[bytes, str]:
+    """(the session key it names, the away message) of a STATUS plaintext's text; raises
+    ``ValueError`` if it is not one."""
+    digits = text[:_KEY_DIGITS]
+    message = text[_KEY_DIGITS:]
+    if len(digits) != _KEY_DIGITS or not _HEX.issuperset(digits) or not is_away_message(message):
+        raise ValueError("malformed status")
+    return bytes.fromhex(digits), message
+
+
+class TheirStatuses:
+    """The away message each peer online last sent us, with the number of the message
+    it came in (to refuse an older one delivered later). A peer's entry goes when their
+    directory entry does (``forget``): bounded by the directory."""
+
+    def __init__(self) -> None:
+        #: nick -> their away message (only those away)
+        self._away: dict[str, str] = {}
+        #: nick -> the number of the last status taken from them
+        self._numbers: dict[str, int] = {}
+
+    def message(self, nick: str) -> str:
+        """``nick``'s away message; "" if they are not away (or not online)."""
+        return self._away.get(nick, "")
+
+    def receive(self, nick: str, counter: int, late: bool, text: str, session_key: PublicKey) -> Away | None:
+        """A STATUS from ``nick`` (authenticated: it opened in our session with them),
+        which was their message number ``counter`` (``late``: it filled a gap), while the
+        directory shows ``session_key`` for them. The change it makes, if any; None if it
+        is ignored (stale) or changes nothing. ``ValueError`` if it is malformed."""
+        named_key, message = decode_status(text)
+        if named_key != bytes(session_key):
+            log.info("ignored a status from %s sent in an earlier connection of theirs", nick)
+            return None
+        last = self._numbers.get(nick)
+        if late or (last is not None and counter <= last):
+            log.info("ignored a status from %s older than one already taken", nick)
+            return None
+        self._numbers[nick] = counter
+        if message == self._away.get(nick, ""):
+            return None
+        if message:
+            self._away[nick] = message
+        else:
+            del self._away[nick]
+        return Away(nick, message)
+
+    def forget(self, nick: str) -> None:
+        """``nick``'s directory entry ended (they left, or came back with other keys): a
+        new connection of theirs starts "here"."""
+        self._away.pop(nick, None)
+        self._numbers.pop(nick, None)
