@@ -57,6 +57,7 @@ PURE = sorted(
         "ui.verifying",
         "ui.settings",
         "ui.lastsent",
+        "ui.away",
     ]
 )
 SUBPACKAGES = {"wire", "crypto", "relay", "client", "store", "ui"}

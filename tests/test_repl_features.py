@@ -61,9 +61,11 @@ def _complete(text: str, nicks: list[str]) -> list[str]:
     [
         ("/m", ["/me", "/mentions", "/msg"]),
         ("/v", ["/verify"]),
+        ("/a", ["/away"]),
         (
             "/",
             [
+                "/away",
                 "/clear",
                 "/help",
                 "/history",

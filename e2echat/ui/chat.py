@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from e2echat.client.core import ClientCore
 from e2echat.client.events import (
     ClientEvent,
+    ConnectionLost,
     DeliveryReport,
     Disconnected,
     KeyChanged,
@@ -31,6 +32,7 @@ from e2echat.errors import CommandError, E2EChatError, RelayGone
 from e2echat.store.history import HistoryStore, Lines
 from e2echat.ui import commands, transcript
 from e2echat.ui.actions import action_of, as_action
+from e2echat.ui.away import AwayStatus
 from e2echat.ui.lastsent import LastSent
 from e2echat.ui.nicks import mention_pattern, natural_sorted
 from e2echat.ui.render import (
@@ -48,7 +50,6 @@ from e2echat.ui.render import (
     online_text,
     quote_preview,
     render,
-    who_entry,
 )
 from e2echat.ui.settings import SETTINGS, Settings
 from e2echat.ui.verifying import KeyChecks
@@ -86,6 +87,7 @@ class Link(Protocol):
 
     def send_room(self, text: str) -> int: ...
     def send_private(self, nick: str, text: str) -> int: ...
+    def set_away(self, message: str) -> None: ...
     async def wait_sendable(self) -> None: ...
     async def wait_settled(self, timeout: float) -> bool: ...
     def give_up(self, reason: str) -> None: ...
@@ -155,6 +157,10 @@ class Chat:
         #: clears the screen, for /clear: the REPL's (line mode has no screen to clear)
         self.clear_screen: Callable[[], None] | None = None
         self._keys = KeyChecks(lambda: self.link.core, self.show)  # /verify and /trust
+        # /away, and back when a line is typed
+        self._away = AwayStatus(
+            lambda: self.link.core, lambda message: self.link.set_away(message), self.show
+        )
         self._lookups: set[asyncio.Task[None]] = set()  # /history and /search, reading
         # First contacts of this turn of the event loop, shown together at its end: a
         # room's first message pins dozens of keys at once (FirstContacts)
@@ -197,6 +203,8 @@ class Chat:
 
     def _run(self, command: commands.Command) -> bool:
         core = self.link.core
+        if isinstance(command, commands.Say | commands.Action | commands.PrivateMessage):
+            self._away.typed(online=self.link.online)  # a line typed: back, if away
         if isinstance(command, commands.Say | commands.Action):
             text = command.text if isinstance(command, commands.Say) else as_action(command.text)
             online = self.link.online
@@ -214,6 +222,8 @@ class Chat:
             self._sent(message_id)
             self._record(transcript.sent(core.nick, command.text, command.nick, message_id, self.clock()))
             self._own(command.text, command.nick)
+        elif isinstance(command, commands.SetAway):
+            self._away.set(command.message, online=self.link.online)
         elif isinstance(command, commands.Set):
             self._set(command.name, command.value)
         elif isinstance(command, commands.ListSettings):
@@ -222,7 +232,7 @@ class Chat:
             if not self.link.online:
                 self.notice("not connected to the relay right now; reconnecting")
                 return True
-            who = [who_entry(nick, core.trust(nick)) for nick in natural_sorted(core.peers)]
+            who = [self._away.who_entry(nick, core.trust(nick)) for nick in natural_sorted(core.peers)]
             self.notice(f"you are {core.nick}; {online_text(who)}")
         elif isinstance(command, commands.Help):
             self.show(HelpText(tuple(commands.help_text(command.topic))))
@@ -399,6 +409,10 @@ class Chat:
         """Show one event: its lines, each with the look its type gives it."""
         if isinstance(event, MailboxRead):
             self._acknowledge(event.seq)
+            return
+        if isinstance(event, ConnectionLost) and self._away.ended():
+            self.show(event)  # (the away message is no longer said: shown as any other)
+            self.notice("your away message ended with the connection; /away sets it again once back")
             return
         if isinstance(event, NotSent):
             self.unsent = True

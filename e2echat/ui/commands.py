@@ -10,6 +10,7 @@ import difflib
 import textwrap
 from dataclasses import dataclass
 
+from e2echat.client.status import checked_away
 from e2echat.crypto.identity import parse_fingerprint
 from e2echat.errors import CommandError
 from e2echat.ui import settings
@@ -27,6 +28,13 @@ class Action:
     """/me: ``text`` as an action, to everyone else online (``* alice waves``)."""
 
     text: str
+
+
+@dataclass(frozen=True)
+class SetAway:
+    """/away: say we are away (``message``: why), or back (``message`` empty)."""
+
+    message: str
 
 
 @dataclass(frozen=True)
@@ -122,6 +130,7 @@ MAX_HISTORY_LINES = 1000
 Command = (
     Say
     | Action
+    | SetAway
     | Reconnect
     | PrivateMessage
     | Who
@@ -155,6 +164,12 @@ COMMANDS: dict[str, CommandHelp] = {
     ),
     "me": CommandHelp("/me ACTION", "say what you do, to everyone online: * alice waves", "/me waves"),
     "who": CommandHelp("/who", "list who is online, and how far you trust each key", "/who"),
+    "away": CommandHelp(
+        "/away [MESSAGE]",
+        "say you are away, and why: those online you have talked with see it in /who until you "
+        "type a line or /away alone; it ends with the connection",
+        "/away at lunch, back at 2",
+    ),
     "verify": CommandHelp(
         "/verify NICK [NUMBER]",
         "show your safety number with NICK, or compare it with a NUMBER they read to you",
@@ -256,6 +271,8 @@ def parse(line: str) -> Command | None:
         if not rest:
             raise CommandError(detail=f"usage: {COMMANDS['me'].usage}")
         return Action(rest)
+    if name == "away":
+        return SetAway(checked_away(rest))
     if name == "reconnect":
         return Reconnect()
     if name == "mentions":

@@ -101,6 +101,8 @@ def toolbar_text(chat: Chat) -> str:
     if chat.last_sent.text:  # before the rest: a narrow terminal cuts the toolbar's end
         parts.append(chat.last_sent.text)
     parts.append(f"{len(peers)} online")
+    if core.our_away:
+        parts.append("away")
     if unverified:
         parts.append(f"{unverified} unverified")
     if changed:

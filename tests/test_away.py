@@ -1,0 +1,446 @@
+"""/away: the STATUS a peer sends (client/status.py), what a receiver believes of it, and
+the chat's side (ui/away.py): pure checks first, then through a real relay, an honest
+one and one that lies, in line mode and at the prompt."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from nacl.public import PrivateKey
+from test_repl_features import repl, toolbar_of, until
+
+from e2echat.client.events import (
+    Away,
+    ConnectionLost,
+    MessageReceived,
+    PeerJoined,
+    PeerLeft,
+    Registered,
+    SecurityWarning,
+)
+from e2echat.client.status import (
+    MAX_AWAY,
+    TheirStatuses,
+    checked_away,
+    decode_status,
+    encode_status,
+    is_away_message,
+)
+from e2echat.client.trust import KnownPeers, Trust
+from e2echat.crypto.session import Kind
+from e2echat.errors import CommandError
+from e2echat.relay.server import Relay
+from e2echat.ui import commands
+from e2echat.ui.chat import Chat
+from e2echat.ui.render import json_lines, who_entry
+from e2echat.wire import messages as m
+
+from hostile import HostileRelay, flip_bit, made_up_peers
+from relay_frames import Outgoing
+from support import LOOPBACK, WAIT, Peer, connect, meet, peers, running, spawn_cli, text_into
+
+KEY = PrivateKey.generate().public_key
+OTHER_KEY = PrivateKey.generate().public_key
+
+
+# -- the status's text, pure --------------------------------------------------------------------
+
+
+def test_a_status_names_the_connection_and_carries_the_message() -> None:
+    text = encode_status(KEY, "at lunch")
+    assert text == bytes(KEY).hex() + "at lunch"
+    assert decode_status(text) == (bytes(KEY), "at lunch")
+    assert decode_status(encode_status(KEY, "")) == (bytes(KEY), "")  # back
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        pytest.param("x" * (MAX_AWAY + 1), id="too-long"),
+        pytest.param("a\x1b[2Jb", id="escape"),
+        pytest.param("a\nb", id="newline"),
+        pytest.param("a\tb", id="tab"),
+        pytest.param("evil\u202eright-to-left", id="bidi-override"),
+        pytest.param("zero\u200bwidth", id="zero-width"),
+        pytest.param(" padded", id="leading-space"),
+        pytest.param("padded ", id="trailing-space"),
+        pytest.param("\ud800", id="lone-surrogate"),
+    ],
+)
+def test_an_away_message_is_one_short_printable_line(message: str) -> None:
+    assert not is_away_message(message)
+    with pytest.raises(ValueError):
+        encode_status(KEY, message)
+    with pytest.raises(ValueError):
+        decode_status(bytes(KEY).hex() + message)
+    if message == message.strip(" "):  # (typed, spaces around it are trimmed)
+        with pytest.raises(CommandError):
+            checked_away(message)
+
+
+def test_the_longest_away_message_and_unicode_are_fine() -> None:
+    for message in ("x" * MAX_AWAY, "déjeuner 🍜", "a b"):
+        assert is_away_message(message)
+        assert decode_status(encode_status(KEY, message))[1] == message
+    assert checked_away("  lunch  ") == "lunch"  # as typed: trimmed
+    with pytest.raises(CommandError, match=f"at most {MAX_AWAY} characters"):
+        checked_away("x" * (MAX_AWAY + 1))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("", id="empty"),
+        pytest.param("ab" * 31, id="key-cut-short"),
+        pytest.param("AB" * 32 + "lunch", id="key-in-capitals"),
+        pytest.param("zz" * 32 + "lunch", id="key-not-hex"),
+        pytest.param("lunch", id="no-key"),
+    ],
+)
+def test_a_malformed_status_is_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        decode_status(text)
+
+
+# -- what a receiver believes, pure ---------------------------------------------------------------
+
+
+def test_a_status_sets_and_clears_a_peers_away_message() -> None:
+    statuses = TheirStatuses()
+    assert statuses.receive("bob", 3, False, encode_status(KEY, "lunch"), KEY) == Away("bob", "lunch")
+    assert statuses.message("bob") == "lunch"
+    assert statuses.receive("bob", 4, False, encode_status(KEY, "lunch"), KEY) is None  # no change
+    assert statuses.receive("bob", 5, False, encode_status(KEY, ""), KEY) == Away("bob", "")
+    assert statuses.message("bob") == ""
+    assert statuses.receive("bob", 6, False, encode_status(KEY, ""), KEY) is None  # back already
+
+
+def test_a_status_older_than_one_taken_is_ignored() -> None:
+    statuses = TheirStatuses()
+    statuses.receive("bob", 5, False, encode_status(KEY, ""), KEY)
+    # An "away" sent before that "back", delivered after it (held back on the way).
+    assert statuses.receive("bob", 4, False, encode_status(KEY, "lunch"), KEY) is None
+    assert statuses.receive("bob", 5, False, encode_status(KEY, "lunch"), KEY) is None
+    assert statuses.receive("bob", 9, True, encode_status(KEY, "lunch"), KEY) is None  # it filled a gap
+    assert statuses.message("bob") == ""
+    assert statuses.receive("bob", 9, False, encode_status(KEY, "lunch"), KEY) == Away("bob", "lunch")
+
+
+def test_a_status_of_another_connection_is_ignored() -> None:
+    statuses = TheirStatuses()
+    assert statuses.receive("bob", 1, False, encode_status(OTHER_KEY, "lunch"), KEY) is None
+    assert statuses.message("bob") == ""
+
+
+def test_a_peer_gone_is_forgotten() -> None:
+    statuses = TheirStatuses()
+    statuses.receive("bob", 7, False, encode_status(KEY, "lunch"), KEY)
+    statuses.forget("bob")
+    assert statuses.message("bob") == ""
+    # Their next connection counts anew (its statuses name its own key).
+    assert statuses.receive("bob", 1, False, encode_status(OTHER_KEY, "gone"), OTHER_KEY) == Away(
+        "bob", "gone"
+    )
+
+
+# -- the command, its help, how it looks ------------------------------------------------------------
+
+
+def test_away_parses_with_or_without_a_message() -> None:
+    assert commands.parse("/away  gone fishing ") == commands.SetAway("gone fishing")
+    assert commands.parse("/away") == commands.SetAway("")
+    assert commands.parse("/AWAY lunch") == commands.SetAway("lunch")
+    with pytest.raises(CommandError, match="at most"):
+        commands.parse("/away " + "x" * (MAX_AWAY + 1))
+    usage, *_, example = commands.help_text("away")
+    assert usage == "usage: /away [MESSAGE]" and example.startswith("example: /away ")
+
+
+def test_who_shows_a_peer_away_and_json_says_away() -> None:
+    assert who_entry("bob", Trust.VERIFIED, "at lunch") == "bob (verified, away: at lunch)"
+    assert who_entry("bob", Trust.VERIFIED) == "bob (verified)"
+    assert who_entry("bob", Trust.UNVERIFIED, "\u0301x") == "bob (unverified, away: \\u0301x)"
+    [line] = json_lines(Away("bob", "at lunch"))
+    record = json.loads(line)
+    assert (record["type"], record["nick"], record["message"], record["ours"]) == (
+        "away",
+        "bob",
+        "at lunch",
+        False,
+    )
+
+
+# -- through a real relay -----------------------------------------------------------------------------
+
+
+async def test_away_reaches_those_online_and_a_line_typed_brings_you_back() -> None:
+    async with running(HostileRelay()) as relay, peers(relay, "alice", "bob", "carol") as (alice, bob, carol):
+        await meet(alice, bob)  # carol never talked with alice: no session, no status
+        lines: list[str] = []
+        chat = Chat(alice.connection, text_into(lines))
+        chat.handle_line("/away at lunch")
+        assert lines[-1].endswith("-- you are away: at lunch")
+        assert await bob.next(Away) == Away("alice", "at lunch")
+        assert bob.connection.core.their_away("alice") == "at lunch"
+        seen: list[str] = []
+        Chat(bob.connection, text_into(seen)).handle_line("/who")
+        assert "alice (unverified, away: at lunch), carol (unverified)" in seen[-1]
+        # Only to bob: carol has no session with alice, and a status starts none.
+        [status] = relay.sends_from("alice")[-1:]
+        assert [envelope.to for envelope in status.items] == ["bob"] and status.id == 0
+
+        chat.handle_line("/msg bob back now")
+        assert lines[-1].endswith("-- you are back")
+        assert await bob.next(Away) == Away("alice", "")
+        got = await bob.next(MessageReceived)
+        assert got.text == "back now"  # the status first: bob sees alice back, then her line
+        assert bob.connection.core.their_away("alice") == ""
+        assert not any(isinstance(event, Away) for event in carol.seen)
+
+
+async def test_someone_who_comes_back_online_hears_you_are_away() -> None:
+    async with running(HostileRelay()) as relay:
+        alice = await connect(relay, "alice")
+        bob = await connect(relay, "bob", reconnecting=True)
+        await meet(alice, bob)
+        alice.connection.set_away("on holiday")
+        assert await bob.next(Away) == Away("alice", "on holiday")
+        relay.hang_up("bob")
+        await alice.next(PeerLeft, lambda e: e.nick == "bob")
+        # Back with a new connection: alice's status comes again, for it.
+        await alice.next(PeerJoined, lambda e: e.nick == "bob")
+        assert await bob.next(Away) == Away("alice", "on holiday")
+        await bob.connection.close()
+        await alice.connection.close()
+
+
+async def test_away_ends_with_the_connection() -> None:
+    async with running(HostileRelay()) as relay:
+        alice = await connect(relay, "alice", reconnecting=True)
+        bob = await connect(relay, "bob")
+        await meet(alice, bob)
+        lines: list[str] = []
+        chat = Chat(alice.connection, text_into(lines))
+        chat.handle_line("/away lunch")
+        assert await bob.next(Away) == Away("alice", "lunch")
+        relay.hang_up("alice")
+        chat.show(await alice.next(ConnectionLost))
+        assert "lost the relay" in lines[-2]
+        assert lines[-1].endswith(
+            "-- your away message ended with the connection; /away sets it again once back"
+        )
+        await bob.next(PeerLeft, lambda e: e.nick == "alice")
+        assert bob.connection.core.their_away("alice") == ""  # gone, and their status with them
+        await alice.next(Registered)
+        assert alice.connection.core.our_away == ""  # a new connection starts "here"
+        await alice.connection.close()
+        await bob.connection.close()
+
+
+# -- a relay that lies cannot make bob see alice away ------------------------------------------------
+
+
+class Holder:
+    """A tamper that holds back the next deliver from ``sender`` to ``victim`` while
+    ``holding`` is set, and keeps every one it passes on (to replay)."""
+
+    def __init__(self, sender: str, victim: str) -> None:
+        self.sender, self.victim = sender, victim
+        self.holding = False
+        self.held: list[m.Deliver] = []
+        self.passed: list[m.Deliver] = []
+
+    def __call__(self, relay: HostileRelay, action: Outgoing) -> list[Outgoing]:
+        message = action.message
+        if not (
+            isinstance(message, m.Deliver)
+            and message.sender == self.sender
+            and relay.nick(action.conn) == self.victim
+        ):
+            return [action]
+        if self.holding:
+            self.holding = False
+            self.held.append(message)
+            return []
+        self.passed.append(message)
+        return [action]
+
+
+async def _settle(bob: Peer) -> None:
+    """Let what was written reach bob: a message after it, from alice, arrives."""
+    await bob.next(MessageReceived, lambda e: e.text == "ping")
+
+
+async def test_a_replayed_status_is_refused() -> None:
+    holder = Holder("alice", "bob")
+    async with running(HostileRelay(holder)) as relay, peers(relay, "alice", "bob") as (alice, bob):
+        await meet(alice, bob)
+        alice.connection.set_away("lunch")
+        assert await bob.next(Away) == Away("alice", "lunch")
+        old_away = holder.passed[-1]
+        alice.connection.set_away("")
+        assert await bob.next(Away) == Away("alice", "")
+        relay.inject("bob", old_away)  # the old "away", again
+        warning = await bob.next(SecurityWarning)
+        assert "dropped" in warning.text
+        alice.connection.send_private("bob", "ping")
+        await _settle(bob)
+        assert bob.connection.core.their_away("alice") == ""
+        shown = [event for event in bob.seen if isinstance(event, Away)]
+        assert shown == [Away("alice", "lunch"), Away("alice", "")]  # the replay: not again
+
+
+async def test_a_status_held_back_and_delivered_late_is_ignored() -> None:
+    holder = Holder("alice", "bob")
+    async with running(HostileRelay(holder)) as relay, peers(relay, "alice", "bob") as (alice, bob):
+        await meet(alice, bob)
+        holder.holding = True
+        alice.connection.set_away("lunch")  # held
+        alice.connection.set_away("")  # passed: back (no change for bob: he never saw the away)
+        alice.connection.send_private("bob", "ping")
+        await _settle(bob)
+        relay.inject("bob", holder.held[0])  # the "away", late
+        alice.connection.send_private("bob", "ping")
+        await _settle(bob)
+        assert bob.connection.core.their_away("alice") == ""
+        assert not any(isinstance(event, Away) for event in bob.seen)
+
+
+async def test_a_status_held_past_the_senders_reconnect_is_ignored() -> None:
+    holder = Holder("alice", "bob")
+    async with running(HostileRelay(holder)) as relay:
+        alice = await connect(relay, "alice", reconnecting=True)
+        bob = await connect(relay, "bob")
+        await meet(alice, bob)
+        holder.holding = True
+        alice.connection.set_away("lunch")  # held, while alice's connection ends
+        await asyncio.wait_for(_held(holder), WAIT)
+        relay.hang_up("alice")
+        await bob.next(PeerLeft, lambda e: e.nick == "alice")
+        await bob.next(PeerJoined, lambda e: e.nick == "alice")
+        await alice.next(Registered)
+        relay.inject("bob", holder.held[0])  # in order in the ratchet: but for the old connection
+        alice.connection.send_private("bob", "ping")
+        await _settle(bob)
+        assert bob.connection.core.their_away("alice") == ""
+        assert not any(isinstance(event, Away) for event in bob.seen)
+        await alice.connection.close()
+        await bob.connection.close()
+
+
+async def _held(holder: Holder) -> None:
+    while not holder.held:
+        await asyncio.sleep(0.01)
+
+
+async def test_a_tampered_status_is_refused() -> None:
+    def flip(relay: HostileRelay, action: Outgoing) -> list[Outgoing]:
+        message = action.message
+        if isinstance(message, m.Deliver) and message.sender == "alice" and flips:
+            flips.pop()
+            body = flip_bit(message.body, 8 * len(message.body) - 9)
+            return [Outgoing(action.conn, m.Deliver("alice", body))]
+        return [action]
+
+    flips: list[int] = []
+    async with running(HostileRelay(flip)) as relay, peers(relay, "alice", "bob") as (alice, bob):
+        await meet(alice, bob)
+        flips.append(1)
+        alice.connection.set_away("lunch")
+        assert "dropped" in (await bob.next(SecurityWarning)).text
+        assert bob.connection.core.their_away("alice") == ""
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        pytest.param("lunch\x1b[2J", False, id="control-character"),
+        pytest.param("x" * (MAX_AWAY + 1), False, id="too-long"),
+        pytest.param("lunch", True, id="well-formed"),
+    ],
+)
+async def test_a_malformed_status_from_a_peer_is_not_shown(text: str, shown: bool) -> None:
+    """A status that authenticates (from someone the relay made up: it holds the keys)
+    but breaks the rules is refused all the same, and said to be."""
+    async with running(HostileRelay()) as relay, peers(relay, "bob") as (bob,):
+        [fake] = made_up_peers(relay, "bob", 1)
+        relay.inject("bob", m.PeerJoined(fake.info))
+        await bob.next(PeerJoined)
+        body = fake.session.encrypt(bytes(fake.info.session_key).hex() + text, Kind.STATUS)
+        relay.inject("bob", m.Deliver(fake.nick, body))
+        if shown:
+            assert await bob.next(Away) == Away(fake.nick, "lunch")
+        else:
+            assert "malformed away message" in (await bob.next(SecurityWarning)).text
+            assert bob.connection.core.their_away(fake.nick) == ""
+
+
+async def test_a_status_under_a_key_not_accepted_is_not_believed() -> None:
+    """The relay announces someone under another key than the one pinned (and holds that
+    key): what they send is flagged, and their status is not shown at all, since /who has
+    no mark to flag it with."""
+    known = KnownPeers()
+    known.exchanged("fake0", OTHER_KEY)
+    async with running(HostileRelay()) as relay:
+        bob = await connect(relay, "bob", known_peers=known)
+        [fake] = made_up_peers(relay, "bob", 1)
+        relay.inject("bob", m.PeerJoined(fake.info))
+        await bob.next(PeerJoined)
+        assert bob.connection.core.trust("fake0") is Trust.CHANGED
+        status = bytes(fake.info.session_key).hex() + "lunch"
+        relay.inject_many(
+            "bob",
+            [m.Deliver("fake0", fake.session.encrypt(status, Kind.STATUS)), fake.deliver("ping")],
+        )
+        assert (await bob.next(MessageReceived)).text == "ping"
+        assert not any(isinstance(event, Away) for event in bob.seen)
+        assert bob.connection.core.their_away("fake0") == ""
+        await bob.connection.close()
+
+
+# -- line mode and the prompt -------------------------------------------------------------------
+
+
+async def test_line_mode_shows_a_peer_away_in_who_until_they_type() -> None:
+    async with running(Relay(LOOPBACK, 0)) as relay, peers(relay, "alice") as (alice,):
+        async with spawn_cli(
+            "connect", "--nick", "bob", "--host", LOOPBACK, "--port", str(relay.port)
+        ) as bob:
+            await alice.next(PeerJoined, lambda e: e.nick == "bob")
+            bob.stdin.write(b"hello alice\n")
+            await alice.next(MessageReceived, lambda e: e.text == "hello alice")
+            lines: list[str] = []
+            chat = Chat(alice.connection, text_into(lines))
+            chat.handle_line("/away at lunch, back at 2")
+            assert "-- alice is away: at lunch, back at 2" in await bob.line_with("is away")
+            bob.stdin.write(b"/who\n")
+            assert "alice (unverified, away: at lunch, back at 2)" in await bob.line_with("you are bob")
+            chat.handle_line("I am back")
+            assert "-- alice is back" in await bob.line_with("alice is")
+            assert "<alice ?> I am back" in await bob.line_with("I am back")
+            bob.stdin.write(b"/who\n")
+            line = await bob.line_with("you are bob")
+            assert "alice (unverified)" in line and "away" not in line
+            bob.stdin.close()
+            assert await bob.exit_code() == 0
+
+
+async def test_the_prompt_completes_away_and_shows_it_on_the_toolbar() -> None:
+    async with running(Relay(LOOPBACK, 0)) as relay, peers(relay, "alice", "bob") as (alice, bob):
+        await meet(alice, bob)
+        async with repl(alice) as (pipe, screen, _):
+            buffer = screen.session.default_buffer
+            pipe.send_text("/awa\t")
+            await until(lambda: buffer.text == "/away")
+            pipe.send_text(" gone fishing\r")
+            await screen.wait_for("-- you are away: gone fishing")
+            assert await bob.next(Away) == Away("alice", "gone fishing")
+            await until(lambda: "away" in toolbar_of(screen))
+            pipe.send_text("/me is back\r")
+            await screen.wait_for("-- you are back")
+            assert await bob.next(Away) == Away("alice", "")
+            assert "away" not in toolbar_of(screen)
+            pipe.send_text("/away\r")  # not away: nothing to say to anyone
+            await screen.wait_for("you are not away")
