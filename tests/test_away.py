@@ -9,6 +9,7 @@ import json
 
 import pytest
 from nacl.public import PrivateKey
+from test_offline import _two_who_met, _written
 from test_repl_features import repl, toolbar_of, until
 
 from e2echat.client.events import (
@@ -237,6 +238,31 @@ async def test_away_ends_with_the_connection() -> None:
         assert alice.connection.core.our_away == ""  # a new connection starts "here"
         await alice.connection.close()
         await bob.connection.close()
+
+
+# -- the cores over a fake wire: no receipt, no mailbox --------------------------------------------
+
+
+def test_a_status_asks_no_receipt_and_a_copy_kept_in_a_mailbox_is_not_shown() -> None:
+    wire, _, bob, alice_conn, bob_conn = _two_who_met()
+    alice = wire.clients[alice_conn]
+    assert alice.set_away("lunch") == ["bob"]
+    wire.pump()
+    assert wire.take(bob_conn) == [Away("alice", "lunch")]
+    assert not _written(wire.clients[bob_conn])  # nothing owed for it: no receipt
+    assert alice.settled  # and nothing waits for one
+    # bob leaves as alice says she is away for longer: the relay keeps that copy in his
+    # mailbox. Then she is back, which nobody online hears (and no mailbox keeps).
+    assert alice.set_away("gone home") == ["bob"]
+    wire.hang_up(bob_conn)
+    wire.pump()
+    assert alice.set_away("") == []
+    assert not _written(alice)
+    bob_conn = bob.connect(wire)
+    events = wire.take(bob_conn)
+    assert not [e for e in events if isinstance(e, Away | MessageReceived | SecurityWarning)]
+    assert wire.clients[bob_conn].their_away("alice") == ""
+    assert any(isinstance(message, m.Ack) for message in wire.sent[bob_conn])  # read, and let go
 
 
 # -- a relay that lies cannot make bob see alice away ------------------------------------------------
