@@ -217,6 +217,30 @@ async def test_someone_who_comes_back_online_hears_you_are_away() -> None:
         await alice.connection.close()
 
 
+async def test_someone_who_enters_a_room_of_yours_hears_you_are_away() -> None:
+    """A contact that comes by a room (``entered``), not by coming online, hears it too."""
+
+    def as_entered(relay: HostileRelay, action: Outgoing) -> list[Outgoing]:
+        message = action.message
+        if isinstance(message, m.PeerJoined) and relay.nick(action.conn) == "alice":
+            return [Outgoing(action.conn, m.Entered("#lobby", message.peer))]
+        return [action]
+
+    async with running(HostileRelay()) as relay:
+        alice = await connect(relay, "alice")
+        bob = await connect(relay, "bob", reconnecting=True)
+        await meet(alice, bob)
+        alice.connection.set_away("on holiday")
+        assert await bob.next(Away) == Away("alice", "on holiday")
+        relay.tamper = as_entered
+        relay.hang_up("bob")
+        await alice.next(PeerLeft, lambda e: e.nick == "bob")
+        await bob.next(Registered)
+        assert await bob.next(Away) == Away("alice", "on holiday")
+        await bob.connection.close()
+        await alice.connection.close()
+
+
 async def test_away_ends_with_the_connection() -> None:
     async with running(HostileRelay()) as relay:
         alice = await connect(relay, "alice", reconnecting=True)

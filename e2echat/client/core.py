@@ -453,10 +453,8 @@ class ClientCore:
             if isinstance(message, m.PeerJoined):
                 self._directory.away.discard(message.peer.nick)
                 joined = self._sessions.joined(message.peer)
-                if self.our_away and joined:  # news to them: they were not here when we said it
-                    self._outbox.send_status(
-                        encode_status(self._session_key, self.our_away), (message.peer.nick,)
-                    )
+                if joined:
+                    self._tell_away(message.peer.nick)
                 return joined
             if isinstance(message, m.PeerLeft):
                 events = self._sessions.left(message.nick)
@@ -504,7 +502,15 @@ class ClientCore:
         if peer.nick in self._directory.peers:
             return []
         self._directory.away.discard(peer.nick)
-        return self._sessions.add(peer)
+        events = self._sessions.add(peer)
+        self._tell_away(peer.nick)
+        return events
+
+    def _tell_away(self, nick: str) -> None:
+        """``nick`` is online and a contact now, and was not when we said we are away (or
+        it was another connection of theirs): tell them."""
+        if self.our_away and nick in self._directory.peers:
+            self._outbox.send_status(encode_status(self._session_key, self.our_away), (nick,))
 
     def _mail(self, seq: int, sender: str, body: bytes) -> list[Event]:
         self._mailbox.handle(seq)
