@@ -57,7 +57,9 @@ class Relay:
                 self.store.apply(action.ops)
         return spelled_out(actions)
 
-    def join(self, nick: str, key: PrivateKey | None = None) -> list[Outgoing | Close]:
+    def join(
+        self, nick: str, key: PrivateKey | None = None, rooms: tuple[str, ...] = ("#lobby",)
+    ) -> list[Outgoing | Close]:
         conn, self._next = self._next, self._next + 1
         (challenge,) = spelled_out(self.core.connect(conn, self.now))
         assert isinstance(challenge, Outgoing) and isinstance(challenge.message, m.Challenge)
@@ -65,7 +67,9 @@ class Relay:
         self.keys[nick], self.conns[nick] = identity, conn
         session = PrivateKey.generate()
         proofs = registration_proof(identity, session, challenge.message)
-        register = m.Register(nick, identity.public_key, session.public_key, *proofs, any_signed_prekey())
+        register = m.Register(
+            nick, identity.public_key, session.public_key, *proofs, any_signed_prekey(), rooms
+        )
         return self.keep(self.core.receive_data(conn, _frame(register), self.now))
 
     def leave(self, nick: str) -> list[Outgoing | Close]:
@@ -338,16 +342,22 @@ def test_mail_being_handed_to_its_owner_online_does_not_expire() -> None:
     assert not _to(relay.conns["alice"], out, m.Expired) and relay.core.kept.mailboxes.count("bob") == 1
 
 
-def test_members_and_identities_away_too_long_are_forgotten() -> None:
+def test_identities_away_too_long_are_forgotten_with_their_memberships() -> None:
+    """A member away stays one past a mailbox's time to live (a message for it may wait
+    there a week more); its memberships go with its identity."""
     relay = Relay(mailbox_ttl=100.0, identity_ttl=1000.0)
     _away(relay, "bob")
     relay.join("alice")
     relay.tick(101)
-    assert "bob" not in relay.core.kept.members and relay.core.kept.knows("bob")
-    relay.tick(1000)
+    rooms = relay.core.kept.rooms
+    assert rooms.is_member("bob", "#lobby") and relay.core.kept.knows("bob")
+    out = relay.tick(1000)
     assert not relay.core.kept.knows("bob") and relay.core.prekeys.count("bob") == 0
+    assert not rooms.is_member("bob", "#lobby") and "bob" not in rooms.rooms_of
+    assert _to(relay.conns["alice"], out, m.Parted) == [m.Parted("#lobby", "bob")]
     ops = [op for batch in relay.store.batches for op in batch]
-    assert m_ops(ops) >= {"ForgetMember", "ForgetIdentity"}
+    assert "ForgetIdentity" in m_ops(ops)
+    assert not [member for member in relay.store.load().members if member.nick == "bob"]
     assert relay.send("alice", 1, "bob").missing == ("bob",)
 
 
@@ -355,39 +365,62 @@ def m_ops(ops: Sequence[object]) -> set[str]:
     return {type(op).__name__ for op in ops}
 
 
-# -- the away list -----------------------------------------------------------------------------
+# -- the rooms' indexes -----------------------------------------------------------------------
 
 _STEPS = st.lists(
-    st.tuples(st.sampled_from(["join", "leave", "tick", "restart"]), st.sampled_from("abcdef")), max_size=25
+    st.tuples(
+        st.sampled_from(["join", "leave", "tick", "restart", "enter", "exit"]),
+        st.sampled_from("abcdef"),
+        st.sampled_from(["#lobby", "#x", "#y"]),
+    ),
+    max_size=25,
 )
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(steps=_STEPS)
-@example(steps=[("join", "a"), ("leave", "a"), *[("join", nick) for nick in "bcd"]])  # a is evicted
-@example(steps=[("join", "a"), ("leave", "a"), ("tick", ""), ("tick", "")])  # a stops being a member
-def test_the_away_list_kept_as_it_changes_is_the_members_not_online(steps: list[tuple[str, str]]) -> None:
-    """Joins, leaves, members and identities forgotten (time to live, the bundles bound),
-    restarts: the encoded list kept step by step is always the one made afresh."""
+@example(steps=[("join", "a", ""), ("leave", "a", ""), *[("join", nick, "") for nick in "bcd"]])  # a evicted
+@example(
+    steps=[("join", "a", ""), ("enter", "a", "#x"), ("leave", "a", ""), ("tick", "", ""), ("tick", "", "")]
+)
+def test_the_rooms_indexes_kept_as_they_change_are_the_ones_made_afresh(
+    steps: list[tuple[str, str, str]],
+) -> None:
+    """Joins, leaves, rooms joined and parted, identities forgotten (time to live, the
+    bundles bound), restarts: each index kept step by step (who is in which room, who of
+    them is online, members away encoded) is always the one made afresh."""
     relay = Relay(bundles=3, mailbox_ttl=10.0, identity_ttl=20.0)
-    for step, nick in steps:
+    for step, nick, room in steps:
         if step == "join" and nick not in relay.conns:
             relay.join(nick)
         elif step == "leave" and nick in relay.conns:
             relay.leave(nick)
+        elif step == "enter" and nick in relay.conns:
+            relay.say(nick, m.Join(room))
+        elif step == "exit" and nick in relay.conns:
+            relay.say(nick, m.Part(room))
         elif step == "tick":
             relay.tick(6.0)
         elif step == "restart":
             now = relay.now
             relay = Relay(relay.store, bundles=3, mailbox_ttl=10.0, identity_ttl=20.0)
             relay.now = now
-        kept = relay.core.kept
-        afresh = [
-            encode_member(Member(nick, PublicKey(kept.identities[nick].identity_key)))
-            for nick in kept.members
-            if nick not in relay.core.online
-        ]
-        assert kept.away() == afresh
+        kept, online = relay.core.kept, relay.core.online
+        rooms = kept.rooms
+        stored = {(member.room, member.nick) for member in relay.store.load().members}
+        assert stored == {(room, nick) for room, members in rooms.members.items() for nick in members}
+        assert all(members for members in rooms.members.values())  # no empty room kept
+        assert {nick for nick, of in rooms.rooms_of.items() for _ in of} <= set(kept.identities)
+        assert {(room, nick) for nick, of in rooms.rooms_of.items() for room in of} == stored
+        assert {room: set(present) for room, present in rooms.present.items()} == {
+            room: set(members) & set(online)
+            for room, members in rooms.members.items()
+            if set(members) & set(online)
+        }
+        for room in rooms.members:
+            for away in rooms.away_in(room):
+                key = PublicKey(kept.identities[away].identity_key)
+                assert kept.encoded_member(away) == encode_member(Member(away, key))
 
 
 # -- key changes -------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ PURE = sorted(
         "relay.intake",
         "relay.prekeys",
         "relay.kept",
+        "relay.rooms",
         "relay.actions",
         "relay.mailboxes",
         "relay.store",

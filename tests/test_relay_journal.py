@@ -60,6 +60,7 @@ async def test_queued_is_said_only_once_the_store_has_kept_the_message() -> None
         await alice.register("alice")
         await carol.register("carol")
         await alice.receive_kind(m.PeerJoined)
+        await alice.receive_kind(m.Entered)  # carol is new in #lobby too
         await _registration_kept(store, "carol")
         store.gate.clear()
         store.applying.clear()

@@ -278,6 +278,7 @@ def test_a_fetch_right_after_someone_registers_gets_their_bundle() -> None:
     joined = _joining(relay, 2, "alice", alice, signed)[1:]
     assert [(item.conn, type(item.message)) for item in joined if isinstance(item, Outgoing)] == [
         (1, m.PeerJoined),
+        (1, m.Entered),  # new in #lobby too
         (2, m.Members),
     ]
     answer, rest = _fetch(relay, 1, "alice")

@@ -12,7 +12,7 @@ Where a send's copies go, and mailbox items to their owners, a ``Router`` decide
 
 The core never sees a message key: a ``send``'s ciphertext bodies are copied unopened
 into the ``deliver`` frames (or kept so in mailboxes). What it keeps beyond its connections (known
-identities, their prekey bundles, ``#lobby``'s members, the mailboxes of those away:
+identities, their prekey bundles, room memberships, the mailboxes of those away:
 ``Kept``) it describes change by change as ops, in ``Persist`` actions: the shell has a
 store keep them before it writes the frames that go with them. It is built from what a
 store kept (a ``Snapshot``).
@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import nacl.utils
@@ -31,14 +32,15 @@ from nacl.public import PrivateKey
 from e2echat.errors import FrameTooLarge, RemoteProtocolError
 from e2echat.relay.actions import Action, Close, ConnId, Persist, Write, keep
 from e2echat.relay.intake import read_frame, refusal
-from e2echat.relay.kept import LOBBY, Kept
+from e2echat.relay.kept import Kept
 from e2echat.relay.limits import Backlog, Flow, Limits, Sources, Unfinished, Verdict
 from e2echat.relay.prekeys import PrekeyDirectory
 from e2echat.relay.registration import admit, members_frames, reserved, welcome_frames
+from e2echat.relay.rooms import relay_full
 from e2echat.relay.routing import Router
 from e2echat.relay.store import Op, Snapshot
 from e2echat.wire.codec import decode_message, encode_message, printable_reason
-from e2echat.wire.fastpath import Routes, encode_peer
+from e2echat.wire.fastpath import Routes, encode_entered, encode_parted, encode_peer
 from e2echat.wire.framing import FrameDecoder, encode_frame
 from e2echat.wire.grammar import CHALLENGE_SIZE, RELAY_ID_SIZE, skeleton
 from e2echat.wire.messages import (
@@ -47,7 +49,9 @@ from e2echat.wire.messages import (
     Challenge,
     Error,
     Fetch,
+    Join,
     Message,
+    Part,
     PeerJoined,
     PeerLeft,
     Ping,
@@ -132,7 +136,7 @@ class RelayCore:
         self._encoded_peers: dict[str, bytes] = {}
         #: nick skeleton -> the nick online that has it (see ``grammar.skeleton``)
         self._skeletons: dict[str, str] = {}
-        #: known identities, their bundles, #lobby's members and mailboxes
+        #: known identities, their bundles, room memberships and mailboxes
         self.kept = Kept(self.limits, snapshot, first_seq=int((wall + now) * 1_000_000))
         #: names these mailboxes in each welcome: the store's, or new (kept in memory only)
         self.relay_id = (
@@ -249,7 +253,7 @@ class RelayCore:
         if now - self._swept >= limits.sweep_interval:
             self._swept = now
             ops = self.kept.sweep(self._unix(), self.online)
-            actions += keep(ops, self._router.notify())
+            actions += keep(ops, self._router.notify(), now=self._forgotten())
         for record in list(self._connections.values()):
             if record.peer is not None:
                 if now - record.since > limits.idle_timeout:
@@ -278,6 +282,7 @@ class RelayCore:
         self._closing.update(conns)
         for collection in (self._connections, self.online, self._encoded_peers, self._skeletons):
             collection.clear()
+        self.kept.rooms.all_gone()
         self._sources, self._unfinished, self._backlog = Sources(), Unfinished(), Backlog()
         self._router = Router(self.limits, self.kept, self.online, self._backlog)
         return actions
@@ -302,6 +307,10 @@ class RelayCore:
             return [Write([(record.conn, _PONG)])]
         if isinstance(message, Ack):
             return self._ack(record, message)
+        if isinstance(message, Join):
+            return self._join(record, message)
+        if isinstance(message, Part):
+            return self._part(record, message)
         if isinstance(message, Pong):
             return []
         if isinstance(message, Error):
@@ -355,24 +364,77 @@ class RelayCore:
         nick = record.peer.nick
         if self.online.get(nick) != conn:
             return []
+        rooms = self.kept.rooms
+        contacts = rooms.contacts(nick)
+        rooms.went(nick)
         del self.online[nick], self._encoded_peers[nick]
         del self._skeletons[skeleton(nick)]
         ops = self.kept.leave(nick, self._unix())
         log.info("connection #%d: %s left", conn, nick)
+        left = self._to(contacts, _frame(PeerLeft(nick)))
         # The notices (of mail dropped with an identity evicted) say what is kept: they
         # wait for it; that it left does not.
-        return keep(ops, self._router.notify(), now=self._presence(PeerLeft(nick)))
+        return keep(ops, self._router.notify(), now=left + self._forgotten())
 
     def _unix(self) -> float:
         """The Unix time now (as of the latest call), for what is kept."""
         return self._now + self._wall
 
-    def _presence(self, message: Message) -> list[tuple[ConnId, bytes]]:
-        """``message`` to everyone online, encoded once."""
-        if not self.online:
+    # -- rooms and presence --------------------------------------------------------------------
+    #
+    # Presence goes only to those who share a room (contacts), and every frame of it is
+    # written now, in the order its causes came: never behind a ``Persist``. So a member
+    # hears of someone's ``entered`` before anything they send after it (the shell writes
+    # a connection's frames in order), and a client never sees a room message from
+    # someone not yet in its member list, unless the relay lies.
+
+    def _to(self, nicks: Iterable[str], frame: bytes) -> list[tuple[ConnId, bytes]]:
+        """``frame`` (one bytes object) to each of ``nicks``, online."""
+        online = self.online
+        return [(online[nick], frame) for nick in nicks]
+
+    def _to_room(self, room: str, frame: bytes, but: str) -> list[tuple[ConnId, bytes]]:
+        """``frame`` to the members of ``room`` online, but ``but``."""
+        return self._to((nick for nick in self.kept.rooms.online_in(room) if nick != but), frame)
+
+    def _members(self, nick: str, room: str) -> list[bytes]:
+        """The ``members`` frames of ``room`` for ``nick`` (online, and in it)."""
+        rooms, encoded, kept = self.kept.rooms, self._encoded_peers, self.kept
+        peers = [encoded[other] for other in rooms.online_in(room) if other != nick]
+        return members_frames(room, peers, [kept.encoded_member(other) for other in rooms.away_in(room)])
+
+    def _forgotten(self) -> list[tuple[ConnId, bytes]]:
+        """Each membership of an identity forgotten (away too long, or evicted) as a
+        ``parted`` to the room's members online."""
+        parted, self.kept.parted = self.kept.parted, []
+        frames = []
+        for room, nick in parted:
+            frames += self._to_room(room, encode_frame(encode_parted(room, nick)), nick)
+        return frames
+
+    def _join(self, record: _Connection, message: Join) -> list[Action]:
+        """``room`` joined (made if new) and its members sent; its members online told
+        first. Over a limit, an ``Error`` (not a protocol violation: it stays connected)."""
+        assert record.peer is not None
+        nick, room, conn, rooms = record.peer.nick, message.room, record.conn, self.kept.rooms
+        if rooms.is_member(nick, room):  # again: harmless, answered again
+            return [Write([(conn, frame) for frame in self._members(nick, room)])]
+        refused = rooms.refusal(nick, room)
+        if refused is not None:
+            return [_write(conn, Error("too_many_rooms", refused))]
+        frames = self._to_room(room, encode_frame(encode_entered(room, self._encoded_peers[nick])), nick)
+        ops = self.kept.join_room(nick, room, self._unix())
+        frames += [(conn, frame) for frame in self._members(nick, room)]
+        return keep(ops, [], now=frames)
+
+    def _part(self, record: _Connection, message: Part) -> list[Action]:
+        """``room`` left, and its members online told; a room not joined: nothing."""
+        assert record.peer is not None
+        nick, room = record.peer.nick, message.room
+        ops = self.kept.part_room(nick, room)
+        if not ops:
             return []
-        frame = _frame(message)
-        return [(conn, frame) for conn in self.online.values()]
+        return keep(ops, [], now=self._to_room(room, encode_frame(encode_parted(room, nick)), nick))
 
     def _register(self, record: _Connection, message: Register, now: float) -> list[Action]:
         peer = admit(self.key, record.challenge, self.password, self._skeletons, message)
@@ -386,20 +448,34 @@ class RelayCore:
         record.decoder.max_frame = self.limits.max_frame
         # Its signed prekey is kept before anyone hears of it: whoever sees it join can
         # fetch its bundle at once.
-        nick, conn = peer.nick, record.conn
-        prekeys, ops = self.kept.join(nick, peer.identity_key, message.signed_prekey, self._unix())
+        nick, conn, rooms, unix = peer.nick, record.conn, self.kept.rooms, self._unix()
+        prekeys, ops = self.kept.join(nick, peer.identity_key, message.signed_prekey, unix)
+        # Its memberships are exactly the rooms it names (its profile's word), before the
+        # welcome: which lists only its contacts, online people who share a room with it.
+        change, room_ops = self.kept.set_rooms(nick, message.rooms, unix)
+        ops += room_ops
+        contacts = rooms.contacts(nick)
+        encoded = self._encoded_peers
         welcome = welcome_frames(
-            nick, list(self._encoded_peers.values()), self._advertised, prekeys, relay_id=self.relay_id
+            nick, [encoded[other] for other in contacts], self._advertised, prekeys, relay_id=self.relay_id
         )
         frames = [(conn, frame) for frame in welcome]
-        frames += self._presence(PeerJoined(peer))
+        for room in change.parted:  # (it was away, so nobody knew it online)
+            frames += self._to_room(room, encode_frame(encode_parted(room, nick)), nick)
+        frames += self._to(contacts, _frame(PeerJoined(peer)))
+        encoded[nick] = encode_peer(peer)
+        for room in change.joined:
+            frames += self._to_room(room, encode_frame(encode_entered(room, encoded[nick])), nick)
         self.online[nick] = conn
         self._skeletons[skeleton(nick)] = nick
-        self._encoded_peers[nick] = encode_peer(peer)
-        others = [encoded for other, encoded in self._encoded_peers.items() if other != nick]
-        members = members_frames(LOBBY, others, self.kept.away())
+        rooms.came(nick)
+        # Then each room's members, so that it knows everyone before its mail.
+        members = [frame for room in rooms.of(nick) for frame in self._members(nick, room)]
+        if change.refused:
+            text = f"{relay_full(self.limits.max_rooms)}; not joined: {' '.join(change.refused)}"
+            members.append(_frame(Error("too_many_rooms", printable_reason(text))))
         frames += self._router.arrived(nick, welcome, members)
-        return keep(ops, self._router.notify(), now=frames)
+        return keep(ops, self._router.notify(), now=frames + self._forgotten())
 
     def _route(self, record: _Connection, message: Routes) -> list[Action]:
         assert record.peer is not None

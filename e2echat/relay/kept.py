@@ -5,8 +5,9 @@
   used and when it was last online. Someone known can be written to while away: the
   message waits in their mailbox (relay/mailboxes.py), and their prekey bundle
   (relay/prekeys.py) is handed out for first contact.
-- ``#lobby``'s members: everyone who registers, until away longer than a mailbox's time
-  to live (a room message for them would only expire).
+- Room memberships (relay/rooms.py): each nick's rooms are the ones its register named
+  (its profile's word), then as it joins and parts. A member away stays one, and its
+  mailbox gets the room's messages, until its identity is forgotten.
 
 A nick whose mailbox holds messages cannot be registered with another identity key (see
 ``reserved_until``): they are for the old key's owner, and a stranger must not be able
@@ -17,7 +18,8 @@ is the one offline longest when there are more than ``bundles``.
 
 Each method returns the ops that keep its changes (relay/store.py), in order; the nicks
 given new mailbox items meanwhile (notices) are collected in ``notified`` for the core
-to hand them to those online.
+to hand them to those online, and the rooms a forgotten identity was in, in ``parted``,
+for the core to tell their members online.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from nacl.public import PublicKey
 from e2echat.relay.limits import Limits
 from e2echat.relay.mailboxes import Mailboxes
 from e2echat.relay.prekeys import Handed, PrekeyDirectory
+from e2echat.relay.rooms import Change, Rooms
 from e2echat.relay.store import (
     MAIL,
     Dequeue,
@@ -47,25 +50,23 @@ from e2echat.wire.fastpath import encode_member
 from e2echat.wire.objects import Member as AwayMember
 from e2echat.wire.objects import OneTimePrekey, SignedPrekey
 
-#: the one room there is until rooms come in their own issue
-LOBBY = "#lobby"
-
 
 class Kept:
     def __init__(self, limits: Limits, snapshot: Snapshot | None = None, first_seq: int = 0) -> None:
         self.limits = limits
         #: nick -> its identity, least recently seen first
         self.identities: dict[str, Identity] = {}
-        #: ``#lobby``'s members: nick -> when last seen, least recently first
-        self.members: dict[str, float] = {}
-        #: the members who are not online, in the same order, each as ``encode_member``
-        #: gives it: what ``members`` frames carry, kept as it changes (on join, leave and
-        #: forget) rather than made afresh for each register
-        self._away: dict[str, bytes] = {}
+        #: who is in which room, and who of them is online
+        self.rooms = Rooms(limits.max_rooms)
+        #: nick -> its ``Member`` as ``encode_member`` gives it (what ``members`` frames
+        #: list of those away), made once per identity key rather than for every list
+        self._encoded: dict[str, bytes] = {}
         self.prekeys = PrekeyDirectory(limits)
         self.mailboxes = Mailboxes(limits, max(first_seq, snapshot.next_seq if snapshot else 0))
         #: nicks given new mailbox items since the core last looked
         self.notified: set[str] = set()
+        #: (room, nick) for each membership of an identity forgotten since the core last looked
+        self.parted: list[tuple[str, str]] = []
         #: registrations counted so far (``Identity.registered``)
         self._registrations = 0
         if snapshot is not None:
@@ -75,10 +76,8 @@ class Kept:
         for identity in sorted(snapshot.identities, key=lambda identity: identity.last_seen):
             self.identities[identity.nick] = identity
         for member in sorted(snapshot.members, key=lambda member: member.last_seen):
-            if member.room == LOBBY and member.nick in self.identities:
-                self.members[member.nick] = member.last_seen
-        # Nobody is online yet.
-        self._away = {nick: self._encoded(nick) for nick in self.members}
+            if member.nick in self.identities:  # nobody is online yet
+                self.rooms.join(member.nick, member.room, member.last_seen, online=False)
         bundles = {bundle.nick: bundle for bundle in snapshot.bundles}
         # In the order they last registered, as the directory keeps them (it drops the
         # least recent first); a store that did not count registrations: last seen.
@@ -99,10 +98,13 @@ class Kept:
             return None
         return self.mailboxes.messages_until(nick)
 
-    def away(self) -> list[bytes]:
-        """``#lobby``'s members who are not online (as ``encode_member`` gives them), least
-        recently seen first."""
-        return list(self._away.values())
+    def encoded_member(self, nick: str) -> bytes:
+        """``nick`` (known) as ``encode_member`` gives it, for a room's ``members`` list."""
+        encoded = self._encoded.get(nick)
+        if encoded is None:
+            key = PublicKey(self.identities[nick].identity_key)
+            encoded = self._encoded[nick] = encode_member(AwayMember(nick, key))
+        return encoded
 
     # -- changes -------------------------------------------------------------------------------
 
@@ -121,7 +123,6 @@ class Kept:
         self._registrations += 1
         ops += self._seen(nick, key, now, self._registrations)
         ops.append(SaveBundle(self.prekeys.saved(nick)))
-        self._away.pop(nick, None)
         ops += self._evicted(now)
         self.mailboxes.connected(nick)
         return count, ops
@@ -132,8 +133,37 @@ class Kept:
         self.prekeys.leave(nick, evict=evict)
         known = self.identities[nick]
         ops = self._seen(nick, known.identity_key, now, known.registered)
-        self._away[nick] = self._encoded(nick)  # last, as in ``members``
         return ops + self._evicted(now) if evict else ops
+
+    def set_rooms(self, nick: str, rooms: Sequence[str], now: float) -> tuple[Change, list[Op]]:
+        """``nick`` (registering: not online yet) is in exactly ``rooms`` from now (each
+        named once): what changed, and the ops. A new room the relay has no place for
+        (``Limits.max_rooms``) is left out, and said so in ``refused``."""
+        wanted = set(rooms)
+        change = Change()
+        ops: list[Op] = []
+        for room in self.rooms.of(nick):
+            if room not in wanted:  # parted first: that may leave a place for a new room
+                ops += self.part_room(nick, room)
+                change.parted.append(room)
+        for room in rooms:
+            if self.rooms.is_member(nick, room):
+                continue
+            if self.rooms.refusal(nick, room) is None:
+                ops += self.join_room(nick, room, now, online=False)
+                change.joined.append(room)
+            else:
+                change.refused.append(room)
+        return change, ops
+
+    def join_room(self, nick: str, room: str, now: float, *, online: bool = True) -> list[Op]:
+        """``nick`` joins ``room`` (it is not in it, and ``rooms.refusal`` let it)."""
+        self.rooms.join(nick, room, now, online=online)
+        return [SaveMember(Member(room, nick, now))]
+
+    def part_room(self, nick: str, room: str) -> list[Op]:
+        """``nick`` leaves ``room``; nothing if it was not in it."""
+        return [ForgetMember(room, nick)] if self.rooms.part(nick, room) else []
 
     def publish(
         self, nick: str, signed: SignedPrekey, one_time: Sequence[OneTimePrekey], *, replace: bool
@@ -151,16 +181,12 @@ class Kept:
 
     def sweep(self, now: float, online: Container[str]) -> list[Op]:
         """Drop what has outlived its time to live: mailbox items (each message's sender
-        told, if still known), members, then identities with nothing waiting for them."""
+        told, if still known), then identities with nothing waiting for them (and their
+        memberships with them)."""
         ops: list[Op] = []
         dequeues, gone = self.mailboxes.expire(now, online)
         ops += dequeues
         ops += self._notices(gone, "expired", now)
-        cutoff = now - self.limits.mailbox_ttl
-        for nick in self._stale(self.members.items(), cutoff, online):
-            del self.members[nick]
-            self._away.pop(nick, None)
-            ops.append(ForgetMember(LOBBY, nick))
         seen = ((nick, identity.last_seen) for nick, identity in self.identities.items())
         for nick in self._stale(seen, now - self.limits.identity_ttl, online):
             if not self.mailboxes.count(nick):
@@ -169,8 +195,6 @@ class Kept:
 
     # -- helpers -------------------------------------------------------------------------------
 
-    def _encoded(self, nick: str) -> bytes:
-        return encode_member(AwayMember(nick, PublicKey(self.identities[nick].identity_key)))
 
     @staticmethod
     def _stale(seen: Iterable[tuple[str, float]], cutoff: float, online: Container[str]) -> list[str]:
@@ -186,12 +210,12 @@ class Kept:
 
     def _seen(self, nick: str, key: bytes, now: float, registered: int) -> list[Op]:
         identity = Identity(nick, key, now, registered)
-        # Out and in again: both stay in the order they were last seen.
-        self.identities.pop(nick, None)
+        # Out and in again: it stays in the order they were last seen.
+        known = self.identities.pop(nick, None)
+        if known is not None and known.identity_key != key:  # public keys: nothing to time
+            self._encoded.pop(nick, None)
         self.identities[nick] = identity
-        self.members.pop(nick, None)
-        self.members[nick] = now
-        return [SaveIdentity(identity), SaveMember(Member(LOBBY, nick, now))]
+        return [SaveIdentity(identity)]
 
     def _evicted(self, now: float) -> list[Op]:
         ops: list[Op] = []
@@ -205,8 +229,9 @@ class Kept:
         holds any (``identity_ttl`` waits for it to empty)."""
         gone = self.mailboxes.drop(nick)
         self.identities.pop(nick, None)
-        self.members.pop(nick, None)
-        self._away.pop(nick, None)
+        self._encoded.pop(nick, None)
+        # Its memberships go with its identity (ForgetIdentity, for the store).
+        self.parted += ((room, nick) for room in self.rooms.forget(nick))
         self.prekeys.forget(nick)
         return [ForgetIdentity(nick), *self._notices(gone, "evicted", now)]
 

@@ -118,6 +118,10 @@ class Limits:
     #: link busy, few enough that a reconnect repeats little (and at most
     #: ``mail_window_bytes`` of them)
     mail_window: int = 500
+    #: rooms on the relay at once: each costs a few hundred bytes and its members' rows;
+    #: 10,000 is one for every client of a full relay, and bounds what a client making
+    #: rooms by the thousand can make the relay keep (a join beyond is refused).
+    max_rooms: int = 10_000
 
     @property
     def write_buffer_soft(self) -> int:

@@ -1,5 +1,6 @@
-"""Registering with the relay, without any I/O: whether a ``register`` is let in, and the
-welcome (with the directory) that the newcomer is sent first.
+"""Registering with the relay, without any I/O: whether a ``register`` is let in, the
+welcome (with the directory of its contacts) that the newcomer is sent first, and the
+member lists of its rooms after it.
 
 ``RelayCore`` keeps the directory itself; these functions only read it.
 """
@@ -100,8 +101,8 @@ def welcome_frames(
 
 def members_frames(room: str, peers: list[bytes], away: list[bytes]) -> list[bytes]:
     """The ``members`` frames of ``room``, from its members online (``encode_peer``) and
-    away (``encode_member``): at least one, ``DIRECTORY_CHUNK`` entries each. Kept encoded
-    (``Kept.away``): 50,000 members cost ~30 ms to encode afresh, on every register."""
+    away (``encode_member``): at least one, ``DIRECTORY_CHUNK`` entries each. Both kept
+    encoded (``Kept.encoded_member``): 50,000 members cost ~30 ms to encode afresh."""
     chunk = DIRECTORY_CHUNK
     entries = len(peers) + len(away)
     frames = []
