@@ -80,7 +80,9 @@ async def test_reconnect_tries_the_relay_now_not_at_the_next_backoff_step() -> N
     async with running(first):
         port = first.port
         # A backoff of a minute: only /reconnect can bring her back within the test.
-        alice = await connect(first, "alice", identity, reconnecting=True, backoff=Backoff(first=60, cap=60))
+        alice = await connect(
+            first, "alice", identity, reconnecting=True, backoff=Backoff(first=60, cap=60, jitter=0.0)
+        )
         lines: list[str] = []
         chat = Chat(alice.connection, text_into(lines))
         chat.handle_line("/reconnect")

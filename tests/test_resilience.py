@@ -15,6 +15,7 @@ from e2echat.client.connection import Connection
 from e2echat.client.core import MessageReceived, PeerJoined, PeerLeft, Registered, RelayError
 from e2echat.client.events import ConnectionLost, Disconnected, NotSent, Queued, Reconnecting
 from e2echat.client.receipts import LEFT, NOT_KNOWN, REFUSED, TIMED_OUT, DeliveryReport
+from e2echat.client.reconnect import Backoff
 from e2echat.errors import RegistrationRefused
 from e2echat.relay.server import Relay
 from e2echat.ui.chat import Chat
@@ -450,3 +451,18 @@ async def test_leaving_in_an_outage_names_the_lines_not_yet_sent() -> None:
     assert any(waiting in line for line in lines), lines
     assert any('NOT sent (no connection to the relay): "into the void"' in line for line in lines), lines
     await alice.connection.close()
+
+
+def test_reconnects_are_spread_with_jitter_around_a_capped_doubling() -> None:
+    """After a relay restart everyone reconnects: with one schedule for all, they would
+    all knock at once, at every step."""
+    firsts = set()
+    for _ in range(200):
+        delays = Backoff(first=1.0, cap=30.0).delays()
+        steps = [next(delays) for _ in range(8)]
+        for step, (delay, base) in enumerate(zip(steps, (1, 2, 4, 8, 16, 30, 30, 30), strict=True)):
+            assert 0.5 * base * 0.99 <= delay <= 1.5 * base * 1.01, (step, delay)
+        firsts.add(steps[0])
+    assert len(firsts) > 20  # spread, not one instant
+    assert min(firsts) < 0.7 and max(firsts) > 1.3
+    assert next(Backoff(first=2.0, jitter=0.0).delays()) == 2.0

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import nacl.utils
 from nacl.public import PrivateKey, PublicKey
 
 from e2echat.client.connection import CONNECT_TIMEOUT, Connection
@@ -48,7 +49,7 @@ from e2echat.errors import (
 
 # After a reconnect, how long a line typed during the outage waits for the people it is
 # meant for to be back too: after a relay restart everyone reconnects, each on their own
-# backoff, and the first attempts are 1, 2 and 4 s apart.
+# backoff, and the first attempts are about 1, 2 and 4 s apart.
 OUTBOX_GRACE = 5.0
 # Why whoever a held line never went to did not get it.
 GAVE_UP = "not sent: no connection to the relay"
@@ -58,16 +59,26 @@ NOT_TO_IMPOSTOR = "not sent: the relay came back with another key"
 
 @dataclass(frozen=True)
 class Backoff:
-    """Capped exponential backoff: first, 2 × first, 4 × first, ... up to ``cap`` seconds."""
+    """Capped exponential backoff with jitter: about first, 2 × first, 4 × first, ... up
+    to ``cap`` seconds, each drawn from ``1 ± jitter`` times that (two significant
+    digits). After a relay restart every client reconnects at once: spread out, ten
+    thousand come back over seconds rather than in one instant the relay must queue."""
 
     first: float = 1.0
     cap: float = 30.0
+    jitter: float = 0.5
 
     def delays(self) -> Iterator[float]:
         delay = self.first
         while True:
-            yield delay
+            spread = 1.0 + self.jitter * (2.0 * _fraction() - 1.0)
+            yield float(f"{delay * spread:.2g}")
             delay = min(self.cap, delay * 2)
+
+
+def _fraction() -> float:
+    """A number in [0, 1), from libsodium's randomness (as all of ours is)."""
+    return int.from_bytes(nacl.utils.random(4), "big") / 2**32
 
 
 class Client:

@@ -195,7 +195,6 @@ class Kept:
 
     # -- helpers -------------------------------------------------------------------------------
 
-
     @staticmethod
     def _stale(seen: Iterable[tuple[str, float]], cutoff: float, online: Container[str]) -> list[str]:
         """The nicks last seen at ``cutoff`` or before and not online, from (nick, last
