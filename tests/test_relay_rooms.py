@@ -354,3 +354,23 @@ async def test_over_a_socket_an_entered_comes_before_the_newcomers_first_message
         entered = await alice.receive()
         assert isinstance(entered, m.Entered) and entered.peer.nick == "bob"
         assert await alice.receive() == m.Deliver("bob", BODY)
+
+
+def test_a_join_is_paid_for_by_the_size_of_its_answer() -> None:
+    """A join of a big room makes the relay write its whole member list: 40 bytes asking
+    for a megabyte. It is charged to the joiner's byte rate as if it had sent that much."""
+    relay = Relay(byte_rate=1000, byte_burst=3000)
+    for index in range(40):
+        relay.now += 0.25  # within the relay's rate of new connections
+        relay.join(f"m{index}", rooms=("#big",))
+        relay.leave(f"m{index}")
+    relay.join("alice", rooms=())
+    (error,) = _messages(relay, "alice", relay.say("alice", m.Join("#big")))  # 40 × 64 > 1000
+    assert isinstance(error, m.Error) and error.code == "rate_limited"
+    assert not relay.core.kept.rooms.is_member("alice", "#big")
+    relay.now += 3.0  # the bucket refills
+    (members,) = _to(relay.conns["alice"], relay.say("alice", m.Join("#big")), m.Members)
+    assert len(members.away) == 40
+    # A small room costs next to nothing (but the frame itself, as any frame).
+    relay.now += 3.0
+    assert _to(relay.conns["alice"], relay.say("alice", m.Join("#small")), m.Members)

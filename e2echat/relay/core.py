@@ -36,7 +36,7 @@ from e2echat.relay.kept import Kept
 from e2echat.relay.limits import Backlog, Flow, Limits, Sources, Unfinished, Verdict
 from e2echat.relay.prekeys import PrekeyDirectory
 from e2echat.relay.registration import admit, members_frames, reserved, welcome_frames
-from e2echat.relay.rooms import relay_full
+from e2echat.relay.rooms import JOIN_CHARGE, relay_full
 from e2echat.relay.routing import Router
 from e2echat.relay.store import Op, Snapshot
 from e2echat.wire.codec import decode_message, encode_message, printable_reason
@@ -415,8 +415,12 @@ class RelayCore:
     def _join(self, record: _Connection, message: Join) -> list[Action]:
         """``room`` joined (made if new) and its members sent; its members online told
         first. Over a limit, an ``Error`` (not a protocol violation: it stays connected)."""
-        assert record.peer is not None
+        assert record.peer is not None and record.flow is not None
         nick, room, conn, rooms = record.peer.nick, message.room, record.conn, self.kept.rooms
+        charge = min(len(rooms.members.get(room, ())) * JOIN_CHARGE, self.limits.byte_burst)
+        if record.flow.admit(self.limits, self._now, charge, frames=0) is not Verdict.PASS:
+            text = f"joining {room} (its members are many) would go over your rate; try again in a moment"
+            return [_write(conn, Error("rate_limited", text))]
         if rooms.is_member(nick, room):  # again: harmless, answered again
             return [Write([(conn, frame) for frame in self._members(nick, room)])]
         refused = rooms.refusal(nick, room)

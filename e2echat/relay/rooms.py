@@ -21,6 +21,11 @@ from dataclasses import dataclass, field
 
 from e2echat.wire.grammar import MAX_ROOMS
 
+#: what a join costs against the sender's byte rate for each member of the room, on top
+#: of its own size: its answer lists them all (70 to 140 bytes each), so a join of a big
+#: room makes the relay write far more than it read (a room of 10,000: 1.4 MB for 40
+#: bytes), and is paid for as if that much had been sent. At most a full bucket.
+JOIN_CHARGE = 64
 #: why a join is refused, as the ``Error`` says it (the code is "too_many_rooms")
 YOURS_FULL = f"you are in {MAX_ROOMS} rooms already, the most there may be; /part one first"
 
