@@ -45,6 +45,7 @@ PURE = sorted(
         "relay.prekeys",
         "relay.kept",
         "relay.rooms",
+        "relay.presence",
         "relay.actions",
         "relay.mailboxes",
         "relay.store",

@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import math
 import sys
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import nacl.utils
@@ -35,12 +34,13 @@ from e2echat.relay.intake import read_frame, refusal
 from e2echat.relay.kept import Kept
 from e2echat.relay.limits import Backlog, Flow, Limits, Sources, Unfinished, Verdict
 from e2echat.relay.prekeys import PrekeyDirectory
-from e2echat.relay.registration import admit, members_frames, reserved, welcome_frames
+from e2echat.relay.presence import Presence
+from e2echat.relay.registration import admit, reserved, welcome_frames
 from e2echat.relay.rooms import JOIN_CHARGE, relay_full
 from e2echat.relay.routing import Router
 from e2echat.relay.store import Op, Snapshot
 from e2echat.wire.codec import decode_message, encode_message, printable_reason
-from e2echat.wire.fastpath import Routes, encode_entered, encode_parted, encode_peer
+from e2echat.wire.fastpath import Routes
 from e2echat.wire.framing import FrameDecoder, encode_frame
 from e2echat.wire.grammar import CHALLENGE_SIZE, RELAY_ID_SIZE, skeleton
 from e2echat.wire.messages import (
@@ -52,8 +52,6 @@ from e2echat.wire.messages import (
     Join,
     Message,
     Part,
-    PeerJoined,
-    PeerLeft,
     Ping,
     Pong,
     Prekeys,
@@ -132,8 +130,6 @@ class RelayCore:
         self._closing: set[ConnId] = set()
         #: nick -> connection, for everyone registered
         self.online: dict[str, ConnId] = {}
-        #: nick -> directory entry, and the same encoded, in the order they came online
-        self._encoded_peers: dict[str, bytes] = {}
         #: nick skeleton -> the nick online that has it (see ``grammar.skeleton``)
         self._skeletons: dict[str, str] = {}
         #: known identities, their bundles, room memberships and mailboxes
@@ -151,6 +147,8 @@ class RelayCore:
         self._backlog = Backlog()
         #: where a send's copies go, and mailbox items to their owners
         self._router = Router(self.limits, self.kept, self.online, self._backlog)
+        #: who hears of whom: presence and member lists
+        self._presence = Presence(self.kept, self.online)
 
     @property
     def prekeys(self) -> PrekeyDirectory:
@@ -253,7 +251,7 @@ class RelayCore:
         if now - self._swept >= limits.sweep_interval:
             self._swept = now
             ops = self.kept.sweep(self._unix(), self.online)
-            actions += keep(ops, self._router.notify(), now=self._forgotten())
+            actions += keep(ops, self._router.notify(), now=self._presence.forgotten())
         for record in list(self._connections.values()):
             if record.peer is not None:
                 if now - record.since > limits.idle_timeout:
@@ -280,9 +278,9 @@ class RelayCore:
         actions.append(Write([(conn, bye) for conn in conns]))
         actions += [Close(conn, "relay shutting down") for conn in conns]
         self._closing.update(conns)
-        for collection in (self._connections, self.online, self._encoded_peers, self._skeletons):
+        for collection in (self._connections, self.online, self._skeletons):
             collection.clear()
-        self.kept.rooms.all_gone()
+        self._presence.clear()
         self._sources, self._unfinished, self._backlog = Sources(), Unfinished(), Backlog()
         self._router = Router(self.limits, self.kept, self.online, self._backlog)
         return actions
@@ -364,53 +362,17 @@ class RelayCore:
         nick = record.peer.nick
         if self.online.get(nick) != conn:
             return []
-        rooms = self.kept.rooms
-        contacts = rooms.contacts(nick)
-        rooms.went(nick)
-        del self.online[nick], self._encoded_peers[nick]
-        del self._skeletons[skeleton(nick)]
+        left = self._presence.left(nick)
+        del self.online[nick], self._skeletons[skeleton(nick)]
         ops = self.kept.leave(nick, self._unix())
         log.info("connection #%d: %s left", conn, nick)
-        left = self._to(contacts, _frame(PeerLeft(nick)))
         # The notices (of mail dropped with an identity evicted) say what is kept: they
         # wait for it; that it left does not.
-        return keep(ops, self._router.notify(), now=left + self._forgotten())
+        return keep(ops, self._router.notify(), now=left + self._presence.forgotten())
 
     def _unix(self) -> float:
         """The Unix time now (as of the latest call), for what is kept."""
         return self._now + self._wall
-
-    # -- rooms and presence --------------------------------------------------------------------
-    #
-    # Presence goes only to those who share a room (contacts), and every frame of it is
-    # written now, in the order its causes came: never behind a ``Persist``. So a member
-    # hears of someone's ``entered`` before anything they send after it (the shell writes
-    # a connection's frames in order), and a client never sees a room message from
-    # someone not yet in its member list, unless the relay lies.
-
-    def _to(self, nicks: Iterable[str], frame: bytes) -> list[tuple[ConnId, bytes]]:
-        """``frame`` (one bytes object) to each of ``nicks``, online."""
-        online = self.online
-        return [(online[nick], frame) for nick in nicks]
-
-    def _to_room(self, room: str, frame: bytes, but: str) -> list[tuple[ConnId, bytes]]:
-        """``frame`` to the members of ``room`` online, but ``but``."""
-        return self._to((nick for nick in self.kept.rooms.online_in(room) if nick != but), frame)
-
-    def _members(self, nick: str, room: str) -> list[bytes]:
-        """The ``members`` frames of ``room`` for ``nick`` (online, and in it)."""
-        rooms, encoded, kept = self.kept.rooms, self._encoded_peers, self.kept
-        peers = [encoded[other] for other in rooms.online_in(room) if other != nick]
-        return members_frames(room, peers, [kept.encoded_member(other) for other in rooms.away_in(room)])
-
-    def _forgotten(self) -> list[tuple[ConnId, bytes]]:
-        """Each membership of an identity forgotten (away too long, or evicted) as a
-        ``parted`` to the room's members online."""
-        parted, self.kept.parted = self.kept.parted, []
-        frames = []
-        for room, nick in parted:
-            frames += self._to_room(room, encode_frame(encode_parted(room, nick)), nick)
-        return frames
 
     def _join(self, record: _Connection, message: Join) -> list[Action]:
         """``room`` joined (made if new) and its members sent; its members online told
@@ -422,23 +384,19 @@ class RelayCore:
             text = f"joining {room} (its members are many) would go over your rate; try again in a moment"
             return [_write(conn, Error("rate_limited", text))]
         if rooms.is_member(nick, room):  # again: harmless, answered again
-            return [Write([(conn, frame) for frame in self._members(nick, room)])]
+            return [Write([(conn, frame) for frame in self._presence.members(nick, room)])]
         refused = rooms.refusal(nick, room)
         if refused is not None:
             return [_write(conn, Error("too_many_rooms", refused))]
-        frames = self._to_room(room, encode_frame(encode_entered(room, self._encoded_peers[nick])), nick)
-        ops = self.kept.join_room(nick, room, self._unix())
-        frames += [(conn, frame) for frame in self._members(nick, room)]
+        ops, frames = self._presence.join(nick, room, self._unix())
+        frames += [(conn, frame) for frame in self._presence.members(nick, room)]
         return keep(ops, [], now=frames)
 
     def _part(self, record: _Connection, message: Part) -> list[Action]:
         """``room`` left, and its members online told; a room not joined: nothing."""
         assert record.peer is not None
-        nick, room = record.peer.nick, message.room
-        ops = self.kept.part_room(nick, room)
-        if not ops:
-            return []
-        return keep(ops, [], now=self._to_room(room, encode_frame(encode_parted(room, nick)), nick))
+        ops, frames = self._presence.part(record.peer.nick, message.room)
+        return keep(ops, [], now=frames)
 
     def _register(self, record: _Connection, message: Register, now: float) -> list[Action]:
         peer = admit(self.key, record.challenge, self.password, self._skeletons, message)
@@ -452,34 +410,26 @@ class RelayCore:
         record.decoder.max_frame = self.limits.max_frame
         # Its signed prekey is kept before anyone hears of it: whoever sees it join can
         # fetch its bundle at once.
-        nick, conn, rooms, unix = peer.nick, record.conn, self.kept.rooms, self._unix()
+        nick, conn, unix, presence = peer.nick, record.conn, self._unix(), self._presence
         prekeys, ops = self.kept.join(nick, peer.identity_key, message.signed_prekey, unix)
         # Its memberships are exactly the rooms it names (its profile's word), before the
         # welcome: which lists only its contacts, online people who share a room with it.
         change, room_ops = self.kept.set_rooms(nick, message.rooms, unix)
         ops += room_ops
-        contacts = rooms.contacts(nick)
-        encoded = self._encoded_peers
-        welcome = welcome_frames(
-            nick, [encoded[other] for other in contacts], self._advertised, prekeys, relay_id=self.relay_id
-        )
+        contacts = self.kept.rooms.contacts(nick)
+        entries = presence.entries(contacts)
+        welcome = welcome_frames(nick, entries, self._advertised, prekeys, relay_id=self.relay_id)
         frames = [(conn, frame) for frame in welcome]
-        for room in change.parted:  # (it was away, so nobody knew it online)
-            frames += self._to_room(room, encode_frame(encode_parted(room, nick)), nick)
-        frames += self._to(contacts, _frame(PeerJoined(peer)))
-        encoded[nick] = encode_peer(peer)
-        for room in change.joined:
-            frames += self._to_room(room, encode_frame(encode_entered(room, encoded[nick])), nick)
+        frames += presence.arrived(peer, change, contacts)
         self.online[nick] = conn
         self._skeletons[skeleton(nick)] = nick
-        rooms.came(nick)
         # Then each room's members, so that it knows everyone before its mail.
-        members = [frame for room in rooms.of(nick) for frame in self._members(nick, room)]
+        members = presence.lists(nick)
         if change.refused:
             text = f"{relay_full(self.limits.max_rooms)}; not joined: {' '.join(change.refused)}"
             members.append(_frame(Error("too_many_rooms", printable_reason(text))))
         frames += self._router.arrived(nick, welcome, members)
-        return keep(ops, self._router.notify(), now=frames + self._forgotten())
+        return keep(ops, self._router.notify(), now=frames + presence.forgotten())
 
     def _route(self, record: _Connection, message: Routes) -> list[Action]:
         assert record.peer is not None
