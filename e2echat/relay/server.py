@@ -34,6 +34,12 @@ from e2echat.streams import BufferedLink, read_buffer
 
 log = logging.getLogger("e2echat.relay.server")
 
+# Connections the kernel holds for us to accept: after a restart every client comes back
+# within a few seconds (spread by their jitter), thousands at once. With asyncio's 100, the
+# rest have their SYNs dropped and wait out TCP's own backoff (1, 3, 7, 15 s…). The kernel
+# caps it at net.core.somaxconn (4096 on current Linux).
+LISTEN_BACKLOG = 4096
+
 DEFAULT_PORT = 8000
 
 
@@ -138,7 +144,9 @@ class Relay:
             now=loop.time(),
         )
         try:
-            self._server = await loop.create_server(lambda: _Link(self), self.host, self.requested_port)
+            self._server = await loop.create_server(
+                lambda: _Link(self), self.host, self.requested_port, backlog=LISTEN_BACKLOG
+            )
         except OSError as exc:
             raise RelayStartError(
                 host=self.host, port=self.requested_port, detail=exc.strerror or str(exc)
