@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     mailboxes.add_argument(
         "--store",
         metavar="FILE",
-        help="keep known identities, prekey bundles, #lobby and mailboxes in this SQLite file, "
+        help="keep known identities, prekey bundles, room memberships and mailboxes in this SQLite file, "
         "so that they survive a restart (default: in memory only, lost when the relay stops)",
     )
     for flag, unit, metavar, text in MAILBOX_FLAGS:
