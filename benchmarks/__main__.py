@@ -18,6 +18,7 @@ from benchmarks import (
     latency,
     mailboxes,
     memory,
+    rooms,
     scale,
     store,
     throughput,
@@ -40,6 +41,7 @@ SECTIONS: dict[str, Callable[[Context], Section]] = {
     "history": history.history,
     "mailbox": mailboxes.mailboxes,
     "drain": drain.drain,
+    "rooms": rooms.rooms,
 }
 
 

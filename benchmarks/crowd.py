@@ -1,11 +1,12 @@
 """Idle clients for the scale benchmark: thousands of real registrations, then quiet.
 
-Each client makes fresh keys and answers the relay's challenge with the real
-``ClientCore`` (the two Box proofs), then takes the directory as raw frames without decoding
-it: 10,000 clients decoding directories that grow to 10,000 entries would cost the load
-generator O(n²) decodes, which is the clients' problem, not the relay's. (The newcomer
-the conductor times uses a full real client.) Once registered a client reads what the
-relay sends (joins and leaves) at most once a second, in one batch, and drops it.
+Each client makes fresh keys and answers the relay's challenge with the real proofs
+(the two Boxes, crypto/identity.py), naming its rooms, then takes the directory of its
+contacts as raw frames without decoding it: thousands of clients decoding directories
+would cost the load generator far more than the relay, which is the clients' problem,
+not the relay's. (The newcomer the conductor times uses a full real client.) Once
+registered a client reads what the relay sends (presence, member lists) at most once a
+second, in one batch, and drops it.
 """
 
 from __future__ import annotations
@@ -15,14 +16,18 @@ import statistics
 import time
 from typing import Any
 
+from nacl.public import PrivateKey
+
 from benchmarks.pool import Channel
 from benchmarks.system import cpu_seconds, rss_bytes
-from benchmarks.wire import BenchmarkError, Link, connect_link, new_core
-from e2echat.client.core import ClientState
+from benchmarks.wire import BenchmarkError, Link, connect_link
+from e2echat.crypto.identity import registration_proof
 from e2echat.errors import E2EChatError
-from e2echat.wire.codec import decode_message
-from e2echat.wire.framing import FrameDecoder
-from e2echat.wire.grammar import PROTOCOL_VERSION
+from e2echat.wire import messages as m
+from e2echat.wire.codec import decode_message, encode_message
+from e2echat.wire.framing import FrameDecoder, encode_frame
+from e2echat.wire.grammar import PROTOCOL_VERSION, SIGNATURE_SIZE
+from e2echat.wire.objects import SignedPrekey
 
 _WELCOME = b'{"v":%d,"type":"welcome"' % PROTOCOL_VERSION
 _DIRECTORY = b'{"v":%d,"type":"directory"' % PROTOCOL_VERSION
@@ -32,18 +37,51 @@ _TAIL = 128  # bytes at the end of a part that hold it
 IDLE_READ_INTERVAL = 1.0
 
 
-async def join_idle(host: str, port: int, nick: str, timeout: float) -> tuple[Link, int]:
-    """Register ``nick``; return its link (now reading once a second) and the directory's
-    size in bytes."""
-    link = await connect_link(host, port)
-    core = new_core(nick)
-    decoder = FrameDecoder()
+def rooms_of(index: int, rooms: int) -> tuple[str, ...]:
+    """The room of idle client number ``index`` among ``rooms`` rooms (none: #lobby):
+    each room fills at the same pace."""
+    return (f"#room{index % rooms}",) if rooms else ("#lobby",)
+
+
+def register_frame(
+    challenge: m.Challenge, nick: str, rooms: tuple[str, ...], identity: PrivateKey | None = None
+) -> bytes:
+    """A real registration (both proofs) of ``nick`` in ``rooms``, with fresh keys (or
+    ``identity``). The signed prekey is a stand-in: the relay does not check it."""
+    identity = identity or PrivateKey.generate()
+    session = PrivateKey.generate()
+    proofs = registration_proof(identity, session, challenge)
+    stand_in = SignedPrekey(1, session.public_key, bytes(SIGNATURE_SIZE))
+    register = m.Register(nick, identity.public_key, session.public_key, *proofs, stand_in, rooms)
+    return encode_frame(encode_message(register))
+
+
+async def join_idle(
+    host: str,
+    port: int,
+    nick: str,
+    timeout: float,
+    rooms: tuple[str, ...] = ("#lobby",),
+    identity: PrivateKey | None = None,
+    decoder: FrameDecoder | None = None,
+) -> tuple[Link, int]:
+    """Register ``nick`` in ``rooms`` (with ``identity``, or a new one); return its link
+    (now reading once a second) and the directory's size in bytes. What comes after the
+    directory is cut into frames by ``decoder`` (and dropped): a caller that reads what
+    comes later passes its own, which then starts at a frame's beginning."""
+    began = time.monotonic()
+    link = await asyncio.wait_for(connect_link(host, port), timeout)
+    timeout -= time.monotonic() - began
+    decoder = decoder or FrameDecoder()
     done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     directory_bytes = 0
 
     def fail(why: str) -> None:
         if not done.done():
             done.set_exception(BenchmarkError(f"{nick}: {why}"))
+
+    def drop(data: bytes) -> None:
+        decoder.receive_data(data)  # in frames, so that a caller's reads start at one
 
     def take_directory(data: bytes) -> None:
         nonlocal directory_bytes
@@ -53,23 +91,26 @@ async def join_idle(host: str, port: int, nick: str, timeout: float) -> tuple[Li
                 return
             directory_bytes += len(frame)
             if _LAST_PART in frame[-_TAIL:]:
-                link.handler = lambda data: None  # registered: from now on, drop what comes
+                link.handler = drop  # registered: from now on, drop what comes
                 link.pause = IDLE_READ_INTERVAL
                 if not done.done():
                     done.set_result(directory_bytes)
                 return
 
     def answer_challenge(data: bytes) -> None:
+        frames = decoder.receive_data(data)
+        if not frames:
+            return
         try:
-            core.receive_data(data)
+            challenge = decode_message(frames[0])
         except E2EChatError as exc:
             fail(str(exc))
             return
-        link.write(core.data_to_send())
-        if core.state is ClientState.AWAIT_WELCOME:
-            link.handler = lambda data: take_directory(data) if data else fail("relay hung up")
-        elif core.state is ClientState.CLOSED:
-            fail("refused")
+        if not isinstance(challenge, m.Challenge):
+            fail(f"refused: {challenge!r}")
+            return
+        link.write(register_frame(challenge, nick, rooms, identity))
+        link.handler = lambda data: take_directory(data) if data else fail("relay hung up")
 
     link.handler = lambda data: answer_challenge(data) if data else fail("relay hung up")
     try:
@@ -91,7 +132,7 @@ async def idle_crowd(channel: Channel, config: dict[str, Any]) -> dict[str, Any]
     """Register up to ``target`` idle clients, ``concurrency`` at a time, until the
     ``budget`` (seconds) runs out; note the relay's CPU and memory at checkpoints."""
     host, port, pid = config["host"], config["port"], config["relay_pid"]
-    target, budget = config["target"], config["budget"]
+    target, budget, rooms = config["target"], config["budget"], config.get("rooms", 0)
     links: list[Link] = []
     durations: list[float] = []
     marks, progress = checkpoints(target), []
@@ -103,7 +144,8 @@ async def idle_crowd(channel: Channel, config: dict[str, Any]) -> dict[str, Any]
         while next_index < target and time.monotonic() - start < budget:
             index, next_index = next_index, next_index + 1
             began = time.monotonic()
-            link, _ = await join_idle(host, port, f"idle{index:05d}", config["join_timeout"])
+            nick = f"idle{index:05d}"
+            link, _ = await join_idle(host, port, nick, config["join_timeout"], rooms_of(index, rooms))
             durations.append(time.monotonic() - began)
             links.append(link)
             if len(links) in marks:

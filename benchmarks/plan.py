@@ -29,13 +29,25 @@ class Plan:
     scale_target: int = 10_000
     scale_budget: float = 120.0  # seconds of registering before we report what we reached
     scale_concurrency: int = 32
+    #: the idle clients are spread over this many rooms (100 rooms of 100 at 10,000)
+    scale_rooms: int = 100
     newcomers: int = 3
-    churn_cycles: int = 20
+    churn_cycles: int = 200  # /proc counts CPU in 10 ms ticks: enough cycles to see 1 ms
     #: 5. client cost
     cost_recipients: int = 49
     cost_messages: int = 300
     #: conversation turns timed for the cost of a DH ratchet step (0.1 ms or so each)
     cost_dh_turns: int = 200
+    #: 12. rooms: a client's cost of one join at these sizes online, joins timed at each
+    join_cost_sizes: tuple[int, ...] = (100, 10_000)
+    join_cost_joins: int = 200
+    #: room sizes a room message is fanned out to, and seconds of sending to each
+    fanout_sizes: tuple[int, ...] = (10, 100, 1000)
+    fanout_seconds: float = 3.0
+    #: clients (in rooms of ``restart_room``) back after a relay restart, and the bound
+    restart_clients: int = 10_000
+    restart_room: int = 100
+    restart_timeout: float = 60.0
     #: 6. memory
     memory_seconds: float = 15.0
     flood_seconds: float = 5.0
@@ -76,6 +88,7 @@ SMOKE = Plan(
     scale_target=24,
     scale_budget=10.0,
     scale_concurrency=8,
+    scale_rooms=4,
     newcomers=1,
     churn_cycles=2,
     cost_recipients=4,
@@ -94,6 +107,13 @@ SMOKE = Plan(
     abuse_warmup=0.3,
     store_items=2_000,
     drain_messages=600,
+    join_cost_sizes=(10, 100),
+    join_cost_joins=10,
+    fanout_sizes=(3, 10),
+    fanout_seconds=0.3,
+    restart_clients=20,
+    restart_room=5,
+    restart_timeout=20.0,
 )
 
 

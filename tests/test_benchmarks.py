@@ -25,6 +25,8 @@ EXPECTED = {
         "relay_rss_kib_per_connection",
         "newcomer_directory_ms",
         "churn_cycles_per_s",
+        "registration_seconds",
+        "churn_relay_cpu_ms",
     ],
     "client-cost": [
         "send_ms_per_message",
@@ -44,6 +46,7 @@ EXPECTED = {
     "history": ["start_up_s", "start_up_empty_s", "history_share_ms", "fill_rows_per_s", "bytes_per_row"],
     "mailbox": ["queued_per_s", "online_memory_per_s", "online_store_per_s", "online_store_ratio"],
     "drain": ["drain_per_s", "drain_us_per_message"],
+    "rooms": ["client_join_us_", "client_join_growth", "fanout_", "restart_seconds"],
 }
 
 
@@ -92,6 +95,9 @@ def test_smoke_run_reports_every_figure_and_loses_nothing(tmp_path: Path) -> Non
         "receive_ratio",
         "relay_rss_kib_per_connection",
         "clients_reached",
+        "registration_seconds",
+        "churn_relay_cpu_ms",
+        "restart_seconds",
     }
 
 
