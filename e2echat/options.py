@@ -231,6 +231,7 @@ LIMIT_FLAGS: list[tuple[str, type[int] | type[float], str, str]] = [
     ("connections_per_address", int, "N", "connections at once from one address (an IPv6 /64 is one)"),
     ("connect_rate", float, "PER_SECOND", "new connections a second from one address"),
     ("connect_burst", float, "N", "new connections allowed at once from one address above that rate"),
+    ("max_rooms", int, "N", "rooms on the relay at once (a join that would make one more is refused)"),
 ]
 
 #: the mailbox limits: (field of Limits, kind of value, metavar, help); given as text and
