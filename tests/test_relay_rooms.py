@@ -66,6 +66,7 @@ def test_a_client_in_two_rooms_gets_each_rooms_members_and_a_contact_in_both_hea
     out = relay.join("carol", rooms=("#a", "#b", "#lobby"))
     carol = _messages(relay, "carol", out)
     assert [type(message) for message in carol] == [m.Welcome, m.Members, m.Members, m.Members]
+    assert sorted(_nicks(_to(relay.conns["carol"], out, m.Welcome)[0].peers)) == ["alice", "bob"]  # once each
     members = {message.room: message for message in carol if isinstance(message, m.Members)}
     assert list(members) == ["#a", "#b", "#lobby"]  # in the order of the register
     assert _nicks(members["#a"].peers) == ["alice"] and members["#a"].away == ()
