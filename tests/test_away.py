@@ -110,38 +110,37 @@ def test_a_malformed_status_is_refused(text: str) -> None:
 
 def test_a_status_sets_and_clears_a_peers_away_message() -> None:
     statuses = TheirStatuses()
-    assert statuses.receive("bob", 3, False, encode_status(KEY, "lunch"), KEY) == Away("bob", "lunch")
+    assert statuses.receive("bob", 3, encode_status(KEY, "lunch"), KEY) == Away("bob", "lunch")
     assert statuses.message("bob") == "lunch"
-    assert statuses.receive("bob", 4, False, encode_status(KEY, "lunch"), KEY) is None  # no change
-    assert statuses.receive("bob", 5, False, encode_status(KEY, ""), KEY) == Away("bob", "")
+    assert statuses.receive("bob", 4, encode_status(KEY, "lunch"), KEY) is None  # no change
+    assert statuses.receive("bob", 5, encode_status(KEY, ""), KEY) == Away("bob", "")
     assert statuses.message("bob") == ""
-    assert statuses.receive("bob", 6, False, encode_status(KEY, ""), KEY) is None  # back already
+    assert statuses.receive("bob", 6, encode_status(KEY, ""), KEY) is None  # back already
 
 
 def test_a_status_older_than_one_taken_is_ignored() -> None:
     statuses = TheirStatuses()
-    statuses.receive("bob", 5, False, encode_status(KEY, ""), KEY)
+    statuses.receive("bob", 5, encode_status(KEY, ""), KEY)
     # An "away" sent before that "back", delivered after it (held back on the way).
-    assert statuses.receive("bob", 4, False, encode_status(KEY, "lunch"), KEY) is None
-    assert statuses.receive("bob", 5, False, encode_status(KEY, "lunch"), KEY) is None
-    assert statuses.receive("bob", 9, True, encode_status(KEY, "lunch"), KEY) is None  # it filled a gap
+    assert statuses.receive("bob", 4, encode_status(KEY, "lunch"), KEY) is None
+    assert statuses.receive("bob", 5, encode_status(KEY, "lunch"), KEY) is None
     assert statuses.message("bob") == ""
-    assert statuses.receive("bob", 9, False, encode_status(KEY, "lunch"), KEY) == Away("bob", "lunch")
+    assert statuses.receive("bob", 9, encode_status(KEY, "lunch"), KEY) == Away("bob", "lunch")
 
 
 def test_a_status_of_another_connection_is_ignored() -> None:
     statuses = TheirStatuses()
-    assert statuses.receive("bob", 1, False, encode_status(OTHER_KEY, "lunch"), KEY) is None
+    assert statuses.receive("bob", 1, encode_status(OTHER_KEY, "lunch"), KEY) is None
     assert statuses.message("bob") == ""
 
 
 def test_a_peer_gone_is_forgotten() -> None:
     statuses = TheirStatuses()
-    statuses.receive("bob", 7, False, encode_status(KEY, "lunch"), KEY)
+    statuses.receive("bob", 7, encode_status(KEY, "lunch"), KEY)
     statuses.forget("bob")
     assert statuses.message("bob") == ""
     # Their next connection counts anew (its statuses name its own key).
-    assert statuses.receive("bob", 1, False, encode_status(OTHER_KEY, "gone"), OTHER_KEY) == Away(
+    assert statuses.receive("bob", 1, encode_status(OTHER_KEY, "gone"), OTHER_KEY) == Away(
         "bob", "gone"
     )
 
@@ -356,6 +355,23 @@ async def test_a_status_held_back_and_delivered_late_is_ignored() -> None:
         await _settle(bob)
         assert bob.connection.core.their_away("alice") == ""
         assert not any(isinstance(event, Away) for event in bob.seen)
+
+
+async def test_a_back_held_behind_a_line_still_counts() -> None:
+    """The relay swaps alice's "back" and the line after it: the "back" fills a gap when it
+    comes, yet it is newer than every status bob took, and he must believe it."""
+    holder = Holder("alice", "bob")
+    async with running(HostileRelay(holder)) as relay, peers(relay, "alice", "bob") as (alice, bob):
+        await meet(alice, bob)
+        alice.connection.set_away("lunch")
+        assert await bob.next(Away) == Away("alice", "lunch")
+        holder.holding = True
+        alice.connection.set_away("")  # held
+        alice.connection.send_private("bob", "I am back")
+        await bob.next(MessageReceived, lambda e: e.text == "I am back")
+        relay.inject("bob", holder.held[0])  # the "back", after the line
+        assert await bob.next(Away) == Away("alice", "")
+        assert bob.connection.core.their_away("alice") == ""
 
 
 async def test_a_status_held_past_the_senders_reconnect_is_ignored() -> None:

@@ -196,7 +196,7 @@ class Sessions:
                 events.extend(self._tracker.acknowledged(sender, list(acks)))
             return events
         if kind is _STATUS:  # no receipt is owed for one
-            return events + self._status(sender, counter, late, text, trust)
+            return events + self._status(sender, counter, text, trust)
         if trust is not _CHANGED:  # nothing is owed to a key we do not accept, even later
             owed = self.acks_due.get(sender)
             if owed is not None:
@@ -213,14 +213,14 @@ class Sessions:
         events.append(received((sender, text, kind is _PRIVATE, trust, late, sent)))
         return events
 
-    def _status(self, sender: str, counter: int, late: bool, text: str, trust: Trust) -> list[Event]:
+    def _status(self, sender: str, counter: int, text: str, trust: Trust) -> list[Event]:
         """A STATUS from ``sender`` (online: it came in a session with them): the change
         it makes to their away message, if it is believed (client/status.py)."""
         if trust is _CHANGED:
             return []  # from a key not accepted: not shown in /who, where no mark would flag it
         try:
             change = self.statuses.receive(
-                sender, counter, late, text, self._directory.peers[sender].session_key
+                sender, counter, text, self._directory.peers[sender].session_key
             )
         except ValueError:
             return [SecurityWarning(f"{sender} sent a malformed away message; it was ignored")]

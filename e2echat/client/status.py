@@ -12,8 +12,9 @@ connection of the sender starts "here".
 What a relay could still try, and why it fails (``TheirStatuses.receive``):
 
 * hold a status back and deliver it after a later one (an old "away" after "back"):
-  the older one fills a gap (it is *late*) or carries a lower number than the last
-  status taken from that peer, and is ignored;
+  it carries a lower number than the last status taken from that peer, and is ignored.
+  (Whether it filled a gap does not matter: a status held back while later *messages*
+  went through is still newer than every status taken, and must count);
 * hold a status back past the sender's reconnect, and deliver it to show someone away
   who is not: it names the session key of the connection it was sent in, and the
   directory now shows another, so it is ignored.
@@ -99,9 +100,9 @@ class TheirStatuses:
         """``nick``'s away message; "" if they are not away (or not online)."""
         return self._away.get(nick, "")
 
-    def receive(self, nick: str, counter: int, late: bool, text: str, session_key: PublicKey) -> Away | None:
+    def receive(self, nick: str, counter: int, text: str, session_key: PublicKey) -> Away | None:
         """A STATUS from ``nick`` (authenticated: it opened in our session with them),
-        which was their message number ``counter`` (``late``: it filled a gap), while the
+        which was their message number ``counter``, while the
         directory shows ``session_key`` for them. The change it makes, if any; None if it
         is ignored (stale) or changes nothing. ``ValueError`` if it is malformed."""
         named_key, message = decode_status(text)
@@ -109,7 +110,7 @@ class TheirStatuses:
             log.info("ignored a status from %s sent in an earlier connection of theirs", nick)
             return None
         last = self._numbers.get(nick)
-        if late or (last is not None and counter <= last):
+        if last is not None and counter <= last:
             log.info("ignored a status from %s older than one already taken", nick)
             return None
         self._numbers[nick] = counter
