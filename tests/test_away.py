@@ -15,6 +15,7 @@ from test_repl_features import repl, toolbar_of, until
 from e2echat.client.events import (
     Away,
     ConnectionLost,
+    DeliveryReport,
     MessageReceived,
     PeerJoined,
     PeerLeft,
@@ -126,6 +127,19 @@ def test_a_status_older_than_one_taken_is_ignored() -> None:
     assert statuses.receive("bob", 5, encode_status(KEY, "lunch"), KEY) is None
     assert statuses.message("bob") == ""
     assert statuses.receive("bob", 9, encode_status(KEY, "lunch"), KEY) == Away("bob", "lunch")
+
+
+def test_a_line_from_a_peer_away_says_they_are_back() -> None:
+    statuses = TheirStatuses()
+    statuses.receive("bob", 5, encode_status(KEY, "lunch"), KEY)
+    assert statuses.spoke("bob", 4) is None  # sent before he went away
+    assert statuses.message("bob") == "lunch"
+    assert statuses.spoke("bob", 7) == Away("bob", "")  # his "back" (6) was lost
+    assert statuses.message("bob") == ""
+    assert statuses.spoke("bob", 8) is None  # back already
+    # The "away" sent before that line, delivered after it: older than his last word.
+    assert statuses.receive("bob", 6, encode_status(KEY, "lunch"), KEY) is None
+    assert statuses.message("bob") == ""
 
 
 def test_a_status_of_another_connection_is_ignored() -> None:
@@ -357,9 +371,9 @@ async def test_a_status_held_back_and_delivered_late_is_ignored() -> None:
         assert not any(isinstance(event, Away) for event in bob.seen)
 
 
-async def test_a_back_held_behind_a_line_still_counts() -> None:
-    """The relay swaps alice's "back" and the line after it: the "back" fills a gap when it
-    comes, yet it is newer than every status bob took, and he must believe it."""
+async def test_a_back_held_behind_a_receipt_still_counts() -> None:
+    """The relay swaps alice's "back" and the receipt after it: the "back" fills a gap
+    when it comes, yet it is newer than every status bob took, and he must believe it."""
     holder = Holder("alice", "bob")
     async with running(HostileRelay(holder)) as relay, peers(relay, "alice", "bob") as (alice, bob):
         await meet(alice, bob)
@@ -367,11 +381,28 @@ async def test_a_back_held_behind_a_line_still_counts() -> None:
         assert await bob.next(Away) == Away("alice", "lunch")
         holder.holding = True
         alice.connection.set_away("")  # held
-        alice.connection.send_private("bob", "I am back")
-        await bob.next(MessageReceived, lambda e: e.text == "I am back")
-        relay.inject("bob", holder.held[0])  # the "back", after the line
+        bob.connection.send_private("alice", "are you there?")
+        await bob.next(DeliveryReport)  # her receipt: after the "back" in her numbering
+        relay.inject("bob", holder.held[0])  # the "back", after the receipt
         assert await bob.next(Away) == Away("alice", "")
         assert bob.connection.core.their_away("alice") == ""
+
+
+async def test_a_line_typed_brings_a_peer_back_even_if_the_back_is_dropped() -> None:
+    holder = Holder("alice", "bob")
+    async with running(HostileRelay(holder)) as relay, peers(relay, "alice", "bob") as (alice, bob):
+        await meet(alice, bob)
+        chat = Chat(alice.connection, text_into([]))
+        chat.handle_line("/away lunch")
+        assert await bob.next(Away) == Away("alice", "lunch")
+        holder.holding = True  # the "back" the line sends first: dropped
+        chat.handle_line("/msg bob I am back")
+        assert await bob.next(Away) == Away("alice", "")
+        await bob.next(MessageReceived, lambda e: e.text == "I am back")
+        assert holder.held  # (it was the "back" that was dropped)
+        chat.handle_line("a line to the room, later")  # says nothing new
+        await bob.next(MessageReceived, lambda e: e.text == "a line to the room, later")
+        assert [e for e in bob.seen if isinstance(e, Away)] == [Away("alice", "lunch"), Away("alice", "")]
 
 
 async def test_a_status_held_past_the_senders_reconnect_is_ignored() -> None:

@@ -210,6 +210,10 @@ class Sessions:
                     events.append(KeyPinned(sender))
         if view != directory.view and directory.is_split_view(sender, view):
             events.append(SplitView(sender))
+        if trust is not _CHANGED:
+            back = self.statuses.spoke(sender, counter)  # a line typed: back, if away
+            if back is not None:
+                events.append(back)
         events.append(received((sender, text, kind is _PRIVATE, trust, late, sent)))
         return events
 

@@ -17,7 +17,9 @@ What a relay could still try, and why it fails (``TheirStatuses.receive``):
   went through is still newer than every status taken, and must count);
 * hold a status back past the sender's reconnect, and deliver it to show someone away
   who is not: it names the session key of the connection it was sent in, and the
-  directory now shows another, so it is ignored.
+  directory now shows another, so it is ignored;
+* drop a "back": the line typed that brought the sender back comes after it, and a room
+  or private message from a peer away says they are back (``TheirStatuses.spoke``).
 """
 
 from __future__ import annotations
@@ -86,14 +88,14 @@ def decode_status(text: str) -> tuple[bytes, str]:
 
 
 class TheirStatuses:
-    """The away message each peer online last sent us, with the number of the message
-    it came in (to refuse an older one delivered later). A peer's entry goes when their
+    """The away message each peer online last sent us, with the number of their last
+    status or message taken (to refuse an older status delivered later). A peer's entry goes when their
     directory entry does (``forget``): bounded by the directory."""
 
     def __init__(self) -> None:
         #: nick -> their away message (only those away)
         self._away: dict[str, str] = {}
-        #: nick -> the number of the last status taken from them
+        #: nick -> the number of the last status (or room or private message) taken from them
         self._numbers: dict[str, int] = {}
 
     def message(self, nick: str) -> str:
@@ -121,6 +123,19 @@ class TheirStatuses:
         else:
             del self._away[nick]
         return Away(nick, message)
+
+    def spoke(self, nick: str, counter: int) -> Away | None:
+        """A room or private message from ``nick``, their message number ``counter``: a
+        line typed brings its sender back (ui/away.py), so if the "back" that went before
+        it was lost on the way, this says it all the same. A status older than it is then
+        ignored, as one older than a status taken. The change it makes, if any."""
+        last = self._numbers.get(nick)
+        if last is not None and counter <= last:
+            return None  # older than their last word: it says nothing of now
+        self._numbers[nick] = counter
+        if self._away.pop(nick, None) is None:
+            return None
+        return Away(nick, "")
 
     def forget(self, nick: str) -> None:
         """``nick``'s directory entry ended (they left, or came back with other keys): a
