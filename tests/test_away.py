@@ -45,16 +45,17 @@ from support import LOOPBACK, WAIT, Peer, connect, meet, peers, running, spawn_c
 
 KEY = PrivateKey.generate().public_key
 OTHER_KEY = PrivateKey.generate().public_key
+OUR_KEY = PrivateKey.generate().public_key  # the recipient's
 
 
 # -- the status's text, pure --------------------------------------------------------------------
 
 
 def test_a_status_names_the_connection_and_carries_the_message() -> None:
-    text = encode_status(KEY, "at lunch")
-    assert text == bytes(KEY).hex() + "at lunch"
-    assert decode_status(text) == (bytes(KEY), "at lunch")
-    assert decode_status(encode_status(KEY, "")) == (bytes(KEY), "")  # back
+    text = encode_status(KEY, OUR_KEY, "at lunch")
+    assert text == bytes(KEY).hex() + bytes(OUR_KEY).hex() + "at lunch"
+    assert decode_status(text) == (bytes(KEY), bytes(OUR_KEY), "at lunch")
+    assert decode_status(encode_status(KEY, OUR_KEY, "")) == (bytes(KEY), bytes(OUR_KEY), "")  # back
 
 
 @pytest.mark.parametrize(
@@ -74,9 +75,9 @@ def test_a_status_names_the_connection_and_carries_the_message() -> None:
 def test_an_away_message_is_one_short_printable_line(message: str) -> None:
     assert not is_away_message(message)
     with pytest.raises(ValueError):
-        encode_status(KEY, message)
+        encode_status(KEY, OUR_KEY, message)
     with pytest.raises(ValueError):
-        decode_status(bytes(KEY).hex() + message)
+        decode_status(bytes(KEY).hex() + bytes(OUR_KEY).hex() + message)
     if message == message.strip(" "):  # (typed, spaces around it are trimmed)
         with pytest.raises(CommandError):
             checked_away(message)
@@ -85,7 +86,7 @@ def test_an_away_message_is_one_short_printable_line(message: str) -> None:
 def test_the_longest_away_message_and_unicode_are_fine() -> None:
     for message in ("x" * MAX_AWAY, "déjeuner 🍜", "a b"):
         assert is_away_message(message)
-        assert decode_status(encode_status(KEY, message))[1] == message
+        assert decode_status(encode_status(KEY, OUR_KEY, message))[2] == message
     assert checked_away("  lunch  ") == "lunch"  # as typed: trimmed
     with pytest.raises(CommandError, match=f"at most {MAX_AWAY} characters"):
         checked_away("x" * (MAX_AWAY + 1))
@@ -96,8 +97,10 @@ def test_the_longest_away_message_and_unicode_are_fine() -> None:
     [
         pytest.param("", id="empty"),
         pytest.param("ab" * 31, id="key-cut-short"),
-        pytest.param("AB" * 32 + "lunch", id="key-in-capitals"),
-        pytest.param("zz" * 32 + "lunch", id="key-not-hex"),
+        pytest.param("ab" * 32 + "lunch", id="one-key-only"),
+        pytest.param("ab" * 32 + "cd" * 31, id="second-key-cut-short"),
+        pytest.param("AB" * 32 + "cd" * 32 + "lunch", id="key-in-capitals"),
+        pytest.param("ab" * 32 + "zz" * 32 + "lunch", id="second-key-not-hex"),
         pytest.param("lunch", id="no-key"),
     ],
 )
@@ -111,50 +114,60 @@ def test_a_malformed_status_is_refused(text: str) -> None:
 
 def test_a_status_sets_and_clears_a_peers_away_message() -> None:
     statuses = TheirStatuses()
-    assert statuses.receive("bob", 3, encode_status(KEY, "lunch"), KEY) == Away("bob", "lunch")
+    assert statuses.receive("bob", 3, encode_status(KEY, OUR_KEY, "lunch"), KEY, OUR_KEY) == Away(
+        "bob", "lunch"
+    )
     assert statuses.message("bob") == "lunch"
-    assert statuses.receive("bob", 4, encode_status(KEY, "lunch"), KEY) is None  # no change
-    assert statuses.receive("bob", 5, encode_status(KEY, ""), KEY) == Away("bob", "")
+    assert statuses.receive("bob", 4, encode_status(KEY, OUR_KEY, "lunch"), KEY, OUR_KEY) is None  # no change
+    assert statuses.receive("bob", 5, encode_status(KEY, OUR_KEY, ""), KEY, OUR_KEY) == Away("bob", "")
     assert statuses.message("bob") == ""
-    assert statuses.receive("bob", 6, encode_status(KEY, ""), KEY) is None  # back already
+    assert statuses.receive("bob", 6, encode_status(KEY, OUR_KEY, ""), KEY, OUR_KEY) is None  # back already
 
 
 def test_a_status_older_than_one_taken_is_ignored() -> None:
     statuses = TheirStatuses()
-    statuses.receive("bob", 5, encode_status(KEY, ""), KEY)
+    statuses.receive("bob", 5, encode_status(KEY, OUR_KEY, ""), KEY, OUR_KEY)
     # An "away" sent before that "back", delivered after it (held back on the way).
-    assert statuses.receive("bob", 4, encode_status(KEY, "lunch"), KEY) is None
-    assert statuses.receive("bob", 5, encode_status(KEY, "lunch"), KEY) is None
+    assert statuses.receive("bob", 4, encode_status(KEY, OUR_KEY, "lunch"), KEY, OUR_KEY) is None
+    assert statuses.receive("bob", 5, encode_status(KEY, OUR_KEY, "lunch"), KEY, OUR_KEY) is None
     assert statuses.message("bob") == ""
-    assert statuses.receive("bob", 9, encode_status(KEY, "lunch"), KEY) == Away("bob", "lunch")
+    assert statuses.receive("bob", 9, encode_status(KEY, OUR_KEY, "lunch"), KEY, OUR_KEY) == Away(
+        "bob", "lunch"
+    )
 
 
 def test_a_line_from_a_peer_away_says_they_are_back() -> None:
     statuses = TheirStatuses()
-    statuses.receive("bob", 5, encode_status(KEY, "lunch"), KEY)
+    statuses.receive("bob", 5, encode_status(KEY, OUR_KEY, "lunch"), KEY, OUR_KEY)
     assert statuses.spoke("bob", 4) is None  # sent before he went away
     assert statuses.message("bob") == "lunch"
     assert statuses.spoke("bob", 7) == Away("bob", "")  # his "back" (6) was lost
     assert statuses.message("bob") == ""
     assert statuses.spoke("bob", 8) is None  # back already
     # The "away" sent before that line, delivered after it: older than his last word.
-    assert statuses.receive("bob", 6, encode_status(KEY, "lunch"), KEY) is None
+    assert statuses.receive("bob", 6, encode_status(KEY, OUR_KEY, "lunch"), KEY, OUR_KEY) is None
     assert statuses.message("bob") == ""
 
 
 def test_a_status_of_another_connection_is_ignored() -> None:
     statuses = TheirStatuses()
-    assert statuses.receive("bob", 1, encode_status(OTHER_KEY, "lunch"), KEY) is None
+    assert statuses.receive("bob", 1, encode_status(OTHER_KEY, OUR_KEY, "lunch"), KEY, OUR_KEY) is None
+    assert statuses.message("bob") == ""
+
+
+def test_a_status_to_another_connection_of_ours_is_ignored() -> None:
+    statuses = TheirStatuses()
+    assert statuses.receive("bob", 1, encode_status(KEY, OTHER_KEY, "lunch"), KEY, OUR_KEY) is None
     assert statuses.message("bob") == ""
 
 
 def test_a_peer_gone_is_forgotten() -> None:
     statuses = TheirStatuses()
-    statuses.receive("bob", 7, encode_status(KEY, "lunch"), KEY)
+    statuses.receive("bob", 7, encode_status(KEY, OUR_KEY, "lunch"), KEY, OUR_KEY)
     statuses.forget("bob")
     assert statuses.message("bob") == ""
     # Their next connection counts anew (its statuses name its own key).
-    assert statuses.receive("bob", 1, encode_status(OTHER_KEY, "gone"), OTHER_KEY) == Away(
+    assert statuses.receive("bob", 1, encode_status(OTHER_KEY, OUR_KEY, "gone"), OTHER_KEY, OUR_KEY) == Away(
         "bob", "gone"
     )
 
@@ -427,8 +440,34 @@ async def test_a_status_held_past_the_senders_reconnect_is_ignored() -> None:
         await bob.connection.close()
 
 
-async def _held(holder: Holder) -> None:
-    while not holder.held:
+async def test_a_status_held_past_the_recipients_reconnect_is_ignored() -> None:
+    """alice goes away and comes back, both withheld from bob; bob reconnects, and the
+    relay hands his new connection the old "away": it names his old connection."""
+    holder = Holder("alice", "bob")
+    async with running(HostileRelay(holder)) as relay:
+        alice = await connect(relay, "alice")
+        bob = await connect(relay, "bob", reconnecting=True)
+        await meet(alice, bob)
+        holder.holding = True
+        alice.connection.set_away("lunch")  # held
+        await asyncio.wait_for(_held(holder), WAIT)
+        holder.holding = True
+        alice.connection.set_away("")  # dropped
+        await asyncio.wait_for(_held(holder, 2), WAIT)
+        relay.hang_up("bob")
+        await alice.next(PeerJoined, lambda e: e.nick == "bob")
+        await bob.next(Registered)
+        relay.inject("bob", holder.held[0])  # the old "away", to bob's new connection
+        alice.connection.send_private("bob", "ping")
+        await _settle(bob)
+        assert bob.connection.core.their_away("alice") == ""
+        assert not any(isinstance(event, Away) for event in bob.seen)
+        await bob.connection.close()
+        await alice.connection.close()
+
+
+async def _held(holder: Holder, count: int = 1) -> None:
+    while len(holder.held) < count:
         await asyncio.sleep(0.01)
 
 
@@ -465,7 +504,10 @@ async def test_a_malformed_status_from_a_peer_is_not_shown(text: str, shown: boo
         [fake] = made_up_peers(relay, "bob", 1)
         relay.inject("bob", m.PeerJoined(fake.info))
         await bob.next(PeerJoined)
-        body = fake.session.encrypt(bytes(fake.info.session_key).hex() + text, Kind.STATUS)
+        body = fake.session.encrypt(
+            bytes(fake.info.session_key).hex() + bytes(bob.connection.core.session_key).hex() + text,
+            Kind.STATUS,
+        )
         relay.inject("bob", m.Deliver(fake.nick, body))
         if shown:
             assert await bob.next(Away) == Away(fake.nick, "lunch")

@@ -48,7 +48,7 @@ from e2echat.client.publishing import PrekeyPublisher
 from e2echat.client.receipts import RECEIPT_TIMEOUT, TIMED_OUT, DeliveryReport, DeliveryTracker, Message
 from e2echat.client.relays import RelayTrust
 from e2echat.client.sessions import Sessions
-from e2echat.client.status import checked_away, encode_status
+from e2echat.client.status import checked_away
 from e2echat.client.trust import KnownPeers, Trust
 from e2echat.crypto.identity import safety_number
 from e2echat.crypto.keyring import Keyring
@@ -162,7 +162,7 @@ class ClientCore:
         # relay was told of.
         self._mailbox = MailboxReads(hold_acks)
         self._outlived_due = 0.0  # wall clock: when next to look for copies waiting too long
-        self._sessions = Sessions(nick, self.keyring, self._directory, self.deliveries)
+        self._sessions = Sessions(nick, self.keyring, self._directory, self.deliveries, self._session_key)
         self._outbox = Outbox(
             nick,
             self._directory,
@@ -397,7 +397,12 @@ class ClientCore:
         self._require_online()
         message = checked_away(message)
         self.our_away = message
-        return self._outbox.send_status(encode_status(self._session_key, message))
+        return self._outbox.send_status(self._session_key, message)
+
+    @property
+    def session_key(self) -> PublicKey:
+        """This connection's session key, as the directory shows it to peers."""
+        return self._session_key
 
     def their_away(self, nick: str) -> str:
         """``nick``'s away message, as they last said it in this connection of theirs; ""
@@ -510,7 +515,7 @@ class ClientCore:
         """``nick`` is online and a contact now, and was not when we said we are away (or
         it was another connection of theirs): tell them."""
         if self.our_away and nick in self._directory.peers:
-            self._outbox.send_status(encode_status(self._session_key, self.our_away), (nick,))
+            self._outbox.send_status(self._session_key, self.our_away, (nick,))
 
     def _mail(self, seq: int, sender: str, body: bytes) -> list[Event]:
         self._mailbox.handle(seq)

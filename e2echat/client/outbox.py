@@ -29,6 +29,7 @@ from e2echat.client.directory import Directory
 from e2echat.client.events import Event, KeyPinned, SecurityWarning
 from e2echat.client.pacing import Pacer
 from e2echat.client.receipts import NOT_KNOWN, UNNUMBERED, DeliveryTracker
+from e2echat.client.status import encode_status
 from e2echat.client.trust import Trust
 from e2echat.crypto.keyring import Keyring
 from e2echat.crypto.session import (
@@ -340,19 +341,28 @@ class Outbox:
             batch = tuple(nicks[start : start + MAX_FETCH])
             self._outgoing.write(encode_frame(encode_message(m.Fetch(batch))), now, FETCH_CHARGE * len(batch))
 
-    def send_status(self, text: str, nicks: Collection[str] | None = None) -> list[str]:
-        """A STATUS with ``text`` (client/status.py) to each of ``nicks`` online (all of
-        them if not given) that we have a session with and whose key is not in doubt, under
-        message id 0: nothing tracks it and no receipt comes back. Nobody is fetched for:
-        an away message starts no session. Returns whom it went to."""
+    def send_status(
+        self, our_session_key: PublicKey, message: str, nicks: Collection[str] | None = None
+    ) -> list[str]:
+        """A STATUS saying ``message`` (client/status.py: it names our session key and
+        each recipient's) to each of ``nicks`` online (all of them if not given) that we
+        have a session with and whose key is not in doubt, under message id 0: nothing
+        tracks it and no receipt comes back. Nobody is fetched for: an away message
+        starts no session. Returns whom it went to."""
         peers = self._directory.peers
         recipients = [nick for nick in (peers if nicks is None else nicks) if nick in peers]
         sessions = self._sessions_with(recipients)
-        prepared = prepare(
-            text, Kind.STATUS, directory_hash=self._directory.view, sent=int(self._wall_clock())
-        )
+        view, sent = self._directory.view, int(self._wall_clock())
         copies = [
-            (session, prepared)
+            (
+                session,
+                prepare(
+                    encode_status(our_session_key, peers[nick].session_key, message),
+                    Kind.STATUS,
+                    directory_hash=view,
+                    sent=sent,
+                ),
+            )
             for nick, session in zip(recipients, sessions, strict=True)
             # (Belt and braces, as for receipts: a changed key has no session to send in.)
             if session is not None and self._directory.trust(nick) is not Trust.CHANGED

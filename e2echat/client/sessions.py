@@ -50,7 +50,8 @@ _TRUST_CACHE = 4096
 class Sessions:
     """Our sessions with the peers the ``directory`` holds (kept in ``keyring``).
 
-    ``tracker`` hears of receipts and of peers gone."""
+    ``tracker`` hears of receipts and of peers gone; ``our_session_key`` is this
+    connection's (a status names it)."""
 
     def __init__(
         self,
@@ -58,8 +59,10 @@ class Sessions:
         keyring: Keyring,
         directory: Directory,
         tracker: DeliveryTracker,
+        our_session_key: PublicKey,
     ) -> None:
         self._our_nick = our_nick
+        self._our_session_key = our_session_key
         self.keyring = keyring
         self._directory = directory
         self._tracker = tracker
@@ -224,7 +227,7 @@ class Sessions:
             return []  # from a key not accepted: not shown in /who, where no mark would flag it
         try:
             change = self.statuses.receive(
-                sender, counter, text, self._directory.peers[sender].session_key
+                sender, counter, text, self._directory.peers[sender].session_key, self._our_session_key
             )
         except ValueError:
             return [SecurityWarning(f"{sender} sent a malformed away message; it was ignored")]

@@ -4,8 +4,9 @@ believe. Pure.
 A status is a message of kind STATUS (crypto/session.py), sent through the ratchet
 session with each peer like a private message: the relay can neither read nor forge
 one, and a copy it replays is refused by the ratchet. Its text is the sender's session
-key (64 hex digits: the key of the connection it was sent in, which the directory shows)
-followed by the away message, "" for "back". It is never acknowledged, never kept in a
+key, then the recipient's (64 hex digits each: the keys of the two connections it was
+sent between, as the sender's directory shows them), then the away message, "" for
+"back". It is never acknowledged, never kept in a
 mailbox (it goes only to those online), and not kept across connections: a new
 connection of the sender starts "here".
 
@@ -18,6 +19,11 @@ What a relay could still try, and why it fails (``TheirStatuses.receive``):
 * hold a status back past the sender's reconnect, and deliver it to show someone away
   who is not: it names the session key of the connection it was sent in, and the
   directory now shows another, so it is ignored;
+* hold a status back past the *recipient's* reconnect (while the sender was back, say),
+  and deliver it to the new connection: it names the recipient's old session key, not
+  the one they hold now, so it is ignored. (Not a warning: a status sent just as the
+  recipient reconnected can honestly reach the new connection. The sender then sends
+  the new one its status anew, as to anyone who joins.)
 * drop a "back": the line typed that brought the sender back comes after it, and a room
   or private message from a peer away says they are back (``TheirStatuses.spoke``).
 """
@@ -36,7 +42,7 @@ log = logging.getLogger("e2echat.client.status")
 #: The longest away message, in characters: a line's worth, as IRC servers cap AWAY
 #: (AWAYLEN is commonly 200 to 300); /who shows it beside every nick.
 MAX_AWAY = 200
-# The sender's session key, in hex, at the start of a status's text.
+# A session key in hex: the sender's, then the recipient's, start a status's text.
 _KEY_DIGITS = 64
 _HEX = frozenset("0123456789abcdef")
 
@@ -69,22 +75,26 @@ def checked_away(message: str) -> str:
     return message
 
 
-def encode_status(our_session_key: PublicKey, message: str) -> str:
-    """The text of a STATUS plaintext: our session key (this connection's), then
-    ``message`` ("" for back)."""
+def encode_status(our_session_key: PublicKey, their_session_key: PublicKey, message: str) -> str:
+    """The text of a STATUS plaintext: our session key (this connection's), the
+    recipient's (as the directory shows it), then ``message`` ("" for back)."""
     if not is_away_message(message):
         raise ValueError("not an away message")
-    return bytes(our_session_key).hex() + message
+    return bytes(our_session_key).hex() + bytes(their_session_key).hex() + message
 
 
-def decode_status(text: str) -> tuple[bytes, str]:
-    """(the session key it names, the away message) of a STATUS plaintext's text; raises
-    ``ValueError`` if it is not one."""
-    digits = text[:_KEY_DIGITS]
-    message = text[_KEY_DIGITS:]
-    if len(digits) != _KEY_DIGITS or not _HEX.issuperset(digits) or not is_away_message(message):
+def decode_status(text: str) -> tuple[bytes, bytes, str]:
+    """(the sender's session key it names, the recipient's, the away message) of a
+    STATUS plaintext's text; raises ``ValueError`` if it is not one."""
+    sender, recipient = text[:_KEY_DIGITS], text[_KEY_DIGITS : 2 * _KEY_DIGITS]
+    message = text[2 * _KEY_DIGITS :]
+    if not (_is_key(sender) and _is_key(recipient) and is_away_message(message)):
         raise ValueError("malformed status")
-    return bytes.fromhex(digits), message
+    return bytes.fromhex(sender), bytes.fromhex(recipient), message
+
+
+def _is_key(digits: str) -> bool:
+    return len(digits) == _KEY_DIGITS and _HEX.issuperset(digits)
 
 
 class TheirStatuses:
@@ -102,14 +112,20 @@ class TheirStatuses:
         """``nick``'s away message; "" if they are not away (or not online)."""
         return self._away.get(nick, "")
 
-    def receive(self, nick: str, counter: int, text: str, session_key: PublicKey) -> Away | None:
+    def receive(
+        self, nick: str, counter: int, text: str, their_session_key: PublicKey, our_session_key: PublicKey
+    ) -> Away | None:
         """A STATUS from ``nick`` (authenticated: it opened in our session with them),
-        which was their message number ``counter``, while the
-        directory shows ``session_key`` for them. The change it makes, if any; None if it
-        is ignored (stale) or changes nothing. ``ValueError`` if it is malformed."""
-        named_key, message = decode_status(text)
-        if named_key != bytes(session_key):
+        which was their message number ``counter``, while the directory shows
+        ``their_session_key`` for them and this connection of ours has
+        ``our_session_key``. The change it makes, if any; None if it is ignored (stale)
+        or changes nothing. ``ValueError`` if it is malformed."""
+        sender_key, recipient_key, message = decode_status(text)
+        if sender_key != bytes(their_session_key):
             log.info("ignored a status from %s sent in an earlier connection of theirs", nick)
+            return None
+        if recipient_key != bytes(our_session_key):
+            log.info("ignored a status from %s sent to an earlier connection of ours", nick)
             return None
         last = self._numbers.get(nick)
         if last is not None and counter <= last:
