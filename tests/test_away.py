@@ -24,6 +24,7 @@ from e2echat.client.events import (
 )
 from e2echat.client.status import (
     MAX_AWAY,
+    Refused,
     TheirStatuses,
     checked_away,
     decode_status,
@@ -149,9 +150,18 @@ def test_a_line_from_a_peer_away_says_they_are_back() -> None:
     assert statuses.message("bob") == ""
 
 
-def test_a_status_of_another_connection_is_ignored() -> None:
+def test_a_status_of_another_connection_is_refused_with_one_warning() -> None:
     statuses = TheirStatuses()
-    assert statuses.receive("bob", 1, encode_status(OTHER_KEY, OUR_KEY, "lunch"), KEY, OUR_KEY) is None
+    refused = statuses.receive("bob", 1, encode_status(OTHER_KEY, OUR_KEY, "lunch"), KEY, OUR_KEY)
+    assert isinstance(refused, Refused)
+    assert "bob sent an away message naming a session key" in refused.text
+    assert bytes(OTHER_KEY).hex()[:16] in refused.text
+    # The same key again: ignored, not said again; another key: said.
+    assert statuses.receive("bob", 2, encode_status(OTHER_KEY, OUR_KEY, "lunch"), KEY, OUR_KEY) is None
+    third_key = PrivateKey.generate().public_key
+    assert isinstance(
+        statuses.receive("bob", 3, encode_status(third_key, OUR_KEY, "x"), KEY, OUR_KEY), Refused
+    )
     assert statuses.message("bob") == ""
 
 
@@ -432,6 +442,8 @@ async def test_a_status_held_past_the_senders_reconnect_is_ignored() -> None:
         await bob.next(PeerJoined, lambda e: e.nick == "alice")
         await alice.next(Registered)
         relay.inject("bob", holder.held[0])  # in order in the ratchet: but for the old connection
+        warning = await bob.next(SecurityWarning)
+        assert "alice sent an away message naming a session key the directory does not show" in warning.text
         alice.connection.send_private("bob", "ping")
         await _settle(bob)
         assert bob.connection.core.their_away("alice") == ""

@@ -27,7 +27,7 @@ from e2echat.client.events import (
     received,
 )
 from e2echat.client.receipts import DeliveryTracker
-from e2echat.client.status import TheirStatuses
+from e2echat.client.status import Refused, TheirStatuses
 from e2echat.client.trust import Trust
 from e2echat.crypto.keyring import Keyring
 from e2echat.crypto.session import PREKEY_HEADER_SIZE, PREKEY_MESSAGE, Kind, PeerSession
@@ -231,6 +231,8 @@ class Sessions:
             )
         except ValueError:
             return [SecurityWarning(f"{sender} sent a malformed away message; it was ignored")]
+        if isinstance(change, Refused):
+            return [SecurityWarning(change.text)]
         return [] if change is None else [change]
 
     def mail(self, sender: str, body: bytes) -> list[Event]:

@@ -18,7 +18,8 @@ What a relay could still try, and why it fails (``TheirStatuses.receive``):
   went through is still newer than every status taken, and must count);
 * hold a status back past the sender's reconnect, and deliver it to show someone away
   who is not: it names the session key of the connection it was sent in, and the
-  directory now shows another, so it is ignored;
+  directory now shows another, so it is ignored, and the user warned (once per peer
+  and key: ``Refused``): an honest relay passes a status on before the sender's end;
 * hold a status back past the *recipient's* reconnect (while the sender was back, say),
   and deliver it to the new connection: it names the recipient's old session key, not
   the one they hold now, so it is ignored. (Not a warning: a status sent just as the
@@ -39,6 +40,10 @@ from e2echat.errors import CommandError
 
 log = logging.getLogger("e2echat.client.status")
 
+# Peers and keys already warned about, at most: only a relay making up peers comes near
+# it, and past it a warning may come again.
+_MAX_WARNED = 1024
+
 #: The longest away message, in characters: a line's worth, as IRC servers cap AWAY
 #: (AWAYLEN is commonly 200 to 300); /who shows it beside every nick.
 MAX_AWAY = 200
@@ -55,6 +60,13 @@ class Away:
     nick: str
     message: str
     ours: bool = False
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A status was ignored, and the user should know: ``text`` says why."""
+
+    text: str
 
 
 def is_away_message(message: str) -> bool:
@@ -107,6 +119,8 @@ class TheirStatuses:
         self._away: dict[str, str] = {}
         #: nick -> the number of the last status (or room or private message) taken from them
         self._numbers: dict[str, int] = {}
+        #: (nick, session key) of statuses refused for naming a key not theirs: said once
+        self._warned: set[tuple[str, bytes]] = set()
 
     def message(self, nick: str) -> str:
         """``nick``'s away message; "" if they are not away (or not online)."""
@@ -114,16 +128,17 @@ class TheirStatuses:
 
     def receive(
         self, nick: str, counter: int, text: str, their_session_key: PublicKey, our_session_key: PublicKey
-    ) -> Away | None:
+    ) -> Away | Refused | None:
         """A STATUS from ``nick`` (authenticated: it opened in our session with them),
         which was their message number ``counter``, while the directory shows
         ``their_session_key`` for them and this connection of ours has
-        ``our_session_key``. The change it makes, if any; None if it is ignored (stale)
-        or changes nothing. ``ValueError`` if it is malformed."""
+        ``our_session_key``. The change it makes, if any; ``Refused`` if it names
+        another session key of theirs (the first time it does); None if it is ignored
+        (stale) or changes nothing. ``ValueError`` if it is malformed."""
         sender_key, recipient_key, message = decode_status(text)
         if sender_key != bytes(their_session_key):
-            log.info("ignored a status from %s sent in an earlier connection of theirs", nick)
-            return None
+            log.info("ignored a status from %s naming a session key not theirs now", nick)
+            return self._refused(nick, sender_key)
         if recipient_key != bytes(our_session_key):
             log.info("ignored a status from %s sent to an earlier connection of ours", nick)
             return None
@@ -139,6 +154,17 @@ class TheirStatuses:
         else:
             del self._away[nick]
         return Away(nick, message)
+
+    def _refused(self, nick: str, key: bytes) -> Refused | None:
+        if (nick, key) in self._warned:
+            return None
+        if len(self._warned) >= _MAX_WARNED:
+            self._warned.clear()
+        self._warned.add((nick, key))
+        return Refused(
+            f"{nick} sent an away message naming a session key the directory does not show for "
+            f"them ({key.hex()[:16]}…): held back by the relay, perhaps; it was ignored"
+        )
 
     def spoke(self, nick: str, counter: int) -> Away | None:
         """A room or private message from ``nick``, their message number ``counter``: a
