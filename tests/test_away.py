@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pytest
 from nacl.public import PrivateKey
@@ -24,6 +25,7 @@ from e2echat.client.events import (
 )
 from e2echat.client.status import (
     MAX_AWAY,
+    MAX_STATUS_AGE,
     Refused,
     TheirStatuses,
     checked_away,
@@ -46,6 +48,7 @@ from support import LOOPBACK, WAIT, Peer, connect, meet, peers, running, spawn_c
 
 KEY = PrivateKey.generate().public_key
 OTHER_KEY = PrivateKey.generate().public_key
+NOW = 1_800_000_000  # when a status in a pure test is sent, and read
 OUR_KEY = PrivateKey.generate().public_key  # the recipient's
 
 
@@ -115,71 +118,99 @@ def test_a_malformed_status_is_refused(text: str) -> None:
 
 def test_a_status_sets_and_clears_a_peers_away_message() -> None:
     statuses = TheirStatuses()
-    assert statuses.receive("bob", 3, encode_status(KEY, OUR_KEY, "lunch"), KEY, OUR_KEY) == Away(
+    assert statuses.receive("bob", 3, encode_status(KEY, OUR_KEY, "lunch"), KEY, OUR_KEY, NOW, NOW) == Away(
         "bob", "lunch"
     )
     assert statuses.message("bob") == "lunch"
-    assert statuses.receive("bob", 4, encode_status(KEY, OUR_KEY, "lunch"), KEY, OUR_KEY) is None  # no change
-    assert statuses.receive("bob", 5, encode_status(KEY, OUR_KEY, ""), KEY, OUR_KEY) == Away("bob", "")
+    assert (
+        statuses.receive("bob", 4, encode_status(KEY, OUR_KEY, "lunch"), KEY, OUR_KEY, NOW, NOW) is None
+    )  # no change
+    assert statuses.receive("bob", 5, encode_status(KEY, OUR_KEY, ""), KEY, OUR_KEY, NOW, NOW) == Away(
+        "bob", ""
+    )
     assert statuses.message("bob") == ""
-    assert statuses.receive("bob", 6, encode_status(KEY, OUR_KEY, ""), KEY, OUR_KEY) is None  # back already
+    assert (
+        statuses.receive("bob", 6, encode_status(KEY, OUR_KEY, ""), KEY, OUR_KEY, NOW, NOW) is None
+    )  # back already
 
 
 def test_a_status_older_than_one_taken_is_ignored() -> None:
     statuses = TheirStatuses()
-    statuses.receive("bob", 5, encode_status(KEY, OUR_KEY, ""), KEY, OUR_KEY)
+    statuses.receive("bob", 5, encode_status(KEY, OUR_KEY, ""), KEY, OUR_KEY, NOW, NOW)
     # An "away" sent before that "back", delivered after it (held back on the way).
-    assert statuses.receive("bob", 4, encode_status(KEY, OUR_KEY, "lunch"), KEY, OUR_KEY) is None
-    assert statuses.receive("bob", 5, encode_status(KEY, OUR_KEY, "lunch"), KEY, OUR_KEY) is None
+    assert statuses.receive("bob", 4, encode_status(KEY, OUR_KEY, "lunch"), KEY, OUR_KEY, NOW, NOW) is None
+    assert statuses.receive("bob", 5, encode_status(KEY, OUR_KEY, "lunch"), KEY, OUR_KEY, NOW, NOW) is None
     assert statuses.message("bob") == ""
-    assert statuses.receive("bob", 9, encode_status(KEY, OUR_KEY, "lunch"), KEY, OUR_KEY) == Away(
+    assert statuses.receive("bob", 9, encode_status(KEY, OUR_KEY, "lunch"), KEY, OUR_KEY, NOW, NOW) == Away(
         "bob", "lunch"
     )
 
 
 def test_a_line_from_a_peer_away_says_they_are_back() -> None:
     statuses = TheirStatuses()
-    statuses.receive("bob", 5, encode_status(KEY, OUR_KEY, "lunch"), KEY, OUR_KEY)
+    statuses.receive("bob", 5, encode_status(KEY, OUR_KEY, "lunch"), KEY, OUR_KEY, NOW, NOW)
     assert statuses.spoke("bob", 4) is None  # sent before he went away
     assert statuses.message("bob") == "lunch"
     assert statuses.spoke("bob", 7) == Away("bob", "")  # his "back" (6) was lost
     assert statuses.message("bob") == ""
     assert statuses.spoke("bob", 8) is None  # back already
     # The "away" sent before that line, delivered after it: older than his last word.
-    assert statuses.receive("bob", 6, encode_status(KEY, OUR_KEY, "lunch"), KEY, OUR_KEY) is None
+    assert statuses.receive("bob", 6, encode_status(KEY, OUR_KEY, "lunch"), KEY, OUR_KEY, NOW, NOW) is None
     assert statuses.message("bob") == ""
 
 
 def test_a_status_of_another_connection_is_refused_with_one_warning() -> None:
     statuses = TheirStatuses()
-    refused = statuses.receive("bob", 1, encode_status(OTHER_KEY, OUR_KEY, "lunch"), KEY, OUR_KEY)
+    refused = statuses.receive("bob", 1, encode_status(OTHER_KEY, OUR_KEY, "lunch"), KEY, OUR_KEY, NOW, NOW)
     assert isinstance(refused, Refused)
     assert "bob sent an away message naming a session key" in refused.text
     assert bytes(OTHER_KEY).hex()[:16] in refused.text
     # The same key again: ignored, not said again; another key: said.
-    assert statuses.receive("bob", 2, encode_status(OTHER_KEY, OUR_KEY, "lunch"), KEY, OUR_KEY) is None
+    assert (
+        statuses.receive("bob", 2, encode_status(OTHER_KEY, OUR_KEY, "lunch"), KEY, OUR_KEY, NOW, NOW) is None
+    )
     third_key = PrivateKey.generate().public_key
     assert isinstance(
-        statuses.receive("bob", 3, encode_status(third_key, OUR_KEY, "x"), KEY, OUR_KEY), Refused
+        statuses.receive("bob", 3, encode_status(third_key, OUR_KEY, "x"), KEY, OUR_KEY, NOW, NOW), Refused
     )
     assert statuses.message("bob") == ""
 
 
 def test_a_status_to_another_connection_of_ours_is_ignored() -> None:
     statuses = TheirStatuses()
-    assert statuses.receive("bob", 1, encode_status(KEY, OTHER_KEY, "lunch"), KEY, OUR_KEY) is None
+    assert statuses.receive("bob", 1, encode_status(KEY, OTHER_KEY, "lunch"), KEY, OUR_KEY, NOW, NOW) is None
     assert statuses.message("bob") == ""
+
+
+def test_a_status_sent_too_long_ago_is_ignored() -> None:
+    statuses = TheirStatuses()
+    old = encode_status(KEY, OUR_KEY, "lunch")
+    assert statuses.receive("bob", 1, old, KEY, OUR_KEY, NOW - int(MAX_STATUS_AGE) - 1, NOW) is None
+    assert statuses.receive("bob", 2, old, KEY, OUR_KEY, None, NOW) is None  # not saying when
+    assert statuses.message("bob") == ""
+    assert statuses.receive("bob", 3, old, KEY, OUR_KEY, NOW - int(MAX_STATUS_AGE), NOW) == Away(
+        "bob", "lunch"
+    )
+    assert statuses.since("bob") == NOW - MAX_STATUS_AGE
+
+
+def test_away_since_is_when_it_was_sent_but_not_later_than_now() -> None:
+    statuses = TheirStatuses()
+    statuses.receive("bob", 1, encode_status(KEY, OUR_KEY, "lunch"), KEY, OUR_KEY, NOW + 3600, NOW)
+    assert statuses.since("bob") == NOW  # their clock is fast
+    statuses.spoke("bob", 2)
+    assert statuses.since("bob") is None
 
 
 def test_a_peer_gone_is_forgotten() -> None:
     statuses = TheirStatuses()
-    statuses.receive("bob", 7, encode_status(KEY, OUR_KEY, "lunch"), KEY, OUR_KEY)
+    statuses.receive("bob", 7, encode_status(KEY, OUR_KEY, "lunch"), KEY, OUR_KEY, NOW, NOW)
     statuses.forget("bob")
     assert statuses.message("bob") == ""
     # Their next connection counts anew (its statuses name its own key).
-    assert statuses.receive("bob", 1, encode_status(OTHER_KEY, OUR_KEY, "gone"), OTHER_KEY, OUR_KEY) == Away(
-        "bob", "gone"
-    )
+    assert statuses.receive(
+        "bob", 1, encode_status(OTHER_KEY, OUR_KEY, "gone"), OTHER_KEY, OUR_KEY, NOW, NOW
+    ) == Away("bob", "gone")
 
 
 # -- the command, its help, how it looks ------------------------------------------------------------
@@ -198,6 +229,8 @@ def test_away_parses_with_or_without_a_message() -> None:
 def test_who_shows_a_peer_away_and_json_says_away() -> None:
     assert who_entry("bob", Trust.VERIFIED, "at lunch") == "bob (verified, away: at lunch)"
     assert who_entry("bob", Trust.VERIFIED) == "bob (verified)"
+    at = time.mktime((2026, 12, 7, 12, 58, 30, 0, 0, -1))  # local time
+    assert who_entry("bob", Trust.VERIFIED, "at lunch", at) == "bob (verified, away since 12:58: at lunch)"
     assert who_entry("bob", Trust.UNVERIFIED, "\u0301x") == "bob (unverified, away: \\u0301x)"
     [line] = json_lines(Away("bob", "at lunch"))
     record = json.loads(line)
@@ -223,7 +256,10 @@ async def test_away_reaches_those_online_and_a_line_typed_brings_you_back() -> N
         assert bob.connection.core.their_away("alice") == "at lunch"
         seen: list[str] = []
         Chat(bob.connection, text_into(seen)).handle_line("/who")
-        assert "alice (unverified, away: at lunch), carol (unverified)" in seen[-1]
+        since = bob.connection.core.their_away_since("alice")
+        assert since is not None and abs(time.time() - since) < WAIT
+        at = time.strftime("%H:%M", time.localtime(since))
+        assert f"alice (unverified, away since {at}: at lunch), carol (unverified)" in seen[-1]
         # Only to bob: carol has no session with alice, and a status starts none.
         [status] = relay.sends_from("alice")[-1:]
         assert [envelope.to for envelope in status.items] == ["bob"] and status.id == 0
@@ -519,6 +555,7 @@ async def test_a_malformed_status_from_a_peer_is_not_shown(text: str, shown: boo
         body = fake.session.encrypt(
             bytes(fake.info.session_key).hex() + bytes(bob.connection.core.session_key).hex() + text,
             Kind.STATUS,
+            sent=int(time.time()),
         )
         relay.inject("bob", m.Deliver(fake.nick, body))
         if shown:
@@ -540,11 +577,9 @@ async def test_a_status_under_a_key_not_accepted_is_not_believed() -> None:
         relay.inject("bob", m.PeerJoined(fake.info))
         await bob.next(PeerJoined)
         assert bob.connection.core.trust("fake0") is Trust.CHANGED
-        status = bytes(fake.info.session_key).hex() + "lunch"
-        relay.inject_many(
-            "bob",
-            [m.Deliver("fake0", fake.session.encrypt(status, Kind.STATUS)), fake.deliver("ping")],
-        )
+        status = bytes(fake.info.session_key).hex() + bytes(bob.connection.core.session_key).hex() + "lunch"
+        body = fake.session.encrypt(status, Kind.STATUS, sent=int(time.time()))
+        relay.inject_many("bob", [m.Deliver("fake0", body), fake.deliver("ping")])
         assert (await bob.next(MessageReceived)).text == "ping"
         assert not any(isinstance(event, Away) for event in bob.seen)
         assert bob.connection.core.their_away("fake0") == ""
@@ -567,7 +602,7 @@ async def test_line_mode_shows_a_peer_away_in_who_until_they_type() -> None:
             chat.handle_line("/away at lunch, back at 2")
             assert "-- alice is away: at lunch, back at 2" in await bob.line_with("is away")
             bob.stdin.write(b"/who\n")
-            assert "alice (unverified, away: at lunch, back at 2)" in await bob.line_with("you are bob")
+            assert ": at lunch, back at 2)" in await bob.line_with("you are bob")
             chat.handle_line("I am back")
             assert "-- alice is back" in await bob.line_with("alice is")
             assert "<alice ?> I am back" in await bob.line_with("I am back")

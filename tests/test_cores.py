@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -854,7 +855,9 @@ def test_a_relay_cannot_replay_a_conversation_by_announcing_its_own_key_first() 
     bob_keyring = Keyring.fresh("bob", bob_identity, NOW)
     ours = Party("bob", bob_identity.public_key, PrivateKey.generate().public_key)
     directory = Directory(ours, KnownPeers(), lambda: 0.0)
-    bob = Sessions("bob", bob_keyring, directory, DeliveryTracker(), PrivateKey.generate().public_key)
+    bob = Sessions(
+        "bob", bob_keyring, directory, DeliveryTracker(), PrivateKey.generate().public_key, time.time
+    )
     alice_identity = PrivateKey.generate()
     bob.add(PeerInfo("alice", alice_identity.public_key, PrivateKey.generate().public_key))
     to_bob = Keyring.fresh("alice", alice_identity, NOW).peer("bob", bob_identity.public_key)

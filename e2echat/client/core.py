@@ -162,7 +162,9 @@ class ClientCore:
         # relay was told of.
         self._mailbox = MailboxReads(hold_acks)
         self._outlived_due = 0.0  # wall clock: when next to look for copies waiting too long
-        self._sessions = Sessions(nick, self.keyring, self._directory, self.deliveries, self._session_key)
+        self._sessions = Sessions(
+            nick, self.keyring, self._directory, self.deliveries, self._session_key, wall_clock
+        )
         self._outbox = Outbox(
             nick,
             self._directory,
@@ -408,6 +410,11 @@ class ClientCore:
         """``nick``'s away message, as they last said it in this connection of theirs; ""
         if they are not away (or not online)."""
         return self._sessions.statuses.message(nick)
+
+    def their_away_since(self, nick: str) -> float | None:
+        """When ``nick`` said they are away (Unix time, by their clock but not after ours);
+        None if they are not away."""
+        return self._sessions.statuses.since(nick)
 
     def key_fingerprint(self, nick: str) -> str:
         """The fingerprint of the identity key the directory shows for ``nick`` now."""

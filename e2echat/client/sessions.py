@@ -11,6 +11,7 @@ in ``acks_due``, which the ``Outbox`` sends.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from nacl.public import PublicKey
 
@@ -51,7 +52,8 @@ class Sessions:
     """Our sessions with the peers the ``directory`` holds (kept in ``keyring``).
 
     ``tracker`` hears of receipts and of peers gone; ``our_session_key`` is this
-    connection's (a status names it)."""
+    connection's (a status names it); ``wall_clock`` tells the time (Unix), for how old a
+    status is."""
 
     def __init__(
         self,
@@ -60,9 +62,11 @@ class Sessions:
         directory: Directory,
         tracker: DeliveryTracker,
         our_session_key: PublicKey,
+        wall_clock: Callable[[], float],
     ) -> None:
         self._our_nick = our_nick
         self._our_session_key = our_session_key
+        self._wall_clock = wall_clock
         self.keyring = keyring
         self._directory = directory
         self._tracker = tracker
@@ -199,7 +203,7 @@ class Sessions:
                 events.extend(self._tracker.acknowledged(sender, list(acks)))
             return events
         if kind is _STATUS:  # no receipt is owed for one
-            return events + self._status(sender, counter, text, trust)
+            return events + self._status(sender, counter, text, trust, sent)
         if trust is not _CHANGED:  # nothing is owed to a key we do not accept, even later
             owed = self.acks_due.get(sender)
             if owed is not None:
@@ -220,14 +224,20 @@ class Sessions:
         events.append(received((sender, text, kind is _PRIVATE, trust, late, sent)))
         return events
 
-    def _status(self, sender: str, counter: int, text: str, trust: Trust) -> list[Event]:
+    def _status(self, sender: str, counter: int, text: str, trust: Trust, sent: int | None) -> list[Event]:
         """A STATUS from ``sender`` (online: it came in a session with them): the change
         it makes to their away message, if it is believed (client/status.py)."""
         if trust is _CHANGED:
             return []  # from a key not accepted: not shown in /who, where no mark would flag it
         try:
             change = self.statuses.receive(
-                sender, counter, text, self._directory.peers[sender].session_key, self._our_session_key
+                sender,
+                counter,
+                text,
+                self._directory.peers[sender].session_key,
+                self._our_session_key,
+                sent,
+                self._wall_clock(),
             )
         except ValueError:
             return [SecurityWarning(f"{sender} sent a malformed away message; it was ignored")]

@@ -8,7 +8,8 @@ key, then the recipient's (64 hex digits each: the keys of the two connections i
 sent between, as the sender's directory shows them), then the away message, "" for
 "back". It is never acknowledged, never kept in a
 mailbox (it goes only to those online), and not kept across connections: a new
-connection of the sender starts "here".
+connection of the sender starts "here". When it was sent (the plaintext's ``sent``, by
+the sender's clock) is when /who says the sender went away.
 
 What a relay could still try, and why it fails (``TheirStatuses.receive``):
 
@@ -25,6 +26,8 @@ What a relay could still try, and why it fails (``TheirStatuses.receive``):
   the one they hold now, so it is ignored. (Not a warning: a status sent just as the
   recipient reconnected can honestly reach the new connection. The sender then sends
   the new one its status anew, as to anyone who joins.)
+* hold a status back within both connections: one sent more than MAX_STATUS_AGE ago
+  (or that does not say when) is ignored;
 * drop a "back": the line typed that brought the sender back comes after it, and a room
   or private message from a peer away says they are back (``TheirStatuses.spoke``).
 """
@@ -43,6 +46,12 @@ log = logging.getLogger("e2echat.client.status")
 # Peers and keys already warned about, at most: only a relay making up peers comes near
 # it, and past it a warning may come again.
 _MAX_WARNED = 1024
+
+#: A status sent longer ago than this, in seconds, by the sender's clock, is ignored. An
+#: honest relay passes one on in well under a second, so the bound is for clocks: five
+#: minutes is the skew Kerberos tolerates by default, far beyond the drift of a clock
+#: kept by NTP. (A peer whose clock is slower than that is never shown away.)
+MAX_STATUS_AGE = 300.0
 
 #: The longest away message, in characters: a line's worth, as IRC servers cap AWAY
 #: (AWAYLEN is commonly 200 to 300); /who shows it beside every nick.
@@ -117,6 +126,8 @@ class TheirStatuses:
     def __init__(self) -> None:
         #: nick -> their away message (only those away)
         self._away: dict[str, str] = {}
+        #: nick -> when they said they are away (Unix time, their clock: not after ours)
+        self._since: dict[str, float] = {}
         #: nick -> the number of the last status (or room or private message) taken from them
         self._numbers: dict[str, int] = {}
         #: (nick, session key) of statuses refused for naming a key not theirs: said once
@@ -126,21 +137,35 @@ class TheirStatuses:
         """``nick``'s away message; "" if they are not away (or not online)."""
         return self._away.get(nick, "")
 
+    def since(self, nick: str) -> float | None:
+        """When ``nick`` said they are away (Unix time); None if they are not away."""
+        return self._since.get(nick)
+
     def receive(
-        self, nick: str, counter: int, text: str, their_session_key: PublicKey, our_session_key: PublicKey
+        self,
+        nick: str,
+        counter: int,
+        text: str,
+        their_session_key: PublicKey,
+        our_session_key: PublicKey,
+        sent: int | None,
+        now: float,
     ) -> Away | Refused | None:
         """A STATUS from ``nick`` (authenticated: it opened in our session with them),
-        which was their message number ``counter``, while the directory shows
-        ``their_session_key`` for them and this connection of ours has
-        ``our_session_key``. The change it makes, if any; ``Refused`` if it names
-        another session key of theirs (the first time it does); None if it is ignored
-        (stale) or changes nothing. ``ValueError`` if it is malformed."""
+        which was their message number ``counter``, ``sent`` then by their clock (Unix
+        time), while the directory shows ``their_session_key`` for them, this connection
+        of ours has ``our_session_key``, and our clock says ``now``. The change it
+        makes, if any; ``Refused`` if it names another session key of theirs (the first
+        time it does); None if it is ignored (stale) or changes nothing. ``ValueError`` if it is malformed."""
         sender_key, recipient_key, message = decode_status(text)
         if sender_key != bytes(their_session_key):
             log.info("ignored a status from %s naming a session key not theirs now", nick)
             return self._refused(nick, sender_key)
         if recipient_key != bytes(our_session_key):
             log.info("ignored a status from %s sent to an earlier connection of ours", nick)
+            return None
+        if sent is None or now - sent > MAX_STATUS_AGE:
+            log.info("ignored a status from %s sent too long ago, or not saying when", nick)
             return None
         last = self._numbers.get(nick)
         if last is not None and counter <= last:
@@ -151,8 +176,10 @@ class TheirStatuses:
             return None
         if message:
             self._away[nick] = message
+            self._since[nick] = min(sent, now)  # (a clock that is fast must not say "later")
         else:
             del self._away[nick]
+            self._since.pop(nick, None)
         return Away(nick, message)
 
     def _refused(self, nick: str, key: bytes) -> Refused | None:
@@ -177,10 +204,12 @@ class TheirStatuses:
         self._numbers[nick] = counter
         if self._away.pop(nick, None) is None:
             return None
+        self._since.pop(nick, None)
         return Away(nick, "")
 
     def forget(self, nick: str) -> None:
         """``nick``'s directory entry ended (they left, or came back with other keys): a
         new connection of theirs starts "here"."""
         self._away.pop(nick, None)
+        self._since.pop(nick, None)
         self._numbers.pop(nick, None)

@@ -52,5 +52,6 @@ class AwayStatus:
         return bool(said)
 
     def who_entry(self, nick: str, trust: Trust) -> str:
-        """``nick`` as /who lists them: "bob (unverified, away: at lunch)"."""
-        return who_entry(nick, trust, self._core().their_away(nick))
+        """``nick`` as /who lists them: "bob (unverified, away since 12:58: at lunch)"."""
+        core = self._core()
+        return who_entry(nick, trust, core.their_away(nick), core.their_away_since(nick))

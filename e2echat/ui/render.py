@@ -433,12 +433,14 @@ def delivery_line(report: DeliveryReport, stamp: str) -> str:
 TRUST_MARKS = {Trust.VERIFIED: "✓", Trust.UNVERIFIED: "?", Trust.CHANGED: "KEY CHANGED"}
 
 
-def who_entry(nick: str, trust: Trust, away: str = "") -> str:
+def who_entry(nick: str, trust: Trust, away: str = "", since: float | None = None) -> str:
     """``nick`` as /who lists them, with their ``away`` message if they are away (a
-    peer's text: neutralised, as a message is)."""
-    if away:
-        return f"{nick} ({trust.value}, away: {neutralize(away)})"
-    return f"{nick} ({trust.value})"
+    peer's text: neutralised, as a message is), and ``since`` when (Unix time, shown
+    as local time)."""
+    if not away:
+        return f"{nick} ({trust.value})"
+    when = "" if since is None else f" since {time.strftime('%H:%M', time.localtime(since))}"
+    return f"{nick} ({trust.value}, away{when}: {neutralize(away)})"
 
 
 def online_text(peers: tuple[str, ...] | list[str]) -> str:
