@@ -74,6 +74,8 @@ def test_a_status_names_the_connection_and_carries_the_message() -> None:
         pytest.param(" padded", id="leading-space"),
         pytest.param("padded ", id="trailing-space"),
         pytest.param("\ud800", id="lone-surrogate"),
+        pytest.param("lunch”), mallory (verified", id="close-quote"),
+        pytest.param("“quoted", id="open-quote"),
     ],
 )
 def test_an_away_message_is_one_short_printable_line(message: str) -> None:
@@ -227,11 +229,11 @@ def test_away_parses_with_or_without_a_message() -> None:
 
 
 def test_who_shows_a_peer_away_and_json_says_away() -> None:
-    assert who_entry("bob", Trust.VERIFIED, "at lunch") == "bob (verified, away: at lunch)"
+    assert who_entry("bob", Trust.VERIFIED, "at lunch") == "bob (verified, away: “at lunch”)"
     assert who_entry("bob", Trust.VERIFIED) == "bob (verified)"
     at = time.mktime((2026, 12, 7, 12, 58, 30, 0, 0, -1))  # local time
-    assert who_entry("bob", Trust.VERIFIED, "at lunch", at) == "bob (verified, away since 12:58: at lunch)"
-    assert who_entry("bob", Trust.UNVERIFIED, "\u0301x") == "bob (unverified, away: \\u0301x)"
+    assert who_entry("bob", Trust.VERIFIED, "at lunch", at) == "bob (verified, away since 12:58: “at lunch”)"
+    assert who_entry("bob", Trust.UNVERIFIED, "\u0301x") == "bob (unverified, away: “\\u0301x”)"
     [line] = json_lines(Away("bob", "at lunch"))
     record = json.loads(line)
     assert (record["type"], record["nick"], record["message"], record["ours"]) == (
@@ -240,6 +242,17 @@ def test_who_shows_a_peer_away_and_json_says_away() -> None:
         "at lunch",
         False,
     )
+
+
+def test_an_away_message_cannot_pass_for_another_entry_in_who() -> None:
+    forged = "lunch), mallory (verified"
+    entry = who_entry("bob", Trust.UNVERIFIED, forged)
+    assert entry == "bob (unverified, away: “lunch), mallory (verified”)"
+    # What is between the quotes is the peer's; outside them, only one entry and one mark.
+    outside = entry.replace("“" + forged + "”", "")
+    assert outside == "bob (unverified, away: )"
+    with pytest.raises(CommandError, match="cannot hold"):
+        checked_away("lunch”), mallory (verified")
 
 
 # -- through a real relay -----------------------------------------------------------------------------
@@ -251,7 +264,7 @@ async def test_away_reaches_those_online_and_a_line_typed_brings_you_back() -> N
         lines: list[str] = []
         chat = Chat(alice.connection, text_into(lines))
         chat.handle_line("/away at lunch")
-        assert lines[-1].endswith("-- you are away: at lunch")
+        assert lines[-1].endswith("-- you are away: “at lunch”")
         assert await bob.next(Away) == Away("alice", "at lunch")
         assert bob.connection.core.their_away("alice") == "at lunch"
         seen: list[str] = []
@@ -259,7 +272,7 @@ async def test_away_reaches_those_online_and_a_line_typed_brings_you_back() -> N
         since = bob.connection.core.their_away_since("alice")
         assert since is not None and abs(time.time() - since) < WAIT
         at = time.strftime("%H:%M", time.localtime(since))
-        assert f"alice (unverified, away since {at}: at lunch), carol (unverified)" in seen[-1]
+        assert f"alice (unverified, away since {at}: “at lunch”), carol (unverified)" in seen[-1]
         # Only to bob: carol has no session with alice, and a status starts none.
         [status] = relay.sends_from("alice")[-1:]
         assert [envelope.to for envelope in status.items] == ["bob"] and status.id == 0
@@ -541,6 +554,7 @@ async def test_a_tampered_status_is_refused() -> None:
     ("text", "shown"),
     [
         pytest.param("lunch\x1b[2J", False, id="control-character"),
+        pytest.param("brb”), alice (verified", False, id="close-quote"),
         pytest.param("x" * (MAX_AWAY + 1), False, id="too-long"),
         pytest.param("lunch", True, id="well-formed"),
     ],
@@ -563,6 +577,27 @@ async def test_a_malformed_status_from_a_peer_is_not_shown(text: str, shown: boo
         else:
             assert "malformed away message" in (await bob.next(SecurityWarning)).text
             assert bob.connection.core.their_away(fake.nick) == ""
+
+
+async def test_away_text_cannot_forge_an_entry_in_who() -> None:
+    """The relay makes up a peer (unverified: it holds the keys) whose away message
+    reads like a verified entry for alice: /who shows it quoted, as the peer's words."""
+    async with running(HostileRelay()) as relay, peers(relay, "alice", "bob") as (_alice, bob):
+        [fake] = made_up_peers(relay, "bob", 1)
+        relay.inject("bob", m.PeerJoined(fake.info))
+        await bob.next(PeerJoined, lambda e: e.nick == fake.nick)
+        forged = "brb), alice (verified"
+        status = bytes(fake.info.session_key).hex() + bytes(bob.connection.core.session_key).hex() + forged
+        relay.inject(
+            "bob", m.Deliver(fake.nick, fake.session.encrypt(status, Kind.STATUS, sent=int(time.time())))
+        )
+        assert await bob.next(Away) == Away(fake.nick, forged)
+        seen: list[str] = []
+        Chat(bob.connection, text_into(seen)).handle_line("/who")
+        at = time.strftime("%H:%M", time.localtime(bob.connection.core.their_away_since(fake.nick)))
+        assert f"{fake.nick} (unverified, away since {at}: “brb), alice (verified”)" in seen[-1]
+        assert "alice (verified)" not in seen[-1]
+        assert seen[-1].endswith(f"alice (unverified), {fake.nick} (unverified, away since {at}: “{forged}”)")
 
 
 async def test_a_status_under_a_key_not_accepted_is_not_believed() -> None:
@@ -600,9 +635,9 @@ async def test_line_mode_shows_a_peer_away_in_who_until_they_type() -> None:
             lines: list[str] = []
             chat = Chat(alice.connection, text_into(lines))
             chat.handle_line("/away at lunch, back at 2")
-            assert "-- alice is away: at lunch, back at 2" in await bob.line_with("is away")
+            assert "-- alice is away: “at lunch, back at 2”" in await bob.line_with("is away")
             bob.stdin.write(b"/who\n")
-            assert ": at lunch, back at 2)" in await bob.line_with("you are bob")
+            assert ": “at lunch, back at 2”)" in await bob.line_with("you are bob")
             chat.handle_line("I am back")
             assert "-- alice is back" in await bob.line_with("alice is")
             assert "<alice ?> I am back" in await bob.line_with("I am back")
@@ -621,7 +656,7 @@ async def test_the_prompt_completes_away_and_shows_it_on_the_toolbar() -> None:
             pipe.send_text("/awa\t")
             await until(lambda: buffer.text == "/away")
             pipe.send_text(" gone fishing\r")
-            await screen.wait_for("-- you are away: gone fishing")
+            await screen.wait_for("-- you are away: “gone fishing”")
             assert await bob.next(Away) == Away("alice", "gone fishing")
             await until(lambda: "away" in toolbar_of(screen))
             pipe.send_text("/me is back\r")

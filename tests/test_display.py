@@ -298,12 +298,12 @@ _LINES: dict[str, tuple[str | None, Shown, str | None]] = {
     ),
     "joined": ("notice", PeerJoined("carol"), f"{STAMP} -- carol joined"),
     "left": ("notice", PeerLeft("carol"), f"{STAMP} -- carol left"),
-    "away": ("notice", Away("carol", "at lunch"), f"{STAMP} -- carol is away: at lunch"),
+    "away": ("notice", Away("carol", "at lunch"), f"{STAMP} -- carol is away: “at lunch”"),
     "back": ("notice", Away("carol", ""), f"{STAMP} -- carol is back"),
-    "we-are-away": ("notice", Away("alice", "out", ours=True), f"{STAMP} -- you are away: out"),
+    "we-are-away": ("notice", Away("alice", "out", ours=True), f"{STAMP} -- you are away: “out”"),
     "we-are-back": ("notice", Away("alice", "", ours=True), f"{STAMP} -- you are back"),
     # A mark at the start of a peer's away message must not attach to our text.
-    "away-with-a-leading-mark": ("notice", Away("carol", "\u0301x"), f"{STAMP} -- carol is away: \\u0301x"),
+    "away-with-a-leading-mark": ("notice", Away("carol", "\u0301x"), f"{STAMP} -- carol is away: “\\u0301x”"),
     "registered-alone": (
         "notice",
         Registered("alice", ()),

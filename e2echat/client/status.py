@@ -56,6 +56,9 @@ MAX_STATUS_AGE = 300.0
 #: The longest away message, in characters: a line's worth, as IRC servers cap AWAY
 #: (AWAYLEN is commonly 200 to 300); /who shows it beside every nick.
 MAX_AWAY = 200
+#: The quotes an away message is shown between, in /who and its notice, so that nothing
+#: in it can pass for another entry or a trust mark: never inside one.
+OPEN_QUOTE, CLOSE_QUOTE = "\u201c", "\u201d"
 # A session key in hex: the sender's, then the recipient's, start a status's text.
 _KEY_DIGITS = 64
 _HEX = frozenset("0123456789abcdef")
@@ -81,8 +84,15 @@ class Refused:
 def is_away_message(message: str) -> bool:
     """True for text an away message may be: at most MAX_AWAY printable characters
     (no control, format or separator character but the space, so nothing in it can move
-    a cursor or reorder a line), not starting or ending with a space."""
-    return len(message) <= MAX_AWAY and message.isprintable() and message == message.strip(" ")
+    a cursor or reorder a line), not starting or ending with a space, and without the
+    quotes it is shown between (so it cannot end them early)."""
+    return (
+        len(message) <= MAX_AWAY
+        and message.isprintable()
+        and message == message.strip(" ")
+        and OPEN_QUOTE not in message
+        and CLOSE_QUOTE not in message
+    )
 
 
 def checked_away(message: str) -> str:
@@ -91,6 +101,10 @@ def checked_away(message: str) -> str:
     message = message.strip()
     if len(message) > MAX_AWAY:
         raise CommandError(detail=f"an away message is at most {MAX_AWAY} characters")
+    if OPEN_QUOTE in message or CLOSE_QUOTE in message:
+        raise CommandError(
+            detail=f"an away message is shown between {OPEN_QUOTE} and {CLOSE_QUOTE}: it cannot hold them"
+        )
     if not is_away_message(message):
         raise CommandError(detail="an away message is one line of printable text")
     return message

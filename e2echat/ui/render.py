@@ -44,6 +44,7 @@ from e2echat.client.events import (
     SplitView,
 )
 from e2echat.client.receipts import DeliveryReport
+from e2echat.client.status import CLOSE_QUOTE, OPEN_QUOTE
 from e2echat.client.trust import Trust
 from e2echat.ui.actions import action_of, readable
 from e2echat.ui.cells import CONTINUATION, neutralize
@@ -331,8 +332,8 @@ def _describe(
         return "notice", f"{stamp} -- {event.nick} left"
     if isinstance(event, Away):
         who = "you are" if event.ours else f"{event.nick} is"
-        # The message on its own first: a mark at its start must not attach to our text.
-        return _notice(stamp, f"{who} away: {neutralize(event.message)}" if event.message else f"{who} back")
+        # Quoted (a peer's text): a mark at its start attaches to the quote, not our text.
+        return _notice(stamp, f"{who} away: {quoted_away(event.message)}" if event.message else f"{who} back")
     if isinstance(event, Registered):
         return _notice(
             stamp,
@@ -435,12 +436,19 @@ TRUST_MARKS = {Trust.VERIFIED: "✓", Trust.UNVERIFIED: "?", Trust.CHANGED: "KEY
 
 def who_entry(nick: str, trust: Trust, away: str = "", since: float | None = None) -> str:
     """``nick`` as /who lists them, with their ``away`` message if they are away (a
-    peer's text: neutralised, as a message is), and ``since`` when (Unix time, shown
-    as local time)."""
+    peer's text: neutralised, as a message is, and quoted), and ``since`` when (Unix
+    time, shown as local time): "bob (verified, away since 12:58: “at lunch”)"."""
     if not away:
         return f"{nick} ({trust.value})"
     when = "" if since is None else f" since {time.strftime('%H:%M', time.localtime(since))}"
-    return f"{nick} ({trust.value}, away{when}: {neutralize(away)})"
+    return f"{nick} ({trust.value}, away{when}: {quoted_away(away)})"
+
+
+def quoted_away(message: str) -> str:
+    """An away message as shown: neutralised, between quotes it cannot hold
+    (client/status.py), so that "lunch), mallory (verified" reads as one quote, not as
+    another entry with a trust mark."""
+    return f"{OPEN_QUOTE}{neutralize(message)}{CLOSE_QUOTE}"
 
 
 def online_text(peers: tuple[str, ...] | list[str]) -> str:
