@@ -326,7 +326,9 @@ async def test_someone_who_enters_a_room_of_yours_hears_you_are_away() -> None:
         await alice.connection.close()
 
 
-async def test_away_ends_with_the_connection() -> None:
+async def test_away_outlives_an_automatic_reconnect() -> None:
+    """A dropped connection (Wi-Fi, say) does not make alice "here": her client says her
+    away message again, under the new connection's keys, once registered."""
     async with running(HostileRelay()) as relay:
         alice = await connect(relay, "alice", reconnecting=True)
         bob = await connect(relay, "bob")
@@ -335,16 +337,80 @@ async def test_away_ends_with_the_connection() -> None:
         chat = Chat(alice.connection, text_into(lines))
         chat.handle_line("/away lunch")
         assert await bob.next(Away) == Away("alice", "lunch")
+        old_key = alice.connection.core.session_key
         relay.hang_up("alice")
         chat.show(await alice.next(ConnectionLost))
-        assert "lost the relay" in lines[-2]
-        assert lines[-1].endswith(
-            "-- your away message ended with the connection; /away sets it again once back"
-        )
         await bob.next(PeerLeft, lambda e: e.nick == "alice")
         assert bob.connection.core.their_away("alice") == ""  # gone, and their status with them
         await alice.next(Registered)
-        assert alice.connection.core.our_away == ""  # a new connection starts "here"
+        assert alice.connection.core.session_key != old_key
+        assert alice.connection.core.our_away == "lunch"
+        assert await bob.next(Away) == Away("alice", "lunch")  # said again, and believed
+        assert not any(isinstance(event, SecurityWarning) for event in bob.seen)
+        chat.handle_line("/msg bob back now")  # and a line typed still says she is back
+        assert await bob.next(Away) == Away("alice", "")
+        assert alice.connection.core.our_away == ""
+        relay.hang_up("alice")
+        await alice.next(Registered)
+        await bob.next(PeerJoined, lambda e: e.nick == "alice")
+        alice.connection.send_private("bob", "ping")
+        await _settle(bob)
+        assert [e for e in bob.seen if isinstance(e, Away)] == [Away("alice", "lunch")] * 2 + [
+            Away("alice", "")
+        ]
+        await alice.connection.close()
+        await bob.connection.close()
+
+
+async def test_a_line_typed_while_the_relay_is_away_ends_the_away() -> None:
+    async with running(HostileRelay()) as relay:
+        alice = await connect(relay, "alice", reconnecting=True)
+        bob = await connect(relay, "bob")
+        await meet(alice, bob)
+        alice.connection.set_away("lunch")
+        assert await bob.next(Away) == Away("alice", "lunch")
+        relay.hang_up("alice")
+        await alice.next(ConnectionLost)
+        assert not alice.connection.online
+        alice.connection.send_private("bob", "back now")  # held for the next connection
+        await alice.next(Registered)
+        await bob.next(MessageReceived, lambda e: e.text == "back now")
+        assert alice.connection.core.our_away == ""  # not said again: she is back
+        assert [e for e in bob.seen if isinstance(e, Away)] == [Away("alice", "lunch")]
+        await alice.connection.close()
+        await bob.connection.close()
+
+
+async def test_a_hidden_reconnect_cannot_keep_a_stale_away() -> None:
+    """The relay hides from bob that alice's connection ended and a new one began: he
+    keeps her old entry and her away message. Her client says it again under her new
+    key (which bob's directory does not show: a warning), and her next line clears it."""
+    hide = {"on": False}
+
+    def tamper(relay: HostileRelay, action: Outgoing) -> list[Outgoing]:
+        message = action.message
+        if hide["on"] and relay.nick(action.conn) == "bob":
+            if isinstance(message, m.PeerLeft) and message.nick == "alice":
+                return []
+            if isinstance(message, m.PeerJoined) and message.peer.nick == "alice":
+                return []
+        return [action]
+
+    async with running(HostileRelay(tamper)) as relay:
+        alice = await connect(relay, "alice", reconnecting=True)
+        bob = await connect(relay, "bob")
+        await meet(alice, bob)
+        chat = Chat(alice.connection, text_into([]))
+        chat.handle_line("/away lunch")
+        assert await bob.next(Away) == Away("alice", "lunch")
+        hide["on"] = True
+        relay.hang_up("alice")
+        await alice.next(Registered)
+        assert "naming a session key the directory does not show" in (await bob.next(SecurityWarning)).text
+        chat.handle_line("/msg bob hi, I am here")
+        assert await bob.next(Away) == Away("alice", "")
+        await bob.next(MessageReceived, lambda e: e.text == "hi, I am here")
+        assert bob.connection.core.their_away("alice") == ""
         await alice.connection.close()
         await bob.connection.close()
 
@@ -486,6 +552,7 @@ async def test_a_status_held_past_the_senders_reconnect_is_ignored() -> None:
         holder.holding = True
         alice.connection.set_away("lunch")  # held, while alice's connection ends
         await asyncio.wait_for(_held(holder), WAIT)
+        alice.connection.set_away("")  # (else her next connection says it again, rightly)
         relay.hang_up("alice")
         await bob.next(PeerLeft, lambda e: e.nick == "alice")
         await bob.next(PeerJoined, lambda e: e.nick == "alice")

@@ -130,6 +130,9 @@ class Client:
         self._lost = asyncio.Event()  # the current connection has ended
         self._supervisor: asyncio.Task[None] | None = None
         self._retry_now = asyncio.Event()  # /reconnect: the next attempt waits no longer
+        # The away message the user set (/away), said again on each new connection: a
+        # dropped connection must not make them "here". A new process starts "here".
+        self._away = ""
         self.closed = False
 
     def _make(self) -> Connection:
@@ -216,6 +219,8 @@ class Client:
             if connection.closed:
                 continue  # lost again already: it said so; try anew
             self._online.set()
+            if self._away:  # (before the held lines: one of those would say we are back)
+                connection.set_away(self._away)
             # Others are reconnecting too: whoever a held line is meant for who is not back
             # yet gets it when they join, within a grace period; then it is reported.
             self._release(final=False)
@@ -283,10 +288,12 @@ class Client:
         return self._hold(nick, text)
 
     def set_away(self, message: str) -> None:
-        """See ``Connection.set_away``: only while online (a new connection starts "here")."""
+        """See ``Connection.set_away``: only while online. It is said again on each new
+        connection, until the user says they are back (or types a line)."""
         if not self.online:
             raise CommandError(detail="not connected to the relay right now: /away once it is back")
         self.connection.set_away(message)
+        self._away = self.core.our_away
 
     def acknowledge_mail(self, seq: int) -> None:
         """See ``Connection.acknowledge_mail`` (a ``MailboxRead`` of an earlier connection
@@ -297,6 +304,7 @@ class Client:
         if self.closed:
             raise CommandError(detail="not connected to the relay; the message was not sent")
         message_id = next(self._message_ids)
+        self._away = ""  # a line typed: back (it goes out once the relay is, as the UI's would)
         core = self.connection.core
         self._put([self._held.hold(message_id, recipient, text, core.peers, core.away)])
         return message_id

@@ -26,8 +26,6 @@ class AwayStatus:
         self._core = core
         self._send = send
         self._say = say
-        # The away message last said, to tell the user when a new connection ends it.
-        self._said = ""
 
     def set(self, message: str, *, online: bool) -> None:
         """/away MESSAGE (or /away alone, ``message`` empty: back)."""
@@ -37,19 +35,12 @@ class AwayStatus:
             self._say(Notice("you are not away (/away MESSAGE says you are)"))
             return
         self._send(message)
-        self._said = message
         self._say(Away(self._core().nick, message, ours=True))
 
     def typed(self, *, online: bool) -> None:
         """The user typed a line to send: if they were away, they are back."""
         if online and self._core().our_away:
             self.set("", online=True)
-
-    def ended(self) -> bool:
-        """The connection is lost, and our away message with it (the next one starts
-        "here"): True if we were away, for the user to be told (once)."""
-        said, self._said = self._said, ""
-        return bool(said)
 
     def who_entry(self, nick: str, trust: Trust) -> str:
         """``nick`` as /who lists them: "bob (unverified, away since 12:58: at lunch)"."""

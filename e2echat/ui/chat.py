@@ -16,7 +16,6 @@ from typing import Any, Protocol
 from e2echat.client.core import ClientCore
 from e2echat.client.events import (
     ClientEvent,
-    ConnectionLost,
     DeliveryReport,
     Disconnected,
     KeyChanged,
@@ -409,10 +408,6 @@ class Chat:
         """Show one event: its lines, each with the look its type gives it."""
         if isinstance(event, MailboxRead):
             self._acknowledge(event.seq)
-            return
-        if isinstance(event, ConnectionLost) and self._away.ended():
-            self.show(event)  # (the away message is no longer said: shown as any other)
-            self.notice("your away message ended with the connection; /away sets it again once back")
             return
         if isinstance(event, NotSent):
             self.unsent = True

@@ -167,7 +167,7 @@ COMMANDS: dict[str, CommandHelp] = {
     "away": CommandHelp(
         "/away [MESSAGE]",
         "say you are away, and why: those online you have talked with see it in /who until you "
-        "type a line or /away alone; it ends with the connection",
+        "type a line or /away alone; it lasts across reconnects, not past /quit",
         "/away at lunch, back at 2",
     ),
     "verify": CommandHelp(
