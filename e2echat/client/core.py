@@ -139,7 +139,8 @@ class ClientCore:
         self.state = ClientState.AWAIT_CHALLENGE
         self._identity = identity
         self._session_key = session_key.public_key
-        #: our away message ("" : here); a new connection starts here (/away)
+        #: our away message ("" : here); a new connection starts here, until the Client
+        #: says it again (client/reconnect.py)
         self.our_away = ""
         self._relay_name = relay_name
         self._lost: list[Event] = []

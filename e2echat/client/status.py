@@ -6,17 +6,22 @@ session with each peer like a private message: the relay can neither read nor fo
 one, and a copy it replays is refused by the ratchet. Its text is the sender's session
 key, then the recipient's (64 hex digits each: the keys of the two connections it was
 sent between, as the sender's directory shows them), then the away message, "" for
-"back". It is never acknowledged, never kept in a
-mailbox (it goes only to those online), and not kept across connections: a new
-connection of the sender starts "here". When it was sent (the plaintext's ``sent``, by
-the sender's clock) is when /who says the sender went away.
+"back"; the away message holds no control character and neither quote it is shown
+between (``OPEN_QUOTE``, ``CLOSE_QUOTE``). It must say when it was sent (the plaintext's
+``sent``, by the sender's clock): that is when /who says the sender went away.
+
+It is never acknowledged and never kept in a mailbox (it goes only to those online).
+It binds one pair of connections: each new connection of the sender starts "here" for
+its peers, until the sender's client says its away message again under the new keys
+(client/reconnect.py does, after a dropped connection; a new process does not); each
+new connection of the recipient hears it anew, as anyone who comes online does.
 
 What a relay could still try, and why it fails (``TheirStatuses.receive``):
 
 * hold a status back and deliver it after a later one (an old "away" after "back"):
-  it carries a lower number than the last status taken from that peer, and is ignored.
-  (Whether it filled a gap does not matter: a status held back while later *messages*
-  went through is still newer than every status taken, and must count);
+  it carries a lower number than the last status (or line) taken from that peer, and is
+  ignored. (Whether it filled a gap does not matter: a status held back while a later
+  receipt went through is still newer than every status taken, and must count);
 * hold a status back past the sender's reconnect, and deliver it to show someone away
   who is not: it names the session key of the connection it was sent in, and the
   directory now shows another, so it is ignored, and the user warned (once per peer
@@ -25,7 +30,7 @@ What a relay could still try, and why it fails (``TheirStatuses.receive``):
   and deliver it to the new connection: it names the recipient's old session key, not
   the one they hold now, so it is ignored. (Not a warning: a status sent just as the
   recipient reconnected can honestly reach the new connection. The sender then sends
-  the new one its status anew, as to anyone who joins.)
+  the new one its status anew, as to anyone who joins);
 * hold a status back within both connections: one sent more than MAX_STATUS_AGE ago
   (or that does not say when) is ignored;
 * drop a "back": the line typed that brought the sender back comes after it, and a room

@@ -1,7 +1,8 @@
 """/away: the user says they are away, and a line they type says they are back. Pure.
 
-What a status is, and why the relay cannot forge one, is in client/status.py; this is
-the chat's side: the lines it shows, and how /who (and /names) show a peer away.
+What a status is, and why the relay cannot forge one, is in client/status.py; saying
+it again after a dropped connection is client/reconnect.py's. This is the chat's side:
+the lines it shows, and how /who shows a peer away (since when, their message quoted).
 """
 
 from __future__ import annotations
