@@ -32,6 +32,7 @@ PURE = sorted(
         "client.pacing",
         "client.publishing",
         "client.directory",
+        "client.rooms",
         "client.outbox",
         "client.sessions",
         "client.core",

@@ -13,6 +13,7 @@ import hmac
 import re
 
 import nacl.exceptions
+import nacl.hashlib
 from nacl.public import Box, PrivateKey, PublicKey
 
 from e2echat.wire.messages import Challenge, Register
@@ -136,3 +137,41 @@ def safety_number(our_key: PublicKey, our_nick: str, their_key: PublicKey, their
 def format_safety_number(number: str) -> str:
     """12 groups of 5 digits, easy to read aloud."""
     return " ".join(number[i : i + 5] for i in range(0, len(number), 5))
+
+
+# -- rooms ------------------------------------------------------------------------------------
+
+# Each derived value has its own key (habit 4): the number people compare, and the view a
+# room message carries, are never the same bytes.
+_ROOM_SAFETY_LABEL = b"e2echat room safety number v1"
+_ROOM_VIEW_LABEL = b"e2echat room view v1"
+#: a room view's size in bytes: the plaintext's directory hash field
+ROOM_VIEW_SIZE = 32
+
+
+def encode_member(nick: str, identity_key: PublicKey) -> bytes:
+    """One member as a room's digests take it: nick length (1) || nick || identity key."""
+    named = nick.encode("utf-8")
+    return bytes([len(named)]) + named + bytes(identity_key)
+
+
+def room_digest_input(room: str, encoded_members: dict[str, bytes]) -> bytes:
+    """What a room's safety number and view are made from: the room's name (length
+    prefixed), then every member's ``encode_member`` in nick order (ours included)."""
+    named = room.encode("utf-8")
+    return bytes([len(named)]) + named + b"".join(encoded_members[nick] for nick in sorted(encoded_members))
+
+
+def room_view(digest_input: bytes) -> bytes:
+    """The view of a room (``room_digest_input``) a room message carries: two members
+    whose views differ see different people, or different keys, in the room."""
+    return nacl.hashlib.blake2b(digest_input, digest_size=ROOM_VIEW_SIZE, key=_ROOM_VIEW_LABEL).digest()
+
+
+def room_safety_number(digest_input: bytes) -> str:
+    """The room's safety number (60 digits, as the pairwise one) from ``room_digest_input``:
+    everyone who sees the same members with the same keys gets the same number, so one
+    comparison checks the whole room. Twelve chunks of 5 bytes of a keyed BLAKE2b, each a
+    big-endian number mod 100000."""
+    digest = nacl.hashlib.blake2b(digest_input, digest_size=64, key=_ROOM_SAFETY_LABEL).digest()
+    return "".join(f"{int.from_bytes(digest[i : i + 5], 'big') % 100000:05d}" for i in range(0, 60, 5))

@@ -1,0 +1,234 @@
+"""The rooms we are in, who is in each as the relay says, and how far we trust what it
+says. Pure.
+
+A ``Room`` holds its members (nick -> identity key, ours included, online or away: who
+is online is the ``Directory``'s business), the room's safety number made from them, and
+our recent views of them. Every room message carries its sender's view of the room, so a
+relay that shows two members different member lists (it added a reader for one of them,
+or hid one) is noticed at the next message, and their safety numbers differ.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+
+from nacl.public import PublicKey
+
+from e2echat.crypto.identity import encode_member, room_digest_input, room_safety_number, room_view
+from e2echat.errors import RemoteProtocolError
+
+# A message encrypted just before its sender saw a join or part carries the room's
+# previous view, and may arrive after we saw it: as for the directory before rooms, a view
+# of ours is still accepted for VIEW_GRACE after it changed, and only the last
+# RECENT_VIEWS of them. Any other view is flagged: a join or part the relay withholds
+# from one of two members for longer than that shows at their next message.
+VIEW_GRACE = 10.0
+RECENT_VIEWS = 256
+# Split views already said, per room, at most: each (sender, view) is said once, and a
+# peer that sends made-up views with every message must not grow the set without bound.
+SPLIT_WARNINGS = 4096
+# The most members a client believes one room has: every identity a relay keeps (five
+# times the most people one relay holds online, as the directory's MAX_AWAY). A relay
+# listing more is hostile or broken, and would otherwise fill our memory.
+MAX_MEMBERS = 100_000
+# Rooms parted, remembered this long: what was already on its way to us when we parted is
+# dropped quietly, not warned about.
+PARTED_GRACE = VIEW_GRACE
+
+
+class Room:
+    """One room we are in: its members and our views of them."""
+
+    def __init__(self, name: str, our_nick: str, our_key: PublicKey, clock: Callable[[], float]) -> None:
+        self.name = name
+        self._our_nick = our_nick
+        self._clock = clock
+        #: nick -> identity key, for every member as the relay says (ours included)
+        self.members: dict[str, PublicKey] = {our_nick: our_key}
+        # Each member's encoding is kept, so that a join or part only re-sorts and hashes.
+        self._encoded: dict[str, bytes] = {our_nick: encode_member(our_nick, our_key)}
+        #: the relay has listed the room's members (a whole ``Members``) on this connection
+        self.listed = False
+        self._digest_input = b""
+        #: our view of the room now (hex): every room message we send to it carries it
+        self.view = ""
+        # Our views before this one -> when each stopped being ours, oldest first.
+        self._past_views: OrderedDict[str, float] = OrderedDict()
+        self._split_warned: set[tuple[str, str]] = set()
+        self._refresh()
+
+    @property
+    def others(self) -> list[str]:
+        """Every member but us, sorted."""
+        return sorted(nick for nick in self.members if nick != self._our_nick)
+
+    def safety_number(self) -> str:
+        """The room's safety number (60 digits): the same for every member who sees the
+        same members with the same keys."""
+        return room_safety_number(self._digest_input)
+
+    # -- who is in it -------------------------------------------------------------------------
+
+    def replace(self, members: Iterable[tuple[str, PublicKey]]) -> bool:
+        """The relay's whole list of the room's members (without us: we are in it). Whether
+        our view changed. Raises ``RemoteProtocolError`` beyond MAX_MEMBERS."""
+        ours = self.members[self._our_nick]
+        listed = {self._our_nick: ours}
+        for nick, key in members:
+            if nick != self._our_nick:
+                listed[nick] = key
+            if len(listed) > MAX_MEMBERS:
+                raise _too_many(self.name)
+        self.listed = True
+        if listed.keys() == self.members.keys() and all(
+            bytes(key) == bytes(self.members[nick]) for nick, key in listed.items()
+        ):
+            return False
+        self.members = listed
+        self._encoded = {nick: encode_member(nick, key) for nick, key in listed.items()}
+        return self._refresh()
+
+    def add(self, nick: str, key: PublicKey) -> bool:
+        """``nick`` is a member, with ``key``: whether our view changed (they are new, or
+        their key is). Raises ``RemoteProtocolError`` beyond MAX_MEMBERS."""
+        if nick == self._our_nick:
+            return False  # our own key is ours to say
+        known = self.members.get(nick)
+        if known is not None and bytes(known) == bytes(key):
+            return False
+        if known is None and len(self.members) >= MAX_MEMBERS:
+            raise _too_many(self.name)
+        self.members[nick] = key
+        self._encoded[nick] = encode_member(nick, key)
+        return self._refresh()
+
+    def remove(self, nick: str) -> bool:
+        """``nick`` left the room: whether they were in it."""
+        if nick == self._our_nick or nick not in self.members:
+            return False
+        del self.members[nick]
+        del self._encoded[nick]
+        return self._refresh()
+
+    # -- views ----------------------------------------------------------------------------------
+
+    def _refresh(self) -> bool:
+        self._digest_input = room_digest_input(self.name, self._encoded)
+        view = room_view(self._digest_input).hex()
+        if view == self.view:
+            return False
+        past = self._past_views
+        if self.view:
+            past[self.view] = self._clock()
+            past.move_to_end(self.view)
+            if len(past) > RECENT_VIEWS:
+                past.popitem(last=False)
+        self.view = view
+        return True
+
+    def is_split_view(self, sender: str, view: str) -> bool:
+        """Whether ``sender``'s ``view`` of this room is neither ours nor one we had until
+        less than VIEW_GRACE ago; said once per sender and view."""
+        if view == self.view:
+            return False
+        changed_at = self._past_views.get(view)
+        if changed_at is not None and self._clock() - changed_at < VIEW_GRACE:
+            return False
+        warned = self._split_warned
+        if (sender, view) in warned:
+            return False
+        if len(warned) >= SPLIT_WARNINGS:
+            warned.clear()  # at worst one of them is said again
+        warned.add((sender, view))
+        return True
+
+
+class Rooms:
+    """The rooms we are in on one connection, in the order we joined them."""
+
+    def __init__(
+        self, our_nick: str, our_key: PublicKey, clock: Callable[[], float], names: Iterable[str] = ()
+    ) -> None:
+        self._our_nick = our_nick
+        self._our_key = our_key
+        self._clock = clock
+        self.rooms: dict[str, Room] = {}
+        # room -> the members of the ``Members`` pages read so far (``more`` was set)
+        self._pages: dict[str, list[tuple[str, PublicKey]]] = {}
+        # room -> when we parted it (clock), the oldest first
+        self._parted: OrderedDict[str, float] = OrderedDict()
+        for name in names:
+            self.join(name)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.rooms)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.rooms
+
+    def get(self, name: str) -> Room | None:
+        return self.rooms.get(name)
+
+    def join(self, name: str) -> Room:
+        """We are in room ``name`` (again): its members come with the relay's ``Members``."""
+        room = self.rooms.get(name)
+        if room is None:
+            room = self.rooms[name] = Room(name, self._our_nick, self._our_key, self._clock)
+        self._parted.pop(name, None)
+        return room
+
+    def part(self, name: str) -> Room | None:
+        """We left room ``name``: the room as it was, if we were in it."""
+        room = self.rooms.pop(name, None)
+        self._pages.pop(name, None)
+        if room is not None:
+            now = self._clock()
+            self._parted[name] = now
+            while self._parted and now - next(iter(self._parted.values())) >= PARTED_GRACE:
+                self._parted.popitem(last=False)
+        return room
+
+    def just_parted(self, name: str) -> bool:
+        """Whether we parted room ``name`` less than PARTED_GRACE ago."""
+        parted_at = self._parted.get(name)
+        return parted_at is not None and self._clock() - parted_at < PARTED_GRACE
+
+    def listed(self, name: str, members: Iterable[tuple[str, PublicKey]], more: bool) -> Room | None:
+        """One page of the relay's ``Members`` of room ``name``. Once the last is in (not
+        ``more``), the room with its members replaced; None before, or for a room we are
+        not in (parted while the answer was on its way)."""
+        room = self.rooms.get(name)
+        if room is None:
+            return None
+        pages = self._pages.setdefault(name, [])
+        pages.extend(members)
+        if len(pages) > MAX_MEMBERS:
+            raise _too_many(name)
+        if more:
+            return None
+        del self._pages[name]
+        room.replace(pages)
+        return room
+
+    def shared_with(self, nick: str) -> list[str]:
+        """The rooms ``nick`` is in with us."""
+        return [name for name, room in self.rooms.items() if nick in room.members]
+
+    def rekeyed(self, nick: str, key: PublicKey) -> list[str]:
+        """The relay now shows ``key`` for ``nick``: the rooms whose view it changed (where
+        they are a member under another key)."""
+        changed = []
+        for name, room in self.rooms.items():
+            known = room.members.get(nick)
+            if known is not None and bytes(known) != bytes(key) and room.add(nick, key):
+                changed.append(name)
+        return changed
+
+
+def _too_many(room: str) -> RemoteProtocolError:
+    return RemoteProtocolError(
+        detail=f"the relay listed more than {MAX_MEMBERS:,} members of {room}, more than a relay keeps "
+        "(a hostile or broken relay); disconnected"
+    )
