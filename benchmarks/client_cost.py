@@ -105,7 +105,7 @@ def first_contact(
     bundles for its fetch, the message, each receiver's receipt back (a DH step for the
     sender), and one more message (a DH step for each receiver). The messages after
     these are chain steps only, until the receivers' receipts are read."""
-    sender.send_room(text)
+    sender.send_room("#lobby", text)
     for message in decode_frames(sender.data_to_send()):
         assert isinstance(message, m.Fetch)
         sender.receive_data(frame(m.Bundles(tuple(bundle_of(receivers[n]) for n in message.nicks), ())))
@@ -115,7 +115,7 @@ def first_contact(
         for receipt in deliveries(receiver, receiver.data_to_send(), keys).values():
             sender.receive_data(receipt)
     assert all(sender.keyring.peers[nick].confirmed for nick in receivers)
-    sender.send_room(text)
+    sender.send_room("#lobby", text)
     for nick, data in deliveries(sender, sender.data_to_send(), keys).items():
         receivers[nick].receive_data(data)
 
@@ -198,7 +198,7 @@ def client_cost(context: Context) -> Section:
     batches: list[bytes] = []
 
     def send() -> None:
-        sender.send_room(text)
+        sender.send_room("#lobby", text)
         batches.append(sender.data_to_send())
 
     raw_keys = [os.urandom(SecretBox.KEY_SIZE) for _ in range(recipients)]

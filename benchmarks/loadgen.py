@@ -182,7 +182,7 @@ async def first_contact(core: ClientCore, link: Link, heard: set[str], timeout: 
             done.set_result(None)
 
     link.handler = handle
-    core.send_room(f"{core.nick} starts its sessions")
+    core.send_room("#lobby", f"{core.nick} starts its sessions")
     write()
     await asyncio.wait_for(done, timeout)
 
@@ -216,7 +216,7 @@ class RelayReplayClient:
         """Encrypt every message now, for real, with the sessions the protocol makes."""
         assert self.blaster is not None
         for text in texts:
-            self.core.send_room(text)
+            self.core.send_room("#lobby", text)
             batch = self.core.data_to_send()
             self.blaster.batches.append((batch, _count_frames(batch)))
         self.sent = len(texts)
@@ -530,7 +530,7 @@ class LiveClient:
         self._arrivals.clear()
 
     def send(self, stamp: int) -> None:
-        self.connection.send_room(message_text(self.nick, self.sent, stamp, self.text_size))
+        self.connection.send_room("#lobby", message_text(self.nick, self.sent, stamp, self.text_size))
         self.sent += 1
 
     async def paced(self, go: float, rate: float, seconds: float) -> None:

@@ -157,7 +157,7 @@ async def _flooder(core: ClientCore, link: Link, stop: asyncio.Event) -> int:
     gone = asyncio.Event()
     link.handler = lambda data: None if data else gone.set()
     while not stop.is_set() and not gone.is_set() and not link.transport.is_closing():
-        core.send_room(message_text(core.nick, sent, 0, BIG_TEXT))
+        core.send_room("#lobby", message_text(core.nick, sent, 0, BIG_TEXT))
         link.write(core.data_to_send())
         sent += 1
         while link.transport.get_write_buffer_size() > FLOOD_CHUNK and not stop.is_set():

@@ -167,7 +167,7 @@ async def start_sessions(core: ClientCore, link: Link, text: str, timeout: float
             done.set_result(None)
 
     link.handler = handle
-    core.send_room(text)
+    core.send_room("#lobby", text)
     link.write(core.data_to_send())
     await asyncio.wait_for(done, timeout)
 

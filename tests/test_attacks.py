@@ -195,8 +195,8 @@ async def test_held_back_message_is_reported_missing_then_arrives_late() -> None
         running(HostileRelay(deliveries(hold_first))) as relay,
         peers(relay, "alice", "bob") as (alice, bob),
     ):
-        alice.connection.send_room("one")
-        alice.connection.send_room("two")
+        alice.connection.send_room("#lobby", "one")
+        alice.connection.send_room("#lobby", "two")
         assert await bob.next_delivery() == MessagesMissing("alice", 1)
         delivery = await bob.next_delivery()
         assert isinstance(delivery, MessageReceived) and delivery.text == "two"
@@ -209,7 +209,7 @@ async def test_dropped_messages_are_reported() -> None:
     drop_two = deliveries(lambda relay, action, d: [] if next(count) < 2 else [action])
     async with running(HostileRelay(drop_two)) as relay, peers(relay, "alice", "bob") as (alice, bob):
         for text in ("one", "two", "three"):
-            alice.connection.send_room(text)
+            alice.connection.send_room("#lobby", text)
         assert await bob.next_delivery() == MessagesMissing("alice", 2)
         delivery = await bob.next_delivery()
         assert isinstance(delivery, MessageReceived) and delivery.text == "three"
@@ -485,12 +485,12 @@ async def test_no_split_view_warning_while_people_come_and_go() -> None:
     the warning."""
     async with running(HostileRelay()) as relay, peers(relay, "alice", "bob") as (alice, bob):
         for round_number in range(15):
-            alice.connection.send_room(f"before {round_number}")
+            alice.connection.send_room("#lobby", f"before {round_number}")
             visitor = await connect(relay, f"visitor{round_number}")
             alice.connection.send_private("bob", f"during {round_number}")
-            bob.connection.send_room(f"reply {round_number}")
+            bob.connection.send_room("#lobby", f"reply {round_number}")
             await visitor.connection.close()
-            alice.connection.send_room(f"after {round_number}")
+            alice.connection.send_room("#lobby", f"after {round_number}")
         for _ in range(30):
             await bob.next(MessageReceived)
         for _ in range(15):

@@ -164,7 +164,7 @@ class World:
         # is away), or the one person.
         intended = {to} if to is not None else set(client.connection.core.peers)
         try:
-            message_id = client.send_room(text) if to is None else client.send_private(to, text)
+            message_id = client.send_room("#lobby", text) if to is None else client.send_private(to, text)
         except CommandError as exc:  # told at once: "nobody else is online", "bob is not online"
             self.ledger.refuse(sender, text, str(exc))
             return

@@ -135,7 +135,7 @@ async def test_line_mode_chat_through_a_pipe(tmp_path: Path) -> None:
         )
         async with spawn_cli(*args) as bob:
             await alice.next(PeerJoined, lambda e: e.nick == "bob")
-            alice.connection.send_room("hi bob")
+            alice.connection.send_room("#lobby", "hi bob")
             assert "<alice ?> hi bob" in await bob.line_with("<alice")
             bob.stdin.write(b"hello alice\n/msg alice psst\n/who\n")
             assert "online: alice" in await bob.line_with("you are bob")

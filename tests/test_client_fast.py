@@ -82,7 +82,7 @@ def test_a_room_message_reaches_everyone_and_each_copy_only_its_recipient() -> N
     cores = _online("alice", "bob", "carol", "dave")
     alice = cores["alice"]
     for round_ in range(3):
-        alice.send_room(f'hello {round_} "quoted" ✓')
+        alice.send_room("#lobby", f'hello {round_} "quoted" ✓')
         (send,) = _sends(alice, cores)  # the first one once the bundles are in
         assert [e.to for e in send.items] == ["bob", "carol", "dave"]
         bodies = {e.to: e.body for e in send.items}
@@ -97,7 +97,7 @@ def test_a_room_message_reaches_everyone_and_each_copy_only_its_recipient() -> N
 def test_a_key_change_blocks_room_sends_until_accepted_and_the_cache_follows() -> None:
     cores = _online("alice", "bob", "carol")
     alice = cores["alice"]
-    alice.send_room("first")  # fills the caches
+    alice.send_room("#lobby", "first")  # fills the caches
     _relay(alice, cores)
     assert alice.trust("bob") is Trust.UNVERIFIED
     # bob comes back with another identity key: nothing may go to him.
@@ -105,13 +105,13 @@ def test_a_key_change_blocks_room_sends_until_accepted_and_the_cache_follows() -
     events = alice.receive_data(_frame(m.PeerLeft("bob")) + _frame(m.PeerJoined(_register(impostor))))
     assert any(isinstance(e, KeyChanged) for e in events)
     assert alice.trust("bob") is Trust.CHANGED
-    alice.send_room("second")
+    alice.send_room("#lobby", "second")
     assert alice.left_out == ["bob"]
     cores["bob"] = impostor
     assert [[e.to for e in send.items] for send in _sends(alice, cores)] == [["carol"]]
     alice.accept_key("bob", alice.key_fingerprint("bob"))
     assert alice.trust("bob") is Trust.UNVERIFIED
-    alice.send_room("third")
+    alice.send_room("#lobby", "third")
     assert alice.left_out == []
     # carol's copy at once, then the newcomer's once its bundle is in (a new session)
     assert [[e.to for e in send.items] for send in _sends(alice, cores)] == [["carol"], ["bob"]]
@@ -129,7 +129,7 @@ def test_trust_follows_changes_made_to_the_known_peers_directly() -> None:
     assert alice.trust("bob") is Trust.CHANGED
     with pytest.raises(CommandError):
         alice.send_private("bob", "no")
-    alice.send_room("only carol")
+    alice.send_room("#lobby", "only carol")
     assert alice.left_out == ["bob"]
     # A new KnownPeers object altogether (generation 0 again) is noticed too.
     alice.known_peers = KnownPeers()
@@ -145,7 +145,7 @@ def test_trust_follows_changes_made_to_the_known_peers_directly() -> None:
 def test_a_deliver_has_one_form_and_the_fast_path_reads_it() -> None:
     cores = _online("alice", "bob")
     alice, bob = cores["alice"], cores["bob"]
-    alice.send_room("one")
+    alice.send_room("#lobby", "one")
     (first,) = (s.items[0].body for s in _sends(alice, cores))
     canonical = encode_message(m.Deliver("alice", first))
     assert decode_deliver(canonical) == ("alice", first)
@@ -192,7 +192,7 @@ def test_a_canonical_deliver_before_registration_is_still_refused() -> None:
 def test_receipts_confirm_room_messages_through_the_fast_paths() -> None:
     cores = _online("alice", "bob", "carol")
     alice = cores["alice"]
-    alice.send_room("confirm me")
+    alice.send_room("#lobby", "confirm me")
     _relay(alice, cores)  # each recipient's first receipt batch goes as the message arrives
     reports = []
     for nick in ("bob", "carol"):

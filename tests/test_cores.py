@@ -348,7 +348,7 @@ def test_tampered_session_proof_is_refused() -> None:
 def test_room_message_reaches_both_others(byte_by_byte: bool) -> None:
     wire, alice, bob, carol = _three(byte_by_byte)
     wire.take_all()
-    message_id = wire.clients[alice].send_room("hello, room")
+    message_id = wire.clients[alice].send_room("#lobby", "hello, room")
     wire.pump()
     assert wire.take(bob) == [MessageReceived("alice", "hello, room", private=False)]
     assert wire.take(carol) == [MessageReceived("alice", "hello, room", private=False)]
@@ -380,7 +380,7 @@ def test_conversation_both_ways_keeps_working() -> None:
     wire, alice, bob, carol = _three()
     wire.take_all()
     for round_ in range(5):
-        wire.clients[alice].send_room(f"a{round_}")
+        wire.clients[alice].send_room("#lobby", f"a{round_}")
         wire.clients[bob].send_private("carol", f"b{round_}")
         wire.clients[carol].send_private("alice", f"c{round_}")
         wire.pump()
@@ -480,7 +480,7 @@ def test_disconnect_tells_the_others_and_keeps_the_session() -> None:
     for conn in (alice, carol):
         client = wire.clients[conn]
         assert "bob" not in client.peers
-        assert client._directory.away == {"bob"}
+        assert client.away == ["bob"]
     assert wire.clients[alice].keyring.peers["bob"].to_bytes() == kept
     assert "bob" not in wire.clients[carol].keyring.peers  # they never talked
 
@@ -576,7 +576,7 @@ def test_rejoin_with_another_identity_key_is_flagged_and_blocks_sending() -> Non
         client.send_private("bob", "secret")
     # A room message still reaches Carol, but nothing at all goes to the new "bob".
     before = len(wire.outgoing)
-    message_id = client.send_room("for the room")
+    message_id = client.send_room("#lobby", "for the room")
     wire.pump()
     assert all(a.conn != impostor for a in wire.outgoing[before:])
     assert wire.take(impostor) == []
@@ -609,7 +609,7 @@ def test_a_copy_waiting_for_keys_goes_to_no_one_else_under_the_nick() -> None:
 def test_recipient_gone_between_encrypt_and_route_is_queued_for_her() -> None:
     wire, alice, bob, carol = _three()
     wire.take_all()
-    message_id = wire.clients[alice].send_room("anyone there?")  # encrypted for bob and carol
+    message_id = wire.clients[alice].send_room("#lobby", "anyone there?")  # encrypted for bob and carol
     wire.hang_up(carol)  # ... who leaves before the relay routes it: it keeps her copy
     wire.pump()
     assert wire.take(alice) == [
@@ -666,7 +666,7 @@ def test_send_room_with_nobody_online_raises() -> None:
     wire = FakeWire()
     alice = wire.connect("alice")
     with pytest.raises(CommandError, match="nobody"):
-        wire.clients[alice].send_room("hello?")
+        wire.clients[alice].send_room("#lobby", "hello?")
     assert wire.clients[alice].data_to_send() == b""
     assert wire.clients[alice].pending == {}
 
@@ -674,14 +674,14 @@ def test_send_room_with_nobody_online_raises() -> None:
 def test_empty_message_is_not_sent() -> None:
     wire, alice, _, _ = _three()
     with pytest.raises(CommandError):
-        wire.clients[alice].send_room("")
+        wire.clients[alice].send_room("#lobby", "")
     assert wire.clients[alice].data_to_send() == b""
 
 
 def test_sending_before_registration_raises() -> None:
     client = ClientCore("alice", PrivateKey.generate(), PrivateKey.generate())
     with pytest.raises(CommandError):
-        client.send_room("too early")
+        client.send_room("#lobby", "too early")
     with pytest.raises(CommandError):
         client.send_private("bob", "too early")
 
@@ -772,7 +772,7 @@ def test_receipts_are_coalesced_into_a_few_frames() -> None:
     talkers = [wire.connect(f"talker{i}", clock=clock) for i in range(4)]
     for round_ in range(10):
         for talker in talkers:
-            wire.clients[talker].send_room(f"message {round_}")
+            wire.clients[talker].send_room("#lobby", f"message {round_}")
         wire.pump()
     frames = _receipt_frames(wire, listener)
     assert len(frames) == 1  # the first went at once; the rest wait for the next tick
@@ -846,17 +846,18 @@ def test_a_relay_cannot_replay_a_conversation_by_announcing_its_own_key_first() 
     from e2echat.client.directory import Directory
     from e2echat.client.events import MessageReceived as Received
     from e2echat.client.receipts import DeliveryTracker
+    from e2echat.client.rooms import Rooms
     from e2echat.client.sessions import Sessions
     from e2echat.client.trust import KnownPeers
     from e2echat.crypto.keyring import Keyring
-    from e2echat.crypto.session import Kind, Party
+    from e2echat.crypto.session import Kind
 
     bob_identity = PrivateKey.generate()
     bob_keyring = Keyring.fresh("bob", bob_identity, NOW)
-    ours = Party("bob", bob_identity.public_key, PrivateKey.generate().public_key)
-    directory = Directory(ours, KnownPeers(), lambda: 0.0)
+    directory = Directory(KnownPeers())
+    rooms = Rooms("bob", bob_identity.public_key, lambda: 0.0)
     bob = Sessions(
-        "bob", bob_keyring, directory, DeliveryTracker(), PrivateKey.generate().public_key, time.time
+        "bob", bob_keyring, directory, DeliveryTracker(), PrivateKey.generate().public_key, time.time, rooms
     )
     alice_identity = PrivateKey.generate()
     bob.add(PeerInfo("alice", alice_identity.public_key, PrivateKey.generate().public_key))

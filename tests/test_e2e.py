@@ -32,7 +32,7 @@ from support import LOOPBACK, WAIT, RawClient, connect, peers, running_relay, te
 
 async def test_room_message_reaches_both_others() -> None:
     async with running_relay() as relay, peers(relay, "alice", "bob", "carol") as (alice, bob, carol):
-        alice.connection.send_room("hello, room")
+        alice.connection.send_room("#lobby", "hello, room")
         for receiver in (bob, carol):
             got = await receiver.next(MessageReceived)
             assert (got.sender, got.text, got.private) == ("alice", "hello, room", False)
@@ -51,14 +51,14 @@ async def test_private_message_reaches_only_its_target() -> None:
         # The relay writes to carol in the order it handles alice's frames. So if carol's
         # very next event is the room message sent after the private one, no frame for the
         # private message reached her (any frame at all would have produced an event).
-        alice.connection.send_room("marker")
+        alice.connection.send_room("#lobby", "marker")
         assert await carol.next_delivery() == MessageReceived("alice", "marker", private=False)
 
 
 async def test_messages_flow_both_ways_many_times() -> None:
     async with running_relay() as relay, peers(relay, "alice", "bob") as (alice, bob):
         for i in range(50):
-            alice.connection.send_room(f"a{i}")
+            alice.connection.send_room("#lobby", f"a{i}")
             bob.connection.send_private("alice", f"b{i}")
         assert [(await bob.next(MessageReceived)).text for _ in range(50)] == [f"a{i}" for i in range(50)]
         assert [(await alice.next(MessageReceived)).text for _ in range(50)] == [f"b{i}" for i in range(50)]
@@ -123,12 +123,12 @@ async def test_offline_recipient_is_reported_by_the_relay() -> None:
 async def test_nobody_online_means_not_sent() -> None:
     async with running_relay() as relay, peers(relay, "alice") as (alice,):
         with pytest.raises(CommandError, match="nobody else is online"):
-            alice.connection.send_room("anyone?")
+            alice.connection.send_room("#lobby", "anyone?")
 
 
 async def test_relay_stopped_mid_chat_is_reported() -> None:
     async with running_relay() as relay, peers(relay, "alice", "bob") as (alice, bob):
-        alice.connection.send_room("before")
+        alice.connection.send_room("#lobby", "before")
         await bob.next(MessageReceived)
         await relay.stop("maintenance")
         for peer in (alice, bob):
@@ -136,7 +136,7 @@ async def test_relay_stopped_mid_chat_is_reported() -> None:
             assert closing.reason == "maintenance"
             assert isinstance(await peer.next(Disconnected), Disconnected)
             with pytest.raises(CommandError, match="not connected"):
-                peer.connection.send_room("after")
+                peer.connection.send_room("#lobby", "after")
 
 
 async def test_unreachable_relay_is_a_clear_error() -> None:
@@ -216,9 +216,9 @@ async def test_relay_never_sees_plaintext() -> None:
 
             while set(alice.core.peers) != {"bob", "carol"}:
                 await asyncio.wait_for(alice.events.get(), WAIT)
-            alice.send_room(secrets[0])
+            alice.send_room("#lobby", secrets[0])
             alice.send_private("carol", secrets[1])
-            carol.send_room(secrets[2])
+            carol.send_room("#lobby", secrets[2])
             assert await received(bob, 2) == [secrets[0], secrets[2]]
             assert await received(carol, 2) == [secrets[0], secrets[1]]
             assert await received(alice, 1) == [secrets[2]]

@@ -68,7 +68,7 @@ async def test_first_contact_right_after_a_join_is_delivered_and_receipted(priva
         if private:
             message_id = alice.connection.send_private("bob", "hello bob")
         else:
-            message_id = alice.connection.send_room("hello bob")
+            message_id = alice.connection.send_room("#lobby", "hello bob")
         got = await bob.next(MessageReceived)
         assert (got.sender, got.text, got.private) == ("alice", "hello bob", private)
         report = await alice.next(DeliveryReport)
@@ -152,7 +152,7 @@ async def test_a_substituted_bundle_is_refused_loudly_and_nothing_goes_under_it(
     if attack != "honest":
         hostile.bundle_tamper = _rewrite_bobs(SUBSTITUTIONS[attack])
     async with running(hostile) as relay, peers(relay, "alice", "bob", "carol") as (alice, bob, carol):
-        message_id = alice.connection.send_room("for the room")
+        message_id = alice.connection.send_room("#lobby", "for the room")
         assert (await carol.next(MessageReceived)).text == "for the room"
         report = await alice.next(DeliveryReport)
         assert report.message_id == message_id

@@ -111,7 +111,7 @@ def test_a_peer_acknowledging_again_is_counted_once() -> None:
     wire.connect("bob", clock=clock)
     carol = wire.connect("carol", clock=clock)
     wire.take_all()
-    message_id = wire.clients[alice].send_room("for the room")  # counter 0 for each
+    message_id = wire.clients[alice].send_room("#lobby", "for the room")  # counter 0 for each
     _pass_on_only(wire, alice, "carol")
     wire.pump()
     assert _reports(wire, alice) == []  # carol's receipt is in, bob's copy open
@@ -345,7 +345,7 @@ def test_the_relays_answers_cannot_rewrite_the_reports() -> None:
     wire = FakeWire()
     alice, _, _ = wire.connect("alice"), wire.connect("bob"), wire.connect("carol")
     wire.take_all()
-    message_id = wire.clients[alice].send_room("hello")
+    message_id = wire.clients[alice].send_room("#lobby", "hello")
     _pass_on_only(wire, alice, "bob")  # carol's copy is held back, unanswered for
     wire.pump()
     assert wire.take(alice, receipts=True) == []  # bob's receipt is in; carol is open
@@ -371,7 +371,7 @@ def test_a_text_that_cannot_be_sent_is_refused_in_words_before_anything_goes(tex
     alice, _ = wire.connect("alice"), wire.connect("bob")
     client = wire.clients[alice]
     with pytest.raises(CommandError, match=why):
-        client.send_room(text)
+        client.send_room("#lobby", text)
     with pytest.raises(CommandError, match=why):
         client.send_private("bob", text)
     assert client.data_to_send() == b""

@@ -88,8 +88,8 @@ async def test_mentions_ring_the_bell_are_listed_and_kept_to_the_last_50() -> No
     rings: list[float] = []
     async with running_relay() as relay, peers(relay, "alice", "bob") as (alice, bob):
         async with repl(alice, bell=lambda: rings.append(time.monotonic())) as (pipe, screen, _):
-            bob.connection.send_room("malice is no mention")
-            bob.connection.send_room("Alice: this is one")
+            bob.connection.send_room("#lobby", "malice is no mention")
+            bob.connection.send_room("#lobby", "Alice: this is one")
             line = await screen.wait_for("Alice: this is one")
             assert screen.style_of(line) == "mention" and "[mention] <bob ?>" in line
             assert screen.style_of(await screen.wait_for("malice is no mention")) == "message"
@@ -104,7 +104,7 @@ async def test_mentions_ring_the_bell_are_listed_and_kept_to_the_last_50() -> No
             pipe.send_text("/set bell off\r")
             await screen.wait_for("bell off")
             for number in range(55):
-                bob.connection.send_room(f"@alice number {number}")
+                bob.connection.send_room("#lobby", f"@alice number {number}")
             await screen.wait_for("@alice number 54")
             assert len(rings) == 2  # the bell is off
             pipe.send_text("/mentions\r")
@@ -122,7 +122,7 @@ async def test_line_mode_marks_mentions_and_clear_is_a_no_op_there() -> None:
         assert any("no screen to clear" in line for line in lines)
         records: list[str] = []
         json_chat = Chat(alice.connection, text_into(records), json=True)
-        bob.connection.send_room("hey alice")
+        bob.connection.send_room("#lobby", "hey alice")
         json_chat.show(await alice.next(MessageReceived))
         assert json.loads(records[-1])["mention"] is True
         chat.show(MessageReceived("bob", "hey alice", private=False))

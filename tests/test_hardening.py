@@ -131,7 +131,7 @@ def test_receipts_are_split_across_frames(monkeypatch: pytest.MonkeyPatch) -> No
     listener = wire.connect("listener", clock=clock)
     talkers = [wire.connect(f"t{i}", clock=clock) for i in range(5)]
     monkeypatch.setattr(outbox, "MAX_ITEMS", 2)  # the item limit, made small
-    wire.clients[talkers[0]].send_room("first")  # the listener's first receipt goes at once
+    wire.clients[talkers[0]].send_room("#lobby", "first")  # the listener's first receipt goes at once
     wire.pump()
     for talker in talkers:
         wire.clients[talker].send_private("listener", "hello")
@@ -159,10 +159,10 @@ def test_a_room_message_too_big_for_one_frame_goes_in_several(
     talker = wire.connect("talker")
     names = [f"l{i}" + "x" * nick_padding for i in range(5)]
     listeners = [wire.connect(name) for name in names]
-    wire.clients[talker].send_room("first contact")
+    wire.clients[talker].send_room("#lobby", "first contact")
     wire.pump()
     monkeypatch.setattr(outbox, "FRAME_BUDGET", budget)
-    message_id = wire.clients[talker].send_room("x" * 500)
+    message_id = wire.clients[talker].send_room("#lobby", "x" * 500)
     wire.pump()
     frames = [s for s in wire.sent[talker] if isinstance(s, m.Send) and s.id == message_id]
     assert {len(e.body) for frame in frames for e in frame.items} == {650}
@@ -195,7 +195,7 @@ async def test_a_terminal_that_is_not_utf8_still_gets_every_message(monkeypatch:
         async with spawn_cli("connect", "--nick", "latin", "--port", str(relay.port)) as latin:
             while "latin" not in alice.connection.core.peers:
                 await alice.next_any_event()
-            alice.connection.send_room("party 🎉 time")
+            alice.connection.send_room("#lobby", "party 🎉 time")
             line = await latin.line_with("party")
             assert "\\U0001f389" in line
             latin.stdin.close()
@@ -228,7 +228,7 @@ async def test_json_output_is_ascii_and_safe_on_a_terminal(tmp_path: object) -> 
         async with spawn_cli(*args) as bot:
             while "bot" not in alice.connection.core.peers:
                 await alice.next_any_event()
-            alice.connection.send_room("csi\x9b2J del\x7f rlo\u202e done")
+            alice.connection.send_room("#lobby", "csi\x9b2J del\x7f rlo\u202e done")
             line = await bot.line_with("done")
             assert line.isascii() and "\x7f" not in line
             assert json.loads(line)["text"] == "csi\x9b2J del\x7f rlo\u202e done"

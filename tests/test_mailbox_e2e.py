@@ -114,7 +114,7 @@ async def test_room_messages_reach_a_member_away_in_order(tmp_path: Path) -> Non
             await a.next(PeerJoined, lambda e: e.nick == "bob")
             texts = [f"room line {n}" for n in range(5)]
             for text in texts:
-                a.connection.send_room(text)
+                a.connection.send_room("#lobby", text)
                 queued = await a.next(MessageQueued)
                 assert queued.nicks == ("carol",) and queued.preview == text  # first: through her bundle
             for text in texts:

@@ -12,7 +12,6 @@ from nacl.public import PrivateKey
 from test_cores import UNLIMITED, FakeWire
 
 from e2echat.client.core import ClientCore, KeyPinned, MessagesMissing, SecurityWarning
-from e2echat.client.directory import MAX_AWAY
 from e2echat.client.events import DeliveryReport, MailboxRead, MailReceived, MessageQueued, PeerJoined
 from e2echat.client.outbox import NOT_PINNED_KEY
 from e2echat.client.pending import PendingDeliveries, lifetime
@@ -24,6 +23,7 @@ from e2echat.client.receipts import (
     RELAY_RESTARTED,
     TOO_MANY_WAITING,
 )
+from e2echat.client.rooms import MAX_MEMBERS
 from e2echat.client.trust import KnownPeers, Trust
 from e2echat.crypto.keyring import Keyring
 from e2echat.crypto.session import Kind
@@ -279,7 +279,7 @@ def test_a_room_message_goes_to_members_away_too() -> None:
     wire.hang_up(bob_conn)
     wire.deliver(alice_conn, _frame(_away("bob", "erin")))
     core = wire.clients[alice_conn]
-    message_id = core.send_room("hello all")
+    message_id = core.send_room("#lobby", "hello all")
     written = _written(core)
     # bob in the session kept with him; carol (online) and erin (away), never met: their
     # bundles first.
@@ -311,7 +311,7 @@ def test_nothing_goes_to_someone_away_in_a_session_under_a_key_no_longer_pinned(
         core.send_private("bob", "secret")
     wire.connect("carol")
     wire.take_all()
-    core.send_room("hello all")
+    core.send_room("#lobby", "hello all")
     assert core.left_out == ["bob"]
     assert "bob" not in {e.to for s in _written(core) if isinstance(s, m.Send) for e in s.items}
 
@@ -346,8 +346,8 @@ def test_an_endless_away_list_is_a_protocol_error() -> None:
     wire = FakeWire()
     alice = wire.connect("alice")
     wire.take_all()
-    with pytest.raises(RemoteProtocolError, match="members away"):
-        for part in range(MAX_AWAY // 10_000 + 1):
+    with pytest.raises(RemoteProtocolError, match="members of #lobby"):
+        for part in range(MAX_MEMBERS // 10_000 + 1):
             nicks = tuple(f"n{part}x{number}" for number in range(10_000))
             wire.clients[alice].receive_data(_frame(_away(*nicks, more=True)))
 
@@ -361,7 +361,7 @@ def test_a_relay_that_says_it_keeps_copies_not_yet_sent_is_not_believed() -> Non
     wire.take_all()
     core = wire.clients[alice_conn]
     wire.deliver(alice_conn, _frame(_away("erin")))
-    first, second = core.send_room("first to erin"), core.send_room("second to erin")
+    first, second = core.send_room("#lobby", "first to erin"), core.send_room("#lobby", "second to erin")
     core.data_to_send()
     for message_id in (first, second):
         wire.deliver(alice_conn, _frame(m.Routed(message_id, (), queued=("bob", "erin"))))

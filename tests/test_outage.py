@@ -46,12 +46,12 @@ async def _alice_bob_and_carol_then_an_outage(**alice_options: object) -> tuple[
         others = [await connect(first, nick, **profiles[nick]) for nick in ("bob", "carol")]
         while set(alice.connection.core.peers) != {"bob", "carol"}:
             await alice.next_any_event()
-        alice.connection.send_room("hello both")  # a first exchange pins their keys
+        alice.connection.send_room("#lobby", "hello both")  # a first exchange pins their keys
         assert set((await alice.next(DeliveryReport)).delivered) == {"bob", "carol"}
     for other in others:
         await other.connection.close()
     await alice.next(ConnectionLost)
-    alice.connection.send_room("typed in the outage")
+    alice.connection.send_room("#lobby", "typed in the outage")
     await alice.next(Queued)
     return alice, Relay(LOOPBACK, port, key=first.core.key), profiles
 
@@ -109,7 +109,7 @@ async def test_a_line_typed_after_the_relays_goodbye_is_held_not_refused() -> No
         alice = await connect(relay, "alice", reconnecting=True)
         relay.inject("alice", m.Bye("restarting"))  # ... and it does not hang up yet
         await alice.next(RelayClosing)
-        alice.connection.send_room("typed after the goodbye")
+        alice.connection.send_room("#lobby", "typed after the goodbye")
         assert (await alice.next(Queued)).preview == "typed after the goodbye"
         await alice.connection.close()
 
@@ -123,7 +123,7 @@ async def test_after_the_relays_goodbye_what_is_unconfirmed_is_waited_for_then_r
 
     async with running(HostileRelay(deliveries(drop))) as relay, peers(relay, "bob"):
         alice = await connect(relay, "alice", reconnecting=True)
-        alice.connection.send_room("are you there?")
+        alice.connection.send_room("#lobby", "are you there?")
         await alice.next(SendReport)  # the relay answered for it
         relay.inject("alice", m.Bye("restarting"))  # ... and it does not hang up yet
         await alice.next(RelayClosing)
@@ -147,7 +147,9 @@ class _BrokenSender:
     def __init__(self) -> None:
         self.left_out: list[str] = []
 
-    def send_room(self, text: str, only: Collection[str] | None = None, *, report_as: int = 0) -> int:
+    def send_room(
+        self, room: str, text: str, only: Collection[str] | None = None, *, report_as: int = 0
+    ) -> int:
         raise LocalProtocolError(detail="something broke")
 
     def send_private(self, nick: str, text: str, *, report_as: int = 0) -> int:
@@ -173,7 +175,9 @@ class _Sender:
         self.report_as: list[int] = []
         self._ids = iter(range(100, 200))
 
-    def send_room(self, text: str, only: Collection[str] | None = None, *, report_as: int = 0) -> int:
+    def send_room(
+        self, room: str, text: str, only: Collection[str] | None = None, *, report_as: int = 0
+    ) -> int:
         self.sent.append((None, None if only is None else frozenset(only), part := next(self._ids)))
         self.report_as.append(report_as)
         return part

@@ -227,9 +227,9 @@ async def test_line_mode_reads_on_only_once_what_it_sent_has_gone() -> None:
         backlog: list[int] = []  # frames held back when each line was sent
         send_room = link.send_room
 
-        def counting_send_room(text: str, only: object = None) -> int:
+        def counting_send_room(room: str, text: str, only: object = None) -> int:
             backlog.append(link.core._pacer.queued)
-            return send_room(text)
+            return send_room(room, text)
 
         link.send_room = counting_send_room  # type: ignore[method-assign]
         read, write = os.pipe()

@@ -14,7 +14,6 @@ from test_cores import FakeWire, _frame
 from e2echat.client.core import ClientCore, KeyChanged, KeyPinned, MessageReceived, SecurityWarning
 from e2echat.client.directory import MAX_PEERS, RETIRED_PER_NICK, RETIRED_TOTAL, Directory
 from e2echat.client.trust import KnownPeers, Trust
-from e2echat.crypto.session import Party
 from e2echat.errors import RelayGone, RemoteProtocolError
 from e2echat.relay.core import ConnId
 from e2echat.store.pins import KNOWN_PEERS_FILE, PinFile
@@ -125,8 +124,7 @@ def test_strangers_coming_and_going_leave_no_session_keys_behind() -> None:
 
 
 def test_retired_session_keys_are_bounded_in_all_oldest_first() -> None:
-    ours = Party("alice", PrivateKey.generate().public_key, PrivateKey.generate().public_key)
-    directory = Directory(ours, KnownPeers(), clock=lambda: 0.0)
+    directory = Directory(KnownPeers())
     entries = []
     for index in range(RETIRED_TOTAL + 50):
         entry = PeerInfo(f"p{index}", PublicKey(nacl.utils.random(32)), PublicKey(nacl.utils.random(32)))

@@ -33,6 +33,7 @@ PURE = sorted(
         "client.publishing",
         "client.directory",
         "client.rooms",
+        "client.presence",
         "client.outbox",
         "client.sessions",
         "client.core",
@@ -61,6 +62,7 @@ PURE = sorted(
         "ui.settings",
         "ui.lastsent",
         "ui.away",
+        "ui.roomlist",
     ]
 )
 SUBPACKAGES = {"wire", "crypto", "relay", "client", "store", "ui"}

@@ -43,7 +43,7 @@ async def test_bad_input_closes_only_the_offender(payload: bytes) -> None:
         assert error.code in {"protocol", "not_registered", "too_large"}
         assert await offender.closed()
         # Everyone else is still served.
-        alice.connection.send_room("still here?")
+        alice.connection.send_room("#lobby", "still here?")
         assert (await bob.next(MessageReceived)).text == "still here?"
 
 
@@ -65,7 +65,7 @@ async def test_bad_input_after_registration_closes_only_the_offender() -> None:
         error = await offender.receive_kind(m.Error)
         assert error.code == "protocol"
         assert await offender.closed()
-        bob.connection.send_room("carry on")
+        bob.connection.send_room("#lobby", "carry on")
         assert (await alice.next(MessageReceived)).text == "carry on"
 
 
@@ -153,7 +153,7 @@ async def test_half_frame_then_close_does_not_disturb_others() -> None:
         raw.send_bytes(b'\x00\x00\x01\x00{"v":2')
         await raw.writer.drain()
         raw.close()
-        alice.connection.send_room("fine")
+        alice.connection.send_room("#lobby", "fine")
         assert (await bob.next(MessageReceived)).text == "fine"
 
 

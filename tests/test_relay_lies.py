@@ -6,17 +6,14 @@ from __future__ import annotations
 import asyncio
 import time
 
-import nacl.utils
 import pytest
-from nacl.public import PrivateKey, PublicKey
+from nacl.public import PrivateKey
 from test_cores import FakeClock, FakeWire, _frame
 
-from e2echat.client.core import KeyChanged, MessageReceived, SplitView
-from e2echat.client.directory import RECENT_VIEWS, SPLIT_WARNINGS, VIEW_GRACE, Directory
+from e2echat.client.core import KeyChanged, MessageReceived
 from e2echat.client.trust import KnownPeers, Trust
 from e2echat.crypto.identity import fingerprint, format_safety_number
 from e2echat.crypto.prekeys import ONE_TIME_LOW, PUBLISH_INTERVAL
-from e2echat.crypto.session import Party
 from e2echat.errors import CommandError
 from e2echat.relay.core import ConnId, RelayCore
 from e2echat.relay.limits import Limits
@@ -64,129 +61,7 @@ async def test_a_message_the_relay_held_back_is_shown_with_its_age() -> None:
         assert lines[-1].endswith("[private] (sent 5 min ago) <alice ?> yes, sell")
 
 
-# -- a join or leave withheld from one side ---------------------------------------------------
-
-
-def _views_with_a_clock() -> tuple[FakeWire, FakeClock, ConnId, ConnId]:
-    clock = FakeClock()
-    wire = FakeWire()
-    alice, bob = wire.connect("alice", clock=clock), wire.connect("bob", clock=clock)
-    wire.take_all()
-    return wire, clock, alice, bob
-
-
-def _split_views(wire: FakeWire, conn: ConnId) -> list[SplitView]:
-    return [e for e in wire.take(conn) if isinstance(e, SplitView)]
-
-
-def test_a_leave_withheld_from_one_side_is_caught() -> None:
-    """carol was online a while; the relay tells alice she left, and keeps it from bob.
-    alice's view is then one bob had before carol came: before, any of bob's last 64 views
-    passed, so this did too."""
-    wire, clock, alice, bob = _views_with_a_clock()
-    carol = wire.connect("carol", clock=clock)
-    clock.now += 60
-    wire.deliver(alice, _frame(m.PeerLeft("carol")))  # to alice only: bob still sees carol
-    wire.clients[alice].send_private("bob", "just us two now")
-    wire.pump()
-    assert _split_views(wire, bob) == [SplitView("alice")]
-    assert wire.is_open(carol)
-    # alice, who was shown the leave, notices too once it is older than the grace: bob's
-    # view is then one of hers from before it (before, any of her last 64 passed).
-    clock.now += VIEW_GRACE
-    wire.clients[bob].send_private("alice", "carol is still here")
-    wire.pump()
-    assert _split_views(wire, alice) == [SplitView("bob")]
-
-
-def test_a_join_withheld_from_one_side_is_caught() -> None:
-    wire, clock, alice, bob = _views_with_a_clock()
-    clock.now += 60
-    dave = PeerInfo("dave", PrivateKey.generate().public_key, PrivateKey.generate().public_key)
-    wire.deliver(alice, _frame(m.PeerJoined(dave)))  # to alice only
-    wire.clients[alice].send_private("bob", "have you met dave?")
-    wire.pump()
-    assert _split_views(wire, bob) == [SplitView("alice")]
-
-
-def _sent_before_the_join(wire: FakeWire, clock: FakeClock, alice: ConnId, after: float) -> None:
-    """alice writes to bob just before she hears carol joined; her message reaches bob
-    ``after`` seconds after bob heard it."""
-    wire.clients[alice].send_private("bob", "written before carol came")
-    wire.to_relay(alice, wire.clients[alice].data_to_send())  # the fetch of bob's keys, answered
-    in_flight = wire.clients[alice].data_to_send()  # the message, sealed once they came
-    wire.connect("carol", clock=clock)
-    clock.now += after
-    wire.to_relay(alice, in_flight)
-
-
-def test_a_message_written_just_before_a_join_is_no_alarm() -> None:
-    wire, clock, alice, bob = _views_with_a_clock()
-    _sent_before_the_join(wire, clock, alice, after=VIEW_GRACE - 1)
-    events = wire.take(bob)
-    assert any(isinstance(e, MessageReceived) for e in events)
-    assert not [e for e in events if isinstance(e, SplitView)]
-
-
-def test_a_view_stale_by_more_than_the_grace_is_flagged() -> None:
-    """What the check catches, exactly: a view of ours from more than VIEW_GRACE ago."""
-    wire, clock, alice, bob = _views_with_a_clock()
-    _sent_before_the_join(wire, clock, alice, after=VIEW_GRACE + 1)
-    assert _split_views(wire, bob) == [SplitView("alice")]
-
-
-def test_a_view_we_never_had_is_flagged_once_per_sender_and_view() -> None:
-    wire, _, alice, bob = _views_with_a_clock()
-    dave = PeerInfo("dave", PrivateKey.generate().public_key, PrivateKey.generate().public_key)
-    wire.deliver(alice, _frame(m.PeerJoined(dave)))
-    for text in ("one", "two"):
-        wire.clients[alice].send_private("bob", text)
-        wire.pump()
-    assert _split_views(wire, bob) == [SplitView("alice")]
-
-
-def _directory(clock: FakeClock) -> Directory:
-    ours = Party("bob", PrivateKey.generate().public_key, PrivateKey.generate().public_key)
-    return Directory(ours, KnownPeers(), clock)
-
-
-def _visitor(index: int) -> PeerInfo:
-    return PeerInfo(f"v{index}", PublicKey(nacl.utils.random(32)), PublicKey(nacl.utils.random(32)))
-
-
-def test_only_the_last_views_count_however_fast_they_change() -> None:
-    clock = FakeClock()
-    directory = _directory(clock)
-    views = []
-    for index in range(RECENT_VIEWS + 2):  # all within the grace
-        views.append(directory.view)
-        directory.add(_visitor(index))
-    assert not directory.is_split_view("alice", views[-RECENT_VIEWS])
-    assert directory.is_split_view("alice", views[0])
-
-
-def test_made_up_views_cannot_grow_the_warnings_without_bound() -> None:
-    directory = _directory(FakeClock())
-    for index in range(SPLIT_WARNINGS + 10):
-        assert directory.is_split_view("mallory", f"{index:064x}")
-    assert len(directory._split_warned) <= SPLIT_WARNINGS
-
-
-def test_a_view_that_comes_back_counts_from_its_latest_time() -> None:
-    """Someone comes and goes: our first view is ours again, then changes again. It is
-    then among the newest views, not the oldest."""
-    clock = FakeClock()
-    directory = _directory(clock)
-    first = directory.view
-    visitor = _visitor(0)
-    directory.add(visitor)
-    with_visitor = directory.view
-    directory.remove(visitor.nick, had_session=False)
-    assert directory.view == first
-    for index in range(1, RECENT_VIEWS + 1):  # one view more than kept, after with_visitor
-        directory.add(_visitor(index))
-    assert not directory.is_split_view("alice", first)
-    assert directory.is_split_view("alice", with_visitor)
+# (A join or part withheld from one side: tests/test_rooms_core.py, per room.)
 
 
 # -- /trust takes the key the user was shown, not whatever the relay says now ------------------

@@ -98,7 +98,7 @@ async def test_msg_command_goes_to_one_person() -> None:
 
 async def test_incoming_messages_are_shown_with_time_sender_and_privacy() -> None:
     async with running_relay() as relay, repl_for(relay, "alice", "bob") as (_, screen, (bob,), _t):
-        bob.connection.send_room("hi all")
+        bob.connection.send_room("#lobby", "hi all")
         bob.connection.send_private("alice", "hi you")
         room = await screen.wait_for("<bob ?> hi all")
         private = await screen.wait_for("<bob ?> hi you")
@@ -121,7 +121,7 @@ async def test_who_help_and_unknown_command() -> None:
 
 async def test_escape_sequences_from_peers_are_neutralized() -> None:
     async with running_relay() as relay, repl_for(relay, "alice", "bob") as (_, screen, (bob,), _t):
-        bob.connection.send_room("\x1b[2J\x1b]0;pwned\x07clear")
+        bob.connection.send_room("#lobby", "\x1b[2J\x1b]0;pwned\x07clear")
         line = await screen.wait_for("clear")
         assert "\x1b" not in line and "\x07" not in line
         assert "\\x1b[2J" in line

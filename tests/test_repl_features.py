@@ -195,7 +195,7 @@ async def test_escape_enter_inserts_a_newline() -> None:
 async def test_multi_line_message_is_shown_on_several_lines() -> None:
     async with running_relay() as relay, peers(relay, "alice", "bob") as (alice, bob):
         async with repl(alice) as (_, screen, _):
-            bob.connection.send_room("roses are red\nviolets are blue")
+            bob.connection.send_room("#lobby", "roses are red\nviolets are blue")
             first = await screen.wait_for("roses are red")
             index = screen.lines.index(first)
             assert screen.lines[index + 1] == " " * 11 + "violets are blue"
@@ -272,7 +272,7 @@ async def test_bell_on_private_messages_and_switchable() -> None:
     rings: list[float] = []
     async with running_relay() as relay, peers(relay, "alice", "bob") as (alice, bob):
         async with repl(alice, bell=lambda: rings.append(time.monotonic())) as (pipe, screen, _):
-            bob.connection.send_room("room: no bell")
+            bob.connection.send_room("#lobby", "room: no bell")
             bob.connection.send_private("alice", "private: bell")
             await screen.wait_for("private: bell")
             assert len(rings) == 1
@@ -306,7 +306,7 @@ async def test_a_peers_text_is_drawn_as_a_message_and_key_changes_as_warnings() 
         try:
             async with repl(alice) as (_, screen, _):
                 for number, text in enumerate(FORGED_LOOKS):
-                    bob.connection.send_room(f"{text} #{number}")
+                    bob.connection.send_room("#lobby", f"{text} #{number}")
                     last = await screen.wait_for(f" #{number}")
                     first = screen.lines.index(last) - text.count("\n")
                     assert "<bob ?>" in screen.lines[first]
@@ -317,7 +317,7 @@ async def test_a_peers_text_is_drawn_as_a_message_and_key_changes_as_warnings() 
                 start = screen.lines.index(warning)
                 end = screen.lines.index(await screen.wait_for("without comparing")) + 1
                 assert end - start == 5 and set(screen.styles[start:end]) == {"warning"}
-                new_bob.connection.send_room("KEY CHANGED> it is really me")
+                new_bob.connection.send_room("#lobby", "KEY CHANGED> it is really me")
                 assert screen.style_of(await screen.wait_for("<bob KEY CHANGED>")) == "warning"
         finally:
             for peer in (alice, bob, new_bob):

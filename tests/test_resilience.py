@@ -31,7 +31,7 @@ from support import LOOPBACK, WAIT, RawClient, connect, peers, running, running_
 
 async def test_receipts_confirm_each_recipient() -> None:
     async with running_relay() as relay, peers(relay, "alice", "bob", "carol") as (alice, _, _):
-        room_id = alice.connection.send_room("hello both")
+        room_id = alice.connection.send_room("#lobby", "hello both")
         private_id = alice.connection.send_private("carol", "hello you")
         assert room_id is not None and private_id is not None  # online: sent at once
         reports: dict[int, DeliveryReport] = {}
@@ -88,14 +88,14 @@ async def test_recipient_gone_offline_is_reported() -> None:
         raw = await RawClient.open(relay)
         await raw.register("mallory")
         await alice.next(PeerJoined, lambda e: e.nick == "mallory")
-        alice.connection.send_room("hello all")  # a session with mallory from now on
+        alice.connection.send_room("#lobby", "hello all")  # a session with mallory from now on
         await raw.receive_kind(m.Deliver)
         raw.close()
         await bob.next(PeerLeft, lambda e: e.nick == "mallory")  # the relay has noticed
         async with asyncio.timeout(WAIT):
             while relay.core.kept.knows("mallory"):
                 await asyncio.sleep(0.05)
-        message_id = alice.connection.send_room("who is still here?")
+        message_id = alice.connection.send_room("#lobby", "who is still here?")
         report = await alice.next(DeliveryReport, lambda r: r.message_id == message_id)
         assert report.delivered == ("bob",) and report.failed == (("mallory", NOT_KNOWN),)
 
@@ -218,7 +218,7 @@ async def test_client_that_never_reads_is_dropped_and_relay_memory_stays_bounded
         # tick sees the stall.
         deadline = asyncio.get_running_loop().time() + 10
         while "stalled" in alice.connection.core.peers:
-            alice.connection.send_room(f"{sent} {text}")
+            alice.connection.send_room("#lobby", f"{sent} {text}")
             sent += 1
             transports = [relay.transport(conn) for conn in relay.core.online.values()]
             buffered = [t.get_write_buffer_size() for t in transports if t is not None]
@@ -257,7 +257,7 @@ async def test_a_client_that_only_listens_is_not_dropped_as_idle() -> None:
         talker = await connect(relay, "talker", keepalive=0.2)
         await listener.next(PeerJoined)
         for i in range(25):
-            talker.connection.send_room(f"news {i}")
+            talker.connection.send_room("#lobby", f"news {i}")
             await listener.next(MessageReceived)
             await asyncio.sleep(0.1)  # the point: time passes while only one side talks
         assert relay.core.online.keys() == {"listener", "talker"}
@@ -297,13 +297,13 @@ async def test_relay_restarted_mid_chat_clients_reconnect_and_chat_again() -> No
         alice = await connect(first, "alice", identities["alice"], reconnecting=True)
         bob = await connect(first, "bob", identities["bob"], reconnecting=True)
         await alice.next(PeerJoined)
-        alice.connection.send_room("before the restart")
+        alice.connection.send_room("#lobby", "before the restart")
         assert (await bob.next(MessageReceived)).text == "before the restart"
     # The relay is gone: both notice and start reconnecting.
     for peer in (alice, bob):
         await peer.next(ConnectionLost)
         await peer.next(Reconnecting)
-    alice.connection.send_room("typed while the relay was down")
+    alice.connection.send_room("#lobby", "typed while the relay was down")
     assert (await alice.next(Queued)).preview == "typed while the relay was down"
 
     async with running(Relay(LOOPBACK, port, key=first.core.key)):  # restarted, with its key
@@ -346,7 +346,7 @@ async def test_message_typed_while_disconnected_is_reported_if_the_relay_never_r
     async with running_relay() as relay:
         alice = await connect(relay, "alice", reconnecting=True)
     await alice.next(ConnectionLost)
-    message_id = alice.connection.send_room("into the void")
+    message_id = alice.connection.send_room("#lobby", "into the void")
     assert (await alice.next(Queued)).message_id == message_id
     assert not await alice.connection.wait_settled(0.3)
     alice.connection.give_up("leaving")

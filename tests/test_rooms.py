@@ -1,5 +1,5 @@
-"""The rooms model and the room safety number: pure, no relay (client/rooms.py,
-crypto/identity.py)."""
+"""The rooms model, the room safety number and the user's list of rooms: pure, no relay
+(client/rooms.py, crypto/identity.py, ui/roomlist.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,19 @@ import itertools
 import pytest
 from nacl.public import PrivateKey, PublicKey
 
-from e2echat.client.rooms import MAX_MEMBERS, PARTED_GRACE, VIEW_GRACE, Room, Rooms
+from e2echat.client.rooms import (
+    MAX_MEMBERS,
+    PARTED_GRACE,
+    RECENT_VIEWS,
+    SPLIT_WARNINGS,
+    VIEW_GRACE,
+    Room,
+    Rooms,
+)
 from e2echat.crypto.identity import encode_member, room_digest_input, room_safety_number, room_view
-from e2echat.errors import RemoteProtocolError
+from e2echat.errors import CommandError, RemoteProtocolError
+from e2echat.ui.roomlist import RoomList
+from e2echat.wire.grammar import MAX_ROOMS
 
 
 class Clock:
@@ -122,6 +132,38 @@ def test_split_view_within_grace_is_accepted_once_then_flagged() -> None:
     assert room.is_split_view("carol", "00" * 32)
 
 
+def test_only_the_last_views_count_however_fast_they_change() -> None:
+    room = Room("#ops", "bob", key(1), Clock())
+    views = []
+    for index in range(RECENT_VIEWS + 2):  # all within the grace
+        views.append(room.view)
+        room.add(f"v{index}", key(2))
+    assert not room.is_split_view("alice", views[-RECENT_VIEWS])
+    assert room.is_split_view("alice", views[0])
+
+
+def test_made_up_views_cannot_grow_the_warnings_without_bound() -> None:
+    room = Room("#ops", "bob", key(1), Clock())
+    for index in range(SPLIT_WARNINGS + 10):
+        assert room.is_split_view("mallory", f"{index:064x}")
+    assert len(room._split_warned) <= SPLIT_WARNINGS
+
+
+def test_a_view_that_comes_back_counts_from_its_latest_time() -> None:
+    """Someone comes and goes: our first view is ours again, then changes again. It is
+    then among the newest views, not the oldest."""
+    room = Room("#ops", "bob", key(1), Clock())
+    first = room.view
+    room.add("visitor", key(2))
+    with_visitor = room.view
+    room.remove("visitor")
+    assert room.view == first
+    for index in range(1, RECENT_VIEWS + 1):  # one view more than kept, after with_visitor
+        room.add(f"v{index}", key(3))
+    assert not room.is_split_view("alice", first)
+    assert room.is_split_view("alice", with_visitor)
+
+
 def test_rooms_keep_the_order_joined_and_forget_parted_ones_after_a_grace() -> None:
     clock = Clock()
     rooms = Rooms("alice", key(1), clock, ["#lobby", "#ops"])
@@ -160,3 +202,64 @@ def test_a_relay_listing_more_members_than_it_keeps_is_refused() -> None:
     rooms.listed("#ops", many[: MAX_MEMBERS // 2], more=True)
     with pytest.raises(RemoteProtocolError):
         rooms.listed("#ops", [*many[MAX_MEMBERS // 2 :], ("one-more", key(3))], more=False)
+
+
+# -- the user's list of rooms (ui/roomlist.py) ---------------------------------------------------
+
+
+def test_a_new_profile_is_in_the_lobby() -> None:
+    rooms = RoomList()
+    assert rooms.names == ["#lobby"] and rooms.current == "#lobby"
+
+
+def test_the_profile_s_rooms_are_checked_and_kept_in_order() -> None:
+    rooms = RoomList(["#ops", "#Bad", "#ops", "#dev", 7, "lobby"], "#dev")  # type: ignore[list-item]
+    assert rooms.names == ["#ops", "#dev"] and rooms.current == "#dev"
+    assert RoomList(["#ops"], "#gone").current == "#ops"
+    assert RoomList([], None).current is None
+    assert len(RoomList([f"#r{i}" for i in range(MAX_ROOMS + 5)]).names) == MAX_ROOMS
+
+
+def test_join_makes_a_room_current_and_says_whether_it_is_new() -> None:
+    rooms = RoomList()
+    assert rooms.join("#ops") and rooms.current == "#ops"
+    assert not rooms.join("#lobby") and rooms.current == "#lobby"
+    assert rooms.names == ["#lobby", "#ops"]
+    with pytest.raises(CommandError, match="a room's name is"):
+        rooms.join("#No Spaces")
+
+
+def test_one_room_too_many_is_refused() -> None:
+    rooms = RoomList([f"#r{i}" for i in range(MAX_ROOMS)])
+    with pytest.raises(CommandError, match=f"{MAX_ROOMS} rooms"):
+        rooms.join("#one-more")
+    rooms.join("#r3")  # switching is fine
+
+
+def test_parting_moves_to_a_neighbour_and_the_last_leaves_you_in_none() -> None:
+    rooms = RoomList(["#a", "#b", "#c"], "#b")
+    assert rooms.part() == "#b" and rooms.current == "#a"
+    assert rooms.part("#c") == "#c" and rooms.current == "#a"
+    with pytest.raises(CommandError, match="not in #zzz"):
+        rooms.part("#zzz")
+    assert rooms.part() == "#a" and rooms.current is None and rooms.names == []
+    with pytest.raises(CommandError, match="no room"):
+        rooms.part()
+
+
+def test_switching_by_number_and_round_the_ends() -> None:
+    rooms = RoomList(["#a", "#b", "#c"], "#a")
+    assert rooms.switch_to(3) == "#c" and rooms.switch_to(4) is None and rooms.current == "#c"
+    assert rooms.step(1) == "#a" and rooms.step(-1) == "#c" and rooms.step(-1) == "#b"
+    assert RoomList([], None).step(1) is None
+
+
+def test_lines_in_other_rooms_are_unread_until_switched_to() -> None:
+    rooms = RoomList(["#a", "#b"], "#a")
+    rooms.shown("#a")
+    rooms.shown("#b")
+    rooms.shown("#b")
+    rooms.shown("#elsewhere")
+    assert rooms.unread == {"#b": 2}
+    rooms.step(1)
+    assert rooms.unread == {}

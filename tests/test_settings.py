@@ -246,7 +246,7 @@ async def test_timestamps_off_drops_the_time_from_each_line() -> None:
         chat.handle_line("/set timestamps off")
         chat.handle_line("/who")
         chat.handle_line("stamped?")
-        bob.connection.send_room("and mine?")
+        bob.connection.send_room("#lobby", "and mine?")
         chat.show(await alice.next(MessageReceived))
         chat.handle_line("/set timestamps on")
         chat.handle_line("/who")

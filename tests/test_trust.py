@@ -174,7 +174,7 @@ async def test_changed_key_is_flagged_and_blocks_sending_until_trusted() -> None
         # Nothing goes to bob: no private message, and room messages leave bob out.
         with pytest.raises(CommandError, match="key changed"):
             alice.connection.send_private("bob", "are you really bob?")
-        alice.connection.send_room("hello room")
+        alice.connection.send_room("#lobby", "hello room")
         report = await alice.next(SendReport)
         assert report.delivered == ("carol",)
         chat.handle_line("/who")
@@ -238,7 +238,7 @@ async def test_relay_substituting_an_identity_key_is_caught_and_gets_nothing() -
         assert (await alice.next(KeyChanged)).nick == "bob"
         with pytest.raises(CommandError, match="key changed"):
             alice.connection.send_private("bob", "the launch code is 1234")
-        alice.connection.send_room("room news")
+        alice.connection.send_room("#lobby", "room news")
         assert (await carol.next(MessageReceived)).text == "room news"
         await alice.next(SendReport)
         # The attack fails: not one envelope from alice was addressed to bob.
@@ -296,7 +296,7 @@ async def test_verify_match_marks_verified_and_persists(tmp_path: Path) -> None:
 
         Chat(alice.connection, text_into(alice_lines)).handle_line(f"/verify bob {number_bob_reads}")
         assert alice_lines[-1].endswith("the safety numbers match: bob is now verified")
-        bob.connection.send_room("verified hello")
+        bob.connection.send_room("#lobby", "verified hello")
         assert (await alice.next(MessageReceived)).trust is Trust.VERIFIED
         bob_key = alice.connection.core.directory["bob"].identity_key
         for peer in (alice, bob):

@@ -43,6 +43,7 @@ from e2echat.errors import (
 from e2echat.store.pins import PinFile
 from e2echat.store.sessions import SessionFile
 from e2echat.streams import BufferedLink, read_buffer
+from e2echat.wire.grammar import DEFAULT_ROOM
 
 log = logging.getLogger("e2echat.client.connection")
 
@@ -110,6 +111,7 @@ class Connection:
         session_file: SessionFile | None = None,
         pending: PendingDeliveries | None = None,
         hold_acks: bool = False,
+        rooms: tuple[str, ...] = (DEFAULT_ROOM,),
     ) -> None:
         """``keyring`` holds our prekeys and sessions, ``pending`` our messages waiting in
         mailboxes (a ``Client`` passes the same ones to each of its connections);
@@ -134,6 +136,7 @@ class Connection:
             relay_name=f"{host}:{port}",
             pending=pending,
             hold_acks=hold_acks,
+            rooms=rooms,
         )
         if publish is None:
             # On its own, a connection queues its events for whoever runs it. A Client
@@ -329,10 +332,23 @@ class Connection:
 
     # -- what the UI calls --------------------------------------------------------------------
 
-    def send_room(self, text: str, only: Collection[str] | None = None, *, report_as: int = 0) -> int:
-        message_id = self.core.send_room(text, only, report_as=report_as)
+    def send_room(
+        self, room: str, text: str, only: Collection[str] | None = None, *, report_as: int = 0
+    ) -> int:
+        message_id = self.core.send_room(room, text, only, report_as=report_as)
         self._sent()
         return message_id
+
+    def join(self, room: str) -> None:
+        """Join ``room`` (the relay answers with its members)."""
+        self.core.join(room)
+        if not self.closed:
+            self._flush()
+
+    def part(self, room: str) -> None:
+        self.core.part(room)
+        if not self.closed:
+            self._flush()
 
     @property
     def left_out(self) -> list[str]:

@@ -35,6 +35,10 @@ from e2echat.client.events import (  # re-exported: the UI's vocabulary
     RelayClosing,
     RelayError,
     RelayKeyRefused,
+    RoomChanged,
+    RoomEntered,
+    RoomListed,
+    RoomParted,
     SecurityWarning,
     SendReport,
     SplitView,
@@ -44,21 +48,22 @@ from e2echat.client.mailbox import MailboxReads
 from e2echat.client.outbox import RECEIPT_INTERVAL, Outbox, receipt_gap
 from e2echat.client.pacing import Pacer
 from e2echat.client.pending import PendingDeliveries
+from e2echat.client.presence import Presence
 from e2echat.client.publishing import PrekeyPublisher
 from e2echat.client.receipts import RECEIPT_TIMEOUT, TIMED_OUT, DeliveryReport, DeliveryTracker, Message
 from e2echat.client.relays import RelayTrust
+from e2echat.client.rooms import Room, Rooms
 from e2echat.client.sessions import Sessions
 from e2echat.client.status import checked_away
 from e2echat.client.trust import KnownPeers, Trust
 from e2echat.crypto.identity import safety_number
 from e2echat.crypto.keyring import Keyring
-from e2echat.crypto.session import Party
 from e2echat.errors import CommandError, E2EChatError, LocalProtocolError, RemoteProtocolError
 from e2echat.wire import messages as m
 from e2echat.wire.codec import decode_message, encode_message
 from e2echat.wire.fastpath import decode_deliver, decode_deliver_frame, decode_mail
 from e2echat.wire.framing import FrameDecoder, encode_frame
-from e2echat.wire.grammar import NICK_RULE, is_valid_nick
+from e2echat.wire.grammar import DEFAULT_ROOM, NICK_RULE, is_valid_nick
 from e2echat.wire.objects import PeerInfo
 
 __all__ = [
@@ -81,6 +86,10 @@ __all__ = [
     "RelayClosing",
     "RelayError",
     "RelayKeyRefused",
+    "RoomChanged",
+    "RoomEntered",
+    "RoomListed",
+    "RoomParted",
     "SecurityWarning",
     "SendReport",
     "SplitView",
@@ -120,6 +129,7 @@ class ClientCore:
         relay_name: str = "",
         pending: PendingDeliveries | None = None,
         hold_acks: bool = False,
+        rooms: tuple[str, ...] = (DEFAULT_ROOM,),
     ) -> None:
         """``relay_trust`` says which relay key to answer (default: any, first contact).
         ``keyring`` holds our prekeys and sessions, which outlive this connection (a new
@@ -132,7 +142,8 @@ class ClientCore:
         acknowledged by ``acknowledge``, not as soon as they are read.
         ``message_ids`` numbers the messages sent (``pending``'s numbering if not given); a
         client that reconnects passes the same one to each connection, so that no id
-        comes twice."""
+        comes twice. ``rooms``: the rooms we are in (the profile's word), sent with the
+        registration."""
         if not is_valid_nick(nick):
             raise LocalProtocolError(detail=f"invalid nick {nick!r}: {NICK_RULE}")
         self.nick = nick
@@ -155,8 +166,8 @@ class ClientCore:
         self._publisher = PrekeyPublisher(
             self.keyring.prekeys, identity, self._write, clock=clock, wall_clock=wall_clock
         )
-        ours = Party(nick, identity.public_key, session_key.public_key)
-        self._directory = Directory(ours, known_peers if known_peers is not None else KnownPeers(), clock)
+        self._directory = Directory(known_peers if known_peers is not None else KnownPeers())
+        self._rooms = Rooms(nick, identity.public_key, clock, rooms)
         pending = pending if pending is not None else PendingDeliveries()
         self.deliveries = DeliveryTracker(receipt_timeout, pending)
         # The last mailbox item handled, the last said in a MailboxRead, and the last the
@@ -164,8 +175,9 @@ class ClientCore:
         self._mailbox = MailboxReads(hold_acks)
         self._outlived_due = 0.0  # wall clock: when next to look for copies waiting too long
         self._sessions = Sessions(
-            nick, self.keyring, self._directory, self.deliveries, self._session_key, wall_clock
+            nick, self.keyring, self._directory, self.deliveries, self._session_key, wall_clock, self._rooms
         )
+        self._presence = Presence(nick, self._rooms, self._directory, self._sessions, self._tell_away)
         self._outbox = Outbox(
             nick,
             self._directory,
@@ -179,6 +191,7 @@ class ClientCore:
             notices=self._notices,
             message_ids=message_ids if message_ids is not None else pending.ids,
             acks_due=self._sessions.acks_due,
+            rooms=self._rooms,
             relay=relay_name,
         )
         self._handshake = Handshake(
@@ -193,6 +206,7 @@ class ClientCore:
             publisher=self._publisher,
             sessions=self._sessions,
             directory=self._directory,
+            rooms=self._rooms,
             clock=clock,
             wall_clock=wall_clock,
         )
@@ -330,19 +344,33 @@ class ClientCore:
 
     @property
     def directory(self) -> dict[str, PeerInfo]:
-        """nick -> the keys the relay says they have, for everyone else online."""
+        """nick -> the keys the relay says they have, for every contact online."""
         return self._directory.peers
 
     @property
     def peers(self) -> list[str]:
-        """Everyone else online, sorted."""
+        """Every contact online (who shares a room with us), sorted."""
         return self._directory.nicks()
 
     @property
+    def rooms(self) -> list[str]:
+        """The rooms we are in, in the order joined."""
+        return self._rooms.names
+
+    def room(self, name: str) -> Room | None:
+        """Room ``name``, if we are in it: its members as the relay says."""
+        return self._rooms.get(name)
+
+    def away_in(self, room: str) -> list[str]:
+        """The members of ``room`` who are not online, sorted (a message to them waits in
+        their mailbox)."""
+        joined = self._rooms.get(room)
+        return [] if joined is None else [n for n in joined.others if n not in self._directory.peers]
+
+    @property
     def away(self) -> list[str]:
-        """The room's members the relay knows who are not online, sorted (a message to
-        them waits in their mailbox)."""
-        return sorted(nick for nick in self._directory.away if nick != self.nick)
+        """The members of our rooms who are not online, sorted."""
+        return sorted({nick for room in self._rooms.names for nick in self.away_in(room)})
 
     @property
     def known_peers(self) -> KnownPeers:
@@ -380,14 +408,39 @@ class ClientCore:
         peer = self._directory.peer(nick)
         return safety_number(self._identity.public_key, self.nick, peer.identity_key, nick)
 
+    def room_safety_number(self, room: str) -> str:
+        """The safety number of ``room`` (60 digits): every member who sees the same
+        members with the same keys has the same one."""
+        joined = self._rooms.get(room)
+        if joined is None:
+            raise CommandError(detail=f"you are not in {room}")
+        return joined.safety_number()
+
     # -- what the UI does -------------------------------------------------------------------
 
-    def send_room(self, text: str, only: Collection[str] | None = None, *, report_as: int = 0) -> int:
-        """Encrypt ``text`` for everyone else online whose key is not in doubt (and among
-        ``only``, if given). Returns the message id; ``left_out`` then names those left out.
-        ``report_as``: the id its copies kept in mailboxes are reported under, if not its own."""
+    def send_room(
+        self, room: str, text: str, only: Collection[str] | None = None, *, report_as: int = 0
+    ) -> int:
+        """Encrypt ``text`` for every other member of ``room`` whose key is not in doubt
+        (and among ``only``, if given). Returns the message id; ``left_out`` then names
+        those left out. ``report_as``: the id its copies kept in mailboxes are reported
+        under, if not its own."""
         self._require_online()
-        return self._outbox.send_room(text, only, report_as=report_as)
+        return self._outbox.send_room(room, text, only, report_as=report_as)
+
+    def join(self, room: str) -> None:
+        """Join ``room`` (or ask for its members again, if in it): the relay answers with
+        its members. Offline, the room is joined with the next registration."""
+        online = self.state is ClientState.ONLINE
+        self._rooms.join(room, asked=online)
+        if online:
+            self._write(m.Join(room))
+
+    def part(self, room: str) -> None:
+        """Leave ``room``; its members we share no other room with are no contacts now."""
+        self._presence.we_parted(room)
+        if self.state is ClientState.ONLINE:
+            self._write(m.Part(room))
 
     def send_private(self, recipient: str, text: str, *, report_as: int = 0) -> int:
         self._require_online()
@@ -464,16 +517,18 @@ class ClientCore:
             if isinstance(message, m.Deliver):
                 return self._sessions.deliver(message.sender, message.body)
             if isinstance(message, m.PeerJoined):
-                self._directory.away.discard(message.peer.nick)
-                joined = self._sessions.joined(message.peer)
+                joined = self._presence.peer_joined(message.peer)
                 if joined:
                     self._tell_away(message.peer.nick)
                 return joined
             if isinstance(message, m.PeerLeft):
-                events = self._sessions.left(message.nick)
-                if events:  # they were online: a member still, away now
-                    self._directory.add_away((message.nick,))
-                return events
+                return self._presence.peer_left(message.nick)
+            if isinstance(message, m.Members):
+                return self._presence.members(message.room, message.peers, message.away, message.more)
+            if isinstance(message, m.Entered):
+                return self._presence.entered(message.room, message.peer)
+            if isinstance(message, m.Parted):
+                return self._presence.parted(message.room, message.nick)
             if isinstance(message, m.Routed):
                 return self._routed(message)
             if isinstance(message, m.Bundles):
@@ -483,12 +538,6 @@ class ClientCore:
             if isinstance(message, m.Expired):
                 self._mailbox.handle(message.seq)
                 return list(self.deliveries.mailbox_dropped(message.id, message.to, message.reason))
-            if isinstance(message, m.Members):
-                return self._members(message)
-            if isinstance(message, m.Entered):
-                return self._entered(message.peer)
-            if isinstance(message, m.Parted):
-                return []  # for now (one room): they are still a contact until they leave
             if isinstance(message, m.Prekeys):
                 self._publisher.held(message.count)
                 return []
@@ -500,24 +549,6 @@ class ClientCore:
         raise RemoteProtocolError(
             detail=f"relay sent an unexpected {message.TYPE!r} message ({self.state.value})"
         )
-
-    def _members(self, message: m.Members) -> list[Event]:
-        """A room's members: those away get the room's messages in their mailboxes, and
-        those online not yet in the directory are contacts now."""
-        self._directory.add_away(tuple(member.nick for member in message.away))
-        events: list[Event] = []
-        for peer in message.peers:
-            events += self._entered(peer)
-        return events
-
-    def _entered(self, peer: PeerInfo) -> list[Event]:
-        """``peer`` shares a room with us now: in the directory (not a "came online")."""
-        if peer.nick in self._directory.peers:
-            return []
-        self._directory.away.discard(peer.nick)
-        events = self._sessions.add(peer)
-        self._tell_away(peer.nick)
-        return events
 
     def _tell_away(self, nick: str) -> None:
         """``nick`` is online and a contact now, and was not when we said we are away (or

@@ -1,44 +1,26 @@
-"""Who else is online, as the relay says, and how far we trust what it says. Pure.
+"""Who else is online among the people we share a room with (our contacts), as the relay
+says, and how far we trust what it says. Pure.
 
-``Directory`` holds the relay's list of peers and their keys, pins each identity key when
-we first exchange a message with its owner (trust on first use, through ``KnownPeers``),
-and keeps hashes of our recent views of the list: every message carries its sender's view,
-so a relay that shows people different directories (a split view) is noticed.
+``Directory`` holds the relay's list of contacts online and their keys, and pins each
+identity key when we first exchange a message with its owner (trust on first use,
+through ``KnownPeers``). Who is in which room, and our views of each, are ``Rooms``'.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Callable
 
 from e2echat.client.events import Event, KeyChanged, KeyPinned
 from e2echat.client.trust import KnownPeers, Trust
 from e2echat.crypto.identity import fingerprint, same_fingerprint
-from e2echat.crypto.session import Party, digest_of_encoded, encode_party
 from e2echat.errors import CommandError, RemoteProtocolError
 from e2echat.wire.objects import PeerInfo
-
-# A message encrypted just before its sender saw a join or leave carries the previous
-# view, and may arrive after we saw it: a view of ours is still accepted for VIEW_GRACE
-# after it changed (a round trip through the relay and a busy client take far less), and
-# only the last RECENT_VIEWS of them (churn of 25 changes a second for all 10 s). Any
-# other view is flagged: a join or leave the relay withholds from one of two people for
-# longer than that shows at their next message.
-VIEW_GRACE = 10.0
-RECENT_VIEWS = 256
-# Split views already said, at most: each (sender, view) is said once, and a peer that
-# sends made-up views with every message must not grow the set without bound.
-SPLIT_WARNINGS = 4096
 
 # The most people online a client believes a relay has: twice what one relay holds
 # (Limits.max_connections), room for relays that grow. A relay announcing more is hostile
 # or broken, and would otherwise fill our memory with entries (issue 16: an endless
 # directory stream).
 MAX_PEERS = 20_000
-# The most members away a client believes a relay has: five times MAX_PEERS (people come
-# and go within a mailbox's week). Beyond, as above, the relay is hostile or broken.
-MAX_AWAY = 100_000
-
 # Session keys of people who left, kept so that the relay cannot announce one again (and
 # replay that session's messages): only keys we had a session with (a key we never
 # exchanged a message under has nothing to replay), the last 8 of each nick (8 reconnects
@@ -50,34 +32,20 @@ RETIRED_TOTAL = 10_000
 
 
 class Directory:
-    def __init__(self, ours: Party, known_peers: KnownPeers, clock: Callable[[], float]) -> None:
-        """``clock`` (monotonic seconds) times how long ago each view stopped being ours."""
-        #: nick -> the keys the relay says they have, for everyone else online
+    def __init__(self, known_peers: KnownPeers) -> None:
+        #: nick -> the keys the relay says they have, for every contact online
         self.peers: dict[str, PeerInfo] = {}
-        #: the room's members the relay knows who are not online (its ``away`` list, and
-        #: whoever left since): a room message goes to their mailboxes too
-        self.away: set[str] = set()
         self.known_peers = known_peers
-        # Each entry's encoding is kept, so that a join or leave only re-sorts and hashes.
-        self._encoded_entries: dict[str, bytes] = {ours.nick: encode_party(ours)}
-        self._clock = clock
-        # Our views before this one -> when each stopped being ours, oldest first.
-        self._past_views: OrderedDict[str, float] = OrderedDict()
-        #: the hash of our view of the directory now: every message we send carries it
-        self.view = ""
-        self._split_warned: set[tuple[str, str]] = set()
         # Retired session keys, oldest first (-> whose), and each nick's, oldest first.
         self._retired: OrderedDict[bytes, str] = OrderedDict()
         self._retired_of: dict[str, deque[bytes]] = {}
-        # Trust states and room recipients, cached: a room message to hundreds must not
-        # compare hundreds of keys. Dropped when the directory, a session or a pin changes.
+        # Trust states, cached: a room message to hundreds must not compare hundreds of
+        # keys. Dropped when the directory, a session or a pin changes.
         self._trust_cache: dict[str, Trust] = {}
-        self._room_cache: tuple[list[str], list[str]] | None = None  # (recipients, withheld)
         self._cached_for: tuple[KnownPeers, int] | None = None
-        self.refresh_view()
 
     def nicks(self) -> list[str]:
-        """Everyone else online, sorted."""
+        """Every contact online, sorted."""
         return sorted(self.peers)
 
     def peer(self, nick: str) -> PeerInfo:
@@ -94,11 +62,10 @@ class Directory:
         refuses replayed messages anyway; this keeps the directory and its digest honest.)"""
         return bytes(peer.session_key) in self._retired
 
-    def add(self, peer: PeerInfo, *, refresh: bool = True) -> list[Event]:
+    def add(self, peer: PeerInfo) -> list[Event]:
         """``peer`` is online (any earlier entry for the nick was removed first). Says if
         their identity key is not the one pinned. Pins nothing: see ``exchanged``.
-        ``refresh=False`` leaves the view to one ``refresh_view`` after a batch: the
-        directory may be thousands long. Raises ``RemoteProtocolError`` beyond MAX_PEERS."""
+        Raises ``RemoteProtocolError`` beyond MAX_PEERS."""
         if len(self.peers) >= MAX_PEERS:  # (an entry replaced was removed first)
             raise RemoteProtocolError(
                 detail=f"the relay announced more than {MAX_PEERS:,} people online, more than a "
@@ -106,23 +73,10 @@ class Directory:
             )
         self.peers[peer.nick] = peer
         self.forget_caches()
-        self._encoded_entries[peer.nick] = encode_party(Party(peer.nick, peer.identity_key, peer.session_key))
-        if refresh:
-            self.refresh_view()
         pin = self.known_peers.get(peer.nick)
         if pin is not None and pin.identity_key != peer.identity_key:
             return [KeyChanged(peer.nick, fingerprint(pin.identity_key), fingerprint(peer.identity_key))]
         return []
-
-    def add_away(self, nicks: tuple[str, ...]) -> None:
-        """The relay says ``nicks`` are members away (or one of them just left). Raises
-        ``RemoteProtocolError`` beyond MAX_AWAY."""
-        self.away.update(nick for nick in nicks if nick not in self.peers)
-        if len(self.away) > MAX_AWAY:
-            raise RemoteProtocolError(
-                detail=f"the relay listed more than {MAX_AWAY:,} members away, more than a relay "
-                "keeps (a hostile or broken relay); disconnected"
-            )
 
     def exchanged(self, nicks: list[str]) -> list[Event]:
         """We send to, or received a message from, each of ``nicks`` (online, and not with
@@ -134,8 +88,6 @@ class Directory:
         we ``had_session`` with it (see RETIRED_PER_NICK)."""
         peer = self.peers.pop(nick)
         self.forget_caches()
-        del self._encoded_entries[nick]
-        self.refresh_view()
         if had_session:
             self._retire(nick, bytes(peer.session_key))
         return peer
@@ -154,39 +106,6 @@ class Directory:
             if not owned:
                 del self._retired_of[owner]
 
-    # -- views ----------------------------------------------------------------------------------
-
-    def refresh_view(self) -> None:
-        # Called on every join and leave, so it must stay cheap with thousands online.
-        encoded = self._encoded_entries
-        view = digest_of_encoded([encoded[nick] for nick in sorted(encoded)])
-        if view == self.view:
-            return
-        past = self._past_views
-        if self.view:
-            past[self.view] = self._clock()
-            past.move_to_end(self.view)
-            if len(past) > RECENT_VIEWS:
-                past.popitem(last=False)
-        self.view = view
-
-    def is_split_view(self, sender: str, view: str) -> bool:
-        """Whether ``sender``'s ``view`` is neither ours nor one we had until less than
-        VIEW_GRACE ago; said once per sender and view. (Callers compare with ``view``
-        first: the usual case, and cheaper.)"""
-        if view == self.view:
-            return False
-        changed_at = self._past_views.get(view)
-        if changed_at is not None and self._clock() - changed_at < VIEW_GRACE:
-            return False
-        warned = self._split_warned
-        if (sender, view) in warned:
-            return False
-        if len(warned) >= SPLIT_WARNINGS:
-            warned.clear()  # at worst one of them is said again
-        warned.add((sender, view))
-        return True
-
     # -- trust ----------------------------------------------------------------------------------
 
     def trust(self, nick: str) -> Trust:
@@ -204,17 +123,6 @@ class Directory:
     def withheld(self) -> list[str]:
         """Peers online whose identity key changed: nothing is sent to them until accepted."""
         return [nick for nick in self.nicks() if self.trust(nick) is Trust.CHANGED]
-
-    def room_recipients(self, usable: Callable[[str], bool]) -> tuple[list[str], list[str]]:
-        """(everyone a room message goes to, everyone withheld for a changed key), sorted.
-        ``usable`` says whether there is (or can be) a session with a nick."""
-        self._check_caches()
-        if self._room_cache is None:
-            blocked = self.withheld()
-            recipients = [nick for nick in self.nicks() if nick not in blocked and usable(nick)]
-            # usable() may have found a peer unusable (and forgotten the caches).
-            self._room_cache = (recipients, blocked)
-        return self._room_cache
 
     def fingerprint(self, nick: str) -> str:
         """The fingerprint of the identity key the directory shows for ``nick`` now."""
@@ -254,10 +162,9 @@ class Directory:
 
     def forget_caches(self) -> None:
         self._trust_cache.clear()
-        self._room_cache = None
 
     def _check_caches(self) -> None:
-        """Drop the cached trust states and room recipients if any pin changed since."""
+        """Drop the cached trust states if any pin changed since."""
         peers, generation = self.known_peers, self.known_peers.generation
         cached_for = self._cached_for
         if cached_for is None or cached_for[0] is not peers or cached_for[1] != generation:

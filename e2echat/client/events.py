@@ -66,6 +66,9 @@ class _Received(NamedTuple):
     #: encryption, so the relay cannot change it); None from clients that do not say.
     #: Not compared: two copies of one message are the same event whenever they came.
     sent_at: float | None = None
+    #: a room message's room, as its sender named it inside the encryption (and checked:
+    #: a room we are in, and the sender a member of it); "" for a private message
+    room: str = ""
 
 
 class MessageReceived(_Received):
@@ -79,18 +82,18 @@ class MessageReceived(_Received):
     __slots__ = ()
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and self[:5] == other[:5]
+        return type(other) is type(self) and self[:5] == other[:5] and self[6:] == other[6:]
 
     def __ne__(self, other: object) -> bool:
         return not self == other
 
     def __hash__(self) -> int:
-        return hash(self[:5])
+        return hash(self[:5] + self[6:])
 
 
 received = functools.partial(tuple.__new__, MessageReceived)
-"""``received((sender, text, private, trust, late, sent_at))``: ``MessageReceived`` of
-those fields, all given (the named tuple's own constructor, without its call)."""
+"""``received((sender, text, private, trust, late, sent_at, room))``: ``MessageReceived``
+of those fields, all given (the named tuple's own constructor, without its call)."""
 
 
 class MailReceived(MessageReceived):
@@ -110,9 +113,47 @@ class MailboxRead:
 
 @dataclass(frozen=True)
 class SplitView:
-    """``sender`` saw a different directory (nicks and keys) than we do."""
+    """``sender`` sees different members of ``room`` (nicks and keys) than we do: the
+    relay may have added a reader for one of us, or hidden one."""
 
     sender: str
+    room: str = ""
+
+
+@dataclass(frozen=True)
+class RoomListed:
+    """The relay listed the members of ``room``, one of ours: after we registered, or
+    joined it."""
+
+    room: str
+    #: members online, and away (their copies wait in their mailboxes), without us
+    online: tuple[str, ...]
+    away: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RoomEntered:
+    """``nick`` joined ``room``."""
+
+    room: str
+    nick: str
+
+
+@dataclass(frozen=True)
+class RoomParted:
+    """``nick`` left ``room``."""
+
+    room: str
+    nick: str
+
+
+@dataclass(frozen=True)
+class RoomChanged:
+    """The safety number of ``room`` changed: who is in it, or a key, is not what it was
+    (``why``: "carol joined", "bob's key changed")."""
+
+    room: str
+    why: str
 
 
 @dataclass(frozen=True)
@@ -170,6 +211,10 @@ Event = (
     | MailboxRead
     | MessagesMissing
     | SplitView
+    | RoomListed
+    | RoomEntered
+    | RoomParted
+    | RoomChanged
     | SendReport
     | MessageQueued
     | DeliveryReport

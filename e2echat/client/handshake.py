@@ -21,6 +21,7 @@ from e2echat.client.events import Event, Registered, RegistrationFailed, RelayKe
 from e2echat.client.pacing import Pacer
 from e2echat.client.publishing import PrekeyPublisher, signed_prekey
 from e2echat.client.relays import RelayTrust
+from e2echat.client.rooms import Rooms
 from e2echat.client.sessions import Sessions
 from e2echat.crypto.identity import fingerprint, registration_proof
 from e2echat.crypto.prekeys import OurPrekeys
@@ -47,6 +48,7 @@ class Handshake:
         publisher: PrekeyPublisher,
         sessions: Sessions,
         directory: Directory,
+        rooms: Rooms,
         clock: Callable[[], float],
         wall_clock: Callable[[], float],
     ) -> None:
@@ -61,6 +63,7 @@ class Handshake:
         self._publisher = publisher
         self._sessions = sessions
         self._directory = directory
+        self._rooms = rooms
         self._clock = clock
         self._wall_clock = wall_clock
         #: the relay's long-term key, once its challenge was accepted (to pin it)
@@ -93,7 +96,14 @@ class Handshake:
         self._prekeys.rotate_if_due(self._identity, self._wall_clock())
         self._write(
             m.Register(
-                self.nick, identity_public, session_public, proof, session_proof, signed_prekey(self._prekeys)
+                self.nick,
+                identity_public,
+                session_public,
+                proof,
+                session_proof,
+                signed_prekey(self._prekeys),
+                # The profile's rooms: the relay makes our memberships exactly these.
+                rooms=tuple(self._rooms.names),
             )
         )
         return None
@@ -109,10 +119,9 @@ class Handshake:
         """A part of the directory (the welcome's, or a ``directory``'s). Once the last is
         in (``more`` false), the events: ``Registered`` first, then what the peers brought."""
         for peer in peers:
-            self._arrival_events.extend(self._sessions.add(peer, refresh=False))
+            self._arrival_events.extend(self._sessions.add(peer))
         if more:
             return []
-        self._directory.refresh_view()  # once, not once per peer: the directory may be thousands long
         events, self._arrival_events = self._arrival_events, []
         return [Registered(self.nick, tuple(self._directory.nicks())), *events]
 

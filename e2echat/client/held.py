@@ -16,7 +16,7 @@ copy kept in a mailbox is reported later, when its receipt comes, under that id 
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -24,6 +24,7 @@ from e2echat.client.events import ClientEvent, NotSent, Queued
 from e2echat.client.outbox import preview
 from e2echat.client.receipts import DeliveryReport, MessageQueued, SendReport
 from e2echat.errors import E2EChatError
+from e2echat.wire.grammar import DEFAULT_ROOM
 
 NOT_BACK = "not back online in time"
 KEY_CHANGED = "their key changed and was not accepted"
@@ -33,7 +34,9 @@ NO_SESSION = "no secure session"
 class Sender(Protocol):
     """Where held lines go once the relay is back: the connection."""
 
-    def send_room(self, text: str, only: Collection[str] | None = None, *, report_as: int = 0) -> int: ...
+    def send_room(
+        self, room: str, text: str, only: Collection[str] | None = None, *, report_as: int = 0
+    ) -> int: ...
     def send_private(self, nick: str, text: str, *, report_as: int = 0) -> int: ...
     @property
     def left_out(self) -> list[str]: ...
@@ -53,6 +56,8 @@ class HeldLine:
     failed: list[tuple[str, str]] = field(default_factory=list)
     #: kept in these recipients' mailboxes: each is reported when its receipt comes
     queued: list[str] = field(default_factory=list)
+    #: a room line's room
+    room: str = DEFAULT_ROOM
 
 
 class HeldLines:
@@ -81,23 +86,34 @@ class HeldLines:
         text: str,
         last_seen: Collection[str],
         last_away: Collection[str] = (),
+        *,
+        room: str = DEFAULT_ROOM,
     ) -> Queued:
-        """Keep a line typed while the relay is away: for ``recipient``, or for the room as
+        """Keep a line typed while the relay is away: for ``recipient``, or for ``room`` as
         its sender last saw it (``last_seen`` online, ``last_away`` members away)."""
         to_send = {recipient} if recipient is not None else ({*last_seen, *last_away} or None)
-        self._lines.append(HeldLine(message_id, recipient, text, to_send))
+        self._lines.append(HeldLine(message_id, recipient, text, to_send, room=room))
         return Queued(preview(text), message_id)
 
     def release(
-        self, sender: Sender, online: Collection[str], *, final: bool, away: Collection[str] = ()
+        self,
+        sender: Sender,
+        online: Collection[str],
+        *,
+        final: bool,
+        away: Collection[str] = (),
+        members: Callable[[str], Collection[str]] | None = None,
     ) -> list[ClientEvent]:
         """The relay is back (or someone came back to it): send each line to whoever it is
         meant for who is ``online``, or a member ``away`` (the relay keeps their copy in
-        their mailbox). ``final``: the grace period is over, and whoever it has not reached
-        yet is reported."""
+        their mailbox); a room line only to ``members`` of its room, if given. ``final``:
+        the grace period is over, and whoever it has not reached yet is reported."""
         events: list[ClientEvent] = []
-        reachable = {*online, *away}
+        everyone = {*online, *away}
         for line in list(self._lines):
+            reachable = everyone
+            if line.recipient is None and members is not None:
+                reachable = everyone.intersection(members(line.room))
             if line.to_send is None:  # meant for whoever is there
                 if not reachable and final:
                     self._lines.remove(line)
@@ -155,7 +171,7 @@ class HeldLines:
         part: int | None = None
         try:
             if line.recipient is None:
-                part = sender.send_room(line.text, only=due, report_as=line.message_id)
+                part = sender.send_room(line.room, line.text, only=due, report_as=line.message_id)
             else:
                 part = sender.send_private(line.recipient, line.text, report_as=line.message_id)
         except E2EChatError as exc:  # a refusal (CommandError), or anything else: reported

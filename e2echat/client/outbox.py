@@ -29,6 +29,7 @@ from e2echat.client.directory import Directory
 from e2echat.client.events import Event, KeyPinned, SecurityWarning
 from e2echat.client.pacing import Pacer
 from e2echat.client.receipts import NOT_KNOWN, UNNUMBERED, DeliveryTracker
+from e2echat.client.rooms import Rooms
 from e2echat.client.status import encode_status
 from e2echat.client.trust import Trust
 from e2echat.crypto.keyring import Keyring
@@ -159,10 +160,12 @@ class Outbox:
         notices: list[Event],
         message_ids: Iterator[int],
         acks_due: dict[str, list[int]],
+        rooms: Rooms,
         relay: str = "",
     ) -> None:
         self._our_nick = our_nick
         self._directory = directory
+        self._rooms = rooms
         self._keyring = keyring
         self._session_with = session_with
         self._sessions_with = sessions_with
@@ -187,13 +190,23 @@ class Outbox:
 
     # -- messages ---------------------------------------------------------------------------
 
-    def send_room(self, text: str, only: Collection[str] | None = None, *, report_as: int = 0) -> int:
-        """Encrypt ``text`` for everyone else online whose key is not in doubt (and among
-        ``only``, if given). Returns the message id; ``left_out`` then names those left out.
-        ``report_as``: the id its copies kept in mailboxes are reported under, if not its
-        own (a line typed in an outage, sent later as this message)."""
-        recipients, blocked = self._directory.room_recipients(self._has_session)
-        away, away_blocked = self._away_members()
+    def send_room(
+        self, room: str, text: str, only: Collection[str] | None = None, *, report_as: int = 0
+    ) -> int:
+        """Encrypt ``text`` for every other member of ``room`` (online, or away: theirs wait
+        in their mailboxes) whose key is not in doubt (and among ``only``, if given).
+        Returns the message id; ``left_out`` then names those left out. ``report_as``: the
+        id its copies kept in mailboxes are reported under, if not its own (a line typed
+        in an outage, sent later as this message)."""
+        members = self._rooms.get(room)
+        if members is None:
+            raise CommandError(detail=f"you are not in {room} (/join {room}); the message was not sent")
+        peers = self._directory.peers
+        others = members.others
+        online = [nick for nick in others if nick in peers]
+        blocked = [nick for nick in online if self._directory.trust(nick) is Trust.CHANGED]
+        recipients = [nick for nick in online if nick not in blocked] if blocked else online
+        away, away_blocked = self._away_members([nick for nick in others if nick not in peers])
         recipients, blocked = recipients + away, blocked + away_blocked
         if only is not None:
             recipients = [nick for nick in recipients if nick in only]
@@ -205,22 +218,15 @@ class Outbox:
                     detail=f"not sent: the key of {', '.join(sorted(blocked))} changed and was not "
                     "accepted (see /verify and /trust)"
                 )
-            raise CommandError(detail="nobody else is online; the message was not sent")
-        return self._send(text, Kind.ROOM, recipients, report_as)
+            raise CommandError(detail=f"nobody else is in {room}; the message was not sent")
+        return self._send(text, Kind.ROOM, recipients, report_as, room=room, view=members.view)
 
-    def _has_session(self, nick: str) -> bool:
-        return True  # anyone online: a session is started with their bundle if need be
-
-    def _away_members(self) -> tuple[list[str], list[str]]:
-        """(the room's members away that a room message goes to, those withheld because the
-        session kept with them is under another key than the one pinned), sorted."""
-        away = self._directory.away
-        if not away:
-            return [], []
+    def _away_members(self, away: list[str]) -> tuple[list[str], list[str]]:
+        """(the members of a room away (``away``, sorted) that a room message goes to, those
+        withheld because the session kept with them is under another key than the one
+        pinned)."""
         recipients, blocked = [], []
-        for nick in sorted(away):
-            if nick == self._our_nick or nick in self._directory.peers:
-                continue
+        for nick in away:
             session, _ = self.kept(nick)
             kept = self._keyring.peers.get(nick)
             if session is None and kept is not None and kept.can_send:
@@ -261,7 +267,16 @@ class Outbox:
             )
         return self._send(text, Kind.PRIVATE, [recipient], report_as)
 
-    def _send(self, text: str, kind: Kind, recipients: list[str], report_as: int = 0) -> int:
+    def _send(
+        self,
+        text: str,
+        kind: Kind,
+        recipients: list[str],
+        report_as: int = 0,
+        *,
+        room: str = "",
+        view: str = "",
+    ) -> int:
         if not text:
             raise CommandError(detail="empty message not sent")
         if not is_utf8(text):
@@ -272,7 +287,9 @@ class Outbox:
         # The plaintext is packed once and the nonces drawn in one call (one a recipient,
         # used or not, in the sealer); per recipient there remain the ratchet's step and
         # the envelope.
-        prepared = prepare(text, kind, directory_hash=self._directory.view, sent=int(self._wall_clock()))
+        # A room message names its room and carries our view of its members (a private one
+        # neither: no view to compare).
+        prepared = prepare(text, kind, directory_hash=view, sent=int(self._wall_clock()), room=room)
         peers = self._directory.peers
         online = [nick for nick in recipients if nick in peers]
         self._notices.extend(self._directory.exchanged(online))  # first contact pins the key
@@ -352,14 +369,13 @@ class Outbox:
         peers = self._directory.peers
         recipients = [nick for nick in (peers if nicks is None else nicks) if nick in peers]
         sessions = self._sessions_with(recipients)
-        view, sent = self._directory.view, int(self._wall_clock())
+        sent = int(self._wall_clock())
         copies = [
             (
                 session,
                 prepare(
                     encode_status(our_session_key, peers[nick].session_key, message),
                     Kind.STATUS,
-                    directory_hash=view,
                     sent=sent,
                 ),
             )
@@ -494,7 +510,6 @@ class Outbox:
         # receipts in step, a burst of work for every client (and the relay) at once.
         self.receipts_due_at = now + receipt_gap()
         receipts: list[tuple[PeerSession, Prepared]] = []  # to whoever we have a session with
-        view = self._directory.view
         peers = self._directory.peers
         for nick, counters in self.acks_due.items():
             # Nothing goes to a nick whose key changed, not even a receipt. To someone away
@@ -509,7 +524,7 @@ class Outbox:
                 continue
             for start in range(0, len(counters), MAX_ACKS):
                 acks = tuple(counters[start : start + MAX_ACKS])
-                receipts.append((session, prepare("", Kind.RECEIPT, directory_hash=view, acks=acks)))
+                receipts.append((session, prepare("", Kind.RECEIPT, acks=acks)))
         self.acks_due.clear()
         self._outgoing.write(send_frames(0, seal_all(receipts)), now)
 
@@ -525,7 +540,7 @@ class Outbox:
             if nick in self._awaiting:
                 continue  # a session with them is on its way already
             counter = self._keyring.peer(nick, peer.identity_key).take_counter()
-            empty = prepare("", Kind.RECEIPT, directory_hash=self._directory.view)
+            empty = prepare("", Kind.RECEIPT)
             self._awaiting[nick] = [_Waiting(0, empty, counter, peer.identity_key)]  # 0: untracked
             fetch.append(nick)
         nicks.clear()

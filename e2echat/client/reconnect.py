@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +46,7 @@ from e2echat.errors import (
     RelayUnreachable,
     UntrustedRelayKey,
 )
+from e2echat.wire.grammar import DEFAULT_ROOM
 
 # After a reconnect, how long a line typed during the outage waits for the people it is
 # meant for to be back too: after a relay restart everyone reconnects, each on their own
@@ -98,6 +99,7 @@ class Client:
         grace: float = OUTBOX_GRACE,
         keyring: Keyring | None = None,
         pending: PendingDeliveries | None = None,
+        rooms: tuple[str, ...] = (DEFAULT_ROOM,),
         **connection_options: Any,
     ) -> None:
         self.host = host
@@ -122,6 +124,8 @@ class Client:
         # names one message, whichever connection (or run) it went on.
         self.pending = pending if pending is not None else PendingDeliveries()
         self._message_ids = self.pending.ids
+        #: the rooms we are in, sent with every registration (``join`` and ``part`` change it)
+        self.rooms = list(rooms)
         self.connection = self._make()
         self._held = HeldLines()
         self._held_changed = asyncio.Event()
@@ -148,6 +152,7 @@ class Client:
             message_ids=self._message_ids,
             keyring=self.keyring,
             pending=self.pending,
+            rooms=tuple(self.rooms),
             **self._connection_options,
         )
 
@@ -271,16 +276,30 @@ class Client:
     def _release(self, final: bool) -> None:
         if self.online:  # else the next reconnect tries anew
             core = self.connection.core
-            self._put(self._held.release(self.connection, core.peers, final=final, away=core.away))
+            held = self._held.release(
+                self.connection, core.peers, final=final, away=core.away, members=_members(core)
+            )
+            self._put(held)
 
     # -- what the UI calls ----------------------------------------------------------------------
 
-    def send_room(self, text: str) -> int:
-        """Send ``text`` to the room; while the relay is away, hold it for the room as we
+    def send_room(self, room: str, text: str) -> int:
+        """Send ``text`` to ``room``; while the relay is away, hold it for the room as we
         last saw it. Returns the id its report will come under."""
         if self.online:
-            return self.connection.send_room(text)
-        return self._hold(None, text)
+            return self.connection.send_room(room, text)
+        return self._hold(None, text, room)
+
+    def join(self, room: str) -> None:
+        """Join ``room`` now (or with the next connection, while the relay is away)."""
+        if room not in self.rooms:
+            self.rooms.append(room)
+        self.connection.join(room)
+
+    def part(self, room: str) -> None:
+        if room in self.rooms:
+            self.rooms.remove(room)
+        self.connection.part(room)
 
     def send_private(self, nick: str, text: str) -> int:
         if self.online:
@@ -300,13 +319,19 @@ class Client:
         is ignored: its items come again)."""
         self.connection.acknowledge_mail(seq)
 
-    def _hold(self, recipient: str | None, text: str) -> int:
+    def _hold(self, recipient: str | None, text: str, room: str = DEFAULT_ROOM) -> int:
         if self.closed:
             raise CommandError(detail="not connected to the relay; the message was not sent")
         message_id = next(self._message_ids)
         self._away = ""  # a line typed: back (it goes out once the relay is, as the UI's would)
         core = self.connection.core
-        self._put([self._held.hold(message_id, recipient, text, core.peers, core.away)])
+        if recipient is None:
+            members = _members(core)(room)
+            online = [nick for nick in core.peers if nick in members]
+            held = self._held.hold(message_id, None, text, online, core.away_in(room), room=room)
+        else:
+            held = self._held.hold(message_id, recipient, text, core.peers, core.away)
+        self._put([held])
         return message_id
 
     async def wait_sendable(self) -> None:
@@ -360,3 +385,13 @@ class Client:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._supervisor
         await self.connection.close()  # its final reports reach the queue on their own
+
+
+def _members(core: ClientCore) -> Callable[[str], set[str]]:
+    """Who is in a room of ours, by ``core``'s lists (nobody, for a room we are not in)."""
+
+    def members(room: str) -> set[str]:
+        joined = core.room(room)
+        return set() if joined is None else set(joined.others)
+
+    return members

@@ -50,6 +50,9 @@ class Room:
         self._encoded: dict[str, bytes] = {our_nick: encode_member(our_nick, our_key)}
         #: the relay has listed the room's members (a whole ``Members``) on this connection
         self.listed = False
+        #: we asked to join it on this connection (``Rooms.join``), and its members are
+        #: not listed yet: the list that comes is the answer, worth showing
+        self.asked = False
         self._digest_input = b""
         #: our view of the room now (hex): every room message we send to it carries it
         self.view = ""
@@ -171,11 +174,13 @@ class Rooms:
     def get(self, name: str) -> Room | None:
         return self.rooms.get(name)
 
-    def join(self, name: str) -> Room:
-        """We are in room ``name`` (again): its members come with the relay's ``Members``."""
+    def join(self, name: str, *, asked: bool = False) -> Room:
+        """We are in room ``name`` (again): its members come with the relay's ``Members``
+        (the answer to our ``Join``, if ``asked``)."""
         room = self.rooms.get(name)
         if room is None:
             room = self.rooms[name] = Room(name, self._our_nick, self._our_key, self._clock)
+        room.asked = room.asked or asked
         self._parted.pop(name, None)
         return room
 

@@ -28,11 +28,13 @@ from e2echat.client.events import (
     received,
 )
 from e2echat.client.receipts import DeliveryTracker
+from e2echat.client.rooms import Rooms
 from e2echat.client.status import Refused, TheirStatuses
 from e2echat.client.trust import Trust
 from e2echat.crypto.keyring import Keyring
 from e2echat.crypto.session import PREKEY_HEADER_SIZE, PREKEY_MESSAGE, Kind, PeerSession
 from e2echat.errors import DecryptionError, RemoteProtocolError, ReplayError
+from e2echat.wire.grammar import is_valid_room
 from e2echat.wire.objects import PeerInfo
 
 __all__ = ["Sessions"]
@@ -42,18 +44,19 @@ log = logging.getLogger("e2echat.client.sessions")
 # What deliver compares with, once per message: an enum member read through its class
 # costs more than the rest of a comparison (Python 3.11).
 _PREKEY_TYPE = bytes([PREKEY_MESSAGE])
-_RECEIPT, _PRIVATE, _STATUS = Kind.RECEIPT, Kind.PRIVATE, Kind.STATUS
+_RECEIPT, _PRIVATE, _STATUS, _ROOM = Kind.RECEIPT, Kind.PRIVATE, Kind.STATUS, Kind.ROOM
 _CHANGED = Trust.CHANGED
 # Senders of mail whose trust is remembered (see Sessions._trust_in), at most.
 _TRUST_CACHE = 4096
 
 
 class Sessions:
-    """Our sessions with the peers the ``directory`` holds (kept in ``keyring``).
+    """Our sessions with the peers the ``directory`` holds (kept in ``keyring``), and with
+    anyone else who writes to us in a session kept there.
 
     ``tracker`` hears of receipts and of peers gone; ``our_session_key`` is this
     connection's (a status names it); ``wall_clock`` tells the time (Unix), for how old a
-    status is."""
+    status is; ``rooms`` says which rooms a room message may be shown in, and from whom."""
 
     def __init__(
         self,
@@ -63,12 +66,14 @@ class Sessions:
         tracker: DeliveryTracker,
         our_session_key: PublicKey,
         wall_clock: Callable[[], float],
+        rooms: Rooms,
     ) -> None:
         self._our_nick = our_nick
         self._our_session_key = our_session_key
         self._wall_clock = wall_clock
         self.keyring = keyring
         self._directory = directory
+        self._rooms = rooms
         self._tracker = tracker
         #: sender -> the numbers of their messages we owe a receipt for
         self.acks_due: dict[str, list[int]] = {}
@@ -106,8 +111,8 @@ class Sessions:
 
     # -- peers come and go ------------------------------------------------------------------
 
-    def add(self, peer: PeerInfo, *, refresh: bool = True) -> list[Event]:
-        """A peer the relay announced (in the directory or as joined)."""
+    def add(self, peer: PeerInfo) -> list[Event]:
+        """A peer the relay announced (in the directory, as joined, or in a room)."""
         if peer.nick == self._our_nick:
             raise RemoteProtocolError(detail="relay listed our own nick as a peer")
         known = self._directory.peers.get(peer.nick)
@@ -124,7 +129,7 @@ class Sessions:
         # directory entry is replaced. Our sessions stay with the keyring, which keeps
         # them for as long as the identity key is the same.
         events: list[Event] = self.retire(peer.nick) if known is not None else []
-        return events + self._directory.add(peer, refresh=refresh)
+        return events + self._directory.add(peer)
 
     def joined(self, peer: PeerInfo) -> list[Event]:
         if self._directory.peers.get(peer.nick) == peer:
@@ -161,7 +166,11 @@ class Sessions:
         it compares with are module constants, the common case first)."""
         directory = self._directory
         peer = directory.peers.get(sender)
-        session = None if peer is None else self.keyring.get(sender, peer.identity_key)
+        if peer is None:
+            # Not a contact (we share no room): a private message, or a receipt, read as
+            # mail from someone away is, in the session kept with them.
+            return self.mail(sender, body, kept=False)
+        session = self.keyring.get(sender, peer.identity_key)
         candidate = None
         if session is None and peer is not None:
             # Sessions they started under a key not (yet) accepted, or one they start now:
@@ -171,16 +180,15 @@ class Sessions:
                 candidate = self.keyring.candidate(sender, peer.identity_key)
             session = candidate
         if session is None:
-            if peer is not None:
-                # They write in a session we do not have (we lost ours: a profile restored
-                # without its sessions, a damaged row): start a new one with them, so that
-                # what they send next can be read.
-                self.lost.add(sender)
+            # They write in a session we do not have (we lost ours: a profile restored
+            # without its sessions, a damaged row): start a new one with them, so that
+            # what they send next can be read.
+            self.lost.add(sender)
             return [
                 SecurityWarning(f"dropped a message claiming to be from {sender}, who has no session with us")
             ]
         try:
-            kind, counter, text, skipped, late, view, acks, sent, _ = session.read(body)
+            kind, counter, text, skipped, late, view, acks, sent, room = session.read(body)
         except DecryptionError as exc:
             log.info("dropped a message that did not authenticate")
             return [SecurityWarning(f"{exc}; it was dropped")]
@@ -204,6 +212,13 @@ class Sessions:
             return events
         if kind is _STATUS:  # no receipt is owed for one
             return events + self._status(sender, counter, text, trust, sent)
+        if kind is _ROOM:
+            shown_in = self._rooms.get(room)
+            if shown_in is None or sender not in shown_in.members:
+                # Not shown, and not acknowledged: its sender hears it did not arrive.
+                return events + self._misplaced(sender, room)
+            if view != shown_in.view and shown_in.is_split_view(sender, view):
+                events.append(SplitView(sender, room))
         if trust is not _CHANGED:  # nothing is owed to a key we do not accept, even later
             owed = self.acks_due.get(sender)
             if owed is not None:
@@ -215,13 +230,11 @@ class Sessions:
                 # first contact too, and the pin's last use is kept to the day.
                 if directory.known_peers.exchanged(sender, session.identity_key):
                     events.append(KeyPinned(sender))
-        if view != directory.view and directory.is_split_view(sender, view):
-            events.append(SplitView(sender))
         if trust is not _CHANGED:
             back = self.statuses.spoke(sender, counter)  # a line typed: back, if away
             if back is not None:
                 events.append(back)
-        events.append(received((sender, text, kind is _PRIVATE, trust, late, sent)))
+        events.append(received((sender, text, kind is _PRIVATE, trust, late, sent, room)))
         return events
 
     def _status(self, sender: str, counter: int, text: str, trust: Trust, sent: int | None) -> list[Event]:
@@ -245,20 +258,42 @@ class Sessions:
             return [SecurityWarning(change.text)]
         return [] if change is None else [change]
 
-    def mail(self, sender: str, body: bytes) -> list[Event]:
-        """What ``sender`` sent while we were away (a mailbox item), decrypted into events.
+    def _misplaced(self, sender: str, room: str) -> list[Event]:
+        """A room message from ``sender`` that names ``room``, which is not one of ours, or
+        of which ``sender`` is not a member: dropped, and said (unless we just parted the
+        room: it was on its way when we did)."""
+        if room not in self._rooms:
+            if self._rooms.just_parted(room):
+                return []
+            named = room if is_valid_room(room) else "a room with an invalid name"
+            return [
+                SecurityWarning(
+                    f"dropped a message from {sender} for {named}, a room you are not in: the relay "
+                    f"(or {sender}) tried to show it to you"
+                )
+            ]
+        return [
+            SecurityWarning(
+                f"dropped a message from {sender} in {room}: {sender} is not a member of {room} as "
+                f"the relay told you; it (or {sender}) tried to post it there"
+            )
+        ]
+
+    def mail(self, sender: str, body: bytes, *, kept: bool = True) -> list[Event]:
+        """What ``sender`` sent while we were away (a mailbox item, ``kept``), or what
+        someone who is not a contact sends now, decrypted into events.
 
         As ``deliver``, but ``sender`` may be away now, not in the directory: their key is
         the one of the session kept with them, or the one their first message names (which
         X3DH with our prekeys authenticates, and which is checked against the pin). The
         same message again (the relay sends again what we did not acknowledge) is dropped
-        quietly; and no split view is looked for (the sender's view was of another time)."""
+        quietly; and no split view is looked for (the sender's view was of another time,
+        or of a room we do not share)."""
         known = self._directory.known_peers
         session, candidate = self._mail_session(sender, body)
         if session is None:
-            return [
-                SecurityWarning(f"dropped a message kept for us from {sender}, who has no session with us")
-            ]
+            what = "a message kept for us" if kept else "a message"
+            return [SecurityWarning(f"dropped {what} from {sender}, who has no session with us")]
         try:
             plaintext = session.decrypt(body)
         except ReplayError:
@@ -284,15 +319,29 @@ class Sessions:
             return events
         if plaintext.kind is _STATUS:
             # Sent to us online, and kept because we had just left: the sender's status
-            # then was for a connection of ours that is over. Nothing is owed for it.
+            # then was for a connection of ours that is over (or, from someone not a
+            # contact, one they may not send us). Nothing is owed for it.
             log.info("ignored a status from %s kept in our mailbox", sender)
             return events
+        room = plaintext.room
+        if plaintext.kind is _ROOM:
+            shown_in = self._rooms.get(room)
+            if shown_in is None or sender not in shown_in.members:
+                return events + self._misplaced(sender, room)
         if trust is not _CHANGED:
             self.acks_due.setdefault(sender, []).append(plaintext.counter)
             if known.exchanged(sender, key):
                 events.append(KeyPinned(sender))
-        private = plaintext.kind is _PRIVATE
-        events.append(MailReceived(sender, plaintext.text, private, trust, plaintext.late, plaintext.sent))
+        fields = (
+            sender,
+            plaintext.text,
+            plaintext.kind is _PRIVATE,
+            trust,
+            plaintext.late,
+            plaintext.sent,
+            room,
+        )
+        events.append(MailReceived(*fields) if kept else received(fields))
         return events
 
     def _trust_in(self, sender: str, key: PublicKey) -> Trust:

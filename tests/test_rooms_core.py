@@ -1,0 +1,286 @@
+"""Rooms in the client core, against the protocol: the relay's member lists, joins and
+parts, the room named inside every room message and checked, per-room views and safety
+numbers. The relay here is the real core (FakeWire); what it says about rooms is
+written by hand where a test needs the relay to say it (to one client, or falsely)."""
+
+from __future__ import annotations
+
+import pytest
+from nacl.public import PrivateKey
+from test_cores import FakeWire, _frame
+
+from e2echat.client.core import ClientCore
+from e2echat.client.events import (
+    MessageReceived,
+    PeerLeft,
+    RoomChanged,
+    RoomEntered,
+    RoomListed,
+    RoomParted,
+    SecurityWarning,
+    SplitView,
+)
+from e2echat.client.rooms import VIEW_GRACE
+from e2echat.errors import CommandError
+from e2echat.relay.core import ConnId
+from e2echat.wire import messages as m
+from e2echat.wire.objects import Member, PeerInfo
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 5000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def peer_of(wire: FakeWire, conn: ConnId) -> PeerInfo:
+    """``conn``'s entry, as the relay announces it."""
+    core = wire.clients[conn]
+    return PeerInfo(core.nick, core._identity.public_key, core._handshake._session_key.public_key)
+
+
+def in_room(wire: FakeWire, room: str, *conns: ConnId) -> None:
+    """``conns`` are the members of ``room``, all online, each told so by the relay (the
+    profile names the room, and the relay lists its members)."""
+    for conn in conns:
+        wire.clients[conn]._rooms.join(room)
+        others = tuple(peer_of(wire, other) for other in conns if other != conn)
+        wire.deliver(conn, _frame(m.Members(room, others, (), more=False)))
+    wire.take_all()
+
+
+def people(*nicks: str, clock: Clock | None = None) -> tuple[FakeWire, list[ConnId]]:
+    wire = FakeWire()
+    conns = [wire.connect(nick) if clock is None else wire.connect(nick, clock=clock) for nick in nicks]
+    in_room(wire, "#lobby", *conns)
+    return wire, conns
+
+
+def received(wire: FakeWire, conn: ConnId) -> list[MessageReceived]:
+    return [e for e in wire.take(conn) if isinstance(e, MessageReceived)]
+
+
+def core(wire: FakeWire, conn: ConnId) -> ClientCore:
+    return wire.clients[conn]
+
+
+# -- a room's members ------------------------------------------------------------------------
+
+
+def test_two_rooms_a_member_of_one_gets_nothing_of_the_other() -> None:
+    wire, (alice, bob, carol) = people("alice", "bob", "carol")
+    in_room(wire, "#ops", alice, bob)
+    ops = core(wire, alice).send_room("#ops", "ops only")
+    core(wire, alice).send_room("#lobby", "for everyone")
+    wire.pump()
+    assert [(e.text, e.room) for e in received(wire, bob)] == [
+        ("ops only", "#ops"),
+        ("for everyone", "#lobby"),
+    ]
+    assert [(e.text, e.room) for e in received(wire, carol)] == [("for everyone", "#lobby")]
+    # Not even a copy: the relay never had one for carol to lose or show.
+    sends = [e for e in wire.sent[alice] if isinstance(e, m.Send) and e.id == ops]
+    assert [item.to for send in sends for item in send.items] == ["bob"]
+
+
+def test_a_room_message_goes_to_its_members_away_too() -> None:
+    wire, (alice, bob) = people("alice", "bob")
+    erin = PrivateKey.generate().public_key
+    wire.deliver(
+        alice, _frame(m.Members("#lobby", (peer_of(wire, bob),), (Member("erin", erin),), more=False))
+    )
+    assert core(wire, alice).away_in("#lobby") == ["erin"]
+    core(wire, alice).send_room("#lobby", "for bob, and erin when she is back")
+    wire.pump()
+    fetches = [msg for msg in wire.sent[alice] if isinstance(msg, m.Fetch)]
+    assert fetches == [m.Fetch(("bob", "erin"))]  # theirs: erin's starts a session for her mailbox
+
+
+def test_sending_to_a_room_we_are_not_in_or_alone_in_is_refused() -> None:
+    wire, (alice,) = people("alice")
+    with pytest.raises(CommandError, match="not in #ops"):
+        core(wire, alice).send_room("#ops", "hello?")
+    with pytest.raises(CommandError, match="nobody else is in #lobby"):
+        core(wire, alice).send_room("#lobby", "hello?")
+
+
+def test_joins_and_parts_are_said_and_change_the_room_safety_number() -> None:
+    wire, (alice, _bob) = people("alice", "bob")
+    carol = wire.connect("carol")
+    wire.take_all()
+    before = core(wire, alice).room_safety_number("#lobby")
+    wire.deliver(alice, _frame(m.Entered("#lobby", peer_of(wire, carol))))
+    assert wire.take(alice) == [RoomEntered("#lobby", "carol"), RoomChanged("#lobby", "carol joined")]
+    with_carol = core(wire, alice).room_safety_number("#lobby")
+    assert with_carol != before
+    wire.deliver(alice, _frame(m.Entered("#lobby", peer_of(wire, carol))))  # again: nothing new
+    assert wire.take(alice) == []
+    wire.deliver(alice, _frame(m.Parted("#lobby", "carol")))
+    assert wire.take(alice) == [RoomParted("#lobby", "carol"), RoomChanged("#lobby", "carol left")]
+    assert core(wire, alice).room_safety_number("#lobby") == before
+
+
+def test_someone_who_leaves_the_last_shared_room_leaves_the_directory_quietly() -> None:
+    wire, (alice, bob) = people("alice", "bob")
+    in_room(wire, "#ops", alice, bob)
+    wire.deliver(alice, _frame(m.Parted("#ops", "bob")))
+    assert "bob" in core(wire, alice).peers  # still in #lobby together
+    wire.deliver(alice, _frame(m.Parted("#lobby", "bob")))
+    events = wire.take(alice)
+    assert "bob" not in core(wire, alice).peers
+    assert not [e for e in events if isinstance(e, PeerLeft)]  # not "went offline": he did not
+    # Still reachable, and still able to reach us: a private message needs no room.
+    core(wire, alice).send_private("bob", "still there?")
+    wire.pump()
+    assert [e.text for e in received(wire, bob)] == ["still there?"]
+    core(wire, bob).send_private("alice", "yes")
+    wire.pump()
+    assert [(e.text, e.private) for e in received(wire, alice)] == [("yes", True)]
+
+
+def test_the_answer_to_a_join_lists_the_room() -> None:
+    wire, (alice, bob) = people("alice", "bob")
+    erin = PrivateKey.generate().public_key
+    core(wire, alice).join("#ops")
+    assert m.Join("#ops") in [msg for msg in _written(wire, alice)]
+    wire.deliver(alice, _frame(m.Members("#ops", (peer_of(wire, bob),), (), more=True)))
+    assert wire.take(alice) == []  # a page: more to come
+    wire.deliver(alice, _frame(m.Members("#ops", (), (Member("erin", erin),), more=False)))
+    assert wire.take(alice) == [RoomListed("#ops", ("bob",), ("erin",))]
+    assert core(wire, alice).room("#ops").others == ["bob", "erin"]  # type: ignore[union-attr]
+
+
+def test_a_member_list_for_a_room_we_are_not_in_is_ignored() -> None:
+    wire, (alice, bob) = people("alice", "bob")
+    wire.deliver(alice, _frame(m.Members("#elsewhere", (peer_of(wire, bob),), (), more=False)))
+    wire.deliver(alice, _frame(m.Entered("#elsewhere", peer_of(wire, bob))))
+    wire.deliver(alice, _frame(m.Parted("#elsewhere", "bob")))
+    assert wire.take(alice) == [] and core(wire, alice).rooms == ["#lobby"]
+
+
+def test_parting_tells_the_relay_and_forgets_contacts_shared_there_only() -> None:
+    wire, (alice, _bob) = people("alice", "bob")
+    dave = wire.connect("dave")
+    in_room(wire, "#ops", alice, dave)
+    core(wire, alice).part("#ops")
+    assert m.Part("#ops") in _written(wire, alice)
+    assert core(wire, alice).rooms == ["#lobby"]
+    assert "dave" not in core(wire, alice).peers and "bob" in core(wire, alice).peers
+
+
+def _written(wire: FakeWire, conn: ConnId) -> list[m.Message]:
+    wire.pump()
+    return list(wire.sent[conn])
+
+
+# -- the room, named inside the encryption, checked by the receiver ---------------------------------
+
+
+def test_a_message_for_a_room_the_receiver_is_not_in_is_dropped_and_said() -> None:
+    """The relay (or a sender who thinks otherwise) shows carol a #ops message: carol is not
+    in #ops, so it is not shown; she hears why; its sender gets no receipt for it."""
+    wire, (alice, bob, carol) = people("alice", "bob", "carol")
+    core(wire, alice)._rooms.join("#ops")  # alice's view of #ops: bob and carol
+    wire.deliver(alice, _frame(m.Members("#ops", (peer_of(wire, bob), peer_of(wire, carol)), (), False)))
+    in_room(wire, "#ops", bob)  # bob is in #ops (carol is not)
+    wire.deliver(bob, _frame(m.Entered("#ops", peer_of(wire, alice))))
+    wire.take_all()
+    core(wire, alice).send_room("#ops", "ops secret")
+    wire.pump()
+    events = wire.take(carol)
+    assert not [e for e in events if isinstance(e, MessageReceived)]
+    (warning,) = [e for e in events if isinstance(e, SecurityWarning)]
+    assert "for #ops, a room you are not in" in warning.text and "alice" in warning.text
+    assert [e.text for e in received(wire, bob)] == ["ops secret"]
+    assert "carol" not in core(wire, carol)._sessions.acks_due  # not acknowledged
+
+
+def test_a_message_from_someone_not_a_member_of_the_room_is_dropped_and_said() -> None:
+    wire, (alice, bob, carol) = people("alice", "bob", "carol")
+    in_room(wire, "#ops", alice, bob)
+    core(wire, carol)._rooms.join("#ops")  # carol believes she is in #ops with bob
+    wire.deliver(carol, _frame(m.Members("#ops", (peer_of(wire, bob),), (), False)))
+    core(wire, carol).send_room("#ops", "let me in")
+    wire.pump()
+    events = wire.take(bob)
+    assert not [e for e in events if isinstance(e, MessageReceived)]
+    (warning,) = [e for e in events if isinstance(e, SecurityWarning)]
+    assert "carol is not a member of #ops" in warning.text
+
+
+def test_a_message_for_a_room_just_parted_is_dropped_quietly() -> None:
+    clock = Clock()
+    wire, (alice, bob) = people("alice", "bob", clock=clock)
+    in_room(wire, "#ops", alice, bob)
+    core(wire, bob).part("#ops")
+    wire.take_all()
+    core(wire, alice).send_room("#ops", "crossed in the post")
+    wire.pump()
+    assert wire.take(bob) == []
+    clock.now += VIEW_GRACE
+    core(wire, alice).send_room("#ops", "long after")
+    wire.pump()
+    assert [type(e) for e in wire.take(bob)] == [SecurityWarning]
+
+
+# -- views of a room -----------------------------------------------------------------------------
+
+
+def test_a_reader_added_for_one_member_shows_in_the_safety_numbers_and_as_a_split_view() -> None:
+    """The relay tells alice that mallory is in #ops, and keeps it from bob: their numbers of
+    the room differ, and bob is warned at alice's next message, naming the room."""
+    clock = Clock()
+    wire, (alice, bob) = people("alice", "bob", clock=clock)
+    in_room(wire, "#ops", alice, bob)
+    assert core(wire, alice).room_safety_number("#ops") == core(wire, bob).room_safety_number("#ops")
+    mallory = wire.connect("mallory", clock=clock)
+    wire.take_all()
+    clock.now += 60
+    wire.deliver(alice, _frame(m.Entered("#ops", peer_of(wire, mallory))))  # to alice only
+    assert core(wire, alice).room_safety_number("#ops") != core(wire, bob).room_safety_number("#ops")
+    core(wire, alice).send_room("#ops", "who is here?")
+    wire.pump()
+    events = wire.take(bob)
+    assert SplitView("alice", "#ops") in events
+    assert [e.text for e in events if isinstance(e, MessageReceived)] == ["who is here?"]  # shown, flagged
+    # The other room is not affected: the same two agree on #lobby.
+    core(wire, alice).send_room("#lobby", "and here?")
+    wire.pump()
+    assert not [e for e in wire.take(bob) if isinstance(e, SplitView)]
+
+
+def test_a_message_written_just_before_a_join_is_no_alarm() -> None:
+    clock = Clock()
+    wire, (alice, bob) = people("alice", "bob", clock=clock)
+    carol = wire.connect("carol", clock=clock)
+    wire.meet(alice, bob)  # (a session: the message leaves at once)
+    wire.take_all()
+    core(wire, alice).send_room("#lobby", "written before carol came")
+    in_flight = core(wire, alice).data_to_send()
+    wire.deliver(bob, _frame(m.Entered("#lobby", peer_of(wire, carol))))
+    clock.now += VIEW_GRACE - 1
+    wire.to_relay(alice, in_flight)
+    events = wire.take(bob)
+    assert [e.text for e in events if isinstance(e, MessageReceived)] == ["written before carol came"]
+    assert not [e for e in events if isinstance(e, SplitView)]
+
+
+def test_a_private_message_carries_no_view_and_is_never_a_split_view() -> None:
+    wire, (alice, bob) = people("alice", "bob")
+    mallory = wire.connect("mallory")
+    wire.deliver(alice, _frame(m.Entered("#lobby", peer_of(wire, mallory))))  # to alice only
+    core(wire, alice).send_private("bob", "just us")
+    wire.pump()
+    assert not [e for e in wire.take(bob) if isinstance(e, SplitView)]
+
+
+def test_a_new_key_for_a_member_changes_the_room_safety_number_and_says_so() -> None:
+    wire, (alice, _bob) = people("alice", "bob")
+    before = core(wire, alice).room_safety_number("#lobby")
+    impostor = PeerInfo("bob", PrivateKey.generate().public_key, PrivateKey.generate().public_key)
+    wire.deliver(alice, _frame(m.PeerJoined(impostor)))
+    events = wire.take(alice)
+    assert RoomChanged("#lobby", "bob's key changed") in events
+    assert core(wire, alice).room_safety_number("#lobby") != before
