@@ -29,7 +29,8 @@ from e2echat.relay.server import Relay
 from e2echat.store.history import HISTORY_FILE, HistoryStore
 from e2echat.ui.chat import Chat
 from e2echat.ui.repl import input_history, make_session, run_repl
-from e2echat.ui.transcript import ROOM, Entry, State
+from e2echat.ui.transcript import Entry, State
+from e2echat.wire.grammar import DEFAULT_ROOM
 
 TARGET_SECONDS = 0.5  # issue 18: "client start-up with 100,000 history rows under 0.5 s"
 ROUNDS = 5
@@ -43,7 +44,7 @@ def fill(path: Path, identity: PrivateKey, rows: int, conversations: int) -> flo
     try:
         for number in range(rows):
             where = number % conversations
-            conversation = ROOM if where == 0 else f"peer{where}"
+            conversation = DEFAULT_ROOM if where == 0 else f"peer{where}"
             at = 1_700_000_000.0 + number
             text = f"line {number} of the benchmark's history, about as long as a chat line is"
             if number % 3:

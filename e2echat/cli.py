@@ -47,7 +47,10 @@ from e2echat.store.keyfile import (
 from e2echat.store.pins import KNOWN_PEERS_FILE, PinFile
 from e2echat.store.profiles import (
     CHAT_SETTINGS,
+    CURRENT_ROOM,
     PLAINTEXT_INPUT_FILE,
+    ROOMS,
+    keep_rooms,
     keep_setting,
     last_profile,
     load_settings,
@@ -63,6 +66,7 @@ from e2echat.ui.chat import Chat
 from e2echat.ui.joining import join
 from e2echat.ui.linemode import line_writer, run_line_mode
 from e2echat.ui.repl import input_history, make_session, run_repl, terminal_writer
+from e2echat.ui.roomlist import RoomList
 from e2echat.ui.settings import settings_from
 from e2echat.ui.transcript import export_json, export_text
 from e2echat.wire.grammar import MAX_PASSWORD, NICK_RULE, is_valid_nick
@@ -326,6 +330,8 @@ async def _chat(
     directory: Path,
     interactive: bool,
 ) -> int:
+    profile = load_settings(directory)
+    rooms = RoomList(profile.get(ROOMS, RoomList().names), profile.get(CURRENT_ROOM))
     client, pinned = await join(
         args.host,
         args.port,
@@ -339,6 +345,7 @@ async def _chat(
         ask_password=_ask_password if interactive else None,
         hold_acks=True,  # mail is acknowledged once in the history (Chat)
         announced=args.announced,
+        rooms=tuple(rooms.names),
     )
     save_settings(directory, args.nick, args.host, args.port)
     remember_last_profile(directory)
@@ -346,6 +353,9 @@ async def _chat(
     # A flag wins over what the profile keeps, for this run; it is not kept itself.
     settings = kept.changed("bell", "off") if args.no_bell else kept
     keep = functools.partial(keep_setting, directory)
+    # The rooms are kept with the rest of the profile: sent with every registration, they
+    # survive reconnects, restarts, and a relay that forgot them.
+    keep_ours = functools.partial(keep_rooms, directory)
     if interactive:
         chat = Chat(
             client,
@@ -358,10 +368,19 @@ async def _chat(
             settings=settings,
             keep=keep,
             no_colour=bool(os.environ.get("NO_COLOR")),
+            rooms=rooms,
+            keep_rooms=keep_ours,
         )
     else:
         chat = Chat(
-            client, line_writer(json=args.json), json=args.json, history=history, settings=settings, keep=keep
+            client,
+            line_writer(json=args.json),
+            json=args.json,
+            history=history,
+            settings=settings,
+            keep=keep,
+            rooms=rooms,
+            keep_rooms=keep_ours,
         )
     if created:
         chat.notice(f"created a new identity in {directory}")

@@ -20,6 +20,7 @@ from e2echat.ui import commands
 from e2echat.ui.actions import action_of, as_action, readable
 from e2echat.ui.chat import Chat
 from e2echat.ui.render import OwnMessage, delivery_line, render
+from e2echat.wire.grammar import DEFAULT_ROOM
 
 from support import LOOPBACK, WAIT, connect, peers, running, running_relay, text_into
 
@@ -111,7 +112,7 @@ async def _until_online(link: Connection | Client) -> None:
 
 def test_an_actions_markers_mention_no_one_and_lists_show_it_as_an_action() -> None:
     from e2echat.ui.render import Mention, MentionList
-    from e2echat.ui.transcript import ROOM, Entry, export_text
+    from e2echat.ui.transcript import Entry, export_text
 
     class Named:  # what Chat needs to know of its link to look for mentions: our nick
         nick = "action"
@@ -125,5 +126,5 @@ def test_an_actions_markers_mention_no_one_and_lists_show_it_as_an_action() -> N
     assert len(chat.mentions) == 1
     (_, (_, listed)) = render(MentionList((Mention(NOW, "#lobby", "bob", as_action("pokes alice")),)), NOW)
     assert listed.endswith("#lobby * <bob> pokes alice")
-    exported = export_text(Entry(ROOM, True, "bob", as_action("waves"), NOW))
+    exported = export_text(Entry(DEFAULT_ROOM, True, "bob", as_action("waves"), NOW))
     assert exported.endswith("#lobby <bob> * waves")

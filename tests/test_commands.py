@@ -10,8 +10,12 @@ from e2echat.ui.commands import (
     Command,
     Help,
     History,
+    Join,
+    Names,
+    Part,
     PrivateMessage,
     Quit,
+    Rooms,
     Say,
     Search,
     TrustPeer,
@@ -53,6 +57,16 @@ _GOOD: dict[str, tuple[str, Command]] = {
         TrustPeer("bob", "0a1b 2c3d 4e5f 6a7b 8c9d 0e1f 2a3b 4c5d"),
     ),
     "untrust": ("/untrust bob", Untrust("bob")),
+    "join": ("/join #ops", Join("#ops")),
+    "join-without-hash": ("/join ops", Join("#ops")),
+    "join-any-case": ("/JOIN #Ops", Join("#ops")),
+    "part": ("/part", Part()),
+    "part-room": ("/part #ops", Part("#ops")),
+    "rooms": ("/rooms", Rooms()),
+    "names": ("/names", Names()),
+    "names-room": ("/names #dev.team", Names("#dev.team")),
+    "verify-room": ("/verify #ops", Verify("#ops")),
+    "history-room": ("/history #ops 5", History("#ops", 5)),
 }
 
 
@@ -72,6 +86,18 @@ def test_blank_line_is_none(line: str) -> None:
 )
 def test_usage_errors(line: str) -> None:
     with pytest.raises(CommandError, match="usage: /"):
+        parse(line)
+
+
+@pytest.mark.parametrize("line", ["/join", "/join #a #b", "/part #a #b", "/names #a #b"])
+def test_room_command_usage_errors(line: str) -> None:
+    with pytest.raises(CommandError, match="usage: /"):
+        parse(line)
+
+
+@pytest.mark.parametrize("line", ["/join #", "/join #" + "x" * 33, "/part #a,b", "/names #ops!", "/join #é"])
+def test_bad_room_names_are_refused(line: str) -> None:
+    with pytest.raises(CommandError, match="a room's name is"):
         parse(line)
 
 
@@ -109,7 +135,7 @@ def test_help_lists_every_command() -> None:
 def test_help_for_one_command(topic: str) -> None:
     assert help_text(topic) == [
         "usage: /msg NICK TEXT",
-        "  send TEXT to NICK alone; nobody else receives anything",
+        "  send TEXT to NICK alone, in your rooms or not; nobody else receives anything",
         "example: /msg bob see you at 6",
     ]
 

@@ -21,6 +21,10 @@ from e2echat.client.core import (
     RelayClosing,
     RelayError,
     RelayKeyRefused,
+    RoomChanged,
+    RoomEntered,
+    RoomListed,
+    RoomParted,
     SecurityWarning,
     SendReport,
     SplitView,
@@ -46,13 +50,15 @@ from e2echat.ui.render import (
     OwnMessage,
     Problem,
     Recalled,
+    RoomChanges,
     Shown,
     clock,
     online_text,
     render,
     sent_text,
 )
-from e2echat.ui.transcript import ROOM, Entry, Kind, State
+from e2echat.ui.transcript import Entry, Kind, State
+from e2echat.wire.grammar import DEFAULT_ROOM
 
 NOW = 1_700_000_000.0
 STAMP = clock(NOW)
@@ -296,14 +302,46 @@ _LINES: dict[str, tuple[str | None, Shown, str | None]] = {
         MessageReceived("bob", "x", private=False, trust=Trust.CHANGED),
         f"{STAMP} <bob KEY CHANGED> x",
     ),
-    "joined": ("notice", PeerJoined("carol"), f"{STAMP} -- carol joined"),
-    "left": ("notice", PeerLeft("carol"), f"{STAMP} -- carol left"),
+    "joined": ("notice", PeerJoined("carol"), f"{STAMP} -- carol came online"),
+    "left": ("notice", PeerLeft("carol"), f"{STAMP} -- carol went offline"),
     "away": ("notice", Away("carol", "at lunch"), f"{STAMP} -- carol is away: “at lunch”"),
     "back": ("notice", Away("carol", ""), f"{STAMP} -- carol is back"),
     "we-are-away": ("notice", Away("alice", "out", ours=True), f"{STAMP} -- you are away: “out”"),
     "we-are-back": ("notice", Away("alice", "", ours=True), f"{STAMP} -- you are back"),
     # A mark at the start of a peer's away message must not attach to our text.
     "away-with-a-leading-mark": ("notice", Away("carol", "\u0301x"), f"{STAMP} -- carol is away: “\\u0301x”"),
+    "room-joined": ("notice", RoomEntered("#ops", "carol"), f"{STAMP} -- carol joined #ops"),
+    "room-left": ("notice", RoomParted("#ops", "carol"), f"{STAMP} -- carol left #ops"),
+    "room-listed": (
+        "notice",
+        RoomListed("#ops", ("user10", "user2"), ("carol",)),
+        f"{STAMP} -- #ops: you, user2, user10; away: carol",
+    ),
+    "room-listed-alone": ("notice", RoomListed("#new", (), ()), f"{STAMP} -- #new: only you"),
+    "room-changed": (
+        "notice",
+        RoomChanged("#ops", "carol joined"),
+        f"{STAMP} -- the safety number of #ops changed: carol joined (/verify #ops shows it)",
+    ),
+    "room-changes": (
+        "notice",
+        RoomChanges((("#ops", "carol joined"), ("#dev", "bob left"), ("#ops", "dave joined"))),
+        f"{STAMP} -- the safety number of #ops changed: carol joined, dave joined (/verify #ops shows it)\n"
+        f"{STAMP} -- the safety number of #dev changed: bob left (/verify #dev shows it)",
+    ),
+    "room-message-tagged": (
+        "message",
+        MessageReceived("alice", "hi", private=False, trust=Trust.VERIFIED, room="#ops"),
+        f"{STAMP} #ops <alice ✓> hi",
+    ),
+    "own-room-message-tagged": ("own", OwnMessage("alice", "hi", None, "#ops"), f"{STAMP} #ops <alice> hi"),
+    "split-view-in-a-room": (
+        "warning",
+        SplitView("bob", "#ops"),
+        f"{STAMP} !! warning: bob sees other members of #ops than you do: the relay may have added a "
+        "reader for one of you, or hidden one. Compare the room's safety number (/verify #ops) before "
+        "you say anything secret there.",
+    ),
     "registered-alone": (
         "notice",
         Registered("alice", ()),
@@ -379,7 +417,11 @@ _LINES: dict[str, tuple[str | None, Shown, str | None]] = {
         HelpText(("/who — who is online", "/quit — leave")),
         "/who — who is online\n/quit — leave",
     ),
-    "recalled-room-message": ("message", Recalled(Entry(ROOM, True, "bob", "hi", NOW)), f"{STAMP} <bob> hi"),
+    "recalled-room-message": (
+        "message",
+        Recalled(Entry(DEFAULT_ROOM, True, "bob", "hi", NOW)),
+        f"{STAMP} #lobby <bob> hi",
+    ),
     "recalled-private-message": (
         "private",
         Recalled(Entry("bob", True, "bob", "psst \x1b[2J", NOW, NOW - 9)),
@@ -388,13 +430,13 @@ _LINES: dict[str, tuple[str | None, Shown, str | None]] = {
     "recalled-message-sent-the-day-before": (
         "message",
         # Shown today (read from a mailbox), sent yesterday: when it was sent is what counts.
-        Recalled(Entry(ROOM, True, "bob", "old news", NOW, NOW - 86400)),
-        f"[{sent_text(NOW - 86400, NOW)}] <bob> old news",
+        Recalled(Entry(DEFAULT_ROOM, True, "bob", "old news", NOW, NOW - 86400)),
+        f"[{sent_text(NOW - 86400, NOW)}] #lobby <bob> old news",
     ),
     "recalled-from-another-day": (
         "message",
-        Recalled(Entry(ROOM, True, "bob", "old", NOW - 3 * 86400)),
-        f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(NOW - 3 * 86400))} <bob> old",
+        Recalled(Entry(DEFAULT_ROOM, True, "bob", "old", NOW - 3 * 86400)),
+        f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(NOW - 3 * 86400))} #lobby <bob> old",
     ),
     "recalled-own-delivered": (
         "own",
@@ -403,14 +445,14 @@ _LINES: dict[str, tuple[str | None, Shown, str | None]] = {
     ),
     "recalled-own-queued": (
         "own",
-        Recalled(Entry(ROOM, False, "alice", "yo", NOW, NOW, 3, State.QUEUED, "queued")),
-        f"{STAMP} [queued] <alice> yo",
+        Recalled(Entry(DEFAULT_ROOM, False, "alice", "yo", NOW, NOW, 3, State.QUEUED, "queued")),
+        f"{STAMP} #lobby [queued] <alice> yo",
     ),
     "recalled-own-room-message-partly-queued": (
         "own",
         Recalled(
             Entry(
-                ROOM,
+                DEFAULT_ROOM,
                 False,
                 "alice",
                 "yo",
@@ -421,14 +463,24 @@ _LINES: dict[str, tuple[str | None, Shown, str | None]] = {
                 "waiting for dave (queued); delivered to bob",
             )
         ),
-        f"{STAMP} [waiting for dave (queued); delivered to bob] <alice> yo",
+        f"{STAMP} #lobby [waiting for dave (queued); delivered to bob] <alice> yo",
     ),
     "recalled-own-not-delivered": (
         "warning",
         Recalled(
-            Entry(ROOM, False, "alice", "yo", NOW, NOW, 3, State.FAILED, "NOT delivered to bob (offline)")
+            Entry(
+                DEFAULT_ROOM,
+                False,
+                "alice",
+                "yo",
+                NOW,
+                NOW,
+                3,
+                State.FAILED,
+                "NOT delivered to bob (offline)",
+            )
         ),
-        f"{STAMP} [NOT delivered to bob (offline)] <alice> yo",
+        f"{STAMP} #lobby [NOT delivered to bob (offline)] <alice> yo",
     ),
     "first-contacts": (
         "notice",

@@ -17,7 +17,8 @@ from test_repl_features import repl
 from e2echat.client.events import ConnectionLost, DeliveryReport, MessageReceived, NotSent, PeerJoined, Queued
 from e2echat.store.history import HISTORY_FILE, HistoryStore
 from e2echat.ui.chat import Chat
-from e2echat.ui.transcript import ROOM, Entry, State
+from e2echat.ui.transcript import Entry, State
+from e2echat.wire.grammar import DEFAULT_ROOM
 
 from support import WAIT, connect, peers, run_cli, running_relay, spawn_cli
 
@@ -41,7 +42,7 @@ async def test_a_chat_records_messages_both_ways_with_their_delivery_state(tmp_p
             finally:
                 events.cancel()
             await store.flush()
-        room = store.recent(ROOM, 10).entries
+        room = store.recent(DEFAULT_ROOM, 10).entries
         private = store.recent("bob", 10).entries
     finally:
         store.close()
@@ -70,7 +71,7 @@ async def test_a_line_typed_while_the_relay_was_away_and_never_sent_is_kept_as_n
         alice.connection.give_up("leaving")
         chat.show(await alice.next(NotSent))
         await store.flush()
-        ((state, detail),) = [(e.state, e.detail) for e in store.recent(ROOM, 10).entries]
+        ((state, detail),) = [(e.state, e.detail) for e in store.recent(DEFAULT_ROOM, 10).entries]
         await alice.connection.close()
     finally:
         store.close()
@@ -80,7 +81,7 @@ async def test_a_line_typed_while_the_relay_was_away_and_never_sent_is_kept_as_n
 async def test_start_up_shows_the_earlier_lines_in_a_real_prompt(tmp_path: Path) -> None:
     store = HistoryStore.open(tmp_path / HISTORY_FILE, PrivateKey.generate())
     for n in range(15):
-        store.record(Entry(ROOM, True, "carol", f"room line {n}", NOW + n))
+        store.record(Entry(DEFAULT_ROOM, True, "carol", f"room line {n}", NOW + n))
     store.record(Entry("carol", True, "carol", "a private word", NOW + 20))
     store.record(
         Entry("carol", False, "alice", "unanswered", NOW + 21, NOW + 21, 9, State.FAILED, "NOT delivered")
@@ -102,9 +103,9 @@ async def test_start_up_shows_the_earlier_lines_in_a_real_prompt(tmp_path: Path)
                 # Then the prompt: what is typed goes out, and /history and /search answer.
                 pipe.send_text("/history carol 1\r")
                 assert "the last line with carol:" in await screen.wait_for("the last line")
-                pipe.send_text("/search ROOM LINE 1\r")
+                pipe.send_text("/search DEFAULT_ROOM LINE 1\r")
                 found = await screen.wait_for("lines that contain")
-                assert '6 lines that contain "ROOM LINE 1"' in found
+                assert '6 lines that contain "DEFAULT_ROOM LINE 1"' in found
                 index = screen.lines.index(found)
                 assert [line.split("> ", 1)[1] for line in screen.lines[index + 1 : index + 7]] == [
                     "room line 1",
@@ -121,7 +122,7 @@ async def test_start_up_shows_the_earlier_lines_in_a_real_prompt(tmp_path: Path)
 async def test_search_shows_only_the_newest_matches(tmp_path: Path) -> None:
     store = HistoryStore.open(tmp_path / HISTORY_FILE, PrivateKey.generate())
     for n in range(40):
-        store.record(Entry(ROOM, True, "carol", f"match {n}", NOW + n))
+        store.record(Entry(DEFAULT_ROOM, True, "carol", f"match {n}", NOW + n))
     try:
         async with running_relay() as relay, peers(relay, "alice") as (alice,):
             async with repl(alice, store) as (pipe, screen, _):
@@ -153,7 +154,7 @@ async def test_history_at_rest_holds_no_text_and_no_name_and_exports(tmp_path: P
         args = ("connect", "--nick", "bob", "--port", str(relay.port), "--home", str(home), "--passphrase")
         async with spawn_cli(*args, env=env) as bob:
             await alice.next(PeerJoined, lambda e: e.nick == "bob")
-            alice.connection.send_room(TEXTS[0])
+            alice.connection.send_room("#lobby", TEXTS[0])
             alice.connection.send_private("bob", TEXTS[1])
             await bob.line_with(TEXTS[1])
             bob.stdin.write(f"{TEXTS[2]}\n/msg alice {TEXTS[3]}\n".encode())
@@ -255,7 +256,7 @@ async def test_a_damaged_row_is_left_out_of_an_export_with_an_error(tmp_path: Pa
     identity, _ = load_or_create_identity(home, None)
     store = HistoryStore.open(home / HISTORY_FILE, identity)
     for text in ("first", "second"):
-        store.record(Entry(ROOM, True, "carol", text, NOW))
+        store.record(Entry(DEFAULT_ROOM, True, "carol", text, NOW))
     store.close()
     with sqlite3.connect(home / HISTORY_FILE) as connection:
         connection.execute("UPDATE history SET sealed = substr(sealed, 1, 40) WHERE number = 1")

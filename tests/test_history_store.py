@@ -22,7 +22,8 @@ from e2echat.client.receipts import DeliveryReport
 from e2echat.errors import KeyFileError
 from e2echat.store.history import HistoryStore
 from e2echat.ui import transcript
-from e2echat.ui.transcript import ROOM, Entry, Kind, State, StateChange, decode_entry, encode_entry
+from e2echat.ui.transcript import Entry, Kind, State, StateChange, decode_entry, encode_entry
+from e2echat.wire.grammar import DEFAULT_ROOM
 
 IDENTITY = PrivateKey(bytes(range(32)))
 OTHER = PrivateKey(bytes(range(1, 33)))
@@ -50,7 +51,7 @@ def raw(path: Path) -> Iterator[sqlite3.Connection]:
         yield connection
 
 
-def line(text: str, conversation: str = ROOM, sender: str = "bob", at: float = NOW) -> Entry:
+def line(text: str, conversation: str = DEFAULT_ROOM, sender: str = "bob", at: float = NOW) -> Entry:
     return Entry(conversation, True, sender, text, at, at - 5)
 
 
@@ -94,11 +95,11 @@ def test_rows_round_trip_through_the_file(path: Path) -> None:
         assert found.entries == SAMPLES and found.damaged == 0
         assert store.recent("bob", 10).entries == [SAMPLES[1], SAMPLES[3]]
         assert store.recent("nobody", 10).entries == []
-        assert store.recent(ROOM, 10).entries == [SAMPLES[0]]
+        assert store.recent(DEFAULT_ROOM, 10).entries == [SAMPLES[0]]
 
 
 def test_nothing_readable_is_in_the_file(path: Path) -> None:
-    write(path, line("a secret text", "bob"), line("another words", ROOM, "carol"))
+    write(path, line("a secret text", "bob"), line("another words", DEFAULT_ROOM, "carol"))
     data = path.read_bytes()
     for word in (b"secret", b"another", b"bob", b"carol", b"lobby"):
         assert word not in data
@@ -170,7 +171,7 @@ def test_events_make_entries_and_changes() -> None:
     received = transcript.record(MessageReceived("bob", "hi", private=True, sent_at=NOW - 60), NOW)
     assert received == Entry("bob", True, "bob", "hi", NOW, NOW - 60)
     room = transcript.record(MessageReceived("bob", "all", private=False), NOW)
-    assert isinstance(room, Entry) and room.conversation == ROOM
+    assert isinstance(room, Entry) and room.conversation == DEFAULT_ROOM
     assert transcript.record(Queued("x", 5), NOW) == StateChange(5, State.QUEUED, "waiting for the relay")
     assert transcript.record(Queued("x"), NOW) is None
     never = StateChange(5, State.FAILED, "NOT sent: no connection to the relay")
@@ -184,7 +185,7 @@ def test_events_make_entries_and_changes() -> None:
     assert (many.message_id, many.state, many.detail) == (3, State.DELIVERED, "delivered to all 4")
 
 
-def _state(path: Path, conversation: str = ROOM) -> tuple[State, str]:
+def _state(path: Path, conversation: str = DEFAULT_ROOM) -> tuple[State, str]:
     with opened(path) as store:
         (entry,) = store.recent(conversation, 10).entries
     return entry.state, entry.detail
@@ -211,7 +212,7 @@ def test_a_room_messages_reports_merge_recipient_by_recipient(path: Path) -> Non
     write(path, transcript.record(expired, NOW) or line("?"))
     assert _state(path) == (State.FAILED, "NOT delivered to dave (expired); delivered to bob, carol")
     with opened(path) as store:
-        (entry,) = store.recent(ROOM, 1).entries
+        (entry,) = store.recent(DEFAULT_ROOM, 1).entries
     assert [(o.nick, o.state, o.reason) for o in entry.recipients] == [
         ("bob", State.DELIVERED, ""),
         ("carol", State.DELIVERED, ""),
@@ -353,7 +354,7 @@ async def test_writes_leave_the_loop_and_flush_waits_for_them(path: Path) -> Non
             assert connection.execute("SELECT COUNT(*) FROM history").fetchone() == (100,)
         found = await store.search_async(lambda entry: entry.text.endswith("99"), 5)
         assert [entry.text for entry in found.entries] == ["line 99"]
-        assert len((await store.recent_async(ROOM, 7)).entries) == 7
+        assert len((await store.recent_async(DEFAULT_ROOM, 7)).entries) == 7
 
 
 def test_what_is_buffered_is_written_on_close(path: Path) -> None:
@@ -413,7 +414,7 @@ def test_rows_written_together_each_have_a_nonce_of_their_own(path: Path) -> Non
 
 def test_the_text_export_dates_a_line_received_by_when_it_was_sent() -> None:
     sent = NOW - 3 * 86400  # a mail that waited three days
-    entry = Entry(ROOM, True, "bob", "old news", NOW, sent)
+    entry = Entry(DEFAULT_ROOM, True, "bob", "old news", NOW, sent)
     assert transcript.export_text(entry).startswith(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(sent)))
-    ours = Entry(ROOM, False, "alice", "mine", NOW, sent)  # ours: when it was shown here
+    ours = Entry(DEFAULT_ROOM, False, "alice", "mine", NOW, sent)  # ours: when it was shown here
     assert transcript.export_text(ours).startswith(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(NOW)))

@@ -42,6 +42,9 @@ def relay_key_path(environ: Mapping[str, str] | None = None) -> Path:
 
 #: the key in settings.json under which the chat's settings are kept, name -> value
 CHAT_SETTINGS = "chat"
+#: settings.json's keys for the rooms we are in (a list of names) and the current one
+ROOMS = "rooms"
+CURRENT_ROOM = "room"
 
 
 def _document(directory: Path) -> dict[str, Any]:
@@ -74,13 +77,18 @@ def load_settings(directory: Path) -> dict[str, Any]:
     port = document.get("port")
     if isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536:
         settings["port"] = port
+    rooms = document.get(ROOMS)
+    if isinstance(rooms, list):  # (each name is checked by ui/roomlist.py)
+        settings[ROOMS] = [room for room in rooms if isinstance(room, str)]
+    if isinstance(document.get(CURRENT_ROOM), str):
+        settings[CURRENT_ROOM] = document[CURRENT_ROOM]
     return settings
 
 
 def save_settings(directory: Path, nick: str, host: str, port: int) -> None:
-    """Remember the nick and the relay; the chat's settings stay as they were kept."""
+    """Remember the nick and the relay; the chat's settings and rooms stay as they were kept."""
     document = _document(directory)
-    kept = {CHAT_SETTINGS: document[CHAT_SETTINGS]} if isinstance(document.get(CHAT_SETTINGS), dict) else {}
+    kept = {key: document[key] for key in (CHAT_SETTINGS, ROOMS, CURRENT_ROOM) if key in document}
     _write(directory, {"nick": nick, "host": host, "port": port, **kept})
 
 
@@ -90,6 +98,15 @@ def keep_setting(directory: Path, name: str, value: str) -> None:
     document = _document(directory)
     chat = document.get(CHAT_SETTINGS)
     document[CHAT_SETTINGS] = {**(chat if isinstance(chat, dict) else {}), name: value}
+    _write(directory, document)
+
+
+def keep_rooms(directory: Path, rooms: list[str], current: str | None) -> None:
+    """Keep the rooms we are in, and the current one (None: in none); the rest of the file
+    stays as it is."""
+    document = _document(directory)
+    document[ROOMS] = list(rooms)
+    document[CURRENT_ROOM] = current
     _write(directory, document)
 
 

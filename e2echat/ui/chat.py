@@ -25,6 +25,7 @@ from e2echat.client.events import (
     MessageReceived,
     NotSent,
     Queued,
+    RoomChanged,
 )
 from e2echat.client.receipts import RECEIPT_TIMEOUT
 from e2echat.errors import CommandError, E2EChatError, RelayGone
@@ -44,12 +45,15 @@ from e2echat.ui.render import (
     OwnMessage,
     Problem,
     Recalled,
+    RoomChanges,
     Shown,
     json_lines,
+    members_text,
     online_text,
     quote_preview,
     render,
 )
+from e2echat.ui.roomlist import RoomList
 from e2echat.ui.settings import SETTINGS, Settings
 from e2echat.ui.verifying import KeyChecks
 
@@ -84,9 +88,11 @@ class Link(Protocol):
     @property
     def events(self) -> asyncio.Queue[ClientEvent]: ...
 
-    def send_room(self, text: str) -> int: ...
+    def send_room(self, room: str, text: str) -> int: ...
     def send_private(self, nick: str, text: str) -> int: ...
     def set_away(self, message: str) -> None: ...
+    def join(self, room: str) -> None: ...
+    def part(self, room: str) -> None: ...
     async def wait_sendable(self) -> None: ...
     async def wait_settled(self, timeout: float) -> bool: ...
     def give_up(self, reason: str) -> None: ...
@@ -105,7 +111,8 @@ class Chat:
     (ui/transcript.py says what of each event). ``settings`` are the ones this chat
     starts with (ui/settings.py); ``/set`` changes one, and ``keep`` (name, value) keeps
     it in the profile; ``no_colour`` says NO_COLOR is set: no colours, whatever
-    ``settings`` say."""
+    ``settings`` say. ``rooms`` are the rooms the user is in (the link's), and which is
+    current; ``keep_rooms`` (names, current) keeps them in the profile when they change."""
 
     def __init__(
         self,
@@ -121,8 +128,12 @@ class Chat:
         settings: Settings | None = None,
         keep: Callable[[str, str], None] | None = None,
         no_colour: bool = False,
+        rooms: RoomList | None = None,
+        keep_rooms: Callable[[list[str], str | None], None] | None = None,
     ) -> None:
         self.link = link
+        self.rooms = rooms if rooms is not None else RoomList()
+        self.keep_rooms = keep_rooms
         self.history = history
         self.clock = clock
         self.write = write
@@ -164,6 +175,8 @@ class Chat:
         # First contacts of this turn of the event loop, shown together at its end: a
         # room's first message pins dozens of keys at once (FirstContacts)
         self._first_contacts: list[str] = []
+        # Rooms whose safety number changed in this turn, and why: one line per room
+        self._room_changes: list[tuple[str, str]] = []
 
     @property
     def bell_on(self) -> bool:
@@ -184,9 +197,9 @@ class Chat:
     def problem(self, text: str) -> None:
         self.show(Problem(text))
 
-    def _own(self, text: str, recipient: str | None = None) -> None:
+    def _own(self, text: str, recipient: str | None = None, room: str = "") -> None:
         if self.echo and not self.json:
-            self.show(OwnMessage(self.link.nick, text, recipient))
+            self.show(OwnMessage(self.link.nick, text, recipient, room))
 
     def handle_line(self, line: str) -> bool:
         """Carry out one typed line. False when the user asked to leave."""
@@ -206,11 +219,14 @@ class Chat:
             self._away.typed(online=self.link.online)  # a line typed: back, if away
         if isinstance(command, commands.Say | commands.Action):
             text = command.text if isinstance(command, commands.Say) else as_action(command.text)
+            room = self.rooms.current
+            if room is None:
+                raise CommandError(detail="join a room first: /join #NAME (you are in none); not sent")
             online = self.link.online
-            message_id = self.link.send_room(text)
+            message_id = self.link.send_room(room, text)
             self._sent(message_id)
-            self._record(transcript.sent(core.nick, text, None, message_id, self.clock()))
-            self._own(text)
+            self._record(transcript.sent(core.nick, text, None, message_id, self.clock(), room))
+            self._own(text, room=room)
             if not online:
                 return True  # held until the relay is back
             for nick in core.left_out:  # computed by the send; not again
@@ -223,6 +239,14 @@ class Chat:
             self._own(command.text, command.nick)
         elif isinstance(command, commands.SetAway):
             self._away.set(command.message, online=self.link.online)
+        elif isinstance(command, commands.Join):
+            self._join(command.room)
+        elif isinstance(command, commands.Part):
+            self._part(command.room)
+        elif isinstance(command, commands.Rooms):
+            self._list_rooms()
+        elif isinstance(command, commands.Names):
+            self._names(command.room)
         elif isinstance(command, commands.Set):
             self._set(command.name, command.value)
         elif isinstance(command, commands.ListSettings):
@@ -251,6 +275,8 @@ class Chat:
                 self.notice("/clear: no screen to clear here (not a terminal)")
             else:
                 self.clear_screen()
+        elif isinstance(command, commands.Verify) and transcript.is_room(command.nick):
+            self._keys.verify_room(command.nick, command.digits)
         elif isinstance(command, commands.Verify):
             self._keys.verify(command.nick, command.digits)
         elif isinstance(command, commands.TrustPeer):
@@ -267,6 +293,76 @@ class Chat:
     def _sent(self, message_id: int) -> None:
         self.last_sent.sent(message_id)
         self._quiet_ids.add(message_id)
+
+    # -- rooms ------------------------------------------------------------------------------
+
+    def _join(self, room: str) -> None:
+        if self.rooms.join(room):
+            self.link.join(room)
+            self._keep_rooms()
+            self.notice(f"you joined {room}; typed lines go there")
+        else:
+            self._switched()
+
+    def _part(self, room: str | None) -> None:
+        parted = self.rooms.part(room)
+        self.link.part(parted)
+        self._keep_rooms()
+        now = self.rooms.current
+        where = f"typed lines go to {now}" if now else "you are in no room now: /join #NAME joins one"
+        self.notice(f"you left {parted}; {where}")
+
+    def switch_to(self, number: int) -> None:
+        """Alt+1..9: the ``number``-th room (in /rooms order) becomes current."""
+        if self.rooms.switch_to(number) is not None:
+            self._switched()
+
+    def step(self, by: int) -> None:
+        """Ctrl+N / Ctrl+P: the next (1) or previous (-1) room becomes current."""
+        if self.rooms.step(by) is not None:
+            self._switched()
+
+    def _switched(self) -> None:
+        self._keep_rooms()
+        self.notice(f"typed lines go to {self.rooms.current}")
+
+    def _keep_rooms(self) -> None:
+        if self.keep_rooms is None:
+            return
+        try:
+            self.keep_rooms(list(self.rooms.names), self.rooms.current)
+        except E2EChatError as exc:
+            self.problem(f"your rooms were NOT kept for next time: {exc}")
+
+    def _list_rooms(self) -> None:
+        if not self.rooms.names:
+            self.notice("you are in no room: /join #NAME joins one")
+            return
+        core = self.link.core
+        lines = ["your rooms (Alt+1..9 switches; members online/all):"]
+        for number, name in enumerate(self.rooms.names, 1):
+            room = core.room(name)
+            others = room.others if room is not None else []
+            online = sum(1 for nick in others if nick in core.directory) + 1
+            unread = self.rooms.unread.get(name, 0)
+            mark = "*" if name == self.rooms.current else " "
+            line = f" {mark}{number:>2} {name}  {online}/{len(others) + 1}"
+            lines.append(line + (f"  {unread} unread" if unread else ""))
+        self.show(HelpText(tuple(lines)))
+
+    def _names(self, name: str | None) -> None:
+        name = name or self.rooms.current
+        if name is None:
+            raise CommandError(detail="you are in no room: /names #NAME, or /join one first")
+        room = self.link.core.room(name)
+        if room is None or name not in self.rooms:
+            raise CommandError(detail=f"you are not in {name} (/join {name})")
+        core = self.link.core
+        here = [nick for nick in room.others if nick in core.directory]
+        online = [self._away.who_entry(nick, core.trust(nick)) for nick in here]
+        away = [nick for nick in room.others if nick not in core.directory]
+        count = len(room.others) + 1
+        self.notice(f"{name}, {count} member{'s' if count != 1 else ''}: {members_text(online, away)}")
 
     # -- settings ---------------------------------------------------------------------------
 
@@ -422,8 +518,10 @@ class Chat:
             said = action_of(event.text)  # an action's own markers mention no one
             mention = mention_pattern(self.link.nick).search(event.text if said is None else said) is not None
             if mention:
-                where = "private" if event.private else transcript.ROOM
+                where = "private" if event.private else event.room
                 self.mentions.append(Mention(self.clock(), where, event.sender, event.text))
+            if not event.private:
+                self.rooms.shown(event.room)
         if self.json:
             for text in json_lines(event, mention=mention):
                 self.write("message", text)
@@ -437,6 +535,14 @@ class Chat:
                     asyncio.get_running_loop().call_soon(self._show_first_contacts)
                 except RuntimeError:
                     self._show_first_contacts()
+            return
+        if isinstance(event, RoomChanged):
+            self._room_changes.append((event.room, event.why))
+            if len(self._room_changes) == 1:
+                try:  # one line per room at the end of this turn: joins come in bursts
+                    asyncio.get_running_loop().call_soon(self._show_room_changes)
+                except RuntimeError:
+                    self._show_room_changes()
             return
         if isinstance(event, Queued):
             self._quiet_ids.discard(event.message_id)
@@ -464,6 +570,13 @@ class Chat:
         nicks, self._first_contacts = tuple(self._first_contacts), []
         event: Shown = KeyPinned(nicks[0]) if len(nicks) == 1 else FirstContacts(nicks)
         for style, text in render(event, self.clock(), timestamps=self.settings.timestamps == "on"):
+            self.write(style, text)
+
+    def _show_room_changes(self) -> None:
+        changes, self._room_changes = tuple(self._room_changes), []
+        for style, text in render(
+            RoomChanges(changes), self.clock(), timestamps=self.settings.timestamps == "on"
+        ):
             self.write(style, text)
 
     async def run(self, typing: Coroutine[Any, Any, None]) -> None:
@@ -558,4 +671,4 @@ def _on_interrupt(action: Callable[[], None]) -> Iterator[None]:
 
 
 def _where(conversation: str) -> str:
-    return f"in {conversation}" if conversation == transcript.ROOM else f"with {conversation}"
+    return f"in {conversation}" if transcript.is_room(conversation) else f"with {conversation}"

@@ -1,7 +1,7 @@
 """What the user typed -> a Command. Pure: no I/O, no prompt_toolkit.
 
-A plain line is a room message; a line starting with "/" is a command; "//" at the start
-sends a line that begins with a literal "/".
+A plain line is a message to the current room; a line starting with "/" is a command;
+"//" at the start sends a line that begins with a literal "/".
 """
 
 from __future__ import annotations
@@ -14,18 +14,19 @@ from e2echat.client.status import checked_away
 from e2echat.crypto.identity import parse_fingerprint
 from e2echat.errors import CommandError
 from e2echat.ui import settings
+from e2echat.wire.grammar import ROOM_RULE, is_valid_room
 
 
 @dataclass(frozen=True)
 class Say:
-    """A message to everyone else online."""
+    """A message to the current room."""
 
     text: str
 
 
 @dataclass(frozen=True)
 class Action:
-    """/me: ``text`` as an action, to everyone else online (``* alice waves``)."""
+    """/me: ``text`` as an action, to the current room (``* alice waves``)."""
 
     text: str
 
@@ -35,6 +36,32 @@ class SetAway:
     """/away: say we are away (``message``: why), or back (``message`` empty)."""
 
     message: str
+
+
+@dataclass(frozen=True)
+class Join:
+    """Join ``room`` (or switch to it): it becomes the current room."""
+
+    room: str
+
+
+@dataclass(frozen=True)
+class Part:
+    """Leave ``room`` (None: the current one)."""
+
+    room: str | None = None
+
+
+@dataclass(frozen=True)
+class Rooms:
+    """List our rooms: members online and in all, lines unread."""
+
+
+@dataclass(frozen=True)
+class Names:
+    """List the members of ``room`` (None: the current one)."""
+
+    room: str | None = None
 
 
 @dataclass(frozen=True)
@@ -65,7 +92,8 @@ class Quit:
 
 @dataclass(frozen=True)
 class Verify:
-    """Show the safety number with ``nick``, or compare it with pasted ``digits``."""
+    """Show the safety number with ``nick`` (or of a room: ``nick`` is "#ops"), or compare
+    it with pasted ``digits``."""
 
     nick: str
     digits: str | None = None
@@ -99,7 +127,7 @@ class ListSettings:
 
 @dataclass(frozen=True)
 class History:
-    """Show the last ``count`` lines of ``conversation`` (``#lobby`` or a nick; None: of all)."""
+    """Show the last ``count`` lines of ``conversation`` (a room or a nick; None: of all)."""
 
     conversation: str | None = None
     count: int = 20
@@ -131,6 +159,10 @@ Command = (
     Say
     | Action
     | SetAway
+    | Join
+    | Part
+    | Rooms
+    | Names
     | Reconnect
     | PrivateMessage
     | Who
@@ -159,11 +191,34 @@ class CommandHelp:
 
 #: name -> its help. The order is the order /help lists them in.
 COMMANDS: dict[str, CommandHelp] = {
-    "msg": CommandHelp(
-        "/msg NICK TEXT", "send TEXT to NICK alone; nobody else receives anything", "/msg bob see you at 6"
+    "join": CommandHelp(
+        "/join #ROOM",
+        "join #ROOM (made if new) or switch to it: typed lines go there. A room's name is "
+        + ROOM_RULE
+        + ". Alt+1..9, Ctrl+N and Ctrl+P switch too",
+        "/join #ops",
     ),
-    "me": CommandHelp("/me ACTION", "say what you do, to everyone online: * alice waves", "/me waves"),
-    "who": CommandHelp("/who", "list who is online, and how far you trust each key", "/who"),
+    "part": CommandHelp(
+        "/part [#ROOM]",
+        "leave #ROOM (the current room if none given); nothing more reaches you there",
+        "/part #ops",
+    ),
+    "rooms": CommandHelp(
+        "/rooms", "list your rooms: members online and in all, and lines you have not seen", "/rooms"
+    ),
+    "names": CommandHelp(
+        "/names [#ROOM]",
+        "list the members of #ROOM (the current room if none given): online, or away (their messages "
+        "wait for them)",
+        "/names #ops",
+    ),
+    "msg": CommandHelp(
+        "/msg NICK TEXT",
+        "send TEXT to NICK alone, in your rooms or not; nobody else receives anything",
+        "/msg bob see you at 6",
+    ),
+    "me": CommandHelp("/me ACTION", "say what you do, in the current room: * alice waves", "/me waves"),
+    "who": CommandHelp("/who", "list who is online in your rooms, and how far you trust each key", "/who"),
     "away": CommandHelp(
         "/away [MESSAGE]",
         "say you are away, and why: those online you have talked with see it in /who until you "
@@ -171,8 +226,9 @@ COMMANDS: dict[str, CommandHelp] = {
         "/away at lunch, back at 2",
     ),
     "verify": CommandHelp(
-        "/verify NICK [NUMBER]",
-        "show your safety number with NICK, or compare it with a NUMBER they read to you",
+        "/verify NICK|#ROOM [NUMBER]",
+        "show your safety number with NICK, or the safety number of #ROOM (the same for every member who "
+        "sees the same members and keys: compare it in a meeting); or compare it with a NUMBER read to you",
         "/verify bob 12345 67890 12345 67890 12345 67890 12345 67890 12345 67890 12345 67890",
     ),
     "trust": CommandHelp(
@@ -196,7 +252,7 @@ COMMANDS: dict[str, CommandHelp] = {
     ),
     "history": CommandHelp(
         "/history [WHERE] [N]",
-        "show the last N lines (20) of all conversations, or of WHERE: #lobby, or a NICK",
+        "show the last N lines (20) of all conversations, or of WHERE: a #ROOM, or a NICK",
         "/history bob 50",
     ),
     "search": CommandHelp(
@@ -229,7 +285,7 @@ def help_text(topic: str | None = None) -> list[str]:
             *textwrap.wrap(entry.description, HELP_WIDTH, initial_indent="  ", subsequent_indent="  "),
             f"example: {entry.example}",
         ]
-    lines = ["Type a line to send it to everyone online, encrypted for each of them."]
+    lines = ["Type a line to send it to the current room, encrypted for each of its members."]
     rows = [(entry.usage, entry.description) for entry in COMMANDS.values()]
     rows.append(("//TEXT", "send a line that starts with '/'"))
     for usage, description in rows:
@@ -267,6 +323,10 @@ def parse(line: str) -> Command | None:
         return PrivateMessage(nick, text.strip())
     if name == "who":
         return Who()
+    if name in ("join", "part", "names"):
+        return _room_command(name, rest)
+    if name == "rooms":
+        return Rooms()
     if name == "me":
         if not rest:
             raise CommandError(detail=f"usage: {COMMANDS['me'].usage}")
@@ -310,6 +370,21 @@ def parse(line: str) -> Command | None:
             else Untrust(nick)
         )
     raise CommandError(detail=f"unknown command /{name}{_suggestion(name)}")
+
+
+def _room_command(name: str, rest: str) -> Join | Part | Names:
+    words = rest.split()
+    if len(words) > 1 or (name == "join" and not words):
+        raise CommandError(detail=f"usage: {COMMANDS[name].usage}")
+    room = words[0].lower() if words else None
+    if room is not None and not room.startswith("#"):
+        room = "#" + room  # "/join ops": what else could it mean
+    if room is not None and not is_valid_room(room):
+        raise CommandError(detail=f"no room {words[0]!r}: a room's name is {ROOM_RULE}")
+    if name == "join":
+        assert room is not None
+        return Join(room)
+    return Part(room) if name == "part" else Names(room)
 
 
 def _history(rest: str) -> History:

@@ -18,6 +18,7 @@ from e2echat.errors import ImpostorAnnouncement, RegistrationRefused, UntrustedR
 from e2echat.store.pins import PinFile
 from e2echat.store.relays import RelayPinFile
 from e2echat.store.sessions import SessionFile
+from e2echat.wire.grammar import DEFAULT_ROOM
 
 
 async def join(
@@ -34,14 +35,15 @@ async def join(
     ask_password: Callable[[], bytes] | None,
     hold_acks: bool = False,
     announced: str | None = None,
+    rooms: tuple[str, ...] = (DEFAULT_ROOM,),
 ) -> tuple[Client, str | None]:
     """Connect and register, if the relay's key is the one pinned for its address, or the
     one with the fingerprint ``accept``, or one the user accepts when asked. With
     ``ask_password`` (on a terminal), a changed key and a missing password are asked
     about; without, they are errors. ``announced`` is the fingerprint the relay's
     announcement on the LAN gave: on first contact its key must be that one (a pin, or
-    ``accept``, wins over it). Returns the client, and what was pinned, if anything, for
-    the chat to say."""
+    ``accept``, wins over it). ``rooms``: the rooms we are in (the profile's). Returns the
+    client, and what was pinned, if anything, for the chat to say."""
     pin_file, known_peers = pins
     session_file, keyring = sessions if sessions is not None else (None, None)
     # Our messages waiting in mailboxes, kept beside the sessions (and the numbering).
@@ -68,6 +70,7 @@ async def join(
             session_file=session_file,
             pending=pending,
             hold_acks=hold_acks,
+            rooms=rooms,
         )
         try:
             await client.open()

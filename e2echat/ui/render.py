@@ -39,6 +39,10 @@ from e2echat.client.events import (
     RelayClosing,
     RelayError,
     RelayKeyRefused,
+    RoomChanged,
+    RoomEntered,
+    RoomListed,
+    RoomParted,
     SecurityWarning,
     SendReport,
     SplitView,
@@ -101,7 +105,8 @@ class OwnMessage:
 
     nick: str
     text: str
-    recipient: str | None = None  # None: the room
+    recipient: str | None = None  # None: ``room``
+    room: str = ""
 
 
 @dataclass(frozen=True)
@@ -136,6 +141,15 @@ class Mention:
 
 
 @dataclass(frozen=True)
+class RoomChanges:
+    """What changed the safety numbers of our rooms in one turn of the event loop: one
+    line per room, not one per join (a room's members come and go in bursts)."""
+
+    #: (room, what changed it), in the order they happened
+    changes: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
 class MentionList:
     """What /mentions shows: the recent mentions, oldest first."""
 
@@ -143,7 +157,17 @@ class MentionList:
 
 
 #: everything the chat shows: what the client says, and what the chat says itself
-Shown = ClientEvent | Notice | Problem | OwnMessage | HelpText | Recalled | MentionList | FirstContacts
+Shown = (
+    ClientEvent
+    | Notice
+    | Problem
+    | OwnMessage
+    | HelpText
+    | Recalled
+    | MentionList
+    | FirstContacts
+    | RoomChanges
+)
 
 
 def render(
@@ -266,7 +290,8 @@ def _describe(
     newline = CONTINUATION if multiline else "\\n"
     stamp = clock(now)
     if isinstance(event, MessageReceived):
-        mark = " [private]" if event.private else ""
+        # Its room first, as the sender named it inside the encryption (and checked).
+        mark = " [private]" if event.private else f" {event.room}" if event.room else ""
         mark += " [late]" if event.late else ""
         if isinstance(event, MailReceived):
             # Kept while we were away: when it was sent (the sender's word, inside the
@@ -284,7 +309,7 @@ def _describe(
             return "mention", line
         return ("private" if event.private else "message"), line
     if isinstance(event, OwnMessage):
-        to = f" [private to {event.recipient}]" if event.recipient else ""
+        to = f" [private to {event.recipient}]" if event.recipient else f" {event.room}" if event.room else ""
         mark, text = _acted(to, event.text, newline)
         return "own", _headed(f"{stamp}{mark} <", event.nick, f"> {text}")
     if isinstance(event, Recalled):
@@ -327,13 +352,23 @@ def _describe(
             )
         )
     if isinstance(event, PeerJoined):
-        return "notice", f"{stamp} -- {event.nick} joined"
+        return "notice", f"{stamp} -- {event.nick} came online"
     if isinstance(event, PeerLeft):
-        return "notice", f"{stamp} -- {event.nick} left"
+        return "notice", f"{stamp} -- {event.nick} went offline"
     if isinstance(event, Away):
         who = "you are" if event.ours else f"{event.nick} is"
         # Quoted (a peer's text): a mark at its start attaches to the quote, not our text.
         return _notice(stamp, f"{who} away: {quoted_away(event.message)}" if event.message else f"{who} back")
+    if isinstance(event, RoomEntered):
+        return "notice", f"{stamp} -- {event.nick} joined {event.room}"
+    if isinstance(event, RoomParted):
+        return "notice", f"{stamp} -- {event.nick} left {event.room}"
+    if isinstance(event, RoomListed):
+        return "notice", f"{stamp} -- {event.room}: {members_text(event.online, event.away)}"
+    if isinstance(event, RoomChanged):
+        return _room_changes(stamp, ((event.room, event.why),))
+    if isinstance(event, RoomChanges):
+        return _room_changes(stamp, event.changes)
     if isinstance(event, Registered):
         return _notice(
             stamp,
@@ -354,6 +389,12 @@ def _describe(
         if not event.delivered and not event.failed:
             return None  # every copy waits in a mailbox: MessageQueued said so
         return ("warning" if event.failed else "notice"), delivery_line(event, stamp)
+    if isinstance(event, SplitView) and event.room:
+        return "warning", (
+            f"{stamp} !! warning: {event.sender} sees other members of {event.room} than you do: the relay "
+            f"may have added a reader for one of you, or hidden one. Compare the room's safety number "
+            f"(/verify {event.room}) before you say anything secret there."
+        )
     if isinstance(event, SplitView):
         return "warning", (
             f"{stamp} !! warning: {event.sender} sees a different directory than you do: the relay may "
@@ -405,10 +446,10 @@ def _recalled(entry: Entry, now: float, newline: str) -> tuple[LineStyle, str]:
     if entry.incoming:
         if entry.sent_at is not None:
             stamp = f"[{sent_text(entry.sent_at, now)}]"
-        mark, text = _acted(" [private]" if entry.private else "", entry.text, newline)
+        mark, text = _acted(" [private]" if entry.private else f" {entry.conversation}", entry.text, newline)
         style: LineStyle = "private" if entry.private else "message"
         return style, _headed(f"{stamp}{mark} <", entry.sender, f"> {text}")
-    mark = f" [private to {entry.conversation}]" if entry.private else ""
+    mark = f" [private to {entry.conversation}]" if entry.private else f" {entry.conversation}"
     mark += _STATE_MARKS.get(entry.state, f" [{neutralize(entry.detail or entry.state.value)}]")
     mark, text = _acted(mark, entry.text, newline)
     style = "warning" if entry.state is State.FAILED else "own"
@@ -449,6 +490,27 @@ def quoted_away(message: str) -> str:
     (client/status.py), so that "lunch), mallory (verified" reads as one quote, not as
     another entry with a trust mark."""
     return f"{OPEN_QUOTE}{neutralize(message)}{CLOSE_QUOTE}"
+
+
+def _room_changes(stamp: str, changes: tuple[tuple[str, str], ...]) -> tuple[LineStyle, str]:
+    """One line per room whose safety number changed, saying what changed it."""
+    by_room: dict[str, list[str]] = {}
+    for room, why in changes:
+        whys = by_room.setdefault(room, [])
+        if why not in whys:
+            whys.append(why)
+    return "notice", "\n".join(
+        f"{stamp} -- the safety number of {room} changed: {', '.join(whys)} (/verify {room} shows it)"
+        for room, whys in by_room.items()
+    )
+
+
+def members_text(online: tuple[str, ...] | list[str], away: tuple[str, ...] | list[str]) -> str:
+    """A room's members besides us, as a line says them: "you, alice, bob; away: carol"."""
+    if not online and not away:
+        return "only you"
+    said = ", ".join(["you", *natural_sorted(online)])
+    return said + (f"; away: {', '.join(natural_sorted(away))}" if away else "")
 
 
 def online_text(peers: tuple[str, ...] | list[str]) -> str:

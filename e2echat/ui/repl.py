@@ -45,12 +45,18 @@ STYLE = Style.from_dict(
 )
 
 
-class ChatCompleter(Completer):
-    """Tab completes command names after "/" (and after "/help "), and online nicks
-    anywhere else in the line; a nick that starts the line gets ": ", as IRC's do."""
+#: commands whose first argument is a room (/verify: a room or a nick)
+_ROOM_COMMANDS = ("/join", "/part", "/names", "/verify", "/history")
 
-    def __init__(self, nicks: Callable[[], list[str]]) -> None:
+
+class ChatCompleter(Completer):
+    """Tab completes command names after "/" (and after "/help "), room names after
+    /join, /part, /names, /verify and /history, and online nicks anywhere else in the
+    line; a nick that starts the line gets ": ", as IRC's do."""
+
+    def __init__(self, nicks: Callable[[], list[str]], rooms: Callable[[], list[str]] = list) -> None:
         self.nicks = nicks
+        self.rooms = rooms
 
     def get_completions(self, document: Document, complete_event: CompleteEvent) -> Iterable[Completion]:
         text = document.text_before_cursor
@@ -64,6 +70,16 @@ class ChatCompleter(Completer):
             if len(words) == 2 and command == "/help":
                 yield from _command_names(partial, "/" if partial.startswith("/") else "")
                 return
+            if (
+                len(words) == 2
+                and command in _ROOM_COMMANDS
+                and (partial.startswith("#") or command != "/verify")
+            ):
+                for room in self.rooms():
+                    if room.startswith(partial.lower() if partial.startswith("#") else f"#{partial.lower()}"):
+                        yield Completion(room, start_position=-len(partial))
+                if command != "/history":
+                    return
             if command == "/set" and len(words) in (2, 3):
                 setting = SETTINGS.get(words[1].lower()) if len(words) == 3 else None
                 names = SETTINGS if len(words) == 2 else setting.choices if setting else ()
@@ -97,9 +113,16 @@ def toolbar_text(chat: Chat) -> str:
     peers = core.peers
     unverified = sum(1 for nick in peers if core.trust(nick) is Trust.UNVERIFIED)
     changed = sum(1 for nick in peers if core.trust(nick) is Trust.CHANGED)
-    parts = [f" {link.address}", state]
+    parts = [f" {chat.rooms.current or 'no room'}", link.address, state]
     if chat.last_sent.text:  # before the rest: a narrow terminal cuts the toolbar's end
         parts.append(chat.last_sent.text)
+    unread = [
+        f"{number}:{name} {chat.rooms.unread[name]}"
+        for number, name in enumerate(chat.rooms.names, 1)
+        if chat.rooms.unread.get(name)
+    ]
+    if unread:
+        parts.append("unread " + ", ".join(unread))
     parts.append(f"{len(peers)} online")
     if core.our_away:
         parts.append("away")
@@ -111,8 +134,28 @@ def toolbar_text(chat: Chat) -> str:
     return " · ".join(parts) + " "
 
 
-def key_bindings() -> KeyBindings:
+def key_bindings(chat: Chat | None = None) -> KeyBindings:
     bindings = KeyBindings()
+
+    if chat is not None:
+        # Alt+1..9: the n-th room, in /rooms order; Ctrl+N / Ctrl+P: the next or previous
+        # (they move through the input history elsewhere; Up and Down still do here).
+        for number in range(1, 10):
+
+            @bindings.add("escape", str(number))
+            def _room(event: KeyPressEvent, number: int = number) -> None:
+                chat.switch_to(number)
+                event.app.invalidate()
+
+        @bindings.add("c-n")
+        def _next(event: KeyPressEvent) -> None:
+            chat.step(1)
+            event.app.invalidate()
+
+        @bindings.add("c-p")
+        def _previous(event: KeyPressEvent) -> None:
+            chat.step(-1)
+            event.app.invalidate()
 
     # As in a shell: clears what is typed; on an empty line, leaves. (Not while searching
     # the history with Ctrl+R: there it ends the search, as prompt_toolkit's own binding does.)
@@ -167,10 +210,10 @@ def make_session(
 ) -> PromptSession[str]:
     return PromptSession(
         history=history or InMemoryHistory(),
-        completer=ChatCompleter(lambda: chat.link.core.peers),
+        completer=ChatCompleter(lambda: chat.link.core.peers, lambda: chat.rooms.names),
         complete_while_typing=False,
         bottom_toolbar=lambda: toolbar_text(chat),
-        key_bindings=key_bindings(),
+        key_bindings=key_bindings(chat),
         style=STYLE,
         erase_when_done=True,  # what was typed reappears in the timeline, with the time
         enable_history_search=False,
@@ -228,7 +271,10 @@ def screen_clearer(session: PromptSession[str]) -> Callable[[], None]:
 
 async def run_repl(chat: Chat, session: PromptSession[str] | None = None, *, patch: bool = True) -> None:
     """The interactive prompt. Returns when the user leaves; raises RelayGone."""
-    prompt = f"{chat.link.nick}> "
+
+    def prompt() -> str:  # asked at each redraw: switching rooms changes it
+        return f"{chat.rooms.current or '(no room)'} {chat.link.nick}> "
+
     session = session or make_session(chat)
     chat.clear_screen = screen_clearer(session)
     chat.status_line = True  # the toolbar shows what became of the last message

@@ -23,9 +23,8 @@ from e2echat.client.events import KeyChanged, MailReceived, MessageReceived, Not
 from e2echat.client.receipts import DeliveryReport, MessageQueued
 from e2echat.ui.actions import readable
 from e2echat.ui.cells import neutralize
+from e2echat.wire.grammar import DEFAULT_ROOM
 
-#: the one room there is until rooms come (issue 18: "the room" is #lobby)
-ROOM = "#lobby"
 #: the detail of a line typed while the relay was away that never went (``NotSent``)
 NEVER_SENT = "NOT sent: no connection to the relay"
 _FORMAT = 2  # the first item of every encoded entry (1: before ``recipients``; still read)
@@ -66,7 +65,7 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Entry:
-    """One line of a conversation: ``#lobby``, or the peer's nick for a private one."""
+    """One line of a conversation: a room (``#ops``), or the peer's nick for a private one."""
 
     conversation: str
     #: True for what came in, False for what we sent (and for notices)
@@ -88,7 +87,7 @@ class Entry:
 
     @property
     def private(self) -> bool:
-        return self.conversation != ROOM
+        return not is_room(self.conversation)
 
 
 @dataclass(frozen=True)
@@ -119,14 +118,21 @@ class StateChange:
 Change = Entry | StateChange
 
 
-def conversation_of(nick: str | None) -> str:
-    """The conversation of a message to or from ``nick`` alone; None: the room."""
-    return ROOM if nick is None else nick
+def is_room(conversation: str) -> bool:
+    """Whether ``conversation`` is a room's (a nick never starts with "#")."""
+    return conversation.startswith("#")
 
 
-def sent(sender: str, text: str, recipient: str | None, message_id: int, now: float) -> Entry:
-    """What we just sent (to ``recipient`` alone, or the room), not yet reported on."""
-    return Entry(conversation_of(recipient), False, sender, text, now, now, message_id, State.SENDING)
+def conversation_of(nick: str | None, room: str = DEFAULT_ROOM) -> str:
+    """The conversation of a message to or from ``nick`` alone; None: of ``room``."""
+    return room if nick is None else nick
+
+
+def sent(
+    sender: str, text: str, recipient: str | None, message_id: int, now: float, room: str = DEFAULT_ROOM
+) -> Entry:
+    """What we just sent (to ``recipient`` alone, or to ``room``), not yet reported on."""
+    return Entry(conversation_of(recipient, room), False, sender, text, now, now, message_id, State.SENDING)
 
 
 def summary(recipients: tuple[Outcome, ...], *, private: bool) -> tuple[State, str]:
@@ -157,7 +163,7 @@ def _some(nicks: list[str]) -> str:
 
 
 def _received(event: MessageReceived, now: float) -> Change:
-    conversation = event.sender if event.private else ROOM
+    conversation = event.sender if event.private else (event.room or DEFAULT_ROOM)
     return Entry(conversation, True, event.sender, event.text, now, event.sent_at)
 
 

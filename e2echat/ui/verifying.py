@@ -34,6 +34,30 @@ class KeyChecks:
     def _problem(self, text: str) -> None:
         self._say(Problem(text))
 
+    def verify_room(self, room: str, digits: str | None) -> None:
+        """Show the safety number of ``room``; or, given the one another member reads out
+        (``digits``), compare them. Nothing is taken either way: a room's number says that
+        two members see the same members and keys, not who any of them is (their pairwise
+        numbers, /verify NICK, say that)."""
+        number = self._core().room_safety_number(room)
+        if digits is None:
+            self._notice(f"the safety number of {room}: {format_safety_number(number)}")
+            self._notice(
+                f"every member of {room} who sees the same members with the same keys sees this number: "
+                f"compare it aloud in a meeting, or paste one read to you: /verify {room} NUMBER"
+            )
+            return
+        if not (digits.isascii() and digits.isdigit()) or len(digits) != len(number):
+            raise CommandError(detail=f"a safety number has {len(number)} digits; that was not one")
+        if not hmac.compare_digest(digits, number):
+            self._problem(
+                f"the safety number of {room} does NOT match: you and whoever read it to you see different "
+                f"members of {room} (or different keys), or you compared the wrong numbers. Compare /names "
+                f"{room}; do not say anything secret there until you know why."
+            )
+            return
+        self._notice(f"the safety number of {room} matches: you both see the same members with the same keys")
+
     def verify(self, nick: str, digits: str | None) -> None:
         """Show the safety number with ``nick``; or, given the one ``nick`` reads out
         (``digits``), compare them and, if they match, take the key they were made from."""
