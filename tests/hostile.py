@@ -111,10 +111,12 @@ def substitute_keys(
         message = action.message
         if relay.nick(action.conn) != victim:
             return [action]
-        if isinstance(message, m.Welcome):
+        if isinstance(message, m.Welcome | m.Directory | m.Members):
             message = dataclasses.replace(message, peers=tuple(swap(p) for p in message.peers))
         elif isinstance(message, m.PeerJoined):
             message = m.PeerJoined(swap(message.peer))
+        elif isinstance(message, m.Entered):
+            message = m.Entered(message.room, swap(message.peer))
         return [Outgoing(action.conn, message)]
 
     return tamper
@@ -169,9 +171,14 @@ class MadeUp:
     def nick(self) -> str:
         return self.info.nick
 
-    def deliver(self, text: str) -> m.Deliver:
-        """A real room message from them to the victim, as the relay would pass it on."""
-        return m.Deliver(self.nick, self.session.encrypt(text, Kind.ROOM))
+    def deliver(self, text: str, room: str = "#lobby") -> m.Deliver:
+        """A real message from them to the victim in ``room``, as the relay would pass it
+        on (shown if the relay also says they are in it: ``entered``)."""
+        return m.Deliver(self.nick, self.session.encrypt(text, Kind.ROOM, room=room))
+
+    def entered(self, room: str = "#lobby") -> m.Entered:
+        """The relay's word that they joined ``room``: a member, and a contact."""
+        return m.Entered(room, self.info)
 
 
 def victims_bundle(relay: HostileRelay, victim: str) -> PrekeyBundle:

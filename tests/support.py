@@ -31,6 +31,7 @@ from e2echat.relay.server import Relay
 from e2echat.wire import messages as m
 from e2echat.wire.codec import decode_message, encode_message
 from e2echat.wire.framing import FrameDecoder, encode_frame
+from e2echat.wire.grammar import DEFAULT_ROOM
 
 LOOPBACK = "127.0.0.1"
 WAIT = 5.0  # every wait in the tests is bounded by this
@@ -149,15 +150,18 @@ async def peers(relay: Relay, *nicks: str, **options: Any) -> AsyncIterator[list
             connected.append(await connect(relay, nick, **options))
         for peer in connected:
             others = {p.nick for p in connected} - {peer.nick}
-            await asyncio.wait_for(_until(functools.partial(_sees_all, peer, others), peer), WAIT)
+            lobby = "rooms" not in options  # all in #lobby: in each one's list of it too
+            await asyncio.wait_for(_until(functools.partial(_sees_all, peer, others, lobby), peer), WAIT)
         yield connected
     finally:
         for peer in connected:
             await peer.connection.close()
 
 
-def _sees_all(peer: Peer, others: set[str]) -> bool:
-    return set(peer.connection.core.peers) >= others
+def _sees_all(peer: Peer, others: set[str], lobby: bool = False) -> bool:
+    core = peer.connection.core
+    room = core.room(DEFAULT_ROOM) if lobby else None
+    return set(core.peers) >= others and (room is None or set(room.others) >= others)
 
 
 async def meet(first: Peer, second: Peer) -> None:

@@ -465,19 +465,23 @@ async def test_message_body_of_another_version_is_refused(
 
 
 async def test_split_view_is_detected() -> None:
-    """The relay shows alice other keys for carol than it shows bob (to stand in the
-    middle between alice and carol). bob learns of it from alice's next message."""
+    """The relay shows alice another identity key for carol than it shows bob (to stand in
+    the middle between alice and carol). bob learns of it from alice's next message to a
+    room they share with carol, and the room's safety numbers of the two differ. (More
+    in tests/test_room_attacks.py.)"""
     mallory = PrivateKey.generate()
-    split = substitute_keys("alice", "carol", session_key=mallory.public_key)
+    split = substitute_keys("alice", "carol", identity_key=mallory.public_key)
     async with (
         running(HostileRelay(split)) as relay,
         peers(relay, "alice", "bob", "carol") as (alice, bob, _),
     ):
-        alice.connection.send_private("bob", "hi bob")
+        numbers = {peer.connection.core.room_safety_number("#lobby") for peer in (alice, bob)}
+        assert len(numbers) == 2
+        alice.connection.send_room("#lobby", "hi all")
         warning = await bob.next_delivery()
-        assert warning == SplitView("alice")
+        assert warning == SplitView("alice", "#lobby")
         delivery = await bob.next_delivery()
-        assert isinstance(delivery, MessageReceived) and delivery.text == "hi bob"
+        assert isinstance(delivery, MessageReceived) and delivery.text == "hi all"
 
 
 async def test_no_split_view_warning_while_people_come_and_go() -> None:

@@ -45,6 +45,7 @@ def _online(*nicks: str) -> dict[str, ClientCore]:
     for nick, core in cores.items():
         others = tuple(e for n, e in entries.items() if n != nick)
         core.receive_data(_frame(m.Welcome(nick, 50.0, 200.0, 1e6, 4e6, 0, others)))
+        core.receive_data(_frame(m.Members("#lobby", others, ())))  # everyone is in #lobby
         core.data_to_send()  # its prekeys, published: _bundle hands them out
     return cores
 

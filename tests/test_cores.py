@@ -27,6 +27,8 @@ from e2echat.client.core import (
     RegistrationFailed,
     RelayClosing,
     RelayError,
+    RoomChanged,
+    RoomEntered,
     SecurityWarning,
     SendReport,
     receipt_gap,
@@ -198,8 +200,11 @@ BOTH_WAYS = pytest.mark.parametrize("byte_by_byte", [False, True], ids=["whole",
 def test_three_clients_register_and_see_each_other(byte_by_byte: bool) -> None:
     wire, alice, bob, carol = _three(byte_by_byte)
     # Seeing someone in the directory pins nothing: the first message exchanged does.
-    assert wire.take(alice, pins=True) == [Registered("alice", ()), PeerJoined("bob"), PeerJoined("carol")]
-    assert wire.take(bob, pins=True) == [Registered("bob", ("alice",)), PeerJoined("carol")]
+    # New, each joins #lobby as they register: in it with the others from then on.
+    joined = [PeerJoined("bob"), RoomEntered("#lobby", "bob"), RoomChanged("#lobby", "bob joined")]
+    joined += [PeerJoined("carol"), RoomEntered("#lobby", "carol"), RoomChanged("#lobby", "carol joined")]
+    assert wire.take(alice, pins=True) == [Registered("alice", ()), *joined]
+    assert wire.take(bob, pins=True) == [Registered("bob", ("alice",)), *joined[3:]]
     assert wire.take(carol, pins=True) == [Registered("carol", ("alice", "bob"))]
     for conn, nick in ((alice, "alice"), (bob, "bob"), (carol, "carol")):
         client = wire.clients[conn]
@@ -541,7 +546,7 @@ def test_a_peer_back_with_another_identity_key_gets_a_new_session() -> None:
     old_sessions = _base_keys(wire.clients[alice], "bob")
     wire.hang_up(bob)
     new_bob = wire.connect("bob")  # another identity key
-    assert [type(e) for e in wire.take(alice)] == [PeerLeft, PeerJoined, KeyChanged]
+    assert [type(e) for e in wire.take(alice)] == [PeerLeft, PeerJoined, KeyChanged, RoomChanged]
     wire.clients[new_bob].send_private("alice", "new key")
     wire.pump()
     (shown,) = _received(wire, alice)
@@ -568,7 +573,7 @@ def test_rejoin_with_another_identity_key_is_flagged_and_blocks_sending() -> Non
     impostor = wire.connect("bob")  # a new identity key
     events = wire.take(alice)
     assert events[0] == PeerJoined("bob")
-    assert [type(e) for e in events[1:]] == [KeyChanged]
+    assert [type(e) for e in events[1:]] == [KeyChanged, RoomChanged]
     wire.take_all()
     client = wire.clients[alice]
     assert client.withheld() == ["bob"]

@@ -122,7 +122,7 @@ async def test_offline_recipient_is_reported_by_the_relay() -> None:
 
 async def test_nobody_online_means_not_sent() -> None:
     async with running_relay() as relay, peers(relay, "alice") as (alice,):
-        with pytest.raises(CommandError, match="nobody else is online"):
+        with pytest.raises(CommandError, match="nobody else is in #lobby"):
             alice.connection.send_room("#lobby", "anyone?")
 
 

@@ -23,6 +23,7 @@ class Generated:
     trust: Trust = Trust.UNVERIFIED
     late: bool = False
     sent_at: float | None = dataclasses.field(default=None, compare=False)
+    room: str = dataclasses.field(default="", compare=False)
 
 
 CASES = [

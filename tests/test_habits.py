@@ -256,7 +256,7 @@ def test_every_command_has_usage_description_and_example(name: str) -> None:
 
 def test_the_listing_continues_descriptions_under_their_column() -> None:
     lines = commands.help_text()
-    column = lines[1].index("send TEXT")
+    column = lines[1].index("join #ROOM (made")
     continued = [line for line in lines[1:] if line.startswith(" " * column)]
     assert continued, "some description is long enough to wrap"
     assert all(not line[column].isspace() for line in continued)

@@ -147,8 +147,8 @@ def test_receipts_are_split_across_frames(monkeypatch: pytest.MonkeyPatch) -> No
     ("nick_padding", "budget"),
     [
         (0, 2_000),  # short nicks: about three envelopes of the message below
-        # Nicks of 32 characters, the longest: the bodies alone (5 x 650 bytes) fit the
-        # budget, the whole frame (3,445 bytes) does not.
+        # Nicks of 32 characters, the longest: the bodies alone (5 x 656 bytes) fit the
+        # budget, the whole frame (3,475 bytes) does not.
         (30, 3_300),
     ],
 )
@@ -165,7 +165,7 @@ def test_a_room_message_too_big_for_one_frame_goes_in_several(
     message_id = wire.clients[talker].send_room("#lobby", "x" * 500)
     wire.pump()
     frames = [s for s in wire.sent[talker] if isinstance(s, m.Send) and s.id == message_id]
-    assert {len(e.body) for frame in frames for e in frame.items} == {650}
+    assert {len(e.body) for frame in frames for e in frame.items} == {656}
     assert len(frames) == 2
     assert all(len(encode_message(frame)) <= budget for frame in frames)
     assert sorted(e.to for frame in frames for e in frame.items) == names

@@ -103,9 +103,9 @@ async def test_start_up_shows_the_earlier_lines_in_a_real_prompt(tmp_path: Path)
                 # Then the prompt: what is typed goes out, and /history and /search answer.
                 pipe.send_text("/history carol 1\r")
                 assert "the last line with carol:" in await screen.wait_for("the last line")
-                pipe.send_text("/search DEFAULT_ROOM LINE 1\r")
+                pipe.send_text("/search ROOM LINE 1\r")
                 found = await screen.wait_for("lines that contain")
-                assert '6 lines that contain "DEFAULT_ROOM LINE 1"' in found
+                assert '6 lines that contain "ROOM LINE 1"' in found
                 index = screen.lines.index(found)
                 assert [line.split("> ", 1)[1] for line in screen.lines[index + 1 : index + 7]] == [
                     "room line 1",

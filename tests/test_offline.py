@@ -12,7 +12,14 @@ from nacl.public import PrivateKey
 from test_cores import UNLIMITED, FakeWire
 
 from e2echat.client.core import ClientCore, KeyPinned, MessagesMissing, SecurityWarning
-from e2echat.client.events import DeliveryReport, MailboxRead, MailReceived, MessageQueued, PeerJoined
+from e2echat.client.events import (
+    DeliveryReport,
+    MailboxRead,
+    MailReceived,
+    MessageQueued,
+    PeerJoined,
+    PeerLeft,
+)
 from e2echat.client.outbox import NOT_PINNED_KEY
 from e2echat.client.pending import PendingDeliveries, lifetime
 from e2echat.client.publishing import signed_prekey
@@ -46,9 +53,9 @@ def _frame(message: m.Message) -> bytes:
 _SOME_KEY = PrivateKey.generate().public_key
 
 
-def _away(*nicks: str, more: bool = False) -> m.Members:
-    """#lobby's members away, as the relay lists them after the directory."""
-    return m.Members("#lobby", (), tuple(Member(nick, _SOME_KEY) for nick in nicks), more)
+def _away(*nicks: str, more: bool = False, online: tuple[PeerInfo, ...] = ()) -> m.Members:
+    """#lobby's members away (and ``online``): the whole list, as the relay gives it."""
+    return m.Members("#lobby", online, tuple(Member(nick, _SOME_KEY) for nick in nicks), more)
 
 
 def _written(core: ClientCore) -> list[m.Message]:
@@ -277,8 +284,8 @@ def test_a_room_message_goes_to_members_away_too() -> None:
     carol_conn = wire.connect("carol")
     wire.take_all()
     wire.hang_up(bob_conn)
-    wire.deliver(alice_conn, _frame(_away("bob", "erin")))
     core = wire.clients[alice_conn]
+    wire.deliver(alice_conn, _frame(_away("bob", "erin", online=(core.directory["carol"],))))
     message_id = core.send_room("#lobby", "hello all")
     written = _written(core)
     # bob in the session kept with him; carol (online) and erin (away), never met: their
@@ -360,7 +367,7 @@ def test_a_relay_that_says_it_keeps_copies_not_yet_sent_is_not_believed() -> Non
     wire.hang_up(bob_conn)
     wire.take_all()
     core = wire.clients[alice_conn]
-    wire.deliver(alice_conn, _frame(_away("erin")))
+    wire.deliver(alice_conn, _frame(_away("bob", "erin")))
     first, second = core.send_room("#lobby", "first to erin"), core.send_room("#lobby", "second to erin")
     core.data_to_send()
     for message_id in (first, second):
@@ -467,19 +474,22 @@ def test_a_copy_sent_for_a_line_typed_earlier_is_reported_under_its_id_after_a_r
     assert reports == [DeliveryReport(5, True, ("bob",), (), "typed offline")]
 
 
-def test_a_members_list_or_an_entered_adds_the_contacts_it_names_and_a_parted_changes_nothing() -> None:
+def test_a_members_list_or_an_entered_adds_the_contacts_it_names_and_a_parted_drops_them() -> None:
     wire = FakeWire()
     alice_conn = wire.connect("alice")
     wire.take_all()
     core = wire.clients[alice_conn]
     bob = PeerInfo("bob", PrivateKey.generate().public_key, PrivateKey.generate().public_key)
     carol = PeerInfo("carol", PrivateKey.generate().public_key, PrivateKey.generate().public_key)
-    wire.deliver(alice_conn, _frame(m.Members("#ops", (bob,), (Member("erin", _SOME_KEY),))))
+    wire.deliver(alice_conn, _frame(m.Members("#lobby", (bob,), (Member("erin", _SOME_KEY),))))
     assert core.peers == ["bob"] and core.away == ["erin"]
-    wire.deliver(alice_conn, _frame(m.Entered("#ops", carol)))
-    wire.deliver(alice_conn, _frame(m.Entered("#ops", carol)))  # once is enough
+    wire.deliver(alice_conn, _frame(m.Entered("#lobby", carol)))
+    wire.deliver(alice_conn, _frame(m.Entered("#lobby", carol)))  # once is enough
     assert core.peers == ["bob", "carol"]
-    wire.deliver(alice_conn, _frame(m.Parted("#ops", "carol")))
-    assert core.peers == ["bob", "carol"]
-    # A contact now, not someone who came online.
-    assert not [event for event in wire.take(alice_conn) if isinstance(event, PeerJoined)]
+    wire.deliver(alice_conn, _frame(m.Parted("#lobby", "carol")))
+    assert core.peers == ["bob"]  # no room shared any more: no contact
+    # A contact, not someone who came online; nor one who went offline.
+    assert not [event for event in wire.take(alice_conn) if isinstance(event, PeerJoined | PeerLeft)]
+    # A room we are not in: nothing of it is taken.
+    wire.deliver(alice_conn, _frame(m.Members("#ops", (carol,), ())))
+    assert core.peers == ["bob"]

@@ -205,7 +205,7 @@ async def test_people_a_relay_makes_up_cannot_grow_the_sessions_past_their_bound
     async with running(HostileRelay()) as relay, peers(relay, "bob") as (bob,):
         alice = await connect(relay, "alice", identity, keyring=keyring, session_file=session_file)
         fakes = made_up_peers(relay, "alice", 60)
-        relay.inject_many("alice", [m.PeerJoined(fake.info) for fake in fakes])
+        relay.inject_many("alice", [fake.entered() for fake in fakes])
         for batch in range(0, 60, 10):
             bob.connection.send_private("alice", f"still here {batch}")  # bob stays in use
             assert (await alice.next(MessageReceived, lambda e: e.sender == "bob")).text.startswith("still")
@@ -237,7 +237,7 @@ async def test_forged_first_messages_take_no_place_among_the_sessions_kept() -> 
         await alice.next(MessageReceived, lambda e: e.sender == "bob")
         bobs = keyring.peers["bob"]
         fakes = made_up_peers(relay, "alice", 5)
-        relay.inject_many("alice", [m.PeerJoined(fake.info) for fake in fakes])
+        relay.inject_many("alice", [fake.entered() for fake in fakes])
         forged: list[m.Message] = [m.Deliver(fake.nick, b"\x02" + nacl.utils.random(200)) for fake in fakes]
         relay.inject_many("alice", forged)
         for _ in forged:
@@ -264,7 +264,7 @@ async def test_people_a_relay_makes_up_cannot_grow_the_pin_file_past_its_bound(t
     async with running(HostileRelay()) as relay:
         alice = await connect(relay, "alice", known_peers=known, pin_file=store)
         fakes = made_up_peers(relay, "alice", 60)
-        relay.inject_many("alice", [m.PeerJoined(fake.info) for fake in fakes])
+        relay.inject_many("alice", [fake.entered() for fake in fakes])
         relay.inject_many("alice", [fake.deliver("hi") for fake in fakes])
         for _ in fakes:
             await alice.next(MessageReceived)

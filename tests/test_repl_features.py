@@ -69,11 +69,15 @@ def _complete(text: str, nicks: list[str]) -> list[str]:
                 "/clear",
                 "/help",
                 "/history",
+                "/join",
                 "/me",
                 "/mentions",
                 "/msg",
+                "/names",
+                "/part",
                 "/quit",
                 "/reconnect",
+                "/rooms",
                 "/search",
                 "/set",
                 "/trust",
@@ -94,6 +98,26 @@ def _complete(text: str, nicks: list[str]) -> list[str]:
 )
 def test_completion_of_commands_and_nicks(typed: str, expected: list[str]) -> None:
     assert _complete(typed, ["alice", "bob", "bobby"]) == expected
+
+
+@pytest.mark.parametrize(
+    ("typed", "expected"),
+    [
+        ("/join #", ["#lobby", "#ops", "#ops-2"]),
+        ("/join o", ["#ops", "#ops-2"]),
+        ("/part #ops", ["#ops", "#ops-2"]),
+        ("/names #l", ["#lobby"]),
+        ("/verify #o", ["#ops", "#ops-2"]),
+        ("/verify a", ["alice"]),  # a nick, as before
+        ("/history #l", ["#lobby"]),
+        ("/join #ops x", []),
+    ],
+)
+def test_completion_of_room_names(typed: str, expected: list[str]) -> None:
+    completer = ChatCompleter(lambda: ["alice", "bob"], lambda: ["#lobby", "#ops", "#ops-2"])
+    document = Document(typed)
+    completions = completer.get_completions(document, CompleteEvent(completion_requested=True))
+    assert [c.text for c in completions] == expected
 
 
 @pytest.mark.parametrize(
@@ -137,6 +161,7 @@ class SessionScreen(Screen):
     """A ``Screen`` that also holds its prompt session, for tests that read its buffer."""
 
     session: PromptSession[str]
+    chat: Chat
 
 
 @contextlib.asynccontextmanager
@@ -150,6 +175,7 @@ async def repl(
         session = make_session(chat, recall, input=pipe, output=DummyOutput())
         task = asyncio.create_task(run_repl(chat, session, patch=False))
         screen.session = session
+        screen.chat = chat
         try:
             yield pipe, screen, task
         finally:
@@ -265,7 +291,7 @@ async def test_tab_completes_nicks_and_commands_in_the_prompt() -> None:
             assert (await bob.next(MessageReceived)).text == "bob: lunch?"
             await typed("/help ver\t", "/help verify")
             pipe.send_text("\r")
-            await screen.wait_for("usage: /verify NICK [NUMBER]")
+            await screen.wait_for("usage: /verify NICK|#ROOM [NUMBER]")
 
 
 async def test_bell_on_private_messages_and_switchable() -> None:
@@ -456,7 +482,7 @@ def test_real_terminal_under_tmux(tmp_path: Path) -> None:
         assert sum("[mention] <mallory ?>" in row for row in forged_rows) == len(forgeries)
         for row in forged_rows:  # each row under its own header, or under the indent
             assert not row.startswith("12:00:00 <alice"), "\n".join(forged_rows)
-            header = row[9:].startswith("[mention] <mallory ?>")
+            header = row[9:].startswith("#lobby [mention] <mallory ?>")
             assert header or row.startswith(" " * 11), "\n".join(forged_rows)
     finally:
         with contextlib.suppress(subprocess.SubprocessError):

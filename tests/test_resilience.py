@@ -80,7 +80,7 @@ async def test_recipient_gone_offline_is_reported() -> None:
     knows gets a mailbox: see test_mailboxes.)"""
 
     def hide_departures(relay: HostileRelay, action: Outgoing) -> list[Outgoing]:
-        hidden = isinstance(action.message, m.PeerLeft) and relay.nick(action.conn) == "alice"
+        hidden = isinstance(action.message, m.PeerLeft | m.Parted) and relay.nick(action.conn) == "alice"
         return [] if hidden else [action]
 
     forgetful = HostileRelay(hide_departures, mailbox_ttl=0.2, identity_ttl=0.2)

@@ -251,8 +251,8 @@ async def test_timestamps_off_drops_the_time_from_each_line() -> None:
         chat.handle_line("/set timestamps on")
         chat.handle_line("/who")
     assert lines[1].startswith("-- you are alice")
-    assert lines[2] == "<alice> stamped?"
-    assert lines[3] == "<bob ?> and mine?"
+    assert lines[2] == "#lobby <alice> stamped?"
+    assert lines[3] == "#lobby <bob ?> and mine?"
     assert STAMP.match(lines[-1])
 
 

@@ -1,0 +1,154 @@
+"""Rooms end to end, through a real relay on 127.0.0.1: who gets what, joins and parts,
+a member away, private messages outside any shared room, and the chat's commands."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from nacl.public import PrivateKey
+from test_mailbox_e2e import Profile, _relay
+
+from e2echat.client.events import (
+    MailReceived,
+    MessageQueued,
+    MessageReceived,
+    RoomEntered,
+    RoomListed,
+    SecurityWarning,
+)
+from e2echat.errors import CommandError
+from e2echat.ui.chat import Chat
+from e2echat.ui.roomlist import RoomList
+from e2echat.wire import messages as m
+from e2echat.wire.objects import Member
+
+from hostile import HostileRelay
+from support import Peer, connect, peers, running, running_relay, text_into
+
+
+async def _members(peer: Peer, room: str, *nicks: str) -> None:
+    """Until ``peer`` sees ``nicks`` in ``room``."""
+    while not set(nicks) <= set(getattr(peer.connection.core.room(room), "others", [])):
+        await peer.next_any_event()
+
+
+async def test_two_rooms_each_message_reaches_its_own_room_only() -> None:
+    async with running_relay() as relay, peers(relay, "alice", "bob", "carol") as (alice, bob, carol):
+        alice.connection.join("#ops")
+        bob.connection.join("#ops")
+        await _members(alice, "#ops", "bob")
+        await _members(bob, "#ops", "alice")
+        alice.connection.send_room("#ops", "ops only")
+        alice.connection.send_room("#lobby", "for everyone")
+        got = [await bob.next(MessageReceived) for _ in range(2)]
+        assert [(e.text, e.room) for e in got] == [("ops only", "#ops"), ("for everyone", "#lobby")]
+        got = await carol.next(MessageReceived)
+        assert (got.text, got.room) == ("for everyone", "#lobby")
+        await asyncio.sleep(0.2)
+        assert [e.text for e in carol.seen if isinstance(e, MessageReceived)] == ["for everyone"]
+
+
+async def test_part_stops_delivery() -> None:
+    async with running_relay() as relay, peers(relay, "alice", "bob", "carol") as (alice, bob, carol):
+        for person in (alice, bob, carol):
+            person.connection.join("#ops")
+        await _members(alice, "#ops", "bob", "carol")
+        lines: list[str] = []
+        chat = Chat(bob.connection, text_into(lines), rooms=RoomList(["#lobby", "#ops"], "#ops"))
+        chat.handle_line("/part")
+        assert lines[-1].endswith("you left #ops; typed lines go to #lobby")
+        while "bob" in getattr(alice.connection.core.room("#ops"), "others", []):
+            await alice.next_any_event()
+        alice.connection.send_room("#ops", "after bob left")
+        assert (await carol.next(MessageReceived)).text == "after bob left"
+        alice.connection.send_room("#lobby", "in the lobby")
+        assert (await bob.next(MessageReceived)).text == "in the lobby"  # the first he gets
+        assert not [e for e in bob.seen if isinstance(e, MessageReceived) and e.room == "#ops"]
+
+
+async def test_a_member_away_gets_the_room_s_messages_from_the_mailbox(tmp_path: Path) -> None:
+    alice, carol = Profile("alice", tmp_path), Profile("carol", tmp_path)
+    async with running(_relay(tmp_path, PrivateKey.generate())) as relay:
+        async with carol.run(relay, rooms=("#lobby", "#ops")):
+            pass  # carol is in #ops, and away now: a member still
+        async with alice.run(relay, rooms=("#ops",)) as a:
+            assert a.connection.core.away_in("#ops") == ["carol"]
+            a.connection.send_room("#ops", "while you were out")
+            queued = await a.next(MessageQueued)
+            assert queued.nicks == ("carol",)
+        async with carol.run(relay, rooms=("#lobby", "#ops")) as c:
+            shown = await c.next(MailReceived)
+            assert (shown.sender, shown.text, shown.room) == ("alice", "while you were out", "#ops")
+
+
+async def test_a_private_message_reaches_someone_we_share_no_room_with() -> None:
+    async with running_relay() as relay:
+        alice = await connect(relay, "alice", rooms=("#a",))
+        dave = await connect(relay, "dave", rooms=("#d",))
+        try:
+            assert "dave" not in alice.connection.core.peers  # no contact: no room shared
+            alice.connection.send_private("dave", "a word outside the rooms")  # his bundle, fetched
+            got = await dave.next(MessageReceived)
+            assert (got.sender, got.text, got.private) == ("alice", "a word outside the rooms", True)
+            dave.connection.send_private("alice", "and back")
+            got = await alice.next(MessageReceived)
+            assert (got.sender, got.text, got.private) == ("dave", "and back", True)
+        finally:
+            await alice.connection.close()
+            await dave.connection.close()
+
+
+async def test_the_chat_joins_lists_names_and_verifies_rooms() -> None:
+    async with running_relay() as relay, peers(relay, "alice", "bob") as (alice, bob):
+        kept: list[tuple[list[str], str | None]] = []
+        lines: list[str] = []
+        chat = Chat(
+            alice.connection, text_into(lines), keep_rooms=lambda names, now: kept.append((names, now))
+        )
+        chat.handle_line("/join #ops")
+        assert lines[-1].endswith("you joined #ops; typed lines go there")
+        assert kept[-1] == (["#lobby", "#ops"], "#ops")
+        listed = await alice.next(RoomListed)
+        assert listed.room == "#ops" and listed.online == ()
+        bob.connection.join("#ops")
+        await alice.next(RoomEntered)
+        chat.handle_line("hello ops")  # to the current room
+        got = await bob.next(MessageReceived)
+        assert (got.text, got.room) == ("hello ops", "#ops")
+        chat.handle_line("/rooms")
+        assert "   1 #lobby  2/2" in lines and " * 2 #ops  2/2" in lines
+        chat.handle_line("/names")
+        assert lines[-1].endswith("#ops, 2 members: you, bob (unverified)")
+        chat.handle_line("/verify #ops")
+        number = alice.connection.core.room_safety_number("#ops")
+        assert "the safety number of #ops: " in lines[-2] and number[:5] in lines[-2]
+        chat.handle_line(f"/verify #ops {number}")
+        assert "matches" in lines[-1]
+        chat.handle_line("/part #ops")
+        chat.handle_line("/part")
+        assert kept[-1] == ([], None)
+        assert chat.handle_line("anyone?") and "join a room first" in lines[-1]
+        with pytest.raises(CommandError):
+            alice.connection.send_room("#ops", "gone")
+
+
+async def test_mail_for_a_room_the_reader_is_not_in_is_dropped_and_said(tmp_path: Path) -> None:
+    """The relay has alice believe carol is a member of #ops (away), so alice's #ops message
+    is kept in carol's mailbox: carol, who is not in #ops, does not show it."""
+    alice, carol = Profile("alice", tmp_path), Profile("carol", tmp_path)
+    async with running(HostileRelay()) as relay:
+        async with carol.run(relay) as c:
+            carol_key = c.connection.core.keyring.identity.public_key
+        async with alice.run(relay, rooms=("#ops",)) as a:
+            relay.inject("alice", m.Members("#ops", (), (Member("carol", carol_key),)))
+            while a.connection.core.away_in("#ops") != ["carol"]:
+                await a.next_any_event()
+            a.connection.send_room("#ops", "ops secret")
+            await a.next(MessageQueued)
+        async with carol.run(relay) as c:
+            warning = await c.next(SecurityWarning)
+            assert "for #ops, a room you are not in" in warning.text
+            await asyncio.sleep(0.2)
+            assert not [e for e in c.seen if isinstance(e, MessageReceived)]
