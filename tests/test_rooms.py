@@ -188,6 +188,15 @@ def test_members_come_in_pages_and_only_for_our_rooms() -> None:
     assert rooms.shared_with("bob") == ["#ops"] and rooms.shared_with("dave") == []
 
 
+def test_rooms_refused_are_the_first_join_unanswered_or_at_registration_all_unlisted() -> None:
+    rooms = Rooms("alice", key(1), Clock(), ["#lobby", "#a", "#b"])  # registering
+    rooms.listed("#a", [], more=False)
+    assert rooms.refused() == ["#lobby", "#b"] and rooms.names == ["#a"]
+    rooms.join("#c", asked=True)
+    rooms.join("#d", asked=True)
+    assert rooms.refused() == ["#c"] and rooms.names == ["#a", "#d"]
+
+
 def test_a_new_key_for_a_member_changes_the_rooms_they_are_in() -> None:
     rooms = Rooms("alice", key(1), Clock(), ["#ops", "#dev"])
     rooms.listed("#ops", [("bob", key(2))], more=False)

@@ -294,3 +294,18 @@ def test_a_new_key_for_a_member_changes_the_room_safety_number_and_says_so() -> 
     events = wire.take(alice)
     assert RoomChanged("#lobby", "bob's key changed") in events
     assert core(wire, alice).room_safety_number("#lobby") != before
+
+
+def test_a_room_the_relay_refuses_is_not_ours_and_the_connection_stays() -> None:
+    wire, (alice, bob) = people("alice", "bob")
+    core(wire, alice).join("#ops")
+    core(wire, alice)._rooms.get("#ops").listed = True  # type: ignore[union-attr]  # (answered)
+    core(wire, alice).join("#full")  # the relay holds as many rooms as it may
+    core(wire, alice).join("#later")
+    wire.deliver(alice, _frame(m.Error("too_many_rooms", "the relay holds 10,000 rooms")))
+    assert core(wire, alice).rooms == ["#lobby", "#ops", "#later"]
+    assert [type(e).__name__ for e in wire.take(alice)] == ["RelayError"]
+    core(wire, alice).send_room("#lobby", "still here")
+    wire.pump()
+    assert [e.text for e in received(wire, bob)] == ["still here"]
+

@@ -108,6 +108,9 @@ class ClientState(Enum):
 # How often, in seconds, waiting copies are checked for having waited too long.
 OUTLIVED_CHECK = 60.0
 
+#: the code of the relay's ``Error`` that refuses a room (too many, ours or the relay's)
+TOO_MANY_ROOMS = "too_many_rooms"
+
 _ONLINE = ClientState.ONLINE  # read per frame: a module constant costs less than the enum's
 
 
@@ -499,6 +502,10 @@ class ClientCore:
             if self.state is not ClientState.ONLINE:
                 self.state = ClientState.CLOSED
                 return [RegistrationFailed(message.code, message.text)]
+            if message.code == TOO_MANY_ROOMS:
+                # Not in it after all (no members listed: no contacts made there either);
+                # the connection stays. The chat's list follows ``rooms``.
+                self._rooms.refused()
             return [RelayError(message.code, message.text)]
         if isinstance(message, m.Bye):
             self.state = ClientState.CLOSED

@@ -195,6 +195,17 @@ class Rooms:
                 self._parted.popitem(last=False)
         return room
 
+    def refused(self) -> list[str]:
+        """The relay refused a room (``too_many_rooms``): the rooms we are not in after all,
+        parted. A refused ``Join`` is answered in its turn, so it is the first one asked
+        and not yet answered; at registration, the refusal comes after the lists of the
+        rooms let in, so it is every room not listed."""
+        asked = [name for name, room in self.rooms.items() if room.asked and not room.listed]
+        names = asked[:1] or [name for name, room in self.rooms.items() if not room.listed]
+        for name in names:
+            del self.rooms[name]  # (not "just parted": nothing of it can be on its way)
+        return names
+
     def just_parted(self, name: str) -> bool:
         """Whether we parted room ``name`` less than PARTED_GRACE ago."""
         parted_at = self._parted.get(name)

@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, Protocol
 
-from e2echat.client.core import ClientCore
+from e2echat.client.core import TOO_MANY_ROOMS, ClientCore
 from e2echat.client.events import (
     ClientEvent,
     DeliveryReport,
@@ -25,6 +25,7 @@ from e2echat.client.events import (
     MessageReceived,
     NotSent,
     Queued,
+    RelayError,
     RoomChanged,
 )
 from e2echat.client.receipts import RECEIPT_TIMEOUT
@@ -326,6 +327,16 @@ class Chat:
         self._keep_rooms()
         self.notice(f"typed lines go to {self.rooms.current}")
 
+    def _refused_rooms(self) -> None:
+        """The relay refused a room we joined: out of our list (the relay's error says why)."""
+        joined = self.link.core.rooms
+        refused = [name for name in self.rooms.names if name not in joined]
+        for name in refused:
+            self.rooms.part(name)
+            self.link.part(name)  # (not to be named in the next registration either)
+        if refused:
+            self._keep_rooms()
+
     def _keep_rooms(self) -> None:
         if self.keep_rooms is None:
             return
@@ -511,6 +522,8 @@ class Chat:
             self.undelivered = True
         if isinstance(event, KeyChanged):
             self._keys.shown[event.nick] = event.new_fingerprint
+        if isinstance(event, RelayError) and event.code == TOO_MANY_ROOMS:
+            self._refused_rooms()
         self.last_sent.update(event)
         self._record(transcript.record(event, self.clock()))
         mention = False
