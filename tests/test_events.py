@@ -5,6 +5,7 @@ frozen dataclass it replaced would."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 
@@ -80,3 +81,19 @@ def test_json_records_name_every_field() -> None:
         "sent_at": 1.5,
     }
     assert event_record(MailReceived("bob", "x", False))["type"] == "mail_received"
+
+
+def test_json_records_of_rooms_carry_the_room() -> None:
+    from e2echat.client.events import RoomChanged, RoomEntered, RoomParted, SplitView
+    from e2echat.ui.render import json_lines
+
+    said = json.loads(json_lines(MessageReceived("alice", "hi", False, room="#ops"))[0])
+    assert (said["type"], said["room"]) == ("message_received", "#ops")
+    for event in (RoomEntered("#ops", "bob"), RoomParted("#ops", "bob"), RoomChanged("#ops", "bob left")):
+        assert json.loads(json_lines(event)[0])["room"] == "#ops"
+    assert json.loads(json_lines(SplitView("bob", "#ops"))[0]) | {"time": ""} == {
+        "type": "split_view",
+        "time": "",
+        "sender": "bob",
+        "room": "#ops",
+    }

@@ -11,21 +11,24 @@ from nacl.public import PrivateKey
 from test_mailbox_e2e import Profile, _relay
 
 from e2echat.client.events import (
+    ConnectionLost,
     MailReceived,
     MessageQueued,
     MessageReceived,
+    Registered,
     RoomEntered,
     RoomListed,
     SecurityWarning,
 )
 from e2echat.errors import CommandError
+from e2echat.relay.server import Relay
 from e2echat.ui.chat import Chat
 from e2echat.ui.roomlist import RoomList
 from e2echat.wire import messages as m
 from e2echat.wire.objects import Member
 
 from hostile import HostileRelay
-from support import Peer, connect, peers, running, running_relay, text_into
+from support import LOOPBACK, Peer, connect, peers, running, running_relay, text_into
 
 
 async def _members(peer: Peer, room: str, *nicks: str) -> None:
@@ -44,8 +47,8 @@ async def test_two_rooms_each_message_reaches_its_own_room_only() -> None:
         alice.connection.send_room("#lobby", "for everyone")
         got = [await bob.next(MessageReceived) for _ in range(2)]
         assert [(e.text, e.room) for e in got] == [("ops only", "#ops"), ("for everyone", "#lobby")]
-        got = await carol.next(MessageReceived)
-        assert (got.text, got.room) == ("for everyone", "#lobby")
+        other = await carol.next(MessageReceived)
+        assert (other.text, other.room) == ("for everyone", "#lobby")
         await asyncio.sleep(0.2)
         assert [e.text for e in carol.seen if isinstance(e, MessageReceived)] == ["for everyone"]
 
@@ -128,7 +131,7 @@ async def test_the_chat_joins_lists_names_and_verifies_rooms() -> None:
         assert "matches" in lines[-1]
         chat.handle_line("/part #ops")
         chat.handle_line("/part")
-        assert kept[-1] == ([], None)
+        assert kept[-1][0] == [] and kept[-1][1] is None
         assert chat.handle_line("anyone?") and "join a room first" in lines[-1]
         with pytest.raises(CommandError):
             alice.connection.send_room("#ops", "gone")
@@ -152,3 +155,29 @@ async def test_mail_for_a_room_the_reader_is_not_in_is_dropped_and_said(tmp_path
             assert "for #ops, a room you are not in" in warning.text
             await asyncio.sleep(0.2)
             assert not [e for e in c.seen if isinstance(e, MessageReceived)]
+
+
+async def test_rooms_survive_a_relay_that_forgot_them() -> None:
+    """The relay restarts with nothing kept: each client names its rooms again when it
+    registers, and #ops is as it was."""
+    identities = {nick: PrivateKey.generate() for nick in ("alice", "bob")}
+    first = Relay(LOOPBACK, 0)
+    async with running(first):
+        port = first.port
+        alice = await connect(first, "alice", identities["alice"], reconnecting=True)
+        bob = await connect(first, "bob", identities["bob"], reconnecting=True)
+        for person in (alice, bob):
+            person.connection.join("#ops")
+        await _members(alice, "#ops", "bob")
+        assert alice.connection.core.rooms == ["#lobby", "#ops"]
+    for person in (alice, bob):
+        await person.next(ConnectionLost)
+    async with running(Relay(LOOPBACK, port, key=first.core.key)):  # restarted, knowing nobody
+        for person in (alice, bob):
+            await person.next(Registered)
+        await _members(alice, "#ops", "bob")
+        alice.connection.send_room("#ops", "still in ops")
+        got = await bob.next(MessageReceived, lambda e: e.text == "still in ops")
+        assert got.room == "#ops"
+        for person in (alice, bob):
+            await person.connection.close()
