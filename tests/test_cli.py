@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import stat
@@ -15,11 +16,12 @@ import pytest
 from nacl.public import PrivateKey
 
 from e2echat import __version__
-from e2echat.client.core import MessageReceived, PeerJoined
+from e2echat.client.core import MessageReceived, PeerJoined, RoomEntered
 from e2echat.crypto.identity import fingerprint
 from e2echat.relay.server import Relay
 from e2echat.store.files import exclusive
 from e2echat.store.keyfile import load_or_create_relay_key
+from e2echat.store.profiles import SETTINGS_FILE
 from e2echat.ui.chat import Chat
 from e2echat.wire import messages as m
 from e2echat.wire.objects import Envelope
@@ -388,3 +390,29 @@ async def test_a_host_name_that_cannot_be_encoded_is_a_clear_error(command: str,
     assert code in (1, 3)
     line = _one_clear_line(err)
     assert "a..b" in line and "Traceback" not in err
+
+
+async def test_line_mode_keeps_the_rooms_in_the_profile_and_joins_them_again(tmp_path: Path) -> None:
+    """/join in line mode: kept in the profile, and named at the next start's registration."""
+    home = tmp_path / "bob"
+    args = ("connect", "--nick", "bob", "--host", LOOPBACK, "--home", str(home))
+    async with running_relay() as relay, peers(relay, "alice", rooms=("#ops",)) as (alice,):
+        port = ("--port", str(relay.port))
+        async with spawn_cli(*args, *port) as bob:
+            bob.stdin.write(b"/join #ops\n")
+            await alice.next(RoomEntered, lambda e: e.nick == "bob")
+            bob.stdin.write(b"hello ops\n")
+            got = await alice.next(MessageReceived)
+            assert (got.text, got.room) == ("hello ops", "#ops")
+            bob.stdin.write(b"/part #lobby\n")
+            bob.stdin.close()
+            assert await bob.exit_code() == 0
+        kept = json.loads((home / SETTINGS_FILE).read_text())
+        assert (kept["rooms"], kept["room"]) == (["#ops"], "#ops")
+        async with spawn_cli(*args, *port) as bob:
+            await alice.next(PeerJoined, lambda e: e.nick == "bob")  # back, and in #ops still
+            bob.stdin.write(b"back again\n")
+            got = await alice.next(MessageReceived)
+            assert (got.text, got.room) == ("back again", "#ops")
+            bob.stdin.close()
+            assert await bob.exit_code() == 0

@@ -24,7 +24,10 @@ from e2echat.client.receipts import DeliveryReport, MessageQueued
 from e2echat.errors import CommandError, KeyFileError
 from e2echat.store.profiles import (
     CHAT_SETTINGS,
+    CURRENT_ROOM,
+    ROOMS,
     SETTINGS_FILE,
+    keep_rooms,
     keep_setting,
     load_settings,
     save_settings,
@@ -34,6 +37,7 @@ from e2echat.ui.chat import Chat
 from e2echat.ui.lastsent import LastSent
 from e2echat.ui.render import Headed, Mention, MentionList, Notice, render
 from e2echat.ui.repl import terminal_writer
+from e2echat.ui.roomlist import RoomList
 from e2echat.ui.settings import SETTINGS, Settings, settings_from
 
 from support import peers, run_cli, running_relay, text_into
@@ -318,3 +322,23 @@ async def test_colours_off_takes_the_colour_from_the_prompt_and_toolbar_too() ->
 )
 def test_tab_completes_setting_names_and_values(typed: str, expected: list[str]) -> None:
     assert _complete(typed, ["dave"]) == expected
+
+
+def test_the_profile_keeps_the_rooms_and_the_current_one(tmp_path: Path) -> None:
+    profile = tmp_path / "alice"
+    save_settings(profile, "alice", "127.0.0.1", 8000)
+    assert ROOMS not in load_settings(profile)  # a new profile: RoomList's default, #lobby
+    keep_rooms(profile, ["#lobby", "#ops"], "#ops")
+    save_settings(profile, "alice", "127.0.0.1", 8001)  # the next start: the rooms stay
+    kept = load_settings(profile)
+    assert (kept[ROOMS], kept[CURRENT_ROOM], kept["port"]) == (["#lobby", "#ops"], "#ops", 8001)
+    rooms = RoomList(kept[ROOMS], kept[CURRENT_ROOM])
+    assert (rooms.names, rooms.current) == (["#lobby", "#ops"], "#ops")
+    keep_rooms(profile, [], None)  # parted them all: in none, next time too
+    kept = load_settings(profile)
+    assert kept[ROOMS] == [] and CURRENT_ROOM not in kept
+    assert RoomList(kept[ROOMS], kept.get(CURRENT_ROOM)).current is None
+    # A damaged list is taken for what can be read of it.
+    (profile / SETTINGS_FILE).write_text(json.dumps({"rooms": ["#ok", 3, "#Not ok"], "room": 5}))
+    kept = load_settings(profile)
+    assert RoomList(kept[ROOMS], kept.get(CURRENT_ROOM)).names == ["#ok"]
