@@ -401,7 +401,7 @@ def test_sealed_plaintext_is_exactly_the_documented_layout(
 
 
 def test_the_room_travels_inside_the_encryption() -> None:
-    """A room message names its room inside the encryption (the relay's one room: none);
+    """A room message names its room inside the encryption (or none: the receiver drops it);
     a private message or a receipt naming one is refused, locally and when received."""
     _, _, to_bob, to_alice = talked()
     assert to_alice.decrypt(to_bob.encrypt("hi ops", Kind.ROOM, room="#ops")).room == "#ops"
@@ -476,6 +476,12 @@ MALFORMED = [
     pytest.param(_inner(sent=2**53, directory="ab" * 32), id="usual-sent-huge"),
     pytest.param(_inner(sent=5, directory="ab" * 32, text="") + b"\xff", id="usual-text-not-utf8"),
     pytest.param(_inner(sent=5, directory="ab" * 32, kind_number=4), id="usual-bad-kind"),
+    pytest.param(
+        _inner(sent=5, directory="ab" * 32, room="#ops", room_size=200, text=""), id="usual-room-cut-short"
+    ),
+    pytest.param(
+        _inner(sent=5, directory="ab" * 32, room="#o", text="")[:-1] + b"\xff", id="usual-room-not-utf8"
+    ),
     pytest.param(_inner(sent=5, flags=0), id="sent-without-its-flag"),
     pytest.param(_inner(directory="ab" * 32, flags=0), id="directory-without-its-flag"),
     pytest.param(_inner(acks=tuple(range(1001))), id="acks-too-many"),

@@ -18,13 +18,14 @@ The construction, and why, is in docs/PROTOCOL.md and docs/RATCHET.md; in short:
   whichever it was sealed in, and that one becomes current. They converge on one.
 * Plaintext = n (8) || kind (1) || flags (1) || sent (8) || directory hash (32) || ack
   count (2) || room length (1) || acks (8 each) || room (UTF-8) || text (UTF-8, the
-  rest); big-endian. The room is named only in room messages, and is empty for the
-  relay's one room (rooms of their own come with a later protocol step). n is our number for
+  rest); big-endian. The room is named only in room messages (their room, which the
+  receiver checks is one of its own, the sender a member). n is our number for
   the message (receipts acknowledge it; it keeps counting across sessions with the
   peer); kind 0 room, 1 private, 2 receipt, 3 status (an away message, client/status.py:
   never acknowledged, never kept in a mailbox); flags bit 0: "sent" is there (the sender's
   clock when it encrypted, whole seconds since the Unix epoch), bit 1: the directory
-  hash is there (the SHA-256 of the sender's view, raw); an absent field is zeros; a
+  hash is there (a room message's: the sender's view of the room's members,
+  crypto/identity.py ``room_view``); an absent field is zeros; a
   receipt's acks are the numbers it acknowledges. Inside the encryption, "sent" is the
   sender's word and no one else's: a relay that holds a message back cannot make it look
   fresh. Binary, and packed once per message (``prepare``) for all its recipients: per
@@ -138,8 +139,7 @@ class Plaintext(NamedTuple):
     acks: tuple[int, ...] = ()
     #: when the sender encrypted it, by its clock (Unix time, seconds); None if not said
     sent: int | None = None
-    #: for a room message: the room, by the sender's word inside the encryption ("" for
-    #: the relay's one room)
+    #: for a room message: the room, by the sender's word inside the encryption
     room: str = ""
 
 
@@ -484,14 +484,15 @@ class PeerSession:
         # Once per message received: the checks read module constants, not enum members.
         try:
             counter, kind_number, flags, sent, directory, ack_count, room_size = _INNER.unpack_from(raw)
-            if flags == _USUAL_FLAGS and not ack_count and not room_size and kind_number < _KIND_COUNT:
-                # The usual message (a send time and a directory hash, no acks, the one
-                # room): of the checks below, only the send time's bound is left to make.
-                if sent >= MAX_SENT:
+            if flags == _USUAL_FLAGS and not ack_count and kind_number == _ROOM_NUMBER:
+                # The usual message (a room's, with a send time and a view, no acks): of the
+                # checks below, only the send time's bound and the room's end are left.
+                room_end = _INNER_SIZE + room_size
+                if sent >= MAX_SENT or room_end > len(raw):
                     raise ValueError("malformed")
                 acks: tuple[int, ...] = ()
-                room = ""
-                text = raw[_INNER_SIZE:].decode("utf-8")
+                room = raw[_INNER_SIZE:room_end].decode("utf-8")
+                text = raw[room_end:].decode("utf-8")
             else:
                 acks_end = _INNER_SIZE + 8 * ack_count
                 room_end = acks_end + room_size
