@@ -80,6 +80,7 @@ def online_cores(count: int) -> list[ClientCore]:
     for core in cores:
         others = tuple(e for e in entries if e.nick != core.nick)
         core.receive_data(frame(m.Welcome(core.nick, 1e6, 1e6, 1e12, 1e12, 0, others)))
+        core.receive_data(frame(m.Members("#lobby", others, ())))  # all in one room
         core.data_to_send()  # its one-time prekeys, published: bundle_of hands out others
     return cores
 
