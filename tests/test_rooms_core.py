@@ -308,4 +308,3 @@ def test_a_room_the_relay_refuses_is_not_ours_and_the_connection_stays() -> None
     core(wire, alice).send_room("#lobby", "still here")
     wire.pump()
     assert [e.text for e in received(wire, bob)] == ["still here"]
-

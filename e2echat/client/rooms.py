@@ -59,12 +59,16 @@ class Room:
         # Our views before this one -> when each stopped being ours, oldest first.
         self._past_views: OrderedDict[str, float] = OrderedDict()
         self._split_warned: set[tuple[str, str]] = set()
+        self._others: list[str] | None = None
         self._refresh()
 
     @property
     def others(self) -> list[str]:
-        """Every member but us, sorted."""
-        return sorted(nick for nick in self.members if nick != self._our_nick)
+        """Every member but us, sorted (kept until the members change: every message sent
+        to the room asks)."""
+        if self._others is None:
+            self._others = sorted(nick for nick in self.members if nick != self._our_nick)
+        return self._others
 
     def safety_number(self) -> str:
         """The room's safety number (60 digits): the same for every member who sees the
@@ -117,6 +121,7 @@ class Room:
     # -- views ----------------------------------------------------------------------------------
 
     def _refresh(self) -> bool:
+        self._others = None
         self._digest_input = room_digest_input(self.name, self._encoded)
         view = room_view(self._digest_input).hex()
         if view == self.view:
