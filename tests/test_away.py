@@ -676,7 +676,7 @@ async def test_a_status_under_a_key_not_accepted_is_not_believed() -> None:
     async with running(HostileRelay()) as relay:
         bob = await connect(relay, "bob", known_peers=known)
         [fake] = made_up_peers(relay, "bob", 1)
-        relay.inject("bob", m.PeerJoined(fake.info))
+        relay.inject_many("bob", [m.PeerJoined(fake.info), fake.entered()])  # online, in #lobby
         await bob.next(PeerJoined)
         assert bob.connection.core.trust("fake0") is Trust.CHANGED
         status = bytes(fake.info.session_key).hex() + bytes(bob.connection.core.session_key).hex() + "lunch"

@@ -10,7 +10,8 @@ import pytest
 from nacl.public import PrivateKey
 from test_cores import FakeClock, FakeWire, _frame
 
-from e2echat.client.core import KeyChanged, MessageReceived
+from e2echat.client.core import KeyChanged, MessageReceived, SplitView
+from e2echat.client.rooms import VIEW_GRACE
 from e2echat.client.trust import KnownPeers, Trust
 from e2echat.crypto.identity import fingerprint, format_safety_number
 from e2echat.crypto.prekeys import ONE_TIME_LOW, PUBLISH_INTERVAL
@@ -61,7 +62,29 @@ async def test_a_message_the_relay_held_back_is_shown_with_its_age() -> None:
         assert lines[-1].endswith("[private] (sent 5 min ago) <alice ?> yes, sell")
 
 
-# (A join or part withheld from one side: tests/test_rooms_core.py, per room.)
+# -- a join or part withheld from one side ----------------------------------------------------
+# (More in tests/test_rooms_core.py, per room.)
+
+
+def test_a_leave_withheld_from_one_side_is_caught() -> None:
+    """carol was in #lobby a while; the relay tells alice she left it, and keeps it from
+    bob. alice's view of the room is then one bob had before carol came: bob is warned at
+    alice's next message there, and alice at bob's once the change is older than the grace."""
+    clock = FakeClock()
+    wire = FakeWire()
+    alice, bob = wire.connect("alice", clock=clock), wire.connect("bob", clock=clock)
+    carol = wire.connect("carol", clock=clock)
+    wire.take_all()
+    clock.now += 60
+    wire.deliver(alice, _frame(m.Parted("#lobby", "carol")))  # to alice only: bob still sees carol
+    wire.clients[alice].send_room("#lobby", "just us two now")
+    wire.pump()
+    assert [e for e in wire.take(bob) if isinstance(e, SplitView)] == [SplitView("alice", "#lobby")]
+    assert wire.is_open(carol)
+    clock.now += VIEW_GRACE
+    wire.clients[bob].send_room("#lobby", "carol is still here")
+    wire.pump()
+    assert [e for e in wire.take(alice) if isinstance(e, SplitView)] == [SplitView("bob", "#lobby")]
 
 
 # -- /trust takes the key the user was shown, not whatever the relay says now ------------------

@@ -10,11 +10,18 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 
+from e2echat.client import rooms
 from e2echat.client.events import Event, KeyChanged, KeyPinned
 from e2echat.client.trust import KnownPeers, Trust
 from e2echat.crypto.identity import fingerprint, same_fingerprint
 from e2echat.errors import CommandError, RemoteProtocolError
 from e2echat.wire.objects import PeerInfo
+
+# Members and views are per room now, kept by client/rooms.py (MAX_AWAY is its bound on
+# one room's members: MAX_MEMBERS); the documents name these here.
+VIEW_GRACE = rooms.VIEW_GRACE
+RECENT_VIEWS = rooms.RECENT_VIEWS
+MAX_AWAY = rooms.MAX_MEMBERS
 
 # The most people online a client believes a relay has: twice what one relay holds
 # (Limits.max_connections), room for relays that grow. A relay announcing more is hostile
