@@ -63,6 +63,7 @@ PURE = sorted(
         "ui.lastsent",
         "ui.away",
         "ui.roomlist",
+        "ui.places",
     ]
 )
 SUBPACKAGES = {"wire", "crypto", "relay", "client", "store", "ui"}

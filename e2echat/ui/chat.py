@@ -36,6 +36,7 @@ from e2echat.ui.actions import action_of, as_action
 from e2echat.ui.away import AwayStatus
 from e2echat.ui.lastsent import LastSent
 from e2echat.ui.nicks import mention_pattern, natural_sorted
+from e2echat.ui.places import Places
 from e2echat.ui.render import (
     FirstContacts,
     HelpText,
@@ -49,7 +50,6 @@ from e2echat.ui.render import (
     RoomChanges,
     Shown,
     json_lines,
-    members_text,
     online_text,
     quote_preview,
     render,
@@ -134,7 +134,6 @@ class Chat:
     ) -> None:
         self.link = link
         self.rooms = rooms if rooms is not None else RoomList()
-        self.keep_rooms = keep_rooms
         self.history = history
         self.clock = clock
         self.write = write
@@ -172,6 +171,8 @@ class Chat:
         self._away = AwayStatus(
             lambda: self.link.core, lambda message: self.link.set_away(message), self.show
         )
+        #: /join, /part, /rooms, /names, and switching rooms
+        self.places = Places(self.rooms, lambda: self.link, self.show, keep_rooms, self._away.who_entry)
         self._lookups: set[asyncio.Task[None]] = set()  # /history and /search, reading
         # First contacts of this turn of the event loop, shown together at its end: a
         # room's first message pins dozens of keys at once (FirstContacts)
@@ -241,13 +242,13 @@ class Chat:
         elif isinstance(command, commands.SetAway):
             self._away.set(command.message, online=self.link.online)
         elif isinstance(command, commands.Join):
-            self._join(command.room)
+            self.places.join(command.room)
         elif isinstance(command, commands.Part):
-            self._part(command.room)
+            self.places.part(command.room)
         elif isinstance(command, commands.Rooms):
-            self._list_rooms()
+            self.places.list()
         elif isinstance(command, commands.Names):
-            self._names(command.room)
+            self.places.names(command.room)
         elif isinstance(command, commands.Set):
             self._set(command.name, command.value)
         elif isinstance(command, commands.ListSettings):
@@ -297,83 +298,13 @@ class Chat:
 
     # -- rooms ------------------------------------------------------------------------------
 
-    def _join(self, room: str) -> None:
-        if self.rooms.join(room):
-            self.link.join(room)
-            self._keep_rooms()
-            self.notice(f"you joined {room}; typed lines go there")
-        else:
-            self._switched()
-
-    def _part(self, room: str | None) -> None:
-        parted = self.rooms.part(room)
-        self.link.part(parted)
-        self._keep_rooms()
-        now = self.rooms.current
-        where = f"typed lines go to {now}" if now else "you are in no room now: /join #NAME joins one"
-        self.notice(f"you left {parted}; {where}")
-
     def switch_to(self, number: int) -> None:
         """Alt+1..9: the ``number``-th room (in /rooms order) becomes current."""
-        if self.rooms.switch_to(number) is not None:
-            self._switched()
+        self.places.switch_to(number)
 
     def step(self, by: int) -> None:
         """Ctrl+N / Ctrl+P: the next (1) or previous (-1) room becomes current."""
-        if self.rooms.step(by) is not None:
-            self._switched()
-
-    def _switched(self) -> None:
-        self._keep_rooms()
-        self.notice(f"typed lines go to {self.rooms.current}")
-
-    def _refused_rooms(self) -> None:
-        """The relay refused a room we joined: out of our list (the relay's error says why)."""
-        joined = self.link.core.rooms
-        refused = [name for name in self.rooms.names if name not in joined]
-        for name in refused:
-            self.rooms.part(name)
-            self.link.part(name)  # (not to be named in the next registration either)
-        if refused:
-            self._keep_rooms()
-
-    def _keep_rooms(self) -> None:
-        if self.keep_rooms is None:
-            return
-        try:
-            self.keep_rooms(list(self.rooms.names), self.rooms.current)
-        except E2EChatError as exc:
-            self.problem(f"your rooms were NOT kept for next time: {exc}")
-
-    def _list_rooms(self) -> None:
-        if not self.rooms.names:
-            self.notice("you are in no room: /join #NAME joins one")
-            return
-        core = self.link.core
-        lines = ["your rooms (Alt+1..9 switches; members online/all):"]
-        for number, name in enumerate(self.rooms.names, 1):
-            room = core.room(name)
-            others = room.others if room is not None else []
-            online = sum(1 for nick in others if nick in core.directory) + 1
-            unread = self.rooms.unread.get(name, 0)
-            mark = "*" if name == self.rooms.current else " "
-            line = f" {mark}{number:>2} {name}  {online}/{len(others) + 1}"
-            lines.append(line + (f"  {unread} unread" if unread else ""))
-        self.show(HelpText(tuple(lines)))
-
-    def _names(self, name: str | None) -> None:
-        name = name or self.rooms.current
-        if name is None:
-            raise CommandError(detail="you are in no room: /names #NAME, or /join one first")
-        room = self.link.core.room(name)
-        if room is None or name not in self.rooms:
-            raise CommandError(detail=f"you are not in {name} (/join {name})")
-        core = self.link.core
-        here = [nick for nick in room.others if nick in core.directory]
-        online = [self._away.who_entry(nick, core.trust(nick)) for nick in here]
-        away = [nick for nick in room.others if nick not in core.directory]
-        count = len(room.others) + 1
-        self.notice(f"{name}, {count} member{'s' if count != 1 else ''}: {members_text(online, away)}")
+        self.places.step(by)
 
     # -- settings ---------------------------------------------------------------------------
 
@@ -523,7 +454,7 @@ class Chat:
         if isinstance(event, KeyChanged):
             self._keys.shown[event.nick] = event.new_fingerprint
         if isinstance(event, RelayError) and event.code == TOO_MANY_ROOMS:
-            self._refused_rooms()
+            self.places.refused()
         self.last_sent.update(event)
         self._record(transcript.record(event, self.clock()))
         mention = False
