@@ -360,7 +360,7 @@ async def _chat(
         chat = Chat(
             client,
             # asked at each line: /set colours changes it while the chat runs
-            terminal_writer(color=lambda: chat.colours_on),
+            terminal_writer(color=lambda: chat.colours_on, current_room=lambda: chat.rooms.current),
             echo=True,
             multiline=True,
             bell=_ring,

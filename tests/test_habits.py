@@ -204,6 +204,19 @@ def test_the_terminal_draws_the_senders_nick_in_its_colour() -> None:
     assert [text for _, text in fragments] == [line[: line.nick_at], "bob", line[line.nick_at + 3 :]]
 
 
+def test_the_current_room_s_tag_is_drawn_less_loudly_and_only_that_room_s() -> None:
+    message = MessageReceived("bob", "#ops is quiet", private=False, room="#ops")
+    for timestamps in (True, False):
+        [(_, line)] = render(message, NOW, timestamps=timestamps)
+        assert isinstance(line, Headed) and line[line.room_at : line.room_at + 4] == "#ops"
+        fragments = painted("message", line, [str(line)], current_room="#ops")
+        assert [text for style, text in fragments if "room-current" in style] == ["#ops"]
+        assert "".join(text for _, text in fragments) == line
+        # Another room's tag keeps the line's look; so does the room named in the text.
+        others = painted("message", line, [str(line)], current_room="#dev")
+        assert not [text for style, text in others if "room-current" in style]
+
+
 def test_a_header_cut_by_a_narrow_terminal_is_drawn_in_one_colour() -> None:
     [(_, line)] = render(MessageReceived("bob", "hi", private=False), NOW)
     assert painted("message", line, [line[:10], line[10:]]) == [

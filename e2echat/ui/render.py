@@ -73,15 +73,21 @@ class Headed(str):
     """The text of a message's first line, which also knows whose nick its header shows
     and where (``nick_at``: the offset in the text): the REPL draws that nick in its own
     colour. It is text to every other reader. Where the nick is comes from the event, as
-    the header was built, never from reading the text (which a peer wrote)."""
+    the header was built, never from reading the text (which a peer wrote). So does the
+    room a room message's header names (``room_at``; -1 if none): the REPL draws the
+    current room's tag less loudly."""
 
     nick: str
     nick_at: int
+    room: str
+    room_at: int
 
-    def __new__(cls, text: str, nick: str, nick_at: int) -> Headed:
+    def __new__(cls, text: str, nick: str, nick_at: int, room: str = "", room_at: int = -1) -> Headed:
         headed = super().__new__(cls, text)
         headed.nick = nick
         headed.nick_at = nick_at
+        headed.room = room
+        headed.room_at = room_at
         return headed
 
 
@@ -196,7 +202,7 @@ def render(
     style, text = shown
     lines: list[Line] = [(style, line) for line in text.split("\n")]
     if isinstance(text, Headed) and style != "warning":  # a warning stays one colour, all of it
-        lines[0] = (style, Headed(lines[0][1], text.nick, text.nick_at))
+        lines[0] = (style, Headed(lines[0][1], text.nick, text.nick_at, text.room, text.room_at))
     if not timestamps and not isinstance(event, Recalled | HelpText):
         lines = [_unstamped(line, clock(now)) for line in lines]
     return lines
@@ -210,13 +216,15 @@ def _unstamped(line: Line, stamp: str) -> Line:
         return line
     cut = len(stamp) + 1
     if isinstance(text, Headed):
-        return style, Headed(text[cut:], text.nick, text.nick_at - cut)
+        room_at = text.room_at - cut if text.room_at >= 0 else -1
+        return style, Headed(text[cut:], text.nick, text.nick_at - cut, text.room, room_at)
     return style, text[cut:]
 
 
-def _headed(before: str, nick: str, after: str) -> Headed:
-    """A message's text: ``before`` its sender's ``nick``, then the rest."""
-    return Headed(f"{before}{nick}{after}", nick, len(before))
+def _headed(before: str, nick: str, after: str, room: str = "", room_at: int = -1) -> Headed:
+    """A message's text: ``before`` its sender's ``nick``, then the rest; ``room`` is the
+    room its header names at ``room_at``, if any."""
+    return Headed(f"{before}{nick}{after}", nick, len(before), room, room_at)
 
 
 def _mention_list(event: MentionList, now: float) -> list[Line]:
@@ -302,7 +310,9 @@ def _describe(
             mark += f" (sent {age_text(now - event.sent_at)} ago)"
         mark += " [mention]" if mention else ""
         mark, text = _acted(mark, event.text, newline)
-        line = _headed(f"{stamp}{mark} <", event.sender, f" {TRUST_MARKS[event.trust]}> {text}")
+        room_at = len(stamp) + 1 if event.room and not event.private else -1
+        trust = TRUST_MARKS[event.trust]
+        line = _headed(f"{stamp}{mark} <", event.sender, f" {trust}> {text}", event.room, room_at)
         if event.trust is Trust.CHANGED:  # from a key we have not accepted: a warning
             return "warning", line
         if mention:
@@ -311,7 +321,8 @@ def _describe(
     if isinstance(event, OwnMessage):
         to = f" [private to {event.recipient}]" if event.recipient else f" {event.room}" if event.room else ""
         mark, text = _acted(to, event.text, newline)
-        return "own", _headed(f"{stamp}{mark} <", event.nick, f"> {text}")
+        room_at = len(stamp) + 1 if event.room and not event.recipient else -1
+        return "own", _headed(f"{stamp}{mark} <", event.nick, f"> {text}", event.room, room_at)
     if isinstance(event, Recalled):
         return _recalled(event.entry, now, newline)
     if isinstance(event, Notice):

@@ -39,6 +39,8 @@ STYLE = Style.from_dict(
         "private": "#d787ff",
         "mention": "#ffd75f bold",
         "own": "#5fafff",
+        # The current room's tag: less loud than the lines of rooms the user is not in.
+        "room-current": "#6c6c6c",
         "message": "",
         "bottom-toolbar": "noreverse bg:#303030 #d0d0d0",
     }
@@ -222,40 +224,51 @@ def make_session(
     )
 
 
-def terminal_writer(*, color: bool | Callable[[], bool]) -> Callable[[LineStyle, str], None]:
+def terminal_writer(
+    *, color: bool | Callable[[], bool], current_room: Callable[[], str | None] = lambda: None
+) -> Callable[[LineStyle, str], None]:
     """Prints above the prompt, wrapping long lines under their text, in the colour of
     their style (which the event's type chose), a message's sender in their nick's
-    colour, while ``color`` (asked at each line: ``/set colours`` changes it; NO_COLOR
-    turns it off). Rows stop one cell short of the edge, so the terminal never wraps
-    one itself (not even the pending wrap some terminals apply at the last column)."""
+    colour and the ``current_room``'s tag dimmed, while ``color`` (asked at each line:
+    ``/set colours`` changes it; NO_COLOR turns it off). Rows stop one cell short of the
+    edge, so the terminal never wraps one itself (not even the pending wrap some
+    terminals apply at the last column)."""
     colours = color if callable(color) else lambda: color
 
     def write(style: LineStyle, line: str) -> None:
         width = shutil.get_terminal_size((100, 24)).columns - 1
         rows = wrap_cells(line, width)
         if colours():
-            print_formatted_text(FormattedText(painted(style, line, rows)), style=STYLE)
+            fragments = painted(style, line, rows, current_room())
+            print_formatted_text(FormattedText(fragments), style=STYLE)
         else:
             print("\n".join(rows), flush=True)
 
     return write
 
 
-def painted(style: LineStyle, line: str, rows: list[str]) -> list[tuple[str, str]]:
+def painted(
+    style: LineStyle, line: str, rows: list[str], current_room: str | None = None
+) -> list[tuple[str, str]]:
     """``rows`` (``line`` wrapped) as styled fragments: all in ``style``, but for the
-    sender's nick of a message (``Headed``: render said where it is), in its colour."""
+    sender's nick of a message (``Headed``: render said where it is), in its colour, and
+    its room's tag, dimmed if it is the ``current_room``."""
     text = "\n".join(rows)
-    fragments = [(f"class:{style}", text)]
     if not isinstance(line, Headed):
-        return fragments
-    start, end = line.nick_at, line.nick_at + len(line.nick)
-    if rows[0][start:end] != line.nick:  # a terminal too narrow to keep the header whole
-        return fragments
-    return [
-        (f"class:{style}", text[:start]),
-        (f"class:{style} {nick_colour(line.nick)}", text[start:end]),
-        (f"class:{style}", text[end:]),
-    ]
+        return [(f"class:{style}", text)]
+    # (where, what, extra style) of each span the header marks, in order; a terminal too
+    # narrow to keep the header whole marks none.
+    spans = [(line.nick_at, line.nick, nick_colour(line.nick))]
+    if line.room and line.room == current_room and line.room_at >= 0:
+        spans.insert(0, (line.room_at, line.room, "class:room-current"))
+    if any(rows[0][start : start + len(what)] != what for start, what, _ in spans):
+        return [(f"class:{style}", text)]
+    fragments, done = [], 0
+    for start, what, extra in spans:
+        end = start + len(what)
+        fragments += [(f"class:{style}", text[done:start]), (f"class:{style} {extra}", text[start:end])]
+        done = end
+    return [*fragments, (f"class:{style}", text[done:])]
 
 
 def screen_clearer(session: PromptSession[str]) -> Callable[[], None]:
