@@ -48,6 +48,7 @@ PURE = sorted(
         "relay.kept",
         "relay.rooms",
         "relay.presence",
+        "relay.paging",
         "relay.actions",
         "relay.mailboxes",
         "relay.store",

@@ -275,11 +275,12 @@ def test_a_fetch_right_after_someone_registers_gets_their_bundle() -> None:
     relay = RelayCore()
     _register(relay, 1, "bob")
     alice, signed = PrivateKey.generate(), _signed(3)
-    joined = _joining(relay, 2, "alice", alice, signed)[1:]
+    joined = _joining(relay, 2, "alice", alice, signed)
     assert [(item.conn, type(item.message)) for item in joined if isinstance(item, Outgoing)] == [
+        (2, m.Welcome),
+        (2, m.Members),
         (1, m.PeerJoined),
         (1, m.Entered),  # new in #lobby too
-        (2, m.Members),
     ]
     answer, rest = _fetch(relay, 1, "alice")
     assert answer == m.Bundles((Bundle("alice", alice.public_key, signed, ()),), ())

@@ -134,12 +134,12 @@ def test_members_are_paged_and_the_pages_hold_the_whole_room(monkeypatch: pytest
     assert keys == {nick: relay.keys[nick].public_key for nick in ("a1", "a2", "a3")}
 
 
-def test_members_frames_split_at_any_size() -> None:
+def test_members_pages_split_at_any_size() -> None:
     key = PrivateKey.generate().public_key
     online = [PeerInfo(f"p{i}", key, key) for i in range(5)]
     away = [Member(f"a{i}", key) for i in range(4)]
-    frames = registration.members_frames(
-        "#r", [encode_peer(p) for p in online], [encode_member(a) for a in away]
+    frames = list(
+        registration.members_pages("#r", [encode_peer(p) for p in online], [encode_member(a) for a in away])
     )
     assert [decode_frame(frame) for frame in frames] == [m.Members("#r", tuple(online), tuple(away))]
     for chunk in (1, 2, 4, 5, 9, 10):
@@ -149,14 +149,16 @@ def test_members_frames_split_at_any_size() -> None:
         assert [page.more for page in members] == [True] * (len(members) - 1) + [False]
         assert sum((page.peers for page in members), ()) == tuple(online)
         assert sum((page.away for page in members), ()) == tuple(away)
-    assert [decode_frame(f) for f in registration.members_frames("#r", [], [])] == [m.Members("#r", (), ())]
+    assert [decode_frame(f) for f in registration.members_pages("#r", [], [])] == [m.Members("#r", (), ())]
 
 
 def _paged(chunk: int, online: list[PeerInfo], away: list[Member]) -> list[bytes]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(registration, "DIRECTORY_CHUNK", chunk)
-        return registration.members_frames(
-            "#r", [encode_peer(p) for p in online], [encode_member(a) for a in away]
+        return list(
+            registration.members_pages(
+                "#r", [encode_peer(p) for p in online], [encode_member(a) for a in away]
+            )
         )
 
 

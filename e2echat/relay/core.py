@@ -8,7 +8,9 @@ it was given (``flushed``). The core answers with two kinds of action: ``Write``
 frames, already encoded, for the shell to write) and ``Close`` (hang up). Framing,
 decoding, the rate limits and the timeouts are decided here; the shell only moves bytes.
 Where a send's copies go, and mailbox items to their owners, a ``Router`` decides
-(relay/routing.py).
+(relay/routing.py); what a connection is owed beyond what it may be given at once (a
+newcomer's welcome and member lists, a join's answer) is handed over as it drains
+(relay/paging.py).
 
 The core never sees a message key: a ``send``'s ciphertext bodies are copied unopened
 into the ``deliver`` frames (or kept so in mailboxes). What it keeps beyond its connections (known
@@ -33,6 +35,7 @@ from e2echat.relay.actions import Action, Close, ConnId, Persist, Write, keep
 from e2echat.relay.intake import read_frame, refusal
 from e2echat.relay.kept import Kept
 from e2echat.relay.limits import Backlog, Flow, Limits, Sources, Unfinished, Verdict
+from e2echat.relay.paging import Paging
 from e2echat.relay.prekeys import PrekeyDirectory
 from e2echat.relay.presence import Presence
 from e2echat.relay.registration import admit, reserved, welcome_frames
@@ -145,10 +148,12 @@ class RelayCore:
         self._sources = Sources()
         self._unfinished = Unfinished()
         self._backlog = Backlog()
+        #: what connections are owed beyond what they may be given at once
+        self._paging = Paging(self.limits, self._backlog)
         #: where a send's copies go, and mailbox items to their owners
-        self._router = Router(self.limits, self.kept, self.online, self._backlog)
+        self._router = Router(self.limits, self.kept, self.online, self._backlog, self._paging)
         #: who hears of whom: presence and member lists
-        self._presence = Presence(self.kept, self.online)
+        self._presence = Presence(self.kept, self.online, self._paging)
 
     @property
     def prekeys(self) -> PrekeyDirectory:
@@ -198,23 +203,29 @@ class RelayCore:
             for frame in frames:
                 flow = record.flow
                 if flow is None:  # not registered yet: frames of a few KiB, decoded strictly
-                    actions += self._handshake(record, decode_message(frame), now)
+                    handled = self._handshake(record, decode_message(frame), now)
                 else:
-                    actions += self._admit(record, flow, frame, now)
+                    handled = self._admit(record, flow, frame, now)
+                # Each frame's answers behind what the connection is owed, and what it may
+                # be given of that first (a register's welcome, a join's list).
+                handled = self._behind(handled)
+                if conn in self._paging:
+                    handled[:0] = self._release(conn)
+                actions += handled
                 if conn not in self._connections:
                     return actions
         except FrameTooLarge as exc:
             log.warning("connection #%d: %s", conn, exc)
-            return actions + self._refuse(record, "too_large", str(exc))
+            return actions + self._behind(self._refuse(record, "too_large", str(exc)))
         except RemoteProtocolError as exc:
             log.info("connection #%d: %s", conn, exc)
-            return actions + self._refuse(record, "protocol", str(exc))
+            return actions + self._behind(self._refuse(record, "protocol", str(exc)))
         if frames and record.peer is not None:
             record.since = now
         held = record.decoder.buffered
         if held or conn in self._unfinished:  # the usual read ends on a frame boundary
             self._unfinished.hold(conn, held, restart=bool(frames))
-            actions += self._over_budget()
+            actions += self._behind(self._over_budget())
         return actions
 
     def paused(self, conn: ConnId, now: float) -> None:
@@ -224,20 +235,28 @@ class RelayCore:
         if conn in self._connections:
             self._backlog.stalled.setdefault(conn, now)
 
-    def resumed(self, conn: ConnId) -> None:
-        """What waited for ``conn`` has drained (below a quarter of the soft mark)."""
+    def resumed(self, conn: ConnId) -> list[Action]:
+        """What waited for ``conn`` has drained (below a quarter of the soft mark): the
+        next window of what it is owed, if anything."""
         self._backlog.stalled.pop(conn, None)
+        return self._release(conn) if conn in self._paging else []
 
-    def flushed(self) -> None:
+    def flushed(self) -> list[Action]:
         """The shell has handed the transports every frame the core gave it: what is
-        queued for each connection shows in their write buffers (``paused``) from now on."""
+        queued for each connection shows in their write buffers (``paused``) from now on.
+        The next window of what each connection owed something and not past its soft
+        mark is owed (it has drained since the last: the shell writes it next turn)."""
         self._backlog.unflushed.clear()
+        actions: list[Action] = []
+        for conn in self._paging.conns():
+            actions += self._release(conn)
+        return actions
 
     def disconnect(self, conn: ConnId) -> list[Action]:
         """The connection is gone (the peer hung up, or the socket we closed is closed):
         take it out of the directory and tell the others; nothing if that is done already."""
         self._closing.discard(conn)
-        return self._forget(conn)
+        return self._behind(self._forget(conn))
 
     def tick(self, now: float, wall: float | None = None) -> list[Action]:
         """Hang up on connections that did not register in time, on silent ones, and on
@@ -262,7 +281,7 @@ class RelayCore:
             log.warning("connection #%d: not reading for %gs", conn, limits.stall_timeout)
             actions += self._hang_up(self._connections[conn], "it is not reading")
         self._sources.sweep(limits, now)
-        return actions
+        return self._behind(actions)
 
     def shutdown(self, reason: str) -> list[Action]:
         """Say goodbye to everyone (one frame, written to each) and hang up on them."""
@@ -281,8 +300,11 @@ class RelayCore:
         for collection in (self._connections, self.online, self._skeletons):
             collection.clear()
         self._presence.clear()
-        self._sources, self._unfinished, self._backlog = Sources(), Unfinished(), Backlog()
-        self._router = Router(self.limits, self.kept, self.online, self._backlog)
+        self._paging.clear()
+        self._backlog.stalled.clear()
+        self._backlog.unflushed.clear()
+        self._sources, self._unfinished = Sources(), Unfinished()
+        self._router = Router(self.limits, self.kept, self.online, self._backlog, self._paging)
         return actions
 
     # -- deciding ------------------------------------------------------------------------------
@@ -330,6 +352,34 @@ class RelayCore:
         answers = refusal(frame, read, limits)
         return [Write([(conn, answer) for answer in answers])] if answers else []
 
+    def _behind(self, actions: list[Action]) -> list[Action]:
+        """``actions``, but what is for connections owed something goes behind that (and a
+        connection that lets too much pile up there is hung up on: it is not reading)."""
+        paging = self._paging
+        if not paging:
+            return actions
+        actions = paging.behind(actions)
+        while (conn := paging.overflowing()) is not None:
+            log.warning("connection #%d: over %d bytes wait behind its lists", conn, self.limits.write_buffer)
+            actions += paging.behind(self._hang_up(self._connections[conn], "it is not reading"))
+        return actions
+
+    def _release(self, conn: ConnId) -> list[Action]:
+        """The next window of what ``conn`` is owed, unless it is past its soft mark; and
+        once it is owed nothing more, its mail."""
+        if conn in self._backlog.stalled:
+            return []
+        frames, after_keep, done = self._paging.window(conn, self._presence.members)
+        pairs = [(conn, frame) for frame in frames]
+        if done:
+            nick = self.nick_of(conn)
+            assert nick is not None  # only registered connections are owed anything
+            pairs += self._router.due(nick)
+        if not pairs:
+            return []
+        # An answer that waited for the store (a "queued") still does, behind the lists.
+        return [Persist([], pairs) if after_keep else Write(pairs)]
+
     def _over_budget(self) -> list[Action]:
         """Over ``partial_frames`` held in unfinished frames across the relay: hang up on
         the connections whose unfinished frames are oldest until it is back under."""
@@ -356,6 +406,7 @@ class RelayCore:
         self._sources.close(record.address)
         self._unfinished.forget(conn)
         self._backlog.forget(conn)
+        self._paging.forget(conn)
         self._router.forget(conn)
         if record.peer is None:
             return []
@@ -384,12 +435,14 @@ class RelayCore:
             text = f"joining {room} (its members are many) would go over your rate; try again in a moment"
             return [_write(conn, Error("rate_limited", text))]
         if rooms.is_member(nick, room):  # again: harmless, answered again
-            return [Write([(conn, frame) for frame in self._presence.members(nick, room)])]
+            self._paging.owe(conn, nick, rooms=[room])
+            return []
         refused = rooms.refusal(nick, room)
         if refused is not None:
             return [_write(conn, Error("too_many_rooms", refused))]
         ops, frames = self._presence.join(nick, room, self._unix())
-        frames += [(conn, frame) for frame in self._presence.members(nick, room)]
+        # Its answer, the room's list, is owed: handed over as the connection drains.
+        self._paging.owe(conn, nick, rooms=[room])
         return keep(ops, [], now=frames)
 
     def _part(self, record: _Connection, message: Part) -> list[Action]:
@@ -419,16 +472,17 @@ class RelayCore:
         contacts = self.kept.rooms.contacts(nick)
         entries = presence.entries(contacts)
         welcome = welcome_frames(nick, entries, self._advertised, prekeys, relay_id=self.relay_id)
-        frames = [(conn, frame) for frame in welcome]
-        frames += presence.arrived(peer, change, contacts)
+        frames = presence.arrived(peer, change, contacts)
         self.online[nick] = conn
         self._skeletons[skeleton(nick)] = nick
-        # Then each room's members, so that it knows everyone before its mail.
-        members = presence.lists(nick)
+        # Then each room's members, so that it knows everyone before its mail: all owed,
+        # and handed over as the connection drains (its mail once they are).
+        tail = []
         if change.refused:
             text = f"{relay_full(self.limits.max_rooms)}; not joined: {' '.join(change.refused)}"
-            members.append(_frame(Error("too_many_rooms", printable_reason(text))))
-        frames += self._router.arrived(nick, welcome, members)
+            tail.append(_frame(Error("too_many_rooms", printable_reason(text))))
+        self._paging.owe(conn, nick, welcome, self.kept.rooms.of(nick))
+        self._paging.owe(conn, nick, tail)
         return keep(ops, self._router.notify(), now=frames + presence.forgotten())
 
     def _route(self, record: _Connection, message: Routes) -> list[Action]:

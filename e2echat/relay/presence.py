@@ -9,16 +9,19 @@ identity keys. Each costs the sizes of the rooms involved, never the number onli
 ``RelayCore`` writes every frame made here at once, in the order their causes came,
 never behind a ``Persist``: so a member hears of someone's ``entered`` before anything
 they send after it (the shell writes a connection's frames in order), and a client never
-sees a room message from someone not yet in its member list, unless the relay lies.
+sees a room message from someone not yet in its member list, unless the relay lies. To
+a connection still owed its lists (relay/paging.py) they go behind them, and nothing is
+delivered to it meanwhile, so that holds there too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from e2echat.relay.actions import ConnId
 from e2echat.relay.kept import Kept
-from e2echat.relay.registration import members_frames
+from e2echat.relay.paging import Paging
+from e2echat.relay.registration import members_pages
 from e2echat.relay.rooms import Change
 from e2echat.relay.store import Op
 from e2echat.wire.codec import encode_message
@@ -31,10 +34,11 @@ Frames = list[tuple[ConnId, bytes]]
 
 
 class Presence:
-    def __init__(self, kept: Kept, online: dict[str, ConnId]) -> None:
-        """``online`` (nick -> connection, for everyone registered) is the core's own:
-        read here, as it changes it."""
+    def __init__(self, kept: Kept, online: dict[str, ConnId], paging: Paging) -> None:
+        """``online`` (nick -> connection, for everyone registered) and ``paging`` are
+        the core's own: read here, as it changes them."""
         self.kept = kept
+        self.paging = paging
         self.rooms = kept.rooms
         self.online = online
         #: nick -> its directory entry as ``encode_peer`` gives it, for everyone online:
@@ -61,16 +65,12 @@ class Presence:
         self.rooms.came(nick)
         return frames
 
-    def lists(self, nick: str) -> list[bytes]:
-        """The member lists of all of ``nick``'s rooms (it is online), in the order it
-        joined them."""
-        return [frame for room in self.rooms.of(nick) for frame in self.members(nick, room)]
-
-    def members(self, nick: str, room: str) -> list[bytes]:
-        """The ``members`` frames of ``room`` for ``nick`` (online, and in it)."""
+    def members(self, nick: str, room: str) -> Iterator[bytes]:
+        """The ``members`` frames of ``room`` for ``nick`` (online), as the room is now,
+        each made as it is read."""
         rooms, encoded, kept = self.rooms, self.encoded, self.kept
         peers = [encoded[other] for other in rooms.online_in(room) if other != nick]
-        return members_frames(room, peers, [kept.encoded_member(other) for other in rooms.away_in(room)])
+        return members_pages(room, peers, [kept.encoded_member(other) for other in rooms.away_in(room)])
 
     def left(self, nick: str) -> Frames:
         """``nick`` went offline (the core takes it out of ``online`` next): a ``left``
@@ -112,5 +112,11 @@ class Presence:
         return [(online[nick], frame) for nick in nicks]
 
     def _to_room(self, room: str, frame: bytes, but: str) -> Frames:
-        """``frame`` to the members of ``room`` online, but ``but``."""
-        return self._to((nick for nick in self.rooms.online_in(room) if nick != but), frame)
+        """``frame`` to the members of ``room`` online, but ``but``, and but those whose
+        list of ``room`` is still to be made (relay/paging.py): it will have the change."""
+        nicks = (nick for nick in self.rooms.online_in(room) if nick != but)
+        paging = self.paging
+        if not paging:
+            return self._to(nicks, frame)
+        online = self.online
+        return [(online[nick], frame) for nick in nicks if not paging.lists_due(online[nick], room)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
+from collections.abc import Iterator
 
 from nacl.public import PrivateKey
 
@@ -99,16 +100,15 @@ def welcome_frames(
     return frames
 
 
-def members_frames(room: str, peers: list[bytes], away: list[bytes]) -> list[bytes]:
+def members_pages(room: str, peers: list[bytes], away: list[bytes]) -> Iterator[bytes]:
     """The ``members`` frames of ``room``, from its members online (``encode_peer``) and
-    away (``encode_member``): at least one, ``DIRECTORY_CHUNK`` entries each. Both kept
-    encoded (``Kept.encoded_member``): 50,000 members cost ~30 ms to encode afresh."""
+    away (``encode_member``), made one at a time as they are read: at least one,
+    ``DIRECTORY_CHUNK`` entries each. Both kept encoded (``Kept.encoded_member``): 50,000
+    members cost ~30 ms to encode afresh; a list waiting to be sent holds only these."""
     chunk = DIRECTORY_CHUNK
     entries = len(peers) + len(away)
-    frames = []
     for start in range(0, entries, chunk) if entries else [0]:
         end = start + chunk
         page_peers = peers[start:end]
         page_away = away[max(0, start - len(peers)) : max(0, end - len(peers))]
-        frames.append(encode_frame(encode_members(room, page_peers, page_away, more=end < entries)))
-    return frames
+        yield encode_frame(encode_members(room, page_peers, page_away, more=end < entries))

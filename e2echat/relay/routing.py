@@ -4,12 +4,13 @@
 rest of a ``send``: each copy to a recipient online as a ``deliver`` (unless it is owed
 more than it takes), into the mailbox of one who is away (``Kept``), or nowhere (told to
 the sender in its ``routed``). And it hands mailbox items to their owners online: those
-who are in its rooms when one registers (``members``), then what waited for it, a window at a time
-as it acknowledges them (``ack``), and notices as they come.
+what waited for it, once it has been given everything it was owed (its welcome and member
+lists: relay/paging.py), a window at a time as it acknowledges them (``ack``), and
+notices as they come.
 
 Every frame for a connection in one turn is counted against what it may be given before
 the shell has written it (``Backlog.unflushed``, ``write_buffer_turn``), deliveries and
-mailbox items alike.
+mailbox items alike; a connection still owed something is given neither.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from e2echat.errors import RemoteProtocolError
 from e2echat.relay.actions import Action, ConnId, Persist, Write, keep
 from e2echat.relay.kept import Kept
 from e2echat.relay.limits import Backlog, Limits
+from e2echat.relay.paging import Paging
 from e2echat.relay.store import Op
 from e2echat.wire.fastpath import Routes, deliver_head, encode_routed
 from e2echat.wire.framing import encode_frame
@@ -28,13 +30,16 @@ _PREFIX = struct.Struct(">I")
 
 
 class Router:
-    def __init__(self, limits: Limits, kept: Kept, online: dict[str, ConnId], backlog: Backlog) -> None:
-        """``online`` (nick -> connection, for everyone registered) and ``backlog`` are
-        the core's own: read here, as it changes them."""
+    def __init__(
+        self, limits: Limits, kept: Kept, online: dict[str, ConnId], backlog: Backlog, paging: Paging
+    ) -> None:
+        """``online`` (nick -> connection, for everyone registered), ``backlog`` and
+        ``paging`` are the core's own: read here, as it changes them."""
         self.limits = limits
         self.kept = kept
         self.online = online
         self.backlog = backlog
+        self.paging = paging
         #: connection -> the highest mailbox seq sent on it: an ack above it acknowledges
         #: something the client was never sent (at or below it, a repeat: harmless)
         self._mail_sent: dict[ConnId, int] = {}
@@ -47,8 +52,10 @@ class Router:
         ``now``: the deliveries at once, and its ``routed``, once what it queued is kept."""
         online, backlog, items = self.online, self.backlog, message.items
         # A recipient already owed more than it takes is not sent more: what the sender
-        # sends then is refused and it is told, rather than the recipient dropped.
+        # sends then is refused and it is told, rather than the recipient dropped. So is
+        # one still owed its member lists: a delivery would overtake them.
         stalled, unflushed, budget = backlog.stalled, backlog.unflushed, self.limits.write_buffer_turn
+        paging = self.paging
         # Each body goes on as it came, after a head made once per send: a deliver is
         # assembled, not encoded.
         head, pack = deliver_head(sender), _PREFIX.pack
@@ -74,7 +81,7 @@ class Router:
                     queued.append(to)
             elif to == sender:
                 missing.append(to)
-            elif target in stalled or unflushed.get(target, 0) >= budget:
+            elif target in stalled or unflushed.get(target, 0) >= budget or target in paging:
                 refused.append(to)
             else:
                 length = size + len(body)
@@ -88,18 +95,13 @@ class Router:
         # Deliveries at once; the sender hears "queued" only once its message is kept.
         return [Write(frames), Persist(ops, [answer])] if frames else [Persist(ops, [answer])]
 
-    def arrived(self, nick: str, welcome: list[bytes], members: list[bytes]) -> list[tuple[ConnId, bytes]]:
-        """What ``nick``, online from now on and sent ``welcome``, is sent next: the
-        ``members`` of its rooms, then what waited for it. After the directory, so a
-        client knows everyone before its mail, which gets what room those leave it."""
-        conn = self.online[nick]
-        self.backlog.unflushed[conn] = sum(len(frame) for frame in welcome + members)
-        return [(conn, frame) for frame in members] + self.due(nick)
-
     def due(self, nick: str) -> list[tuple[ConnId, bytes]]:
         """The mailbox items ``nick`` (online) may be sent now: counted against what its
-        connection may be given in this turn, as deliveries are (``route``)."""
+        connection may be given in this turn, as deliveries are (``route``); none while
+        it is owed something (its lists come first: the core asks again once it is not)."""
         conn, unflushed = self.online[nick], self.backlog.unflushed
+        if conn in self.paging:
+            return []
         queued = unflushed.get(conn, 0)
         due = self.kept.mailboxes.due(nick, self.limits.write_buffer_turn - queued)
         if not due:

@@ -71,7 +71,7 @@ class _Link(BufferedLink):
         self.relay._paused(self)
 
     def resume_writing(self) -> None:
-        self.relay.core.resumed(self.conn)
+        self.relay._resumed(self)
 
 
 class Relay:
@@ -225,6 +225,10 @@ class Relay:
         assert self._loop is not None
         self.core.paused(link.conn, self._loop.time())
 
+    def _resumed(self, link: _Link) -> None:
+        # Drained: the next window of what it is owed (its member lists), if anything.
+        self._apply(self.core.resumed(link.conn))
+
     def _lost(self, link: _Link, exc: Exception | None) -> None:
         conn = link.conn
         if self._links.get(conn) is link:
@@ -323,7 +327,8 @@ class Relay:
         pending, self._pending = self._pending, {}
         for conn, parts in pending.items():
             self._write(conn, parts)
-        self.core.flushed()
+        # Those still owed something and not past the soft mark get their next window.
+        self._apply(self.core.flushed())
 
     def _write(self, conn: ConnId, parts: list[bytes] | None) -> None:
         link = self._links.get(conn)
