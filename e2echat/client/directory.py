@@ -10,18 +10,11 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 
-from e2echat.client import rooms
 from e2echat.client.events import Event, KeyChanged, KeyPinned
 from e2echat.client.trust import KnownPeers, Trust
 from e2echat.crypto.identity import fingerprint, same_fingerprint
 from e2echat.errors import CommandError, RemoteProtocolError
 from e2echat.wire.objects import PeerInfo
-
-# Members and views are per room now, kept by client/rooms.py (MAX_AWAY is its bound on
-# one room's members: MAX_MEMBERS); the documents name these here.
-VIEW_GRACE = rooms.VIEW_GRACE
-RECENT_VIEWS = rooms.RECENT_VIEWS
-MAX_AWAY = rooms.MAX_MEMBERS
 
 # The most people online a client believes a relay has: twice what one relay holds
 # (Limits.max_connections), room for relays that grow. A relay announcing more is hostile
@@ -66,7 +59,7 @@ class Directory:
     def reuses_a_session_key(self, peer: PeerInfo) -> bool:
         """A real client makes a fresh session key for every connection: the same key again
         is an old announcement played back. (Sessions do not depend on it, and the ratchet
-        refuses replayed messages anyway; this keeps the directory and its digest honest.)"""
+        refuses replayed messages anyway; this keeps the directory honest.)"""
         return bytes(peer.session_key) in self._retired
 
     def add(self, peer: PeerInfo) -> list[Event]:

@@ -29,8 +29,8 @@ RECENT_VIEWS = 256
 # peer that sends made-up views with every message must not grow the set without bound.
 SPLIT_WARNINGS = 4096
 # The most members a client believes one room has: every identity a relay keeps (five
-# times the most people one relay holds online, as the directory's MAX_AWAY). A relay
-# listing more is hostile or broken, and would otherwise fill our memory.
+# times the most people one relay holds online). A relay listing more is hostile or
+# broken, and would otherwise fill our memory.
 MAX_MEMBERS = 100_000
 # Rooms parted, remembered this long: what was already on its way to us when we parted is
 # dropped quietly, not warned about.
