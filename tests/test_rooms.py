@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 
+import nacl.hashlib
 import pytest
 from nacl.public import PrivateKey, PublicKey
 
@@ -17,7 +18,14 @@ from e2echat.client.rooms import (
     Room,
     Rooms,
 )
-from e2echat.crypto.identity import encode_member, room_digest_input, room_safety_number, room_view
+from e2echat.crypto.identity import (
+    ROOM_BUCKETS,
+    encode_member,
+    room_bucket,
+    room_digest_input,
+    room_safety_number,
+    room_view,
+)
 from e2echat.errors import CommandError, RemoteProtocolError
 from e2echat.ui.roomlist import RoomList
 from e2echat.wire.grammar import MAX_ROOMS
@@ -40,23 +48,65 @@ def number(room: str, members: dict[str, PublicKey]) -> str:
     return room_safety_number(room_digest_input(room, encoded))
 
 
-# -- the room safety number ----------------------------------------------------------------------
+def view_of(room: str, members: dict[str, PublicKey]) -> str:
+    """The view a member of ``room`` with ``members`` (theirs included) holds, as the
+    ``Room`` keeps it, the members added one by one."""
+    first, *others = members.items()
+    kept = Room(room, first[0], first[1], Clock())
+    for nick, k in others:
+        kept.add(nick, k)
+    return kept.view
 
-# Computed once with this code and pinned: numbers people compared must stay valid.
+
+def spelled_view(room: str, members: dict[str, PublicKey]) -> str:
+    """The view as docs/PROTOCOL.md spells it, from nothing but BLAKE2b: the check on the
+    ``Room``'s incremental one."""
+
+    def blake2b(data: bytes, label: bytes) -> bytes:
+        return nacl.hashlib.blake2b(data, digest_size=32, key=label).digest()
+
+    buckets: list[bytes] = [b""] * 256
+    for nick in sorted(members):
+        place = blake2b(nick.encode(), b"e2echat room bucket place v2")[0]
+        buckets[place] += bytes([len(nick.encode())]) + nick.encode() + bytes(members[nick])
+    hashes = b"".join(blake2b(bucket, b"e2echat room bucket v2") for bucket in buckets)
+    head = bytes([len(room.encode())]) + room.encode() + len(members).to_bytes(4, "big")
+    return blake2b(head + hashes, b"e2echat room view v2").hex()
+
+
+# -- the room safety number and view ---------------------------------------------------------
+
+# Computed once with this code and pinned: numbers people compared, and views other
+# clients hold, must stay valid.
 KNOWN_MEMBERS = {"alice": key(1), "bob": key(2), "carol": key(3)}
 KNOWN_NUMBER = "033133403158867200869140377392535020385116408235066909791955"
-KNOWN_VIEW = "122794b00c0eb5a500c0beffba86d3c8897d10ed7ffd29419ea63b71c8b769c9"
+KNOWN_VIEW = "169dbaebf7fa5a460d119e3dd6c422c13d1d3e37d00da9667e37300606d5ed60"
 
 
 def test_room_safety_number_known_answer() -> None:
     assert number("#ops", KNOWN_MEMBERS) == KNOWN_NUMBER
     encoded = {nick: encode_member(nick, k) for nick, k in KNOWN_MEMBERS.items()}
-    assert room_view(room_digest_input("#ops", encoded)).hex() == KNOWN_VIEW
     # Its input, byte for byte: the room's name, then each member in nick order.
     expected = b"\x04#ops" + b"".join(
         bytes([len(nick)]) + nick.encode() + bytes(k) for nick, k in sorted(KNOWN_MEMBERS.items())
     )
     assert room_digest_input("#ops", encoded) == expected
+
+
+def test_room_view_known_answer() -> None:
+    assert view_of("#ops", KNOWN_MEMBERS) == KNOWN_VIEW
+    assert spelled_view("#ops", KNOWN_MEMBERS) == KNOWN_VIEW
+
+
+def test_room_view_is_the_spelled_one_in_a_big_room_with_full_buckets() -> None:
+    members = {f"user{i}": PrivateKey.generate().public_key for i in range(2000)}
+    assert len({room_bucket(nick) for nick in members}) == ROOM_BUCKETS  # every bucket used
+    assert view_of("#lobby", members) == spelled_view("#lobby", members)
+
+
+def test_room_view_takes_every_bucket() -> None:
+    with pytest.raises(ValueError):
+        room_view("#ops", 1, [b"\0" * 32] * (ROOM_BUCKETS - 1))
 
 
 def test_room_safety_number_is_60_digits_and_not_the_view() -> None:
@@ -83,6 +133,49 @@ def test_room_safety_number_changes_with_any_member_or_key() -> None:
     assert len(set(changed)) == len(changed)
 
 
+def test_room_view_does_not_depend_on_order() -> None:
+    items = list(KNOWN_MEMBERS.items())
+    for order in itertools.permutations(items):
+        assert view_of("#ops", dict(order)) == KNOWN_VIEW
+    # Nor on whether they came one by one, in one list, or came, went and came back.
+    room = Room("#ops", "bob", key(2), Clock())
+    room.replace([("carol", key(3)), ("alice", key(1))])
+    assert room.view == KNOWN_VIEW
+    room.add("dave", key(4))
+    room.add("alice", key(9))
+    room.remove("dave")
+    room.add("alice", key(1))
+    assert room.view == KNOWN_VIEW
+
+
+def same_bucket_nicks() -> tuple[str, str]:
+    """Two nicks in one bucket: a change inside a bucket must change the view too."""
+    seen: dict[int, str] = {}
+    for index in itertools.count():
+        nick = f"n{index}"
+        other = seen.setdefault(room_bucket(nick), nick)
+        if other != nick:
+            return other, nick
+    raise AssertionError("unreachable")
+
+
+def test_room_view_changes_with_any_member_or_key() -> None:
+    first, second = same_bucket_nicks()
+    base = {**KNOWN_MEMBERS, first: key(5), second: key(6)}
+    before = view_of("#ops", base)
+    changed = [
+        view_of("#ops", {**base, "dave": key(4)}),  # a reader added
+        view_of("#ops", {n: k for n, k in base.items() if n != "carol"}),  # one hidden
+        view_of("#ops", {n: k for n, k in base.items() if n != second}),  # one hidden, bucket shared
+        view_of("#ops", {**base, "bob": key(9)}),  # a key changed
+        view_of("#ops", {**base, first: key(6), second: key(5)}),  # keys swapped within a bucket
+        view_of("#ops", {"alice": key(1), "bob": key(2), "caro": key(3), first: key(5), second: key(6)}),
+        view_of("#dev", base),  # another room
+    ]
+    assert before not in changed
+    assert len(set(changed)) == len(changed)
+
+
 def test_every_member_sees_the_same_number_and_view() -> None:
     keys = {nick: PrivateKey.generate().public_key for nick in ("alice", "bob", "carol", "user10")}
     rooms = []
@@ -92,6 +185,41 @@ def test_every_member_sees_the_same_number_and_view() -> None:
         rooms.append(room)
     assert len({room.safety_number() for room in rooms}) == 1
     assert len({room.view for room in rooms}) == 1
+    assert rooms[0].safety_number() == number("#ops", keys)
+    # One by one, in any order, ends at the same view and number.
+    late = Room("#ops", "user10", keys["user10"], Clock())
+    for nick in ("carol", "alice", "bob"):
+        late.add(nick, keys[nick])
+    assert (late.view, late.safety_number()) == (rooms[0].view, rooms[0].safety_number())
+
+
+def test_others_stay_sorted_as_members_come_and_go() -> None:
+    room = Room("#ops", "mallory", key(1), Clock())
+    nicks = [f"u{(index * 7919) % 1000:03d}" for index in range(1000)]
+    for nick in nicks:
+        room.add(nick, key(2))
+    for nick in nicks[::3]:
+        room.remove(nick)
+    room.add("aaron", key(3))
+    assert room.others == sorted(set(nicks) - set(nicks[::3]) | {"aaron"})
+
+
+def test_every_view_a_member_had_stays_accepted_for_the_grace() -> None:
+    """A sender may have seen any of the views a burst of joins passed through."""
+    clock = Clock()
+    room = Room("#lobby", "alice", key(1), clock)
+    room.replace((f"u{index}", key(2)) for index in range(500))
+    views = [room.view]
+    for index in range(100):
+        room.add(f"new{index}", key(3))
+        views.append(room.view)
+        if index % 2:
+            room.remove(f"u{index}")
+            views.append(room.view)
+    assert len(set(views)) == len(views)
+    assert not any(room.is_split_view("bob", view) for view in views)
+    clock.now += VIEW_GRACE
+    assert all(room.is_split_view("bob", view) for view in views[:-1])
 
 
 # -- a room's members -------------------------------------------------------------------------

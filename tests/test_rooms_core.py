@@ -98,6 +98,19 @@ def test_a_room_message_goes_to_its_members_away_too() -> None:
     assert fetches == [m.Fetch(("bob", "erin"))]  # theirs: erin's starts a session for her mailbox
 
 
+def test_a_member_list_again_is_said_only_if_it_changed_the_room() -> None:
+    wire, (alice, bob) = people("alice", "bob")
+    before = core(wire, alice).room_safety_number("#lobby")
+    wire.deliver(alice, _frame(m.Members("#lobby", (peer_of(wire, bob),), (), more=False)))
+    assert wire.take(alice) == []  # the same list: nothing to say
+    erin = PrivateKey.generate().public_key
+    wire.deliver(
+        alice, _frame(m.Members("#lobby", (peer_of(wire, bob),), (Member("erin", erin),), more=False))
+    )
+    assert RoomChanged("#lobby", "the relay's list of its members changed") in wire.take(alice)
+    assert core(wire, alice).room_safety_number("#lobby") != before
+
+
 def test_sending_to_a_room_we_are_not_in_or_alone_in_is_refused() -> None:
     wire, (alice,) = people("alice")
     with pytest.raises(CommandError, match="not in #ops"):

@@ -61,13 +61,15 @@ class Presence:
         for peer in online:
             events += self._contact(peer)
         listed_before = self._rooms.rooms[room].listed
-        number = self._rooms.rooms[room].safety_number()
+        # The view, not the safety number, says whether the list changed anything: it
+        # changes with the same members and keys, and costs nothing to read.
+        view = self._rooms.rooms[room].view
         members = [(peer.nick, peer.identity_key) for peer in online]
         members += [(member.nick, member.identity_key) for member in away]
         listed = self._rooms.listed(room, members, more)
         if listed is None:
             return events
-        if listed_before and listed.safety_number() != number:
+        if listed_before and listed.view != view:
             events.append(RoomChanged(room, "the relay's list of its members changed"))
         if not listed.asked:
             return events  # after registering: nothing new to say

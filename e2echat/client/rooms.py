@@ -10,12 +10,22 @@ or hid one) is noticed at the next message, and their safety numbers differ.
 
 from __future__ import annotations
 
+import bisect
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
 from nacl.public import PublicKey
 
-from e2echat.crypto.identity import encode_member, room_digest_input, room_safety_number, room_view
+from e2echat.crypto.identity import (
+    EMPTY_BUCKET,
+    ROOM_BUCKETS,
+    encode_member,
+    room_bucket,
+    room_bucket_hash,
+    room_digest_input,
+    room_safety_number,
+    room_view,
+)
 from e2echat.errors import RemoteProtocolError
 
 # A message encrypted just before its sender saw a join or part carries the room's
@@ -45,35 +55,40 @@ class Room:
         self._our_nick = our_nick
         self._clock = clock
         #: nick -> identity key, for every member as the relay says (ours included)
-        self.members: dict[str, PublicKey] = {our_nick: our_key}
-        # Each member's encoding is kept, so that a join or part only re-sorts and hashes.
-        self._encoded: dict[str, bytes] = {our_nick: encode_member(our_nick, our_key)}
+        self.members: dict[str, PublicKey] = {}
+        # Each member's encoding, and the view's hash tree (crypto/identity.py room_view):
+        # each bucket's members in nick order and its hash, so that a join or part
+        # re-hashes one bucket and the root, and costs the same in a room of 100 or
+        # 10,000 (issue 19).
+        self._encoded: dict[str, bytes] = {}
+        self._bucket_nicks: list[list[str]] = [[] for _ in range(ROOM_BUCKETS)]
+        self._bucket_hashes: list[bytes] = [EMPTY_BUCKET] * ROOM_BUCKETS
+        # Every member but us, in nick order: kept in order as they come and go, not sorted
+        # again (every message sent to the room asks).
+        self._others: list[str] = []
         #: the relay has listed the room's members (a whole ``Members``) on this connection
         self.listed = False
         #: we asked to join it on this connection (``Rooms.join``), and its members are
         #: not listed yet: the list that comes is the answer, worth showing
         self.asked = False
-        self._digest_input = b""
         #: our view of the room now (hex): every room message we send to it carries it
         self.view = ""
         # Our views before this one -> when each stopped being ours, oldest first.
         self._past_views: OrderedDict[str, float] = OrderedDict()
         self._split_warned: set[tuple[str, str]] = set()
-        self._others: list[str] | None = None
-        self._refresh()
+        self._put(our_nick, our_key)
+        self._refresh(room_bucket(our_nick))
 
     @property
     def others(self) -> list[str]:
-        """Every member but us, sorted (kept until the members change: every message sent
-        to the room asks)."""
-        if self._others is None:
-            self._others = sorted(nick for nick in self.members if nick != self._our_nick)
+        """Every member but us, sorted (the room's own list: not to be changed)."""
         return self._others
 
     def safety_number(self) -> str:
         """The room's safety number (60 digits): the same for every member who sees the
-        same members with the same keys."""
-        return room_safety_number(self._digest_input)
+        same members with the same keys. Made from the whole room, so asked for by
+        /verify, not at every join."""
+        return room_safety_number(room_digest_input(self.name, self._encoded))
 
     # -- who is in it -------------------------------------------------------------------------
 
@@ -92,9 +107,20 @@ class Room:
             bytes(key) == bytes(self.members[nick]) for nick, key in listed.items()
         ):
             return False
-        self.members = listed
-        self._encoded = {nick: encode_member(nick, key) for nick, key in listed.items()}
-        return self._refresh()
+        self.members = {}
+        self._encoded = {}
+        self._bucket_nicks = [[] for _ in range(ROOM_BUCKETS)]
+        self._others = []
+        for nick, key in listed.items():
+            self.members[nick] = key
+            self._encoded[nick] = encode_member(nick, key)
+            self._bucket_nicks[room_bucket(nick)].append(nick)
+            if nick != self._our_nick:
+                self._others.append(nick)
+        self._others.sort()
+        for nicks in self._bucket_nicks:
+            nicks.sort()
+        return self._refresh(*range(ROOM_BUCKETS))
 
     def add(self, nick: str, key: PublicKey) -> bool:
         """``nick`` is a member, with ``key``: whether our view changed (they are new, or
@@ -106,9 +132,9 @@ class Room:
             return False
         if known is None and len(self.members) >= MAX_MEMBERS:
             raise _too_many(self.name)
-        self.members[nick] = key
-        self._encoded[nick] = encode_member(nick, key)
-        return self._refresh()
+        if known is None:
+            bisect.insort(self._others, nick)
+        return self._refresh(self._put(nick, key))
 
     def remove(self, nick: str) -> bool:
         """``nick`` left the room: whether they were in it."""
@@ -116,14 +142,32 @@ class Room:
             return False
         del self.members[nick]
         del self._encoded[nick]
-        return self._refresh()
+        _discard(self._others, nick)
+        bucket = room_bucket(nick)
+        _discard(self._bucket_nicks[bucket], nick)
+        return self._refresh(bucket)
+
+    def _put(self, nick: str, key: PublicKey) -> int:
+        """``nick`` is a member with ``key`` (new, or with another key): the bucket to re-hash."""
+        bucket = room_bucket(nick)
+        if nick not in self.members:
+            bisect.insort(self._bucket_nicks[bucket], nick)
+        self.members[nick] = key
+        self._encoded[nick] = encode_member(nick, key)
+        return bucket
 
     # -- views ----------------------------------------------------------------------------------
 
-    def _refresh(self) -> bool:
-        self._others = None
-        self._digest_input = room_digest_input(self.name, self._encoded)
-        view = room_view(self._digest_input).hex()
+    def _refresh(self, *changed: int) -> bool:
+        """The view again, after the members of the ``changed`` buckets changed: whether it
+        is another. The view it replaces stays accepted for VIEW_GRACE (a sender may have
+        seen it last), whatever changed."""
+        encoded = self._encoded
+        for bucket in changed:
+            self._bucket_hashes[bucket] = room_bucket_hash(
+                encoded[nick] for nick in self._bucket_nicks[bucket]
+            )
+        view = room_view(self.name, len(self.members), self._bucket_hashes).hex()
         if view == self.view:
             return False
         past = self._past_views
@@ -246,6 +290,11 @@ class Rooms:
             if known is not None and bytes(known) != bytes(key) and room.add(nick, key):
                 changed.append(name)
         return changed
+
+
+def _discard(nicks: list[str], nick: str) -> None:
+    """Take ``nick`` (there) out of the sorted ``nicks``."""
+    del nicks[bisect.bisect_left(nicks, nick)]
 
 
 def _too_many(room: str) -> RemoteProtocolError:

@@ -11,8 +11,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+from collections.abc import Iterable, Sequence
 
+import nacl.encoding
 import nacl.exceptions
+import nacl.hash
 import nacl.hashlib
 from nacl.public import Box, PrivateKey, PublicKey
 
@@ -141,12 +144,16 @@ def format_safety_number(number: str) -> str:
 
 # -- rooms ------------------------------------------------------------------------------------
 
-# Each derived value has its own key (habit 4): the number people compare, and the view a
-# room message carries, are never the same bytes.
+# Each derived value has its own key (habit 4): the number people compare, the view a room
+# message carries, its buckets, and where a nick falls among them, are never the same bytes.
 _ROOM_SAFETY_LABEL = b"e2echat room safety number v1"
-_ROOM_VIEW_LABEL = b"e2echat room view v1"
+_ROOM_VIEW_LABEL = b"e2echat room view v2"
+_ROOM_BUCKET_LABEL = b"e2echat room bucket v2"
+_ROOM_PLACE_LABEL = b"e2echat room bucket place v2"
 #: a room view's size in bytes: the plaintext's directory hash field
 ROOM_VIEW_SIZE = 32
+#: how many buckets a room's view hashes its members into (one byte of a hash chooses)
+ROOM_BUCKETS = 256
 
 
 def encode_member(nick: str, identity_key: PublicKey) -> bytes:
@@ -156,16 +163,10 @@ def encode_member(nick: str, identity_key: PublicKey) -> bytes:
 
 
 def room_digest_input(room: str, encoded_members: dict[str, bytes]) -> bytes:
-    """What a room's safety number and view are made from: the room's name (length
-    prefixed), then every member's ``encode_member`` in nick order (ours included)."""
+    """What a room's safety number is made from: the room's name (length prefixed), then
+    every member's ``encode_member`` in nick order (ours included)."""
     named = room.encode("utf-8")
     return bytes([len(named)]) + named + b"".join(encoded_members[nick] for nick in sorted(encoded_members))
-
-
-def room_view(digest_input: bytes) -> bytes:
-    """The view of a room (``room_digest_input``) a room message carries: two members
-    whose views differ see different people, or different keys, in the room."""
-    return nacl.hashlib.blake2b(digest_input, digest_size=ROOM_VIEW_SIZE, key=_ROOM_VIEW_LABEL).digest()
 
 
 def room_safety_number(digest_input: bytes) -> str:
@@ -175,3 +176,45 @@ def room_safety_number(digest_input: bytes) -> str:
     big-endian number mod 100000."""
     digest = nacl.hashlib.blake2b(digest_input, digest_size=64, key=_ROOM_SAFETY_LABEL).digest()
     return "".join(f"{int.from_bytes(digest[i : i + 5], 'big') % 100000:05d}" for i in range(0, 60, 5))
+
+
+# The view is a hash tree of fixed shape, so that a join or part re-hashes one bucket (a
+# 256th of the room) and the root, not the whole room: every member falls in the bucket
+# a keyed hash of their nick chooses, each bucket is hashed over its members, and the view
+# over the buckets' hashes. Keyed by a public label, the hash spreads nicks, it does not
+# hide them: someone who picks many nicks for one bucket makes that bucket's re-hash as
+# long as the whole room's was before, no longer.
+
+
+def _blake2b_256(data: bytes, label: bytes) -> bytes:
+    # The one-shot call: a join makes three, and nacl.hashlib's object costs more than
+    # hashing a bucket does.
+    return nacl.hash.blake2b(data, digest_size=32, key=label, encoder=nacl.encoding.RawEncoder)
+
+
+def room_bucket(nick: str) -> int:
+    """The bucket (0 to ROOM_BUCKETS - 1) ``nick`` falls in: the first byte of a keyed
+    BLAKE2b-256 of the nick."""
+    return _blake2b_256(nick.encode("utf-8"), _ROOM_PLACE_LABEL)[0]
+
+
+def room_bucket_hash(encoded_members: Iterable[bytes]) -> bytes:
+    """One bucket's hash: keyed BLAKE2b-256 over its members' ``encode_member``, which the
+    caller gives in nick order (none: the hash of nothing)."""
+    return _blake2b_256(b"".join(encoded_members), _ROOM_BUCKET_LABEL)
+
+
+#: the hash of a bucket nobody falls in
+EMPTY_BUCKET = room_bucket_hash(())
+
+
+def room_view(room: str, member_count: int, bucket_hashes: Sequence[bytes]) -> bytes:
+    """The view of a room a room message carries: keyed BLAKE2b-256 over the room's name
+    (length prefixed), its number of members (4 bytes, big-endian) and the ROOM_BUCKETS
+    ``room_bucket_hash``es in bucket order. Two members whose views differ see different
+    people, or different keys, in the room."""
+    if len(bucket_hashes) != ROOM_BUCKETS:
+        raise ValueError(f"a room view takes {ROOM_BUCKETS} bucket hashes, not {len(bucket_hashes)}")
+    named = room.encode("utf-8")
+    head = bytes([len(named)]) + named + member_count.to_bytes(4, "big")
+    return _blake2b_256(head + b"".join(bucket_hashes), _ROOM_VIEW_LABEL)
