@@ -14,7 +14,7 @@ from test_cores import FakeWire, _frame
 from e2echat.client.core import ClientCore, KeyChanged, KeyPinned, MessageReceived, SecurityWarning
 from e2echat.client.directory import MAX_PEERS, RETIRED_PER_NICK, RETIRED_TOTAL, Directory
 from e2echat.client.trust import KnownPeers, Trust
-from e2echat.errors import RelayGone, RemoteProtocolError
+from e2echat.errors import CommandError, RelayGone, RemoteProtocolError
 from e2echat.relay.core import ConnId
 from e2echat.store.pins import KNOWN_PEERS_FILE, PinFile
 from e2echat.store.sessions import SESSIONS_FILE, SessionFile
@@ -135,6 +135,31 @@ def test_retired_session_keys_are_bounded_in_all_oldest_first() -> None:
     assert not directory.reuses_a_session_key(entries[0])
     assert directory.reuses_a_session_key(entries[50])
     assert directory.reuses_a_session_key(entries[-1])
+
+
+def test_a_join_drops_only_the_joiner_s_cached_trust_and_a_new_key_is_still_caught() -> None:
+    """The trust cache outlives joins (issue 19: the message after a join must not compare
+    every key again), but never hides a key that changed."""
+
+    def entry(nick: str, identity: PublicKey) -> PeerInfo:
+        return PeerInfo(nick, identity, PublicKey(nacl.utils.random(32)))
+
+    pinned, other = PublicKey(nacl.utils.random(32)), PublicKey(nacl.utils.random(32))
+    directory = Directory(KnownPeers())
+    directory.add(entry("bob", pinned))
+    directory.add(entry("carol", other))
+    directory.exchanged(["bob", "carol"])
+    assert directory.trust("bob") is Trust.UNVERIFIED and directory.trust("carol") is Trust.UNVERIFIED
+    directory.add(entry("dave", other))
+    assert directory._trust_cache.keys() == {"bob", "carol"}  # kept across a join
+    directory.remove("bob", had_session=False)
+    with pytest.raises(CommandError):
+        directory.trust("bob")  # gone: nothing cached answers for them
+    directory.add(entry("bob", PublicKey(nacl.utils.random(32))))  # back with another key
+    assert directory.trust("bob") is Trust.CHANGED
+    directory.remove("bob", had_session=False)
+    directory.add(entry("bob", pinned))
+    assert directory.trust("bob") is Trust.UNVERIFIED
 
 
 # -- the directory a relay may announce --------------------------------------------------------

@@ -40,7 +40,8 @@ class Directory:
         self._retired: OrderedDict[bytes, str] = OrderedDict()
         self._retired_of: dict[str, deque[bytes]] = {}
         # Trust states, cached: a room message to hundreds must not compare hundreds of
-        # keys. Dropped when the directory, a session or a pin changes.
+        # keys. A nick's is dropped when their entry changes, all when a pin changes (a
+        # join must not make the next message compare every key again: issue 19).
         self._trust_cache: dict[str, Trust] = {}
         self._cached_for: tuple[KnownPeers, int] | None = None
 
@@ -72,7 +73,7 @@ class Directory:
                 "relay holds (a hostile or broken relay); disconnected"
             )
         self.peers[peer.nick] = peer
-        self.forget_caches()
+        self._trust_cache.pop(peer.nick, None)
         pin = self.known_peers.get(peer.nick)
         if pin is not None and pin.identity_key != peer.identity_key:
             return [KeyChanged(peer.nick, fingerprint(pin.identity_key), fingerprint(peer.identity_key))]
@@ -87,7 +88,7 @@ class Directory:
         """``nick`` left (or came back with other keys); their session key is retired if
         we ``had_session`` with it (see RETIRED_PER_NICK)."""
         peer = self.peers.pop(nick)
-        self.forget_caches()
+        self._trust_cache.pop(nick, None)
         if had_session:
             self._retire(nick, bytes(peer.session_key))
         return peer
