@@ -8,7 +8,6 @@ import contextlib
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -44,7 +43,8 @@ from e2echat.ui.repl import (
     toolbar_text,
 )
 
-from support import LOOPBACK, REPO, WAIT, Peer, connect, peers, run_cli, running_relay, spawn_cli, text_into
+from support import REPO, WAIT, Peer, connect, peers, run_cli, running_relay, spawn_cli, text_into
+from terminal import Tmux, needs_tmux
 
 # -- completion, toolbar, styles (no network needed) ------------------------------------------
 
@@ -395,48 +395,15 @@ async def test_connect_without_nick_uses_the_last_profile_and_its_relay() -> Non
 _WIDE_PADDING = [("\u3164", 2), ("\u302e", 2), ("\ua9c0", 1), ("\uffa0", 1)]
 
 
-def _tmux(*args: str) -> str:
-    return subprocess.run(["tmux", *args], capture_output=True, text=True, timeout=10, check=True).stdout
-
-
-@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (.ci/run installs it)")
+@needs_tmux
 def test_real_terminal_under_tmux(tmp_path: Path) -> None:
     """A relay and two clients in tmux: typed with send-keys, read with capture-pane."""
-    socket_name = f"e2echat-test-{os.getpid()}"
-    env = f"XDG_DATA_HOME={tmp_path} PYTHONPATH={REPO}"
-    port_file = tmp_path / "port"
-
-    def tmux(*args: str) -> str:
-        return _tmux("-L", socket_name, *args)
-
-    def screen(name: str) -> str:
-        return tmux("capture-pane", "-p", "-t", name)
-
-    def wait_for(name: str, text: str) -> str:
-        deadline = time.monotonic() + 3 * WAIT
-        while time.monotonic() < deadline:
-            shown = screen(name)
-            if text in shown:
-                return shown
-            time.sleep(0.05)  # polling a screen: there is no event to wait on
-        raise AssertionError(f"{text!r} never appeared on {name}:\n{screen(name)}")
-
-    relay_command = (
-        f"{sys.executable} -c 'import asyncio, sys; from e2echat.relay.server import run_relay; "
-        f'asyncio.run(run_relay("{LOOPBACK}", 0, lambda t: (print(t, flush=True), '
-        f'open("{port_file}", "a").write(t + chr(10)))))\''
-    )
+    tmux = Tmux(f"e2echat-test-{os.getpid()}", tmp_path)
+    wait_for = tmux.wait_for
     try:
-        tmux("new-session", "-d", "-s", "relay", "-x", "100", "-y", "10", f"env {env} {relay_command}")
-        deadline = time.monotonic() + WAIT
-        while not (port_file.exists() and "listening" in port_file.read_text()):
-            assert time.monotonic() < deadline, "relay did not start"
-            time.sleep(0.05)
-        port = port_file.read_text().split("\n")[0].rsplit(":", 1)[1]
+        port = tmux.start_relay()
         for nick in ("alice", "bob"):
-            command = f"env {env} {sys.executable} -m e2echat connect --nick {nick} --port {port}"
-            tmux("new-session", "-d", "-s", nick, "-x", "90", "-y", "20", command)
-            wait_for(nick, f"{nick}>")
+            tmux.start_client(nick, port)
         wait_for("alice", "bob joined")
         tmux("send-keys", "-t", "alice", "hello from a real terminal", "Enter")
         shown = wait_for("bob", "<alice ?> hello from a real terminal")
@@ -485,8 +452,7 @@ def test_real_terminal_under_tmux(tmp_path: Path) -> None:
             header = row[9:].startswith("#lobby [mention] <mallory ?>")
             assert header or row.startswith(" " * 11), "\n".join(forged_rows)
     finally:
-        with contextlib.suppress(subprocess.SubprocessError):
-            tmux("kill-server")
+        tmux.kill()
 
 
 def test_plain_writer_for_no_color_wraps_under_the_text(capsys: pytest.CaptureFixture[str]) -> None:
