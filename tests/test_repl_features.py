@@ -29,6 +29,7 @@ from test_display import FORGED as FORGED_LOOKS
 from test_forging import FORGED, FORGERY
 from test_repl import Screen
 
+from e2echat.client.connection import Connection
 from e2echat.client.events import MessageReceived, PeerJoined
 from e2echat.client.trust import KnownPeers
 from e2echat.store.history import HistoryStore
@@ -318,6 +319,32 @@ async def test_own_messages_appear_in_the_timeline() -> None:
             # Quiet by default at the prompt: the toolbar, not a line, says it arrived.
             await until(lambda: "last: ✓ delivered to bob" in toolbar_of(screen))
             assert not any("delivered to" in line for line in screen.lines)
+
+
+async def test_the_toolbar_is_drawn_again_when_a_quiet_delivery_arrives() -> None:
+    """A delivery prints no line by default; the toolbar that says so is drawn again all
+    the same, with nothing typed: the ✓ comes while the user watches."""
+    async with running_relay() as relay, peers(relay, "alice", "bob") as (alice, bob):
+        async with repl(alice) as (pipe, screen, _):
+            drawn: list[str] = []
+            toolbar = screen.session.bottom_toolbar
+            assert callable(toolbar)
+
+            def drawing() -> str:
+                drawn.append(str(toolbar()))
+                return drawn[-1]
+
+            screen.session.bottom_toolbar = drawing
+            # Bob reads nothing (so sends no receipt) until the prompt was drawn after Enter.
+            assert isinstance(bob.connection, Connection)
+            bobs_socket = bob.connection._transport
+            assert bobs_socket is not None
+            bobs_socket.pause_reading()
+            pipe.send_text("hello\r")
+            await until(lambda: any("last: … waiting" in text for text in drawn))
+            bobs_socket.resume_reading()
+            await until(lambda: "✓ delivered to bob" in screen.chat.last_sent.text)
+            await until(lambda: any("last: ✓ delivered to bob" in text for text in drawn))
 
 
 async def test_a_peers_text_is_drawn_as_a_message_and_key_changes_as_warnings() -> None:

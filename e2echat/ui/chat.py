@@ -156,6 +156,9 @@ class Chat:
         self._kept_for: dict[int, set[str]] = {}
         #: the REPL's: draws the prompt and its toolbar again, after /set colours
         self.restyle: Callable[[], None] | None = None
+        #: the REPL's: draws the toolbar again after each event, which may have changed
+        #: what it says without printing a line (a quiet delivery)
+        self.redraw: Callable[[], None] | None = None
         #: something typed was never sent (the connection did not come back)
         self.unsent = False
         #: a line typed was refused (not sent, or not a valid command)
@@ -550,6 +553,8 @@ class Chat:
             if isinstance(event, Disconnected):
                 return event
             self.show(event)
+            if self.redraw is not None:
+                self.redraw()
 
     def show_queued(self) -> Disconnected | None:
         """Show whatever events are already queued, without waiting for more."""

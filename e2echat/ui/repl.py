@@ -299,6 +299,7 @@ async def run_repl(chat: Chat, session: PromptSession[str] | None = None, *, pat
         session.app.invalidate()
 
     chat.restyle = restyle
+    chat.redraw = session.app.invalidate
     restyle()
 
     async def typing() -> None:
