@@ -8,6 +8,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -482,6 +483,27 @@ def test_real_terminal_under_tmux(tmp_path: Path) -> None:
             assert header or row.startswith(" " * 11), "\n".join(forged_rows)
     finally:
         tmux.kill()
+
+
+@pytest.mark.parametrize("color", [True, False])
+def test_lines_wrap_at_the_terminals_width_not_at_columns(
+    color: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The width is the terminal's, asked at each line (a resize changes it): $COLUMNS,
+    exported by a shell at the size it had then, is not."""
+    monkeypatch.setenv("COLUMNS", "300")
+    screen = io.StringIO()
+    size = Size(rows=24, columns=60)
+    output = Vt100_Output(screen, lambda: size, default_color_depth=ColorDepth.TRUE_COLOR)
+    write = terminal_writer(color=color)
+    with create_app_session(output=output), contextlib.redirect_stdout(screen):
+        write("message", "12:00:00 <bob ?> " + "word " * 40)
+        size = Size(rows=24, columns=40)  # resized
+        write("message", "12:00:01 <bob ?> " + "more " * 40)
+    text = re.sub("\x1b\\[[0-9;?]*[a-zA-Z]", "", screen.getvalue()).replace("\r", "")
+    first, second = text.split("12:00:01")
+    assert 50 < max(len(row) for row in first.splitlines()) < 60
+    assert 30 < max(len(row) for row in ("12:00:01" + second).splitlines()) < 40
 
 
 def test_plain_writer_for_no_color_wraps_under_the_text(capsys: pytest.CaptureFixture[str]) -> None:

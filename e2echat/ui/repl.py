@@ -8,10 +8,10 @@ chose.
 from __future__ import annotations
 
 import contextlib
-import shutil
 from collections.abc import Callable, Iterable
 
 from prompt_toolkit import PromptSession, print_formatted_text
+from prompt_toolkit.application.current import get_app_session
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
 from prompt_toolkit.filters import is_searching
@@ -230,13 +230,16 @@ def terminal_writer(
     """Prints above the prompt, wrapping long lines under their text, in the colour of
     their style (which the event's type chose), a message's sender in their nick's
     colour and the ``current_room``'s tag dimmed, while ``color`` (asked at each line:
-    ``/set colours`` changes it; NO_COLOR turns it off). Rows stop one cell short of the
+    ``/set colours`` changes it; NO_COLOR turns it off), at the terminal's width when the
+    line comes (a resize changes it). Rows stop one cell short of the
     edge, so the terminal never wraps one itself (not even the pending wrap some
     terminals apply at the last column)."""
     colours = color if callable(color) else lambda: color
 
     def write(style: LineStyle, line: str) -> None:
-        width = shutil.get_terminal_size((100, 24)).columns - 1
+        # The terminal's own width, as the prompt is drawn at: not $COLUMNS, which a shell
+        # may have exported at another size, and which no resize changes.
+        width = get_app_session().output.get_size().columns - 1
         rows = wrap_cells(line, width)
         if colours():
             fragments = painted(style, line, rows, current_room())
