@@ -48,7 +48,7 @@ async def test_join_switch_and_list_rooms_at_the_prompt() -> None:
             assert line.endswith("#ops <bob ?> news in ops")
             await until(lambda: "unread 2:#ops 1" in toolbar_text(screen.chat))
             pipe.send_text("/rooms\r")
-            await screen.wait_for("   2 #ops  2/2  1 unread")
+            await screen.wait_for("   2 #ops    2/2  1 unread")
             pipe.send_text(ALT_2)
             await until(lambda: "#ops alice> " in chat_rooms())
             assert "unread" not in toolbar_text(screen.chat)

@@ -121,7 +121,7 @@ async def test_the_chat_joins_lists_names_and_verifies_rooms() -> None:
         got = await bob.next(MessageReceived)
         assert (got.text, got.room) == ("hello ops", "#ops")
         chat.handle_line("/rooms")
-        assert "   1 #lobby  2/2" in lines and " * 2 #ops  2/2" in lines
+        assert "   1 #lobby  2/2" in lines and " * 2 #ops    2/2" in lines  # in columns
         chat.handle_line("/names")
         assert lines[-1].endswith("#ops, 2 members: you, bob (unverified)")
         chat.handle_line("/verify #ops")

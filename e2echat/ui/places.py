@@ -102,14 +102,20 @@ class Places:
             self._say(Notice("you are in no room: /join #NAME joins one"))
             return
         core = self._link().core
-        lines = ["your rooms (Alt+1..9 switches; members online/all):"]
-        for number, name in enumerate(self.rooms.names, 1):
+        counts = []
+        for name in self.rooms.names:
             room = core.room(name)
             others = room.others if room is not None else []
             online = sum(1 for nick in others if nick in core.directory) + 1
+            counts.append(f"{online}/{len(others) + 1}")
+        # In columns: the counts under each other, whatever the length of the names
+        name_width = max(len(name) for name in self.rooms.names)
+        count_width = max(len(count) for count in counts)
+        lines = ["your rooms (Alt+1..9 switches; members online/all):"]
+        for number, (name, count) in enumerate(zip(self.rooms.names, counts, strict=True), 1):
             unread = self.rooms.unread.get(name, 0)
             mark = "*" if name == self.rooms.current else " "
-            line = f" {mark}{number:>2} {name}  {online}/{len(others) + 1}"
+            line = f" {mark}{number:>2} {name:<{name_width}}  {count:>{count_width}}"
             lines.append(line + (f"  {unread} unread" if unread else ""))
         self._say(HelpText(tuple(lines)))
 
