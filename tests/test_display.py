@@ -315,7 +315,7 @@ _LINES: dict[str, tuple[str | None, Shown, str | None]] = {
     "room-listed": (
         "notice",
         RoomListed("#ops", ("user10", "user2"), ("carol",)),
-        f"{STAMP} -- #ops: you, user2, user10; away: carol",
+        f"{STAMP} -- #ops: you, user2, user10; offline: carol",
     ),
     "room-listed-alone": ("notice", RoomListed("#new", (), ()), f"{STAMP} -- #new: only you"),
     "room-changed": (

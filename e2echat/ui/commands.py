@@ -208,8 +208,8 @@ COMMANDS: dict[str, CommandHelp] = {
     ),
     "names": CommandHelp(
         "/names [#ROOM]",
-        "list the members of #ROOM (the current room if none given): online, or away (their messages "
-        "wait for them)",
+        "list the members of #ROOM (the current room if none given): online (and whether /away), or "
+        "offline (their messages wait for them)",
         "/names #ops",
     ),
     "msg": CommandHelp(

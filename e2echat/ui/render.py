@@ -517,11 +517,12 @@ def _room_changes(stamp: str, changes: tuple[tuple[str, str], ...]) -> tuple[Lin
 
 
 def members_text(online: tuple[str, ...] | list[str], away: tuple[str, ...] | list[str]) -> str:
-    """A room's members besides us, as a line says them: "you, alice, bob; away: carol"."""
+    """A room's members besides us, as a line says them: "you, alice, bob; offline: carol".
+    (Not "away": that is what /away says of someone online.)"""
     if not online and not away:
         return "only you"
     said = ", ".join(["you", *natural_sorted(online)])
-    return said + (f"; away: {', '.join(natural_sorted(away))}" if away else "")
+    return said + (f"; offline: {', '.join(natural_sorted(away))}" if away else "")
 
 
 def online_text(peers: tuple[str, ...] | list[str]) -> str:
