@@ -21,6 +21,7 @@ from e2echat.crypto.prekeys import OurPrekeys
 from e2echat.crypto.primitives import NONCE_SIZE
 from e2echat.crypto.ratchet import MAX_SKIP, Ratchet
 from e2echat.crypto.session import (
+    MAX_DATA,
     MAX_TEXT,
     PREKEY_HEADER_SIZE,
     PREKEY_MESSAGE,
@@ -31,6 +32,7 @@ from e2echat.crypto.session import (
     Plaintext,
     directory_digest,
     prepare,
+    prepare_data,
     random_nonces,
     seal_all,
 )
@@ -466,7 +468,7 @@ MALFORMED = [
     pytest.param(_inner(kind=Kind.PRIVATE, room="ops"), id="room-in-a-private-message"),
     pytest.param(_inner(room="ops", room_size=200, text=""), id="room-cut-short"),
     pytest.param(_inner(room="x", text="")[:-1] + b"\xff", id="room-not-utf8"),
-    pytest.param(_inner(kind_number=4), id="bad-kind"),
+    pytest.param(_inner(kind_number=5), id="bad-kind"),
     pytest.param(_inner(kind_number=255), id="kind-255"),
     pytest.param(_inner(flags=0b100), id="unknown-flag"),
     pytest.param(_inner(text="lone \ud800 surrogate"), id="text-lone-surrogate"),
@@ -475,13 +477,14 @@ MALFORMED = [
     # the usual message's flags (send time and directory hash), read the short way
     pytest.param(_inner(sent=2**53, directory="ab" * 32), id="usual-sent-huge"),
     pytest.param(_inner(sent=5, directory="ab" * 32, text="") + b"\xff", id="usual-text-not-utf8"),
-    pytest.param(_inner(sent=5, directory="ab" * 32, kind_number=4), id="usual-bad-kind"),
+    pytest.param(_inner(sent=5, directory="ab" * 32, kind_number=5), id="usual-bad-kind"),
     pytest.param(
         _inner(sent=5, directory="ab" * 32, room="#ops", room_size=200, text=""), id="usual-room-cut-short"
     ),
     pytest.param(
         _inner(sent=5, directory="ab" * 32, room="#o", text="")[:-1] + b"\xff", id="usual-room-not-utf8"
     ),
+    pytest.param(_inner(kind_number=4, room="ops"), id="room-in-a-file-part"),
     pytest.param(_inner(sent=5, flags=0), id="sent-without-its-flag"),
     pytest.param(_inner(directory="ab" * 32, flags=0), id="directory-without-its-flag"),
     pytest.param(_inner(acks=tuple(range(1001))), id="acks-too-many"),
@@ -516,6 +519,27 @@ def test_authentic_but_malformed_plaintext_is_rejected(plaintext: bytes) -> None
     with pytest.raises(ReplayError):
         to_alice.decrypt(body)
     assert to_alice.decrypt(to_bob.encrypt("next", Kind.ROOM)).skipped == 0
+
+
+def test_a_file_part_carries_bytes_not_text() -> None:
+    """Any bytes at all, not UTF-8 (a chunk of a file), come back as ``data``."""
+    _, _, to_bob, to_alice = talked()
+    data = bytes(range(256)) * 4 + b"\xff\xfe"
+    got = to_alice.decrypt(to_bob.seal(prepare_data(data), random_nonces(1)[0]))
+    assert (got.kind, got.text, got.data) == (Kind.FILE, "", data)
+    assert to_alice.decrypt(to_bob.seal(prepare_data(b""), random_nonces(1)[0])).data == b""
+    # ... and a text message carries none
+    assert to_alice.decrypt(to_bob.encrypt("hi", Kind.PRIVATE)).data == b""
+
+
+def test_a_file_part_has_a_size_limit_and_only_bytes() -> None:
+    _, _, to_bob, to_alice = talked()
+    longest = b"\x00" * MAX_DATA
+    assert to_alice.decrypt(to_bob.seal(prepare_data(longest), random_nonces(1)[0])).data == longest
+    with pytest.raises(LocalProtocolError):
+        prepare_data(longest + b"x")
+    with pytest.raises(LocalProtocolError):
+        prepare("text", Kind.FILE)
 
 
 def test_text_length_limit() -> None:

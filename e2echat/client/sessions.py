@@ -44,10 +44,13 @@ log = logging.getLogger("e2echat.client.sessions")
 # What deliver compares with, once per message: an enum member read through its class
 # costs more than the rest of a comparison (Python 3.11).
 _PREKEY_TYPE = bytes([PREKEY_MESSAGE])
-_RECEIPT, _PRIVATE, _STATUS, _ROOM = Kind.RECEIPT, Kind.PRIVATE, Kind.STATUS, Kind.ROOM
+_RECEIPT, _PRIVATE, _STATUS, _ROOM, _FILE = Kind.RECEIPT, Kind.PRIVATE, Kind.STATUS, Kind.ROOM, Kind.FILE
 _CHANGED = Trust.CHANGED
 # Senders of mail whose trust is remembered (see Sessions._trust_in), at most.
 _TRUST_CACHE = 4096
+
+#: what takes the parts of file transfers: (sender, the part's bytes, the sender's trust)
+FileParts = Callable[[str, bytes, Trust], list[Event]]
 
 
 class Sessions:
@@ -84,6 +87,8 @@ class Sessions:
         self._mail_trust: dict[str, tuple[bytes, int, Trust]] = {}
         #: the away messages of peers online (/away)
         self.statuses = TheirStatuses()
+        #: takes the parts of file transfers (client/files.py); without it they are dropped
+        self.file_parts: FileParts | None = None
 
     def session_with(self, nick: str) -> PeerSession | None:
         """Our session with ``nick`` (under the key the directory shows), if we have one
@@ -188,7 +193,7 @@ class Sessions:
                 SecurityWarning(f"dropped a message claiming to be from {sender}, who has no session with us")
             ]
         try:
-            kind, counter, text, skipped, late, view, acks, sent, room = session.read(body)
+            kind, counter, text, skipped, late, view, acks, sent, room, data = session.read(body)
         except DecryptionError as exc:
             log.info("dropped a message that did not authenticate")
             return [SecurityWarning(f"{exc}; it was dropped")]
@@ -212,6 +217,8 @@ class Sessions:
             return events
         if kind is _STATUS:  # no receipt is owed for one
             return events + self._status(sender, counter, text, trust, sent)
+        if kind is _FILE:
+            return events + self._file_part(sender, data, trust, session.identity_key)
         if kind is _ROOM:
             shown_in = self._rooms.get(room)
             if shown_in is None or sender not in shown_in.members:
@@ -323,6 +330,8 @@ class Sessions:
             # contact, one they may not send us). Nothing is owed for it.
             log.info("ignored a status from %s kept in our mailbox", sender)
             return events
+        if plaintext.kind is _FILE:
+            return events + self._file_part(sender, plaintext.data, trust, key)
         room = plaintext.room
         if plaintext.kind is _ROOM:
             shown_in = self._rooms.get(room)
@@ -343,6 +352,17 @@ class Sessions:
         )
         events.append(MailReceived(*fields) if kept else received(fields))
         return events
+
+    def _file_part(self, sender: str, data: bytes, trust: Trust, key: PublicKey) -> list[Event]:
+        """A part of a file transfer: owes no receipt (transfers acknowledge their own
+        parts), but is an exchange with ``sender`` all the same: first contact pins."""
+        events: list[Event] = []
+        if trust is not _CHANGED and self._directory.known_peers.exchanged(sender, key):
+            events.append(KeyPinned(sender))
+        if self.file_parts is None:
+            log.info("dropped a part of a file transfer from %s: no transfers here", sender)
+            return events
+        return events + self.file_parts(sender, data, trust)
 
     def _trust_in(self, sender: str, key: PublicKey) -> Trust:
         """``known_peers.state(sender, key)``, remembered until a pin changes."""

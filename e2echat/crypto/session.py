@@ -22,7 +22,8 @@ The construction, and why, is in docs/PROTOCOL.md and docs/RATCHET.md; in short:
   receiver checks is one of its own, the sender a member). n is our number for
   the message (receipts acknowledge it; it keeps counting across sessions with the
   peer); kind 0 room, 1 private, 2 receipt, 3 status (an away message, client/status.py:
-  never acknowledged, never kept in a mailbox); flags bit 0: "sent" is there (the sender's
+  never acknowledged, never kept in a mailbox), 4 file (a part of a file transfer: its
+  "text" is bytes, see client/fileparts.py); flags bit 0: "sent" is there (the sender's
   clock when it encrypted, whole seconds since the Unix epoch), bit 1: the directory
   hash is there (a room message's: the sender's view of the room's members,
   crypto/identity.py ``room_view``); an absent field is zeros; a
@@ -84,6 +85,9 @@ MAX_BASE_KEYS = 1000
 _FIELD_PRIME = 2**255 - 19
 # Longest message text, in UTF-8 bytes: a screenful, and far below grammar.MAX_BODY.
 MAX_TEXT = 16 * 1024
+# Longest part of a file transfer, in bytes: a 64 KiB chunk and its head, with room to
+# spare under grammar.MAX_BODY (128 KiB) for the ratchet's header, the nonce and the tag.
+MAX_DATA = 64 * 1024 + 256
 _STATE_FORMAT = 1
 _STATE_HEAD = struct.Struct(">B32sQBH")  # format, their identity, next number, sessions, base keys
 _SESSION_HEAD = struct.Struct(">32sB")  # base key, prekey header length
@@ -97,10 +101,12 @@ class Kind(StrEnum):
     RECEIPT = "receipt"
     #: the sender's away message, or that it is back (client/status.py); no receipt
     STATUS = "status"
+    #: a part of a file transfer (an offer, a chunk, an answer): bytes (``data``), no text
+    FILE = "file"
 
 
 #: a kind's number in a plaintext is its index here
-_KINDS = (Kind.ROOM, Kind.PRIVATE, Kind.RECEIPT, Kind.STATUS)
+_KINDS = (Kind.ROOM, Kind.PRIVATE, Kind.RECEIPT, Kind.STATUS, Kind.FILE)
 _KIND_NUMBERS = {kind: number for number, kind in enumerate(_KINDS)}
 
 # Counters one receipt may acknowledge: a busy minute of room chat, not a denial of service.
@@ -141,10 +147,12 @@ class Plaintext(NamedTuple):
     sent: int | None = None
     #: for a room message: the room, by the sender's word inside the encryption
     room: str = ""
+    #: for a part of a file transfer: its bytes (``text`` is empty)
+    data: bytes = b""
 
 
 #: ``Plaintext``'s fields after sender and recipient, as a plain tuple (``PeerSession.read``)
-Fields = tuple[Kind, int, str, int, bool, str, tuple[int, ...], int | None, str]
+Fields = tuple[Kind, int, str, int, bool, str, tuple[int, ...], int | None, str, bytes]
 
 # Send times a plaintext may carry: any Unix time in seconds that a float holds exactly.
 MAX_SENT = 2**53
@@ -161,6 +169,7 @@ _HAS_DIRECTORY = 0b10
 _UNKNOWN_FLAGS = ~(_HAS_SENT | _HAS_DIRECTORY)
 _USUAL_FLAGS = _HAS_SENT | _HAS_DIRECTORY
 _KIND_COUNT = len(_KINDS)
+_FILE_NUMBER = _KIND_NUMBERS[Kind.FILE]
 _ROOM_NUMBER = _KIND_NUMBERS[Kind.ROOM]
 _NO_DIRECTORY = bytes(32)
 
@@ -484,6 +493,7 @@ class PeerSession:
         # Once per message received: the checks read module constants, not enum members.
         try:
             counter, kind_number, flags, sent, directory, ack_count, room_size = _INNER.unpack_from(raw)
+            data = b""
             if flags == _USUAL_FLAGS and not ack_count and kind_number == _ROOM_NUMBER:
                 # The usual message (a room's, with a send time and a view, no acks): of the
                 # checks below, only the send time's bound and the room's end are left.
@@ -510,7 +520,10 @@ class PeerSession:
                 acks = struct.unpack_from(f">{ack_count}Q", raw, _INNER_SIZE) if ack_count else ()
                 # strict UTF-8: no lone surrogates (they would crash the display)
                 room = raw[acks_end:room_end].decode("utf-8") if room_size else ""
-                text = raw[room_end:].decode("utf-8")
+                if kind_number == _FILE_NUMBER:
+                    text, data = "", raw[room_end:]
+                else:
+                    text = raw[room_end:].decode("utf-8")
         except (ValueError, struct.error):  # UnicodeDecodeError is a ValueError
             raise DecryptionError(peer=self.peer, detail="malformed plaintext") from None
         if flags & _HAS_DIRECTORY:
@@ -528,6 +541,7 @@ class PeerSession:
             acks,
             sent if flags & _HAS_SENT else None,
             room,
+            data,
         )
 
     def _hex(self, directory: bytes) -> str:
@@ -662,6 +676,8 @@ def prepare(
     ``sent`` is our clock now (Unix time, seconds); ``room`` names a room message's room.
     Raises ``LocalProtocolError`` for a text over MAX_TEXT or a field out of range (and
     ``UnicodeEncodeError`` for a text UTF-8 cannot carry)."""
+    if kind is Kind.FILE:
+        raise LocalProtocolError(detail="a part of a file transfer is bytes: see prepare_data")
     encoded = text.encode("utf-8")
     if len(encoded) > MAX_TEXT:
         raise LocalProtocolError(detail=f"message longer than {MAX_TEXT} bytes")
@@ -689,6 +705,16 @@ def prepare(
     head = _INNER.pack(0, _KIND_NUMBERS[kind], flags, int(sent or 0), directory, len(acks), len(named))
     packed_acks = struct.pack(f">{len(acks)}Q", *acks)
     return Prepared(kind, head[_N.size :] + packed_acks + named + encoded)
+
+
+def prepare_data(data: bytes) -> Prepared:
+    """A part of a file transfer (``Kind.FILE``): bytes, no send time, no directory hash
+    (a file's parts are not shown, and a chunk should not pay 40 bytes it does not use).
+    Raises ``LocalProtocolError`` for more than MAX_DATA bytes."""
+    if len(data) > MAX_DATA:
+        raise LocalProtocolError(detail=f"a part of a file transfer is at most {MAX_DATA} bytes")
+    head = _INNER.pack(0, _FILE_NUMBER, 0, 0, _NO_DIRECTORY, 0, 0)
+    return Prepared(Kind.FILE, head[_N.size :] + data)
 
 
 def seal_all(messages: list[tuple[PeerSession, Prepared]]) -> list[tuple[str, bytes]]:
