@@ -26,6 +26,7 @@ from e2echat.client.events import (
     Registered,
     RelayClosing,
 )
+from e2echat.client.files import Transfers
 from e2echat.client.handshake import registration_outcome
 from e2echat.client.pending import PendingDeliveries
 from e2echat.client.receipts import RECEIPT_TIMEOUT
@@ -112,11 +113,13 @@ class Connection:
         pending: PendingDeliveries | None = None,
         hold_acks: bool = False,
         rooms: tuple[str, ...] = (DEFAULT_ROOM,),
+        files: Transfers | None = None,
     ) -> None:
         """``keyring`` holds our prekeys and sessions, ``pending`` our messages waiting in
         mailboxes (a ``Client`` passes the same ones to each of its connections);
         ``session_file`` is where both are saved, if anywhere. ``hold_acks``: mailbox items
-        are acknowledged when the UI says they are stored (``acknowledge_mail``)."""
+        are acknowledged when the UI says they are stored (``acknowledge_mail``). ``files``
+        takes the parts of file transfers that arrive."""
         self.host = host
         self.port = port
         self.nick = nick
@@ -137,6 +140,7 @@ class Connection:
             pending=pending,
             hold_acks=hold_acks,
             rooms=rooms,
+            files=files,
         )
         if publish is None:
             # On its own, a connection queues its events for whoever runs it. A Client
@@ -364,6 +368,21 @@ class Connection:
         """Say we are away (``message``: why) or back (""): ``ClientCore.set_away``."""
         self.core.set_away(message)
         self._sent()
+
+    def send_file_part(self, nick: str, part: bytes) -> bool:
+        """A part of a file transfer to ``nick``; False if it cannot go yet (see
+        ``ClientCore.send_file_part``). Not tracked as a message: transfers acknowledge
+        their own parts."""
+        if not self.online:
+            return False
+        sent = self.core.send_file_part(nick, part)
+        self._save()  # the sending chain moved on (written in the background)
+        self._flush()
+        return sent
+
+    def file_budget(self) -> int:
+        """Bytes of file chunks that may go now (see ``ClientCore.file_budget``)."""
+        return self.core.file_budget() if self.online else 0
 
     def acknowledge_mail(self, seq: int) -> None:
         """The mailbox items up to ``seq`` (a ``MailboxRead``) are stored: the relay may

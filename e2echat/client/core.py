@@ -18,6 +18,7 @@ from enum import Enum
 
 from nacl.public import PrivateKey, PublicKey
 
+from e2echat.client import files as transfers
 from e2echat.client.directory import Directory
 from e2echat.client.events import (  # re-exported: the UI's vocabulary
     Event,
@@ -45,7 +46,7 @@ from e2echat.client.events import (  # re-exported: the UI's vocabulary
 )
 from e2echat.client.handshake import Handshake
 from e2echat.client.mailbox import MailboxReads
-from e2echat.client.outbox import RECEIPT_INTERVAL, Outbox, receipt_gap
+from e2echat.client.outbox import RECEIPT_INTERVAL, Outbox, receipt_gap, send_frames
 from e2echat.client.pacing import Pacer
 from e2echat.client.pending import PendingDeliveries
 from e2echat.client.presence import Presence
@@ -58,6 +59,7 @@ from e2echat.client.status import checked_away
 from e2echat.client.trust import KnownPeers, Trust
 from e2echat.crypto.identity import safety_number
 from e2echat.crypto.keyring import Keyring
+from e2echat.crypto.session import prepare_data, random_nonces
 from e2echat.errors import CommandError, E2EChatError, LocalProtocolError, RemoteProtocolError
 from e2echat.wire import messages as m
 from e2echat.wire.codec import decode_message, encode_message
@@ -111,6 +113,14 @@ OUTLIVED_CHECK = 60.0
 #: the code of the relay's ``Error`` that refuses a room (too many, ours or the relay's)
 TOO_MANY_ROOMS = "too_many_rooms"
 
+# What file chunks leave in the pacer's buckets for chat: a long line to a room of 16
+# (about 256 KiB) and a few frames, so a line typed during a transfer goes at once.
+FILE_RESERVE_BYTES = 256 * 1024
+FILE_RESERVE_FRAMES = 8
+# The most chunk bytes queued at once: the socket then drains them in under a millisecond
+# on a LAN, before anything typed behind them.
+FILE_BURST = 256 * 1024
+
 _ONLINE = ClientState.ONLINE  # read per frame: a module constant costs less than the enum's
 
 
@@ -133,6 +143,7 @@ class ClientCore:
         pending: PendingDeliveries | None = None,
         hold_acks: bool = False,
         rooms: tuple[str, ...] = (DEFAULT_ROOM,),
+        files: transfers.Transfers | None = None,
     ) -> None:
         """``relay_trust`` says which relay key to answer (default: any, first contact).
         ``keyring`` holds our prekeys and sessions, which outlive this connection (a new
@@ -146,7 +157,8 @@ class ClientCore:
         ``message_ids`` numbers the messages sent (``pending``'s numbering if not given); a
         client that reconnects passes the same one to each connection, so that no id
         comes twice. ``rooms``: the rooms we are in (the profile's word), sent with the
-        registration."""
+        registration. ``files`` takes the parts of file transfers that arrive (without it
+        they are dropped)."""
         if not is_valid_nick(nick):
             raise LocalProtocolError(detail=f"invalid nick {nick!r}: {NICK_RULE}")
         self.nick = nick
@@ -181,6 +193,10 @@ class ClientCore:
             nick, self.keyring, self._directory, self.deliveries, self._session_key, wall_clock, self._rooms
         )
         self._presence = Presence(nick, self._rooms, self._directory, self._sessions, self._tell_away)
+        if files is not None:
+            self._sessions.file_parts = lambda sender, data, trust: files.receive(
+                sender, data, trust, clock()
+            )
         self._outbox = Outbox(
             nick,
             self._directory,
@@ -472,6 +488,27 @@ class ClientCore:
         """When ``nick`` said they are away (Unix time, by their clock but not after ours);
         None if they are not away."""
         return self._sessions.statuses.since(nick)
+
+    def send_file_part(self, nick: str, part: bytes) -> bool:
+        """Seal a part of a file transfer for ``nick`` (online, key not in doubt) in our
+        session with them, and queue it. False if there is no session yet: one is started
+        (as for someone who wrote to us in a session we lost), and the part can go later."""
+        self._require_online()
+        if nick not in self._directory.peers or self._directory.trust(nick) is Trust.CHANGED:
+            return False
+        session = self._sessions.session_with(nick)
+        if session is None:
+            self._outbox.reach({nick})
+            return False
+        body = session.seal(prepare_data(part), random_nonces(1)[0])
+        self._pacer.write(send_frames(0, [(nick, body)]), self._clock())
+        return True
+
+    def file_budget(self) -> int:
+        """Bytes of file chunks that may be queued now without holding up what is typed
+        next (see ``Pacer.spare``)."""
+        spare = self._pacer.spare(self._clock(), FILE_RESERVE_BYTES, FILE_RESERVE_FRAMES)
+        return int(min(spare, FILE_BURST))
 
     def key_fingerprint(self, nick: str) -> str:
         """The fingerprint of the identity key the directory shows for ``nick`` now."""

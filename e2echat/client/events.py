@@ -18,6 +18,7 @@ from e2echat.client.receipts import SendReport as SendReport
 
 # A peer away or back (/away): defined beside the status it comes from.
 from e2echat.client.status import Away as Away
+from e2echat.client.transfer_events import FileOffered, TransferChanged, TransferDone, TransferProgress
 from e2echat.client.trust import Trust
 
 
@@ -223,6 +224,10 @@ Event = (
     | RelayError
     | RelayClosing
     | Away
+    | FileOffered
+    | TransferProgress
+    | TransferChanged
+    | TransferDone
 )
 
 

@@ -154,6 +154,19 @@ class Pacer:
             del self._queued[:end]
         return data
 
+    def spare(self, now: float, reserve_bytes: float, reserve_frames: float) -> float:
+        """Bytes that may go now and leave ``reserve_bytes`` and ``reserve_frames`` in hand:
+        what bulk data (a file's chunks) may take without making what is typed next wait.
+        Nothing while anything is queued (it goes first); unbounded before the welcome."""
+        if self._sizes:
+            return 0.0
+        if self._frames is None or self._bytes is None:
+            return math.inf
+        self._refill(now)
+        if self._frames.tokens < reserve_frames + 1:
+            return 0.0
+        return max(0.0, self._bytes.tokens - reserve_bytes)
+
     def delay(self, now: float) -> float | None:
         """Seconds until the next frame held back may go; None if none is held back."""
         if not self._sizes:

@@ -314,6 +314,13 @@ class Client:
         self.connection.set_away(message)
         self._away = self.core.our_away
 
+    def send_file_part(self, nick: str, part: bytes) -> bool:
+        """See ``Connection.send_file_part``: False while the relay is away."""
+        return self.connection.send_file_part(nick, part) if self.online else False
+
+    def file_budget(self) -> int:
+        return self.connection.file_budget() if self.online else 0
+
     def acknowledge_mail(self, seq: int) -> None:
         """See ``Connection.acknowledge_mail`` (a ``MailboxRead`` of an earlier connection
         is ignored: its items come again)."""

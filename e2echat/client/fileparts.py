@@ -1,0 +1,192 @@
+"""The parts of a file transfer, as bytes inside the encryption. Pure (no I/O).
+
+Each part is the data of one ``Kind.FILE`` plaintext (crypto/session.py), sealed for one
+peer in our session with them, so the relay sees a ciphertext like any other and the
+sender is the session's peer. Layout, big-endian:
+
+    type (1) || transfer id (16) || the rest, by type:
+    offer   size (8) || chunk size (4) || BLAKE2b-256 of the whole file (32) || name (UTF-8)
+    accept  offset (8): send from here (0, or where an interrupted transfer resumes)
+    reject  reason (UTF-8)
+    cancel  reason (UTF-8)
+    chunk   offset (8) || the bytes of the file from there
+    ack     offset (8): everything before it is written
+    done    ok (1) || reason (UTF-8): the file's hash was checked, and it was kept (or not)
+
+The transfer id is the sender's, drawn at random; the receiver knows a transfer by the
+sender and that id. The hash is inside the offer, so inside the encryption: the relay can
+neither read it nor change it, and the file is checked against it before it is named.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+
+from e2echat.errors import LocalProtocolError
+
+ID_SIZE = 16
+DIGEST_SIZE = 32
+#: 64 KiB, as most file copies use: large enough that the per-part costs (a ratchet step,
+#: a frame) are small beside the bytes, small enough to fit grammar.MAX_BODY twice over.
+CHUNK_SIZE = 64 * 1024
+#: a file name in an offer, in UTF-8 bytes: far beyond any file system's 255, so a long
+#: name is cut by the receiver (store/downloads.py), not refused
+MAX_NAME = 4096
+#: why a transfer was refused or ended: a line
+MAX_REASON = 512
+#: chunk sizes an offer may name: a receiver must not be made to take parts of any size
+MIN_CHUNK, MAX_CHUNK = 1024, CHUNK_SIZE
+#: 2**63 - 1: any file a disk holds
+MAX_SIZE = 2**63 - 1
+
+_HEAD = struct.Struct(">B16s")
+_OFFER = struct.Struct(">QI32s")
+_OFFSET = struct.Struct(">Q")
+_OK = struct.Struct(">B")
+
+
+class PartType(IntEnum):
+    OFFER = 1
+    ACCEPT = 2
+    REJECT = 3
+    CANCEL = 4
+    CHUNK = 5
+    ACK = 6
+    DONE = 7
+
+
+@dataclass(frozen=True)
+class Offer:
+    transfer: bytes
+    name: str
+    size: int
+    chunk_size: int
+    digest: bytes
+
+    def __post_init__(self) -> None:
+        _check_id(self.transfer)
+        _check(0 <= self.size <= MAX_SIZE, "a file's size is 0 to 2**63 - 1 bytes")
+        _check(MIN_CHUNK <= self.chunk_size <= MAX_CHUNK, f"a chunk is {MIN_CHUNK} to {MAX_CHUNK} bytes")
+        _check(len(self.digest) == DIGEST_SIZE, f"a file's hash is {DIGEST_SIZE} bytes")
+        _check(0 < len(self.name.encode("utf-8")) <= MAX_NAME, f"a file name is 1 to {MAX_NAME} bytes")
+
+
+@dataclass(frozen=True)
+class Accept:
+    transfer: bytes
+    offset: int
+
+    def __post_init__(self) -> None:
+        _check_id(self.transfer)
+        _check(0 <= self.offset <= MAX_SIZE, "an offset is 0 to 2**63 - 1")
+
+
+@dataclass(frozen=True)
+class Reject:
+    transfer: bytes
+    reason: str
+
+    def __post_init__(self) -> None:
+        _check_id(self.transfer)
+        _check(len(self.reason.encode("utf-8")) <= MAX_REASON, f"a reason is at most {MAX_REASON} bytes")
+
+
+@dataclass(frozen=True)
+class Cancel:
+    transfer: bytes
+    reason: str
+
+    def __post_init__(self) -> None:
+        _check_id(self.transfer)
+        _check(len(self.reason.encode("utf-8")) <= MAX_REASON, f"a reason is at most {MAX_REASON} bytes")
+
+
+@dataclass(frozen=True)
+class Chunk:
+    transfer: bytes
+    offset: int
+    data: bytes
+
+    def __post_init__(self) -> None:
+        _check_id(self.transfer)
+        _check(0 <= self.offset <= MAX_SIZE, "an offset is 0 to 2**63 - 1")
+        _check(0 < len(self.data) <= MAX_CHUNK, f"a chunk holds 1 to {MAX_CHUNK} bytes")
+
+
+@dataclass(frozen=True)
+class Ack:
+    transfer: bytes
+    offset: int
+
+    def __post_init__(self) -> None:
+        _check_id(self.transfer)
+        _check(0 <= self.offset <= MAX_SIZE, "an offset is 0 to 2**63 - 1")
+
+
+@dataclass(frozen=True)
+class Done:
+    transfer: bytes
+    ok: bool
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        _check_id(self.transfer)
+        _check(len(self.reason.encode("utf-8")) <= MAX_REASON, f"a reason is at most {MAX_REASON} bytes")
+
+
+Part = Offer | Accept | Reject | Cancel | Chunk | Ack | Done
+
+
+def _check(ok: bool, detail: str) -> None:
+    if not ok:
+        raise LocalProtocolError(detail=detail)
+
+
+def _check_id(transfer: bytes) -> None:
+    _check(isinstance(transfer, bytes) and len(transfer) == ID_SIZE, f"a transfer id is {ID_SIZE} bytes")
+
+
+def encode(part: Part) -> bytes:
+    if isinstance(part, Chunk):  # first: one per 64 KiB
+        return _HEAD.pack(PartType.CHUNK, part.transfer) + _OFFSET.pack(part.offset) + part.data
+    if isinstance(part, Ack):
+        return _HEAD.pack(PartType.ACK, part.transfer) + _OFFSET.pack(part.offset)
+    if isinstance(part, Offer):
+        rest = _OFFER.pack(part.size, part.chunk_size, part.digest) + part.name.encode("utf-8")
+        return _HEAD.pack(PartType.OFFER, part.transfer) + rest
+    if isinstance(part, Accept):
+        return _HEAD.pack(PartType.ACCEPT, part.transfer) + _OFFSET.pack(part.offset)
+    if isinstance(part, Reject):
+        return _HEAD.pack(PartType.REJECT, part.transfer) + part.reason.encode("utf-8")
+    if isinstance(part, Cancel):
+        return _HEAD.pack(PartType.CANCEL, part.transfer) + part.reason.encode("utf-8")
+    return _HEAD.pack(PartType.DONE, part.transfer) + _OK.pack(part.ok) + part.reason.encode("utf-8")
+
+
+def decode(data: bytes) -> Part | None:
+    """The part ``data`` holds; None if it is malformed (an authentic peer's bug, or worse:
+    the caller says so, and nothing changes)."""
+    try:
+        kind, transfer = _HEAD.unpack_from(data)
+        rest = data[_HEAD.size :]
+        if kind == PartType.CHUNK:
+            (offset,) = _OFFSET.unpack_from(rest)
+            return Chunk(transfer, offset, rest[_OFFSET.size :])
+        if kind == PartType.ACK and len(rest) == _OFFSET.size:
+            return Ack(transfer, _OFFSET.unpack(rest)[0])
+        if kind == PartType.ACCEPT and len(rest) == _OFFSET.size:
+            return Accept(transfer, _OFFSET.unpack(rest)[0])
+        if kind == PartType.OFFER:
+            size, chunk_size, digest = _OFFER.unpack_from(rest)
+            return Offer(transfer, rest[_OFFER.size :].decode("utf-8"), size, chunk_size, digest)
+        if kind == PartType.REJECT:
+            return Reject(transfer, rest.decode("utf-8"))
+        if kind == PartType.CANCEL:
+            return Cancel(transfer, rest.decode("utf-8"))
+        if kind == PartType.DONE and rest[:1] in (b"\x00", b"\x01"):
+            return Done(transfer, rest[0] == 1, rest[1:].decode("utf-8"))
+    except (struct.error, ValueError, LocalProtocolError):  # UnicodeDecodeError is a ValueError
+        return None
+    return None

@@ -1,0 +1,569 @@
+"""File transfers: offers, answers, chunks and their acknowledgements, for every transfer
+we send or receive. Pure (no I/O); time is passed in.
+
+``Transfers`` is the state of them all; it outlives connections (a transfer pauses when
+its peer or the relay goes, and resumes from the last chunk written when both are back).
+The parts it sends are in ``messages`` (control parts) and ``chunks_due`` (the chunks
+the window allows); what it needs done on the disk (a landing opened, a chunk written, a
+file checked and named, a partial file deleted) is in ``effects``. The shell
+(client/filepump.py) carries both out and reports back (``landed``, ``written``,
+``finished``); ``wake`` is called whenever there is new work for it.
+
+Nothing is sent before the receiver accepts. The sender keeps at most ``window`` bytes
+of chunks unacknowledged; the receiver acknowledges what it has written, and takes
+chunks only in order (one out of order, a duplicate or one of another size is dropped,
+and the sender sends again from the last acknowledged one when acknowledgements stop).
+The receiver checks the whole file against the hash in the offer before it is named.
+"""
+
+from __future__ import annotations
+
+import math
+import unicodedata
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+
+import nacl.utils
+
+from e2echat.client import fileparts as fp
+from e2echat.client.events import Event, SecurityWarning
+from e2echat.client.transfer_events import FileOffered, TransferChanged, TransferDone, TransferProgress
+from e2echat.client.trust import Trust
+from e2echat.errors import CommandError
+
+#: what a receiver takes unless it says otherwise (``/set max-file``): 1 GiB
+DEFAULT_MAX_FILE = 1024**3
+#: unacknowledged bytes a sender keeps in flight per transfer: 8 chunks, 512 KiB, well
+#: under what the relay holds for one reader (a quarter of its write buffer, 1 MiB by
+#: default) before it refuses deliveries to it; on loopback, a window this size moves
+#: hundreds of MB/s.
+WINDOW = 8 * fp.CHUNK_SIZE
+#: a sender that hears no acknowledgement for this long sends again from the last one:
+#: a chunk was lost (a relay that dropped it, or restarted)
+RESEND_AFTER = 4.0
+#: a receiver that hears nothing of an active transfer for this long says again where it
+#: is (its acknowledgement, or its accept, was lost)
+REMIND_AFTER = 6.0
+#: progress is told at most this often (and at every tenth of the file)
+PROGRESS_EVERY = 0.5
+#: file names are cut to this many UTF-8 bytes, extension kept: under every file system's
+#: 255, with room for " (123)" and ".part"
+MAX_LANDED_NAME = 200
+
+
+class Direction(StrEnum):
+    OUT = "out"
+    IN = "in"
+
+
+class State(StrEnum):
+    OFFERED = "offered"  # waiting for the receiver's answer
+    LANDING = "landing"  # accepted; the partial file is being opened
+    ACTIVE = "active"  # chunks on their way
+    PAUSED = "paused"  # the peer or the relay is away: resumes when both are back
+    CHECKING = "checking"  # every byte is there; the hash is being checked
+    DONE = "done"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    CANCELLED = "cancelled"
+
+
+FINAL = frozenset({State.DONE, State.FAILED, State.REJECTED, State.CANCELLED})
+
+
+@dataclass
+class Transfer:
+    """One file on its way, either way."""
+
+    number: int  # ours: what /accept and /cancel name
+    direction: Direction
+    peer: str
+    transfer_id: bytes  # the sender's
+    #: as it will land (safe_name): never the name as the peer sent it
+    name: str
+    size: int
+    chunk_size: int
+    digest: bytes
+    state: State = State.OFFERED
+    #: out: the file sent (the shell reads it); in: where it landed, once named
+    path: str = ""
+    #: out: the next byte to send, and every byte before ``acked`` is written at the peer;
+    #: in: the next byte expected, and every byte before ``acked`` is written here
+    sent: int = 0
+    acked: int = 0
+    #: out: the furthest we have sent (an acknowledgement beyond it is a lie)
+    furthest: int = 0
+    reason: str = ""
+    trust: Trust = Trust.UNVERIFIED
+    heard_at: float = 0.0  # the last sign of progress
+    started_at: float = 0.0
+    started_from: int = 0
+    told_at: float = -math.inf  # the last progress told
+    told_tenth: int = -1
+
+    @property
+    def key(self) -> tuple[Direction, str, bytes]:
+        return self.direction, self.peer, self.transfer_id
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL
+
+    def rate(self, now: float) -> float:
+        """Bytes a second since it (re)started."""
+        elapsed = now - self.started_at
+        return (self.acked - self.started_from) / elapsed if elapsed > 0 else 0.0
+
+
+# -- what the shell does for us ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Land:
+    """Open the partial file of ``transfer`` (or find the one kept from before), then
+    ``landed`` with how much of it is there."""
+
+    transfer: Transfer
+
+
+@dataclass(frozen=True)
+class Write:
+    transfer: Transfer
+    offset: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Finish:
+    """Every byte is written: check the hash, and name the file; then ``finished``."""
+
+    transfer: Transfer
+
+
+@dataclass(frozen=True)
+class Discard:
+    """Delete the partial file: the transfer ended without it."""
+
+    transfer: Transfer
+
+
+Effect = Land | Write | Finish | Discard
+
+
+def safe_name(offered: str) -> str:
+    """A name a file from a peer can land under: its last path part only (no directory,
+    no ``..``), without control, format (bidi) or other invisible characters, without
+    leading dots (no hidden files) or trailing dots and spaces, and at most
+    MAX_LANDED_NAME bytes, its extension kept. Never empty."""
+    name = offered.replace("\\", "/").rsplit("/", 1)[-1]
+    kept = "".join(
+        " " if char.isspace() else char
+        for char in name
+        if unicodedata.category(char) not in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp")
+    )
+    kept = kept.strip().lstrip(".").rstrip(". ")
+    if not kept:
+        return "file"
+    if len(kept.encode("utf-8")) > MAX_LANDED_NAME:
+        stem, dot, extension = kept.rpartition(".")
+        if not dot or len(extension.encode("utf-8")) > 16:
+            stem, extension = kept, ""
+        room = MAX_LANDED_NAME - len(extension.encode("utf-8")) - (1 if extension else 0)
+        stem = stem.encode("utf-8")[:room].decode("utf-8", "ignore").rstrip(". ")
+        kept = f"{stem}.{extension}" if extension else stem
+    return kept or "file"
+
+
+def new_transfer_id() -> bytes:
+    return nacl.utils.random(fp.ID_SIZE)
+
+
+class Transfers:
+    """Every transfer, both ways. ``max_size``: the largest file we take (larger offers
+    are refused, and the sender told why)."""
+
+    def __init__(self, *, max_size: int = DEFAULT_MAX_FILE, window: int = WINDOW) -> None:
+        self.max_size = max_size
+        self.window = window
+        self._by_number: dict[int, Transfer] = {}
+        self._by_key: dict[tuple[Direction, str, bytes], Transfer] = {}
+        self._numbers: Iterator[int] = iter(range(1, 2**62))
+        #: control parts to send: (peer, the part's bytes), oldest first
+        self.messages: list[tuple[str, bytes]] = []
+        #: what the shell is to do on the disk, oldest first
+        self.effects: list[Effect] = []
+        #: called when there is new work for the shell
+        self.wake: Callable[[], None] = lambda: None
+
+    # -- what the user does ---------------------------------------------------------------------
+
+    def offer(
+        self, peer: str, offered_name: str, size: int, digest: bytes, path: str, now: float
+    ) -> Transfer:
+        """Offer the file at ``path`` (``size`` bytes, BLAKE2b-256 ``digest``) to ``peer``."""
+        name = safe_name(offered_name)
+        transfer = self._add(
+            Direction.OUT, peer, new_transfer_id(), name, size, fp.CHUNK_SIZE, digest, path=path, now=now
+        )
+        self._send(transfer, fp.Offer(transfer.transfer_id, name, size, fp.CHUNK_SIZE, digest))
+        return transfer
+
+    def accept(self, number: int | None) -> Transfer:
+        """Take an offer (``number``; None: the latest one still open). The shell opens
+        its landing (``Land``), then ``landed`` answers the sender."""
+        transfer = self._offer_to_answer(number, "accept")
+        transfer.state = State.LANDING
+        self._effect(Land(transfer))
+        return transfer
+
+    def reject(self, number: int | None, reason: str = "they declined it") -> Transfer:
+        transfer = self._offer_to_answer(number, "reject")
+        transfer.state, transfer.reason = State.REJECTED, reason
+        self._send(transfer, fp.Reject(transfer.transfer_id, reason))
+        return transfer
+
+    def cancel(self, number: int, reason: str = "cancelled") -> Transfer:
+        transfer = self._by_number.get(number)
+        if transfer is None:
+            raise CommandError(detail=f"no transfer {number} (/files lists them)")
+        if transfer.final:
+            raise CommandError(detail=f"transfer {number} is over already ({transfer.state})")
+        self._end(transfer, State.CANCELLED, reason, tell=True)
+        return transfer
+
+    def listing(self) -> list[Transfer]:
+        return sorted(self._by_number.values(), key=lambda transfer: transfer.number)
+
+    def get(self, number: int) -> Transfer | None:
+        return self._by_number.get(number)
+
+    @property
+    def active(self) -> bool:
+        """Some transfer is not over."""
+        return any(not transfer.final for transfer in self._by_number.values())
+
+    # -- what the shell reports -----------------------------------------------------------------
+
+    def landed(self, transfer: Transfer, offset: int, now: float, problem: str = "") -> list[Event]:
+        """The landing of ``transfer`` is open with ``offset`` bytes written (0, or what an
+        earlier run kept); or it could not be opened (``problem``)."""
+        if transfer.state is not State.LANDING:
+            return []  # cancelled meanwhile (the shell discards what it opened)
+        if problem:
+            self._end(transfer, State.FAILED, problem, tell=True)
+            return [self._done(transfer)]
+        transfer.sent = transfer.acked = transfer.started_from = offset
+        transfer.state, transfer.heard_at, transfer.started_at = State.ACTIVE, now, now
+        self._send(transfer, fp.Accept(transfer.transfer_id, offset))
+        events: list[Event] = [self._changed(transfer, "accepted")]
+        if offset >= transfer.size:
+            transfer.state = State.CHECKING
+            self._effect(Finish(transfer))
+        return events
+
+    def written(self, transfer: Transfer, end: int, now: float) -> list[Event]:
+        """Every byte of ``transfer`` before ``end`` is written."""
+        if transfer.final or end <= transfer.acked:
+            return []
+        transfer.acked = end
+        if transfer.state is State.ACTIVE:
+            self._send(transfer, fp.Ack(transfer.transfer_id, end))
+        events = self._progress(transfer, now)
+        if end >= transfer.size and transfer.state in (State.ACTIVE, State.PAUSED):
+            transfer.state = State.CHECKING
+            self._effect(Finish(transfer))
+        return events
+
+    def finished(self, transfer: Transfer, ok: bool, path: str = "", detail: str = "") -> list[Event]:
+        """The file was checked against its hash: kept at ``path``, or deleted (``detail``)."""
+        if transfer.state is not State.CHECKING:
+            return []
+        transfer.path = path
+        if ok:
+            transfer.state = State.DONE
+            self._send(transfer, fp.Done(transfer.transfer_id, True))
+        else:
+            self._end(transfer, State.FAILED, detail, tell=False)
+            self._send(transfer, fp.Done(transfer.transfer_id, False, detail))
+        return [self._done(transfer)]
+
+    def chunks_due(self, budget: int) -> list[tuple[Transfer, int, int]]:
+        """The chunks to send now, within ``budget`` bytes: (transfer, offset, length),
+        each counted as sent. Transfers take turns, a chunk at a time."""
+        due: list[tuple[Transfer, int, int]] = []
+        sending = [
+            t for t in self._by_number.values() if t.direction is Direction.OUT and t.state is State.ACTIVE
+        ]
+        while sending and budget > 0:
+            for transfer in list(sending):
+                length = min(transfer.chunk_size, transfer.size - transfer.sent)
+                if length <= 0 or transfer.sent - transfer.acked + length > self.window or length > budget:
+                    sending.remove(transfer)
+                    continue
+                due.append((transfer, transfer.sent, length))
+                transfer.sent += length
+                transfer.furthest = max(transfer.furthest, transfer.sent)
+                budget -= length
+        return due
+
+    def tick(self, now: float, online: Collection[str]) -> list[Event]:
+        """Call now and then with who is online (nobody while we are not connected):
+        transfers pause and resume with their peers, and lost parts are sent again."""
+        events: list[Event] = []
+        for transfer in list(self._by_number.values()):
+            if transfer.final or transfer.state in (State.OFFERED, State.LANDING):
+                continue
+            here = transfer.peer in online
+            if transfer.state is State.PAUSED:
+                if here and transfer.direction is Direction.IN:
+                    # The receiver resumes: from what it has written.
+                    self._resume(transfer, now)
+                    self._send(transfer, fp.Accept(transfer.transfer_id, transfer.acked))
+                    events.append(self._changed(transfer, "resumed"))
+                continue
+            if not here:
+                if transfer.state is State.ACTIVE:
+                    transfer.state = State.PAUSED
+                    events.append(self._changed(transfer, "paused"))
+                continue
+            quiet = now - transfer.heard_at
+            if transfer.state is State.ACTIVE and transfer.direction is Direction.OUT:
+                if transfer.sent > transfer.acked and quiet >= RESEND_AFTER:
+                    transfer.sent, transfer.heard_at = transfer.acked, now
+            elif transfer.state is State.ACTIVE and quiet >= REMIND_AFTER:
+                transfer.sent, transfer.heard_at = transfer.acked, now
+                self._send(transfer, fp.Accept(transfer.transfer_id, transfer.acked))
+        if self.messages or self.effects:
+            self.wake()
+        return events
+
+    # -- what peers send ------------------------------------------------------------------------
+
+    def receive(self, sender: str, data: bytes, trust: Trust, now: float) -> list[Event]:
+        """A part from ``sender`` (it opened in our session with them)."""
+        part = fp.decode(data)
+        if part is None:
+            return [SecurityWarning(f"{sender} sent a malformed part of a file transfer; it was dropped")]
+        if isinstance(part, fp.Chunk):
+            return self._chunk(sender, part, now)
+        if isinstance(part, fp.Offer):
+            return self._offered(sender, part, trust, now)
+        if isinstance(part, fp.Accept | fp.Ack | fp.Reject | fp.Done):
+            transfer = self._by_key.get((Direction.OUT, sender, part.transfer))
+        else:  # a cancel: either side's
+            transfer = self._by_key.get((Direction.OUT, sender, part.transfer)) or self._by_key.get(
+                (Direction.IN, sender, part.transfer)
+            )
+        if transfer is None or transfer.final:
+            return []  # over, or never ours: late parts of a transfer that ended
+        if isinstance(part, fp.Ack):
+            if transfer.acked < part.offset <= transfer.furthest:
+                transfer.acked = part.offset
+                transfer.sent = max(transfer.sent, part.offset)
+                transfer.heard_at = now
+                events = self._progress(transfer, now)
+                if transfer.acked >= transfer.size:
+                    transfer.state = State.CHECKING
+                    events.append(self._changed(transfer, "checking", "every byte is there; they check it"))
+                return events
+            return []
+        if isinstance(part, fp.Accept):
+            if part.offset > transfer.size or transfer.state not in (
+                State.OFFERED,
+                State.ACTIVE,
+                State.PAUSED,
+            ):
+                return []
+            answered = transfer.state is State.OFFERED
+            transfer.sent = transfer.acked = part.offset
+            transfer.furthest = max(transfer.furthest, part.offset)
+            was = transfer.state
+            self._resume(transfer, now)
+            if transfer.acked >= transfer.size:
+                transfer.state = State.CHECKING
+            if answered:
+                return [self._changed(transfer, "accepted", f"{sender} accepted it")]
+            return [self._changed(transfer, "resumed")] if was is State.PAUSED else []
+        if isinstance(part, fp.Reject):
+            if transfer.state is not State.OFFERED:
+                return []
+            transfer.state, transfer.reason = State.REJECTED, part.reason
+            return [self._done(transfer)]
+        if isinstance(part, fp.Done):
+            if transfer.state not in (State.ACTIVE, State.CHECKING, State.PAUSED):
+                return []
+            if part.ok and transfer.acked < transfer.size:
+                return []  # done before every byte was acknowledged: not believed
+            transfer.state = State.DONE if part.ok else State.FAILED
+            transfer.reason = part.reason
+            return [self._done(transfer)]
+        self._end(transfer, State.CANCELLED, f"{sender} cancelled it" + _why(part.reason), tell=False)
+        return [self._done(transfer)]
+
+    def _offered(self, sender: str, offer: fp.Offer, trust: Trust, now: float) -> list[Event]:
+        key = (Direction.IN, sender, offer.transfer)
+        if key in self._by_key:
+            return []  # the same offer again
+        if trust is Trust.CHANGED:
+            self.messages.append(
+                (sender, fp.encode(fp.Reject(offer.transfer, "their key changed and was not accepted")))
+            )
+            self.wake()
+            return [
+                SecurityWarning(
+                    f"{sender} (whose key changed and was not accepted) offered a file; it was refused "
+                    f"(see /verify {sender}, /trust {sender})"
+                )
+            ]
+        transfer = self._add(
+            Direction.IN,
+            sender,
+            offer.transfer,
+            safe_name(offer.name),
+            offer.size,
+            offer.chunk_size,
+            offer.digest,
+            now=now,
+        )
+        transfer.trust = trust
+        if offer.size > self.max_size:
+            reason = f"it is over their limit of {size_text(self.max_size)}"
+            transfer.state, transfer.reason = State.REJECTED, reason
+            self._send(transfer, fp.Reject(offer.transfer, reason))
+            return [
+                self._done(transfer, f"refused: {size_text(offer.size)} is over your limit (/set max-file)")
+            ]
+        return [FileOffered(transfer.number, sender, transfer.name, offer.size, trust)]
+
+    def _chunk(self, sender: str, chunk: fp.Chunk, now: float) -> list[Event]:
+        transfer = self._by_key.get((Direction.IN, sender, chunk.transfer))
+        if transfer is None or transfer.state is not State.ACTIVE:
+            return []  # late, or before we accepted: nothing is taken unasked
+        expected = min(transfer.chunk_size, transfer.size - transfer.sent)
+        if chunk.offset != transfer.sent or len(chunk.data) != expected:
+            # Out of order, again, or cut: dropped. Where we are is said again, so a
+            # sender whose acknowledgement was lost goes on.
+            if chunk.offset < transfer.sent and now - transfer.heard_at >= PROGRESS_EVERY:
+                transfer.heard_at = now
+                self._send(transfer, fp.Ack(transfer.transfer_id, transfer.acked))
+            return []
+        transfer.sent += expected
+        transfer.heard_at = now
+        self._effect(Write(transfer, chunk.offset, chunk.data))
+        return []
+
+    # -- the rest -------------------------------------------------------------------------------
+
+    def _add(
+        self,
+        direction: Direction,
+        peer: str,
+        transfer_id: bytes,
+        name: str,
+        size: int,
+        chunk_size: int,
+        digest: bytes,
+        *,
+        path: str = "",
+        now: float,
+    ) -> Transfer:
+        transfer = Transfer(
+            next(self._numbers), direction, peer, transfer_id, name, size, chunk_size, digest, path=path
+        )
+        transfer.heard_at = transfer.started_at = now
+        self._by_number[transfer.number] = transfer
+        self._by_key[transfer.key] = transfer
+        return transfer
+
+    def _offer_to_answer(self, number: int | None, verb: str) -> Transfer:
+        if number is None:
+            offers = [
+                t
+                for t in self._by_number.values()
+                if t.direction is Direction.IN and t.state is State.OFFERED
+            ]
+            if not offers:
+                raise CommandError(detail=f"no offer to {verb}")
+            return offers[-1]
+        transfer = self._by_number.get(number)
+        if transfer is None or transfer.direction is not Direction.IN:
+            raise CommandError(detail=f"no offer {number} (/files lists them)")
+        if transfer.state is not State.OFFERED:
+            raise CommandError(detail=f"offer {number} was answered already ({transfer.state})")
+        return transfer
+
+    def _resume(self, transfer: Transfer, now: float) -> None:
+        transfer.state = State.ACTIVE
+        transfer.heard_at = transfer.started_at = now
+        transfer.started_from = transfer.acked
+        transfer.told_at = -math.inf
+
+    def _end(self, transfer: Transfer, state: State, reason: str, *, tell: bool) -> None:
+        landing = transfer.direction is Direction.IN and transfer.state in (
+            State.LANDING,
+            State.ACTIVE,
+            State.PAUSED,
+            State.CHECKING,
+        )
+        transfer.state, transfer.reason = state, reason
+        if tell:
+            self._send(transfer, fp.Cancel(transfer.transfer_id, reason))
+        if landing:
+            self._effect(Discard(transfer))
+
+    def _send(self, transfer: Transfer, part: fp.Part) -> None:
+        self.messages.append((transfer.peer, fp.encode(part)))
+        self.wake()
+
+    def _effect(self, effect: Effect) -> None:
+        self.effects.append(effect)
+        self.wake()
+
+    def _progress(self, transfer: Transfer, now: float) -> list[Event]:
+        tenth = transfer.acked * 10 // transfer.size if transfer.size else 10
+        if tenth == transfer.told_tenth and now - transfer.told_at < PROGRESS_EVERY:
+            return []
+        transfer.told_tenth, transfer.told_at = tenth, now
+        return [
+            TransferProgress(
+                transfer.number,
+                transfer.direction.value,
+                transfer.peer,
+                transfer.name,
+                transfer.acked,
+                transfer.size,
+                transfer.rate(now),
+            )
+        ]
+
+    def _changed(self, transfer: Transfer, state: str, detail: str = "") -> TransferChanged:
+        return TransferChanged(
+            transfer.number, transfer.direction.value, transfer.peer, transfer.name, state, detail
+        )
+
+    def _done(self, transfer: Transfer, detail: str = "") -> TransferDone:
+        return TransferDone(
+            transfer.number,
+            transfer.direction.value,
+            transfer.peer,
+            transfer.name,
+            transfer.size,
+            transfer.state is State.DONE,
+            transfer.state.value,
+            detail or transfer.reason,
+            transfer.path if transfer.state is State.DONE else "",
+        )
+
+
+def _why(reason: str) -> str:
+    return f": {reason}" if reason else ""
+
+
+def size_text(size: float) -> str:
+    """1.2 MB, 640 kB, 17 B: decimal units, as file managers show them."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    raise AssertionError("unreachable")
