@@ -240,3 +240,11 @@ class StoreInUse(StoreError):
 class HistoryIncomplete(_KeyFileProblem):
     """{detail} lines of {path} did not open (damaged, or sealed with another key) and were
     left out"""
+
+
+class TransferFileError(E2EChatError):
+    """cannot use {path}: {detail}"""
+
+    def __init__(self, *, path: PurePath | str, detail: str = "") -> None:
+        self.path = path
+        super().__init__(detail=detail)

@@ -1,0 +1,172 @@
+"""Files on their way, on the disk: a file to send, read in chunks, and the landing of one
+received. Every call here blocks: the shell (client/filepump.py) makes them in a thread.
+
+A file received is written to a partial file (``NAME.ID.part``, 0600, created new, so
+never anyone else's file) in the downloads directory, hashed as it is written, and
+checked against the hash its offer carried before it gets its name. The name
+(``files.safe_name``: no directory, no ``..``, no hidden file) is taken only if free:
+``report.pdf``, else ``report (1).pdf``, and so on; an existing file is never replaced.
+A partial file that fails the check is deleted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from e2echat.client.fileparts import DIGEST_SIZE
+from e2echat.errors import TransferFileError
+
+PART_SUFFIX = ".part"
+#: how many "NAME (N).ext" are tried before giving up: a directory with that many copies
+#: of one name is not a place to land another
+MAX_COPIES = 10_000
+#: read this much at a time when hashing a whole file
+_READ = 1024 * 1024
+
+
+def default_downloads(env: Mapping[str, str] | None = None) -> Path:
+    """``$XDG_DOWNLOAD_DIR/e2echat``, else ``~/Downloads/e2echat``."""
+    env = os.environ if env is None else env
+    base = env.get("XDG_DOWNLOAD_DIR") or str(Path("~/Downloads").expanduser())
+    return Path(base) / "e2echat"
+
+
+def new_digest() -> hashlib.blake2b:
+    return hashlib.blake2b(digest_size=DIGEST_SIZE)
+
+
+def file_digest(path: Path) -> tuple[int, bytes]:
+    """The size of the file at ``path`` and its BLAKE2b-256, read once."""
+    digest = new_digest()
+    size = 0
+    try:
+        with path.open("rb") as handle:
+            while block := handle.read(_READ):
+                digest.update(block)
+                size += len(block)
+    except OSError as exc:
+        raise TransferFileError(path=path, detail=exc.strerror or str(exc)) from None
+    return size, digest.digest()
+
+
+class Source:
+    """A file being sent: read at any offset (a resumed transfer goes back)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self._fd = os.open(path, os.O_RDONLY)
+        except OSError as exc:
+            raise TransferFileError(path=path, detail=exc.strerror or str(exc)) from None
+
+    def read(self, offset: int, length: int) -> bytes:
+        try:
+            data = os.pread(self._fd, length, offset)
+        except OSError as exc:
+            raise TransferFileError(path=self.path, detail=exc.strerror or str(exc)) from None
+        if len(data) != length:
+            raise TransferFileError(path=self.path, detail="it changed while it was being sent")
+        return data
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+
+
+class Landing:
+    """Where one file received is written: ``directory``/``name``, by way of a partial
+    file named ``part_name`` + ".part" (the name and the transfer's id). A transfer that
+    pauses keeps its landing open, and resumes where it was written to."""
+
+    def __init__(self, directory: Path, name: str, part_name: str) -> None:
+        if "/" in name or name in ("", ".", "..") or "/" in part_name:
+            raise ValueError("a landing's names are single path parts")  # files.safe_name's job
+        self.directory = directory
+        self.name = name
+        self.part = directory / f"{part_name}{PART_SUFFIX}"
+        self._fd: int | None = None
+        self._digest = new_digest()
+        self.written = 0
+
+    def open(self) -> int:
+        """Create the partial file; returns how many bytes of the file are there (0)."""
+        try:
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # O_EXCL: a file (or a link) already under the partial file's name is nobody's
+            # to write into; O_CREAT's mode is the file's from its first moment.
+            self._fd = os.open(self.part, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            raise TransferFileError(path=self.part, detail=exc.strerror or str(exc)) from None
+        return 0
+
+    def write(self, offset: int, data: bytes) -> None:
+        """Write ``data`` at ``offset``: chunks come in order, each right after the last."""
+        if self._fd is None or offset != self.written:
+            raise ValueError("chunks are written in order")  # files.Transfers' job
+        try:
+            view = memoryview(data)
+            while view:
+                done = os.pwrite(self._fd, view, offset)
+                view, offset = view[done:], offset + done
+        except OSError as exc:
+            raise TransferFileError(path=self.part, detail=exc.strerror or str(exc)) from None
+        self._digest.update(data)
+        self.written += len(data)
+
+    def finish(self, digest: bytes) -> Path | None:
+        """Check the whole file against ``digest``; if it matches, give it its name (the
+        first free one) and return where it is; if not, delete it and return None."""
+        if not hmac.compare_digest(self._digest.digest(), digest):
+            self.discard()
+            return None
+        try:
+            assert self._fd is not None
+            os.fsync(self._fd)
+            self._close()
+            final = self._claim()
+            # The name is ours (created new, empty): replacing it replaces nobody's file.
+            os.replace(self.part, final)
+            with contextlib.suppress(OSError):
+                directory = os.open(self.directory, os.O_RDONLY)
+                try:
+                    os.fsync(directory)
+                finally:
+                    os.close(directory)
+        except OSError as exc:
+            raise TransferFileError(path=self.part, detail=exc.strerror or str(exc)) from None
+        return final
+
+    def discard(self) -> None:
+        """Delete the partial file (a transfer that ended without it)."""
+        self._close()
+        with contextlib.suppress(FileNotFoundError):
+            self.part.unlink()
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+
+    def _claim(self) -> Path:
+        """The first free name of ``name``, ``name (1)``, ... created empty, 0600, by us."""
+        stem, dot, extension = self.name.rpartition(".")
+        if not stem:
+            stem, dot, extension = self.name, "", ""
+        for copy in range(MAX_COPIES):
+            candidate = self.name if not copy else f"{stem} ({copy}){dot}{extension}"
+            path = self.directory / candidate
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            except FileExistsError:
+                continue
+            os.close(fd)
+            return path
+        raise TransferFileError(
+            path=self.directory / self.name, detail=f"{MAX_COPIES} files have its name already"
+        )
