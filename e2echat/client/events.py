@@ -11,6 +11,8 @@ import functools
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from e2echat.client.fileevents import FileOffered, TransferChanged, TransferDone, TransferProgress
+
 # What became of a message we sent: re-exported, as part of the UI's vocabulary.
 from e2echat.client.receipts import DeliveryReport as DeliveryReport
 from e2echat.client.receipts import MessageQueued as MessageQueued
@@ -18,7 +20,6 @@ from e2echat.client.receipts import SendReport as SendReport
 
 # A peer away or back (/away): defined beside the status it comes from.
 from e2echat.client.status import Away as Away
-from e2echat.client.transfer_events import FileOffered, TransferChanged, TransferDone, TransferProgress
 from e2echat.client.trust import Trust
 
 

@@ -28,7 +28,7 @@ import nacl.utils
 
 from e2echat.client import fileparts as fp
 from e2echat.client.events import Event, SecurityWarning
-from e2echat.client.transfer_events import FileOffered, TransferChanged, TransferDone, TransferProgress
+from e2echat.client.fileevents import FileOffered, TransferChanged, TransferDone, TransferProgress
 from e2echat.client.trust import Trust
 from e2echat.errors import CommandError
 
@@ -217,20 +217,21 @@ class Transfers:
         self._effect(Land(transfer))
         return transfer
 
-    def reject(self, number: int | None, reason: str = "they declined it") -> Transfer:
+    def reject(self, number: int | None, reason: str = "they declined it") -> list[Event]:
         transfer = self._offer_to_answer(number, "reject")
         transfer.state, transfer.reason = State.REJECTED, reason
         self._send(transfer, fp.Reject(transfer.transfer_id, reason))
-        return transfer
+        return [self._done(transfer, "you declined it")]
 
-    def cancel(self, number: int, reason: str = "cancelled") -> Transfer:
+    def cancel(self, number: int, reason: str = "cancelled") -> list[Event]:
+        """End transfer ``number`` (either way), and tell its peer ``reason``."""
         transfer = self._by_number.get(number)
         if transfer is None:
             raise CommandError(detail=f"no transfer {number} (/files lists them)")
         if transfer.final:
             raise CommandError(detail=f"transfer {number} is over already ({transfer.state})")
         self._end(transfer, State.CANCELLED, reason, tell=True)
-        return transfer
+        return [self._done(transfer)]
 
     def listing(self) -> list[Transfer]:
         return sorted(self._by_number.values(), key=lambda transfer: transfer.number)
@@ -362,6 +363,7 @@ class Transfers:
                 transfer.acked = part.offset
                 transfer.sent = max(transfer.sent, part.offset)
                 transfer.heard_at = now
+                self.wake()  # the window has room again
                 events = self._progress(transfer, now)
                 if transfer.acked >= transfer.size:
                     transfer.state = State.CHECKING
@@ -380,6 +382,7 @@ class Transfers:
             transfer.furthest = max(transfer.furthest, part.offset)
             was = transfer.state
             self._resume(transfer, now)
+            self.wake()
             if transfer.acked >= transfer.size:
                 transfer.state = State.CHECKING
             if answered:

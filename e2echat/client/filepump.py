@@ -1,0 +1,265 @@
+"""The asyncio shell around ``Transfers`` (client/files.py): parts out through the link,
+chunks read and written off the event loop (store/downloads.py), and the events of
+transfers into the one queue the UI reads.
+
+One task does it all, woken when the transfers have work, and a few times a second for
+their clocks. Chunks go only as fast as the link's ``file_budget`` allows, which keeps
+what is typed ahead of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, Protocol
+
+from e2echat.client import fileparts as fp
+from e2echat.client.core import ClientCore
+from e2echat.client.events import ClientEvent, Event
+from e2echat.client.files import Finish, Land, State, Transfer, Transfers, Write
+from e2echat.client.trust import Trust
+from e2echat.errors import CommandError, E2EChatError
+from e2echat.store.downloads import Landing, Source, file_digest
+
+log = logging.getLogger("e2echat.client.filepump")
+
+#: how often the transfers' clocks are looked at (pauses, resends)
+TICK = 0.25
+#: control parts waiting for their peer (online again, or a session started), at most:
+#: a peer that never comes back must not make the list grow for ever
+MAX_WAITING_PARTS = 1000
+
+
+class FileLink(Protocol):
+    """What transfers need from the way to the relay (a ``Client`` or a ``Connection``)."""
+
+    @property
+    def core(self) -> ClientCore: ...
+    @property
+    def online(self) -> bool: ...
+    @property
+    def events(self) -> asyncio.Queue[ClientEvent]: ...
+
+    def send_file_part(self, nick: str, part: bytes) -> bool: ...
+    def file_budget(self) -> int: ...
+
+
+class FilePump:
+    """Moves the files of ``transfers`` over ``link``; files received land in ``downloads``."""
+
+    def __init__(
+        self,
+        link: FileLink,
+        transfers: Transfers,
+        downloads: Path,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.link = link
+        self.transfers = transfers
+        self.downloads = downloads
+        self._clock = clock
+        self._wake = asyncio.Event()
+        transfers.wake = self._wake.set
+        self._sources: dict[int, Source] = {}
+        self._landings: dict[int, Landing] = {}
+        #: what waits for each transfer's writer (chunks, then the check), by number
+        self._jobs: dict[int, list[Write | Finish]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="e2echat-files")
+
+    async def close(self) -> None:
+        for task in (self._task, *self._tasks):
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(
+            *(t for t in (self._task, *self._tasks) if t is not None), return_exceptions=True
+        )
+        for source in self._sources.values():
+            source.close()
+        for landing in self._landings.values():
+            await asyncio.to_thread(landing.discard)  # the transfer ends with us: see SECURITY.md
+        self._sources.clear()
+        self._landings.clear()
+
+    # -- what the user does -------------------------------------------------------------------
+
+    async def send(self, nick: str, path: Path) -> Transfer:
+        """Offer the file at ``path`` to ``nick``, who must be online (the parts of a
+        transfer go only to someone online; see SECURITY.md)."""
+        core = self.link.core
+        if nick == core.nick:
+            raise CommandError(detail="that is you; /send sends to someone else")
+        if not self.link.online or nick not in core.directory:
+            raise CommandError(detail=f"{nick} is not online; a file goes only to someone online")
+        if core.trust(nick) is Trust.CHANGED:
+            raise CommandError(
+                detail=f"not sent: {nick}'s key changed; nothing is sent to {nick} until "
+                f"you accept the new key with /trust {nick}"
+            )
+        if not path.is_file():
+            raise CommandError(detail=f"{path} is not a file")
+        try:
+            size, digest = await asyncio.to_thread(file_digest, path)
+            source = await asyncio.to_thread(Source, path)
+        except E2EChatError as exc:
+            raise CommandError(detail=str(exc)) from None
+        transfer = self.transfers.offer(nick, path.name, size, digest, str(path), self._clock())
+        self._sources[transfer.number] = source
+        return transfer
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        waiting: list[tuple[str, bytes]] = []  # control parts that could not go yet
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), TICK)
+            self._wake.clear()
+            try:
+                online = self.link.core.peers if self.link.online else []
+                self._publish(self.transfers.tick(self._clock(), online))
+                self._effects()
+                waiting = self._send_parts(waiting + self.transfers.messages)
+                self.transfers.messages.clear()
+                await self._send_chunks()
+                self._close_ended()
+            except E2EChatError as exc:  # a broken link: the next turn finds it away
+                log.info("file transfers: %s", exc)
+
+    def _send_parts(self, parts: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+        """Send what can go; return what waits (its peer away, or a session starting)."""
+        waiting = []
+        for nick, part in parts:
+            if not self.link.send_file_part(nick, part):
+                waiting.append((nick, part))
+        return waiting[-MAX_WAITING_PARTS:]
+
+    async def _send_chunks(self) -> None:
+        budget = self.link.file_budget()
+        due = self.transfers.chunks_due(budget) if budget > 0 else []
+        if not due:
+            return
+        try:
+            chunks = await asyncio.to_thread(self._read, due)
+        except E2EChatError as exc:
+            for transfer, _, _ in due:
+                if not transfer.final:
+                    self._publish(
+                        self.transfers.cancel(transfer.number, f"the file could not be read: {exc}")
+                    )
+            return
+        for (transfer, offset, _), data in zip(due, chunks, strict=True):
+            if transfer.state is State.ACTIVE:
+                self.link.send_file_part(
+                    transfer.peer, fp.encode(fp.Chunk(transfer.transfer_id, offset, data))
+                )
+        if len(due) and self.link.file_budget() > 0:
+            self._wake.set()  # more may go: the next turn, after whatever else is waiting
+
+    def _read(self, due: list[tuple[Transfer, int, int]]) -> list[bytes]:
+        return [self._sources[transfer.number].read(offset, length) for transfer, offset, length in due]
+
+    # -- the disk -------------------------------------------------------------------------------
+
+    def _effects(self) -> None:
+        effects, self.transfers.effects = self.transfers.effects, []
+        for effect in effects:
+            number = effect.transfer.number
+            if isinstance(effect, Write | Finish):
+                # In order, by one writer per transfer: the check comes after the last chunk.
+                jobs = self._jobs.get(number)
+                if jobs is None:
+                    self._jobs[number] = [effect]
+                    self._spawn(self._write(effect.transfer))
+                else:
+                    jobs.append(effect)
+            elif isinstance(effect, Land):
+                self._spawn(self._land(effect.transfer))
+            else:
+                self._spawn(self._discard(effect.transfer))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _land(self, transfer: Transfer) -> None:
+        part_name = f"{transfer.name}.{transfer.transfer_id.hex()[:16]}"
+        landing = Landing(self.downloads, transfer.name, part_name)
+        problem = ""
+        try:
+            offset = await asyncio.to_thread(landing.open)
+        except E2EChatError as exc:
+            offset, problem = 0, str(exc)
+        else:
+            self._landings[transfer.number] = landing
+        self._publish(self.transfers.landed(transfer, offset, self._clock(), problem))
+        if transfer.state is State.CANCELLED:
+            await self._discard(transfer)
+
+    async def _write(self, transfer: Transfer) -> None:
+        """The writer of one transfer: its chunks in order, a batch per thread call, then
+        the check of the whole file."""
+        number = transfer.number
+        try:
+            while jobs := self._jobs.get(number):
+                writes = [job for job in jobs if isinstance(job, Write)]
+                finish = len(writes) < len(jobs)
+                self._jobs[number] = []
+                landing = self._landings.get(number)
+                if landing is None or transfer.final:
+                    return
+                if writes:
+                    try:
+                        await asyncio.to_thread(_write_all, landing, writes)
+                    except (E2EChatError, ValueError) as exc:
+                        self._publish(self.transfers.cancel(number, f"the file could not be written: {exc}"))
+                        await self._discard(transfer)
+                        return
+                    self._publish(self.transfers.written(transfer, landing.written, self._clock()))
+                if finish:
+                    await self._finish(transfer, landing)
+        finally:
+            self._jobs.pop(number, None)
+
+    async def _finish(self, transfer: Transfer, landing: Landing) -> None:
+        self._landings.pop(transfer.number, None)
+        try:
+            final = await asyncio.to_thread(landing.finish, transfer.digest)
+        except E2EChatError as exc:
+            await asyncio.to_thread(landing.discard)
+            self._publish(self.transfers.finished(transfer, False, detail=f"it could not be kept: {exc}"))
+            return
+        if final is None:
+            detail = "the file did not match the hash in its offer: it was deleted"
+            self._publish(self.transfers.finished(transfer, False, detail=detail))
+        else:
+            self._publish(self.transfers.finished(transfer, True, path=str(final)))
+
+    async def _discard(self, transfer: Transfer) -> None:
+        landing = self._landings.pop(transfer.number, None)
+        if landing is not None:
+            await asyncio.to_thread(landing.discard)
+
+    def _close_ended(self) -> None:
+        for number in list(self._sources):
+            transfer = self.transfers.get(number)
+            if transfer is None or transfer.final:
+                self._sources.pop(number).close()
+
+    def _publish(self, events: list[Event]) -> None:
+        for event in events:
+            self.link.events.put_nowait(event)
+
+
+def _write_all(landing: Landing, batch: list[Write]) -> None:
+    for write in batch:
+        landing.write(write.offset, write.data)
