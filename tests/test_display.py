@@ -39,6 +39,7 @@ from e2echat.client.events import (
     Queued,
     Reconnecting,
 )
+from e2echat.client.fileevents import FileOffered, TransferChanged, TransferDone, TransferProgress
 from e2echat.client.receipts import DeliveryReport, MessageQueued
 from e2echat.client.trust import Trust
 from e2echat.ui.cells import neutralize, terminal_cells
@@ -497,6 +498,33 @@ _LINES: dict[str, tuple[str | None, Shown, str | None]] = {
         "notice",
         Recalled(Entry("bob", False, "bob", "bob's identity key changed", NOW, kind=Kind.NOTICE)),
         f"{STAMP} -- bob's identity key changed",
+    ),
+    "file-offered": (
+        "notice",
+        FileOffered(3, "bob", "report.pdf", 1_234_567, Trust.VERIFIED),
+        f"{STAMP} -- bob ✓ offers report.pdf (1.2 MB): /accept 3 or /reject 3",
+    ),
+    "file-progress": (
+        "notice",
+        TransferProgress(3, "in", "bob", "report.pdf", 617_283, 1_234_567, 100_000.0),
+        f"{STAMP} -- file 3 report.pdf from bob: 49% of 1.2 MB, 100.0 kB/s, 0:07 left",
+    ),
+    "file-paused": (
+        "notice",
+        TransferChanged(3, "out", "bob", "report.pdf", "paused"),
+        f"{STAMP} -- file 3 report.pdf to bob: paused",
+    ),
+    "file-received": (
+        "notice",
+        TransferDone(3, "in", "bob", "report.pdf", 1_234_567, True, "done", path="/home/me/report.pdf"),
+        f"{STAMP} -- file 3 report.pdf from bob: received and hash-checked (1.2 MB): saved as /home/me/report.pdf",
+    ),
+    "file-failed": (
+        "warning",
+        TransferDone(
+            3, "out", "bob", "r\u202eeport.pdf", 1_234_567, False, "failed", "it did not match\x1b[2J"
+        ),
+        f"{STAMP} !! file 3 r\\u202eeport.pdf to bob: FAILED: it did not match\\x1b[2J",
     ),
 }
 

@@ -58,6 +58,7 @@ PURE = sorted(
         "relay.limits",
         "ui.cells",
         "ui.commands",
+        "ui.transfers",
         "ui.nicks",
         "ui.actions",
         "ui.render",

@@ -11,6 +11,7 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
 from typing import Any, Protocol
 
 from e2echat.client.core import TOO_MANY_ROOMS, ClientCore
@@ -28,10 +29,14 @@ from e2echat.client.events import (
     RelayError,
     RoomChanged,
 )
+from e2echat.client.fileevents import TransferChanged, TransferDone, TransferProgress
+from e2echat.client.filepump import FilePump
+from e2echat.client.files import size_text
 from e2echat.client.receipts import RECEIPT_TIMEOUT
+from e2echat.client.trust import Trust
 from e2echat.errors import CommandError, E2EChatError, RelayGone
 from e2echat.store.history import HistoryStore, Lines
-from e2echat.ui import commands, transcript
+from e2echat.ui import commands, transcript, transfers
 from e2echat.ui.actions import action_of, as_action
 from e2echat.ui.away import AwayStatus
 from e2echat.ui.lastsent import LastSent
@@ -66,6 +71,9 @@ EARLIER_LINES = 10
 EARLIER_CONVERSATIONS = 10
 #: /search shows the newest matches, at most this many
 SEARCH_LINES = 30
+#: before leaving, transfers not yet over are waited for while they move; one that has
+#: not moved for this long (its peer gone, say) is not
+FILES_QUIET_TIMEOUT = 60.0
 
 
 class Link(Protocol):
@@ -113,7 +121,8 @@ class Chat:
     starts with (ui/settings.py); ``/set`` changes one, and ``keep`` (name, value) keeps
     it in the profile; ``no_colour`` says NO_COLOR is set: no colours, whatever
     ``settings`` say. ``rooms`` are the rooms the user is in (the link's), and which is
-    current; ``keep_rooms`` (names, current) keeps them in the profile when they change."""
+    current; ``keep_rooms`` (names, current) keeps them in the profile when they change.
+    ``files`` moves files (/send, /accept); without it there are none."""
 
     def __init__(
         self,
@@ -131,6 +140,7 @@ class Chat:
         no_colour: bool = False,
         rooms: RoomList | None = None,
         keep_rooms: Callable[[list[str], str | None], None] | None = None,
+        files: FilePump | None = None,
     ) -> None:
         self.link = link
         self.rooms = rooms if rooms is not None else RoomList()
@@ -144,6 +154,12 @@ class Chat:
         self.settings = settings or Settings()
         self.keep = keep
         self.no_colour = no_colour
+        self.files = files
+        #: the REPL's: draws the toolbar again (a transfer's progress is on it)
+        self.redraw: Callable[[], None] | None = None
+        # Line mode prints a transfer's progress once a tenth: the last tenth printed.
+        self._tenths: dict[int, int] = {}
+        self._offering: set[asyncio.Task[None]] = set()  # /send, hashing the file
         #: the REPL's: the state of our last message is on its toolbar, so a delivery
         #: can go without a line (``delivery quiet``); line mode prints every one
         self.status_line = False
@@ -289,10 +305,93 @@ class Chat:
         elif isinstance(command, commands.Untrust):
             core.set_verified(command.nick, False)
             self.notice(f"{command.nick} is no longer marked verified")
+        elif isinstance(command, commands.FileCommand):
+            self._file_command(command)
         elif isinstance(command, commands.History):
             self._look_up(self._show_history(command.conversation, command.count))
         elif isinstance(command, commands.Search):
             self._look_up(self._search(command.text))
+        return True
+
+    # -- files ----------------------------------------------------------------------------------
+
+    def _file_command(self, command: commands.FileCommand) -> None:
+        files = self.files
+        if files is None:
+            raise CommandError(detail="no file transfers in this chat")
+        if isinstance(command, commands.SendFile):
+            self._send_file(files, command.target, command.path)
+        elif isinstance(command, commands.AcceptFile):
+            transfer = files.transfers.accept(command.number)
+            self.notice(
+                f"accepting file {transfer.number} from {transfer.peer}; it is saved in {files.downloads} "
+                "once its hash is checked"
+            )
+        elif isinstance(command, commands.RejectFile):
+            for event in files.transfers.reject(command.number):
+                self.show(event)
+        elif isinstance(command, commands.CancelTransfer):
+            for event in files.transfers.cancel(command.number):
+                self.show(event)
+        elif isinstance(command, commands.ListFiles):
+            self.show(HelpText(tuple(transfers.listing(files.transfers.listing(), time.monotonic()))))
+        else:
+            files.transfers.max_size = command.size
+            said = f"max-file {size_text(command.size)}: larger offers are refused"
+            if self.keep is None:
+                self.notice(f"{said}; for this chat only: there is no profile to keep it in")
+                return
+            try:
+                self.keep("max-file", command.typed)
+            except E2EChatError as exc:
+                self.problem(f"{said} for this chat, but NOT kept for next time: {exc}")
+                return
+            self.notice(f"{said}; kept for next time")
+
+    def _send_file(self, files: FilePump, target: str, typed_path: str) -> None:
+        core = self.link.core
+        if target.startswith("#"):
+            # Everyone in the room (today: everyone online, the relay's one room) whose key
+            # is not in doubt; those away are told of, as the parts go only to someone online.
+            nicks = [nick for nick in core.peers if core.trust(nick) is not Trust.CHANGED]
+            if core.away:
+                self.notice(f"not offered to {', '.join(natural_sorted(core.away))}: offline")
+            if not nicks:
+                raise CommandError(detail="nobody else is online; the file was not offered")
+        else:
+            nicks = [target]
+        path = Path(typed_path).expanduser()
+
+        async def offer() -> None:
+            for nick in nicks:
+                try:
+                    transfer = await files.send(nick, path)
+                except CommandError as exc:
+                    self.refused = True
+                    self.problem(str(exc))
+                    continue
+                self.notice(
+                    f"offered {transfers.neutralize(transfer.name)} ({size_text(transfer.size)}) to {nick} "
+                    f"as file {transfer.number}; it goes once they accept"
+                )
+
+        task = asyncio.get_running_loop().create_task(offer(), name="e2echat-offer")
+        self._offering.add(task)
+        task.add_done_callback(self._offering.discard)
+
+    def _transfer_shown(self, event: TransferProgress | TransferChanged | TransferDone) -> bool:
+        """Whether a transfer's event gets a line: in the REPL its progress is on the
+        toolbar; line mode prints it once a tenth."""
+        if self.redraw is not None:
+            self.redraw()
+        if not isinstance(event, TransferProgress) or self.json:
+            return True
+        if self.status_line:
+            return False
+        tenth = 10 if not event.size else event.done * 10 // event.size
+        if self._tenths.get(event.number, -1) == tenth:
+            return False
+        self._tenths[event.number] = tenth
         return True
 
     def _sent(self, message_id: int) -> None:
@@ -458,6 +557,10 @@ class Chat:
             self._keys.shown[event.nick] = event.new_fingerprint
         if isinstance(event, RelayError) and event.code == TOO_MANY_ROOMS:
             self.places.refused()
+        if isinstance(event, TransferProgress | TransferChanged | TransferDone) and not self._transfer_shown(
+            event
+        ):
+            return
         self.last_sent.update(event)
         self._record(transcript.record(event, self.clock()))
         mention = False
@@ -572,6 +675,7 @@ class Chat:
         (SIGINT) while it waits leaves at once, with the same report."""
         if self.link.closed:
             return
+        await self._finish_files()
         waiting = self.link.waiting_for()
         if waiting:
             self.notice(f"{_waiting_text(waiting, timeout)}; Ctrl+C leaves now")
@@ -590,6 +694,26 @@ class Chat:
                 self.link.give_up("you left before its receipt came")
             else:
                 self.link.give_up(f"no receipt within {timeout:g}s, before we left")
+
+    async def _finish_files(self) -> None:
+        """Before leaving: the files offered are hashed and offered, and the transfers not
+        yet over are waited for while they move (Ctrl+C leaves at once; they are then
+        cancelled, and their partial files deleted)."""
+        if self._offering:
+            await asyncio.gather(*self._offering, return_exceptions=True)
+        if self.files is None or not self.files.transfers.active:
+            return
+        self.notice("waiting for the file transfers to end (/files lists them); Ctrl+C leaves now")
+        interrupted = asyncio.Event()
+        with _on_interrupt(interrupted.set):
+            waiting = asyncio.ensure_future(self.files.wait_done(FILES_QUIET_TIMEOUT))
+            stopping = asyncio.ensure_future(interrupted.wait())
+            try:
+                await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiting.cancel()
+                stopping.cancel()
+                await asyncio.gather(waiting, stopping, return_exceptions=True)
 
 
 def _waiting_text(waiting: list[tuple[str, list[str]]], timeout: float) -> str:

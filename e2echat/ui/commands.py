@@ -150,6 +150,44 @@ class Clear:
     """Clear the screen."""
 
 
+@dataclass(frozen=True)
+class SendFile:
+    """Offer the file at ``path`` to ``target``: a nick, or ``#ROOM`` (everyone in it)."""
+
+    target: str
+    path: str
+
+
+@dataclass(frozen=True)
+class AcceptFile:
+    """Take offer ``number`` (None: the latest one not yet answered)."""
+
+    number: int | None = None
+
+
+@dataclass(frozen=True)
+class RejectFile:
+    number: int | None = None
+
+
+@dataclass(frozen=True)
+class CancelTransfer:
+    number: int
+
+
+@dataclass(frozen=True)
+class ListFiles:
+    """/files: every transfer, with its state, size and speed."""
+
+
+@dataclass(frozen=True)
+class SetMaxFile:
+    """``/set max-file 100M``: offers of files larger than ``size`` bytes are refused."""
+
+    size: int
+    typed: str
+
+
 #: /mentions lists this many, the newest: more than a screenful is the history's work
 MENTIONS_KEPT = 50
 #: the most lines one /history shows: a screenful is 50; more than this is an export's work
@@ -177,7 +215,17 @@ Command = (
     | Search
     | Mentions
     | Clear
+    | SendFile
+    | AcceptFile
+    | RejectFile
+    | CancelTransfer
+    | ListFiles
+    | SetMaxFile
 )
+
+
+#: the commands of file transfers (ui/chat.py hands them on together)
+FileCommand = SendFile | AcceptFile | RejectFile | CancelTransfer | ListFiles | SetMaxFile
 
 
 @dataclass(frozen=True)
@@ -225,6 +273,22 @@ COMMANDS: dict[str, CommandHelp] = {
         "type a line or /away alone; it lasts across reconnects, not past /quit",
         "/away at lunch, back at 2",
     ),
+    "send": CommandHelp(
+        "/send NICK|#ROOM PATH",
+        "offer the file at PATH to NICK (or to everyone in #ROOM), end-to-end encrypted; "
+        "nothing goes before they accept it",
+        "/send bob ~/report.pdf",
+    ),
+    "accept": CommandHelp(
+        "/accept [ID]", "take the file offered as ID (no ID: the latest offer)", "/accept 3"
+    ),
+    "reject": CommandHelp(
+        "/reject [ID]", "refuse the file offered as ID (no ID: the latest offer)", "/reject 3"
+    ),
+    "cancel": CommandHelp(
+        "/cancel ID", "stop transfer ID, sending or receiving; a partial file is deleted", "/cancel 3"
+    ),
+    "files": CommandHelp("/files", "list the file transfers: state, size, progress and speed", "/files"),
     "verify": CommandHelp(
         "/verify NICK|#ROOM [NUMBER]",
         "show your safety number with NICK, or the safety number of #ROOM (the same for every member who "
@@ -347,7 +411,21 @@ def parse(line: str) -> Command | None:
         if not rest:
             return ListSettings()
         setting, _, value = rest.partition(" ")
+        if setting.lower() in ("max-file", "max_file", "maxfile"):
+            return SetMaxFile(parse_size(value), value.strip())
         return Set(*settings.checked(setting, value))
+    if name == "send":
+        target, _, path = rest.partition(" ")
+        if not target or not path.strip():
+            raise CommandError(detail=f"usage: {COMMANDS['send'].usage}")
+        return SendFile(target, path.strip())
+    if name in ("accept", "reject"):
+        number = _transfer_number(rest, name) if rest else None
+        return AcceptFile(number) if name == "accept" else RejectFile(number)
+    if name == "cancel":
+        return CancelTransfer(_transfer_number(rest, name))
+    if name == "files":
+        return ListFiles()
     if name == "history":
         return _history(rest)
     if name == "search":
@@ -385,6 +463,28 @@ def _room_command(name: str, rest: str) -> Join | Part | Names:
         assert room is not None
         return Join(room)
     return Part(room) if name == "part" else Names(room)
+
+
+def _transfer_number(text: str, name: str) -> int:
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
+        raise CommandError(detail=f"usage: {COMMANDS[name].usage}")
+    return int(text)
+
+
+_UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def parse_size(text: str) -> int:
+    """``100M``, ``1G``, ``512k``, ``2048``: bytes (K, M, G and T are powers of 1024)."""
+    typed = text.strip().upper().removesuffix("IB").removesuffix("B")
+    number, unit = typed.rstrip("KMGT"), typed[len(typed.rstrip("KMGT")) :]
+    try:
+        value = float(number) if number and len(number) <= 20 else -1.0
+    except ValueError:
+        value = -1.0
+    if unit not in _UNITS or not 0 <= value < 2**50:
+        raise CommandError(detail=f'/set max-file takes a size such as 100M or 1G, not "{text.strip()}"')
+    return int(value * _UNITS[unit])
 
 
 def _history(rest: str) -> History:

@@ -47,9 +47,11 @@ from e2echat.client.events import (
     SendReport,
     SplitView,
 )
+from e2echat.client.fileevents import FileOffered, TransferChanged, TransferDone, TransferProgress
 from e2echat.client.receipts import DeliveryReport
 from e2echat.client.status import CLOSE_QUOTE, OPEN_QUOTE
 from e2echat.client.trust import Trust
+from e2echat.ui import transfers
 from e2echat.ui.actions import action_of, readable
 from e2echat.ui.cells import CONTINUATION, neutralize
 from e2echat.ui.nicks import natural_key, natural_sorted
@@ -435,6 +437,9 @@ def _describe(
     if isinstance(event, NotSent):
         quoted = ", ".join(quote_preview(preview) for preview in event.previews)
         return _problem(stamp, f"NOT sent (no connection to the relay): {quoted}")
+    if isinstance(event, FileOffered | TransferProgress | TransferChanged | TransferDone):
+        mark = TRUST_MARKS[event.trust] if isinstance(event, FileOffered) else ""
+        return transfers.describe(event, stamp, mark)
     # SendReport is the relay's word; the DeliveryReport that follows is the one to trust.
     # Disconnected ends the chat; the front end says why. MailboxRead is the chat's to act on.
     return None
