@@ -67,8 +67,11 @@ def _complete(text: str, nicks: list[str]) -> list[str]:
         (
             "/",
             [
+                "/accept",
                 "/away",
+                "/cancel",
                 "/clear",
+                "/files",
                 "/help",
                 "/history",
                 "/join",
@@ -79,8 +82,10 @@ def _complete(text: str, nicks: list[str]) -> list[str]:
                 "/part",
                 "/quit",
                 "/reconnect",
+                "/reject",
                 "/rooms",
                 "/search",
+                "/send",
                 "/set",
                 "/trust",
                 "/untrust",
@@ -96,10 +101,20 @@ def _complete(text: str, nicks: list[str]) -> list[str]:
         ("/msg bob hel", []),  # the message itself is not completed
         ("hello /m", []),  # nor is plain text
         ("/set b", ["bell"]),
+        ("/send bo", ["bob", "bobby"]),
     ],
 )
 def test_completion_of_commands_and_nicks(typed: str, expected: list[str]) -> None:
     assert _complete(typed, ["alice", "bob", "bobby"]) == expected
+
+
+def test_send_completes_paths(tmp_path: Path) -> None:
+    (tmp_path / "report one.pdf").write_bytes(b"x")
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "other.txt").write_bytes(b"x")
+    # (what completes the name typed so far: the rest of each name)
+    assert _complete(f"/send bob {tmp_path}/rep", ["bob"]) == ["ort one.pdf", "orts"]
+    assert _complete(f"/send bob {tmp_path}/o", ["bob"]) == ["ther.txt"]
 
 
 @pytest.mark.parametrize(

@@ -8,11 +8,13 @@ chose.
 from __future__ import annotations
 
 import contextlib
+import shutil
+import time
 from collections.abc import Callable, Iterable
 
 from prompt_toolkit import PromptSession, print_formatted_text
 from prompt_toolkit.application.current import get_app_session
-from prompt_toolkit.completion import CompleteEvent, Completer, Completion
+from prompt_toolkit.completion import CompleteEvent, Completer, Completion, PathCompleter
 from prompt_toolkit.document import Document
 from prompt_toolkit.filters import is_searching
 from prompt_toolkit.formatted_text import FormattedText
@@ -25,7 +27,7 @@ from prompt_toolkit.styles import Style
 
 from e2echat.client.trust import Trust
 from e2echat.store.history import HistoryStore
-from e2echat.ui import commands
+from e2echat.ui import commands, transfers
 from e2echat.ui.cells import wrap_cells
 from e2echat.ui.chat import Chat
 from e2echat.ui.nicks import natural_sorted, nick_colour
@@ -59,6 +61,7 @@ class ChatCompleter(Completer):
     def __init__(self, nicks: Callable[[], list[str]], rooms: Callable[[], list[str]] = list) -> None:
         self.nicks = nicks
         self.rooms = rooms
+        self._paths = PathCompleter(expanduser=True)
 
     def get_completions(self, document: Document, complete_event: CompleteEvent) -> Iterable[Completion]:
         text = document.text_before_cursor
@@ -71,6 +74,10 @@ class ChatCompleter(Completer):
             command = words[0].lower()
             if len(words) == 2 and command == "/help":
                 yield from _command_names(partial, "/" if partial.startswith("/") else "")
+                return
+            if command == "/send" and len(words) >= 3:  # the path, which may hold spaces
+                path = text.split(" ", 2)[2]
+                yield from self._paths.get_completions(Document(path, len(path)), complete_event)
                 return
             if (
                 len(words) == 2
@@ -116,6 +123,9 @@ def toolbar_text(chat: Chat) -> str:
     unverified = sum(1 for nick in peers if core.trust(nick) is Trust.UNVERIFIED)
     changed = sum(1 for nick in peers if core.trust(nick) is Trust.CHANGED)
     parts = [f" {chat.rooms.current or 'no room'}", link.address, state]
+    moving = transfers.toolbar_text(chat.files.transfers.listing(), time.monotonic()) if chat.files else ""
+    if moving:  # before the rest, as the last message's state
+        parts.append(moving)
     if chat.last_sent.text:  # before the rest: a narrow terminal cuts the toolbar's end
         parts.append(chat.last_sent.text)
     unread = [
@@ -302,7 +312,7 @@ async def run_repl(chat: Chat, session: PromptSession[str] | None = None, *, pat
         session.app.invalidate()
 
     chat.restyle = restyle
-    chat.redraw = session.app.invalidate
+    chat.redraw = session.app.invalidate  # after each event, and a transfer's progress
     restyle()
 
     async def typing() -> None:
