@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import getpass
 import io
@@ -19,10 +20,13 @@ from typing import TYPE_CHECKING
 
 from nacl.public import PrivateKey
 
+from e2echat.client.filepump import FilePump
+from e2echat.client.files import DEFAULT_MAX_FILE, Transfers
 from e2echat.client.trust import KnownPeers
 from e2echat.crypto.identity import fingerprint
 from e2echat.crypto.keyring import Keyring
 from e2echat.errors import (
+    CommandError,
     E2EChatError,
     HistoryIncomplete,
     KeyFileError,
@@ -34,6 +38,7 @@ from e2echat.options import BROWSE_SECONDS, LIMIT_FLAGS, build_parser, mailbox_l
 from e2echat.relay.limits import Limits
 from e2echat.relay.server import DEFAULT_PORT, run_relay
 from e2echat.relay.sqlite_store import SqliteStore
+from e2echat.store.downloads import default_downloads
 from e2echat.store.files import exclusive, write_private_file
 from e2echat.store.history import HISTORY_FILE, HistoryStore
 from e2echat.store.keyfile import (
@@ -63,6 +68,7 @@ from e2echat.store.relays import KNOWN_RELAYS_FILE, RelayPinFile
 from e2echat.store.sessions import SESSIONS_FILE, SessionFile
 from e2echat.ui.cells import neutralize, wrap_cells
 from e2echat.ui.chat import Chat
+from e2echat.ui.commands import parse_size
 from e2echat.ui.joining import join
 from e2echat.ui.linemode import line_writer, run_line_mode
 from e2echat.ui.repl import input_history, make_session, run_repl, terminal_writer
@@ -332,6 +338,8 @@ async def _chat(
 ) -> int:
     profile = load_settings(directory)
     rooms = RoomList(profile.get(ROOMS, RoomList().names), profile.get(CURRENT_ROOM))
+    chat_settings = profile.get(CHAT_SETTINGS, {})
+    transfers = Transfers(max_size=_max_file(chat_settings.get("max-file")))
     client, pinned = await join(
         args.host,
         args.port,
@@ -344,12 +352,16 @@ async def _chat(
         accept=args.trust_relay_key,
         ask_password=_ask_password if interactive else None,
         hold_acks=True,  # mail is acknowledged once in the history (Chat)
+        files=transfers,
         announced=args.announced,
         rooms=tuple(rooms.names),
     )
+    downloads = Path(args.downloads).expanduser() if args.downloads else default_downloads()
+    pump = FilePump(client, transfers, downloads)
+    pump.start()
     save_settings(directory, args.nick, args.host, args.port)
     remember_last_profile(directory)
-    kept = settings_from(load_settings(directory).get(CHAT_SETTINGS, {}))
+    kept = settings_from(chat_settings)
     # A flag wins over what the profile keeps, for this run; it is not kept itself.
     settings = kept.changed("bell", "off") if args.no_bell else kept
     keep = functools.partial(keep_setting, directory)
@@ -370,6 +382,7 @@ async def _chat(
             no_colour=bool(os.environ.get("NO_COLOR")),
             rooms=rooms,
             keep_rooms=keep_ours,
+            files=pump,
         )
     else:
         chat = Chat(
@@ -381,6 +394,7 @@ async def _chat(
             keep=keep,
             rooms=rooms,
             keep_rooms=keep_ours,
+            files=pump,
         )
     if created:
         chat.notice(f"created a new identity in {directory}")
@@ -395,10 +409,20 @@ async def _chat(
         else:
             await run_line_mode(chat)
     finally:
+        await pump.close()
         await client.close()
     # A script learns from the exit code whether everything it sent arrived.
     failed = chat.unsent or (not interactive and (chat.refused or chat.undelivered))
     return EXIT_NOT_SENT if failed else 0
+
+
+def _max_file(kept: object) -> int:
+    """The largest file taken, as the profile keeps it (/set max-file); the default if
+    it keeps none, or one that does not parse."""
+    if isinstance(kept, str):
+        with contextlib.suppress(CommandError):
+            return parse_size(kept)
+    return DEFAULT_MAX_FILE
 
 
 def _remove_plaintext_input(path: Path, chat: Chat) -> None:

@@ -142,6 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help=f"keep the newest N lines of history; older ones are deleted (default: {DEFAULT_LIMIT})",
     )
+    connect.add_argument(
+        "--downloads",
+        metavar="DIR",
+        help="where files received are saved (default: $XDG_DOWNLOAD_DIR/e2echat, else ~/Downloads/e2echat)",
+    )
     connect.add_argument("--home", metavar="DIR", help=HOME_HELP)
     connect.add_argument(
         "--passphrase",

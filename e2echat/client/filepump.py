@@ -115,6 +115,23 @@ class FilePump:
         self._sources[transfer.number] = source
         return transfer
 
+    async def wait_done(self, quiet: float) -> bool:
+        """Wait until no transfer is left that is not over; False once none has moved for
+        ``quiet`` seconds (its peer is gone, say)."""
+        moved = self._clock()
+        last = self._moved()
+        while self.transfers.active:
+            await asyncio.sleep(TICK)  # (polled: a transfer's progress is many small steps)
+            now, seen = self._clock(), self._moved()
+            if seen != last:
+                moved, last = now, seen
+            elif now - moved >= quiet:
+                return False
+        return True
+
+    def _moved(self) -> tuple[tuple[int, str, int], ...]:
+        return tuple((t.number, t.state.value, t.acked) for t in self.transfers.listing())
+
     # -- the loop -----------------------------------------------------------------------------
 
     async def _run(self) -> None:

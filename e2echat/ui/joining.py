@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from nacl.public import PrivateKey
 
+from e2echat.client.files import Transfers
 from e2echat.client.reconnect import Client
 from e2echat.client.relays import RelayTrust, relay_address
 from e2echat.client.trust import KnownPeers
@@ -34,6 +35,7 @@ async def join(
     accept: str | None,
     ask_password: Callable[[], bytes] | None,
     hold_acks: bool = False,
+    files: Transfers | None = None,
     announced: str | None = None,
     rooms: tuple[str, ...] = (DEFAULT_ROOM,),
 ) -> tuple[Client, str | None]:
@@ -71,6 +73,7 @@ async def join(
             pending=pending,
             hold_acks=hold_acks,
             rooms=rooms,
+            files=files,
         )
         try:
             await client.open()
