@@ -517,7 +517,8 @@ _LINES: dict[str, tuple[str | None, Shown, str | None]] = {
     "file-received": (
         "notice",
         TransferDone(3, "in", "bob", "report.pdf", 1_234_567, True, "done", path="/home/me/report.pdf"),
-        f"{STAMP} -- file 3 report.pdf from bob: received and hash-checked (1.2 MB): saved as /home/me/report.pdf",
+        f"{STAMP} -- file 3 report.pdf from bob: received and hash-checked (1.2 MB): "
+        "saved as /home/me/report.pdf",
     ),
     "file-failed": (
         "warning",

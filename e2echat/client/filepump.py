@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -272,7 +272,7 @@ class FilePump:
             if transfer is None or transfer.final:
                 self._sources.pop(number).close()
 
-    def _publish(self, events: list[Event]) -> None:
+    def _publish(self, events: Sequence[Event]) -> None:
         for event in events:
             self.link.events.put_nowait(event)
 

@@ -181,11 +181,21 @@ def new_transfer_id() -> bytes:
 
 class Transfers:
     """Every transfer, both ways. ``max_size``: the largest file we take (larger offers
-    are refused, and the sender told why)."""
+    are refused, and the sender told why); ``window``, ``resend_after`` and
+    ``remind_after``: see WINDOW, RESEND_AFTER and REMIND_AFTER."""
 
-    def __init__(self, *, max_size: int = DEFAULT_MAX_FILE, window: int = WINDOW) -> None:
+    def __init__(
+        self,
+        *,
+        max_size: int = DEFAULT_MAX_FILE,
+        window: int = WINDOW,
+        resend_after: float = RESEND_AFTER,
+        remind_after: float = REMIND_AFTER,
+    ) -> None:
         self.max_size = max_size
         self.window = window
+        self.resend_after = resend_after
+        self.remind_after = remind_after
         self._by_number: dict[int, Transfer] = {}
         self._by_key: dict[tuple[Direction, str, bytes], Transfer] = {}
         self._numbers: Iterator[int] = iter(range(1, 2**62))
@@ -217,13 +227,13 @@ class Transfers:
         self._effect(Land(transfer))
         return transfer
 
-    def reject(self, number: int | None, reason: str = "they declined it") -> list[Event]:
+    def reject(self, number: int | None, reason: str = "they declined it") -> list[TransferDone]:
         transfer = self._offer_to_answer(number, "reject")
         transfer.state, transfer.reason = State.REJECTED, reason
         self._send(transfer, fp.Reject(transfer.transfer_id, reason))
         return [self._done(transfer, "you declined it")]
 
-    def cancel(self, number: int, reason: str = "cancelled") -> list[Event]:
+    def cancel(self, number: int, reason: str = "cancelled") -> list[TransferDone]:
         """End transfer ``number`` (either way), and tell its peer ``reason``."""
         transfer = self._by_number.get(number)
         if transfer is None:
@@ -330,9 +340,9 @@ class Transfers:
                 continue
             quiet = now - transfer.heard_at
             if transfer.state is State.ACTIVE and transfer.direction is Direction.OUT:
-                if transfer.sent > transfer.acked and quiet >= RESEND_AFTER:
+                if transfer.sent > transfer.acked and quiet >= self.resend_after:
                     transfer.sent, transfer.heard_at = transfer.acked, now
-            elif transfer.state is State.ACTIVE and quiet >= REMIND_AFTER:
+            elif transfer.state is State.ACTIVE and quiet >= self.remind_after:
                 transfer.sent, transfer.heard_at = transfer.acked, now
                 self._send(transfer, fp.Accept(transfer.transfer_id, transfer.acked))
         if self.messages or self.effects:

@@ -1,0 +1,465 @@
+"""The file transfer core (client/files.py) and its parts (client/fileparts.py), without
+I/O: two ``Transfers`` over a fake wire, with an in-memory disk, and a negative twin for
+each rule a receiver or a sender holds the other to."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import pytest
+
+from e2echat.client import fileparts as fp
+from e2echat.client.events import SecurityWarning
+from e2echat.client.fileevents import FileOffered, TransferChanged, TransferDone, TransferProgress
+from e2echat.client.files import (
+    MAX_LANDED_NAME,
+    Direction,
+    Discard,
+    Finish,
+    Land,
+    State,
+    Transfer,
+    Transfers,
+    Write,
+    safe_name,
+)
+from e2echat.client.trust import Trust
+from e2echat.errors import CommandError
+
+CHUNK = fp.CHUNK_SIZE
+Mangle = Callable[[list[bytes]], list[bytes]]
+E = TypeVar("E")
+
+
+def digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=fp.DIGEST_SIZE).digest()
+
+
+@dataclass
+class Side:
+    """One client: its transfers, the files it sends, what it wrote, what it heard."""
+
+    nick: str
+    transfers: Transfers
+    sources: dict[int, bytes] = field(default_factory=dict)
+    disk: dict[int, bytearray] = field(default_factory=dict)
+    kept: dict[int, bytes] = field(default_factory=dict)
+    heard: list[object] = field(default_factory=list)
+
+    def offer(
+        self, peer: str, data: bytes, name: str = "report.pdf", *, claimed: bytes | None = None
+    ) -> Transfer:
+        transfer = self.transfers.offer(peer, name, len(data), claimed or digest(data), "/src", 0.0)
+        self.sources[transfer.number] = data
+        return transfer
+
+    def of(self, kind: type[E]) -> list[E]:
+        return [event for event in self.heard if isinstance(event, kind)]
+
+
+def pair(**options: object) -> tuple[Side, Side]:
+    return Side("alice", Transfers(**options)), Side("bob", Transfers(**options))  # type: ignore[arg-type]
+
+
+def run(
+    one: Side,
+    other: Side,
+    now: float = 0.0,
+    *,
+    mangle: Mangle | None = None,
+    trust: Trust = Trust.UNVERIFIED,
+    rounds: int = 10_000,
+) -> None:
+    """Move parts both ways, and carry out every effect, until nothing is left to do.
+    ``mangle`` sees the parts of each turn from alice to bob, as a relay would."""
+    for _ in range(rounds):
+        moved = False
+        for side, peer in ((one, other), (other, one)):
+            parts = [part for _, part in side.transfers.messages]
+            side.transfers.messages.clear()
+            parts += [
+                fp.encode(fp.Chunk(t.transfer_id, offset, side.sources[t.number][offset : offset + length]))
+                for t, offset, length in side.transfers.chunks_due(1 << 30)
+            ]
+            if mangle is not None and side is one:
+                parts = mangle(parts)
+            for part in parts:
+                moved = True
+                peer.heard += peer.transfers.receive(side.nick, part, trust, now)
+            moved |= carry_out(side, now)
+        if not moved:
+            return
+    raise AssertionError("the transfers never settled")
+
+
+def carry_out(side: Side, now: float, *, tamper: Callable[[bytes], bytes] | None = None) -> bool:
+    effects, side.transfers.effects = side.transfers.effects, []
+    for effect in effects:
+        transfer = effect.transfer
+        if isinstance(effect, Land):
+            side.disk[transfer.number] = bytearray()
+            side.heard += side.transfers.landed(transfer, 0, now)
+        elif isinstance(effect, Write):
+            written = side.disk[transfer.number]
+            assert effect.offset == len(written)  # the core hands out chunks in order
+            written += effect.data if tamper is None else tamper(effect.data)
+            side.heard += side.transfers.written(transfer, len(written), now)
+        elif isinstance(effect, Finish):
+            data = bytes(side.disk.pop(transfer.number))
+            if digest(data) == transfer.digest:
+                side.kept[transfer.number] = data
+                side.heard += side.transfers.finished(transfer, True, path=f"/downloads/{transfer.name}")
+            else:
+                side.heard += side.transfers.finished(transfer, False, detail="did not match")
+        elif isinstance(effect, Discard):
+            side.disk.pop(transfer.number, None)
+    return bool(effects)
+
+
+def offered(receiver: Side) -> FileOffered:
+    offers = receiver.of(FileOffered)
+    assert len(offers) == 1
+    return offers[0]
+
+
+@pytest.mark.parametrize(
+    "size", [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 5, 20 * CHUNK], ids=lambda size: f"{size}B"
+)
+def test_a_file_goes_whole_once_accepted(size: int) -> None:
+    alice, bob = pair()
+    data = bytes(index % 251 for index in range(size))
+    sent = alice.offer("bob", data)
+    run(alice, bob)
+    offer = offered(bob)
+    assert (offer.sender, offer.name, offer.size, offer.number) == ("alice", "report.pdf", size, 1)
+    bob.transfers.accept(None)  # the latest offer
+    run(alice, bob)
+    assert bob.kept == {1: data}
+    received = bob.transfers.get(1)
+    assert received is not None and received.state is State.DONE
+    assert sent.state is State.DONE
+    (done,) = alice.of(TransferDone)
+    assert done.ok and done.direction == "out"
+    (landed,) = bob.of(TransferDone)
+    assert landed.ok and landed.path == "/downloads/report.pdf"
+
+
+def test_nothing_is_sent_or_taken_before_the_receiver_accepts() -> None:
+    alice, bob = pair()
+    sent = alice.offer("bob", b"x" * 3 * CHUNK)
+    run(alice, bob)
+    assert alice.transfers.chunks_due(1 << 30) == []
+    # A chunk of it anyway (a sender that does not wait): not written.
+    bob.heard += bob.transfers.receive(
+        "alice", fp.encode(fp.Chunk(sent.transfer_id, 0, b"x" * CHUNK)), Trust.UNVERIFIED, 0
+    )
+    assert bob.transfers.effects == []
+    # Nor does an accept from anyone but the receiver start it.
+    alice.transfers.receive("mallory", fp.encode(fp.Accept(sent.transfer_id, 0)), Trust.UNVERIFIED, 0)
+    assert sent.state is State.OFFERED
+
+
+def test_a_rejected_offer_tells_the_sender_why() -> None:
+    alice, bob = pair()
+    sent = alice.offer("bob", b"data")
+    run(alice, bob)
+    (declined,) = bob.transfers.reject(None)
+    assert declined.state == "rejected"
+    run(alice, bob)
+    (done,) = alice.of(TransferDone)
+    assert (done.ok, done.state, done.detail) == (False, "rejected", "they declined it")
+    assert sent.state is State.REJECTED
+    with pytest.raises(CommandError):
+        bob.transfers.accept(1)  # answered already
+
+
+def test_an_offer_over_the_limit_is_refused_with_the_reason() -> None:
+    alice, bob = Side("alice", Transfers()), Side("bob", Transfers(max_size=1000))
+    alice.offer("bob", b"x" * 1001)
+    run(alice, bob)
+    assert bob.of(FileOffered) == []
+    (refused,) = bob.of(TransferDone)
+    assert refused.state == "rejected" and "over your limit" in refused.detail
+    (done,) = alice.of(TransferDone)
+    assert done.state == "rejected" and done.detail == "it is over their limit of 1.0 kB"
+    # ... and one at the limit is offered
+    alice.offer("bob", b"x" * 1000)
+    run(alice, bob)
+    assert offered(bob).size == 1000
+
+
+def test_an_offer_from_a_changed_key_is_refused_loudly() -> None:
+    alice, bob = pair()
+    alice.offer("bob", b"data")
+    run(alice, bob, trust=Trust.CHANGED)
+    assert bob.of(FileOffered) == []
+    (warning,) = bob.of(SecurityWarning)
+    assert "key changed" in warning.text
+    assert alice.of(TransferDone)[0].state == "rejected"
+
+
+@pytest.mark.parametrize("by", ["sender", "receiver"])
+def test_either_side_cancels_and_the_partial_file_goes(by: str) -> None:
+    alice, bob = pair()
+    sent = alice.offer("bob", b"x" * 10 * CHUNK)
+    run(alice, bob)
+    bob.transfers.accept(1)
+    carry_out(bob, 0)  # landed; its accept is on its way
+    alice.heard += alice.transfers.receive("bob", bob.transfers.messages.pop()[1], Trust.UNVERIFIED, 0)
+    canceller, other = (alice, bob) if by == "sender" else (bob, alice)
+    (done,) = canceller.transfers.cancel(1, "changed my mind")
+    assert done.state == "cancelled"
+    run(alice, bob)
+    assert sent.state is State.CANCELLED
+    assert bob.transfers.get(1).state is State.CANCELLED  # type: ignore[union-attr]
+    assert bob.disk == {} and bob.kept == {}  # the partial file was discarded
+    told = other.of(TransferDone)[-1]
+    assert told.state == "cancelled" and "changed my mind" in told.detail
+
+
+def test_a_file_that_does_not_match_its_hash_is_not_kept_and_both_sides_hear_it() -> None:
+    alice, bob = pair()
+    data = b"y" * (2 * CHUNK + 7)
+    alice.offer("bob", data, claimed=digest(b"something else"))
+    run(alice, bob)
+    bob.transfers.accept(1)
+    run(alice, bob)
+    assert bob.kept == {}
+    (failed,) = bob.of(TransferDone)
+    assert (failed.ok, failed.state) == (False, "failed")
+    (told,) = alice.of(TransferDone)
+    assert (told.ok, told.state, told.detail) == (False, "failed", "did not match")
+
+
+def _chunks(parts: list[bytes]) -> list[int]:
+    return [index for index, part in enumerate(parts) if part[0] == fp.PartType.CHUNK]
+
+
+def _reorder(parts: list[bytes]) -> list[bytes]:
+    chunks = _chunks(parts)
+    if len(chunks) >= 2:
+        first, second = chunks[0], chunks[1]
+        parts[first], parts[second] = parts[second], parts[first]
+    return parts
+
+
+def _duplicate(parts: list[bytes]) -> list[bytes]:
+    return parts + [parts[index] for index in _chunks(parts)]
+
+
+_CUT_BEFORE: set[bytes] = set()
+
+
+def _cut(parts: list[bytes]) -> list[bytes]:
+    """Every chunk cut short the first time it goes (a relay that cuts every copy of
+    one stops the transfer, as it could by dropping them all)."""
+    cut = []
+    for part in parts:
+        if part[0] == fp.PartType.CHUNK and part not in _CUT_BEFORE:
+            _CUT_BEFORE.add(part)
+            part = part[:-1]
+        cut.append(part)
+    return cut
+
+
+def _moved(parts: list[bytes]) -> list[bytes]:
+    """Each chunk claims the offset of the one after it (a peer's bug, or worse)."""
+    moved = []
+    for part in parts:
+        chunk = fp.decode(part)
+        if isinstance(chunk, fp.Chunk):
+            part = fp.encode(fp.Chunk(chunk.transfer, chunk.offset + CHUNK, chunk.data))
+        moved.append(part)
+    return moved
+
+
+@pytest.mark.parametrize("mangle", [_reorder, _duplicate, _cut], ids=["reordered", "duplicated", "cut"])
+def test_chunks_out_of_order_again_or_cut_are_dropped_and_sent_again(mangle: Mangle) -> None:
+    """The receiver writes only the chunk it expects, of the size it expects; the rest are
+    dropped, and the sender, hearing no acknowledgement, sends again from the last one."""
+    alice, bob = pair(resend_after=1.0)
+    data = bytes(index % 253 for index in range(6 * CHUNK + 11))
+    alice.offer("bob", data)
+    run(alice, bob)
+    bob.transfers.accept(1)
+    now = 0.0
+    for _ in range(200):
+        run(alice, bob, now, mangle=mangle)
+        if bob.kept:
+            break
+        now += 1.5
+        for side in (alice, bob):
+            side.heard += side.transfers.tick(now, {"alice", "bob"})
+    assert bob.kept == {1: data}
+
+
+def test_a_chunk_claiming_another_offset_is_never_written_there() -> None:
+    alice, bob = pair()
+    alice.offer("bob", b"z" * 4 * CHUNK)
+    run(alice, bob)
+    bob.transfers.accept(1)
+    run(alice, bob, mangle=_moved)
+    assert bob.disk[1] == b""  # nothing written: the first chunk never came as itself
+
+
+def test_a_lying_acknowledgement_moves_nothing() -> None:
+    alice, bob = pair()
+    sent = alice.offer("bob", b"q" * 4 * CHUNK)
+    run(alice, bob)
+    alice.transfers.receive("bob", fp.encode(fp.Accept(sent.transfer_id, 0)), Trust.UNVERIFIED, 0)
+    alice.transfers.chunks_due(CHUNK)  # one chunk sent
+    for lie in (fp.Ack(sent.transfer_id, 3 * CHUNK), fp.Done(sent.transfer_id, True)):
+        alice.transfers.receive("bob", fp.encode(lie), Trust.UNVERIFIED, 0)
+    assert (sent.acked, sent.state) == (0, State.ACTIVE)  # beyond what was sent; done too soon
+    alice.transfers.receive("bob", fp.encode(fp.Ack(sent.transfer_id, CHUNK)), Trust.UNVERIFIED, 0)
+    assert sent.acked == CHUNK
+
+
+def test_the_window_bounds_what_is_unacknowledged() -> None:
+    alice, bob = pair(window=3 * CHUNK)
+    sent = alice.offer("bob", b"w" * 10 * CHUNK)
+    run(alice, bob)
+    alice.transfers.receive("bob", fp.encode(fp.Accept(sent.transfer_id, 0)), Trust.UNVERIFIED, 0)
+    assert [offset for _, offset, _ in alice.transfers.chunks_due(1 << 30)] == [0, CHUNK, 2 * CHUNK]
+    assert alice.transfers.chunks_due(1 << 30) == []
+    alice.transfers.receive("bob", fp.encode(fp.Ack(sent.transfer_id, CHUNK)), Trust.UNVERIFIED, 0)
+    assert [offset for _, offset, _ in alice.transfers.chunks_due(1 << 30)] == [3 * CHUNK]
+    # ... and the budget too: a chunk that does not fit waits
+    alice.transfers.receive("bob", fp.encode(fp.Ack(sent.transfer_id, 3 * CHUNK)), Trust.UNVERIFIED, 0)
+    assert alice.transfers.chunks_due(CHUNK - 1) == []
+
+
+def test_a_transfer_pauses_when_its_peer_goes_and_resumes_from_the_last_chunk_written() -> None:
+    alice, bob = pair()
+    data = bytes(index % 249 for index in range(8 * CHUNK))
+    sent = alice.offer("bob", data)
+    run(alice, bob)
+    bob.transfers.accept(1)
+    run(alice, bob, mangle=lambda parts: [part for part in parts if part[0] != fp.PartType.CHUNK])
+    # Three chunks arrive, then the relay goes (with the rest of the window).
+    alice.transfers.chunks_due(1 << 30)
+    for offset in range(0, 3 * CHUNK, CHUNK):
+        chunk = fp.Chunk(sent.transfer_id, offset, data[offset : offset + CHUNK])
+        bob.transfers.receive("alice", fp.encode(chunk), Trust.UNVERIFIED, 1.0)
+    carry_out(bob, 1.0)
+    for side in (alice, bob):
+        side.heard += side.transfers.tick(2.0, set())
+        assert [e.state for e in side.of(TransferChanged)][-1] == "paused"
+    assert sent.state is State.PAUSED and alice.transfers.chunks_due(1 << 30) == []
+    # Both back: bob says where he is; alice goes on from there.
+    bob.transfers.tick(3.0, {"alice"})
+    alice.transfers.tick(3.0, {"bob"})
+    run(alice, bob, 3.0)
+    assert bob.kept == {1: data}
+    assert alice.transfers.listing()[0].state is State.DONE
+    assert "resumed" in [e.state for e in alice.of(TransferChanged)]
+
+
+def test_progress_is_told_at_each_tenth() -> None:
+    alice, bob = pair()
+    alice.offer("bob", b"p" * 40 * CHUNK)
+    run(alice, bob)
+    bob.transfers.accept(1)
+    run(alice, bob)
+    tenths = [event.done * 10 // event.size for event in bob.of(TransferProgress)]
+    assert tenths == list(range(11))  # the first chunk, then each tenth
+
+
+def test_a_malformed_part_is_reported_and_changes_nothing() -> None:
+    _, bob = pair()
+    (warning,) = bob.transfers.receive("alice", b"\x05short", Trust.UNVERIFIED, 0)
+    assert isinstance(warning, SecurityWarning) and "malformed" in warning.text
+
+
+# -- the parts on the wire ------------------------------------------------------------------
+
+ID = bytes(range(16))
+PARTS = [
+    fp.Offer(ID, "report.pdf", 12345, CHUNK, bytes(32)),
+    fp.Offer(ID, "é" * 100, 0, 1024, bytes(range(32))),
+    fp.Accept(ID, 0),
+    fp.Accept(ID, 2**40),
+    fp.Reject(ID, "too big"),
+    fp.Reject(ID, ""),
+    fp.Cancel(ID, "bye"),
+    fp.Chunk(ID, 65536, b"\x00\xff" * 100),
+    fp.Ack(ID, 7),
+    fp.Done(ID, True),
+    fp.Done(ID, False, "did not match"),
+]
+
+
+@pytest.mark.parametrize("part", PARTS, ids=lambda part: type(part).__name__)
+def test_parts_round_trip(part: fp.Part) -> None:
+    assert fp.decode(fp.encode(part)) == part
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        bytes([fp.PartType.CHUNK]) + ID,  # no offset
+        bytes([fp.PartType.CHUNK]) + ID + bytes(8),  # no data
+        bytes([fp.PartType.ACK]) + ID + bytes(9),
+        bytes([fp.PartType.OFFER]) + ID + bytes(8) + (CHUNK + 1).to_bytes(4, "big") + bytes(32) + b"x",
+        bytes([fp.PartType.OFFER]) + ID + bytes(8) + CHUNK.to_bytes(4, "big") + bytes(32),  # no name
+        bytes([fp.PartType.OFFER]) + ID + bytes(8) + CHUNK.to_bytes(4, "big") + bytes(32) + b"\xff",
+        bytes([fp.PartType.DONE]) + ID + b"\x02",
+        bytes([fp.PartType.REJECT]) + ID + b"\xed\xa0\x80",  # a lone surrogate
+        bytes([99]) + ID,
+    ],
+)
+def test_malformed_parts_are_refused(data: bytes) -> None:
+    assert fp.decode(data) is None
+
+
+# -- names ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("offered", "landed"),
+    [
+        ("report.pdf", "report.pdf"),
+        ("../../x", "x"),
+        ("/etc/passwd", "passwd"),
+        ("..\\..\\windows\\evil.exe", "evil.exe"),
+        ("..", "file"),
+        ("", "file"),
+        (".bashrc", "bashrc"),
+        ("...hidden", "hidden"),
+        ("a\x1b]0;pwned\x07b.txt", "a]0;pwnedb.txt"),
+        ("invoice\u202efdp.exe", "invoicefdp.exe"),  # right-to-left override
+        ("zero\u200bwidth", "zerowidth"),
+        ("line\nbreak.txt", "linebreak.txt"),
+        ("no\u00a0break", "no break"),
+        ("trailing. . ", "trailing"),
+        ("résumé 履歴書.pdf", "résumé 履歴書.pdf"),
+    ],
+)
+def test_names_are_made_safe(offered: str, landed: str) -> None:
+    assert safe_name(offered) == landed
+
+
+def test_long_names_are_cut_and_keep_their_extension() -> None:
+    name = safe_name("a" * 10_000 + ".tar.gz")
+    assert name.endswith(".gz") and len(name.encode("utf-8")) <= MAX_LANDED_NAME
+    wide = safe_name("履" * 5000)
+    assert len(wide.encode("utf-8")) <= MAX_LANDED_NAME and wide.strip("履") == ""
+
+
+def test_numbers_name_transfers_both_ways() -> None:
+    alice, bob = pair()
+    alice.offer("bob", b"1")
+    bob.offer("alice", b"2")
+    run(alice, bob)
+    assert [(t.number, t.direction) for t in alice.transfers.listing()] == [
+        (1, Direction.OUT),
+        (2, Direction.IN),
+    ]
+    with pytest.raises(CommandError):
+        alice.transfers.accept(1)  # our own offer is not ours to accept
+    with pytest.raises(CommandError):
+        alice.transfers.cancel(9)
