@@ -91,9 +91,9 @@ class FilePump:
 
     # -- what the user does -------------------------------------------------------------------
 
-    async def send(self, nick: str, path: Path) -> Transfer:
+    async def send(self, nick: str, path: Path, name: str | None = None) -> Transfer:
         """Offer the file at ``path`` to ``nick``, who must be online (the parts of a
-        transfer go only to someone online; see SECURITY.md)."""
+        transfer go only to someone online), under ``name`` (the file's own by default)."""
         core = self.link.core
         if nick == core.nick:
             raise CommandError(detail="that is you; /send sends to someone else")
@@ -111,7 +111,8 @@ class FilePump:
             source = await asyncio.to_thread(Source, path)
         except E2EChatError as exc:
             raise CommandError(detail=str(exc)) from None
-        transfer = self.transfers.offer(nick, path.name, size, digest, str(path), self._clock())
+        offered = path.name if name is None else name
+        transfer = self.transfers.offer(nick, offered, size, digest, str(path), self._clock())
         self._sources[transfer.number] = source
         return transfer
 

@@ -211,12 +211,22 @@ class Transfers:
     def offer(
         self, peer: str, offered_name: str, size: int, digest: bytes, path: str, now: float
     ) -> Transfer:
-        """Offer the file at ``path`` (``size`` bytes, BLAKE2b-256 ``digest``) to ``peer``."""
-        name = safe_name(offered_name)
+        """Offer the file at ``path`` (``size`` bytes, BLAKE2b-256 ``digest``) to ``peer``
+        under ``offered_name``: sent as it is (up to MAX_NAME bytes; the receiver makes it
+        safe, whoever sent it), shown here as it will land."""
+        sent_name = offered_name.encode("utf-8")[: fp.MAX_NAME].decode("utf-8", "ignore") or "file"
         transfer = self._add(
-            Direction.OUT, peer, new_transfer_id(), name, size, fp.CHUNK_SIZE, digest, path=path, now=now
+            Direction.OUT,
+            peer,
+            new_transfer_id(),
+            safe_name(sent_name),
+            size,
+            fp.CHUNK_SIZE,
+            digest,
+            path=path,
+            now=now,
         )
-        self._send(transfer, fp.Offer(transfer.transfer_id, name, size, fp.CHUNK_SIZE, digest))
+        self._send(transfer, fp.Offer(transfer.transfer_id, sent_name, size, fp.CHUNK_SIZE, digest))
         return transfer
 
     def accept(self, number: int | None) -> Transfer:

@@ -1,0 +1,126 @@
+"""The landing of a file received (store/downloads.py), on a real disk: a new partial
+file readable by us alone, the hash checked before the file is named, never a file
+replaced, and whatever name a peer sends landing inside the downloads directory."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from e2echat.client.files import safe_name
+from e2echat.errors import TransferFileError
+from e2echat.store.downloads import Landing, Source, default_downloads, file_digest
+
+
+def blake(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=32).digest()
+
+
+def land(directory: Path, offered: str, data: bytes, *, claimed: bytes | None = None) -> Path | None:
+    name = safe_name(offered)
+    landing = Landing(directory, name, f"{name}.0123456789abcdef")
+    assert landing.open() == 0
+    for offset in range(0, len(data), 1000):
+        landing.write(offset, data[offset : offset + 1000])
+    return landing.finish(blake(data) if claimed is None else claimed)
+
+
+@pytest.mark.parametrize(
+    "offered",
+    ["../../x", "/etc/passwd", "a\x1b]0;owned\x07.txt", "x" * 10_000, ".bashrc", "..", "\u202egnp.exe"],
+    ids=["dot-dot", "absolute", "terminal-title", "10000-chars", "dotfile", "only-dots", "bidi"],
+)
+def test_every_name_lands_inside_the_directory(tmp_path: Path, offered: str) -> None:
+    downloads = tmp_path / "downloads"
+    landed = land(downloads, offered, b"contents")
+    assert landed is not None and landed.parent == downloads
+    assert landed.read_bytes() == b"contents"
+    assert not landed.name.startswith(".")
+    assert all(ord(char) >= 0x20 and char not in "\u202e/" for char in landed.name)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == sorted(["downloads", landed.name])
+
+
+def test_an_existing_file_is_never_replaced(tmp_path: Path) -> None:
+    (tmp_path / "report.pdf").write_bytes(b"mine")
+    (tmp_path / "report (1).pdf").write_bytes(b"mine too")
+    first = land(tmp_path, "report.pdf", b"theirs")
+    second = land(tmp_path, "report.pdf", b"theirs again")
+    assert (first, second) == (tmp_path / "report (2).pdf", tmp_path / "report (3).pdf")
+    assert (tmp_path / "report.pdf").read_bytes() == b"mine"
+    assert (tmp_path / "report (1).pdf").read_bytes() == b"mine too"
+    assert land(tmp_path, "README", b"x") == tmp_path / "README"
+    assert land(tmp_path, "README", b"y") == tmp_path / "README (1)"
+
+
+def test_a_link_in_the_way_is_not_followed(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere"
+    target.write_bytes(b"precious")
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    (downloads / "report.pdf").symlink_to(target)  # planted under the file's name
+    landed = land(downloads, "report.pdf", b"theirs")
+    assert landed == downloads / "report (1).pdf"
+    assert target.read_bytes() == b"precious"
+    # ... nor one under the partial file's name: the transfer fails instead
+    (downloads / "evil.0123456789abcdef.part").symlink_to(target)
+    with pytest.raises(TransferFileError):
+        Landing(downloads, "evil", "evil.0123456789abcdef").open()
+    assert target.read_bytes() == b"precious"
+
+
+def test_the_partial_file_and_the_file_are_ours_alone(tmp_path: Path) -> None:
+    landing = Landing(tmp_path, "report.pdf", "report.pdf.00")
+    landing.open()
+    assert stat.S_IMODE(os.stat(landing.part).st_mode) == 0o600
+    landing.write(0, b"abc")
+    landed = landing.finish(blake(b"abc"))
+    assert landed is not None and stat.S_IMODE(landed.stat().st_mode) == 0o600
+    assert not landing.part.exists()
+
+
+def test_a_file_that_does_not_match_its_hash_is_deleted(tmp_path: Path) -> None:
+    assert land(tmp_path, "report.pdf", b"contents", claimed=blake(b"other contents")) is None
+    assert list(tmp_path.iterdir()) == []
+    # and one flipped bit is enough
+    flipped = bytearray(blake(b"contents"))
+    flipped[0] ^= 1
+    assert land(tmp_path, "report.pdf", b"contents", claimed=bytes(flipped)) is None
+
+
+def test_chunks_are_written_in_order_only(tmp_path: Path) -> None:
+    landing = Landing(tmp_path, "f", "f.00")
+    landing.open()
+    landing.write(0, b"ab")
+    with pytest.raises(ValueError):
+        landing.write(5, b"cd")
+    landing.discard()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_landing_takes_single_names_only(tmp_path: Path) -> None:
+    for name in ("../x", "a/b", "", ".."):
+        with pytest.raises(ValueError):
+            Landing(tmp_path, name, "part")
+
+
+def test_a_source_reads_what_it_hashed(tmp_path: Path) -> None:
+    path = tmp_path / "big"
+    data = os.urandom(3 * 1024 * 1024 + 5)  # test data only
+    path.write_bytes(data)
+    assert file_digest(path) == (len(data), blake(data))
+    source = Source(path)
+    assert source.read(1024, 10) == data[1024:1034]
+    with pytest.raises(TransferFileError, match="changed"):
+        source.read(len(data) - 2, 10)  # shorter than it was said to be
+    source.close()
+    with pytest.raises(TransferFileError):
+        file_digest(tmp_path / "missing")
+
+
+def test_the_default_downloads_directory() -> None:
+    assert default_downloads({"XDG_DOWNLOAD_DIR": "/data/dl"}) == Path("/data/dl/e2echat")
+    assert default_downloads({}) == Path("~/Downloads/e2echat").expanduser()
