@@ -24,6 +24,8 @@ from e2echat.client.core import (
     SplitView,
 )
 from e2echat.client.events import ClientEvent, Disconnected
+from e2echat.client.filepump import FilePump
+from e2echat.client.files import Transfers
 from e2echat.client.reconnect import Backoff, Client
 from e2echat.client.trust import KnownPeers
 from e2echat.crypto.identity import new_session_key
@@ -339,3 +341,71 @@ async def start_relay_process(*args: str) -> tuple[asyncio.subprocess.Process, i
         banner.append(raw.decode().rstrip())
     port = int(banner[0].rsplit(":", 1)[1])
     return process, port, banner
+
+
+# -- file transfers -------------------------------------------------------------------------
+
+#: the relay's rates for transfers in these tests: far above the defaults, so that a
+#: transfer is quick (the defaults are for chat: 1 MiB/s)
+FAST = {"byte_rate": 64 * 1024 * 1024, "byte_burst": 64 * 1024 * 1024, "rate": 5000, "burst": 5000}
+
+#: a transfer of 20 MiB on a loaded machine: bounded, but generously
+TRANSFER_WAIT = 60.0
+
+
+class FilePeer:
+    """A connected client with its transfers, its pump and its downloads directory."""
+
+    def __init__(self, peer: Peer, transfers: Transfers, pump: FilePump) -> None:
+        self.peer = peer
+        self.transfers = transfers
+        self.pump = pump
+
+    @property
+    def nick(self) -> str:
+        return self.peer.nick
+
+
+@contextlib.asynccontextmanager
+async def file_peers(
+    relay: Listening, tmp_path: Path, *nicks: str, transfers: dict[str, Any] | None = None, **options: Any
+) -> AsyncIterator[list[FilePeer]]:
+    """``nicks`` connected, each with its transfers (made with the options ``transfers``)
+    and a pump that lands files in ``tmp_path``/NICK; each has seen the others."""
+    made: list[FilePeer] = []
+    try:
+        for nick in nicks:
+            transfers_of = Transfers(**(transfers or {}))
+            peer = await connect(relay, nick, files=transfers_of, **options)
+            pump = FilePump(peer.connection, transfers_of, tmp_path / nick)
+            pump.start()
+            made.append(FilePeer(peer, transfers_of, pump))
+        for one in made:
+            others = {other.nick for other in made} - {one.nick}
+            while not set(one.peer.connection.core.peers) >= others:
+                one.peer.seen.append(await one.peer.next_any_event())
+        yield made
+    finally:
+        for one in made:
+            await one.pump.close()
+            await one.peer.connection.close()
+
+
+async def next_event(peer: FilePeer, kind: type[E], wait: float = TRANSFER_WAIT) -> E:
+    """The next event of ``kind`` ``peer`` sees, within ``wait`` seconds (a transfer takes
+    longer than a message)."""
+
+    async def find() -> E:
+        while True:
+            event = await peer.peer.connection.events.get()
+            peer.peer.seen.append(event)
+            if isinstance(event, kind):
+                return event
+
+    return await asyncio.wait_for(find(), wait)
+
+
+def make_file(path: Path, size: int) -> bytes:
+    data = os.urandom(size)  # test data only: no secret
+    path.write_bytes(data)
+    return data

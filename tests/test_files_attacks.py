@@ -1,0 +1,158 @@
+"""File transfers through a relay that lies: it drops, reorders, repeats, cuts or flips
+bits in chunks, or swaps the chunks of two transfers. The receiver never keeps a wrong
+file (each chunk is sealed in the pair's session, the whole file is checked against the
+hash in the offer), says what it saw, and the transfer goes on from the last chunk it
+wrote."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from e2echat.client.core import MessagesMissing, SecurityWarning
+from e2echat.client.fileevents import FileOffered, TransferDone
+from e2echat.wire import messages as m
+
+from hostile import HostileRelay, deliveries, flip_bit
+from relay_frames import Outgoing
+from support import FAST, FilePeer, file_peers, make_file, next_event, running
+
+#: bodies this large are chunks: a chat line is at most 16 KiB
+CHUNK_BODY = 60_000
+#: the transfers in these tests resend soon: a lost chunk costs half a second, not four
+QUICK = {"resend_after": 0.5, "remind_after": 1.0}
+#: 1 MiB: sixteen chunks, enough for every attack to strike more than once
+SIZE = 1024 * 1024
+
+Attack = Callable[[HostileRelay, Outgoing, m.Deliver], list[Outgoing]]
+
+
+@contextlib.asynccontextmanager
+async def through(attack: Attack, tmp_path: Path) -> AsyncIterator[tuple[FilePeer, FilePeer]]:
+    """alice and bob, each with transfers, through a relay that makes ``attack`` on every
+    delivery to bob."""
+
+    def tamper(relay: HostileRelay, action: Outgoing, deliver: m.Deliver) -> list[Outgoing]:
+        if relay.nick(action.conn) != "bob" or len(deliver.body) < CHUNK_BODY:
+            return [action]
+        return attack(relay, action, deliver)
+
+    async with (
+        running(HostileRelay(deliveries(tamper), **FAST)) as relay,
+        file_peers(relay, tmp_path, "alice", "bob", transfers=QUICK) as (alice, bob),
+    ):
+        yield alice, bob
+
+
+def every(nth: int, attack: Attack, *, times: int = 4) -> Attack:
+    """``attack`` on every ``nth`` chunk body, ``times`` times in all; the rest pass."""
+    count = [0, 0]
+
+    def each(relay: HostileRelay, action: Outgoing, deliver: m.Deliver) -> list[Outgoing]:
+        count[0] += 1
+        if count[0] % nth or count[1] >= times:
+            return [action]
+        count[1] += 1
+        return attack(relay, action, deliver)
+
+    return each
+
+
+def _dropped(relay: HostileRelay, action: Outgoing, deliver: m.Deliver) -> list[Outgoing]:
+    return []
+
+
+def _repeated(relay: HostileRelay, action: Outgoing, deliver: m.Deliver) -> list[Outgoing]:
+    return [action, action]
+
+
+def _cut(relay: HostileRelay, action: Outgoing, deliver: m.Deliver) -> list[Outgoing]:
+    return [Outgoing(action.conn, m.Deliver(deliver.sender, deliver.body[:-100]))]
+
+
+def _flipped(relay: HostileRelay, action: Outgoing, deliver: m.Deliver) -> list[Outgoing]:
+    return [Outgoing(action.conn, m.Deliver(deliver.sender, flip_bit(deliver.body, 8 * 30_000 + 3)))]
+
+
+def reordered() -> Attack:
+    """Holds a chunk back and lets it go after the next one, a few times."""
+    held: list[Outgoing] = []
+    count = [0]
+
+    def attack(relay: HostileRelay, action: Outgoing, deliver: m.Deliver) -> list[Outgoing]:
+        count[0] += 1
+        if held:
+            return [action, held.pop()]
+        if count[0] % 3 == 0 and count[0] < 40:
+            held.append(action)
+            return []
+        return [action]
+
+    return attack
+
+
+ATTACKS: dict[str, tuple[Callable[[], Attack], type | None]] = {
+    # what the relay does, and what bob is told of it (the AEAD catches the rest)
+    "dropped": (lambda: every(3, _dropped), MessagesMissing),
+    "reordered": (reordered, None),
+    "repeated": (lambda: every(2, _repeated), SecurityWarning),
+    "cut": (lambda: every(3, _cut), SecurityWarning),
+    "bit-flipped": (lambda: every(3, _flipped), SecurityWarning),
+}
+
+
+@pytest.mark.parametrize("attack", ATTACKS, ids=ATTACKS)
+async def test_a_hostile_relay_never_makes_the_receiver_keep_a_wrong_file(
+    attack: str, tmp_path: Path
+) -> None:
+    make, told = ATTACKS[attack]
+    source = tmp_path / "data.bin"
+    data = make_file(source, SIZE)
+    async with through(make(), tmp_path) as (alice, bob):
+        await alice.pump.send("bob", source)
+        bob.transfers.accept((await next_event(bob, FileOffered)).number)
+        done = await next_event(bob, TransferDone)
+        assert done.ok, done
+        assert Path(done.path).read_bytes() == data
+        assert (await next_event(alice, TransferDone)).ok
+        if told is not None:  # bob said what he saw
+            assert any(isinstance(event, told) for event in bob.peer.seen), attack
+    assert [p.name for p in (tmp_path / "bob").iterdir()] == ["data.bin"]  # no partial file left
+
+
+async def test_chunks_swapped_between_two_transfers_go_to_neither(tmp_path: Path) -> None:
+    """Two files on their way at once: the relay delivers each chunk of one in the place
+    of one of the other. Each chunk names its transfer inside the encryption, so both
+    files arrive whole."""
+    held: list[Outgoing] = []
+    swaps = [0]
+
+    def swap(relay: HostileRelay, action: Outgoing, deliver: m.Deliver) -> list[Outgoing]:
+        if swaps[0] >= 10:
+            return [action]
+        if not held:
+            held.append(action)
+            return []
+        swaps[0] += 1
+        return [action, held.pop()]  # the later one first
+
+    first, second = tmp_path / "first.bin", tmp_path / "second.bin"
+    data = {"first.bin": make_file(first, SIZE), "second.bin": make_file(second, SIZE // 2 + 7)}
+    async with through(swap, tmp_path) as (alice, bob):
+        for path in (first, second):
+            await alice.pump.send("bob", path)
+        for _ in range(2):
+            bob.transfers.accept((await next_event(bob, FileOffered)).number)
+        landed = {}
+        for _ in range(2):
+            done = await next_event(bob, TransferDone)
+            assert done.ok, done
+            landed[done.name] = Path(done.path).read_bytes()
+    assert {name: hashlib.sha256(content).digest() for name, content in landed.items()} == {
+        name: hashlib.sha256(content).digest() for name, content in data.items()
+    }
+    assert swaps[0] == 10
