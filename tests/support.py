@@ -391,15 +391,17 @@ async def file_peers(
             await one.peer.connection.close()
 
 
-async def next_event(peer: FilePeer, kind: type[E], wait: float = TRANSFER_WAIT) -> E:
-    """The next event of ``kind`` ``peer`` sees, within ``wait`` seconds (a transfer takes
-    longer than a message)."""
+async def next_event(
+    peer: FilePeer, kind: type[E], where: Callable[[E], bool] = lambda e: True, wait: float = TRANSFER_WAIT
+) -> E:
+    """The next event of ``kind`` satisfying ``where`` that ``peer`` sees, within ``wait``
+    seconds (a transfer takes longer than a message)."""
 
     async def find() -> E:
         while True:
             event = await peer.peer.connection.events.get()
             peer.peer.seen.append(event)
-            if isinstance(event, kind):
+            if isinstance(event, kind) and where(event):
                 return event
 
     return await asyncio.wait_for(find(), wait)

@@ -3,13 +3,29 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
 
-from e2echat.client.fileevents import FileOffered, TransferDone
+from e2echat.client.events import PeerJoined
+from e2echat.client.fileevents import FileOffered, TransferChanged, TransferDone, TransferProgress
+from e2echat.relay.server import Relay
+from e2echat.ui.chat import Chat
 
-from support import FAST, FilePeer, file_peers, make_file, next_event, running_relay
+from support import (
+    FAST,
+    LOOPBACK,
+    FilePeer,
+    connect,
+    file_peers,
+    make_file,
+    next_event,
+    running,
+    running_relay,
+    spawn_cli,
+    text_into,
+)
 
 
 @pytest.mark.parametrize(
@@ -88,3 +104,90 @@ async def test_a_file_changed_while_it_is_sent_is_not_kept(tmp_path: Path) -> No
         told = await next_event(alice, TransferDone)
         assert (told.ok, told.state) == (False, "failed") and "did not match" in told.detail
         assert list((tmp_path / "bob").iterdir()) == []  # the partial file went too
+
+
+async def test_a_transfer_resumes_after_the_relay_restarts(tmp_path: Path) -> None:
+    """The relay goes away mid-transfer: both sides pause; when it is back (with its key)
+    and both have reconnected, the receiver says where it is and the transfer goes on from
+    the last chunk written, to the identical file."""
+    source = tmp_path / "big.bin"
+    data = make_file(source, 4 * 1024 * 1024)
+    slow = {**FAST, "byte_rate": 1024 * 1024, "byte_burst": 1024 * 1024}  # about 4 s in all
+    first = Relay(LOOPBACK, 0, **slow)
+    async with running(first), file_peers(first, tmp_path, "alice", "bob", reconnecting=True) as (alice, bob):
+        port = first.port
+        await alice.pump.send("bob", source)
+        bob.transfers.accept((await next_event(bob, FileOffered)).number)
+        while (await next_event(bob, TransferProgress)).done < 512 * 1024:
+            pass
+        await first.stop("restarting")
+        for peer in (alice, bob):
+            await next_event(peer, TransferChanged, lambda e: e.state == "paused")
+        paused_at = bob.transfers.listing()[0].acked
+        assert 0 < paused_at < len(data)
+        async with running(Relay(LOOPBACK, port, key=first.core.key, **slow)):
+            for peer in (alice, bob):
+                await next_event(peer, TransferChanged, lambda e: e.state == "resumed")
+            done = await next_event(bob, TransferDone)
+            assert done.ok, done
+            assert Path(done.path).read_bytes() == data
+            assert (await next_event(alice, TransferDone)).ok
+        # What was written before the outage was not sent again: it went on from there.
+        assert bob.transfers.listing()[0].started_from >= paused_at
+
+
+async def test_a_room_send_offers_everyone_online_and_says_who_is_offline(tmp_path: Path) -> None:
+    """``/send #lobby``: bob rejects, carol accepts, dave is away (a file goes only to
+    someone online: the chat says so, now)."""
+    source = tmp_path / "minutes.txt"
+    data = make_file(source, 100_000)
+    async with running_relay(**FAST) as relay:
+        dave = await connect(relay, "dave")
+        await dave.connection.close()
+        async with file_peers(relay, tmp_path, "alice", "bob", "carol") as (alice, bob, carol):
+            while "dave" not in alice.peer.connection.core.away:
+                await alice.peer.next_any_event()
+            lines: list[str] = []
+            chat = Chat(alice.peer.connection, text_into(lines), files=alice.pump)
+            chat.handle_line(f"/send #lobby {source}")
+            await next_event(bob, FileOffered)
+            bob.transfers.reject(None)
+            carol.transfers.accept((await next_event(carol, FileOffered)).number)
+            landed = await next_event(carol, TransferDone)
+            assert landed.ok and Path(landed.path).read_bytes() == data
+            ends = {}
+            for _ in range(2):
+                done = await next_event(alice, TransferDone)
+                ends[done.peer] = (done.ok, done.state, done.detail)
+            assert ends == {"bob": (False, "rejected", "they declined it"), "carol": (True, "done", "")}
+            assert any("not offered to dave: offline" in line for line in lines)
+            assert sum("offered minutes.txt (100.0 kB) to" in line for line in lines) == 2
+
+
+async def test_a_bot_in_line_mode_receives_and_sends_files_with_json_events(tmp_path: Path) -> None:
+    """Line mode reads /accept and /send from stdin; --json says each step in a record;
+    at end of input the bot waits for its transfer to end before it leaves."""
+    incoming, outgoing = tmp_path / "for-bot.bin", tmp_path / "from-bot.bin"
+    data_in, data_out = make_file(incoming, 200_000), make_file(outgoing, 150_000)
+    downloads = tmp_path / "bot-downloads"
+    async with running_relay() as relay, file_peers(relay, tmp_path, "alice") as (alice,):
+        args = ["connect", "--nick", "bot", "--host", LOOPBACK, "--port", str(relay.port)]
+        args += ["--home", str(tmp_path / "home"), "--downloads", str(downloads), "--json"]
+        async with spawn_cli(*args) as bot:
+            await alice.peer.next(PeerJoined, lambda e: e.nick == "bot")
+            await alice.pump.send("bot", incoming)
+            offer = json.loads(await bot.line_with('"file_offered"'))
+            assert (offer["sender"], offer["name"], offer["size"]) == ("alice", "for-bot.bin", 200_000)
+            bot.stdin.write(b"/accept\n")
+            done = json.loads(await bot.line_with('"transfer_done"'))
+            assert (done["ok"], done["direction"], done["peer"]) == (True, "in", "alice")
+            assert Path(done["path"]) == downloads / "for-bot.bin"
+            assert (downloads / "for-bot.bin").read_bytes() == data_in
+            assert (await next_event(alice, TransferDone)).ok
+            # ... and sends one, then leaves: it waits for the transfer first.
+            bot.stdin.write(f"/send alice {outgoing}\n".encode())
+            bot.stdin.close()
+            alice.transfers.accept((await next_event(alice, FileOffered)).number)
+            landed = await next_event(alice, TransferDone)
+            assert landed.ok and Path(landed.path).read_bytes() == data_out
+            assert await bot.exit_code() == 0
