@@ -14,6 +14,7 @@ from benchmarks import (
     abuse,
     client_cost,
     drain,
+    files,
     history,
     latency,
     mailboxes,
@@ -42,6 +43,7 @@ SECTIONS: dict[str, Callable[[Context], Section]] = {
     "mailbox": mailboxes.mailboxes,
     "drain": drain.drain,
     "rooms": rooms.rooms,
+    "files": files.files,
 }
 
 

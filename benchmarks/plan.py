@@ -65,6 +65,8 @@ class Plan:
     history_conversations: int = 50
     #: 10. drain: messages queued in a mailbox while its owner was away
     drain_messages: int = 10_000
+    #: 12. files: one file of this many MiB through the relay (issue 20: 256)
+    file_mib: int = 256
     #: worker processes for simulated clients (the machine has 2 cores; the relay needs one)
     workers: int = 2
     #: bound on any one wait for deliveries to arrive
@@ -114,6 +116,7 @@ SMOKE = Plan(
     restart_clients=20,
     restart_room=5,
     restart_timeout=20.0,
+    file_mib=4,
 )
 
 

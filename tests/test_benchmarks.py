@@ -47,6 +47,15 @@ EXPECTED = {
     "mailbox": ["queued_per_s", "online_memory_per_s", "online_store_per_s", "online_store_ratio"],
     "drain": ["drain_per_s", "drain_us_per_message"],
     "rooms": ["client_join_us_", "client_join_growth", "fanout_", "restart_seconds"],
+    "files": [
+        "transfer_mb_s",
+        "forwarder_mb_s",
+        "transfer_over_forwarder",
+        "sender_cpu_ms_per_mib",
+        "receiver_cpu_ms_per_mib",
+        "relay_peak_rss_mib",
+        "chat_p99_ms",
+    ],
 }
 
 

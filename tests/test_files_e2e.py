@@ -10,6 +10,7 @@ import pytest
 
 from e2echat.client.events import PeerJoined
 from e2echat.client.fileevents import FileOffered, TransferChanged, TransferDone, TransferProgress
+from e2echat.relay.limits import Limits
 from e2echat.relay.server import Relay
 from e2echat.ui.chat import Chat
 
@@ -112,8 +113,8 @@ async def test_a_transfer_resumes_after_the_relay_restarts(tmp_path: Path) -> No
     the last chunk written, to the identical file."""
     source = tmp_path / "big.bin"
     data = make_file(source, 4 * 1024 * 1024)
-    slow = {**FAST, "byte_rate": 1024 * 1024, "byte_burst": 1024 * 1024}  # about 4 s in all
-    first = Relay(LOOPBACK, 0, **slow)
+    slow = Limits(byte_rate=1024 * 1024, byte_burst=1024 * 1024, rate=5000, burst=5000)  # about 4 s in all
+    first = Relay(LOOPBACK, 0, limits=slow)
     async with running(first), file_peers(first, tmp_path, "alice", "bob", reconnecting=True) as (alice, bob):
         port = first.port
         await alice.pump.send("bob", source)
@@ -125,7 +126,7 @@ async def test_a_transfer_resumes_after_the_relay_restarts(tmp_path: Path) -> No
             await next_event(peer, TransferChanged, lambda e: e.state == "paused")
         paused_at = bob.transfers.listing()[0].acked
         assert 0 < paused_at < len(data)
-        async with running(Relay(LOOPBACK, port, key=first.core.key, **slow)):
+        async with running(Relay(LOOPBACK, port, key=first.core.key, limits=slow)):
             for peer in (alice, bob):
                 await next_event(peer, TransferChanged, lambda e: e.state == "resumed")
             done = await next_event(bob, TransferDone)
