@@ -358,6 +358,7 @@ async def _chat(
     )
     downloads = Path(args.downloads).expanduser() if args.downloads else default_downloads()
     pump = FilePump(client, transfers, downloads)
+    await pump.resume_kept()  # transfers an earlier run left unfinished
     pump.start()
     save_settings(directory, args.nick, args.host, args.port)
     remember_last_profile(directory)

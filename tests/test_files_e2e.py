@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+from nacl.public import PrivateKey
 
 from e2echat.client.events import PeerJoined
 from e2echat.client.fileevents import FileOffered, TransferChanged, TransferDone, TransferProgress
+from e2echat.client.filepump import FilePump
+from e2echat.client.files import Transfers
+from e2echat.crypto.keyring import Keyring
 from e2echat.relay.limits import Limits
 from e2echat.relay.server import Relay
 from e2echat.ui.chat import Chat
@@ -192,3 +198,55 @@ async def test_a_bot_in_line_mode_receives_and_sends_files_with_json_events(tmp_
             landed = await next_event(alice, TransferDone)
             assert landed.ok and Path(landed.path).read_bytes() == data_out
             assert await bot.exit_code() == 0
+
+
+async def test_a_transfer_resumes_after_the_receiver_restarts(tmp_path: Path) -> None:
+    """bob quits mid-transfer: his partial file and its record stay. Started again (same
+    identity and sessions, same downloads), he takes it up, and alice goes on from the
+    last chunk he wrote, to the identical file. A partial file alice no longer knows of
+    ends, and goes."""
+    source = tmp_path / "big.bin"
+    data = make_file(source, 4 * 1024 * 1024)
+    slow = Limits(byte_rate=1024 * 1024, byte_burst=1024 * 1024, rate=5000, burst=5000)  # about 4 s in all
+    bob_identity = PrivateKey.generate()
+    bob_keyring = Keyring.fresh("bob", bob_identity, time.time())  # his sessions.db, in effect
+    async with (
+        running(Relay(LOOPBACK, 0, limits=slow)) as relay,
+        file_peers(relay, tmp_path, "alice") as (alice,),
+    ):
+        bob = await file_peer(relay, tmp_path, "bob", bob_identity, keyring=bob_keyring)
+        await alice.pump.send("bob", source)
+        bob.transfers.accept((await next_event(bob, FileOffered)).number)
+        while (await next_event(bob, TransferProgress)).done < 512 * 1024:
+            pass
+        await bob.pump.close()
+        await bob.peer.connection.close()
+        await next_event(alice, TransferChanged, lambda e: e.state == "paused")
+        parts = sorted(p.name for p in (tmp_path / "bob").iterdir())
+        assert len(parts) == 2 and parts[0].endswith(".part") and parts[1].endswith(".part.json")
+
+        bob = await file_peer(relay, tmp_path, "bob", bob_identity, keyring=bob_keyring, resume=True)
+        kept = bob.transfers.listing()[0]
+        assert kept.state.value == "paused" and 0 < kept.acked < len(data)
+        await next_event(alice, TransferChanged, lambda e: e.state == "resumed")
+        done = await next_event(bob, TransferDone)
+        assert done.ok, done
+        assert Path(done.path).read_bytes() == data
+        assert (await next_event(alice, TransferDone)).ok
+        assert sorted(p.name for p in (tmp_path / "bob").iterdir()) == ["big.bin"]
+        await bob.pump.close()
+        await bob.peer.connection.close()
+
+
+async def file_peer(
+    relay: Relay, tmp_path: Path, nick: str, identity: PrivateKey, **options: Any
+) -> FilePeer:
+    """One more client with transfers (``resume``: taking up what an earlier run left)."""
+    resume = options.pop("resume", False)
+    transfers = Transfers(resend_after=1.0, remind_after=2.0)  # sooner than a person's: tests wait less
+    peer = await connect(relay, nick, identity, files=transfers, **options)
+    pump = FilePump(peer.connection, transfers, tmp_path / nick)
+    if resume:
+        await pump.resume_kept()
+    pump.start()
+    return FilePeer(peer, transfers, pump)

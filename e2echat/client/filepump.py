@@ -10,7 +10,6 @@ what is typed ahead of them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -23,7 +22,7 @@ from e2echat.client.events import ClientEvent, Event
 from e2echat.client.files import Finish, Land, State, Transfer, Transfers, Write
 from e2echat.client.trust import Trust
 from e2echat.errors import CommandError, E2EChatError
-from e2echat.store.downloads import Landing, Source, file_digest
+from e2echat.store.downloads import Landing, Record, Source, file_digest, kept_landings
 
 log = logging.getLogger("e2echat.client.filepump")
 
@@ -71,11 +70,39 @@ class FilePump:
         self._jobs: dict[int, list[Write | Finish]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="e2echat-files")
 
+    async def resume_kept(self) -> None:
+        """Take up the transfers an earlier run left unfinished in ``downloads``: each
+        resumes from what it wrote when its sender is online."""
+        for record, landing in await asyncio.to_thread(kept_landings, self.downloads):
+            try:
+                written = await asyncio.to_thread(landing.reopen, record.chunk_size)
+            except E2EChatError as exc:
+                log.info("a partial file kept from before could not be opened: %s", exc)
+                continue
+            transfer = self.transfers.kept(
+                record.sender,
+                record.transfer_id,
+                record.name,
+                record.size,
+                record.chunk_size,
+                record.digest,
+                written,
+                self._clock(),
+            )
+            if transfer is None:
+                landing.keep()
+                continue
+            self._landings[transfer.number] = landing
+            detail = f"kept from before; it goes on when {record.sender} is online"
+            self._publish([self.transfers.changed_event(transfer, "paused", detail)])
+
     async def close(self) -> None:
+        self._closing = True
         for task in (self._task, *self._tasks):
             if task is not None:
                 task.cancel()
@@ -84,8 +111,12 @@ class FilePump:
         )
         for source in self._sources.values():
             source.close()
-        for landing in self._landings.values():
-            await asyncio.to_thread(landing.discard)  # the transfer ends with us: see SECURITY.md
+        for number, landing in self._landings.items():
+            transfer = self.transfers.get(number)
+            if transfer is not None and not transfer.final:
+                landing.keep()  # resumed by the next run (resume_kept)
+            else:
+                await asyncio.to_thread(landing.discard)
         self._sources.clear()
         self._landings.clear()
 
@@ -137,9 +168,16 @@ class FilePump:
 
     async def _run(self) -> None:
         waiting: list[tuple[str, bytes]] = []  # control parts that could not go yet
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), TICK)
+        loop = asyncio.get_running_loop()
+        while not self._closing:
+            if not self._wake.is_set():
+                # (Not wait_for: on Python 3.11 it can lose a cancellation that comes as
+                # the event is set, and close would wait for ever.)
+                timer = loop.call_later(TICK, self._wake.set)
+                try:
+                    await self._wake.wait()
+                finally:
+                    timer.cancel()
             self._wake.clear()
             try:
                 online = self.link.core.peers if self.link.online else []
@@ -210,11 +248,18 @@ class FilePump:
         task.add_done_callback(self._tasks.discard)
 
     async def _land(self, transfer: Transfer) -> None:
-        part_name = f"{transfer.name}.{transfer.transfer_id.hex()[:16]}"
-        landing = Landing(self.downloads, transfer.name, part_name)
+        record = Record(
+            transfer.peer,
+            transfer.transfer_id,
+            transfer.name,
+            transfer.size,
+            transfer.chunk_size,
+            transfer.digest,
+        )
+        landing = Landing(self.downloads, transfer.name, record.part_name)
         problem = ""
         try:
-            offset = await asyncio.to_thread(landing.open)
+            offset = await asyncio.to_thread(landing.open, record)
         except E2EChatError as exc:
             offset, problem = 0, str(exc)
         else:

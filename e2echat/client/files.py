@@ -30,7 +30,7 @@ from e2echat.client import fileparts as fp
 from e2echat.client.events import Event, SecurityWarning
 from e2echat.client.fileevents import FileOffered, TransferChanged, TransferDone, TransferProgress
 from e2echat.client.trust import Trust
-from e2echat.errors import CommandError
+from e2echat.errors import CommandError, LocalProtocolError
 
 #: what a receiver takes unless it says otherwise (``/set max-file``): 1 GiB
 DEFAULT_MAX_FILE = 1024**3
@@ -253,6 +253,33 @@ class Transfers:
         self._end(transfer, State.CANCELLED, reason, tell=True)
         return [self._done(transfer)]
 
+    def kept(
+        self,
+        sender: str,
+        transfer_id: bytes,
+        name: str,
+        size: int,
+        chunk_size: int,
+        digest: bytes,
+        written: int,
+        now: float,
+    ) -> Transfer | None:
+        """A transfer from ``sender`` that an earlier run accepted and wrote ``written``
+        bytes of: paused, it resumes from there when ``sender`` is online (if they still
+        have it: if not, they say so, and it ends). None if it is not one we can take."""
+        if safe_name(name) != name or (Direction.IN, sender, transfer_id) in self._by_key:
+            return None
+        try:
+            fp.Offer(transfer_id, name, size, chunk_size, digest)  # the checks an offer gets
+        except LocalProtocolError:
+            return None
+        if not 0 <= written <= size:
+            return None
+        transfer = self._add(Direction.IN, sender, transfer_id, name, size, chunk_size, digest, now=now)
+        transfer.state = State.PAUSED
+        transfer.sent = transfer.acked = transfer.started_from = written
+        return transfer
+
     def listing(self) -> list[Transfer]:
         return sorted(self._by_number.values(), key=lambda transfer: transfer.number)
 
@@ -277,7 +304,7 @@ class Transfers:
         transfer.sent = transfer.acked = transfer.started_from = offset
         transfer.state, transfer.heard_at, transfer.started_at = State.ACTIVE, now, now
         self._send(transfer, fp.Accept(transfer.transfer_id, offset))
-        events: list[Event] = [self._changed(transfer, "accepted")]
+        events: list[Event] = [self.changed_event(transfer, "accepted")]
         if offset >= transfer.size:
             transfer.state = State.CHECKING
             self._effect(Finish(transfer))
@@ -341,12 +368,12 @@ class Transfers:
                     # The receiver resumes: from what it has written.
                     self._resume(transfer, now)
                     self._send(transfer, fp.Accept(transfer.transfer_id, transfer.acked))
-                    events.append(self._changed(transfer, "resumed"))
+                    events.append(self.changed_event(transfer, "resumed"))
                 continue
             if not here:
                 if transfer.state is State.ACTIVE:
                     transfer.state = State.PAUSED
-                    events.append(self._changed(transfer, "paused"))
+                    events.append(self.changed_event(transfer, "paused"))
                 continue
             quiet = now - transfer.heard_at
             if transfer.state is State.ACTIVE and transfer.direction is Direction.OUT:
@@ -376,6 +403,11 @@ class Transfers:
             transfer = self._by_key.get((Direction.OUT, sender, part.transfer)) or self._by_key.get(
                 (Direction.IN, sender, part.transfer)
             )
+        if transfer is None and isinstance(part, fp.Accept):
+            # A receiver resuming a transfer we no longer have (we restarted): it ends.
+            self.messages.append((sender, fp.encode(fp.Cancel(part.transfer, "the sender no longer has it"))))
+            self.wake()
+            return []
         if transfer is None or transfer.final:
             return []  # over, or never ours: late parts of a transfer that ended
         if isinstance(part, fp.Ack):
@@ -387,7 +419,9 @@ class Transfers:
                 events = self._progress(transfer, now)
                 if transfer.acked >= transfer.size:
                     transfer.state = State.CHECKING
-                    events.append(self._changed(transfer, "checking", "every byte is there; they check it"))
+                    events.append(
+                        self.changed_event(transfer, "checking", "every byte is there; they check it")
+                    )
                 return events
             return []
         if isinstance(part, fp.Accept):
@@ -406,8 +440,8 @@ class Transfers:
             if transfer.acked >= transfer.size:
                 transfer.state = State.CHECKING
             if answered:
-                return [self._changed(transfer, "accepted", f"{sender} accepted it")]
-            return [self._changed(transfer, "resumed")] if was is State.PAUSED else []
+                return [self.changed_event(transfer, "accepted", f"{sender} accepted it")]
+            return [self.changed_event(transfer, "resumed")] if was is State.PAUSED else []
         if isinstance(part, fp.Reject):
             if transfer.state is not State.OFFERED:
                 return []
@@ -560,7 +594,8 @@ class Transfers:
             )
         ]
 
-    def _changed(self, transfer: Transfer, state: str, detail: str = "") -> TransferChanged:
+    def changed_event(self, transfer: Transfer, state: str, detail: str = "") -> TransferChanged:
+        """The event that says ``transfer`` went on to ``state``."""
         return TransferChanged(
             transfer.number, transfer.direction.value, transfer.peer, transfer.name, state, detail
         )

@@ -14,14 +14,22 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import json
 import os
+import stat
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from e2echat.client.fileparts import DIGEST_SIZE
 from e2echat.errors import TransferFileError
 
 PART_SUFFIX = ".part"
+#: beside each partial file, what it is part of, so that a transfer interrupted by a
+#: restart resumes (``kept_landings``)
+RECORD_SUFFIX = ".part.json"
+#: a record is a few hundred bytes: a larger file under its name is not one
+MAX_RECORD = 16 * 1024
 #: how many "NAME (N).ext" are tried before giving up: a directory with that many copies
 #: of one name is not a place to land another
 MAX_COPIES = 10_000
@@ -78,10 +86,56 @@ class Source:
             os.close(self._fd)
 
 
+@dataclass(frozen=True)
+class Record:
+    """What a partial file is part of: enough to resume its transfer after a restart."""
+
+    sender: str
+    transfer_id: bytes
+    name: str
+    size: int
+    chunk_size: int
+    digest: bytes
+
+    def to_json(self) -> bytes:
+        fields = {
+            "sender": self.sender,
+            "transfer": self.transfer_id.hex(),
+            "name": self.name,
+            "size": self.size,
+            "chunk_size": self.chunk_size,
+            "digest": self.digest.hex(),
+        }
+        return json.dumps(fields).encode("utf-8")
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Record | None:
+        """The record in ``data``; None if it is not one (damaged, or not ours)."""
+        try:
+            fields = json.loads(data)
+            record = cls(
+                str(fields["sender"]),
+                bytes.fromhex(fields["transfer"]),
+                str(fields["name"]),
+                int(fields["size"]),
+                int(fields["chunk_size"]),
+                bytes.fromhex(fields["digest"]),
+            )
+        except (ValueError, TypeError, KeyError):
+            return None
+        valid = len(record.transfer_id) == 16 and len(record.digest) == DIGEST_SIZE and record.chunk_size > 0
+        return record if valid and record.size >= 0 else None
+
+    @property
+    def part_name(self) -> str:
+        return f"{self.name}.{self.transfer_id.hex()[:16]}"
+
+
 class Landing:
     """Where one file received is written: ``directory``/``name``, by way of a partial
-    file named ``part_name`` + ".part" (the name and the transfer's id). A transfer that
-    pauses keeps its landing open, and resumes where it was written to."""
+    file named ``part_name`` + ".part" (the name and the transfer's id), and beside it
+    its ``Record``. A transfer that pauses keeps its landing open, and resumes where it
+    was written to; after a restart, ``kept_landings`` finds it again."""
 
     def __init__(self, directory: Path, name: str, part_name: str) -> None:
         if "/" in name or name in ("", ".", "..") or "/" in part_name:
@@ -89,20 +143,55 @@ class Landing:
         self.directory = directory
         self.name = name
         self.part = directory / f"{part_name}{PART_SUFFIX}"
+        self.record = directory / f"{part_name}{RECORD_SUFFIX}"
         self._fd: int | None = None
         self._digest = new_digest()
         self.written = 0
 
-    def open(self) -> int:
-        """Create the partial file; returns how many bytes of the file are there (0)."""
+    def open(self, record: Record | None = None) -> int:
+        """Create the partial file (and its ``record``); returns how many bytes of the file
+        are there (0)."""
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             # O_EXCL: a file (or a link) already under the partial file's name is nobody's
             # to write into; O_CREAT's mode is the file's from its first moment.
             self._fd = os.open(self.part, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            if record is not None:
+                fd = os.open(self.record, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(record.to_json())
         except OSError as exc:
             raise TransferFileError(path=self.part, detail=exc.strerror or str(exc)) from None
         return 0
+
+    def reopen(self, chunk_size: int) -> int:
+        """Open the partial file kept from before a restart; returns how many bytes of it
+        are kept (whole chunks only: one cut short by a crash is written again), whose
+        hash is taken again so that the whole file is checked."""
+        try:
+            fd = os.open(self.part, os.O_RDWR | os.O_NOFOLLOW)
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
+                os.close(fd)
+                raise TransferFileError(path=self.part, detail="not a partial file of ours")
+            kept = info.st_size // chunk_size * chunk_size
+            os.ftruncate(fd, kept)
+            self._fd = fd
+            at = 0
+            while at < kept:
+                block = os.pread(fd, min(_READ, kept - at), at)
+                if not block:
+                    break
+                self._digest.update(block)
+                at += len(block)
+        except OSError as exc:
+            raise TransferFileError(path=self.part, detail=exc.strerror or str(exc)) from None
+        self.written = at
+        return at
+
+    def keep(self) -> None:
+        """Close the partial file, and keep it (and its record) for a later run."""
+        self._close()
 
     def write(self, offset: int, data: bytes) -> None:
         """Write ``data`` at ``offset``: chunks come in order, each right after the last."""
@@ -131,6 +220,8 @@ class Landing:
             final = self._claim()
             # The name is ours (created new, empty): replacing it replaces nobody's file.
             os.replace(self.part, final)
+            with contextlib.suppress(FileNotFoundError):
+                self.record.unlink()
             with contextlib.suppress(OSError):
                 directory = os.open(self.directory, os.O_RDONLY)
                 try:
@@ -144,8 +235,9 @@ class Landing:
     def discard(self) -> None:
         """Delete the partial file (a transfer that ended without it)."""
         self._close()
-        with contextlib.suppress(FileNotFoundError):
-            self.part.unlink()
+        for path in (self.part, self.record):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
     def _close(self) -> None:
         if self._fd is not None:
@@ -170,3 +262,30 @@ class Landing:
         raise TransferFileError(
             path=self.directory / self.name, detail=f"{MAX_COPIES} files have its name already"
         )
+
+
+def kept_landings(directory: Path) -> list[tuple[Record, Landing]]:
+    """The partial files of transfers an earlier run left (each with its record), to
+    resume. A record that does not parse, or names a partial file that is not there, is
+    left alone."""
+    found = []
+    try:
+        paths = sorted(directory.glob(f"*{RECORD_SUFFIX}"))
+    except OSError:
+        return []
+    for path in paths:
+        try:
+            if path.is_symlink() or path.stat().st_size > MAX_RECORD:
+                continue
+            record = Record.from_json(path.read_bytes())
+        except OSError:
+            continue
+        if record is None or path.name != f"{record.part_name}{RECORD_SUFFIX}":
+            continue
+        try:
+            landing = Landing(directory, record.name, record.part_name)
+        except ValueError:
+            continue
+        if landing.part.is_file():
+            found.append((record, landing))
+    return found
