@@ -697,8 +697,8 @@ class Chat:
 
     async def _finish_files(self) -> None:
         """Before leaving: the files offered are hashed and offered, and the transfers not
-        yet over are waited for while they move (Ctrl+C leaves at once; they are then
-        cancelled, and their partial files deleted)."""
+        yet over are waited for while they move (Ctrl+C leaves at once: a file being
+        received keeps its partial file, and the next run resumes it)."""
         if self._offering:
             await asyncio.gather(*self._offering, return_exceptions=True)
         if self.files is None or not self.files.transfers.active:
