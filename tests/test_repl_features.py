@@ -63,7 +63,7 @@ def _complete(text: str, nicks: list[str]) -> list[str]:
     [
         ("/m", ["/me", "/mentions", "/msg"]),
         ("/v", ["/verify"]),
-        ("/a", ["/away"]),
+        ("/a", ["/accept", "/away"]),
         (
             "/",
             [
