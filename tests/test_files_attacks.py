@@ -21,6 +21,9 @@ from hostile import HostileRelay, deliveries, flip_bit
 from relay_frames import Outgoing
 from support import FAST, FilePeer, file_peers, make_file, next_event, running
 
+#: a transfer takes longer than a message, the more so on a loaded machine
+pytestmark = pytest.mark.timeout(90)
+
 #: bodies this large are chunks: a chat line is at most 16 KiB
 CHUNK_BODY = 60_000
 #: the transfers in these tests resend soon: a lost chunk costs half a second, not four

@@ -34,6 +34,9 @@ from support import (
     text_into,
 )
 
+#: a transfer takes longer than a message, the more so on a loaded machine
+pytestmark = pytest.mark.timeout(90)
+
 
 @pytest.mark.parametrize(
     "size",
