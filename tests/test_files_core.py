@@ -142,7 +142,7 @@ def test_a_file_goes_whole_once_accepted(size: int) -> None:
     assert received is not None and received.state is State.DONE
     assert sent.state is State.DONE
     (done,) = alice.of(TransferDone)
-    assert done.ok and done.direction == "out"
+    assert done.ok and done.direction == "out" and done.path == ""  # where it is is the receiver's
     (landed,) = bob.of(TransferDone)
     assert landed.ok and landed.path == "/downloads/report.pdf"
 

@@ -610,7 +610,7 @@ class Transfers:
             transfer.state is State.DONE,
             transfer.state.value,
             detail or transfer.reason,
-            transfer.path if transfer.state is State.DONE else "",
+            transfer.path if transfer.state is State.DONE and transfer.direction is Direction.IN else "",
         )
 
 
