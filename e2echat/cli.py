@@ -357,7 +357,7 @@ async def _chat(
         rooms=tuple(rooms.names),
     )
     downloads = Path(args.downloads).expanduser() if args.downloads else default_downloads()
-    pump = FilePump(client, transfers, downloads)
+    pump = FilePump(client, transfers, downloads, sending=directory / SENDING_DIRECTORY)
     await pump.resume_kept()  # transfers an earlier run left unfinished
     pump.start()
     save_settings(directory, args.nick, args.host, args.port)
@@ -415,6 +415,10 @@ async def _chat(
     # A script learns from the exit code whether everything it sent arrived.
     failed = chat.unsent or (not interactive and (chat.refused or chat.undelivered))
     return EXIT_NOT_SENT if failed else 0
+
+
+#: in the profile: the files being sent, noted so that the next run goes on with them
+SENDING_DIRECTORY = "sending"
 
 
 def _max_file(kept: object) -> int:

@@ -13,7 +13,17 @@ import pytest
 
 from e2echat.client.files import safe_name
 from e2echat.errors import TransferFileError
-from e2echat.store.downloads import Landing, Source, default_downloads, file_digest
+from e2echat.store.downloads import (
+    Landing,
+    Record,
+    Source,
+    default_downloads,
+    file_digest,
+    forget_sending,
+    keep_sending,
+    kept_landings,
+    kept_sending,
+)
 
 
 def blake(data: bytes) -> bytes:
@@ -124,3 +134,46 @@ def test_a_source_reads_what_it_hashed(tmp_path: Path) -> None:
 def test_the_default_downloads_directory() -> None:
     assert default_downloads({"XDG_DOWNLOAD_DIR": "/data/dl"}) == Path("/data/dl/e2echat")
     assert default_downloads({}) == Path("~/Downloads/e2echat").expanduser()
+
+
+def _record(path: str = "", size: int = 3) -> Record:
+    return Record("alice", bytes(range(16)), "report.pdf", size, 1024, blake(b"abc"), path)
+
+
+def test_a_partial_file_is_found_again_by_its_record(tmp_path: Path) -> None:
+    record = _record()
+    landing = Landing(tmp_path, record.name, record.part_name)
+    landing.open(record)
+    landing.write(0, b"x" * 1500)  # a chunk and a half: the half is written again
+    landing.keep()
+    ((found, again),) = kept_landings(tmp_path)
+    assert found == record
+    assert again.reopen(record.chunk_size) == 1024
+    assert again.part.stat().st_size == 1024
+    again.discard()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_records_that_do_not_parse_or_fit_are_left_alone(tmp_path: Path) -> None:
+    (tmp_path / "junk.part.json").write_text("{not json")
+    (tmp_path / "other.part.json").write_bytes(_record().to_json())  # not its name's record
+    assert Record.from_json(b'{"peer": "a"}') is None
+    assert Record.from_json(b"[]") is None
+    assert kept_landings(tmp_path) == []
+    assert kept_landings(tmp_path / "missing") == []
+
+
+def test_files_being_sent_are_kept_while_they_are_there(tmp_path: Path) -> None:
+    profile = tmp_path / "sending"
+    source = tmp_path / "report.pdf"
+    source.write_bytes(b"abc")
+    record = _record(str(source))
+    keep_sending(profile, record)
+    assert kept_sending(profile) == [record]
+    assert stat.S_IMODE(os.stat(profile / f"{record.transfer_id.hex()}.json").st_mode) == 0o600
+    source.write_bytes(b"abcd")  # another size: not the file offered; forgotten
+    assert kept_sending(profile) == []
+    assert list(profile.iterdir()) == []
+    keep_sending(profile, record)
+    forget_sending(profile, record.transfer_id)
+    assert kept_sending(profile) == []

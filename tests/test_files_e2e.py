@@ -241,14 +241,54 @@ async def test_a_transfer_resumes_after_the_receiver_restarts(tmp_path: Path) ->
         await bob.peer.connection.close()
 
 
+async def test_a_transfer_resumes_after_the_sender_restarts(tmp_path: Path) -> None:
+    """alice quits mid-transfer; what she was sending is noted in her profile. Started
+    again, she takes it up, bob says where he is, and it goes on from there."""
+    source = tmp_path / "big.bin"
+    data = make_file(source, 4 * 1024 * 1024)
+    slow = Limits(byte_rate=1024 * 1024, byte_burst=1024 * 1024, rate=5000, burst=5000)  # about 4 s in all
+    alice_identity = PrivateKey.generate()
+    alice_keyring = Keyring.fresh("alice", alice_identity, time.time())
+    sending = tmp_path / "alice-profile" / "sending"
+    async with (
+        running(Relay(LOOPBACK, 0, limits=slow)) as relay,
+        file_peers(relay, tmp_path, "bob", transfers={"resend_after": 1.0, "remind_after": 2.0}) as (bob,),
+    ):
+        alice = await file_peer(
+            relay, tmp_path, "alice", alice_identity, keyring=alice_keyring, sending=sending
+        )
+        await alice.pump.send("bob", source)
+        assert len(list(sending.iterdir())) == 1
+        bob.transfers.accept((await next_event(bob, FileOffered)).number)
+        while (await next_event(bob, TransferProgress)).done < 512 * 1024:
+            pass
+        await alice.pump.close()
+        await alice.peer.connection.close()
+        assert len(list(sending.iterdir())) == 1  # kept for the next run
+
+        alice = await file_peer(
+            relay, tmp_path, "alice", alice_identity, keyring=alice_keyring, sending=sending, resume=True
+        )
+        assert alice.transfers.listing()[0].state.value == "paused"
+        done = await next_event(bob, TransferDone)
+        assert done.ok, done
+        assert Path(done.path).read_bytes() == data
+        assert (await next_event(alice, TransferDone)).ok
+        await alice.pump.close()
+        await alice.peer.connection.close()
+    assert list(sending.iterdir()) == []  # over: forgotten
+
+
 async def file_peer(
     relay: Relay, tmp_path: Path, nick: str, identity: PrivateKey, **options: Any
 ) -> FilePeer:
-    """One more client with transfers (``resume``: taking up what an earlier run left)."""
+    """One more client with transfers (``resume``: taking up what an earlier run left;
+    ``sending``: where it notes what it sends)."""
     resume = options.pop("resume", False)
+    sending = options.pop("sending", None)
     transfers = Transfers(resend_after=1.0, remind_after=2.0)  # sooner than a person's: tests wait less
     peer = await connect(relay, nick, identity, files=transfers, **options)
-    pump = FilePump(peer.connection, transfers, tmp_path / nick)
+    pump = FilePump(peer.connection, transfers, tmp_path / nick, sending=sending)
     if resume:
         await pump.resume_kept()
     pump.start()

@@ -19,10 +19,18 @@ from typing import Any, Protocol
 from e2echat.client import fileparts as fp
 from e2echat.client.core import ClientCore
 from e2echat.client.events import ClientEvent, Event
-from e2echat.client.files import Finish, Land, State, Transfer, Transfers, Write
+from e2echat.client.files import Direction, Finish, Land, State, Transfer, Transfers, Write
 from e2echat.client.trust import Trust
 from e2echat.errors import CommandError, E2EChatError
-from e2echat.store.downloads import Landing, Record, Source, file_digest, kept_landings
+from e2echat.store.downloads import (
+    Landing,
+    Record,
+    Source,
+    forget_sending,
+    keep_sending,
+    kept_landings,
+    kept_sending,
+)
 
 log = logging.getLogger("e2echat.client.filepump")
 
@@ -48,7 +56,9 @@ class FileLink(Protocol):
 
 
 class FilePump:
-    """Moves the files of ``transfers`` over ``link``; files received land in ``downloads``."""
+    """Moves the files of ``transfers`` over ``link``; files received land in ``downloads``.
+    ``sending``: where what is being sent is noted (in the profile), so that a later run
+    goes on with it; without it, a file being sent is not kept across restarts."""
 
     def __init__(
         self,
@@ -56,11 +66,13 @@ class FilePump:
         transfers: Transfers,
         downloads: Path,
         *,
+        sending: Path | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.link = link
         self.transfers = transfers
         self.downloads = downloads
+        self.sending = sending
         self._clock = clock
         self._wake = asyncio.Event()
         transfers.wake = self._wake.set
@@ -76,8 +88,9 @@ class FilePump:
         self._task = asyncio.create_task(self._run(), name="e2echat-files")
 
     async def resume_kept(self) -> None:
-        """Take up the transfers an earlier run left unfinished in ``downloads``: each
-        resumes from what it wrote when its sender is online."""
+        """Take up the transfers an earlier run left unfinished: each file received (in
+        ``downloads``) resumes from what it wrote when its sender is online; each sent
+        (noted in ``sending``), from where its receiver says."""
         for record, landing in await asyncio.to_thread(kept_landings, self.downloads):
             try:
                 written = await asyncio.to_thread(landing.reopen, record.chunk_size)
@@ -85,20 +98,46 @@ class FilePump:
                 log.info("a partial file kept from before could not be opened: %s", exc)
                 continue
             transfer = self.transfers.kept(
-                record.sender,
+                Direction.IN,
+                record.peer,
                 record.transfer_id,
                 record.name,
                 record.size,
                 record.chunk_size,
                 record.digest,
-                written,
                 self._clock(),
+                written=written,
             )
             if transfer is None:
                 landing.keep()
                 continue
             self._landings[transfer.number] = landing
-            detail = f"kept from before; it goes on when {record.sender} is online"
+            detail = f"kept from before; it goes on when {record.peer} is online"
+            self._publish([self.transfers.changed_event(transfer, "paused", detail)])
+        if self.sending is None:
+            return
+        for record in await asyncio.to_thread(kept_sending, self.sending):
+            try:
+                source = await asyncio.to_thread(Source, Path(record.path))
+            except E2EChatError as exc:
+                log.info("a file being sent before could not be opened: %s", exc)
+                continue
+            transfer = self.transfers.kept(
+                Direction.OUT,
+                record.peer,
+                record.transfer_id,
+                record.name,
+                record.size,
+                record.chunk_size,
+                record.digest,
+                self._clock(),
+                path=record.path,
+            )
+            if transfer is None:
+                source.close()
+                continue
+            self._sources[transfer.number] = source
+            detail = f"kept from before; it goes on when {record.peer} is online"
             self._publish([self.transfers.changed_event(transfer, "paused", detail)])
 
     async def close(self) -> None:
@@ -111,6 +150,12 @@ class FilePump:
         )
         for source in self._sources.values():
             source.close()
+        if self.sending is not None:  # (what the loop had no turn left to forget)
+            ended = [
+                t.transfer_id for t in self.transfers.listing() if t.direction is Direction.OUT and t.final
+            ]
+            for transfer_id in ended:
+                await asyncio.to_thread(forget_sending, self.sending, transfer_id)
         for number, landing in self._landings.items():
             transfer = self.transfers.get(number)
             if transfer is not None and not transfer.final:
@@ -135,16 +180,26 @@ class FilePump:
                 detail=f"not sent: {nick}'s key changed; nothing is sent to {nick} until "
                 f"you accept the new key with /trust {nick}"
             )
-        if not path.is_file():
-            raise CommandError(detail=f"{path} is not a file")
         try:
-            size, digest = await asyncio.to_thread(file_digest, path)
             source = await asyncio.to_thread(Source, path)
         except E2EChatError as exc:
+            raise CommandError(detail=str(exc)) from None
+        try:
+            size, digest = await asyncio.to_thread(source.digest)
+        except E2EChatError as exc:
+            source.close()
             raise CommandError(detail=str(exc)) from None
         offered = path.name if name is None else name
         transfer = self.transfers.offer(nick, offered, size, digest, str(path), self._clock())
         self._sources[transfer.number] = source
+        if self.sending is not None:
+            record = Record(
+                nick, transfer.transfer_id, offered, size, transfer.chunk_size, digest, str(source.path)
+            )
+            try:
+                await asyncio.to_thread(keep_sending, self.sending, record)
+            except E2EChatError as exc:  # it goes all the same; a restart ends it
+                log.info("a file being sent could not be noted for a later run: %s", exc)
         return transfer
 
     async def wait_done(self, quiet: float) -> bool:
@@ -317,6 +372,8 @@ class FilePump:
             transfer = self.transfers.get(number)
             if transfer is None or transfer.final:
                 self._sources.pop(number).close()
+                if transfer is not None and self.sending is not None:
+                    self._spawn(asyncio.to_thread(forget_sending, self.sending, transfer.transfer_id))
 
     def _publish(self, events: Sequence[Event]) -> None:
         for event in events:

@@ -255,19 +255,25 @@ class Transfers:
 
     def kept(
         self,
-        sender: str,
+        direction: Direction,
+        peer: str,
         transfer_id: bytes,
         name: str,
         size: int,
         chunk_size: int,
         digest: bytes,
-        written: int,
         now: float,
+        *,
+        written: int = 0,
+        path: str = "",
     ) -> Transfer | None:
-        """A transfer from ``sender`` that an earlier run accepted and wrote ``written``
-        bytes of: paused, it resumes from there when ``sender`` is online (if they still
-        have it: if not, they say so, and it ends). None if it is not one we can take."""
-        if safe_name(name) != name or (Direction.IN, sender, transfer_id) in self._by_key:
+        """A transfer an earlier run left unfinished, paused: one received, of which it
+        wrote ``written`` bytes (it resumes from there when ``peer`` is online, if they
+        still have it: if not, they say so, and it ends); or one sent (``path``), which
+        goes on from where the receiver says. None if it is not one we can take."""
+        if (direction, peer, transfer_id) in self._by_key:
+            return None
+        if direction is Direction.IN and safe_name(name) != name:
             return None
         try:
             fp.Offer(transfer_id, name, size, chunk_size, digest)  # the checks an offer gets
@@ -275,7 +281,9 @@ class Transfers:
             return None
         if not 0 <= written <= size:
             return None
-        transfer = self._add(Direction.IN, sender, transfer_id, name, size, chunk_size, digest, now=now)
+        transfer = self._add(
+            direction, peer, transfer_id, safe_name(name), size, chunk_size, digest, path=path, now=now
+        )
         transfer.state = State.PAUSED
         transfer.sent = transfer.acked = transfer.started_from = written
         return transfer

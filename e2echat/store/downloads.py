@@ -23,6 +23,7 @@ from pathlib import Path
 
 from e2echat.client.fileparts import DIGEST_SIZE
 from e2echat.errors import TransferFileError
+from e2echat.store.files import write_private_file
 
 PART_SUFFIX = ".part"
 #: beside each partial file, what it is part of, so that a transfer interrupted by a
@@ -63,14 +64,31 @@ def file_digest(path: Path) -> tuple[int, bytes]:
 
 
 class Source:
-    """A file being sent: read at any offset (a resumed transfer goes back)."""
+    """A file being sent: read at any offset (a resumed transfer goes back). ``path`` is
+    where it is, every link followed."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
         try:
-            self._fd = os.open(path, os.O_RDONLY)
+            self.path = path.resolve()
+            self._fd = os.open(self.path, os.O_RDONLY)
         except OSError as exc:
             raise TransferFileError(path=path, detail=exc.strerror or str(exc)) from None
+        if not stat.S_ISREG(os.fstat(self._fd).st_mode):
+            self.close()
+            raise TransferFileError(path=path, detail="it is not a file")
+
+    def digest(self) -> tuple[int, bytes]:
+        """The size of the file and its BLAKE2b-256, read once through the very file that
+        is then sent (not its name again: it may name another by then)."""
+        digest = new_digest()
+        size = 0
+        try:
+            while block := os.pread(self._fd, _READ, size):
+                digest.update(block)
+                size += len(block)
+        except OSError as exc:
+            raise TransferFileError(path=self.path, detail=exc.strerror or str(exc)) from None
+        return size, digest.digest()
 
     def read(self, offset: int, length: int) -> bytes:
         try:
@@ -88,23 +106,27 @@ class Source:
 
 @dataclass(frozen=True)
 class Record:
-    """What a partial file is part of: enough to resume its transfer after a restart."""
+    """What a transfer is, enough to take it up again after a restart: beside a partial
+    file (one received), or in the profile (one sent, ``path`` the file)."""
 
-    sender: str
+    #: who sends the file received, or receives the file sent
+    peer: str
     transfer_id: bytes
     name: str
     size: int
     chunk_size: int
     digest: bytes
+    path: str = ""
 
     def to_json(self) -> bytes:
         fields = {
-            "sender": self.sender,
+            "peer": self.peer,
             "transfer": self.transfer_id.hex(),
             "name": self.name,
             "size": self.size,
             "chunk_size": self.chunk_size,
             "digest": self.digest.hex(),
+            "path": self.path,
         }
         return json.dumps(fields).encode("utf-8")
 
@@ -114,14 +136,15 @@ class Record:
         try:
             fields = json.loads(data)
             record = cls(
-                str(fields["sender"]),
+                str(fields["peer"]),
                 bytes.fromhex(fields["transfer"]),
                 str(fields["name"]),
                 int(fields["size"]),
                 int(fields["chunk_size"]),
                 bytes.fromhex(fields["digest"]),
+                str(fields.get("path", "")),
             )
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError, AttributeError):
             return None
         valid = len(record.transfer_id) == 16 and len(record.digest) == DIGEST_SIZE and record.chunk_size > 0
         return record if valid and record.size >= 0 else None
@@ -288,4 +311,43 @@ def kept_landings(directory: Path) -> list[tuple[Record, Landing]]:
             continue
         if landing.part.is_file():
             found.append((record, landing))
+    return found
+
+
+# -- files being sent, across restarts ------------------------------------------------------
+
+
+def keep_sending(directory: Path, record: Record) -> None:
+    """Keep ``record`` (a file being sent) in ``directory``, for a later run to go on."""
+    write_private_file(directory / f"{record.transfer_id.hex()}.json", record.to_json())
+
+
+def forget_sending(directory: Path, transfer_id: bytes) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        (directory / f"{transfer_id.hex()}.json").unlink()
+
+
+def kept_sending(directory: Path) -> list[Record]:
+    """The files an earlier run was sending (each still there, and of the size offered);
+    the records of the others are forgotten."""
+    found = []
+    try:
+        paths = sorted(directory.glob("*.json"))
+    except OSError:
+        return []
+    for path in paths:
+        try:
+            record = Record.from_json(path.read_bytes()) if path.stat().st_size <= MAX_RECORD else None
+        except OSError:
+            continue
+        if record is None or path.name != f"{record.transfer_id.hex()}.json":
+            continue
+        try:
+            there = Path(record.path).stat().st_size == record.size
+        except OSError:
+            there = False
+        if there:
+            found.append(record)
+        else:
+            forget_sending(directory, record.transfer_id)
     return found
