@@ -177,3 +177,24 @@ def test_files_being_sent_are_kept_while_they_are_there(tmp_path: Path) -> None:
     keep_sending(profile, record)
     forget_sending(profile, record.transfer_id)
     assert kept_sending(profile) == []
+
+
+def test_only_a_partial_file_of_ours_is_taken_up_again(tmp_path: Path) -> None:
+    record = _record()
+    landing = Landing(tmp_path, record.name, record.part_name)
+    target = tmp_path / "elsewhere"
+    target.write_bytes(b"precious" * 200)
+    landing.part.symlink_to(target)  # a link under its name
+    with pytest.raises(TransferFileError):
+        landing.reopen(record.chunk_size)
+    landing.part.unlink()
+    os.mkfifo(landing.part)  # not a file
+    with pytest.raises(TransferFileError, match="not a partial file of ours"):
+        landing.reopen(record.chunk_size)
+    landing.part.unlink()
+    landing.part.write_bytes(b"x" * 2048)
+    if os.getuid() == 0:  # (only root can give a file away)
+        os.chown(landing.part, 12345, 12345)
+        with pytest.raises(TransferFileError, match="not a partial file of ours"):
+            landing.reopen(record.chunk_size)
+    assert target.read_bytes() == b"precious" * 200

@@ -305,6 +305,22 @@ def test_a_chunk_claiming_another_offset_is_never_written_there() -> None:
     assert bob.disk[1] == b""  # nothing written: the first chunk never came as itself
 
 
+def test_an_accept_beyond_the_end_of_the_file_moves_nothing() -> None:
+    alice, _ = pair()
+    sent = alice.offer("bob", b"q" * CHUNK)
+    alice.transfers.receive("bob", fp.encode(fp.Accept(sent.transfer_id, CHUNK + 1)), Trust.UNVERIFIED, 0)
+    assert sent.state is State.OFFERED and alice.transfers.chunks_due(1 << 30) == []
+
+
+def test_a_kept_transfer_must_have_a_safe_name() -> None:
+    transfers = Transfers()
+    for name in ("../x", ".bashrc", "a\x1bb"):
+        assert transfers.kept(Direction.IN, "alice", bytes(16), name, 10, CHUNK, bytes(32), 0.0) is None
+    kept = transfers.kept(Direction.IN, "alice", bytes(16), "x", 10, CHUNK, bytes(32), 0.0, written=5)
+    assert kept is not None and (kept.state, kept.acked) == (State.PAUSED, 5)
+    assert transfers.kept(Direction.IN, "alice", bytes(16), "x", 10, CHUNK, bytes(32), 0.0) is None  # twice
+
+
 def test_a_lying_acknowledgement_moves_nothing() -> None:
     alice, bob = pair()
     sent = alice.offer("bob", b"q" * 4 * CHUNK)
