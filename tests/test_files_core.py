@@ -16,6 +16,7 @@ from e2echat.client.events import SecurityWarning
 from e2echat.client.fileevents import FileOffered, TransferChanged, TransferDone, TransferProgress
 from e2echat.client.files import (
     MAX_LANDED_NAME,
+    MAX_OFFERS,
     Direction,
     Discard,
     Finish,
@@ -319,6 +320,45 @@ def test_a_kept_transfer_must_have_a_safe_name() -> None:
     kept = transfers.kept(Direction.IN, "alice", bytes(16), "x", 10, CHUNK, bytes(32), 0.0, written=5)
     assert kept is not None and (kept.state, kept.acked) == (State.PAUSED, 5)
     assert transfers.kept(Direction.IN, "alice", bytes(16), "x", 10, CHUNK, bytes(32), 0.0) is None  # twice
+
+
+def test_a_reminder_names_the_next_byte_expected_even_with_writes_on_their_way() -> None:
+    """A slow disk: chunks handed to the writer, not yet written. The receiver's reminder
+    (or its resume) asks for what comes after them, not again for them: they would then
+    come twice, and the second copy would meet a file already past them."""
+    alice, bob = pair(remind_after=2.0)
+    data = b"s" * 3 * CHUNK
+    sent = alice.offer("bob", data)
+    run(alice, bob)
+    bob.transfers.accept(1)
+    carry_out(bob, 0.0)
+    bob.transfers.messages.clear()  # its accept, taken as read
+    chunk = fp.Chunk(sent.transfer_id, 0, data[:CHUNK])
+    bob.transfers.receive("alice", fp.encode(chunk), Trust.UNVERIFIED, 0.0)
+    assert [type(effect) for effect in bob.transfers.effects] == [Write]  # not yet written
+    bob.transfers.tick(5.0, {"alice"})
+    ((_, reminder),) = bob.transfers.messages
+    assert fp.decode(reminder) == fp.Accept(sent.transfer_id, CHUNK)
+    carry_out(bob, 5.0)  # the write lands; the next chunk is still welcome
+    bob.transfers.receive(
+        "alice", fp.encode(fp.Chunk(sent.transfer_id, CHUNK, data[CHUNK : 2 * CHUNK])), Trust.UNVERIFIED, 5.0
+    )
+    assert [type(effect) for effect in bob.transfers.effects] == [Write]
+
+
+def test_a_peer_cannot_pile_up_offers() -> None:
+    alice, bob = pair()
+    for number in range(MAX_OFFERS + 3):
+        alice.offer("bob", b"x", f"file{number}")
+    bob.offer("alice", b"ours")  # our own offers to them do not count
+    run(alice, bob)
+    assert len(bob.of(FileOffered)) == MAX_OFFERS
+    refused = [done for done in alice.of(TransferDone) if done.state == "rejected"]
+    assert len(refused) == 3 and refused[0].detail == "too many offers unanswered"
+    bob.transfers.reject(None)  # one answered: room for one more
+    alice.offer("bob", b"x", "one more")
+    run(alice, bob)
+    assert len(bob.of(FileOffered)) == MAX_OFFERS + 1
 
 
 def test_a_lying_acknowledgement_moves_nothing() -> None:

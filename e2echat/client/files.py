@@ -45,6 +45,9 @@ RESEND_AFTER = 4.0
 #: a receiver that hears nothing of an active transfer for this long says again where it
 #: is (its acknowledgement, or its accept, was lost)
 REMIND_AFTER = 6.0
+#: offers from one peer waiting for an answer, at most: more are refused unseen, so a
+#: peer cannot fill the screen (or our memory) with offers
+MAX_OFFERS = 20
 #: progress is told at most this often (and at every tenth of the file)
 PROGRESS_EVERY = 0.5
 #: file names are cut to this many UTF-8 bytes, extension kept: under every file system's
@@ -373,9 +376,10 @@ class Transfers:
             here = transfer.peer in online
             if transfer.state is State.PAUSED:
                 if here and transfer.direction is Direction.IN:
-                    # The receiver resumes: from what it has written.
+                    # The receiver resumes: from the next byte it expects (every one before
+                    # it is written, or on its way to the disk).
                     self._resume(transfer, now)
-                    self._send(transfer, fp.Accept(transfer.transfer_id, transfer.acked))
+                    self._send(transfer, fp.Accept(transfer.transfer_id, transfer.sent))
                     events.append(self.changed_event(transfer, "resumed"))
                 continue
             if not here:
@@ -388,8 +392,8 @@ class Transfers:
                 if transfer.sent > transfer.acked and quiet >= self.resend_after:
                     transfer.sent, transfer.heard_at = transfer.acked, now
             elif transfer.state is State.ACTIVE and quiet >= self.remind_after:
-                transfer.sent, transfer.heard_at = transfer.acked, now
-                self._send(transfer, fp.Accept(transfer.transfer_id, transfer.acked))
+                transfer.heard_at = now
+                self._send(transfer, fp.Accept(transfer.transfer_id, transfer.sent))
         if self.messages or self.effects:
             self.wake()
         return events
@@ -481,6 +485,10 @@ class Transfers:
                     f"(see /verify {sender}, /trust {sender})"
                 )
             ]
+        if self._open_offers(sender) >= MAX_OFFERS:
+            self.messages.append((sender, fp.encode(fp.Reject(offer.transfer, "too many offers unanswered"))))
+            self.wake()
+            return []
         transfer = self._add(
             Direction.IN,
             sender,
@@ -540,6 +548,14 @@ class Transfers:
         self._by_number[transfer.number] = transfer
         self._by_key[transfer.key] = transfer
         return transfer
+
+    def _open_offers(self, sender: str) -> int:
+        """Offers from ``sender`` we have not answered."""
+        return sum(
+            1
+            for t in self._by_number.values()
+            if t.peer == sender and t.direction is Direction.IN and t.state is State.OFFERED
+        )
 
     def _offer_to_answer(self, number: int | None, verb: str) -> Transfer:
         if number is None:
