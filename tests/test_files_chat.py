@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from e2echat.client.fileevents import FileOffered, TransferDone
+from e2echat.client.files import Direction, State, Transfers
 from e2echat.ui.chat import Chat
+from e2echat.ui.transfers import bar, progress_text, toolbar_text
 
 from support import FAST, file_peers, make_file, next_event, running_relay, text_into
 
@@ -98,3 +100,28 @@ async def test_file_commands_say_what_is_wrong(tmp_path: Path) -> None:
             f"!! cannot use {tmp_path / 'missing'}: No such file or directory",
             f"!! cannot use {tmp_path}: it is not a file",
         ]
+
+
+def test_the_toolbar_shows_a_bar_for_each_transfer_on_its_way() -> None:
+    transfers = Transfers()
+    sending = transfers.offer("bob", "report.pdf", 10_000_000, bytes(32), "/src/report.pdf", 0.0)
+    sending.state, sending.acked, sending.started_at = State.ACTIVE, 2_500_000, 0.0
+    receiving = transfers.kept(
+        Direction.IN, "carol", bytes(16), "photo.jpg", 4_000_000, 65536, bytes(32), 0.0
+    )
+    assert receiving is not None
+    receiving.acked = 3_000_000
+    assert toolbar_text(transfers.listing(), 10.0) == (  # the newest first
+        "↓2 photo.jpg [###############-----] 75% of 4.0 MB paused"
+        " | ↑1 report.pdf [#####---------------] 25% of 10.0 MB, 250.0 kB/s, 0:30 left"
+    )
+    transfers.cancel(1)
+    assert toolbar_text(transfers.listing(), 10.0).startswith("↓2 photo.jpg")
+    assert toolbar_text([], 10.0) == ""
+
+
+def test_progress_reads_as_people_read_it() -> None:
+    assert progress_text(0, 0, 0) == "100% of 0 B"
+    assert progress_text(1, 3, 0) == "33% of 3 B"
+    assert progress_text(500_000_000, 1_000_000_000, 100_000) == "50% of 1.0 GB, 100.0 kB/s, 1:23:20 left"
+    assert bar(0, 10, 4) == "[----]" and bar(10, 10, 4) == "[####]" and bar(0, 0, 4) == "[####]"
