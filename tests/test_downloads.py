@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from e2echat.client.files import safe_name
+from e2echat.client.filenames import safe_name
 from e2echat.errors import TransferFileError
 from e2echat.store.downloads import (
     Landing,

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from e2echat.client.fileevents import FileOffered, TransferDone
-from e2echat.client.files import Direction, State, Transfers
+from e2echat.client.files import Transfers
+from e2echat.client.filestate import Direction, State
 from e2echat.ui.chat import Chat
 from e2echat.ui.transfers import bar, progress_text, toolbar_text
 

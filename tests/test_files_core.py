@@ -14,19 +14,9 @@ import pytest
 from e2echat.client import fileparts as fp
 from e2echat.client.events import SecurityWarning
 from e2echat.client.fileevents import FileOffered, TransferChanged, TransferDone, TransferProgress
-from e2echat.client.files import (
-    MAX_LANDED_NAME,
-    MAX_OFFERS,
-    Direction,
-    Discard,
-    Finish,
-    Land,
-    State,
-    Transfer,
-    Transfers,
-    Write,
-    safe_name,
-)
+from e2echat.client.filenames import MAX_LANDED_NAME, safe_name
+from e2echat.client.files import MAX_OFFERS, Transfers
+from e2echat.client.filestate import Direction, Discard, Finish, Land, State, Transfer, Write
 from e2echat.client.trust import Trust
 from e2echat.errors import CommandError
 

@@ -43,6 +43,8 @@ PURE = sorted(
         "client.fileparts",
         "client.files",
         "client.fileevents",
+        "client.filenames",
+        "client.filestate",
         "relay.core",
         "relay.routing",
         "relay.registration",

@@ -19,7 +19,8 @@ from typing import Any, Protocol
 from e2echat.client import fileparts as fp
 from e2echat.client.core import ClientCore
 from e2echat.client.events import ClientEvent, Event
-from e2echat.client.files import Direction, Finish, Land, State, Transfer, Transfers, Write
+from e2echat.client.files import Transfers
+from e2echat.client.filestate import Direction, Finish, Land, State, Transfer, Write
 from e2echat.client.trust import Trust
 from e2echat.errors import CommandError, E2EChatError
 from e2echat.store.downloads import (

@@ -19,16 +19,24 @@ The receiver checks the whole file against the hash in the offer before it is na
 from __future__ import annotations
 
 import math
-import unicodedata
 from collections.abc import Callable, Collection, Iterator
-from dataclasses import dataclass
-from enum import StrEnum
 
 import nacl.utils
 
 from e2echat.client import fileparts as fp
 from e2echat.client.events import Event, SecurityWarning
 from e2echat.client.fileevents import FileOffered, TransferChanged, TransferDone, TransferProgress
+from e2echat.client.filenames import safe_name, size_text
+from e2echat.client.filestate import (
+    Direction,
+    Discard,
+    Effect,
+    Finish,
+    Land,
+    State,
+    Transfer,
+    Write,
+)
 from e2echat.client.trust import Trust
 from e2echat.errors import CommandError, LocalProtocolError
 
@@ -50,132 +58,6 @@ REMIND_AFTER = 6.0
 MAX_OFFERS = 20
 #: progress is told at most this often (and at every tenth of the file)
 PROGRESS_EVERY = 0.5
-#: file names are cut to this many UTF-8 bytes, extension kept: under every file system's
-#: 255, with room for " (123)" and ".part"
-MAX_LANDED_NAME = 200
-
-
-class Direction(StrEnum):
-    OUT = "out"
-    IN = "in"
-
-
-class State(StrEnum):
-    OFFERED = "offered"  # waiting for the receiver's answer
-    LANDING = "landing"  # accepted; the partial file is being opened
-    ACTIVE = "active"  # chunks on their way
-    PAUSED = "paused"  # the peer or the relay is away: resumes when both are back
-    CHECKING = "checking"  # every byte is there; the hash is being checked
-    DONE = "done"
-    FAILED = "failed"
-    REJECTED = "rejected"
-    CANCELLED = "cancelled"
-
-
-FINAL = frozenset({State.DONE, State.FAILED, State.REJECTED, State.CANCELLED})
-
-
-@dataclass
-class Transfer:
-    """One file on its way, either way."""
-
-    number: int  # ours: what /accept and /cancel name
-    direction: Direction
-    peer: str
-    transfer_id: bytes  # the sender's
-    #: as it will land (safe_name): never the name as the peer sent it
-    name: str
-    size: int
-    chunk_size: int
-    digest: bytes
-    state: State = State.OFFERED
-    #: out: the file sent (the shell reads it); in: where it landed, once named
-    path: str = ""
-    #: out: the next byte to send, and every byte before ``acked`` is written at the peer;
-    #: in: the next byte expected, and every byte before ``acked`` is written here
-    sent: int = 0
-    acked: int = 0
-    #: out: the furthest we have sent (an acknowledgement beyond it is a lie)
-    furthest: int = 0
-    reason: str = ""
-    trust: Trust = Trust.UNVERIFIED
-    heard_at: float = 0.0  # the last sign of progress
-    started_at: float = 0.0
-    started_from: int = 0
-    told_at: float = -math.inf  # the last progress told
-    told_tenth: int = -1
-
-    @property
-    def key(self) -> tuple[Direction, str, bytes]:
-        return self.direction, self.peer, self.transfer_id
-
-    @property
-    def final(self) -> bool:
-        return self.state in FINAL
-
-    def rate(self, now: float) -> float:
-        """Bytes a second since it (re)started."""
-        elapsed = now - self.started_at
-        return (self.acked - self.started_from) / elapsed if elapsed > 0 else 0.0
-
-
-# -- what the shell does for us ------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Land:
-    """Open the partial file of ``transfer`` (or find the one kept from before), then
-    ``landed`` with how much of it is there."""
-
-    transfer: Transfer
-
-
-@dataclass(frozen=True)
-class Write:
-    transfer: Transfer
-    offset: int
-    data: bytes
-
-
-@dataclass(frozen=True)
-class Finish:
-    """Every byte is written: check the hash, and name the file; then ``finished``."""
-
-    transfer: Transfer
-
-
-@dataclass(frozen=True)
-class Discard:
-    """Delete the partial file: the transfer ended without it."""
-
-    transfer: Transfer
-
-
-Effect = Land | Write | Finish | Discard
-
-
-def safe_name(offered: str) -> str:
-    """A name a file from a peer can land under: its last path part only (no directory,
-    no ``..``), without control, format (bidi) or other invisible characters, without
-    leading dots (no hidden files) or trailing dots and spaces, and at most
-    MAX_LANDED_NAME bytes, its extension kept. Never empty."""
-    name = offered.replace("\\", "/").rsplit("/", 1)[-1]
-    kept = "".join(
-        " " if char.isspace() else char
-        for char in name
-        if unicodedata.category(char) not in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp")
-    )
-    kept = kept.strip().lstrip(".").rstrip(". ")
-    if not kept:
-        return "file"
-    if len(kept.encode("utf-8")) > MAX_LANDED_NAME:
-        stem, dot, extension = kept.rpartition(".")
-        if not dot or len(extension.encode("utf-8")) > 16:
-            stem, extension = kept, ""
-        room = MAX_LANDED_NAME - len(extension.encode("utf-8")) - (1 if extension else 0)
-        stem = stem.encode("utf-8")[:room].decode("utf-8", "ignore").rstrip(". ")
-        kept = f"{stem}.{extension}" if extension else stem
-    return kept or "file"
 
 
 def new_transfer_id() -> bytes:
@@ -640,12 +522,3 @@ class Transfers:
 
 def _why(reason: str) -> str:
     return f": {reason}" if reason else ""
-
-
-def size_text(size: float) -> str:
-    """1.2 MB, 640 kB, 17 B: decimal units, as file managers show them."""
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if size < 1000 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    raise AssertionError("unreachable")

@@ -30,8 +30,8 @@ from e2echat.client.events import (
     RoomChanged,
 )
 from e2echat.client.fileevents import TransferChanged, TransferDone, TransferProgress
+from e2echat.client.filenames import size_text
 from e2echat.client.filepump import FilePump
-from e2echat.client.files import size_text
 from e2echat.client.receipts import RECEIPT_TIMEOUT
 from e2echat.client.trust import Trust
 from e2echat.errors import CommandError, E2EChatError, RelayGone

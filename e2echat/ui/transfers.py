@@ -11,7 +11,8 @@ import math
 from typing import Literal
 
 from e2echat.client.fileevents import FileOffered, TransferChanged, TransferDone, TransferProgress
-from e2echat.client.files import Direction, State, Transfer, size_text
+from e2echat.client.filenames import size_text
+from e2echat.client.filestate import Direction, State, Transfer
 from e2echat.ui.cells import neutralize
 
 __all__ = ["bar", "describe", "listing", "neutralize", "progress_text", "toolbar_text"]
