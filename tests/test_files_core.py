@@ -441,6 +441,8 @@ PARTS = [
 @pytest.mark.parametrize("part", PARTS, ids=lambda part: type(part).__name__)
 def test_parts_round_trip(part: fp.Part) -> None:
     assert fp.decode(fp.encode(part)) == part
+    # the one part that may wait in a mailbox
+    assert fp.is_offer(fp.encode(part)) is isinstance(part, fp.Offer)
 
 
 @pytest.mark.parametrize(

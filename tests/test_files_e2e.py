@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from nacl.public import PrivateKey
 
+from e2echat.client import fileparts as fp
 from e2echat.client.events import PeerJoined
 from e2echat.client.fileevents import FileOffered, TransferChanged, TransferDone, TransferProgress
 from e2echat.client.filepump import FilePump
@@ -27,6 +28,7 @@ from support import (
     connect,
     file_peers,
     make_file,
+    meet,
     next_event,
     running,
     running_relay,
@@ -147,8 +149,8 @@ async def test_a_transfer_resumes_after_the_relay_restarts(tmp_path: Path) -> No
 
 
 async def test_a_room_send_offers_everyone_online_and_says_who_is_offline(tmp_path: Path) -> None:
-    """``/send #lobby``: bob rejects, carol accepts, dave is away (a file goes only to
-    someone online: the chat says so, now)."""
+    """``/send #lobby``: bob rejects, carol accepts, dave is away and never talked with
+    alice (no session to leave an offer in his mailbox with: the chat says so, now)."""
     source = tmp_path / "minutes.txt"
     data = make_file(source, 100_000)
     async with running_relay(**FAST) as relay:
@@ -170,8 +172,38 @@ async def test_a_room_send_offers_everyone_online_and_says_who_is_offline(tmp_pa
                 done = await next_event(alice, TransferDone)
                 ends[done.peer] = (done.ok, done.state, done.detail)
             assert ends == {"bob": (False, "rejected", "they declined it"), "carol": (True, "done", "")}
-            assert any("not offered to dave: offline" in line for line in lines)
+            assert any("not offered to dave: offline, and never talked with" in line for line in lines)
             assert sum("offered minutes.txt (100.0 kB) to" in line for line in lines) == 2
+
+
+async def test_an_offer_waits_in_the_mailbox_of_someone_away(tmp_path: Path) -> None:
+    """bob, whom alice has talked with, is away: her offer waits in his mailbox; back, he
+    sees it, accepts, and the file goes, both online."""
+    source = tmp_path / "notes.txt"
+    data = make_file(source, 300_000)
+    bob_identity = PrivateKey.generate()
+    bob_keyring = Keyring.fresh("bob", bob_identity, time.time())
+    async with running_relay(**FAST) as relay, file_peers(relay, tmp_path, "alice") as (alice,):
+        bob = await file_peer(relay, tmp_path, "bob", bob_identity, keyring=bob_keyring)
+        await meet(alice.peer, bob.peer)
+        await bob.pump.close()
+        await bob.peer.connection.close()
+        while "bob" not in alice.peer.connection.core.away:
+            await alice.peer.next_any_event()
+        # Nothing but an offer goes into a mailbox; and only when asked to.
+        chunk = fp.encode(fp.Chunk(bytes(16), 0, b"x"))
+        assert not alice.peer.connection.send_file_part("bob", chunk)
+        assert not alice.peer.connection.send_file_part("nobody", chunk, to_mailbox=True)
+        await alice.pump.send("bob", source)
+        bob = await file_peer(relay, tmp_path, "bob", bob_identity, keyring=bob_keyring)
+        offer = await next_event(bob, FileOffered)
+        assert (offer.sender, offer.name, offer.size) == ("alice", "notes.txt", 300_000)
+        bob.transfers.accept(offer.number)
+        done = await next_event(bob, TransferDone)
+        assert done.ok and Path(done.path).read_bytes() == data
+        assert (await next_event(alice, TransferDone)).ok
+        await bob.pump.close()
+        await bob.peer.connection.close()
 
 
 async def test_a_bot_in_line_mode_receives_and_sends_files_with_json_events(tmp_path: Path) -> None:

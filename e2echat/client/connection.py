@@ -369,13 +369,13 @@ class Connection:
         self.core.set_away(message)
         self._sent()
 
-    def send_file_part(self, nick: str, part: bytes) -> bool:
+    def send_file_part(self, nick: str, part: bytes, *, to_mailbox: bool = False) -> bool:
         """A part of a file transfer to ``nick``; False if it cannot go yet (see
         ``ClientCore.send_file_part``). Not tracked as a message: transfers acknowledge
         their own parts."""
         if not self.online:
             return False
-        sent = self.core.send_file_part(nick, part)
+        sent = self.core.send_file_part(nick, part, to_mailbox=to_mailbox)
         self._save()  # the sending chain moved on (written in the background)
         self._flush()
         return sent

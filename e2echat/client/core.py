@@ -489,20 +489,33 @@ class ClientCore:
         None if they are not away."""
         return self._sessions.statuses.since(nick)
 
-    def send_file_part(self, nick: str, part: bytes) -> bool:
+    def send_file_part(self, nick: str, part: bytes, *, to_mailbox: bool = False) -> bool:
         """Seal a part of a file transfer for ``nick`` (online, key not in doubt) in our
         session with them, and queue it. False if there is no session yet: one is started
-        (as for someone who wrote to us in a session we lost), and the part can go later."""
+        (as for someone who wrote to us in a session we lost), and the part can go later.
+        ``to_mailbox``: if they are away, into their mailbox, in the session kept with
+        them (``reachable_away``); False if there is none."""
         self._require_online()
-        if nick not in self._directory.peers or self._directory.trust(nick) is Trust.CHANGED:
-            return False
-        session = self._sessions.session_with(nick)
-        if session is None:
-            self._outbox.reach({nick})
+        if nick in self._directory.peers:
+            if self._directory.trust(nick) is Trust.CHANGED:
+                return False
+            session = self._sessions.session_with(nick)
+            if session is None:
+                self._outbox.reach({nick})
+                return False
+        elif to_mailbox and self.reachable_away(nick):
+            session = self._outbox.kept(nick)[0]
+            assert session is not None  # (reachable_away says so)
+        else:
             return False
         body = session.seal(prepare_data(part), random_nonces(1)[0])
         self._pacer.write(send_frames(0, [(nick, body)]), self._clock())
         return True
+
+    def reachable_away(self, nick: str) -> bool:
+        """``nick`` is away, and a session is kept with them under the key pinned: what is
+        sent to them waits in their mailbox (an offer of a file may; its chunks never)."""
+        return nick in self._directory.away and self._outbox.kept(nick)[0] is not None
 
     def file_budget(self) -> int:
         """Bytes of file chunks that may be queued now without holding up what is typed

@@ -165,6 +165,11 @@ def encode(part: Part) -> bytes:
     return _HEAD.pack(PartType.DONE, part.transfer) + _OK.pack(part.ok) + part.reason.encode("utf-8")
 
 
+def is_offer(data: bytes) -> bool:
+    """``data`` is an offer (the one part that may wait in a mailbox)."""
+    return data[:1] == bytes([PartType.OFFER])
+
+
 def decode(data: bytes) -> Part | None:
     """The part ``data`` holds; None if it is malformed (an authentic peer's bug, or worse:
     the caller says so, and nothing changes)."""

@@ -52,7 +52,7 @@ class FileLink(Protocol):
     @property
     def events(self) -> asyncio.Queue[ClientEvent]: ...
 
-    def send_file_part(self, nick: str, part: bytes) -> bool: ...
+    def send_file_part(self, nick: str, part: bytes, *, to_mailbox: bool = False) -> bool: ...
     def file_budget(self) -> int: ...
 
 
@@ -169,14 +169,22 @@ class FilePump:
     # -- what the user does -------------------------------------------------------------------
 
     async def send(self, nick: str, path: Path, name: str | None = None) -> Transfer:
-        """Offer the file at ``path`` to ``nick``, who must be online (the parts of a
-        transfer go only to someone online), under ``name`` (the file's own by default)."""
+        """Offer the file at ``path`` to ``nick`` under ``name`` (the file's own by
+        default). ``nick`` is online, or away and someone we talked with: the offer then
+        waits in their mailbox, and the file goes once both are online."""
         core = self.link.core
         if nick == core.nick:
             raise CommandError(detail="that is you; /send sends to someone else")
-        if not self.link.online or nick not in core.directory:
-            raise CommandError(detail=f"{nick} is not online; a file goes only to someone online")
-        if core.trust(nick) is Trust.CHANGED:
+        if not self.link.online:
+            raise CommandError(detail="not connected to the relay; the file was not offered")
+        if nick not in core.directory and not core.reachable_away(nick):
+            # Someone away gets the offer in their mailbox, if a session is kept with them
+            # (we talked before); the file itself goes once both are online.
+            raise CommandError(
+                detail=f"{nick} is not online, and not someone away you have talked with: "
+                "the file was not offered"
+            )
+        if nick in core.directory and core.trust(nick) is Trust.CHANGED:
             raise CommandError(
                 detail=f"not sent: {nick}'s key changed; nothing is sent to {nick} until "
                 f"you accept the new key with /trust {nick}"
@@ -250,7 +258,8 @@ class FilePump:
         """Send what can go; return what waits (its peer away, or a session starting)."""
         waiting = []
         for nick, part in parts:
-            if not self.link.send_file_part(nick, part):
+            # An offer may wait in the mailbox of someone away; nothing else of a transfer.
+            if not self.link.send_file_part(nick, part, to_mailbox=fp.is_offer(part)):
                 waiting.append((nick, part))
         return waiting[-MAX_WAITING_PARTS:]
 

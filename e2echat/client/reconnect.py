@@ -314,9 +314,9 @@ class Client:
         self.connection.set_away(message)
         self._away = self.core.our_away
 
-    def send_file_part(self, nick: str, part: bytes) -> bool:
+    def send_file_part(self, nick: str, part: bytes, *, to_mailbox: bool = False) -> bool:
         """See ``Connection.send_file_part``: False while the relay is away."""
-        return self.connection.send_file_part(nick, part) if self.online else False
+        return self.connection.send_file_part(nick, part, to_mailbox=to_mailbox) if self.online else False
 
     def file_budget(self) -> int:
         return self.connection.file_budget() if self.online else 0

@@ -352,10 +352,16 @@ class Chat:
         core = self.link.core
         if target.startswith("#"):
             # Everyone in the room (today: everyone online, the relay's one room) whose key
-            # is not in doubt; those away are told of, as the parts go only to someone online.
+            # is not in doubt, and those away we have a session with (in their mailbox).
             nicks = [nick for nick in core.peers if core.trust(nick) is not Trust.CHANGED]
-            if core.away:
-                self.notice(f"not offered to {', '.join(natural_sorted(core.away))}: offline")
+            away = [nick for nick in core.away if core.reachable_away(nick)]
+            nicks += away  # the offer waits in their mailbox
+            unreachable = [nick for nick in core.away if nick not in away]
+            if unreachable:
+                self.notice(
+                    f"not offered to {', '.join(natural_sorted(unreachable))}: offline, and never talked "
+                    "with (an offer waits in the mailbox only of someone you have talked with)"
+                )
             if not nicks:
                 raise CommandError(detail="nobody else is online; the file was not offered")
         else:
