@@ -515,7 +515,9 @@ class ClientCore:
     def reachable_away(self, nick: str) -> bool:
         """``nick`` is away, and a session is kept with them under the key pinned: what is
         sent to them waits in their mailbox (an offer of a file may; its chunks never)."""
-        return nick in self._directory.away and self._outbox.kept(nick)[0] is not None
+        return (
+            nick not in self._directory.peers and nick in self.away and self._outbox.kept(nick)[0] is not None
+        )
 
     def file_budget(self) -> int:
         """Bytes of file chunks that may be queued now without holding up what is typed

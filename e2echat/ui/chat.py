@@ -351,19 +351,25 @@ class Chat:
     def _send_file(self, files: FilePump, target: str, typed_path: str) -> None:
         core = self.link.core
         if target.startswith("#"):
-            # Everyone in the room (today: everyone online, the relay's one room) whose key
-            # is not in doubt, and those away we have a session with (in their mailbox).
-            nicks = [nick for nick in core.peers if core.trust(nick) is not Trust.CHANGED]
-            away = [nick for nick in core.away if core.reachable_away(nick)]
-            nicks += away  # the offer waits in their mailbox
-            unreachable = [nick for nick in core.away if nick not in away]
+            # Everyone in the room whose key is not in doubt, and those away we have a
+            # session with (the offer waits in their mailbox).
+            room = core.room(target.lower())
+            if room is None:
+                raise CommandError(detail=f"you are not in {target} (/join it first)")
+            online = [nick for nick in room.others if nick in core.peers]
+            nicks = [nick for nick in online if core.trust(nick) is not Trust.CHANGED]
+            away = [nick for nick in room.others if nick not in online]
+            nicks += [nick for nick in away if core.reachable_away(nick)]
+            unreachable = [nick for nick in away if nick not in nicks]
             if unreachable:
                 self.notice(
                     f"not offered to {', '.join(natural_sorted(unreachable))}: offline, and never talked "
                     "with (an offer waits in the mailbox only of someone you have talked with)"
                 )
             if not nicks:
-                raise CommandError(detail="nobody else is online; the file was not offered")
+                raise CommandError(
+                    detail=f"nobody else in {room.name} can be offered it; the file was not offered"
+                )
         else:
             nicks = [target]
         path = Path(typed_path).expanduser()
