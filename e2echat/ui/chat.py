@@ -155,8 +155,6 @@ class Chat:
         self.keep = keep
         self.no_colour = no_colour
         self.files = files
-        #: the REPL's: draws the toolbar again (a transfer's progress is on it)
-        self.redraw: Callable[[], None] | None = None
         # Line mode prints a transfer's progress once a tenth: the last tenth printed.
         self._tenths: dict[int, int] = {}
         self._offering: set[asyncio.Task[None]] = set()  # /send, hashing the file
@@ -173,7 +171,7 @@ class Chat:
         #: the REPL's: draws the prompt and its toolbar again, after /set colours
         self.restyle: Callable[[], None] | None = None
         #: the REPL's: draws the toolbar again after each event, which may have changed
-        #: what it says without printing a line (a quiet delivery)
+        #: what it says without printing a line (a quiet delivery, a transfer's progress)
         self.redraw: Callable[[], None] | None = None
         #: something typed was never sent (the connection did not come back)
         self.unsent = False

@@ -8,7 +8,6 @@ chose.
 from __future__ import annotations
 
 import contextlib
-import shutil
 import time
 from collections.abc import Callable, Iterable
 
