@@ -60,6 +60,14 @@ def test_actions_are_shown_with_a_star_before_the_authenticated_sender() -> None
     assert '"* nods" delivered to bob' in delivery_line(report, "12:00:00")
 
 
+def test_help_me_shows_what_is_drawn() -> None:
+    [_, description, _] = commands.help_text("me")
+    shown = render(MessageReceived("alice", as_action("waves"), private=False), NOW, timestamps=False)
+    drawn = shown[0][1]
+    assert drawn == "* <alice ?> waves"
+    assert description.strip().endswith(f"shows as {drawn}")
+
+
 async def test_me_reaches_everyone_as_an_action_over_the_relay() -> None:
     async with running_relay() as relay, peers(relay, "alice", "bob") as (alice, bob):
         lines: list[str] = []

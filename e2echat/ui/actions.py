@@ -1,4 +1,4 @@
-"""``/me``: an action (``* alice waves``), carried as IRC carries it, a CTCP ACTION: the
+"""``/me``: an action (shown ``* <alice ?> waves``), carried as IRC carries it, a CTCP ACTION: the
 text between ``\\x01ACTION `` and ``\\x01``. Inside the encryption like any text, so it
 needs nothing new on the wire; a client that does not know it shows the text with its
 two control characters escaped. Pure.

@@ -26,7 +26,7 @@ class Say:
 
 @dataclass(frozen=True)
 class Action:
-    """/me: ``text`` as an action, to the current room (``* alice waves``)."""
+    """/me: ``text`` as an action, to the current room (shown ``* <alice ?> waves``)."""
 
     text: str
 
@@ -265,7 +265,11 @@ COMMANDS: dict[str, CommandHelp] = {
         "send TEXT to NICK alone, in your rooms or not; nobody else receives anything",
         "/msg bob see you at 6",
     ),
-    "me": CommandHelp("/me ACTION", "say what you do, in the current room: * alice waves", "/me waves"),
+    "me": CommandHelp(
+        "/me ACTION",
+        "say what you do, in the current room: /me waves shows as * <alice ?> waves",
+        "/me waves",
+    ),
     "who": CommandHelp("/who", "list who is online in your rooms, and how far you trust each key", "/who"),
     "away": CommandHelp(
         "/away [MESSAGE]",
