@@ -42,6 +42,7 @@ from e2echat.client.events import (
 from e2echat.client.fileevents import FileOffered, TransferChanged, TransferDone, TransferProgress
 from e2echat.client.receipts import DeliveryReport, MessageQueued
 from e2echat.client.trust import Trust
+from e2echat.ui.arrivals import Arrival
 from e2echat.ui.cells import neutralize, terminal_cells
 from e2echat.ui.render import (
     FirstContacts,
@@ -488,6 +489,11 @@ _LINES: dict[str, tuple[str | None, Shown, str | None]] = {
         FirstContacts(tuple(f"user{n}" for n in range(12, 0, -1))),
         f"{STAMP} -- first contact with 12 people (user1, user2, user3, user4, user5 and 7 more): their "
         "keys are pinned from now on (unverified; /who lists them, /verify NICK checks one)",
+    ),
+    "arrival": (
+        "notice",
+        Arrival("carol", (("online", ""), ("joined", "#ops")), ("#ops",)),
+        f"{STAMP} -- carol came online and joined #ops (safety number changed: /verify #ops)",
     ),
     "mentions-none": (
         "notice",

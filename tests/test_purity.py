@@ -64,6 +64,7 @@ PURE = sorted(
         "ui.nicks",
         "ui.actions",
         "ui.render",
+        "ui.arrivals",
         "ui.transcript",
         "ui.verifying",
         "ui.settings",

@@ -447,7 +447,7 @@ def test_real_terminal_under_tmux(tmp_path: Path) -> None:
         port = tmux.start_relay()
         for nick in ("alice", "bob"):
             tmux.start_client(nick, port)
-        wait_for("alice", "bob joined")
+        wait_for("alice", "bob came online and joined #lobby")
         tmux("send-keys", "-t", "alice", "hello from a real terminal", "Enter")
         wait_for("bob", "<alice ?> hello from a real terminal")
         # The toolbar, waited for: a capture can land between the erase of the prompt and

@@ -62,7 +62,7 @@ def test_two_rooms_a_mention_me_away_switching_and_a_resize(tmp_path: Path) -> N
         toolbar = f"127.0.0.1:{port} · connected"
         tmux.start_client("alice", port)
         tmux.start_client("bob", port)
-        wait_for("alice", "bob joined #lobby")
+        wait_for("alice", "bob came online and joined #lobby")
         # Both join #ops (and stay in #lobby, where everyone starts).
         type_in("alice", "/join #ops", "Enter")
         wait_for("alice", "#ops alice>")

@@ -25,9 +25,13 @@ from e2echat.client.events import (
     MessageQueued,
     MessageReceived,
     NotSent,
+    PeerJoined,
+    PeerLeft,
     Queued,
     RelayError,
     RoomChanged,
+    RoomEntered,
+    RoomParted,
 )
 from e2echat.client.fileevents import TransferChanged, TransferDone, TransferProgress
 from e2echat.client.filenames import size_text
@@ -38,6 +42,7 @@ from e2echat.errors import CommandError, E2EChatError, RelayGone
 from e2echat.store.history import HistoryStore, Lines
 from e2echat.ui import commands, transcript, transfers
 from e2echat.ui.actions import action_of, as_action
+from e2echat.ui.arrivals import Arrivals
 from e2echat.ui.away import AwayStatus
 from e2echat.ui.lastsent import LastSent
 from e2echat.ui.nicks import mention_pattern, natural_sorted
@@ -194,8 +199,9 @@ class Chat:
         # First contacts of this turn of the event loop, shown together at its end: a
         # room's first message pins dozens of keys at once (FirstContacts)
         self._first_contacts: list[str] = []
-        # Rooms whose safety number changed in this turn, and why: one line per room
-        self._room_changes: list[tuple[str, str]] = []
+        # Who came, went, joined and parted in this turn, and the safety numbers that
+        # changed: one line per person, and one per room for other changes (Arrivals)
+        self._arrivals = Arrivals()
 
     @property
     def bell_on(self) -> bool:
@@ -596,13 +602,15 @@ class Chat:
                 except RuntimeError:
                     self._show_first_contacts()
             return
-        if isinstance(event, RoomChanged):
-            self._room_changes.append((event.room, event.why))
-            if len(self._room_changes) == 1:
-                try:  # one line per room at the end of this turn: joins come in bursts
-                    asyncio.get_running_loop().call_soon(self._show_room_changes)
+        if isinstance(event, PeerJoined | PeerLeft | RoomEntered | RoomParted | RoomChanged):
+            if not self._arrivals:
+                try:  # one line per person at the end of this turn: they come in bursts
+                    asyncio.get_running_loop().call_soon(self._show_arrivals)
                 except RuntimeError:
-                    self._show_room_changes()
+                    self._arrivals.add(event)
+                    self._show_arrivals()
+                    return
+            self._arrivals.add(event)
             return
         if isinstance(event, Queued):
             self._quiet_ids.discard(event.message_id)
@@ -616,6 +624,7 @@ class Chat:
             and self._kept_for.get(event.message_id, set()).isdisjoint(event.delivered)
         ):
             return  # the toolbar says so (last_sent); the history keeps it
+        self._show_arrivals()  # before any line after them: the screen keeps their order
         for style, text in render(
             event,
             self.clock(),
@@ -632,12 +641,16 @@ class Chat:
         for style, text in render(event, self.clock(), timestamps=self.settings.timestamps == "on"):
             self.write(style, text)
 
-    def _show_room_changes(self) -> None:
-        changes, self._room_changes = tuple(self._room_changes), []
-        for style, text in render(
-            RoomChanges(changes), self.clock(), timestamps=self.settings.timestamps == "on"
-        ):
-            self.write(style, text)
+    def _show_arrivals(self) -> None:
+        """The comings and goings gathered so far, if any: a line per person, then one
+        per room for the other changes of safety numbers."""
+        if not self._arrivals:
+            return
+        people, changes = self._arrivals.take()
+        stamped = self.settings.timestamps == "on"
+        for event in [*people, RoomChanges(tuple(changes))] if changes else people:
+            for style, text in render(event, self.clock(), timestamps=stamped):
+                self.write(style, text)
 
     async def run(self, typing: Coroutine[Any, Any, None]) -> None:
         """Run a front end's input loop (``typing``) beside the event loop until one

@@ -53,6 +53,7 @@ from e2echat.client.status import CLOSE_QUOTE, OPEN_QUOTE
 from e2echat.client.trust import Trust
 from e2echat.ui import transfers
 from e2echat.ui.actions import action_of, readable
+from e2echat.ui.arrivals import Arrival, arrival_text
 from e2echat.ui.cells import CONTINUATION, neutralize
 from e2echat.ui.nicks import natural_key, natural_sorted
 from e2echat.ui.transcript import Entry, Kind, State
@@ -175,6 +176,7 @@ Shown = (
     | MentionList
     | FirstContacts
     | RoomChanges
+    | Arrival
 )
 
 
@@ -376,6 +378,8 @@ def _describe(
         return "notice", f"{stamp} -- {event.nick} joined {event.room}"
     if isinstance(event, RoomParted):
         return "notice", f"{stamp} -- {event.nick} left {event.room}"
+    if isinstance(event, Arrival):
+        return "notice", f"{stamp} -- {arrival_text(event)}"
     if isinstance(event, RoomListed):
         return "notice", f"{stamp} -- {event.room}: {members_text(event.online, event.away)}"
     if isinstance(event, RoomChanged):
