@@ -7,7 +7,9 @@ keys) when they come online, when they join one of our rooms, and in a room's me
 list. Someone who leaves our last shared room is no contact any more and leaves the
 directory quietly (no "went offline": they may be online still); a room's member who
 goes offline stays a member (their copies wait in their mailbox). Any change of who is
-in a room, or of a member's key, changes the room's safety number, and is said.
+in a room, or of a member's key, changes the room's safety number, and is said: the
+``RoomChanged`` of a join or a part right after its ``RoomEntered`` or ``RoomParted``
+(ui/arrivals.py says the two in one line, and only when they come so).
 """
 
 from __future__ import annotations
