@@ -285,7 +285,10 @@ def test_a_room_message_goes_to_members_away_too() -> None:
     wire.take_all()
     wire.hang_up(bob_conn)
     core = wire.clients[alice_conn]
-    wire.deliver(alice_conn, _frame(_away("bob", "erin", online=(core.directory["carol"],))))
+    # (bob under his own key: a copy goes only to the key the room lists.)
+    bob = Member("bob", core.keyring.peers["bob"].identity_key)
+    members = _away("erin", online=(core.directory["carol"],))
+    wire.deliver(alice_conn, _frame(dataclasses.replace(members, away=(bob, *members.away))))
     message_id = core.send_room("#lobby", "hello all")
     written = _written(core)
     # bob in the session kept with him; carol (online) and erin (away), never met: their
@@ -367,7 +370,9 @@ def test_a_relay_that_says_it_keeps_copies_not_yet_sent_is_not_believed() -> Non
     wire.hang_up(bob_conn)
     wire.take_all()
     core = wire.clients[alice_conn]
-    wire.deliver(alice_conn, _frame(_away("bob", "erin")))
+    bob = Member("bob", core.keyring.peers["bob"].identity_key)  # (a copy goes to the room's key only)
+    members = _away("erin")
+    wire.deliver(alice_conn, _frame(dataclasses.replace(members, away=(bob, *members.away))))
     first, second = core.send_room("#lobby", "first to erin"), core.send_room("#lobby", "second to erin")
     core.data_to_send()
     for message_id in (first, second):

@@ -21,7 +21,7 @@ from e2echat.client.events import (
     SplitView,
 )
 from e2echat.client.rooms import VIEW_GRACE
-from e2echat.errors import CommandError
+from e2echat.errors import CommandError, RemoteProtocolError
 from e2echat.relay.core import ConnId
 from e2echat.wire import messages as m
 from e2echat.wire.objects import Member, PeerInfo
@@ -321,3 +321,93 @@ def test_a_room_the_relay_refuses_is_not_ours_and_the_connection_stays() -> None
     core(wire, alice).send_room("#lobby", "still here")
     wire.pump()
     assert [e.text for e in received(wire, bob)] == ["still here"]
+
+
+# -- one key per member: the one copies go to is the one the safety number covers ------------
+
+
+def _pages(room: str, *pages: tuple[tuple[PeerInfo, ...], tuple[Member, ...]]) -> bytes:
+    """``pages`` as the relay's ``Members`` frames, ``more`` on all but the last."""
+    return b"".join(
+        _frame(m.Members(room, online, away, more=index < len(pages) - 1))
+        for index, (online, away) in enumerate(pages)
+    )
+
+
+def test_a_member_listed_twice_across_pages_under_two_keys_is_refused() -> None:
+    wire, (alice, bob) = people("alice", "bob")
+    core(wire, alice).join("#ops")
+    wire.take_all()
+    other = Member("bob", PrivateKey.generate().public_key)
+    pages = _pages("#ops", ((peer_of(wire, bob),), ()), ((), (other,)))
+    with pytest.raises(RemoteProtocolError, match="listed bob twice"):
+        core(wire, alice).receive_data(pages)
+
+
+def test_a_member_online_under_one_key_and_listed_away_under_another_is_refused() -> None:
+    wire, (alice, _bob) = people("alice", "bob")
+    core(wire, alice).join("#ops")
+    wire.take_all()
+    other = Member("bob", PrivateKey.generate().public_key)  # bob is online, with his own key
+    with pytest.raises(RemoteProtocolError, match="another identity key"):
+        core(wire, alice).receive_data(_pages("#ops", ((), (other,))))
+
+
+def test_a_new_key_in_one_room_rekeys_every_room_the_member_is_in() -> None:
+    """The relay shows bob under a new key in #ops only: the directory, and so what alice
+    encrypts to, takes it; #lobby, whose number still covered the old one, follows."""
+    wire, (alice, bob) = people("alice", "bob")
+    in_room(wire, "#ops", alice, bob)
+    impostor = PeerInfo("bob", PrivateKey.generate().public_key, PrivateKey.generate().public_key)
+    wire.deliver(alice, _frame(m.Entered("#ops", impostor)))
+    events = wire.take(alice)
+    assert RoomChanged("#lobby", "bob's key changed") in events
+    shown = core(wire, alice).directory["bob"].identity_key
+    for room in ("#lobby", "#ops"):
+        assert bytes(core(wire, alice).room(room).members["bob"]) == bytes(shown)  # type: ignore[union-attr]
+    assert bytes(shown) == bytes(impostor.identity_key)
+    del bob
+
+
+def test_a_room_copy_goes_only_to_the_key_the_room_lists() -> None:
+    """Belt and braces behind the presence checks: were the room and the directory ever to
+    disagree on bob's key, nothing goes to the directory's."""
+    wire, (alice, bob) = people("alice", "bob")
+    core(wire, alice).room("#lobby").members["bob"] = PrivateKey.generate().public_key  # type: ignore[union-attr]
+    with pytest.raises(CommandError, match="not sent"):
+        core(wire, alice).send_room("#lobby", "to the key the number covers only")
+    wire.pump()
+    assert not [msg for msg in wire.sent[alice] if isinstance(msg, m.Send | m.Fetch)]
+    del bob
+
+
+def test_a_copy_for_someone_away_needs_a_bundle_for_the_room_s_key() -> None:
+    """The relay lists carol (away) in #lobby under a key of its own, then hands out her
+    real bundle: the copy is not sealed to a key the room's number does not cover."""
+    wire, (alice,) = people("alice")
+    carol = wire.connect("carol")
+    wire.hang_up(carol)  # known to the relay, away
+    wire.take_all()
+    listed = Member("carol", PrivateKey.generate().public_key)
+    wire.deliver(alice, _frame(m.Members("#lobby", (), (listed,), more=False)))
+    core(wire, alice).send_room("#lobby", "for carol's real key only?")
+    wire.pump()
+    assert [msg for msg in wire.sent[alice] if isinstance(msg, m.Fetch)] == [m.Fetch(("carol",))]
+    assert not [msg for msg in wire.sent[alice] if isinstance(msg, m.Send)]
+
+
+def test_a_join_under_a_key_the_directory_refused_is_ignored() -> None:
+    """bob is back with a new connection; the relay says he joined #ops under another
+    identity key, with his old session key (which the directory refuses as a replay):
+    #ops must not list him under a key nothing is encrypted to."""
+    wire, (alice, bob) = people("alice", "bob")
+    wire.meet(alice, bob)
+    old = peer_of(wire, bob)
+    wire.hang_up(bob)
+    wire.connect("bob", identity=core(wire, bob)._identity)
+    core(wire, alice).join("#ops")
+    wire.take_all()
+    replayed = PeerInfo("bob", PrivateKey.generate().public_key, old.session_key)
+    wire.deliver(alice, _frame(m.Entered("#ops", replayed)))
+    assert [type(e).__name__ for e in wire.take(alice)] == ["SecurityWarning", "SecurityWarning"]
+    assert "bob" not in core(wire, alice).room("#ops").members  # type: ignore[union-attr]

@@ -76,6 +76,7 @@ NO_PREKEYS = "not sent: they have published no prekeys"
 BAD_BUNDLE = "not sent: the relay gave keys for them that are not theirs"
 GONE_BEFORE_KEYS = "not sent: they left before the relay gave their keys"
 NOT_PINNED_KEY = "not sent: the relay gave another key for them than the one pinned"
+NOT_ROOM_KEY = "not sent: the relay gave another key for them than the room's member list"
 
 
 class _Waiting(NamedTuple):
@@ -88,6 +89,8 @@ class _Waiting(NamedTuple):
     #: the recipient's identity key when the copy was written: the one it is meant for
     #: (None: someone away we never pinned; their bundle's key, pinned on first contact)
     identity_key: PublicKey | None
+    #: a room's copy: the key the room lists for them (the bundle must be for it)
+    room_key: PublicKey | None = None
 
 
 def receipt_gap() -> float:
@@ -203,10 +206,19 @@ class Outbox:
             raise CommandError(detail=f"you are not in {room} (/join {room}); the message was not sent")
         peers = self._directory.peers
         others = members.others
+        keys = members.members
         online = [nick for nick in others if nick in peers]
-        blocked = [nick for nick in online if self._directory.trust(nick) is Trust.CHANGED]
+        # Every copy goes to the key the room lists (the one its safety number covers):
+        # one the directory shows otherwise is not sent (belt and braces: Presence keeps
+        # the two the same).
+        blocked = [
+            nick
+            for nick in online
+            if self._directory.trust(nick) is Trust.CHANGED
+            or bytes(peers[nick].identity_key) != bytes(keys[nick])
+        ]
         recipients = [nick for nick in online if nick not in blocked] if blocked else online
-        away, away_blocked = self._away_members([nick for nick in others if nick not in peers])
+        away, away_blocked = self._away_members([nick for nick in others if nick not in peers], keys)
         recipients, blocked = recipients + away, blocked + away_blocked
         if only is not None:
             recipients = [nick for nick in recipients if nick in only]
@@ -219,18 +231,23 @@ class Outbox:
                     "accepted (see /verify and /trust)"
                 )
             raise CommandError(detail=f"nobody else is in {room}; the message was not sent")
-        return self._send(text, Kind.ROOM, recipients, report_as, room=room, view=members.view)
+        return self._send(text, Kind.ROOM, recipients, report_as, room=room, view=members.view, keys=keys)
 
-    def _away_members(self, away: list[str]) -> tuple[list[str], list[str]]:
+    def _away_members(self, away: list[str], keys: dict[str, PublicKey]) -> tuple[list[str], list[str]]:
         """(the members of a room away (``away``, sorted) that a room message goes to, those
-        withheld because the session kept with them is under another key than the one
-        pinned)."""
+        withheld because the session kept with them, or the key pinned for them, is under
+        another key than the one pinned or than the room's, ``keys``)."""
         recipients, blocked = [], []
         for nick in away:
-            session, _ = self.kept(nick)
+            session, pinned = self.kept(nick)
             kept = self._keyring.peers.get(nick)
+            room_key = bytes(keys[nick])
             if session is None and kept is not None and kept.can_send:
                 blocked.append(nick)  # a session under a key that is not the one pinned
+            elif (pinned is not None and bytes(pinned) != room_key) or (
+                kept is not None and bytes(kept.identity_key) != room_key
+            ):
+                blocked.append(nick)  # the room lists them under another key
             else:
                 recipients.append(nick)
         return recipients, blocked
@@ -276,7 +293,10 @@ class Outbox:
         *,
         room: str = "",
         view: str = "",
+        keys: dict[str, PublicKey] | None = None,
     ) -> int:
+        """``keys``: a room's (nick -> identity key): a copy that waits for its recipient's
+        bundle goes only if the bundle is for the key the room lists."""
         if not text:
             raise CommandError(detail="empty message not sent")
         if not is_utf8(text):
@@ -329,7 +349,8 @@ class Outbox:
             # waits (message 0, never given up): that fetch may never be answered.
             if all(copy.message_id == 0 for copy in waiting):
                 fetch.append(nick)
-            waiting.append(_Waiting(message_id, prepared, counter, identity_key))
+            room_key = None if keys is None else keys[nick]  # their bundle must be for it
+            waiting.append(_Waiting(message_id, prepared, counter, identity_key, room_key))
         count = len(pieces) // 3
         if not count:
             frames = b""
@@ -416,6 +437,14 @@ class Outbox:
                 if pin is not None and bytes(pin.identity_key) != key:
                     events += self._not_sent(bundle.nick, waiting, NOT_PINNED_KEY)
                     continue
+                # And a room's copy is for the key the room lists (the one its safety
+                # number covers). (Someone online: the bundle is checked against the
+                # directory's key, which is the room's.)
+                misfit = [copy.room_key is not None and bytes(copy.room_key) != key for copy in waiting]
+                if any(misfit):
+                    elsewhere = [copy for copy, bad in zip(waiting, misfit, strict=True) if bad]
+                    events += self._not_sent(bundle.nick, elsewhere, NOT_ROOM_KEY)
+                    waiting = [copy for copy, bad in zip(waiting, misfit, strict=True) if not bad]
             gone = [copy for copy in waiting if _meant_for(copy) not in (key, None)]
             events += self._not_sent(bundle.nick, gone, GONE_BEFORE_KEYS)
             waiting = [copy for copy in waiting if _meant_for(copy) in (key, None)]
@@ -438,7 +467,7 @@ class Outbox:
             if self._directory.known_peers.exchanged(bundle.nick, identity_key):
                 events.append(KeyPinned(bundle.nick))  # first contact with someone away
             nonces = random_nonces(len(waiting))
-            for (message_id, prepared, counter, _), nonce in zip(waiting, nonces, strict=True):
+            for (message_id, prepared, counter, *_), nonce in zip(waiting, nonces, strict=True):
                 if counter == UNNUMBERED:
                     counter = session.take_counter()
                     self._tracker.numbered(message_id, bundle.nick, counter)
@@ -489,7 +518,7 @@ class Outbox:
 
     def _not_sent(self, nick: str, waiting: list[_Waiting], reason: str) -> list[Event]:
         reports: list[Event] = []
-        for message_id, _, _, _ in waiting:
+        for message_id, *_ in waiting:
             reports += self._tracker.dropped(message_id, nick, reason)
         return reports
 

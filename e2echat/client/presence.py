@@ -16,10 +16,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from nacl.public import PublicKey
+
 from e2echat.client.directory import Directory
-from e2echat.client.events import Event, RoomChanged, RoomEntered, RoomListed, RoomParted
+from e2echat.client.events import Event, RoomChanged, RoomEntered, RoomListed, RoomParted, SecurityWarning
 from e2echat.client.rooms import Rooms
 from e2echat.client.sessions import Sessions
+from e2echat.errors import RemoteProtocolError
 from e2echat.wire.objects import Member, PeerInfo
 
 
@@ -50,7 +53,25 @@ class Presence:
         events = self._sessions.add(peer)
         if new and peer.nick in peers:
             self._new_contact(peer.nick)
-        return events
+        return events + self._rekeyed(peer)
+
+    def _rekeyed(self, peer: PeerInfo) -> list[Event]:
+        """The directory shows ``peer``: every room they are in now has them under the key
+        it shows (one source of truth for the key copies are encrypted to, and the one
+        the safety numbers are made from)."""
+        shown = self._directory.peers.get(peer.nick)
+        if shown is None:
+            return []
+        return [
+            RoomChanged(room, f"{peer.nick}'s key changed")
+            for room in self._rooms.rekeyed(peer.nick, shown.identity_key)
+            if self._rooms.rooms[room].listed
+        ]
+
+    def _disagrees(self, nick: str, key: PublicKey) -> bool:
+        """Whether the directory shows ``nick`` under another identity key than ``key``."""
+        shown = self._directory.peers.get(nick)
+        return shown is not None and bytes(shown.identity_key) != bytes(key)
 
     def members(
         self, room: str, online: tuple[PeerInfo, ...], away: tuple[Member, ...], more: bool
@@ -71,6 +92,14 @@ class Presence:
         listed = self._rooms.listed(room, members, more)
         if listed is None:
             return events
+        for nick, key in listed.members.items():
+            if nick != self._our_nick and self._disagrees(nick, key):
+                # Online under one key and listed under another (away, or a session key
+                # the directory refused): which one would the number cover?
+                raise RemoteProtocolError(
+                    detail=f"the relay listed {nick} in {room} under another identity key than it "
+                    "announced them with; disconnected"
+                )
         if listed_before and listed.view != view:
             events.append(RoomChanged(room, "the relay's list of its members changed"))
         if not listed.asked:
@@ -87,6 +116,15 @@ class Presence:
         if joined is None or peer.nick == self._our_nick:
             return []
         events = self._contact(peer)
+        if self._disagrees(peer.nick, peer.identity_key):
+            # The directory refused the announcement (said in ``events``): it keeps its key.
+            return [
+                *events,
+                SecurityWarning(
+                    f"the relay said {peer.nick} joined {room} under another identity key than it "
+                    "announced them with; ignored"
+                ),
+            ]
         new = peer.nick not in joined.members
         if not joined.add(peer.nick, peer.identity_key):
             return events  # a member already, with that key: nothing new
@@ -125,10 +163,7 @@ class Presence:
         events = self._sessions.joined(peer)
         if peer.nick not in self._directory.peers:
             return events  # refused (a session key already used)
-        for room in self._rooms.rekeyed(peer.nick, peer.identity_key):
-            if self._rooms.rooms[room].listed:
-                events.append(RoomChanged(room, f"{peer.nick}'s key changed"))
-        return events
+        return events + self._rekeyed(peer)
 
     def peer_left(self, nick: str) -> list[Event]:
         """A contact went offline (``PeerLeft``): a member of our rooms still, away."""

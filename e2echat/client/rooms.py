@@ -208,6 +208,7 @@ class Rooms:
         self.rooms: dict[str, Room] = {}
         # room -> the members of the ``Members`` pages read so far (``more`` was set)
         self._pages: dict[str, list[tuple[str, PublicKey]]] = {}
+        self._paged: dict[str, set[str]] = {}  # (and their nicks)
         # room -> when we parted it (clock), the oldest first
         self._parted: OrderedDict[str, float] = OrderedDict()
         for name in names:
@@ -237,6 +238,7 @@ class Rooms:
         """We left room ``name``: the room as it was, if we were in it."""
         room = self.rooms.pop(name, None)
         self._pages.pop(name, None)
+        self._paged.pop(name, None)
         if room is not None:
             now = self._clock()
             self._parted[name] = now
@@ -268,12 +270,22 @@ class Rooms:
         if room is None:
             return None
         pages = self._pages.setdefault(name, [])
-        pages.extend(members)
+        seen = self._paged.setdefault(name, set())
+        for nick, key in members:
+            if nick in seen:
+                # One list, one key per nick: a nick listed twice (on two pages, or
+                # online and away) under two keys would put one in the safety number and
+                # encrypt to the other.
+                raise RemoteProtocolError(
+                    detail=f"the relay listed {nick} twice among the members of {name}; disconnected"
+                )
+            seen.add(nick)
+            pages.append((nick, key))
         if len(pages) > MAX_MEMBERS:
             raise _too_many(name)
         if more:
             return None
-        del self._pages[name]
+        del self._pages[name], self._paged[name]
         room.replace(pages)
         return room
 
