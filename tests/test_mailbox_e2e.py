@@ -64,6 +64,7 @@ class Profile:
                 self.known_peers,
                 keyring=keyring,
                 pending=pending,
+                last_members=sessions.last_members(),
                 session_file=sessions,
                 **options,
             )

@@ -34,6 +34,7 @@ PURE = sorted(
         "client.directory",
         "client.rooms",
         "client.presence",
+        "client.memberships",
         "client.outbox",
         "client.sessions",
         "client.core",

@@ -20,6 +20,7 @@ from e2echat.client.events import (
     SecurityWarning,
     SplitView,
 )
+from e2echat.client.memberships import LastMembers
 from e2echat.client.rooms import VIEW_GRACE
 from e2echat.errors import CommandError, RemoteProtocolError
 from e2echat.relay.core import ConnId
@@ -411,3 +412,47 @@ def test_a_join_under_a_key_the_directory_refused_is_ignored() -> None:
     wire.deliver(alice, _frame(m.Entered("#ops", replayed)))
     assert [type(e).__name__ for e in wire.take(alice)] == ["SecurityWarning", "SecurityWarning"]
     assert "bob" not in core(wire, alice).room("#ops").members  # type: ignore[union-attr]
+
+
+# -- what changed between two connections ------------------------------------------------------
+
+
+def test_a_reader_added_while_we_were_away_is_said_on_the_next_connection() -> None:
+    """Each connection has a new core; the members last seen outlive it (the Client's, and
+    the profile's): a mallory in the first list of the next connection is news."""
+    last = LastMembers()
+    wire = FakeWire()
+    alice, bob = wire.connect("alice", last_members=last), wire.connect("bob")
+    in_room(wire, "#ops", alice, bob)
+    identity = core(wire, alice)._identity
+    wire.hang_up(alice)
+    mallory = wire.connect("mallory")
+    again = wire.connect("alice", identity, last_members=last)
+    core(wire, again).join("#ops")
+    wire.take_all()
+    listed = (peer_of(wire, bob), peer_of(wire, mallory))
+    wire.deliver(again, _frame(m.Members("#ops", listed, (), more=False)))
+    assert RoomChanged("#ops", "while you were away, mallory joined") in wire.take(again)
+    # The same list once more, on a third connection: nothing new.
+    wire.hang_up(again)
+    third = wire.connect("alice", identity, last_members=last)
+    core(wire, third).join("#ops")
+    wire.take_all()
+    wire.deliver(third, _frame(m.Members("#ops", listed, (), more=False)))
+    assert not [e for e in wire.take(third) if isinstance(e, RoomChanged)]
+
+
+def test_the_members_last_seen_are_kept_as_rows_and_a_bad_row_is_skipped() -> None:
+    last = LastMembers()
+    bob, carol = PrivateKey.generate().public_key, PrivateKey.generate().public_key
+    last.listed("#ops", {"bob": bob, "carol": carol})
+    last.listed("#lobby", {"bob": bob})
+    rows = {name: value for name, value in last.changes().items() if value is not None}
+    rows["room-members:#bad"] = b"\x00" * 40  # cut short
+    kept = LastMembers.from_rows(rows)
+    assert kept.members("#ops") == {"bob": bytes(bob), "carol": bytes(carol)}
+    assert "#bad" not in kept
+    assert kept.listed("#ops", {"bob": bob, "carol": PrivateKey.generate().public_key}) == [
+        "carol's key changed"
+    ]
+    assert kept.listed("#lobby", {}) == ["bob left"]

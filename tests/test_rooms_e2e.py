@@ -4,6 +4,7 @@ a member away, private messages outside any shared room, and the chat's commands
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from e2echat.client.events import (
     MessageQueued,
     MessageReceived,
     Registered,
+    RoomChanged,
     RoomEntered,
     RoomListed,
     SecurityWarning,
@@ -27,7 +29,8 @@ from e2echat.ui.roomlist import RoomList
 from e2echat.wire import messages as m
 from e2echat.wire.objects import Member
 
-from hostile import HostileRelay
+from hostile import HostileRelay, Tamper
+from relay_frames import Outgoing
 from support import LOOPBACK, Peer, connect, peers, running, running_relay, text_into
 
 
@@ -181,3 +184,51 @@ async def test_rooms_survive_a_relay_that_forgot_them() -> None:
         assert got.room == "#ops"
         for person in (alice, bob):
             await person.connection.close()
+
+
+def _adds_a_reader(room: str, victim: str, reader: Member, when: list[bool]) -> Tamper:
+    """A relay that, once ``when`` holds True, lists ``reader`` (away) among ``room``'s
+    members to ``victim``, in the first list of a connection, as if they had always been."""
+
+    def tamper(relay: HostileRelay, action: Outgoing) -> list[Outgoing]:
+        message = action.message
+        if (
+            when
+            and isinstance(message, m.Members)
+            and message.room == room
+            and relay.nick(action.conn) == victim
+        ):
+            message = dataclasses.replace(message, away=(*message.away, reader))
+        return [Outgoing(action.conn, message)]
+
+    return tamper
+
+
+async def test_a_reader_added_across_a_reconnect_is_said() -> None:
+    mallory = Member("mallory", PrivateKey.generate().public_key)
+    added: list[bool] = []
+    async with running(HostileRelay(_adds_a_reader("#ops", "alice", mallory, added))) as relay:
+        alice = await connect(relay, "alice", reconnecting=True, rooms=("#lobby", "#ops"))
+        bob = await connect(relay, "bob", rooms=("#lobby", "#ops"))
+        await _members(alice, "#ops", "bob")
+        added.append(True)
+        relay.hang_up("alice")
+        changed = await alice.next(RoomChanged, lambda e: "away" in e.why)
+        assert changed.why == "while you were away, mallory joined"
+        for person in (alice, bob):
+            await person.connection.close()
+
+
+async def test_a_reader_added_between_two_runs_is_said(tmp_path: Path) -> None:
+    mallory = Member("mallory", PrivateKey.generate().public_key)
+    added: list[bool] = []
+    alice, bob = Profile("alice", tmp_path), Profile("bob", tmp_path)
+    async with running(HostileRelay(_adds_a_reader("#ops", "alice", mallory, added))) as relay:
+        async with bob.run(relay, rooms=("#ops",)) as b:
+            async with alice.run(relay, rooms=("#ops",)) as a:
+                await _members(a, "#ops", "bob")
+            added.append(True)
+            async with alice.run(relay, rooms=("#ops",)) as a:
+                changed = await a.next(RoomChanged, lambda e: "away" in e.why)
+                assert changed.why == "while you were away, mallory joined"
+            del b

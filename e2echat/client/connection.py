@@ -28,6 +28,7 @@ from e2echat.client.events import (
 )
 from e2echat.client.files import Transfers
 from e2echat.client.handshake import registration_outcome
+from e2echat.client.memberships import LastMembers
 from e2echat.client.pending import PendingDeliveries
 from e2echat.client.receipts import RECEIPT_TIMEOUT
 from e2echat.client.relays import RelayTrust
@@ -114,12 +115,14 @@ class Connection:
         hold_acks: bool = False,
         rooms: tuple[str, ...] = (DEFAULT_ROOM,),
         files: Transfers | None = None,
+        last_members: LastMembers | None = None,
     ) -> None:
         """``keyring`` holds our prekeys and sessions, ``pending`` our messages waiting in
-        mailboxes (a ``Client`` passes the same ones to each of its connections);
-        ``session_file`` is where both are saved, if anywhere. ``hold_acks``: mailbox items
-        are acknowledged when the UI says they are stored (``acknowledge_mail``). ``files``
-        takes the parts of file transfers that arrive."""
+        mailboxes, ``last_members`` each room's members as last seen (a ``Client`` passes
+        the same ones to each of its connections); ``session_file`` is where all three are
+        saved, if anywhere. ``hold_acks``: mailbox items are acknowledged when the UI says
+        they are stored (``acknowledge_mail``). ``files`` takes the parts of file transfers
+        that arrive."""
         self.host = host
         self.port = port
         self.nick = nick
@@ -141,6 +144,7 @@ class Connection:
             hold_acks=hold_acks,
             rooms=rooms,
             files=files,
+            last_members=last_members,
         )
         if publish is None:
             # On its own, a connection queues its events for whoever runs it. A Client
@@ -300,7 +304,9 @@ class Connection:
         if self._pin_file is not None:
             self._pin_file.save_soon(self.core.known_peers)
         if self._session_file is not None:
-            self._session_file.save_soon(self.core.keyring, self.core.deliveries.pending)
+            self._session_file.save_soon(
+                self.core.keyring, self.core.deliveries.pending, self.core.last_members
+            )
 
     def _publish(self, events: list[Event]) -> None:
         for event in events:
@@ -459,7 +465,9 @@ class Connection:
                 error = exc
         if self._session_file is not None:
             try:
-                await self._session_file.flush(self.core.keyring, self.core.deliveries.pending)
+                await self._session_file.flush(
+                    self.core.keyring, self.core.deliveries.pending, self.core.last_members
+                )
             except KeyFileError as exc:
                 error = error or exc
         if error is not None:

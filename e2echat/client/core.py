@@ -46,6 +46,7 @@ from e2echat.client.events import (  # re-exported: the UI's vocabulary
 )
 from e2echat.client.handshake import Handshake
 from e2echat.client.mailbox import MailboxReads
+from e2echat.client.memberships import LastMembers
 from e2echat.client.outbox import RECEIPT_INTERVAL, Outbox, receipt_gap, send_frames
 from e2echat.client.pacing import Pacer
 from e2echat.client.pending import PendingDeliveries
@@ -144,6 +145,7 @@ class ClientCore:
         hold_acks: bool = False,
         rooms: tuple[str, ...] = (DEFAULT_ROOM,),
         files: transfers.Transfers | None = None,
+        last_members: LastMembers | None = None,
     ) -> None:
         """``relay_trust`` says which relay key to answer (default: any, first contact).
         ``keyring`` holds our prekeys and sessions, which outlive this connection (a new
@@ -158,7 +160,8 @@ class ClientCore:
         client that reconnects passes the same one to each connection, so that no id
         comes twice. ``rooms``: the rooms we are in (the profile's word), sent with the
         registration. ``files`` takes the parts of file transfers that arrive (without it
-        they are dropped)."""
+        they are dropped). ``last_members``: each room's members as last seen, which
+        outlive this connection (the first list of each room is compared with them)."""
         if not is_valid_nick(nick):
             raise LocalProtocolError(detail=f"invalid nick {nick!r}: {NICK_RULE}")
         self.nick = nick
@@ -192,7 +195,11 @@ class ClientCore:
         self._sessions = Sessions(
             nick, self.keyring, self._directory, self.deliveries, self._session_key, wall_clock, self._rooms
         )
-        self._presence = Presence(nick, self._rooms, self._directory, self._sessions, self._tell_away)
+        #: each room's members as last seen (on earlier connections too)
+        self.last_members = last_members if last_members is not None else LastMembers()
+        self._presence = Presence(
+            nick, self._rooms, self._directory, self._sessions, self._tell_away, self.last_members
+        )
         if files is not None:
             self._sessions.file_parts = lambda sender, data, trust: files.receive(
                 sender, data, trust, clock()

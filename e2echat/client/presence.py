@@ -20,6 +20,7 @@ from nacl.public import PublicKey
 
 from e2echat.client.directory import Directory
 from e2echat.client.events import Event, RoomChanged, RoomEntered, RoomListed, RoomParted, SecurityWarning
+from e2echat.client.memberships import LastMembers
 from e2echat.client.rooms import Rooms
 from e2echat.client.sessions import Sessions
 from e2echat.errors import RemoteProtocolError
@@ -37,12 +38,15 @@ class Presence:
         directory: Directory,
         sessions: Sessions,
         new_contact: Callable[[str], None] = lambda nick: None,
+        last: LastMembers | None = None,
     ) -> None:
         self._our_nick = our_nick
         self._rooms = rooms
         self._directory = directory
         self._sessions = sessions
         self._new_contact = new_contact
+        #: each room's members as last seen, on an earlier connection too
+        self._last = last if last is not None else LastMembers()
 
     def _contact(self, peer: PeerInfo) -> list[Event]:
         """``peer`` is online and shares a room with us: in the directory, quietly."""
@@ -62,11 +66,12 @@ class Presence:
         shown = self._directory.peers.get(peer.nick)
         if shown is None:
             return []
-        return [
-            RoomChanged(room, f"{peer.nick}'s key changed")
-            for room in self._rooms.rekeyed(peer.nick, shown.identity_key)
-            if self._rooms.rooms[room].listed
-        ]
+        events: list[Event] = []
+        for room in self._rooms.rekeyed(peer.nick, shown.identity_key):
+            self._last.add(room, peer.nick, shown.identity_key)
+            if self._rooms.rooms[room].listed:
+                events.append(RoomChanged(room, f"{peer.nick}'s key changed"))
+        return events
 
     def _disagrees(self, nick: str, key: PublicKey) -> bool:
         """Whether the directory shows ``nick`` under another identity key than ``key``."""
@@ -100,8 +105,13 @@ class Presence:
                     detail=f"the relay listed {nick} in {room} under another identity key than it "
                     "announced them with; disconnected"
                 )
+        away_changes = self._last.listed(room, listed.members)
         if listed_before and listed.view != view:
             events.append(RoomChanged(room, "the relay's list of its members changed"))
+        elif not listed_before and away_changes:
+            # The first list on this connection: a reader added while we were away (or
+            # between two connections) is said as any other.
+            events.append(RoomChanged(room, f"while you were away, {', '.join(away_changes)}"))
         if not listed.asked:
             return events  # after registering: nothing new to say
         listed.asked = False
@@ -128,6 +138,7 @@ class Presence:
         new = peer.nick not in joined.members
         if not joined.add(peer.nick, peer.identity_key):
             return events  # a member already, with that key: nothing new
+        self._last.add(room, peer.nick, peer.identity_key)
         if new:
             events.append(RoomEntered(room, peer.nick))
         if joined.listed:
@@ -139,6 +150,7 @@ class Presence:
         joined = self._rooms.get(room)
         if joined is None or not joined.remove(nick):
             return []
+        self._last.remove(room, nick)
         events: list[Event] = [RoomParted(room, nick)]
         if joined.listed:
             events.append(RoomChanged(room, f"{nick} left"))
@@ -148,6 +160,7 @@ class Presence:
     def we_parted(self, room: str) -> None:
         """We left ``room``: its members we share no other room with are no contacts now."""
         parted = self._rooms.part(room)
+        self._last.forget(room)
         if parted is not None:
             self._drop_unless_shared(parted.others)
 

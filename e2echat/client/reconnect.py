@@ -34,6 +34,7 @@ from e2echat.client.events import (
     SendReport,
 )
 from e2echat.client.held import NOT_BACK, HeldLines
+from e2echat.client.memberships import LastMembers
 from e2echat.client.pending import PendingDeliveries
 from e2echat.client.relays import RelayTrust
 from e2echat.client.trust import KnownPeers
@@ -100,6 +101,7 @@ class Client:
         keyring: Keyring | None = None,
         pending: PendingDeliveries | None = None,
         rooms: tuple[str, ...] = (DEFAULT_ROOM,),
+        last_members: LastMembers | None = None,
         **connection_options: Any,
     ) -> None:
         self.host = host
@@ -126,6 +128,9 @@ class Client:
         self._message_ids = self.pending.ids
         #: the rooms we are in, sent with every registration (``join`` and ``part`` change it)
         self.rooms = list(rooms)
+        # And each room's members as last seen: what changed while we were away, between
+        # two connections (or runs), is said when the first list of each room comes.
+        self.last_members = last_members if last_members is not None else LastMembers()
         self.connection = self._make()
         self._held = HeldLines()
         self._held_changed = asyncio.Event()
@@ -153,6 +158,7 @@ class Client:
             keyring=self.keyring,
             pending=self.pending,
             rooms=tuple(self.rooms),
+            last_members=self.last_members,
             **self._connection_options,
         )
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from nacl.public import PrivateKey
 
+from e2echat.client.memberships import LastMembers
 from e2echat.client.pending import PendingDeliveries
 from e2echat.crypto.kdf import store_key
 from e2echat.crypto.keyring import Keyring
@@ -54,11 +55,20 @@ class SessionFile:
         Raises ``KeyFileError``."""
         return PendingDeliveries.from_rows(self._store.load())
 
-    def save_soon(self, keyring: Keyring, deliveries: PendingDeliveries | None = None) -> None:
-        """Write what changed in ``keyring`` (and ``deliveries``) in the background. Cheap
-        when nothing did."""
+    def last_members(self) -> LastMembers:
+        """Each room's members as the file keeps them (as last seen). Raises ``KeyFileError``."""
+        return LastMembers.from_rows(self._store.load())
+
+    def save_soon(
+        self,
+        keyring: Keyring,
+        deliveries: PendingDeliveries | None = None,
+        last_members: LastMembers | None = None,
+    ) -> None:
+        """Write what changed in ``keyring`` (and ``deliveries``, ``last_members``) in the
+        background. Cheap when nothing did."""
         changed = False
-        for rows in (keyring, deliveries):
+        for rows in (keyring, deliveries, last_members):
             if rows is None or not rows.changed:
                 continue
             changed = True
@@ -70,10 +80,15 @@ class SessionFile:
         if changed:
             self._store.save_soon()
 
-    async def flush(self, keyring: Keyring, deliveries: PendingDeliveries | None = None) -> None:
+    async def flush(
+        self,
+        keyring: Keyring,
+        deliveries: PendingDeliveries | None = None,
+        last_members: LastMembers | None = None,
+    ) -> None:
         """Write everything not written yet and wait until it is on disk. Raises
         ``KeyFileError`` if that failed."""
-        self.save_soon(keyring, deliveries)
+        self.save_soon(keyring, deliveries, last_members)
         await self._store.flush()
 
     def close(self) -> None:

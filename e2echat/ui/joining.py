@@ -50,6 +50,8 @@ async def join(
     session_file, keyring = sessions if sessions is not None else (None, None)
     # Our messages waiting in mailboxes, kept beside the sessions (and the numbering).
     pending = session_file.deliveries() if session_file is not None else None
+    # And each room's members as last seen: what changed since the last run is said.
+    last_members = session_file.last_members() if session_file is not None else None
     known_relays = relay_pins.load()
     address = relay_address(host, port)
     pinned = known_relays.get(address)
@@ -71,6 +73,7 @@ async def join(
             keyring=keyring,
             session_file=session_file,
             pending=pending,
+            last_members=last_members,
             hold_acks=hold_acks,
             rooms=rooms,
             files=files,
