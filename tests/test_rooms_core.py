@@ -456,3 +456,21 @@ def test_the_members_last_seen_are_kept_as_rows_and_a_bad_row_is_skipped() -> No
         "carol's key changed"
     ]
     assert kept.listed("#lobby", {}) == ["bob left"]
+
+
+def test_a_live_room_message_from_a_non_contact_not_a_member_is_dropped() -> None:
+    """Only mail kept while we were away may come from a member who has since left: the
+    same from someone who writes now, and shares no room with us, is dropped and said."""
+    wire, (alice, bob) = people("alice", "bob")
+    in_room(wire, "#ops", alice, bob)
+    mallory = wire.connect("mallory", rooms=())  # in no room: no contact of bob's
+    wire.take_all()
+    in_room(wire, "#ops", mallory)  # as mallory believes: #ops, with bob
+    wire.deliver(mallory, _frame(m.Members("#ops", (peer_of(wire, bob),), (), False)))
+    wire.take_all()
+    assert "mallory" not in core(wire, bob).directory
+    core(wire, mallory).send_room("#ops", "let me in")
+    wire.pump()
+    events = wire.take(bob)
+    assert not [e for e in events if isinstance(e, MessageReceived)]
+    assert [e for e in events if isinstance(e, SecurityWarning) and "not a member of #ops" in e.text]

@@ -13,6 +13,7 @@ from test_mailbox_e2e import Profile, _relay
 
 from e2echat.client.events import (
     ConnectionLost,
+    MailFromPastMember,
     MailReceived,
     MessageQueued,
     MessageReceived,
@@ -25,6 +26,7 @@ from e2echat.client.events import (
 from e2echat.errors import CommandError
 from e2echat.relay.server import Relay
 from e2echat.ui.chat import Chat
+from e2echat.ui.render import render
 from e2echat.ui.roomlist import RoomList
 from e2echat.wire import messages as m
 from e2echat.wire.objects import Member
@@ -232,3 +234,44 @@ async def test_a_reader_added_between_two_runs_is_said(tmp_path: Path) -> None:
                 changed = await a.next(RoomChanged, lambda e: "away" in e.why)
                 assert changed.why == "while you were away, mallory joined"
             del b
+
+
+async def test_mail_from_someone_who_has_since_left_the_room_is_shown_marked(tmp_path: Path) -> None:
+    """alice says "bye all" in #ops and parts it while carol is away: carol's copy waits in
+    her mailbox, and is shown to her (marked), not taken for an attack."""
+    alice, carol = Profile("alice", tmp_path), Profile("carol", tmp_path)
+    async with running(_relay(tmp_path, PrivateKey.generate())) as relay:
+        async with carol.run(relay, rooms=("#ops",)):
+            pass  # a member of #ops, away now
+        async with alice.run(relay, rooms=("#ops",)) as a:
+            while a.connection.core.away_in("#ops") != ["carol"]:
+                await a.next_any_event()
+            a.connection.send_room("#ops", "bye all")
+            await a.next(MessageQueued)
+            a.connection.part("#ops")
+        async with carol.run(relay, rooms=("#ops",)) as c:
+            got = await c.next(MailReceived)
+            assert isinstance(got, MailFromPastMember)
+            assert (got.sender, got.text, got.room) == ("alice", "bye all", "#ops")
+            assert not [e for e in c.seen if isinstance(e, SecurityWarning)]
+            assert "(has since left #ops)" in render(got)[0][1]
+
+
+async def test_mail_for_a_room_parted_while_offline_is_dropped_quietly(tmp_path: Path) -> None:
+    """carol /parts #ops while no connection is up; what was kept for her there meanwhile
+    comes with her next connection: not shown (she left), and no alarm either."""
+    alice, carol = Profile("alice", tmp_path), Profile("carol", tmp_path)
+    async with running(_relay(tmp_path, PrivateKey.generate())) as relay:
+        async with carol.run(relay, rooms=("#lobby", "#ops")):
+            pass
+        async with alice.run(relay, rooms=("#ops",)) as a:
+            while a.connection.core.away_in("#ops") != ["carol"]:
+                await a.next_any_event()
+            a.connection.send_room("#ops", "for #ops")
+            await a.next(MessageQueued)
+        async with carol.run(relay, rooms=("#lobby",), parted=("#ops",)) as c:
+            await asyncio.sleep(0.3)
+            assert not [e for e in c.seen if isinstance(e, MessageReceived | SecurityWarning)]
+            while not c.connection.events.empty():
+                event = c.connection.events.get_nowait()
+                assert not isinstance(event, MessageReceived | SecurityWarning), event

@@ -116,6 +116,7 @@ class Connection:
         rooms: tuple[str, ...] = (DEFAULT_ROOM,),
         files: Transfers | None = None,
         last_members: LastMembers | None = None,
+        parted: tuple[str, ...] = (),
     ) -> None:
         """``keyring`` holds our prekeys and sessions, ``pending`` our messages waiting in
         mailboxes, ``last_members`` each room's members as last seen (a ``Client`` passes
@@ -145,6 +146,7 @@ class Connection:
             rooms=rooms,
             files=files,
             last_members=last_members,
+            parted=parted,
         )
         if publish is None:
             # On its own, a connection queues its events for whoever runs it. A Client

@@ -146,6 +146,7 @@ class ClientCore:
         rooms: tuple[str, ...] = (DEFAULT_ROOM,),
         files: transfers.Transfers | None = None,
         last_members: LastMembers | None = None,
+        parted: tuple[str, ...] = (),
     ) -> None:
         """``relay_trust`` says which relay key to answer (default: any, first contact).
         ``keyring`` holds our prekeys and sessions, which outlive this connection (a new
@@ -161,7 +162,8 @@ class ClientCore:
         comes twice. ``rooms``: the rooms we are in (the profile's word), sent with the
         registration. ``files`` takes the parts of file transfers that arrive (without it
         they are dropped). ``last_members``: each room's members as last seen, which
-        outlive this connection (the first list of each room is compared with them)."""
+        outlive this connection (the first list of each room is compared with them).
+        ``parted``: rooms left since the last connection, whose mail is dropped quietly."""
         if not is_valid_nick(nick):
             raise LocalProtocolError(detail=f"invalid nick {nick!r}: {NICK_RULE}")
         self.nick = nick
@@ -185,7 +187,7 @@ class ClientCore:
             self.keyring.prekeys, identity, self._write, clock=clock, wall_clock=wall_clock
         )
         self._directory = Directory(known_peers if known_peers is not None else KnownPeers())
-        self._rooms = Rooms(nick, identity.public_key, clock, rooms)
+        self._rooms = Rooms(nick, identity.public_key, clock, rooms, parted)
         pending = pending if pending is not None else PendingDeliveries()
         self.deliveries = DeliveryTracker(receipt_timeout, pending)
         # The last mailbox item handled, the last said in a MailboxRead, and the last the

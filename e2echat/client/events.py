@@ -105,6 +105,14 @@ class MailReceived(MessageReceived):
     __slots__ = ()
 
 
+class MailFromPastMember(MailReceived):
+    """A room message kept in our mailbox whose sender is no member of its room now, as
+    the relay lists it: they left after writing it ("bye all", then /part). Shown marked
+    so; the same message delivered live, from a non-member, is dropped and warned about."""
+
+    __slots__ = ()
+
+
 @dataclass(frozen=True)
 class MailboxRead:
     """Every mailbox item up to ``seq`` was handled by the core (shown as the events

@@ -131,6 +131,9 @@ class Client:
         # And each room's members as last seen: what changed while we were away, between
         # two connections (or runs), is said when the first list of each room comes.
         self.last_members = last_members if last_members is not None else LastMembers()
+        # Rooms left while no connection was up: their mail, kept for us before the
+        # relay heard of it, is dropped quietly by the next connection.
+        self._parted_offline: set[str] = set()
         self.connection = self._make()
         self._held = HeldLines()
         self._held_changed = asyncio.Event()
@@ -159,6 +162,7 @@ class Client:
             pending=self.pending,
             rooms=tuple(self.rooms),
             last_members=self.last_members,
+            parted=tuple(self._parted_offline),
             **self._connection_options,
         )
 
@@ -300,11 +304,14 @@ class Client:
         """Join ``room`` now (or with the next connection, while the relay is away)."""
         if room not in self.rooms:
             self.rooms.append(room)
+        self._parted_offline.discard(room)
         self.connection.join(room)
 
     def part(self, room: str) -> None:
         if room in self.rooms:
             self.rooms.remove(room)
+        if not self.online:
+            self._parted_offline.add(room)
         self.connection.part(room)
 
     def send_private(self, nick: str, text: str) -> int:

@@ -200,9 +200,18 @@ class Rooms:
     """The rooms we are in on one connection, in the order we joined them."""
 
     def __init__(
-        self, our_nick: str, our_key: PublicKey, clock: Callable[[], float], names: Iterable[str] = ()
+        self,
+        our_nick: str,
+        our_key: PublicKey,
+        clock: Callable[[], float],
+        names: Iterable[str] = (),
+        parted: Iterable[str] = (),
     ) -> None:
+        """``parted``: rooms we left while no connection was up (the relay learnt it from
+        the registration): mail kept for us there is dropped quietly on this connection."""
         self._our_nick = our_nick
+        #: rooms left while offline (see above)
+        self.parted_offline = frozenset(parted)
         self._our_key = our_key
         self._clock = clock
         self.rooms: dict[str, Room] = {}

@@ -19,6 +19,7 @@ from e2echat.client.directory import Directory
 from e2echat.client.events import (
     Event,
     KeyPinned,
+    MailFromPastMember,
     MailReceived,
     MessagesMissing,
     PeerJoined,
@@ -333,10 +334,17 @@ class Sessions:
         if plaintext.kind is _FILE:
             return events + self._file_part(sender, plaintext.data, trust, key)
         room = plaintext.room
+        past_member = False
         if plaintext.kind is _ROOM:
             shown_in = self._rooms.get(room)
-            if shown_in is None or sender not in shown_in.members:
+            if shown_in is None or (not kept and sender not in shown_in.members):
+                if kept and room in self._rooms.parted_offline:
+                    return events  # written before we left it, while we were away
                 return events + self._misplaced(sender, room)
+            # Kept for us while we were away, in a room of ours, from someone not in it
+            # now: most likely they left after writing it. The relay could also hide a
+            # member from our list and then show their message; it cannot write one.
+            past_member = sender not in shown_in.members
         if trust is not _CHANGED:
             self.acks_due.setdefault(sender, []).append(plaintext.counter)
             if known.exchanged(sender, key):
@@ -350,7 +358,10 @@ class Sessions:
             plaintext.sent,
             room,
         )
-        events.append(MailReceived(*fields) if kept else received(fields))
+        if past_member:
+            events.append(MailFromPastMember(*fields))
+        else:
+            events.append(MailReceived(*fields) if kept else received(fields))
         return events
 
     def _file_part(self, sender: str, data: bytes, trust: Trust, key: PublicKey) -> list[Event]:

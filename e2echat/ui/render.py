@@ -25,6 +25,7 @@ from e2echat.client.events import (
     KeyChanged,
     KeyPinned,
     MailboxRead,
+    MailFromPastMember,
     MailReceived,
     MessageQueued,
     MessageReceived,
@@ -309,6 +310,8 @@ def _describe(
             # Kept while we were away: when it was sent (the sender's word, inside the
             # encryption), in the header, before the sender's name.
             mark += f" [{sent_text(event.sent_at, now)}]" if event.sent_at is not None else " [while away]"
+            if isinstance(event, MailFromPastMember):
+                mark += f" (has since left {event.room})"
         elif event.sent_at is not None and now - event.sent_at >= OLD_MESSAGE:
             # In the header, before the sender's name: text a peer typed comes after it.
             mark += f" (sent {age_text(now - event.sent_at)} ago)"

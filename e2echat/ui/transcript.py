@@ -19,7 +19,14 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
-from e2echat.client.events import KeyChanged, MailReceived, MessageReceived, NotSent, Queued
+from e2echat.client.events import (
+    KeyChanged,
+    MailFromPastMember,
+    MailReceived,
+    MessageReceived,
+    NotSent,
+    Queued,
+)
 from e2echat.client.receipts import DeliveryReport, MessageQueued
 from e2echat.ui.actions import readable
 from e2echat.ui.cells import neutralize
@@ -210,6 +217,7 @@ def _key_changed(event: KeyChanged, now: float) -> Change:
 RECORDERS: dict[type, Callable[[Any, float], Change | None]] = {
     MessageReceived: _received,
     MailReceived: _received,
+    MailFromPastMember: _received,
     DeliveryReport: _reported,
     MessageQueued: _queued,
     Queued: _held,
