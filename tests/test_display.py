@@ -25,6 +25,7 @@ from e2echat.client.core import (
     RoomEntered,
     RoomListed,
     RoomParted,
+    RoomRefused,
     SecurityWarning,
     SendReport,
     SplitView,
@@ -34,6 +35,7 @@ from e2echat.client.events import (
     ConnectionLost,
     Disconnected,
     MailboxRead,
+    MailFromPastMember,
     MailReceived,
     NotSent,
     Queued,
@@ -242,6 +244,13 @@ _LINES: dict[str, tuple[str | None, Shown, str | None]] = {
     ),
     "all-queued": (None, DeliveryReport(6, True, (), (), "see you tomorrow", ("bob",)), None),
     "mailbox-read": (None, MailboxRead(41), None),
+    "room-refused": (None, RoomRefused("#full", "too_many_rooms"), None),  # ui/places.py says it
+    "mailed-by-one-who-left": (
+        "message",
+        MailFromPastMember("alice", "bye all", private=False, sent_at=NOW - 60, room="#ops"),
+        f"{STAMP} #ops [today {time.strftime('%H:%M', time.localtime(NOW - 60))}] (has since left #ops) "
+        "<alice ?> bye all",
+    ),
     "mailed-today": (
         "private",
         MailReceived("bob", "while you slept", private=True, sent_at=NOW - 60),

@@ -316,13 +316,21 @@ def test_members_come_in_pages_and_only_for_our_rooms() -> None:
     assert rooms.shared_with("bob") == ["#ops"] and rooms.shared_with("dave") == []
 
 
-def test_rooms_refused_are_the_first_join_unanswered_or_at_registration_all_unlisted() -> None:
+def test_rooms_refused_are_those_named_or_the_first_join_unanswered_and_never_listed_ones() -> None:
     rooms = Rooms("alice", key(1), Clock(), ["#lobby", "#a", "#b"])  # registering
     rooms.listed("#a", [], more=False)
-    assert rooms.refused() == ["#lobby", "#b"] and rooms.names == ["#a"]
+    # At registration the relay names what it refused; a room it listed is never refused.
+    assert rooms.refused("the relay is full; not joined: #b #a #zz", oldest=True) == ["#b"]
+    assert rooms.names == ["#lobby", "#a"]
+    # Naming none: no join was asked on this connection, so nothing is refused.
+    assert rooms.refused("the relay is full", oldest=True) == [] and rooms.names == ["#lobby", "#a"]
     rooms.join("#c", asked=True)
     rooms.join("#d", asked=True)
-    assert rooms.refused() == ["#c"] and rooms.names == ["#a", "#d"]
+    assert rooms.refused("too many", oldest=True) == ["#c"] and rooms.names == ["#lobby", "#a", "#d"]
+    # A rate limit refuses only the join it names.
+    assert rooms.refused("you send too fast", oldest=False) == []
+    assert rooms.refused("joining #d (its members are many) would go over your rate", oldest=False) == ["#d"]
+    assert rooms.names == ["#lobby", "#a"]
 
 
 def test_a_new_key_for_a_member_changes_the_rooms_they_are_in() -> None:

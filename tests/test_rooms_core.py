@@ -17,6 +17,7 @@ from e2echat.client.events import (
     RoomEntered,
     RoomListed,
     RoomParted,
+    RoomRefused,
     SecurityWarning,
     SplitView,
 )
@@ -318,7 +319,7 @@ def test_a_room_the_relay_refuses_is_not_ours_and_the_connection_stays() -> None
     core(wire, alice).join("#later")
     wire.deliver(alice, _frame(m.Error("too_many_rooms", "the relay holds 10,000 rooms")))
     assert core(wire, alice).rooms == ["#lobby", "#ops", "#later"]
-    assert [type(e).__name__ for e in wire.take(alice)] == ["RelayError"]
+    assert [type(e).__name__ for e in wire.take(alice)] == ["RelayError", "RoomRefused"]
     core(wire, alice).send_room("#lobby", "still here")
     wire.pump()
     assert [e.text for e in received(wire, bob)] == ["still here"]
@@ -474,3 +475,32 @@ def test_a_live_room_message_from_a_non_contact_not_a_member_is_dropped() -> Non
     events = wire.take(bob)
     assert not [e for e in events if isinstance(e, MessageReceived)]
     assert [e for e in events if isinstance(e, SecurityWarning) and "not a member of #ops" in e.text]
+
+
+# -- refusals, and joins asked for while registering ---------------------------------------------
+
+
+def test_an_error_naming_no_room_we_asked_for_takes_no_room_away() -> None:
+    """Anyone on the path can write an Error: one that names no room we asked for on this
+    connection (and follows no join of ours) refuses nothing."""
+    wire, (alice, _bob) = people("alice", "bob")
+    in_room(wire, "#ops", alice)
+    core(wire, alice)._rooms.join("#later")  # named at registration, not listed yet
+    for code in ("too_many_rooms", "rate_limited"):
+        wire.deliver(alice, _frame(m.Error(code, "the relay holds 10,000 rooms; not joined: #elsewhere")))
+    assert core(wire, alice).rooms == ["#lobby", "#ops", "#later"]
+    assert [type(e).__name__ for e in wire.take(alice)] == ["RelayError", "RelayError"]
+
+
+def test_a_rate_limited_join_is_not_ours_and_can_be_asked_again() -> None:
+    wire, (alice, _bob) = people("alice", "bob")
+    core(wire, alice).join("#big")
+    wire.take_all()
+    text = "joining #big (its members are many) would go over your rate; try again in a moment"
+    wire.deliver(alice, _frame(m.Error("rate_limited", text)))
+    assert "#big" not in core(wire, alice).rooms
+    assert RoomRefused("#big", "rate_limited") in wire.take(alice)
+    core(wire, alice).join("#big")
+    wire.pump()
+    assert [msg for msg in wire.sent[alice] if isinstance(msg, m.Join)] == [m.Join("#big")] * 2
+    assert core(wire, alice).room("#big").listed  # type: ignore[union-attr]

@@ -21,6 +21,7 @@ from e2echat.client.events import (
     RoomChanged,
     RoomEntered,
     RoomListed,
+    RoomRefused,
     SecurityWarning,
 )
 from e2echat.errors import CommandError
@@ -275,3 +276,77 @@ async def test_mail_for_a_room_parted_while_offline_is_dropped_quietly(tmp_path:
             while not c.connection.events.empty():
                 event = c.connection.events.get_nowait()
                 assert not isinstance(event, MessageReceived | SecurityWarning), event
+
+
+async def test_an_error_the_relay_makes_up_does_not_rewrite_the_profile_s_rooms() -> None:
+    """Before, one Error("too_many_rooms") at registration, before the member lists, took
+    every room not yet listed out of the chat and out of the profile."""
+    made_up: list[bool] = []
+
+    def error_first(relay: HostileRelay, action: Outgoing) -> list[Outgoing]:
+        if isinstance(action.message, m.Members) and relay.nick(action.conn) == "alice" and not made_up:
+            made_up.append(True)
+            return [Outgoing(action.conn, m.Error("too_many_rooms", "the relay is full")), action]
+        return [action]
+
+    async with running(HostileRelay(error_first)) as relay:
+        alice = await connect(relay, "alice", rooms=("#lobby", "#ops"))
+        try:
+            kept: list[tuple[list[str], str | None]] = []
+            lines: list[str] = []
+            chat = Chat(
+                alice.connection,
+                text_into(lines),
+                rooms=RoomList(["#lobby", "#ops"], "#ops"),
+                keep_rooms=lambda names, now: kept.append((names, now)),
+            )
+            while not getattr(alice.connection.core.room("#ops"), "listed", False):
+                chat.show(await alice.next_any_event())
+            assert made_up and alice.connection.core.rooms == ["#lobby", "#ops"]
+            assert chat.rooms.names == ["#lobby", "#ops"] and kept == []
+        finally:
+            await alice.connection.close()
+
+
+async def test_a_refused_join_leaves_the_list_but_not_the_profile() -> None:
+    async with running(HostileRelay(max_rooms=2)) as relay:  # #lobby and one more
+        alice = await connect(relay, "alice")
+        try:
+            kept: list[tuple[list[str], str | None]] = []
+            lines: list[str] = []
+            chat = Chat(
+                alice.connection, text_into(lines), keep_rooms=lambda names, now: kept.append((names, now))
+            )
+            chat.handle_line("/join #ops")
+            chat.handle_line("/join #full")
+            refused = await alice.next(RoomRefused)
+            chat.show(refused)
+            assert refused.room == "#full" and chat.rooms.names == ["#lobby", "#ops"]
+            assert "you are not in #full: the relay refused it" in lines[-1]
+            assert kept[-1][0] == ["#lobby", "#ops", "#full"]  # as /join kept it: not rewritten
+            chat.handle_line("/part #ops")
+            assert kept[-1][0] == ["#lobby", "#full"]  # still kept, for the next start
+        finally:
+            await alice.connection.close()
+
+
+async def test_join_again_asks_again_for_a_room_whose_members_never_came() -> None:
+    dropped: list[bool] = []
+
+    def drop_first_answer(relay: HostileRelay, action: Outgoing) -> list[Outgoing]:
+        message = action.message
+        if isinstance(message, m.Members) and message.room == "#slow" and not dropped:
+            dropped.append(True)
+            return []
+        return [action]
+
+    async with running(HostileRelay(drop_first_answer)) as relay:
+        alice = await connect(relay, "alice")
+        try:
+            chat = Chat(alice.connection, text_into([]))
+            chat.handle_line("/join #slow")
+            chat.handle_line("/join #slow")  # no answer yet: asked again
+            listed = await alice.next(RoomListed)
+            assert listed.room == "#slow" and dropped
+        finally:
+            await alice.connection.close()

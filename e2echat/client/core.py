@@ -40,6 +40,7 @@ from e2echat.client.events import (  # re-exported: the UI's vocabulary
     RoomEntered,
     RoomListed,
     RoomParted,
+    RoomRefused,
     SecurityWarning,
     SendReport,
     SplitView,
@@ -93,6 +94,7 @@ __all__ = [
     "RoomEntered",
     "RoomListed",
     "RoomParted",
+    "RoomRefused",
     "SecurityWarning",
     "SendReport",
     "SplitView",
@@ -113,6 +115,8 @@ OUTLIVED_CHECK = 60.0
 
 #: the code of the relay's ``Error`` that refuses a room (too many, ours or the relay's)
 TOO_MANY_ROOMS = "too_many_rooms"
+#: the code of the relay's ``Error`` that says we go too fast (a join among other things)
+RATE_LIMITED = "rate_limited"
 
 # What file chunks leave in the pacer's buckets for chat: a long line to a room of 16
 # (about 256 KiB) and a few frames, so a line typed during a transfer goes at once.
@@ -563,11 +567,14 @@ class ClientCore:
             if self.state is not ClientState.ONLINE:
                 self.state = ClientState.CLOSED
                 return [RegistrationFailed(message.code, message.text)]
-            if message.code == TOO_MANY_ROOMS:
-                # Not in it after all (no members listed: no contacts made there either);
-                # the connection stays. The chat's list follows ``rooms``.
-                self._rooms.refused()
-            return [RelayError(message.code, message.text)]
+            events: list[Event] = [RelayError(message.code, message.text)]
+            if message.code in (TOO_MANY_ROOMS, RATE_LIMITED):
+                # Not in it after all, on this connection (no members listed: no contacts
+                # made there either); the connection stays. A rate limit refuses a join
+                # only if it names it: it also answers sending too fast.
+                refused = self._rooms.refused(message.text, oldest=message.code == TOO_MANY_ROOMS)
+                events += [RoomRefused(name, message.code) for name in refused]
+            return events
         if isinstance(message, m.Bye):
             self.state = ClientState.CLOSED
             return [RelayClosing(message.reason)]

@@ -209,6 +209,16 @@ class RelayClosing:
     reason: str
 
 
+@dataclass(frozen=True)
+class RoomRefused:
+    """The relay refused to let us into ``room`` (``code``: "too_many_rooms", or
+    "rate_limited"; its ``RelayError`` says why): we are not in it on this connection. The
+    profile keeps it, and the next run asks for it again."""
+
+    room: str
+    code: str
+
+
 Event = (
     Registered
     | RegistrationFailed
@@ -219,6 +229,7 @@ Event = (
     | KeyChanged
     | MessageReceived
     | MailReceived
+    | MailFromPastMember
     | MailboxRead
     | MessagesMissing
     | SplitView
@@ -232,6 +243,7 @@ Event = (
     | SecurityWarning
     | RelayError
     | RelayClosing
+    | RoomRefused
     | Away
     | FileOffered
     | TransferProgress

@@ -11,6 +11,7 @@ or hid one) is noticed at the next message, and their safety numbers differ.
 from __future__ import annotations
 
 import bisect
+import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
@@ -27,6 +28,7 @@ from e2echat.crypto.identity import (
     room_view,
 )
 from e2echat.errors import RemoteProtocolError
+from e2echat.wire.grammar import ROOM
 
 # A message encrypted just before its sender saw a join or part carries the room's
 # previous view, and may arrive after we saw it: as for the directory before rooms, a view
@@ -45,6 +47,8 @@ MAX_MEMBERS = 100_000
 # Rooms parted, remembered this long: what was already on its way to us when we parted is
 # dropped quietly, not warned about.
 PARTED_GRACE = VIEW_GRACE
+# A room named in the relay's text (its errors name the rooms they refuse).
+_ROOM_IN_TEXT = re.compile(ROOM + r"(?![a-z0-9_-])")
 
 
 class Room:
@@ -255,15 +259,23 @@ class Rooms:
                 self._parted.popitem(last=False)
         return room
 
-    def refused(self) -> list[str]:
-        """The relay refused a room (``too_many_rooms``): the rooms we are not in after all,
-        parted. A refused ``Join`` is answered in its turn, so it is the first one asked
-        and not yet answered; at registration, the refusal comes after the lists of the
-        rooms let in, so it is every room not listed."""
-        asked = [name for name, room in self.rooms.items() if room.asked and not room.listed]
-        names = asked[:1] or [name for name, room in self.rooms.items() if not room.listed]
+    def refused(self, text: str, *, oldest: bool) -> list[str]:
+        """The relay refused a room (its ``Error`` says ``text``): the rooms we are not in
+        after all, on this connection, parted. Only rooms whose members are not listed
+        yet can be refused: those ``text`` names (the relay's errors name them: the
+        registration's "not joined: #a #b", a join's "joining #a ..."); if it names none
+        of them and ``oldest``, the first ``Join`` asked and not yet answered (a refused
+        one is answered in its turn). Nothing else: an error is the relay's word alone (no
+        one signs it), so it never takes away a room it has listed, nor one we did not
+        ask for on this connection."""
+        unanswered = {name for name, room in self.rooms.items() if not room.listed}
+        names = [name for name in dict.fromkeys(_ROOM_IN_TEXT.findall(text)) if name in unanswered]
+        if not names and oldest:
+            names = [name for name, room in self.rooms.items() if room.asked and not room.listed][:1]
         for name in names:
             del self.rooms[name]  # (not "just parted": nothing of it can be on its way)
+            self._pages.pop(name, None)
+            self._paged.pop(name, None)
         return names
 
     def just_parted(self, name: str) -> bool:

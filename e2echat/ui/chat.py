@@ -14,7 +14,7 @@ from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from e2echat.client.core import TOO_MANY_ROOMS, ClientCore
+from e2echat.client.core import ClientCore
 from e2echat.client.events import (
     ClientEvent,
     DeliveryReport,
@@ -28,10 +28,10 @@ from e2echat.client.events import (
     PeerJoined,
     PeerLeft,
     Queued,
-    RelayError,
     RoomChanged,
     RoomEntered,
     RoomParted,
+    RoomRefused,
 )
 from e2echat.client.fileevents import TransferChanged, TransferDone, TransferProgress
 from e2echat.client.filenames import size_text
@@ -571,8 +571,8 @@ class Chat:
             self.undelivered = True
         if isinstance(event, KeyChanged):
             self._keys.shown[event.nick] = event.new_fingerprint
-        if isinstance(event, RelayError) and event.code == TOO_MANY_ROOMS:
-            self.places.refused()
+        if isinstance(event, RoomRefused):
+            self.places.refused(event.room)
         if isinstance(event, TransferProgress | TransferChanged | TransferDone) and not self._transfer_shown(
             event
         ):

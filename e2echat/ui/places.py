@@ -44,15 +44,24 @@ class Places:
         self._say = say
         self._keep = keep
         self._who_entry = who_entry
+        # Rooms the relay refused on this run: out of the list, still in the profile.
+        self._refused: list[str] = []
 
     def join(self, room: str) -> None:
-        """/join #ROOM: joined (at the relay too) if new, and current either way."""
+        """/join #ROOM: joined (at the relay too) if new, and current either way. A room
+        asked for whose members have not come (the answer was lost, or is slow) is asked
+        for again."""
+        if room in self._refused:
+            self._refused.remove(room)
         if self.rooms.join(room):
             self._link().join(room)
             self._kept()
             self._say(Notice(f"you joined {room}; typed lines go there"))
-        else:
-            self._switched()
+            return
+        joined = self._link().core.room(room)
+        if joined is None or not joined.listed:
+            self._link().join(room)
+        self._switched()
 
     def part(self, room: str | None) -> None:
         """/part [#ROOM]: left (at the relay too); the current one if none is named."""
@@ -77,22 +86,32 @@ class Places:
         self._kept()
         self._say(Notice(f"typed lines go to {self.rooms.current}"))
 
-    def refused(self) -> None:
-        """The relay refused a room we joined (``too_many_rooms``; its error says why): out
-        of our list, and not named in the next registration either."""
-        joined = self._link().core.rooms
-        refused = [name for name in self.rooms.names if name not in joined]
-        for name in refused:
-            self.rooms.part(name)
-            self._link().part(name)
-        if refused:
-            self._kept()
+    def refused(self, room: str) -> None:
+        """The relay refused ``room`` (its error says why): out of our list for this run,
+        and not named in this run's registrations; the profile is not rewritten (an error
+        from the relay is anyone's word): the next run asks for it again."""
+        if room not in self.rooms:
+            return
+        self.rooms.part(room)
+        self._link().part(room)
+        if room not in self._refused:
+            self._refused.append(room)
+        now = self.rooms.current
+        where = f"typed lines go to {now}" if now else "you are in no room now"
+        self._say(
+            Notice(
+                f"you are not in {room}: the relay refused it; {where}. Your profile keeps it, and the "
+                f"next start asks for it again (/join {room} asks now)"
+            )
+        )
 
     def _kept(self) -> None:
         if self._keep is None:
             return
+        # The rooms refused on this run stay in the profile (see ``refused``).
+        names = [*self.rooms.names, *(room for room in self._refused if room not in self.rooms)]
         try:
-            self._keep(list(self.rooms.names), self.rooms.current)
+            self._keep(names, self.rooms.current)
         except E2EChatError as exc:
             self._say(Problem(f"your rooms were NOT kept for next time: {exc}"))
 

@@ -448,7 +448,8 @@ def _describe(
         mark = TRUST_MARKS[event.trust] if isinstance(event, FileOffered) else ""
         return transfers.describe(event, stamp, mark)
     # SendReport is the relay's word; the DeliveryReport that follows is the one to trust.
-    # Disconnected ends the chat; the front end says why. MailboxRead is the chat's to act on.
+    # Disconnected ends the chat; the front end says why. MailboxRead is the chat's to act on,
+    # RoomRefused the chat's to say (ui/places.py).
     return None
 
 
