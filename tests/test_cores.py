@@ -90,7 +90,11 @@ class FakeWire:
     _open: set[ConnId] = field(default_factory=set)
     _next: ConnId = 1
 
-    def connect(self, nick: str, identity: PrivateKey | None = None, **options: Any) -> ConnId:
+    def connect(
+        self, nick: str, identity: PrivateKey | None = None, *, pump: bool = True, **options: Any
+    ) -> ConnId:
+        """A client connected, and (unless not ``pump``) registered: without, its answer to
+        the relay's challenge waits in it, unsent."""
         conn, self._next = self._next, self._next + 1
         self.clients[conn] = ClientCore(
             nick, identity or PrivateKey.generate(), PrivateKey.generate(), **options
@@ -99,7 +103,8 @@ class FakeWire:
         self._decoders[conn] = FrameDecoder()
         self._open.add(conn)
         self.apply(self.relay.connect(conn, self.now))
-        self.pump()
+        if pump:
+            self.pump()
         return conn
 
     def is_open(self, conn: ConnId) -> bool:

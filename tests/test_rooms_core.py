@@ -9,7 +9,7 @@ import pytest
 from nacl.public import PrivateKey
 from test_cores import FakeWire, _frame
 
-from e2echat.client.core import ClientCore
+from e2echat.client.core import ClientCore, ClientState
 from e2echat.client.events import (
     MessageReceived,
     PeerLeft,
@@ -504,3 +504,16 @@ def test_a_rate_limited_join_is_not_ours_and_can_be_asked_again() -> None:
     wire.pump()
     assert [msg for msg in wire.sent[alice] if isinstance(msg, m.Join)] == [m.Join("#big")] * 2
     assert core(wire, alice).room("#big").listed  # type: ignore[union-attr]
+
+
+def test_a_join_or_part_between_registering_and_the_welcome_is_sent_once_online() -> None:
+    wire = FakeWire()
+    alice = wire.connect("alice", pump=False)  # its registration (naming #lobby) waits, unsent
+    assert core(wire, alice).state is ClientState.AWAIT_WELCOME
+    core(wire, alice).join("#ops")
+    core(wire, alice).part("#lobby")
+    wire.pump()
+    assert wire.relay.kept.rooms.is_member("alice", "#ops")
+    assert not wire.relay.kept.rooms.is_member("alice", "#lobby")
+    assert core(wire, alice).rooms == ["#ops"]
+    assert core(wire, alice).room("#ops").listed  # type: ignore[union-attr]

@@ -24,6 +24,7 @@ from e2echat.client.events import (
     RoomRefused,
     SecurityWarning,
 )
+from e2echat.client.reconnect import Client
 from e2echat.errors import CommandError
 from e2echat.relay.server import Relay
 from e2echat.ui.chat import Chat
@@ -348,5 +349,27 @@ async def test_join_again_asks_again_for_a_room_whose_members_never_came() -> No
             chat.handle_line("/join #slow")  # no answer yet: asked again
             listed = await alice.next(RoomListed)
             assert listed.room == "#slow" and dropped
+        finally:
+            await alice.connection.close()
+
+
+async def test_a_join_typed_while_a_reconnect_registers_is_not_lost() -> None:
+    """The user types /join #ops while the new connection is registering (its welcome is on
+    its way): the join reaches the relay once the connection is up."""
+    client: list[Client] = []
+
+    def join_during_welcome(relay: HostileRelay, action: Outgoing) -> list[Outgoing]:
+        if isinstance(action.message, m.Welcome) and client and relay.nick(action.conn) == "alice":
+            client.pop().join("#ops")  # (the Client's connection is still the old one)
+        return [action]
+
+    async with running(HostileRelay(join_during_welcome)) as relay:
+        alice = await connect(relay, "alice", reconnecting=True)
+        try:
+            assert isinstance(alice.connection, Client)
+            client.append(alice.connection)
+            relay.hang_up("alice")
+            listed = await alice.next(RoomListed)
+            assert listed.room == "#ops" and "#ops" in alice.connection.core.rooms
         finally:
             await alice.connection.close()

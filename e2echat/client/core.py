@@ -179,6 +179,8 @@ class ClientCore:
         self.our_away = ""
         self._relay_name = relay_name
         self._lost: list[Event] = []
+        # Joins and parts asked for once registered, before the welcome: sent once online.
+        self._after_welcome: list[m.Join | m.Part] = []
         self._clock = clock
         self._wall_clock = wall_clock
         self.keyring = keyring if keyring is not None else Keyring.fresh(nick, identity, wall_clock())
@@ -462,17 +464,28 @@ class ClientCore:
 
     def join(self, room: str) -> None:
         """Join ``room`` (or ask for its members again, if in it): the relay answers with
-        its members. Offline, the room is joined with the next registration."""
+        its members. Before we register, the room is joined with the registration; once
+        registered but not yet online, the ``Join`` goes as soon as we are."""
         online = self.state is ClientState.ONLINE
         self._rooms.join(room, asked=online)
         if online:
             self._write(m.Join(room))
+        elif self._registered:
+            self._after_welcome.append(m.Join(room))
 
     def part(self, room: str) -> None:
         """Leave ``room``; its members we share no other room with are no contacts now."""
         self._presence.we_parted(room)
         if self.state is ClientState.ONLINE:
             self._write(m.Part(room))
+        elif self._registered:
+            self._after_welcome.append(m.Part(room))
+
+    @property
+    def _registered(self) -> bool:
+        """Our registration is sent, and named the rooms we were in then: a join or part
+        after it waits for the welcome (it would be lost otherwise)."""
+        return self.state in (ClientState.AWAIT_WELCOME, ClientState.AWAIT_DIRECTORY)
 
     def send_private(self, recipient: str, text: str, *, report_as: int = 0) -> int:
         self._require_online()
@@ -649,6 +662,11 @@ class ClientCore:
             self.state = ClientState.ONLINE
             events += self._lost
             self._lost = []
+            for message in self._after_welcome:  # in the order typed
+                if isinstance(message, m.Join) and message.room in self._rooms:
+                    self._rooms.join(message.room, asked=True)
+                self._write(message)
+            self._after_welcome = []
         return events
 
     def _routed(self, routed: m.Routed) -> list[Event]:

@@ -148,6 +148,10 @@ class Client:
         self.closed = False
 
     def _make(self) -> Connection:
+        # The rooms its registration names: a join or part typed while it registers goes
+        # to the connection before it (the current one until then), and is made up for
+        # once it is up (``_rooms_since``).
+        self._registered_rooms = tuple(self.rooms)
         return Connection(
             self.host,
             self.port,
@@ -233,6 +237,7 @@ class Client:
             self.connection = connection
             if connection.closed:
                 continue  # lost again already: it said so; try anew
+            self._rooms_since(connection)
             self._online.set()
             if self._away:  # (before the held lines: one of those would say we are back)
                 connection.set_away(self._away)
@@ -282,6 +287,18 @@ class Client:
             except E2EChatError as exc:  # whatever else a broken relay causes: try again
                 why = str(exc)
         raise AssertionError("unreachable: the backoff never ends")
+
+    def _rooms_since(self, connection: Connection) -> None:
+        """Join and part at the relay what the user joined and parted while ``connection``
+        registered (it named the rooms of before)."""
+        registered = self._registered_rooms
+        for room in self.rooms:
+            if room not in registered:
+                connection.join(room)
+        for room in registered:
+            if room not in self.rooms:
+                connection.part(room)
+        self._parted_offline.clear()  # the relay knows now
 
     def _release(self, final: bool) -> None:
         if self.online:  # else the next reconnect tries anew
