@@ -61,7 +61,9 @@ async def test_two_rooms_each_message_reaches_its_own_room_only() -> None:
 
 
 async def test_part_stops_delivery() -> None:
-    async with running_relay() as relay, peers(relay, "alice", "bob", "carol") as (alice, bob, carol):
+    """What alice sends after bob left #ops has no copy for him: asserted on what she
+    wrote (bob's client would drop a late copy quietly, for PARTED_GRACE, and show none)."""
+    async with running(HostileRelay()) as relay, peers(relay, "alice", "bob", "carol") as (alice, bob, carol):
         for person in (alice, bob, carol):
             person.connection.join("#ops")
         await _members(alice, "#ops", "bob", "carol")
@@ -71,8 +73,12 @@ async def test_part_stops_delivery() -> None:
         assert lines[-1].endswith("you left #ops; typed lines go to #lobby")
         while "bob" in getattr(alice.connection.core.room("#ops"), "others", []):
             await alice.next_any_event()
-        alice.connection.send_room("#ops", "after bob left")
+        message_id = alice.connection.send_room("#ops", "after bob left")
         assert (await carol.next(MessageReceived)).text == "after bob left"
+        copies = [
+            item.to for send in relay.sends_from("alice") if send.id == message_id for item in send.items
+        ]
+        assert copies == ["carol"]
         alice.connection.send_room("#lobby", "in the lobby")
         assert (await bob.next(MessageReceived)).text == "in the lobby"  # the first he gets
         assert not [e for e in bob.seen if isinstance(e, MessageReceived) and e.room == "#ops"]
