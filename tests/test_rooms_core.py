@@ -517,3 +517,19 @@ def test_a_join_or_part_between_registering_and_the_welcome_is_sent_once_online(
     assert not wire.relay.kept.rooms.is_member("alice", "#lobby")
     assert core(wire, alice).rooms == ["#ops"]
     assert core(wire, alice).room("#ops").listed  # type: ignore[union-attr]
+
+
+def test_no_copy_goes_in_a_session_kept_under_another_key_than_the_room_s() -> None:
+    """bob is away; the relay lists him in #lobby under a key of its own: the session kept
+    with him is under his real key, which the room's safety number does not cover."""
+    wire, (alice, bob, carol) = people("alice", "bob", "carol")
+    wire.meet(alice, bob)
+    wire.hang_up(bob)
+    wire.take_all()
+    listed = Member("bob", PrivateKey.generate().public_key)
+    wire.deliver(alice, _frame(m.Members("#lobby", (peer_of(wire, carol),), (listed,), more=False)))
+    message_id = core(wire, alice).send_room("#lobby", "not for a key the number does not cover")
+    wire.pump()
+    assert core(wire, alice).left_out == ["bob"]
+    sends = [msg for msg in wire.sent[alice] if isinstance(msg, m.Send) and msg.id == message_id]
+    assert [item.to for msg in sends for item in msg.items] == ["carol"]
