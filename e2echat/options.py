@@ -237,6 +237,7 @@ LIMIT_FLAGS: list[tuple[str, type[int] | type[float], str, str]] = [
     ("connect_rate", float, "PER_SECOND", "new connections a second from one address"),
     ("connect_burst", float, "N", "new connections allowed at once from one address above that rate"),
     ("max_rooms", int, "N", "rooms on the relay at once (a join that would make one more is refused)"),
+    ("rooms_per_address", int, "N", "rooms made from one address that still exist (an IPv6 /64 is one)"),
 ]
 
 #: the mailbox limits: (field of Limits, kind of value, metavar, help); given as text and

@@ -58,10 +58,14 @@ class Relay:
         return spelled_out(actions)
 
     def join(
-        self, nick: str, key: PrivateKey | None = None, rooms: tuple[str, ...] = ("#lobby",)
+        self,
+        nick: str,
+        key: PrivateKey | None = None,
+        rooms: tuple[str, ...] = ("#lobby",),
+        address: str = "",
     ) -> list[Outgoing | Close]:
         conn, self._next = self._next, self._next + 1
-        (challenge,) = spelled_out(self.core.connect(conn, self.now))
+        (challenge,) = spelled_out(self.core.connect(conn, self.now, address))
         assert isinstance(challenge, Outgoing) and isinstance(challenge.message, m.Challenge)
         identity = key or self.keys.get(nick) or PrivateKey.generate()
         self.keys[nick], self.conns[nick] = identity, conn

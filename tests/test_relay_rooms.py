@@ -235,6 +235,74 @@ def test_the_relays_bound_on_rooms_refuses_a_new_room_not_an_existing_one() -> N
     assert _to(relay.conns["carol"], relay.say("carol", m.Join("#c")), m.Members)
 
 
+ABUSER, HONEST = "203.0.113.7", "198.51.100.1"
+
+
+def test_throwaway_nicks_from_one_address_cannot_use_up_the_relays_rooms() -> None:
+    """The attack: 157 throwaway nicks, each naming 64 new rooms and leaving, would hold
+    all 10,000 rooms for a month (memberships last as long as the identities). Each
+    address may have made at most ``rooms_per_address`` rooms that still exist, so the
+    rest of the relay can still make rooms; and that cap is never anyone's but the
+    address's."""
+    relay = Relay(connect_rate=1e9, connect_burst=1e9)
+    limits = relay.core.limits
+    assert (limits.max_rooms, limits.rooms_per_address) == (10_000, 256)
+    for index in range(157):
+        named = tuple(f"#t{index}-{slot}" for slot in range(MAX_ROOMS))
+        relay.join(f"throwaway{index}", rooms=named, address=ABUSER)
+        relay.leave(f"throwaway{index}")
+    rooms = relay.core.kept.rooms
+    assert len(rooms.members) == 256 == rooms.founded[ABUSER]
+    # Joining from the abuser's address makes nothing new, and says why ...
+    relay.join("throwaway-more", rooms=(), address=ABUSER)
+    (error,) = _messages(relay, "throwaway-more", relay.say("throwaway-more", m.Join("#one-more")))
+    assert isinstance(error, m.Error) and error.code == "too_many_rooms" and "your address" in error.text
+    # ... though a room that exists can still be joined from it.
+    assert _to(relay.conns["throwaway-more"], relay.say("throwaway-more", m.Join("#t0-0")), m.Members)
+    # Everyone else makes rooms as before.
+    out = relay.join("alice", rooms=("#ours",), address=HONEST)
+    assert _to(relay.conns["alice"], out, m.Members)[0].room == "#ours"
+    assert _to(relay.conns["alice"], relay.say("alice", m.Join("#new")), m.Members)
+    assert rooms.founded[HONEST] == 2
+
+
+def test_rooms_made_count_against_their_address_only_while_they_last() -> None:
+    relay = Relay(rooms_per_address=2)
+    relay.join("bob", rooms=("#a", "#b"), address=ABUSER)
+    out = relay.join("carol", rooms=("#a", "#c"), address=ABUSER)  # #a exists: no new room for it
+    (refused,) = _to(relay.conns["carol"], out, m.Error)
+    assert refused.code == "too_many_rooms" and refused.text.endswith("not joined: #c")
+    assert relay.core.kept.rooms.of("carol") == ["#a"]
+    relay.say("bob", m.Part("#b"))  # gone with its last member: a place for one more
+    assert _to(relay.conns["carol"], relay.say("carol", m.Join("#c")), m.Members)
+    relay.say("bob", m.Part("#a"))  # #a lives on in carol, and still counts
+    (error,) = _messages(relay, "carol", relay.say("carol", m.Join("#d")))
+    assert isinstance(error, m.Error) and error.code == "too_many_rooms"
+
+
+def test_rooms_of_people_away_for_a_week_outlive_the_abuse() -> None:
+    """Nothing the cap does ends a room: the rooms of people away for a week are all
+    there, with their members, after an abuser used up its address's share."""
+    relay = Relay(connect_rate=1e9, connect_burst=1e9, rooms_per_address=10, max_rooms=20)
+    relay.join("alice", rooms=("#holiday", "#work"), address=HONEST)
+    relay.join("bob", rooms=("#holiday",), address=HONEST)
+    relay.leave("alice")
+    relay.leave("bob")
+    relay.tick(7 * 24 * 3600.0)
+    for index in range(3):
+        relay.join(f"throwaway{index}", rooms=tuple(f"#t{index}-{slot}" for slot in range(8)), address=ABUSER)
+        relay.leave(f"throwaway{index}")
+    rooms = relay.core.kept.rooms
+    assert len(rooms.members) == 12
+    assert list(rooms.members["#holiday"]) == ["alice", "bob"] and list(rooms.members["#work"]) == ["alice"]
+    out = relay.join("carol", rooms=("#holiday", "#new"), address="192.0.2.9")
+    members = _to(relay.conns["carol"], out, m.Members)
+    assert [(page.room, _nicks(page.away)) for page in members] == [
+        ("#holiday", ["alice", "bob"]),
+        ("#new", []),
+    ]
+
+
 def test_an_evicted_identity_parts_its_rooms() -> None:
     relay = Relay(bundles=2)
     relay.join("bob", rooms=("#a",))

@@ -39,7 +39,7 @@ from e2echat.relay.paging import Paging
 from e2echat.relay.prekeys import PrekeyDirectory
 from e2echat.relay.presence import Presence
 from e2echat.relay.registration import admit, reserved, welcome_frames
-from e2echat.relay.rooms import JOIN_CHARGE, relay_full
+from e2echat.relay.rooms import JOIN_CHARGE
 from e2echat.relay.routing import Router
 from e2echat.relay.store import Op, Snapshot
 from e2echat.wire.codec import decode_message, encode_message, printable_reason
@@ -437,10 +437,10 @@ class RelayCore:
         if rooms.is_member(nick, room):  # again: harmless, answered again
             self._paging.owe(conn, nick, rooms=[room])
             return []
-        refused = rooms.refusal(nick, room)
+        refused = rooms.refusal(nick, room, record.address)
         if refused is not None:
             return [_write(conn, Error("too_many_rooms", refused))]
-        ops, frames = self._presence.join(nick, room, self._unix())
+        ops, frames = self._presence.join(nick, room, self._unix(), record.address)
         # Its answer, the room's list, is owed: handed over as the connection drains.
         self._paging.owe(conn, nick, rooms=[room])
         return keep(ops, [], now=frames)
@@ -467,7 +467,7 @@ class RelayCore:
         prekeys, ops = self.kept.join(nick, peer.identity_key, message.signed_prekey, unix)
         # Its memberships are exactly the rooms it names (its profile's word), before the
         # welcome: which lists only its contacts, online people who share a room with it.
-        change, room_ops = self.kept.set_rooms(nick, message.rooms, unix)
+        change, room_ops = self.kept.set_rooms(nick, message.rooms, unix, record.address)
         ops += room_ops
         contacts = self.kept.rooms.contacts(nick)
         entries = presence.entries(contacts)
@@ -479,7 +479,7 @@ class RelayCore:
         # and handed over as the connection drains (its mail once they are).
         tail = []
         if change.refused:
-            text = f"{relay_full(self.limits.max_rooms)}; not joined: {' '.join(change.refused)}"
+            text = f"{change.why}; not joined: {' '.join(change.refused)}"
             tail.append(_frame(Error("too_many_rooms", printable_reason(text))))
         self._paging.owe(conn, nick, welcome, self.kept.rooms.of(nick))
         self._paging.owe(conn, nick, tail)

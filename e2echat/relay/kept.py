@@ -57,7 +57,7 @@ class Kept:
         #: nick -> its identity, least recently seen first
         self.identities: dict[str, Identity] = {}
         #: who is in which room, and who of them is online
-        self.rooms = Rooms(limits.max_rooms)
+        self.rooms = Rooms(limits.max_rooms, limits.rooms_per_address)
         #: nick -> its ``Member`` as ``encode_member`` gives it (what ``members`` frames
         #: list of those away), made once per identity key rather than for every list
         self._encoded: dict[str, bytes] = {}
@@ -135,10 +135,11 @@ class Kept:
         ops = self._seen(nick, known.identity_key, now, known.registered)
         return ops + self._evicted(now) if evict else ops
 
-    def set_rooms(self, nick: str, rooms: Sequence[str], now: float) -> tuple[Change, list[Op]]:
-        """``nick`` (registering: not online yet) is in exactly ``rooms`` from now (each
-        named once): what changed, and the ops. A new room the relay has no place for
-        (``Limits.max_rooms``) is left out, and said so in ``refused``."""
+    def set_rooms(self, nick: str, rooms: Sequence[str], now: float, address: str) -> tuple[Change, list[Op]]:
+        """``nick`` (registering from ``address``: not online yet) is in exactly ``rooms``
+        from now (each named once): what changed, and the ops. A new room the relay has
+        no place for (``Limits.max_rooms``, ``Limits.rooms_per_address``) is left out,
+        and said so in ``refused``."""
         wanted = set(rooms)
         change = Change()
         ops: list[Op] = []
@@ -149,16 +150,19 @@ class Kept:
         for room in rooms:
             if self.rooms.is_member(nick, room):
                 continue
-            if self.rooms.refusal(nick, room) is None:
-                ops += self.join_room(nick, room, now, online=False)
+            refused = self.rooms.refusal(nick, room, address)
+            if refused is None:
+                ops += self.join_room(nick, room, now, address, online=False)
                 change.joined.append(room)
             else:
                 change.refused.append(room)
+                change.why = refused
         return change, ops
 
-    def join_room(self, nick: str, room: str, now: float, *, online: bool = True) -> list[Op]:
-        """``nick`` joins ``room`` (it is not in it, and ``rooms.refusal`` let it)."""
-        self.rooms.join(nick, room, now, online=online)
+    def join_room(self, nick: str, room: str, now: float, address: str, *, online: bool = True) -> list[Op]:
+        """``nick`` (from ``address``) joins ``room`` (it is not in it, and
+        ``rooms.refusal`` let it)."""
+        self.rooms.join(nick, room, now, online=online, address=address)
         return [SaveMember(Member(room, nick, now))]
 
     def part_room(self, nick: str, room: str) -> list[Op]:

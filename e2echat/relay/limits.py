@@ -122,6 +122,12 @@ class Limits:
     #: 10,000 is one for every client of a full relay, and bounds what a client making
     #: rooms by the thousand can make the relay keep (a join beyond is refused).
     max_rooms: int = 10_000
+    #: rooms made from one address (an IPv6 /64 counts as one) that still exist: a room
+    #: costs its maker nothing and outlives it by a month, so without this a few
+    #: throwaway nicks fill ``max_rooms`` for everyone. 256, one for each connection an
+    #: address may have (``connections_per_address``): filling the relay's bound then
+    #: takes 40 addresses, as filling ``max_connections`` does.
+    rooms_per_address: int = 256
 
     @property
     def write_buffer_soft(self) -> int:

@@ -80,11 +80,12 @@ class Presence:
         del self.encoded[nick]
         return self._to(contacts, encode_frame(encode_message(PeerLeft(nick))))
 
-    def join(self, nick: str, room: str, now: float) -> tuple[list[Op], Frames]:
-        """``nick`` (online) joins ``room`` (not in it, and ``Rooms.refusal`` let it):
-        the ops, and an ``entered`` to its members online. (Its member list: ``members``.)"""
+    def join(self, nick: str, room: str, now: float, address: str) -> tuple[list[Op], Frames]:
+        """``nick`` (online, from ``address``) joins ``room`` (not in it, and
+        ``Rooms.refusal`` let it): the ops, and an ``entered`` to its members online.
+        (Its member list: ``members``.)"""
         frames = self._to_room(room, encode_frame(encode_entered(room, self.encoded[nick])), nick)
-        return self.kept.join_room(nick, room, now), frames
+        return self.kept.join_room(nick, room, now, address), frames
 
     def part(self, nick: str, room: str) -> tuple[list[Op], Frames]:
         """``nick`` leaves ``room``: the ops, and a ``parted`` to its members online;

@@ -12,6 +12,11 @@ rooms, members or people online on the relay:
 - ``present``: room -> its members online, in the order they came.
 
 The relay only reads and writes these; who may join (``refusal``) is decided here too.
+Making a room costs its maker nothing, and the room outlives them by a month (as long
+as their identity is kept), so the relay's bound on rooms would be a month's denial of
+new rooms for whoever fills it from throwaway nicks. Each room therefore counts against
+the address that made it while it lasts (``founded``), and no address may have more
+than ``per_address`` (as ``Sources`` counts connections: an IPv6 /64 is one address).
 """
 
 from __future__ import annotations
@@ -34,23 +39,35 @@ def relay_full(max_rooms: int) -> str:
     return f"the relay has {max_rooms:,} rooms, the most it keeps; join one that exists"
 
 
+def address_full(per_address: int) -> str:
+    return f"{per_address:,} rooms made from your address still exist, the most one may; join one that exists"
+
+
 @dataclass
 class Change:
     """What a register's room list changed: the rooms joined, those parted, and those
-    the relay had no place for."""
+    the relay had no place for (and why not, as ``Rooms.refusal`` says it)."""
 
     joined: list[str] = field(default_factory=list)
     parted: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
+    why: str = ""
 
 
 class Rooms:
-    def __init__(self, max_rooms: int) -> None:
-        #: the most rooms there are on the relay at once (``Limits.max_rooms``)
+    def __init__(self, max_rooms: int, per_address: int) -> None:
+        #: the most rooms there are on the relay at once (``Limits.max_rooms``), and that
+        #: one address may have made (``Limits.rooms_per_address``)
         self.max_rooms = max_rooms
+        self.per_address = per_address
         self.members: dict[str, dict[str, float]] = {}
         self.rooms_of: dict[str, dict[str, None]] = {}
         self.present: dict[str, dict[str, None]] = {}
+        #: room -> the address that made it, while it lasts; and address -> how many of
+        #: those it made. In memory only: the relay keeps no address on disk, so rooms
+        #: kept across a restart count against nobody.
+        self.maker: dict[str, str] = {}
+        self.founded: dict[str, int] = {}
 
     def is_member(self, nick: str, room: str) -> bool:
         return nick in self.members.get(room, ())
@@ -59,20 +76,32 @@ class Rooms:
         """``nick``'s rooms, in the order it joined them."""
         return list(self.rooms_of.get(nick, ()))
 
-    def refusal(self, nick: str, room: str) -> str | None:
-        """Why ``nick`` may not join ``room`` (it is not in it): too many rooms, its own
-        or the relay's; None if it may."""
+    def refusal(self, nick: str, room: str, address: str) -> str | None:
+        """Why ``nick`` (from ``address``) may not join ``room`` (it is not in it): too
+        many rooms, its own, its address's or the relay's; None if it may."""
         if len(self.rooms_of.get(nick, ())) >= MAX_ROOMS:
             return YOURS_FULL
-        if room not in self.members and len(self.members) >= self.max_rooms:
+        if room in self.members:
+            return None
+        if self.founded.get(address, 0) >= self.per_address:
+            return address_full(self.per_address)
+        if len(self.members) >= self.max_rooms:
             return relay_full(self.max_rooms)
         return None
 
     # -- changes ------------------------------------------------------------------------------
 
-    def join(self, nick: str, room: str, since: float, *, online: bool) -> None:
-        """``nick`` is a member of ``room`` from ``since`` (see ``refusal`` first)."""
-        self.members.setdefault(room, {})[nick] = since
+    def join(self, nick: str, room: str, since: float, *, online: bool, address: str | None = None) -> None:
+        """``nick`` is a member of ``room`` from ``since`` (see ``refusal`` first); if
+        that makes the room, it counts against ``address`` (None: a room kept across a
+        restart, made by nobody the relay knows)."""
+        members = self.members.get(room)
+        if members is None:
+            members = self.members[room] = {}
+            if address is not None:
+                self.maker[room] = address
+                self.founded[address] = self.founded.get(address, 0) + 1
+        members[nick] = since
         self.rooms_of.setdefault(nick, {})[room] = None
         if online:
             self.present.setdefault(room, {})[nick] = None
@@ -85,6 +114,7 @@ class Rooms:
             return False
         if not members:
             del self.members[room]
+            self._unmade(room)
         rooms = self.rooms_of[nick]
         del rooms[room]
         if not rooms:
@@ -95,6 +125,14 @@ class Rooms:
             if not present:
                 del self.present[room]
         return True
+
+    def _unmade(self, room: str) -> None:
+        """``room`` is gone: it no longer counts against the address that made it."""
+        address = self.maker.pop(room, None)
+        if address is not None:
+            left = self.founded.pop(address) - 1
+            if left:
+                self.founded[address] = left
 
     def forget(self, nick: str) -> list[str]:
         """``nick`` is a member of nothing any more: the rooms it was in."""
