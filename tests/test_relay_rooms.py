@@ -429,19 +429,64 @@ async def test_over_a_socket_an_entered_comes_before_the_newcomers_first_message
 
 def test_a_join_is_paid_for_by_the_size_of_its_answer() -> None:
     """A join of a big room makes the relay write its whole member list: 40 bytes asking
-    for a megabyte. It is charged to the joiner's byte rate as if it had sent that much."""
+    for a megabyte. It is charged to the joiner's byte rate as if it had sent that much,
+    beyond the burst too: what the bucket lacks is owed."""
     relay = Relay(byte_rate=1000, byte_burst=3000)
     for index in range(40):
         relay.now += 0.25  # within the relay's rate of new connections
         relay.join(f"m{index}", rooms=("#big",))
         relay.leave(f"m{index}")
     relay.join("alice", rooms=())
-    (error,) = _messages(relay, "alice", relay.say("alice", m.Join("#big")))  # 40 × 64 > 1000
+    (error,) = _messages(relay, "alice", relay.say("alice", m.Join("#big")))  # 40 × 106 > 1000
     assert isinstance(error, m.Error) and error.code == "rate_limited"
     assert not relay.core.kept.rooms.is_member("alice", "#big")
     relay.now += 3.0  # the bucket refills
     (members,) = _to(relay.conns["alice"], relay.say("alice", m.Join("#big")), m.Members)
     assert len(members.away) == 40
+    # The answer was over the burst: the rest is owed, and nothing more goes through yet.
+    assert m.Pong() not in _messages(relay, "alice", relay.say("alice", m.Ping()))
     # A small room costs next to nothing (but the frame itself, as any frame).
-    relay.now += 3.0
+    relay.now += 5.0
     assert _to(relay.conns["alice"], relay.say("alice", m.Join("#small")), m.Members)
+
+
+def _written(relay: Relay) -> int:
+    """Bytes of the frames the core's latest answer has the relay write."""
+    return sum(
+        len(frame)
+        for action in relay.actions
+        if isinstance(action, Write | Persist)
+        for _, frame in action.frames
+    )
+
+
+def _charged(relay: Relay, nick: str, message: m.Message) -> tuple[int, int]:
+    """What ``nick`` saying ``message`` made the relay write, and what it was charged for
+    that beyond the frame's own charge (its size, ``strict_weight`` times: it is not a send)."""
+    flow = relay.core._connections[relay.conns[nick]].flow
+    assert flow is not None
+    before = flow.byte_tokens
+    relay.say(nick, message)
+    frame_charge = len(encode_message(message)) * relay.core.limits.strict_weight
+    return _written(relay), int(before - flow.byte_tokens - frame_charge)
+
+
+@pytest.mark.parametrize("length", [1, 8, 32])
+def test_a_join_and_a_part_are_charged_what_they_make_the_relay_write(length: int) -> None:
+    """The answer lists every member (up to 166 bytes each online, 105 away), and each
+    member online is sent an ``entered`` (up to 245 bytes), then a ``parted``: all paid
+    for by the joiner: never less than it costs, and at most the cost of the longest
+    nicks and room names (under 2.5 times, for the shortest)."""
+    relay = Relay(connect_rate=1e9, connect_burst=1e9)
+    room = "#" + "r" * length
+    for index in range(30):
+        nick = f"{index:02d}".ljust(length, "a")
+        relay.join(nick, rooms=(room,))
+        if index % 3:
+            relay.leave(nick)
+    joiner = "j" * length
+    relay.join(joiner, rooms=())
+    for message in (m.Join(room), m.Join(room), m.Part(room)):  # a join again: its answer only
+        written, charged = _charged(relay, joiner, message)
+        assert written > 400
+        assert written <= charged <= 2.5 * written

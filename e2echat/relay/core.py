@@ -39,7 +39,6 @@ from e2echat.relay.paging import Paging
 from e2echat.relay.prekeys import PrekeyDirectory
 from e2echat.relay.presence import Presence
 from e2echat.relay.registration import admit, reserved, welcome_frames
-from e2echat.relay.rooms import JOIN_CHARGE
 from e2echat.relay.routing import Router
 from e2echat.relay.store import Op, Snapshot
 from e2echat.wire.codec import decode_message, encode_message, printable_reason
@@ -430,8 +429,10 @@ class RelayCore:
         first. Over a limit, an ``Error`` (not a protocol violation: it stays connected)."""
         assert record.peer is not None and record.flow is not None
         nick, room, conn, rooms = record.peer.nick, message.room, record.conn, self.kept.rooms
-        charge = min(len(rooms.members.get(room, ())) * JOIN_CHARGE, self.limits.byte_burst)
-        if record.flow.admit(self.limits, self._now, charge, frames=0) is not Verdict.PASS:
+        # Paid for by what it makes the relay write, in full (a big room's beyond the
+        # burst is owed): its answer, and the ``entered`` to the members online.
+        charge = rooms.join_cost(nick, room)
+        if record.flow.admit(self.limits, self._now, charge, frames=0, whole=True) is not Verdict.PASS:
             text = f"joining {room} (its members are many) would go over your rate; try again in a moment"
             return [_write(conn, Error("rate_limited", text))]
         if rooms.is_member(nick, room):  # again: harmless, answered again
@@ -446,9 +447,13 @@ class RelayCore:
         return keep(ops, [], now=frames)
 
     def _part(self, record: _Connection, message: Part) -> list[Action]:
-        """``room`` left, and its members online told; a room not joined: nothing."""
-        assert record.peer is not None
-        ops, frames = self._presence.part(record.peer.nick, message.room)
+        """``room`` left, and its members online told; a room not joined: nothing. The
+        ``parted`` to each of them is charged to the sender's byte rate, owed if the
+        bucket runs short: a part whose frame was paid for is never refused."""
+        assert record.peer is not None and record.flow is not None
+        nick = record.peer.nick
+        record.flow.owe(self.limits, self._now, self.kept.rooms.part_cost(nick, message.room))
+        ops, frames = self._presence.part(nick, message.room)
         return keep(ops, [], now=frames)
 
     def _register(self, record: _Connection, message: Register, now: float) -> list[Action]:

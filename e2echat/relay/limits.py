@@ -195,16 +195,19 @@ class Flow:
         self.refused = self.refused_bytes = 0
         self.last_refused = self.warned_at = -1e9
 
-    def admit(self, limits: Limits, now: float, size: int = 0, frames: int = 1) -> Verdict:
+    def admit(
+        self, limits: Limits, now: float, size: int = 0, frames: int = 1, *, whole: bool = False
+    ) -> Verdict:
         """Charge ``frames`` frames and ``size`` bytes, if both buckets hold them; a
-        refused frame is charged nothing (it is not handled)."""
-        elapsed = now - self.updated
-        self.updated = now
-        tokens = min(limits.burst, self.tokens + elapsed * limits.rate)
-        byte_tokens = min(limits.byte_burst, self.byte_tokens + elapsed * limits.byte_rate)
-        cost = min(size, limits.byte_burst)
+        refused frame is charged nothing (it is not handled). More than the burst needs
+        a full bucket, and costs that much. ``whole``: a charge for what the relay will
+        write, paid in full; more than half the burst needs half a bucket (the frame
+        that asked for it is paid first, so a full one is never there), and what the
+        bucket does not hold is owed (see ``owe``)."""
+        tokens, byte_tokens = self._refilled(limits, now)
+        cost = min(size, limits.byte_burst // 2 if whole else limits.byte_burst)
         if tokens >= frames and byte_tokens >= cost:
-            self.tokens, self.byte_tokens = tokens - frames, byte_tokens - cost
+            self.tokens, self.byte_tokens = tokens - frames, byte_tokens - (size if whole else cost)
             return Verdict.PASS
         self.tokens, self.byte_tokens = tokens, byte_tokens
         if now - self.last_refused > limits.flood_episode:
@@ -218,6 +221,20 @@ class Flow:
             self.warned_at = now
             return Verdict.WARN
         return Verdict.REFUSE
+
+    def owe(self, limits: Limits, now: float, size: int) -> None:
+        """Charge ``size`` bytes for what was done already (a part's ``parted`` to the
+        room): the bucket may go below empty, and the sender's next frames wait until
+        it has refilled. Never a refusal: it counts nothing toward a flood."""
+        self.tokens, byte_tokens = self._refilled(limits, now)
+        self.byte_tokens = byte_tokens - size
+
+    def _refilled(self, limits: Limits, now: float) -> tuple[float, float]:
+        """Both buckets as they stand at ``now`` (the caller stores them)."""
+        elapsed = now - self.updated
+        self.updated = now
+        tokens = min(limits.burst, self.tokens + elapsed * limits.rate)
+        return tokens, min(limits.byte_burst, self.byte_tokens + elapsed * limits.byte_rate)
 
 
 class Backlog:

@@ -24,13 +24,35 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from e2echat.wire.grammar import MAX_ROOMS
+from nacl.public import PublicKey
 
-#: what a join costs against the sender's byte rate for each member of the room, on top
-#: of its own size: its answer lists them all (70 to 140 bytes each), so a join of a big
-#: room makes the relay write far more than it read (a room of 10,000: 1.4 MB for 40
-#: bytes), and is paid for as if that much had been sent. At most a full bucket.
-JOIN_CHARGE = 64
+from e2echat.relay.registration import DIRECTORY_CHUNK
+from e2echat.wire.fastpath import encode_entered, encode_member, encode_members, encode_parted, encode_peer
+from e2echat.wire.framing import encode_frame
+from e2echat.wire.grammar import MAX_ROOMS, NICK_MAX, ROOM_MAX
+from e2echat.wire.objects import Member, PeerInfo
+
+# What a join or a part makes the relay write, per member of the room, measured with the
+# encoders at the longest nick and room name, so that none is charged less than it costs:
+# a join of a big room makes the relay write far more than it read (a room of 10,000
+# online: 4 MB for 40 bytes), and is paid for against the sender's byte rate as if that
+# much had been sent, in full (``Rooms.join_cost``, ``Rooms.part_cost``).
+_KEY = PublicKey(bytes(32))
+_NICK, _ROOM = "n" * NICK_MAX, "#" + "r" * ROOM_MAX
+#: a member online's entry in a ``members`` list, and its comma (138 bytes for a nick of three)
+PEER_ENTRY = len(encode_peer(PeerInfo(_NICK, _KEY, _KEY))) + 1
+#: a member away's entry in a ``members`` list, and its comma (77 bytes for a nick of three)
+MEMBER_ENTRY = len(encode_member(Member(_NICK, _KEY))) + 1
+#: a page of a ``members`` list without its entries (one for every ``DIRECTORY_CHUNK``)
+MEMBERS_PAGE = len(encode_frame(encode_members(_ROOM, [], [], more=True)))
+#: the ``entered`` each member online is sent when someone joins
+ENTERED_FRAME = len(encode_frame(encode_entered(_ROOM, encode_peer(PeerInfo(_NICK, _KEY, _KEY)))))
+#: the ``parted`` each member online is sent when someone leaves
+PARTED_FRAME = len(encode_frame(encode_parted(_ROOM, _NICK)))
+#: what a join costs for each member online of the room, on top of its own size: the
+#: member's entry in the answer, and the ``entered`` it is sent (a member away costs
+#: ``MEMBER_ENTRY``; a part, ``PARTED_FRAME`` a member online)
+JOIN_CHARGE = PEER_ENTRY + ENTERED_FRAME
 #: why a join is refused, as the ``Error`` says it (the code is "too_many_rooms")
 YOURS_FULL = f"you are in {MAX_ROOMS} rooms already, the most there may be; /part one first"
 
@@ -88,6 +110,24 @@ class Rooms:
         if len(self.members) >= self.max_rooms:
             return relay_full(self.max_rooms)
         return None
+
+    def join_cost(self, nick: str, room: str) -> int:
+        """What ``nick`` (online) joining ``room`` makes the relay write, at most: its
+        answer lists every other member, and if it is new there, each other member
+        online is sent an ``entered``."""
+        members = len(self.members.get(room, ()))
+        online = len(self.present.get(room, ()))
+        pages = (1 + members // DIRECTORY_CHUNK) * MEMBERS_PAGE
+        if self.is_member(nick, room):  # again: answered, and nobody told
+            return pages + (online - 1) * PEER_ENTRY + (members - online) * MEMBER_ENTRY
+        return pages + online * JOIN_CHARGE + (members - online) * MEMBER_ENTRY
+
+    def part_cost(self, nick: str, room: str) -> int:
+        """What ``nick`` (online) leaving ``room`` makes the relay write, at most: a
+        ``parted`` to each other member online (nothing if it is not in it)."""
+        if not self.is_member(nick, room):
+            return 0
+        return (len(self.present.get(room, ())) - 1) * PARTED_FRAME
 
     # -- changes ------------------------------------------------------------------------------
 
