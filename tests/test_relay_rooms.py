@@ -427,15 +427,20 @@ async def test_over_a_socket_an_entered_comes_before_the_newcomers_first_message
         assert await alice.receive() == m.Deliver("bob", BODY)
 
 
+def _big_room(relay: Relay, members: int) -> None:
+    """``#big``, with ``members`` away."""
+    for index in range(members):
+        relay.now += 0.25  # within the relay's rate of new connections
+        relay.join(f"m{index}", rooms=("#big",))
+        relay.leave(f"m{index}")
+
+
 def test_a_join_is_paid_for_by_the_size_of_its_answer() -> None:
     """A join of a big room makes the relay write its whole member list: 40 bytes asking
     for a megabyte. It is charged to the joiner's byte rate as if it had sent that much,
     beyond the burst too: what the bucket lacks is owed."""
     relay = Relay(byte_rate=1000, byte_burst=3000)
-    for index in range(40):
-        relay.now += 0.25  # within the relay's rate of new connections
-        relay.join(f"m{index}", rooms=("#big",))
-        relay.leave(f"m{index}")
+    _big_room(relay, 40)
     relay.join("alice", rooms=())
     (error,) = _messages(relay, "alice", relay.say("alice", m.Join("#big")))  # 40 × 106 > 1000
     assert isinstance(error, m.Error) and error.code == "rate_limited"
@@ -448,6 +453,37 @@ def test_a_join_is_paid_for_by_the_size_of_its_answer() -> None:
     # A small room costs next to nothing (but the frame itself, as any frame).
     relay.now += 5.0
     assert _to(relay.conns["alice"], relay.say("alice", m.Join("#small")), m.Members)
+
+
+def test_refused_joins_are_told_once_a_second_and_a_flood_of_them_is_hung_up_on() -> None:
+    """Refused joins follow the rules of every frame over the rate: one ``error
+    rate_limited`` a second at most (not one each), and a sender that keeps on after
+    being told is disconnected."""
+    relay = Relay(byte_rate=1000, byte_burst=3000)
+    _big_room(relay, 40)  # a join costs over 4 KB: half a bucket (1,500) is needed
+    relay.join("alice", rooms=())
+    flood = b"".join(_raw(m.Join("#big")) for _ in range(20))
+    out = relay.keep(relay.core.receive_data(relay.conns["alice"], flood, relay.now))
+    errors = _to(relay.conns["alice"], out, m.Error)
+    # Told once that it is over; then, refused 3,000 bytes' worth in one episode (more
+    # than the burst), hung up on.
+    assert [error.code for error in errors] == ["rate_limited", "rate_limited"]
+    assert "#big" in errors[0].text and "disconnected" in errors[1].text
+    assert [item.conn for item in out if isinstance(item, Close)] == [relay.conns["alice"]]
+    assert not relay.core.kept.rooms.is_member("alice", "#big")
+
+
+def test_refused_joins_within_a_second_get_one_warning() -> None:
+    relay = Relay(byte_rate=1000, byte_burst=100_000)
+    _big_room(relay, 40)
+    relay.join("alice", rooms=())
+    flood = b"".join(_raw(m.Join("#big")) for _ in range(10))
+    out = relay.keep(relay.core.receive_data(relay.conns["alice"], flood, relay.now))
+    assert len(_to(relay.conns["alice"], out, m.Error)) == 1
+    assert not [item for item in out if isinstance(item, Close)]
+    relay.now += 1.0  # a second on, still short: told again
+    (error,) = _messages(relay, "alice", relay.say("alice", m.Join("#big")))
+    assert isinstance(error, m.Error) and error.code == "rate_limited"
 
 
 def _written(relay: Relay) -> int:

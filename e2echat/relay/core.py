@@ -339,16 +339,21 @@ class RelayCore:
     def _admit(self, record: _Connection, flow: Flow, frame: bytes, now: float) -> list[Action]:
         """A registered sender's frame: charged to its rate, and handled if it pays (see
         ``intake``); if not, the sender is told which recipients it did not reach."""
-        conn, limits = record.conn, self.limits
-        read = read_frame(flow, limits, frame, now)
+        read = read_frame(flow, self.limits, frame, now)
         if not isinstance(read, Verdict):
             return self._handle(record, read)
-        if read is Verdict.DISCONNECT:
+        return self._over_rate(record, read, refusal(frame, read, self.limits))
+
+    def _over_rate(self, record: _Connection, verdict: Verdict, answers: list[bytes]) -> list[Action]:
+        """A frame of ``record``'s refused for its rate (``verdict``): hang up if it kept
+        flooding after being told; else ``answers`` (a WARN's says it is over the rate,
+        at most once a second)."""
+        conn, limits = record.conn, self.limits
+        if verdict is Verdict.DISCONNECT:
             log.warning("connection #%d: disconnected for flooding", conn)
             return self._refuse(record, "rate_limited", "disconnected: too many messages")
-        if read is Verdict.WARN:
+        if verdict is Verdict.WARN:
             log.warning("connection #%d: over the rate (%g/s or %d B/s)", conn, limits.rate, limits.byte_rate)
-        answers = refusal(frame, read, limits)
         return [Write([(conn, answer) for answer in answers])] if answers else []
 
     def _behind(self, actions: list[Action]) -> list[Action]:
@@ -431,10 +436,14 @@ class RelayCore:
         nick, room, conn, rooms = record.peer.nick, message.room, record.conn, self.kept.rooms
         # Paid for by what it makes the relay write, in full (a big room's beyond the
         # burst is owed): its answer, and the ``entered`` to the members online.
+        # Refused, it is refused as any frame over the rate is: told at most once a
+        # second, and hung up on if it keeps on.
         charge = rooms.join_cost(nick, room)
-        if record.flow.admit(self.limits, self._now, charge, frames=0, whole=True) is not Verdict.PASS:
+        verdict = record.flow.admit(self.limits, self._now, charge, frames=0, whole=True)
+        if verdict is not Verdict.PASS:
             text = f"joining {room} (its members are many) would go over your rate; try again in a moment"
-            return [_write(conn, Error("rate_limited", text))]
+            warning = [_frame(Error("rate_limited", text))] if verdict is Verdict.WARN else []
+            return self._over_rate(record, verdict, warning)
         if rooms.is_member(nick, room):  # again: harmless, answered again
             self._paging.owe(conn, nick, rooms=[room])
             return []
