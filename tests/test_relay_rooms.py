@@ -5,6 +5,7 @@ an ``entered`` before anything its newcomer sends."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 import pytest
@@ -301,6 +302,31 @@ def test_rooms_of_people_away_for_a_week_outlive_the_abuse() -> None:
         ("#holiday", ["alice", "bob"]),
         ("#new", []),
     ]
+
+
+def test_a_rooms_limit_hit_is_logged_in_one_line_at_most_once_a_second(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    relay = Relay(max_rooms=MAX_ROOMS + 1, rooms_per_address=MAX_ROOMS + 2)
+    relay.join("alice", rooms=tuple(f"#secret{i}" for i in range(MAX_ROOMS)), address=HONEST)
+    relay.join("bob", rooms=("#secret-too",), address=HONEST)  # the relay's last place
+    lines = []
+    for _ in range(2):
+        with caplog.at_level(logging.WARNING, "e2echat.relay.core"):
+            flood = b"".join(_raw(m.Join(f"#secret-more{i}")) for i in range(20))
+            relay.core.receive_data(relay.conns["alice"], flood, relay.now)
+            relay.core.receive_data(relay.conns["bob"], flood, relay.now)
+            relay.join("carol", rooms=("#secret-also",), address=HONEST)
+            relay.leave("carol")
+        lines.append([record.getMessage() for record in caplog.records])
+        caplog.clear()
+        relay.now += 1.0
+    # Each connection's hit, once a second however often: alice's own bound, bob's (the
+    # relay's), and carol's register; never a room's name.
+    for logged in lines:
+        assert len(logged) == 3 and all("\n" not in line and "secret" not in line for line in logged)
+        assert "64 rooms" in logged[0] and "10,000" not in logged[1] and "65 rooms" in logged[1]
+    assert "65 rooms" in lines[0][2]
 
 
 def test_an_evicted_identity_parts_its_rooms() -> None:

@@ -94,6 +94,8 @@ class _Connection:
     challenge: bytes
     peer: PeerInfo | None = None
     flow: Flow | None = None
+    #: when a rooms limit it hit was last logged (at most once per ``warn_interval``)
+    rooms_logged: float = -math.inf
 
 
 class RelayCore:
@@ -449,11 +451,19 @@ class RelayCore:
             return []
         refused = rooms.refusal(nick, room, record.address)
         if refused is not None:
+            self._log_rooms(record, refused)
             return [_write(conn, Error("too_many_rooms", refused))]
         ops, frames = self._presence.join(nick, room, self._unix(), record.address)
         # Its answer, the room's list, is owed: handed over as the connection drains.
         self._paging.owe(conn, nick, rooms=[room])
         return keep(ops, [], now=frames)
+
+    def _log_rooms(self, record: _Connection, why: str) -> None:
+        """One line for a rooms limit ``record`` hit (``why``, as ``Rooms.refusal`` says
+        it: counts, no room's name), at most once per ``warn_interval`` for a connection."""
+        if self._now - record.rooms_logged >= self.limits.warn_interval:
+            record.rooms_logged = self._now
+            log.warning("connection #%d: a join refused: %s", record.conn, why)
 
     def _part(self, record: _Connection, message: Part) -> list[Action]:
         """``room`` left, and its members online told; a room not joined: nothing. The
@@ -493,6 +503,7 @@ class RelayCore:
         # and handed over as the connection drains (its mail once they are).
         tail = []
         if change.refused:
+            self._log_rooms(record, change.why)
             text = f"{change.why}; not joined: {' '.join(change.refused)}"
             tail.append(_frame(Error("too_many_rooms", printable_reason(text))))
         self._paging.owe(conn, nick, welcome, self.kept.rooms.of(nick))
