@@ -139,7 +139,7 @@ async def drain_once(count: int, directory: Path) -> tuple[float, int, int]:
 def drain(context: Context) -> Section:
     plan = context.plan
     count = plan.drain_messages
-    section = Section("drain", f"10. a mailbox of {count:,} messages drained on return")
+    section = Section("drain", f"11. a mailbox of {count:,} messages drained on return")
     runs = []
     for _ in range(ROUNDS):
         with tempfile.TemporaryDirectory(prefix="e2echat-bench-drain-") as directory:

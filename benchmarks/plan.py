@@ -63,7 +63,7 @@ class Plan:
     #: 9. history: rows in the profile's history, over this many conversations
     history_rows: int = 100_000
     history_conversations: int = 50
-    #: 10. drain: messages queued in a mailbox while its owner was away
+    #: 11. drain: messages queued in a mailbox while its owner was away
     drain_messages: int = 10_000
     #: 12. files: one file of this many MiB through the relay (issue 20: 256)
     file_mib: int = 256

@@ -60,7 +60,7 @@ PAGE = 2000  # directory entries a frame, as the relay pages them
 
 def rooms(context: Context) -> Section:
     plan = context.plan
-    section = Section("rooms", "11. rooms: a client's cost of a join, fan-out, a relay restart")
+    section = Section("rooms", "12. rooms: a client's cost of a join, fan-out, a relay restart")
     judged = not plan.smoke
     costs = {size: client_join_cost(size, plan.join_cost_joins) for size in plan.join_cost_sizes}
     small, large = min(costs), max(costs)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 import time
@@ -147,3 +148,15 @@ async def test_live_clients_check_every_delivery_after_the_run() -> None:
     # Two real deliveries were stamped, the two injected ones were not; nothing is left over.
     assert bob.unstamped == 2
     assert not bob._decrypted_at and not bob._arrivals
+
+
+def test_each_section_prints_its_own_number_in_the_order_they_run() -> None:
+    """The title each section prints starts with its number: 1, 2, … in the order of
+    ``SECTIONS`` (the order of benchmarks/README.md), each once."""
+    from benchmarks.__main__ import SECTIONS
+
+    sources = "".join(path.read_text(encoding="utf-8") for path in sorted((REPO / "benchmarks").glob("*.py")))
+    titles = {
+        name: int(number) for name, number in re.findall(r'Section\(\s*"([\w-]+)",\s*f?"(\d+)\. ', sources)
+    }
+    assert titles == {name: index for index, name in enumerate(SECTIONS, 1)}
