@@ -210,7 +210,7 @@ def _forwarder_copy(port: int, path: Path) -> float:
 def files(context: Context) -> Section:
     plan = context.plan
     size = plan.file_mib * MiB
-    section = Section("files", f"12. one {plan.file_mib} MiB file through the relay, end to end")
+    section = Section("files", f"13. one {plan.file_mib} MiB file through the relay, end to end")
     judged = not plan.smoke
     spawn = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="bench-files-") as directory:

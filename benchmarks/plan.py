@@ -65,7 +65,7 @@ class Plan:
     history_conversations: int = 50
     #: 11. drain: messages queued in a mailbox while its owner was away
     drain_messages: int = 10_000
-    #: 12. files: one file of this many MiB through the relay (issue 20: 256)
+    #: 13. files: one file of this many MiB through the relay (issue 20: 256)
     file_mib: int = 256
     #: worker processes for simulated clients (the machine has 2 cores; the relay needs one)
     workers: int = 2
