@@ -15,6 +15,7 @@ import pytest
 from nacl.exceptions import CryptoError
 from nacl.public import PrivateKey
 
+from e2echat.client.fileparts import CHUNK_SIZE
 from e2echat.crypto import x3dh
 from e2echat.crypto.keyring import Keyring
 from e2echat.crypto.prekeys import OurPrekeys
@@ -38,6 +39,7 @@ from e2echat.crypto.session import (
 )
 from e2echat.crypto.skipped import SkippedKeys
 from e2echat.errors import DecryptionError, LocalProtocolError, ReplayError, SkippedTooMany
+from e2echat.wire.grammar import MAX_BODY
 
 #: our clock in these tests (Unix time, seconds)
 NOW = 1_700_000_000.0
@@ -540,6 +542,15 @@ def test_a_file_part_has_a_size_limit_and_only_bytes() -> None:
         prepare_data(longest + b"x")
     with pytest.raises(LocalProtocolError):
         prepare("text", Kind.FILE)
+
+
+def test_the_longest_file_part_fits_in_one_body_even_with_a_prekey_header() -> None:
+    """A chunk as large as a transfer sends, in the first message of a session (the
+    largest header), is a body the relay takes."""
+    _, _, to_bob, _ = started()
+    body = to_bob.seal(prepare_data(b"\x00" * MAX_DATA), random_nonces(1)[0])
+    assert len(body) <= MAX_BODY
+    assert MAX_DATA >= CHUNK_SIZE + 64  # a chunk and its part's head
 
 
 def test_text_length_limit() -> None:

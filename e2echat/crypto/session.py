@@ -85,9 +85,9 @@ MAX_BASE_KEYS = 1000
 _FIELD_PRIME = 2**255 - 19
 # Longest message text, in UTF-8 bytes: a screenful, and far below grammar.MAX_BODY.
 MAX_TEXT = 16 * 1024
-# Longest part of a file transfer, in bytes: a 64 KiB chunk and its head, with room to
+# Longest part of a file transfer, in bytes: a 120 KiB chunk and its head, with room to
 # spare under grammar.MAX_BODY (128 KiB) for the ratchet's header, the nonce and the tag.
-MAX_DATA = 64 * 1024 + 256
+MAX_DATA = 120 * 1024 + 256
 _STATE_FORMAT = 1
 _STATE_HEAD = struct.Struct(">B32sQBH")  # format, their identity, next number, sessions, base keys
 _SESSION_HEAD = struct.Struct(">32sB")  # base key, prekey header length
