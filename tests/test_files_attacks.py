@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from e2echat.client import fileparts as fp
 from e2echat.client.core import MessagesMissing, SecurityWarning
 from e2echat.client.fileevents import FileOffered, TransferDone
 from e2echat.wire import messages as m
@@ -28,8 +29,8 @@ pytestmark = pytest.mark.timeout(90)
 CHUNK_BODY = 60_000
 #: the transfers in these tests resend soon: a lost chunk costs half a second, not four
 QUICK = {"resend_after": 0.5, "remind_after": 1.0}
-#: 1 MiB: sixteen chunks, enough for every attack to strike more than once
-SIZE = 1024 * 1024
+#: sixteen chunks, enough for every attack to strike more than once
+SIZE = 16 * fp.CHUNK_SIZE
 
 Attack = Callable[[HostileRelay, Outgoing, m.Deliver], list[Outgoing]]
 

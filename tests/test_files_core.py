@@ -12,13 +12,15 @@ from typing import TypeVar
 import pytest
 
 from e2echat.client import fileparts as fp
+from e2echat.client.core import FILE_BURST
 from e2echat.client.events import SecurityWarning
 from e2echat.client.fileevents import FileOffered, TransferChanged, TransferDone, TransferProgress
 from e2echat.client.filenames import MAX_LANDED_NAME, safe_name
-from e2echat.client.files import MAX_OFFERS, Transfers
+from e2echat.client.files import MAX_OFFERS, WINDOW, Transfers
 from e2echat.client.filestate import Direction, Discard, Finish, Land, State, Transfer, Write
 from e2echat.client.trust import Trust
 from e2echat.errors import CommandError
+from e2echat.relay.limits import Limits
 
 CHUNK = fp.CHUNK_SIZE
 Mangle = Callable[[list[bytes]], list[bytes]]
@@ -511,3 +513,12 @@ def test_numbers_name_transfers_both_ways() -> None:
         alice.transfers.accept(1)  # our own offer is not ours to accept
     with pytest.raises(CommandError):
         alice.transfers.cancel(9)
+
+
+def test_a_window_of_chunks_is_never_refused_for_the_relays_turn() -> None:
+    """The relay refuses deliveries past half its write buffer in one turn: a whole
+    window, and the burst queued at once, stay under it, so a transfer alone never has
+    its chunks refused by a relay at its default limits."""
+    limits = Limits()
+    assert limits.write_buffer_turn > WINDOW + fp.CHUNK_SIZE
+    assert FILE_BURST <= WINDOW
