@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import functools
 import getpass
 import io
@@ -21,12 +20,11 @@ from typing import TYPE_CHECKING
 from nacl.public import PrivateKey
 
 from e2echat.client.filepump import FilePump
-from e2echat.client.files import DEFAULT_MAX_FILE, Transfers
+from e2echat.client.files import Transfers
 from e2echat.client.trust import KnownPeers
 from e2echat.crypto.identity import fingerprint
 from e2echat.crypto.keyring import Keyring
 from e2echat.errors import (
-    CommandError,
     E2EChatError,
     HistoryIncomplete,
     KeyFileError,
@@ -68,7 +66,6 @@ from e2echat.store.relays import KNOWN_RELAYS_FILE, RelayPinFile
 from e2echat.store.sessions import SESSIONS_FILE, SessionFile
 from e2echat.ui.cells import neutralize, wrap_cells
 from e2echat.ui.chat import Chat
-from e2echat.ui.commands import parse_size
 from e2echat.ui.joining import join
 from e2echat.ui.linemode import line_writer, run_line_mode
 from e2echat.ui.repl import input_history, make_session, run_repl, terminal_writer
@@ -339,7 +336,7 @@ async def _chat(
     profile = load_settings(directory)
     rooms = RoomList(profile.get(ROOMS, RoomList().names), profile.get(CURRENT_ROOM))
     chat_settings = profile.get(CHAT_SETTINGS, {})
-    transfers = Transfers(max_size=_max_file(chat_settings.get("max-file")))
+    transfers = Transfers(max_size=settings_from(chat_settings).max_file_bytes)
     client, pinned = await join(
         args.host,
         args.port,
@@ -419,15 +416,6 @@ async def _chat(
 
 #: in the profile: the files being sent, noted so that the next run goes on with them
 SENDING_DIRECTORY = "sending"
-
-
-def _max_file(kept: object) -> int:
-    """The largest file taken, as the profile keeps it (/set max-file); the default if
-    it keeps none, or one that does not parse."""
-    if isinstance(kept, str):
-        with contextlib.suppress(CommandError):
-            return parse_size(kept)
-    return DEFAULT_MAX_FILE
 
 
 def _remove_plaintext_input(path: Path, chat: Chat) -> None:

@@ -20,6 +20,7 @@ from prompt_toolkit.output.vt100 import Vt100_Output
 from test_repl_features import _complete, repl, toolbar_of, until
 
 from e2echat.client.events import KeyChanged, MessageReceived, NotSent, Queued
+from e2echat.client.files import DEFAULT_MAX_FILE
 from e2echat.client.receipts import DeliveryReport, MessageQueued
 from e2echat.errors import CommandError, KeyFileError
 from e2echat.store.profiles import (
@@ -53,6 +54,16 @@ def test_set_parses_names_values_and_spellings() -> None:
     assert commands.parse("/set bell OFF") == commands.Set("bell", "off")
     assert commands.parse("/set colors off") == commands.Set("colours", "off")
     assert commands.parse("/set delivery verbose") == commands.Set("delivery", "verbose")
+    assert commands.parse("/set max-file 100M") == commands.Set("max-file", "100M")
+    assert commands.parse("/set MAX_FILE 2k ") == commands.Set("max-file", "2k")
+
+
+def test_max_file_is_a_size_whose_default_is_the_transfers() -> None:
+    assert Settings().max_file_bytes == DEFAULT_MAX_FILE
+    assert Settings(max_file="512k").max_file_bytes == 512 * 1024
+    assert Settings().changed("max-file", "2G").max_file_bytes == 2 * 1024**3
+    with pytest.raises(ValueError):
+        Settings(max_file="big")
 
 
 @pytest.mark.parametrize(
@@ -61,6 +72,8 @@ def test_set_parses_names_values_and_spellings() -> None:
         ("/set loudness 11", 'no setting "loudness": the settings are bell, timestamps, colours, delivery'),
         ("/set bell loud", '/set bell takes on or off, not "loud"'),
         ("/set delivery", "/set delivery takes quiet or verbose"),
+        ("/set max-file lots", '/set max-file takes a size such as 100M or 1G, not "lots"'),
+        ("/set max-file", "/set max-file takes a size such as 100M or 1G"),
     ],
 )
 def test_an_unknown_name_or_value_is_one_line_that_lists_the_choices(typed: str, said: str) -> None:
@@ -71,9 +84,17 @@ def test_an_unknown_name_or_value_is_one_line_that_lists_the_choices(typed: str,
 
 def test_a_damaged_profile_keeps_the_defaults() -> None:
     kept = settings_from(
-        {"bell": "off", "timestamps": "maybe", "colours": 0, "delivery": "verbose", "x": "y"}
+        {
+            "bell": "off",
+            "timestamps": "maybe",
+            "colours": 0,
+            "delivery": "verbose",
+            "x": "y",
+            "max-file": "-1",
+        }
     )
     assert kept == Settings(bell="off", delivery="verbose")
+    assert settings_from({"max-file": "20M"}) == Settings(max_file="20M")
     assert Settings() == Settings(bell="on", timestamps="on", colours="on", delivery="quiet")
     with pytest.raises(ValueError):
         Settings(bell="loud")
@@ -85,15 +106,17 @@ async def test_set_alone_lists_every_setting_with_its_value_and_choices() -> Non
         chat = Chat(alice.connection, text_into(lines), settings=Settings(delivery="verbose"))
         chat.handle_line("/set")
     listed = [line.split() for line in lines[1:]]
-    assert [row[:3] for row in listed] == [
+    assert [row[: 3 if row[0] != "max-file" else 4] for row in listed] == [
         ["bell", "on", "(on|off)"],
         ["timestamps", "on", "(on|off)"],
         ["colours", "on", "(on|off)"],
         ["delivery", "verbose", "(quiet|verbose)"],
+        ["max-file", "1G", "(a", "size:"],
     ]
     assert len(listed) == len(SETTINGS)
     # Line mode says which of them change nothing there, and why.
     assert "no bell here" in lines[1] and "line mode prints every delivery line" in lines[4]
+    assert lines[5].endswith("no file transfers in this chat")  # a chat without a pump
 
 
 def test_help_set_explains_it_with_an_example() -> None:

@@ -337,20 +337,8 @@ class Chat:
         elif isinstance(command, commands.CancelTransfer):
             for event in files.transfers.cancel(command.number):
                 self.show(event)
-        elif isinstance(command, commands.ListFiles):
-            self.show(HelpText(tuple(transfers.listing(files.transfers.listing(), time.monotonic()))))
         else:
-            files.transfers.max_size = command.size
-            said = f"max-file {size_text(command.size)}: larger offers are refused"
-            if self.keep is None:
-                self.notice(f"{said}; for this chat only: there is no profile to keep it in")
-                return
-            try:
-                self.keep("max-file", command.typed)
-            except E2EChatError as exc:
-                self.problem(f"{said} for this chat, but NOT kept for next time: {exc}")
-                return
-            self.notice(f"{said}; kept for next time")
+            self.show(HelpText(tuple(transfers.listing(files.transfers.listing(), time.monotonic()))))
 
     def _send_file(self, files: FilePump, target: str, typed_path: str) -> None:
         core = self.link.core
@@ -431,8 +419,13 @@ class Chat:
         self.settings = self.settings.changed(name, value)
         if self.restyle is not None:
             self.restyle()
+        said = f"{name} {value}"
+        if name == "max-file":
+            if self.files is not None:
+                self.files.transfers.max_size = self.settings.max_file_bytes
+            said = f"max-file {size_text(self.settings.max_file_bytes)}: larger offers are refused"
         unheeded = self._unheeded(name)
-        said = f"{name} {value}" + (f" ({unheeded})" if unheeded else "")
+        said += f" ({unheeded})" if unheeded else ""
         if self.keep is None:
             self.notice(f"{said}; for this chat only: there is no profile to keep it in")
             return
@@ -449,19 +442,21 @@ class Chat:
         lines = ["settings (/set NAME VALUE changes one, and your profile keeps it):"]
         width = max(len(name) for name in SETTINGS) + 1
         for name, setting in SETTINGS.items():
-            line = f"  {name:<{width}} {self.settings.value(name):<8} ({'|'.join(setting.choices)})"
+            line = f"  {name:<{width}} {self.settings.value(name):<8} ({setting.takes})"
             unheeded = self._unheeded(name)
             lines.append(line + (f" {unheeded}" if unheeded else ""))
         self.show(HelpText(tuple(lines)))
 
     def _unheeded(self, name: str) -> str:
         """Why setting ``name`` changes nothing in this chat, if it does not."""
-        if self.json and name != "bell":
+        if self.json and name not in ("bell", "max-file"):
             return "no effect with --json"
         if name == "bell" and self.bell is None:
             return "no bell here: not a terminal"
         if name == "colours" and (self.no_colour or not self.status_line):
             return "no colours here: NO_COLOR is set" if self.no_colour else "no colours here: not a terminal"
+        if name == "max-file" and self.files is None:
+            return "no file transfers in this chat"
         if name == "delivery" and not self.status_line:
             return "line mode prints every delivery line"
         return ""

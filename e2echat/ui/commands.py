@@ -180,14 +180,6 @@ class ListFiles:
     """/files: every transfer, with its state, size and speed."""
 
 
-@dataclass(frozen=True)
-class SetMaxFile:
-    """``/set max-file 100M``: offers of files larger than ``size`` bytes are refused."""
-
-    size: int
-    typed: str
-
-
 #: /mentions lists this many, the newest: more than a screenful is the history's work
 MENTIONS_KEPT = 50
 #: the most lines one /history shows: a screenful is 50; more than this is an export's work
@@ -220,12 +212,11 @@ Command = (
     | RejectFile
     | CancelTransfer
     | ListFiles
-    | SetMaxFile
 )
 
 
 #: the commands of file transfers (ui/chat.py hands them on together)
-FileCommand = SendFile | AcceptFile | RejectFile | CancelTransfer | ListFiles | SetMaxFile
+FileCommand = SendFile | AcceptFile | RejectFile | CancelTransfer | ListFiles
 
 
 @dataclass(frozen=True)
@@ -415,8 +406,6 @@ def parse(line: str) -> Command | None:
         if not rest:
             return ListSettings()
         setting, _, value = rest.partition(" ")
-        if setting.lower() in ("max-file", "max_file", "maxfile"):
-            return SetMaxFile(parse_size(value), value.strip())
         return Set(*settings.checked(setting, value))
     if name == "send":
         target, _, path = rest.partition(" ")
@@ -473,22 +462,6 @@ def _transfer_number(text: str, name: str) -> int:
     if not (text.isascii() and text.isdigit()) or len(text) > 18:
         raise CommandError(detail=f"usage: {COMMANDS[name].usage}")
     return int(text)
-
-
-_UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
-
-
-def parse_size(text: str) -> int:
-    """``100M``, ``1G``, ``512k``, ``2048``: bytes (K, M, G and T are powers of 1024)."""
-    typed = text.strip().upper().removesuffix("IB").removesuffix("B")
-    number, unit = typed.rstrip("KMGT"), typed[len(typed.rstrip("KMGT")) :]
-    try:
-        value = float(number) if number and len(number) <= 20 else -1.0
-    except ValueError:
-        value = -1.0
-    if unit not in _UNITS or not 0 <= value < 2**50:
-        raise CommandError(detail=f'/set max-file takes a size such as 100M or 1G, not "{text.strip()}"')
-    return int(value * _UNITS[unit])
 
 
 def _history(rest: str) -> History:
