@@ -45,13 +45,14 @@ _DAMAGED = "it is damaged or sealed with another key; move it away to start afre
 _DAMAGED_CODES = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
 
 
-def _payload(name: str, value: bytes) -> bytes:
+def named_payload(name: str, value: bytes) -> bytes:
+    """``value`` with ``name`` before it, to be sealed: the seal then names where it is kept."""
     encoded = name.encode("utf-8")
     return len(encoded).to_bytes(_NAME_LENGTH_SIZE, "big") + encoded + value
 
 
-def _unpack(name: str, payload: bytes) -> bytes | None:
-    """The value sealed for ``name``; None if the seal names another row."""
+def unpack_named(name: str, payload: bytes) -> bytes | None:
+    """The value sealed for ``name``; None if the seal names another row (or place)."""
     length = int.from_bytes(payload[:_NAME_LENGTH_SIZE], "big")
     end = _NAME_LENGTH_SIZE + length
     if len(payload) < end or payload[_NAME_LENGTH_SIZE:end] != name.encode("utf-8"):
@@ -261,7 +262,7 @@ class SealedStore:
             value = None
             if isinstance(name, str) and isinstance(sealed, bytes):
                 try:
-                    value = _unpack(name, self._box.decrypt(sealed))
+                    value = unpack_named(name, self._box.decrypt(sealed))
                 except (nacl.exceptions.CryptoError, ValueError):
                     value = None  # too short to hold a nonce, or it does not authenticate
             if value is None:
@@ -298,7 +299,7 @@ class SealedStore:
         connection = self._connection
         assert connection is not None
         sealed = [
-            (name, bytes(self._box.encrypt(_payload(name, value))))
+            (name, bytes(self._box.encrypt(named_payload(name, value))))
             for name, value in batch.items()
             if value is not None
         ]
