@@ -14,8 +14,10 @@ import pytest
 from e2echat.client.filenames import safe_name
 from e2echat.errors import TransferFileError
 from e2echat.store.downloads import (
+    RECORD_SUFFIX,
     Landing,
     Record,
+    RecordSeal,
     Source,
     default_downloads,
     file_digest,
@@ -136,6 +138,9 @@ def test_the_default_downloads_directory() -> None:
     assert default_downloads({}) == Path("~/Downloads/e2echat").expanduser()
 
 
+SEAL = RecordSeal(bytes(range(32)))
+
+
 def _record(path: str = "", size: int = 3) -> Record:
     return Record("alice", bytes(range(16)), "report.pdf", size, 1024, blake(b"abc"), path)
 
@@ -143,10 +148,10 @@ def _record(path: str = "", size: int = 3) -> Record:
 def test_a_partial_file_is_found_again_by_its_record(tmp_path: Path) -> None:
     record = _record()
     landing = Landing(tmp_path, record.name, record.part_name)
-    landing.open(record)
+    landing.open(record, SEAL)
     landing.write(0, b"x" * 1500)  # a chunk and a half: the half is written again
     landing.keep()
-    ((found, again),) = kept_landings(tmp_path)
+    ((found, again),) = kept_landings(tmp_path, SEAL)
     assert found == record
     assert again.reopen(record.chunk_size) == 1024
     assert again.part.stat().st_size == 1024
@@ -155,12 +160,55 @@ def test_a_partial_file_is_found_again_by_its_record(tmp_path: Path) -> None:
 
 
 def test_records_that_do_not_parse_or_fit_are_left_alone(tmp_path: Path) -> None:
-    (tmp_path / "junk.part.json").write_text("{not json")
-    (tmp_path / "other.part.json").write_bytes(_record().to_json())  # not its name's record
+    (tmp_path / "junk.part.record").write_text("{not json")
+    record = _record()
+    (tmp_path / f"{record.part_name}.part").write_bytes(b"")
+    where = f"landing/other{RECORD_SUFFIX}"  # sealed as another's record
+    (tmp_path / f"other{RECORD_SUFFIX}").write_bytes(SEAL.seal(where, record))
     assert Record.from_json(b'{"peer": "a"}') is None
     assert Record.from_json(b"[]") is None
-    assert kept_landings(tmp_path) == []
-    assert kept_landings(tmp_path / "missing") == []
+    assert kept_landings(tmp_path, SEAL) == []
+    assert kept_landings(tmp_path / "missing", SEAL) == []
+
+
+def test_records_are_sealed_and_open_only_with_the_profiles_key_where_kept(tmp_path: Path) -> None:
+    """Nothing of a record is in plain text beside the partial file or in the profile;
+    one sealed by another profile, moved to another name, or changed, is not taken."""
+    record = _record(str(tmp_path / "report.pdf"))
+    (tmp_path / "report.pdf").write_bytes(b"abc")
+    landing = Landing(tmp_path / "in", record.name, record.part_name)
+    landing.open(record, SEAL)
+    landing.keep()
+    keep_sending(tmp_path / "out", record, SEAL)
+    (sent,) = (tmp_path / "out").iterdir()
+    for kept in (landing.record, sent):
+        data = kept.read_bytes()
+        assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+        for clear in (
+            b"alice",
+            b"report",
+            record.transfer_id,
+            record.transfer_id.hex().encode(),
+            record.digest,
+        ):
+            assert clear not in data
+    assert [found for found, _ in kept_landings(tmp_path / "in", SEAL)] == [record]
+    assert kept_sending(tmp_path / "out", SEAL) == [record]
+    # Another profile's key: nothing opens, and nothing is deleted.
+    other = RecordSeal(bytes(32))
+    assert kept_landings(tmp_path / "in", other) == [] and kept_sending(tmp_path / "out", other) == []
+    assert landing.record.exists() and sent.exists()
+    # One flipped bit: not taken.
+    data = landing.record.read_bytes()
+    landing.record.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    assert kept_landings(tmp_path / "in", SEAL) == []
+    landing.record.write_bytes(data)
+    # A record of a file sent, put beside a partial file as if received: not taken.
+    sent_as_landing = tmp_path / "in" / f"{record.part_name}{RECORD_SUFFIX}"
+    sent_as_landing.write_bytes(sent.read_bytes())
+    assert kept_landings(tmp_path / "in", SEAL) == []
+    with pytest.raises(ValueError):
+        Landing(tmp_path, "x", "x.1").open(record)  # a record is never written unsealed
 
 
 def test_files_being_sent_are_kept_while_they_are_there(tmp_path: Path) -> None:
@@ -168,15 +216,15 @@ def test_files_being_sent_are_kept_while_they_are_there(tmp_path: Path) -> None:
     source = tmp_path / "report.pdf"
     source.write_bytes(b"abc")
     record = _record(str(source))
-    keep_sending(profile, record)
-    assert kept_sending(profile) == [record]
-    assert stat.S_IMODE(os.stat(profile / f"{record.transfer_id.hex()}.json").st_mode) == 0o600
+    keep_sending(profile, record, SEAL)
+    assert kept_sending(profile, SEAL) == [record]
+    assert stat.S_IMODE(os.stat(profile / f"{record.transfer_id.hex()}.record").st_mode) == 0o600
     source.write_bytes(b"abcd")  # another size: not the file offered; forgotten
-    assert kept_sending(profile) == []
+    assert kept_sending(profile, SEAL) == []
     assert list(profile.iterdir()) == []
-    keep_sending(profile, record)
+    keep_sending(profile, record, SEAL)
     forget_sending(profile, record.transfer_id)
-    assert kept_sending(profile) == []
+    assert kept_sending(profile, SEAL) == []
 
 
 def test_only_a_partial_file_of_ours_is_taken_up_again(tmp_path: Path) -> None:

@@ -258,7 +258,7 @@ async def test_a_transfer_resumes_after_the_receiver_restarts(tmp_path: Path) ->
         await bob.peer.connection.close()
         await next_event(alice, TransferChanged, lambda e: e.state == "paused")
         parts = sorted(p.name for p in (tmp_path / "bob").iterdir())
-        assert len(parts) == 2 and parts[0].endswith(".part") and parts[1].endswith(".part.json")
+        assert len(parts) == 2 and parts[0].endswith(".part") and parts[1].endswith(".part.record")
 
         bob = await file_peer(relay, tmp_path, "bob", bob_identity, keyring=bob_keyring, resume=True)
         kept = bob.transfers.listing()[0]

@@ -22,10 +22,12 @@ from e2echat.client.events import ClientEvent, Event
 from e2echat.client.files import Transfers
 from e2echat.client.filestate import Direction, Finish, Land, State, Transfer, Write
 from e2echat.client.trust import Trust
+from e2echat.crypto.kdf import store_key
 from e2echat.errors import CommandError, E2EChatError
 from e2echat.store.downloads import (
     Landing,
     Record,
+    RecordSeal,
     Source,
     forget_sending,
     keep_sending,
@@ -75,6 +77,8 @@ class FilePump:
         self.downloads = downloads
         self.sending = sending
         self._clock = clock
+        #: the records kept for a later run are sealed under the profile's store key
+        self._seal = RecordSeal(store_key(bytes(link.core.keyring.identity)))
         self._wake = asyncio.Event()
         transfers.wake = self._wake.set
         self._sources: dict[int, Source] = {}
@@ -92,7 +96,7 @@ class FilePump:
         """Take up the transfers an earlier run left unfinished: each file received (in
         ``downloads``) resumes from what it wrote when its sender is online; each sent
         (noted in ``sending``), from where its receiver says."""
-        for record, landing in await asyncio.to_thread(kept_landings, self.downloads):
+        for record, landing in await asyncio.to_thread(kept_landings, self.downloads, self._seal):
             try:
                 written = await asyncio.to_thread(landing.reopen, record.chunk_size)
             except E2EChatError as exc:
@@ -117,7 +121,7 @@ class FilePump:
             self._publish([self.transfers.changed_event(transfer, "paused", detail)])
         if self.sending is None:
             return
-        for record in await asyncio.to_thread(kept_sending, self.sending):
+        for record in await asyncio.to_thread(kept_sending, self.sending, self._seal):
             try:
                 source = await asyncio.to_thread(Source, Path(record.path))
             except E2EChatError as exc:
@@ -206,7 +210,7 @@ class FilePump:
                 nick, transfer.transfer_id, offered, size, transfer.chunk_size, digest, str(source.path)
             )
             try:
-                await asyncio.to_thread(keep_sending, self.sending, record)
+                await asyncio.to_thread(keep_sending, self.sending, record, self._seal)
             except E2EChatError as exc:  # it goes all the same; a restart ends it
                 log.info("a file being sent could not be noted for a later run: %s", exc)
         return transfer
@@ -324,7 +328,7 @@ class FilePump:
         landing = Landing(self.downloads, transfer.name, record.part_name)
         problem = ""
         try:
-            offset = await asyncio.to_thread(landing.open, record)
+            offset = await asyncio.to_thread(landing.open, record, self._seal)
         except E2EChatError as exc:
             offset, problem = 0, str(exc)
         else:

@@ -7,6 +7,11 @@ checked against the hash its offer carried before it gets its name. The name
 (``files.safe_name``: no directory, no ``..``, no hidden file) is taken only if free:
 ``report.pdf``, else ``report (1).pdf``, and so on; an existing file is never replaced.
 A partial file that fails the check is deleted.
+
+What each transfer is (``Record``: peer, id, name, size, hash; for a file sent, its path)
+is kept for a later run beside its partial file, and in the profile for a file being sent,
+sealed (``RecordSeal``) under the profile's store key: only the partial file itself, the
+user's download, is in plain text.
 """
 
 from __future__ import annotations
@@ -21,16 +26,25 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import nacl.exceptions
+from nacl.secret import SecretBox
+
 from e2echat.client.fileparts import DIGEST_SIZE
-from e2echat.errors import TransferFileError
+from e2echat.errors import LocalProtocolError, TransferFileError
 from e2echat.store.files import write_private_file
+from e2echat.store.sealed import named_payload, unpack_named
 
 PART_SUFFIX = ".part"
-#: beside each partial file, what it is part of, so that a transfer interrupted by a
-#: restart resumes (``kept_landings``)
-RECORD_SUFFIX = ".part.json"
+#: beside each partial file, what it is part of (sealed), so that a transfer interrupted
+#: by a restart resumes (``kept_landings``)
+RECORD_SUFFIX = ".part.record"
+#: in the profile's sending/, one (sealed) per file being sent
+SENDING_SUFFIX = ".record"
 #: a record is a few hundred bytes: a larger file under its name is not one
 MAX_RECORD = 16 * 1024
+#: what a seal names besides the file it is kept in: a record of a file received cannot
+#: pass for one of a file sent, nor the other way round
+_LANDING, _SENDING = "landing/", "sending/"
 #: how many "NAME (N).ext" are tried before giving up: a directory with that many copies
 #: of one name is not a place to land another
 MAX_COPIES = 10_000
@@ -154,6 +168,30 @@ class Record:
         return f"{self.name}.{self.transfer_id.hex()[:16]}"
 
 
+class RecordSeal:
+    """Seals records under the profile's store key (kdf.store_key): a SecretBox
+    (XSalsa20-Poly1305, random nonce) of the record and, inside it, where it is kept (its
+    file's name, and whether it is a file received or sent), as store/sealed.py seals its
+    rows. A record copied under another name, sealed by another profile, or changed, does
+    not open; as there, the seal gives no freshness (an older copy of one opens)."""
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != SecretBox.KEY_SIZE:
+            raise LocalProtocolError(detail=f"a record's key has {SecretBox.KEY_SIZE} bytes, not {len(key)}")
+        self._box = SecretBox(key)
+
+    def seal(self, where: str, record: Record) -> bytes:
+        return bytes(self._box.encrypt(named_payload(where, record.to_json())))
+
+    def open(self, where: str, sealed: bytes) -> Record | None:
+        """The record sealed in ``sealed`` for ``where``; None if it does not open."""
+        try:
+            payload = unpack_named(where, self._box.decrypt(sealed))
+        except (nacl.exceptions.CryptoError, ValueError):  # too short, or not authentic
+            return None
+        return None if payload is None else Record.from_json(payload)
+
+
 class Landing:
     """Where one file received is written: ``directory``/``name``, by way of a partial
     file named ``part_name`` + ".part" (the name and the transfer's id), and beside it
@@ -171,18 +209,21 @@ class Landing:
         self._digest = new_digest()
         self.written = 0
 
-    def open(self, record: Record | None = None) -> int:
-        """Create the partial file (and its ``record``); returns how many bytes of the file
-        are there (0)."""
+    def open(self, record: Record | None = None, seal: RecordSeal | None = None) -> int:
+        """Create the partial file (and its ``record``, sealed by ``seal``); returns how
+        many bytes of the file are there (0)."""
+        if (record is None) != (seal is None):
+            raise ValueError("a record is kept sealed, and a seal is for a record")
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             # O_EXCL: a file (or a link) already under the partial file's name is nobody's
             # to write into; O_CREAT's mode is the file's from its first moment.
             self._fd = os.open(self.part, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            if record is not None:
+            if record is not None and seal is not None:
+                sealed = seal.seal(_LANDING + self.record.name, record)
                 fd = os.open(self.record, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
                 with os.fdopen(fd, "wb") as handle:
-                    handle.write(record.to_json())
+                    handle.write(sealed)
         except OSError as exc:
             raise TransferFileError(path=self.part, detail=exc.strerror or str(exc)) from None
         return 0
@@ -287,10 +328,10 @@ class Landing:
         )
 
 
-def kept_landings(directory: Path) -> list[tuple[Record, Landing]]:
+def kept_landings(directory: Path, seal: RecordSeal) -> list[tuple[Record, Landing]]:
     """The partial files of transfers an earlier run left (each with its record), to
-    resume. A record that does not parse, or names a partial file that is not there, is
-    left alone."""
+    resume. A record that does not open (another profile's, or damaged), or names a
+    partial file that is not there, is left alone."""
     found = []
     try:
         paths = sorted(directory.glob(f"*{RECORD_SUFFIX}"))
@@ -300,7 +341,7 @@ def kept_landings(directory: Path) -> list[tuple[Record, Landing]]:
         try:
             if path.is_symlink() or path.stat().st_size > MAX_RECORD:
                 continue
-            record = Record.from_json(path.read_bytes())
+            record = seal.open(_LANDING + path.name, path.read_bytes())
         except OSError:
             continue
         if record is None or path.name != f"{record.part_name}{RECORD_SUFFIX}":
@@ -317,30 +358,32 @@ def kept_landings(directory: Path) -> list[tuple[Record, Landing]]:
 # -- files being sent, across restarts ------------------------------------------------------
 
 
-def keep_sending(directory: Path, record: Record) -> None:
-    """Keep ``record`` (a file being sent) in ``directory``, for a later run to go on."""
-    write_private_file(directory / f"{record.transfer_id.hex()}.json", record.to_json())
+def keep_sending(directory: Path, record: Record, seal: RecordSeal) -> None:
+    """Keep ``record`` (a file being sent) in ``directory``, sealed, for a later run to go on."""
+    name = f"{record.transfer_id.hex()}{SENDING_SUFFIX}"
+    write_private_file(directory / name, seal.seal(_SENDING + name, record))
 
 
 def forget_sending(directory: Path, transfer_id: bytes) -> None:
     with contextlib.suppress(FileNotFoundError):
-        (directory / f"{transfer_id.hex()}.json").unlink()
+        (directory / f"{transfer_id.hex()}{SENDING_SUFFIX}").unlink()
 
 
-def kept_sending(directory: Path) -> list[Record]:
+def kept_sending(directory: Path, seal: RecordSeal) -> list[Record]:
     """The files an earlier run was sending (each still there, and of the size offered);
-    the records of the others are forgotten."""
+    the records of the others are forgotten. One that does not open is left alone."""
     found = []
     try:
-        paths = sorted(directory.glob("*.json"))
+        paths = sorted(directory.glob(f"*{SENDING_SUFFIX}"))
     except OSError:
         return []
     for path in paths:
         try:
-            record = Record.from_json(path.read_bytes()) if path.stat().st_size <= MAX_RECORD else None
+            too_big = path.is_symlink() or path.stat().st_size > MAX_RECORD
+            record = None if too_big else seal.open(_SENDING + path.name, path.read_bytes())
         except OSError:
             continue
-        if record is None or path.name != f"{record.transfer_id.hex()}.json":
+        if record is None or path.name != f"{record.transfer_id.hex()}{SENDING_SUFFIX}":
             continue
         try:
             there = Path(record.path).stat().st_size == record.size
