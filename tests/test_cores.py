@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 from nacl.public import Box, PrivateKey, PublicKey
 
+from e2echat.client import fileparts as fp
 from e2echat.client.core import (
     RECEIPT_INTERVAL,
     ClientCore,
@@ -33,6 +35,7 @@ from e2echat.client.core import (
     SendReport,
     receipt_gap,
 )
+from e2echat.client.files import Transfers
 from e2echat.client.outbox import BAD_BUNDLE
 from e2echat.client.receipts import NOT_KNOWN, DeliveryReport
 from e2echat.client.trust import Trust
@@ -463,6 +466,61 @@ def test_relay_holding_back_a_message_is_reported() -> None:
     assert wire.take(carol) == [MessagesMissing("bob", 1), MessageReceived("bob", "second", private=True)]
     wire.deliver(carol, _frame(m.Deliver("bob", held)))
     assert wire.take(carol) == [MessageReceived("bob", "first", private=True, late=True)]
+
+
+def _captured_part(wire: FakeWire, conn: ConnId, recipient: str, part: bytes) -> bytes:
+    """``_captured_body`` for a part of a file transfer."""
+    client = wire.clients[conn]
+    assert client.send_file_part(recipient, part)
+    for frame in FrameDecoder().receive_data(client.data_to_send()):
+        message = decode_message(frame)
+        if isinstance(message, m.Send):
+            (envelope,) = message.items
+            return envelope.body
+    raise AssertionError("no part was sent")
+
+
+def _taking_a_file(chunks: int) -> tuple[FakeWire, ConnId, ConnId, list[bytes]]:
+    """alice and bob, bob taking a file of ``chunks`` chunks from alice; and the parts
+    (each chunk) alice has for him, not yet sent."""
+    theirs, ours = Transfers(), Transfers()
+    wire = FakeWire()
+    alice, bob = wire.connect("alice", files=theirs), wire.connect("bob", files=ours)
+    wire.meet(alice, bob)
+    data = b"f" * (chunks * fp.CHUNK_SIZE)
+    sent = theirs.offer("bob", "f", len(data), hashlib.blake2b(data, digest_size=32).digest(), "/f", 0.0)
+    for _, part in theirs.messages:
+        wire.deliver(bob, _frame(m.Deliver("alice", _captured_part(wire, alice, "bob", part))))
+    taken = ours.accept(None)
+    ours.landed(taken, 0, 0.0)
+    wire.take_all()
+    size = fp.CHUNK_SIZE
+    parts = [
+        fp.encode(fp.Chunk(sent.transfer_id, n * size, data[n * size : (n + 1) * size]))
+        for n in range(chunks)
+    ]
+    return wire, alice, bob, parts
+
+
+def test_chunks_a_relay_lost_are_not_messages_missing() -> None:
+    wire, alice, bob, parts = _taking_a_file(4)
+    bodies = [_captured_part(wire, alice, "bob", part) for part in parts]
+    for body in (bodies[0], bodies[3]):  # the two between lost (a relay restarted)
+        wire.deliver(bob, _frame(m.Deliver("alice", body)))
+    assert not [event for event in wire.take(bob) if isinstance(event, MessagesMissing)]
+
+
+def test_a_chat_message_lost_between_chunks_is_missing() -> None:
+    """Chunk, chunk, line, line, chunk; the relay drops the second chunk and the second
+    line: both gaps are told, though the second is one message before a chunk."""
+    wire, alice, bob, parts = _taking_a_file(3)
+    first, _ = (_captured_part(wire, alice, "bob", part) for part in parts[:2])
+    line = _captured_body(wire, alice, "bob", "a line")
+    _captured_body(wire, alice, "bob", "dropped")
+    third = _captured_part(wire, alice, "bob", parts[2])
+    for body in (first, line, third):
+        wire.deliver(bob, _frame(m.Deliver("alice", body)))
+    assert [event.count for event in wire.take(bob) if isinstance(event, MessagesMissing)] == [1, 1]
 
 
 def test_deliver_from_someone_without_a_session_is_dropped() -> None:

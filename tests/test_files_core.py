@@ -5,7 +5,7 @@ each rule a receiver or a sender holds the other to."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -13,11 +13,11 @@ import pytest
 
 from e2echat.client import fileparts as fp
 from e2echat.client.core import FILE_BURST
-from e2echat.client.events import SecurityWarning
+from e2echat.client.events import MessagesMissing, SecurityWarning
 from e2echat.client.fileevents import FileOffered, TransferChanged, TransferDone, TransferProgress
 from e2echat.client.filenames import MAX_LANDED_NAME, safe_name
 from e2echat.client.files import MAX_OFFERS, WINDOW, Transfers
-from e2echat.client.filestate import Direction, Discard, Finish, Land, State, Transfer, Write
+from e2echat.client.filestate import Direction, Discard, FileGap, Finish, Land, State, Transfer, Write
 from e2echat.client.trust import Trust
 from e2echat.errors import CommandError
 from e2echat.relay.limits import Limits
@@ -522,3 +522,67 @@ def test_a_window_of_chunks_is_never_refused_for_the_relays_turn() -> None:
     limits = Limits()
     assert limits.write_buffer_turn > WINDOW + fp.CHUNK_SIZE
     assert FILE_BURST <= WINDOW
+
+
+# -- messages missing, or chunks lost -------------------------------------------------------------
+
+
+def _receiving(chunks: int) -> tuple[Side, Transfer, bytes, Callable[[int, FileGap], list[object]]]:
+    """bob, taking a file of ``chunks`` chunks from alice; and a way to hand him chunk
+    ``index`` as the session says it came (``FileGap``), returning what he heard."""
+    alice, bob = pair()
+    data = bytes(index % 251 for index in range(chunks * CHUNK))
+    sent = alice.offer("bob", data)
+    run(alice, bob)
+    bob.transfers.accept(offered(bob).number)
+    carry_out(bob, 0.0)
+
+    def chunk(index: int, gap: FileGap) -> list[object]:
+        part = fp.encode(fp.Chunk(sent.transfer_id, index * CHUNK, data[index * CHUNK : (index + 1) * CHUNK]))
+        heard: list[object] = list(bob.transfers.receive("alice", part, Trust.UNVERIFIED, 0.0, gap))
+        carry_out(bob, 0.0)
+        return heard
+
+    return bob, sent, data, chunk
+
+
+def _missing(heard: Sequence[object]) -> list[int]:
+    return [event.count for event in heard if isinstance(event, MessagesMissing)]
+
+
+def test_messages_skipped_that_were_chunks_of_the_file_are_not_missing() -> None:
+    """A relay that restarts loses chunks: the transfer sends them again, and the chat
+    does not say messages are missing for them."""
+    _, _, _, chunk = _receiving(8)
+    assert _missing(chunk(0, FileGap(after_file=True))) == []
+    assert _missing(chunk(3, FileGap(skipped=2, after_file=True))) == []  # 1 and 2 lost
+    assert _missing(chunk(1, FileGap(after_file=True))) == []  # sent again
+
+
+def test_a_chat_message_lost_among_chunks_is_missing() -> None:
+    _, _, _, chunk = _receiving(8)
+    chunk(0, FileGap(after_file=True))
+    # chunks 1 and 2 lost, and a third message: one more than the chunks between
+    assert _missing(chunk(3, FileGap(skipped=3, after_file=True))) == [3]
+    # the message before the gap was not a part of a file: nothing is known of the gap
+    _, _, _, chunk = _receiving(8)
+    chunk(0, FileGap(after_file=True))
+    assert _missing(chunk(2, FileGap(skipped=1, after_file=False))) == [1]
+    # a gap before a part that is not a chunk is missing as it always was
+    bob, sent, _, chunk = _receiving(8)
+    chunk(0, FileGap(after_file=True))
+    cancel = fp.encode(fp.Cancel(sent.transfer_id, "bye"))
+    assert _missing(
+        bob.transfers.receive("alice", cancel, Trust.UNVERIFIED, 0.0, FileGap(1, False, True))
+    ) == [1]
+
+
+def test_a_relay_cannot_hide_a_lost_message_behind_a_chunk_it_reordered() -> None:
+    """alice sends chunks 1 and 2, a chat message, chunk 3. The relay hands bob chunk 2
+    first (1 skipped: a chunk), then 1 (late), drops the message, then hands him chunk 3:
+    chunk 2 came already, so the message skipped before 3 was not a chunk, and is missing."""
+    _, _, _, chunk = _receiving(8)
+    chunk(0, FileGap(after_file=True))
+    assert _missing(chunk(2, FileGap(skipped=1, after_file=True))) == []
+    assert _missing(chunk(1, FileGap(late=True, after_file=True))) == []
+    assert _missing(chunk(3, FileGap(skipped=1, after_file=True))) == [1]

@@ -210,8 +210,8 @@ class ClientCore:
             nick, self._rooms, self._directory, self._sessions, self._tell_away, self.last_members
         )
         if files is not None:
-            self._sessions.file_parts = lambda sender, data, trust: files.receive(
-                sender, data, trust, clock()
+            self._sessions.file_parts = lambda sender, data, trust, gap: files.receive(
+                sender, data, trust, clock(), gap
             )
         self._outbox = Outbox(
             nick,

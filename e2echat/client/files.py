@@ -24,13 +24,15 @@ from collections.abc import Callable, Collection, Iterator
 import nacl.utils
 
 from e2echat.client import fileparts as fp
-from e2echat.client.events import Event, SecurityWarning
+from e2echat.client.events import Event, MessagesMissing, SecurityWarning
 from e2echat.client.fileevents import FileOffered, TransferChanged, TransferDone, TransferProgress
 from e2echat.client.filenames import safe_name, size_text
 from e2echat.client.filestate import (
+    NO_GAP,
     Direction,
     Discard,
     Effect,
+    FileGap,
     Finish,
     Land,
     State,
@@ -91,6 +93,8 @@ class Transfers:
         self.messages: list[tuple[str, bytes]] = []
         #: what the shell is to do on the disk, oldest first
         self.effects: list[Effect] = []
+        #: sender -> the transfer and end of the chunk that came last in order from them
+        self._last_chunk: dict[str, tuple[bytes, int]] = {}
         #: called when there is new work for the shell
         self.wake: Callable[[], None] = lambda: None
 
@@ -285,13 +289,49 @@ class Transfers:
 
     # -- what peers send ------------------------------------------------------------------------
 
-    def receive(self, sender: str, data: bytes, trust: Trust, now: float) -> list[Event]:
-        """A part from ``sender`` (it opened in our session with them)."""
+    def receive(
+        self, sender: str, data: bytes, trust: Trust, now: float, gap: FileGap = NO_GAP
+    ) -> list[Event]:
+        """A part from ``sender`` (it opened in our session with them), come where ``gap``
+        says: the messages it skipped are "missing", unless each was a chunk of the file
+        this one is a chunk of (``_lost_chunks``)."""
         part = fp.decode(data)
+        last = self._last_chunk.pop(sender, None) if not gap.late else None
+        if isinstance(part, fp.Chunk) and not gap.late:
+            self._last_chunk[sender] = (part.transfer, part.offset + len(part.data))
+        missing: list[Event] = [MessagesMissing(sender, gap.skipped)] if gap.skipped else []
         if part is None:
-            return [SecurityWarning(f"{sender} sent a malformed part of a file transfer; it was dropped")]
+            return [
+                *missing,
+                SecurityWarning(f"{sender} sent a malformed part of a file transfer; it was dropped"),
+            ]
         if isinstance(part, fp.Chunk):
-            return self._chunk(sender, part, now)
+            if missing and gap.after_file and self._lost_chunks(sender, part, last) == gap.skipped:
+                missing = []  # chunks lost (a relay restarted, say): the transfer sends them again
+            return missing + self._chunk(sender, part, now)
+        return missing + self._part(sender, part, trust, now)
+
+    def _lost_chunks(self, sender: str, chunk: fp.Chunk, last: tuple[bytes, int] | None) -> int:
+        """How many chunks of ``chunk``'s transfer before it we never had, if the message
+        before the gap was a chunk of it too (``last``: its id, and where it ended): from
+        there, or from the next byte we expect if further, to ``chunk``. The sender sends
+        a transfer's chunks in order, going back only to where we said (an accept, an
+        acknowledgement: never past the next byte we expect), so each of those chunks was
+        sent once in the gap; the messages skipped were all chunks only if they are as
+        many. A chat message lost among them makes one more, and is missing."""
+        transfer = self._by_key.get((Direction.IN, sender, chunk.transfer))
+        if (
+            transfer is None
+            or transfer.state is not State.ACTIVE
+            or last is None
+            or last[0] != chunk.transfer
+        ):
+            return 0
+        start = max(transfer.sent, last[1])
+        before, cut = divmod(chunk.offset - start, transfer.chunk_size)
+        return before if chunk.offset > start and not cut else 0
+
+    def _part(self, sender: str, part: _Answer, trust: Trust, now: float) -> list[Event]:
         if isinstance(part, fp.Offer):
             return self._offered(sender, part, trust, now)
         if isinstance(part, fp.Accept | fp.Ack | fp.Reject | fp.Done):
@@ -521,6 +561,10 @@ class Transfers:
             detail or transfer.reason,
             transfer.path if transfer.state is State.DONE and transfer.direction is Direction.IN else "",
         )
+
+
+#: every part but a chunk
+_Answer = fp.Offer | fp.Accept | fp.Reject | fp.Cancel | fp.Ack | fp.Done
 
 
 def _why(reason: str) -> str:

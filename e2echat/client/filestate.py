@@ -78,6 +78,22 @@ class Transfer:
         return (self.acked - self.started_from) / elapsed if elapsed > 0 else 0.0
 
 
+@dataclass(frozen=True)
+class FileGap:
+    """Where a part of a file came in the order its sender sent it: ``skipped`` of their
+    messages before it never came (the session counts them); ``late``: it is one of
+    those, come now; ``after_file``: the message before the gap (the last that came in
+    order, in the same session) was a part of a file too. The transfers tell from it
+    whether every message skipped was a chunk of the file (client/files.py)."""
+
+    skipped: int = 0
+    late: bool = False
+    after_file: bool = False
+
+
+#: a part that came right after the one before it
+NO_GAP = FileGap()
+
 # -- what the shell does for us ------------------------------------------------------------
 
 

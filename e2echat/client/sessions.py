@@ -28,6 +28,7 @@ from e2echat.client.events import (
     SplitView,
     received,
 )
+from e2echat.client.filestate import FileGap
 from e2echat.client.receipts import DeliveryTracker
 from e2echat.client.rooms import Rooms
 from e2echat.client.status import Refused, TheirStatuses
@@ -50,8 +51,9 @@ _CHANGED = Trust.CHANGED
 # Senders of mail whose trust is remembered (see Sessions._trust_in), at most.
 _TRUST_CACHE = 4096
 
-#: what takes the parts of file transfers: (sender, the part's bytes, the sender's trust)
-FileParts = Callable[[str, bytes, Trust], list[Event]]
+#: what takes the parts of file transfers: (sender, the part's bytes, the sender's trust,
+#: its place: ``FileGap``)
+FileParts = Callable[[str, bytes, Trust, FileGap], list[Event]]
 
 
 class Sessions:
@@ -90,6 +92,8 @@ class Sessions:
         self.statuses = TheirStatuses()
         #: takes the parts of file transfers (client/files.py); without it they are dropped
         self.file_parts: FileParts | None = None
+        #: sender -> the session whose last message in order was a part of a file
+        self._file_last: dict[str, PeerSession] = {}
 
     def session_with(self, nick: str) -> PeerSession | None:
         """Our session with ``nick`` (under the key the directory shows), if we have one
@@ -207,8 +211,11 @@ class Sessions:
                 # accepted must not replace the sessions with the key pinned.
                 self.keyring.hold(candidate)
         # The session is the one with ``sender``: the plaintext is theirs (session.py).
-        events: list[Event] = [MessagesMissing(sender, skipped)] if skipped else []
         trust = directory.trust(sender)
+        gap = self._file_order(sender, session, kind, skipped, late)
+        if kind is _FILE:  # (messages skipped before a chunk may be chunks: the file says)
+            return self._file_part(sender, data, trust, session.identity_key, gap)
+        events: list[Event] = [MessagesMissing(sender, skipped)] if skipped else []
         if kind is _RECEIPT:
             # A receipt from a key we do not accept confirms nothing. (Belt and braces: a
             # changed key gets no copies and a replaced session's copies fail in retire,
@@ -218,8 +225,6 @@ class Sessions:
             return events
         if kind is _STATUS:  # no receipt is owed for one
             return events + self._status(sender, counter, text, trust, sent)
-        if kind is _FILE:
-            return events + self._file_part(sender, data, trust, session.identity_key)
         if kind is _ROOM:
             shown_in = self._rooms.get(room)
             if shown_in is None or sender not in shown_in.members:
@@ -320,6 +325,9 @@ class Sessions:
                 self.keyring.adopt(session)
             else:
                 self.keyring.hold(session)
+        gap = self._file_order(sender, session, plaintext.kind, plaintext.skipped, plaintext.late)
+        if plaintext.kind is _FILE:
+            return self._file_part(sender, plaintext.data, trust, key, gap)
         events: list[Event] = [MessagesMissing(sender, plaintext.skipped)] if plaintext.skipped else []
         if plaintext.kind is _RECEIPT:
             if trust is not _CHANGED:
@@ -331,8 +339,6 @@ class Sessions:
             # contact, one they may not send us). Nothing is owed for it.
             log.info("ignored a status from %s kept in our mailbox", sender)
             return events
-        if plaintext.kind is _FILE:
-            return events + self._file_part(sender, plaintext.data, trust, key)
         room = plaintext.room
         past_member = False
         if plaintext.kind is _ROOM:
@@ -364,16 +370,31 @@ class Sessions:
             events.append(MailReceived(*fields) if kept else received(fields))
         return events
 
-    def _file_part(self, sender: str, data: bytes, trust: Trust, key: PublicKey) -> list[Event]:
+    def _file_order(self, sender: str, session: PeerSession, kind: Kind, skipped: int, late: bool) -> FileGap:
+        """Where this message came among ``sender``'s (see ``FileGap``); notes whether it
+        was a part of a file, for the next one."""
+        gap = FileGap(skipped, late, self._file_last.get(sender) is session)
+        if not late:
+            if kind is _FILE:
+                if len(self._file_last) >= _TRUST_CACHE and sender not in self._file_last:
+                    self._file_last.clear()  # (then the next gap of each is told as it is)
+                self._file_last[sender] = session
+            else:
+                self._file_last.pop(sender, None)
+        return gap
+
+    def _file_part(self, sender: str, data: bytes, trust: Trust, key: PublicKey, gap: FileGap) -> list[Event]:
         """A part of a file transfer: owes no receipt (transfers acknowledge their own
-        parts), but is an exchange with ``sender`` all the same: first contact pins."""
+        parts), but is an exchange with ``sender`` all the same: first contact pins.
+        Messages skipped before it: the transfers say whether each was a chunk of the
+        file, and if not, that they are missing."""
         events: list[Event] = []
         if trust is not _CHANGED and self._directory.known_peers.exchanged(sender, key):
             events.append(KeyPinned(sender))
         if self.file_parts is None:
             log.info("dropped a part of a file transfer from %s: no transfers here", sender)
-            return events
-        return events + self.file_parts(sender, data, trust)
+            return [MessagesMissing(sender, gap.skipped), *events] if gap.skipped else events
+        return events + self.file_parts(sender, data, trust, gap)
 
     def _trust_in(self, sender: str, key: PublicKey) -> Trust:
         """``known_peers.state(sender, key)``, remembered until a pin changes."""
