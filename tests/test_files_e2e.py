@@ -325,3 +325,25 @@ async def file_peer(
         await pump.resume_kept()
     pump.start()
     return FilePeer(peer, transfers, pump)
+
+
+async def test_a_transfer_the_relays_byte_rate_makes_slow_says_so_and_what_raises_it(tmp_path: Path) -> None:
+    """At a relay's default 1 MiB/s a 1 GiB file takes 18 minutes: the sender is told
+    that the relay is what limits it, and how its operator lifts it; a fast one is not."""
+    source = tmp_path / "big.bin"
+    make_file(source, 4 * 1024 * 1024)
+    slow = Limits(byte_rate=64 * 1024, byte_burst=1024 * 1024, rate=5000, burst=5000)  # over a minute
+    relay = Relay(LOOPBACK, 0, limits=slow)
+    async with running(relay), file_peers(relay, tmp_path, "alice", "bob") as (alice, bob):
+        sent = await alice.pump.send("bob", source)
+        bob.transfers.accept((await next_event(bob, FileOffered)).number)
+        told = await next_event(alice, TransferChanged, lambda e: e.state == "limited")
+        assert "65.5 kB a second" in told.detail and "--byte-rate" in told.detail, told
+        alice.transfers.cancel(sent.number)
+    small = tmp_path / "small.bin"
+    make_file(small, 1024 * 1024)
+    async with running_relay(**FAST) as fast, file_peers(fast, tmp_path, "carol", "dave") as (carol, dave):
+        await carol.pump.send("dave", small)
+        dave.transfers.accept((await next_event(dave, FileOffered)).number)
+        assert (await next_event(carol, TransferDone)).ok
+        assert not any(isinstance(e, TransferChanged) and e.state == "limited" for e in carol.peer.seen)

@@ -552,6 +552,11 @@ class ClientCore:
         spare = self._pacer.spare(self._clock(), FILE_RESERVE_BYTES, FILE_RESERVE_FRAMES)
         return int(min(spare, FILE_BURST))
 
+    @property
+    def relay_byte_rate(self) -> float:
+        """The bytes a second the relay takes from this connection (its ``--byte-rate``)."""
+        return self._pacer.relay_byte_rate
+
     def key_fingerprint(self, nick: str) -> str:
         """The fingerprint of the identity key the directory shows for ``nick`` now."""
         return self._directory.fingerprint(nick)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any, Protocol
 from e2echat.client import fileparts as fp
 from e2echat.client.core import ClientCore
 from e2echat.client.events import ClientEvent, Event
+from e2echat.client.filenames import size_text
 from e2echat.client.files import Transfers
 from e2echat.client.filestate import Direction, Finish, Land, State, Transfer, Write
 from e2echat.client.trust import Trust
@@ -39,6 +41,9 @@ log = logging.getLogger("e2echat.client.filepump")
 
 #: how often the transfers' clocks are looked at (pauses, resends)
 TICK = 0.25
+#: a file that would take longer than this at the relay's byte rate gets a line that says
+#: so, and what raises it: on a LAN the relay, not the network, is then what is slow
+SLOW_AFTER = 30.0
 #: control parts waiting for their peer (online again, or a session started), at most:
 #: a peer that never comes back must not make the list grow for ever
 MAX_WAITING_PARTS = 1000
@@ -86,6 +91,8 @@ class FilePump:
         #: what waits for each transfer's writer (chunks, then the check), by number
         self._jobs: dict[int, list[Write | Finish]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        #: transfers sent whose pace at the relay's byte rate was told
+        self._told_limit: set[int] = set()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
 
@@ -267,9 +274,26 @@ class FilePump:
                 waiting.append((nick, part))
         return waiting[-MAX_WAITING_PARTS:]
 
+    def _tell_limit(self, due: list[tuple[Transfer, int, int]]) -> None:
+        """Say, once per transfer, if the relay's byte rate makes it slow."""
+        rate = self.link.core.relay_byte_rate
+        for transfer, _, _ in due:
+            if transfer.number in self._told_limit:
+                continue
+            self._told_limit.add(transfer.number)
+            seconds = (transfer.size - transfer.acked) / rate
+            if seconds > SLOW_AFTER:
+                detail = (
+                    f"the relay takes at most {size_text(rate)} a second from each connection, so "
+                    f"this takes about {math.ceil(seconds / 60)} min; its operator can raise that "
+                    "with --byte-rate"
+                )
+                self._publish([self.transfers.changed_event(transfer, "limited", detail)])
+
     async def _send_chunks(self) -> None:
         budget = self.link.file_budget()
         due = self.transfers.chunks_due(budget) if budget > 0 else []
+        self._tell_limit(due)
         if not due:
             return
         try:

@@ -77,6 +77,8 @@ class Pacer:
         self._queued_bytes = 0
         self._frames: _Bucket | None = None  # None: no limit yet
         self._bytes: _Bucket | None = None
+        #: the bytes a second the relay takes from us, as its welcome said (inf: none yet)
+        self.relay_byte_rate = math.inf
 
     @property
     def queued(self) -> int:
@@ -87,6 +89,7 @@ class Pacer:
         """Pace to the relay's rates and bursts (from its welcome), from ``now``. The
         relay starts a connection with a full bucket of frames and a second's worth of
         bytes; we start with half of each."""
+        self.relay_byte_rate = byte_rate
         capacity = max(1.0, math.floor(burst * BURST_SHARE))
         self._frames = _Bucket(max(MIN_RATE, rate * RATE_SHARE), capacity, burst, capacity, now)
         start = min(byte_rate, byte_burst) * BURST_SHARE
