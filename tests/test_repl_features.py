@@ -20,7 +20,7 @@ import pytest
 from nacl.public import PrivateKey
 from prompt_toolkit.application import create_app_session
 from prompt_toolkit.completion import CompleteEvent
-from prompt_toolkit.data_structures import Size
+from prompt_toolkit.data_structures import Point, Size
 from prompt_toolkit.document import Document
 from prompt_toolkit.input import PipeInput, create_pipe_input
 from prompt_toolkit.output import ColorDepth, DummyOutput
@@ -38,8 +38,10 @@ from e2echat.ui.chat import Chat
 from e2echat.ui.render import LineStyle
 from e2echat.ui.repl import (
     ChatCompleter,
+    erase_rewrapped_rows,
     input_history,
     make_session,
+    rows_above_cursor,
     run_repl,
     terminal_writer,
     toolbar_text,
@@ -519,6 +521,56 @@ def test_lines_wrap_at_the_terminals_width_not_at_columns(
     first, second = text.split("12:00:01")
     assert 50 < max(len(row) for row in first.splitlines()) < 60
     assert 30 < max(len(row) for row in ("12:00:01" + second).splitlines()) < 40
+
+
+@pytest.mark.parametrize(
+    ("lengths", "cursor_x", "columns", "up"),
+    [
+        ([40, 12], 12, 40, 1),  # the width it was drawn at: the rows drawn
+        ([40, 12], 12, 80, 1),  # wider: nothing is rewrapped
+        ([40, 12], 12, 20, 2),  # the first row is now two
+        ([40, 12], 12, 13, 4),
+        ([0, 5], 5, 3, 2),  # an empty row is still a row; the cursor past its row's end
+        ([30], 25, 10, 2),  # the cursor inside its row: in the piece it fell in
+        ([30], 30, 10, 2),  # at the end of its row: at the end of its last piece
+        ([35], 35, 10, 3),
+    ],
+)
+def test_rows_above_the_cursor_once_the_terminal_rewrapped(
+    lengths: list[int], cursor_x: int, columns: int, up: int
+) -> None:
+    assert rows_above_cursor(lengths, cursor_x, columns) == up
+
+
+@pytest.mark.parametrize(
+    ("columns", "up"), [(40, "\x1b[A"), (80, "\x1b[A"), (20, "\x1b[2A"), (13, "\x1b[4A")]
+)
+async def test_a_resize_erases_the_rows_the_terminal_rewrapped(columns: int, up: str) -> None:
+    """A draft that fills the first row: after a shrink, the erase goes up as many rows as
+    the terminal made of it, not the one prompt_toolkit drew (prompt-toolkit#1933)."""
+    screen = io.StringIO()
+    size = Size(rows=24, columns=40)
+    output = Vt100_Output(screen, lambda: size, default_color_depth=ColorDepth.TRUE_COLOR, enable_cpr=False)
+    rendered = asyncio.Event()
+    with create_pipe_input() as pipe, create_app_session(input=pipe, output=output):
+        session: PromptSession[str] = PromptSession(input=pipe, output=output, bottom_toolbar=" toolbar ")
+        erase_rewrapped_rows(session.app.renderer)
+        session.app.after_render += lambda _: rendered.set()
+        typing = asyncio.create_task(session.prompt_async("> "))
+        pipe.send_text("x" * 50)  # "> " and 38 of them on the first row, 12 on the second
+        while True:
+            rendered.clear()
+            drawn = session.app.renderer.last_rendered_screen
+            if drawn and drawn.get_cursor_position(session.app.layout.current_window) == Point(12, 1):
+                break
+            await asyncio.wait_for(rendered.wait(), WAIT)
+        size = Size(rows=24, columns=columns)
+        screen.truncate(0)
+        screen.seek(0)
+        session.app.renderer.erase(leave_alternate_screen=False)
+        assert screen.getvalue().startswith(f"\x1b[12D{up}\x1b[J"), repr(screen.getvalue())
+        pipe.send_text("\r")
+        assert await asyncio.wait_for(typing, WAIT) == "x" * 50
 
 
 def test_plain_writer_for_no_color_wraps_under_the_text(capsys: pytest.CaptureFixture[str]) -> None:

@@ -11,6 +11,8 @@ from terminal import Tmux, needs_tmux
 
 #: a line long enough to wrap at any width the test gives alice's terminal
 LONG = "a long line that has to wrap on a narrow terminal, word after word after word, to its end"
+#: a draft longer than the narrowest width the test gives alice's terminal, words told apart
+DRAFT = " ".join(f"w{number:02}" for number in range(1, 25))
 
 
 def _rows_with(shown: str, text: str) -> list[str]:
@@ -147,5 +149,29 @@ def test_two_rooms_a_mention_me_away_switching_and_a_resize(tmp_path: Path) -> N
             _wrapped_under_indent(shown, marker, columns)
         type_in("alice", "Enter")
         wait_for("bob", "#ops <alice ?> draft")
+        wait_for("alice", "#ops <alice> draft")
+
+        # A draft longer than the narrower width: the terminal rewraps the rows the prompt
+        # drew, and those rows are erased all the same; no chat line above goes with them.
+        type_in("alice", DRAFT)
+        wait_for("alice", "w24")
+        for columns, rows in [(50, 16), (100, 24)]:
+            tmux("resize-window", "-t", "alice", "-x", str(columns), "-y", str(rows))
+            redrawn(columns)
+            drawn = tmux.screen("alice", scrollback=True).rstrip("\n").splitlines()
+            everything = "\n".join(drawn)
+            prompts = [i for i, row in enumerate(drawn) if " alice>" in row]
+            assert len(prompts) == 1, everything
+            toolbars = [row for row in drawn if f"127.0.0.1:{port} ·" in row]
+            assert toolbars == [drawn[-1]], everything
+            # The prompt's rows, between the last line of chat and the toolbar, are the
+            # draft once (less the blanks at their ends, which tmux does not keep).
+            first = prompts[0]
+            assert "".join(drawn[first:-1]).replace(" ", "") == f"#opsalice>{DRAFT}".replace(" ", ""), (
+                everything
+            )
+            assert drawn[first - 1].endswith("#ops <alice> draft"), everything
+        type_in("alice", "Enter")
+        wait_for("bob", "w24")
     finally:
         tmux.kill()

@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from prompt_toolkit import PromptSession, print_formatted_text
 from prompt_toolkit.application.current import get_app_session
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion, PathCompleter
+from prompt_toolkit.data_structures import Point
 from prompt_toolkit.document import Document
 from prompt_toolkit.filters import is_searching
 from prompt_toolkit.formatted_text import FormattedText
 from prompt_toolkit.history import History, InMemoryHistory, ThreadedHistory
 from prompt_toolkit.input import Input
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
+from prompt_toolkit.layout.screen import Char
 from prompt_toolkit.output import ColorDepth, Output
 from prompt_toolkit.patch_stdout import patch_stdout
+from prompt_toolkit.renderer import Renderer
 from prompt_toolkit.styles import Style
 
 from e2echat.client.trust import Trust
@@ -212,6 +215,56 @@ def input_history(store: HistoryStore) -> History:
     return ThreadedHistory(SentBefore(store))
 
 
+def rows_above_cursor(lengths: Sequence[int], cursor_x: int, columns: int) -> int:
+    """How many rows above the cursor the first row the prompt drew is, once the terminal
+    has rewrapped those rows to ``columns``, as tmux, kitty, VTE, Alacritty and iTerm2 do
+    on a resize: ``lengths`` are the cells of each row drawn, down to the cursor's, and
+    ``cursor_x`` the cursor's column in that last row. (Wide characters a row's split
+    pushes down are not counted: an estimate, close but not exact, for those.)"""
+
+    def height(length: int) -> int:
+        return max(1, -(-length // columns))
+
+    *above, own = lengths
+    # A cursor past the end of its row stays at the end of its row's last piece.
+    own_rows = height(own) - 1 if cursor_x >= own else cursor_x // columns
+    return sum(height(length) for length in above) + own_rows
+
+
+def _drawn_cells(row: Mapping[int, Char]) -> int:
+    """The cells a row of the screen takes, but for blanks at its end: terminals keep no
+    length for those, nor rewrap them."""
+    return max((x + (char.width or 1) for x, char in row.items() if char.char.strip()), default=0)
+
+
+def erase_rewrapped_rows(renderer: Renderer) -> None:
+    """Makes ``renderer`` erase, after a resize, every row the terminal made of what it
+    drew: prompt_toolkit steps back up the rows it drew, and where the terminal rewrapped
+    a row wider than its new width into two, the first was left on the screen, an
+    orphaned copy of the prompt or the draft (prompt-toolkit#1933).
+
+    In a terminal that does not rewrap (xterm, the Linux console), this goes up too far
+    after a shrink: the lines of chat just above the prompt, one for each row the rewrap
+    would have added above the cursor (one for a draft of two rows), are erased, and not
+    drawn again. (A wider terminal adds no rows: nothing changes.) That is the price of a
+    clean redraw where users are: tmux, and most terminals of today."""
+    erase = renderer.erase
+
+    def erase_all(leave_alternate_screen: bool = True) -> None:
+        # The renderer's own record of what it drew, and where it left the cursor: there
+        # is no public way to it (erase itself reads it).
+        screen, size, cursor = renderer._last_screen, renderer._last_size, renderer._cursor_pos
+        columns = renderer.output.get_size().columns
+        if screen is not None and size is not None and columns != size.columns:
+            drawn = screen.data_buffer  # (a defaultdict: read, not indexed, to add no row)
+            lengths = [min(_drawn_cells(drawn.get(y, {})), size.columns) for y in range(cursor.y + 1)]
+            renderer._cursor_pos = Point(x=cursor.x, y=rows_above_cursor(lengths, cursor.x, columns))
+        erase(leave_alternate_screen)
+
+    # This one renderer's erase, wrapped (mypy frowns on assigning to a method).
+    renderer.erase = erase_all  # type: ignore[method-assign]
+
+
 def make_session(
     chat: Chat,
     history: History | None = None,
@@ -219,7 +272,7 @@ def make_session(
     input: Input | None = None,
     output: Output | None = None,
 ) -> PromptSession[str]:
-    return PromptSession(
+    session: PromptSession[str] = PromptSession(
         history=history or InMemoryHistory(),
         completer=ChatCompleter(lambda: chat.link.core.peers, lambda: chat.rooms.names),
         complete_while_typing=False,
@@ -231,6 +284,8 @@ def make_session(
         input=input,
         output=output,
     )
+    erase_rewrapped_rows(session.app.renderer)
+    return session
 
 
 def terminal_writer(
