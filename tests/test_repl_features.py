@@ -43,6 +43,7 @@ from e2echat.ui.repl import (
     make_session,
     rows_above_cursor,
     run_repl,
+    terminal_rewraps,
     terminal_writer,
     toolbar_text,
 )
@@ -545,9 +546,13 @@ def test_rows_above_the_cursor_once_the_terminal_rewrapped(
 @pytest.mark.parametrize(
     ("columns", "up"), [(40, "\x1b[A"), (80, "\x1b[A"), (20, "\x1b[2A"), (13, "\x1b[4A")]
 )
-async def test_a_resize_erases_the_rows_the_terminal_rewrapped(columns: int, up: str) -> None:
+async def test_a_resize_erases_the_rows_the_terminal_rewrapped(
+    columns: int, up: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A draft that fills the first row: after a shrink, the erase goes up as many rows as
     the terminal made of it, not the one prompt_toolkit drew (prompt-toolkit#1933)."""
+    monkeypatch.setenv("TERM", "xterm-256color")  # a terminal that rewraps, as most do
+    monkeypatch.delenv("XTERM_VERSION", raising=False)
     screen = io.StringIO()
     size = Size(rows=24, columns=40)
     output = Vt100_Output(screen, lambda: size, default_color_depth=ColorDepth.TRUE_COLOR, enable_cpr=False)
@@ -571,6 +576,31 @@ async def test_a_resize_erases_the_rows_the_terminal_rewrapped(columns: int, up:
         assert screen.getvalue().startswith(f"\x1b[12D{up}\x1b[J"), repr(screen.getvalue())
         pipe.send_text("\r")
         assert await asyncio.wait_for(typing, WAIT) == "x" * 50
+
+
+@pytest.mark.parametrize(
+    ("environ", "rewraps"),
+    [
+        ({"TERM": "xterm-256color"}, True),  # kitty, VTE, Alacritty, iTerm2 ...
+        ({"TERM": "xterm-kitty"}, True),
+        ({"TERM": "xterm", "XTERM_VERSION": "XTerm(379)"}, False),  # xterm itself
+        ({"TERM": "linux"}, False),  # the Linux console
+        ({"TERM": "screen", "TMUX": "/tmp/tmux-0/default,1,0", "XTERM_VERSION": "XTerm(379)"}, True),
+        ({"TERM": "tmux-256color", "TMUX": "/tmp/tmux-0/default,1,0"}, True),
+    ],
+)
+def test_which_terminals_rewrap_their_rows(environ: dict[str, str], rewraps: bool) -> None:
+    assert terminal_rewraps(environ) is rewraps
+
+
+def test_a_terminal_that_does_not_rewrap_keeps_prompt_toolkits_erase(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XTERM_VERSION", "XTerm(379)")
+    monkeypatch.delenv("TMUX", raising=False)
+    with create_pipe_input() as pipe:
+        session: PromptSession[str] = PromptSession(input=pipe, output=DummyOutput())
+        erase = session.app.renderer.erase
+        erase_rewrapped_rows(session.app.renderer)
+        assert session.app.renderer.erase == erase
 
 
 def test_plain_writer_for_no_color_wraps_under_the_text(capsys: pytest.CaptureFixture[str]) -> None:

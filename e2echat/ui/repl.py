@@ -8,6 +8,7 @@ chose.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
@@ -237,17 +238,29 @@ def _drawn_cells(row: Mapping[int, Char]) -> int:
     return max((x + (char.width or 1) for x, char in row.items() if char.char.strip()), default=0)
 
 
+def terminal_rewraps(environ: Mapping[str, str]) -> bool:
+    """Whether the terminal, as ``environ`` describes it, rewraps its rows on a resize.
+    xterm (which sets XTERM_VERSION) and the Linux console (TERM=linux) do not; tmux
+    does, on its own screen, whatever terminal it runs in."""
+    if environ.get("TMUX"):
+        return True
+    return not environ.get("XTERM_VERSION") and environ.get("TERM") != "linux"
+
+
 def erase_rewrapped_rows(renderer: Renderer) -> None:
     """Makes ``renderer`` erase, after a resize, every row the terminal made of what it
     drew: prompt_toolkit steps back up the rows it drew, and where the terminal rewrapped
     a row wider than its new width into two, the first was left on the screen, an
     orphaned copy of the prompt or the draft (prompt-toolkit#1933).
 
-    In a terminal that does not rewrap (xterm, the Linux console), this goes up too far
-    after a shrink: the lines of chat just above the prompt, one for each row the rewrap
-    would have added above the cursor (one for a draft of two rows), are erased, and not
-    drawn again. (A wider terminal adds no rows: nothing changes.) That is the price of a
-    clean redraw where users are: tmux, and most terminals of today."""
+    In a terminal that does not rewrap (xterm, the Linux console), this would go up too
+    far after a shrink and erase lines of chat just above the prompt, one for each row the
+    rewrap would have added: those two say who they are (``terminal_rewraps``), and keep
+    prompt_toolkit's own erase. Another terminal that does not rewrap and does not say so
+    loses them (a wider terminal adds no rows: nothing changes); where users are (tmux,
+    kitty, VTE, Alacritty, iTerm2) the redraw is clean."""
+    if not terminal_rewraps(os.environ):
+        return
     erase = renderer.erase
 
     def erase_all(leave_alternate_screen: bool = True) -> None:
