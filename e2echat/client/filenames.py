@@ -6,18 +6,25 @@ a file can land under, inside the downloads directory, and show on a terminal.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
 #: file names are cut to this many UTF-8 bytes, extension kept: under every file system's
 #: 255, with room for " (123)" and ".part"
 MAX_LANDED_NAME = 200
+#: a name that ends as our own partial files and their records do (``x.part``,
+#: ``x.part.json``, ``x.part.record``): a file received under it could pose, after a
+#: restart, as a transfer the user never accepted; its dot becomes an underscore
+_OURS = re.compile(r"\.(part(?:\.[^.]*)?)$", re.IGNORECASE)
 
 
 def safe_name(offered: str) -> str:
     """A name a file from a peer can land under: its last path part only (no directory,
     no ``..``), without control, format (bidi) or other invisible characters, without
     leading dots (no hidden files) or trailing dots and spaces, and at most
-    MAX_LANDED_NAME bytes, its extension kept. Never empty."""
+    MAX_LANDED_NAME bytes, its extension kept; never ending as the partial files of
+    transfers and their records do (``.part``, ``.part.json``: ``_part.json``). Never
+    empty."""
     name = offered.replace("\\", "/").rsplit("/", 1)[-1]
     kept = "".join(
         " " if char.isspace() else char
@@ -34,6 +41,8 @@ def safe_name(offered: str) -> str:
         room = MAX_LANDED_NAME - len(extension.encode("utf-8")) - (1 if extension else 0)
         stem = stem.encode("utf-8")[:room].decode("utf-8", "ignore").rstrip(". ")
         kept = f"{stem}.{extension}" if extension else stem
+    while _OURS.search(kept):  # "x.part.part" takes two turns
+        kept = _OURS.sub(r"_\1", kept)
     return kept or "file"
 
 

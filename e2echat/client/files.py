@@ -41,6 +41,7 @@ from e2echat.client.filestate import (
 )
 from e2echat.client.trust import Trust
 from e2echat.errors import CommandError, LocalProtocolError
+from e2echat.wire.grammar import is_valid_nick
 
 #: what a receiver takes unless it says otherwise (``/set max-file``): 1 GiB
 DEFAULT_MAX_FILE = 1024**3
@@ -162,10 +163,12 @@ class Transfers:
         """A transfer an earlier run left unfinished, paused: one received, of which it
         wrote ``written`` bytes (it resumes from there when ``peer`` is online, if they
         still have it: if not, they say so, and it ends); or one sent (``path``), which
-        goes on from where the receiver says. None if it is not one we can take."""
-        if (direction, peer, transfer_id) in self._by_key:
+        goes on from where the receiver says. None if it is not one we can take: a record
+        is a file on the disk, and is held to what an offer is held to (a nick, a safe name,
+        our size limit)."""
+        if (direction, peer, transfer_id) in self._by_key or not is_valid_nick(peer):
             return None
-        if direction is Direction.IN and safe_name(name) != name:
+        if direction is Direction.IN and (safe_name(name) != name or size > self.max_size):
             return None
         try:
             fp.Offer(transfer_id, name, size, chunk_size, digest)  # the checks an offer gets

@@ -30,7 +30,7 @@ def describe(event: TransferEvent, stamp: str, trust_mark: str) -> tuple[Literal
     name = neutralize(event.name)
     if isinstance(event, FileOffered):
         return "notice", (
-            f"{stamp} -- {event.sender} {trust_mark} offers {name} ({size_text(event.size)}): "
+            f"{stamp} -- {neutralize(event.sender)} {trust_mark} offers {name} ({size_text(event.size)}): "
             f"/accept {event.number} or /reject {event.number}"
         )
     what = _what(event.number, event.direction, event.peer, name)
@@ -50,6 +50,7 @@ def describe(event: TransferEvent, stamp: str, trust_mark: str) -> tuple[Literal
 
 
 def _what(number: int, direction: str, peer: str, name: str) -> str:
+    peer = neutralize(peer)  # a nick, unless a record on the disk said otherwise
     arrow = f"to {peer}" if direction == Direction.OUT else f"from {peer}"
     return f"file {number} {name} {arrow}"
 

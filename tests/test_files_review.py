@@ -1,0 +1,73 @@
+"""What a hostile review of file transfers found (issue 20), each attack as a test that
+fails when it works: a file received posing as a transfer to resume, a record naming
+someone who is no nick, ..."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from e2echat.client import fileparts as fp
+from e2echat.client.fileevents import TransferChanged
+from e2echat.client.filenames import safe_name
+from e2echat.client.files import Transfers
+from e2echat.client.filestate import Direction
+from e2echat.store.downloads import PART_SUFFIX, RECORD_SUFFIX, Landing, Record, kept_landings
+from e2echat.ui import transfers as shown
+
+CHUNK = fp.CHUNK_SIZE
+TRANSFER_ID = bytes(range(16))
+
+
+@pytest.mark.parametrize(
+    "offered",
+    [
+        f"b.{TRANSFER_ID.hex()[:16]}{RECORD_SUFFIX}",
+        f"b.{TRANSFER_ID.hex()[:16]}{PART_SUFFIX}",
+        f"b.{TRANSFER_ID.hex()[:16]}{RECORD_SUFFIX.upper()}",  # a file system that ignores case
+        "b.part.part",
+        "b.part.json",
+        "b.part.record",
+    ],
+)
+def test_a_file_received_is_never_named_as_our_partial_files_are(offered: str) -> None:
+    landed = safe_name(offered)
+    assert not landed.lower().endswith((PART_SUFFIX, RECORD_SUFFIX, ".part.json", ".part.record"))
+    assert safe_name(landed) == landed  # kept() holds records to it
+
+
+def test_a_file_received_does_not_pose_as_a_transfer_to_resume(tmp_path: Path) -> None:
+    """mallory sends a record and a partial file, under the names a transfer we accepted
+    would have: after a restart, no transfer starts that nobody accepted."""
+    record = Record("mallory", TRANSFER_ID, "b", 2**40, CHUNK, bytes(32))
+    files = (
+        (f"{record.part_name}{RECORD_SUFFIX}", record.to_json()),
+        (f"{record.part_name}{PART_SUFFIX}", b"x"),
+    )
+    for number, (offered, data) in enumerate(files):
+        landing = Landing(tmp_path, safe_name(offered), f"landing{number}")
+        landing.open()
+        landing.write(0, data)
+        assert landing.finish(hashlib.blake2b(data, digest_size=fp.DIGEST_SIZE).digest()) is not None
+    assert kept_landings(tmp_path) == []
+
+
+def test_a_kept_transfer_is_held_to_the_size_limit_and_a_nick() -> None:
+    transfers = Transfers(max_size=10 * CHUNK)
+    over = transfers.kept(Direction.IN, "alice", TRANSFER_ID, "b", 10 * CHUNK + 1, CHUNK, bytes(32), 0.0)
+    assert over is None
+    for peer in ("alice\x1b[2J", "a b", "", "x" * 1000):
+        assert transfers.kept(Direction.IN, peer, TRANSFER_ID, "b", 10, CHUNK, bytes(32), 0.0) is None
+        assert (
+            transfers.kept(Direction.OUT, peer, TRANSFER_ID, "b", 10, CHUNK, bytes(32), 0.0, path="/x")
+            is None
+        )
+    assert transfers.kept(Direction.IN, "alice", TRANSFER_ID, "b", 10 * CHUNK, CHUNK, bytes(32), 0.0)
+
+
+def test_a_peer_shown_in_a_transfer_line_is_neutralised() -> None:
+    peer = "alice\x1b[2J\x1b]0;pwned\x07\nreal-looking line"
+    _, line = shown.describe(TransferChanged(1, "in", peer, "b", "paused", ""), "14:00", "")
+    assert "\x1b" not in line and "\n" not in line and "\x07" not in line
