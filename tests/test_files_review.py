@@ -12,8 +12,16 @@ import pytest
 from e2echat.client import fileparts as fp
 from e2echat.client.fileevents import TransferChanged
 from e2echat.client.filenames import safe_name
-from e2echat.client.files import Transfers
+from e2echat.client.files import (
+    KEEP_ENDED,
+    MAX_OFFERS,
+    MAX_REFUSALS,
+    REFUSALS_EVERY,
+    Transfers,
+    new_transfer_id,
+)
 from e2echat.client.filestate import Direction
+from e2echat.client.trust import Trust
 from e2echat.store.downloads import PART_SUFFIX, RECORD_SUFFIX, Landing, Record, kept_landings
 from e2echat.ui import transfers as shown
 
@@ -71,3 +79,45 @@ def test_a_peer_shown_in_a_transfer_line_is_neutralised() -> None:
     peer = "alice\x1b[2J\x1b]0;pwned\x07\nreal-looking line"
     _, line = shown.describe(TransferChanged(1, "in", peer, "b", "paused", ""), "14:00", "")
     assert "\x1b" not in line and "\n" not in line and "\x07" not in line
+
+
+def test_a_flood_of_offers_costs_bounded_memory_replies_and_lines() -> None:
+    """mallory offers 20,000 files over our limit, 200 a second: what we keep of them,
+    what we answer and what we show stay bounded, and the same offer again is ignored."""
+    transfers = Transfers(max_size=10)
+    first = new_transfer_id()
+    lines = replies = 0
+    for count in range(20_000):
+        offer = fp.Offer(first if count == 0 else new_transfer_id(), "x" * 200, 10**6, CHUNK, bytes(32))
+        lines += len(transfers.receive("mallory", fp.encode(offer), Trust.UNVERIFIED, count / 200))
+        replies += len(transfers.messages)
+        transfers.messages.clear()
+        assert len(transfers.listing()) <= 2 * KEEP_ENDED
+    periods = 20_000 / 200 / REFUSALS_EVERY
+    assert lines <= periods + 1 and replies <= MAX_REFUSALS * (periods + 1)
+    again = fp.Offer(first, "x", 10**6, CHUNK, bytes(32))
+    assert transfers.receive("mallory", fp.encode(again), Trust.UNVERIFIED, 1000.0) == []
+    assert transfers.messages == []
+
+
+def test_unanswered_offers_are_counted_per_peer_and_refused_quietly() -> None:
+    transfers = Transfers()
+    for _ in range(MAX_OFFERS + 50):
+        offer = fp.Offer(new_transfer_id(), "x", 10, CHUNK, bytes(32))
+        transfers.receive("mallory", fp.encode(offer), Trust.UNVERIFIED, 0.0)
+    assert len(transfers.listing()) == MAX_OFFERS and len(transfers.messages) == MAX_REFUSALS
+    offer = fp.Offer(new_transfer_id(), "x", 10, CHUNK, bytes(32))
+    assert transfers.receive("alice", fp.encode(offer), Trust.UNVERIFIED, 0.0)  # others are heard
+
+
+def test_offers_cancelled_as_soon_as_made_are_let_go_and_not_taken_again() -> None:
+    transfers = Transfers()
+    first = new_transfer_id()
+    for count in range(3_000):
+        transfer_id = first if count == 0 else new_transfer_id()
+        offer = fp.Offer(transfer_id, "x" * 200, 10, CHUNK, bytes(32))
+        transfers.receive("mallory", fp.encode(offer), Trust.UNVERIFIED, float(count))
+        transfers.receive("mallory", fp.encode(fp.Cancel(transfer_id, "")), Trust.UNVERIFIED, float(count))
+        assert len(transfers.listing()) <= 2 * KEEP_ENDED
+    again = fp.Offer(first, "x", 10, CHUNK, bytes(32))
+    assert transfers.receive("mallory", fp.encode(again), Trust.UNVERIFIED, 1e6) == []

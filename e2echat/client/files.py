@@ -62,6 +62,17 @@ REMIND_AFTER = 6.0
 #: offers from one peer waiting for an answer, at most: more are refused unseen, so a
 #: peer cannot fill the screen (or our memory) with offers
 MAX_OFFERS = 20
+#: transfers received that are over, kept for /files: beyond these the oldest go, so a
+#: peer's flood of offers costs bounded memory, and each new offer a bounded scan
+KEEP_ENDED = 100
+#: the ids of transfers received that ended (and are no longer kept), and whether they
+#: ended well: the same offer again is not taken for a new one, and a sender who lost
+#: our Done hears it again
+REMEMBER_ENDED = 4096
+#: refusals (Reject) sent to one peer per REFUSALS_EVERY seconds, at most: more offers
+#: are dropped unanswered, and the user hears of the first only
+MAX_REFUSALS = 5
+REFUSALS_EVERY = 10.0
 #: progress is told at most this often (and at every tenth of the file)
 PROGRESS_EVERY = 0.5
 
@@ -90,6 +101,10 @@ class Transfers:
         self._by_number: dict[int, Transfer] = {}
         self._by_key: dict[tuple[Direction, str, bytes], Transfer] = {}
         self._numbers: Iterator[int] = iter(range(1, 2**62))
+        #: (peer, id) of transfers received that ended and are no longer kept: ended well?
+        self._ended: dict[tuple[str, bytes], bool] = {}
+        #: per peer: when its period of refusals began, and how many it has had since
+        self._refusals: dict[str, tuple[float, int]] = {}
         #: control parts to send: (peer, the part's bytes), oldest first
         self.messages: list[tuple[str, bytes]] = []
         #: what the shell is to do on the disk, oldest first
@@ -400,13 +415,11 @@ class Transfers:
 
     def _offered(self, sender: str, offer: fp.Offer, trust: Trust, now: float) -> list[Event]:
         key = (Direction.IN, sender, offer.transfer)
-        if key in self._by_key:
+        if key in self._by_key or (sender, offer.transfer) in self._ended:
             return []  # the same offer again
         if trust is Trust.CHANGED:
-            self.messages.append(
-                (sender, fp.encode(fp.Reject(offer.transfer, "their key changed and was not accepted")))
-            )
-            self.wake()
+            if not self._refuse(sender, offer.transfer, "their key changed and was not accepted", now):
+                return []
             return [
                 SecurityWarning(
                     f"{sender} (whose key changed and was not accepted) offered a file; it was refused "
@@ -414,9 +427,13 @@ class Transfers:
                 )
             ]
         if self._open_offers(sender) >= MAX_OFFERS:
-            self.messages.append((sender, fp.encode(fp.Reject(offer.transfer, "too many offers unanswered"))))
-            self.wake()
+            self._refuse(sender, offer.transfer, "too many offers unanswered", now)
             return []
+        if offer.size > self.max_size:
+            reason = f"it is over their limit of {size_text(self.max_size)}"
+            if not self._refuse(sender, offer.transfer, reason, now):
+                self._forget(sender, offer.transfer, False)
+                return []
         transfer = self._add(
             Direction.IN,
             sender,
@@ -429,11 +446,13 @@ class Transfers:
         )
         transfer.trust = trust
         if offer.size > self.max_size:
-            reason = f"it is over their limit of {size_text(self.max_size)}"
             transfer.state, transfer.reason = State.REJECTED, reason
-            self._send(transfer, fp.Reject(offer.transfer, reason))
+            detail = f"refused: {size_text(offer.size)} is over your limit (/set max-file)"
             return [
-                self._done(transfer, f"refused: {size_text(offer.size)} is over your limit (/set max-file)")
+                self._done(
+                    transfer,
+                    f"{detail}; more refused offers from {sender} in {REFUSALS_EVERY:.0f} s are not shown",
+                )
             ]
         return [FileOffered(transfer.number, sender, transfer.name, offer.size, trust)]
 
@@ -473,9 +492,40 @@ class Transfers:
             next(self._numbers), direction, peer, transfer_id, name, size, chunk_size, digest, path=path
         )
         transfer.heard_at = transfer.started_at = now
+        if direction is Direction.IN:
+            self._prune()
         self._by_number[transfer.number] = transfer
         self._by_key[transfer.key] = transfer
         return transfer
+
+    def _refuse(self, sender: str, transfer_id: bytes, reason: str, now: float) -> bool:
+        """Refuse an offer from ``sender``, if they have not had MAX_REFUSALS already in
+        this period; True if it is the period's first (the one the user is told of)."""
+        began, count = self._refusals.get(sender, (-math.inf, 0))
+        if now - began >= REFUSALS_EVERY:
+            began, count = now, 0
+        self._refusals[sender] = (began, count + 1)
+        if count < MAX_REFUSALS:
+            self.messages.append((sender, fp.encode(fp.Reject(transfer_id, reason))))
+            self.wake()
+        return count == 0
+
+    def _forget(self, peer: str, transfer_id: bytes, ok: bool) -> None:
+        """Remember only that transfer ``transfer_id`` from ``peer`` ended (well: ``ok``)."""
+        self._ended[(peer, transfer_id)] = ok
+        while len(self._ended) > REMEMBER_ENDED:
+            del self._ended[next(iter(self._ended))]
+
+    def _prune(self) -> None:
+        """Let go of the oldest transfers received that are over, beyond KEEP_ENDED (once
+        there are twice as many: each call is a scan)."""
+        ended = [t for t in self._by_number.values() if t.direction is Direction.IN and t.final]
+        if len(ended) < 2 * KEEP_ENDED:
+            return
+        for transfer in ended[:-KEEP_ENDED]:
+            del self._by_number[transfer.number]
+            del self._by_key[transfer.key]
+            self._forget(transfer.peer, transfer.transfer_id, transfer.state is State.DONE)
 
     def _open_offers(self, sender: str) -> int:
         """Offers from ``sender`` we have not answered."""
