@@ -128,7 +128,7 @@ def test_a_file_goes_whole_once_accepted(size: int) -> None:
     run(alice, bob)
     offer = offered(bob)
     assert (offer.sender, offer.name, offer.size, offer.number) == ("alice", "report.pdf", size, 1)
-    bob.transfers.accept(None)  # the latest offer
+    bob.transfers.accept(None)  # the only offer
     run(alice, bob)
     assert bob.kept == {1: data}
     received = bob.transfers.get(1)
@@ -347,7 +347,7 @@ def test_a_peer_cannot_pile_up_offers() -> None:
     assert len(bob.of(FileOffered)) == MAX_OFFERS
     refused = [done for done in alice.of(TransferDone) if done.state == "rejected"]
     assert len(refused) == 3 and refused[0].detail == "too many offers unanswered"
-    bob.transfers.reject(None)  # one answered: room for one more
+    bob.transfers.reject(bob.of(FileOffered)[0].number)  # one answered: room for one more
     alice.offer("bob", b"x", "one more")
     run(alice, bob)
     assert len(bob.of(FileOffered)) == MAX_OFFERS + 1

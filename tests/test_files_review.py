@@ -20,8 +20,9 @@ from e2echat.client.files import (
     Transfers,
     new_transfer_id,
 )
-from e2echat.client.filestate import Direction
+from e2echat.client.filestate import Direction, State
 from e2echat.client.trust import Trust
+from e2echat.errors import CommandError
 from e2echat.store.downloads import PART_SUFFIX, RECORD_SUFFIX, Landing, Record, kept_landings
 from e2echat.ui import transfers as shown
 
@@ -121,3 +122,17 @@ def test_offers_cancelled_as_soon_as_made_are_let_go_and_not_taken_again() -> No
         assert len(transfers.listing()) <= 2 * KEEP_ENDED
     again = fp.Offer(first, "x", 10, CHUNK, bytes(32))
     assert transfers.receive("mallory", fp.encode(again), Trust.UNVERIFIED, 1e6) == []
+
+
+def test_accept_without_a_number_takes_no_offer_when_there_are_two() -> None:
+    """alice offers what bob expects; mallory offers just before bob types /accept."""
+    transfers = Transfers()
+    for sender in ("alice", "mallory"):
+        offer = fp.Offer(new_transfer_id(), "x", 10, CHUNK, bytes(32))
+        transfers.receive(sender, fp.encode(offer), Trust.UNVERIFIED, 0.0)
+    for answer in (transfers.accept, transfers.reject):
+        with pytest.raises(CommandError, match="2 offers are open"):
+            answer(None)
+    assert [t.state for t in transfers.listing()] == [State.OFFERED, State.OFFERED]
+    transfers.reject(2)
+    assert transfers.accept(None).peer == "alice"  # the only one left

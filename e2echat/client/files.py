@@ -138,7 +138,7 @@ class Transfers:
         return transfer
 
     def accept(self, number: int | None) -> Transfer:
-        """Take an offer (``number``; None: the latest one still open). The shell opens
+        """Take an offer (``number``; None: the one still open, if there is only one). The shell opens
         its landing (``Land``), then ``landed`` answers the sender."""
         transfer = self._offer_to_answer(number, "accept")
         transfer.state = State.LANDING
@@ -544,7 +544,14 @@ class Transfers:
             ]
             if not offers:
                 raise CommandError(detail=f"no offer to {verb}")
-            return offers[-1]
+            if len(offers) > 1:
+                # Not the newest: the newest may be someone else's, sent just before.
+                numbers = ", ".join(str(t.number) for t in offers[:10])
+                more = ", ..." if len(offers) > 10 else ""
+                raise CommandError(
+                    detail=f"{len(offers)} offers are open ({numbers}{more}): /{verb} NUMBER says which"
+                )
+            return offers[0]
         transfer = self._by_number.get(number)
         if transfer is None or transfer.direction is not Direction.IN:
             raise CommandError(detail=f"no offer {number} (/files lists them)")

@@ -160,7 +160,7 @@ class SendFile:
 
 @dataclass(frozen=True)
 class AcceptFile:
-    """Take offer ``number`` (None: the latest one not yet answered)."""
+    """Take offer ``number`` (None: the only one not yet answered)."""
 
     number: int | None = None
 
@@ -275,10 +275,10 @@ COMMANDS: dict[str, CommandHelp] = {
         "/send bob ~/report.pdf",
     ),
     "accept": CommandHelp(
-        "/accept [ID]", "take the file offered as ID (no ID: the latest offer)", "/accept 3"
+        "/accept [ID]", "take the file offered as ID (no ID: the only one open)", "/accept 3"
     ),
     "reject": CommandHelp(
-        "/reject [ID]", "refuse the file offered as ID (no ID: the latest offer)", "/reject 3"
+        "/reject [ID]", "refuse the file offered as ID (no ID: the only one open)", "/reject 3"
     ),
     "cancel": CommandHelp(
         "/cancel ID", "stop transfer ID, sending or receiving; a partial file is deleted", "/cancel 3"
