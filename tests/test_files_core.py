@@ -437,6 +437,7 @@ PARTS = [
     fp.Ack(ID, 7),
     fp.Done(ID, True),
     fp.Done(ID, False, "did not match"),
+    fp.Probe(ID),
 ]
 
 
@@ -458,6 +459,7 @@ def test_parts_round_trip(part: fp.Part) -> None:
         bytes([fp.PartType.OFFER]) + ID + bytes(8) + CHUNK.to_bytes(4, "big") + bytes(32),  # no name
         bytes([fp.PartType.OFFER]) + ID + bytes(8) + CHUNK.to_bytes(4, "big") + bytes(32) + b"\xff",
         bytes([fp.PartType.DONE]) + ID + b"\x02",
+        bytes([fp.PartType.PROBE]) + ID + b"\x00",
         bytes([fp.PartType.REJECT]) + ID + b"\xed\xa0\x80",  # a lone surrogate
         bytes([99]) + ID,
     ],
@@ -586,3 +588,70 @@ def test_a_relay_cannot_hide_a_lost_message_behind_a_chunk_it_reordered() -> Non
     assert _missing(chunk(2, FileGap(skipped=1, after_file=True))) == []
     assert _missing(chunk(1, FileGap(late=True, after_file=True))) == []
     assert _missing(chunk(3, FileGap(skipped=1, after_file=True))) == [1]
+
+
+# -- what a hostile review found (issue 20; the rest in test_files_review.py) -----------------
+
+
+def _drop(kind: type[fp.Part]) -> Callable[[list[bytes]], list[bytes]]:
+    return lambda parts: [part for part in parts if not isinstance(fp.decode(part), kind)]
+
+
+def test_a_lost_done_is_asked_for_again() -> None:
+    alice, bob = pair(remind_after=2.0)
+    data = b"d" * (2 * CHUNK + 3)
+    sent = alice.offer("bob", data)
+    run(alice, bob)
+    bob.transfers.accept(1)
+    run(bob, alice, mangle=_drop(fp.Done))  # (bob's parts are the ones mangled)
+    waiting = sent.state
+    assert bob.kept and waiting is State.CHECKING
+    for now in (1.0, 3.0):
+        alice.transfers.tick(now, {"bob"})
+        bob.transfers.tick(now, {"alice"})
+        run(alice, bob, now)
+    assert sent.state is State.DONE
+
+
+@pytest.mark.parametrize("receiver", ["done", "forgot", "rejects", "resumes"])
+def test_a_sender_that_restarts_hears_how_its_transfer_stands(receiver: str) -> None:
+    """alice offered bob a file, and restarted: her transfer is kept, paused."""
+    alice, bob = pair(remind_after=2.0)
+    data = b"r" * (3 * CHUNK)
+    offer = alice.offer("bob", data)
+    run(alice, bob)
+    if receiver in ("done", "resumes"):
+        bob.transfers.accept(1)
+        run(alice, bob, mangle=(lambda parts: parts[:2]) if receiver == "resumes" else None)
+    alice.transfers = Transfers(remind_after=2.0)  # the restart
+    sent = alice.transfers.kept(
+        Direction.OUT,
+        "bob",
+        offer.transfer_id,
+        "report.pdf",
+        len(data),
+        CHUNK,
+        offer.digest,
+        0.0,
+        path="/src",
+    )
+    assert sent is not None and sent.state is State.PAUSED
+    alice.sources[sent.number] = data
+    if receiver == "forgot":
+        bob.transfers = Transfers()
+    if receiver == "rejects":
+        bob.transfers.reject(1)
+    for now in (3.0, 6.0, 9.0):
+        alice.transfers.tick(now, {"bob"})
+        run(alice, bob, now)
+        bob.transfers.tick(now, {"alice"})
+        run(alice, bob, now)
+    expected = {
+        "done": State.DONE,
+        "forgot": State.CANCELLED,
+        "rejects": State.REJECTED,
+        "resumes": State.DONE,
+    }
+    assert sent.state is expected[receiver]
+    if receiver == "resumes":
+        assert bob.kept == {1: data}

@@ -20,7 +20,7 @@ from e2echat.client.files import (
     Transfers,
     new_transfer_id,
 )
-from e2echat.client.filestate import Direction, State
+from e2echat.client.filestate import Direction, Finish, State
 from e2echat.client.trust import Trust
 from e2echat.errors import CommandError
 from e2echat.store.downloads import PART_SUFFIX, RECORD_SUFFIX, Landing, Record, kept_landings
@@ -136,3 +136,37 @@ def test_accept_without_a_number_takes_no_offer_when_there_are_two() -> None:
     assert [t.state for t in transfers.listing()] == [State.OFFERED, State.OFFERED]
     transfers.reject(2)
     assert transfers.accept(None).peer == "alice"  # the only one left
+
+
+# -- every transfer ends, or stays paused for a reason -----------------------------------------
+
+
+def test_a_receiver_that_restarts_with_every_byte_written_checks_the_file() -> None:
+    transfers = Transfers()
+    kept = transfers.kept(
+        Direction.IN, "alice", TRANSFER_ID, "a.bin", CHUNK, CHUNK, bytes(32), 0.0, written=CHUNK
+    )
+    assert kept is not None
+    transfers.tick(1.0, {"alice"})
+    assert kept.state is State.CHECKING and [type(e) for e in transfers.effects] == [Finish]
+    assert not [part for _, part in transfers.messages if isinstance(fp.decode(part), fp.Accept)]
+
+
+def test_quitting_does_not_wait_for_a_transfer_that_cannot_move() -> None:
+    transfers = Transfers()
+    transfers.kept(Direction.IN, "alice", TRANSFER_ID, "a.bin", 2 * CHUNK, CHUNK, bytes(32), 0.0)
+    offer = fp.Offer(new_transfer_id(), "x", 10, CHUNK, bytes(32))
+    transfers.receive("alice", fp.encode(offer), Trust.UNVERIFIED, 0.0)
+    assert transfers.active and not transfers.moving
+
+
+# -- what a peer sends does not make us send more ------------------------------------------------
+
+
+def test_accepts_for_a_transfer_we_do_not_have_get_one_cancel() -> None:
+    transfers = Transfers()
+    for count in range(100):
+        stray = fp.Accept(TRANSFER_ID, 0)
+        transfers.receive("mallory", fp.encode(stray), Trust.UNVERIFIED, count / 100)
+        transfers.receive("mallory", fp.encode(fp.Probe(TRANSFER_ID)), Trust.UNVERIFIED, count / 100)
+    assert len(transfers.messages) == 1

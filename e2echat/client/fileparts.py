@@ -12,6 +12,9 @@ sender is the session's peer. Layout, big-endian:
     chunk   offset (8) || the bytes of the file from there
     ack     offset (8): everything before it is written
     done    ok (1) || reason (UTF-8): the file's hash was checked, and it was kept (or not)
+    probe   nothing: the sender asks where the transfer is (its Done, or the receiver's
+            Accept, may have been lost, or either side restarted); the receiver answers
+            Accept, Done or Cancel
 
 The transfer id is the sender's, drawn at random; the receiver knows a transfer by the
 sender and that id. The hash is inside the offer, so inside the encryption: the relay can
@@ -57,6 +60,7 @@ class PartType(IntEnum):
     CHUNK = 5
     ACK = 6
     DONE = 7
+    PROBE = 8
 
 
 @dataclass(frozen=True)
@@ -138,7 +142,15 @@ class Done:
         _check(len(self.reason.encode("utf-8")) <= MAX_REASON, f"a reason is at most {MAX_REASON} bytes")
 
 
-Part = Offer | Accept | Reject | Cancel | Chunk | Ack | Done
+@dataclass(frozen=True)
+class Probe:
+    transfer: bytes
+
+    def __post_init__(self) -> None:
+        _check_id(self.transfer)
+
+
+Part = Offer | Accept | Reject | Cancel | Chunk | Ack | Done | Probe
 
 
 def _check(ok: bool, detail: str) -> None:
@@ -164,6 +176,8 @@ def encode(part: Part) -> bytes:
         return _HEAD.pack(PartType.REJECT, part.transfer) + part.reason.encode("utf-8")
     if isinstance(part, Cancel):
         return _HEAD.pack(PartType.CANCEL, part.transfer) + part.reason.encode("utf-8")
+    if isinstance(part, Probe):
+        return _HEAD.pack(PartType.PROBE, part.transfer)
     return _HEAD.pack(PartType.DONE, part.transfer) + _OK.pack(part.ok) + part.reason.encode("utf-8")
 
 
@@ -192,6 +206,8 @@ def decode(data: bytes) -> Part | None:
             return Reject(transfer, rest.decode("utf-8"))
         if kind == PartType.CANCEL:
             return Cancel(transfer, rest.decode("utf-8"))
+        if kind == PartType.PROBE and not rest:
+            return Probe(transfer)
         if kind == PartType.DONE and rest[:1] in (b"\x00", b"\x01"):
             return Done(transfer, rest[0] == 1, rest[1:].decode("utf-8"))
     except (struct.error, ValueError, LocalProtocolError):  # UnicodeDecodeError is a ValueError

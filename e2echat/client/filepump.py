@@ -223,11 +223,11 @@ class FilePump:
         return transfer
 
     async def wait_done(self, quiet: float) -> bool:
-        """Wait until no transfer is left that is not over; False once none has moved for
-        ``quiet`` seconds (its peer is gone, say)."""
+        """Wait until no transfer is left that can move on by itself (one paused, its peer
+        gone, cannot); False once none has moved for ``quiet`` seconds."""
         moved = self._clock()
         last = self._moved()
-        while self.transfers.active:
+        while self.transfers.moving:
             await asyncio.sleep(TICK)  # (polled: a transfer's progress is many small steps)
             now, seen = self._clock(), self._moved()
             if seen != last:

@@ -73,6 +73,10 @@ REMEMBER_ENDED = 4096
 #: are dropped unanswered, and the user hears of the first only
 MAX_REFUSALS = 5
 REFUSALS_EVERY = 10.0
+#: the answer to a probe, or the Cancel to an Accept for a transfer we do not have, goes
+#: to one peer for one transfer at most this often: what a peer sends does not make us
+#: send more than it did
+ANSWER_EVERY = 5.0
 #: progress is told at most this often (and at every tenth of the file)
 PROGRESS_EVERY = 0.5
 
@@ -105,6 +109,8 @@ class Transfers:
         self._ended: dict[tuple[str, bytes], bool] = {}
         #: per peer: when its period of refusals began, and how many it has had since
         self._refusals: dict[str, tuple[float, int]] = {}
+        #: (peer, id) of the answers sent to probes (and stray Accepts): when
+        self._answered: dict[tuple[str, bytes], float] = {}
         #: control parts to send: (peer, the part's bytes), oldest first
         self.messages: list[tuple[str, bytes]] = []
         #: what the shell is to do on the disk, oldest first
@@ -209,6 +215,12 @@ class Transfers:
         """Some transfer is not over."""
         return any(not transfer.final for transfer in self._by_number.values())
 
+    @property
+    def moving(self) -> bool:
+        """Some transfer can move on by itself: not one waiting for its peer (paused) or
+        for someone's answer to an offer."""
+        return any(t.state in (State.LANDING, State.ACTIVE, State.CHECKING) for t in self._by_number.values())
+
     # -- what the shell reports -----------------------------------------------------------------
 
     def landed(self, transfer: Transfer, offset: int, now: float, problem: str = "") -> list[Event]:
@@ -282,12 +294,22 @@ class Transfers:
                 continue
             here = transfer.peer in online
             if transfer.state is State.PAUSED:
-                if here and transfer.direction is Direction.IN:
+                if transfer.direction is Direction.IN and transfer.acked >= transfer.size:
+                    # Every byte was written before a restart, and the file not yet
+                    # named: it is checked now (asking for more would ask for ever).
+                    transfer.state = State.CHECKING
+                    self._effect(Finish(transfer))
+                elif here and transfer.direction is Direction.IN:
                     # The receiver resumes: from the next byte it expects (every one before
                     # it is written, or on its way to the disk).
                     self._resume(transfer, now)
                     self._send(transfer, fp.Accept(transfer.transfer_id, transfer.sent))
                     events.append(self.changed_event(transfer, "resumed"))
+                elif here and now - transfer.heard_at >= self.remind_after:
+                    # A sender (after a restart, say) asks where it is: the receiver
+                    # resumes it, or says it is done, or that it has no such transfer.
+                    transfer.heard_at = now
+                    self._send(transfer, fp.Probe(transfer.transfer_id))
                 continue
             if not here:
                 if transfer.state is State.ACTIVE:
@@ -298,6 +320,12 @@ class Transfers:
             if transfer.state is State.ACTIVE and transfer.direction is Direction.OUT:
                 if transfer.sent > transfer.acked and quiet >= self.resend_after:
                     transfer.sent, transfer.heard_at = transfer.acked, now
+                    # (and asks: the receiver may have every byte, and its Done be lost)
+                    self._send(transfer, fp.Probe(transfer.transfer_id))
+            elif transfer.state is State.CHECKING and transfer.direction is Direction.OUT:
+                if quiet >= self.remind_after:  # its Done may be lost: ask for it again
+                    transfer.heard_at = now
+                    self._send(transfer, fp.Probe(transfer.transfer_id))
             elif transfer.state is State.ACTIVE and quiet >= self.remind_after:
                 transfer.heard_at = now
                 self._send(transfer, fp.Accept(transfer.transfer_id, transfer.sent))
@@ -352,6 +380,9 @@ class Transfers:
     def _part(self, sender: str, part: _Answer, trust: Trust, now: float) -> list[Event]:
         if isinstance(part, fp.Offer):
             return self._offered(sender, part, trust, now)
+        if isinstance(part, fp.Probe):
+            self._probed(sender, part.transfer, now)
+            return []
         if isinstance(part, fp.Accept | fp.Ack | fp.Reject | fp.Done):
             transfer = self._by_key.get((Direction.OUT, sender, part.transfer))
         else:  # a cancel: either side's
@@ -360,8 +391,7 @@ class Transfers:
             )
         if transfer is None and isinstance(part, fp.Accept):
             # A receiver resuming a transfer we no longer have (we restarted): it ends.
-            self.messages.append((sender, fp.encode(fp.Cancel(part.transfer, "the sender no longer has it"))))
-            self.wake()
+            self._answer(sender, fp.Cancel(part.transfer, "the sender no longer has it"), now)
             return []
         if transfer is None or transfer.final:
             return []  # over, or never ours: late parts of a transfer that ended
@@ -398,15 +428,20 @@ class Transfers:
                 return [self.changed_event(transfer, "accepted", f"{sender} accepted it")]
             return [self.changed_event(transfer, "resumed")] if was is State.PAUSED else []
         if isinstance(part, fp.Reject):
-            if transfer.state is not State.OFFERED:
+            # (paused with nothing acknowledged: an offer we made before a restart)
+            if transfer.state is not State.OFFERED and not (
+                transfer.state is State.PAUSED and transfer.acked == 0
+            ):
                 return []
             transfer.state, transfer.reason = State.REJECTED, part.reason
             return [self._done(transfer)]
         if isinstance(part, fp.Done):
             if transfer.state not in (State.ACTIVE, State.CHECKING, State.PAUSED):
                 return []
-            if part.ok and transfer.acked < transfer.size:
-                return []  # done before every byte was acknowledged: not believed
+            if part.ok and transfer.furthest < transfer.size and transfer.state is not State.PAUSED:
+                # Done before every byte was sent: not believed. (After a restart, what
+                # was sent is not known: their word is taken, as their Acks are.)
+                return []
             transfer.state = State.DONE if part.ok else State.FAILED
             transfer.reason = part.reason
             return [self._done(transfer)]
@@ -455,6 +490,43 @@ class Transfers:
                 )
             ]
         return [FileOffered(transfer.number, sender, transfer.name, offer.size, trust)]
+
+    def _probed(self, sender: str, transfer_id: bytes, now: float) -> None:
+        """The sender of ``transfer_id`` asks where it is: we say."""
+        transfer = self._by_key.get((Direction.IN, sender, transfer_id))
+        answer: fp.Part
+        if transfer is None:
+            ended = self._ended.get((sender, transfer_id))
+            if ended is None:
+                answer = fp.Cancel(transfer_id, "the receiver has no such transfer")
+            else:
+                answer = fp.Done(transfer_id, True) if ended else fp.Cancel(transfer_id, "it ended")
+        elif transfer.state is State.DONE:
+            answer = fp.Done(transfer_id, True)
+        elif transfer.state is State.FAILED:
+            answer = fp.Done(transfer_id, False, transfer.reason[: fp.MAX_REASON // 4])
+        elif transfer.state is State.REJECTED:
+            answer = fp.Reject(transfer_id, transfer.reason[: fp.MAX_REASON // 4])
+        elif transfer.final:
+            answer = fp.Cancel(transfer_id, transfer.reason[: fp.MAX_REASON // 4])
+        elif transfer.state is State.ACTIVE:
+            answer = fp.Accept(transfer_id, transfer.sent)
+        else:
+            return  # not answered yet, or paused (it resumes), or being checked (Done comes)
+        self._answer(sender, answer, now)
+
+    def _answer(self, peer: str, part: fp.Part, now: float) -> None:
+        """Send ``part`` (an answer about a transfer), unless one went to ``peer`` for it
+        less than ANSWER_EVERY ago."""
+        key = (peer, part.transfer)
+        if now - self._answered.get(key, -math.inf) < ANSWER_EVERY:
+            return
+        self._answered.pop(key, None)
+        self._answered[key] = now  # (at the end: the oldest are let go first)
+        while len(self._answered) > REMEMBER_ENDED:
+            del self._answered[next(iter(self._answered))]
+        self.messages.append((peer, fp.encode(part)))
+        self.wake()
 
     def _chunk(self, sender: str, chunk: fp.Chunk, now: float) -> list[Event]:
         transfer = self._by_key.get((Direction.IN, sender, chunk.transfer))
@@ -624,7 +696,7 @@ class Transfers:
 
 
 #: every part but a chunk
-_Answer = fp.Offer | fp.Accept | fp.Reject | fp.Cancel | fp.Ack | fp.Done
+_Answer = fp.Offer | fp.Accept | fp.Reject | fp.Cancel | fp.Ack | fp.Done | fp.Probe
 
 
 def _why(reason: str) -> str:

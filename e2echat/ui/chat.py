@@ -719,8 +719,8 @@ class Chat:
         received keeps its partial file, and the next run resumes it)."""
         if self._offering:
             await asyncio.gather(*self._offering, return_exceptions=True)
-        if self.files is None or not self.files.transfers.active:
-            return
+        if self.files is None or not self.files.transfers.moving:
+            return  # (one paused, or an offer unanswered, waits for the next run)
         self.notice("waiting for the file transfers to end (/files lists them); Ctrl+C leaves now")
         interrupted = asyncio.Event()
         with _on_interrupt(interrupted.set):
