@@ -655,3 +655,16 @@ def test_a_sender_that_restarts_hears_how_its_transfer_stands(receiver: str) -> 
     assert sent.state is expected[receiver]
     if receiver == "resumes":
         assert bob.kept == {1: data}
+
+
+def test_a_receiver_takes_no_chunk_beyond_the_window() -> None:
+    alice, bob = pair(window=2 * CHUNK)
+    data = b"w" * (4 * CHUNK)
+    sent = alice.offer("bob", data)
+    run(alice, bob)
+    bob.transfers.accept(1)
+    carry_out(bob, 0.0)  # landed, but nothing written: what a slow disk looks like
+    for offset in range(0, len(data), CHUNK):
+        chunk = fp.Chunk(sent.transfer_id, offset, data[offset : offset + CHUNK])
+        bob.transfers.receive("alice", fp.encode(chunk), Trust.UNVERIFIED, 0.0)
+    assert len([e for e in bob.transfers.effects if isinstance(e, Write)]) == 2

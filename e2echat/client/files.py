@@ -540,6 +540,8 @@ class Transfers:
                 transfer.heard_at = now
                 self._send(transfer, fp.Ack(transfer.transfer_id, transfer.acked))
             return []
+        if chunk.offset + expected > transfer.acked + self.window:
+            return []  # beyond what a sender may have unacknowledged: not queued for the disk
         transfer.sent += expected
         transfer.heard_at = now
         self._effect(Write(transfer, chunk.offset, chunk.data))
