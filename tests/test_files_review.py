@@ -22,7 +22,7 @@ from e2echat.client.files import (
 )
 from e2echat.client.filestate import Direction, Finish, State
 from e2echat.client.trust import Trust
-from e2echat.errors import CommandError
+from e2echat.errors import CommandError, TransferFileError
 from e2echat.store.downloads import PART_SUFFIX, RECORD_SUFFIX, Landing, Record, kept_landings
 from e2echat.ui import transfers as shown
 
@@ -170,3 +170,14 @@ def test_accepts_for_a_transfer_we_do_not_have_get_one_cancel() -> None:
         transfers.receive("mallory", fp.encode(stray), Trust.UNVERIFIED, count / 100)
         transfers.receive("mallory", fp.encode(fp.Probe(TRANSFER_ID)), Trust.UNVERIFIED, count / 100)
     assert len(transfers.messages) == 1
+
+
+def test_a_landing_that_cannot_be_opened_leaves_no_partial_file_nor_an_open_fd(tmp_path: Path) -> None:
+    record = Record("alice", TRANSFER_ID, "b", 10, CHUNK, bytes(32))
+    landing = Landing(tmp_path, "b", record.part_name)
+    landing.record.write_bytes(b"someone's file")  # its name is taken
+    fds = len(list(Path("/proc/self/fd").iterdir()))
+    with pytest.raises(TransferFileError):
+        landing.open(record)
+    assert not landing.part.exists() and landing.record.read_bytes() == b"someone's file"
+    assert len(list(Path("/proc/self/fd").iterdir())) == fds

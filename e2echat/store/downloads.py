@@ -219,13 +219,25 @@ class Landing:
             # O_EXCL: a file (or a link) already under the partial file's name is nobody's
             # to write into; O_CREAT's mode is the file's from its first moment.
             self._fd = os.open(self.part, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            if record is not None and seal is not None:
-                sealed = seal.seal(_LANDING + self.record.name, record)
-                fd = os.open(self.record, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(sealed)
         except OSError as exc:
             raise TransferFileError(path=self.part, detail=exc.strerror or str(exc)) from None
+        if record is None or seal is None:
+            return 0
+        sealed = seal.seal(_LANDING + self.record.name, record)
+        try:
+            fd = os.open(self.record, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            # (the record's name is not ours: the partial file goes, and only it)
+            self._close()
+            with contextlib.suppress(FileNotFoundError):
+                self.part.unlink()
+            raise TransferFileError(path=self.record, detail=exc.strerror or str(exc)) from None
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(sealed)
+        except OSError as exc:  # a full disk: neither file is left
+            self.discard()
+            raise TransferFileError(path=self.record, detail=exc.strerror or str(exc)) from None
         return 0
 
     def reopen(self, chunk_size: int) -> int:
