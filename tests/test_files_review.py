@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from e2echat.client import fileparts as fp
-from e2echat.client.fileevents import TransferChanged
+from e2echat.client.fileevents import TransferChanged, TransferDone
 from e2echat.client.filenames import safe_name
 from e2echat.client.files import (
     KEEP_ENDED,
@@ -181,3 +181,21 @@ def test_a_landing_that_cannot_be_opened_leaves_no_partial_file_nor_an_open_fd(t
         landing.open(record)
     assert not landing.part.exists() and landing.record.read_bytes() == b"someone's file"
     assert len(list(Path("/proc/self/fd").iterdir())) == fds
+
+
+def test_a_file_being_named_is_not_cancelled_and_then_kept() -> None:
+    """Once every byte is written, the file is checked and named: a cancel then, ours or
+    the sender's, would say CANCELLED of a file kept all the same."""
+    transfers = Transfers()
+    kept = transfers.kept(
+        Direction.IN, "alice", TRANSFER_ID, "a.bin", CHUNK, CHUNK, bytes(32), 0.0, written=CHUNK
+    )
+    assert kept is not None
+    transfers.tick(1.0, {"alice"})
+    with pytest.raises(CommandError, match="being checked"):
+        transfers.cancel(kept.number)
+    transfers.receive("alice", fp.encode(fp.Cancel(TRANSFER_ID, "")), Trust.UNVERIFIED, 1.0)
+    checking = kept.state
+    assert checking is State.CHECKING
+    (done,) = transfers.finished(kept, True, path="/downloads/a.bin")
+    assert isinstance(done, TransferDone) and done.ok

@@ -164,6 +164,9 @@ class Transfers:
             raise CommandError(detail=f"no transfer {number} (/files lists them)")
         if transfer.final:
             raise CommandError(detail=f"transfer {number} is over already ({transfer.state})")
+        if transfer.state is State.CHECKING and transfer.direction is Direction.IN:
+            # The file is being named: cancelled now, it would be kept all the same.
+            raise CommandError(detail=f"transfer {number} is being checked; it ends in a moment")
         self._end(transfer, State.CANCELLED, reason, tell=True)
         return [self._done(transfer)]
 
@@ -445,6 +448,8 @@ class Transfers:
             transfer.state = State.DONE if part.ok else State.FAILED
             transfer.reason = part.reason
             return [self._done(transfer)]
+        if transfer.state is State.CHECKING and transfer.direction is Direction.IN:
+            return []  # too late: every byte is here, and the file is being named (Done says how it went)
         self._end(transfer, State.CANCELLED, f"{sender} cancelled it" + _why(part.reason), tell=False)
         return [self._done(transfer)]
 
