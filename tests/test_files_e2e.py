@@ -311,6 +311,34 @@ async def test_a_transfer_resumes_after_the_sender_restarts(tmp_path: Path) -> N
     assert list(sending.iterdir()) == []  # over: forgotten
 
 
+async def test_a_file_changed_before_the_sender_restarts_is_not_sent_on(tmp_path: Path) -> None:
+    """alice offers a file and quits; before she starts again it changes (same size, other
+    bytes: a link now naming another file, say). It is hashed again, and not sent."""
+    source = tmp_path / "offered.bin"
+    make_file(source, 100_000)
+    alice_identity = PrivateKey.generate()
+    alice_keyring = Keyring.fresh("alice", alice_identity, time.time())
+    sending = tmp_path / "alice-profile" / "sending"
+    async with running_relay(**FAST) as relay, file_peers(relay, tmp_path, "bob") as (bob,):
+        alice = await file_peer(
+            relay, tmp_path, "alice", alice_identity, keyring=alice_keyring, sending=sending
+        )
+        await alice.pump.send("bob", source)
+        await next_event(bob, FileOffered)
+        await alice.pump.close()
+        await alice.peer.connection.close()
+        source.write_bytes(b"\x00" * 100_000)
+        alice = await file_peer(
+            relay, tmp_path, "alice", alice_identity, keyring=alice_keyring, sending=sending, resume=True
+        )
+        ended = await next_event(alice, TransferDone)
+        assert (ended.ok, ended.state) == (False, "cancelled") and "changed" in ended.detail
+        assert (await next_event(bob, TransferDone)).state == "cancelled"  # bob is told
+        await alice.pump.close()
+        await alice.peer.connection.close()
+    assert list(sending.iterdir()) == []
+
+
 async def file_peer(
     relay: Relay, tmp_path: Path, nick: str, identity: PrivateKey, **options: Any
 ) -> FilePeer:

@@ -10,6 +10,7 @@ what is typed ahead of them.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import math
 import time
@@ -149,6 +150,17 @@ class FilePump:
                 source.close()
                 continue
             self._sources[transfer.number] = source
+            try:
+                # Hashed again, through the very file sent: the same size is not the same
+                # file (it was edited, or a link now names another).
+                size, digest = await asyncio.to_thread(source.digest)
+            except E2EChatError as exc:
+                size, digest = -1, b""
+                log.info("a file being sent before could not be read: %s", exc)
+            if size != record.size or not hmac.compare_digest(digest, record.digest):
+                reason = "the file changed since it was offered; offer it again with /send"
+                self._publish(self.transfers.cancel(transfer.number, reason))
+                continue
             detail = f"kept from before; it goes on when {record.peer} is online"
             self._publish([self.transfers.changed_event(transfer, "paused", detail)])
 
