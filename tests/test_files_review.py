@@ -158,6 +158,8 @@ def test_quitting_does_not_wait_for_a_transfer_that_cannot_move() -> None:
     offer = fp.Offer(new_transfer_id(), "x", 10, CHUNK, bytes(32))
     transfers.receive("alice", fp.encode(offer), Trust.UNVERIFIED, 0.0)
     assert transfers.active and not transfers.moving
+    transfers.offer("alice", "ours.bin", 10, bytes(32), "/ours.bin", 0.0)
+    assert transfers.moving  # ours may yet be taken
 
 
 # -- what a peer sends does not make us send more ------------------------------------------------

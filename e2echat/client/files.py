@@ -144,8 +144,8 @@ class Transfers:
         return transfer
 
     def accept(self, number: int | None) -> Transfer:
-        """Take an offer (``number``; None: the one still open, if there is only one). The shell opens
-        its landing (``Land``), then ``landed`` answers the sender."""
+        """Take an offer (``number``; None: the one still open, if there is only one).
+        The shell opens its landing (``Land``), then ``landed`` answers the sender."""
         transfer = self._offer_to_answer(number, "accept")
         transfer.state = State.LANDING
         self._effect(Land(transfer))
@@ -220,9 +220,13 @@ class Transfers:
 
     @property
     def moving(self) -> bool:
-        """Some transfer can move on by itself: not one waiting for its peer (paused) or
-        for someone's answer to an offer."""
-        return any(t.state in (State.LANDING, State.ACTIVE, State.CHECKING) for t in self._by_number.values())
+        """Some transfer can move on without us: not one paused (its peer gone, or after a
+        restart), nor an offer waiting for our answer (ours to them may yet be taken)."""
+        return any(
+            t.state in (State.LANDING, State.ACTIVE, State.CHECKING)
+            or (t.state is State.OFFERED and t.direction is Direction.OUT)
+            for t in self._by_number.values()
+        )
 
     # -- what the shell reports -----------------------------------------------------------------
 
