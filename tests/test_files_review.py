@@ -15,6 +15,7 @@ from e2echat.client.filenames import safe_name
 from e2echat.client.files import (
     KEEP_ENDED,
     MAX_OFFERS,
+    MAX_PROBES,
     MAX_REFUSALS,
     REFUSALS_EVERY,
     Transfers,
@@ -201,3 +202,22 @@ def test_a_file_being_named_is_not_cancelled_and_then_kept() -> None:
     assert checking is State.CHECKING
     (done,) = transfers.finished(kept, True, path="/downloads/a.bin")
     assert isinstance(done, TransferDone) and done.ok
+
+
+def test_a_sender_asks_a_silent_receiver_a_bounded_number_of_times_then_says_so() -> None:
+    transfers = Transfers(remind_after=1.0)
+    sent = transfers.offer("bob", "a.bin", 10, bytes(32), "/a.bin", 0.0)
+    transfers.receive("bob", fp.encode(fp.Accept(sent.transfer_id, 0)), Trust.UNVERIFIED, 0.0)
+    transfers.chunks_due(1 << 30)
+    transfers.receive("bob", fp.encode(fp.Ack(sent.transfer_id, 10)), Trust.UNVERIFIED, 0.0)
+    transfers.messages.clear()
+    heard = []
+    for now in range(1, 100):
+        if now == 5:  # a word from bob (an old acknowledgement): he is asked anew
+            transfers.receive("bob", fp.encode(fp.Ack(sent.transfer_id, 10)), Trust.UNVERIFIED, 5.0)
+        heard += transfers.tick(float(now), {"bob"})
+    probes = [part for _, part in transfers.messages if isinstance(fp.decode(part), fp.Probe)]
+    assert len(probes) == 4 + MAX_PROBES and sent.state is State.PAUSED
+    assert [(e.state, "no word from bob" in e.detail) for e in heard if isinstance(e, TransferChanged)] == [
+        ("paused", True)
+    ]

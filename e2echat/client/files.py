@@ -77,6 +77,10 @@ REFUSALS_EVERY = 10.0
 #: to one peer for one transfer at most this often: what a peer sends does not make us
 #: send more than it did
 ANSWER_EVERY = 5.0
+#: probes a sender sends without an answer before it stops asking (about a minute, at
+#: REMIND_AFTER): a receiver that says nothing (gone quiet, or too old to know a probe)
+#: leaves the transfer paused, with the reason, until /cancel or the next time they come
+MAX_PROBES = 10
 #: progress is told at most this often (and at every tenth of the file)
 PROGRESS_EVERY = 0.5
 
@@ -316,7 +320,9 @@ class Transfers:
                     # A sender (after a restart, say) asks where it is: the receiver
                     # resumes it, or says it is done, or that it has no such transfer.
                     transfer.heard_at = now
-                    self._send(transfer, fp.Probe(transfer.transfer_id))
+                    self._probe(transfer)
+                elif not here:
+                    transfer.probes = 0  # asked again when they are back
                 continue
             if not here:
                 if transfer.state is State.ACTIVE:
@@ -328,11 +334,16 @@ class Transfers:
                 if transfer.sent > transfer.acked and quiet >= self.resend_after:
                     transfer.sent, transfer.heard_at = transfer.acked, now
                     # (and asks: the receiver may have every byte, and its Done be lost)
-                    self._send(transfer, fp.Probe(transfer.transfer_id))
+                    self._probe(transfer)
             elif transfer.state is State.CHECKING and transfer.direction is Direction.OUT:
                 if quiet >= self.remind_after:  # its Done may be lost: ask for it again
                     transfer.heard_at = now
-                    self._send(transfer, fp.Probe(transfer.transfer_id))
+                    if not self._probe(transfer):
+                        transfer.state = State.PAUSED
+                        detail = (
+                            f"no word from {transfer.peer} on their check; /cancel {transfer.number} ends it"
+                        )
+                        events.append(self.changed_event(transfer, "paused", detail))
             elif transfer.state is State.ACTIVE and quiet >= self.remind_after:
                 transfer.heard_at = now
                 self._send(transfer, fp.Accept(transfer.transfer_id, transfer.sent))
@@ -402,6 +413,7 @@ class Transfers:
             return []
         if transfer is None or transfer.final:
             return []  # over, or never ours: late parts of a transfer that ended
+        transfer.probes = 0  # a word from them
         if isinstance(part, fp.Ack):
             if transfer.acked < part.offset <= transfer.furthest:
                 transfer.acked = part.offset
@@ -523,6 +535,14 @@ class Transfers:
         else:
             return  # not answered yet, or paused (it resumes), or being checked (Done comes)
         self._answer(sender, answer, now)
+
+    def _probe(self, transfer: Transfer) -> bool:
+        """Ask the receiver where ``transfer`` is, unless MAX_PROBES went unanswered."""
+        if transfer.probes >= MAX_PROBES:
+            return False
+        transfer.probes += 1
+        self._send(transfer, fp.Probe(transfer.transfer_id))
+        return True
 
     def _answer(self, peer: str, part: fp.Part, now: float) -> None:
         """Send ``part`` (an answer about a transfer), unless one went to ``peer`` for it

@@ -63,6 +63,8 @@ class Transfer:
     started_from: int = 0
     told_at: float = -math.inf  # the last progress told
     told_tenth: int = -1
+    #: out: probes sent since the receiver last said anything of it
+    probes: int = 0
 
     @property
     def key(self) -> tuple[Direction, str, bytes]:
