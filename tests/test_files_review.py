@@ -24,11 +24,12 @@ from e2echat.client.files import (
 from e2echat.client.filestate import Direction, Finish, State
 from e2echat.client.trust import Trust
 from e2echat.errors import CommandError, TransferFileError
-from e2echat.store.downloads import PART_SUFFIX, RECORD_SUFFIX, Landing, Record, kept_landings
+from e2echat.store.downloads import PART_SUFFIX, RECORD_SUFFIX, Landing, Record, RecordSeal, kept_landings
 from e2echat.ui import transfers as shown
 
 CHUNK = fp.CHUNK_SIZE
 TRANSFER_ID = bytes(range(16))
+SEAL = RecordSeal(bytes(range(32)))
 
 
 @pytest.mark.parametrize(
@@ -61,7 +62,7 @@ def test_a_file_received_does_not_pose_as_a_transfer_to_resume(tmp_path: Path) -
         landing.open()
         landing.write(0, data)
         assert landing.finish(hashlib.blake2b(data, digest_size=fp.DIGEST_SIZE).digest()) is not None
-    assert kept_landings(tmp_path) == []
+    assert kept_landings(tmp_path, SEAL) == []
 
 
 def test_a_kept_transfer_is_held_to_the_size_limit_and_a_nick() -> None:
@@ -181,7 +182,7 @@ def test_a_landing_that_cannot_be_opened_leaves_no_partial_file_nor_an_open_fd(t
     landing.record.write_bytes(b"someone's file")  # its name is taken
     fds = len(list(Path("/proc/self/fd").iterdir()))
     with pytest.raises(TransferFileError):
-        landing.open(record)
+        landing.open(record, SEAL)
     assert not landing.part.exists() and landing.record.read_bytes() == b"someone's file"
     assert len(list(Path("/proc/self/fd").iterdir())) == fds
 
