@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import nacl.utils
 import pytest
+
+from nats_support import NatsServer, running_nats
 
 ASYNC_TEST_TIMEOUT = 30.0
 _SERVICE = f"_e2echat-{nacl.utils.random(3).hex()}._tcp.local."
@@ -42,3 +46,11 @@ def _private_data_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: py
     # Relays started by tests announce, and the discovery tests browse, under this run's own
     # mDNS service type: not found by (nor finding) another run's, or a real relay on the LAN.
     monkeypatch.setenv("E2ECHAT_MDNS_SERVICE", _SERVICE)
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    """A real ``nats-server -js`` for one test, its store in the test's temporary directory
+    (skipped where no server is installed: see nats_support)."""
+    with running_nats(tmp_path / "nats") as server:
+        yield server
