@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import nacl.utils
@@ -152,7 +153,7 @@ class RelayCore:
         #: what connections are owed beyond what they may be given at once
         self._paging = Paging(self.limits, self._backlog)
         #: where a send's copies go, and mailbox items to their owners
-        self._router = Router(self.limits, self.kept, self.online, self._backlog, self._paging)
+        self._router = self._new_router()
         #: who hears of whom: presence and member lists
         self._presence = Presence(self.kept, self.online, self._paging)
 
@@ -305,7 +306,7 @@ class RelayCore:
         self._backlog.stalled.clear()
         self._backlog.unflushed.clear()
         self._sources, self._unfinished = Sources(), Unfinished()
-        self._router = Router(self.limits, self.kept, self.online, self._backlog, self._paging)
+        self._router = self._new_router()
         return actions
 
     # -- deciding ------------------------------------------------------------------------------
@@ -476,12 +477,27 @@ class RelayCore:
         return keep(ops, [], now=frames)
 
     def _register(self, record: _Connection, message: Register, now: float) -> list[Action]:
-        peer = admit(self.key, record.challenge, self.password, self._skeletons, message)
+        peer = self._admit_register(record, message, self._skeletons)
         if isinstance(peer, tuple):
             return self._refuse(record, *peer)
+        return self._welcome(record, peer, message, now)
+
+    def _admit_register(
+        self, record: _Connection, message: Register, skeletons: Mapping[str, str]
+    ) -> PeerInfo | tuple[str, str]:
+        """The newcomer's directory entry, or why it is refused (see ``admit``): its nick
+        checked against ``skeletons`` (a cluster's holds the other relays' nicks too)."""
+        peer = admit(self.key, record.challenge, self.password, skeletons, message)
+        if isinstance(peer, tuple):
+            return peer
         until = self.kept.reserved_until(peer.nick, bytes(peer.identity_key))
         if until is not None:
-            return self._refuse(record, *reserved(peer.nick, until))
+            return reserved(peer.nick, until)
+        return peer
+
+    def _welcome(self, record: _Connection, peer: PeerInfo, message: Register, now: float) -> list[Action]:
+        """Let ``peer`` in (it sent ``message``): its welcome, its arrival told to its
+        contacts, then its rooms' member lists and its mail."""
         record.peer, record.challenge = peer, b""
         record.flow = Flow(self.limits, now)
         record.decoder.max_frame = self.limits.max_frame
@@ -494,7 +510,7 @@ class RelayCore:
         change, room_ops = self.kept.set_rooms(nick, message.rooms, unix, record.address)
         ops += room_ops
         contacts = self.kept.rooms.contacts(nick)
-        entries = presence.entries(contacts)
+        entries = self._directory(contacts)
         welcome = welcome_frames(nick, entries, self._advertised, prekeys, relay_id=self.relay_id)
         frames = presence.arrived(peer, change, contacts)
         self.online[nick] = conn
@@ -509,6 +525,14 @@ class RelayCore:
         self._paging.owe(conn, nick, welcome, self.kept.rooms.of(nick))
         self._paging.owe(conn, nick, tail)
         return keep(ops, self._router.notify(), now=frames + presence.forgotten())
+
+    def _directory(self, contacts: Iterable[str]) -> list[bytes]:
+        """The directory a newcomer is sent, encoded: its ``contacts`` online (a cluster's
+        relay adds the other relays' clients)."""
+        return self._presence.entries(contacts)
+
+    def _new_router(self) -> Router:
+        return Router(self.limits, self.kept, self.online, self._backlog, self._paging)
 
     def _route(self, record: _Connection, message: Routes) -> list[Action]:
         assert record.peer is not None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from nacl.public import PrivateKey
 
@@ -35,7 +35,7 @@ def admit(
     key: PrivateKey,
     challenge: bytes,
     password: bytes | None,
-    skeletons: dict[str, str],
+    skeletons: Mapping[str, str],
     message: Register,
 ) -> PeerInfo | tuple[str, str]:
     """The directory entry of a newcomer who sent ``message`` in answer to ``challenge``,

@@ -16,6 +16,8 @@ mailbox items alike; a connection still owed something is given neither.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from e2echat.errors import RemoteProtocolError
 from e2echat.relay.actions import Action, ConnId, Persist, Write, keep
@@ -27,6 +29,24 @@ from e2echat.wire.fastpath import Routes, deliver_head, encode_routed
 from e2echat.wire.framing import encode_frame
 
 _PREFIX = struct.Struct(">I")
+
+
+@dataclass(slots=True)
+class Copies:
+    """Where a send's copies went: the deliveries (frames), the mailbox items (ops) and
+    who is in which list of its ``routed``."""
+
+    frames: list[tuple[ConnId, bytes]] = field(default_factory=list)
+    ops: list[Op] = field(default_factory=list)
+    delivered: list[str] = field(default_factory=list)
+    queued: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    full: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+
+    def routed(self, message_id: int) -> bytes:
+        """The sender's ``routed`` for its send ``message_id``, encoded."""
+        return encode_routed(message_id, self.delivered, self.queued, self.missing, self.full, self.refused)
 
 
 class Router:
@@ -50,7 +70,19 @@ class Router:
     def route(self, conn: ConnId, sender: str, message: Routes, now: float) -> list[Action]:
         """``sender``'s send (on ``conn``, its recipients each named once) at Unix time
         ``now``: the deliveries at once, and its ``routed``, once what it queued is kept."""
-        online, backlog, items = self.online, self.backlog, message.items
+        copies = self.sort(sender, message.id, message.items, now)
+        answer = (conn, encode_frame(copies.routed(message.id)))
+        if not copies.ops:
+            copies.frames.append(answer)
+            return [Write(copies.frames)]
+        # Deliveries at once; the sender hears "queued" only once its message is kept.
+        persist = Persist(copies.ops, [answer])
+        return [Write(copies.frames), persist] if copies.frames else [persist]
+
+    def sort(self, sender: str, message_id: int, items: Sequence[tuple[str, bytes]], now: float) -> Copies:
+        """Where each of ``items`` (a send's copies, recipients each named once) goes:
+        delivered (the frames), queued in a mailbox (the ops), or nowhere."""
+        online, backlog = self.online, self.backlog
         # A recipient already owed more than it takes is not sent more: what the sender
         # sends then is refused and it is told, rather than the recipient dropped. So is
         # one still owed its member lists: a delivery would overtake them.
@@ -60,25 +92,20 @@ class Router:
         # assembled, not encoded.
         head, pack = deliver_head(sender), _PREFIX.pack
         size = len(head)
-        frames: list[tuple[ConnId, bytes]] = []
-        delivered: list[str] = []
-        missing: list[str] = []
-        refused: list[str] = []
-        queued: list[str] = []
-        full: list[str] = []
-        ops: list[Op] = []
+        copies = Copies()
+        frames, delivered, missing, refused = copies.frames, copies.delivered, copies.missing, copies.refused
         for to, body in items:
             target = online.get(to)
             if target is None:
                 if not self.kept.knows(to):
                     missing.append(to)
                     continue
-                op = self.kept.mailboxes.put_mail(to, sender, message.id, bytes(body), now)
+                op = self.kept.mailboxes.put_mail(to, sender, message_id, bytes(body), now)
                 if op is None:
-                    full.append(to)
+                    copies.full.append(to)
                 else:
-                    ops.append(op)
-                    queued.append(to)
+                    copies.ops.append(op)
+                    copies.queued.append(to)
             elif to == sender:
                 missing.append(to)
             elif target in stalled or unflushed.get(target, 0) >= budget or target in paging:
@@ -88,12 +115,7 @@ class Router:
                 frames.append((target, pack(length) + head + body))
                 unflushed[target] = unflushed.get(target, 0) + length
                 delivered.append(to)
-        answer = (conn, encode_frame(encode_routed(message.id, delivered, queued, missing, full, refused)))
-        if not ops:
-            frames.append(answer)
-            return [Write(frames)]
-        # Deliveries at once; the sender hears "queued" only once its message is kept.
-        return [Write(frames), Persist(ops, [answer])] if frames else [Persist(ops, [answer])]
+        return copies
 
     def due(self, nick: str) -> list[tuple[ConnId, bytes]]:
         """The mailbox items ``nick`` (online) may be sent now: counted against what its

@@ -29,7 +29,7 @@ from e2echat.errors import RelayStartError
 from e2echat.relay.core import Action, Close, ConnId, Persist, RelayCore, Write
 from e2echat.relay.journal import Journal
 from e2echat.relay.limits import Limits, address_key
-from e2echat.relay.store import MemoryStore, RelayStore
+from e2echat.relay.store import MemoryStore, RelayStore, Snapshot
 from e2echat.streams import BufferedLink, read_buffer
 
 log = logging.getLogger("e2echat.relay.server")
@@ -135,14 +135,7 @@ class Relay:
             self._journal = Journal(self.store, loop, self._apply_now, self._store_failed)
         else:
             snapshot = self.store.load()
-        self.core = RelayCore(
-            self.limits,
-            password=self._password,
-            key=self.core.key,
-            snapshot=snapshot,
-            wall=time.time() - loop.time(),
-            now=loop.time(),
-        )
+        self.core = self._new_core(snapshot, wall=time.time() - loop.time(), now=loop.time())
         try:
             self._server = await loop.create_server(
                 lambda: _Link(self), self.host, self.requested_port, backlog=LISTEN_BACKLOG
@@ -187,6 +180,12 @@ class Relay:
         else:
             self.store.close()
         log.debug("stopped")
+
+    def _new_core(self, snapshot: Snapshot, *, wall: float, now: float) -> RelayCore:
+        """The core, built from what the store kept (a cluster's relay has its own)."""
+        return RelayCore(
+            self.limits, password=self._password, key=self.core.key, snapshot=snapshot, wall=wall, now=now
+        )
 
     def _store_failed(self, failure: BaseException) -> None:
         """The store could not keep a batch: drop every client at once (they see the
