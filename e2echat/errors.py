@@ -178,6 +178,18 @@ class RelayStartError(_RelayError):
     """cannot start the relay on {host}:{port}: {detail}"""
 
 
+class ClusterUnreachable(E2EChatError):
+    """cannot reach the cluster's NATS server at {url}: {detail}"""
+
+    def __init__(self, *, url: str, detail: str) -> None:
+        self.url = url
+        super().__init__(detail=detail)
+
+
+class ClusterUnavailable(E2EChatError):
+    """--cluster needs the NATS client: pip install 'e2echat[cluster]' (nats-py)"""
+
+
 class RegistrationRefused(E2EChatError):
     """the relay turned {nick} away: {detail}"""
 

@@ -59,6 +59,8 @@ PURE = sorted(
         "relay.mailboxes",
         "relay.store",
         "relay.limits",
+        "relay.cluster.wire",
+        "relay.cluster.core",
         "ui.cells",
         "ui.commands",
         "ui.transfers",

@@ -1,0 +1,378 @@
+"""One relay of a cluster, without any I/O: ``RelayCore`` plus what the other relays have.
+
+What is shared goes through NATS (relay/cluster/link.py); this core only decides. It adds
+to a single relay's core:
+
+- ``Remote``: the other relays' clients (nick -> node and directory entry), as the
+  ``nicks`` bucket says. They are in the directory a newcomer is sent, their arrivals and
+  departures are told to this relay's clients, and a nick that is (or looks like) one of
+  theirs is refused, as one online here is.
+- A register is not welcomed at once: the nick must first be claimed in the bucket
+  (``Claim``: the shell creates its key, compare-and-set), so that of two relays racing on
+  one nick exactly one lets it in. The shell answers with ``claimed``.
+- A send's copies for the other relays' clients go to each of those relays in one
+  ``Forward`` (not one per recipient); the shell answers the sender's ``routed`` once they
+  have said what became of them (``Forward.routed``). Copies from another relay for
+  clients here: ``deliver_here``.
+- A nick that leaves here is given up (``Release``).
+
+The requests for the shell collect in ``requests`` (the core's ``Action``s stay what a
+single relay's shell knows how to carry out).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import ChainMap
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from e2echat.relay.actions import Action, ConnId, Persist, Write, keep
+from e2echat.relay.core import RelayCore, _Connection
+from e2echat.relay.kept import Kept
+from e2echat.relay.limits import Backlog, Limits
+from e2echat.relay.prekeys import Handed
+from e2echat.relay.routing import _PREFIX, Copies, Router
+from e2echat.relay.store import Op
+from e2echat.wire.codec import encode_message
+from e2echat.wire.fastpath import Routes, deliver_head, encode_peer
+from e2echat.wire.framing import encode_frame
+from e2echat.wire.grammar import skeleton
+from e2echat.wire.messages import Bundles, Fetch, PeerJoined, PeerLeft, Prekeys, Register
+from e2echat.wire.objects import Bundle, PeerInfo, SignedPrekey
+
+log = logging.getLogger("e2echat.relay.cluster.core")
+
+#: a register the cluster turned away: the nick is someone's on another relay
+TAKEN = ("nick_taken", "that nick is online on another relay of this cluster; choose another")
+#: a register that could not be decided: NATS is out of reach
+UNREACHABLE = ("busy", "the relay cannot reach the rest of its cluster; try again shortly")
+#: this relay's client whose nick the cluster has given to another relay's (this relay was
+#: out of touch long enough to be taken for dead)
+DISPLACED = ("nick_taken", "your nick was claimed on another relay of the cluster; reconnect")
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Claim ``peer``'s nick for this relay in the ``nicks`` bucket, then call
+    ``ClusterCore.claimed`` for connection ``conn``."""
+
+    conn: ConnId
+    peer: PeerInfo
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """``nick`` has left this relay: give its key up (if it is still ours)."""
+
+    nick: str
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """``sender``'s send ``message_id`` (on ``conn``): ``groups`` (node -> its clients'
+    copies) for the other relays; ``copies`` what became of the rest here. Its ``routed``
+    is due once each relay has answered (or not, in time)."""
+
+    conn: ConnId
+    sender: str
+    message_id: int
+    copies: Copies
+    groups: dict[str, list[tuple[str, bytes]]]
+
+    def routed(self, outcomes: dict[str, tuple[list[str], list[str], list[str]] | None]) -> list[Action]:
+        """What the shell writes once the relays have answered: ``outcomes`` holds each
+        node's (delivered, refused, missing), or None for one that did not answer in time.
+        A copy whose fate is unknown is reported refused: not known to be delivered, so
+        the sender says so, rather than claim a delivery that may not have happened."""
+        copies = self.copies
+        for node, group in self.groups.items():
+            asked = [to for to, _ in group]
+            outcome = outcomes.get(node)
+            if outcome is None:
+                copies.refused += asked
+                continue
+            delivered, _, missing = (set(nicks) for nicks in outcome)
+            for to in asked:  # what a relay says of nicks it was not asked about is ignored
+                if to in delivered:
+                    copies.delivered.append(to)
+                elif to in missing:
+                    copies.missing.append(to)
+                else:
+                    copies.refused.append(to)
+        answer = [(self.conn, encode_frame(copies.routed(self.message_id)))]
+        # Anything queued here is kept before the sender is told so.
+        return [Persist(copies.ops, answer)] if copies.ops else [Write(answer)]
+
+
+@dataclass(frozen=True, slots=True)
+class FetchElsewhere:
+    """``requester`` (on ``conn``) asked for bundles: ``here`` is the answer for the ones
+    this relay had (``ops`` keep what it handed out), ``groups`` (node -> nicks) the ones
+    to ask the relays their owners are on. The answer is due once those have answered."""
+
+    conn: ConnId
+    requester: str
+    here: Bundles
+    ops: list[Op]
+    groups: dict[str, list[str]]
+
+    def answered(self, answers: dict[str, Bundles | None]) -> list[Action]:
+        """The requester's one ``bundles``, from ``answers`` (node -> its answer, None if
+        it gave none in time): a bundle only for a nick that relay was asked about, once;
+        every other nick asked there is missing."""
+        bundles, missing = list(self.here.bundles), list(self.here.missing)
+        for node, nicks in self.groups.items():
+            answer = answers.get(node)
+            found: dict[str, Bundle] = {}
+            for bundle in answer.bundles if answer is not None else ():
+                if bundle.nick in nicks:
+                    found.setdefault(bundle.nick, bundle)
+            bundles += found.values()
+            missing += [nick for nick in nicks if nick not in found]
+        frame = encode_frame(encode_message(Bundles(tuple(bundles), tuple(missing))))
+        return keep(self.ops, [(self.conn, frame)])
+
+
+Request = Claim | Release | Forward | FetchElsewhere
+
+
+class Remote:
+    """The other relays' clients, as the ``nicks`` bucket says."""
+
+    def __init__(self) -> None:
+        #: nick -> (node, its directory entry encoded)
+        self.peers: dict[str, tuple[str, bytes]] = {}
+        #: nick skeleton -> the nick that has it
+        self.skeletons: dict[str, str] = {}
+
+    def add(self, node: str, peer: PeerInfo) -> None:
+        self.drop(peer.nick)
+        self.peers[peer.nick] = (node, encode_peer(peer))
+        self.skeletons[skeleton(peer.nick)] = peer.nick
+
+    def drop(self, nick: str) -> bool:
+        if self.peers.pop(nick, None) is None:
+            return False
+        del self.skeletons[skeleton(nick)]
+        return True
+
+    def node_of(self, nick: str) -> str | None:
+        entry = self.peers.get(nick)
+        return entry[0] if entry else None
+
+    def on(self, node: str) -> list[str]:
+        return [nick for nick, (where, _) in self.peers.items() if where == node]
+
+
+class ClusterRouter(Router):
+    def __init__(
+        self,
+        limits: Limits,
+        kept: Kept,
+        online: dict[str, ConnId],
+        backlog: Backlog,
+        remote: Remote,
+        requests: list[Request],
+    ) -> None:
+        super().__init__(limits, kept, online, backlog)
+        self.remote = remote
+        self.requests = requests
+
+    def route(self, conn: ConnId, sender: str, message: Routes, now: float) -> list[Action]:
+        """As a single relay's, but the copies for another relay's clients go to that
+        relay, all of them in one ``Forward``."""
+        remote, online = self.remote.peers, self.online
+        groups: dict[str, list[tuple[str, bytes]]] = {}
+        here: list[tuple[str, bytes]] = []
+        for to, body in message.items:
+            entry = remote.get(to) if to not in online else None
+            if entry is None:
+                here.append((to, body))
+            else:
+                groups.setdefault(entry[0], []).append((to, body))
+        if not groups:
+            return super().route(conn, sender, message, now)
+        copies = self.sort(sender, message.id, here, now)
+        self.requests.append(Forward(conn, sender, message.id, copies, groups))
+        frames, copies.frames = copies.frames, []
+        return [Write(frames)] if frames else []
+
+    def deliver_here(
+        self, sender: str, items: Sequence[tuple[str, bytes]]
+    ) -> tuple[list[tuple[ConnId, bytes]], tuple[list[str], list[str], list[str]]]:
+        """Another relay's copies for clients here: the deliveries, and (delivered,
+        refused, missing) for its answer. Someone no longer here is missing: the sender's
+        relay reports the copy not delivered (its recipient left, or moved, meanwhile)."""
+        online, backlog = self.online, self.backlog
+        stalled, unflushed, budget = backlog.stalled, backlog.unflushed, self.limits.write_buffer_turn
+        head, pack = deliver_head(sender), _PREFIX.pack
+        frames: list[tuple[ConnId, bytes]] = []
+        delivered: list[str] = []
+        refused: list[str] = []
+        missing: list[str] = []
+        for to, body in items:
+            target = online.get(to)
+            if target is None or to == sender:
+                missing.append(to)
+            elif target in stalled or unflushed.get(target, 0) >= budget:
+                refused.append(to)
+            else:
+                length = len(head) + len(body)
+                frames.append((target, pack(length) + head + body))
+                unflushed[target] = unflushed.get(target, 0) + length
+                delivered.append(to)
+        return frames, (delivered, refused, missing)
+
+
+class ClusterCore(RelayCore):
+    def __init__(self, limits: Limits | None = None, *, node: str, **options: Any) -> None:
+        """``node``: this relay's id in the cluster; ``options`` as for ``RelayCore``."""
+        self.node = node
+        self.remote = Remote()
+        #: what the shell is to do with NATS, in order
+        self.requests: list[Request] = []
+        #: registers waiting for their claim: connection -> (entry, signed prekey)
+        self._claiming: dict[ConnId, tuple[PeerInfo, SignedPrekey]] = {}
+        #: their nicks' skeletons, so that a second register of one is refused here
+        self._pending: dict[str, str] = {}
+        #: connections hung up on because their nick is another relay's now: not released
+        self._displaced: set[ConnId] = set()
+        super().__init__(limits, **options)
+
+    def _new_router(self) -> ClusterRouter:
+        return ClusterRouter(self.limits, self.kept, self.online, self._backlog, self.remote, self.requests)
+
+    def _directory(self) -> list[bytes]:
+        return super()._directory() + [encoded for _, encoded in self.remote.peers.values()]
+
+    def _register(self, record: _Connection, message: Register, now: float) -> list[Action]:
+        if record.conn in self._claiming:
+            return self._refuse(record, "protocol", "register sent twice")
+        skeletons = ChainMap(self._skeletons, self.remote.skeletons, self._pending)
+        peer = self._admit_register(record, message, skeletons)
+        if isinstance(peer, tuple):
+            return self._refuse(record, *peer)
+        self._claiming[record.conn] = (peer, message.signed_prekey)
+        self._pending[skeleton(peer.nick)] = peer.nick
+        self.requests.append(Claim(record.conn, peer))
+        return []
+
+    # -- what the shell tells the cluster core ------------------------------------------------
+
+    def claimed(self, conn: ConnId, refusal: tuple[str, str] | None, now: float) -> list[Action]:
+        """The claim for ``conn``'s nick is made (``refusal`` None) or was refused: let it
+        in, or turn it away. A claim made for a connection gone meanwhile is released."""
+        self._now = now
+        claiming = self._claiming.pop(conn, None)
+        if claiming is None:
+            return []
+        peer, signed = claiming
+        self._pending.pop(skeleton(peer.nick), None)
+        record = self._connections.get(conn)
+        if record is None:
+            if refusal is None:
+                self.requests.append(Release(peer.nick))
+            return []
+        if refusal is not None:
+            return self._refuse(record, *refusal)
+        self.remote.drop(peer.nick)  # an entry of the relay whose claim ours replaced
+        return self._welcome(record, peer, signed, now)
+
+    def remote_joined(self, node: str, peer: PeerInfo, now: float) -> list[Action]:
+        """``peer`` is on relay ``node`` now (the bucket says so): told to everyone here.
+        A client here under that nick (or one like it) loses it: the cluster gave it to
+        the other relay while this one was out of touch."""
+        self._now = now
+        actions: list[Action] = []
+        here = self._skeletons.get(skeleton(peer.nick))
+        if here is not None:
+            actions += self.lost_claim(here)
+        self.remote.add(node, peer)
+        return actions + self._told(PeerJoined(peer))
+
+    def remote_left(self, node: str, nick: str) -> list[Action]:
+        """``nick`` left relay ``node`` (its key is gone, or it is on no relay now)."""
+        if self.remote.node_of(nick) != node or not self.remote.drop(nick):
+            return []
+        return self._told(PeerLeft(nick))
+
+    def node_lost(self, node: str) -> list[Action]:
+        """Relay ``node`` is taken for dead: its clients are gone."""
+        actions: list[Action] = []
+        for nick in self.remote.on(node):
+            actions += self.remote_left(node, nick)
+        return actions
+
+    def lost_claim(self, nick: str) -> list[Action]:
+        """``nick``, online here, is no longer ours in the bucket: hang up on it (without
+        giving up a claim that is someone else's now)."""
+        conn = self.online.get(nick)
+        if conn is None:
+            return []
+        log.warning("%s: its nick was claimed elsewhere in the cluster; hanging up", nick)
+        self._displaced.add(conn)
+        return self._refuse(self._connections[conn], *DISPLACED)
+
+    def deliver_here(
+        self, sender: str, items: Sequence[tuple[str, bytes]]
+    ) -> tuple[list[Action], tuple[list[str], list[str], list[str]]]:
+        """Copies another relay forwarded: see ``ClusterRouter.deliver_here``."""
+        assert isinstance(self._router, ClusterRouter)
+        frames, outcome = self._router.deliver_here(sender, items)
+        return ([Write(frames)] if frames else []), outcome
+
+    def fetch_here(self, requester: str, nicks: Sequence[str]) -> tuple[list[Action], bytes]:
+        """Another relay's client asked for bundles of clients here: the answer, encoded
+        as a ``bundles`` message, and what goes with it here (prekeys running low)."""
+        (answer, low), ops = self.kept.fetch(requester, nicks)
+        frames = [
+            (self.online[nick], encode_frame(encode_message(Prekeys(count)))) for nick, count in low.items()
+        ]
+        return keep(ops, frames), encode_message(answer)
+
+    def claims(self) -> list[str]:
+        """The nicks this relay holds in the bucket: its clients online."""
+        return list(self.online)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _fetch(self, record: _Connection, message: Fetch) -> list[Action]:
+        """As a single relay's, but the bundles of another relay's clients are asked of
+        that relay (it holds them, and hands each one-time prekey out once)."""
+        assert record.peer is not None
+        groups: dict[str, list[str]] = {}
+        here: list[str] = []
+        for nick in message.nicks:
+            node = self.remote.node_of(nick) if nick not in self.online else None
+            if node is None:
+                here.append(nick)
+            else:
+                groups.setdefault(node, []).append(nick)
+        if not groups:
+            return super()._fetch(record, message)
+        requester = record.peer.nick
+        if here:
+            (answer, low), ops = self.kept.fetch(requester, here)
+        else:
+            (answer, low), ops = Handed(Bundles((), ()), {}), []
+        frames = [
+            (self.online[nick], encode_frame(encode_message(Prekeys(count)))) for nick, count in low.items()
+        ]
+        self.requests.append(FetchElsewhere(record.conn, requester, answer, ops, groups))
+        return [Write(frames)] if frames else []
+
+    def _told(self, message: PeerJoined | PeerLeft) -> list[Action]:
+        frames = self._presence(message)
+        return [Write(frames)] if frames else []
+
+    def _forget(self, conn: ConnId) -> list[Action]:
+        nick = self.nick_of(conn)
+        held = nick is not None and self.online.get(nick) == conn
+        actions = super()._forget(conn)
+        if held and conn not in self._displaced:
+            assert nick is not None
+            self.requests.append(Release(nick))
+        self._displaced.discard(conn)
+        return actions

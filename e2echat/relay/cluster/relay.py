@@ -1,0 +1,443 @@
+"""A relay of a cluster: the single relay's shell, plus its link to the others over NATS.
+
+Carries out what ``ClusterCore`` asks (relay/cluster/core.py) with NATS: claims and
+releases of nicks in the ``nicks`` key-value bucket (JetStream, compare-and-set), forwards
+of a send's copies to other relays (request/reply on their ``node`` subject), heartbeats.
+And it tells the core what the bucket and the heartbeats say: who is on which relay, and
+which relay is gone. nats-py's exceptions are translated here and nowhere else.
+
+A relay that is not heard for ``DEAD_AFTER`` is taken for dead: its clients leave every
+other relay's directory at once, and its keys are deleted (compare-and-set on the revision
+seen, so a key claimed anew meanwhile stays), which frees its nicks for its clients to
+register on another relay. A relay cut off from NATS keeps its own clients, but cannot
+let anyone in (``UNREACHABLE``) nor reach the other relays' clients (their copies are
+reported not delivered); once back, it hangs up on any client whose key was deleted or
+taken meanwhile (``lost_claim``): that client reconnects and claims its nick anew.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.kv import KeyValue
+
+from e2echat.errors import ClusterUnreachable, RemoteProtocolError
+from e2echat.relay.cluster.core import (
+    TAKEN,
+    UNREACHABLE,
+    Claim,
+    ClusterCore,
+    FetchElsewhere,
+    Forward,
+    Release,
+)
+from e2echat.relay.cluster.wire import (
+    DEAD_AFTER,
+    DEFAULT_NAME,
+    FETCH,
+    HEARTBEAT,
+    Names,
+    check_name,
+    check_node,
+    decode_claim,
+    decode_fetch,
+    decode_forward,
+    decode_outcome,
+    encode_claim,
+    encode_fetch,
+    encode_forward,
+    encode_outcome,
+    new_node_id,
+    nick_key,
+)
+from e2echat.relay.core import Action
+from e2echat.relay.server import Relay
+from e2echat.relay.store import Snapshot
+from e2echat.wire.codec import decode_message
+from e2echat.wire.messages import Bundles
+from e2echat.wire.objects import PeerInfo
+
+log = logging.getLogger("e2echat.relay.cluster.relay")
+
+#: how long a forward waits for the other relay's answer: past it, its copies are reported
+#: not delivered (a relay that slow is as good as gone to the sender)
+FORWARD_TIMEOUT = 2.0
+#: each key-value operation, and the connection to NATS at start-up
+NATS_TIMEOUT = 5.0
+
+Outcome = tuple[list[str], list[str], list[str]]
+
+
+class ClusterRelay(Relay):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        cluster: str,
+        cluster_name: str = DEFAULT_NAME,
+        nats_options: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> None:
+        """``cluster``: the NATS server's URL; ``cluster_name``: relays with the same one
+        on that server are one relay; ``nats_options``: passed to ``nats.connect`` as they
+        are (credentials, TLS); ``options`` as for ``Relay``."""
+        super().__init__(host, port, **options)
+        self.url = cluster
+        self.names = Names(check_name(cluster_name))
+        self.node = new_node_id()
+        self._nats_options = nats_options or {}
+        self._nc: NatsClient | None = None
+        self._kv: KeyValue | None = None
+        #: key -> (nick, the revision of the key this relay wrote): its clients online
+        self._claims: dict[str, tuple[str, int]] = {}
+        #: the bucket as last seen: key -> (node, revision, entry)
+        self._keys: dict[str, tuple[str, int, PeerInfo]] = {}
+        #: node -> when it was last heard (the loop's clock); the ones taken for dead are not here
+        self._heard: dict[str, float] = {}
+        #: set once the bucket has been read through: no claim is decided before
+        self._ready = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._started = 0.0
+        #: what NATS last said went wrong (for the error when it cannot be reached at all)
+        self._last_error: Exception | None = None
+        self._stopping = False
+
+    @property
+    def cluster_core(self) -> ClusterCore:
+        assert isinstance(self.core, ClusterCore)
+        return self.core
+
+    def _new_core(self, snapshot: Snapshot, *, wall: float, now: float) -> ClusterCore:
+        return ClusterCore(
+            self.limits,
+            node=self.node,
+            password=self._password,
+            key=self.core.key,
+            snapshot=snapshot,
+            wall=wall,
+            now=now,
+        )
+
+    # -- start and stop ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Reach NATS (or fail: ``ClusterUnreachable``), then listen, then join the
+        cluster: read the bucket, hear and send heartbeats, take forwards."""
+        loop = asyncio.get_running_loop()
+        self._started = loop.time()
+        self._nc = nc = await self._connect()
+        try:
+            js = nc.jetstream(timeout=NATS_TIMEOUT)
+            config = KeyValueConfig(bucket=self.names.nicks_bucket, history=1, storage=StorageType.FILE)
+            self._kv = await js.create_key_value(config)
+            await super().start()
+            await nc.subscribe(self.names.alive, cb=self._on_alive)
+            await nc.subscribe(self.names.node(self.node), cb=self._on_request)
+            watcher = await self._kv.watchall()
+        except Exception as exc:
+            await self._close_nats()
+            if self._server is not None:
+                await super().stop()
+            raise ClusterUnreachable(url=self.url, detail=_reason(exc)) from None
+        self._spawn(self._watch(watcher))
+        self._spawn(self._beat())
+        await asyncio.wait_for(self._ready.wait(), NATS_TIMEOUT)
+        log.info("relay %s joined cluster %r on %s", self.node, self.names.name, self.url)
+
+    async def _connect(self) -> NatsClient:
+        options: dict[str, Any] = {
+            "name": f"e2echat relay {self.node}",
+            "connect_timeout": NATS_TIMEOUT,
+            "allow_reconnect": True,
+            "max_reconnect_attempts": -1,  # a relay outlives its NATS server's restarts
+            "reconnect_time_wait": 0.5,
+            "disconnected_cb": self._disconnected,
+            "reconnected_cb": self._reconnected,
+            "error_cb": self._error,
+        }
+        options.update(self._nats_options)
+        # nats-py keeps trying a server it cannot reach (as it should once connected): at
+        # start-up, one that does not answer in time is an error, with what went wrong.
+        try:
+            return await asyncio.wait_for(nats.connect(self.url, **options), NATS_TIMEOUT)
+        except Exception as exc:
+            seen = self._last_error if isinstance(exc, TimeoutError) else exc
+            raise ClusterUnreachable(url=self.url, detail=_reason(seen or exc)) from None
+
+    async def stop(self, reason: str = "the relay was stopped") -> None:
+        """Stop as a single relay does, then give up this relay's nicks and leave NATS."""
+        self._stopping = True
+        for task in list(self._tasks):
+            task.cancel()
+        await super().stop(reason)
+        if self._kv is not None and self._nc is not None and self._nc.is_connected:
+            kv, claims = self._kv, list(self._claims.items())
+            self._claims.clear()
+            deletes = [kv.delete(key, last=revision) for key, (_, revision) in claims]
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.gather(*deletes, return_exceptions=True), NATS_TIMEOUT)
+        await self._close_nats()
+
+    async def _close_nats(self) -> None:
+        nc, self._nc = self._nc, None
+        if nc is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(nc.close(), NATS_TIMEOUT)
+
+    # -- the core's requests -------------------------------------------------------------------
+
+    def _apply(self, actions: list[Action]) -> None:
+        super()._apply(actions)
+        requests = self.cluster_core.requests if isinstance(self.core, ClusterCore) else []
+        if not requests:
+            return
+        taken = requests[:]
+        requests.clear()  # the router holds the same list
+        for request in taken:
+            if isinstance(request, Claim):
+                self._spawn(self._claim(request))
+            elif isinstance(request, Release):
+                self._spawn(self._release(request.nick))
+            elif isinstance(request, Forward):
+                self._spawn(self._forward(request))
+            else:
+                self._spawn(self._fetch_elsewhere(request))
+
+    async def _claim(self, request: Claim) -> None:
+        """Create the nick's key; if it exists, take it over only from a relay taken for
+        dead (compare-and-set on the revision read: two relays doing so, one wins)."""
+        refusal: tuple[str, str] | None = UNREACHABLE
+        try:
+            await asyncio.wait_for(self._ready.wait(), NATS_TIMEOUT)
+            refusal = await asyncio.wait_for(self._take(request.peer), NATS_TIMEOUT)
+        except Exception as exc:  # NATS out of reach, or too slow
+            log.warning("claim of %s failed: %s", request.peer.nick, _reason(exc))
+        loop = asyncio.get_running_loop()
+        self._apply(self.cluster_core.claimed(request.conn, refusal, loop.time()))
+
+    async def _take(self, peer: PeerInfo) -> tuple[str, str] | None:
+        assert self._kv is not None
+        key, value = nick_key(peer.nick), encode_claim(self.node, peer)
+        try:
+            self._claims[key] = (peer.nick, await self._kv.create(key, value))
+            return None
+        except nats.js.errors.KeyWrongLastSequenceError:
+            pass
+        try:
+            entry = await self._kv.get(key)
+        except nats.js.errors.KeyNotFoundError:  # released meanwhile: try once more
+            self._claims[key] = (peer.nick, await self._kv.create(key, value))
+            return None
+        assert entry.value is not None and entry.revision is not None
+        try:
+            owner = decode_claim(entry.value)[0]
+        except RemoteProtocolError:
+            owner = ""  # a broken value is nobody's
+        if owner != self.node and self._alive(owner):
+            return TAKEN
+        try:
+            self._claims[key] = (peer.nick, await self._kv.update(key, value, last=entry.revision))
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return TAKEN  # another relay took it over first
+        log.info("%s: claim taken over from relay %s, not heard from", peer.nick, owner or "?")
+        return None
+
+    async def _release(self, nick: str) -> None:
+        key = nick_key(nick)
+        claim = self._claims.get(key)
+        if claim is None or claim[0] != nick or self._kv is None:
+            return
+        del self._claims[key]
+        try:
+            await asyncio.wait_for(self._kv.delete(key, last=claim[1]), NATS_TIMEOUT)
+        except Exception as exc:  # taken over meanwhile, or NATS out of reach: the others time us out
+            log.info("release of %s: %s", nick, _reason(exc))
+
+    async def _forward(self, request: Forward) -> None:
+        nodes = list(request.groups)
+        asked = [self._ask(node, request.sender, request.groups[node]) for node in nodes]
+        answers = await asyncio.gather(*asked)
+        self._apply(request.routed(dict(zip(nodes, answers, strict=True))))
+
+    async def _ask(self, node: str, sender: str, items: list[tuple[str, bytes]]) -> Outcome | None:
+        assert self._nc is not None
+        try:
+            payload = encode_forward(sender, items)
+            reply = await self._nc.request(self.names.node(node), payload, FORWARD_TIMEOUT)
+            return decode_outcome(reply.data)
+        except Exception as exc:  # no answer in time, no such relay, NATS out of reach
+            log.info("forward to relay %s: %s", node, _reason(exc))
+            return None
+
+    async def _fetch_elsewhere(self, request: FetchElsewhere) -> None:
+        nodes = list(request.groups)
+        asked = [self._ask_bundles(node, request.requester, request.groups[node]) for node in nodes]
+        answers = await asyncio.gather(*asked)
+        self._apply(request.answered(dict(zip(nodes, answers, strict=True))))
+
+    async def _ask_bundles(self, node: str, requester: str, nicks: list[str]) -> Bundles | None:
+        assert self._nc is not None
+        try:
+            reply = await self._nc.request(
+                self.names.node(node), encode_fetch(requester, nicks), FORWARD_TIMEOUT
+            )
+            answer = decode_message(reply.data)
+        except Exception as exc:  # no answer in time, no such relay, NATS out of reach, nonsense
+            log.info("fetch from relay %s: %s", node, _reason(exc))
+            return None
+        return answer if isinstance(answer, Bundles) else None
+
+    # -- what NATS tells ---------------------------------------------------------------------
+
+    async def _on_request(self, msg: Msg) -> None:
+        """Another relay's forward of copies, or its fetch of bundles, for clients here."""
+        core = self.cluster_core
+        try:
+            if msg.data[:1] == FETCH:
+                requester, nicks = decode_fetch(msg.data)
+                actions, reply = core.fetch_here(requester, nicks)
+            else:
+                sender, items = decode_forward(msg.data)
+                actions, outcome = core.deliver_here(sender, items)
+                reply = encode_outcome(*outcome)
+        except RemoteProtocolError as exc:
+            log.warning("a request from another relay that does not decode: %s", exc)
+            return
+        self._apply(actions)
+        with contextlib.suppress(Exception):  # the asker times out and reports them not delivered
+            await msg.respond(reply)
+
+    async def _on_alive(self, msg: Msg) -> None:
+        try:
+            node = check_node(msg.data)
+        except RemoteProtocolError:
+            return
+        if node == self.node:
+            return
+        loop = asyncio.get_running_loop()
+        if node not in self._heard:
+            self._revived(node)
+        self._heard[node] = loop.time()
+
+    def _revived(self, node: str) -> None:
+        """``node`` is heard (again): its clients whose keys stand are back in the directory."""
+        loop = asyncio.get_running_loop()
+        self._heard[node] = loop.time()
+        for where, _, peer in list(self._keys.values()):
+            if where == node and self.cluster_core.remote.node_of(peer.nick) != node:
+                self._apply(self.cluster_core.remote_joined(node, peer, loop.time()))
+
+    async def _watch(self, watcher: Any) -> None:
+        """Every change to the bucket, from its contents at start on."""
+        async for entry in watcher:
+            if entry is None:  # read through: what follows is news
+                self._ready.set()
+                continue
+            try:
+                self._changed(entry.key, entry.revision, entry.operation, entry.value)
+            except Exception:  # a bug: say so, and keep watching
+                log.exception("error handling a change to the nicks bucket")
+
+    def _changed(self, key: str, revision: int, operation: str | None, value: bytes | None) -> None:
+        core, loop = self.cluster_core, asyncio.get_running_loop()
+        mine = self._claims.get(key)
+        if mine is not None and revision <= mine[1]:
+            return  # our own claim, or older news
+        before = self._keys.pop(key, None)
+        if mine is not None:  # a newer change to our key: it is no longer ours
+            del self._claims[key]
+            self._apply(core.lost_claim(mine[0]))
+        if before is not None and before[0] != self.node:
+            self._apply(core.remote_left(before[0], before[2].nick))
+        if operation is not None or not value:  # deleted or purged
+            return
+        try:
+            node, peer = decode_claim(value)
+        except RemoteProtocolError as exc:
+            log.warning("a claim in the nicks bucket does not decode: %s", exc)
+            return
+        if node == self.node:
+            return  # an old claim of ours, released since
+        self._keys[key] = (node, revision, peer)
+        if node not in self._heard:
+            self._heard[node] = loop.time()  # a relay seen before heard: it has DEAD_AFTER to speak
+        self._apply(core.remote_joined(node, peer, loop.time()))
+
+    # -- heartbeats --------------------------------------------------------------------------
+
+    async def _beat(self) -> None:
+        """Say we are alive; take the relays not heard for ``DEAD_AFTER`` for dead."""
+        assert self._nc is not None
+        loop, beat = asyncio.get_running_loop(), self.node.encode("ascii")
+        while True:
+            nc = self._nc
+            if nc is not None and nc.is_connected:
+                with contextlib.suppress(Exception):
+                    await nc.publish(self.names.alive, beat)
+                now = loop.time()
+                for node, heard in list(self._heard.items()):
+                    if now - heard > DEAD_AFTER:
+                        self._dead(node)
+            await asyncio.sleep(HEARTBEAT / 2)
+
+    def _dead(self, node: str) -> None:
+        log.warning("relay %s not heard for %gs: its clients are gone", node, DEAD_AFTER)
+        del self._heard[node]
+        self._apply(self.cluster_core.node_lost(node))
+        owned = [(key, revision) for key, (where, revision, _) in self._keys.items() if where == node]
+        if owned:
+            self._spawn(self._free(owned))
+
+    async def _free(self, owned: list[tuple[str, int]]) -> None:
+        """Delete a dead relay's keys, each only if unchanged since read (every live relay
+        tries; one succeeds, the rest find the revision moved on)."""
+        assert self._kv is not None
+        for key, revision in owned:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._kv.delete(key, last=revision), NATS_TIMEOUT)
+
+    def _alive(self, node: str) -> bool:
+        """Whether ``node`` is taken for alive; unknown ones too while this relay has not
+        been up long enough to have heard everyone."""
+        if node in self._heard:
+            return True
+        return asyncio.get_running_loop().time() - self._started < DEAD_AFTER
+
+    # -- NATS's own events ----------------------------------------------------------------------
+
+    async def _disconnected(self) -> None:
+        if self._stopping:
+            return
+        log.warning("lost the cluster's NATS server at %s; reconnecting", self.url)
+
+    async def _reconnected(self) -> None:
+        # The time cut off says nothing of the others: hear them anew before judging.
+        now = asyncio.get_running_loop().time()
+        for node in self._heard:
+            self._heard[node] = now
+        log.warning("reconnected to the cluster's NATS server at %s", self.url)
+
+    async def _error(self, exc: Exception) -> None:
+        self._last_error = exc  # every failed attempt while reconnecting: not worth a line each
+        log.debug("NATS: %s", _reason(exc))
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text or type(exc).__name__
