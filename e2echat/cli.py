@@ -11,11 +11,12 @@ import io
 import logging
 import os
 import shutil
+import ssl
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from nacl.public import PrivateKey
 
@@ -25,6 +26,7 @@ from e2echat.client.trust import KnownPeers
 from e2echat.crypto.identity import fingerprint
 from e2echat.crypto.keyring import Keyring
 from e2echat.errors import (
+    ClusterUnavailable,
     E2EChatError,
     HistoryIncomplete,
     KeyFileError,
@@ -33,8 +35,9 @@ from e2echat.errors import (
     UsageError,
 )
 from e2echat.options import BROWSE_SECONDS, LIMIT_FLAGS, build_parser, mailbox_limits
+from e2echat.relay.cluster.wire import check_name
 from e2echat.relay.limits import Limits
-from e2echat.relay.server import DEFAULT_PORT, run_relay
+from e2echat.relay.server import DEFAULT_PORT, Relay, run_relay
 from e2echat.relay.sqlite_store import SqliteStore
 from e2echat.store.downloads import default_downloads
 from e2echat.store.files import exclusive, write_private_file
@@ -103,6 +106,10 @@ def _run_relay(args: argparse.Namespace) -> int:
     store = SqliteStore(Path(args.store).expanduser()) if args.store else None
     if store is not None:
         note += f"\nWhat it knows is kept in {args.store}: people away get their messages after a restart."
+    make_relay: Callable[..., Relay] = Relay
+    if args.cluster:
+        make_relay = _cluster_relay(args)
+        note += f"\nIt is one relay of the cluster {args.cluster_name!r} on {args.cluster}."
     serve = run_relay(
         args.host,
         args.port,
@@ -113,6 +120,7 @@ def _run_relay(args: argparse.Namespace) -> int:
         key_note=note,
         store=store,
         announce=not args.no_announce,
+        make_relay=make_relay,
     )
     try:
         asyncio.run(serve)
@@ -120,6 +128,30 @@ def _run_relay(args: argparse.Namespace) -> int:
         if store is not None:
             store.close()  # closed already, unless the relay never started
     return 0
+
+
+def _cluster_relay(args: argparse.Namespace) -> Callable[..., Relay]:
+    """What makes a relay of the cluster ``--cluster`` names (nats-py is imported here, by
+    those who ask for a cluster)."""
+    try:
+        from e2echat.relay.cluster.relay import ClusterRelay
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] == "nats":
+            raise ClusterUnavailable() from None
+        raise
+    try:
+        name = check_name(args.cluster_name)
+    except ValueError as exc:
+        raise UsageError(detail=str(exc)) from None
+    nats_options: dict[str, Any] = {}
+    if args.cluster_creds:
+        nats_options["user_credentials"] = str(Path(args.cluster_creds).expanduser())
+    if args.cluster_ca:
+        try:
+            nats_options["tls"] = ssl.create_default_context(cafile=str(Path(args.cluster_ca).expanduser()))
+        except OSError as exc:
+            raise UsageError(detail=f"--cluster-ca {args.cluster_ca}: {exc.strerror or exc}") from None
+    return functools.partial(ClusterRelay, cluster=args.cluster, cluster_name=name, nats_options=nats_options)
 
 
 def _relay_password(path: str | None) -> bytes | None:

@@ -11,6 +11,7 @@ from typing import Any
 
 from e2echat import __version__
 from e2echat.crypto.identity import parse_fingerprint
+from e2echat.relay.cluster.wire import DEFAULT_NAME as DEFAULT_CLUSTER_NAME
 from e2echat.relay.limits import Limits
 from e2echat.relay.server import DEFAULT_PORT
 from e2echat.store.history import DEFAULT_LIMIT
@@ -104,6 +105,28 @@ def build_parser() -> argparse.ArgumentParser:
         mailboxes.add_argument(
             "--" + flag.replace("_", "-"), default=shown, metavar=metavar, help=f"{text} (default: {shown})"
         )
+
+    cluster = relay.add_argument_group(
+        "cluster (several relays on one NATS server act as one relay; needs e2echat[cluster])"
+    )
+    cluster.add_argument(
+        "--cluster",
+        metavar="URL",
+        help="join the relays on this NATS server (with JetStream), e.g. nats://10.0.0.5:4222; "
+        "tls://HOST:PORT for TLS, nats://USER:PASSWORD@HOST:PORT for a password",
+    )
+    cluster.add_argument(
+        "--cluster-name",
+        default=DEFAULT_CLUSTER_NAME,
+        metavar="NAME",
+        help=f"relays with the same name on that server are one relay (default: {DEFAULT_CLUSTER_NAME})",
+    )
+    cluster.add_argument(
+        "--cluster-creds", metavar="FILE", help="NATS user credentials file (JWT and NKey seed) for the link"
+    )
+    cluster.add_argument(
+        "--cluster-ca", metavar="FILE", help="check the NATS server's TLS certificate against this CA file"
+    )
 
     connect = commands.add_parser(
         "connect",

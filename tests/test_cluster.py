@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
 
 import nats
+import pytest
+
+from e2echat.client.core import MessageReceived
+from e2echat.errors import RegistrationRefused
+from e2echat.relay.cluster.relay import ClusterRelay
 
 from nats_support import NatsServer
+from support import LOOPBACK, REPO, WAIT, Peer, connect, meet, run_cli, running
 
 
 async def test_the_nats_fixture_serves_jetstream(nats_server: NatsServer) -> None:
@@ -17,3 +27,94 @@ async def test_the_nats_fixture_serves_jetstream(nats_server: NatsServer) -> Non
         assert (await kv.get("k")).value == b"v"
     finally:
         await asyncio.wait_for(client.close(), 5)
+
+
+@contextlib.asynccontextmanager
+async def cluster(server: NatsServer, count: int, **options: Any) -> AsyncIterator[list[ClusterRelay]]:
+    """``count`` relays of one cluster on ``server``, each on its own loopback port."""
+    async with contextlib.AsyncExitStack() as stack:
+        relays = []
+        for _ in range(count):
+            relay = ClusterRelay(LOOPBACK, 0, cluster=server.url, **options)
+            relays.append(await stack.enter_async_context(running(relay)))
+        yield relays
+
+
+async def test_clients_on_two_relays_see_and_write_to_each_other(nats_server: NatsServer) -> None:
+    async with cluster(nats_server, 2) as (one, other):
+        alice = await connect(one, "alice")
+        bob = await connect(other, "bob")
+        try:
+            await meet(alice, bob)  # a private message each way, across the relays
+            alice.connection.send_room("hello, room")
+            got = await bob.next(MessageReceived, lambda e: e.sender == "alice")
+            assert got.text == "hello, room"
+        finally:
+            await alice.connection.close()
+            await bob.connection.close()
+
+
+async def test_of_two_relays_racing_on_a_nick_exactly_one_lets_it_in(nats_server: NatsServer) -> None:
+    async with cluster(nats_server, 2) as (one, other):
+        for round_ in range(5):
+            nick = f"carol{round_}"
+            # "Carol" on the other relay: a nick that looks the same is the same nick.
+            attempts = [connect(one, nick), connect(other, nick.capitalize())]
+            results = await asyncio.gather(*attempts, return_exceptions=True)
+            winners = [result for result in results if isinstance(result, Peer)]
+            losers = [result for result in results if isinstance(result, RegistrationRefused)]
+            assert len(winners) == 1 and len(losers) == 1, results
+            assert losers[0].code in ("nick_taken", "nick_confusable")
+            for winner in winners:
+                await winner.connection.close()
+
+
+async def test_a_nick_online_on_one_relay_is_refused_on_another(nats_server: NatsServer) -> None:
+    async with cluster(nats_server, 2) as (one, other):
+        alice = await connect(one, "alice")
+        try:
+            with pytest.raises(RegistrationRefused) as refused:
+                await connect(other, "alice")
+            assert refused.value.code == "nick_taken"
+        finally:
+            await alice.connection.close()
+        # Gone from the first relay: free on the second.
+        again = await asyncio.wait_for(_registered_when_free(other, "alice"), 3 * WAIT)
+        await again.connection.close()
+
+
+async def _registered_when_free(relay: ClusterRelay, nick: str) -> Peer:
+    """Register ``nick`` on ``relay`` as soon as the cluster lets it (its release travels
+    through NATS)."""
+    while True:
+        try:
+            return await connect(relay, nick)
+        except RegistrationRefused:
+            await asyncio.sleep(0.05)
+
+
+async def test_the_relay_says_in_one_line_that_nats_is_out_of_reach() -> None:
+    code, _, err = await run_cli(
+        "relay", "--host", LOOPBACK, "--port", "0", "--no-announce", "--cluster", "nats://127.0.0.1:1"
+    )
+    assert code != 0
+    assert err.strip().splitlines() == [err.strip()], err
+    assert "cannot reach the cluster's NATS server at nats://127.0.0.1:1" in err
+
+
+async def test_the_relay_says_in_one_line_that_the_nats_client_is_missing() -> None:
+    # As if nats-py were not installed: an import of it fails.
+    code = (
+        "import sys; sys.modules['nats'] = None\n"
+        "from e2echat.cli import main\n"
+        f"sys.exit(main(['relay', '--host', '{LOOPBACK}', '--port', '0', '--cluster', 'nats://{LOOPBACK}:1']))\n"
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=REPO
+    )
+    _, err = await asyncio.wait_for(process.communicate(), 3 * WAIT)
+    assert process.returncode != 0
+    assert (
+        err.decode().strip()
+        == "e2echat: --cluster needs the NATS client: pip install 'e2echat[cluster]' (nats-py)"
+    )

@@ -408,11 +408,13 @@ async def run_relay(
     key_note: str = "",
     store: RelayStore | None = None,
     announce: bool = False,
+    make_relay: Callable[..., Relay] = Relay,
 ) -> None:
     """Serve until Ctrl+C or SIGTERM, then tell clients and stop. ``key_note`` says where
     the key is kept. If the ``store`` fails, the relay stops and its error is raised.
-    ``announce``: announce the relay on the LAN (mDNS) while it serves."""
-    relay = Relay(host, port, limits=limits, password=password, key=key, store=store)
+    ``announce``: announce the relay on the LAN (mDNS) while it serves. ``make_relay``
+    makes it (a cluster's relay, say) from these arguments."""
+    relay = make_relay(host, port, limits=limits, password=password, key=key, store=store)
     await relay.start()
     announcer = None
     if announce:
