@@ -6,17 +6,33 @@ import asyncio
 import contextlib
 import sys
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import nats
 import pytest
+from nats.aio.msg import Msg
 
 from e2echat.client.core import MessageReceived
+from e2echat.client.events import PeerJoined, PeerLeft
+from e2echat.client.receipts import DeliveryReport
 from e2echat.errors import RegistrationRefused
 from e2echat.relay.cluster.relay import ClusterRelay
+from e2echat.relay.cluster.wire import DEAD_AFTER
 
 from nats_support import NatsServer
-from support import LOOPBACK, REPO, WAIT, Peer, connect, meet, run_cli, running
+from support import (
+    LOOPBACK,
+    REPO,
+    WAIT,
+    Listening,
+    Peer,
+    connect,
+    meet,
+    run_cli,
+    running,
+    start_relay_process,
+)
 
 
 async def test_the_nats_fixture_serves_jetstream(nats_server: NatsServer) -> None:
@@ -118,3 +134,105 @@ async def test_the_relay_says_in_one_line_that_the_nats_client_is_missing() -> N
         err.decode().strip()
         == "e2echat: --cluster needs the NATS client: pip install 'e2echat[cluster]' (nats-py)"
     )
+
+
+async def test_three_relays_a_room_message_with_receipts_and_presence(nats_server: NatsServer) -> None:
+    async with cluster(nats_server, 3) as relays:
+        alice, bob, carol = [await connect(relay, nick) for relay, nick in zip(relays, NICKS, strict=True)]
+        try:
+            for one in (alice, bob, carol):
+                await asyncio.wait_for(_sees(one, set(NICKS) - {one.nick}), WAIT)
+            message_id = alice.connection.send_room("to everyone, on every relay")
+            for other in (bob, carol):
+                got = await other.next(MessageReceived, lambda e: e.sender == "alice")
+                assert got.text == "to everyone, on every relay"
+            # Both read receipts come back across the relays.
+            report = await alice.next(DeliveryReport, lambda e: e.message_id == message_id)
+            assert sorted(report.delivered) == ["bob", "carol"] and not report.failed
+            # Presence crosses the relays both ways.
+            await carol.connection.close()
+            for other in (alice, bob):
+                await other.next(PeerLeft, lambda e: e.nick == "carol")
+            dave = await connect(relays[2], "dave")
+            for other in (alice, bob):
+                await other.next(PeerJoined, lambda e: e.nick == "dave")
+            await dave.connection.close()
+        finally:
+            for peer in (alice, bob, carol):
+                await peer.connection.close()
+
+
+async def test_a_send_crosses_nats_once_per_relay_with_recipients(nats_server: NatsServer) -> None:
+    watcher = await nats.connect(nats_server.url, connect_timeout=WAIT, allow_reconnect=False)
+    seen: list[bytes] = []
+
+    async def count(msg: Msg) -> None:
+        seen.append(msg.data)
+
+    async with cluster(nats_server, 2) as (one, other):
+        # What reaches the second relay (the receipts going back to the first are not counted).
+        await watcher.subscribe(f"e2echat.e2echat.node.{other.node}", cb=count)
+        alice = await connect(one, "alice")
+        bob, carol = await connect(other, "bob"), await connect(other, "carol")
+        try:
+            for peer in (bob, carol):
+                await meet(alice, peer)  # sessions (and bundles fetched) first
+            seen.clear()
+            alice.connection.send_room("two recipients, one relay")
+            for peer in (bob, carol):
+                await peer.next(MessageReceived, lambda e: e.text == "two recipients, one relay")
+            await watcher.flush()
+            forwards = [data for data in seen if data[:1] == b"s"]
+            assert len(forwards) == 1  # one request for both copies
+            assert b"two recipients" not in forwards[0]  # ciphertext, as a relay sees it
+        finally:
+            for peer in (alice, bob, carol):
+                await peer.connection.close()
+            await watcher.close()
+
+
+async def _sees(peer: Peer, nicks: set[str]) -> None:
+    while not set(peer.connection.core.peers) >= nicks:
+        peer.seen.append(await peer.connection.events.get())
+
+
+NICKS = ("alice", "bob", "carol")
+
+
+@contextlib.asynccontextmanager
+async def relay_process(server: NatsServer) -> AsyncIterator[tuple[asyncio.subprocess.Process, Listening]]:
+    """``e2echat relay --cluster`` in a process of its own (to be killed), and its port."""
+    process, port, _ = await start_relay_process("--port", "0", "--no-announce", "--cluster", server.url)
+    try:
+        yield process, _Port(port)
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+
+
+@dataclass
+class _Port:
+    port: int
+
+
+@pytest.mark.timeout(60)
+async def test_a_killed_relays_clients_leave_within_seconds_and_may_register_elsewhere(
+    nats_server: NatsServer,
+) -> None:
+    async with cluster(nats_server, 1) as (survivor,), relay_process(nats_server) as (process, doomed):
+        bob = await connect(survivor, "bob")
+        alice = await connect(doomed, "alice")
+        try:
+            await asyncio.wait_for(_sees(bob, {"alice"}), WAIT)
+            process.kill()  # kill -9: no goodbye, no release
+            loop = asyncio.get_running_loop()
+            killed = loop.time()
+            await asyncio.wait_for(bob.next(PeerLeft, lambda e: e.nick == "alice"), 2 * WAIT)
+            assert loop.time() - killed < DEAD_AFTER + 3
+            # Its nick is free: alice registers on the relay that is left.
+            again = await asyncio.wait_for(_registered_when_free(survivor, "alice"), 2 * WAIT)
+            await again.connection.close()
+        finally:
+            await bob.connection.close()
+            await alice.connection.close()
