@@ -108,7 +108,6 @@ class ClusterRelay(Relay):
         #: set once the bucket has been read through: no claim is decided before
         self._ready = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._started = 0.0
         #: what NATS last said went wrong (for the error when it cannot be reached at all)
         self._last_error: Exception | None = None
         self._stopping = False
@@ -134,8 +133,6 @@ class ClusterRelay(Relay):
     async def start(self) -> None:
         """Reach NATS (or fail: ``ClusterUnreachable``), then listen, then join the
         cluster: read the bucket, hear and send heartbeats, take forwards."""
-        loop = asyncio.get_running_loop()
-        self._started = loop.time()
         self._nc = nc = await self._connect()
         try:
             js = nc.jetstream(timeout=NATS_TIMEOUT)
@@ -220,7 +217,7 @@ class ClusterRelay(Relay):
         refusal: tuple[str, str] | None = UNREACHABLE
         try:
             await asyncio.wait_for(self._ready.wait(), NATS_TIMEOUT)
-            refusal = await asyncio.wait_for(self._take(request.peer), NATS_TIMEOUT)
+            refusal = await asyncio.wait_for(self._take(request.peer), NATS_TIMEOUT + DEAD_AFTER)
         except Exception as exc:  # NATS out of reach, or too slow
             log.warning("claim of %s failed: %s", request.peer.nick, _reason(exc))
         loop = asyncio.get_running_loop()
@@ -244,7 +241,7 @@ class ClusterRelay(Relay):
             owner = decode_claim(entry.value)[0]
         except RemoteProtocolError:
             owner = ""  # a broken value is nobody's
-        if owner != self.node and self._alive(owner):
+        if owner and owner != self.node and await self._alive(owner):
             return TAKEN
         try:
             self._claims[key] = (peer.nick, await self._kv.update(key, value, last=entry.revision))
@@ -407,12 +404,22 @@ class ClusterRelay(Relay):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._kv.delete(key, last=revision), NATS_TIMEOUT)
 
-    def _alive(self, node: str) -> bool:
-        """Whether ``node`` is taken for alive; unknown ones too while this relay has not
-        been up long enough to have heard everyone."""
-        if node in self._heard:
-            return True
-        return asyncio.get_running_loop().time() - self._started < DEAD_AFTER
+    async def _alive(self, node: str) -> bool:
+        """Whether ``node`` is alive: it beats after we ask (True), or is taken for dead
+        first (False). A relay just killed still counts as alive for up to ``DEAD_AFTER``:
+        a client failing over from it waits that long here, rather than being told its own
+        nick is taken and backing off. A relay never heard of has ``DEAD_AFTER`` from now."""
+        loop = asyncio.get_running_loop()
+        asked = loop.time()
+        self._heard.setdefault(node, asked)
+        while loop.time() - asked < DEAD_AFTER + HEARTBEAT:
+            heard = self._heard.get(node)
+            if heard is None:
+                return False
+            if heard > asked:
+                return True
+            await asyncio.sleep(HEARTBEAT / 10)
+        return True  # neither: cautious
 
     # -- NATS's own events ----------------------------------------------------------------------
 
