@@ -22,6 +22,7 @@ from nacl.public import PrivateKey
 
 from e2echat.client.filepump import FilePump
 from e2echat.client.files import Transfers
+from e2echat.client.relays import parse_relays
 from e2echat.client.trust import KnownPeers
 from e2echat.crypto.identity import fingerprint
 from e2echat.crypto.keyring import Keyring
@@ -369,9 +370,13 @@ async def _chat(
     rooms = RoomList(profile.get(ROOMS, RoomList().names), profile.get(CURRENT_ROOM))
     chat_settings = profile.get(CHAT_SETTINGS, {})
     transfers = Transfers(max_size=settings_from(chat_settings).max_file_bytes)
+    try:
+        (host, port), *fallbacks = parse_relays(args.host, args.port)
+    except ValueError as exc:
+        raise UsageError(detail=f"--host: {exc}") from None
     client, pinned = await join(
-        args.host,
-        args.port,
+        host,
+        port,
         args.nick,
         identity,
         pins,
@@ -384,6 +389,7 @@ async def _chat(
         files=transfers,
         announced=args.announced,
         rooms=tuple(rooms.names),
+        fallbacks=fallbacks,
     )
     downloads = Path(args.downloads).expanduser() if args.downloads else default_downloads()
     pump = FilePump(client, transfers, downloads, sending=directory / SENDING_DIRECTORY)

@@ -141,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     connect.add_argument(
         "--host",
         help="the relay's address (default: the one this profile used last; else the relay announced "
-        "on the LAN, if there is exactly one, with its key pinned as announced; else 127.0.0.1)",
+        "on the LAN, if there is exactly one, with its key pinned as announced; else 127.0.0.1). "
+        "A cluster's relays as A[:PORT],B[:PORT]: tried in order, and the next when one goes",
     )
     connect.add_argument(
         "--port", type=_port, help=f"the relay's port (default: this profile's last, else {DEFAULT_PORT})"

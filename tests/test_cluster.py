@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import nats
 import pytest
 from nats.aio.msg import Msg
 
-from e2echat.client.core import MessageReceived
-from e2echat.client.events import PeerJoined, PeerLeft
+from e2echat.client.core import MessageReceived, Registered
+from e2echat.client.events import ConnectionLost, PeerJoined, PeerLeft
 from e2echat.client.receipts import DeliveryReport
+from e2echat.client.reconnect import Client
+from e2echat.client.relays import parse_relays
 from e2echat.errors import RegistrationRefused
 from e2echat.relay.cluster.relay import ClusterRelay
 from e2echat.relay.cluster.wire import DEAD_AFTER
+from e2echat.store.keyfile import load_or_create_relay_key
 
 from nats_support import NatsServer
 from support import (
@@ -200,9 +205,13 @@ NICKS = ("alice", "bob", "carol")
 
 
 @contextlib.asynccontextmanager
-async def relay_process(server: NatsServer) -> AsyncIterator[tuple[asyncio.subprocess.Process, Listening]]:
+async def relay_process(
+    server: NatsServer, *args: str
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, Listening]]:
     """``e2echat relay --cluster`` in a process of its own (to be killed), and its port."""
-    process, port, _ = await start_relay_process("--port", "0", "--no-announce", "--cluster", server.url)
+    process, port, _ = await start_relay_process(
+        "--port", "0", "--no-announce", "--cluster", server.url, *args
+    )
     try:
         yield process, _Port(port)
     finally:
@@ -236,3 +245,65 @@ async def test_a_killed_relays_clients_leave_within_seconds_and_may_register_els
         finally:
             await bob.connection.close()
             await alice.connection.close()
+
+
+@pytest.mark.timeout(60)
+async def test_a_client_fails_over_to_the_next_relay_when_its_own_is_killed(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    # One key for the cluster: the client answers the next relay as the same relay.
+    key_path = tmp_path / "relay.key"
+    key, _ = load_or_create_relay_key(key_path)
+    async with (
+        cluster(nats_server, 1, key=key) as (survivor,),
+        relay_process(nats_server, "--key", str(key_path)) as (process, doomed),
+    ):
+        alice = await connect(doomed, "alice", reconnecting=True, fallbacks=[(LOOPBACK, survivor.port)])
+        bob = await connect(survivor, "bob")
+        try:
+            await meet(alice, bob)
+            process.kill()
+            loop = asyncio.get_running_loop()
+            killed = loop.time()
+            await alice.next(ConnectionLost)
+            await asyncio.wait_for(alice.next(Registered), 3 * WAIT)
+            assert isinstance(alice.connection, Client) and alice.connection.port == survivor.port
+            assert loop.time() - killed < DEAD_AFTER + 3
+            alice.connection.send_private("bob", "from the relay that is left")
+            got = await bob.next(MessageReceived, lambda e: e.sender == "alice")
+            assert got.text == "from the relay that is left"
+        finally:
+            await alice.connection.close()
+            await bob.connection.close()
+
+
+async def test_a_client_tries_the_relays_in_order_until_one_answers(nats_server: NatsServer) -> None:
+    async with cluster(nats_server, 1) as (relay,):
+        with socket.socket() as unused:  # a port nobody listens on
+            unused.bind((LOOPBACK, 0))
+            closed = unused.getsockname()[1]
+        alice = await connect(_Port(closed), "alice", reconnecting=True, fallbacks=[(LOOPBACK, relay.port)])
+        try:
+            assert isinstance(alice.connection, Client) and alice.connection.port == relay.port
+        finally:
+            await alice.connection.close()
+
+
+@pytest.mark.parametrize(
+    ("text", "relays"),
+    [
+        ("a", [("a", 8000)]),
+        ("a:1,b", [("a", 1), ("b", 8000)]),
+        (" a , b:2 ", [("a", 8000), ("b", 2)]),
+        ("[::1]:7,[fe80::1]", [("::1", 7), ("fe80::1", 8000)]),
+        ("a,a:8000", [("a", 8000)]),  # the same relay once
+    ],
+)
+def test_the_relays_to_try_are_read_from_host(text: str, relays: list[tuple[str, int]]) -> None:
+    assert parse_relays(text, 8000) == relays
+
+
+@pytest.mark.parametrize("text", ["", "a,", "a:0", "a:65536", "a:x", "[::1]x", "a b"])
+def test_a_host_list_that_is_not_one_is_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_relays(text, 8000)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,10 +102,16 @@ class Client:
         pending: PendingDeliveries | None = None,
         rooms: tuple[str, ...] = (DEFAULT_ROOM,),
         last_members: LastMembers | None = None,
+        fallbacks: Sequence[tuple[str, int]] = (),
         **connection_options: Any,
     ) -> None:
+        """``fallbacks``: more (host, port) of relays of one cluster, tried in order after
+        ``host`` and ``port`` whenever the relay in use cannot be reached. They must show
+        the key of the relay first connected to: a cluster has one key."""
         self.host = host
         self.port = port
+        #: every relay to try, in order; the one in use is ``host``:``port``
+        self.relays = [(host, port), *((h, p) for h, p in fallbacks if (h, p) != (host, port))]
         self.nick = nick
         self.backoff = backoff
         self.grace = grace
@@ -190,8 +196,17 @@ class Client:
         return self.connection.core.relay_key
 
     async def open(self, timeout: float = CONNECT_TIMEOUT) -> Registered:
-        """The first connection: its failures are the caller's to report."""
-        registered = await self.connection.open(timeout)
+        """The first connection, to the first relay that can be reached: the failure of
+        the last one tried is the caller's to report."""
+        for host, port in self.relays[1:]:
+            try:
+                registered = await self.connection.open(timeout)
+                break
+            except (RelayUnreachable, RelayGone):
+                self.host, self.port = host, port
+                self.connection = self._make()
+        else:
+            registered = await self.connection.open(timeout)  # the last one (or only one)
         self._relay_trust = RelayTrust(pinned=self.relay_key)
         if not self.connection.closed:  # else it is lost already, and the supervisor knows
             self._online.set()
@@ -255,37 +270,14 @@ class Client:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._retry_now.wait(), delay)
             self._retry_now.clear()
-            connection = self._make()
-            try:
-                await connection.open()
-                return connection
-            except UntrustedRelayKey as exc:
-                # Perhaps an impostor took the relay's place: it got nothing, and we do not
-                # knock again. Only the user can decide that the new key is the relay's.
-                self.closed = True
-                self._put(self._held.give_up(NOT_TO_IMPOSTOR))
-                self.events.put_nowait(
-                    Disconnected(
-                        f"it came back with another key ({exc.offered}): "
-                        "it may be an impostor, and nothing was sent to it; reconnect by hand to review it"
-                    )
-                )
-                return None
-            except RegistrationRefused as exc:
-                if exc.code in ("bad_password", "password_required", "nick_reserved"):
-                    self.closed = True  # trying again cannot help
-                    self._put(self._held.give_up(TURNED_AWAY))
-                    self.events.put_nowait(Disconnected(f"it refused us: {exc.detail}"))
-                    return None
-                # Most likely "nick_taken": the relay has not yet noticed our old connection
-                # is gone (it will, by its idle timeout at the latest).
-                why = f"it refused us: {exc.detail}"
-            except RelayUnreachable:
-                why = "the relay is not back yet"
-            except RelayGone as exc:
-                why = f"the relay broke off: {exc.detail}"
-            except E2EChatError as exc:  # whatever else a broken relay causes: try again
-                why = str(exc)
+            # From the relay in use on, each relay in turn, at once: a cluster's other
+            # relays take its clients when it goes.
+            start = self.relays.index((self.host, self.port))
+            for step in range(len(self.relays)):
+                self.host, self.port = self.relays[(start + step) % len(self.relays)]
+                connection, why = await self._attempt()
+                if connection is not None or self.closed:
+                    return connection
         raise AssertionError("unreachable: the backoff never ends")
 
     def _rooms_since(self, connection: Connection) -> None:
@@ -299,6 +291,43 @@ class Client:
             if room not in self.rooms:
                 connection.part(room)
         self._parted_offline.clear()  # the relay knows now
+
+    async def _attempt(self) -> tuple[Connection | None, str]:
+        """One connection to ``host``:``port``: made, or why not (``closed`` if trying
+        again cannot help)."""
+        connection = self._make()
+        why = ""
+        try:
+            await connection.open()
+            return connection, why
+        except UntrustedRelayKey as exc:
+            # Perhaps an impostor took the relay's place: it got nothing, and we do not
+            # knock again. Only the user can decide that the new key is the relay's.
+            self.closed = True
+            self._put(self._held.give_up(NOT_TO_IMPOSTOR))
+            self.events.put_nowait(
+                Disconnected(
+                    f"it came back with another key ({exc.offered}): "
+                    "it may be an impostor, and nothing was sent to it; reconnect by hand to review it"
+                )
+            )
+            return None, why
+        except RegistrationRefused as exc:
+            if exc.code in ("bad_password", "password_required", "nick_reserved"):
+                self.closed = True  # trying again cannot help
+                self._put(self._held.give_up(TURNED_AWAY))
+                self.events.put_nowait(Disconnected(f"it refused us: {exc.detail}"))
+                return None, why
+            # Most likely "nick_taken": the relay has not yet noticed our old connection
+            # is gone (it will, by its idle timeout at the latest).
+            why = f"it refused us: {exc.detail}"
+        except RelayUnreachable:
+            why = "the relay is not back yet"
+        except RelayGone as exc:
+            why = f"the relay broke off: {exc.detail}"
+        except E2EChatError as exc:  # whatever else a broken relay causes: try again
+            why = str(exc)
+        return None, why
 
     def _release(self, final: bool) -> None:
         if self.online:  # else the next reconnect tries anew

@@ -28,6 +28,36 @@ def relay_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def parse_relays(text: str, default_port: int) -> list[tuple[str, int]]:
+    """The relays ``--host`` names, in the order to try them: ``A[:PORT],B[:PORT],...``
+    (``[IPv6]:PORT`` with brackets; a host without a port has ``default_port``).
+    ``ValueError`` for anything else."""
+    relays: list[tuple[str, int]] = []
+    for item in text.split(","):
+        item = item.strip()
+        host, port = item, default_port
+        if item.startswith("["):
+            host, _, rest = item[1:].partition("]")
+            if rest:
+                if not rest.startswith(":"):
+                    raise ValueError(f"{item!r} is not HOST[:PORT]")
+                port = _relay_port(rest[1:], item)
+        elif item.count(":") == 1:
+            host, _, given = item.partition(":")
+            port = _relay_port(given, item)
+        if not host or any(char.isspace() for char in host):
+            raise ValueError(f"{item!r} is not HOST[:PORT]")
+        if (host, port) not in relays:
+            relays.append((host, port))
+    return relays
+
+
+def _relay_port(text: str, item: str) -> int:
+    if not (text.isascii() and text.isdigit() and len(text) <= 5 and 1 <= int(text) <= 65535):
+        raise ValueError(f"{item!r}: the port must be 1-65535")
+    return int(text)
+
+
 @dataclass(frozen=True)
 class RelayTrust:
     """Which key a client accepts from a relay before it sends the relay anything.

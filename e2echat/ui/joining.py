@@ -5,7 +5,7 @@ refused), and the key of a relay met for the first time is pinned and shown."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from nacl.public import PrivateKey
 
@@ -38,14 +38,18 @@ async def join(
     files: Transfers | None = None,
     announced: str | None = None,
     rooms: tuple[str, ...] = (DEFAULT_ROOM,),
+    fallbacks: Sequence[tuple[str, int]] = (),
 ) -> tuple[Client, str | None]:
     """Connect and register, if the relay's key is the one pinned for its address, or the
     one with the fingerprint ``accept``, or one the user accepts when asked. With
     ``ask_password`` (on a terminal), a changed key and a missing password are asked
     about; without, they are errors. ``announced`` is the fingerprint the relay's
     announcement on the LAN gave: on first contact its key must be that one (a pin, or
-    ``accept``, wins over it). ``rooms``: the rooms we are in (the profile's). Returns the
-    client, and what was pinned, if anything, for the chat to say."""
+    ``accept``, wins over it). ``rooms``: the rooms we are in (the profile's).
+    ``fallbacks``: more relays of the same cluster, tried in order when one cannot be
+    reached; they must show the same key (a cluster has one), pinned under the address
+    connected to. Returns the client, and what was pinned, if anything, for the chat to
+    say."""
     pin_file, known_peers = pins
     session_file, keyring = sessions if sessions is not None else (None, None)
     # Our messages waiting in mailboxes, kept beside the sessions (and the numbering).
@@ -53,8 +57,8 @@ async def join(
     # And each room's members as last seen: what changed since the last run is said.
     last_members = session_file.last_members() if session_file is not None else None
     known_relays = relay_pins.load()
-    address = relay_address(host, port)
-    pinned = known_relays.get(address)
+    addresses = [relay_address(*relay) for relay in ((host, port), *fallbacks)]
+    pinned = next((known_relays.get(address) for address in addresses if known_relays.get(address)), None)
     # First contact with a relay found on the LAN: not "any key", but the one announced.
     # Never over a pin: an announcement is anyone's word, and must not replace a key.
     from_announcement = accept is None and pinned is None and announced is not None
@@ -77,6 +81,7 @@ async def join(
             hold_acks=hold_acks,
             rooms=rooms,
             files=files,
+            fallbacks=fallbacks,
         )
         try:
             await client.open()
@@ -99,6 +104,7 @@ async def join(
     # Pinned once registered (first contact, or a new key accepted): then the notice is
     # shown with the chat, and a refusal stays one line of error.
     key = client.relay_key
+    address = relay_address(client.host, client.port)
     if key is not None and known_relays.pin(address, key):
         await asyncio.to_thread(relay_pins.save, known_relays)
         if pinned is not None and pinned != key:
