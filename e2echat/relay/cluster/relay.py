@@ -111,6 +111,7 @@ class ClusterRelay(Relay):
         #: what NATS last said went wrong (for the error when it cannot be reached at all)
         self._last_error: Exception | None = None
         self._stopping = False
+        self._watcher: KeyValue.KeyWatcher | None = None
 
     @property
     def cluster_core(self) -> ClusterCore:
@@ -322,29 +323,60 @@ class ClusterRelay(Relay):
             return
         if node == self.node:
             return
-        loop = asyncio.get_running_loop()
         if node not in self._heard:
             self._revived(node)
-        self._heard[node] = loop.time()
+        self._heard[node] = asyncio.get_running_loop().time()
 
     def _revived(self, node: str) -> None:
-        """``node`` is heard (again): its clients whose keys stand are back in the directory."""
-        loop = asyncio.get_running_loop()
-        self._heard[node] = loop.time()
-        for where, _, peer in list(self._keys.values()):
-            if where == node and self.cluster_core.remote.node_of(peer.nick) != node:
-                self._apply(self.cluster_core.remote_joined(node, peer, loop.time()))
+        """``node`` is heard again after it was taken for dead: its clients left every
+        directory then, and cannot be announced again with the same session keys (their
+        peers take that for a replay). Their keys are deleted, if that failed then: the
+        relay hangs up on them, and they register anew."""
+        owned = [(key, revision) for key, (where, revision, _) in self._keys.items() if where == node]
+        if owned:
+            self._spawn(self._free(owned))
 
-    async def _watch(self, watcher: Any) -> None:
-        """Every change to the bucket, from its contents at start on."""
+    async def _watch(self, watcher: KeyValue.KeyWatcher) -> None:
+        """Every change to the bucket, from its contents at start on; watched anew after
+        each reconnect to NATS (``_reconnected`` stops the old watch: a watch does not
+        survive a restart of the server)."""
+        assert self._kv is not None
+        while True:
+            self._watcher = watcher
+            await self._read(watcher)
+            while True:
+                try:
+                    watcher = await self._kv.watchall()
+                    break
+                except Exception as exc:  # not back yet: the next reconnect stops this one
+                    log.info("watching the nicks bucket again: %s", _reason(exc))
+                    await asyncio.sleep(HEARTBEAT)
+
+    async def _read(self, watcher: KeyValue.KeyWatcher) -> None:
+        #: the keys the bucket holds, until it is read through
+        listed: set[str] | None = set()
         async for entry in watcher:
             if entry is None:  # read through: what follows is news
+                if listed is not None:
+                    self._reconcile(listed)
+                    listed = None
                 self._ready.set()
                 continue
+            if listed is not None:
+                listed.add(entry.key)
             try:
                 self._changed(entry.key, entry.revision, entry.operation, entry.value)
             except Exception:  # a bug: say so, and keep watching
                 log.exception("error handling a change to the nicks bucket")
+
+    def _reconcile(self, listed: set[str]) -> None:
+        """The bucket read through anew: the keys this relay knew that are gone (deleted
+        while it was out of touch, their deletes never seen) are gone here too."""
+        for key in [key for key in self._keys if key not in listed]:
+            self._changed(key, self._keys[key][1] + 1, "DEL", None)
+        for key, (_, revision) in list(self._claims.items()):
+            if key not in listed:
+                self._changed(key, revision + 1, "DEL", None)
 
     def _changed(self, key: str, revision: int, operation: str | None, value: bytes | None) -> None:
         core, loop = self.cluster_core, asyncio.get_running_loop()
@@ -352,6 +384,14 @@ class ClusterRelay(Relay):
         if mine is not None and revision <= mine[1]:
             return  # our own claim, or older news
         before = self._keys.pop(key, None)
+        if before is not None and operation is None and value and before[0] != self.node:
+            try:
+                same = decode_claim(value) == (before[0], before[2])
+            except RemoteProtocolError:
+                same = False
+            if same:  # read again (a watch anew): not news, and not to be told again
+                self._keys[key] = (before[0], revision, before[2])
+                return
         if mine is not None:  # a newer change to our key: it is no longer ours
             del self._claims[key]
             self._apply(core.lost_claim(mine[0]))
@@ -433,6 +473,9 @@ class ClusterRelay(Relay):
         now = asyncio.get_running_loop().time()
         for node in self._heard:
             self._heard[node] = now
+        if self._watcher is not None:
+            with contextlib.suppress(Exception):
+                await self._watcher.stop()  # type: ignore[no-untyped-call]  # and ``_watch`` reads anew
         log.warning("reconnected to the cluster's NATS server at %s", self.url)
 
     async def _error(self, exc: Exception) -> None:
