@@ -1,0 +1,115 @@
+"""The cluster's pure parts: what relays say to each other (relay/cluster/wire.py) and what
+a relay makes of the others' answers (relay/cluster/core.py), without NATS."""
+
+from __future__ import annotations
+
+import pytest
+from nacl.public import PublicKey
+
+from e2echat.errors import RemoteProtocolError
+from e2echat.relay.actions import Action, Write
+from e2echat.relay.cluster.core import FetchElsewhere, Forward
+from e2echat.relay.cluster.wire import (
+    decode_claim,
+    decode_fetch,
+    decode_forward,
+    decode_outcome,
+    encode_claim,
+    encode_fetch,
+    encode_forward,
+    encode_outcome,
+    new_node_id,
+    nick_key,
+)
+from e2echat.relay.routing import Copies
+from e2echat.wire.codec import decode_message
+from e2echat.wire.messages import Bundles, Routed
+from e2echat.wire.objects import Bundle, PeerInfo, SignedPrekey
+
+KEY_A = PublicKey(bytes(range(32)))
+KEY_B = PublicKey(bytes(range(32, 64)))
+SIGNED = SignedPrekey(7, KEY_A, bytes(64))
+NODE = "0123456789abcdef"
+OTHER = "fedcba9876543210"
+
+
+def _written(actions: list[Action]) -> object:
+    """The one message a ``Write`` of one frame holds, decoded."""
+    (action,) = actions
+    assert isinstance(action, Write)
+    ((conn, frame),) = action.frames
+    assert conn == 7
+    return decode_message(frame[4:])
+
+
+def test_a_claim_goes_both_ways_and_names_its_relay() -> None:
+    peer = PeerInfo("alice", KEY_A, KEY_B)
+    assert decode_claim(encode_claim(NODE, peer)) == (NODE, peer)
+    assert len(new_node_id()) == 16 and new_node_id() != new_node_id()
+
+
+@pytest.mark.parametrize("cut", [0, 5, 16, 17, 20, 60])
+def test_a_claim_cut_short_is_refused(cut: int) -> None:
+    claim = encode_claim(NODE, PeerInfo("alice", KEY_A, KEY_B))
+    with pytest.raises(RemoteProtocolError):
+        decode_claim(claim[:cut])
+    with pytest.raises(RemoteProtocolError):
+        decode_claim(claim + b"x")
+
+
+def test_nicks_that_look_alike_share_one_key() -> None:
+    assert nick_key("Bob") == nick_key("bob")
+    assert nick_key("alice") != nick_key("bob")
+    assert nick_key(".x").isalnum()  # a key may not start with '.'
+
+
+def test_forwards_fetches_and_outcomes_go_both_ways() -> None:
+    items = [("bob", b"\x00ciphertext"), ("carol", b"")]
+    assert decode_forward(encode_forward("alice", items)) == ("alice", items)
+    assert decode_fetch(encode_fetch("alice", ["bob", "carol"])) == ("alice", ["bob", "carol"])
+    outcome = (["bob"], ["carol"], ["dave"])
+    assert decode_outcome(encode_outcome(*outcome)) == outcome
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        encode_forward("alice", [("bob", b"body")])[:-1],  # cut short
+        encode_forward("alice", [("bob", b"body")]) + b"x",  # left over
+        encode_fetch("alice", ["bob"]),  # another kind
+        b"s\x03a b\x00\x00",  # not a nick
+    ],
+)
+def test_a_forward_that_is_not_one_is_refused(payload: bytes) -> None:
+    with pytest.raises(RemoteProtocolError):
+        decode_forward(payload)
+
+
+def test_a_relay_answering_for_nicks_it_was_not_asked_about_is_ignored() -> None:
+    forward = Forward(7, "alice", 42, Copies(delivered=["dave"]), {OTHER: [("bob", b"b"), ("carol", b"c")]})
+    # It claims mallory (not asked) delivered, says nothing of carol.
+    routed = _written(forward.routed({OTHER: (["bob", "mallory"], [], [])}))
+    assert isinstance(routed, Routed) and routed.id == 42
+    assert sorted(routed.delivered) == ["bob", "dave"]
+    assert routed.refused == ("carol",)  # not known to be delivered: not claimed so
+    assert "mallory" not in routed.missing + routed.queued + routed.full
+
+
+def test_copies_for_a_relay_that_did_not_answer_are_reported_not_delivered() -> None:
+    forward = Forward(7, "alice", 1, Copies(), {OTHER: [("bob", b"b")], NODE: [("carol", b"c")]})
+    routed = _written(forward.routed({OTHER: None, NODE: ([], [], ["carol"])}))
+    assert isinstance(routed, Routed)
+    assert routed.delivered == () and routed.refused == ("bob",) and routed.missing == ("carol",)
+
+
+def test_bundles_from_another_relay_only_for_the_nicks_asked_of_it_once_each() -> None:
+    asked = FetchElsewhere(7, "alice", Bundles((), ("zed",)), [], {OTHER: ["bob", "carol"]})
+    bob = Bundle("bob", KEY_A, SIGNED, ())
+    mallory = Bundle("mallory", KEY_B, SIGNED, ())
+    forged = Bundle("bob", KEY_B, SIGNED, ())  # a second bundle for bob
+    answer = _written(asked.answered({OTHER: Bundles((bob, mallory, forged), ())}))
+    assert isinstance(answer, Bundles)
+    assert answer.bundles == (bob,)
+    assert sorted(answer.missing) == ["carol", "zed"]
+    silent = _written(asked.answered({OTHER: None}))
+    assert isinstance(silent, Bundles) and sorted(silent.missing) == ["bob", "carol", "zed"]
