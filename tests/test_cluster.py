@@ -16,7 +16,7 @@ import pytest
 from nats.aio.msg import Msg
 
 from e2echat.client.core import MessageReceived, Registered
-from e2echat.client.events import ConnectionLost, PeerJoined, PeerLeft
+from e2echat.client.events import ConnectionLost, Disconnected, PeerJoined, PeerLeft
 from e2echat.client.receipts import DeliveryReport
 from e2echat.client.reconnect import Client
 from e2echat.client.relays import parse_relays
@@ -307,3 +307,17 @@ def test_the_relays_to_try_are_read_from_host(text: str, relays: list[tuple[str,
 def test_a_host_list_that_is_not_one_is_refused(text: str) -> None:
     with pytest.raises(ValueError):
         parse_relays(text, 8000)
+
+
+async def test_a_client_does_not_fail_over_to_a_relay_with_another_key(nats_server: NatsServer) -> None:
+    # Not the cluster's key: perhaps an impostor at that address. It gets nothing.
+    async with cluster(nats_server, 1) as (impostor,), cluster(nats_server, 1) as (first,):
+        assert impostor.core.key.public_key != first.core.key.public_key
+        alice = await connect(first, "alice", reconnecting=True, fallbacks=[(LOOPBACK, impostor.port)])
+        try:
+            await first.stop("going")
+            lost = await alice.next(Disconnected)
+            assert "another key" in lost.detail
+            assert "alice" not in impostor.core.online
+        finally:
+            await alice.connection.close()
