@@ -234,7 +234,7 @@ class ClusterRelay(Relay):
             pass
         try:
             entry = await self._kv.get(key)
-        except nats.js.errors.KeyNotFoundError:  # released meanwhile: try once more
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):  # released meanwhile
             self._claims[key] = (peer.nick, await self._kv.create(key, value))
             return None
         assert entry.value is not None and entry.revision is not None
