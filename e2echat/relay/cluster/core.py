@@ -4,12 +4,12 @@ What is shared goes through NATS (relay/cluster/link.py); this core only decides
 to a single relay's core:
 
 - ``Remote``: the other relays' clients (nick -> node and directory entry), as the
-  ``nicks`` bucket says. They are in the directory a newcomer is sent, their arrivals and
-  departures are told to this relay's clients, and a nick that is (or looks like) one of
-  theirs is refused, as one online here is.
+  ``nicks`` bucket says. They are in the directory a newcomer is sent, and their arrivals
+  and departures are told to this relay's clients.
 - A register is not welcomed at once: the nick must first be claimed in the bucket
-  (``Claim``: the shell creates its key, compare-and-set), so that of two relays racing on
-  one nick exactly one lets it in. The shell answers with ``claimed``.
+  (``Claim``: the shell creates its key, keyed by the nick's skeleton, compare-and-set),
+  so that of two relays racing on one nick (or on two that look alike) exactly one lets it
+  in. The shell answers with ``claimed``.
 - A send's copies for the other relays' clients go to each of those relays in one
   ``Forward`` (not one per recipient); the shell answers the sender's ``routed`` once they
   have said what became of them (``Forward.routed``). Copies from another relay for
@@ -250,8 +250,10 @@ class ClusterCore(RelayCore):
     def _register(self, record: _Connection, message: Register, now: float) -> list[Action]:
         if record.conn in self._claiming:
             return self._refuse(record, "protocol", "register sent twice")
-        skeletons = ChainMap(self._skeletons, self.remote.skeletons, self._pending)
-        peer = self._admit_register(record, message, skeletons)
+        # Not checked against the other relays' nicks here: the claim is, and waits to see
+        # whether their relay is alive (a client failing over from a dead relay finds its
+        # own nick there until that relay is taken for dead).
+        peer = self._admit_register(record, message, ChainMap(self._skeletons, self._pending))
         if isinstance(peer, tuple):
             return self._refuse(record, *peer)
         self._claiming[record.conn] = (peer, message.signed_prekey)

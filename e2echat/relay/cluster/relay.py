@@ -74,6 +74,8 @@ log = logging.getLogger("e2echat.relay.cluster.relay")
 FORWARD_TIMEOUT = 2.0
 #: each key-value operation, and the connection to NATS at start-up
 NATS_TIMEOUT = 5.0
+#: rounds of read and compare-and-set for one claim before the nick counts as taken
+CLAIM_TRIES = 4
 
 Outcome = tuple[list[str], list[str], list[str]]
 
@@ -225,31 +227,35 @@ class ClusterRelay(Relay):
         self._apply(self.cluster_core.claimed(request.conn, refusal, loop.time()))
 
     async def _take(self, peer: PeerInfo) -> tuple[str, str] | None:
+        """Make the claim, or say why not. A compare-and-set lost to a delete (the dead
+        relay's keys being freed) is tried again: only a live owner, or another relay's
+        newer claim, makes the nick taken."""
         assert self._kv is not None
         key, value = nick_key(peer.nick), encode_claim(self.node, peer)
-        try:
-            self._claims[key] = (peer.nick, await self._kv.create(key, value))
+        for _ in range(CLAIM_TRIES):
+            try:
+                self._claims[key] = (peer.nick, await self._kv.create(key, value))
+                return None
+            except nats.js.errors.KeyWrongLastSequenceError:
+                pass
+            try:
+                entry = await self._kv.get(key)
+            except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+                continue  # released meanwhile: create it
+            assert entry.value is not None and entry.revision is not None
+            try:
+                owner = decode_claim(entry.value)[0]
+            except RemoteProtocolError:
+                owner = ""  # a broken value is nobody's
+            if owner and owner != self.node and await self._alive(owner):
+                return TAKEN
+            try:
+                self._claims[key] = (peer.nick, await self._kv.update(key, value, last=entry.revision))
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue  # changed since read: by a delete, or by another relay's claim
+            log.info("%s: claim taken over from relay %s, not heard from", peer.nick, owner or "?")
             return None
-        except nats.js.errors.KeyWrongLastSequenceError:
-            pass
-        try:
-            entry = await self._kv.get(key)
-        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):  # released meanwhile
-            self._claims[key] = (peer.nick, await self._kv.create(key, value))
-            return None
-        assert entry.value is not None and entry.revision is not None
-        try:
-            owner = decode_claim(entry.value)[0]
-        except RemoteProtocolError:
-            owner = ""  # a broken value is nobody's
-        if owner and owner != self.node and await self._alive(owner):
-            return TAKEN
-        try:
-            self._claims[key] = (peer.nick, await self._kv.update(key, value, last=entry.revision))
-        except nats.js.errors.KeyWrongLastSequenceError:
-            return TAKEN  # another relay took it over first
-        log.info("%s: claim taken over from relay %s, not heard from", peer.nick, owner or "?")
-        return None
+        return TAKEN
 
     async def _release(self, nick: str) -> None:
         key = nick_key(nick)
