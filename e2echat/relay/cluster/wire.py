@@ -29,8 +29,9 @@ from e2echat.wire.grammar import KEY_SIZE, MAX_ITEMS, is_valid_nick, skeleton
 from e2echat.wire.objects import PeerInfo
 
 #: a cluster's name: it prefixes every subject and bucket, so two clusters can share a server
-NAME_PATTERN = re.compile(r"[a-z0-9_-]{1,32}\Z")
-NAME_RULE = "1-32 lowercase letters, digits, '_' or '-'"
+NAME_MAX = 32  # a bucket's name is the cluster's and a suffix: well within NATS's bounds
+NAME_PATTERN = re.compile(rf"[a-z0-9_-]{{1,{NAME_MAX}}}\Z")
+NAME_RULE = f"1-{NAME_MAX} lowercase letters, digits, '_' or '-'"
 DEFAULT_NAME = "e2echat"
 
 #: a relay's node id: 8 random bytes, as 16 hex digits (fresh for each process: a restarted
