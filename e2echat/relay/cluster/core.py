@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections import ChainMap
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +40,7 @@ from e2echat.wire.fastpath import Routes, deliver_head, encode_peer
 from e2echat.wire.framing import encode_frame
 from e2echat.wire.grammar import skeleton
 from e2echat.wire.messages import Bundles, Fetch, PeerJoined, PeerLeft, Prekeys, Register
-from e2echat.wire.objects import Bundle, PeerInfo, SignedPrekey
+from e2echat.wire.objects import Bundle, PeerInfo
 
 log = logging.getLogger("e2echat.relay.cluster.core")
 
@@ -233,8 +233,8 @@ class ClusterCore(RelayCore):
         self.remote = Remote()
         #: what the shell is to do with NATS, in order
         self.requests: list[Request] = []
-        #: registers waiting for their claim: connection -> (entry, signed prekey)
-        self._claiming: dict[ConnId, tuple[PeerInfo, SignedPrekey]] = {}
+        #: registers waiting for their claim: connection -> (entry, its register)
+        self._claiming: dict[ConnId, tuple[PeerInfo, Register]] = {}
         #: their nicks' skeletons, so that a second register of one is refused here
         self._pending: dict[str, str] = {}
         #: connections hung up on because their nick is another relay's now: not released
@@ -244,8 +244,10 @@ class ClusterCore(RelayCore):
     def _new_router(self) -> ClusterRouter:
         return ClusterRouter(self.limits, self.kept, self.online, self._backlog, self.remote, self.requests)
 
-    def _directory(self) -> list[bytes]:
-        return super()._directory() + [encoded for _, encoded in self.remote.peers.values()]
+    def _directory(self, contacts: Iterable[str]) -> list[bytes]:
+        # Every other relay's client is a contact of everyone here: the memberships of
+        # rooms are each relay's own until they are kept in JetStream.
+        return super()._directory(contacts) + [encoded for _, encoded in self.remote.peers.values()]
 
     def _register(self, record: _Connection, message: Register, now: float) -> list[Action]:
         if record.conn in self._claiming:
@@ -256,7 +258,7 @@ class ClusterCore(RelayCore):
         peer = self._admit_register(record, message, ChainMap(self._skeletons, self._pending))
         if isinstance(peer, tuple):
             return self._refuse(record, *peer)
-        self._claiming[record.conn] = (peer, message.signed_prekey)
+        self._claiming[record.conn] = (peer, message)
         self._pending[skeleton(peer.nick)] = peer.nick
         self.requests.append(Claim(record.conn, peer))
         return []
@@ -270,7 +272,7 @@ class ClusterCore(RelayCore):
         claiming = self._claiming.pop(conn, None)
         if claiming is None:
             return []
-        peer, signed = claiming
+        peer, message = claiming
         self._pending.pop(skeleton(peer.nick), None)
         record = self._connections.get(conn)
         if record is None:
@@ -280,7 +282,7 @@ class ClusterCore(RelayCore):
         if refusal is not None:
             return self._refuse(record, *refusal)
         self.remote.drop(peer.nick)  # an entry of the relay whose claim ours replaced
-        return self._welcome(record, peer, signed, now)
+        return self._welcome(record, peer, message, now)
 
     def remote_joined(self, node: str, peer: PeerInfo, now: float) -> list[Action]:
         """``peer`` is on relay ``node`` now (the bucket says so): told to everyone here.
@@ -366,8 +368,11 @@ class ClusterCore(RelayCore):
         return [Write(frames)] if frames else []
 
     def _told(self, message: PeerJoined | PeerLeft) -> list[Action]:
-        frames = self._presence(message)
-        return [Write(frames)] if frames else []
+        """``message`` (another relay's client came or went) to everyone online here."""
+        if not self.online:
+            return []
+        frame = encode_frame(encode_message(message))
+        return [Write([(conn, frame) for conn in self.online.values()])]
 
     def _forget(self, conn: ConnId) -> list[Action]:
         nick = self.nick_of(conn)
