@@ -6,17 +6,18 @@ import asyncio
 import contextlib
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import nats
 import pytest
+from nacl.public import PrivateKey
 from nats.aio.msg import Msg
 
 from e2echat.client.core import MessageReceived, Registered
-from e2echat.client.events import ConnectionLost, Disconnected, PeerJoined, PeerLeft
+from e2echat.client.events import ConnectionLost, Disconnected, MessageQueued, PeerJoined, PeerLeft
 from e2echat.client.receipts import DeliveryReport
 from e2echat.client.reconnect import Client
 from e2echat.client.relays import parse_relays
@@ -104,12 +105,12 @@ async def test_a_nick_online_on_one_relay_is_refused_on_another(nats_server: Nat
         await again.connection.close()
 
 
-async def _registered_when_free(relay: ClusterRelay, nick: str) -> Peer:
+async def _registered_when_free(relay: ClusterRelay, nick: str, **options: Any) -> Peer:
     """Register ``nick`` on ``relay`` as soon as the cluster lets it (its release travels
     through NATS)."""
     while True:
         try:
-            return await connect(relay, nick)
+            return await connect(relay, nick, **options)
         except RegistrationRefused:
             await asyncio.sleep(0.05)
 
@@ -321,3 +322,55 @@ async def test_a_client_does_not_fail_over_to_a_relay_with_another_key(nats_serv
             assert "alice" not in impostor.core.online
         finally:
             await alice.connection.close()
+
+
+async def test_mail_queued_via_one_relay_is_drained_via_another(nats_server: NatsServer) -> None:
+    async with cluster(nats_server, 2) as (one, other):
+        key = PrivateKey.generate()
+        alice, dave = await connect(one, "alice"), await connect(one, "dave", identity=key)
+        try:
+            await meet(alice, dave)
+            keyring, pins = dave.connection.core.keyring, dave.connection.core.known_peers
+            await dave.connection.close()
+            await alice.next(PeerLeft, lambda e: e.nick == "dave")
+            for text in ("while you were away", "and one more"):
+                alice.connection.send_private("dave", text)
+                await alice.next(MessageQueued)
+            # dave comes back on the other relay, with its sessions: the mail follows it.
+            back = await asyncio.wait_for(
+                _registered_when_free(other, "dave", identity=key, keyring=keyring, known_peers=pins), WAIT
+            )
+            try:
+                for text in ("while you were away", "and one more"):
+                    await back.next(MessageReceived, _text_is(text))
+            finally:
+                await back.connection.close()
+            # Handed over: the first relay keeps none of it.
+            assert not one.core.kept.mailboxes.items("dave")
+        finally:
+            await alice.connection.close()
+
+
+async def test_mail_is_not_handed_to_another_key_of_the_nick(nats_server: NatsServer) -> None:
+    async with cluster(nats_server, 2) as (one, other):
+        alice, dave = await connect(one, "alice"), await connect(one, "dave")
+        try:
+            await meet(alice, dave)
+            await dave.connection.close()
+            await alice.next(PeerLeft, lambda e: e.nick == "dave")
+            alice.connection.send_private("dave", "for the real dave")
+            await alice.next(MessageQueued)
+            # Someone else registers "dave" on the other relay with a key of its own.
+            impostor = await asyncio.wait_for(_registered_when_free(other, "dave"), WAIT)
+            try:
+                await asyncio.sleep(1.0)  # time enough for a hand-over, were there one
+                assert len(one.core.kept.mailboxes.items("dave")) == 1
+                assert not other.core.kept.mailboxes.items("dave")
+            finally:
+                await impostor.connection.close()
+        finally:
+            await alice.connection.close()
+
+
+def _text_is(text: str) -> Callable[[MessageReceived], bool]:
+    return lambda event: event.text == text

@@ -13,15 +13,22 @@ from e2echat.relay.cluster.wire import (
     decode_claim,
     decode_fetch,
     decode_forward,
+    decode_mail,
+    decode_mailbox_ask,
     decode_outcome,
+    decode_taken,
     encode_claim,
     encode_fetch,
     encode_forward,
+    encode_mail,
+    encode_mailbox_ask,
     encode_outcome,
+    encode_taken,
     new_node_id,
     nick_key,
 )
 from e2echat.relay.routing import Copies
+from e2echat.relay.store import EXPIRED, MAIL, MailItem
 from e2echat.wire.codec import decode_message
 from e2echat.wire.messages import Bundles, Routed
 from e2echat.wire.objects import Bundle, PeerInfo, SignedPrekey
@@ -113,3 +120,17 @@ def test_bundles_from_another_relay_only_for_the_nicks_asked_of_it_once_each() -
     assert sorted(answer.missing) == ["carol", "zed"]
     silent = _written(asked.answered({OTHER: None}))
     assert isinstance(silent, Bundles) and sorted(silent.missing) == ["bob", "carol", "zed"]
+
+
+def test_a_mailbox_handed_over_goes_both_ways() -> None:
+    items = [
+        MailItem("dave", 5, MAIL, "alice", 42, 1.5, b"\x00ciphertext"),
+        MailItem("dave", 6, EXPIRED, "bob", 7, 2.5, reason="expired"),
+    ]
+    assert decode_mail(encode_mail(items, True), "dave") == (items, True)
+    assert decode_mailbox_ask(encode_mailbox_ask("dave", bytes(KEY_A))) == ("dave", bytes(KEY_A))
+    assert decode_taken(encode_taken("dave", 6)) == ("dave", 6)
+    with pytest.raises(RemoteProtocolError):
+        decode_mail(encode_mail(items, False)[:-1], "dave")
+    with pytest.raises(RemoteProtocolError):
+        decode_taken(encode_mailbox_ask("dave", bytes(KEY_A)))

@@ -265,6 +265,21 @@ class Mailboxes:
             del self._boxes[nick]
         return Dequeue(nick, upto=seq)
 
+    def handed_over(self, nick: str, upto: int) -> Dequeue | None:
+        """``nick``'s items up to ``upto`` are kept by another relay of a cluster now (its
+        owner is on that one): gone here. None if there were none."""
+        box = self._boxes.get(nick)
+        if box is None:
+            return None
+        items, dropped = box.items, 0
+        while items and items[0].seq <= upto:
+            self._removed(box, items.popleft())
+            dropped += 1
+        _nothing_out(box)  # its owner is not here
+        if not items:
+            del self._boxes[nick]
+        return Dequeue(nick, upto=upto) if dropped else None
+
     def expire(self, now: float, online: Container[str]) -> tuple[list[Dequeue], list[MailItem]]:
         """Drop the messages older than ``mailbox_ttl``, and the notices older than
         NOTICE_TTL times that, from the mailboxes of owners who are away (an owner online

@@ -22,6 +22,7 @@ single relay's shell knows how to carry out).
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections import ChainMap
 from collections.abc import Iterable, Sequence
@@ -34,7 +35,7 @@ from e2echat.relay.kept import Kept
 from e2echat.relay.limits import Backlog, Limits
 from e2echat.relay.prekeys import Handed
 from e2echat.relay.routing import _PREFIX, Copies, Router
-from e2echat.relay.store import Op
+from e2echat.relay.store import MAIL, MailItem, Op
 from e2echat.wire.codec import encode_message
 from e2echat.wire.fastpath import Routes, deliver_head, encode_peer
 from e2echat.wire.framing import encode_frame
@@ -335,6 +336,47 @@ class ClusterCore(RelayCore):
             (self.online[nick], encode_frame(encode_message(Prekeys(count)))) for nick, count in low.items()
         ]
         return keep(ops, frames), encode_message(answer)
+
+    def hand_over(self, nick: str, identity_key: bytes, budget: int) -> tuple[list[MailItem], bool]:
+        """``nick`` is online on another relay with ``identity_key``: the items waiting
+        for it here, oldest first, about ``budget`` bytes of them, and whether more wait.
+        Nothing if the identity known here has another key (its mail is not for that
+        key's owner: see ``Kept.reserved_until``), or if it is online here."""
+        known = self.kept.identities.get(nick)
+        if known is None or nick in self.online or not hmac.compare_digest(known.identity_key, identity_key):
+            return [], False
+        items = self.kept.mailboxes.items(nick)
+        handed: list[MailItem] = []
+        for item in items:
+            if handed and budget < len(item.body) + 64:
+                break
+            budget -= len(item.body) + 64
+            handed.append(item)
+        return handed, len(handed) < len(items)
+
+    def handed_over(self, nick: str, upto: int) -> list[Action]:
+        """The other relay keeps ``nick``'s items up to ``upto`` now: gone here."""
+        op = self.kept.mailboxes.handed_over(nick, upto)
+        return keep([op], []) if op is not None else []
+
+    def take_over(self, nick: str, items: Sequence[MailItem]) -> tuple[list[Action], int]:
+        """Items another relay kept for ``nick`` (online here, or gone meanwhile): kept
+        here now, and handed to it as ours are. The highest seq taken (-1: none)."""
+        ops: list[Op] = []
+        upto = -1
+        mailboxes = self.kept.mailboxes
+        for item in items:
+            if item.kind == MAIL:
+                op = mailboxes.put_mail(nick, item.sender, item.message_id, item.body, item.queued_at)
+                if op is None:  # full here: kept there, for the next time
+                    break
+                ops.append(op)
+            else:
+                ops += mailboxes.put_notice(nick, item.sender, item.message_id, item.reason, item.queued_at)
+            upto = item.seq
+        if ops:
+            self.kept.notified.add(nick)
+        return keep(ops, self._router.notify()), upto
 
     def claims(self) -> list[str]:
         """The nicks this relay holds in the bucket: its clients online."""

@@ -46,17 +46,26 @@ from e2echat.relay.cluster.wire import (
     DEFAULT_NAME,
     FETCH,
     HEARTBEAT,
+    MAIL_TAKEN,
+    MAILBOX,
+    MAILBOX_PART,
     Names,
     check_name,
     check_node,
     decode_claim,
     decode_fetch,
     decode_forward,
+    decode_mail,
+    decode_mailbox_ask,
     decode_outcome,
+    decode_taken,
     encode_claim,
     encode_fetch,
     encode_forward,
+    encode_mail,
+    encode_mailbox_ask,
     encode_outcome,
+    encode_taken,
     new_node_id,
     nick_key,
 )
@@ -225,6 +234,8 @@ class ClusterRelay(Relay):
             log.warning("claim of %s failed: %s", request.peer.nick, _reason(exc))
         loop = asyncio.get_running_loop()
         self._apply(self.cluster_core.claimed(request.conn, refusal, loop.time()))
+        if refusal is None:
+            self._spawn(self._collect_mail(request.peer))
 
     async def _take(self, peer: PeerInfo) -> tuple[str, str] | None:
         """Make the claim, or say why not. A compare-and-set lost to a delete (the dead
@@ -302,13 +313,49 @@ class ClusterRelay(Relay):
             return None
         return answer if isinstance(answer, Bundles) else None
 
+    async def _collect_mail(self, peer: PeerInfo) -> None:
+        """``peer`` is in: what the other relays kept for it while it was away comes here,
+        a part at a time. Each part is dropped there only once it is kept here (a part
+        lost on the way stays there, for its next connection)."""
+        assert self._nc is not None
+        ask = encode_mailbox_ask(peer.nick, bytes(peer.identity_key))
+        for node in list(self._heard):
+            more = True
+            while more:
+                try:
+                    reply = await self._nc.request(self.names.node(node), ask, FORWARD_TIMEOUT)
+                    items, more = decode_mail(reply.data, peer.nick)
+                except Exception as exc:  # out of reach, gone, or nonsense: what it holds stays
+                    log.info("mailbox of %s from relay %s: %s", peer.nick, node, _reason(exc))
+                    break
+                if not items:
+                    break
+                actions, upto = self.cluster_core.take_over(peer.nick, items)
+                self._apply(actions)
+                if self._journal is not None:
+                    await self._journal.drain()  # kept here before it is dropped there
+                if upto < 0:
+                    break  # full here: the rest stays there
+                with contextlib.suppress(Exception):
+                    await self._nc.publish(self.names.node(node), encode_taken(peer.nick, upto))
+                more = more and upto == items[-1].seq
+
     # -- what NATS tells ---------------------------------------------------------------------
 
     async def _on_request(self, msg: Msg) -> None:
         """Another relay's forward of copies, or its fetch of bundles, for clients here."""
         core = self.cluster_core
         try:
-            if msg.data[:1] == FETCH:
+            kind = msg.data[:1]
+            if kind == MAIL_TAKEN:
+                nick, upto = decode_taken(msg.data)
+                self._apply(core.handed_over(nick, upto))
+                return
+            if kind == MAILBOX:
+                nick, identity_key = decode_mailbox_ask(msg.data)
+                actions: list[Action] = []
+                reply = encode_mail(*core.hand_over(nick, identity_key, MAILBOX_PART))
+            elif kind == FETCH:
                 requester, nicks = decode_fetch(msg.data)
                 actions, reply = core.fetch_here(requester, nicks)
             else:

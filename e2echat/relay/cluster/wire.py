@@ -25,6 +25,7 @@ import nacl.utils
 from nacl.public import PublicKey
 
 from e2echat.errors import RemoteProtocolError
+from e2echat.relay.store import EXPIRED, MAIL, MailItem
 from e2echat.wire.grammar import KEY_SIZE, MAX_ITEMS, is_valid_nick, skeleton
 from e2echat.wire.objects import PeerInfo
 
@@ -122,6 +123,14 @@ def decode_claim(value: bytes) -> tuple[str, PeerInfo]:
 #: the first byte of a request on a relay's ``node`` subject: what it asks
 SEND = b"s"
 FETCH = b"f"
+MAILBOX = b"m"
+MAIL_TAKEN = b"t"
+#: a mailbox handed over in parts of about this many bytes: NATS's default bound on a
+#: message is 1 MiB
+MAILBOX_PART = 512 * 1024
+_MAIL_HEAD = struct.Struct(">BQdI")  # kind, message id, queued at, body length
+_SEQ = struct.Struct(">Q")
+_KINDS = (MAIL, EXPIRED)
 
 
 def encode_forward(sender: str, items: Sequence[tuple[str, bytes]]) -> bytes:
@@ -158,6 +167,65 @@ def decode_fetch(payload: bytes) -> tuple[str, list[str]]:
     nicks = [reader.nick() for _ in range(reader.count())]
     reader.end()
     return requester, nicks
+
+
+def encode_mailbox_ask(nick: str, identity_key: bytes) -> bytes:
+    """``nick``, registered on the asking relay with ``identity_key``, is online there:
+    what waits for it here, please (only if it is for that key)."""
+    return MAILBOX + _nick(nick) + identity_key
+
+
+def decode_mailbox_ask(payload: bytes) -> tuple[str, bytes]:
+    reader = _Reader(payload)
+    reader.tag(MAILBOX)
+    nick = reader.nick()
+    key = reader.take(KEY_SIZE)
+    reader.end()
+    return nick, key
+
+
+def encode_mail(items: Sequence[MailItem], more: bool) -> bytes:
+    """A part of a mailbox handed over: its items, oldest first, and whether more follow."""
+    parts = [bytes((more,)), _LENGTH.pack(len(items))]
+    for item in items:
+        kind = _KINDS.index(item.kind)
+        parts += (_nick(item.sender), _MAIL_HEAD.pack(kind, item.message_id, item.queued_at, len(item.body)))
+        parts += (item.body, _SEQ.pack(item.seq), _nick(item.reason) if item.reason else b"\0")
+    return b"".join(parts)
+
+
+def decode_mail(payload: bytes, to: str) -> tuple[list[MailItem], bool]:
+    reader = _Reader(payload)
+    more = reader.take(1) != b"\0"
+    count: int = _LENGTH.unpack(reader.take(_LENGTH.size))[0]
+    if count > MAX_ITEMS:
+        raise RemoteProtocolError(detail="a mailbox handed over holds too many items")
+    items = []
+    for _ in range(count):
+        sender = reader.nick()
+        kind, message_id, queued_at, size = _MAIL_HEAD.unpack(reader.take(_MAIL_HEAD.size))
+        if kind >= len(_KINDS):
+            raise RemoteProtocolError(detail="a mailbox item of no known kind")
+        body = reader.take(size)
+        seq: int = _SEQ.unpack(reader.take(_SEQ.size))[0]
+        reason = reader.take(reader.take(1)[0]).decode("ascii", errors="replace")
+        items.append(MailItem(to, seq, _KINDS[kind], sender, message_id, queued_at, body, reason))
+    reader.end()
+    return items, more
+
+
+def encode_taken(nick: str, upto: int) -> bytes:
+    """The asking relay keeps ``nick``'s items up to ``upto`` now: drop them here."""
+    return MAIL_TAKEN + _nick(nick) + _SEQ.pack(upto)
+
+
+def decode_taken(payload: bytes) -> tuple[str, int]:
+    reader = _Reader(payload)
+    reader.tag(MAIL_TAKEN)
+    nick = reader.nick()
+    upto: int = _SEQ.unpack(reader.take(_SEQ.size))[0]
+    reader.end()
+    return nick, upto
 
 
 def encode_outcome(delivered: Sequence[str], refused: Sequence[str], missing: Sequence[str]) -> bytes:
