@@ -284,7 +284,7 @@ async def _line_through(sender: Client, recipient: Client, deadline: float) -> N
     loop = asyncio.get_running_loop()
     while sender.nick not in recipient.connection.core.peers and loop.time() < deadline:
         await asyncio.sleep(0.05)
-    sender.send_room("after the failover")
+    sender.send_room("#lobby", "after the failover")
     while loop.time() < deadline:
         event = await asyncio.wait_for(recipient.events.get(), deadline - loop.time())
         if isinstance(event, MessageReceived) and event.text == "after the failover":
