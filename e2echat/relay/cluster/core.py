@@ -33,6 +33,7 @@ from e2echat.relay.actions import Action, ConnId, Persist, Write, keep
 from e2echat.relay.core import RelayCore, _Connection
 from e2echat.relay.kept import Kept
 from e2echat.relay.limits import Backlog, Limits
+from e2echat.relay.paging import Paging
 from e2echat.relay.prekeys import Handed
 from e2echat.relay.routing import _PREFIX, Copies, Router
 from e2echat.relay.store import MAIL, MailItem, Op
@@ -174,10 +175,11 @@ class ClusterRouter(Router):
         kept: Kept,
         online: dict[str, ConnId],
         backlog: Backlog,
+        paging: Paging,
         remote: Remote,
         requests: list[Request],
     ) -> None:
-        super().__init__(limits, kept, online, backlog)
+        super().__init__(limits, kept, online, backlog, paging)
         self.remote = remote
         self.requests = requests
 
@@ -217,8 +219,8 @@ class ClusterRouter(Router):
             target = online.get(to)
             if target is None or to == sender:
                 missing.append(to)
-            elif target in stalled or unflushed.get(target, 0) >= budget:
-                refused.append(to)
+            elif target in stalled or unflushed.get(target, 0) >= budget or target in self.paging:
+                refused.append(to)  # owed more than it takes, or its member lists first
             else:
                 length = len(head) + len(body)
                 frames.append((target, pack(length) + head + body))
@@ -243,7 +245,9 @@ class ClusterCore(RelayCore):
         super().__init__(limits, **options)
 
     def _new_router(self) -> ClusterRouter:
-        return ClusterRouter(self.limits, self.kept, self.online, self._backlog, self.remote, self.requests)
+        return ClusterRouter(
+            self.limits, self.kept, self.online, self._backlog, self._paging, self.remote, self.requests
+        )
 
     def _directory(self, contacts: Iterable[str]) -> list[bytes]:
         # Every other relay's client is a contact of everyone here: the memberships of
@@ -283,7 +287,12 @@ class ClusterCore(RelayCore):
         if refusal is not None:
             return self._refuse(record, *refusal)
         self.remote.drop(peer.nick)  # an entry of the relay whose claim ours replaced
-        return self._welcome(record, peer, message, now)
+        # As a register's answers are in ``receive_data``: behind what is owed, and the
+        # first window of that (its welcome and lists) at once.
+        actions = self._behind(self._welcome(record, peer, message, now))
+        if conn in self._paging:
+            actions[:0] = self._release(conn)
+        return actions
 
     def remote_joined(self, node: str, peer: PeerInfo, now: float) -> list[Action]:
         """``peer`` is on relay ``node`` now (the bucket says so): told to everyone here.
@@ -295,13 +304,13 @@ class ClusterCore(RelayCore):
         if here is not None:
             actions += self.lost_claim(here)
         self.remote.add(node, peer)
-        return actions + self._told(PeerJoined(peer))
+        return self._behind(actions + self._told(PeerJoined(peer)))
 
     def remote_left(self, node: str, nick: str) -> list[Action]:
         """``nick`` left relay ``node`` (its key is gone, or it is on no relay now)."""
         if self.remote.node_of(nick) != node or not self.remote.drop(nick):
             return []
-        return self._told(PeerLeft(nick))
+        return self._behind(self._told(PeerLeft(nick)))
 
     def node_lost(self, node: str) -> list[Action]:
         """Relay ``node`` is taken for dead: its clients are gone."""
@@ -318,7 +327,7 @@ class ClusterCore(RelayCore):
             return []
         log.warning("%s: its nick was claimed elsewhere in the cluster; hanging up", nick)
         self._displaced.add(conn)
-        return self._refuse(self._connections[conn], *DISPLACED)
+        return self._behind(self._refuse(self._connections[conn], *DISPLACED))
 
     def deliver_here(
         self, sender: str, items: Sequence[tuple[str, bytes]]
@@ -326,7 +335,7 @@ class ClusterCore(RelayCore):
         """Copies another relay forwarded: see ``ClusterRouter.deliver_here``."""
         assert isinstance(self._router, ClusterRouter)
         frames, outcome = self._router.deliver_here(sender, items)
-        return ([Write(frames)] if frames else []), outcome
+        return self._behind([Write(frames)] if frames else []), outcome
 
     def fetch_here(self, requester: str, nicks: Sequence[str]) -> tuple[list[Action], bytes]:
         """Another relay's client asked for bundles of clients here: the answer, encoded
@@ -335,7 +344,7 @@ class ClusterCore(RelayCore):
         frames = [
             (self.online[nick], encode_frame(encode_message(Prekeys(count)))) for nick, count in low.items()
         ]
-        return keep(ops, frames), encode_message(answer)
+        return self._behind(keep(ops, frames)), encode_message(answer)
 
     def hand_over(self, nick: str, identity_key: bytes, budget: int) -> tuple[list[MailItem], bool]:
         """``nick`` is online on another relay with ``identity_key``: the items waiting
@@ -376,7 +385,7 @@ class ClusterCore(RelayCore):
             upto = item.seq
         if ops:
             self.kept.notified.add(nick)
-        return keep(ops, self._router.notify()), upto
+        return self._behind(keep(ops, self._router.notify())), upto
 
     def claims(self) -> list[str]:
         """The nicks this relay holds in the bucket: its clients online."""
