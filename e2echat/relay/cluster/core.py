@@ -1,6 +1,6 @@
 """One relay of a cluster, without any I/O: ``RelayCore`` plus what the other relays have.
 
-What is shared goes through NATS (relay/cluster/link.py); this core only decides. It adds
+What is shared goes through NATS (relay/cluster/relay.py); this core only decides. It adds
 to a single relay's core:
 
 - ``Remote``: the other relays' clients (nick -> node and directory entry), as the
