@@ -212,9 +212,13 @@ class Sessions:
                 self.keyring.hold(candidate)
         # The session is the one with ``sender``: the plaintext is theirs (session.py).
         trust = directory.trust(sender)
-        gap = self._file_order(sender, session, kind, skipped, late)
         if kind is _FILE:  # (messages skipped before a chunk may be chunks: the file says)
+            gap = self._file_order(sender, session, kind, skipped, late)
             return self._file_part(sender, data, trust, session.identity_key, gap)
+        if not late and self._file_last:
+            # _file_order for any other message, without the FileGap only a part reads:
+            # the next gap after this one is not one after a file part.
+            self._file_last.pop(sender, None)
         events: list[Event] = [MessagesMissing(sender, skipped)] if skipped else []
         if kind is _RECEIPT:
             # A receipt from a key we do not accept confirms nothing. (Belt and braces: a
