@@ -167,20 +167,25 @@ async def test_a_client_hung_up_on_leaves_the_directory_at_once_though_it_never_
     Its socket cannot close while bytes are queued for it, but it is out of the directory
     at once: the others hear that it left, a message to it is queued rather than
     delivered, its nick is free again, and the socket is aborted after close_grace."""
-    options = {"idle_timeout": 1.0, "write_buffer": 64 * 2**20, "close_grace": 0.3}
+    # idle_timeout: long enough for the relay's socket buffer to fill on a loaded machine
+    # (at 1 s "stalled" was sometimes hung up on before bytes waited for it)
+    options = {"idle_timeout": 2.5, "write_buffer": 64 * 2**20, "close_grace": 0.3}
     options |= {"rate": 1e9, "burst": 1e9, "byte_rate": 2**40, "byte_burst": 2**40}
     async with running_relay(**options) as relay:
         identity = PrivateKey.generate()
-        stalled = await _stalled_client(relay, "stalled", identity)
         alice = await RawClient.open(relay)
         await alice.register("alice")
+        stalled = await _stalled_client(relay, "stalled", identity)
         transport = relay.transport(relay.core.online["stalled"])
         assert transport is not None
-        sent = 0
+        sent, deadline = 0, time.monotonic() + WAIT
         while transport.get_write_buffer_size() == 0:  # until bytes wait for it at the relay
-            alice.send(m.Send(sent, (Envelope("stalled", b"x" * 100_000),)))
-            await alice.receive_kind(m.Routed)
-            sent += 1
+            assert time.monotonic() < deadline, "the relay's socket buffer never filled"
+            for _ in range(8):  # a few at a time: the buffer fills in few round trips
+                alice.send(m.Send(sent, (Envelope("stalled", b"x" * 100_000),)))
+                sent += 1
+            for _ in range(8):
+                await alice.receive_kind(m.Routed)
         alice.send(m.Ping())  # alice stays lively; "stalled" says nothing and is hung up on
         left = await alice.receive_kind(m.PeerLeft)
         assert left.nick == "stalled" and "stalled" not in relay.core.online
