@@ -40,7 +40,7 @@ from e2echat.relay.cluster.wire import check_name
 from e2echat.relay.limits import Limits
 from e2echat.relay.server import DEFAULT_PORT, Relay, run_relay
 from e2echat.relay.sqlite_store import SqliteStore
-from e2echat.store.downloads import default_downloads
+from e2echat.store.downloads import default_downloads, remove_plaintext_records
 from e2echat.store.files import exclusive, write_private_file
 from e2echat.store.history import HISTORY_FILE, HistoryStore
 from e2echat.store.keyfile import (
@@ -438,6 +438,7 @@ async def _chat(
     if pinned is not None:
         chat.notice(pinned)
     _remove_plaintext_input(directory / PLAINTEXT_INPUT_FILE, chat)
+    _remove_plaintext_records(downloads, directory / SENDING_DIRECTORY, chat)
     try:
         if interactive:
             recall = None if args.no_history else input_history(history)
@@ -466,6 +467,21 @@ def _remove_plaintext_input(path: Path, chat: Chat) -> None:
         chat.problem(f"could not remove {path}, which holds what you typed in plain text: {exc.strerror}")
         return
     chat.notice(f"removed {path}: it held what you typed, in plain text; the history is now sealed")
+
+
+def _remove_plaintext_records(downloads: Path, sending: Path, chat: Chat) -> None:
+    """The first files build kept its transfers' records in plain text (who, which file,
+    its hash): they are deleted unread, and said so once."""
+    removed, problems = remove_plaintext_records(downloads, sending)
+    for problem in problems:
+        chat.problem(f"could not remove {problem}: it names a peer and a file in plain text")
+    if removed:
+        records = "record" if removed == 1 else "records"
+        chat.notice(
+            f"removed {removed} plain-text transfer {records} an earlier e2echat left in {downloads} "
+            f"or {sending}: records are now sealed; the transfers they were for do not resume "
+            "(their .part files stay, for you to delete)"
+        )
 
 
 def _run_export(args: argparse.Namespace) -> int:

@@ -25,6 +25,7 @@ from e2echat.store.downloads import (
     keep_sending,
     kept_landings,
     kept_sending,
+    remove_plaintext_records,
 )
 
 
@@ -246,3 +247,38 @@ def test_only_a_partial_file_of_ours_is_taken_up_again(tmp_path: Path) -> None:
         with pytest.raises(TransferFileError, match="not a partial file of ours"):
             landing.reopen(record.chunk_size)
     assert target.read_bytes() == b"precious" * 200
+
+
+def test_the_plain_text_records_of_the_first_build_go_and_nothing_else(tmp_path: Path) -> None:
+    """The first files build kept NAME.ID.part.json beside a partial file, and ID.json in
+    the profile's sending/, in plain JSON: they are deleted unread. Sealed records, the
+    partial files, and files that only look alike stay."""
+    downloads, sending = tmp_path / "downloads", tmp_path / "profile" / "sending"
+    downloads.mkdir()
+    sending.mkdir(parents=True)
+    record = _record()
+    plain = [
+        downloads / f"{record.part_name}.part.json",
+        sending / f"{record.transfer_id.hex()}.json",
+    ]
+    for path in plain:
+        path.write_bytes(record.to_json())
+    link = downloads / f"x.{'f' * 16}.part.json"
+    link.symlink_to(tmp_path / "elsewhere")  # the link goes, never what it names
+    (tmp_path / "elsewhere").write_bytes(b"not ours to delete")
+    kept = [
+        downloads / f"{record.part_name}.part",  # the user's bytes
+        downloads / f"{record.part_name}{RECORD_SUFFIX}",  # sealed: resumes
+        downloads / "notes.part.json",  # no transfer id: not one of ours
+        downloads / "report.json",
+        sending / f"{record.transfer_id.hex()}.record",
+        sending / "settings.json",
+    ]
+    for path in kept:
+        path.write_bytes(b"x")
+    assert remove_plaintext_records(downloads, sending) == (3, [])
+    assert not any(path.exists() or path.is_symlink() for path in [*plain, link])
+    assert all(path.exists() for path in kept)
+    assert (tmp_path / "elsewhere").read_bytes() == b"not ours to delete"
+    assert remove_plaintext_records(downloads, sending) == (0, [])  # said once
+    assert remove_plaintext_records(tmp_path / "none", None) == (0, [])

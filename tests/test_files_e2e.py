@@ -30,6 +30,7 @@ from support import (
     make_file,
     meet,
     next_event,
+    run_cli,
     running,
     running_relay,
     spawn_cli,
@@ -375,3 +376,26 @@ async def test_a_transfer_the_relays_byte_rate_makes_slow_says_so_and_what_raise
         dave.transfers.accept((await next_event(dave, FileOffered)).number)
         assert (await next_event(carol, TransferDone)).ok
         assert not any(isinstance(e, TransferChanged) and e.state == "limited" for e in carol.peer.seen)
+
+
+async def test_the_first_builds_plain_text_records_are_removed_at_start_and_said_once(
+    tmp_path: Path,
+) -> None:
+    home, downloads = tmp_path / "home", tmp_path / "downloads"
+    (home / "sending").mkdir(parents=True)
+    downloads.mkdir()
+    transfer = "0123456789abcdef" * 2
+    (downloads / f"report.pdf.{transfer[:16]}.part.json").write_text('{"peer": "mallory"}')
+    (downloads / f"report.pdf.{transfer[:16]}.part").write_bytes(b"half a report")
+    (home / "sending" / f"{transfer}.json").write_text('{"path": "/etc/shadow"}')
+    async with running_relay() as relay:
+        args = ["connect", "--nick", "bob", "--host", LOOPBACK, "--port", str(relay.port)]
+        args += ["--home", str(home), "--downloads", str(downloads)]
+        code, out, err = await run_cli(*args)
+        assert code == 0, err
+        assert out.count("removed 2 plain-text transfer records") == 1, out
+        assert sorted(p.name for p in downloads.iterdir()) == [f"report.pdf.{transfer[:16]}.part"]
+        assert list((home / "sending").iterdir()) == []
+        code, out, err = await run_cli(*args)
+        assert code == 0, err
+        assert "plain-text transfer" not in out

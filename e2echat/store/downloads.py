@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -50,6 +51,12 @@ _LANDING, _SENDING = "landing/", "sending/"
 MAX_COPIES = 10_000
 #: read this much at a time when hashing a whole file
 _READ = 1024 * 1024
+#: the plain-text records of the first files build (beside a partial file: NAME.ID.part.json,
+#: ID the transfer's first 16 hex digits; in sending/: the whole ID.json): they named the
+#: peer, the file and its hash unsealed. Matched by the whole name, so that nothing else
+#: goes (a file received never lands under a name ending in .part.json: safe_name).
+_PLAIN_LANDING = re.compile(r".+\.[0-9a-f]{16}\.part\.json")
+_PLAIN_SENDING = re.compile(r"[0-9a-f]{32}\.json")
 
 
 def default_downloads(env: Mapping[str, str] | None = None) -> Path:
@@ -365,6 +372,34 @@ def kept_landings(directory: Path, seal: RecordSeal) -> list[tuple[Record, Landi
         if landing.part.is_file():
             found.append((record, landing))
     return found
+
+
+def remove_plaintext_records(downloads: Path, sending: Path | None) -> tuple[int, list[str]]:
+    """Delete the plain-text records the first files build left, neither read nor
+    trusted: beside partial files in ``downloads``, and in the profile's ``sending``. The
+    partial files stay (the user's bytes; their transfers do not resume). Returns how
+    many went, and what could not be deleted (each with why)."""
+    found: list[Path] = []
+    for directory, pattern in ((downloads, _PLAIN_LANDING), (sending, _PLAIN_SENDING)):
+        if directory is None:
+            continue
+        try:
+            found += [path for path in directory.iterdir() if pattern.fullmatch(path.name)]
+        except OSError:
+            continue  # no such directory (yet): nothing was left there
+    removed, problems = 0, []
+    for path in sorted(found):
+        try:
+            if path.is_dir() and not path.is_symlink():
+                continue
+            path.unlink()  # (a link: the link goes, never what it names)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            problems.append(f"{path}: {exc.strerror or exc}")
+            continue
+        removed += 1
+    return removed, problems
 
 
 # -- files being sent, across restarts ------------------------------------------------------
