@@ -61,6 +61,8 @@ class TransferDone:
     detail: str = ""
     #: in, when ok: where the file is
     path: str = ""
+    #: out: the room it was offered in (``/send #ROOM``); "": to ``peer`` alone
+    room: str = ""
 
 
 TransferEvent = FileOffered | TransferProgress | TransferChanged | TransferDone

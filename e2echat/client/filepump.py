@@ -145,6 +145,7 @@ class FilePump:
                 record.digest,
                 self._clock(),
                 path=record.path,
+                room=record.room,
             )
             if transfer is None:
                 source.close()
@@ -191,10 +192,11 @@ class FilePump:
 
     # -- what the user does -------------------------------------------------------------------
 
-    async def send(self, nick: str, path: Path, name: str | None = None) -> Transfer:
+    async def send(self, nick: str, path: Path, name: str | None = None, *, room: str = "") -> Transfer:
         """Offer the file at ``path`` to ``nick`` under ``name`` (the file's own by
         default). ``nick`` is online, or away and someone we talked with: the offer then
-        waits in their mailbox, and the file goes once both are online."""
+        waits in their mailbox, and the file goes once both are online. ``room``: the
+        room it is offered in (``/send #ROOM``), where the history keeps how it went."""
         core = self.link.core
         if nick == core.nick:
             raise CommandError(detail="that is you; /send sends to someone else")
@@ -222,11 +224,11 @@ class FilePump:
             source.close()
             raise CommandError(detail=str(exc)) from None
         offered = path.name if name is None else name
-        transfer = self.transfers.offer(nick, offered, size, digest, str(path), self._clock())
+        transfer = self.transfers.offer(nick, offered, size, digest, str(path), self._clock(), room=room)
         self._sources[transfer.number] = source
         if self.sending is not None:
             record = Record(
-                nick, transfer.transfer_id, offered, size, transfer.chunk_size, digest, str(source.path)
+                nick, transfer.transfer_id, offered, size, transfer.chunk_size, digest, str(source.path), room
             )
             try:
                 await asyncio.to_thread(keep_sending, self.sending, record, self._seal)

@@ -41,7 +41,7 @@ from e2echat.client.filestate import (
 )
 from e2echat.client.trust import Trust
 from e2echat.errors import CommandError, LocalProtocolError
-from e2echat.wire.grammar import is_valid_nick
+from e2echat.wire.grammar import is_valid_nick, is_valid_room
 
 #: what a receiver takes unless it says otherwise (``/set max-file``): 1 GiB
 DEFAULT_MAX_FILE = 1024**3
@@ -127,11 +127,20 @@ class Transfers:
     # -- what the user does ---------------------------------------------------------------------
 
     def offer(
-        self, peer: str, offered_name: str, size: int, digest: bytes, path: str, now: float
+        self,
+        peer: str,
+        offered_name: str,
+        size: int,
+        digest: bytes,
+        path: str,
+        now: float,
+        *,
+        room: str = "",
     ) -> Transfer:
         """Offer the file at ``path`` (``size`` bytes, BLAKE2b-256 ``digest``) to ``peer``
         under ``offered_name``: sent as it is (up to MAX_NAME bytes; the receiver makes it
-        safe, whoever sent it), shown here as it will land."""
+        safe, whoever sent it), shown here as it will land. ``room``: the room it is
+        offered in (to each member, one transfer each), for the history."""
         sent_name = offered_name.encode("utf-8")[: fp.MAX_NAME].decode("utf-8", "ignore") or "file"
         transfer = self._add(
             Direction.OUT,
@@ -144,6 +153,7 @@ class Transfers:
             path=path,
             now=now,
         )
+        transfer.room = room
         self._send(transfer, fp.Offer(transfer.transfer_id, sent_name, size, fp.CHUNK_SIZE, digest))
         return transfer
 
@@ -187,6 +197,7 @@ class Transfers:
         *,
         written: int = 0,
         path: str = "",
+        room: str = "",
     ) -> Transfer | None:
         """A transfer an earlier run left unfinished, paused: one received, of which it
         wrote ``written`` bytes (it resumes from there when ``peer`` is online, if they
@@ -195,6 +206,8 @@ class Transfers:
         is a file on the disk, and is held to what an offer is held to (a nick, a safe name,
         our size limit)."""
         if (direction, peer, transfer_id) in self._by_key or not is_valid_nick(peer):
+            return None
+        if room and not is_valid_room(room):
             return None
         if direction is Direction.IN and (safe_name(name) != name or size > self.max_size):
             return None
@@ -209,6 +222,7 @@ class Transfers:
         )
         transfer.state = State.PAUSED
         transfer.sent = transfer.acked = transfer.started_from = written
+        transfer.room = room if direction is Direction.OUT else ""
         return transfer
 
     def listing(self) -> list[Transfer]:
@@ -723,6 +737,7 @@ class Transfers:
             transfer.state.value,
             detail or transfer.reason,
             transfer.path if transfer.state is State.DONE and transfer.direction is Direction.IN else "",
+            transfer.room,
         )
 
 

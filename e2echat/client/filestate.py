@@ -65,6 +65,9 @@ class Transfer:
     told_tenth: int = -1
     #: out: probes sent since the receiver last said anything of it
     probes: int = 0
+    #: out: the room it was offered in (``/send #ROOM``), for the history; in: "" (an
+    #: offer does not say)
+    room: str = ""
 
     @property
     def key(self) -> tuple[Direction, str, bytes]:

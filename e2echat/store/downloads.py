@@ -138,6 +138,8 @@ class Record:
     chunk_size: int
     digest: bytes
     path: str = ""
+    #: a file sent: the room it was offered in ("": to ``peer`` alone)
+    room: str = ""
 
     def to_json(self) -> bytes:
         fields = {
@@ -148,6 +150,7 @@ class Record:
             "chunk_size": self.chunk_size,
             "digest": self.digest.hex(),
             "path": self.path,
+            "room": self.room,
         }
         return json.dumps(fields).encode("utf-8")
 
@@ -164,6 +167,7 @@ class Record:
                 int(fields["chunk_size"]),
                 bytes.fromhex(fields["digest"]),
                 str(fields.get("path", "")),
+                str(fields.get("room", "")),
             )
         except (ValueError, TypeError, KeyError, AttributeError):
             return None

@@ -352,6 +352,7 @@ class Chat:
             nicks = [nick for nick in online if core.trust(nick) is not Trust.CHANGED]
             away = [nick for nick in room.others if nick not in online]
             nicks += [nick for nick in away if core.reachable_away(nick)]
+            room_name = room.name
             unreachable = [nick for nick in away if nick not in nicks]
             if unreachable:
                 self.notice(
@@ -363,13 +364,13 @@ class Chat:
                     detail=f"nobody else in {room.name} can be offered it; the file was not offered"
                 )
         else:
-            nicks = [target]
+            nicks, room_name = [target], ""
         path = Path(typed_path).expanduser()
 
         async def offer() -> None:
             for nick in nicks:
                 try:
-                    transfer = await files.send(nick, path)
+                    transfer = await files.send(nick, path, room=room_name)
                 except CommandError as exc:
                     self.refused = True
                     self.problem(str(exc))

@@ -27,6 +27,8 @@ from e2echat.client.events import (
     NotSent,
     Queued,
 )
+from e2echat.client.fileevents import TransferDone
+from e2echat.client.filenames import size_text
 from e2echat.client.receipts import DeliveryReport, MessageQueued
 from e2echat.ui.actions import readable
 from e2echat.ui.cells import neutralize
@@ -213,6 +215,25 @@ def _key_changed(event: KeyChanged, now: float) -> Change:
     return Entry(event.nick, False, event.nick, text, now, kind=Kind.NOTICE)
 
 
+def _transfer_done(event: TransferDone, now: float) -> Change:
+    """How a file transfer ended, in the conversation with its peer (or the room it was
+    offered in), kept as a notice: the chat's own words about the file, a peer's only
+    in the name it landed under (neutralised where it is shown, as every notice is)."""
+    what = f"{event.name} ({size_text(event.size)})"
+    incoming = event.direction == "in"
+    if event.ok and incoming:
+        text = f"you received {what} from {event.peer} -> {event.path}"
+    elif event.ok:
+        text = f"you sent {what} to {event.peer}"
+    else:
+        arrow = f"from {event.peer}" if incoming else f"to {event.peer}"
+        state = event.state.upper() if event.state == "failed" else event.state
+        detail = f": {event.detail}" if event.detail and event.detail != event.state else ""
+        text = f"file {what} {arrow}: {state}{detail}"
+    conversation = event.room or event.peer
+    return Entry(conversation, incoming, event.peer, text, now, kind=Kind.NOTICE)
+
+
 #: event type -> what the history keeps of it. Events not named here are not kept.
 RECORDERS: dict[type, Callable[[Any, float], Change | None]] = {
     MessageReceived: _received,
@@ -223,6 +244,7 @@ RECORDERS: dict[type, Callable[[Any, float], Change | None]] = {
     Queued: _held,
     NotSent: _not_sent,
     KeyChanged: _key_changed,
+    TransferDone: _transfer_done,
 }
 
 
