@@ -6,21 +6,23 @@ wrote."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
 from e2echat.client import fileparts as fp
 from e2echat.client.core import MessagesMissing, SecurityWarning
-from e2echat.client.fileevents import FileOffered, TransferDone
+from e2echat.client.events import MessageReceived, PeerJoined
+from e2echat.client.fileevents import FileOffered, TransferChanged, TransferDone
 from e2echat.wire import messages as m
 
 from hostile import HostileRelay, deliveries, flip_bit
 from relay_frames import Outgoing
-from support import FAST, FilePeer, file_peers, make_file, next_event, running
+from support import FAST, WAIT, FilePeer, Peer, connect, file_peers, make_file, next_event, running
 
 #: a transfer takes longer than a message, the more so on a loaded machine
 pytestmark = pytest.mark.timeout(90)
@@ -29,6 +31,7 @@ pytestmark = pytest.mark.timeout(90)
 CHUNK_BODY = 60_000
 #: the transfers in these tests resend soon: a lost chunk costs half a second, not four
 QUICK = {"resend_after": 0.5, "remind_after": 1.0}
+CHUNK = fp.CHUNK_SIZE
 #: sixteen chunks, enough for every attack to strike more than once
 SIZE = 16 * fp.CHUNK_SIZE
 
@@ -163,3 +166,101 @@ async def test_chunks_swapped_between_two_transfers_go_to_neither(tmp_path: Path
         name: hashlib.sha256(content).digest() for name, content in data.items()
     }
     assert swaps[0] == 10
+
+
+# -- a chat message lost between file parts (the session's note of what came last) ---------
+
+
+@contextlib.asynccontextmanager
+async def dropping(tmp_path: Path) -> AsyncIterator[tuple[Peer, FilePeer, Callable[[bool], Awaitable[None]]]]:
+    """alice (a bare client: she writes each part by hand) and bob (with transfers),
+    through a relay that drops the deliveries to bob it is told to: ``passed(drop)``
+    waits for the next delivery from alice to bob, dropped if ``drop``."""
+    plan: list[bool] = []
+    went: asyncio.Queue[bool] = asyncio.Queue()
+
+    def tamper(relay: HostileRelay, action: Outgoing, deliver: m.Deliver) -> list[Outgoing]:
+        if relay.nick(action.conn) != "bob" or deliver.sender != "alice" or not plan:
+            return [action]
+        drop = plan.pop(0)
+        went.put_nowait(drop)
+        return [] if drop else [action]
+
+    async def passed(drop: bool) -> None:
+        plan.append(drop)
+        await asyncio.wait_for(went.get(), WAIT)
+
+    async with running(HostileRelay(deliveries(tamper), **FAST)) as relay:
+        alice = await connect(relay, "alice")
+        try:
+            async with file_peers(relay, tmp_path, "bob") as (bob,):
+                await alice.next(PeerJoined, lambda e: e.nick == "bob")
+                alice.connection.send_private("bob", "hello")  # (the session starts)
+                await passed(False)
+                await bob.peer.next(MessageReceived, lambda e: e.text == "hello")
+                yield alice, bob, passed
+        finally:
+            await alice.connection.close()
+
+
+@pytest.mark.parametrize("lost", [True, False], ids=["lost", "kept"])
+async def test_a_chat_message_lost_after_a_chat_message_between_file_parts_is_missing(
+    lost: bool, tmp_path: Path
+) -> None:
+    """alice sends chunk 0, chunk 1 (lost), a chat line (bob hears one message is
+    missing: chunk 1, for all he knows), a second chat line (lost, or not), chunk 2. The
+    message skipped before chunk 2 is as many as the chunks between 0 and 2, but it was
+    the chat line: the session noted that the message before the gap was not a part of a
+    file, so it is missing. (Without that note a relay could hide a chat line there.)"""
+    data = make_file(tmp_path / "f.bin", 4 * fp.CHUNK_SIZE)
+    transfer = bytes(range(16))
+    digest = hashlib.blake2b(data, digest_size=fp.DIGEST_SIZE).digest()
+    async with dropping(tmp_path) as (alice, bob, passed):
+
+        async def send(part: fp.Part, *, drop: bool = False) -> None:
+            assert alice.connection.send_file_part("bob", fp.encode(part))
+            await passed(drop)
+
+        async def say(text: str, *, drop: bool = False) -> None:
+            alice.connection.send_private("bob", text)
+            await passed(drop)
+
+        def chunk(index: int) -> fp.Chunk:
+            start = index * fp.CHUNK_SIZE
+            return fp.Chunk(transfer, start, data[start : start + fp.CHUNK_SIZE])
+
+        await send(fp.Offer(transfer, "f.bin", len(data), fp.CHUNK_SIZE, digest))
+        bob.transfers.accept((await next_event(bob, FileOffered)).number)
+        await next_event(bob, TransferChanged, lambda e: e.state == "accepted")
+        await send(chunk(0))
+        await send(chunk(1), drop=True)
+        await say("between the parts")
+        assert (await bob.peer.next(MessagesMissing)).count == 1  # chunk 1, as far as bob can tell
+        await say("lost, or not", drop=lost)
+        await send(chunk(2))
+        await say("after the parts")
+        await bob.peer.next(MessageReceived, lambda e: e.text == "after the parts")
+    missing = [event.count for event in bob.peer.seen if isinstance(event, MessagesMissing)]
+    assert missing == ([1, 1] if lost else [1])
+
+
+async def test_file_parts_lost_between_file_parts_are_not_missing(tmp_path: Path) -> None:
+    """The twin: chunk 1 lost between chunks 0 and 2 (a relay that drops it, or
+    restarted) is sent again by the transfer; the chat does not say a message is missing."""
+    data = make_file(tmp_path / "f.bin", 4 * fp.CHUNK_SIZE)
+    transfer = bytes(range(16))
+    digest = hashlib.blake2b(data, digest_size=fp.DIGEST_SIZE).digest()
+    async with dropping(tmp_path) as (alice, bob, passed):
+        offer = fp.Offer(transfer, "f.bin", len(data), CHUNK, digest)
+        assert alice.connection.send_file_part("bob", fp.encode(offer))
+        await passed(False)
+        bob.transfers.accept((await next_event(bob, FileOffered)).number)
+        await next_event(bob, TransferChanged, lambda e: e.state == "accepted")
+        for index in range(3):
+            part = fp.Chunk(transfer, index * CHUNK, data[index * CHUNK : (index + 1) * CHUNK])
+            assert alice.connection.send_file_part("bob", fp.encode(part))
+            await passed(index == 1)
+        alice.connection.send_private("bob", "after the parts")
+        await passed(False)
+        await bob.peer.next(MessageReceived, lambda e: e.text == "after the parts")
+    assert not any(isinstance(event, MessagesMissing) for event in bob.peer.seen)
