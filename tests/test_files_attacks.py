@@ -102,10 +102,24 @@ def reordered() -> Attack:
     return attack
 
 
+def tail_dropped() -> Attack:
+    """Drops the last three chunks of the file the first time they go: nothing comes
+    after them until the sender, hearing no acknowledgement, goes back."""
+    count = [0]
+    chunks = SIZE // fp.CHUNK_SIZE
+
+    def attack(relay: HostileRelay, action: Outgoing, deliver: m.Deliver) -> list[Outgoing]:
+        count[0] += 1
+        return [] if chunks - 3 < count[0] <= chunks else [action]
+
+    return attack
+
+
 ATTACKS: dict[str, tuple[Callable[[], Attack], type | None]] = {
     # what the relay does, and what bob is told of it (the AEAD catches the rest)
     # (not "messages missing": every message skipped was a chunk, and is sent again)
     "dropped": (lambda: every(3, _dropped), None),
+    "dropped-at-the-end": (tail_dropped, None),
     "reordered": (reordered, None),
     "repeated": (lambda: every(2, _repeated), SecurityWarning),
     "cut": (lambda: every(3, _cut), SecurityWarning),
@@ -129,7 +143,7 @@ async def test_a_hostile_relay_never_makes_the_receiver_keep_a_wrong_file(
         assert (await next_event(alice, TransferDone)).ok
         if told is not None:  # bob said what he saw
             assert any(isinstance(event, told) for event in bob.peer.seen), attack
-        if attack == "dropped":
+        if attack.startswith("dropped"):
             assert not any(isinstance(event, MessagesMissing) for event in bob.peer.seen)
     assert [p.name for p in (tmp_path / "bob").iterdir()] == ["data.bin"]  # no partial file left
 

@@ -438,6 +438,7 @@ PARTS = [
     fp.Done(ID, True),
     fp.Done(ID, False, "did not match"),
     fp.Probe(ID),
+    fp.Rewind(ID, 3 * CHUNK),
 ]
 
 
@@ -460,6 +461,8 @@ def test_parts_round_trip(part: fp.Part) -> None:
         bytes([fp.PartType.OFFER]) + ID + bytes(8) + CHUNK.to_bytes(4, "big") + bytes(32) + b"\xff",
         bytes([fp.PartType.DONE]) + ID + b"\x02",
         bytes([fp.PartType.PROBE]) + ID + b"\x00",
+        bytes([fp.PartType.REWIND]) + ID + bytes(7),
+        bytes([fp.PartType.REWIND]) + ID + bytes(9),
         bytes([fp.PartType.REJECT]) + ID + b"\xed\xa0\x80",  # a lone surrogate
         bytes([99]) + ID,
     ],
@@ -577,6 +580,104 @@ def test_a_chat_message_lost_among_chunks_is_missing() -> None:
     assert _missing(
         bob.transfers.receive("alice", cancel, Trust.UNVERIFIED, 0.0, FileGap(1, False, True))
     ) == [1]
+
+
+def second_offer(transfer: Transfer) -> bytes:
+    return fp.encode(fp.Offer(transfer.transfer_id, transfer.name, transfer.size, CHUNK, transfer.digest))
+
+
+def _rewind(bob: Side, sent: Transfer, offset: int, gap: FileGap) -> list[object]:
+    part = fp.encode(fp.Rewind(sent.transfer_id, offset))
+    return list(bob.transfers.receive("alice", part, Trust.UNVERIFIED, 0.0, gap))
+
+
+def test_chunks_lost_at_the_end_of_a_run_are_not_missing_when_the_sender_goes_back() -> None:
+    """The last chunks alice sent before she went back (a relay restarted; or their
+    acknowledgement never came) are lost: her Rewind says how far she got, and the
+    messages skipped before it were those chunks."""
+    bob, sent, _, chunk = _receiving(8)
+    for index in range(3):
+        chunk(index, FileGap(after_file=True))
+    assert _missing(_rewind(bob, sent, 5 * CHUNK, FileGap(skipped=2, after_file=True))) == []
+    # what comes after it is counted from the next byte bob expects: chunks 3 and 4 sent
+    # again, lost again, and another rewind
+    assert _missing(_rewind(bob, sent, 5 * CHUNK, FileGap(skipped=2, after_file=True))) == []
+    assert _missing(chunk(4, FileGap(skipped=1, after_file=True))) == []  # 3 lost a third time
+    assert _missing(chunk(3, FileGap(late=True, after_file=True))) == []
+    # counted from the last chunk that came, if it came out of order (and was dropped)
+    bob, sent, _, chunk = _receiving(8)
+    chunk(0, FileGap(after_file=True))
+    assert _missing(chunk(2, FileGap(skipped=1, after_file=True))) == []
+    assert _missing(_rewind(bob, sent, 4 * CHUNK, FileGap(skipped=1, after_file=True))) == []
+
+
+def test_a_chat_message_lost_with_the_last_chunks_before_a_rewind_is_missing() -> None:
+    bob, sent, _, chunk = _receiving(8)
+    for index in range(3):
+        chunk(index, FileGap(after_file=True))
+    # chunks 3 and 4, and one more message
+    assert _missing(_rewind(bob, sent, 5 * CHUNK, FileGap(skipped=3, after_file=True))) == [3]
+    # the message before the gap was not a part of a file
+    bob, sent, _, chunk = _receiving(8)
+    chunk(0, FileGap(after_file=True))
+    assert _missing(_rewind(bob, sent, 2 * CHUNK, FileGap(skipped=1, after_file=False))) == [1]
+    # a rewind of another transfer (of alice's, on its way too), or to where bob already
+    # is, accounts for none of the chunks of this one
+    bob, sent, _, chunk = _receiving(8)
+    second = Side("alice", Transfers()).transfers.offer("bob", "b.bin", 8 * CHUNK, bytes(32), "/b", 0.0)
+    (offer,) = bob.transfers.receive("alice", second_offer(second), Trust.UNVERIFIED, 0.0)
+    assert isinstance(offer, FileOffered)
+    bob.transfers.accept(offer.number)
+    carry_out(bob, 0.0)
+    chunk(0, FileGap(after_file=True))
+    other = fp.encode(fp.Rewind(second.transfer_id, 3 * CHUNK))
+    assert _missing(
+        bob.transfers.receive("alice", other, Trust.UNVERIFIED, 0.0, FileGap(2, False, True))
+    ) == [2]
+    assert _missing(_rewind(bob, sent, CHUNK, FileGap(skipped=1, after_file=True))) == [1]
+
+
+def test_a_sender_that_goes_back_says_how_far_it_got_since_it_last_did() -> None:
+    """On a resend after silence and on an Accept that resumes, the sender's Rewind names
+    where it got in this pass: not the furthest it ever sent, which would count chunks sent
+    twice once, and let a chat message lost among them pass for a chunk."""
+    alice, bob = pair(window=4 * CHUNK, resend_after=1.0)
+    sent = alice.offer("bob", bytes(8 * CHUNK))
+    run(alice, bob)
+    bob.transfers.accept(offered(bob).number)
+    carry_out(bob, 0.0)
+    for part in [p for _, p in bob.transfers.messages]:
+        alice.transfers.receive("bob", part, Trust.UNVERIFIED, 0.0)
+    bob.transfers.messages.clear()
+    assert [offset for _, offset, _ in alice.transfers.chunks_due(1 << 30)] == [
+        0,
+        CHUNK,
+        2 * CHUNK,
+        3 * CHUNK,
+    ]
+    alice.transfers.tick(2.0, ["bob"])  # no acknowledgement: back to 0
+    rewinds = [fp.decode(part) for _, part in alice.transfers.messages]
+    assert fp.Rewind(sent.transfer_id, 4 * CHUNK) in rewinds
+    alice.transfers.messages.clear()
+    assert [offset for _, offset, _ in alice.transfers.chunks_due(CHUNK)] == [0]
+    accept = fp.encode(fp.Accept(sent.transfer_id, 0))
+    alice.transfers.receive("bob", accept, Trust.UNVERIFIED, 2.5)  # (a reminder)
+    assert [fp.decode(part) for _, part in alice.transfers.messages] == [fp.Rewind(sent.transfer_id, CHUNK)]
+    alice.transfers.messages.clear()
+    alice.transfers.receive("bob", accept, Trust.UNVERIFIED, 2.6)  # nothing sent since: no rewind
+    assert alice.transfers.messages == []
+    # paused (bob, or the relay, went away) with chunks on their way: back, alice asks
+    # where he is, and goes back first (once)
+    assert len(alice.transfers.chunks_due(1 << 30)) == 4
+    alice.transfers.tick(3.0, [])
+    alice.transfers.tick(10.0, ["bob"])
+    assert [fp.decode(part) for _, part in alice.transfers.messages] == [
+        fp.Rewind(sent.transfer_id, 4 * CHUNK),
+        fp.Probe(sent.transfer_id),
+    ]
+    alice.transfers.messages.clear()
+    alice.transfers.tick(20.0, ["bob"])
+    assert [fp.decode(part) for _, part in alice.transfers.messages] == [fp.Probe(sent.transfer_id)]
 
 
 def test_a_relay_cannot_hide_a_lost_message_behind_a_chunk_it_reordered() -> None:

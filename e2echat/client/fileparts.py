@@ -15,6 +15,10 @@ sender is the session's peer. Layout, big-endian:
     probe   nothing: the sender asks where the transfer is (its Done, or the receiver's
             Accept, may have been lost, or either side restarted); the receiver answers
             Accept, Done or Cancel
+    rewind  offset (8): the sender got to this offset since it last went back, and goes
+            back again, to the last byte acknowledged (chunks, or their acknowledgements,
+            were lost): the receiver counts the chunks it never had among the messages
+            skipped before this part, which are then not "missing" (client/files.py)
 
 The transfer id is the sender's, drawn at random; the receiver knows a transfer by the
 sender and that id. The hash is inside the offer, so inside the encryption: the relay can
@@ -61,6 +65,7 @@ class PartType(IntEnum):
     ACK = 6
     DONE = 7
     PROBE = 8
+    REWIND = 9
 
 
 @dataclass(frozen=True)
@@ -150,7 +155,17 @@ class Probe:
         _check_id(self.transfer)
 
 
-Part = Offer | Accept | Reject | Cancel | Chunk | Ack | Done | Probe
+@dataclass(frozen=True)
+class Rewind:
+    transfer: bytes
+    offset: int
+
+    def __post_init__(self) -> None:
+        _check_id(self.transfer)
+        _check(0 <= self.offset <= MAX_SIZE, "an offset is 0 to 2**63 - 1")
+
+
+Part = Offer | Accept | Reject | Cancel | Chunk | Ack | Done | Probe | Rewind
 
 
 def _check(ok: bool, detail: str) -> None:
@@ -178,6 +193,8 @@ def encode(part: Part) -> bytes:
         return _HEAD.pack(PartType.CANCEL, part.transfer) + part.reason.encode("utf-8")
     if isinstance(part, Probe):
         return _HEAD.pack(PartType.PROBE, part.transfer)
+    if isinstance(part, Rewind):
+        return _HEAD.pack(PartType.REWIND, part.transfer) + _OFFSET.pack(part.offset)
     return _HEAD.pack(PartType.DONE, part.transfer) + _OK.pack(part.ok) + part.reason.encode("utf-8")
 
 
@@ -208,6 +225,8 @@ def decode(data: bytes) -> Part | None:
             return Cancel(transfer, rest.decode("utf-8"))
         if kind == PartType.PROBE and not rest:
             return Probe(transfer)
+        if kind == PartType.REWIND and len(rest) == _OFFSET.size:
+            return Rewind(transfer, _OFFSET.unpack(rest)[0])
         if kind == PartType.DONE and rest[:1] in (b"\x00", b"\x01"):
             return Done(transfer, rest[0] == 1, rest[1:].decode("utf-8"))
     except (struct.error, ValueError, LocalProtocolError):  # UnicodeDecodeError is a ValueError

@@ -333,7 +333,10 @@ class Transfers:
                 elif here and now - transfer.heard_at >= self.remind_after:
                     # A sender (after a restart, say) asks where it is: the receiver
                     # resumes it, or says it is done, or that it has no such transfer.
+                    # (First it goes back: chunks sent before the pause may be lost.)
                     transfer.heard_at = now
+                    self._rewind(transfer, transfer.acked)
+                    transfer.sent = transfer.acked
                     self._probe(transfer)
                 elif not here:
                     transfer.probes = 0  # asked again when they are back
@@ -346,6 +349,7 @@ class Transfers:
             quiet = now - transfer.heard_at
             if transfer.state is State.ACTIVE and transfer.direction is Direction.OUT:
                 if transfer.sent > transfer.acked and quiet >= self.resend_after:
+                    self._rewind(transfer, transfer.acked)
                     transfer.sent, transfer.heard_at = transfer.acked, now
                     # (and asks: the receiver may have every byte, and its Done be lost)
                     self._probe(transfer)
@@ -387,7 +391,31 @@ class Transfers:
             if missing and gap.after_file and self._lost_chunks(sender, part, last) == gap.skipped:
                 missing = []  # chunks lost (a relay restarted, say): the transfer sends them again
             return missing + self._chunk(sender, part, now)
+        if isinstance(part, fp.Rewind):
+            if missing and gap.after_file and self._lost_at_end(sender, part, last) == gap.skipped:
+                missing = []  # the last chunks sent were lost, and are sent again
+            if not gap.late:  # (what comes next is counted from the next byte we expect)
+                self._last_chunk[sender] = (part.transfer, 0)
+            return missing
         return missing + self._part(sender, part, trust, now)
+
+    def _lost_at_end(self, sender: str, rewind: fp.Rewind, last: tuple[bytes, int] | None) -> int:
+        """How many chunks of ``rewind``'s transfer the sender sent after the last one we
+        had in order, if the message before the gap was that one (``last``): from there,
+        or from the next byte we expect if further, to where the sender says it got since
+        it last went back (never past the next byte we expected then): each was sent once
+        after that last one. More messages skipped than these: one was something else."""
+        transfer = self._by_key.get((Direction.IN, sender, rewind.transfer))
+        if (
+            transfer is None
+            or transfer.state is not State.ACTIVE
+            or last is None
+            or last[0] != rewind.transfer
+            or rewind.offset > transfer.size
+        ):
+            return 0
+        start = max(transfer.sent, last[1])
+        return -(-(rewind.offset - start) // transfer.chunk_size) if rewind.offset > start else 0
 
     def _lost_chunks(self, sender: str, chunk: fp.Chunk, last: tuple[bytes, int] | None) -> int:
         """How many chunks of ``chunk``'s transfer before it we never had, if the message
@@ -450,6 +478,7 @@ class Transfers:
             ):
                 return []
             answered = transfer.state is State.OFFERED
+            self._rewind(transfer, part.offset)
             transfer.sent = transfer.acked = part.offset
             transfer.furthest = max(transfer.furthest, part.offset)
             was = transfer.state
@@ -549,6 +578,13 @@ class Transfers:
         else:
             return  # not answered yet, or paused (it resumes), or being checked (Done comes)
         self._answer(sender, answer, now)
+
+    def _rewind(self, transfer: Transfer, offset: int) -> None:
+        """Going back to ``offset``: say how far we got since we last went back (not the
+        furthest ever: chunks sent twice would count once), so that the receiver can
+        tell whether the messages it never had since were those chunks."""
+        if transfer.sent > offset:
+            self._send(transfer, fp.Rewind(transfer.transfer_id, transfer.sent))
 
     def _probe(self, transfer: Transfer) -> bool:
         """Ask the receiver where ``transfer`` is, unless MAX_PROBES went unanswered."""
