@@ -12,7 +12,7 @@ import pytest
 from nacl.public import PrivateKey
 
 from e2echat.client import fileparts as fp
-from e2echat.client.events import PeerJoined
+from e2echat.client.events import MessageReceived, PeerJoined
 from e2echat.client.fileevents import FileOffered, TransferChanged, TransferDone, TransferProgress
 from e2echat.client.filepump import FilePump
 from e2echat.client.files import Transfers
@@ -34,6 +34,7 @@ from support import (
     running,
     running_relay,
     spawn_cli,
+    start_relay_process,
     text_into,
 )
 
@@ -222,6 +223,9 @@ async def test_a_bot_in_line_mode_receives_and_sends_files_with_json_events(tmp_
             offer = json.loads(await bot.line_with('"file_offered"'))
             assert (offer["sender"], offer["name"], offer["size"]) == ("alice", "for-bot.bin", 200_000)
             bot.stdin.write(b"/accept\n")
+            progress = json.loads(await bot.line_with('"transfer_progress"'))
+            assert (progress["direction"], progress["size"]) == ("in", 200_000)
+            assert 0 <= progress["done"] <= 200_000 and progress["rate"] >= 0
             done = json.loads(await bot.line_with('"transfer_done"'))
             assert (done["ok"], done["direction"], done["peer"]) == (True, "in", "alice")
             assert Path(done["path"]) == downloads / "for-bot.bin"
@@ -399,3 +403,101 @@ async def test_the_first_builds_plain_text_records_are_removed_at_start_and_said
         code, out, err = await run_cli(*args)
         assert code == 0, err
         assert "plain-text transfer" not in out
+
+
+async def test_a_room_send_leaves_the_offer_in_the_mailbox_of_a_member_away(tmp_path: Path) -> None:
+    """``/send #lobby`` to three: bob rejects, carol accepts, and dave, away but someone
+    alice has talked with, finds the offer in his mailbox when he is back, accepts it, and
+    the file goes with both online."""
+    source = tmp_path / "minutes.txt"
+    data = make_file(source, 100_000)
+    dave_identity = PrivateKey.generate()
+    dave_keyring = Keyring.fresh("dave", dave_identity, time.time())
+    async with (
+        running_relay(**FAST) as relay,
+        file_peers(relay, tmp_path, "alice", "bob", "carol") as (alice, bob, carol),
+    ):
+        dave = await file_peer(relay, tmp_path, "dave", dave_identity, keyring=dave_keyring)
+        await meet(alice.peer, dave.peer)
+        await dave.pump.close()
+        await dave.peer.connection.close()
+        while "dave" not in alice.peer.connection.core.away:
+            await alice.peer.next_any_event()
+        lines: list[str] = []
+        chat = Chat(alice.peer.connection, text_into(lines), files=alice.pump)
+        chat.handle_line(f"/send #lobby {source}")
+        bob.transfers.reject((await next_event(bob, FileOffered)).number)
+        carol.transfers.accept((await next_event(carol, FileOffered)).number)
+        assert (await next_event(carol, TransferDone)).ok
+        dave = await file_peer(relay, tmp_path, "dave", dave_identity, keyring=dave_keyring)
+        offer = await next_event(dave, FileOffered)
+        assert (offer.sender, offer.name) == ("alice", "minutes.txt")
+        dave.transfers.accept(offer.number)
+        landed = await next_event(dave, TransferDone)
+        assert landed.ok and Path(landed.path).read_bytes() == data
+        ends = {}
+        for _ in range(3):
+            done = await next_event(alice, TransferDone)
+            ends[done.peer] = (done.state, done.room)
+        assert ends == {
+            "bob": ("rejected", "#lobby"),
+            "carol": ("done", "#lobby"),
+            "dave": ("done", "#lobby"),
+        }
+        assert sum("offered minutes.txt (100.0 kB) to" in line for line in lines) == 3
+        assert not any("not offered" in line for line in lines)
+        await dave.pump.close()
+        await dave.peer.connection.close()
+
+
+class _Port:
+    """A relay in another process, as ``connect`` needs it: its port."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+
+@pytest.mark.slow
+async def test_a_large_file_goes_whole_through_a_relay_killed_mid_transfer_while_both_chat(
+    tmp_path: Path,
+) -> None:
+    """Issue 20's "done when", smaller: 64 MiB through a relay process that is killed
+    (SIGKILL: no goodbye) at a quarter and started again with its key; both chat before,
+    during and after; the file ends identical, and what was written is not sent again."""
+    source = tmp_path / "big.bin"
+    data = make_file(source, 64 * 1024 * 1024)
+    args = ["--key", str(tmp_path / "relay.key"), "--no-announce", "--byte-rate", str(16 << 20)]
+    args += ["--byte-burst", str(16 << 20), "--rate", "5000", "--burst", "5000"]
+    process, port, _ = await start_relay_process("--port", "0", *args)
+    try:
+        async with file_peers(_Port(port), tmp_path, "alice", "bob", reconnecting=True) as (alice, bob):
+            await alice.pump.send("bob", source)
+            bob.transfers.accept((await next_event(bob, FileOffered)).number)
+            alice.peer.connection.send_private("bob", "before")
+            while (await next_event(bob, TransferProgress)).done < len(data) // 4:
+                pass
+            process.kill()
+            await process.wait()
+            for peer in (alice, bob):
+                await next_event(peer, TransferChanged, lambda e: e.state == "paused")
+            paused_at = bob.transfers.listing()[0].acked
+            alice.peer.connection.send_private("bob", "while the relay is away")  # held, then sent
+            process, _, _ = await start_relay_process("--port", str(port), *args)
+            await next_event(bob, TransferChanged, lambda e: e.state == "resumed")
+            bob.peer.connection.send_private("alice", "during")
+            done = await next_event(bob, TransferDone, wait=120)
+            assert done.ok, done
+            assert hashlib.sha256(Path(done.path).read_bytes()).digest() == hashlib.sha256(data).digest()
+            assert (await next_event(alice, TransferDone)).ok
+            alice.peer.connection.send_private("bob", "after")
+            if not any(isinstance(e, MessageReceived) and e.text == "after" for e in bob.peer.seen):
+                await bob.peer.next(MessageReceived, lambda e: e.text == "after")
+            heard = [e.text for e in bob.peer.seen if isinstance(e, MessageReceived)]
+            assert heard == ["before", "while the relay is away", "after"]
+            if not any(isinstance(e, MessageReceived) and e.text == "during" for e in alice.peer.seen):
+                await alice.peer.next(MessageReceived, lambda e: e.text == "during")
+            assert bob.transfers.listing()[0].started_from >= paused_at  # not sent again
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
