@@ -369,7 +369,8 @@ async def _chat(
     profile = load_settings(directory)
     rooms = RoomList(profile.get(ROOMS, RoomList().names), profile.get(CURRENT_ROOM))
     chat_settings = profile.get(CHAT_SETTINGS, {})
-    transfers = Transfers(max_size=settings_from(chat_settings).max_file_bytes)
+    # (resuming: parts may come as soon as we are connected, before pump.resume_kept)
+    transfers = Transfers(max_size=settings_from(chat_settings).max_file_bytes, resuming=True)
     try:
         (host, port), *fallbacks = parse_relays(args.host, args.port)
     except ValueError as exc:

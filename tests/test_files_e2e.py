@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
@@ -20,10 +21,14 @@ from e2echat.crypto.keyring import Keyring
 from e2echat.relay.limits import Limits
 from e2echat.relay.server import Relay
 from e2echat.ui.chat import Chat
+from e2echat.wire import messages as m
 
+from hostile import HostileRelay, deliveries
+from relay_frames import Outgoing
 from support import (
     FAST,
     LOOPBACK,
+    TRANSFER_WAIT,
     FilePeer,
     connect,
     file_peers,
@@ -501,3 +506,50 @@ async def test_a_large_file_goes_whole_through_a_relay_killed_mid_transfer_while
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def test_a_receiver_still_taking_up_its_transfers_does_not_end_them(tmp_path: Path) -> None:
+    """bob quits mid-transfer and starts again; alice asks him where it is before he has
+    taken up his partial file (a large one takes seconds to hash again). He does not
+    answer "no such transfer": she asks again, and once he has taken it up, it goes on."""
+    source = tmp_path / "big.bin"
+    data = make_file(source, 2 * 1024 * 1024)
+    passed: asyncio.Queue[None] = asyncio.Queue()
+    watching = [False]
+
+    def watch(relay: HostileRelay, action: Outgoing, deliver: m.Deliver) -> list[Outgoing]:
+        if watching[0] and relay.nick(action.conn) == "bob" and deliver.sender == "alice":
+            passed.put_nowait(None)
+        return [action]
+
+    quick = {"resend_after": 1.0, "remind_after": 1.0}
+    bob_identity = PrivateKey.generate()
+    bob_keyring = Keyring.fresh("bob", bob_identity, time.time())  # his sessions.db, in effect
+    slow = {"byte_rate": 1024 * 1024, "byte_burst": 1024 * 1024, "rate": 5000, "burst": 5000}
+    async with (
+        running(HostileRelay(deliveries(watch), **slow)) as relay,
+        file_peers(relay, tmp_path, "alice", transfers=quick) as (alice,),
+    ):
+        bob = await file_peer(relay, tmp_path, "bob", bob_identity, keyring=bob_keyring)
+        await alice.pump.send("bob", source)
+        bob.transfers.accept((await next_event(bob, FileOffered)).number)
+        while (await next_event(bob, TransferProgress)).done < 256 * 1024:
+            pass
+        await bob.pump.close()
+        await bob.peer.connection.close()
+        await next_event(alice, TransferChanged, lambda e: e.state == "paused")
+
+        watching[0] = True
+        transfers = Transfers(resend_after=1.0, remind_after=1.0, resuming=True)
+        peer = await connect(relay, "bob", bob_identity, files=transfers, keyring=bob_keyring)
+        for _ in range(2):  # alice's probe, and (unanswered) her next one
+            await asyncio.wait_for(passed.get(), TRANSFER_WAIT)
+        bob = FilePeer(peer, transfers, FilePump(peer.connection, transfers, tmp_path / "bob"))
+        await bob.pump.resume_kept()
+        bob.pump.start()
+        done = await next_event(bob, TransferDone)
+        assert done.ok, done
+        assert Path(done.path).read_bytes() == data
+        assert (await next_event(alice, TransferDone)).ok
+        await bob.pump.close()
+        await bob.peer.connection.close()

@@ -222,3 +222,23 @@ def test_a_sender_asks_a_silent_receiver_a_bounded_number_of_times_then_says_so(
     assert [(e.state, "no word from bob" in e.detail) for e in heard if isinstance(e, TransferChanged)] == [
         ("paused", True)
     ]
+
+
+def test_a_client_still_taking_up_its_transfers_does_not_say_it_has_none() -> None:
+    """Parts come as soon as a client is connected, before it has taken up what an earlier
+    run left (a large partial file takes seconds to hash again): a probe or an accept for
+    a transfer it does not know yet gets no answer then (its peer asks again); once it is
+    done, "no such transfer"."""
+    transfers = Transfers(resuming=True)
+    probe = fp.encode(fp.Probe(TRANSFER_ID))
+    accept = fp.encode(fp.Accept(TRANSFER_ID, 0))
+    transfers.receive("alice", probe, Trust.UNVERIFIED, 0.0)
+    transfers.receive("alice", accept, Trust.UNVERIFIED, 0.0)
+    assert transfers.messages == []
+    transfers.resuming = False
+    transfers.receive("alice", probe, Trust.UNVERIFIED, 10.0)
+    transfers.receive("bob", accept, Trust.UNVERIFIED, 10.0)
+    assert [fp.decode(part) for _, part in transfers.messages] == [
+        fp.Cancel(TRANSFER_ID, "the receiver has no such transfer"),
+        fp.Cancel(TRANSFER_ID, "the sender no longer has it"),
+    ]

@@ -103,7 +103,14 @@ class FilePump:
     async def resume_kept(self) -> None:
         """Take up the transfers an earlier run left unfinished: each file received (in
         ``downloads``) resumes from what it wrote when its sender is online; each sent
-        (noted in ``sending``), from where its receiver says."""
+        (noted in ``sending``), from where its receiver says. Until it is done, a peer asking
+        of a transfer not yet taken up is not told there is none (``Transfers.resuming``)."""
+        try:
+            await self._resume_kept()
+        finally:
+            self.transfers.resuming = False
+
+    async def _resume_kept(self) -> None:
         for record, landing in await asyncio.to_thread(kept_landings, self.downloads, self._seal):
             try:
                 written = await asyncio.to_thread(landing.reopen, record.chunk_size)

@@ -101,8 +101,14 @@ class Transfers:
         window: int = WINDOW,
         resend_after: float = RESEND_AFTER,
         remind_after: float = REMIND_AFTER,
+        resuming: bool = False,
     ) -> None:
         self.max_size = max_size
+        #: the shell is still taking up the transfers an earlier run left (``kept``):
+        #: until it is done, a probe or an accept for a transfer we do not know gets no
+        #: answer (it may be one of those, its partial file still being hashed again), and
+        #: its peer asks again; answered "no such transfer", it would end for nothing
+        self.resuming = resuming
         self.window = window
         self.resend_after = resend_after
         self.remind_after = remind_after
@@ -451,7 +457,8 @@ class Transfers:
             )
         if transfer is None and isinstance(part, fp.Accept):
             # A receiver resuming a transfer we no longer have (we restarted): it ends.
-            self._answer(sender, fp.Cancel(part.transfer, "the sender no longer has it"), now)
+            if not self.resuming:
+                self._answer(sender, fp.Cancel(part.transfer, "the sender no longer has it"), now)
             return []
         if transfer is None or transfer.final:
             return []  # over, or never ours: late parts of a transfer that ended
@@ -561,6 +568,8 @@ class Transfers:
         answer: fp.Part
         if transfer is None:
             ended = self._ended.get((sender, transfer_id))
+            if ended is None and self.resuming:
+                return  # (it may be one we are taking up: asked again, it is answered)
             if ended is None:
                 answer = fp.Cancel(transfer_id, "the receiver has no such transfer")
             else:
