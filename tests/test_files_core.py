@@ -604,6 +604,13 @@ def test_chunks_lost_at_the_end_of_a_run_are_not_missing_when_the_sender_goes_ba
     assert _missing(_rewind(bob, sent, 5 * CHUNK, FileGap(skipped=2, after_file=True))) == []
     assert _missing(chunk(4, FileGap(skipped=1, after_file=True))) == []  # 3 lost a third time
     assert _missing(chunk(3, FileGap(late=True, after_file=True))) == []
+    # the relay restarted: bob paused, and alice's rewind comes before his Accept
+    bob, sent, _, chunk = _receiving(8)
+    for index in range(3):
+        chunk(index, FileGap(after_file=True))
+    bob.transfers.tick(1.0, [])
+    assert bob.transfers.listing()[0].state is State.PAUSED
+    assert _missing(_rewind(bob, sent, 5 * CHUNK, FileGap(skipped=2, after_file=True))) == []
     # counted from the last chunk that came, if it came out of order (and was dropped)
     bob, sent, _, chunk = _receiving(8)
     chunk(0, FileGap(after_file=True))

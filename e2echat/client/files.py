@@ -414,7 +414,7 @@ class Transfers:
         transfer = self._by_key.get((Direction.IN, sender, rewind.transfer))
         if (
             transfer is None
-            or transfer.state is not State.ACTIVE
+            or transfer.state not in (State.ACTIVE, State.PAUSED)  # (paused: before our Accept)
             or last is None
             or last[0] != rewind.transfer
             or rewind.offset > transfer.size
