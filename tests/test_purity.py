@@ -61,6 +61,7 @@ PURE = sorted(
         "relay.limits",
         "relay.cluster.wire",
         "relay.cluster.core",
+        "relay.cluster.records",
         "ui.cells",
         "ui.commands",
         "ui.transfers",
