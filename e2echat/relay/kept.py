@@ -106,6 +106,20 @@ class Kept:
             encoded = self._encoded[nick] = encode_member(AwayMember(nick, key))
         return encoded
 
+    def learn(self, identity: Identity) -> None:
+        """``identity`` as another relay of a cluster keeps it (nothing to keep here: it is
+        kept already): someone away may be written to through any relay. A nick whose
+        mailbox here holds messages for another key keeps that key (``reserved_until``)."""
+        nick = identity.nick
+        known = self.identities.get(nick)
+        if known is not None and known.identity_key != identity.identity_key:  # public keys
+            if self.mailboxes.messages_until(nick) is not None:
+                return
+            self._encoded.pop(nick, None)
+            self.prekeys.forget(nick)  # the old key's bundle is no one's now
+        self.identities.pop(nick, None)
+        self.identities[nick] = identity  # seen most recently
+
     # -- changes -------------------------------------------------------------------------------
 
     def join(

@@ -36,7 +36,7 @@ from e2echat.relay.limits import Backlog, Limits
 from e2echat.relay.paging import Paging
 from e2echat.relay.prekeys import Handed
 from e2echat.relay.routing import _PREFIX, Copies, Router
-from e2echat.relay.store import MAIL, MailItem, Op
+from e2echat.relay.store import MAIL, Identity, MailItem, Op, StoredBundle
 from e2echat.wire.codec import encode_message
 from e2echat.wire.fastpath import Routes, deliver_head, encode_peer
 from e2echat.wire.framing import encode_frame
@@ -139,6 +139,10 @@ class FetchElsewhere:
 
 Request = Claim | Release | Forward | FetchElsewhere
 
+#: the "node" of ``FetchElsewhere.groups`` that stands for the cluster's store: the
+#: bundles of nicks online nowhere are taken from there (relay/cluster/jetstream_store.py)
+STORED = ""
+
 
 class Remote:
     """The other relays' clients, as the ``nicks`` bucket says."""
@@ -230,9 +234,14 @@ class ClusterRouter(Router):
 
 
 class ClusterCore(RelayCore):
-    def __init__(self, limits: Limits | None = None, *, node: str, **options: Any) -> None:
-        """``node``: this relay's id in the cluster; ``options`` as for ``RelayCore``."""
+    def __init__(
+        self, limits: Limits | None = None, *, node: str, shared_bundles: bool = False, **options: Any
+    ) -> None:
+        """``node``: this relay's id in the cluster; ``shared_bundles``: the bundles of
+        nicks online nowhere are the cluster store's to hand out (``STORED``), not this
+        relay's memory's; ``options`` as for ``RelayCore``."""
         self.node = node
+        self.shared_bundles = shared_bundles
         self.remote = Remote()
         #: what the shell is to do with NATS, in order
         self.requests: list[Request] = []
@@ -387,6 +396,22 @@ class ClusterCore(RelayCore):
             self.kept.notified.add(nick)
         return self._behind(keep(ops, self._router.notify())), upto
 
+    def adopt(self, nick: str, identity_key: bytes, bundle: StoredBundle | None) -> None:
+        """``nick`` registers here with ``identity_key`` (its claim is made): ``bundle`` is
+        its bundle as the cluster keeps it (None: none for that key), which replaces the
+        one remembered here: other relays may have handed its prekeys out since."""
+        if bundle is None:
+            self.kept.prekeys.forget(nick)
+        else:
+            self.kept.prekeys.restore(nick, identity_key, bundle)
+
+    def learned(self, identity: Identity) -> None:
+        """Another relay of the cluster kept ``identity`` (the store says so): known here
+        too, so that this relay's clients can write to it while it is away. Nothing of a
+        client online here: what this relay knows of it is newer."""
+        if identity.nick not in self.online and skeleton(identity.nick) not in self._pending:
+            self.kept.learn(identity)
+
     def claims(self) -> list[str]:
         """The nicks this relay holds in the bucket: its clients online."""
         return list(self.online)
@@ -401,6 +426,8 @@ class ClusterCore(RelayCore):
         here: list[str] = []
         for nick in message.nicks:
             node = self.remote.node_of(nick) if nick not in self.online else None
+            if node is None and self.shared_bundles and nick not in self.online:
+                node = STORED
             if node is None:
                 here.append(nick)
             else:
