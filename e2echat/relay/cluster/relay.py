@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable
+from dataclasses import replace
 from typing import Any
 
 import nats
@@ -33,6 +34,7 @@ from nats.js.kv import KeyValue
 
 from e2echat.errors import ClusterUnreachable, RemoteProtocolError
 from e2echat.relay.cluster.core import (
+    STORED,
     TAKEN,
     UNREACHABLE,
     Claim,
@@ -41,6 +43,7 @@ from e2echat.relay.cluster.core import (
     Forward,
     Release,
 )
+from e2echat.relay.cluster.jetstream_store import JetStreamStore
 from e2echat.relay.cluster.wire import (
     DEAD_AFTER,
     DEFAULT_NAME,
@@ -71,10 +74,10 @@ from e2echat.relay.cluster.wire import (
 )
 from e2echat.relay.core import Action
 from e2echat.relay.server import Relay
-from e2echat.relay.store import Snapshot
+from e2echat.relay.store import Identity, Snapshot
 from e2echat.wire.codec import decode_message
 from e2echat.wire.messages import Bundles
-from e2echat.wire.objects import PeerInfo
+from e2echat.wire.objects import Bundle, PeerInfo
 
 log = logging.getLogger("e2echat.relay.cluster.relay")
 
@@ -98,15 +101,22 @@ class ClusterRelay(Relay):
         cluster: str,
         cluster_name: str = DEFAULT_NAME,
         nats_options: dict[str, Any] | None = None,
+        cluster_replicas: int = 1,
         **options: Any,
     ) -> None:
         """``cluster``: the NATS server's URL; ``cluster_name``: relays with the same one
         on that server are one relay; ``nats_options``: passed to ``nats.connect`` as they
-        are (credentials, TLS); ``options`` as for ``Relay``."""
+        are (credentials, TLS); ``cluster_replicas``: how many NATS servers keep each
+        bucket's data; ``options`` as for ``Relay``. Without a ``store``, the relay keeps
+        what it knows in the cluster's JetStream (relay/cluster/jetstream_store.py)."""
         super().__init__(host, port, **options)
         self.url = cluster
         self.names = Names(check_name(cluster_name))
         self.node = new_node_id()
+        if options.get("store") is None:
+            self.store = JetStreamStore(self.names, self.node, self.limits, replicas=cluster_replicas)
+        #: the loop's clock at start: the relays alive are all heard ``DEAD_AFTER`` later
+        self._started = 0.0
         self._nats_options = nats_options or {}
         self._nc: NatsClient | None = None
         self._kv: KeyValue | None = None
@@ -135,6 +145,7 @@ class ClusterRelay(Relay):
             node=self.node,
             password=self._password,
             key=self.core.key,
+            shared_bundles=isinstance(self.store, JetStreamStore),
             snapshot=snapshot,
             wall=wall,
             now=now,
@@ -150,6 +161,9 @@ class ClusterRelay(Relay):
             js = nc.jetstream(timeout=NATS_TIMEOUT)
             config = KeyValueConfig(bucket=self.names.nicks_bucket, history=1, storage=StorageType.FILE)
             self._kv = await js.create_key_value(config)
+            if isinstance(self.store, JetStreamStore):
+                await self.store.open_async(js)
+            self._started = asyncio.get_running_loop().time()
             await super().start()
             await nc.subscribe(self.names.alive, cb=self._on_alive)
             await nc.subscribe(self.names.node(self.node), cb=self._on_request)
@@ -161,6 +175,8 @@ class ClusterRelay(Relay):
             raise ClusterUnreachable(url=self.url, detail=_reason(exc)) from None
         self._spawn(self._watch(watcher))
         self._spawn(self._beat())
+        if isinstance(self.store, JetStreamStore):
+            self._spawn(self.store.watch_async(self._learned))
         await asyncio.wait_for(self._ready.wait(), NATS_TIMEOUT)
         log.info("relay %s joined cluster %r on %s", self.node, self.names.name, self.url)
 
@@ -232,6 +248,8 @@ class ClusterRelay(Relay):
             refusal = await asyncio.wait_for(self._take(request.peer), NATS_TIMEOUT + DEAD_AFTER)
         except Exception as exc:  # NATS out of reach, or too slow
             log.warning("claim of %s failed: %s", request.peer.nick, _reason(exc))
+        if refusal is None and isinstance(self.store, JetStreamStore):
+            await self._adopt(request.peer)
         loop = asyncio.get_running_loop()
         self._apply(self.cluster_core.claimed(request.conn, refusal, loop.time()))
         if refusal is None:
@@ -268,6 +286,20 @@ class ClusterRelay(Relay):
             return None
         return TAKEN
 
+    async def _adopt(self, peer: PeerInfo) -> None:
+        """``peer``'s nick is claimed here: its bundle is this relay's to hand out now, as
+        the cluster keeps it. If NATS fails us here, the bundle remembered here is
+        dropped instead (its prekeys may have been handed out elsewhere): the client is
+        told it has none, and publishes new ones."""
+        assert isinstance(self.store, JetStreamStore)
+        key = bytes(peer.identity_key)
+        try:
+            bundle = await asyncio.wait_for(self.store.adopt_async(peer.nick, key), NATS_TIMEOUT)
+        except Exception as exc:
+            log.warning("the record of %s could not be read: %s", peer.nick, _reason(exc))
+            bundle = None
+        self.cluster_core.adopt(peer.nick, key, bundle)
+
     async def _release(self, nick: str) -> None:
         key = nick_key(nick)
         claim = self._claims.get(key)
@@ -278,6 +310,21 @@ class ClusterRelay(Relay):
             await asyncio.wait_for(self._kv.delete(key, last=claim[1]), NATS_TIMEOUT)
         except Exception as exc:  # taken over meanwhile, or NATS out of reach: the others time us out
             log.info("release of %s: %s", nick, _reason(exc))
+        if isinstance(self.store, JetStreamStore):
+            await self._disown(nick)
+
+    async def _disown(self, nick: str) -> None:
+        """``nick`` left: once what it changed is kept, its one-time prekeys are the
+        cluster's to hand out (if it came back meanwhile, they stay this relay's)."""
+        assert isinstance(self.store, JetStreamStore)
+        if self._journal is not None:
+            await self._journal.drain()
+        if nick in self.core.online:
+            return
+        try:
+            await asyncio.wait_for(self.store.disown_async(nick), NATS_TIMEOUT)
+        except Exception as exc:  # the record stays ours until this relay is taken for dead
+            log.info("record of %s not given up: %s", nick, _reason(exc))
 
     async def _forward(self, request: Forward) -> None:
         nodes = list(request.groups)
@@ -297,7 +344,12 @@ class ClusterRelay(Relay):
 
     async def _fetch_elsewhere(self, request: FetchElsewhere) -> None:
         nodes = list(request.groups)
-        asked = [self._ask_bundles(node, request.requester, request.groups[node]) for node in nodes]
+        asked = [
+            self._ask_store(request.requester, request.groups[node])
+            if node == STORED
+            else self._ask_bundles(node, request.requester, request.groups[node])
+            for node in nodes
+        ]
         answers = await asyncio.gather(*asked)
         self._apply(request.answered(dict(zip(nodes, answers, strict=True))))
 
@@ -313,12 +365,36 @@ class ClusterRelay(Relay):
             return None
         return answer if isinstance(answer, Bundles) else None
 
+    async def _ask_store(self, requester: str, nicks: list[str]) -> Bundles | None:
+        """The bundles of nicks online nowhere, from the cluster's store, each one-time
+        prekey taken out there under compare-and-set."""
+        assert isinstance(self.store, JetStreamStore)
+        found: list[Bundle] = []
+        try:
+            for nick in nicks:
+                bundle = None
+                if nick != requester:
+                    popping = self.store.pop_async(nick, self._owner_alive)
+                    bundle = await asyncio.wait_for(popping, NATS_TIMEOUT)
+                if bundle is not None:
+                    found.append(bundle)
+        except Exception as exc:  # NATS out of reach: the rest are missing
+            log.info("bundles from the cluster's store: %s", _reason(exc))
+        return Bundles(tuple(found), ())
+
+    def _learned(self, identity: Identity) -> None:
+        self.cluster_core.learned(identity)
+
+    def _owner_alive(self, node: str) -> bool:
+        return node == self.node or node in self._heard
+
     async def _collect_mail(self, peer: PeerInfo) -> None:
         """``peer`` is in: what the other relays kept for it while it was away comes here,
         a part at a time. Each part is dropped there only once it is kept here (a part
         lost on the way stays there, for its next connection)."""
         assert self._nc is not None
         ask = encode_mailbox_ask(peer.nick, bytes(peer.identity_key))
+        unanswered: set[str] = set()
         for node in list(self._heard):
             more = True
             while more:
@@ -327,6 +403,7 @@ class ClusterRelay(Relay):
                     items, more = decode_mail(reply.data, peer.nick)
                 except Exception as exc:  # out of reach, gone, or nonsense: what it holds stays
                     log.info("mailbox of %s from relay %s: %s", peer.nick, node, _reason(exc))
+                    unanswered.add(node)
                     break
                 if not items:
                     break
@@ -339,6 +416,41 @@ class ClusterRelay(Relay):
                 with contextlib.suppress(Exception):
                     await self._nc.publish(self.names.node(node), encode_taken(peer.nick, upto))
                 more = more and upto == items[-1].seq
+        if isinstance(self.store, JetStreamStore):
+            loop = asyncio.get_running_loop()
+            await asyncio.sleep(max(0.0, self._started + DEAD_AFTER + HEARTBEAT - loop.time()))
+            await self._collect_orphans(peer)
+            if unanswered & set(self._heard):  # perhaps just killed: once it is taken for dead
+                await asyncio.sleep(DEAD_AFTER + HEARTBEAT)
+                await self._collect_orphans(peer)
+
+    async def _collect_orphans(self, peer: PeerInfo) -> None:
+        """What relays gone (killed, never started again) queued for ``peer``: read from
+        the cluster's store, kept here, then deleted there. Not before this relay has
+        heard every live relay (their items are theirs to hand over)."""
+        assert isinstance(self.store, JetStreamStore)
+        try:
+            found = await asyncio.wait_for(
+                self.store.orphans_async(peer.nick, bytes(peer.identity_key), self._owner_alive), NATS_TIMEOUT
+            )
+        except Exception as exc:  # they stay there, for its next connection
+            log.info("mailbox of %s from the cluster's store: %s", peer.nick, _reason(exc))
+            return
+        if not found:
+            return
+        # Numbered here in the order taken: their seqs are each their own relay's.
+        items = [replace(item, seq=number) for number, (_, _, item) in enumerate(found)]
+        actions, upto = self.cluster_core.take_over(peer.nick, items)
+        self._apply(actions)
+        if self._journal is not None:
+            await self._journal.drain()  # kept here before it is deleted there
+        if self._journal is not None and self._journal.failure is not None:
+            return
+        taken = [(key, revision) for key, revision, _ in found[: upto + 1]]
+        try:
+            await asyncio.wait_for(self.store.drop_async(taken), NATS_TIMEOUT)
+        except Exception as exc:
+            log.warning("mailbox items of %s taken but not deleted: %s", peer.nick, _reason(exc))
 
     # -- what NATS tells ---------------------------------------------------------------------
 
@@ -529,6 +641,8 @@ class ClusterRelay(Relay):
         if self._watcher is not None:
             with contextlib.suppress(Exception):
                 await self._watcher.stop()  # type: ignore[no-untyped-call]  # and ``_watch`` reads anew
+        if isinstance(self.store, JetStreamStore):
+            await self.store.rewatch()
         log.warning("reconnected to the cluster's NATS server at %s", self.url)
 
     async def _error(self, exc: Exception) -> None:
