@@ -36,7 +36,7 @@ from e2echat.errors import (
     UsageError,
 )
 from e2echat.options import BROWSE_SECONDS, LIMIT_FLAGS, build_parser, mailbox_limits
-from e2echat.relay.cluster.wire import check_name
+from e2echat.relay.cluster.wire import MAX_REPLICAS, check_name
 from e2echat.relay.limits import Limits
 from e2echat.relay.server import DEFAULT_PORT, Relay, run_relay
 from e2echat.relay.sqlite_store import SqliteStore
@@ -152,7 +152,15 @@ def _cluster_relay(args: argparse.Namespace) -> Callable[..., Relay]:
             nats_options["tls"] = ssl.create_default_context(cafile=str(Path(args.cluster_ca).expanduser()))
         except OSError as exc:
             raise UsageError(detail=f"--cluster-ca {args.cluster_ca}: {exc.strerror or exc}") from None
-    return functools.partial(ClusterRelay, cluster=args.cluster, cluster_name=name, nats_options=nats_options)
+    if not 1 <= args.cluster_replicas <= MAX_REPLICAS:
+        raise UsageError(detail=f"--cluster-replicas must be 1 to {MAX_REPLICAS} (JetStream's bound)")
+    return functools.partial(
+        ClusterRelay,
+        cluster=args.cluster,
+        cluster_name=name,
+        nats_options=nats_options,
+        cluster_replicas=args.cluster_replicas,
+    )
 
 
 def _relay_password(path: str | None) -> bytes | None:

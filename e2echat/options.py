@@ -127,6 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument(
         "--cluster-ca", metavar="FILE", help="check the NATS server's TLS certificate against this CA file"
     )
+    cluster.add_argument(
+        "--cluster-replicas",
+        type=int,
+        default=1,
+        metavar="N",
+        help="NATS servers that keep each copy of the cluster's identities, bundles and mailboxes "
+        "(JetStream replicas, 1-5; default: 1)",
+    )
 
     connect = commands.add_parser(
         "connect",

@@ -34,6 +34,8 @@ NAME_MAX = 32  # a bucket's name is the cluster's and a suffix: well within NATS
 NAME_PATTERN = re.compile(rf"[a-z0-9_-]{{1,{NAME_MAX}}}\Z")
 NAME_RULE = f"1-{NAME_MAX} lowercase letters, digits, '_' or '-'"
 DEFAULT_NAME = "e2echat"
+#: copies of each bucket a NATS cluster keeps (``--cluster-replicas``): JetStream's bound
+MAX_REPLICAS = 5
 
 #: a relay's node id: 8 random bytes, as 16 hex digits (fresh for each process: a restarted
 #: relay is a new node, whose clients came back through a register)
