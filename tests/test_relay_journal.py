@@ -6,12 +6,16 @@ durable as far as the relay can tell, and it can be held up or made to fail."""
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Sequence
 
 from nacl.public import PrivateKey
 
 from e2echat.errors import StoreError
+from e2echat.relay.actions import Action
+from e2echat.relay.journal import Journal
 from e2echat.relay.server import Relay
-from e2echat.relay.store import Enqueue, SaveBundle
+from e2echat.relay.store import Enqueue, ForgetIdentity, Op, SaveBundle
 from e2echat.wire import messages as m
 from e2echat.wire.objects import Envelope
 
@@ -180,3 +184,56 @@ async def test_a_restarted_relay_finds_identities_bundles_members_and_mailboxes(
                 await asyncio.sleep(0.01)
         for client in (carol, back):
             client.close()
+
+
+class _SlowStore(FakeStore):
+    """Each batch takes a while: a relay given changes faster than that is never idle."""
+
+    def apply(self, ops: Sequence[Op]) -> None:
+        time.sleep(0.01)
+        super().apply(ops)
+
+
+async def test_settle_waits_for_what_was_given_not_for_what_keeps_coming() -> None:
+    """A busy relay never drains (there is always a batch being written); ``settle``
+    waits only for the batches given before it was called."""
+    store = _SlowStore()
+    loop = asyncio.get_running_loop()
+    released: list[Action] = []
+    journal = Journal(store, loop, released.extend, lambda failure: None)
+    try:
+        await journal.settle()  # nothing given: at once
+        store.gate.clear()
+        journal.persist([ForgetIdentity("first")], [])
+        journal.persist([ForgetIdentity("second")], [])  # gathered behind the first
+        settled = asyncio.ensure_future(journal.settle())
+        await asyncio.sleep(0.05)
+        assert not settled.done()  # held up with the store
+        store.gate.set()
+
+        async def busy() -> None:  # more keeps coming: ``drain`` would never return
+            number = 0
+            while not settled.done():
+                number += 1
+                journal.persist([ForgetIdentity(f"more{number}")], [])
+                await asyncio.sleep(0.001)
+
+        await asyncio.wait_for(busy(), WAIT)
+        kept = [op.nick for batch in store.batches for op in batch if isinstance(op, ForgetIdentity)]
+        assert kept[:2] == ["first", "second"]
+    finally:
+        store.gate.set()
+        await journal.close()
+
+
+async def test_settle_returns_once_the_store_has_failed() -> None:
+    store = FakeStore()
+    journal = Journal(store, asyncio.get_running_loop(), lambda actions: None, lambda failure: None)
+    store.gate.clear()
+    journal.persist([ForgetIdentity("doomed")], [])
+    settled = asyncio.ensure_future(journal.settle())
+    store.fail = StoreError(path="fake", detail="broken")
+    store.gate.set()
+    await asyncio.wait_for(settled, WAIT)
+    assert journal.failure is not None
+    await journal.close()

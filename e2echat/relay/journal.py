@@ -62,6 +62,10 @@ class Journal:
         self._idle.set()
         #: what the store raised, once it has failed
         self.failure: BaseException | None = None
+        #: the number of the last batch kept and released (batches end in order)
+        self._kept_through = -1
+        #: (batch number, future) for each ``settle`` waiting
+        self._settling: list[tuple[int, asyncio.Future[None]]] = []
 
     def persist(self, ops: Sequence[Op], frames: list[tuple[ConnId, bytes]]) -> None:
         """Keep ``ops``, then write ``frames``."""
@@ -114,6 +118,7 @@ class Journal:
                     failure,
                 )
                 self._idle.set()
+                self._wake(lambda number: True)
                 self._on_failure(failure)
             return
         self._done(batch)
@@ -125,6 +130,31 @@ class Journal:
             if held.get(conn) == batch.number:
                 del held[conn]
         self._release(batch.actions)
+        self._kept_through = batch.number
+        self._wake(lambda number: number <= batch.number)
+
+    def _wake(self, due: Callable[[int], bool]) -> None:
+        waiting = []
+        for number, future in self._settling:
+            if due(number):
+                if not future.done():
+                    future.set_result(None)
+            else:
+                waiting.append((number, future))
+        self._settling = waiting
+
+    async def settle(self) -> None:
+        """Until every batch given so far is kept and its frames released (or the store
+        has failed), whatever is given after: unlike ``drain``, a busy relay does not
+        keep it waiting."""
+        gathering = self._gathering
+        # The last batch given anything: the one gathering, or (if it is empty) the one before.
+        number = gathering.number if gathering.ops or gathering.actions else gathering.number - 1
+        if self.failure is not None or number <= self._kept_through:
+            return
+        future = self._loop.create_future()
+        self._settling.append((number, future))
+        await future
 
     async def drain(self) -> None:
         """Until every batch given so far is kept and its frames released (or the store
