@@ -318,7 +318,7 @@ class ClusterRelay(Relay):
         cluster's to hand out (if it came back meanwhile, they stay this relay's)."""
         assert isinstance(self.store, JetStreamStore)
         if self._journal is not None:
-            await self._journal.drain()
+            await self._journal.settle()
         if nick in self.core.online:
             return
         try:
@@ -410,7 +410,7 @@ class ClusterRelay(Relay):
                 actions, upto = self.cluster_core.take_over(peer.nick, items)
                 self._apply(actions)
                 if self._journal is not None:
-                    await self._journal.drain()  # kept here before it is dropped there
+                    await self._journal.settle()  # kept here before it is dropped there
                 if upto < 0:
                     break  # full here: the rest stays there
                 with contextlib.suppress(Exception):
@@ -443,7 +443,7 @@ class ClusterRelay(Relay):
         actions, upto = self.cluster_core.take_over(peer.nick, items)
         self._apply(actions)
         if self._journal is not None:
-            await self._journal.drain()  # kept here before it is deleted there
+            await self._journal.settle()  # kept here before it is deleted there
         if self._journal is not None and self._journal.failure is not None:
             return
         taken = [(key, revision) for key, revision, _ in found[: upto + 1]]
