@@ -412,6 +412,15 @@ class ClusterCore(RelayCore):
         if identity.nick not in self.online and skeleton(identity.nick) not in self._pending:
             self.kept.learn(identity)
 
+    def online_with(self, nick: str, identity_key: bytes) -> bool:
+        """Whether ``nick`` is online here with ``identity_key`` (mail for that key is its)."""
+        known = self.kept.identities.get(nick)
+        return (
+            nick in self.online
+            and known is not None
+            and hmac.compare_digest(known.identity_key, identity_key)
+        )
+
     def claims(self) -> list[str]:
         """The nicks this relay holds in the bucket: its clients online."""
         return list(self.online)

@@ -117,6 +117,7 @@ class ClusterRelay(Relay):
             self.store = JetStreamStore(self.names, self.node, self.limits, replicas=cluster_replicas)
         #: the loop's clock at start: the relays alive are all heard ``DEAD_AFTER`` later
         self._started = 0.0
+        self._orphans_lock = asyncio.Lock()
         self._nats_options = nats_options or {}
         self._nc: NatsClient | None = None
         self._kv: KeyValue | None = None
@@ -429,14 +430,21 @@ class ClusterRelay(Relay):
         the cluster's store, kept here, then deleted there. Not before this relay has
         heard every live relay (their items are theirs to hand over)."""
         assert isinstance(self.store, JetStreamStore)
+        async with self._orphans_lock:  # one at a time: an item is taken once
+            await self._take_orphans(peer, self.store)
+
+    async def _take_orphans(self, peer: PeerInfo, store: JetStreamStore) -> None:
+        key = bytes(peer.identity_key)
+        if not self.cluster_core.online_with(peer.nick, key):
+            return  # gone, or another key's now: for its own connection to take
         try:
             found = await asyncio.wait_for(
-                self.store.orphans_async(peer.nick, bytes(peer.identity_key), self._owner_alive), NATS_TIMEOUT
+                store.orphans_async(peer.nick, key, self._owner_alive), NATS_TIMEOUT
             )
         except Exception as exc:  # they stay there, for its next connection
             log.info("mailbox of %s from the cluster's store: %s", peer.nick, _reason(exc))
             return
-        if not found:
+        if not found or not self.cluster_core.online_with(peer.nick, key):
             return
         # Numbered here in the order taken: their seqs are each their own relay's.
         items = [replace(item, seq=number) for number, (_, _, item) in enumerate(found)]
@@ -446,9 +454,9 @@ class ClusterRelay(Relay):
             await self._journal.settle()  # kept here before it is deleted there
         if self._journal is not None and self._journal.failure is not None:
             return
-        taken = [(key, revision) for key, revision, _ in found[: upto + 1]]
+        taken = [(item_key, revision) for item_key, revision, _ in found[: upto + 1]]
         try:
-            await asyncio.wait_for(self.store.drop_async(taken), NATS_TIMEOUT)
+            await asyncio.wait_for(store.drop_async(taken), NATS_TIMEOUT)
         except Exception as exc:
             log.warning("mailbox items of %s taken but not deleted: %s", peer.nick, _reason(exc))
 
