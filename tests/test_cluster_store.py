@@ -24,7 +24,7 @@ from e2echat.client.core import MessageReceived, SecurityWarning
 from e2echat.client.events import MessageQueued
 from e2echat.client.outbox import BAD_BUNDLE
 from e2echat.client.receipts import DeliveryReport
-from e2echat.relay.cluster.jetstream_store import JetStreamStore, keys_under
+from e2echat.relay.cluster.jetstream_store import JetStreamStore
 from e2echat.relay.cluster.records import decode_record, encode_record, nick_prefix
 from e2echat.relay.cluster.relay import ClusterRelay
 from e2echat.relay.cluster.wire import DEAD_AFTER, DEFAULT_NAME, Names, new_node_id
@@ -74,6 +74,21 @@ async def within(peer: Peer, kind: type[E], where: Callable[[E], bool], seconds:
                 return event
 
     return await asyncio.wait_for(find(), seconds)
+
+
+async def keys_under(bucket: KeyValue, prefix: str) -> list[str]:
+    """The keys of ``bucket`` under the token ``prefix`` (nats-py's ``keys(filters=...)``
+    matches substrings)."""
+    watcher = await bucket.watch(f"{prefix}.>", ignore_deletes=True, meta_only=True)
+    keys: list[str] = []
+    try:
+        async for entry in watcher:
+            if entry is None:  # read through
+                break
+            keys.append(entry.key)
+    finally:
+        await watcher.stop()  # type: ignore[no-untyped-call]
+    return keys
 
 
 async def _until(condition: Callable[[], bool]) -> None:

@@ -105,6 +105,7 @@ class JetStreamStore:
         self.limits = limits
         self.replicas = replicas
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._js: JetStreamContext | None = None
         self._ids: KeyValue | None = None
         self._mail: KeyValue | None = None
         #: nick -> its record as this relay last read or wrote it, and that revision: the
@@ -122,6 +123,7 @@ class JetStreamStore:
     async def open_async(self, js: JetStreamContext) -> None:
         """Make (or find) the buckets."""
         self._loop = asyncio.get_running_loop()
+        self._js = js
         self._ids = await _bucket(js, f"{self.names.name}_ids", self.limits.identity_ttl, self.replicas)
         self._mail = await _bucket(js, f"{self.names.name}_mail", 2 * self.limits.mailbox_ttl, self.replicas)
 
@@ -231,7 +233,7 @@ class JetStreamStore:
         mail = self._bucket(self._mail)
         writes: list[Coroutine[Any, Any, Any]] = [self._save(record) for record in records.values()]
         writes += [mail.put(key, value) for key, value in puts.items()]
-        writes += [mail.purge(key) for key in deletes]
+        writes += [self._purge(key) for key in deletes]
         await asyncio.gather(*writes)
 
     def _dequeue(self, op: Dequeue, puts: dict[str, bytes], deletes: set[str]) -> None:
@@ -368,15 +370,19 @@ class JetStreamStore:
 
     async def orphans_async(
         self, nick: str, identity_key: bytes, alive: Callable[[str], bool]
-    ) -> list[tuple[str, int, MailItem]]:
+    ) -> tuple[list[tuple[str, int, MailItem]], set[str]]:
         """The items queued for ``nick`` (under ``identity_key``) by relays that are gone:
-        (key, revision, item), oldest first."""
+        (key, revision, item), oldest first; and the other relays, alive, that hold some."""
         mail = self._bucket(self._mail)
         found: list[tuple[str, int, MailItem]] = []
-        for key in await keys_under(mail, nick_prefix(nick)):
+        holding: set[str] = set()
+        for key in await self._mail_keys(nick):
             try:
                 node = node_of_key(key)
-                if node == self.node or alive(node):
+                if node == self.node:
+                    continue
+                if alive(node):
+                    holding.add(node)
                     continue
                 entry = await mail.get(key)
                 assert entry.value is not None and entry.revision is not None
@@ -389,12 +395,35 @@ class JetStreamStore:
             if for_key == identity_key:  # public keys: nothing to time
                 found.append((key, entry.revision, item))
         found.sort(key=lambda each: (each[2].queued_at, each[2].seq))
-        return found
+        return found, holding
 
     async def drop_async(self, taken: Sequence[tuple[str, int]]) -> None:
-        """The items under these keys are kept by this relay now: gone from there."""
-        mail = self._bucket(self._mail)
-        await asyncio.gather(*(mail.delete(key, last=revision) for key, revision in taken))
+        """The items under these keys are kept by this relay now: gone from there (each
+        only as it was read: up to its revision)."""
+        await asyncio.gather(*(self._purge(key, revision) for key, revision in taken))
+
+    # -- the mail bucket's stream, under the key-value API -----------------------------------------
+    # A key's messages are removed from the stream outright, not marked deleted as the
+    # key-value API does: nobody watches the mail bucket for deletes, and a marker would stay
+    # for the bucket's time to live, to be listed and read at every register of that nick.
+
+    async def _mail_keys(self, nick: str) -> list[str]:
+        """The keys of ``nick``'s items, in one request (the stream's subjects under the
+        nick: a nick with no mail costs no more than that)."""
+        js, stream, subjects = self._mail_stream()
+        info = await js.stream_info(stream, subjects_filter=f"{subjects}{nick_prefix(nick)}.>")
+        return [subject[len(subjects) :] for subject in info.state.subjects or {}]
+
+    async def _purge(self, key: str, revision: int = 0) -> None:
+        """Remove ``key`` (with ``revision``: only its messages up to that one)."""
+        js, stream, subjects = self._mail_stream()
+        await js.purge_stream(stream, subject=subjects + key, seq=revision + 1 if revision else None)
+
+    def _mail_stream(self) -> tuple[JetStreamContext, str, str]:
+        if self._js is None:
+            raise StoreError(path=self.where, detail="the store is not open")
+        bucket = f"{self.names.name}_mail"
+        return self._js, f"KV_{bucket}", f"$KV.{bucket}."
 
     async def watch_async(self, learn: Callable[[Identity], None]) -> None:
         """Every record written, by any relay, from the bucket's contents on: its identity
@@ -434,23 +463,6 @@ async def _bucket(js: JetStreamContext, name: str, ttl: float, replicas: int) ->
     except nats.js.errors.BadRequestError:
         # Made by a relay with other limits (another time to live): use it as it is.
         return await js.key_value(name)
-
-
-async def keys_under(bucket: KeyValue, prefix: str) -> list[str]:
-    """The keys of ``bucket`` that begin with the token ``prefix``, filtered by the server
-    (nats-py's ``keys(filters=...)`` reads every key, and matches substrings)."""
-    watcher = await bucket.watch(f"{prefix}.>", ignore_deletes=True, meta_only=True)
-    keys: list[str] = []
-    try:
-        async for entry in watcher:
-            if entry is None:  # read through
-                break
-            if entry.key.startswith(prefix + "."):
-                keys.append(entry.key)
-    finally:
-        with contextlib.suppress(Exception):
-            await watcher.stop()  # type: ignore[no-untyped-call]
-    return keys
 
 
 def _nick_of(key: str) -> str:

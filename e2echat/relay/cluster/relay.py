@@ -420,32 +420,32 @@ class ClusterRelay(Relay):
         if isinstance(self.store, JetStreamStore):
             loop = asyncio.get_running_loop()
             await asyncio.sleep(max(0.0, self._started + DEAD_AFTER + HEARTBEAT - loop.time()))
-            await self._collect_orphans(peer)
-            if unanswered & set(self._heard):  # perhaps just killed: once it is taken for dead
+            holding = await self._collect_orphans(peer)
+            if holding & unanswered & set(self._heard):  # perhaps just killed: once taken for dead
                 await asyncio.sleep(DEAD_AFTER + HEARTBEAT)
                 await self._collect_orphans(peer)
 
-    async def _collect_orphans(self, peer: PeerInfo) -> None:
+    async def _collect_orphans(self, peer: PeerInfo) -> set[str]:
         """What relays gone (killed, never started again) queued for ``peer``: read from
         the cluster's store, kept here, then deleted there. Not before this relay has
-        heard every live relay (their items are theirs to hand over)."""
+        heard every live relay (their items are theirs to hand over). Returns the live
+        relays that hold items for it."""
         assert isinstance(self.store, JetStreamStore)
         async with self._orphans_lock:  # one at a time: an item is taken once
-            await self._take_orphans(peer, self.store)
+            return await self._take_orphans(peer, self.store)
 
-    async def _take_orphans(self, peer: PeerInfo, store: JetStreamStore) -> None:
+    async def _take_orphans(self, peer: PeerInfo, store: JetStreamStore) -> set[str]:
         key = bytes(peer.identity_key)
         if not self.cluster_core.online_with(peer.nick, key):
-            return  # gone, or another key's now: for its own connection to take
+            return set()  # gone, or another key's now: for its own connection to take
         try:
-            found = await asyncio.wait_for(
-                store.orphans_async(peer.nick, key, self._owner_alive), NATS_TIMEOUT
-            )
+            reading = store.orphans_async(peer.nick, key, self._owner_alive)
+            found, holding = await asyncio.wait_for(reading, NATS_TIMEOUT)
         except Exception as exc:  # they stay there, for its next connection
             log.info("mailbox of %s from the cluster's store: %s", peer.nick, _reason(exc))
-            return
+            return set()
         if not found or not self.cluster_core.online_with(peer.nick, key):
-            return
+            return holding
         # Numbered here in the order taken: their seqs are each their own relay's.
         items = [replace(item, seq=number) for number, (_, _, item) in enumerate(found)]
         actions, upto = self.cluster_core.take_over(peer.nick, items)
@@ -453,12 +453,13 @@ class ClusterRelay(Relay):
         if self._journal is not None:
             await self._journal.settle()  # kept here before it is deleted there
         if self._journal is not None and self._journal.failure is not None:
-            return
+            return holding
         taken = [(item_key, revision) for item_key, revision, _ in found[: upto + 1]]
         try:
             await asyncio.wait_for(store.drop_async(taken), NATS_TIMEOUT)
         except Exception as exc:
             log.warning("mailbox items of %s taken but not deleted: %s", peer.nick, _reason(exc))
+        return holding
 
     # -- what NATS tells ---------------------------------------------------------------------
 
