@@ -113,6 +113,9 @@ class JetStreamStore:
         self._records: dict[str, tuple[Record, int]] = {}
         #: nick -> the seqs of the items this relay queued for it and still has
         self._queued: dict[str, set[int]] = {}
+        #: nick -> its record and revision as the watch last saw them (not a base for
+        #: merges: this relay's memory may not have seen that record)
+        self._latest: dict[str, tuple[Record, int]] = {}
         self._closed = False
         self._watcher: KeyValue.KeyWatcher | None = None
 
@@ -313,8 +316,10 @@ class JetStreamStore:
         hands its one-time prekeys out from now on) and return its bundle, if it has one
         for that key."""
         ids, key = self._bucket(self._ids), nick_prefix(nick)
-        for _ in range(CAS_TRIES):
-            found = await self._read(key)
+        for attempt in range(CAS_TRIES):
+            # First as the watch last saw it (one round trip, not two, at each register:
+            # the compare-and-set says whether that is still so); then read.
+            found = self._latest.get(nick) if attempt == 0 else await self._read(key)
             try:
                 if found is None:  # new to the cluster: ours from the start
                     owned = Record(Identity(nick, identity_key, 0.0), owner=self.node)
@@ -434,10 +439,16 @@ class JetStreamStore:
             try:
                 self._watcher = watcher = await ids.watchall()
                 async for entry in watcher:
-                    if entry is None or entry.operation is not None or not entry.value:
+                    if entry is None:
+                        continue
+                    if entry.operation is not None or not entry.value:  # deleted or purged
+                        with contextlib.suppress(RemoteProtocolError):
+                            self._latest.pop(_nick_of(entry.key), None)
                         continue
                     try:
-                        learn(decode_record(_nick_of(entry.key), entry.value).identity)
+                        record = decode_record(_nick_of(entry.key), entry.value)
+                        self._latest[record.identity.nick] = (record, entry.revision)
+                        learn(record.identity)
                     except RemoteProtocolError as exc:
                         log.warning("a record in the cluster's ids bucket does not decode: %s", exc)
             except Exception as exc:  # NATS out of reach: watched again once back
