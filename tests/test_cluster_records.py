@@ -17,6 +17,7 @@ from e2echat.relay.cluster.records import (
     encode_record,
     mail_key,
     merged,
+    nick_of_key,
     node_of_key,
     popped,
 )
@@ -117,7 +118,10 @@ def test_a_mailbox_value_of_two_items_is_refused() -> None:
         decode_item("dave", encode_item(KEY, item) + b"x")
 
 
-def test_a_mailbox_key_names_the_relay_that_queued_it() -> None:
+def test_a_mailbox_key_names_the_relay_that_queued_it_and_whose_it_is() -> None:
     assert node_of_key(mail_key("da.ve", NODE, 12)) == NODE
+    assert nick_of_key(mail_key("da.ve", NODE, 12)) == "da.ve"
+    with pytest.raises(RemoteProtocolError):
+        nick_of_key(f"zz.{NODE}.1")
     with pytest.raises(RemoteProtocolError):
         node_of_key("6461766.notanode.1")

@@ -56,6 +56,7 @@ from e2echat.relay.cluster.records import (
     encode_record,
     mail_key,
     merged,
+    nick_of_key,
     nick_prefix,
     node_of_key,
     popped,
@@ -116,6 +117,9 @@ class JetStreamStore:
         #: nick -> its record and revision as the watch last saw them (not a base for
         #: merges: this relay's memory may not have seen that record)
         self._latest: dict[str, tuple[Record, int]] = {}
+        #: nick -> the keys of its items queued by relays taken for dead, or that were not
+        #: alive when this relay started (``survey_async``, ``gone_async``)
+        self._orphaned: dict[str, set[str]] = {}
         self._closed = False
         self._watcher: KeyValue.KeyWatcher | None = None
 
@@ -373,26 +377,46 @@ class JetStreamStore:
         found = await self._read(key)
         return popped(replace(found[0], one_time=b""), owner_alive)[0] if found else None
 
-    async def orphans_async(
-        self, nick: str, identity_key: bytes, alive: Callable[[str], bool]
-    ) -> tuple[list[tuple[str, int, MailItem]], set[str]]:
-        """The items queued for ``nick`` (under ``identity_key``) by relays that are gone:
-        (key, revision, item), oldest first; and the other relays, alive, that hold some."""
+    async def survey_async(self, alive: Callable[[str], bool]) -> list[str]:
+        """Note every item queued by a relay not ``alive`` (a relay started knows no more
+        than the bucket says), in one request: after it, a register costs no request to
+        find its mail. The nicks that have some."""
+        return self._note(await self._mail_keys("*.*.*"), alive)
+
+    async def gone_async(self, node: str) -> list[str]:
+        """Relay ``node`` is taken for dead: note its items (one request). The nicks that
+        have some."""
+        return self._note(await self._mail_keys(f"*.{node}.*"), lambda other: other != node)
+
+    def revived(self, node: str) -> None:
+        """``node`` is heard again: its items are its own to hand over."""
+        for keys in self._orphaned.values():
+            keys.difference_update([key for key in keys if node_of_key(key) == node])
+
+    def _note(self, keys: list[str], alive: Callable[[str], bool]) -> list[str]:
+        nicks: set[str] = set()
+        for key in keys:
+            try:
+                nick, node = nick_of_key(key), node_of_key(key)
+            except RemoteProtocolError:
+                continue
+            if node != self.node and not alive(node):
+                self._orphaned.setdefault(nick, set()).add(key)
+                nicks.add(nick)
+        return sorted(nicks)
+
+    async def orphans_async(self, nick: str, identity_key: bytes) -> list[tuple[str, int, MailItem]]:
+        """The items queued for ``nick`` (under ``identity_key``) by relays that are gone
+        (as noted): (key, revision, item), oldest first."""
         mail = self._bucket(self._mail)
         found: list[tuple[str, int, MailItem]] = []
-        holding: set[str] = set()
-        for key in await self._mail_keys(nick):
+        for key in list(self._orphaned.get(nick, ())):
             try:
-                node = node_of_key(key)
-                if node == self.node:
-                    continue
-                if alive(node):
-                    holding.add(node)
-                    continue
                 entry = await mail.get(key)
                 assert entry.value is not None and entry.revision is not None
                 for_key, item = decode_item(nick, entry.value)
             except _MISSING:
+                self._forget_orphan(nick, key)
                 continue
             except RemoteProtocolError as exc:
                 log.warning("a mailbox item in the cluster's mail bucket does not decode: %s", exc)
@@ -400,23 +424,31 @@ class JetStreamStore:
             if for_key == identity_key:  # public keys: nothing to time
                 found.append((key, entry.revision, item))
         found.sort(key=lambda each: (each[2].queued_at, each[2].seq))
-        return found, holding
+        return found
 
-    async def drop_async(self, taken: Sequence[tuple[str, int]]) -> None:
-        """The items under these keys are kept by this relay now: gone from there (each
-        only as it was read: up to its revision)."""
+    async def drop_async(self, nick: str, taken: Sequence[tuple[str, int]]) -> None:
+        """``nick``'s items under these keys are kept by this relay now: gone from there
+        (each only as it was read: up to its revision)."""
         await asyncio.gather(*(self._purge(key, revision) for key, revision in taken))
+        for key, _ in taken:
+            self._forget_orphan(nick, key)
+
+    def _forget_orphan(self, nick: str, key: str) -> None:
+        keys = self._orphaned.get(nick)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._orphaned[nick]
 
     # -- the mail bucket's stream, under the key-value API -----------------------------------------
     # A key's messages are removed from the stream outright, not marked deleted as the
     # key-value API does: nobody watches the mail bucket for deletes, and a marker would stay
-    # for the bucket's time to live, to be listed and read at every register of that nick.
+    # for the bucket's time to live, to be listed.
 
-    async def _mail_keys(self, nick: str) -> list[str]:
-        """The keys of ``nick``'s items, in one request (the stream's subjects under the
-        nick: a nick with no mail costs no more than that)."""
+    async def _mail_keys(self, pattern: str) -> list[str]:
+        """The keys that match ``pattern`` (a subject filter), in one request."""
         js, stream, subjects = self._mail_stream()
-        info = await js.stream_info(stream, subjects_filter=f"{subjects}{nick_prefix(nick)}.>")
+        info = await js.stream_info(stream, subjects_filter=subjects + pattern)
         return [subject[len(subjects) :] for subject in info.state.subjects or {}]
 
     async def _purge(self, key: str, revision: int = 0) -> None:

@@ -26,7 +26,7 @@ from nacl.public import PublicKey
 from e2echat.errors import RemoteProtocolError
 from e2echat.relay.cluster.wire import check_node, decode_mail, encode_mail
 from e2echat.relay.store import Identity, MailItem, StoredBundle
-from e2echat.wire.grammar import KEY_SIZE
+from e2echat.wire.grammar import KEY_SIZE, is_valid_nick
 from e2echat.wire.objects import Bundle, OneTimePrekey, SignedPrekey
 
 _VERSION = 1
@@ -139,6 +139,17 @@ def node_of_key(key: str) -> str:
     if len(parts) != 3:
         raise RemoteProtocolError(detail="a mailbox key of another shape")
     return check_node(parts[1].encode("ascii"))
+
+
+def nick_of_key(key: str) -> str:
+    """The nick whose item is under ``key``; ``RemoteProtocolError`` if none."""
+    try:
+        nick = bytes.fromhex(key.split(".")[0]).decode("ascii")
+    except ValueError:
+        nick = ""
+    if not is_valid_nick(nick):
+        raise RemoteProtocolError(detail="a mailbox key names no valid nick")
+    return nick
 
 
 def encode_item(identity_key: bytes, item: MailItem) -> bytes:

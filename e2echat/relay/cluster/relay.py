@@ -115,9 +115,9 @@ class ClusterRelay(Relay):
         self.node = new_node_id()
         if options.get("store") is None:
             self.store = JetStreamStore(self.names, self.node, self.limits, replicas=cluster_replicas)
-        #: the loop's clock at start: the relays alive are all heard ``DEAD_AFTER`` later
-        self._started = 0.0
         self._orphans_lock = asyncio.Lock()
+        #: set once the mail of relays gone at start is noted (``_survey``)
+        self._surveyed = asyncio.Event()
         self._nats_options = nats_options or {}
         self._nc: NatsClient | None = None
         self._kv: KeyValue | None = None
@@ -164,7 +164,6 @@ class ClusterRelay(Relay):
             self._kv = await js.create_key_value(config)
             if isinstance(self.store, JetStreamStore):
                 await self.store.open_async(js)
-            self._started = asyncio.get_running_loop().time()
             await super().start()
             await nc.subscribe(self.names.alive, cb=self._on_alive)
             await nc.subscribe(self.names.node(self.node), cb=self._on_request)
@@ -178,6 +177,7 @@ class ClusterRelay(Relay):
         self._spawn(self._beat())
         if isinstance(self.store, JetStreamStore):
             self._spawn(self.store.watch_async(self._learned))
+            self._spawn(self._survey())
         await asyncio.wait_for(self._ready.wait(), NATS_TIMEOUT)
         log.info("relay %s joined cluster %r on %s", self.node, self.names.name, self.url)
 
@@ -395,7 +395,6 @@ class ClusterRelay(Relay):
         lost on the way stays there, for its next connection)."""
         assert self._nc is not None
         ask = encode_mailbox_ask(peer.nick, bytes(peer.identity_key))
-        unanswered: set[str] = set()
         for node in list(self._heard):
             more = True
             while more:
@@ -404,7 +403,6 @@ class ClusterRelay(Relay):
                     items, more = decode_mail(reply.data, peer.nick)
                 except Exception as exc:  # out of reach, gone, or nonsense: what it holds stays
                     log.info("mailbox of %s from relay %s: %s", peer.nick, node, _reason(exc))
-                    unanswered.add(node)
                     break
                 if not items:
                     break
@@ -418,48 +416,73 @@ class ClusterRelay(Relay):
                     await self._nc.publish(self.names.node(node), encode_taken(peer.nick, upto))
                 more = more and upto == items[-1].seq
         if isinstance(self.store, JetStreamStore):
-            loop = asyncio.get_running_loop()
-            await asyncio.sleep(max(0.0, self._started + DEAD_AFTER + HEARTBEAT - loop.time()))
-            holding = await self._collect_orphans(peer)
-            if holding & unanswered & set(self._heard):  # perhaps just killed: once taken for dead
-                await asyncio.sleep(DEAD_AFTER + HEARTBEAT)
-                await self._collect_orphans(peer)
+            await self._surveyed.wait()
+            await self._collect_orphans(peer.nick, bytes(peer.identity_key))
 
-    async def _collect_orphans(self, peer: PeerInfo) -> set[str]:
-        """What relays gone (killed, never started again) queued for ``peer``: read from
-        the cluster's store, kept here, then deleted there. Not before this relay has
-        heard every live relay (their items are theirs to hand over). Returns the live
-        relays that hold items for it."""
+    async def _survey(self) -> None:
+        """Once this relay has heard every live relay: note the mail in the cluster's store
+        that relays not alive queued (killed, or not started again), and take what is
+        for those online here."""
+        assert isinstance(self.store, JetStreamStore)
+        await asyncio.sleep(DEAD_AFTER + HEARTBEAT)
+        while True:
+            try:
+                nicks = await asyncio.wait_for(self.store.survey_async(self._owner_alive), NATS_TIMEOUT)
+                break
+            except Exception as exc:  # NATS out of reach: once it is back
+                log.info("the mail of relays gone could not be listed: %s", _reason(exc))
+                await asyncio.sleep(HEARTBEAT)
+        self._surveyed.set()
+        await self._collect_for(nicks)
+
+    async def _orphaned_by(self, node: str) -> None:
+        """Relay ``node`` is taken for dead: note the mail it queued, and take what is for
+        those online here (it did not answer their registers)."""
+        assert isinstance(self.store, JetStreamStore)
+        try:
+            nicks = await asyncio.wait_for(self.store.gone_async(node), NATS_TIMEOUT)
+        except Exception as exc:  # noted at this relay's next start, or another's
+            log.info("the mail of relay %s could not be listed: %s", node, _reason(exc))
+            return
+        await self._collect_for(nicks)
+
+    async def _collect_for(self, nicks: list[str]) -> None:
+        for nick in nicks:
+            known = self.core.kept.identities.get(nick)
+            if nick in self.core.online and known is not None:
+                await self._collect_orphans(nick, known.identity_key)
+
+    async def _collect_orphans(self, nick: str, identity_key: bytes) -> None:
+        """What relays gone (killed, never started again) queued for ``nick`` (online here
+        with ``identity_key``): read from the cluster's store, kept here, then deleted
+        there."""
         assert isinstance(self.store, JetStreamStore)
         async with self._orphans_lock:  # one at a time: an item is taken once
-            return await self._take_orphans(peer, self.store)
+            await self._take_orphans(nick, identity_key, self.store)
 
-    async def _take_orphans(self, peer: PeerInfo, store: JetStreamStore) -> set[str]:
-        key = bytes(peer.identity_key)
-        if not self.cluster_core.online_with(peer.nick, key):
-            return set()  # gone, or another key's now: for its own connection to take
+    async def _take_orphans(self, nick: str, key: bytes, store: JetStreamStore) -> None:
+        if not self.cluster_core.online_with(nick, key):
+            return  # gone, or another key's now: for its own connection to take
         try:
-            reading = store.orphans_async(peer.nick, key, self._owner_alive)
-            found, holding = await asyncio.wait_for(reading, NATS_TIMEOUT)
+            found = await asyncio.wait_for(store.orphans_async(nick, key), NATS_TIMEOUT)
         except Exception as exc:  # they stay there, for its next connection
-            log.info("mailbox of %s from the cluster's store: %s", peer.nick, _reason(exc))
-            return set()
-        if not found or not self.cluster_core.online_with(peer.nick, key):
-            return holding
+            log.info("mailbox of %s from the cluster's store: %s", nick, _reason(exc))
+            return
+        if not found or not self.cluster_core.online_with(nick, key):
+            return
         # Numbered here in the order taken: their seqs are each their own relay's.
         items = [replace(item, seq=number) for number, (_, _, item) in enumerate(found)]
-        actions, upto = self.cluster_core.take_over(peer.nick, items)
+        actions, upto = self.cluster_core.take_over(nick, items)
         self._apply(actions)
         if self._journal is not None:
             await self._journal.settle()  # kept here before it is deleted there
         if self._journal is not None and self._journal.failure is not None:
-            return holding
+            return
         taken = [(item_key, revision) for item_key, revision, _ in found[: upto + 1]]
         try:
-            await asyncio.wait_for(store.drop_async(taken), NATS_TIMEOUT)
+            await asyncio.wait_for(store.drop_async(nick, taken), NATS_TIMEOUT)
         except Exception as exc:
-            log.warning("mailbox items of %s taken but not deleted: %s", peer.nick, _reason(exc))
-        return holding
+            log.warning("mailbox items of %s taken but not deleted: %s", nick, _reason(exc))
 
     # -- what NATS tells ---------------------------------------------------------------------
 
@@ -509,6 +532,8 @@ class ClusterRelay(Relay):
         owned = [(key, revision) for key, (where, revision, _) in self._keys.items() if where == node]
         if owned:
             self._spawn(self._free(owned))
+        if isinstance(self.store, JetStreamStore):
+            self.store.revived(node)  # the mail it queued is its own to hand over again
 
     async def _watch(self, watcher: KeyValue.KeyWatcher) -> None:
         """Every change to the bucket, from its contents at start on; watched anew after
@@ -609,6 +634,8 @@ class ClusterRelay(Relay):
         owned = [(key, revision) for key, (where, revision, _) in self._keys.items() if where == node]
         if owned:
             self._spawn(self._free(owned))
+        if isinstance(self.store, JetStreamStore):
+            self._spawn(self._orphaned_by(node))
 
     async def _free(self, owned: list[tuple[str, int]]) -> None:
         """Delete a dead relay's keys, each only if unchanged since read (every live relay
