@@ -317,6 +317,10 @@ def _text_is(text: str) -> Callable[[MessageReceived], bool]:
     return lambda event: event.text == text
 
 
+def _ids(packed: bytes) -> list[int]:
+    return [int.from_bytes(packed[at : at + 4], "big") for at in range(0, len(packed), 36)]
+
+
 class _Port:
     def __init__(self, port: int) -> None:
         self.port = port
@@ -379,3 +383,25 @@ async def test_mail_of_a_relay_gone_is_not_handed_to_another_key_of_the_nick(nat
                 assert len(await keys_under(mail, nick_prefix("dave"))) == 1  # still there, for him
         finally:
             await impostor.connection.close()
+
+
+async def test_a_nick_back_on_its_relay_does_not_get_back_a_prekey_handed_out_meanwhile(
+    nats_server: NatsServer,
+) -> None:
+    """dave leaves relay one; relay two hands out his oldest one-time prekey; dave comes
+    back on one, which remembered that prekey: one takes his bundle as the cluster keeps
+    it, and neither it nor the record holds that prekey again."""
+    async with cluster(nats_server, 2) as (one, other):
+        _, again = await away(one, "dave")
+        assert isinstance(other.store, JetStreamStore)
+        handed = await other.store.pop_async("dave", lambda node: False)
+        assert handed is not None and handed.one_time
+        taken = handed.one_time[0].id
+        back = await connect(one, "dave", **again)
+        try:
+            assert taken not in _ids(one.core.kept.prekeys.saved("dave").one_time)
+            if one._journal is not None:
+                await one._journal.settle()  # its register's changes are kept
+            assert taken not in await one_time_ids(nats_server, "dave")
+        finally:
+            await back.connection.close()
