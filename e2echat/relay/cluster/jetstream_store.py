@@ -13,10 +13,10 @@ Two key-value buckets (relay/cluster/records.py says what their values hold):
   that relay hands its one-time prekeys out; another gives the signed prekey alone.
   Records expire ``identity_ttl`` after their last write, as a relay forgets identities.
 - ``<name>_mail``: one key per mailbox item, ``<nick>.<node>.<seq>``, written by the relay
-  that queued it and deleted once it is acknowledged or handed over. When its owner comes
+  that queued it and removed once it is acknowledged or handed over. When its owner comes
   online on another relay, the relays alive hand their items over as before
-  (relay/cluster/relay.py); the items of a relay that died (``orphans``) are read from
-  here, kept by the relay the owner is on, then deleted. Items expire twice
+  (relay/cluster/relay.py); the items of a relay that died are read from here, kept by
+  the relay the owner is on, then removed (relay/cluster/orphans.py). Items expire twice
   ``mailbox_ttl`` after they were written: the relay keeping them drops (and reports)
   them at ``mailbox_ttl``; the bucket's own bound is for items of a relay that died, for
   a nick that never came back.
@@ -48,17 +48,15 @@ from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
 from e2echat.errors import RemoteProtocolError, StoreError
+from e2echat.relay.cluster.orphans import MailBucket, Orphans
 from e2echat.relay.cluster.records import (
     Record,
-    decode_item,
     decode_record,
     encode_item,
     encode_record,
     mail_key,
     merged,
-    nick_of_key,
     nick_prefix,
-    node_of_key,
     popped,
 )
 from e2echat.relay.cluster.wire import Names
@@ -69,7 +67,6 @@ from e2echat.relay.store import (
     ForgetIdentity,
     ForgetMember,
     Identity,
-    MailItem,
     Op,
     SaveBundle,
     SaveIdentity,
@@ -106,7 +103,6 @@ class JetStreamStore:
         self.limits = limits
         self.replicas = replicas
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._js: JetStreamContext | None = None
         self._ids: KeyValue | None = None
         self._mail: KeyValue | None = None
         #: nick -> its record as this relay last read or wrote it, and that revision: the
@@ -117,9 +113,8 @@ class JetStreamStore:
         #: nick -> its record and revision as the watch last saw them (not a base for
         #: merges: this relay's memory may not have seen that record)
         self._latest: dict[str, tuple[Record, int]] = {}
-        #: nick -> the keys of its items queued by relays taken for dead, or that were not
-        #: alive when this relay started (``survey_async``, ``gone_async``)
-        self._orphaned: dict[str, set[str]] = {}
+        #: the mail of relays gone (``open_async`` makes it)
+        self.orphans: Orphans | None = None
         self._closed = False
         self._watcher: KeyValue.KeyWatcher | None = None
 
@@ -130,9 +125,10 @@ class JetStreamStore:
     async def open_async(self, js: JetStreamContext) -> None:
         """Make (or find) the buckets."""
         self._loop = asyncio.get_running_loop()
-        self._js = js
         self._ids = await _bucket(js, f"{self.names.name}_ids", self.limits.identity_ttl, self.replicas)
-        self._mail = await _bucket(js, f"{self.names.name}_mail", 2 * self.limits.mailbox_ttl, self.replicas)
+        mail = f"{self.names.name}_mail"
+        self._mail = await _bucket(js, mail, 2 * self.limits.mailbox_ttl, self.replicas)
+        self.orphans = Orphans(MailBucket(js, self._mail, mail), self.node)
 
     # -- RelayStore, in the worker thread ------------------------------------------------------
 
@@ -240,7 +236,7 @@ class JetStreamStore:
         mail = self._bucket(self._mail)
         writes: list[Coroutine[Any, Any, Any]] = [self._save(record) for record in records.values()]
         writes += [mail.put(key, value) for key, value in puts.items()]
-        writes += [self._purge(key) for key in deletes]
+        writes += [self._mail_bucket().purge(key) for key in deletes]
         await asyncio.gather(*writes)
 
     def _dequeue(self, op: Dequeue, puts: dict[str, bytes], deletes: set[str]) -> None:
@@ -377,91 +373,6 @@ class JetStreamStore:
         found = await self._read(key)
         return popped(replace(found[0], one_time=b""), owner_alive)[0] if found else None
 
-    async def survey_async(self, alive: Callable[[str], bool]) -> list[str]:
-        """Note every item queued by a relay not ``alive`` (a relay started knows no more
-        than the bucket says), in one request: after it, a register costs no request to
-        find its mail. The nicks that have some."""
-        return self._note(await self._mail_keys("*.*.*"), alive)
-
-    async def gone_async(self, node: str) -> list[str]:
-        """Relay ``node`` is taken for dead: note its items (one request). The nicks that
-        have some."""
-        return self._note(await self._mail_keys(f"*.{node}.*"), lambda other: other != node)
-
-    def revived(self, node: str) -> None:
-        """``node`` is heard again: its items are its own to hand over."""
-        for keys in self._orphaned.values():
-            keys.difference_update([key for key in keys if node_of_key(key) == node])
-
-    def _note(self, keys: list[str], alive: Callable[[str], bool]) -> list[str]:
-        nicks: set[str] = set()
-        for key in keys:
-            try:
-                nick, node = nick_of_key(key), node_of_key(key)
-            except RemoteProtocolError:
-                continue
-            if node != self.node and not alive(node):
-                self._orphaned.setdefault(nick, set()).add(key)
-                nicks.add(nick)
-        return sorted(nicks)
-
-    async def orphans_async(self, nick: str, identity_key: bytes) -> list[tuple[str, int, MailItem]]:
-        """The items queued for ``nick`` (under ``identity_key``) by relays that are gone
-        (as noted): (key, revision, item), oldest first."""
-        mail = self._bucket(self._mail)
-        found: list[tuple[str, int, MailItem]] = []
-        for key in list(self._orphaned.get(nick, ())):
-            try:
-                entry = await mail.get(key)
-                assert entry.value is not None and entry.revision is not None
-                for_key, item = decode_item(nick, entry.value)
-            except _MISSING:
-                self._forget_orphan(nick, key)
-                continue
-            except RemoteProtocolError as exc:
-                log.warning("a mailbox item in the cluster's mail bucket does not decode: %s", exc)
-                continue
-            if for_key == identity_key:  # public keys: nothing to time
-                found.append((key, entry.revision, item))
-        found.sort(key=lambda each: (each[2].queued_at, each[2].seq))
-        return found
-
-    async def drop_async(self, nick: str, taken: Sequence[tuple[str, int]]) -> None:
-        """``nick``'s items under these keys are kept by this relay now: gone from there
-        (each only as it was read: up to its revision)."""
-        await asyncio.gather(*(self._purge(key, revision) for key, revision in taken))
-        for key, _ in taken:
-            self._forget_orphan(nick, key)
-
-    def _forget_orphan(self, nick: str, key: str) -> None:
-        keys = self._orphaned.get(nick)
-        if keys is not None:
-            keys.discard(key)
-            if not keys:
-                del self._orphaned[nick]
-
-    # -- the mail bucket's stream, under the key-value API -----------------------------------------
-    # A key's messages are removed from the stream outright, not marked deleted as the
-    # key-value API does: nobody watches the mail bucket for deletes, and a marker would stay
-    # for the bucket's time to live, to be listed.
-
-    async def _mail_keys(self, pattern: str) -> list[str]:
-        """The keys that match ``pattern`` (a subject filter), in one request."""
-        js, stream, subjects = self._mail_stream()
-        info = await js.stream_info(stream, subjects_filter=subjects + pattern)
-        return [subject[len(subjects) :] for subject in info.state.subjects or {}]
-
-    async def _purge(self, key: str, revision: int = 0) -> None:
-        """Remove ``key`` (with ``revision``: only its messages up to that one)."""
-        js, stream, subjects = self._mail_stream()
-        await js.purge_stream(stream, subject=subjects + key, seq=revision + 1 if revision else None)
-
-    def _mail_stream(self) -> tuple[JetStreamContext, str, str]:
-        if self._js is None:
-            raise StoreError(path=self.where, detail="the store is not open")
-        bucket = f"{self.names.name}_mail"
-        return self._js, f"KV_{bucket}", f"$KV.{bucket}."
-
     async def watch_async(self, learn: Callable[[Identity], None]) -> None:
         """Every record written, by any relay, from the bucket's contents on: its identity
         to ``learn``. Watched anew whenever a watch ends (``rewatch``, after a reconnect:
@@ -492,6 +403,15 @@ class JetStreamStore:
         if watcher is not None:
             with contextlib.suppress(Exception):
                 await watcher.stop()  # type: ignore[no-untyped-call]  # and ``watch_async`` reads anew
+
+    def open_orphans(self) -> Orphans:
+        """The mail of relays gone (relay/cluster/orphans.py)."""
+        if self.orphans is None:
+            raise StoreError(path=self.where, detail="the store is not open")
+        return self.orphans
+
+    def _mail_bucket(self) -> MailBucket:
+        return self.open_orphans().bucket
 
     def _bucket(self, bucket: KeyValue | None) -> KeyValue:
         if bucket is None:

@@ -427,7 +427,9 @@ class ClusterRelay(Relay):
         await asyncio.sleep(DEAD_AFTER + HEARTBEAT)
         while True:
             try:
-                nicks = await asyncio.wait_for(self.store.survey_async(self._owner_alive), NATS_TIMEOUT)
+                nicks = await asyncio.wait_for(
+                    self.store.open_orphans().survey_async(self._owner_alive), NATS_TIMEOUT
+                )
                 break
             except Exception as exc:  # NATS out of reach: once it is back
                 log.info("the mail of relays gone could not be listed: %s", _reason(exc))
@@ -440,7 +442,7 @@ class ClusterRelay(Relay):
         those online here (it did not answer their registers)."""
         assert isinstance(self.store, JetStreamStore)
         try:
-            nicks = await asyncio.wait_for(self.store.gone_async(node), NATS_TIMEOUT)
+            nicks = await asyncio.wait_for(self.store.open_orphans().gone_async(node), NATS_TIMEOUT)
         except Exception as exc:  # noted at this relay's next start, or another's
             log.info("the mail of relay %s could not be listed: %s", node, _reason(exc))
             return
@@ -464,7 +466,7 @@ class ClusterRelay(Relay):
         if not self.cluster_core.online_with(nick, key):
             return  # gone, or another key's now: for its own connection to take
         try:
-            found = await asyncio.wait_for(store.orphans_async(nick, key), NATS_TIMEOUT)
+            found = await asyncio.wait_for(store.open_orphans().orphans_async(nick, key), NATS_TIMEOUT)
         except Exception as exc:  # they stay there, for its next connection
             log.info("mailbox of %s from the cluster's store: %s", nick, _reason(exc))
             return
@@ -480,7 +482,7 @@ class ClusterRelay(Relay):
             return
         taken = [(item_key, revision) for item_key, revision, _ in found[: upto + 1]]
         try:
-            await asyncio.wait_for(store.drop_async(nick, taken), NATS_TIMEOUT)
+            await asyncio.wait_for(store.open_orphans().drop_async(nick, taken), NATS_TIMEOUT)
         except Exception as exc:
             log.warning("mailbox items of %s taken but not deleted: %s", nick, _reason(exc))
 
@@ -533,7 +535,7 @@ class ClusterRelay(Relay):
         if owned:
             self._spawn(self._free(owned))
         if isinstance(self.store, JetStreamStore):
-            self.store.revived(node)  # the mail it queued is its own to hand over again
+            self.store.open_orphans().revived(node)  # its mail is its own to hand over again
 
     async def _watch(self, watcher: KeyValue.KeyWatcher) -> None:
         """Every change to the bucket, from its contents at start on; watched anew after
