@@ -207,11 +207,12 @@ async def test_mail_queued_via_a_relay_killed_meanwhile_is_drained_via_another(
     key_path = tmp_path / "relay.key"  # one key for the cluster: alice fails over to B
     key, _ = load_or_create_relay_key(key_path)
     async with cluster(nats_server, 1, key=key) as (survivor,):
-        _, again = await away(survivor, "dave")
         process, port, _ = await start_relay_process(
             "--port", "0", "--no-announce", "--cluster", nats_server.url, "--key", str(key_path)
         )
         try:
+            # dave registers after A started: A knows him from the cluster's watch only.
+            _, again = await away(survivor, "dave")
             doomed = _Port(port)
             alice = await connect(doomed, "alice", reconnecting=True, fallbacks=[(LOOPBACK, survivor.port)])
             try:

@@ -270,7 +270,10 @@ class JetStreamStore:
         return replace(record, signed=bundle.signed, one_time=bundle.one_time)
 
     def _identity_key(self, records: dict[str, Record], nick: str) -> bytes:
-        record = self._current(records, nick)
+        # This batch's own change first, then the newest the watch saw (what the relay
+        # learned the nick by), then what this relay last read or wrote.
+        latest = self._latest.get(nick)
+        record = records.get(nick) or (latest[0] if latest is not None else self._current(records, nick))
         # Every nick given mail is known to the relay, so here too; an item whose key is
         # unknown (zeros) is handed to no one, and expires.
         return record.identity.identity_key if record is not None else bytes(32)
