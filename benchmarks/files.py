@@ -1,4 +1,4 @@
-"""Section 12: one file through the relay, end to end encrypted, beside a plain TCP copy of
+"""Section 13: one file through the relay, end to end encrypted, beside a plain TCP copy of
 the same bytes through the baseline forwarder (issue 20).
 
 The relay is the real one, in its own process, with its byte and frame rates lifted (its
@@ -12,9 +12,14 @@ offer is timed apart. While the file moves, the sender sends the receiver a priv
 message every ``CHAT_EVERY`` seconds carrying the system-wide monotonic clock; the
 receiver notes when each one is decrypted: the chat latency during the transfer.
 
-The baseline copies the same bytes, in frames of the same 64 KiB, from one socket to
-another through benchmarks/forwarder.py, as fast as the sockets take them: no crypto, no
-acknowledgement, no disk.
+Two copies of the same bytes through benchmarks/forwarder.py come first, each from this
+process to a sink process, in frames of the clients' chunk (fileparts.CHUNK_SIZE): the
+*forwarder copy*, as fast as the sockets take them (no crypto, no acknowledgement, no
+disk); and the *crypto floor*, where the source seals each chunk with the AEAD the ratchet
+uses (XChaCha20-Poly1305, a random nonce each, the key drawn once) and the sink opens it
+and feeds it to a BLAKE2b of the whole file: the two things issue 20 requires of every
+byte, and nothing of the protocol. On loopback the floor, not the forwarder, is what a
+transfer can at best come near.
 """
 
 from __future__ import annotations
@@ -28,16 +33,19 @@ import socket
 import statistics
 import struct
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import nacl.utils
 from nacl.public import PrivateKey
 
 from benchmarks import servers
 from benchmarks.plan import Context
 from benchmarks.report import Figure, Section, judge
+from e2echat.client.fileparts import CHUNK_SIZE
+from e2echat.crypto.primitives import KEY_SIZE, MAC_SIZE, NONCE_SIZE, aead_decrypt, aead_encrypt
+from e2echat.wire.framing import FrameDecoder
 
 MiB = 1024 * 1024
 #: the relay's limits for this section: rates far above what one transfer reaches
@@ -47,8 +55,10 @@ CHAT_EVERY = 0.02
 #: issue 20's targets
 RATIO_TARGET = 0.5
 CHAT_P99_TARGET = 50.0  # ms
-FRAME = 64 * 1024
+#: what each frame of the two copies carries: a client's chunk of the file
+FRAME = CHUNK_SIZE
 _PREFIX = struct.Struct(">I")
+_ROUTE = struct.Struct(">IH")  # a frame's length, then the forwarder's 2-byte address
 TIMEOUT = 1800.0
 
 
@@ -169,42 +179,67 @@ def _make_file(path: Path, size: int) -> bytes:
     return digest.digest()
 
 
-def _forwarder_copy(port: int, path: Path) -> float:
-    """Seconds to copy ``path`` through the forwarder in FRAME-sized frames."""
+def _joined(port: int, client_id: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.sendall(_PREFIX.pack(2) + client_id.to_bytes(2, "big"))
+    if len(sock.recv(6)) != 6:  # "you are in"
+        raise RuntimeError("the forwarder did not take a client")
+    return sock
 
-    def joined(client_id: int) -> socket.socket:
-        sock = socket.create_connection(("127.0.0.1", port))
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.sendall(_PREFIX.pack(2) + client_id.to_bytes(2, "big"))
-        assert sock.recv(6)  # "you are in"
-        return sock
 
-    receiver, sender = joined(2), joined(1)
+def _sink(port: int, key: bytes | None, expected: int, ready: Any, results: Any) -> None:
+    """Take the copy (``expected`` bytes): count them, or (``key``) open each frame and
+    hash what it holds. Puts when it had them all, how many, and the hash."""
+    sock = _joined(port, 2)
+    ready.set()
+    decoder = FrameDecoder(max_frame=FRAME + 1024)
+    digest = hashlib.blake2b(digest_size=32)
+    got = 0
+    while got < expected:
+        data = sock.recv(1 << 20)
+        if not data:
+            break
+        got += len(data)
+        if key is None:
+            continue
+        for frame in decoder.receive_data(data):
+            sealed = frame[2:]
+            digest.update(aead_decrypt(sealed[NONCE_SIZE:], b"", sealed[:NONCE_SIZE], key))
+    results.put((time.monotonic(), got, digest.digest()))
+    sock.close()
+
+
+def _copy(port: int, path: Path, digest: bytes, *, sealed: bool) -> float:
+    """Seconds to copy ``path`` through the forwarder in FRAME-sized frames to a sink in a
+    process of its own; ``sealed``: the crypto floor (each frame sealed, opened, hashed)."""
+    spawn = multiprocessing.get_context("spawn")
+    key = nacl.utils.random(KEY_SIZE) if sealed else None
     size = path.stat().st_size
-    frames = -(-size // FRAME)
-    expected = size + frames * (_PREFIX.size + 2)
-    got = [0]
-
-    def read() -> None:
-        while got[0] < expected:
-            data = receiver.recv(1 << 20)
-            if not data:
-                return
-            got[0] += len(data)
-
-    reading = threading.Thread(target=read)
+    per_frame = _ROUTE.size + (NONCE_SIZE + MAC_SIZE if sealed else 0)
+    expected = size + -(-size // FRAME) * per_frame
+    ready, results = spawn.Event(), spawn.Queue()
+    sink = spawn.Process(target=_sink, args=(port, key, expected, ready, results))
+    sink.start()
+    if not ready.wait(30):
+        raise RuntimeError("the sink did not start")
+    sender = _joined(port, 1)
     started = time.monotonic()
-    reading.start()
     with path.open("rb") as source:
         while block := source.read(FRAME):
-            sender.sendall(_PREFIX.pack(len(block) + 2) + (2).to_bytes(2, "big") + block)
-    reading.join(TIMEOUT)
-    seconds = time.monotonic() - started
+            if key is not None:
+                nonce = nacl.utils.random(NONCE_SIZE)
+                block = nonce + aead_encrypt(block, b"", nonce, key)
+            sender.sendall(_ROUTE.pack(len(block) + 2, 2) + block)
+    finished: float
+    finished, got, hashed = results.get(timeout=TIMEOUT)
+    sink.join(30)
     sender.close()
-    receiver.close()
-    if got[0] != expected:
-        raise RuntimeError(f"the forwarder copy got {got[0]} bytes of {expected}")
-    return seconds
+    if got != expected:
+        raise RuntimeError(f"the copy got {got} bytes of {expected}")
+    if key is not None and hashed != digest:
+        raise RuntimeError("the crypto floor's hash is not the file's")
+    return finished - started
 
 
 def files(context: Context) -> Section:
@@ -215,9 +250,10 @@ def files(context: Context) -> Section:
     spawn = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="bench-files-") as directory:
         path = Path(directory) / "file.bin"
-        _make_file(path, size)
+        digest = _make_file(path, size)
         with servers.forwarder() as forwarder:
-            copy_seconds = _forwarder_copy(forwarder.port, path)
+            copy_seconds = _copy(forwarder.port, path, digest, sealed=False)
+            floor_seconds = _copy(forwarder.port, path, digest, sealed=True)
         with servers.relay(*RELAY_OPTIONS) as relay:
             results = spawn.Queue()
             ready = spawn.Event()
@@ -241,12 +277,22 @@ def files(context: Context) -> Section:
     seconds = sent["seconds"]
     rate = size / seconds / 1e6
     copy_rate = size / copy_seconds / 1e6
+    floor_rate = size / floor_seconds / 1e6
     ratio = rate / copy_rate
     latencies = sorted(received["latencies_ms"])
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] if latencies else float("nan")
     mib = size / MiB
-    section.add(Figure("transfer_mb_s", "transfer, through the relay", rate, "MB/s"))
     section.add(Figure("forwarder_mb_s", "plain TCP copy through the forwarder", copy_rate, "MB/s"))
+    section.add(
+        Figure(
+            "floor_mb_s",
+            "crypto floor: sealed, opened, hashed, through the forwarder",
+            floor_rate,
+            "MB/s",
+            note=f"floor ÷ forwarder {floor_rate / copy_rate:.2f}",
+        )
+    )
+    section.add(Figure("transfer_mb_s", "transfer, through the relay", rate, "MB/s"))
     section.add(
         Figure(
             "transfer_over_forwarder",
@@ -257,6 +303,7 @@ def files(context: Context) -> Section:
             judge(ratio, lambda value: value >= RATIO_TARGET, judged),
         )
     )
+    section.add(Figure("transfer_over_floor", "transfer ÷ crypto floor", rate / floor_rate, "×"))
     section.add(
         Figure("hash_seconds", "sender's BLAKE2b of the file, before its offer", sent["hash_seconds"], "s")
     )
@@ -269,7 +316,7 @@ def files(context: Context) -> Section:
     section.add(
         Figure(
             "chat_p99_ms",
-            f"chat p99 during the transfer ({len(latencies)} messages)",
+            f"chat p99 during the {plan.file_mib} MiB transfer ({len(latencies)} messages)",
             p99,
             "ms",
             f"< {CHAT_P99_TARGET:g}",

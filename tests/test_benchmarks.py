@@ -51,7 +51,9 @@ EXPECTED = {
     "files": [
         "transfer_mb_s",
         "forwarder_mb_s",
+        "floor_mb_s",
         "transfer_over_forwarder",
+        "transfer_over_floor",
         "sender_cpu_ms_per_mib",
         "receiver_cpu_ms_per_mib",
         "relay_peak_rss_mib",
