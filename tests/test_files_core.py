@@ -526,7 +526,15 @@ def test_a_window_of_chunks_is_never_refused_for_the_relays_turn() -> None:
     its chunks refused by a relay at its default limits."""
     limits = Limits()
     assert limits.write_buffer_turn > WINDOW + fp.CHUNK_SIZE
-    assert FILE_BURST <= WINDOW
+    assert limits.write_buffer_turn > FILE_BURST + fp.CHUNK_SIZE
+
+
+def test_a_window_of_chunks_fits_under_the_relays_soft_mark() -> None:
+    """Past its soft mark the relay refuses deliveries to a receiver: a whole window in
+    flight, with each chunk's frame, ratchet header, nonce and tag (far less than 1 KiB),
+    stays under it, so a slow receiver is never sent more than the relay takes."""
+    chunks = -(-WINDOW // fp.CHUNK_SIZE)
+    assert WINDOW + chunks * 1024 <= Limits().write_buffer_soft
 
 
 # -- messages missing, or chunks lost -------------------------------------------------------------

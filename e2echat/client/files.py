@@ -45,14 +45,14 @@ from e2echat.wire.grammar import is_valid_nick, is_valid_room
 
 #: what a receiver takes unless it says otherwise (``/set max-file``): 1 GiB
 DEFAULT_MAX_FILE = 1024**3
-#: unacknowledged bytes a sender keeps in flight per transfer: 16 chunks, 1.875 MiB. The
-#: relay hands one reader at most half its write buffer in one turn (2 MiB by default),
-#: so a whole window is never refused for that; more than its soft mark (1 MiB) waits in
-#: the relay only once the relay's socket to a slower receiver is full too, and then the
-#: chunks refused are sent again after RESEND_AFTER: a pause, never a connection dropped.
-#: 8 chunks moved half as much on loopback: each window waits for its acknowledgement,
-#: which comes after the receiver's disk write (issue 20).
-WINDOW = 16 * fp.CHUNK_SIZE
+#: unacknowledged bytes a sender keeps in flight per transfer: 8 chunks, 960 KiB. Under
+#: the relay's soft mark (a quarter of its write buffer: 1 MiB by default) with each
+#: chunk's frame, header, nonce and tag: past that mark the relay refuses deliveries to a
+#: receiver, so a window above it (16 chunks before) had a slow receiver's chunks refused
+#: and sent again after RESEND_AFTER. It costs the sender and the receiver about a tenth
+#: more CPU per MiB than 16 chunks did: each window waits for its acknowledgement, which
+#: comes after the receiver's disk write, so fewer chunks go per turn (issue 20).
+WINDOW = 8 * fp.CHUNK_SIZE
 #: a sender that hears no acknowledgement for this long sends again from the last one:
 #: a chunk was lost (a relay that dropped it, or restarted)
 RESEND_AFTER = 4.0
