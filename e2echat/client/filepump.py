@@ -88,6 +88,8 @@ class FilePump:
         self._wake = asyncio.Event()
         transfers.wake = self._wake.set
         self._sources: dict[int, Source] = {}
+        #: what was read ahead of each file being sent: (its offset, the bytes)
+        self._ahead: dict[int, tuple[int, bytes]] = {}
         self._landings: dict[int, Landing] = {}
         #: what waits for each transfer's writer (chunks, then the check), by number
         self._jobs: dict[int, list[Write | Finish]] = {}
@@ -195,6 +197,7 @@ class FilePump:
             else:
                 await asyncio.to_thread(landing.discard)
         self._sources.clear()
+        self._ahead.clear()
         self._landings.clear()
 
     # -- what the user does -------------------------------------------------------------------
@@ -318,7 +321,7 @@ class FilePump:
         if not due:
             return
         try:
-            chunks = await asyncio.to_thread(self._read, due)
+            chunks = await self._read(due)
         except E2EChatError as exc:
             for transfer, _, _ in due:
                 if not transfer.final:
@@ -334,8 +337,36 @@ class FilePump:
         if len(due) and self.link.file_budget() > 0:
             self._wake.set()  # more may go: the next turn, after whatever else is waiting
 
-    def _read(self, due: list[tuple[Transfer, int, int]]) -> list[bytes]:
-        return [self._sources[transfer.number].read(offset, length) for transfer, offset, length in due]
+    def _ahead_chunks(self, due: list[tuple[Transfer, int, int]]) -> list[bytes] | None:
+        """The chunks ``due``, if what was read ahead holds them all; None if not."""
+        chunks = []
+        for transfer, offset, length in due:
+            ahead = self._ahead.get(transfer.number)
+            if ahead is None or not ahead[0] <= offset <= offset + length <= ahead[0] + len(ahead[1]):
+                return None
+            start = offset - ahead[0]
+            chunks.append(ahead[1][start : start + length])
+        return chunks
+
+    async def _read(self, due: list[tuple[Transfer, int, int]]) -> list[bytes]:
+        """The chunks ``due``: each file is read from its first chunk due on, up to a
+        window's worth in one read (then kept, for the chunks that follow). A thread hop
+        costs ten times a read of a chunk, and chunks go a few at a time, as their
+        acknowledgements come."""
+        chunks = self._ahead_chunks(due)
+        if chunks is not None:
+            return chunks
+        reads: dict[int, tuple[Source, int, int]] = {}
+        for transfer, offset, length in due:
+            if transfer.number not in reads:
+                size = min(max(length, self.transfers.window), transfer.size - offset)
+                reads[transfer.number] = (self._sources[transfer.number], offset, size)
+        read = await asyncio.to_thread(_read_all, list(reads.values()))
+        for number, (_, offset, _), data in zip(reads, reads.values(), read, strict=True):
+            self._ahead[number] = (offset, data)
+        chunks = self._ahead_chunks(due)
+        assert chunks is not None  # (each transfer's chunks due are in order, from its first)
+        return chunks
 
     # -- the disk -------------------------------------------------------------------------------
 
@@ -431,12 +462,17 @@ class FilePump:
             transfer = self.transfers.get(number)
             if transfer is None or transfer.final:
                 self._sources.pop(number).close()
+                self._ahead.pop(number, None)
                 if transfer is not None and self.sending is not None:
                     self._spawn(asyncio.to_thread(forget_sending, self.sending, transfer.transfer_id))
 
     def _publish(self, events: Sequence[Event]) -> None:
         for event in events:
             self.link.events.put_nowait(event)
+
+
+def _read_all(reads: list[tuple[Source, int, int]]) -> list[bytes]:
+    return [source.read(offset, size) for source, offset, size in reads]
 
 
 def _write_all(landing: Landing, batch: list[Write]) -> None:
