@@ -178,7 +178,7 @@ def _check_id(transfer: bytes) -> None:
 
 
 def encode(part: Part) -> bytes:
-    if isinstance(part, Chunk):  # first: one per 64 KiB
+    if isinstance(part, Chunk):  # first: one per 120 KiB
         return _HEAD.pack(PartType.CHUNK, part.transfer) + _OFFSET.pack(part.offset) + part.data
     if isinstance(part, Ack):
         return _HEAD.pack(PartType.ACK, part.transfer) + _OFFSET.pack(part.offset)
@@ -208,10 +208,10 @@ def decode(data: bytes) -> Part | None:
     the caller says so, and nothing changes)."""
     try:
         kind, transfer = _HEAD.unpack_from(data)
+        if kind == PartType.CHUNK:  # (sliced once: a chunk is 120 KiB)
+            (offset,) = _OFFSET.unpack_from(data, _HEAD.size)
+            return Chunk(transfer, offset, data[_HEAD.size + _OFFSET.size :])
         rest = data[_HEAD.size :]
-        if kind == PartType.CHUNK:
-            (offset,) = _OFFSET.unpack_from(rest)
-            return Chunk(transfer, offset, rest[_OFFSET.size :])
         if kind == PartType.ACK and len(rest) == _OFFSET.size:
             return Ack(transfer, _OFFSET.unpack(rest)[0])
         if kind == PartType.ACCEPT and len(rest) == _OFFSET.size:
