@@ -49,9 +49,9 @@ DEFAULT_MAX_FILE = 1024**3
 #: the relay's soft mark (a quarter of its write buffer: 1 MiB by default) with each
 #: chunk's frame, header, nonce and tag: past that mark the relay refuses deliveries to a
 #: receiver, so a window above it (16 chunks before) had a slow receiver's chunks refused
-#: and sent again after RESEND_AFTER. It costs the sender and the receiver about a tenth
-#: more CPU per MiB than 16 chunks did: each window waits for its acknowledgement, which
-#: comes after the receiver's disk write, so fewer chunks go per turn (issue 20).
+#: and sent again after RESEND_AFTER. It costs the sender and the receiver about 15% more
+#: CPU per MiB than 16 chunks did: the receiver acknowledges each batch it writes, and
+#: with fewer chunks in flight its batches are smaller (benchmarks/README.md, issue 20).
 WINDOW = 8 * fp.CHUNK_SIZE
 #: a sender that hears no acknowledgement for this long sends again from the last one:
 #: a chunk was lost (a relay that dropped it, or restarted)
