@@ -147,7 +147,7 @@ class RelayCore:
         #: the latest time the shell has given, for changes it gives none with (a disconnect)
         self._now = now
         self._swept = -math.inf
-        self._sources = Sources()
+        self._sources = self._new_sources()
         self._unfinished = Unfinished()
         self._backlog = Backlog()
         #: what connections are owed beyond what they may be given at once
@@ -305,7 +305,7 @@ class RelayCore:
         self._paging.clear()
         self._backlog.stalled.clear()
         self._backlog.unflushed.clear()
-        self._sources, self._unfinished = Sources(), Unfinished()
+        self._sources, self._unfinished = self._new_sources(), Unfinished()
         self._router = self._new_router()
         return actions
 
@@ -530,6 +530,10 @@ class RelayCore:
         """The directory a newcomer is sent, encoded: its ``contacts`` online (a cluster's
         relay adds the other relays' clients)."""
         return self._presence.entries(contacts)
+
+    def _new_sources(self) -> Sources:
+        """What each address has open (a cluster's relay counts the others' too)."""
+        return Sources()
 
     def _new_router(self) -> Router:
         return Router(self.limits, self.kept, self.online, self._backlog, self._paging)

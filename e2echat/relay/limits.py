@@ -332,7 +332,7 @@ class Sources:
         source = self._sources.get(address)
         if source is None:
             source = self._sources[address] = _Source(limits, now)
-        if source.connections >= limits.connections_per_address:
+        if source.connections + self.elsewhere(address) >= limits.connections_per_address:
             return f"too many connections from your address (at most {limits.connections_per_address})"
         if source.refill(limits, now) < 1:
             return f"too many new connections from your address (at most {limits.connect_rate:g} a second)"
@@ -344,6 +344,26 @@ class Sources:
         source = self._sources.get(address)
         if source is not None and source.connections > 0:
             source.connections -= 1
+
+    def open_from(self, address: str) -> int:
+        """The connections ``address`` has open here."""
+        source = self._sources.get(address)
+        return source.connections if source is not None else 0
+
+    def elsewhere(self, address: str) -> int:
+        """The connections ``address`` has open on the other relays of a cluster, as far
+        as this relay knows (relay/cluster/addresses.py); none for a single relay."""
+        return 0
+
+    def charge(self, limits: Limits, address: str, count: int, now: float) -> None:
+        """``count`` new connections from ``address`` that another relay of a cluster let
+        in: taken from its bucket here too, down to a burst below empty (what relays let
+        in before they heard of each other's is owed, but a wrong count cannot shut an
+        address out for longer than a burst takes to refill)."""
+        source = self._sources.get(address)
+        if source is None:
+            source = self._sources[address] = _Source(limits, now)
+        source.tokens = max(-limits.connect_burst, source.refill(limits, now) - count)
 
     def sweep(self, limits: Limits, now: float) -> None:
         """Forget the addresses with nothing open whose buckets are full again."""
