@@ -62,6 +62,7 @@ PURE = sorted(
         "relay.cluster.wire",
         "relay.cluster.core",
         "relay.cluster.records",
+        "relay.cluster.addresses",
         "ui.cells",
         "ui.commands",
         "ui.transfers",

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from e2echat.relay.actions import Action, ConnId, Persist, Write, keep
+from e2echat.relay.cluster.addresses import SharedSources
 from e2echat.relay.core import RelayCore, _Connection
 from e2echat.relay.kept import Kept
 from e2echat.relay.limits import Backlog, Limits
@@ -252,6 +253,15 @@ class ClusterCore(RelayCore):
         #: connections hung up on because their nick is another relay's now: not released
         self._displaced: set[ConnId] = set()
         super().__init__(limits, **options)
+
+    @property
+    def sources(self) -> SharedSources:
+        """What each address has open here and on the other relays (see addresses.py)."""
+        assert isinstance(self._sources, SharedSources)
+        return self._sources
+
+    def _new_sources(self) -> SharedSources:
+        return SharedSources(self.limits, self.node)
 
     def _new_router(self) -> ClusterRouter:
         return ClusterRouter(

@@ -33,6 +33,7 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
 from e2echat.errors import ClusterUnreachable, RemoteProtocolError
+from e2echat.relay.cluster import addresses
 from e2echat.relay.cluster.core import (
     STORED,
     TAKEN,
@@ -167,6 +168,7 @@ class ClusterRelay(Relay):
             await super().start()
             await nc.subscribe(self.names.alive, cb=self._on_alive)
             await nc.subscribe(self.names.node(self.node), cb=self._on_request)
+            await nc.subscribe(addresses.subject(self.names), cb=self._on_addresses)
             watcher = await self._kv.watchall()
         except Exception as exc:
             await self._close_nats()
@@ -175,6 +177,7 @@ class ClusterRelay(Relay):
             raise ClusterUnreachable(url=self.url, detail=_reason(exc)) from None
         self._spawn(self._watch(watcher))
         self._spawn(self._beat())
+        self._spawn(self._report_addresses())
         if isinstance(self.store, JetStreamStore):
             self._spawn(self.store.watch_async(self._learned))
             self._spawn(self._survey())
@@ -213,6 +216,8 @@ class ClusterRelay(Relay):
             deletes = [kv.delete(key, last=revision) for key, (_, revision) in claims]
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.gather(*deletes, return_exceptions=True), NATS_TIMEOUT)
+            with contextlib.suppress(Exception):  # its connections no longer count anywhere
+                await self._nc.publish(addresses.subject(self.names), self.cluster_core.sources.goodbye())
         await self._close_nats()
 
     async def _close_nats(self) -> None:
@@ -663,6 +668,28 @@ class ClusterRelay(Relay):
                 return True
             await asyncio.sleep(HEARTBEAT / 10)
         return True  # neither: cautious
+
+    # -- the per-address limits across the cluster (addresses.py) ----------------------------
+
+    async def _on_addresses(self, msg: Msg) -> None:
+        try:
+            self.cluster_core.sources.heard(msg.data, asyncio.get_running_loop().time())
+        except RemoteProtocolError as exc:
+            log.warning("an address report from another relay that does not decode: %s", exc)
+
+    async def _report_addresses(self) -> None:
+        """Send this relay's address report whenever one is due. Not while NATS is out of
+        reach: what this relay lets in meanwhile is told once it is back."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(addresses.REPORT_INTERVAL)
+            nc = self._nc
+            if nc is None or not nc.is_connected:
+                continue
+            payload = self.cluster_core.sources.report(loop.time())
+            if payload is not None:
+                with contextlib.suppress(Exception):  # lost: its counts go again, its new connections not
+                    await nc.publish(addresses.subject(self.names), payload)
 
     # -- NATS's own events ----------------------------------------------------------------------
 
