@@ -7,21 +7,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+from nacl.public import PrivateKey
 
 from e2echat.errors import RemoteProtocolError
 from e2echat.relay.cluster.addresses import (
     MAX_ENTRIES,
     SharedSources,
+    cluster_secret,
     decode_report,
     encode_report,
+    pseudonym,
     threshold,
 )
 from e2echat.relay.cluster.relay import ClusterRelay
 from e2echat.relay.cluster.wire import DEAD_AFTER, HEARTBEAT
 from e2echat.relay.limits import Limits
+from e2echat.store.keyfile import load_or_create_relay_key
 from e2echat.wire import messages as m
 
 from nats_support import NatsServer
@@ -29,6 +34,7 @@ from support import LOOPBACK, WAIT, RawClient, running, start_relay_process
 
 ONE, OTHER = "a" * 16, "b" * 16
 HOME = "10.0.0.1"
+SECRET = cluster_secret(PrivateKey.generate())
 #: connect as fast as a test likes: only the limit a test is about is in the way
 UNLIMITED: dict[str, Any] = {"connect_rate": 1e9, "connect_burst": 1e9}
 
@@ -37,13 +43,24 @@ UNLIMITED: dict[str, Any] = {"connect_rate": 1e9, "connect_burst": 1e9}
 
 
 def test_a_report_goes_both_ways() -> None:
-    entries = [(HOME, 3, 1), ("2001:db8::/64", 0, 2)]
+    entries = [(pseudonym(SECRET, HOME), 3, 1), (pseudonym(SECRET, "2001:db8::/64"), 0, 2)]
     assert decode_report(encode_report(ONE, entries)) == (ONE, entries)
     assert decode_report(encode_report(ONE, [])) == (ONE, [])
 
 
-def _entry(address: bytes, counts: bytes = b"\0\1\0\0") -> bytes:
-    return bytes((len(address),)) + address + counts
+def test_an_address_is_named_only_by_its_pseudonym() -> None:
+    name = pseudonym(SECRET, HOME)
+    report = encode_report(ONE, [(name, 3, 1)])
+    assert HOME.encode() not in report and bytes.fromhex(name) in report
+    assert pseudonym(SECRET, "10.0.0.2") != name  # another address, another name
+    assert pseudonym(cluster_secret(PrivateKey.generate()), HOME) != name  # another cluster's key
+
+
+_NAME = bytes(16)
+
+
+def _entry(name: bytes = _NAME, counts: bytes = b"\0\1\0\0") -> bytes:
+    return name + counts
 
 
 @pytest.mark.parametrize(
@@ -53,19 +70,17 @@ def _entry(address: bytes, counts: bytes = b"\0\1\0\0") -> bytes:
         b"not a node id at all" + b"\0\0",
         ONE.encode(),  # no count
         ONE.encode() + b"\0\1",  # one entry promised, none there
-        ONE.encode() + b"\0\1" + _entry(HOME.encode(), b"\0\1"),  # counts cut short
-        ONE.encode() + b"\0\1" + _entry(b"10.0.0.1 x"),  # not an address
-        ONE.encode() + b"\0\1" + _entry(b""),
-        ONE.encode() + b"\0\1" + _entry(b"\xff"),
-        ONE.encode() + b"\0\2" + _entry(HOME.encode()) * 2,  # one address twice
-        ONE.encode() + b"\0\1" + _entry(HOME.encode()) + b"!",  # bytes left over
+        ONE.encode() + b"\0\1" + _entry(counts=b"\0\1"),  # counts cut short
+        ONE.encode() + b"\0\1" + _entry(_NAME[:8]),  # a name cut short
+        ONE.encode() + b"\0\2" + _entry() * 2,  # one address twice
+        ONE.encode() + b"\0\1" + _entry() + b"!",  # bytes left over
         ONE.encode() + (MAX_ENTRIES + 1).to_bytes(2, "big"),
     ],
 )
 def test_a_report_that_is_not_one_is_refused(payload: bytes) -> None:
     with pytest.raises(RemoteProtocolError):
         decode_report(payload)
-    sources = SharedSources(Limits(), ONE)
+    sources = SharedSources(Limits(), ONE, SECRET)
     with pytest.raises(RemoteProtocolError):
         sources.heard(payload, 0.0)
 
@@ -75,7 +90,11 @@ def test_a_report_that_is_not_one_is_refused(payload: bytes) -> None:
 
 def _pair(**limits: Any) -> tuple[Limits, SharedSources, SharedSources]:
     settings = Limits(**limits)
-    return settings, SharedSources(settings, ONE), SharedSources(settings, OTHER)
+    return settings, SharedSources(settings, ONE, SECRET), SharedSources(settings, OTHER, SECRET)
+
+
+def _elsewhere_of(sources: SharedSources, address: str = HOME) -> int:
+    return sources.elsewhere(sources.pseudonym(address))
 
 
 def _told(sender: SharedSources, receiver: SharedSources, now: float) -> None:
@@ -89,7 +108,7 @@ def test_connections_open_on_another_relay_count_here() -> None:
     for _ in range(3):
         assert other.open(limits, HOME, 0.0) is None
     _told(other, one, 0.1)
-    assert one.elsewhere(HOME) == 3
+    assert _elsewhere_of(one) == 3
     assert one.open(limits, HOME, 0.2) is None  # the fourth, across the two
     refused = one.open(limits, HOME, 0.2)
     assert refused is not None and "too many connections" in refused
@@ -112,7 +131,7 @@ def test_new_connections_let_in_on_another_relay_are_charged_here() -> None:
 
 def test_what_another_relay_lets_in_is_charged_only_down_to_a_burst_below_empty() -> None:
     limits, one, _ = _pair(connect_rate=1.0, connect_burst=4.0)
-    one.heard(encode_report(OTHER, [(HOME, 0, 60_000)]), 0.0)
+    one.heard(encode_report(OTHER, [(pseudonym(SECRET, HOME), 0, 60_000)]), 0.0)
     assert one.open(limits, HOME, 4.9) is not None  # owed: a burst below empty, refilling
     assert one.open(limits, HOME, 5.0) is None  # not 60,000 seconds
 
@@ -124,14 +143,14 @@ def test_an_address_with_a_few_connections_is_not_named() -> None:
     for _ in range(many - 1):
         other.open(limits, HOME, 0.0)
     _told(other, one, 0.0)  # says only that they were let in
-    assert one.elsewhere(HOME) == 0
+    assert _elsewhere_of(one) == 0
     assert other.report(0.1) is None  # nothing new, and nothing named to renew
     other.open(limits, HOME, 0.2)
     _told(other, one, 0.2)
-    assert one.elsewhere(HOME) == many
+    assert _elsewhere_of(one) == many
     other.close(HOME)
     _told(other, one, 0.3)  # below the share again: no longer named
-    assert one.elsewhere(HOME) == 0
+    assert _elsewhere_of(one) == 0
 
 
 def test_a_report_not_renewed_is_dropped_and_a_goodbye_drops_it_at_once() -> None:
@@ -141,20 +160,20 @@ def test_a_report_not_renewed_is_dropped_and_a_goodbye_drops_it_at_once() -> Non
     assert other.report(HEARTBEAT / 2) is None  # unchanged, and not yet due again
     _told(other, one, HEARTBEAT)  # renewed
     one.sweep(limits, HEARTBEAT + DEAD_AFTER - 0.1)
-    assert one.elsewhere(HOME) == 1
+    assert _elsewhere_of(one) == 1
     one.sweep(limits, HEARTBEAT + DEAD_AFTER + 0.1)  # not heard since: gone, or cut off
-    assert one.elsewhere(HOME) == 0
+    assert _elsewhere_of(one) == 0
     _told(other, one, 10.0)
-    assert one.elsewhere(HOME) == 1
+    assert _elsewhere_of(one) == 1
     one.heard(other.goodbye(), 10.1)
-    assert one.elsewhere(HOME) == 0
+    assert _elsewhere_of(one) == 0
 
 
 def test_a_relay_ignores_its_own_report() -> None:
     limits, one, _ = _pair(connections_per_address=4, **UNLIMITED)
     one.open(limits, HOME, 0.0)
     _told(one, one, 0.0)
-    assert one.elsewhere(HOME) == 0
+    assert _elsewhere_of(one) == 0
 
 
 # -- two real relays on a real NATS server ------------------------------------------------------
@@ -162,6 +181,9 @@ def test_a_relay_ignores_its_own_report() -> None:
 
 @contextlib.asynccontextmanager
 async def cluster(server: NatsServer, count: int, **options: Any) -> AsyncIterator[list[ClusterRelay]]:
+    """``count`` relays of one cluster on ``server``, with one key (``key``, or a new one):
+    the relays of a cluster share it, and name addresses under it."""
+    options.setdefault("key", PrivateKey.generate())
     async with contextlib.AsyncExitStack() as stack:
         relays = []
         for _ in range(count):
@@ -177,7 +199,8 @@ async def _until(condition: Callable[[], bool]) -> None:
 
 def _elsewhere(relay: ClusterRelay) -> int:
     """What ``relay`` knows the loopback address has open on the other relays."""
-    return relay.cluster_core.sources.elsewhere(LOOPBACK)
+    sources = relay.cluster_core.sources
+    return sources.elsewhere(sources.pseudonym(LOOPBACK))
 
 
 async def _refused(relay: Any, text: str) -> None:
@@ -229,11 +252,15 @@ async def test_new_connections_are_counted_across_two_relays(nats_server: NatsSe
 
 
 @pytest.mark.timeout(60)
-async def test_a_killed_relays_connections_stop_counting_within_seconds(nats_server: NatsServer) -> None:
+async def test_a_killed_relays_connections_stop_counting_within_seconds(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    key_path = tmp_path / "relay.key"
+    key, _ = load_or_create_relay_key(key_path)
     flags = ("--connections-per-address", "4", "--connect-rate", "1000000", "--connect-burst", "1000000")
-    async with cluster(nats_server, 1, connections_per_address=4, **UNLIMITED) as (survivor,):
+    async with cluster(nats_server, 1, key=key, connections_per_address=4, **UNLIMITED) as (survivor,):
         process, port, _ = await start_relay_process(
-            "--port", "0", "--no-announce", "--cluster", nats_server.url, *flags
+            "--port", "0", "--no-announce", "--cluster", nats_server.url, "--key", str(key_path), *flags
         )
         doomed = _Port(port)
         raws: list[RawClient] = []

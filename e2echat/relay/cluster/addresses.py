@@ -5,7 +5,9 @@ Two limits must hold across the cluster, or an address spread over N relays gets
 each: the connections it has open (``connections_per_address``) and the rate at which it
 opens new ones (``connect_rate``, ``connect_burst``), which is also what bounds its
 registrations (a connection registers once). So every relay sends, on the cluster's
-``addresses`` subject, a report (``encode_report``) naming:
+``addresses`` subject, a report (``encode_report``) naming, each by its ``pseudonym``
+(keyed BLAKE2b under a key derived from the relays' shared key: NATS learns no client's
+address, only how many connections some unnamed address has):
 
 - each address with at least a share of the limit open on it (``threshold``: 1/32 of
   it, 8 at the default 256), and how many; an address with fewer is not named. A report
@@ -43,6 +45,9 @@ import math
 import struct
 from collections.abc import Sequence
 
+from nacl.bindings import crypto_generichash_blake2b_salt_personal as blake2b
+from nacl.public import PrivateKey
+
 from e2echat.errors import RemoteProtocolError
 from e2echat.relay.cluster.wire import DEAD_AFTER, HEARTBEAT, NODE_ID_SIZE, Names, check_node
 from e2echat.relay.limits import Limits, Sources
@@ -55,20 +60,23 @@ REPORT_SHARE = 32
 #: how often a changed report goes out (s): new connections on one relay are counted on
 #: the others within this (and the time NATS takes)
 REPORT_INTERVAL = 0.25
-#: addresses in one report: 16,384 of the longest (an IPv6 /64, 43 characters) make under
-#: 1 MiB, NATS's default bound on a message; what does not fit waits for the next one
+#: addresses in one report, 20 bytes each: 320 KiB, well under NATS's default bound on a
+#: message (1 MiB); what does not fit waits for the next one
 MAX_ENTRIES = 16_384
 #: other relays whose reports are kept: a relay hears of more only through a bug
 MAX_NODES = 1024
-#: the longest address a report may name (an IPv6 /64 written out is 43 characters)
-MAX_ADDRESS = 64
+#: an address in a report: 128 bits of keyed BLAKE2b (see ``pseudonym``)
+PSEUDONYM_SIZE = 16
+SECRET_SIZE = 32
+LABEL_SECRET = b"e2echat addrs".ljust(16, b"\0")
+LABEL_ADDRESS = b"e2echat address".ljust(16, b"\0")
 #: a count on the wire (connections open, or let in since the last report)
 MAX_COUNT = 0xFFFF
 
 _HEAD = struct.Struct(">H")
-_COUNTS = struct.Struct(">HH")
+_ENTRY = struct.Struct(f">{PSEUDONYM_SIZE}sHH")
 
-#: one address in a report: (address, connections open, new connections since the last)
+#: one address in a report: (its pseudonym in hex, connections open, new connections since)
 Entry = tuple[str, int, int]
 
 
@@ -82,14 +90,26 @@ def threshold(limits: Limits) -> int:
     return max(1, limits.connections_per_address // REPORT_SHARE)
 
 
+def cluster_secret(relay_key: PrivateKey) -> bytes:
+    """The key the relays of a cluster name addresses under: from the key they share."""
+    return blake2b(b"", digest_size=SECRET_SIZE, key=bytes(relay_key), person=LABEL_SECRET)
+
+
+def pseudonym(secret: bytes, address: str) -> str:
+    """``address`` (as ``address_key`` gives it) as the cluster's reports name it: keyed
+    BLAKE2b, so NATS, and anyone on it without the relays' key, learns no client's address
+    (a keyed hash of 2^32 IPv4 addresses cannot be tried through without the key)."""
+    raw = address.encode("utf-8", "surrogateescape")
+    return blake2b(raw, digest_size=PSEUDONYM_SIZE, key=secret, person=LABEL_ADDRESS).hex()
+
+
 def encode_report(node: str, entries: Sequence[Entry]) -> bytes:
     """Relay ``node``'s report: its node id, then each entry (counts capped at
     ``MAX_COUNT``). At most ``MAX_ENTRIES`` entries: the caller cuts."""
     assert len(entries) <= MAX_ENTRIES
     parts = [node.encode("ascii"), _HEAD.pack(len(entries))]
-    for address, open_, opened in entries:
-        raw = address.encode("ascii")
-        parts += (bytes((len(raw),)), raw, _COUNTS.pack(min(open_, MAX_COUNT), min(opened, MAX_COUNT)))
+    for name, open_, opened in entries:
+        parts.append(_ENTRY.pack(bytes.fromhex(name), min(open_, MAX_COUNT), min(opened, MAX_COUNT)))
     return b"".join(parts)
 
 
@@ -104,71 +124,66 @@ def decode_report(payload: bytes) -> tuple[str, list[Entry]]:
     at += _HEAD.size
     if count > MAX_ENTRIES:
         raise RemoteProtocolError(detail="an address report names too many addresses")
+    if len(payload) != at + count * _ENTRY.size:
+        raise RemoteProtocolError(detail="an address report is not as long as it says")
     entries: list[Entry] = []
-    seen: set[str] = set()
-    for _ in range(count):
-        if at >= len(payload):
-            raise RemoteProtocolError(detail="an address report is cut short")
-        size = payload[at]
-        raw = payload[at + 1 : at + 1 + size]
-        at += 1 + size
-        if not 0 < size <= MAX_ADDRESS or len(raw) != size or not all(0x21 <= byte < 0x7F for byte in raw):
-            raise RemoteProtocolError(detail="an address report names an address that is not one")
-        if len(payload) < at + _COUNTS.size:
-            raise RemoteProtocolError(detail="an address report is cut short")
-        open_, opened = _COUNTS.unpack_from(payload, at)
-        at += _COUNTS.size
-        address = raw.decode("ascii")
-        if address in seen:
-            raise RemoteProtocolError(detail="an address report names an address twice")
-        seen.add(address)
-        entries.append((address, open_, opened))
-    if at != len(payload):
-        raise RemoteProtocolError(detail="an address report has bytes left over")
+    for index in range(count):
+        name, open_, opened = _ENTRY.unpack_from(payload, at + index * _ENTRY.size)
+        entries.append((name.hex(), open_, opened))
+    if len({name for name, _, _ in entries}) != count:
+        raise RemoteProtocolError(detail="an address report names an address twice")
     return node, entries
 
 
 class SharedSources(Sources):
     """``Sources`` for a relay of a cluster: what each address has open here and on the
     other relays (as their reports say), and new connections let in anywhere charged to
-    its bucket here. Time is passed in, as to ``Sources``."""
+    its bucket here. An address is known here by its ``pseudonym`` alone, as the reports
+    name it. Time is passed in, as to ``Sources``."""
 
-    def __init__(self, limits: Limits, node: str) -> None:
+    def __init__(self, limits: Limits, node: str, secret: bytes) -> None:
         super().__init__()
         self.limits = limits
         self.node = node
+        self._secret = secret
         self._threshold = threshold(limits)
-        #: node -> (when its last report came, address -> connections open there)
+        #: node -> (when its last report came, pseudonym -> connections open there)
         self._tables: dict[str, tuple[float, dict[str, int]]] = {}
-        #: address -> connections open on the other relays, the sum of their tables
+        #: pseudonym -> connections open on the other relays, the sum of their tables
         self._elsewhere: dict[str, int] = {}
-        #: addresses with at least ``threshold`` open here: what the next report names
+        #: pseudonyms with at least ``threshold`` open here: what the next report names
         self._many: set[str] = set()
-        #: address -> new connections let in here since the last report
+        #: pseudonym -> new connections let in here since the last report
         self._opened: dict[str, int] = {}
         #: whether ``_many`` or a count in it changed since the last report
         self._changed = False
         self._sent_at = -math.inf
         self._sent_nothing = True
 
+    def pseudonym(self, address: str) -> str:
+        return pseudonym(self._secret, address)
+
     def elsewhere(self, address: str) -> int:
+        """The connections the address with this pseudonym has open on the other relays."""
         return self._elsewhere.get(address, 0)
 
     def open(self, limits: Limits, address: str, now: float) -> str | None:
-        refused = super().open(limits, address, now)
+        name = self.pseudonym(address)
+        refused = super().open(limits, name, now)
         if refused is None:
-            self._opened[address] = self._opened.get(address, 0) + 1
-            if self.open_from(address) >= self._threshold:
-                self._many.add(address)
+            self._opened[name] = self._opened.get(name, 0) + 1
+            if self.open_from(name) >= self._threshold:
+                self._many.add(name)
                 self._changed = True
         return refused
 
     def close(self, address: str) -> None:
-        super().close(address)
-        if address in self._many:
+        name = self.pseudonym(address)
+        super().close(name)
+        if name in self._many:
             self._changed = True
-            if self.open_from(address) < self._threshold:
-                self._many.discard(address)
+            if self.open_from(name) < self._threshold:
+                self._many.discard(name)
 
     def sweep(self, limits: Limits, now: float) -> None:
         """As ``Sources.sweep``; and the tables of relays not heard within ``DEAD_AFTER``
@@ -187,10 +202,10 @@ class SharedSources(Sources):
         if node not in self._tables and len(self._tables) >= MAX_NODES:
             log.warning("an address report from one relay too many (%d kept): ignored", MAX_NODES)
             return
-        self._replace(node, {address: open_ for address, open_, _ in entries if open_}, now)
-        for address, _, opened in entries:
+        self._replace(node, {name: open_ for name, open_, _ in entries if open_}, now)
+        for name, _, opened in entries:
             if opened:
-                self.charge(self.limits, address, opened, now)
+                self.charge(self.limits, name, opened, now)
 
     def report(self, now: float) -> bytes | None:
         """This relay's report, if one is due (something changed, or what the last one
@@ -198,14 +213,13 @@ class SharedSources(Sources):
         renew = not self._sent_nothing and now - self._sent_at >= HEARTBEAT
         if not (self._changed or self._opened or renew):
             return None
-        opened = self._opened
-        many = self._many
-        entries: list[Entry] = [(each, self.open_from(each), opened.get(each, 0)) for each in many]
-        entries += [(address, 0, count) for address, count in opened.items() if address not in many]
+        opened, many = self._opened, self._many
+        entries: list[Entry] = [(name, self.open_from(name), opened.get(name, 0)) for name in many]
+        entries += [(name, 0, count) for name, count in opened.items() if name not in many]
         # What does not fit goes in the next one (and the counts missed cost only slack).
         entries = entries[:MAX_ENTRIES]
-        for address, _, _ in entries:
-            opened.pop(address, None)
+        for name, _, _ in entries:
+            opened.pop(name, None)
         self._changed = len(many) > MAX_ENTRIES
         self._sent_at, self._sent_nothing = now, not entries
         return encode_report(self.node, entries)
@@ -217,13 +231,13 @@ class SharedSources(Sources):
     def _replace(self, node: str, table: dict[str, int], now: float = 0.0) -> None:
         old = self._tables.pop(node, (0.0, {}))[1]
         elsewhere = self._elsewhere
-        for address, count in old.items():
-            left = elsewhere[address] - count
+        for name, count in old.items():
+            left = elsewhere[name] - count
             if left:
-                elsewhere[address] = left
+                elsewhere[name] = left
             else:
-                del elsewhere[address]
+                del elsewhere[name]
         if table:
             self._tables[node] = (now, table)
-            for address, count in table.items():
-                elsewhere[address] = elsewhere.get(address, 0) + count
+            for name, count in table.items():
+                elsewhere[name] = elsewhere.get(name, 0) + count

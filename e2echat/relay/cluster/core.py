@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from e2echat.relay.actions import Action, ConnId, Persist, Write, keep
-from e2echat.relay.cluster.addresses import SharedSources
+from e2echat.relay.cluster.addresses import SharedSources, cluster_secret
 from e2echat.relay.core import RelayCore, _Connection
 from e2echat.relay.kept import Kept
 from e2echat.relay.limits import Backlog, Limits
@@ -261,7 +261,7 @@ class ClusterCore(RelayCore):
         return self._sources
 
     def _new_sources(self) -> SharedSources:
-        return SharedSources(self.limits, self.node)
+        return SharedSources(self.limits, self.node, cluster_secret(self.key))
 
     def _new_router(self) -> ClusterRouter:
         return ClusterRouter(
