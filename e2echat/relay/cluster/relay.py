@@ -20,9 +20,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import Awaitable
 from dataclasses import replace
 from typing import Any
+from urllib.parse import urlsplit
 
 import nats
 import nats.errors
@@ -195,6 +197,13 @@ class ClusterRelay(Relay):
             "reconnected_cb": self._reconnected,
             "error_cb": self._error,
         }
+        if urlsplit(self.url).scheme == "tls":
+            # TLS before the first byte of NATS's protocol, on every (re)connection: in
+            # nats-py 2.16 the usual upgrade happens only if the server's INFO, sent in
+            # the clear, asks for it, so whoever is on the path could strip that and read
+            # CONNECT (credentials) and everything after. The server must be set up for it
+            # (``handshake_first: true`` in its tls block; README, "A cluster of relays").
+            options["tls_handshake_first"] = True
         options.update(self._nats_options)
         # nats-py keeps trying a server it cannot reach (as it should once connected): at
         # start-up, one that does not answer in time is an error, with what went wrong.
@@ -721,5 +730,7 @@ class ClusterRelay(Relay):
 
 
 def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError) and exc.reason == "WRONG_VERSION_NUMBER":
+        return "it did not answer in TLS (for tls://, its tls block needs handshake_first: true)"
     text = str(exc).strip()
     return text or type(exc).__name__
