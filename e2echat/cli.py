@@ -146,7 +146,12 @@ def _cluster_relay(args: argparse.Namespace) -> Callable[..., Relay]:
         raise UsageError(detail=str(exc)) from None
     nats_options: dict[str, Any] = {}
     if args.cluster_creds:
-        nats_options["user_credentials"] = str(Path(args.cluster_creds).expanduser())
+        creds = Path(args.cluster_creds).expanduser()
+        try:
+            creds.read_bytes()  # nats-py reads it only once connected, and says less
+        except OSError as exc:
+            raise UsageError(detail=f"--cluster-creds {args.cluster_creds}: {exc.strerror or exc}") from None
+        nats_options["user_credentials"] = str(creds)
     if args.cluster_ca:
         try:
             nats_options["tls"] = ssl.create_default_context(cafile=str(Path(args.cluster_ca).expanduser()))

@@ -173,9 +173,13 @@ class ClusterRelay(Relay):
             await nc.subscribe(addresses.subject(self.names), cb=self._on_addresses)
             watcher = await self._kv.watchall()
         except Exception as exc:
+            self._stopping = True  # not "reconnecting": it is giving up
             await self._close_nats()
             if self._server is not None:
                 await super().stop()
+            if isinstance(exc, nats.js.errors.ServiceUnavailableError):
+                detail = "it does not run JetStream (start nats-server with -js, and -sd DIR for its store)"
+                raise ClusterUnreachable(url=self.url, detail=detail) from None
             raise ClusterUnreachable(url=self.url, detail=_reason(exc)) from None
         self._spawn(self._watch(watcher))
         self._spawn(self._beat())
@@ -730,6 +734,8 @@ class ClusterRelay(Relay):
 
 
 def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ModuleNotFoundError) and exc.name == "nkeys":
+        return "a credentials file (--cluster-creds) needs nkeys: pip install 'e2echat[cluster]'"
     if isinstance(exc, ssl.SSLError) and exc.reason == "WRONG_VERSION_NUMBER":
         return "it did not answer in TLS (for tls://, its tls block needs handshake_first: true)"
     text = str(exc).strip()
