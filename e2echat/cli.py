@@ -110,7 +110,10 @@ def _run_relay(args: argparse.Namespace) -> int:
     make_relay: Callable[..., Relay] = Relay
     if args.cluster:
         make_relay = _cluster_relay(args)
-        note += f"\nIt is one relay of the cluster {args.cluster_name!r} on {args.cluster}."
+        note += (
+            f"\nIt is one relay of the cluster {args.cluster_name!r} on {args.cluster}: give people "
+            "all its relays (--host A:PORT,B:PORT,...), so that they move to another if this one goes."
+        )
     serve = run_relay(
         args.host,
         args.port,
