@@ -169,6 +169,19 @@ def test_a_report_not_renewed_is_dropped_and_a_goodbye_drops_it_at_once() -> Non
     assert _elsewhere_of(one) == 0
 
 
+def test_new_connections_waiting_to_be_told_are_bounded() -> None:
+    # As while NATS is out of reach: nothing is reported, and addresses keep coming.
+    limits, one, _ = _pair(**UNLIMITED)
+    for number in range(MAX_ENTRIES + 10):
+        address = f"10.{number >> 16 & 255}.{number >> 8 & 255}.{number & 255}"
+        assert one.open(limits, address, 0.0) is None
+        one.close(address)
+    report = one.report(0.0)
+    assert report is not None
+    assert len(decode_report(report)[1]) == MAX_ENTRIES
+    assert one.report(0.1) is None  # the rest went untold
+
+
 def test_a_relay_ignores_its_own_report() -> None:
     limits, one, _ = _pair(connections_per_address=4, **UNLIMITED)
     one.open(limits, HOME, 0.0)

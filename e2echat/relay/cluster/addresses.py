@@ -63,8 +63,9 @@ REPORT_INTERVAL = 0.25
 #: addresses in one report, 20 bytes each: 320 KiB, well under NATS's default bound on a
 #: message (1 MiB); what does not fit waits for the next one
 MAX_ENTRIES = 16_384
-#: other relays whose reports are kept: a relay hears of more only through a bug
-MAX_NODES = 1024
+#: other relays whose reports are kept: a relay hears of more only through a bug (and
+#: then keeps at most this many reports of ``MAX_ENTRIES``)
+MAX_NODES = 256
 #: an address in a report: 128 bits of keyed BLAKE2b (see ``pseudonym``)
 PSEUDONYM_SIZE = 16
 SECRET_SIZE = 32
@@ -170,12 +171,17 @@ class SharedSources(Sources):
     def open(self, limits: Limits, address: str, now: float) -> str | None:
         name = self.pseudonym(address)
         refused = super().open(limits, name, now)
-        if refused is None:
-            self._opened[name] = self._opened.get(name, 0) + 1
-            if self.open_from(name) >= self._threshold:
-                self._many.add(name)
-                self._changed = True
-        return refused
+        if refused is not None:
+            return refused
+        opened = self._opened
+        if name in opened or len(opened) < MAX_ENTRIES:
+            # Bounded: while NATS is out of reach nothing is reported, and new addresses
+            # past a report's worth go untold (slack, not memory).
+            opened[name] = opened.get(name, 0) + 1
+        if self.open_from(name) >= self._threshold:
+            self._many.add(name)
+            self._changed = True
+        return None
 
     def close(self, address: str) -> None:
         name = self.pseudonym(address)
