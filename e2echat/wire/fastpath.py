@@ -245,23 +245,26 @@ def decode_deliver_frame(data: bytes) -> tuple[str, bytes] | None:
     (a client's usual read): read in place, without cutting the frame out first. None
     for anything else, which the caller then gives to its ``FrameDecoder``. (No length
     check against MAX_FRAME is needed: a body of at most MAX_BODY keeps it far below.)"""
-    size = len(data) if type(data) is bytes else 0
+    if type(data) is not bytes or len(data) < _DELIVER_NICK_AT + 1:
+        return None
+    # the frame's length, then the payload's tag, version and nick length, in one call
+    length, tag, version, nick_size = _deliver_frame_head(data)
+    size = PREFIX_SIZE + length
+    end = _DELIVER_NICK_AT + nick_size
     if (
-        size < _DELIVER_AT + 4
-        or not data.startswith(_DELIVER_START, _DELIVER_AT)
-        or _frame_length(data)[0] != size - _DELIVER_AT
+        tag != DELIVER_TAG
+        or version != PROTOCOL_VERSION
+        or size != len(data)
+        or not 0 < size - end <= MAX_BODY  # (none if the nick ran past the end)
     ):
         return None
-    end = _DELIVER_AT + 3 + data[_DELIVER_AT + 2]
-    if not 0 < size - end <= MAX_BODY:  # (none if the nick ran past the end)
-        return None
-    sender = _NICKS.get(data[_DELIVER_AT + 3 : end]) or _nick(data[_DELIVER_AT + 3 : end])
+    sender = _NICKS.get(data[_DELIVER_NICK_AT:end]) or _nick(data[_DELIVER_NICK_AT:end])
     return None if sender is None else (sender, data[end:])
 
 
-_DELIVER_AT = PREFIX_SIZE  # the payload, after the frame's length
-_DELIVER_START = bytes((DELIVER_TAG, PROTOCOL_VERSION))
-_frame_length = struct.Struct(">I").unpack_from
+_deliver_frame_head = struct.Struct(">IBBB").unpack_from
+_DELIVER_NICK_AT = PREFIX_SIZE + 3  # after the frame's length, the tag, version and nick length
+assert struct.calcsize(">I") == PREFIX_SIZE  # (the frame's length is the first field read)
 
 
 # -- routed -------------------------------------------------------------------------------
