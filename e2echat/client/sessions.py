@@ -180,9 +180,19 @@ class Sessions:
             # Not a contact (we share no room): a private message, or a receipt, read as
             # mail from someone away is, in the session kept with them.
             return self.mail(sender, body, kept=False)
-        session = self.keyring.get(sender, peer.identity_key)
+        # keyring.get, inline: the session is ours only under the key the directory shows
+        # (the same object, usually: a session is made with the directory's key)
+        peers = self.keyring.peers
+        session = peers.get(sender)
+        if session is not None:
+            if session.identity_key is peer.identity_key or bytes(session.identity_key) == bytes(
+                peer.identity_key
+            ):
+                peers.move_to_end(sender)
+            else:
+                session = None
         candidate = None
-        if session is None and peer is not None:
+        if session is None:
             # Sessions they started under a key not (yet) accepted, or one they start now:
             # kept only once their first message authenticates.
             candidate = self.keyring.unaccepted(sender, peer.identity_key)
@@ -230,7 +240,7 @@ class Sessions:
         if kind is _STATUS:  # no receipt is owed for one
             return events + self._status(sender, counter, text, trust, sent)
         if kind is _ROOM:
-            shown_in = self._rooms.get(room)
+            shown_in = self._rooms.rooms.get(room)
             if shown_in is None or sender not in shown_in.members:
                 # Not shown, and not acknowledged: its sender hears it did not arrive.
                 return events + self._misplaced(sender, room)
@@ -247,7 +257,6 @@ class Sessions:
                 # first contact too, and the pin's last use is kept to the day.
                 if directory.known_peers.exchanged(sender, session.identity_key):
                     events.append(KeyPinned(sender))
-        if trust is not _CHANGED:
             back = self.statuses.spoke(sender, counter)  # a line typed: back, if away
             if back is not None:
                 events.append(back)

@@ -172,6 +172,7 @@ _KIND_COUNT = len(_KINDS)
 _FILE_NUMBER = _KIND_NUMBERS[Kind.FILE]
 _ROOM_NUMBER = _KIND_NUMBERS[Kind.ROOM]
 _NO_DIRECTORY = bytes(32)
+_ROOM_KIND = Kind.ROOM  # (read per message: a module constant costs less than the enum's)
 
 
 def encode_party(party: Party) -> bytes:
@@ -399,6 +400,28 @@ class PeerSession:
                 current.prekey_header = b""
                 self._restart = False
                 self._dirty.add(self.peer)
+                # The usual plaintext, a room's (a send time and a view, no acks), is read
+                # here: of _parse's checks only the send time's bound and the room's end
+                # are left for it. Anything else (or too short to say) goes to _parse.
+                if len(raw) < _INNER_SIZE:
+                    return self._parse(raw, 0, False)
+                counter, kind_number, flags, sent, directory, ack_count, room_size = _INNER.unpack_from(raw)
+                room_end = _INNER_SIZE + room_size
+                if (
+                    flags == _USUAL_FLAGS
+                    and kind_number == _ROOM_NUMBER
+                    and not ack_count
+                    and sent < MAX_SENT
+                    and room_end <= len(raw)
+                ):
+                    try:  # strict UTF-8: no lone surrogates (they would crash the display)
+                        room = raw[_INNER_SIZE:room_end].decode("utf-8")
+                        text = raw[room_end:].decode("utf-8")
+                    except ValueError:
+                        raise DecryptionError(peer=self.peer, detail="malformed plaintext") from None
+                    last = self._last_directory
+                    view = last[1] if directory == last[0] else self._hex(directory)
+                    return _ROOM_KIND, counter, text, 0, False, view, (), sent, room, b""
                 return self._parse(raw, 0, False)
         kind = body[0] if body else None
         if kind != RATCHET_MESSAGE:
@@ -490,40 +513,30 @@ class PeerSession:
         return self._parse(raw, skipped, late)
 
     def _parse(self, raw: bytes, skipped: int, late: bool) -> Fields:
-        # Once per message received: the checks read module constants, not enum members.
+        # Every plaintext but the usual one in the current chain (``read`` reads that).
         try:
             counter, kind_number, flags, sent, directory, ack_count, room_size = _INNER.unpack_from(raw)
             data = b""
-            if flags == _USUAL_FLAGS and not ack_count and kind_number == _ROOM_NUMBER:
-                # The usual message (a room's, with a send time and a view, no acks): of the
-                # checks below, only the send time's bound and the room's end are left.
-                room_end = _INNER_SIZE + room_size
-                if sent >= MAX_SENT or room_end > len(raw):
-                    raise ValueError("malformed")
-                acks: tuple[int, ...] = ()
-                room = raw[_INNER_SIZE:room_end].decode("utf-8")
-                text = raw[room_end:].decode("utf-8")
+            acks_end = _INNER_SIZE + 8 * ack_count
+            room_end = acks_end + room_size
+            if (
+                kind_number >= _KIND_COUNT
+                or flags & _UNKNOWN_FLAGS
+                or (sent >= MAX_SENT if flags & _HAS_SENT else sent)
+                or (not flags & _HAS_DIRECTORY and directory != _NO_DIRECTORY)
+                or ack_count > MAX_ACKS
+                or (room_size and kind_number != _ROOM_NUMBER)
+                or room_end > len(raw)
+            ):
+                raise ValueError("malformed")
+            # (struct.error if the acks are cut short)
+            acks = struct.unpack_from(f">{ack_count}Q", raw, _INNER_SIZE) if ack_count else ()
+            # strict UTF-8: no lone surrogates (they would crash the display)
+            room = raw[acks_end:room_end].decode("utf-8") if room_size else ""
+            if kind_number == _FILE_NUMBER:
+                text, data = "", raw[room_end:]
             else:
-                acks_end = _INNER_SIZE + 8 * ack_count
-                room_end = acks_end + room_size
-                if (
-                    kind_number >= _KIND_COUNT
-                    or flags & _UNKNOWN_FLAGS
-                    or (sent >= MAX_SENT if flags & _HAS_SENT else sent)
-                    or (not flags & _HAS_DIRECTORY and directory != _NO_DIRECTORY)
-                    or ack_count > MAX_ACKS
-                    or (room_size and kind_number != _ROOM_NUMBER)
-                    or room_end > len(raw)
-                ):
-                    raise ValueError("malformed")
-                # (struct.error if the acks are cut short)
-                acks = struct.unpack_from(f">{ack_count}Q", raw, _INNER_SIZE) if ack_count else ()
-                # strict UTF-8: no lone surrogates (they would crash the display)
-                room = raw[acks_end:room_end].decode("utf-8") if room_size else ""
-                if kind_number == _FILE_NUMBER:
-                    text, data = "", raw[room_end:]
-                else:
-                    text = raw[room_end:].decode("utf-8")
+                text = raw[room_end:].decode("utf-8")
         except (ValueError, struct.error):  # UnicodeDecodeError is a ValueError
             raise DecryptionError(peer=self.peer, detail="malformed plaintext") from None
         if flags & _HAS_DIRECTORY:
