@@ -9,6 +9,9 @@ through ``KnownPeers``). Who is in which room, and our views of each, are ``Room
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from collections.abc import Mapping
+
+from nacl.public import PublicKey
 
 from e2echat.client.events import Event, KeyChanged, KeyPinned
 from e2echat.client.trust import KnownPeers, Trust
@@ -120,6 +123,23 @@ class Directory:
             trust = self.known_peers.state(nick, self.peer(nick).identity_key)
             self._trust_cache[nick] = trust
         return trust
+
+    def withheld_among(self, nicks: list[str], keys: Mapping[str, PublicKey]) -> list[str]:
+        """Those of ``nicks`` (each online) whose key changed and is not accepted, or whom
+        the directory shows under another identity key than ``keys`` (a room's) says: what
+        a room message does not go to. ``trust`` and the key compared for each, in one
+        call: a room message asks it of every recipient."""
+        self._check_caches()
+        peers, cached, changed = self.peers, self._trust_cache, Trust.CHANGED
+        withheld = []
+        for nick in nicks:
+            trust = cached.get(nick)
+            if trust is None:
+                trust = self.trust(nick)
+            shown, key = peers[nick].identity_key, keys[nick]
+            if trust is changed or (shown is not key and bytes(shown) != bytes(key)):
+                withheld.append(nick)
+        return withheld
 
     def withheld(self) -> list[str]:
         """Peers online whose identity key changed: nothing is sent to them until accepted."""

@@ -211,12 +211,7 @@ class Outbox:
         # Every copy goes to the key the room lists (the one its safety number covers):
         # one the directory shows otherwise is not sent (belt and braces: Presence keeps
         # the two the same).
-        blocked = [
-            nick
-            for nick in online
-            if self._directory.trust(nick) is Trust.CHANGED
-            or bytes(peers[nick].identity_key) != bytes(keys[nick])
-        ]
+        blocked = self._directory.withheld_among(online, keys)
         recipients = [nick for nick in online if nick not in blocked] if blocked else online
         away, away_blocked = self._away_members([nick for nick in others if nick not in peers], keys)
         recipients, blocked = recipients + away, blocked + away_blocked

@@ -92,7 +92,11 @@ class Presence:
         # The view, not the safety number, says whether the list changed anything: it
         # changes with the same members and keys, and costs nothing to read.
         view = self._rooms.rooms[room].view
-        members = [(peer.nick, peer.identity_key) for peer in online]
+        # Each key online as the directory's own object where it is the same key: a room
+        # message compares every recipient's two (Directory.withheld_among), and the same
+        # object is the quick answer.
+        shown = self._directory.peers
+        members = [(peer.nick, _same_key(shown.get(peer.nick), peer)) for peer in online]
         members += [(member.nick, member.identity_key) for member in away]
         listed = self._rooms.listed(room, members, more)
         if listed is None:
@@ -181,3 +185,11 @@ class Presence:
     def peer_left(self, nick: str) -> list[Event]:
         """A contact went offline (``PeerLeft``): a member of our rooms still, away."""
         return self._sessions.left(nick)
+
+
+def _same_key(shown: PeerInfo | None, peer: PeerInfo) -> PublicKey:
+    """``peer``'s identity key, as the object ``shown`` (the directory's entry) holds if it
+    is the same key."""
+    if shown is not None and bytes(shown.identity_key) == bytes(peer.identity_key):
+        return shown.identity_key
+    return peer.identity_key
