@@ -42,6 +42,7 @@ from e2echat.crypto.session import (
     prepare,
     random_nonces,
     seal_all,
+    seal_copies,
 )
 from e2echat.crypto.x3dh import PrekeyBundle
 from e2echat.errors import BadPrekeyBundle, BadPrekeySignature, CommandError, RemoteProtocolError
@@ -312,11 +313,13 @@ class Outbox:
         # Each copy's envelope, written as it is sealed: the frame is then one join. (First
         # the place of the frame's head, written once its size is known.)
         pieces: list[bytes] = [b""]
-        unsealed: set[str] = set()
         fetch: list[str] = []
         sessions = self._sessions_with(recipients)  # (None for someone away)
         seal_copy, head, length = prepared.copies(len(recipients)), envelope_head, BODY_LENGTH.pack
         awaiting = self._awaiting
+        # Those whose copy is sealed now, and their sessions: sealed below, in one call.
+        sealed: list[str] = []
+        sealing: list[PeerSession] = []
         for nick, session in zip(recipients, sessions, strict=True):
             identity_key: PublicKey | None = None
             if session is None:
@@ -326,13 +329,12 @@ class Outbox:
                     session, identity_key = self.kept(nick)
             if session is not None:
                 if nick not in awaiting or all(copy.message_id == 0 for copy in awaiting[nick]):
-                    counters[nick], body = session.seal_copy(seal_copy)
-                    pieces += (head(nick), length(len(body)), body)
+                    sealed.append(nick)
+                    sealing.append(session)
                     continue
                 # They started a session with us while an earlier copy waits for their
                 # bundle: this one waits behind it, or it would reach them first.
                 identity_key = session.identity_key
-            unsealed.add(nick)
             if identity_key is not None:
                 # No session yet: the copy is numbered now and sealed when their bundle comes.
                 counter = self._keyring.peer(nick, identity_key).take_counter()
@@ -346,7 +348,10 @@ class Outbox:
                 fetch.append(nick)
             room_key = None if keys is None else keys[nick]  # their bundle must be for it
             waiting.append(_Waiting(message_id, prepared, counter, identity_key, room_key))
-        count = len(pieces) // 3
+        for nick, (counter, body) in zip(sealed, seal_copies(sealing, seal_copy), strict=True):
+            counters[nick] = counter
+            pieces += (head(nick), length(len(body)), body)
+        count = len(sealed)
         if not count:
             frames = b""
         elif (
@@ -356,7 +361,6 @@ class Outbox:
         ):  # the usual case, a room message: everything fits in one frame
             frames = send_frame(message_id, count, pieces)
         else:
-            sealed = [nick for nick in recipients if nick not in unsealed]
             frames = send_frames(message_id, list(zip(sealed, pieces[3::3], strict=True)))
         now = self._clock()
         # Its receipts are due counting from when it leaves, which may be later if we are

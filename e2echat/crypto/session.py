@@ -737,6 +737,24 @@ def seal_all(messages: list[tuple[PeerSession, Prepared]]) -> list[tuple[str, by
     return [(s.peer, s.seal(prepared, nonce)) for (s, prepared), nonce in zip(messages, nonces, strict=True)]
 
 
+def seal_copies(peers: list[PeerSession], seal_copy: SealCopy) -> list[tuple[int, bytes]]:
+    """``peer.seal_copy(seal_copy)`` for each of ``peers``, in order: a room message's
+    copies, one a recipient, in one call (what ``PeerSession.seal_copy`` does, inline)."""
+    copies = []
+    for peer in peers:
+        sessions = peer._sessions
+        if not sessions:
+            raise LocalProtocolError(detail=f"no session with {peer.peer} yet")
+        session = sessions[0]
+        counter = peer.next_counter
+        body = session.ratchet.seal_copy(seal_copy, counter)
+        peer.next_counter = counter + 1
+        peer._dirty.add(peer.peer)
+        header = session.prekey_header
+        copies.append((counter, header + body if header else body))
+    return copies
+
+
 def random_nonces(count: int) -> list[bytes]:
     """``count`` nonces of 24 random bytes from libsodium, drawn in one call: a room
     message needs one per recipient, and one call is far cheaper than ``count``."""
