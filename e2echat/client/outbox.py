@@ -57,6 +57,8 @@ from e2echat.wire.objects import Bundle
 # What the envelopes of one frame may take, by envelope_size: the rest of MAX_FRAME is
 # for the frame's own head (10 bytes), and to spare.
 FRAME_BUDGET = MAX_FRAME - 4096
+# Envelope heads kept (Outbox._head): the people one relay holds online, and then some.
+MAX_HEADS = 20_000
 # What one envelope costs in a frame besides its nick and its body: their lengths, 1 and
 # 4 bytes (wire/binary.py).
 ENVELOPE_OVERHEAD = 5
@@ -191,6 +193,8 @@ class Outbox:
         self.acks_due = acks_due
         #: when the next batch of receipts may go (clock time)
         self.receipts_due_at = 0.0
+        # nick -> envelope_head(nick), for the nicks we send to (see _head)
+        self._heads: dict[str, bytes] = {}
 
     # -- messages ---------------------------------------------------------------------------
 
@@ -214,8 +218,9 @@ class Outbox:
         # the two the same).
         blocked = self._directory.withheld_among(online, keys)
         recipients = [nick for nick in online if nick not in blocked] if blocked else online
-        away, away_blocked = self._away_members([nick for nick in others if nick not in peers], keys)
-        recipients, blocked = recipients + away, blocked + away_blocked
+        if len(online) < len(others):  # (members away: theirs wait in their mailboxes)
+            away, away_blocked = self._away_members([nick for nick in others if nick not in peers], keys)
+            recipients, blocked = recipients + away, blocked + away_blocked
         if only is not None:
             recipients = [nick for nick in recipients if nick in only]
             blocked = [nick for nick in blocked if nick in only]
@@ -315,7 +320,7 @@ class Outbox:
         pieces: list[bytes] = [b""]
         fetch: list[str] = []
         sessions = self._sessions_with(recipients)  # (None for someone away)
-        seal_copy, head, length = prepared.copies(len(recipients)), envelope_head, BODY_LENGTH.pack
+        seal_copy, length = prepared.copies(len(recipients)), BODY_LENGTH.pack
         awaiting = self._awaiting
         # Those whose copy is sealed now, and their sessions: sealed below, in one call.
         sealed: list[str] = []
@@ -348,18 +353,25 @@ class Outbox:
                 fetch.append(nick)
             room_key = None if keys is None else keys[nick]  # their bundle must be for it
             waiting.append(_Waiting(message_id, prepared, counter, identity_key, room_key))
+        # Each envelope's head (made once a nick) and its body's length (once a size: a
+        # message's copies are mostly of one), from dictionaries: a call less for each.
+        heads, lengths = self._heads, dict[int, bytes]()
         for nick, (counter, body) in zip(sealed, seal_copies(sealing, seal_copy), strict=True):
             counters[nick] = counter
-            pieces += (head(nick), length(len(body)), body)
+            body_size = len(body)
+            pieces += (
+                heads.get(nick) or self._head(nick),
+                lengths.get(body_size) or lengths.setdefault(body_size, length(body_size)),
+                body,
+            )
         count = len(sealed)
+        size = sum(map(len, pieces))  # the sum of their envelope_size
         if not count:
             frames = b""
         elif (
-            count <= MAX_ITEMS
-            and sum(map(len, pieces)) <= FRAME_BUDGET  # the sum of their envelope_size
-            and len(counters) == len(recipients)  # no nick twice
+            count <= MAX_ITEMS and size <= FRAME_BUDGET and len(counters) == len(recipients)  # no nick twice
         ):  # the usual case, a room message: everything fits in one frame
-            frames = send_frame(message_id, count, pieces)
+            frames = send_frame(message_id, count, pieces, size)
         else:
             frames = send_frames(message_id, list(zip(sealed, pieces[3::3], strict=True)))
         now = self._clock()
@@ -369,6 +381,13 @@ class Outbox:
         self._fetch(fetch, now)
         self._tracker.sent(message_id, kind is Kind.PRIVATE, counters, leaves, preview(text), report_as)
         return message_id
+
+    def _head(self, nick: str) -> bytes:
+        """``envelope_head(nick)``, kept in ``_heads`` (as many as a relay holds online)."""
+        if len(self._heads) >= MAX_HEADS:
+            self._heads.clear()
+        head = self._heads[nick] = envelope_head(nick)
+        return head
 
     def _fetch(self, nicks: list[str], now: float) -> None:
         """Ask the relay for the bundles of ``nicks``."""

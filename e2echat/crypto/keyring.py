@@ -101,7 +101,7 @@ class Keyring:
                 found.append(None)  # (as in get: sessions under another key cannot serve)
                 continue
             used(nick)
-            found.append(peer if peer.can_send else None)
+            found.append(peer if peer._sessions and not peer._restart else None)  # (can_send, inline)
         return found
 
     def peer(self, nick: str, identity_key: PublicKey) -> PeerSession:

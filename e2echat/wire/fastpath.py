@@ -198,18 +198,21 @@ def encode_send(message_id: int, items: Sequence[tuple[str, bytes]]) -> bytes:
     return b"".join(parts)
 
 
-def send_frame(message_id: int, count: int, pieces: list[bytes]) -> bytes:
+def send_frame(message_id: int, count: int, pieces: list[bytes], size: int | None = None) -> bytes:
     """``encode_frame(encode_send(message_id, items))`` for ``count`` envelopes already
     written as pieces, after a placeholder: ``pieces[0]`` is replaced by the frame's head
     (its length, then the send's), and for each envelope come ``envelope_head(to)``,
     ``BODY_LENGTH.pack(len(body))`` and the body, bytes of 1 to MAX_BODY (the writer's to
-    keep: the pieces are not read here). One join: the frame is copied once."""
+    keep: the pieces are not read here). One join: the frame is copied once. ``size``:
+    ``sum(map(len, pieces))`` with the placeholder empty, if the caller has it already."""
     check_id(message_id)
     require(0 < count <= MAX_ITEMS, f"a send needs 1 to {MAX_ITEMS} envelopes")
     require(len(pieces) == 3 * count + 1, "a placeholder, then three pieces to an envelope")
     head = SEND_HEAD.pack(SEND_TAG, PROTOCOL_VERSION, message_id)
-    pieces[0] = head  # so that the sum below is the payload's size
-    pieces[0] = frame_head(sum(map(len, pieces))) + head
+    pieces[0] = b""
+    if size is None:
+        size = sum(map(len, pieces))
+    pieces[0] = frame_head(SEND_HEAD.size + size) + head
     return b"".join(pieces)
 
 
