@@ -73,6 +73,7 @@ from e2echat.crypto.steps import HEADER_SIZE, PREFIX_SIZE, SealCopy, open_next, 
 from e2echat.errors import BadRatchetState, DecryptionError, LocalProtocolError, ReplayError, SkippedTooMany
 
 MESSAGE_VERSION = 1
+_VERSION = bytes([MESSAGE_VERSION])
 # Most message keys one incoming message may make us derive and skip, over both its old
 # and its new chain: bounds the CPU a message can cost (1000 chain steps, ~1.5 ms) and is
 # far more than a relay that works ever loses. Beyond it: ``SkippedTooMany``.
@@ -130,6 +131,7 @@ class Ratchet:
         "_pn",
         "_prev_dhr",
         "_prev_hkr",
+        "_receiving",
         "_rk",
         "_send_prefix",
         "peer",
@@ -141,12 +143,18 @@ class Ratchet:
         self._owner = budget.register()
         self._rk = b""
         self._set_sending(our_ratchet_key, None)
-        self._dhr: bytes | None = None
+        self._set_receiving(None)
         self._ckr: bytes | None = None
         self._hkr: bytes | None = None
         self._prev_dhr: bytes | None = None
         self._prev_hkr: bytes | None = None
         self._ns = self._nr = self._pn = 0
+
+    def _set_receiving(self, their_ratchet_key: bytes | None) -> None:
+        self._dhr = their_ratchet_key
+        # What every message under their ratchet key starts with, the version and the key
+        # (open_in_chain: one check for both); None while there is none.
+        self._receiving = None if their_ratchet_key is None else _VERSION + their_ratchet_key
 
     def _set_sending(self, our_ratchet_key: PrivateKey, chain_key: bytes | None) -> None:
         self._dhs = our_ratchet_key
@@ -178,7 +186,7 @@ class Ratchet:
             budget.release(state._owner)
             raise DecryptionError(peer=peer, detail="their signed prekey is not a valid point") from None
         state._set_sending(ours, chain)
-        state._dhr = bytes(their_ratchet_key)
+        state._set_receiving(bytes(their_ratchet_key))
         return state
 
     @classmethod
@@ -248,12 +256,12 @@ class Ratchet:
         current receiving chain. Its plaintext, the session moved on; None for any other
         message and for one that does not open, with nothing changed: ``decrypt`` then
         takes it, and says why. (As in ``decrypt``, the AEAD alone authenticates it.)"""
-        ckr = self._ckr
+        ckr, receiving = self._ckr, self._receiving
         if (
             ckr is None
+            or receiving is None
             or len(message) < MIN_MESSAGE
-            or message[0] != MESSAGE_VERSION
-            or message[1:_KEY_END] != self._dhr
+            or not message.startswith(receiving)  # the version and their ratchet key
         ):
             return None
         (counter,) = _COUNT.unpack_from(message, _N_AT)
@@ -377,7 +385,8 @@ class Ratchet:
         ours = PrivateKey.generate()
         self._rk, send_chain = kdf_root(root, _dh(ours, ratchet_key))
         self._prev_dhr, self._prev_hkr = self._dhr, self._hkr
-        self._dhr, self._ckr, self._hkr, self._nr = ratchet_key, chain, new_hkr, counter + 1
+        self._set_receiving(ratchet_key)
+        self._ckr, self._hkr, self._nr = chain, new_hkr, counter + 1
         self._pn, self._ns = self._ns, 0
         self._set_sending(ours, send_chain)
         if skipped:
@@ -437,7 +446,7 @@ class Ratchet:
         state = cls(peer, budget, PrivateKey(dhs))
         state._rk, state._ns, state._nr, state._pn = root, ns, nr, pn
         if flags & 0b0001:
-            state._dhr = fields.pop(0)
+            state._set_receiving(fields.pop(0))
         if flags & 0b0010:
             state._ckr, state._hkr = fields.pop(0), fields.pop(0)
         if flags & 0b0100:
