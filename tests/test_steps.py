@@ -157,6 +157,39 @@ def test_open_next_opens_what_seal_sealed(
     assert steps._composed_open(chain_key, message, AUTHENTICATED) == (next_chain, plaintext)
 
 
+@pytest.mark.parametrize(
+    "size", [0, steps.SCRATCH_PLAINTEXT - 1, steps.SCRATCH_PLAINTEXT, steps.SCRATCH_PLAINTEXT + 1, 130_000]
+)
+def test_open_next_opens_in_its_buffer_and_beyond_it(size: int) -> None:
+    # Up to SCRATCH_PLAINTEXT in the buffer made once, beyond it in one of their own.
+    chain_key, plaintext = os.urandom(32), os.urandom(size)
+    next_chain, message = steps.seal(chain_key, os.urandom(32), HEADER, os.urandom(24), plaintext)
+    assert steps.open_next(chain_key, message, AUTHENTICATED) == (next_chain, plaintext)
+    assert steps._composed_open(chain_key, message, AUTHENTICATED) == (next_chain, plaintext)
+
+
+def test_open_next_answers_alike_with_its_buffer_in_use_or_after_a_refusal() -> None:
+    # Its buffer taken (as by another thread) or given back after a forgery: the same answers.
+    chain_key = os.urandom(32)
+    next_chain, message = steps.seal(chain_key, os.urandom(32), HEADER, os.urandom(24), b"twice")
+    pool = next(  # (the list whose pop the direct open_next takes its buffer with)
+        cell.cell_contents.__self__
+        for cell in steps._direct_open.__closure__ or ()
+        if isinstance(getattr(cell.cell_contents, "__self__", None), list)
+    )
+    taken = pool.pop()
+    try:
+        assert steps._direct_open(chain_key, message, AUTHENTICATED) == (next_chain, b"twice")
+    finally:
+        pool.append(taken)
+    with pytest.raises(CryptoError):
+        steps._direct_open(chain_key, message[:-1] + bytes([message[-1] ^ 1]), AUTHENTICATED)
+    assert pool == [taken]  # given back after the refusal
+    assert steps._direct_open(chain_key, message, AUTHENTICATED) == (next_chain, b"twice")
+    _, view, _, _ = taken
+    assert view[: 2 * 32] == bytes(64)  # the keys wiped after use
+
+
 def _tampered(message: bytes) -> list[bytes]:
     """``message`` with one bit flipped in each of its bytes, cut short, or extended."""
     flipped = [message[:at] + bytes([message[at] ^ 1]) + message[at + 1 :] for at in range(len(message))]

@@ -52,6 +52,9 @@ _SIZES = "a chain key and a header key are 32 bytes, a nonce 24"
 PREFIX_SIZE = 33
 _COUNTERS = struct.Struct(">II")
 HEADER_SIZE = PREFIX_SIZE + _COUNTERS.size
+# Plaintexts up to this size (a screenful of text, with room) are opened in a buffer made
+# once (see _direct_steps); larger ones, parts of files, in one of their own.
+SCRATCH_PLAINTEXT = 20 * 1024
 #: a copy's plaintext starts with its number
 _NUMBER = struct.Struct(">Q")
 
@@ -141,6 +144,14 @@ def _direct_steps(ffi: Any, lib: Any) -> tuple[Seal, Open]:
             raise crypto_error("encryption failed")
         return view[:key_size], authenticated + nonce + view[keys_end:]
 
+    # The usual message is opened in a buffer made once (next chain key || message key ||
+    # plaintext), with its view and pointers; its keys are wiped after each use. Taken from
+    # a pool of one (list.pop and append are atomic): a second thread (libsodium's calls
+    # let go of the GIL) finds it empty and makes its own, as for a large message.
+    scratch = new("unsigned char[]", keys_end + SCRATCH_PLAINTEXT)
+    pool = [(scratch, buffer(scratch), scratch + keys_end, scratch + key_size)]
+    take, give_back, wipe = pool.pop, pool.append, bytes(keys_end)
+
     def open_next(chain_key: bytes, message: bytes, authenticated_size: int) -> tuple[bytes, bytes]:
         nonce_end = authenticated_size + nonce_size
         size = len(message) - nonce_end - mac_size
@@ -148,23 +159,39 @@ def _direct_steps(ffi: Any, lib: Any) -> tuple[Seal, Open]:
             raise value_error(sizes)
         if size < 0 or authenticated_size < 0:
             raise crypto_error("shorter than the authentication tag")
-        out = new("unsigned char[]", keys_end + size)
-        if generichash(out, keys_end, null, 0, chain_key, key_size, no_salt, label_chain):
-            raise crypto_error("crypto_generichash refused its arguments")
-        if decrypt(
-            out + keys_end,
-            null,
-            null,
-            message[nonce_end:],
-            size + mac_size,
-            message,  # its first authenticated_size bytes (fewer than it has: size >= 0)
-            authenticated_size,
-            message[authenticated_size:nonce_end],
-            out + key_size,
-        ):
+        scratch = None
+        if size <= SCRATCH_PLAINTEXT:
+            try:  # noqa: SIM105 (contextlib.suppress costs more than the buffer saves)
+                scratch = take()
+            except IndexError:  # in use (another thread)
+                pass
+        if scratch is None:  # (a part of a file, or the pool's one in use: a buffer of its own)
+            out = new("unsigned char[]", keys_end + size)
+            view, plaintext_at, message_key = buffer(out), out + keys_end, out + key_size
+        else:
+            out, view, plaintext_at, message_key = scratch
+        try:
+            if generichash(out, keys_end, null, 0, chain_key, key_size, no_salt, label_chain):
+                raise crypto_error("crypto_generichash refused its arguments")
+            failed = decrypt(
+                plaintext_at,
+                null,
+                null,
+                message[nonce_end:],
+                size + mac_size,
+                message,  # its first authenticated_size bytes (fewer than it has: size >= 0)
+                authenticated_size,
+                message[authenticated_size:nonce_end],
+                message_key,
+            )
+            next_chain, plaintext = view[:key_size], view[keys_end : keys_end + size]
+        finally:
+            view[:keys_end] = wipe  # the keys: the next chain key is the caller's now
+            if scratch is not None:
+                give_back(scratch)
+        if failed:
             raise crypto_error("the message does not authenticate")
-        view = buffer(out)
-        return view[:key_size], view[keys_end:]
+        return next_chain, plaintext
 
     return seal, open_next
 
