@@ -523,6 +523,27 @@ def test_authentic_but_malformed_plaintext_is_rejected(plaintext: bytes) -> None
     assert to_alice.decrypt(to_bob.encrypt("next", Kind.ROOM)).skipped == 0
 
 
+@pytest.mark.parametrize(
+    "plaintext",
+    [
+        pytest.param(_inner(n=3, sent=5, directory="ab" * 32, room="#ops", text="usual"), id="usual"),
+        pytest.param(_inner(n=3, sent=5, directory="ab" * 32, room="#ops", acks=(1, 2)), id="room-with-acks"),
+        pytest.param(_inner(n=3, sent=5, room="#ops"), id="room-without-a-view"),
+        pytest.param(_inner(n=3, directory="ab" * 32, room="#ops"), id="room-without-a-send-time"),
+        pytest.param(_inner(n=3, kind=Kind.PRIVATE, sent=5, directory="ab" * 32), id="private-with-a-view"),
+        pytest.param(_inner(n=3, sent=5, directory="ab" * 32, room="#ops", text="\u00e9t\u00e9"), id="utf8"),
+    ],
+)
+def test_the_usual_read_and_the_general_one_agree(plaintext: bytes) -> None:
+    """``read`` reads the usual plaintext (a room's, next in the chain) itself: whatever
+    opens that way reads as ``_parse`` reads it, acks, room and all."""
+    _, _, to_bob, to_alice = talked()
+    to_alice.decrypt(to_bob.encrypt("alice -> bob", Kind.ROOM))
+    body = seal_as(to_bob, plaintext)
+    expected = to_alice._parse(opened_raw(to_alice, body), 0, False)
+    assert to_alice.read(body) == expected
+
+
 def test_a_file_part_carries_bytes_not_text() -> None:
     """Any bytes at all, not UTF-8 (a chunk of a file), come back as ``data``."""
     _, _, to_bob, to_alice = talked()
