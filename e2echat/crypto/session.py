@@ -225,7 +225,8 @@ class PeerSession:
         self._base_keys: OrderedDict[bytes, None] = OrderedDict()
         #: the number our next message to them carries (receipts acknowledge it)
         self.next_counter = 0
-        self._last_directory = (b"", "")  # raw and hex: see _hex
+        # The peer's last directory hash, raw and in hex: see _hex
+        self._last_raw, self._last_hex = b"", ""
 
     @property
     def can_send(self) -> bool:
@@ -402,15 +403,16 @@ class PeerSession:
                 self._dirty.add(self.peer)
                 # The usual plaintext, a room's (a send time and a view, no acks), is read
                 # here: of _parse's checks only the send time's bound and the room's end
-                # are left for it. Anything else (or too short to say) goes to _parse.
-                if len(raw) < _INNER_SIZE:
+                # are left for it. Anything else goes to _parse.
+                try:
+                    counter, kind_number, flags, sent, directory, acks, room_size = _INNER.unpack_from(raw)
+                except struct.error:  # too short to say
                     return self._parse(raw, 0, False)
-                counter, kind_number, flags, sent, directory, ack_count, room_size = _INNER.unpack_from(raw)
                 room_end = _INNER_SIZE + room_size
                 if (
                     flags == _USUAL_FLAGS
                     and kind_number == _ROOM_NUMBER
-                    and not ack_count
+                    and not acks
                     and sent < MAX_SENT
                     and room_end <= len(raw)
                 ):
@@ -419,8 +421,7 @@ class PeerSession:
                         text = raw[room_end:].decode("utf-8")
                     except ValueError:
                         raise DecryptionError(peer=self.peer, detail="malformed plaintext") from None
-                    last = self._last_directory
-                    view = last[1] if directory == last[0] else self._hex(directory)
+                    view = self._last_hex if directory == self._last_raw else self._hex(directory)
                     return _ROOM_KIND, counter, text, 0, False, view, (), sent, room, b""
                 return self._parse(raw, 0, False)
         kind = body[0] if body else None
@@ -540,8 +541,7 @@ class PeerSession:
         except (ValueError, struct.error):  # UnicodeDecodeError is a ValueError
             raise DecryptionError(peer=self.peer, detail="malformed plaintext") from None
         if flags & _HAS_DIRECTORY:
-            last = self._last_directory
-            view = last[1] if directory == last[0] else self._hex(directory)
+            view = self._last_hex if directory == self._last_raw else self._hex(directory)
         else:
             view = ""
         return (
@@ -559,9 +559,9 @@ class PeerSession:
 
     def _hex(self, directory: bytes) -> str:
         # A peer's directory hash changes only when the directory does: remember the last.
-        if directory != self._last_directory[0]:
-            self._last_directory = (directory, directory.hex())
-        return self._last_directory[1]
+        if directory != self._last_raw:
+            self._last_raw, self._last_hex = directory, directory.hex()
+        return self._last_hex
 
     # -- persistence ----------------------------------------------------------------------
 

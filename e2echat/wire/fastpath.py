@@ -250,13 +250,12 @@ def decode_deliver_frame(data: bytes) -> tuple[str, bytes] | None:
     check against MAX_FRAME is needed: a body of at most MAX_BODY keeps it far below.)"""
     if type(data) is not bytes or len(data) < _DELIVER_NICK_AT + 1:
         return None
-    # the frame's length, then the payload's tag, version and nick length, in one call
-    length, tag, version, nick_size = _deliver_frame_head(data)
+    # the frame's length, then the payload's tag and version (as one number) and nick length
+    length, tag_and_version, nick_size = _deliver_frame_head(data)
     size = PREFIX_SIZE + length
     end = _DELIVER_NICK_AT + nick_size
     if (
-        tag != DELIVER_TAG
-        or version != PROTOCOL_VERSION
+        tag_and_version != _DELIVER_TAG_AND_VERSION
         or size != len(data)
         or not 0 < size - end <= MAX_BODY  # (none if the nick ran past the end)
     ):
@@ -265,7 +264,8 @@ def decode_deliver_frame(data: bytes) -> tuple[str, bytes] | None:
     return None if sender is None else (sender, data[end:])
 
 
-_deliver_frame_head = struct.Struct(">IBBB").unpack_from
+_deliver_frame_head = struct.Struct(">IHB").unpack_from
+_DELIVER_TAG_AND_VERSION = DELIVER_TAG << 8 | PROTOCOL_VERSION
 _DELIVER_NICK_AT = PREFIX_SIZE + 3  # after the frame's length, the tag, version and nick length
 assert struct.calcsize(">I") == PREFIX_SIZE  # (the frame's length is the first field read)
 
