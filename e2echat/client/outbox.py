@@ -19,8 +19,8 @@ copy is numbered only once its session is known (``DeliveryTracker.numbered``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterator
-from typing import NamedTuple
+from collections.abc import Callable, Collection, Iterable, Iterator
+from typing import NamedTuple, cast
 
 import nacl.utils
 from nacl.public import PublicKey
@@ -232,7 +232,17 @@ class Outbox:
                     "accepted (see /verify and /trust)"
                 )
             raise CommandError(detail=f"nobody else is in {room}; the message was not sent")
-        return self._send(text, Kind.ROOM, recipients, report_as, room=room, view=members.view, keys=keys)
+        everyone_online = len(online) == len(others)
+        return self._send(
+            text,
+            Kind.ROOM,
+            recipients,
+            report_as,
+            room=room,
+            view=members.view,
+            keys=keys,
+            online=recipients if everyone_online else None,
+        )
 
     def _away_members(self, away: list[str], keys: dict[str, PublicKey]) -> tuple[list[str], list[str]]:
         """(the members of a room away (``away``, sorted) that a room message goes to, those
@@ -295,9 +305,11 @@ class Outbox:
         room: str = "",
         view: str = "",
         keys: dict[str, PublicKey] | None = None,
+        online: list[str] | None = None,
     ) -> int:
         """``keys``: a room's (nick -> identity key): a copy that waits for its recipient's
-        bundle goes only if the bundle is for the key the room lists."""
+        bundle goes only if the bundle is for the key the room lists. ``online``: those of
+        ``recipients`` online, if the caller knows (else they are looked up)."""
         if not text:
             raise CommandError(detail="empty message not sent")
         if not is_utf8(text):
@@ -312,7 +324,8 @@ class Outbox:
         # neither: no view to compare).
         prepared = prepare(text, kind, directory_hash=view, sent=int(self._wall_clock()), room=room)
         peers = self._directory.peers
-        online = [nick for nick in recipients if nick in peers]
+        if online is None:
+            online = [nick for nick in recipients if nick in peers]
         self._notices.extend(self._directory.exchanged(online))  # first contact pins the key
         counters: dict[str, int] = {}
         # Each copy's envelope, written as it is sealed: the frame is then one join. (First
@@ -325,7 +338,13 @@ class Outbox:
         # Those whose copy is sealed now, and their sessions: sealed below, in one call.
         sealed: list[str] = []
         sealing: list[PeerSession] = []
-        for nick, session in zip(recipients, sessions, strict=True):
+        pairs: Iterable[tuple[str, PeerSession | None]] = zip(recipients, sessions, strict=True)
+        if None not in sessions and awaiting.keys().isdisjoint(recipients):
+            # The usual message: a session with each, and no copy of theirs waiting for a
+            # bundle (which this one would have to wait behind): the loop below, in C.
+            sealed, sealing = recipients, cast("list[PeerSession]", sessions)
+            pairs = ()
+        for nick, session in pairs:
             identity_key: PublicKey | None = None
             if session is None:
                 if nick in peers:
