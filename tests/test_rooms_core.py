@@ -533,3 +533,57 @@ def test_no_copy_goes_in_a_session_kept_under_another_key_than_the_room_s() -> N
     assert core(wire, alice).left_out == ["bob"]
     sends = [msg for msg in wire.sent[alice] if isinstance(msg, m.Send) and msg.id == message_id]
     assert [item.to for msg in sends for item in msg.items] == ["carol"]
+
+
+# -- who a room message goes to, kept between messages (Outbox.send_room) ---------------------
+
+
+def test_a_member_who_joins_gets_the_next_room_message() -> None:
+    """The room's view changes: its members online are found again."""
+    wire, (alice, bob, carol) = people("alice", "bob", "carol")
+    in_room(wire, "#ops", alice, bob)
+    core(wire, alice).send_room("#ops", "bob's key pinned")  # (a pin is another change)
+    core(wire, alice).send_room("#ops", "before carol")
+    in_room(wire, "#ops", alice, bob, carol)  # carol, a contact already, joins #ops
+    core(wire, alice).send_room("#ops", "after carol")
+    wire.pump()
+    assert [e.text for e in received(wire, carol)] == ["after carol"]
+
+
+def test_a_member_back_online_gets_the_next_room_message_live() -> None:
+    """Only the directory changes (the room lists her under the same key throughout)."""
+    wire, (alice, bob) = people("alice", "bob")
+    key = PrivateKey.generate()
+    carol = wire.connect("carol", identity=key)
+    in_room(wire, "#lobby", alice, bob, carol)
+    core(wire, alice).send_room("#lobby", "all here")
+    wire.pump()
+    wire.hang_up(carol)
+    wire.pump()
+    core(wire, alice).send_room("#lobby", "carol away")
+    wire.pump()
+    back = wire.connect("carol", identity=key, keyring=core(wire, carol).keyring)  # (her sessions)
+    wire.pump()
+    wire.take_all()
+    assert "carol" in core(wire, alice).peers
+    view = core(wire, alice).room("#lobby").view  # type: ignore[union-attr]
+    core(wire, alice).send_room("#lobby", "carol back")
+    wire.pump()
+    assert core(wire, alice).room("#lobby").view == view  # type: ignore[union-attr]
+    assert "carol back" in [e.text for e in received(wire, back)]
+
+
+def test_a_key_accepted_lets_the_next_room_message_go_to_it() -> None:
+    """Only a pin changes: the members withheld are found again."""
+    wire, (alice, _bob) = people("alice", "bob")
+    core(wire, alice).send_room("#lobby", "to bob's key, pinned now")
+    wire.pump()
+    impostor = PeerInfo("bob", PrivateKey.generate().public_key, PrivateKey.generate().public_key)
+    wire.deliver(alice, _frame(m.PeerJoined(impostor)))
+    wire.take_all()
+    with pytest.raises(CommandError, match="not sent"):
+        core(wire, alice).send_room("#lobby", "not to the new key")
+    assert core(wire, alice).left_out == ["bob"]
+    core(wire, alice).accept_key("bob", core(wire, alice).key_fingerprint("bob"))
+    core(wire, alice).send_room("#lobby", "to the key accepted")
+    assert core(wire, alice).left_out == []

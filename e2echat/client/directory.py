@@ -47,6 +47,9 @@ class Directory:
         # join must not make the next message compare every key again: issue 19).
         self._trust_cache: dict[str, Trust] = {}
         self._cached_for: tuple[KnownPeers, int] | None = None
+        #: goes up with every entry added or removed: lets a room message keep what it
+        #: found of its recipients until someone comes or goes (Outbox.send_room)
+        self.version = 0
 
     def nicks(self) -> list[str]:
         """Every contact online, sorted."""
@@ -76,6 +79,7 @@ class Directory:
                 "relay holds (a hostile or broken relay); disconnected"
             )
         self.peers[peer.nick] = peer
+        self.version += 1
         self._trust_cache.pop(peer.nick, None)
         pin = self.known_peers.get(peer.nick)
         if pin is not None and pin.identity_key != peer.identity_key:
@@ -91,6 +95,7 @@ class Directory:
         """``nick`` left (or came back with other keys); their session key is retired if
         we ``had_session`` with it (see RETIRED_PER_NICK)."""
         peer = self.peers.pop(nick)
+        self.version += 1
         self._trust_cache.pop(nick, None)
         if had_session:
             self._retire(nick, bytes(peer.session_key))

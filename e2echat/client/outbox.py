@@ -31,7 +31,7 @@ from e2echat.client.pacing import Pacer
 from e2echat.client.receipts import NOT_KNOWN, UNNUMBERED, DeliveryTracker
 from e2echat.client.rooms import Rooms
 from e2echat.client.status import encode_status
-from e2echat.client.trust import Trust
+from e2echat.client.trust import KnownPeers, Trust
 from e2echat.crypto.keyring import Keyring
 from e2echat.crypto.session import (
     MAX_ACKS,
@@ -57,6 +57,8 @@ from e2echat.wire.objects import Bundle
 # What the envelopes of one frame may take, by envelope_size: the rest of MAX_FRAME is
 # for the frame's own head (10 bytes), and to spare.
 FRAME_BUDGET = MAX_FRAME - 4096
+# Rooms whose recipients online are kept (Outbox.send_room): more than anyone is in.
+MAX_ROOMS_FOUND = 1024
 # Envelope heads kept (Outbox._head): the people one relay holds online, and then some.
 MAX_HEADS = 20_000
 # What one envelope costs in a frame besides its nick and its body: their lengths, 1 and
@@ -195,6 +197,8 @@ class Outbox:
         self.receipts_due_at = 0.0
         # nick -> envelope_head(nick), for the nicks we send to (see _head)
         self._heads: dict[str, bytes] = {}
+        # room -> (what it was found under, its members online, those of them withheld)
+        self._found: dict[str, tuple[tuple[str, int, KnownPeers, int], list[str], list[str]]] = {}
 
     # -- messages ---------------------------------------------------------------------------
 
@@ -209,14 +213,25 @@ class Outbox:
         members = self._rooms.get(room)
         if members is None:
             raise CommandError(detail=f"you are not in {room} (/join {room}); the message was not sent")
-        peers = self._directory.peers
+        directory = self._directory
+        peers = directory.peers
         others = members.others
         keys = members.members
-        online = [nick for nick in others if nick in peers]
-        # Every copy goes to the key the room lists (the one its safety number covers):
-        # one the directory shows otherwise is not sent (belt and braces: Presence keeps
-        # the two the same).
-        blocked = self._directory.withheld_among(online, keys)
+        # Who of the room is online, and who of them is withheld, kept until the room's
+        # members or their keys (its view), the directory or a pin change: found again for
+        # every message, this was a tenth of a copy's Python.
+        known = directory.known_peers
+        stamp = (members.view, directory.version, known, known.generation)
+        found = self._found.get(room)
+        if found is None or found[0] != stamp:
+            online = [nick for nick in others if nick in peers]
+            # Every copy goes to the key the room lists (the one its safety number covers):
+            # one the directory shows otherwise is not sent (belt and braces: Presence keeps
+            # the two the same).
+            if len(self._found) >= MAX_ROOMS_FOUND:
+                self._found.clear()
+            found = self._found[room] = (stamp, online, directory.withheld_among(online, keys))
+        online, blocked = found[1], found[2]
         recipients = [nick for nick in online if nick not in blocked] if blocked else online
         if len(online) < len(others):  # (members away: theirs wait in their mailboxes)
             away, away_blocked = self._away_members([nick for nick in others if nick not in peers], keys)
