@@ -21,6 +21,7 @@ from e2echat.client.events import (
     KeyPinned,
     MailFromPastMember,
     MailReceived,
+    MessageReceived,
     MessagesMissing,
     PeerJoined,
     PeerLeft,
@@ -48,6 +49,7 @@ log = logging.getLogger("e2echat.client.sessions")
 _PREKEY_TYPE = bytes([PREKEY_MESSAGE])
 _RECEIPT, _PRIVATE, _STATUS, _ROOM, _FILE = Kind.RECEIPT, Kind.PRIVATE, Kind.STATUS, Kind.ROOM, Kind.FILE
 _CHANGED = Trust.CHANGED
+_NEW = tuple.__new__
 # Senders of mail whose trust is remembered (see Sessions._trust_in), at most.
 _TRUST_CACHE = 4096
 
@@ -260,7 +262,8 @@ class Sessions:
             back = self.statuses.spoke(sender, counter)  # a line typed: back, if away
             if back is not None:
                 events.append(back)
-        events.append(received((sender, text, kind is _PRIVATE, trust, late, sent, room)))
+        # (received, without the partial's call)
+        events.append(_NEW(MessageReceived, (sender, text, kind is _PRIVATE, trust, late, sent, room)))
         return events
 
     def _status(self, sender: str, counter: int, text: str, trust: Trust, sent: int | None) -> list[Event]:

@@ -217,11 +217,11 @@ class TheirStatuses:
         line typed brings its sender back (ui/away.py), so if the "back" that went before
         it was lost on the way, this says it all the same. A status older than it is then
         ignored, as one older than a status taken. The change it makes, if any."""
-        last = self._numbers.get(nick)
-        if last is not None and counter <= last:
+        numbers = self._numbers
+        if counter <= numbers.get(nick, -1):
             return None  # older than their last word: it says nothing of now
-        self._numbers[nick] = counter
-        if self._away.pop(nick, None) is None:
+        numbers[nick] = counter
+        if not self._away or self._away.pop(nick, None) is None:
             return None
         self._since.pop(nick, None)
         return Away(nick, "")
