@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 # Figures each section must report (key prefixes: the smoke sizes are part of some keys).
@@ -63,6 +65,7 @@ EXPECTED = {
 }
 
 
+@pytest.mark.slow
 def test_smoke_run_reports_every_figure_and_loses_nothing(tmp_path: Path) -> None:
     results = tmp_path / "smoke.json"
     run = subprocess.run(

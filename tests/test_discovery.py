@@ -122,6 +122,7 @@ async def _stopped(process: asyncio.subprocess.Process) -> str:
     return err.decode()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(30)
 async def test_an_announcing_relay_is_found_and_one_with_no_announce_is_not(tmp_path: Path) -> None:
     (quiet, quiet_port, _), (loud, loud_port, loud_fingerprint) = await asyncio.gather(
@@ -171,6 +172,7 @@ async def test_a_malformed_service_type_is_a_usage_error(service: str) -> None:
     )
 
 
+@pytest.mark.slow
 async def test_a_relay_under_another_service_type_is_not_found() -> None:
     async with running_relay() as relay, announced(relay):
         assert [found.port for found in await browse(1.5, interfaces=[LOOPBACK])] == [relay.port]
@@ -215,6 +217,7 @@ async def test_a_fake_announcement_with_another_key_is_refused(tmp_path: Path) -
     assert not (home / KNOWN_RELAYS_FILE).exists()
 
 
+@pytest.mark.slow
 async def test_a_pin_wins_over_an_announcement(tmp_path: Path) -> None:
     """An announcement must not replace a pin: an impostor that took the pinned relay's
     address and announces its own key is refused as before."""
@@ -234,6 +237,7 @@ async def test_a_pin_wins_over_an_announcement(tmp_path: Path) -> None:
     assert pins.get(relay_address(LOOPBACK, port)) == genuine.core.key.public_key
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(30)
 async def test_several_relays_found_are_listed_and_not_chosen_for_a_script(tmp_path: Path) -> None:
     async with running_relay() as first, running_relay() as second:
@@ -270,6 +274,7 @@ def _raw_answer(service: str, name: str) -> bytes:
     return out.packets()[0]
 
 
+@pytest.mark.slow
 async def test_malformed_announcements_are_left_out_not_a_crash() -> None:
     """Anyone on the LAN can send a name with terminal controls in it, or one too long, or
     a version that str.isdigit takes and int does not: the browse leaves them out."""
