@@ -74,7 +74,7 @@ def test_forwards_fetches_and_outcomes_go_both_ways() -> None:
     items = [("bob", b"\x00ciphertext"), ("carol", b"")]
     assert decode_forward(encode_forward("alice", items)) == ("alice", items)
     assert decode_fetch(encode_fetch("alice", ["bob", "carol"])) == ("alice", ["bob", "carol"])
-    outcome = (["bob"], ["carol"], ["dave"])
+    outcome = (["bob"], ["carol"], ["dave"], ["erin"], ["frank"])
     assert decode_outcome(encode_outcome(*outcome)) == outcome
 
 
@@ -95,7 +95,7 @@ def test_a_forward_that_is_not_one_is_refused(payload: bytes) -> None:
 def test_a_relay_answering_for_nicks_it_was_not_asked_about_is_ignored() -> None:
     forward = Forward(7, "alice", 42, Copies(delivered=["dave"]), {OTHER: [("bob", b"b"), ("carol", b"c")]})
     # It claims mallory (not asked) delivered, says nothing of carol.
-    routed = _written(forward.routed({OTHER: (["bob", "mallory"], [], [])}))
+    routed = _written(forward.routed({OTHER: (["bob", "mallory"], [], [], [], [])}))
     assert isinstance(routed, Routed) and routed.id == 42
     assert sorted(routed.delivered) == ["bob", "dave"]
     assert routed.refused == ("carol",)  # not known to be delivered: not claimed so
@@ -104,7 +104,7 @@ def test_a_relay_answering_for_nicks_it_was_not_asked_about_is_ignored() -> None
 
 def test_copies_for_a_relay_that_did_not_answer_are_reported_not_delivered() -> None:
     forward = Forward(7, "alice", 1, Copies(), {OTHER: [("bob", b"b")], NODE: [("carol", b"c")]})
-    routed = _written(forward.routed({OTHER: None, NODE: ([], [], ["carol"])}))
+    routed = _written(forward.routed({OTHER: None, NODE: ([], [], ["carol"], [], [])}))
     assert isinstance(routed, Routed)
     assert routed.delivered == () and routed.refused == ("bob",) and routed.missing == ("carol",)
 

@@ -63,6 +63,7 @@ PURE = sorted(
         "relay.cluster.core",
         "relay.cluster.records",
         "relay.cluster.addresses",
+        "relay.cluster.rooms",
         "ui.cells",
         "ui.commands",
         "ui.transfers",

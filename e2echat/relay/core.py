@@ -155,7 +155,7 @@ class RelayCore:
         #: where a send's copies go, and mailbox items to their owners
         self._router = self._new_router()
         #: who hears of whom: presence and member lists
-        self._presence = Presence(self.kept, self.online, self._paging)
+        self._presence = self._new_presence()
 
     @property
     def prekeys(self) -> PrekeyDirectory:
@@ -510,7 +510,7 @@ class RelayCore:
         change, room_ops = self.kept.set_rooms(nick, message.rooms, unix, record.address)
         ops += room_ops
         contacts = self.kept.rooms.contacts(nick)
-        entries = self._directory(contacts)
+        entries = self._directory(nick, contacts)
         welcome = welcome_frames(nick, entries, self._advertised, prekeys, relay_id=self.relay_id)
         frames = presence.arrived(peer, change, contacts)
         self.online[nick] = conn
@@ -526,14 +526,17 @@ class RelayCore:
         self._paging.owe(conn, nick, tail)
         return keep(ops, self._router.notify(), now=frames + presence.forgotten())
 
-    def _directory(self, contacts: Iterable[str]) -> list[bytes]:
-        """The directory a newcomer is sent, encoded: its ``contacts`` online (a cluster's
-        relay adds the other relays' clients)."""
+    def _directory(self, nick: str, contacts: Iterable[str]) -> list[bytes]:
+        """The directory newcomer ``nick`` is sent, encoded: its ``contacts`` online (a
+        cluster's relay adds the other relays' clients who share a room with it)."""
         return self._presence.entries(contacts)
 
     def _new_sources(self) -> Sources:
         """What each address has open (a cluster's relay counts the others' too)."""
         return Sources()
+
+    def _new_presence(self) -> Presence:
+        return Presence(self.kept, self.online, self._paging)
 
     def _new_router(self) -> Router:
         return Router(self.limits, self.kept, self.online, self._backlog, self._paging)

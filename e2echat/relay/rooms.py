@@ -21,7 +21,7 @@ than ``per_address`` (as ``Sources`` counts connections: an IPv6 /64 is one addr
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from nacl.public import PublicKey
@@ -90,6 +90,10 @@ class Rooms:
         #: kept across a restart count against nobody.
         self.maker: dict[str, str] = {}
         self.founded: dict[str, int] = {}
+        #: the rooms that exist on the other relays of a cluster (room -> its members
+        #: there): joining one makes no room, and the cluster's rooms count against
+        #: ``max_rooms`` (relay/cluster/rooms.py)
+        self.elsewhere: Mapping[str, object] = {}
 
     def is_member(self, nick: str, room: str) -> bool:
         return nick in self.members.get(room, ())
@@ -103,11 +107,13 @@ class Rooms:
         many rooms, its own, its address's or the relay's; None if it may."""
         if len(self.rooms_of.get(nick, ())) >= MAX_ROOMS:
             return YOURS_FULL
-        if room in self.members:
+        elsewhere = self.elsewhere
+        if room in self.members or room in elsewhere:
             return None
         if self.founded.get(address, 0) >= self.per_address:
             return address_full(self.per_address)
-        if len(self.members) >= self.max_rooms:
+        rooms = len(self.members.keys() | elsewhere.keys()) if elsewhere else len(self.members)
+        if rooms >= self.max_rooms:
             return relay_full(self.max_rooms)
         return None
 

@@ -31,15 +31,22 @@ from typing import Any
 
 from e2echat.relay.actions import Action, ConnId, Persist, Write, keep
 from e2echat.relay.cluster.addresses import SharedSources, cluster_secret
+from e2echat.relay.cluster.rooms import (
+    ClusterPresence,
+    DropMembership,
+    Membership,
+    RemoteRooms,
+    SaveMembership,
+)
 from e2echat.relay.core import RelayCore, _Connection
 from e2echat.relay.kept import Kept
 from e2echat.relay.limits import Backlog, Limits
 from e2echat.relay.paging import Paging
 from e2echat.relay.prekeys import Handed
 from e2echat.relay.routing import _PREFIX, Copies, Router
-from e2echat.relay.store import MAIL, Identity, MailItem, Op, StoredBundle
+from e2echat.relay.store import MAIL, ForgetMember, Identity, MailItem, Member, Op, SaveMember, StoredBundle
 from e2echat.wire.codec import encode_message
-from e2echat.wire.fastpath import Routes, deliver_head, encode_peer
+from e2echat.wire.fastpath import Routes, deliver_head, encode_entered, encode_parted, encode_peer
 from e2echat.wire.framing import encode_frame
 from e2echat.wire.grammar import skeleton
 from e2echat.wire.messages import Bundles, Fetch, PeerJoined, PeerLeft, Prekeys, Register
@@ -84,9 +91,10 @@ class Forward:
     copies: Copies
     groups: dict[str, list[tuple[str, bytes]]]
 
-    def routed(self, outcomes: dict[str, tuple[list[str], list[str], list[str]] | None]) -> list[Action]:
+    def routed(self, outcomes: dict[str, Outcome | None]) -> list[Action]:
         """What the shell writes once the relays have answered: ``outcomes`` holds each
-        node's (delivered, refused, missing), or None for one that did not answer in time.
+        node's (delivered, refused, missing, queued, full), or None for one that did not
+        answer in time (a copy queued there is kept there before it says so).
         A copy whose fate is unknown is reported refused: not known to be delivered, so
         the sender says so, rather than claim a delivery that may not have happened."""
         copies = self.copies
@@ -96,10 +104,14 @@ class Forward:
             if outcome is None:
                 copies.refused += asked
                 continue
-            delivered, _, missing = (set(nicks) for nicks in outcome)
+            delivered, _, missing, queued, full = (set(nicks) for nicks in outcome)
             for to in asked:  # what a relay says of nicks it was not asked about is ignored
                 if to in delivered:
                     copies.delivered.append(to)
+                elif to in queued:
+                    copies.queued.append(to)
+                elif to in full:
+                    copies.full.append(to)
                 elif to in missing:
                     copies.missing.append(to)
                 else:
@@ -138,7 +150,9 @@ class FetchElsewhere:
         return keep(self.ops, [(self.conn, frame)])
 
 
-Request = Claim | Release | Forward | FetchElsewhere
+Request = Claim | Release | Forward | FetchElsewhere | SaveMembership | DropMembership
+#: what a relay did with another's copies: (delivered, refused, missing, queued, full)
+Outcome = tuple[list[str], list[str], list[str], list[str], list[str]]
 
 #: the "node" of ``FetchElsewhere.groups`` that stands for the cluster's store: the
 #: bundles of nicks online nowhere are taken from there (relay/cluster/jetstream_store.py)
@@ -153,21 +167,28 @@ class Remote:
         self.peers: dict[str, tuple[str, bytes]] = {}
         #: nick skeleton -> the nick that has it
         self.skeletons: dict[str, str] = {}
+        self._infos: dict[str, PeerInfo] = {}
 
     def add(self, node: str, peer: PeerInfo) -> None:
         self.drop(peer.nick)
         self.peers[peer.nick] = (node, encode_peer(peer))
+        self._infos[peer.nick] = peer
         self.skeletons[skeleton(peer.nick)] = peer.nick
 
     def drop(self, nick: str) -> bool:
         if self.peers.pop(nick, None) is None:
             return False
+        del self._infos[nick]
         del self.skeletons[skeleton(nick)]
         return True
 
     def node_of(self, nick: str) -> str | None:
         entry = self.peers.get(nick)
         return entry[0] if entry else None
+
+    def info(self, nick: str) -> PeerInfo:
+        """``nick``'s directory entry (it is online on another relay)."""
+        return self._infos[nick]
 
     def on(self, node: str) -> list[str]:
         return [nick for nick, (where, _) in self.peers.items() if where == node]
@@ -182,24 +203,33 @@ class ClusterRouter(Router):
         backlog: Backlog,
         paging: Paging,
         remote: Remote,
+        remote_rooms: RemoteRooms,
         requests: list[Request],
     ) -> None:
         super().__init__(limits, kept, online, backlog, paging)
         self.remote = remote
+        self.remote_rooms = remote_rooms
         self.requests = requests
 
     def route(self, conn: ConnId, sender: str, message: Routes, now: float) -> list[Action]:
         """As a single relay's, but the copies for another relay's clients go to that
-        relay, all of them in one ``Forward``."""
-        remote, online = self.remote.peers, self.online
+        relay, all of them in one ``Forward``; so do those for another relay's members
+        away, unknown here (that relay keeps their identity, and their mailbox)."""
+        remote, online, kept, remote_rooms = self.remote.peers, self.online, self.kept, self.remote_rooms
         groups: dict[str, list[tuple[str, bytes]]] = {}
         here: list[tuple[str, bytes]] = []
         for to, body in message.items:
-            entry = remote.get(to) if to not in online else None
-            if entry is None:
+            node: str | None = None
+            if to not in online:
+                entry = remote.get(to)
+                if entry is not None:
+                    node = entry[0]
+                elif not kept.knows(to):
+                    node = remote_rooms.node_of(to)
+            if node is None:
                 here.append((to, body))
             else:
-                groups.setdefault(entry[0], []).append((to, body))
+                groups.setdefault(node, []).append((to, body))
         if not groups:
             return super().route(conn, sender, message, now)
         copies = self.sort(sender, message.id, here, now)
@@ -208,12 +238,17 @@ class ClusterRouter(Router):
         return [Write(frames)] if frames else []
 
     def deliver_here(
-        self, sender: str, items: Sequence[tuple[str, bytes]]
-    ) -> tuple[list[tuple[ConnId, bytes]], tuple[list[str], list[str], list[str]]]:
-        """Another relay's copies for clients here: the deliveries, and (delivered,
-        refused, missing) for its answer. Someone no longer here is missing: the sender's
+        self, sender: str, message_id: int, items: Sequence[tuple[str, bytes]], now: float
+    ) -> tuple[list[tuple[ConnId, bytes]], list[Op], Outcome]:
+        """Another relay's copies of ``sender``'s send ``message_id`` for clients here:
+        the deliveries, the mailbox items for those away and known here (a room's members
+        away, at Unix time ``now``), and the
+        outcome for its answer. Someone neither here nor known is missing: the sender's
         relay reports the copy not delivered (its recipient left, or moved, meanwhile)."""
-        online, backlog = self.online, self.backlog
+        online, backlog, mailboxes = self.online, self.backlog, self.kept.mailboxes
+        ops: list[Op] = []
+        queued: list[str] = []
+        full: list[str] = []
         stalled, unflushed, budget = backlog.stalled, backlog.unflushed, self.limits.write_buffer_turn
         head, pack = deliver_head(sender), _PREFIX.pack
         frames: list[tuple[ConnId, bytes]] = []
@@ -222,7 +257,14 @@ class ClusterRouter(Router):
         missing: list[str] = []
         for to, body in items:
             target = online.get(to)
-            if target is None or to == sender:
+            if target is None and to != sender and self.kept.knows(to):
+                op = mailboxes.put_mail(to, sender, message_id, bytes(body), now)
+                if op is None:
+                    full.append(to)
+                else:
+                    ops.append(op)
+                    queued.append(to)
+            elif target is None or to == sender:
                 missing.append(to)
             elif target in stalled or unflushed.get(target, 0) >= budget or target in self.paging:
                 refused.append(to)  # owed more than it takes, or its member lists first
@@ -231,7 +273,7 @@ class ClusterRouter(Router):
                 frames.append((target, pack(length) + head + body))
                 unflushed[target] = unflushed.get(target, 0) + length
                 delivered.append(to)
-        return frames, (delivered, refused, missing)
+        return frames, ops, (delivered, refused, missing, queued, full)
 
 
 class ClusterCore(RelayCore):
@@ -244,6 +286,10 @@ class ClusterCore(RelayCore):
         self.node = node
         self.shared_bundles = shared_bundles
         self.remote = Remote()
+        #: the other relays' memberships of rooms
+        self.remote_rooms = RemoteRooms()
+        #: memberships of identities forgotten here, for the bucket (``ClusterPresence``)
+        self._dropped: list[DropMembership] = []
         #: what the shell is to do with NATS, in order
         self.requests: list[Request] = []
         #: registers waiting for their claim: connection -> (entry, its register)
@@ -253,6 +299,7 @@ class ClusterCore(RelayCore):
         #: connections hung up on because their nick is another relay's now: not released
         self._displaced: set[ConnId] = set()
         super().__init__(limits, **options)
+        self.kept.rooms.elsewhere = self.remote_rooms.members
 
     @property
     def sources(self) -> SharedSources:
@@ -265,13 +312,27 @@ class ClusterCore(RelayCore):
 
     def _new_router(self) -> ClusterRouter:
         return ClusterRouter(
-            self.limits, self.kept, self.online, self._backlog, self._paging, self.remote, self.requests
+            self.limits,
+            self.kept,
+            self.online,
+            self._backlog,
+            self._paging,
+            self.remote,
+            self.remote_rooms,
+            self.requests,
         )
 
-    def _directory(self, contacts: Iterable[str]) -> list[bytes]:
-        # Every other relay's client is a contact of everyone here: the memberships of
-        # rooms are each relay's own until they are kept in JetStream.
-        return super()._directory(contacts) + [encoded for _, encoded in self.remote.peers.values()]
+    def _new_presence(self) -> ClusterPresence:
+        return ClusterPresence(
+            self.kept, self.online, self._paging, self.remote_rooms, self.remote.peers, self._dropped
+        )
+
+    def _directory(self, nick: str, contacts: Iterable[str]) -> list[bytes]:
+        # The other relays' clients online who share a room with it: its contacts there.
+        peers = self.remote.peers
+        sharing = self.remote_rooms.sharing(self.kept.rooms.of(nick))
+        elsewhere = [peers[other][1] for other in sharing if other in peers]
+        return super()._directory(nick, contacts) + elsewhere
 
     def _register(self, record: _Connection, message: Register, now: float) -> list[Action]:
         if record.conn in self._claiming:
@@ -306,30 +367,137 @@ class ClusterCore(RelayCore):
         if refusal is not None:
             return self._refuse(record, *refusal)
         self.remote.drop(peer.nick)  # an entry of the relay whose claim ours replaced
+        # Its memberships kept elsewhere are kept here from now on (its register's room
+        # list then says which stay, as on one relay), and put anew under this relay.
+        kept_here = self.kept.rooms.of(peer.nick)
+        adopted = self._adopt(peer.nick)
         # As a register's answers are in ``receive_data``: behind what is owed, and the
         # first window of that (its welcome and lists) at once.
-        actions = self._behind(self._welcome(record, peer, message, now))
+        actions = self._behind(adopted + self._welcome(record, peer, message, now))
+        self._put_again(peer.nick, kept_here)
         if conn in self._paging:
             actions[:0] = self._release(conn)
         return actions
 
     def remote_joined(self, node: str, peer: PeerInfo, now: float) -> list[Action]:
-        """``peer`` is on relay ``node`` now (the bucket says so): told to everyone here.
-        A client here under that nick (or one like it) loses it: the cluster gave it to
-        the other relay while this one was out of touch."""
+        """``peer`` is on relay ``node`` now (the bucket says so): told to its contacts
+        here, and as a member to the rooms here not yet told it joined them. A client here
+        under that nick (or one like it) loses it: the cluster gave it to the other relay
+        while this one was out of touch."""
         self._now = now
         actions: list[Action] = []
         here = self._skeletons.get(skeleton(peer.nick))
         if here is not None:
             actions += self.lost_claim(here)
         self.remote.add(node, peer)
-        return self._behind(actions + self._told(PeerJoined(peer)))
+        nick, presence, untold = peer.nick, self._presence, self.remote_rooms.untold
+        assert isinstance(presence, ClusterPresence)
+        rooms = [room for room in self.remote_rooms.of(nick) if (room, nick) in untold]
+        contacts = self._contacts(nick, untold=True)
+        untold.difference_update((room, nick) for room in rooms)
+        frames = presence.to(contacts, encode_frame(encode_message(PeerJoined(peer))))
+        encoded = self.remote.peers[nick][1]
+        for room in rooms:
+            frames += presence.to_room(room, encode_frame(encode_entered(room, encoded)), nick)
+        return self._behind(actions + ([Write(frames)] if frames else []))
 
     def remote_left(self, node: str, nick: str) -> list[Action]:
-        """``nick`` left relay ``node`` (its key is gone, or it is on no relay now)."""
-        if self.remote.node_of(nick) != node or not self.remote.drop(nick):
+        """``nick`` left relay ``node`` (its key is gone, or it is on no relay now): told
+        to its contacts here. Still a member of its rooms."""
+        if self.remote.node_of(nick) != node:
             return []
-        return self._behind(self._told(PeerLeft(nick)))
+        contacts = self._contacts(nick)
+        if not self.remote.drop(nick):
+            return []
+        presence = self._presence
+        assert isinstance(presence, ClusterPresence)
+        frames = presence.to(contacts, encode_frame(encode_message(PeerLeft(nick))))
+        return self._behind([Write(frames)] if frames else [])
+
+    def remote_member(self, membership: Membership, now: float, *, starting: bool = False) -> list[Action]:
+        """Another relay keeps ``membership`` now (the ``rooms`` bucket says so). New: an
+        ``entered`` to the room's members online here (once its member is known online;
+        until then it is listed as away). One this relay kept: its member registered
+        there, and it is dropped here, quietly (the room's members know it already);
+        but not one of a member online here, nor while ``starting`` (the bucket read
+        through at start-up): that one is put again under this relay."""
+        self._now = now
+        room, nick = membership.room, membership.nick
+        kept_here = self.kept.rooms.is_member(nick, room)
+        if kept_here and (starting or nick in self.online):
+            identity = self.kept.identities.get(nick)
+            if identity is not None and nick in self.online:
+                since = self.kept.rooms.members[room][nick]
+                self.requests.append(
+                    SaveMembership(self._membership(Member(room, nick, since), identity.identity_key))
+                )
+            return []
+        if nick in self.online:
+            return []  # not a member here: the news of its part, or older
+        remote_rooms, presence = self.remote_rooms, self._presence
+        assert isinstance(presence, ClusterPresence)
+        if kept_here:
+            remote_rooms.add(membership)
+            return self._behind(keep(self.kept.part_room(nick, room), []))
+        contacts = self._contacts(nick)
+        before = remote_rooms.add(membership)
+        if before is not None and (
+            before.identity_key == membership.identity_key or (room, nick) in remote_rooms.untold
+        ):
+            return []  # moved between relays, or seen again: nothing new for its members
+        entry = self.remote.peers.get(nick)
+        if entry is None:
+            remote_rooms.untold.add((room, nick))
+            return []
+        # Those it is a new contact of are told it is online, as a register tells them on
+        # one relay (whether it registered or joined, the order the two buckets are read
+        # in does not say), then everyone in the room that it joined it.
+        joined = encode_frame(encode_message(PeerJoined(self.remote.info(nick))))
+        news = [other for other in self.kept.rooms.online_in(room) if other not in contacts and other != nick]
+        frames = presence.to(news, joined)
+        frames += presence.to_room(room, encode_frame(encode_entered(room, entry[1])), nick)
+        return self._behind([Write(frames)] if frames else [])
+
+    def remote_member_gone(self, room: str, nick: str) -> list[Action]:
+        """The key of ``nick``'s membership of ``room`` is gone from the ``rooms`` bucket:
+        if another relay kept it, a ``parted`` to the room's members online here."""
+        remote_rooms, presence = self.remote_rooms, self._presence
+        assert isinstance(presence, ClusterPresence)
+        untold = (room, nick) in remote_rooms.untold
+        if remote_rooms.drop(room, nick) is None or untold:
+            return []
+        frames = presence.to_room(room, encode_frame(encode_parted(room, nick)), nick)
+        return self._behind([Write(frames)] if frames else [])
+
+    def mirror(self, actions: Iterable[Action]) -> None:
+        """The changes to memberships kept here among ``actions``, as requests to put or
+        drop their keys in the ``rooms`` bucket (and those of identities forgotten)."""
+        requests, identities = self.requests, self.kept.identities
+        for action in actions:
+            if not isinstance(action, Persist):
+                continue
+            for op in action.ops:
+                if isinstance(op, SaveMember):
+                    member = op.member
+                    identity = identities.get(member.nick)
+                    if identity is not None:
+                        requests.append(SaveMembership(self._membership(member, identity.identity_key)))
+                elif isinstance(op, ForgetMember):
+                    requests.append(DropMembership(op.room, op.nick))
+        if self._dropped:
+            requests += self._dropped
+            self._dropped.clear()
+
+    def memberships(self) -> list[SaveMembership]:
+        """Every membership kept here, to put under this relay's node (at start-up: the
+        bucket read through, the ones it has under another relay are dropped here)."""
+        rooms, identities = self.kept.rooms, self.kept.identities
+        return [
+            SaveMembership(Membership(room, nick, identities[nick].identity_key, since, self.node))
+            for room, members in rooms.members.items()
+            for nick, since in members.items()
+            if nick in identities
+        ]
 
     def node_lost(self, node: str) -> list[Action]:
         """Relay ``node`` is taken for dead: its clients are gone."""
@@ -349,12 +517,14 @@ class ClusterCore(RelayCore):
         return self._behind(self._refuse(self._connections[conn], *DISPLACED))
 
     def deliver_here(
-        self, sender: str, items: Sequence[tuple[str, bytes]]
-    ) -> tuple[list[Action], tuple[list[str], list[str], list[str]]]:
-        """Copies another relay forwarded: see ``ClusterRouter.deliver_here``."""
+        self, sender: str, message_id: int, items: Sequence[tuple[str, bytes]], now: float
+    ) -> tuple[list[Action], Outcome]:
+        """Copies another relay forwarded: see ``ClusterRouter.deliver_here``. The shell
+        answers once the actions' ``Persist`` is kept (a copy queued is kept first)."""
         assert isinstance(self._router, ClusterRouter)
-        frames, outcome = self._router.deliver_here(sender, items)
-        return self._behind([Write(frames)] if frames else []), outcome
+        self._now = now
+        frames, ops, outcome = self._router.deliver_here(sender, message_id, items, self._unix())
+        return self._behind(keep(ops, [], now=frames)), outcome
 
     def fetch_here(self, requester: str, nicks: Sequence[str]) -> tuple[list[Action], bytes]:
         """Another relay's client asked for bundles of clients here: the answer, encoded
@@ -438,8 +608,9 @@ class ClusterCore(RelayCore):
     # -- helpers -------------------------------------------------------------------------------
 
     def _fetch(self, record: _Connection, message: Fetch) -> list[Action]:
-        """As a single relay's, but the bundles of another relay's clients are asked of
-        that relay (it holds them, and hands each one-time prekey out once)."""
+        """As a single relay's, but the bundles of another relay's clients (and of its
+        rooms' members away, unknown here) are asked of that relay (it holds them, and
+        hands each one-time prekey out once)."""
         assert record.peer is not None
         groups: dict[str, list[str]] = {}
         here: list[str] = []
@@ -447,6 +618,8 @@ class ClusterCore(RelayCore):
             node = self.remote.node_of(nick) if nick not in self.online else None
             if node is None and self.shared_bundles and nick not in self.online:
                 node = STORED
+            if node is None and not self.kept.knows(nick):  # a room's member away, kept there
+                node = self.remote_rooms.node_of(nick)
             if node is None:
                 here.append(nick)
             else:
@@ -464,12 +637,53 @@ class ClusterCore(RelayCore):
         self.requests.append(FetchElsewhere(record.conn, requester, answer, ops, groups))
         return [Write(frames)] if frames else []
 
-    def _told(self, message: PeerJoined | PeerLeft) -> list[Action]:
-        """``message`` (another relay's client came or went) to everyone online here."""
-        if not self.online:
-            return []
-        frame = encode_frame(encode_message(message))
-        return [Write([(conn, frame) for conn in self.online.values()])]
+    def _contacts(self, nick: str, *, untold: bool = False) -> dict[str, None]:
+        """Those online here who share a room with ``nick`` (another relay's client) that
+        they have been told it is in (or not yet, with ``untold``): by its memberships
+        there, and by those still kept here (it moved, and the bucket's news of that is
+        on its way)."""
+        presence = self._presence
+        assert isinstance(presence, ClusterPresence)
+        found = presence.contacts(nick)
+        if self.remote_rooms.untold and not untold:
+            untold_rooms = self.remote_rooms.untold
+            present = self.kept.rooms.present
+            found = {}
+            for room in self.remote_rooms.of(nick):
+                if (room, nick) not in untold_rooms:
+                    found.update(present.get(room, {}))
+        found.update(self.kept.rooms.contacts(nick))
+        found.pop(nick, None)
+        return found
+
+    def _adopt(self, nick: str) -> list[Action]:
+        """``nick``'s memberships the other relays kept, kept here from now on."""
+        ops: list[Op] = []
+        rooms = self.kept.rooms
+        for room in self.remote_rooms.of(nick):
+            membership = self.remote_rooms.drop(room, nick)
+            assert membership is not None
+            if not rooms.is_member(nick, room):
+                rooms.join(nick, room, membership.since, online=False)
+                ops.append(SaveMember(Member(room, nick, membership.since)))
+        return keep(ops, [])
+
+    def _put_again(self, nick: str, rooms: Iterable[str]) -> None:
+        """``nick``'s ``rooms`` kept here before it registered, put anew (under the key
+        it registered with now), if it is still in them."""
+        identity = self.kept.identities.get(nick)
+        if identity is None:
+            return
+        members = self.kept.rooms.members
+        for room in rooms:
+            since = members.get(room, {}).get(nick)
+            if since is not None:
+                self.requests.append(
+                    SaveMembership(self._membership(Member(room, nick, since), identity.identity_key))
+                )
+
+    def _membership(self, member: Member, identity_key: bytes) -> Membership:
+        return Membership(member.room, member.nick, identity_key, member.last_seen, self.node)
 
     def _forget(self, conn: ConnId) -> list[Action]:
         nick = self.nick_of(conn)

@@ -47,6 +47,8 @@ from e2echat.relay.cluster.core import (
     Release,
 )
 from e2echat.relay.cluster.jetstream_store import JetStreamStore
+from e2echat.relay.cluster.roomlink import AFTER, MESSAGE_ID, RoomsLink
+from e2echat.relay.cluster.rooms import DropMembership, SaveMembership
 from e2echat.relay.cluster.wire import (
     DEAD_AFTER,
     DEFAULT_NAME,
@@ -75,7 +77,7 @@ from e2echat.relay.cluster.wire import (
     new_node_id,
     nick_key,
 )
-from e2echat.relay.core import Action
+from e2echat.relay.core import Action, Persist
 from e2echat.relay.server import Relay
 from e2echat.relay.store import Identity, Snapshot
 from e2echat.wire.codec import decode_message
@@ -92,7 +94,7 @@ NATS_TIMEOUT = 5.0
 #: rounds of read and compare-and-set for one claim before the nick counts as taken
 CLAIM_TRIES = 4
 
-Outcome = tuple[list[str], list[str], list[str]]
+Outcome = tuple[list[str], list[str], list[str], list[str], list[str]]
 
 
 class ClusterRelay(Relay):
@@ -137,6 +139,8 @@ class ClusterRelay(Relay):
         self._last_error: Exception | None = None
         self._stopping = False
         self._watcher: KeyValue.KeyWatcher | None = None
+        #: the memberships of rooms, in their own bucket
+        self._rooms = RoomsLink(self)
 
     @property
     def cluster_core(self) -> ClusterCore:
@@ -168,6 +172,7 @@ class ClusterRelay(Relay):
             if isinstance(self.store, JetStreamStore):
                 await self.store.open_async(js)
             await super().start()
+            await self._rooms.start(js)
             await nc.subscribe(self.names.alive, cb=self._on_alive)
             await nc.subscribe(self.names.node(self.node), cb=self._on_request)
             await nc.subscribe(addresses.subject(self.names), cb=self._on_addresses)
@@ -188,6 +193,7 @@ class ClusterRelay(Relay):
             self._spawn(self.store.watch_async(self._learned))
             self._spawn(self._survey())
         await asyncio.wait_for(self._ready.wait(), NATS_TIMEOUT)
+        await asyncio.wait_for(self._rooms.ready.wait(), NATS_TIMEOUT)
         log.info("relay %s joined cluster %r on %s", self.node, self.names.name, self.url)
 
     async def _connect(self) -> NatsClient:
@@ -243,7 +249,10 @@ class ClusterRelay(Relay):
 
     def _apply(self, actions: list[Action]) -> None:
         super()._apply(actions)
-        requests = self.cluster_core.requests if isinstance(self.core, ClusterCore) else []
+        if not isinstance(self.core, ClusterCore):
+            return
+        self.core.mirror(actions)
+        requests = self.core.requests
         if not requests:
             return
         taken = requests[:]
@@ -255,6 +264,8 @@ class ClusterRelay(Relay):
                 self._spawn(self._release(request.nick))
             elif isinstance(request, Forward):
                 self._spawn(self._forward(request))
+            elif isinstance(request, SaveMembership | DropMembership):
+                self._rooms.request(request)
             else:
                 self._spawn(self._fetch_elsewhere(request))
 
@@ -347,15 +358,20 @@ class ClusterRelay(Relay):
 
     async def _forward(self, request: Forward) -> None:
         nodes = list(request.groups)
-        asked = [self._ask(node, request.sender, request.groups[node]) for node in nodes]
+        # After this relay's changes to memberships so far: see relay/cluster/roomlink.py.
+        after = await self._rooms.written_so_far()
+        headers = {AFTER: str(after), MESSAGE_ID: str(request.message_id)}
+        asked = [self._ask(node, request.sender, request.groups[node], headers) for node in nodes]
         answers = await asyncio.gather(*asked)
         self._apply(request.routed(dict(zip(nodes, answers, strict=True))))
 
-    async def _ask(self, node: str, sender: str, items: list[tuple[str, bytes]]) -> Outcome | None:
+    async def _ask(
+        self, node: str, sender: str, items: list[tuple[str, bytes]], headers: dict[str, str]
+    ) -> Outcome | None:
         assert self._nc is not None
         try:
             payload = encode_forward(sender, items)
-            reply = await self._nc.request(self.names.node(node), payload, FORWARD_TIMEOUT)
+            reply = await self._nc.request(self.names.node(node), payload, FORWARD_TIMEOUT, headers=headers)
             return decode_outcome(reply.data)
         except Exception as exc:  # no answer in time, no such relay, NATS out of reach
             log.info("forward to relay %s: %s", node, _reason(exc))
@@ -524,12 +540,17 @@ class ClusterRelay(Relay):
                 actions, reply = core.fetch_here(requester, nicks)
             else:
                 sender, items = decode_forward(msg.data)
-                actions, outcome = core.deliver_here(sender, items)
+                after, message_id = _forward_headers(msg.headers)
+                await self._rooms.read_to(after)
+                now = asyncio.get_running_loop().time()
+                actions, outcome = core.deliver_here(sender, message_id, items, now)
                 reply = encode_outcome(*outcome)
         except RemoteProtocolError as exc:
             log.warning("a request from another relay that does not decode: %s", exc)
             return
         self._apply(actions)
+        if self._journal is not None and any(isinstance(action, Persist) for action in actions):
+            await self._journal.drain()  # a copy said queued is kept first
         with contextlib.suppress(Exception):  # the asker times out and reports them not delivered
             await msg.respond(reply)
 
@@ -721,6 +742,7 @@ class ClusterRelay(Relay):
                 await self._watcher.stop()  # type: ignore[no-untyped-call]  # and ``_watch`` reads anew
         if isinstance(self.store, JetStreamStore):
             await self.store.rewatch()
+        await self._rooms.stop_watching()
         log.warning("reconnected to the cluster's NATS server at %s", self.url)
 
     async def _error(self, exc: Exception) -> None:
@@ -731,6 +753,15 @@ class ClusterRelay(Relay):
         task = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _forward_headers(headers: dict[str, str] | None) -> tuple[int, int]:
+    """(the bucket revision to read to first, the send's message id) of a forward."""
+    headers = headers or {}
+    try:
+        return int(headers.get(AFTER, "0")), int(headers.get(MESSAGE_ID, "0"))
+    except ValueError:
+        raise RemoteProtocolError(detail="a forward's headers are malformed") from None
 
 
 def _reason(exc: BaseException) -> str:

@@ -230,21 +230,28 @@ def decode_taken(payload: bytes) -> tuple[str, int]:
     return nick, upto
 
 
-def encode_outcome(delivered: Sequence[str], refused: Sequence[str], missing: Sequence[str]) -> bytes:
+def encode_outcome(
+    delivered: Sequence[str],
+    refused: Sequence[str],
+    missing: Sequence[str],
+    queued: Sequence[str] = (),
+    full: Sequence[str] = (),
+) -> bytes:
     """The answer to a forward: which recipients were sent their copy, which were owed
-    too much already, and which are not on that relay (any more)."""
+    too much already, which are not on that relay (any more), and of those away whom it
+    keeps (a room's members), whose mailbox took the copy and whose was full."""
     parts = []
-    for nicks in (delivered, refused, missing):
+    for nicks in (delivered, refused, missing, queued, full):
         parts.append(_COUNT.pack(len(nicks)))
         parts += [_nick(nick) for nick in nicks]
     return b"".join(parts)
 
 
-def decode_outcome(payload: bytes) -> tuple[list[str], list[str], list[str]]:
+def decode_outcome(payload: bytes) -> tuple[list[str], list[str], list[str], list[str], list[str]]:
     reader = _Reader(payload)
-    lists = [[reader.nick() for _ in range(reader.count())] for _ in range(3)]
+    lists = [[reader.nick() for _ in range(reader.count())] for _ in range(5)]
     reader.end()
-    return lists[0], lists[1], lists[2]
+    return lists[0], lists[1], lists[2], lists[3], lists[4]
 
 
 def _nick(nick: str) -> bytes:

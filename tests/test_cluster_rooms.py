@@ -1,0 +1,148 @@
+"""Rooms across the relays of a cluster on a real NATS server: the members a client sees,
+who joins and parts, presence only to contacts, room lines and their receipts, and a
+member away on another relay whose copy waits in its mailbox there."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from nacl.public import PrivateKey
+from test_mailbox_e2e import Profile
+
+from e2echat.client.core import MessageReceived
+from e2echat.client.events import MailReceived, MessageQueued, PeerJoined, RoomEntered, RoomParted
+from e2echat.client.receipts import DeliveryReport
+from e2echat.relay.cluster.relay import ClusterRelay
+
+from nats_support import NatsServer
+from support import LOOPBACK, WAIT, Peer, connect, running
+
+KEY = PrivateKey.generate()
+
+
+@contextlib.asynccontextmanager
+async def cluster(server: NatsServer, count: int, **options: Any) -> AsyncIterator[list[ClusterRelay]]:
+    """``count`` relays of one cluster on ``server`` (one key, as a cluster has)."""
+    async with contextlib.AsyncExitStack() as stack:
+        relays = []
+        for _ in range(count):
+            relay = ClusterRelay(LOOPBACK, 0, cluster=server.url, key=KEY, **options)
+            relays.append(await stack.enter_async_context(running(relay)))
+        yield relays
+
+
+async def _members(peer: Peer, room: str, *nicks: str, away: tuple[str, ...] = ()) -> None:
+    """Until ``peer`` sees exactly ``nicks`` in ``room`` (and ``away`` among them away)."""
+
+    def seen() -> bool:
+        joined = peer.connection.core.room(room)
+        others = set(getattr(joined, "others", ()))
+        return others == set(nicks) and set(peer.connection.core.away_in(room)) == set(away)
+
+    async def until() -> None:
+        while not seen():
+            await peer.next_any_event()
+
+    try:
+        await asyncio.wait_for(until(), WAIT)
+    except TimeoutError:
+        joined = peer.connection.core.room(room)
+        raise AssertionError((peer.nick, room, getattr(joined, "others", None))) from None
+
+
+async def test_three_relays_one_room_same_members_same_safety_number_lines_and_receipts(
+    nats_server: NatsServer,
+) -> None:
+    async with cluster(nats_server, 3) as relays:
+        nicks = ("alice", "bob", "carol")
+        people = [await connect(relay, nick) for relay, nick in zip(relays, nicks, strict=True)]
+        try:
+            for peer in people:
+                await _members(peer, "#lobby", *(set(nicks) - {peer.nick}))
+            numbers = {peer.connection.core.room_safety_number("#lobby") for peer in people}
+            assert len(numbers) == 1  # /verify #lobby agrees on every relay
+            alice, bob, carol = people
+            message_id = alice.connection.send_room("#lobby", "to the room, across relays")
+            for other in (bob, carol):
+                got = await other.next(MessageReceived, lambda e: e.sender == "alice")
+                assert (got.text, got.room) == ("to the room, across relays", "#lobby")
+            report = await alice.next(DeliveryReport, lambda e: e.message_id == message_id)
+            while set(report.delivered) != {"bob", "carol"}:
+                report = await alice.next(DeliveryReport, lambda e: e.message_id == message_id)
+            assert not report.failed
+        finally:
+            for peer in people:
+                await peer.connection.close()
+
+
+async def test_joins_and_parts_are_seen_across_relays(nats_server: NatsServer) -> None:
+    async with cluster(nats_server, 2) as (one, other):
+        alice = await connect(one, "alice", rooms=("#ops",))
+        bob = await connect(other, "bob", rooms=("#lobby",))
+        try:
+            bob.connection.join("#ops")
+            entered = await alice.next(RoomEntered)
+            assert (entered.room, entered.nick) == ("#ops", "bob")
+            await _members(bob, "#ops", "alice")
+            await _members(alice, "#ops", "bob")
+            bob.connection.send_room("#ops", "hello ops")
+            got = await alice.next(MessageReceived, lambda e: e.sender == "bob")
+            assert (got.text, got.room) == ("hello ops", "#ops")
+            bob.connection.part("#ops")
+            parted = await alice.next(RoomParted)
+            assert (parted.room, parted.nick) == ("#ops", "bob")
+            await _members(alice, "#ops")
+        finally:
+            await alice.connection.close()
+            await bob.connection.close()
+
+
+async def test_presence_across_relays_goes_only_to_contacts(nats_server: NatsServer) -> None:
+    async with cluster(nats_server, 2) as (one, other):
+        alice = await connect(one, "alice", rooms=("#a",))
+        bob = await connect(other, "bob", rooms=("#b",))
+        people = [alice, bob]
+        try:
+            carol = await connect(other, "carol", rooms=("#a",))
+            people.append(carol)
+            await _members(alice, "#a", "carol")
+            # dave, on alice's relay, shares a room with bob only.
+            dave = await connect(one, "dave", rooms=("#b",))
+            people.append(dave)
+            await _members(bob, "#b", "dave")
+            assert "dave" in bob.connection.core.peers
+            await dave.connection.close()
+            await carol.connection.close()
+            await _members(alice, "#a", "carol", away=("carol",))
+            await _members(bob, "#b", "dave", away=("dave",))
+            # Not contacts: never announced, and the welcomes listed no stranger.
+            assert "carol" not in bob.connection.core.peers and "dave" not in alice.connection.core.peers
+            assert not [e for e in alice.seen if isinstance(e, PeerJoined) and e.nick in ("bob", "dave")]
+            assert not [e for e in bob.seen if isinstance(e, PeerJoined) and e.nick in ("alice", "carol")]
+        finally:
+            for peer in people:
+                await peer.connection.close()
+
+
+async def test_a_member_away_on_another_relay_gets_a_room_line_when_back(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    async with cluster(nats_server, 2) as (one, other):
+        for back_on, name in ((other, "carol"), (one, "erin")):
+            away, alice = Profile(name, tmp_path), Profile(f"alice{name}", tmp_path)
+            room = f"#ops-{name}"
+            async with away.run(other, rooms=(room,)):
+                pass  # a member of the room, kept by the second relay, and away now
+            async with alice.run(one, rooms=(room,)) as a:
+                await _members(a, room, name, away=(name,))
+                a.connection.send_room(room, "while you were out")
+                queued = await a.next(MessageQueued)
+                assert queued.nicks == (name,)
+            # Back on the relay that kept it, or on another (its mailbox is handed over).
+            async with away.run(back_on, rooms=(room,)) as c:
+                shown = await c.next(MailReceived)
+                assert (shown.sender, shown.text, shown.room) == (f"alice{name}", "while you were out", room)
