@@ -79,16 +79,16 @@ class World:
         client = self.clients[sender]
         self.counter += 1
         text = f"{sender} #{self.counter}"
-        # Private messages: a room's member list names only the members on the same relay
-        # (memberships are not yet shared across the cluster).
-        to = self.rng.choice([nick for nick in NICKS if nick != sender])
-        intended = {to}
+        # Room lines (the room's members are on every relay) and private messages.
+        to = self.rng.choice([nick for nick in NICKS if nick != sender]) if self.rng.random() < 0.3 else None
+        # Whom it is meant for: the room as the sender sees it, or the one person.
+        intended = {to} if to is not None else set(client.connection.core.peers)
         try:
-            message_id = client.send_private(to, text)
-        except CommandError as exc:
+            message_id = client.send_room("#lobby", text) if to is None else client.send_private(to, text)
+        except CommandError as exc:  # told at once: "nobody else is online", "bob is not online"
             self.ledger.refuse(sender, text, str(exc))
             return
-        self.ledger.sent(sender, message_id, text, intended, private=True)
+        self.ledger.sent(sender, message_id, text, intended, private=to is not None)
 
     def on(self, port: int) -> list[str]:
         return [nick for nick, client in self.clients.items() if client.port == port]
@@ -192,6 +192,7 @@ async def test_a_relay_killed_under_traffic_loses_nothing_silently(
         await _all_chat_again(here)
         assert not here.on(doomed)  # its clients are on the other relays
         assert await _a_line_gets_through(here, moved[0])
+        await asyncio.wait_for(_one_room_everywhere(here), 3 * WAIT)
 
 
 @pytest.mark.slow
@@ -257,6 +258,20 @@ async def _a_line_gets_through(here: World, sender: str) -> bool:
         }
         await asyncio.sleep(0.05)
     return not missing
+
+
+async def _one_room_everywhere(here: World) -> None:
+    """Every client sees the same members of #lobby (all of them: the killed relay's
+    clients kept their memberships) and so the same safety number."""
+
+    def agreed() -> bool:
+        rooms = [(nick, client.connection.core.room("#lobby")) for nick, client in here.clients.items()]
+        if not all(room is not None and set(room.others) == set(NICKS) - {nick} for nick, room in rooms):
+            return False
+        numbers = {client.connection.core.room_safety_number("#lobby") for client in here.clients.values()}
+        return len(numbers) == 1
+
+    await _until(agreed)
 
 
 def _shown_now(client: Client, sender: str, text: str) -> bool:
