@@ -24,6 +24,7 @@ from e2echat.relay.cluster.rooms import (
     parse_member_key,
 )
 from e2echat.relay.limits import Limits
+from e2echat.relay.rooms import PEER_ENTRY
 from e2echat.relay.routing import Copies
 from e2echat.relay.store import Enqueue
 from e2echat.wire import messages as m
@@ -258,3 +259,11 @@ def test_the_rooms_on_other_relays_count_against_the_limit_and_are_joined_freely
     wire.clients[alice].join("#c")
     wire.pump()
     assert any(isinstance(e, RoomRefused) for e in wire.take(alice))
+
+
+def test_a_join_is_charged_for_the_other_relays_members_it_lists() -> None:
+    wire, core = _wire()
+    before = core.kept.rooms.join_cost("alice", "#big")
+    for number in range(100):
+        wire.apply(core.remote_member(_member("#big", _elsewhere(f"user{number}")), wire.now))
+    assert core.kept.rooms.join_cost("alice", "#big") >= before + 100 * PEER_ENTRY

@@ -21,7 +21,7 @@ than ``per_address`` (as ``Sources`` counts connections: an IPv6 /64 is one addr
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sized
 from dataclasses import dataclass, field
 
 from nacl.public import PublicKey
@@ -93,7 +93,7 @@ class Rooms:
         #: the rooms that exist on the other relays of a cluster (room -> its members
         #: there): joining one makes no room, and the cluster's rooms count against
         #: ``max_rooms`` (relay/cluster/rooms.py)
-        self.elsewhere: Mapping[str, object] = {}
+        self.elsewhere: Mapping[str, Sized] = {}
 
     def is_member(self, nick: str, room: str) -> bool:
         return nick in self.members.get(room, ())
@@ -120,10 +120,12 @@ class Rooms:
     def join_cost(self, nick: str, room: str) -> int:
         """What ``nick`` (online) joining ``room`` makes the relay write, at most: its
         answer lists every other member, and if it is new there, each other member
-        online is sent an ``entered``."""
+        online is sent an ``entered``. (The other relays' members of a room are listed
+        too, each counted as one online: their ``entered`` is their relay's to write.)"""
         members = len(self.members.get(room, ()))
         online = len(self.present.get(room, ()))
-        pages = (1 + members // DIRECTORY_CHUNK) * MEMBERS_PAGE
+        elsewhere = len(self.elsewhere.get(room, ())) if self.elsewhere else 0
+        pages = (1 + (members + elsewhere) // DIRECTORY_CHUNK) * MEMBERS_PAGE + elsewhere * PEER_ENTRY
         if self.is_member(nick, room):  # again: answered, and nobody told
             return pages + (online - 1) * PEER_ENTRY + (members - online) * MEMBER_ENTRY
         return pages + online * JOIN_CHARGE + (members - online) * MEMBER_ENTRY
