@@ -6,6 +6,7 @@ import math
 import os
 import time
 from array import array
+from collections.abc import Callable
 from typing import Any
 
 from benchmarks import servers
@@ -79,12 +80,24 @@ def median_run(runs: list[Run]) -> Run:
     return sorted(runs, key=p99)[len(runs) // 2]
 
 
-def paced_replay(server: servers.Server, clients: int, rate: float, seconds: float, context: Context) -> Run:
+def paced_replay(
+    server: servers.Measured,
+    clients: int,
+    rate: float,
+    seconds: float,
+    context: Context,
+    ports: dict[str, int] | None = None,
+    crossing: Callable[[int, int], bool] | None = None,
+) -> Run:
+    """Paced, pre-encrypted senders: the relay path's latency. With ``crossing`` (sender
+    and recipient indices -> whether the pair is on two relays of a cluster), the run's
+    latencies are those of the pairs it names, and ``extra["same_relay"]`` the rest."""
     plan = context.plan
     everyone = nicks(clients)
     base = {
         "host": server.host,
         "port": server.port,
+        "ports": ports or {},
         "everyone": everyone,
         "rate": rate,
         "seconds": seconds,
@@ -111,13 +124,23 @@ def paced_replay(server: servers.Server, clients: int, rate: float, seconds: flo
         client_cpu=sum(b["cpu"] for b in blasted),
         integrity=integrity,
         complete=all(b["complete"] for b in blasted),
-        latencies=_path_latencies(done, everyone),
-        extra={"rate": rate, "seconds_offered": seconds},
+        latencies=_path_latencies(done, everyone, crossing),
+        extra={
+            "rate": rate,
+            "seconds_offered": seconds,
+            **({"same_relay": _path_latencies(done, everyone, crossing, False)} if crossing else {}),
+        },
     )
 
 
-def _path_latencies(done: list[dict[str, Any]], everyone: list[str]) -> list[float]:
-    """Milliseconds from each message's write at its sender to its arrival at each recipient."""
+def _path_latencies(
+    done: list[dict[str, Any]],
+    everyone: list[str],
+    crossing: Callable[[int, int], bool] | None = None,
+    wanted: bool = True,
+) -> list[float]:
+    """Milliseconds from each message's write at its sender to its arrival at each
+    recipient (with ``crossing``: of the pairs for which it says ``wanted``)."""
     written: dict[str, array[float]] = {}
     for result in done:
         for nick, data in result["written"].items():
@@ -125,12 +148,14 @@ def _path_latencies(done: list[dict[str, Any]], everyone: list[str]) -> list[flo
             written[nick].frombytes(data)
     latencies = []
     for result in done:
-        senders, seqs, arrivals = array("I"), array("I"), array("d")
+        senders, seqs, arrivals, recipients = array("I"), array("I"), array("d"), array("I")
         senders.frombytes(result["arrivals"][0])
         seqs.frombytes(result["arrivals"][1])
         arrivals.frombytes(result["arrivals"][2])
-        for sender, seq, arrival in zip(senders, seqs, arrivals, strict=True):
-            latencies.append(1e3 * (arrival - written[everyone[sender]][seq]))
+        recipients.frombytes(result["arrivals"][3])
+        for sender, seq, arrival, recipient in zip(senders, seqs, arrivals, recipients, strict=True):
+            if crossing is None or crossing(sender, recipient) == wanted:
+                latencies.append(1e3 * (arrival - written[everyone[sender]][seq]))
     return latencies
 
 

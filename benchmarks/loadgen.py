@@ -284,7 +284,7 @@ async def replay_relay(channel: Channel, config: dict[str, Any]) -> dict[str, An
     others = len(config["everyone"]) - 1
     clients = [RelayReplayClient(nick) for nick in config["mine"]]
     try:
-        await asyncio.gather(*(c.connect(config["host"], config["port"], others) for c in clients))
+        await asyncio.gather(*(c.connect(config["host"], port_of(config, c.nick), others) for c in clients))
         started = time.process_time()
         for client in clients:
             texts = [
@@ -563,7 +563,7 @@ class LiveClient:
 
 async def live(channel: Channel, config: dict[str, Any]) -> dict[str, Any]:
     others = len(config["everyone"]) - 1
-    clients = [LiveClient(nick, config["host"], config["port"]) for nick in config["mine"]]
+    clients = [LiveClient(nick, config["host"], port_of(config, nick)) for nick in config["mine"]]
     try:
         await asyncio.gather(*(c.open(others) for c in clients))
         channel.report("connected")
@@ -642,6 +642,14 @@ async def _arrived(clients: list[LiveClient], sent: dict[str, int], timeout: flo
     return True
 
 
+def port_of(config: dict[str, Any], nick: str) -> int:
+    """The relay port ``nick`` uses: its own in ``ports`` (clients spread over a
+    cluster's relays), else the one relay's."""
+    ports: dict[str, int] = config.get("ports") or {}
+    port: int = ports.get(nick, config["port"])
+    return port
+
+
 # -- paced, pre-encrypted senders: the relay's share of the latency ------------------------
 
 
@@ -654,7 +662,7 @@ async def paced_replay(channel: Channel, config: dict[str, Any]) -> dict[str, An
     clients = [RelayReplayClient(nick) for nick in config["mine"]]
     offsets = [random.random() / rate for _ in clients]
     try:
-        await asyncio.gather(*(c.connect(config["host"], config["port"], others) for c in clients))
+        await asyncio.gather(*(c.connect(config["host"], port_of(config, c.nick), others) for c in clients))
         for client in clients:
             client.prepare([message_text(client.nick, k) for k in range(count)], others)
         channel.report("ready")
@@ -682,14 +690,16 @@ async def paced_replay(channel: Channel, config: dict[str, Any]) -> dict[str, An
         )
         everyone: list[str] = config["everyone"]
         inboxes, senders, seqs, arrivals = {}, array("I"), array("I"), array("d")
+        recipients = array("I")
         for client in clients:
             inbox = client.verify_arrivals(everyone, senders, seqs, arrivals)
             inboxes[client.nick] = inbox.summary()
+            recipients.extend([everyone.index(client.nick)] * (len(senders) - len(recipients)))
         return {
             "sent": {c.nick: c.sent for c in clients},
             "inboxes": inboxes,
             "written": {c.nick: c.written.tobytes() for c in clients},
-            "arrivals": (senders.tobytes(), seqs.tobytes(), arrivals.tobytes()),
+            "arrivals": (senders.tobytes(), seqs.tobytes(), arrivals.tobytes(), recipients.tobytes()),
         }
     finally:
         for client in clients:

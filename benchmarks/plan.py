@@ -67,7 +67,8 @@ class Plan:
     drain_messages: int = 10_000
     #: 13. files: one file of this many MiB through the relay (issue 20: 256)
     file_mib: int = 256
-    #: 14. cluster: clients failing over from a killed relay
+    #: 14. cluster: clients of the replay runs on 1 and 2 relays; clients failing over
+    cluster_clients: int = 50
     failover_clients: int = 1000
     #: worker processes for simulated clients (the machine has 2 cores; the relay needs one)
     workers: int = 2
@@ -119,6 +120,7 @@ SMOKE = Plan(
     restart_room=5,
     restart_timeout=20.0,
     file_mib=4,
+    cluster_clients=4,
     failover_clients=6,
 )
 

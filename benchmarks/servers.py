@@ -19,6 +19,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from benchmarks.system import CpuMark, cpu_seconds, peak_rss_bytes, raise_open_files_limit, rss_bytes
 
@@ -40,6 +41,19 @@ UNLIMITED = (
 
 class ServerFailed(RuntimeError):
     pass
+
+
+class Measured(Protocol):
+    """What a run needs of what it measures: where clients connect, and its CPU time (a
+    relay, the forwarder, or a cluster's relays together)."""
+
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def port(self) -> int: ...
+
+    def mark(self) -> CpuMark: ...
 
 
 @dataclass

@@ -100,8 +100,11 @@ def sample_body_size(text_size: int = TEXT_SIZE) -> int:
     return len(to_them.encrypt(text, Kind.ROOM, directory_hash="0" * 64))
 
 
-def replay(server: servers.Server, kind: str, clients: int, context: Context) -> Run:
-    """Every client sends its share of room messages as fast as the server answers."""
+def replay(
+    server: servers.Measured, kind: str, clients: int, context: Context, ports: dict[str, int] | None = None
+) -> Run:
+    """Every client sends its share of room messages as fast as the server answers
+    (``ports``: each client's relay port, if not ``server``'s)."""
     plan = context.plan
     everyone = nicks(clients)
     messages = max(1, math.ceil(plan.deliveries_per_run / (clients * (clients - 1))))
@@ -117,6 +120,7 @@ def replay(server: servers.Server, kind: str, clients: int, context: Context) ->
         # Read at most every 0.1 ms × N: fewer wake-ups for the load generator, while the
         # window (×N recipients each) keeps far more than that in flight.
         "pause": 0.0001 * clients,
+        "ports": ports or {},
     }
     configs = [{**base, "mine": part} for part in split(everyone, plan.workers)]
     with Pool(f"benchmarks.loadgen:replay_{kind}", configs) as pool:

@@ -61,7 +61,14 @@ EXPECTED = {
         "relay_peak_rss_mib",
         "chat_p99_ms",
     ],
-    "cluster": ["failover_s_n"],
+    "cluster": [
+        "deliveries_per_s_one",
+        "deliveries_per_s_two",
+        "relay_cpu_us_per_delivery_two",
+        "nats_cpu_us_per_delivery",
+        "p99_ms_added_by_nats",
+        "failover_s_n",
+    ],
 }
 
 
