@@ -14,7 +14,14 @@ from nacl.public import PrivateKey
 from test_mailbox_e2e import Profile
 
 from e2echat.client.core import MessageReceived
-from e2echat.client.events import MailReceived, MessageQueued, PeerJoined, RoomEntered, RoomParted
+from e2echat.client.events import (
+    MailReceived,
+    MessageQueued,
+    PeerJoined,
+    RoomEntered,
+    RoomParted,
+    SecurityWarning,
+)
 from e2echat.client.receipts import DeliveryReport
 from e2echat.relay.cluster.relay import ClusterRelay
 
@@ -146,3 +153,36 @@ async def test_a_member_away_on_another_relay_gets_a_room_line_when_back(
             async with away.run(back_on, rooms=(room,)) as c:
                 shown = await c.next(MailReceived)
                 assert (shown.sender, shown.text, shown.room) == (f"alice{name}", "while you were out", room)
+
+
+async def test_a_line_sent_right_after_a_join_reaches_the_other_relay_after_the_join(
+    nats_server: NatsServer,
+) -> None:
+    """The join crosses NATS through the rooms bucket, the line through a request: the
+    line waits for the bucket to be read that far, so the member on the other relay knows
+    the sender is in the room when it comes (else its client drops it, and says so)."""
+    async with cluster(nats_server, 2) as (one, other):
+        rooms = tuple(f"#r{number}" for number in range(10))
+        alice = await connect(one, "alice", rooms=rooms)
+        bob = await connect(other, "bob", rooms=("#lobby",))
+        # The first relay reads the bucket late (as a loaded machine might): each change
+        # is handled a while after it came.
+        link = one._rooms
+        changed = link._changed
+
+        def late(*change: Any) -> None:
+            asyncio.get_running_loop().call_later(0.2, changed, *change)
+
+        link._changed = late  # type: ignore[method-assign,assignment]
+        try:
+            for room in rooms:
+                bob.connection.join(room)
+                await _members(bob, room, "alice")  # its list came: alice is in it
+                bob.connection.send_room(room, f"first words in {room}")
+            for room in rooms:
+                got = await alice.next(MessageReceived, lambda e: e.sender == "bob")
+                assert (got.text, got.room) == (f"first words in {room}", room)
+            assert not [e for e in alice.seen if isinstance(e, SecurityWarning)]
+        finally:
+            await alice.connection.close()
+            await bob.connection.close()
