@@ -23,6 +23,7 @@ from e2echat.client.reconnect import Client
 from e2echat.client.relays import parse_relays
 from e2echat.errors import RegistrationRefused
 from e2echat.relay.cluster.relay import ClusterRelay
+from e2echat.relay.cluster.rooms import ORDERED
 from e2echat.relay.cluster.wire import DEAD_AFTER
 from e2echat.store.keyfile import load_or_create_relay_key
 from e2echat.wire import messages as m
@@ -200,7 +201,7 @@ async def test_a_send_crosses_nats_once_per_relay_with_recipients(nats_server: N
                 delivered = await peer.receive_kind(m.Deliver)
                 assert (delivered.sender, delivered.body) == ("alice", body)  # as sent: unopened
             await watcher.flush()
-            forwards = [data for data in seen if data[:1] == b"s"]
+            forwards = [data for data in seen if data[:1] == ORDERED]  # a send's copies
             assert len(forwards) == 1  # one request for both copies
         finally:
             for peer in (alice, bob, carol):

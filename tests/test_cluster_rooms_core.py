@@ -19,10 +19,13 @@ from e2echat.relay.cluster.rooms import (
     Membership,
     SaveMembership,
     decode_membership,
+    decode_ordered,
     encode_membership,
+    encode_ordered,
     member_key,
     parse_member_key,
 )
+from e2echat.relay.cluster.wire import encode_forward
 from e2echat.relay.limits import Limits
 from e2echat.relay.rooms import PEER_ENTRY
 from e2echat.relay.routing import Copies
@@ -80,6 +83,14 @@ def test_a_membership_goes_both_ways() -> None:
 def test_a_key_that_is_not_a_membership_is_refused(key: str) -> None:
     with pytest.raises(RemoteProtocolError):
         parse_member_key(key)
+
+
+def test_a_forward_s_order_goes_both_ways() -> None:
+    forward = encode_forward("alice", [("bob", b"body")])
+    assert decode_ordered(encode_ordered(17, 42, forward)) == (17, 42, forward)
+    for broken in (encode_ordered(17, 42, forward)[:10], forward):
+        with pytest.raises(RemoteProtocolError):
+            decode_ordered(broken)
 
 
 def test_a_value_that_is_not_a_membership_is_refused() -> None:

@@ -47,8 +47,14 @@ from e2echat.relay.cluster.core import (
     Release,
 )
 from e2echat.relay.cluster.jetstream_store import JetStreamStore
-from e2echat.relay.cluster.roomlink import AFTER, MESSAGE_ID, RoomsLink
-from e2echat.relay.cluster.rooms import DropMembership, SaveMembership
+from e2echat.relay.cluster.roomlink import RoomsLink
+from e2echat.relay.cluster.rooms import (
+    ORDERED,
+    DropMembership,
+    SaveMembership,
+    decode_ordered,
+    encode_ordered,
+)
 from e2echat.relay.cluster.wire import (
     DEAD_AFTER,
     DEFAULT_NAME,
@@ -360,18 +366,16 @@ class ClusterRelay(Relay):
         nodes = list(request.groups)
         # After this relay's changes to memberships so far: see relay/cluster/roomlink.py.
         after = await self._rooms.written_so_far()
-        headers = {AFTER: str(after), MESSAGE_ID: str(request.message_id)}
-        asked = [self._ask(node, request.sender, request.groups[node], headers) for node in nodes]
+        asked = [self._ask(node, request, after) for node in nodes]
         answers = await asyncio.gather(*asked)
         self._apply(request.routed(dict(zip(nodes, answers, strict=True))))
 
-    async def _ask(
-        self, node: str, sender: str, items: list[tuple[str, bytes]], headers: dict[str, str]
-    ) -> Outcome | None:
+    async def _ask(self, node: str, request: Forward, after: int) -> Outcome | None:
         assert self._nc is not None
         try:
-            payload = encode_forward(sender, items)
-            reply = await self._nc.request(self.names.node(node), payload, FORWARD_TIMEOUT, headers=headers)
+            forward = encode_forward(request.sender, request.groups[node])
+            payload = encode_ordered(after, request.message_id, forward)
+            reply = await self._nc.request(self.names.node(node), payload, FORWARD_TIMEOUT)
             return decode_outcome(reply.data)
         except Exception as exc:  # no answer in time, no such relay, NATS out of reach
             log.info("forward to relay %s: %s", node, _reason(exc))
@@ -539,8 +543,9 @@ class ClusterRelay(Relay):
                 requester, nicks = decode_fetch(msg.data)
                 actions, reply = core.fetch_here(requester, nicks)
             else:
-                sender, items = decode_forward(msg.data)
-                after, message_id = _forward_headers(msg.headers)
+                # A send's copies, after what its relay wrote of memberships (roomlink.py).
+                after, message_id, forward = decode_ordered(msg.data) if kind == ORDERED else (0, 0, msg.data)
+                sender, items = decode_forward(forward)
                 await self._rooms.read_to(after)
                 now = asyncio.get_running_loop().time()
                 actions, outcome = core.deliver_here(sender, message_id, items, now)
@@ -753,15 +758,6 @@ class ClusterRelay(Relay):
         task = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-
-def _forward_headers(headers: dict[str, str] | None) -> tuple[int, int]:
-    """(the bucket revision to read to first, the send's message id) of a forward."""
-    headers = headers or {}
-    try:
-        return int(headers.get(AFTER, "0")), int(headers.get(MESSAGE_ID, "0"))
-    except ValueError:
-        raise RemoteProtocolError(detail="a forward's headers are malformed") from None
 
 
 def _reason(exc: BaseException) -> str:

@@ -4,7 +4,7 @@ put there (and deleted) in the order they change, and every other relay's, watch
 The relays see a membership through the bucket and a send's copies through a request
 (relay/cluster/relay.py): two paths, which NATS does not order against each other. So a
 forward carries the revision of the bucket that the sender's relay last wrote
-(``AFTER``), and the relay it goes to waits (at most ``ROOMS_WAIT``) until it has read
+(``encode_ordered``), and the relay it goes to waits (at most ``ROOMS_WAIT``) until it has read
 the bucket that far before it delivers: a client never sees a room message from someone
 whose join it has not been told of yet, as on one relay. nats-py's exceptions are
 translated here and nowhere else (but for the relay's own).
@@ -36,10 +36,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("e2echat.relay.cluster.roomlink")
 
-#: the NATS header of a forward that holds the sender's relay's last write to the bucket
-AFTER = "E2E-Rooms-After"
-#: the header that holds the send's message id (for a copy queued in a mailbox there)
-MESSAGE_ID = "E2E-Message-Id"
 #: how long a forward waits for the bucket to be read that far (its copies are late by
 #: that, not lost) and a forward for this relay's writes to be made
 ROOMS_WAIT = 1.0

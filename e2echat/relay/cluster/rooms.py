@@ -37,6 +37,11 @@ from e2echat.wire.objects import Member
 #: node id (16 hex digits), nick (length first), identity key, since (Unix time)
 _SINCE = struct.Struct(">d")
 _NODE_SIZE = 16
+#: the first byte of a send's copies for another relay that says what they come after:
+#: the revision of the ``rooms`` bucket its relay last wrote, and the send's message id
+#: (for a copy queued in a mailbox there), then the ``encode_forward`` request
+ORDERED = b"o"
+_ORDER = struct.Struct(">QQ")
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +120,18 @@ def decode_membership(key: str, value: bytes) -> Membership:
     identity_key = value[at : at + KEY_SIZE]
     (since,) = _SINCE.unpack(value[at + KEY_SIZE :])
     return Membership(room, nick, identity_key, since, raw_node.decode("ascii"))
+
+
+def encode_ordered(after: int, message_id: int, forward: bytes) -> bytes:
+    return ORDERED + _ORDER.pack(after, message_id) + forward
+
+
+def decode_ordered(payload: bytes) -> tuple[int, int, bytes]:
+    """(bucket revision, message id, the forward) from ``encode_ordered``."""
+    if payload[:1] != ORDERED or len(payload) < 1 + _ORDER.size:
+        raise RemoteProtocolError(detail="an ordered forward is cut short")
+    after, message_id = _ORDER.unpack_from(payload, 1)
+    return after, message_id, payload[1 + _ORDER.size :]
 
 
 class RemoteRooms:
