@@ -24,9 +24,11 @@ from e2echat.client.events import (
 )
 from e2echat.client.receipts import DeliveryReport
 from e2echat.relay.cluster.relay import ClusterRelay
+from e2echat.ui.chat import Chat
+from e2echat.ui.roomlist import RoomList
 
 from nats_support import NatsServer
-from support import LOOPBACK, WAIT, Peer, connect, running
+from support import LOOPBACK, WAIT, Peer, connect, running, text_into
 
 KEY = PrivateKey.generate()
 
@@ -72,6 +74,14 @@ async def test_three_relays_one_room_same_members_same_safety_number_lines_and_r
                 await _members(peer, "#lobby", *(set(nicks) - {peer.nick}))
             numbers = {peer.connection.core.room_safety_number("#lobby") for peer in people}
             assert len(numbers) == 1  # /verify #lobby agrees on every relay
+            for peer in people:  # and /names, /rooms say the same room
+                lines: list[str] = []
+                chat = Chat(peer.connection, text_into(lines), rooms=RoomList(["#lobby"], "#lobby"))
+                chat.handle_line("/names #lobby")
+                assert "#lobby, 3 members:" in lines[-1]
+                assert all(nick in lines[-1] for nick in set(nicks) - {peer.nick})
+                chat.handle_line("/rooms")
+                assert lines[-1].split() == ["*", "1", "#lobby", "3/3"]
             alice, bob, carol = people
             message_id = alice.connection.send_room("#lobby", "to the room, across relays")
             for other in (bob, carol):
