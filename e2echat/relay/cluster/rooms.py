@@ -145,6 +145,16 @@ class RemoteRooms:
         #: (room, nick) whose members online here have not been told of it: it came while
         #: its member was not known online (the nicks bucket may lag behind this one)
         self.untold: set[tuple[str, str]] = set()
+        #: nick -> (identity key, its ``Member`` as ``encode_member`` gives it): made once
+        #: for every list of its rooms, as ``Kept.encoded_member`` does for those here
+        self._encoded: dict[str, tuple[bytes, bytes]] = {}
+
+    def encoded_member(self, membership: Membership) -> bytes:
+        cached = self._encoded.get(membership.nick)
+        if cached is None or cached[0] != membership.identity_key:
+            member = Member(membership.nick, PublicKey(membership.identity_key))
+            cached = self._encoded[membership.nick] = (membership.identity_key, encode_member(member))
+        return cached[1]
 
     def get(self, room: str, nick: str) -> Membership | None:
         return self.members.get(room, {}).get(nick)
@@ -168,6 +178,7 @@ class RemoteRooms:
         del rooms[room]
         if not rooms:
             del self.rooms_of[nick]
+            self._encoded.pop(nick, None)
         self.untold.discard((room, nick))
         return membership
 
@@ -219,8 +230,7 @@ class ClusterPresence(Presence):
             if entry is not None:
                 online.append(entry[1])
             else:
-                membership = remote.members[room][other]
-                away.append(encode_member(Member(other, PublicKey(membership.identity_key))))
+                away.append(remote.encoded_member(remote.members[room][other]))
         return members_pages(room, online, away)
 
     def forgotten(self) -> list[tuple[ConnId, bytes]]:
