@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from nacl.public import PrivateKey
+from test_chaos import _kill as _kill_sockets
 from test_mailbox_e2e import Profile
 
 from e2echat.client.core import MessageReceived
@@ -196,3 +197,38 @@ async def test_a_line_sent_right_after_a_join_reaches_the_other_relay_after_the_
         finally:
             await alice.connection.close()
             await bob.connection.close()
+
+
+async def _kill(relay: ClusterRelay) -> None:
+    """As ``kill -9`` would: its sockets and its link to NATS gone at once, nothing given
+    up (its nicks and memberships stay in the buckets), no heartbeat from now on."""
+    await _kill_sockets(relay)
+    for task in list(relay._tasks):
+        task.cancel()
+    await asyncio.gather(*relay._tasks, return_exceptions=True)
+    nc, relay._nc = relay._nc, None
+    assert nc is not None
+    await nc.close()
+
+
+async def test_a_relay_killed_its_members_away_stay_and_a_line_for_them_is_not_lost(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    async with cluster(nats_server, 1) as (survivor,):
+        doomed = ClusterRelay(LOOPBACK, 0, cluster=nats_server.url, key=KEY)
+        await doomed.start()
+        carol, alice = Profile("carol", tmp_path), Profile("alice", tmp_path)
+        async with carol.run(doomed, rooms=("#ops",)):
+            pass  # a member of #ops, kept by the relay about to die, and away now
+        await _kill(doomed)
+        async with alice.run(survivor, rooms=("#ops",)) as a:
+            await _members(a, "#ops", "carol", away=("carol",))  # still a member
+            message_id = a.connection.send_room("#ops", "for carol, whose relay died")
+            report = await a.next(DeliveryReport, lambda e: e.message_id == message_id)
+            # Its mailbox is on the dead relay: reported NOT delivered, not silently lost.
+            assert [nick for nick, _ in report.failed] == ["carol"] and not report.delivered
+        # carol back, on the relay that lives: she takes her memberships along.
+        async with carol.run(survivor, rooms=("#ops",)) as c, alice.run(survivor, rooms=("#ops",)) as a:
+            await _members(c, "#ops", "alice")
+            await _members(a, "#ops", "carol")
+            assert survivor.cluster_core.kept.rooms.is_member("carol", "#ops")
