@@ -193,7 +193,10 @@ async def test_a_membership_a_hostile_member_puts_in_the_bucket_is_said(
                 await kv.put(member_key("#ops", "mallory"), encode_membership(fake))
             finally:
                 await client.close()
-            # Whoever lists #ops next is told a reader came: it cannot be added unseen.
+            # bob, online, is sent #ops's list again (mallory never shows up online) and
+            # told it changed; whoever lists #ops next is told a reader came.
+            await b.next(RoomChanged, lambda e: e.why == "the relay's list of its members changed")
+            assert "mallory" in b.connection.core.away_in("#ops")
             async with alice.run(honest, rooms=("#ops",)) as a:
                 changed = await a.next(RoomChanged, lambda e: "away" in e.why)
                 assert changed.why == "while you were away, mallory joined"

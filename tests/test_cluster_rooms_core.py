@@ -10,10 +10,10 @@ from nacl.public import PrivateKey
 from test_cluster_core import _written
 from test_cores import UNLIMITED, FakeWire
 
-from e2echat.client.events import PeerJoined, PeerLeft, RoomEntered, RoomParted, RoomRefused
+from e2echat.client.events import PeerJoined, PeerLeft, RoomChanged, RoomEntered, RoomParted, RoomRefused
 from e2echat.errors import RemoteProtocolError
 from e2echat.relay.actions import ConnId, Persist
-from e2echat.relay.cluster.core import Claim, ClusterCore, FetchElsewhere, Forward
+from e2echat.relay.cluster.core import UNTOLD_WAIT, Claim, ClusterCore, FetchElsewhere, Forward
 from e2echat.relay.cluster.rooms import (
     DropMembership,
     Membership,
@@ -278,3 +278,18 @@ def test_a_join_is_charged_for_the_other_relays_members_it_lists() -> None:
     for number in range(100):
         wire.apply(core.remote_member(_member("#big", _elsewhere(f"user{number}")), wire.now))
     assert core.kept.rooms.join_cost("alice", "#big") >= before + 100 * PEER_ENTRY
+
+
+def test_a_membership_whose_member_never_shows_up_online_is_told_by_the_list() -> None:
+    """It registered there and left before this relay read of it (or it is made up): the
+    room's members here are sent its list again, and see the change."""
+    wire, core = _wire()
+    alice = _join(wire, core, "alice", "#ops")
+    wire.apply(core.remote_member(_member("#ops", _elsewhere("carol")), wire.now))
+    wire.apply(core.tick(wire.now + UNTOLD_WAIT / 2))
+    assert not [e for e in wire.take(alice) if isinstance(e, RoomChanged)]
+    wire.apply(core.tick(wire.now + UNTOLD_WAIT))
+    changed = [e for e in wire.take(alice) if isinstance(e, RoomChanged)]
+    assert changed and changed[0].room == "#ops"
+    assert wire.clients[alice].away_in("#ops") == ["carol"]
+    assert not core.remote_rooms.untold

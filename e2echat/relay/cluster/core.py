@@ -61,6 +61,10 @@ UNREACHABLE = ("busy", "the relay cannot reach the rest of its cluster; try agai
 #: this relay's client whose nick the cluster has given to another relay's (this relay was
 #: out of touch long enough to be taken for dead)
 DISPLACED = ("nick_taken", "your nick was claimed on another relay of the cluster; reconnect")
+#: seconds a membership of another relay's member not known online waits for its member
+#: to be (the two buckets are read apart); then its room's members here are sent the
+#: room's list again, which has it (a member away: registered and gone meanwhile)
+UNTOLD_WAIT = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -394,7 +398,8 @@ class ClusterCore(RelayCore):
         assert isinstance(presence, ClusterPresence)
         rooms = [room for room in self.remote_rooms.of(nick) if (room, nick) in untold]
         contacts = self._contacts(nick, untold=True)
-        untold.difference_update((room, nick) for room in rooms)
+        for room in rooms:
+            del untold[(room, nick)]
         frames = presence.to(contacts, encode_frame(encode_message(PeerJoined(peer))))
         encoded = self.remote.peers[nick][1]
         for room in rooms:
@@ -447,7 +452,7 @@ class ClusterCore(RelayCore):
             return []  # moved between relays, or seen again: nothing new for its members
         entry = self.remote.peers.get(nick)
         if entry is None:
-            remote_rooms.untold.add((room, nick))
+            remote_rooms.untold[(room, nick)] = now
             return []
         # Those it is a new contact of are told it is online, as a register tells them on
         # one relay (whether it registered or joined, the order the two buckets are read
@@ -468,6 +473,26 @@ class ClusterCore(RelayCore):
             return []
         frames = presence.to_room(room, encode_frame(encode_parted(room, nick)), nick)
         return self._behind([Write(frames)] if frames else [])
+
+    def tick(self, now: float, wall: float | None = None) -> list[Action]:
+        """As a single relay's, and the memberships still untold after ``UNTOLD_WAIT``
+        (their member never came online here) told: by the room's list, again."""
+        actions = super().tick(now, wall)
+        untold = self.remote_rooms.untold
+        late = [key for key, since in untold.items() if now - since >= UNTOLD_WAIT]
+        if not late:
+            return actions
+        paging, online, owed = self._paging, self.online, []
+        for room, nick in late:
+            del untold[(room, nick)]
+            for member in self.kept.rooms.online_in(room):
+                conn = online[member]
+                if not paging.lists_due(conn, room):
+                    paging.owe(conn, member, rooms=[room])
+                    owed.append(conn)
+        for conn in dict.fromkeys(owed):
+            actions += self._release(conn)
+        return actions
 
     def mirror(self, actions: Iterable[Action]) -> None:
         """The changes to memberships kept here among ``actions``, as requests to put or

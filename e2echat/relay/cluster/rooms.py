@@ -142,9 +142,10 @@ class RemoteRooms:
         self.members: dict[str, dict[str, Membership]] = {}
         #: nick -> its rooms here
         self.rooms_of: dict[str, dict[str, None]] = {}
-        #: (room, nick) whose members online here have not been told of it: it came while
-        #: its member was not known online (the nicks bucket may lag behind this one)
-        self.untold: set[tuple[str, str]] = set()
+        #: (room, nick) whose members online here have not been told of it -> since when:
+        #: it came while its member was not known online (the nicks bucket may lag behind
+        #: this one; ``ClusterCore.tick`` tells them if it does not come)
+        self.untold: dict[tuple[str, str], float] = {}
         #: nick -> (identity key, its ``Member`` as ``encode_member`` gives it): made once
         #: for every list of its rooms, as ``Kept.encoded_member`` does for those here
         self._encoded: dict[str, tuple[bytes, bytes]] = {}
@@ -179,7 +180,7 @@ class RemoteRooms:
         if not rooms:
             del self.rooms_of[nick]
             self._encoded.pop(nick, None)
-        self.untold.discard((room, nick))
+        self.untold.pop((room, nick), None)
         return membership
 
     def of(self, nick: str) -> list[str]:
