@@ -13,7 +13,8 @@ from test_cores import UNLIMITED, FakeWire
 from e2echat.client.events import PeerJoined, PeerLeft, RoomChanged, RoomEntered, RoomParted, RoomRefused
 from e2echat.errors import RemoteProtocolError
 from e2echat.relay.actions import ConnId, Persist
-from e2echat.relay.cluster.core import UNTOLD_WAIT, Claim, ClusterCore, FetchElsewhere, Forward
+from e2echat.relay.cluster.core import Claim, ClusterCore, FetchElsewhere, Forward
+from e2echat.relay.cluster.memberships import UNTOLD_WAIT
 from e2echat.relay.cluster.rooms import (
     DropMembership,
     Membership,

@@ -64,6 +64,7 @@ PURE = sorted(
         "relay.cluster.records",
         "relay.cluster.addresses",
         "relay.cluster.rooms",
+        "relay.cluster.memberships",
         "ui.cells",
         "ui.commands",
         "ui.transfers",
