@@ -15,6 +15,9 @@ to a single relay's core:
   have said what became of them (``Forward.routed``). Copies from another relay for
   clients here: ``deliver_here``.
 - A nick that leaves here is given up (``Release``).
+- Rooms are one across the relays: the other relays' memberships are listed and told as
+  this relay's are, and this relay's are put in the ``rooms`` bucket (``RoomsAcross``,
+  relay/cluster/memberships.py).
 
 The requests for the shell collect in ``requests`` (the core's ``Action``s stay what a
 single relay's shell knows how to carry out).
