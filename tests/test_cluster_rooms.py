@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from e2echat.client.events import (
 )
 from e2echat.client.receipts import DeliveryReport
 from e2echat.relay.cluster.relay import ClusterRelay
+from e2echat.relay.sqlite_store import SqliteStore
 from e2echat.ui.chat import Chat
 from e2echat.ui.roomlist import RoomList
 
@@ -232,3 +233,40 @@ async def test_a_relay_killed_its_members_away_stay_and_a_line_for_them_is_not_l
             await _members(c, "#ops", "alice")
             await _members(a, "#ops", "carol")
             assert survivor.cluster_core.kept.rooms.is_member("carol", "#ops")
+
+
+async def test_a_relay_restarted_with_its_store_keeps_its_members_away_in_the_cluster(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """A restarted relay is a new node: it puts the memberships its store kept under its
+    new id, and a line for a member away there is queued there again."""
+    path = tmp_path / "relay.db"
+    async with cluster(nats_server, 1) as (survivor,):
+        doomed = ClusterRelay(LOOPBACK, 0, cluster=nats_server.url, key=KEY, store=SqliteStore(path))
+        await doomed.start()
+        carol, alice = Profile("carol", tmp_path), Profile("alice", tmp_path)
+        async with carol.run(doomed, rooms=("#ops",)):
+            pass  # a member of #ops, kept (and stored) by that relay, away now
+        await _kill(doomed)
+        assert doomed._journal is not None
+        await doomed._journal.close()  # the process is gone: so is its hold on the file
+        async with running(
+            ClusterRelay(LOOPBACK, 0, cluster=nats_server.url, key=KEY, store=SqliteStore(path))
+        ) as back:
+            assert back.node != doomed.node
+            await asyncio.wait_for(
+                _until(lambda: survivor.cluster_core.remote_rooms.node_of("carol") == back.node), WAIT
+            )
+            async with alice.run(survivor, rooms=("#ops",)) as a:
+                await _members(a, "#ops", "carol", away=("carol",))
+                a.connection.send_room("#ops", "for carol, kept again")
+                queued = await a.next(MessageQueued)
+                assert queued.nicks == ("carol",)
+            async with carol.run(survivor, rooms=("#ops",)) as c:  # her mail follows her
+                shown = await c.next(MailReceived)
+                assert (shown.sender, shown.text) == ("alice", "for carol, kept again")
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    while not condition():
+        await asyncio.sleep(0.02)
