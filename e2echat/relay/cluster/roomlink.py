@@ -81,7 +81,10 @@ class RoomsLink:
         self._idle.clear()
 
     async def stop_watching(self) -> None:
-        """NATS is back after an outage: the watch is read anew (``_watch``)."""
+        """NATS is back after an outage: the watch is read anew (``_watch``). What was
+        written before may not be there (a server without its store): forwards wait for
+        this relay's writes from now on only."""
+        self.written = 0
         if self._watcher is not None:
             with contextlib.suppress(Exception):
                 await self._watcher.stop()  # type: ignore[no-untyped-call]
@@ -114,7 +117,7 @@ class RoomsLink:
             key = member_key(membership.room, membership.nick)
             revision = await asyncio.wait_for(self._kv.put(key, encode_membership(membership)), NATS_TIMEOUT)
             self._mine[key] = revision
-            self.written = max(self.written, revision)
+            self.written = revision  # (writes are made one at a time, in order)
             return
         key = member_key(request.room, request.nick)
         revision = self._mine.pop(key, 0)
@@ -122,8 +125,8 @@ class RoomsLink:
             return  # another relay's now (its member moved there), or never put
         # Only if unchanged since: a put by another relay meanwhile is the member's move.
         await asyncio.wait_for(self._kv.delete(key, last=revision), NATS_TIMEOUT)
-        # A delete's revision is not returned: the next one is at least this one's.
-        self.written = max(self.written, revision + 1)
+        # A delete's revision is not returned: it is at least the one after the put's.
+        self.written = revision + 1
 
     # -- reading ---------------------------------------------------------------------------
 
