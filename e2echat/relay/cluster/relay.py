@@ -230,8 +230,11 @@ class ClusterRelay(Relay):
             raise ClusterUnreachable(url=self.url, detail=_reason(seen or exc)) from None
 
     async def stop(self, reason: str = "the relay was stopped") -> None:
-        """Stop as a single relay does, then give up this relay's nicks and leave NATS."""
+        """Stop as a single relay does, then give up this relay's nicks and leave NATS
+        (the changes to memberships asked for so far made first, if NATS lets them)."""
         self._stopping = True
+        if self._nc is not None and self._nc.is_connected:
+            await self._rooms.written_so_far()
         for task in list(self._tasks):
             task.cancel()
         await super().stop(reason)
