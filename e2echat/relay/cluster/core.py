@@ -540,10 +540,10 @@ class ClusterCore(RoomsAcross, RelayCore):
         here: list[str] = []
         for nick in message.nicks:
             node = self.remote.node_of(nick) if nick not in self.online else None
-            if node is None and self.shared_bundles and nick not in self.online:
-                node = STORED
             if node is None and not self.kept.knows(nick):  # a room's member away, kept there
                 node = self.remote_rooms.node_of(nick)
+            if node is None and self.shared_bundles and nick not in self.online:
+                node = STORED
             if node is None:
                 here.append(nick)
             else:
