@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from nacl.public import PrivateKey
 from test_chaos import _kill as _kill_sockets
 from test_mailbox_e2e import Profile
@@ -215,11 +216,17 @@ async def _kill(relay: ClusterRelay) -> None:
     await nc.close()
 
 
+@pytest.mark.parametrize("own_store", [False, True])
 async def test_a_relay_killed_its_members_away_stay_and_a_line_for_them_is_not_lost(
-    nats_server: NatsServer, tmp_path: Path
+    nats_server: NatsServer, tmp_path: Path, own_store: bool
 ) -> None:
+    """The memberships a killed relay kept stay the cluster's; a room line for its member
+    away is queued in the cluster's store (JetStream, the default) and shown when she is
+    back, or, if that relay kept her mailbox in a store of its own (``--store``),
+    reported NOT delivered: never silently lost."""
     async with cluster(nats_server, 1) as (survivor,):
-        doomed = ClusterRelay(LOOPBACK, 0, cluster=nats_server.url, key=KEY)
+        options: dict[str, Any] = {"store": SqliteStore(tmp_path / "relay.db")} if own_store else {}
+        doomed = ClusterRelay(LOOPBACK, 0, cluster=nats_server.url, key=KEY, **options)
         await doomed.start()
         carol, alice = Profile("carol", tmp_path), Profile("alice", tmp_path)
         async with carol.run(doomed, rooms=("#ops",)):
@@ -228,14 +235,22 @@ async def test_a_relay_killed_its_members_away_stay_and_a_line_for_them_is_not_l
         async with alice.run(survivor, rooms=("#ops",)) as a:
             await _members(a, "#ops", "carol", away=("carol",))  # still a member
             message_id = a.connection.send_room("#ops", "for carol, whose relay died")
-            report = await a.next(DeliveryReport, lambda e: e.message_id == message_id)
-            # Its mailbox is on the dead relay: reported NOT delivered, not silently lost.
-            assert [nick for nick, _ in report.failed] == ["carol"] and not report.delivered
+            if own_store:
+                report = await a.next(DeliveryReport, lambda e: e.message_id == message_id)
+                assert [nick for nick, _ in report.failed] == ["carol"] and not report.delivered
+            else:
+                queued = await a.next(MessageQueued)
+                assert queued.nicks == ("carol",)
         # carol back, on the relay that lives: she takes her memberships along.
         async with carol.run(survivor, rooms=("#ops",)) as c, alice.run(survivor, rooms=("#ops",)) as a:
+            if not own_store:
+                shown = await c.next(MailReceived)
+                assert (shown.sender, shown.text) == ("alice", "for carol, whose relay died")
             await _members(c, "#ops", "alice")
             await _members(a, "#ops", "carol")
             assert survivor.cluster_core.kept.rooms.is_member("carol", "#ops")
+        if own_store and doomed._journal is not None:
+            await doomed._journal.close()
 
 
 async def test_a_relay_restarted_with_its_store_keeps_its_members_away_in_the_cluster(
