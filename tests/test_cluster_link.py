@@ -111,7 +111,7 @@ async def test_the_relay_says_in_one_line_that_the_credentials_file_is_missing()
 # -- a credentials file, on a server in operator mode ---------------------------------------------
 
 #: what a relay's user may do: the README's list (NAME is the default cluster name)
-BUCKETS = [f"$KV.e2echat_{bucket}.>" for bucket in ("nicks", "ids", "mail")]
+BUCKETS = [f"$KV.e2echat_{bucket}.>" for bucket in ("nicks", "ids", "mail", "rooms")]
 PUBLISH = ["e2echat.e2echat.>", *BUCKETS, "$JS.API.>", "_INBOX.>"]
 SUBSCRIBE = ["e2echat.e2echat.>", *BUCKETS, "_INBOX.>"]
 UNLIMITED = {"subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1, "wildcards": True}
