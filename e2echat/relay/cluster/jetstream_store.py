@@ -125,9 +125,9 @@ class JetStreamStore:
     async def open_async(self, js: JetStreamContext) -> None:
         """Make (or find) the buckets."""
         self._loop = asyncio.get_running_loop()
-        self._ids = await _bucket(js, f"{self.names.name}_ids", self.limits.identity_ttl, self.replicas)
+        self._ids = await open_bucket(js, f"{self.names.name}_ids", self.limits.identity_ttl, self.replicas)
         mail = f"{self.names.name}_mail"
-        self._mail = await _bucket(js, mail, 2 * self.limits.mailbox_ttl, self.replicas)
+        self._mail = await open_bucket(js, mail, 2 * self.limits.mailbox_ttl, self.replicas)
         self.orphans = Orphans(MailBucket(js, self._mail, mail), self.node)
 
     # -- RelayStore, in the worker thread ------------------------------------------------------
@@ -422,7 +422,9 @@ class JetStreamStore:
         return bucket
 
 
-async def _bucket(js: JetStreamContext, name: str, ttl: float, replicas: int) -> KeyValue:
+async def open_bucket(js: JetStreamContext, name: str, ttl: float | None, replicas: int) -> KeyValue:
+    """The cluster's bucket ``name``, made if it is not there yet: one value a key, on
+    disk, on ``replicas`` servers, each value kept ``ttl`` seconds (None: until removed)."""
     config = KeyValueConfig(bucket=name, history=1, ttl=ttl, storage=StorageType.FILE, replicas=replicas)
     try:
         return await js.create_key_value(config)

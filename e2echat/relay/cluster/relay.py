@@ -31,7 +31,6 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
-from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
 from e2echat.errors import ClusterUnreachable, RemoteProtocolError
@@ -46,7 +45,7 @@ from e2echat.relay.cluster.core import (
     Forward,
     Release,
 )
-from e2echat.relay.cluster.jetstream_store import JetStreamStore
+from e2echat.relay.cluster.jetstream_store import JetStreamStore, open_bucket
 from e2echat.relay.cluster.roomlink import RoomsLink
 from e2echat.relay.cluster.rooms import (
     ORDERED,
@@ -124,6 +123,7 @@ class ClusterRelay(Relay):
         self.url = cluster
         self.names = Names(check_name(cluster_name))
         self.node = new_node_id()
+        self.replicas = cluster_replicas
         if options.get("store") is None:
             self.store = JetStreamStore(self.names, self.node, self.limits, replicas=cluster_replicas)
         self._orphans_lock = asyncio.Lock()
@@ -173,8 +173,7 @@ class ClusterRelay(Relay):
         self._nc = nc = await self._connect()
         try:
             js = nc.jetstream(timeout=NATS_TIMEOUT)
-            config = KeyValueConfig(bucket=self.names.nicks_bucket, history=1, storage=StorageType.FILE)
-            self._kv = await js.create_key_value(config)
+            self._kv = await open_bucket(js, self.names.nicks_bucket, None, self.replicas)
             if isinstance(self.store, JetStreamStore):
                 await self.store.open_async(js)
             await super().start()

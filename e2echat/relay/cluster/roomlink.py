@@ -18,10 +18,10 @@ import logging
 from typing import TYPE_CHECKING
 
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
 from e2echat.errors import RemoteProtocolError
+from e2echat.relay.cluster.jetstream_store import open_bucket
 from e2echat.relay.cluster.rooms import (
     DropMembership,
     SaveMembership,
@@ -70,8 +70,7 @@ class RoomsLink:
 
     async def start(self, js: JetStreamContext) -> None:
         bucket = rooms_bucket(self.relay.names.name)
-        config = KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE)
-        self._kv = await js.create_key_value(config)
+        self._kv = await open_bucket(js, bucket, None, self.relay.replicas)
         watcher = await self._kv.watchall()
         self.relay._spawn(self._watch(watcher))
         self.relay._spawn(self._write_all())
