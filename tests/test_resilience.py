@@ -162,14 +162,19 @@ async def _stalled_client(relay: Relay, nick: str, identity: PrivateKey | None =
     return raw
 
 
+async def _pinging(client: RawClient) -> None:
+    """Keep ``client`` lively: a ping every half second until cancelled."""
+    while True:
+        client.send(m.Ping())
+        await asyncio.sleep(0.5)
+
+
 async def test_a_client_hung_up_on_leaves_the_directory_at_once_though_it_never_reads() -> None:
     """The relay hangs up on a client that has stopped reading (here: it also went silent).
     Its socket cannot close while bytes are queued for it, but it is out of the directory
     at once: the others hear that it left, a message to it is queued rather than
     delivered, its nick is free again, and the socket is aborted after close_grace."""
-    # idle_timeout: long enough for the relay's socket buffer to fill on a loaded machine
-    # (at 1 s "stalled" was sometimes hung up on before bytes waited for it)
-    options = {"idle_timeout": 2.5, "write_buffer": 64 * 2**20, "close_grace": 0.3}
+    options = {"idle_timeout": 1.0, "write_buffer": 64 * 2**20, "close_grace": 0.3}
     options |= {"rate": 1e9, "burst": 1e9, "byte_rate": 2**40, "byte_burst": 2**40}
     async with running_relay(**options) as relay:
         identity = PrivateKey.generate()
@@ -181,13 +186,15 @@ async def test_a_client_hung_up_on_leaves_the_directory_at_once_though_it_never_
         sent, deadline = 0, time.monotonic() + WAIT
         while transport.get_write_buffer_size() == 0:  # until bytes wait for it at the relay
             assert time.monotonic() < deadline, "the relay's socket buffer never filled"
+            stalled.send(m.Ping())  # not idle yet, however long filling takes on a busy machine
             for _ in range(8):  # a few at a time: the buffer fills in few round trips
                 alice.send(m.Send(sent, (Envelope("stalled", b"x" * 100_000),)))
                 sent += 1
             for _ in range(8):
                 await alice.receive_kind(m.Routed)
-        alice.send(m.Ping())  # alice stays lively; "stalled" says nothing and is hung up on
+        lively = asyncio.create_task(_pinging(alice))  # "stalled" says nothing and is hung up on
         left = await alice.receive_kind(m.PeerLeft)
+        lively.cancel()
         assert left.nick == "stalled" and "stalled" not in relay.core.online
         alice.send(m.Send(10**6, (Envelope("stalled", b"anyone there?"),)))
         routed = await alice.receive_kind(m.Routed)
