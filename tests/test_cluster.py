@@ -116,6 +116,7 @@ async def _registered_when_free(relay: ClusterRelay, nick: str, **options: Any) 
             await asyncio.sleep(0.05)
 
 
+@pytest.mark.slow
 async def test_the_relay_says_in_one_line_that_nats_is_out_of_reach() -> None:
     code, _, err = await run_cli(
         "relay", "--host", LOOPBACK, "--port", "0", "--no-announce", "--cluster", "nats://127.0.0.1:1"
@@ -243,6 +244,7 @@ class _Port:
     port: int
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 async def test_a_killed_relays_clients_leave_within_seconds_and_may_register_elsewhere(
     nats_server: NatsServer,
@@ -265,6 +267,7 @@ async def test_a_killed_relays_clients_leave_within_seconds_and_may_register_els
             await alice.connection.close()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 async def test_a_client_fails_over_to_the_next_relay_when_its_own_is_killed(
     nats_server: NatsServer, tmp_path: Path

@@ -264,6 +264,7 @@ async def test_new_connections_are_counted_across_two_relays(nats_server: NatsSe
                 raw.close()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 async def test_a_killed_relays_connections_stop_counting_within_seconds(
     nats_server: NatsServer, tmp_path: Path

@@ -31,6 +31,7 @@ from support import WAIT, connect, meet, run_cli, running
 PLAIN_INFO = b'INFO {"server_id":"x","version":"2.11.0","max_payload":1048576,"auth_required":true}\r\n'
 
 
+@pytest.mark.slow
 async def test_a_tls_link_sends_nothing_in_the_clear_to_a_server_that_asks_for_no_tls() -> None:
     # Whoever is on the path answers as a NATS server that does not ask for TLS: the relay
     # must not go on without it (its password, then everything, would cross in the clear).
@@ -190,6 +191,7 @@ def _configured_server(config: Path) -> Iterator[int]:
         process.wait(START_WAIT)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 async def test_relays_signed_in_for_the_clusters_subjects_alone_chat_across_relays(tmp_path: Path) -> None:
     config, creds = _operator_mode(tmp_path)

@@ -196,6 +196,7 @@ async def test_a_one_time_prekey_stays_with_the_relay_its_owner_is_online_on(nat
             await dave.connection.close()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(90)
 async def test_mail_queued_via_a_relay_killed_meanwhile_is_drained_via_another(
     nats_server: NatsServer, tmp_path: Path
@@ -245,6 +246,7 @@ async def test_mail_queued_via_a_relay_killed_meanwhile_is_drained_via_another(
             assert await keys_under(mail, nick_prefix("dave")) == []
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 async def test_a_relay_started_anew_recovers_identities_bundles_and_mail(nats_server: NatsServer) -> None:
     async with cluster(nats_server, 1) as (first,):
@@ -263,6 +265,7 @@ async def test_a_relay_started_anew_recovers_identities_bundles_and_mail(nats_se
             await back.connection.close()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 async def test_a_stored_body_changed_in_jetstream_is_not_shown(nats_server: NatsServer) -> None:
     """Anyone who can write the mail bucket (a hostile relay of the cluster) flips a bit
@@ -363,6 +366,7 @@ async def test_a_stale_write_does_not_bring_back_a_prekey_handed_out_elsewhere(
         assert await one_time_ids(nats_server, "dave") == [2, 3, 4]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 async def test_mail_of_a_relay_gone_is_not_handed_to_another_key_of_the_nick(nats_server: NatsServer) -> None:
     """dave (one key) has mail kept by a relay that is gone; someone registering "dave"
