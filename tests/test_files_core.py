@@ -695,6 +695,20 @@ def test_a_sender_that_goes_back_says_how_far_it_got_since_it_last_did() -> None
     assert [fp.decode(part) for _, part in alice.transfers.messages] == [fp.Probe(sent.transfer_id)]
 
 
+def test_chunks_lost_right_after_a_probe_are_not_missing_and_a_message_is() -> None:
+    """alice, hearing nothing, probes and sends again from where bob said he was (2).
+    Chunks 2 and 3 lost after the probe are chunks, even though bob had taken chunks out
+    of order (5) before it; one message more than those chunks is missing."""
+    for lost, missing in ((2, []), (3, [3])):
+        bob, sent, _, chunk = _receiving(8)
+        chunk(0, FileGap(after_file=True))
+        chunk(1, FileGap(after_file=True))
+        chunk(5, FileGap(skipped=3, after_file=True))  # 2, 3, 4 lost: dropped, out of order
+        probe = fp.encode(fp.Probe(sent.transfer_id))
+        bob.transfers.receive("alice", probe, Trust.UNVERIFIED, 0.0, FileGap(after_file=True))
+        assert _missing(chunk(4, FileGap(skipped=lost, after_file=True))) == missing
+
+
 def test_a_relay_cannot_hide_a_lost_message_behind_a_chunk_it_reordered() -> None:
     """alice sends chunks 1 and 2, a chat message, chunk 3. The relay hands bob chunk 2
     first (1 skipped: a chunk), then 1 (late), drops the message, then hands him chunk 3:

@@ -385,6 +385,13 @@ class Transfers:
         this one is a chunk of (``_lost_chunks``)."""
         part = fp.decode(data)
         last = self._last_chunk.pop(sender, None) if not gap.late else None
+        if isinstance(part, fp.Probe) and not gap.late:
+            # After its probe a sender sends the transfer's chunks from no further than the
+            # next byte we expect (from its last acknowledgement, or from our answer): so
+            # chunks lost right after it are counted from there (``_lost_chunks``).
+            probed = self._by_key.get((Direction.IN, sender, part.transfer))
+            if probed is not None and probed.state is State.ACTIVE:
+                self._last_chunk[sender] = (part.transfer, probed.sent)
         if isinstance(part, fp.Chunk) and not gap.late:
             self._last_chunk[sender] = (part.transfer, part.offset + len(part.data))
         missing: list[Event] = [MessagesMissing(sender, gap.skipped)] if gap.skipped else []
