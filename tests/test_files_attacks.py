@@ -186,15 +186,18 @@ async def test_chunks_swapped_between_two_transfers_go_to_neither(tmp_path: Path
 
 
 @contextlib.asynccontextmanager
-async def dropping(tmp_path: Path) -> AsyncIterator[tuple[Peer, FilePeer, Callable[[bool], Awaitable[None]]]]:
-    """alice (a bare client: she writes each part by hand) and bob (with transfers),
-    through a relay that drops the deliveries to bob it is told to: ``passed(drop)``
-    waits for the next delivery from alice to bob, dropped if ``drop``."""
+async def dropping(
+    tmp_path: Path, bare: str = "alice", other: str = "bob"
+) -> AsyncIterator[tuple[Peer, FilePeer, Callable[[bool], Awaitable[None]]]]:
+    """``bare`` (a bare client: it writes each part by hand) and ``other`` (with
+    transfers), through a relay that drops the deliveries to ``other`` it is told to:
+    ``passed(drop)`` waits for the next delivery from ``bare`` to ``other``, dropped if
+    ``drop``."""
     plan: list[bool] = []
     went: asyncio.Queue[bool] = asyncio.Queue()
 
     def tamper(relay: HostileRelay, action: Outgoing, deliver: m.Deliver) -> list[Outgoing]:
-        if relay.nick(action.conn) != "bob" or deliver.sender != "alice" or not plan:
+        if relay.nick(action.conn) != other or deliver.sender != bare or not plan:
             return [action]
         drop = plan.pop(0)
         went.put_nowait(drop)
@@ -205,16 +208,16 @@ async def dropping(tmp_path: Path) -> AsyncIterator[tuple[Peer, FilePeer, Callab
         await asyncio.wait_for(went.get(), WAIT)
 
     async with running(HostileRelay(deliveries(tamper), **FAST)) as relay:
-        alice = await connect(relay, "alice")
+        writer = await connect(relay, bare)
         try:
-            async with file_peers(relay, tmp_path, "bob") as (bob,):
-                await alice.next(PeerJoined, lambda e: e.nick == "bob")
-                alice.connection.send_private("bob", "hello")  # (the session starts)
+            async with file_peers(relay, tmp_path, other) as (reader,):
+                await writer.next(PeerJoined, lambda e: e.nick == other)
+                writer.connection.send_private(other, "hello")  # (the session starts)
                 await passed(False)
-                await bob.peer.next(MessageReceived, lambda e: e.text == "hello")
-                yield alice, bob, passed
+                await reader.peer.next(MessageReceived, lambda e: e.text == "hello")
+                yield writer, reader, passed
         finally:
-            await alice.connection.close()
+            await writer.connection.close()
 
 
 @pytest.mark.parametrize("lost", [True, False], ids=["lost", "kept"])
@@ -278,3 +281,36 @@ async def test_file_parts_lost_between_file_parts_are_not_missing(tmp_path: Path
         await passed(False)
         await bob.peer.next(MessageReceived, lambda e: e.text == "after the parts")
     assert not any(isinstance(event, MessagesMissing) for event in bob.peer.seen)
+
+
+@pytest.mark.parametrize("lost", [True, False], ids=["lost", "kept"])
+async def test_a_chat_message_lost_among_acknowledgements_is_missing(lost: bool, tmp_path: Path) -> None:
+    """bob (who receives alice's file, and writes each part by hand) sends Accept, Ack,
+    Ack (lost), a chat line (lost, or not), Ack (lost), Ack. Each Ack counts the parts
+    of the transfer bob sent. Kept, the chat line's gap is held until the last Ack: two
+    parts between the Acks that came, two messages skipped: acknowledgements lost, not
+    missing. Lost, three messages are skipped where two parts went: one is missing."""
+    source = tmp_path / "f.bin"
+    make_file(source, 8 * CHUNK)
+    async with dropping(tmp_path, bare="bob", other="alice") as (bob, alice, passed):
+        await alice.pump.send("bob", source)
+        (sending,) = alice.transfers.listing()
+        transfer = sending.transfer_id
+
+        async def send(part: fp.Part, *, drop: bool = False) -> None:
+            assert bob.connection.send_file_part("alice", fp.encode(part))
+            await passed(drop)
+
+        await send(fp.Accept(transfer, 0))
+        await next_event(alice, TransferChanged, lambda e: e.state == "accepted")
+        await send(fp.Ack(transfer, CHUNK, 2))
+        await send(fp.Ack(transfer, 2 * CHUNK, 3), drop=True)
+        bob.connection.send_private("alice", "among the acknowledgements")
+        await passed(lost)
+        await send(fp.Ack(transfer, 3 * CHUNK, 4), drop=True)
+        await send(fp.Ack(transfer, 4 * CHUNK, 5))
+        bob.connection.send_private("alice", "after the parts")
+        await passed(False)
+        await next_event(alice, MessageReceived, lambda e: e.text == "after the parts")
+        missing = [event.count for event in alice.peer.seen if isinstance(event, MessagesMissing)]
+        assert missing == ([3] if lost else [])

@@ -435,6 +435,7 @@ PARTS = [
     fp.Cancel(ID, "bye"),
     fp.Chunk(ID, 65536, b"\x00\xff" * 100),
     fp.Ack(ID, 7),
+    fp.Ack(ID, 2**40, 2**63 - 1),
     fp.Done(ID, True),
     fp.Done(ID, False, "did not match"),
     fp.Probe(ID),
@@ -456,6 +457,9 @@ def test_parts_round_trip(part: fp.Part) -> None:
         bytes([fp.PartType.CHUNK]) + ID,  # no offset
         bytes([fp.PartType.CHUNK]) + ID + bytes(8),  # no data
         bytes([fp.PartType.ACK]) + ID + bytes(9),
+        bytes([fp.PartType.ACK]) + ID + bytes(8),  # no count of parts
+        bytes([fp.PartType.ACK]) + ID + bytes(17),
+        bytes([fp.PartType.ACK]) + ID + bytes(8) + b"\x80" + bytes(7),  # a count past 2**63 - 1
         bytes([fp.PartType.OFFER]) + ID + bytes(8) + (CHUNK + 1).to_bytes(4, "big") + bytes(32) + b"x",
         bytes([fp.PartType.OFFER]) + ID + bytes(8) + CHUNK.to_bytes(4, "big") + bytes(32),  # no name
         bytes([fp.PartType.OFFER]) + ID + bytes(8) + CHUNK.to_bytes(4, "big") + bytes(32) + b"\xff",
@@ -707,6 +711,144 @@ def test_chunks_lost_right_after_a_probe_are_not_missing_and_a_message_is() -> N
         probe = fp.encode(fp.Probe(sent.transfer_id))
         bob.transfers.receive("alice", probe, Trust.UNVERIFIED, 0.0, FileGap(after_file=True))
         assert _missing(chunk(4, FileGap(skipped=lost, after_file=True))) == missing
+
+
+def _acknowledging(chunks: int) -> tuple[Side, Side, Transfer, list[bytes]]:
+    """alice, sending bob a file; bob; and the parts bob sent her after his Accept, in
+    order (an Ack for each chunk), none of them yet handed to her."""
+    alice, bob = pair()
+    data = bytes(index % 251 for index in range(chunks * CHUNK))
+    sent = alice.offer("bob", data)
+    run(alice, bob)
+    bob.transfers.accept(offered(bob).number)
+    carry_out(bob, 0.0)
+    parts = [part for _, part in bob.transfers.messages]
+    bob.transfers.messages.clear()
+    alice.transfers.receive("bob", parts.pop(0), Trust.UNVERIFIED, 0.0)  # the Accept
+    for _, offset, length in alice.transfers.chunks_due(1 << 30):
+        chunk = fp.Chunk(sent.transfer_id, offset, data[offset : offset + length])
+        bob.transfers.receive("alice", fp.encode(chunk), Trust.UNVERIFIED, 0.0, FileGap(after_file=True))
+        carry_out(bob, 0.0)
+    parts += [part for _, part in bob.transfers.messages]
+    bob.transfers.messages.clear()
+    return alice, bob, sent, parts
+
+
+def _hand(alice: Side, part: bytes, gap: FileGap) -> list[int]:
+    return _missing(alice.transfers.receive("bob", part, Trust.UNVERIFIED, 0.0, gap))
+
+
+def _chat(alice: Side, gap: FileGap, now: float = 0.0) -> tuple[list[int], bool]:
+    """A chat line from bob, come where ``gap`` says: what is missing, and whether held."""
+    events, held = alice.transfers.other_message("bob", gap, now)
+    return _missing(events), held
+
+
+def test_acknowledgements_count_the_parts_their_receiver_sent() -> None:
+    _, bob, sent, acks = _acknowledging(10)  # (8 go: the window)
+    assert [fp.decode(part) for part in acks] == [
+        fp.Ack(sent.transfer_id, (index + 1) * CHUNK, index + 2) for index in range(8)
+    ]
+    # an answer to a probe (an Accept) is a part of it too; a chunk bob had already
+    # has him say again where he is
+    bob.transfers.receive("alice", fp.encode(fp.Probe(sent.transfer_id)), Trust.UNVERIFIED, 10.0)
+    chunk = fp.Chunk(sent.transfer_id, 0, bytes(index % 251 for index in range(CHUNK)))
+    bob.transfers.receive("alice", fp.encode(chunk), Trust.UNVERIFIED, 20.0)
+    assert [fp.decode(part) for _, part in bob.transfers.messages] == [
+        fp.Accept(sent.transfer_id, 8 * CHUNK),
+        fp.Ack(sent.transfer_id, 8 * CHUNK, 11),
+    ]
+
+
+def test_acknowledgements_lost_are_not_missing_and_a_message_among_them_is() -> None:
+    """Acks 2 and 3 lost (a relay restarted, or dropped them): the next says bob sent
+    two parts since the one before the gap, and two messages were skipped."""
+    alice, _, _, acks = _acknowledging(6)
+    assert _hand(alice, acks[0], FileGap(after_file=True)) == []
+    assert _hand(alice, acks[3], FileGap(skipped=2, after_file=True)) == []
+    # a chat line lost too: three skipped, where two parts went
+    assert _hand(alice, acks[5], FileGap(skipped=2, after_file=True)) == [2]
+    # the message before the gap was not a part (a chat line came between): not told
+    alice, _, _, acks = _acknowledging(4)
+    _hand(alice, acks[0], FileGap(after_file=True))
+    assert _hand(alice, acks[2], FileGap(skipped=1, after_file=False)) == [1]
+    # the part before the gap was not an acknowledgement (its count is not known)
+    alice, _, sent, acks = _acknowledging(4)
+    _hand(alice, acks[0], FileGap(after_file=True))
+    _hand(alice, fp.encode(fp.Accept(sent.transfer_id, CHUNK)), FileGap(after_file=True))
+    assert _hand(alice, acks[2], FileGap(skipped=1, after_file=True)) == [1]
+    # an acknowledgement of another transfer, whatever it counts, says nothing of this one
+    alice, _, sent, acks = _acknowledging(4)
+    _hand(alice, acks[0], FileGap(after_file=True))
+    other = fp.encode(fp.Ack(bytes(16), CHUNK, 4))
+    assert _hand(alice, other, FileGap(skipped=1, after_file=True)) == [1]
+    # a late acknowledgement fills a gap: what came in order is still counted from
+    alice, _, _, acks = _acknowledging(4)
+    _hand(alice, acks[0], FileGap(after_file=True))
+    assert _hand(alice, acks[2], FileGap(skipped=1, after_file=True)) == []
+    assert _hand(alice, acks[1], FileGap(late=True, after_file=True)) == []
+    assert _hand(alice, acks[3], FileGap(after_file=True)) == []
+    # a count that jumps further than the messages skipped: parts counted that never
+    # went (not from bob's client), which could hide what was lost with them
+    alice, _, _, acks = _acknowledging(4)
+    _hand(alice, acks[0], FileGap(after_file=True))
+    assert _hand(alice, acks[3], FileGap(skipped=1, after_file=True)) == [1]
+
+
+def test_a_chat_line_after_acknowledgements_lost_is_held_for_the_next() -> None:
+    """Ack 1, then acks 2 (lost), a chat line (kept), ack 3 (lost), ack 4: the line's
+    gap is held, and ack 4 explains both gaps. A chat line lost among them makes one
+    more message skipped than the parts between the acks, and it is told."""
+    for lost, missing in ((False, []), (True, [2, 1])):
+        alice, _, _, acks = _acknowledging(4)
+        _hand(alice, acks[0], FileGap(after_file=True))
+        assert _chat(alice, FileGap(skipped=1 + lost, after_file=True)) == ([], True)
+        assert _hand(alice, acks[3], FileGap(skipped=1, after_file=True)) == missing
+    # ack 2 lost before the line, and ack 3 came right after it (ack 2 too, late)
+    for late in (False, True):
+        alice, _, _, acks = _acknowledging(4)
+        _hand(alice, acks[0], FileGap(after_file=True))
+        assert _chat(alice, FileGap(skipped=1, after_file=True)) == ([], True)
+        if late:
+            assert _hand(alice, acks[1], FileGap(late=True, after_file=True)) == []
+        assert _hand(alice, acks[2], FileGap(after_file=True)) == []
+
+
+def test_a_gap_held_is_told_when_nothing_explains_it() -> None:
+    # no acknowledgement within HOLD_GAP
+    alice, _, _, acks = _acknowledging(4)
+    _hand(alice, acks[0], FileGap(after_file=True))
+    assert _chat(alice, FileGap(skipped=2, after_file=True), now=1.0) == ([], True)
+    assert _missing(alice.transfers.tick(1.0 + alice.transfers.hold_gap - 0.1, ["bob"])) == []
+    assert _missing(alice.transfers.tick(1.0 + alice.transfers.hold_gap, ["bob"])) == [2]
+    assert _hand(alice, acks[3], FileGap(after_file=True)) == []  # (told once)
+    # a second chat line comes first
+    alice, _, _, acks = _acknowledging(4)
+    _hand(alice, acks[0], FileGap(after_file=True))
+    _chat(alice, FileGap(skipped=2, after_file=True))
+    assert _chat(alice, FileGap(skipped=1, after_file=True)) == ([2, 1], False)
+    # a part that is not an acknowledgement, or one in another session, comes next
+    for another_session in (False, True):
+        alice, _, sent, acks = _acknowledging(4)
+        _hand(alice, acks[0], FileGap(after_file=True))
+        _chat(alice, FileGap(skipped=2, after_file=True))
+        if another_session:
+            assert _hand(alice, acks[3], FileGap(after_file=False)) == [2]
+        else:
+            done = fp.encode(fp.Done(sent.transfer_id, True))
+            assert _hand(alice, done, FileGap(after_file=True)) == [2]
+    # not held: a gap not right after an acknowledgement, or with no transfer going on
+    alice, _, _, acks = _acknowledging(4)
+    _hand(alice, acks[0], FileGap(after_file=True))
+    assert _chat(alice, FileGap(skipped=2, after_file=False)) == ([2], False)
+    alice, _, sent, acks = _acknowledging(4)
+    _hand(alice, acks[0], FileGap(after_file=True))
+    alice.transfers.cancel(sent.number)
+    assert _chat(alice, FileGap(skipped=2, after_file=True)) == ([2], False)
+    alice, _, _, acks = _acknowledging(4)
+    _hand(alice, acks[0], FileGap(after_file=True))
+    _hand(alice, fp.encode(fp.Probe(bytes(16))), FileGap(after_file=True))
+    assert _chat(alice, FileGap(skipped=2, after_file=True)) == ([2], False)
 
 
 def test_a_relay_cannot_hide_a_lost_message_behind_a_chunk_it_reordered() -> None:

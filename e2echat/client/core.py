@@ -213,6 +213,7 @@ class ClientCore:
             self._sessions.file_parts = lambda sender, data, trust, gap: files.receive(
                 sender, data, trust, clock(), gap
             )
+            self._sessions.other_message = lambda sender, gap: files.other_message(sender, gap, clock())
         self._outbox = Outbox(
             nick,
             self._directory,

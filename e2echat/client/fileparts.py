@@ -10,7 +10,10 @@ sender is the session's peer. Layout, big-endian:
     reject  reason (UTF-8)
     cancel  reason (UTF-8)
     chunk   offset (8) || the bytes of the file from there
-    ack     offset (8): everything before it is written
+    ack     offset (8): everything before it is written || parts (8): the parts of this
+            transfer the receiver has sent its sender, this one included: a sender that
+            never had some tells from the count whether the messages it skipped were
+            those parts (client/files.py)
     done    ok (1) || reason (UTF-8): the file's hash was checked, and it was kept (or not)
     probe   nothing: the sender asks where the transfer is (its Done, or the receiver's
             Accept, may have been lost, or either side restarted); the receiver answers
@@ -54,6 +57,7 @@ _HEAD = struct.Struct(">B16s")
 _OFFER = struct.Struct(">QI32s")
 _OFFSET = struct.Struct(">Q")
 _OK = struct.Struct(">B")
+_ACK = struct.Struct(">QQ")
 
 
 class PartType(IntEnum):
@@ -130,10 +134,13 @@ class Chunk:
 class Ack:
     transfer: bytes
     offset: int
+    #: the parts of the transfer its receiver has sent, this one included
+    parts: int = 0
 
     def __post_init__(self) -> None:
         _check_id(self.transfer)
         _check(0 <= self.offset <= MAX_SIZE, "an offset is 0 to 2**63 - 1")
+        _check(0 <= self.parts <= MAX_SIZE, "a count of parts is 0 to 2**63 - 1")
 
 
 @dataclass(frozen=True)
@@ -181,7 +188,7 @@ def encode(part: Part) -> bytes:
     if isinstance(part, Chunk):  # first: one per 120 KiB
         return _HEAD.pack(PartType.CHUNK, part.transfer) + _OFFSET.pack(part.offset) + part.data
     if isinstance(part, Ack):
-        return _HEAD.pack(PartType.ACK, part.transfer) + _OFFSET.pack(part.offset)
+        return _HEAD.pack(PartType.ACK, part.transfer) + _ACK.pack(part.offset, part.parts)
     if isinstance(part, Offer):
         rest = _OFFER.pack(part.size, part.chunk_size, part.digest) + part.name.encode("utf-8")
         return _HEAD.pack(PartType.OFFER, part.transfer) + rest
@@ -212,8 +219,8 @@ def decode(data: bytes) -> Part | None:
             (offset,) = _OFFSET.unpack_from(data, _HEAD.size)
             return Chunk(transfer, offset, data[_HEAD.size + _OFFSET.size :])
         rest = data[_HEAD.size :]
-        if kind == PartType.ACK and len(rest) == _OFFSET.size:
-            return Ack(transfer, _OFFSET.unpack(rest)[0])
+        if kind == PartType.ACK and len(rest) == _ACK.size:
+            return Ack(transfer, *_ACK.unpack(rest))
         if kind == PartType.ACCEPT and len(rest) == _OFFSET.size:
             return Accept(transfer, _OFFSET.unpack(rest)[0])
         if kind == PartType.OFFER:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass
 
 import nacl.utils
 
@@ -83,6 +84,11 @@ ANSWER_EVERY = 5.0
 MAX_PROBES = 10
 #: progress is told at most this often (and at every tenth of the file)
 PROGRESS_EVERY = 0.5
+#: a gap before a chat message (or a receipt) from the receiver of a file we send, right
+#: after one of its acknowledgements, is judged for this long at most: its next
+#: acknowledgement says whether the messages skipped were acknowledgements (they come as
+#: it writes, a batch every few milliseconds, or after RESEND_AFTER when chunks were lost)
+HOLD_GAP = RESEND_AFTER + 1.0
 
 
 def new_transfer_id() -> bytes:
@@ -101,6 +107,7 @@ class Transfers:
         window: int = WINDOW,
         resend_after: float = RESEND_AFTER,
         remind_after: float = REMIND_AFTER,
+        hold_gap: float = HOLD_GAP,
         resuming: bool = False,
     ) -> None:
         self.max_size = max_size
@@ -112,6 +119,7 @@ class Transfers:
         self.window = window
         self.resend_after = resend_after
         self.remind_after = remind_after
+        self.hold_gap = hold_gap
         self._by_number: dict[int, Transfer] = {}
         self._by_key: dict[tuple[Direction, str, bytes], Transfer] = {}
         self._numbers: Iterator[int] = iter(range(1, 2**62))
@@ -127,6 +135,12 @@ class Transfers:
         self.effects: list[Effect] = []
         #: sender -> the transfer and end of the chunk that came last in order from them
         self._last_chunk: dict[str, tuple[bytes, int]] = {}
+        #: sender -> the transfer and count of parts (``Ack.parts``) of the acknowledgement
+        #: that came last in order from them
+        self._last_ack: dict[str, tuple[bytes, int]] = {}
+        #: sender -> a gap before a message of theirs that was not a part of a file, after
+        #: an acknowledgement: held for their next (``other_message``)
+        self._held: dict[str, _Held] = {}
         #: called when there is new work for the shell
         self.wake: Callable[[], None] = lambda: None
 
@@ -277,7 +291,7 @@ class Transfers:
             return []
         transfer.acked = end
         if transfer.state is State.ACTIVE:
-            self._send(transfer, fp.Ack(transfer.transfer_id, end))
+            self._ack(transfer, end)
         events = self._progress(transfer, now)
         if end >= transfer.size and transfer.state in (State.ACTIVE, State.PAUSED):
             transfer.state = State.CHECKING
@@ -320,6 +334,10 @@ class Transfers:
         """Call now and then with who is online (nobody while we are not connected):
         transfers pause and resume with their peers, and lost parts are sent again."""
         events: list[Event] = []
+        for sender, held in list(self._held.items()):
+            if now - held.since >= self.hold_gap:  # no acknowledgement came to explain it
+                del self._held[sender]
+                events.append(MessagesMissing(sender, held.skipped))
         for transfer in list(self._by_number.values()):
             if transfer.final or transfer.state in (State.OFFERED, State.LANDING):
                 continue
@@ -385,6 +403,8 @@ class Transfers:
         this one is a chunk of (``_lost_chunks``)."""
         part = fp.decode(data)
         last = self._last_chunk.pop(sender, None) if not gap.late else None
+        last_ack = self._last_ack.pop(sender, None) if not gap.late else None
+        held = self._held.pop(sender, None) if not gap.late else None
         if isinstance(part, fp.Probe) and not gap.late:
             # After its probe a sender sends the transfer's chunks from no further than the
             # next byte we expect (from its last acknowledgement, or from our answer): so
@@ -394,7 +414,29 @@ class Transfers:
                 self._last_chunk[sender] = (part.transfer, probed.sent)
         if isinstance(part, fp.Chunk) and not gap.late:
             self._last_chunk[sender] = (part.transfer, part.offset + len(part.data))
+        if isinstance(part, fp.Ack) and not gap.late:
+            self._last_ack[sender] = (part.transfer, part.parts)
         missing: list[Event] = [MessagesMissing(sender, gap.skipped)] if gap.skipped else []
+        earlier: list[Event] = []  # a gap held, not explained
+        if held is not None or (missing and isinstance(part, fp.Ack)):
+            # acknowledgements lost (a relay restarted, or dropped them), before this one
+            # or before a message held: this one's count of parts tells (``_explained``)
+            if self._explained(part, gap, held or _Held(last_ack, 0, 0.0)):
+                missing = []
+            elif held is not None:
+                earlier = [MessagesMissing(sender, held.skipped)]
+        return earlier + self._received(sender, part, trust, now, gap, missing, last)
+
+    def _received(
+        self,
+        sender: str,
+        part: fp.Part | None,
+        trust: Trust,
+        now: float,
+        gap: FileGap,
+        missing: list[Event],
+        last: tuple[bytes, int] | None,
+    ) -> list[Event]:
         if part is None:
             return [
                 *missing,
@@ -411,6 +453,46 @@ class Transfers:
                 self._last_chunk[sender] = (part.transfer, 0)
             return missing
         return missing + self._part(sender, part, trust, now)
+
+    def other_message(self, sender: str, gap: FileGap, now: float) -> tuple[list[Event], bool]:
+        """A message from ``sender`` that is not a part of a file (a chat message, a
+        receipt) came in order, where ``gap`` says: the messages missing before it, and
+        whether its gap is held. It is held when it comes right after an acknowledgement
+        of a file we are sending them (the part before it was that one, and it was the
+        last of theirs that came in order): the messages skipped may be the transfer's
+        acknowledgements, lost, and its next acknowledgement (or HOLD_GAP) tells."""
+        held = self._held.pop(sender, None)
+        last_ack = self._last_ack.pop(sender, None)  # (None after a message held)
+        self._last_chunk.pop(sender, None)
+        missing: list[Event] = [MessagesMissing(sender, held.skipped)] if held is not None else []
+        if (
+            gap.skipped
+            and gap.after_file
+            and last_ack is not None
+            and (sending := self._by_key.get((Direction.OUT, sender, last_ack[0]))) is not None
+            and sending.state is State.ACTIVE
+        ):
+            self._held[sender] = _Held(last_ack, gap.skipped, now)
+            return [], True
+        return missing + ([MessagesMissing(sender, gap.skipped)] if gap.skipped else []), False
+
+    @staticmethod
+    def _explained(part: fp.Part | None, gap: FileGap, held: _Held) -> bool:
+        """Every message skipped before ``part`` (and before the message held with
+        ``held.skipped`` skipped, if one was: else 0) was an acknowledgement or another part
+        of a transfer, lost, since the acknowledgement ``held.after`` (its transfer and count
+        of parts), the last part that came in order. So if ``part`` is an acknowledgement of
+        the same transfer, in the same session: the receiver counts the parts of each transfer
+        it sends (``Ack.parts``), so it sent as many parts of it between the two as the counts
+        differ by, less one, and if that is every message skipped, nothing else was lost. A
+        chat message lost makes one more (the message held is not one of the parts: it came)."""
+        return (
+            isinstance(part, fp.Ack)
+            and gap.after_file
+            and held.after is not None
+            and part.transfer == held.after[0]
+            and part.parts - held.after[1] - 1 == held.skipped + gap.skipped
+        )
 
     def _lost_at_end(self, sender: str, rewind: fp.Rewind, last: tuple[bytes, int] | None) -> int:
         """How many chunks of ``rewind``'s transfer the sender sent after the last one we
@@ -593,7 +675,7 @@ class Transfers:
             answer = fp.Accept(transfer_id, transfer.sent)
         else:
             return  # not answered yet, or paused (it resumes), or being checked (Done comes)
-        self._answer(sender, answer, now)
+        self._answer(sender, answer, now, transfer)
 
     def _rewind(self, transfer: Transfer, offset: int) -> None:
         """Going back to ``offset``: say how far we got since we last went back (not the
@@ -610,9 +692,9 @@ class Transfers:
         self._send(transfer, fp.Probe(transfer.transfer_id))
         return True
 
-    def _answer(self, peer: str, part: fp.Part, now: float) -> None:
-        """Send ``part`` (an answer about a transfer), unless one went to ``peer`` for it
-        less than ANSWER_EVERY ago."""
+    def _answer(self, peer: str, part: fp.Part, now: float, transfer: Transfer | None = None) -> None:
+        """Send ``part`` (an answer about a transfer: ``transfer``, if we have it), unless
+        one went to ``peer`` for it less than ANSWER_EVERY ago."""
         key = (peer, part.transfer)
         if now - self._answered.get(key, -math.inf) < ANSWER_EVERY:
             return
@@ -620,6 +702,9 @@ class Transfers:
         self._answered[key] = now  # (at the end: the oldest are let go first)
         while len(self._answered) > REMEMBER_ENDED:
             del self._answered[next(iter(self._answered))]
+        if transfer is not None:
+            self._send(transfer, part)
+            return
         self.messages.append((peer, fp.encode(part)))
         self.wake()
 
@@ -633,7 +718,7 @@ class Transfers:
             # sender whose acknowledgement was lost goes on.
             if chunk.offset < transfer.sent and now - transfer.heard_at >= PROGRESS_EVERY:
                 transfer.heard_at = now
-                self._send(transfer, fp.Ack(transfer.transfer_id, transfer.acked))
+                self._ack(transfer, transfer.acked)
             return []
         if chunk.offset + expected > transfer.acked + self.window:
             return []  # beyond what a sender may have unacknowledged: not queued for the disk
@@ -748,8 +833,15 @@ class Transfers:
             self._effect(Discard(transfer))
 
     def _send(self, transfer: Transfer, part: fp.Part) -> None:
+        if transfer.direction is Direction.IN:
+            transfer.parts_sent += 1
         self.messages.append((transfer.peer, fp.encode(part)))
         self.wake()
+
+    def _ack(self, transfer: Transfer, offset: int) -> None:
+        """Acknowledge every byte of ``transfer`` before ``offset``, saying how many of its
+        parts we have sent, this one included (see ``_explained``)."""
+        self._send(transfer, fp.Ack(transfer.transfer_id, offset, transfer.parts_sent + 1))
 
     def _effect(self, effect: Effect) -> None:
         self.effects.append(effect)
@@ -795,6 +887,16 @@ class Transfers:
 
 #: every part but a chunk
 _Answer = fp.Offer | fp.Accept | fp.Reject | fp.Cancel | fp.Ack | fp.Done | fp.Probe
+
+
+@dataclass(frozen=True)
+class _Held:
+    """A gap held (``Transfers.other_message``): ``after``, the acknowledgement before it
+    (its transfer and count of parts); ``skipped``, the messages skipped; ``since``, when."""
+
+    after: tuple[bytes, int] | None
+    skipped: int
+    since: float
 
 
 def _why(reason: str) -> str:

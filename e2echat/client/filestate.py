@@ -65,6 +65,9 @@ class Transfer:
     told_tenth: int = -1
     #: out: probes sent since the receiver last said anything of it
     probes: int = 0
+    #: in: the parts of it we have sent its sender (each acknowledgement says how many,
+    #: so that acknowledgements lost are told from other messages: client/files.py)
+    parts_sent: int = 0
     #: out: the room it was offered in (``/send #ROOM``), for the history; in: "" (an
     #: offer does not say)
     room: str = ""

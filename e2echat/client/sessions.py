@@ -56,6 +56,10 @@ _TRUST_CACHE = 4096
 #: what takes the parts of file transfers: (sender, the part's bytes, the sender's trust,
 #: its place: ``FileGap``)
 FileParts = Callable[[str, bytes, Trust, FileGap], list[Event]]
+#: told of a message from a peer that came in order right after a part of a file of theirs
+#: (``FileGap``), not itself a part: the messages missing before it, and whether its gap is
+#: held (the next part says, client/files.py ``Transfers.other_message``)
+OtherMessage = Callable[[str, FileGap], tuple[list[Event], bool]]
 
 
 class Sessions:
@@ -94,6 +98,8 @@ class Sessions:
         self.statuses = TheirStatuses()
         #: takes the parts of file transfers (client/files.py); without it they are dropped
         self.file_parts: FileParts | None = None
+        #: told of other messages that come right after a part (see ``OtherMessage``)
+        self.other_message: OtherMessage | None = None
         #: sender -> the session whose last message in order was a part of a file
         self._file_last: dict[str, PeerSession] = {}
 
@@ -227,11 +233,15 @@ class Sessions:
         if kind is _FILE:  # (messages skipped before a chunk may be chunks: the file says)
             gap = self._file_order(sender, session, kind, skipped, late)
             return self._file_part(sender, data, trust, session.identity_key, gap)
-        if not late and self._file_last:
-            # _file_order for any other message, without the FileGap only a part reads:
-            # the next gap after this one is not one after a file part.
-            self._file_last.pop(sender, None)
         events: list[Event] = [MessagesMissing(sender, skipped)] if skipped else []
+        if not late and self._file_last:
+            # _file_order for any other message: the next gap after this one is not one
+            # after a file part, unless the transfers hold this one's gap.
+            after = self._file_last.pop(sender, None)
+            if after is not None and self.other_message is not None:
+                events, held = self.other_message(sender, FileGap(skipped, False, after is session))
+                if held:
+                    self._file_last[sender] = session
         if kind is _RECEIPT:
             # A receipt from a key we do not accept confirms nothing. (Belt and braces: a
             # changed key gets no copies and a replaced session's copies fail in retire,
