@@ -314,3 +314,36 @@ async def test_a_chat_message_lost_among_acknowledgements_is_missing(lost: bool,
         await next_event(alice, MessageReceived, lambda e: e.text == "after the parts")
         missing = [event.count for event in alice.peer.seen if isinstance(event, MessagesMissing)]
         assert missing == ([3] if lost else [])
+
+
+async def test_acknowledgements_lost_on_the_way_back_are_not_missing(tmp_path: Path) -> None:
+    """The relay drops bob's 3rd and 5th messages to alice (acknowledgements: 64 chunks
+    are at least 8 of them, one a window): the file arrives, and alice, whose next
+    acknowledgement counts the parts bob sent, is not told messages are missing."""
+    dropped: list[int] = []
+    count = [0]
+
+    def tamper(relay: HostileRelay, action: Outgoing, deliver: m.Deliver) -> list[Outgoing]:
+        if relay.nick(action.conn) != "alice" or deliver.sender != "bob":
+            return [action]
+        count[0] += 1
+        if count[0] in (3, 5):
+            dropped.append(count[0])
+            return []
+        return [action]
+
+    source = tmp_path / "data.bin"
+    data = make_file(source, 64 * CHUNK)
+    async with (
+        running(HostileRelay(deliveries(tamper), **FAST)) as relay,
+        # (not QUICK: a resend, on a loaded machine, would have bob answer alice's probe
+        # with an accept, which does not count the parts before it)
+        file_peers(relay, tmp_path, "alice", "bob") as (alice, bob),
+    ):
+        await alice.pump.send("bob", source)
+        bob.transfers.accept((await next_event(bob, FileOffered)).number)
+        done = await next_event(bob, TransferDone)
+        assert done.ok and Path(done.path).read_bytes() == data
+        assert (await next_event(alice, TransferDone)).ok
+    assert dropped == [3, 5]
+    assert not any(isinstance(event, MessagesMissing) for event in alice.peer.seen)
