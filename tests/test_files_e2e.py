@@ -283,6 +283,7 @@ async def test_a_transfer_resumes_after_the_receiver_restarts(tmp_path: Path) ->
         await bob.peer.connection.close()
 
 
+@pytest.mark.slow
 async def test_a_transfer_resumes_after_the_sender_restarts(tmp_path: Path) -> None:
     """alice quits mid-transfer; what she was sending is noted in her profile. Started
     again, she takes it up, bob says where he is, and it goes on from there."""
@@ -365,6 +366,7 @@ async def file_peer(
     return FilePeer(peer, transfers, pump)
 
 
+@pytest.mark.slow
 async def test_a_transfer_the_relays_byte_rate_makes_slow_says_so_and_what_raises_it(tmp_path: Path) -> None:
     """At a relay's default 1 MiB/s a 1 GiB file takes 18 minutes: the sender is told
     that the relay is what limits it, and how its operator lifts it; a fast one is not."""
@@ -508,6 +510,7 @@ async def test_a_large_file_goes_whole_through_a_relay_killed_mid_transfer_while
             await process.wait()
 
 
+@pytest.mark.slow
 async def test_a_receiver_still_taking_up_its_transfers_does_not_end_them(tmp_path: Path) -> None:
     """bob quits mid-transfer and starts again; alice asks him where it is before he has
     taken up his partial file (a large one takes seconds to hash again). He does not
