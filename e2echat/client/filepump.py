@@ -48,6 +48,10 @@ SLOW_AFTER = 30.0
 #: control parts waiting for their peer (online again, or a session started), at most:
 #: a peer that never comes back must not make the list grow for ever
 MAX_WAITING_PARTS = 1000
+#: what is read ahead of the files being sent, across all of them, at most: a window each
+#: (about 1 MiB) for a few; the others read only their chunks due. ``/send #ROOM`` makes
+#: one transfer per member, and a window each held 187.5 MiB for 200 (issue 20).
+MAX_READ_AHEAD = 4 * 1024 * 1024
 
 
 class FileLink(Protocol):
@@ -337,36 +341,47 @@ class FilePump:
         if len(due) and self.link.file_budget() > 0:
             self._wake.set()  # more may go: the next turn, after whatever else is waiting
 
-    def _ahead_chunks(self, due: list[tuple[Transfer, int, int]]) -> list[bytes] | None:
-        """The chunks ``due``, if what was read ahead holds them all; None if not."""
+    async def _read(self, due: list[tuple[Transfer, int, int]]) -> list[bytes]:
+        """The chunks ``due``. A file whose chunks due were not read ahead is read from the
+        first of them on, up to a window's worth in one read, kept for the chunks that
+        follow, while all that is kept stays within MAX_READ_AHEAD; beyond it, only its
+        chunks due are read. A thread hop costs ten times a read of a chunk, and chunks go
+        a few at a time, as their acknowledgements come."""
+        spans: dict[int, tuple[Transfer, int, int]] = {}  # each transfer's bytes due
+        for transfer, offset, length in due:
+            first = spans[transfer.number][1] if transfer.number in spans else offset
+            spans[transfer.number] = (transfer, first, offset + length)
+        # One not read ahead: all due are read again in the same hop (their windows then
+        # run out together, not each at its own turn).
+        reading = [] if all(self._holds(*span) for span in spans.values()) else list(spans.values())
+        for transfer, _, _ in reading:
+            self._ahead.pop(transfer.number, None)
+        held: dict[int, tuple[int, bytes]] = dict(self._ahead)
+        if reading:
+            room = MAX_READ_AHEAD - sum(len(data) for _, data in self._ahead.values())
+            reads = []
+            for transfer, first, end in reading:
+                size = max(end - first, min(self.transfers.window, transfer.size - first))
+                if size > end - first and size <= room:
+                    room -= size
+                else:
+                    size = end - first
+                reads.append((self._sources[transfer.number], first, size))
+            read = await asyncio.to_thread(_read_all, reads)
+            for (transfer, first, end), data in zip(reading, read, strict=True):
+                held[transfer.number] = (first, data)
+                if len(data) > end - first:
+                    self._ahead[transfer.number] = (first, data)
         chunks = []
         for transfer, offset, length in due:
-            ahead = self._ahead.get(transfer.number)
-            if ahead is None or not ahead[0] <= offset <= offset + length <= ahead[0] + len(ahead[1]):
-                return None
-            start = offset - ahead[0]
-            chunks.append(ahead[1][start : start + length])
+            start, data = held[transfer.number]
+            chunks.append(data[offset - start : offset - start + length])
         return chunks
 
-    async def _read(self, due: list[tuple[Transfer, int, int]]) -> list[bytes]:
-        """The chunks ``due``: each file is read from its first chunk due on, up to a
-        window's worth in one read (then kept, for the chunks that follow). A thread hop
-        costs ten times a read of a chunk, and chunks go a few at a time, as their
-        acknowledgements come."""
-        chunks = self._ahead_chunks(due)
-        if chunks is not None:
-            return chunks
-        reads: dict[int, tuple[Source, int, int]] = {}
-        for transfer, offset, length in due:
-            if transfer.number not in reads:
-                size = min(max(length, self.transfers.window), transfer.size - offset)
-                reads[transfer.number] = (self._sources[transfer.number], offset, size)
-        read = await asyncio.to_thread(_read_all, list(reads.values()))
-        for number, (_, offset, _), data in zip(reads, reads.values(), read, strict=True):
-            self._ahead[number] = (offset, data)
-        chunks = self._ahead_chunks(due)
-        assert chunks is not None  # (each transfer's chunks due are in order, from its first)
-        return chunks
+    def _holds(self, transfer: Transfer, first: int, end: int) -> bool:
+        """Whether the bytes from ``first`` to ``end`` of ``transfer`` were read ahead."""
+        ahead = self._ahead.get(transfer.number)
+        return ahead is not None and ahead[0] <= first <= end <= ahead[0] + len(ahead[1])
 
     # -- the disk -------------------------------------------------------------------------------
 
@@ -458,11 +473,14 @@ class FilePump:
             await asyncio.to_thread(landing.discard)
 
     def _close_ended(self) -> None:
+        for number in list(self._ahead):  # (one paused, or stopped, may not go on for long)
+            transfer = self.transfers.get(number)
+            if transfer is None or transfer.state is not State.ACTIVE:
+                del self._ahead[number]
         for number in list(self._sources):
             transfer = self.transfers.get(number)
             if transfer is None or transfer.final:
                 self._sources.pop(number).close()
-                self._ahead.pop(number, None)
                 if transfer is not None and self.sending is not None:
                     self._spawn(asyncio.to_thread(forget_sending, self.sending, transfer.transfer_id))
 
