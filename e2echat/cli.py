@@ -488,7 +488,7 @@ def _remove_plaintext_input(path: Path, chat: Chat) -> None:
 
 def _remove_plaintext_records(downloads: Path, sending: Path, chat: Chat) -> None:
     """The first files build kept its transfers' records in plain text (who, which file,
-    its hash): they are deleted unread, and said so once."""
+    its hash): those recognisably ours are deleted, and said so once (downloads.py)."""
     removed, problems = remove_plaintext_records(downloads, sending)
     for problem in problems:
         chat.problem(f"could not remove {problem}: it names a peer and a file in plain text")

@@ -5,6 +5,7 @@ replaced, and whatever name a peer sends landing inside the downloads directory.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
 from pathlib import Path
@@ -249,36 +250,79 @@ def test_only_a_partial_file_of_ours_is_taken_up_again(tmp_path: Path) -> None:
     assert target.read_bytes() == b"precious" * 200
 
 
+def _first_build_json(record: Record, *, sender: bool = False) -> dict[str, object]:
+    """``record`` as the first files build wrote it, in plain JSON: at first a partial
+    file's named its ``sender``; then both kinds named a ``peer`` and a ``path``."""
+    fields: dict[str, object] = {
+        "transfer": record.transfer_id.hex(),
+        "name": record.name,
+        "size": record.size,
+        "chunk_size": record.chunk_size,
+        "digest": record.digest.hex(),
+    }
+    if sender:
+        return {"sender": record.peer, **fields}
+    return {"peer": record.peer, **fields, "path": record.path}
+
+
 def test_the_plain_text_records_of_the_first_build_go_and_nothing_else(tmp_path: Path) -> None:
     """The first files build kept NAME.ID.part.json beside a partial file, and ID.json in
-    the profile's sending/, in plain JSON: they are deleted unread. Sealed records, the
-    partial files, and files that only look alike stay."""
+    the profile's sending/, in plain JSON: those recognisably records go. Sealed records,
+    the partial files, and files that only look alike stay: the downloads directory may be
+    a shared folder, and a name is not enough to delete a user's file."""
     downloads, sending = tmp_path / "downloads", tmp_path / "profile" / "sending"
     downloads.mkdir()
     sending.mkdir(parents=True)
-    record = _record()
-    plain = [
-        downloads / f"{record.part_name}.part.json",
-        sending / f"{record.transfer_id.hex()}.json",
-    ]
-    for path in plain:
-        path.write_bytes(record.to_json())
-    link = downloads / f"x.{'f' * 16}.part.json"
-    link.symlink_to(tmp_path / "elsewhere")  # the link goes, never what it names
-    (tmp_path / "elsewhere").write_bytes(b"not ours to delete")
-    kept = [
-        downloads / f"{record.part_name}.part",  # the user's bytes
-        downloads / f"{record.part_name}{RECORD_SUFFIX}",  # sealed: resumes
-        downloads / "notes.part.json",  # no transfer id: not one of ours
-        downloads / "report.json",
-        sending / f"{record.transfer_id.hex()}.record",
-        sending / "settings.json",
-    ]
-    for path in kept:
-        path.write_bytes(b"x")
+    record, other = _record(), Record("bob", bytes(16), "notes.txt", 9, 1024, blake(b"x"))
+    plain = {
+        downloads / f"{record.part_name}.part.json": _first_build_json(record, sender=True),
+        downloads / f"{other.part_name}.part.json": _first_build_json(other),
+        sending / f"{record.transfer_id.hex()}.json": _first_build_json(_record(path="/x/report.pdf")),
+    }
+    for path, fields in plain.items():
+        path.write_text(json.dumps(fields))
+
+    def named(number: int, name: str = "a.txt") -> Record:  # (a name and an id of its own)
+        return Record("alice", bytes([number]) * 16, name, 3, 1024, blake(b"abc"), "/x/a.txt")
+
+    def beside(record: Record) -> Path:
+        return downloads / f"{record.part_name}.part.json"
+
+    user = {
+        # the user's own, under a name like ours
+        downloads / f"backup.{'0123456789abcdef'}.part.json": json.dumps({"settings": True}),
+        beside(named(1)): "not json at all",
+        beside(named(2)): json.dumps([1, 2]),
+        # a record but for one thing: a key more, one fewer, a number as text, a digest
+        # not in hex, another name or id than the file's own, in sending/ one without a path
+        beside(named(3)): json.dumps({**_first_build_json(named(3)), "extra": 1}),
+        beside(named(4)): json.dumps({k: v for k, v in _first_build_json(named(4)).items() if k != "path"}),
+        beside(named(5)): json.dumps({**_first_build_json(named(5)), "size": "3"}),
+        beside(named(6)): json.dumps({**_first_build_json(named(6)), "digest": "zz" * 32}),
+        beside(named(7)): json.dumps(_first_build_json(named(7, "b.txt"))),
+        beside(named(8)): json.dumps(_first_build_json(named(9))),
+        sending / f"{'4' * 32}.json": json.dumps(_first_build_json(named(10))),
+        sending / f"{named(11).transfer_id.hex()}.json": json.dumps(
+            _first_build_json(named(11), sender=True)
+        ),
+        downloads / f"{record.part_name}.part": "the user's bytes",
+        downloads / f"{record.part_name}{RECORD_SUFFIX}": "sealed: resumes",
+        downloads / "notes.part.json": "no transfer id",
+        downloads / "report.json": "{}",
+        sending / f"{record.transfer_id.hex()}.record": "sealed",
+        sending / "settings.json": "{}",
+    }
+    for path, text in user.items():
+        path.write_text(text)
+    big = beside(named(12))
+    big.write_text(json.dumps(_first_build_json(named(12))) + " " * (64 * 1024))  # not a record's size
+    link = beside(named(13))
+    (tmp_path / "elsewhere").write_text(json.dumps(_first_build_json(named(13))))
+    link.symlink_to(tmp_path / "elsewhere")  # never written by e2echat: neither it goes nor what it names
+    os.mkfifo(beside(named(14)))  # not a file: not opened to block
     assert remove_plaintext_records(downloads, sending) == (3, [])
-    assert not any(path.exists() or path.is_symlink() for path in [*plain, link])
-    assert all(path.exists() for path in kept)
-    assert (tmp_path / "elsewhere").read_bytes() == b"not ours to delete"
+    assert not any(path.exists() for path in plain)
+    assert all(path.read_text() == text for path, text in user.items())
+    assert big.exists() and link.is_symlink() and (tmp_path / "elsewhere").exists()
     assert remove_plaintext_records(downloads, sending) == (0, [])  # said once
     assert remove_plaintext_records(tmp_path / "none", None) == (0, [])

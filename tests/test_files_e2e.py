@@ -396,16 +396,22 @@ async def test_the_first_builds_plain_text_records_are_removed_at_start_and_said
     (home / "sending").mkdir(parents=True)
     downloads.mkdir()
     transfer = "0123456789abcdef" * 2
-    (downloads / f"report.pdf.{transfer[:16]}.part.json").write_text('{"peer": "mallory"}')
+    record = {"peer": "mallory", "transfer": transfer, "name": "report.pdf", "size": 13, "chunk_size": 1024}
+    record |= {"digest": "00" * 32, "path": ""}  # (as the first files build wrote it)
+    (downloads / f"report.pdf.{transfer[:16]}.part.json").write_text(json.dumps(record))
     (downloads / f"report.pdf.{transfer[:16]}.part").write_bytes(b"half a report")
-    (home / "sending" / f"{transfer}.json").write_text('{"path": "/etc/shadow"}')
+    (home / "sending" / f"{transfer}.json").write_text(json.dumps(record | {"path": "/etc/shadow"}))
+    (downloads / f"backup.{transfer[:16]}.part.json").write_text('{"mine": true}')  # the user's
     async with running_relay() as relay:
         args = ["connect", "--nick", "bob", "--host", LOOPBACK, "--port", str(relay.port)]
         args += ["--home", str(home), "--downloads", str(downloads)]
         code, out, err = await run_cli(*args)
         assert code == 0, err
         assert out.count("removed 2 plain-text transfer records") == 1, out
-        assert sorted(p.name for p in downloads.iterdir()) == [f"report.pdf.{transfer[:16]}.part"]
+        assert sorted(p.name for p in downloads.iterdir()) == [
+            f"backup.{transfer[:16]}.part.json",
+            f"report.pdf.{transfer[:16]}.part",
+        ]
         assert list((home / "sending").iterdir()) == []
         code, out, err = await run_cli(*args)
         assert code == 0, err

@@ -53,10 +53,18 @@ MAX_COPIES = 10_000
 _READ = 1024 * 1024
 #: the plain-text records of the first files build (beside a partial file: NAME.ID.part.json,
 #: ID the transfer's first 16 hex digits; in sending/: the whole ID.json): they named the
-#: peer, the file and its hash unsealed. Matched by the whole name, so that nothing else
-#: goes (a file received never lands under a name ending in .part.json: safe_name).
+#: peer, the file and its hash unsealed. A name alone is not enough to delete a file (the
+#: downloads directory may be a shared folder, with a user's ``backup.ID.part.json``):
+#: what goes is a small JSON object of ours, with exactly one of its key sets, that names
+#: the very file it is in (``_is_plain_record``).
 _PLAIN_LANDING = re.compile(r".+\.[0-9a-f]{16}\.part\.json")
 _PLAIN_SENDING = re.compile(r"[0-9a-f]{32}\.json")
+#: its keys: beside a partial file, before files sent resumed ("sender"), then either kind
+_PLAIN_KEYS = (
+    frozenset({"sender", "transfer", "name", "size", "chunk_size", "digest"}),
+    frozenset({"peer", "transfer", "name", "size", "chunk_size", "digest", "path"}),
+)
+_HEX_ID, _HEX_DIGEST = re.compile(r"[0-9a-f]{32}"), re.compile(r"[0-9a-f]{64}")
 
 
 def default_downloads(env: Mapping[str, str] | None = None) -> Path:
@@ -379,24 +387,27 @@ def kept_landings(directory: Path, seal: RecordSeal) -> list[tuple[Record, Landi
 
 
 def remove_plaintext_records(downloads: Path, sending: Path | None) -> tuple[int, list[str]]:
-    """Delete the plain-text records the first files build left, neither read nor
-    trusted: beside partial files in ``downloads``, and in the profile's ``sending``. The
-    partial files stay (the user's bytes; their transfers do not resume). Returns how
-    many went, and what could not be deleted (each with why)."""
-    found: list[Path] = []
-    for directory, pattern in ((downloads, _PLAIN_LANDING), (sending, _PLAIN_SENDING)):
+    """Delete the plain-text records the first files build left, beside partial files in
+    ``downloads`` and in the profile's ``sending``; only those that are recognisably ours
+    (``_is_plain_record``): any other file stays, whatever its name. The partial files stay
+    (the user's bytes; their transfers do not resume). Returns how many went, and what could
+    not be deleted (each with why)."""
+    found: list[tuple[Path, bool]] = []
+    for directory, pattern, landing in ((downloads, _PLAIN_LANDING, True), (sending, _PLAIN_SENDING, False)):
         if directory is None:
             continue
         try:
-            found += [path for path in directory.iterdir() if pattern.fullmatch(path.name)]
+            found += [(path, landing) for path in directory.iterdir() if pattern.fullmatch(path.name)]
         except OSError:
             continue  # no such directory (yet): nothing was left there
     removed, problems = 0, []
-    for path in sorted(found):
+    for path, landing in sorted(found):
+        identity = _plain_record(path, landing)
         try:
-            if path.is_dir() and not path.is_symlink():
+            # (the very file read: not another put under its name since)
+            if identity is None or identity != _identity(os.lstat(path)):
                 continue
-            path.unlink()  # (a link: the link goes, never what it names)
+            path.unlink()
         except FileNotFoundError:
             continue
         except OSError as exc:
@@ -404,6 +415,48 @@ def remove_plaintext_records(downloads: Path, sending: Path | None) -> tuple[int
             continue
         removed += 1
     return removed, problems
+
+
+def _plain_record(path: Path, landing: bool) -> tuple[int, int] | None:
+    """The device and inode of the file at ``path`` if it is a plain-text record of the
+    first files build (beside a partial file if ``landing``, else in sending/); None if it
+    is anything else: not a regular file of ours (a link is not followed), larger than a
+    record, not a JSON object with exactly a record's keys, or naming another file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid() or info.st_size > MAX_RECORD:
+            return None
+        data = os.read(fd, MAX_RECORD + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    try:
+        fields = json.loads(data)
+    except ValueError:  # (UnicodeDecodeError is one)
+        return None
+    if not isinstance(fields, dict) or frozenset(fields) not in _PLAIN_KEYS:
+        return None
+    transfer, name = fields["transfer"], fields["name"]
+    texts = [value for key, value in fields.items() if key not in ("size", "chunk_size")]
+    numbers = [fields["size"], fields["chunk_size"]]
+    if not all(isinstance(value, str) for value in texts) or not all(type(value) is int for value in numbers):
+        return None
+    if not _HEX_ID.fullmatch(transfer) or not _HEX_DIGEST.fullmatch(fields["digest"]):
+        return None
+    if landing:
+        ours = path.name == f"{name}.{transfer[:16]}.part.json"
+    else:
+        ours = "path" in fields and path.name == f"{transfer}.json"
+    return _identity(info) if ours else None
+
+
+def _identity(info: os.stat_result) -> tuple[int, int]:
+    return info.st_dev, info.st_ino
 
 
 # -- files being sent, across restarts ------------------------------------------------------
