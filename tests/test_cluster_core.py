@@ -3,13 +3,18 @@ a relay makes of the others' answers (relay/cluster/core.py), without NATS."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import pytest
 from nacl.public import PublicKey
+from test_cores import UNLIMITED, FakeWire
 
 from e2echat.errors import RemoteProtocolError
 from e2echat.relay.actions import Action, Write
-from e2echat.relay.cluster.core import FetchElsewhere, Forward
+from e2echat.relay.cluster.core import ClusterCore, FetchElsewhere, Forward
 from e2echat.relay.cluster.wire import (
+    check_item,
     decode_claim,
     decode_fetch,
     decode_forward,
@@ -27,9 +32,11 @@ from e2echat.relay.cluster.wire import (
     new_node_id,
     nick_key,
 )
+from e2echat.relay.mailboxes import item_frame
 from e2echat.relay.routing import Copies
 from e2echat.relay.store import EXPIRED, MAIL, MailItem
 from e2echat.wire.codec import decode_message
+from e2echat.wire.grammar import MAX_BODY, MAX_ID
 from e2echat.wire.messages import Bundles, Routed
 from e2echat.wire.objects import Bundle, PeerInfo, SignedPrekey
 
@@ -134,3 +141,61 @@ def test_a_mailbox_handed_over_goes_both_ways() -> None:
         decode_mail(encode_mail(items, False)[:-1], "dave")
     with pytest.raises(RemoteProtocolError):
         decode_taken(encode_mailbox_ask("dave", bytes(KEY_A)))
+
+
+_GOOD = MailItem("dave", 5, MAIL, "alice", 42, 1.5, b"ciphertext")
+_NOTICE = MailItem("dave", 6, EXPIRED, "bob", 7, 2.5, reason="expired")
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dataclasses.replace(_NOTICE, reason="bogus"),
+        dataclasses.replace(_NOTICE, body=b"x"),
+        dataclasses.replace(_GOOD, reason="expired"),
+        dataclasses.replace(_GOOD, body=bytes(MAX_BODY + 1)),
+        dataclasses.replace(_GOOD, queued_at=math.nan),
+        dataclasses.replace(_GOOD, queued_at=math.inf),
+        dataclasses.replace(_GOOD, queued_at=-1.0),
+        dataclasses.replace(_GOOD, queued_at=2.0**40),
+        dataclasses.replace(_GOOD, message_id=MAX_ID + 1),
+        dataclasses.replace(_GOOD, seq=MAX_ID + 1),
+    ],
+)
+def test_a_mailbox_item_outside_the_client_grammar_is_left_out_and_the_rest_kept(bad: MailItem) -> None:
+    # Each would make ``item_frame`` raise in the mailbox it reached, at every tick.
+    with pytest.raises(RemoteProtocolError):
+        check_item(bad)
+    assert decode_mail(encode_mail([_GOOD, bad, _NOTICE], True), "dave") == ([_GOOD, _NOTICE], True)
+    assert item_frame(_GOOD) and item_frame(_NOTICE)  # the ones kept can be framed
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dataclasses.replace(_GOOD, sender="no one"),
+        dataclasses.replace(_GOOD, to=""),
+        dataclasses.replace(_GOOD, kind="other"),
+    ],
+)
+def test_an_item_no_decode_makes_is_refused_too(bad: MailItem) -> None:
+    # ``decode_mail`` refuses these as framing; ``take_over``'s guard must too.
+    with pytest.raises(RemoteProtocolError):
+        check_item(bad)
+
+
+def test_a_bad_item_taken_over_is_dropped_and_the_relay_keeps_ticking() -> None:
+    # As if it came by another way than ``decode_mail``: the core's guard alone.
+    core = ClusterCore(UNLIMITED, node=new_node_id())
+    wire = FakeWire(relay=core)
+    conn = wire.connect("dave")
+    wire.apply(core.claimed(conn, None, wire.now))
+    wire.pump()
+    bad = dataclasses.replace(_NOTICE, seq=7, reason="bogus")
+    actions, upto = core.take_over("dave", [_GOOD, bad, dataclasses.replace(_NOTICE, seq=8)])
+    wire.apply(actions)
+    assert upto == 8
+    kept = core.kept.mailboxes.items("dave")
+    assert [(item.kind, item.reason) for item in kept] == [(MAIL, ""), (EXPIRED, "expired")]
+    for later in (1.0, 100.0, 10_000.0):
+        core.tick(wire.now + later)  # raised at every tick while the bad item was kept

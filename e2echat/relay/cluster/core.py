@@ -32,6 +32,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from e2echat.errors import RemoteProtocolError
 from e2echat.relay.actions import Action, ConnId, Persist, Write, keep
 from e2echat.relay.cluster.addresses import SharedSources, cluster_secret
 from e2echat.relay.cluster.memberships import RoomsAcross
@@ -41,6 +42,7 @@ from e2echat.relay.cluster.rooms import (
     RemoteRooms,
     SaveMembership,
 )
+from e2echat.relay.cluster.wire import check_item
 from e2echat.relay.core import RelayCore, _Connection
 from e2echat.relay.kept import Kept
 from e2echat.relay.limits import Backlog, Limits
@@ -488,6 +490,11 @@ class ClusterCore(RoomsAcross, RelayCore):
         upto = -1
         mailboxes = self.kept.mailboxes
         for item in items:
+            try:
+                check_item(item)  # decoded so already: a guard, as an item not framed breaks ``tick``
+            except RemoteProtocolError as exc:
+                log.warning("a mailbox item for %s from the cluster is dropped: %s", nick, exc)
+                continue
             if item.kind == MAIL:
                 op = mailboxes.put_mail(nick, item.sender, item.message_id, item.body, item.queued_at)
                 if op is None:  # full here: kept there, for the next time

@@ -100,8 +100,9 @@ class Orphans:
             except _MISSING:
                 self._forget(nick, key)
                 continue
-            except RemoteProtocolError as exc:
+            except RemoteProtocolError as exc:  # read once: it expires with the bucket's bound
                 log.warning("a mailbox item in the cluster's mail bucket does not decode: %s", exc)
+                self._forget(nick, key)
                 continue
             if for_key == identity_key:  # public keys: nothing to time
                 found.append((key, entry.revision, item))

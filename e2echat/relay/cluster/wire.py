@@ -16,6 +16,8 @@ a bug or a stale relay must not crash the others.
 
 from __future__ import annotations
 
+import logging
+import math
 import re
 import struct
 from collections.abc import Sequence
@@ -26,8 +28,18 @@ from nacl.public import PublicKey
 
 from e2echat.errors import RemoteProtocolError
 from e2echat.relay.store import EXPIRED, MAIL, MailItem
-from e2echat.wire.grammar import KEY_SIZE, MAX_ITEMS, is_valid_nick, skeleton
+from e2echat.wire.grammar import (
+    EXPIRED_REASONS,
+    KEY_SIZE,
+    MAX_BODY,
+    MAX_ID,
+    MAX_ITEMS,
+    is_valid_nick,
+    skeleton,
+)
 from e2echat.wire.objects import PeerInfo
+
+log = logging.getLogger("e2echat.relay.cluster.wire")
 
 #: a cluster's name: it prefixes every subject and bucket, so two clusters can share a server
 NAME_MAX = 32  # a bucket's name is the cluster's and a suffix: well within NATS's bounds
@@ -197,6 +209,11 @@ def encode_mail(items: Sequence[MailItem], more: bool) -> bytes:
 
 
 def decode_mail(payload: bytes, to: str) -> tuple[list[MailItem], bool]:
+    """A part of a mailbox handed over (``encode_mail``): its items and whether more
+    follow; ``RemoteProtocolError`` if it is not one. An item that is framed well but
+    breaks the client wire grammar (``check_item``) is left out, with a log line: one
+    bad item must not hold back the others, nor reach a client's mailbox, where it could
+    not be framed."""
     reader = _Reader(payload)
     more = reader.take(1) != b"\0"
     count: int = _LENGTH.unpack(reader.take(_LENGTH.size))[0]
@@ -211,9 +228,32 @@ def decode_mail(payload: bytes, to: str) -> tuple[list[MailItem], bool]:
         body = reader.take(size)
         seq: int = _SEQ.unpack(reader.take(_SEQ.size))[0]
         reason = reader.take(reader.take(1)[0]).decode("ascii", errors="replace")
-        items.append(MailItem(to, seq, _KINDS[kind], sender, message_id, queued_at, body, reason))
+        item = MailItem(to, seq, _KINDS[kind], sender, message_id, queued_at, body, reason)
+        try:
+            items.append(check_item(item))
+        except RemoteProtocolError as exc:
+            log.warning("a mailbox item for %s handed over in the cluster is left out: %s", to, exc)
     reader.end()
     return items, more
+
+
+def check_item(item: MailItem) -> MailItem:
+    """``item`` if every field of it is within the client wire grammar's bounds (what
+    ``relay.mailboxes.item_frame`` will build a ``mail`` or ``expired`` from);
+    ``RemoteProtocolError`` if not."""
+    if not is_valid_nick(item.to) or not is_valid_nick(item.sender):
+        raise RemoteProtocolError(detail="a mailbox item names an invalid nick")
+    if not 0 <= item.seq <= MAX_ID or not 0 <= item.message_id <= MAX_ID:
+        raise RemoteProtocolError(detail="a mailbox item's seq or message id is out of bounds")
+    if not math.isfinite(item.queued_at) or not 0 <= item.queued_at < 2**40:  # as grammar.check_time
+        raise RemoteProtocolError(detail="a mailbox item's time is out of bounds")
+    if item.kind == MAIL and (len(item.body) > MAX_BODY or item.reason):
+        raise RemoteProtocolError(detail="a mailbox item's body is too long, or it has a reason")
+    if item.kind == EXPIRED and (item.reason not in EXPIRED_REASONS or item.body):
+        raise RemoteProtocolError(detail="a notice in a mailbox gives no known reason, or has a body")
+    if item.kind not in _KINDS:
+        raise RemoteProtocolError(detail="a mailbox item of no known kind")
+    return item
 
 
 def encode_taken(nick: str, upto: int) -> bytes:
