@@ -3,9 +3,9 @@ taken by the relay its owner is online on (relay/cluster/jetstream_store.py keep
 
 A relay notes which items are orphans: once, when it has heard every live relay after it
 started (``survey_async``: every key whose relay it does not hear), and when it takes a
-relay for dead (``gone_async``: that relay's keys). Each is one request, a stream's
-subjects under a filter: a register costs no request to find its mail. A relay heard again
-has its items back (``revived``). The relay its owner is online on reads them
+relay for dead (``gone_async``: that relay's keys). Each is a stream's subjects under a
+filter, a request per 100,000 keys: a register costs no request to find its mail. A relay
+heard again has its items back (``revived``). The relay its owner is online on reads them
 (``orphans_async``), keeps the ones queued for the owner's identity key, and removes them
 from the bucket (``drop_async``) once kept.
 
@@ -17,6 +17,7 @@ would stay for the bucket's time to live, to be listed.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable, Sequence
 
@@ -43,9 +44,23 @@ class MailBucket:
         self.subjects = f"$KV.{name}."
 
     async def keys(self, pattern: str) -> list[str]:
-        """The keys that match ``pattern`` (a subject filter), in one request."""
-        info = await self.js.stream_info(self.stream, subjects_filter=self.subjects + pattern)
-        return [subject[len(self.subjects) :] for subject in info.state.subjects or {}]
+        """The keys that match ``pattern`` (a subject filter), a page a request until the
+        server's total: nats-server lists at most 100,000 subjects in one answer, and
+        nats-py asks for the first page only. A key written or removed meanwhile may
+        shift another from page to page: listed twice (hence the set), or not at all
+        (as a key written after the list is)."""
+        # ``stream_info``'s request, with an offset.
+        api = f"{self.js._prefix}.STREAM.INFO.{self.stream}"
+        keys: set[str] = set()
+        listed = 0
+        while True:
+            request = json.dumps({"subjects_filter": self.subjects + pattern, "offset": listed})
+            answer = await self.js._api_request(api, request.encode(), timeout=self.js._timeout)
+            page = answer.get("state", {}).get("subjects") or {}
+            keys.update(subject[len(self.subjects) :] for subject in page)
+            listed += len(page)
+            if not page or listed >= answer.get("total", 0):
+                return sorted(keys)
 
     async def purge(self, key: str, revision: int = 0) -> None:
         """Remove ``key`` (with ``revision``: only its messages up to that one)."""
