@@ -5,7 +5,8 @@ compare-and-set. Pure (no I/O): relay/cluster/jetstream_store.py does the readin
   last seen, registrations), its prekey bundle as ``relay.prekeys`` packs it, and the
   relay it is online on (``owner``, empty while away). One key, so that one revision
   orders every change to the nick: a one-time prekey is taken out of it by a
-  compare-and-set on the revision read, and so is handed out once across the cluster.
+  compare-and-set on the revision read, and so is handed out once across the cluster
+  (but see docs/PROTOCOL.md section 17 for a stalled relay answering from memory).
 - A mailbox item (the ``mail`` bucket, one key per item, ``<nick>.<node>.<seq>``): the
   identity key it was queued for, then the item as ``encode_mail`` hands it over.
 
