@@ -96,6 +96,9 @@ log = logging.getLogger("e2echat.relay.cluster.relay")
 FORWARD_TIMEOUT = 2.0
 #: each key-value operation, and the connection to NATS at start-up
 NATS_TIMEOUT = 5.0
+#: a gap between two rounds of ``_beat`` (due every HEARTBEAT / 2) past which this relay
+#: was itself stopped or stalled, and judges no one before it hears them anew
+LATE_AFTER = HEARTBEAT + 1.0
 #: rounds of read and compare-and-set for one claim before the nick counts as taken
 CLAIM_TRIES = 4
 
@@ -661,15 +664,25 @@ class ClusterRelay(Relay):
     # -- heartbeats --------------------------------------------------------------------------
 
     async def _beat(self) -> None:
-        """Say we are alive; take the relays not heard for ``DEAD_AFTER`` for dead."""
+        """Say we are alive; take the relays not heard for ``DEAD_AFTER`` for dead.
+
+        Not after this relay was itself late (stopped, or its loop stalled): the others'
+        heartbeats of meanwhile wait unread on its socket, and it would take every relay
+        for dead, delete their clients' keys, and so make all of them hang up. It hears
+        them anew first, as after a reconnect."""
         assert self._nc is not None
         loop, beat = asyncio.get_running_loop(), self.node.encode("ascii")
+        last = loop.time()
         while True:
-            nc = self._nc
+            nc, now = self._nc, loop.time()
+            gap, last = now - last, now
+            if gap > LATE_AFTER:
+                log.warning("this relay stood still for %.1fs: hearing the others anew", gap)
+                for node in self._heard:
+                    self._heard[node] = now
             if nc is not None and nc.is_connected:
                 with contextlib.suppress(Exception):
                     await nc.publish(self.names.alive, beat)
-                now = loop.time()
                 for node, heard in list(self._heard.items()):
                     if now - heard > DEAD_AFTER:
                         self._dead(node)
