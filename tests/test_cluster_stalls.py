@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
+import nats
 import pytest
+from nats.aio.client import Client as NatsClient
 from test_cluster import cluster, relay_process
 
-from e2echat.relay.cluster.wire import DEAD_AFTER, HEARTBEAT
+from e2echat.relay.cluster import relay as cluster_relay
+from e2echat.relay.cluster.relay import FORWARD_TIMEOUT
+from e2echat.relay.cluster.rooms import encode_ordered
+from e2echat.relay.cluster.wire import DEAD_AFTER, HEARTBEAT, encode_fetch, encode_forward
+from e2echat.wire import messages as m
 
 from nats_support import NatsServer
-from support import WAIT, connect
+from support import WAIT, RawClient, connect
 
 
 async def _until(condition: Callable[[], bool], timeout: float = WAIT) -> None:
@@ -48,3 +55,121 @@ async def test_a_relay_stopped_and_continued_leaves_the_others_clients_alone(
         finally:
             await carol.connection.close()
             await alice.connection.close()
+
+
+# A forward waits up to ROOMS_WAIT for this relay to read the rooms bucket as far as its
+# sender's relay wrote it (roomlink.py): one after a revision never written waits it all.
+NEVER = 2**62
+
+
+async def test_a_forward_waiting_for_the_rooms_bucket_holds_up_no_other_request(
+    nats_server: NatsServer,
+) -> None:
+    """Requests were handled one at a time: a forward waiting for the rooms watch made
+    every request after it late, past its asker's timeout (its copies reported not
+    delivered, yet delivered later)."""
+    async with cluster(nats_server, 1) as (here,), _nats(nats_server) as client:
+        carol = await RawClient.open(here)
+        try:
+            await carol.register("carol")
+            subject = here.names.node(here.node)
+            answered: list[str] = []
+
+            async def ask(name: str, payload: bytes) -> None:
+                await client.request(subject, payload, timeout=3 * WAIT)
+                answered.append(name)
+
+            waiting = encode_ordered(NEVER, 1, encode_forward("alice", [("carol", b"late")]))
+            asked = [asyncio.create_task(ask("waiting", waiting))]
+            await asyncio.sleep(0)  # sent (buffered)
+            await client.flush()  # and there first
+            asked.append(asyncio.create_task(ask("fetch", encode_fetch("bob", ["carol"]))))
+            other_sender = encode_ordered(0, 2, encode_forward("dave", [("carol", b"now")]))
+            asked.append(asyncio.create_task(ask("other sender", other_sender)))
+            await asyncio.wait_for(asyncio.gather(*asked), 3 * WAIT)
+            assert answered[-1] == "waiting", answered
+            first = await asyncio.wait_for(carol.receive_kind(m.Deliver), WAIT)
+            assert (first.sender, first.body) == ("dave", b"now")
+        finally:
+            carol.close()
+
+
+async def test_one_senders_forwards_are_delivered_in_the_order_sent(nats_server: NatsServer) -> None:
+    async with cluster(nats_server, 1) as (here,), _nats(nats_server) as client:
+        carol = await RawClient.open(here)
+        try:
+            await carol.register("carol")
+            subject = here.names.node(here.node)
+            first = encode_ordered(NEVER, 1, encode_forward("alice", [("carol", b"first")]))
+            second = encode_ordered(0, 2, encode_forward("alice", [("carol", b"second")]))
+            asked = [asyncio.create_task(client.request(subject, first, timeout=3 * WAIT))]
+            await asyncio.sleep(0)  # sent (buffered)
+            await client.flush()  # and there first
+            asked.append(asyncio.create_task(client.request(subject, second, timeout=3 * WAIT)))
+            await asyncio.wait_for(asyncio.gather(*asked), 3 * WAIT)
+            for body in (b"first", b"second"):
+                delivered = await asyncio.wait_for(carol.receive_kind(m.Deliver), WAIT)
+                assert (delivered.sender, delivered.body) == ("alice", body)
+        finally:
+            carol.close()
+
+
+@contextlib.asynccontextmanager
+async def _nats(server: NatsServer) -> AsyncIterator[NatsClient]:
+    """A client of the cluster's NATS server, as another relay is."""
+    client = await nats.connect(server.url, connect_timeout=WAIT, allow_reconnect=False)
+    try:
+        yield client
+    finally:
+        await asyncio.wait_for(client.close(), WAIT)
+
+
+async def test_one_senders_forwards_waiting_together_are_all_answered_in_time(
+    nats_server: NatsServer,
+) -> None:
+    """Each waits for the rooms bucket from when it came, not after the one before it:
+    else a sender's fourth forward would wait four times ROOMS_WAIT."""
+    async with cluster(nats_server, 1) as (here,), _nats(nats_server) as client:
+        carol = await RawClient.open(here)
+        try:
+            await carol.register("carol")
+            subject = here.names.node(here.node)
+            forwards = [
+                encode_ordered(NEVER, number, encode_forward("alice", [("carol", b"%d" % number)]))
+                for number in range(4)
+            ]
+            asked = [client.request(subject, forward, timeout=FORWARD_TIMEOUT) for forward in forwards]
+            await asyncio.gather(*asked)  # not one timed out
+            for number in range(4):
+                delivered = await asyncio.wait_for(carol.receive_kind(m.Deliver), WAIT)
+                assert delivered.body == b"%d" % number
+        finally:
+            carol.close()
+
+
+async def test_requests_in_hand_are_bounded(nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past ``REQUESTS_AT_ONCE`` in hand, the next request waits its turn: another relay
+    (or anyone on NATS) cannot make this one hold any number of them at once."""
+    monkeypatch.setattr(cluster_relay, "REQUESTS_AT_ONCE", 2)
+    async with cluster(nats_server, 1) as (here,), _nats(nats_server) as client:
+        carol = await RawClient.open(here)
+        try:
+            await carol.register("carol")
+            subject = here.names.node(here.node)
+            answered: list[str] = []
+
+            async def ask(name: str, payload: bytes) -> None:
+                await client.request(subject, payload, timeout=3 * WAIT)
+                answered.append(name)
+
+            asked = []
+            for sender in ("alice", "dave"):
+                waiting = encode_ordered(NEVER, 1, encode_forward(sender, [("carol", b"late")]))
+                asked.append(asyncio.create_task(ask("waiting", waiting)))
+                await asyncio.sleep(0)  # sent (buffered)
+            await client.flush()  # and there first
+            asked.append(asyncio.create_task(ask("fetch", encode_fetch("bob", ["carol"]))))
+            await asyncio.wait_for(asyncio.gather(*asked), 3 * WAIT)
+            assert answered[-1] == "fetch", answered
+        finally:
+            carol.close()

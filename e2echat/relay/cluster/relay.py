@@ -99,6 +99,9 @@ NATS_TIMEOUT = 5.0
 #: a gap between two rounds of ``_beat`` (due every HEARTBEAT / 2) past which this relay
 #: was itself stopped or stalled, and judges no one before it hears them anew
 LATE_AFTER = HEARTBEAT + 1.0
+#: requests from other relays handled at once, each in its own task: past it, the next
+#: waits its turn (each holds up to 1 MiB, NATS's largest payload)
+REQUESTS_AT_ONCE = 64
 #: rounds of read and compare-and-set for one claim before the nick counts as taken
 CLAIM_TRIES = 4
 
@@ -148,6 +151,10 @@ class ClusterRelay(Relay):
         self._last_error: Exception | None = None
         self._stopping = False
         self._watcher: KeyValue.KeyWatcher | None = None
+        #: requests from other relays in hand (``_on_request``)
+        self._requests_free = asyncio.Semaphore(REQUESTS_AT_ONCE)
+        #: sender -> the last of its forwards being delivered: the next waits for it
+        self._in_turn: dict[str, asyncio.Future[None]] = {}
         #: the memberships of rooms, in their own bucket
         self._rooms = RoomsLink(self)
 
@@ -532,7 +539,21 @@ class ClusterRelay(Relay):
     # -- what NATS tells ---------------------------------------------------------------------
 
     async def _on_request(self, msg: Msg) -> None:
-        """Another relay's forward of copies, or its fetch of bundles, for clients here."""
+        """Another relay's forward of copies, or its fetch of bundles, or its ask for
+        mail, for clients here: each in a task of its own (nats-py hands a subscription's
+        messages over one at a time), so that one waiting for the rooms bucket or the
+        store holds up no other past its asker's timeout. Past ``REQUESTS_AT_ONCE`` in
+        hand, the next waits its turn. Each task's first step runs in the order they came."""
+        await self._requests_free.acquire()
+        task = asyncio.ensure_future(self._handle_request(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._request_done)
+
+    def _request_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._requests_free.release()
+
+    async def _handle_request(self, msg: Msg) -> None:
         core = self.cluster_core
         try:
             kind = msg.data[:1]
@@ -547,22 +568,41 @@ class ClusterRelay(Relay):
             elif kind == FETCH:
                 requester, nicks = decode_fetch(msg.data)
                 actions, reply = core.fetch_here(requester, nicks)
+                self._apply(actions)
             else:
                 # A send's copies, after what its relay wrote of memberships (roomlink.py).
                 after, message_id, forward = decode_ordered(msg.data) if kind == ORDERED else (0, 0, msg.data)
                 sender, items = decode_forward(forward)
-                await self._rooms.read_to(after)
-                now = asyncio.get_running_loop().time()
-                actions, outcome = core.deliver_here(sender, message_id, items, now)
-                reply = encode_outcome(*outcome)
+                actions, reply = await self._deliver_in_turn(sender, after, message_id, items)
         except RemoteProtocolError as exc:
             log.warning("a request from another relay that does not decode: %s", exc)
             return
-        self._apply(actions)
         if self._journal is not None and any(isinstance(action, Persist) for action in actions):
-            await self._journal.drain()  # a copy said queued is kept first
+            await self._journal.settle()  # a copy said queued is kept first
         with contextlib.suppress(Exception):  # the asker times out and reports them not delivered
             await msg.respond(reply)
+
+    async def _deliver_in_turn(
+        self, sender: str, after: int, message_id: int, items: list[tuple[str, bytes]]
+    ) -> tuple[list[Action], bytes]:
+        """Deliver ``sender``'s copies once the rooms bucket is read to ``after``, and
+        after its forwards that came before (they wait no longer: their wait began first):
+        the actions, applied, and the answer."""
+        before = self._in_turn.get(sender)
+        mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._in_turn[sender] = mine
+        try:
+            await self._rooms.read_to(after)
+            if before is not None:
+                await asyncio.wait([before])  # done, even if cancelled
+            now = asyncio.get_running_loop().time()
+            actions, outcome = self.cluster_core.deliver_here(sender, message_id, items, now)
+            self._apply(actions)
+            return actions, encode_outcome(*outcome)
+        finally:
+            mine.set_result(None)
+            if self._in_turn.get(sender) is mine:
+                del self._in_turn[sender]
 
     async def _on_alive(self, msg: Msg) -> None:
         try:
