@@ -10,12 +10,24 @@ from collections.abc import AsyncIterator, Callable
 import nats
 import pytest
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 from test_cluster import cluster, relay_process
 
 from e2echat.relay.cluster import relay as cluster_relay
-from e2echat.relay.cluster.relay import FORWARD_TIMEOUT
+from e2echat.relay.cluster.relay import FORWARD_TIMEOUT, MAIL_TRIES, ClusterRelay
 from e2echat.relay.cluster.rooms import encode_ordered
-from e2echat.relay.cluster.wire import DEAD_AFTER, HEARTBEAT, encode_fetch, encode_forward
+from e2echat.relay.cluster.wire import (
+    DEAD_AFTER,
+    HEARTBEAT,
+    MAIL_TAKEN,
+    decode_mailbox_ask,
+    decode_taken,
+    encode_fetch,
+    encode_forward,
+    encode_mail,
+    new_node_id,
+)
+from e2echat.relay.store import MAIL, MailItem
 from e2echat.wire import messages as m
 
 from nats_support import NatsServer
@@ -173,3 +185,72 @@ async def test_requests_in_hand_are_bounded(nats_server: NatsServer, monkeypatch
             assert answered[-1] == "fetch", answered
         finally:
             carol.close()
+
+
+class _SlowRelay:
+    """Another relay of the cluster, by hand: it beats, keeps one item of mail for carol,
+    and leaves the first ``unanswered`` asks for it unanswered (busy, or stalled)."""
+
+    def __init__(self, here: ClusterRelay, client: NatsClient, unanswered: int) -> None:
+        self.here, self.client, self.unanswered = here, client, unanswered
+        self.node = new_node_id()
+        self.asks = 0
+        self.taken: asyncio.Queue[tuple[str, int]] = asyncio.Queue()
+
+    async def start(self) -> None:
+        await self.client.subscribe(self.here.names.node(self.node), cb=self._on_request)
+        self._beating = asyncio.create_task(self._beat())
+        await _until(lambda: self.node in self.here._heard)
+
+    async def _beat(self) -> None:
+        while True:
+            await self.client.publish(self.here.names.alive, self.node.encode("ascii"))
+            await asyncio.sleep(HEARTBEAT / 2)
+
+    async def _on_request(self, msg: Msg) -> None:
+        if msg.data[:1] == MAIL_TAKEN:
+            self.taken.put_nowait(decode_taken(msg.data))
+            return
+        assert decode_mailbox_ask(msg.data)[0] == "carol"
+        self.asks += 1
+        if self.asks > self.unanswered:
+            item = MailItem("carol", 7, MAIL, "alice", 1, 1.0, b"kept while away")
+            await msg.respond(encode_mail([item], False))
+
+    async def close(self) -> None:
+        self._beating.cancel()
+
+
+@pytest.mark.slow
+async def test_mail_kept_by_a_relay_slow_to_answer_is_asked_for_again(nats_server: NatsServer) -> None:
+    async with cluster(nats_server, 1) as (here,), _nats(nats_server) as client:
+        slow = _SlowRelay(here, client, unanswered=1)
+        await slow.start()
+        carol = await RawClient.open(here)
+        try:
+            await carol.register("carol")
+            taken = await asyncio.wait_for(slow.taken.get(), FORWARD_TIMEOUT + 2 * WAIT)
+            assert taken == ("carol", 7) and slow.asks == 2
+        finally:
+            carol.close()
+            await slow.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+async def test_a_relay_that_never_answers_is_asked_for_mail_a_bounded_number_of_times(
+    nats_server: NatsServer,
+) -> None:
+    async with cluster(nats_server, 1) as (here,), _nats(nats_server) as client:
+        slow = _SlowRelay(here, client, unanswered=1000)
+        await slow.start()
+        carol = await RawClient.open(here)
+        try:
+            await carol.register("carol")
+            every_try = FORWARD_TIMEOUT + HEARTBEAT
+            await _until(lambda: slow.asks == MAIL_TRIES, MAIL_TRIES * every_try + WAIT)
+            await asyncio.sleep(every_try + 1)  # and no more
+            assert slow.asks == MAIL_TRIES
+        finally:
+            carol.close()
+            await slow.close()

@@ -102,6 +102,9 @@ LATE_AFTER = HEARTBEAT + 1.0
 #: requests from other relays handled at once, each in its own task: past it, the next
 #: waits its turn (each holds up to 1 MiB, NATS's largest payload)
 REQUESTS_AT_ONCE = 64
+#: asks of a live relay for a client's mail, one each HEARTBEAT, before it is left there
+#: (for the client's next connection)
+MAIL_TRIES = 3
 #: rounds of read and compare-and-set for one claim before the nick counts as taken
 CLAIM_TRIES = 4
 
@@ -443,31 +446,50 @@ class ClusterRelay(Relay):
         """``peer`` is in: what the other relays kept for it while it was away comes here,
         a part at a time. Each part is dropped there only once it is kept here (a part
         lost on the way stays there, for its next connection)."""
-        assert self._nc is not None
-        ask = encode_mailbox_ask(peer.nick, bytes(peer.identity_key))
         for node in list(self._heard):
-            more = True
-            while more:
-                try:
-                    reply = await self._nc.request(self.names.node(node), ask, FORWARD_TIMEOUT)
-                    items, more = decode_mail(reply.data, peer.nick)
-                except Exception as exc:  # out of reach, gone, or nonsense: what it holds stays
-                    log.info("mailbox of %s from relay %s: %s", peer.nick, node, _reason(exc))
-                    break
-                if not items:
-                    break
-                actions, upto = self.cluster_core.take_over(peer.nick, items)
-                self._apply(actions)
-                if self._journal is not None:
-                    await self._journal.settle()  # kept here before it is dropped there
-                if upto < 0:
-                    break  # full here: the rest stays there
-                with contextlib.suppress(Exception):
-                    await self._nc.publish(self.names.node(node), encode_taken(peer.nick, upto))
-                more = more and upto == items[-1].seq
+            await self._collect_from(node, peer)
         if isinstance(self.store, JetStreamStore):
             await self._surveyed.wait()
             await self._collect_orphans(peer.nick, bytes(peer.identity_key))
+
+    async def _collect_from(self, node: str, peer: PeerInfo) -> None:
+        """``peer``'s mail kept by relay ``node``. A relay alive that does not answer in
+        time (busy, stalled) is asked again, ``MAIL_TRIES`` times in all: else what it
+        holds would wait for the client's next connection."""
+        assert self._nc is not None
+        nick, key = peer.nick, bytes(peer.identity_key)
+        ask = encode_mailbox_ask(nick, key)
+        failures = 0
+        while True:
+            try:
+                reply = await self._nc.request(self.names.node(node), ask, FORWARD_TIMEOUT)
+                items, more = decode_mail(reply.data, nick)
+            except RemoteProtocolError as exc:  # nonsense: asking again would not mend it
+                log.warning("mailbox of %s from relay %s: %s", nick, node, exc)
+                return
+            except Exception as exc:  # out of reach, or no answer in time
+                failures += 1
+                # Not again once it is taken for dead (its mail is then orphaned, and
+                # collected as such), nor once the client is gone.
+                moot = node not in self._heard or not self.cluster_core.online_with(nick, key)
+                if failures >= MAIL_TRIES or moot:
+                    log.info("mailbox of %s from relay %s: %s; it stays there", nick, node, _reason(exc))
+                    return
+                log.info("mailbox of %s from relay %s: %s; asking again", nick, node, _reason(exc))
+                await asyncio.sleep(HEARTBEAT)
+                continue
+            if not items:
+                return
+            actions, upto = self.cluster_core.take_over(nick, items)
+            self._apply(actions)
+            if self._journal is not None:
+                await self._journal.settle()  # kept here before it is dropped there
+            if upto < 0:
+                return  # full here: the rest stays there
+            with contextlib.suppress(Exception):
+                await self._nc.publish(self.names.node(node), encode_taken(nick, upto))
+            if not (more and upto == items[-1].seq):
+                return
 
     async def _survey(self) -> None:
         """Once this relay has heard every live relay: note the mail in the cluster's store
