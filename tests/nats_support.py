@@ -15,10 +15,14 @@ import signal
 import subprocess
 import sysconfig
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from e2echat.relay.cluster.relay import ClusterRelay
 
 LOOPBACK = "127.0.0.1"
 #: start-up and shut-down are bounded by this (a loaded 2-core machine is slow, not stuck)
@@ -105,3 +109,20 @@ def running_nats(store: Path) -> Iterator[NatsServer]:
         yield server
     finally:
         server.stop()
+
+
+@contextlib.asynccontextmanager
+async def cluster(server: NatsServer, count: int, **options: Any) -> AsyncIterator[list[ClusterRelay]]:
+    """``count`` relays of one cluster on ``server``, each on its own loopback port, stopped
+    with the test; ``options`` as for ``ClusterRelay`` (each relay draws its own key unless
+    ``key`` gives one, as the relays of a real cluster share)."""
+    from e2echat.relay.cluster.relay import ClusterRelay  # nats-py: only where the tests run
+
+    from support import LOOPBACK, running
+
+    async with contextlib.AsyncExitStack() as stack:
+        relays = []
+        for _ in range(count):
+            relay = ClusterRelay(LOOPBACK, 0, cluster=server.url, **options)
+            relays.append(await stack.enter_async_context(running(relay)))
+        yield relays

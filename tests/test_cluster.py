@@ -29,7 +29,7 @@ from e2echat.store.keyfile import load_or_create_relay_key
 from e2echat.wire import messages as m
 from e2echat.wire.objects import Envelope
 
-from nats_support import NatsServer
+from nats_support import NatsServer, cluster
 from support import (
     LOOPBACK,
     REPO,
@@ -40,7 +40,6 @@ from support import (
     connect,
     meet,
     run_cli,
-    running,
     start_relay_process,
 )
 
@@ -53,17 +52,6 @@ async def test_the_nats_fixture_serves_jetstream(nats_server: NatsServer) -> Non
         assert (await kv.get("k")).value == b"v"
     finally:
         await asyncio.wait_for(client.close(), 5)
-
-
-@contextlib.asynccontextmanager
-async def cluster(server: NatsServer, count: int, **options: Any) -> AsyncIterator[list[ClusterRelay]]:
-    """``count`` relays of one cluster on ``server``, each on its own loopback port."""
-    async with contextlib.AsyncExitStack() as stack:
-        relays = []
-        for _ in range(count):
-            relay = ClusterRelay(LOOPBACK, 0, cluster=server.url, **options)
-            relays.append(await stack.enter_async_context(running(relay)))
-        yield relays
 
 
 async def test_clients_on_two_relays_see_and_write_to_each_other(nats_server: NatsServer) -> None:

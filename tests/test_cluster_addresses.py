@@ -5,8 +5,8 @@ one limit between them."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +29,9 @@ from e2echat.relay.limits import Limits
 from e2echat.store.keyfile import load_or_create_relay_key
 from e2echat.wire import messages as m
 
+import nats_support
 from nats_support import NatsServer
-from support import LOOPBACK, WAIT, RawClient, running, start_relay_process
+from support import LOOPBACK, WAIT, RawClient, start_relay_process
 
 ONE, OTHER = "a" * 16, "b" * 16
 HOME = "10.0.0.1"
@@ -192,17 +193,13 @@ def test_a_relay_ignores_its_own_report() -> None:
 # -- two real relays on a real NATS server ------------------------------------------------------
 
 
-@contextlib.asynccontextmanager
-async def cluster(server: NatsServer, count: int, **options: Any) -> AsyncIterator[list[ClusterRelay]]:
-    """``count`` relays of one cluster on ``server``, with one key (``key``, or a new one):
-    the relays of a cluster share it, and name addresses under it."""
+def cluster(
+    server: NatsServer, count: int, **options: Any
+) -> AbstractAsyncContextManager[list[ClusterRelay]]:
+    """``count`` relays of one cluster with one key (``key``, or a new one): the relays of
+    a cluster share it, and name addresses under it."""
     options.setdefault("key", PrivateKey.generate())
-    async with contextlib.AsyncExitStack() as stack:
-        relays = []
-        for _ in range(count):
-            relay = ClusterRelay(LOOPBACK, 0, cluster=server.url, **options)
-            relays.append(await stack.enter_async_context(running(relay)))
-        yield relays
+    return nats_support.cluster(server, count, **options)
 
 
 async def _until(condition: Callable[[], bool]) -> None:

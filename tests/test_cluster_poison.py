@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import nats
 import pytest
 from nats.aio.msg import Msg
-from test_cluster_store import DRAIN_WAIT, away, bucket, cluster, keys_under, within
+from test_cluster_store import DRAIN_WAIT, away, bucket, keys_under, within
 
 from e2echat.client.core import MessageReceived
 from e2echat.client.events import MessageQueued
@@ -31,7 +31,7 @@ from e2echat.relay.cluster.wire import (
 )
 from e2echat.relay.store import EXPIRED, MAIL, MailItem
 
-from nats_support import NatsServer
+from nats_support import NatsServer, cluster
 from support import WAIT, connect
 
 

@@ -5,8 +5,8 @@ member away on another relay whose copy waits in its mailbox there."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -30,21 +30,18 @@ from e2echat.relay.sqlite_store import SqliteStore
 from e2echat.ui.chat import Chat
 from e2echat.ui.roomlist import RoomList
 
+import nats_support
 from nats_support import NatsServer
 from support import LOOPBACK, WAIT, Peer, connect, running, text_into
 
 KEY = PrivateKey.generate()
 
 
-@contextlib.asynccontextmanager
-async def cluster(server: NatsServer, count: int, **options: Any) -> AsyncIterator[list[ClusterRelay]]:
+def cluster(
+    server: NatsServer, count: int, **options: Any
+) -> AbstractAsyncContextManager[list[ClusterRelay]]:
     """``count`` relays of one cluster on ``server`` (one key, as a cluster has)."""
-    async with contextlib.AsyncExitStack() as stack:
-        relays = []
-        for _ in range(count):
-            relay = ClusterRelay(LOOPBACK, 0, cluster=server.url, key=KEY, **options)
-            relays.append(await stack.enter_async_context(running(relay)))
-        yield relays
+    return nats_support.cluster(server, count, key=KEY, **options)
 
 
 async def _members(peer: Peer, room: str, *nicks: str, away: tuple[str, ...] = ()) -> None:

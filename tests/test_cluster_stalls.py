@@ -11,7 +11,7 @@ import nats
 import pytest
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
-from test_cluster import cluster, relay_process
+from test_cluster import relay_process
 
 from e2echat.relay.cluster import relay as cluster_relay
 from e2echat.relay.cluster.relay import FORWARD_TIMEOUT, MAIL_TRIES, ClusterRelay
@@ -30,7 +30,7 @@ from e2echat.relay.cluster.wire import (
 from e2echat.relay.store import MAIL, MailItem
 from e2echat.wire import messages as m
 
-from nats_support import NatsServer
+from nats_support import NatsServer, cluster
 from support import WAIT, RawClient, connect
 
 

@@ -32,23 +32,13 @@ from e2echat.relay.limits import Limits
 from e2echat.relay.store import Identity, SaveBundle, SaveIdentity, StoredBundle
 from e2echat.store.keyfile import load_or_create_relay_key
 
-from nats_support import NatsServer
-from support import LOOPBACK, WAIT, Peer, connect, running, start_relay_process
+from nats_support import NatsServer, cluster
+from support import LOOPBACK, WAIT, Peer, connect, start_relay_process
 
 E = TypeVar("E")
 
 # Long enough for a relay to be taken for dead, and the mail it queued to be taken.
 DRAIN_WAIT = 2 * DEAD_AFTER + 3 * WAIT
-
-
-@contextlib.asynccontextmanager
-async def cluster(server: NatsServer, count: int, **options: Any) -> AsyncIterator[list[ClusterRelay]]:
-    async with contextlib.AsyncExitStack() as stack:
-        relays = []
-        for _ in range(count):
-            relay = ClusterRelay(LOOPBACK, 0, cluster=server.url, **options)
-            relays.append(await stack.enter_async_context(running(relay)))
-        yield relays
 
 
 @contextlib.asynccontextmanager
