@@ -22,9 +22,9 @@ from e2echat.client.receipts import DeliveryReport
 from e2echat.client.reconnect import Client
 from e2echat.client.relays import parse_relays
 from e2echat.errors import RegistrationRefused
-from e2echat.relay.cluster.relay import ClusterRelay
+from e2echat.relay.cluster.relay import HELD_AT_MOST, ClusterRelay
 from e2echat.relay.cluster.rooms import ORDERED
-from e2echat.relay.cluster.wire import DEAD_AFTER
+from e2echat.relay.cluster.wire import DEAD_AFTER, HEARTBEAT, new_node_id
 from e2echat.store.keyfile import load_or_create_relay_key
 from e2echat.wire import messages as m
 from e2echat.wire.objects import Envelope
@@ -84,9 +84,13 @@ async def test_a_nick_online_on_one_relay_is_refused_on_another(nats_server: Nat
     async with cluster(nats_server, 2) as (one, other):
         alice = await connect(one, "alice")
         try:
+            loop = asyncio.get_running_loop()
+            asked = loop.time()
             with pytest.raises(RegistrationRefused) as refused:
                 await connect(other, "alice")
             assert refused.value.code == "nick_taken"
+            # At its relay's next heartbeat, not held until a dead relay would be taken so.
+            assert loop.time() - asked < DEAD_AFTER
         finally:
             await alice.connection.close()
         # Gone from the first relay: free on the second.
@@ -253,6 +257,43 @@ async def test_a_killed_relays_clients_leave_within_seconds_and_may_register_els
         finally:
             await bob.connection.close()
             await alice.connection.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+async def test_a_killed_relays_clients_register_elsewhere_on_their_first_try(
+    nats_server: NatsServer,
+) -> None:
+    async with cluster(nats_server, 1) as (survivor,), relay_process(nats_server) as (process, doomed):
+        alice = await connect(doomed, "alice")
+        bob = await connect(survivor, "bob")
+        try:
+            await asyncio.wait_for(_sees(bob, {"alice"}), WAIT)
+            (node,) = survivor._heard  # the doomed relay
+            process.kill()
+            loop = asyncio.get_running_loop()
+            killed = loop.time()
+            # Its nick still claimed by the killed relay: held until that relay is taken
+            # for dead, then let in (no refusal, so no backoff).
+            again = await asyncio.wait_for(connect(survivor, "alice"), DEAD_AFTER + 2 * WAIT)
+            assert loop.time() - killed < DEAD_AFTER + 3
+            await again.connection.close()
+            # Taken for dead: a claim on another nick it held, its key not freed yet, is
+            # not held DEAD_AFTER anew.
+            assert not await asyncio.wait_for(survivor._alive(node), HEARTBEAT)
+        finally:
+            await bob.connection.close()
+            await alice.connection.close()
+
+
+async def test_claims_held_for_a_relay_not_heard_are_bounded(nats_server: NatsServer) -> None:
+    async with cluster(nats_server, 1) as (relay,):
+        relay._held = HELD_AT_MOST  # as many registers held as may be
+        try:
+            # One more is not held: its nick counts as taken at once.
+            assert await asyncio.wait_for(relay._alive(new_node_id()), HEARTBEAT)
+        finally:
+            relay._held = 0
 
 
 @pytest.mark.slow

@@ -107,6 +107,13 @@ REQUESTS_AT_ONCE = 64
 MAIL_TRIES = 3
 #: rounds of read and compare-and-set for one claim before the nick counts as taken
 CLAIM_TRIES = 4
+#: claims waiting at once to learn whether the relay holding their nick is alive
+#: (``_alive``): past it, the nick counts as taken at once (each waiting one holds a
+#: register, up to DEAD_AFTER + HEARTBEAT)
+HELD_AT_MOST = 4096
+#: relays taken for dead that are remembered as such: past it, the oldest is forgotten
+#: (and a claim on a nick it held waits DEAD_AFTER anew, as for a relay never heard of)
+GONE_AT_MOST = 1024
 
 Outcome = tuple[list[str], list[str], list[str], list[str], list[str]]
 
@@ -147,6 +154,10 @@ class ClusterRelay(Relay):
         self._keys: dict[str, tuple[str, int, PeerInfo]] = {}
         #: node -> when it was last heard (the loop's clock); the ones taken for dead are not here
         self._heard: dict[str, float] = {}
+        #: the nodes taken for dead and not heard since, oldest first (bounded: GONE_AT_MOST)
+        self._gone: dict[str, None] = {}
+        #: claims in ``_alive`` now (bounded: HELD_AT_MOST)
+        self._held = 0
         #: set once the bucket has been read through: no claim is decided before
         self._ready = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -635,6 +646,7 @@ class ClusterRelay(Relay):
             return
         if node not in self._heard:
             self._revived(node)
+        self._gone.pop(node, None)
         self._heard[node] = asyncio.get_running_loop().time()
 
     def _revived(self, node: str) -> None:
@@ -753,6 +765,9 @@ class ClusterRelay(Relay):
     def _dead(self, node: str) -> None:
         log.warning("relay %s not heard for %gs: its clients are gone", node, DEAD_AFTER)
         del self._heard[node]
+        self._gone[node] = None
+        if len(self._gone) > GONE_AT_MOST:
+            del self._gone[next(iter(self._gone))]
         self._apply(self.cluster_core.node_lost(node))
         owned = [(key, revision) for key, (where, revision, _) in self._keys.items() if where == node]
         if owned:
@@ -772,18 +787,29 @@ class ClusterRelay(Relay):
         """Whether ``node`` is alive: it beats after we ask (True), or is taken for dead
         first (False). A relay just killed still counts as alive for up to ``DEAD_AFTER``:
         a client failing over from it waits that long here, rather than being told its own
-        nick is taken and backing off. A relay never heard of has ``DEAD_AFTER`` from now."""
+        nick is taken and backing off. A relay never heard of has ``DEAD_AFTER`` from now;
+        one already taken for dead (its keys being freed) is dead at once: waiting
+        ``DEAD_AFTER`` anew for it would hold every client failing over from it whose key
+        is not deleted yet."""
+        if node in self._gone:
+            return False
+        if self._held >= HELD_AT_MOST:
+            return True  # too many waiting: cautious
         loop = asyncio.get_running_loop()
         asked = loop.time()
         self._heard.setdefault(node, asked)
-        while loop.time() - asked < DEAD_AFTER + HEARTBEAT:
-            heard = self._heard.get(node)
-            if heard is None:
-                return False
-            if heard > asked:
-                return True
-            await asyncio.sleep(HEARTBEAT / 10)
-        return True  # neither: cautious
+        self._held += 1
+        try:
+            while loop.time() - asked < DEAD_AFTER + HEARTBEAT:
+                heard = self._heard.get(node)
+                if heard is None:
+                    return False
+                if heard > asked:
+                    return True
+                await asyncio.sleep(HEARTBEAT / 10)
+            return True  # neither: cautious
+        finally:
+            self._held -= 1
 
     # -- the per-address limits across the cluster (addresses.py) ----------------------------
 
