@@ -433,6 +433,18 @@ async def open_bucket(js: JetStreamContext, name: str, ttl: float | None, replic
         return await js.key_value(name)
 
 
+async def watch_again(kv: KeyValue, what: str) -> KeyValue.KeyWatcher:
+    """A new watch of every key of ``kv`` (the ``what`` bucket), tried each second until
+    NATS takes it: a watch does not survive a restart of the server, and the next reconnect
+    stops a wait that never ends."""
+    while True:
+        try:
+            return await kv.watchall()
+        except Exception as exc:  # not back yet
+            log.info("watching the %s bucket again: %s", what, exc or type(exc).__name__)
+            await asyncio.sleep(1.0)
+
+
 def _nick_of(key: str) -> str:
     """The nick whose record is under ``key``; ``RemoteProtocolError`` if none."""
     try:

@@ -45,7 +45,7 @@ from e2echat.relay.cluster.core import (
     Forward,
     Release,
 )
-from e2echat.relay.cluster.jetstream_store import JetStreamStore, open_bucket
+from e2echat.relay.cluster.jetstream_store import JetStreamStore, open_bucket, watch_again
 from e2echat.relay.cluster.roomlink import RoomsLink
 from e2echat.relay.cluster.rooms import (
     ORDERED,
@@ -668,13 +668,7 @@ class ClusterRelay(Relay):
         while True:
             self._watcher = watcher
             await self._read(watcher)
-            while True:
-                try:
-                    watcher = await self._kv.watchall()
-                    break
-                except Exception as exc:  # not back yet: the next reconnect stops this one
-                    log.info("watching the nicks bucket again: %s", _reason(exc))
-                    await asyncio.sleep(HEARTBEAT)
+            watcher = await watch_again(self._kv, "nicks")
 
     async def _read(self, watcher: KeyValue.KeyWatcher) -> None:
         #: the keys the bucket holds, until it is read through

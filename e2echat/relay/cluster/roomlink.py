@@ -21,7 +21,7 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from e2echat.errors import RemoteProtocolError
-from e2echat.relay.cluster.jetstream_store import open_bucket
+from e2echat.relay.cluster.jetstream_store import open_bucket, watch_again
 from e2echat.relay.cluster.rooms import (
     DropMembership,
     SaveMembership,
@@ -147,13 +147,7 @@ class RoomsLink:
         while True:
             self._watcher = watcher
             await self._read_through(watcher)
-            while True:
-                try:
-                    watcher = await self._kv.watchall()
-                    break
-                except Exception as exc:  # not back yet: the next reconnect stops this one
-                    log.info("watching the rooms bucket again: %s", exc or type(exc).__name__)
-                    await asyncio.sleep(1.0)
+            watcher = await watch_again(self._kv, "rooms")
 
     async def _read_through(self, watcher: KeyValue.KeyWatcher) -> None:
         listed: set[str] | None = set()
